@@ -1,0 +1,54 @@
+package event
+
+// Stream and bucket names provisioned by sengo-relay.
+const (
+	// StreamInbox holds raw notifications as received, before intake.
+	StreamInbox = "SENGO_INBOX"
+	// StreamEvents holds normalized events: the public contract.
+	StreamEvents = "SENGO_EVENTS"
+	// StreamQuarantine holds notifications that can never be processed,
+	// with the reason in a header.
+	StreamQuarantine = "SENGO_QUARANTINE"
+	// StreamDLQ holds events whose delivery to an endpoint was given up.
+	StreamDLQ = "SENGO_DLQ"
+	// BucketTx is the KV bucket with one entry per SenGo transaction.
+	BucketTx = "SENGO_TX"
+)
+
+// Subject wildcards each stream captures.
+const (
+	SubjectsInbox      = "sengo.inbox.>"
+	SubjectsEvents     = "sengo.events.>"
+	SubjectsQuarantine = "sengo.quarantine.>"
+	SubjectsDLQ        = "sengo.dlq.>"
+)
+
+// Headers set on inbox and quarantine messages.
+const (
+	// HeaderProject names the project a notification arrived for.
+	HeaderProject = "Sengo-Project"
+	// HeaderReceivedAt is when the relay accepted the notification (RFC 3339, UTC, nanoseconds).
+	HeaderReceivedAt = "Sengo-Received-At"
+	// HeaderSource is how the notification reached the relay: "callback" or "reconcile".
+	HeaderSource = "Sengo-Source"
+	// HeaderRequestID carries the HTTP request id of the callback, for tracing.
+	HeaderRequestID = "Sengo-Request-Id"
+	// HeaderReason says why a notification was quarantined.
+	HeaderReason = "Sengo-Quarantine-Reason"
+	// HeaderEventID is the event id, on event messages (also sent as Nats-Msg-Id).
+	HeaderEventID = "Sengo-Event-Id"
+)
+
+// InboxSubject is where raw notifications for project are published.
+func InboxSubject(project string) string { return "sengo.inbox." + project }
+
+// EventSubject is where normalized events are published.
+func EventSubject(project string, p Product, s Status) string {
+	return "sengo.events." + project + "." + string(p) + "." + string(s)
+}
+
+// QuarantineSubject is where unprocessable notifications of project go.
+func QuarantineSubject(project string) string { return "sengo.quarantine." + project }
+
+// DLQSubject is where dead letters for an endpoint go.
+func DLQSubject(endpoint string) string { return "sengo.dlq." + endpoint }

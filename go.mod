@@ -1,0 +1,3 @@
+module github.com/sengo-relay/sengo-relay
+
+go 1.26.8
