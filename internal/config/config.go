@@ -1,0 +1,327 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sengo-relay/sengo-relay/verify"
+)
+
+// Config is the whole configuration of sengo-relay. config.yaml at the
+// repository root documents every key.
+type Config struct {
+	DataDir  string              `yaml:"data_dir"`
+	Log      Log                 `yaml:"log"`
+	HTTP     HTTP                `yaml:"http"`
+	NATS     NATS                `yaml:"nats"`
+	Streams  Streams             `yaml:"streams"`
+	Intake   Intake              `yaml:"intake"`
+	Projects map[string]*Project `yaml:"projects"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `yaml:"level"`  // trace, debug, info, warn, error
+	Format string `yaml:"format"` // json or console
+}
+
+// HTTP configures the callback listener.
+type HTTP struct {
+	Listen            string   `yaml:"listen"`
+	MaxBodyBytes      int64    `yaml:"max_body_bytes"`
+	PublishTimeout    Duration `yaml:"publish_timeout"`
+	RetryAfter        Duration `yaml:"retry_after"`
+	TrustedProxies    []string `yaml:"trusted_proxies"`
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+	ReadTimeout       Duration `yaml:"read_timeout"`
+	WriteTimeout      Duration `yaml:"write_timeout"`
+	IdleTimeout       Duration `yaml:"idle_timeout"`
+	ShutdownTimeout   Duration `yaml:"shutdown_timeout"`
+}
+
+// NATS configures the connection and, when URL is empty, the embedded server.
+type NATS struct {
+	URL       string   `yaml:"url"`
+	CredsFile string   `yaml:"creds_file"`
+	Token     Secret   `yaml:"token"`
+	TokenFile string   `yaml:"token_file"`
+	Replicas  int      `yaml:"replicas"`
+	Storage   string   `yaml:"storage"` // file or memory
+	Embedded  Embedded `yaml:"embedded"`
+}
+
+// Embedded configures the in-process nats-server.
+type Embedded struct {
+	Listen       string `yaml:"listen"`        // "" turns the listener off
+	StoreDir     string `yaml:"store_dir"`     // default <data_dir>/jetstream
+	SyncInterval string `yaml:"sync_interval"` // a duration, or "always"
+	MaxStore     int64  `yaml:"max_store_bytes"`
+}
+
+// Streams configures retention of each stream and of the transaction bucket.
+type Streams struct {
+	Inbox        StreamLimits `yaml:"inbox"`
+	Events       StreamLimits `yaml:"events"`
+	Quarantine   StreamLimits `yaml:"quarantine"`
+	Transactions Bucket       `yaml:"transactions"`
+}
+
+// StreamLimits bounds one stream.
+type StreamLimits struct {
+	MaxAge          Duration `yaml:"max_age"`
+	DuplicateWindow Duration `yaml:"duplicate_window"`
+	MaxBytes        int64    `yaml:"max_bytes"`
+}
+
+// Bucket configures the SENGO_TX bucket.
+type Bucket struct {
+	TTL Duration `yaml:"ttl"`
+}
+
+// Intake configures the workers that turn inbox notifications into events.
+type Intake struct {
+	Workers       int      `yaml:"workers"`
+	AckWait       Duration `yaml:"ack_wait"`
+	MaxAckPending int      `yaml:"max_ack_pending"`
+	RetryInitial  Duration `yaml:"retry_initial"`
+	RetryMax      Duration `yaml:"retry_max"`
+}
+
+// Signature modes for X-Signature on callbacks.
+const (
+	SignatureOff      = "off"
+	SignatureOptional = "optional"
+	SignatureRequired = "required"
+)
+
+// Project is one SenGo project (one API key and token pair).
+type Project struct {
+	APIKey            Secret   `yaml:"api_key"`
+	APIKeyFile        string   `yaml:"api_key_file"`
+	Token             Secret   `yaml:"token"`
+	TokenFile         string   `yaml:"token_file"`
+	CallbackToken     Secret   `yaml:"callback_token"`
+	CallbackTokenFile string   `yaml:"callback_token_file"`
+	AllowedIPs        []string `yaml:"allowed_ips"`
+	// Signature is off, optional or required; empty means optional when
+	// api_key and token are set, off otherwise.
+	Signature string `yaml:"signature"`
+}
+
+// Default returns the configuration used for every key the file omits.
+func Default() Config {
+	return Config{
+		DataDir: "./data",
+		Log:     Log{Level: "info", Format: "json"},
+		HTTP: HTTP{
+			Listen:            ":8080",
+			MaxBodyBytes:      64 << 10,
+			PublishTimeout:    Duration(5 * time.Second),
+			RetryAfter:        Duration(5 * time.Second),
+			ReadHeaderTimeout: Duration(5 * time.Second),
+			ReadTimeout:       Duration(15 * time.Second),
+			WriteTimeout:      Duration(15 * time.Second),
+			IdleTimeout:       Duration(60 * time.Second),
+			ShutdownTimeout:   Duration(15 * time.Second),
+		},
+		NATS: NATS{
+			Replicas: 1,
+			Storage:  "file",
+			Embedded: Embedded{Listen: "127.0.0.1:4222", SyncInterval: "2m"},
+		},
+		Streams: Streams{
+			Inbox:        StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
+			Events:       StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
+			Quarantine:   StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
+			Transactions: Bucket{TTL: Duration(90 * 24 * time.Hour)},
+		},
+		Intake: Intake{
+			Workers:       16,
+			AckWait:       Duration(30 * time.Second),
+			MaxAckPending: 1024,
+			RetryInitial:  Duration(time.Second),
+			RetryMax:      Duration(5 * time.Minute),
+		},
+	}
+}
+
+// projectName is safe as a NATS subject token, a KV key part and a URL segment.
+var projectName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// minCallbackToken is the shortest callback token accepted: a path token
+// must not be guessable.
+const minCallbackToken = 16
+
+// Validate reports every problem in c at once.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if c.DataDir == "" {
+		bad("data_dir: must not be empty")
+	}
+	switch c.Log.Level {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		bad("log.level: %q is not one of trace, debug, info, warn, error", c.Log.Level)
+	}
+	if c.Log.Format != "json" && c.Log.Format != "console" {
+		bad("log.format: %q is not json or console", c.Log.Format)
+	}
+
+	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+		bad("http.listen: %q is not host:port", c.HTTP.Listen)
+	}
+	if c.HTTP.MaxBodyBytes < 1024 || c.HTTP.MaxBodyBytes > 16<<20 {
+		bad("http.max_body_bytes: %d is outside 1024 to 16777216", c.HTTP.MaxBodyBytes)
+	}
+	for name, d := range map[string]Duration{
+		"http.publish_timeout": c.HTTP.PublishTimeout, "http.retry_after": c.HTTP.RetryAfter,
+		"http.read_header_timeout": c.HTTP.ReadHeaderTimeout, "http.read_timeout": c.HTTP.ReadTimeout,
+		"http.write_timeout": c.HTTP.WriteTimeout, "http.idle_timeout": c.HTTP.IdleTimeout,
+		"http.shutdown_timeout": c.HTTP.ShutdownTimeout,
+		"intake.ack_wait":       c.Intake.AckWait, "intake.retry_initial": c.Intake.RetryInitial,
+		"intake.retry_max": c.Intake.RetryMax,
+	} {
+		if d <= 0 {
+			bad("%s: must be positive, got %s", name, d)
+		}
+	}
+	if c.HTTP.PublishTimeout >= c.HTTP.WriteTimeout {
+		bad("http.publish_timeout (%s) must be shorter than http.write_timeout (%s)", c.HTTP.PublishTimeout, c.HTTP.WriteTimeout)
+	}
+	for _, p := range c.HTTP.TrustedProxies {
+		if _, err := verify.ParsePrefix(p); err != nil {
+			bad("http.trusted_proxies: %q is not a CIDR or address", p)
+		}
+	}
+
+	if c.NATS.Replicas < 1 || c.NATS.Replicas > 5 {
+		bad("nats.replicas: %d is outside 1 to 5", c.NATS.Replicas)
+	}
+	if c.NATS.URL == "" && c.NATS.Replicas > 1 {
+		bad("nats.replicas: %d needs a cluster; the embedded server is a single node (set nats.url)", c.NATS.Replicas)
+	}
+	if c.NATS.Storage != "file" && c.NATS.Storage != "memory" {
+		bad("nats.storage: %q is not file or memory", c.NATS.Storage)
+	}
+	if l := c.NATS.Embedded.Listen; l != "" {
+		if _, _, err := net.SplitHostPort(l); err != nil {
+			bad("nats.embedded.listen: %q is not host:port (empty turns the listener off)", l)
+		}
+	}
+	if _, _, err := c.NATS.Embedded.Sync(); err != nil {
+		bad("nats.embedded.sync_interval: %v", err)
+	}
+
+	for name, s := range map[string]StreamLimits{"inbox": c.Streams.Inbox, "events": c.Streams.Events, "quarantine": c.Streams.Quarantine} {
+		if s.MaxAge <= 0 {
+			bad("streams.%s.max_age: must be positive", name)
+		}
+		if s.DuplicateWindow <= 0 || s.DuplicateWindow > s.MaxAge {
+			bad("streams.%s.duplicate_window: must be positive and at most max_age", name)
+		}
+	}
+	if c.Streams.Inbox.MaxAge < c.Intake.RetryMax {
+		bad("streams.inbox.max_age must be at least intake.retry_max")
+	}
+	if c.Streams.Transactions.TTL < 0 {
+		bad("streams.transactions.ttl: must not be negative (0 keeps entries forever)")
+	}
+	if c.Streams.Transactions.TTL > 0 && c.Streams.Transactions.TTL < c.Streams.Inbox.MaxAge {
+		bad("streams.transactions.ttl (%s) must be 0 or at least streams.inbox.max_age (%s): a redelivered notification must still find its transaction", c.Streams.Transactions.TTL, c.Streams.Inbox.MaxAge)
+	}
+
+	if c.Intake.Workers < 1 || c.Intake.Workers > 1024 {
+		bad("intake.workers: %d is outside 1 to 1024", c.Intake.Workers)
+	}
+	if c.Intake.MaxAckPending < c.Intake.Workers {
+		bad("intake.max_ack_pending: %d must be at least intake.workers", c.Intake.MaxAckPending)
+	}
+	if c.Intake.RetryInitial > c.Intake.RetryMax {
+		bad("intake.retry_initial must not exceed intake.retry_max")
+	}
+	if c.Intake.AckWait.D() < 5*time.Second {
+		bad("intake.ack_wait: %s is below 5s", c.Intake.AckWait)
+	}
+
+	if len(c.Projects) == 0 {
+		bad("projects: at least one project is required")
+	}
+	for _, name := range c.ProjectNames() {
+		p := c.Projects[name]
+		at := "projects." + name
+		if !projectName.MatchString(name) {
+			bad("%s: name must be lowercase letters, digits, '-' or '_', starting with a letter or digit", at)
+		}
+		if p == nil {
+			bad("%s: empty project", at)
+			continue
+		}
+		if p.CallbackToken.Set() && len(p.CallbackToken) < minCallbackToken {
+			bad("%s.callback_token: must be at least %d characters", at, minCallbackToken)
+		}
+		if strings.ContainsAny(p.CallbackToken.Value(), "/?#% ") {
+			bad("%s.callback_token: must be URL-safe (no '/', '?', '#', '%%' or spaces)", at)
+		}
+		if _, err := verify.ParseIPAllowlist(p.AllowedIPs); err != nil {
+			bad("%s.allowed_ips: %v", at, err)
+		}
+		switch p.SignatureMode() {
+		case SignatureOff:
+		case SignatureOptional, SignatureRequired:
+			if !p.APIKey.Set() || !p.Token.Set() {
+				bad("%s.signature: %q needs api_key and token", at, p.Signature)
+			}
+		default:
+			bad("%s.signature: %q is not off, optional or required", at, p.Signature)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SignatureMode is the effective signature mode (see Project.Signature).
+func (p *Project) SignatureMode() string {
+	if p.Signature != "" {
+		return p.Signature
+	}
+	if p.APIKey.Set() && p.Token.Set() {
+		return SignatureOptional
+	}
+	return SignatureOff
+}
+
+// ProjectNames returns the project names in sorted order.
+func (c *Config) ProjectNames() []string {
+	names := make([]string, 0, len(c.Projects))
+	for n := range c.Projects {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Sync returns the JetStream fsync policy: an interval, or always.
+func (e Embedded) Sync() (interval time.Duration, always bool, err error) {
+	if e.SyncInterval == "always" {
+		return 0, true, nil
+	}
+	d, err := time.ParseDuration(e.SyncInterval)
+	if err != nil || d <= 0 {
+		return 0, false, fmt.Errorf("%q is not a positive duration or \"always\"", e.SyncInterval)
+	}
+	return d, false, nil
+}
+
+// StoreDirOrDefault is where the embedded server keeps JetStream files.
+func (c *Config) StoreDirOrDefault() string {
+	if c.NATS.Embedded.StoreDir != "" {
+		return c.NATS.Embedded.StoreDir
+	}
+	return strings.TrimRight(c.DataDir, "/") + "/jetstream"
+}

@@ -1,0 +1,208 @@
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func noEnv(string) (string, bool) { return "", false }
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const minimal = "projects:\n  main: {}\n"
+
+// The checked-in config.yaml is the working default: it loads as is and
+// spells out exactly the defaults.
+func TestCheckedInConfig(t *testing.T) {
+	cfg, err := Load(filepath.Join("..", "..", "config.yaml"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Default()
+	want.Projects = map[string]*Project{"main": {AllowedIPs: []string{}}}
+	want.HTTP.TrustedProxies = []string{}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("config.yaml differs from Default():\n got %+v\nwant %+v", cfg, want)
+	}
+	if cfg.NATS.URL != "" || cfg.NATS.Embedded.Listen != "127.0.0.1:4222" {
+		t.Errorf("default is not the embedded server on 127.0.0.1:4222: %+v", cfg.NATS)
+	}
+}
+
+func TestUnknownKeysAreErrors(t *testing.T) {
+	_, err := Load(write(t, "htp:\n  listen: \":1\"\nhttp:\n  lisen: x\n"+minimal), noEnv)
+	if err == nil {
+		t.Fatal("unknown keys accepted")
+	}
+	for _, k := range []string{"htp", "lisen"} {
+		if !strings.Contains(err.Error(), k) {
+			t.Errorf("error does not name %q: %v", k, err)
+		}
+	}
+}
+
+func TestDurationsMustBeStrings(t *testing.T) {
+	_, err := Load(write(t, "http:\n  publish_timeout: 5\n"+minimal), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "duration must be a string") {
+		t.Fatalf("integer duration: err = %v", err)
+	}
+	cfg, err := Load(write(t, "http:\n  publish_timeout: 2500ms\n"+minimal), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTP.PublishTimeout.D() != 2500*time.Millisecond {
+		t.Errorf("publish_timeout = %s", cfg.HTTP.PublishTimeout)
+	}
+}
+
+// Validation lists every problem in one error.
+func TestValidateReportsEveryProblem(t *testing.T) {
+	body := `
+log: {level: loud}
+http: {listen: "nope", max_body_bytes: 10, trusted_proxies: ["1.2.3.4/99"]}
+nats: {replicas: 3, storage: tape, embedded: {sync_interval: sometimes}}
+streams: {events: {max_age: 1h, duplicate_window: 2h}}
+intake: {workers: 0}
+projects:
+  Bad.Name: {}
+  shop:
+    signature: required
+    callback_token: short
+    allowed_ips: ["10.0.0.0/33"]
+`
+	_, err := Load(write(t, body), noEnv)
+	if err == nil {
+		t.Fatal("invalid config accepted")
+	}
+	for _, want := range []string{
+		"log.level", "http.listen", "http.max_body_bytes", "http.trusted_proxies",
+		"nats.replicas", "nats.storage", "sync_interval", "streams.events.duplicate_window",
+		"intake.workers", "projects.Bad.Name", "projects.shop.signature",
+		"projects.shop.callback_token", "projects.shop.allowed_ips",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(err)
+	}
+}
+
+func TestNoProjects(t *testing.T) {
+	if _, err := Load(write(t, "data_dir: x\n"), noEnv); err == nil || !strings.Contains(err.Error(), "at least one project") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestEnvironmentOverrides(t *testing.T) {
+	body := "projects:\n  main: {}\n  my-shop: {}\n"
+	cfg, err := Load(write(t, body), env(map[string]string{
+		"SENGO_RELAY_HTTP_LISTEN":                     "127.0.0.1:9999",
+		"SENGO_RELAY_NATS_URL":                        "nats://a:4222,nats://b:4222",
+		"SENGO_RELAY_NATS_REPLICAS":                   "3",
+		"SENGO_RELAY_HTTP_PUBLISH_TIMEOUT":            "2s",
+		"SENGO_RELAY_HTTP_TRUSTED_PROXIES":            "10.0.0.0/8, 192.0.2.1",
+		"SENGO_RELAY_PROJECTS_MAIN_API_KEY":           "key",
+		"SENGO_RELAY_PROJECTS_MAIN_TOKEN":             "tok",
+		"SENGO_RELAY_PROJECTS_MY_SHOP_CALLBACK_TOKEN": "0123456789abcdef",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTP.Listen != "127.0.0.1:9999" || cfg.NATS.URL != "nats://a:4222,nats://b:4222" || cfg.NATS.Replicas != 3 {
+		t.Errorf("overrides not applied: %+v %+v", cfg.HTTP, cfg.NATS)
+	}
+	if cfg.HTTP.PublishTimeout.D() != 2*time.Second {
+		t.Errorf("publish_timeout = %s", cfg.HTTP.PublishTimeout)
+	}
+	if got := strings.Join(cfg.HTTP.TrustedProxies, "|"); got != "10.0.0.0/8|192.0.2.1" {
+		t.Errorf("trusted_proxies = %q", got)
+	}
+	if cfg.Projects["main"].Token.Value() != "tok" || cfg.Projects["main"].SignatureMode() != SignatureOptional {
+		t.Errorf("project override not applied")
+	}
+	if cfg.Projects["my-shop"].CallbackToken.Value() != "0123456789abcdef" {
+		t.Errorf("hyphenated project override not applied")
+	}
+}
+
+func TestEnvironmentOverrideErrorsAreReported(t *testing.T) {
+	_, err := Load(write(t, minimal), env(map[string]string{
+		"SENGO_RELAY_NATS_REPLICAS":        "three",
+		"SENGO_RELAY_HTTP_PUBLISH_TIMEOUT": "5",
+	}))
+	if err == nil || !strings.Contains(err.Error(), "SENGO_RELAY_NATS_REPLICAS") || !strings.Contains(err.Error(), "SENGO_RELAY_HTTP_PUBLISH_TIMEOUT") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestSecretFiles(t *testing.T) {
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "token")
+	if err := os.WriteFile(tok, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	body := fmt.Sprintf("projects:\n  main:\n    api_key: k\n    token_file: %s\n", tok)
+	cfg, err := Load(write(t, body), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Projects["main"].Token.Value() != "from-file" {
+		t.Errorf("token = %q", cfg.Projects["main"].Token.Value())
+	}
+
+	both := fmt.Sprintf("projects:\n  main:\n    token: x\n    token_file: %s\n", tok)
+	if _, err := Load(write(t, both), noEnv); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("token and token_file together: err = %v", err)
+	}
+	missing := "projects:\n  main:\n    token_file: /nonexistent/token\n"
+	if _, err := Load(write(t, missing), noEnv); err == nil || !strings.Contains(err.Error(), "token_file") {
+		t.Errorf("missing token file: err = %v", err)
+	}
+}
+
+// Secrets never print, whatever prints the configuration.
+func TestSecretsNeverPrint(t *testing.T) {
+	cfg, err := Load(write(t, "nats: {url: 'nats://x:4222', token: natssecret}\nprojects:\n  main: {api_key: apikeysecret, token: tokensecret, callback_token: callbacksecret-0123}\n"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := json.Marshal(cfg)
+	for _, out := range []string{fmt.Sprintf("%v", cfg), fmt.Sprintf("%+v", cfg), fmt.Sprintf("%#v", cfg), string(js)} {
+		for _, s := range []string{"natssecret", "apikeysecret", "tokensecret", "callbacksecret"} {
+			if strings.Contains(out, s) {
+				t.Errorf("%q printed in %.80s…", s, out)
+			}
+		}
+	}
+}
+
+func TestSignatureModeDefault(t *testing.T) {
+	if m := (&Project{}).SignatureMode(); m != SignatureOff {
+		t.Errorf("without credentials: %s", m)
+	}
+	if m := (&Project{APIKey: "k", Token: "t"}).SignatureMode(); m != SignatureOptional {
+		t.Errorf("with credentials: %s", m)
+	}
+	if m := (&Project{APIKey: "k", Token: "t", Signature: "required"}).SignatureMode(); m != SignatureRequired {
+		t.Errorf("explicit: %s", m)
+	}
+}

@@ -1,0 +1,63 @@
+package stream
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+)
+
+// ConnectConfig configures a client connection.
+type ConnectConfig struct {
+	// URL is one server or a comma-separated list of cluster members.
+	URL string
+	// CredsFile is a NATS credentials file (JWT + nkey); optional.
+	CredsFile string
+	// Token is a NATS auth token; optional. Never logged.
+	Token string
+	// Name identifies the connection in server monitoring.
+	Name   string
+	Logger zerolog.Logger
+}
+
+// Connect opens a connection that never gives up reconnecting: a NATS
+// outage turns publishes into errors (the receiver answers 503) until the
+// server is back, and the relay keeps running. extra options are applied
+// last (the embedded server passes its in-process option here).
+func Connect(cfg ConnectConfig, extra ...nats.Option) (*nats.Conn, error) {
+	log := cfg.Logger
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.ReconnectJitter(250*time.Millisecond, time.Second),
+		nats.RetryOnFailedConnect(true),
+		nats.Timeout(5 * time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn().Err(err).Msg("nats disconnected")
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("nats reconnected")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			ev := log.Error().Err(err)
+			if sub != nil {
+				ev = ev.Str("subject", sub.Subject)
+			}
+			ev.Msg("nats async error")
+		}),
+	}
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.Token != "" {
+		opts = append(opts, nats.Token(cfg.Token))
+	}
+	opts = append(opts, extra...)
+	nc, err := nats.Connect(cfg.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to nats: %w", err)
+	}
+	return nc, nil
+}

@@ -1,0 +1,111 @@
+package stream
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+)
+
+// EmbeddedConfig configures the in-process nats-server.
+type EmbeddedConfig struct {
+	// StoreDir is where JetStream keeps its files.
+	StoreDir string
+	// Listen is the loopback address other local processes (order
+	// services, the nats CLI) connect to, e.g. "127.0.0.1:4222"; port 0
+	// picks a free one. Empty: no listener; only this process connects.
+	Listen string
+	// SyncInterval is how often JetStream fsyncs its files; zero keeps the
+	// server default (2 minutes). SyncAlways fsyncs after every write.
+	SyncInterval time.Duration
+	SyncAlways   bool
+	// MaxStore caps JetStream's disk use in bytes; zero means no cap.
+	MaxStore int64
+	Logger   zerolog.Logger
+}
+
+// Embedded is a running in-process nats-server with JetStream.
+type Embedded struct {
+	srv *server.Server
+}
+
+// StartEmbedded starts nats-server in this process and waits until it
+// accepts connections.
+func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
+	opts := &server.Options{
+		ServerName:   "sengo-relay",
+		JetStream:    true,
+		StoreDir:     cfg.StoreDir,
+		SyncInterval: cfg.SyncInterval,
+		SyncAlways:   cfg.SyncAlways,
+		NoSigs:       true, // the relay owns signal handling
+		MaxPayload:   8 << 20,
+	}
+	if cfg.MaxStore > 0 {
+		opts.JetStreamMaxStore = cfg.MaxStore
+	}
+	if cfg.Listen == "" {
+		opts.DontListen = true
+	} else {
+		host, portStr, err := net.SplitHostPort(cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats listen %q: %w", cfg.Listen, err)
+		}
+		port, err := strconv.Atoi(portStr)
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats listen %q: bad port", cfg.Listen)
+		}
+		if port == 0 {
+			port = server.RANDOM_PORT // nats-server reads 0 as "default port"
+		}
+		opts.Host, opts.Port = host, port
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	srv.SetLoggerV2(serverLogger{cfg.Logger.With().Str("component", "nats-server").Logger()}, false, false, false)
+	srv.Start()
+	if !srv.ReadyForConnections(30 * time.Second) {
+		srv.Shutdown()
+		return nil, errors.New("embedded nats: not ready after 30s")
+	}
+	if !srv.JetStreamEnabled() {
+		srv.Shutdown()
+		return nil, errors.New("embedded nats: JetStream did not start (see the nats-server log lines)")
+	}
+	return &Embedded{srv: srv}, nil
+}
+
+// ClientURL is the URL other processes connect to, or "" without a listener.
+func (e *Embedded) ClientURL() string {
+	if e.srv.Addr() == nil {
+		return ""
+	}
+	return e.srv.ClientURL()
+}
+
+// ConnectOption makes a nats.Connect use an in-process connection to e.
+func (e *Embedded) ConnectOption() nats.Option { return nats.InProcessServer(e.srv) }
+
+// Shutdown stops the server and waits until it has stopped. JetStream
+// flushes its files on the way out.
+func (e *Embedded) Shutdown() {
+	e.srv.Shutdown()
+	e.srv.WaitForShutdown()
+}
+
+// serverLogger sends nats-server's log lines to zerolog.
+type serverLogger struct{ l zerolog.Logger }
+
+func (s serverLogger) Noticef(format string, v ...any) { s.l.Debug().Msgf(format, v...) }
+func (s serverLogger) Warnf(format string, v ...any)   { s.l.Warn().Msgf(format, v...) }
+func (s serverLogger) Fatalf(format string, v ...any)  { s.l.Error().Msgf(format, v...) }
+func (s serverLogger) Errorf(format string, v ...any)  { s.l.Error().Msgf(format, v...) }
+func (s serverLogger) Debugf(format string, v ...any)  { s.l.Debug().Msgf(format, v...) }
+func (s serverLogger) Tracef(format string, v ...any)  { s.l.Trace().Msgf(format, v...) }

@@ -1,0 +1,108 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Limits bounds one stream.
+type Limits struct {
+	// MaxAge is how long messages are kept.
+	MaxAge time.Duration
+	// Duplicates is the window in which a repeated Nats-Msg-Id is dropped.
+	Duplicates time.Duration
+	// MaxBytes caps the stream's size; zero or negative means no cap.
+	MaxBytes int64
+}
+
+// StreamSpec is one stream to provision.
+type StreamSpec struct {
+	Name        string
+	Subjects    []string
+	Description string
+	Limits      Limits
+}
+
+// BucketSpec is one KV bucket to provision.
+type BucketSpec struct {
+	Name        string
+	Description string
+	// TTL is how long an entry lives after its last write; zero keeps it forever.
+	TTL time.Duration
+	// History is how many revisions of each key are kept (1 to 64).
+	History uint8
+}
+
+// Spec is everything to provision, with the settings they share.
+type Spec struct {
+	Replicas int
+	Storage  jetstream.StorageType
+	Streams  []StreamSpec
+	Buckets  []BucketSpec
+}
+
+// Provision creates each stream and bucket of spec, or updates it in place
+// when it exists: messages and consumers survive a configuration change.
+// It reports every failure, not only the first.
+func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
+	var errs []error
+	for _, s := range spec.Streams {
+		cfg := jetstream.StreamConfig{
+			Name:        s.Name,
+			Description: s.Description,
+			Subjects:    s.Subjects,
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     spec.Storage,
+			Replicas:    spec.Replicas,
+			MaxAge:      s.Limits.MaxAge,
+			Duplicates:  s.Limits.Duplicates,
+			MaxBytes:    orUnlimited(s.Limits.MaxBytes),
+			MaxMsgs:     -1,
+			Discard:     jetstream.DiscardOld,
+			AllowDirect: true,
+		}
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			errs = append(errs, fmt.Errorf("provision stream %s: %w", s.Name, err))
+		}
+	}
+	for _, b := range spec.Buckets {
+		cfg := jetstream.KeyValueConfig{
+			Bucket:      b.Name,
+			Description: b.Description,
+			History:     b.History,
+			TTL:         b.TTL,
+			Storage:     spec.Storage,
+			Replicas:    spec.Replicas,
+		}
+		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+			errs = append(errs, fmt.Errorf("provision bucket %s: %w", b.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Check reports whether every stream and bucket of spec exists.
+func Check(ctx context.Context, js jetstream.JetStream, spec Spec) error {
+	for _, s := range spec.Streams {
+		if _, err := js.Stream(ctx, s.Name); err != nil {
+			return fmt.Errorf("stream %s: %w", s.Name, err)
+		}
+	}
+	for _, b := range spec.Buckets {
+		if _, err := js.KeyValue(ctx, b.Name); err != nil {
+			return fmt.Errorf("bucket %s: %w", b.Name, err)
+		}
+	}
+	return nil
+}
+
+func orUnlimited(n int64) int64 {
+	if n <= 0 {
+		return -1
+	}
+	return n
+}

@@ -1,0 +1,80 @@
+package stream_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/stream"
+)
+
+func spec(maxAge time.Duration) stream.Spec {
+	return stream.Spec{
+		Replicas: 1,
+		Storage:  jetstream.FileStorage,
+		Streams: []stream.StreamSpec{{
+			Name: "T_INBOX", Subjects: []string{"t.inbox.>"},
+			Limits: stream.Limits{MaxAge: maxAge, Duplicates: time.Minute},
+		}},
+		Buckets: []stream.BucketSpec{{Name: "T_TX", History: 1}},
+	}
+}
+
+// Re-provisioning with a changed limit updates the stream in place: its
+// messages survive.
+func TestProvisionUpdatesInPlace(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+
+	if err := stream.Check(ctx, js, spec(time.Hour)); err == nil {
+		t.Fatal("Check passed before provisioning")
+	}
+	if err := stream.Provision(ctx, js, spec(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "t.inbox.x", []byte("kept")); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Provision(ctx, js, spec(48*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, "T_INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.MaxAge != 48*time.Hour {
+		t.Errorf("MaxAge = %v, want 48h", info.Config.MaxAge)
+	}
+	if info.State.Msgs != 1 {
+		t.Errorf("stream has %d messages after update, want 1", info.State.Msgs)
+	}
+	if err := stream.Check(ctx, js, spec(48*time.Hour)); err != nil {
+		t.Errorf("Check after provisioning: %v", err)
+	}
+}
+
+func TestProvisionReportsEveryFailure(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	bad := spec(time.Hour)
+	bad.Replicas = 3 // a single server cannot hold R3
+	bad.Streams = append(bad.Streams, stream.StreamSpec{Name: "T_OTHER", Subjects: []string{"t.other.>"}, Limits: stream.Limits{MaxAge: time.Hour}})
+	err := stream.Provision(context.Background(), js, bad)
+	if err == nil {
+		t.Fatal("R3 on one server accepted")
+	}
+	for _, name := range []string{"T_INBOX", "T_OTHER", "T_TX"} {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("error does not name %s: %v", name, err)
+		}
+	}
+}
