@@ -1,0 +1,37 @@
+package main
+
+import (
+	"io"
+	stdlog "log"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/internal/config"
+)
+
+func newLogger(cfg config.Log, w io.Writer) zerolog.Logger {
+	if cfg.Format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+	}
+	lvl, err := zerolog.ParseLevel(cfg.Level)
+	if err != nil {
+		lvl = zerolog.InfoLevel // validated already
+	}
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
+}
+
+// newStdLogger adapts zerolog for net/http's ErrorLog (TLS handshake and
+// connection errors).
+func newStdLogger(l zerolog.Logger) *stdlog.Logger {
+	return stdlog.New(lineWriter{l}, "", 0)
+}
+
+type lineWriter struct{ l zerolog.Logger }
+
+func (w lineWriter) Write(p []byte) (int, error) {
+	w.l.Warn().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

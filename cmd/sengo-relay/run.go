@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"strings"
+
+	"github.com/sengo-relay/sengo-relay/internal/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+const usage = `usage: sengo-relay [command] [flags]
+
+commands:
+  serve          run the relay (the default)
+  check-config   load and validate the configuration, print a summary
+  version        print the version
+
+flags of serve and check-config:
+  --config PATH  configuration file (default ./config.yaml)
+`
+
+// run is the whole program: main calls it with the process's arguments and
+// streams; tests call it with their own.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		path, err := configFlag(cmd, args, stderr)
+		if err != nil {
+			return err
+		}
+		cfg, err := config.Load(path, os.LookupEnv)
+		if err != nil {
+			return err
+		}
+		return serve(ctx, cfg, stdout)
+	case "check-config":
+		path, err := configFlag(cmd, args, stderr)
+		if err != nil {
+			return err
+		}
+		cfg, err := config.Load(path, os.LookupEnv)
+		if err != nil {
+			return err
+		}
+		return printSummary(stdout, path, cfg)
+	case "version":
+		fmt.Fprintln(stdout, "sengo-relay", versionString())
+		return nil
+	case "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+}
+
+func configFlag(cmd string, args []string, stderr io.Writer) (string, error) {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "config.yaml", "configuration file")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return "", errors.New("help requested")
+		}
+		return "", err
+	}
+	if fs.NArg() > 0 {
+		return "", fmt.Errorf("%s: unexpected arguments %q", cmd, fs.Args())
+	}
+	return *path, nil
+}
+
+func printSummary(w io.Writer, path string, cfg config.Config) error {
+	nats := "embedded, store " + cfg.StoreDirOrDefault()
+	if cfg.NATS.URL != "" {
+		nats = "external " + cfg.NATS.URL
+	}
+	fmt.Fprintf(w, "%s: ok\n  http   %s\n  nats   %s, replicas %d\n", path, cfg.HTTP.Listen, nats, cfg.NATS.Replicas)
+	for _, name := range cfg.ProjectNames() {
+		p := cfg.Projects[name]
+		route := "/callbacks/sengo/" + name
+		if p.CallbackToken.Set() {
+			route += "/<callback_token>"
+		}
+		ips := "any"
+		if len(p.AllowedIPs) > 0 {
+			ips = strings.Join(p.AllowedIPs, ",")
+		}
+		fmt.Fprintf(w, "  project %s: POST %s, signature %s, allowed ips %s\n", name, route, p.SignatureMode(), ips)
+	}
+	return nil
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			return bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return "devel-" + s.Value[:12]
+			}
+		}
+	}
+	return "devel"
+}

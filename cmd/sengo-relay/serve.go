@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/config"
+	"github.com/sengo-relay/sengo-relay/receiver"
+	"github.com/sengo-relay/sengo-relay/stream"
+	"github.com/sengo-relay/sengo-relay/verify"
+)
+
+// serve runs the relay until ctx is cancelled, then shuts down in order:
+// stop accepting HTTP and finish in-flight callbacks, drain the intake
+// workers, drain the NATS connection, stop the embedded server.
+func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
+	log := newLogger(cfg.Log, stdout)
+	log.Info().Str("version", versionString()).Msg("starting sengo-relay")
+
+	nc, shutdownNATS, err := connectNATS(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer shutdownNATS()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	spec := provisionSpec(cfg)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := receiver.NewMetrics(reg)
+	var intake atomic.Pointer[receiver.Intake]
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sengo_relay_inbox_pending",
+		Help: "Inbox notifications not yet processed by intake (NaN when unknown).",
+	}, func() float64 {
+		in := intake.Load()
+		if in == nil {
+			return math.NaN()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		n, err := in.Pending(ctx)
+		if err != nil {
+			return math.NaN()
+		}
+		return float64(n)
+	}))
+
+	var provisioned atomic.Bool
+	projects, trusted, err := receiverProjects(cfg)
+	if err != nil {
+		return err
+	}
+	app := receiver.New(receiver.Config{
+		Projects:       projects,
+		JetStream:      js,
+		MaxBodyBytes:   cfg.HTTP.MaxBodyBytes,
+		PublishTimeout: cfg.HTTP.PublishTimeout.D(),
+		RetryAfter:     cfg.HTTP.RetryAfter.D(),
+		TrustedProxies: trusted,
+		Ready: func(ctx context.Context) error {
+			if !provisioned.Load() {
+				return errors.New("streams not provisioned yet")
+			}
+			if s := nc.Status(); s != nats.CONNECTED {
+				return fmt.Errorf("nats %s", s)
+			}
+			return stream.Check(ctx, js, spec)
+		},
+		Metrics:  metrics,
+		Gatherer: reg,
+		Logger:   log.With().Str("component", "http").Logger(),
+	})
+
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.HTTP.Listen, err)
+	}
+	srv := &http.Server{
+		Handler:           app,
+		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout.D(),
+		ReadTimeout:       cfg.HTTP.ReadTimeout.D(),
+		WriteTimeout:      cfg.HTTP.WriteTimeout.D(),
+		IdleTimeout:       cfg.HTTP.IdleTimeout.D(),
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          newStdLogger(log.With().Str("component", "http").Logger()),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info().Str("addr", ln.Addr().String()).Msg("http listening")
+
+	// Everything below runs until ctx is done; workers owns the goroutines.
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	var workers sync.WaitGroup
+	workers.Add(1)
+	go func() {
+		defer workers.Done()
+		if err := provision(runCtx, js, spec, log); err != nil {
+			return // cancelled
+		}
+		provisioned.Store(true)
+		in, err := receiver.NewIntake(runCtx, receiver.IntakeConfig{
+			JetStream:     js,
+			Workers:       cfg.Intake.Workers,
+			AckWait:       cfg.Intake.AckWait.D(),
+			MaxAckPending: cfg.Intake.MaxAckPending,
+			RetryInitial:  cfg.Intake.RetryInitial.D(),
+			RetryMax:      cfg.Intake.RetryMax.D(),
+			Metrics:       metrics,
+			Logger:        log.With().Str("component", "intake").Logger(),
+		})
+		if err != nil {
+			log.Error().Err(err).Msg("intake cannot start")
+			stopRun()
+			return
+		}
+		intake.Store(in)
+		_ = in.Run(runCtx, cfg.HTTP.ShutdownTimeout.D())
+	}()
+
+	var runErr error
+	select {
+	case <-runCtx.Done():
+	case err := <-serveErr:
+		runErr = fmt.Errorf("http server: %w", err)
+	}
+	if ctx.Err() == nil && runErr == nil {
+		runErr = errors.New("intake failed to start")
+	}
+	log.Info().Msg("shutting down")
+	shutCtx, cancel := context.WithTimeout(context.Background(), cfg.HTTP.ShutdownTimeout.D())
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil {
+		log.Warn().Err(err).Msg("http shutdown incomplete")
+	}
+	stopRun()
+	workers.Wait()
+	log.Info().Msg("stopped")
+	return runErr
+}
+
+// provision creates or updates the streams, retrying with backoff until it
+// succeeds or ctx ends: a relay started before its NATS cluster waits.
+func provision(ctx context.Context, js jetstream.JetStream, spec stream.Spec, log zerolog.Logger) error {
+	b := backoff.NewExponentialBackOff()
+	b.MaxInterval = 10 * time.Second
+	b.MaxElapsedTime = 0
+	return backoff.RetryNotify(func() error {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		err := stream.Provision(pctx, js, spec)
+		if ctx.Err() != nil {
+			return backoff.Permanent(ctx.Err())
+		}
+		return err
+	}, backoff.WithContext(b, ctx), func(err error, d time.Duration) {
+		log.Warn().Err(err).Dur("delay", d).Msg("provisioning streams failed; retrying")
+	})
+}
+
+// connectNATS starts the embedded server when no URL is configured and
+// connects. The returned function drains the connection and stops the
+// embedded server.
+func connectNATS(cfg config.Config, log zerolog.Logger) (*nats.Conn, func(), error) {
+	ccfg := stream.ConnectConfig{
+		URL: cfg.NATS.URL, CredsFile: cfg.NATS.CredsFile, Token: cfg.NATS.Token.Value(),
+		Name: "sengo-relay", Logger: log.With().Str("component", "nats").Logger(),
+	}
+	if cfg.NATS.URL != "" {
+		nc, err := stream.Connect(ccfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("nats connecting")
+		return nc, func() { drain(nc, log) }, nil
+	}
+	storeDir := cfg.StoreDirOrDefault()
+	if err := os.MkdirAll(storeDir, 0o750); err != nil {
+		return nil, nil, fmt.Errorf("data dir: %w", err)
+	}
+	interval, always, _ := cfg.NATS.Embedded.Sync()
+	emb, err := stream.StartEmbedded(stream.EmbeddedConfig{
+		StoreDir: storeDir, Listen: cfg.NATS.Embedded.Listen,
+		SyncInterval: interval, SyncAlways: always, MaxStore: cfg.NATS.Embedded.MaxStore,
+		Logger: log,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info().Str("store_dir", storeDir).Str("client_url", emb.ClientURL()).Msg("embedded nats started")
+	nc, err := stream.Connect(ccfg, emb.ConnectOption())
+	if err != nil {
+		emb.Shutdown()
+		return nil, nil, err
+	}
+	return nc, func() { drain(nc, log); emb.Shutdown() }, nil
+}
+
+func drain(nc *nats.Conn, log zerolog.Logger) {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		log.Warn().Msg("nats drain timed out")
+		nc.Close()
+	}
+}
+
+func provisionSpec(cfg config.Config) stream.Spec {
+	storage := jetstream.FileStorage
+	if cfg.NATS.Storage == "memory" {
+		storage = jetstream.MemoryStorage
+	}
+	limits := func(s config.StreamLimits) stream.Limits {
+		return stream.Limits{MaxAge: s.MaxAge.D(), Duplicates: s.DuplicateWindow.D(), MaxBytes: s.MaxBytes}
+	}
+	return stream.Spec{
+		Replicas: cfg.NATS.Replicas,
+		Storage:  storage,
+		Streams: []stream.StreamSpec{
+			{Name: event.StreamInbox, Subjects: []string{event.SubjectsInbox}, Description: "SenGo notifications as received", Limits: limits(cfg.Streams.Inbox)},
+			{Name: event.StreamEvents, Subjects: []string{event.SubjectsEvents}, Description: "normalized SenGo transaction events", Limits: limits(cfg.Streams.Events)},
+			{Name: event.StreamQuarantine, Subjects: []string{event.SubjectsQuarantine}, Description: "notifications that cannot be processed", Limits: limits(cfg.Streams.Quarantine)},
+		},
+		Buckets: []stream.BucketSpec{
+			{Name: event.BucketTx, Description: "SenGo transaction state", TTL: cfg.Streams.Transactions.TTL.D(), History: 1},
+		},
+	}
+}
+
+func receiverProjects(cfg config.Config) ([]receiver.Project, []netip.Prefix, error) {
+	var out []receiver.Project
+	for _, name := range cfg.ProjectNames() {
+		p := cfg.Projects[name]
+		allow, err := verify.ParseIPAllowlist(p.AllowedIPs)
+		if err != nil {
+			return nil, nil, err // validated already
+		}
+		mode := receiver.SignatureOff
+		switch p.SignatureMode() {
+		case config.SignatureOptional:
+			mode = receiver.SignatureOptional
+		case config.SignatureRequired:
+			mode = receiver.SignatureRequired
+		}
+		out = append(out, receiver.Project{
+			Name: name, APIKey: p.APIKey.Value(), Token: p.Token.Value(),
+			CallbackToken: p.CallbackToken.Value(), AllowedIPs: allow, Signature: mode,
+		})
+	}
+	var trusted []netip.Prefix
+	for _, t := range cfg.HTTP.TrustedProxies {
+		p, err := verify.ParsePrefix(t)
+		if err != nil {
+			return nil, nil, err
+		}
+		trusted = append(trusted, p)
+	}
+	return out, trusted, nil
+}

@@ -1,0 +1,158 @@
+package receiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/sengo"
+	"github.com/sengo-relay/sengo-relay/verify"
+)
+
+// SourceCallback marks notifications that arrived as SenGo callbacks.
+const SourceCallback = "callback"
+
+type callbackHandler struct {
+	cfg      Config
+	projects map[string]*Project
+	now      func() time.Time
+}
+
+func newCallbackHandler(cfg Config) *callbackHandler {
+	h := &callbackHandler{cfg: cfg, projects: make(map[string]*Project), now: cfg.Now}
+	for i := range cfg.Projects {
+		h.projects[cfg.Projects[i].Name] = &cfg.Projects[i]
+	}
+	if h.now == nil {
+		h.now = time.Now
+	}
+	return h
+}
+
+// accepted is the answer to a stored callback.
+type accepted struct {
+	Status    string `json:"status"` // "accepted" or "duplicate"
+	ID        string `json:"id"`     // the notification id (project, transaction, status)
+	Duplicate bool   `json:"duplicate"`
+}
+
+// serve handles POST /callbacks/sengo/:project[/:token]. It answers 200
+// only after JetStream acknowledged the store, and counts every outcome.
+func (h *callbackHandler) serve(c echo.Context) error {
+	project := c.Param("project")
+	label := project
+	if _, ok := h.projects[project]; !ok {
+		label = "unknown" // bounded label values, whatever callers send
+	}
+	res, err := h.handle(c, project)
+	outcome := res.Status
+	if err != nil {
+		_, outcome = classify(err)
+	}
+	h.cfg.Metrics.Callbacks.WithLabelValues(label, outcome).Inc()
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, res)
+}
+
+// handle runs the checks in the documented order: content type, size,
+// project, callback token, source IP, signature, body; then stores.
+func (h *callbackHandler) handle(c echo.Context, project string) (accepted, error) {
+	req := c.Request()
+	if !isJSON(req.Header.Get(echo.HeaderContentType)) {
+		return accepted{}, ErrUnsupportedMediaType
+	}
+	body, err := h.readBody(c)
+	if err != nil {
+		return accepted{}, err
+	}
+	p, ok := h.projects[project]
+	if !ok {
+		return accepted{}, ErrUnknownProject
+	}
+	token := c.Param("token")
+	if p.CallbackToken != "" && !verify.Token(p.CallbackToken, token) || p.CallbackToken == "" && token != "" {
+		return accepted{}, ErrUnauthorized
+	}
+	if !p.AllowedIPs.Allows(c.RealIP()) {
+		return accepted{}, ErrForbidden
+	}
+	if sig := req.Header.Get("X-Signature"); p.Signature == SignatureRequired || p.Signature == SignatureOptional && sig != "" {
+		if err := verify.CheckSenGoSignature(p.APIKey, p.Token, body, sig); err != nil {
+			return accepted{}, err
+		}
+	}
+	tx, err := sengo.ParseCallback(body)
+	if err != nil {
+		return accepted{}, err
+	}
+	return h.store(req.Context(), c.Response().Header().Get(echo.HeaderXRequestID), project, tx, body)
+}
+
+// readBody reads at most MaxBodyBytes, rejecting larger bodies before
+// reading them when Content-Length tells.
+func (h *callbackHandler) readBody(c echo.Context) ([]byte, error) {
+	req := c.Request()
+	if req.ContentLength > h.cfg.MaxBodyBytes {
+		return nil, ErrBodyTooLarge
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), req.Body, h.cfg.MaxBodyBytes))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return nil, ErrBodyTooLarge
+	case err != nil:
+		return nil, fmt.Errorf("%w: %v", ErrBodyUnreadable, err)
+	}
+	return body, nil
+}
+
+// store publishes the raw notification to SENGO_INBOX and waits for the
+// PubAck, at most PublishTimeout. The Nats-Msg-Id makes a repeated
+// notification a duplicate that JetStream drops.
+func (h *callbackHandler) store(ctx context.Context, requestID, project string, tx sengo.Transaction, body []byte) (accepted, error) {
+	id := event.ID(project, tx.ID, tx.Status)
+	msg := &nats.Msg{
+		Subject: event.InboxSubject(project),
+		Data:    body,
+		Header: nats.Header{
+			event.HeaderProject:    []string{project},
+			event.HeaderReceivedAt: []string{h.now().UTC().Format(time.RFC3339Nano)},
+			event.HeaderSource:     []string{SourceCallback},
+			event.HeaderRequestID:  []string{requestID},
+		},
+	}
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.PublishTimeout)
+	defer cancel()
+	start := time.Now()
+	ack, err := h.cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(event.StreamInbox))
+	if err != nil {
+		return accepted{}, fmt.Errorf("%w: publish %s: %v", ErrStoreUnavailable, id, err)
+	}
+	h.cfg.Metrics.PublishSeconds.Observe(time.Since(start).Seconds())
+	if ack.Duplicate {
+		return accepted{Status: "duplicate", ID: id, Duplicate: true}, nil
+	}
+	return accepted{Status: "accepted", ID: id}, nil
+}
+
+// isJSON accepts application/json, text/json and any +json type, with
+// parameters such as charset.
+func isJSON(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return false
+	}
+	return mt == "application/json" || mt == "text/json" || strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json")
+}

@@ -1,0 +1,374 @@
+package receiver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/sengo"
+)
+
+// IntakeConsumer is the durable consumer name on SENGO_INBOX shared by
+// every relay instance.
+const IntakeConsumer = "intake"
+
+// ErrPermanent marks a notification that can never be processed; it is
+// quarantined instead of retried. A Confirmer wraps it to reject a
+// notification SenGo disagrees with.
+var ErrPermanent = errors.New("permanent failure")
+
+// Confirmer checks a notification against SenGo's API before anything is
+// published. Confirm blocks, must be safe for concurrent use and returns
+// SenGo's view of the transaction, which wins where it differs (SenGo is
+// the truth). An error wrapping ErrPermanent quarantines the notification;
+// any other error is retried with backoff.
+type Confirmer interface {
+	Confirm(ctx context.Context, project string, tx sengo.Transaction) (sengo.Transaction, error)
+}
+
+// IntakeConfig configures the intake workers.
+type IntakeConfig struct {
+	JetStream     jetstream.JetStream
+	Workers       int
+	AckWait       time.Duration
+	MaxAckPending int
+	RetryInitial  time.Duration
+	RetryMax      time.Duration
+	// Confirmer is nil until confirmation through SenGo's API exists;
+	// events are then published with confirmed: false.
+	Confirmer Confirmer
+	Metrics   *Metrics
+	Logger    zerolog.Logger
+}
+
+// Intake turns inbox notifications into events.
+type Intake struct {
+	cfg  IntakeConfig
+	kv   jetstream.KeyValue
+	cons jetstream.Consumer
+	log  zerolog.Logger
+}
+
+// NewIntake creates or updates the durable intake consumer and opens the
+// transaction bucket. Streams must be provisioned.
+func NewIntake(ctx context.Context, cfg IntakeConfig) (*Intake, error) {
+	kv, err := cfg.JetStream.KeyValue(ctx, event.BucketTx)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", event.BucketTx, err)
+	}
+	cons, err := cfg.JetStream.CreateOrUpdateConsumer(ctx, event.StreamInbox, jetstream.ConsumerConfig{
+		Durable:       IntakeConsumer,
+		Description:   "sengo-relay intake: notifications to events",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.AckWait,
+		MaxDeliver:    -1, // retried for as long as the inbox keeps it
+		MaxAckPending: cfg.MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %s: %w", IntakeConsumer, err)
+	}
+	return &Intake{cfg: cfg, kv: kv, cons: cons, log: cfg.Logger}, nil
+}
+
+// Pending returns how many inbox notifications wait for intake (not yet
+// delivered plus delivered and not yet acknowledged).
+func (in *Intake) Pending(ctx context.Context) (uint64, error) {
+	info, err := in.cons.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.NumPending + uint64(info.NumAckPending), nil
+}
+
+// Run processes notifications until ctx is done, then stops pulling,
+// finishes what is in flight (at most drainTimeout) and returns.
+// Unfinished notifications are redelivered to another worker or after a
+// restart.
+func (in *Intake) Run(ctx context.Context, drainTimeout time.Duration) error {
+	msgs := make(chan jetstream.Msg)
+	var wg sync.WaitGroup
+	for range in.cfg.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for m := range msgs {
+				in.handle(m)
+			}
+		}()
+	}
+	cc, err := in.cons.Consume(func(m jetstream.Msg) { msgs <- m },
+		jetstream.PullMaxMessages(2*in.cfg.Workers),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			in.log.Warn().Err(err).Msg("intake consume")
+		}))
+	if err != nil {
+		close(msgs)
+		wg.Wait()
+		return fmt.Errorf("consume %s: %w", IntakeConsumer, err)
+	}
+	in.log.Info().Int("workers", in.cfg.Workers).Msg("intake started")
+	<-ctx.Done()
+	cc.Drain()
+	select {
+	case <-cc.Closed():
+	case <-time.After(drainTimeout):
+		cc.Stop()
+		<-cc.Closed()
+	}
+	close(msgs)
+	wg.Wait()
+	in.log.Info().Msg("intake stopped")
+	return nil
+}
+
+// result is the outcome of processing one notification.
+type result struct {
+	project string
+	outcome string // published, duplicate, stale, conflict
+	err     error
+}
+
+// handle processes one inbox message and settles it.
+func (in *Intake) handle(m jetstream.Msg) {
+	// Each attempt has its own deadline, well inside AckWait, so a stuck
+	// call cannot let JetStream hand the message to a second worker while
+	// this one still works on it.
+	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.AckWait*2/3)
+	defer cancel()
+	in.settle(ctx, m, in.process(ctx, m))
+}
+
+// settle is the one place that decides Ack, NakWithDelay or quarantine.
+func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
+	meta, _ := m.Metadata()
+	var attempt uint64 = 1
+	var seq uint64
+	if meta != nil {
+		attempt, seq = meta.NumDelivered, meta.Sequence.Stream
+	}
+	log := in.log.With().Str("project", r.project).Uint64("inbox_seq", seq).Uint64("attempt", attempt).Logger()
+	switch {
+	case r.err == nil:
+		in.count(r.project, r.outcome)
+		if err := m.Ack(); err != nil {
+			log.Warn().Err(err).Msg("ack inbox message; it will be redelivered and found done")
+		}
+	case errors.Is(r.err, ErrPermanent):
+		if err := in.quarantine(ctx, m, r); err != nil {
+			delay := in.retryDelay(attempt)
+			log.Warn().Err(err).Dur("delay", delay).Msg("quarantine failed; retrying")
+			_ = m.NakWithDelay(delay)
+			return
+		}
+		in.count(r.project, "quarantined")
+		log.Error().Err(r.err).Msg("notification quarantined")
+		_ = m.Ack()
+	default:
+		delay := in.retryDelay(attempt)
+		in.count(r.project, "retry")
+		log.Warn().Err(r.err).Dur("delay", delay).Msg("intake failed; retrying")
+		_ = m.NakWithDelay(delay)
+	}
+}
+
+func (in *Intake) count(project, outcome string) {
+	if project == "" {
+		project = "unknown"
+	}
+	in.cfg.Metrics.Intake.WithLabelValues(project, outcome).Inc()
+}
+
+// retryDelay is exponential backoff with jitter for the given delivery
+// attempt, computed from JetStream's delivery count so it survives restarts.
+func (in *Intake) retryDelay(attempt uint64) time.Duration {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = in.cfg.RetryInitial
+	b.MaxInterval = in.cfg.RetryMax
+	b.MaxElapsedTime = 0
+	b.Reset()
+	d := b.NextBackOff()
+	for i := uint64(1); i < attempt && d < in.cfg.RetryMax; i++ {
+		d = b.NextBackOff()
+	}
+	return d
+}
+
+// quarantine stores the notification with the reason in SENGO_QUARANTINE.
+func (in *Intake) quarantine(ctx context.Context, m jetstream.Msg, r result) error {
+	project := r.project
+	if project == "" {
+		project = "unknown"
+	}
+	h := nats.Header{}
+	for k, v := range m.Headers() {
+		h[k] = v
+	}
+	h.Del(jetstream.MsgIDHeader)
+	h.Set(event.HeaderReason, r.err.Error())
+	meta, _ := m.Metadata()
+	if meta != nil {
+		// Idempotent: a retry of the quarantine itself is a duplicate.
+		h.Set(jetstream.MsgIDHeader, fmt.Sprintf("q-%d", meta.Sequence.Stream))
+	}
+	_, err := in.cfg.JetStream.PublishMsg(ctx, &nats.Msg{Subject: event.QuarantineSubject(project), Header: h, Data: m.Data()},
+		jetstream.WithExpectStream(event.StreamQuarantine))
+	return err
+}
+
+// process applies one notification to its transaction.
+func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
+	project := m.Headers().Get(event.HeaderProject)
+	if project == "" {
+		return result{err: fmt.Errorf("%w: no %s header", ErrPermanent, event.HeaderProject)}
+	}
+	r := result{project: project}
+	tx, err := sengo.ParseCallback(m.Data())
+	if err != nil {
+		r.err = fmt.Errorf("%w: %v", ErrPermanent, err)
+		return r
+	}
+	acceptedAt, err := time.Parse(time.RFC3339Nano, m.Headers().Get(event.HeaderReceivedAt))
+	if err != nil {
+		if meta, merr := m.Metadata(); merr == nil {
+			acceptedAt = meta.Timestamp
+		} else {
+			acceptedAt = time.Now()
+		}
+	}
+	confirmed := false
+	if in.cfg.Confirmer != nil {
+		if tx, err = in.cfg.Confirmer.Confirm(ctx, project, tx); err != nil {
+			r.err = fmt.Errorf("confirm %s: %w", tx.ID, err)
+			return r
+		}
+		confirmed = true
+	}
+	var inboxSeq uint64
+	if meta, err := m.Metadata(); err == nil {
+		inboxSeq = meta.Sequence.Stream
+	}
+	log := in.log.With().Str("project", project).Str("transaction_id", tx.ID).Str("merchant_ref", tx.MerchantRef).Str("status", string(tx.Status)).Logger()
+
+	key := txKey(project, tx.ID)
+	st, err := in.apply(ctx, key, func(s *txState) (bool, error) {
+		switch d := event.Decide(s.Status, tx.Status); d {
+		case event.Publish:
+			ev := tx.Event(project, s.Status, acceptedAt, confirmed)
+			b, err := event.Marshal(ev)
+			if err != nil {
+				return false, fmt.Errorf("%w: %v", ErrPermanent, err)
+			}
+			if s.TransactionID == "" {
+				s.Project, s.TransactionID, s.Product = project, tx.ID, tx.Product
+			}
+			s.MerchantRef = tx.MerchantRef
+			s.Status = tx.Status
+			s.UpdatedAt = acceptedAt
+			s.History = append(s.History, txEvent{Status: tx.Status, EventID: ev.ID, AcceptedAt: acceptedAt})
+			s.Outbox = append(s.Outbox, outboxItem{EventID: ev.ID, Subject: event.EventSubject(project, tx.Product, tx.Status), Event: b})
+			r.outcome = "published"
+			return true, nil
+		case event.Duplicate:
+			r.outcome = "duplicate"
+			return false, nil
+		default: // Stale or Conflict: recorded and counted, never published
+			r.outcome = d.String()
+			return s.reject(tx.Status, d, acceptedAt, inboxSeq), nil
+		}
+	})
+	if err != nil {
+		r.err = err
+		return r
+	}
+	switch r.outcome {
+	case "conflict":
+		log.Error().Str("current_status", string(st.Status)).Msg("SenGo reported a second, different final status; not published")
+	case "stale":
+		log.Info().Str("current_status", string(st.Status)).Msg("late pending after a final status; not published")
+	}
+	if err := in.flush(ctx, key, st); err != nil {
+		r.err = err
+		return r
+	}
+	if r.outcome == "published" {
+		log.Debug().Str("event_id", event.ID(project, tx.ID, tx.Status)).Msg("event published")
+	}
+	return r
+}
+
+// maxCAS bounds compare-and-set retries for one notification; beyond it
+// the notification is retried later with backoff.
+const maxCAS = 16
+
+// apply reads the transaction, lets change modify it and writes it back
+// with compare-and-set on the revision read, re-reading on conflict. It
+// returns the state as stored.
+func (in *Intake) apply(ctx context.Context, key string, change func(*txState) (bool, error)) (txState, error) {
+	for range maxCAS {
+		var st txState
+		var rev uint64
+		entry, err := in.kv.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return txState{}, fmt.Errorf("read %s: %w", key, err)
+		default:
+			rev = entry.Revision()
+			if err := json.Unmarshal(entry.Value(), &st); err != nil {
+				return txState{}, fmt.Errorf("%w: decode %s: %v", ErrPermanent, key, err)
+			}
+		}
+		changed, err := change(&st)
+		if err != nil || !changed {
+			return st, err
+		}
+		b, err := json.Marshal(st)
+		if err != nil {
+			return txState{}, fmt.Errorf("%w: encode %s: %v", ErrPermanent, key, err)
+		}
+		if rev == 0 {
+			_, err = in.kv.Create(ctx, key, b)
+		} else {
+			_, err = in.kv.Update(ctx, key, b, rev)
+		}
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			in.cfg.Metrics.KVConflicts.Inc()
+			continue
+		}
+		if err != nil {
+			return txState{}, fmt.Errorf("write %s: %w", key, err)
+		}
+		return st, nil
+	}
+	return txState{}, fmt.Errorf("write %s: %d compare-and-set conflicts in a row", key, maxCAS)
+}
+
+// flush publishes the outbox of st oldest first, each with its event id as
+// Nats-Msg-Id (so a concurrent flush of the same item is a duplicate), then
+// removes the published items from the stored state.
+func (in *Intake) flush(ctx context.Context, key string, st txState) error {
+	if len(st.Outbox) == 0 {
+		return nil
+	}
+	seqs := make(map[string]uint64, len(st.Outbox))
+	for _, it := range st.Outbox {
+		msg := &nats.Msg{Subject: it.Subject, Data: it.Event, Header: nats.Header{event.HeaderEventID: []string{it.EventID}}}
+		ack, err := in.cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(it.EventID), jetstream.WithExpectStream(event.StreamEvents))
+		if err != nil {
+			return fmt.Errorf("publish event %s: %w", it.EventID, err)
+		}
+		seqs[it.EventID] = ack.Sequence
+	}
+	_, err := in.apply(ctx, key, func(s *txState) (bool, error) { return s.published(seqs), nil })
+	return err
+}

@@ -1,0 +1,43 @@
+package receiver
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics of the receiver and the intake workers.
+type Metrics struct {
+	// Callbacks counts callbacks by project ("unknown" for names not
+	// configured) and outcome ("accepted", "duplicate" or an error code).
+	Callbacks *prometheus.CounterVec
+	// PublishSeconds is the time from publish to PubAck on SENGO_INBOX.
+	PublishSeconds prometheus.Histogram
+	// Intake counts processed notifications by project and outcome
+	// ("published", "duplicate", "stale", "conflict", "quarantined", "retry").
+	Intake *prometheus.CounterVec
+	// KVConflicts counts compare-and-set conflicts on SENGO_TX (two workers
+	// racing on one transaction; each is resolved by re-reading).
+	KVConflicts prometheus.Counter
+}
+
+// NewMetrics creates the metrics and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sengo_relay_callbacks_total",
+			Help: "Callbacks received, by project and outcome.",
+		}, []string{"project", "outcome"}),
+		PublishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sengo_relay_inbox_publish_seconds",
+			Help:    "Time from publishing a notification to SENGO_INBOX until JetStream acknowledged it.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		Intake: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sengo_relay_intake_total",
+			Help: "Inbox notifications processed, by project and outcome.",
+		}, []string{"project", "outcome"}),
+		KVConflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sengo_relay_tx_cas_conflicts_total",
+			Help: "Compare-and-set conflicts on the SENGO_TX bucket.",
+		}),
+	}
+	reg.MustRegister(m.Callbacks, m.PublishSeconds, m.Intake, m.KVConflicts)
+	return m
+}

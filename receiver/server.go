@@ -1,0 +1,172 @@
+package receiver
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/verify"
+)
+
+// SignatureMode says when X-Signature is checked.
+type SignatureMode int
+
+const (
+	// SignatureOff ignores X-Signature.
+	SignatureOff SignatureMode = iota
+	// SignatureOptional verifies X-Signature when present.
+	SignatureOptional
+	// SignatureRequired rejects callbacks without a valid X-Signature.
+	SignatureRequired
+)
+
+// Project is one SenGo project as the receiver needs it.
+type Project struct {
+	Name          string
+	APIKey        string
+	Token         string
+	CallbackToken string // empty: no path token
+	AllowedIPs    verify.IPAllowlist
+	Signature     SignatureMode
+}
+
+// Config configures the HTTP application.
+type Config struct {
+	Projects       []Project
+	JetStream      jetstream.JetStream
+	MaxBodyBytes   int64
+	PublishTimeout time.Duration
+	RetryAfter     time.Duration
+	// TrustedProxies are the peers whose X-Forwarded-For is believed.
+	TrustedProxies []netip.Prefix
+	// Ready reports whether the relay can store callbacks (JetStream
+	// reachable, streams provisioned). It must return within its context.
+	Ready    func(context.Context) error
+	Metrics  *Metrics
+	Gatherer prometheus.Gatherer
+	Logger   zerolog.Logger
+	// Now returns the acceptance time stamped on notifications; time.Now when nil.
+	Now func() time.Time
+}
+
+// New returns the Echo application: the callback routes, /healthz,
+// /readyz and /metrics.
+func New(cfg Config) *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = errorHandler(cfg.RetryAfter)
+	e.IPExtractor = ipExtractor(cfg.TrustedProxies)
+	e.Logger.SetOutput(zerologWriter{cfg.Logger})
+
+	e.Use(middleware.RequestID())
+	e.Use(requestLogger(cfg.Logger))
+	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
+		cfg.Logger.Error().Err(err).Str("request_id", c.Response().Header().Get(echo.HeaderXRequestID)).Bytes("stack", stack).Msg("panic in handler")
+		return err
+	}}))
+
+	h := newCallbackHandler(cfg)
+	e.POST("/callbacks/sengo/:project", h.serve)
+	e.POST("/callbacks/sengo/:project/:token", h.serve)
+
+	e.GET("/healthz", func(c echo.Context) error {
+		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+	})
+	e.GET("/readyz", func(c echo.Context) error {
+		ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+		defer cancel()
+		if cfg.Ready != nil {
+			if err := cfg.Ready(ctx); err != nil {
+				cfg.Logger.Warn().Err(err).Msg("not ready")
+				return ErrNotReady
+			}
+		}
+		return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+	})
+	if cfg.Gatherer != nil {
+		e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})))
+	}
+	return e
+}
+
+// ipExtractor finds the caller's address: the TCP peer, or with trusted
+// proxies the right-most untrusted X-Forwarded-For entry (Echo's logic).
+func ipExtractor(trusted []netip.Prefix) echo.IPExtractor {
+	if len(trusted) == 0 {
+		return echo.ExtractIPDirect()
+	}
+	opts := []echo.TrustOption{echo.TrustLoopback(false), echo.TrustLinkLocal(false), echo.TrustPrivateNet(false)}
+	for _, p := range trusted {
+		opts = append(opts, echo.TrustIPRange(&net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}))
+	}
+	return echo.ExtractIPFromXFFHeader(opts...)
+}
+
+// requestLogger writes one line per request. The path is redacted: a
+// callback token in it never reaches the log.
+func requestLogger(log zerolog.Logger) echo.MiddlewareFunc {
+	return middleware.RequestLoggerWithConfig(middleware.RequestLoggerConfig{
+		LogStatus: true, LogLatency: true, LogMethod: true, LogURIPath: true,
+		LogRequestID: true, LogRemoteIP: true, LogError: true, HandleError: true,
+		LogValuesFunc: func(c echo.Context, v middleware.RequestLoggerValues) error {
+			lvl := zerolog.DebugLevel
+			switch {
+			case v.Status >= 500:
+				lvl = zerolog.WarnLevel
+			case v.Status >= 400:
+				lvl = zerolog.InfoLevel
+			}
+			if strings.HasPrefix(v.URIPath, "/callbacks/") && v.Status < 400 {
+				lvl = zerolog.InfoLevel
+			}
+			ev := log.WithLevel(lvl).
+				Str("request_id", v.RequestID).
+				Str("method", v.Method).
+				Str("path", RedactPath(v.URIPath)).
+				Int("status", v.Status).
+				Dur("latency_ms", v.Latency).
+				Str("remote_ip", v.RemoteIP)
+			if p := c.Param("project"); p != "" {
+				ev = ev.Str("project", p)
+			}
+			if v.Error != nil {
+				_, code := classify(v.Error)
+				ev = ev.Str("code", code).Err(v.Error)
+			}
+			ev.Msg("http request")
+			return nil
+		},
+	})
+}
+
+// RedactPath removes everything after the project segment of a callback
+// path (where a callback token would be), so logs never hold a token.
+func RedactPath(p string) string {
+	const prefix = "/callbacks/sengo/"
+	if !strings.HasPrefix(p, prefix) {
+		return p
+	}
+	rest := p[len(prefix):]
+	if i := strings.IndexByte(rest, '/'); i >= 0 {
+		return prefix + rest[:i] + "/[redacted]"
+	}
+	return p
+}
+
+// zerologWriter routes Echo's own logger (rarely used) to zerolog.
+type zerologWriter struct{ l zerolog.Logger }
+
+func (w zerologWriter) Write(p []byte) (int, error) {
+	w.l.Warn().Str("component", "echo").Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

@@ -1,0 +1,108 @@
+package receiver
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"regexp"
+	"time"
+
+	"github.com/sengo-relay/sengo-relay/event"
+)
+
+// txState is the SENGO_TX entry of one transaction: its status so far, the
+// events it produced, and an outbox of events decided but not yet confirmed
+// published.
+//
+// The outbox is what makes intake crash-safe and ordered: a status change
+// and the event it must publish are written in one compare-and-set, so a
+// worker that dies after the write leaves the event behind for whoever
+// touches the transaction next (the redelivered notification at the
+// latest). Events leave the outbox only after JetStream acknowledged them,
+// and are always published oldest first.
+type txState struct {
+	Project       string        `json:"project"`
+	TransactionID string        `json:"transactionId"`
+	MerchantRef   string        `json:"merchantRef"`
+	Product       event.Product `json:"product"`
+	Status        event.Status  `json:"status"`
+	UpdatedAt     time.Time     `json:"updatedAt"`
+	History       []txEvent     `json:"history"`
+	Outbox        []outboxItem  `json:"outbox,omitempty"`
+	// Rejected records late (stale) and conflicting notifications, newest
+	// last, at most maxRejected.
+	Rejected []rejected `json:"rejected,omitempty"`
+}
+
+// txEvent is one published status change.
+type txEvent struct {
+	Status     event.Status `json:"status"`
+	EventID    string       `json:"eventId"`
+	AcceptedAt time.Time    `json:"acceptedAt"`
+	// Seq is the event's sequence in SENGO_EVENTS, 0 until published.
+	Seq uint64 `json:"seq,omitempty"`
+}
+
+type outboxItem struct {
+	EventID string          `json:"eventId"`
+	Subject string          `json:"subject"`
+	Event   json.RawMessage `json:"event"`
+}
+
+type rejected struct {
+	Status   event.Status `json:"status"`
+	Decision string       `json:"decision"` // "stale" or "conflict"
+	At       time.Time    `json:"at"`
+	InboxSeq uint64       `json:"inboxSeq"`
+}
+
+const maxRejected = 20
+
+// reject records a stale or conflicting notification once per inbox message.
+func (s *txState) reject(st event.Status, d event.Decision, at time.Time, inboxSeq uint64) bool {
+	for _, r := range s.Rejected {
+		if r.InboxSeq == inboxSeq {
+			return false
+		}
+	}
+	s.Rejected = append(s.Rejected, rejected{Status: st, Decision: d.String(), At: at, InboxSeq: inboxSeq})
+	if len(s.Rejected) > maxRejected {
+		s.Rejected = s.Rejected[len(s.Rejected)-maxRejected:]
+	}
+	return true
+}
+
+// published marks the outbox items with the given ids as published at
+// their sequences and removes them. It reports whether anything changed.
+func (s *txState) published(seqs map[string]uint64) bool {
+	changed := false
+	kept := s.Outbox[:0]
+	for _, it := range s.Outbox {
+		if seq, ok := seqs[it.EventID]; ok {
+			changed = true
+			for i := range s.History {
+				if s.History[i].EventID == it.EventID {
+					s.History[i].Seq = seq
+				}
+			}
+			continue
+		}
+		kept = append(kept, it)
+	}
+	s.Outbox = kept
+	if len(s.Outbox) == 0 {
+		s.Outbox = nil
+	}
+	return changed
+}
+
+var plainID = regexp.MustCompile(`^[A-Za-z0-9-]{1,200}$`)
+
+// txKey is the SENGO_TX key of a transaction: "<project>.<id>". SenGo ids
+// are opaque strings; one that is not plain letters, digits and '-' is
+// base64url-encoded behind "b64_" (which a plain id cannot contain).
+func txKey(project, transactionID string) string {
+	if plainID.MatchString(transactionID) {
+		return project + "." + transactionID
+	}
+	return project + ".b64_" + base64.RawURLEncoding.EncodeToString([]byte(transactionID))
+}
