@@ -1,0 +1,445 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/fixtures"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+)
+
+// TestMain lets a test start this binary as the real relay process (for
+// SIGKILL and SIGTERM tests): with SENGO_RELAY_TEST_MAIN=1 it runs main.
+func TestMain(m *testing.M) {
+	if os.Getenv("SENGO_RELAY_TEST_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// checkedInConfig is the repository's config.yaml.
+var checkedInConfig = filepath.Join("..", "..", "config.yaml")
+
+// relayEnv points the checked-in config at a temp data dir and free ports.
+func relayEnv(dataDir string, extra ...string) []string {
+	return append([]string{
+		"SENGO_RELAY_DATA_DIR=" + dataDir,
+		"SENGO_RELAY_HTTP_LISTEN=127.0.0.1:0",
+		"SENGO_RELAY_NATS_EMBEDDED_LISTEN=127.0.0.1:0",
+		"SENGO_RELAY_LOG_LEVEL=debug",
+	}, extra...)
+}
+
+// logWatch reads JSON log lines and remembers fields of interest.
+type logWatch struct {
+	mu    sync.Mutex
+	lines []map[string]any
+	seen  chan struct{}
+}
+
+func watchLogs(r io.Reader) *logWatch {
+	w := &logWatch{seen: make(chan struct{}, 1)}
+	go func() {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) != nil {
+				continue
+			}
+			w.mu.Lock()
+			w.lines = append(w.lines, m)
+			w.mu.Unlock()
+			select {
+			case w.seen <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return w
+}
+
+// field waits for a log line with message msg and returns its key field.
+func (w *logWatch) field(t *testing.T, msg, key string) string {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		w.mu.Lock()
+		for _, l := range w.lines {
+			if l["message"] == msg {
+				v, _ := l[key].(string)
+				w.mu.Unlock()
+				return v
+			}
+		}
+		w.mu.Unlock()
+		select {
+		case <-w.seen:
+		case <-deadline:
+			t.Fatalf("no log line %q within 30s", msg)
+		}
+	}
+}
+
+func (w *logWatch) text() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var b strings.Builder
+	for _, l := range w.lines {
+		j, _ := json.Marshal(l)
+		b.Write(j)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// startRun runs run() in this process with the checked-in config; it
+// returns the HTTP base URL, the logs, and a stop function that returns
+// run's error.
+func startRun(t *testing.T, env []string) (string, *logWatch, func() error) {
+	t.Helper()
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	pr, pw := io.Pipe()
+	logs := watchLogs(pr)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--config", checkedInConfig}, pw, io.Discard)
+		pw.Close()
+	}()
+	addr := logs.field(t, "http listening", "addr")
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(30 * time.Second):
+				runErr = fmt.Errorf("run did not return within 30s of cancel")
+			}
+		})
+		return runErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	return "http://" + addr, logs, stop
+}
+
+func post(t *testing.T, url string, body []byte) int {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func waitReady(t *testing.T, base string) {
+	t.Helper()
+	eventually(t, "readyz 200", func() bool {
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval
+	}
+}
+
+// collect subscribes to sengo.events.> and gathers events.
+type collect struct {
+	mu  sync.Mutex
+	evs []event.Event
+}
+
+func subscribe(t *testing.T, url string) *collect {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	c := &collect{}
+	if _, err := nc.Subscribe("sengo.events.>", func(m *nats.Msg) {
+		ev, err := event.Unmarshal(m.Data)
+		if err != nil {
+			t.Errorf("undecodable event on %s: %v", m.Subject, err)
+			return
+		}
+		c.mu.Lock()
+		c.evs = append(c.evs, ev)
+		c.mu.Unlock()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (c *collect) n() int { c.mu.Lock(); defer c.mu.Unlock(); return len(c.evs) }
+
+// storedEvents reads SENGO_EVENTS through a JetStream client at url.
+func storedEvents(t *testing.T, url string) []event.Event {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, event.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []event.Event
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := event.Unmarshal(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+func uniqueIDs(t *testing.T, evs []event.Event) map[string]bool {
+	t.Helper()
+	ids := map[string]bool{}
+	for _, e := range evs {
+		if ids[e.ID] {
+			t.Errorf("event %s stored twice", e.ID)
+		}
+		ids[e.ID] = true
+	}
+	return ids
+}
+
+// The README's first-callback walkthrough, end to end through run(): each
+// fixture answers 200, and a plain NATS subscriber on the embedded server
+// sees one normalized event per status change.
+func TestServeEndToEnd(t *testing.T) {
+	base, logs, stop := startRun(t, relayEnv(t.TempDir()))
+	natsURL := logs.field(t, "embedded nats started", "client_url")
+	waitReady(t, base)
+	sub := subscribe(t, natsURL)
+
+	distinct := map[string]bool{}
+	for _, fx := range fixtures.Callbacks() {
+		if code := post(t, base+"/callbacks/sengo/main", fx.Body); code != 200 {
+			t.Fatalf("%s: %d", fx.Name, code)
+		}
+		var env struct{ ResponseData json.RawMessage }
+		raw := fx.Body
+		if json.Unmarshal(fx.Body, &env) == nil && env.ResponseData != nil {
+			raw = env.ResponseData
+		}
+		var tx struct{ ID, Status string }
+		_ = json.Unmarshal(raw, &tx)
+		distinct[tx.ID+"/"+tx.Status] = true
+	}
+	eventually(t, "one event per status change", func() bool { return sub.n() >= len(distinct) })
+	if err := stop(); err != nil {
+		t.Fatalf("run returned %v", err)
+	}
+	if sub.n() != len(distinct) {
+		t.Fatalf("subscriber saw %d events, want %d", sub.n(), len(distinct))
+	}
+	for _, ev := range sub.evs {
+		if ev.SpecVersion != "1.0" || ev.Source != "sengo/main" || !strings.HasPrefix(ev.Type, "id.sengo.transaction.") || ev.Data.Currency != "IDR" {
+			t.Errorf("not a normalized event: %+v", ev)
+		}
+	}
+	if !strings.Contains(logs.text(), `"message":"stopped"`) {
+		t.Error("no orderly shutdown in the logs")
+	}
+}
+
+// NATS stopped: callbacks get 503; back: the same callbacks get 200 and
+// produce their events once.
+func TestNATSOutage(t *testing.T) {
+	srv := natstest.Start(t)
+	base, _, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_NATS_URL="+srv.URL(), "SENGO_RELAY_HTTP_PUBLISH_TIMEOUT=1s"))
+	waitReady(t, base)
+	first := fixtures.Body("callback-va-success")
+	if code := post(t, base+"/callbacks/sengo/main", first); code != 200 {
+		t.Fatalf("before the outage: %d", code)
+	}
+	srv.Stop()
+	during := [][]byte{fixtures.Body("callback-retail-success"), fixtures.Body("callback-qris-success"), fixtures.Body("callback-ewallet-failed")}
+	for _, b := range during {
+		resp, err := http.Post(base+"/callbacks/sengo/main", "application/json", bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("during the outage: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	}
+	resp, _ := http.Get(base + "/readyz")
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Fatalf("readyz during the outage: %d", resp.StatusCode)
+	}
+	srv.Restart()
+	for _, b := range append(during, first) { // SenGo retries, plus a repeat of the first
+		eventually(t, "200 after recovery", func() bool { return post(t, base+"/callbacks/sengo/main", b) == 200 })
+	}
+	eventually(t, "4 events", func() bool { return len(storedEvents(t, srv.URL())) >= 4 })
+	evs := storedEvents(t, srv.URL())
+	if len(uniqueIDs(t, evs)) != 4 || len(evs) != 4 {
+		t.Fatalf("%d events after recovery, want 4 distinct", len(evs))
+	}
+}
+
+// relayProcess is this test binary running main() as the real relay.
+type relayProcess struct {
+	cmd  *exec.Cmd
+	logs *logWatch
+	base string
+}
+
+func startProcess(t *testing.T, dataDir string, extraEnv ...string) *relayProcess {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "serve", "--config", checkedInConfig)
+	cmd.Env = append(append(os.Environ(), "SENGO_RELAY_TEST_MAIN=1"), relayEnv(dataDir, extraEnv...)...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	p := &relayProcess{cmd: cmd, logs: watchLogs(out)}
+	p.base = "http://" + p.logs.field(t, "http listening", "addr")
+	return p
+}
+
+// SIGKILL right after callbacks were answered 200, before intake could
+// finish them; the restarted relay publishes every one, each once.
+func TestKillAfter200LosesNothing(t *testing.T) {
+	dir := t.TempDir()
+	// One worker, so notifications are still queued when the kill comes.
+	p := startProcess(t, dir, "SENGO_RELAY_INTAKE_WORKERS=1")
+	waitReady(t, p.base)
+	const n = 30
+	for i := range n {
+		body := fmt.Appendf(nil, `{"id":"kill-%d","merchantRef":"K-%d","status":"success","feePayer":"customer","amount":1000,"fee":10,"totalAmount":1010,"retail":{"channel":"indomaret","paymentCode":"X%d"}}`, i, i, i)
+		if code := post(t, p.base+"/callbacks/sengo/main", body); code != 200 {
+			t.Fatalf("callback %d: %d", i, code)
+		}
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.cmd.Wait()
+
+	p2 := startProcess(t, dir)
+	waitReady(t, p2.base)
+	natsURL := p2.logs.field(t, "embedded nats started", "client_url")
+	eventually(t, fmt.Sprintf("%d events after restart", n), func() bool { return len(storedEvents(t, natsURL)) >= n })
+	evs := storedEvents(t, natsURL)
+	ids := uniqueIDs(t, evs)
+	for i := range n {
+		if !ids[event.ID("main", fmt.Sprintf("kill-%d", i), event.StatusSuccess)] {
+			t.Errorf("callback %d was answered 200 but has no event", i)
+		}
+	}
+	if len(evs) != n {
+		t.Errorf("%d events, want %d", len(evs), n)
+	}
+}
+
+// SIGTERM: a graceful stop that exits 0 and says so.
+func TestSIGTERMStopsGracefully(t *testing.T) {
+	p := startProcess(t, t.TempDir())
+	waitReady(t, p.base)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := p.cmd.Wait()
+	if err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+	if !strings.Contains(p.logs.text(), `"message":"stopped"`) {
+		t.Fatalf("no orderly stop in the logs:\n%s", p.logs.text())
+	}
+}
+
+func TestSubcommands(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"version"}, &out, io.Discard); err != nil || !strings.HasPrefix(out.String(), "sengo-relay ") {
+		t.Fatalf("version: %v %q", err, out.String())
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"check-config", "--config", checkedInConfig}, &out, io.Discard); err != nil {
+		t.Fatalf("check-config on the checked-in config: %v", err)
+	}
+	if !strings.Contains(out.String(), "project main: POST /callbacks/sengo/main") {
+		t.Fatalf("check-config output: %s", out.String())
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("http: {listen: nope}\nnats: {replicas: 0}\nprojects: {main: {signature: maybe}}\nextra: 1\n"), 0o600)
+	err := run(context.Background(), []string{"check-config", "--config", bad}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "extra") {
+		t.Fatalf("unknown key: %v", err)
+	}
+	os.WriteFile(bad, []byte("http: {listen: nope}\nnats: {replicas: 0}\nprojects: {main: {signature: maybe}}\n"), 0o600)
+	err = run(context.Background(), []string{"check-config", "--config", bad}, io.Discard, io.Discard)
+	for _, want := range []string{"http.listen", "nats.replicas", "projects.main.signature"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("invalid config error does not list %s: %v", want, err)
+		}
+	}
+	if err := run(context.Background(), []string{"frobnicate"}, io.Discard, io.Discard); err == nil {
+		t.Error("unknown command accepted")
+	}
+}

@@ -1,0 +1,216 @@
+package receiver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/stream"
+)
+
+// harness is a receiver and (optionally) intake on a real JetStream.
+type harness struct {
+	t       *testing.T
+	nats    *natstest.Server
+	js      jetstream.JetStream
+	http    *httptest.Server
+	metrics *Metrics
+	logs    *syncBuffer
+	cfg     Config
+}
+
+type option func(*Config, *IntakeConfig)
+
+func withProjects(ps ...Project) option {
+	return func(c *Config, _ *IntakeConfig) { c.Projects = ps }
+}
+
+func testSpec() stream.Spec {
+	l := stream.Limits{MaxAge: time.Hour, Duplicates: time.Minute}
+	return stream.Spec{
+		Replicas: 1,
+		Storage:  jetstream.FileStorage,
+		Streams: []stream.StreamSpec{
+			{Name: event.StreamInbox, Subjects: []string{event.SubjectsInbox}, Limits: l},
+			{Name: event.StreamEvents, Subjects: []string{event.SubjectsEvents}, Limits: l},
+			{Name: event.StreamQuarantine, Subjects: []string{event.SubjectsQuarantine}, Limits: l},
+		},
+		Buckets: []stream.BucketSpec{{Name: event.BucketTx, History: 1}},
+	}
+}
+
+// newHarness starts NATS, provisions the streams and serves the receiver
+// over httptest. With runIntake, intake workers run until the test ends.
+func newHarness(t *testing.T, runIntake bool, opts ...option) *harness {
+	t.Helper()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	if err := stream.Provision(context.Background(), js, testSpec()); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	log := zerolog.New(logs).Level(zerolog.DebugLevel)
+	reg := prometheus.NewRegistry()
+	h := &harness{t: t, nats: srv, js: js, metrics: NewMetrics(reg), logs: logs}
+	h.cfg = Config{
+		Projects:       []Project{{Name: "main"}},
+		JetStream:      js,
+		MaxBodyBytes:   64 << 10,
+		PublishTimeout: time.Second,
+		RetryAfter:     3 * time.Second,
+		Metrics:        h.metrics,
+		Gatherer:       reg,
+		Logger:         log,
+	}
+	icfg := IntakeConfig{
+		JetStream: js, Workers: 8, AckWait: 10 * time.Second, MaxAckPending: 256,
+		RetryInitial: 50 * time.Millisecond, RetryMax: time.Second, Metrics: h.metrics, Logger: log,
+	}
+	for _, o := range opts {
+		o(&h.cfg, &icfg)
+	}
+	h.http = httptest.NewServer(New(h.cfg))
+	t.Cleanup(h.http.Close)
+	if runIntake {
+		in, err := NewIntake(context.Background(), icfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = in.Run(ctx, 5*time.Second) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+	return h
+}
+
+// post sends body to path with a JSON content type and extra headers.
+func (h *harness) post(path string, body []byte, headers ...string) (*http.Response, map[string]any) {
+	h.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, h.http.URL+path, bytes.NewReader(body))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	return h.do(req)
+}
+
+func (h *harness) do(req *http.Request) (*http.Response, map[string]any) {
+	h.t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	return resp, body
+}
+
+// msgs returns how many messages a stream holds.
+func (h *harness) msgs(name string) uint64 {
+	h.t.Helper()
+	s, err := h.js.Stream(context.Background(), name)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// events reads every message of SENGO_EVENTS in stream order.
+func (h *harness) events() []event.Event {
+	h.t.Helper()
+	return readEvents(h.t, h.js)
+}
+
+func readEvents(t *testing.T, js jetstream.JetStream) []event.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, event.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []event.Event
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("get event %d: %v", seq, err)
+		}
+		ev, err := event.Unmarshal(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := m.Header.Get(jetstream.MsgIDHeader); got != ev.ID {
+			t.Fatalf("event %s stored with Nats-Msg-Id %q", ev.ID, got)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not a wait for an outcome
+	}
+}
+
+// intakeIdle reports whether intake has processed everything in the inbox.
+func (h *harness) intakeIdle() bool {
+	cons, err := h.js.Consumer(context.Background(), event.StreamInbox, IntakeConsumer)
+	if err != nil {
+		return false
+	}
+	info, err := cons.Info(context.Background())
+	return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+}
+
+func (h *harness) intakeCount(project, outcome string) float64 {
+	return testutil.ToFloat64(h.metrics.Intake.WithLabelValues(project, outcome))
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,266 @@
+package receiver
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/fixtures"
+	"github.com/sengo-relay/sengo-relay/sengo"
+)
+
+// callback returns a retail callback body for transaction id with status.
+func callback(id string, s event.Status) []byte {
+	paid := "null"
+	if s == event.StatusSuccess {
+		paid = `"2025-03-23T10:05:12+07:00"`
+	}
+	return fmt.Appendf(nil, `{"responseCode":200,"responseMessage":"success","responseData":{"id":%q,"merchantRef":"REF-%s","status":%q,"feePayer":"customer","amount":10000,"fee":85,"totalAmount":10085,"expiredDate":"2025-03-23T10:24:58+07:00","paidDate":%s,"retail":{"viewName":"M","channel":"alfamart","paymentCode":"123"}}}`, id, id, s, paid)
+}
+
+func statuses(evs []event.Event, txID string) []event.Status {
+	var out []event.Status
+	for _, e := range evs {
+		if e.Data.TransactionID == txID {
+			out = append(out, e.Data.Status)
+		}
+	}
+	return out
+}
+
+// The same callback sent 50 times at once yields exactly one event.
+func TestFiftyConcurrentDuplicatesOneEvent(t *testing.T) {
+	h := newHarness(t, true)
+	body := fixtures.Body("callback-retail-success")
+	var wg sync.WaitGroup
+	codes := make(chan int, 50)
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, _ := h.post("/callbacks/sengo/main", body)
+			codes <- resp.StatusCode
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if c != 200 {
+			t.Fatalf("a concurrent duplicate got %d", c)
+		}
+	}
+	eventually(t, "intake idle", h.intakeIdle)
+	evs := h.events()
+	if len(evs) != 1 {
+		t.Fatalf("%d events, want 1", len(evs))
+	}
+	want := event.ID("main", "66e934f6-f5d6-4f1c-bb3d-450ec2873782", event.StatusSuccess)
+	if evs[0].ID != want || evs[0].Data.PreviousStatus != nil || evs[0].Data.Confirmed {
+		t.Fatalf("event %+v", evs[0])
+	}
+}
+
+func TestStatusSequences(t *testing.T) {
+	tests := []struct {
+		name  string
+		sends []event.Status
+		want  []event.Status
+	}{
+		{"pending then success", []event.Status{event.StatusPending, event.StatusSuccess}, []event.Status{event.StatusPending, event.StatusSuccess}},
+		{"success then pending", []event.Status{event.StatusSuccess, event.StatusPending}, []event.Status{event.StatusSuccess}},
+		{"pending twice then expired", []event.Status{event.StatusPending, event.StatusPending, event.StatusExpired}, []event.Status{event.StatusPending, event.StatusExpired}},
+		{"success then failed (conflict)", []event.Status{event.StatusSuccess, event.StatusFailed}, []event.Status{event.StatusSuccess}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, true)
+			for _, s := range tt.sends {
+				if resp, _ := h.post("/callbacks/sengo/main", callback("tx-1", s)); resp.StatusCode != 200 {
+					t.Fatalf("%s: %d", s, resp.StatusCode)
+				}
+				// One at a time: the test is about order of arrival.
+				eventually(t, "intake idle", h.intakeIdle)
+			}
+			evs := h.events()
+			got := statuses(evs, "tx-1")
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Fatalf("events %v, want %v", got, tt.want)
+			}
+			for i := 1; i < len(evs); i++ {
+				if evs[i].Data.PreviousStatus == nil || *evs[i].Data.PreviousStatus != evs[i-1].Data.Status {
+					t.Errorf("event %d previousStatus = %v, want %s", i, evs[i].Data.PreviousStatus, evs[i-1].Data.Status)
+				}
+			}
+		})
+	}
+}
+
+func TestConflictIsRecordedAndCounted(t *testing.T) {
+	h := newHarness(t, true)
+	for _, s := range []event.Status{event.StatusSuccess, event.StatusExpired, event.StatusPending} {
+		h.post("/callbacks/sengo/main", callback("tx-c", s))
+		eventually(t, "intake idle", h.intakeIdle)
+	}
+	if h.intakeCount("main", "conflict") != 1 || h.intakeCount("main", "stale") != 1 || h.intakeCount("main", "published") != 1 {
+		t.Fatalf("counts: published %v conflict %v stale %v", h.intakeCount("main", "published"), h.intakeCount("main", "conflict"), h.intakeCount("main", "stale"))
+	}
+	kv, _ := h.js.KeyValue(t.Context(), event.BucketTx)
+	entry, err := kv.Get(t.Context(), txKey("main", "tx-c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st txState
+	if err := json.Unmarshal(entry.Value(), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Status != event.StatusSuccess || len(st.Rejected) != 2 || st.Rejected[0].Decision != "conflict" || st.Rejected[1].Decision != "stale" {
+		t.Fatalf("state %+v", st)
+	}
+	if len(st.History) != 1 || st.History[0].Seq == 0 || len(st.Outbox) != 0 {
+		t.Fatalf("history %+v outbox %d", st.History, len(st.Outbox))
+	}
+}
+
+// pending and success of many transactions arrive at once, in both
+// orders, processed by racing workers. Whatever wins, each transaction's
+// events are [success] or [pending, success] in stream order: never a
+// pending after a success, never two events for one status.
+func TestRacingStatusesKeepOrder(t *testing.T) {
+	h := newHarness(t, true)
+	const n = 40
+	var wg sync.WaitGroup
+	for i := range n {
+		id := fmt.Sprintf("race-%d", i)
+		for _, s := range []event.Status{event.StatusPending, event.StatusSuccess} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if resp, _ := h.post("/callbacks/sengo/main", callback(id, s)); resp.StatusCode != 200 {
+					t.Errorf("%s %s: %d", id, s, resp.StatusCode)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	eventually(t, "intake idle", h.intakeIdle)
+	evs := h.events()
+	seen := map[string]bool{}
+	for _, e := range evs {
+		if seen[e.ID] {
+			t.Fatalf("event %s stored twice", e.ID)
+		}
+		seen[e.ID] = true
+	}
+	for i := range n {
+		id := fmt.Sprintf("race-%d", i)
+		got := fmt.Sprint(statuses(evs, id))
+		if got != "[success]" && got != "[pending success]" {
+			t.Errorf("%s: events %s", id, got)
+		}
+	}
+}
+
+// A worker that died between writing the state and publishing left an
+// event in the outbox; the next notification of that transaction (here a
+// duplicate) publishes it.
+func TestOutboxIsFlushedAfterACrash(t *testing.T) {
+	h := newHarness(t, true)
+	tx, err := sengo.ParseCallback(callback("tx-crash", event.StatusSuccess))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2025, 3, 23, 3, 0, 0, 0, time.UTC)
+	ev := tx.Event("main", "", at, false)
+	b, _ := event.Marshal(ev)
+	st := txState{
+		Project: "main", TransactionID: tx.ID, MerchantRef: tx.MerchantRef, Product: tx.Product,
+		Status: tx.Status, UpdatedAt: at,
+		History: []txEvent{{Status: tx.Status, EventID: ev.ID, AcceptedAt: at}},
+		Outbox:  []outboxItem{{EventID: ev.ID, Subject: event.EventSubject("main", tx.Product, tx.Status), Event: b}},
+	}
+	raw, _ := json.Marshal(st)
+	kv, _ := h.js.KeyValue(t.Context(), event.BucketTx)
+	if _, err := kv.Create(t.Context(), txKey("main", tx.ID), raw); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.events()) != 0 {
+		t.Fatal("event published before the redelivery")
+	}
+	h.post("/callbacks/sengo/main", callback("tx-crash", event.StatusSuccess))
+	eventually(t, "intake idle", h.intakeIdle)
+	evs := h.events()
+	if len(evs) != 1 || evs[0].ID != ev.ID || !evs[0].Time.Equal(at) {
+		t.Fatalf("events %+v, want the one from the outbox", evs)
+	}
+	if h.intakeCount("main", "duplicate") != 1 {
+		t.Fatalf("the notification should count as a duplicate")
+	}
+}
+
+// Messages on the inbox that can never be processed are quarantined with
+// the reason, acknowledged, and not retried.
+func TestUnprocessableIsQuarantined(t *testing.T) {
+	h := newHarness(t, true)
+	ctx := context.Background()
+	if _, err := h.js.PublishMsg(ctx, &nats.Msg{Subject: "sengo.inbox.main", Data: []byte("not json"), Header: nats.Header{event.HeaderProject: []string{"main"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.js.Publish(ctx, "sengo.inbox.main", callback("tx-q", event.StatusSuccess)); err != nil { // no project header
+		t.Fatal(err)
+	}
+	eventually(t, "intake idle", h.intakeIdle)
+	if n := h.msgs(event.StreamQuarantine); n != 2 {
+		t.Fatalf("quarantine holds %d, want 2", n)
+	}
+	s, _ := h.js.Stream(ctx, event.StreamQuarantine)
+	m, err := s.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Subject != "sengo.quarantine.main" || m.Header.Get(event.HeaderReason) == "" || string(m.Data) != "not json" {
+		t.Fatalf("quarantined %s %v %q", m.Subject, m.Header, m.Data)
+	}
+	if len(h.events()) != 0 {
+		t.Fatal("an unprocessable notification produced an event")
+	}
+	cons, _ := h.js.Consumer(ctx, event.StreamInbox, IntakeConsumer)
+	info, _ := cons.Info(ctx)
+	if info.NumRedelivered != 0 {
+		t.Fatalf("quarantined messages were redelivered %d times", info.NumRedelivered)
+	}
+}
+
+func TestTxKey(t *testing.T) {
+	tests := map[string]string{
+		"66e934f6-f5d6-4f1c-bb3d-450ec2873782": "main.66e934f6-f5d6-4f1c-bb3d-450ec2873782",
+		"a.b":                                  "main.b64_YS5i",
+		"b64_x":                                "main.b64_YjY0X3g",
+		"with space":                           "main.b64_d2l0aCBzcGFjZQ",
+	}
+	for id, want := range tests {
+		if got := txKey("main", id); got != want {
+			t.Errorf("txKey(%q) = %q, want %q", id, got, want)
+		}
+	}
+}
+
+func TestRetryDelayGrowsAndIsBounded(t *testing.T) {
+	in := &Intake{cfg: IntakeConfig{RetryInitial: time.Second, RetryMax: time.Minute}}
+	// Jitter is ±50%: attempt n lies within [0.5, 1.5] × 1.5^(n-1) seconds, capped.
+	for attempt, base := range map[uint64]float64{1: 1, 2: 1.5, 3: 2.25, 5: 5.0625} {
+		d := in.retryDelay(attempt).Seconds()
+		if d < base*0.5 || d > base*1.5 {
+			t.Errorf("attempt %d: %.2fs outside [%.2f, %.2f]", attempt, d, base*0.5, base*1.5)
+		}
+	}
+	if d := in.retryDelay(1000); d > time.Minute+time.Minute/2 {
+		t.Errorf("attempt 1000: %s exceeds the cap", d)
+	}
+}
+
