@@ -263,4 +263,3 @@ func TestRetryDelayGrowsAndIsBounded(t *testing.T) {
 		t.Errorf("attempt 1000: %s exceeds the cap", d)
 	}
 }
-

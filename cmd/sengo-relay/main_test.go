@@ -267,6 +267,9 @@ func TestServeEndToEnd(t *testing.T) {
 	base, logs, stop := startRun(t, relayEnv(t.TempDir()))
 	natsURL := logs.field(t, "embedded nats started", "client_url")
 	waitReady(t, base)
+	if err := run(context.Background(), []string{"healthcheck", "--url", base + "/healthz"}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("healthcheck against a running relay: %v", err)
+	}
 	sub := subscribe(t, natsURL)
 
 	distinct := map[string]bool{}
@@ -438,6 +441,9 @@ func TestSubcommands(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("invalid config error does not list %s: %v", want, err)
 		}
+	}
+	if err := run(context.Background(), []string{"healthcheck", "--url", "http://127.0.0.1:1/healthz"}, io.Discard, io.Discard); err == nil {
+		t.Error("healthcheck passed with nothing listening")
 	}
 	if err := run(context.Background(), []string{"frobnicate"}, io.Discard, io.Discard); err == nil {
 		t.Error("unknown command accepted")

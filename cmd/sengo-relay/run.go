@@ -6,9 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"github.com/sengo-relay/sengo-relay/internal/config"
 )
@@ -21,6 +23,7 @@ const usage = `usage: sengo-relay [command] [flags]
 commands:
   serve          run the relay (the default)
   check-config   load and validate the configuration, print a summary
+  healthcheck    exit 0 if the relay answers /healthz (for container healthchecks)
   version        print the version
 
 flags of serve and check-config:
@@ -55,6 +58,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return printSummary(stdout, path, cfg)
+	case "healthcheck":
+		fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		url := fs.String("url", "http://127.0.0.1:8080/healthz", "health endpoint to probe")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		return healthcheck(ctx, *url)
 	case "version":
 		fmt.Fprintln(stdout, "sengo-relay", versionString())
 		return nil
@@ -100,6 +111,25 @@ func printSummary(w io.Writer, path string, cfg config.Config) error {
 			ips = strings.Join(p.AllowedIPs, ",")
 		}
 		fmt.Fprintf(w, "  project %s: POST %s, signature %s, allowed ips %s\n", name, route, p.SignatureMode(), ips)
+	}
+	return nil
+}
+
+// healthcheck probes url and fails unless it answers 200 within 3 seconds.
+func healthcheck(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthcheck: %s answered %d", url, resp.StatusCode)
 	}
 	return nil
 }
