@@ -34,3 +34,22 @@ func TestSubjects(t *testing.T) {
 		t.Errorf("InboxSubject = %s, want %s", got, want)
 	}
 }
+
+func TestSubjectMatches(t *testing.T) {
+	tests := []struct {
+		filter, subject string
+		want            bool
+	}{
+		{"sengo.events.*.*.success", "sengo.events.main.retail.success", true},
+		{"sengo.events.*.*.success", "sengo.events.main.retail.pending", false},
+		{"sengo.events.>", "sengo.events.main.retail.pending", true},
+		{"sengo.events.>", "sengo.events", false},
+		{"sengo.events.main.retail.success", "sengo.events.main.retail.success", true},
+		{"sengo.events.*", "sengo.events.main.retail", false},
+	}
+	for _, tt := range tests {
+		if got := SubjectMatches(tt.filter, tt.subject); got != tt.want {
+			t.Errorf("SubjectMatches(%q, %q) = %v", tt.filter, tt.subject, got)
+		}
+	}
+}

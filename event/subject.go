@@ -1,5 +1,7 @@
 package event
 
+import "strings"
+
 // Stream and bucket names provisioned by sengo-relay.
 const (
 	// StreamInbox holds raw notifications as received, before intake.
@@ -52,3 +54,30 @@ func QuarantineSubject(project string) string { return "sengo.quarantine." + pro
 
 // DLQSubject is where dead letters for an endpoint go.
 func DLQSubject(endpoint string) string { return "sengo.dlq." + endpoint }
+
+// Replay subjects: copies of events queued for one endpoint again (replay
+// by time window, or redrive from the dead-letter stream).
+const (
+	StreamReplay   = "SENGO_REPLAY"
+	SubjectsReplay = "sengo.replay.>"
+	// BucketDelivery holds delivery attempt records per endpoint and event.
+	BucketDelivery = "SENGO_DELIVERY"
+)
+
+// ReplaySubject is where events queued again for endpoint go.
+func ReplaySubject(endpoint string) string { return "sengo.replay." + endpoint }
+
+// SubjectMatches reports whether subject matches the NATS filter (with
+// "*" for one token and a final ">" for the rest).
+func SubjectMatches(filter, subject string) bool {
+	f, s := strings.Split(filter, "."), strings.Split(subject, ".")
+	for i, tok := range f {
+		if tok == ">" {
+			return i < len(s)
+		}
+		if i >= len(s) || tok != "*" && tok != s[i] {
+			return false
+		}
+	}
+	return len(f) == len(s)
+}

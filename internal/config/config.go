@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"regexp"
-	"slices"
 	"strings"
 	"time"
 
@@ -20,8 +19,10 @@ type Config struct {
 	HTTP     HTTP                `yaml:"http"`
 	NATS     NATS                `yaml:"nats"`
 	Streams  Streams             `yaml:"streams"`
-	Intake   Intake              `yaml:"intake"`
-	Projects map[string]*Project `yaml:"projects"`
+	Intake    Intake               `yaml:"intake"`
+	Projects  map[string]*Project  `yaml:"projects"`
+	Endpoints map[string]*Endpoint `yaml:"endpoints"`
+	Admin     Admin                `yaml:"admin"`
 }
 
 // Log configures logging.
@@ -68,6 +69,8 @@ type Streams struct {
 	Inbox        StreamLimits `yaml:"inbox"`
 	Events       StreamLimits `yaml:"events"`
 	Quarantine   StreamLimits `yaml:"quarantine"`
+	DLQ          StreamLimits `yaml:"dlq"`
+	Replay       StreamLimits `yaml:"replay"`
 	Transactions Bucket       `yaml:"transactions"`
 }
 
@@ -138,6 +141,8 @@ func Default() Config {
 			Inbox:        StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
 			Events:       StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
 			Quarantine:   StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
+			DLQ:          StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
+			Replay:       StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(24 * time.Hour)},
 			Transactions: Bucket{TTL: Duration(90 * 24 * time.Hour)},
 		},
 		Intake: Intake{
@@ -147,6 +152,7 @@ func Default() Config {
 			RetryInitial:  Duration(time.Second),
 			RetryMax:      Duration(5 * time.Minute),
 		},
+		Admin: Admin{Listen: "127.0.0.1:8081"},
 	}
 }
 
@@ -219,7 +225,7 @@ func (c *Config) Validate() error {
 		bad("nats.embedded.sync_interval: %v", err)
 	}
 
-	for name, s := range map[string]StreamLimits{"inbox": c.Streams.Inbox, "events": c.Streams.Events, "quarantine": c.Streams.Quarantine} {
+	for name, s := range map[string]StreamLimits{"inbox": c.Streams.Inbox, "events": c.Streams.Events, "quarantine": c.Streams.Quarantine, "dlq": c.Streams.DLQ, "replay": c.Streams.Replay} {
 		if s.MaxAge <= 0 {
 			bad("streams.%s.max_age: must be positive", name)
 		}
@@ -282,6 +288,7 @@ func (c *Config) Validate() error {
 			bad("%s.signature: %q is not off, optional or required", at, p.Signature)
 		}
 	}
+	c.validateEndpoints(bad)
 	return errors.Join(errs...)
 }
 
@@ -298,12 +305,7 @@ func (p *Project) SignatureMode() string {
 
 // ProjectNames returns the project names in sorted order.
 func (c *Config) ProjectNames() []string {
-	names := make([]string, 0, len(c.Projects))
-	for n := range c.Projects {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
+	return sortedKeys(c.Projects)
 }
 
 // Sync returns the JetStream fsync policy: an interval, or always.

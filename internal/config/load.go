@@ -37,6 +37,11 @@ func Load(path string, lookup func(string) (string, bool)) (Config, error) {
 	}
 	var errs []error
 	errs = append(errs, applyEnv(reflect.ValueOf(&cfg).Elem(), EnvPrefix[:len(EnvPrefix)-1], lookup)...)
+	for _, e := range cfg.Endpoints {
+		if e != nil {
+			e.applyDefaults()
+		}
+	}
 	errs = append(errs, cfg.readSecretFiles()...)
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, fmt.Errorf("config %s:\n%w", path, err)
@@ -90,6 +95,9 @@ func applyEnv(v reflect.Value, name string, lookup func(string) (string, bool)) 
 			errs = append(errs, applyEnv(v.Field(i), name+"_"+strings.ToUpper(tag), lookup)...)
 		}
 	case reflect.Map:
+		if v.Type().Elem().Kind() != reflect.Pointer {
+			return nil // map values are not addressable; such maps are file-only
+		}
 		keys := v.MapKeys()
 		sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
 		for _, k := range keys {
@@ -107,6 +115,12 @@ func setLeaf(v reflect.Value, s string) error {
 	switch v.Kind() {
 	case reflect.String:
 		v.SetString(s)
+	case reflect.Float64:
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a number", s)
+		}
+		v.SetFloat(f)
 	case reflect.Int, reflect.Int64:
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
@@ -120,13 +134,18 @@ func setLeaf(v reflect.Value, s string) error {
 		}
 		v.SetBool(b)
 	case reflect.Slice:
-		var items []string
+		items := reflect.MakeSlice(v.Type(), 0, 4)
 		for _, it := range strings.Split(s, ",") {
-			if it = strings.TrimSpace(it); it != "" {
-				items = append(items, it)
+			if it = strings.TrimSpace(it); it == "" {
+				continue
 			}
+			elem := reflect.New(v.Type().Elem()).Elem()
+			if err := setLeaf(elem, it); err != nil {
+				return err
+			}
+			items = reflect.Append(items, elem)
 		}
-		v.Set(reflect.ValueOf(items))
+		v.Set(items)
 	default:
 		return fmt.Errorf("cannot be set from the environment")
 	}
@@ -157,6 +176,28 @@ func (c *Config) readSecretFiles() []error {
 		*dst = Secret(s)
 	}
 	read("nats.token", c.NATS.TokenFile, &c.NATS.Token)
+	read("admin.token", c.Admin.TokenFile, &c.Admin.Token)
+	for _, name := range sortedKeys(c.Endpoints) {
+		e := c.Endpoints[name]
+		if e == nil || e.SecretsFile == "" {
+			continue
+		}
+		at := "endpoints." + name + ".secrets"
+		if len(e.Secrets) > 0 {
+			errs = append(errs, fmt.Errorf("%s and %s_file: set one, not both", at, at))
+			continue
+		}
+		b, err := os.ReadFile(e.SecretsFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s_file: %w", at, err))
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				e.Secrets = append(e.Secrets, Secret(line))
+			}
+		}
+	}
 	for _, name := range c.ProjectNames() {
 		p := c.Projects[name]
 		if p == nil {

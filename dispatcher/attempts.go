@@ -1,0 +1,77 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// attempts is the delivery record of one event for one endpoint, in KV
+// SENGO_DELIVERY. It counts real HTTP attempts: redeliveries that only
+// wait (an ordered event behind its predecessor, an early redelivery) do
+// not spend the retry budget.
+type attempts struct {
+	Count      int       `json:"count"`
+	First      time.Time `json:"first"`
+	Last       time.Time `json:"last"`
+	NextAt     time.Time `json:"nextAt,omitzero"`
+	LastStatus int       `json:"lastStatus,omitempty"`
+	LastError  string    `json:"lastError,omitempty"`
+	Excerpt    string    `json:"excerpt,omitempty"`
+	// Done: delivered or dead-lettered. Ordered endpoints read it to know
+	// that a later status of the same transaction may go.
+	Done bool `json:"done,omitempty"`
+}
+
+// attemptKey is the KV key of an event's record for an endpoint. Replayed
+// and redriven copies (replaySeq > 0) get their own record: a fresh budget.
+func attemptKey(endpoint, eventID string, replaySeq uint64) string {
+	if replaySeq > 0 {
+		return fmt.Sprintf("%s.%s.r%d", endpoint, eventID, replaySeq)
+	}
+	return endpoint + "." + eventID
+}
+
+type attemptStore struct{ kv jetstream.KeyValue }
+
+func (s attemptStore) get(ctx context.Context, key string) (attempts, bool, error) {
+	e, err := s.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return attempts{}, false, nil
+	}
+	if err != nil {
+		return attempts{}, false, fmt.Errorf("read attempts %s: %w", key, err)
+	}
+	var a attempts
+	if err := json.Unmarshal(e.Value(), &a); err != nil {
+		return attempts{}, false, fmt.Errorf("decode attempts %s: %w", key, err)
+	}
+	return a, true, nil
+}
+
+func (s attemptStore) put(ctx context.Context, key string, a attempts) error {
+	b, _ := json.Marshal(a)
+	if _, err := s.kv.Put(ctx, key, b); err != nil {
+		return fmt.Errorf("write attempts %s: %w", key, err)
+	}
+	return nil
+}
+
+// record adds a finished attempt to a.
+func (a *attempts) record(r attemptResult, at time.Time) {
+	a.Count++
+	if a.First.IsZero() {
+		a.First = at
+	}
+	a.Last = at
+	a.LastStatus = r.Status
+	a.LastError = ""
+	if r.Err != nil {
+		a.LastError = r.Err.Error()
+	}
+	a.Excerpt = r.Excerpt
+}

@@ -1,0 +1,58 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sengo-relay/sengo-relay/event"
+)
+
+// Dead-letter reasons.
+const (
+	ReasonExhausted   = "retries_exhausted" // every attempt of the schedule failed
+	ReasonGone        = "gone"              // the endpoint answered 410
+	ReasonAborted     = "aborted"           // webhook-delivery: abort-message
+	ReasonUndecodable = "undecodable"       // not an event (never delivered)
+)
+
+// DeadLetter is a message of SENGO_DLQ (subject sengo.dlq.<endpoint>): the
+// event exactly as stored, and why, where and how often delivery failed.
+type DeadLetter struct {
+	Endpoint        string          `json:"endpoint"`
+	EventID         string          `json:"eventId"`
+	TransactionID   string          `json:"transactionId"`
+	MerchantRef     string          `json:"merchantRef"`
+	Reason          string          `json:"reason"`
+	Attempts        int             `json:"attempts"`
+	FirstAttemptAt  time.Time       `json:"firstAttemptAt"`
+	LastAttemptAt   time.Time       `json:"lastAttemptAt"`
+	LastStatus      int             `json:"lastStatus"` // 0: no response
+	LastError       string          `json:"lastError,omitempty"`
+	ResponseExcerpt string          `json:"responseExcerpt,omitempty"`
+	StreamSeq       uint64          `json:"streamSeq"` // in SENGO_EVENTS, or SENGO_REPLAY for a replayed copy
+	Replayed        bool            `json:"replayed,omitempty"`
+	DeadAt          time.Time       `json:"deadAt"`
+	Event           json.RawMessage `json:"event"`
+}
+
+// publishDeadLetter stores d. Its Nats-Msg-Id makes a repeated publish
+// (after a crash between publishing and terminating) a duplicate.
+func publishDeadLetter(ctx context.Context, js jetstream.JetStream, key string, d DeadLetter) error {
+	b, err := json.Marshal(d)
+	if err != nil {
+		return fmt.Errorf("encode dead letter: %w", err)
+	}
+	msg := &nats.Msg{Subject: event.DLQSubject(d.Endpoint), Data: b, Header: nats.Header{
+		event.HeaderEventID: []string{d.EventID},
+		"Sengo-Reason":      []string{d.Reason},
+	}}
+	if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("dlq."+key), jetstream.WithExpectStream(event.StreamDLQ)); err != nil {
+		return fmt.Errorf("publish dead letter %s: %w", d.EventID, err)
+	}
+	return nil
+}

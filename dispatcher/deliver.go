@@ -1,0 +1,106 @@
+package dispatcher
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sengo-relay/sengo-relay/verify"
+)
+
+// maxExcerpt is how much of a response body is kept for diagnostics.
+const maxExcerpt = 1024
+
+// attemptResult is what one POST to an endpoint produced.
+type attemptResult struct {
+	Status     int           // HTTP status; 0 when no response arrived
+	Err        error         // transport error (timeout, refused, DNS …)
+	Excerpt    string        // start of the response body
+	RetryAfter time.Duration // a Retry-After on 429/503, clamped
+	HasRetry   bool
+	Abort      bool // 410 Gone or webhook-delivery: abort-message
+	Duration   time.Duration
+}
+
+func (r attemptResult) ok() bool { return r.Err == nil && r.Status >= 200 && r.Status < 300 }
+
+// describe is a short text for logs and dead letters.
+func (r attemptResult) describe() string {
+	if r.Err != nil {
+		return r.Err.Error()
+	}
+	return fmt.Sprintf("HTTP %d", r.Status)
+}
+
+// newClient returns the HTTP client of one endpoint: no redirects (a 3xx
+// is a failure), bounded connection reuse.
+func newClient(concurrency int) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = concurrency
+	tr.ResponseHeaderTimeout = 0 // the per-attempt context bounds everything
+	return &http.Client{
+		Transport: tr,
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		},
+	}
+}
+
+// post sends one signed delivery of body (the event exactly as stored).
+func post(ctx context.Context, client *http.Client, ep Endpoint, userAgent, eventID string, body []byte, replay bool, now time.Time) attemptResult {
+	ctx, cancel := context.WithTimeout(ctx, ep.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(body))
+	if err != nil {
+		return attemptResult{Err: err}
+	}
+	for k, v := range ep.Headers {
+		req.Header.Set(k, v)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", userAgent)
+	req.Header.Set(verify.HeaderWebhookID, eventID)
+	req.Header.Set(verify.HeaderWebhookTimestamp, strconv.FormatInt(now.Unix(), 10))
+	req.Header.Set(verify.HeaderWebhookSignature, verify.WebhookSignature(ep.Keys, eventID, now, body))
+	if replay {
+		req.Header.Set("webhook-replay", "true")
+	}
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		return attemptResult{Err: transportError(err), Duration: time.Since(start)}
+	}
+	defer resp.Body.Close()
+	excerpt, _ := io.ReadAll(io.LimitReader(resp.Body, maxExcerpt))
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // let the connection be reused
+	r := attemptResult{Status: resp.StatusCode, Excerpt: string(excerpt), Duration: time.Since(start)}
+	r.Abort = resp.StatusCode == http.StatusGone || strings.EqualFold(resp.Header.Get("webhook-delivery"), "abort-message")
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		r.RetryAfter, r.HasRetry = retryAfter(resp.Header, now, ep.RetryAfterMax)
+	}
+	return r
+}
+
+// transportError shortens net/http's errors, which repeat the URL (and a
+// URL may carry credentials), to their cause.
+func transportError(err error) error {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return errors.New("timeout")
+	case errors.Is(err, context.Canceled):
+		return errors.New("canceled")
+	}
+	var ue interface{ Unwrap() error }
+	if errors.As(err, &ue) {
+		if inner := ue.Unwrap(); inner != nil {
+			return inner
+		}
+	}
+	return err
+}

@@ -1,0 +1,223 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/stream"
+	"github.com/sengo-relay/sengo-relay/verify"
+)
+
+const (
+	secretA = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+	secretB = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+)
+
+func testSpec() stream.Spec {
+	l := stream.Limits{MaxAge: time.Hour, Duplicates: time.Minute}
+	return stream.Spec{
+		Replicas: 1, Storage: jetstream.FileStorage,
+		Streams: []stream.StreamSpec{
+			{Name: event.StreamEvents, Subjects: []string{event.SubjectsEvents}, Limits: l},
+			{Name: event.StreamDLQ, Subjects: []string{event.SubjectsDLQ}, Limits: l},
+			{Name: event.StreamReplay, Subjects: []string{event.SubjectsReplay}, Limits: l},
+		},
+		Buckets: []stream.BucketSpec{{Name: event.BucketDelivery, History: 1}},
+	}
+}
+
+// attempt is one request a consumer received.
+type attempt struct {
+	At     time.Time
+	Header http.Header
+	Body   []byte
+}
+
+// consumer is an httptest server that answers with a script and records
+// every attempt.
+type consumer struct {
+	*httptest.Server
+	mu       sync.Mutex
+	attempts []attempt
+	answer   func(n int, r *http.Request, w http.ResponseWriter) // n: 1-based attempt number
+	arrived  chan struct{}
+}
+
+func newConsumer(t *testing.T, answer func(n int, r *http.Request, w http.ResponseWriter)) *consumer {
+	c := &consumer{answer: answer, arrived: make(chan struct{}, 1000)}
+	c.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		c.mu.Lock()
+		c.attempts = append(c.attempts, attempt{At: time.Now(), Header: r.Header.Clone(), Body: body})
+		n := len(c.attempts)
+		c.mu.Unlock()
+		c.answer(n, r, w)
+		c.arrived <- struct{}{}
+	}))
+	t.Cleanup(c.Close)
+	return c
+}
+
+func (c *consumer) got() []attempt {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]attempt(nil), c.attempts...)
+}
+
+// status answers the given statuses in order, then 200.
+func status(codes ...int) func(int, *http.Request, http.ResponseWriter) {
+	return func(n int, _ *http.Request, w http.ResponseWriter) {
+		if n <= len(codes) {
+			w.WriteHeader(codes[n-1])
+			fmt.Fprintf(w, "answer %d", codes[n-1])
+			return
+		}
+		w.WriteHeader(200)
+	}
+}
+
+type harness struct {
+	t       *testing.T
+	nats    *natstest.Server
+	js      jetstream.JetStream
+	metrics *Metrics
+	logs    *syncBuffer
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	if err := stream.Provision(context.Background(), js, testSpec()); err != nil {
+		t.Fatal(err)
+	}
+	return &harness{t: t, nats: srv, js: js, metrics: NewMetrics(prometheus.NewRegistry()), logs: &syncBuffer{}}
+}
+
+// endpoint returns a test endpoint for url with a short schedule.
+func (h *harness) endpoint(name, url string, schedule ...time.Duration) Endpoint {
+	k, _ := verify.ParseWebhookSecret(secretA)
+	if schedule == nil {
+		schedule = []time.Duration{20 * time.Millisecond, 40 * time.Millisecond}
+	}
+	return Endpoint{
+		Name: name, URL: url, Keys: []verify.WebhookKey{k}, FilterSubjects: []string{"sengo.events.>"},
+		Timeout: 2 * time.Second, Concurrency: 4, Schedule: schedule, Jitter: 0, RetryAfterMax: time.Hour,
+		DeliverFrom: "all", Breaker: BreakerPolicy{Failures: 0, ProbeInitial: 50 * time.Millisecond, ProbeMax: 200 * time.Millisecond},
+	}
+}
+
+// start runs a worker for ep until the test ends.
+func (h *harness) start(ep Endpoint) *Worker {
+	h.t.Helper()
+	w, err := NewWorker(context.Background(), WorkerConfig{
+		Endpoint: ep, JetStream: h.js, UserAgent: "sengo-relay/test", Metrics: h.metrics,
+		Logger: zerolog.New(h.logs),
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	h.t.Cleanup(func() { cancel(); <-done })
+	return w
+}
+
+// publish stores an event for transaction txID with status s (and the
+// previous status, if any) and returns it.
+func (h *harness) publish(txID string, s event.Status, prev event.Status) event.Event {
+	h.t.Helper()
+	var p *event.Status
+	if prev != "" {
+		p = &prev
+	}
+	ev := event.Event{
+		SpecVersion: "1.0", ID: event.ID("main", txID, s), Source: "sengo/main", Type: event.Type(s),
+		Subject: "REF-" + txID, Time: time.Now().UTC(), DataContentType: "application/json",
+		Data: event.Data{TransactionID: txID, MerchantRef: "REF-" + txID, Status: s, PreviousStatus: p,
+			Product: event.ProductRetail, Channel: "alfamart", Amount: 1000, TotalAmount: 1000, Currency: "IDR", Raw: json.RawMessage(`{}`)},
+	}
+	b, err := event.Marshal(ev)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	_, err = h.js.PublishMsg(context.Background(), &nats.Msg{Subject: event.EventSubject("main", ev.Data.Product, s), Data: b},
+		jetstream.WithMsgID(ev.ID))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return ev
+}
+
+// deadLetters reads SENGO_DLQ.
+func (h *harness) deadLetters() []DeadLetter {
+	h.t.Helper()
+	s, err := h.js.Stream(context.Background(), event.StreamDLQ)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	info, _ := s.Info(context.Background())
+	var out []DeadLetter
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(context.Background(), seq)
+		if err != nil {
+			continue // deleted
+		}
+		var d DeadLetter
+		if err := json.Unmarshal(m.Data, &d); err != nil {
+			h.t.Fatal(err)
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// pendingZero reports whether the worker's live consumer has nothing left.
+func (h *harness) settled(w *Worker) bool {
+	live, replay, _, err := w.Pending(context.Background())
+	return err == nil && live == 0 && replay == 0
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b = append(s.b, p...)
+	return len(p), nil
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return string(s.b)
+}

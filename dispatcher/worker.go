@@ -1,0 +1,411 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
+
+	"github.com/sengo-relay/sengo-relay/event"
+)
+
+// Replay headers on SENGO_REPLAY messages.
+const (
+	HeaderReplayKind = "Sengo-Replay-Kind" // "replay" or "redrive"
+	HeaderReplayJob  = "Sengo-Replay-Job"
+)
+
+// WorkerConfig configures the worker of one endpoint.
+type WorkerConfig struct {
+	Endpoint  Endpoint
+	JetStream jetstream.JetStream
+	UserAgent string
+	Metrics   *Metrics
+	Logger    zerolog.Logger
+	// Now is the clock for signatures and attempt times; time.Now when nil.
+	Now func() time.Time
+}
+
+// Worker delivers one endpoint's events. Several relay instances may run a
+// worker for the same endpoint: they share its durable consumers.
+type Worker struct {
+	cfg      WorkerConfig
+	ep       Endpoint
+	live     jetstream.Consumer
+	replay   jetstream.Consumer
+	store    attemptStore
+	httpc    *http.Client
+	breaker  *breaker
+	limiter  *rate.Limiter
+	log      zerolog.Logger
+	inflight sync.WaitGroup
+}
+
+// NewWorker creates or updates the endpoint's durable consumers. The
+// streams and the SENGO_DELIVERY bucket must be provisioned.
+func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	ep := cfg.Endpoint
+	kv, err := cfg.JetStream.KeyValue(ctx, event.BucketDelivery)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", event.BucketDelivery, err)
+	}
+	live, err := ensureConsumer(ctx, cfg.JetStream, event.StreamEvents, ep, ep.FilterSubjects, ep.DeliverFrom)
+	if err != nil {
+		return nil, err
+	}
+	replay, err := ensureConsumer(ctx, cfg.JetStream, event.StreamReplay, ep, []string{event.ReplaySubject(ep.Name)}, "all")
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{
+		cfg: cfg, ep: ep, live: live, replay: replay, store: attemptStore{kv},
+		httpc:   newClient(ep.Concurrency),
+		breaker: newBreaker(ep.Breaker, cfg.Now),
+		log:     cfg.Logger.With().Str("endpoint", ep.Name).Logger(),
+	}
+	if ep.RateLimit > 0 {
+		w.limiter = rate.NewLimiter(rate.Limit(ep.RateLimit), max(1, int(ep.RateLimit)))
+	}
+	return w, nil
+}
+
+// ensureConsumer creates the durable consumer of ep on stream, or updates
+// its filter and limits in place. The start position of an existing
+// consumer is kept: a restart or config change never loses its place.
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, ep Endpoint, filters []string, from string) (jetstream.Consumer, error) {
+	cfg := jetstream.ConsumerConfig{
+		Durable:        ConsumerName(ep.Name),
+		Description:    "sengo-relay webhook endpoint " + ep.Name,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        ackWait(ep),
+		MaxDeliver:     -1, // the dispatcher dead-letters; JetStream must never drop silently
+		MaxAckPending:  max(ep.Concurrency*2, 16),
+		FilterSubjects: filters,
+	}
+	existing, err := js.Consumer(ctx, stream, cfg.Durable)
+	switch {
+	case err == nil:
+		info := existing.CachedInfo()
+		cfg.DeliverPolicy, cfg.OptStartTime, cfg.OptStartSeq = info.Config.DeliverPolicy, info.Config.OptStartTime, info.Config.OptStartSeq
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		switch from {
+		case "all":
+			cfg.DeliverPolicy = jetstream.DeliverAllPolicy
+		case "new", "":
+			cfg.DeliverPolicy = jetstream.DeliverNewPolicy
+		default:
+			t, err := time.Parse(time.RFC3339, from)
+			if err != nil {
+				return nil, fmt.Errorf("endpoint %s deliver_from: %w", ep.Name, err)
+			}
+			cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
+		}
+	default:
+		return nil, fmt.Errorf("look up consumer %s on %s: %w", cfg.Durable, stream, err)
+	}
+	c, err := js.CreateOrUpdateConsumer(ctx, stream, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, stream, err)
+	}
+	return c, nil
+}
+
+// ackWait exceeds the delivery timeout by a margin, so an event is never
+// handed to a second worker while its attempt can still be running.
+func ackWait(ep Endpoint) time.Duration { return 2*ep.Timeout + 30*time.Second }
+
+// Run delivers until ctx ends, then lets attempts in flight finish (each
+// is bounded by the endpoint timeout) and returns.
+func (w *Worker) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	pull := func(c jetstream.Consumer, replayed bool) {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			w.pullOne(ctx, c, replayed)
+		}
+	}
+	for range w.ep.Concurrency {
+		wg.Add(1)
+		go pull(w.live, false)
+	}
+	for range max(1, w.ep.Concurrency/2) {
+		wg.Add(1)
+		go pull(w.replay, true)
+	}
+	w.log.Info().Int("concurrency", w.ep.Concurrency).Bool("ordered", w.ep.Ordered).Msg("endpoint worker started")
+	wg.Wait()
+	w.log.Info().Msg("endpoint worker stopped")
+}
+
+// State reports the endpoint's breaker state.
+func (w *Worker) State() BreakerState { return w.breaker.state() }
+
+// Pending reports events not yet delivered: waiting in the stream plus in
+// flight, for live events and for replays.
+func (w *Worker) Pending(ctx context.Context) (live, replay uint64, ackFloor uint64, err error) {
+	li, err := w.live.Info(ctx)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	ri, err := w.replay.Info(ctx)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	return li.NumPending + uint64(li.NumAckPending), ri.NumPending + uint64(ri.NumAckPending), li.AckFloor.Stream, nil
+}
+
+// pullOne waits for the breaker and the rate limit, pulls at most one
+// message and handles it.
+func (w *Worker) pullOne(ctx context.Context, c jetstream.Consumer, replayed bool) {
+	probe, ok := w.breaker.acquire(ctx)
+	if !ok {
+		return
+	}
+	if w.limiter != nil {
+		if err := w.limiter.Wait(ctx); err != nil {
+			w.breaker.release(probe)
+			return
+		}
+	}
+	msg, err := c.Next(jetstream.FetchMaxWait(time.Second))
+	if err != nil {
+		w.breaker.release(probe)
+		if !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			w.log.Warn().Err(err).Msg("pull failed")
+			sleepCtx(ctx, time.Second) // pacing while NATS is unavailable
+		}
+		return
+	}
+	w.handle(msg, replayed, probe)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// action is what to do with a message after an attempt (or instead of one).
+type action struct {
+	kind   actionKind
+	delay  time.Duration
+	reason string // dead-letter reason
+}
+
+type actionKind int
+
+const (
+	actAck actionKind = iota + 1
+	actRetry
+	actDeadLetter
+	actWait // not attempted: NakWithDelay without spending an attempt
+)
+
+// decide is the one place that turns an attempt's result into Ack,
+// NakWithDelay or a dead letter. attempt is 1-based.
+func decide(ep Endpoint, r attemptResult, attempt int) action {
+	switch {
+	case r.ok():
+		return action{kind: actAck}
+	case r.Abort && r.Status == 410:
+		return action{kind: actDeadLetter, reason: ReasonGone}
+	case r.Abort:
+		return action{kind: actDeadLetter, reason: ReasonAborted}
+	case attempt >= ep.MaxAttempts():
+		return action{kind: actDeadLetter, reason: ReasonExhausted}
+	case r.HasRetry:
+		return action{kind: actRetry, delay: r.RetryAfter}
+	default:
+		return action{kind: actRetry, delay: retryDelay(ep.Schedule, ep.Jitter, attempt)}
+	}
+}
+
+// handle delivers one message and settles it. Every network call has a
+// deadline; the message's own context is independent of shutdown so an
+// attempt in flight completes.
+func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), ackWait(w.ep)-5*time.Second)
+	defer cancel()
+	meta, err := msg.Metadata()
+	if err != nil {
+		w.breaker.release(probe)
+		_ = msg.Nak()
+		return
+	}
+	var replaySeq uint64
+	if replayed {
+		replaySeq = meta.Sequence.Stream
+	}
+	ev, err := event.Unmarshal(msg.Data())
+	if err != nil || ev.ID == "" {
+		w.breaker.release(probe)
+		w.deadLetter(ctx, msg, meta, event.Event{}, attemptKey(w.ep.Name, "seq-"+strconv.FormatUint(meta.Sequence.Stream, 10), replaySeq), attempts{}, ReasonUndecodable, replayed)
+		return
+	}
+	key := attemptKey(w.ep.Name, ev.ID, replaySeq)
+	log := w.log.With().Str("event_id", ev.ID).Str("transaction_id", ev.Data.TransactionID).Str("merchant_ref", ev.Data.MerchantRef).Logger()
+
+	rec, _, err := w.store.get(ctx, key)
+	if err != nil {
+		w.breaker.release(probe)
+		log.Warn().Err(err).Msg("attempt record unavailable; retrying")
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	now := w.cfg.Now()
+	switch {
+	case rec.Done:
+		w.breaker.release(probe)
+		_ = msg.Ack() // finished before; an acknowledgement was lost
+		return
+	case rec.NextAt.After(now.Add(time.Second)):
+		w.breaker.release(probe)
+		_ = msg.NakWithDelay(rec.NextAt.Sub(now)) // redelivered early (e.g. after a restart)
+		return
+	}
+	if w.ep.Ordered && !replayed {
+		if wait, d := w.mustWait(ctx, ev, meta, log); wait {
+			w.breaker.release(probe)
+			w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "waiting").Inc()
+			_ = msg.NakWithDelay(d)
+			return
+		}
+	}
+
+	res := post(ctx, w.httpc, w.ep, w.cfg.UserAgent, ev.ID, msg.Data(), msg.Headers().Get(HeaderReplayKind) == "replay", now)
+	w.cfg.Metrics.AttemptSeconds.WithLabelValues(w.ep.Name).Observe(res.Duration.Seconds())
+	rec.record(res, now)
+	act := decide(w.ep, res, rec.Count)
+	log = log.With().Int("attempt", rec.Count).Str("status", res.describe()).Logger()
+
+	if res.ok() {
+		w.breaker.success(probe)
+	} else if !res.Abort && w.breaker.failure(probe, res.describe()) {
+		log.Warn().Int("failures", w.ep.Breaker.Failures).Msg("endpoint paused: events wait in the stream until a probe succeeds")
+	}
+	w.updateHealth()
+
+	switch act.kind {
+	case actAck:
+		if w.ep.Ordered || rec.Count > 1 {
+			rec.Done, rec.NextAt = true, time.Time{}
+			if err := w.store.put(ctx, key, rec); err != nil {
+				log.Warn().Err(err).Msg("mark delivered")
+			}
+		}
+		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "delivered").Inc()
+		log.Debug().Msg("delivered")
+		_ = msg.Ack()
+	case actRetry:
+		rec.NextAt = now.Add(act.delay)
+		if err := w.store.put(ctx, key, rec); err != nil {
+			log.Warn().Err(err).Msg("record attempt")
+		}
+		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "retry").Inc()
+		w.cfg.Metrics.RetriesScheduled.WithLabelValues(w.ep.Name).Inc()
+		log.Warn().Dur("delay", act.delay).Msg("delivery failed; retry scheduled")
+		_ = msg.NakWithDelay(act.delay)
+	case actDeadLetter:
+		w.deadLetter(ctx, msg, meta, ev, key, rec, act.reason, replayed)
+	}
+}
+
+// deadLetter stores the event in SENGO_DLQ with why, then terminates it
+// for this endpoint. If the store fails, the message is retried instead:
+// an event is never dropped without its dead letter.
+func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, ev event.Event, key string, rec attempts, reason string, replayed bool) {
+	d := DeadLetter{
+		Endpoint: w.ep.Name, EventID: ev.ID, TransactionID: ev.Data.TransactionID, MerchantRef: ev.Data.MerchantRef,
+		Reason: reason, Attempts: rec.Count, FirstAttemptAt: rec.First, LastAttemptAt: rec.Last,
+		LastStatus: rec.LastStatus, LastError: rec.LastError, ResponseExcerpt: rec.Excerpt,
+		StreamSeq: meta.Sequence.Stream, Replayed: replayed, DeadAt: w.cfg.Now().UTC(), Event: rawOrString(msg.Data()),
+	}
+	if err := publishDeadLetter(ctx, w.cfg.JetStream, key, d); err != nil {
+		w.log.Error().Err(err).Str("event_id", ev.ID).Msg("dead letter not stored; retrying delivery later")
+		_ = msg.NakWithDelay(30 * time.Second)
+		return
+	}
+	rec.Done, rec.NextAt = true, time.Time{}
+	if err := w.store.put(ctx, key, rec); err != nil {
+		w.log.Warn().Err(err).Msg("mark dead-lettered")
+	}
+	w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "dead_letter").Inc()
+	w.cfg.Metrics.DeadLetters.WithLabelValues(w.ep.Name, reason).Inc()
+	w.log.Error().Str("event_id", ev.ID).Str("transaction_id", ev.Data.TransactionID).Str("reason", reason).Int("attempt", rec.Count).
+		Str("status", fmt.Sprint(rec.LastStatus)).Msg("event dead-lettered")
+	_ = msg.Term()
+}
+
+// rawOrString keeps an event as JSON, or as a JSON string if it is not JSON.
+func rawOrString(b []byte) []byte {
+	if json.Valid(b) {
+		return b
+	}
+	q, _ := json.Marshal(string(b))
+	return q
+}
+
+func (w *Worker) updateHealth() {
+	s := w.breaker.state()
+	paused := 0.0
+	if s.Paused {
+		paused = 1
+	}
+	w.cfg.Metrics.Paused.WithLabelValues(w.ep.Name).Set(paused)
+	w.cfg.Metrics.ConsecutiveFailures.WithLabelValues(w.ep.Name).Set(float64(s.ConsecutiveFailures))
+}
+
+// mustWait implements ordered delivery: an event waits while the event
+// before it in its transaction (its previousStatus), if this endpoint
+// receives that one, is neither delivered nor dead-lettered.
+func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.MsgMetadata, log zerolog.Logger) (bool, time.Duration) {
+	prev := ev.Data.PreviousStatus
+	if prev == nil {
+		return false, 0
+	}
+	project := projectOf(ev.Source)
+	if !w.ep.Matches(event.EventSubject(project, ev.Data.Product, *prev)) {
+		return false, 0
+	}
+	prevID := event.ID(project, ev.Data.TransactionID, *prev)
+	rec, found, err := w.store.get(ctx, attemptKey(w.ep.Name, prevID, 0))
+	switch {
+	case err != nil:
+		return true, time.Second
+	case found && rec.Done:
+		return false, 0
+	case found:
+		// The predecessor is between retries: wait until its next attempt.
+		return true, min(max(rec.NextAt.Sub(w.cfg.Now())+time.Second, time.Second), 5*time.Minute)
+	case meta.NumDelivered <= 3:
+		// No record: its first attempt is in flight. Give it a timeout.
+		return true, w.ep.Timeout + time.Second
+	default:
+		// Still no record after three waits: the predecessor never reached
+		// this endpoint (it predates the endpoint). Do not wait forever.
+		log.Warn().Str("previous_event_id", prevID).Msg("predecessor never attempted on this endpoint; delivering")
+		return false, 0
+	}
+}
+
+// projectOf extracts the project from an event source "sengo/<project>".
+func projectOf(source string) string {
+	if len(source) > 6 && source[:6] == "sengo/" {
+		return source[6:]
+	}
+	return source
+}

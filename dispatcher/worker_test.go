@@ -1,0 +1,362 @@
+package dispatcher
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/verify"
+)
+
+// 500, 500, 200: delivered on the third attempt, with growing delays, the
+// same webhook-id and the stored bytes every time.
+func TestRetriesThenDelivers(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status(500, 500))
+	w := h.start(h.endpoint("orders", c.URL, 100*time.Millisecond, 300*time.Millisecond))
+	ev := h.publish("tx-1", event.StatusSuccess, "")
+	eventually(t, "3 attempts and an ack", func() bool { return len(c.got()) == 3 && h.settled(w) })
+	got := c.got()
+	gap1, gap2 := got[1].At.Sub(got[0].At), got[2].At.Sub(got[1].At)
+	if gap1 < 100*time.Millisecond || gap2 < 300*time.Millisecond || gap2 <= gap1 {
+		t.Fatalf("delays %s, %s; want >= 100ms then >= 300ms", gap1, gap2)
+	}
+	stored, _ := event.Marshal(ev)
+	for i, a := range got {
+		if a.Header.Get("webhook-id") != ev.ID || !bytes.Equal(a.Body, stored) {
+			t.Errorf("attempt %d: id %q body %s", i+1, a.Header.Get("webhook-id"), a.Body)
+		}
+	}
+	if len(h.deadLetters()) != 0 {
+		t.Fatal("delivered event dead-lettered")
+	}
+	if n := testutil.ToFloat64(h.metrics.RetriesScheduled.WithLabelValues("orders")); n != 2 {
+		t.Errorf("retries scheduled = %v", n)
+	}
+}
+
+// Headers and signatures: every active secret signs; a consumer holding
+// either secret verifies with the exported verifier.
+func TestSignedRequest(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	ep.Headers = map[string]string{"X-Tenant": "shop-1"}
+	kb, _ := verify.ParseWebhookSecret(secretB)
+	ep.Keys = append(ep.Keys, kb) // rotation: A and B
+	h.start(ep)
+	h.publish("tx-s", event.StatusSuccess, "")
+	eventually(t, "delivery", func() bool { return len(c.got()) == 1 })
+	a := c.got()[0]
+	for _, secret := range []string{secretA, secretB} {
+		v, _ := verify.NewWebhookVerifier(secret)
+		if err := v.Verify(a.Header, a.Body); err != nil {
+			t.Errorf("verify with one of the rotated secrets: %v", err)
+		}
+	}
+	if a.Header.Get("Content-Type") != "application/json" || a.Header.Get("User-Agent") != "sengo-relay/test" || a.Header.Get("X-Tenant") != "shop-1" {
+		t.Errorf("headers %v", a.Header)
+	}
+	if a.Header.Get("webhook-replay") != "" {
+		t.Error("live delivery marked as replay")
+	}
+	if n := len(strings.Fields(a.Header.Get("webhook-signature"))); n != 2 {
+		t.Errorf("%d signatures, want one per secret", n)
+	}
+}
+
+// 410 Gone and webhook-delivery: abort-message dead-letter at once.
+func TestStopRetrying(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		answer func(int, *http.Request, http.ResponseWriter)
+		reason string
+	}{
+		{"410", status(410), ReasonGone},
+		{"abort header", func(_ int, _ *http.Request, w http.ResponseWriter) {
+			w.Header().Set("webhook-delivery", "abort-message")
+			w.WriteHeader(400)
+		}, ReasonAborted},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			c := newConsumer(t, tt.answer)
+			w := h.start(h.endpoint("orders", c.URL))
+			ev := h.publish("tx-g", event.StatusSuccess, "")
+			eventually(t, "a dead letter", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+			if n := len(c.got()); n != 1 {
+				t.Fatalf("%d attempts, want 1", n)
+			}
+			d := h.deadLetters()[0]
+			if d.Reason != tt.reason || d.EventID != ev.ID || d.Attempts != 1 {
+				t.Fatalf("dead letter %+v", d)
+			}
+		})
+	}
+}
+
+// A hanging consumer times out and the event is retried.
+func TestTimeoutRetries(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(n int, r *http.Request, w http.ResponseWriter) {
+		if n == 1 {
+			<-r.Context().Done() // hang until the relay gives up
+			return
+		}
+		w.WriteHeader(204)
+	})
+	ep := h.endpoint("orders", c.URL)
+	ep.Timeout = 200 * time.Millisecond
+	w := h.start(ep)
+	h.publish("tx-h", event.StatusSuccess, "")
+	eventually(t, "delivery after a timeout", func() bool { return len(c.got()) == 2 && h.settled(w) })
+	if !strings.Contains(h.logs.String(), `"status":"timeout"`) {
+		t.Errorf("timeout not logged:\n%s", h.logs.String())
+	}
+}
+
+// 429 with Retry-After waits that long (within bounds), not the schedule.
+func TestRetryAfter(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
+		if n == 1 {
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(429)
+			return
+		}
+		w.WriteHeader(200)
+	})
+	w := h.start(h.endpoint("orders", c.URL, 10*time.Millisecond))
+	h.publish("tx-r", event.StatusSuccess, "")
+	eventually(t, "delivery after Retry-After", func() bool { return len(c.got()) == 2 && h.settled(w) })
+	got := c.got()
+	if gap := got[1].At.Sub(got[0].At); gap < time.Second {
+		t.Fatalf("retried after %s, want >= the 1s Retry-After", gap)
+	}
+}
+
+// An endpoint down for every attempt ends in the DLQ with every field set.
+func TestExhaustedDeadLetter(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
+		w.WriteHeader(503)
+		fmt.Fprint(w, "maintenance")
+	})
+	w := h.start(h.endpoint("orders", c.URL, 10*time.Millisecond, 10*time.Millisecond, 10*time.Millisecond))
+	ev := h.publish("tx-d", event.StatusSuccess, "")
+	eventually(t, "a dead letter", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	d := h.deadLetters()[0]
+	stored, _ := event.Marshal(ev)
+	switch {
+	case d.Endpoint != "orders", d.EventID != ev.ID, d.TransactionID != "tx-d", d.MerchantRef != "REF-tx-d":
+		t.Errorf("identity: %+v", d)
+	case d.Reason != ReasonExhausted, d.Attempts != 4, len(c.got()) != 4:
+		t.Errorf("reason %s attempts %d (consumer saw %d)", d.Reason, d.Attempts, len(c.got()))
+	case d.FirstAttemptAt.IsZero(), !d.LastAttemptAt.After(d.FirstAttemptAt), d.DeadAt.IsZero():
+		t.Errorf("times: %+v", d)
+	case d.LastStatus != 503, d.ResponseExcerpt != "maintenance", d.StreamSeq != 1:
+		t.Errorf("last response: %+v", d)
+	case !bytes.Equal(d.Event, stored):
+		t.Errorf("event not kept as stored: %s", d.Event)
+	}
+	if n := testutil.ToFloat64(h.metrics.DeadLetters.WithLabelValues("orders", ReasonExhausted)); n != 1 {
+		t.Errorf("dead letter metric = %v", n)
+	}
+}
+
+// A refused connection is a failure like any other.
+func TestRefusedConnectionRetries(t *testing.T) {
+	h := newHarness(t)
+	w := h.start(h.endpoint("orders", "http://127.0.0.1:1/hook", 10*time.Millisecond))
+	h.publish("tx-x", event.StatusSuccess, "")
+	eventually(t, "a dead letter", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	if d := h.deadLetters()[0]; d.LastStatus != 0 || !strings.Contains(d.LastError, "refused") || d.Attempts != 2 {
+		t.Fatalf("dead letter %+v", d)
+	}
+}
+
+// Redirects are not followed: a 302 is a failure.
+func TestRedirectNotFollowed(t *testing.T) {
+	h := newHarness(t)
+	target := newConsumer(t, status())
+	c := newConsumer(t, func(_ int, r *http.Request, w http.ResponseWriter) {
+		http.Redirect(w, r, target.URL, http.StatusFound)
+	})
+	w := h.start(h.endpoint("orders", c.URL, 10*time.Millisecond))
+	h.publish("tx-302", event.StatusSuccess, "")
+	eventually(t, "a dead letter", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	if len(target.got()) != 0 {
+		t.Fatal("redirect followed")
+	}
+}
+
+// A paused endpoint loses nothing: after enough failures the breaker stops
+// pulling; events published meanwhile are all delivered after recovery,
+// in order per transaction when ordered.
+func TestPausedEndpointLosesNothing(t *testing.T) {
+	h := newHarness(t)
+	var down = true
+	var mu = make(chan struct{}, 1)
+	mu <- struct{}{}
+	isDown := func() bool { <-mu; defer func() { mu <- struct{}{} }(); return down }
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
+		if isDown() {
+			w.WriteHeader(502)
+			return
+		}
+		w.WriteHeader(200)
+	})
+	ep := h.endpoint("orders", c.URL, 20*time.Millisecond, 20*time.Millisecond, 20*time.Millisecond, 20*time.Millisecond,
+		20*time.Millisecond, 20*time.Millisecond, 20*time.Millisecond, 20*time.Millisecond, 20*time.Millisecond)
+	ep.Breaker = BreakerPolicy{Failures: 3, ProbeInitial: 100 * time.Millisecond, ProbeMax: 200 * time.Millisecond}
+	ep.Ordered = true
+	ep.Concurrency = 4
+	w := h.start(ep)
+	for i := range 5 {
+		h.publish(fmt.Sprintf("p-%d", i), event.StatusPending, "")
+	}
+	eventually(t, "the endpoint to pause", func() bool { return w.State().Paused })
+	paused := len(c.got())
+	for i := range 5 {
+		h.publish(fmt.Sprintf("p-%d", i), event.StatusSuccess, event.StatusPending)
+	}
+	// While paused, only probes reach the consumer: no event burns its budget.
+	eventually(t, "two probes", func() bool { return len(c.got()) >= paused+2 })
+	if !w.State().Paused {
+		t.Fatal("a failed probe resumed the endpoint")
+	}
+	<-mu
+	down = false
+	mu <- struct{}{}
+	eventually(t, "everything delivered", func() bool { return h.settled(w) && !w.State().Paused })
+	if d := h.deadLetters(); len(d) != 0 {
+		t.Fatalf("%d events dead-lettered while paused", len(d))
+	}
+	delivered := map[string][]string{}
+	for _, a := range c.got() {
+		ev, _ := event.Unmarshal(a.Body)
+		if a.Header.Get("webhook-id") == "" {
+			t.Fatal("attempt without webhook-id")
+		}
+		delivered[ev.Data.TransactionID] = append(delivered[ev.Data.TransactionID], string(ev.Data.Status))
+	}
+	for i := range 5 {
+		seq := delivered[fmt.Sprintf("p-%d", i)]
+		last := seq[len(seq)-1]
+		firstSuccess := slices.Index(seq, "success")
+		if last != "success" || firstSuccess < 0 || slices.Contains(seq[firstSuccess:], "pending") {
+			t.Errorf("p-%d: attempts %v: success before pending was delivered", i, seq)
+		}
+	}
+}
+
+// Ordered: a later status waits until the earlier one succeeded, while
+// other transactions go on.
+func TestOrderedWaitsForPredecessor(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(n int, r *http.Request, w http.ResponseWriter) {
+		var buf bytes.Buffer
+		buf.ReadFrom(r.Body)
+		w.WriteHeader(200)
+	})
+	failing := map[string]int{}
+	var mu = make(chan struct{}, 1)
+	mu <- struct{}{}
+	c.answer = func(n int, r *http.Request, w http.ResponseWriter) {
+		a := c.got()[n-1]
+		ev, _ := event.Unmarshal(a.Body)
+		<-mu
+		failing[ev.ID]++
+		k := failing[ev.ID]
+		mu <- struct{}{}
+		if ev.Data.TransactionID == "slow" && ev.Data.Status == event.StatusPending && k <= 2 {
+			w.WriteHeader(500)
+			return
+		}
+		w.WriteHeader(200)
+	}
+	ep := h.endpoint("orders", c.URL, 300*time.Millisecond, 300*time.Millisecond)
+	ep.Ordered = true
+	w := h.start(ep)
+	h.publish("slow", event.StatusPending, "")
+	h.publish("slow", event.StatusSuccess, event.StatusPending)
+	h.publish("fast", event.StatusSuccess, "")
+	eventually(t, "all delivered", func() bool { return h.settled(w) })
+	var order []string
+	for _, a := range c.got() {
+		ev, _ := event.Unmarshal(a.Body)
+		order = append(order, ev.Data.TransactionID+"/"+string(ev.Data.Status))
+	}
+	iPendingOK := slices.Index(order, "slow/pending") + 2 // third pending attempt succeeds
+	iSuccess := slices.Index(order, "slow/success")
+	iFast := slices.Index(order, "fast/success")
+	if iSuccess < iPendingOK || order[iPendingOK] != "slow/pending" {
+		t.Fatalf("order %v: slow/success went before slow/pending succeeded", order)
+	}
+	if iFast > iSuccess {
+		t.Fatalf("order %v: another transaction was held up", order)
+	}
+	if n := strings.Count(strings.Join(order, " "), "slow/success"); n != 1 {
+		t.Fatalf("slow/success delivered %d times", n)
+	}
+}
+
+func TestDecide(t *testing.T) {
+	ep := Endpoint{Schedule: []time.Duration{time.Second, time.Minute}}
+	tests := []struct {
+		name    string
+		r       attemptResult
+		attempt int
+		want    actionKind
+		delay   time.Duration
+	}{
+		{"2xx", attemptResult{Status: 204}, 1, actAck, 0},
+		{"500 first", attemptResult{Status: 500}, 1, actRetry, time.Second},
+		{"500 second", attemptResult{Status: 500}, 2, actRetry, time.Minute},
+		{"500 last", attemptResult{Status: 500}, 3, actDeadLetter, 0},
+		{"410", attemptResult{Status: 410, Abort: true}, 1, actDeadLetter, 0},
+		{"abort", attemptResult{Status: 400, Abort: true}, 1, actDeadLetter, 0},
+		{"429 retry-after", attemptResult{Status: 429, RetryAfter: 7 * time.Second, HasRetry: true}, 1, actRetry, 7 * time.Second},
+		{"timeout", attemptResult{Err: fmt.Errorf("timeout")}, 1, actRetry, time.Second},
+		{"3xx", attemptResult{Status: 302}, 1, actRetry, time.Second},
+	}
+	for _, tt := range tests {
+		a := decide(ep, tt.r, tt.attempt)
+		if a.kind != tt.want || a.delay != tt.delay {
+			t.Errorf("%s: %+v, want kind %d delay %s", tt.name, a, tt.want, tt.delay)
+		}
+	}
+}
+
+func TestRetryDelayJitterAndRetryAfter(t *testing.T) {
+	s := []time.Duration{10 * time.Second, time.Hour}
+	for range 100 {
+		if d := retryDelay(s, 0.2, 1); d < 8*time.Second || d > 12*time.Second {
+			t.Fatalf("attempt 1: %s outside 10s ± 20%%", d)
+		}
+		if d := retryDelay(s, 0.2, 9); d < 48*time.Minute || d > 72*time.Minute {
+			t.Fatalf("beyond the schedule: %s, want the last entry", d)
+		}
+	}
+	now := time.Now()
+	h := http.Header{}
+	h.Set("Retry-After", "120")
+	if d, ok := retryAfter(h, now, time.Minute); !ok || d != time.Minute {
+		t.Errorf("clamped: %s %v", d, ok)
+	}
+	h.Set("Retry-After", now.Add(30*time.Second).UTC().Format(http.TimeFormat))
+	if d, ok := retryAfter(h, now, time.Hour); !ok || d < 29*time.Second || d > 31*time.Second {
+		t.Errorf("date: %s %v", d, ok)
+	}
+	h.Set("Retry-After", "soon")
+	if _, ok := retryAfter(h, now, time.Hour); ok {
+		t.Error("garbage accepted")
+	}
+}

@@ -1,0 +1,247 @@
+package config
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
+	"time"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/verify"
+)
+
+// Endpoint is one merchant webhook endpoint.
+type Endpoint struct {
+	URL         string            `yaml:"url"`
+	Secrets     []Secret          `yaml:"secrets"`
+	SecretsFile string            `yaml:"secrets_file"` // one whsec_ secret per line
+	Filter      Filter            `yaml:"filter"`
+	Timeout     Duration          `yaml:"timeout"`
+	Concurrency int               `yaml:"concurrency"`
+	Retry       Retry             `yaml:"retry"`
+	RateLimit   float64           `yaml:"rate_limit"` // events per second; 0: none
+	Ordered     bool              `yaml:"ordered"`
+	Headers     map[string]string `yaml:"headers"`
+	// DeliverFrom is where a new endpoint starts: "new" (events published
+	// after it is created), "all" (everything the stream holds) or an RFC
+	// 3339 time. Existing endpoints keep their position whatever it says.
+	DeliverFrom string  `yaml:"deliver_from"`
+	Breaker     Breaker `yaml:"breaker"`
+}
+
+// Filter selects the events an endpoint receives. Empty lists mean "any";
+// at least one list must be set, or all: true, so that "everything" is a
+// decision, not an accident.
+type Filter struct {
+	All      bool     `yaml:"all"`
+	Projects []string `yaml:"projects"`
+	Products []string `yaml:"products"`
+	Statuses []string `yaml:"statuses"`
+}
+
+// Retry is an endpoint's retry policy.
+type Retry struct {
+	// Schedule is the delay before each retry; attempts = len(schedule)+1.
+	Schedule []Duration `yaml:"schedule"`
+	// Jitter randomizes each delay by ± this fraction (0 to 1).
+	Jitter float64 `yaml:"jitter"`
+	// RetryAfterMax caps a Retry-After the endpoint asks for (429, 503).
+	RetryAfterMax Duration `yaml:"retry_after_max"`
+}
+
+// Breaker pauses an endpoint after consecutive failures.
+type Breaker struct {
+	// Failures in a row that pause the endpoint; 0 disables the breaker.
+	Failures int `yaml:"failures"`
+	// ProbeInitial is the first wait before a paused endpoint is probed
+	// with one event; it doubles per failed probe up to ProbeMax.
+	ProbeInitial Duration `yaml:"probe_initial"`
+	ProbeMax     Duration `yaml:"probe_max"`
+}
+
+// Admin configures the admin API listener.
+type Admin struct {
+	Listen    string `yaml:"listen"`
+	Token     Secret `yaml:"token"`
+	TokenFile string `yaml:"token_file"`
+}
+
+// DefaultSchedule is the Standard Webhooks example schedule: about three
+// days over ten attempts.
+func DefaultSchedule() []Duration {
+	var out []Duration
+	for _, d := range []time.Duration{5 * time.Second, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour, 5 * time.Hour, 10 * time.Hour, 14 * time.Hour, 20 * time.Hour, 24 * time.Hour} {
+		out = append(out, Duration(d))
+	}
+	return out
+}
+
+// applyEndpointDefaults fills what an endpoint entry leaves out.
+func (e *Endpoint) applyDefaults() {
+	if e.Timeout == 0 {
+		e.Timeout = Duration(10 * time.Second)
+	}
+	if e.Concurrency == 0 {
+		e.Concurrency = 4
+	}
+	if e.Retry.Schedule == nil {
+		e.Retry.Schedule = DefaultSchedule()
+	}
+	if e.Retry.Jitter == 0 {
+		e.Retry.Jitter = 0.2
+	}
+	if e.Retry.RetryAfterMax == 0 {
+		e.Retry.RetryAfterMax = Duration(time.Hour)
+	}
+	if e.DeliverFrom == "" {
+		e.DeliverFrom = "new"
+	}
+	if e.Breaker.Failures == 0 {
+		e.Breaker.Failures = 10
+	}
+	if e.Breaker.ProbeInitial == 0 {
+		e.Breaker.ProbeInitial = Duration(30 * time.Second)
+	}
+	if e.Breaker.ProbeMax == 0 {
+		e.Breaker.ProbeMax = Duration(10 * time.Minute)
+	}
+}
+
+var endpointName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// validateEndpoints reports every problem with the endpoints.
+func (c *Config) validateEndpoints(bad func(string, ...any)) {
+	for _, name := range sortedKeys(c.Endpoints) {
+		e := c.Endpoints[name]
+		at := "endpoints." + name
+		if !endpointName.MatchString(name) {
+			bad("%s: name must be lowercase letters, digits, '-' or '_'", at)
+		}
+		if e == nil {
+			bad("%s: empty endpoint", at)
+			continue
+		}
+		if u, err := url.Parse(e.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("%s.url: %q is not an http(s) URL", at, e.URL)
+		}
+		if len(e.Secrets) == 0 {
+			bad("%s.secrets: at least one whsec_ secret is required", at)
+		}
+		for i, s := range e.Secrets {
+			if _, err := verify.ParseWebhookSecret(s.Value()); err != nil {
+				bad("%s.secrets[%d]: %v", at, i, err)
+			}
+		}
+		f := e.Filter
+		if !f.All && len(f.Projects)+len(f.Products)+len(f.Statuses) == 0 {
+			bad("%s.filter: empty; list projects, products or statuses, or set all: true", at)
+		}
+		for _, p := range f.Projects {
+			if _, ok := c.Projects[p]; !ok {
+				bad("%s.filter.projects: %q is not a configured project", at, p)
+			}
+		}
+		for _, p := range f.Products {
+			if !slices.Contains(event.Products, event.Product(p)) {
+				bad("%s.filter.products: %q is not one of %v", at, p, event.Products)
+			}
+		}
+		for _, s := range f.Statuses {
+			if _, err := event.ParseStatus(s); err != nil {
+				bad("%s.filter.statuses: %v", at, err)
+			}
+		}
+		if e.Timeout <= 0 || e.Timeout.D() > 5*time.Minute {
+			bad("%s.timeout: must be between 0 and 5m", at)
+		}
+		if e.Concurrency < 1 || e.Concurrency > 256 {
+			bad("%s.concurrency: %d is outside 1 to 256", at, e.Concurrency)
+		}
+		for i, d := range e.Retry.Schedule {
+			if d <= 0 {
+				bad("%s.retry.schedule[%d]: must be positive", at, i)
+			}
+		}
+		if e.Retry.Jitter < 0 || e.Retry.Jitter > 1 {
+			bad("%s.retry.jitter: %v is outside 0 to 1", at, e.Retry.Jitter)
+		}
+		if e.RateLimit < 0 {
+			bad("%s.rate_limit: must not be negative", at)
+		}
+		for k := range e.Headers {
+			if http.CanonicalHeaderKey(k) == "" || !validHeader.MatchString(k) {
+				bad("%s.headers: %q is not a header name", at, k)
+			}
+			if reserved[http.CanonicalHeaderKey(k)] {
+				bad("%s.headers: %q is set by the relay", at, k)
+			}
+		}
+		switch e.DeliverFrom {
+		case "new", "all":
+		default:
+			if _, err := time.Parse(time.RFC3339, e.DeliverFrom); err != nil {
+				bad("%s.deliver_from: %q is not new, all or an RFC 3339 time", at, e.DeliverFrom)
+			}
+		}
+		if e.Breaker.Failures < 0 || e.Breaker.ProbeInitial <= 0 || e.Breaker.ProbeMax < e.Breaker.ProbeInitial {
+			bad("%s.breaker: failures must be >= 0 and 0 < probe_initial <= probe_max", at)
+		}
+		if total := e.Retry.total(); total > c.Streams.Events.MaxAge.D() {
+			bad("%s.retry.schedule: spans %s, longer than streams.events.max_age %s: events would expire before their last retry", at, total, c.Streams.Events.MaxAge)
+		}
+	}
+	if c.Admin.Token.Set() {
+		if len(c.Admin.Token) < 16 {
+			bad("admin.token: must be at least 16 characters")
+		}
+		if c.Admin.Listen == "" {
+			bad("admin.listen: required when admin.token is set")
+		}
+	}
+}
+
+var validHeader = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
+
+var reserved = map[string]bool{
+	"Content-Type": true, "User-Agent": true, "Webhook-Id": true, "Webhook-Timestamp": true,
+	"Webhook-Signature": true, "Webhook-Replay": true, "Content-Length": true, "Host": true,
+}
+
+func (r Retry) total() time.Duration {
+	var t time.Duration
+	for _, d := range r.Schedule {
+		t += d.D()
+	}
+	return time.Duration(float64(t) * (1 + r.Jitter))
+}
+
+// FilterSubjects compiles a filter to JetStream filter subjects on
+// SENGO_EVENTS: the cross product of the lists, "*" where a list is empty.
+func (f Filter) Subjects() []string {
+	or := func(l []string) []string {
+		if len(l) == 0 {
+			return []string{"*"}
+		}
+		return l
+	}
+	var out []string
+	for _, p := range or(f.Projects) {
+		for _, pr := range or(f.Products) {
+			for _, s := range or(f.Statuses) {
+				out = append(out, fmt.Sprintf("sengo.events.%s.%s.%s", p, pr, s))
+			}
+		}
+	}
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,113 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+const whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+func TestEndpointDefaultsAndSubjects(t *testing.T) {
+	body := minimal + `endpoints:
+  orders:
+    url: https://orders.example/hooks/sengo
+    secrets: [` + whsec + `]
+    filter: {statuses: [success], products: [retail, qris]}
+    headers: {X-Tenant: shop-1}
+`
+	cfg, err := Load(write(t, body), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := cfg.Endpoints["orders"]
+	if e.Timeout.D() != 10*time.Second || e.Concurrency != 4 || len(e.Retry.Schedule) != 9 || e.DeliverFrom != "new" || e.Breaker.Failures != 10 {
+		t.Fatalf("defaults not applied: %+v", e)
+	}
+	want := []string{"sengo.events.*.retail.success", "sengo.events.*.qris.success"}
+	if got := e.Filter.Subjects(); !slices.Equal(got, want) {
+		t.Fatalf("subjects %v, want %v", got, want)
+	}
+	if got := (Filter{All: true}).Subjects(); !slices.Equal(got, []string{"sengo.events.*.*.*"}) {
+		t.Fatalf("all: %v", got)
+	}
+	if s := fmt.Sprintf("%+v", cfg); strings.Contains(s, "MfKQ9r8G") {
+		t.Fatal("endpoint secret printed")
+	}
+}
+
+func TestEndpointValidation(t *testing.T) {
+	body := minimal + `endpoints:
+  Bad Name:
+    url: x
+  orders:
+    url: ftp://orders.example/
+    secrets: [not-a-secret]
+    filter: {}
+    concurrency: 1000
+    retry: {jitter: 2}
+    headers: {webhook-id: x}
+    deliver_from: yesterday
+  fulfil:
+    url: https://f.example/
+    secrets: [` + whsec + `]
+    filter: {projects: [ghost], products: [pulsa], statuses: [paid]}
+admin: {token: short}
+`
+	_, err := Load(write(t, body), noEnv)
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{
+		"endpoints.Bad Name", "endpoints.orders.url", "endpoints.orders.secrets[0]", "endpoints.orders.filter: empty",
+		"endpoints.orders.concurrency", "endpoints.orders.retry.jitter", "endpoints.orders.headers", "endpoints.orders.deliver_from",
+		"endpoints.fulfil.filter.projects", "endpoints.fulfil.filter.products", "endpoints.fulfil.filter.statuses", "admin.token",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(err)
+	}
+}
+
+func TestEndpointScheduleMustFitRetention(t *testing.T) {
+	body := minimal + `streams: {events: {max_age: 24h, duplicate_window: 1h}}
+endpoints:
+  orders: {url: "https://o.example/", secrets: [` + whsec + `], filter: {all: true}}
+`
+	if _, err := Load(write(t, body), noEnv); err == nil || !strings.Contains(err.Error(), "would expire") {
+		t.Fatalf("3-day schedule on a 1-day stream: %v", err)
+	}
+}
+
+func TestEndpointSecretsFromFileAndEnv(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "secrets")
+	os.WriteFile(f, []byte(whsec+"\nwhsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n"), 0o600)
+	body := minimal + "endpoints:\n  orders: {url: \"https://o.example/\", secrets_file: " + f + ", filter: {all: true}}\n"
+	cfg, err := Load(write(t, body), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(cfg.Endpoints["orders"].Secrets); n != 2 {
+		t.Fatalf("%d secrets from file", n)
+	}
+	body = minimal + "endpoints:\n  orders: {url: \"https://o.example/\", filter: {all: true}}\n"
+	cfg, err = Load(write(t, body), env(map[string]string{
+		"SENGO_RELAY_ENDPOINTS_ORDERS_SECRETS":        whsec,
+		"SENGO_RELAY_ENDPOINTS_ORDERS_RETRY_SCHEDULE": "1s,2s",
+		"SENGO_RELAY_ENDPOINTS_ORDERS_RATE_LIMIT":     "2.5",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := cfg.Endpoints["orders"]
+	if len(e.Secrets) != 1 || len(e.Retry.Schedule) != 2 || e.Retry.Schedule[1].D() != 2*time.Second || e.RateLimit != 2.5 {
+		t.Fatalf("env overrides: %+v", e)
+	}
+}
