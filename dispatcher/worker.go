@@ -123,7 +123,7 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 
 // ackWait exceeds the delivery timeout by a margin, so an event is never
 // handed to a second worker while its attempt can still be running.
-func ackWait(ep Endpoint) time.Duration { return 2*ep.Timeout + 30*time.Second }
+func ackWait(ep Endpoint) time.Duration { return ep.Timeout + 15*time.Second }
 
 // Run delivers until ctx ends, then lets attempts in flight finish (each
 // is bounded by the endpoint timeout) and returns.
@@ -238,7 +238,9 @@ func decide(ep Endpoint, r attemptResult, attempt int) action {
 // deadline; the message's own context is independent of shutdown so an
 // attempt in flight completes.
 func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), ackWait(w.ep)-5*time.Second)
+	// The attempt's deadline plus room for the KV and stream calls around
+	// it, all inside AckWait.
+	ctx, cancel := context.WithTimeout(context.Background(), w.ep.Timeout+10*time.Second)
 	defer cancel()
 	meta, err := msg.Metadata()
 	if err != nil {

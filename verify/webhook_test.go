@@ -92,7 +92,11 @@ func TestWebhookVerifierRotationAndRejections(t *testing.T) {
 		{"id changed", webhookHeaders("evt_y", now, sigA), body, ErrBadSignature},
 		{"v2 prefix", webhookHeaders("evt_x", now, strings.Replace(sigA, "v1,", "v2,", 1)), body, ErrBadSignature},
 		{"no headers", http.Header{}, body, ErrMissingHeaders},
-		{"timestamp not a number", func() http.Header { h := webhookHeaders("evt_x", now, sigA); h.Set(HeaderWebhookTimestamp, "x"); return h }(), body, ErrBadTimestamp},
+		{"timestamp not a number", func() http.Header {
+			h := webhookHeaders("evt_x", now, sigA)
+			h.Set(HeaderWebhookTimestamp, "x")
+			return h
+		}(), body, ErrBadTimestamp},
 	}
 	for _, tt := range tests {
 		if err := onlyA.Verify(tt.h, tt.body); !errors.Is(err, tt.want) {

@@ -23,6 +23,8 @@ const usage = `usage: sengo-relay [command] [flags]
 commands:
   serve          run the relay (the default)
   check-config   load and validate the configuration, print a summary
+  dlq            list, show, redrive or purge dead letters
+  replay         deliver stored events again (by endpoint, time window, filters)
   healthcheck    exit 0 if the relay answers /healthz (for container healthchecks)
   version        print the version
 
@@ -58,6 +60,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return printSummary(stdout, path, cfg)
+	case "dlq":
+		return runDLQ(ctx, args, stdout, stderr)
+	case "replay":
+		return runReplay(ctx, args, stdout, stderr)
 	case "healthcheck":
 		fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 		fs.SetOutput(stderr)

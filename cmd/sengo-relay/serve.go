@@ -21,7 +21,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 
+	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/admin"
 	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/receiver"
 	"github.com/sengo-relay/sengo-relay/stream"
@@ -110,13 +112,45 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info().Str("addr", ln.Addr().String()).Msg("http listening")
 
-	// Everything below runs until ctx is done; workers owns the goroutines.
+	endpoints, err := dispatcherEndpoints(cfg)
+	if err != nil {
+		return err
+	}
+	dmetrics := dispatcher.NewMetrics(reg)
+	workerMap := map[string]*dispatcher.Worker{}
+	var workerMu sync.Mutex
+	for _, ep := range endpoints {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "sengo_relay_endpoint_pending",
+			Help:        "Events not yet delivered to the endpoint (live and replayed; NaN when unknown).",
+			ConstLabels: prometheus.Labels{"endpoint": ep.Name},
+		}, func() float64 {
+			workerMu.Lock()
+			w := workerMap[ep.Name]
+			workerMu.Unlock()
+			if w == nil {
+				return math.NaN()
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			live, replay, _, err := w.Pending(ctx)
+			if err != nil {
+				return math.NaN()
+			}
+			return float64(live + replay)
+		}))
+	}
+
+	// Everything below runs until ctx is done. Intake and the endpoint
+	// workers each have their own goroutine; stopping runCtx stops them.
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
-	var workers sync.WaitGroup
-	workers.Add(1)
+	var intakeDone, workersDone sync.WaitGroup
+	var adminSrv *admin.Server
+	var adminHTTP *http.Server
+	intakeDone.Add(1)
 	go func() {
-		defer workers.Done()
+		defer intakeDone.Done()
 		if err := provision(runCtx, js, spec, log); err != nil {
 			return // cancelled
 		}
@@ -137,6 +171,36 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			return
 		}
 		intake.Store(in)
+		for _, ep := range endpoints {
+			w, err := dispatcher.NewWorker(runCtx, dispatcher.WorkerConfig{
+				Endpoint: ep, JetStream: js, UserAgent: "sengo-relay/" + versionString(), Metrics: dmetrics,
+				Logger: log.With().Str("component", "dispatcher").Logger(),
+			})
+			if err != nil {
+				log.Error().Err(err).Str("endpoint", ep.Name).Msg("endpoint cannot start")
+				stopRun()
+				return
+			}
+			workerMu.Lock()
+			workerMap[ep.Name] = w
+			workerMu.Unlock()
+			workersDone.Add(1)
+			go func() { defer workersDone.Done(); w.Run(runCtx) }()
+		}
+		if cfg.Admin.Token.Set() {
+			workerMu.Lock()
+			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: js, Endpoints: endpoints, Workers: workerMap, Logger: log.With().Str("component", "admin").Logger()})
+			workerMu.Unlock()
+			aln, err := net.Listen("tcp", cfg.Admin.Listen)
+			if err != nil {
+				log.Error().Err(err).Msg("admin listener")
+				stopRun()
+				return
+			}
+			adminHTTP = &http.Server{Handler: adminSrv.Handler(), ReadHeaderTimeout: 5 * time.Second}
+			go func() { _ = adminHTTP.Serve(aln) }()
+			log.Info().Str("addr", aln.Addr().String()).Msg("admin listening")
+		}
 		_ = in.Run(runCtx, cfg.HTTP.ShutdownTimeout.D())
 	}()
 
@@ -156,7 +220,12 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		log.Warn().Err(err).Msg("http shutdown incomplete")
 	}
 	stopRun()
-	workers.Wait()
+	intakeDone.Wait()  // intake drained
+	workersDone.Wait() // deliveries in flight finished
+	if adminHTTP != nil {
+		_ = adminHTTP.Shutdown(shutCtx)
+		adminSrv.Close()
+	}
 	log.Info().Msg("stopped")
 	return runErr
 }
@@ -248,9 +317,12 @@ func provisionSpec(cfg config.Config) stream.Spec {
 			{Name: event.StreamInbox, Subjects: []string{event.SubjectsInbox}, Description: "SenGo notifications as received", Limits: limits(cfg.Streams.Inbox)},
 			{Name: event.StreamEvents, Subjects: []string{event.SubjectsEvents}, Description: "normalized SenGo transaction events", Limits: limits(cfg.Streams.Events)},
 			{Name: event.StreamQuarantine, Subjects: []string{event.SubjectsQuarantine}, Description: "notifications that cannot be processed", Limits: limits(cfg.Streams.Quarantine)},
+			{Name: event.StreamDLQ, Subjects: []string{event.SubjectsDLQ}, Description: "events whose delivery was given up, with why", Limits: limits(cfg.Streams.DLQ)},
+			{Name: event.StreamReplay, Subjects: []string{event.SubjectsReplay}, Description: "events queued again for one endpoint (replay, redrive)", Limits: limits(cfg.Streams.Replay)},
 		},
 		Buckets: []stream.BucketSpec{
 			{Name: event.BucketTx, Description: "SenGo transaction state", TTL: cfg.Streams.Transactions.TTL.D(), History: 1},
+			{Name: event.BucketDelivery, Description: "webhook delivery attempts per endpoint and event", TTL: cfg.Streams.Events.MaxAge.D(), History: 1},
 		},
 	}
 }

@@ -14,11 +14,11 @@ import (
 // Config is the whole configuration of sengo-relay. config.yaml at the
 // repository root documents every key.
 type Config struct {
-	DataDir  string              `yaml:"data_dir"`
-	Log      Log                 `yaml:"log"`
-	HTTP     HTTP                `yaml:"http"`
-	NATS     NATS                `yaml:"nats"`
-	Streams  Streams             `yaml:"streams"`
+	DataDir   string               `yaml:"data_dir"`
+	Log       Log                  `yaml:"log"`
+	HTTP      HTTP                 `yaml:"http"`
+	NATS      NATS                 `yaml:"nats"`
+	Streams   Streams              `yaml:"streams"`
 	Intake    Intake               `yaml:"intake"`
 	Projects  map[string]*Project  `yaml:"projects"`
 	Endpoints map[string]*Endpoint `yaml:"endpoints"`

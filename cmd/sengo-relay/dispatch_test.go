@@ -1,0 +1,238 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/fixtures"
+	"github.com/sengo-relay/sengo-relay/verify"
+)
+
+const (
+	testSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+	adminToken = "admin-token-0123456789abcdef"
+)
+
+// hook is a webhook consumer that verifies signatures and records events.
+type hook struct {
+	*httptest.Server
+	mu     sync.Mutex
+	ids    []string
+	bodies [][]byte
+	fail   atomic.Int64 // answer 500 to this many more requests
+	hang   atomic.Bool  // hang every request until the client gives up
+}
+
+func newHook(t *testing.T) *hook {
+	h := &hook{}
+	v, err := verify.NewWebhookVerifier(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := v.Verify(r.Header, body); err != nil {
+			t.Errorf("bad signature: %v", err)
+			w.WriteHeader(400)
+			return
+		}
+		if h.hang.Load() {
+			<-r.Context().Done()
+			return
+		}
+		if h.fail.Add(-1) >= 0 {
+			w.WriteHeader(500)
+			return
+		}
+		h.mu.Lock()
+		h.ids = append(h.ids, r.Header.Get("webhook-id"))
+		h.bodies = append(h.bodies, body)
+		h.mu.Unlock()
+		w.WriteHeader(200)
+	}))
+	t.Cleanup(h.Close)
+	return h
+}
+
+func (h *hook) received() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.ids...)
+}
+
+// writeConfig writes a config with webhook endpoints for the tests.
+func writeConfig(t *testing.T, endpoints string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	body := `projects:
+  main: {}
+admin: {listen: "127.0.0.1:0", token: ` + adminToken + `}
+endpoints:
+` + endpoints
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func endpointYAML(name, url, timeout string) string {
+	return fmt.Sprintf("  %s: {url: %q, secrets: [%s], filter: {all: true}, deliver_from: all, timeout: %s, retry: {schedule: [200ms, 200ms, 200ms, 200ms, 200ms], jitter: 0}}\n", name, url, testSecret, timeout)
+}
+
+// startRunWith runs run() with the given config file.
+func startRunWith(t *testing.T, cfgPath string, env []string) (string, *logWatch) {
+	t.Helper()
+	checkedInConfig = cfgPath
+	t.Cleanup(func() { checkedInConfig = filepath.Join("..", "..", "config.yaml") })
+	base, logs, _ := startRun(t, env)
+	return base, logs
+}
+
+// A callback accepted by the relay reaches a webhook consumer, signed;
+// dead letters and replays work through the CLI and the admin API.
+func TestDeliveryEndToEnd(t *testing.T) {
+	good, bad := newHook(t), newHook(t)
+	bad.fail.Store(1 << 30)
+	cfg := writeConfig(t, endpointYAML("orders", good.URL, "1s")+endpointYAML("broken", bad.URL, "1s"))
+	base, logs := startRunWith(t, cfg, relayEnv(t.TempDir()))
+	natsURL := logs.field(t, "embedded nats started", "client_url")
+	adminAddr := logs.field(t, "admin listening", "addr")
+	waitReady(t, base)
+
+	body := fixtures.Body("callback-retail-success")
+	if code := post(t, base+"/callbacks/sengo/main", body); code != 200 {
+		t.Fatal(code)
+	}
+	want := event.ID("main", "66e934f6-f5d6-4f1c-bb3d-450ec2873782", event.StatusSuccess)
+	eventually(t, "the webhook", func() bool { return len(good.received()) == 1 })
+	if got := good.received()[0]; got != want {
+		t.Fatalf("webhook-id %s, want %s", got, want)
+	}
+
+	// The broken endpoint exhausts 6 attempts and dead-letters; the CLI sees it.
+	t.Setenv("SENGO_RELAY_NATS_URL", natsURL)
+	var out bytes.Buffer
+	eventually(t, "a dead letter", func() bool {
+		out.Reset()
+		return run(context.Background(), []string{"dlq", "list", "--config", cfg, "--endpoint", "broken", "--json"}, &out, io.Discard) == nil &&
+			strings.Contains(out.String(), want)
+	})
+	var entries []struct {
+		Seq      uint64
+		Attempts int
+		Reason   string
+	}
+	json.Unmarshal(out.Bytes(), &entries)
+	if len(entries) != 1 || entries[0].Attempts != 6 || entries[0].Reason != "retries_exhausted" {
+		t.Fatalf("dead letters %s", out.String())
+	}
+
+	// Admin API: token required; endpoint status shows the failures.
+	req, _ := http.NewRequest(http.MethodGet, "http://"+adminAddr+"/admin/endpoints", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Fatalf("admin without token: %d", resp.StatusCode)
+	}
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var status []struct {
+		Name                string
+		ConsecutiveFailures int
+	}
+	json.NewDecoder(resp.Body).Decode(&status)
+	resp.Body.Close()
+	if len(status) != 2 || status[0].Name != "broken" || status[0].ConsecutiveFailures != 6 {
+		t.Fatalf("endpoint status %+v", status)
+	}
+
+	// Redrive after the endpoint recovers: delivered with the same id.
+	bad.fail.Store(0)
+	out.Reset()
+	if err := run(context.Background(), []string{"dlq", "redrive", "--config", cfg, "--endpoint", "broken"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "redriven 1 of 1") {
+		t.Fatalf("redrive: %v %s", err, out.String())
+	}
+	eventually(t, "the redriven webhook", func() bool { return len(bad.received()) == 1 })
+	if bad.received()[0] != want {
+		t.Fatalf("redrive changed the id: %s", bad.received()[0])
+	}
+
+	// Replay the last hour to orders: the same event again, with progress.
+	var progress bytes.Buffer
+	out.Reset()
+	if err := run(context.Background(), []string{"replay", "--config", cfg, "--endpoint", "orders", "--since", "1h"}, &out, &progress); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "1 matched, 1 queued") || !strings.Contains(progress.String(), "1/1 scanned") {
+		t.Fatalf("replay output %q progress %q", out.String(), progress.String())
+	}
+	eventually(t, "the replayed webhook", func() bool { return len(good.received()) == 2 })
+	if ids := good.received(); ids[1] != want {
+		t.Fatalf("replay changed the id: %v", ids)
+	}
+}
+
+// SIGKILL while one endpoint has an attempt in flight and the other has
+// retries scheduled; after a restart every event reaches every endpoint,
+// none under a new id.
+func TestKillDuringDeliveriesLosesNothing(t *testing.T) {
+	slow, flaky := newHook(t), newHook(t)
+	slow.hang.Store(true)
+	flaky.fail.Store(8)
+	cfg := writeConfig(t, endpointYAML("slow", slow.URL, "1s")+endpointYAML("flaky", flaky.URL, "1s"))
+	dir := t.TempDir()
+	checkedInConfig = cfg
+	t.Cleanup(func() { checkedInConfig = filepath.Join("..", "..", "config.yaml") })
+	p := startProcess(t, dir, "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0")
+	waitReady(t, p.base)
+	want := map[string]bool{}
+	for i := range 5 {
+		body := fmt.Appendf(nil, `{"id":"k-%d","merchantRef":"K-%d","status":"success","feePayer":"customer","amount":1000,"fee":0,"totalAmount":1000,"qris":{}}`, i, i)
+		if code := post(t, p.base+"/callbacks/sengo/main", body); code != 200 {
+			t.Fatal(code)
+		}
+		want[event.ID("main", fmt.Sprintf("k-%d", i), event.StatusSuccess)] = true
+	}
+	eventually(t, "retries scheduled on flaky", func() bool { return flaky.fail.Load() <= 3 })
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.cmd.Wait()
+	slow.hang.Store(false)
+
+	p2 := startProcess(t, dir, "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0")
+	waitReady(t, p2.base)
+	for name, h := range map[string]*hook{"slow": slow, "flaky": flaky} {
+		eventually(t, name+" to receive every event", func() bool {
+			got := map[string]bool{}
+			for _, id := range h.received() {
+				got[id] = true
+			}
+			return len(got) == len(want)
+		})
+		for _, id := range h.received() {
+			if !want[id] {
+				t.Errorf("%s received an unknown id %s", name, id)
+			}
+		}
+	}
+}

@@ -1,0 +1,166 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sengo-relay/sengo-relay/event"
+)
+
+// DLQFilter selects dead letters. Zero fields match everything.
+type DLQFilter struct {
+	Endpoint      string
+	TransactionID string
+	MerchantRef   string
+	Since, Until  time.Time // when the dead letter was stored
+	Seq           uint64    // one dead letter by its SENGO_DLQ sequence
+}
+
+// DLQEntry is a stored dead letter with its place in SENGO_DLQ.
+type DLQEntry struct {
+	Seq    uint64    `json:"seq"`
+	Stored time.Time `json:"stored"`
+	DeadLetter
+}
+
+func (f DLQFilter) match(e DLQEntry) bool {
+	return (f.TransactionID == "" || e.TransactionID == f.TransactionID) &&
+		(f.MerchantRef == "" || e.MerchantRef == f.MerchantRef) &&
+		(f.Until.IsZero() || !e.Stored.After(f.Until))
+}
+
+// ListDLQ returns the dead letters matching f, oldest first.
+func ListDLQ(ctx context.Context, js jetstream.JetStream, f DLQFilter) ([]DLQEntry, error) {
+	s, err := js.Stream(ctx, event.StreamDLQ)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", event.StreamDLQ, err)
+	}
+	if f.Seq > 0 {
+		m, err := s.GetMsg(ctx, f.Seq)
+		if err != nil {
+			return nil, fmt.Errorf("dead letter %d: %w", f.Seq, err)
+		}
+		e, err := dlqEntry(m.Sequence, m.Time, m.Data)
+		if err != nil || (f.Endpoint != "" && e.Endpoint != f.Endpoint) || !f.match(e) {
+			return nil, err
+		}
+		return []DLQEntry{e}, nil
+	}
+	subject := event.SubjectsDLQ
+	if f.Endpoint != "" {
+		subject = event.DLQSubject(f.Endpoint)
+	}
+	var out []DLQEntry
+	err = scan(ctx, js, event.StreamDLQ, subject, f.Since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+		if !f.Until.IsZero() && meta.Timestamp.After(f.Until) {
+			return false, nil
+		}
+		e, err := dlqEntry(meta.Sequence.Stream, meta.Timestamp, m.Data())
+		if err != nil {
+			return false, err
+		}
+		if f.match(e) {
+			out = append(out, e)
+		}
+		return true, nil
+	}, nil)
+	return out, err
+}
+
+func dlqEntry(seq uint64, at time.Time, data []byte) (DLQEntry, error) {
+	e := DLQEntry{Seq: seq, Stored: at.UTC()}
+	if err := json.Unmarshal(data, &e.DeadLetter); err != nil {
+		return DLQEntry{}, fmt.Errorf("decode dead letter %d: %w", seq, err)
+	}
+	return e, nil
+}
+
+// Redrive puts each dead letter back into normal delivery for its endpoint
+// with a fresh retry budget and the same webhook-id, then removes it from
+// SENGO_DLQ. It returns how many were redriven.
+func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int, error) {
+	s, err := js.Stream(ctx, event.StreamDLQ)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range entries {
+		if e.Reason == ReasonUndecodable {
+			continue // nothing a consumer could accept
+		}
+		msg := &nats.Msg{Subject: event.ReplaySubject(e.Endpoint), Data: e.Event, Header: nats.Header{
+			HeaderReplayKind:    []string{"redrive"},
+			event.HeaderEventID: []string{e.EventID},
+		}}
+		if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("redrive."+strconv.FormatUint(e.Seq, 10)), jetstream.WithExpectStream(event.StreamReplay)); err != nil {
+			return n, fmt.Errorf("redrive %d: %w", e.Seq, err)
+		}
+		if err := s.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return n, fmt.Errorf("remove redriven %d: %w", e.Seq, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// Purge deletes the given dead letters for good.
+func Purge(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int, error) {
+	s, err := js.Stream(ctx, event.StreamDLQ)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range entries {
+		if err := s.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return n, fmt.Errorf("purge %d: %w", e.Seq, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// scan reads stream messages on subject from since (or the start) to the
+// end as it is when the scan begins, with an ordered consumer (no server
+// state left behind). visit returns false to stop. total, when not nil,
+// receives the number of messages the scan will read.
+func scan(ctx context.Context, js jetstream.JetStream, stream, subject string, since time.Time, visit func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error), total func(uint64)) error {
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy}
+	if !since.IsZero() {
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	}
+	c, err := js.OrderedConsumer(ctx, stream, cfg)
+	if err != nil {
+		return fmt.Errorf("scan %s: %w", stream, err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("scan %s: %w", stream, err)
+	}
+	remaining := info.NumPending
+	if total != nil {
+		total(remaining)
+	}
+	for remaining > 0 {
+		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			return fmt.Errorf("scan %s: %w", stream, err)
+		}
+		meta, err := m.Metadata()
+		if err != nil {
+			return err
+		}
+		remaining = meta.NumPending
+		more, err := visit(m, meta)
+		if err != nil || !more {
+			return err
+		}
+	}
+	return nil
+}

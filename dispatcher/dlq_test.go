@@ -1,0 +1,126 @@
+package dispatcher
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sengo-relay/sengo-relay/event"
+)
+
+// An endpoint down for every attempt ends in the DLQ; once it is back,
+// redrive delivers the event with the same webhook-id and a fresh budget.
+func TestRedriveDelivers(t *testing.T) {
+	h := newHarness(t)
+	var up atomic.Bool
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
+		if up.Load() {
+			w.WriteHeader(200)
+			return
+		}
+		w.WriteHeader(500)
+	})
+	w := h.start(h.endpoint("orders", c.URL, 10*time.Millisecond))
+	ev := h.publish("tx-dlq", event.StatusSuccess, "")
+	h.publish("tx-other", event.StatusSuccess, "")
+	eventually(t, "two dead letters", func() bool { return len(h.deadLetters()) == 2 && h.settled(w) })
+
+	ctx := context.Background()
+	entries, err := ListDLQ(ctx, h.js, DLQFilter{Endpoint: "orders", TransactionID: "tx-dlq"})
+	if err != nil || len(entries) != 1 || entries[0].EventID != ev.ID {
+		t.Fatalf("list by transaction: %v %+v", err, entries)
+	}
+	if all, _ := ListDLQ(ctx, h.js, DLQFilter{Endpoint: "elsewhere"}); len(all) != 0 {
+		t.Fatalf("endpoint filter ignored: %d", len(all))
+	}
+	if one, _ := ListDLQ(ctx, h.js, DLQFilter{Seq: entries[0].Seq}); len(one) != 1 {
+		t.Fatal("show by seq")
+	}
+	if none, _ := ListDLQ(ctx, h.js, DLQFilter{Since: time.Now().Add(time.Hour)}); len(none) != 0 {
+		t.Fatal("since filter ignored")
+	}
+
+	up.Store(true)
+	before := len(c.got())
+	n, err := Redrive(ctx, h.js, entries)
+	if err != nil || n != 1 {
+		t.Fatalf("redrive: %d %v", n, err)
+	}
+	eventually(t, "the redriven delivery", func() bool { return len(c.got()) == before+1 && h.settled(w) })
+	a := c.got()[before]
+	if a.Header.Get("webhook-id") != ev.ID || a.Header.Get("webhook-replay") != "" {
+		t.Fatalf("redrive headers %v", a.Header)
+	}
+	left, _ := ListDLQ(ctx, h.js, DLQFilter{})
+	if len(left) != 1 || left[0].TransactionID != "tx-other" {
+		t.Fatalf("after redrive the DLQ holds %+v", left)
+	}
+	if n, err := Purge(ctx, h.js, left); err != nil || n != 1 {
+		t.Fatalf("purge %d %v", n, err)
+	}
+	if left, _ := ListDLQ(ctx, h.js, DLQFilter{}); len(left) != 0 {
+		t.Fatal("purge left entries")
+	}
+}
+
+// A replay by time window re-delivers exactly the matching events, with
+// webhook-replay: true and progress, beside live traffic; running it
+// again queues nothing new.
+func TestReplayWindow(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	ep.FilterSubjects = []string{"sengo.events.*.*.success"}
+	w := h.start(ep)
+	h.publish("old", event.StatusSuccess, "")
+	eventually(t, "live delivery", func() bool { return len(c.got()) == 1 })
+	since := time.Now()
+	in1 := h.publish("in-1", event.StatusSuccess, "")
+	h.publish("in-2", event.StatusPending, "") // outside the endpoint's filter
+	in3 := h.publish("in-3", event.StatusSuccess, "")
+	until := time.Now()
+	h.publish("late", event.StatusSuccess, "")
+	eventually(t, "live deliveries", func() bool { return len(c.got()) == 4 && h.settled(w) })
+
+	var reports []ReplayProgress
+	req := ReplayRequest{Endpoints: []string{"orders"}, Since: since, Until: until}
+	dry := req
+	dry.DryRun = true
+	p, err := Replay(context.Background(), h.js, []Endpoint{ep}, dry, nil)
+	if err != nil || p.Matched != 2 || p.Queued != 0 {
+		t.Fatalf("dry run: %+v %v", p, err)
+	}
+	p, err = Replay(context.Background(), h.js, []Endpoint{ep}, req, func(p ReplayProgress) { reports = append(reports, p) })
+	if err != nil || p.Matched != 2 || p.Queued != 2 || !p.Done || p.Scanned < 3 {
+		t.Fatalf("replay: %+v %v", p, err)
+	}
+	if len(reports) < 3 || reports[0].Total < 3 {
+		t.Fatalf("progress reports %+v", reports)
+	}
+	eventually(t, "replayed deliveries", func() bool { return len(c.got()) == 6 && h.settled(w) })
+	got := c.got()[4:]
+	ids := map[string]bool{}
+	for _, a := range got {
+		if a.Header.Get("webhook-replay") != "true" {
+			t.Errorf("replayed delivery without webhook-replay: %v", a.Header)
+		}
+		ids[a.Header.Get("webhook-id")] = true
+	}
+	if !ids[in1.ID] || !ids[in3.ID] {
+		t.Fatalf("replayed %v, want %s and %s", ids, in1.ID, in3.ID)
+	}
+	// Same request again: resumable, nothing queued twice.
+	if _, err := Replay(context.Background(), h.js, []Endpoint{ep}, req, nil); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := h.js.Stream(context.Background(), event.StreamReplay)
+	info, _ := s.Info(context.Background())
+	if info.State.Msgs != 2 {
+		t.Fatalf("replay stream holds %d after a repeat, want 2", info.State.Msgs)
+	}
+	if _, err := Replay(context.Background(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"nope"}}, nil); err == nil {
+		t.Fatal("unknown endpoint accepted")
+	}
+}

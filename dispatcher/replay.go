@@ -1,0 +1,113 @@
+package dispatcher
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sengo-relay/sengo-relay/event"
+)
+
+// ReplayRequest selects events of SENGO_EVENTS to deliver again.
+type ReplayRequest struct {
+	Endpoints     []string       `json:"endpoints"` // names; each receives only what its filter selects
+	Since         time.Time      `json:"since"`     // stored at or after
+	Until         time.Time      `json:"until"`     // stored at or before; zero: up to now
+	Statuses      []event.Status `json:"statuses,omitempty"`
+	TransactionID string         `json:"transactionId,omitempty"`
+	MerchantRef   string         `json:"merchantRef,omitempty"`
+	DryRun        bool           `json:"dryRun,omitempty"`
+}
+
+// JobID identifies a replay by what it selects, so running the same
+// request again resumes it: copies already queued are duplicates.
+func (r ReplayRequest) JobID() string {
+	h := sha256.New()
+	eps := slices.Clone(r.Endpoints)
+	slices.Sort(eps)
+	fmt.Fprintf(h, "%s|%d|%d|%v|%s|%s", strings.Join(eps, ","), r.Since.UnixNano(), r.Until.UnixNano(), r.Statuses, r.TransactionID, r.MerchantRef)
+	return "rp_" + hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+// ReplayProgress is reported while a replay runs and as its summary.
+type ReplayProgress struct {
+	Job     string `json:"job"`
+	Total   uint64 `json:"total"`   // events stored since Since, to scan
+	Scanned uint64 `json:"scanned"` // read so far
+	Matched uint64 `json:"matched"` // selected, per endpoint
+	Queued  uint64 `json:"queued"`  // copies queued for delivery (0 in a dry run)
+	Done    bool   `json:"done"`
+}
+
+// Replay scans SENGO_EVENTS and queues a copy of every matching event on
+// sengo.replay.<endpoint>, where the endpoint's worker delivers it through
+// the normal signing, retry and dead-letter path, with the same webhook-id
+// and a "webhook-replay: true" header. It runs beside live traffic (live
+// events use another consumer) and calls progress after each event.
+func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, req ReplayRequest, progress func(ReplayProgress)) (ReplayProgress, error) {
+	var targets []Endpoint
+	for _, name := range req.Endpoints {
+		i := slices.IndexFunc(endpoints, func(e Endpoint) bool { return e.Name == name })
+		if i < 0 {
+			return ReplayProgress{}, fmt.Errorf("unknown endpoint %q", name)
+		}
+		targets = append(targets, endpoints[i])
+	}
+	if len(targets) == 0 {
+		return ReplayProgress{}, fmt.Errorf("no endpoint to replay to")
+	}
+	until := req.Until
+	if until.IsZero() {
+		until = time.Now()
+	}
+	p := ReplayProgress{Job: req.JobID()}
+	if progress == nil {
+		progress = func(ReplayProgress) {}
+	}
+	err := scan(ctx, js, event.StreamEvents, event.SubjectsEvents, req.Since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+		if meta.Timestamp.After(until) {
+			return false, nil
+		}
+		p.Scanned++
+		defer progress(p)
+		ev, err := event.Unmarshal(m.Data())
+		if err != nil || !req.selects(ev) {
+			return true, nil
+		}
+		for _, ep := range targets {
+			if !ep.Matches(m.Subject()) {
+				continue
+			}
+			p.Matched++
+			if req.DryRun {
+				continue
+			}
+			msg := &nats.Msg{Subject: event.ReplaySubject(ep.Name), Data: m.Data(), Header: nats.Header{
+				HeaderReplayKind:    []string{"replay"},
+				HeaderReplayJob:     []string{p.Job},
+				event.HeaderEventID: []string{ev.ID},
+			}}
+			if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(p.Job+"."+ep.Name+"."+ev.ID), jetstream.WithExpectStream(event.StreamReplay)); err != nil {
+				return false, fmt.Errorf("queue %s for %s: %w", ev.ID, ep.Name, err)
+			}
+			p.Queued++
+		}
+		return true, nil
+	}, func(n uint64) { p.Total = n; progress(p) })
+	p.Done = err == nil
+	progress(p)
+	return p, err
+}
+
+func (r ReplayRequest) selects(ev event.Event) bool {
+	return (len(r.Statuses) == 0 || slices.Contains(r.Statuses, ev.Data.Status)) &&
+		(r.TransactionID == "" || ev.Data.TransactionID == r.TransactionID) &&
+		(r.MerchantRef == "" || ev.Data.MerchantRef == r.MerchantRef)
+}

@@ -1,0 +1,352 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/dispatcher"
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/verify"
+)
+
+// Config configures the admin API.
+type Config struct {
+	Token     string
+	JetStream jetstream.JetStream
+	Endpoints []dispatcher.Endpoint
+	// Workers by endpoint name, for live status.
+	Workers map[string]*dispatcher.Worker
+	Logger  zerolog.Logger
+}
+
+// Server is the admin API with the replay jobs it started.
+type Server struct {
+	cfg    Config
+	echo   *echo.Echo
+	mu     sync.Mutex
+	jobs   map[string]*job
+	wg     sync.WaitGroup
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+type job struct {
+	Request  dispatcher.ReplayRequest  `json:"request"`
+	Progress dispatcher.ReplayProgress `json:"progress"`
+	Started  time.Time                 `json:"started"`
+	Error    string                    `json:"error,omitempty"`
+}
+
+// New returns the admin API. Every route needs "Authorization: Bearer <token>".
+func New(cfg Config) *Server {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{cfg: cfg, echo: echo.New(), jobs: map[string]*job{}, ctx: ctx, cancel: cancel}
+	e := s.echo
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = func(err error, c echo.Context) {
+		code, msg := http.StatusInternalServerError, "internal error"
+		var he *echo.HTTPError
+		if errors.As(err, &he) {
+			code, msg = he.Code, http.StatusText(he.Code)
+			if m, ok := he.Message.(string); ok {
+				msg = m
+			}
+		} else {
+			cfg.Logger.Error().Err(err).Str("path", c.Path()).Msg("admin request failed")
+		}
+		_ = c.JSON(code, map[string]any{"error": map[string]string{"message": msg}})
+	}
+	e.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			got, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
+			if !ok || !verify.Token(cfg.Token, got) {
+				return echo.NewHTTPError(http.StatusUnauthorized, "bearer token required")
+			}
+			return next(c)
+		}
+	})
+	e.GET("/admin/endpoints", s.endpoints)
+	e.GET("/admin/dlq", s.dlqList)
+	e.GET("/admin/dlq/:seq", s.dlqShow)
+	e.POST("/admin/dlq/redrive", s.dlqRedrive)
+	e.DELETE("/admin/dlq", s.dlqPurge)
+	e.POST("/admin/replays", s.replayStart)
+	e.GET("/admin/replays", s.replayList)
+	e.GET("/admin/replays/:id", s.replayShow)
+	return s
+}
+
+// Handler is the HTTP handler.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Close stops replay jobs in progress and waits for them; a stopped job
+// resumes when the same request is posted again.
+func (s *Server) Close() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+// endpointStatus is one row of GET /admin/endpoints.
+type endpointStatus struct {
+	Name          string `json:"name"`
+	URL           string `json:"url"`
+	Ordered       bool   `json:"ordered"`
+	Pending       uint64 `json:"pending"`
+	ReplayPending uint64 `json:"replayPending"`
+	AckFloor      uint64 `json:"ackFloor"`
+	dispatcher.BreakerState
+}
+
+func (s *Server) endpoints(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 5*time.Second)
+	defer cancel()
+	var out []endpointStatus
+	for _, ep := range s.cfg.Endpoints {
+		st := endpointStatus{Name: ep.Name, URL: redactURL(ep.URL), Ordered: ep.Ordered}
+		if w := s.cfg.Workers[ep.Name]; w != nil {
+			st.BreakerState = w.State()
+			live, replay, floor, err := w.Pending(ctx)
+			if err != nil {
+				return err
+			}
+			st.Pending, st.ReplayPending, st.AckFloor = live, replay, floor
+		}
+		out = append(out, st)
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+// redactURL drops credentials and the query (which may hold a token).
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	u.User, u.RawQuery = nil, ""
+	return u.String()
+}
+
+func dlqFilter(c echo.Context) (dispatcher.DLQFilter, error) {
+	f := dispatcher.DLQFilter{
+		Endpoint:      c.QueryParam("endpoint"),
+		TransactionID: c.QueryParam("transaction"),
+		MerchantRef:   c.QueryParam("merchant_ref"),
+	}
+	var err error
+	if f.Since, err = ParseTime(c.QueryParam("since"), time.Now()); err != nil {
+		return f, echo.NewHTTPError(http.StatusBadRequest, "since: "+err.Error())
+	}
+	if f.Until, err = ParseTime(c.QueryParam("until"), time.Now()); err != nil {
+		return f, echo.NewHTTPError(http.StatusBadRequest, "until: "+err.Error())
+	}
+	return f, nil
+}
+
+func (s *Server) dlqList(c echo.Context) error {
+	f, err := dlqFilter(c)
+	if err != nil {
+		return err
+	}
+	entries, err := dispatcher.ListDLQ(c.Request().Context(), s.cfg.JetStream, f)
+	if err != nil {
+		return err
+	}
+	if entries == nil {
+		entries = []dispatcher.DLQEntry{}
+	}
+	return c.JSON(http.StatusOK, entries)
+}
+
+func (s *Server) dlqShow(c echo.Context) error {
+	seq, err := strconv.ParseUint(c.Param("seq"), 10, 64)
+	if err != nil || seq == 0 {
+		return echo.NewHTTPError(http.StatusBadRequest, "seq must be a positive integer")
+	}
+	entries, err := dispatcher.ListDLQ(c.Request().Context(), s.cfg.JetStream, dispatcher.DLQFilter{Seq: seq})
+	if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && len(entries) == 0 {
+		return echo.NewHTTPError(http.StatusNotFound, "no such dead letter")
+	}
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, entries[0])
+}
+
+// dlqRedrive redrives the dead letters selected by the query (or ?seq=N).
+func (s *Server) dlqRedrive(c echo.Context) error {
+	entries, err := s.selected(c)
+	if err != nil {
+		return err
+	}
+	n, err := dispatcher.Redrive(c.Request().Context(), s.cfg.JetStream, entries)
+	if err != nil {
+		return err
+	}
+	s.cfg.Logger.Info().Int("count", n).Msg("dead letters redriven")
+	return c.JSON(http.StatusOK, map[string]int{"redriven": n})
+}
+
+// dlqPurge deletes the dead letters selected by the query. An empty
+// query is refused: purging everything takes ?all=true.
+func (s *Server) dlqPurge(c echo.Context) error {
+	if len(c.QueryParams()) == 0 {
+		return echo.NewHTTPError(http.StatusBadRequest, "select dead letters with a filter, or all=true")
+	}
+	entries, err := s.selected(c)
+	if err != nil {
+		return err
+	}
+	n, err := dispatcher.Purge(c.Request().Context(), s.cfg.JetStream, entries)
+	if err != nil {
+		return err
+	}
+	s.cfg.Logger.Info().Int("count", n).Msg("dead letters purged")
+	return c.JSON(http.StatusOK, map[string]int{"purged": n})
+}
+
+func (s *Server) selected(c echo.Context) ([]dispatcher.DLQEntry, error) {
+	f, err := dlqFilter(c)
+	if err != nil {
+		return nil, err
+	}
+	if v := c.QueryParam("seq"); v != "" {
+		if f.Seq, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return nil, echo.NewHTTPError(http.StatusBadRequest, "seq must be a positive integer")
+		}
+	}
+	return dispatcher.ListDLQ(c.Request().Context(), s.cfg.JetStream, f)
+}
+
+// replayBody is the JSON body of POST /admin/replays.
+type replayBody struct {
+	Endpoint    string   `json:"endpoint"`
+	All         bool     `json:"all"`
+	Since       string   `json:"since"`
+	Until       string   `json:"until"`
+	Statuses    []string `json:"statuses"`
+	Transaction string   `json:"transaction"`
+	MerchantRef string   `json:"merchantRef"`
+	DryRun      bool     `json:"dryRun"`
+}
+
+func (s *Server) replayStart(c echo.Context) error {
+	var b replayBody
+	if err := c.Bind(&b); err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, "body must be JSON")
+	}
+	req, err := ReplayRequest(s.cfg.Endpoints, b.Endpoint, b.All, b.Since, b.Until, b.Statuses, b.Transaction, b.MerchantRef, b.DryRun, time.Now())
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
+	}
+	id := req.JobID()
+	s.mu.Lock()
+	if j, ok := s.jobs[id]; ok && !j.Progress.Done && j.Error == "" {
+		s.mu.Unlock()
+		return c.JSON(http.StatusOK, j) // already running
+	}
+	j := &job{Request: req, Started: time.Now().UTC(), Progress: dispatcher.ReplayProgress{Job: id}}
+	s.jobs[id] = j
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		_, err := dispatcher.Replay(s.ctx, s.cfg.JetStream, s.cfg.Endpoints, req, func(p dispatcher.ReplayProgress) {
+			s.mu.Lock()
+			j.Progress = p
+			s.mu.Unlock()
+		})
+		s.mu.Lock()
+		if err != nil {
+			j.Error = err.Error()
+		}
+		s.mu.Unlock()
+		s.cfg.Logger.Info().Str("job", id).Err(err).Msg("replay finished")
+	}()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return c.JSON(http.StatusAccepted, j)
+}
+
+func (s *Server) replayList(c echo.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]*job{}
+	for id, j := range s.jobs {
+		cp := *j
+		out[id] = &cp
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+func (s *Server) replayShow(c echo.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, ok := s.jobs[c.Param("id")]
+	if !ok {
+		return echo.NewHTTPError(http.StatusNotFound, "no such replay job")
+	}
+	return c.JSON(http.StatusOK, j)
+}
+
+// ReplayRequest builds a replay request from user input, as the CLI and
+// the API take it: one endpoint or all, times as RFC 3339 or a duration
+// back from now ("24h").
+func ReplayRequest(eps []dispatcher.Endpoint, endpoint string, all bool, since, until string, statuses []string, tx, ref string, dry bool, now time.Time) (dispatcher.ReplayRequest, error) {
+	var r dispatcher.ReplayRequest
+	switch {
+	case all && endpoint != "":
+		return r, errors.New("give an endpoint or all, not both")
+	case all:
+		for _, e := range eps {
+			r.Endpoints = append(r.Endpoints, e.Name)
+		}
+	case endpoint != "":
+		r.Endpoints = []string{endpoint}
+	default:
+		return r, errors.New("an endpoint or all is required")
+	}
+	var err error
+	if since == "" {
+		return r, errors.New("since is required")
+	}
+	if r.Since, err = ParseTime(since, now); err != nil {
+		return r, errors.New("since: " + err.Error())
+	}
+	if r.Until, err = ParseTime(until, now); err != nil {
+		return r, errors.New("until: " + err.Error())
+	}
+	for _, st := range statuses {
+		s, err := event.ParseStatus(st)
+		if err != nil {
+			return r, err
+		}
+		r.Statuses = append(r.Statuses, s)
+	}
+	r.TransactionID, r.MerchantRef, r.DryRun = tx, ref, dry
+	return r, nil
+}
+
+// ParseTime reads RFC 3339 or a duration back from now; "" is the zero time.
+func ParseTime(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, errors.New("want RFC 3339 (2025-03-23T10:00:00+07:00) or a duration back from now (24h)")
+	}
+	return t, nil
+}
