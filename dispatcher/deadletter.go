@@ -34,7 +34,7 @@ type DeadLetter struct {
 	LastStatus      int             `json:"lastStatus"` // 0: no response
 	LastError       string          `json:"lastError,omitempty"`
 	ResponseExcerpt string          `json:"responseExcerpt,omitempty"`
-	StreamSeq       uint64          `json:"streamSeq"` // in SENGO_EVENTS, or SENGO_REPLAY for a replayed copy
+	StreamSeq       uint64          `json:"streamSeq"` // the event's sequence in SENGO_EVENTS
 	Replayed        bool            `json:"replayed,omitempty"`
 	DeadAt          time.Time       `json:"deadAt"`
 	Event           json.RawMessage `json:"event"`

@@ -52,11 +52,21 @@ func newClient(concurrency int) *http.Client {
 	}
 }
 
-// post sends one signed delivery of body (the event exactly as stored).
-func post(ctx context.Context, client *http.Client, ep Endpoint, userAgent, eventID string, body []byte, replay bool, now time.Time) attemptResult {
+// delivery is one POST to make.
+type delivery struct {
+	userAgent string
+	eventID   string
+	seq       uint64 // in SENGO_EVENTS; 0 if unknown
+	body      []byte // the event exactly as stored
+	replay    bool
+	now       time.Time
+}
+
+// post sends one signed delivery.
+func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) attemptResult {
 	ctx, cancel := context.WithTimeout(ctx, ep.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(d.body))
 	if err != nil {
 		return attemptResult{Err: err}
 	}
@@ -64,11 +74,14 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, userAgent, even
 		req.Header.Set(k, v)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", userAgent)
-	req.Header.Set(verify.HeaderWebhookID, eventID)
-	req.Header.Set(verify.HeaderWebhookTimestamp, strconv.FormatInt(now.Unix(), 10))
-	req.Header.Set(verify.HeaderWebhookSignature, verify.WebhookSignature(ep.Keys, eventID, now, body))
-	if replay {
+	req.Header.Set("User-Agent", d.userAgent)
+	req.Header.Set(verify.HeaderWebhookID, d.eventID)
+	req.Header.Set(verify.HeaderWebhookTimestamp, strconv.FormatInt(d.now.Unix(), 10))
+	req.Header.Set(verify.HeaderWebhookSignature, verify.WebhookSignature(ep.Keys, d.eventID, d.now, d.body))
+	if d.seq > 0 {
+		req.Header.Set("sengo-event-sequence", strconv.FormatUint(d.seq, 10))
+	}
+	if d.replay {
 		req.Header.Set("webhook-replay", "true")
 	}
 	start := time.Now()
@@ -82,7 +95,7 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, userAgent, even
 	r := attemptResult{Status: resp.StatusCode, Excerpt: string(excerpt), Duration: time.Since(start)}
 	r.Abort = resp.StatusCode == http.StatusGone || strings.EqualFold(resp.Header.Get("webhook-delivery"), "abort-message")
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
-		r.RetryAfter, r.HasRetry = retryAfter(resp.Header, now, ep.RetryAfterMax)
+		r.RetryAfter, r.HasRetry = retryAfter(resp.Header, d.now, ep.RetryAfterMax)
 	}
 	return r
 }

@@ -97,6 +97,7 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 		}
 		msg := &nats.Msg{Subject: event.ReplaySubject(e.Endpoint), Data: e.Event, Header: nats.Header{
 			HeaderReplayKind:    []string{"redrive"},
+			HeaderEventSeq:      []string{strconv.FormatUint(e.StreamSeq, 10)},
 			event.HeaderEventID: []string{e.EventID},
 		}}
 		if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("redrive."+strconv.FormatUint(e.Seq, 10)), jetstream.WithExpectStream(event.StreamReplay)); err != nil {

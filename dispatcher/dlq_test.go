@@ -50,7 +50,7 @@ func TestRedriveDelivers(t *testing.T) {
 	}
 	eventually(t, "the redriven delivery", func() bool { return len(c.got()) == before+1 && h.settled(w) })
 	a := c.got()[before]
-	if a.Header.Get("webhook-id") != ev.ID || a.Header.Get("webhook-replay") != "" {
+	if a.Header.Get("webhook-id") != ev.ID || a.Header.Get("webhook-replay") != "" || a.Header.Get("sengo-event-sequence") != "1" {
 		t.Fatalf("redrive headers %v", a.Header)
 	}
 	left, _ := ListDLQ(ctx, h.js, DLQFilter{})
@@ -107,6 +107,9 @@ func TestReplayWindow(t *testing.T) {
 			t.Errorf("replayed delivery without webhook-replay: %v", a.Header)
 		}
 		ids[a.Header.Get("webhook-id")] = true
+		if seq := a.Header.Get("sengo-event-sequence"); seq != "2" && seq != "4" {
+			t.Errorf("replayed copy carries sequence %q, want its place in SENGO_EVENTS (2 or 4)", seq)
+		}
 	}
 	if !ids[in1.ID] || !ids[in3.ID] {
 		t.Fatalf("replayed %v, want %s and %s", ids, in1.ID, in3.ID)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -92,6 +93,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 			msg := &nats.Msg{Subject: event.ReplaySubject(ep.Name), Data: m.Data(), Header: nats.Header{
 				HeaderReplayKind:    []string{"replay"},
 				HeaderReplayJob:     []string{p.Job},
+				HeaderEventSeq:      []string{strconv.FormatUint(meta.Sequence.Stream, 10)},
 				event.HeaderEventID: []string{ev.ID},
 			}}
 			if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(p.Job+"."+ep.Name+"."+ev.ID), jetstream.WithExpectStream(event.StreamReplay)); err != nil {

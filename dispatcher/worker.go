@@ -21,6 +21,9 @@ import (
 const (
 	HeaderReplayKind = "Sengo-Replay-Kind" // "replay" or "redrive"
 	HeaderReplayJob  = "Sengo-Replay-Job"
+	// HeaderEventSeq carries the event's sequence in SENGO_EVENTS on
+	// replayed copies, and on every webhook as "sengo-event-sequence".
+	HeaderEventSeq = "Sengo-Event-Seq"
 )
 
 // WorkerConfig configures the worker of one endpoint.
@@ -288,7 +291,8 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		}
 	}
 
-	res := post(ctx, w.httpc, w.ep, w.cfg.UserAgent, ev.ID, msg.Data(), msg.Headers().Get(HeaderReplayKind) == "replay", now)
+	res := post(ctx, w.httpc, w.ep, delivery{userAgent: w.cfg.UserAgent, eventID: ev.ID, seq: eventSeq(msg, meta, replayed), body: msg.Data(),
+		replay: msg.Headers().Get(HeaderReplayKind) == "replay", now: now})
 	w.cfg.Metrics.AttemptSeconds.WithLabelValues(w.ep.Name).Observe(res.Duration.Seconds())
 	rec.record(res, now)
 	act := decide(w.ep, res, rec.Count)
@@ -334,7 +338,7 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 		Endpoint: w.ep.Name, EventID: ev.ID, TransactionID: ev.Data.TransactionID, MerchantRef: ev.Data.MerchantRef,
 		Reason: reason, Attempts: rec.Count, FirstAttemptAt: rec.First, LastAttemptAt: rec.Last,
 		LastStatus: rec.LastStatus, LastError: rec.LastError, ResponseExcerpt: rec.Excerpt,
-		StreamSeq: meta.Sequence.Stream, Replayed: replayed, DeadAt: w.cfg.Now().UTC(), Event: rawOrString(msg.Data()),
+		StreamSeq: eventSeq(msg, meta, replayed), Replayed: replayed, DeadAt: w.cfg.Now().UTC(), Event: rawOrString(msg.Data()),
 	}
 	if err := publishDeadLetter(ctx, w.cfg.JetStream, key, d); err != nil {
 		w.log.Error().Err(err).Str("event_id", ev.ID).Msg("dead letter not stored; retrying delivery later")
@@ -350,6 +354,15 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 	w.log.Error().Str("event_id", ev.ID).Str("transaction_id", ev.Data.TransactionID).Str("reason", reason).Int("attempt", rec.Count).
 		Str("status", fmt.Sprint(rec.LastStatus)).Msg("event dead-lettered")
 	_ = msg.Term()
+}
+
+// eventSeq is the event's sequence in SENGO_EVENTS (0 if unknown).
+func eventSeq(msg jetstream.Msg, meta *jetstream.MsgMetadata, replayed bool) uint64 {
+	if !replayed {
+		return meta.Sequence.Stream
+	}
+	seq, _ := strconv.ParseUint(msg.Headers().Get(HeaderEventSeq), 10, 64)
+	return seq
 }
 
 // rawOrString keeps an event as JSON, or as a JSON string if it is not JSON.

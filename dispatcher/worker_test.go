@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net/http"
 	"slices"
@@ -9,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/verify"
@@ -66,6 +69,9 @@ func TestSignedRequest(t *testing.T) {
 	}
 	if a.Header.Get("webhook-replay") != "" {
 		t.Error("live delivery marked as replay")
+	}
+	if a.Header.Get("sengo-event-sequence") != "1" {
+		t.Errorf("sengo-event-sequence = %q, want 1", a.Header.Get("sengo-event-sequence"))
 	}
 	if n := len(strings.Fields(a.Header.Get("webhook-signature"))); n != 2 {
 		t.Errorf("%d signatures, want one per secret", n)
@@ -358,5 +364,45 @@ func TestRetryDelayJitterAndRetryAfter(t *testing.T) {
 	h.Set("Retry-After", "soon")
 	if _, ok := retryAfter(h, now, time.Hour); ok {
 		t.Error("garbage accepted")
+	}
+}
+
+// Changing an endpoint's filter and restarting its worker updates the
+// consumer in place: delivered events are not sent again, and the new
+// filter applies from where it stood.
+func TestConfigChangeKeepsPosition(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	ep.FilterSubjects = []string{"sengo.events.*.*.success"}
+	w, err := NewWorker(context.Background(), WorkerConfig{Endpoint: ep, JetStream: h.js, UserAgent: "t", Metrics: h.metrics, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	h.publish("a", event.StatusSuccess, "")
+	eventually(t, "first delivery", func() bool { return len(c.got()) == 1 && h.settled(w) })
+	cancel()
+	<-done
+
+	h.publish("b", event.StatusPending, "") // matches only the new filter
+	h.publish("c", event.StatusSuccess, "")
+	ep.FilterSubjects = []string{"sengo.events.*.*.success", "sengo.events.*.*.pending"}
+	ep.DeliverFrom = "all" // ignored: the consumer exists
+	w2 := h.start(ep)
+	eventually(t, "deliveries after the change", func() bool { return len(c.got()) == 3 && h.settled(w2) })
+	var got []string
+	for _, a := range c.got() {
+		ev, _ := event.Unmarshal(a.Body)
+		got = append(got, ev.Data.TransactionID)
+	}
+	if fmt.Sprint(got) != "[a b c]" {
+		t.Fatalf("delivered %v, want [a b c] (a once)", got)
+	}
+	info, _ := w2.live.Info(context.Background())
+	if info.Config.DeliverPolicy != jetstream.DeliverAllPolicy || len(info.Config.FilterSubjects) != 2 {
+		t.Fatalf("consumer config %+v", info.Config)
 	}
 }

@@ -1,0 +1,142 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/dispatcher"
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/stream"
+)
+
+const token = "admin-token-0123456789abcdef"
+
+func newServer(t *testing.T) (*httptest.Server, jetstream.JetStream) {
+	t.Helper()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	l := stream.Limits{MaxAge: time.Hour, Duplicates: time.Minute}
+	err := stream.Provision(context.Background(), js, stream.Spec{Replicas: 1, Storage: jetstream.FileStorage, Streams: []stream.StreamSpec{
+		{Name: event.StreamEvents, Subjects: []string{event.SubjectsEvents}, Limits: l},
+		{Name: event.StreamDLQ, Subjects: []string{event.SubjectsDLQ}, Limits: l},
+		{Name: event.StreamReplay, Subjects: []string{event.SubjectsReplay}, Limits: l},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := New(Config{Token: token, JetStream: js, Endpoints: []dispatcher.Endpoint{
+		{Name: "orders", URL: "https://user:pw@orders.example/hook?key=secret", FilterSubjects: []string{"sengo.events.>"}},
+	}, Logger: zerolog.Nop()})
+	hs := httptest.NewServer(a.Handler())
+	t.Cleanup(func() { hs.Close(); a.Close() })
+	return hs, js
+}
+
+func call(t *testing.T, hs *httptest.Server, method, path, body, tok string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	return resp.StatusCode, b.String()
+}
+
+func TestAdminRequiresToken(t *testing.T) {
+	hs, _ := newServer(t)
+	for _, tok := range []string{"", "wrong-token-0123456789abcdef", token + "x"} {
+		if code, _ := call(t, hs, http.MethodGet, "/admin/dlq", "", tok); code != 401 {
+			t.Errorf("token %q: %d", tok, code)
+		}
+	}
+	if code, body := call(t, hs, http.MethodGet, "/admin/dlq", "", token); code != 200 || strings.TrimSpace(body) != "[]" {
+		t.Errorf("empty DLQ: %d %s", code, body)
+	}
+}
+
+func TestAdminEndpointsHideCredentials(t *testing.T) {
+	hs, _ := newServer(t)
+	code, body := call(t, hs, http.MethodGet, "/admin/endpoints", "", token)
+	if code != 200 || strings.Contains(body, "pw") || strings.Contains(body, "secret") || !strings.Contains(body, "orders.example/hook") {
+		t.Fatalf("%d %s", code, body)
+	}
+}
+
+func TestAdminInputErrors(t *testing.T) {
+	hs, _ := newServer(t)
+	tests := []struct{ method, path, body string }{
+		{http.MethodDelete, "/admin/dlq", ""},                              // purge needs a filter
+		{http.MethodGet, "/admin/dlq?since=yesterday", ""},                 // bad time
+		{http.MethodGet, "/admin/dlq/abc", ""},                             // bad seq
+		{http.MethodPost, "/admin/replays", `{"since":"1h"}`},              // no endpoint
+		{http.MethodPost, "/admin/replays", `{"endpoint":"orders"}`},       // no since
+		{http.MethodPost, "/admin/replays", `{"endpoint":"orders","all":true,"since":"1h"}`},
+		{http.MethodPost, "/admin/replays", `{"endpoint":"orders","since":"1h","statuses":["paid"]}`},
+		{http.MethodPost, "/admin/replays", `not json`},
+	}
+	for _, tt := range tests {
+		if code, body := call(t, hs, tt.method, tt.path, tt.body, token); code != 400 {
+			t.Errorf("%s %s %s: %d %s", tt.method, tt.path, tt.body, code, body)
+		}
+	}
+	if code, _ := call(t, hs, http.MethodGet, "/admin/dlq/99", "", token); code != 404 {
+		t.Errorf("unknown dead letter: %d", code)
+	}
+	if code, _ := call(t, hs, http.MethodGet, "/admin/replays/rp_nope", "", token); code != 404 {
+		t.Errorf("unknown job: %d", code)
+	}
+}
+
+func TestAdminReplayJob(t *testing.T) {
+	hs, js := newServer(t)
+	ev := event.Event{SpecVersion: "1.0", ID: "evt_1", Source: "sengo/main", Type: event.Type(event.StatusSuccess),
+		Data: event.Data{TransactionID: "t1", Status: event.StatusSuccess, Product: event.ProductQRIS, Raw: json.RawMessage(`{}`)}}
+	b, _ := event.Marshal(ev)
+	if _, err := js.Publish(context.Background(), event.EventSubject("main", event.ProductQRIS, event.StatusSuccess), b); err != nil {
+		t.Fatal(err)
+	}
+	code, body := call(t, hs, http.MethodPost, "/admin/replays", `{"endpoint":"orders","since":"1h"}`, token)
+	if code != 202 {
+		t.Fatalf("start: %d %s", code, body)
+	}
+	var j struct{ Progress dispatcher.ReplayProgress }
+	json.Unmarshal([]byte(body), &j)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, body = call(t, hs, http.MethodGet, "/admin/replays/"+j.Progress.Job, "", token)
+		json.Unmarshal([]byte(body), &j)
+		if j.Progress.Done {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job not done: %s", body)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval
+	}
+	if j.Progress.Queued != 1 || j.Progress.Total != 1 {
+		t.Fatalf("progress %+v", j.Progress)
+	}
+}
