@@ -74,7 +74,7 @@ func (h *hook) received() []string {
 }
 
 // writeConfig writes a config with webhook endpoints for the tests.
-func writeConfig(t *testing.T, endpoints string) string {
+func writeConfig(t testing.TB, endpoints string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "config.yaml")
 	body := `projects:
@@ -93,7 +93,7 @@ func endpointYAML(name, url, timeout string) string {
 }
 
 // startRunWith runs run() with the given config file.
-func startRunWith(t *testing.T, cfgPath string, env []string) (string, *logWatch) {
+func startRunWith(t testing.TB, cfgPath string, env []string) (string, *logWatch) {
 	t.Helper()
 	checkedInConfig = cfgPath
 	t.Cleanup(func() { checkedInConfig = filepath.Join("..", "..", "config.yaml") })

@@ -78,7 +78,7 @@ func watchLogs(r io.Reader) *logWatch {
 }
 
 // field waits for a log line with message msg and returns its key field.
-func (w *logWatch) field(t *testing.T, msg, key string) string {
+func (w *logWatch) field(t testing.TB, msg, key string) string {
 	t.Helper()
 	deadline := time.After(30 * time.Second)
 	for {
@@ -114,7 +114,7 @@ func (w *logWatch) text() string {
 // startRun runs run() in this process with the checked-in config; it
 // returns the HTTP base URL, the logs, and a stop function that returns
 // run's error.
-func startRun(t *testing.T, env []string) (string, *logWatch, func() error) {
+func startRun(t testing.TB, env []string) (string, *logWatch, func() error) {
 	t.Helper()
 	for _, kv := range env {
 		k, v, _ := strings.Cut(kv, "=")
@@ -146,7 +146,7 @@ func startRun(t *testing.T, env []string) (string, *logWatch, func() error) {
 	return "http://" + addr, logs, stop
 }
 
-func post(t *testing.T, url string, body []byte) int {
+func post(t testing.TB, url string, body []byte) int {
 	t.Helper()
 	resp, err := http.Post(url, "application/json", bytes.NewReader(body))
 	if err != nil {
@@ -157,7 +157,7 @@ func post(t *testing.T, url string, body []byte) int {
 	return resp.StatusCode
 }
 
-func waitReady(t *testing.T, base string) {
+func waitReady(t testing.TB, base string) {
 	t.Helper()
 	eventually(t, "readyz 200", func() bool {
 		resp, err := http.Get(base + "/readyz")
@@ -169,7 +169,7 @@ func waitReady(t *testing.T, base string) {
 	})
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {

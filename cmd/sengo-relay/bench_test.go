@@ -1,0 +1,89 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sengo-relay/sengo-relay/event"
+)
+
+// BenchmarkEndToEnd drives the whole relay (run with a config on :0, the
+// embedded JetStream, intake, one webhook endpoint) at a fixed rate of 500
+// callbacks per second, and reports the time from the callback's 200
+// (accepted) to the local consumer receiving the webhook: p50 and p99.
+// b.N is the number of callbacks: -benchtime 5000x runs ten seconds.
+func BenchmarkEndToEnd(b *testing.B) {
+	const rate = 500
+	var mu sync.Mutex
+	accepted := map[string]time.Time{}
+	received := map[string]time.Time{}
+	all := make(chan struct{})
+	consumer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		now := time.Now()
+		var ev event.Event
+		_ = json.NewDecoder(r.Body).Decode(&ev)
+		mu.Lock()
+		if _, dup := received[ev.ID]; !dup {
+			received[ev.ID] = now
+			accepted[ev.ID] = ev.Time // when the receiver accepted the callback
+			if len(received) == b.N {
+				close(all)
+			}
+		}
+		mu.Unlock()
+		w.WriteHeader(200)
+	}))
+	defer consumer.Close()
+
+	cfg := writeConfig(b, fmt.Sprintf("  bench: {url: %q, secrets: [%s], filter: {all: true}, concurrency: 16}\n", consumer.URL, testSecret))
+	base, _ := startRunWith(b, cfg, relayEnv(b.TempDir(), "SENGO_RELAY_LOG_LEVEL=info"))
+	waitReady(b, base)
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	tick := time.NewTicker(time.Second / rate)
+	defer tick.Stop()
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	for i := range b.N {
+		<-tick.C
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := fmt.Appendf(nil, `{"id":"e2e-%d","merchantRef":"E-%d","status":"success","feePayer":"customer","amount":1000,"fee":0,"totalAmount":1000,"retail":{"channel":"alfamart","paymentCode":"1"}}`, i, i)
+			resp, err := client.Post(base+"/callbacks/sengo/main", "application/json", bytes.NewReader(body))
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				b.Errorf("callback %d: %d", i, resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case <-all:
+	case <-time.After(60 * time.Second):
+		b.Fatalf("only %d of %d webhooks arrived", len(received), b.N)
+	}
+	b.StopTimer()
+	mu.Lock()
+	defer mu.Unlock()
+	var lat []time.Duration
+	for id, at := range accepted {
+		lat = append(lat, received[id].Sub(at))
+	}
+	slices.Sort(lat)
+	ms := func(p float64) float64 { return float64(lat[int(float64(len(lat)-1)*p)].Microseconds()) / 1000 }
+	b.ReportMetric(ms(0.50), "p50-ms")
+	b.ReportMetric(ms(0.99), "p99-ms")
+	b.ReportMetric(rate, "callbacks/s")
+}

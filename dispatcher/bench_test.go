@@ -1,0 +1,74 @@
+package dispatcher
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/stream"
+)
+
+// BenchmarkDeliveries: b.N events stored first, then one endpoint worker
+// (concurrency 32) delivers them to a local consumer that answers 200 at
+// once. Reports deliveries per second.
+func BenchmarkDeliveries(b *testing.B) {
+	emb, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: b.TempDir(), Logger: zerolog.Nop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer emb.Shutdown()
+	nc, err := stream.Connect(stream.ConnectConfig{Name: "bench", Logger: zerolog.Nop()}, emb.ConnectOption())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if err := stream.Provision(context.Background(), js, testSpec()); err != nil {
+		b.Fatal(err)
+	}
+	var got atomic.Int64
+	done := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		if got.Add(1) == int64(b.N) {
+			close(done)
+		}
+	}))
+	defer srv.Close()
+	body := []byte(`{"specversion":"1.0","id":"%s","source":"sengo/main","type":"id.sengo.transaction.success","data":{"transactionId":"x","status":"success","raw":{}}}`)
+	for i := range b.N {
+		id := fmt.Sprintf("evt_bench_%d", i)
+		if _, err := js.PublishMsgAsync(&nats.Msg{Subject: "sengo.events.main.retail.success", Data: fmt.Appendf(nil, string(body), id)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-js.PublishAsyncComplete()
+	metrics := NewMetrics(prometheus.NewRegistry())
+	ep := (&harness{}).endpoint("bench", srv.URL)
+	ep.Concurrency = 32
+	w, err := NewWorker(context.Background(), WorkerConfig{Endpoint: ep, JetStream: js, UserAgent: "bench", Metrics: metrics, Logger: zerolog.Nop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { defer close(stopped); w.Run(ctx) }()
+	<-done
+	elapsed := time.Since(start)
+	b.StopTimer()
+	cancel()
+	<-stopped
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "deliveries/s")
+}
