@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -118,7 +119,37 @@ func printSummary(w io.Writer, path string, cfg config.Config) error {
 		}
 		fmt.Fprintf(w, "  project %s: POST %s, signature %s, allowed ips %s\n", name, route, p.SignatureMode(), ips)
 	}
+	for _, name := range sortedNames(cfg.Endpoints) {
+		e := cfg.Endpoints[name]
+		order := "parallel"
+		if e.Ordered {
+			order = "ordered"
+		}
+		fmt.Fprintf(w, "  endpoint %s: %s, %d secret(s), %s, %d attempts over %s, %s\n", name, hostOf(e.URL), len(e.Secrets),
+			strings.Join(e.Filter.Subjects(), " "), len(e.Retry.Schedule)+1, scheduleSpan(e.Retry.Schedule), order)
+	}
+	if cfg.Admin.Token.Set() {
+		fmt.Fprintf(w, "  admin  %s (bearer token set)\n", cfg.Admin.Listen)
+	} else {
+		fmt.Fprintln(w, "  admin  off (no admin.token)")
+	}
 	return nil
+}
+
+func hostOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "?"
+	}
+	return u.Scheme + "://" + u.Host + u.Path
+}
+
+func scheduleSpan(s []config.Duration) time.Duration {
+	var t time.Duration
+	for _, d := range s {
+		t += d.D()
+	}
+	return t
 }
 
 // healthcheck probes url and fails unless it answers 200 within 3 seconds.
