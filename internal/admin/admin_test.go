@@ -88,11 +88,11 @@ func TestAdminEndpointsHideCredentials(t *testing.T) {
 func TestAdminInputErrors(t *testing.T) {
 	hs, _ := newServer(t)
 	tests := []struct{ method, path, body string }{
-		{http.MethodDelete, "/admin/dlq", ""},                              // purge needs a filter
-		{http.MethodGet, "/admin/dlq?since=yesterday", ""},                 // bad time
-		{http.MethodGet, "/admin/dlq/abc", ""},                             // bad seq
-		{http.MethodPost, "/admin/replays", `{"since":"1h"}`},              // no endpoint
-		{http.MethodPost, "/admin/replays", `{"endpoint":"orders"}`},       // no since
+		{http.MethodDelete, "/admin/dlq", ""},                        // purge needs a filter
+		{http.MethodGet, "/admin/dlq?since=yesterday", ""},           // bad time
+		{http.MethodGet, "/admin/dlq/abc", ""},                       // bad seq
+		{http.MethodPost, "/admin/replays", `{"since":"1h"}`},        // no endpoint
+		{http.MethodPost, "/admin/replays", `{"endpoint":"orders"}`}, // no since
 		{http.MethodPost, "/admin/replays", `{"endpoint":"orders","all":true,"since":"1h"}`},
 		{http.MethodPost, "/admin/replays", `{"endpoint":"orders","since":"1h","statuses":["paid"]}`},
 		{http.MethodPost, "/admin/replays", `not json`},
