@@ -18,6 +18,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/stream"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
@@ -167,17 +168,8 @@ func (h *harness) publish(txID string, s event.Status, prev event.Status) event.
 // deadLetters reads SENGO_DLQ.
 func (h *harness) deadLetters() []DeadLetter {
 	h.t.Helper()
-	s, err := h.js.Stream(context.Background(), event.StreamDLQ)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	info, _ := s.Info(context.Background())
 	var out []DeadLetter
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := s.GetMsg(context.Background(), seq)
-		if err != nil {
-			continue // deleted
-		}
+	for _, m := range natstest.Messages(h.t, h.js, event.StreamDLQ) {
 		var d DeadLetter
 		if err := json.Unmarshal(m.Data, &d); err != nil {
 			h.t.Fatal(err)
@@ -193,16 +185,7 @@ func (h *harness) settled(w *Worker) bool {
 	return err == nil && live == 0 && replay == 0
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval
-	}
-}
+func eventually(t *testing.T, what string, cond func() bool) { t.Helper(); poll.Until(t, what, cond) }
 
 type syncBuffer struct {
 	mu sync.Mutex

@@ -398,8 +398,9 @@ func TestConfigChangeKeepsPosition(t *testing.T) {
 		ev, _ := event.Unmarshal(a.Body)
 		got = append(got, ev.Data.TransactionID)
 	}
+	slices.Sort(got) // b and c may go in parallel
 	if fmt.Sprint(got) != "[a b c]" {
-		t.Fatalf("delivered %v, want [a b c] (a once)", got)
+		t.Fatalf("delivered %v, want a (once), b and c", got)
 	}
 	info, _ := w2.live.Info(context.Background())
 	if info.Config.DeliverPolicy != jetstream.DeliverAllPolicy || len(info.Config.FilterSubjects) != 2 {

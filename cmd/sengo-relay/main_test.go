@@ -23,6 +23,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 )
 
 // TestMain lets a test start this binary as the real relay process (for
@@ -169,16 +170,7 @@ func waitReady(t testing.TB, base string) {
 	})
 }
 
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval
-	}
-}
+func eventually(t testing.TB, what string, cond func() bool) { t.Helper(); poll.Until(t, what, cond) }
 
 // collect subscribes to sengo.events.> and gathers events.
 type collect struct {
@@ -223,22 +215,8 @@ func storedEvents(t *testing.T, url string) []event.Event {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, event.StreamEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []event.Event
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, m := range natstest.Messages(t, js, event.StreamEvents) {
 		ev, err := event.Unmarshal(m.Data)
 		if err != nil {
 			t.Fatal(err)

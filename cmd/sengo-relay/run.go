@@ -41,7 +41,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
-	case "serve":
+	case "serve", "check-config":
 		path, err := configFlag(cmd, args, stderr)
 		if err != nil {
 			return err
@@ -49,18 +49,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cfg, err := config.Load(path, os.LookupEnv)
 		if err != nil {
 			return err
+		}
+		if cmd == "check-config" {
+			return printSummary(stdout, path, cfg)
 		}
 		return serve(ctx, cfg, stdout)
-	case "check-config":
-		path, err := configFlag(cmd, args, stderr)
-		if err != nil {
-			return err
-		}
-		cfg, err := config.Load(path, os.LookupEnv)
-		if err != nil {
-			return err
-		}
-		return printSummary(stdout, path, cfg)
 	case "dlq":
 		return runDLQ(ctx, args, stdout, stderr)
 	case "replay":

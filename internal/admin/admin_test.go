@@ -15,6 +15,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
@@ -124,18 +125,11 @@ func TestAdminReplayJob(t *testing.T) {
 	}
 	var j struct{ Progress dispatcher.ReplayProgress }
 	json.Unmarshal([]byte(body), &j)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	poll.Until(t, "the replay job to finish", func() bool {
 		_, body = call(t, hs, http.MethodGet, "/admin/replays/"+j.Progress.Job, "", token)
 		json.Unmarshal([]byte(body), &j)
-		if j.Progress.Done {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job not done: %s", body)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval
-	}
+		return j.Progress.Done
+	})
 	if j.Progress.Queued != 1 || j.Progress.Total != 1 {
 		t.Fatalf("progress %+v", j.Progress)
 	}
