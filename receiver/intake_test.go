@@ -4,14 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/sengo"
 )
 
@@ -218,13 +221,19 @@ func TestUnprocessableIsQuarantined(t *testing.T) {
 	if n := h.msgs(event.StreamQuarantine); n != 2 {
 		t.Fatalf("quarantine holds %d, want 2", n)
 	}
-	s, _ := h.js.Stream(ctx, event.StreamQuarantine)
-	m, err := s.GetMsg(ctx, 1)
-	if err != nil {
-		t.Fatal(err)
+	bySubject := map[string]*jetstream.RawStreamMsg{}
+	for _, m := range natstest.Messages(t, h.js, event.StreamQuarantine) {
+		bySubject[m.Subject] = m // processed concurrently: any order
 	}
-	if m.Subject != "sengo.quarantine.main" || m.Header.Get(event.HeaderReason) == "" || string(m.Data) != "not json" {
-		t.Fatalf("quarantined %s %v %q", m.Subject, m.Header, m.Data)
+	m, unknown := bySubject["sengo.quarantine.main"], bySubject["sengo.quarantine.unknown"]
+	if m == nil || unknown == nil {
+		t.Fatalf("quarantined on %v, want sengo.quarantine.main and .unknown", bySubject)
+	}
+	if m.Header.Get(event.HeaderReason) == "" || string(m.Data) != "not json" {
+		t.Fatalf("quarantined %v %q", m.Header, m.Data)
+	}
+	if !strings.Contains(unknown.Header.Get(event.HeaderReason), "Sengo-Project") {
+		t.Fatalf("reason %q", unknown.Header.Get(event.HeaderReason))
 	}
 	if len(h.events()) != 0 {
 		t.Fatal("an unprocessable notification produced an event")
