@@ -111,3 +111,13 @@ func TestEndpointSecretsFromFileAndEnv(t *testing.T) {
 		t.Fatalf("env overrides: %+v", e)
 	}
 }
+
+func TestDuplicateEndpointNames(t *testing.T) {
+	body := minimal + `endpoints:
+  orders: {url: "https://a.example/", secrets: [` + whsec + `], filter: {all: true}}
+  orders: {url: "https://b.example/", secrets: [` + whsec + `], filter: {all: true}}
+`
+	if _, err := Load(write(t, body), noEnv); err == nil || !strings.Contains(err.Error(), `"orders" already defined`) {
+		t.Fatalf("duplicate endpoint names: %v", err)
+	}
+}
