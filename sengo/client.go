@@ -1,0 +1,261 @@
+package sengo
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/sengo-relay/sengo-relay/verify"
+)
+
+// Client calls SenGo's API for one project. It is safe for concurrent use.
+type Client struct {
+	baseURL string
+	apiKey  string
+	token   string
+	http    *http.Client
+	// attempts bounds tries of idempotent calls on 429, 5xx and transport errors.
+	attempts int
+	initial  time.Duration
+}
+
+// ClientOption configures a Client.
+type ClientOption func(*Client)
+
+// WithHTTPClient replaces the HTTP client (default: 15s timeout).
+func WithHTTPClient(h *http.Client) ClientOption { return func(c *Client) { c.http = h } }
+
+// WithRetry sets how often idempotent calls are tried and the first backoff.
+func WithRetry(attempts int, initial time.Duration) ClientOption {
+	return func(c *Client) { c.attempts, c.initial = attempts, initial }
+}
+
+// NewClient returns a client for baseURL (SandboxBaseURL, ProductionBaseURL
+// or a local sandbox's http://host:port/api) with the project's API key and
+// token.
+func NewClient(baseURL, apiKey, token string, opts ...ClientOption) *Client {
+	c := &Client{
+		baseURL: strings.TrimRight(baseURL, "/"), apiKey: apiKey, token: token,
+		http: &http.Client{Timeout: 15 * time.Second}, attempts: 3, initial: 200 * time.Millisecond,
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// envelope is SenGo's response envelope.
+type envelope struct {
+	ResponseCode    int             `json:"responseCode"`
+	ResponseMessage string          `json:"responseMessage"`
+	ResponseData    json.RawMessage `json:"responseData"`
+}
+
+// CreateRetail creates an Alfamart or Indomaret payment.
+func (c *Client) CreateRetail(ctx context.Context, r RetailRequest) (Transaction, error) {
+	return c.create(ctx, "/retail", r)
+}
+
+// CreateVirtualAccount creates a virtual account.
+func (c *Client) CreateVirtualAccount(ctx context.Context, r VirtualAccountRequest) (Transaction, error) {
+	return c.create(ctx, "/virtual-account", r)
+}
+
+// CreateEWallet creates an e-wallet payment.
+func (c *Client) CreateEWallet(ctx context.Context, r EWalletRequest) (Transaction, error) {
+	return c.create(ctx, "/e-wallet", r)
+}
+
+// CreateQRIS creates a QRIS payment.
+func (c *Client) CreateQRIS(ctx context.Context, r QRISRequest) (Transaction, error) {
+	return c.create(ctx, "/qris", r)
+}
+
+// Disburse pays out to a bank account.
+func (c *Client) Disburse(ctx context.Context, r DisbursementRequest) (Transaction, error) {
+	return c.create(ctx, "/disburse", r)
+}
+
+// Check returns SenGo's current view of transaction id (SenGo's id, not the
+// merchantRef). With resend, SenGo also sends the callback again.
+func (c *Client) Check(ctx context.Context, id string, resend bool) (Transaction, error) {
+	var raw json.RawMessage
+	path := "/check/" + url.PathEscape(id) + "?resendCallback=" + strconv.FormatBool(resend)
+	if err := c.call(ctx, http.MethodGet, path, nil, &raw); err != nil {
+		return Transaction{}, err
+	}
+	return parseObject(raw)
+}
+
+// ListTransactions returns one page of transactions (SenGo keeps 7 days).
+func (c *Client) ListTransactions(ctx context.Context, q ListQuery) ([]Transaction, error) {
+	v := url.Values{}
+	v.Set("page", strconv.Itoa(max(q.Page, 1)))
+	if q.Status != "" {
+		v.Set("status", string(q.Status))
+	}
+	if q.Date != "" {
+		v.Set("date", q.Date)
+	}
+	if q.Type != "" {
+		v.Set("type", q.Type)
+	}
+	var raws []json.RawMessage
+	if err := c.call(ctx, http.MethodGet, "/transactions?"+v.Encode(), nil, &raws); err != nil {
+		return nil, err
+	}
+	out := make([]Transaction, 0, len(raws))
+	for _, r := range raws {
+		t, err := parseObject(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// Balance returns the project's balance.
+func (c *Client) Balance(ctx context.Context) (Balance, error) {
+	var b Balance
+	return b, c.call(ctx, http.MethodGet, "/balance", nil, &b)
+}
+
+// CreateProject creates a project (status "Review" until SenGo approves it).
+func (c *Client) CreateProject(ctx context.Context, r ProjectRequest) (Project, error) {
+	var p Project
+	return p, c.call(ctx, http.MethodPost, "/projects", r, &p)
+}
+
+func (c *Client) create(ctx context.Context, path string, body any) (Transaction, error) {
+	var raw json.RawMessage
+	if err := c.call(ctx, http.MethodPost, path, body, &raw); err != nil {
+		return Transaction{}, err
+	}
+	return parseObject(raw)
+}
+
+// parseObject validates a transaction object from an API answer.
+func parseObject(raw json.RawMessage) (Transaction, error) {
+	t, err := ParseCallback(raw)
+	if err != nil {
+		return Transaction{}, fmt.Errorf("sengo: unexpected transaction object: %w", err)
+	}
+	return t, nil
+}
+
+// call signs and sends one request and decodes responseData into out.
+// Only GETs are retried, with backoff, on 429, 5xx and transport errors: a
+// POST that timed out may have created something.
+func (c *Client) call(ctx context.Context, method, path string, body any, out any) error {
+	var payload []byte
+	if body != nil {
+		var err error
+		if payload, err = verify.PHPJSON(body); err != nil {
+			return fmt.Errorf("sengo: encode request: %w", err)
+		}
+	}
+	attempts := 1
+	if method == http.MethodGet {
+		attempts = max(c.attempts, 1)
+	}
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = c.initial
+	b.MaxElapsedTime = 0
+	op := func() error {
+		err := c.once(ctx, method, path, payload, out)
+		var apiErr *APIError
+		if errors.As(err, &apiErr) && !apiErr.retryable() {
+			return backoff.Permanent(err)
+		}
+		return err
+	}
+	return backoff.Retry(op, backoff.WithContext(backoff.WithMaxRetries(b, uint64(attempts-1)), ctx))
+}
+
+func (c *Client) once(ctx context.Context, method, path string, payload []byte, out any) error {
+	var rd io.Reader
+	if payload != nil {
+		rd = bytes.NewReader(payload)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.baseURL+path, rd)
+	if err != nil {
+		return fmt.Errorf("sengo: %w", err)
+	}
+	req.Header.Set("X-Client-Key", c.apiKey)
+	req.Header.Set("X-Client-Token", c.token)
+	req.Header.Set("X-Signature", verify.SenGoSignature(c.apiKey, c.token, payload))
+	req.Header.Set("Accept", "application/json")
+	if payload != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		// net/http errors repeat the URL only; credentials travel in headers.
+		return fmt.Errorf("sengo: %s %s: %w", method, pathOnly(path), unwrapURL(err))
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return fmt.Errorf("sengo: read answer: %w", err)
+	}
+	var env envelope
+	decodeErr := json.Unmarshal(raw, &env)
+	if resp.StatusCode >= 300 || decodeErr == nil && env.ResponseCode >= 300 {
+		return apiError(resp.StatusCode, env)
+	}
+	if decodeErr != nil {
+		return fmt.Errorf("sengo: %s %s: answer is not SenGo's envelope: %w", method, pathOnly(path), decodeErr)
+	}
+	if err := json.Unmarshal(env.ResponseData, out); err != nil {
+		return fmt.Errorf("sengo: %s %s: decode responseData: %w", method, pathOnly(path), err)
+	}
+	return nil
+}
+
+var upperCode = regexp.MustCompile(`^[A-Z][A-Z_]+$`)
+
+// apiError reads SenGo's error envelope: the code is responseMessage when
+// it looks like one, else derived from the HTTP status.
+func apiError(status int, env envelope) *APIError {
+	if env.ResponseCode >= 300 {
+		status = env.ResponseCode
+	}
+	e := &APIError{HTTPStatus: status, Message: env.ResponseMessage}
+	if upperCode.MatchString(env.ResponseMessage) {
+		e.Code = env.ResponseMessage
+		var d struct{ Message string }
+		if json.Unmarshal(env.ResponseData, &d) == nil {
+			e.Message = d.Message
+		}
+	} else {
+		e.Code = codeForStatus(status)
+	}
+	return e
+}
+
+func pathOnly(p string) string {
+	if i := strings.IndexByte(p, '?'); i >= 0 {
+		return p[:i]
+	}
+	return p
+}
+
+func unwrapURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}

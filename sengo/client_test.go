@@ -1,0 +1,206 @@
+package sengo_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/fixtures"
+	"github.com/sengo-relay/sengo-relay/sengo"
+	"github.com/sengo-relay/sengo-relay/sengo/sandbox"
+)
+
+// The client signs exactly the published test vector's message and sends
+// the bytes it signed.
+func TestClientSignatureMatchesVector(t *testing.T) {
+	v := fixtures.SignatureVector()
+	var gotSig, gotKey, gotBody string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		gotSig, gotKey, gotBody = r.Header.Get("X-Signature"), r.Header.Get("X-Client-Key"), string(b)
+		w.WriteHeader(500) // not retried: a POST
+	}))
+	defer srv.Close()
+	c := sengo.NewClient(srv.URL, v.APIKey, v.Token)
+	_, err := c.CreateVirtualAccount(context.Background(), sengo.VirtualAccountRequest{
+		Reference: "12345678", BankCode: "014", ViewName: "Guntur Brahmaputra", Type: "ClosedAmount", Amount: 10000,
+		AdditionalInfo: sengo.AdditionalInfo{Callback: "https://google.com"},
+	})
+	if err == nil {
+		t.Fatal("500 not reported")
+	}
+	if gotKey+gotBody != v.Message {
+		t.Fatalf("signed message\n%s\nwant\n%s", gotKey+gotBody, v.Message)
+	}
+	if gotSig != v.Signature {
+		t.Fatalf("X-Signature %s, want %s", gotSig, v.Signature)
+	}
+}
+
+const (
+	key   = "SC-SANDBOXKEY0000001"
+	token = "sandbox-token-0000000000000001"
+)
+
+func startSandbox(t *testing.T, cfg sandbox.Config) (*sandbox.Server, string) {
+	t.Helper()
+	if cfg.Projects == nil {
+		cfg.Projects = []sandbox.Project{{Key: key, Token: token, Name: "shop", Active: 1_000_000}}
+	}
+	sb, err := sandbox.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(sb.Handler())
+	t.Cleanup(func() { hs.Close(); sb.Close() })
+	return sb, hs.URL + "/api"
+}
+
+// The five product request shapes round-trip through the sandbox, and
+// check, list and balance read them back.
+func TestProductsRoundTrip(t *testing.T) {
+	_, base := startSandbox(t, sandbox.Config{})
+	c := sengo.NewClient(base, key, token)
+	ctx := context.Background()
+	cb := sengo.AdditionalInfo{Callback: "http://127.0.0.1:1/cb"}
+	type created struct {
+		tx      sengo.Transaction
+		product event.Product
+		channel string
+	}
+	var all []created
+	add := func(tx sengo.Transaction, err error, p event.Product, ch string) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		all = append(all, created{tx, p, ch})
+	}
+	tx, err := c.CreateRetail(ctx, sengo.RetailRequest{Reference: "R-1", PhoneNumber: "0812", Channel: "alfamart", Amount: 10000, ViewName: "Toko", AdditionalInfo: cb})
+	add(tx, err, event.ProductRetail, "alfamart")
+	if tx.PaymentCode == "" || tx.Fee != 85 || tx.TotalAmount != 10085 || tx.Status != event.StatusPending {
+		t.Errorf("retail %+v", tx)
+	}
+	tx, err = c.CreateVirtualAccount(ctx, sengo.VirtualAccountRequest{Reference: "V-1", BankCode: "014", ViewName: "Toko", Type: "ClosedAmount", Amount: 15000, AdditionalInfo: cb})
+	add(tx, err, event.ProductVirtualAccount, "014")
+	if !strings.HasPrefix(tx.VANumber, "0367") {
+		t.Errorf("BCA VA number %q", tx.VANumber)
+	}
+	tx, err = c.CreateEWallet(ctx, sengo.EWalletRequest{Reference: "E-1", PhoneNumber: "0812", Channel: "ovo", Amount: 15000, ViewName: "Toko", AdditionalInfo: cb})
+	add(tx, err, event.ProductEWallet, "ovo")
+	tx, err = c.CreateQRIS(ctx, sengo.QRISRequest{Reference: "Q-1", Amount: 32000, ViewName: "Toko", AdditionalInfo: cb})
+	add(tx, err, event.ProductQRIS, "qris")
+	if tx.Fee != 224 || tx.TotalAmount != 32000 || tx.FeePayer != "merchant" {
+		t.Errorf("qris %+v", tx)
+	}
+	tx, err = c.Disburse(ctx, sengo.DisbursementRequest{Reference: "D-1", BankCode: "011", RecipientAccount: "7700173383", RecipientName: "Budi", Amount: 10500, AdditionalInfo: cb})
+	add(tx, err, event.ProductDisbursement, "011")
+	if tx.TotalAmount != 7500 {
+		t.Errorf("disbursement total %d, want amount - fee", tx.TotalAmount)
+	}
+	for _, cr := range all {
+		if cr.tx.Product != cr.product || cr.tx.Channel != cr.channel {
+			t.Errorf("%s: product %s channel %s", cr.product, cr.tx.Product, cr.tx.Channel)
+		}
+		got, err := c.Check(ctx, cr.tx.ID, false)
+		if err != nil || got.MerchantRef != cr.tx.MerchantRef || got.Amount != cr.tx.Amount {
+			t.Errorf("check %s: %+v %v", cr.tx.ID, got, err)
+		}
+	}
+	list, err := c.ListTransactions(ctx, sengo.ListQuery{Page: 1, Status: event.StatusPending, Type: sengo.CashIn})
+	if err != nil || len(list) != 4 {
+		t.Fatalf("cash-in list: %d %v", len(list), err)
+	}
+	b, err := c.Balance(ctx)
+	if err != nil || b.Active != 1_000_000-10500 {
+		t.Fatalf("balance after holding a disbursement: %+v %v", b, err)
+	}
+}
+
+// The sandbox answers bad calls with SenGo's codes, which the client maps
+// to its sentinels.
+func TestSandboxRejections(t *testing.T) {
+	sb, base := startSandbox(t, sandbox.Config{})
+	sb.AddProject(sandbox.Project{Key: "SC-FENCED", Token: "fenced-token-000000000000", AllowedIPs: []string{"10.0.0.0/8"}})
+	ctx := context.Background()
+	req := sengo.RetailRequest{Reference: "DUP-1", PhoneNumber: "0812", Channel: "indomaret", Amount: 20000, ViewName: "Toko"}
+	if _, err := sengo.NewClient(base, key, token).CreateRetail(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		call   func() error
+		want   error
+		status int
+	}{
+		{"duplicate reference", func() error { _, err := sengo.NewClient(base, key, token).CreateRetail(ctx, req); return err }, sengo.ErrDuplicateReference, 409},
+		{"unknown key", func() error { _, err := sengo.NewClient(base, "SC-NOPE", token).Balance(ctx); return err }, sengo.ErrUnauthorized, 401},
+		{"wrong token", func() error { _, err := sengo.NewClient(base, key, "wrong").Balance(ctx); return err }, sengo.ErrUnauthorized, 401},
+		{"wrong signature", func() error {
+			r, _ := http.NewRequest(http.MethodGet, base+"/balance", nil)
+			r.Header.Set("X-Client-Key", key)
+			r.Header.Set("X-Client-Token", token)
+			r.Header.Set("X-Signature", strings.Repeat("ab", 64))
+			resp, err := http.DefaultClient.Do(r)
+			if err != nil {
+				return err
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 401 || !strings.Contains(string(b), `"responseMessage":"UNAUTHORIZED"`) {
+				return errors.New("got " + string(b))
+			}
+			return sengo.ErrUnauthorized
+		}, sengo.ErrUnauthorized, 0},
+		{"ip not allowed", func() error { _, err := sengo.NewClient(base, "SC-FENCED", "fenced-token-000000000000").Balance(ctx); return err }, sengo.ErrIPNotAllowed, 403},
+		{"insufficient balance", func() error {
+			_, err := sengo.NewClient(base, key, token).Disburse(ctx, sengo.DisbursementRequest{Reference: "BIG", BankCode: "014", RecipientAccount: "1", Amount: 5_000_000})
+			return err
+		}, sengo.ErrInsufficientBalance, 402},
+		{"invalid request", func() error {
+			_, err := sengo.NewClient(base, key, token).CreateRetail(ctx, sengo.RetailRequest{Reference: "X", Channel: "circlek", Amount: 5})
+			return err
+		}, sengo.ErrInvalidRequest, 422},
+		{"not found", func() error { _, err := sengo.NewClient(base, key, token).Check(ctx, "nope", false); return err }, sengo.ErrTransactionNotFound, 404},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.call()
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+			var ae *sengo.APIError
+			if tt.status != 0 && (!errors.As(err, &ae) || ae.HTTPStatus != tt.status) {
+				t.Fatalf("err = %#v, want HTTP %d", err, tt.status)
+			}
+			if strings.Contains(err.Error(), token) {
+				t.Fatal("error leaks the token")
+			}
+		})
+	}
+}
+
+// GETs are retried on 5xx; POSTs are not (they may have created something).
+func TestClientRetriesOnlyIdempotentCalls(t *testing.T) {
+	sb, base := startSandbox(t, sandbox.Config{})
+	c := sengo.NewClient(base, key, token, sengo.WithRetry(3, time.Millisecond))
+	ctx := context.Background()
+	sb.SetFaults(sandbox.Faults{Fail500: 2})
+	if _, err := c.Balance(ctx); err != nil {
+		t.Fatalf("GET after two 500s: %v", err)
+	}
+	sb.SetFaults(sandbox.Faults{Fail500: 1})
+	_, err := c.CreateQRIS(ctx, sengo.QRISRequest{Reference: "Q", Amount: 5000})
+	if !errors.Is(err, sengo.ErrThrottled) {
+		t.Fatalf("POST after a 500: %v", err)
+	}
+	if _, err := c.CreateQRIS(ctx, sengo.QRISRequest{Reference: "Q", Amount: 5000}); err != nil {
+		t.Fatalf("the POST was not retried, so the reference is free: %v", err)
+	}
+}
