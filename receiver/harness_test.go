@@ -161,14 +161,26 @@ func readEvents(t *testing.T, js jetstream.JetStream) []event.Event {
 
 func eventually(t *testing.T, what string, cond func() bool) { t.Helper(); poll.Until(t, what, cond) }
 
-// intakeIdle reports whether intake has processed everything in the inbox.
+// intakeIdle reports whether intake has finished every message the inbox
+// holds. It compares the consumer's ack floor with the stream's last
+// sequence: a consumer's pending count is updated asynchronously after a
+// publish and can read 0 before intake has even seen the message.
 func (h *harness) intakeIdle() bool {
-	cons, err := h.js.Consumer(context.Background(), event.StreamInbox, IntakeConsumer)
+	ctx := context.Background()
+	s, err := h.js.Stream(ctx, event.StreamInbox)
 	if err != nil {
 		return false
 	}
-	info, err := cons.Info(context.Background())
-	return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	si, err := s.Info(ctx)
+	if err != nil {
+		return false
+	}
+	cons, err := h.js.Consumer(ctx, event.StreamInbox, IntakeConsumer)
+	if err != nil {
+		return false
+	}
+	ci, err := cons.Info(ctx)
+	return err == nil && ci.AckFloor.Stream >= si.State.LastSeq && ci.NumAckPending == 0
 }
 
 func (h *harness) intakeCount(project, outcome string) float64 {

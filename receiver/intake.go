@@ -27,12 +27,14 @@ const IntakeConsumer = "intake"
 var ErrPermanent = errors.New("permanent failure")
 
 // Confirmer checks a notification against SenGo's API before anything is
-// published. Confirm blocks, must be safe for concurrent use and returns
-// SenGo's view of the transaction, which wins where it differs (SenGo is
-// the truth). An error wrapping ErrPermanent quarantines the notification;
-// any other error is retried with backoff.
+// published (sengo.Confirmer). Confirm blocks and must be safe for
+// concurrent use. It returns SenGo's view of the transaction, which wins
+// where it differs (SenGo is the truth), and confirmed=false for a project
+// it cannot check. Errors wrapping sengo.ErrMismatch quarantine the
+// notification; sengo.ErrUnconfirmed is retried ConfirmAttempts times and
+// then quarantined; anything else is retried with backoff.
 type Confirmer interface {
-	Confirm(ctx context.Context, project string, tx sengo.Transaction) (sengo.Transaction, error)
+	Confirm(ctx context.Context, project string, tx sengo.Transaction) (sengo.Transaction, bool, error)
 }
 
 // IntakeConfig configures the intake workers.
@@ -43,11 +45,14 @@ type IntakeConfig struct {
 	MaxAckPending int
 	RetryInitial  time.Duration
 	RetryMax      time.Duration
-	// Confirmer is nil until confirmation through SenGo's API exists;
-	// events are then published with confirmed: false.
+	// Confirmer checks notifications with SenGo's API; nil publishes them
+	// unconfirmed (confirmed: false).
 	Confirmer Confirmer
-	Metrics   *Metrics
-	Logger    zerolog.Logger
+	// ConfirmAttempts bounds retries of a notification whose claimed final
+	// status SenGo's API does not report (default 5).
+	ConfirmAttempts int
+	Metrics         *Metrics
+	Logger          zerolog.Logger
 }
 
 // Intake turns inbox notifications into events.
@@ -163,7 +168,8 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		if err := m.Ack(); err != nil {
 			log.Warn().Err(err).Msg("ack inbox message; it will be redelivered and found done")
 		}
-	case errors.Is(r.err, ErrPermanent):
+	case errors.Is(r.err, ErrPermanent) || errors.Is(r.err, sengo.ErrMismatch) ||
+		errors.Is(r.err, sengo.ErrUnconfirmed) && int(attempt) >= max(in.cfg.ConfirmAttempts, 1):
 		if err := in.quarantine(ctx, m, r); err != nil {
 			delay := in.retryDelay(attempt)
 			log.Warn().Err(err).Dur("delay", delay).Msg("quarantine failed; retrying")
@@ -215,6 +221,10 @@ func (in *Intake) quarantine(ctx context.Context, m jetstream.Msg, r result) err
 	}
 	h.Del(jetstream.MsgIDHeader)
 	h.Set(event.HeaderReason, r.err.Error())
+	var mm *sengo.MismatchError
+	if errors.As(r.err, &mm) && len(mm.SenGo.Raw) > 0 {
+		h.Set(HeaderAPIObject, string(mm.SenGo.Raw)) // SenGo's version beside the callback's
+	}
 	meta, _ := m.Metadata()
 	if meta != nil {
 		// Idempotent: a retry of the quarantine itself is a duplicate.
@@ -245,13 +255,25 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 			acceptedAt = time.Now()
 		}
 	}
-	confirmed := false
+	confirmed, note := false, ""
 	if in.cfg.Confirmer != nil {
-		if tx, err = in.cfg.Confirmer.Confirm(ctx, project, tx); err != nil {
+		got, ok, err := in.cfg.Confirmer.Confirm(ctx, project, tx)
+		if err != nil {
+			in.countConfirm(project, err)
 			r.err = fmt.Errorf("confirm %s: %w", tx.ID, err)
 			return r
 		}
-		confirmed = true
+		if ok {
+			if got.Status != tx.Status {
+				note = fmt.Sprintf("callback said %s; SenGo's API says %s", tx.Status, got.Status)
+				in.log.Warn().Str("project", project).Str("transaction_id", tx.ID).Str("status", string(got.Status)).
+					Str("callback_status", string(tx.Status)).Msg("status taken from SenGo's API")
+				in.cfg.Metrics.Confirm.WithLabelValues(project, "status_corrected").Inc()
+			} else {
+				in.cfg.Metrics.Confirm.WithLabelValues(project, "confirmed").Inc()
+			}
+			tx, confirmed = got, true
+		}
 	}
 	var inboxSeq uint64
 	if meta, err := m.Metadata(); err == nil {
@@ -274,7 +296,7 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 			s.MerchantRef = tx.MerchantRef
 			s.Status = tx.Status
 			s.UpdatedAt = acceptedAt
-			s.History = append(s.History, txEvent{Status: tx.Status, EventID: ev.ID, AcceptedAt: acceptedAt})
+			s.History = append(s.History, txEvent{Status: tx.Status, EventID: ev.ID, AcceptedAt: acceptedAt, Source: m.Headers().Get(event.HeaderSource), Note: note})
 			s.Outbox = append(s.Outbox, outboxItem{EventID: ev.ID, Subject: event.EventSubject(project, tx.Product, tx.Status), Event: b})
 			r.outcome = "published"
 			return true, nil
@@ -305,6 +327,22 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 	}
 	return r
 }
+
+// countConfirm counts a failed confirmation by kind.
+func (in *Intake) countConfirm(project string, err error) {
+	outcome := "unavailable"
+	switch {
+	case errors.Is(err, sengo.ErrMismatch):
+		outcome = "mismatch"
+	case errors.Is(err, sengo.ErrUnconfirmed):
+		outcome = "unconfirmed"
+	}
+	in.cfg.Metrics.Confirm.WithLabelValues(project, outcome).Inc()
+}
+
+// HeaderAPIObject carries SenGo's version of a disputed transaction on a
+// quarantined notification.
+const HeaderAPIObject = "Sengo-Api-Object"
 
 // maxCAS bounds compare-and-set retries for one notification; beyond it
 // the notification is retried later with backoff.

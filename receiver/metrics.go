@@ -15,6 +15,12 @@ type Metrics struct {
 	// KVConflicts counts compare-and-set conflicts on SENGO_TX (two workers
 	// racing on one transaction; each is resolved by re-reading).
 	KVConflicts prometheus.Counter
+	// Confirm counts checks with SenGo's API by project and outcome
+	// (confirmed, status_corrected, mismatch, unconfirmed, unavailable).
+	Confirm *prometheus.CounterVec
+	// Reconcile counts reconciliation by project and outcome (checked,
+	// missing, fed).
+	Reconcile *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -38,6 +44,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Compare-and-set conflicts on the SENGO_TX bucket.",
 		}),
 	}
-	reg.MustRegister(m.Callbacks, m.PublishSeconds, m.Intake, m.KVConflicts)
+	m.Confirm = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sengo_relay_confirmations_total",
+		Help: "Notifications checked with SenGo's API, by project and outcome.",
+	}, []string{"project", "outcome"})
+	m.Reconcile = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sengo_relay_reconcile_total",
+		Help: "Reconciliation with SenGo's transaction list, by project and outcome.",
+	}, []string{"project", "outcome"})
+	reg.MustRegister(m.Callbacks, m.PublishSeconds, m.Intake, m.KVConflicts, m.Confirm, m.Reconcile)
 	return m
 }

@@ -40,6 +40,10 @@ type txEvent struct {
 	AcceptedAt time.Time    `json:"acceptedAt"`
 	// Seq is the event's sequence in SENGO_EVENTS, 0 until published.
 	Seq uint64 `json:"seq,omitempty"`
+	// Source is how the change arrived: callback or reconcile.
+	Source string `json:"source,omitempty"`
+	// Note says why the status differs from the notification's, if it does.
+	Note string `json:"note,omitempty"`
 }
 
 type outboxItem struct {

@@ -24,6 +24,8 @@ const usage = `usage: sengo-relay [command] [flags]
 commands:
   serve          run the relay (the default)
   check-config   load and validate the configuration, print a summary
+  reconcile      feed status changes SenGo lists but the relay never received
+  sandbox        run a local SenGo (or: sandbox pay|expire|fail ID, callbacks, transactions)
   dlq            list, show, redrive or purge dead letters
   replay         deliver stored events again (by endpoint, time window, filters)
   healthcheck    exit 0 if the relay answers /healthz (for container healthchecks)
@@ -54,6 +56,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return printSummary(stdout, path, cfg)
 		}
 		return serve(ctx, cfg, stdout)
+	case "reconcile":
+		return runReconcile(ctx, args, stdout, stderr)
+	case "sandbox":
+		return runSandbox(ctx, args, stdout, stderr)
 	case "dlq":
 		return runDLQ(ctx, args, stdout, stderr)
 	case "replay":

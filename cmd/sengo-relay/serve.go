@@ -26,6 +26,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/internal/admin"
 	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/receiver"
+	"github.com/sengo-relay/sengo-relay/sengo"
 	"github.com/sengo-relay/sengo-relay/stream"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
@@ -141,6 +142,11 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		}))
 	}
 
+	var confirmer receiver.Confirmer
+	if clients := apiClients(cfg, true); len(clients) > 0 {
+		confirmer = sengo.NewConfirmer(clients)
+	}
+
 	// Everything below runs until ctx is done. Intake and the endpoint
 	// workers each have their own goroutine; stopping runCtx stops them.
 	runCtx, stopRun := context.WithCancel(ctx)
@@ -156,14 +162,16 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		}
 		provisioned.Store(true)
 		in, err := receiver.NewIntake(runCtx, receiver.IntakeConfig{
-			JetStream:     js,
-			Workers:       cfg.Intake.Workers,
-			AckWait:       cfg.Intake.AckWait.D(),
-			MaxAckPending: cfg.Intake.MaxAckPending,
-			RetryInitial:  cfg.Intake.RetryInitial.D(),
-			RetryMax:      cfg.Intake.RetryMax.D(),
-			Metrics:       metrics,
-			Logger:        log.With().Str("component", "intake").Logger(),
+			JetStream:       js,
+			Workers:         cfg.Intake.Workers,
+			AckWait:         cfg.Intake.AckWait.D(),
+			MaxAckPending:   cfg.Intake.MaxAckPending,
+			RetryInitial:    cfg.Intake.RetryInitial.D(),
+			RetryMax:        cfg.Intake.RetryMax.D(),
+			Confirmer:       confirmer,
+			ConfirmAttempts: cfg.Intake.ConfirmAttempts,
+			Metrics:         metrics,
+			Logger:          log.With().Str("component", "intake").Logger(),
 		})
 		if err != nil {
 			log.Error().Err(err).Msg("intake cannot start")
@@ -200,6 +208,16 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			adminHTTP = &http.Server{Handler: adminSrv.Handler(), ReadHeaderTimeout: 5 * time.Second}
 			go func() { _ = adminHTTP.Serve(aln) }()
 			log.Info().Str("addr", aln.Addr().String()).Msg("admin listening")
+		}
+		if projects := listers(apiClients(cfg, false), ""); cfg.Reconcile.Interval > 0 && len(projects) > 0 {
+			workersDone.Add(1)
+			go func() {
+				defer workersDone.Done()
+				reconcileLoop(runCtx, cfg, receiver.ReconcileConfig{
+					JetStream: js, Projects: projects, Window: cfg.Reconcile.Window.D(), Metrics: metrics,
+					Logger: log.With().Str("component", "reconcile").Logger(),
+				}, log)
+			}()
 		}
 		_ = in.Run(runCtx, cfg.HTTP.ShutdownTimeout.D())
 	}()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -20,6 +21,7 @@ type Config struct {
 	NATS      NATS                 `yaml:"nats"`
 	Streams   Streams              `yaml:"streams"`
 	Intake    Intake               `yaml:"intake"`
+	Reconcile Reconcile            `yaml:"reconcile"`
 	Projects  map[string]*Project  `yaml:"projects"`
 	Endpoints map[string]*Endpoint `yaml:"endpoints"`
 	Admin     Admin                `yaml:"admin"`
@@ -93,6 +95,18 @@ type Intake struct {
 	MaxAckPending int      `yaml:"max_ack_pending"`
 	RetryInitial  Duration `yaml:"retry_initial"`
 	RetryMax      Duration `yaml:"retry_max"`
+	// ConfirmAttempts bounds retries of a callback claiming a final status
+	// SenGo's API does not report yet; then it is quarantined.
+	ConfirmAttempts int `yaml:"confirm_attempts"`
+}
+
+// Reconcile configures the periodic comparison with SenGo's transaction list.
+type Reconcile struct {
+	// Interval between runs; 0 turns the job off. Runs only for projects
+	// with credentials.
+	Interval Duration `yaml:"interval"`
+	// Window is how far back each run looks (SenGo keeps 7 days).
+	Window Duration `yaml:"window"`
 }
 
 // Signature modes for X-Signature on callbacks.
@@ -114,6 +128,34 @@ type Project struct {
 	// Signature is off, optional or required; empty means optional when
 	// api_key and token are set, off otherwise.
 	Signature string `yaml:"signature"`
+	// Confirm checks every notification with SenGo's API before it is
+	// published; empty means true when api_key and token are set.
+	Confirm string `yaml:"confirm"`
+	// BaseURL of SenGo's API: "production" (default), "sandbox" (SenGo's
+	// own), or a URL such as a local sandbox's http://127.0.0.1:8090/api.
+	BaseURL string `yaml:"base_url"`
+}
+
+// Confirms reports whether notifications of the project are confirmed.
+func (p *Project) Confirms() bool {
+	if p.Confirm == "" {
+		return p.APIKey.Set() && p.Token.Set()
+	}
+	return p.Confirm == "true"
+}
+
+// HasCredentials reports whether the project can call SenGo's API.
+func (p *Project) HasCredentials() bool { return p.APIKey.Set() && p.Token.Set() }
+
+// APIBaseURL resolves BaseURL.
+func (p *Project) APIBaseURL() string {
+	switch p.BaseURL {
+	case "", "production":
+		return "https://api.sengo.id/api"
+	case "sandbox":
+		return "https://api.sandbox.sengo.id/api"
+	}
+	return p.BaseURL
 }
 
 // Default returns the configuration used for every key the file omits.
@@ -146,13 +188,15 @@ func Default() Config {
 			Transactions: Bucket{TTL: Duration(90 * 24 * time.Hour)},
 		},
 		Intake: Intake{
-			Workers:       16,
-			AckWait:       Duration(30 * time.Second),
-			MaxAckPending: 1024,
-			RetryInitial:  Duration(time.Second),
-			RetryMax:      Duration(5 * time.Minute),
+			Workers:         16,
+			AckWait:         Duration(30 * time.Second),
+			MaxAckPending:   1024,
+			RetryInitial:    Duration(time.Second),
+			RetryMax:        Duration(5 * time.Minute),
+			ConfirmAttempts: 5,
 		},
-		Admin: Admin{Listen: "127.0.0.1:8081"},
+		Reconcile: Reconcile{Interval: Duration(10 * time.Minute), Window: Duration(48 * time.Hour)},
+		Admin:     Admin{Listen: "127.0.0.1:8081"},
 	}
 }
 
@@ -252,6 +296,15 @@ func (c *Config) Validate() error {
 	if c.Intake.RetryInitial > c.Intake.RetryMax {
 		bad("intake.retry_initial must not exceed intake.retry_max")
 	}
+	if c.Intake.ConfirmAttempts < 1 {
+		bad("intake.confirm_attempts: must be at least 1")
+	}
+	if c.Reconcile.Interval < 0 || c.Reconcile.Interval > 0 && c.Reconcile.Interval.D() < time.Minute {
+		bad("reconcile.interval: 0 (off) or at least 1m")
+	}
+	if c.Reconcile.Window <= 0 || c.Reconcile.Window.D() > 7*24*time.Hour {
+		bad("reconcile.window: must be positive and at most 168h (SenGo keeps 7 days)")
+	}
 	if c.Intake.AckWait.D() < 5*time.Second {
 		bad("intake.ack_wait: %s is below 5s", c.Intake.AckWait)
 	}
@@ -277,6 +330,15 @@ func (c *Config) Validate() error {
 		}
 		if _, err := verify.ParseIPAllowlist(p.AllowedIPs); err != nil {
 			bad("%s.allowed_ips: %v", at, err)
+		}
+		if p.Confirm != "" && p.Confirm != "true" && p.Confirm != "false" {
+			bad("%s.confirm: %q is not true or false", at, p.Confirm)
+		}
+		if p.Confirm == "true" && !p.HasCredentials() {
+			bad("%s.confirm: true needs api_key and token", at)
+		}
+		if u, err := url.Parse(p.APIBaseURL()); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("%s.base_url: %q is not production, sandbox or an http(s) URL", at, p.BaseURL)
 		}
 		switch p.SignatureMode() {
 		case SignatureOff:

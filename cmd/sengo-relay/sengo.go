@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/config"
+	"github.com/sengo-relay/sengo-relay/receiver"
+	"github.com/sengo-relay/sengo-relay/sengo"
+	"github.com/sengo-relay/sengo-relay/sengo/sandbox"
+)
+
+// apiClients returns a SenGo client per project with credentials; with
+// confirmOnly, only for projects that confirm.
+func apiClients(cfg config.Config, confirmOnly bool) map[string]*sengo.Client {
+	out := map[string]*sengo.Client{}
+	for _, name := range cfg.ProjectNames() {
+		p := cfg.Projects[name]
+		if !p.HasCredentials() || confirmOnly && !p.Confirms() {
+			continue
+		}
+		out[name] = sengo.NewClient(p.APIBaseURL(), p.APIKey.Value(), p.Token.Value())
+	}
+	return out
+}
+
+func listers(clients map[string]*sengo.Client, only string) map[string]receiver.Lister {
+	out := map[string]receiver.Lister{}
+	for name, c := range clients {
+		if only == "" || only == name {
+			out[name] = c
+		}
+	}
+	return out
+}
+
+// reconcileLoop runs reconciliation at start and every interval until ctx
+// ends. Failures are logged and retried at the next tick.
+func reconcileLoop(ctx context.Context, cfg config.Config, rc receiver.ReconcileConfig, log zerolog.Logger) {
+	tick := time.NewTicker(cfg.Reconcile.Interval.D())
+	defer tick.Stop()
+	for {
+		if _, err := receiver.Reconcile(ctx, rc, nil); err != nil && ctx.Err() == nil {
+			log.Warn().Err(err).Msg("reconciliation failed; next run at the next interval")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// runReconcile is `sengo-relay reconcile`.
+func runReconcile(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("reconcile", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "config.yaml", "configuration file")
+	project := fs.String("project", "", "only this project")
+	since := fs.Duration("since", 48*time.Hour, "how far back (SenGo keeps 7 days)")
+	resend := fs.Bool("resend", false, "ask SenGo to resend missing callbacks instead of feeding the inbox")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*path, os.LookupEnv)
+	if err != nil {
+		return err
+	}
+	projects := listers(apiClients(cfg, false), *project)
+	if len(projects) == 0 {
+		return errors.New("no project with api_key and token to reconcile")
+	}
+	nc, js, err := cliConnect(cfg)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	sum, err := receiver.Reconcile(ctx, receiver.ReconcileConfig{JetStream: js, Projects: projects, Window: *since, Resend: *resend, Logger: zerolog.Nop()},
+		func(p, day string, st event.Status, s receiver.ReconcileSummary) {
+			fmt.Fprintf(stderr, "reconcile %s %s %-7s: %d checked, %d missing\n", p, day, st, s.Checked, s.Missing)
+		})
+	verb := "fed into the inbox"
+	if *resend {
+		verb = "asked SenGo to resend"
+	}
+	fmt.Fprintf(stdout, "reconcile: %d checked, %d missing, %d %s\n", sum.Checked, sum.Missing, sum.Fed, verb)
+	return err
+}
+
+// runSandbox is `sengo-relay sandbox`: run the local SenGo, or control one.
+func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		return sandboxControl(ctx, args, stdout, stderr)
+	}
+	fs := flag.NewFlagSet("sandbox", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:8090", "address of the sandbox API (/api) and controls (/sandbox)")
+	stateDir := fs.String("state-dir", "./sandbox-data", "where the sandbox keeps its state (empty: memory)")
+	project := fs.String("project", "SC-LOCALSANDBOX00001:local-sandbox-token-change-me:10000000", "seed project KEY:TOKEN[:BALANCE]")
+	retries := fs.Int("callback-retries", 0, "retries of a failed callback (0: never retries)")
+	retryDelay := fs.Duration("callback-retry-delay", 5*time.Second, "delay between callback retries")
+	dups := fs.Int("callback-duplicates", 0, "send every callback this many extra times")
+	drop := fs.Bool("drop-callbacks", false, "send no callbacks")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	parts := strings.Split(*project, ":")
+	if len(parts) < 2 {
+		return errors.New("--project must be KEY:TOKEN[:BALANCE]")
+	}
+	seed := sandbox.Project{Key: parts[0], Token: parts[1], Name: "local"}
+	if len(parts) > 2 {
+		n, err := strconv.ParseInt(parts[2], 10, 64)
+		if err != nil {
+			return fmt.Errorf("--project balance: %w", err)
+		}
+		seed.Active = n
+	}
+	if *stateDir != "" {
+		if err := os.MkdirAll(*stateDir, 0o750); err != nil {
+			return err
+		}
+	}
+	sb, err := sandbox.New(sandbox.Config{
+		Projects: []sandbox.Project{seed}, StateDir: *stateDir,
+		Callbacks: sandbox.CallbackPolicy{Retries: *retries, RetryDelay: sandbox.Duration(*retryDelay), Duplicates: *dups, Drop: *drop},
+	})
+	if err != nil {
+		return err
+	}
+	defer sb.Close()
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: sb.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	fmt.Fprintf(stdout, "sengo sandbox: API http://%s/api, controls http://%s/sandbox, project key %s\n", ln.Addr(), ln.Addr(), seed.Key)
+	<-ctx.Done()
+	shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return srv.Shutdown(shut)
+}
+
+// sandboxControl is `sengo-relay sandbox pay|expire|fail ID`, `callbacks`, `transactions`.
+func sandboxControl(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	verb := args[0]
+	fs := flag.NewFlagSet("sandbox "+verb, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("url", "http://127.0.0.1:8090", "the sandbox")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	var method, path string
+	switch verb {
+	case "pay", "expire", "fail":
+		if fs.NArg() != 1 {
+			return fmt.Errorf("usage: sengo-relay sandbox %s TRANSACTION_ID [--url URL]", verb)
+		}
+		method, path = http.MethodPost, "/sandbox/transactions/"+fs.Arg(0)+"/"+verb
+	case "callbacks", "transactions":
+		method, path = http.MethodGet, "/sandbox/"+verb
+	default:
+		return fmt.Errorf("unknown sandbox command %q (pay, expire, fail, callbacks, transactions)", verb)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(*url, "/")+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	fmt.Fprintln(stdout, string(b))
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("sandbox answered %d", resp.StatusCode)
+	}
+	return nil
+}

@@ -1,0 +1,173 @@
+package receiver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/sengo"
+)
+
+// SourceReconcile marks notifications fed by reconciliation.
+const SourceReconcile = "reconcile"
+
+// Lister is what reconciliation needs of SenGo's API (sengo.Client).
+// Both calls block and are safe for concurrent use.
+type Lister interface {
+	ListTransactions(ctx context.Context, q sengo.ListQuery) ([]sengo.Transaction, error)
+	Check(ctx context.Context, id string, resend bool) (sengo.Transaction, error)
+}
+
+// ReconcileConfig configures one reconciliation run.
+type ReconcileConfig struct {
+	JetStream jetstream.JetStream
+	// Projects to reconcile, by name.
+	Projects map[string]Lister
+	// Window is how far back to look (at most SenGo's 7 days).
+	Window time.Duration
+	// Resend asks SenGo to send missing callbacks again instead of feeding
+	// the inbox directly.
+	Resend  bool
+	Now     func() time.Time
+	Metrics *Metrics
+	Logger  zerolog.Logger
+}
+
+// ReconcileSummary counts one run.
+type ReconcileSummary struct {
+	Checked int `json:"checked"` // transactions listed by SenGo
+	Missing int `json:"missing"` // status changes the relay never received
+	Fed     int `json:"fed"`     // fed into the inbox (or resent, with Resend)
+}
+
+// wib is the timezone of SenGo's dates.
+var wib = time.FixedZone("WIB", 7*3600)
+
+func midnight(t time.Time) time.Time {
+	y, m, d := t.Date()
+	return time.Date(y, m, d, 0, 0, 0, 0, wib)
+}
+
+// maxPages bounds paging per status and day.
+const maxPages = 1000
+
+// Reconcile lists SenGo's transactions per project, status and day within
+// the window, compares them with SENGO_TX, and feeds every transition the
+// relay never received into the inbox as a notification with source
+// "reconcile". It goes through the same deduplication, confirmation and
+// delivery as a callback, under the same Nats-Msg-Id, so running it twice
+// changes nothing the second time. progress, if set, is called after each
+// page.
+func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, day string, status event.Status, s ReconcileSummary)) (ReconcileSummary, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	kv, err := cfg.JetStream.KeyValue(ctx, event.BucketTx)
+	if err != nil {
+		return ReconcileSummary{}, fmt.Errorf("open bucket %s: %w", event.BucketTx, err)
+	}
+	var total ReconcileSummary
+	now := cfg.Now().In(wib)
+	window := min(cfg.Window, 7*24*time.Hour)
+	for _, project := range sortedKeys(cfg.Projects) {
+		api := cfg.Projects[project]
+		var sum ReconcileSummary
+		today := midnight(now)
+		for day := midnight(now.Add(-window)); !day.After(today); day = day.AddDate(0, 0, 1) {
+			date := day.Format("2006-01-02")
+			for _, status := range event.Statuses {
+				for page := 1; page <= maxPages; page++ {
+					txs, err := api.ListTransactions(ctx, sengo.ListQuery{Page: page, Status: status, Date: date})
+					if err != nil {
+						return total, fmt.Errorf("list %s %s %s page %d: %w", project, date, status, page, err)
+					}
+					if len(txs) == 0 {
+						break
+					}
+					for _, tx := range txs {
+						sum.Checked++
+						missing, err := isMissing(ctx, kv, project, tx)
+						if err != nil {
+							return total, err
+						}
+						if !missing {
+							continue
+						}
+						sum.Missing++
+						if err := feed(ctx, cfg, api, project, tx); err != nil {
+							return total, err
+						}
+						sum.Fed++
+					}
+					if progress != nil {
+						progress(project, date, status, sum)
+					}
+				}
+			}
+		}
+		if cfg.Metrics != nil {
+			cfg.Metrics.Reconcile.WithLabelValues(project, "checked").Add(float64(sum.Checked))
+			cfg.Metrics.Reconcile.WithLabelValues(project, "missing").Add(float64(sum.Missing))
+			cfg.Metrics.Reconcile.WithLabelValues(project, "fed").Add(float64(sum.Fed))
+		}
+		cfg.Logger.Info().Str("project", project).Int("checked", sum.Checked).Int("missing", sum.Missing).Int("fed", sum.Fed).Msg("reconciled")
+		total.Checked += sum.Checked
+		total.Missing += sum.Missing
+		total.Fed += sum.Fed
+	}
+	return total, nil
+}
+
+// isMissing reports whether the transaction's listed status would still
+// be published: the relay has not seen it, and it is not a stale pending
+// or a conflict.
+func isMissing(ctx context.Context, kv jetstream.KeyValue, project string, tx sengo.Transaction) (bool, error) {
+	entry, err := kv.Get(ctx, txKey(project, tx.ID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", txKey(project, tx.ID), err)
+	}
+	var st txState
+	if err := json.Unmarshal(entry.Value(), &st); err != nil {
+		return false, fmt.Errorf("decode %s: %w", txKey(project, tx.ID), err)
+	}
+	for _, h := range st.History {
+		if h.Status == tx.Status {
+			return false, nil
+		}
+	}
+	return event.Decide(st.Status, tx.Status) == event.Publish, nil
+}
+
+// feed puts a missing transition into the inbox, or asks SenGo to resend.
+func feed(ctx context.Context, cfg ReconcileConfig, api Lister, project string, tx sengo.Transaction) error {
+	if cfg.Resend {
+		if _, err := api.Check(ctx, tx.ID, true); err != nil {
+			return fmt.Errorf("resend %s: %w", tx.ID, err)
+		}
+		return nil
+	}
+	msg := &nats.Msg{Subject: event.InboxSubject(project), Data: tx.Raw, Header: nats.Header{
+		event.HeaderProject:    []string{project},
+		event.HeaderReceivedAt: []string{cfg.Now().UTC().Format(time.RFC3339Nano)},
+		event.HeaderSource:     []string{SourceReconcile},
+	}}
+	id := event.ID(project, tx.ID, tx.Status)
+	if _, err := cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(event.StreamInbox)); err != nil {
+		return fmt.Errorf("feed %s: %w", id, err)
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }

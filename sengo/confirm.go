@@ -1,0 +1,77 @@
+package sengo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/sengo-relay/sengo-relay/event"
+)
+
+// ErrMismatch: SenGo's API contradicts the notification (unknown
+// transaction, other merchantRef or amounts). Never retried.
+var ErrMismatch = errors.New("SenGo's API disagrees with the notification")
+
+// ErrUnconfirmed: the notification claims a final status that SenGo's API
+// still reports as pending. Either forged, or SenGo's API lags its own
+// callback: retried a few times, then treated as a mismatch.
+var ErrUnconfirmed = errors.New("SenGo's API does not (yet) report the claimed status")
+
+// MismatchError carries both versions of a disputed transaction.
+type MismatchError struct {
+	Reason   string
+	Callback Transaction
+	SenGo    Transaction // zero when SenGo has no such transaction
+	kind     error       // ErrMismatch or ErrUnconfirmed
+}
+
+func (e *MismatchError) Error() string { return e.kind.Error() + ": " + e.Reason }
+func (e *MismatchError) Unwrap() error { return e.kind }
+
+// Confirmer checks notifications with GET /check/{id} of each project's
+// client. Projects without a client are not confirmed.
+type Confirmer struct {
+	clients map[string]*Client
+}
+
+// NewConfirmer confirms the projects in clients (by project name).
+func NewConfirmer(clients map[string]*Client) *Confirmer { return &Confirmer{clients: clients} }
+
+// Confirm returns SenGo's view of tx. confirmed is false (and tx returned
+// as is) for a project without credentials. SenGo's status wins where it
+// has moved on; a final status SenGo does not report yields ErrUnconfirmed;
+// other disagreements ErrMismatch. Any other error is transient (SenGo
+// unreachable, throttled, misconfigured) and worth retrying.
+func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction) (Transaction, bool, error) {
+	client, ok := c.clients[project]
+	if !ok {
+		return tx, false, nil
+	}
+	got, err := client.Check(ctx, tx.ID, false)
+	if errors.Is(err, ErrTransactionNotFound) {
+		return Transaction{}, false, &MismatchError{Reason: "SenGo has no transaction " + tx.ID, Callback: tx, kind: ErrMismatch}
+	}
+	if err != nil {
+		return Transaction{}, false, fmt.Errorf("check %s: %w", tx.ID, err)
+	}
+	var diffs []string
+	if got.ID != tx.ID {
+		diffs = append(diffs, "id")
+	}
+	if got.MerchantRef != tx.MerchantRef {
+		diffs = append(diffs, "merchantRef")
+	}
+	if got.Amount != tx.Amount {
+		diffs = append(diffs, fmt.Sprintf("amount %d vs %d", tx.Amount, got.Amount))
+	}
+	if got.TotalAmount != tx.TotalAmount {
+		diffs = append(diffs, fmt.Sprintf("totalAmount %d vs %d", tx.TotalAmount, got.TotalAmount))
+	}
+	if len(diffs) > 0 {
+		return Transaction{}, false, &MismatchError{Reason: fmt.Sprintf("fields differ: %v", diffs), Callback: tx, SenGo: got, kind: ErrMismatch}
+	}
+	if tx.Status.Final() && got.Status == event.StatusPending {
+		return Transaction{}, false, &MismatchError{Reason: fmt.Sprintf("callback says %s, SenGo says pending", tx.Status), Callback: tx, SenGo: got, kind: ErrUnconfirmed}
+	}
+	return got, true, nil
+}
