@@ -1,0 +1,232 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/receiver"
+	"github.com/sengo-relay/sengo-relay/sengo"
+	"github.com/sengo-relay/sengo-relay/sengo/sandbox"
+)
+
+const (
+	sbKey   = "SC-E2ESANDBOX0000001"
+	sbToken = "e2e-sandbox-token-000000000001"
+)
+
+// startSandbox runs the SenGo sandbox in this process.
+func startSandbox(t *testing.T, policy sandbox.CallbackPolicy) (*sandbox.Server, *sengo.Client, string) {
+	t.Helper()
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: sbKey, Token: sbToken, Active: 1_000_000}}, Callbacks: policy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(sb.Handler())
+	t.Cleanup(func() { hs.Close(); sb.Close() })
+	return sb, sengo.NewClient(hs.URL+"/api", sbKey, sbToken), hs.URL + "/api"
+}
+
+// sandboxConfig is a relay config whose project confirms with the sandbox
+// and whose "orders" endpoint takes successes.
+func sandboxConfig(t *testing.T, sandboxURL, hookURL string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	body := fmt.Sprintf(`projects:
+  main: {api_key: %s, token: %s, base_url: %q}
+intake: {retry_initial: 50ms, retry_max: 500ms, confirm_attempts: 3}
+reconcile: {interval: 1m, window: 48h}
+admin: {listen: "127.0.0.1:0"}
+endpoints:
+  orders: {url: %q, secrets: [%s], filter: {statuses: [success]}, deliver_from: all, timeout: 2s}
+`, sbKey, sbToken, sandboxURL, hookURL, testSecret)
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (h *hook) events(t *testing.T) []event.Event {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []event.Event
+	for _, b := range h.bodies {
+		ev, err := event.Unmarshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+func metricsText(t *testing.T, base string) string {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// Create a retail payment at Alfamart through the client, pay it in the
+// sandbox (which sends its callback twice), and the consumer receives
+// exactly one success event, confirmed.
+func TestConfirmedPaymentEndToEnd(t *testing.T) {
+	sb, client, sbURL := startSandbox(t, sandbox.CallbackPolicy{Duplicates: 1})
+	orders := newHook(t)
+	base, _ := startRunWith(t, sandboxConfig(t, sbURL, orders.URL), relayEnv(t.TempDir()))
+	waitReady(t, base)
+
+	tx, err := client.CreateRetail(context.Background(), sengo.RetailRequest{
+		Reference: "INV-1001", PhoneNumber: "081234567890", Channel: "alfamart", Amount: 25000, ViewName: "Toko Contoh",
+		AdditionalInfo: sengo.AdditionalInfo{Callback: base + "/callbacks/sengo/main"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "both callback copies answered 200", func() bool {
+		ok := 0
+		for _, s := range sb.Sent() {
+			if s.HTTPStatus == 200 {
+				ok++
+			}
+		}
+		return ok == 2
+	})
+	eventually(t, "the webhook", func() bool { return len(orders.received()) >= 1 })
+	eventually(t, "the relay to settle", func() bool {
+		m := metricsText(t, base)
+		return strings.Contains(m, "sengo_relay_inbox_pending 0") && strings.Contains(m, `sengo_relay_endpoint_pending{endpoint="orders"} 0`)
+	})
+	evs := orders.events(t)
+	if len(evs) != 1 {
+		t.Fatalf("%d events delivered, want exactly 1", len(evs))
+	}
+	ev := evs[0]
+	if ev.Data.Status != event.StatusSuccess || !ev.Data.Confirmed || ev.Data.TransactionID != tx.ID || ev.Data.Channel != "alfamart" || ev.Data.PaymentCode != tx.PaymentCode || ev.Data.TotalAmount != 25085 {
+		t.Fatalf("event %+v", ev.Data)
+	}
+}
+
+// A forged callback (valid shape, success for a transaction the sandbox
+// says is pending) is quarantined with SenGo's version and never published.
+func TestForgedCallbackQuarantined(t *testing.T) {
+	_, client, sbURL := startSandbox(t, sandbox.CallbackPolicy{})
+	orders := newHook(t)
+	base, logs := startRunWith(t, sandboxConfig(t, sbURL, orders.URL), relayEnv(t.TempDir()))
+	natsURL := logs.field(t, "embedded nats started", "client_url")
+	waitReady(t, base)
+	tx, err := client.CreateRetail(context.Background(), sengo.RetailRequest{Reference: "INV-2002", PhoneNumber: "0812", Channel: "alfamart", Amount: 50000, ViewName: "Toko"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := bytes.Replace(tx.Raw, []byte(`"status":"pending"`), []byte(`"status":"success"`), 1)
+	forged = append(append([]byte(`{"responseCode":200,"responseMessage":"success","responseData":`), forged...), '}')
+	if code := post(t, base+"/callbacks/sengo/main", forged); code != 200 {
+		t.Fatalf("the forged callback is stored first (it may be real): %d", code)
+	}
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	var q []*jetstream.RawStreamMsg
+	eventually(t, "the quarantine", func() bool { q = natstest.Messages(t, js, event.StreamQuarantine); return len(q) == 1 })
+	if reason := q[0].Header.Get(event.HeaderReason); !strings.Contains(reason, "SenGo says pending") {
+		t.Fatalf("reason %q", reason)
+	}
+	var sengoSide struct{ Status string }
+	if err := json.Unmarshal([]byte(q[0].Header.Get(receiver.HeaderAPIObject)), &sengoSide); err != nil || sengoSide.Status != "pending" {
+		t.Fatalf("SenGo's version not kept: %q", q[0].Header.Get(receiver.HeaderAPIObject))
+	}
+	if evs := natstest.Messages(t, js, event.StreamEvents); len(evs) != 0 {
+		t.Fatalf("%d events published for a forged callback", len(evs))
+	}
+	if n := len(orders.received()); n != 0 {
+		t.Fatalf("the consumer received %d", n)
+	}
+}
+
+// With the relay stopped, three transactions are paid in a sandbox that
+// never retries callbacks; once the relay starts, reconciliation delivers
+// all three exactly once, and a second run finds nothing missing.
+func TestReconcileAfterDowntime(t *testing.T) {
+	sb, client, sbURL := startSandbox(t, sandbox.CallbackPolicy{Retries: 0})
+	orders := newHook(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // the relay is down: callbacks to it are refused
+	var ids []string
+	for i := range 3 {
+		tx, err := client.CreateVirtualAccount(context.Background(), sengo.VirtualAccountRequest{
+			Reference: fmt.Sprintf("VA-%d", i), BankCode: "014", ViewName: "Toko", Type: "ClosedAmount", Amount: 15000,
+			AdditionalInfo: sengo.AdditionalInfo{Callback: "http://" + addr + "/callbacks/sengo/main"},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, tx.ID)
+	}
+	eventually(t, "three failed callbacks", func() bool { return len(sb.Sent()) == 3 })
+	for _, s := range sb.Sent() {
+		if s.Error == "" {
+			t.Fatalf("a callback reached a stopped relay: %+v", s)
+		}
+	}
+
+	cfg := sandboxConfig(t, sbURL, orders.URL)
+	base, logs := startRunWith(t, cfg, relayEnv(t.TempDir(), "SENGO_RELAY_HTTP_LISTEN="+addr))
+	natsURL := logs.field(t, "embedded nats started", "client_url")
+	waitReady(t, base)
+	eventually(t, "three webhooks from reconciliation", func() bool { return len(orders.received()) >= 3 })
+	eventually(t, "the relay to settle", func() bool {
+		m := metricsText(t, base)
+		return strings.Contains(m, "sengo_relay_inbox_pending 0") && strings.Contains(m, `sengo_relay_endpoint_pending{endpoint="orders"} 0`)
+	})
+	got := map[string]int{}
+	for _, ev := range orders.events(t) {
+		got[ev.Data.TransactionID]++
+		if !ev.Data.Confirmed {
+			t.Errorf("reconciled event not confirmed: %+v", ev.Data)
+		}
+	}
+	for _, id := range ids {
+		if got[id] != 1 {
+			t.Errorf("transaction %s delivered %d times, want 1", id, got[id])
+		}
+	}
+	t.Setenv("SENGO_RELAY_NATS_URL", natsURL)
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"reconcile", "--config", cfg}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "3 checked, 0 missing, 0 fed") {
+		t.Fatalf("second reconciliation: %s", out.String())
+	}
+}
