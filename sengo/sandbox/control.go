@@ -181,7 +181,7 @@ func (s *Server) sendCallback(url string, obj object) {
 		s.mu.Lock()
 		p := s.policy
 		s.mu.Unlock()
-		body, _ := verify.PHPJSON(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": obj})
+		body, _ := verify.PHPJSON(envelope{ResponseCode: 200, ResponseMessage: "success", ResponseData: obj})
 		if p.Drop {
 			s.log(Sent{TransactionID: obj.ID, Status: obj.Status, URL: url, Dropped: true, At: s.now()})
 			return

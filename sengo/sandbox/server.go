@@ -233,10 +233,17 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, h func(*http.R
 	writeEnvelope(w, ae.status, ae.code, map[string]string{"message": ae.msg})
 }
 
+// envelope is SenGo's response envelope, keys in SenGo's order.
+type envelope struct {
+	ResponseCode    int    `json:"responseCode"`
+	ResponseMessage string `json:"responseMessage"`
+	ResponseData    any    `json:"responseData"`
+}
+
 func writeEnvelope(w http.ResponseWriter, status int, message string, data any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	b, _ := verify.PHPJSON(map[string]any{"responseCode": status, "responseMessage": message, "responseData": data})
+	b, _ := verify.PHPJSON(envelope{ResponseCode: status, ResponseMessage: message, ResponseData: data})
 	_, _ = w.Write(b)
 }
 

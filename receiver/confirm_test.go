@@ -1,0 +1,58 @@
+package receiver
+
+import (
+	"context"
+	"encoding/json"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/sengo"
+	"github.com/sengo-relay/sengo-relay/sengo/sandbox"
+)
+
+// A late pending callback for a transaction SenGo already reports as
+// paid publishes SenGo's status, confirmed, with the reason recorded.
+func TestConfirmationTakesSenGosStatus(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(sb.Handler())
+	defer func() { hs.Close(); sb.Close() }()
+	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.ConfirmAttempts = 2
+	})
+	tx, err := client.CreateQRIS(context.Background(), sengo.QRISRequest{Reference: "Q-9", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
+		t.Fatal(err)
+	}
+	late := append(append([]byte(`{"responseData":`), tx.Raw...), '}') // still says pending
+	if resp, _ := h.post("/callbacks/sengo/main", late); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "intake idle", h.intakeIdle)
+	evs := h.events()
+	if len(evs) != 1 || evs[0].Data.Status != event.StatusSuccess || !evs[0].Data.Confirmed {
+		t.Fatalf("events %+v", evs)
+	}
+	kv, _ := h.js.KeyValue(t.Context(), event.BucketTx)
+	e, err := kv.Get(t.Context(), txKey("main", tx.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st txState
+	json.Unmarshal(e.Value(), &st)
+	if len(st.History) != 1 || !strings.Contains(st.History[0].Note, "callback said pending; SenGo's API says success") {
+		t.Fatalf("history %+v", st.History)
+	}
+	if n := h.intakeCount("main", "published"); n != 1 {
+		t.Fatalf("published %v", n)
+	}
+}
