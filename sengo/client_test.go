@@ -158,7 +158,10 @@ func TestSandboxRejections(t *testing.T) {
 			}
 			return sengo.ErrUnauthorized
 		}, sengo.ErrUnauthorized, 0},
-		{"ip not allowed", func() error { _, err := sengo.NewClient(base, "SC-FENCED", "fenced-token-000000000000").Balance(ctx); return err }, sengo.ErrIPNotAllowed, 403},
+		{"ip not allowed", func() error {
+			_, err := sengo.NewClient(base, "SC-FENCED", "fenced-token-000000000000").Balance(ctx)
+			return err
+		}, sengo.ErrIPNotAllowed, 403},
 		{"insufficient balance", func() error {
 			_, err := sengo.NewClient(base, key, token).Disburse(ctx, sengo.DisbursementRequest{Reference: "BIG", BankCode: "014", RecipientAccount: "1", Amount: 5_000_000})
 			return err
