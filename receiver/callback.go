@@ -26,6 +26,9 @@ type callbackHandler struct {
 	cfg      Config
 	projects map[string]*Project
 	now      func() time.Time
+	// slots caps callbacks in flight (nil: no cap). A full cap rejects at
+	// once, so a flood never queues up memory or NATS requests.
+	slots chan struct{}
 }
 
 func newCallbackHandler(cfg Config) *callbackHandler {
@@ -35,6 +38,9 @@ func newCallbackHandler(cfg Config) *callbackHandler {
 	}
 	if h.now == nil {
 		h.now = time.Now
+	}
+	if cfg.MaxInFlight > 0 {
+		h.slots = make(chan struct{}, cfg.MaxInFlight)
 	}
 	return h
 }
@@ -54,7 +60,14 @@ func (h *callbackHandler) serve(c echo.Context) error {
 	if _, ok := h.projects[project]; !ok {
 		label = "unknown" // bounded label values, whatever callers send
 	}
-	res, err := h.handle(c, project)
+	var res accepted
+	var err error
+	if h.acquire() {
+		defer h.release()
+		res, err = h.handle(c, project)
+	} else {
+		err = ErrOverloaded
+	}
 	outcome := res.Status
 	if err != nil {
 		_, outcome = classify(err)
@@ -64,6 +77,24 @@ func (h *callbackHandler) serve(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, res)
+}
+
+func (h *callbackHandler) acquire() bool {
+	if h.slots == nil {
+		return true
+	}
+	select {
+	case h.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (h *callbackHandler) release() {
+	if h.slots != nil {
+		<-h.slots
+	}
 }
 
 // handle runs the checks in the documented order: content type, size,

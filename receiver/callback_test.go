@@ -24,7 +24,7 @@ const (
 	callbackToken = "cb-token-not-for-logs-0123456789"
 )
 
-func mustAllow(t *testing.T, cidrs ...string) verify.IPAllowlist {
+func mustAllow(t testing.TB, cidrs ...string) verify.IPAllowlist {
 	t.Helper()
 	l, err := verify.ParseIPAllowlist(cidrs)
 	if err != nil {
@@ -33,7 +33,7 @@ func mustAllow(t *testing.T, cidrs ...string) verify.IPAllowlist {
 	return l
 }
 
-func testProjects(t *testing.T) []Project {
+func testProjects(t testing.TB) []Project {
 	return []Project{
 		{Name: "main"},
 		{Name: "tokened", CallbackToken: callbackToken},

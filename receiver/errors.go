@@ -23,6 +23,7 @@ var (
 	ErrForbidden            = errors.New("forbidden")
 	ErrStoreUnavailable     = errors.New("store unavailable, retry later")
 	ErrNotReady             = errors.New("not ready")
+	ErrOverloaded           = errors.New("too many callbacks in flight, retry later")
 )
 
 // errorTable maps error kinds to HTTP answers, first match wins. It is the
@@ -44,6 +45,7 @@ var errorTable = []struct {
 	{sengo.ErrInvalid, http.StatusUnprocessableEntity, "invalid_notification"},
 	{ErrStoreUnavailable, http.StatusServiceUnavailable, "store_unavailable"},
 	{ErrNotReady, http.StatusServiceUnavailable, "not_ready"},
+	{ErrOverloaded, http.StatusServiceUnavailable, "overloaded"},
 }
 
 // errorBody is the JSON answer to every rejected request.

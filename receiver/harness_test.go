@@ -23,10 +23,11 @@ import (
 
 // harness is a receiver and (optionally) intake on a real JetStream.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	nats    *natstest.Server
 	js      jetstream.JetStream
 	http    *httptest.Server
+	app     http.Handler
 	metrics *Metrics
 	logs    *syncBuffer
 	cfg     Config
@@ -54,7 +55,7 @@ func testSpec() stream.Spec {
 
 // newHarness starts NATS, provisions the streams and serves the receiver
 // over httptest. With runIntake, intake workers run until the test ends.
-func newHarness(t *testing.T, runIntake bool, opts ...option) *harness {
+func newHarness(t testing.TB, runIntake bool, opts ...option) *harness {
 	t.Helper()
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
@@ -82,7 +83,8 @@ func newHarness(t *testing.T, runIntake bool, opts ...option) *harness {
 	for _, o := range opts {
 		o(&h.cfg, &icfg)
 	}
-	h.http = httptest.NewServer(New(h.cfg))
+	h.app = New(h.cfg)
+	h.http = httptest.NewServer(h.app)
 	t.Cleanup(h.http.Close)
 	if runIntake {
 		in, err := NewIntake(context.Background(), icfg)
@@ -143,7 +145,7 @@ func (h *harness) events() []event.Event {
 	return readEvents(h.t, h.js)
 }
 
-func readEvents(t *testing.T, js jetstream.JetStream) []event.Event {
+func readEvents(t testing.TB, js jetstream.JetStream) []event.Event {
 	t.Helper()
 	var out []event.Event
 	for _, m := range natstest.Messages(t, js, event.StreamEvents) {
@@ -159,7 +161,7 @@ func readEvents(t *testing.T, js jetstream.JetStream) []event.Event {
 	return out
 }
 
-func eventually(t *testing.T, what string, cond func() bool) { t.Helper(); poll.Until(t, what, cond) }
+func eventually(t testing.TB, what string, cond func() bool) { t.Helper(); poll.Until(t, what, cond) }
 
 // intakeIdle reports whether intake has finished every message the inbox
 // holds. It compares the consumer's ack floor with the stream's last

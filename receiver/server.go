@@ -42,9 +42,12 @@ type Project struct {
 
 // Config configures the HTTP application.
 type Config struct {
-	Projects       []Project
-	JetStream      jetstream.JetStream
-	MaxBodyBytes   int64
+	Projects     []Project
+	JetStream    jetstream.JetStream
+	MaxBodyBytes int64
+	// MaxInFlight caps callbacks handled at once; beyond it the answer is
+	// 503 overloaded with Retry-After (SenGo may retry). 0: no cap.
+	MaxInFlight    int
 	PublishTimeout time.Duration
 	RetryAfter     time.Duration
 	// TrustedProxies are the peers whose X-Forwarded-For is believed.

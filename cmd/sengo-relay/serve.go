@@ -79,6 +79,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		Projects:       projects,
 		JetStream:      js,
 		MaxBodyBytes:   cfg.HTTP.MaxBodyBytes,
+		MaxInFlight:    cfg.HTTP.MaxInFlight,
 		PublishTimeout: cfg.HTTP.PublishTimeout.D(),
 		RetryAfter:     cfg.HTTP.RetryAfter.D(),
 		TrustedProxies: trusted,

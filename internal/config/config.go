@@ -37,6 +37,7 @@ type Log struct {
 type HTTP struct {
 	Listen            string   `yaml:"listen"`
 	MaxBodyBytes      int64    `yaml:"max_body_bytes"`
+	MaxInFlight       int      `yaml:"max_in_flight"`
 	PublishTimeout    Duration `yaml:"publish_timeout"`
 	RetryAfter        Duration `yaml:"retry_after"`
 	TrustedProxies    []string `yaml:"trusted_proxies"`
@@ -166,6 +167,7 @@ func Default() Config {
 		HTTP: HTTP{
 			Listen:            ":8080",
 			MaxBodyBytes:      64 << 10,
+			MaxInFlight:       1024,
 			PublishTimeout:    Duration(5 * time.Second),
 			RetryAfter:        Duration(5 * time.Second),
 			ReadHeaderTimeout: Duration(5 * time.Second),
@@ -244,6 +246,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HTTP.PublishTimeout >= c.HTTP.WriteTimeout {
 		bad("http.publish_timeout (%s) must be shorter than http.write_timeout (%s)", c.HTTP.PublishTimeout, c.HTTP.WriteTimeout)
+	}
+	if c.HTTP.MaxInFlight < 0 {
+		bad("http.max_in_flight: must not be negative (0: no cap)")
 	}
 	for _, p := range c.HTTP.TrustedProxies {
 		if _, err := verify.ParsePrefix(p); err != nil {

@@ -1,0 +1,146 @@
+package receiver
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/fixtures"
+)
+
+// serveWithTimeouts serves the receiver with the server timeouts `serve` uses.
+func serveWithTimeouts(t *testing.T, h *harness) string {
+	srv := httptest.NewUnstartedServer(New(h.cfg))
+	srv.Config.ReadHeaderTimeout = 300 * time.Millisecond
+	srv.Config.ReadTimeout = 2 * time.Second
+	srv.Config.WriteTimeout = 5 * time.Second
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// Malformed, huge, slow and deeply nested requests get their documented
+// answers, store nothing, and the service keeps answering meanwhile.
+func TestAbuseKeepsServiceResponsive(t *testing.T) {
+	h := newHarness(t, false)
+	base := serveWithTimeouts(t, h)
+	healthy := func() {
+		t.Helper()
+		resp, err := http.Get(base + "/healthz")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("healthz during abuse: %v %v", err, resp)
+		}
+		resp.Body.Close()
+	}
+
+	// Slowloris: headers trickle in; the server hangs up at ReadHeaderTimeout.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "POST /callbacks/sengo/main HTTP/1.1\r\nHost: x\r\n")
+	healthy()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	_, err = bufio.NewReader(conn).ReadString('\n')
+	if err == nil {
+		// The server may answer 408 before closing; either way it must end it.
+		_, err = io.ReadAll(conn)
+	}
+	if waited := time.Since(start); waited > 3*time.Second {
+		t.Fatalf("slow headers held the connection for %s", waited)
+	}
+
+	huge := bytes.Repeat([]byte("x"), 10<<20)
+	nested := append(bytes.Repeat([]byte("["), 200000), bytes.Repeat([]byte("]"), 200000)...)
+	nestedSmall := append(bytes.Repeat([]byte("["), 30000), bytes.Repeat([]byte("]"), 30000)...) // under the size limit
+	deepObject := []byte(`{"responseData":` + strings.Repeat(`{"a":`, 5000) + "1" + strings.Repeat("}", 5000) + "}")
+	tests := []struct {
+		name    string
+		body    io.Reader
+		ctype   string
+		status  int
+		chunked bool
+	}{
+		{"10 MiB announced", bytes.NewReader(huge), "application/json", 413, false},
+		{"10 MiB chunked", io.MultiReader(bytes.NewReader(huge)), "application/json", 413, true},
+		{"deeply nested array", bytes.NewReader(nested), "application/json", 413, false},
+		{"deeply nested array under the limit", bytes.NewReader(nestedSmall), "application/json", 400, false},
+		{"deeply nested object", bytes.NewReader(deepObject), "application/json", 422, false},
+		{"binary garbage", bytes.NewReader([]byte{0, 1, 2, 0xff, 0xfe}), "application/json", 400, false},
+		{"truncated fixture", bytes.NewReader(fixtures.Body("callback-va-success")[:100]), "application/json", 400, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodPost, base+"/callbacks/sengo/main", tt.body)
+			req.Header.Set("Content-Type", tt.ctype)
+			start := time.Now()
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				// Rejecting early can close the connection while a big body
+				// is still being sent; that is an answer too.
+				if !strings.Contains(err.Error(), "connection reset") && !strings.Contains(err.Error(), "broken pipe") {
+					t.Fatal(err)
+				}
+			} else {
+				resp.Body.Close()
+				if resp.StatusCode != tt.status {
+					t.Fatalf("status %d, want %d", resp.StatusCode, tt.status)
+				}
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Fatalf("took %s", d)
+			}
+			healthy()
+		})
+	}
+	if n := h.msgs(event.StreamInbox); n != 0 {
+		t.Fatalf("abuse stored %d messages", n)
+	}
+}
+
+// Beyond max_in_flight, callbacks are refused at once with 503 and
+// Retry-After rather than queued.
+func TestMaxInFlight(t *testing.T) {
+	h := newHarness(t, false, func(c *Config, _ *IntakeConfig) { c.MaxInFlight = 1 })
+	// Hold the only slot with a body that arrives slowly.
+	pr, pw := io.Pipe()
+	first := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, h.http.URL+"/callbacks/sengo/main", pr)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			first <- 0
+			return
+		}
+		resp.Body.Close()
+		first <- resp.StatusCode
+	}()
+	body := fixtures.Body("callback-va-success")
+	pw.Write(body[:10]) // the handler is now reading this body
+	var resp *http.Response
+	eventually(t, "a callback refused for overload", func() bool {
+		resp, _ = h.post("/callbacks/sengo/main", fixtures.Body("callback-qris-success"))
+		return resp.StatusCode == 503
+	})
+	if resp.Header.Get("Retry-After") == "" {
+		t.Fatal("no Retry-After")
+	}
+	pw.Write(body[10:])
+	pw.Close()
+	if code := <-first; code != 200 {
+		t.Fatalf("the held callback got %d", code)
+	}
+	if resp, _ := h.post("/callbacks/sengo/main", fixtures.Body("callback-qris-success")); resp.StatusCode != 200 {
+		t.Fatalf("after the slot freed: %d", resp.StatusCode)
+	}
+}
