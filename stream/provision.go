@@ -45,9 +45,17 @@ type Spec struct {
 	Buckets  []BucketSpec
 }
 
+// itemTimeouts are the deadlines of the tries of one create-or-update
+// call. On a cluster, two relays creating the same R3 stream at the same
+// moment can leave one request unanswered; a short first deadline keeps
+// that cheap, and the retry finds the stream and updates it at once.
+// Longer later deadlines leave room for a genuinely slow cluster.
+var itemTimeouts = []time.Duration{2 * time.Second, 5 * time.Second, 10 * time.Second}
+
 // Provision creates each stream and bucket of spec, or updates it in place
 // when it exists: messages and consumers survive a configuration change.
-// It reports every failure, not only the first.
+// Each item has its own deadline and a few tries, so relays starting
+// together converge. It reports every failure, not only the first.
 func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 	var errs []error
 	for _, s := range spec.Streams {
@@ -65,7 +73,8 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			Discard:     jetstream.DiscardOld,
 			AllowDirect: true,
 		}
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+		err := try(ctx, func(ctx context.Context) error { _, err := js.CreateOrUpdateStream(ctx, cfg); return err })
+		if err != nil {
 			errs = append(errs, fmt.Errorf("provision stream %s: %w", s.Name, err))
 		}
 	}
@@ -78,11 +87,26 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			Storage:     spec.Storage,
 			Replicas:    spec.Replicas,
 		}
-		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+		err := try(ctx, func(ctx context.Context) error { _, err := js.CreateOrUpdateKeyValue(ctx, cfg); return err })
+		if err != nil {
 			errs = append(errs, fmt.Errorf("provision bucket %s: %w", b.Name, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// try runs op with growing deadlines, again after a timeout.
+func try(ctx context.Context, op func(context.Context) error) error {
+	var err error
+	for _, d := range itemTimeouts {
+		ictx, cancel := context.WithTimeout(ctx, d)
+		err = op(ictx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+	}
+	return err
 }
 
 // Check reports whether every stream and bucket of spec exists.

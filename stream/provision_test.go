@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
@@ -75,6 +76,32 @@ func TestProvisionReportsEveryFailure(t *testing.T) {
 	for _, name := range []string{"T_INBOX", "T_OTHER", "T_TX"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error does not name %s: %v", name, err)
+		}
+	}
+}
+
+// Two relays starting together on a cluster both provision the same R3
+// streams and buckets; both must succeed promptly.
+func TestConcurrentProvisionOnCluster(t *testing.T) {
+	c := natstest.StartCluster(t, 3)
+	sp := spec(time.Hour)
+	sp.Replicas = 3
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			nc, err := nats.Connect(c.URL())
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer nc.Close()
+			js, _ := jetstream.New(nc)
+			errs <- stream.Provision(context.Background(), js, sp)
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("concurrent provisioning: %v", err)
 		}
 	}
 }

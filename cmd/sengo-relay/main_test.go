@@ -339,14 +339,15 @@ func startProcess(t *testing.T, dataDir string, extraEnv ...string) *relayProces
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	p := &relayProcess{cmd: cmd, logs: watchLogs(out)}
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		if t.Failed() && stderr.String() != "" {
-			t.Logf("relay stderr:\n%s", stderr.String())
+		if t.Failed() {
+			lines := strings.Split(p.logs.text(), "\n")
+			t.Logf("relay stderr:\n%s\nrelay log (last lines):\n%s", stderr.String(), strings.Join(lines[max(0, len(lines)-15):], "\n"))
 		}
 	})
-	p := &relayProcess{cmd: cmd, logs: watchLogs(out)}
 	p.base = "http://" + p.logs.field(t, "http listening", "addr")
 	return p
 }

@@ -256,9 +256,7 @@ func provision(ctx context.Context, js jetstream.JetStream, spec stream.Spec, lo
 	b.MaxInterval = 10 * time.Second
 	b.MaxElapsedTime = 0
 	return backoff.RetryNotify(func() error {
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		err := stream.Provision(pctx, js, spec)
+		err := stream.Provision(ctx, js, spec) // each item has its own deadline
 		if ctx.Err() != nil {
 			return backoff.Permanent(ctx.Err())
 		}

@@ -12,10 +12,17 @@ const Deadline = 30 * time.Second
 // fails the test if that takes longer than Deadline.
 func Until(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(Deadline)
+	Within(t, Deadline, what, cond)
+}
+
+// Within is Until with its own deadline, for outcomes that legitimately
+// take long (an ack wait after a crash, a leader election).
+func Within(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", Deadline, what)
+			t.Fatalf("timed out after %s waiting for %s", d, what)
 		}
 		time.Sleep(10 * time.Millisecond) // polling interval, not a wait for an outcome
 	}
