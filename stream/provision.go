@@ -70,7 +70,11 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			Duplicates:  s.Limits.Duplicates,
 			MaxBytes:    orUnlimited(s.Limits.MaxBytes),
 			MaxMsgs:     -1,
-			Discard:     jetstream.DiscardOld,
+			// A full stream refuses new writes (the callback gets 503, SenGo
+			// may retry) instead of silently dropping its oldest messages,
+			// which could be notifications not yet processed or events not
+			// yet delivered. Age limits still expire old messages.
+			Discard: jetstream.DiscardNew,
 			AllowDirect: true,
 		}
 		err := try(ctx, func(ctx context.Context) error { _, err := js.CreateOrUpdateStream(ctx, cfg); return err })

@@ -285,7 +285,9 @@ func TestServeEndToEnd(t *testing.T) {
 // produce their events once.
 func TestNATSOutage(t *testing.T) {
 	srv := natstest.Start(t)
-	base, _, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_NATS_URL="+srv.URL(), "SENGO_RELAY_HTTP_PUBLISH_TIMEOUT=1s"))
+	orders := newHook(t)
+	base, _ := startRunWith(t, writeConfig(t, endpointYAML("orders", orders.URL, "1s")),
+		relayEnv(t.TempDir(), "SENGO_RELAY_NATS_URL="+srv.URL(), "SENGO_RELAY_HTTP_PUBLISH_TIMEOUT=1s", "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0"))
 	waitReady(t, base)
 	first := fixtures.Body("callback-va-success")
 	if code := post(t, base+"/callbacks/sengo/main", first); code != 200 {
@@ -314,8 +316,19 @@ func TestNATSOutage(t *testing.T) {
 	}
 	eventually(t, "4 events", func() bool { return len(storedEvents(t, srv.URL())) >= 4 })
 	evs := storedEvents(t, srv.URL())
-	if len(uniqueIDs(t, evs)) != 4 || len(evs) != 4 {
+	ids := uniqueIDs(t, evs)
+	if len(ids) != 4 || len(evs) != 4 {
 		t.Fatalf("%d events after recovery, want 4 distinct", len(evs))
+	}
+	eventually(t, "4 webhooks", func() bool { return len(orders.received()) >= 4 })
+	delivered := map[string]int{}
+	for _, id := range orders.received() {
+		delivered[id]++
+	}
+	for id := range ids {
+		if delivered[id] != 1 {
+			t.Errorf("event %s delivered %d times, want once", id, delivered[id])
+		}
 	}
 }
 
