@@ -74,7 +74,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			// may retry) instead of silently dropping its oldest messages,
 			// which could be notifications not yet processed or events not
 			// yet delivered. Age limits still expire old messages.
-			Discard: jetstream.DiscardNew,
+			Discard:     jetstream.DiscardNew,
 			AllowDirect: true,
 		}
 		err := try(ctx, func(ctx context.Context) error { _, err := js.CreateOrUpdateStream(ctx, cfg); return err })
