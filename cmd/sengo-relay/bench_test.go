@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -86,4 +87,34 @@ func BenchmarkEndToEnd(b *testing.B) {
 	b.ReportMetric(ms(0.50), "p50-ms")
 	b.ReportMetric(ms(0.99), "p99-ms")
 	b.ReportMetric(rate, "callbacks/s")
+}
+
+// The bench command runs every scenario and reports them (tiny settings:
+// this checks the command works, not the numbers).
+func TestBenchCommand(t *testing.T) {
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"bench", "--duration", "300ms", "--deliveries", "200", "--rate", "100", "--concurrency", "8", "--json"}, &out, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r struct {
+		Results []struct {
+			Name      string
+			PerSecond float64
+			Errors    int64
+		}
+		Ratios       map[string]float64
+		PeakRSSBytes uint64
+	}
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if len(r.Results) != 5 || r.Ratios["endpoint / raw publish"] <= 0 || r.PeakRSSBytes == 0 {
+		t.Fatalf("report %+v", r)
+	}
+	for _, res := range r.Results {
+		if res.PerSecond <= 0 || res.Errors != 0 {
+			t.Errorf("%s: %v/s, %d errors", res.Name, res.PerSecond, res.Errors)
+		}
+	}
 }

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/sengo-relay/sengo-relay/internal/bench"
+	"github.com/sengo-relay/sengo-relay/internal/config"
+)
+
+// runBench is `sengo-relay bench`.
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	conc := fs.Int("concurrency", 64, "connections/goroutines of the closed-loop scenarios")
+	dur := fs.Duration("duration", 10*time.Second, "duration of each scenario")
+	payload := fs.Int("payload", 700, "callback body size in bytes")
+	rate := fs.Int("rate", 500, "callbacks per second of the end-to-end and soak runs")
+	n := fs.Int("deliveries", 20000, "events the dispatcher scenario delivers")
+	sync := fs.String("sync-interval", "", `embedded JetStream fsync: a duration, "always", or empty for the default`)
+	natsURL := fs.String("nats-url", "", "measure against this NATS server or cluster instead of the embedded one")
+	replicas := fs.Int("replicas", 1, "stream replicas (3 needs --nats-url to a cluster)")
+	soak := fs.Duration("soak", 0, "after the scenarios, run end to end at --rate this long and watch for drift (e.g. 10m)")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg := config.Default()
+	cfg.NATS.URL, cfg.NATS.Replicas = *natsURL, *replicas
+	if *replicas > 1 && *natsURL == "" {
+		return fmt.Errorf("--replicas %d needs --nats-url to a cluster", *replicas)
+	}
+	bc := bench.Config{Concurrency: *conc, Duration: *dur, Payload: *payload, Rate: *rate, Deliveries: *n, Soak: *soak,
+		NATSURL: *natsURL, Spec: provisionSpec(cfg), Progress: stderr}
+	switch *sync {
+	case "":
+	case "always":
+		bc.SyncAlways = true
+	default:
+		d, err := time.ParseDuration(*sync)
+		if err != nil {
+			return fmt.Errorf("--sync-interval: %w", err)
+		}
+		bc.SyncInterval = d
+	}
+	r, err := bench.Run(ctx, bc)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	r.Table(stdout)
+	return nil
+}
