@@ -20,21 +20,27 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	dur := fs.Duration("duration", 10*time.Second, "duration of each scenario")
 	payload := fs.Int("payload", 700, "callback body size in bytes")
 	rate := fs.Int("rate", 500, "callbacks per second of the end-to-end and soak runs")
+	endpointRate := fs.Int("endpoint-rate", 2000, "callbacks per second of the fixed-rate endpoint-latency run")
 	n := fs.Int("deliveries", 20000, "events the dispatcher scenario delivers")
 	sync := fs.String("sync-interval", "", `embedded JetStream fsync: a duration, "always", or empty for the default`)
 	natsURL := fs.String("nats-url", "", "measure against this NATS server or cluster instead of the embedded one")
 	replicas := fs.Int("replicas", 1, "stream replicas (3 needs --nats-url to a cluster)")
 	soak := fs.Duration("soak", 0, "after the scenarios, run end to end at --rate this long and watch for drift (e.g. 10m)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	dupWindow := fs.Duration("duplicate-window", 0, "override the inbox and events duplicate windows (default: the configuration's)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	cfg := config.Default()
 	cfg.NATS.URL, cfg.NATS.Replicas = *natsURL, *replicas
+	if *dupWindow > 0 {
+		cfg.Streams.Inbox.DuplicateWindow = config.Duration(*dupWindow)
+		cfg.Streams.Events.DuplicateWindow = config.Duration(*dupWindow)
+	}
 	if *replicas > 1 && *natsURL == "" {
 		return fmt.Errorf("--replicas %d needs --nats-url to a cluster", *replicas)
 	}
-	bc := bench.Config{Concurrency: *conc, Duration: *dur, Payload: *payload, Rate: *rate, Deliveries: *n, Soak: *soak,
+	bc := bench.Config{Concurrency: *conc, Duration: *dur, Payload: *payload, Rate: *rate, EndpointRate: *endpointRate, Deliveries: *n, Soak: *soak,
 		NATSURL: *natsURL, Spec: provisionSpec(cfg), Progress: stderr}
 	switch *sync {
 	case "":

@@ -2,9 +2,9 @@ package main
 
 import (
 	"bytes"
-	"io"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -93,7 +93,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 // this checks the command works, not the numbers).
 func TestBenchCommand(t *testing.T) {
 	var out bytes.Buffer
-	err := run(t.Context(), []string{"bench", "--duration", "300ms", "--deliveries", "200", "--rate", "100", "--concurrency", "8", "--json"}, &out, io.Discard)
+	err := run(t.Context(), []string{"bench", "--duration", "300ms", "--deliveries", "200", "--rate", "100", "--endpoint-rate", "100", "--concurrency", "8", "--json"}, &out, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestBenchCommand(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
 		t.Fatalf("%v: %s", err, out.String())
 	}
-	if len(r.Results) != 5 || r.Ratios["endpoint / raw publish"] <= 0 || r.PeakRSSBytes == 0 {
+	if len(r.Results) != 6 || r.Ratios["endpoint / raw publish"] <= 0 || r.PeakRSSBytes == 0 {
 		t.Fatalf("report %+v", r)
 	}
 	for _, res := range r.Results {

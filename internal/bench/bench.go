@@ -35,8 +35,10 @@ type Config struct {
 	Duration    time.Duration // per scenario
 	Payload     int           // callback body size in bytes (padded)
 	Rate        int           // callbacks per second of the end-to-end and soak runs
-	Deliveries  int           // events the dispatcher scenario delivers
-	Soak        time.Duration // 0: no soak
+	// EndpointRate is the fixed rate of the endpoint-latency scenario.
+	EndpointRate int
+	Deliveries   int           // events the dispatcher scenario delivers
+	Soak         time.Duration // 0: no soak
 	// Store: the embedded server (empty NATSURL) with SyncInterval/SyncAlways,
 	// or an external server or cluster; Spec sets replicas and limits.
 	NATSURL      string
@@ -83,7 +85,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		Machine:   fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU()),
 		GoVersion: runtime.Version(),
 		Config: map[string]string{
-			"concurrency": strconv.Itoa(cfg.Concurrency), "duration": cfg.Duration.String(),
+			"concurrency": strconv.Itoa(cfg.Concurrency), "duration": cfg.Duration.String(), "endpointRate": strconv.Itoa(cfg.EndpointRate),
 			"payload": strconv.Itoa(cfg.Payload), "rate": strconv.Itoa(cfg.Rate),
 			"store": storeName(cfg), "replicas": strconv.Itoa(cfg.Spec.Replicas),
 		},
@@ -96,6 +98,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		{"raw JetStream sync publish", rawPublish},
 		{"raw Echo handler (reads body)", rawEcho},
 		{"relay callback endpoint", relayEndpoint},
+		{"relay endpoint at a fixed rate (full relay running)", endpointAtRate},
 		{"end to end: accepted → webhook received", endToEnd},
 		{"dispatcher deliveries to a local consumer", deliveries},
 	}
@@ -115,7 +118,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			fmt.Fprintf(cfg.Progress, "bench: %-45s %10.0f/s  p50 %.2fms  p99 %.2fms\n", res.Name, res.PerSecond, res.P50Millis, res.P99Millis)
 		}
 	}
-	if raw, ep := r.Results[0].PerSecond, r.Results[2].PerSecond; raw > 0 {
+	if raw, ep := r.Results[0].PerSecond, r.Results[2].PerSecond; raw > 0 && ep > 0 {
 		r.Ratios["endpoint / raw publish"] = ep / raw
 	}
 	if echoRate, ep := r.Results[1].PerSecond, r.Results[2].PerSecond; echoRate > 0 {
@@ -357,6 +360,50 @@ func endToEnd(ctx context.Context, cfg Config, js jetstream.JetStream) (Result, 
 	s.elapsed, s.errors = cfg.Duration, failed.Load()+sent.Load()-s.ops
 	res := result(s, fmt.Sprintf("at a fixed %d callbacks/s", cfg.Rate))
 	res.PerSecond = float64(cfg.Rate)
+	return res, nil
+}
+
+// endpointAtRate offers callbacks at cfg.EndpointRate (open loop) to the
+// full relay (intake and a webhook endpoint running) and measures each
+// callback's answer time as the caller sees it.
+func endpointAtRate(ctx context.Context, cfg Config, js jetstream.JetStream) (Result, error) {
+	var l latencies
+	consumer := httptest.NewServer(l.handler())
+	defer consumer.Close()
+	m := receiver.NewMetrics(prometheus.NewRegistry())
+	stop, err := pipeline(ctx, js, consumer.URL, m)
+	if err != nil {
+		return Result{}, err
+	}
+	defer stop()
+	srv := httptest.NewServer(relay(js, m))
+	defer srv.Close()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	var mu sync.Mutex
+	var lat []time.Duration
+	var failed atomic.Int64
+	openLoop(ctx, cfg.EndpointRate, cfg.Duration, func(int) {
+		_, body := callback(cfg.Payload)
+		t0 := time.Now()
+		resp, err := client.Post(srv.URL+"/callbacks/sengo/bench", "application/json", bytes.NewReader(body))
+		d := time.Since(t0)
+		if err != nil {
+			failed.Add(1)
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			failed.Add(1)
+			return
+		}
+		mu.Lock()
+		lat = append(lat, d)
+		mu.Unlock()
+	})
+	slices.Sort(lat)
+	res := result(sample{ops: int64(len(lat)), errors: failed.Load(), elapsed: cfg.Duration, lat: lat}, fmt.Sprintf("callbacks offered at %d/s; answer time as SenGo sees it", cfg.EndpointRate))
+	res.PerSecond = float64(len(lat)) / cfg.Duration.Seconds()
 	return res, nil
 }
 

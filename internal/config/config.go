@@ -182,12 +182,12 @@ func Default() Config {
 			Embedded: Embedded{Listen: "127.0.0.1:4222", SyncInterval: "2m"},
 		},
 		Streams: Streams{
-			Inbox:        StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
-			Events:       StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
+			Inbox:        StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(10 * time.Minute)},
+			Events:       StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(10 * time.Minute)},
 			Quarantine:   StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
 			DLQ:          StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
 			Replay:       StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(24 * time.Hour)},
-			Transactions: Bucket{TTL: Duration(90 * 24 * time.Hour)},
+			Transactions: Bucket{TTL: Duration(14 * 24 * time.Hour)},
 		},
 		Intake: Intake{
 			Workers:         16,
@@ -281,6 +281,9 @@ func (c *Config) Validate() error {
 		if s.DuplicateWindow <= 0 || s.DuplicateWindow > s.MaxAge {
 			bad("streams.%s.duplicate_window: must be positive and at most max_age", name)
 		}
+	}
+	if c.Streams.Events.DuplicateWindow < c.Intake.RetryMax {
+		bad("streams.events.duplicate_window (%s) must be at least intake.retry_max (%s): an event published again after an intake retry must still be recognized", c.Streams.Events.DuplicateWindow, c.Intake.RetryMax)
 	}
 	if c.Streams.Inbox.MaxAge < c.Intake.RetryMax {
 		bad("streams.inbox.max_age must be at least intake.retry_max")

@@ -206,3 +206,12 @@ func TestSignatureModeDefault(t *testing.T) {
 		t.Errorf("explicit: %s", m)
 	}
 }
+
+// The events duplicate window must cover an intake retry, so a re-flushed
+// event is still recognized.
+func TestEventsDuplicateWindowCoversRetries(t *testing.T) {
+	_, err := Load(write(t, "streams: {events: {max_age: 720h, duplicate_window: 1m}}\nintake: {retry_max: 5m}\n"+minimal), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "streams.events.duplicate_window") {
+		t.Fatalf("err = %v", err)
+	}
+}
