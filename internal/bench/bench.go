@@ -296,6 +296,35 @@ func newWorker(ctx context.Context, js jetstream.JetStream, url string, conc int
 	})
 }
 
+// runningRelay is the whole relay (receiver, intake, one webhook endpoint)
+// with a consumer that records callback-to-webhook latencies.
+type runningRelay struct {
+	latencies latencies
+	srv       *httptest.Server // the receiver
+	consumer  *httptest.Server
+	stop      func()
+}
+
+func startRelay(ctx context.Context, js jetstream.JetStream) (*runningRelay, error) {
+	r := &runningRelay{}
+	r.consumer = httptest.NewServer(r.latencies.handler())
+	m := receiver.NewMetrics(prometheus.NewRegistry())
+	stop, err := pipeline(ctx, js, r.consumer.URL, m)
+	if err != nil {
+		r.consumer.Close()
+		return nil, err
+	}
+	r.stop = stop
+	r.srv = httptest.NewServer(relay(js, m))
+	return r, nil
+}
+
+func (r *runningRelay) close() {
+	r.srv.Close()
+	r.stop()
+	r.consumer.Close()
+}
+
 // latencies records callback-accepted → webhook-received per event.
 type latencies struct {
 	mu  sync.Mutex
@@ -327,17 +356,12 @@ func (l *latencies) take() sample {
 }
 
 func endToEnd(ctx context.Context, cfg Config, js jetstream.JetStream) (Result, error) {
-	var l latencies
-	consumer := httptest.NewServer(l.handler())
-	defer consumer.Close()
-	m := receiver.NewMetrics(prometheus.NewRegistry())
-	stop, err := pipeline(ctx, js, consumer.URL, m)
+	rl, err := startRelay(ctx, js)
 	if err != nil {
 		return Result{}, err
 	}
-	defer stop()
-	srv := httptest.NewServer(relay(js, m))
-	defer srv.Close()
+	defer rl.close()
+	l, srv := &rl.latencies, rl.srv
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	var sent, failed atomic.Int64
 	openLoop(ctx, cfg.Rate, cfg.Duration, func(int) {
@@ -367,17 +391,12 @@ func endToEnd(ctx context.Context, cfg Config, js jetstream.JetStream) (Result, 
 // full relay (intake and a webhook endpoint running) and measures each
 // callback's answer time as the caller sees it.
 func endpointAtRate(ctx context.Context, cfg Config, js jetstream.JetStream) (Result, error) {
-	var l latencies
-	consumer := httptest.NewServer(l.handler())
-	defer consumer.Close()
-	m := receiver.NewMetrics(prometheus.NewRegistry())
-	stop, err := pipeline(ctx, js, consumer.URL, m)
+	rl, err := startRelay(ctx, js)
 	if err != nil {
 		return Result{}, err
 	}
-	defer stop()
-	srv := httptest.NewServer(relay(js, m))
-	defer srv.Close()
+	defer rl.close()
+	srv := rl.srv
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	var mu sync.Mutex
 	var lat []time.Duration
@@ -450,17 +469,12 @@ func deliveries(ctx context.Context, cfg Config, js jetstream.JetStream) (Result
 // soak runs the end-to-end path at cfg.Rate for cfg.Soak and samples
 // memory, goroutines and latency every tenth of it.
 func soak(ctx context.Context, cfg Config, js jetstream.JetStream) ([]SoakSample, error) {
-	var l latencies
-	consumer := httptest.NewServer(l.handler())
-	defer consumer.Close()
-	m := receiver.NewMetrics(prometheus.NewRegistry())
-	stop, err := pipeline(ctx, js, consumer.URL, m)
+	rl, err := startRelay(ctx, js)
 	if err != nil {
 		return nil, err
 	}
-	defer stop()
-	srv := httptest.NewServer(relay(js, m))
-	defer srv.Close()
+	defer rl.close()
+	l, srv := &rl.latencies, rl.srv
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	window := cfg.Soak / 10
 	var out []SoakSample
