@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -154,28 +156,81 @@ func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	return srv.Shutdown(shut)
 }
 
-// sandboxControl is `sengo-relay sandbox pay|expire|fail ID`, `callbacks`, `transactions`.
+// sandboxControl is `sengo-relay sandbox pay|expire|fail ID`, `callbacks`,
+// `transactions` and `faults`.
 func sandboxControl(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	verb := args[0]
+	if verb == "faults" {
+		return sandboxFaults(ctx, args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("sandbox "+verb, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	url := fs.String("url", "http://127.0.0.1:8090", "the sandbox")
-	if err := fs.Parse(args[1:]); err != nil {
+	rest, id := args[1:], ""
+	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+		id, rest = rest[0], rest[1:] // the transaction id may come before the flags
+	}
+	if err := fs.Parse(rest); err != nil {
 		return err
+	}
+	if id == "" && fs.NArg() > 0 {
+		id = fs.Arg(0)
 	}
 	var method, path string
 	switch verb {
 	case "pay", "expire", "fail":
-		if fs.NArg() != 1 {
+		if id == "" {
 			return fmt.Errorf("usage: sengo-relay sandbox %s TRANSACTION_ID [--url URL]", verb)
 		}
-		method, path = http.MethodPost, "/sandbox/transactions/"+fs.Arg(0)+"/"+verb
+		method, path = http.MethodPost, "/sandbox/transactions/"+id+"/"+verb
 	case "callbacks", "transactions":
 		method, path = http.MethodGet, "/sandbox/"+verb
 	default:
-		return fmt.Errorf("unknown sandbox command %q (pay, expire, fail, callbacks, transactions)", verb)
+		return fmt.Errorf("unknown sandbox command %q (pay, expire, fail, callbacks, transactions, faults)", verb)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(*url, "/")+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	fmt.Fprintln(stdout, string(b))
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("sandbox answered %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// sandboxFaults is `sengo-relay sandbox faults`: change a running sandbox's
+// callback behaviour and inject API faults; with no flags, show them.
+func sandboxFaults(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sandbox faults", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("url", "http://127.0.0.1:8090", "the sandbox")
+	latency := fs.Duration("latency", 0, "delay every API answer")
+	fail500 := fs.Int("fail500", 0, "answer the next N API calls with 500")
+	retries := fs.Int("callback-retries", 0, "retries of a failed callback (0: never retries)")
+	retryDelay := fs.Duration("callback-retry-delay", 5*time.Second, "delay between callback retries")
+	dups := fs.Int("callback-duplicates", 0, "send every callback this many extra times")
+	drop := fs.Bool("drop-callbacks", false, "send no callbacks")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	set := false // any flag but --url changes the faults; none shows them
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name != "url" })
+	method, payload := http.MethodGet, []byte(nil)
+	if set {
+		method = http.MethodPost
+		payload, _ = json.Marshal(map[string]any{
+			"callbacks": sandbox.CallbackPolicy{Retries: *retries, RetryDelay: sandbox.Duration(*retryDelay), Duplicates: *dups, Drop: *drop},
+			"faults":    sandbox.Faults{Latency: sandbox.Duration(*latency), Fail500: *fail500},
+		})
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(*url, "/")+"/sandbox/faults", bytes.NewReader(payload))
 	if err != nil {
 		return err
 	}

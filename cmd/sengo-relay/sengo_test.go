@@ -233,3 +233,34 @@ func TestReconcileAfterDowntime(t *testing.T) {
 		t.Fatalf("second reconciliation: %s", out.String())
 	}
 }
+
+// The sandbox CLI controls a running sandbox: faults, pay, callbacks.
+func TestSandboxCLI(t *testing.T) {
+	sb, client, sbURL := startSandbox(t, sandbox.CallbackPolicy{})
+	root := strings.TrimSuffix(sbURL, "/api")
+	ctx := context.Background()
+	var out bytes.Buffer
+	if err := run(ctx, []string{"sandbox", "faults", "--url", root, "--fail500", "1", "--drop-callbacks"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "CLI-1", Amount: 5000}); err == nil {
+		t.Fatal("the injected 500 did not happen")
+	}
+	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "CLI-1", Amount: 5000, AdditionalInfo: sengo.AdditionalInfo{Callback: "http://127.0.0.1:1/cb"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := run(ctx, []string{"sandbox", "pay", tx.ID, "--url", root}, &out, io.Discard); err != nil || !strings.Contains(out.String(), `"status":"success"`) {
+		t.Fatalf("pay: %v %s", err, out.String())
+	}
+	eventually(t, "the dropped callback logged", func() bool { return len(sb.Sent()) == 1 })
+	out.Reset()
+	if err := run(ctx, []string{"sandbox", "callbacks", "--url", root}, &out, io.Discard); err != nil || !strings.Contains(out.String(), `"dropped":true`) {
+		t.Fatalf("callbacks: %v %s", err, out.String())
+	}
+	out.Reset()
+	if err := run(ctx, []string{"sandbox", "faults", "--url", root}, &out, io.Discard); err != nil || !strings.Contains(out.String(), `"drop":true`) {
+		t.Fatalf("show faults: %v %s", err, out.String())
+	}
+}
