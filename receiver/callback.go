@@ -56,15 +56,16 @@ type accepted struct {
 // only after JetStream acknowledged the store, and counts every outcome.
 func (h *callbackHandler) serve(c echo.Context) error {
 	project := c.Param("project")
+	p := h.projects[project] // nil: unknown, rejected in handle after the body checks
 	label := project
-	if _, ok := h.projects[project]; !ok {
+	if p == nil {
 		label = "unknown" // bounded label values, whatever callers send
 	}
 	var res accepted
 	var err error
 	if h.acquire() {
 		defer h.release()
-		res, err = h.handle(c, project)
+		res, err = h.handle(c, project, p)
 	} else {
 		err = ErrOverloaded
 	}
@@ -99,7 +100,7 @@ func (h *callbackHandler) release() {
 
 // handle runs the checks in the documented order: content type, size,
 // project, callback token, source IP, signature, body; then stores.
-func (h *callbackHandler) handle(c echo.Context, project string) (accepted, error) {
+func (h *callbackHandler) handle(c echo.Context, project string, p *Project) (accepted, error) {
 	req := c.Request()
 	if !isJSON(req.Header.Get(echo.HeaderContentType)) {
 		return accepted{}, ErrUnsupportedMediaType
@@ -108,8 +109,7 @@ func (h *callbackHandler) handle(c echo.Context, project string) (accepted, erro
 	if err != nil {
 		return accepted{}, err
 	}
-	p, ok := h.projects[project]
-	if !ok {
+	if p == nil {
 		return accepted{}, ErrUnknownProject
 	}
 	token := c.Param("token")

@@ -111,10 +111,7 @@ func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	listen := fs.String("listen", "127.0.0.1:8090", "address of the sandbox API (/api) and controls (/sandbox)")
 	stateDir := fs.String("state-dir", "./sandbox-data", "where the sandbox keeps its state (empty: memory)")
 	project := fs.String("project", "SC-LOCALSANDBOX00001:local-sandbox-token-change-me:10000000", "seed project KEY:TOKEN[:BALANCE]")
-	retries := fs.Int("callback-retries", 0, "retries of a failed callback (0: never retries)")
-	retryDelay := fs.Duration("callback-retry-delay", 5*time.Second, "delay between callback retries")
-	dups := fs.Int("callback-duplicates", 0, "send every callback this many extra times")
-	drop := fs.Bool("drop-callbacks", false, "send no callbacks")
+	policy := callbackPolicyFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -137,7 +134,7 @@ func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	sb, err := sandbox.New(sandbox.Config{
 		Projects: []sandbox.Project{seed}, StateDir: *stateDir,
-		Callbacks: sandbox.CallbackPolicy{Retries: *retries, RetryDelay: sandbox.Duration(*retryDelay), Duplicates: *dups, Drop: *drop},
+		Callbacks: policy(),
 	})
 	if err != nil {
 		return err
@@ -188,21 +185,7 @@ func sandboxControl(ctx context.Context, args []string, stdout, stderr io.Writer
 	default:
 		return fmt.Errorf("unknown sandbox command %q (pay, expire, fail, callbacks, transactions, faults)", verb)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(*url, "/")+path, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	fmt.Fprintln(stdout, string(b))
-	if resp.StatusCode != 200 {
-		return fmt.Errorf("sandbox answered %d", resp.StatusCode)
-	}
-	return nil
+	return sandboxRequest(ctx, method, strings.TrimRight(*url, "/")+path, nil, stdout)
 }
 
 // sandboxFaults is `sengo-relay sandbox faults`: change a running sandbox's
@@ -213,10 +196,7 @@ func sandboxFaults(ctx context.Context, args []string, stdout, stderr io.Writer)
 	url := fs.String("url", "http://127.0.0.1:8090", "the sandbox")
 	latency := fs.Duration("latency", 0, "delay every API answer")
 	fail500 := fs.Int("fail500", 0, "answer the next N API calls with 500")
-	retries := fs.Int("callback-retries", 0, "retries of a failed callback (0: never retries)")
-	retryDelay := fs.Duration("callback-retry-delay", 5*time.Second, "delay between callback retries")
-	dups := fs.Int("callback-duplicates", 0, "send every callback this many extra times")
-	drop := fs.Bool("drop-callbacks", false, "send no callbacks")
+	policy := callbackPolicyFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -226,11 +206,16 @@ func sandboxFaults(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if set {
 		method = http.MethodPost
 		payload, _ = json.Marshal(map[string]any{
-			"callbacks": sandbox.CallbackPolicy{Retries: *retries, RetryDelay: sandbox.Duration(*retryDelay), Duplicates: *dups, Drop: *drop},
+			"callbacks": policy(),
 			"faults":    sandbox.Faults{Latency: sandbox.Duration(*latency), Fail500: *fail500},
 		})
 	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(*url, "/")+"/sandbox/faults", bytes.NewReader(payload))
+	return sandboxRequest(ctx, method, strings.TrimRight(*url, "/")+"/sandbox/faults", payload, stdout)
+}
+
+// sandboxRequest calls a sandbox control endpoint and prints its answer.
+func sandboxRequest(ctx context.Context, method, url string, body []byte, stdout io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -241,8 +226,20 @@ func sandboxFaults(ctx context.Context, args []string, stdout, stderr io.Writer)
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	fmt.Fprintln(stdout, string(b))
-	if resp.StatusCode != 200 {
+	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("sandbox answered %d", resp.StatusCode)
 	}
 	return nil
+}
+
+// callbackPolicyFlags registers the callback-behaviour flags shared by
+// `sandbox` and `sandbox faults`; the returned function reads them.
+func callbackPolicyFlags(fs *flag.FlagSet) func() sandbox.CallbackPolicy {
+	retries := fs.Int("callback-retries", 0, "retries of a failed callback (0: never retries)")
+	retryDelay := fs.Duration("callback-retry-delay", 5*time.Second, "delay between callback retries")
+	dups := fs.Int("callback-duplicates", 0, "send every callback this many extra times")
+	drop := fs.Bool("drop-callbacks", false, "send no callbacks")
+	return func() sandbox.CallbackPolicy {
+		return sandbox.CallbackPolicy{Retries: *retries, RetryDelay: sandbox.Duration(*retryDelay), Duplicates: *dups, Drop: *drop}
+	}
 }
