@@ -81,6 +81,8 @@ func TestCallbackRejections(t *testing.T) {
 		{"malformed json", "", "/callbacks/sengo/main", "application/json", []byte(`{"responseData":`), nil, false, 400, "malformed_json"},
 		{"empty body", "", "/callbacks/sengo/main", "application/json", nil, nil, false, 400, "malformed_json"},
 		{"array body", "", "/callbacks/sengo/main", "application/json", []byte(`[]`), nil, false, 400, "malformed_json"},
+		{"repeated status key", "", "/callbacks/sengo/main", "application/json", bytes.Replace(good, []byte(`"status":"success"`), []byte(`"status":"pending","status":"success"`), 1), nil, false, 400, "malformed_json"},
+		{"invalid utf-8", "", "/callbacks/sengo/main", "application/json", bytes.Replace(good, []byte(`"success"`), []byte("\"succ\xffess\""), 1), nil, false, 400, "malformed_json"},
 		{"wrong types", "", "/callbacks/sengo/main", "application/json", []byte(`{"id":1,"merchantRef":"r","status":"success","amount":"10","fee":0,"totalAmount":0,"qris":{}}`), nil, false, 422, "invalid_notification"},
 		{"unknown status", "", "/callbacks/sengo/main", "application/json", bytes.Replace(good, []byte(`"status":"success"`), []byte(`"status":"paid"`), 1), nil, false, 422, "invalid_notification"},
 		{"missing id", "", "/callbacks/sengo/main", "application/json", bytes.Replace(good, []byte(`"id":`), []byte(`"xid":`), 1), nil, false, 422, "invalid_notification"},

@@ -5,6 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/sengo-relay/sengo-relay/event"
 )
@@ -32,218 +38,362 @@ type Transaction struct {
 	Raw json.RawMessage
 }
 
-// productKeys maps the JSON key of each product object to its Product.
+// productKeys lists the product objects, in the order their errors are
+// reported, with the fields the event takes from each: channel (empty: the
+// product's name is the channel) and code (the retail payment code or the
+// virtual account number).
 var productKeys = []struct {
-	key     string
-	product event.Product
+	key           string
+	product       event.Product
+	channel, code string
 }{
-	{"retail", event.ProductRetail},
-	{"virtualAccount", event.ProductVirtualAccount},
-	{"eWallet", event.ProductEWallet},
-	{"qris", event.ProductQRIS},
-	{"disbursement", event.ProductDisbursement},
-	{"creditCard", event.ProductCreditCard},
+	{"retail", event.ProductRetail, "channel", "paymentCode"},
+	{"virtualAccount", event.ProductVirtualAccount, "bankCode", "vaNumber"},
+	{"eWallet", event.ProductEWallet, "channel", ""},
+	{"qris", event.ProductQRIS, "", ""},
+	{"disbursement", event.ProductDisbursement, "bankCode", ""},
+	{"creditCard", event.ProductCreditCard, "", ""},
 }
 
 // ParseCallback parses a callback body in either form SenGo is seen to use:
 // the response envelope {"responseCode":…, "responseData":{…}} or the bare
 // transaction object. Unknown fields are accepted and kept in Raw.
 //
-// It returns an error matching ErrMalformed when the body is not a JSON
-// object, and an *InvalidError (matching ErrInvalid) naming every bad field
-// otherwise: missing or non-string id, merchantRef or status, an unknown
-// status, amounts that are not non-negative integers, and anything but
-// exactly one known product object.
+// It returns an error matching ErrMalformed when the body is not one JSON
+// object of valid UTF-8 without repeated keys, and an *InvalidError
+// (matching ErrInvalid) naming every bad field otherwise: missing or
+// non-string id, merchantRef or status, an unknown status, amounts that
+// are not non-negative integers, and anything but exactly one known
+// product object.
+//
+// The body is read once, token by token (jsontext), keeping only the
+// fields the event needs. Keys match exactly, as in a JSON object; a key
+// that appears twice makes the body malformed rather than letting the
+// relay and the sender disagree on which one counts.
 func ParseCallback(body []byte) (Transaction, error) {
-	top, err := object(body)
-	if err != nil {
-		return Transaction{}, err
+	d := decoders.Get().(*jsontext.Decoder)
+	defer func() { d.Reset(emptyReader); decoders.Put(d) }()
+	d.Reset(bytes.NewBuffer(body))
+
+	if k := d.PeekKind(); k != '{' {
+		if err := notObject(d, k); err != nil {
+			return Transaction{}, err
+		}
 	}
-	raw, prefix := json.RawMessage(body), ""
-	if rd, ok := top["responseData"]; ok {
-		prefix = "responseData."
-		if top, err = object(rd); err != nil {
+	var flat, env txFields
+	envelope, envelopeIsObject := false, false
+	err := members(d, func(name []byte) error {
+		if string(name) != "responseData" {
+			return flat.member(d, name)
+		}
+		envelope = true
+		if d.PeekKind() != '{' {
+			return d.SkipValue()
+		}
+		envelopeIsObject = true
+		start := valueStart(body, d.InputOffset())
+		if err := members(d, func(name []byte) error { return env.member(d, name) }); err != nil {
+			return err
+		}
+		env.raw = body[start:d.InputOffset()]
+		return nil
+	})
+	if err == nil {
+		if _, err = d.ReadToken(); err == io.EOF {
+			err = nil
+		} else if err == nil {
+			err = &jsontext.SyntacticError{ByteOffset: d.InputOffset()}
+		}
+	}
+	if err != nil {
+		return Transaction{}, fmt.Errorf("%w: %s", ErrMalformed, describe(err))
+	}
+
+	fields, prefix := &flat, ""
+	flat.raw = bytes.TrimSpace(body)
+	if envelope {
+		if !envelopeIsObject {
 			return Transaction{}, &InvalidError{Fields: []FieldError{{"responseData", "must be a transaction object"}}}
 		}
-		raw = rd
+		fields, prefix = &env, "responseData."
 	}
-	p := parser{fields: top, prefix: prefix}
+	return fields.transaction(prefix)
+}
+
+var (
+	decoders    = sync.Pool{New: func() any { return jsontext.NewDecoder(emptyReader) }}
+	emptyReader = bytes.NewReader(nil)
+)
+
+// notObject explains why a body that does not start an object is
+// malformed (k is the kind it starts with, 0 when it does not start a
+// value at all).
+func notObject(d *jsontext.Decoder, k jsontext.Kind) error {
+	kinds := map[jsontext.Kind]string{'n': "null", 't': "bool", 'f': "bool", '"': "string", '0': "number", '[': "array"}
+	if what, ok := kinds[k]; ok {
+		return fmt.Errorf("%w: body must be a JSON object, not %s", ErrMalformed, what)
+	}
+	_, err := d.ReadToken()
+	return fmt.Errorf("%w: %s", ErrMalformed, describe(err))
+}
+
+// describe turns a decoding error into a message that names the problem
+// without echoing the body.
+func describe(err error) string {
+	var syn *jsontext.SyntacticError
+	switch {
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "unexpected end of JSON input"
+	case errors.As(err, &syn) && errors.Is(err, jsontext.ErrDuplicateName):
+		return fmt.Sprintf("repeated key at byte %d", syn.ByteOffset)
+	case errors.As(err, &syn):
+		return fmt.Sprintf("syntax error at byte %d", syn.ByteOffset)
+	default:
+		return "syntax error"
+	}
+}
+
+// members reads the object d is at, calling member with each key; member
+// must consume the key's value.
+func members(d *jsontext.Decoder, member func(name []byte) error) error {
+	if _, err := d.ReadToken(); err != nil { // {
+		return err
+	}
+	for d.PeekKind() != '}' {
+		name, err := d.ReadValue()
+		if err != nil {
+			return err
+		}
+		if err := member(unquote(name)); err != nil {
+			return err
+		}
+	}
+	_, err := d.ReadToken() // }
+	return err
+}
+
+// unquote returns the contents of a valid JSON string.
+func unquote(v jsontext.Value) []byte {
+	if s := v[1 : len(v)-1]; bytes.IndexByte(s, '\\') < 0 {
+		return s
+	}
+	s, _ := jsontext.AppendUnquote(nil, v)
+	return s
+}
+
+// valueStart is where the value after the key ending at off begins.
+func valueStart(body []byte, off int64) int {
+	i := int(off)
+	for i < len(body) && strings.IndexByte(" \t\r\n:", body[i]) >= 0 {
+		i++
+	}
+	return i
+}
+
+// value is one field as read: its kind (0 when absent) and, for a string,
+// its contents or, for a number, whether it is a non-negative integer.
+type value struct {
+	kind jsontext.Kind
+	str  string
+	num  int64
+	int  bool
+}
+
+func read(d *jsontext.Decoder) (value, error) {
+	v, err := d.ReadValue()
+	if err != nil {
+		return value{}, err
+	}
+	out := value{kind: v.Kind()}
+	switch out.kind {
+	case '"':
+		out.str = string(unquote(v))
+	case '0':
+		n, err := strconv.ParseInt(string(v), 10, 64)
+		out.num, out.int = n, err == nil && n >= 0
+	}
+	return out, nil
+}
+
+// absent: missing or null, which SenGo's PHP treats alike.
+func (v value) absent() bool { return v.kind == 0 || v.kind == 'n' }
+
+// Transaction fields read by key.
+const (
+	fID = iota
+	fMerchantRef
+	fStatus
+	fFeePayer
+	fAmount
+	fFee
+	fTotalAmount
+	fExpiredDate
+	fPaidDate
+	fSettleDate
+	numFields
+)
+
+var fieldKeys = map[string]int{
+	"id": fID, "merchantRef": fMerchantRef, "status": fStatus, "feePayer": fFeePayer,
+	"amount": fAmount, "fee": fFee, "totalAmount": fTotalAmount,
+	"expiredDate": fExpiredDate, "paidDate": fPaidDate, "settleDate": fSettleDate,
+}
+
+// txFields is one transaction object as read.
+type txFields struct {
+	v        [numFields]value
+	products [6]struct {
+		kind          jsontext.Kind // of the product's value; 0 when absent
+		channel, code value
+	}
+	raw []byte
+}
+
+// member reads the value of key name into f, or skips it.
+func (f *txFields) member(d *jsontext.Decoder, name []byte) error {
+	if i, ok := fieldKeys[string(name)]; ok {
+		v, err := read(d)
+		f.v[i] = v
+		return err
+	}
+	for i, pk := range productKeys {
+		if string(name) != pk.key {
+			continue
+		}
+		p := &f.products[i]
+		p.kind, p.channel, p.code = d.PeekKind(), value{}, value{}
+		if p.kind != '{' {
+			return d.SkipValue()
+		}
+		return members(d, func(name []byte) error {
+			var err error
+			switch {
+			case pk.channel != "" && string(name) == pk.channel:
+				p.channel, err = read(d)
+			case pk.code != "" && string(name) == pk.code:
+				p.code, err = read(d)
+			default:
+				err = d.SkipValue()
+			}
+			return err
+		})
+	}
+	return d.SkipValue()
+}
+
+// transaction validates f; prefix is the path of the object in the body.
+func (f *txFields) transaction(prefix string) (Transaction, error) {
+	p := checker{prefix: prefix}
 	t := Transaction{
-		ID:          p.requiredString("id"),
-		MerchantRef: p.requiredString("merchantRef"),
-		FeePayer:    p.optionalString(top, "feePayer"),
-		Amount:      p.amount("amount"),
-		Fee:         p.amount("fee"),
-		TotalAmount: p.amount("totalAmount"),
-		ExpiredDate: p.nullableString("expiredDate"),
-		PaidDate:    p.nullableString("paidDate"),
-		SettleDate:  p.nullableString("settleDate"),
-		Raw:         bytes.Clone(bytes.TrimSpace(raw)),
+		ID:          p.requiredString("id", f.v[fID]),
+		MerchantRef: p.requiredString("merchantRef", f.v[fMerchantRef]),
+		FeePayer:    p.optionalString("feePayer", f.v[fFeePayer]),
+		Amount:      p.amount("amount", f.v[fAmount]),
+		Fee:         p.amount("fee", f.v[fFee]),
+		TotalAmount: p.amount("totalAmount", f.v[fTotalAmount]),
+		ExpiredDate: p.nullableString("expiredDate", f.v[fExpiredDate]),
+		PaidDate:    p.nullableString("paidDate", f.v[fPaidDate]),
+		SettleDate:  p.nullableString("settleDate", f.v[fSettleDate]),
+		Raw:         bytes.Clone(f.raw),
 	}
-	if s := p.requiredString("status"); s != "" {
+	if s := p.requiredString("status", f.v[fStatus]); s != "" {
 		st, err := event.ParseStatus(s)
 		if err != nil {
 			p.fail("status", fmt.Sprintf("must be one of pending, success, expired, failed (got %q)", truncate(s, 32)))
 		}
 		t.Status = st
 	}
-	p.product(&t)
+	found := 0
+	for i, pk := range productKeys {
+		pv := f.products[i]
+		if pv.kind == 0 || pv.kind == 'n' {
+			continue
+		}
+		found++
+		if pv.kind != '{' {
+			p.fail(pk.key, "must be an object")
+			continue
+		}
+		t.Product = pk.product
+		sub := checker{prefix: prefix + pk.key + "."}
+		t.Channel = string(pk.product)
+		if pk.channel != "" {
+			t.Channel = sub.optionalString(pk.channel, pv.channel)
+		}
+		if pk.code != "" {
+			code := sub.optionalString(pk.code, pv.code)
+			if pk.product == event.ProductRetail {
+				t.PaymentCode = code
+			} else {
+				t.VANumber = code
+			}
+		}
+		p.errs = append(p.errs, sub.errs...)
+	}
+	switch found {
+	case 0:
+		p.fail("product", "is required: one of retail, virtualAccount, eWallet, qris, disbursement, creditCard")
+	case 1:
+	default:
+		p.fail("product", fmt.Sprintf("must be exactly one object, found %d", found))
+	}
 	if len(p.errs) > 0 {
 		return Transaction{}, &InvalidError{Fields: p.errs}
 	}
 	return t, nil
 }
 
-// object decodes a JSON object into its fields. json.Unmarshal rejects
-// anything after the object, unlike a Decoder.
-func object(b []byte) (map[string]json.RawMessage, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%w: %s", ErrMalformed, describe(err))
-	}
-	if m == nil {
-		return nil, fmt.Errorf("%w: body must be a JSON object, not null", ErrMalformed)
-	}
-	return m, nil
-}
-
-// describe turns a decoding error into a message that names the problem
-// without echoing the body.
-func describe(err error) string {
-	var syn *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &syn):
-		return fmt.Sprintf("syntax error at byte %d", syn.Offset)
-	case errors.As(err, &typ):
-		return "body must be a JSON object, not " + typ.Value
-	default:
-		return "unexpected end of JSON input"
-	}
-}
-
-// parser collects field errors while reading one transaction object.
-type parser struct {
-	fields map[string]json.RawMessage
+// checker collects field errors while validating one object.
+type checker struct {
 	prefix string
 	errs   []FieldError
 }
 
-func (p *parser) fail(field, problem string) {
+func (p *checker) fail(field, problem string) {
 	p.errs = append(p.errs, FieldError{Field: p.prefix + field, Problem: problem})
 }
 
-func (p *parser) requiredString(key string) string {
-	v, ok := p.fields[key]
-	if !ok || isNull(v) {
+func (p *checker) requiredString(key string, v value) string {
+	switch {
+	case v.absent():
 		p.fail(key, "is required")
-		return ""
-	}
-	var s string
-	if json.Unmarshal(v, &s) != nil {
+	case v.kind != '"':
 		p.fail(key, "must be a string")
-		return ""
-	}
-	if s == "" {
+	case v.str == "":
 		p.fail(key, "must not be empty")
 	}
-	return s
+	return v.str
 }
 
-func (p *parser) optionalString(fields map[string]json.RawMessage, key string) string {
-	v, ok := fields[key]
-	if !ok || isNull(v) {
-		return ""
-	}
-	var s string
-	if json.Unmarshal(v, &s) != nil {
+func (p *checker) optionalString(key string, v value) string {
+	if !v.absent() && v.kind != '"' {
 		p.fail(key, "must be a string")
 	}
-	return s
+	return v.str
 }
 
-func (p *parser) nullableString(key string) *string {
-	v, ok := p.fields[key]
-	if !ok || isNull(v) {
+func (p *checker) nullableString(key string, v value) *string {
+	switch {
+	case v.absent():
 		return nil
-	}
-	var s string
-	if json.Unmarshal(v, &s) != nil {
+	case v.kind != '"':
 		p.fail(key, "must be a string or null")
 		return nil
 	}
-	return &s
+	return &v.str
 }
 
-// amount reads a required non-negative integer in rupiah.
-func (p *parser) amount(key string) int64 {
-	v, ok := p.fields[key]
-	if !ok || isNull(v) {
+// amount is a required non-negative integer in rupiah. A quoted "10000"
+// is not one: SenGo sends numbers.
+func (p *checker) amount(key string, v value) int64 {
+	switch {
+	case v.absent():
 		p.fail(key, "is required")
-		return 0
-	}
-	// json.Number would also take a quoted "10000"; SenGo sends numbers.
-	v = bytes.TrimSpace(v)
-	if len(v) == 0 || v[0] == '"' {
+	case !v.int:
 		p.fail(key, "must be a non-negative integer")
-		return 0
 	}
-	var n json.Number
-	if json.Unmarshal(v, &n) != nil {
-		p.fail(key, "must be a non-negative integer")
-		return 0
-	}
-	i, err := n.Int64()
-	if err != nil || i < 0 {
-		p.fail(key, "must be a non-negative integer")
-		return 0
-	}
-	return i
+	return v.num
 }
-
-// product finds exactly one known, non-null product object and reads the
-// fields the event carries from it.
-func (p *parser) product(t *Transaction) {
-	var found []string
-	for _, pk := range productKeys {
-		v, ok := p.fields[pk.key]
-		if !ok || isNull(v) {
-			continue
-		}
-		found = append(found, pk.key)
-		obj, err := object(v)
-		if err != nil {
-			p.fail(pk.key, "must be an object")
-			continue
-		}
-		t.Product = pk.product
-		sub := parser{fields: obj, prefix: p.prefix + pk.key + "."}
-		switch pk.product {
-		case event.ProductRetail:
-			t.Channel = sub.optionalString(obj, "channel")
-			t.PaymentCode = sub.optionalString(obj, "paymentCode")
-		case event.ProductVirtualAccount:
-			t.Channel = sub.optionalString(obj, "bankCode")
-			t.VANumber = sub.optionalString(obj, "vaNumber")
-		case event.ProductEWallet:
-			t.Channel = sub.optionalString(obj, "channel")
-		case event.ProductDisbursement:
-			t.Channel = sub.optionalString(obj, "bankCode")
-		default:
-			t.Channel = string(pk.product)
-		}
-		p.errs = append(p.errs, sub.errs...)
-	}
-	switch len(found) {
-	case 0:
-		p.fail("product", "is required: one of retail, virtualAccount, eWallet, qris, disbursement, creditCard")
-	case 1:
-	default:
-		p.fail("product", fmt.Sprintf("must be exactly one object, found %d", len(found)))
-	}
-}
-
-func isNull(v json.RawMessage) bool { return string(bytes.TrimSpace(v)) == "null" }
 
 func truncate(s string, n int) string {
 	if len(s) <= n {
