@@ -38,11 +38,19 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	log := newLogger(cfg.Log, stdout)
 	log.Info().Str("version", versionString()).Msg("starting sengo-relay")
 
-	nc, shutdownNATS, err := connectNATS(cfg, log)
+	conns, shutdownNATS, err := connectNATS(cfg, log)
 	if err != nil {
 		return err
 	}
 	defer shutdownNATS()
+	// Callbacks publish on a connection of their own: behind intake's and
+	// the dispatcher's traffic on a shared one, a callback's publish and
+	// PubAck would queue (BENCHMARKS.md).
+	callbackJS, err := jetstream.New(conns.callbacks)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	nc := conns.work
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
@@ -77,7 +85,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	}
 	app := receiver.New(receiver.Config{
 		Projects:       projects,
-		JetStream:      js,
+		JetStream:      callbackJS,
 		MaxBodyBytes:   cfg.HTTP.MaxBodyBytes,
 		MaxInFlight:    cfg.HTTP.MaxInFlight,
 		PublishTimeout: cfg.HTTP.PublishTimeout.D(),
@@ -87,8 +95,10 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			if !provisioned.Load() {
 				return errors.New("streams not provisioned yet")
 			}
-			if s := nc.Status(); s != nats.CONNECTED {
-				return fmt.Errorf("nats %s", s)
+			for _, c := range []*nats.Conn{conns.callbacks, conns.work} {
+				if s := c.Status(); s != nats.CONNECTED {
+					return fmt.Errorf("nats %s", s)
+				}
 			}
 			return stream.Check(ctx, js, spec)
 		},
@@ -266,42 +276,66 @@ func provision(ctx context.Context, js jetstream.JetStream, spec stream.Spec, lo
 	})
 }
 
+// natsConns are the relay's two NATS connections: callbacks carries only
+// the receiver's publishes, work everything else (intake, dispatcher,
+// admin, reconcile).
+type natsConns struct{ callbacks, work *nats.Conn }
+
 // connectNATS starts the embedded server when no URL is configured and
-// connects. The returned function drains the connection and stops the
+// connects. The returned function drains the connections and stops the
 // embedded server.
-func connectNATS(cfg config.Config, log zerolog.Logger) (*nats.Conn, func(), error) {
+func connectNATS(cfg config.Config, log zerolog.Logger) (natsConns, func(), error) {
 	ccfg := stream.ConnectConfig{
 		URL: cfg.NATS.URL, CredsFile: cfg.NATS.CredsFile, Token: cfg.NATS.Token.Value(),
-		Name: "sengo-relay", Logger: log.With().Str("component", "nats").Logger(),
+		Logger: log.With().Str("component", "nats").Logger(),
+	}
+	var emb *stream.Embedded
+	var opts []nats.Option
+	if cfg.NATS.URL == "" {
+		storeDir := cfg.StoreDirOrDefault()
+		if err := os.MkdirAll(storeDir, 0o750); err != nil {
+			return natsConns{}, nil, fmt.Errorf("data dir: %w", err)
+		}
+		interval, always, _ := cfg.NATS.Embedded.Sync()
+		var err error
+		emb, err = stream.StartEmbedded(stream.EmbeddedConfig{
+			StoreDir: storeDir, Listen: cfg.NATS.Embedded.Listen,
+			SyncInterval: interval, SyncAlways: always, MaxStore: cfg.NATS.Embedded.MaxStore,
+			Logger: log,
+		})
+		if err != nil {
+			return natsConns{}, nil, err
+		}
+		log.Info().Str("store_dir", storeDir).Str("client_url", emb.ClientURL()).Msg("embedded nats started")
+		opts = append(opts, emb.ConnectOption())
+	}
+	var conns natsConns
+	shutdown := func() {
+		for _, nc := range []*nats.Conn{conns.callbacks, conns.work} {
+			if nc != nil {
+				drain(nc, log)
+			}
+		}
+		if emb != nil {
+			emb.Shutdown()
+		}
+	}
+	for _, c := range []struct {
+		name string
+		nc   **nats.Conn
+	}{{"sengo-relay/callbacks", &conns.callbacks}, {"sengo-relay/work", &conns.work}} {
+		ccfg.Name = c.name
+		nc, err := stream.Connect(ccfg, opts...)
+		if err != nil {
+			shutdown()
+			return natsConns{}, nil, err
+		}
+		*c.nc = nc
 	}
 	if cfg.NATS.URL != "" {
-		nc, err := stream.Connect(ccfg)
-		if err != nil {
-			return nil, nil, err
-		}
-		log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("nats connecting")
-		return nc, func() { drain(nc, log) }, nil
+		log.Info().Str("url", conns.work.ConnectedUrlRedacted()).Msg("nats connecting")
 	}
-	storeDir := cfg.StoreDirOrDefault()
-	if err := os.MkdirAll(storeDir, 0o750); err != nil {
-		return nil, nil, fmt.Errorf("data dir: %w", err)
-	}
-	interval, always, _ := cfg.NATS.Embedded.Sync()
-	emb, err := stream.StartEmbedded(stream.EmbeddedConfig{
-		StoreDir: storeDir, Listen: cfg.NATS.Embedded.Listen,
-		SyncInterval: interval, SyncAlways: always, MaxStore: cfg.NATS.Embedded.MaxStore,
-		Logger: log,
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	log.Info().Str("store_dir", storeDir).Str("client_url", emb.ClientURL()).Msg("embedded nats started")
-	nc, err := stream.Connect(ccfg, emb.ConnectOption())
-	if err != nil {
-		emb.Shutdown()
-		return nil, nil, err
-	}
-	return nc, func() { drain(nc, log); emb.Shutdown() }, nil
+	return conns, shutdown, nil
 }
 
 func drain(nc *nats.Conn, log zerolog.Logger) {
