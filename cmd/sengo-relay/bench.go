@@ -6,6 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/sengo-relay/sengo-relay/internal/bench"
@@ -28,8 +33,40 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	soak := fs.Duration("soak", 0, "after the scenarios, run end to end at --rate this long and watch for drift (e.g. 10m)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	dupWindow := fs.Duration("duplicate-window", 0, "override the inbox and events duplicate windows (default: the configuration's)")
+	only := fs.String("scenarios", "", "comma-separated scenarios to run (default all): "+strings.Join(bench.ScenarioKeys(), ", "))
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
+	allocProfile := fs.String("allocprofile", "", "write the run's allocations profile to this file (go tool pprof -sample_index=alloc_space)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if *allocProfile != "" {
+		runtime.MemProfileRate = 64 << 10
+		defer func() {
+			if f, err := os.Create(*allocProfile); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
+	}
+	var scenarios []string
+	if *only != "" {
+		scenarios = strings.Split(*only, ",")
+		for _, sc := range scenarios {
+			if !slices.Contains(bench.ScenarioKeys(), sc) {
+				return fmt.Errorf("--scenarios: unknown scenario %q (known: %s)", sc, strings.Join(bench.ScenarioKeys(), ", "))
+			}
+		}
 	}
 	cfg := config.Default()
 	cfg.NATS.URL, cfg.NATS.Replicas = *natsURL, *replicas
@@ -40,7 +77,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *replicas > 1 && *natsURL == "" {
 		return fmt.Errorf("--replicas %d needs --nats-url to a cluster", *replicas)
 	}
-	bc := bench.Config{Concurrency: *conc, Duration: *dur, Payload: *payload, Rate: *rate, EndpointRate: *endpointRate, Deliveries: *n, Soak: *soak,
+	bc := bench.Config{Concurrency: *conc, Duration: *dur, Payload: *payload, Rate: *rate, EndpointRate: *endpointRate, Deliveries: *n, Soak: *soak, Scenarios: scenarios,
 		NATSURL: *natsURL, Spec: provisionSpec(cfg), Progress: stderr}
 	switch *sync {
 	case "":

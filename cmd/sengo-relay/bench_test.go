@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"sync"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,12 +110,28 @@ func TestBenchCommand(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
 		t.Fatalf("%v: %s", err, out.String())
 	}
-	if len(r.Results) != 6 || r.Ratios["endpoint / raw publish"] <= 0 || r.PeakRSSBytes == 0 {
+	if len(r.Results) != 7 || r.Ratios["endpoint / raw publish"] <= 0 || r.Ratios["endpoint / raw Echo + publish"] <= 0 || r.PeakRSSBytes == 0 {
 		t.Fatalf("report %+v", r)
 	}
 	for _, res := range r.Results {
 		if res.PerSecond <= 0 || res.Errors != 0 {
 			t.Errorf("%s: %v/s, %d errors", res.Name, res.PerSecond, res.Errors)
 		}
+	}
+
+	// --scenarios runs only those named, and refuses an unknown one.
+	out.Reset()
+	if err := run(t.Context(), []string{"bench", "--duration", "200ms", "--concurrency", "4", "--scenarios", "echo,endpoint", "--json"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	r.Results, r.Ratios = nil, nil
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if len(r.Results) != 2 || r.Results[1].Name != "relay callback endpoint" || len(r.Ratios) != 1 || r.Ratios["endpoint / raw Echo"] <= 0 {
+		t.Fatalf("report %+v", r)
+	}
+	if err := run(t.Context(), []string{"bench", "--scenarios", "echo,nope"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), `"nope"`) {
+		t.Fatalf("unknown scenario: %v", err)
 	}
 }

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -39,6 +38,8 @@ type Config struct {
 	EndpointRate int
 	Deliveries   int           // events the dispatcher scenario delivers
 	Soak         time.Duration // 0: no soak
+	// Scenarios to run, by key (see ScenarioKeys); empty: all.
+	Scenarios []string
 	// Store: the embedded server (empty NATSURL) with SyncInterval/SyncAlways,
 	// or an external server or cluster; Spec sets replicas and limits.
 	NATSURL      string
@@ -91,45 +92,42 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		},
 		Ratios: map[string]float64{},
 	}
-	scenarios := []struct {
-		name string
-		run  func(context.Context, Config, jetstream.JetStream) (Result, error)
-	}{
-		{"raw JetStream sync publish", rawPublish},
-		{"raw Echo handler (reads body)", rawEcho},
-		{"relay callback endpoint", relayEndpoint},
-		{"relay endpoint at a fixed rate (full relay running)", endpointAtRate},
-		{"end to end: accepted → webhook received", endToEnd},
-		{"dispatcher deliveries to a local consumer", deliveries},
-	}
+	byKey := map[string]float64{}
 	for _, sc := range scenarios {
-		js, done, err := openStore(ctx, cfg)
+		if len(cfg.Scenarios) > 0 && !slices.Contains(cfg.Scenarios, sc.key) {
+			continue
+		}
+		st, done, err := openStore(ctx, cfg)
 		if err != nil {
 			return r, err
 		}
-		res, err := sc.run(ctx, cfg, js)
+		res, err := sc.run(ctx, cfg, st)
 		done()
 		if err != nil {
 			return r, fmt.Errorf("%s: %w", sc.name, err)
 		}
 		res.Name = sc.name
 		r.Results = append(r.Results, res)
+		byKey[sc.key] = res.PerSecond
 		if cfg.Progress != nil {
 			fmt.Fprintf(cfg.Progress, "bench: %-45s %10.0f/s  p50 %.2fms  p99 %.2fms\n", res.Name, res.PerSecond, res.P50Millis, res.P99Millis)
 		}
 	}
-	if raw, ep := r.Results[0].PerSecond, r.Results[2].PerSecond; raw > 0 && ep > 0 {
+	if raw, ep := byKey["publish"], byKey["endpoint"]; raw > 0 && ep > 0 {
 		r.Ratios["endpoint / raw publish"] = ep / raw
 	}
-	if echoRate, ep := r.Results[1].PerSecond, r.Results[2].PerSecond; echoRate > 0 {
+	if echoRate, ep := byKey["echo"], byKey["endpoint"]; echoRate > 0 && ep > 0 {
 		r.Ratios["endpoint / raw Echo"] = ep / echoRate
 	}
+	if both, ep := byKey["echo-publish"], byKey["endpoint"]; both > 0 && ep > 0 {
+		r.Ratios["endpoint / raw Echo + publish"] = ep / both
+	}
 	if cfg.Soak > 0 {
-		js, done, err := openStore(ctx, cfg)
+		st, done, err := openStore(ctx, cfg)
 		if err != nil {
 			return r, err
 		}
-		r.Soak, err = soak(ctx, cfg, js)
+		r.Soak, err = soak(ctx, cfg, st)
 		done()
 		if err != nil {
 			return r, err
@@ -137,6 +135,29 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	r.PeakRSSBytes = procStatus("VmHWM")
 	return r, nil
+}
+
+// scenarios in the order they run; key names them in Config.Scenarios.
+var scenarios = []struct {
+	key, name string
+	run       func(context.Context, Config, store) (Result, error)
+}{
+	{"publish", "raw JetStream sync publish", rawPublish},
+	{"echo", "raw Echo handler (reads body)", rawEcho},
+	{"echo-publish", "raw Echo handler + sync publish", rawEchoPublish},
+	{"endpoint", "relay callback endpoint", relayEndpoint},
+	{"endpoint-rate", "relay endpoint at a fixed rate (full relay running)", endpointAtRate},
+	{"e2e", "end to end: accepted → webhook received", endToEnd},
+	{"deliveries", "dispatcher deliveries to a local consumer", deliveries},
+}
+
+// ScenarioKeys lists the names Config.Scenarios accepts.
+func ScenarioKeys() []string {
+	keys := make([]string, len(scenarios))
+	for i, sc := range scenarios {
+		keys[i] = sc.key
+	}
+	return keys
 }
 
 func storeName(cfg Config) string {
@@ -152,29 +173,48 @@ func storeName(cfg Config) string {
 	return "embedded, default sync"
 }
 
+// store is a scenario's JetStream as the relay uses it: callbacks publish
+// on a connection of their own, everything else shares the other.
+type store struct {
+	js, callbacks jetstream.JetStream
+}
+
 // openStore starts an embedded server (or connects to cfg.NATSURL and
 // empties the relay's streams) and provisions cfg.Spec.
-func openStore(ctx context.Context, cfg Config) (jetstream.JetStream, func(), error) {
-	var nc *nats.Conn
+func openStore(ctx context.Context, cfg Config) (store, func(), error) {
+	var nc, cnc *nats.Conn
 	var emb *stream.Embedded
 	var dir string
 	var err error
 	if cfg.NATSURL == "" {
 		if dir, err = os.MkdirTemp("", "sengo-bench-"); err != nil {
-			return nil, nil, err
+			return store{}, nil, err
 		}
 		emb, err = stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: dir, SyncInterval: cfg.SyncInterval, SyncAlways: cfg.SyncAlways, Logger: zerolog.Nop()})
 		if err != nil {
-			return nil, nil, err
+			return store{}, nil, err
 		}
-		nc, err = stream.Connect(stream.ConnectConfig{Name: "bench", Logger: zerolog.Nop()}, emb.ConnectOption())
-	} else {
-		nc, err = stream.Connect(stream.ConnectConfig{URL: cfg.NATSURL, Name: "bench", Logger: zerolog.Nop()})
+	}
+	connect := func(name string) (*nats.Conn, error) {
+		if emb != nil {
+			return stream.Connect(stream.ConnectConfig{Name: name, Logger: zerolog.Nop()}, emb.ConnectOption())
+		}
+		return stream.Connect(stream.ConnectConfig{URL: cfg.NATSURL, Name: name, Logger: zerolog.Nop()})
+	}
+	if nc, err = connect("bench"); err == nil {
+		if cnc, err = connect("bench/callbacks"); err != nil {
+			nc.Close()
+		}
 	}
 	if err != nil {
-		return nil, nil, err
+		if emb != nil {
+			emb.Shutdown()
+			os.RemoveAll(dir)
+		}
+		return store{}, nil, err
 	}
 	done := func() {
+		cnc.Close()
 		nc.Close()
 		if emb != nil {
 			emb.Shutdown()
@@ -182,16 +222,17 @@ func openStore(ctx context.Context, cfg Config) (jetstream.JetStream, func(), er
 		}
 	}
 	js, _ := jetstream.New(nc)
+	cjs, _ := jetstream.New(cnc)
 	if err := stream.Provision(ctx, js, cfg.Spec); err != nil {
 		done()
-		return nil, nil, err
+		return store{}, nil, err
 	}
 	for _, s := range cfg.Spec.Streams {
 		if st, err := js.Stream(ctx, s.Name); err == nil {
 			_ = st.Purge(ctx)
 		}
 	}
-	return js, done, nil
+	return store{js: js, callbacks: cjs}, done, nil
 }
 
 var seq atomic.Int64
@@ -213,7 +254,8 @@ func result(s sample, note string) Result {
 	return Result{PerSecond: s.rate(), P50Millis: ms(s.pct(0.5)), P99Millis: ms(s.pct(0.99)), P999Millis: ms(s.pct(0.999)), Errors: s.errors, Note: note}
 }
 
-func rawPublish(ctx context.Context, cfg Config, js jetstream.JetStream) (Result, error) {
+func rawPublish(ctx context.Context, cfg Config, st store) (Result, error) {
+	js := st.callbacks
 	s := closedLoop(ctx, cfg.Concurrency, cfg.Duration, func(ctx context.Context) error {
 		id, body := callback(cfg.Payload)
 		_, err := js.PublishMsg(ctx, &nats.Msg{Subject: event.InboxSubject("bench"), Data: body},
@@ -223,27 +265,23 @@ func rawPublish(ctx context.Context, cfg Config, js jetstream.JetStream) (Result
 	return result(s, "the store's limit"), nil
 }
 
-func httpLoad(ctx context.Context, cfg Config, url string) sample {
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Concurrency, MaxConnsPerHost: cfg.Concurrency}}
-	defer client.CloseIdleConnections()
+func httpLoad(ctx context.Context, cfg Config, url string) (sample, error) {
+	p, err := newPoster(url, cfg.Concurrency)
+	if err != nil {
+		return sample{}, err
+	}
+	defer p.close()
 	return closedLoop(ctx, cfg.Concurrency, cfg.Duration, func(ctx context.Context) error {
 		_, body := callback(cfg.Payload)
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
+		status, err := p.post(body)
+		if err == nil && status != 200 {
+			err = fmt.Errorf("status %d", status)
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("status %d", resp.StatusCode)
-		}
-		return nil
-	})
+		return err
+	}), nil
 }
 
-func rawEcho(ctx context.Context, cfg Config, _ jetstream.JetStream) (Result, error) {
+func rawEcho(ctx context.Context, cfg Config, _ store) (Result, error) {
 	e := echo.New()
 	e.POST("/", func(c echo.Context) error {
 		_, _ = io.Copy(io.Discard, c.Request().Body)
@@ -251,27 +289,58 @@ func rawEcho(ctx context.Context, cfg Config, _ jetstream.JetStream) (Result, er
 	})
 	srv := httptest.NewServer(e)
 	defer srv.Close()
-	return result(httpLoad(ctx, cfg, srv.URL+"/"), "the HTTP limit (loopback, same process)"), nil
+	s, err := httpLoad(ctx, cfg, srv.URL+"/")
+	return result(s, "the HTTP limit (loopback, same process)"), err
 }
+
+// rawEchoPublish is the least any callback endpoint must do: read the
+// body over HTTP and publish it synchronously (a fresh Nats-Msg-Id), on
+// the same cores. No checks, no parsing, no metrics, no logging.
+func rawEchoPublish(ctx context.Context, cfg Config, st store) (Result, error) {
+	var n atomic.Int64
+	e := echo.New()
+	e.POST("/", func(c echo.Context) error {
+		body, err := io.ReadAll(c.Request().Body)
+		if err != nil {
+			return err
+		}
+		id := "raw-" + strconv.FormatInt(n.Add(1), 10)
+		if _, err := st.callbacks.PublishMsg(c.Request().Context(), &nats.Msg{Subject: event.InboxSubject("bench"), Data: body},
+			jetstream.WithMsgID(id), jetstream.WithExpectStream(event.StreamInbox)); err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, map[string]string{"status": "accepted", "id": id})
+	})
+	srv := httptest.NewServer(e)
+	defer srv.Close()
+	s, err := httpLoad(ctx, cfg, srv.URL+"/")
+	return result(s, "HTTP and store together: the relay's ceiling on shared cores"), err
+}
+
+// relayLog is the relay's logger as it runs in production (JSON, info
+// level, one line per callback), writing nowhere: formatting is measured,
+// the disk is not.
+var relayLog = zerolog.New(io.Discard).Level(zerolog.InfoLevel).With().Timestamp().Logger()
 
 // relay builds the receiver on js.
 func relay(js jetstream.JetStream, m *receiver.Metrics) http.Handler {
 	return receiver.New(receiver.Config{
 		Projects: []receiver.Project{{Name: "bench"}}, JetStream: js, MaxBodyBytes: 1 << 20, MaxInFlight: 4096,
-		PublishTimeout: 5 * time.Second, RetryAfter: time.Second, Metrics: m, Logger: zerolog.Nop(),
+		PublishTimeout: 5 * time.Second, RetryAfter: time.Second, Metrics: m, Logger: relayLog,
 	})
 }
 
-func relayEndpoint(ctx context.Context, cfg Config, js jetstream.JetStream) (Result, error) {
-	srv := httptest.NewServer(relay(js, receiver.NewMetrics(prometheus.NewRegistry())))
+func relayEndpoint(ctx context.Context, cfg Config, st store) (Result, error) {
+	srv := httptest.NewServer(relay(st.callbacks, receiver.NewMetrics(prometheus.NewRegistry())))
 	defer srv.Close()
-	return result(httpLoad(ctx, cfg, srv.URL+"/callbacks/sengo/bench"), "every check, parse, publish and PubAck"), nil
+	s, err := httpLoad(ctx, cfg, srv.URL+"/callbacks/sengo/bench")
+	return result(s, "every check, parse, publish and PubAck"), err
 }
 
 // pipeline runs intake and one webhook endpoint pointing at consumer.
 func pipeline(ctx context.Context, js jetstream.JetStream, consumerURL string, m *receiver.Metrics) (func(), error) {
 	in, err := receiver.NewIntake(ctx, receiver.IntakeConfig{JetStream: js, Workers: 16, AckWait: 30 * time.Second, MaxAckPending: 1024,
-		RetryInitial: 100 * time.Millisecond, RetryMax: time.Second, Metrics: m, Logger: zerolog.Nop()})
+		RetryInitial: 100 * time.Millisecond, RetryMax: time.Second, Metrics: m, Logger: relayLog})
 	if err != nil {
 		return nil, err
 	}
@@ -292,7 +361,7 @@ func newWorker(ctx context.Context, js jetstream.JetStream, url string, conc int
 	return dispatcher.NewWorker(ctx, dispatcher.WorkerConfig{
 		Endpoint: dispatcher.Endpoint{Name: "bench", URL: url, Keys: []verify.WebhookKey{k}, FilterSubjects: []string{event.SubjectsEvents},
 			Timeout: 5 * time.Second, Concurrency: conc, Schedule: []time.Duration{time.Second}, RetryAfterMax: time.Second, DeliverFrom: "all"},
-		JetStream: js, UserAgent: "sengo-relay/bench", Metrics: dispatcher.NewMetrics(prometheus.NewRegistry()), Logger: zerolog.Nop(),
+		JetStream: js, UserAgent: "sengo-relay/bench", Metrics: dispatcher.NewMetrics(prometheus.NewRegistry()), Logger: relayLog,
 	})
 }
 
@@ -301,25 +370,28 @@ func newWorker(ctx context.Context, js jetstream.JetStream, url string, conc int
 type runningRelay struct {
 	latencies latencies
 	srv       *httptest.Server // the receiver
+	poster    *poster          // to srv's callback route
 	consumer  *httptest.Server
 	stop      func()
 }
 
-func startRelay(ctx context.Context, js jetstream.JetStream) (*runningRelay, error) {
+func startRelay(ctx context.Context, st store) (*runningRelay, error) {
 	r := &runningRelay{}
 	r.consumer = httptest.NewServer(r.latencies.handler())
 	m := receiver.NewMetrics(prometheus.NewRegistry())
-	stop, err := pipeline(ctx, js, r.consumer.URL, m)
+	stop, err := pipeline(ctx, st.js, r.consumer.URL, m)
 	if err != nil {
 		r.consumer.Close()
 		return nil, err
 	}
 	r.stop = stop
-	r.srv = httptest.NewServer(relay(js, m))
+	r.srv = httptest.NewServer(relay(st.callbacks, m))
+	r.poster, _ = newPoster(r.srv.URL+"/callbacks/sengo/bench", 256) // an httptest URL always parses
 	return r, nil
 }
 
 func (r *runningRelay) close() {
+	r.poster.close()
 	r.srv.Close()
 	r.stop()
 	r.consumer.Close()
@@ -355,25 +427,20 @@ func (l *latencies) take() sample {
 	return s
 }
 
-func endToEnd(ctx context.Context, cfg Config, js jetstream.JetStream) (Result, error) {
-	rl, err := startRelay(ctx, js)
+func endToEnd(ctx context.Context, cfg Config, st store) (Result, error) {
+	rl, err := startRelay(ctx, st)
 	if err != nil {
 		return Result{}, err
 	}
 	defer rl.close()
-	l, srv := &rl.latencies, rl.srv
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	l, p := &rl.latencies, rl.poster
 	var sent, failed atomic.Int64
 	openLoop(ctx, cfg.Rate, cfg.Duration, func(int) {
 		_, body := callback(cfg.Payload)
-		resp, err := client.Post(srv.URL+"/callbacks/sengo/bench", "application/json", bytes.NewReader(body))
-		if err != nil || resp.StatusCode != 200 {
+		if status, err := p.post(body); err != nil || status != 200 {
 			failed.Add(1)
 		} else {
 			sent.Add(1)
-		}
-		if resp != nil {
-			resp.Body.Close()
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)
@@ -390,29 +457,21 @@ func endToEnd(ctx context.Context, cfg Config, js jetstream.JetStream) (Result, 
 // endpointAtRate offers callbacks at cfg.EndpointRate (open loop) to the
 // full relay (intake and a webhook endpoint running) and measures each
 // callback's answer time as the caller sees it.
-func endpointAtRate(ctx context.Context, cfg Config, js jetstream.JetStream) (Result, error) {
-	rl, err := startRelay(ctx, js)
+func endpointAtRate(ctx context.Context, cfg Config, st store) (Result, error) {
+	rl, err := startRelay(ctx, st)
 	if err != nil {
 		return Result{}, err
 	}
 	defer rl.close()
-	srv := rl.srv
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	var mu sync.Mutex
 	var lat []time.Duration
 	var failed atomic.Int64
 	openLoop(ctx, cfg.EndpointRate, cfg.Duration, func(int) {
 		_, body := callback(cfg.Payload)
 		t0 := time.Now()
-		resp, err := client.Post(srv.URL+"/callbacks/sengo/bench", "application/json", bytes.NewReader(body))
+		status, err := rl.poster.post(body)
 		d := time.Since(t0)
-		if err != nil {
-			failed.Add(1)
-			return
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
+		if err != nil || status != 200 {
 			failed.Add(1)
 			return
 		}
@@ -426,7 +485,8 @@ func endpointAtRate(ctx context.Context, cfg Config, js jetstream.JetStream) (Re
 	return res, nil
 }
 
-func deliveries(ctx context.Context, cfg Config, js jetstream.JetStream) (Result, error) {
+func deliveries(ctx context.Context, cfg Config, st store) (Result, error) {
+	js := st.js
 	for i := range cfg.Deliveries {
 		body := fmt.Appendf(nil, `{"specversion":"1.0","id":"evt_bench_%d","source":"sengo/bench","type":"id.sengo.transaction.success","time":"2025-03-23T03:05:13Z","data":{"transactionId":"t%d","status":"success","raw":{}}}`, i, i)
 		if _, err := js.PublishMsgAsync(&nats.Msg{Subject: event.EventSubject("bench", event.ProductRetail, event.StatusSuccess), Data: body}); err != nil {
@@ -468,14 +528,13 @@ func deliveries(ctx context.Context, cfg Config, js jetstream.JetStream) (Result
 
 // soak runs the end-to-end path at cfg.Rate for cfg.Soak and samples
 // memory, goroutines and latency every tenth of it.
-func soak(ctx context.Context, cfg Config, js jetstream.JetStream) ([]SoakSample, error) {
-	rl, err := startRelay(ctx, js)
+func soak(ctx context.Context, cfg Config, st store) ([]SoakSample, error) {
+	rl, err := startRelay(ctx, st)
 	if err != nil {
 		return nil, err
 	}
 	defer rl.close()
-	l, srv := &rl.latencies, rl.srv
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	l := &rl.latencies
 	window := cfg.Soak / 10
 	var out []SoakSample
 	start := time.Now()
@@ -486,9 +545,7 @@ func soak(ctx context.Context, cfg Config, js jetstream.JetStream) ([]SoakSample
 		defer close(loadDone)
 		openLoop(ctx, cfg.Rate, cfg.Soak, func(int) {
 			_, body := callback(cfg.Payload)
-			if resp, err := client.Post(srv.URL+"/callbacks/sengo/bench", "application/json", bytes.NewReader(body)); err == nil {
-				resp.Body.Close()
-			}
+			_, _ = rl.poster.post(body)
 		})
 	}()
 	for {

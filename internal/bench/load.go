@@ -56,23 +56,26 @@ func closedLoop(ctx context.Context, conc int, d time.Duration, op func(context.
 }
 
 // openLoop starts op at a fixed rate for d, each in its own goroutine,
-// and waits for them.
+// and waits for them. Starts follow a schedule (the i-th at start + i/rate)
+// rather than a ticker, so a late start is caught up at once instead of
+// dropped, and the offered rate is the nominal one.
 func openLoop(ctx context.Context, rate int, d time.Duration, op func(i int)) {
-	tick := time.NewTicker(time.Second / time.Duration(rate))
-	defer tick.Stop()
-	deadline := time.After(d)
+	interval := time.Second / time.Duration(rate)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	var wg sync.WaitGroup
-	for i := 0; ; i++ {
-		select {
-		case <-ctx.Done():
-			wg.Wait()
-			return
-		case <-deadline:
-			wg.Wait()
-			return
-		case <-tick.C:
-			wg.Add(1)
-			go func() { defer wg.Done(); op(i) }()
+	defer wg.Wait()
+	start := time.Now()
+	for i := range int(d / interval) {
+		if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-timer.C:
+			}
 		}
+		wg.Add(1)
+		go func() { defer wg.Done(); op(i) }()
 	}
 }
