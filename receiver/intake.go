@@ -161,28 +161,31 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 	if meta != nil {
 		attempt, seq = meta.NumDelivered, meta.Sequence.Stream
 	}
-	log := in.log.With().Str("project", r.project).Uint64("inbox_seq", seq).Uint64("attempt", attempt).Logger()
+	log := func() *zerolog.Logger { // built only for the lines written
+		l := in.log.With().Str("project", r.project).Uint64("inbox_seq", seq).Uint64("attempt", attempt).Logger()
+		return &l
+	}
 	switch {
 	case r.err == nil:
 		in.count(r.project, r.outcome)
 		if err := m.Ack(); err != nil {
-			log.Warn().Err(err).Msg("ack inbox message; it will be redelivered and found done")
+			log().Warn().Err(err).Msg("ack inbox message; it will be redelivered and found done")
 		}
 	case errors.Is(r.err, ErrPermanent) || errors.Is(r.err, sengo.ErrMismatch) ||
 		errors.Is(r.err, sengo.ErrUnconfirmed) && int(attempt) >= max(in.cfg.ConfirmAttempts, 1):
 		if err := in.quarantine(ctx, m, r); err != nil {
 			delay := in.retryDelay(attempt)
-			log.Warn().Err(err).Dur("delay", delay).Msg("quarantine failed; retrying")
+			log().Warn().Err(err).Dur("delay", delay).Msg("quarantine failed; retrying")
 			_ = m.NakWithDelay(delay)
 			return
 		}
 		in.count(r.project, "quarantined")
-		log.Error().Err(r.err).Msg("notification quarantined")
+		log().Error().Err(r.err).Msg("notification quarantined")
 		_ = m.Ack()
 	default:
 		delay := in.retryDelay(attempt)
 		in.count(r.project, "retry")
-		log.Warn().Err(r.err).Dur("delay", delay).Msg("intake failed; retrying")
+		log().Warn().Err(r.err).Dur("delay", delay).Msg("intake failed; retrying")
 		_ = m.NakWithDelay(delay)
 	}
 }
@@ -279,10 +282,13 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 	if meta, err := m.Metadata(); err == nil {
 		inboxSeq = meta.Sequence.Stream
 	}
-	log := in.log.With().Str("project", project).Str("transaction_id", tx.ID).Str("merchant_ref", tx.MerchantRef).Str("status", string(tx.Status)).Logger()
+	log := func() *zerolog.Logger { // built only for the lines written
+		l := in.log.With().Str("project", project).Str("transaction_id", tx.ID).Str("merchant_ref", tx.MerchantRef).Str("status", string(tx.Status)).Logger()
+		return &l
+	}
 
 	key := txKey(project, tx.ID)
-	st, err := in.apply(ctx, key, func(s *txState) (bool, error) {
+	st, rev, err := in.apply(ctx, key, func(s *txState) (bool, error) {
 		switch d := event.Decide(s.Status, tx.Status); d {
 		case event.Publish:
 			ev := tx.Event(project, s.Status, acceptedAt, confirmed)
@@ -314,16 +320,16 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 	}
 	switch r.outcome {
 	case "conflict":
-		log.Error().Str("current_status", string(st.Status)).Msg("SenGo reported a second, different final status; not published")
+		log().Error().Str("current_status", string(st.Status)).Msg("SenGo reported a second, different final status; not published")
 	case "stale":
-		log.Info().Str("current_status", string(st.Status)).Msg("late pending after a final status; not published")
+		log().Info().Str("current_status", string(st.Status)).Msg("late pending after a final status; not published")
 	}
-	if err := in.flush(ctx, key, st); err != nil {
+	if err := in.flush(ctx, key, st, rev); err != nil {
 		r.err = err
 		return r
 	}
-	if r.outcome == "published" {
-		log.Debug().Str("event_id", event.ID(project, tx.ID, tx.Status)).Msg("event published")
+	if r.outcome == "published" && in.log.GetLevel() <= zerolog.DebugLevel {
+		log().Debug().Str("event_id", event.ID(project, tx.ID, tx.Status)).Msg("event published")
 	}
 	return r
 }
@@ -350,8 +356,8 @@ const maxCAS = 16
 
 // apply reads the transaction, lets change modify it and writes it back
 // with compare-and-set on the revision read, re-reading on conflict. It
-// returns the state as stored.
-func (in *Intake) apply(ctx context.Context, key string, change func(*txState) (bool, error)) (txState, error) {
+// returns the state as stored and its revision (0: no entry).
+func (in *Intake) apply(ctx context.Context, key string, change func(*txState) (bool, error)) (txState, uint64, error) {
 	for range maxCAS {
 		var st txState
 		var rev uint64
@@ -359,42 +365,44 @@ func (in *Intake) apply(ctx context.Context, key string, change func(*txState) (
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 		case err != nil:
-			return txState{}, fmt.Errorf("read %s: %w", key, err)
+			return txState{}, 0, fmt.Errorf("read %s: %w", key, err)
 		default:
 			rev = entry.Revision()
 			if err := json.Unmarshal(entry.Value(), &st); err != nil {
-				return txState{}, fmt.Errorf("%w: decode %s: %v", ErrPermanent, key, err)
+				return txState{}, 0, fmt.Errorf("%w: decode %s: %v", ErrPermanent, key, err)
 			}
 		}
 		changed, err := change(&st)
 		if err != nil || !changed {
-			return st, err
+			return st, rev, err
 		}
 		b, err := json.Marshal(st)
 		if err != nil {
-			return txState{}, fmt.Errorf("%w: encode %s: %v", ErrPermanent, key, err)
+			return txState{}, 0, fmt.Errorf("%w: encode %s: %v", ErrPermanent, key, err)
 		}
 		if rev == 0 {
-			_, err = in.kv.Create(ctx, key, b)
+			rev, err = in.kv.Create(ctx, key, b)
 		} else {
-			_, err = in.kv.Update(ctx, key, b, rev)
+			rev, err = in.kv.Update(ctx, key, b, rev)
 		}
 		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			in.cfg.Metrics.KVConflicts.Inc()
 			continue
 		}
 		if err != nil {
-			return txState{}, fmt.Errorf("write %s: %w", key, err)
+			return txState{}, 0, fmt.Errorf("write %s: %w", key, err)
 		}
-		return st, nil
+		return st, rev, nil
 	}
-	return txState{}, fmt.Errorf("write %s: %d compare-and-set conflicts in a row", key, maxCAS)
+	return txState{}, 0, fmt.Errorf("write %s: %d compare-and-set conflicts in a row", key, maxCAS)
 }
 
 // flush publishes the outbox of st oldest first, each with its event id as
 // Nats-Msg-Id (so a concurrent flush of the same item is a duplicate), then
-// removes the published items from the stored state.
-func (in *Intake) flush(ctx context.Context, key string, st txState) error {
+// removes the published items from the stored state. rev is st's revision:
+// the state just written is usually still current, so it is updated
+// without reading it back, and read again only if it changed meanwhile.
+func (in *Intake) flush(ctx context.Context, key string, st txState, rev uint64) error {
 	if len(st.Outbox) == 0 {
 		return nil
 	}
@@ -407,6 +415,21 @@ func (in *Intake) flush(ctx context.Context, key string, st txState) error {
 		}
 		seqs[it.EventID] = ack.Sequence
 	}
-	_, err := in.apply(ctx, key, func(s *txState) (bool, error) { return s.published(seqs), nil })
+	if rev != 0 && st.published(seqs) {
+		b, err := json.Marshal(st)
+		if err != nil {
+			return fmt.Errorf("%w: encode %s: %v", ErrPermanent, key, err)
+		}
+		_, err = in.kv.Update(ctx, key, b, rev)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch):
+			in.cfg.Metrics.KVConflicts.Inc()
+		default:
+			return fmt.Errorf("write %s: %w", key, err)
+		}
+	}
+	_, _, err := in.apply(ctx, key, func(s *txState) (bool, error) { return s.published(seqs), nil })
 	return err
 }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
@@ -270,5 +272,57 @@ func TestRetryDelayGrowsAndIsBounded(t *testing.T) {
 	}
 	if d := in.retryDelay(1000); d > time.Minute+time.Minute/2 {
 		t.Errorf("attempt 1000: %s exceeds the cap", d)
+	}
+}
+
+// flush updates the state it just wrote without reading it back; when
+// another worker changed the transaction in between, it reads it again
+// and keeps both changes.
+func TestFlushAfterAConcurrentChange(t *testing.T) {
+	h := newHarness(t, false)
+	in, err := NewIntake(t.Context(), IntakeConfig{JetStream: h.js, Workers: 1, AckWait: 10 * time.Second, MaxAckPending: 1,
+		RetryInitial: time.Second, RetryMax: time.Second, Metrics: h.metrics, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, _ := sengo.ParseCallback(callback("tx-flush", event.StatusSuccess))
+	at := time.Date(2025, 3, 23, 3, 0, 0, 0, time.UTC)
+	ev := tx.Event("main", "", at, false)
+	b, _ := event.Marshal(ev)
+	key := txKey("main", tx.ID)
+	for _, concurrent := range []bool{false, true} {
+		st, rev, err := in.apply(t.Context(), key, func(s *txState) (bool, error) {
+			*s = txState{Project: "main", TransactionID: tx.ID, Status: tx.Status,
+				History: []txEvent{{Status: tx.Status, EventID: ev.ID, AcceptedAt: at}},
+				Outbox:  []outboxItem{{EventID: ev.ID, Subject: event.EventSubject("main", tx.Product, tx.Status), Event: b}}}
+			return true, nil
+		})
+		if err != nil || rev == 0 {
+			t.Fatalf("apply: rev %d, %v", rev, err)
+		}
+		if concurrent { // another worker records a late pending in between
+			if _, _, err := in.apply(t.Context(), key, func(s *txState) (bool, error) {
+				return s.reject(event.StatusPending, event.Stale, at, 7), nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		conflicts := testutil.ToFloat64(h.metrics.KVConflicts)
+		if err := in.flush(t.Context(), key, st, rev); err != nil {
+			t.Fatalf("flush: %v", err)
+		}
+		if got := testutil.ToFloat64(h.metrics.KVConflicts) - conflicts; got != map[bool]float64{false: 0, true: 1}[concurrent] {
+			t.Fatalf("concurrent=%v: %v conflicts", concurrent, got)
+		}
+		kv, _ := h.js.KeyValue(t.Context(), event.BucketTx)
+		entry, err := kv.Get(t.Context(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stored txState
+		_ = json.Unmarshal(entry.Value(), &stored)
+		if len(stored.Outbox) != 0 || stored.History[0].Seq == 0 || concurrent != (len(stored.Rejected) == 1) {
+			t.Fatalf("concurrent=%v: stored %+v", concurrent, stored)
+		}
 	}
 }
