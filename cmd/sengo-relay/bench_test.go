@@ -8,8 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -100,9 +100,10 @@ func TestBenchCommand(t *testing.T) {
 	}
 	var r struct {
 		Results []struct {
-			Name      string
-			PerSecond float64
-			Errors    int64
+			Name         string
+			PerSecond    float64
+			Errors       int64
+			PeakRSSBytes uint64
 		}
 		Ratios       map[string]float64
 		PeakRSSBytes uint64
@@ -114,8 +115,8 @@ func TestBenchCommand(t *testing.T) {
 		t.Fatalf("report %+v", r)
 	}
 	for _, res := range r.Results {
-		if res.PerSecond <= 0 || res.Errors != 0 {
-			t.Errorf("%s: %v/s, %d errors", res.Name, res.PerSecond, res.Errors)
+		if res.PerSecond <= 0 || res.Errors != 0 || res.PeakRSSBytes == 0 || res.PeakRSSBytes > r.PeakRSSBytes {
+			t.Errorf("%s: %v/s, %d errors, peak RSS %d of %d", res.Name, res.PerSecond, res.Errors, res.PeakRSSBytes, r.PeakRSSBytes)
 		}
 	}
 

@@ -8,6 +8,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
@@ -58,15 +60,21 @@ type Result struct {
 	P999Millis float64 `json:"p999Ms"`
 	Errors     int64   `json:"errors"`
 	Note       string  `json:"note,omitempty"`
+	// PeakRSSBytes is the process's peak RSS during this scenario alone
+	// (0 where the kernel cannot reset the peak).
+	PeakRSSBytes uint64 `json:"peakRssBytes,omitempty"`
 }
 
 // SoakSample is one window of a soak run.
 type SoakSample struct {
-	At         time.Duration `json:"at"`
-	RSSBytes   uint64        `json:"rssBytes"`
-	Goroutines int           `json:"goroutines"`
-	Delivered  int64         `json:"delivered"`
-	P99Millis  float64       `json:"p99Ms"`
+	At       time.Duration `json:"at"`
+	RSSBytes uint64        `json:"rssBytes"`
+	// HeapLiveBytes is the live heap as of the last GC: what is retained,
+	// without the garbage RSS also holds.
+	HeapLiveBytes uint64  `json:"heapLiveBytes"`
+	Goroutines    int     `json:"goroutines"`
+	Delivered     int64   `json:"delivered"`
+	P99Millis     float64 `json:"p99Ms"`
 }
 
 // Report is a whole run.
@@ -93,15 +101,21 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		Ratios: map[string]float64{},
 	}
 	byKey := map[string]float64{}
+	var peak uint64 // VmHWM is reset between scenarios
 	for _, sc := range scenarios {
 		if len(cfg.Scenarios) > 0 && !slices.Contains(cfg.Scenarios, sc.key) {
 			continue
 		}
+		resetPeak := resetPeakRSS()
 		st, done, err := openStore(ctx, cfg)
 		if err != nil {
 			return r, err
 		}
 		res, err := sc.run(ctx, cfg, st)
+		if resetPeak {
+			res.PeakRSSBytes = procStatus("VmHWM")
+		}
+		peak = max(peak, procStatus("VmHWM"))
 		done()
 		if err != nil {
 			return r, fmt.Errorf("%s: %w", sc.name, err)
@@ -133,7 +147,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			return r, err
 		}
 	}
-	r.PeakRSSBytes = procStatus("VmHWM")
+	r.PeakRSSBytes = max(peak, procStatus("VmHWM"))
 	return r, nil
 }
 
@@ -554,13 +568,31 @@ func soak(ctx context.Context, cfg Config, st store) ([]SoakSample, error) {
 			return out, nil
 		case <-sampler.C:
 			s := l.take()
-			smp := SoakSample{At: time.Since(start).Round(time.Second), RSSBytes: procStatus("VmRSS"), Goroutines: runtime.NumGoroutine(), Delivered: l.n.Load(), P99Millis: float64(s.pct(0.99).Microseconds()) / 1000}
+			smp := SoakSample{At: time.Since(start).Round(time.Second), RSSBytes: procStatus("VmRSS"), HeapLiveBytes: heapLive(), Goroutines: runtime.NumGoroutine(), Delivered: l.n.Load(), P99Millis: float64(s.pct(0.99).Microseconds()) / 1000}
 			out = append(out, smp)
 			if cfg.Progress != nil {
-				fmt.Fprintf(cfg.Progress, "soak %6s: rss %4d MiB, %5d goroutines, %8d delivered, p99 %.2fms\n", smp.At, smp.RSSBytes>>20, smp.Goroutines, smp.Delivered, smp.P99Millis)
+				fmt.Fprintf(cfg.Progress, "soak %6s: rss %4d MiB, heap %4d MiB, %5d goroutines, %8d delivered, p99 %.2fms\n", smp.At, smp.RSSBytes>>20, smp.HeapLiveBytes>>20, smp.Goroutines, smp.Delivered, smp.P99Millis)
 			}
 		}
 	}
+}
+
+// resetPeakRSS returns the heap freed so far to the OS and resets the
+// kernel's peak-RSS mark (VmHWM), so the next reading is one scenario's
+// peak. It reports false where /proc/self/clear_refs is not writable.
+func resetPeakRSS() bool {
+	debug.FreeOSMemory()
+	return os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
+}
+
+// heapLive is the live heap after the last GC (runtime/metrics).
+func heapLive() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
 
 // procStatus reads a kB value from /proc/self/status (0 where unavailable).
