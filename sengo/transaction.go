@@ -76,9 +76,7 @@ func ParseCallback(body []byte) (Transaction, error) {
 	d.Reset(bytes.NewBuffer(body))
 
 	if k := d.PeekKind(); k != '{' {
-		if err := notObject(d, k); err != nil {
-			return Transaction{}, err
-		}
+		return Transaction{}, notObject(d, k)
 	}
 	var flat, env txFields
 	envelope, envelopeIsObject := false, false
@@ -120,6 +118,8 @@ func ParseCallback(body []byte) (Transaction, error) {
 	return fields.transaction(prefix)
 }
 
+var kindNames = map[jsontext.Kind]string{'n': "null", 't': "bool", 'f': "bool", '"': "string", '0': "number", '[': "array"}
+
 var (
 	decoders    = sync.Pool{New: func() any { return jsontext.NewDecoder(emptyReader) }}
 	emptyReader = bytes.NewReader(nil)
@@ -129,8 +129,7 @@ var (
 // malformed (k is the kind it starts with, 0 when it does not start a
 // value at all).
 func notObject(d *jsontext.Decoder, k jsontext.Kind) error {
-	kinds := map[jsontext.Kind]string{'n': "null", 't': "bool", 'f': "bool", '"': "string", '0': "number", '[': "array"}
-	if what, ok := kinds[k]; ok {
+	if what, ok := kindNames[k]; ok {
 		return fmt.Errorf("%w: body must be a JSON object, not %s", ErrMalformed, what)
 	}
 	_, err := d.ReadToken()
