@@ -113,6 +113,10 @@ func (in *Intake) Run(ctx context.Context, drainTimeout time.Duration) error {
 	}
 	cc, err := in.cons.Consume(func(m jetstream.Msg) { msgs <- m },
 		jetstream.PullMaxMessages(2*in.cfg.Workers),
+		// Short pulls: a pull request lost in a NATS restart (sent on
+		// reconnect, before JetStream is back) is noticed by its missing
+		// heartbeats within 5s, not the default 30s.
+		jetstream.PullExpiry(5*time.Second),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			in.log.Warn().Err(err).Msg("intake consume")
 		}))

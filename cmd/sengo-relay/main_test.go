@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -98,6 +99,21 @@ func (w *logWatch) field(t testing.TB, msg, key string) string {
 			t.Fatalf("no log line %q within 30s", msg)
 		}
 	}
+}
+
+// atLeast returns the lines at level warn or above (level "warn"), or
+// every line but debug ("info").
+func (w *logWatch) atLeast(level string) string {
+	skip := map[string][]string{"warn": {"debug", "info"}, "info": {"debug"}}[level]
+	var b strings.Builder
+	for _, line := range strings.Split(w.text(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil || slices.Contains(skip, fmt.Sprint(m["level"])) {
+			continue
+		}
+		b.WriteString(line + "\n")
+	}
+	return b.String()
 }
 
 func (w *logWatch) text() string {
@@ -286,8 +302,13 @@ func TestServeEndToEnd(t *testing.T) {
 func TestNATSOutage(t *testing.T) {
 	srv := natstest.Start(t)
 	orders := newHook(t)
-	base, _ := startRunWith(t, writeConfig(t, endpointYAML("orders", orders.URL, "1s")),
+	base, logs := startRunWith(t, writeConfig(t, endpointYAML("orders", orders.URL, "1s")),
 		relayEnv(t.TempDir(), "SENGO_RELAY_NATS_URL="+srv.URL(), "SENGO_RELAY_HTTP_PUBLISH_TIMEOUT=1s", "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0"))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("relay warnings:\n%s", logs.atLeast("warn"))
+		}
+	})
 	waitReady(t, base)
 	first := fixtures.Body("callback-va-success")
 	if code := post(t, base+"/callbacks/sengo/main", first); code != 200 {

@@ -172,17 +172,21 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			return // cancelled
 		}
 		provisioned.Store(true)
-		in, err := receiver.NewIntake(runCtx, receiver.IntakeConfig{
-			JetStream:       js,
-			Workers:         cfg.Intake.Workers,
-			AckWait:         cfg.Intake.AckWait.D(),
-			MaxAckPending:   cfg.Intake.MaxAckPending,
-			RetryInitial:    cfg.Intake.RetryInitial.D(),
-			RetryMax:        cfg.Intake.RetryMax.D(),
-			Confirmer:       confirmer,
-			ConfirmAttempts: cfg.Intake.ConfirmAttempts,
-			Metrics:         metrics,
-			Logger:          log.With().Str("component", "intake").Logger(),
+		var in *receiver.Intake
+		err := retryStart(runCtx, log, "starting intake", func() (err error) {
+			in, err = receiver.NewIntake(runCtx, receiver.IntakeConfig{
+				JetStream:       js,
+				Workers:         cfg.Intake.Workers,
+				AckWait:         cfg.Intake.AckWait.D(),
+				MaxAckPending:   cfg.Intake.MaxAckPending,
+				RetryInitial:    cfg.Intake.RetryInitial.D(),
+				RetryMax:        cfg.Intake.RetryMax.D(),
+				Confirmer:       confirmer,
+				ConfirmAttempts: cfg.Intake.ConfirmAttempts,
+				Metrics:         metrics,
+				Logger:          log.With().Str("component", "intake").Logger(),
+			})
+			return err
 		})
 		if err != nil {
 			log.Error().Err(err).Msg("intake cannot start")
@@ -191,9 +195,13 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		}
 		intake.Store(in)
 		for _, ep := range endpoints {
-			w, err := dispatcher.NewWorker(runCtx, dispatcher.WorkerConfig{
-				Endpoint: ep, JetStream: js, UserAgent: "sengo-relay/" + versionString(), Metrics: dmetrics,
-				Logger: log.With().Str("component", "dispatcher").Logger(),
+			var w *dispatcher.Worker
+			err := retryStart(runCtx, log.With().Str("endpoint", ep.Name).Logger(), "starting endpoint", func() (err error) {
+				w, err = dispatcher.NewWorker(runCtx, dispatcher.WorkerConfig{
+					Endpoint: ep, JetStream: js, UserAgent: "sengo-relay/" + versionString(), Metrics: dmetrics,
+					Logger: log.With().Str("component", "dispatcher").Logger(),
+				})
+				return err
 			})
 			if err != nil {
 				log.Error().Err(err).Str("endpoint", ep.Name).Msg("endpoint cannot start")
@@ -262,17 +270,32 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 // provision creates or updates the streams, retrying with backoff until it
 // succeeds or ctx ends: a relay started before its NATS cluster waits.
 func provision(ctx context.Context, js jetstream.JetStream, spec stream.Spec, log zerolog.Logger) error {
+	return retryStart(ctx, log, "provisioning streams", func() error {
+		return stream.Provision(ctx, js, spec) // each item has its own deadline
+	})
+}
+
+// retryStart runs start until it succeeds, retrying with backoff (at most
+// 10s apart) while NATS is unreachable or JetStream unavailable, so a NATS
+// outage at any moment of startup delays the relay instead of stopping
+// it. An error JetStream answers with (other than 503, unavailable) is
+// returned at once: retrying a refused configuration changes nothing.
+func retryStart(ctx context.Context, log zerolog.Logger, what string, start func() error) error {
 	b := backoff.NewExponentialBackOff()
 	b.MaxInterval = 10 * time.Second
 	b.MaxElapsedTime = 0
 	return backoff.RetryNotify(func() error {
-		err := stream.Provision(ctx, js, spec) // each item has its own deadline
-		if ctx.Err() != nil {
+		err := start()
+		var apiErr *jetstream.APIError
+		switch {
+		case ctx.Err() != nil:
 			return backoff.Permanent(ctx.Err())
+		case errors.As(err, &apiErr) && apiErr.Code != http.StatusServiceUnavailable:
+			return backoff.Permanent(err)
 		}
 		return err
 	}, backoff.WithContext(b, ctx), func(err error, d time.Duration) {
-		log.Warn().Err(err).Dur("delay", d).Msg("provisioning streams failed; retrying")
+		log.Warn().Err(err).Dur("delay", d).Msg(what + " failed; retrying")
 	})
 }
 
