@@ -262,12 +262,21 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		return
 	}
 	key := attemptKey(w.ep.Name, ev.ID, replaySeq)
-	log := w.log.With().Str("event_id", ev.ID).Str("transaction_id", ev.Data.TransactionID).Str("merchant_ref", ev.Data.MerchantRef).Logger()
+	var rec attempts
+	var res attemptResult
+	log := func() *zerolog.Logger { // built only for the lines written
+		c := w.log.With().Str("event_id", ev.ID).Str("transaction_id", ev.Data.TransactionID).Str("merchant_ref", ev.Data.MerchantRef)
+		if rec.Count > 0 {
+			c = c.Int("attempt", rec.Count).Str("status", res.describe())
+		}
+		l := c.Logger()
+		return &l
+	}
 
-	rec, _, err := w.store.get(ctx, key)
+	rec, _, err = w.store.get(ctx, key)
 	if err != nil {
 		w.breaker.release(probe)
-		log.Warn().Err(err).Msg("attempt record unavailable; retrying")
+		log().Warn().Err(err).Msg("attempt record unavailable; retrying")
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
@@ -291,17 +300,16 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		}
 	}
 
-	res := post(ctx, w.httpc, w.ep, delivery{userAgent: w.cfg.UserAgent, eventID: ev.ID, seq: eventSeq(msg, meta, replayed), body: msg.Data(),
+	res = post(ctx, w.httpc, w.ep, delivery{userAgent: w.cfg.UserAgent, eventID: ev.ID, seq: eventSeq(msg, meta, replayed), body: msg.Data(),
 		replay: msg.Headers().Get(HeaderReplayKind) == "replay", now: now})
 	w.cfg.Metrics.AttemptSeconds.WithLabelValues(w.ep.Name).Observe(res.Duration.Seconds())
 	rec.record(res, now)
 	act := decide(w.ep, res, rec.Count)
-	log = log.With().Int("attempt", rec.Count).Str("status", res.describe()).Logger()
 
 	if res.ok() {
 		w.breaker.success(probe)
 	} else if !res.Abort && w.breaker.failure(probe, res.describe()) {
-		log.Warn().Int("failures", w.ep.Breaker.Failures).Msg("endpoint paused: events wait in the stream until a probe succeeds")
+		log().Warn().Int("failures", w.ep.Breaker.Failures).Msg("endpoint paused: events wait in the stream until a probe succeeds")
 	}
 	w.updateHealth()
 
@@ -310,20 +318,22 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		if w.ep.Ordered || rec.Count > 1 {
 			rec.Done, rec.NextAt = true, time.Time{}
 			if err := w.store.put(ctx, key, rec); err != nil {
-				log.Warn().Err(err).Msg("mark delivered")
+				log().Warn().Err(err).Msg("mark delivered")
 			}
 		}
 		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "delivered").Inc()
-		log.Debug().Msg("delivered")
+		if w.log.GetLevel() <= zerolog.DebugLevel {
+			log().Debug().Msg("delivered")
+		}
 		_ = msg.Ack()
 	case actRetry:
 		rec.NextAt = now.Add(act.delay)
 		if err := w.store.put(ctx, key, rec); err != nil {
-			log.Warn().Err(err).Msg("record attempt")
+			log().Warn().Err(err).Msg("record attempt")
 		}
 		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "retry").Inc()
 		w.cfg.Metrics.RetriesScheduled.WithLabelValues(w.ep.Name).Inc()
-		log.Warn().Dur("delay", act.delay).Msg("delivery failed; retry scheduled")
+		log().Warn().Dur("delay", act.delay).Msg("delivery failed; retry scheduled")
 		_ = msg.NakWithDelay(act.delay)
 	case actDeadLetter:
 		w.deadLetter(ctx, msg, meta, ev, key, rec, act.reason, replayed)
@@ -387,7 +397,7 @@ func (w *Worker) updateHealth() {
 // mustWait implements ordered delivery: an event waits while the event
 // before it in its transaction (its previousStatus), if this endpoint
 // receives that one, is neither delivered nor dead-lettered.
-func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.MsgMetadata, log zerolog.Logger) (bool, time.Duration) {
+func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.MsgMetadata, log func() *zerolog.Logger) (bool, time.Duration) {
 	prev := ev.Data.PreviousStatus
 	if prev == nil {
 		return false, 0
@@ -412,7 +422,7 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 	default:
 		// Still no record after three waits: the predecessor never reached
 		// this endpoint (it predates the endpoint). Do not wait forever.
-		log.Warn().Str("previous_event_id", prevID).Msg("predecessor never attempted on this endpoint; delivering")
+		log().Warn().Str("previous_event_id", prevID).Msg("predecessor never attempted on this endpoint; delivering")
 		return false, 0
 	}
 }
