@@ -268,29 +268,44 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 }
 
 // provision creates or updates the streams, retrying with backoff until it
-// succeeds or ctx ends: a relay started before its NATS cluster waits.
+// succeeds or ctx ends, whatever the error: a relay started before its
+// NATS cluster waits, and one whose streams JetStream refuses keeps saying
+// why (readyz stays 503) rather than exiting.
 func provision(ctx context.Context, js jetstream.JetStream, spec stream.Spec, log zerolog.Logger) error {
-	return retryStart(ctx, log, "provisioning streams", func() error {
+	return retry(ctx, log, "provisioning streams", anyError, func() error {
 		return stream.Provision(ctx, js, spec) // each item has its own deadline
 	})
 }
 
-// retryStart runs start until it succeeds, retrying with backoff (at most
-// 10s apart) while NATS is unreachable or JetStream unavailable, so a NATS
-// outage at any moment of startup delays the relay instead of stopping
-// it. An error JetStream answers with (other than 503, unavailable) is
-// returned at once: retrying a refused configuration changes nothing.
+// retryStart runs start until it succeeds, retrying while NATS is
+// unreachable or JetStream unavailable, so a NATS outage at any moment of
+// startup delays the relay instead of stopping it. An error JetStream
+// answers with (other than 503, unavailable) is returned at once: retrying
+// a refused configuration changes nothing.
 func retryStart(ctx context.Context, log zerolog.Logger, what string, start func() error) error {
+	return retry(ctx, log, what, transient, start)
+}
+
+// transient: anything but an answer from JetStream other than 503.
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	return !errors.As(err, &apiErr) || apiErr.Code == http.StatusServiceUnavailable
+}
+
+func anyError(error) bool { return true }
+
+// retry runs f with exponential backoff (at most 10s apart) until it
+// succeeds, ctx ends, or it fails with an error retryable rejects.
+func retry(ctx context.Context, log zerolog.Logger, what string, retryable func(error) bool, f func() error) error {
 	b := backoff.NewExponentialBackOff()
 	b.MaxInterval = 10 * time.Second
 	b.MaxElapsedTime = 0
 	return backoff.RetryNotify(func() error {
-		err := start()
-		var apiErr *jetstream.APIError
+		err := f()
 		switch {
 		case ctx.Err() != nil:
 			return backoff.Permanent(ctx.Err())
-		case errors.As(err, &apiErr) && apiErr.Code != http.StatusServiceUnavailable:
+		case err != nil && !retryable(err):
 			return backoff.Permanent(err)
 		}
 		return err

@@ -4,15 +4,21 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/internal/config"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
 )
 
 // retryStart rides out NATS being unreachable or JetStream unavailable,
-// and gives up at once on an error JetStream answers with.
+// and gives up at once on an error JetStream answers with; provisioning
+// retries even that.
 func TestRetryStart(t *testing.T) {
 	unavailable := &jetstream.APIError{Code: http.StatusServiceUnavailable, Description: "JetStream system temporarily unavailable"}
 	refused := &jetstream.APIError{Code: http.StatusBadRequest, Description: "consumer config invalid"}
@@ -42,9 +48,40 @@ func TestRetryStart(t *testing.T) {
 			}
 		})
 	}
+	// Provisioning retries even what JetStream refuses: readyz says why.
+	calls := 0
 	ctx, cancel := context.WithCancel(t.Context())
+	err := retry(ctx, zerolog.Nop(), "provisioning", anyError, func() error {
+		if calls++; calls == 2 {
+			return nil
+		}
+		return refused
+	})
+	if err != nil || calls != 2 {
+		t.Fatalf("provisioning: %d calls, %v", calls, err)
+	}
+
 	cancel()
 	if err := retryStart(ctx, zerolog.Nop(), "starting", func() error { return context.DeadlineExceeded }); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled: %v", err)
+	}
+}
+
+// provision keeps retrying a configuration JetStream refuses (here a stream
+// that exists with another storage type), so the relay stays up and says
+// why, instead of exiting.
+func TestProvisionRetriesRefusals(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	spec := provisionSpec(config.Default())
+	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: spec.Streams[0].Name, Subjects: []string{"elsewhere.>"}, Storage: jetstream.MemoryStorage}); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	err := provision(ctx, js, spec, zerolog.New(&logs))
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(logs.String(), "provisioning streams failed; retrying") {
+		t.Fatalf("provision: %v; logs %s", err, logs.String())
 	}
 }
