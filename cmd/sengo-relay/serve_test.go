@@ -78,7 +78,7 @@ func TestProvisionRetriesRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	var logs syncBuffer
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 	defer cancel()
 	err := provision(ctx, js, spec, zerolog.New(&logs))
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(logs.String(), "provisioning streams failed; retrying") {

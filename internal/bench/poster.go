@@ -74,6 +74,15 @@ func (p *poster) post(body []byte) (int, error) {
 	return status, nil
 }
 
+// accept posts body and fails unless the answer is 200.
+func (p *poster) accept(body []byte) error {
+	status, err := p.post(body)
+	if err == nil && status != 200 {
+		err = fmt.Errorf("status %d", status)
+	}
+	return err
+}
+
 func (p *poster) get() (*pconn, error) {
 	select {
 	case pc := <-p.idle:

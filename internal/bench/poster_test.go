@@ -77,6 +77,12 @@ func TestPoster(t *testing.T) {
 			want++
 		}
 	}
+	for path, ok := range map[string]bool{"/ok": true, "/busy": false} {
+		p.path = path
+		if err := p.accept([]byte(`{"n":1}`)); (err == nil) != ok {
+			t.Fatalf("accept %s: %v", path, err)
+		}
+	}
 	if _, err := newPoster("https://example.com/", 1); err == nil {
 		t.Fatal("https accepted")
 	}
