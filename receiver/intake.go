@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -154,7 +155,20 @@ func (in *Intake) handle(m jetstream.Msg) {
 	// this one still works on it.
 	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.AckWait*2/3)
 	defer cancel()
-	in.settle(ctx, m, in.process(ctx, m))
+	in.settle(ctx, m, in.processSafely(ctx, m))
+}
+
+// processSafely is process, with a panic turned into a permanent failure:
+// a notification that crashes processing is quarantined, never retried in
+// a loop that takes a worker down each time.
+func (in *Intake) processSafely(ctx context.Context, m jetstream.Msg) (r result) {
+	defer func() {
+		if p := recover(); p != nil {
+			in.log.Error().Str("panic", fmt.Sprint(p)).Str("stack", string(debug.Stack())).Msg("intake panicked on a notification; quarantining it")
+			r = result{project: m.Headers().Get(event.HeaderProject), err: fmt.Errorf("%w: processing panicked: %v", ErrPermanent, p)}
+		}
+	}()
+	return in.process(ctx, m)
 }
 
 // settle is the one place that decides Ack, NakWithDelay or quarantine.

@@ -1,7 +1,9 @@
 package receiver
 
 import (
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"regexp"
 	"time"
@@ -101,12 +103,25 @@ func (s *txState) published(seqs map[string]uint64) bool {
 
 var plainID = regexp.MustCompile(`^[A-Za-z0-9-]{1,200}$`)
 
+// maxKeyID bounds the id part of a SENGO_TX key, whatever the id: a key
+// becomes a subject, and nats-server drops a connection whose protocol
+// line exceeds 4 KiB.
+const maxKeyID = 128
+
 // txKey is the SENGO_TX key of a transaction: "<project>.<id>". SenGo ids
 // are opaque strings; one that is not plain letters, digits and '-' is
-// base64url-encoded behind "b64_" (which a plain id cannot contain).
+// base64url-encoded behind "b64_" (which a plain id cannot contain), and
+// an id whose key part would exceed maxKeyID is replaced by "h_" and the
+// hex SHA-256 of the id. The callback parser bounds ids (sengo.MaxIDBytes);
+// the hash keeps the key bounded for notifications that did not pass it.
 func txKey(project, transactionID string) string {
-	if plainID.MatchString(transactionID) {
-		return project + "." + transactionID
+	k := transactionID
+	if !plainID.MatchString(transactionID) {
+		k = "b64_" + base64.RawURLEncoding.EncodeToString([]byte(transactionID))
 	}
-	return project + ".b64_" + base64.RawURLEncoding.EncodeToString([]byte(transactionID))
+	if len(k) > maxKeyID {
+		sum := sha256.Sum256([]byte(transactionID))
+		k = "h_" + hex.EncodeToString(sum[:])
+	}
+	return project + "." + k
 }

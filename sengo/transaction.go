@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode"
 
 	"github.com/go-json-experiment/json/jsontext"
 
@@ -284,8 +285,8 @@ func (f *txFields) member(d *jsontext.Decoder, name []byte) error {
 func (f *txFields) transaction(prefix string) (Transaction, error) {
 	p := checker{prefix: prefix}
 	t := Transaction{
-		ID:          p.requiredString("id", f.v[fID]),
-		MerchantRef: p.requiredString("merchantRef", f.v[fMerchantRef]),
+		ID:          p.identifier("id", f.v[fID], MaxIDBytes),
+		MerchantRef: p.reference("merchantRef", f.v[fMerchantRef]),
 		FeePayer:    p.optionalString("feePayer", f.v[fFeePayer]),
 		Amount:      p.amount("amount", f.v[fAmount]),
 		Fee:         p.amount("fee", f.v[fFee]),
@@ -365,10 +366,50 @@ func (p *checker) requiredString(key string, v value) string {
 }
 
 func (p *checker) optionalString(key string, v value) string {
-	if !v.absent() && v.kind != '"' {
+	switch {
+	case !v.absent() && v.kind != '"':
 		p.fail(key, "must be a string")
+	case len(v.str) > MaxFieldBytes:
+		p.fail(key, fmt.Sprintf("must be at most %d bytes", MaxFieldBytes))
 	}
 	return v.str
+}
+
+// Bounds on what a notification may carry. SenGo's ids are UUIDs and a
+// merchantRef is the merchant's own reference; both become parts of keys
+// and log lines, so anything beyond these is refused (422) before it is
+// stored. Other strings (channel, codes, dates) are bounded too.
+const (
+	MaxIDBytes          = 128
+	MaxMerchantRefBytes = 255
+	MaxFieldBytes       = 255
+)
+
+// reference is a required string of at most MaxMerchantRefBytes without
+// control characters: the merchant chose it, so spaces and any script are
+// allowed.
+func (p *checker) reference(key string, v value) string {
+	s := p.requiredString(key, v)
+	switch {
+	case len(s) > MaxMerchantRefBytes:
+		p.fail(key, fmt.Sprintf("must be at most %d bytes", MaxMerchantRefBytes))
+	case strings.IndexFunc(s, unicode.IsControl) >= 0:
+		p.fail(key, "must not contain control characters")
+	}
+	return s
+}
+
+// identifier is a required string of printable ASCII without spaces (the
+// bytes '!' to '~'), at most max bytes.
+func (p *checker) identifier(key string, v value, max int) string {
+	s := p.requiredString(key, v)
+	switch {
+	case len(s) > max:
+		p.fail(key, fmt.Sprintf("must be at most %d bytes", max))
+	case strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r > '~' }) >= 0:
+		p.fail(key, "must be printable ASCII without spaces")
+	}
+	return s
 }
 
 func (p *checker) nullableString(key string, v value) *string {
@@ -377,6 +418,9 @@ func (p *checker) nullableString(key string, v value) *string {
 		return nil
 	case v.kind != '"':
 		p.fail(key, "must be a string or null")
+		return nil
+	case len(v.str) > MaxFieldBytes:
+		p.fail(key, fmt.Sprintf("must be at most %d bytes", MaxFieldBytes))
 		return nil
 	}
 	return &v.str

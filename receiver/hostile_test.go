@@ -1,0 +1,108 @@
+package receiver
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/sengo"
+)
+
+// A callback whose id is thousands of non-ASCII bytes once became an 8 KB
+// SENGO_TX key; reading it exceeded nats-server's control line, the server
+// dropped the connection for good and all processing stopped. It is now
+// refused at the edge, and a genuine callback after it is still processed.
+func TestHostileIDIsRefusedAndProcessingGoesOn(t *testing.T) {
+	h := newHarness(t, true)
+	long := strings.Repeat("é", 1500) // 3,000 bytes
+	resp, body := h.post("/callbacks/sengo/main", callback(long, event.StatusSuccess))
+	if resp.StatusCode != 422 || toString(body["error"].(map[string]any)["code"]) != "invalid_notification" {
+		t.Fatalf("hostile id answered %d %v, want 422 invalid_notification", resp.StatusCode, body)
+	}
+	for _, id := range []string{"with space", strings.Repeat("a", 129), "idé"} {
+		if resp, _ := h.post("/callbacks/sengo/main", callback(id, event.StatusSuccess)); resp.StatusCode != 422 {
+			t.Errorf("id %q answered %d, want 422", id, resp.StatusCode)
+		}
+	}
+	ref := strings.Replace(string(callback("tx-ok-ref", event.StatusSuccess)), `"REF-tx-ok-ref"`, `"`+strings.Repeat("R", 256)+`"`, 1)
+	if resp, _ := h.post("/callbacks/sengo/main", []byte(ref)); resp.StatusCode != 422 {
+		t.Errorf("a 256-byte merchantRef answered %d, want 422", resp.StatusCode)
+	}
+	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-after", event.StatusSuccess)); resp.StatusCode != 200 {
+		t.Fatalf("genuine callback answered %d", resp.StatusCode)
+	}
+	eventually(t, "event of the genuine callback", func() bool { return len(statuses(h.events(), "tx-after")) == 1 })
+}
+
+// A notification with a hostile id that reached the inbox anyway (stored
+// by an older version, or fed by reconciliation) is quarantined; it never
+// wedges intake, and the work connection stays up.
+func TestHostileIDInTheInboxIsQuarantined(t *testing.T) {
+	h := newHarness(t, true)
+	ctx := context.Background()
+	long := strings.Repeat("é", 3000)
+	if _, err := h.js.PublishMsg(ctx, &nats.Msg{Subject: "sengo.inbox.main", Data: callback(long, event.StatusSuccess),
+		Header: nats.Header{event.HeaderProject: []string{"main"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.js.PublishMsg(ctx, &nats.Msg{Subject: "sengo.inbox.main", Data: callback("tx-next", event.StatusSuccess),
+		Header: nats.Header{event.HeaderProject: []string{"main"}}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "intake idle", h.intakeIdle)
+	if got := statuses(h.events(), "tx-next"); len(got) != 1 {
+		t.Fatalf("tx-next events %v, want one", got)
+	}
+	if n := h.msgs(event.StreamQuarantine); n != 1 {
+		t.Fatalf("quarantine holds %d, want the hostile notification", n)
+	}
+}
+
+func TestTxKeyIsBounded(t *testing.T) {
+	for _, id := range []string{strings.Repeat("é", 3000), strings.Repeat("a", 5000), strings.Repeat("a.", 300)} {
+		k := txKey("main", id)
+		if len(k) > 5+maxKeyID {
+			t.Errorf("txKey of a %d-byte id is %d bytes", len(id), len(k))
+		}
+		if k2 := txKey("main", id+"x"); k2 == k {
+			t.Errorf("two ids share the key %s", k)
+		}
+	}
+}
+
+// panicConfirmer crashes on one transaction id: the stand-in for any bug
+// that a particular notification triggers.
+type panicConfirmer struct{ id string }
+
+func (p panicConfirmer) Confirm(_ context.Context, _ string, tx sengo.Transaction) (sengo.Transaction, bool, error) {
+	if tx.ID == p.id {
+		panic("boom on " + tx.ID)
+	}
+	return tx, false, nil
+}
+
+// A notification that crashes processing is quarantined after its first
+// attempt, not redelivered in a loop; the others are processed.
+func TestNotificationThatPanicsIsQuarantined(t *testing.T) {
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) { ic.Confirmer = panicConfirmer{id: "tx-crash"} })
+	for _, id := range []string{"tx-crash", "tx-fine"} {
+		if resp, _ := h.post("/callbacks/sengo/main", callback(id, event.StatusSuccess)); resp.StatusCode != 200 {
+			t.Fatal(resp.StatusCode)
+		}
+	}
+	eventually(t, "intake idle", h.intakeIdle)
+	if got := statuses(h.events(), "tx-fine"); len(got) != 1 {
+		t.Fatalf("tx-fine events %v", got)
+	}
+	if n := h.msgs(event.StreamQuarantine); n != 1 {
+		t.Fatalf("quarantine holds %d, want 1", n)
+	}
+	m := natstest.Messages(t, h.js, event.StreamQuarantine)[0]
+	if !strings.Contains(m.Header.Get(event.HeaderReason), "panicked") {
+		t.Fatalf("reason %q", m.Header.Get(event.HeaderReason))
+	}
+}
