@@ -23,6 +23,7 @@ var (
 	ErrForbidden            = errors.New("forbidden")
 	ErrStoreUnavailable     = errors.New("store unavailable, retry later")
 	ErrNotReady             = errors.New("not ready")
+	ErrNotLive              = errors.New("not live: restart the process")
 	ErrOverloaded           = errors.New("too many callbacks in flight, retry later")
 )
 
@@ -45,6 +46,7 @@ var errorTable = []struct {
 	{sengo.ErrInvalid, http.StatusUnprocessableEntity, "invalid_notification"},
 	{ErrStoreUnavailable, http.StatusServiceUnavailable, "store_unavailable"},
 	{ErrNotReady, http.StatusServiceUnavailable, "not_ready"},
+	{ErrNotLive, http.StatusServiceUnavailable, "not_live"},
 	{ErrOverloaded, http.StatusServiceUnavailable, "overloaded"},
 }
 

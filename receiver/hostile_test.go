@@ -2,6 +2,8 @@ package receiver
 
 import (
 	"context"
+	"errors"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -105,4 +107,28 @@ func TestNotificationThatPanicsIsQuarantined(t *testing.T) {
 	if !strings.Contains(m.Header.Get(event.HeaderReason), "panicked") {
 		t.Fatalf("reason %q", m.Header.Get(event.HeaderReason))
 	}
+}
+
+// /healthz fails once the process cannot work any more (a NATS connection
+// closed for good), so an orchestrator restarts it.
+func TestHealthzFailsWhenNotLive(t *testing.T) {
+	var dead error
+	h := newHarness(t, false, func(c *Config, _ *IntakeConfig) { c.Live = func() error { return dead } })
+	if resp, _ := h.do(mustRequest(t, "GET", h.http.URL+"/healthz")); resp.StatusCode != 200 {
+		t.Fatalf("healthz %d while live", resp.StatusCode)
+	}
+	dead = errors.New("nats connection sengo-relay/work closed for good")
+	resp, body := h.do(mustRequest(t, "GET", h.http.URL+"/healthz"))
+	if resp.StatusCode != 503 || toString(body["error"].(map[string]any)["code"]) != "not_live" {
+		t.Fatalf("healthz %d %v, want 503 not_live", resp.StatusCode, body)
+	}
+}
+
+func mustRequest(t *testing.T, method, url string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
 }

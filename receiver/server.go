@@ -55,6 +55,10 @@ type Config struct {
 	// Ready reports whether the relay can store callbacks (JetStream
 	// reachable, streams provisioned). It must return within its context.
 	Ready    func(context.Context) error
+	// Live reports whether the process can still do its work at all; an
+	// error makes /healthz answer 503 so an orchestrator restarts it (for
+	// example a NATS connection closed for good). Nil: always live.
+	Live func() error
 	Metrics  *Metrics
 	Gatherer prometheus.Gatherer
 	Logger   zerolog.Logger
@@ -83,6 +87,12 @@ func New(cfg Config) *echo.Echo {
 	e.POST("/callbacks/sengo/:project/:token", h.serve)
 
 	e.GET("/healthz", func(c echo.Context) error {
+		if cfg.Live != nil {
+			if err := cfg.Live(); err != nil {
+				cfg.Logger.Error().Err(err).Msg("not live")
+				return ErrNotLive
+			}
+		}
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})
 	e.GET("/readyz", func(c echo.Context) error {

@@ -17,7 +17,13 @@ type ConnectConfig struct {
 	// Token is a NATS auth token; optional. Never logged.
 	Token string
 	// Name identifies the connection in server monitoring.
-	Name   string
+	Name string
+	// Closed, when set, is called if the connection closes for good
+	// without Close or Drain having been called by this process: nats.go
+	// gives up on a connection the server dropped for a protocol error
+	// (for example a subject over its 4 KiB control line), and nothing
+	// works on it afterwards.
+	Closed func(*nats.Conn)
 	Logger zerolog.Logger
 }
 
@@ -49,6 +55,12 @@ func Connect(cfg ConnectConfig, extra ...nats.Option) (*nats.Conn, error) {
 			}
 			ev.Msg("nats async error")
 		}),
+	}
+	if cfg.Closed != nil {
+		opts = append(opts, nats.ClosedHandler(func(nc *nats.Conn) {
+			log.Error().Err(nc.LastError()).Str("connection", cfg.Name).Msg("nats connection closed for good")
+			cfg.Closed(nc)
+		}))
 	}
 	if cfg.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile))

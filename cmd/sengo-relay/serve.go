@@ -38,7 +38,21 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	log := newLogger(cfg.Log, stdout)
 	log.Info().Str("version", versionString()).Msg("starting sengo-relay")
 
-	conns, shutdownNATS, err := connectNATS(cfg, log)
+	// A connection that nats.go closed for good (not by drain at shutdown,
+	// which replaces this handler) stops the relay with an error, and
+	// /healthz fails meanwhile: nothing works on it any more, and a
+	// restart is the cure.
+	connLost := make(chan error, 2)
+	var lost atomic.Value // error
+	onClosed := func(nc *nats.Conn) {
+		err := fmt.Errorf("nats connection %s closed for good: %v", nc.Opts.Name, nc.LastError())
+		lost.CompareAndSwap(nil, err)
+		select {
+		case connLost <- err:
+		default:
+		}
+	}
+	conns, shutdownNATS, err := connectNATS(cfg, log, onClosed)
 	if err != nil {
 		return err
 	}
@@ -91,6 +105,12 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		PublishTimeout: cfg.HTTP.PublishTimeout.D(),
 		RetryAfter:     cfg.HTTP.RetryAfter.D(),
 		TrustedProxies: trusted,
+		Live: func() error {
+			if err, _ := lost.Load().(error); err != nil {
+				return err
+			}
+			return nil
+		},
 		Ready: func(ctx context.Context) error {
 			if !provisioned.Load() {
 				return errors.New("streams not provisioned yet")
@@ -246,6 +266,8 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	case <-runCtx.Done():
 	case err := <-serveErr:
 		runErr = fmt.Errorf("http server: %w", err)
+	case err := <-connLost:
+		runErr = err
 	}
 	if ctx.Err() == nil && runErr == nil {
 		runErr = errors.New("intake failed to start")
@@ -322,10 +344,10 @@ type natsConns struct{ callbacks, work *nats.Conn }
 // connectNATS starts the embedded server when no URL is configured and
 // connects. The returned function drains the connections and stops the
 // embedded server.
-func connectNATS(cfg config.Config, log zerolog.Logger) (natsConns, func(), error) {
+func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn)) (natsConns, func(), error) {
 	ccfg := stream.ConnectConfig{
 		URL: cfg.NATS.URL, CredsFile: cfg.NATS.CredsFile, Token: cfg.NATS.Token.Value(),
-		Logger: log.With().Str("component", "nats").Logger(),
+		Logger: log.With().Str("component", "nats").Logger(), Closed: closed,
 	}
 	var emb *stream.Embedded
 	var opts []nats.Option
