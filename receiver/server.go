@@ -54,11 +54,11 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// Ready reports whether the relay can store callbacks (JetStream
 	// reachable, streams provisioned). It must return within its context.
-	Ready    func(context.Context) error
+	Ready func(context.Context) error
 	// Live reports whether the process can still do its work at all; an
 	// error makes /healthz answer 503 so an orchestrator restarts it (for
 	// example a NATS connection closed for good). Nil: always live.
-	Live func() error
+	Live     func() error
 	Metrics  *Metrics
 	Gatherer prometheus.Gatherer
 	Logger   zerolog.Logger
