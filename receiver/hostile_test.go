@@ -132,3 +132,49 @@ func mustRequest(t *testing.T, method, url string) *http.Request {
 	}
 	return req
 }
+
+// inboxAckFloor is the intake consumer's ack floor and its count of
+// messages delivered and not yet acknowledged.
+func (h *harness) inboxAckFloor() (floor uint64, ackPending int) {
+	h.t.Helper()
+	cons, err := h.js.Consumer(context.Background(), event.StreamInbox, IntakeConsumer)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	info, err := cons.Info(context.Background())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return info.AckFloor.Stream, info.NumAckPending
+}
+
+// While a store intake writes to refuses writes, the notification is
+// retried and never acknowledged; when writes work again its event is
+// published exactly once. SENGO_EVENTS and the SENGO_TX bucket are made to
+// refuse writes for real.
+func TestIntakeNeverAcksAFailedWrite(t *testing.T) {
+	for _, stream := range []string{event.StreamEvents, "KV_" + event.BucketTx} {
+		t.Run(stream, func(t *testing.T) {
+			h := newHarness(t, true)
+			restore := natstest.RefuseWrites(t, h.js, stream)
+			if resp, _ := h.post("/callbacks/sengo/main", callback("tx-w", event.StatusSuccess)); resp.StatusCode != 200 {
+				t.Fatal(resp.StatusCode)
+			}
+			eventually(t, "intake retried", func() bool { return h.intakeCount("main", "retry") >= 2 })
+			if floor, _ := h.inboxAckFloor(); floor != 0 {
+				t.Fatalf("inbox ack floor %d while %s refuses writes: the notification was acknowledged", floor, stream)
+			}
+			if n := len(h.events()); n != 0 {
+				t.Fatalf("%d events while %s refuses writes", n, stream)
+			}
+			restore()
+			eventually(t, "intake idle", h.intakeIdle)
+			if got := statuses(h.events(), "tx-w"); len(got) != 1 {
+				t.Fatalf("events %v after writes came back, want one", got)
+			}
+			if n := h.msgs(event.StreamQuarantine); n != 0 {
+				t.Fatalf("%d quarantined", n)
+			}
+		})
+	}
+}

@@ -128,3 +128,45 @@ func Messages(t testing.TB, js jetstream.JetStream, stream string) []*jetstream.
 	}
 	return out
 }
+
+// RefuseWrites makes stream refuse every new message for real (a MaxMsgSize
+// of 1 byte; for a KV bucket pass "KV_<bucket>") and returns the function
+// that restores its limit. The restore also runs when the test ends.
+func RefuseWrites(t testing.TB, js jetstream.JetStream, stream string) (restore func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatalf("natstest: stream %s: %v", stream, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatalf("natstest: stream %s: %v", stream, err)
+	}
+	before := info.Config.MaxMsgSize
+	refused := info.Config
+	refused.MaxMsgSize = 1
+	if _, err := js.UpdateStream(ctx, refused); err != nil {
+		t.Fatalf("natstest: refuse writes on %s: %v", stream, err)
+	}
+	var once sync.Once
+	restore = func() {
+		once.Do(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			s, err := js.Stream(ctx, stream)
+			if err != nil {
+				t.Errorf("natstest: stream %s: %v", stream, err)
+				return
+			}
+			cfg := s.CachedInfo().Config
+			cfg.MaxMsgSize = before
+			if _, err := js.UpdateStream(ctx, cfg); err != nil {
+				t.Errorf("natstest: restore writes on %s: %v", stream, err)
+			}
+		})
+	}
+	t.Cleanup(restore)
+	return restore
+}
