@@ -178,3 +178,21 @@ func TestIntakeNeverAcksAFailedWrite(t *testing.T) {
 		})
 	}
 }
+
+// A project that requires confirmation never publishes an unconfirmed
+// notification, even if no Confirmer checks it: it is quarantined.
+func TestRequireConfirmationFailsClosed(t *testing.T) {
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.RequireConfirmation = map[string]bool{"main": true}
+	})
+	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-forged", event.StatusSuccess)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "intake idle", h.intakeIdle)
+	if n := len(h.events()); n != 0 {
+		t.Fatalf("%d events published unconfirmed", n)
+	}
+	if n := h.msgs(event.StreamQuarantine); n != 1 {
+		t.Fatalf("quarantine holds %d, want 1", n)
+	}
+}

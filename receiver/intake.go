@@ -49,6 +49,10 @@ type IntakeConfig struct {
 	// Confirmer checks notifications with SenGo's API; nil publishes them
 	// unconfirmed (confirmed: false).
 	Confirmer Confirmer
+	// RequireConfirmation lists projects whose notifications must be
+	// confirmed: one that was not (no client for it) is quarantined, never
+	// published with confirmed: false.
+	RequireConfirmation map[string]bool
 	// ConfirmAttempts bounds retries of a notification whose claimed final
 	// status SenGo's API does not report (default 5).
 	ConfirmAttempts int
@@ -295,6 +299,10 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 			}
 			tx, confirmed = got, true
 		}
+	}
+	if !confirmed && in.cfg.RequireConfirmation[project] {
+		r.err = fmt.Errorf("%w: project %s requires confirmation and the notification was not confirmed", ErrPermanent, project)
+		return r
 	}
 	var inboxSeq uint64
 	if meta, err := m.Metadata(); err == nil {

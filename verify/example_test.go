@@ -30,7 +30,7 @@ func ExampleWebhookVerifier() {
 			return
 		}
 		// Idempotent on ev.ID (= webhook-id): a retry or replay repeats it.
-		if ev.Data.Status == event.StatusSuccess {
+		if ev.Data.Status == event.StatusSuccess && ev.Data.Confirmed { // confirmed: SenGo's API agreed
 			log.Printf("order %s paid: %d IDR", ev.Data.MerchantRef, ev.Data.TotalAmount)
 		}
 		w.WriteHeader(http.StatusNoContent)

@@ -486,3 +486,34 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// check-config says per project whether notifications are confirmed and
+// against which API, and never prints a secret (not even a password in
+// nats.url).
+func TestCheckConfigShowsConfirmationAndRedacts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(path, []byte(`nats: {url: "nats://relay:s3cretpass@10.0.0.1:4222,nats://relay:s3cretpass@10.0.0.2:4222"}
+projects:
+  main: {api_key: SC-KEY-123, token: tok-secret-456, base_url: "http://127.0.0.1:8090/api", require_confirmation: true}
+  open: {}
+`), 0o600)
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"check-config", "--config", path}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	s := out.String()
+	for _, want := range []string{
+		"project main: POST /callbacks/sengo/main, confirm on against http://127.0.0.1:8090/api, required, signature optional, api token on",
+		"project open: POST /callbacks/sengo/open, confirm off (events carry confirmed: false), signature off, api token off",
+		"nats://relay:xxxxx@10.0.0.1:4222",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("check-config does not say %q:\n%s", want, s)
+		}
+	}
+	for _, secret := range []string{"s3cretpass", "SC-KEY-123", "tok-secret-456"} {
+		if strings.Contains(s, secret) {
+			t.Errorf("check-config prints a secret:\n%s", s)
+		}
+	}
+}

@@ -106,7 +106,11 @@ func configFlag(cmd string, args []string, stderr io.Writer) (string, error) {
 func printSummary(w io.Writer, path string, cfg config.Config) error {
 	nats := "embedded, store " + cfg.StoreDirOrDefault()
 	if cfg.NATS.URL != "" {
-		nats = "external " + cfg.NATS.URL
+		urls := strings.Split(cfg.NATS.URL, ",")
+		for i, u := range urls {
+			urls[i] = redactURL(strings.TrimSpace(u))
+		}
+		nats = "external " + strings.Join(urls, ",")
 	}
 	fmt.Fprintf(w, "%s: ok\n  http   %s\n  nats   %s, replicas %d\n", path, cfg.HTTP.Listen, nats, cfg.NATS.Replicas)
 	for _, name := range cfg.ProjectNames() {
@@ -119,7 +123,14 @@ func printSummary(w io.Writer, path string, cfg config.Config) error {
 		if len(p.AllowedIPs) > 0 {
 			ips = strings.Join(p.AllowedIPs, ",")
 		}
-		fmt.Fprintf(w, "  project %s: POST %s, signature %s, allowed ips %s\n", name, route, p.SignatureMode(), ips)
+		confirm := "confirm off (events carry confirmed: false)"
+		if p.Confirms() {
+			confirm = "confirm on against " + redactURL(p.APIBaseURL())
+		}
+		if p.RequireConfirmation {
+			confirm += ", required"
+		}
+		fmt.Fprintf(w, "  project %s: POST %s, %s, signature %s, api token %s, allowed ips %s\n", name, route, confirm, p.SignatureMode(), onOff(p.HasCredentials()), ips)
 	}
 	for _, name := range sortedNames(cfg.Endpoints) {
 		e := cfg.Endpoints[name]
@@ -136,6 +147,22 @@ func printSummary(w io.Writer, path string, cfg config.Config) error {
 		fmt.Fprintln(w, "  admin  off (no admin.token)")
 	}
 	return nil
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+// redactURL hides a password in raw, if it has one.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }
 
 func hostOf(raw string) string {

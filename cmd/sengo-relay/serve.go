@@ -177,6 +177,14 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if clients := apiClients(cfg, true); len(clients) > 0 {
 		confirmer = sengo.NewConfirmer(clients)
 	}
+	required := map[string]bool{}
+	for _, name := range cfg.ProjectNames() {
+		p := cfg.Projects[name]
+		required[name] = p.RequireConfirmation
+		if !p.Confirms() {
+			log.Warn().Str("project", name).Msg("notifications of this project are not confirmed with SenGo's API: anyone who can reach the callback URL can publish an event (confirmed: false); set api_key and token")
+		}
+	}
 
 	// Everything below runs until ctx is done. Intake and the endpoint
 	// workers each have their own goroutine; stopping runCtx stops them.
@@ -195,16 +203,17 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		var in *receiver.Intake
 		err := retryStart(runCtx, log, "starting intake", func() (err error) {
 			in, err = receiver.NewIntake(runCtx, receiver.IntakeConfig{
-				JetStream:       js,
-				Workers:         cfg.Intake.Workers,
-				AckWait:         cfg.Intake.AckWait.D(),
-				MaxAckPending:   cfg.Intake.MaxAckPending,
-				RetryInitial:    cfg.Intake.RetryInitial.D(),
-				RetryMax:        cfg.Intake.RetryMax.D(),
-				Confirmer:       confirmer,
-				ConfirmAttempts: cfg.Intake.ConfirmAttempts,
-				Metrics:         metrics,
-				Logger:          log.With().Str("component", "intake").Logger(),
+				JetStream:           js,
+				Workers:             cfg.Intake.Workers,
+				AckWait:             cfg.Intake.AckWait.D(),
+				MaxAckPending:       cfg.Intake.MaxAckPending,
+				RetryInitial:        cfg.Intake.RetryInitial.D(),
+				RetryMax:            cfg.Intake.RetryMax.D(),
+				Confirmer:           confirmer,
+				ConfirmAttempts:     cfg.Intake.ConfirmAttempts,
+				RequireConfirmation: required,
+				Metrics:             metrics,
+				Logger:              log.With().Str("component", "intake").Logger(),
 			})
 			return err
 		})

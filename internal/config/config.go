@@ -132,6 +132,10 @@ type Project struct {
 	// Confirm checks every notification with SenGo's API before it is
 	// published; empty means true when api_key and token are set.
 	Confirm string `yaml:"confirm"`
+	// RequireConfirmation fails closed: the project must confirm (api_key
+	// and token set, confirm not false), or the configuration is refused;
+	// intake quarantines any of its notifications that was not confirmed.
+	RequireConfirmation bool `yaml:"require_confirmation"`
 	// BaseURL of SenGo's API: "production" (default), "sandbox" (SenGo's
 	// own), or a URL such as a local sandbox's http://127.0.0.1:8090/api.
 	BaseURL string `yaml:"base_url"`
@@ -320,6 +324,7 @@ func (c *Config) Validate() error {
 	if len(c.Projects) == 0 {
 		bad("projects: at least one project is required")
 	}
+	keys := map[string]string{} // api_key to the first project using it
 	for _, name := range c.ProjectNames() {
 		p := c.Projects[name]
 		at := "projects." + name
@@ -342,8 +347,25 @@ func (c *Config) Validate() error {
 		if p.Confirm != "" && p.Confirm != "true" && p.Confirm != "false" {
 			bad("%s.confirm: %q is not true or false", at, p.Confirm)
 		}
+		if p.APIKey.Set() != p.Token.Set() {
+			set, unset := "api_key", "token"
+			if p.Token.Set() {
+				set, unset = unset, set
+			}
+			bad("%s: %s is set but %s is not; they go together (a missing environment variable or secret file?), and without both nothing is confirmed or verified", at, set, unset)
+		}
 		if p.Confirm == "true" && !p.HasCredentials() {
 			bad("%s.confirm: true needs api_key and token", at)
+		}
+		if p.RequireConfirmation && !p.Confirms() {
+			bad("%s.require_confirmation: the project does not confirm (needs api_key and token, and confirm not false)", at)
+		}
+		if p.APIKey.Set() {
+			if other, dup := keys[p.APIKey.Value()]; dup {
+				bad("%s.api_key: the same as projects.%s.api_key; each project has its own credentials", at, other)
+			} else {
+				keys[p.APIKey.Value()] = name
+			}
 		}
 		if u, err := url.Parse(p.APIBaseURL()); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("%s.base_url: %q is not production, sandbox or an http(s) URL", at, p.BaseURL)
