@@ -221,12 +221,12 @@ func TestEventsDuplicateWindowCoversRetries(t *testing.T) {
 // required confirmation that cannot happen and a shared api_key.
 func TestCredentialMistakesAreErrors(t *testing.T) {
 	tests := map[string]struct{ body, want string }{
-		"api_key without token": {"projects:\n  main: {api_key: k1}\n", "projects.main: api_key is set but token is not"},
-		"token without api_key": {"projects:\n  main: {token: t1}\n", "projects.main: token is set but api_key is not"},
-		"api_key, token from an empty env var": {"projects:\n  main: {api_key: k1, token: \"\"}\n", "token is not"},
+		"api_key without token":                    {"projects:\n  main: {api_key: k1}\n", "projects.main: api_key is set but token is not"},
+		"token without api_key":                    {"projects:\n  main: {token: t1}\n", "projects.main: token is set but api_key is not"},
+		"api_key, token from an empty env var":     {"projects:\n  main: {api_key: k1, token: \"\"}\n", "token is not"},
 		"require_confirmation without credentials": {"projects:\n  main: {require_confirmation: true}\n", "projects.main.require_confirmation"},
-		"require_confirmation with confirm false": {"projects:\n  main: {api_key: k1, token: t1, confirm: \"false\", require_confirmation: true}\n", "projects.main.require_confirmation"},
-		"one api_key, two projects": {"projects:\n  a: {api_key: k1, token: t1}\n  b: {api_key: k1, token: t2}\n", "projects.b.api_key: the same as projects.a.api_key"},
+		"require_confirmation with confirm false":  {"projects:\n  main: {api_key: k1, token: t1, confirm: \"false\", require_confirmation: true}\n", "projects.main.require_confirmation"},
+		"one api_key, two projects":                {"projects:\n  a: {api_key: k1, token: t1}\n  b: {api_key: k1, token: t2}\n", "projects.b.api_key: the same as projects.a.api_key"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
