@@ -317,7 +317,16 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 	case actAck:
 		if w.ep.Ordered || rec.Count > 1 {
 			rec.Done, rec.NextAt = true, time.Time{}
-			if err := w.store.put(ctx, key, rec); err != nil {
+			if err := w.store.put(ctx, key, rec); err != nil && w.ep.Ordered {
+				// The next status of this transaction waits for this
+				// record: acknowledging without it would hold that one
+				// back. Redelivered, the event is posted again (consumers
+				// deduplicate on webhook-id) and the record retried.
+				log().Warn().Err(err).Msg("delivered, but the record that releases the next status was not stored; retrying")
+				w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "record_failed").Inc()
+				_ = msg.NakWithDelay(time.Second)
+				return
+			} else if err != nil {
 				log().Warn().Err(err).Msg("mark delivered")
 			}
 		}
@@ -352,11 +361,14 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 	}
 	if err := publishDeadLetter(ctx, w.cfg.JetStream, key, d); err != nil {
 		w.log.Error().Err(err).Str("event_id", ev.ID).Msg("dead letter not stored; retrying delivery later")
-		_ = msg.NakWithDelay(30 * time.Second)
+		_ = msg.NakWithDelay(deadLetterRetry)
 		return
 	}
 	rec.Done, rec.NextAt = true, time.Time{}
 	if err := w.store.put(ctx, key, rec); err != nil {
+		// The dead letter holds the event, so terminating loses nothing;
+		// an ordered successor waiting for this record is released by
+		// mustWait's bound on a record that stopped moving.
 		w.log.Warn().Err(err).Msg("mark dead-lettered")
 	}
 	w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "dead_letter").Inc()
@@ -365,6 +377,10 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 		Str("status", fmt.Sprint(rec.LastStatus)).Msg("event dead-lettered")
 	_ = msg.Term()
 }
+
+// deadLetterRetry is how soon an event whose dead letter could not be
+// stored is tried again.
+const deadLetterRetry = 5 * time.Second
 
 // eventSeq is the event's sequence in SENGO_EVENTS (0 if unknown).
 func eventSeq(msg jetstream.Msg, meta *jetstream.MsgMetadata, replayed bool) uint64 {
@@ -413,6 +429,13 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 		return true, time.Second
 	case found && rec.Done:
 		return false, 0
+	case found && meta.NumDelivered > staleWaits && rec.NextAt.Before(w.cfg.Now().Add(-staleRecord(w.ep))):
+		// The predecessor's next attempt is long overdue and this event
+		// has waited many times: its record stopped moving (it could not
+		// be written when the predecessor finished). Do not wait forever.
+		log().Warn().Str("previous_event_id", prevID).Time("previous_next_at", rec.NextAt).Msg("predecessor's record stopped moving; delivering")
+		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "order_released").Inc()
+		return false, 0
 	case found:
 		// The predecessor is between retries: wait until its next attempt.
 		return true, min(max(rec.NextAt.Sub(w.cfg.Now())+time.Second, time.Second), 5*time.Minute)
@@ -426,6 +449,14 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 		return false, 0
 	}
 }
+
+// staleWaits and staleRecord bound how long an ordered event waits for a
+// predecessor whose record says it is between retries: beyond staleWaits
+// redeliveries and a next attempt overdue by staleRecord, the record is
+// taken as stuck.
+const staleWaits = 10
+
+func staleRecord(ep Endpoint) time.Duration { return 2*ackWait(ep) + time.Minute }
 
 // projectOf extracts the project from an event source "sengo/<project>".
 func projectOf(source string) string {

@@ -1,0 +1,91 @@
+package dispatcher
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+)
+
+// answers counts the consumer's attempts per event status.
+func (c *consumer) statuses() []string {
+	var out []string
+	for _, a := range c.got() {
+		ev, _ := event.Unmarshal(a.Body)
+		out = append(out, ev.Data.TransactionID+"/"+string(ev.Data.Status))
+	}
+	return out
+}
+
+// On an ordered endpoint, a delivery whose "done" record could not be
+// written was acknowledged anyway, and the next status of the transaction
+// then waited in 1 s Naks until the record expired (30 days). Now the
+// delivery is not acknowledged until its record is stored, and the next
+// status follows once SENGO_DELIVERY takes writes again.
+func TestOrderedDoneRecordRefusedDoesNotStall(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status(503)) // the first attempt fails, then 200
+	ep := h.endpoint("orders", c.URL, 50*time.Millisecond)
+	ep.Ordered = true
+	w := h.start(ep)
+	h.publish("tx-o", event.StatusPending, "")
+	eventually(t, "first attempt", func() bool { return len(c.got()) >= 1 })
+	restore := natstest.RefuseWrites(t, h.js, "KV_"+event.BucketDelivery)
+	eventually(t, "a 2xx while the record cannot be written", func() bool { return len(c.got()) >= 2 })
+	if live, _, _, err := w.Pending(t.Context()); err != nil || live == 0 {
+		t.Fatalf("pending %d (%v): the delivery was acknowledged without its record", live, err)
+	}
+	restore()
+	h.publish("tx-o", event.StatusSuccess, event.StatusPending)
+	eventually(t, "success delivered after pending", func() bool { return h.settled(w) && strings.Contains(strings.Join(c.statuses(), " "), "tx-o/success") })
+	got := c.statuses()
+	if got[len(got)-1] != "tx-o/success" {
+		t.Fatalf("order %v", got)
+	}
+}
+
+// A dead letter that SENGO_DLQ refuses is never lost: the event is not
+// terminated, and is dead-lettered once the stream takes writes again.
+func TestDeadLetterRefusedIsNotTerminated(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(http.StatusGone) })
+	restore := natstest.RefuseWrites(t, h.js, event.StreamDLQ)
+	w := h.start(h.endpoint("orders", c.URL))
+	ev := h.publish("tx-dl", event.StatusSuccess, "")
+	eventually(t, "the dead letter attempted", func() bool { return strings.Contains(h.logs.String(), "dead letter not stored") })
+	if live, _, _, err := w.Pending(t.Context()); err != nil || live == 0 {
+		t.Fatalf("pending %d (%v): the event was terminated without its dead letter", live, err)
+	}
+	restore()
+	eventually(t, "dead-lettered once writes work", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	if d := h.deadLetters()[0]; d.EventID != ev.ID || d.Reason != ReasonGone {
+		t.Fatalf("dead letter %+v", d)
+	}
+}
+
+// An ordered event whose predecessor's record stopped moving (between
+// retries, its next attempt long overdue) is delivered after a bounded
+// number of waits instead of waiting for the record to expire.
+func TestOrderedWaitIsBounded(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	ep.Ordered = true
+	kv, err := h.js.KeyValue(t.Context(), event.BucketDelivery)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stuck := attempts{Count: 1, First: time.Now().Add(-time.Hour), Last: time.Now().Add(-time.Hour), NextAt: time.Now().Add(-50 * time.Minute)}
+	if err := (attemptStore{kv}).put(t.Context(), attemptKey("orders", event.ID("main", "tx-s", event.StatusPending), 0), stuck); err != nil {
+		t.Fatal(err)
+	}
+	w := h.start(ep)
+	h.publish("tx-s", event.StatusSuccess, event.StatusPending)
+	eventually(t, "delivered despite the stuck predecessor", func() bool { return h.settled(w) && len(c.got()) == 1 })
+	if !strings.Contains(h.logs.String(), "predecessor's record stopped moving") {
+		t.Fatal("no warning")
+	}
+}
