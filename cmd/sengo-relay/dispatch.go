@@ -100,6 +100,15 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
+	var empty error
+	fs.Visit(func(fl *flag.Flag) { // a filter given empty (an unset shell variable) selects nothing
+		if fl.Name != "config" && fl.Value.String() == "" && empty == nil {
+			empty = fmt.Errorf("--%s is empty: give a value, or leave the flag out", fl.Name)
+		}
+	})
+	if empty != nil {
+		return empty
+	}
 	cfg, err := config.Load(*path, os.LookupEnv)
 	if err != nil {
 		return err

@@ -54,17 +54,20 @@ func New(cfg Config) *Server {
 	e := s.echo
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = func(err error, c echo.Context) {
-		code, msg := http.StatusInternalServerError, "internal error"
+		status, body := http.StatusInternalServerError, errorMsg{Code: "internal_error", Message: "internal error"}
 		var he *echo.HTTPError
 		if errors.As(err, &he) {
-			code, msg = he.Code, http.StatusText(he.Code)
-			if m, ok := he.Message.(string); ok {
-				msg = m
+			status, body = he.Code, errorMsg{Code: codeForStatus(he.Code), Message: http.StatusText(he.Code)}
+			switch m := he.Message.(type) {
+			case errorMsg:
+				body = m
+			case string:
+				body.Message = m
 			}
 		} else {
 			cfg.Logger.Error().Err(err).Str("path", c.Path()).Msg("admin request failed")
 		}
-		_ = c.JSON(code, map[string]any{"error": map[string]string{"message": msg}})
+		_ = c.JSON(status, map[string]any{"error": body})
 	}
 	e.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
@@ -84,6 +87,34 @@ func New(cfg Config) *Server {
 	e.GET("/admin/replays", s.replayList)
 	e.GET("/admin/replays/:id", s.replayShow)
 	return s
+}
+
+// errorMsg is the body of every admin error: a stable code and a message.
+type errorMsg struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// apiError is an admin error with a stable code.
+func apiError(status int, code, msg string) error {
+	return &echo.HTTPError{Code: status, Message: errorMsg{Code: code, Message: msg}}
+}
+
+// codeForStatus is the code of an error that has no more specific one.
+func codeForStatus(status int) string {
+	switch status {
+	case http.StatusBadRequest:
+		return "bad_request"
+	case http.StatusUnauthorized:
+		return "unauthorized"
+	case http.StatusNotFound:
+		return "not_found"
+	case http.StatusMethodNotAllowed:
+		return "method_not_allowed"
+	case http.StatusUnsupportedMediaType:
+		return "unsupported_media_type"
+	}
+	return "http_" + strconv.Itoa(status)
 }
 
 // Handler is the HTTP handler.
@@ -136,7 +167,19 @@ func redactURL(raw string) string {
 	return u.String()
 }
 
+// dlqParams are the query parameters that select dead letters.
+var dlqParams = []string{"endpoint", "transaction", "merchant_ref", "since", "until", "seq", "all"}
+
 func dlqFilter(c echo.Context) (dispatcher.DLQFilter, error) {
+	q := c.QueryParams()
+	for _, name := range dlqParams {
+		if v, ok := q[name]; ok && (len(v) != 1 || v[0] == "") {
+			return dispatcher.DLQFilter{}, apiError(http.StatusBadRequest, "empty_filter", name+" is empty or repeated: give one value, or leave it out")
+		}
+	}
+	if v := c.QueryParam("all"); v != "" && v != "true" && v != "false" {
+		return dispatcher.DLQFilter{}, apiError(http.StatusBadRequest, "bad_all", "all must be true or false")
+	}
 	f := dispatcher.DLQFilter{
 		Endpoint:      c.QueryParam("endpoint"),
 		TransactionID: c.QueryParam("transaction"),
@@ -199,8 +242,15 @@ func (s *Server) dlqRedrive(c echo.Context) error {
 // dlqPurge deletes the dead letters selected by the query. An empty
 // query is refused: purging everything takes ?all=true.
 func (s *Server) dlqPurge(c echo.Context) error {
-	if len(c.QueryParams()) == 0 {
-		return echo.NewHTTPError(http.StatusBadRequest, "select dead letters with a filter, or all=true")
+	if _, err := dlqFilter(c); err != nil { // refuses empty and repeated filters
+		return err
+	}
+	filtered := false
+	for _, name := range dlqParams {
+		filtered = filtered || name != "all" && c.QueryParam(name) != ""
+	}
+	if !filtered && c.QueryParam("all") != "true" {
+		return apiError(http.StatusBadRequest, "purge_needs_filter", "select dead letters with a filter, or all=true to purge every one")
 	}
 	entries, err := s.selected(c)
 	if err != nil {

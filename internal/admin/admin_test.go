@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -132,5 +133,34 @@ func TestAdminReplayJob(t *testing.T) {
 	})
 	if j.Progress.Queued != 1 || j.Progress.Total != 1 {
 		t.Fatalf("progress %+v", j.Progress)
+	}
+}
+
+// DELETE /admin/dlq once purged every dead letter when any query
+// parameter was present (?all=false, an empty ?transaction=). Purging all
+// takes all=true; an empty filter value is an error with a stable code.
+func TestAdminPurgeNeedsAllTrueOrAFilter(t *testing.T) {
+	hs, js := newServer(t)
+	for i := range 3 {
+		d := dispatcher.DeadLetter{Endpoint: "orders", EventID: fmt.Sprintf("evt_%d", i), TransactionID: fmt.Sprintf("t%d", i), Reason: dispatcher.ReasonGone, Event: json.RawMessage(`{}`)}
+		b, _ := json.Marshal(d)
+		if _, err := js.Publish(context.Background(), event.DLQSubject("orders"), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, q := range []string{"?all=false", "?transaction=", "?endpoint=", "?merchant_ref=", "?all=yes", "?all=true&transaction="} {
+		code, body := call(t, hs, http.MethodDelete, "/admin/dlq"+q, "", token)
+		if code != 400 || !strings.Contains(body, `"code"`) {
+			t.Errorf("DELETE /admin/dlq%s: %d %s, want 400 with a code", q, code, body)
+		}
+	}
+	if _, body := call(t, hs, http.MethodGet, "/admin/dlq", "", token); strings.Count(body, `"eventId"`) != 3 {
+		t.Fatalf("dead letters were purged by a refused request: %s", body)
+	}
+	if code, body := call(t, hs, http.MethodDelete, "/admin/dlq?transaction=t1", "", token); code != 200 || !strings.Contains(body, `"purged":1`) {
+		t.Fatalf("filtered purge: %d %s", code, body)
+	}
+	if code, body := call(t, hs, http.MethodDelete, "/admin/dlq?all=true", "", token); code != 200 || !strings.Contains(body, `"purged":2`) {
+		t.Fatalf("purge all: %d %s", code, body)
 	}
 }
