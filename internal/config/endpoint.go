@@ -8,6 +8,8 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
@@ -78,35 +80,30 @@ func DefaultSchedule() []Duration {
 	return out
 }
 
-// applyEndpointDefaults fills what an endpoint entry leaves out.
-func (e *Endpoint) applyDefaults() {
-	if e.Timeout == 0 {
-		e.Timeout = Duration(10 * time.Second)
+// defaultEndpoint is an endpoint entry before its keys are read: every key
+// the entry leaves out keeps its default, and a key written as 0 stays 0
+// (breaker.failures: 0 never pauses, retry.jitter: 0 adds none).
+func defaultEndpoint() Endpoint {
+	return Endpoint{
+		Timeout:     Duration(10 * time.Second),
+		Concurrency: 4,
+		Retry:       Retry{Schedule: DefaultSchedule(), Jitter: 0.2, RetryAfterMax: Duration(time.Hour)},
+		DeliverFrom: "new",
+		Breaker:     Breaker{Failures: 10, ProbeInitial: Duration(30 * time.Second), ProbeMax: Duration(10 * time.Minute)},
 	}
-	if e.Concurrency == 0 {
-		e.Concurrency = 4
+}
+
+// UnmarshalYAML reads an endpoint entry over the defaults. It uses the
+// decoder it is given (yaml.v3's older unmarshaler form), so unknown keys
+// inside an entry remain errors.
+func (e *Endpoint) UnmarshalYAML(unmarshal func(any) error) error {
+	type plain Endpoint // without this method
+	p := plain(defaultEndpoint())
+	if err := unmarshal(&p); err != nil {
+		return err
 	}
-	if e.Retry.Schedule == nil {
-		e.Retry.Schedule = DefaultSchedule()
-	}
-	if e.Retry.Jitter == 0 {
-		e.Retry.Jitter = 0.2
-	}
-	if e.Retry.RetryAfterMax == 0 {
-		e.Retry.RetryAfterMax = Duration(time.Hour)
-	}
-	if e.DeliverFrom == "" {
-		e.DeliverFrom = "new"
-	}
-	if e.Breaker.Failures == 0 {
-		e.Breaker.Failures = 10
-	}
-	if e.Breaker.ProbeInitial == 0 {
-		e.Breaker.ProbeInitial = Duration(30 * time.Second)
-	}
-	if e.Breaker.ProbeMax == 0 {
-		e.Breaker.ProbeMax = Duration(10 * time.Minute)
-	}
+	*e = Endpoint(p)
+	return nil
 }
 
 var endpointName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
@@ -170,9 +167,12 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 		if e.RateLimit < 0 {
 			bad("%s.rate_limit: must not be negative", at)
 		}
-		for k := range e.Headers {
+		for k, v := range e.Headers {
 			if http.CanonicalHeaderKey(k) == "" || !validHeader.MatchString(k) {
 				bad("%s.headers: %q is not a header name", at, k)
+			}
+			if !httpguts.ValidHeaderFieldValue(v) {
+				bad("%s.headers.%s: the value has a control character (CR, LF, …), which would split the request", at, k)
 			}
 			if reserved[http.CanonicalHeaderKey(k)] {
 				bad("%s.headers: %q is set by the relay", at, k)

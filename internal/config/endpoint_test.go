@@ -121,3 +121,43 @@ func TestDuplicateEndpointNames(t *testing.T) {
 		t.Fatalf("duplicate endpoint names: %v", err)
 	}
 }
+
+// A documented zero means what the reference says, not the default:
+// breaker.failures: 0 never pauses, retry.jitter: 0 is no jitter. Keys left
+// out still get their defaults, and unknown keys are still errors.
+func TestEndpointDocumentedZerosAreKept(t *testing.T) {
+	cfg, err := Load(write(t, minimal+`endpoints:
+  zero:
+    url: https://orders.example/hook
+    secrets: [`+whsec+`]
+    filter: {all: true}
+    retry: {jitter: 0}
+    breaker: {failures: 0}
+  omitted:
+    url: https://orders.example/hook
+    secrets: [`+whsec+`]
+    filter: {all: true}
+`), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if z := cfg.Endpoints["zero"]; z.Breaker.Failures != 0 || z.Retry.Jitter != 0 {
+		t.Errorf("explicit zeros replaced: failures %d, jitter %v", z.Breaker.Failures, z.Retry.Jitter)
+	}
+	if o := cfg.Endpoints["omitted"]; o.Breaker.Failures != 10 || o.Retry.Jitter != 0.2 || o.Timeout.D() != 10*time.Second || len(o.Retry.Schedule) != 9 {
+		t.Errorf("defaults not applied: %+v", o)
+	}
+	_, err = Load(write(t, minimal+"endpoints:\n  x:\n    url: https://o.example/h\n    secrets: ["+whsec+"]\n    filter: {all: true}\n    breaker: {failurez: 3}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "failurez") {
+		t.Errorf("unknown endpoint key accepted: %v", err)
+	}
+}
+
+// A static header value with CR or LF would let the configuration split
+// every webhook request; it is refused.
+func TestEndpointHeaderValueWithCRLFIsAnError(t *testing.T) {
+	_, err := Load(write(t, minimal+"endpoints:\n  x:\n    url: https://o.example/h\n    secrets: ["+whsec+"]\n    filter: {all: true}\n    headers: {X-Tenant: \"a\\r\\nX-Evil: 1\"}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "endpoints.x.headers.X-Tenant") {
+		t.Fatalf("err = %v", err)
+	}
+}

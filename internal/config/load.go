@@ -37,11 +37,6 @@ func Load(path string, lookup func(string) (string, bool)) (Config, error) {
 	}
 	var errs []error
 	errs = append(errs, applyEnv(reflect.ValueOf(&cfg).Elem(), EnvPrefix[:len(EnvPrefix)-1], lookup)...)
-	for _, e := range cfg.Endpoints {
-		if e != nil {
-			e.applyDefaults()
-		}
-	}
 	errs = append(errs, cfg.readSecretFiles()...)
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, fmt.Errorf("config %s:\n%w", path, err)
