@@ -27,6 +27,9 @@ func TestDeployFiles(t *testing.T) {
 	if opts.ServerName != "nats-1" || !opts.JetStream || opts.Cluster.Name != "sengo" || len(opts.Routes) != 3 {
 		t.Fatalf("nats-server.conf: name %q jetstream %v cluster %q routes %d", opts.ServerName, opts.JetStream, opts.Cluster.Name, len(opts.Routes))
 	}
+	if !opts.SyncAlways {
+		t.Fatal("nats-server.conf: JetStream must fsync before every acknowledgement (sync_interval: always)")
+	}
 
 	secrets := t.TempDir()
 	env := map[string]string{}

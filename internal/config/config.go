@@ -183,7 +183,7 @@ func Default() Config {
 		NATS: NATS{
 			Replicas: 1,
 			Storage:  "file",
-			Embedded: Embedded{Listen: "127.0.0.1:4222", SyncInterval: "2m"},
+			Embedded: Embedded{Listen: "127.0.0.1:4222", SyncInterval: "always"},
 		},
 		Streams: Streams{
 			Inbox:        StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(10 * time.Minute)},

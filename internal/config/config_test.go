@@ -244,3 +244,22 @@ func TestCredentialMistakesAreErrors(t *testing.T) {
 		t.Fatalf("complete credentials with require_confirmation: %v", err)
 	}
 }
+
+// A 200 to SenGo must survive a power loss: the embedded store fsyncs
+// before every acknowledgement unless the configuration says otherwise.
+func TestDurableByDefault(t *testing.T) {
+	for name, cfg := range map[string]Config{"Default()": Default(), "checked-in config.yaml": mustLoad(t, "../../config.yaml")} {
+		if _, always, err := cfg.NATS.Embedded.Sync(); err != nil || !always {
+			t.Errorf("%s: sync_interval %q, want always", name, cfg.NATS.Embedded.SyncInterval)
+		}
+	}
+}
+
+func mustLoad(t *testing.T, path string) Config {
+	t.Helper()
+	cfg, err := Load(path, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
