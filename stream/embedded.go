@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"time"
 
@@ -31,12 +32,31 @@ type EmbeddedConfig struct {
 
 // Embedded is a running in-process nats-server with JetStream.
 type Embedded struct {
-	srv *server.Server
+	srv    *server.Server
+	unlock func()
 }
+
+// ErrStoreLocked: another process holds the store directory.
+var ErrStoreLocked = errors.New("store locked")
+
+// ErrListenBusy: the embedded server's listen address is taken.
+var ErrListenBusy = errors.New("listen address in use")
 
 // StartEmbedded starts nats-server in this process and waits until it
 // accepts connections.
-func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
+func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
+	if err := os.MkdirAll(cfg.StoreDir, 0o750); err != nil {
+		return nil, fmt.Errorf("store dir: %w", err)
+	}
+	unlock, err := lockDir(cfg.StoreDir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			unlock()
+		}
+	}()
 	opts := &server.Options{
 		ServerName:   "sengo-relay",
 		JetStream:    true,
@@ -62,6 +82,12 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		}
 		if port == 0 {
 			port = server.RANDOM_PORT // nats-server reads 0 as "default port"
+		} else if ln, err := net.Listen("tcp", cfg.Listen); err != nil {
+			// Fail at once: nats-server would retry the bind and the
+			// relay would wait for readiness in vain.
+			return nil, fmt.Errorf("%w: embedded nats cannot listen on %s (nats.embedded.listen, SENGO_RELAY_NATS_EMBEDDED_LISTEN): %v", ErrListenBusy, cfg.Listen, err)
+		} else {
+			ln.Close()
 		}
 		opts.Host, opts.Port = host, port
 	}
@@ -79,7 +105,7 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		srv.Shutdown()
 		return nil, errors.New("embedded nats: JetStream did not start (see the nats-server log lines)")
 	}
-	return &Embedded{srv: srv}, nil
+	return &Embedded{srv: srv, unlock: unlock}, nil
 }
 
 // ClientURL is the URL other processes connect to, or "" without a listener.
@@ -98,6 +124,7 @@ func (e *Embedded) ConnectOption() nats.Option { return nats.InProcessServer(e.s
 func (e *Embedded) Shutdown() {
 	e.srv.Shutdown()
 	e.srv.WaitForShutdown()
+	e.unlock()
 }
 
 // serverLogger sends nats-server's log lines to zerolog.

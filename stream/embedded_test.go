@@ -2,7 +2,13 @@ package stream_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -49,4 +55,43 @@ func TestEmbedded(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// Two relays on one store directory once both reported ready and lost a
+// callback one of them had answered 200. The second now fails at once,
+// naming the holder; after the first stops, the store opens again.
+func TestStoreDirIsLocked(t *testing.T) {
+	dir := t.TempDir()
+	first, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: dir, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: dir, Logger: zerolog.Nop()})
+	if !errors.Is(err, stream.ErrStoreLocked) || !strings.Contains(err.Error(), fmt.Sprintf("in use by PID %d", os.Getpid())) {
+		t.Fatalf("second start on the same dir: %v", err)
+	}
+	first.Shutdown()
+	again, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: dir, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatalf("after the first stopped: %v", err)
+	}
+	again.Shutdown()
+}
+
+// A busy listen address fails at once, naming the setting, instead of
+// waiting 30 s for a server that cannot start.
+func TestBusyListenFailsAtOnce(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	start := time.Now()
+	_, err = stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: ln.Addr().String(), Logger: zerolog.Nop()})
+	if !errors.Is(err, stream.ErrListenBusy) || !strings.Contains(err.Error(), "nats.embedded.listen") {
+		t.Fatalf("err = %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("took %s", d)
+	}
 }
