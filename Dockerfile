@@ -18,8 +18,12 @@ COPY config.yaml /etc/sengo-relay/config.yaml
 COPY --from=build --chown=65532:65532 /out/data /data
 ENV SENGO_RELAY_DATA_DIR=/data \
     SENGO_RELAY_HTTP_LISTEN=:8080
-# The embedded NATS listens on loopback inside the container; to subscribe
-# from outside, set SENGO_RELAY_NATS_EMBEDDED_LISTEN=0.0.0.0:4222 and publish 4222.
+# The embedded NATS listens on loopback inside the container, and every
+# connection authenticates. To let order services outside the container
+# subscribe, set SENGO_RELAY_NATS_EMBEDDED_SUBSCRIBER_PASSWORD_FILE to a
+# secret and SENGO_RELAY_NATS_EMBEDDED_LISTEN=0.0.0.0:4222 (refused without
+# that password), publish 4222 only to your private network, and put TLS in
+# front: NATS sends the password in the clear.
 VOLUME ["/data"]
 EXPOSE 8080
 USER 65532:65532

@@ -3,6 +3,7 @@ package event_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,7 +16,9 @@ import (
 // straight from the stream: a durable consumer remembers its position
 // across restarts, and the event id deduplicates redeliveries.
 func Example_orderService() {
-	nc, err := nats.Connect("nats://127.0.0.1:4222")
+	// The read-only subscriber identity; its password is in
+	// data/jetstream/subscriber.password unless you configured one.
+	nc, err := nats.Connect("nats://127.0.0.1:4222", nats.UserInfo("subscriber", os.Getenv("NATS_PASSWORD")))
 	if err != nil {
 		panic(err)
 	}

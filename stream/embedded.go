@@ -27,13 +27,57 @@ type EmbeddedConfig struct {
 	SyncAlways   bool
 	// MaxStore caps JetStream's disk use in bytes; zero means no cap.
 	MaxStore int64
-	Logger   zerolog.Logger
+	// Auth, when set, makes every connection authenticate, the relay's
+	// own in-process one included. Nil: no authentication (tests only).
+	Auth   *EmbeddedAuth
+	Logger zerolog.Logger
+}
+
+// EmbeddedAuth are the embedded server's two identities.
+type EmbeddedAuth struct {
+	// RelayUser and RelayPassword: full access, for the relay and its CLI.
+	RelayUser, RelayPassword string
+	// SubscriberUser and SubscriberPassword: read-only. It may subscribe
+	// to Subjects, read Stream, and create, use, ack and delete consumers
+	// of its own on Stream; never the Protected ones (the relay's).
+	SubscriberUser, SubscriberPassword string
+	Stream, Subjects                   string
+	Protected                          []string
+}
+
+// users returns the server's users with their permissions.
+func (a *EmbeddedAuth) users() []*server.User {
+	st := a.Stream
+	pub := []string{
+		"$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.INFO." + st,
+		"$JS.API.STREAM.MSG.GET." + st, "$JS.API.DIRECT.GET." + st, "$JS.API.DIRECT.GET." + st + ".>",
+		"$JS.API.CONSUMER.CREATE." + st, "$JS.API.CONSUMER.CREATE." + st + ".>", "$JS.API.CONSUMER.DURABLE.CREATE." + st + ".>",
+		"$JS.API.CONSUMER.INFO." + st + ".>", "$JS.API.CONSUMER.DELETE." + st + ".>",
+		"$JS.API.CONSUMER.LIST." + st, "$JS.API.CONSUMER.NAMES." + st,
+		"$JS.API.CONSUMER.MSG.NEXT." + st + ".>", "$JS.ACK." + st + ".>", "$JS.FC." + st + ".>",
+	}
+	var deny []string
+	for _, c := range a.Protected {
+		deny = append(deny,
+			"$JS.API.CONSUMER.CREATE."+st+"."+c, "$JS.API.CONSUMER.CREATE."+st+"."+c+".>",
+			"$JS.API.CONSUMER.DURABLE.CREATE."+st+"."+c, "$JS.API.CONSUMER.DELETE."+st+"."+c,
+			"$JS.API.CONSUMER.MSG.NEXT."+st+"."+c, "$JS.ACK."+st+"."+c+".>",
+		)
+	}
+	return []*server.User{
+		{Username: a.RelayUser, Password: a.RelayPassword},
+		{Username: a.SubscriberUser, Password: a.SubscriberPassword, Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: pub, Deny: deny},
+			Subscribe: &server.SubjectPermission{Allow: []string{a.Subjects, "_INBOX.>"}},
+		}},
+	}
 }
 
 // Embedded is a running in-process nats-server with JetStream.
 type Embedded struct {
 	srv    *server.Server
 	unlock func()
+	auth   *EmbeddedAuth
 }
 
 // ErrStoreLocked: another process holds the store directory.
@@ -68,6 +112,9 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 	}
 	if cfg.MaxStore > 0 {
 		opts.JetStreamMaxStore = cfg.MaxStore
+	}
+	if cfg.Auth != nil {
+		opts.Users = cfg.Auth.users()
 	}
 	if cfg.Listen == "" {
 		opts.DontListen = true
@@ -105,7 +152,7 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 		srv.Shutdown()
 		return nil, errors.New("embedded nats: JetStream did not start (see the nats-server log lines)")
 	}
-	return &Embedded{srv: srv, unlock: unlock}, nil
+	return &Embedded{srv: srv, unlock: unlock, auth: cfg.Auth}, nil
 }
 
 // ClientURL is the URL other processes connect to, or "" without a listener.
@@ -116,8 +163,19 @@ func (e *Embedded) ClientURL() string {
 	return e.srv.ClientURL()
 }
 
-// ConnectOption makes a nats.Connect use an in-process connection to e.
-func (e *Embedded) ConnectOption() nats.Option { return nats.InProcessServer(e.srv) }
+// ConnectOption makes a nats.Connect use an in-process connection to e,
+// as the relay's identity when the server authenticates.
+func (e *Embedded) ConnectOption() nats.Option {
+	return func(o *nats.Options) error {
+		if err := nats.InProcessServer(e.srv)(o); err != nil {
+			return err
+		}
+		if e.auth != nil {
+			return nats.UserInfo(e.auth.RelayUser, e.auth.RelayPassword)(o)
+		}
+		return nil
+	}
+}
 
 // Shutdown stops the server and waits until it has stopped. JetStream
 // flushes its files on the way out.

@@ -95,3 +95,108 @@ func TestBusyListenFailsAtOnce(t *testing.T) {
 		t.Fatalf("took %s", d)
 	}
 }
+
+// The embedded server authenticates every connection. The subscriber
+// identity reads events and runs consumers of its own; it cannot publish
+// an event (which the dispatcher would sign and deliver), touch the
+// relay's consumers, or delete a stream.
+func TestEmbeddedAuth(t *testing.T) {
+	auth := &stream.EmbeddedAuth{
+		RelayUser: "sengo-relay", RelayPassword: "relay-pw-0123456789",
+		SubscriberUser: "subscriber", SubscriberPassword: "sub-pw-0123456789",
+		Stream: "SENGO_EVENTS", Subjects: "sengo.events.>", Protected: []string{"webhook-orders"},
+	}
+	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: auth, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Shutdown()
+	ctx := context.Background()
+
+	relay, err := stream.Connect(stream.ConnectConfig{Name: "relay", Logger: zerolog.Nop()}, e.ConnectOption())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	rjs, _ := jetstream.New(relay)
+	if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_INBOX", Subjects: []string{"sengo.inbox.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rjs.Publish(ctx, "sengo.events.main.retail.success", []byte(`{"id":"evt_1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "webhook-orders", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
+
+	for name, opts := range map[string][]nats.Option{
+		"no credentials":  nil,
+		"wrong password":  {nats.UserInfo("subscriber", "nope")},
+		"relay, no token": {nats.UserInfo("sengo-relay", "")},
+	} {
+		if nc, err := nats.Connect(e.ClientURL(), opts...); err == nil {
+			nc.Close()
+			t.Errorf("%s: connected", name)
+		}
+	}
+
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"))
+	if err != nil {
+		t.Fatalf("subscriber: %v", err)
+	}
+	defer sub.Close()
+	sjs, _ := jetstream.New(sub)
+	cons, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "orders-service", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatalf("subscriber cannot create its own consumer: %v", err)
+	}
+	msg, err := cons.Next(jetstream.FetchMaxWait(2 * time.Second))
+	if err != nil || string(msg.Data()) != `{"id":"evt_1"}` {
+		t.Fatalf("subscriber cannot read events: %v", err)
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		t.Fatalf("subscriber cannot ack its own consumer: %v", err)
+	}
+
+	denied := func(what string, f func(ctx context.Context) error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if err := f(ctx); err == nil {
+			t.Errorf("subscriber could %s", what)
+		}
+	}
+	denied("publish an event", func(ctx context.Context) error {
+		_, err := sjs.Publish(ctx, "sengo.events.main.retail.success", []byte(`{"id":"forged"}`))
+		return err
+	})
+	denied("publish to the inbox", func(ctx context.Context) error {
+		_, err := sjs.Publish(ctx, "sengo.inbox.main", []byte(`{}`))
+		return err
+	})
+	denied("delete a stream", func(ctx context.Context) error { return sjs.DeleteStream(ctx, "SENGO_EVENTS") })
+	denied("delete the relay's consumer", func(ctx context.Context) error { return sjs.DeleteConsumer(ctx, "SENGO_EVENTS", "webhook-orders") })
+	denied("pull from the relay's consumer", func(ctx context.Context) error {
+		c, err := sjs.Consumer(ctx, "SENGO_EVENTS", "webhook-orders")
+		if err != nil {
+			return err
+		}
+		_, err = c.Next(jetstream.FetchMaxWait(time.Second))
+		return err
+	})
+	denied("read the inbox", func(ctx context.Context) error {
+		_, err := sjs.Stream(ctx, "SENGO_INBOX")
+		return err
+	})
+
+	s, _ := rjs.Stream(ctx, "SENGO_EVENTS")
+	if info, err := s.Info(ctx); err != nil || info.State.Msgs != 1 {
+		t.Fatalf("events stream after the attempts: %v %+v", err, info.State)
+	}
+	if _, err := rjs.Consumer(ctx, "SENGO_EVENTS", "webhook-orders"); err != nil {
+		t.Fatalf("relay's consumer: %v", err)
+	}
+}

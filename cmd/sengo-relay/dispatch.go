@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -20,6 +21,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/internal/admin"
 	"github.com/sengo-relay/sengo-relay/internal/config"
+	"github.com/sengo-relay/sengo-relay/stream"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
@@ -62,6 +64,13 @@ func cliConnect(cfg config.Config) (*nats.Conn, jetstream.JetStream, error) {
 		url = "nats://" + cfg.NATS.Embedded.Listen
 	}
 	opts := []nats.Option{nats.Name("sengo-relay-cli"), nats.Timeout(5 * time.Second)}
+	if cfg.NATS.URL == "" { // the embedded server: the relay's own identity
+		pw, err := stream.ReadPassword(filepath.Join(cfg.StoreDirOrDefault(), stream.RelayPasswordFile))
+		if err != nil {
+			return nil, nil, err
+		}
+		opts = append(opts, nats.UserInfo(config.EmbeddedRelayUser, pw))
+	}
 	if cfg.NATS.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))
 	}

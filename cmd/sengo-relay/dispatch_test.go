@@ -123,7 +123,7 @@ func TestDeliveryEndToEnd(t *testing.T) {
 	}
 
 	// The broken endpoint exhausts 6 attempts and dead-letters; the CLI sees it.
-	t.Setenv("SENGO_RELAY_NATS_URL", natsURL)
+	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_LISTEN", strings.TrimPrefix(natsURL, "nats://")) // the CLI reaches the relay's embedded server
 	var out bytes.Buffer
 	eventually(t, "a dead letter", func() bool {
 		out.Reset()

@@ -43,7 +43,7 @@ func TestEndpointDownCountsAddUp(t *testing.T) {
 	})
 	orders.fail.Store(0) // back up
 
-	nc, err := nats.Connect(natsURL)
+	nc, err := nats.Connect(natsURL, relayAuth(t, logs))
 	if err != nil {
 		t.Fatal(err)
 	}

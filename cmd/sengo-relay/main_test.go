@@ -22,9 +22,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
+	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // TestMain lets a test start this binary as the real relay process (for
@@ -194,9 +196,9 @@ type collect struct {
 	evs []event.Event
 }
 
-func subscribe(t *testing.T, url string) *collect {
+func subscribe(t *testing.T, url string, opts ...nats.Option) *collect {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,9 +225,9 @@ func subscribe(t *testing.T, url string) *collect {
 func (c *collect) n() int { c.mu.Lock(); defer c.mu.Unlock(); return len(c.evs) }
 
 // storedEvents reads SENGO_EVENTS through a JetStream client at url.
-func storedEvents(t *testing.T, url string) []event.Event {
+func storedEvents(t *testing.T, url string, opts ...nats.Option) []event.Event {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +266,7 @@ func TestServeEndToEnd(t *testing.T) {
 	if err := run(context.Background(), []string{"healthcheck", "--url", base + "/healthz"}, io.Discard, io.Discard); err != nil {
 		t.Fatalf("healthcheck against a running relay: %v", err)
 	}
-	sub := subscribe(t, natsURL)
+	sub := subscribe(t, natsURL, subscriberAuth(t, logs))
 
 	distinct := map[string]bool{}
 	for _, fx := range fixtures.Callbacks() {
@@ -408,8 +410,9 @@ func TestKillAfter200LosesNothing(t *testing.T) {
 	p2 := startProcess(t, dir)
 	waitReady(t, p2.base)
 	natsURL := p2.logs.field(t, "embedded nats started", "client_url")
-	eventually(t, fmt.Sprintf("%d events after restart", n), func() bool { return len(storedEvents(t, natsURL)) >= n })
-	evs := storedEvents(t, natsURL)
+	auth := relayAuth(t, p2.logs)
+	eventually(t, fmt.Sprintf("%d events after restart", n), func() bool { return len(storedEvents(t, natsURL, auth)) >= n })
+	evs := storedEvents(t, natsURL, auth)
 	ids := uniqueIDs(t, evs)
 	for i := range n {
 		if !ids[event.ID("main", fmt.Sprintf("kill-%d", i), event.StatusSuccess)] {
@@ -516,4 +519,26 @@ projects:
 			t.Errorf("check-config prints a secret:\n%s", s)
 		}
 	}
+}
+
+// relayAuth is the relay's own identity on the embedded server whose
+// start logs shows (the CLI's too): its password file in the store dir.
+func relayAuth(t testing.TB, logs *logWatch) nats.Option {
+	t.Helper()
+	dir := logs.field(t, "embedded nats started", "store_dir")
+	pw, err := stream.ReadPassword(filepath.Join(dir, stream.RelayPasswordFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nats.UserInfo(config.EmbeddedRelayUser, pw)
+}
+
+// subscriberAuth is the read-only identity order services use.
+func subscriberAuth(t testing.TB, logs *logWatch) nats.Option {
+	t.Helper()
+	pw, err := stream.ReadPassword(logs.field(t, "embedded nats started", "subscriber_password_file"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nats.UserInfo(logs.field(t, "embedded nats started", "subscriber_user"), pw)
 }

@@ -144,7 +144,7 @@ func TestForgedCallbackQuarantined(t *testing.T) {
 	if code := post(t, base+"/callbacks/sengo/main", forged); code != 200 {
 		t.Fatalf("the forged callback is stored first (it may be real): %d", code)
 	}
-	nc, err := nats.Connect(natsURL)
+	nc, err := nats.Connect(natsURL, relayAuth(t, logs))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func TestReconcileAfterDowntime(t *testing.T) {
 			t.Errorf("transaction %s delivered %d times, want 1", id, got[id])
 		}
 	}
-	t.Setenv("SENGO_RELAY_NATS_URL", natsURL)
+	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_LISTEN", strings.TrimPrefix(natsURL, "nats://")) // the CLI reaches the relay's embedded server
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"reconcile", "--config", cfg}, &out, io.Discard); err != nil {
 		t.Fatal(err)

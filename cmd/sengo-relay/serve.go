@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -366,16 +367,26 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn))
 			return natsConns{}, nil, fmt.Errorf("data dir: %w", err)
 		}
 		interval, always, _ := cfg.NATS.Embedded.Sync()
-		var err error
+		auth, err := embeddedAuth(cfg)
+		if err != nil {
+			return natsConns{}, nil, err
+		}
 		emb, err = stream.StartEmbedded(stream.EmbeddedConfig{
 			StoreDir: storeDir, Listen: cfg.NATS.Embedded.Listen,
 			SyncInterval: interval, SyncAlways: always, MaxStore: cfg.NATS.Embedded.MaxStore,
-			Logger: log,
+			Auth: auth, Logger: log,
 		})
 		if err != nil {
 			return natsConns{}, nil, err
 		}
-		log.Info().Str("store_dir", storeDir).Str("client_url", emb.ClientURL()).Msg("embedded nats started")
+		ev := log.Info().Str("store_dir", storeDir).Str("client_url", emb.ClientURL())
+		if emb.ClientURL() != "" {
+			ev = ev.Str("subscriber_user", auth.SubscriberUser)
+			if !cfg.NATS.Embedded.Subscriber.Password.Set() {
+				ev = ev.Str("subscriber_password_file", filepath.Join(storeDir, stream.SubscriberPasswordFile))
+			}
+		}
+		ev.Msg("embedded nats started")
 		opts = append(opts, emb.ConnectOption())
 	}
 	var conns natsConns
@@ -405,6 +416,32 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn))
 		log.Info().Str("url", conns.work.ConnectedUrlRedacted()).Msg("nats connecting")
 	}
 	return conns, shutdown, nil
+}
+
+// embeddedAuth returns the embedded server's identities: the relay's, with
+// a password generated once per store dir, and the read-only subscriber,
+// whose password is configured or generated the same way.
+func embeddedAuth(cfg config.Config) (*stream.EmbeddedAuth, error) {
+	dir := cfg.StoreDirOrDefault()
+	relay, err := stream.PasswordFromFile(dir, stream.RelayPasswordFile)
+	if err != nil {
+		return nil, err
+	}
+	sub := cfg.NATS.Embedded.Subscriber.Password.Value()
+	if sub == "" {
+		if sub, err = stream.PasswordFromFile(dir, stream.SubscriberPasswordFile); err != nil {
+			return nil, err
+		}
+	}
+	var protected []string
+	for _, name := range sortedNames(cfg.Endpoints) {
+		protected = append(protected, dispatcher.ConsumerName(name))
+	}
+	return &stream.EmbeddedAuth{
+		RelayUser: config.EmbeddedRelayUser, RelayPassword: relay,
+		SubscriberUser: cfg.NATS.Embedded.Subscriber.User, SubscriberPassword: sub,
+		Stream: event.StreamEvents, Subjects: event.SubjectsEvents, Protected: protected,
+	}, nil
 }
 
 func drain(nc *nats.Conn, log zerolog.Logger) {

@@ -45,7 +45,7 @@ func TestStoreFullRecoversWithoutRestart(t *testing.T) {
 		t.Fatal("no log line says why the store refused the write")
 	}
 
-	nc, err := nats.Connect(natsURL)
+	nc, err := nats.Connect(natsURL, relayAuth(t, logs))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -65,6 +65,19 @@ type Embedded struct {
 	StoreDir     string `yaml:"store_dir"`     // default <data_dir>/jetstream
 	SyncInterval string `yaml:"sync_interval"` // a duration, or "always"
 	MaxStore     int64  `yaml:"max_store_bytes"`
+	// Subscriber is the read-only identity for order services and the nats
+	// CLI on the listener: it may read SENGO_EVENTS and manage consumers of
+	// its own, nothing else.
+	Subscriber Subscriber `yaml:"subscriber"`
+}
+
+// Subscriber is the embedded server's read-only identity.
+type Subscriber struct {
+	User string `yaml:"user"`
+	// Password; empty: one is generated on first start and kept in
+	// <store_dir>/subscriber.password (mode 0600).
+	Password     Secret `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
 }
 
 // Streams configures retention of each stream and of the transaction bucket.
@@ -183,7 +196,7 @@ func Default() Config {
 		NATS: NATS{
 			Replicas: 1,
 			Storage:  "file",
-			Embedded: Embedded{Listen: "127.0.0.1:4222", SyncInterval: "always"},
+			Embedded: Embedded{Listen: "127.0.0.1:4222", SyncInterval: "always", Subscriber: Subscriber{User: "subscriber"}},
 		},
 		Streams: Streams{
 			Inbox:        StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(10 * time.Minute)},
@@ -269,10 +282,17 @@ func (c *Config) Validate() error {
 	if c.NATS.Storage != "file" && c.NATS.Storage != "memory" {
 		bad("nats.storage: %q is not file or memory", c.NATS.Storage)
 	}
-	if l := c.NATS.Embedded.Listen; l != "" {
-		if _, _, err := net.SplitHostPort(l); err != nil {
+	if l := c.NATS.Embedded.Listen; l != "" && c.NATS.URL == "" {
+		host, _, err := net.SplitHostPort(l)
+		switch {
+		case err != nil:
 			bad("nats.embedded.listen: %q is not host:port (empty turns the listener off)", l)
+		case !isLoopback(host) && !c.NATS.Embedded.Subscriber.Password.Set():
+			bad("nats.embedded.listen: %q is not a loopback address; listening beyond this host needs a subscriber password you chose (nats.embedded.subscriber.password or password_file), not a generated one, and TLS in front", l)
 		}
+	}
+	if u := c.NATS.Embedded.Subscriber.User; !natsUser.MatchString(u) || u == EmbeddedRelayUser {
+		bad("nats.embedded.subscriber.user: %q must be letters, digits, '-' or '_', and not %q", u, EmbeddedRelayUser)
 	}
 	if _, _, err := c.NATS.Embedded.Sync(); err != nil {
 		bad("nats.embedded.sync_interval: %v", err)
@@ -410,6 +430,22 @@ func (e Embedded) Sync() (interval time.Duration, always bool, err error) {
 		return 0, false, fmt.Errorf("%q is not a positive duration or \"always\"", e.SyncInterval)
 	}
 	return d, false, nil
+}
+
+// EmbeddedRelayUser is the embedded server's identity of the relay itself
+// (full access); its password is generated and kept in the store dir.
+const EmbeddedRelayUser = "sengo-relay"
+
+var natsUser = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// isLoopback reports whether host (from host:port) only accepts
+// connections from this machine.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // StoreDirOrDefault is where the embedded server keeps JetStream files.

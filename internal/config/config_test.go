@@ -263,3 +263,20 @@ func mustLoad(t *testing.T, path string) Config {
 	}
 	return cfg
 }
+
+// The embedded server beyond loopback needs a subscriber password chosen
+// by the operator; loopback works with the generated one.
+func TestNonLoopbackEmbeddedListenNeedsAPassword(t *testing.T) {
+	_, err := Load(write(t, minimal+"nats: {embedded: {listen: \"0.0.0.0:4222\"}}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "nats.embedded.listen") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := Load(write(t, minimal+"nats: {embedded: {listen: \"0.0.0.0:4222\", subscriber: {password: s3cret-s3cret}}}\n"), noEnv); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []string{"127.0.0.1:4222", "[::1]:4222", "localhost:4222"} {
+		if _, err := Load(write(t, minimal+"nats: {embedded: {listen: \""+l+"\"}}\n"), noEnv); err != nil {
+			t.Errorf("%s: %v", l, err)
+		}
+	}
+}

@@ -1,0 +1,58 @@
+package stream
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Password files of the embedded server's identities, in its store dir.
+const (
+	RelayPasswordFile      = "relay.password"
+	SubscriberPasswordFile = "subscriber.password"
+)
+
+// PasswordFromFile reads the password kept in dir/name, creating it (mode
+// 0600, 32 random bytes) on first use. It is never logged.
+func PasswordFromFile(dir, name string) (string, error) {
+	path := filepath.Join(dir, name)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", fmt.Errorf("password file: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	switch {
+	case err == nil:
+		b := make([]byte, 32)
+		_, _ = rand.Read(b)
+		pw := base64.RawURLEncoding.EncodeToString(b)
+		_, werr := f.WriteString(pw + "\n")
+		if cerr := f.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			return "", fmt.Errorf("write %s: %w", path, werr)
+		}
+		return pw, nil
+	case !errors.Is(err, fs.ErrExist):
+		return "", fmt.Errorf("create %s: %w", path, err)
+	}
+	return ReadPassword(path)
+}
+
+// ReadPassword reads a password file written by PasswordFromFile.
+func ReadPassword(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read %s (run as the relay's user, with its data_dir): %w", path, err)
+	}
+	pw := strings.TrimSpace(string(b))
+	if pw == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return pw, nil
+}
