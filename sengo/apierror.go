@@ -31,6 +31,8 @@ const (
 	CodeDuplicateReference  = "DUPLICATE_REFERENCE"
 	CodeRequestInvalid      = "REQUEST_INVALID"
 	CodeInternal            = "PAYMENT_INTERNAL_ERROR"
+	// CodeNotSenGo404 marks a 404 that carried no SenGo error code.
+	CodeNotSenGo404 = "HTTP_404_WITHOUT_SENGO_CODE"
 )
 
 // APIError is an error answer from SenGo: the HTTP status, SenGo's code
@@ -87,7 +89,10 @@ func codeForStatus(status int) string {
 	case 402:
 		return CodeInsufficientBalance
 	case 404:
-		return CodeTransactionNotFound
+		// Never TRANSACTION_NOT_FOUND: a 404 without SenGo's code is a
+		// wrong base_url or a proxy, and reading it as "no such
+		// transaction" would quarantine genuine payments.
+		return CodeNotSenGo404
 	case 409:
 		return CodeDuplicateReference
 	case 422:

@@ -38,6 +38,31 @@ func apiClients(cfg config.Config, confirmOnly bool) map[string]*sengo.Client {
 	return out
 }
 
+// probeAPIs checks each project's SenGo API once at start (GET /balance)
+// and says clearly, per project, when its base_url or credentials are
+// wrong. It never stops the relay: SenGo may be down for a while.
+func probeAPIs(ctx context.Context, cfg config.Config, clients map[string]*sengo.Client, log zerolog.Logger) {
+	for _, name := range sortedNames(clients) {
+		ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		_, err := clients[name].Balance(ctx)
+		cancel()
+		base := redactURL(cfg.Projects[name].APIBaseURL())
+		if err == nil {
+			log.Info().Str("project", name).Str("api", base).Msg("SenGo API reachable")
+			continue
+		}
+		hint := "confirmations wait and retry until it answers"
+		var ae *sengo.APIError
+		switch {
+		case errors.As(err, &ae) && ae.Code == sengo.CodeNotSenGo404:
+			hint = "this is not SenGo's API: check projects." + name + ".base_url (it ends in /api)"
+		case errors.Is(err, sengo.ErrUnauthorized), errors.Is(err, sengo.ErrIPNotAllowed):
+			hint = "SenGo refuses the credentials or this server's IP: check projects." + name + ".api_key, token and SenGo's IP allowlist"
+		}
+		log.Error().Err(err).Str("project", name).Str("api", base).Str("hint", hint).Msg("SenGo API probe failed")
+	}
+}
+
 func listers(clients map[string]*sengo.Client, only string) map[string]receiver.Lister {
 	out := map[string]receiver.Lister{}
 	for name, c := range clients {

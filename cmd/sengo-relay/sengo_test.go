@@ -264,3 +264,25 @@ func TestSandboxCLI(t *testing.T) {
 		t.Fatalf("show faults: %v %s", err, out.String())
 	}
 }
+
+// A base_url that is not SenGo's API (here: HTML 404s) is named at start,
+// and the relay still runs.
+func TestWrongBaseURLIsReportedAtStart(t *testing.T) {
+	notSenGo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(404)
+		w.Write([]byte("<html>404</html>"))
+	}))
+	defer notSenGo.Close()
+	cfg := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(cfg, []byte(`projects:
+  main: {api_key: SC-KEY-PROBE, token: probe-token-000000000, base_url: "`+notSenGo.URL+`"}
+`), 0o600)
+	base, logs := startRunWith(t, cfg, relayEnv(t.TempDir()))
+	if hint := logs.field(t, "SenGo API probe failed", "hint"); !strings.Contains(hint, "projects.main.base_url") {
+		t.Fatalf("hint %q", hint)
+	}
+	waitReady(t, base)
+	if strings.Contains(logs.text(), "probe-token") {
+		t.Fatal("the token reached the logs")
+	}
+}

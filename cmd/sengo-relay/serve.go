@@ -178,6 +178,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if clients := apiClients(cfg, true); len(clients) > 0 {
 		confirmer = sengo.NewConfirmer(clients)
 	}
+	go probeAPIs(ctx, cfg, apiClients(cfg, false), log.With().Str("component", "sengo").Logger())
 	required := map[string]bool{}
 	for _, name := range cfg.ProjectNames() {
 		p := cfg.Projects[name]

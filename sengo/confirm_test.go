@@ -1,0 +1,81 @@
+package sengo_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/sengo"
+	"github.com/sengo-relay/sengo-relay/sengo/sandbox"
+)
+
+// Every disagreement with SenGo's API is a mismatch: an unknown
+// transaction, another merchantRef, another amount or totalAmount. The
+// same transaction as SenGo has it is confirmed.
+func TestConfirmerComparesEveryField(t *testing.T) {
+	_, base := startSandbox(t, sandbox.Config{})
+	client := sengo.NewClient(base, key, token)
+	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": client})
+	ctx := context.Background()
+	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-1", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := c.Confirm(ctx, "shop", tx)
+	if err != nil || !ok || got.ID != tx.ID {
+		t.Fatalf("genuine: %v %v %+v", ok, err, got)
+	}
+	change := map[string]func(*sengo.Transaction){
+		"unknown transaction": func(x *sengo.Transaction) { x.ID = "66e934f6-0000-0000-0000-000000000000" },
+		"merchantRef":         func(x *sengo.Transaction) { x.MerchantRef = "INV-2" },
+		"amount":              func(x *sengo.Transaction) { x.Amount = 1 },
+		"totalAmount":         func(x *sengo.Transaction) { x.TotalAmount = 1 },
+	}
+	for name, f := range change {
+		t.Run(name, func(t *testing.T) {
+			forged := tx
+			f(&forged)
+			_, ok, err := c.Confirm(ctx, "shop", forged)
+			if ok || !errors.Is(err, sengo.ErrMismatch) {
+				t.Fatalf("confirmed %v, err %v: want ErrMismatch", ok, err)
+			}
+		})
+	}
+	claimed := tx
+	claimed.Status = event.StatusSuccess // SenGo still says pending
+	if _, _, err := c.Confirm(ctx, "shop", claimed); !errors.Is(err, sengo.ErrUnconfirmed) {
+		t.Fatalf("unpaid success: %v", err)
+	}
+}
+
+// Only SenGo's own TRANSACTION_NOT_FOUND means not found. A bare or HTML
+// 404 (a base_url without /api, a proxy during a deploy) is an ordinary
+// failure, retried: it must never quarantine a genuine payment.
+func TestBare404IsNotTransactionNotFound(t *testing.T) {
+	for name, body := range map[string]string{
+		"html":  "<html><body>404 Not Found</body></html>",
+		"empty": "",
+		"other json": `{"message":"no route"}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				w.WriteHeader(404)
+				w.Write([]byte(body))
+			}))
+			defer hs.Close()
+			_, err := sengo.NewClient(hs.URL, key, token).Check(context.Background(), "tx-1", false)
+			if err == nil || errors.Is(err, sengo.ErrTransactionNotFound) {
+				t.Fatalf("err = %v: a bare 404 read as TRANSACTION_NOT_FOUND", err)
+			}
+			c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": sengo.NewClient(hs.URL, key, token)})
+			_, _, err = c.Confirm(context.Background(), "shop", sengo.Transaction{ID: "tx-1"})
+			if errors.Is(err, sengo.ErrMismatch) || !strings.Contains(err.Error(), "404") {
+				t.Fatalf("Confirm: %v, want a retryable error naming the 404", err)
+			}
+		})
+	}
+}
