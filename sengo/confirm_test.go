@@ -57,8 +57,8 @@ func TestConfirmerComparesEveryField(t *testing.T) {
 // failure, retried: it must never quarantine a genuine payment.
 func TestBare404IsNotTransactionNotFound(t *testing.T) {
 	for name, body := range map[string]string{
-		"html":  "<html><body>404 Not Found</body></html>",
-		"empty": "",
+		"html":       "<html><body>404 Not Found</body></html>",
+		"empty":      "",
 		"other json": `{"message":"no route"}`,
 	} {
 		t.Run(name, func(t *testing.T) {
