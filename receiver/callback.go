@@ -2,6 +2,8 @@ package receiver
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -150,8 +152,8 @@ func (h *callbackHandler) readBody(c echo.Context) ([]byte, error) {
 }
 
 // store publishes the raw notification to SENGO_INBOX and waits for the
-// PubAck, at most PublishTimeout. The Nats-Msg-Id makes a repeated
-// notification a duplicate that JetStream drops.
+// PubAck, at most PublishTimeout. The Nats-Msg-Id makes a byte-identical
+// repeat a duplicate that JetStream drops (see inboxMsgID).
 func (h *callbackHandler) store(ctx context.Context, requestID, project string, tx sengo.Transaction, body []byte) (accepted, error) {
 	id := event.ID(project, tx.ID, tx.Status)
 	msg := &nats.Msg{
@@ -167,7 +169,7 @@ func (h *callbackHandler) store(ctx context.Context, requestID, project string, 
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.PublishTimeout)
 	defer cancel()
 	start := time.Now()
-	ack, err := h.cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(event.StreamInbox))
+	ack, err := h.cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(inboxMsgID(id, SourceCallback, body)), jetstream.WithExpectStream(event.StreamInbox))
 	if err != nil {
 		return accepted{}, fmt.Errorf("%w: publish %s: %v", ErrStoreUnavailable, id, err)
 	}
@@ -176,6 +178,17 @@ func (h *callbackHandler) store(ctx context.Context, requestID, project string, 
 		return accepted{Status: "duplicate", ID: id, Duplicate: true}, nil
 	}
 	return accepted{Status: "accepted", ID: id}, nil
+}
+
+// inboxMsgID is the inbox Nats-Msg-Id of a notification: its event id,
+// its source and a hash of its body. A byte-identical repeat (SenGo
+// retrying a callback, reconciliation run twice) is dropped by JetStream;
+// a different body for the same status change is stored, so a forged
+// notification that arrived first can never make the genuine one a
+// duplicate. The transaction state deduplicates the status change itself.
+func inboxMsgID(eventID, source string, body []byte) string {
+	sum := sha256.Sum256(body)
+	return eventID + "." + source + "." + hex.EncodeToString(sum[:12])
 }
 
 // isJSON accepts application/json, text/json and any +json type, with

@@ -197,7 +197,7 @@ func TestCallbackStoresRawWithHeaders(t *testing.T) {
 		t.Error("inbox message is not the body as received")
 	}
 	wantID := event.ID("main", "0b8e2c51-7d0a-4f2e-9a59-3f1f6c9d2a10", event.StatusExpired)
-	if m.Header.Get("Nats-Msg-Id") != wantID || got["id"] != wantID {
+	if !strings.HasPrefix(m.Header.Get("Nats-Msg-Id"), wantID+".callback.") || got["id"] != wantID {
 		t.Errorf("Nats-Msg-Id %q, response id %v, want %s", m.Header.Get("Nats-Msg-Id"), got["id"], wantID)
 	}
 	if m.Subject != "sengo.inbox.main" || m.Header.Get(event.HeaderProject) != "main" || m.Header.Get(event.HeaderSource) != "callback" {

@@ -4,14 +4,18 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/sengo"
+	"github.com/sengo-relay/sengo-relay/sengo/sandbox"
 )
 
 // A callback whose id is thousands of non-ASCII bytes once became an 8 KB
@@ -194,5 +198,106 @@ func TestRequireConfirmationFailsClosed(t *testing.T) {
 	}
 	if n := h.msgs(event.StreamQuarantine); n != 1 {
 		t.Fatalf("quarantine holds %d, want 1", n)
+	}
+}
+
+// A forged "success" stored first once made SenGo's genuine callback a
+// "200 duplicate" for the whole duplicate window, and the paid order
+// waited for reconciliation. The genuine one is now stored and published,
+// confirmed, while the forged one is quarantined.
+func TestForgedSuccessFirstDoesNotSwallowTheGenuine(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(sb.Handler())
+	defer func() { hs.Close(); sb.Close() }()
+	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.ConfirmAttempts = 2
+	})
+	tx, err := client.CreateQRIS(context.Background(), sengo.QRISRequest{Reference: "INV-F", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The attacker knows the id (it is in the payment page) and claims success first.
+	forged := strings.Replace(string(tx.Raw), `"status":"pending"`, `"status":"success"`, 1)
+	if resp, _ := h.post("/callbacks/sengo/main", []byte(`{"responseData":`+forged+`}`)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the forged claim quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
+	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
+		t.Fatal(err)
+	}
+	paid, err := client.Check(context.Background(), tx.ID, false) // the object SenGo's callback carries
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body := h.post("/callbacks/sengo/main", append(append([]byte(`{"responseData":`), paid.Raw...), '}'))
+	if resp.StatusCode != 200 || body["status"] != "accepted" {
+		t.Fatalf("genuine callback: %d %v, want 200 accepted", resp.StatusCode, body)
+	}
+	eventually(t, "the genuine success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
+	if ev := h.events()[0]; ev.Data.Status != event.StatusSuccess || !ev.Data.Confirmed {
+		t.Fatalf("event %+v", ev)
+	}
+}
+
+// SenGo's API can lag its own callback: a success quarantined as
+// unconfirmed is confirmed again on a schedule, and published once SenGo
+// agrees. A claim SenGo never confirms stops being rechecked.
+func TestUnconfirmedIsRecheckedLater(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(sb.Handler())
+	defer func() { hs.Close(); sb.Close() }()
+	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.ConfirmAttempts = 1
+	})
+	ctx := context.Background()
+	claim := func(ref string) sengo.Transaction {
+		tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: ref, Amount: 5000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := strings.Replace(string(tx.Raw), `"status":"pending"`, `"status":"success"`, 1)
+		if resp, _ := h.post("/callbacks/sengo/main", []byte(`{"responseData":`+body+`}`)); resp.StatusCode != 200 {
+			t.Fatal(resp.StatusCode)
+		}
+		return tx
+	}
+	lagging, forged := claim("INV-LAG"), claim("INV-FORGED")
+	eventually(t, "both claims quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 2 })
+	if n, err := RecheckUnconfirmed(ctx, h.js, time.Now()); err != nil || n != 0 {
+		t.Fatalf("rechecked %d (%v) before the first recheck was due", n, err)
+	}
+	if _, err := sb.Transition(lagging.ID, event.StatusSuccess); err != nil { // SenGo catches up
+		t.Fatal(err)
+	}
+	later := time.Now()
+	for i := range RecheckAfter {
+		later = later.Add(RecheckAfter[i] + time.Second)
+		if _, err := RecheckUnconfirmed(ctx, h.js, later); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "intake idle", h.intakeIdle)
+	}
+	if got := statuses(h.events(), lagging.ID); len(got) != 1 || got[0] != event.StatusSuccess {
+		t.Fatalf("lagging payment: events %v, want its success", got)
+	}
+	if got := statuses(h.events(), forged.ID); len(got) != 0 {
+		t.Fatalf("forged claim published: %v", got)
+	}
+	q, err := ListQuarantine(ctx, h.js, QuarantineFilter{TransactionID: forged.ID})
+	if err != nil || len(q) != 1 || q[0].Rechecks != strconv.Itoa(len(RecheckAfter)) {
+		t.Fatalf("forged claim in quarantine: %v %+v", err, q)
+	}
+	if n, _ := RecheckUnconfirmed(ctx, h.js, later.Add(24*time.Hour)); n != 0 {
+		t.Fatalf("rechecked %d after the schedule ended", n)
 	}
 }

@@ -64,8 +64,8 @@ const maxPages = 1000
 // the window, compares them with SENGO_TX, and feeds every transition the
 // relay never received into the inbox as a notification with source
 // "reconcile". It goes through the same deduplication, confirmation and
-// delivery as a callback, under the same Nats-Msg-Id, so running it twice
-// changes nothing the second time. progress, if set, is called after each
+// delivery as a callback; its Nats-Msg-Id (inboxMsgID) makes running it
+// twice change nothing the second time. progress, if set, is called after each
 // page.
 func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, day string, status event.Status, s ReconcileSummary)) (ReconcileSummary, error) {
 	if cfg.Now == nil {
@@ -142,6 +142,11 @@ func isMissing(ctx context.Context, kv jetstream.KeyValue, project string, tx se
 	if err := json.Unmarshal(entry.Value(), &st); err != nil {
 		return false, fmt.Errorf("decode %s: %w", txKey(project, tx.ID), err)
 	}
+	if len(st.Outbox) > 0 {
+		// Decided but not yet published (a crash or a failed write):
+		// feeding it makes intake flush the outbox.
+		return true, nil
+	}
 	for _, h := range st.History {
 		if h.Status == tx.Status {
 			return false, nil
@@ -164,7 +169,7 @@ func feed(ctx context.Context, cfg ReconcileConfig, api Lister, project string, 
 		event.HeaderSource:     []string{SourceReconcile},
 	}}
 	id := event.ID(project, tx.ID, tx.Status)
-	if _, err := cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(id), jetstream.WithExpectStream(event.StreamInbox)); err != nil {
+	if _, err := cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(inboxMsgID(id, SourceReconcile, tx.Raw)), jetstream.WithExpectStream(event.StreamInbox)); err != nil {
 		return fmt.Errorf("feed %s: %w", id, err)
 	}
 	return nil

@@ -28,6 +28,7 @@ commands:
   sandbox        run a local SenGo (or: sandbox pay|expire|fail ID, callbacks, transactions)
   dlq            list, show, redrive or purge dead letters
   replay         deliver stored events again (by endpoint, time window, filters)
+  quarantine     list, show or redrive notifications set aside by intake (with the reason)
   bench          measure the relay against the raw limits (see BENCHMARKS.md)
   healthcheck    exit 0 if the relay answers /healthz (for container healthchecks)
   version        print the version
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runDLQ(ctx, args, stdout, stderr)
 	case "replay":
 		return runReplay(ctx, args, stdout, stderr)
+	case "quarantine":
+		return runQuarantine(ctx, args, stdout, stderr)
 	case "bench":
 		return runBench(ctx, args, stdout, stderr)
 	case "healthcheck":

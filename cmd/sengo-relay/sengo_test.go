@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -130,9 +131,10 @@ func TestConfirmedPaymentEndToEnd(t *testing.T) {
 // A forged callback (valid shape, success for a transaction the sandbox
 // says is pending) is quarantined with SenGo's version and never published.
 func TestForgedCallbackQuarantined(t *testing.T) {
-	_, client, sbURL := startSandbox(t, sandbox.CallbackPolicy{})
+	sb, client, sbURL := startSandbox(t, sandbox.CallbackPolicy{})
 	orders := newHook(t)
-	base, logs := startRunWith(t, sandboxConfig(t, sbURL, orders.URL), relayEnv(t.TempDir()))
+	cfgPath := sandboxConfig(t, sbURL, orders.URL)
+	base, logs := startRunWith(t, cfgPath, relayEnv(t.TempDir()))
 	natsURL := logs.field(t, "embedded nats started", "client_url")
 	waitReady(t, base)
 	tx, err := client.CreateRetail(context.Background(), sengo.RetailRequest{Reference: "INV-2002", PhoneNumber: "0812", Channel: "alfamart", Amount: 50000, ViewName: "Toko"})
@@ -168,6 +170,32 @@ func TestForgedCallbackQuarantined(t *testing.T) {
 	if n := len(orders.received()); n != 0 {
 		t.Fatalf("the consumer received %d", n)
 	}
+
+	// The operator sees it with the CLI; once SenGo says paid, a redrive
+	// confirms it again and it is delivered.
+	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_LISTEN", strings.TrimPrefix(natsURL, "nats://"))
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"quarantine", "list", "--config", cfgPath, "--json"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	var listed []receiver.QuarantineEntry
+	if err := json.Unmarshal(out.Bytes(), &listed); err != nil || len(listed) != 1 || listed[0].TransactionID != tx.ID || listed[0].Status != event.StatusSuccess {
+		t.Fatalf("quarantine list: %v %s", err, out.String())
+	}
+	if err := run(context.Background(), []string{"quarantine", "redrive", "--config", cfgPath}, io.Discard, io.Discard); err == nil {
+		t.Fatal("redrive without a filter or --all accepted")
+	}
+	if err := run(context.Background(), []string{"quarantine", "show", "--config", cfgPath, "--seq", "999"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "no quarantined notification 999") {
+		t.Fatalf("show of a missing one: %v", err)
+	}
+	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"quarantine", "redrive", "--config", cfgPath, "--seq", strconv.FormatUint(listed[0].Seq, 10)}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "redriven 1 of 1") {
+		t.Fatalf("redrive: %v %s", err, out.String())
+	}
+	eventually(t, "the now genuine success delivered", func() bool { return len(orders.received()) == 1 })
 }
 
 // With the relay stopped, three transactions are paid in a sandbox that

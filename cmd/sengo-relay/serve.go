@@ -259,6 +259,10 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			go func() { _ = adminHTTP.Serve(aln) }()
 			log.Info().Str("addr", aln.Addr().String()).Msg("admin listening")
 		}
+		if confirmer != nil {
+			workersDone.Add(1)
+			go func() { defer workersDone.Done(); recheckLoop(runCtx, js, log.With().Str("component", "intake").Logger()) }()
+		}
 		if projects := listers(apiClients(cfg, false), ""); cfg.Reconcile.Interval > 0 && len(projects) > 0 {
 			workersDone.Add(1)
 			go func() {
@@ -298,6 +302,27 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	}
 	log.Info().Msg("stopped")
 	return runErr
+}
+
+// recheckLoop puts quarantined unconfirmed notifications back for another
+// confirmation on receiver.RecheckAfter's schedule, until ctx ends.
+func recheckLoop(ctx context.Context, js jetstream.JetStream, log zerolog.Logger) {
+	tick := time.NewTicker(30 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			n, err := receiver.RecheckUnconfirmed(ctx, js, now)
+			if err != nil && ctx.Err() == nil {
+				log.Warn().Err(err).Msg("recheck of unconfirmed notifications failed; trying again later")
+			}
+			if n > 0 {
+				log.Info().Int("count", n).Msg("unconfirmed notifications put back for another confirmation")
+			}
+		}
+	}
 }
 
 // provision creates or updates the streams, retrying with backoff until it

@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
+	"github.com/sengo-relay/sengo-relay/receiver"
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
@@ -83,6 +85,9 @@ func New(cfg Config) *Server {
 	e.GET("/admin/dlq/:seq", s.dlqShow)
 	e.POST("/admin/dlq/redrive", s.dlqRedrive)
 	e.DELETE("/admin/dlq", s.dlqPurge)
+	e.GET("/admin/quarantine", s.quarantineList)
+	e.GET("/admin/quarantine/:seq", s.quarantineShow)
+	e.POST("/admin/quarantine/redrive", s.quarantineRedrive)
 	e.POST("/admin/replays", s.replayStart)
 	e.GET("/admin/replays", s.replayList)
 	e.GET("/admin/replays/:id", s.replayShow)
@@ -399,4 +404,76 @@ func ParseTime(s string, now time.Time) (time.Time, error) {
 		return time.Time{}, errors.New("want RFC 3339 (2025-03-23T10:00:00+07:00) or a duration back from now (24h)")
 	}
 	return t, nil
+}
+
+// quarantineFilter reads ?project=&transaction=&seq= (each non-empty when
+// present).
+func quarantineFilter(c echo.Context) (receiver.QuarantineFilter, error) {
+	q := c.QueryParams()
+	for _, name := range []string{"project", "transaction", "seq"} {
+		if v, ok := q[name]; ok && (len(v) != 1 || v[0] == "") {
+			return receiver.QuarantineFilter{}, apiError(http.StatusBadRequest, "empty_filter", name+" is empty or repeated: give one value, or leave it out")
+		}
+	}
+	f := receiver.QuarantineFilter{Project: c.QueryParam("project"), TransactionID: c.QueryParam("transaction")}
+	if v := c.QueryParam("seq"); v != "" {
+		seq, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || seq == 0 {
+			return f, apiError(http.StatusBadRequest, "bad_seq", "seq must be a positive integer")
+		}
+		f.Seq = seq
+	}
+	return f, nil
+}
+
+func (s *Server) quarantineList(c echo.Context) error {
+	f, err := quarantineFilter(c)
+	if err != nil {
+		return err
+	}
+	entries, err := receiver.ListQuarantine(c.Request().Context(), s.cfg.JetStream, f)
+	if err != nil {
+		return err
+	}
+	if entries == nil {
+		entries = []receiver.QuarantineEntry{}
+	}
+	return c.JSON(http.StatusOK, entries)
+}
+
+func (s *Server) quarantineShow(c echo.Context) error {
+	seq, err := strconv.ParseUint(c.Param("seq"), 10, 64)
+	if err != nil || seq == 0 {
+		return apiError(http.StatusBadRequest, "bad_seq", "seq must be a positive integer")
+	}
+	entries, err := receiver.ListQuarantine(c.Request().Context(), s.cfg.JetStream, receiver.QuarantineFilter{Seq: seq})
+	if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && len(entries) == 0 {
+		return apiError(http.StatusNotFound, "not_found", fmt.Sprintf("no quarantined notification %d", seq))
+	}
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, entries[0])
+}
+
+// quarantineRedrive puts the selected quarantined notifications back into
+// the inbox; with no filter it takes all=true.
+func (s *Server) quarantineRedrive(c echo.Context) error {
+	f, err := quarantineFilter(c)
+	if err != nil {
+		return err
+	}
+	if f == (receiver.QuarantineFilter{}) && c.QueryParam("all") != "true" {
+		return apiError(http.StatusBadRequest, "redrive_needs_filter", "select notifications with project, transaction or seq, or all=true")
+	}
+	entries, err := receiver.ListQuarantine(c.Request().Context(), s.cfg.JetStream, f)
+	if err != nil {
+		return err
+	}
+	n, err := receiver.RedriveQuarantine(c.Request().Context(), s.cfg.JetStream, entries)
+	if err != nil {
+		return err
+	}
+	s.cfg.Logger.Info().Int("count", n).Msg("quarantined notifications redriven")
+	return c.JSON(http.StatusOK, map[string]int{"redriven": n})
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -31,6 +32,8 @@ func newServer(t *testing.T) (*httptest.Server, jetstream.JetStream) {
 		{Name: event.StreamEvents, Subjects: []string{event.SubjectsEvents}, Limits: l},
 		{Name: event.StreamDLQ, Subjects: []string{event.SubjectsDLQ}, Limits: l},
 		{Name: event.StreamReplay, Subjects: []string{event.SubjectsReplay}, Limits: l},
+		{Name: event.StreamQuarantine, Subjects: []string{event.SubjectsQuarantine}, Limits: l},
+		{Name: event.StreamInbox, Subjects: []string{event.SubjectsInbox}, Limits: l},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -162,5 +165,42 @@ func TestAdminPurgeNeedsAllTrueOrAFilter(t *testing.T) {
 	}
 	if code, body := call(t, hs, http.MethodDelete, "/admin/dlq?all=true", "", token); code != 200 || !strings.Contains(body, `"purged":2`) {
 		t.Fatalf("purge all: %d %s", code, body)
+	}
+}
+
+// Quarantined notifications can be listed, shown and redriven into the
+// inbox; a redrive with no filter needs all=true.
+func TestAdminQuarantine(t *testing.T) {
+	hs, js := newServer(t)
+	ctx := context.Background()
+	msg := &nats.Msg{Subject: event.QuarantineSubject("main"), Data: []byte(`{"id":"tx-1"}`), Header: nats.Header{
+		event.HeaderProject: []string{"main"}, event.HeaderReason: []string{"SenGo's API disagrees with the notification: fields differ"},
+	}}
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := call(t, hs, http.MethodGet, "/admin/quarantine?project=main", "", token); code != 200 || !strings.Contains(body, `"reason":"SenGo's API disagrees`) {
+		t.Fatalf("list: %d %s", code, body)
+	}
+	if code, body := call(t, hs, http.MethodGet, "/admin/quarantine/1", "", token); code != 200 || !strings.Contains(body, `"seq":1`) {
+		t.Fatalf("show: %d %s", code, body)
+	}
+	if code, body := call(t, hs, http.MethodGet, "/admin/quarantine/7", "", token); code != 404 || !strings.Contains(body, `"code":"not_found"`) {
+		t.Fatalf("show missing: %d %s", code, body)
+	}
+	for _, q := range []string{"", "?project=", "?seq=x"} {
+		if code, _ := call(t, hs, http.MethodPost, "/admin/quarantine/redrive"+q, "", token); code != 400 {
+			t.Errorf("redrive%s: %d, want 400", q, code)
+		}
+	}
+	if code, body := call(t, hs, http.MethodPost, "/admin/quarantine/redrive?seq=1", "", token); code != 200 || !strings.Contains(body, `"redriven":1`) {
+		t.Fatalf("redrive: %d %s", code, body)
+	}
+	in := natstest.Messages(t, js, event.StreamInbox)
+	if len(in) != 1 || in[0].Header.Get(event.HeaderSource) != "redrive" || string(in[0].Data) != `{"id":"tx-1"}` {
+		t.Fatalf("inbox after redrive: %+v", in)
+	}
+	if len(natstest.Messages(t, js, event.StreamQuarantine)) != 0 {
+		t.Fatal("still quarantined after the redrive")
 	}
 }

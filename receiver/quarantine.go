@@ -1,0 +1,206 @@
+package receiver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/sengo"
+)
+
+// SourceRedrive marks a quarantined notification put back into the inbox.
+const SourceRedrive = "redrive"
+
+// HeaderRedriveOf names the quarantine message a redriven notification
+// came from ("q-<seq>").
+const HeaderRedriveOf = "Sengo-Redrive-Of"
+
+// QuarantineFilter selects quarantined notifications; zero fields match
+// everything.
+type QuarantineFilter struct {
+	Project       string
+	TransactionID string
+	Seq           uint64 // one notification by its SENGO_QUARANTINE sequence
+	// ReasonContains matches a substring of the quarantine reason.
+	ReasonContains string
+}
+
+// QuarantineEntry is one quarantined notification: what arrived, why it
+// was set aside, and SenGo's version where SenGo disagreed.
+type QuarantineEntry struct {
+	Seq           uint64          `json:"seq"`
+	Stored        time.Time       `json:"stored"`
+	Project       string          `json:"project"`
+	Reason        string          `json:"reason"`
+	Source        string          `json:"source,omitempty"`
+	RequestID     string          `json:"requestId,omitempty"`
+	ReceivedAt    string          `json:"receivedAt,omitempty"`
+	TransactionID string          `json:"transactionId,omitempty"`
+	MerchantRef   string          `json:"merchantRef,omitempty"`
+	Status        event.Status    `json:"status,omitempty"`
+	Rechecks      string          `json:"rechecks,omitempty"` // confirmations retried after quarantine
+	Notification  json.RawMessage `json:"notification"`
+	SenGo         json.RawMessage `json:"sengo,omitempty"` // SenGo's version of the transaction
+}
+
+// maxQuarantineScan bounds how many messages one listing reads.
+const maxQuarantineScan = 10000
+
+// ListQuarantine returns the quarantined notifications matching f, oldest
+// first (at most maxQuarantineScan are read).
+func ListQuarantine(ctx context.Context, js jetstream.JetStream, f QuarantineFilter) ([]QuarantineEntry, error) {
+	s, err := js.Stream(ctx, event.StreamQuarantine)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", event.StreamQuarantine, err)
+	}
+	first, last := f.Seq, f.Seq
+	if f.Seq == 0 {
+		info, err := s.Info(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("%s info: %w", event.StreamQuarantine, err)
+		}
+		if info.State.Msgs == 0 {
+			return nil, nil
+		}
+		first, last = info.State.FirstSeq, info.State.LastSeq
+		if last-first >= maxQuarantineScan {
+			first = last - maxQuarantineScan + 1
+		}
+	}
+	var out []QuarantineEntry
+	for seq := first; seq <= last; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return out, fmt.Errorf("quarantined %d: %w", seq, err)
+		}
+		e := quarantineEntry(m)
+		if (f.Project == "" || e.Project == f.Project) && (f.TransactionID == "" || e.TransactionID == f.TransactionID) &&
+			(f.ReasonContains == "" || strings.Contains(e.Reason, f.ReasonContains)) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func quarantineEntry(m *jetstream.RawStreamMsg) QuarantineEntry {
+	e := QuarantineEntry{
+		Seq: m.Sequence, Stored: m.Time.UTC(), Project: strings.TrimPrefix(m.Subject, "sengo.quarantine."),
+		Reason: m.Header.Get(event.HeaderReason), Source: m.Header.Get(event.HeaderSource),
+		RequestID: m.Header.Get(event.HeaderRequestID), ReceivedAt: m.Header.Get(event.HeaderReceivedAt),
+		Rechecks:     m.Header.Get(HeaderRechecks),
+		Notification: rawOrString(m.Data),
+	}
+	if api := m.Header.Get(HeaderAPIObject); api != "" {
+		e.SenGo = rawOrString([]byte(api))
+	}
+	if tx, err := sengo.ParseCallback(m.Data); err == nil {
+		e.TransactionID, e.MerchantRef, e.Status = tx.ID, tx.MerchantRef, tx.Status
+	}
+	return e
+}
+
+// rawOrString keeps b as JSON, or as a JSON string if it is not JSON.
+func rawOrString(b []byte) json.RawMessage {
+	if json.Valid(b) {
+		return b
+	}
+	q, _ := json.Marshal(string(b))
+	return q
+}
+
+// RedriveQuarantine puts each quarantined notification back into the
+// inbox, as received (body and headers), marked source redrive, and
+// removes it from quarantine only after the inbox acknowledged the copy.
+// Intake then processes it as any notification: confirmed with SenGo,
+// deduplicated by the transaction state. It returns how many were
+// redriven.
+func RedriveQuarantine(ctx context.Context, js jetstream.JetStream, entries []QuarantineEntry) (int, error) {
+	return redrive(ctx, js, entries, "")
+}
+
+// redrive is RedriveQuarantine; rechecks, when set, is the value of the
+// HeaderRechecks the copies carry.
+func redrive(ctx context.Context, js jetstream.JetStream, entries []QuarantineEntry, rechecks string) (int, error) {
+	s, err := js.Stream(ctx, event.StreamQuarantine)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range entries {
+		m, err := s.GetMsg(ctx, e.Seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // redriven or purged meanwhile
+		}
+		if err != nil {
+			return n, fmt.Errorf("quarantined %d: %w", e.Seq, err)
+		}
+		project := m.Header.Get(event.HeaderProject)
+		if project == "" {
+			continue // never had a project: nothing intake could do with it
+		}
+		h := nats.Header{}
+		for _, k := range []string{event.HeaderProject, event.HeaderReceivedAt, event.HeaderRequestID, HeaderRechecks} {
+			if v := m.Header.Get(k); v != "" {
+				h.Set(k, v)
+			}
+		}
+		h.Set(event.HeaderSource, SourceRedrive)
+		if rechecks != "" {
+			h.Set(HeaderRechecks, rechecks)
+		}
+		h.Set(HeaderRedriveOf, "q-"+strconv.FormatUint(e.Seq, 10))
+		msg := &nats.Msg{Subject: event.InboxSubject(project), Header: h, Data: m.Data}
+		if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("redrive-q-"+strconv.FormatUint(e.Seq, 10)), jetstream.WithExpectStream(event.StreamInbox)); err != nil {
+			return n, fmt.Errorf("redrive quarantined %d: %w", e.Seq, err)
+		}
+		if err := s.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return n, fmt.Errorf("remove redriven %d: %w", e.Seq, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+// HeaderRechecks counts how often an unconfirmed notification was put
+// back for another confirmation.
+const HeaderRechecks = "Sengo-Rechecks"
+
+// RecheckAfter is when a notification quarantined as unconfirmed (it
+// claims a final status SenGo's API does not report yet) is confirmed
+// again: the n-th recheck happens RecheckAfter[n] after it was last
+// quarantined. SenGo's API can lag its own callback; a forged claim stays
+// quarantined after the last one.
+var RecheckAfter = []time.Duration{time.Minute, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour, 6 * time.Hour}
+
+// RecheckUnconfirmed redrives every quarantined unconfirmed notification
+// whose next recheck is due at now. It returns how many were redriven.
+func RecheckUnconfirmed(ctx context.Context, js jetstream.JetStream, now time.Time) (int, error) {
+	entries, err := ListQuarantine(ctx, js, QuarantineFilter{ReasonContains: sengo.ErrUnconfirmed.Error()})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range entries {
+		done, _ := strconv.Atoi(e.Rechecks)
+		if done >= len(RecheckAfter) || now.Sub(e.Stored) < RecheckAfter[done] {
+			continue
+		}
+		k, err := redrive(ctx, js, []QuarantineEntry{e}, strconv.Itoa(done+1))
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
