@@ -261,7 +261,10 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		}
 		if confirmer != nil {
 			workersDone.Add(1)
-			go func() { defer workersDone.Done(); recheckLoop(runCtx, js, log.With().Str("component", "intake").Logger()) }()
+			go func() {
+				defer workersDone.Done()
+				recheckLoop(runCtx, js, log.With().Str("component", "intake").Logger())
+			}()
 		}
 		if projects := listers(apiClients(cfg, false), ""); cfg.Reconcile.Interval > 0 && len(projects) > 0 {
 			workersDone.Add(1)

@@ -16,8 +16,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
-	"github.com/sengo-relay/sengo-relay/receiver"
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/receiver"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
