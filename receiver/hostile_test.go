@@ -2,6 +2,7 @@ package receiver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
@@ -301,3 +304,102 @@ func TestUnconfirmedIsRecheckedLater(t *testing.T) {
 		t.Fatalf("rechecked %d after the schedule ended", n)
 	}
 }
+
+// An event decided but not published (the events stream refused it) once
+// waited for a second confirmation on its redelivery; with SenGo's API
+// down meanwhile, the paid order waited too, or was stranded for good on a
+// mismatch. The redelivery now publishes the decided event first.
+func TestDecidedEventDoesNotWaitOnASecondConfirmation(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(sb.Handler())
+	defer func() { hs.Close(); sb.Close() }()
+	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+	})
+	ctx := context.Background()
+	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-D", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
+		t.Fatal(err)
+	}
+	paid, _ := client.Check(ctx, tx.ID, false)
+	restore := natstest.RefuseWrites(t, h.js, event.StreamEvents)
+	if resp, _ := h.post("/callbacks/sengo/main", append(append([]byte(`{"responseData":`), paid.Raw...), '}')); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the event decided and its publish refused", func() bool { return h.intakeCount("main", "retry") >= 1 })
+	sb.SetFaults(sandbox.Faults{Fail500: 1 << 30}) // SenGo's API goes down
+	restore()
+	eventually(t, "the decided event published while SenGo is down", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
+}
+
+// Reconciliation treats a transaction whose decided event is still in
+// the outbox as missing, so feeding it makes intake publish the event.
+func TestReconcileSeesAnUnpublishedOutboxAsMissing(t *testing.T) {
+	h := newHarness(t, false)
+	tx, err := sengo.ParseCallback(callback("tx-ob", event.StatusSuccess))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := tx.Event("main", "", time.Now(), true)
+	b, _ := event.Marshal(ev)
+	st := txState{Project: "main", TransactionID: tx.ID, Status: tx.Status,
+		History: []txEvent{{Status: tx.Status, EventID: ev.ID}},
+		Outbox:  []outboxItem{{EventID: ev.ID, Subject: event.EventSubject("main", tx.Product, tx.Status), Event: b}}}
+	raw, _ := json.Marshal(st)
+	kv, _ := h.js.KeyValue(t.Context(), event.BucketTx)
+	if _, err := kv.Create(t.Context(), txKey("main", tx.ID), raw); err != nil {
+		t.Fatal(err)
+	}
+	if missing, err := isMissing(t.Context(), kv, "main", tx); err != nil || !missing {
+		t.Fatalf("missing %v (%v), want true while the event waits in the outbox", missing, err)
+	}
+	st.Outbox = nil
+	raw, _ = json.Marshal(st)
+	kv.Put(t.Context(), txKey("main", tx.ID), raw)
+	if missing, _ := isMissing(t.Context(), kv, "main", tx); missing {
+		t.Fatal("missing after the event was published")
+	}
+}
+
+// Reconciliation once stopped at the first project whose SenGo API failed;
+// every project is now reconciled on its own and the failure is reported
+// and counted for the project that failed.
+func TestReconcileGoesOnPastAFailingProject(t *testing.T) {
+	h := newHarness(t, false)
+	ctx := context.Background()
+	newSandbox := func() (*sandbox.Server, *sengo.Client) {
+		sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs := httptest.NewServer(sb.Handler())
+		t.Cleanup(func() { hs.Close(); sb.Close() })
+		return sb, sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	}
+	broken, brokenClient := newSandbox()
+	broken.SetFaults(sandbox.Faults{Fail500: 1 << 30})
+	_, good := newSandbox()
+	if _, err := good.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-R", Amount: 5000}); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := Reconcile(ctx, ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"a-broken": brokenClient, "b-good": good},
+		Window: 24 * time.Hour, Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
+	if err == nil || !strings.Contains(err.Error(), "a-broken") {
+		t.Fatalf("err = %v, want the broken project's failure", err)
+	}
+	if sum.Fed != 1 || h.msgs(event.StreamInbox) != 1 {
+		t.Fatalf("fed %d, inbox %d: the good project was not reconciled", sum.Fed, h.msgs(event.StreamInbox))
+	}
+	if n := testutil.ToFloat64(h.metrics.Reconcile.WithLabelValues("a-broken", "failed")); n != 1 {
+		t.Fatalf("failures counted %v", n)
+	}
+}
+
+func (h *harness) cfgLogger() zerolog.Logger { return h.cfg.Logger }

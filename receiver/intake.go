@@ -280,6 +280,17 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 			acceptedAt = time.Now()
 		}
 	}
+	key := txKey(project, tx.ID)
+	if meta, err := m.Metadata(); err == nil && meta.NumDelivered > 1 || m.Headers().Get(event.HeaderSource) != SourceCallback {
+		// A redelivery (or a notification fed by reconciliation or a
+		// redrive) may find an event decided earlier but never published:
+		// publish it before asking SenGo again, so a confirmation that
+		// fails now can never strand a decision already made.
+		if err := in.flushLeftover(ctx, key); err != nil {
+			r.err = err
+			return r
+		}
+	}
 	confirmed, note := false, ""
 	if in.cfg.Confirmer != nil {
 		got, ok, err := in.cfg.Confirmer.Confirm(ctx, project, tx)
@@ -313,7 +324,6 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 		return &l
 	}
 
-	key := txKey(project, tx.ID)
 	st, rev, err := in.apply(ctx, key, func(s *txState) (bool, error) {
 		switch d := event.Decide(s.Status, tx.Status); d {
 		case event.Publish:
@@ -358,6 +368,25 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 		log().Debug().Str("event_id", event.ID(project, tx.ID, tx.Status)).Msg("event published")
 	}
 	return r
+}
+
+// flushLeftover publishes the outbox of the transaction at key, if any.
+func (in *Intake) flushLeftover(ctx context.Context, key string) error {
+	entry, err := in.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", key, err)
+	}
+	var st txState
+	if err := json.Unmarshal(entry.Value(), &st); err != nil {
+		return fmt.Errorf("%w: decode %s: %v", ErrPermanent, key, err)
+	}
+	if len(st.Outbox) == 0 {
+		return nil
+	}
+	return in.flush(ctx, key, st, entry.Revision())
 }
 
 // countConfirm counts a failed confirmation by kind.

@@ -19,7 +19,8 @@ type Metrics struct {
 	// (confirmed, status_corrected, mismatch, unconfirmed, unavailable).
 	Confirm *prometheus.CounterVec
 	// Reconcile counts reconciliation by project and outcome (checked,
-	// missing, fed).
+	// missing, fed; failed: runs in which the project, or a day of it,
+	// could not be reconciled).
 	Reconcile *prometheus.CounterVec
 }
 

@@ -76,55 +76,86 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 		return ReconcileSummary{}, fmt.Errorf("open bucket %s: %w", event.BucketTx, err)
 	}
 	var total ReconcileSummary
-	now := cfg.Now().In(wib)
-	window := min(cfg.Window, 7*24*time.Hour)
+	var errs []error
 	for _, project := range sortedKeys(cfg.Projects) {
-		api := cfg.Projects[project]
-		var sum ReconcileSummary
-		today := midnight(now)
-		for day := midnight(now.Add(-window)); !day.After(today); day = day.AddDate(0, 0, 1) {
-			date := day.Format("2006-01-02")
-			for _, status := range event.Statuses {
-				for page := 1; page <= maxPages; page++ {
-					txs, err := api.ListTransactions(ctx, sengo.ListQuery{Page: page, Status: status, Date: date})
-					if err != nil {
-						return total, fmt.Errorf("list %s %s %s page %d: %w", project, date, status, page, err)
-					}
-					if len(txs) == 0 {
-						break
-					}
-					for _, tx := range txs {
-						sum.Checked++
-						missing, err := isMissing(ctx, kv, project, tx)
-						if err != nil {
-							return total, err
-						}
-						if !missing {
-							continue
-						}
-						sum.Missing++
-						if err := feed(ctx, cfg, api, project, tx); err != nil {
-							return total, err
-						}
-						sum.Fed++
-					}
-					if progress != nil {
-						progress(project, date, status, sum)
-					}
-				}
-			}
-		}
+		// Each project, and each day of it, is reconciled on its own: one
+		// that fails (its SenGo credentials, a bad page) does not keep the
+		// others from being checked.
+		sum, perr := reconcileProject(ctx, cfg, kv, project, progress)
 		if cfg.Metrics != nil {
 			cfg.Metrics.Reconcile.WithLabelValues(project, "checked").Add(float64(sum.Checked))
 			cfg.Metrics.Reconcile.WithLabelValues(project, "missing").Add(float64(sum.Missing))
 			cfg.Metrics.Reconcile.WithLabelValues(project, "fed").Add(float64(sum.Fed))
+			if perr != nil {
+				cfg.Metrics.Reconcile.WithLabelValues(project, "failed").Inc()
+			}
 		}
-		cfg.Logger.Info().Str("project", project).Int("checked", sum.Checked).Int("missing", sum.Missing).Int("fed", sum.Fed).Msg("reconciled")
+		ev := cfg.Logger.Info()
+		if perr != nil {
+			ev = cfg.Logger.Warn().Err(perr)
+			errs = append(errs, perr)
+		}
+		ev.Str("project", project).Int("checked", sum.Checked).Int("missing", sum.Missing).Int("fed", sum.Fed).Msg("reconciled")
 		total.Checked += sum.Checked
 		total.Missing += sum.Missing
 		total.Fed += sum.Fed
+		if ctx.Err() != nil {
+			break
+		}
 	}
-	return total, nil
+	return total, errors.Join(errs...)
+}
+
+// reconcileProject reconciles one project day by day; a day that fails is
+// reported and the next one is still checked.
+func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, project string, progress func(string, string, event.Status, ReconcileSummary)) (ReconcileSummary, error) {
+	api := cfg.Projects[project]
+	var sum ReconcileSummary
+	var errs []error
+	now := cfg.Now().In(wib)
+	window := min(cfg.Window, 7*24*time.Hour)
+	today := midnight(now)
+	for day := midnight(now.Add(-window)); !day.After(today) && ctx.Err() == nil; day = day.AddDate(0, 0, 1) {
+		date := day.Format("2006-01-02")
+		if err := reconcileDay(ctx, cfg, kv, api, project, date, &sum, progress); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return sum, errors.Join(errs...)
+}
+
+// reconcileDay checks one project's transactions of one day, every status.
+func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, api Lister, project, date string, sum *ReconcileSummary, progress func(string, string, event.Status, ReconcileSummary)) error {
+	for _, status := range event.Statuses {
+		for page := 1; page <= maxPages; page++ {
+			txs, err := api.ListTransactions(ctx, sengo.ListQuery{Page: page, Status: status, Date: date})
+			if err != nil {
+				return fmt.Errorf("list %s %s %s page %d: %w", project, date, status, page, err)
+			}
+			if len(txs) == 0 {
+				break
+			}
+			for _, tx := range txs {
+				sum.Checked++
+				missing, err := isMissing(ctx, kv, project, tx)
+				if err != nil {
+					return err
+				}
+				if !missing {
+					continue
+				}
+				sum.Missing++
+				if err := feed(ctx, cfg, api, project, tx); err != nil {
+					return err
+				}
+				sum.Fed++
+			}
+			if progress != nil {
+				progress(project, date, status, *sum)
+			}
+		}
+	}
+	return nil
 }
 
 // isMissing reports whether the transaction's listed status would still
