@@ -166,6 +166,11 @@ func (h *callbackHandler) store(ctx context.Context, requestID, project string, 
 			event.HeaderRequestID:  []string{requestID},
 		},
 	}
+	if nc := h.cfg.JetStream.Conn(); nc != nil && nc.Status() != nats.CONNECTED {
+		// Known down: answer at once instead of holding the request (and a
+		// max_in_flight slot) for the whole publish timeout.
+		return accepted{}, fmt.Errorf("%w: nats %s", ErrStoreUnavailable, nc.Status())
+	}
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.PublishTimeout)
 	defer cancel()
 	start := time.Now()

@@ -403,3 +403,24 @@ func TestReconcileGoesOnPastAFailingProject(t *testing.T) {
 }
 
 func (h *harness) cfgLogger() zerolog.Logger { return h.cfg.Logger }
+
+// While NATS is known to be down a callback gets 503 at once, not after the
+// whole publish timeout, and nothing is stored behind its back.
+func TestOutageAnswers503AtOnce(t *testing.T) {
+	h := newHarness(t, false, func(c *Config, _ *IntakeConfig) { c.PublishTimeout = 20 * time.Second })
+	h.nats.Stop()
+	eventually(t, "the client sees the outage", func() bool { return h.js.Conn().Status() != nats.CONNECTED })
+	start := time.Now()
+	resp, got := h.post("/callbacks/sengo/main", callback("tx-out", event.StatusSuccess))
+	if resp.StatusCode != 503 || toString(got["error"].(map[string]any)["code"]) != "store_unavailable" {
+		t.Fatalf("%d %v", resp.StatusCode, got)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("answered after %s: it waited for the publish timeout", d)
+	}
+	h.nats.Restart()
+	eventually(t, "reconnected", func() bool { return h.js.Conn().Status() == nats.CONNECTED })
+	if n := h.msgs(event.StreamInbox); n != 0 {
+		t.Fatalf("the inbox holds %d after a 503", n)
+	}
+}

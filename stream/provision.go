@@ -128,6 +128,32 @@ func Check(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 	return nil
 }
 
+// ErrStoreFull: the stream or the account's storage cannot take another
+// message of the given size.
+var ErrStoreFull = errors.New("store full")
+
+// Room reports ErrStoreFull when stream, or JetStream's storage for the
+// account, has less than need bytes left: a relay in that state answers
+// every callback 503, so it must not report ready.
+func Room(ctx context.Context, js jetstream.JetStream, stream string, need int64) error {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", stream, err)
+	}
+	info := s.CachedInfo() // fresh: js.Stream just fetched it
+	if max := info.Config.MaxBytes; max > 0 && info.State.Bytes+uint64(need) > uint64(max) {
+		return fmt.Errorf("%w: %s holds %d of its %d bytes", ErrStoreFull, stream, info.State.Bytes, max)
+	}
+	acct, err := js.AccountInfo(ctx)
+	if err != nil {
+		return fmt.Errorf("account info: %w", err)
+	}
+	if max := acct.Limits.MaxStore; max > 0 && acct.Store+uint64(need) > uint64(max) {
+		return fmt.Errorf("%w: JetStream storage holds %d of its %d bytes", ErrStoreFull, acct.Store, max)
+	}
+	return nil
+}
+
 func orUnlimited(n int64) int64 {
 	if n <= 0 {
 		return -1

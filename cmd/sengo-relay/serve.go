@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,7 +122,11 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 					return fmt.Errorf("nats %s", s)
 				}
 			}
-			return stream.Check(ctx, js, spec)
+			if err := stream.Check(ctx, js, spec); err != nil {
+				return err
+			}
+			// Room for a typical callback (about 1 KB with its headers).
+			return stream.Room(ctx, js, event.StreamInbox, 4<<10)
 		},
 		Metrics:  metrics,
 		Gatherer: reg,
@@ -430,11 +435,17 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn))
 		}
 	}
 	for _, c := range []struct {
-		name string
-		nc   **nats.Conn
-	}{{"sengo-relay/callbacks", &conns.callbacks}, {"sengo-relay/work", &conns.work}} {
+		name  string
+		nc    **nats.Conn
+		extra []nats.Option
+	}{
+		// Callbacks never buffer a publish while disconnected: a callback
+		// answered 503 must not be stored behind its back on reconnect.
+		{"sengo-relay/callbacks", &conns.callbacks, []nats.Option{nats.ReconnectBufSize(-1)}},
+		{"sengo-relay/work", &conns.work, nil},
+	} {
 		ccfg.Name = c.name
-		nc, err := stream.Connect(ccfg, opts...)
+		nc, err := stream.Connect(ccfg, append(slices.Clone(opts), c.extra...)...)
 		if err != nil {
 			shutdown()
 			return natsConns{}, nil, err

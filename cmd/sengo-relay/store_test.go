@@ -44,6 +44,8 @@ func TestStoreFullRecoversWithoutRestart(t *testing.T) {
 	if !strings.Contains(logs.text(), "maximum bytes exceeded") {
 		t.Fatal("no log line says why the store refused the write")
 	}
+	// Every callback gets 503 now: a load balancer must stop sending here.
+	eventually(t, "readyz 503 while the store is full", func() bool { return get(t, base+"/readyz") == http.StatusServiceUnavailable })
 
 	nc, err := nats.Connect(natsURL, relayAuth(t, logs))
 	if err != nil {
@@ -70,6 +72,7 @@ func TestStoreFullRecoversWithoutRestart(t *testing.T) {
 	if err := s.Purge(ctx, jetstream.WithPurgeSequence(floor+1)); err != nil {
 		t.Fatal(err)
 	}
+	waitReady(t, base)
 	if code := post(t, base+"/callbacks/sengo/main", body(refused)); code != 200 {
 		t.Fatalf("after the purge: %d", code)
 	}
@@ -77,4 +80,14 @@ func TestStoreFullRecoversWithoutRestart(t *testing.T) {
 	eventually(t, "an event per accepted callback", func() bool {
 		return len(natstest.Messages(t, js, event.StreamEvents)) == accepted
 	})
+}
+
+func get(t testing.TB, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
