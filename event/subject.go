@@ -1,6 +1,10 @@
 package event
 
-import "strings"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+)
 
 // Stream and bucket names provisioned by sengo-relay.
 const (
@@ -41,8 +45,18 @@ const (
 	HeaderEventID = "Sengo-Event-Id"
 )
 
-// InboxSubject is where raw notifications for project are published.
+// InboxSubject is where raw notifications for project are published
+// when the transaction is not known (older messages, unparsable ones).
 func InboxSubject(project string) string { return "sengo.inbox." + project }
+
+// InboxTxSubject is where raw notifications of one transaction are
+// published: "sengo.inbox.<project>.<16 hex digits of SHA-256 of the
+// id>", fixed-length whatever the id, so intake can find the earlier
+// notifications of a transaction in receipt order.
+func InboxTxSubject(project, transactionID string) string {
+	sum := sha256.Sum256([]byte(transactionID))
+	return "sengo.inbox." + project + "." + hex.EncodeToString(sum[:8])
+}
 
 // EventSubject is where normalized events are published.
 func EventSubject(project string, p Product, s Status) string {

@@ -157,7 +157,7 @@ func (h *callbackHandler) readBody(c echo.Context) ([]byte, error) {
 func (h *callbackHandler) store(ctx context.Context, requestID, project string, tx sengo.Transaction, body []byte) (accepted, error) {
 	id := event.ID(project, tx.ID, tx.Status)
 	msg := &nats.Msg{
-		Subject: event.InboxSubject(project),
+		Subject: event.InboxTxSubject(project, tx.ID),
 		Data:    body,
 		Header: nats.Header{
 			event.HeaderProject:    []string{project},

@@ -200,7 +200,7 @@ func TestCallbackStoresRawWithHeaders(t *testing.T) {
 	if !strings.HasPrefix(m.Header.Get("Nats-Msg-Id"), wantID+".callback.") || got["id"] != wantID {
 		t.Errorf("Nats-Msg-Id %q, response id %v, want %s", m.Header.Get("Nats-Msg-Id"), got["id"], wantID)
 	}
-	if m.Subject != "sengo.inbox.main" || m.Header.Get(event.HeaderProject) != "main" || m.Header.Get(event.HeaderSource) != "callback" {
+	if m.Subject != event.InboxTxSubject("main", "0b8e2c51-7d0a-4f2e-9a59-3f1f6c9d2a10") || m.Header.Get(event.HeaderProject) != "main" || m.Header.Get(event.HeaderSource) != "callback" {
 		t.Errorf("subject %s headers %v", m.Subject, m.Header)
 	}
 	if m.Header.Get(event.HeaderReceivedAt) == "" || m.Header.Get(event.HeaderRequestID) == "" {

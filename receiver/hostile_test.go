@@ -424,3 +424,30 @@ func TestOutageAnswers503AtOnce(t *testing.T) {
 		t.Fatalf("the inbox holds %d after a 503", n)
 	}
 }
+
+// A pending answered 200 and then overtaken by its success (the pending's
+// processing delayed: here its writes failed a few times) was dropped as
+// "late pending". Receipt order now decides: the success waits for the
+// pending received before it, and both are published in that order.
+func TestPendingReceivedFirstIsPublishedFirst(t *testing.T) {
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.RetryInitial, ic.RetryMax = 200*time.Millisecond, 5*time.Second
+	})
+	restore := natstest.RefuseWrites(t, h.js, "KV_"+event.BucketTx)
+	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-po", event.StatusPending)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the pending failed three times", func() bool { return h.intakeCount("main", "retry") >= 3 })
+	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-po", event.StatusSuccess)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the success failed once", func() bool { return h.intakeCount("main", "retry") >= 4 })
+	restore() // the success's next try comes well before the pending's
+	eventually(t, "both published", func() bool { return len(statuses(h.events(), "tx-po")) == 2 })
+	if got := statuses(h.events(), "tx-po"); got[0] != event.StatusPending || got[1] != event.StatusSuccess {
+		t.Fatalf("published %v, want pending then success", got)
+	}
+	if n := h.intakeCount("main", "stale"); n != 0 {
+		t.Fatalf("%v notifications dropped as stale", n)
+	}
+}

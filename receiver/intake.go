@@ -62,10 +62,11 @@ type IntakeConfig struct {
 
 // Intake turns inbox notifications into events.
 type Intake struct {
-	cfg  IntakeConfig
-	kv   jetstream.KeyValue
-	cons jetstream.Consumer
-	log  zerolog.Logger
+	cfg   IntakeConfig
+	kv    jetstream.KeyValue
+	inbox jetstream.Stream
+	cons  jetstream.Consumer
+	log   zerolog.Logger
 }
 
 // NewIntake creates or updates the durable intake consumer and opens the
@@ -87,7 +88,11 @@ func NewIntake(ctx context.Context, cfg IntakeConfig) (*Intake, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create consumer %s: %w", IntakeConsumer, err)
 	}
-	return &Intake{cfg: cfg, kv: kv, cons: cons, log: cfg.Logger}, nil
+	inbox, err := cfg.JetStream.Stream(ctx, event.StreamInbox)
+	if err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", event.StreamInbox, err)
+	}
+	return &Intake{cfg: cfg, kv: kv, inbox: inbox, cons: cons, log: cfg.Logger}, nil
 }
 
 // Pending returns how many inbox notifications wait for intake (not yet
@@ -150,6 +155,9 @@ type result struct {
 	project string
 	outcome string // published, duplicate, stale, conflict
 	err     error
+	// wait: an earlier notification of the transaction must go first;
+	// redeliver this one shortly without spending an attempt.
+	wait bool
 }
 
 // handle processes one inbox message and settles it.
@@ -188,6 +196,9 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		return &l
 	}
 	switch {
+	case r.wait:
+		in.count(r.project, "waiting")
+		_ = m.NakWithDelay(orderWaitDelay)
 	case r.err == nil:
 		in.count(r.project, r.outcome)
 		if err := m.Ack(); err != nil {
@@ -281,6 +292,17 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 		}
 	}
 	key := txKey(project, tx.ID)
+	if tx.Status.Final() {
+		wait, err := in.earlierPending(ctx, m, project, tx, key, acceptedAt)
+		if err != nil {
+			r.err = err
+			return r
+		}
+		if wait {
+			r.wait = true
+			return r
+		}
+	}
 	if meta, err := m.Metadata(); err == nil && meta.NumDelivered > 1 || m.Headers().Get(event.HeaderSource) != SourceCallback {
 		// A redelivery (or a notification fed by reconciliation or a
 		// redrive) may find an event decided earlier but never published:
@@ -368,6 +390,60 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 		log().Debug().Str("event_id", event.ID(project, tx.ID, tx.Status)).Msg("event published")
 	}
 	return r
+}
+
+// Receipt order: a final status waits at most orderWaitMax after its
+// receipt for a pending of the same transaction received before it,
+// redelivered every orderWaitDelay.
+const (
+	orderWaitDelay = 250 * time.Millisecond
+	orderWaitMax   = 2 * time.Minute
+	// orderScan bounds how many earlier notifications of one transaction
+	// are looked at.
+	orderScan = 16
+)
+
+// earlierPending reports whether a pending of the same transaction,
+// received before m (a lower inbox sequence), has not been applied yet:
+// then m, a final status, must wait, so that "pending then success" is
+// published in the order SenGo sent it even when the pending's processing
+// was delayed (a failed write, a redelivery after a crash). It costs one
+// stream read when the transaction has no earlier notification.
+func (in *Intake) earlierPending(ctx context.Context, m jetstream.Msg, project string, tx sengo.Transaction, key string, receivedAt time.Time) (bool, error) {
+	meta, err := m.Metadata()
+	if err != nil || time.Since(receivedAt) > orderWaitMax {
+		return false, nil
+	}
+	subject := event.InboxTxSubject(project, tx.ID)
+	from := uint64(1)
+	for range orderScan {
+		em, err := in.inbox.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("read earlier notifications of %s: %w", key, err)
+		}
+		if em.Sequence >= meta.Sequence.Stream {
+			return false, nil
+		}
+		if et, perr := sengo.ParseCallback(em.Data); perr == nil && et.Status == event.StatusPending {
+			entry, err := in.kv.Get(ctx, key)
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				return true, nil
+			}
+			if err != nil {
+				return false, fmt.Errorf("read %s: %w", key, err)
+			}
+			var st txState
+			if err := json.Unmarshal(entry.Value(), &st); err != nil {
+				return false, fmt.Errorf("%w: decode %s: %v", ErrPermanent, key, err)
+			}
+			return st.Status == "", nil // nothing applied yet: the pending goes first
+		}
+		from = em.Sequence + 1
+	}
+	return false, nil
 }
 
 // flushLeftover publishes the outbox of the transaction at key, if any.

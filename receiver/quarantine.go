@@ -160,7 +160,11 @@ func redrive(ctx context.Context, js jetstream.JetStream, entries []QuarantineEn
 			h.Set(HeaderRechecks, rechecks)
 		}
 		h.Set(HeaderRedriveOf, "q-"+strconv.FormatUint(e.Seq, 10))
-		msg := &nats.Msg{Subject: event.InboxSubject(project), Header: h, Data: m.Data}
+		subject := event.InboxSubject(project)
+		if tx, err := sengo.ParseCallback(m.Data); err == nil {
+			subject = event.InboxTxSubject(project, tx.ID)
+		}
+		msg := &nats.Msg{Subject: subject, Header: h, Data: m.Data}
 		if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("redrive-q-"+strconv.FormatUint(e.Seq, 10)), jetstream.WithExpectStream(event.StreamInbox)); err != nil {
 			return n, fmt.Errorf("redrive quarantined %d: %w", e.Seq, err)
 		}

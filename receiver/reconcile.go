@@ -194,7 +194,7 @@ func feed(ctx context.Context, cfg ReconcileConfig, api Lister, project string, 
 		}
 		return nil
 	}
-	msg := &nats.Msg{Subject: event.InboxSubject(project), Data: tx.Raw, Header: nats.Header{
+	msg := &nats.Msg{Subject: event.InboxTxSubject(project, tx.ID), Data: tx.Raw, Header: nats.Header{
 		event.HeaderProject:    []string{project},
 		event.HeaderReceivedAt: []string{cfg.Now().UTC().Format(time.RFC3339Nano)},
 		event.HeaderSource:     []string{SourceReconcile},
