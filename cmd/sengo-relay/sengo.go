@@ -136,9 +136,15 @@ func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	listen := fs.String("listen", "127.0.0.1:8090", "address of the sandbox API (/api) and controls (/sandbox)")
 	stateDir := fs.String("state-dir", "./sandbox-data", "where the sandbox keeps its state (empty: memory)")
 	project := fs.String("project", "SC-LOCALSANDBOX00001:local-sandbox-token-change-me:10000000", "seed project KEY:TOKEN[:BALANCE]")
+	allowRemote := fs.Bool("allow-remote", false, "listen on a non-loopback address: anyone who reaches it can pay transactions and read the sandbox's keys")
 	policy := callbackPolicyFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if host, _, err := net.SplitHostPort(*listen); err != nil {
+		return fmt.Errorf("--listen %q: %w", *listen, err)
+	} else if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) && !*allowRemote {
+		return fmt.Errorf("--listen %s is not a loopback address: the sandbox has no authentication on its controls (anyone could mark payments paid); add --allow-remote if you mean it", *listen)
 	}
 	parts := strings.Split(*project, ":")
 	if len(parts) < 2 {

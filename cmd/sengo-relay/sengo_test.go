@@ -314,3 +314,14 @@ func TestWrongBaseURLIsReportedAtStart(t *testing.T) {
 		t.Fatal("the token reached the logs")
 	}
 }
+
+// The sandbox's controls have no authentication: it refuses a
+// non-loopback address unless told --allow-remote.
+func TestSandboxRefusesRemoteListen(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:0", ":0"} {
+		err := run(context.Background(), []string{"sandbox", "--listen", addr, "--state-dir", ""}, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "--allow-remote") {
+			t.Errorf("%s: %v", addr, err)
+		}
+	}
+}
