@@ -39,6 +39,7 @@ func TestDeployFiles(t *testing.T) {
 		"SENGO_RELAY_PROJECTS_MAIN_CALLBACK_TOKEN_FILE": "c",
 		"SENGO_RELAY_ENDPOINTS_ORDERS_SECRETS_FILE":     "w",
 		"SENGO_RELAY_ADMIN_TOKEN_FILE":                  "a",
+		"SENGO_RELAY_METRICS_TOKEN_FILE":                "m",
 	} {
 		p := filepath.Join(secrets, file)
 		value := "secret-value-0123456789"

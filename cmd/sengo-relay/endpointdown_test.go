@@ -36,10 +36,10 @@ func TestEndpointDownCountsAddUp(t *testing.T) {
 		want[event.ID("main", fmt.Sprintf("down-%d", i), event.StatusSuccess)] = true
 	}
 	poll.Within(t, 30*time.Second, "the endpoint to pause", func() bool {
-		return strings.Contains(metricsText(t, base), `sengo_relay_endpoint_paused{endpoint="orders"} 1`)
+		return strings.Contains(metricsText(t, logs), `sengo_relay_endpoint_paused{endpoint="orders"} 1`)
 	})
 	poll.Within(t, 30*time.Second, "several failed probes while paused", func() bool {
-		return metricValue(metricsText(t, base), `sengo_relay_endpoint_consecutive_failures{endpoint="orders"}`) >= 9
+		return metricValue(metricsText(t, logs), `sengo_relay_endpoint_consecutive_failures{endpoint="orders"}`) >= 9
 	})
 	orders.fail.Store(0) // back up
 
@@ -59,7 +59,7 @@ func TestEndpointDownCountsAddUp(t *testing.T) {
 		for _, id := range orders.received() {
 			got[id] = true
 		}
-		return len(got)+len(dead) == n && strings.Contains(metricsText(t, base), `sengo_relay_endpoint_pending{endpoint="orders"} 0`)
+		return len(got)+len(dead) == n && strings.Contains(metricsText(t, logs), `sengo_relay_endpoint_pending{endpoint="orders"} 0`)
 	})
 	seen := map[string]int{}
 	for _, id := range orders.received() {

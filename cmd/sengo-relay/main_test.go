@@ -48,6 +48,7 @@ func relayEnv(dataDir string, extra ...string) []string {
 		"SENGO_RELAY_DATA_DIR=" + dataDir,
 		"SENGO_RELAY_HTTP_LISTEN=127.0.0.1:0",
 		"SENGO_RELAY_NATS_EMBEDDED_LISTEN=127.0.0.1:0",
+		"SENGO_RELAY_METRICS_LISTEN=127.0.0.1:0",
 		"SENGO_RELAY_LOG_LEVEL=debug",
 	}, extra...)
 }
@@ -541,4 +542,29 @@ func subscriberAuth(t testing.TB, logs *logWatch) nats.Option {
 		t.Fatal(err)
 	}
 	return nats.UserInfo(logs.field(t, "embedded nats started", "subscriber_user"), pw)
+}
+
+// /metrics is not on the public callback listener; it has a listener of its
+// own, behind a bearer token when one is set.
+func TestMetricsAreNotPublic(t *testing.T) {
+	base, logs, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_METRICS_TOKEN=metrics-token-0123456789"))
+	waitReady(t, base)
+	if code := get(t, base+"/metrics"); code != http.StatusNotFound {
+		t.Fatalf("public listener /metrics: %d, want 404", code)
+	}
+	addr := logs.field(t, "metrics listening", "addr")
+	if code := get(t, "http://"+addr+"/metrics"); code != http.StatusUnauthorized {
+		t.Fatalf("metrics without the token: %d", code)
+	}
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer metrics-token-0123456789")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), "sengo_relay_inbox_pending") {
+		t.Fatalf("metrics with the token: %d", resp.StatusCode)
+	}
 }

@@ -75,8 +75,9 @@ func (h *hook) events(t *testing.T) []event.Event {
 	return out
 }
 
-func metricsText(t *testing.T, base string) string {
-	resp, err := http.Get(base + "/metrics")
+// metricsText reads /metrics from the relay's metrics listener.
+func metricsText(t *testing.T, logs *logWatch) string {
+	resp, err := http.Get("http://" + logs.field(t, "metrics listening", "addr") + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +92,7 @@ func metricsText(t *testing.T, base string) string {
 func TestConfirmedPaymentEndToEnd(t *testing.T) {
 	sb, client, sbURL := startSandbox(t, sandbox.CallbackPolicy{Duplicates: 1})
 	orders := newHook(t)
-	base, _ := startRunWith(t, sandboxConfig(t, sbURL, orders.URL), relayEnv(t.TempDir()))
+	base, logs := startRunWith(t, sandboxConfig(t, sbURL, orders.URL), relayEnv(t.TempDir()))
 	waitReady(t, base)
 
 	tx, err := client.CreateRetail(context.Background(), sengo.RetailRequest{
@@ -115,7 +116,7 @@ func TestConfirmedPaymentEndToEnd(t *testing.T) {
 	})
 	eventually(t, "the webhook", func() bool { return len(orders.received()) >= 1 })
 	eventually(t, "the relay to settle", func() bool {
-		m := metricsText(t, base)
+		m := metricsText(t, logs)
 		return strings.Contains(m, "sengo_relay_inbox_pending 0") && strings.Contains(m, `sengo_relay_endpoint_pending{endpoint="orders"} 0`)
 	})
 	evs := orders.events(t)
@@ -237,7 +238,7 @@ func TestReconcileAfterDowntime(t *testing.T) {
 	waitReady(t, base)
 	eventually(t, "three webhooks from reconciliation", func() bool { return len(orders.received()) >= 3 })
 	eventually(t, "the relay to settle", func() bool {
-		m := metricsText(t, base)
+		m := metricsText(t, logs)
 		return strings.Contains(m, "sengo_relay_inbox_pending 0") && strings.Contains(m, `sengo_relay_endpoint_pending{endpoint="orders"} 0`)
 	})
 	got := map[string]int{}

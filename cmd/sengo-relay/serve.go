@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
@@ -129,7 +131,6 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			return stream.Room(ctx, js, event.StreamInbox, 4<<10)
 		},
 		Metrics:  metrics,
-		Gatherer: reg,
 		Logger:   log.With().Str("component", "http").Logger(),
 	})
 
@@ -149,6 +150,16 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info().Str("addr", ln.Addr().String()).Msg("http listening")
+	if cfg.Metrics.Listen != "" {
+		mln, err := net.Listen("tcp", cfg.Metrics.Listen)
+		if err != nil {
+			return fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
+		}
+		msrv := &http.Server{Handler: metricsHandler(reg, cfg.Metrics.Token.Value()), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = msrv.Serve(mln) }()
+		defer msrv.Close()
+		log.Info().Str("addr", mln.Addr().String()).Bool("token", cfg.Metrics.Token.Set()).Msg("metrics listening")
+	}
 
 	endpoints, err := dispatcherEndpoints(cfg)
 	if err != nil {
@@ -310,6 +321,23 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	}
 	log.Info().Msg("stopped")
 	return runErr
+}
+
+// metricsHandler serves /metrics, behind a bearer token when one is set.
+func metricsHandler(g prometheus.Gatherer, token string) http.Handler {
+	h := promhttp.HandlerFor(g, promhttp.HandlerOpts{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		if token != "" {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || !verify.Token(token, got) {
+				http.Error(w, "bearer token required", http.StatusUnauthorized)
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
+	return mux
 }
 
 // recheckLoop puts quarantined unconfirmed notifications back for another

@@ -25,6 +25,7 @@ type Config struct {
 	Projects  map[string]*Project  `yaml:"projects"`
 	Endpoints map[string]*Endpoint `yaml:"endpoints"`
 	Admin     Admin                `yaml:"admin"`
+	Metrics   Metrics              `yaml:"metrics"`
 }
 
 // Log configures logging.
@@ -216,6 +217,7 @@ func Default() Config {
 		},
 		Reconcile: Reconcile{Interval: Duration(10 * time.Minute), Window: Duration(48 * time.Hour)},
 		Admin:     Admin{Listen: "127.0.0.1:8081"},
+		Metrics:   Metrics{Listen: "127.0.0.1:9464"},
 	}
 }
 
@@ -399,6 +401,18 @@ func (c *Config) Validate() error {
 		default:
 			bad("%s.signature: %q is not off, optional or required", at, p.Signature)
 		}
+	}
+	if l := c.Metrics.Listen; l != "" {
+		host, _, err := net.SplitHostPort(l)
+		switch {
+		case err != nil:
+			bad("metrics.listen: %q is not host:port (empty turns it off)", l)
+		case !isLoopback(host) && !c.Metrics.Token.Set():
+			bad("metrics.listen: %q is not a loopback address; set metrics.token (or token_file) so only your Prometheus can read payment volumes", l)
+		}
+	}
+	if c.Metrics.Token.Set() && len(c.Metrics.Token) < minCallbackToken {
+		bad("metrics.token: must be at least %d characters", minCallbackToken)
 	}
 	c.validateEndpoints(bad)
 	return errors.Join(errs...)

@@ -63,6 +63,17 @@ type Breaker struct {
 	ProbeMax     Duration `yaml:"probe_max"`
 }
 
+// Metrics configures the Prometheus /metrics listener. It is not on the
+// public callback listener: payment volumes per project are not for
+// everyone who can reach the callback URL.
+type Metrics struct {
+	// Listen: "" turns it off. A non-loopback address needs Token.
+	Listen string `yaml:"listen"`
+	// Token, when set, is required as "Authorization: Bearer <token>".
+	Token     Secret `yaml:"token"`
+	TokenFile string `yaml:"token_file"`
+}
+
 // Admin configures the admin API listener.
 type Admin struct {
 	Listen    string `yaml:"listen"`

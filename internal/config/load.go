@@ -172,6 +172,7 @@ func (c *Config) readSecretFiles() []error {
 	}
 	read("nats.token", c.NATS.TokenFile, &c.NATS.Token)
 	read("admin.token", c.Admin.TokenFile, &c.Admin.Token)
+	read("metrics.token", c.Metrics.TokenFile, &c.Metrics.Token)
 	read("nats.embedded.subscriber.password", c.NATS.Embedded.Subscriber.PasswordFile, &c.NATS.Embedded.Subscriber.Password)
 	for _, name := range sortedKeys(c.Endpoints) {
 		e := c.Endpoints[name]
