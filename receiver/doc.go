@@ -1,6 +1,6 @@
 // Package receiver owns the HTTP edge and the intake of SenGo notifications:
 // the Echo application (POST /callbacks/sengo/{project}[/{token}],
-// /healthz, /readyz, ), the checks every callback passes before it
+// /healthz, /readyz; /metrics when the caller asks), the checks every callback passes before it
 // is stored, publishing the raw notification to SENGO_INBOX, and the intake
 // workers that turn inbox notifications into normalized events in
 // SENGO_EVENTS exactly once per status change.

@@ -130,8 +130,8 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			// Room for a typical callback (about 1 KB with its headers).
 			return stream.Room(ctx, js, event.StreamInbox, 4<<10)
 		},
-		Metrics:  metrics,
-		Logger:   log.With().Str("component", "http").Logger(),
+		Metrics: metrics,
+		Logger:  log.With().Str("component", "http").Logger(),
 	})
 
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
