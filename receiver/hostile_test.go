@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -449,5 +451,50 @@ func TestPendingReceivedFirstIsPublishedFirst(t *testing.T) {
 	}
 	if n := h.intakeCount("main", "stale"); n != 0 {
 		t.Fatalf("%v notifications dropped as stale", n)
+	}
+}
+
+// Intake once fetched twice as many notifications as it had workers; with
+// slow confirmations, the ones waiting in that buffer passed ack_wait
+// before a worker started them, were redelivered, and were processed (and
+// confirmed with SenGo) twice. Each notification is now confirmed once.
+func TestSlowConfirmationsProcessEachNotificationOnce(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var checks atomic.Int64
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/check/") {
+			checks.Add(1)
+		}
+		sb.Handler().ServeHTTP(w, r)
+	}))
+	defer func() { hs.Close(); sb.Close() }()
+	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.Workers, ic.AckWait = 2, 1500*time.Millisecond
+	})
+	ctx := context.Background()
+	const n = 8
+	var bodies [][]byte
+	for i := range n {
+		tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: fmt.Sprintf("INV-S%d", i), Amount: 5000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies = append(bodies, append(append([]byte(`{"responseData":`), tx.Raw...), '}'))
+	}
+	sb.SetFaults(sandbox.Faults{Latency: sandbox.Duration(700 * time.Millisecond)}) // SenGo's API is slow
+	for _, b := range bodies {
+		if resp, _ := h.post("/callbacks/sengo/main", b); resp.StatusCode != 200 {
+			t.Fatal(resp.StatusCode)
+		}
+	}
+	eventually(t, "every notification published", func() bool { return len(h.events()) == n })
+	eventually(t, "intake idle", h.intakeIdle)
+	if got := checks.Load(); got != n {
+		t.Fatalf("%d confirmations for %d notifications", got, n)
 	}
 }

@@ -110,42 +110,48 @@ func (in *Intake) Pending(ctx context.Context) (uint64, error) {
 // Unfinished notifications are redelivered to another worker or after a
 // restart.
 func (in *Intake) Run(ctx context.Context, drainTimeout time.Duration) error {
-	msgs := make(chan jetstream.Msg)
-	var wg sync.WaitGroup
+	// Each worker pulls one notification when it is free to start it: a
+	// notification is never delivered to wait behind others, so its
+	// ack_wait covers its own processing only and it is never redelivered
+	// to a second worker (and confirmed with SenGo twice) while the first
+	// still has it.
+	var busy sync.RWMutex // each notification in progress holds a read lock
 	for range in.cfg.Workers {
-		wg.Add(1)
 		go func() {
-			defer wg.Done()
-			for m := range msgs {
-				in.handle(m)
+			for ctx.Err() == nil {
+				m, err := in.cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+				switch {
+				case err == nil:
+					busy.RLock()
+					if ctx.Err() != nil { // pulled while stopping: leave it to the next run
+						_ = m.Nak()
+					} else {
+						in.handle(m)
+					}
+					busy.RUnlock()
+				case errors.Is(err, jetstream.ErrNoMessages), errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+					// nothing to do: not an error
+				case ctx.Err() == nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrConnectionDraining):
+					in.log.Warn().Err(err).Msg("intake pull failed; retrying")
+					select { // pacing while NATS is unavailable
+					case <-ctx.Done():
+					case <-time.After(time.Second):
+					}
+				}
 			}
 		}()
 	}
-	cc, err := in.cons.Consume(func(m jetstream.Msg) { msgs <- m },
-		jetstream.PullMaxMessages(2*in.cfg.Workers),
-		// Short pulls: a pull request lost in a NATS restart (sent on
-		// reconnect, before JetStream is back) is noticed by its missing
-		// heartbeats within 5s, not the default 30s.
-		jetstream.PullExpiry(5*time.Second),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			in.log.Warn().Err(err).Msg("intake consume")
-		}))
-	if err != nil {
-		close(msgs)
-		wg.Wait()
-		return fmt.Errorf("consume %s: %w", IntakeConsumer, err)
-	}
 	in.log.Info().Int("workers", in.cfg.Workers).Msg("intake started")
 	<-ctx.Done()
-	cc.Drain()
+	// Wait for the notifications in progress (each bounded by its own
+	// deadline), not for idle pulls: those end with the connection.
+	done := make(chan struct{})
+	go func() { busy.Lock(); close(done); busy.Unlock() }()
 	select {
-	case <-cc.Closed():
+	case <-done:
 	case <-time.After(drainTimeout):
-		cc.Stop()
-		<-cc.Closed()
+		in.log.Warn().Msg("intake stopped with notifications in progress; they are redelivered")
 	}
-	close(msgs)
-	wg.Wait()
 	in.log.Info().Msg("intake stopped")
 	return nil
 }
