@@ -26,6 +26,8 @@ import (
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
+	"github.com/sengo-relay/sengo-relay/sengo"
+	"github.com/sengo-relay/sengo-relay/sengo/sandbox"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
@@ -393,30 +395,75 @@ func startProcess(t *testing.T, dataDir string, extraEnv ...string) *relayProces
 // finish them; the restarted relay publishes every one, each once.
 func TestKillAfter200LosesNothing(t *testing.T) {
 	dir := t.TempDir()
-	// One worker, so notifications are still queued when the kill comes.
-	p := startProcess(t, dir, "SENGO_RELAY_INTAKE_WORKERS=1")
-	waitReady(t, p.base)
+	// Intake confirms with a slow SenGo (the sandbox, 200 ms per answer)
+	// with one worker, so notifications are really in flight, some taken
+	// and not acknowledged, when the kill comes.
+	sb, client, sbURL := startSandbox(t, sandbox.CallbackPolicy{})
+	env := []string{"SENGO_RELAY_INTAKE_WORKERS=1", "SENGO_RELAY_PROJECTS_MAIN_API_KEY=" + sbKey,
+		"SENGO_RELAY_PROJECTS_MAIN_TOKEN=" + sbToken, "SENGO_RELAY_PROJECTS_MAIN_BASE_URL=" + sbURL}
 	const n = 30
+	var bodies [][]byte
+	var ids []string
 	for i := range n {
-		body := fmt.Appendf(nil, `{"id":"kill-%d","merchantRef":"K-%d","status":"success","feePayer":"customer","amount":1000,"fee":10,"totalAmount":1010,"retail":{"channel":"indomaret","paymentCode":"X%d"}}`, i, i, i)
+		tx, err := client.CreateRetail(context.Background(), sengo.RetailRequest{Reference: fmt.Sprintf("K-%d", i), PhoneNumber: "0812", Channel: "indomaret", Amount: 10000, ViewName: "Toko"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
+			t.Fatal(err)
+		}
+		paid, err := client.Check(context.Background(), tx.ID, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies = append(bodies, append(append([]byte(`{"responseData":`), paid.Raw...), '}'))
+		ids = append(ids, tx.ID)
+	}
+	sb.SetFaults(sandbox.Faults{Latency: sandbox.Duration(200 * time.Millisecond)})
+	p := startProcess(t, dir, env...)
+	waitReady(t, p.base)
+	for i, body := range bodies {
 		if code := post(t, p.base+"/callbacks/sengo/main", body); code != 200 {
 			t.Fatalf("callback %d: %d", i, code)
 		}
 	}
+	// Prove the work is in flight at the moment of the kill: the intake
+	// consumer has delivered at least one notification it has not
+	// acknowledged, and its ack floor is below the last one accepted.
+	nc, err := nats.Connect(p.logs.field(t, "embedded nats started", "client_url"), relayAuth(t, p.logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	var info *jetstream.ConsumerInfo
+	eventually(t, "a notification taken by intake", func() bool {
+		c, err := js.Consumer(context.Background(), event.StreamInbox, "intake")
+		if err != nil {
+			return false
+		}
+		info, err = c.Info(context.Background())
+		return err == nil && info.NumAckPending > 0
+	})
+	nc.Close()
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	_ = p.cmd.Wait()
+	if info.AckFloor.Stream >= n || info.NumAckPending == 0 {
+		t.Fatalf("nothing in flight at the kill: ack floor %d of %d, %d unacknowledged", info.AckFloor.Stream, n, info.NumAckPending)
+	}
+	t.Logf("killed with intake's ack floor at %d of %d, %d taken and unacknowledged", info.AckFloor.Stream, n, info.NumAckPending)
 
-	p2 := startProcess(t, dir)
+	sb.SetFaults(sandbox.Faults{})
+	p2 := startProcess(t, dir, env...)
 	waitReady(t, p2.base)
 	natsURL := p2.logs.field(t, "embedded nats started", "client_url")
 	auth := relayAuth(t, p2.logs)
 	eventually(t, fmt.Sprintf("%d events after restart", n), func() bool { return len(storedEvents(t, natsURL, auth)) >= n })
 	evs := storedEvents(t, natsURL, auth)
-	ids := uniqueIDs(t, evs)
-	for i := range n {
-		if !ids[event.ID("main", fmt.Sprintf("kill-%d", i), event.StatusSuccess)] {
+	got := uniqueIDs(t, evs)
+	for i, id := range ids {
+		if !got[event.ID("main", id, event.StatusSuccess)] {
 			t.Errorf("callback %d was answered 200 but has no event", i)
 		}
 	}
