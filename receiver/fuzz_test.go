@@ -2,13 +2,18 @@ package receiver
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
@@ -58,5 +63,36 @@ func FuzzCallbackRequest(f *testing.F) {
 			}
 			before = after
 		}
+	})
+}
+
+// FuzzIntake stores whatever body in the inbox directly (as an older
+// version, reconciliation or a redrive would) and runs the real intake on
+// it: intake settles it (event, duplicate, stale, conflict or quarantine,
+// never a loop) and a genuine notification stored after it is still
+// published, so no input can wedge processing. The seeds include the
+// 3,000-byte id that once closed the work connection for good.
+func FuzzIntake(f *testing.F) {
+	for _, fx := range fixtures.Callbacks() {
+		f.Add(fx.Body)
+	}
+	f.Add(callback(strings.Repeat("é", 1500), event.StatusSuccess))
+	f.Add(callback(strings.Repeat("a", 5000), event.StatusPending))
+	f.Add([]byte(`{"id":"x","status":"success"}`))
+	f.Add([]byte("\x00\xff not json"))
+	h := newHarness(f, true)
+	n := 0
+	f.Fuzz(func(t *testing.T, body []byte) {
+		n++
+		canary := fmt.Sprintf("canary-%d", n)
+		for _, b := range [][]byte{body, callback(canary, event.StatusSuccess)} {
+			msg := &nats.Msg{Subject: event.InboxSubject("main"), Data: b, Header: nats.Header{event.HeaderProject: []string{"main"}}}
+			if _, err := h.js.PublishMsg(t.Context(), msg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		poll.Until(t, "intake settles the input and publishes the canary after it", func() bool {
+			return h.intakeIdle() && len(statuses(readEvents(t, h.js), canary)) == 1
+		})
 	})
 }
