@@ -83,13 +83,12 @@ func dlqEntry(seq uint64, at time.Time, data []byte) (DLQEntry, error) {
 }
 
 // Redrive puts each dead letter back into normal delivery for its endpoint
-// with a fresh retry budget and the same webhook-id, then removes it from
-// SENGO_DLQ. It returns how many were redriven.
+// with a fresh retry budget and the same webhook-id. The dead letter stays
+// in SENGO_DLQ until the copy is delivered (or dead-lettered again, which
+// stores a new one): the copy lives on SENGO_REPLAY, kept for less time,
+// and an event must never be left with neither. It returns how many were
+// redriven.
 func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int, error) {
-	s, err := js.Stream(ctx, event.StreamDLQ)
-	if err != nil {
-		return 0, err
-	}
 	n := 0
 	for _, e := range entries {
 		if e.Reason == ReasonUndecodable {
@@ -99,16 +98,35 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 			HeaderReplayKind:    []string{"redrive"},
 			HeaderEventSeq:      []string{strconv.FormatUint(e.StreamSeq, 10)},
 			event.HeaderEventID: []string{e.EventID},
+			HeaderRedriveOf:     []string{strconv.FormatUint(e.Seq, 10)},
 		}}
 		if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("redrive."+strconv.FormatUint(e.Seq, 10)), jetstream.WithExpectStream(event.StreamReplay)); err != nil {
 			return n, fmt.Errorf("redrive %d: %w", e.Seq, err)
 		}
-		if err := s.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return n, fmt.Errorf("remove redriven %d: %w", e.Seq, err)
-		}
 		n++
 	}
 	return n, nil
+}
+
+// HeaderRedriveOf carries, on a redriven copy, the SENGO_DLQ sequence of
+// the dead letter it came from; the dead letter is removed once the copy
+// is settled.
+const HeaderRedriveOf = "Sengo-Redrive-Of"
+
+// removeRedriven deletes the dead letter a settled redriven copy came from.
+func removeRedriven(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg) error {
+	seq, err := strconv.ParseUint(msg.Headers().Get(HeaderRedriveOf), 10, 64)
+	if err != nil || seq == 0 {
+		return nil // not a redriven copy
+	}
+	s, err := js.Stream(ctx, event.StreamDLQ)
+	if err != nil {
+		return err
+	}
+	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("remove redriven dead letter %d: %w", seq, err)
+	}
+	return nil
 }
 
 // Purge deletes the given dead letters for good.

@@ -334,6 +334,11 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		if w.log.GetLevel() <= zerolog.DebugLevel {
 			log().Debug().Msg("delivered")
 		}
+		if replayed {
+			if err := removeRedriven(ctx, w.cfg.JetStream, msg); err != nil {
+				log().Warn().Err(err).Msg("redriven event delivered; its dead letter stays listed")
+			}
+		}
 		_ = msg.Ack()
 	case actRetry:
 		rec.NextAt = now.Add(act.delay)
@@ -363,6 +368,11 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 		w.log.Error().Err(err).Str("event_id", ev.ID).Msg("dead letter not stored; retrying delivery later")
 		_ = msg.NakWithDelay(deadLetterRetry)
 		return
+	}
+	if replayed {
+		if err := removeRedriven(ctx, w.cfg.JetStream, msg); err != nil { // the new dead letter replaces it
+			w.log.Warn().Err(err).Str("event_id", ev.ID).Msg("redriven event dead-lettered again; its earlier dead letter stays listed")
+		}
 	}
 	rec.Done, rec.NextAt = true, time.Time{}
 	if err := w.store.put(ctx, key, rec); err != nil {

@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,4 +89,44 @@ func TestOrderedWaitIsBounded(t *testing.T) {
 	if !strings.Contains(h.logs.String(), "predecessor's record stopped moving") {
 		t.Fatal("no warning")
 	}
+}
+
+// A redrive once deleted the 30-day dead letter as soon as its copy was
+// queued on the 7-day replay stream; a copy that then failed or expired was
+// gone for good. The dead letter now stays until its copy is delivered (or
+// dead-lettered again, which stores a new one).
+func TestRedriveKeepsTheDeadLetterUntilDelivered(t *testing.T) {
+	h := newHarness(t)
+	var up atomic.Bool
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
+		if up.Load() {
+			w.WriteHeader(200)
+			return
+		}
+		w.WriteHeader(503)
+	})
+	ep := h.endpoint("orders", c.URL, 10*time.Millisecond)
+	ep.Breaker.Failures = 0
+	w := h.start(ep)
+	h.publish("tx-rd", event.StatusSuccess, "")
+	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	entries, _ := ListDLQ(t.Context(), h.js, DLQFilter{})
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
+		t.Fatalf("redrive %d %v", n, err)
+	}
+	// The endpoint still fails: the copy is dead-lettered again, and there
+	// is exactly one dead letter for the event, never none.
+	eventually(t, "the copy settled", func() bool { return h.settled(w) })
+	if got := h.deadLetters(); len(got) != 1 {
+		t.Fatalf("%d dead letters after a failed redrive, want 1", len(got))
+	}
+	entries, _ = ListDLQ(t.Context(), h.js, DLQFilter{})
+	up.Store(true)
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
+		t.Fatalf("second redrive %d %v", n, err)
+	}
+	if got := h.deadLetters(); len(got) != 1 {
+		t.Fatalf("%d dead letters while the copy waits, want 1", len(got))
+	}
+	eventually(t, "delivered, and the dead letter removed", func() bool { return h.settled(w) && len(h.deadLetters()) == 0 })
 }
