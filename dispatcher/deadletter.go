@@ -18,6 +18,9 @@ const (
 	ReasonGone        = "gone"              // the endpoint answered 410
 	ReasonAborted     = "aborted"           // webhook-delivery: abort-message
 	ReasonUndecodable = "undecodable"       // not an event (never delivered)
+	// ReasonExpiring: the endpoint stayed paused until the event was about
+	// to age out of SENGO_EVENTS; it is dead-lettered before it is lost.
+	ReasonExpiring = "expiring_while_paused"
 )
 
 // DeadLetter is a message of SENGO_DLQ (subject sengo.dlq.<endpoint>): the

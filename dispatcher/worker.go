@@ -50,6 +50,9 @@ type Worker struct {
 	limiter  *rate.Limiter
 	log      zerolog.Logger
 	inflight sync.WaitGroup
+	// maxAge is SENGO_EVENTS' retention (0: none): events of a paused
+	// endpoint older than maxAge-expiryGuard are dead-lettered.
+	maxAge time.Duration
 }
 
 // NewWorker creates or updates the endpoint's durable consumers. The
@@ -79,6 +82,9 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	}
 	if ep.RateLimit > 0 {
 		w.limiter = rate.NewLimiter(rate.Limit(ep.RateLimit), max(1, int(ep.RateLimit)))
+	}
+	if s, err := cfg.JetStream.Stream(ctx, event.StreamEvents); err == nil {
+		w.maxAge = s.CachedInfo().Config.MaxAge
 	}
 	return w, nil
 }
@@ -146,9 +152,62 @@ func (w *Worker) Run(ctx context.Context) {
 		wg.Add(1)
 		go pull(w.replay, true)
 	}
+	if w.maxAge > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); w.guardExpiry(ctx) }()
+	}
 	w.log.Info().Int("concurrency", w.ep.Concurrency).Bool("ordered", w.ep.Ordered).Msg("endpoint worker started")
 	wg.Wait()
 	w.log.Info().Msg("endpoint worker stopped")
+}
+
+// expiryGuard is how long before SENGO_EVENTS would drop an event that a
+// paused endpoint has not taken the event is dead-lettered instead.
+func (w *Worker) expiryGuard() time.Duration { return min(24*time.Hour, w.maxAge/10) }
+
+// guardExpiry runs beside the workers: while the endpoint is paused (its
+// workers do not pull), an event about to age out of SENGO_EVENTS would be
+// lost for this endpoint without a trace. Such events are dead-lettered
+// with ReasonExpiring, oldest first, so they can be redriven later.
+func (w *Worker) guardExpiry(ctx context.Context) {
+	every := min(time.Minute, max(w.expiryGuard()/4, 10*time.Millisecond))
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for w.breaker.state().Paused && ctx.Err() == nil && w.sweepOne(ctx) {
+		}
+	}
+}
+
+// sweepOne takes the oldest event waiting for this endpoint and
+// dead-letters it if it is about to expire; otherwise it puts it back.
+// It reports whether it dead-lettered one (then the next may be due too).
+func (w *Worker) sweepOne(ctx context.Context) bool {
+	msg, err := w.live.Next(jetstream.FetchMaxWait(time.Second))
+	if err != nil {
+		return false
+	}
+	meta, err := msg.Metadata()
+	if err != nil || time.Since(meta.Timestamp) < w.maxAge-w.expiryGuard() {
+		_ = msg.Nak() // not due: back to the paused endpoint
+		return false
+	}
+	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ev, _ := event.Unmarshal(msg.Data())
+	key := attemptKey(w.ep.Name, ev.ID, 0)
+	rec, _, err := w.store.get(mctx, key)
+	if err != nil {
+		_ = msg.Nak()
+		return false
+	}
+	w.deadLetter(mctx, msg, meta, ev, key, rec, ReasonExpiring, false)
+	return true
 }
 
 // State reports the endpoint's breaker state.

@@ -130,3 +130,32 @@ func TestRedriveKeepsTheDeadLetterUntilDelivered(t *testing.T) {
 	}
 	eventually(t, "delivered, and the dead letter removed", func() bool { return h.settled(w) && len(h.deadLetters()) == 0 })
 }
+
+// Events of an endpoint paused for longer than SENGO_EVENTS keeps them
+// once aged out of the stream without a trace. They are now dead-lettered
+// (expiring_while_paused) shortly before, and can be redriven later.
+func TestPausedEndpointDeadLettersBeforeRetentionDropsEvents(t *testing.T) {
+	h := newHarness(t)
+	s, err := h.js.Stream(t.Context(), event.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.MaxAge, cfg.Duplicates = 3*time.Second, time.Second
+	if _, err := h.js.UpdateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	c := newConsumer(t, status(503, 503, 503, 503, 503, 503, 503, 503, 503, 503))
+	ep := h.endpoint("orders", c.URL, 100*time.Millisecond, 100*time.Millisecond)
+	ep.Breaker = BreakerPolicy{Failures: 1, ProbeInitial: time.Hour, ProbeMax: time.Hour} // paused after one failure, for good
+	w := h.start(ep)
+	first := h.publish("tx-pause-1", event.StatusSuccess, "")
+	eventually(t, "paused", func() bool { return w.State().Paused })
+	second := h.publish("tx-pause-2", event.StatusSuccess, "") // never attempted
+	eventually(t, "both dead-lettered before they age out", func() bool { return len(h.deadLetters()) == 2 })
+	for i, d := range h.deadLetters() {
+		if d.EventID != []string{first.ID, second.ID}[i] || d.Reason != ReasonExpiring {
+			t.Fatalf("dead letter %d: %+v", i, d)
+		}
+	}
+}
