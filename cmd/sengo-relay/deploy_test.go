@@ -4,10 +4,17 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"gopkg.in/yaml.v3"
@@ -81,5 +88,95 @@ func TestDeployFiles(t *testing.T) {
 		if docs == 0 {
 			t.Fatalf("%s: empty", f)
 		}
+	}
+}
+
+// deploy/nginx.conf really sends a callback that one relay answers 503
+// (store unavailable) to the other: nginx does not retry a POST on 503
+// unless told non_idempotent. Tested against real nginx, which .ci/run
+// installs; without it the test is skipped, except under CI.
+func TestNginxRetries503OnTheOtherRelay(t *testing.T) {
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		if _, serr := os.Stat("/usr/sbin/nginx"); serr == nil {
+			bin = "/usr/sbin/nginx"
+		} else if os.Getenv("CI") != "" {
+			t.Fatal("nginx is not installed; .ci/run installs it")
+		} else {
+			t.Skip("nginx is not installed (apt-get install nginx-light)")
+		}
+	}
+	var down, up atomic.Int64
+	unavailable := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		down.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer unavailable.Close()
+	healthy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if string(body) != `{"id":"tx-1"}` {
+			w.WriteHeader(400)
+			return
+		}
+		up.Add(1)
+		w.WriteHeader(200)
+	}))
+	defer healthy.Close()
+
+	conf, err := os.ReadFile(filepath.Join("..", "..", "deploy", "nginx.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	c := string(conf)
+	for from, to := range map[string]string{
+		"relay-1:8080": strings.TrimPrefix(unavailable.URL, "http://"),
+		"relay-2:8080": strings.TrimPrefix(healthy.URL, "http://"),
+		"listen 80;":   "listen " + addr + ";",
+	} {
+		if !strings.Contains(c, from) {
+			t.Fatalf("nginx.conf has no %q", from)
+		}
+		c = strings.Replace(c, from, to, 1)
+	}
+	c = "pid " + dir + "/nginx.pid;\nerror_log " + dir + "/error.log;\n" + c
+	c = strings.Replace(c, "http {", "http {\n  access_log off;\n  client_body_temp_path "+dir+"/body;\n  proxy_temp_path "+dir+"/proxy;", 1)
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(c), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-p", dir, "-c", path, "-g", "daemon off;")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // the workers go with the master
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() }()
+	eventually(t, "nginx listening", func() bool {
+		conn, err := net.Dial("tcp", addr)
+		if err == nil {
+			conn.Close()
+		}
+		return err == nil
+	})
+	const n = 6
+	for i := range n {
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Post("http://"+addr+"/callbacks/sengo/main", "application/json", strings.NewReader(`{"id":"tx-1"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			t.Fatalf("callback %d: %d through nginx (relay 1 saw %d, relay 2 %d)\n%s", i, resp.StatusCode, down.Load(), up.Load(), b)
+		}
+	}
+	if up.Load() != n || down.Load() == 0 {
+		t.Fatalf("relay 2 stored %d of %d; relay 1 was tried %d times", up.Load(), n, down.Load())
 	}
 }
