@@ -27,7 +27,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	rate := fs.Int("rate", 500, "callbacks per second of the end-to-end and soak runs")
 	endpointRate := fs.Int("endpoint-rate", 2000, "callbacks per second of the fixed-rate endpoint-latency run")
 	n := fs.Int("deliveries", 20000, "events the dispatcher scenario delivers")
-	sync := fs.String("sync-interval", "", `embedded JetStream fsync: a duration, "always", or empty for the default`)
+	sync := fs.String("sync-interval", "always", `embedded JetStream fsync: "always" (the relay's default) or a duration such as 2m`)
 	natsURL := fs.String("nats-url", "", "measure against this NATS server or cluster instead of the embedded one")
 	replicas := fs.Int("replicas", 1, "stream replicas (3 needs --nats-url to a cluster)")
 	soak := fs.Duration("soak", 0, "after the scenarios, run end to end at --rate this long and watch for drift (e.g. 10m)")
@@ -84,7 +84,6 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	bc := bench.Config{Concurrency: *conc, Duration: *dur, Payload: *payload, Rate: *rate, EndpointRate: *endpointRate, Deliveries: *n, Soak: *soak, Scenarios: scenarios,
 		NATSURL: *natsURL, Spec: provisionSpec(cfg), Progress: stderr}
 	switch *sync {
-	case "":
 	case "always":
 		bc.SyncAlways = true
 	default:
