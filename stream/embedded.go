@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // EmbeddedConfig configures the in-process nats-server.
@@ -45,6 +46,17 @@ type EmbeddedAuth struct {
 	Protected                          []string
 }
 
+// bcryptHash is what the server keeps of a password: never the password
+// itself in memory dumps, and nats-server then has no plaintext to warn
+// about.
+func bcryptHash(pw string) string {
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.DefaultCost)
+	if err != nil { // only for passwords over 72 bytes, which are not made here
+		return pw
+	}
+	return string(h)
+}
+
 // users returns the server's users with their permissions.
 func (a *EmbeddedAuth) users() []*server.User {
 	st := a.Stream
@@ -65,8 +77,8 @@ func (a *EmbeddedAuth) users() []*server.User {
 		)
 	}
 	return []*server.User{
-		{Username: a.RelayUser, Password: a.RelayPassword},
-		{Username: a.SubscriberUser, Password: a.SubscriberPassword, Permissions: &server.Permissions{
+		{Username: a.RelayUser, Password: bcryptHash(a.RelayPassword)},
+		{Username: a.SubscriberUser, Password: bcryptHash(a.SubscriberPassword), Permissions: &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: pub, Deny: deny},
 			Subscribe: &server.SubjectPermission{Allow: []string{a.Subjects, "_INBOX.>"}},
 		}},
