@@ -3,25 +3,17 @@ package receiver
 import (
 	"context"
 	"encoding/json"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/sengo"
-	"github.com/sengo-relay/sengo-relay/sengo/sandbox"
 )
 
 // A late pending callback for a transaction SenGo already reports as
 // paid publishes SenGo's status, confirmed, with the reason recorded.
 func TestConfirmationTakesSenGosStatus(t *testing.T) {
-	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(sb.Handler())
-	defer func() { hs.Close(); sb.Close() }()
-	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	sb, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
 		ic.ConfirmAttempts = 2

@@ -211,13 +211,7 @@ func TestRequireConfirmationFailsClosed(t *testing.T) {
 // waited for reconciliation. The genuine one is now stored and published,
 // confirmed, while the forged one is quarantined.
 func TestForgedSuccessFirstDoesNotSwallowTheGenuine(t *testing.T) {
-	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(sb.Handler())
-	defer func() { hs.Close(); sb.Close() }()
-	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	sb, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
 		ic.ConfirmAttempts = 2
@@ -253,13 +247,7 @@ func TestForgedSuccessFirstDoesNotSwallowTheGenuine(t *testing.T) {
 // unconfirmed is confirmed again on a schedule, and published once SenGo
 // agrees. A claim SenGo never confirms stops being rechecked.
 func TestUnconfirmedIsRecheckedLater(t *testing.T) {
-	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(sb.Handler())
-	defer func() { hs.Close(); sb.Close() }()
-	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	sb, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
 		ic.ConfirmAttempts = 1
@@ -312,13 +300,7 @@ func TestUnconfirmedIsRecheckedLater(t *testing.T) {
 // down meanwhile, the paid order waited too, or was stranded for good on a
 // mismatch. The redelivery now publishes the decided event first.
 func TestDecidedEventDoesNotWaitOnASecondConfirmation(t *testing.T) {
-	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(sb.Handler())
-	defer func() { hs.Close(); sb.Close() }()
-	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	sb, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
 	})
@@ -376,18 +358,9 @@ func TestReconcileSeesAnUnpublishedOutboxAsMissing(t *testing.T) {
 func TestReconcileGoesOnPastAFailingProject(t *testing.T) {
 	h := newHarness(t, false)
 	ctx := context.Background()
-	newSandbox := func() (*sandbox.Server, *sengo.Client) {
-		sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		hs := httptest.NewServer(sb.Handler())
-		t.Cleanup(func() { hs.Close(); sb.Close() })
-		return sb, sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
-	}
-	broken, brokenClient := newSandbox()
+	broken, brokenClient := startSandbox(t)
 	broken.SetFaults(sandbox.Faults{Fail500: 1 << 30})
-	_, good := newSandbox()
+	_, good := startSandbox(t)
 	if _, err := good.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-R", Amount: 5000}); err != nil {
 		t.Fatal(err)
 	}
@@ -497,4 +470,17 @@ func TestSlowConfirmationsProcessEachNotificationOnce(t *testing.T) {
 	if got := checks.Load(); got != n {
 		t.Fatalf("%d confirmations for %d notifications", got, n)
 	}
+}
+
+// startSandbox runs the SenGo sandbox over httptest until the test ends and
+// returns it with a client of its one project.
+func startSandbox(t testing.TB) (*sandbox.Server, *sengo.Client) {
+	t.Helper()
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(sb.Handler())
+	t.Cleanup(func() { hs.Close(); sb.Close() })
+	return sb, sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
 }

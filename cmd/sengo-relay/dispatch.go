@@ -89,6 +89,18 @@ func cliConnect(cfg config.Config) (*nats.Conn, jetstream.JetStream, error) {
 	return nc, js, nil
 }
 
+// emptyFlag refuses a filter flag given an empty value (an unset shell
+// variable): it would select everything, not nothing.
+func emptyFlag(fs *flag.FlagSet) error {
+	var empty error
+	fs.Visit(func(fl *flag.Flag) {
+		if fl.Name != "config" && fl.Value.String() == "" && empty == nil {
+			empty = fmt.Errorf("--%s is empty: give a value, or leave the flag out", fl.Name)
+		}
+	})
+	return empty
+}
+
 // runDLQ is `sengo-relay dlq list|show|redrive|purge`.
 func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
@@ -109,14 +121,8 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	var empty error
-	fs.Visit(func(fl *flag.Flag) { // a filter given empty (an unset shell variable) selects nothing
-		if fl.Name != "config" && fl.Value.String() == "" && empty == nil {
-			empty = fmt.Errorf("--%s is empty: give a value, or leave the flag out", fl.Name)
-		}
-	})
-	if empty != nil {
-		return empty
+	if err := emptyFlag(fs); err != nil {
+		return err
 	}
 	cfg, err := config.Load(*path, os.LookupEnv)
 	if err != nil {

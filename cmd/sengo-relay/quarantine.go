@@ -34,14 +34,8 @@ func runQuarantine(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	var empty error
-	fs.Visit(func(fl *flag.Flag) {
-		if fl.Name != "config" && fl.Value.String() == "" && empty == nil {
-			empty = fmt.Errorf("--%s is empty: give a value, or leave the flag out", fl.Name)
-		}
-	})
-	if empty != nil {
-		return empty
+	if err := emptyFlag(fs); err != nil {
+		return err
 	}
 	cfg, err := config.Load(*path, os.LookupEnv)
 	if err != nil {
