@@ -63,7 +63,9 @@ func (a *EmbeddedAuth) users() []*server.User {
 	pub := []string{
 		"$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.INFO." + st,
 		"$JS.API.STREAM.MSG.GET." + st, "$JS.API.DIRECT.GET." + st, "$JS.API.DIRECT.GET." + st + ".>",
-		"$JS.API.CONSUMER.CREATE." + st, "$JS.API.CONSUMER.CREATE." + st + ".>", "$JS.API.CONSUMER.DURABLE.CREATE." + st + ".>",
+		// Consumer creation names the consumer in the subject (the legacy
+		// nameless form is not allowed), so the relay's can be denied.
+		"$JS.API.CONSUMER.CREATE." + st + ".>", "$JS.API.CONSUMER.DURABLE.CREATE." + st + ".>",
 		"$JS.API.CONSUMER.INFO." + st + ".>", "$JS.API.CONSUMER.DELETE." + st + ".>",
 		"$JS.API.CONSUMER.LIST." + st, "$JS.API.CONSUMER.NAMES." + st,
 		"$JS.API.CONSUMER.MSG.NEXT." + st + ".>", "$JS.ACK." + st + ".>", "$JS.FC." + st + ".>",
