@@ -388,9 +388,17 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 	case "stale":
 		log().Info().Str("current_status", string(st.Status)).Msg("late pending after a final status; not published")
 	}
-	if err := in.flush(ctx, key, st, rev); err != nil {
-		r.err = err
-		return r
+	// Publish what this notification decided. An outbox this notification
+	// did not add belongs to a worker still flushing it (a twin processed
+	// at the same moment): publishing it again would show core NATS
+	// subscribers the event twice. Left behind by a crash, it is flushed
+	// by that worker's redelivery, or by reconciliation, before they
+	// confirm (flushLeftover).
+	if r.outcome == "published" {
+		if err := in.flush(ctx, key, st, rev); err != nil {
+			r.err = err
+			return r
+		}
 	}
 	if r.outcome == "published" && in.log.GetLevel() <= zerolog.DebugLevel {
 		log().Debug().Str("event_id", event.ID(project, tx.ID, tx.Status)).Msg("event published")

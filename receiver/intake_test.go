@@ -197,7 +197,13 @@ func TestOutboxIsFlushedAfterACrash(t *testing.T) {
 	if len(h.events()) != 0 {
 		t.Fatal("event published before the redelivery")
 	}
-	h.post("/callbacks/sengo/main", callback("tx-crash", event.StatusSuccess))
+	// The crashed worker's own notification is redelivered; reconciliation
+	// also feeds a transaction whose outbox is not empty. Either flushes
+	// the outbox before anything else (here: reconciliation's feed).
+	if _, err := h.js.PublishMsg(t.Context(), &nats.Msg{Subject: event.InboxTxSubject("main", "tx-crash"), Data: callback("tx-crash", event.StatusSuccess),
+		Header: nats.Header{event.HeaderProject: []string{"main"}, event.HeaderSource: []string{SourceReconcile}}}); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, "intake idle", h.intakeIdle)
 	evs := h.events()
 	if len(evs) != 1 || evs[0].ID != ev.ID || !evs[0].Time.Equal(at) {
