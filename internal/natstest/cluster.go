@@ -82,12 +82,14 @@ func (c *Cluster) Start(i int) {
 	opts := *c.opts[i]
 	var s *server.Server
 	var err error
-	deadline := time.Now().Add(10 * time.Second)
+	// A port picked as free can be taken for a moment by another test's
+	// outgoing connection (same ephemeral range): try again, several times.
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		s, err = server.NewServer(&opts)
 		if err == nil {
 			s.Start()
-			if s.ReadyForConnections(10 * time.Second) {
+			if s.ReadyForConnections(5 * time.Second) {
 				break
 			}
 			s.Shutdown()
