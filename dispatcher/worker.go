@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"golang.org/x/time/rate"
@@ -243,7 +244,11 @@ func (w *Worker) pullOne(ctx context.Context, c jetstream.Consumer, replayed boo
 	msg, err := c.Next(jetstream.FetchMaxWait(time.Second))
 	if err != nil {
 		w.breaker.release(probe)
-		if !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		// A pull that expires empty is idle, not a failure: nats.go reports
+		// it as ErrNoMessages or, when the server's answer races the
+		// client's deadline, as nats.ErrTimeout.
+		idle := errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+		if !idle && ctx.Err() == nil {
 			w.log.Warn().Err(err).Msg("pull failed")
 			sleepCtx(ctx, time.Second) // pacing while NATS is unavailable
 		}
@@ -326,7 +331,14 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 	log := func() *zerolog.Logger { // built only for the lines written
 		c := w.log.With().Str("event_id", ev.ID).Str("transaction_id", ev.Data.TransactionID).Str("merchant_ref", ev.Data.MerchantRef)
 		if rec.Count > 0 {
-			c = c.Int("attempt", rec.Count).Str("status", res.describe())
+			c = c.Int("attempt", rec.Count)
+			if res.Status > 0 {
+				c = c.Int("http_status", res.Status)
+			}
+			if res.Err != nil {
+				c = c.Str("attempt_error", res.Err.Error())
+			}
+			c = c.Stringer("duration", res.Duration)
 		}
 		l := c.Logger()
 		return &l
@@ -390,9 +402,7 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 			}
 		}
 		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "delivered").Inc()
-		if w.log.GetLevel() <= zerolog.DebugLevel {
-			log().Debug().Msg("delivered")
-		}
+		log().Info().Msg("delivered")
 		if replayed {
 			if err := removeRedriven(ctx, w.cfg.JetStream, msg); err != nil {
 				log().Warn().Err(err).Msg("redriven event delivered; its dead letter stays listed")
@@ -406,7 +416,7 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		}
 		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "retry").Inc()
 		w.cfg.Metrics.RetriesScheduled.WithLabelValues(w.ep.Name).Inc()
-		log().Warn().Dur("delay", act.delay).Msg("delivery failed; retry scheduled")
+		log().Warn().Stringer("delay", act.delay).Msg("delivery failed; retry scheduled")
 		_ = msg.NakWithDelay(act.delay)
 	case actDeadLetter:
 		w.deadLetter(ctx, msg, meta, ev, key, rec, act.reason, replayed)
@@ -442,8 +452,15 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 	}
 	w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "dead_letter").Inc()
 	w.cfg.Metrics.DeadLetters.WithLabelValues(w.ep.Name, reason).Inc()
-	w.log.Error().Str("event_id", ev.ID).Str("transaction_id", ev.Data.TransactionID).Str("reason", reason).Int("attempt", rec.Count).
-		Str("status", fmt.Sprint(rec.LastStatus)).Msg("event dead-lettered")
+	l := w.log.Error().Str("event_id", ev.ID).Str("transaction_id", ev.Data.TransactionID).Str("merchant_ref", ev.Data.MerchantRef).
+		Str("reason", reason).Int("attempt", rec.Count)
+	if rec.LastStatus > 0 {
+		l = l.Int("http_status", rec.LastStatus)
+	}
+	if rec.LastError != "" {
+		l = l.Str("attempt_error", rec.LastError)
+	}
+	l.Msg("event dead-lettered")
 	_ = msg.Term()
 }
 

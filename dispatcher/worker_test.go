@@ -123,7 +123,7 @@ func TestTimeoutRetries(t *testing.T) {
 	w := h.start(ep)
 	h.publish("tx-h", event.StatusSuccess, "")
 	eventually(t, "delivery after a timeout", func() bool { return len(c.got()) == 2 && h.settled(w) })
-	if !strings.Contains(h.logs.String(), `"status":"timeout"`) {
+	if !strings.Contains(h.logs.String(), `"attempt_error":"timeout"`) {
 		t.Errorf("timeout not logged:\n%s", h.logs.String())
 	}
 }

@@ -214,7 +214,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		errors.Is(r.err, sengo.ErrUnconfirmed) && int(attempt) >= max(in.cfg.ConfirmAttempts, 1):
 		if err := in.quarantine(ctx, m, r); err != nil {
 			delay := in.retryDelay(attempt)
-			log().Warn().Err(err).Dur("delay", delay).Msg("quarantine failed; retrying")
+			log().Warn().Err(err).Stringer("delay", delay).Msg("quarantine failed; retrying")
 			_ = m.NakWithDelay(delay)
 			return
 		}
@@ -224,7 +224,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 	default:
 		delay := in.retryDelay(attempt)
 		in.count(r.project, "retry")
-		log().Warn().Err(r.err).Dur("delay", delay).Msg("intake failed; retrying")
+		log().Warn().Err(r.err).Stringer("delay", delay).Msg("intake failed; retrying")
 		_ = m.NakWithDelay(delay)
 	}
 }
@@ -400,8 +400,8 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 			return r
 		}
 	}
-	if r.outcome == "published" && in.log.GetLevel() <= zerolog.DebugLevel {
-		log().Debug().Str("event_id", event.ID(project, tx.ID, tx.Status)).Msg("event published")
+	if r.outcome == "published" {
+		log().Info().Str("event_id", event.ID(project, tx.ID, tx.Status)).Bool("confirmed", confirmed).Msg("event published")
 	}
 	return r
 }

@@ -69,6 +69,19 @@ func TestFiftyConcurrentDuplicatesOneEvent(t *testing.T) {
 	if evs[0].ID != want || evs[0].Data.PreviousStatus != nil || evs[0].Data.Confirmed {
 		t.Fatalf("event %+v", evs[0])
 	}
+	// One info line for the one event published, with its id.
+	published := 0
+	for _, l := range strings.Split(h.logs.String(), "\n") {
+		if strings.Contains(l, `"message":"event published"`) {
+			published++
+			if !strings.Contains(l, `"level":"info"`) || !strings.Contains(l, `"event_id":"`+want+`"`) || !strings.Contains(l, `"status":"success"`) {
+				t.Errorf("published line %s", l)
+			}
+		}
+	}
+	if published != 1 {
+		t.Errorf("%d \"event published\" lines, want 1", published)
+	}
 }
 
 func TestStatusSequences(t *testing.T) {

@@ -146,8 +146,8 @@ func requestLogger(log zerolog.Logger) echo.MiddlewareFunc {
 				Str("request_id", v.RequestID).
 				Str("method", v.Method).
 				Str("path", RedactPath(v.URIPath)).
-				Int("status", v.Status).
-				Dur("latency_ms", v.Latency).
+				Int("http_status", v.Status).
+				Stringer("latency", v.Latency).
 				Str("remote_ip", v.RemoteIP)
 			if p := c.Param("project"); p != "" {
 				ev = ev.Str("project", p)

@@ -20,6 +20,7 @@ func newLogger(cfg config.Log, w io.Writer) zerolog.Logger {
 		lvl = zerolog.InfoLevel // validated already
 	}
 	zerolog.TimeFieldFormat = time.RFC3339Nano
+	zerolog.DurationFieldFormat = zerolog.DurationFormatString // "1.5s", never a bare number
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
 }
 

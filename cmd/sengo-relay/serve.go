@@ -404,7 +404,7 @@ func retry(ctx context.Context, log zerolog.Logger, what string, retryable func(
 		}
 		return err
 	}, backoff.WithContext(b, ctx), func(err error, d time.Duration) {
-		log.Warn().Err(err).Dur("delay", d).Msg(what + " failed; retrying")
+		log.Warn().Err(err).Stringer("delay", d).Msg(what + " failed; retrying")
 	})
 }
 
