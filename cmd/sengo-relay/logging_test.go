@@ -13,7 +13,8 @@ import (
 // bare number without a unit.
 func TestLoggerWritesDurationsWithUnits(t *testing.T) {
 	var b bytes.Buffer
-	newLogger(config.Log{Level: "info", Format: "json"}, &b).Info().Dur("delay", 1500*time.Millisecond).Msg("x")
+	l := newLogger(config.Log{Level: "info", Format: "json"}, &b)
+	l.Info().Dur("delay", 1500*time.Millisecond).Msg("x")
 	if !strings.Contains(b.String(), `"delay":"1.5s"`) {
 		t.Fatalf("got %s", b.String())
 	}
