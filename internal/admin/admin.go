@@ -17,6 +17,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/receiver"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
@@ -396,12 +397,12 @@ func ParseTime(s string, now time.Time) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, nil
 	}
-	if d, err := time.ParseDuration(s); err == nil {
+	if d, err := config.ParseDuration(s); err == nil {
 		return now.Add(-d), nil
 	}
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
-		return time.Time{}, errors.New("want RFC 3339 (2025-03-23T10:00:00+07:00) or a duration back from now (24h)")
+		return time.Time{}, errors.New("want RFC 3339 (2025-03-23T10:00:00+07:00) or a duration back from now (24h, 30d)")
 	}
 	return t, nil
 }
