@@ -26,7 +26,7 @@ func TestClusterSurvivesNodeAndRelayLoss(t *testing.T) {
 	cluster := natstest.StartCluster(t, 3)
 	orders := newHook(t)
 	checkedInConfig = writeConfig(t, endpointYAML("orders", orders.URL, "1s"))
-	t.Cleanup(func() { checkedInConfig = "../../config.yaml" })
+	t.Cleanup(func() { checkedInConfig = committedConfig })
 	env := []string{
 		"SENGO_RELAY_NATS_URL=" + cluster.URL(), "SENGO_RELAY_NATS_REPLICAS=3",
 		"SENGO_RELAY_HTTP_PUBLISH_TIMEOUT=2s", "SENGO_RELAY_INTAKE_ACK_WAIT=5s",

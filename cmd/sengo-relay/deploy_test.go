@@ -56,7 +56,7 @@ func TestDeployFiles(t *testing.T) {
 		os.WriteFile(p, []byte(value+"\n"), 0o600)
 		env[key] = p
 	}
-	cfg, err := config.Load(filepath.Join(dir, "relay.yaml"), func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	cfg, err := config.Load(filepath.Join(dir, "relay.yaml"), config.Env(env))
 	if err != nil {
 		t.Fatalf("relay.yaml: %v", err)
 	}

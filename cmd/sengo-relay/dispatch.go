@@ -124,7 +124,7 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := emptyFlag(fs); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*path, os.LookupEnv)
+	cfg, err := config.Load(*path, config.Environ(os.Environ()))
 	if err != nil {
 		return err
 	}
@@ -206,7 +206,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*path, os.LookupEnv)
+	cfg, err := config.Load(*path, config.Environ(os.Environ()))
 	if err != nil {
 		return err
 	}

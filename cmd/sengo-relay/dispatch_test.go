@@ -96,7 +96,7 @@ func endpointYAML(name, url, timeout string) string {
 func startRunWith(t testing.TB, cfgPath string, env []string) (string, *logWatch) {
 	t.Helper()
 	checkedInConfig = cfgPath
-	t.Cleanup(func() { checkedInConfig = filepath.Join("..", "..", "config.yaml") })
+	t.Cleanup(func() { checkedInConfig = committedConfig })
 	base, logs, _ := startRun(t, env)
 	return base, logs
 }
@@ -201,7 +201,7 @@ func TestKillDuringDeliveriesLosesNothing(t *testing.T) {
 	cfg := writeConfig(t, endpointYAML("slow", slow.URL, "1s")+endpointYAML("flaky", flaky.URL, "1s"))
 	dir := t.TempDir()
 	checkedInConfig = cfg
-	t.Cleanup(func() { checkedInConfig = filepath.Join("..", "..", "config.yaml") })
+	t.Cleanup(func() { checkedInConfig = committedConfig })
 	p := startProcess(t, dir, "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0")
 	waitReady(t, p.base)
 	want := map[string]bool{}

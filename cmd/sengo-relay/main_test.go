@@ -32,17 +32,36 @@ import (
 )
 
 // TestMain lets a test start this binary as the real relay process (for
-// SIGKILL and SIGTERM tests): with SENGO_RELAY_TEST_MAIN=1 it runs main.
+// SIGKILL and SIGTERM tests): with SENGORELAY_TEST_MAIN=1 it runs main.
 func TestMain(m *testing.M) {
-	if os.Getenv("SENGO_RELAY_TEST_MAIN") == "1" {
+	if os.Getenv("SENGORELAY_TEST_MAIN") == "1" {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	b, err := fixtures.CommittedConfig()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	dir, err := os.MkdirTemp("", "sengo-relay-config-")
+	if err == nil {
+		committedConfig = filepath.Join(dir, "config.yaml")
+		err = os.WriteFile(committedConfig, b, 0o600)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	checkedInConfig = committedConfig
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
-// checkedInConfig is the repository's config.yaml.
-var checkedInConfig = filepath.Join("..", "..", "config.yaml")
+// committedConfig is the repository's config.yaml as committed (see
+// fixtures.CommittedConfig), in a temp file; checkedInConfig is what a test
+// runs the relay with, that file unless the test points it elsewhere.
+var committedConfig, checkedInConfig string
 
 // relayEnv points the checked-in config at a temp data dir and free ports.
 func relayEnv(dataDir string, extra ...string) []string {
@@ -368,7 +387,7 @@ type relayProcess struct {
 func startProcess(t *testing.T, dataDir string, extraEnv ...string) *relayProcess {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "serve", "--config", checkedInConfig)
-	cmd.Env = append(append(os.Environ(), "SENGO_RELAY_TEST_MAIN=1"), relayEnv(dataDir, extraEnv...)...)
+	cmd.Env = append(append(os.Environ(), "SENGORELAY_TEST_MAIN=1"), relayEnv(dataDir, extraEnv...)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -37,7 +37,7 @@ func runQuarantine(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err := emptyFlag(fs); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*path, os.LookupEnv)
+	cfg, err := config.Load(*path, config.Environ(os.Environ()))
 	if err != nil {
 		return err
 	}

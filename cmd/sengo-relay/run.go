@@ -50,7 +50,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		cfg, err := config.Load(path, os.LookupEnv)
+		cfg, err := config.Load(path, config.Environ(os.Environ()))
 		if err != nil {
 			return err
 		}

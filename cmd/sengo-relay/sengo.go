@@ -101,7 +101,7 @@ func runReconcile(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg, err := config.Load(*path, os.LookupEnv)
+	cfg, err := config.Load(*path, config.Environ(os.Environ()))
 	if err != nil {
 		return err
 	}

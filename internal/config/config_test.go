@@ -9,13 +9,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sengo-relay/sengo-relay/internal/fixtures"
 )
 
-func noEnv(string) (string, bool) { return "", false }
+var noEnv = Env{}
 
-func env(m map[string]string) func(string) (string, bool) {
-	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
-}
+func env(m map[string]string) Env { return Env(m) }
 
 func write(t *testing.T, body string) string {
 	t.Helper()
@@ -28,10 +28,21 @@ func write(t *testing.T, body string) string {
 
 const minimal = "projects:\n  main: {}\n"
 
+// committedConfig writes config.yaml as committed to a temp file: the
+// tests check the reference the repository ships, not a user's edits.
+func committedConfig(t *testing.T) string {
+	t.Helper()
+	b, err := fixtures.CommittedConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return write(t, string(b))
+}
+
 // The checked-in config.yaml is the working default: it loads as is and
 // spells out exactly the defaults.
 func TestCheckedInConfig(t *testing.T) {
-	cfg, err := Load(filepath.Join("..", "..", "config.yaml"), noEnv)
+	cfg, err := Load(committedConfig(t), noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +259,7 @@ func TestCredentialMistakesAreErrors(t *testing.T) {
 // A 200 to SenGo must survive a power loss: the embedded store fsyncs
 // before every acknowledgement unless the configuration says otherwise.
 func TestDurableByDefault(t *testing.T) {
-	for name, cfg := range map[string]Config{"Default()": Default(), "checked-in config.yaml": mustLoad(t, "../../config.yaml")} {
+	for name, cfg := range map[string]Config{"Default()": Default(), "checked-in config.yaml": mustLoad(t, committedConfig(t))} {
 		if _, always, err := cfg.NATS.Embedded.Sync(); err != nil || !always {
 			t.Errorf("%s: sync_interval %q, want always", name, cfg.NATS.Embedded.SyncInterval)
 		}
@@ -278,5 +289,115 @@ func TestNonLoopbackEmbeddedListenNeedsAPassword(t *testing.T) {
 		if _, err := Load(write(t, minimal+"nats: {embedded: {listen: \""+l+"\"}}\n"), noEnv); err != nil {
 			t.Errorf("%s: %v", l, err)
 		}
+	}
+}
+
+// Durations accept a leading whole number of days, as the README's
+// `--since 30d` shows; anything else keeps Go's syntax.
+func TestParseDuration(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"30d": 720 * time.Hour, "1d12h": 36 * time.Hour, "48h": 48 * time.Hour, "90m": 90 * time.Minute, "0d": 0,
+	} {
+		if got, err := ParseDuration(in); err != nil || got != want {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "d", "30", "-1d", "1.5d", "30days", "1d-2h", "99999999d", "d12h"} {
+		if got, err := ParseDuration(in); err == nil {
+			t.Errorf("ParseDuration(%q) = %v, want an error", in, got)
+		}
+	}
+}
+
+// Every problem at once, each by its dotted key path, with the nearest
+// valid key: an unknown key, a type error, a bad duration and a failed
+// rule in one file give four lines, not the first of them.
+func TestProblemsAreListedAtOnceByPath(t *testing.T) {
+	body := "http:\n  listn: \":1\"\n  max_in_flight: lots\n  publish_timeout: 5x\nlog:\n  level: loud\n" + minimal
+	_, err := Load(write(t, body), noEnv)
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{
+		"4 problems",
+		"http.listn (line 2): unknown key; did you mean http.listen?",
+		"http.max_in_flight (line 3): cannot unmarshal",
+		`http.publish_timeout (line 4): invalid duration "5x"`,
+		`log.level: "loud" is not one of`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "config.HTTP") {
+		t.Errorf("error names a Go type:\n%v", err)
+	}
+	// Inside maps too: an endpoint's key is named by its whole path.
+	_, err = Load(write(t, minimal+"endpoints:\n  orders:\n    url: https://o.example/h\n    secrets: ["+whsec+"]\n    filter: {all: true}\n    retry: {shedule: [1s]}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "endpoints.orders.retry.shedule (line 8): unknown key; did you mean endpoints.orders.retry.schedule?") {
+		t.Errorf("got %v", err)
+	}
+}
+
+// A SENGO_RELAY_ variable that names no key is an error with the nearest
+// valid name: a typo must not silently leave a setting (confirmation, a
+// token) at its default.
+func TestUnknownEnvironmentVariablesAreErrors(t *testing.T) {
+	for name, want := range map[string]string{
+		"SENGO_RELAY_HTTP_LISTN":              "SENGO_RELAY_HTTP_LISTN: no such setting; did you mean SENGO_RELAY_HTTP_LISTEN?",
+		"SENGO_RELAY_PROJECT_MAIN_TOKEN":      "did you mean SENGO_RELAY_PROJECTS_MAIN_TOKEN?",
+		"SENGO_RELAY_PROJECTS_MAIN_CONFRIM":   "did you mean SENGO_RELAY_PROJECTS_MAIN_CONFIRM?",
+		"SENGO_RELAY_ADMIN_TOKEN_FILES":       "did you mean SENGO_RELAY_ADMIN_TOKEN_FILE?",
+		"SENGO_RELAY_NATS_EMBEDDED_LISTEN_ON": "no such setting",
+	} {
+		_, err := Load(write(t, minimal), env(map[string]string{name: "x"}))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want %q", name, err, want)
+		}
+	}
+	// SENGO_RELAY_CONFIG names the file; it is not a key.
+	if _, err := Load(write(t, minimal), env(map[string]string{ConfigEnv: "elsewhere.yaml"})); err != nil {
+		t.Errorf("%s: %v", ConfigEnv, err)
+	}
+}
+
+// A container user adds a project, or an endpoint, with variables alone.
+func TestProjectsAndEndpointsFromTheEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "k")
+	os.WriteFile(keyFile, []byte("SC-FROMENV0000000001\n"), 0o600)
+	cfg, err := Load(write(t, "data_dir: x\n"), env(map[string]string{
+		"SENGO_RELAY_PROJECTS_SHOP_API_KEY_FILE":       keyFile,
+		"SENGO_RELAY_PROJECTS_SHOP_TOKEN":              "token-from-env-0001",
+		"SENGO_RELAY_PROJECTS_SHOP_BASE_URL":           "sandbox",
+		"SENGO_RELAY_PROJECTS_MY_OUTLET_CALLBACK_TOKEN": "cb-token-from-env-000001",
+		"SENGO_RELAY_ENDPOINTS_ORDERS_URL":             "https://o.example/h",
+		"SENGO_RELAY_ENDPOINTS_ORDERS_SECRETS":         whsec,
+		"SENGO_RELAY_ENDPOINTS_ORDERS_FILTER_STATUSES": "success,expired",
+		"SENGO_RELAY_ENDPOINTS_ORDERS_RETRY_SCHEDULE":  "1s,1m",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shop, outlet := cfg.Projects["shop"], cfg.Projects["my_outlet"]
+	if shop == nil || outlet == nil || len(cfg.Projects) != 2 {
+		t.Fatalf("projects %v", cfg.ProjectNames())
+	}
+	if shop.APIKey.Value() != "SC-FROMENV0000000001" || !shop.Confirms() || shop.APIBaseURL() != "https://api.sandbox.sengo.id/api" || outlet.CallbackToken.Value() != "cb-token-from-env-000001" {
+		t.Errorf("shop %+v outlet %+v", shop, outlet)
+	}
+	o := cfg.Endpoints["orders"]
+	if o == nil || o.URL != "https://o.example/h" || len(o.Secrets) != 1 || len(o.Filter.Statuses) != 2 || len(o.Retry.Schedule) != 2 || o.Concurrency != defaultEndpoint().Concurrency {
+		t.Fatalf("endpoint %+v", o)
+	}
+	// A project the file has is matched first: its variables set it, and
+	// add no second project.
+	cfg, err = Load(write(t, "projects:\n  main: {}\n  main_x: {}\n"), env(map[string]string{"SENGO_RELAY_PROJECTS_MAIN_X_TOKEN": "t", "SENGO_RELAY_PROJECTS_MAIN_X_API_KEY": "k"}))
+	if err != nil || len(cfg.Projects) != 2 || cfg.Projects["main_x"].Token.Value() != "t" {
+		t.Fatalf("%v %v", err, cfg.ProjectNames())
+	}
+	// A project added by the environment is validated like any other.
+	if _, err := Load(write(t, minimal), env(map[string]string{"SENGO_RELAY_PROJECTS_SHOP_TOKEN": "t"})); err == nil || !strings.Contains(err.Error(), "shop") {
+		t.Fatalf("token without api_key accepted: %v", err)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,59 +20,339 @@ import (
 // EnvPrefix begins every environment override.
 const EnvPrefix = "SENGO_RELAY_"
 
+// ConfigEnv names the configuration file when no --config flag is given.
+const ConfigEnv = EnvPrefix + "CONFIG"
+
+// Env is the process environment: os.Environ() through Environ.
+type Env map[string]string
+
+// Environ reads KEY=value pairs.
+func Environ(kv []string) Env {
+	e := Env{}
+	for _, s := range kv {
+		if k, v, ok := strings.Cut(s, "="); ok {
+			e[k] = v
+		}
+	}
+	return e
+}
+
 // Load reads the YAML file at path over Default(), applies environment
-// overrides from lookup (os.LookupEnv in production), reads *_file secrets
-// and validates. The error lists every problem found.
+// overrides from env, reads *_file secrets and validates. The error lists
+// every problem found, each by its dotted key path (http.listen) or its
+// variable, with the nearest valid name when a name is unknown.
 //
 // An override's name is EnvPrefix plus the key's path in upper case joined
 // by "_": http.listen → SENGO_RELAY_HTTP_LISTEN, projects.main.token →
-// SENGO_RELAY_PROJECTS_MAIN_TOKEN. Lists are comma-separated. Overrides
-// apply to projects named in the file.
-func Load(path string, lookup func(string) (string, bool)) (Config, error) {
+// SENGO_RELAY_PROJECTS_MAIN_TOKEN. Lists are comma-separated. A project or
+// endpoint the file does not list is added by its variables alone
+// (SENGO_RELAY_PROJECTS_SHOP_API_KEY_FILE adds project "shop"). Every other
+// SENGO_RELAY_ variable that names no key is an error: a typo must not
+// silently turn a setting off.
+func Load(path string, env Env) (Config, error) {
 	cfg := Default()
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("read config: %w", err)
 	}
-	if err := decode(raw, &cfg); err != nil {
-		return Config{}, fmt.Errorf("config %s:\n%w", path, err)
-	}
-	var errs []error
-	errs = append(errs, applyEnv(reflect.ValueOf(&cfg).Elem(), EnvPrefix[:len(EnvPrefix)-1], lookup)...)
+	errs := decode(raw, &cfg)
+	errs = append(errs, applyEnv(&cfg, env)...)
 	errs = append(errs, cfg.readSecretFiles()...)
-	if err := errors.Join(errs...); err != nil {
-		return Config{}, fmt.Errorf("config %s:\n%w", path, err)
-	}
 	if err := cfg.Validate(); err != nil {
-		return Config{}, fmt.Errorf("config %s:\n%w", path, err)
+		errs = append(errs, unjoin(err)...)
+	}
+	if len(errs) > 0 {
+		lines := make([]string, len(errs))
+		for i, e := range errs {
+			lines[i] = "  " + e.Error()
+		}
+		noun := "problems"
+		if len(errs) == 1 {
+			noun = "problem"
+		}
+		return Config{}, fmt.Errorf("config %s: %d %s:\n%s", path, len(errs), noun, strings.Join(lines, "\n"))
 	}
 	return cfg, nil
 }
 
-// decode parses YAML strictly: unknown keys are errors, and yaml.v3
-// reports all of them at once.
-func decode(raw []byte, cfg *Config) error {
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
-		return err
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
 	}
-	return nil
+	return []error{err}
 }
 
-var textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+// decode parses YAML over cfg. Unknown keys are errors named by their path
+// with a suggestion; type errors name their path too. Decoding goes on past
+// each problem, so every one is reported at once.
+func decode(raw []byte, cfg *Config) []error {
+	var root yaml.Node
+	if err := yaml.NewDecoder(bytes.NewReader(raw)).Decode(&root); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return []error{err}
+	}
+	if len(root.Content) == 0 {
+		return nil
+	}
+	var errs []error
+	paths := map[int]string{} // line → the key path written there
+	checkKeys(root.Content[0], reflect.TypeFor[Config](), "", paths, &errs)
+	if err := root.Decode(cfg); err != nil {
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return append(errs, err)
+		}
+		for _, m := range te.Errors {
+			errs = append(errs, errors.New(withPath(m, paths)))
+		}
+	}
+	return errs
+}
 
-// applyEnv walks the configuration and sets every leaf whose environment
-// variable is present. Map entries are reached by their (upper-cased) keys.
-func applyEnv(v reflect.Value, name string, lookup func(string) (string, bool)) []error {
+var lineMsg = regexp.MustCompile(`^line (\d+): (.*)$`)
+
+// withPath turns yaml.v3's "line 3: cannot unmarshal …" into
+// "http.max_in_flight (line 3): cannot unmarshal …".
+func withPath(msg string, paths map[int]string) string {
+	m := lineMsg.FindStringSubmatch(msg)
+	if m == nil {
+		return msg
+	}
+	n, _ := strconv.Atoi(m[1])
+	if p, ok := paths[n]; ok {
+		return fmt.Sprintf("%s (line %d): %s", p, n, m[2])
+	}
+	return msg
+}
+
+var (
+	yamlUnmarshaler = reflect.TypeFor[yaml.Unmarshaler]()
+	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+)
+
+// leafType reports whether t is decoded as one value (a scalar, a list of
+// scalars, or a type with its own decoding).
+func leafType(t reflect.Type) bool {
+	if t.Kind() == reflect.Struct {
+		return reflect.PointerTo(t).Implements(textUnmarshaler) || reflect.PointerTo(t).Implements(yamlUnmarshaler)
+	}
+	return t.Kind() != reflect.Map && (t.Kind() != reflect.Slice || t.Elem().Kind() != reflect.Struct)
+}
+
+// yamlFields maps a struct's YAML keys to its fields.
+func yamlFields(t reflect.Type) (map[string]reflect.StructField, []string) {
+	fields := map[string]reflect.StructField{}
+	var names []string
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		fields[tag] = f
+		names = append(names, tag)
+	}
+	return fields, names
+}
+
+// checkKeys walks n as the YAML of a t, recording every key's path by line
+// and reporting keys t does not have.
+func checkKeys(n *yaml.Node, t reflect.Type, path string, paths map[int]string, errs *[]error) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if n.Kind != yaml.MappingNode || leafType(t) {
+		return
+	}
+	join := func(k string) string {
+		if path == "" {
+			return k
+		}
+		return path + "." + k
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Value == "<<" { // a merge key: its mapping's keys belong here
+			checkKeys(v, t, path, paths, errs)
+			continue
+		}
+		at := join(k.Value)
+		paths[k.Line] = at
+		if v.Line != k.Line {
+			paths[v.Line] = at
+		}
+		switch t.Kind() {
+		case reflect.Map:
+			checkKeys(v, t.Elem(), at, paths, errs)
+		case reflect.Struct:
+			fields, names := yamlFields(t)
+			f, ok := fields[k.Value]
+			if !ok {
+				msg := fmt.Sprintf("%s (line %d): unknown key", at, k.Line)
+				if s := nearest(k.Value, names); s != "" {
+					msg += "; did you mean " + join(s) + "?"
+				} else {
+					msg += " (known here: " + strings.Join(names, ", ") + ")"
+				}
+				*errs = append(*errs, errors.New(msg))
+				continue
+			}
+			checkKeys(v, f.Type, at, paths, errs)
+		}
+	}
+}
+
+// nearest returns the candidate closest to s by edit distance, if it is
+// close enough to be a likely typo.
+func nearest(s string, candidates []string) string {
+	best, bestD := "", -1
+	for _, c := range candidates {
+		d := editDistance(strings.ToLower(s), strings.ToLower(c))
+		if bestD < 0 || d < bestD {
+			best, bestD = c, d
+		}
+	}
+	if bestD < 0 || bestD > max(2, len(s)/3) {
+		return ""
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// applyEnv sets every key whose variable env has, adds the projects and
+// endpoints named only in env, and reports each SENGO_RELAY_ variable
+// that names no key.
+func applyEnv(cfg *Config, env Env) []error {
+	var names []string
+	for k := range env {
+		if strings.HasPrefix(k, EnvPrefix) && k != ConfigEnv {
+			names = append(names, k)
+		}
+	}
+	sort.Strings(names)
+	var errs []error
+	addEntries(reflect.ValueOf(&cfg.Projects).Elem(), EnvPrefix+"PROJECTS_", names, func() reflect.Value { return reflect.ValueOf(&Project{}) })
+	addEntries(reflect.ValueOf(&cfg.Endpoints).Elem(), EnvPrefix+"ENDPOINTS_", names, func() reflect.Value { e := defaultEndpoint(); return reflect.ValueOf(&e) })
+	known := map[string]bool{}
+	errs = append(errs, setFromEnv(reflect.ValueOf(cfg).Elem(), EnvPrefix[:len(EnvPrefix)-1], env, known)...)
+	var all []string
+	for k := range known {
+		all = append(all, k)
+	}
+	sort.Strings(all)
+	for _, k := range names {
+		if known[k] {
+			continue
+		}
+		msg := k + ": no such setting"
+		if s := nearest(k, all); s != "" {
+			msg += "; did you mean " + s + "?"
+		}
+		errs = append(errs, errors.New(msg))
+	}
+	return errs
+}
+
+// addEntries creates, in the map m of *struct, every entry a variable
+// under prefix names that m lacks: the variable's tail must end in one of
+// the entry type's keys (SHOP_API_KEY_FILE → entry "shop", key
+// api_key_file). An entry the file has wins a tie, so MAIN_X_TOKEN stays
+// in "main_x" only when no "main" with an X_TOKEN key exists.
+func addEntries(m reflect.Value, prefix string, names []string, fresh func() reflect.Value) {
+	leaves := envLeaves(m.Type().Elem().Elem(), "")
+	slices.SortFunc(leaves, func(a, b string) int { return len(b) - len(a) }) // longest first
+	for _, name := range names {
+		tail, ok := strings.CutPrefix(name, prefix)
+		if !ok {
+			continue
+		}
+		if existingEntry(m, tail, leaves) {
+			continue
+		}
+		for _, leaf := range leaves {
+			entry, ok := strings.CutSuffix(tail, "_"+leaf)
+			if !ok || entry == "" {
+				continue
+			}
+			key := strings.ToLower(entry)
+			if m.IsNil() {
+				m.Set(reflect.MakeMap(m.Type()))
+			}
+			if !m.MapIndex(reflect.ValueOf(key)).IsValid() {
+				m.SetMapIndex(reflect.ValueOf(key), fresh())
+			}
+			break
+		}
+	}
+}
+
+func existingEntry(m reflect.Value, tail string, leaves []string) bool {
+	for _, k := range m.MapKeys() {
+		rest, ok := strings.CutPrefix(tail, envName(k.String())+"_")
+		if ok && slices.Contains(leaves, rest) {
+			return true
+		}
+	}
+	return false
+}
+
+// envLeaves lists the variable tails of every settable key of t
+// (API_KEY, RETRY_SCHEDULE, …).
+func envLeaves(t reflect.Type, prefix string) []string {
+	fields, names := yamlFields(t)
+	var out []string
+	for _, n := range names {
+		f := fields[n]
+		name := prefix + strings.ToUpper(n)
+		switch {
+		case leafType(f.Type) && f.Type.Kind() != reflect.Map:
+			out = append(out, name)
+		case f.Type.Kind() == reflect.Struct:
+			out = append(out, envLeaves(f.Type, name+"_")...)
+		}
+	}
+	return out
+}
+
+func envName(key string) string { return strings.ToUpper(strings.ReplaceAll(key, "-", "_")) }
+
+// setFromEnv walks v and sets every leaf whose variable is present,
+// recording each leaf's variable name in known.
+func setFromEnv(v reflect.Value, name string, env Env, known map[string]bool) []error {
 	if v.Kind() == reflect.Pointer {
 		if v.IsNil() {
 			return nil
 		}
 		v = v.Elem()
 	}
-	if v.Addr().Type().Implements(textUnmarshaler) || v.Kind() != reflect.Struct && v.Kind() != reflect.Map {
-		s, ok := lookup(name)
+	if leafType(v.Type()) {
+		known[name] = true
+		s, ok := env[name]
 		if !ok {
 			return nil
 		}
@@ -82,12 +364,9 @@ func applyEnv(v reflect.Value, name string, lookup func(string) (string, bool)) 
 	var errs []error
 	switch v.Kind() {
 	case reflect.Struct:
-		for i := 0; i < v.NumField(); i++ {
-			tag := strings.Split(v.Type().Field(i).Tag.Get("yaml"), ",")[0]
-			if tag == "" || tag == "-" {
-				continue
-			}
-			errs = append(errs, applyEnv(v.Field(i), name+"_"+strings.ToUpper(tag), lookup)...)
+		fields, names := yamlFields(v.Type())
+		for _, n := range names {
+			errs = append(errs, setFromEnv(v.FieldByIndex(fields[n].Index), name+"_"+strings.ToUpper(n), env, known)...)
 		}
 	case reflect.Map:
 		if v.Type().Elem().Kind() != reflect.Pointer {
@@ -96,8 +375,7 @@ func applyEnv(v reflect.Value, name string, lookup func(string) (string, bool)) 
 		keys := v.MapKeys()
 		sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
 		for _, k := range keys {
-			envKey := strings.ToUpper(strings.ReplaceAll(k.String(), "-", "_"))
-			errs = append(errs, applyEnv(v.MapIndex(k), name+"_"+envKey, lookup)...)
+			errs = append(errs, setFromEnv(v.MapIndex(k), name+"_"+envName(k.String()), env, known)...)
 		}
 	}
 	return errs
@@ -146,7 +424,6 @@ func setLeaf(v reflect.Value, s string) error {
 	}
 	return nil
 }
-
 // readSecretFiles fills each secret from its *_file key.
 func (c *Config) readSecretFiles() []error {
 	var errs []error
