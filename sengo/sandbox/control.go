@@ -3,6 +3,8 @@ package sandbox
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"sort"
 	"time"
@@ -39,7 +41,7 @@ func (s *Server) controls() {
 	})
 	s.mux.HandleFunc("POST /sandbox/faults", func(w http.ResponseWriter, r *http.Request) {
 		var c controlState
-		if err := json.NewDecoder(r.Body).Decode(&c); err != nil {
+		if err := decodeControl(r, &c); err != nil {
 			writeEnvelope(w, 422, sengo.CodeRequestInvalid, map[string]string{"message": err.Error()})
 			return
 		}
@@ -49,13 +51,32 @@ func (s *Server) controls() {
 	})
 	s.mux.HandleFunc("POST /sandbox/projects", func(w http.ResponseWriter, r *http.Request) {
 		var p Project
-		if err := json.NewDecoder(r.Body).Decode(&p); err != nil || p.Key == "" || p.Token == "" {
+		if err := decodeControl(r, &p); err != nil {
+			writeEnvelope(w, 422, sengo.CodeRequestInvalid, map[string]string{"message": err.Error()})
+			return
+		}
+		if p.Key == "" || p.Token == "" {
 			writeEnvelope(w, 422, sengo.CodeRequestInvalid, map[string]string{"message": "key and token are required"})
 			return
 		}
 		s.AddProject(p)
 		writeEnvelope(w, 200, "success", map[string]string{"key": p.Key})
 	})
+}
+
+// decodeControl reads one JSON object of a control request; the error says
+// which field was wrong and why (a type mismatch, an unknown field).
+func decodeControl(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return fmt.Errorf("field %s: want a JSON %s, got %s", te.Field, te.Type, te.Value)
+		}
+		return fmt.Errorf("body: %v", err)
+	}
+	return nil
 }
 
 type controlState struct {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -207,5 +208,32 @@ func TestStatePersists(t *testing.T) {
 	}
 	if _, err := sb2.Transition(tx.ID, event.StatusSuccess); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A control request with a wrong field says which field and why, instead
+// of a generic "key and token are required".
+func TestControlDecodeErrorsAreShown(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(sb.Handler())
+	t.Cleanup(func() { hs.Close(); sb.Close() })
+	for _, tc := range []struct{ path, body, want string }{
+		{"/sandbox/projects", `{"key":"k","token":"t","active":true}`, "field active: want a JSON int64, got bool"},
+		{"/sandbox/projects", `{"key":"k","token":"t","balance":5}`, `unknown field \"balance\"`},
+		{"/sandbox/projects", `{"key":"k"}`, "key and token are required"},
+		{"/sandbox/faults", `{"callbacks":{"drop":"yes"}}`, "field callbacks.drop: want a JSON bool, got string"},
+	} {
+		resp, err := http.Post(hs.URL+tc.path, "application/json", strings.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 422 || !strings.Contains(string(b), tc.want) {
+			t.Errorf("%s %s: %d %s; want 422 with %q", tc.path, tc.body, resp.StatusCode, b, tc.want)
+		}
 	}
 }
