@@ -42,9 +42,14 @@ type ReplayProgress struct {
 	Job     string `json:"job"`
 	Total   uint64 `json:"total"`   // events stored since Since, to scan
 	Scanned uint64 `json:"scanned"` // read so far
-	Matched uint64 `json:"matched"` // selected, per endpoint
+	Matched uint64 `json:"matched"` // deliveries selected: an event counts once per endpoint it goes to
 	Queued  uint64 `json:"queued"`  // copies queued for delivery (0 in a dry run)
-	Done    bool   `json:"done"`
+	// AlreadyQueued counts copies an earlier run of the same job queued
+	// (the stream deduplicated them): a resumed replay does not send twice.
+	AlreadyQueued uint64 `json:"alreadyQueued"`
+	// PerEndpoint counts the deliveries matched for each endpoint.
+	PerEndpoint map[string]uint64 `json:"perEndpoint"`
+	Done        bool              `json:"done"`
 }
 
 // Replay scans SENGO_EVENTS and queues a copy of every matching event on
@@ -68,7 +73,10 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 	if until.IsZero() {
 		until = time.Now()
 	}
-	p := ReplayProgress{Job: req.JobID()}
+	p := ReplayProgress{Job: req.JobID(), PerEndpoint: map[string]uint64{}}
+	for _, ep := range targets {
+		p.PerEndpoint[ep.Name] = 0
+	}
 	if progress == nil {
 		progress = func(ReplayProgress) {}
 	}
@@ -87,6 +95,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 				continue
 			}
 			p.Matched++
+			p.PerEndpoint[ep.Name]++
 			if req.DryRun {
 				continue
 			}
@@ -96,10 +105,15 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 				HeaderEventSeq:      []string{strconv.FormatUint(meta.Sequence.Stream, 10)},
 				event.HeaderEventID: []string{ev.ID},
 			}}
-			if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(p.Job+"."+ep.Name+"."+ev.ID), jetstream.WithExpectStream(event.StreamReplay)); err != nil {
+			ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(p.Job+"."+ep.Name+"."+ev.ID), jetstream.WithExpectStream(event.StreamReplay))
+			if err != nil {
 				return false, fmt.Errorf("queue %s for %s: %w", ev.ID, ep.Name, err)
 			}
-			p.Queued++
+			if ack.Duplicate {
+				p.AlreadyQueued++
+			} else {
+				p.Queued++
+			}
 		}
 		return true, nil
 	}, func(n uint64) { p.Total = n; progress(p) })

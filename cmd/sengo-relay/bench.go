@@ -1,11 +1,8 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
-	"io"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -13,14 +10,23 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/sengo-relay/sengo-relay/internal/bench"
 	"github.com/sengo-relay/sengo-relay/internal/config"
 )
 
-// runBench is `sengo-relay bench`.
-func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+// newBenchCmd is `sengo-relay bench`.
+func newBenchCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure the relay against the raw limits of HTTP and JetStream (see BENCHMARKS.md)",
+		Long: `bench runs, in one process, the raw limits (JetStream publish, Echo) beside the relay's own
+paths (callback endpoint, intake, webhook delivery, end to end), and prints each with its
+latency percentiles and peak RSS. It starts its own embedded JetStream in a temp dir.`,
+		Args: cobra.NoArgs,
+	}
+	fs := c.Flags()
 	conc := fs.Int("concurrency", 64, "connections/goroutines of the closed-loop scenarios")
 	dur := fs.Duration("duration", 10*time.Second, "duration of each scenario")
 	payload := fs.Int("payload", 700, "callback body size in bytes")
@@ -37,71 +43,72 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	only := fs.String("scenarios", "", "comma-separated scenarios to run (default all; none: only the soak): "+strings.Join(bench.ScenarioKeys(), ", "))
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
 	allocProfile := fs.String("allocprofile", "", "write the run's allocations profile to this file (go tool pprof -sample_index=alloc_space)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		ctx, stdout, stderr := c.Context(), c.OutOrStdout(), c.ErrOrStderr()
+		if *cpuProfile != "" {
+			f, err := os.Create(*cpuProfile)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer pprof.StopCPUProfile()
+		}
+		if *allocProfile != "" {
+			runtime.MemProfileRate = 64 << 10
+			defer func() {
+				if f, err := os.Create(*allocProfile); err == nil {
+					_ = pprof.Lookup("allocs").WriteTo(f, 0)
+					f.Close()
+				}
+			}()
+		}
+		var scenarios []string
+		if *only != "" {
+			scenarios = strings.Split(*only, ",")
+			for _, sc := range scenarios {
+				if sc != "none" && !slices.Contains(bench.ScenarioKeys(), sc) {
+					return fmt.Errorf("--scenarios: unknown scenario %q (known: %s)", sc, strings.Join(bench.ScenarioKeys(), ", "))
+				}
+			}
+		}
+		cfg := config.Default()
+		cfg.NATS.URL, cfg.NATS.Replicas = *natsURL, *replicas
+		if *dupWindow > 0 {
+			cfg.Streams.Inbox.DuplicateWindow = config.Duration(*dupWindow)
+			cfg.Streams.Events.DuplicateWindow = config.Duration(*dupWindow)
+		}
+		if *txTTL > 0 {
+			cfg.Streams.Transactions.TTL = config.Duration(*txTTL)
+		}
+		if *replicas > 1 && *natsURL == "" {
+			return fmt.Errorf("--replicas %d needs --nats-url to a cluster", *replicas)
+		}
+		bc := bench.Config{Concurrency: *conc, Duration: *dur, Payload: *payload, Rate: *rate, EndpointRate: *endpointRate, Deliveries: *n, Soak: *soak, Scenarios: scenarios,
+			NATSURL: *natsURL, Spec: provisionSpec(cfg), Progress: stderr}
+		switch *sync {
+		case "always":
+			bc.SyncAlways = true
+		default:
+			d, err := time.ParseDuration(*sync)
+			if err != nil {
+				return fmt.Errorf("--sync-interval: %w", err)
+			}
+			bc.SyncInterval = d
+		}
+		r, err := bench.Run(ctx, bc)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
+		if *asJSON {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(r)
 		}
-		defer pprof.StopCPUProfile()
+		r.Table(stdout)
+		return nil
 	}
-	if *allocProfile != "" {
-		runtime.MemProfileRate = 64 << 10
-		defer func() {
-			if f, err := os.Create(*allocProfile); err == nil {
-				_ = pprof.Lookup("allocs").WriteTo(f, 0)
-				f.Close()
-			}
-		}()
-	}
-	var scenarios []string
-	if *only != "" {
-		scenarios = strings.Split(*only, ",")
-		for _, sc := range scenarios {
-			if sc != "none" && !slices.Contains(bench.ScenarioKeys(), sc) {
-				return fmt.Errorf("--scenarios: unknown scenario %q (known: %s)", sc, strings.Join(bench.ScenarioKeys(), ", "))
-			}
-		}
-	}
-	cfg := config.Default()
-	cfg.NATS.URL, cfg.NATS.Replicas = *natsURL, *replicas
-	if *dupWindow > 0 {
-		cfg.Streams.Inbox.DuplicateWindow = config.Duration(*dupWindow)
-		cfg.Streams.Events.DuplicateWindow = config.Duration(*dupWindow)
-	}
-	if *txTTL > 0 {
-		cfg.Streams.Transactions.TTL = config.Duration(*txTTL)
-	}
-	if *replicas > 1 && *natsURL == "" {
-		return fmt.Errorf("--replicas %d needs --nats-url to a cluster", *replicas)
-	}
-	bc := bench.Config{Concurrency: *conc, Duration: *dur, Payload: *payload, Rate: *rate, EndpointRate: *endpointRate, Deliveries: *n, Soak: *soak, Scenarios: scenarios,
-		NATSURL: *natsURL, Spec: provisionSpec(cfg), Progress: stderr}
-	switch *sync {
-	case "always":
-		bc.SyncAlways = true
-	default:
-		d, err := time.ParseDuration(*sync)
-		if err != nil {
-			return fmt.Errorf("--sync-interval: %w", err)
-		}
-		bc.SyncInterval = d
-	}
-	r, err := bench.Run(ctx, bc)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(r)
-	}
-	r.Table(stdout)
-	return nil
+	return c
 }

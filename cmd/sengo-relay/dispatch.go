@@ -4,11 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"maps"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +14,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/internal/admin"
@@ -91,9 +90,9 @@ func cliConnect(cfg config.Config) (*nats.Conn, jetstream.JetStream, error) {
 
 // emptyFlag refuses a filter flag given an empty value (an unset shell
 // variable): it would select everything, not nothing.
-func emptyFlag(fs *flag.FlagSet) error {
+func emptyFlag(c *cobra.Command) error {
 	var empty error
-	fs.Visit(func(fl *flag.Flag) {
+	c.Flags().Visit(func(fl *pflag.Flag) {
 		if fl.Name != "config" && fl.Value.String() == "" && empty == nil {
 			empty = fmt.Errorf("--%s is empty: give a value, or leave the flag out", fl.Name)
 		}
@@ -101,58 +100,93 @@ func emptyFlag(fs *flag.FlagSet) error {
 	return empty
 }
 
-// runDLQ is `sengo-relay dlq list|show|redrive|purge`.
-func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return errors.New("usage: sengo-relay dlq list|show|redrive|purge [--endpoint N] [--since T] [--until T] [--transaction ID] [--merchant-ref R] [--seq N] [--all] [--json]")
+// dlqFlags are the selection flags of the dlq commands.
+type dlqFlags struct {
+	endpoint, since, until, tx, ref string
+	seq                             uint64
+	all, json                       bool
+}
+
+func (f *dlqFlags) filters(c *cobra.Command) {
+	c.Flags().StringVar(&f.endpoint, "endpoint", "", "only this endpoint")
+	c.Flags().StringVar(&f.since, "since", "", "dead-lettered at or after (RFC 3339, or back from now: 24h, 30d)")
+	c.Flags().StringVar(&f.until, "until", "", "dead-lettered at or before (RFC 3339, or back from now)")
+	c.Flags().StringVar(&f.tx, "transaction", "", "only this SenGo transaction id")
+	c.Flags().StringVar(&f.ref, "merchant-ref", "", "only this merchantRef")
+	c.Flags().Uint64Var(&f.seq, "seq", 0, "one dead letter by its SENGO_DLQ sequence")
+}
+
+func (f *dlqFlags) any() bool {
+	return f.endpoint != "" || f.since != "" || f.until != "" || f.tx != "" || f.ref != "" || f.seq != 0
+}
+
+// newDLQCmd is `sengo-relay dlq list|show|redrive|purge`.
+func newDLQCmd() *cobra.Command {
+	parent := &cobra.Command{
+		Use:   "dlq",
+		Short: "List, show, redrive or purge dead letters",
+		Long: `Dead letters are events an endpoint did not accept within its retry budget (or refused
+for good: 410, a redirect). Each keeps the event, the endpoint, the attempts and the last
+answer. Redrive queues them again for their endpoint with a fresh budget and the same
+webhook-id; purge deletes them.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return errors.New("dlq needs a command: list, show, redrive or purge (sengo-relay dlq --help)")
+		},
 	}
-	verb := args[0]
-	fs := flag.NewFlagSet("dlq "+verb, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "config.yaml", "configuration file")
-	endpoint := fs.String("endpoint", "", "only this endpoint")
-	since := fs.String("since", "", "dead-lettered at or after (RFC 3339 or a duration back, e.g. 24h)")
-	until := fs.String("until", "", "dead-lettered at or before")
-	tx := fs.String("transaction", "", "only this SenGo transaction id")
-	ref := fs.String("merchant-ref", "", "only this merchantRef")
-	seq := fs.Uint64("seq", 0, "one dead letter by its sequence")
-	all := fs.Bool("all", false, "purge: allow purging without a filter")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args[1:]); err != nil {
-		return err
-	}
-	if err := emptyFlag(fs); err != nil {
-		return err
-	}
-	cfg, err := config.Load(*path, config.Environ(os.Environ()))
-	if err != nil {
-		return err
-	}
-	f := dispatcher.DLQFilter{Endpoint: *endpoint, TransactionID: *tx, MerchantRef: *ref, Seq: *seq}
-	now := time.Now()
-	if f.Since, err = admin.ParseTime(*since, now); err != nil {
-		return fmt.Errorf("--since: %w", err)
-	}
-	if f.Until, err = admin.ParseTime(*until, now); err != nil {
-		return fmt.Errorf("--until: %w", err)
-	}
-	nc, js, err := cliConnect(cfg)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	entries, err := dispatcher.ListDLQ(ctx, js, f)
-	if err != nil {
-		return err
-	}
-	switch verb {
-	case "list":
-		if *asJSON {
-			return json.NewEncoder(stdout).Encode(entries)
+	verb := func(use, short string, f *dlqFlags, needs func(*dlqFlags) error, act func(c *cobra.Command, js jetstream.JetStream, f *dlqFlags, entries []dispatcher.DLQEntry) error) *cobra.Command {
+		c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs}
+		c.RunE = func(c *cobra.Command, _ []string) error {
+			if err := emptyFlag(c); err != nil {
+				return err
+			}
+			if err := needs(f); err != nil {
+				return err
+			}
+			_, cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			sel := dispatcher.DLQFilter{Endpoint: f.endpoint, TransactionID: f.tx, MerchantRef: f.ref, Seq: f.seq}
+			now := time.Now()
+			if sel.Since, err = admin.ParseTime(f.since, now); err != nil {
+				return fmt.Errorf("--since: %w", err)
+			}
+			if sel.Until, err = admin.ParseTime(f.until, now); err != nil {
+				return fmt.Errorf("--until: %w", err)
+			}
+			if f.endpoint != "" && cfg.Endpoints[f.endpoint] == nil {
+				return fmt.Errorf("--endpoint %q: no such endpoint in %s (configured: %s)", f.endpoint, c.Flag("config").Value, strings.Join(sortedNames(cfg.Endpoints), ", "))
+			}
+			nc, js, err := cliConnect(cfg)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			ctx, cancel := context.WithTimeout(c.Context(), 5*time.Minute)
+			defer cancel()
+			c.SetContext(ctx)
+			entries, err := dispatcher.ListDLQ(ctx, js, sel)
+			if err != nil {
+				return err
+			}
+			return act(c, js, f, entries)
 		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		addConfigFlag(c)
+		return c
+	}
+	none := func(*dlqFlags) error { return nil }
+
+	lf, sf, rf, pf := &dlqFlags{}, &dlqFlags{}, &dlqFlags{}, &dlqFlags{}
+	list := verb("list", "List dead letters (all, or those the filters select)", lf, none, func(c *cobra.Command, _ jetstream.JetStream, f *dlqFlags, entries []dispatcher.DLQEntry) error {
+		out := c.OutOrStdout()
+		if f.json {
+			if entries == nil {
+				entries = []dispatcher.DLQEntry{}
+			}
+			return json.NewEncoder(out).Encode(entries)
+		}
+		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SEQ\tDEAD AT\tENDPOINT\tEVENT\tTRANSACTION\tMERCHANT REF\tREASON\tATTEMPTS\tLAST")
 		for _, e := range entries {
 			last := fmt.Sprint(e.LastStatus)
@@ -162,85 +196,181 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Seq, e.Stored.Format(time.RFC3339), e.Endpoint, e.EventID, e.TransactionID, e.MerchantRef, e.Reason, e.Attempts, last)
 		}
 		tw.Flush()
-		fmt.Fprintf(stdout, "%d dead letters\n", len(entries))
-	case "show":
-		if *seq == 0 {
-			return errors.New("dlq show needs --seq")
+		fmt.Fprintf(out, "%d dead letters\n", len(entries))
+		return nil
+	})
+	lf.filters(list)
+	list.Flags().BoolVar(&lf.json, "json", false, "print JSON")
+
+	show := verb("show", "Show one dead letter, with its event, as JSON", sf, func(f *dlqFlags) error {
+		if f.seq == 0 {
+			return errors.New("dlq show needs --seq (the SEQ column of dlq list)")
 		}
+		return nil
+	}, func(c *cobra.Command, _ jetstream.JetStream, f *dlqFlags, entries []dispatcher.DLQEntry) error {
 		if len(entries) == 0 {
-			return fmt.Errorf("no dead letter %d", *seq)
+			return fmt.Errorf("no dead letter %d", f.seq)
 		}
-		enc := json.NewEncoder(stdout)
+		enc := json.NewEncoder(c.OutOrStdout())
 		enc.SetIndent("", "  ")
 		return enc.Encode(entries[0])
-	case "redrive":
-		n, err := dispatcher.Redrive(ctx, js, entries)
-		fmt.Fprintf(stdout, "redriven %d of %d\n", n, len(entries))
-		return err
-	case "purge":
-		if *endpoint == "" && *tx == "" && *ref == "" && *seq == 0 && *since == "" && *until == "" && !*all {
-			return errors.New("dlq purge needs a filter, or --all")
+	})
+	show.Flags().Uint64Var(&sf.seq, "seq", 0, "the dead letter's SENGO_DLQ sequence (the SEQ column of dlq list)")
+
+	redrive := verb("redrive", "Queue the selected dead letters for delivery again (fresh budget, same webhook-id)", rf, func(f *dlqFlags) error {
+		if !f.any() && !f.all {
+			return errors.New("dlq redrive needs a filter (--endpoint, --since, --until, --transaction, --merchant-ref, --seq), or --all")
 		}
-		n, err := dispatcher.Purge(ctx, js, entries)
-		fmt.Fprintf(stdout, "purged %d\n", n)
+		return nil
+	}, func(c *cobra.Command, js jetstream.JetStream, _ *dlqFlags, entries []dispatcher.DLQEntry) error {
+		n, err := dispatcher.Redrive(c.Context(), js, entries)
+		fmt.Fprintf(c.OutOrStdout(), "redriven %d of %d\n", n, len(entries))
 		return err
-	default:
-		return fmt.Errorf("unknown dlq command %q (list, show, redrive, purge)", verb)
-	}
-	return nil
+	})
+	rf.filters(redrive)
+	redrive.Flags().BoolVar(&rf.all, "all", false, "redrive every dead letter (without a filter)")
+
+	purge := verb("purge", "Delete the selected dead letters", pf, func(f *dlqFlags) error {
+		if !f.any() && !f.all {
+			return errors.New("dlq purge needs a filter (--endpoint, --since, --until, --transaction, --merchant-ref, --seq), or --all")
+		}
+		return nil
+	}, func(c *cobra.Command, js jetstream.JetStream, _ *dlqFlags, entries []dispatcher.DLQEntry) error {
+		n, err := dispatcher.Purge(c.Context(), js, entries)
+		fmt.Fprintf(c.OutOrStdout(), "purged %d\n", n)
+		return err
+	})
+	pf.filters(purge)
+	purge.Flags().BoolVar(&pf.all, "all", false, "purge every dead letter (without a filter)")
+
+	parent.AddCommand(list, show, redrive, purge)
+	return parent
 }
 
-// runReplay is `sengo-relay replay`.
-func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "config.yaml", "configuration file")
-	endpoint := fs.String("endpoint", "", "endpoint to replay to")
-	all := fs.Bool("all", false, "replay to every endpoint (each gets what its filter selects)")
-	since := fs.String("since", "", "events stored at or after (RFC 3339 or a duration back, e.g. 24h)")
-	until := fs.String("until", "", "events stored at or before (default now)")
-	status := fs.String("status", "", "only these statuses, comma-separated")
-	tx := fs.String("transaction", "", "only this SenGo transaction id")
-	ref := fs.String("merchant-ref", "", "only this merchantRef")
-	dry := fs.Bool("dry-run", false, "count what would be replayed, queue nothing")
-	if err := fs.Parse(args); err != nil {
-		return err
+// newReplayCmd is `sengo-relay replay`.
+func newReplayCmd() *cobra.Command {
+	var endpoint, since, until, status, tx, ref string
+	var all, dry bool
+	c := &cobra.Command{
+		Use:   "replay",
+		Short: "Deliver stored events again (by endpoint, time window, filters)",
+		Long: `replay scans SENGO_EVENTS for events stored in a window and queues a copy of each
+for the endpoint (or every endpoint with --all, each getting what its filter selects). Copies
+go through the normal signing, retries and dead letters, with the same webhook-id and
+webhook-replay: true.
+
+A relative --since or --until (24h, 30d) is turned into an absolute window when the command
+starts, and printed. A replay is identified by its window and filters: running the printed
+command again resumes it (copies already queued are skipped, within streams.replay.duplicate_window).`,
+		Example: `  sengo-relay replay --endpoint orders --since 24h --dry-run
+  sengo-relay replay --endpoint orders --since 2025-03-23T00:00:00+07:00 --until 2025-03-24T00:00:00+07:00
+  sengo-relay replay --all --since 6h --status success`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := emptyFlag(c); err != nil {
+				return err
+			}
+			_, cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			eps, err := dispatcherEndpoints(cfg)
+			if err != nil {
+				return err
+			}
+			var statuses []string
+			if status != "" {
+				statuses = strings.Split(status, ",")
+			}
+			req, err := admin.ReplayRequest(eps, endpoint, all, since, until, statuses, tx, ref, dry, time.Now())
+			if err != nil {
+				return err
+			}
+			stdout, stderr := c.OutOrStdout(), c.ErrOrStderr()
+			resume := resumeCommand(c, req)
+			fmt.Fprintf(stdout, "replay %s: events stored %s to %s, for %s\n", req.JobID(), req.Since.UTC().Format(time.RFC3339), req.Until.UTC().Format(time.RFC3339), strings.Join(req.Endpoints, ", "))
+			nc, js, err := cliConnect(cfg)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			last := time.Time{}
+			p, err := dispatcher.Replay(c.Context(), js, eps, req, func(p dispatcher.ReplayProgress) {
+				if time.Since(last) > 500*time.Millisecond || p.Done || p.Scanned == p.Total {
+					last = time.Now()
+					fmt.Fprintf(stderr, "replay %s: %d/%d events scanned, %d deliveries matched\n", p.Job, p.Scanned, p.Total, p.Matched)
+				}
+			})
+			counts := perEndpoint(req.Endpoints, p.PerEndpoint)
+			if req.DryRun {
+				fmt.Fprintf(stdout, "replay %s (dry run): scanned %d events; would queue %d deliveries (per endpoint: %s); nothing queued\n", p.Job, p.Scanned, p.Matched, counts)
+			} else {
+				fmt.Fprintf(stdout, "replay %s: scanned %d events; queued %d deliveries, %d already queued by an earlier run (matched per endpoint: %s)\n", p.Job, p.Scanned, p.Queued, p.AlreadyQueued, counts)
+			}
+			if err != nil {
+				return fmt.Errorf("replay stopped: %w\nto resume this replay (copies already queued are skipped), run:\n  %s", err, resume)
+			}
+			if !req.DryRun {
+				fmt.Fprintf(stdout, "to run this replay again without sending twice what it queued, run:\n  %s\n", resume)
+			}
+			return nil
+		},
 	}
-	cfg, err := config.Load(*path, config.Environ(os.Environ()))
-	if err != nil {
-		return err
+	f := c.Flags()
+	f.StringVar(&endpoint, "endpoint", "", "endpoint to replay to")
+	f.BoolVar(&all, "all", false, "replay to every endpoint (each gets what its filter selects)")
+	f.StringVar(&since, "since", "", "events stored at or after (RFC 3339, or back from now: 24h, 30d); required")
+	f.StringVar(&until, "until", "", "events stored at or before (RFC 3339, or back from now; default: now)")
+	f.StringVar(&status, "status", "", "only these statuses, comma-separated (pending, success, expired, failed)")
+	f.StringVar(&tx, "transaction", "", "only this SenGo transaction id")
+	f.StringVar(&ref, "merchant-ref", "", "only this merchantRef")
+	f.BoolVar(&dry, "dry-run", false, "count what would be queued, per endpoint; queue nothing")
+	addConfigFlag(c)
+	return c
+}
+
+// perEndpoint formats counts in the order of names ("orders 3, crm 0").
+func perEndpoint(names []string, counts map[string]uint64) string {
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = fmt.Sprintf("%s %d", n, counts[n])
 	}
-	eps, err := dispatcherEndpoints(cfg)
-	if err != nil {
-		return err
+	return strings.Join(parts, ", ")
+}
+
+// resumeCommand is the replay command with the window made absolute: the
+// same job, whenever it is run.
+func resumeCommand(c *cobra.Command, r dispatcher.ReplayRequest) string {
+	args := []string{"sengo-relay", "replay"}
+	if fl := c.Flag("config"); fl.Changed || fl.Value.String() != "config.yaml" {
+		args = append(args, "--config", shellQuote(fl.Value.String()))
 	}
-	var statuses []string
-	if *status != "" {
-		statuses = strings.Split(*status, ",")
+	if all, _ := c.Flags().GetBool("all"); all {
+		args = append(args, "--all")
+	} else {
+		args = append(args, "--endpoint", shellQuote(r.Endpoints[0]))
 	}
-	req, err := admin.ReplayRequest(eps, *endpoint, *all, *since, *until, statuses, *tx, *ref, *dry, time.Now())
-	if err != nil {
-		return err
-	}
-	nc, js, err := cliConnect(cfg)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	last := time.Time{}
-	p, err := dispatcher.Replay(ctx, js, eps, req, func(p dispatcher.ReplayProgress) {
-		if time.Since(last) > 500*time.Millisecond || p.Done || p.Scanned == p.Total {
-			last = time.Now()
-			fmt.Fprintf(stderr, "replay %s: %d/%d scanned, %d matched, %d queued\n", p.Job, p.Scanned, p.Total, p.Matched, p.Queued)
+	args = append(args, "--since", r.Since.UTC().Format(time.RFC3339Nano), "--until", r.Until.UTC().Format(time.RFC3339Nano))
+	if len(r.Statuses) > 0 {
+		s := make([]string, len(r.Statuses))
+		for i, st := range r.Statuses {
+			s[i] = string(st)
 		}
-	})
-	verb := "queued for delivery"
-	if req.DryRun {
-		verb = "would be queued (dry run)"
+		args = append(args, "--status", strings.Join(s, ","))
 	}
-	fmt.Fprintf(stdout, "replay %s: scanned %d events, %d matched, %d %s\n", p.Job, p.Scanned, p.Matched, p.Queued, verb)
-	if err != nil {
-		return fmt.Errorf("replay stopped (run the same command again to resume): %w", err)
+	if r.TransactionID != "" {
+		args = append(args, "--transaction", shellQuote(r.TransactionID))
 	}
-	return nil
+	if r.MerchantRef != "" {
+		args = append(args, "--merchant-ref", shellQuote(r.MerchantRef))
+	}
+	return strings.Join(args, " ")
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:+=,@") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -182,12 +182,34 @@ func TestDeliveryEndToEnd(t *testing.T) {
 	if err := run(context.Background(), []string{"replay", "--config", cfg, "--endpoint", "orders", "--since", "1h"}, &out, &progress); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "1 matched, 1 queued") || !strings.Contains(progress.String(), "1/1 scanned") {
+	if !strings.Contains(out.String(), "queued 1 deliveries, 0 already queued by an earlier run (matched per endpoint: orders 1)") || !strings.Contains(progress.String(), "1/1 events scanned") {
 		t.Fatalf("replay output %q progress %q", out.String(), progress.String())
 	}
 	eventually(t, "the replayed webhook", func() bool { return len(good.received()) == 2 })
 	if ids := good.received(); ids[1] != want {
 		t.Fatalf("replay changed the id: %v", ids)
+	}
+
+	// The printed command runs the same job again: nothing is sent twice,
+	// whereas the relative --since 1h would now be another window.
+	_, resume, ok := strings.Cut(out.String(), "run:\n  sengo-relay ")
+	if !ok {
+		t.Fatalf("no resume command in %q", out.String())
+	}
+	out.Reset()
+	if err := run(context.Background(), strings.Fields(resume), &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "queued 0 deliveries, 1 already queued by an earlier run") {
+		t.Fatalf("second run: %q", out.String())
+	}
+	// A dry run counts per endpoint and queues nothing.
+	out.Reset()
+	if err := run(context.Background(), []string{"replay", "--config", cfg, "--all", "--since", "1d", "--dry-run"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "would queue 2 deliveries (per endpoint: broken 1, orders 1); nothing queued") {
+		t.Fatalf("dry run: %q", out.String())
 	}
 }
 

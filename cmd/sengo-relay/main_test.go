@@ -288,6 +288,11 @@ func TestServeEndToEnd(t *testing.T) {
 	if err := run(context.Background(), []string{"healthcheck", "--url", base + "/healthz"}, io.Discard, io.Discard); err != nil {
 		t.Fatalf("healthcheck against a running relay: %v", err)
 	}
+	// Without --url it probes http.listen, as the container's healthcheck does.
+	t.Setenv("SENGO_RELAY_HTTP_LISTEN", strings.TrimPrefix(base, "http://"))
+	if err := run(context.Background(), []string{"healthcheck", "--config", checkedInConfig}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("healthcheck on http.listen: %v", err)
+	}
 	sub := subscribe(t, natsURL, subscriberAuth(t, logs))
 
 	distinct := map[string]bool{}

@@ -4,93 +4,115 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/sengo-relay/sengo-relay/internal/config"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
 	"github.com/sengo-relay/sengo-relay/receiver"
 )
 
-// runQuarantine is `sengo-relay quarantine list|show|redrive`.
-func runQuarantine(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	const usage = "usage: sengo-relay quarantine list|show|redrive [--project P] [--transaction ID] [--seq N] [--all] [--json]"
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return errors.New(usage)
+// newQuarantineCmd is `sengo-relay quarantine list|show|redrive`.
+func newQuarantineCmd() *cobra.Command {
+	parent := &cobra.Command{
+		Use:   "quarantine",
+		Short: "List, show or redrive notifications set aside by intake (with the reason)",
+		Long: `Intake quarantines a notification it can never process as it stands: SenGo's API does
+not know the transaction, or reports other amounts; it stayed unconfirmed; it cannot be decoded.
+Nothing of it was published. Redrive sends it through intake again, which confirms it with
+SenGo again.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return errors.New("quarantine needs a command: list, show or redrive (sengo-relay quarantine --help)")
+		},
 	}
-	verb := args[0]
-	fs := flag.NewFlagSet("quarantine "+verb, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "config.yaml", "configuration file")
-	project := fs.String("project", "", "only this project")
-	tx := fs.String("transaction", "", "only this SenGo transaction id")
-	seq := fs.Uint64("seq", 0, "one notification by its SENGO_QUARANTINE sequence")
-	all := fs.Bool("all", false, "redrive: every quarantined notification")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args[1:]); err != nil {
-		return err
+	type qflags struct {
+		project, tx string
+		seq         uint64
+		all, json   bool
 	}
-	if err := emptyFlag(fs); err != nil {
-		return err
-	}
-	cfg, err := config.Load(*path, config.Environ(os.Environ()))
-	if err != nil {
-		return err
-	}
-	f := receiver.QuarantineFilter{Project: *project, TransactionID: *tx, Seq: *seq}
-	switch verb {
-	case "list", "redrive":
-	case "show":
-		if *seq == 0 {
-			return errors.New("quarantine show needs --seq")
+	verb := func(use, short string, f *qflags, act func(c *cobra.Command, js jetstream.JetStream, entries []receiver.QuarantineEntry) error) *cobra.Command {
+		c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs}
+		c.RunE = func(c *cobra.Command, _ []string) error {
+			if err := emptyFlag(c); err != nil {
+				return err
+			}
+			sel := receiver.QuarantineFilter{Project: f.project, TransactionID: f.tx, Seq: f.seq}
+			switch {
+			case use == "show" && f.seq == 0:
+				return errors.New("quarantine show needs --seq (the SEQ column of quarantine list)")
+			case use == "redrive" && sel == (receiver.QuarantineFilter{}) && !f.all:
+				return errors.New("quarantine redrive needs --project, --transaction or --seq, or --all")
+			}
+			_, cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			if f.project != "" && cfg.Projects[f.project] == nil {
+				return fmt.Errorf("--project %q: no such project (configured: %s)", f.project, strings.Join(cfg.ProjectNames(), ", "))
+			}
+			nc, js, err := cliConnect(cfg)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			ctx, cancel := context.WithTimeout(c.Context(), 5*time.Minute)
+			defer cancel()
+			c.SetContext(ctx)
+			entries, err := receiver.ListQuarantine(ctx, js, sel)
+			if err != nil && !(use == "show" && strings.Contains(err.Error(), "not found")) {
+				return err
+			}
+			return act(c, js, entries)
 		}
-	default:
-		return fmt.Errorf("unknown quarantine command %q (list, show, redrive)", verb)
+		addConfigFlag(c)
+		return c
 	}
-	if verb == "redrive" && f == (receiver.QuarantineFilter{}) && !*all {
-		return errors.New("quarantine redrive needs --project, --transaction or --seq, or --all")
-	}
-	nc, js, err := cliConnect(cfg)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	entries, err := receiver.ListQuarantine(ctx, js, f)
-	if err != nil && !(verb == "show" && strings.Contains(err.Error(), "not found")) {
-		return err
-	}
-	switch verb {
-	case "list":
-		if *asJSON {
+	lf, sf, rf := &qflags{}, &qflags{}, &qflags{}
+	list := verb("list", "List quarantined notifications with the reason", lf, func(c *cobra.Command, _ jetstream.JetStream, entries []receiver.QuarantineEntry) error {
+		out := c.OutOrStdout()
+		if lf.json {
 			if entries == nil {
 				entries = []receiver.QuarantineEntry{}
 			}
-			return json.NewEncoder(stdout).Encode(entries)
+			return json.NewEncoder(out).Encode(entries)
 		}
-		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SEQ\tQUARANTINED AT\tPROJECT\tTRANSACTION\tSTATUS\tRECHECKS\tREASON")
 		for _, e := range entries {
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Stored.Format(time.RFC3339), e.Project, e.TransactionID, e.Status, e.Rechecks, e.Reason)
 		}
 		tw.Flush()
-		fmt.Fprintf(stdout, "%d quarantined notifications\n", len(entries))
-	case "show":
+		fmt.Fprintf(out, "%d quarantined notifications\n", len(entries))
+		return nil
+	})
+	list.Flags().StringVar(&lf.project, "project", "", "only this project")
+	list.Flags().StringVar(&lf.tx, "transaction", "", "only this SenGo transaction id")
+	list.Flags().BoolVar(&lf.json, "json", false, "print JSON")
+
+	show := verb("show", "Show one quarantined notification, with SenGo's answer, as JSON", sf, func(c *cobra.Command, _ jetstream.JetStream, entries []receiver.QuarantineEntry) error {
 		if len(entries) == 0 {
-			return fmt.Errorf("no quarantined notification %d", *seq)
+			return fmt.Errorf("no quarantined notification %d", sf.seq)
 		}
-		enc := json.NewEncoder(stdout)
+		enc := json.NewEncoder(c.OutOrStdout())
 		enc.SetIndent("", "  ")
 		return enc.Encode(entries[0])
-	case "redrive":
-		n, err := receiver.RedriveQuarantine(ctx, js, entries)
-		fmt.Fprintf(stdout, "redriven %d of %d (each is confirmed with SenGo again)\n", n, len(entries))
+	})
+	show.Flags().Uint64Var(&sf.seq, "seq", 0, "its SENGO_QUARANTINE sequence (the SEQ column of quarantine list)")
+
+	redrive := verb("redrive", "Send the selected notifications through intake again (confirmed with SenGo again)", rf, func(c *cobra.Command, js jetstream.JetStream, entries []receiver.QuarantineEntry) error {
+		n, err := receiver.RedriveQuarantine(c.Context(), js, entries)
+		fmt.Fprintf(c.OutOrStdout(), "redriven %d of %d (each is confirmed with SenGo again)\n", n, len(entries))
 		return err
-	}
-	return nil
+	})
+	redrive.Flags().StringVar(&rf.project, "project", "", "only this project")
+	redrive.Flags().StringVar(&rf.tx, "transaction", "", "only this SenGo transaction id")
+	redrive.Flags().Uint64Var(&rf.seq, "seq", 0, "one notification by its SENGO_QUARANTINE sequence")
+	redrive.Flags().BoolVar(&rf.all, "all", false, "every quarantined notification")
+
+	parent.AddCommand(list, show, redrive)
+	return parent
 }

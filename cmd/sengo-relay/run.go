@@ -2,10 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -13,97 +12,159 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/cobra/doc"
+
 	"github.com/sengo-relay/sengo-relay/internal/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
 var version = ""
 
-const usage = `usage: sengo-relay [command] [flags]
-
-commands:
-  serve          run the relay (the default)
-  check-config   load and validate the configuration, print a summary
-  reconcile      feed status changes SenGo lists but the relay never received
-  sandbox        run a local SenGo (or: sandbox pay|expire|fail ID, callbacks, transactions)
-  dlq            list, show, redrive or purge dead letters
-  replay         deliver stored events again (by endpoint, time window, filters)
-  quarantine     list, show or redrive notifications set aside by intake (with the reason)
-  bench          measure the relay against the raw limits (see BENCHMARKS.md)
-  healthcheck    exit 0 if the relay answers /healthz (for container healthchecks)
-  version        print the version
-
-flags of serve and check-config:
-  --config PATH  configuration file (default ./config.yaml)
-`
-
 // run is the whole program: main calls it with the process's arguments and
-// streams; tests call it with their own.
+// streams; tests call it with their own. Help goes to stdout and succeeds;
+// errors are returned for main to print on stderr.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cmd := "serve"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		cmd, args = args[0], args[1:]
-	}
-	switch cmd {
-	case "serve", "check-config":
-		path, err := configFlag(cmd, args, stderr)
-		if err != nil {
-			return err
-		}
-		cfg, err := config.Load(path, config.Environ(os.Environ()))
-		if err != nil {
-			return err
-		}
-		if cmd == "check-config" {
-			return printSummary(stdout, path, cfg)
-		}
-		return serve(ctx, cfg, stdout)
-	case "reconcile":
-		return runReconcile(ctx, args, stdout, stderr)
-	case "sandbox":
-		return runSandbox(ctx, args, stdout, stderr)
-	case "dlq":
-		return runDLQ(ctx, args, stdout, stderr)
-	case "replay":
-		return runReplay(ctx, args, stdout, stderr)
-	case "quarantine":
-		return runQuarantine(ctx, args, stdout, stderr)
-	case "bench":
-		return runBench(ctx, args, stdout, stderr)
-	case "healthcheck":
-		fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-		fs.SetOutput(stderr)
-		url := fs.String("url", "http://127.0.0.1:8080/healthz", "health endpoint to probe")
-		if err := fs.Parse(args); err != nil {
-			return err
-		}
-		return healthcheck(ctx, *url)
-	case "version":
-		fmt.Fprintln(stdout, "sengo-relay", versionString())
-		return nil
-	case "help":
-		fmt.Fprint(stdout, usage)
-		return nil
-	default:
-		fmt.Fprint(stderr, usage)
-		return fmt.Errorf("unknown command %q", cmd)
-	}
+	root := newRootCmd()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	return root.ExecuteContext(ctx)
 }
 
-func configFlag(cmd string, args []string, stderr io.Writer) (string, error) {
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "config.yaml", "configuration file")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return "", errors.New("help requested")
-		}
-		return "", err
+// newRootCmd builds the command tree: `sengo-relay` alone runs serve.
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "sengo-relay",
+		Short: "Receive SenGo payment callbacks, record each status change once in JetStream, deliver signed webhooks",
+		Long: `sengo-relay receives SenGo's payment callbacks, proves each is genuine, records every
+status change exactly once in NATS JetStream and delivers it to your services as signed
+webhooks (or through JetStream subscriptions).
+
+With no command it runs serve: the relay, on the embedded JetStream, with ./config.yaml
+(or --config, or $` + config.ConfigEnv + `).`,
+		Version:       versionString(),
+		SilenceErrors: true, // main prints the error once
+		SilenceUsage:  true, // a failed command is not a usage mistake
+		RunE:          serveRun,
 	}
-	if fs.NArg() > 0 {
-		return "", fmt.Errorf("%s: unexpected arguments %q", cmd, fs.Args())
+	root.SetVersionTemplate("sengo-relay {{.Version}}\n")
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return fmt.Errorf("%w\nrun '%s --help' for usage", err, c.CommandPath())
+	})
+	addConfigFlag(root)
+	serveCmd := &cobra.Command{Use: "serve", Short: "Run the relay (the default command)", Args: cobra.NoArgs, RunE: serveRun}
+	addConfigFlag(serveCmd)
+	check := &cobra.Command{
+		Use:   "check-config",
+		Short: "Load and validate the configuration; print the routes, modes and endpoints",
+		Long: `check-config loads the configuration as serve would (the file, then SENGO_RELAY_* variables,
+then *_file secrets), lists every problem at once, and prints a summary without secrets.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			path, cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			return printSummary(c.OutOrStdout(), path, cfg)
+		},
 	}
-	return *path, nil
+	addConfigFlag(check)
+	versionCmd := &cobra.Command{
+		Use: "version", Short: "Print the version", Args: cobra.NoArgs,
+		Run: func(c *cobra.Command, _ []string) { fmt.Fprintln(c.OutOrStdout(), "sengo-relay", versionString()) },
+	}
+	root.AddCommand(serveCmd, check, newReconcileCmd(), newSandboxCmd(), newDLQCmd(), newReplayCmd(), newQuarantineCmd(),
+		newBenchCmd(), newHealthcheckCmd(), versionCmd, newManCmd())
+	return root
+}
+
+func serveRun(c *cobra.Command, _ []string) error {
+	_, cfg, err := loadConfig(c)
+	if err != nil {
+		return err
+	}
+	return serve(c.Context(), cfg, c.OutOrStdout())
+}
+
+// addConfigFlag gives c the --config flag. Its default is
+// $SENGO_RELAY_CONFIG when set, else ./config.yaml.
+func addConfigFlag(c *cobra.Command) {
+	def := "config.yaml"
+	if v := os.Getenv(config.ConfigEnv); v != "" {
+		def = v
+	}
+	c.Flags().String("config", def, "configuration file; without the flag, $"+config.ConfigEnv+" when set")
+	_ = c.MarkFlagFilename("config", "yaml", "yml")
+}
+
+// loadConfig reads the file --config names, with the environment.
+func loadConfig(c *cobra.Command) (string, config.Config, error) {
+	path, err := c.Flags().GetString("config")
+	if err != nil {
+		return "", config.Config{}, err
+	}
+	cfg, err := config.Load(path, config.Environ(os.Environ()))
+	return path, cfg, err
+}
+
+// newHealthcheckCmd probes the relay's /healthz: --url, or http.listen of
+// the configuration (so a container's healthcheck follows
+// SENGO_RELAY_HTTP_LISTEN).
+func newHealthcheckCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "healthcheck",
+		Short: "Exit 0 if the relay answers /healthz (for container healthchecks)",
+		Long: `healthcheck probes the relay's /healthz and exits 0 only on a 200 within 3 seconds.
+Without --url it probes http.listen of the configuration (a wildcard host is probed on
+127.0.0.1), so it follows the same file and SENGO_RELAY_HTTP_LISTEN as serve.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			url, _ := c.Flags().GetString("url")
+			if url == "" {
+				_, cfg, err := loadConfig(c)
+				if err != nil {
+					return err
+				}
+				if url, err = healthURL(cfg.HTTP.Listen); err != nil {
+					return err
+				}
+			}
+			return healthcheck(c.Context(), url)
+		},
+	}
+	c.Flags().String("url", "", "health endpoint to probe (default: /healthz on http.listen)")
+	addConfigFlag(c)
+	return c
+}
+
+// healthURL is /healthz on listen, with a wildcard host replaced by
+// loopback.
+func healthURL(listen string) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", fmt.Errorf("http.listen %q: %w", listen, err)
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/healthz", nil
+}
+
+// newManCmd writes man pages for every command (hidden: for packagers).
+func newManCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use: "man", Short: "Write man pages for every command into --dir", Hidden: true, Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			dir, _ := c.Flags().GetString("dir")
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+			return doc.GenManTree(c.Root(), &doc.GenManHeader{Title: "SENGO-RELAY", Section: "1"}, dir)
+		},
+	}
+	c.Flags().String("dir", "man", "directory to write the pages into")
+	return c
 }
 
 func printSummary(w io.Writer, path string, cfg config.Config) error {

@@ -5,17 +5,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/config"
@@ -90,158 +92,167 @@ func reconcileLoop(ctx context.Context, cfg config.Config, rc receiver.Reconcile
 	}
 }
 
-// runReconcile is `sengo-relay reconcile`.
-func runReconcile(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("reconcile", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "config.yaml", "configuration file")
-	project := fs.String("project", "", "only this project")
-	since := fs.Duration("since", 48*time.Hour, "how far back (SenGo keeps 7 days)")
-	resend := fs.Bool("resend", false, "ask SenGo to resend missing callbacks instead of feeding the inbox")
-	if err := fs.Parse(args); err != nil {
-		return err
+// newReconcileCmd is `sengo-relay reconcile`.
+func newReconcileCmd() *cobra.Command {
+	var project, since string
+	var resend bool
+	c := &cobra.Command{
+		Use:   "reconcile",
+		Short: "Feed status changes SenGo lists but the relay never received",
+		Long: `reconcile lists each project's transactions from SenGo's API, day by day over the window,
+and feeds every status change the relay has no record of into the inbox (or, with --resend,
+asks SenGo to send its callback again). The relay also runs it every reconcile.interval.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			window, err := config.ParseDuration(since)
+			if err != nil || window <= 0 {
+				return fmt.Errorf("--since %q: want how far back, such as 48h or 7d (SenGo keeps 7 days)", since)
+			}
+			_, cfg, err := loadConfig(c)
+			if err != nil {
+				return err
+			}
+			if project != "" && cfg.Projects[project] == nil {
+				return fmt.Errorf("--project %q: no such project (configured: %s)", project, strings.Join(cfg.ProjectNames(), ", "))
+			}
+			projects := listers(apiClients(cfg, false), project)
+			if len(projects) == 0 {
+				return errors.New("no project with api_key and token to reconcile")
+			}
+			nc, js, err := cliConnect(cfg)
+			if err != nil {
+				return err
+			}
+			defer nc.Close()
+			stderr := c.ErrOrStderr()
+			sum, err := receiver.Reconcile(c.Context(), receiver.ReconcileConfig{JetStream: js, Projects: projects, Window: window, Resend: resend, Logger: zerolog.Nop()},
+				func(p, day string, st event.Status, s receiver.ReconcileSummary) {
+					fmt.Fprintf(stderr, "reconcile %s %s %-7s: %d checked, %d missing\n", p, day, st, s.Checked, s.Missing)
+				})
+			verb := "fed into the inbox"
+			if resend {
+				verb = "asked SenGo to resend"
+			}
+			fmt.Fprintf(c.OutOrStdout(), "reconcile: %d checked, %d missing, %d %s\n", sum.Checked, sum.Missing, sum.Fed, verb)
+			return err
+		},
 	}
-	cfg, err := config.Load(*path, config.Environ(os.Environ()))
-	if err != nil {
-		return err
-	}
-	projects := listers(apiClients(cfg, false), *project)
-	if len(projects) == 0 {
-		return errors.New("no project with api_key and token to reconcile")
-	}
-	nc, js, err := cliConnect(cfg)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	sum, err := receiver.Reconcile(ctx, receiver.ReconcileConfig{JetStream: js, Projects: projects, Window: *since, Resend: *resend, Logger: zerolog.Nop()},
-		func(p, day string, st event.Status, s receiver.ReconcileSummary) {
-			fmt.Fprintf(stderr, "reconcile %s %s %-7s: %d checked, %d missing\n", p, day, st, s.Checked, s.Missing)
-		})
-	verb := "fed into the inbox"
-	if *resend {
-		verb = "asked SenGo to resend"
-	}
-	fmt.Fprintf(stdout, "reconcile: %d checked, %d missing, %d %s\n", sum.Checked, sum.Missing, sum.Fed, verb)
-	return err
+	c.Flags().StringVar(&project, "project", "", "only this project")
+	c.Flags().StringVar(&since, "since", "48h", "how far back (48h, 7d; SenGo keeps 7 days)")
+	c.Flags().BoolVar(&resend, "resend", false, "ask SenGo to resend missing callbacks instead of feeding the inbox")
+	addConfigFlag(c)
+	return c
 }
 
-// runSandbox is `sengo-relay sandbox`: run the local SenGo, or control one.
-func runSandbox(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		return sandboxControl(ctx, args, stdout, stderr)
+// newSandboxCmd is `sengo-relay sandbox`: run the local SenGo, or control
+// one (pay, expire, fail, callbacks, transactions, faults).
+func newSandboxCmd() *cobra.Command {
+	var listen, stateDir, project string
+	var allowRemote bool
+	c := &cobra.Command{
+		Use:   "sandbox",
+		Short: "Run a local SenGo (or control one: pay, expire, fail, callbacks, transactions, faults)",
+		Long: `sandbox runs a local SenGo: the same API, signatures, error codes and callbacks, on
+loopback, with no authentication on its controls. Its subcommands control a running one.`,
+		Example: `  sengo-relay sandbox
+  sengo-relay sandbox pay 9f2b7256-0c7e-4b2e-9d53-3c1f5e0b8a11
+  sengo-relay sandbox faults --fail500 3 --drop-callbacks`,
+		Args: cobra.NoArgs,
 	}
-	fs := flag.NewFlagSet("sandbox", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	listen := fs.String("listen", "127.0.0.1:8090", "address of the sandbox API (/api) and controls (/sandbox)")
-	stateDir := fs.String("state-dir", "./sandbox-data", "where the sandbox keeps its state (empty: memory)")
-	project := fs.String("project", "SC-LOCALSANDBOX00001:local-sandbox-token-change-me:10000000", "seed project KEY:TOKEN[:BALANCE]")
-	allowRemote := fs.Bool("allow-remote", false, "listen on a non-loopback address: anyone who reaches it can pay transactions and read the sandbox's keys")
-	policy := callbackPolicyFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if host, _, err := net.SplitHostPort(*listen); err != nil {
-		return fmt.Errorf("--listen %q: %w", *listen, err)
-	} else if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) && !*allowRemote {
-		return fmt.Errorf("--listen %s is not a loopback address: the sandbox has no authentication on its controls (anyone could mark payments paid); add --allow-remote if you mean it", *listen)
-	}
-	parts := strings.Split(*project, ":")
-	if len(parts) < 2 {
-		return errors.New("--project must be KEY:TOKEN[:BALANCE]")
-	}
-	seed := sandbox.Project{Key: parts[0], Token: parts[1], Name: "local"}
-	if len(parts) > 2 {
-		n, err := strconv.ParseInt(parts[2], 10, 64)
-		if err != nil {
-			return fmt.Errorf("--project balance: %w", err)
+	policy := callbackPolicyFlags(c.Flags())
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		if host, _, err := net.SplitHostPort(listen); err != nil {
+			return fmt.Errorf("--listen %q: %w", listen, err)
+		} else if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) && !allowRemote {
+			return fmt.Errorf("--listen %s is not a loopback address: the sandbox has no authentication on its controls (anyone could mark payments paid); add --allow-remote if you mean it", listen)
 		}
-		seed.Active = n
-	}
-	if *stateDir != "" {
-		if err := os.MkdirAll(*stateDir, 0o750); err != nil {
+		parts := strings.Split(project, ":")
+		if len(parts) < 2 {
+			return errors.New("--project must be KEY:TOKEN[:BALANCE]")
+		}
+		seed := sandbox.Project{Key: parts[0], Token: parts[1], Name: "local"}
+		if len(parts) > 2 {
+			n, err := strconv.ParseInt(parts[2], 10, 64)
+			if err != nil {
+				return fmt.Errorf("--project balance: %w", err)
+			}
+			seed.Active = n
+		}
+		if stateDir != "" {
+			if err := os.MkdirAll(stateDir, 0o750); err != nil {
+				return err
+			}
+		}
+		sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{seed}, StateDir: stateDir, Callbacks: policy()})
+		if err != nil {
 			return err
 		}
-	}
-	sb, err := sandbox.New(sandbox.Config{
-		Projects: []sandbox.Project{seed}, StateDir: *stateDir,
-		Callbacks: policy(),
-	})
-	if err != nil {
-		return err
-	}
-	defer sb.Close()
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return err
-	}
-	srv := &http.Server{Handler: sb.Handler(), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	fmt.Fprintf(stdout, "sengo sandbox: API http://%s/api, controls http://%s/sandbox, project key %s\n", ln.Addr(), ln.Addr(), seed.Key)
-	<-ctx.Done()
-	shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return srv.Shutdown(shut)
-}
-
-// sandboxControl is `sengo-relay sandbox pay|expire|fail ID`, `callbacks`,
-// `transactions` and `faults`.
-func sandboxControl(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	verb := args[0]
-	if verb == "faults" {
-		return sandboxFaults(ctx, args[1:], stdout, stderr)
-	}
-	fs := flag.NewFlagSet("sandbox "+verb, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	url := fs.String("url", "http://127.0.0.1:8090", "the sandbox")
-	rest, id := args[1:], ""
-	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
-		id, rest = rest[0], rest[1:] // the transaction id may come before the flags
-	}
-	if err := fs.Parse(rest); err != nil {
-		return err
-	}
-	if id == "" && fs.NArg() > 0 {
-		id = fs.Arg(0)
-	}
-	var method, path string
-	switch verb {
-	case "pay", "expire", "fail":
-		if id == "" {
-			return fmt.Errorf("usage: sengo-relay sandbox %s TRANSACTION_ID [--url URL]", verb)
+		defer sb.Close()
+		ln, err := net.Listen("tcp", listen)
+		if err != nil {
+			return err
 		}
-		method, path = http.MethodPost, "/sandbox/transactions/"+id+"/"+verb
-	case "callbacks", "transactions":
-		method, path = http.MethodGet, "/sandbox/"+verb
-	default:
-		return fmt.Errorf("unknown sandbox command %q (pay, expire, fail, callbacks, transactions, faults)", verb)
+		srv := &http.Server{Handler: sb.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		fmt.Fprintf(c.OutOrStdout(), "sengo sandbox: API http://%s/api, controls http://%s/sandbox, project key %s\n", ln.Addr(), ln.Addr(), seed.Key)
+		<-c.Context().Done()
+		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(shut)
 	}
-	return sandboxRequest(ctx, method, strings.TrimRight(*url, "/")+path, nil, stdout)
+	c.Flags().StringVar(&listen, "listen", "127.0.0.1:8090", "address of the sandbox API (/api) and controls (/sandbox)")
+	c.Flags().StringVar(&stateDir, "state-dir", "./sandbox-data", "where the sandbox keeps its state (empty: memory)")
+	c.Flags().StringVar(&project, "project", "SC-LOCALSANDBOX00001:local-sandbox-token-change-me:10000000", "seed project KEY:TOKEN[:BALANCE]")
+	c.Flags().BoolVar(&allowRemote, "allow-remote", false, "listen on a non-loopback address: anyone who reaches it can pay transactions and read the sandbox's keys")
+
+	control := func(use, short string, args cobra.PositionalArgs, method string, path func([]string) string) *cobra.Command {
+		var url string
+		cc := &cobra.Command{Use: use, Short: short, Args: args, RunE: func(c *cobra.Command, args []string) error {
+			return sandboxRequest(c.Context(), method, strings.TrimRight(url, "/")+path(args), nil, c.OutOrStdout())
+		}}
+		cc.Flags().StringVar(&url, "url", "http://127.0.0.1:8090", "the sandbox")
+		return cc
+	}
+	for verb, what := range map[string]string{"pay": "paid (success)", "expire": "expired", "fail": "failed"} {
+		c.AddCommand(control(verb+" TRANSACTION_ID", "Mark a pending transaction "+what+" and send its callback", cobra.ExactArgs(1), http.MethodPost,
+			func(a []string) string { return "/sandbox/transactions/" + url.PathEscape(a[0]) + "/" + verb }))
+	}
+	c.AddCommand(control("callbacks", "List every callback the sandbox sent, with the answers", cobra.NoArgs, http.MethodGet, func([]string) string { return "/sandbox/callbacks" }))
+	c.AddCommand(control("transactions", "List the sandbox's transactions", cobra.NoArgs, http.MethodGet, func([]string) string { return "/sandbox/transactions" }))
+	c.AddCommand(newSandboxFaultsCmd())
+	return c
 }
 
-// sandboxFaults is `sengo-relay sandbox faults`: change a running sandbox's
-// callback behaviour and inject API faults; with no flags, show them.
-func sandboxFaults(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("sandbox faults", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	url := fs.String("url", "http://127.0.0.1:8090", "the sandbox")
-	latency := fs.Duration("latency", 0, "delay every API answer")
-	fail500 := fs.Int("fail500", 0, "answer the next N API calls with 500")
-	policy := callbackPolicyFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
+// newSandboxFaultsCmd is `sengo-relay sandbox faults`: change a running
+// sandbox's callback behaviour and inject API faults; with no flags, show
+// them.
+func newSandboxFaultsCmd() *cobra.Command {
+	var url string
+	var latency time.Duration
+	var fail500 int
+	c := &cobra.Command{
+		Use:   "faults",
+		Short: "Show, or change, a running sandbox's callback behaviour and API faults",
+		Args:  cobra.NoArgs,
 	}
-	set := false // any flag but --url changes the faults; none shows them
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name != "url" })
-	method, payload := http.MethodGet, []byte(nil)
-	if set {
-		method = http.MethodPost
-		payload, _ = json.Marshal(map[string]any{
-			"callbacks": policy(),
-			"faults":    sandbox.Faults{Latency: sandbox.Duration(*latency), Fail500: *fail500},
-		})
+	policy := callbackPolicyFlags(c.Flags())
+	c.RunE = func(c *cobra.Command, _ []string) error {
+		set := false // any flag but --url changes the faults; none shows them
+		c.Flags().Visit(func(f *pflag.Flag) { set = set || f.Name != "url" })
+		method, payload := http.MethodGet, []byte(nil)
+		if set {
+			method = http.MethodPost
+			payload, _ = json.Marshal(map[string]any{
+				"callbacks": policy(),
+				"faults":    sandbox.Faults{Latency: sandbox.Duration(latency), Fail500: fail500},
+			})
+		}
+		return sandboxRequest(c.Context(), method, strings.TrimRight(url, "/")+"/sandbox/faults", payload, c.OutOrStdout())
 	}
-	return sandboxRequest(ctx, method, strings.TrimRight(*url, "/")+"/sandbox/faults", payload, stdout)
+	c.Flags().StringVar(&url, "url", "http://127.0.0.1:8090", "the sandbox")
+	c.Flags().DurationVar(&latency, "latency", 0, "delay every API answer")
+	c.Flags().IntVar(&fail500, "fail500", 0, "answer the next N API calls with 500")
+	return c
 }
 
 // sandboxRequest calls a sandbox control endpoint and prints its answer.
@@ -265,7 +276,7 @@ func sandboxRequest(ctx context.Context, method, url string, body []byte, stdout
 
 // callbackPolicyFlags registers the callback-behaviour flags shared by
 // `sandbox` and `sandbox faults`; the returned function reads them.
-func callbackPolicyFlags(fs *flag.FlagSet) func() sandbox.CallbackPolicy {
+func callbackPolicyFlags(fs *pflag.FlagSet) func() sandbox.CallbackPolicy {
 	retries := fs.Int("callback-retries", 0, "retries of a failed callback (0: never retries)")
 	retryDelay := fs.Duration("callback-retry-delay", 5*time.Second, "delay between callback retries")
 	dups := fs.Int("callback-duplicates", 0, "send every callback this many extra times")

@@ -2,10 +2,13 @@ package admin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -283,6 +286,23 @@ func (s *Server) selected(c echo.Context) ([]dispatcher.DLQEntry, error) {
 	return dispatcher.ListDLQ(c.Request().Context(), s.cfg.JetStream, f)
 }
 
+// decodeJSON reads the request body as one JSON object into v: 415
+// unsupported_media_type unless the body is declared application/json (a
+// form posted by curl -d is not silently read as empty), 400 bad_body for
+// malformed JSON or an unknown field.
+func decodeJSON(c echo.Context, v any) error {
+	mt, _, err := mime.ParseMediaType(c.Request().Header.Get(echo.HeaderContentType))
+	if err != nil || mt != echo.MIMEApplicationJSON {
+		return apiError(http.StatusUnsupportedMediaType, "unsupported_media_type", "the body must be JSON, sent with Content-Type: application/json")
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(c.Response(), c.Request().Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return apiError(http.StatusBadRequest, "bad_body", "the body is not the expected JSON object: "+err.Error())
+	}
+	return nil
+}
+
 // replayBody is the JSON body of POST /admin/replays.
 type replayBody struct {
 	Endpoint    string   `json:"endpoint"`
@@ -297,12 +317,14 @@ type replayBody struct {
 
 func (s *Server) replayStart(c echo.Context) error {
 	var b replayBody
-	if err := c.Bind(&b); err != nil {
-		return echo.NewHTTPError(http.StatusBadRequest, "body must be JSON")
+	if err := decodeJSON(c, &b); err != nil {
+		return err
 	}
 	req, err := ReplayRequest(s.cfg.Endpoints, b.Endpoint, b.All, b.Since, b.Until, b.Statuses, b.Transaction, b.MerchantRef, b.DryRun, time.Now())
-	if err != nil {
-		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
+	if errors.Is(err, ErrUnknownEndpoint) {
+		return apiError(http.StatusBadRequest, "unknown_endpoint", err.Error())
+	} else if err != nil {
+		return apiError(http.StatusBadRequest, "invalid_replay", err.Error())
 	}
 	id := req.JobID()
 	s.mu.Lock()
@@ -310,7 +332,7 @@ func (s *Server) replayStart(c echo.Context) error {
 		s.mu.Unlock()
 		return c.JSON(http.StatusOK, j) // already running
 	}
-	j := &job{Request: req, Started: time.Now().UTC(), Progress: dispatcher.ReplayProgress{Job: id}}
+	j := &job{Request: req, Started: time.Now().UTC(), Progress: dispatcher.ReplayProgress{Job: id, PerEndpoint: map[string]uint64{}}}
 	s.jobs[id] = j
 	s.mu.Unlock()
 	s.wg.Add(1)
@@ -354,6 +376,9 @@ func (s *Server) replayShow(c echo.Context) error {
 	return c.JSON(http.StatusOK, j)
 }
 
+// ErrUnknownEndpoint is a replay for an endpoint the configuration lacks.
+var ErrUnknownEndpoint = errors.New("no endpoint")
+
 // ReplayRequest builds a replay request from user input, as the CLI and
 // the API take it: one endpoint or all, times as RFC 3339 or a duration
 // back from now ("24h").
@@ -367,9 +392,19 @@ func ReplayRequest(eps []dispatcher.Endpoint, endpoint string, all bool, since, 
 			r.Endpoints = append(r.Endpoints, e.Name)
 		}
 	case endpoint != "":
+		if !slices.ContainsFunc(eps, func(e dispatcher.Endpoint) bool { return e.Name == endpoint }) {
+			names := make([]string, len(eps))
+			for i, e := range eps {
+				names[i] = e.Name
+			}
+			return r, fmt.Errorf("%w %q (configured: %s)", ErrUnknownEndpoint, endpoint, strings.Join(names, ", "))
+		}
 		r.Endpoints = []string{endpoint}
 	default:
 		return r, errors.New("an endpoint or all is required")
+	}
+	if len(r.Endpoints) == 0 {
+		return r, errors.New("no endpoint is configured")
 	}
 	var err error
 	if since == "" {
@@ -380,6 +415,12 @@ func ReplayRequest(eps []dispatcher.Endpoint, endpoint string, all bool, since, 
 	}
 	if r.Until, err = ParseTime(until, now); err != nil {
 		return r, errors.New("until: " + err.Error())
+	}
+	if r.Until.IsZero() {
+		r.Until = now // an absolute window: the job's identity must not move with the clock
+	}
+	if !r.Until.After(r.Since) {
+		return r, errors.New("until must be after since")
 	}
 	for _, st := range statuses {
 		s, err := event.ParseStatus(st)

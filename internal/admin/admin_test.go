@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -202,5 +203,40 @@ func TestAdminQuarantine(t *testing.T) {
 	}
 	if len(natstest.Messages(t, js, event.StreamQuarantine)) != 0 {
 		t.Fatal("still quarantined after the redrive")
+	}
+}
+
+// A body that is not declared JSON gets 415 (curl -d sends a form), and
+// every refusal carries a stable code.
+func TestAdminBodyMustBeJSON(t *testing.T) {
+	hs, _ := newServer(t)
+	send := func(ctype, body string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/admin/replays", strings.NewReader(body))
+		if ctype != "" {
+			req.Header.Set("Content-Type", ctype)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, ctype := range []string{"", "application/x-www-form-urlencoded", "text/plain"} {
+		if code, body := send(ctype, `{"endpoint":"orders","since":"1h"}`); code != 415 || !strings.Contains(body, `"code":"unsupported_media_type"`) {
+			t.Errorf("content type %q: %d %s", ctype, code, body)
+		}
+	}
+	for body, want := range map[string]string{
+		`not json`: `"code":"bad_body"`,
+		`{"endpoint":"orders","since":"1h","sinse":"2h"}`: `"code":"bad_body"`,
+		`{"endpoint":"nope","since":"1h"}`:                `"code":"unknown_endpoint"`,
+		`{"endpoint":"orders"}`:                           `"code":"invalid_replay"`,
+	} {
+		if code, got := send("application/json; charset=utf-8", body); code != 400 || !strings.Contains(got, want) {
+			t.Errorf("%s: %d %s; want 400 with %s", body, code, got, want)
+		}
 	}
 }

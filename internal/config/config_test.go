@@ -367,14 +367,14 @@ func TestProjectsAndEndpointsFromTheEnvironment(t *testing.T) {
 	keyFile := filepath.Join(dir, "k")
 	os.WriteFile(keyFile, []byte("SC-FROMENV0000000001\n"), 0o600)
 	cfg, err := Load(write(t, "data_dir: x\n"), env(map[string]string{
-		"SENGO_RELAY_PROJECTS_SHOP_API_KEY_FILE":       keyFile,
-		"SENGO_RELAY_PROJECTS_SHOP_TOKEN":              "token-from-env-0001",
-		"SENGO_RELAY_PROJECTS_SHOP_BASE_URL":           "sandbox",
+		"SENGO_RELAY_PROJECTS_SHOP_API_KEY_FILE":        keyFile,
+		"SENGO_RELAY_PROJECTS_SHOP_TOKEN":               "token-from-env-0001",
+		"SENGO_RELAY_PROJECTS_SHOP_BASE_URL":            "sandbox",
 		"SENGO_RELAY_PROJECTS_MY_OUTLET_CALLBACK_TOKEN": "cb-token-from-env-000001",
-		"SENGO_RELAY_ENDPOINTS_ORDERS_URL":             "https://o.example/h",
-		"SENGO_RELAY_ENDPOINTS_ORDERS_SECRETS":         whsec,
-		"SENGO_RELAY_ENDPOINTS_ORDERS_FILTER_STATUSES": "success,expired",
-		"SENGO_RELAY_ENDPOINTS_ORDERS_RETRY_SCHEDULE":  "1s,1m",
+		"SENGO_RELAY_ENDPOINTS_ORDERS_URL":              "https://o.example/h",
+		"SENGO_RELAY_ENDPOINTS_ORDERS_SECRETS":          whsec,
+		"SENGO_RELAY_ENDPOINTS_ORDERS_FILTER_STATUSES":  "success,expired",
+		"SENGO_RELAY_ENDPOINTS_ORDERS_RETRY_SCHEDULE":   "1s,1m",
 	}))
 	if err != nil {
 		t.Fatal(err)

@@ -424,6 +424,7 @@ func setLeaf(v reflect.Value, s string) error {
 	}
 	return nil
 }
+
 // readSecretFiles fills each secret from its *_file key.
 func (c *Config) readSecretFiles() []error {
 	var errs []error
