@@ -214,7 +214,7 @@ loopback, with no authentication on its controls. Its subcommands control a runn
 		return cc
 	}
 	for verb, what := range map[string]string{"pay": "paid (success)", "expire": "expired", "fail": "failed"} {
-		c.AddCommand(control(verb+" TRANSACTION_ID", "Mark a pending transaction "+what+" and send its callback", cobra.ExactArgs(1), http.MethodPost,
+		c.AddCommand(control(verb+" ID_OR_MERCHANT_REF", "Mark a pending transaction (by id, or by merchantRef) "+what+" and send its callback", cobra.ExactArgs(1), http.MethodPost,
 			func(a []string) string { return "/sandbox/transactions/" + url.PathEscape(a[0]) + "/" + verb }))
 	}
 	c.AddCommand(control("callbacks", "List every callback the sandbox sent, with the answers", cobra.NoArgs, http.MethodGet, func([]string) string { return "/sandbox/callbacks" }))

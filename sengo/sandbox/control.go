@@ -121,14 +121,29 @@ func (s *Server) Sent() []Sent {
 	return append([]Sent{}, s.sent...)
 }
 
-// Transition moves a pending transaction to a final status, settles the
+// Transition moves a pending transaction (by id, or by its merchantRef
+// when only one has it) to a final status, settles the
 // balance and sends the callback.
 func (s *Server) Transition(id string, to event.Status) (any, error) {
 	s.mu.Lock()
 	t, ok := s.st.Txs[id]
-	if !ok {
-		s.mu.Unlock()
-		return nil, fail(404, sengo.CodeTransactionNotFound, "no transaction %s", id)
+	if !ok { // the merchant's own reference works too, when one transaction has it
+		var found []*tx
+		for _, c := range s.st.Txs {
+			if c.Object.MerchantRef == id {
+				found = append(found, c)
+			}
+		}
+		switch len(found) {
+		case 0:
+			s.mu.Unlock()
+			return nil, fail(404, sengo.CodeTransactionNotFound, "no transaction with id or merchantRef %s", id)
+		case 1:
+			t = found[0]
+		default:
+			s.mu.Unlock()
+			return nil, fail(409, sengo.CodeRequestInvalid, "%d transactions have merchantRef %s; give the id", len(found), id)
+		}
 	}
 	if t.Object.Status != string(event.StatusPending) {
 		s.mu.Unlock()

@@ -237,3 +237,21 @@ func TestControlDecodeErrorsAreShown(t *testing.T) {
 		}
 	}
 }
+
+// A transaction can be paid by the merchant's own reference, as the
+// README's walkthrough does.
+func TestPayByMerchantRef(t *testing.T) {
+	sb, c := start(t, sandbox.Config{})
+	r := newReceiver(t)
+	tx := retail(t, c, "INV-7", r.URL, 0)
+	if _, err := sb.Transition("INV-7", event.StatusSuccess); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, "the callback", func() bool { return r.n() == 1 })
+	if got := r.got[0]; got.ID != tx.ID || got.Status != event.StatusSuccess {
+		t.Fatalf("callback %+v", got)
+	}
+	if _, err := sb.Transition("INV-none", event.StatusSuccess); err == nil {
+		t.Fatal("unknown reference paid")
+	}
+}
