@@ -30,6 +30,9 @@ func (h *harness) logLines() []map[string]any {
 // message is not a failure. It used to log `warn "pull failed"
 // error="nats: timeout"` about once a second per puller.
 func TestIdleEndpointIsQuiet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)

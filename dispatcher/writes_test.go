@@ -51,6 +51,9 @@ func TestOrderedDoneRecordRefusedDoesNotStall(t *testing.T) {
 // A dead letter that SENGO_DLQ refuses is never lost: the event is not
 // terminated, and is dead-lettered once the stream takes writes again.
 func TestDeadLetterRefusedIsNotTerminated(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	h := newHarness(t)
 	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(http.StatusGone) })
 	restore := natstest.RefuseWrites(t, h.js, event.StreamDLQ)
@@ -71,6 +74,9 @@ func TestDeadLetterRefusedIsNotTerminated(t *testing.T) {
 // retries, its next attempt long overdue) is delivered after a bounded
 // number of waits instead of waiting for the record to expire.
 func TestOrderedWaitIsBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)

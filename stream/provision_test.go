@@ -83,6 +83,9 @@ func TestProvisionReportsEveryFailure(t *testing.T) {
 // Two relays starting together on a cluster both provision the same R3
 // streams and buckets; both must succeed promptly.
 func TestConcurrentProvisionOnCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	c := natstest.StartCluster(t, 3)
 	sp := spec(time.Hour)
 	sp.Replicas = 3

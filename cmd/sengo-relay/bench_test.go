@@ -93,6 +93,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 // The bench command runs every scenario and reports them (tiny settings:
 // this checks the command works, not the numbers).
 func TestBenchCommand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	var out bytes.Buffer
 	err := run(t.Context(), []string{"bench", "--duration", "300ms", "--deliveries", "200", "--rate", "100", "--endpoint-rate", "100", "--concurrency", "8", "--json"}, &out, io.Discard)
 	if err != nil {

@@ -23,6 +23,9 @@ import (
 // exactly one event, and every event reached the webhook consumer
 // (duplicates only under the same webhook-id).
 func TestClusterSurvivesNodeAndRelayLoss(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	cluster := natstest.StartCluster(t, 3)
 	orders := newHook(t)
 	checkedInConfig = writeConfig(t, endpointYAML("orders", orders.URL, "1s"))

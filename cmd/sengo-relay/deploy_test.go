@@ -64,6 +64,52 @@ func TestDeployFiles(t *testing.T) {
 		t.Fatalf("relay.yaml: %+v", cfg.NATS)
 	}
 
+	// The image's configuration holds no secret and no project: alone it is
+	// refused, saying how to add one; with a project from the environment
+	// (as the README's Docker section does) it loads, on :8080, fsync always.
+	image := filepath.Join(dir, "docker", "config.yaml")
+	if _, err := config.Load(image, config.Env{}); err == nil || !strings.Contains(err.Error(), "SENGO_RELAY_PROJECTS_") {
+		t.Fatalf("image config without a project: %v", err)
+	}
+	cfg, err = config.Load(image, config.Env{
+		"SENGO_RELAY_PROJECTS_MAIN_API_KEY_FILE": env["SENGO_RELAY_PROJECTS_MAIN_API_KEY_FILE"],
+		"SENGO_RELAY_PROJECTS_MAIN_TOKEN_FILE":   env["SENGO_RELAY_PROJECTS_MAIN_TOKEN_FILE"],
+	})
+	if err != nil {
+		t.Fatalf("image config: %v", err)
+	}
+	if u, _ := healthURL(cfg.HTTP.Listen); u != "http://127.0.0.1:8080/healthz" || cfg.DataDir != "/data" || !cfg.Projects["main"].Confirms() {
+		t.Fatalf("image config: healthcheck %s, data %s", u, cfg.DataDir)
+	}
+	if _, always, _ := cfg.NATS.Embedded.Sync(); !always {
+		t.Fatal("image config: sync_interval is not always")
+	}
+	// No file in deploy/ carries a secret value: secrets come from files
+	// (*_file keys) or variables.
+	for _, f := range []string{"relay.yaml", "docker/config.yaml"} {
+		b, _ := os.ReadFile(filepath.Join(dir, f))
+		for _, key := range []string{"token:", "api_key:", "callback_token:", "password:", "secrets:", "whsec_"} {
+			for _, line := range strings.Split(string(b), "\n") {
+				if l := strings.TrimSpace(line); strings.HasPrefix(l, key) && !strings.HasPrefix(l, "#") {
+					t.Errorf("%s: a secret written in the file: %q", f, l)
+				}
+			}
+		}
+	}
+	dockerignore, err := os.ReadFile(filepath.Join("..", "..", ".dockerignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, must := range []string{"deploy/secrets/", "sandbox-data/", "data/", "/config.yaml", "*.local.yaml", "webhook.secret"} {
+		if !strings.Contains("\n"+string(dockerignore), "\n"+must+"\n") {
+			t.Errorf(".dockerignore does not exclude %s", must)
+		}
+	}
+	dockerfile, _ := os.ReadFile(filepath.Join("..", "..", "Dockerfile"))
+	if !strings.Contains(string(dockerfile), "COPY deploy/docker/config.yaml") || !strings.Contains(string(dockerfile), `CMD ["/sengo-relay", "healthcheck"]`) {
+		t.Error("Dockerfile: the image must carry deploy/docker/config.yaml and probe http.listen")
+	}
+
 	for _, f := range []string{"compose.yaml", "k8s/nats.yaml", "k8s/relay.yaml"} {
 		b, err := os.ReadFile(filepath.Join(dir, f))
 		if err != nil {
@@ -96,6 +142,9 @@ func TestDeployFiles(t *testing.T) {
 // unless told non_idempotent. Tested against real nginx, which .ci/run
 // installs; without it the test is skipped, except under CI.
 func TestNginxRetries503OnTheOtherRelay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
 		if _, serr := os.Stat("/usr/sbin/nginx"); serr == nil {

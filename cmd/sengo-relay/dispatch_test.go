@@ -217,6 +217,9 @@ func TestDeliveryEndToEnd(t *testing.T) {
 // retries scheduled; after a restart every event reaches every endpoint,
 // none under a new id.
 func TestKillDuringDeliveriesLosesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	slow, flaky := newHook(t), newHook(t)
 	slow.hang.Store(true)
 	flaky.fail.Store(8)

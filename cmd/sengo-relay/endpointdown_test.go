@@ -20,6 +20,9 @@ import (
 // dead-lettered; the counts add up and nothing is delivered twice under
 // two ids.
 func TestEndpointDownCountsAddUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	orders := newHook(t)
 	orders.fail.Store(1 << 30) // down
 	ep := fmt.Sprintf("  orders: {url: %q, secrets: [%s], filter: {all: true}, deliver_from: all, timeout: 1s, concurrency: 4, retry: {schedule: [50ms, 50ms, 50ms], jitter: 0}, breaker: {failures: 6, probe_initial: 100ms, probe_max: 200ms}}\n", orders.URL, testSecret)

@@ -329,6 +329,9 @@ func TestServeEndToEnd(t *testing.T) {
 // NATS stopped: callbacks get 503; back: the same callbacks get 200 and
 // produce their events once.
 func TestNATSOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	srv := natstest.Start(t)
 	orders := newHook(t)
 	base, logs := startRunWith(t, writeConfig(t, endpointYAML("orders", orders.URL, "1s")),
@@ -418,6 +421,9 @@ func startProcess(t *testing.T, dataDir string, extraEnv ...string) *relayProces
 // SIGKILL right after callbacks were answered 200, before intake could
 // finish them; the restarted relay publishes every one, each once.
 func TestKillAfter200LosesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	dir := t.TempDir()
 	// Intake confirms with a slow SenGo (the sandbox, 200 ms per answer)
 	// with one worker, so notifications are really in flight, some taken

@@ -344,7 +344,7 @@ func (c *Config) Validate() error {
 	}
 
 	if len(c.Projects) == 0 {
-		bad("projects: at least one project is required")
+		bad("projects: at least one project is required (in the file, or from the environment: SENGO_RELAY_PROJECTS_<NAME>_API_KEY, _TOKEN, …)")
 	}
 	keys := map[string]string{} // api_key to the first project using it
 	for _, name := range c.ProjectNames() {
