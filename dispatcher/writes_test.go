@@ -104,8 +104,10 @@ func TestOrderedWaitIsBounded(t *testing.T) {
 func TestRedriveKeepsTheDeadLetterUntilDelivered(t *testing.T) {
 	h := newHarness(t)
 	var up atomic.Bool
+	release := make(chan struct{}) // holds the successful attempt until the test has looked
 	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
 		if up.Load() {
+			<-release
 			w.WriteHeader(200)
 			return
 		}
@@ -132,8 +134,10 @@ func TestRedriveKeepsTheDeadLetterUntilDelivered(t *testing.T) {
 		t.Fatalf("second redrive %d %v", n, err)
 	}
 	if got := h.deadLetters(); len(got) != 1 {
+		close(release)
 		t.Fatalf("%d dead letters while the copy waits, want 1", len(got))
 	}
+	close(release)
 	eventually(t, "delivered, and the dead letter removed", func() bool { return h.settled(w) && len(h.deadLetters()) == 0 })
 }
 
