@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sengo-relay/sengo-relay/internal/fixtures"
 )
 
 // block is one annotated ```sh block of the README.
@@ -210,7 +212,9 @@ func TestREADME(t *testing.T) {
 }
 
 // copyRepo copies the repository's files (tracked, and new ones not
-// ignored) into a temp dir: a clean clone, with the working copy's edits.
+// ignored) into a temp dir: a clean clone, with the working copy's edits,
+// except config.yaml, which is taken as committed: the README's commands
+// must not depend on a user's edits of it.
 func copyRepo(t *testing.T, root string) string {
 	t.Helper()
 	out, err := exec.Command("git", "-C", root, "ls-files", "-z", "--cached", "--others", "--exclude-standard").Output()
@@ -231,6 +235,11 @@ func copyRepo(t *testing.T, root string) string {
 		p := filepath.Join(dst, f)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			t.Fatal(err)
+		}
+		if f == "config.yaml" {
+			if b, err = fixtures.CommittedConfig(); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if err := os.WriteFile(p, b, st.Mode().Perm()); err != nil {
 			t.Fatal(err)

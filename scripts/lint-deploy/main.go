@@ -1,6 +1,8 @@
 // Command lint-deploy checks the Dockerfile with BuildKit's own linter (the
 // rules of `docker build --check`) and deploy/compose.yaml with compose-go
-// (the loader and JSON schema of `docker compose config`), without Docker.
+// (the loader and JSON schema of `docker compose config`), without Docker,
+// and decodes every Kubernetes manifest of deploy/k8s strictly into the
+// official API types (an unknown or misplaced field is an error).
 // It is its own module so the relay's go.mod does not carry their
 // dependencies. Run from the repository root: scripts/lint-deploy.sh.
 package main
@@ -10,11 +12,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/linter"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"sigs.k8s.io/yaml"
 )
 
 func main() {
@@ -24,11 +32,14 @@ func main() {
 	}
 	problems := lintDockerfile(filepath.Join(root, "Dockerfile"))
 	problems += lintCompose(filepath.Join(root, "deploy", "compose.yaml"))
+	for _, f := range []string{"nats.yaml", "relay.yaml"} {
+		problems += lintKubernetes(filepath.Join(root, "deploy", "k8s", f))
+	}
 	if problems > 0 {
 		fmt.Printf("lint-deploy: %d problem(s)\n", problems)
 		os.Exit(1)
 	}
-	fmt.Println("lint-deploy: Dockerfile and deploy/compose.yaml ok")
+	fmt.Println("lint-deploy: Dockerfile, deploy/compose.yaml and deploy/k8s ok")
 }
 
 func lintDockerfile(path string) int {
@@ -73,4 +84,48 @@ func lintCompose(path string) int {
 		return 1
 	}
 	return 0
+}
+
+// kinds are the manifests' types, by apiVersion and kind.
+var kinds = map[string]func() any{
+	"v1/ConfigMap":                  func() any { return &corev1.ConfigMap{} },
+	"v1/Service":                    func() any { return &corev1.Service{} },
+	"apps/v1/StatefulSet":           func() any { return &appsv1.StatefulSet{} },
+	"apps/v1/Deployment":            func() any { return &appsv1.Deployment{} },
+	"policy/v1/PodDisruptionBudget": func() any { return &policyv1.PodDisruptionBudget{} },
+	"networking.k8s.io/v1/Ingress":  func() any { return &networkingv1.Ingress{} },
+}
+
+func lintKubernetes(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	n := 0
+	for i, doc := range strings.Split(string(b), "\n---") {
+		if strings.TrimSpace(doc) == "" {
+			continue
+		}
+		var head struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
+			fmt.Printf("%s: document %d: %v\n", path, i+1, err)
+			n++
+			continue
+		}
+		mk, ok := kinds[head.APIVersion+"/"+head.Kind]
+		if !ok {
+			fmt.Printf("%s: document %d: %s %s is not a kind this lint knows\n", path, i+1, head.APIVersion, head.Kind)
+			n++
+			continue
+		}
+		if err := yaml.UnmarshalStrict([]byte(doc), mk()); err != nil {
+			fmt.Printf("%s: document %d (%s): %v\n", path, i+1, head.Kind, err)
+			n++
+		}
+	}
+	return n
 }
