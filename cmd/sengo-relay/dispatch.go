@@ -88,6 +88,20 @@ func cliConnect(cfg config.Config) (*nats.Conn, jetstream.JetStream, error) {
 	return nc, js, nil
 }
 
+// withRelay runs f with the relay's JetStream for one CLI command, bounded
+// to five minutes; c's context is f's, for the command's own calls.
+func withRelay(c *cobra.Command, cfg config.Config, f func(context.Context, jetstream.JetStream) error) error {
+	nc, js, err := cliConnect(cfg)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(c.Context(), 5*time.Minute)
+	defer cancel()
+	c.SetContext(ctx)
+	return f(ctx, js)
+}
+
 // emptyFlag refuses a filter flag given an empty value (an unset shell
 // variable): it would select everything, not nothing.
 func emptyFlag(c *cobra.Command) error {
@@ -158,19 +172,13 @@ webhook-id; purge deletes them.`,
 			if f.endpoint != "" && cfg.Endpoints[f.endpoint] == nil {
 				return fmt.Errorf("--endpoint %q: no such endpoint in %s (configured: %s)", f.endpoint, c.Flag("config").Value, strings.Join(sortedNames(cfg.Endpoints), ", "))
 			}
-			nc, js, err := cliConnect(cfg)
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			ctx, cancel := context.WithTimeout(c.Context(), 5*time.Minute)
-			defer cancel()
-			c.SetContext(ctx)
-			entries, err := dispatcher.ListDLQ(ctx, js, sel)
-			if err != nil {
-				return err
-			}
-			return act(c, js, f, entries)
+			return withRelay(c, cfg, func(ctx context.Context, js jetstream.JetStream) error {
+				entries, err := dispatcher.ListDLQ(ctx, js, sel)
+				if err != nil {
+					return err
+				}
+				return act(c, js, f, entries)
+			})
 		}
 		addConfigFlag(c)
 		return c

@@ -54,19 +54,13 @@ SenGo again.`,
 			if f.project != "" && cfg.Projects[f.project] == nil {
 				return fmt.Errorf("--project %q: no such project (configured: %s)", f.project, strings.Join(cfg.ProjectNames(), ", "))
 			}
-			nc, js, err := cliConnect(cfg)
-			if err != nil {
-				return err
-			}
-			defer nc.Close()
-			ctx, cancel := context.WithTimeout(c.Context(), 5*time.Minute)
-			defer cancel()
-			c.SetContext(ctx)
-			entries, err := receiver.ListQuarantine(ctx, js, sel)
-			if err != nil && !(use == "show" && strings.Contains(err.Error(), "not found")) {
-				return err
-			}
-			return act(c, js, entries)
+			return withRelay(c, cfg, func(ctx context.Context, js jetstream.JetStream) error {
+				entries, err := receiver.ListQuarantine(ctx, js, sel)
+				if err != nil && !(use == "show" && strings.Contains(err.Error(), "not found")) {
+					return err
+				}
+				return act(c, js, entries)
+			})
 		}
 		addConfigFlag(c)
 		return c
