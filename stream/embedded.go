@@ -191,6 +191,18 @@ func (e *Embedded) ConnectOption() nats.Option {
 	}
 }
 
+// Stats are the server's own counters: messages received from clients
+// (every publish, request, pull and ack) and JetStream API requests.
+func (e *Embedded) Stats() (inMsgs, apiRequests uint64) {
+	if v, err := e.srv.Varz(nil); err == nil {
+		inMsgs = uint64(v.InMsgs)
+	}
+	if j, err := e.srv.Jsz(nil); err == nil {
+		apiRequests = j.API.Total
+	}
+	return inMsgs, apiRequests
+}
+
 // Shutdown stops the server and waits until it has stopped. JetStream
 // flushes its files on the way out.
 func (e *Embedded) Shutdown() {

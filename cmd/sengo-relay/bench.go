@@ -33,7 +33,8 @@ latency percentiles and peak RSS. It starts its own embedded JetStream in a temp
 	rate := fs.Int("rate", 500, "callbacks per second of the end-to-end and soak runs")
 	endpointRate := fs.Int("endpoint-rate", 2000, "callbacks per second of the fixed-rate endpoint-latency run")
 	n := fs.Int("deliveries", 20000, "events the dispatcher scenario delivers")
-	sync := fs.String("sync-interval", "always", `embedded JetStream fsync: "always" (the relay's default) or a duration such as 2m`)
+	sync := fs.String("sync-interval", "always", `embedded JetStream fsync: "always" (the relay's default) or a duration such as 2m; several, comma-separated, run the whole bench once per mode ("always,2m" shows the price of each)`)
+	window := fs.Duration("sustain-window", 30*time.Second, "how long each probe of the sustained-rate search runs")
 	natsURL := fs.String("nats-url", "", "measure against this NATS server or cluster instead of the embedded one")
 	replicas := fs.Int("replicas", 1, "stream replicas (3 needs --nats-url to a cluster)")
 	soak := fs.Duration("soak", 0, "after the scenarios, run end to end at --rate this long and watch for drift (e.g. 10m)")
@@ -88,26 +89,38 @@ latency percentiles and peak RSS. It starts its own embedded JetStream in a temp
 		}
 		bc := bench.Config{Concurrency: *conc, Duration: *dur, Payload: *payload, Rate: *rate, EndpointRate: *endpointRate, Deliveries: *n, Soak: *soak, Scenarios: scenarios,
 			NATSURL: *natsURL, Spec: provisionSpec(cfg), Progress: stderr}
-		switch *sync {
-		case "always":
-			bc.SyncAlways = true
-		default:
-			d, err := time.ParseDuration(*sync)
-			if err != nil {
-				return fmt.Errorf("--sync-interval: %w", err)
+		bc.SustainWindow = *window
+		var reports []bench.Report
+		for _, mode := range strings.Split(*sync, ",") {
+			bc.SyncAlways, bc.SyncInterval = false, 0
+			switch mode = strings.TrimSpace(mode); mode {
+			case "always":
+				bc.SyncAlways = true
+			default:
+				d, err := time.ParseDuration(mode)
+				if err != nil {
+					return fmt.Errorf("--sync-interval %q: want always or a duration", mode)
+				}
+				bc.SyncInterval = d
 			}
-			bc.SyncInterval = d
+			r, err := bench.Run(ctx, bc)
+			if err != nil {
+				return err
+			}
+			reports = append(reports, r)
 		}
-		r, err := bench.Run(ctx, bc)
-		if err != nil {
-			return err
-		}
-		if *asJSON {
+		if *asJSON { // an array: one report per fsync mode
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")
-			return enc.Encode(r)
+			return enc.Encode(reports)
 		}
-		r.Table(stdout)
+		for i, r := range reports {
+			if i > 0 {
+				fmt.Fprintln(stdout)
+			}
+			fmt.Fprintf(stdout, "### %s\n\n", r.Config["store"])
+			r.Table(stdout)
+		}
 		return nil
 	}
 	return c

@@ -38,8 +38,11 @@ type Config struct {
 	Rate        int           // callbacks per second of the end-to-end and soak runs
 	// EndpointRate is the fixed rate of the endpoint-latency scenario.
 	EndpointRate int
-	Deliveries   int           // events the dispatcher scenario delivers
-	Soak         time.Duration // 0: no soak
+	Deliveries   int // events the dispatcher scenario delivers
+	// SustainWindow is how long each probe of the sustained-rate search
+	// runs (default 30s).
+	SustainWindow time.Duration
+	Soak          time.Duration // 0: no soak
 	// Scenarios to run, by key (see ScenarioKeys); empty: all.
 	Scenarios []string
 	// Store: the embedded server (empty NATSURL) with SyncInterval/SyncAlways,
@@ -63,6 +66,14 @@ type Result struct {
 	// PeakRSSBytes is the process's peak RSS during this scenario alone
 	// (0 where the kernel cannot reset the peak).
 	PeakRSSBytes uint64 `json:"peakRssBytes,omitempty"`
+	// ClientMsgsPerOp and JSAPIPerOp are the embedded server's own counts
+	// per notification (end to end only): every message the relay sent it
+	// (publishes, KV gets and puts, pulls, acks: each one a round trip or
+	// a write), and of those the JetStream API requests ($JS.API; KV direct
+	// gets and stream publishes are not API requests). Idle pulls during
+	// the run are included.
+	ClientMsgsPerOp float64 `json:"clientMsgsPerOp,omitempty"`
+	JSAPIPerOp      float64 `json:"jsApiPerOp,omitempty"`
 }
 
 // SoakSample is one window of a soak run.
@@ -163,6 +174,7 @@ var scenarios = []struct {
 	{"endpoint-rate", "relay endpoint at a fixed rate (full relay running)", endpointAtRate},
 	{"e2e", "end to end: accepted → webhook received", endToEnd},
 	{"deliveries", "dispatcher deliveries to a local consumer", deliveries},
+	{"sustained", "pipeline sustained rate (callback → webhook)", sustained},
 }
 
 // ScenarioKeys lists the names Config.Scenarios accepts.
@@ -191,6 +203,8 @@ func storeName(cfg Config) string {
 // on a connection of their own, everything else shares the other.
 type store struct {
 	js, callbacks jetstream.JetStream
+	// stats reads the embedded server's counters (nil for an external one).
+	stats func() (inMsgs, apiRequests uint64)
 }
 
 // openStore starts an embedded server (or connects to cfg.NATSURL and
@@ -246,7 +260,11 @@ func openStore(ctx context.Context, cfg Config) (store, func(), error) {
 			_ = st.Purge(ctx)
 		}
 	}
-	return store{js: js, callbacks: cjs}, done, nil
+	st := store{js: js, callbacks: cjs}
+	if emb != nil {
+		st.stats = emb.Stats
+	}
+	return st, done, nil
 }
 
 var seq atomic.Int64
@@ -438,14 +456,26 @@ func (l *latencies) take() sample {
 }
 
 func endToEnd(ctx context.Context, cfg Config, st store) (Result, error) {
+	return endToEndAt(ctx, cfg, st, cfg.Rate, cfg.Duration, 30*time.Second)
+}
+
+// endToEndAt offers callbacks at rate for d and measures each one's
+// accepted → webhook-received latency, and the server's own message
+// counts per notification. Deliveries still missing drain later than
+// that count as errors.
+func endToEndAt(ctx context.Context, cfg Config, st store, rate int, d, drain time.Duration) (Result, error) {
 	rl, err := startRelay(ctx, st)
 	if err != nil {
 		return Result{}, err
 	}
 	defer rl.close()
+	var in0, api0 uint64
+	if st.stats != nil {
+		in0, api0 = st.stats()
+	}
 	l, p := &rl.latencies, rl.poster
 	var sent, failed atomic.Int64
-	openLoop(ctx, cfg.Rate, cfg.Duration, func(int) {
+	openLoop(ctx, rate, d, func(int) {
 		_, body := callback(cfg.Payload)
 		if p.accept(body) != nil {
 			failed.Add(1)
@@ -453,15 +483,81 @@ func endToEnd(ctx context.Context, cfg Config, st store) (Result, error) {
 			sent.Add(1)
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(drain)
 	for l.n.Load() < sent.Load() && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond) // draining the last deliveries
 	}
 	s := l.take()
-	s.elapsed, s.errors = cfg.Duration, failed.Load()+sent.Load()-s.ops
-	res := result(s, fmt.Sprintf("at a fixed %d callbacks/s", cfg.Rate))
-	res.PerSecond = float64(cfg.Rate)
+	s.elapsed, s.errors = d, failed.Load()+sent.Load()-s.ops
+	res := result(s, fmt.Sprintf("at a fixed %d callbacks/s", rate))
+	res.PerSecond = float64(rate)
+	if st.stats != nil && s.ops > 0 {
+		in1, api1 := st.stats()
+		res.ClientMsgsPerOp = float64(in1-in0) / float64(s.ops)
+		res.JSAPIPerOp = float64(api1-api0) / float64(s.ops)
+		res.Note += fmt.Sprintf("; per notification, counted by the server: %.1f messages from the relay, %.1f of them JetStream API requests", res.ClientMsgsPerOp, res.JSAPIPerOp)
+	}
 	return res, nil
+}
+
+// sustained searches the highest fixed rate at which the whole pipeline
+// keeps up: every callback delivered within its window plus a second (the
+// backlog does not grow) and end-to-end p99 under 100 ms. Each probe runs
+// cfg.SustainWindow on a fresh store; the search halves the interval
+// between a rate that held and one that did not, down to 10%.
+func sustained(ctx context.Context, cfg Config, _ store) (Result, error) {
+	window := cfg.SustainWindow
+	if window <= 0 {
+		window = 30 * time.Second
+	}
+	holds := func(rate int) (Result, bool, error) {
+		st, done, err := openStore(ctx, cfg)
+		if err != nil {
+			return Result{}, false, err
+		}
+		defer done()
+		res, err := endToEndAt(ctx, cfg, st, rate, window, time.Second)
+		ok := err == nil && res.Errors == 0 && res.P99Millis < 100
+		if cfg.Progress != nil {
+			fmt.Fprintf(cfg.Progress, "bench: sustained probe %6d/s: p99 %.1fms, %d not delivered in time → %v\n", rate, res.P99Millis, res.Errors, ok)
+		}
+		return res, ok, err
+	}
+	lo, hi := 0, 0
+	var best Result
+	for rate := 500; ; rate *= 2 { // find a rate that does not hold
+		res, ok, err := holds(rate)
+		if err != nil {
+			return Result{}, err
+		}
+		if !ok {
+			hi = rate
+			break
+		}
+		lo, best = rate, res
+		if rate >= 64000 {
+			hi = rate
+			break
+		}
+	}
+	for lo > 0 && hi-lo > lo/10 {
+		mid := (lo + hi) / 2
+		res, ok, err := holds(mid)
+		if err != nil {
+			return Result{}, err
+		}
+		if ok {
+			lo, best = mid, res
+		} else {
+			hi = mid
+		}
+	}
+	if lo == 0 {
+		return Result{Note: "no rate from 500/s up held p99 < 100 ms"}, nil
+	}
+	best.PerSecond = float64(lo)
+	best.Note = fmt.Sprintf("highest rate held for %s: p99 < 100 ms, nothing left behind (%d/s did not hold)", window, hi) + strings.TrimPrefix(best.Note, fmt.Sprintf("at a fixed %d callbacks/s", lo))
+	return best, nil
 }
 
 // endpointAtRate offers callbacks at cfg.EndpointRate (open loop) to the
