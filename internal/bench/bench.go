@@ -523,21 +523,43 @@ func sustained(ctx context.Context, cfg Config, _ store) (Result, error) {
 		}
 		return res, ok, err
 	}
+	// Bracket: from 500/s, double while a rate holds, or halve (down to
+	// 25/s) while it does not.
 	lo, hi := 0, 0
 	var best Result
-	for rate := 500; ; rate *= 2 { // find a rate that does not hold
-		res, ok, err := holds(rate)
-		if err != nil {
-			return Result{}, err
+	res, ok, err := holds(500)
+	if err != nil {
+		return Result{}, err
+	}
+	if ok {
+		lo, best = 500, res
+		for hi == 0 {
+			rate := lo * 2
+			res, ok, err := holds(rate)
+			switch {
+			case err != nil:
+				return Result{}, err
+			case !ok:
+				hi = rate
+			case rate >= 64000: // the load generator's limit, not the relay's
+				lo, hi, best = rate, rate, res
+			default:
+				lo, best = rate, res
+			}
 		}
-		if !ok {
-			hi = rate
-			break
-		}
-		lo, best = rate, res
-		if rate >= 64000 {
-			hi = rate
-			break
+	} else {
+		hi = 500
+		for lo == 0 && hi > 25 {
+			rate := hi / 2
+			res, ok, err := holds(rate)
+			if err != nil {
+				return Result{}, err
+			}
+			if ok {
+				lo, best = rate, res
+			} else {
+				hi = rate
+			}
 		}
 	}
 	for lo > 0 && hi-lo > lo/10 {
@@ -553,7 +575,7 @@ func sustained(ctx context.Context, cfg Config, _ store) (Result, error) {
 		}
 	}
 	if lo == 0 {
-		return Result{Note: "no rate from 500/s up held p99 < 100 ms"}, nil
+		return Result{Note: fmt.Sprintf("no rate down to %d/s held p99 < 100 ms", hi)}, nil
 	}
 	best.PerSecond = float64(lo)
 	best.Note = fmt.Sprintf("highest rate held for %s: p99 < 100 ms, nothing left behind (%d/s did not hold)", window, hi) + strings.TrimPrefix(best.Note, fmt.Sprintf("at a fixed %d callbacks/s", lo))
