@@ -412,12 +412,20 @@ func TestPendingReceivedFirstIsPublishedFirst(t *testing.T) {
 	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-po", event.StatusPending)); resp.StatusCode != 200 {
 		t.Fatal(resp.StatusCode)
 	}
-	eventually(t, "the pending failed three times", func() bool { return h.intakeCount("main", "retry") >= 3 })
+	// Five failures put the pending's next try 3.2s away (doubling from
+	// 200ms); the success's first failure puts its next try 200ms away.
+	eventually(t, "the pending failed five times", func() bool { return h.intakeCount("main", "retry") >= 5 })
 	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-po", event.StatusSuccess)); resp.StatusCode != 200 {
 		t.Fatal(resp.StatusCode)
 	}
-	eventually(t, "the success failed once", func() bool { return h.intakeCount("main", "retry") >= 4 })
-	restore() // the success's next try comes well before the pending's
+	// The success's own first try (inbox sequence 2): it waits for the
+	// pending (counted "waiting"), or, with the ordering broken, fails on
+	// the refused write. Counting retries alone once let one more of the
+	// pending's failures stand for it, and a broken ordering went unseen.
+	eventually(t, "the success tried once", func() bool {
+		return h.intakeCount("main", "waiting") >= 1 || strings.Contains(h.logs.String(), `"inbox_seq":2,`)
+	})
+	restore() // the success's next try comes seconds before the pending's
 	eventually(t, "both published", func() bool { return len(statuses(h.events(), "tx-po")) == 2 })
 	if got := statuses(h.events(), "tx-po"); got[0] != event.StatusPending || got[1] != event.StatusSuccess {
 		t.Fatalf("published %v, want pending then success", got)
