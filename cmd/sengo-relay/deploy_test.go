@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -84,8 +86,56 @@ func TestDeployFiles(t *testing.T) {
 	if _, always, _ := cfg.NATS.Embedded.Sync(); !always {
 		t.Fatal("image config: sync_interval is not always")
 	}
-	// No file in deploy/ carries a secret value: secrets come from files
-	// (*_file keys) or variables.
+	// No file in deploy/ carries a secret value: every Secret the file sets
+	// on its own is empty, and every Secret of the loaded configuration came
+	// from one of the secret files the variables named.
+	fromFiles := map[string]bool{}
+	for _, p := range env {
+		b, _ := os.ReadFile(p)
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			fromFiles[line] = true
+		}
+	}
+	for _, f := range []string{"relay.yaml", "docker/config.yaml"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw := config.Default()
+		if err := yaml.Unmarshal(b, &raw); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		eachSecret(reflect.ValueOf(raw), "", func(path string, s config.Secret) {
+			if s.Set() {
+				t.Errorf("%s: %s holds a secret value; use %s_file or a variable", f, path, path)
+			}
+		})
+		withEnv := config.Env{}
+		for k, v := range env {
+			withEnv[k] = v
+		}
+		if f == "docker/config.yaml" { // the endpoint as the README's docker run adds it
+			withEnv["SENGO_RELAY_ENDPOINTS_ORDERS_URL"] = "https://orders.internal.example.id/hooks/sengo"
+			withEnv["SENGO_RELAY_ENDPOINTS_ORDERS_FILTER_STATUSES"] = "success,expired,failed"
+		}
+		loaded, err := config.Load(filepath.Join(dir, f), withEnv)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		set := 0
+		eachSecret(reflect.ValueOf(loaded), "", func(path string, s config.Secret) {
+			if s.Set() {
+				set++
+			}
+			if s.Set() && !fromFiles[s.Value()] {
+				t.Errorf("%s: %s is set, but not from a secret file", f, path)
+			}
+		})
+		if set < len(env) { // each variable named one secret file
+			t.Errorf("%s: %d secrets set from %d files", f, set, len(env))
+		}
+	}
+	// Nor a line that looks like a secret, whatever key it is under.
 	for _, f := range []string{"relay.yaml", "docker/config.yaml"} {
 		b, _ := os.ReadFile(filepath.Join(dir, f))
 		for _, key := range []string{"token:", "api_key:", "callback_token:", "password:", "secrets:", "whsec_"} {
@@ -100,7 +150,7 @@ func TestDeployFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, must := range []string{"deploy/secrets/", "sandbox-data/", "data/", "/config.yaml", "*.local.yaml", "webhook.secret"} {
+	for _, must := range []string{"deploy/secrets/", "sandbox-data/", "data/", "/config.yaml", "*.local.yaml", "**/*.local.yaml", "webhook.secret"} {
 		if !strings.Contains("\n"+string(dockerignore), "\n"+must+"\n") {
 			t.Errorf(".dockerignore does not exclude %s", must)
 		}
@@ -133,6 +183,46 @@ func TestDeployFiles(t *testing.T) {
 		}
 		if docs == 0 {
 			t.Fatalf("%s: empty", f)
+		}
+	}
+}
+
+// eachSecret calls fn with the dotted path of every config.Secret under v.
+func eachSecret(v reflect.Value, path string, fn func(string, config.Secret)) {
+	if v.Type() == reflect.TypeFor[config.Secret]() {
+		fn(path, v.Interface().(config.Secret))
+		return
+	}
+	join := func(name string) string {
+		if path == "" {
+			return name
+		}
+		return path + "." + name
+	}
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if !v.IsNil() {
+			eachSecret(v.Elem(), path, fn)
+		}
+	case reflect.Struct:
+		for i := range v.NumField() {
+			f := v.Type().Field(i)
+			if !f.IsExported() {
+				continue
+			}
+			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if name == "" {
+				name = strings.ToLower(f.Name)
+			}
+			eachSecret(v.Field(i), join(name), fn)
+		}
+	case reflect.Map:
+		for _, k := range v.MapKeys() {
+			eachSecret(v.MapIndex(k), join(fmt.Sprint(k.Interface())), fn)
+		}
+	case reflect.Slice, reflect.Array:
+		for i := range v.Len() {
+			eachSecret(v.Index(i), fmt.Sprintf("%s[%d]", path, i), fn)
 		}
 	}
 }
