@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -183,6 +185,103 @@ func TestDeployFiles(t *testing.T) {
 		}
 		if docs == 0 {
 			t.Fatalf("%s: empty", f)
+		}
+	}
+
+	// Compose, Kubernetes and the README name the same secrets relay.yaml
+	// reads, and both start serve without --config: the file is mounted
+	// where the image's SENGO_RELAY_CONFIG points, which the healthcheck
+	// reads too.
+	const imageConfig = "/etc/sengo-relay/config.yaml"
+	if !strings.Contains(string(dockerfile), "ENV SENGO_RELAY_CONFIG="+imageConfig+"\n") {
+		t.Errorf("Dockerfile: SENGO_RELAY_CONFIG is not %s", imageConfig)
+	}
+	relayYAML, _ := os.ReadFile(filepath.Join(dir, "relay.yaml"))
+	var want []string
+	for _, m := range regexp.MustCompile(`/run/secrets/([a-z0-9_]+)`).FindAllStringSubmatch(string(relayYAML), -1) {
+		want = append(want, m[1])
+	}
+	slices.Sort(want)
+	if len(want) < 6 {
+		t.Fatalf("relay.yaml: secrets %v", want)
+	}
+	var compose struct {
+		Services map[string]struct {
+			Command []string `yaml:"command"`
+			Secrets []string `yaml:"secrets"`
+			Volumes []string `yaml:"volumes"`
+		} `yaml:"services"`
+		Secrets map[string]struct {
+			File string `yaml:"file"`
+		} `yaml:"secrets"`
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "compose.yaml"))
+	if err := yaml.Unmarshal(b, &compose); err != nil {
+		t.Fatalf("compose.yaml: %v", err)
+	}
+	for name, svc := range compose.Services {
+		if !strings.HasPrefix(name, "relay-") {
+			continue
+		}
+		got := slices.Sorted(slices.Values(svc.Secrets))
+		if !slices.Equal(got, want) || !slices.Equal(svc.Command, []string{"serve"}) || !slices.Contains(svc.Volumes, "./relay.yaml:"+imageConfig+":ro") {
+			t.Errorf("compose.yaml %s: command %v, secrets %v (relay.yaml reads %v), volumes %v", name, svc.Command, got, want, svc.Volumes)
+		}
+	}
+	for _, name := range want {
+		if compose.Secrets[name].File != "./secrets/"+name {
+			t.Errorf("compose.yaml: secret %s is not ./secrets/%s", name, name)
+		}
+	}
+	var deployment struct {
+		Spec struct {
+			Template struct {
+				Spec struct {
+					Containers []struct {
+						Args         []string `yaml:"args"`
+						VolumeMounts []struct {
+							Name      string `yaml:"name"`
+							MountPath string `yaml:"mountPath"`
+						} `yaml:"volumeMounts"`
+					} `yaml:"containers"`
+					Volumes []struct {
+						Name   string `yaml:"name"`
+						Secret struct {
+							SecretName string `yaml:"secretName"`
+						} `yaml:"secret"`
+					} `yaml:"volumes"`
+				} `yaml:"spec"`
+			} `yaml:"template"`
+		} `yaml:"spec"`
+	}
+	k8s, _ := os.ReadFile(filepath.Join(dir, "k8s", "relay.yaml"))
+	if err := yaml.NewDecoder(bytes.NewReader(k8s)).Decode(&deployment); err != nil {
+		t.Fatalf("k8s/relay.yaml: %v", err)
+	}
+	pod := deployment.Spec.Template.Spec
+	if len(pod.Containers) != 1 || !slices.Equal(pod.Containers[0].Args, []string{"serve"}) {
+		t.Errorf("k8s/relay.yaml: the relay's args are not [serve]")
+	}
+	mounts := map[string]string{}
+	for _, m := range pod.Containers[0].VolumeMounts {
+		mounts[m.Name] = m.MountPath
+	}
+	if mounts["config"] != filepath.Dir(imageConfig) || mounts["secrets"] != "/run/secrets" {
+		t.Errorf("k8s/relay.yaml: mounts %v", mounts)
+	}
+	readme, _ := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	_, docker, _ := strings.Cut(string(readme), "\n## Docker\n")
+	docker, _, _ = strings.Cut(docker, "\n## ")
+	for _, v := range pod.Volumes {
+		if v.Secret.SecretName == "" {
+			continue
+		}
+		for _, name := range want {
+			for where, text := range map[string]string{"k8s/relay.yaml": string(k8s), "README's Docker section": docker} {
+				if !strings.Contains(text, "generic "+v.Secret.SecretName) || !strings.Contains(text, "--from-file="+name) {
+					t.Errorf("%s: no kubectl line creating secret %s with %s", where, v.Secret.SecretName, name)
+				}
+			}
 		}
 	}
 }
