@@ -286,6 +286,121 @@ func TestDeployFiles(t *testing.T) {
 	}
 }
 
+// The README's Docker section works with the relay's rules: its run block
+// makes secrets that deploy/relay.yaml loads with (as compose mounts them),
+// and each docker run names variables and mounts with which the image's
+// configuration loads.
+func TestDockerSectionCommands(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("openssl is not installed; .ci/run installs it")
+		}
+		t.Skip("openssl is not installed")
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## Docker\n")
+	section, _, _ = strings.Cut(section, "\n## ")
+	if !ok {
+		t.Fatal("README.md has no Docker section")
+	}
+	var run string
+	var dockerRuns []string
+	for _, part := range strings.Split(section, "```sh\n")[1:] {
+		code, _, _ := strings.Cut(part, "```")
+		if strings.Contains(code, "docker run ") {
+			dockerRuns = append(dockerRuns, code)
+		}
+		if strings.Contains(code, "openssl rand") && !strings.Contains(code, "docker") {
+			run = code
+		}
+	}
+	if run == "" || len(dockerRuns) < 2 {
+		t.Fatalf("README.md Docker section: the secrets block or the docker run examples are missing")
+	}
+	work := t.TempDir()
+	shell := func(code string) {
+		t.Helper()
+		cmd := exec.Command("bash", "-e", "-o", "pipefail", "-c", code)
+		cmd.Dir = work
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v\n%s\n%s", err, code, out)
+		}
+	}
+	// SenGo's two values first, put in place by hand as the section says;
+	// all under a umask that keeps new files to their owner.
+	secrets := filepath.Join(work, "deploy", "secrets")
+	os.MkdirAll(secrets, 0o700)
+	shell("umask 077; printf '%s' 'SC-0123456789abcdef' > deploy/secrets/sengo_api_key; printf '%s' 'tok-0123456789abcdef' > deploy/secrets/sengo_token")
+	shell("umask 077\n" + run)
+	if st, err := os.Stat(secrets); err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("deploy/secrets: %v %v, want 0700", st.Mode(), err)
+	}
+	entries, _ := os.ReadDir(secrets)
+	for _, e := range entries {
+		if st, _ := e.Info(); st.Mode().Perm()&0o004 == 0 {
+			t.Errorf("deploy/secrets/%s: %v; the container's user cannot read a bind-mounted file the host keeps 0600", e.Name(), st.Mode())
+		}
+	}
+	// deploy/relay.yaml with the files where compose mounts them.
+	relay, err := os.ReadFile(filepath.Join("..", "..", "deploy", "relay.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounted := filepath.Join(work, "relay.yaml")
+	os.WriteFile(mounted, []byte(strings.ReplaceAll(string(relay), "/run/secrets/", secrets+"/")), 0o600)
+	if _, err := config.Load(mounted, config.Env{}); err != nil {
+		t.Errorf("deploy/relay.yaml with the secrets the README makes: %v", err)
+	}
+
+	for i, code := range dockerRuns {
+		words := strings.Fields(strings.ReplaceAll(code, "\\\n", " "))
+		mounts, env := map[string]string{}, config.Env{}
+		for j := 0; j+1 < len(words); j++ {
+			arg := strings.Trim(strings.ReplaceAll(words[j+1], "$PWD", work), `"`)
+			switch words[j] {
+			case "-v":
+				host, inside, _ := strings.Cut(arg, ":")
+				inside = strings.TrimSuffix(inside, ":ro")
+				if strings.HasPrefix(host, "/") {
+					mounts[inside] = host
+				}
+			case "-e":
+				k, v, _ := strings.Cut(arg, "=")
+				env[k] = v
+			case "-p":
+				if strings.HasSuffix(arg, ":4222") && strings.Count(arg, ":") < 2 {
+					t.Errorf("docker run %d: -p %s publishes NATS on every interface of the host", i+1, arg)
+				}
+			}
+		}
+		for k, v := range env {
+			if strings.HasPrefix(v, "/run/secrets/") {
+				if mounts[v] == "" {
+					t.Errorf("docker run %d: %s=%s is not mounted", i+1, k, v)
+				}
+				env[k] = mounts[v]
+			}
+		}
+		// Its own commands first (the subscriber's password).
+		for _, line := range strings.Split(code, "\n") {
+			if strings.HasPrefix(line, "openssl ") {
+				shell(line)
+			}
+		}
+		cfg, err := config.Load(filepath.Join("..", "..", "deploy", "docker", "config.yaml"), env)
+		if err != nil {
+			t.Errorf("docker run %d: the image's config with its variables: %v", i+1, err)
+			continue
+		}
+		if cfg.Projects["main"] == nil || !cfg.Projects["main"].Confirms() {
+			t.Errorf("docker run %d: project main does not confirm", i+1)
+		}
+	}
+}
+
 // eachSecret calls fn with the dotted path of every config.Secret under v.
 func eachSecret(v reflect.Value, path string, fn func(string, config.Secret)) {
 	if v.Type() == reflect.TypeFor[config.Secret]() {
