@@ -157,6 +157,10 @@ func TestDeployFiles(t *testing.T) {
 			t.Errorf(".dockerignore does not exclude %s", must)
 		}
 	}
+	// deploy/secrets/ keeps nothing in git but its .gitignore.
+	if b, err := os.ReadFile(filepath.Join(dir, "secrets", ".gitignore")); err != nil || string(b) != "*\n!.gitignore\n" {
+		t.Errorf("deploy/secrets/.gitignore must ignore everything but itself: %q %v", b, err)
+	}
 	dockerfile, _ := os.ReadFile(filepath.Join("..", "..", "Dockerfile"))
 	if !strings.Contains(string(dockerfile), "COPY deploy/docker/config.yaml") || !strings.Contains(string(dockerfile), `CMD ["/sengo-relay", "healthcheck"]`) {
 		t.Error("Dockerfile: the image must carry deploy/docker/config.yaml and probe http.listen")

@@ -105,6 +105,7 @@ var mustLeave = []string{
 	".git/config", "config.yaml", "my.local.yaml", "deploy/my.local.yaml", "deploy/secrets/sengo_api_key",
 	"data/jetstream/relay.password", "sandbox-data/x", "webhook.secret", "examples/webhook.secret",
 	"sengo-relay", "sengo-relay.test", "cmd/sengo-relay/sengo-relay.test", "cpu.prof",
+	".env", "deploy/.env",
 }
 
 // lintContext applies .dockerignore as `docker build` does: the paths of
