@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -10,6 +11,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -84,8 +88,56 @@ func TestDeployFiles(t *testing.T) {
 	if _, always, _ := cfg.NATS.Embedded.Sync(); !always {
 		t.Fatal("image config: sync_interval is not always")
 	}
-	// No file in deploy/ carries a secret value: secrets come from files
-	// (*_file keys) or variables.
+	// No file in deploy/ carries a secret value: every Secret the file sets
+	// on its own is empty, and every Secret of the loaded configuration came
+	// from one of the secret files the variables named.
+	fromFiles := map[string]bool{}
+	for _, p := range env {
+		b, _ := os.ReadFile(p)
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			fromFiles[line] = true
+		}
+	}
+	for _, f := range []string{"relay.yaml", "docker/config.yaml"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw := config.Default()
+		if err := yaml.Unmarshal(b, &raw); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		eachSecret(reflect.ValueOf(raw), "", func(path string, s config.Secret) {
+			if s.Set() {
+				t.Errorf("%s: %s holds a secret value; use %s_file or a variable", f, path, path)
+			}
+		})
+		withEnv := config.Env{}
+		for k, v := range env {
+			withEnv[k] = v
+		}
+		if f == "docker/config.yaml" { // the endpoint as the README's docker run adds it
+			withEnv["SENGO_RELAY_ENDPOINTS_ORDERS_URL"] = "https://orders.internal.example.id/hooks/sengo"
+			withEnv["SENGO_RELAY_ENDPOINTS_ORDERS_FILTER_STATUSES"] = "success,expired,failed"
+		}
+		loaded, err := config.Load(filepath.Join(dir, f), withEnv)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		set := 0
+		eachSecret(reflect.ValueOf(loaded), "", func(path string, s config.Secret) {
+			if s.Set() {
+				set++
+			}
+			if s.Set() && !fromFiles[s.Value()] {
+				t.Errorf("%s: %s is set, but not from a secret file", f, path)
+			}
+		})
+		if set < len(env) { // each variable named one secret file
+			t.Errorf("%s: %d secrets set from %d files", f, set, len(env))
+		}
+	}
+	// Nor a line that looks like a secret, whatever key it is under.
 	for _, f := range []string{"relay.yaml", "docker/config.yaml"} {
 		b, _ := os.ReadFile(filepath.Join(dir, f))
 		for _, key := range []string{"token:", "api_key:", "callback_token:", "password:", "secrets:", "whsec_"} {
@@ -100,10 +152,14 @@ func TestDeployFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, must := range []string{"deploy/secrets/", "sandbox-data/", "data/", "/config.yaml", "*.local.yaml", "webhook.secret"} {
+	for _, must := range []string{"deploy/secrets/", "sandbox-data/", "data/", "/config.yaml", "*.local.yaml", "**/*.local.yaml", "webhook.secret"} {
 		if !strings.Contains("\n"+string(dockerignore), "\n"+must+"\n") {
 			t.Errorf(".dockerignore does not exclude %s", must)
 		}
+	}
+	// deploy/secrets/ keeps nothing in git but its .gitignore.
+	if b, err := os.ReadFile(filepath.Join(dir, "secrets", ".gitignore")); err != nil || string(b) != "*\n!.gitignore\n" {
+		t.Errorf("deploy/secrets/.gitignore must ignore everything but itself: %q %v", b, err)
 	}
 	dockerfile, _ := os.ReadFile(filepath.Join("..", "..", "Dockerfile"))
 	if !strings.Contains(string(dockerfile), "COPY deploy/docker/config.yaml") || !strings.Contains(string(dockerfile), `CMD ["/sengo-relay", "healthcheck"]`) {
@@ -133,6 +189,258 @@ func TestDeployFiles(t *testing.T) {
 		}
 		if docs == 0 {
 			t.Fatalf("%s: empty", f)
+		}
+	}
+
+	// Compose, Kubernetes and the README name the same secrets relay.yaml
+	// reads, and both start serve without --config: the file is mounted
+	// where the image's SENGO_RELAY_CONFIG points, which the healthcheck
+	// reads too.
+	const imageConfig = "/etc/sengo-relay/config.yaml"
+	if !strings.Contains(string(dockerfile), "ENV SENGO_RELAY_CONFIG="+imageConfig+"\n") {
+		t.Errorf("Dockerfile: SENGO_RELAY_CONFIG is not %s", imageConfig)
+	}
+	relayYAML, _ := os.ReadFile(filepath.Join(dir, "relay.yaml"))
+	var want []string
+	for _, m := range regexp.MustCompile(`/run/secrets/([a-z0-9_]+)`).FindAllStringSubmatch(string(relayYAML), -1) {
+		want = append(want, m[1])
+	}
+	slices.Sort(want)
+	if len(want) < 6 {
+		t.Fatalf("relay.yaml: secrets %v", want)
+	}
+	var compose struct {
+		Services map[string]struct {
+			Command []string `yaml:"command"`
+			Secrets []string `yaml:"secrets"`
+			Volumes []string `yaml:"volumes"`
+		} `yaml:"services"`
+		Secrets map[string]struct {
+			File string `yaml:"file"`
+		} `yaml:"secrets"`
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "compose.yaml"))
+	if err := yaml.Unmarshal(b, &compose); err != nil {
+		t.Fatalf("compose.yaml: %v", err)
+	}
+	for name, svc := range compose.Services {
+		if !strings.HasPrefix(name, "relay-") {
+			continue
+		}
+		got := slices.Sorted(slices.Values(svc.Secrets))
+		if !slices.Equal(got, want) || !slices.Equal(svc.Command, []string{"serve"}) || !slices.Contains(svc.Volumes, "./relay.yaml:"+imageConfig+":ro") {
+			t.Errorf("compose.yaml %s: command %v, secrets %v (relay.yaml reads %v), volumes %v", name, svc.Command, got, want, svc.Volumes)
+		}
+	}
+	for _, name := range want {
+		if compose.Secrets[name].File != "./secrets/"+name {
+			t.Errorf("compose.yaml: secret %s is not ./secrets/%s", name, name)
+		}
+	}
+	var deployment struct {
+		Spec struct {
+			Template struct {
+				Spec struct {
+					Containers []struct {
+						Args         []string `yaml:"args"`
+						VolumeMounts []struct {
+							Name      string `yaml:"name"`
+							MountPath string `yaml:"mountPath"`
+						} `yaml:"volumeMounts"`
+					} `yaml:"containers"`
+					Volumes []struct {
+						Name   string `yaml:"name"`
+						Secret struct {
+							SecretName string `yaml:"secretName"`
+						} `yaml:"secret"`
+					} `yaml:"volumes"`
+				} `yaml:"spec"`
+			} `yaml:"template"`
+		} `yaml:"spec"`
+	}
+	k8s, _ := os.ReadFile(filepath.Join(dir, "k8s", "relay.yaml"))
+	if err := yaml.NewDecoder(bytes.NewReader(k8s)).Decode(&deployment); err != nil {
+		t.Fatalf("k8s/relay.yaml: %v", err)
+	}
+	pod := deployment.Spec.Template.Spec
+	if len(pod.Containers) != 1 || !slices.Equal(pod.Containers[0].Args, []string{"serve"}) {
+		t.Errorf("k8s/relay.yaml: the relay's args are not [serve]")
+	}
+	mounts := map[string]string{}
+	for _, m := range pod.Containers[0].VolumeMounts {
+		mounts[m.Name] = m.MountPath
+	}
+	if mounts["config"] != filepath.Dir(imageConfig) || mounts["secrets"] != "/run/secrets" {
+		t.Errorf("k8s/relay.yaml: mounts %v", mounts)
+	}
+	readme, _ := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	_, docker, _ := strings.Cut(string(readme), "\n## Docker\n")
+	docker, _, _ = strings.Cut(docker, "\n## ")
+	for _, v := range pod.Volumes {
+		if v.Secret.SecretName == "" {
+			continue
+		}
+		for _, name := range want {
+			for where, text := range map[string]string{"k8s/relay.yaml": string(k8s), "README's Docker section": docker} {
+				if !strings.Contains(text, "generic "+v.Secret.SecretName) || !strings.Contains(text, "--from-file="+name) {
+					t.Errorf("%s: no kubectl line creating secret %s with %s", where, v.Secret.SecretName, name)
+				}
+			}
+		}
+	}
+}
+
+// The README's Docker section works with the relay's rules: its run block
+// makes secrets that deploy/relay.yaml loads with (as compose mounts them),
+// and each docker run names variables and mounts with which the image's
+// configuration loads.
+func TestDockerSectionCommands(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("openssl is not installed; .ci/run installs it")
+		}
+		t.Skip("openssl is not installed")
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## Docker\n")
+	section, _, _ = strings.Cut(section, "\n## ")
+	if !ok {
+		t.Fatal("README.md has no Docker section")
+	}
+	var run string
+	var dockerRuns []string
+	for _, part := range strings.Split(section, "```sh\n")[1:] {
+		code, _, _ := strings.Cut(part, "```")
+		if strings.Contains(code, "docker run ") {
+			dockerRuns = append(dockerRuns, code)
+		}
+		if strings.Contains(code, "openssl rand") && !strings.Contains(code, "docker") {
+			run = code
+		}
+	}
+	if run == "" || len(dockerRuns) < 2 {
+		t.Fatalf("README.md Docker section: the secrets block or the docker run examples are missing")
+	}
+	work := t.TempDir()
+	shell := func(code string) {
+		t.Helper()
+		cmd := exec.Command("bash", "-e", "-o", "pipefail", "-c", code)
+		cmd.Dir = work
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v\n%s\n%s", err, code, out)
+		}
+	}
+	// SenGo's two values first, put in place by hand as the section says;
+	// all under a umask that keeps new files to their owner.
+	secrets := filepath.Join(work, "deploy", "secrets")
+	os.MkdirAll(secrets, 0o700)
+	shell("umask 077; printf '%s' 'SC-0123456789abcdef' > deploy/secrets/sengo_api_key; printf '%s' 'tok-0123456789abcdef' > deploy/secrets/sengo_token")
+	shell("umask 077\n" + run)
+	if st, err := os.Stat(secrets); err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("deploy/secrets: %v %v, want 0700", st.Mode(), err)
+	}
+	entries, _ := os.ReadDir(secrets)
+	for _, e := range entries {
+		if st, _ := e.Info(); st.Mode().Perm()&0o004 == 0 {
+			t.Errorf("deploy/secrets/%s: %v; the container's user cannot read a bind-mounted file the host keeps 0600", e.Name(), st.Mode())
+		}
+	}
+	// deploy/relay.yaml with the files where compose mounts them.
+	relay, err := os.ReadFile(filepath.Join("..", "..", "deploy", "relay.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounted := filepath.Join(work, "relay.yaml")
+	os.WriteFile(mounted, []byte(strings.ReplaceAll(string(relay), "/run/secrets/", secrets+"/")), 0o600)
+	if _, err := config.Load(mounted, config.Env{}); err != nil {
+		t.Errorf("deploy/relay.yaml with the secrets the README makes: %v", err)
+	}
+
+	for i, code := range dockerRuns {
+		words := strings.Fields(strings.ReplaceAll(code, "\\\n", " "))
+		mounts, env := map[string]string{}, config.Env{}
+		for j := 0; j+1 < len(words); j++ {
+			arg := strings.Trim(strings.ReplaceAll(words[j+1], "$PWD", work), `"`)
+			switch words[j] {
+			case "-v":
+				host, inside, _ := strings.Cut(arg, ":")
+				inside = strings.TrimSuffix(inside, ":ro")
+				if strings.HasPrefix(host, "/") {
+					mounts[inside] = host
+				}
+			case "-e":
+				k, v, _ := strings.Cut(arg, "=")
+				env[k] = v
+			case "-p":
+				if strings.HasSuffix(arg, ":4222") && strings.Count(arg, ":") < 2 {
+					t.Errorf("docker run %d: -p %s publishes NATS on every interface of the host", i+1, arg)
+				}
+			}
+		}
+		for k, v := range env {
+			if strings.HasPrefix(v, "/run/secrets/") {
+				if mounts[v] == "" {
+					t.Errorf("docker run %d: %s=%s is not mounted", i+1, k, v)
+				}
+				env[k] = mounts[v]
+			}
+		}
+		// Its own commands first (the subscriber's password).
+		for _, line := range strings.Split(code, "\n") {
+			if strings.HasPrefix(line, "openssl ") {
+				shell(line)
+			}
+		}
+		cfg, err := config.Load(filepath.Join("..", "..", "deploy", "docker", "config.yaml"), env)
+		if err != nil {
+			t.Errorf("docker run %d: the image's config with its variables: %v", i+1, err)
+			continue
+		}
+		if cfg.Projects["main"] == nil || !cfg.Projects["main"].Confirms() {
+			t.Errorf("docker run %d: project main does not confirm", i+1)
+		}
+	}
+}
+
+// eachSecret calls fn with the dotted path of every config.Secret under v.
+func eachSecret(v reflect.Value, path string, fn func(string, config.Secret)) {
+	if v.Type() == reflect.TypeFor[config.Secret]() {
+		fn(path, v.Interface().(config.Secret))
+		return
+	}
+	join := func(name string) string {
+		if path == "" {
+			return name
+		}
+		return path + "." + name
+	}
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if !v.IsNil() {
+			eachSecret(v.Elem(), path, fn)
+		}
+	case reflect.Struct:
+		for i := range v.NumField() {
+			f := v.Type().Field(i)
+			if !f.IsExported() {
+				continue
+			}
+			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if name == "" {
+				name = strings.ToLower(f.Name)
+			}
+			eachSecret(v.Field(i), join(name), fn)
+		}
+	case reflect.Map:
+		for _, k := range v.MapKeys() {
+			eachSecret(v.MapIndex(k), join(fmt.Sprint(k.Interface())), fn)
+		}
+	case reflect.Slice, reflect.Array:
+		for i := range v.Len() {
+			eachSecret(v.Index(i), fmt.Sprintf("%s[%d]", path, i), fn)
 		}
 	}
 }
