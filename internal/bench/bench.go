@@ -118,9 +118,12 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			continue
 		}
 		resetPeak := resetPeakRSS()
-		st, done, err := openStore(ctx, cfg)
-		if err != nil {
-			return r, err
+		st, done := store{}, func() {}
+		if !sc.ownStores {
+			var err error
+			if st, done, err = openStore(ctx, cfg); err != nil {
+				return r, err
+			}
 		}
 		res, err := sc.run(ctx, cfg, st)
 		if resetPeak {
@@ -166,15 +169,16 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 var scenarios = []struct {
 	key, name string
 	run       func(context.Context, Config, store) (Result, error)
+	ownStores bool // opens a fresh store per probe; Run opens none for it
 }{
-	{"publish", "raw JetStream sync publish", rawPublish},
-	{"echo", "raw Echo handler (reads body)", rawEcho},
-	{"echo-publish", "raw Echo handler + sync publish", rawEchoPublish},
-	{"endpoint", "relay callback endpoint", relayEndpoint},
-	{"endpoint-rate", "relay endpoint at a fixed rate (full relay running)", endpointAtRate},
-	{"e2e", "end to end: accepted → webhook received", endToEnd},
-	{"deliveries", "dispatcher deliveries to a local consumer", deliveries},
-	{"sustained", "pipeline sustained rate (callback → webhook)", sustained},
+	{key: "publish", name: "raw JetStream sync publish", run: rawPublish},
+	{key: "echo", name: "raw Echo handler (reads body)", run: rawEcho},
+	{key: "echo-publish", name: "raw Echo handler + sync publish", run: rawEchoPublish},
+	{key: "endpoint", name: "relay callback endpoint", run: relayEndpoint},
+	{key: "endpoint-rate", name: "relay endpoint at a fixed rate (full relay running)", run: endpointAtRate},
+	{key: "e2e", name: "end to end: accepted → webhook received", run: endToEnd},
+	{key: "deliveries", name: "dispatcher deliveries to a local consumer", run: deliveries},
+	{key: "sustained", name: "pipeline sustained rate (callback → webhook)", run: sustained, ownStores: true},
 }
 
 // ScenarioKeys lists the names Config.Scenarios accepts.
@@ -523,62 +527,44 @@ func sustained(ctx context.Context, cfg Config, _ store) (Result, error) {
 		}
 		return res, ok, err
 	}
-	// Bracket: from 500/s, double while a rate holds, or halve (down to
-	// 25/s) while it does not.
-	lo, hi := 0, 0
+	lo, hi := 0, 0 // the highest rate that held, the lowest that did not
 	var best Result
-	res, ok, err := holds(500)
-	if err != nil {
-		return Result{}, err
-	}
-	if ok {
-		lo, best = 500, res
-		for hi == 0 {
-			rate := lo * 2
-			res, ok, err := holds(rate)
-			switch {
-			case err != nil:
-				return Result{}, err
-			case !ok:
-				hi = rate
-			case rate >= 64000: // the load generator's limit, not the relay's
-				lo, hi, best = rate, rate, res
-			default:
-				lo, best = rate, res
-			}
+	try := func(rate int) error {
+		res, ok, err := holds(rate)
+		if ok {
+			lo, best = rate, res
+		} else if err == nil {
+			hi = rate
 		}
-	} else {
-		hi = 500
-		for lo == 0 && hi > 25 {
-			rate := hi / 2
-			res, ok, err := holds(rate)
-			if err != nil {
-				return Result{}, err
-			}
-			if ok {
-				lo, best = rate, res
-			} else {
-				hi = rate
-			}
-		}
+		return err
 	}
-	for lo > 0 && hi-lo > lo/10 {
-		mid := (lo + hi) / 2
-		res, ok, err := holds(mid)
-		if err != nil {
+	// Bracket from 500/s: double while rates hold (up to the load
+	// generator's 64,000/s), halve while they do not (down to 25/s); then
+	// halve the interval between the two down to 10%.
+	for rate := 500; (lo == 0 || hi == 0) && rate >= 25 && rate <= 64000; {
+		if err := try(rate); err != nil {
 			return Result{}, err
 		}
-		if ok {
-			lo, best = mid, res
+		if hi == 0 {
+			rate *= 2
 		} else {
-			hi = mid
+			rate /= 2
+		}
+	}
+	for lo > 0 && hi > lo && hi-lo > lo/10 {
+		if err := try((lo + hi) / 2); err != nil {
+			return Result{}, err
 		}
 	}
 	if lo == 0 {
 		return Result{Note: fmt.Sprintf("no rate down to %d/s held p99 < 100 ms", hi)}, nil
 	}
 	best.PerSecond = float64(lo)
-	best.Note = fmt.Sprintf("highest rate held for %s: p99 < 100 ms, nothing left behind (%d/s did not hold)", window, hi) + strings.TrimPrefix(best.Note, fmt.Sprintf("at a fixed %d callbacks/s", lo))
+	above := fmt.Sprintf("%d/s did not hold", hi)
+	if hi == 0 {
+		above = "the load generator's limit"
+	}
+	best.Note = fmt.Sprintf("highest rate held for %s: p99 < 100 ms, nothing left behind (%s)", window, above) + strings.TrimPrefix(best.Note, fmt.Sprintf("at a fixed %d callbacks/s", lo))
 	return best, nil
 }
 
