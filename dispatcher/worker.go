@@ -32,10 +32,29 @@ type WorkerConfig struct {
 	Endpoint  Endpoint
 	JetStream jetstream.JetStream
 	UserAgent string
-	Metrics   *Metrics
-	Logger    zerolog.Logger
+	// Durable, when set, is waited on after writing a dead letter or an
+	// attempt record and before the Term or Ack that relies on it.
+	Durable Durability
+	Metrics *Metrics
+	Logger  zerolog.Logger
 	// Now is the clock for signatures and attempt times; time.Now when nil.
 	Now func() time.Time
+}
+
+// Durability makes writes the store acknowledged durable
+// (stream.GroupSync). Sync blocks until every write acknowledged before
+// the call is on disk, or ctx ends; it is safe for concurrent use, and an
+// error means those writes may not survive a power loss.
+type Durability interface {
+	Sync(ctx context.Context) error
+}
+
+// durable waits for the writes made so far to be on disk (group commit).
+func (w *Worker) durable(ctx context.Context) error {
+	if w.cfg.Durable == nil {
+		return nil
+	}
+	return w.cfg.Durable.Sync(ctx)
 }
 
 // Worker delivers one endpoint's events. Several relay instances may run a
@@ -399,6 +418,11 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 				return
 			} else if err != nil {
 				log().Warn().Err(err).Msg("mark delivered")
+			} else if err := w.durable(ctx); err != nil && w.ep.Ordered {
+				log().Warn().Err(err).Msg("delivered, but the record that releases the next status is not known durable; retrying")
+				w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "record_failed").Inc()
+				_ = msg.NakWithDelay(time.Second)
+				return
 			}
 		}
 		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "delivered").Inc()
@@ -433,7 +457,11 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 		LastStatus: rec.LastStatus, LastError: rec.LastError, ResponseExcerpt: rec.Excerpt,
 		StreamSeq: eventSeq(msg, meta, replayed), Replayed: replayed, DeadAt: w.cfg.Now().UTC(), Event: rawOrString(msg.Data()),
 	}
-	if err := publishDeadLetter(ctx, w.cfg.JetStream, key, d); err != nil {
+	err := publishDeadLetter(ctx, w.cfg.JetStream, key, d)
+	if err == nil {
+		err = w.durable(ctx) // the Term below relies on it
+	}
+	if err != nil {
 		w.log.Error().Err(err).Str("event_id", ev.ID).Msg("dead letter not stored; retrying delivery later")
 		_ = msg.NakWithDelay(deadLetterRetry)
 		return

@@ -152,7 +152,8 @@ func (h *callbackHandler) readBody(c echo.Context) ([]byte, error) {
 }
 
 // store publishes the raw notification to SENGO_INBOX and waits for the
-// PubAck, at most PublishTimeout. The Nats-Msg-Id makes a byte-identical
+// PubAck and, with group commit, the fsync after it, at most
+// PublishTimeout in all. The Nats-Msg-Id makes a byte-identical
 // repeat a duplicate that JetStream drops (see inboxMsgID).
 func (h *callbackHandler) store(ctx context.Context, requestID, project string, tx sengo.Transaction, body []byte) (accepted, error) {
 	id := event.ID(project, tx.ID, tx.Status)
@@ -177,6 +178,14 @@ func (h *callbackHandler) store(ctx context.Context, requestID, project string, 
 	ack, err := h.cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(inboxMsgID(id, SourceCallback, body)), jetstream.WithExpectStream(event.StreamInbox))
 	if err != nil {
 		return accepted{}, fmt.Errorf("%w: publish %s: %v", ErrStoreUnavailable, id, err)
+	}
+	// Stored in the page cache; the 200 waits for the fsync that covers it
+	// (shared with every callback stored meanwhile). A duplicate waits too:
+	// the copy it repeats may still be waiting for its own.
+	if h.cfg.Durable != nil {
+		if err := h.cfg.Durable.Sync(ctx); err != nil {
+			return accepted{}, fmt.Errorf("%w: %s: %v", ErrStoreUnavailable, id, err)
+		}
 	}
 	h.cfg.Metrics.PublishSeconds.Observe(time.Since(start).Seconds())
 	if ack.Duplicate {

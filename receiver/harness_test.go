@@ -57,7 +57,12 @@ func testSpec() stream.Spec {
 // over httptest. With runIntake, intake workers run until the test ends.
 func newHarness(t testing.TB, runIntake bool, opts ...option) *harness {
 	t.Helper()
-	srv := natstest.Start(t)
+	return newHarnessOn(t, natstest.Start(t), runIntake, opts...)
+}
+
+// newHarnessOn is newHarness on a server the test started.
+func newHarnessOn(t testing.TB, srv *natstest.Server, runIntake bool, opts ...option) *harness {
+	t.Helper()
 	_, js := srv.Connect(t)
 	if err := stream.Provision(context.Background(), js, testSpec()); err != nil {
 		t.Fatal(err)
@@ -83,9 +88,7 @@ func newHarness(t testing.TB, runIntake bool, opts ...option) *harness {
 	for _, o := range opts {
 		o(&h.cfg, &icfg)
 	}
-	h.app = New(h.cfg)
-	h.http = httptest.NewServer(h.app)
-	t.Cleanup(h.http.Close)
+	h.serve()
 	if runIntake {
 		in, err := NewIntake(context.Background(), icfg)
 		if err != nil {
@@ -97,6 +100,13 @@ func newHarness(t testing.TB, runIntake bool, opts ...option) *harness {
 		t.Cleanup(func() { cancel(); <-done })
 	}
 	return h
+}
+
+// serve starts the receiver of h.cfg over httptest.
+func (h *harness) serve() {
+	h.app = New(h.cfg)
+	h.http = httptest.NewServer(h.app)
+	h.t.Cleanup(h.http.Close)
 }
 
 // post sends body to path with a JSON content type and extra headers.

@@ -56,8 +56,11 @@ type IntakeConfig struct {
 	// ConfirmAttempts bounds retries of a notification whose claimed final
 	// status SenGo's API does not report (default 5).
 	ConfirmAttempts int
-	Metrics         *Metrics
-	Logger          zerolog.Logger
+	// Durable, when set, is waited on before a notification is acked: the
+	// state, event and quarantine writes it caused must be on disk first.
+	Durable Durability
+	Metrics *Metrics
+	Logger  zerolog.Logger
 }
 
 // Intake turns inbox notifications into events.
@@ -206,6 +209,12 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		in.count(r.project, "waiting")
 		_ = m.NakWithDelay(orderWaitDelay)
 	case r.err == nil:
+		if err := in.durable(ctx); err != nil {
+			delay := in.retryDelay(attempt)
+			log().Warn().Err(err).Stringer("delay", delay).Msg("writes not known durable; not acked, retrying")
+			_ = m.NakWithDelay(delay)
+			return
+		}
 		in.count(r.project, r.outcome)
 		if err := m.Ack(); err != nil {
 			log().Warn().Err(err).Msg("ack inbox message; it will be redelivered and found done")
@@ -218,6 +227,12 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 			_ = m.NakWithDelay(delay)
 			return
 		}
+		if err := in.durable(ctx); err != nil {
+			delay := in.retryDelay(attempt)
+			log().Warn().Err(err).Stringer("delay", delay).Msg("quarantine not known durable; not acked, retrying")
+			_ = m.NakWithDelay(delay)
+			return
+		}
 		in.count(r.project, "quarantined")
 		log().Error().Err(r.err).Msg("notification quarantined")
 		_ = m.Ack()
@@ -227,6 +242,15 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		log().Warn().Err(r.err).Stringer("delay", delay).Msg("intake failed; retrying")
 		_ = m.NakWithDelay(delay)
 	}
+}
+
+// durable waits until the writes made for a notification are on disk
+// (group commit), so that an ack never outlives them in a power loss.
+func (in *Intake) durable(ctx context.Context) error {
+	if in.cfg.Durable == nil {
+		return nil
+	}
+	return in.cfg.Durable.Sync(ctx)
 }
 
 func (in *Intake) count(project, outcome string) {

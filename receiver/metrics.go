@@ -7,7 +7,8 @@ type Metrics struct {
 	// Callbacks counts callbacks by project ("unknown" for names not
 	// configured) and outcome ("accepted", "duplicate" or an error code).
 	Callbacks *prometheus.CounterVec
-	// PublishSeconds is the time from publish to PubAck on SENGO_INBOX.
+	// PublishSeconds is the time from publish to durable (PubAck, and the
+	// group-commit fsync when there is one) on SENGO_INBOX.
 	PublishSeconds prometheus.Histogram
 	// Intake counts processed notifications by project and outcome
 	// ("published", "duplicate", "stale", "conflict", "quarantined", "retry").
@@ -33,7 +34,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"project", "outcome"}),
 		PublishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "sengo_relay_inbox_publish_seconds",
-			Help:    "Time from publishing a notification to SENGO_INBOX until JetStream acknowledged it.",
+			Help:    "Time from publishing a notification to SENGO_INBOX until it is durable: JetStream acknowledged it and, with group commit, the fsync after it completed.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}),
 		Intake: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -42,8 +42,12 @@ type Project struct {
 
 // Config configures the HTTP application.
 type Config struct {
-	Projects     []Project
-	JetStream    jetstream.JetStream
+	Projects  []Project
+	JetStream jetstream.JetStream
+	// Durable is waited on after each PubAck and before the 200: nil when
+	// the PubAck itself means durable (nats-server fsyncing every write, or
+	// a cluster).
+	Durable      Durability
 	MaxBodyBytes int64
 	// MaxInFlight caps callbacks handled at once; beyond it the answer is
 	// 503 overloaded with Retry-After (SenGo may retry). 0: no cap.
@@ -64,6 +68,14 @@ type Config struct {
 	Logger   zerolog.Logger
 	// Now returns the acceptance time stamped on notifications; time.Now when nil.
 	Now func() time.Time
+}
+
+// Durability makes writes the store acknowledged durable
+// (stream.GroupSync). Sync blocks until every write acknowledged before
+// the call is on disk, or ctx ends; it is safe for concurrent use, and an
+// error means those writes may not survive a power loss.
+type Durability interface {
+	Sync(ctx context.Context) error
 }
 
 // New returns the Echo application: the callback routes, /healthz,

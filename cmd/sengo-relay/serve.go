@@ -56,7 +56,16 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		default:
 		}
 	}
-	conns, shutdownNATS, err := connectNATS(cfg, log, onClosed)
+	// A failed fsync of the store stops the relay the same way: after it,
+	// nothing acknowledged since the last good fsync can be trusted.
+	onSyncFailed := func(err error) {
+		lost.CompareAndSwap(nil, err)
+		select {
+		case connLost <- err:
+		default:
+		}
+	}
+	conns, shutdownNATS, err := connectNATS(cfg, log, onClosed, onSyncFailed)
 	if err != nil {
 		return err
 	}
@@ -96,6 +105,23 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return float64(n)
 	}))
 
+	if gs := conns.durable; gs != nil {
+		reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "sengo_relay_store_fsyncs_total",
+				Help: "Group-commit fsyncs of the embedded store.",
+			}, func() float64 { return float64(gs.Stats().FSyncs) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "sengo_relay_store_fsync_writers_total",
+				Help: "Waits for durability (callbacks, intake acks, dead letters) that group-commit fsyncs served; divided by sengo_relay_store_fsyncs_total, the writers per fsync.",
+			}, func() float64 { return float64(gs.Stats().Callers) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "sengo_relay_store_fsync_seconds_total",
+				Help: "Time spent in group-commit fsyncs of the embedded store.",
+			}, func() float64 { return gs.Stats().Time.Seconds() }),
+		)
+	}
+
 	var provisioned atomic.Bool
 	projects, trusted, err := receiverProjects(cfg)
 	if err != nil {
@@ -104,6 +130,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	app := receiver.New(receiver.Config{
 		Projects:       projects,
 		JetStream:      callbackJS,
+		Durable:        conns.durable, // nil-safe: Sync of a nil GroupSync returns at once
 		MaxBodyBytes:   cfg.HTTP.MaxBodyBytes,
 		MaxInFlight:    cfg.HTTP.MaxInFlight,
 		PublishTimeout: cfg.HTTP.PublishTimeout.D(),
@@ -222,6 +249,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		err := retryStart(runCtx, log, "starting intake", func() (err error) {
 			in, err = receiver.NewIntake(runCtx, receiver.IntakeConfig{
 				JetStream:           js,
+				Durable:             conns.durable,
 				Workers:             cfg.Intake.Workers,
 				AckWait:             cfg.Intake.AckWait.D(),
 				MaxAckPending:       cfg.Intake.MaxAckPending,
@@ -245,7 +273,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			var w *dispatcher.Worker
 			err := retryStart(runCtx, log.With().Str("endpoint", ep.Name).Logger(), "starting endpoint", func() (err error) {
 				w, err = dispatcher.NewWorker(runCtx, dispatcher.WorkerConfig{
-					Endpoint: ep, JetStream: js, UserAgent: "sengo-relay/" + versionString(), Metrics: dmetrics,
+					Endpoint: ep, JetStream: js, Durable: conns.durable, UserAgent: "sengo-relay/" + versionString(), Metrics: dmetrics,
 					Logger: log.With().Str("component", "dispatcher").Logger(),
 				})
 				return err
@@ -410,18 +438,30 @@ func retry(ctx context.Context, log zerolog.Logger, what string, retryable func(
 
 // natsConns are the relay's two NATS connections: callbacks carries only
 // the receiver's publishes, work everything else (intake, dispatcher,
-// admin, reconcile).
-type natsConns struct{ callbacks, work *nats.Conn }
+// admin, reconcile); and, on the embedded store with group commit, the
+// fsync every acknowledgement waits for (nil otherwise: the store's PubAck
+// is the durability point).
+type natsConns struct {
+	callbacks, work *nats.Conn
+	durable         *stream.GroupSync
+}
+
+// groupCommitBackstop is how often nats-server itself fsyncs under group
+// commit: it bounds the loss window of writes made by other processes
+// (the nats CLI, subscribers' consumers), which do not wait for the
+// relay's fsync.
+const groupCommitBackstop = 10 * time.Second
 
 // connectNATS starts the embedded server when no URL is configured and
 // connects. The returned function drains the connections and stops the
 // embedded server.
-func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn)) (natsConns, func(), error) {
+func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn), syncFailed func(error)) (natsConns, func(), error) {
 	ccfg := stream.ConnectConfig{
 		URL: cfg.NATS.URL, CredsFile: cfg.NATS.CredsFile, Token: cfg.NATS.Token.Value(),
 		Logger: log.With().Str("component", "nats").Logger(), Closed: closed,
 	}
 	var emb *stream.Embedded
+	var gs *stream.GroupSync
 	var opts []nats.Option
 	if cfg.NATS.URL == "" {
 		storeDir := cfg.StoreDirOrDefault()
@@ -433,15 +473,26 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn))
 		if err != nil {
 			return natsConns{}, nil, err
 		}
+		if always && cfg.NATS.Embedded.GroupCommit {
+			switch gs, err = stream.NewGroupSync(stream.GroupSyncConfig{Dir: storeDir, OnFail: syncFailed}); {
+			case errors.Is(err, stream.ErrGroupSyncUnsupported):
+				log.Warn().Msg("group commit needs Linux's syncfs; nats-server fsyncs every write itself (slower)")
+			case err != nil:
+				return natsConns{}, nil, err
+			default:
+				interval, always = groupCommitBackstop, false
+			}
+		}
 		emb, err = stream.StartEmbedded(stream.EmbeddedConfig{
 			StoreDir: storeDir, Listen: cfg.NATS.Embedded.Listen,
 			SyncInterval: interval, SyncAlways: always, MaxStore: cfg.NATS.Embedded.MaxStore,
 			Auth: auth, Logger: log,
 		})
 		if err != nil {
+			_ = gs.Close()
 			return natsConns{}, nil, err
 		}
-		ev := log.Info().Str("store_dir", storeDir).Str("client_url", emb.ClientURL())
+		ev := log.Info().Str("store_dir", storeDir).Str("client_url", emb.ClientURL()).Bool("group_commit", gs != nil)
 		if emb.ClientURL() != "" {
 			ev = ev.Str("subscriber_user", auth.SubscriberUser)
 			if !cfg.NATS.Embedded.Subscriber.Password.Set() {
@@ -451,7 +502,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn))
 		ev.Msg("embedded nats started")
 		opts = append(opts, emb.ConnectOption())
 	}
-	var conns natsConns
+	conns := natsConns{durable: gs}
 	shutdown := func() {
 		for _, nc := range []*nats.Conn{conns.callbacks, conns.work} {
 			if nc != nil {
@@ -461,6 +512,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn))
 		if emb != nil {
 			emb.Shutdown()
 		}
+		_ = gs.Close()
 	}
 	for _, c := range []struct {
 		name  string

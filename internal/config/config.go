@@ -65,7 +65,12 @@ type Embedded struct {
 	Listen       string `yaml:"listen"`        // "" turns the listener off
 	StoreDir     string `yaml:"store_dir"`     // default <data_dir>/jetstream
 	SyncInterval string `yaml:"sync_interval"` // a duration, or "always"
-	MaxStore     int64  `yaml:"max_store_bytes"`
+	// GroupCommit: with sync_interval always, the relay fsyncs the store
+	// itself once for every write acknowledged meanwhile (concurrent
+	// writers share one fsync) instead of nats-server fsyncing each write
+	// on its own. Linux only; false, or elsewhere, nats-server's SyncAlways.
+	GroupCommit bool  `yaml:"group_commit"`
+	MaxStore    int64 `yaml:"max_store_bytes"`
 	// Subscriber is the read-only identity for order services and the nats
 	// CLI on the listener: it may read SENGO_EVENTS and manage consumers of
 	// its own, nothing else.
@@ -197,7 +202,7 @@ func Default() Config {
 		NATS: NATS{
 			Replicas: 1,
 			Storage:  "file",
-			Embedded: Embedded{Listen: "127.0.0.1:4222", SyncInterval: "always", Subscriber: Subscriber{User: "subscriber"}},
+			Embedded: Embedded{Listen: "127.0.0.1:4222", SyncInterval: "always", GroupCommit: true, Subscriber: Subscriber{User: "subscriber"}},
 		},
 		Streams: Streams{
 			Inbox:        StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(10 * time.Minute)},

@@ -36,6 +36,9 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
+// Dir is the server's store directory.
+func (s *Server) Dir() string { return s.dir }
+
 // URL is the server's client URL; it stays the same across Restart.
 func (s *Server) URL() string { return "nats://" + s.listen }
 

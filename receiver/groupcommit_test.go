@@ -1,0 +1,166 @@
+package receiver
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+)
+
+// withDurable makes the receiver wait on d after its writes.
+func withDurable(d Durability) option {
+	return func(c *Config, _ *IntakeConfig) { c.Durable = d }
+}
+
+// withIntakeDurable makes intake wait on d after its writes.
+func withIntakeDurable(d Durability) option {
+	return func(_ *Config, ic *IntakeConfig) { ic.Durable = d }
+}
+
+// answer is one callback's HTTP answer.
+type answer struct {
+	id     string
+	status int
+	code   string
+}
+
+// postConcurrently sends one success callback per id at once and returns a
+// channel that receives each answer as it comes.
+func (h *harness) postConcurrently(ids []string) <-chan answer {
+	out := make(chan answer, len(ids))
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, body := h.post("/callbacks/sengo/main", callback(id, event.StatusSuccess))
+			a := answer{id: id, status: resp.StatusCode}
+			if e, ok := body["error"].(map[string]any); ok {
+				a.code, _ = e["code"].(string)
+			}
+			out <- a
+		}()
+	}
+	go func() { wg.Wait(); close(out) }()
+	return out
+}
+
+func ids(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s-%02d", prefix, i)
+	}
+	return out
+}
+
+// Group commit: no callback is answered 200 before the fsync covering its
+// write has completed. Twenty callbacks are stored (the inbox holds them,
+// so every PubAck came) while the fsync is held: none may be answered.
+// Let through, the fsyncs are shared: far fewer than twenty.
+func TestNoCallbackAnsweredBeforeItsFsync(t *testing.T) {
+	srv := natstest.Start(t)
+	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
+	h := newHarnessOn(t, srv, false, withDurable(gate.GroupSync))
+
+	answers := h.postConcurrently(ids("gc", 20))
+	eventually(t, "20 callbacks stored in the inbox", func() bool { return h.msgs(event.StreamInbox) == 20 })
+	eventually(t, "20 callbacks waiting for an fsync", func() bool { return gate.GroupSync.Stats().Waiting == 20 })
+	select {
+	case a := <-answers:
+		t.Fatalf("callback %s answered %d while its fsync was held: a 200 before durable", a.id, a.status)
+	default:
+	}
+	gate.Open()
+	n := 0
+	for a := range answers {
+		if a.status != http.StatusOK {
+			t.Errorf("callback %s: %d %s, want 200", a.id, a.status, a.code)
+		}
+		n++
+	}
+	if n != 20 {
+		t.Fatalf("%d answers, want 20", n)
+	}
+	if f := gate.Started(); f > 3 {
+		t.Fatalf("%d fsyncs for 20 concurrent callbacks, want them shared (at most 3)", f)
+	}
+}
+
+// When the fsync of a group fails, every callback of that group gets 503
+// (SenGo retries), later callbacks too, and the relay is told to stop.
+// After the restart, SenGo's retries are answered from what the inbox
+// holds: each callback is stored once, none twice, none lost.
+func TestFailedFsyncAnswers503ToItsWholeGroup(t *testing.T) {
+	srv := natstest.Start(t)
+	failed := make(chan error, 1)
+	gate := natstest.NewFSyncGate(t, srv.Dir(), func(err error) { failed <- err })
+	h := newHarnessOn(t, srv, false, withDurable(gate.GroupSync))
+
+	answers := h.postConcurrently(ids("fail", 20))
+	eventually(t, "20 callbacks waiting for an fsync", func() bool { return gate.GroupSync.Stats().Waiting == 20 })
+	errIO := errors.New("input/output error")
+	gate.Fail(errIO)
+	for a := range answers {
+		if a.status != http.StatusServiceUnavailable || a.code != "store_unavailable" {
+			t.Errorf("callback %s: %d %s, want 503 store_unavailable", a.id, a.status, a.code)
+		}
+	}
+	if err := <-failed; !errors.Is(err, errIO) {
+		t.Fatalf("OnFail got %v", err)
+	}
+	if resp, _ := h.post("/callbacks/sengo/main", callback("after-failure", event.StatusSuccess)); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("a callback after the failed fsync got %d, want 503: nothing is durable any more", resp.StatusCode)
+	}
+
+	// The relay restarts with a working disk and SenGo retries.
+	srv.Restart()
+	_, js := srv.Connect(t)
+	cfg := h.cfg
+	working := natstest.NewFSyncGate(t, srv.Dir(), nil)
+	working.Open()
+	cfg.JetStream, cfg.Durable = js, working.GroupSync
+	after := &harness{t: t, nats: srv, js: js, metrics: h.metrics, logs: h.logs, cfg: cfg}
+	after.serve()
+	for a := range after.postConcurrently(ids("fail", 20)) {
+		if a.status != http.StatusOK {
+			t.Errorf("retry of %s: %d %s, want 200", a.id, a.status, a.code)
+		}
+	}
+	if n := after.msgs(event.StreamInbox); n != 20 && n != 21 {
+		t.Fatalf("inbox holds %d messages, want the 20 callbacks once each (and at most the one after the failure)", n)
+	}
+	seen := map[string]int{}
+	for _, m := range natstest.Messages(t, js, event.StreamInbox) {
+		seen[m.Header.Get(jetstream.MsgIDHeader)]++
+	}
+	for id, n := range seen {
+		if n > 1 {
+			t.Fatalf("%s stored %d times", id, n)
+		}
+	}
+}
+
+// Intake acknowledges an inbox message only after the fsync that covers
+// the state and the event it wrote: an ack that outlived them in a power
+// loss would lose the event.
+func TestIntakeAcksOnlyAfterFsync(t *testing.T) {
+	srv := natstest.Start(t)
+	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
+	h := newHarnessOn(t, srv, true, withIntakeDurable(gate.GroupSync)) // the callback itself is not held
+	if resp, _ := h.post("/callbacks/sengo/main", callback("ack-after-fsync", event.StatusSuccess)); resp.StatusCode != http.StatusOK {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the event to be published", func() bool { return h.msgs(event.StreamEvents) == 1 })
+	eventually(t, "intake waiting for the fsync", func() bool { return gate.GroupSync.Stats().Waiting == 1 })
+	if floor, _ := h.inboxAckFloor(); floor != 0 {
+		t.Fatalf("inbox ack floor %d while the fsync is held, want 0: acked before durable", floor)
+	}
+	gate.Open()
+	eventually(t, "the inbox message to be acked", func() bool { floor, _ := h.inboxAckFloor(); return floor == 1 })
+}

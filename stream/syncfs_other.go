@@ -1,0 +1,9 @@
+//go:build !linux
+
+package stream
+
+import "os"
+
+// syncFS is not available: group commit is refused and the relay uses
+// nats-server's own SyncAlways.
+func syncFS(*os.File) error { return ErrGroupSyncUnsupported }
