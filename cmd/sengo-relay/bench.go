@@ -33,7 +33,7 @@ latency percentiles and peak RSS. It starts its own embedded JetStream in a temp
 	rate := fs.Int("rate", 500, "callbacks per second of the end-to-end and soak runs")
 	endpointRate := fs.Int("endpoint-rate", 2000, "callbacks per second of the fixed-rate endpoint-latency run")
 	n := fs.Int("deliveries", 20000, "events the dispatcher scenario delivers")
-	sync := fs.String("sync-interval", "always", `embedded JetStream fsync: "always" (the relay's default) or a duration such as 2m; several, comma-separated, run the whole bench once per mode ("always,2m" shows the price of each)`)
+	sync := fs.String("sync-interval", "always", `embedded JetStream fsync: "always" (the relay's default: fsync before every acknowledgement, with group commit), "always-per-write" (group_commit: false: nats-server fsyncs each write itself) or a duration such as 2m; several, comma-separated, run the whole bench once per mode ("always,always-per-write,2m" shows the price of each)`)
 	window := fs.Duration("sustain-window", 30*time.Second, "how long each probe of the sustained-rate search runs")
 	natsURL := fs.String("nats-url", "", "measure against this NATS server or cluster instead of the embedded one")
 	replicas := fs.Int("replicas", 1, "stream replicas (3 needs --nats-url to a cluster)")
@@ -92,14 +92,16 @@ latency percentiles and peak RSS. It starts its own embedded JetStream in a temp
 		bc.SustainWindow = *window
 		var reports []bench.Report
 		for _, mode := range strings.Split(*sync, ",") {
-			bc.SyncAlways, bc.SyncInterval = false, 0
+			bc.SyncAlways, bc.SyncInterval, bc.GroupCommit = false, 0, false
 			switch mode = strings.TrimSpace(mode); mode {
-			case "always":
+			case "always": // as the relay runs by default: group commit
+				bc.SyncAlways, bc.GroupCommit = true, true
+			case "always-per-write": // group_commit: false
 				bc.SyncAlways = true
 			default:
 				d, err := time.ParseDuration(mode)
 				if err != nil {
-					return fmt.Errorf("--sync-interval %q: want always or a duration", mode)
+					return fmt.Errorf("--sync-interval %q: want always, always-per-write or a duration", mode)
 				}
 				bc.SyncInterval = d
 			}

@@ -50,8 +50,13 @@ type Config struct {
 	NATSURL      string
 	SyncInterval time.Duration
 	SyncAlways   bool
-	Spec         stream.Spec
-	Progress     io.Writer // one line per finished scenario; may be nil
+	// GroupCommit, with SyncAlways: the relay's group commit (the server
+	// fsyncs on its own only every 10 s; every acknowledgement the relay
+	// gives waits for a shared syncfs), as the relay runs by default.
+	// Without it, nats-server fsyncs every write itself.
+	GroupCommit bool
+	Spec        stream.Spec
+	Progress    io.Writer // one line per finished scenario; may be nil
 }
 
 // Result is one row of the report.
@@ -74,6 +79,11 @@ type Result struct {
 	// the run are included.
 	ClientMsgsPerOp float64 `json:"clientMsgsPerOp,omitempty"`
 	JSAPIPerOp      float64 `json:"jsApiPerOp,omitempty"`
+	// FSyncsPerOp and WritersPerFSync: with group commit, the fsyncs per
+	// operation (callback, or notification end to end) and how many waits
+	// for durability each fsync served on average.
+	FSyncsPerOp     float64 `json:"fsyncsPerOp,omitempty"`
+	WritersPerFSync float64 `json:"writersPerFsync,omitempty"`
 }
 
 // SoakSample is one window of a soak run.
@@ -195,8 +205,10 @@ func storeName(cfg Config) string {
 		return "external " + cfg.NATSURL
 	}
 	switch {
+	case cfg.SyncAlways && cfg.GroupCommit:
+		return "embedded, sync always, group commit"
 	case cfg.SyncAlways:
-		return "embedded, sync always"
+		return "embedded, sync always, nats-server fsyncs each write"
 	case cfg.SyncInterval > 0:
 		return "embedded, sync " + cfg.SyncInterval.String()
 	}
@@ -209,6 +221,30 @@ type store struct {
 	js, callbacks jetstream.JetStream
 	// stats reads the embedded server's counters (nil for an external one).
 	stats func() (inMsgs, apiRequests uint64)
+	// durable is the group commit (nil without it).
+	durable *stream.GroupSync
+}
+
+// syncStats samples the group commit's counters of st.
+type syncStats struct {
+	st store
+	s0 stream.GroupSyncStats
+}
+
+func (st store) syncStart() syncStats { return syncStats{st, st.durable.Stats()} }
+
+// add puts the fsyncs since start, per op, into res.
+func (s syncStats) add(res *Result, ops int64) {
+	if s.st.durable == nil || ops <= 0 {
+		return
+	}
+	s1 := s.st.durable.Stats()
+	f, c := s1.FSyncs-s.s0.FSyncs, s1.Callers-s.s0.Callers
+	res.FSyncsPerOp = float64(f) / float64(ops)
+	if f > 0 {
+		res.WritersPerFSync = float64(c) / float64(f)
+	}
+	res.Note += fmt.Sprintf("; %.2f fsyncs per op, %.1f waits served per fsync", res.FSyncsPerOp, res.WritersPerFSync)
 }
 
 // openStore starts an embedded server (or connects to cfg.NATSURL and
@@ -216,14 +252,23 @@ type store struct {
 func openStore(ctx context.Context, cfg Config) (store, func(), error) {
 	var nc, cnc *nats.Conn
 	var emb *stream.Embedded
+	var gs *stream.GroupSync
 	var dir string
 	var err error
 	if cfg.NATSURL == "" {
 		if dir, err = os.MkdirTemp("", "sengo-bench-"); err != nil {
 			return store{}, nil, err
 		}
-		emb, err = stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: dir, SyncInterval: cfg.SyncInterval, SyncAlways: cfg.SyncAlways, Logger: zerolog.Nop()})
+		interval, always := cfg.SyncInterval, cfg.SyncAlways
+		if always && cfg.GroupCommit {
+			if gs, err = stream.NewGroupSync(stream.GroupSyncConfig{Dir: dir}); err != nil {
+				return store{}, nil, err
+			}
+			interval, always = 10*time.Second, false // as serve runs it
+		}
+		emb, err = stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: dir, SyncInterval: interval, SyncAlways: always, Logger: zerolog.Nop()})
 		if err != nil {
+			_ = gs.Close()
 			return store{}, nil, err
 		}
 	}
@@ -241,6 +286,7 @@ func openStore(ctx context.Context, cfg Config) (store, func(), error) {
 	if err != nil {
 		if emb != nil {
 			emb.Shutdown()
+			_ = gs.Close()
 			os.RemoveAll(dir)
 		}
 		return store{}, nil, err
@@ -250,6 +296,7 @@ func openStore(ctx context.Context, cfg Config) (store, func(), error) {
 		nc.Close()
 		if emb != nil {
 			emb.Shutdown()
+			_ = gs.Close()
 			os.RemoveAll(dir)
 		}
 	}
@@ -264,7 +311,7 @@ func openStore(ctx context.Context, cfg Config) (store, func(), error) {
 			_ = st.Purge(ctx)
 		}
 	}
-	st := store{js: js, callbacks: cjs}
+	st := store{js: js, callbacks: cjs, durable: gs}
 	if emb != nil {
 		st.stats = emb.Stats
 	}
@@ -292,13 +339,23 @@ func result(s sample, note string) Result {
 
 func rawPublish(ctx context.Context, cfg Config, st store) (Result, error) {
 	js := st.callbacks
+	ss := st.syncStart()
 	s := closedLoop(ctx, cfg.Concurrency, cfg.Duration, func(ctx context.Context) error {
 		id, body := callback(cfg.Payload)
 		_, err := js.PublishMsg(ctx, &nats.Msg{Subject: event.InboxSubject("bench"), Data: body},
 			jetstream.WithMsgID(event.ID("bench", id, event.StatusSuccess)), jetstream.WithExpectStream(event.StreamInbox))
+		if err == nil {
+			err = st.durable.Sync(ctx) // nil-safe: no group commit, no wait
+		}
 		return err
 	})
-	return result(s, "the store's limit"), nil
+	note := "the store's limit"
+	if st.durable != nil {
+		note = "the store's limit, each publish then waiting for the group fsync"
+	}
+	res := result(s, note)
+	ss.add(&res, s.ops)
+	return res, nil
 }
 
 func httpLoad(ctx context.Context, cfg Config, url string) (sample, error) {
@@ -341,6 +398,9 @@ func rawEchoPublish(ctx context.Context, cfg Config, st store) (Result, error) {
 			jetstream.WithMsgID(id), jetstream.WithExpectStream(event.StreamInbox)); err != nil {
 			return err
 		}
+		if err := st.durable.Sync(c.Request().Context()); err != nil {
+			return err
+		}
 		return c.JSON(http.StatusOK, map[string]string{"status": "accepted", "id": id})
 	})
 	srv := httptest.NewServer(e)
@@ -354,29 +414,42 @@ func rawEchoPublish(ctx context.Context, cfg Config, st store) (Result, error) {
 // the disk is not.
 var relayLog = zerolog.New(io.Discard).Level(zerolog.InfoLevel).With().Timestamp().Logger()
 
-// relay builds the receiver on js.
-func relay(js jetstream.JetStream, m *receiver.Metrics) http.Handler {
+// relay builds the receiver on st's callback connection.
+func relay(st store, m *receiver.Metrics) http.Handler {
+	var d receiver.Durability
+	if st.durable != nil {
+		d = st.durable
+	}
 	return receiver.New(receiver.Config{
-		Projects: []receiver.Project{{Name: "bench"}}, JetStream: js, MaxBodyBytes: 1 << 20, MaxInFlight: 4096,
+		Projects: []receiver.Project{{Name: "bench"}}, JetStream: st.callbacks, Durable: d, MaxBodyBytes: 1 << 20, MaxInFlight: 4096,
 		PublishTimeout: 5 * time.Second, RetryAfter: time.Second, Metrics: m, Logger: relayLog,
 	})
 }
 
 func relayEndpoint(ctx context.Context, cfg Config, st store) (Result, error) {
-	srv := httptest.NewServer(relay(st.callbacks, receiver.NewMetrics(prometheus.NewRegistry())))
+	srv := httptest.NewServer(relay(st, receiver.NewMetrics(prometheus.NewRegistry())))
 	defer srv.Close()
+	ss := st.syncStart()
 	s, err := httpLoad(ctx, cfg, srv.URL+"/callbacks/sengo/bench")
-	return result(s, "every check, parse, publish and PubAck"), err
+	res := result(s, "every check, parse, publish and PubAck")
+	ss.add(&res, s.ops)
+	return res, err
 }
 
 // pipeline runs intake and one webhook endpoint pointing at consumer.
-func pipeline(ctx context.Context, js jetstream.JetStream, consumerURL string, m *receiver.Metrics) (func(), error) {
-	in, err := receiver.NewIntake(ctx, receiver.IntakeConfig{JetStream: js, Workers: 16, AckWait: 30 * time.Second, MaxAckPending: 1024,
+func pipeline(ctx context.Context, st store, consumerURL string, m *receiver.Metrics) (func(), error) {
+	js := st.js
+	var d receiver.Durability
+	var dd dispatcher.Durability
+	if st.durable != nil {
+		d, dd = st.durable, st.durable
+	}
+	in, err := receiver.NewIntake(ctx, receiver.IntakeConfig{JetStream: js, Durable: d, Workers: 16, AckWait: 30 * time.Second, MaxAckPending: 1024,
 		RetryInitial: 100 * time.Millisecond, RetryMax: time.Second, Metrics: m, Logger: relayLog})
 	if err != nil {
 		return nil, err
 	}
-	w, err := newWorker(ctx, js, consumerURL, 32)
+	w, err := newWorker(ctx, js, dd, consumerURL, 32)
 	if err != nil {
 		return nil, err
 	}
@@ -388,12 +461,12 @@ func pipeline(ctx context.Context, js jetstream.JetStream, consumerURL string, m
 	return func() { cancel(); wg.Wait() }, nil
 }
 
-func newWorker(ctx context.Context, js jetstream.JetStream, url string, conc int) (*dispatcher.Worker, error) {
+func newWorker(ctx context.Context, js jetstream.JetStream, d dispatcher.Durability, url string, conc int) (*dispatcher.Worker, error) {
 	k, _ := verify.ParseWebhookSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 	return dispatcher.NewWorker(ctx, dispatcher.WorkerConfig{
 		Endpoint: dispatcher.Endpoint{Name: "bench", URL: url, Keys: []verify.WebhookKey{k}, FilterSubjects: []string{event.SubjectsEvents},
 			Timeout: 5 * time.Second, Concurrency: conc, Schedule: []time.Duration{time.Second}, RetryAfterMax: time.Second, DeliverFrom: "all"},
-		JetStream: js, UserAgent: "sengo-relay/bench", Metrics: dispatcher.NewMetrics(prometheus.NewRegistry()), Logger: relayLog,
+		JetStream: js, Durable: d, UserAgent: "sengo-relay/bench", Metrics: dispatcher.NewMetrics(prometheus.NewRegistry()), Logger: relayLog,
 	})
 }
 
@@ -411,13 +484,13 @@ func startRelay(ctx context.Context, st store) (*runningRelay, error) {
 	r := &runningRelay{}
 	r.consumer = httptest.NewServer(r.latencies.handler())
 	m := receiver.NewMetrics(prometheus.NewRegistry())
-	stop, err := pipeline(ctx, st.js, r.consumer.URL, m)
+	stop, err := pipeline(ctx, st, r.consumer.URL, m)
 	if err != nil {
 		r.consumer.Close()
 		return nil, err
 	}
 	r.stop = stop
-	r.srv = httptest.NewServer(relay(st.callbacks, m))
+	r.srv = httptest.NewServer(relay(st, m))
 	r.poster, _ = newPoster(r.srv.URL+"/callbacks/sengo/bench", 256) // an httptest URL always parses
 	return r, nil
 }
@@ -477,6 +550,7 @@ func endToEndAt(ctx context.Context, cfg Config, st store, rate int, d, drain ti
 	if st.stats != nil {
 		in0, api0 = st.stats()
 	}
+	ss := st.syncStart()
 	l, p := &rl.latencies, rl.poster
 	var sent, failed atomic.Int64
 	openLoop(ctx, rate, d, func(int) {
@@ -501,6 +575,7 @@ func endToEndAt(ctx context.Context, cfg Config, st store, rate int, d, drain ti
 		res.JSAPIPerOp = float64(api1-api0) / float64(s.ops)
 		res.Note += fmt.Sprintf("; per notification, counted by the server: %.1f messages from the relay, %.1f of them JetStream API requests", res.ClientMsgsPerOp, res.JSAPIPerOp)
 	}
+	ss.add(&res, s.ops)
 	return res, nil
 }
 
@@ -622,7 +697,11 @@ func deliveries(ctx context.Context, cfg Config, st store) (Result, error) {
 		}
 	}))
 	defer consumer.Close()
-	w, err := newWorker(ctx, js, consumer.URL, 32)
+	var dd dispatcher.Durability
+	if st.durable != nil {
+		dd = st.durable
+	}
+	w, err := newWorker(ctx, js, dd, consumer.URL, 32)
 	if err != nil {
 		return Result{}, err
 	}
