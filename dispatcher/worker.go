@@ -363,7 +363,14 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		return &l
 	}
 
-	rec, _, err = w.store.get(ctx, key)
+	// A first delivery has no record yet: nothing was attempted for this
+	// consumer's copy (a replayed or redriven copy has a key of its own).
+	// Only a redelivery reads it. (A consumer deleted by hand and created
+	// again from the start posts its events again: at least once, and
+	// consumers deduplicate on webhook-id.)
+	if meta.NumDelivered > 1 {
+		rec, _, err = w.store.get(ctx, key)
+	}
 	if err != nil {
 		w.breaker.release(probe)
 		log().Warn().Err(err).Msg("attempt record unavailable; retrying")

@@ -322,7 +322,16 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 		}
 	}
 	key := txKey(project, tx.ID)
-	if tx.Status.Final() {
+	// One read of the transaction's state serves the receipt-order check,
+	// the leftover outbox and the first compare-and-set attempt.
+	cur, err := in.read(ctx, key)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	if tx.Status.Final() && cur.state.Status == "" {
+		// Nothing applied yet: a pending received before this final status
+		// must go first. (Once a status is applied, no wait is needed.)
 		wait, err := in.earlierPending(ctx, m, project, tx, key, acceptedAt)
 		if err != nil {
 			r.err = err
@@ -338,9 +347,12 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 		// redrive) may find an event decided earlier but never published:
 		// publish it before asking SenGo again, so a confirmation that
 		// fails now can never strand a decision already made.
-		if err := in.flushLeftover(ctx, key); err != nil {
-			r.err = err
-			return r
+		if len(cur.state.Outbox) > 0 {
+			if err := in.flush(ctx, key, cur.state, cur.rev); err != nil {
+				r.err = err
+				return r
+			}
+			cur = nil // changed by the flush: read again
 		}
 	}
 	confirmed, note := false, ""
@@ -376,7 +388,7 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 		return &l
 	}
 
-	st, rev, err := in.apply(ctx, key, func(s *txState) (bool, error) {
+	st, rev, err := in.applyFrom(ctx, key, cur, func(s *txState) (bool, error) {
 		switch d := event.Decide(s.Status, tx.Status); d {
 		case event.Publish:
 			ev := tx.Event(project, s.Status, acceptedAt, confirmed)
@@ -442,11 +454,13 @@ const (
 )
 
 // earlierPending reports whether a pending of the same transaction,
-// received before m (a lower inbox sequence), has not been applied yet:
+// received before m (a lower inbox sequence), has not been applied yet
+// (the caller calls it only while the transaction has no status applied):
 // then m, a final status, must wait, so that "pending then success" is
 // published in the order SenGo sent it even when the pending's processing
 // was delayed (a failed write, a redelivery after a crash). It costs one
-// stream read when the transaction has no earlier notification.
+// stream read when the transaction has no earlier notification, and none
+// once a status of the transaction is applied.
 func (in *Intake) earlierPending(ctx context.Context, m jetstream.Msg, project string, tx sengo.Transaction, key string, receivedAt time.Time) (bool, error) {
 	meta, err := m.Metadata()
 	if err != nil || time.Since(receivedAt) > orderWaitMax {
@@ -466,41 +480,33 @@ func (in *Intake) earlierPending(ctx context.Context, m jetstream.Msg, project s
 			return false, nil
 		}
 		if et, perr := sengo.ParseCallback(em.Data); perr == nil && et.Status == event.StatusPending {
-			entry, err := in.kv.Get(ctx, key)
-			if errors.Is(err, jetstream.ErrKeyNotFound) {
-				return true, nil
-			}
-			if err != nil {
-				return false, fmt.Errorf("read %s: %w", key, err)
-			}
-			var st txState
-			if err := json.Unmarshal(entry.Value(), &st); err != nil {
-				return false, fmt.Errorf("%w: decode %s: %v", ErrPermanent, key, err)
-			}
-			return st.Status == "", nil // nothing applied yet: the pending goes first
+			return true, nil // nothing applied yet (the caller checked): the pending goes first
 		}
 		from = em.Sequence + 1
 	}
 	return false, nil
 }
 
-// flushLeftover publishes the outbox of the transaction at key, if any.
-func (in *Intake) flushLeftover(ctx context.Context, key string) error {
+// txRead is a transaction's state as read, with its revision (0: no entry).
+type txRead struct {
+	state txState
+	rev   uint64
+}
+
+// read reads the state of the transaction at key.
+func (in *Intake) read(ctx context.Context, key string) (*txRead, error) {
 	entry, err := in.kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return &txRead{}, nil
+	case err != nil:
+		return nil, fmt.Errorf("read %s: %w", key, err)
 	}
-	if err != nil {
-		return fmt.Errorf("read %s: %w", key, err)
+	r := &txRead{rev: entry.Revision()}
+	if err := json.Unmarshal(entry.Value(), &r.state); err != nil {
+		return nil, fmt.Errorf("%w: decode %s: %v", ErrPermanent, key, err)
 	}
-	var st txState
-	if err := json.Unmarshal(entry.Value(), &st); err != nil {
-		return fmt.Errorf("%w: decode %s: %v", ErrPermanent, key, err)
-	}
-	if len(st.Outbox) == 0 {
-		return nil
-	}
-	return in.flush(ctx, key, st, entry.Revision())
+	return r, nil
 }
 
 // countConfirm counts a failed confirmation by kind.
@@ -527,20 +533,22 @@ const maxCAS = 16
 // with compare-and-set on the revision read, re-reading on conflict. It
 // returns the state as stored and its revision (0: no entry).
 func (in *Intake) apply(ctx context.Context, key string, change func(*txState) (bool, error)) (txState, uint64, error) {
+	return in.applyFrom(ctx, key, nil, change)
+}
+
+// applyFrom is apply whose first attempt uses cur, the state as read
+// earlier (nil: read it) and consumed, sparing a read; a stale cur costs one
+// compare-and-set conflict and a re-read.
+func (in *Intake) applyFrom(ctx context.Context, key string, cur *txRead, change func(*txState) (bool, error)) (txState, uint64, error) {
 	for range maxCAS {
-		var st txState
-		var rev uint64
-		entry, err := in.kv.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case err != nil:
-			return txState{}, 0, fmt.Errorf("read %s: %w", key, err)
-		default:
-			rev = entry.Revision()
-			if err := json.Unmarshal(entry.Value(), &st); err != nil {
-				return txState{}, 0, fmt.Errorf("%w: decode %s: %v", ErrPermanent, key, err)
+		if cur == nil {
+			var err error
+			if cur, err = in.read(ctx, key); err != nil {
+				return txState{}, 0, err
 			}
 		}
+		st, rev := cur.state, cur.rev // cur is consumed: change may modify its slices
+		cur = nil
 		changed, err := change(&st)
 		if err != nil || !changed {
 			return st, rev, err

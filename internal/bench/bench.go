@@ -244,7 +244,11 @@ func (s syncStats) add(res *Result, ops int64) {
 	if f > 0 {
 		res.WritersPerFSync = float64(c) / float64(f)
 	}
-	res.Note += fmt.Sprintf("; %.2f fsyncs per op, %.1f waits served per fsync", res.FSyncsPerOp, res.WritersPerFSync)
+	var mean time.Duration
+	if f > 0 {
+		mean = (s1.Time - s.s0.Time) / time.Duration(f)
+	}
+	res.Note += fmt.Sprintf("; %.2f fsyncs per op, %.1f waits served per fsync, %s per fsync", res.FSyncsPerOp, res.WritersPerFSync, mean.Round(time.Microsecond))
 }
 
 // openStore starts an embedded server (or connects to cfg.NATSURL and
