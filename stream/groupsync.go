@@ -173,7 +173,7 @@ func (g *GroupSync) loop() {
 // gatherDelay later to gather more callers.
 const (
 	gatherCallers = 4
-	gatherDelay   = 200 * time.Microsecond
+	gatherDelay   = 1 * time.Millisecond
 )
 
 // GroupSyncStats are a GroupSync's counters.

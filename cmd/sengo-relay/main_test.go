@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -645,3 +646,42 @@ func TestMetricsAreNotPublic(t *testing.T) {
 		t.Fatalf("metrics with the token: %d", resp.StatusCode)
 	}
 }
+
+// The checked-in config runs group commit: the embedded store says so at
+// start, and callbacks answered 200 were served by the relay's fsyncs,
+// several callbacks sharing one.
+func TestCheckedInConfigRunsGroupCommit(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("group commit needs syncfs (Linux); elsewhere nats-server fsyncs every write")
+	}
+	base, logs, _ := startRun(t, relayEnv(t.TempDir()))
+	waitReady(t, base)
+	logs.field(t, "embedded nats started", "store_dir")
+	if !strings.Contains(logs.text(), `"group_commit":true`) {
+		t.Fatal("embedded nats started without group commit on the checked-in config")
+	}
+	body := fixtures.Body("callback-retail-success")
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code := post(t, base+"/callbacks/sengo/main", body); code != 200 {
+				t.Errorf("callback: %d", code)
+			}
+		}()
+	}
+	wg.Wait()
+	addr := logs.field(t, "metrics listening", "addr")
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	fsyncs, writers := metricValue(string(b), "sengo_relay_store_fsyncs_total"), metricValue(string(b), "sengo_relay_store_fsync_writers_total")
+	if fsyncs < 1 || writers < 8 {
+		t.Fatalf("%v fsyncs served %v writers after 8 callbacks answered 200: the 200s did not wait for the relay's fsync", fsyncs, writers)
+	}
+}
+

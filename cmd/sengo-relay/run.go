@@ -168,7 +168,12 @@ func newManCmd() *cobra.Command {
 }
 
 func printSummary(w io.Writer, path string, cfg config.Config) error {
-	nats := "embedded, store " + cfg.StoreDirOrDefault()
+	nats := "embedded, store " + cfg.StoreDirOrDefault() + ", fsync " + cfg.NATS.Embedded.SyncInterval
+	if _, always, _ := cfg.NATS.Embedded.Sync(); always && cfg.NATS.Embedded.GroupCommit {
+		nats += " (group commit)"
+	} else if always {
+		nats += " (nats-server, every write)"
+	}
 	if cfg.NATS.URL != "" {
 		urls := strings.Split(cfg.NATS.URL, ",")
 		for i, u := range urls {

@@ -659,6 +659,7 @@ func endpointAtRate(ctx context.Context, cfg Config, st store) (Result, error) {
 	var mu sync.Mutex
 	var lat []time.Duration
 	var failed atomic.Int64
+	ss := st.syncStart()
 	openLoop(ctx, cfg.EndpointRate, cfg.Duration, func(int) {
 		_, body := callback(cfg.Payload)
 		t0 := time.Now()
@@ -675,6 +676,7 @@ func endpointAtRate(ctx context.Context, cfg Config, st store) (Result, error) {
 	slices.Sort(lat)
 	res := result(sample{ops: int64(len(lat)), errors: failed.Load(), elapsed: cfg.Duration, lat: lat}, fmt.Sprintf("callbacks offered at %d/s; answer time as SenGo sees it", cfg.EndpointRate))
 	res.PerSecond = float64(len(lat)) / cfg.Duration.Seconds()
+	ss.add(&res, int64(len(lat)))
 	return res, nil
 }
 
