@@ -111,7 +111,11 @@ func TestGroupSyncHonoursContext(t *testing.T) {
 	g, _ := stream.NewGroupSync(stream.GroupSyncConfig{FSync: h.fsync})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	go func() { poll.Until(t, "fsync started", func() bool { return h.started.Load() == 1 }); <-ctx.Done(); h.results <- nil }()
+	go func() {
+		poll.Until(t, "fsync started", func() bool { return h.started.Load() == 1 })
+		<-ctx.Done()
+		h.results <- nil
+	}()
 	if err := g.Sync(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Sync = %v, want the context's deadline", err)
 	}

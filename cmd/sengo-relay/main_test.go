@@ -684,4 +684,3 @@ func TestCheckedInConfigRunsGroupCommit(t *testing.T) {
 		t.Fatalf("%v fsyncs served %v writers after 8 callbacks answered 200: the 200s did not wait for the relay's fsync", fsyncs, writers)
 	}
 }
-
