@@ -39,6 +39,7 @@ type GroupSync struct {
 	next    *syncRound // the round new callers join; nil: none yet
 	running bool       // a goroutine is running rounds
 	failed  error
+	loops   sync.WaitGroup // the goroutine running rounds, for Close
 
 	fsyncs  atomic.Uint64
 	synced  atomic.Uint64 // callers served
@@ -105,7 +106,8 @@ func (g *GroupSync) Sync(ctx context.Context) error {
 	r.callers++
 	if !g.running {
 		g.running = true
-		go g.loop()
+		g.loops.Add(1)
+		go func() { defer g.loops.Done(); g.loop() }()
 	}
 	g.mu.Unlock()
 	g.waiting.Add(1)
@@ -192,10 +194,20 @@ func (g *GroupSync) Stats() GroupSyncStats {
 	return GroupSyncStats{FSyncs: g.fsyncs.Load(), Callers: g.synced.Load(), Waiting: g.waiting.Load(), Time: time.Duration(g.seconds.Load())}
 }
 
-// Close releases the directory handle. Sync must not be called after it.
+// ErrGroupSyncClosed: Sync after Close.
+var ErrGroupSyncClosed = errors.New("group commit closed")
+
+// Close waits for a running fsync to finish and releases the directory
+// handle; later Sync calls fail with ErrGroupSyncClosed.
 func (g *GroupSync) Close() error {
 	if g == nil {
 		return nil
 	}
+	g.mu.Lock()
+	if g.failed == nil {
+		g.failed = ErrGroupSyncClosed
+	}
+	g.mu.Unlock()
+	g.loops.Wait()
 	return g.close()
 }

@@ -97,7 +97,7 @@ func TestBenchCommand(t *testing.T) {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
 	var out bytes.Buffer
-	err := run(t.Context(), []string{"bench", "--duration", "300ms", "--deliveries", "200", "--rate", "100", "--endpoint-rate", "100", "--concurrency", "8", "--sustain-window", "200ms", "--json"}, &out, io.Discard)
+	err := run(t.Context(), []string{"bench", "--duration", "300ms", "--deliveries", "200", "--rate", "100", "--endpoint-rate", "100", "--concurrency", "8", "--sustain-window", "200ms", "--sync-interval", "2m", "--json"}, &out, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,7 +46,7 @@ func TestEndpointDownCountsAddUp(t *testing.T) {
 	})
 	orders.fail.Store(0) // back up
 
-	nc, err := nats.Connect(natsURL, relayAuth(t, logs))
+	nc, err := nats.Connect(natsURL, relayAuth(t, logs), nats.Timeout(15*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

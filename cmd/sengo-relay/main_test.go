@@ -221,7 +221,7 @@ type collect struct {
 
 func subscribe(t *testing.T, url string, opts ...nats.Option) *collect {
 	t.Helper()
-	nc, err := nats.Connect(url, opts...)
+	nc, err := nats.Connect(url, append(opts, nats.Timeout(15*time.Second))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func (c *collect) n() int { c.mu.Lock(); defer c.mu.Unlock(); return len(c.evs) 
 // storedEvents reads SENGO_EVENTS through a JetStream client at url.
 func storedEvents(t *testing.T, url string, opts ...nats.Option) []event.Event {
 	t.Helper()
-	nc, err := nats.Connect(url, opts...)
+	nc, err := nats.Connect(url, append(opts, nats.Timeout(15*time.Second))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -461,7 +461,7 @@ func TestKillAfter200LosesNothing(t *testing.T) {
 	// Prove the work is in flight at the moment of the kill: the intake
 	// consumer has delivered at least one notification it has not
 	// acknowledged, and its ack floor is below the last one accepted.
-	nc, err := nats.Connect(p.logs.field(t, "embedded nats started", "client_url"), relayAuth(t, p.logs))
+	nc, err := nats.Connect(p.logs.field(t, "embedded nats started", "client_url"), relayAuth(t, p.logs), nats.Timeout(15*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -147,7 +148,7 @@ func TestForgedCallbackQuarantined(t *testing.T) {
 	if code := post(t, base+"/callbacks/sengo/main", forged); code != 200 {
 		t.Fatalf("the forged callback is stored first (it may be real): %d", code)
 	}
-	nc, err := nats.Connect(natsURL, relayAuth(t, logs))
+	nc, err := nats.Connect(natsURL, relayAuth(t, logs), nats.Timeout(15*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -47,7 +48,7 @@ func TestStoreFullRecoversWithoutRestart(t *testing.T) {
 	// Every callback gets 503 now: a load balancer must stop sending here.
 	eventually(t, "readyz 503 while the store is full", func() bool { return get(t, base+"/readyz") == http.StatusServiceUnavailable })
 
-	nc, err := nats.Connect(natsURL, relayAuth(t, logs))
+	nc, err := nats.Connect(natsURL, relayAuth(t, logs), nats.Timeout(15*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
