@@ -97,6 +97,7 @@ type harness struct {
 	js      jetstream.JetStream
 	metrics *Metrics
 	logs    *syncBuffer
+	durable Durability // waited on by the workers start runs; nil: none
 }
 
 func newHarness(t *testing.T) *harness {
@@ -126,7 +127,7 @@ func (h *harness) endpoint(name, url string, schedule ...time.Duration) Endpoint
 func (h *harness) start(ep Endpoint) *Worker {
 	h.t.Helper()
 	w, err := NewWorker(context.Background(), WorkerConfig{
-		Endpoint: ep, JetStream: h.js, UserAgent: "sengo-relay/test", Metrics: h.metrics,
+		Endpoint: ep, JetStream: h.js, Durable: h.durable, UserAgent: "sengo-relay/test", Metrics: h.metrics,
 		Logger: zerolog.New(h.logs),
 	})
 	if err != nil {

@@ -209,10 +209,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		in.count(r.project, "waiting")
 		_ = m.NakWithDelay(orderWaitDelay)
 	case r.err == nil:
-		if err := in.durable(ctx); err != nil {
-			delay := in.retryDelay(attempt)
-			log().Warn().Err(err).Stringer("delay", delay).Msg("writes not known durable; not acked, retrying")
-			_ = m.NakWithDelay(delay)
+		if !in.durableOrNak(ctx, m, attempt, log) {
 			return
 		}
 		in.count(r.project, r.outcome)
@@ -227,10 +224,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 			_ = m.NakWithDelay(delay)
 			return
 		}
-		if err := in.durable(ctx); err != nil {
-			delay := in.retryDelay(attempt)
-			log().Warn().Err(err).Stringer("delay", delay).Msg("quarantine not known durable; not acked, retrying")
-			_ = m.NakWithDelay(delay)
+		if !in.durableOrNak(ctx, m, attempt, log) {
 			return
 		}
 		in.count(r.project, "quarantined")
@@ -251,6 +245,19 @@ func (in *Intake) durable(ctx context.Context) error {
 		return nil
 	}
 	return in.cfg.Durable.Sync(ctx)
+}
+
+// durableOrNak reports whether m's writes are on disk; if they are not
+// known to be, it retries m with backoff instead of acknowledging it.
+func (in *Intake) durableOrNak(ctx context.Context, m jetstream.Msg, attempt uint64, log func() *zerolog.Logger) bool {
+	err := in.durable(ctx)
+	if err == nil {
+		return true
+	}
+	delay := in.retryDelay(attempt)
+	log().Warn().Err(err).Stringer("delay", delay).Msg("writes not known durable; not acked, retrying")
+	_ = m.NakWithDelay(delay)
+	return false
 }
 
 func (in *Intake) count(project, outcome string) {

@@ -48,24 +48,20 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	// restart is the cure.
 	connLost := make(chan error, 2)
 	var lost atomic.Value // error
+	fatal := func(err error) {
+		lost.CompareAndSwap(nil, err)
+		select {
+		case connLost <- err:
+		default:
+		}
+	}
 	onClosed := func(nc *nats.Conn) {
-		err := fmt.Errorf("nats connection %s closed for good: %v", nc.Opts.Name, nc.LastError())
-		lost.CompareAndSwap(nil, err)
-		select {
-		case connLost <- err:
-		default:
-		}
+		fatal(fmt.Errorf("nats connection %s closed for good: %v", nc.Opts.Name, nc.LastError()))
 	}
-	// A failed fsync of the store stops the relay the same way: after it,
-	// nothing acknowledged since the last good fsync can be trusted.
-	onSyncFailed := func(err error) {
-		lost.CompareAndSwap(nil, err)
-		select {
-		case connLost <- err:
-		default:
-		}
-	}
-	conns, shutdownNATS, err := connectNATS(cfg, log, onClosed, onSyncFailed)
+	// A failed fsync of the store (group commit) stops the relay the same
+	// way: after it, nothing acknowledged since the last good fsync can be
+	// trusted.
+	conns, shutdownNATS, err := connectNATS(cfg, log, onClosed, fatal)
 	if err != nil {
 		return err
 	}

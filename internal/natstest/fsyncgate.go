@@ -10,9 +10,8 @@ import (
 )
 
 // FSyncGate is a group-commit fsync that a test holds: every fsync blocks
-// until the test lets one through (Pass), fails one (Fail), or opens the
-// gate for good (Open). A fsync let through does the real one on the
-// store's filesystem.
+// until the test fails one (Fail) or opens the gate for good (Open). An
+// fsync let through does the real one on the store's filesystem.
 type FSyncGate struct {
 	GroupSync *stream.GroupSync
 	real      *stream.GroupSync
@@ -48,9 +47,6 @@ func (g *FSyncGate) fsync() error {
 
 // Started is how many fsyncs have begun (held ones included).
 func (g *FSyncGate) Started() int64 { return g.started.Load() }
-
-// Pass lets one held fsync through; it blocks until one is held.
-func (g *FSyncGate) Pass() { g.ch <- nil }
 
 // Fail makes one held fsync fail with err; it blocks until one is held.
 func (g *FSyncGate) Fail(err error) { g.ch <- err }
