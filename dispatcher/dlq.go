@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // DLQFilter selects dead letters. Zero fields match everything.
@@ -58,7 +59,7 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, f DLQFilter) ([]DLQEnt
 		subject = event.DLQSubject(f.Endpoint)
 	}
 	var out []DLQEntry
-	err = scan(ctx, js, event.StreamDLQ, subject, f.Since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+	err = stream.Scan(ctx, js, event.StreamDLQ, subject, f.Since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
 		if !f.Until.IsZero() && meta.Timestamp.After(f.Until) {
 			return false, nil
 		}
@@ -143,43 +144,4 @@ func Purge(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int
 		n++
 	}
 	return n, nil
-}
-
-// scan reads stream messages on subject from since (or the start) to the
-// end as it is when the scan begins, with an ordered consumer (no server
-// state left behind). visit returns false to stop. total, when not nil,
-// receives the number of messages the scan will read.
-func scan(ctx context.Context, js jetstream.JetStream, stream, subject string, since time.Time, visit func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error), total func(uint64)) error {
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy}
-	if !since.IsZero() {
-		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
-	}
-	c, err := js.OrderedConsumer(ctx, stream, cfg)
-	if err != nil {
-		return fmt.Errorf("scan %s: %w", stream, err)
-	}
-	info, err := c.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("scan %s: %w", stream, err)
-	}
-	remaining := info.NumPending
-	if total != nil {
-		total(remaining)
-	}
-	for remaining > 0 {
-		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
-		if err != nil {
-			return fmt.Errorf("scan %s: %w", stream, err)
-		}
-		meta, err := m.Metadata()
-		if err != nil {
-			return err
-		}
-		remaining = meta.NumPending
-		more, err := visit(m, meta)
-		if err != nil || !more {
-			return err
-		}
-	}
-	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // ReplayRequest selects events of SENGO_EVENTS to deliver again.
@@ -80,7 +81,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 	if progress == nil {
 		progress = func(ReplayProgress) {}
 	}
-	err := scan(ctx, js, event.StreamEvents, event.SubjectsEvents, req.Since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+	err := stream.Scan(ctx, js, event.StreamEvents, event.SubjectsEvents, req.Since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
 		if meta.Timestamp.After(until) {
 			return false, nil
 		}
