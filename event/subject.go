@@ -39,6 +39,12 @@ const (
 	HeaderSource = "Sengo-Source"
 	// HeaderRequestID carries the HTTP request id of the callback, for tracing.
 	HeaderRequestID = "Sengo-Request-Id"
+	// HeaderSourceIP is the caller's address as the relay judged it (the
+	// TCP peer, or behind trusted proxies the client X-Forwarded-For names).
+	HeaderSourceIP = "Sengo-Source-Ip"
+	// HeaderSignature is what became of the callback's X-Signature:
+	// verified, absent (optional and not sent) or not_checked (off).
+	HeaderSignature = "Sengo-Signature"
 	// HeaderReason says why a notification was quarantined.
 	HeaderReason = "Sengo-Quarantine-Reason"
 	// HeaderEventID is the event id, on event messages (also sent as Nats-Msg-Id).

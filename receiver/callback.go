@@ -9,6 +9,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -118,19 +119,37 @@ func (h *callbackHandler) handle(c echo.Context, project string, p *Project) (ac
 	if p.CallbackToken != "" && !verify.Token(p.CallbackToken, token) || p.CallbackToken == "" && token != "" {
 		return accepted{}, ErrUnauthorized
 	}
-	if !p.AllowedIPs.Allows(c.RealIP()) {
+	ip := c.RealIP()
+	if !p.AllowedIPs.Allows(ip) {
 		return accepted{}, ErrForbidden
 	}
+	signature := SignatureNotChecked
 	if sig := req.Header.Get("X-Signature"); p.Signature == SignatureRequired || p.Signature == SignatureOptional && sig != "" {
 		if err := verify.CheckSenGoSignature(p.APIKey, p.Token, body, sig); err != nil {
 			return accepted{}, err
 		}
+		signature = SignatureVerified
+	} else if p.Signature == SignatureOptional {
+		signature = SignatureAbsent
 	}
 	tx, err := sengo.ParseCallback(body)
 	if err != nil {
 		return accepted{}, err
 	}
-	return h.store(req.Context(), c.Response().Header().Get(echo.HeaderXRequestID), project, tx, body)
+	return h.store(req.Context(), receipt{requestID: c.Response().Header().Get(echo.HeaderXRequestID), sourceIP: boundedIP(ip), signature: signature}, project, tx, body)
+}
+
+// receipt is what the inbox message records of how a callback arrived.
+type receipt struct{ requestID, sourceIP, signature string }
+
+// boundedIP is ip in canonical form, or "unparsed" (the extractor may
+// return what a header said).
+func boundedIP(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return "unparsed"
+	}
+	return a.String()
 }
 
 // readBody reads at most MaxBodyBytes, rejecting larger bodies before
@@ -155,7 +174,7 @@ func (h *callbackHandler) readBody(c echo.Context) ([]byte, error) {
 // PubAck and, with group commit, the fsync after it, at most
 // PublishTimeout in all. The Nats-Msg-Id makes a byte-identical
 // repeat a duplicate that JetStream drops (see inboxMsgID).
-func (h *callbackHandler) store(ctx context.Context, requestID, project string, tx sengo.Transaction, body []byte) (accepted, error) {
+func (h *callbackHandler) store(ctx context.Context, rc receipt, project string, tx sengo.Transaction, body []byte) (accepted, error) {
 	id := event.ID(project, tx.ID, tx.Status)
 	msg := &nats.Msg{
 		Subject: event.InboxTxSubject(project, tx.ID),
@@ -164,7 +183,9 @@ func (h *callbackHandler) store(ctx context.Context, requestID, project string, 
 			event.HeaderProject:    []string{project},
 			event.HeaderReceivedAt: []string{h.now().UTC().Format(time.RFC3339Nano)},
 			event.HeaderSource:     []string{SourceCallback},
-			event.HeaderRequestID:  []string{requestID},
+			event.HeaderRequestID:  []string{rc.requestID},
+			event.HeaderSourceIP:   []string{rc.sourceIP},
+			event.HeaderSignature:  []string{rc.signature},
 		},
 	}
 	if nc := h.cfg.JetStream.Conn(); nc != nil && nc.Status() != nats.CONNECTED {

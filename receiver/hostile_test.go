@@ -492,3 +492,35 @@ func startSandbox(t testing.TB) (*sandbox.Server, *sengo.Client) {
 	t.Cleanup(func() { hs.Close(); sb.Close() })
 	return sb, sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
 }
+
+// A caller's X-Request-Id was taken as it came, whatever its length and
+// bytes, into the response, every log line of the request and the inbox
+// message's headers. Only a short plain one is kept now; any other is
+// replaced by a generated id.
+func TestHostileRequestIDIsReplaced(t *testing.T) {
+	h := newHarness(t, false)
+	for i, rid := range []string{strings.Repeat("r", 5000), "two\twords", "a b<script>", "é"} {
+		resp, _ := h.post("/callbacks/sengo/main", callback(fmt.Sprintf("tx-rid-%d", i), event.StatusPending), "X-Request-Id", rid)
+		got := resp.Header.Get("X-Request-Id")
+		if resp.StatusCode != 200 || got == rid || len(got) == 0 || len(got) > 64 {
+			t.Errorf("X-Request-Id %.20q: answered %d with request id %.20q, want 200 and a generated id", rid, resp.StatusCode, got)
+		}
+	}
+	resp, _ := h.post("/callbacks/sengo/main", callback("tx-rid-ok", event.StatusPending), "X-Request-Id", "sengo-7f3a.1:2_b")
+	if got := resp.Header.Get("X-Request-Id"); got != "sengo-7f3a.1:2_b" {
+		t.Errorf("a plain request id came back as %q", got)
+	}
+	s, _ := h.js.Stream(t.Context(), event.StreamInbox)
+	for seq := uint64(1); seq <= 5; seq++ {
+		m, err := s.GetMsg(t.Context(), seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rid := m.Header.Get(event.HeaderRequestID); len(rid) > 64 || strings.ContainsAny(rid, "\t <é") {
+			t.Errorf("inbox message %d keeps request id %.20q", seq, rid)
+		}
+		if m.Header.Get(event.HeaderSourceIP) != "127.0.0.1" || m.Header.Get(event.HeaderSignature) != SignatureNotChecked {
+			t.Errorf("inbox message %d: source ip %q, signature %q", seq, m.Header.Get(event.HeaderSourceIP), m.Header.Get(event.HeaderSignature))
+		}
+	}
+}

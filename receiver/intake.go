@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/sengo"
 )
 
@@ -59,6 +60,10 @@ type IntakeConfig struct {
 	// Durable, when set, is waited on before a notification is acked: the
 	// state, event and quarantine writes it caused must be on disk first.
 	Durable Durability
+	// History, when set, indexes each published transaction under its
+	// merchantRef (SENGO_REFS), written asynchronously: a record that cannot
+	// be stored never holds back or fails a notification.
+	History *history.Writer
 	Metrics *Metrics
 	Logger  zerolog.Logger
 }
@@ -444,6 +449,7 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 		}
 	}
 	if r.outcome == "published" {
+		in.cfg.History.Ref(history.Ref{Project: project, MerchantRef: tx.MerchantRef, TransactionID: tx.ID, At: acceptedAt.UTC()})
 		log().Info().Str("event_id", event.ID(project, tx.ID, tx.Status)).Bool("confirmed", confirmed).Msg("event published")
 	}
 	return r

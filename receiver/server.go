@@ -21,6 +21,14 @@ import (
 // SignatureMode says when X-Signature is checked.
 type SignatureMode int
 
+// What became of a callback's X-Signature, in its inbox message's
+// event.HeaderSignature.
+const (
+	SignatureVerified   = "verified"
+	SignatureAbsent     = "absent"
+	SignatureNotChecked = "not_checked"
+)
+
 const (
 	// SignatureOff ignores X-Signature.
 	SignatureOff SignatureMode = iota
@@ -87,7 +95,7 @@ func New(cfg Config) *echo.Echo {
 	e.IPExtractor = ipExtractor(cfg.TrustedProxies)
 	e.Logger.SetOutput(zerologWriter{cfg.Logger})
 
-	e.Use(middleware.RequestID())
+	e.Use(plainRequestID, middleware.RequestID())
 	e.Use(requestLogger(cfg.Logger))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
 		cfg.Logger.Error().Err(err).Str("request_id", c.Response().Header().Get(echo.HeaderXRequestID)).Bytes("stack", stack).Msg("panic in handler")
@@ -122,6 +130,32 @@ func New(cfg Config) *echo.Echo {
 		e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})))
 	}
 	return e
+}
+
+// plainRequestID drops a caller's X-Request-Id unless it is 1 to 64 of
+// [A-Za-z0-9._:-], so that RequestID generates one instead: the id is
+// echoed in the response and written to every log line of the request and
+// to the inbox message.
+func plainRequestID(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h := c.Request().Header
+		if rid := h.Get(echo.HeaderXRequestID); rid != "" && !plainToken(rid) {
+			h.Del(echo.HeaderXRequestID)
+		}
+		return next(c)
+	}
+}
+
+func plainToken(s string) bool {
+	if len(s) > 64 {
+		return false
+	}
+	for _, r := range []byte(s) {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '.' || r == '_' || r == ':' || r == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // ipExtractor finds the caller's address: the TCP peer, or with trusted
