@@ -26,6 +26,10 @@ type attemptResult struct {
 	HasRetry   bool
 	Abort      bool // 410 Gone or webhook-delivery: abort-message
 	Duration   time.Duration
+	// Sent and Received are the request headers sent (signature and
+	// configured values left out) and the response headers kept, when the
+	// delivery asked for them (delivery.record).
+	Sent, Received map[string]string
 }
 
 func (r attemptResult) ok() bool { return r.Err == nil && r.Status >= 200 && r.Status < 300 }
@@ -60,6 +64,7 @@ type delivery struct {
 	body      []byte // the event exactly as stored
 	replay    bool
 	now       time.Time
+	record    bool // fill attemptResult.Sent and Received
 }
 
 // post sends one signed delivery.
@@ -84,15 +89,22 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) att
 	if d.replay {
 		req.Header.Set("webhook-replay", "true")
 	}
+	var sent map[string]string
+	if d.record {
+		sent = sentHeaders(req.Header, ep)
+	}
 	start := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
-		return attemptResult{Err: transportError(err), Duration: time.Since(start)}
+		return attemptResult{Err: transportError(err), Duration: time.Since(start), Sent: sent}
 	}
 	defer resp.Body.Close()
 	excerpt, _ := io.ReadAll(io.LimitReader(resp.Body, maxExcerpt))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // let the connection be reused
-	r := attemptResult{Status: resp.StatusCode, Excerpt: string(excerpt), Duration: time.Since(start)}
+	r := attemptResult{Status: resp.StatusCode, Excerpt: string(excerpt), Duration: time.Since(start), Sent: sent}
+	if d.record {
+		r.Received = keptHeaders(resp.Header)
+	}
 	r.Abort = resp.StatusCode == http.StatusGone || strings.EqualFold(resp.Header.Get("webhook-delivery"), "abort-message")
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		r.RetryAfter, r.HasRetry = retryAfter(resp.Header, d.now, ep.RetryAfterMax)

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/stream"
@@ -36,6 +37,7 @@ func testSpec() stream.Spec {
 			{Name: event.StreamEvents, Subjects: []string{event.SubjectsEvents}, Limits: l},
 			{Name: event.StreamDLQ, Subjects: []string{event.SubjectsDLQ}, Limits: l},
 			{Name: event.StreamReplay, Subjects: []string{event.SubjectsReplay}, Limits: l},
+			{Name: history.StreamAttempts, Subjects: []string{history.SubjectsAttempts}, Limits: l},
 		},
 		Buckets: []stream.BucketSpec{{Name: event.BucketDelivery, History: 1}},
 	}
@@ -98,6 +100,7 @@ type harness struct {
 	metrics *Metrics
 	logs    *syncBuffer
 	durable Durability // waited on by the workers start runs; nil: none
+	history *history.Writer // given to the workers start runs; nil: none
 }
 
 func newHarness(t *testing.T) *harness {
@@ -127,7 +130,7 @@ func (h *harness) endpoint(name, url string, schedule ...time.Duration) Endpoint
 func (h *harness) start(ep Endpoint) *Worker {
 	h.t.Helper()
 	w, err := NewWorker(context.Background(), WorkerConfig{
-		Endpoint: ep, JetStream: h.js, Durable: h.durable, UserAgent: "sengo-relay/test", Metrics: h.metrics,
+		Endpoint: ep, JetStream: h.js, Durable: h.durable, History: h.history, UserAgent: "sengo-relay/test", Metrics: h.metrics,
 		Logger: zerolog.New(h.logs),
 	})
 	if err != nil {

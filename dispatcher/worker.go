@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/history"
 )
 
 // Replay headers on SENGO_REPLAY messages.
@@ -36,6 +37,10 @@ type WorkerConfig struct {
 	// attempt record and before the Term or Ack that relies on it.
 	Durable Durability
 	Metrics *Metrics
+	// History, when set, keeps every attempt (SENGO_ATTEMPTS), written
+	// asynchronously: a record that cannot be stored never holds back or
+	// fails a delivery.
+	History *history.Writer
 	Logger  zerolog.Logger
 	// Now is the clock for signatures and attempt times; time.Now when nil.
 	Now func() time.Time
@@ -398,10 +403,11 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 	}
 
 	res = post(ctx, w.httpc, w.ep, delivery{userAgent: w.cfg.UserAgent, eventID: ev.ID, seq: eventSeq(msg, meta, replayed), body: msg.Data(),
-		replay: msg.Headers().Get(HeaderReplayKind) == "replay", now: now})
+		replay: msg.Headers().Get(HeaderReplayKind) == "replay", now: now, record: w.cfg.History != nil})
 	w.cfg.Metrics.AttemptSeconds.WithLabelValues(w.ep.Name).Observe(res.Duration.Seconds())
 	rec.record(res, now)
 	act := decide(w.ep, res, rec.Count)
+	w.recordAttempt(ev, msg, replayed, rec.Count, now, res, act)
 
 	if res.ok() {
 		w.breaker.success(probe)
@@ -452,6 +458,33 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 	case actDeadLetter:
 		w.deadLetter(ctx, msg, meta, ev, key, rec, act.reason, replayed)
 	}
+}
+
+// recordAttempt keeps the attempt in SENGO_ATTEMPTS, off the critical path.
+func (w *Worker) recordAttempt(ev event.Event, msg jetstream.Msg, replayed bool, n int, at time.Time, res attemptResult, act action) {
+	if w.cfg.History == nil {
+		return
+	}
+	a := history.Attempt{
+		Endpoint: w.ep.Name, EventID: ev.ID, Project: projectOf(ev.Source), TransactionID: ev.Data.TransactionID, MerchantRef: ev.Data.MerchantRef,
+		Number: n, At: at.UTC(), DurationMs: float64(res.Duration.Microseconds()) / 1000, Status: res.Status,
+		Copy: "live", RequestHeaders: res.Sent, ResponseHeaders: res.Received, ResponseExcerpt: res.Excerpt,
+	}
+	if replayed {
+		a.Copy = msg.Headers().Get(HeaderReplayKind)
+	}
+	if res.Err != nil {
+		a.Error = res.Err.Error()
+	}
+	switch act.kind {
+	case actAck:
+		a.Outcome = "delivered"
+	case actRetry:
+		a.Outcome = "retry"
+	case actDeadLetter:
+		a.Outcome = "dead_letter"
+	}
+	w.cfg.History.Attempt(a)
 }
 
 // deadLetter stores the event in SENGO_DLQ with why, then terminates it

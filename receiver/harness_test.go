@@ -17,6 +17,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
@@ -48,6 +49,7 @@ func testSpec() stream.Spec {
 			{Name: event.StreamInbox, Subjects: []string{event.SubjectsInbox}, Limits: l},
 			{Name: event.StreamEvents, Subjects: []string{event.SubjectsEvents}, Limits: l},
 			{Name: event.StreamQuarantine, Subjects: []string{event.SubjectsQuarantine}, Limits: l},
+			{Name: history.StreamRefs, Subjects: []string{history.SubjectsRefs}, Limits: stream.Limits{MaxAge: time.Hour, Duplicates: time.Minute, PerSubject: 1}},
 		},
 		Buckets: []stream.BucketSpec{{Name: event.BucketTx, History: 1}},
 	}

@@ -17,6 +17,8 @@ type Limits struct {
 	Duplicates time.Duration
 	// MaxBytes caps the stream's size; zero or negative means no cap.
 	MaxBytes int64
+	// PerSubject keeps only the newest n messages of each subject; zero keeps all.
+	PerSubject int64
 }
 
 // StreamSpec is one stream to provision.
@@ -60,16 +62,17 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 	var errs []error
 	for _, s := range spec.Streams {
 		cfg := jetstream.StreamConfig{
-			Name:        s.Name,
-			Description: s.Description,
-			Subjects:    s.Subjects,
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     spec.Storage,
-			Replicas:    spec.Replicas,
-			MaxAge:      s.Limits.MaxAge,
-			Duplicates:  s.Limits.Duplicates,
-			MaxBytes:    orUnlimited(s.Limits.MaxBytes),
-			MaxMsgs:     -1,
+			Name:              s.Name,
+			Description:       s.Description,
+			Subjects:          s.Subjects,
+			Retention:         jetstream.LimitsPolicy,
+			Storage:           spec.Storage,
+			Replicas:          spec.Replicas,
+			MaxAge:            s.Limits.MaxAge,
+			Duplicates:        s.Limits.Duplicates,
+			MaxBytes:          orUnlimited(s.Limits.MaxBytes),
+			MaxMsgs:           -1,
+			MaxMsgsPerSubject: orUnlimited(s.Limits.PerSubject),
 			// A full stream refuses new writes (the callback gets 503, SenGo
 			// may retry) instead of silently dropping its oldest messages,
 			// which could be notifications not yet processed or events not

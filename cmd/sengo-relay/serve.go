@@ -27,6 +27,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/admin"
 	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/receiver"
@@ -116,6 +117,30 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				Help: "Time spent in group-commit fsyncs of the embedded store.",
 			}, func() float64 { return gs.Stats().Time.Seconds() }),
 		)
+	}
+
+	historyWrites := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sengo_relay_history_writes_total",
+		Help: "History records (kind: attempt, ref) by result: stored, or failed (the delivery or notification it describes is not affected).",
+	}, []string{"kind", "result"})
+	reg.MustRegister(historyWrites)
+	for _, k := range []string{"attempt", "ref"} {
+		for _, r := range []string{"stored", "failed"} {
+			historyWrites.WithLabelValues(k, r)
+		}
+	}
+	hist, err := history.NewWriter(nc, history.WriterConfig{
+		OnResult: func(kind string, err error) {
+			if err != nil {
+				historyWrites.WithLabelValues(kind, "failed").Inc()
+			} else {
+				historyWrites.WithLabelValues(kind, "stored").Inc()
+			}
+		},
+		Logger: log.With().Str("component", "history").Logger(),
+	})
+	if err != nil {
+		return err
 	}
 
 	var provisioned atomic.Bool
@@ -254,6 +279,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				Confirmer:           confirmer,
 				ConfirmAttempts:     cfg.Intake.ConfirmAttempts,
 				RequireConfirmation: required,
+				History:             hist,
 				Metrics:             metrics,
 				Logger:              log.With().Str("component", "intake").Logger(),
 			})
@@ -269,7 +295,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			var w *dispatcher.Worker
 			err := retryStart(runCtx, log.With().Str("endpoint", ep.Name).Logger(), "starting endpoint", func() (err error) {
 				w, err = dispatcher.NewWorker(runCtx, dispatcher.WorkerConfig{
-					Endpoint: ep, JetStream: js, Durable: conns.durable, UserAgent: "sengo-relay/" + versionString(), Metrics: dmetrics,
+					Endpoint: ep, JetStream: js, Durable: conns.durable, UserAgent: "sengo-relay/" + versionString(), Metrics: dmetrics, History: hist,
 					Logger: log.With().Str("component", "dispatcher").Logger(),
 				})
 				return err
@@ -339,6 +365,9 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	stopRun()
 	intakeDone.Wait()  // intake drained
 	workersDone.Wait() // deliveries in flight finished
+	if err := hist.Flush(shutCtx); err != nil {
+		log.Warn().Err(err).Msg("history records still in flight at shutdown")
+	}
 	if adminHTTP != nil {
 		_ = adminHTTP.Shutdown(shutCtx)
 		adminSrv.Close()
@@ -592,6 +621,8 @@ func provisionSpec(cfg config.Config) stream.Spec {
 			{Name: event.StreamQuarantine, Subjects: []string{event.SubjectsQuarantine}, Description: "notifications that cannot be processed", Limits: limits(cfg.Streams.Quarantine)},
 			{Name: event.StreamDLQ, Subjects: []string{event.SubjectsDLQ}, Description: "events whose delivery was given up, with why", Limits: limits(cfg.Streams.DLQ)},
 			{Name: event.StreamReplay, Subjects: []string{event.SubjectsReplay}, Description: "events queued again for one endpoint (replay, redrive)", Limits: limits(cfg.Streams.Replay)},
+			{Name: history.StreamAttempts, Subjects: []string{history.SubjectsAttempts}, Description: "every webhook delivery attempt", Limits: limits(cfg.Streams.Attempts)},
+			{Name: history.StreamRefs, Subjects: []string{history.SubjectsRefs}, Description: "merchantRef to SenGo transaction ids", Limits: perSubject(limits(cfg.Streams.Refs), 1)},
 		},
 		Buckets: []stream.BucketSpec{
 			{Name: event.BucketTx, Description: "SenGo transaction state", TTL: cfg.Streams.Transactions.TTL.D(), History: 1},
@@ -599,6 +630,8 @@ func provisionSpec(cfg config.Config) stream.Spec {
 		},
 	}
 }
+
+func perSubject(l stream.Limits, n int64) stream.Limits { l.PerSubject = n; return l }
 
 func receiverProjects(cfg config.Config) ([]receiver.Project, []netip.Prefix, error) {
 	var out []receiver.Project

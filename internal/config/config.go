@@ -93,6 +93,8 @@ type Streams struct {
 	Quarantine   StreamLimits `yaml:"quarantine"`
 	DLQ          StreamLimits `yaml:"dlq"`
 	Replay       StreamLimits `yaml:"replay"`
+	Attempts     StreamLimits `yaml:"attempts"`
+	Refs         StreamLimits `yaml:"refs"`
 	Transactions Bucket       `yaml:"transactions"`
 }
 
@@ -210,6 +212,8 @@ func Default() Config {
 			Quarantine:   StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
 			DLQ:          StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
 			Replay:       StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(24 * time.Hour)},
+			Attempts:     StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(2 * time.Minute)},
+			Refs:         StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(2 * time.Minute)},
 			Transactions: Bucket{TTL: Duration(14 * 24 * time.Hour)},
 		},
 		Intake: Intake{
@@ -305,7 +309,7 @@ func (c *Config) Validate() error {
 		bad("nats.embedded.sync_interval: %v", err)
 	}
 
-	for name, s := range map[string]StreamLimits{"inbox": c.Streams.Inbox, "events": c.Streams.Events, "quarantine": c.Streams.Quarantine, "dlq": c.Streams.DLQ, "replay": c.Streams.Replay} {
+	for name, s := range map[string]StreamLimits{"inbox": c.Streams.Inbox, "events": c.Streams.Events, "quarantine": c.Streams.Quarantine, "dlq": c.Streams.DLQ, "replay": c.Streams.Replay, "attempts": c.Streams.Attempts, "refs": c.Streams.Refs} {
 		if s.MaxAge <= 0 {
 			bad("streams.%s.max_age: must be positive", name)
 		}

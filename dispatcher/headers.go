@@ -1,0 +1,83 @@
+package dispatcher
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/sengo-relay/sengo-relay/verify"
+)
+
+// Bounds of the headers kept with an attempt.
+const (
+	maxKeptHeaders = 24
+	maxHeaderValue = 256
+	redactedValue  = "[redacted]"
+	omittedValue   = "[omitted]"
+)
+
+// sentHeaders is what an attempt record shows of the request headers: the
+// signature is left out, and the values of the endpoint's configured
+// headers (often a consumer's own credentials) are redacted.
+func sentHeaders(h http.Header, ep Endpoint) map[string]string {
+	out := make(map[string]string, len(h))
+	for k, v := range h {
+		switch {
+		case strings.EqualFold(k, verify.HeaderWebhookSignature):
+			continue
+		case configured(ep, k):
+			out[k] = redactedValue
+		default:
+			out[k] = clip(strings.Join(v, ", "))
+		}
+	}
+	return out
+}
+
+func configured(ep Endpoint, name string) bool {
+	for k := range ep.Headers {
+		if strings.EqualFold(k, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// keptHeaders bounds the response headers kept: at most maxKeptHeaders
+// (the rest are counted under "…"), each value clipped, and the values of
+// headers that carry credentials or sessions redacted.
+func keptHeaders(h http.Header) map[string]string {
+	out := make(map[string]string, min(len(h), maxKeptHeaders+1))
+	dropped := 0
+	for k, v := range h {
+		if len(out) == maxKeptHeaders || len(k) > 64 {
+			dropped++
+			continue
+		}
+		if sensitive(k) {
+			out[k] = redactedValue
+			continue
+		}
+		out[k] = clip(strings.Join(v, ", "))
+	}
+	if dropped > 0 {
+		out["…"] = omittedValue
+	}
+	return out
+}
+
+func sensitive(name string) bool {
+	n := strings.ToLower(name)
+	for _, s := range []string{"cookie", "auth", "token", "secret", "key", "signature", "session"} {
+		if strings.Contains(n, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func clip(s string) string {
+	if len(s) <= maxHeaderValue {
+		return strings.ToValidUTF8(s, "?")
+	}
+	return strings.ToValidUTF8(s[:maxHeaderValue], "?") + "…"
+}

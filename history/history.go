@@ -1,0 +1,222 @@
+package history
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/stream"
+)
+
+// Streams and their subjects.
+const (
+	StreamAttempts   = "SENGO_ATTEMPTS"
+	SubjectsAttempts = "sengo.attempts.>"
+	StreamRefs       = "SENGO_REFS"
+	SubjectsRefs     = "sengo.refs.>"
+)
+
+// Attempt is one delivery attempt of one event to one endpoint.
+type Attempt struct {
+	Endpoint      string    `json:"endpoint"`
+	EventID       string    `json:"eventId"`
+	Project       string    `json:"project,omitempty"`
+	TransactionID string    `json:"transactionId,omitempty"`
+	MerchantRef   string    `json:"merchantRef,omitempty"`
+	Number        int       `json:"attempt"`
+	At            time.Time `json:"at"`
+	DurationMs    float64   `json:"durationMs"`
+	// Status is the HTTP status; 0 when no response arrived (then Error says why).
+	Status int    `json:"status,omitempty"`
+	Error  string `json:"error,omitempty"`
+	// Outcome is what the attempt led to: delivered, retry, dead_letter.
+	Outcome string `json:"outcome"`
+	// Copy is live for the endpoint's own delivery, replay or redrive for a copy queued again.
+	Copy            string            `json:"copy"`
+	RequestHeaders  map[string]string `json:"requestHeaders,omitempty"`
+	ResponseHeaders map[string]string `json:"responseHeaders,omitempty"`
+	ResponseExcerpt string            `json:"responseExcerpt,omitempty"`
+}
+
+// Ref ties a merchant's reference to one SenGo transaction.
+type Ref struct {
+	Project       string    `json:"project"`
+	MerchantRef   string    `json:"merchantRef"`
+	TransactionID string    `json:"transactionId"`
+	At            time.Time `json:"at"`
+}
+
+// AttemptSubject is where the attempts of one event to one endpoint go.
+// Endpoint names and event ids are NATS tokens already (checked by the
+// configuration and made by event.ID).
+func AttemptSubject(endpoint, eventID string) string {
+	return "sengo.attempts." + endpoint + "." + eventID
+}
+
+// RefSubject is the index entry of (project, merchantRef, transaction):
+// both values hashed, so any reference (dots, spaces, 200 bytes) makes a
+// fixed-length, valid subject.
+func RefSubject(project, merchantRef, transactionID string) string {
+	return refPrefix(project, merchantRef) + "." + hash(transactionID)
+}
+
+func refPrefix(project, merchantRef string) string {
+	return "sengo.refs." + project + "." + hash(merchantRef)
+}
+
+func hash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:10])
+}
+
+// WriterConfig configures a Writer.
+type WriterConfig struct {
+	// MaxPending bounds the records in flight (default 4096). When it is
+	// reached, a new record waits at most StallWait (default 50 ms), then
+	// is dropped and counted as failed.
+	MaxPending int
+	StallWait  time.Duration
+	// OnResult, when set, is called once per record with its kind
+	// (attempt, ref) and the error that lost it (nil when stored).
+	OnResult func(kind string, err error)
+	Logger   zerolog.Logger
+}
+
+// Writer stores history records with asynchronous publishes.
+type Writer struct {
+	js    jetstream.JetStream
+	cfg   WriterConfig
+	log   zerolog.Logger
+	onRes func(string, error)
+}
+
+// NewWriter returns a Writer on nc.
+func NewWriter(nc *nats.Conn, cfg WriterConfig) (*Writer, error) {
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 4096
+	}
+	if cfg.StallWait <= 0 {
+		cfg.StallWait = 50 * time.Millisecond
+	}
+	w := &Writer{cfg: cfg, onRes: cfg.OnResult}
+	if w.onRes == nil {
+		w.onRes = func(string, error) {}
+	}
+	// A store that refuses every write must not write a log line per record.
+	w.log = cfg.Logger.Sample(&zerolog.BurstSampler{Burst: 5, Period: time.Minute})
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(cfg.MaxPending),
+		jetstream.WithPublishAsyncTimeout(30*time.Second),
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, _ *jetstream.PubAck) { w.onRes(kindOf(m.Subject), nil) }),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) { w.failed(kindOf(m.Subject), err) }),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("history writer: %w", err)
+	}
+	w.js = js
+	return w, nil
+}
+
+func kindOf(subject string) string {
+	if strings.HasPrefix(subject, "sengo.refs.") {
+		return "ref"
+	}
+	return "attempt"
+}
+
+func (w *Writer) failed(kind string, err error) {
+	w.onRes(kind, err)
+	w.log.Warn().Err(err).Str("kind", kind).Msg("history record not stored; the delivery it describes is not affected")
+}
+
+// Attempt records one delivery attempt. It never blocks longer than StallWait.
+func (w *Writer) Attempt(a Attempt) {
+	if w == nil {
+		return
+	}
+	b, _ := json.Marshal(a)
+	w.publish("attempt", &nats.Msg{Subject: AttemptSubject(a.Endpoint, a.EventID), Data: b}, StreamAttempts)
+}
+
+// Ref records that merchantRef names transactionID in project.
+func (w *Writer) Ref(r Ref) {
+	if w == nil {
+		return
+	}
+	b, _ := json.Marshal(r)
+	w.publish("ref", &nats.Msg{Subject: RefSubject(r.Project, r.MerchantRef, r.TransactionID), Data: b}, StreamRefs)
+}
+
+func (w *Writer) publish(kind string, m *nats.Msg, stream string) {
+	if _, err := w.js.PublishMsgAsync(m, jetstream.WithExpectStream(stream), jetstream.WithStallWait(w.cfg.StallWait)); err != nil {
+		w.failed(kind, err)
+	}
+}
+
+// Flush waits until every record written so far is stored or failed.
+func (w *Writer) Flush(ctx context.Context) error {
+	if w == nil {
+		return nil
+	}
+	select {
+	case <-w.js.PublishAsyncComplete():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// MaxRead bounds how many records one read returns.
+const MaxRead = 500
+
+// Attempts returns the attempts of one event to every endpoint, oldest
+// first, at most limit (≤ MaxRead); more reports that some were left out.
+func Attempts(ctx context.Context, js jetstream.JetStream, eventID string, limit int) (out []Attempt, more bool, err error) {
+	if strings.ContainsAny(eventID, ".*> \t\r\n") || eventID == "" {
+		return nil, false, errors.New("bad event id")
+	}
+	limit = clamp(limit)
+	err = stream.ScanFrom(ctx, js, StreamAttempts, []string{"sengo.attempts.*." + eventID}, stream.From{}, func(m jetstream.Msg, _ *jetstream.MsgMetadata) (bool, error) {
+		if len(out) == limit {
+			more = true
+			return false, nil
+		}
+		var a Attempt
+		if err := json.Unmarshal(m.Data(), &a); err != nil {
+			return true, nil // not ours to fail a read over
+		}
+		out = append(out, a)
+		return true, nil
+	}, nil)
+	return out, more, err
+}
+
+// Lookup returns the transactions merchantRef names in project, at most limit.
+func Lookup(ctx context.Context, js jetstream.JetStream, project, merchantRef string, limit int) (out []Ref, err error) {
+	limit = clamp(limit)
+	err = stream.ScanFrom(ctx, js, StreamRefs, []string{refPrefix(project, merchantRef) + ".*"}, stream.From{}, func(m jetstream.Msg, _ *jetstream.MsgMetadata) (bool, error) {
+		var r Ref
+		if err := json.Unmarshal(m.Data(), &r); err != nil || r.MerchantRef != merchantRef || r.Project != project {
+			return true, nil
+		}
+		out = append(out, r)
+		return len(out) < limit, nil
+	}, nil)
+	return out, err
+}
+
+func clamp(limit int) int {
+	if limit <= 0 || limit > MaxRead {
+		return MaxRead
+	}
+	return limit
+}
