@@ -99,7 +99,7 @@ type harness struct {
 	js      jetstream.JetStream
 	metrics *Metrics
 	logs    *syncBuffer
-	durable Durability // waited on by the workers start runs; nil: none
+	durable Durability      // waited on by the workers start runs; nil: none
 	history *history.Writer // given to the workers start runs; nil: none
 }
 
