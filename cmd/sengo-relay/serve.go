@@ -313,7 +313,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		}
 		if cfg.Admin.Token.Set() {
 			workerMu.Lock()
-			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: js, Endpoints: endpoints, Workers: workerMap, Logger: log.With().Str("component", "admin").Logger()})
+			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: js, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Logger: log.With().Str("component", "admin").Logger()})
 			workerMu.Unlock()
 			aln, err := net.Listen("tcp", cfg.Admin.Listen)
 			if err != nil {

@@ -29,6 +29,8 @@ import (
 type Config struct {
 	Token     string
 	JetStream jetstream.JetStream
+	// Projects are the configured project names: the only ones searched.
+	Projects  []string
 	Endpoints []dispatcher.Endpoint
 	// Workers by endpoint name, for live status.
 	Workers map[string]*dispatcher.Worker
@@ -84,6 +86,10 @@ func New(cfg Config) *Server {
 			return next(c)
 		}
 	})
+	e.GET("/admin/openapi.yaml", serveOpenAPI)
+	e.GET("/admin/transactions", s.transactions)
+	e.GET("/admin/transactions/:project/:id", s.transaction)
+	e.GET("/admin/events", s.events)
 	e.GET("/admin/endpoints", s.endpoints)
 	e.GET("/admin/dlq", s.dlqList)
 	e.GET("/admin/dlq/:seq", s.dlqShow)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/stream"
@@ -35,11 +36,13 @@ func newServer(t *testing.T) (*httptest.Server, jetstream.JetStream) {
 		{Name: event.StreamReplay, Subjects: []string{event.SubjectsReplay}, Limits: l},
 		{Name: event.StreamQuarantine, Subjects: []string{event.SubjectsQuarantine}, Limits: l},
 		{Name: event.StreamInbox, Subjects: []string{event.SubjectsInbox}, Limits: l},
-	}})
+		{Name: history.StreamAttempts, Subjects: []string{history.SubjectsAttempts}, Limits: l},
+		{Name: history.StreamRefs, Subjects: []string{history.SubjectsRefs}, Limits: l},
+	}, Buckets: []stream.BucketSpec{{Name: event.BucketTx, History: 1}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := New(Config{Token: token, JetStream: js, Endpoints: []dispatcher.Endpoint{
+	a := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, Endpoints: []dispatcher.Endpoint{
 		{Name: "orders", URL: "https://user:pw@orders.example/hook?key=secret", FilterSubjects: []string{"sengo.events.>"}},
 	}, Logger: zerolog.Nop()})
 	hs := httptest.NewServer(a.Handler())
@@ -59,16 +62,12 @@ func call(t *testing.T, hs *httptest.Server, method, path, body, tok string) (in
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 4096)
-	for {
-		n, err := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return resp.StatusCode, b.String()
+	checkResponse(t, req, resp, b)
+	return resp.StatusCode, string(b)
 }
 
 func TestAdminRequiresToken(t *testing.T) {

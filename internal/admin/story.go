@@ -1,0 +1,489 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sengo-relay/sengo-relay/dispatcher"
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/history"
+	"github.com/sengo-relay/sengo-relay/receiver"
+	"github.com/sengo-relay/sengo-relay/sengo"
+	"github.com/sengo-relay/sengo-relay/stream"
+)
+
+// Page sizes of the list routes.
+const (
+	defaultLimit = 50
+	maxLimit     = 200
+	// maxTimeline bounds each part of one transaction's timeline.
+	maxTimeline = 200
+)
+
+// eventView is one event of SENGO_EVENTS as the API lists it.
+type eventView struct {
+	Seq            uint64        `json:"seq"`
+	Stored         time.Time     `json:"stored"`
+	ID             string        `json:"id"`
+	Project        string        `json:"project"`
+	TransactionID  string        `json:"transactionId"`
+	MerchantRef    string        `json:"merchantRef"`
+	Status         event.Status  `json:"status"`
+	PreviousStatus *event.Status `json:"previousStatus"`
+	Product        event.Product `json:"product"`
+	Channel        string        `json:"channel"`
+	Amount         int64         `json:"amount"`
+	TotalAmount    int64         `json:"totalAmount"`
+	Currency       string        `json:"currency"`
+	Confirmed      bool          `json:"confirmed"`
+	Time           time.Time     `json:"time"`
+}
+
+func viewOf(seq uint64, stored time.Time, data []byte) (eventView, error) {
+	ev, err := event.Unmarshal(data)
+	if err != nil {
+		return eventView{}, err
+	}
+	return eventView{
+		Seq: seq, Stored: stored.UTC(), ID: ev.ID, Project: projectOf(ev.Source), TransactionID: ev.Data.TransactionID,
+		MerchantRef: ev.Data.MerchantRef, Status: ev.Data.Status, PreviousStatus: ev.Data.PreviousStatus, Product: ev.Data.Product,
+		Channel: ev.Data.Channel, Amount: ev.Data.Amount, TotalAmount: ev.Data.TotalAmount, Currency: ev.Data.Currency,
+		Confirmed: ev.Data.Confirmed, Time: ev.Time.UTC(),
+	}, nil
+}
+
+func projectOf(source string) string {
+	if len(source) > len("sengo/") {
+		return source[len("sengo/"):]
+	}
+	return ""
+}
+
+// page is the body of every list route: items, and the cursor of the
+// next page (null on the last).
+type page[T any] struct {
+	Items      []T     `json:"items"`
+	NextCursor *string `json:"nextCursor"`
+}
+
+// listQuery is what the list routes take from the query string, checked.
+type listQuery struct {
+	project, merchantRef, id string
+	status                   event.Status
+	product                  event.Product
+	since, until             time.Time
+	cursor                   uint64
+	limit                    int
+}
+
+var listParams = []string{"project", "merchant_ref", "id", "status", "product", "since", "until", "cursor", "limit"}
+
+func (s *Server) listQuery(c echo.Context, allowed ...string) (listQuery, error) {
+	q := listQuery{limit: defaultLimit}
+	params := c.QueryParams()
+	for name, v := range params {
+		if !slices.Contains(allowed, name) {
+			return q, apiError(http.StatusBadRequest, "unknown_parameter", fmt.Sprintf("%.40q is not a parameter of this route", name))
+		}
+		if len(v) != 1 || v[0] == "" {
+			return q, apiError(http.StatusBadRequest, "empty_filter", name+" is empty or repeated: give one value, or leave it out")
+		}
+	}
+	q.project, q.merchantRef, q.id = c.QueryParam("project"), c.QueryParam("merchant_ref"), c.QueryParam("id")
+	if q.project != "" && !slices.Contains(s.cfg.Projects, q.project) {
+		return q, apiError(http.StatusBadRequest, "unknown_project", "project is not one of the configured projects")
+	}
+	if len(q.merchantRef) > sengo.MaxMerchantRefBytes {
+		return q, apiError(http.StatusBadRequest, "bad_merchant_ref", fmt.Sprintf("merchant_ref is longer than %d bytes", sengo.MaxMerchantRefBytes))
+	}
+	if len(q.id) > sengo.MaxIDBytes {
+		return q, apiError(http.StatusBadRequest, "bad_id", fmt.Sprintf("id is longer than %d bytes", sengo.MaxIDBytes))
+	}
+	if v := c.QueryParam("status"); v != "" {
+		st, err := event.ParseStatus(v)
+		if err != nil {
+			return q, apiError(http.StatusBadRequest, "bad_status", "status must be pending, success, expired or failed")
+		}
+		q.status = st
+	}
+	if v := c.QueryParam("product"); v != "" {
+		if !slices.Contains(event.Products, event.Product(v)) {
+			return q, apiError(http.StatusBadRequest, "bad_product", "product is not a SenGo product")
+		}
+		q.product = event.Product(v)
+	}
+	var err error
+	if q.since, err = ParseTime(c.QueryParam("since"), time.Now()); err != nil {
+		return q, apiError(http.StatusBadRequest, "bad_time", "since: "+err.Error())
+	}
+	if q.until, err = ParseTime(c.QueryParam("until"), time.Now()); err != nil {
+		return q, apiError(http.StatusBadRequest, "bad_time", "until: "+err.Error())
+	}
+	if v := c.QueryParam("cursor"); v != "" {
+		if q.cursor, err = strconv.ParseUint(v, 10, 64); err != nil || q.cursor == 0 {
+			return q, apiError(http.StatusBadRequest, "bad_cursor", "cursor is not one this API returned")
+		}
+	}
+	if v := c.QueryParam("limit"); v != "" {
+		if q.limit, err = strconv.Atoi(v); err != nil || q.limit < 1 || q.limit > maxLimit {
+			return q, apiError(http.StatusBadRequest, "bad_limit", fmt.Sprintf("limit must be 1 to %d", maxLimit))
+		}
+	}
+	return q, nil
+}
+
+// subjects is the SENGO_EVENTS filter of q.
+func (q listQuery) subjects() []string {
+	p, pr, st := "*", "*", "*"
+	if q.project != "" {
+		p = q.project
+	}
+	if q.product != "" {
+		pr = string(q.product)
+	}
+	if q.status != "" {
+		st = string(q.status)
+	}
+	return []string{"sengo.events." + p + "." + pr + "." + st}
+}
+
+// scanEvents visits the events of q from its cursor (or since) in stream
+// order until visit returns false, the window ends or the stream does.
+// It returns the cursor of the next page.
+func (s *Server) scanEvents(ctx context.Context, q listQuery, visit func(eventView) bool) (*string, error) {
+	var next *string
+	err := stream.ScanFrom(ctx, s.cfg.JetStream, event.StreamEvents, q.subjects(), stream.From{Seq: q.cursor, Time: q.since},
+		func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+			if !q.until.IsZero() && meta.Timestamp.After(q.until) {
+				return false, nil
+			}
+			v, err := viewOf(meta.Sequence.Stream, meta.Timestamp, m.Data())
+			if err != nil {
+				return true, nil // not an event a consumer could read either; it is dead-lettered there
+			}
+			if !visit(v) {
+				c := strconv.FormatUint(meta.Sequence.Stream, 10)
+				next = &c
+				return false, nil
+			}
+			return true, nil
+		}, nil)
+	return next, err
+}
+
+// events lists SENGO_EVENTS: GET /admin/events.
+func (s *Server) events(c echo.Context) error {
+	q, err := s.listQuery(c, "project", "status", "product", "since", "until", "cursor", "limit")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 10*time.Second)
+	defer cancel()
+	out := page[eventView]{Items: []eventView{}}
+	out.NextCursor, err = s.scanEvents(ctx, q, func(v eventView) bool {
+		if len(out.Items) == q.limit {
+			return false
+		}
+		out.Items = append(out.Items, v)
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+// txSummary is one transaction in a search result.
+type txSummary struct {
+	Project       string        `json:"project"`
+	TransactionID string        `json:"transactionId"`
+	MerchantRef   string        `json:"merchantRef"`
+	Product       event.Product `json:"product"`
+	Channel       string        `json:"channel"`
+	Status        event.Status  `json:"status"`
+	Amount        int64         `json:"amount"`
+	TotalAmount   int64         `json:"totalAmount"`
+	Currency      string        `json:"currency"`
+	Confirmed     bool          `json:"confirmed"`
+	UpdatedAt     time.Time     `json:"updatedAt"`
+}
+
+// transactions searches transactions: GET /admin/transactions. By
+// merchant_ref (the SENGO_REFS index) or id (SENGO_TX), in one project or
+// every configured one; otherwise the transactions whose events match the
+// filters, in the order of their first matching event, by cursor.
+func (s *Server) transactions(c echo.Context) error {
+	q, err := s.listQuery(c, listParams...)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 10*time.Second)
+	defer cancel()
+	out := page[txSummary]{Items: []txSummary{}}
+	if q.merchantRef != "" || q.id != "" {
+		if q.cursor != 0 {
+			return apiError(http.StatusBadRequest, "bad_cursor", "a search by merchant_ref or id has one page")
+		}
+		found, err := s.lookup(ctx, q)
+		if err != nil {
+			return err
+		}
+		for _, t := range found {
+			if len(out.Items) < q.limit && q.keeps(t) {
+				out.Items = append(out.Items, t)
+			}
+		}
+		return c.JSON(http.StatusOK, out)
+	}
+	seen := map[string]bool{}
+	var keys []txSummary
+	out.NextCursor, err = s.scanEvents(ctx, q, func(v eventView) bool {
+		k := v.Project + "\x00" + v.TransactionID
+		if seen[k] {
+			return true
+		}
+		if len(keys) == q.limit {
+			return false
+		}
+		seen[k] = true
+		keys = append(keys, txSummary{Project: v.Project, TransactionID: v.TransactionID})
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		t, err := s.summary(ctx, k.Project, k.TransactionID)
+		if errors.Is(err, receiver.ErrNoTransaction) {
+			continue // expired from SENGO_TX; its events remain listed by /admin/events
+		}
+		if err != nil {
+			return err
+		}
+		out.Items = append(out.Items, t)
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+func (q listQuery) keeps(t txSummary) bool {
+	return (q.id == "" || t.TransactionID == q.id) && (q.merchantRef == "" || t.MerchantRef == q.merchantRef) &&
+		(q.status == "" || t.Status == q.status) && (q.product == "" || t.Product == q.product) &&
+		(q.since.IsZero() || !t.UpdatedAt.Before(q.since)) && (q.until.IsZero() || !t.UpdatedAt.After(q.until))
+}
+
+// lookup finds the transactions of q.merchantRef or q.id.
+func (s *Server) lookup(ctx context.Context, q listQuery) ([]txSummary, error) {
+	projects := s.cfg.Projects
+	if q.project != "" {
+		projects = []string{q.project}
+	}
+	var out []txSummary
+	for _, p := range projects {
+		ids := []string{q.id}
+		if q.id == "" {
+			refs, err := history.Lookup(ctx, s.cfg.JetStream, p, q.merchantRef, maxLimit)
+			if err != nil {
+				return nil, err
+			}
+			ids = ids[:0]
+			for _, r := range refs {
+				ids = append(ids, r.TransactionID)
+			}
+		}
+		for _, id := range ids {
+			t, err := s.summary(ctx, p, id)
+			if errors.Is(err, receiver.ErrNoTransaction) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+// summary reads a transaction's state and its latest event.
+func (s *Server) summary(ctx context.Context, project, id string) (txSummary, error) {
+	tx, err := receiver.ReadTransaction(ctx, s.cfg.JetStream, project, id)
+	if err != nil {
+		return txSummary{}, err
+	}
+	t := txSummary{Project: tx.Project, TransactionID: tx.TransactionID, MerchantRef: tx.MerchantRef, Product: tx.Product, Status: tx.Status, UpdatedAt: tx.UpdatedAt.UTC(), Currency: event.Currency}
+	if v, ok := s.latestEvent(ctx, tx); ok {
+		t.Channel, t.Amount, t.TotalAmount, t.Confirmed = v.Channel, v.Amount, v.TotalAmount, v.Confirmed
+	}
+	return t, nil
+}
+
+func (s *Server) latestEvent(ctx context.Context, tx receiver.Transaction) (eventView, bool) {
+	for i := len(tx.Changes) - 1; i >= 0; i-- {
+		if seq := tx.Changes[i].Seq; seq > 0 {
+			if v, err := s.eventAt(ctx, seq); err == nil {
+				return v, true
+			}
+		}
+	}
+	return eventView{}, false
+}
+
+func (s *Server) eventAt(ctx context.Context, seq uint64) (eventView, error) {
+	st, err := s.cfg.JetStream.Stream(ctx, event.StreamEvents)
+	if err != nil {
+		return eventView{}, err
+	}
+	m, err := st.GetMsg(ctx, seq)
+	if err != nil {
+		return eventView{}, err
+	}
+	return viewOf(m.Sequence, m.Time, m.Data)
+}
+
+// step is one line of a transaction's story, in time order.
+type step struct {
+	At time.Time `json:"at"`
+	// Kind is notification, published, rejected, attempt or dead_letter.
+	Kind    string `json:"kind"`
+	Summary string `json:"summary"`
+	// Ref points at the record the step comes from (an inbox, event or
+	// dead-letter sequence, or endpoint/event id for an attempt).
+	Ref string `json:"ref"`
+}
+
+// timeline is GET /admin/transactions/{project}/{id}.
+type timeline struct {
+	Transaction   txSummary               `json:"transaction"`
+	State         receiver.Transaction    `json:"state"`
+	Notifications []receiver.Notification `json:"notifications"`
+	Events        []eventView             `json:"events"`
+	Attempts      []history.Attempt       `json:"attempts"`
+	DeadLetters   []dispatcher.DLQEntry   `json:"deadLetters"`
+	Steps         []step                  `json:"steps"`
+	// Truncated: a part held more than its bound (200) and was cut.
+	Truncated bool `json:"truncated"`
+}
+
+func (s *Server) transaction(c echo.Context) error {
+	project, id := c.Param("project"), c.Param("id")
+	if !slices.Contains(s.cfg.Projects, project) {
+		return apiError(http.StatusNotFound, "unknown_project", "project is not one of the configured projects")
+	}
+	if id == "" || len(id) > sengo.MaxIDBytes {
+		return apiError(http.StatusBadRequest, "bad_id", fmt.Sprintf("the id must be 1 to %d bytes", sengo.MaxIDBytes))
+	}
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 10*time.Second)
+	defer cancel()
+	tl, err := s.timeline(ctx, project, id)
+	if errors.Is(err, receiver.ErrNoTransaction) {
+		return apiError(http.StatusNotFound, "not_found", "no such transaction in "+project+" (it may have expired: streams.transactions.ttl)")
+	}
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, tl)
+}
+
+func (s *Server) timeline(ctx context.Context, project, id string) (timeline, error) {
+	var tl timeline
+	tx, err := receiver.ReadTransaction(ctx, s.cfg.JetStream, project, id)
+	if err != nil {
+		return tl, err
+	}
+	tl.State = tx
+	if tl.Transaction, err = s.summary(ctx, project, id); err != nil {
+		return tl, err
+	}
+	var more bool
+	if tl.Notifications, more, err = receiver.Notifications(ctx, s.cfg.JetStream, project, id, maxTimeline); err != nil {
+		return tl, err
+	}
+	tl.Truncated = tl.Truncated || more
+	tl.Events, tl.Attempts = []eventView{}, []history.Attempt{}
+	for _, ch := range tx.Changes {
+		if ch.Seq > 0 {
+			if v, err := s.eventAt(ctx, ch.Seq); err == nil {
+				tl.Events = append(tl.Events, v)
+			}
+		}
+		as, more, err := history.Attempts(ctx, s.cfg.JetStream, ch.EventID, maxTimeline)
+		if err != nil {
+			return tl, err
+		}
+		tl.Truncated = tl.Truncated || more
+		tl.Attempts = append(tl.Attempts, as...)
+	}
+	if tl.DeadLetters, err = dispatcher.ListDLQ(ctx, s.cfg.JetStream, dispatcher.DLQFilter{TransactionID: id}); err != nil {
+		return tl, err
+	}
+	if tl.DeadLetters == nil {
+		tl.DeadLetters = []dispatcher.DLQEntry{}
+	}
+	if tl.Notifications == nil {
+		tl.Notifications = []receiver.Notification{}
+	}
+	tl.Steps = steps(tl)
+	return tl, nil
+}
+
+// steps merges the parts of a timeline into one story, oldest first.
+func steps(tl timeline) []step {
+	var out []step
+	for _, n := range tl.Notifications {
+		sum := fmt.Sprintf("%s notification: %s", n.Source, n.Status)
+		if n.SourceIP != "" {
+			sum += " from " + n.SourceIP
+		}
+		if n.Signature != "" {
+			sum += ", signature " + n.Signature
+		}
+		out = append(out, step{At: n.Stored, Kind: "notification", Summary: sum, Ref: "inbox/" + strconv.FormatUint(n.Seq, 10)})
+	}
+	confirmed := map[string]bool{}
+	for _, e := range tl.Events {
+		confirmed[e.ID] = e.Confirmed
+	}
+	for _, ch := range tl.State.Changes {
+		sum := "published " + string(ch.Status)
+		if confirmed[ch.EventID] {
+			sum += ", confirmed by SenGo's API"
+		} else {
+			sum += ", not confirmed"
+		}
+		if ch.Note != "" {
+			sum += " (" + ch.Note + ")"
+		}
+		if ch.Seq == 0 {
+			sum += "; not yet acknowledged by the store"
+		}
+		out = append(out, step{At: ch.AcceptedAt.UTC(), Kind: "published", Summary: sum, Ref: "events/" + strconv.FormatUint(ch.Seq, 10)})
+	}
+	for _, r := range tl.State.Rejected {
+		out = append(out, step{At: r.At.UTC(), Kind: "rejected", Summary: fmt.Sprintf("%s notification not published (%s)", r.Status, r.Decision), Ref: "inbox/" + strconv.FormatUint(r.InboxSeq, 10)})
+	}
+	for _, a := range tl.Attempts {
+		res := a.Error
+		if a.Status > 0 {
+			res = "HTTP " + strconv.Itoa(a.Status)
+		}
+		sum := fmt.Sprintf("%s attempt %d (%s): %s in %.0f ms, %s", a.Endpoint, a.Number, a.Copy, res, a.DurationMs, a.Outcome)
+		out = append(out, step{At: a.At, Kind: "attempt", Summary: sum, Ref: "attempts/" + a.Endpoint + "/" + a.EventID})
+	}
+	for _, d := range tl.DeadLetters {
+		out = append(out, step{At: d.DeadAt.UTC(), Kind: "dead_letter", Summary: fmt.Sprintf("%s dead letter: %s after %d attempts", d.Endpoint, d.Reason, d.Attempts), Ref: "dlq/" + strconv.FormatUint(d.Seq, 10)})
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].At.Before(out[j].At) })
+	if out == nil {
+		out = []step{}
+	}
+	return out
+}
