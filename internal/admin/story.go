@@ -446,7 +446,11 @@ func steps(tl timeline) []step {
 		if n.Signature != "" {
 			sum += ", signature " + n.Signature
 		}
-		out = append(out, step{At: n.Stored, Kind: "notification", Summary: sum, Ref: "inbox/" + strconv.FormatUint(n.Seq, 10)})
+		at := n.Stored
+		if t, err := time.Parse(time.RFC3339Nano, n.ReceivedAt); err == nil {
+			at = t.UTC() // the time a status change it caused is accepted at
+		}
+		out = append(out, step{At: at, Kind: "notification", Summary: sum, Ref: "inbox/" + strconv.FormatUint(n.Seq, 10)})
 	}
 	confirmed := map[string]bool{}
 	for _, e := range tl.Events {

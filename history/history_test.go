@@ -1,0 +1,104 @@
+package history
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/stream"
+)
+
+func setup(t *testing.T) (*natstest.Server, jetstream.JetStream) {
+	t.Helper()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	l := stream.Limits{MaxAge: time.Hour, Duplicates: time.Minute}
+	err := stream.Provision(context.Background(), js, stream.Spec{Replicas: 1, Storage: jetstream.FileStorage, Streams: []stream.StreamSpec{
+		{Name: StreamAttempts, Subjects: []string{SubjectsAttempts}, Limits: l},
+		{Name: StreamRefs, Subjects: []string{SubjectsRefs}, Limits: stream.Limits{MaxAge: time.Hour, Duplicates: time.Minute, PerSubject: 1}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, js
+}
+
+// Attempts of one event are read across endpoints, bounded, and other
+// events' attempts are not mixed in; a reference is one entry however
+// often it is written.
+func TestRoundTrip(t *testing.T) {
+	srv, js := setup(t)
+	nc, _ := srv.Connect(t)
+	var stored atomic.Int64
+	w, err := NewWriter(nc, WriterConfig{OnResult: func(_ string, err error) {
+		if err == nil {
+			stored.Add(1)
+		}
+	}, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		w.Attempt(Attempt{Endpoint: "orders", EventID: "evt_a", Number: i, Outcome: "retry"})
+	}
+	w.Attempt(Attempt{Endpoint: "ledger", EventID: "evt_a", Number: 1, Outcome: "delivered"})
+	w.Attempt(Attempt{Endpoint: "orders", EventID: "evt_b", Number: 1, Outcome: "delivered"})
+	for range 3 {
+		w.Ref(Ref{Project: "main", MerchantRef: "INV.1 *>", TransactionID: "tx-1"})
+	}
+	if err := w.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := stored.Load(); n != 8 {
+		t.Fatalf("%d records reported stored, want 8", n)
+	}
+	got, more, err := Attempts(context.Background(), js, "evt_a", 0)
+	if err != nil || more || len(got) != 4 {
+		t.Fatalf("evt_a: %d attempts (more %v) %v, want 4", len(got), more, err)
+	}
+	if got, more, _ := Attempts(context.Background(), js, "evt_a", 2); len(got) != 2 || !more {
+		t.Errorf("limit 2: %d attempts, more %v", len(got), more)
+	}
+	for _, bad := range []string{"", "evt.a", "evt_*", ">"} {
+		if _, _, err := Attempts(context.Background(), js, bad, 0); err == nil {
+			t.Errorf("event id %q read", bad)
+		}
+	}
+	refs, err := Lookup(context.Background(), js, "main", "INV.1 *>", 0)
+	if err != nil || len(refs) != 1 || refs[0].TransactionID != "tx-1" {
+		t.Fatalf("lookup: %v %v", refs, err)
+	}
+}
+
+// A store that does not answer costs at most MaxPending records in
+// memory: later records are dropped, counted, within StallWait each.
+func TestWriterIsBoundedWhenTheStoreStops(t *testing.T) {
+	srv, _ := setup(t)
+	nc, _ := srv.Connect(t)
+	var failed atomic.Int64
+	w, err := NewWriter(nc, WriterConfig{MaxPending: 8, StallWait: 10 * time.Millisecond, OnResult: func(_ string, err error) {
+		if err != nil {
+			failed.Add(1)
+		}
+	}, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	start := time.Now()
+	for i := range 40 {
+		w.Attempt(Attempt{Endpoint: "orders", EventID: fmt.Sprintf("evt_%d", i), Number: 1})
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("40 records took %s with the store down", d)
+	}
+	if n := failed.Load(); n < 32 {
+		t.Errorf("%d records counted failed at once, want at least the 32 past MaxPending", n)
+	}
+}
