@@ -163,7 +163,9 @@ endpoints:
 		t.Errorf("steps %q, want the callback, then published, then the three attempts", story)
 	}
 
-	var evs struct{ Items []struct{ TransactionID string } }
+	var evs struct {
+		Items []struct{ TransactionID string }
+	}
 	if api.get("/admin/events?project=main&status=success", &evs); len(evs.Items) != 1 || evs.Items[0].TransactionID != tx.ID {
 		t.Errorf("events %+v", evs)
 	}
