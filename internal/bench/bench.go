@@ -25,6 +25,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/receiver"
 	"github.com/sengo-relay/sengo-relay/stream"
 	"github.com/sengo-relay/sengo-relay/verify"
@@ -55,8 +56,11 @@ type Config struct {
 	// gives waits for a shared syncfs), as the relay runs by default.
 	// Without it, nats-server fsyncs every write itself.
 	GroupCommit bool
-	Spec        stream.Spec
-	Progress    io.Writer // one line per finished scenario; may be nil
+	// NoHistory runs the relay without its history records (attempts,
+	// merchantRef index), to show what they cost.
+	NoHistory bool
+	Spec      stream.Spec
+	Progress  io.Writer // one line per finished scenario; may be nil
 }
 
 // Result is one row of the report.
@@ -223,6 +227,8 @@ type store struct {
 	stats func() (inMsgs, apiRequests uint64)
 	// durable is the group commit (nil without it).
 	durable *stream.GroupSync
+	// history is the relay's history writer (nil with Config.NoHistory).
+	history *history.Writer
 }
 
 // syncStats samples the group commit's counters of st.
@@ -316,6 +322,12 @@ func openStore(ctx context.Context, cfg Config) (store, func(), error) {
 		}
 	}
 	st := store{js: js, callbacks: cjs, durable: gs}
+	if !cfg.NoHistory {
+		if st.history, err = history.NewWriter(nc, history.WriterConfig{Logger: zerolog.Nop()}); err != nil {
+			done()
+			return store{}, nil, err
+		}
+	}
 	if emb != nil {
 		st.stats = emb.Stats
 	}
@@ -449,11 +461,11 @@ func pipeline(ctx context.Context, st store, consumerURL string, m *receiver.Met
 		d, dd = st.durable, st.durable
 	}
 	in, err := receiver.NewIntake(ctx, receiver.IntakeConfig{JetStream: js, Durable: d, Workers: 16, AckWait: 30 * time.Second, MaxAckPending: 1024,
-		RetryInitial: 100 * time.Millisecond, RetryMax: time.Second, Metrics: m, Logger: relayLog})
+		RetryInitial: 100 * time.Millisecond, RetryMax: time.Second, History: st.history, Metrics: m, Logger: relayLog})
 	if err != nil {
 		return nil, err
 	}
-	w, err := newWorker(ctx, js, dd, consumerURL, 32)
+	w, err := newWorker(ctx, js, dd, st.history, consumerURL, 32)
 	if err != nil {
 		return nil, err
 	}
@@ -465,12 +477,12 @@ func pipeline(ctx context.Context, st store, consumerURL string, m *receiver.Met
 	return func() { cancel(); wg.Wait() }, nil
 }
 
-func newWorker(ctx context.Context, js jetstream.JetStream, d dispatcher.Durability, url string, conc int) (*dispatcher.Worker, error) {
+func newWorker(ctx context.Context, js jetstream.JetStream, d dispatcher.Durability, h *history.Writer, url string, conc int) (*dispatcher.Worker, error) {
 	k, _ := verify.ParseWebhookSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 	return dispatcher.NewWorker(ctx, dispatcher.WorkerConfig{
 		Endpoint: dispatcher.Endpoint{Name: "bench", URL: url, Keys: []verify.WebhookKey{k}, FilterSubjects: []string{event.SubjectsEvents},
 			Timeout: 5 * time.Second, Concurrency: conc, Schedule: []time.Duration{time.Second}, RetryAfterMax: time.Second, DeliverFrom: "all"},
-		JetStream: js, Durable: d, UserAgent: "sengo-relay/bench", Metrics: dispatcher.NewMetrics(prometheus.NewRegistry()), Logger: relayLog,
+		JetStream: js, Durable: d, History: h, UserAgent: "sengo-relay/bench", Metrics: dispatcher.NewMetrics(prometheus.NewRegistry()), Logger: relayLog,
 	})
 }
 
@@ -707,7 +719,7 @@ func deliveries(ctx context.Context, cfg Config, st store) (Result, error) {
 	if st.durable != nil {
 		dd = st.durable
 	}
-	w, err := newWorker(ctx, js, dd, consumer.URL, 32)
+	w, err := newWorker(ctx, js, dd, st.history, consumer.URL, 32)
 	if err != nil {
 		return Result{}, err
 	}
