@@ -77,7 +77,7 @@ func New(cfg Config) *Server {
 		}
 		_ = c.JSON(status, map[string]any{"error": body})
 	}
-	e.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
+	bearer := func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			got, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
 			if !ok || !verify.Token(cfg.Token, got) {
@@ -85,22 +85,27 @@ func New(cfg Config) *Server {
 			}
 			return next(c)
 		}
-	})
-	e.GET("/admin/openapi.yaml", serveOpenAPI)
-	e.GET("/admin/transactions", s.transactions)
-	e.GET("/admin/transactions/:project/:id", s.transaction)
-	e.GET("/admin/events", s.events)
-	e.GET("/admin/endpoints", s.endpoints)
-	e.GET("/admin/dlq", s.dlqList)
-	e.GET("/admin/dlq/:seq", s.dlqShow)
-	e.POST("/admin/dlq/redrive", s.dlqRedrive)
-	e.DELETE("/admin/dlq", s.dlqPurge)
-	e.GET("/admin/quarantine", s.quarantineList)
-	e.GET("/admin/quarantine/:seq", s.quarantineShow)
-	e.POST("/admin/quarantine/redrive", s.quarantineRedrive)
-	e.POST("/admin/replays", s.replayStart)
-	e.GET("/admin/replays", s.replayList)
-	e.GET("/admin/replays/:id", s.replayShow)
+	}
+	// Every route needs the token: the API's as a bearer token, the
+	// console's through the session its sign-in set. Nothing else is served.
+	a := e.Group("/admin", bearer)
+	a.GET("/openapi.yaml", serveOpenAPI)
+	a.GET("/transactions", s.transactions)
+	a.GET("/transactions/:project/:id", s.transaction)
+	a.GET("/events", s.events)
+	a.GET("/endpoints", s.endpoints)
+	a.GET("/dlq", s.dlqList)
+	a.GET("/dlq/:seq", s.dlqShow)
+	a.POST("/dlq/redrive", s.dlqRedrive)
+	a.DELETE("/dlq", s.dlqPurge)
+	a.GET("/quarantine", s.quarantineList)
+	a.GET("/quarantine/:seq", s.quarantineShow)
+	a.POST("/quarantine/redrive", s.quarantineRedrive)
+	a.POST("/replays", s.replayStart)
+	a.GET("/replays", s.replayList)
+	a.GET("/replays/:id", s.replayShow)
+	s.mountConsole(e)
+	e.RouteNotFound("/*", func(c echo.Context) error { return bearer(func(echo.Context) error { return echo.ErrNotFound })(c) })
 	return s
 }
 
@@ -156,6 +161,14 @@ type endpointStatus struct {
 func (s *Server) endpoints(c echo.Context) error {
 	ctx, cancel := context.WithTimeout(c.Request().Context(), 5*time.Second)
 	defer cancel()
+	out, err := s.endpointStatuses(ctx)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+func (s *Server) endpointStatuses(ctx context.Context) ([]endpointStatus, error) {
 	var out []endpointStatus
 	for _, ep := range s.cfg.Endpoints {
 		st := endpointStatus{Name: ep.Name, URL: redactURL(ep.URL), Ordered: ep.Ordered}
@@ -163,13 +176,13 @@ func (s *Server) endpoints(c echo.Context) error {
 			st.BreakerState = w.State()
 			live, replay, floor, err := w.Pending(ctx)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			st.Pending, st.ReplayPending, st.AckFloor = live, replay, floor
 		}
 		out = append(out, st)
 	}
-	return c.JSON(http.StatusOK, out)
+	return out, nil
 }
 
 // redactURL drops credentials and the query (which may hold a token).
@@ -332,13 +345,26 @@ func (s *Server) replayStart(c echo.Context) error {
 	} else if err != nil {
 		return apiError(http.StatusBadRequest, "invalid_replay", err.Error())
 	}
+	j, started := s.startReplay(req)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cp := *j
+	if !started {
+		return c.JSON(http.StatusOK, &cp) // already running
+	}
+	return c.JSON(http.StatusAccepted, &cp)
+}
+
+// startReplay starts the job of req, unless the same job is running: then
+// it returns that one, and started is false.
+func (s *Server) startReplay(req dispatcher.ReplayRequest) (j *job, started bool) {
 	id := req.JobID()
 	s.mu.Lock()
 	if j, ok := s.jobs[id]; ok && !j.Progress.Done && j.Error == "" {
 		s.mu.Unlock()
-		return c.JSON(http.StatusOK, j) // already running
+		return j, false
 	}
-	j := &job{Request: req, Started: time.Now().UTC(), Progress: dispatcher.ReplayProgress{Job: id, PerEndpoint: map[string]uint64{}}}
+	j = &job{Request: req, Started: time.Now().UTC(), Progress: dispatcher.ReplayProgress{Job: id, PerEndpoint: map[string]uint64{}}}
 	s.jobs[id] = j
 	s.mu.Unlock()
 	s.wg.Add(1)
@@ -356,9 +382,7 @@ func (s *Server) replayStart(c echo.Context) error {
 		s.mu.Unlock()
 		s.cfg.Logger.Info().Str("job", id).Err(err).Msg("replay finished")
 	}()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return c.JSON(http.StatusAccepted, j)
+	return j, true
 }
 
 func (s *Server) replayList(c echo.Context) error {

@@ -1,0 +1,716 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"embed"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
+
+	"github.com/sengo-relay/sengo-relay/dispatcher"
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/receiver"
+	"github.com/sengo-relay/sengo-relay/verify"
+)
+
+//go:embed console
+var consoleFS embed.FS
+
+const (
+	sessionCookie = "sengo_console"
+	sessionTTL    = 12 * time.Hour
+	maxSessions   = 256
+	csrfField     = "_csrf"
+	csrfHeader    = "X-CSRF-Token"
+)
+
+// wib is Western Indonesia Time, the zone the console prints.
+var wib = time.FixedZone("WIB", 7*3600)
+
+// session is one signed-in browser.
+type session struct {
+	csrf    string
+	expires time.Time
+	who     string // for audit lines: a short hash of the session id, the address
+}
+
+// sessions are the console's sign-ins, in memory: a restart signs everyone
+// out, which costs a sign-in and keeps nothing secret on disk.
+type sessions struct {
+	mu sync.Mutex
+	m  map[string]*session
+}
+
+func (ss *sessions) add(s *session) string {
+	id := randomToken()
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	now := time.Now()
+	for k, v := range ss.m {
+		if now.After(v.expires) {
+			delete(ss.m, k)
+		}
+	}
+	for len(ss.m) >= maxSessions { // bounded: the session closest to expiry goes
+		oldest := ""
+		for k, v := range ss.m {
+			if oldest == "" || v.expires.Before(ss.m[oldest].expires) {
+				oldest = k
+			}
+		}
+		delete(ss.m, oldest)
+	}
+	ss.m[id] = s
+	return id
+}
+
+func (ss *sessions) get(id string) *session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	s := ss.m[id]
+	if s == nil || time.Now().After(s.expires) {
+		delete(ss.m, id)
+		return nil
+	}
+	return s
+}
+
+func (ss *sessions) drop(id string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	delete(ss.m, id)
+}
+
+func randomToken() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// console is the web console's state.
+type console struct {
+	s        *Server
+	tmpl     *template.Template
+	sessions sessions
+	logins   *rate.Limiter
+	audit    zerolog.Logger
+}
+
+var consoleFuncs = template.FuncMap{
+	"rupiah": Rupiah,
+	"wib":    func(t time.Time) string { return t.In(wib).Format("2006-01-02 15:04:05 WIB") },
+	"iso":    func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) },
+	"join":   func(s []string) string { return strings.Join(s, ", ") },
+	"percent": func(p dispatcher.ReplayProgress) int {
+		switch {
+		case p.Done:
+			return 100
+		case p.Total == 0:
+			return 0
+		}
+		return int(min(99, p.Scanned*100/p.Total))
+	},
+}
+
+// Rupiah formats an amount as Indonesians write it: "Rp 10.085".
+func Rupiah(n int64) string {
+	sign := ""
+	if n < 0 {
+		sign, n = "-", -n
+	}
+	s := strconv.FormatInt(n, 10)
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte('.')
+		}
+		b.WriteRune(r)
+	}
+	return sign + "Rp " + b.String()
+}
+
+// mountConsole serves the console under /console on e.
+func (s *Server) mountConsole(e *echo.Echo) {
+	c := &console{
+		s:        s,
+		tmpl:     template.Must(template.New("").Funcs(consoleFuncs).ParseFS(consoleFS, "console/*.html")),
+		sessions: sessions{m: map[string]*session{}},
+		logins:   rate.NewLimiter(rate.Every(200*time.Millisecond), 10),
+		audit:    s.cfg.Logger.With().Bool("audit", true).Logger(),
+	}
+	static, _ := fs.Sub(consoleFS, "console/static")
+	g := e.Group("/console", securityHeaders)
+	g.GET("/static/*", echo.WrapHandler(http.StripPrefix("/console/static/", http.FileServer(http.FS(static)))))
+	g.GET("/login", c.loginPage)
+	g.POST("/login", c.login)
+	a := g.Group("", c.signedIn)
+	a.GET("", c.home)
+	a.GET("/", c.home)
+	a.POST("/logout", c.logout)
+	a.GET("/search", c.search)
+	a.GET("/tx/:project/:id", c.tx)
+	a.GET("/events", c.events)
+	a.GET("/events/table", c.eventTable)
+	a.GET("/endpoints", c.endpoints)
+	a.GET("/dlq", c.dlq)
+	a.GET("/dlq/confirm", c.dlqConfirm)
+	a.POST("/dlq/redrive", c.dlqAct)
+	a.POST("/dlq/purge", c.dlqAct)
+	a.GET("/quarantine", c.quarantine)
+	a.GET("/quarantine/confirm", c.quarantineConfirm)
+	a.POST("/quarantine/redrive", c.quarantineRedrive)
+	a.GET("/replays", c.replays)
+	a.POST("/replays", c.replayStart)
+	a.GET("/replays/:id", c.replay)
+	a.GET("/replays/:id/progress", c.replayProgress)
+}
+
+// securityHeaders: no script but our own, no framing, no caching of pages
+// that show payments, no referrer leaking a merchantRef.
+func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		h := c.Response().Header()
+		h.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "no-referrer")
+		if !strings.HasPrefix(c.Request().URL.Path, "/console/static/") {
+			h.Set("Cache-Control", "no-store")
+		}
+		return next(c)
+	}
+}
+
+type sessionKey struct{}
+
+// signedIn lets a request through only with a live session; a state
+// change (any method but GET) also needs the session's CSRF token, in the
+// form (_csrf) or the X-CSRF-Token header, and no foreign Origin.
+func (cn *console) signedIn(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		var s *session
+		if ck, err := c.Cookie(sessionCookie); err == nil {
+			s = cn.sessions.get(ck.Value)
+		}
+		if s == nil {
+			if c.Request().Method == http.MethodGet {
+				return c.Redirect(http.StatusSeeOther, "/console/login")
+			}
+			return cn.refuse(c, http.StatusUnauthorized, "session_required", "sign in first")
+		}
+		if c.Request().Method != http.MethodGet {
+			if o := c.Request().Header.Get("Origin"); o != "" && !sameOrigin(o, c.Request().Host) {
+				return cn.refuse(c, http.StatusForbidden, "csrf_failed", "a request from another site")
+			}
+			got := c.Request().Header.Get(csrfHeader)
+			if got == "" {
+				got = c.FormValue(csrfField)
+			}
+			if !verify.Token(s.csrf, got) {
+				cn.audit.Warn().Str("who", s.who).Str("action", c.Request().Method+" "+c.Path()).Str("result", "refused: csrf").Msg("console action")
+				return cn.refuse(c, http.StatusForbidden, "csrf_failed", "the form is stale or forged: reload the page and try again")
+			}
+		}
+		c.Set("session", s)
+		return next(c)
+	}
+}
+
+func sameOrigin(origin, host string) bool {
+	u, err := url.Parse(origin)
+	return err == nil && u.Host == host
+}
+
+func (cn *console) refuse(c echo.Context, status int, code, msg string) error {
+	return c.JSON(status, map[string]any{"error": errorMsg{Code: code, Message: msg}})
+}
+
+// view is what every page template gets.
+type view struct {
+	Title, CSRF, Flash, Error string
+	Data                      any
+}
+
+func (cn *console) page(c echo.Context, name, title string, data any) error {
+	v := view{Title: title, Data: data, Flash: c.QueryParam("done")}
+	if s, ok := c.Get("session").(*session); ok {
+		v.CSRF = s.csrf
+	}
+	if len(v.Flash) > 200 {
+		v.Flash = ""
+	}
+	return cn.render(c, http.StatusOK, name, v)
+}
+
+func (cn *console) render(c echo.Context, status int, name string, v any) error {
+	var b bytes.Buffer
+	if err := cn.tmpl.ExecuteTemplate(&b, name, v); err != nil {
+		return err
+	}
+	return c.HTMLBlob(status, b.Bytes())
+}
+
+// act logs a console action as an audit line: who, what, on what, result.
+func (cn *console) act(c echo.Context, action, target string, err error, n int) {
+	s, _ := c.Get("session").(*session)
+	who := ""
+	if s != nil {
+		who = s.who
+	}
+	ev := cn.audit.Info()
+	if err != nil {
+		ev = cn.audit.Warn().Err(err)
+	}
+	ev.Str("who", who).Str("action", action).Str("target", target).Int("count", n).Msg("console action")
+}
+
+func (cn *console) loginPage(c echo.Context) error {
+	return cn.render(c, http.StatusOK, "login", view{Title: "Sign in", Error: c.QueryParam("error")})
+}
+
+func (cn *console) login(c echo.Context) error {
+	if !cn.logins.Allow() {
+		return cn.render(c, http.StatusTooManyRequests, "login", view{Title: "Sign in", Error: "Too many attempts; wait a moment."})
+	}
+	who := "@" + c.RealIP()
+	if !verify.Token(cn.s.cfg.Token, c.FormValue("token")) {
+		cn.audit.Warn().Str("who", who).Str("action", "sign in").Str("result", "refused: wrong token").Msg("console action")
+		return cn.render(c, http.StatusUnauthorized, "login", view{Title: "Sign in", Error: "That is not the admin token."})
+	}
+	s := &session{csrf: randomToken(), expires: time.Now().Add(sessionTTL)}
+	id := cn.sessions.add(s)
+	sum := sha256.Sum256([]byte(id))
+	s.who = "session:" + hex.EncodeToString(sum[:4]) + who
+	c.SetCookie(&http.Cookie{Name: sessionCookie, Value: id, Path: "/console", HttpOnly: true, SameSite: http.SameSiteStrictMode,
+		Secure: c.Request().TLS != nil, Expires: s.expires})
+	cn.audit.Info().Str("who", s.who).Str("action", "sign in").Msg("console action")
+	return c.Redirect(http.StatusSeeOther, "/console/")
+}
+
+func (cn *console) logout(c echo.Context) error {
+	if ck, err := c.Cookie(sessionCookie); err == nil {
+		cn.sessions.drop(ck.Value)
+	}
+	cn.act(c, "sign out", "", nil, 0)
+	c.SetCookie(&http.Cookie{Name: sessionCookie, Value: "", Path: "/console", HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	return c.Redirect(http.StatusSeeOther, "/console/login")
+}
+
+func ctxOf(c echo.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(c.Request().Context(), 10*time.Second)
+}
+
+// homeData is the overview.
+type homeData struct {
+	Counts      []statusCount
+	Capped      bool
+	DeadLetters uint64
+	Quarantined uint64
+	Endpoints   []endpointStatus
+	Recent      []txSummary
+}
+
+type statusCount struct {
+	Status event.Status
+	N      int
+}
+
+// overviewScan bounds the events the overview counts.
+const overviewScan = 20000
+
+func (cn *console) home(c echo.Context) error {
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	d := homeData{}
+	counts := map[event.Status]int{}
+	seen := 0
+	var recent []eventView
+	_, err := cn.s.scanEvents(ctx, listQuery{since: time.Now().Add(-time.Hour)}, func(v eventView) bool {
+		if seen == overviewScan {
+			d.Capped = true
+			return false
+		}
+		seen++
+		counts[v.Status]++
+		recent = append(recent, v)
+		if len(recent) > 200 {
+			recent = recent[len(recent)-100:]
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	for _, st := range []event.Status{event.StatusSuccess, event.StatusPending, event.StatusExpired, event.StatusFailed} {
+		d.Counts = append(d.Counts, statusCount{st, counts[st]})
+	}
+	d.DeadLetters = cn.msgs(ctx, event.StreamDLQ)
+	d.Quarantined = cn.msgs(ctx, event.StreamQuarantine)
+	if d.Endpoints, err = cn.s.endpointStatuses(ctx); err != nil {
+		return err
+	}
+	seenTx := map[string]bool{}
+	for i := len(recent) - 1; i >= 0 && len(d.Recent) < 10; i-- {
+		v := recent[i]
+		if k := v.Project + "\x00" + v.TransactionID; !seenTx[k] {
+			seenTx[k] = true
+			if t, err := cn.s.summary(ctx, v.Project, v.TransactionID); err == nil {
+				d.Recent = append(d.Recent, t)
+			}
+		}
+	}
+	return cn.page(c, "home", "Overview", d)
+}
+
+func (cn *console) msgs(ctx context.Context, name string) uint64 {
+	st, err := cn.s.cfg.JetStream.Stream(ctx, name)
+	if err != nil {
+		return 0
+	}
+	return st.CachedInfo().State.Msgs
+}
+
+// search finds q as a merchantRef, else as a SenGo id, in every project;
+// one match opens its story at once.
+func (cn *console) search(c echo.Context) error {
+	q := strings.TrimSpace(c.QueryParam("q"))
+	if q == "" || len(q) > 255 {
+		return c.Redirect(http.StatusSeeOther, "/console/")
+	}
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	found, err := cn.s.lookup(ctx, listQuery{merchantRef: q})
+	if err != nil {
+		return err
+	}
+	if len(found) == 0 && len(q) <= 128 {
+		if found, err = cn.s.lookup(ctx, listQuery{id: q}); err != nil {
+			return err
+		}
+	}
+	cn.act(c, "search", q, nil, len(found))
+	if len(found) == 1 {
+		return c.Redirect(http.StatusSeeOther, "/console/tx/"+url.PathEscape(found[0].Project)+"/"+url.PathEscape(found[0].TransactionID))
+	}
+	if found == nil {
+		found = []txSummary{}
+	}
+	return cn.page(c, "search-results", "Search", map[string]any{"Q": q, "Found": found})
+}
+
+func (cn *console) tx(c echo.Context) error {
+	project, id := c.Param("project"), c.Param("id")
+	if !slices.Contains(cn.s.cfg.Projects, project) || id == "" || len(id) > 128 {
+		return echo.NewHTTPError(http.StatusNotFound, "no such transaction")
+	}
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	tl, err := cn.s.timeline(ctx, project, id)
+	if errors.Is(err, receiver.ErrNoTransaction) {
+		return echo.NewHTTPError(http.StatusNotFound, "no such transaction")
+	}
+	if err != nil {
+		return err
+	}
+	return cn.page(c, "tx", tl.Transaction.MerchantRef, map[string]any{"T": tl})
+}
+
+// latestEvents are the newest n events, newest first.
+func (cn *console) latestEvents(ctx context.Context, n uint64) ([]eventView, error) {
+	st, err := cn.s.cfg.JetStream.Stream(ctx, event.StreamEvents)
+	if err != nil {
+		return nil, err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []eventView
+	if info.State.Msgs == 0 {
+		return out, nil
+	}
+	from := uint64(1)
+	if info.State.LastSeq > n {
+		from = info.State.LastSeq - n + 1
+	}
+	_, err = cn.s.scanEvents(ctx, listQuery{cursor: max(from, info.State.FirstSeq)}, func(v eventView) bool {
+		out = append(out, v)
+		return v.Seq < info.State.LastSeq
+	})
+	slices.Reverse(out)
+	return out, err
+}
+
+func (cn *console) events(c echo.Context) error {
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	evs, err := cn.latestEvents(ctx, 50)
+	if err != nil {
+		return err
+	}
+	return cn.page(c, "events", "Live events", evs)
+}
+
+func (cn *console) eventTable(c echo.Context) error {
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	evs, err := cn.latestEvents(ctx, 50)
+	if err != nil {
+		return err
+	}
+	return cn.render(c, http.StatusOK, "eventTable", evs)
+}
+
+func (cn *console) endpoints(c echo.Context) error {
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	eps, err := cn.s.endpointStatuses(ctx)
+	if err != nil {
+		return err
+	}
+	return cn.page(c, "endpoints", "Endpoints", eps)
+}
+
+// dlqSelection reads ?seq= or ?endpoint= (or neither: every dead letter).
+func (cn *console) dlqSelection(c echo.Context) (dispatcher.DLQFilter, string, error) {
+	var f dispatcher.DLQFilter
+	if v := c.FormValue("seq"); v != "" {
+		seq, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || seq == 0 {
+			return f, "", echo.NewHTTPError(http.StatusBadRequest, "seq must be a positive integer")
+		}
+		f.Seq = seq
+		return f, "dead letter #" + v, nil
+	}
+	if ep := c.FormValue("endpoint"); ep != "" {
+		if !slices.ContainsFunc(cn.s.cfg.Endpoints, func(e dispatcher.Endpoint) bool { return e.Name == ep }) {
+			return f, "", echo.NewHTTPError(http.StatusBadRequest, "no such endpoint")
+		}
+		f.Endpoint = ep
+		return f, "the dead letters of " + ep, nil
+	}
+	return f, "every dead letter", nil
+}
+
+func (cn *console) dlq(c echo.Context) error {
+	f, _, err := cn.dlqSelection(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	entries, err := dispatcher.ListDLQ(ctx, cn.s.cfg.JetStream, f)
+	if err != nil {
+		return err
+	}
+	return cn.page(c, "dlq", "Dead letters", map[string]any{"Entries": entries, "Endpoint": f.Endpoint})
+}
+
+// confirmData is the confirmation step of an action: what it would touch,
+// counted first (a dry run), and the form that does it.
+type confirmData struct {
+	Question, Detail, Verb, Action, Back string
+	Count                                int
+	Danger                               bool
+	Fields                               map[string]string
+}
+
+func (cn *console) dlqConfirm(c echo.Context) error {
+	f, what, err := cn.dlqSelection(c)
+	if err != nil {
+		return err
+	}
+	action := c.QueryParam("action")
+	if action != "redrive" && action != "purge" {
+		return echo.NewHTTPError(http.StatusBadRequest, "action must be redrive or purge")
+	}
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	entries, err := dispatcher.ListDLQ(ctx, cn.s.cfg.JetStream, f)
+	if err != nil {
+		return err
+	}
+	d := confirmData{Action: "/console/dlq/" + action, Back: "/console/dlq", Count: len(entries), Fields: map[string]string{}}
+	if f.Seq > 0 {
+		d.Fields["seq"] = strconv.FormatUint(f.Seq, 10)
+	}
+	if f.Endpoint != "" {
+		d.Fields["endpoint"] = f.Endpoint
+	}
+	if action == "redrive" {
+		d.Question, d.Verb = fmt.Sprintf("Redrive %d dead letter(s)?", len(entries)), "Redrive"
+		d.Detail = "Each goes back to its endpoint with a fresh retry budget and the same webhook-id (" + what + "). It stays listed until delivered."
+	} else {
+		d.Question, d.Verb, d.Danger = fmt.Sprintf("Purge %d dead letter(s) for good?", len(entries)), "Purge", true
+		d.Detail = "They are deleted from SENGO_DLQ (" + what + "); the events stay in SENGO_EVENTS and can be replayed."
+	}
+	return cn.page(c, "confirm", d.Question, d)
+}
+
+func (cn *console) dlqAct(c echo.Context) error {
+	f, what, err := cn.dlqSelection(c)
+	if err != nil {
+		return err
+	}
+	action := strings.TrimPrefix(c.Path(), "/console/dlq/")
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	entries, err := dispatcher.ListDLQ(ctx, cn.s.cfg.JetStream, f)
+	if err != nil {
+		return err
+	}
+	var n int
+	if action == "redrive" {
+		n, err = dispatcher.Redrive(ctx, cn.s.cfg.JetStream, entries)
+	} else {
+		n, err = dispatcher.Purge(ctx, cn.s.cfg.JetStream, entries)
+	}
+	cn.act(c, "dead letters "+action, what, err, n)
+	if err != nil {
+		return err
+	}
+	return c.Redirect(http.StatusSeeOther, "/console/dlq?done="+url.QueryEscape(fmt.Sprintf("%s: %d dead letter(s).", action, n)))
+}
+
+func (cn *console) quarantineFilter(c echo.Context) (receiver.QuarantineFilter, error) {
+	var f receiver.QuarantineFilter
+	if v := c.FormValue("seq"); v != "" {
+		seq, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || seq == 0 {
+			return f, echo.NewHTTPError(http.StatusBadRequest, "seq must be a positive integer")
+		}
+		f.Seq = seq
+	}
+	return f, nil
+}
+
+func (cn *console) quarantine(c echo.Context) error {
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	entries, err := receiver.ListQuarantine(ctx, cn.s.cfg.JetStream, receiver.QuarantineFilter{})
+	if err != nil {
+		return err
+	}
+	return cn.page(c, "quarantine", "Quarantine", entries)
+}
+
+func (cn *console) quarantineConfirm(c echo.Context) error {
+	f, err := cn.quarantineFilter(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	entries, err := receiver.ListQuarantine(ctx, cn.s.cfg.JetStream, f)
+	if err != nil {
+		return err
+	}
+	d := confirmData{Action: "/console/quarantine/redrive", Back: "/console/quarantine", Count: len(entries), Verb: "Redrive", Fields: map[string]string{},
+		Question: fmt.Sprintf("Redrive %d quarantined notification(s)?", len(entries)),
+		Detail:   "They go back into the inbox and are processed again, confirmed with SenGo's API like any notification."}
+	if f.Seq > 0 {
+		d.Fields["seq"] = strconv.FormatUint(f.Seq, 10)
+	}
+	return cn.page(c, "confirm", d.Question, d)
+}
+
+func (cn *console) quarantineRedrive(c echo.Context) error {
+	f, err := cn.quarantineFilter(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	entries, err := receiver.ListQuarantine(ctx, cn.s.cfg.JetStream, f)
+	if err != nil {
+		return err
+	}
+	n, err := receiver.RedriveQuarantine(ctx, cn.s.cfg.JetStream, entries)
+	cn.act(c, "quarantine redrive", fmt.Sprintf("seq %d (0: all)", f.Seq), err, n)
+	if err != nil {
+		return err
+	}
+	return c.Redirect(http.StatusSeeOther, "/console/quarantine?done="+url.QueryEscape(fmt.Sprintf("redrive: %d notification(s).", n)))
+}
+
+func (cn *console) replays(c echo.Context) error {
+	var names []string
+	for _, e := range cn.s.cfg.Endpoints {
+		names = append(names, e.Name)
+	}
+	cn.s.mu.Lock()
+	jobs := make([]job, 0, len(cn.s.jobs))
+	for _, j := range cn.s.jobs {
+		jobs = append(jobs, *j)
+	}
+	cn.s.mu.Unlock()
+	slices.SortFunc(jobs, func(a, b job) int { return b.Started.Compare(a.Started) })
+	return cn.page(c, "replays", "Replays", map[string]any{"Endpoints": names, "Jobs": jobs,
+		"Statuses": []event.Status{event.StatusSuccess, event.StatusPending, event.StatusExpired, event.StatusFailed}})
+}
+
+func (cn *console) replayStart(c echo.Context) error {
+	form, err := c.FormParams()
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, "unreadable form")
+	}
+	ep := form.Get("endpoint")
+	req, err := ReplayRequest(cn.s.cfg.Endpoints, ep, ep == "", form.Get("since"), form.Get("until"), form["statuses"], "", "", form.Get("dry_run") == "true", time.Now())
+	if err != nil {
+		cn.act(c, "replay", ep, err, 0)
+		return cn.render(c, http.StatusBadRequest, "confirm", view{Title: "Replay", CSRF: cn.csrf(c), Data: confirmData{Question: "This replay cannot start", Detail: err.Error(), Back: "/console/replays"}})
+	}
+	j, _ := cn.s.startReplay(req)
+	cn.act(c, "replay", strings.Join(req.Endpoints, ",")+" since "+req.Since.UTC().Format(time.RFC3339)+map[bool]string{true: " (dry run)"}[req.DryRun], nil, 0)
+	return c.Redirect(http.StatusSeeOther, "/console/replays/"+url.PathEscape(j.Progress.Job))
+}
+
+func (cn *console) csrf(c echo.Context) string {
+	if s, ok := c.Get("session").(*session); ok {
+		return s.csrf
+	}
+	return ""
+}
+
+func (cn *console) job(c echo.Context) (job, error) {
+	cn.s.mu.Lock()
+	defer cn.s.mu.Unlock()
+	j, ok := cn.s.jobs[c.Param("id")]
+	if !ok {
+		return job{}, echo.NewHTTPError(http.StatusNotFound, "no such replay job")
+	}
+	return *j, nil
+}
+
+func (cn *console) replay(c echo.Context) error {
+	j, err := cn.job(c)
+	if err != nil {
+		return err
+	}
+	return cn.page(c, "replay", "Replay", j)
+}
+
+func (cn *console) replayProgress(c echo.Context) error {
+	j, err := cn.job(c)
+	if err != nil {
+		return err
+	}
+	return cn.render(c, http.StatusOK, "progress", j)
+}

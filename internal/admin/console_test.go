@@ -1,0 +1,127 @@
+package admin
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func TestRupiah(t *testing.T) {
+	for n, want := range map[int64]string{0: "Rp 0", 85: "Rp 85", 10085: "Rp 10.085", 1000000: "Rp 1.000.000", -2500: "-Rp 2.500", 123456789: "Rp 123.456.789"} {
+		if got := Rupiah(n); got != want {
+			t.Errorf("Rupiah(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+// The embedded htmx is the npm release named in console/static/VENDOR.md.
+func TestVendoredHTMXIsTheRelease(t *testing.T) {
+	b, err := consoleFS.ReadFile("console/static/htmx.min.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	if got := hex.EncodeToString(sum[:]); got != "d6fdc75f204e6bdefa99b69bf1e6d4ac69b8a364f77929f45c13476b4000f717" {
+		t.Fatalf("htmx.min.js is not htmx.org@2.0.11's dist/htmx.min.js (sha256 %s)", got)
+	}
+}
+
+// browser is an HTTP client with a cookie jar that does not follow redirects.
+func browser(t *testing.T) *http.Client {
+	jar, _ := cookiejar.New(nil)
+	return &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+var csrfInput = regexp.MustCompile(`name="_csrf" value="([^"]+)"`)
+
+// signIn signs c in and returns the page's CSRF token.
+func signIn(t *testing.T, c *http.Client, base string) string {
+	t.Helper()
+	resp, err := c.PostForm(base+"/console/login", url.Values{"token": {token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign in: %d", resp.StatusCode)
+	}
+	ck := resp.Cookies()
+	if len(ck) != 1 || ck[0].Name != sessionCookie || !ck[0].HttpOnly || ck[0].SameSite != http.SameSiteStrictMode || ck[0].Path != "/console" {
+		t.Fatalf("session cookie %+v, want HttpOnly, SameSite=Strict, Path=/console", ck)
+	}
+	r, err := c.Get(base + "/console/replays")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	m := csrfInput.FindStringSubmatch(string(b))
+	if r.StatusCode != 200 || m == nil {
+		t.Fatalf("replays page %d without a CSRF token", r.StatusCode)
+	}
+	return m[1]
+}
+
+// Pages need a session; every action needs the session and its CSRF
+// token, and a request from another origin is refused even with both.
+func TestConsoleRefusesWithoutSessionOrCSRF(t *testing.T) {
+	hs, _ := newServer(t)
+	anon := browser(t)
+	resp, _ := anon.Get(hs.URL + "/console/")
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/console/login" {
+		t.Errorf("a page without a session: %d → %q, want the sign-in page", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if resp, _ := anon.PostForm(hs.URL+"/console/login", url.Values{"token": {"wrong-token-0123456789abcdef"}}); resp.StatusCode != 401 || len(resp.Cookies()) != 0 {
+		t.Errorf("a wrong token: %d with cookies %v", resp.StatusCode, resp.Cookies())
+	}
+	if resp, _ := anon.PostForm(hs.URL+"/console/dlq/purge", url.Values{"endpoint": {"orders"}}); resp.StatusCode != 401 {
+		t.Errorf("an action without a session: %d, want 401", resp.StatusCode)
+	}
+
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	if resp, _ := c.PostForm(hs.URL+"/console/dlq/purge", url.Values{"endpoint": {"orders"}}); resp.StatusCode != 403 {
+		t.Errorf("an action without the CSRF token: %d, want 403", resp.StatusCode)
+	}
+	if resp, _ := c.PostForm(hs.URL+"/console/dlq/purge", url.Values{"endpoint": {"orders"}, "_csrf": {csrf + "x"}}); resp.StatusCode != 403 {
+		t.Errorf("an action with a wrong CSRF token: %d, want 403", resp.StatusCode)
+	}
+	req, _ := http.NewRequest(http.MethodPost, hs.URL+"/console/dlq/purge", strings.NewReader(url.Values{"endpoint": {"orders"}, "_csrf": {csrf}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", "https://evil.example")
+	if resp, _ := c.Do(req); resp.StatusCode != 403 {
+		t.Errorf("an action from another origin: %d, want 403", resp.StatusCode)
+	}
+	if resp, _ := c.PostForm(hs.URL+"/console/dlq/purge", url.Values{"endpoint": {"orders"}, "_csrf": {csrf}}); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("the same action with session and token: %d, want it done (303)", resp.StatusCode)
+	}
+	// Signed out, the old cookie is worth nothing.
+	if resp, _ := c.PostForm(hs.URL+"/console/logout", url.Values{"_csrf": {csrf}}); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign out: %d", resp.StatusCode)
+	}
+	if resp, _ := c.Get(hs.URL + "/console/"); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("after sign-out a page answers %d", resp.StatusCode)
+	}
+}
+
+// Console pages forbid foreign scripts, framing and caching.
+func TestConsoleSecurityHeaders(t *testing.T) {
+	hs, _ := newServer(t)
+	c := browser(t)
+	signIn(t, c, hs.URL)
+	resp, err := c.Get(hs.URL + "/console/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	h := resp.Header
+	if resp.StatusCode != 200 || !strings.Contains(h.Get("Content-Security-Policy"), "script-src 'self'") || h.Get("X-Frame-Options") != "DENY" || h.Get("Cache-Control") != "no-store" {
+		t.Errorf("%d %v", resp.StatusCode, h)
+	}
+}
