@@ -16,6 +16,9 @@ func Scan(ctx context.Context, js jetstream.JetStream, stream, subject string, s
 	return ScanFrom(ctx, js, stream, []string{subject}, From{Time: since}, visit, total)
 }
 
+// scanBatch is how many messages one pull of a scan asks for.
+const scanBatch = 256
+
 // From is where a scan starts: a stream sequence, else a time, else the
 // first message.
 type From struct {
@@ -45,20 +48,52 @@ func ScanFrom(ctx context.Context, js jetstream.JetStream, stream string, subjec
 	if total != nil {
 		total(remaining)
 	}
+	// Fetched in batches: one pull per scanBatch messages, not one per
+	// message (a one-by-one Next costs a round trip each: 0.3 ms, so
+	// minutes for a million events).
 	for remaining > 0 {
-		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		batch, err := c.Fetch(int(min(remaining, scanBatch)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return fmt.Errorf("scan %s: %w", stream, err)
 		}
-		meta, err := m.Metadata()
-		if err != nil {
-			return err
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			meta, err := m.Metadata()
+			if err != nil {
+				return err
+			}
+			remaining = meta.NumPending
+			more, err := visit(m, meta)
+			if err != nil || !more {
+				return err
+			}
 		}
-		remaining = meta.NumPending
-		more, err := visit(m, meta)
-		if err != nil || !more {
-			return err
+		if err := batch.Error(); err != nil {
+			return fmt.Errorf("scan %s: %w", stream, err)
+		}
+		if got == 0 {
+			return fmt.Errorf("scan %s: %d messages announced, none delivered", stream, remaining)
 		}
 	}
 	return nil
+}
+
+// Count is how many messages of stream on subject were stored since
+// (all of them for the zero time), as the server counts them for a new
+// consumer: one request, whatever the number.
+func Count(ctx context.Context, js jetstream.JetStream, stream, subject string, since time.Time) (uint64, error) {
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, DeliverPolicy: jetstream.DeliverAllPolicy}
+	if !since.IsZero() {
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	}
+	c, err := js.OrderedConsumer(ctx, stream, cfg)
+	if err != nil {
+		return 0, fmt.Errorf("count %s: %w", stream, err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("count %s: %w", stream, err)
+	}
+	return info.NumPending, nil
 }

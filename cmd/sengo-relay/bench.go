@@ -39,6 +39,7 @@ latency percentiles and peak RSS. It starts its own embedded JetStream in a temp
 	replicas := fs.Int("replicas", 1, "stream replicas (3 needs --nats-url to a cluster)")
 	soak := fs.Duration("soak", 0, "after the scenarios, run end to end at --rate this long and watch for drift (e.g. 10m)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
+	consoleEvents := fs.Int("console-events", 1_000_000, "transactions the console-pages scenario stores before timing the console's pages")
 	withHistory := fs.Bool("history", true, "keep history records (every attempt, the merchantRef index) as serve does; --history=false shows their cost")
 	dupWindow := fs.Duration("duplicate-window", 0, "override the inbox and events duplicate windows (default: the configuration's)")
 	txTTL := fs.Duration("tx-ttl", 0, "override streams.transactions.ttl, how long transaction state is kept (default: the configuration's)")
@@ -89,7 +90,7 @@ latency percentiles and peak RSS. It starts its own embedded JetStream in a temp
 			return fmt.Errorf("--replicas %d needs --nats-url to a cluster", *replicas)
 		}
 		bc := bench.Config{Concurrency: *conc, Duration: *dur, Payload: *payload, Rate: *rate, EndpointRate: *endpointRate, Deliveries: *n, Soak: *soak, Scenarios: scenarios,
-			NATSURL: *natsURL, Spec: provisionSpec(cfg), Progress: stderr, NoHistory: !*withHistory}
+			NATSURL: *natsURL, Spec: provisionSpec(cfg), Progress: stderr, NoHistory: !*withHistory, ConsoleEvents: *consoleEvents}
 		bc.SustainWindow = *window
 		var reports []bench.Report
 		for _, mode := range strings.Split(*sync, ",") {

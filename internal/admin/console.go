@@ -27,6 +27,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/receiver"
+	"github.com/sengo-relay/sengo-relay/stream"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
@@ -320,7 +321,6 @@ func ctxOf(c echo.Context) (context.Context, context.CancelFunc) {
 // homeData is the overview.
 type homeData struct {
 	Counts      []statusCount
-	Capped      bool
 	DeadLetters uint64
 	Quarantined uint64
 	Endpoints   []endpointStatus
@@ -329,46 +329,38 @@ type homeData struct {
 
 type statusCount struct {
 	Status event.Status
-	N      int
+	N      uint64
 }
-
-// overviewScan bounds the events the overview counts.
-const overviewScan = 20000
 
 func (cn *console) home(c echo.Context) error {
 	ctx, cancel := ctxOf(c)
 	defer cancel()
 	d := homeData{}
-	counts := map[event.Status]int{}
-	seen := 0
-	var recent []eventView
-	_, err := cn.s.scanEvents(ctx, listQuery{since: time.Now().Add(-time.Hour)}, func(v eventView) bool {
-		if seen == overviewScan {
-			d.Capped = true
-			return false
-		}
-		seen++
-		counts[v.Status]++
-		recent = append(recent, v)
-		if len(recent) > 200 {
-			recent = recent[len(recent)-100:]
-		}
-		return true
-	})
-	if err != nil {
-		return err
-	}
+	hourAgo := time.Now().Add(-time.Hour)
 	for _, st := range []event.Status{event.StatusSuccess, event.StatusPending, event.StatusExpired, event.StatusFailed} {
-		d.Counts = append(d.Counts, statusCount{st, counts[st]})
+		// Counted by the server for a consumer that would start an hour
+		// ago: one request, however many events the hour holds.
+		n, err := stream.Count(ctx, cn.s.cfg.JetStream, event.StreamEvents, "sengo.events.*.*."+string(st), hourAgo)
+		if err != nil {
+			return err
+		}
+		d.Counts = append(d.Counts, statusCount{st, n})
 	}
 	d.DeadLetters = cn.msgs(ctx, event.StreamDLQ)
 	d.Quarantined = cn.msgs(ctx, event.StreamQuarantine)
+	var err error
 	if d.Endpoints, err = cn.s.endpointStatuses(ctx); err != nil {
 		return err
 	}
+	recent, err := cn.latestEvents(ctx, 30)
+	if err != nil {
+		return err
+	}
 	seenTx := map[string]bool{}
-	for i := len(recent) - 1; i >= 0 && len(d.Recent) < 10; i-- {
-		v := recent[i]
+	for _, v := range recent {
+		if len(d.Recent) == 10 {
+			break
+		}
 		if k := v.Project + "\x00" + v.TransactionID; !seenTx[k] {
 			seenTx[k] = true
 			if t, err := cn.s.summary(ctx, v.Project, v.TransactionID); err == nil {
