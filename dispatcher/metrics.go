@@ -45,3 +45,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.Deliveries, m.AttemptSeconds, m.RetriesScheduled, m.DeadLetters, m.Paused, m.ConsecutiveFailures)
 	return m
 }
+
+// Prime creates the series of each endpoint at zero (paused 0, every
+// outcome and dead-letter reason): a counter that appears only with its
+// first increment makes increase() miss it, so the first dead letter
+// would raise no alert.
+func (m *Metrics) Prime(endpoints []string) {
+	for _, e := range endpoints {
+		for _, o := range []string{"delivered", "retry", "dead_letter", "waiting", "record_failed", "order_released"} {
+			m.Deliveries.WithLabelValues(e, o)
+		}
+		for _, r := range []string{ReasonExhausted, ReasonGone, ReasonAborted, ReasonUndecodable, ReasonExpiring} {
+			m.DeadLetters.WithLabelValues(e, r)
+		}
+		m.AttemptSeconds.WithLabelValues(e)
+		m.RetriesScheduled.WithLabelValues(e)
+		m.Paused.WithLabelValues(e).Set(0)
+		m.ConsecutiveFailures.WithLabelValues(e).Set(0)
+	}
+}

@@ -57,3 +57,31 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.Callbacks, m.PublishSeconds, m.Intake, m.KVConflicts, m.Confirm, m.Reconcile)
 	return m
 }
+
+// Outcomes the metrics are primed with, for each project: a counter that
+// appears only with its first increment makes increase() and rate() miss
+// that first event, so an alert on it would stay silent.
+var (
+	primedCallbacks     = []string{"accepted", "duplicate", "store_unavailable", "overloaded", "unauthorized", "forbidden", "invalid_signature", "invalid_notification"}
+	primedIntake        = []string{"published", "duplicate", "stale", "conflict", "quarantined", "retry", "waiting"}
+	primedConfirmations = []string{"confirmed", "status_corrected", "mismatch", "unconfirmed", "unavailable"}
+	primedReconcile     = []string{"checked", "missing", "fed", "failed"}
+)
+
+// Prime creates the series of each project at zero.
+func (m *Metrics) Prime(projects []string) {
+	for _, p := range projects {
+		for _, o := range primedCallbacks {
+			m.Callbacks.WithLabelValues(p, o)
+		}
+		for _, o := range primedIntake {
+			m.Intake.WithLabelValues(p, o)
+		}
+		for _, o := range primedConfirmations {
+			m.Confirm.WithLabelValues(p, o)
+		}
+		for _, o := range primedReconcile {
+			m.Reconcile.WithLabelValues(p, o)
+		}
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sengo-relay/sengo-relay/internal/bench"
+
 	"github.com/sengo-relay/sengo-relay/event"
 )
 

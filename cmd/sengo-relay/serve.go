@@ -84,6 +84,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := receiver.NewMetrics(reg)
+	metrics.Prime(cfg.ProjectNames()) // series at zero: the first quarantine or 503 raises its alert
 	var intake atomic.Pointer[receiver.Intake]
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sengo_relay_inbox_pending",
@@ -214,6 +215,11 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 	dmetrics := dispatcher.NewMetrics(reg)
+	var epNames []string
+	for _, ep := range endpoints {
+		epNames = append(epNames, ep.Name)
+	}
+	dmetrics.Prime(epNames) // series at zero: the first dead letter raises its alert
 	workerMap := map[string]*dispatcher.Worker{}
 	var workerMu sync.Mutex
 	for _, ep := range endpoints {
