@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sengo-relay/sengo-relay/internal/tracing"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
@@ -89,6 +90,7 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) att
 	if d.replay {
 		req.Header.Set("webhook-replay", "true")
 	}
+	tracing.InjectHTTP(ctx, req.Header) // W3C traceparent: the consumer's spans join the callback's trace
 	var sent map[string]string
 	if d.record {
 		sent = sentHeaders(req.Header, ep)

@@ -13,10 +13,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/history"
+	"github.com/sengo-relay/sengo-relay/internal/tracing"
 )
 
 // Replay headers on SENGO_REPLAY messages.
@@ -402,12 +405,22 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		}
 	}
 
-	res = post(ctx, w.httpc, w.ep, delivery{userAgent: w.cfg.UserAgent, eventID: ev.ID, seq: eventSeq(msg, meta, replayed), body: msg.Data(),
+	actx, span := tracing.Tracer().Start(tracing.Extract(ctx, msg.Headers()), "sengo.deliver", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("sengo.endpoint", w.ep.Name), attribute.String("sengo.event_id", ev.ID),
+			attribute.String("sengo.transaction_id", ev.Data.TransactionID), attribute.Int("sengo.attempt", rec.Count+1), attribute.Bool("sengo.replay", replayed)))
+	res = post(actx, w.httpc, w.ep, delivery{userAgent: w.cfg.UserAgent, eventID: ev.ID, seq: eventSeq(msg, meta, replayed), body: msg.Data(),
 		replay: msg.Headers().Get(HeaderReplayKind) == "replay", now: now, record: w.cfg.History != nil})
 	w.cfg.Metrics.AttemptSeconds.WithLabelValues(w.ep.Name).Observe(res.Duration.Seconds())
 	rec.record(res, now)
 	act := decide(w.ep, res, rec.Count)
 	w.recordAttempt(ev, msg, replayed, rec.Count, now, res, act)
+	if res.Status > 0 {
+		span.SetAttributes(attribute.Int("http.response.status_code", res.Status))
+	}
+	if !res.ok() {
+		tracing.Fail(span, errors.New(res.describe()))
+	}
+	span.End()
 
 	if res.ok() {
 		w.breaker.success(probe)

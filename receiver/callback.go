@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/tracing"
 	"github.com/sengo-relay/sengo-relay/sengo"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
@@ -193,6 +194,7 @@ func (h *callbackHandler) store(ctx context.Context, rc receipt, project string,
 		// max_in_flight slot) for the whole publish timeout.
 		return accepted{}, fmt.Errorf("%w: nats %s", ErrStoreUnavailable, nc.Status())
 	}
+	tracing.Inject(ctx, msg.Header) // the callback's trace goes on in intake
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.PublishTimeout)
 	defer cancel()
 	start := time.Now()

@@ -13,9 +13,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/history"
+	"github.com/sengo-relay/sengo-relay/internal/tracing"
 	"github.com/sengo-relay/sengo-relay/sengo"
 )
 
@@ -314,7 +317,19 @@ func (in *Intake) quarantine(ctx context.Context, m jetstream.Msg, r result) err
 }
 
 // process applies one notification to its transaction.
-func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
+func (in *Intake) process(ctx context.Context, m jetstream.Msg) (r result) {
+	// The callback's trace (its traceparent is on the inbox message) goes
+	// on here, and into the event's headers.
+	ctx, span := tracing.Tracer().Start(tracing.Extract(ctx, m.Headers()), "sengo.intake", trace.WithSpanKind(trace.SpanKindConsumer))
+	defer func() {
+		span.SetAttributes(attribute.String("sengo.project", r.project), attribute.String("sengo.outcome", r.outcome), attribute.Bool("sengo.wait", r.wait))
+		tracing.Fail(span, r.err)
+		span.End()
+	}()
+	return in.processTraced(ctx, m, span)
+}
+
+func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace.Span) result {
 	project := m.Headers().Get(event.HeaderProject)
 	if project == "" {
 		return result{err: fmt.Errorf("%w: no %s header", ErrPermanent, event.HeaderProject)}
@@ -333,6 +348,7 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 			acceptedAt = time.Now()
 		}
 	}
+	span.SetAttributes(attribute.String("sengo.transaction_id", tx.ID), attribute.String("sengo.status", string(tx.Status)))
 	key := txKey(project, tx.ID)
 	// One read of the transaction's state serves the receipt-order check,
 	// the leftover outbox and the first compare-and-set attempt.
@@ -369,7 +385,14 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) result {
 	}
 	confirmed, note := false, ""
 	if in.cfg.Confirmer != nil {
-		got, ok, err := in.cfg.Confirmer.Confirm(ctx, project, tx)
+		cctx, cspan := tracing.Tracer().Start(ctx, "sengo.confirm", trace.WithSpanKind(trace.SpanKindClient))
+		got, ok, err := in.cfg.Confirmer.Confirm(cctx, project, tx)
+		cspan.SetAttributes(attribute.Bool("sengo.confirmed", ok && err == nil))
+		if ok && err == nil && got.Status != tx.Status {
+			cspan.SetAttributes(attribute.String("sengo.api_status", string(got.Status)))
+		}
+		tracing.Fail(cspan, err)
+		cspan.End()
 		if err != nil {
 			in.countConfirm(project, err)
 			r.err = fmt.Errorf("confirm %s: %w", tx.ID, err)
@@ -599,6 +622,7 @@ func (in *Intake) flush(ctx context.Context, key string, st txState, rev uint64)
 	seqs := make(map[string]uint64, len(st.Outbox))
 	for _, it := range st.Outbox {
 		msg := &nats.Msg{Subject: it.Subject, Data: it.Event, Header: nats.Header{event.HeaderEventID: []string{it.EventID}}}
+		tracing.Inject(ctx, msg.Header) // deliveries continue the notification's trace
 		ack, err := in.cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(it.EventID), jetstream.WithExpectStream(event.StreamEvents))
 		if err != nil {
 			return fmt.Errorf("publish event %s: %w", it.EventID, err)

@@ -103,8 +103,8 @@ func New(cfg Config) *echo.Echo {
 	}}))
 
 	h := newCallbackHandler(cfg)
-	e.POST("/callbacks/sengo/:project", h.serve)
-	e.POST("/callbacks/sengo/:project/:token", h.serve)
+	e.POST("/callbacks/sengo/:project", h.serve, traced)
+	e.POST("/callbacks/sengo/:project/:token", h.serve, traced)
 
 	e.GET("/healthz", func(c echo.Context) error {
 		if cfg.Live != nil {

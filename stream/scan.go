@@ -73,7 +73,13 @@ func ScanFrom(ctx context.Context, js jetstream.JetStream, stream string, subjec
 			return fmt.Errorf("scan %s: %w", stream, err)
 		}
 		if got == 0 {
-			return fmt.Errorf("scan %s: %d messages announced, none delivered", stream, remaining)
+			// Nothing within FetchMaxWait: the rest may have been deleted
+			// (a purge, a redrive settling) or the server is slow. Ask.
+			info, err := c.Info(ctx)
+			if err != nil {
+				return fmt.Errorf("scan %s: %w", stream, err)
+			}
+			remaining = info.NumPending
 		}
 	}
 	return nil

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra/doc"
 
 	"github.com/sengo-relay/sengo-relay/internal/config"
+	"github.com/sengo-relay/sengo-relay/internal/tracing"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -181,7 +182,7 @@ func printSummary(w io.Writer, path string, cfg config.Config) error {
 		}
 		nats = "external " + strings.Join(urls, ",")
 	}
-	fmt.Fprintf(w, "%s: ok\n  http   %s\n  nats   %s, replicas %d\n", path, cfg.HTTP.Listen, nats, cfg.NATS.Replicas)
+	fmt.Fprintf(w, "%s: ok\n  http   %s\n  nats   %s, replicas %d\n  traces %s\n", path, cfg.HTTP.Listen, nats, cfg.NATS.Replicas, tracing.Describe())
 	for _, name := range cfg.ProjectNames() {
 		p := cfg.Projects[name]
 		route := "/callbacks/sengo/" + name

@@ -30,6 +30,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/admin"
 	"github.com/sengo-relay/sengo-relay/internal/config"
+	"github.com/sengo-relay/sengo-relay/internal/tracing"
 	"github.com/sengo-relay/sengo-relay/receiver"
 	"github.com/sengo-relay/sengo-relay/sengo"
 	"github.com/sengo-relay/sengo-relay/stream"
@@ -42,6 +43,18 @@ import (
 func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	log := newLogger(cfg.Log, stdout)
 	log.Info().Str("version", versionString()).Msg("starting sengo-relay")
+	stopTracing, err := tracing.Setup(ctx, versionString())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := stopTracing(sctx); err != nil {
+			log.Warn().Err(err).Msg("traces not all exported at shutdown")
+		}
+	}()
+	log.Info().Str("traces", tracing.Describe()).Msg("tracing")
 
 	// A connection that nats.go closed for good (not by drain at shutdown,
 	// which replaces this handler) stops the relay with an error, and

@@ -346,26 +346,25 @@ func (s *Server) replayStart(c echo.Context) error {
 		return apiError(http.StatusBadRequest, "invalid_replay", err.Error())
 	}
 	j, started := s.startReplay(req)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cp := *j
 	if !started {
-		return c.JSON(http.StatusOK, &cp) // already running
+		return c.JSON(http.StatusOK, &j) // already running
 	}
-	return c.JSON(http.StatusAccepted, &cp)
+	return c.JSON(http.StatusAccepted, &j)
 }
 
 // startReplay starts the job of req, unless the same job is running: then
-// it returns that one, and started is false.
-func (s *Server) startReplay(req dispatcher.ReplayRequest) (j *job, started bool) {
+// it returns that one, and started is false. It returns a copy: the job
+// itself changes under s.mu as it runs.
+func (s *Server) startReplay(req dispatcher.ReplayRequest) (snapshot job, started bool) {
 	id := req.JobID()
 	s.mu.Lock()
 	if j, ok := s.jobs[id]; ok && !j.Progress.Done && j.Error == "" {
-		s.mu.Unlock()
-		return j, false
+		defer s.mu.Unlock()
+		return *j, false
 	}
-	j = &job{Request: req, Started: time.Now().UTC(), Progress: dispatcher.ReplayProgress{Job: id, PerEndpoint: map[string]uint64{}}}
+	j := &job{Request: req, Started: time.Now().UTC(), Progress: dispatcher.ReplayProgress{Job: id, PerEndpoint: map[string]uint64{}}}
 	s.jobs[id] = j
+	snapshot = *j
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go func() {
@@ -382,7 +381,7 @@ func (s *Server) startReplay(req dispatcher.ReplayRequest) (j *job, started bool
 		s.mu.Unlock()
 		s.cfg.Logger.Info().Str("job", id).Err(err).Msg("replay finished")
 	}()
-	return j, true
+	return snapshot, true
 }
 
 func (s *Server) replayList(c echo.Context) error {

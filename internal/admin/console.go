@@ -105,6 +105,13 @@ func randomToken() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
+// progressView is a replay job with the CSRF token its "send for real"
+// form needs (the progress fragment is re-rendered on its own).
+type progressView struct {
+	job
+	CSRF string
+}
+
 // console is the web console's state.
 type console struct {
 	s        *Server
@@ -115,10 +122,11 @@ type console struct {
 }
 
 var consoleFuncs = template.FuncMap{
-	"rupiah": Rupiah,
-	"wib":    func(t time.Time) string { return t.In(wib).Format("2006-01-02 15:04:05 WIB") },
-	"iso":    func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) },
-	"join":   func(s []string) string { return strings.Join(s, ", ") },
+	"rupiah":       Rupiah,
+	"wib":          func(t time.Time) string { return t.In(wib).Format("2006-01-02 15:04:05 WIB") },
+	"iso":          func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) },
+	"join":         func(s []string) string { return strings.Join(s, ", ") },
+	"progressView": func(j job, csrf string) progressView { return progressView{j, csrf} },
 	"percent": func(p dispatcher.ReplayProgress) int {
 		switch {
 		case p.Done:
@@ -704,5 +712,5 @@ func (cn *console) replayProgress(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return cn.render(c, http.StatusOK, "progress", j)
+	return cn.render(c, http.StatusOK, "progress", progressView{j, cn.csrf(c)})
 }

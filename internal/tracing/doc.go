@@ -1,0 +1,13 @@
+// Package tracing owns OpenTelemetry for the relay: Setup installs the
+// official SDK with its OTLP/HTTP exporter when the standard OTEL_*
+// variables ask for one (off by default), and the helpers carry a trace
+// through NATS headers, so one trace runs from the callback request
+// through intake, confirmation and each delivery attempt, and reaches the
+// consumer as a W3C traceparent header.
+//
+// Spans carry ids and outcomes only (project, transaction and event ids,
+// endpoint names, HTTP statuses), never a token, secret, API key or URL
+// with credentials.
+//
+// It may import the OpenTelemetry API and SDK, and nats.go.
+package tracing

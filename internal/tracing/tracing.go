@@ -1,0 +1,132 @@
+package tracing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Name is the instrumentation scope of the relay's spans.
+const Name = "github.com/sengo-relay/sengo-relay"
+
+// Tracer is the relay's tracer (a no-op until Setup installs the SDK).
+func Tracer() trace.Tracer { return otel.Tracer(Name) }
+
+// propagator is W3C trace context and baggage, whatever Setup decides:
+// a traceparent that arrives is passed on even with tracing off.
+var propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+
+func init() { otel.SetTextMapPropagator(propagator) }
+
+// Enabled reports whether the OTEL_* variables ask for traces: an OTLP
+// endpoint, or OTEL_TRACES_EXPORTER=otlp; OTEL_SDK_DISABLED=true and
+// OTEL_TRACES_EXPORTER=none turn it off.
+func Enabled() bool {
+	if strings.EqualFold(os.Getenv("OTEL_SDK_DISABLED"), "true") {
+		return false
+	}
+	switch strings.ToLower(os.Getenv("OTEL_TRACES_EXPORTER")) {
+	case "none":
+		return false
+	case "otlp":
+		return true
+	}
+	return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
+}
+
+// Describe says where traces go, for check-config and the start line:
+// the endpoint without credentials, query or headers.
+func Describe() string {
+	if !Enabled() {
+		return "off (set OTEL_EXPORTER_OTLP_ENDPOINT to send traces)"
+	}
+	ep := os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+	if ep == "" {
+		ep = os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+	}
+	if ep == "" {
+		ep = "http://localhost:4318"
+	}
+	if u, err := url.Parse(ep); err == nil {
+		u.User, u.RawQuery = nil, ""
+		ep = u.String()
+	}
+	return "OTLP/HTTP to " + ep
+}
+
+// ErrProtocol: the OTLP protocol asked for is not the one built in.
+var ErrProtocol = errors.New("OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is built in")
+
+// Setup installs the SDK when Enabled, with the exporter, resource and
+// sampler the OTEL_* variables configure (OTEL_SERVICE_NAME defaults to
+// sengo-relay). The returned func flushes and stops it; it is a no-op
+// when tracing is off.
+func Setup(ctx context.Context, version string) (func(context.Context) error, error) {
+	if !Enabled() {
+		return func(context.Context) error { return nil }, nil
+	}
+	for _, k := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
+		if p := os.Getenv(k); p != "" && p != "http/protobuf" {
+			return nil, fmt.Errorf("%w (%s=%s)", ErrProtocol, k, p)
+		}
+	}
+	exp, err := otlptracehttp.New(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("otlp exporter: %w", err)
+	}
+	attrs := []attribute.KeyValue{attribute.String("service.version", version)}
+	if os.Getenv("OTEL_SERVICE_NAME") == "" {
+		attrs = append(attrs, attribute.String("service.name", "sengo-relay"))
+	}
+	res, err := resource.New(ctx, resource.WithAttributes(attrs...), resource.WithFromEnv(), resource.WithTelemetrySDK(), resource.WithHost())
+	if err != nil {
+		return nil, fmt.Errorf("otel resource: %w", err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
+	otel.SetTracerProvider(tp)
+	return tp.Shutdown, nil
+}
+
+// Inject writes ctx's trace context into NATS message headers.
+func Inject(ctx context.Context, h nats.Header) {
+	propagator.Inject(ctx, propagation.HeaderCarrier(h))
+}
+
+// Extract reads the trace context of NATS message headers into ctx.
+func Extract(ctx context.Context, h nats.Header) context.Context {
+	return propagator.Extract(ctx, propagation.HeaderCarrier(h))
+}
+
+// InjectHTTP writes ctx's trace context into an outgoing request's
+// headers (traceparent, and tracestate when there is one).
+func InjectHTTP(ctx context.Context, h http.Header) {
+	propagator.Inject(ctx, propagation.HeaderCarrier(h))
+}
+
+// ExtractHTTP reads an incoming request's trace context into ctx.
+func ExtractHTTP(ctx context.Context, h http.Header) context.Context {
+	return propagator.Extract(ctx, propagation.HeaderCarrier(h))
+}
+
+// Fail marks span failed with err's text (errors carry no secrets: the
+// relay's own are written for logs).
+func Fail(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+}

@@ -1,0 +1,96 @@
+package tracing
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
+)
+
+func TestEnabledByTheStandardVariables(t *testing.T) {
+	for _, c := range []struct {
+		env  map[string]string
+		want bool
+	}{
+		{map[string]string{}, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, true},
+		{map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, true},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "otlp"}, true},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_TRACES_EXPORTER": "none"}, false},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_SDK_DISABLED": "true"}, false},
+	} {
+		for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER", "OTEL_SDK_DISABLED"} {
+			t.Setenv(k, c.env[k])
+		}
+		if got := Enabled(); got != c.want {
+			t.Errorf("%v: enabled %v, want %v", c.env, got, c.want)
+		}
+	}
+}
+
+// Describe never shows credentials in the endpoint.
+func TestDescribeHidesCredentials(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "https://user:s3cret@collector.example:4318/?api_key=k3y")
+	if d := Describe(); strings.Contains(d, "s3cret") || strings.Contains(d, "k3y") || !strings.Contains(d, "collector.example:4318") {
+		t.Errorf("Describe() = %q", d)
+	}
+}
+
+// With OTEL_EXPORTER_OTLP_ENDPOINT set, spans reach the collector over
+// OTLP/HTTP with the headers OTEL_EXPORTER_OTLP_HEADERS gives; an
+// unsupported protocol is refused at start.
+func TestSetupExportsOverOTLP(t *testing.T) {
+	var posts atomic.Int64
+	var auth atomic.Value
+	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if r.URL.Path == "/v1/traces" && len(b) > 0 {
+			auth.Store(r.Header.Get("Authorization"))
+			posts.Add(1)
+		}
+		w.WriteHeader(200)
+	}))
+	defer collector.Close()
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
+	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer collector-token")
+	prev := otel.GetTracerProvider()
+	defer otel.SetTracerProvider(prev)
+	shutdown, err := Setup(context.Background(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := Tracer().Start(context.Background(), "sengo.test")
+	span.End()
+	if err := shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if posts.Load() == 0 || auth.Load() != "Bearer collector-token" {
+		t.Fatalf("collector got %d exports (Authorization %v)", posts.Load(), auth.Load())
+	}
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+	if _, err := Setup(context.Background(), "test"); err == nil {
+		t.Error("grpc accepted")
+	}
+}
+
+// A trace context survives a trip through NATS headers.
+func TestNATSHeadersCarryTheTrace(t *testing.T) {
+	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID{1, 2, 3}, SpanID: trace.SpanID{4, 5}, TraceFlags: trace.FlagsSampled})
+	ctx := trace.ContextWithSpanContext(context.Background(), sc)
+	h := nats.Header{}
+	Inject(ctx, h)
+	if !strings.HasPrefix(h.Get("Traceparent"), "00-01020300") {
+		t.Fatalf("headers %v", h)
+	}
+	got := trace.SpanContextFromContext(Extract(context.Background(), h))
+	if got.TraceID() != sc.TraceID() || got.SpanID() != sc.SpanID() {
+		t.Errorf("extracted %v, want %v", got, sc)
+	}
+}
