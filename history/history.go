@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,16 +15,43 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // Streams and their subjects.
 const (
-	StreamAttempts   = "SENGO_ATTEMPTS"
-	SubjectsAttempts = "sengo.attempts.>"
-	StreamRefs       = "SENGO_REFS"
-	SubjectsRefs     = "sengo.refs.>"
+	StreamAttempts    = "SENGO_ATTEMPTS"
+	SubjectsAttempts  = "sengo.attempts.>"
+	StreamRefs        = "SENGO_REFS"
+	SubjectsRefs      = "sengo.refs.>"
+	StreamReconcile   = "SENGO_RECONCILE"
+	SubjectsReconcile = "sengo.reconcile.>"
 )
+
+// Reconciliation is one project's reconciliation run: SenGo's list
+// compared with what the relay received, and what it found missing.
+type Reconciliation struct {
+	Project  string    `json:"project"`
+	Trigger  string    `json:"trigger"` // periodic, cli
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	Window   string    `json:"window"`
+	Checked  int       `json:"checked"`
+	Missing  int       `json:"missing"`
+	Fed      int       `json:"fed"`
+	Resend   bool      `json:"resend,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	// Found are the first status changes found missing (at most 50).
+	Found []Found `json:"found"`
+}
+
+// Found is a status change SenGo reported that the relay had not received.
+type Found struct {
+	TransactionID string       `json:"transactionId"`
+	MerchantRef   string       `json:"merchantRef"`
+	Status        event.Status `json:"status"`
+}
 
 // Attempt is one delivery attempt of one event to one endpoint.
 type Attempt struct {
@@ -127,8 +155,11 @@ func NewWriter(nc *nats.Conn, cfg WriterConfig) (*Writer, error) {
 }
 
 func kindOf(subject string) string {
-	if strings.HasPrefix(subject, "sengo.refs.") {
+	switch {
+	case strings.HasPrefix(subject, "sengo.refs."):
 		return "ref"
+	case strings.HasPrefix(subject, "sengo.reconcile."):
+		return "reconciliation"
 	}
 	return "attempt"
 }
@@ -154,6 +185,61 @@ func (w *Writer) Ref(r Ref) {
 	}
 	b, _ := json.Marshal(r)
 	w.publish("ref", &nats.Msg{Subject: RefSubject(r.Project, r.MerchantRef, r.TransactionID), Data: b}, StreamRefs)
+}
+
+// Reconciliation records one project's reconciliation run.
+func (w *Writer) Reconciliation(r Reconciliation) {
+	if w == nil {
+		return
+	}
+	if r.Found == nil {
+		r.Found = []Found{}
+	}
+	b, _ := json.Marshal(r)
+	w.publish("reconciliation", &nats.Msg{Subject: "sengo.reconcile." + r.Project, Data: b}, StreamReconcile)
+}
+
+// Reconciliations returns the latest runs (of project, or every project),
+// newest first, at most limit.
+func Reconciliations(ctx context.Context, js jetstream.JetStream, project string, limit int) ([]Reconciliation, error) {
+	limit = clamp(limit)
+	subject := SubjectsReconcile
+	if project != "" {
+		subject = "sengo.reconcile." + project
+	}
+	st, err := js.Stream(ctx, StreamReconcile)
+	if err != nil {
+		return nil, err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Reconciliation
+	if info.State.Msgs == 0 {
+		return []Reconciliation{}, nil
+	}
+	// Runs are few (a few per project per hour): read the newest window
+	// of the stream and keep the matching ones.
+	from := info.State.FirstSeq
+	if span := uint64(limit) * 64; info.State.LastSeq > span && info.State.LastSeq-span > from {
+		from = info.State.LastSeq - span
+	}
+	err = stream.ScanFrom(ctx, js, StreamReconcile, []string{subject}, stream.From{Seq: from}, func(m jetstream.Msg, _ *jetstream.MsgMetadata) (bool, error) {
+		var r Reconciliation
+		if json.Unmarshal(m.Data(), &r) == nil {
+			out = append(out, r)
+		}
+		return true, nil
+	}, nil)
+	slices.Reverse(out)
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	if out == nil {
+		out = []Reconciliation{}
+	}
+	return out, err
 }
 
 func (w *Writer) publish(kind string, m *nats.Msg, stream string) {

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/sengo"
 )
 
@@ -37,6 +38,11 @@ type ReconcileConfig struct {
 	// Resend asks SenGo to send missing callbacks again instead of feeding
 	// the inbox directly.
 	Resend  bool
+	// Trigger names what started the run in its record: periodic, cli.
+	Trigger string
+	// Runs, when set, records each project's run in SENGO_RECONCILE (the
+	// console's Reconciliation page), asynchronously.
+	Runs    *history.Writer
 	Now     func() time.Time
 	Metrics *Metrics
 	Logger  zerolog.Logger
@@ -47,7 +53,12 @@ type ReconcileSummary struct {
 	Checked int `json:"checked"` // transactions listed by SenGo
 	Missing int `json:"missing"` // status changes the relay never received
 	Fed     int `json:"fed"`     // fed into the inbox (or resent, with Resend)
+	// Found are the first status changes found missing (at most maxFound).
+	Found []history.Found `json:"found,omitempty"`
 }
+
+// maxFound bounds the missing changes a run's record names.
+const maxFound = 50
 
 // wib is the timezone of SenGo's dates.
 var wib = time.FixedZone("WIB", 7*3600)
@@ -81,7 +92,14 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 		// Each project, and each day of it, is reconciled on its own: one
 		// that fails (its SenGo credentials, a bad page) does not keep the
 		// others from being checked.
+		started := cfg.Now()
 		sum, perr := reconcileProject(ctx, cfg, kv, project, progress)
+		run := history.Reconciliation{Project: project, Trigger: cfg.Trigger, Started: started.UTC(), Finished: cfg.Now().UTC(), Window: cfg.Window.String(),
+			Checked: sum.Checked, Missing: sum.Missing, Fed: sum.Fed, Resend: cfg.Resend, Found: sum.Found}
+		if perr != nil {
+			run.Error = perr.Error()
+		}
+		cfg.Runs.Reconciliation(run)
 		if cfg.Metrics != nil {
 			cfg.Metrics.Reconcile.WithLabelValues(project, "checked").Add(float64(sum.Checked))
 			cfg.Metrics.Reconcile.WithLabelValues(project, "missing").Add(float64(sum.Missing))
@@ -145,6 +163,9 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 					continue
 				}
 				sum.Missing++
+				if len(sum.Found) < maxFound {
+					sum.Found = append(sum.Found, history.Found{TransactionID: tx.ID, MerchantRef: tx.MerchantRef, Status: tx.Status})
+				}
 				if err := feed(ctx, cfg, api, project, tx); err != nil {
 					return err
 				}

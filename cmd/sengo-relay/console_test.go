@@ -216,6 +216,9 @@ endpoints:
 	b.run("overview", chromedp.Navigate(console+"/"), chromedp.WaitVisible(`input[name=q]`, chromedp.ByQuery))
 	b.screenshot("console-overview.png")
 	b.run("live events", chromedp.Navigate(console+"/events"), chromedp.WaitVisible(`#feed`, chromedp.ByQuery))
+	// The relay reconciles at start: that run is listed.
+	b.run("reconciliation", chromedp.Navigate(console+"/reconciliations"), chromedp.WaitVisible(`#runs`, chromedp.ByQuery))
+	b.until("the run at start listed", "periodic")
 	phone := newPage(t, console, 390, 844)
 	phone.run("sign in on a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2)), chromedp.Navigate(console+"/login"), chromedp.SendKeys(`input[name=token]`, adminToken, chromedp.ByQuery),
 		chromedp.Submit(`input[name=token]`, chromedp.ByQuery), chromedp.WaitVisible(`input[name=q]`, chromedp.ByQuery),

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/receiver"
 	"github.com/sengo-relay/sengo-relay/sengo"
@@ -125,7 +126,16 @@ asks SenGo to send its callback again). The relay also runs it every reconcile.i
 			}
 			defer nc.Close()
 			stderr := c.ErrOrStderr()
-			sum, err := receiver.Reconcile(c.Context(), receiver.ReconcileConfig{JetStream: js, Projects: projects, Window: window, Resend: resend, Logger: zerolog.Nop()},
+			runs, err := history.NewWriter(nc, history.WriterConfig{Logger: zerolog.Nop()})
+			if err != nil {
+				return err
+			}
+			defer func() {
+				fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = runs.Flush(fctx) // the run's record, for the console
+			}()
+			sum, err := receiver.Reconcile(c.Context(), receiver.ReconcileConfig{JetStream: js, Projects: projects, Window: window, Resend: resend, Trigger: "cli", Runs: runs, Logger: zerolog.Nop()},
 				func(p, day string, st event.Status, s receiver.ReconcileSummary) {
 					fmt.Fprintf(stderr, "reconcile %s %s %-7s: %d checked, %d missing\n", p, day, st, s.Checked, s.Missing)
 				})

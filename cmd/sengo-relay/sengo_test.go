@@ -234,7 +234,7 @@ func TestReconcileAfterDowntime(t *testing.T) {
 	}
 
 	cfg := sandboxConfig(t, sbURL, orders.URL)
-	base, logs := startRunWith(t, cfg, relayEnv(t.TempDir(), "SENGO_RELAY_HTTP_LISTEN="+addr))
+	base, logs := startRunWith(t, cfg, relayEnv(t.TempDir(), "SENGO_RELAY_HTTP_LISTEN="+addr, "SENGO_RELAY_ADMIN_TOKEN="+adminToken))
 	natsURL := logs.field(t, "embedded nats started", "client_url")
 	waitReady(t, base)
 	eventually(t, "three webhooks from reconciliation", func() bool { return len(orders.received()) >= 3 })
@@ -261,6 +261,28 @@ func TestReconcileAfterDowntime(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "3 checked, 0 missing, 0 fed") {
 		t.Fatalf("second reconciliation: %s", out.String())
+	}
+
+	// Both runs are recorded, newest first, with what the first found.
+	api := newAdminAPI(t, logs.field(t, "admin listening", "addr"))
+	var runs struct {
+		Items []struct {
+			Trigger               string
+			Checked, Missing, Fed int
+			Found                 []struct{ TransactionID, MerchantRef, Status string }
+		}
+	}
+	eventually(t, "two runs recorded", func() bool { api.get("/admin/reconciliations?project=main", &runs); return len(runs.Items) >= 2 })
+	newest, first := runs.Items[0], runs.Items[len(runs.Items)-1]
+	if newest.Trigger != "cli" || newest.Missing != 0 || first.Trigger != "periodic" || first.Missing != 3 || first.Fed != 3 || len(first.Found) != 3 {
+		t.Fatalf("runs %+v", runs.Items)
+	}
+	refs := map[string]bool{}
+	for _, f := range first.Found {
+		refs[f.MerchantRef] = f.Status == "success"
+	}
+	if !refs["VA-0"] || !refs["VA-1"] || !refs["VA-2"] {
+		t.Errorf("the first run found %+v", first.Found)
 	}
 }
 

@@ -138,7 +138,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		Help: "History records (kind: attempt, ref) by result: stored, or failed (the delivery or notification it describes is not affected).",
 	}, []string{"kind", "result"})
 	reg.MustRegister(historyWrites)
-	for _, k := range []string{"attempt", "ref"} {
+	for _, k := range []string{"attempt", "ref", "reconciliation"} {
 		for _, r := range []string{"stored", "failed"} {
 			historyWrites.WithLabelValues(k, r)
 		}
@@ -356,7 +356,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			go func() {
 				defer workersDone.Done()
 				reconcileLoop(runCtx, cfg, receiver.ReconcileConfig{
-					JetStream: js, Projects: projects, Window: cfg.Reconcile.Window.D(), Metrics: metrics,
+					JetStream: js, Projects: projects, Window: cfg.Reconcile.Window.D(), Metrics: metrics, Trigger: "periodic", Runs: hist,
 					Logger: log.With().Str("component", "reconcile").Logger(),
 				}, log)
 			}()
@@ -642,6 +642,7 @@ func provisionSpec(cfg config.Config) stream.Spec {
 			{Name: event.StreamReplay, Subjects: []string{event.SubjectsReplay}, Description: "events queued again for one endpoint (replay, redrive)", Limits: limits(cfg.Streams.Replay)},
 			{Name: history.StreamAttempts, Subjects: []string{history.SubjectsAttempts}, Description: "every webhook delivery attempt", Limits: limits(cfg.Streams.Attempts)},
 			{Name: history.StreamRefs, Subjects: []string{history.SubjectsRefs}, Description: "merchantRef to SenGo transaction ids", Limits: perSubject(limits(cfg.Streams.Refs), 1)},
+			{Name: history.StreamReconcile, Subjects: []string{history.SubjectsReconcile}, Description: "reconciliation runs and what they found", Limits: limits(cfg.Streams.Reconciliations)},
 		},
 		Buckets: []stream.BucketSpec{
 			{Name: event.BucketTx, Description: "SenGo transaction state", TTL: cfg.Streams.Transactions.TTL.D(), History: 1},

@@ -93,6 +93,7 @@ func New(cfg Config) *Server {
 	a.GET("/transactions", s.transactions)
 	a.GET("/transactions/:project/:id", s.transaction)
 	a.GET("/events", s.events)
+	a.GET("/reconciliations", s.reconciliations)
 	a.GET("/endpoints", s.endpoints)
 	a.GET("/dlq", s.dlqList)
 	a.GET("/dlq/:seq", s.dlqShow)

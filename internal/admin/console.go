@@ -26,6 +26,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/receiver"
 	"github.com/sengo-relay/sengo-relay/stream"
 	"github.com/sengo-relay/sengo-relay/verify"
@@ -185,6 +186,7 @@ func (s *Server) mountConsole(e *echo.Echo) {
 	a.GET("/quarantine", c.quarantine)
 	a.GET("/quarantine/confirm", c.quarantineConfirm)
 	a.POST("/quarantine/redrive", c.quarantineRedrive)
+	a.GET("/reconciliations", c.reconciliations)
 	a.GET("/replays", c.replays)
 	a.POST("/replays", c.replayStart)
 	a.GET("/replays/:id", c.replay)
@@ -713,4 +715,14 @@ func (cn *console) replayProgress(c echo.Context) error {
 		return err
 	}
 	return cn.render(c, http.StatusOK, "progress", progressView{j, cn.csrf(c)})
+}
+
+func (cn *console) reconciliations(c echo.Context) error {
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	runs, err := history.Reconciliations(ctx, cn.s.cfg.JetStream, "", 50)
+	if err != nil {
+		return err
+	}
+	return cn.page(c, "reconciliations", "Reconciliation", runs)
 }

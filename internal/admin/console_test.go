@@ -149,16 +149,17 @@ func TestConsoleTemplatesRender(t *testing.T) {
 	}
 	j := job{Request: dispatcher.ReplayRequest{Endpoints: []string{"orders"}, DryRun: true}, Progress: dispatcher.ReplayProgress{Job: "j", Done: true}}
 	for name, d := range map[string]any{
-		"tx":             map[string]any{"T": tl},
-		"home":           homeData{Counts: []statusCount{{st, 1}}, Endpoints: []endpointStatus{{Name: "orders"}}, Recent: []txSummary{tl.Transaction}},
-		"dlq":            map[string]any{"Entries": []dispatcher.DLQEntry{{Seq: 1}}, "Endpoint": "orders"},
-		"replays":        map[string]any{"Endpoints": []string{"orders"}, "Jobs": []job{j}, "Statuses": []event.Status{st}},
-		"replay":         j,
-		"events":         []eventView{{Seq: 1}},
-		"quarantine":     []receiver.QuarantineEntry{{Seq: 1}},
-		"endpoints":      []endpointStatus{{Name: "orders"}},
-		"search-results": map[string]any{"Q": "x", "Found": []txSummary{{}}},
-		"confirm":        confirmData{Count: 1, Fields: map[string]string{"seq": "1"}},
+		"tx":              map[string]any{"T": tl},
+		"home":            homeData{Counts: []statusCount{{st, 1}}, Endpoints: []endpointStatus{{Name: "orders"}}, Recent: []txSummary{tl.Transaction}},
+		"dlq":             map[string]any{"Entries": []dispatcher.DLQEntry{{Seq: 1}}, "Endpoint": "orders"},
+		"replays":         map[string]any{"Endpoints": []string{"orders"}, "Jobs": []job{j}, "Statuses": []event.Status{st}},
+		"replay":          j,
+		"events":          []eventView{{Seq: 1}},
+		"quarantine":      []receiver.QuarantineEntry{{Seq: 1}},
+		"endpoints":       []endpointStatus{{Name: "orders"}},
+		"search-results":  map[string]any{"Q": "x", "Found": []txSummary{{}}},
+		"confirm":         confirmData{Count: 1, Fields: map[string]string{"seq": "1"}},
+		"reconciliations": []history.Reconciliation{{Project: "main", Missing: 1, Found: []history.Found{{MerchantRef: "INV-1"}}}, {Error: "x"}},
 	} {
 		if err := tm.ExecuteTemplate(io.Discard, name, view{Data: d, CSRF: "c"}); err != nil {
 			t.Errorf("%s: %v", name, err)

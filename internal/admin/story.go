@@ -491,3 +491,19 @@ func steps(tl timeline) []step {
 	}
 	return out
 }
+
+// reconciliations lists the latest reconciliation runs, newest first:
+// GET /admin/reconciliations?project=&limit=.
+func (s *Server) reconciliations(c echo.Context) error {
+	q, err := s.listQuery(c, "project", "limit")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 10*time.Second)
+	defer cancel()
+	runs, err := history.Reconciliations(ctx, s.cfg.JetStream, q.project, q.limit)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, page[history.Reconciliation]{Items: runs})
+}

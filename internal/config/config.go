@@ -88,14 +88,16 @@ type Subscriber struct {
 
 // Streams configures retention of each stream and of the transaction bucket.
 type Streams struct {
-	Inbox        StreamLimits `yaml:"inbox"`
-	Events       StreamLimits `yaml:"events"`
-	Quarantine   StreamLimits `yaml:"quarantine"`
-	DLQ          StreamLimits `yaml:"dlq"`
-	Replay       StreamLimits `yaml:"replay"`
-	Attempts     StreamLimits `yaml:"attempts"`
-	Refs         StreamLimits `yaml:"refs"`
-	Transactions Bucket       `yaml:"transactions"`
+	Inbox      StreamLimits `yaml:"inbox"`
+	Events     StreamLimits `yaml:"events"`
+	Quarantine StreamLimits `yaml:"quarantine"`
+	DLQ        StreamLimits `yaml:"dlq"`
+	Replay     StreamLimits `yaml:"replay"`
+	Attempts   StreamLimits `yaml:"attempts"`
+	Refs       StreamLimits `yaml:"refs"`
+	// Reconciliations: the record of each reconciliation run.
+	Reconciliations StreamLimits `yaml:"reconciliations"`
+	Transactions    Bucket       `yaml:"transactions"`
 }
 
 // StreamLimits bounds one stream.
@@ -207,14 +209,15 @@ func Default() Config {
 			Embedded: Embedded{Listen: "127.0.0.1:4222", SyncInterval: "always", GroupCommit: true, Subscriber: Subscriber{User: "subscriber"}},
 		},
 		Streams: Streams{
-			Inbox:        StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(10 * time.Minute)},
-			Events:       StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(10 * time.Minute)},
-			Quarantine:   StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
-			DLQ:          StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
-			Replay:       StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(24 * time.Hour)},
-			Attempts:     StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(2 * time.Minute)},
-			Refs:         StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(2 * time.Minute)},
-			Transactions: Bucket{TTL: Duration(14 * 24 * time.Hour)},
+			Inbox:           StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(10 * time.Minute)},
+			Events:          StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(10 * time.Minute)},
+			Quarantine:      StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
+			DLQ:             StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(time.Hour)},
+			Replay:          StreamLimits{MaxAge: Duration(7 * 24 * time.Hour), DuplicateWindow: Duration(24 * time.Hour)},
+			Attempts:        StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(2 * time.Minute)},
+			Refs:            StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(2 * time.Minute)},
+			Reconciliations: StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(2 * time.Minute)},
+			Transactions:    Bucket{TTL: Duration(14 * 24 * time.Hour)},
 		},
 		Intake: Intake{
 			Workers:         16,
@@ -309,7 +312,7 @@ func (c *Config) Validate() error {
 		bad("nats.embedded.sync_interval: %v", err)
 	}
 
-	for name, s := range map[string]StreamLimits{"inbox": c.Streams.Inbox, "events": c.Streams.Events, "quarantine": c.Streams.Quarantine, "dlq": c.Streams.DLQ, "replay": c.Streams.Replay, "attempts": c.Streams.Attempts, "refs": c.Streams.Refs} {
+	for name, s := range map[string]StreamLimits{"inbox": c.Streams.Inbox, "events": c.Streams.Events, "quarantine": c.Streams.Quarantine, "dlq": c.Streams.DLQ, "replay": c.Streams.Replay, "attempts": c.Streams.Attempts, "refs": c.Streams.Refs, "reconciliations": c.Streams.Reconciliations} {
 		if s.MaxAge <= 0 {
 			bad("streams.%s.max_age: must be positive", name)
 		}
