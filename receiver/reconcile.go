@@ -37,7 +37,7 @@ type ReconcileConfig struct {
 	Window time.Duration
 	// Resend asks SenGo to send missing callbacks again instead of feeding
 	// the inbox directly.
-	Resend  bool
+	Resend bool
 	// Trigger names what started the run in its record: periodic, cli.
 	Trigger string
 	// Runs, when set, records each project's run in SENGO_RECONCILE (the
