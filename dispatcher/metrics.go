@@ -17,6 +17,10 @@ type Metrics struct {
 	Paused *prometheus.GaugeVec
 	// ConsecutiveFailures of each endpoint.
 	ConsecutiveFailures *prometheus.GaugeVec
+	// Held is 1 while an operator holds the endpoint; HeldWaits counts the
+	// pulls a held worker skipped.
+	Held      *prometheus.GaugeVec
+	HeldWaits *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -41,8 +45,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ConsecutiveFailures: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sengo_relay_endpoint_consecutive_failures", Help: "Failed attempts in a row.",
 		}, []string{"endpoint"}),
+		Held: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sengo_relay_endpoint_held", Help: "1 while an operator holds the endpoint's deliveries (console or POST /admin/endpoints/{name}/pause).",
+		}, []string{"endpoint"}),
+		HeldWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sengo_relay_endpoint_held_waits_total", Help: "Pulls a held endpoint's workers skipped.",
+		}, []string{"endpoint"}),
 	}
-	reg.MustRegister(m.Deliveries, m.AttemptSeconds, m.RetriesScheduled, m.DeadLetters, m.Paused, m.ConsecutiveFailures)
+	reg.MustRegister(m.Deliveries, m.AttemptSeconds, m.RetriesScheduled, m.DeadLetters, m.Paused, m.ConsecutiveFailures, m.Held, m.HeldWaits)
 	return m
 }
 
@@ -61,6 +71,8 @@ func (m *Metrics) Prime(endpoints []string) {
 		m.AttemptSeconds.WithLabelValues(e)
 		m.RetriesScheduled.WithLabelValues(e)
 		m.Paused.WithLabelValues(e).Set(0)
+		m.Held.WithLabelValues(e).Set(0)
+		m.HeldWaits.WithLabelValues(e)
 		m.ConsecutiveFailures.WithLabelValues(e).Set(0)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -78,6 +79,8 @@ type Worker struct {
 	limiter  *rate.Limiter
 	log      zerolog.Logger
 	inflight sync.WaitGroup
+	// hold is the operator's hold (nil: none), from watchHold.
+	hold atomic.Pointer[HoldState]
 	// maxAge is SENGO_EVENTS' retention (0: none): events of a paused
 	// endpoint older than maxAge-expiryGuard are dead-lettered.
 	maxAge time.Duration
@@ -184,6 +187,8 @@ func (w *Worker) Run(ctx context.Context) {
 		wg.Add(1)
 		go func() { defer wg.Done(); w.guardExpiry(ctx) }()
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); w.watchHold(ctx) }()
 	w.log.Info().Int("concurrency", w.ep.Concurrency).Bool("ordered", w.ep.Ordered).Msg("endpoint worker started")
 	wg.Wait()
 	w.log.Info().Msg("endpoint worker stopped")
@@ -207,7 +212,7 @@ func (w *Worker) guardExpiry(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		for w.breaker.state().Paused && ctx.Err() == nil && w.sweepOne(ctx) {
+		for (w.breaker.state().Paused || w.hold.Load() != nil) && ctx.Err() == nil && w.sweepOne(ctx) {
 		}
 	}
 }
@@ -258,6 +263,11 @@ func (w *Worker) Pending(ctx context.Context) (live, replay uint64, ackFloor uin
 // pullOne waits for the breaker and the rate limit, pulls at most one
 // message and handles it.
 func (w *Worker) pullOne(ctx context.Context, c jetstream.Consumer, replayed bool) {
+	if w.hold.Load() != nil {
+		w.cfg.Metrics.HeldWaits.WithLabelValues(w.ep.Name).Inc()
+		sleepCtx(ctx, holdPoll) // held by an operator: events wait in the stream
+		return
+	}
 	probe, ok := w.breaker.acquire(ctx)
 	if !ok {
 		return
@@ -281,8 +291,16 @@ func (w *Worker) pullOne(ctx context.Context, c jetstream.Consumer, replayed boo
 		}
 		return
 	}
+	if w.hold.Load() != nil { // held while this pull was waiting: not attempted
+		w.breaker.release(probe)
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
 	w.handle(msg, replayed, probe)
 }
+
+// holdPoll is how often a held worker looks at its hold again.
+const holdPoll = 200 * time.Millisecond
 
 func sleepCtx(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
@@ -575,6 +593,11 @@ func (w *Worker) updateHealth() {
 	}
 	w.cfg.Metrics.Paused.WithLabelValues(w.ep.Name).Set(paused)
 	w.cfg.Metrics.ConsecutiveFailures.WithLabelValues(w.ep.Name).Set(float64(s.ConsecutiveFailures))
+	held := 0.0
+	if w.hold.Load() != nil {
+		held = 1
+	}
+	w.cfg.Metrics.Held.WithLabelValues(w.ep.Name).Set(held)
 }
 
 // mustWait implements ordered delivery: an event waits while the event

@@ -204,6 +204,22 @@ endpoints:
 	b.screenshot("console-replay.png")
 	eventually(t, "the replayed copy delivered", func() bool { return len(orders.received()) == 2 })
 
+	// Endpoint controls: pause (held on every relay), a test send, resume.
+	b.run("pause orders", chromedp.Navigate(console+"/endpoints"), chromedp.WaitVisible(`#pause-orders`, chromedp.ByQuery),
+		chromedp.Click(`#pause-orders`, chromedp.ByQuery), chromedp.WaitVisible(`[role=status]`, chromedp.ByQuery))
+	b.until("orders held", "held by console session:")
+	b.screenshot("console-endpoints.png")
+	// Each action from a fresh page: the flash of the one before must not
+	// pass for its answer.
+	b.run("test send", chromedp.Navigate(console+"/endpoints"), chromedp.WaitVisible(`#test-orders`, chromedp.ByQuery),
+		chromedp.Click(`#test-orders`, chromedp.ByQuery), chromedp.WaitVisible(`[role=status]`, chromedp.ByQuery))
+	if s := b.text(); !strings.Contains(s, "to orders: HTTP 200") {
+		t.Errorf("test send:\n%s", s)
+	}
+	b.run("resume orders", chromedp.Navigate(console+"/endpoints"), chromedp.WaitVisible(`#resume-orders`, chromedp.ByQuery),
+		chromedp.Click(`#resume-orders`, chromedp.ByQuery), chromedp.WaitVisible(`[role=status]`, chromedp.ByQuery))
+	b.until("orders healthy again", "healthy")
+
 	// From the page itself: an action without the CSRF token is refused,
 	// and after signing out the session is gone.
 	var status int

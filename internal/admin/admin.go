@@ -95,6 +95,9 @@ func New(cfg Config) *Server {
 	a.GET("/events", s.events)
 	a.GET("/reconciliations", s.reconciliations)
 	a.GET("/endpoints", s.endpoints)
+	a.POST("/endpoints/:name/pause", s.endpointPause)
+	a.POST("/endpoints/:name/resume", s.endpointPause)
+	a.POST("/endpoints/:name/test", s.endpointTest)
 	a.GET("/dlq", s.dlqList)
 	a.GET("/dlq/:seq", s.dlqShow)
 	a.POST("/dlq/redrive", s.dlqRedrive)
@@ -157,6 +160,8 @@ type endpointStatus struct {
 	ReplayPending uint64 `json:"replayPending"`
 	AckFloor      uint64 `json:"ackFloor"`
 	dispatcher.BreakerState
+	// Hold is an operator's hold (pause), apart from the breaker's.
+	Hold dispatcher.HoldState `json:"hold"`
 }
 
 func (s *Server) endpoints(c echo.Context) error {
@@ -174,7 +179,7 @@ func (s *Server) endpointStatuses(ctx context.Context) ([]endpointStatus, error)
 	for _, ep := range s.cfg.Endpoints {
 		st := endpointStatus{Name: ep.Name, URL: redactURL(ep.URL), Ordered: ep.Ordered}
 		if w := s.cfg.Workers[ep.Name]; w != nil {
-			st.BreakerState = w.State()
+			st.BreakerState, st.Hold = w.State(), w.Held()
 			live, replay, floor, err := w.Pending(ctx)
 			if err != nil {
 				return nil, err
@@ -184,6 +189,47 @@ func (s *Server) endpointStatuses(ctx context.Context) ([]endpointStatus, error)
 		out = append(out, st)
 	}
 	return out, nil
+}
+
+// worker is the worker of the endpoint named in the path.
+func (s *Server) worker(c echo.Context) (*dispatcher.Worker, error) {
+	w := s.cfg.Workers[c.Param("name")]
+	if w == nil {
+		return nil, apiError(http.StatusNotFound, "unknown_endpoint", "no endpoint of that name runs here")
+	}
+	return w, nil
+}
+
+// endpointPause holds (…/pause) or releases (…/resume) an endpoint's
+// deliveries on every relay instance.
+func (s *Server) endpointPause(c echo.Context) error {
+	if _, err := s.worker(c); err != nil {
+		return err
+	}
+	name := c.Param("name")
+	var err error
+	pause := strings.HasSuffix(c.Path(), "/pause")
+	if pause {
+		err = dispatcher.Hold(c.Request().Context(), s.cfg.JetStream, name, "admin API")
+	} else {
+		err = dispatcher.Release(c.Request().Context(), s.cfg.JetStream, name)
+	}
+	if err != nil {
+		return err
+	}
+	s.cfg.Logger.Info().Bool("audit", true).Str("who", "admin API").Str("action", map[bool]string{true: "pause", false: "resume"}[pause]).Str("target", name).Msg("endpoint control")
+	return c.JSON(http.StatusOK, map[string]any{"endpoint": name, "held": pause})
+}
+
+// endpointTest sends one signed test event to the endpoint.
+func (s *Server) endpointTest(c echo.Context) error {
+	w, err := s.worker(c)
+	if err != nil {
+		return err
+	}
+	res := w.TestSend(c.Request().Context())
+	s.cfg.Logger.Info().Bool("audit", true).Str("who", "admin API").Str("action", "test send").Str("target", c.Param("name")).Bool("ok", res.OK).Msg("endpoint control")
+	return c.JSON(http.StatusOK, res)
 }
 
 // redactURL drops credentials and the query (which may hold a token).

@@ -179,6 +179,9 @@ func (s *Server) mountConsole(e *echo.Echo) {
 	a.GET("/events", c.events)
 	a.GET("/events/table", c.eventTable)
 	a.GET("/endpoints", c.endpoints)
+	a.POST("/endpoints/:name/pause", c.endpointControl)
+	a.POST("/endpoints/:name/resume", c.endpointControl)
+	a.POST("/endpoints/:name/test", c.endpointControl)
 	a.GET("/dlq", c.dlq)
 	a.GET("/dlq/confirm", c.dlqConfirm)
 	a.POST("/dlq/redrive", c.dlqAct)
@@ -725,4 +728,40 @@ func (cn *console) reconciliations(c echo.Context) error {
 		return err
 	}
 	return cn.page(c, "reconciliations", "Reconciliation", runs)
+}
+
+// endpointControl pauses, resumes or test-sends an endpoint.
+func (cn *console) endpointControl(c echo.Context) error {
+	name := c.Param("name")
+	w := cn.s.cfg.Workers[name]
+	if w == nil {
+		return echo.NewHTTPError(http.StatusNotFound, "no endpoint of that name runs here")
+	}
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	s, _ := c.Get("session").(*session)
+	var msg string
+	var err error
+	action := c.Path()[strings.LastIndex(c.Path(), "/")+1:]
+	switch action {
+	case "pause":
+		err = dispatcher.Hold(ctx, cn.s.cfg.JetStream, name, "console "+s.who)
+		msg = name + " held: deliveries wait in the stream."
+	case "resume":
+		err = dispatcher.Release(ctx, cn.s.cfg.JetStream, name)
+		msg = name + " resumed."
+	default:
+		r := w.TestSend(ctx)
+		msg = fmt.Sprintf("Test event %s to %s: ", r.EventID, name)
+		if r.Status > 0 {
+			msg += fmt.Sprintf("HTTP %d in %.0f ms", r.Status, r.DurationMs)
+		} else {
+			msg += r.Error
+		}
+	}
+	cn.act(c, "endpoint "+action, name, err, 1)
+	if err != nil {
+		return err
+	}
+	return c.Redirect(http.StatusSeeOther, "/console/endpoints?done="+url.QueryEscape(msg))
 }

@@ -1,0 +1,45 @@
+package dispatcher
+
+import (
+	"context"
+	"net/http"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// An operator's hold stops deliveries (events wait in the stream, none is
+// dead-lettered) until it is released; then they go out. A test send goes
+// through the hold and reports the answer.
+func TestHoldStopsDeliveriesUntilReleased(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	w := h.start(h.endpoint("orders", c.URL))
+	if err := Hold(context.Background(), h.js, "orders", "test"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the worker sees the hold", func() bool { return w.Held().Held && w.Held().By == "test" })
+	h.publish("tx-held", "success", "")
+	waits := func() float64 { return testutil.ToFloat64(h.metrics.HeldWaits.WithLabelValues("orders")) }
+	before := waits()
+	// Every pulling goroutine has skipped at least twice since the event
+	// was stored: a delivery would have had its chance.
+	eventually(t, "held workers skipping pulls", func() bool { return waits() >= before+float64(2*(4+2)) })
+	if n := len(c.got()); n != 0 {
+		t.Fatalf("%d deliveries while held", n)
+	}
+	if testutil.ToFloat64(h.metrics.Held.WithLabelValues("orders")) != 1 {
+		t.Error("sengo_relay_endpoint_held is not 1")
+	}
+	res := w.TestSend(context.Background())
+	if !res.OK || res.Status != http.StatusOK || len(c.got()) != 1 || c.got()[0].Header.Get("webhook-id") != res.EventID {
+		t.Fatalf("test send %+v, consumer got %d", res, len(c.got()))
+	}
+	if err := Release(context.Background(), h.js, "orders"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "delivered after release", func() bool { return len(c.got()) == 2 && h.settled(w) })
+	if len(h.deadLetters()) != 0 {
+		t.Error("a hold dead-lettered an event")
+	}
+}
