@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -203,6 +204,32 @@ endpoints:
 	}
 	b.screenshot("console-replay.png")
 	eventually(t, "the replayed copy delivered", func() bool { return len(orders.received()) == 2 })
+
+	// A forged success for a pending payment is quarantined with SenGo's
+	// version; the operator sees it and redrives it after the count (it is
+	// checked with SenGo again, and quarantined again).
+	pending, err := client.CreateRetail(context.Background(), sengo.RetailRequest{Reference: "INV-6006", PhoneNumber: "0812", Channel: "alfamart", Amount: 50000, ViewName: "Toko"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := bytes.Replace(pending.Raw, []byte(`"status":"pending"`), []byte(`"status":"success"`), 1)
+	forged = append(append([]byte(`{"responseCode":200,"responseMessage":"success","responseData":`), forged...), '}')
+	if code := post(t, base+"/callbacks/sengo/main", forged); code != 200 {
+		t.Fatalf("the forged callback: %d", code)
+	}
+	b.run("quarantine", chromedp.Navigate(console+"/quarantine"), chromedp.WaitVisible(`main table`, chromedp.ByQuery))
+	b.until("the forged callback quarantined", "INV-6006")
+	if s := b.text(); !strings.Contains(s, "SenGo says pending") {
+		t.Errorf("the quarantine page does not say why:\n%s", s)
+	}
+	b.run("redrive it…", chromedp.Click(`main table a.button`, chromedp.ByQuery), chromedp.WaitVisible(`#confirm`, chromedp.ByQuery))
+	if s := b.text(); !strings.Contains(s, "Redrive 1 quarantined notification(s)?") {
+		t.Errorf("the confirmation does not count first:\n%s", s)
+	}
+	b.run("confirm", chromedp.Click(`#confirm`, chromedp.ByQuery), chromedp.WaitVisible(`[role=status]`, chromedp.ByQuery))
+	if s := b.text(); !strings.Contains(s, "redrive: 1 notification(s).") {
+		t.Errorf("after the quarantine redrive:\n%s", s)
+	}
 
 	// Endpoint controls: pause (held on every relay), a test send, resume.
 	b.run("pause orders", chromedp.Navigate(console+"/endpoints"), chromedp.WaitVisible(`#pause-orders`, chromedp.ByQuery),
