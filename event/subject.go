@@ -69,8 +69,17 @@ func EventSubject(project string, p Product, s Status) string {
 	return "sengo.events." + project + "." + string(p) + "." + string(s)
 }
 
-// QuarantineSubject is where unprocessable notifications of project go.
+// QuarantineSubject is where unprocessable notifications of project go
+// when their transaction is not known (unparsable ones).
 func QuarantineSubject(project string) string { return "sengo.quarantine." + project }
+
+// QuarantineTxSubject is where quarantined notifications of one known
+// transaction go: "sengo.quarantine.<project>.<16 hex digits>", the same
+// hash as its inbox subject, so its story finds them by subject.
+func QuarantineTxSubject(project, transactionID string) string {
+	sum := sha256.Sum256([]byte(transactionID))
+	return "sengo.quarantine." + project + "." + hex.EncodeToString(sum[:8])
+}
 
 // DLQSubject is where dead letters for an endpoint go.
 func DLQSubject(endpoint string) string { return "sengo.dlq." + endpoint }

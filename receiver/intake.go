@@ -311,7 +311,11 @@ func (in *Intake) quarantine(ctx context.Context, m jetstream.Msg, r result) err
 		// Idempotent: a retry of the quarantine itself is a duplicate.
 		h.Set(jetstream.MsgIDHeader, fmt.Sprintf("q-%d", meta.Sequence.Stream))
 	}
-	_, err := in.cfg.JetStream.PublishMsg(ctx, &nats.Msg{Subject: event.QuarantineSubject(project), Header: h, Data: m.Data()},
+	subject := event.QuarantineSubject(project)
+	if tx, err := sengo.ParseCallback(m.Data()); err == nil && r.project != "" {
+		subject = event.QuarantineTxSubject(project, tx.ID) // found again by its transaction's story
+	}
+	_, err := in.cfg.JetStream.PublishMsg(ctx, &nats.Msg{Subject: subject, Header: h, Data: m.Data()},
 		jetstream.WithExpectStream(event.StreamQuarantine))
 	return err
 }

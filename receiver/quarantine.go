@@ -14,6 +14,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/sengo"
+	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // SourceRedrive marks a quarantined notification put back into the inbox.
@@ -95,7 +96,7 @@ func ListQuarantine(ctx context.Context, js jetstream.JetStream, f QuarantineFil
 
 func quarantineEntry(m *jetstream.RawStreamMsg) QuarantineEntry {
 	e := QuarantineEntry{
-		Seq: m.Sequence, Stored: m.Time.UTC(), Project: strings.TrimPrefix(m.Subject, "sengo.quarantine."),
+		Seq: m.Sequence, Stored: m.Time.UTC(), Project: projectOfQuarantine(m.Subject),
 		Reason: m.Header.Get(event.HeaderReason), Source: m.Header.Get(event.HeaderSource),
 		RequestID: m.Header.Get(event.HeaderRequestID), ReceivedAt: m.Header.Get(event.HeaderReceivedAt),
 		Rechecks:     m.Header.Get(HeaderRechecks),
@@ -207,4 +208,30 @@ func RecheckUnconfirmed(ctx context.Context, js jetstream.JetStream, now time.Ti
 		}
 	}
 	return n, nil
+}
+
+// projectOfQuarantine is the project of a quarantine subject:
+// sengo.quarantine.<project> or sengo.quarantine.<project>.<tx hash>.
+func projectOfQuarantine(subject string) string {
+	p, _, _ := strings.Cut(strings.TrimPrefix(subject, "sengo.quarantine."), ".")
+	return p
+}
+
+// QuarantinedOf returns the quarantined notifications of one transaction
+// (those stored since its subject carries the transaction), oldest first,
+// at most limit; more reports that some were left out.
+func QuarantinedOf(ctx context.Context, js jetstream.JetStream, project, transactionID string, limit int) (out []QuarantineEntry, more bool, err error) {
+	err = stream.ScanFrom(ctx, js, event.StreamQuarantine, []string{event.QuarantineTxSubject(project, transactionID)}, stream.From{}, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+		e := quarantineEntry(&jetstream.RawStreamMsg{Subject: m.Subject(), Sequence: meta.Sequence.Stream, Header: m.Headers(), Data: m.Data(), Time: meta.Timestamp})
+		if e.TransactionID != transactionID {
+			return true, nil // another id with the same hash
+		}
+		if len(out) == limit {
+			more = true
+			return false, nil
+		}
+		out = append(out, e)
+		return true, nil
+	}, nil)
+	return out, more, err
 }

@@ -222,6 +222,12 @@ endpoints:
 	if s := b.text(); !strings.Contains(s, "SenGo says pending") {
 		t.Errorf("the quarantine page does not say why:\n%s", s)
 	}
+	// Its story shows the forged claim beside SenGo's version.
+	b.run("INV-6006's story", chromedp.Navigate(console+"/tx/main/"+pending.ID), chromedp.WaitVisible(`#steps`, chromedp.ByQuery))
+	if s := b.text(); !strings.Contains(s, "success notification quarantined") || !strings.Contains(s, "SenGo's version") {
+		t.Errorf("the story of the forged payment:\n%s", s)
+	}
+	b.run("quarantine again", chromedp.Navigate(console+"/quarantine"), chromedp.WaitVisible(`main table`, chromedp.ByQuery))
 	b.run("redrive it…", chromedp.Click(`main table a.button`, chromedp.ByQuery), chromedp.WaitVisible(`#confirm`, chromedp.ByQuery))
 	if s := b.text(); !strings.Contains(s, "Redrive 1 quarantined notification(s)?") {
 		t.Errorf("the confirmation does not count first:\n%s", s)

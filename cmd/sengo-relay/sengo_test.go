@@ -136,7 +136,7 @@ func TestForgedCallbackQuarantined(t *testing.T) {
 	sb, client, sbURL := startSandbox(t, sandbox.CallbackPolicy{})
 	orders := newHook(t)
 	cfgPath := sandboxConfig(t, sbURL, orders.URL)
-	base, logs := startRunWith(t, cfgPath, relayEnv(t.TempDir()))
+	base, logs := startRunWith(t, cfgPath, relayEnv(t.TempDir(), "SENGO_RELAY_ADMIN_TOKEN="+adminToken))
 	natsURL := logs.field(t, "embedded nats started", "client_url")
 	waitReady(t, base)
 	tx, err := client.CreateRetail(context.Background(), sengo.RetailRequest{Reference: "INV-2002", PhoneNumber: "0812", Channel: "alfamart", Amount: 50000, ViewName: "Toko"})
@@ -171,6 +171,21 @@ func TestForgedCallbackQuarantined(t *testing.T) {
 	}
 	if n := len(orders.received()); n != 0 {
 		t.Fatalf("the consumer received %d", n)
+	}
+	// The story of the payment shows the forged claim set aside, with
+	// SenGo's version, and nothing published for it as a success.
+	api := newAdminAPI(t, logs.field(t, "admin listening", "addr"))
+	var tl struct {
+		Transaction struct{ MerchantRef, Status string }
+		Quarantined []struct {
+			Status, Reason string
+			SenGo          json.RawMessage
+		}
+		Steps []struct{ Kind, Summary string }
+	}
+	if code := api.get("/admin/transactions/main/"+tx.ID, &tl); code != 200 || len(tl.Quarantined) != 1 || tl.Quarantined[0].Status != "success" ||
+		!strings.Contains(tl.Quarantined[0].Reason, "SenGo says pending") || len(tl.Quarantined[0].SenGo) == 0 || tl.Transaction.MerchantRef != "INV-2002" || tl.Transaction.Status == "success" {
+		t.Fatalf("the story: %d %+v", code, tl)
 	}
 
 	// The operator sees it with the CLI; once SenGo says paid, a redrive

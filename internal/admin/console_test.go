@@ -145,6 +145,7 @@ func TestConsoleTemplatesRender(t *testing.T) {
 		Events:        []eventView{{Seq: 1, PreviousStatus: &st}},
 		Attempts:      []history.Attempt{{Endpoint: "orders", Number: 1, Status: 500, RequestHeaders: map[string]string{"A": "b"}, ResponseExcerpt: "x"}},
 		DeadLetters:   []dispatcher.DLQEntry{{Seq: 3}},
+		Quarantined:   []receiver.QuarantineEntry{{Seq: 4, SenGo: []byte(`{}`), Notification: []byte(`{}`)}},
 		Steps:         []step{{At: now, Kind: "attempt"}},
 	}
 	j := job{Request: dispatcher.ReplayRequest{Endpoints: []string{"orders"}, DryRun: true}, Progress: dispatcher.ReplayProgress{Job: "j", Done: true}}

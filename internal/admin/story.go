@@ -352,7 +352,7 @@ func (s *Server) eventAt(ctx context.Context, seq uint64) (eventView, error) {
 // step is one line of a transaction's story, in time order.
 type step struct {
 	At time.Time `json:"at"`
-	// Kind is notification, published, rejected, attempt or dead_letter.
+	// Kind is notification, published, rejected, quarantined, attempt or dead_letter.
 	Kind    string `json:"kind"`
 	Summary string `json:"summary"`
 	// Ref points at the record the step comes from (an inbox, event or
@@ -368,7 +368,10 @@ type timeline struct {
 	Events        []eventView             `json:"events"`
 	Attempts      []history.Attempt       `json:"attempts"`
 	DeadLetters   []dispatcher.DLQEntry   `json:"deadLetters"`
-	Steps         []step                  `json:"steps"`
+	// Quarantined are its notifications set aside (a forged claim SenGo's
+	// API contradicts, one that could not be confirmed), with why.
+	Quarantined []receiver.QuarantineEntry `json:"quarantined"`
+	Steps       []step                     `json:"steps"`
 	// Truncated: a part held more than its bound (200) and was cut.
 	Truncated bool `json:"truncated"`
 }
@@ -396,12 +399,20 @@ func (s *Server) transaction(c echo.Context) error {
 func (s *Server) timeline(ctx context.Context, project, id string) (timeline, error) {
 	var tl timeline
 	tx, err := receiver.ReadTransaction(ctx, s.cfg.JetStream, project, id)
-	if err != nil {
+	// A transaction with nothing published (only a forged or unconfirmable
+	// notification, set aside) has no state: its story is what arrived.
+	unknown := errors.Is(err, receiver.ErrNoTransaction)
+	if err != nil && !unknown {
 		return tl, err
 	}
-	tl.State = tx
-	if tl.Transaction, err = s.summary(ctx, project, id); err != nil {
-		return tl, err
+	if unknown {
+		tl.State = receiver.Transaction{Project: project, TransactionID: id, Changes: []receiver.StatusChange{}, Rejected: []receiver.Rejected{}}
+		tl.Transaction = txSummary{Project: project, TransactionID: id, Currency: event.Currency}
+	} else {
+		tl.State = tx
+		if tl.Transaction, err = s.summary(ctx, project, id); err != nil {
+			return tl, err
+		}
 	}
 	var more bool
 	if tl.Notifications, more, err = receiver.Notifications(ctx, s.cfg.JetStream, project, id, maxTimeline); err != nil {
@@ -428,8 +439,30 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 	if tl.DeadLetters == nil {
 		tl.DeadLetters = []dispatcher.DLQEntry{}
 	}
+	if tl.Quarantined, more, err = receiver.QuarantinedOf(ctx, s.cfg.JetStream, project, id, maxTimeline); err != nil {
+		return tl, err
+	}
+	tl.Truncated = tl.Truncated || more
+	if tl.Quarantined == nil {
+		tl.Quarantined = []receiver.QuarantineEntry{}
+	}
 	if tl.Notifications == nil {
 		tl.Notifications = []receiver.Notification{}
+	}
+	if unknown {
+		if len(tl.Notifications) == 0 && len(tl.Quarantined) == 0 {
+			return tl, receiver.ErrNoTransaction
+		}
+		// What the notifications claimed, for the header: never a status
+		// (nothing was published), only what identifies the payment.
+		for _, n := range tl.Notifications {
+			if t, err := sengo.ParseCallback(n.Body); err == nil {
+				tl.Transaction.MerchantRef, tl.Transaction.Product, tl.Transaction.Channel = t.MerchantRef, t.Product, t.Channel
+				tl.Transaction.Amount, tl.Transaction.TotalAmount = t.Amount, t.TotalAmount
+				tl.State.MerchantRef, tl.State.Product = t.MerchantRef, t.Product
+				break
+			}
+		}
 	}
 	tl.Steps = steps(tl)
 	return tl, nil
@@ -481,6 +514,9 @@ func steps(tl timeline) []step {
 		}
 		sum := fmt.Sprintf("%s attempt %d (%s): %s in %.0f ms, %s", a.Endpoint, a.Number, a.Copy, res, a.DurationMs, a.Outcome)
 		out = append(out, step{At: a.At, Kind: "attempt", Summary: sum, Ref: "attempts/" + a.Endpoint + "/" + a.EventID})
+	}
+	for _, q := range tl.Quarantined {
+		out = append(out, step{At: q.Stored, Kind: "quarantined", Summary: fmt.Sprintf("%s notification quarantined: %s", q.Status, q.Reason), Ref: "quarantine/" + strconv.FormatUint(q.Seq, 10)})
 	}
 	for _, d := range tl.DeadLetters {
 		out = append(out, step{At: d.DeadAt.UTC(), Kind: "dead_letter", Summary: fmt.Sprintf("%s dead letter: %s after %d attempts", d.Endpoint, d.Reason, d.Attempts), Ref: "dlq/" + strconv.FormatUint(d.Seq, 10)})
