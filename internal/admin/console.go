@@ -336,8 +336,11 @@ type homeData struct {
 	Counts      []statusCount
 	DeadLetters uint64
 	Quarantined uint64
-	Endpoints   []endpointStatus
-	Recent      []txSummary
+	// DeadLettersHour and QuarantinedHour are those of the last hour.
+	DeadLettersHour uint64
+	QuarantinedHour uint64
+	Endpoints       []endpointStatus
+	Recent          []txSummary
 }
 
 type statusCount struct {
@@ -361,6 +364,17 @@ func (cn *console) home(c echo.Context) error {
 	}
 	d.DeadLetters = cn.msgs(ctx, event.StreamDLQ)
 	d.Quarantined = cn.msgs(ctx, event.StreamQuarantine)
+	// Failures of the last hour, counted by the server like the events.
+	for _, f := range []struct {
+		n               *uint64
+		stream, subject string
+	}{{&d.DeadLettersHour, event.StreamDLQ, event.SubjectsDLQ}, {&d.QuarantinedHour, event.StreamQuarantine, event.SubjectsQuarantine}} {
+		n, err := stream.Count(ctx, cn.s.cfg.JetStream, f.stream, f.subject, hourAgo)
+		if err != nil {
+			return err
+		}
+		*f.n = n
+	}
 	var err error
 	if d.Endpoints, err = cn.s.endpointStatuses(ctx); err != nil {
 		return err
