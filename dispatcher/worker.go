@@ -423,20 +423,20 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		}
 	}
 
-	actx, span := tracing.Tracer().Start(tracing.Extract(ctx, msg.Headers()), "sengo.deliver", trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(attribute.String("sengo.endpoint", w.ep.Name), attribute.String("sengo.event_id", ev.ID),
-			attribute.String("sengo.transaction_id", ev.Data.TransactionID), attribute.Int("sengo.attempt", rec.Count+1), attribute.Bool("sengo.replay", replayed)))
+	actx, span := tracing.Tracer().Start(tracing.Extract(ctx, msg.Headers()), "sengo.deliver", trace.WithSpanKind(trace.SpanKindClient))
 	res = post(actx, w.httpc, w.ep, delivery{userAgent: w.cfg.UserAgent, eventID: ev.ID, seq: eventSeq(msg, meta, replayed), body: msg.Data(),
 		replay: msg.Headers().Get(HeaderReplayKind) == "replay", now: now, record: w.cfg.History != nil})
 	w.cfg.Metrics.AttemptSeconds.WithLabelValues(w.ep.Name).Observe(res.Duration.Seconds())
 	rec.record(res, now)
 	act := decide(w.ep, res, rec.Count)
 	w.recordAttempt(ev, msg, replayed, rec.Count, now, res, act)
-	if res.Status > 0 {
-		span.SetAttributes(attribute.Int("http.response.status_code", res.Status))
-	}
-	if !res.ok() {
-		tracing.Fail(span, errors.New(res.describe()))
+	if span.IsRecording() { // tracing off: no attribute is built
+		span.SetAttributes(attribute.String("sengo.endpoint", w.ep.Name), attribute.String("sengo.event_id", ev.ID),
+			attribute.String("sengo.transaction_id", ev.Data.TransactionID), attribute.Int("sengo.attempt", rec.Count), attribute.Bool("sengo.replay", replayed),
+			attribute.Int("http.response.status_code", res.Status))
+		if !res.ok() {
+			tracing.Fail(span, errors.New(res.describe()))
+		}
 	}
 	span.End()
 
@@ -497,7 +497,7 @@ func (w *Worker) recordAttempt(ev event.Event, msg jetstream.Msg, replayed bool,
 		return
 	}
 	a := history.Attempt{
-		Endpoint: w.ep.Name, EventID: ev.ID, Project: projectOf(ev.Source), TransactionID: ev.Data.TransactionID, MerchantRef: ev.Data.MerchantRef,
+		Endpoint: w.ep.Name, EventID: ev.ID, Project: event.ProjectOf(ev.Source), TransactionID: ev.Data.TransactionID, MerchantRef: ev.Data.MerchantRef,
 		Number: n, At: at.UTC(), DurationMs: float64(res.Duration.Microseconds()) / 1000, Status: res.Status,
 		Copy: "live", RequestHeaders: res.Sent, ResponseHeaders: res.Received, ResponseExcerpt: res.Excerpt,
 	}
@@ -608,7 +608,7 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 	if prev == nil {
 		return false, 0
 	}
-	project := projectOf(ev.Source)
+	project := event.ProjectOf(ev.Source)
 	if !w.ep.Matches(event.EventSubject(project, ev.Data.Product, *prev)) {
 		return false, 0
 	}
@@ -647,11 +647,3 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 const staleWaits = 10
 
 func staleRecord(ep Endpoint) time.Duration { return 2*ackWait(ep) + time.Minute }
-
-// projectOf extracts the project from an event source "sengo/<project>".
-func projectOf(source string) string {
-	if len(source) > 6 && source[:6] == "sengo/" {
-		return source[6:]
-	}
-	return source
-}

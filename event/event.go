@@ -2,6 +2,7 @@ package event
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
 )
 
@@ -55,6 +56,15 @@ type Data struct {
 
 // Source returns the CloudEvents source of events for project.
 func Source(project string) string { return "sengo/" + project }
+
+// ProjectOf is the project of an event source ("sengo/<project>"); a
+// source of another form is returned as it is.
+func ProjectOf(source string) string {
+	if p, ok := strings.CutPrefix(source, "sengo/"); ok && p != "" {
+		return p
+	}
+	return source
+}
 
 // Type returns the CloudEvents type for a status.
 func Type(s Status) string { return TypePrefix + string(s) }

@@ -326,8 +326,10 @@ func (in *Intake) process(ctx context.Context, m jetstream.Msg) (r result) {
 	// on here, and into the event's headers.
 	ctx, span := tracing.Tracer().Start(tracing.Extract(ctx, m.Headers()), "sengo.intake", trace.WithSpanKind(trace.SpanKindConsumer))
 	defer func() {
-		span.SetAttributes(attribute.String("sengo.project", r.project), attribute.String("sengo.outcome", r.outcome), attribute.Bool("sengo.wait", r.wait))
-		tracing.Fail(span, r.err)
+		if span.IsRecording() {
+			span.SetAttributes(attribute.String("sengo.project", r.project), attribute.String("sengo.outcome", r.outcome), attribute.Bool("sengo.wait", r.wait))
+			tracing.Fail(span, r.err)
+		}
 		span.End()
 	}()
 	return in.processTraced(ctx, m, span)
@@ -352,7 +354,9 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 			acceptedAt = time.Now()
 		}
 	}
-	span.SetAttributes(attribute.String("sengo.transaction_id", tx.ID), attribute.String("sengo.status", string(tx.Status)))
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("sengo.transaction_id", tx.ID), attribute.String("sengo.status", string(tx.Status)))
+	}
 	key := txKey(project, tx.ID)
 	// One read of the transaction's state serves the receipt-order check,
 	// the leftover outbox and the first compare-and-set attempt.

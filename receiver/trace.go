@@ -18,17 +18,20 @@ func traced(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		req := c.Request()
 		ctx := tracing.ExtractHTTP(req.Context(), req.Header)
-		ctx, span := tracing.Tracer().Start(ctx, "POST /callbacks/sengo/{project}", trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithAttributes(attribute.String("http.request.method", req.Method), attribute.String("http.route", "/callbacks/sengo/{project}"),
-				attribute.String("sengo.project", boundedLabel(c.Param("project")))))
+		ctx, span := tracing.Tracer().Start(ctx, "POST /callbacks/sengo/{project}", trace.WithSpanKind(trace.SpanKindServer))
 		defer span.End()
 		c.SetRequest(req.WithContext(ctx))
 		err := next(c)
+		if !span.IsRecording() { // tracing off: no attribute is built
+			return err
+		}
 		status := c.Response().Status
 		if err != nil {
 			status, _ = classify(err)
 		}
-		span.SetAttributes(attribute.Int("http.response.status_code", status), attribute.String("sengo.request_id", c.Response().Header().Get(echo.HeaderXRequestID)))
+		span.SetAttributes(attribute.String("http.request.method", req.Method), attribute.String("http.route", "/callbacks/sengo/{project}"),
+			attribute.String("sengo.project", boundedLabel(c.Param("project"))), attribute.Int("http.response.status_code", status),
+			attribute.String("sengo.request_id", c.Response().Header().Get(echo.HeaderXRequestID)))
 		if status >= 500 {
 			tracing.Fail(span, err)
 		}

@@ -227,11 +227,11 @@ func (cn *console) signedIn(next echo.HandlerFunc) echo.HandlerFunc {
 			if c.Request().Method == http.MethodGet {
 				return c.Redirect(http.StatusSeeOther, "/console/login")
 			}
-			return cn.refuse(c, http.StatusUnauthorized, "session_required", "sign in first")
+			return apiError(http.StatusUnauthorized, "session_required", "sign in first")
 		}
 		if c.Request().Method != http.MethodGet {
 			if o := c.Request().Header.Get("Origin"); o != "" && !sameOrigin(o, c.Request().Host) {
-				return cn.refuse(c, http.StatusForbidden, "csrf_failed", "a request from another site")
+				return apiError(http.StatusForbidden, "csrf_failed", "a request from another site")
 			}
 			got := c.Request().Header.Get(csrfHeader)
 			if got == "" {
@@ -239,7 +239,7 @@ func (cn *console) signedIn(next echo.HandlerFunc) echo.HandlerFunc {
 			}
 			if !verify.Token(s.csrf, got) {
 				cn.audit.Warn().Str("who", s.who).Str("action", c.Request().Method+" "+c.Path()).Str("result", "refused: csrf").Msg("console action")
-				return cn.refuse(c, http.StatusForbidden, "csrf_failed", "the form is stale or forged: reload the page and try again")
+				return apiError(http.StatusForbidden, "csrf_failed", "the form is stale or forged: reload the page and try again")
 			}
 		}
 		c.Set("session", s)
@@ -252,10 +252,6 @@ func sameOrigin(origin, host string) bool {
 	return err == nil && u.Host == host
 }
 
-func (cn *console) refuse(c echo.Context, status int, code, msg string) error {
-	return c.JSON(status, map[string]any{"error": errorMsg{Code: code, Message: msg}})
-}
-
 // view is what every page template gets.
 type view struct {
 	Title, CSRF, Flash, Error string
@@ -263,10 +259,7 @@ type view struct {
 }
 
 func (cn *console) page(c echo.Context, name, title string, data any) error {
-	v := view{Title: title, Data: data, Flash: c.QueryParam("done")}
-	if s, ok := c.Get("session").(*session); ok {
-		v.CSRF = s.csrf
-	}
+	v := view{Title: title, Data: data, Flash: c.QueryParam("done"), CSRF: cn.csrf(c)}
 	if len(v.Flash) > 200 {
 		v.Flash = ""
 	}

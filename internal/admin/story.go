@@ -54,18 +54,11 @@ func viewOf(seq uint64, stored time.Time, data []byte) (eventView, error) {
 		return eventView{}, err
 	}
 	return eventView{
-		Seq: seq, Stored: stored.UTC(), ID: ev.ID, Project: projectOf(ev.Source), TransactionID: ev.Data.TransactionID,
+		Seq: seq, Stored: stored.UTC(), ID: ev.ID, Project: event.ProjectOf(ev.Source), TransactionID: ev.Data.TransactionID,
 		MerchantRef: ev.Data.MerchantRef, Status: ev.Data.Status, PreviousStatus: ev.Data.PreviousStatus, Product: ev.Data.Product,
 		Channel: ev.Data.Channel, Amount: ev.Data.Amount, TotalAmount: ev.Data.TotalAmount, Currency: ev.Data.Currency,
 		Confirmed: ev.Data.Confirmed, Time: ev.Time.UTC(),
 	}, nil
-}
-
-func projectOf(source string) string {
-	if len(source) > len("sengo/") {
-		return source[len("sengo/"):]
-	}
-	return ""
 }
 
 // page is the body of every list route: items, and the cursor of the

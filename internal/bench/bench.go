@@ -689,14 +689,24 @@ func endpointAtRate(ctx context.Context, cfg Config, st store) (Result, error) {
 		return Result{}, err
 	}
 	defer rl.close()
+	ss := st.syncStart()
+	lat, failed := rl.offer(ctx, cfg)
+	res := result(sample{ops: int64(len(lat)), errors: failed, elapsed: cfg.Duration, lat: lat}, fmt.Sprintf("callbacks offered at %d/s; answer time as SenGo sees it", cfg.EndpointRate))
+	res.PerSecond = float64(len(lat)) / cfg.Duration.Seconds()
+	ss.add(&res, int64(len(lat)))
+	return res, nil
+}
+
+// offer posts callbacks to r at cfg.EndpointRate for cfg.Duration (open
+// loop) and returns the answer times, sorted, and how many failed.
+func (r *runningRelay) offer(ctx context.Context, cfg Config) ([]time.Duration, int64) {
 	var mu sync.Mutex
 	var lat []time.Duration
 	var failed atomic.Int64
-	ss := st.syncStart()
 	openLoop(ctx, cfg.EndpointRate, cfg.Duration, func(int) {
 		_, body := callback(cfg.Payload)
 		t0 := time.Now()
-		err := rl.poster.accept(body)
+		err := r.poster.accept(body)
 		d := time.Since(t0)
 		if err != nil {
 			failed.Add(1)
@@ -707,10 +717,7 @@ func endpointAtRate(ctx context.Context, cfg Config, st store) (Result, error) {
 		mu.Unlock()
 	})
 	slices.Sort(lat)
-	res := result(sample{ops: int64(len(lat)), errors: failed.Load(), elapsed: cfg.Duration, lat: lat}, fmt.Sprintf("callbacks offered at %d/s; answer time as SenGo sees it", cfg.EndpointRate))
-	res.PerSecond = float64(len(lat)) / cfg.Duration.Seconds()
-	ss.add(&res, int64(len(lat)))
-	return res, nil
+	return lat, failed.Load()
 }
 
 func deliveries(ctx context.Context, cfg Config, st store) (Result, error) {

@@ -230,29 +230,13 @@ func consoleUnderLoad(ctx context.Context, cfg Config, st store) (Result, error)
 			pages.Add(1)
 		}
 	}()
-	var mu sync.Mutex
-	var lat []time.Duration
-	var failed atomic.Int64
-	openLoop(ctx, cfg.EndpointRate, cfg.Duration, func(int) {
-		_, body := callback(cfg.Payload)
-		t0 := time.Now()
-		err := rl.poster.accept(body)
-		d := time.Since(t0)
-		if err != nil {
-			failed.Add(1)
-			return
-		}
-		mu.Lock()
-		lat = append(lat, d)
-		mu.Unlock()
-	})
+	lat, failed := rl.offer(ctx, cfg)
 	close(stop)
 	wg.Wait()
 	if err, _ := pageErr.Load().(error); err != nil {
 		return Result{}, err
 	}
-	slices.Sort(lat)
-	res := result(sample{ops: int64(len(lat)), errors: failed.Load(), elapsed: cfg.Duration, lat: lat},
+	res := result(sample{ops: int64(len(lat)), errors: failed, elapsed: cfg.Duration, lat: lat},
 		fmt.Sprintf("callbacks offered at %d/s while one operator loaded %d console pages (%.0f/s: searches and stories, back to back); compare with the endpoint-rate row", cfg.EndpointRate, pages.Load(), float64(pages.Load())/cfg.Duration.Seconds()))
 	res.PerSecond = float64(len(lat)) / cfg.Duration.Seconds()
 	return res, nil
