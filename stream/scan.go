@@ -9,8 +9,11 @@ import (
 )
 
 // Scan reads stream messages on subject from since (or the start) to the
-// end as it is when the scan begins, with an ordered consumer (no server
-// state left behind). visit returns false to stop. total, when not nil,
+// end as it is when the scan begins, with an ordered consumer that is
+// deleted when the scan returns (no server state left behind; a
+// consumer kept for the client library's default five minutes per page
+// view piles up into thousands, each matched against every publish to
+// the stream). visit returns false to stop. total, when not nil,
 // receives the number of messages the scan will read.
 func Scan(ctx context.Context, js jetstream.JetStream, stream, subject string, since time.Time, visit func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error), total func(uint64)) error {
 	return ScanFrom(ctx, js, stream, []string{subject}, From{Time: since}, visit, total)
@@ -36,10 +39,11 @@ func ScanFrom(ctx context.Context, js jetstream.JetStream, stream string, subjec
 		t := from.Time
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
 	}
-	c, err := js.OrderedConsumer(ctx, stream, cfg)
+	c, err := open(ctx, js, stream, cfg)
 	if err != nil {
 		return fmt.Errorf("scan %s: %w", stream, err)
 	}
+	defer closeConsumer(js, stream, c)
 	info, err := c.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("scan %s: %w", stream, err)
@@ -93,13 +97,35 @@ func Count(ctx context.Context, js jetstream.JetStream, stream, subject string, 
 	if !since.IsZero() {
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
 	}
-	c, err := js.OrderedConsumer(ctx, stream, cfg)
+	c, err := open(ctx, js, stream, cfg)
 	if err != nil {
 		return 0, fmt.Errorf("count %s: %w", stream, err)
 	}
+	defer closeConsumer(js, stream, c)
 	info, err := c.Info(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("count %s: %w", stream, err)
 	}
 	return info.NumPending, nil
+}
+
+// lingerLimit is how long the server keeps a scan's consumer when its
+// deletion did not reach it (the relay stopped, the connection dropped).
+const lingerLimit = 30 * time.Second
+
+func open(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig) (jetstream.Consumer, error) {
+	cfg.InactiveThreshold = lingerLimit
+	return js.OrderedConsumer(ctx, stream, cfg)
+}
+
+// closeConsumer deletes a scan's consumer, with a context of its own: the
+// caller's may be what ended the scan.
+func closeConsumer(js jetstream.JetStream, stream string, c jetstream.Consumer) {
+	info := c.CachedInfo()
+	if info == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = js.DeleteConsumer(ctx, stream, info.Name) // else it goes after lingerLimit
 }

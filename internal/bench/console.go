@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
@@ -237,7 +238,17 @@ func consoleUnderLoad(ctx context.Context, cfg Config, st store) (Result, error)
 		return Result{}, err
 	}
 	res := result(sample{ops: int64(len(lat)), errors: failed, elapsed: cfg.Duration, lat: lat},
-		fmt.Sprintf("callbacks offered at %d/s while one operator loaded %d console pages (%.0f/s: searches and stories, back to back); compare with the endpoint-rate row", cfg.EndpointRate, pages.Load(), float64(pages.Load())/cfg.Duration.Seconds()))
+		fmt.Sprintf("callbacks offered at %d/s while one operator loaded %d console pages (%.0f/s: searches and stories, back to back), %d consumers on the server at the end; compare with the endpoint-rate row", cfg.EndpointRate, pages.Load(), float64(pages.Load())/cfg.Duration.Seconds(), consumers(ctx, st.js)))
 	res.PerSecond = float64(len(lat)) / cfg.Duration.Seconds()
 	return res, nil
+}
+
+// consumers is how many consumers the server holds on all streams.
+func consumers(ctx context.Context, js jetstream.JetStream) int {
+	n := 0
+	l := js.ListStreams(ctx)
+	for info := range l.Info() {
+		n += info.State.Consumers
+	}
+	return n
 }

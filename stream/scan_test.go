@@ -1,0 +1,66 @@
+package stream_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/stream"
+)
+
+// A scan and a count leave no consumer behind: every console page runs
+// several, and a consumer the server keeps for minutes per page view
+// would pile up (thousands at a page a second) and cost every publish on
+// the stream a filter match.
+func TestScanAndCountLeaveNoConsumer(t *testing.T) {
+	_, js := startWithSpec(t)
+	ctx := context.Background()
+	for i := 0; i < 600; i++ {
+		if _, err := js.Publish(ctx, "t.inbox.x", []byte("m")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := 0
+	if err := stream.Scan(ctx, js, "T_INBOX", "t.inbox.>", time.Time{}, func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error) {
+		read++
+		return true, nil
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if read != 600 {
+		t.Fatalf("scan read %d messages, want 600", read)
+	}
+	// A scan stopped early by its visitor too.
+	if err := stream.Scan(ctx, js, "T_INBOX", "t.inbox.>", time.Time{}, func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error) {
+		return false, nil
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := stream.Count(ctx, js, "T_INBOX", "t.inbox.x", time.Time{}); err != nil || n != 600 {
+		t.Fatalf("Count = %d, %v; want 600", n, err)
+	}
+	s, err := js.Stream(ctx, "T_INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Consumers != 0 {
+		t.Errorf("the stream keeps %d consumers after two scans and a count, want 0", info.State.Consumers)
+	}
+}
+
+func startWithSpec(t *testing.T) (any, jetstream.JetStream) {
+	t.Helper()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	if err := stream.Provision(context.Background(), js, spec(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	return srv, js
+}
