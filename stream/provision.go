@@ -37,6 +37,9 @@ type BucketSpec struct {
 	TTL time.Duration
 	// History is how many revisions of each key are kept (1 to 64).
 	History uint8
+	// MaxBytes bounds the bucket (a write beyond it is refused); zero is
+	// unlimited.
+	MaxBytes int64
 }
 
 // Spec is everything to provision, with the settings they share.
@@ -91,6 +94,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			Description: b.Description,
 			History:     b.History,
 			TTL:         b.TTL,
+			MaxBytes:    orUnlimited(b.MaxBytes),
 			Storage:     spec.Storage,
 			Replicas:    spec.Replicas,
 		}

@@ -64,3 +64,42 @@ func startWithSpec(t *testing.T) (any, jetstream.JetStream) {
 	}
 	return srv, js
 }
+
+// Arrivals counts the messages stored in each window by the server's
+// own timestamps, removed ones included.
+func TestArrivals(t *testing.T) {
+	_, js := startWithSpec(t)
+	ctx := context.Background()
+	start := time.Now()
+	pub := func(n int) {
+		for i := 0; i < n; i++ {
+			if _, err := js.Publish(ctx, "t.inbox.x", []byte("m")); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	pub(3)
+	mid := time.Now() // after the third acknowledgement, before the fourth publish
+	pub(2)
+	end := time.Now()
+	// Remove the second message: it still arrived in the first window.
+	s, err := js.Stream(ctx, "T_INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteMsg(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	got, err := stream.Arrivals(ctx, js, "T_INBOX", start, mid.Sub(start), 1)
+	if err != nil || len(got) != 1 || got[0] != 3 {
+		t.Fatalf("Arrivals before mid = %v, %v; want [3]", got, err)
+	}
+	got, err = stream.Arrivals(ctx, js, "T_INBOX", mid, end.Sub(mid), 2)
+	if err != nil || len(got) != 2 || got[0] != 2 || got[1] != 0 {
+		t.Fatalf("Arrivals after mid = %v, %v; want [2 0]", got, err)
+	}
+	got, err = stream.Arrivals(ctx, js, "T_INBOX", start.Add(-time.Hour), time.Minute, 3)
+	if err != nil || len(got) != 3 || got[0]+got[1]+got[2] != 0 {
+		t.Fatalf("Arrivals an hour before = %v, %v; want zeros", got, err)
+	}
+}

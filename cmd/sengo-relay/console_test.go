@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -293,7 +294,15 @@ endpoints:
 		t.Errorf("a POST without the CSRF token answered %d, want 403", status)
 	}
 
-	b.run("overview", chromedp.Navigate(console+"/"), chromedp.WaitVisible(`input[name=q]`, chromedp.ByQuery))
+	b.run("overview", chromedp.Navigate(console+"/"), chromedp.WaitVisible(`#rates`, chromedp.ByQuery))
+	// The hour's rates: this test's callbacks and events are in them.
+	var bars int
+	var received string
+	b.run("rates", chromedp.Evaluate(`document.querySelectorAll("#rates rect").length`, &bars),
+		chromedp.Text(`#rates tbody tr:first-child td:nth-child(2)`, &received, chromedp.ByQuery))
+	if n, _ := strconv.Atoi(strings.TrimSpace(received)); bars < 5*12 || n == 0 {
+		t.Errorf("overview rates: %d bars, %q notifications received in the hour", bars, received)
+	}
 	b.screenshot("console-overview.png")
 	b.run("live events", chromedp.Navigate(console+"/events"), chromedp.WaitVisible(`#feed`, chromedp.ByQuery))
 	// The relay reconciles at start: that run is listed.

@@ -38,7 +38,7 @@ func newServer(t *testing.T) (*httptest.Server, jetstream.JetStream) {
 		{Name: event.StreamInbox, Subjects: []string{event.SubjectsInbox}, Limits: l},
 		{Name: history.StreamAttempts, Subjects: []string{history.SubjectsAttempts}, Limits: l},
 		{Name: history.StreamRefs, Subjects: []string{history.SubjectsRefs}, Limits: l},
-	}, Buckets: []stream.BucketSpec{{Name: event.BucketTx, History: 1}}})
+	}, Buckets: []stream.BucketSpec{{Name: event.BucketTx, History: 1}, SessionsBucket()}})
 	if err != nil {
 		t.Fatal(err)
 	}

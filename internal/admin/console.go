@@ -8,6 +8,7 @@ import (
 	"embed"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"html/template"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"golang.org/x/time/rate"
 
@@ -38,7 +40,6 @@ var consoleFS embed.FS
 const (
 	sessionCookie = "sengo_console"
 	sessionTTL    = 12 * time.Hour
-	maxSessions   = 256
 	csrfField     = "_csrf"
 	csrfHeader    = "X-CSRF-Token"
 )
@@ -53,51 +54,109 @@ type session struct {
 	who     string // for audit lines: a short hash of the session id, the address
 }
 
-// sessions are the console's sign-ins, in memory: a restart signs everyone
-// out, which costs a sign-in and keeps nothing secret on disk.
+// BucketSessions keeps the console's sign-ins in JetStream, so that every
+// relay behind one address knows them and a restart signs no one out.
+// It holds a hash of each session id with its expiry and the audit name,
+// never the id or its CSRF token (derived from the id): reading the store
+// signs no one in.
+const BucketSessions = "SENGO_CONSOLE_SESSIONS"
+
+// SessionsBucket is the bucket the relay provisions for the console.
+func SessionsBucket() stream.BucketSpec {
+	return stream.BucketSpec{Name: BucketSessions, Description: "console sign-ins: hashes of session ids", TTL: sessionTTL, History: 1, MaxBytes: maxSessionBytes}
+}
+
+// maxSessionBytes bounds the sign-ins kept (some 60,000: sign-ins need the
+// admin token and are rate-limited, and each lives sessionTTL).
+const maxSessionBytes = 16 << 20
+
+type sessionRecord struct {
+	Expires time.Time `json:"expires"`
+	Who     string    `json:"who"`
+}
+
+// sessions are the console's sign-ins in BucketSessions.
 type sessions struct {
+	js jetstream.JetStream
 	mu sync.Mutex
-	m  map[string]*session
+	kv jetstream.KeyValue
 }
 
-func (ss *sessions) add(s *session) string {
+func (ss *sessions) bucket(ctx context.Context) (jetstream.KeyValue, error) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.kv == nil {
+		kv, err := ss.js.KeyValue(ctx, BucketSessions)
+		if err != nil {
+			return nil, fmt.Errorf("console sessions: %w", err)
+		}
+		ss.kv = kv
+	}
+	return ss.kv, nil
+}
+
+// sessionKey is the store's key for a session id: its hash.
+func sessionKey(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:])
+}
+
+// csrfOf is the session's CSRF token, derived from its id so that it is
+// never stored.
+func csrfOf(id string) string {
+	sum := sha256.Sum256([]byte("sengo-relay console csrf\x00" + id))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// add stores a new session for who and returns its id.
+func (ss *sessions) add(ctx context.Context, who string) (string, *session, error) {
+	kv, err := ss.bucket(ctx)
+	if err != nil {
+		return "", nil, err
+	}
 	id := randomToken()
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	now := time.Now()
-	for k, v := range ss.m {
-		if now.After(v.expires) {
-			delete(ss.m, k)
-		}
+	sum := sha256.Sum256([]byte(id))
+	s := &session{csrf: csrfOf(id), expires: time.Now().Add(sessionTTL), who: "session:" + hex.EncodeToString(sum[:4]) + who}
+	b, _ := json.Marshal(sessionRecord{Expires: s.expires, Who: s.who})
+	if _, err := kv.Create(ctx, sessionKey(id), b); err != nil {
+		return "", nil, fmt.Errorf("console sessions: %w", err)
 	}
-	for len(ss.m) >= maxSessions { // bounded: the session closest to expiry goes
-		oldest := ""
-		for k, v := range ss.m {
-			if oldest == "" || v.expires.Before(ss.m[oldest].expires) {
-				oldest = k
-			}
-		}
-		delete(ss.m, oldest)
-	}
-	ss.m[id] = s
-	return id
+	return id, s, nil
 }
 
-func (ss *sessions) get(id string) *session {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	s := ss.m[id]
-	if s == nil || time.Now().After(s.expires) {
-		delete(ss.m, id)
+// get is the live session with id, nil for none.
+func (ss *sessions) get(ctx context.Context, id string) (*session, error) {
+	if len(id) != 43 { // randomToken's length: nothing else reaches the store
+		return nil, nil
+	}
+	kv, err := ss.bucket(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e, err := kv.Get(ctx, sessionKey(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("console sessions: %w", err)
+	}
+	var r sessionRecord
+	if json.Unmarshal(e.Value(), &r) != nil || time.Now().After(r.Expires) {
+		return nil, nil
+	}
+	return &session{csrf: csrfOf(id), expires: r.Expires, who: r.Who}, nil
+}
+
+// drop ends the session with id on every relay.
+func (ss *sessions) drop(ctx context.Context, id string) error {
+	if len(id) != 43 {
 		return nil
 	}
-	return s
-}
-
-func (ss *sessions) drop(id string) {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	delete(ss.m, id)
+	kv, err := ss.bucket(ctx)
+	if err != nil {
+		return err
+	}
+	return kv.Delete(ctx, sessionKey(id))
 }
 
 func randomToken() string {
@@ -127,6 +186,7 @@ var consoleFuncs = template.FuncMap{
 	"wib":          func(t time.Time) string { return t.In(wib).Format("2006-01-02 15:04:05 WIB") },
 	"iso":          func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) },
 	"join":         func(s []string) string { return strings.Join(s, ", ") },
+	"rates":        func(rows []rateRow, from time.Time) ratesView { return ratesView{rows, from} },
 	"progressView": func(j job, csrf string) progressView { return progressView{j, csrf} },
 	"percent": func(p dispatcher.ReplayProgress) int {
 		switch {
@@ -161,7 +221,7 @@ func (s *Server) mountConsole(e *echo.Echo) {
 	c := &console{
 		s:        s,
 		tmpl:     template.Must(template.New("").Funcs(consoleFuncs).ParseFS(consoleFS, "console/*.html")),
-		sessions: sessions{m: map[string]*session{}},
+		sessions: sessions{js: s.cfg.JetStream},
 		logins:   rate.NewLimiter(rate.Every(200*time.Millisecond), 10),
 		audit:    s.cfg.Logger.With().Bool("audit", true).Logger(),
 	}
@@ -212,8 +272,6 @@ func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-type sessionKey struct{}
-
 // signedIn lets a request through only with a live session; a state
 // change (any method but GET) also needs the session's CSRF token, in the
 // form (_csrf) or the X-CSRF-Token header, and no foreign Origin.
@@ -221,7 +279,10 @@ func (cn *console) signedIn(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		var s *session
 		if ck, err := c.Cookie(sessionCookie); err == nil {
-			s = cn.sessions.get(ck.Value)
+			var err error
+			if s, err = cn.sessions.get(c.Request().Context(), ck.Value); err != nil {
+				return apiError(http.StatusServiceUnavailable, "store_unavailable", "the console cannot read its sign-ins: the store is unavailable")
+			}
 		}
 		if s == nil {
 			if c.Request().Method == http.MethodGet {
@@ -301,10 +362,11 @@ func (cn *console) login(c echo.Context) error {
 		cn.audit.Warn().Str("who", who).Str("action", "sign in").Str("result", "refused: wrong token").Msg("console action")
 		return cn.render(c, http.StatusUnauthorized, "login", view{Title: "Sign in", Error: "That is not the admin token."})
 	}
-	s := &session{csrf: randomToken(), expires: time.Now().Add(sessionTTL)}
-	id := cn.sessions.add(s)
-	sum := sha256.Sum256([]byte(id))
-	s.who = "session:" + hex.EncodeToString(sum[:4]) + who
+	id, s, err := cn.sessions.add(c.Request().Context(), who)
+	if err != nil {
+		cn.audit.Warn().Err(err).Str("who", who).Str("action", "sign in").Str("result", "failed: store").Msg("console action")
+		return cn.render(c, http.StatusServiceUnavailable, "login", view{Title: "Sign in", Error: "The console cannot keep a sign-in now (the store is unavailable or full); try again."})
+	}
 	c.SetCookie(&http.Cookie{Name: sessionCookie, Value: id, Path: "/console", HttpOnly: true, SameSite: http.SameSiteStrictMode,
 		Secure: c.Request().TLS != nil, Expires: s.expires})
 	cn.audit.Info().Str("who", s.who).Str("action", "sign in").Msg("console action")
@@ -312,10 +374,14 @@ func (cn *console) login(c echo.Context) error {
 }
 
 func (cn *console) logout(c echo.Context) error {
-	if ck, err := c.Cookie(sessionCookie); err == nil {
-		cn.sessions.drop(ck.Value)
+	var err error
+	if ck, cerr := c.Cookie(sessionCookie); cerr == nil {
+		err = cn.sessions.drop(c.Request().Context(), ck.Value)
 	}
-	cn.act(c, "sign out", "", nil, 0)
+	cn.act(c, "sign out", "", err, 0)
+	if err != nil {
+		return apiError(http.StatusServiceUnavailable, "store_unavailable", "the sign-out did not reach the store: try again")
+	}
 	c.SetCookie(&http.Cookie{Name: sessionCookie, Value: "", Path: "/console", HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	return c.Redirect(http.StatusSeeOther, "/console/login")
 }
@@ -334,6 +400,130 @@ type homeData struct {
 	QuarantinedHour uint64
 	Endpoints       []endpointStatus
 	Recent          []txSummary
+	// Rates are the last hour in rateWindows windows, oldest first.
+	Rates []rateRow
+	From  time.Time
+}
+
+type ratesView struct {
+	Rows []rateRow
+	From time.Time
+}
+
+// rateWindows windows of rateStep make the overview's hour.
+const (
+	rateWindows = 12
+	rateStep    = 5 * time.Minute
+)
+
+// rateRow is one stream's last hour, window by window.
+type rateRow struct {
+	Name, Note, Link string
+	Bad              bool // failures: drawn in red
+	Windows          []uint64
+	Total            uint64
+}
+
+// PerMinute is the rate of the newest window.
+func (r rateRow) PerMinute() string {
+	if len(r.Windows) == 0 {
+		return "0"
+	}
+	return strconv.FormatFloat(float64(r.Windows[len(r.Windows)-1])/rateStep.Minutes(), 'f', 1, 64)
+}
+
+// bar is one window of a rate row, drawn in a 12×30 SVG cell.
+type bar struct {
+	X, Y, H float64
+	N       uint64
+	At      time.Time
+}
+
+// Bars are the row's windows scaled to the row's largest.
+func (r rateRow) Bars(from time.Time) []bar {
+	top := uint64(1)
+	for _, n := range r.Windows {
+		top = max(top, n)
+	}
+	out := make([]bar, len(r.Windows))
+	for i, n := range r.Windows {
+		h := 28 * float64(n) / float64(top)
+		if n > 0 {
+			h = max(h, 1.5) // a window with anything in it shows
+		}
+		out[i] = bar{X: float64(i) * 10, Y: 30 - h, H: h, N: n, At: from.Add(time.Duration(i) * rateStep)}
+	}
+	return out
+}
+
+// rates is the overview's last hour: what arrived in the inbox, the
+// events and the attempts streams (their sequences at the windows' edges,
+// a request per edge), and the dead letters and quarantined notifications
+// still kept (the server's count per edge: redriven ones are removed, so
+// sequences would miscount them).
+func (cn *console) rates(ctx context.Context, from time.Time) ([]rateRow, error) {
+	var rows []rateRow
+	for _, r := range []struct {
+		name, note, link, stream string
+	}{
+		{"notifications received", "callbacks, reconciliation and resends", "/console/events", event.StreamInbox},
+		{"events published", "status changes recorded", "/console/events", event.StreamEvents},
+		{"delivery attempts", "webhook POSTs, kept in the history", "/console/endpoints", history.StreamAttempts},
+	} {
+		w, err := stream.Arrivals(ctx, cn.s.cfg.JetStream, r.stream, from, rateStep, rateWindows)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue // no history kept
+		}
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, rateRow{Name: r.name, Note: r.note, Link: r.link, Windows: w, Total: sum(w)})
+	}
+	for _, r := range []struct {
+		name, note, link, stream, subject string
+	}{
+		{"dead letters", "still waiting (redriven ones leave)", "/console/dlq", event.StreamDLQ, event.SubjectsDLQ},
+		{"quarantined", "still kept (redriven ones leave)", "/console/quarantine", event.StreamQuarantine, event.SubjectsQuarantine},
+	} {
+		w, err := cn.kept(ctx, r.stream, r.subject, from)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, rateRow{Name: r.name, Note: r.note, Link: r.link, Bad: true, Windows: w, Total: sum(w)})
+	}
+	return rows, nil
+}
+
+// kept is how many messages of stream on subject, still kept, were stored
+// in each window from from: one server count per edge, none when the
+// whole hour holds nothing (the usual case).
+func (cn *console) kept(ctx context.Context, name, subject string, from time.Time) ([]uint64, error) {
+	w := make([]uint64, rateWindows)
+	prev, err := stream.Count(ctx, cn.s.cfg.JetStream, name, subject, from)
+	if err != nil || prev == 0 {
+		return w, err
+	}
+	for i := range w {
+		next := uint64(0)
+		if i < rateWindows-1 {
+			if next, err = stream.Count(ctx, cn.s.cfg.JetStream, name, subject, from.Add(time.Duration(i+1)*rateStep)); err != nil {
+				return nil, err
+			}
+		}
+		if prev > next {
+			w[i] = prev - next
+		}
+		prev = next
+	}
+	return w, nil
+}
+
+func sum(w []uint64) uint64 {
+	var n uint64
+	for _, v := range w {
+		n += v
+	}
+	return n
 }
 
 type statusCount struct {
@@ -346,6 +536,11 @@ func (cn *console) home(c echo.Context) error {
 	defer cancel()
 	d := homeData{}
 	hourAgo := time.Now().Add(-time.Hour)
+	var err error
+	d.From = hourAgo
+	if d.Rates, err = cn.rates(ctx, hourAgo); err != nil {
+		return err
+	}
 	for _, st := range []event.Status{event.StatusSuccess, event.StatusPending, event.StatusExpired, event.StatusFailed} {
 		// Counted by the server for a consumer that would start an hour
 		// ago: one request, however many events the hour holds.
@@ -368,7 +563,6 @@ func (cn *console) home(c echo.Context) error {
 		}
 		*f.n = n
 	}
-	var err error
 	if d.Endpoints, err = cn.s.endpointStatuses(ctx); err != nil {
 		return err
 	}

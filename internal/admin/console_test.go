@@ -7,15 +7,19 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
+
 	"github.com/sengo-relay/sengo-relay/history"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/receiver"
 )
 
@@ -151,7 +155,7 @@ func TestConsoleTemplatesRender(t *testing.T) {
 	j := job{Request: dispatcher.ReplayRequest{Endpoints: []string{"orders"}, DryRun: true}, Progress: dispatcher.ReplayProgress{Job: "j", Done: true}}
 	for name, d := range map[string]any{
 		"tx":              map[string]any{"T": tl},
-		"home":            homeData{Counts: []statusCount{{st, 1}}, Endpoints: []endpointStatus{{Name: "orders"}}, Recent: []txSummary{tl.Transaction}},
+		"home":            homeData{Counts: []statusCount{{st, 1}}, Rates: []rateRow{{Name: "x", Windows: make([]uint64, rateWindows)}}, From: now, Endpoints: []endpointStatus{{Name: "orders"}}, Recent: []txSummary{tl.Transaction}},
 		"dlq":             map[string]any{"Entries": []dispatcher.DLQEntry{{Seq: 1}}, "Endpoint": "orders"},
 		"replays":         map[string]any{"Endpoints": []string{"orders"}, "Jobs": []job{j}, "Statuses": []event.Status{st}},
 		"replay":          j,
@@ -165,5 +169,120 @@ func TestConsoleTemplatesRender(t *testing.T) {
 		if err := tm.ExecuteTemplate(io.Discard, name, view{Data: d, CSRF: "c"}); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// The overview's rates count what each stream stored in the last hour,
+// and dead letters still waiting.
+func TestConsoleOverviewRates(t *testing.T) {
+	hs, js := newServer(t)
+	ctx := t.Context()
+	for subject, n := range map[string]int{
+		event.InboxTxSubject("main", "TX-1"): 3,
+		"sengo.events.main.retail.success":   2,
+		event.DLQSubject("orders"):           1,
+	} {
+		for i := 0; i < n; i++ {
+			if _, err := js.Publish(ctx, subject, []byte(`{}`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	c := browser(t)
+	signIn(t, c, hs.URL)
+	resp, err := c.Get(hs.URL + "/console/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	row := regexp.MustCompile(`(?s)<a href="[^"]+">([a-z ]+)</a><div class="muted">[^<]*</div></td>\s*<td><b>(\d+)</b>`)
+	got := map[string]string{}
+	for _, m := range row.FindAllStringSubmatch(string(b), -1) {
+		got[m[1]] = m[2]
+	}
+	want := map[string]string{"notifications received": "3", "events published": "2", "delivery attempts": "0", "dead letters": "1", "quarantined": "0"}
+	if resp.StatusCode != 200 || len(got) != len(want) {
+		t.Fatalf("overview %d, rates %v, want %v", resp.StatusCode, got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %s in the hour, want %s", k, got[k], v)
+		}
+	}
+	if n := strings.Count(string(b), "<rect "); n != 12*len(want) {
+		t.Errorf("%d bars, want 12 per row", n)
+	}
+}
+
+// A sign-in is kept in JetStream, so every relay behind one load balancer
+// knows it (and a restart keeps it); signing out on one ends it on all.
+// The store holds the session id's hash only, never the id or its token.
+func TestConsoleSessionIsSharedByRelays(t *testing.T) {
+	hs, js := newServer(t)
+	other := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, Logger: zerolog.Nop()})
+	hs2 := httptest.NewServer(other.Handler())
+	t.Cleanup(func() { hs2.Close(); other.Close() })
+
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	ck := c.Jar.Cookies(mustURL(t, hs.URL+"/console"))
+	if len(ck) != 1 {
+		t.Fatalf("cookies %v", ck)
+	}
+	// The same cookie at the other relay.
+	c2 := browser(t)
+	c2.Jar.SetCookies(mustURL(t, hs2.URL+"/console"), ck)
+	resp, err := c2.Get(hs2.URL + "/console/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("the other relay answers %d to a session signed in at the first", resp.StatusCode)
+	}
+	for _, m := range natstest.Messages(t, js, "KV_"+BucketSessions) {
+		if strings.Contains(string(m.Data), ck[0].Value) || strings.Contains(string(m.Data), csrf) || strings.Contains(m.Subject, ck[0].Value) {
+			t.Errorf("the session store holds the session id or its CSRF token: %s %s", m.Subject, m.Data)
+		}
+	}
+	// Signed out at the other relay: the first one refuses the cookie too.
+	if resp, _ := c2.PostForm(hs2.URL+"/console/logout", url.Values{"_csrf": {csrf}}); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("sign out at the other relay: %d", resp.StatusCode)
+	}
+	if resp, _ := c.Get(hs.URL + "/console/"); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("signed out at one relay, the other still answers %d", resp.StatusCode)
+	}
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// A sign-in the store refuses is not a sign-in: 503, no cookie; and a
+// sign-out that does not reach the store says so (the session lives on).
+func TestConsoleSessionStoreRefusing(t *testing.T) {
+	hs, js := newServer(t)
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	restore := natstest.RefuseWrites(t, js, "KV_"+BucketSessions)
+	resp, err := browser(t).PostForm(hs.URL+"/console/login", url.Values{"token": {token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || len(resp.Cookies()) != 0 {
+		t.Errorf("sign-in with the store refusing: %d, cookies %v; want 503 and none", resp.StatusCode, resp.Cookies())
+	}
+	if resp, _ := c.PostForm(hs.URL+"/console/logout", url.Values{"_csrf": {csrf}}); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("sign-out with the store refusing: %d, want 503", resp.StatusCode)
+	}
+	restore()
+	if resp, _ := c.Get(hs.URL + "/console/"); resp.StatusCode != 200 {
+		t.Errorf("the session after a refused sign-out: %d, want it still live", resp.StatusCode)
 	}
 }
