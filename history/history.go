@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
@@ -286,18 +287,33 @@ func Attempts(ctx context.Context, js jetstream.JetStream, eventID string, limit
 	return out, more, err
 }
 
-// Lookup returns the transactions merchantRef names in project, at most limit.
+// Lookup returns the transactions merchantRef names in project, at most
+// limit. One batched direct get of the last message per subject under the
+// merchantRef's prefix (each pair is its own subject, kept once): the
+// server answers from its subject index, with no consumer and no scan of
+// the stream, however many references it holds.
 func Lookup(ctx context.Context, js jetstream.JetStream, project, merchantRef string, limit int) (out []Ref, err error) {
 	limit = clamp(limit)
-	err = stream.ScanFrom(ctx, js, StreamRefs, []string{refPrefix(project, merchantRef) + ".*"}, stream.From{}, func(m jetstream.Msg, _ *jetstream.MsgMetadata) (bool, error) {
-		var r Ref
-		if err := json.Unmarshal(m.Data(), &r); err != nil || r.MerchantRef != merchantRef || r.Project != project {
-			return true, nil
+	msgs, err := jetstreamext.GetLastMsgsFor(ctx, js, StreamRefs, []string{refPrefix(project, merchantRef) + ".*"}, jetstreamext.GetLastMsgsBatchSize(limit))
+	if err != nil {
+		return nil, fmt.Errorf("look up a merchantRef: %w", err)
+	}
+	for m, err := range msgs {
+		if errors.Is(err, jetstreamext.ErrNoMessages) {
+			break
 		}
-		out = append(out, r)
-		return len(out) < limit, nil
-	}, nil)
-	return out, err
+		if err != nil {
+			return nil, fmt.Errorf("look up a merchantRef: %w", err)
+		}
+		var r Ref
+		if err := json.Unmarshal(m.Data, &r); err != nil || r.MerchantRef != merchantRef || r.Project != project {
+			continue // a hash collision or not ours
+		}
+		if out = append(out, r); len(out) == limit {
+			break
+		}
+	}
+	return out, nil
 }
 
 func clamp(limit int) int {
