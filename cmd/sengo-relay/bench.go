@@ -31,6 +31,7 @@ latency percentiles and peak RSS. It starts its own embedded JetStream in a temp
 	dur := fs.Duration("duration", 10*time.Second, "duration of each scenario")
 	payload := fs.Int("payload", 700, "callback body size in bytes")
 	rate := fs.Int("rate", 500, "callbacks per second of the end-to-end and soak runs")
+	burst := fs.Int("burst", 66000, "callbacks the after-burst scenario posts at once, between its steady runs")
 	endpointRate := fs.Int("endpoint-rate", 2000, "callbacks per second of the fixed-rate endpoint-latency run")
 	n := fs.Int("deliveries", 20000, "events the dispatcher scenario delivers")
 	sync := fs.String("sync-interval", "always", `embedded JetStream fsync: "always" (the relay's default: fsync before every acknowledgement, with group commit), "always-per-write" (group_commit: false: nats-server fsyncs each write itself) or a duration such as 2m; several, comma-separated, run the whole bench once per mode ("always,always-per-write,2m" shows the price of each)`)
@@ -90,7 +91,7 @@ latency percentiles and peak RSS. It starts its own embedded JetStream in a temp
 			return fmt.Errorf("--replicas %d needs --nats-url to a cluster", *replicas)
 		}
 		bc := bench.Config{Concurrency: *conc, Duration: *dur, Payload: *payload, Rate: *rate, EndpointRate: *endpointRate, Deliveries: *n, Soak: *soak, Scenarios: scenarios,
-			NATSURL: *natsURL, Spec: provisionSpec(cfg), Progress: stderr, NoHistory: !*withHistory, ConsoleEvents: *consoleEvents}
+			NATSURL: *natsURL, Spec: provisionSpec(cfg), Progress: stderr, NoHistory: !*withHistory, ConsoleEvents: *consoleEvents, Burst: *burst}
 		bc.SustainWindow = *window
 		var reports []bench.Report
 		for _, mode := range strings.Split(*sync, ",") {

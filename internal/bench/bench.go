@@ -56,6 +56,9 @@ type Config struct {
 	// gives waits for a shared syncfs), as the relay runs by default.
 	// Without it, nats-server fsyncs every write itself.
 	GroupCommit bool
+	// Burst is how many callbacks the after-burst scenario offers at once
+	// (default 66,000).
+	Burst int
 	// ConsoleEvents is how many transactions the console-pages scenario
 	// stores before timing pages (default 1,000,000).
 	ConsoleEvents int
@@ -212,6 +215,7 @@ var scenarios = []struct {
 	{key: "e2e", name: "end to end: accepted → webhook received", run: endToEnd},
 	{key: "deliveries", name: "dispatcher deliveries to a local consumer", run: deliveries},
 	{key: "sustained", name: "pipeline sustained rate (callback → webhook)", run: sustained, ownStores: true},
+	{key: "after-burst", name: "end to end at 200/s before and after a burst", runMany: afterBurst},
 	{key: "console-load", name: "relay endpoint at a fixed rate, an operator using the console", run: consoleUnderLoad},
 	{key: "console-pages", name: "console pages", runMany: consolePagesRun},
 }
