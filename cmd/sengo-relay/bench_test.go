@@ -99,7 +99,7 @@ func TestBenchCommand(t *testing.T) {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
 	var out bytes.Buffer
-	err := run(t.Context(), []string{"bench", "--duration", "300ms", "--deliveries", "200", "--rate", "100", "--endpoint-rate", "100", "--concurrency", "8", "--sustain-window", "200ms", "--sync-interval", "2m", "--console-events", "2000", "--json"}, &out, io.Discard)
+	err := run(t.Context(), []string{"bench", "--duration", "300ms", "--deliveries", "200", "--rate", "100", "--endpoint-rate", "100", "--concurrency", "8", "--sustain-window", "200ms", "--sync-interval", "2m", "--console-events", "2000", "--burst", "500", "--json"}, &out, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestBenchCommand(t *testing.T) {
 			t.Errorf("%s: %.1f messages, %.1f API requests per notification", res.Name, res.ClientMsgsPerOp, res.JSAPIPerOp)
 		}
 	}
-	if len(r.Results) != 8+1+len(bench.ConsolePages) || r.Ratios["endpoint / raw publish"] <= 0 || r.Ratios["endpoint / raw Echo + publish"] <= 0 || r.PeakRSSBytes == 0 {
+	if len(r.Results) != 8+5+1+len(bench.ConsolePages) || r.Ratios["endpoint / raw publish"] <= 0 || r.Ratios["endpoint / raw Echo + publish"] <= 0 || r.PeakRSSBytes == 0 {
 		t.Fatalf("report %+v", r)
 	}
 	for _, res := range r.Results {

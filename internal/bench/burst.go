@@ -21,6 +21,10 @@ func afterBurst(ctx context.Context, cfg Config, st store) ([]Result, error) {
 	const rate = 200
 	var total int64 // callbacks accepted so far
 	steady := func(d time.Duration, name string) (Result, error) {
+		var in0 uint64
+		if st.stats != nil {
+			in0, _ = st.stats()
+		}
 		var sent, failed atomic.Int64
 		openLoop(ctx, rate, d, func(int) {
 			_, body := callback(cfg.Payload)
@@ -38,6 +42,11 @@ func afterBurst(ctx context.Context, cfg Config, st store) ([]Result, error) {
 		res.Name, res.PerSecond = name, rate
 		if len(s.lat) > 0 {
 			res.Note += fmt.Sprintf("; max %.1f ms", float64(s.lat[len(s.lat)-1].Microseconds())/1000)
+		}
+		if st.stats != nil && s.ops > 0 {
+			in1, _ := st.stats()
+			res.ClientMsgsPerOp = float64(in1-in0) / float64(s.ops)
+			res.Note += fmt.Sprintf("; %.1f messages from the relay per notification (server's count)", res.ClientMsgsPerOp)
 		}
 		return res, nil
 	}
