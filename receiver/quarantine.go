@@ -177,6 +177,28 @@ func redrive(ctx context.Context, js jetstream.JetStream, entries []QuarantineEn
 	return n, nil
 }
 
+// PurgeQuarantine deletes the given quarantined notifications for good
+// and returns how many it deleted (one already gone is not counted). The
+// notification stays in SENGO_INBOX for the inbox's retention.
+func PurgeQuarantine(ctx context.Context, js jetstream.JetStream, entries []QuarantineEntry) (int, error) {
+	s, err := js.Stream(ctx, event.StreamQuarantine)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range entries {
+		err := s.DeleteMsg(ctx, e.Seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // redriven or purged meanwhile
+		}
+		if err != nil {
+			return n, fmt.Errorf("purge quarantined %d: %w", e.Seq, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
 // HeaderRechecks counts how often an unconfirmed notification was put
 // back for another confirmation.
 const HeaderRechecks = "Sengo-Rechecks"

@@ -44,8 +44,8 @@ SenGo again.`,
 			switch {
 			case use == "show" && f.seq == 0:
 				return errors.New("quarantine show needs --seq (the SEQ column of quarantine list)")
-			case use == "redrive" && sel == (receiver.QuarantineFilter{}) && !f.all:
-				return errors.New("quarantine redrive needs --project, --transaction or --seq, or --all")
+			case (use == "redrive" || use == "purge") && sel == (receiver.QuarantineFilter{}) && !f.all:
+				return fmt.Errorf("quarantine %s needs --project, --transaction or --seq, or --all", use)
 			}
 			_, cfg, err := loadConfig(c)
 			if err != nil {
@@ -65,7 +65,7 @@ SenGo again.`,
 		addConfigFlag(c)
 		return c
 	}
-	lf, sf, rf := &qflags{}, &qflags{}, &qflags{}
+	lf, sf, rf, pf := &qflags{}, &qflags{}, &qflags{}, &qflags{}
 	list := verb("list", "List quarantined notifications with the reason", lf, func(c *cobra.Command, _ jetstream.JetStream, entries []receiver.QuarantineEntry) error {
 		out := c.OutOrStdout()
 		if lf.json {
@@ -107,6 +107,16 @@ SenGo again.`,
 	redrive.Flags().Uint64Var(&rf.seq, "seq", 0, "one notification by its SENGO_QUARANTINE sequence")
 	redrive.Flags().BoolVar(&rf.all, "all", false, "every quarantined notification")
 
-	parent.AddCommand(list, show, redrive)
+	purge := verb("purge", "Delete the selected notifications from quarantine for good (each stays in SENGO_INBOX for its retention)", pf, func(c *cobra.Command, js jetstream.JetStream, entries []receiver.QuarantineEntry) error {
+		n, err := receiver.PurgeQuarantine(c.Context(), js, entries)
+		fmt.Fprintf(c.OutOrStdout(), "purged %d of %d\n", n, len(entries))
+		return err
+	})
+	purge.Flags().StringVar(&pf.project, "project", "", "only this project")
+	purge.Flags().StringVar(&pf.tx, "transaction", "", "only this SenGo transaction id")
+	purge.Flags().Uint64Var(&pf.seq, "seq", 0, "one notification by its SENGO_QUARANTINE sequence")
+	purge.Flags().BoolVar(&pf.all, "all", false, "every quarantined notification")
+
+	parent.AddCommand(list, show, redrive, purge)
 	return parent
 }

@@ -202,6 +202,13 @@ func TestForgedCallbackQuarantined(t *testing.T) {
 	if err := run(context.Background(), []string{"quarantine", "redrive", "--config", cfgPath}, io.Discard, io.Discard); err == nil {
 		t.Fatal("redrive without a filter or --all accepted")
 	}
+	if err := run(context.Background(), []string{"quarantine", "purge", "--config", cfgPath}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "quarantine purge needs") {
+		t.Fatalf("purge without a filter or --all: %v", err)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"quarantine", "purge", "--config", cfgPath, "--seq", "999"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), "purged 0 of 0") {
+		t.Fatalf("purge of a missing one: %v %s", err, out.String())
+	}
 	if err := run(context.Background(), []string{"quarantine", "show", "--config", cfgPath, "--seq", "999"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "no quarantined notification 999") {
 		t.Fatalf("show of a missing one: %v", err)
 	}

@@ -105,6 +105,7 @@ func New(cfg Config) *Server {
 	a.GET("/quarantine", s.quarantineList)
 	a.GET("/quarantine/:seq", s.quarantineShow)
 	a.POST("/quarantine/redrive", s.quarantineRedrive)
+	a.DELETE("/quarantine", s.quarantinePurge)
 	a.POST("/replays", s.replayStart)
 	a.GET("/replays", s.replayList)
 	a.GET("/replays/:id", s.replayShow)
@@ -594,4 +595,26 @@ func (s *Server) quarantineRedrive(c echo.Context) error {
 	}
 	s.cfg.Logger.Info().Int("count", n).Msg("quarantined notifications redriven")
 	return c.JSON(http.StatusOK, map[string]int{"redriven": n})
+}
+
+// quarantinePurge deletes the selected quarantined notifications; with no
+// filter it takes all=true.
+func (s *Server) quarantinePurge(c echo.Context) error {
+	f, err := quarantineFilter(c)
+	if err != nil {
+		return err
+	}
+	if f == (receiver.QuarantineFilter{}) && c.QueryParam("all") != "true" {
+		return apiError(http.StatusBadRequest, "purge_needs_filter", "select notifications with project, transaction or seq, or all=true to purge every one")
+	}
+	entries, err := receiver.ListQuarantine(c.Request().Context(), s.cfg.JetStream, f)
+	if err != nil {
+		return err
+	}
+	n, err := receiver.PurgeQuarantine(c.Request().Context(), s.cfg.JetStream, entries)
+	if err != nil {
+		return err
+	}
+	s.cfg.Logger.Info().Int("count", n).Msg("quarantined notifications purged")
+	return c.JSON(http.StatusOK, map[string]int{"purged": n})
 }

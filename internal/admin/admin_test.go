@@ -239,3 +239,39 @@ func TestAdminBodyMustBeJSON(t *testing.T) {
 		}
 	}
 }
+
+// Quarantined notifications can be purged by filter (never by an empty
+// one), and only what is purged is counted.
+func TestAdminQuarantinePurge(t *testing.T) {
+	hs, js := newServer(t)
+	ctx := context.Background()
+	for _, id := range []string{"tx-1", "tx-2"} {
+		msg := &nats.Msg{Subject: event.QuarantineTxSubject("main", id), Data: []byte(`{"id":"` + id + `"}`), Header: nats.Header{
+			event.HeaderProject: []string{"main"}, event.HeaderReason: []string{"not confirmed"},
+		}}
+		if _, err := js.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, q := range []string{"", "?project=", "?seq=0"} {
+		if code, body := call(t, hs, http.MethodDelete, "/admin/quarantine"+q, "", token); code != 400 {
+			t.Errorf("purge%s: %d %s, want 400", q, code, body)
+		}
+	}
+	if code, body := call(t, hs, http.MethodDelete, "/admin/quarantine", "", token); !strings.Contains(body, `"code":"purge_needs_filter"`) {
+		t.Errorf("purge without a filter: %d %s", code, body)
+	}
+	if code, body := call(t, hs, http.MethodDelete, "/admin/quarantine?seq=1", "", token); code != 200 || !strings.Contains(body, `"purged":1`) {
+		t.Fatalf("purge seq 1: %d %s", code, body)
+	}
+	if code, body := call(t, hs, http.MethodDelete, "/admin/quarantine?seq=1", "", token); code != 200 || !strings.Contains(body, `"purged":0`) {
+		t.Fatalf("purge seq 1 again: %d %s, want nothing counted", code, body)
+	}
+	left := natstest.Messages(t, js, event.StreamQuarantine)
+	if len(left) != 1 || string(left[0].Data) != `{"id":"tx-2"}` {
+		t.Fatalf("left in quarantine: %+v", left)
+	}
+	if code, body := call(t, hs, http.MethodDelete, "/admin/quarantine?all=true", "", token); code != 200 || !strings.Contains(body, `"purged":1`) {
+		t.Fatalf("purge all: %d %s", code, body)
+	}
+}

@@ -248,7 +248,8 @@ func (s *Server) mountConsole(e *echo.Echo) {
 	a.POST("/dlq/purge", c.dlqAct)
 	a.GET("/quarantine", c.quarantine)
 	a.GET("/quarantine/confirm", c.quarantineConfirm)
-	a.POST("/quarantine/redrive", c.quarantineRedrive)
+	a.POST("/quarantine/redrive", c.quarantineAct)
+	a.POST("/quarantine/purge", c.quarantineAct)
 	a.GET("/reconciliations", c.reconciliations)
 	a.GET("/replays", c.replays)
 	a.POST("/replays", c.replayStart)
@@ -828,16 +829,28 @@ func (cn *console) quarantineConfirm(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	d := confirmData{Action: "/console/quarantine/redrive", Back: "/console/quarantine", Count: len(entries), Verb: "Redrive", Fields: map[string]string{},
+	action := c.QueryParam("action")
+	if action == "" {
+		action = "redrive"
+	}
+	if action != "redrive" && action != "purge" {
+		return echo.NewHTTPError(http.StatusBadRequest, "action must be redrive or purge")
+	}
+	d := confirmData{Action: "/console/quarantine/" + action, Back: "/console/quarantine", Count: len(entries), Verb: "Redrive", Fields: map[string]string{},
 		Question: fmt.Sprintf("Redrive %d quarantined notification(s)?", len(entries)),
 		Detail:   "They go back into the inbox and are processed again, confirmed with SenGo's API like any notification."}
+	if action == "purge" {
+		d.Verb, d.Danger = "Purge", true
+		d.Question = fmt.Sprintf("Purge %d quarantined notification(s) for good?", len(entries))
+		d.Detail = "They are deleted from SENGO_QUARANTINE; each stays in SENGO_INBOX for the inbox's retention, and the transaction's story keeps its notifications."
+	}
 	if f.Seq > 0 {
 		d.Fields["seq"] = strconv.FormatUint(f.Seq, 10)
 	}
 	return cn.page(c, "confirm", d.Question, d)
 }
 
-func (cn *console) quarantineRedrive(c echo.Context) error {
+func (cn *console) quarantineAct(c echo.Context) error {
 	f, err := cn.quarantineFilter(c)
 	if err != nil {
 		return err
@@ -848,12 +861,18 @@ func (cn *console) quarantineRedrive(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	n, err := receiver.RedriveQuarantine(ctx, cn.s.cfg.JetStream, entries)
-	cn.act(c, "quarantine redrive", fmt.Sprintf("seq %d (0: all)", f.Seq), err, n)
+	action := strings.TrimPrefix(c.Path(), "/console/quarantine/")
+	var n int
+	if action == "purge" {
+		n, err = receiver.PurgeQuarantine(ctx, cn.s.cfg.JetStream, entries)
+	} else {
+		n, err = receiver.RedriveQuarantine(ctx, cn.s.cfg.JetStream, entries)
+	}
+	cn.act(c, "quarantine "+action, fmt.Sprintf("seq %d (0: all)", f.Seq), err, n)
 	if err != nil {
 		return err
 	}
-	return c.Redirect(http.StatusSeeOther, "/console/quarantine?done="+url.QueryEscape(fmt.Sprintf("redrive: %d notification(s).", n)))
+	return c.Redirect(http.StatusSeeOther, "/console/quarantine?done="+url.QueryEscape(fmt.Sprintf("%s: %d notification(s).", action, n)))
 }
 
 func (cn *console) replays(c echo.Context) error {
