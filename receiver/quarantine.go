@@ -243,17 +243,17 @@ func projectOfQuarantine(subject string) string {
 // (those stored since its subject carries the transaction), oldest first,
 // at most limit; more reports that some were left out.
 func QuarantinedOf(ctx context.Context, js jetstream.JetStream, project, transactionID string, limit int) (out []QuarantineEntry, more bool, err error) {
-	err = stream.ScanFrom(ctx, js, event.StreamQuarantine, []string{event.QuarantineTxSubject(project, transactionID)}, stream.From{}, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
-		e := quarantineEntry(&jetstream.RawStreamMsg{Subject: m.Subject(), Sequence: meta.Sequence.Stream, Header: m.Headers(), Data: m.Data(), Time: meta.Timestamp})
+	err = stream.ReadSubject(ctx, js, event.StreamQuarantine, event.QuarantineTxSubject(project, transactionID), func(m *jetstream.RawStreamMsg) bool {
+		e := quarantineEntry(m)
 		if e.TransactionID != transactionID {
-			return true, nil // another id with the same hash
+			return true // another id with the same hash
 		}
 		if len(out) == limit {
 			more = true
-			return false, nil
+			return false
 		}
 		out = append(out, e)
-		return true, nil
-	}, nil)
+		return true
+	})
 	return out, more, err
 }

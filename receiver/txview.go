@@ -105,22 +105,22 @@ type Notification struct {
 // SENGO_INBOX (its retention), oldest first, at most limit; more reports
 // that some were left out.
 func Notifications(ctx context.Context, js jetstream.JetStream, project, transactionID string, limit int) (out []Notification, more bool, err error) {
-	err = stream.ScanFrom(ctx, js, event.StreamInbox, []string{event.InboxTxSubject(project, transactionID)}, stream.From{}, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
-		tx, perr := sengo.ParseCallback(m.Data())
+	err = stream.ReadSubject(ctx, js, event.StreamInbox, event.InboxTxSubject(project, transactionID), func(m *jetstream.RawStreamMsg) bool {
+		tx, perr := sengo.ParseCallback(m.Data)
 		if perr != nil || tx.ID != transactionID {
-			return true, nil // another id with the same subject hash
+			return true // another id with the same subject hash
 		}
 		if len(out) == limit {
 			more = true
-			return false, nil
+			return false
 		}
-		h := m.Headers()
+		h := m.Header
 		out = append(out, Notification{
-			Seq: meta.Sequence.Stream, Stored: meta.Timestamp.UTC(), ReceivedAt: h.Get(event.HeaderReceivedAt),
+			Seq: m.Sequence, Stored: m.Time.UTC(), ReceivedAt: h.Get(event.HeaderReceivedAt),
 			Source: h.Get(event.HeaderSource), RequestID: h.Get(event.HeaderRequestID), SourceIP: h.Get(event.HeaderSourceIP),
-			Signature: h.Get(event.HeaderSignature), Status: tx.Status, Body: rawOrString(m.Data()),
+			Signature: h.Get(event.HeaderSignature), Status: tx.Status, Body: rawOrString(m.Data),
 		})
-		return true, nil
-	}, nil)
+		return true
+	})
 	return out, more, err
 }

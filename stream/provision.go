@@ -123,8 +123,14 @@ func try(ctx context.Context, op func(context.Context) error) error {
 // Check reports whether every stream and bucket of spec exists.
 func Check(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 	for _, s := range spec.Streams {
-		if _, err := js.Stream(ctx, s.Name); err != nil {
+		st, err := js.Stream(ctx, s.Name)
+		if err != nil {
 			return fmt.Errorf("stream %s: %w", s.Name, err)
+		}
+		if !st.CachedInfo().Config.AllowDirect {
+			// The console, the admin API and the merchantRef index read
+			// with direct gets, which such a stream refuses.
+			return fmt.Errorf("stream %s: allow_direct is off; the relay reads it with direct gets (nats stream edit %s --allow-direct)", s.Name, s.Name)
 		}
 	}
 	for _, b := range spec.Buckets {

@@ -108,3 +108,26 @@ func TestConcurrentProvisionOnCluster(t *testing.T) {
 		}
 	}
 }
+
+// A stream made by hand without direct gets fails the check (the console
+// and the merchantRef index read with them), naming the fix.
+func TestCheckWantsDirectGets(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	if err := stream.Provision(ctx, js, spec(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Check(ctx, js, spec(time.Hour)); err != nil {
+		t.Fatalf("Check after Provision: %v", err)
+	}
+	s, _ := js.Stream(ctx, "T_INBOX")
+	cfg := s.CachedInfo().Config
+	cfg.AllowDirect = false
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Check(ctx, js, spec(time.Hour)); err == nil || !strings.Contains(err.Error(), "allow_direct is off") {
+		t.Fatalf("Check of a stream without direct gets: %v", err)
+	}
+}

@@ -103,3 +103,39 @@ func TestArrivals(t *testing.T) {
 		t.Fatalf("Arrivals an hour before = %v, %v; want zeros", got, err)
 	}
 }
+
+// ReadSubject reads one subject's messages across several batches, stops
+// when told, and leaves nothing on the server.
+func TestReadSubject(t *testing.T) {
+	_, js := startWithSpec(t)
+	ctx := context.Background()
+	for i := 0; i < 600; i++ {
+		subject := "t.inbox.a"
+		if i%2 == 1 {
+			subject = "t.inbox.b"
+		}
+		if _, err := js.Publish(ctx, subject, []byte{byte(i % 256)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var seqs []uint64
+	if err := stream.ReadSubject(ctx, js, "T_INBOX", "t.inbox.b", func(m *jetstream.RawStreamMsg) bool {
+		seqs = append(seqs, m.Sequence)
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(seqs) != 300 || seqs[0] != 2 || seqs[299] != 600 {
+		t.Fatalf("read %d messages of t.inbox.b (%v…), want 300 from 2 to 600", len(seqs), seqs[:min(3, len(seqs))])
+	}
+	n := 0
+	if err := stream.ReadSubject(ctx, js, "T_INBOX", "t.inbox.*", func(*jetstream.RawStreamMsg) bool { n++; return n < 5 }); err != nil || n != 5 {
+		t.Fatalf("stopped read: %d, %v", n, err)
+	}
+	if err := stream.ReadSubject(ctx, js, "T_INBOX", "t.inbox.none", func(*jetstream.RawStreamMsg) bool { t.Fatal("a message for no subject"); return false }); err != nil {
+		t.Fatalf("empty read: %v", err)
+	}
+	if _, err := js.Stream(ctx, "T_INBOX"); err != nil {
+		t.Fatal(err)
+	}
+}

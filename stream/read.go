@@ -1,0 +1,46 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+)
+
+// readBatch is how many messages one direct get of ReadSubject asks for.
+const readBatch = 256
+
+// ReadSubject reads the messages of stream on subject (wildcards allowed)
+// oldest first, until visit returns false or none is left, with batched
+// direct gets: the server finds them from its subject index, one request
+// per readBatch messages, and no consumer is created. For the few
+// messages of one transaction or one event, where a consumer's creation,
+// its info and its deletion would be three requests more.
+func ReadSubject(ctx context.Context, js jetstream.JetStream, stream, subject string, visit func(*jetstream.RawStreamMsg) bool) error {
+	from := uint64(1)
+	for {
+		msgs, err := jetstreamext.GetBatch(ctx, js, stream, readBatch, jetstreamext.GetBatchSeq(from), jetstreamext.GetBatchSubject(subject))
+		if err != nil {
+			return fmt.Errorf("read %s: %w", stream, err)
+		}
+		got := 0
+		for m, err := range msgs {
+			if errors.Is(err, jetstreamext.ErrNoMessages) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("read %s: %w", stream, err)
+			}
+			got++
+			from = m.Sequence + 1
+			if !visit(m) {
+				return nil
+			}
+		}
+		if got < readBatch {
+			return nil
+		}
+	}
+}
