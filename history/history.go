@@ -272,18 +272,18 @@ func Attempts(ctx context.Context, js jetstream.JetStream, eventID string, limit
 		return nil, false, errors.New("bad event id")
 	}
 	limit = clamp(limit)
-	err = stream.ReadSubject(ctx, js, StreamAttempts, "sengo.attempts.*."+eventID, func(m *jetstream.RawStreamMsg) bool {
+	err = stream.ScanFrom(ctx, js, StreamAttempts, []string{"sengo.attempts.*." + eventID}, stream.From{}, func(m jetstream.Msg, _ *jetstream.MsgMetadata) (bool, error) {
 		if len(out) == limit {
 			more = true
-			return false
+			return false, nil
 		}
 		var a Attempt
-		if err := json.Unmarshal(m.Data, &a); err != nil {
-			return true // not ours to fail a read over
+		if err := json.Unmarshal(m.Data(), &a); err != nil {
+			return true, nil // not ours to fail a read over
 		}
 		out = append(out, a)
-		return true
-	})
+		return true, nil
+	}, nil)
 	return out, more, err
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
@@ -12,13 +13,20 @@ import (
 // readBatch is how many messages one direct get of ReadSubject asks for.
 const readBatch = 256
 
-// ReadSubject reads the messages of stream on subject (wildcards allowed)
-// oldest first, until visit returns false or none is left, with batched
-// direct gets: the server finds them from its subject index, one request
-// per readBatch messages, and no consumer is created. For the few
-// messages of one transaction or one event, where a consumer's creation,
-// its info and its deletion would be three requests more.
+// ReadSubject reads the messages of stream on one literal subject, oldest
+// first, until visit returns false or none is left, with batched direct
+// gets: the server finds them from its subject index (which knows the
+// subject's first and last message), one request per readBatch messages,
+// and no consumer is created. For the few messages of one transaction,
+// where a consumer's creation, its info and its deletion would be three
+// requests more. Not for wildcards: a batch that asks for more than is
+// left makes the server look for further matches to the end of the
+// stream (measured: a story's p50 4 → 101 ms with a million events), where
+// a consumer knows from the start how many match (use ScanFrom).
 func ReadSubject(ctx context.Context, js jetstream.JetStream, stream, subject string, visit func(*jetstream.RawStreamMsg) bool) error {
+	if strings.ContainsAny(subject, "*>") {
+		return fmt.Errorf("read %s: %q is not a literal subject", stream, subject)
+	}
 	from := uint64(1)
 	for {
 		msgs, err := jetstreamext.GetBatch(ctx, js, stream, readBatch, jetstreamext.GetBatchSeq(from), jetstreamext.GetBatchSubject(subject))

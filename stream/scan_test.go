@@ -129,8 +129,11 @@ func TestReadSubject(t *testing.T) {
 		t.Fatalf("read %d messages of t.inbox.b (%v…), want 300 from 2 to 600", len(seqs), seqs[:min(3, len(seqs))])
 	}
 	n := 0
-	if err := stream.ReadSubject(ctx, js, "T_INBOX", "t.inbox.*", func(*jetstream.RawStreamMsg) bool { n++; return n < 5 }); err != nil || n != 5 {
+	if err := stream.ReadSubject(ctx, js, "T_INBOX", "t.inbox.a", func(*jetstream.RawStreamMsg) bool { n++; return n < 5 }); err != nil || n != 5 {
 		t.Fatalf("stopped read: %d, %v", n, err)
+	}
+	if err := stream.ReadSubject(ctx, js, "T_INBOX", "t.inbox.*", func(*jetstream.RawStreamMsg) bool { return true }); err == nil {
+		t.Fatal("a wildcard read accepted")
 	}
 	if err := stream.ReadSubject(ctx, js, "T_INBOX", "t.inbox.none", func(*jetstream.RawStreamMsg) bool { t.Fatal("a message for no subject"); return false }); err != nil {
 		t.Fatalf("empty read: %v", err)
