@@ -3,7 +3,6 @@ package dispatcher
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -124,7 +123,7 @@ func removeRedriven(ctx context.Context, js jetstream.JetStream, msg jetstream.M
 	if err != nil {
 		return err
 	}
-	if err := s.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+	if _, err := stream.Delete(ctx, s, seq); err != nil {
 		return fmt.Errorf("remove redriven dead letter %d: %w", seq, err)
 	}
 	return nil
@@ -138,10 +137,13 @@ func Purge(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int
 	}
 	n := 0
 	for _, e := range entries {
-		if err := s.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		deleted, err := stream.Delete(ctx, s, e.Seq)
+		if err != nil {
 			return n, fmt.Errorf("purge %d: %w", e.Seq, err)
 		}
-		n++
+		if deleted { // else removed meanwhile (a redrive settled, another purge)
+			n++
+		}
 	}
 	return n, nil
 }

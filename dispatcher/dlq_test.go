@@ -127,3 +127,26 @@ func TestReplayWindow(t *testing.T) {
 		t.Fatal("unknown endpoint accepted")
 	}
 }
+
+// A purge with a stale list (entries removed meanwhile by a redrive or
+// another purge) removes what is left, counts only that, and does not
+// fail on the ones already gone.
+func TestPurgeStaleEntries(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	for _, tx := range []string{"tx-a", "tx-b"} {
+		if _, err := h.js.Publish(ctx, event.DLQSubject("orders"), []byte(`{"event":{"id":"`+tx+`"}}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries, err := ListDLQ(ctx, h.js, DLQFilter{})
+	if err != nil || len(entries) != 2 {
+		t.Fatalf("list: %v %d", err, len(entries))
+	}
+	if n, err := Purge(ctx, h.js, entries[:1]); err != nil || n != 1 {
+		t.Fatalf("first purge: %d, %v", n, err)
+	}
+	if n, err := Purge(ctx, h.js, entries); err != nil || n != 1 {
+		t.Fatalf("purge of a stale list: %d, %v; want 1 and no error", n, err)
+	}
+}

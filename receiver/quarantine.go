@@ -169,7 +169,7 @@ func redrive(ctx context.Context, js jetstream.JetStream, entries []QuarantineEn
 		if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("redrive-q-"+strconv.FormatUint(e.Seq, 10)), jetstream.WithExpectStream(event.StreamInbox)); err != nil {
 			return n, fmt.Errorf("redrive quarantined %d: %w", e.Seq, err)
 		}
-		if err := s.DeleteMsg(ctx, e.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		if _, err := stream.Delete(ctx, s, e.Seq); err != nil {
 			return n, fmt.Errorf("remove redriven %d: %w", e.Seq, err)
 		}
 		n++
@@ -187,14 +187,13 @@ func PurgeQuarantine(ctx context.Context, js jetstream.JetStream, entries []Quar
 	}
 	n := 0
 	for _, e := range entries {
-		err := s.DeleteMsg(ctx, e.Seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue // redriven or purged meanwhile
-		}
+		deleted, err := stream.Delete(ctx, s, e.Seq)
 		if err != nil {
 			return n, fmt.Errorf("purge quarantined %d: %w", e.Seq, err)
 		}
-		n++
+		if deleted { // else redriven or purged meanwhile
+			n++
+		}
 	}
 	return n, nil
 }

@@ -52,3 +52,20 @@ func ReadSubject(ctx context.Context, js jetstream.JetStream, stream, subject st
 		}
 	}
 }
+
+// Delete removes the message at seq from s. It reports false, and no
+// error, when the message is already gone (removed meanwhile): nats.go
+// does not answer jetstream.ErrMsgNotFound for a delete but
+// ErrMsgDeleteUnsuccessful with the server's error 10057, "no message found".
+func Delete(ctx context.Context, s jetstream.Stream, seq uint64) (bool, error) {
+	err := s.DeleteMsg(ctx, seq)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrMsgNotFound),
+		// nats.go keeps only the text of the server's answer.
+		errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) && strings.Contains(err.Error(), "err_code=10057") && strings.Contains(err.Error(), "no message found"):
+		return false, nil
+	}
+	return false, err
+}
