@@ -288,32 +288,45 @@ func Attempts(ctx context.Context, js jetstream.JetStream, eventID string, limit
 }
 
 // Lookup returns the transactions merchantRef names in project, at most
-// limit. One batched direct get of the last message per subject under the
-// merchantRef's prefix (each pair is its own subject, kept once): the
-// server answers from its subject index, with no consumer and no scan of
-// the stream, however many references it holds.
-func Lookup(ctx context.Context, js jetstream.JetStream, project, merchantRef string, limit int) (out []Ref, err error) {
+// limit. First one batched direct get of the last message per subject
+// under the merchantRef's prefix (each pair is its own subject, kept
+// once): the server answers from its subject index, with no consumer and
+// no scan. The server refuses that get when more than 1,024 subjects
+// match, and the client library reads some failures (a timeout) as "no
+// messages", so when it fails or finds nothing the lookup scans the
+// prefix with a consumer, as before: a miss costs the scan too.
+func Lookup(ctx context.Context, js jetstream.JetStream, project, merchantRef string, limit int) ([]Ref, error) {
 	limit = clamp(limit)
-	msgs, err := jetstreamext.GetLastMsgsFor(ctx, js, StreamRefs, []string{refPrefix(project, merchantRef) + ".*"}, jetstreamext.GetLastMsgsBatchSize(limit))
-	if err != nil {
-		return nil, fmt.Errorf("look up a merchantRef: %w", err)
-	}
-	for m, err := range msgs {
-		if errors.Is(err, jetstreamext.ErrNoMessages) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("look up a merchantRef: %w", err)
-		}
+	keep := func(out []Ref, data []byte) ([]Ref, bool) {
 		var r Ref
-		if err := json.Unmarshal(m.Data, &r); err != nil || r.MerchantRef != merchantRef || r.Project != project {
-			continue // a hash collision or not ours
+		if err := json.Unmarshal(data, &r); err != nil || r.MerchantRef != merchantRef || r.Project != project {
+			return out, true // a hash collision or not ours
 		}
-		if out = append(out, r); len(out) == limit {
-			break
+		out = append(out, r)
+		return out, len(out) < limit
+	}
+	var out []Ref
+	if msgs, err := jetstreamext.GetLastMsgsFor(ctx, js, StreamRefs, []string{refPrefix(project, merchantRef) + ".*"}, jetstreamext.GetLastMsgsBatchSize(limit)); err == nil {
+		for m, err := range msgs {
+			if err != nil {
+				out = nil // failed part way: the scan below decides
+				break
+			}
+			var more bool
+			if out, more = keep(out, m.Data); !more {
+				break
+			}
+		}
+		if len(out) > 0 {
+			return out, nil
 		}
 	}
-	return out, nil
+	err := stream.ScanFrom(ctx, js, StreamRefs, []string{refPrefix(project, merchantRef) + ".*"}, stream.From{}, func(m jetstream.Msg, _ *jetstream.MsgMetadata) (bool, error) {
+		var more bool
+		out, more = keep(out, m.Data())
+		return more, nil
+	}, nil)
+	return out, err
 }
 
 func clamp(limit int) int {

@@ -2,6 +2,7 @@ package history
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -100,5 +101,27 @@ func TestWriterIsBoundedWhenTheStoreStops(t *testing.T) {
 	}
 	if n := failed.Load(); n < 32 {
 		t.Errorf("%d records counted failed at once, want at least the 32 past MaxPending", n)
+	}
+}
+
+// A merchantRef naming more transactions than the server answers in one
+// batched get (1,024) still finds the first limit of them.
+func TestLookupOfAReferenceWithManyTransactions(t *testing.T) {
+	_, js := setup(t)
+	ctx := context.Background()
+	for i := 0; i < 1100; i++ {
+		id := fmt.Sprintf("tx-%d", i)
+		b, _ := json.Marshal(Ref{Project: "main", MerchantRef: "INV-MANY", TransactionID: id})
+		if _, err := js.PublishAsync(refPrefix("main", "INV-MANY")+"."+hash(id), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-js.PublishAsyncComplete()
+	refs, err := Lookup(ctx, js, "main", "INV-MANY", 20)
+	if err != nil || len(refs) != 20 {
+		t.Fatalf("lookup: %d refs, %v; want 20", len(refs), err)
+	}
+	if refs, err := Lookup(ctx, js, "main", "INV-NONE", 20); err != nil || len(refs) != 0 {
+		t.Fatalf("lookup of nothing: %v, %v", refs, err)
 	}
 }
