@@ -56,6 +56,9 @@ func ScanFrom(ctx context.Context, js jetstream.JetStream, stream string, subjec
 	// message (a one-by-one Next costs a round trip each: 0.3 ms, so
 	// minutes for a million events).
 	for remaining > 0 {
+		if err := ctx.Err(); err != nil { // Fetch takes no context
+			return fmt.Errorf("scan %s: %w", stream, err)
+		}
 		batch, err := c.Fetch(int(min(remaining, scanBatch)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return fmt.Errorf("scan %s: %w", stream, err)
@@ -115,6 +118,11 @@ const lingerLimit = 30 * time.Second
 
 func open(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.OrderedConsumerConfig) (jetstream.Consumer, error) {
 	cfg.InactiveThreshold = lingerLimit
+	// The ordered consumer recreates its server consumer on every fetch
+	// and, by default, retries that forever whatever the caller's
+	// deadline: a stream deleted mid-scan, or a store refusing consumers,
+	// would hold the scan (a console page) for good.
+	cfg.MaxResetAttempts = 2
 	return js.OrderedConsumer(ctx, stream, cfg)
 }
 

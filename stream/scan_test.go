@@ -2,6 +2,7 @@ package stream_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -140,5 +141,46 @@ func TestReadSubject(t *testing.T) {
 	}
 	if _, err := js.Stream(ctx, "T_INBOX"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A scan ends with its caller's context, and when its stream goes away
+// mid-scan it fails instead of retrying for good.
+func TestScanEndsWithItsContextOrItsStream(t *testing.T) {
+	_, js := startWithSpec(t)
+	ctx := context.Background()
+	for i := 0; i < 1000; i++ {
+		if _, err := js.PublishAsync("t.inbox.x", []byte("m")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-js.PublishAsyncComplete()
+	cctx, cancel := context.WithCancel(ctx)
+	read := 0
+	err := stream.Scan(cctx, js, "T_INBOX", "t.inbox.>", time.Time{}, func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error) {
+		if read++; read == 10 {
+			cancel()
+		}
+		return true, nil
+	}, nil)
+	if err == nil || read >= 1000 {
+		t.Fatalf("scan after cancel: read %d, %v", read, err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- stream.Scan(ctx, js, "T_INBOX", "t.inbox.>", time.Time{}, func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error) {
+			if err := js.DeleteStream(ctx, "T_INBOX"); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+				return false, err
+			}
+			return true, nil
+		}, nil)
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a scan whose stream was deleted returned no error")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a scan whose stream was deleted still runs after 30 s")
 	}
 }
