@@ -3,6 +3,7 @@ package admin
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"embed"
@@ -56,9 +57,10 @@ type session struct {
 
 // BucketSessions keeps the console's sign-ins in JetStream, so that every
 // relay behind one address knows them and a restart signs no one out.
-// It holds a hash of each session id with its expiry and the audit name,
-// never the id or its CSRF token (derived from the id): reading the store
-// signs no one in.
+// It holds an HMAC of each session id under the admin token with its
+// expiry and the audit name, never the id or its CSRF token (derived from
+// the id): reading the store signs no one in, writing it neither without
+// the admin token, and a new admin token ends every session.
 const BucketSessions = "SENGO_CONSOLE_SESSIONS"
 
 // SessionsBucket is the bucket the relay provisions for the console.
@@ -78,8 +80,12 @@ type sessionRecord struct {
 // sessions are the console's sign-ins in BucketSessions.
 type sessions struct {
 	js jetstream.JetStream
-	mu sync.Mutex
-	kv jetstream.KeyValue
+	// secret keys the store's keys and the CSRF tokens: the admin token,
+	// so that writing the bucket signs no one in without it, and a new
+	// token ends every session at once.
+	secret []byte
+	mu     sync.Mutex
+	kv     jetstream.KeyValue
 }
 
 func (ss *sessions) bucket(ctx context.Context) (jetstream.KeyValue, error) {
@@ -95,17 +101,21 @@ func (ss *sessions) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	return ss.kv, nil
 }
 
-// sessionKey is the store's key for a session id: its hash.
-func sessionKey(id string) string {
-	sum := sha256.Sum256([]byte(id))
-	return hex.EncodeToString(sum[:])
+// key is the store's key for a session id: its HMAC under the secret.
+func (ss *sessions) key(id string) string {
+	return hex.EncodeToString(ss.mac("session\x00" + id))
 }
 
 // csrfOf is the session's CSRF token, derived from its id so that it is
 // never stored.
-func csrfOf(id string) string {
-	sum := sha256.Sum256([]byte("sengo-relay console csrf\x00" + id))
-	return base64.RawURLEncoding.EncodeToString(sum[:])
+func (ss *sessions) csrfOf(id string) string {
+	return base64.RawURLEncoding.EncodeToString(ss.mac("csrf\x00" + id))
+}
+
+func (ss *sessions) mac(s string) []byte {
+	m := hmac.New(sha256.New, ss.secret)
+	m.Write([]byte(s))
+	return m.Sum(nil)
 }
 
 // add stores a new session for who and returns its id.
@@ -116,9 +126,9 @@ func (ss *sessions) add(ctx context.Context, who string) (string, *session, erro
 	}
 	id := randomToken()
 	sum := sha256.Sum256([]byte(id))
-	s := &session{csrf: csrfOf(id), expires: time.Now().Add(sessionTTL), who: "session:" + hex.EncodeToString(sum[:4]) + who}
+	s := &session{csrf: ss.csrfOf(id), expires: time.Now().Add(sessionTTL), who: "session:" + hex.EncodeToString(sum[:4]) + who}
 	b, _ := json.Marshal(sessionRecord{Expires: s.expires, Who: s.who})
-	if _, err := kv.Create(ctx, sessionKey(id), b); err != nil {
+	if _, err := kv.Create(ctx, ss.key(id), b); err != nil {
 		return "", nil, fmt.Errorf("console sessions: %w", err)
 	}
 	return id, s, nil
@@ -133,7 +143,7 @@ func (ss *sessions) get(ctx context.Context, id string) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	e, err := kv.Get(ctx, sessionKey(id))
+	e, err := kv.Get(ctx, ss.key(id))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, nil
 	}
@@ -144,7 +154,7 @@ func (ss *sessions) get(ctx context.Context, id string) (*session, error) {
 	if json.Unmarshal(e.Value(), &r) != nil || time.Now().After(r.Expires) {
 		return nil, nil
 	}
-	return &session{csrf: csrfOf(id), expires: r.Expires, who: r.Who}, nil
+	return &session{csrf: ss.csrfOf(id), expires: r.Expires, who: r.Who}, nil
 }
 
 // drop ends the session with id on every relay.
@@ -156,7 +166,7 @@ func (ss *sessions) drop(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	return kv.Delete(ctx, sessionKey(id))
+	return kv.Delete(ctx, ss.key(id))
 }
 
 func randomToken() string {
@@ -221,7 +231,7 @@ func (s *Server) mountConsole(e *echo.Echo) {
 	c := &console{
 		s:        s,
 		tmpl:     template.Must(template.New("").Funcs(consoleFuncs).ParseFS(consoleFS, "console/*.html")),
-		sessions: sessions{js: s.cfg.JetStream},
+		sessions: sessions{js: s.cfg.JetStream, secret: []byte(s.cfg.Token)},
 		logins:   rate.NewLimiter(rate.Every(200*time.Millisecond), 10),
 		audit:    s.cfg.Logger.With().Bool("audit", true).Logger(),
 	}

@@ -246,6 +246,16 @@ func TestConsoleSessionIsSharedByRelays(t *testing.T) {
 			t.Errorf("the session store holds the session id or its CSRF token: %s %s", m.Subject, m.Data)
 		}
 	}
+	// A relay started with a new admin token (after a leak, say) does not
+	// take the sessions signed in under the old one.
+	rotated := New(Config{Token: token + "-rotated", JetStream: js, Projects: []string{"main"}, Logger: zerolog.Nop()})
+	hs3 := httptest.NewServer(rotated.Handler())
+	t.Cleanup(func() { hs3.Close(); rotated.Close() })
+	c3 := browser(t)
+	c3.Jar.SetCookies(mustURL(t, hs3.URL+"/console"), ck)
+	if resp, _ := c3.Get(hs3.URL + "/console/"); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("a relay with a new admin token answers %d to a session of the old one", resp.StatusCode)
+	}
 	// Signed out at the other relay: the first one refuses the cookie too.
 	if resp, _ := c2.PostForm(hs2.URL+"/console/logout", url.Values{"_csrf": {csrf}}); resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("sign out at the other relay: %d", resp.StatusCode)
