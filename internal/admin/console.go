@@ -771,6 +771,7 @@ func (cn *console) dlqConfirm(c echo.Context) error {
 	if f.Endpoint != "" {
 		d.Fields["endpoint"] = f.Endpoint
 	}
+	setUpTo(d.Fields, entries, func(e dispatcher.DLQEntry) uint64 { return e.Seq })
 	if action == "redrive" {
 		d.Question, d.Verb = fmt.Sprintf("Redrive %d dead letter(s)?", len(entries)), "Redrive"
 		d.Detail = "Each goes back to its endpoint with a fresh retry budget and the same webhook-id (" + what + "). It stays listed until delivered."
@@ -793,6 +794,9 @@ func (cn *console) dlqAct(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if entries, err = upTo(c, entries, func(e dispatcher.DLQEntry) uint64 { return e.Seq }); err != nil {
+		return err
+	}
 	var n int
 	if action == "redrive" {
 		n, err = dispatcher.Redrive(ctx, cn.s.cfg.JetStream, entries)
@@ -804,6 +808,37 @@ func (cn *console) dlqAct(c echo.Context) error {
 		return err
 	}
 	return c.Redirect(http.StatusSeeOther, "/console/dlq?done="+url.QueryEscape(fmt.Sprintf("%s: %d dead letter(s).", action, n)))
+}
+
+// setUpTo puts in a confirmation form the highest sequence it counted, so
+// that the action touches only what the operator was shown: a dead letter
+// or a quarantined notification stored after the count is left alone.
+func setUpTo[E any](fields map[string]string, entries []E, seq func(E) uint64) {
+	var top uint64
+	for _, e := range entries {
+		top = max(top, seq(e))
+	}
+	fields["upto"] = strconv.FormatUint(top, 10)
+}
+
+// upTo keeps the entries the confirmation counted (up to its "upto"; all
+// of them for a form without one).
+func upTo[E any](c echo.Context, entries []E, seq func(E) uint64) ([]E, error) {
+	v := c.FormValue("upto")
+	if v == "" {
+		return entries, nil
+	}
+	top, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return nil, echo.NewHTTPError(http.StatusBadRequest, "upto must be a sequence")
+	}
+	out := entries[:0:0]
+	for _, e := range entries {
+		if seq(e) <= top {
+			out = append(out, e)
+		}
+	}
+	return out, nil
 }
 
 func (cn *console) quarantineFilter(c echo.Context) (receiver.QuarantineFilter, error) {
@@ -849,6 +884,7 @@ func (cn *console) quarantineConfirm(c echo.Context) error {
 	d := confirmData{Action: "/console/quarantine/" + action, Back: "/console/quarantine", Count: len(entries), Verb: "Redrive", Fields: map[string]string{},
 		Question: fmt.Sprintf("Redrive %d quarantined notification(s)?", len(entries)),
 		Detail:   "They go back into the inbox and are processed again, confirmed with SenGo's API like any notification."}
+	setUpTo(d.Fields, entries, func(e receiver.QuarantineEntry) uint64 { return e.Seq })
 	if action == "purge" {
 		d.Verb, d.Danger = "Purge", true
 		d.Question = fmt.Sprintf("Purge %d quarantined notification(s) for good?", len(entries))
@@ -869,6 +905,9 @@ func (cn *console) quarantineAct(c echo.Context) error {
 	defer cancel()
 	entries, err := receiver.ListQuarantine(ctx, cn.s.cfg.JetStream, f)
 	if err != nil {
+		return err
+	}
+	if entries, err = upTo(c, entries, func(e receiver.QuarantineEntry) uint64 { return e.Seq }); err != nil {
 		return err
 	}
 	action := strings.TrimPrefix(c.Path(), "/console/quarantine/")

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
@@ -294,5 +295,44 @@ func TestConsoleSessionStoreRefusing(t *testing.T) {
 	restore()
 	if resp, _ := c.Get(hs.URL + "/console/"); resp.StatusCode != 200 {
 		t.Errorf("the session after a refused sign-out: %d, want it still live", resp.StatusCode)
+	}
+}
+
+// A purge confirmed in the console touches only what its confirmation
+// counted: a notification quarantined after the count stays.
+func TestConsoleActsOnWhatItCounted(t *testing.T) {
+	hs, js := newServer(t)
+	ctx := t.Context()
+	quarantine := func(id string) {
+		msg := &nats.Msg{Subject: event.QuarantineTxSubject("main", id), Data: []byte(`{"id":"` + id + `"}`), Header: nats.Header{event.HeaderProject: []string{"main"}}}
+		if _, err := js.PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	quarantine("tx-1")
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	resp, err := c.Get(hs.URL + "/console/quarantine/confirm?action=purge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`name="upto" value="(\d+)"`).FindStringSubmatch(string(b))
+	if m == nil || !strings.Contains(string(b), "Purge 1 quarantined notification(s) for good?") {
+		t.Fatalf("confirmation without its count:\n%s", b)
+	}
+	quarantine("tx-2") // after the count
+	resp, err = c.PostForm(hs.URL+"/console/quarantine/purge", url.Values{"_csrf": {csrf}, "upto": {m[1]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther || !strings.Contains(resp.Header.Get("Location"), "purge%3A+1+") {
+		t.Fatalf("purge: %d → %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	left := natstest.Messages(t, js, event.StreamQuarantine)
+	if len(left) != 1 || string(left[0].Data) != `{"id":"tx-2"}` {
+		t.Fatalf("left in quarantine: %d messages", len(left))
 	}
 }
