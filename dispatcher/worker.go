@@ -21,6 +21,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/tracing"
+	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // Replay headers on SENGO_REPLAY messages.
@@ -169,19 +170,25 @@ func ackWait(ep Endpoint) time.Duration { return ep.Timeout + 15*time.Second }
 // is bounded by the endpoint timeout) and returns.
 func (w *Worker) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	pull := func(c jetstream.Consumer, replayed bool) {
+	// The workers waiting at one moment share one pull request
+	// (stream.Puller): one per event cost the server a message each.
+	live, replay := stream.NewPuller(w.live, time.Second), stream.NewPuller(w.replay, time.Second)
+	wg.Add(2)
+	go func() { defer wg.Done(); live.Run(ctx) }()
+	go func() { defer wg.Done(); replay.Run(ctx) }()
+	pull := func(p *stream.Puller, replayed bool) {
 		defer wg.Done()
 		for ctx.Err() == nil {
-			w.pullOne(ctx, c, replayed)
+			w.pullOne(ctx, p, replayed)
 		}
 	}
 	for range w.ep.Concurrency {
 		wg.Add(1)
-		go pull(w.live, false)
+		go pull(live, false)
 	}
 	for range max(1, w.ep.Concurrency/2) {
 		wg.Add(1)
-		go pull(w.replay, true)
+		go pull(replay, true)
 	}
 	if w.maxAge > 0 {
 		wg.Add(1)
@@ -262,7 +269,7 @@ func (w *Worker) Pending(ctx context.Context) (live, replay uint64, ackFloor uin
 
 // pullOne waits for the breaker and the rate limit, pulls at most one
 // message and handles it.
-func (w *Worker) pullOne(ctx context.Context, c jetstream.Consumer, replayed bool) {
+func (w *Worker) pullOne(ctx context.Context, p *stream.Puller, replayed bool) {
 	if w.hold.Load() != nil {
 		w.cfg.Metrics.HeldWaits.WithLabelValues(w.ep.Name).Inc()
 		sleepCtx(ctx, holdPoll) // held by an operator: events wait in the stream
@@ -278,13 +285,13 @@ func (w *Worker) pullOne(ctx context.Context, c jetstream.Consumer, replayed boo
 			return
 		}
 	}
-	msg, err := c.Next(jetstream.FetchMaxWait(time.Second))
+	msg, err := p.Next()
 	if err != nil {
 		w.breaker.release(probe)
 		// A pull that expires empty is idle, not a failure: nats.go reports
 		// it as ErrNoMessages or, when the server's answer races the
 		// client's deadline, as nats.ErrTimeout.
-		idle := errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+		idle := errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, stream.ErrPullerStopped)
 		if !idle && ctx.Err() == nil {
 			w.log.Warn().Err(err).Msg("pull failed")
 			sleepCtx(ctx, time.Second) // pacing while NATS is unavailable

@@ -20,6 +20,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/tracing"
 	"github.com/sengo-relay/sengo-relay/sengo"
+	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // IntakeConsumer is the durable consumer name on SENGO_INBOX shared by
@@ -126,11 +127,15 @@ func (in *Intake) Run(ctx context.Context, drainTimeout time.Duration) error {
 	// ack_wait covers its own processing only and it is never redelivered
 	// to a second worker (and confirmed with SenGo twice) while the first
 	// still has it.
+	// The workers waiting at one moment share one pull request
+	// (stream.Puller): one per notification cost the server a message each.
 	var busy sync.RWMutex // each notification in progress holds a read lock
+	puller := stream.NewPuller(in.cons, 5*time.Second)
+	go puller.Run(ctx)
 	for range in.cfg.Workers {
 		go func() {
 			for ctx.Err() == nil {
-				m, err := in.cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+				m, err := puller.Next()
 				switch {
 				case err == nil:
 					busy.RLock()
@@ -140,7 +145,7 @@ func (in *Intake) Run(ctx context.Context, drainTimeout time.Duration) error {
 						in.handle(m)
 					}
 					busy.RUnlock()
-				case errors.Is(err, jetstream.ErrNoMessages), errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+				case errors.Is(err, jetstream.ErrNoMessages), errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout), errors.Is(err, stream.ErrPullerStopped):
 					// nothing to do: not an error
 				case ctx.Err() == nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrConnectionDraining):
 					in.log.Warn().Err(err).Msg("intake pull failed; retrying")
