@@ -363,27 +363,53 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 		span.SetAttributes(attribute.String("sengo.transaction_id", tx.ID), attribute.String("sengo.status", string(tx.Status)))
 	}
 	key := txKey(project, tx.ID)
-	// One read of the transaction's state serves the receipt-order check,
-	// the leftover outbox and the first compare-and-set attempt.
-	cur, err := in.read(ctx, key)
-	if err != nil {
-		r.err = err
-		return r
+	meta, _ := m.Metadata()
+	firstTry := meta != nil && meta.NumDelivered == 1 && m.Headers().Get(event.HeaderSource) == SourceCallback
+	var cur *txRead
+	order := orderUnknown
+	if firstTry {
+		// A callback on its first delivery: no leftover outbox needs its
+		// state before confirmation, and the transaction is usually new.
+		// Unless the inbox holds an earlier notification of it, its state
+		// is taken to be empty without reading it: the compare-and-set
+		// creates the entry, and fails (then reads and decides again) if
+		// one exists after all. A read saved per new transaction.
+		if tx.Status.Final() {
+			if order, err = in.earlierPending(ctx, m, project, tx, key, acceptedAt); err != nil {
+				r.err = err
+				return r
+			}
+			if order == orderNone {
+				cur = &txRead{assumed: true}
+			}
+		} else {
+			cur = &txRead{assumed: true} // a pending never waits for receipt order
+		}
 	}
-	if tx.Status.Final() && cur.state.Status == "" {
-		// Nothing applied yet: a pending received before this final status
-		// must go first. (Once a status is applied, no wait is needed.)
-		wait, err := in.earlierPending(ctx, m, project, tx, key, acceptedAt)
-		if err != nil {
+	if cur == nil {
+		// One read of the transaction's state serves the receipt-order
+		// check, the leftover outbox and the first compare-and-set attempt.
+		if cur, err = in.read(ctx, key); err != nil {
 			r.err = err
 			return r
 		}
-		if wait {
-			r.wait = true
-			return r
+		if tx.Status.Final() && cur.state.Status == "" {
+			// Nothing applied yet: a pending received before this final
+			// status must go first. (Once a status is applied, no wait is
+			// needed.)
+			if order == orderUnknown {
+				if order, err = in.earlierPending(ctx, m, project, tx, key, acceptedAt); err != nil {
+					r.err = err
+					return r
+				}
+			}
+			if order == orderPendingFirst {
+				r.wait = true
+				return r
+			}
 		}
 	}
-	if meta, err := m.Metadata(); err == nil && meta.NumDelivered > 1 || m.Headers().Get(event.HeaderSource) != SourceCallback {
+	if !firstTry {
 		// A redelivery (or a notification fed by reconciliation or a
 		// redrive) may find an event decided earlier but never published:
 		// publish it before asking SenGo again, so a confirmation that
@@ -502,44 +528,61 @@ const (
 	orderScan = 16
 )
 
-// earlierPending reports whether a pending of the same transaction,
-// received before m (a lower inbox sequence), has not been applied yet
-// (the caller calls it only while the transaction has no status applied):
-// then m, a final status, must wait, so that "pending then success" is
-// published in the order SenGo sent it even when the pending's processing
-// was delayed (a failed write, a redelivery after a crash). It costs one
-// stream read when the transaction has no earlier notification, and none
-// once a status of the transaction is applied.
-func (in *Intake) earlierPending(ctx context.Context, m jetstream.Msg, project string, tx sengo.Transaction, key string, receivedAt time.Time) (bool, error) {
+// receiptOrder is what the inbox holds of a transaction before a
+// notification.
+type receiptOrder int
+
+const (
+	orderUnknown      receiptOrder = iota // not looked at
+	orderNone                             // no earlier notification of the transaction
+	orderEarlier                          // earlier ones, no pending among them (or too old to wait for)
+	orderPendingFirst                     // a pending received earlier
+)
+
+// earlierPending reads the notifications of m's transaction received
+// before m (a lower inbox sequence). A final status finds orderPendingFirst
+// when one of them is a pending; if the transaction has no status applied
+// yet (the caller's check), the final status must wait, so that "pending
+// then success" is published in the order SenGo sent it even when the
+// pending's processing was delayed (a failed write, a redelivery after a
+// crash). It costs one stream read when the transaction has no earlier
+// notification.
+func (in *Intake) earlierPending(ctx context.Context, m jetstream.Msg, project string, tx sengo.Transaction, key string, receivedAt time.Time) (receiptOrder, error) {
 	meta, err := m.Metadata()
 	if err != nil || time.Since(receivedAt) > orderWaitMax {
-		return false, nil
+		return orderEarlier, nil // nothing to wait for: state is read, not assumed
 	}
 	subject := event.InboxTxSubject(project, tx.ID)
 	from := uint64(1)
+	found := orderNone
 	for range orderScan {
 		em, err := in.inbox.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return false, nil
+			return found, nil
 		}
 		if err != nil {
-			return false, fmt.Errorf("read earlier notifications of %s: %w", key, err)
+			return orderUnknown, fmt.Errorf("read earlier notifications of %s: %w", key, err)
 		}
 		if em.Sequence >= meta.Sequence.Stream {
-			return false, nil
+			return found, nil
 		}
+		found = orderEarlier
 		if et, perr := sengo.ParseCallback(em.Data); perr == nil && et.Status == event.StatusPending {
-			return true, nil // nothing applied yet (the caller checked): the pending goes first
+			return orderPendingFirst, nil
 		}
 		from = em.Sequence + 1
 	}
-	return false, nil
+	return found, nil
 }
 
 // txRead is a transaction's state as read, with its revision (0: no entry).
 type txRead struct {
 	state txState
 	rev   uint64
+	// assumed: not read, taken to be empty (a new transaction); a
+	// compare-and-set that finds an entry is then no conflict between
+	// workers, only the read it spared.
+	assumed bool
 }
 
 // read reads the state of the transaction at key.
@@ -596,7 +639,7 @@ func (in *Intake) applyFrom(ctx context.Context, key string, cur *txRead, change
 				return txState{}, 0, err
 			}
 		}
-		st, rev := cur.state, cur.rev // cur is consumed: change may modify its slices
+		st, rev, assumed := cur.state, cur.rev, cur.assumed // cur is consumed: change may modify its slices
 		cur = nil
 		changed, err := change(&st)
 		if err != nil || !changed {
@@ -612,7 +655,9 @@ func (in *Intake) applyFrom(ctx context.Context, key string, cur *txRead, change
 			rev, err = in.kv.Update(ctx, key, b, rev)
 		}
 		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			in.cfg.Metrics.KVConflicts.Inc()
+			if !assumed {
+				in.cfg.Metrics.KVConflicts.Inc()
+			}
 			continue
 		}
 		if err != nil {

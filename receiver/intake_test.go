@@ -345,3 +345,109 @@ func TestFlushAfterAConcurrentChange(t *testing.T) {
 		}
 	}
 }
+
+// A callback of a new transaction is decided without reading the
+// transaction's state first (it is taken to be empty when the inbox holds
+// no earlier notification of it, and the compare-and-set creates it): a
+// new success costs intake the receipt-order read, the create, the event,
+// the outbox clear, the ack and its share of a pull; a new pending the
+// same less the receipt-order read. Reading the state first cost one more.
+func TestNewTransactionIsNotReadFirst(t *testing.T) {
+	srv := natstest.Start(t)
+	nc, ijs := srv.Connect(t) // intake's own connection: its counters are intake's alone
+	h := newHarnessOn(t, srv, true, func(_ *Config, ic *IntakeConfig) { ic.JetStream = ijs })
+	const n = 20
+	for _, tt := range []struct {
+		status event.Status
+		max    float64
+	}{{event.StatusSuccess, 5.5}, {event.StatusPending, 4.5}} {
+		eventually(t, "intake idle", h.intakeIdle)
+		base := nc.Stats().OutMsgs
+		for i := range n {
+			if resp, _ := h.post("/callbacks/sengo/main", callback(fmt.Sprintf("new-%s-%d", tt.status, i), tt.status)); resp.StatusCode != 200 {
+				t.Fatalf("callback %d: %d", i, resp.StatusCode)
+			}
+			eventually(t, "intake idle", h.intakeIdle)
+		}
+		per := float64(nc.Stats().OutMsgs-base) / n
+		t.Logf("new %s: %.2f messages from intake per notification", tt.status, per)
+		if per > tt.max {
+			t.Errorf("new %s: %.2f messages from intake per notification, want at most %.1f", tt.status, per, tt.max)
+		}
+	}
+	if got := h.intakeCount("main", "published"); got != 2*n {
+		t.Fatalf("%v published, want %d", got, 2*n)
+	}
+}
+
+// A transaction whose state exists while the inbox holds no earlier
+// notification of it (they aged out of the inbox) is decided against its
+// real state: the create that took it for new fails, the state is read and
+// the notification decided again. A late pending and a conflicting final
+// status publish nothing.
+func TestStateFoundAfterTheInboxForgotIt(t *testing.T) {
+	h := newHarness(t, true)
+	ctx := context.Background()
+	h.post("/callbacks/sengo/main", callback("tx-old", event.StatusSuccess))
+	eventually(t, "intake idle", h.intakeIdle)
+	inbox, err := h.js.Stream(ctx, event.StreamInbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []event.Status{event.StatusExpired, event.StatusPending} {
+		if err := inbox.Purge(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if resp, _ := h.post("/callbacks/sengo/main", callback("tx-old", s)); resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", s, resp.StatusCode)
+		}
+		eventually(t, "intake idle", h.intakeIdle)
+	}
+	if got := statuses(h.events(), "tx-old"); fmt.Sprint(got) != "[success]" {
+		t.Fatalf("events %v, want [success]", got)
+	}
+	if h.intakeCount("main", "conflict") != 1 || h.intakeCount("main", "stale") != 1 {
+		t.Fatalf("conflict %v stale %v, want 1 and 1", h.intakeCount("main", "conflict"), h.intakeCount("main", "stale"))
+	}
+	if c := testutil.ToFloat64(h.metrics.KVConflicts); c != 0 {
+		t.Fatalf("%v compare-and-set conflicts counted: a create that took the transaction for new is no conflict between workers", c)
+	}
+}
+
+// holdPending is a Confirmer that agrees with every notification, holding
+// pendings until release is closed.
+type holdPending struct{ release chan struct{} }
+
+func (c holdPending) Confirm(ctx context.Context, _ string, tx sengo.Transaction) (sengo.Transaction, bool, error) {
+	if tx.Status == event.StatusPending {
+		select {
+		case <-c.release:
+		case <-ctx.Done():
+			return tx, false, ctx.Err()
+		}
+	}
+	return tx, true, nil
+}
+
+// A new transaction's success that overtakes its pending (still in
+// confirmation, its state not yet written) waits for it: the state the
+// success's first try does not read is empty, and the pending received
+// before it goes first all the same.
+func TestPendingStillConfirmingGoesFirst(t *testing.T) {
+	hold := holdPending{release: make(chan struct{})}
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) { ic.Confirmer = hold })
+	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-pc", event.StatusPending)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-pc", event.StatusSuccess)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the success waited", func() bool {
+		return h.intakeCount("main", "waiting") >= 1 || len(statuses(h.events(), "tx-pc")) > 0
+	})
+	close(hold.release)
+	eventually(t, "intake idle", h.intakeIdle)
+	if got := statuses(h.events(), "tx-pc"); fmt.Sprint(got) != "[pending success]" {
+		t.Fatalf("published %v, want [pending success]", got)
+	}
+}
