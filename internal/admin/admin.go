@@ -61,6 +61,9 @@ func New(cfg Config) *Server {
 	s := &Server{cfg: cfg, echo: echo.New(), jobs: map[string]*job{}, ctx: ctx, cancel: cancel}
 	e := s.echo
 	e.HideBanner, e.HidePort = true, true
+	// Audit lines name the peer that connected, never an address a request
+	// claims for itself in X-Forwarded-For or X-Real-IP.
+	e.IPExtractor = echo.ExtractIPDirect()
 	e.HTTPErrorHandler = func(err error, c echo.Context) {
 		status, body := http.StatusInternalServerError, errorMsg{Code: "internal_error", Message: "internal error"}
 		var he *echo.HTTPError
@@ -215,10 +218,10 @@ func (s *Server) endpointPause(c echo.Context) error {
 	} else {
 		err = dispatcher.Release(c.Request().Context(), s.cfg.JetStream, name)
 	}
+	s.auditAPI(c, map[bool]string{true: "pause", false: "resume"}[pause], "", 1, err)
 	if err != nil {
 		return err
 	}
-	s.cfg.Logger.Info().Bool("audit", true).Str("who", "admin API").Str("action", map[bool]string{true: "pause", false: "resume"}[pause]).Str("target", name).Msg("endpoint control")
 	return c.JSON(http.StatusOK, map[string]any{"endpoint": name, "held": pause})
 }
 
@@ -229,9 +232,45 @@ func (s *Server) endpointTest(c echo.Context) error {
 		return err
 	}
 	res := w.TestSend(c.Request().Context())
-	s.cfg.Logger.Info().Bool("audit", true).Str("who", "admin API").Str("action", "test send").Str("target", c.Param("name")).Bool("ok", res.OK).Msg("endpoint control")
+	var failed error
+	if !res.OK {
+		failed = errTestSendFailed
+	}
+	s.auditAPI(c, "test send", "", 1, failed)
 	return c.JSON(http.StatusOK, res)
 }
+
+// errTestSendFailed marks, in its audit line, a test send the endpoint
+// did not accept.
+var errTestSendFailed = errors.New("the endpoint did not accept the test event")
+
+// auditAPI writes the audit line of an admin API action: who (the admin
+// token's holder, known by the address that connected), what, on what
+// (the route's name parameter and the query, URL-encoded and bounded), how
+// many it touched, and how it failed. target, when given, goes before
+// the query.
+func (s *Server) auditAPI(c echo.Context, action, target string, n int, err error) {
+	ev := s.cfg.Logger.Info()
+	if err != nil {
+		ev = s.cfg.Logger.Warn().Err(err)
+	}
+	if target == "" {
+		target = c.Param("name")
+	}
+	if q := c.QueryParams().Encode(); q != "" {
+		if target != "" {
+			target += " "
+		}
+		target += q
+	}
+	if len(target) > maxAuditTarget {
+		target = target[:maxAuditTarget] + "…"
+	}
+	ev.Bool("audit", true).Str("who", "admin API@"+c.RealIP()).Str("action", action).Str("target", target).Int("count", n).Msg("admin action")
+}
+
+// maxAuditTarget bounds the target of an audit line, in bytes.
+const maxAuditTarget = 256
 
 // redactURL drops credentials and the query (which may hold a token).
 func redactURL(raw string) string {
@@ -303,41 +342,54 @@ func (s *Server) dlqShow(c echo.Context) error {
 
 // dlqRedrive redrives the dead letters selected by the query (or ?seq=N).
 func (s *Server) dlqRedrive(c echo.Context) error {
+	if err := needsFilter(c, "redrive_needs_filter", "select dead letters with a filter, or all=true to redrive every one"); err != nil {
+		return err
+	}
 	entries, err := s.selected(c)
 	if err != nil {
 		return err
 	}
 	n, err := dispatcher.Redrive(c.Request().Context(), s.cfg.JetStream, entries)
+	s.auditAPI(c, "redrive dead letters", "", n, err)
 	if err != nil {
 		return err
 	}
-	s.cfg.Logger.Info().Int("count", n).Msg("dead letters redriven")
 	return c.JSON(http.StatusOK, map[string]int{"redriven": n})
 }
 
 // dlqPurge deletes the dead letters selected by the query. An empty
 // query is refused: purging everything takes ?all=true.
 func (s *Server) dlqPurge(c echo.Context) error {
-	if _, err := dlqFilter(c); err != nil { // refuses empty and repeated filters
+	if err := needsFilter(c, "purge_needs_filter", "select dead letters with a filter, or all=true to purge every one"); err != nil {
 		return err
-	}
-	filtered := false
-	for _, name := range dlqParams {
-		filtered = filtered || name != "all" && c.QueryParam(name) != ""
-	}
-	if !filtered && c.QueryParam("all") != "true" {
-		return apiError(http.StatusBadRequest, "purge_needs_filter", "select dead letters with a filter, or all=true to purge every one")
 	}
 	entries, err := s.selected(c)
 	if err != nil {
 		return err
 	}
 	n, err := dispatcher.Purge(c.Request().Context(), s.cfg.JetStream, entries)
+	s.auditAPI(c, "purge dead letters", "", n, err)
 	if err != nil {
 		return err
 	}
-	s.cfg.Logger.Info().Int("count", n).Msg("dead letters purged")
 	return c.JSON(http.StatusOK, map[string]int{"purged": n})
+}
+
+// needsFilter refuses, with code, an action on dead letters that names
+// none: every one takes all=true. It also refuses bad and repeated filters.
+func needsFilter(c echo.Context, code, msg string) error {
+	if _, err := dlqFilter(c); err != nil {
+		return err
+	}
+	for _, name := range dlqParams {
+		if name != "all" && c.QueryParam(name) != "" {
+			return nil
+		}
+	}
+	if c.QueryParam("all") != "true" {
+		return apiError(http.StatusBadRequest, code, msg)
+	}
+	return nil
 }
 
 func (s *Server) selected(c echo.Context) ([]dispatcher.DLQEntry, error) {
@@ -394,6 +446,13 @@ func (s *Server) replayStart(c echo.Context) error {
 		return apiError(http.StatusBadRequest, "invalid_replay", err.Error())
 	}
 	j, started := s.startReplay(req)
+	action := "replay"
+	if req.DryRun {
+		action = "replay dry run"
+	}
+	if started {
+		s.auditAPI(c, action, j.Progress.Job, 0, nil)
+	}
 	if !started {
 		return c.JSON(http.StatusOK, &j) // already running
 	}
@@ -590,10 +649,10 @@ func (s *Server) quarantineRedrive(c echo.Context) error {
 		return err
 	}
 	n, err := receiver.RedriveQuarantine(c.Request().Context(), s.cfg.JetStream, entries)
+	s.auditAPI(c, "redrive quarantined", "", n, err)
 	if err != nil {
 		return err
 	}
-	s.cfg.Logger.Info().Int("count", n).Msg("quarantined notifications redriven")
 	return c.JSON(http.StatusOK, map[string]int{"redriven": n})
 }
 
@@ -612,9 +671,9 @@ func (s *Server) quarantinePurge(c echo.Context) error {
 		return err
 	}
 	n, err := receiver.PurgeQuarantine(c.Request().Context(), s.cfg.JetStream, entries)
+	s.auditAPI(c, "purge quarantined", "", n, err)
 	if err != nil {
 		return err
 	}
-	s.cfg.Logger.Info().Int("count", n).Msg("quarantined notifications purged")
 	return c.JSON(http.StatusOK, map[string]int{"purged": n})
 }

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +29,12 @@ const token = "admin-token-0123456789abcdef"
 
 func newServer(t *testing.T) (*httptest.Server, jetstream.JetStream) {
 	t.Helper()
+	return newServerLogging(t, zerolog.Nop())
+}
+
+// newServerLogging is newServer writing its log to log.
+func newServerLogging(t *testing.T, log zerolog.Logger) (*httptest.Server, jetstream.JetStream) {
+	t.Helper()
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
 	l := stream.Limits{MaxAge: time.Hour, Duplicates: time.Minute}
@@ -44,7 +52,7 @@ func newServer(t *testing.T) (*httptest.Server, jetstream.JetStream) {
 	}
 	a := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, Endpoints: []dispatcher.Endpoint{
 		{Name: "orders", URL: "https://user:pw@orders.example/hook?key=secret", FilterSubjects: []string{"sengo.events.>"}},
-	}, Logger: zerolog.Nop()})
+	}, Logger: log})
 	hs := httptest.NewServer(a.Handler())
 	t.Cleanup(func() { hs.Close(); a.Close() })
 	return hs, js
@@ -274,4 +282,92 @@ func TestAdminQuarantinePurge(t *testing.T) {
 	if code, body := call(t, hs, http.MethodDelete, "/admin/quarantine?all=true", "", token); code != 200 || !strings.Contains(body, `"purged":1`) {
 		t.Fatalf("purge all: %d %s", code, body)
 	}
+}
+
+// Every admin API action is an audit line: who (the address that
+// connected, never one the request claims in X-Forwarded-For), what, on
+// what, how many. Redriving dead letters names a filter, or all=true.
+func TestAdminActionsAreAudited(t *testing.T) {
+	var logs syncBuffer
+	hs, js := newServerLogging(t, zerolog.New(&logs))
+	ctx := context.Background()
+	msg := &nats.Msg{Subject: event.QuarantineTxSubject("main", "tx-1"), Data: []byte(`{"id":"tx-1"}`), Header: nats.Header{
+		event.HeaderProject: []string{"main"}, event.HeaderReason: []string{"not confirmed"},
+	}}
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	spoofed := func(method, path, body string) (int, string) {
+		req, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("X-Forwarded-For", "203.0.113.9")
+		req.Header.Set("X-Real-Ip", "203.0.113.9")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		checkResponse(t, req, resp, b)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := spoofed(http.MethodPost, "/admin/dlq/redrive", ""); code != 400 || !strings.Contains(body, `"code":"redrive_needs_filter"`) {
+		t.Fatalf("redrive without a filter: %d %s, want 400 redrive_needs_filter", code, body)
+	}
+	steps := []struct{ method, path, body, action, target string }{
+		{http.MethodPost, "/admin/dlq/redrive?endpoint=orders", "", "redrive dead letters", "endpoint=orders"},
+		{http.MethodDelete, "/admin/dlq?all=true", "", "purge dead letters", "all=true"},
+		{http.MethodPost, "/admin/quarantine/redrive?seq=1", "", "redrive quarantined", "seq=1"},
+		{http.MethodDelete, "/admin/quarantine?seq=1", "", "purge quarantined", "seq=1"},
+		{http.MethodPost, "/admin/replays", `{"endpoint":"orders","since":"1h","dryRun":true}`, "replay dry run", ""},
+	}
+	for _, st := range steps {
+		if code, body := spoofed(st.method, st.path, st.body); code >= 300 {
+			t.Fatalf("%s %s: %d %s", st.method, st.path, code, body)
+		}
+	}
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["audit"] == true {
+			lines = append(lines, m)
+		}
+	}
+	if len(lines) != len(steps) {
+		t.Fatalf("%d audit lines, want %d:\n%s", len(lines), len(steps), logs.String())
+	}
+	for i, st := range steps {
+		l := lines[i]
+		if l["who"] != "admin API@127.0.0.1" || l["action"] != st.action || l["count"] == nil {
+			t.Errorf("audit line %d: %v; want who admin API@127.0.0.1, action %q and a count", i, l, st.action)
+		}
+		if st.target != "" && l["target"] != st.target {
+			t.Errorf("audit line %d: target %v, want %q", i, l["target"], st.target)
+		}
+	}
+	if lines[2]["count"] != float64(1) {
+		t.Errorf("quarantine redrive counted %v, want 1", lines[2]["count"])
+	}
+	if job, _ := lines[4]["target"].(string); job == "" {
+		t.Errorf("the replay's audit line names no job: %v", lines[4])
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

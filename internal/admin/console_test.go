@@ -92,6 +92,10 @@ func TestConsoleRefusesWithoutSessionOrCSRF(t *testing.T) {
 	if resp, _ := anon.PostForm(hs.URL+"/console/login", url.Values{"token": {"wrong-token-0123456789abcdef"}}); resp.StatusCode != 401 || len(resp.Cookies()) != 0 {
 		t.Errorf("a wrong token: %d with cookies %v", resp.StatusCode, resp.Cookies())
 	}
+	// The token in the query string (access logs, history) signs no one in.
+	if resp, _ := anon.PostForm(hs.URL+"/console/login?token="+token, url.Values{}); resp.StatusCode != 401 || len(resp.Cookies()) != 0 {
+		t.Errorf("the token in the query string: %d with cookies %v, want 401 and none", resp.StatusCode, resp.Cookies())
+	}
 	if resp, _ := anon.PostForm(hs.URL+"/console/dlq/purge", url.Values{"endpoint": {"orders"}}); resp.StatusCode != 401 {
 		t.Errorf("an action without a session: %d, want 401", resp.StatusCode)
 	}
