@@ -23,7 +23,8 @@ const (
 	ReasonExpiring = "expiring_while_paused"
 )
 
-// DeadLetter is a message of SENGO_DLQ (subject sengo.dlq.<endpoint>): the
+// DeadLetter is a message of SENGO_DLQ (subject sengo.dlq.<endpoint>.<16 hex
+// digits of its transaction>; sengo.dlq.<endpoint> before): the
 // event exactly as stored, and why, where and how often delivery failed.
 type DeadLetter struct {
 	Endpoint        string          `json:"endpoint"`
@@ -50,7 +51,7 @@ func publishDeadLetter(ctx context.Context, js jetstream.JetStream, key string, 
 	if err != nil {
 		return fmt.Errorf("encode dead letter: %w", err)
 	}
-	msg := &nats.Msg{Subject: event.DLQSubject(d.Endpoint), Data: b, Header: nats.Header{
+	msg := &nats.Msg{Subject: event.DLQTxSubject(d.Endpoint, d.TransactionID), Data: b, Header: nats.Header{
 		event.HeaderEventID: []string{d.EventID},
 		"Sengo-Reason":      []string{d.Reason},
 	}}

@@ -53,12 +53,10 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, f DLQFilter) ([]DLQEnt
 		}
 		return []DLQEntry{e}, nil
 	}
-	subject := event.SubjectsDLQ
-	if f.Endpoint != "" {
-		subject = event.DLQSubject(f.Endpoint)
-	}
+	// By subject: a transaction's dead letters are read alone (those
+	// stored before subjects carried the transaction, all of them).
 	var out []DLQEntry
-	err = stream.Scan(ctx, js, event.StreamDLQ, subject, f.Since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+	err = stream.ScanFrom(ctx, js, event.StreamDLQ, event.DLQFilters(f.Endpoint, f.TransactionID), stream.From{Time: f.Since}, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
 		if !f.Until.IsZero() && meta.Timestamp.After(f.Until) {
 			return false, nil
 		}

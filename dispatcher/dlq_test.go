@@ -2,12 +2,17 @@ package dispatcher
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // An endpoint down for every attempt ends in the DLQ; once it is back,
@@ -148,5 +153,49 @@ func TestPurgeStaleEntries(t *testing.T) {
 	}
 	if n, err := Purge(ctx, h.js, entries); err != nil || n != 1 {
 		t.Fatalf("purge of a stale list: %d, %v; want 1 and no error", n, err)
+	}
+}
+
+// A dead letter's subject carries its transaction, so one transaction's
+// dead letters are read alone (a story among thousands of dead letters
+// reads its own, not all of them); those stored before, on the endpoint's
+// subject alone, are still found.
+func TestDeadLettersOfATransactionAreReadBySubject(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(500) })
+	w := h.start(h.endpoint("orders", c.URL, 10*time.Millisecond))
+	ev := h.publish("tx-mine", event.StatusSuccess, "")
+	h.publish("tx-other", event.StatusSuccess, "")
+	eventually(t, "two dead letters", func() bool { return len(h.deadLetters()) == 2 && h.settled(w) })
+	ctx := context.Background()
+	for _, m := range natstest.Messages(t, h.js, event.StreamDLQ) {
+		var d DeadLetter
+		if err := json.Unmarshal(m.Data, &d); err != nil {
+			t.Fatal(err)
+		}
+		if want := event.DLQTxSubject("orders", d.TransactionID); m.Subject != want {
+			t.Fatalf("dead letter of %s on %s, want %s", d.TransactionID, m.Subject, want)
+		}
+	}
+	// One stored the old way, on the endpoint's subject alone.
+	old, _ := json.Marshal(DeadLetter{Endpoint: "orders", EventID: "old-event", TransactionID: "tx-mine", Reason: ReasonExhausted})
+	if _, err := h.js.Publish(ctx, event.DLQSubject("orders"), old); err != nil {
+		t.Fatal(err)
+	}
+	var matched uint64
+	if err := stream.ScanFrom(ctx, h.js, event.StreamDLQ, event.DLQFilters("", "tx-mine"), stream.From{}, func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error) {
+		return true, nil
+	}, func(n uint64) { matched = n }); err != nil {
+		t.Fatal(err)
+	}
+	if matched != 2 {
+		t.Fatalf("a transaction's filter matched %d dead letters, want 2 (its own and the old-style one, not the other transaction's)", matched)
+	}
+	mine, err := ListDLQ(ctx, h.js, DLQFilter{TransactionID: "tx-mine"})
+	if err != nil || len(mine) != 2 || mine[0].EventID != ev.ID || mine[1].EventID != "old-event" {
+		t.Fatalf("tx-mine's dead letters: %v %+v", err, mine)
+	}
+	if all, err := ListDLQ(ctx, h.js, DLQFilter{Endpoint: "orders"}); err != nil || len(all) != 3 {
+		t.Fatalf("the endpoint's dead letters: %v %d, want 3", err, len(all))
 	}
 }

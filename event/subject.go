@@ -60,8 +60,7 @@ func InboxSubject(project string) string { return "sengo.inbox." + project }
 // id>", fixed-length whatever the id, so intake can find the earlier
 // notifications of a transaction in receipt order.
 func InboxTxSubject(project, transactionID string) string {
-	sum := sha256.Sum256([]byte(transactionID))
-	return "sengo.inbox." + project + "." + hex.EncodeToString(sum[:8])
+	return "sengo.inbox." + project + "." + txHash(transactionID)
 }
 
 // EventSubject is where normalized events are published.
@@ -77,12 +76,42 @@ func QuarantineSubject(project string) string { return "sengo.quarantine." + pro
 // transaction go: "sengo.quarantine.<project>.<16 hex digits>", the same
 // hash as its inbox subject, so its story finds them by subject.
 func QuarantineTxSubject(project, transactionID string) string {
-	sum := sha256.Sum256([]byte(transactionID))
-	return "sengo.quarantine." + project + "." + hex.EncodeToString(sum[:8])
+	return "sengo.quarantine." + project + "." + txHash(transactionID)
 }
 
-// DLQSubject is where dead letters for an endpoint go.
+// DLQSubject is where dead letters for an endpoint went before they
+// carried their transaction (DLQTxSubject); still read, never written.
 func DLQSubject(endpoint string) string { return "sengo.dlq." + endpoint }
+
+// DLQTxSubject is where a dead letter of one transaction's event to
+// endpoint goes: "sengo.dlq.<endpoint>.<16 hex digits>", the hash of the
+// transaction's inbox subject, so its story finds it by subject instead of
+// reading every dead letter.
+func DLQTxSubject(endpoint, transactionID string) string {
+	return DLQSubject(endpoint) + "." + txHash(transactionID)
+}
+
+// DLQFilters are the filter subjects of the dead letters of endpoint (""
+// any) and of transactionID ("" any), in both forms (DLQSubject's, with
+// no transaction, matches a transaction filter too: the reader checks the
+// record).
+func DLQFilters(endpoint, transactionID string) []string {
+	ep, tx := endpoint, "*"
+	if ep == "" {
+		ep = "*"
+	}
+	if transactionID != "" {
+		tx = txHash(transactionID)
+	}
+	return []string{"sengo.dlq." + ep, "sengo.dlq." + ep + "." + tx}
+}
+
+// txHash is the 16 hex digits of SHA-256 of a transaction id that its
+// per-transaction subjects end with.
+func txHash(transactionID string) string {
+	sum := sha256.Sum256([]byte(transactionID))
+	return hex.EncodeToString(sum[:8])
+}
 
 // Replay subjects: copies of events queued for one endpoint again (replay
 // by time window, or redrive from the dead-letter stream).
