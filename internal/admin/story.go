@@ -12,6 +12,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
@@ -312,11 +313,16 @@ func (s *Server) summary(ctx context.Context, project, id string) (txSummary, er
 	if err != nil {
 		return txSummary{}, err
 	}
-	t := txSummary{Project: tx.Project, TransactionID: tx.TransactionID, MerchantRef: tx.MerchantRef, Product: tx.Product, Status: tx.Status, UpdatedAt: tx.UpdatedAt.UTC(), Currency: event.Currency}
+	t := summaryOf(tx)
 	if v, ok := s.latestEvent(ctx, tx); ok {
 		t.Channel, t.Amount, t.TotalAmount, t.Confirmed = v.Channel, v.Amount, v.TotalAmount, v.Confirmed
 	}
 	return t, nil
+}
+
+// summaryOf is the summary of tx without its latest event's amounts.
+func summaryOf(tx receiver.Transaction) txSummary {
+	return txSummary{Project: tx.Project, TransactionID: tx.TransactionID, MerchantRef: tx.MerchantRef, Product: tx.Product, Status: tx.Status, UpdatedAt: tx.UpdatedAt.UTC(), Currency: event.Currency}
 }
 
 func (s *Server) latestEvent(ctx context.Context, tx receiver.Transaction) (eventView, bool) {
@@ -402,40 +408,62 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 		tl.State = receiver.Transaction{Project: project, TransactionID: id, Changes: []receiver.StatusChange{}, Rejected: []receiver.Rejected{}}
 		tl.Transaction = txSummary{Project: project, TransactionID: id, Currency: event.Currency}
 	} else {
-		tl.State = tx
-		if tl.Transaction, err = s.summary(ctx, project, id); err != nil {
-			return tl, err
-		}
+		tl.State, tl.Transaction = tx, summaryOf(tx)
 	}
-	var more bool
-	if tl.Notifications, more, err = receiver.Notifications(ctx, s.cfg.JetStream, project, id, maxTimeline); err != nil {
-		return tl, err
-	}
-	tl.Truncated = tl.Truncated || more
-	tl.Events, tl.Attempts = []eventView{}, []history.Attempt{}
-	for _, ch := range tx.Changes {
+	// The parts are read at once, each from its own stream: a story of a
+	// transaction whose records the server has not loaded yet waits for
+	// the slowest of them, not for their sum.
+	var (
+		g, gctx      = errgroup.WithContext(ctx)
+		moreN, moreQ bool
+		events       = make([]*eventView, len(tx.Changes))
+		attempts     = make([][]history.Attempt, len(tx.Changes))
+		moreA        = make([]bool, len(tx.Changes))
+	)
+	g.Go(func() (err error) {
+		tl.Notifications, moreN, err = receiver.Notifications(gctx, s.cfg.JetStream, project, id, maxTimeline)
+		return err
+	})
+	for i, ch := range tx.Changes {
 		if ch.Seq > 0 {
-			if v, err := s.eventAt(ctx, ch.Seq); err == nil {
-				tl.Events = append(tl.Events, v)
-			}
+			g.Go(func() error {
+				if v, err := s.eventAt(gctx, ch.Seq); err == nil {
+					events[i] = &v
+				}
+				return nil // an event aged out of SENGO_EVENTS leaves its change without one
+			})
 		}
-		as, more, err := history.Attempts(ctx, s.cfg.JetStream, ch.EventID, maxTimeline)
-		if err != nil {
-			return tl, err
-		}
-		tl.Truncated = tl.Truncated || more
-		tl.Attempts = append(tl.Attempts, as...)
+		g.Go(func() (err error) {
+			attempts[i], moreA[i], err = history.Attempts(gctx, s.cfg.JetStream, ch.EventID, maxTimeline)
+			return err
+		})
 	}
-	if tl.DeadLetters, err = dispatcher.ListDLQ(ctx, s.cfg.JetStream, dispatcher.DLQFilter{TransactionID: id}); err != nil {
+	g.Go(func() (err error) {
+		tl.DeadLetters, err = dispatcher.ListDLQ(gctx, s.cfg.JetStream, dispatcher.DLQFilter{TransactionID: id})
+		return err
+	})
+	g.Go(func() (err error) {
+		tl.Quarantined, moreQ, err = receiver.QuarantinedOf(gctx, s.cfg.JetStream, project, id, maxTimeline)
+		return err
+	})
+	if err := g.Wait(); err != nil {
 		return tl, err
+	}
+	tl.Truncated = moreN || moreQ || slices.Contains(moreA, true)
+	tl.Events, tl.Attempts = []eventView{}, []history.Attempt{}
+	for i := range tx.Changes {
+		if events[i] != nil {
+			tl.Events = append(tl.Events, *events[i])
+		}
+		tl.Attempts = append(tl.Attempts, attempts[i]...)
+	}
+	if n := len(tl.Events); n > 0 { // the latest event's amounts, as summary reads them
+		v := tl.Events[n-1]
+		tl.Transaction.Channel, tl.Transaction.Amount, tl.Transaction.TotalAmount, tl.Transaction.Confirmed = v.Channel, v.Amount, v.TotalAmount, v.Confirmed
 	}
 	if tl.DeadLetters == nil {
 		tl.DeadLetters = []dispatcher.DLQEntry{}
 	}
-	if tl.Quarantined, more, err = receiver.QuarantinedOf(ctx, s.cfg.JetStream, project, id, maxTimeline); err != nil {
-		return tl, err
-	}
-	tl.Truncated = tl.Truncated || more
 	if tl.Quarantined == nil {
 		tl.Quarantined = []receiver.QuarantineEntry{}
 	}
