@@ -92,6 +92,10 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
+	adminJS, err := jetstream.New(conns.admin)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
 	spec := provisionSpec(cfg)
 
 	reg := prometheus.NewRegistry()
@@ -181,7 +185,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			if !provisioned.Load() {
 				return errors.New("streams not provisioned yet")
 			}
-			for _, c := range []*nats.Conn{conns.callbacks, conns.work} {
+			for _, c := range []*nats.Conn{conns.callbacks, conns.work, conns.admin} {
 				if s := c.Status(); s != nats.CONNECTED {
 					return fmt.Errorf("nats %s", s)
 				}
@@ -332,7 +336,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		}
 		if cfg.Admin.Token.Set() {
 			workerMu.Lock()
-			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: js, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Logger: log.With().Str("component", "admin").Logger()})
+			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: adminJS, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Logger: log.With().Str("component", "admin").Logger()})
 			workerMu.Unlock()
 			aln, err := net.Listen("tcp", cfg.Admin.Listen)
 			if err != nil {
@@ -480,14 +484,18 @@ func retry(ctx context.Context, log zerolog.Logger, what string, retryable func(
 	})
 }
 
-// natsConns are the relay's two NATS connections: callbacks carries only
-// the receiver's publishes, work everything else (intake, dispatcher,
-// admin, reconcile); and, on the embedded store with group commit, the
-// fsync every acknowledgement waits for (nil otherwise: the store's PubAck
-// is the durability point).
+// natsConns are the relay's three NATS connections: callbacks carries only
+// the receiver's publishes, admin the admin API's and the console's reads
+// and actions, work everything else (intake, dispatcher, reconcile); and,
+// on the embedded store with group commit, the fsync every acknowledgement
+// waits for (nil otherwise: the store's PubAck is the durability point).
+// The server reads a connection's requests one after another, and answers
+// a direct get in that connection's own read loop: a console page that
+// makes the server load cold blocks of a stream would otherwise hold
+// intake's and the dispatcher's requests behind it.
 type natsConns struct {
-	callbacks, work *nats.Conn
-	durable         *stream.GroupSync
+	callbacks, work, admin *nats.Conn
+	durable                *stream.GroupSync
 }
 
 // groupCommitBackstop is how often nats-server itself fsyncs under group
@@ -548,7 +556,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 	}
 	conns := natsConns{durable: gs}
 	shutdown := func() {
-		for _, nc := range []*nats.Conn{conns.callbacks, conns.work} {
+		for _, nc := range []*nats.Conn{conns.callbacks, conns.admin, conns.work} {
 			if nc != nil {
 				drain(nc, log)
 			}
@@ -567,6 +575,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 		// answered 503 must not be stored behind its back on reconnect.
 		{"sengo-relay/callbacks", &conns.callbacks, []nats.Option{nats.ReconnectBufSize(-1)}},
 		{"sengo-relay/work", &conns.work, nil},
+		{"sengo-relay/admin", &conns.admin, nil},
 	} {
 		ccfg.Name = c.name
 		nc, err := stream.Connect(ccfg, append(slices.Clone(opts), c.extra...)...)

@@ -247,7 +247,9 @@ func storeName(cfg Config) string {
 // store is a scenario's JetStream as the relay uses it: callbacks publish
 // on a connection of their own, everything else shares the other.
 type store struct {
-	js, callbacks jetstream.JetStream
+	// js is intake's, the dispatcher's and the bench's own; callbacks the
+	// receiver's; admin the console's (three connections, as serve has).
+	js, callbacks, admin jetstream.JetStream
 	// stats reads the embedded server's counters (nil for an external one).
 	stats func() (inMsgs, apiRequests uint64)
 	// durable is the group commit (nil without it).
@@ -285,7 +287,7 @@ func (s syncStats) add(res *Result, ops int64) {
 // openStore starts an embedded server (or connects to cfg.NATSURL and
 // empties the relay's streams) and provisions cfg.Spec.
 func openStore(ctx context.Context, cfg Config) (store, func(), error) {
-	var nc, cnc *nats.Conn
+	var nc, cnc, anc *nats.Conn
 	var emb *stream.Embedded
 	var gs *stream.GroupSync
 	var dir string
@@ -316,6 +318,9 @@ func openStore(ctx context.Context, cfg Config) (store, func(), error) {
 	if nc, err = connect("bench"); err == nil {
 		if cnc, err = connect("bench/callbacks"); err != nil {
 			nc.Close()
+		} else if anc, err = connect("bench/admin"); err != nil { // the console's, as serve's
+			nc.Close()
+			cnc.Close()
 		}
 	}
 	if err != nil {
@@ -327,6 +332,7 @@ func openStore(ctx context.Context, cfg Config) (store, func(), error) {
 		return store{}, nil, err
 	}
 	done := func() {
+		anc.Close()
 		cnc.Close()
 		nc.Close()
 		if emb != nil {
@@ -346,7 +352,8 @@ func openStore(ctx context.Context, cfg Config) (store, func(), error) {
 			_ = st.Purge(ctx)
 		}
 	}
-	st := store{js: js, callbacks: cjs, durable: gs}
+	ajs, _ := jetstream.New(anc)
+	st := store{js: js, callbacks: cjs, admin: ajs, durable: gs}
 	if !cfg.NoHistory {
 		if st.history, err = history.NewWriter(nc, history.WriterConfig{Logger: zerolog.Nop()}); err != nil {
 			done()
