@@ -15,6 +15,7 @@ import (
 	"html/template"
 	"io/fs"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -187,7 +188,7 @@ type console struct {
 	s        *Server
 	tmpl     *template.Template
 	sessions sessions
-	logins   *rate.Limiter
+	logins   *loginLimiter
 	audit    zerolog.Logger
 }
 
@@ -232,7 +233,7 @@ func (s *Server) mountConsole(e *echo.Echo) {
 		s:        s,
 		tmpl:     template.Must(template.New("").Funcs(consoleFuncs).ParseFS(consoleFS, "console/*.html")),
 		sessions: sessions{js: s.cfg.JetStream, secret: []byte(s.cfg.Token)},
-		logins:   rate.NewLimiter(rate.Every(200*time.Millisecond), 10),
+		logins:   newLoginLimiter(),
 		audit:    s.cfg.Logger.With().Bool("audit", true).Logger(),
 	}
 	static, _ := fs.Sub(consoleFS, "console/static")
@@ -360,12 +361,49 @@ func (cn *console) act(c echo.Context, action, target string, err error, n int) 
 	ev.Str("who", who).Str("action", action).Str("target", target).Int("count", n).Msg("console action")
 }
 
+// loginLimiter paces sign-in attempts per address (an IPv6 address by its
+// /64): one address guessing tokens is slowed down without locking
+// everyone else out, as one limiter for all did. It remembers at most
+// maxLoginAddrs addresses (then it forgets them all), and all addresses
+// together get at most 50 attempts a second.
+type loginLimiter struct {
+	mu    sync.Mutex
+	addrs map[string]*rate.Limiter
+	all   *rate.Limiter
+}
+
+const maxLoginAddrs = 4096
+
+func newLoginLimiter() *loginLimiter {
+	return &loginLimiter{addrs: map[string]*rate.Limiter{}, all: rate.NewLimiter(50, 50)}
+}
+
+func (l *loginLimiter) allow(ip string) bool {
+	key := ip
+	if a, err := netip.ParseAddr(ip); err == nil && a.Is6() && !a.Is4In6() {
+		if p, err := a.Prefix(64); err == nil {
+			key = p.String()
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lim, ok := l.addrs[key]
+	if !ok {
+		if len(l.addrs) >= maxLoginAddrs {
+			clear(l.addrs)
+		}
+		lim = rate.NewLimiter(rate.Every(200*time.Millisecond), 10)
+		l.addrs[key] = lim
+	}
+	return lim.Allow() && l.all.Allow()
+}
+
 func (cn *console) loginPage(c echo.Context) error {
 	return cn.render(c, http.StatusOK, "login", view{Title: "Sign in", Error: c.QueryParam("error")})
 }
 
 func (cn *console) login(c echo.Context) error {
-	if !cn.logins.Allow() {
+	if !cn.logins.allow(c.RealIP()) {
 		return cn.render(c, http.StatusTooManyRequests, "login", view{Title: "Sign in", Error: "Too many attempts; wait a moment."})
 	}
 	who := "@" + c.RealIP()

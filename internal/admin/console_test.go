@@ -340,3 +340,27 @@ func TestConsoleActsOnWhatItCounted(t *testing.T) {
 		t.Fatalf("left in quarantine: %d messages", len(left))
 	}
 }
+
+// Sign-in attempts are paced per address: one address guessing tokens
+// is refused (429) after its burst while another signs in at once.
+func TestConsoleSignInIsPacedPerAddress(t *testing.T) {
+	l := newLoginLimiter()
+	for i := range 10 {
+		if !l.allow("203.0.113.7") {
+			t.Fatalf("attempt %d of the burst refused", i+1)
+		}
+	}
+	if l.allow("203.0.113.7") {
+		t.Fatal("the 11th attempt at once was allowed")
+	}
+	if !l.allow("127.0.0.1") {
+		t.Fatal("another address was locked out by the first one's attempts")
+	}
+	// An IPv6 address is paced by its /64.
+	for range 10 {
+		l.allow("2001:db8::1")
+	}
+	if l.allow("2001:db8::2") {
+		t.Fatal("a neighbour in the same /64 got a burst of its own")
+	}
+}
