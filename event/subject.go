@@ -79,6 +79,21 @@ func QuarantineTxSubject(project, transactionID string) string {
 	return "sengo.quarantine." + project + "." + txHash(transactionID)
 }
 
+// QuarantineFilters are the filter subjects of the quarantined
+// notifications of project ("" any) and transactionID ("" any), in both
+// forms (QuarantineSubject's, with no transaction, matches a transaction
+// filter too: the reader checks the notification).
+func QuarantineFilters(project, transactionID string) []string {
+	p, tx := project, "*"
+	if p == "" {
+		p = "*"
+	}
+	if transactionID != "" {
+		tx = txHash(transactionID)
+	}
+	return []string{"sengo.quarantine." + p, "sengo.quarantine." + p + "." + tx}
+}
+
 // DLQSubject is where dead letters for an endpoint went before they
 // carried their transaction (DLQTxSubject); still read, never written.
 func DLQSubject(endpoint string) string { return "sengo.dlq." + endpoint }

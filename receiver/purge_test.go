@@ -2,6 +2,7 @@ package receiver
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -33,5 +34,39 @@ func TestQuarantineStaleEntries(t *testing.T) {
 	}
 	if n, err := RedriveQuarantine(ctx, h.js, entries); err != nil || n != 1 {
 		t.Fatalf("redrive of a stale list: %d, %v; want 1 and no error", n, err)
+	}
+}
+
+// A listing by project or transaction reads by subject, every matching
+// notification however many others came after it: the old listing read
+// the newest 10,000 sequences one request each, so a project's older
+// notifications behind 10,000 of another's were never listed (nor
+// redriven nor purged), and the read took seconds.
+func TestQuarantineListedBySubject(t *testing.T) {
+	h := newHarness(t, false, withProjects(Project{Name: "main"}, Project{Name: "other"}))
+	ctx := context.Background()
+	publish := func(project, id string) {
+		msg := &nats.Msg{Subject: event.QuarantineTxSubject(project, id), Data: callback(id, event.StatusSuccess), Header: nats.Header{event.HeaderProject: []string{project}}}
+		if _, err := h.js.PublishMsgAsync(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("main", "tx-early")
+	// An older one stored on the project's subject alone.
+	if _, err := h.js.PublishMsgAsync(&nats.Msg{Subject: event.QuarantineSubject("main"), Data: callback("tx-early", event.StatusPending), Header: nats.Header{event.HeaderProject: []string{"main"}}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range maxQuarantineScan + 500 {
+		publish("other", fmt.Sprintf("tx-%d", i))
+	}
+	<-h.js.PublishAsyncComplete()
+	for _, f := range []QuarantineFilter{{Project: "main"}, {TransactionID: "tx-early"}, {Project: "main", TransactionID: "tx-early"}} {
+		got, err := ListQuarantine(ctx, h.js, f)
+		if err != nil || len(got) != 2 || got[0].TransactionID != "tx-early" || got[1].Status != event.StatusPending {
+			t.Fatalf("%+v: %v, %d entries, want tx-early's two", f, err, len(got))
+		}
+	}
+	if all, err := ListQuarantine(ctx, h.js, QuarantineFilter{}); err != nil || len(all) != maxQuarantineScan {
+		t.Fatalf("no filter: %v, %d entries, want the newest %d", err, len(all), maxQuarantineScan)
 	}
 }

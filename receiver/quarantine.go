@@ -52,18 +52,38 @@ type QuarantineEntry struct {
 	SenGo         json.RawMessage `json:"sengo,omitempty"` // SenGo's version of the transaction
 }
 
-// maxQuarantineScan bounds how many messages one listing reads.
+// maxQuarantineScan bounds how many messages one listing reads: with no
+// project or transaction, the newest this many.
 const maxQuarantineScan = 10000
 
 // ListQuarantine returns the quarantined notifications matching f, oldest
-// first (at most maxQuarantineScan are read).
+// first. A project or a transaction is read by subject, every one of
+// them; otherwise the newest maxQuarantineScan messages are read. Either
+// way they are fetched in batches, not one request each.
 func ListQuarantine(ctx context.Context, js jetstream.JetStream, f QuarantineFilter) ([]QuarantineEntry, error) {
 	s, err := js.Stream(ctx, event.StreamQuarantine)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", event.StreamQuarantine, err)
 	}
-	first, last := f.Seq, f.Seq
-	if f.Seq == 0 {
+	keep := func(e QuarantineEntry) bool {
+		return (f.Project == "" || e.Project == f.Project) && (f.TransactionID == "" || e.TransactionID == f.TransactionID) &&
+			(f.ReasonContains == "" || strings.Contains(e.Reason, f.ReasonContains))
+	}
+	if f.Seq > 0 {
+		m, err := s.GetMsg(ctx, f.Seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("quarantined %d: %w", f.Seq, err)
+		}
+		if e := quarantineEntry(m); keep(e) {
+			return []QuarantineEntry{e}, nil
+		}
+		return nil, nil
+	}
+	var from stream.From
+	if f.Project == "" && f.TransactionID == "" {
 		info, err := s.Info(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("%s info: %w", event.StreamQuarantine, err)
@@ -71,25 +91,20 @@ func ListQuarantine(ctx context.Context, js jetstream.JetStream, f QuarantineFil
 		if info.State.Msgs == 0 {
 			return nil, nil
 		}
-		first, last = info.State.FirstSeq, info.State.LastSeq
-		if last-first >= maxQuarantineScan {
-			first = last - maxQuarantineScan + 1
+		if last := info.State.LastSeq; last-info.State.FirstSeq >= maxQuarantineScan {
+			from.Seq = last - maxQuarantineScan + 1
 		}
 	}
 	var out []QuarantineEntry
-	for seq := first; seq <= last; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
-		if err != nil {
-			return out, fmt.Errorf("quarantined %d: %w", seq, err)
-		}
-		e := quarantineEntry(m)
-		if (f.Project == "" || e.Project == f.Project) && (f.TransactionID == "" || e.TransactionID == f.TransactionID) &&
-			(f.ReasonContains == "" || strings.Contains(e.Reason, f.ReasonContains)) {
+	err = stream.ScanFrom(ctx, js, event.StreamQuarantine, event.QuarantineFilters(f.Project, f.TransactionID), from, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+		e := quarantineEntry(&jetstream.RawStreamMsg{Subject: m.Subject(), Sequence: meta.Sequence.Stream, Header: m.Headers(), Data: m.Data(), Time: meta.Timestamp})
+		if keep(e) {
 			out = append(out, e)
 		}
+		return len(out) < maxQuarantineScan, nil
+	}, nil)
+	if err != nil {
+		return out, fmt.Errorf("list %s: %w", event.StreamQuarantine, err)
 	}
 	return out, nil
 }
