@@ -21,6 +21,10 @@ type DLQFilter struct {
 	MerchantRef   string
 	Since, Until  time.Time // when the dead letter was stored
 	Seq           uint64    // one dead letter by its SENGO_DLQ sequence
+	// After skips the dead letters up to this sequence (a page's cursor).
+	After uint64
+	// Limit bounds how many are returned (0: all).
+	Limit int
 }
 
 // DLQEntry is a stored dead letter with its place in SENGO_DLQ.
@@ -33,7 +37,7 @@ type DLQEntry struct {
 func (f DLQFilter) match(e DLQEntry) bool {
 	return (f.TransactionID == "" || e.TransactionID == f.TransactionID) &&
 		(f.MerchantRef == "" || e.MerchantRef == f.MerchantRef) &&
-		(f.Until.IsZero() || !e.Stored.After(f.Until))
+		(f.Until.IsZero() || !e.Stored.After(f.Until)) && (f.Since.IsZero() || !e.Stored.Before(f.Since))
 }
 
 // ListDLQ returns the dead letters matching f, oldest first.
@@ -56,7 +60,11 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, f DLQFilter) ([]DLQEnt
 	// By subject: a transaction's dead letters are read alone (those
 	// stored before subjects carried the transaction, all of them).
 	var out []DLQEntry
-	err = stream.ScanFrom(ctx, js, event.StreamDLQ, event.DLQFilters(f.Endpoint, f.TransactionID), stream.From{Time: f.Since}, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+	from := stream.From{Time: f.Since}
+	if f.After > 0 {
+		from = stream.From{Seq: f.After + 1}
+	}
+	err = stream.ScanFrom(ctx, js, event.StreamDLQ, event.DLQFilters(f.Endpoint, f.TransactionID), from, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
 		if !f.Until.IsZero() && meta.Timestamp.After(f.Until) {
 			return false, nil
 		}
@@ -67,9 +75,45 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, f DLQFilter) ([]DLQEnt
 		if f.match(e) {
 			out = append(out, e)
 		}
-		return true, nil
+		return f.Limit == 0 || len(out) < f.Limit, nil
 	}, nil)
 	return out, err
+}
+
+// DLQPage is how many dead letters EachDLQPage holds at a time.
+const DLQPage = 1000
+
+// EachDLQPage calls fn with the dead letters matching f, oldest first, at
+// most DLQPage at a time and none past upTo (0: no bound), so that acting
+// on every dead letter of a long outage never holds them all in memory.
+// f.Limit and f.After are its own.
+func EachDLQPage(ctx context.Context, js jetstream.JetStream, f DLQFilter, upTo uint64, fn func([]DLQEntry) error) error {
+	f.Limit, f.After = DLQPage, 0
+	for {
+		page, err := ListDLQ(ctx, js, f)
+		if err != nil {
+			return err
+		}
+		if upTo > 0 {
+			n := 0
+			for n < len(page) && page[n].Seq <= upTo {
+				n++
+			}
+			if n < len(page) {
+				page = page[:n]
+				f.Limit = 0 // nothing further is wanted: end after this page
+			}
+		}
+		if len(page) > 0 {
+			if err := fn(page); err != nil {
+				return err
+			}
+		}
+		if len(page) < DLQPage || f.Seq > 0 || f.Limit == 0 {
+			return nil
+		}
+		f.After = page[len(page)-1].Seq
+	}
 }
 
 func dlqEntry(seq uint64, at time.Time, data []byte) (DLQEntry, error) {

@@ -283,7 +283,10 @@ func redactURL(raw string) string {
 }
 
 // dlqParams are the query parameters that select dead letters.
-var dlqParams = []string{"endpoint", "transaction", "merchant_ref", "since", "until", "seq", "all"}
+var dlqParams = []string{"endpoint", "transaction", "merchant_ref", "since", "until", "seq", "all", "limit", "cursor"}
+
+// maxDLQLimit bounds a page of GET /admin/dlq (and is its default).
+const maxDLQLimit = dispatcher.DLQPage
 
 func dlqFilter(c echo.Context) (dispatcher.DLQFilter, error) {
 	q := c.QueryParams()
@@ -315,15 +318,41 @@ func (s *Server) dlqList(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	limit := maxDLQLimit
+	if v := c.QueryParam("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > maxDLQLimit {
+			return apiError(http.StatusBadRequest, "bad_limit", fmt.Sprintf("limit must be 1 to %d", maxDLQLimit))
+		}
+	}
+	if v := c.QueryParam("cursor"); v != "" {
+		if f.After, err = strconv.ParseUint(v, 10, 64); err != nil || f.After == 0 {
+			return apiError(http.StatusBadRequest, "bad_cursor", "cursor is not one this API returned")
+		}
+	}
+	f.Limit = limit + 1 // one more tells whether a next page exists
 	entries, err := dispatcher.ListDLQ(c.Request().Context(), s.cfg.JetStream, f)
 	if err != nil {
 		return err
+	}
+	if len(entries) > limit {
+		// The body stays an array, as before pages; the next page is named
+		// in headers (RFC 8288's Link, and the cursor alone).
+		entries = entries[:limit]
+		next := strconv.FormatUint(entries[limit-1].Seq, 10)
+		q := c.QueryParams()
+		q.Set("cursor", next)
+		c.Response().Header().Set(HeaderNextCursor, next)
+		c.Response().Header().Set("Link", "</admin/dlq?"+q.Encode()+`>; rel="next"`)
 	}
 	if entries == nil {
 		entries = []dispatcher.DLQEntry{}
 	}
 	return c.JSON(http.StatusOK, entries)
 }
+
+// HeaderNextCursor names, on a page of dead letters that is not the last,
+// the cursor of the next page.
+const HeaderNextCursor = "Sengo-Next-Cursor"
 
 func (s *Server) dlqShow(c echo.Context) error {
 	seq, err := strconv.ParseUint(c.Param("seq"), 10, 64)
@@ -345,11 +374,7 @@ func (s *Server) dlqRedrive(c echo.Context) error {
 	if err := needsFilter(c, "redrive_needs_filter", "select dead letters with a filter, or all=true to redrive every one"); err != nil {
 		return err
 	}
-	entries, err := s.selected(c)
-	if err != nil {
-		return err
-	}
-	n, err := dispatcher.Redrive(c.Request().Context(), s.cfg.JetStream, entries)
+	n, err := s.eachSelected(c, dispatcher.Redrive)
 	s.auditAPI(c, "redrive dead letters", "", n, err)
 	if err != nil {
 		return err
@@ -363,11 +388,7 @@ func (s *Server) dlqPurge(c echo.Context) error {
 	if err := needsFilter(c, "purge_needs_filter", "select dead letters with a filter, or all=true to purge every one"); err != nil {
 		return err
 	}
-	entries, err := s.selected(c)
-	if err != nil {
-		return err
-	}
-	n, err := dispatcher.Purge(c.Request().Context(), s.cfg.JetStream, entries)
+	n, err := s.eachSelected(c, dispatcher.Purge)
 	s.auditAPI(c, "purge dead letters", "", n, err)
 	if err != nil {
 		return err
@@ -382,7 +403,7 @@ func needsFilter(c echo.Context, code, msg string) error {
 		return err
 	}
 	for _, name := range dlqParams {
-		if name != "all" && c.QueryParam(name) != "" {
+		if name != "all" && name != "limit" && name != "cursor" && c.QueryParam(name) != "" {
 			return nil
 		}
 	}
@@ -392,17 +413,26 @@ func needsFilter(c echo.Context, code, msg string) error {
 	return nil
 }
 
-func (s *Server) selected(c echo.Context) ([]dispatcher.DLQEntry, error) {
+// eachSelected applies act to the dead letters the query selects, a page
+// at a time, and counts what it touched.
+func (s *Server) eachSelected(c echo.Context, act func(context.Context, jetstream.JetStream, []dispatcher.DLQEntry) (int, error)) (int, error) {
 	f, err := dlqFilter(c)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	if v := c.QueryParam("seq"); v != "" {
 		if f.Seq, err = strconv.ParseUint(v, 10, 64); err != nil {
-			return nil, echo.NewHTTPError(http.StatusBadRequest, "seq must be a positive integer")
+			return 0, echo.NewHTTPError(http.StatusBadRequest, "seq must be a positive integer")
 		}
 	}
-	return dispatcher.ListDLQ(c.Request().Context(), s.cfg.JetStream, f)
+	ctx := c.Request().Context()
+	n := 0
+	err = dispatcher.EachDLQPage(ctx, s.cfg.JetStream, f, 0, func(page []dispatcher.DLQEntry) error {
+		k, err := act(ctx, s.cfg.JetStream, page)
+		n += k
+		return err
+	})
+	return n, err
 }
 
 // decodeJSON reads the request body as one JSON object into v: 415

@@ -371,3 +371,67 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// storeDeadLetters stores n dead letters for orders, transactions t0….
+func storeDeadLetters(t *testing.T, js jetstream.JetStream, n int) {
+	t.Helper()
+	for i := range n {
+		d := dispatcher.DeadLetter{Endpoint: "orders", EventID: fmt.Sprintf("evt_%d", i), TransactionID: fmt.Sprintf("t%d", i), Reason: dispatcher.ReasonGone, Event: json.RawMessage(`{}`)}
+		b, _ := json.Marshal(d)
+		if _, err := js.PublishAsync(event.DLQTxSubject("orders", d.TransactionID), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-js.PublishAsyncComplete()
+}
+
+// Dead letters are listed a page at a time (the body stays an array; the
+// next page's cursor is in Sengo-Next-Cursor and Link), and a purge of
+// more than a page touches every one, a page at a time: a long outage's
+// dead letters were listed, and acted on, all at once.
+func TestAdminDeadLettersByPage(t *testing.T) {
+	hs, js := newServer(t)
+	storeDeadLetters(t, js, dispatcher.DLQPage+5)
+	get := func(path string) ([]dispatcher.DLQEntry, http.Header) {
+		req, _ := http.NewRequest(http.MethodGet, hs.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		checkResponse(t, req, resp, b)
+		var es []dispatcher.DLQEntry
+		if resp.StatusCode != 200 || json.Unmarshal(b, &es) != nil {
+			t.Fatalf("%s: %d %.200s", path, resp.StatusCode, b)
+		}
+		return es, resp.Header
+	}
+	first, h := get("/admin/dlq?endpoint=orders&limit=2")
+	if len(first) != 2 || h.Get(HeaderNextCursor) != fmt.Sprint(first[1].Seq) || !strings.Contains(h.Get("Link"), "cursor="+fmt.Sprint(first[1].Seq)) {
+		t.Fatalf("first page: %d entries, next %q, link %q", len(first), h.Get(HeaderNextCursor), h.Get("Link"))
+	}
+	second, _ := get("/admin/dlq?endpoint=orders&limit=2&cursor=" + h.Get(HeaderNextCursor))
+	if len(second) != 2 || second[0].Seq != first[1].Seq+1 {
+		t.Fatalf("second page starts at %d, want %d", second[0].Seq, first[1].Seq+1)
+	}
+	all, h := get("/admin/dlq")
+	if len(all) != dispatcher.DLQPage || h.Get(HeaderNextCursor) == "" {
+		t.Fatalf("no limit: %d entries (want a page of %d) and next %q", len(all), dispatcher.DLQPage, h.Get(HeaderNextCursor))
+	}
+	if last, h := get("/admin/dlq?cursor=" + h.Get(HeaderNextCursor)); len(last) != 5 || h.Get(HeaderNextCursor) != "" || h.Get("Link") != "" {
+		t.Fatalf("last page: %d entries, next %q", len(last), h.Get(HeaderNextCursor))
+	}
+	for _, q := range []string{"limit=0", "limit=1001", "limit=x", "cursor=0", "cursor=x"} {
+		if code, body := call(t, hs, http.MethodGet, "/admin/dlq?"+q, "", token); code != 400 || !strings.Contains(body, `"code":"bad_`) {
+			t.Errorf("%s: %d %s, want 400 bad_limit or bad_cursor", q, code, body)
+		}
+	}
+	if code, body := call(t, hs, http.MethodDelete, "/admin/dlq?endpoint=orders", "", token); code != 200 || !strings.Contains(body, fmt.Sprintf(`"purged":%d`, dispatcher.DLQPage+5)) {
+		t.Fatalf("purge of more than a page: %d %s", code, body)
+	}
+	if left, _ := get("/admin/dlq"); len(left) != 0 {
+		t.Fatalf("%d dead letters left after purging all", len(left))
+	}
+}

@@ -771,14 +771,28 @@ func (cn *console) dlq(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if v := c.QueryParam("after"); v != "" {
+		if f.After, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return echo.NewHTTPError(http.StatusBadRequest, "after must be a sequence")
+		}
+	}
 	ctx, cancel := ctxOf(c)
 	defer cancel()
+	f.Limit = consoleDLQPage + 1 // one more tells whether a next page exists
 	entries, err := dispatcher.ListDLQ(ctx, cn.s.cfg.JetStream, f)
 	if err != nil {
 		return err
 	}
-	return cn.page(c, "dlq", "Dead letters", map[string]any{"Entries": entries, "Endpoint": f.Endpoint})
+	var next uint64
+	if len(entries) > consoleDLQPage {
+		entries = entries[:consoleDLQPage]
+		next = entries[consoleDLQPage-1].Seq
+	}
+	return cn.page(c, "dlq", "Dead letters", map[string]any{"Entries": entries, "Endpoint": f.Endpoint, "After": f.After, "Next": next})
 }
+
+// consoleDLQPage is how many dead letters the page shows at a time.
+const consoleDLQPage = 200
 
 // confirmData is the confirmation step of an action: what it would touch,
 // counted first (a dry run), and the form that does it.
@@ -800,23 +814,31 @@ func (cn *console) dlqConfirm(c echo.Context) error {
 	}
 	ctx, cancel := ctxOf(c)
 	defer cancel()
-	entries, err := dispatcher.ListDLQ(ctx, cn.s.cfg.JetStream, f)
+	// Counted a page at a time: a long outage's dead letters are never all
+	// held at once.
+	var count int
+	var top uint64
+	err = dispatcher.EachDLQPage(ctx, cn.s.cfg.JetStream, f, 0, func(page []dispatcher.DLQEntry) error {
+		count += len(page)
+		top = max(top, page[len(page)-1].Seq)
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	d := confirmData{Action: "/console/dlq/" + action, Back: "/console/dlq", Count: len(entries), Fields: map[string]string{}}
+	d := confirmData{Action: "/console/dlq/" + action, Back: "/console/dlq", Count: count, Fields: map[string]string{}}
 	if f.Seq > 0 {
 		d.Fields["seq"] = strconv.FormatUint(f.Seq, 10)
 	}
 	if f.Endpoint != "" {
 		d.Fields["endpoint"] = f.Endpoint
 	}
-	setUpTo(d.Fields, entries, func(e dispatcher.DLQEntry) uint64 { return e.Seq })
+	d.Fields["upto"] = strconv.FormatUint(top, 10) // the action touches what was counted, no more
 	if action == "redrive" {
-		d.Question, d.Verb = fmt.Sprintf("Redrive %d dead letter(s)?", len(entries)), "Redrive"
+		d.Question, d.Verb = fmt.Sprintf("Redrive %d dead letter(s)?", count), "Redrive"
 		d.Detail = "Each goes back to its endpoint with a fresh retry budget and the same webhook-id (" + what + "). It stays listed until delivered."
 	} else {
-		d.Question, d.Verb, d.Danger = fmt.Sprintf("Purge %d dead letter(s) for good?", len(entries)), "Purge", true
+		d.Question, d.Verb, d.Danger = fmt.Sprintf("Purge %d dead letter(s) for good?", count), "Purge", true
 		d.Detail = "They are deleted from SENGO_DLQ (" + what + "); the events stay in SENGO_EVENTS and can be replayed."
 	}
 	return cn.page(c, "confirm", d.Question, d)
@@ -832,21 +854,24 @@ func (cn *console) dlqAct(c echo.Context) error {
 	if err != nil {
 		return refused(err)
 	}
+	var top uint64 // what the confirmation counted; a form without one: all
+	if v := c.FormValue("upto"); v != "" {
+		if top, err = strconv.ParseUint(v, 10, 64); err != nil || top == 0 {
+			return refused(echo.NewHTTPError(http.StatusBadRequest, "upto must be a sequence"))
+		}
+	}
 	ctx, cancel := ctxOf(c)
 	defer cancel()
-	entries, err := dispatcher.ListDLQ(ctx, cn.s.cfg.JetStream, f)
-	if err != nil {
-		return refused(err)
-	}
-	if entries, err = upTo(c, entries, func(e dispatcher.DLQEntry) uint64 { return e.Seq }); err != nil {
-		return refused(err)
+	do := dispatcher.Purge
+	if action == "redrive" {
+		do = dispatcher.Redrive
 	}
 	var n int
-	if action == "redrive" {
-		n, err = dispatcher.Redrive(ctx, cn.s.cfg.JetStream, entries)
-	} else {
-		n, err = dispatcher.Purge(ctx, cn.s.cfg.JetStream, entries)
-	}
+	err = dispatcher.EachDLQPage(ctx, cn.s.cfg.JetStream, f, top, func(page []dispatcher.DLQEntry) error {
+		k, err := do(ctx, cn.s.cfg.JetStream, page)
+		n += k
+		return err
+	})
 	cn.act(c, "dead letters "+action, what, err, n)
 	if err != nil {
 		return err

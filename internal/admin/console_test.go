@@ -3,6 +3,7 @@ package admin
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"html/template"
 	"io"
 	"net/http"
@@ -362,5 +363,52 @@ func TestConsoleSignInIsPacedPerAddress(t *testing.T) {
 	}
 	if l.allow("2001:db8::2") {
 		t.Fatal("a neighbour in the same /64 got a burst of its own")
+	}
+}
+
+// The dead-letters page shows a page at a time with a link to the next;
+// its confirmation counts every one, a page at a time, and the purge
+// touches exactly what was counted, however many pages that is.
+func TestConsoleDeadLettersByPage(t *testing.T) {
+	hs, js := newServer(t)
+	storeDeadLetters(t, js, dispatcher.DLQPage+1)
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	read := func(path string) string {
+		resp, err := c.Get(hs.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", path, resp.StatusCode)
+		}
+		return string(b)
+	}
+	page := read("/console/dlq")
+	if n := strings.Count(page, ">Purge…</a></td></tr>"); n != consoleDLQPage || !strings.Contains(page, `id="dlq-next"`) {
+		t.Fatalf("first page: %d rows (want %d) and a next link: %v", n, consoleDLQPage, strings.Contains(page, `id="dlq-next"`))
+	}
+	next := regexp.MustCompile(`id="dlq-next" href="([^"]+)"`).FindStringSubmatch(page)
+	if next == nil || !strings.Contains(read(strings.ReplaceAll(next[1], "&amp;", "&")), "after #") {
+		t.Fatalf("no next page link in the first page")
+	}
+	confirm := read("/console/dlq/confirm?action=purge")
+	m := regexp.MustCompile(`name="upto" value="(\d+)"`).FindStringSubmatch(confirm)
+	if m == nil || !strings.Contains(confirm, fmt.Sprintf("Purge %d dead letter(s) for good?", dispatcher.DLQPage+1)) {
+		t.Fatalf("confirmation without its count of every page:\n%.400s", confirm)
+	}
+	storeDeadLetters(t, js, 1) // after the count
+	resp, err := c.PostForm(hs.URL+"/console/dlq/purge", url.Values{"_csrf": {csrf}, "upto": {m[1]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if want := fmt.Sprintf("purge%%3A+%d+", dispatcher.DLQPage+1); resp.StatusCode != http.StatusSeeOther || !strings.Contains(resp.Header.Get("Location"), want) {
+		t.Fatalf("purge: %d → %s, want %s", resp.StatusCode, resp.Header.Get("Location"), want)
+	}
+	if left := natstest.Messages(t, js, event.StreamDLQ); len(left) != 1 {
+		t.Fatalf("%d dead letters left, want the one stored after the count", len(left))
 	}
 }
