@@ -4,11 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
 )
+
+// numPendingHeader is how many messages match after this one, on each
+// message of a batched direct get.
+const numPendingHeader = "Nats-Num-Pending"
 
 // readBatch is how many messages one direct get of ReadSubject asks for.
 const readBatch = 256
@@ -33,7 +38,13 @@ func ReadSubject(ctx context.Context, js jetstream.JetStream, stream, subject st
 		if err != nil {
 			return fmt.Errorf("read %s: %w", stream, err)
 		}
-		got := 0
+		// Each message says how many more match after it (Nats-Num-Pending).
+		// The client library ends a batch quietly when its answers stop
+		// coming (a timeout), and the server ends one early past its byte
+		// limit: the next batch goes on from there, and a batch that brings
+		// nothing while more were announced is an error, never a story
+		// silently cut short.
+		got, pending := 0, uint64(0)
 		for m, err := range msgs {
 			if errors.Is(err, jetstreamext.ErrNoMessages) {
 				return nil
@@ -43,11 +54,15 @@ func ReadSubject(ctx context.Context, js jetstream.JetStream, stream, subject st
 			}
 			got++
 			from = m.Sequence + 1
+			pending, _ = strconv.ParseUint(m.Header.Get(numPendingHeader), 10, 64)
 			if !visit(m) {
 				return nil
 			}
 		}
-		if got < readBatch {
+		switch {
+		case got == 0:
+			return fmt.Errorf("read %s: %s cut short: no answer from sequence %d on (%w)", stream, subject, from, context.DeadlineExceeded)
+		case pending == 0:
 			return nil
 		}
 	}

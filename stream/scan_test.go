@@ -184,3 +184,25 @@ func TestScanEndsWithItsContextOrItsStream(t *testing.T) {
 		t.Fatal("a scan whose stream was deleted still runs after 30 s")
 	}
 }
+
+// A batch the server ends early (past its byte limit per batch) is
+// followed by the next one: a read of 80 messages of 900 KB returned the
+// first 37 and no error, a story silently cut short.
+func TestReadSubjectGoesOnAfterAShortBatch(t *testing.T) {
+	_, js := startWithSpec(t)
+	ctx := context.Background()
+	big := make([]byte, 900<<10)
+	const n = 80
+	for range n {
+		if _, err := js.Publish(ctx, "t.inbox.big", big); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := 0
+	if err := stream.ReadSubject(ctx, js, "T_INBOX", "t.inbox.big", func(*jetstream.RawStreamMsg) bool { got++; return true }); err != nil {
+		t.Fatal(err)
+	}
+	if got != n {
+		t.Fatalf("read %d of %d messages", got, n)
+	}
+}
