@@ -272,13 +272,19 @@ func (s *Server) auditAPI(c echo.Context, action, target string, n int, err erro
 // maxAuditTarget bounds the target of an audit line, in bytes.
 const maxAuditTarget = 256
 
-// redactURL drops credentials and the query (which may hold a token).
+// redactURL drops credentials, the query and the fragment (which may hold
+// a token), and every path segment after the first: a URL that is its own
+// credential (https://hooks.example/services/T0/B0/secret) shows only
+// https://hooks.example/services/….
 func redactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return ""
 	}
-	u.User, u.RawQuery = nil, ""
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	if first, rest, ok := strings.Cut(strings.TrimPrefix(u.EscapedPath(), "/"), "/"); ok && rest != "" {
+		return u.Scheme + "://" + u.Host + "/" + first + "/…"
+	}
 	return u.String()
 }
 

@@ -96,6 +96,16 @@ func TestAdminEndpointsHideCredentials(t *testing.T) {
 	if code != 200 || strings.Contains(body, "pw") || strings.Contains(body, "secret") || !strings.Contains(body, "orders.example/hook") {
 		t.Fatalf("%d %s", code, body)
 	}
+	for raw, want := range map[string]string{
+		"https://user:pw@orders.example/hook?key=secret#frag":    "https://orders.example/hook",
+		"https://hooks.example/services/T00/B00/secretPathToken": "https://hooks.example/services/…",
+		"https://orders.example/hook/":                           "https://orders.example/hook/",
+		"http://127.0.0.1:9000":                                  "http://127.0.0.1:9000",
+	} {
+		if got := redactURL(raw); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", raw, got, want)
+		}
+	}
 }
 
 func TestAdminInputErrors(t *testing.T) {
