@@ -3,20 +3,27 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"html/template"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/sengo"
 	"github.com/sengo-relay/sengo-relay/sengo/sandbox"
 )
@@ -46,6 +53,9 @@ type page struct {
 	ctx  context.Context
 	base string
 	shot string // where screenshots go
+	// secrets, by name, must not be in any page the tab shows (its
+	// markup or its address): each run and until checks.
+	secrets map[string]string
 }
 
 func newPage(t *testing.T, base string, width, height int) *page {
@@ -79,6 +89,32 @@ func (p *page) run(what string, actions ...chromedp.Action) {
 		_ = chromedp.Run(sctx, chromedp.Location(&loc), chromedp.Text("body", &s, chromedp.ByQuery))
 		p.t.Fatalf("%s: %v\nat %s:\n%.2000s", what, err, loc, s)
 	}
+	p.noSecrets(what)
+}
+
+// noSecrets fails the test if the page shows one of p.secrets in its
+// markup (as is or HTML-escaped) or its address; it names the secret,
+// never prints it.
+func (p *page) noSecrets(what string) {
+	p.t.Helper()
+	if len(p.secrets) == 0 {
+		return
+	}
+	var markup, loc string
+	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+	defer cancel()
+	if err := chromedp.Run(ctx, chromedp.Location(&loc), chromedp.OuterHTML("html", &markup, chromedp.ByQuery)); err != nil {
+		p.t.Fatalf("%s: read the page for secrets: %v", what, err)
+	}
+	path := loc
+	if u, err := url.Parse(loc); err == nil {
+		path = u.Path
+	}
+	for name, v := range p.secrets {
+		if strings.Contains(markup, v) || strings.Contains(markup, template.HTMLEscapeString(v)) || strings.Contains(loc, v) || strings.Contains(loc, url.QueryEscape(v)) {
+			p.t.Errorf("%s: the page at %s shows %s", what, path, name)
+		}
+	}
 }
 
 // text is the visible text of the page.
@@ -89,26 +125,35 @@ func (p *page) text() string {
 	return s
 }
 
-// html is the page's markup.
-func (p *page) html() string {
-	p.t.Helper()
-	var s string
-	p.run("read the markup", chromedp.OuterHTML("html", &s, chromedp.ByQuery))
-	return s
-}
-
 // until reloads the page until its text contains want.
 func (p *page) until(what, want string) {
 	p.t.Helper()
-	eventually(p.t, what, func() bool {
-		var s string
-		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
-		defer cancel()
-		if err := chromedp.Run(ctx, chromedp.Reload(), chromedp.Text("body", &s, chromedp.ByQuery)); err != nil {
-			return false
+	eventually(p.t, what, func() bool { return p.reloadShows(want) })
+	p.noSecrets(what)
+}
+
+// shows is until that reports, instead of failing the test, whether the
+// text came within poll.Deadline (each reload paces the next).
+func (p *page) shows(what, want string) bool {
+	p.t.Helper()
+	for deadline := time.Now().Add(poll.Deadline); time.Now().Before(deadline); {
+		if p.reloadShows(want) {
+			p.noSecrets(what)
+			return true
 		}
-		return strings.Contains(s, want)
-	})
+	}
+	return false
+}
+
+// reloadShows reloads the page and reports whether its text contains want.
+func (p *page) reloadShows(want string) bool {
+	var s string
+	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+	defer cancel()
+	if err := chromedp.Run(ctx, chromedp.Reload(), chromedp.Text("body", &s, chromedp.ByQuery)); err != nil {
+		return false
+	}
+	return strings.Contains(s, want)
 }
 
 func (p *page) screenshot(name string) {
@@ -122,28 +167,65 @@ func (p *page) screenshot(name string) {
 
 // An operator's whole session in a real browser: sign in; a payment made
 // in the sandbox is found by its merchantRef and its story read (callback,
-// confirmed, event, every attempt); the endpoint fails until the event is
-// dead-lettered, is redriven from the console and delivered; a replay runs
-// to 100%; an action without the CSRF token or the session is refused.
+// confirmed, event, every attempt); the endpoint fails, its retries show
+// in the story before the event is dead-lettered, is redriven from the
+// console and delivered; a replay runs to 100%; an action without the CSRF
+// token or the session is refused; no page shows a secret.
 func TestConsoleInABrowser(t *testing.T) {
 	sb, client, sbURL := startSandbox(t, sandbox.CallbackPolicy{})
 	orders := newHook(t)
 	orders.fail.Store(1 << 30) // down until we say
+	// The third attempt, the last before the dead letter, waits at the
+	// endpoint until the story has shown the two before it.
+	releaseThird := orders.holdFailure(t, 1<<30-3)
+	const (
+		hookUser, hookPassword = "relay", "hookpass0123456789" // in the endpoint's URL
+		hookKey                = "hook-query-key-0123456789"   // in its query
+		hookHeader             = "hook-header-secret-0123456789"
+	)
+	hookURL := "http://" + hookUser + ":" + hookPassword + "@" + strings.TrimPrefix(orders.URL, "http://") + "/?key=" + hookKey
 	p := filepath.Join(t.TempDir(), "config.yaml")
 	cfg := fmt.Sprintf(`projects:
   main: {api_key: %s, token: %s, base_url: %q}
 intake: {retry_initial: 50ms, retry_max: 500ms, confirm_attempts: 3}
 admin: {listen: "127.0.0.1:0", token: %s}
 endpoints:
-  orders: {url: %q, secrets: [%s], filter: {statuses: [success]}, deliver_from: all, timeout: 2s, retry: {schedule: [300ms, 300ms], jitter: 0}, breaker: {failures: 0}}
-`, sbKey, sbToken, sbURL, adminToken, orders.URL, testSecret)
+  orders: {url: %q, secrets: [%s], headers: {X-Consumer-Key: %s}, filter: {statuses: [success]}, deliver_from: all, timeout: 1m, retry: {schedule: [300ms, 300ms], jitter: 0}, breaker: {failures: 0}}
+`, sbKey, sbToken, sbURL, adminToken, hookURL, testSecret, hookHeader)
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	base, logs := startRunWith(t, p, relayEnv(t.TempDir()))
 	waitReady(t, base)
 	console := "http://" + logs.field(t, "admin listening", "addr") + "/console"
+	secrets := map[string]string{
+		"the admin token":                  adminToken,
+		"the webhook secret":               strings.TrimPrefix(testSecret, "whsec_"),
+		"SenGo's API key":                  sbKey,
+		"SenGo's token":                    sbToken,
+		"the endpoint URL's password":      hookPassword,
+		"the endpoint URL's query key":     hookKey,
+		"the endpoint URL's Basic auth":    base64.StdEncoding.EncodeToString([]byte(hookUser + ":" + hookPassword)),
+		"the endpoint's configured header": hookHeader,
+	}
+	adminAddr := strings.TrimSuffix(strings.TrimPrefix(console, "http://"), "/console")
+	// deadLetters counts the dead letters, as the admin API lists them.
+	deadLetters := func() int {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+adminAddr+"/admin/dlq", nil)
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var dlq []json.RawMessage
+		if err := json.NewDecoder(resp.Body).Decode(&dlq); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /admin/dlq: %d %v", resp.StatusCode, err)
+		}
+		return len(dlq)
+	}
 	b := newPage(t, console, 1280, 900)
+	b.secrets = secrets
 
 	// Sign in: a wrong token first.
 	b.run("open the console", chromedp.Navigate(console+"/"), chromedp.WaitVisible(`input[name=token]`, chromedp.ByQuery))
@@ -162,11 +244,23 @@ endpoints:
 	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "three failed attempts", func() bool { return orders.fail.Load() <= 1<<30-3 })
+	eventually(t, "the third attempt held at the endpoint", func() bool { return orders.fail.Load() <= 1<<30-3 })
 
-	// Search the merchantRef: one match opens its story.
+	// Search the merchantRef: one match opens its story, where the
+	// retries appear while the last attempt is still under way, before
+	// any dead letter.
 	b.run("search INV-5005", chromedp.Navigate(console+"/"), chromedp.SendKeys(`input[name=q]`, "INV-5005", chromedp.ByQuery),
 		chromedp.Submit(`input[name=q]`, chromedp.ByQuery), chromedp.WaitVisible(`#steps`, chromedp.ByQuery))
+	retried := regexp.MustCompile(`orders attempt 1 \(live\): HTTP 500 in \d+ ms, retry`)
+	if !b.shows("the failed attempts in the story", "orders attempt 2 (live): HTTP 500") {
+		t.Errorf("the story did not show the failed attempts while the event was retried:\n%s", b.text())
+	} else if s := b.text(); !retried.MatchString(s) || strings.Contains(s, "dead_letter") || strings.Contains(s, "dead letter:") || strings.Contains(s, "retries_exhausted") {
+		t.Errorf("while the last attempt is under way, the story shows no retry, or a dead letter:\n%s", s)
+	}
+	if n := deadLetters(); n != 0 {
+		t.Errorf("%d dead letters while the last attempt was under way", n)
+	}
+	releaseThird()
 	b.until("the dead letter in the story", "dead_letter")
 	story := b.text()
 	for _, want := range []string{"INV-5005", "Rp 10.085", "callback notification: success from 127.0.0.1", "published success, confirmed by SenGo's API",
@@ -251,28 +345,6 @@ endpoints:
 		t.Errorf("after the quarantine purge:\n%s", s)
 	}
 
-	// The endpoint fails again and a replayed copy is dead-lettered: the
-	// operator purges it from the console after the count.
-	orders.fail.Store(1 << 30)
-	adminAddr := strings.TrimSuffix(strings.TrimPrefix(console, "http://"), "/console")
-	req, _ := http.NewRequest(http.MethodPost, "http://"+adminAddr+"/admin/replays", strings.NewReader(`{"endpoint":"orders","since":"1h"}`))
-	req.Header.Set("Authorization", "Bearer "+adminToken)
-	req.Header.Set("Content-Type", "application/json")
-	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("replay for the purge: %v %v", resp, err)
-	}
-	b.run("dead letters again", chromedp.Navigate(console+"/dlq"), chromedp.WaitVisible(`#dlq`, chromedp.ByQuery))
-	b.until("the replayed copy dead-lettered", "retries_exhausted after 3")
-	b.run("purge…", chromedp.Click(`#dlq a.button.plain`, chromedp.ByQuery), chromedp.WaitVisible(`#confirm`, chromedp.ByQuery))
-	if s := b.text(); !strings.Contains(s, "Purge 1 dead letter(s) for good?") {
-		t.Errorf("the purge does not count first:\n%s", s)
-	}
-	b.run("confirm the purge", chromedp.Click(`#confirm`, chromedp.ByQuery), chromedp.WaitVisible(`[role=status]`, chromedp.ByQuery))
-	if s := b.text(); !strings.Contains(s, "purge: 1 dead letter(s).") || !strings.Contains(s, "No dead letter.") {
-		t.Errorf("after the purge:\n%s", s)
-	}
-	orders.fail.Store(0)
-
 	// Endpoint controls: pause (held on every relay), a test send, resume.
 	b.run("pause orders", chromedp.Navigate(console+"/endpoints"), chromedp.WaitVisible(`#pause-orders`, chromedp.ByQuery),
 		chromedp.Click(`#pause-orders`, chromedp.ByQuery), chromedp.WaitVisible(`[role=status]`, chromedp.ByQuery))
@@ -296,15 +368,76 @@ endpoints:
 		defer cancel()
 		return chromedp.Run(ctx, chromedp.Reload(), chromedp.Text("#endpoints", &s, chromedp.ByQuery)) == nil && !strings.Contains(s, "held by")
 	})
+	b.noSecrets("endpoints")
 
-	// From the page itself: an action without the CSRF token is refused,
-	// and after signing out the session is gone.
-	var status int
-	b.run("a forged action", chromedp.Evaluate(`fetch("/console/dlq/purge", {method: "POST", headers: {"Content-Type": "application/x-www-form-urlencoded"}, body: "endpoint=orders"}).then(r => r.status)`, &status,
-		func(p *runtime.EvaluateParams) *runtime.EvaluateParams { return p.WithAwaitPromise(true) }))
-	if status != 403 {
+	// The endpoint fails again and a replayed copy is dead-lettered: the
+	// operator purges it from the console after the count.
+	orders.fail.Store(1 << 30)
+	req, _ := http.NewRequest(http.MethodPost, "http://"+adminAddr+"/admin/replays", strings.NewReader(`{"endpoint":"orders","since":"1h"}`))
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	req.Header.Set("Content-Type", "application/json")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("replay for the purge: %v %v", resp, err)
+	}
+	b.run("dead letters again", chromedp.Navigate(console+"/dlq"), chromedp.WaitVisible(`#dlq`, chromedp.ByQuery))
+	b.until("the replayed copy dead-lettered", "retries_exhausted after 3")
+
+	// From the page itself: a purge without the CSRF token is refused; after
+	// signing out, so is one with the token read before (the cookie gone),
+	// and one with the old cookie put back (the session is dropped where
+	// it is stored, for every relay). Nothing is purged.
+	var csrf string
+	var cookies []*network.Cookie
+	b.run("the page's token and the session cookie", chromedp.Evaluate(`document.querySelector("header input[name=_csrf]").value`, &csrf),
+		chromedp.ActionFunc(func(ctx context.Context) (err error) { cookies, err = network.GetCookies().Do(ctx); return err }))
+	var old *network.Cookie
+	for _, c := range cookies {
+		if c.Name == "sengo_console" {
+			old = c
+		}
+	}
+	if csrf == "" || old == nil {
+		t.Fatalf("no CSRF token (%d bytes) or no session cookie among %d", len(csrf), len(cookies))
+	}
+	purge := func(what, token string) int {
+		t.Helper()
+		var status int
+		b.run(what, chromedp.Evaluate(fmt.Sprintf(`(() => {
+	const f = new URLSearchParams({endpoint: "orders"});
+	if (%q) f.set("_csrf", %q);
+	return fetch("/console/dlq/purge", {method: "POST", body: f, credentials: "same-origin"}).then(r => r.status);
+})()`, token, token), &status,
+			func(p *runtime.EvaluateParams) *runtime.EvaluateParams { return p.WithAwaitPromise(true) }))
+		return status
+	}
+	if status := purge("a purge without the CSRF token", ""); status != http.StatusForbidden {
 		t.Errorf("a POST without the CSRF token answered %d, want 403", status)
 	}
+	b.run("sign out", chromedp.Click(`header button`, chromedp.ByQuery), chromedp.WaitVisible(`input[name=token]`, chromedp.ByQuery))
+	if status := purge("a purge after sign-out", csrf); status != http.StatusUnauthorized {
+		t.Errorf("a POST with the CSRF token after sign-out answered %d, want 401", status)
+	}
+	b.run("a page after sign-out", chromedp.Navigate(console+"/dlq"), chromedp.WaitVisible(`input[name=token]`, chromedp.ByQuery))
+	b.run("the old session cookie put back", chromedp.ActionFunc(func(ctx context.Context) error {
+		return network.SetCookie(old.Name, old.Value).WithURL(console + "/").WithPath(old.Path).WithHTTPOnly(true).Do(ctx)
+	}))
+	if status := purge("a purge with the old session after sign-out", csrf); status != http.StatusUnauthorized {
+		t.Errorf("a POST with the old session cookie and CSRF token after sign-out answered %d, want 401", status)
+	}
+	if n := deadLetters(); n != 1 {
+		t.Errorf("%d dead letters after the refused purges, want the 1 still there", n)
+	}
+	b.run("sign in again", chromedp.SendKeys(`input[name=token]`, adminToken, chromedp.ByQuery), chromedp.Submit(`input[name=token]`, chromedp.ByQuery),
+		chromedp.WaitVisible(`input[name=q]`, chromedp.ByQuery), chromedp.Navigate(console+"/dlq"), chromedp.WaitVisible(`#dlq`, chromedp.ByQuery))
+	b.run("purge…", chromedp.Click(`#dlq a.button.plain`, chromedp.ByQuery), chromedp.WaitVisible(`#confirm`, chromedp.ByQuery))
+	if s := b.text(); !strings.Contains(s, "Purge 1 dead letter(s) for good?") {
+		t.Errorf("the purge does not count first:\n%s", s)
+	}
+	b.run("confirm the purge", chromedp.Click(`#confirm`, chromedp.ByQuery), chromedp.WaitVisible(`[role=status]`, chromedp.ByQuery))
+	if s := b.text(); !strings.Contains(s, "purge: 1 dead letter(s).") || !strings.Contains(s, "No dead letter.") {
+		t.Errorf("after the purge:\n%s", s)
+	}
+	orders.fail.Store(0)
 
 	b.run("overview", chromedp.Navigate(console+"/"), chromedp.WaitVisible(`#rates`, chromedp.ByQuery))
 	// The hour's rates: this test's callbacks and events are in them.
@@ -321,6 +454,7 @@ endpoints:
 	b.run("reconciliation", chromedp.Navigate(console+"/reconciliations"), chromedp.WaitVisible(`#runs`, chromedp.ByQuery))
 	b.until("the run at start listed", "periodic")
 	phone := newPage(t, console, 390, 844)
+	phone.secrets = secrets
 	phone.run("sign in on a phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2)), chromedp.Navigate(console+"/login"), chromedp.SendKeys(`input[name=token]`, adminToken, chromedp.ByQuery),
 		chromedp.Submit(`input[name=token]`, chromedp.ByQuery), chromedp.WaitVisible(`input[name=q]`, chromedp.ByQuery),
 		chromedp.Navigate(console+"/search?q=INV-5005"), chromedp.WaitVisible(`#steps`, chromedp.ByQuery))
@@ -331,15 +465,6 @@ endpoints:
 		t.Errorf("on a phone the page is %d px wide in a %d px screen", scrollW, clientW)
 	}
 
-	for _, html := range []string{b.html(), phone.html()} {
-		for _, secret := range []string{adminToken, testSecret, sbKey, sbToken} {
-			if strings.Contains(html, secret) {
-				t.Errorf("a page shows a secret")
-			}
-		}
-	}
-	b.run("sign out", chromedp.Click(`header button`, chromedp.ByQuery), chromedp.WaitVisible(`input[name=token]`, chromedp.ByQuery))
-	b.run("a page after sign-out", chromedp.Navigate(console+"/dlq"), chromedp.WaitVisible(`input[name=token]`, chromedp.ByQuery))
 	if !strings.Contains(logs.text(), `"audit":true`) {
 		t.Error("no audit line for the console's actions")
 	}

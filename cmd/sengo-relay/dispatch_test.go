@@ -34,6 +34,25 @@ type hook struct {
 	bodies [][]byte
 	fail   atomic.Int64 // answer 500 to this many more requests
 	hang   atomic.Bool  // hang every request until the client gives up
+	gate   atomic.Pointer[gate]
+}
+
+// gate holds one failed answer: the one that leaves left failures to give.
+type gate struct {
+	left int64
+	open chan struct{}
+}
+
+// holdFailure makes the failed answer that leaves left failures to give
+// wait, before answering 500, until release is called (or the client
+// gives up): the test sees what the relay did before it.
+func (h *hook) holdFailure(t *testing.T, left int64) (release func()) {
+	g := &gate{left: left, open: make(chan struct{})}
+	h.gate.Store(g)
+	var once sync.Once
+	release = func() { once.Do(func() { close(g.open) }) }
+	t.Cleanup(release)
+	return release
 }
 
 func newHook(t *testing.T) *hook {
@@ -53,7 +72,13 @@ func newHook(t *testing.T) *hook {
 			<-r.Context().Done()
 			return
 		}
-		if h.fail.Add(-1) >= 0 {
+		if left := h.fail.Add(-1); left >= 0 {
+			if g := h.gate.Load(); g != nil && g.left == left {
+				select {
+				case <-g.open:
+				case <-r.Context().Done():
+				}
+			}
 			w.WriteHeader(500)
 			return
 		}

@@ -8,13 +8,16 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
@@ -23,6 +26,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/stream"
+	"github.com/sengo-relay/sengo-relay/verify"
 )
 
 const token = "admin-token-0123456789abcdef"
@@ -35,6 +39,18 @@ func newServer(t *testing.T) (*httptest.Server, jetstream.JetStream) {
 // newServerLogging is newServer writing its log to log.
 func newServerLogging(t *testing.T, log zerolog.Logger) (*httptest.Server, jetstream.JetStream) {
 	t.Helper()
+	js := provision(t)
+	a := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, Endpoints: []dispatcher.Endpoint{
+		{Name: "orders", URL: "https://user:pw@orders.example/hook?key=secret", FilterSubjects: []string{"sengo.events.>"}},
+	}, Logger: log})
+	hs := httptest.NewServer(a.Handler())
+	t.Cleanup(func() { hs.Close(); a.Close() })
+	return hs, js
+}
+
+// provision starts a JetStream server with the relay's streams and buckets.
+func provision(t *testing.T) jetstream.JetStream {
+	t.Helper()
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
 	l := stream.Limits{MaxAge: time.Hour, Duplicates: time.Minute}
@@ -46,16 +62,11 @@ func newServerLogging(t *testing.T, log zerolog.Logger) (*httptest.Server, jetst
 		{Name: event.StreamInbox, Subjects: []string{event.SubjectsInbox}, Limits: l},
 		{Name: history.StreamAttempts, Subjects: []string{history.SubjectsAttempts}, Limits: l},
 		{Name: history.StreamRefs, Subjects: []string{history.SubjectsRefs}, Limits: l},
-	}, Buckets: []stream.BucketSpec{{Name: event.BucketTx, History: 1}, SessionsBucket()}})
+	}, Buckets: []stream.BucketSpec{{Name: event.BucketTx, History: 1}, {Name: event.BucketDelivery, History: 1}, SessionsBucket()}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, Endpoints: []dispatcher.Endpoint{
-		{Name: "orders", URL: "https://user:pw@orders.example/hook?key=secret", FilterSubjects: []string{"sengo.events.>"}},
-	}, Logger: log})
-	hs := httptest.NewServer(a.Handler())
-	t.Cleanup(func() { hs.Close(); a.Close() })
-	return hs, js
+	return js
 }
 
 func call(t *testing.T, hs *httptest.Server, method, path, body, tok string) (int, string) {
@@ -443,5 +454,271 @@ func TestAdminDeadLettersByPage(t *testing.T) {
 	}
 	if left, _ := get("/admin/dlq"); len(left) != 0 {
 		t.Fatalf("%d dead letters left after purging all", len(left))
+	}
+}
+
+// webhookSecret signs the deliveries of the worker newRelay runs.
+const webhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+// webhook is the consumer of the endpoint newRelay runs: it answers 500
+// while failing is set, 200 otherwise, and records every request.
+type webhook struct {
+	*httptest.Server
+	failing atomic.Bool
+	mu      sync.Mutex
+	got     []webhookRequest
+}
+
+type webhookRequest struct {
+	Header http.Header
+	Body   []byte
+}
+
+func (h *webhook) requests() []webhookRequest {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]webhookRequest(nil), h.got...)
+}
+
+// newRelay is newServer with a real dispatcher.Worker for its endpoint
+// "orders", which posts to the returned consumer (through a URL with
+// credentials and a query token, both to be kept out of the API's
+// answers) and dead-letters an event after two failed attempts.
+func newRelay(t *testing.T) (*httptest.Server, jetstream.JetStream, *webhook) {
+	t.Helper()
+	js := provision(t)
+	h := &webhook{}
+	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		h.mu.Lock()
+		h.got = append(h.got, webhookRequest{Header: r.Header.Clone(), Body: body})
+		h.mu.Unlock()
+		if h.failing.Load() {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(h.Close)
+	key, err := verify.ParseWebhookSecret(webhookSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := dispatcher.Endpoint{
+		Name: "orders", URL: strings.Replace(h.URL, "http://", "http://relay:pw-0123456789@", 1) + "/hook?key=query-secret-0123",
+		Keys: []verify.WebhookKey{key}, FilterSubjects: []string{"sengo.events.>"}, Timeout: 2 * time.Second, Concurrency: 1,
+		Schedule: []time.Duration{20 * time.Millisecond}, RetryAfterMax: time.Minute, DeliverFrom: "all",
+	}
+	w, err := dispatcher.NewWorker(context.Background(), dispatcher.WorkerConfig{
+		Endpoint: ep, JetStream: js, UserAgent: "sengo-relay/test", Metrics: dispatcher.NewMetrics(prometheus.NewRegistry()), Logger: zerolog.Nop(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	a := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, Endpoints: []dispatcher.Endpoint{ep},
+		Workers: map[string]*dispatcher.Worker{"orders": w}, Logger: zerolog.Nop()})
+	hs := httptest.NewServer(a.Handler())
+	t.Cleanup(func() { hs.Close(); a.Close(); cancel(); <-done })
+	return hs, js, h
+}
+
+// publishEvent stores a success event of transaction txID, as intake does.
+func publishEvent(t *testing.T, js jetstream.JetStream, txID string) event.Event {
+	t.Helper()
+	ev := event.Event{
+		SpecVersion: "1.0", ID: event.ID("main", txID, event.StatusSuccess), Source: "sengo/main", Type: event.Type(event.StatusSuccess),
+		Subject: "REF-" + txID, Time: time.Now().UTC(), DataContentType: "application/json",
+		Data: event.Data{TransactionID: txID, MerchantRef: "REF-" + txID, Status: event.StatusSuccess, Product: event.ProductQRIS,
+			Channel: "qris", Amount: 1000, TotalAmount: 1000, Currency: "IDR", Raw: json.RawMessage(`{}`)},
+	}
+	b, err := event.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.PublishMsg(context.Background(), &nats.Msg{Subject: event.EventSubject("main", ev.Data.Product, ev.Data.Status), Data: b},
+		jetstream.WithMsgID(ev.ID)); err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+// mustCall is call that fails the test unless the answer has status want,
+// and decodes a JSON answer into out (when not nil).
+func mustCall(t *testing.T, hs *httptest.Server, method, path, body string, want int, out any) string {
+	t.Helper()
+	code, got := call(t, hs, method, path, body, token)
+	if code != want {
+		t.Fatalf("%s %s: %d %s, want %d", method, path, code, got, want)
+	}
+	if out != nil {
+		if err := json.Unmarshal([]byte(got), out); err != nil {
+			t.Fatalf("%s %s: %v: %s", method, path, err, got)
+		}
+	}
+	return got
+}
+
+// ordersStatus reads the row of endpoint "orders" of GET /admin/endpoints.
+func ordersStatus(t *testing.T, hs *httptest.Server) endpointStatus {
+	t.Helper()
+	var rows []endpointStatus
+	body := mustCall(t, hs, http.MethodGet, "/admin/endpoints", "", http.StatusOK, &rows)
+	if len(rows) != 1 || rows[0].Name != "orders" {
+		t.Fatalf("endpoints: %s", body)
+	}
+	if strings.Contains(body, "pw-0123456789") || strings.Contains(body, "query-secret") || !strings.Contains(body, "/hook") {
+		t.Fatalf("the endpoint's URL is not shown without its credentials: %s", body)
+	}
+	return rows[0]
+}
+
+// A failing endpoint's events are dead-lettered by the worker and shown
+// one by one; the endpoint's row carries the breaker's count and the
+// operator's hold; a redrive of one into a held endpoint waits, and is
+// delivered once resumed, which removes its dead letter and only it. Every
+// answer is checked against openapi.yaml.
+func TestAdminDeadLetterOfAWorkerRedrivenAfterAHold(t *testing.T) {
+	hs, js, hook := newRelay(t)
+	hook.failing.Store(true)
+	ev1, ev2 := publishEvent(t, js, "t1"), publishEvent(t, js, "t2")
+	var dlq []dispatcher.DLQEntry
+	poll.Until(t, "both events dead-lettered", func() bool {
+		mustCall(t, hs, http.MethodGet, "/admin/dlq?endpoint=orders", "", http.StatusOK, &dlq)
+		return len(dlq) == 2
+	})
+	byTx := map[string]dispatcher.DLQEntry{}
+	for _, e := range dlq {
+		byTx[e.TransactionID] = e
+	}
+	seq1, seq2 := strconv.FormatUint(byTx["t1"].Seq, 10), strconv.FormatUint(byTx["t2"].Seq, 10)
+	for _, c := range []struct {
+		seq       string
+		ev        event.Event
+		streamSeq uint64
+	}{{seq1, ev1, 1}, {seq2, ev2, 2}} {
+		var d dispatcher.DLQEntry
+		body := mustCall(t, hs, http.MethodGet, "/admin/dlq/"+c.seq, "", http.StatusOK, &d)
+		if strconv.FormatUint(d.Seq, 10) != c.seq || d.Endpoint != "orders" || d.EventID != c.ev.ID || d.TransactionID != c.ev.Data.TransactionID ||
+			d.MerchantRef != c.ev.Data.MerchantRef || d.Reason != dispatcher.ReasonExhausted || d.Attempts != 2 || d.LastStatus != 500 ||
+			d.StreamSeq != c.streamSeq || d.FirstAttemptAt.IsZero() || len(d.Event) == 0 {
+			t.Fatalf("GET /admin/dlq/%s: %.800s; want the dead letter of %s", c.seq, body, c.ev.ID)
+		}
+	}
+	if got := len(hook.requests()); got != 4 {
+		t.Fatalf("%d attempts before the dead letters, want 2 each", got)
+	}
+	if st := ordersStatus(t, hs); st.Paused || st.ConsecutiveFailures != 4 || st.LastError != "HTTP 500" || st.Hold.Held || st.Pending != 0 {
+		t.Fatalf("orders after its dead letters: %+v", st)
+	}
+
+	var held struct {
+		Endpoint string
+		Held     bool
+	}
+	if mustCall(t, hs, http.MethodPost, "/admin/endpoints/orders/pause", "", http.StatusOK, &held); held.Endpoint != "orders" || !held.Held {
+		t.Fatalf("pause: %+v", held)
+	}
+	var st endpointStatus
+	poll.Until(t, "orders held", func() bool { st = ordersStatus(t, hs); return st.Hold.Held })
+	if st.Hold.By != "admin API" || st.Hold.Since.IsZero() {
+		t.Fatalf("the hold does not say who or since when: %+v", st.Hold)
+	}
+	hook.failing.Store(false)
+	if body := mustCall(t, hs, http.MethodPost, "/admin/dlq/redrive?transaction=t3", "", http.StatusOK, nil); !strings.Contains(body, `"redriven":0`) {
+		t.Fatalf("a redrive selecting nothing: %s", body)
+	}
+	if body := mustCall(t, hs, http.MethodPost, "/admin/dlq/redrive?seq="+seq1, "", http.StatusOK, nil); !strings.Contains(body, `"redriven":1`) {
+		t.Fatalf("redrive: %s", body)
+	}
+	// Held, the redriven copy waits: pending for the replay consumer
+	// (waiting or handed back unattempted), not posted.
+	if st := ordersStatus(t, hs); st.ReplayPending != 1 || len(hook.requests()) != 4 {
+		t.Fatalf("held: replayPending %d, %d requests; want the copy waiting and still 4 requests", st.ReplayPending, len(hook.requests()))
+	}
+	if mustCall(t, hs, http.MethodPost, "/admin/endpoints/orders/resume", "", http.StatusOK, &held); held.Endpoint != "orders" || held.Held {
+		t.Fatalf("resume: %+v", held)
+	}
+	poll.Until(t, "the redriven copy delivered and its dead letter removed", func() bool {
+		mustCall(t, hs, http.MethodGet, "/admin/dlq", "", http.StatusOK, &dlq)
+		return len(dlq) == 1
+	})
+	if dlq[0].EventID != ev2.ID {
+		t.Fatalf("left in the DLQ: %+v, want the dead letter of t2", dlq[0])
+	}
+	got := hook.requests()
+	if len(got) != 5 || got[4].Header.Get("webhook-id") != ev1.ID {
+		t.Fatalf("%d requests, the last one %v; want the redriven event fifth", len(got), got[len(got)-1].Header)
+	}
+	if st := ordersStatus(t, hs); st.Hold.Held || st.ConsecutiveFailures != 0 || st.ReplayPending != 0 {
+		t.Fatalf("orders after the redrive: %+v", st)
+	}
+	mustCall(t, hs, http.MethodGet, "/admin/dlq/"+seq1, "", http.StatusNotFound, nil)
+}
+
+// A test send posts one signed id.sengo.test event and reports the
+// answer, failed or not; an endpoint that does not run here is 404.
+func TestAdminEndpointTestSend(t *testing.T) {
+	hs, _, hook := newRelay(t)
+	v, err := verify.NewWebhookVerifier(webhookSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, failing := range []bool{false, true} {
+		hook.failing.Store(failing)
+		var res dispatcher.TestResult
+		mustCall(t, hs, http.MethodPost, "/admin/endpoints/orders/test", "", http.StatusOK, &res)
+		got := hook.requests()
+		if len(got) != i+1 {
+			t.Fatalf("%d requests after test send %d", len(got), i+1)
+		}
+		req := got[i]
+		if err := v.Verify(req.Header, req.Body); err != nil {
+			t.Errorf("test send %d is not signed with the endpoint's secret: %v", i+1, err)
+		}
+		var body struct{ ID, Type string }
+		if json.Unmarshal(req.Body, &body); body.Type != "id.sengo.test" || body.ID != res.EventID || req.Header.Get("webhook-id") != res.EventID {
+			t.Errorf("test send %d: answer %+v, request %s %v", i+1, res, req.Body, req.Header)
+		}
+		wantStatus := map[bool]int{false: 200, true: 500}[failing]
+		if res.OK == failing || res.Status != wantStatus {
+			t.Errorf("test send %d to an endpoint answering %d: %+v", i+1, wantStatus, res)
+		}
+	}
+	for _, action := range []string{"pause", "resume", "test"} {
+		if body := mustCall(t, hs, http.MethodPost, "/admin/endpoints/nope/"+action, "", http.StatusNotFound, nil); !strings.Contains(body, `"code":"unknown_endpoint"`) {
+			t.Errorf("%s of an unknown endpoint: %s", action, body)
+		}
+	}
+	if n := len(hook.requests()); n != 2 {
+		t.Errorf("%d requests, want the 2 test sends", n)
+	}
+}
+
+// GET /admin/replays lists the jobs started, with their progress; the
+// replayed copy reaches the endpoint marked as a replay.
+func TestAdminReplayList(t *testing.T) {
+	hs, js, hook := newRelay(t)
+	ev := publishEvent(t, js, "t1")
+	poll.Until(t, "the event delivered", func() bool { return len(hook.requests()) == 1 })
+	if body := mustCall(t, hs, http.MethodGet, "/admin/replays", "", http.StatusOK, nil); strings.TrimSpace(body) != "{}" {
+		t.Fatalf("replays before any: %s", body)
+	}
+	var started job
+	mustCall(t, hs, http.MethodPost, "/admin/replays", `{"endpoint":"orders","since":"1h"}`, http.StatusAccepted, &started)
+	var jobs map[string]job
+	poll.Until(t, "the listed job done", func() bool {
+		mustCall(t, hs, http.MethodGet, "/admin/replays", "", http.StatusOK, &jobs)
+		return jobs[started.Progress.Job].Progress.Done
+	})
+	j := jobs[started.Progress.Job]
+	if len(jobs) != 1 || j.Progress.Queued != 1 || j.Progress.PerEndpoint["orders"] != 1 || j.Error != "" || len(j.Request.Endpoints) != 1 {
+		t.Fatalf("replays: %+v", jobs)
+	}
+	poll.Until(t, "the replayed copy delivered", func() bool { return len(hook.requests()) == 2 })
+	if r := hook.requests()[1]; r.Header.Get("webhook-id") != ev.ID || r.Header.Get("webhook-replay") != "true" {
+		t.Fatalf("the replayed copy: %v", r.Header)
 	}
 }
