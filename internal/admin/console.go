@@ -956,7 +956,11 @@ func (cn *console) replayStart(c echo.Context) error {
 		return echo.NewHTTPError(http.StatusBadRequest, "unreadable form")
 	}
 	ep := form.Get("endpoint")
-	req, err := ReplayRequest(cn.s.cfg.Endpoints, ep, ep == "", form.Get("since"), form.Get("until"), form["statuses"], "", "", form.Get("dry_run") == "true", time.Now())
+	// transaction and merchant_ref come from the forms that run a job
+	// again (the API's jobs may select by them): without them it would
+	// replay the whole window.
+	req, err := ReplayRequest(cn.s.cfg.Endpoints, ep, ep == "", form.Get("since"), form.Get("until"), form["statuses"],
+		form.Get("transaction"), form.Get("merchant_ref"), form.Get("dry_run") == "true", time.Now())
 	if err != nil {
 		cn.act(c, "replay", ep, err, 0)
 		return cn.render(c, http.StatusBadRequest, "confirm", view{Title: "Replay", CSRF: cn.csrf(c), Data: confirmData{Question: "This replay cannot start", Detail: err.Error(), Back: "/console/replays"}})
