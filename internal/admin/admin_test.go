@@ -35,6 +35,15 @@ func newServer(t *testing.T) (*httptest.Server, jetstream.JetStream) {
 // newServerLogging is newServer writing its log to log.
 func newServerLogging(t *testing.T, log zerolog.Logger) (*httptest.Server, jetstream.JetStream) {
 	t.Helper()
+	js := newJetStream(t)
+	hs, _ := newRelay(t, js, "relay-a", log)
+	return hs, js
+}
+
+// newJetStream starts a JetStream server with the streams and buckets
+// the relay provisions.
+func newJetStream(t *testing.T) jetstream.JetStream {
+	t.Helper()
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
 	l := stream.Limits{MaxAge: time.Hour, Duplicates: time.Minute}
@@ -46,16 +55,23 @@ func newServerLogging(t *testing.T, log zerolog.Logger) (*httptest.Server, jetst
 		{Name: event.StreamInbox, Subjects: []string{event.SubjectsInbox}, Limits: l},
 		{Name: history.StreamAttempts, Subjects: []string{history.SubjectsAttempts}, Limits: l},
 		{Name: history.StreamRefs, Subjects: []string{history.SubjectsRefs}, Limits: l},
-	}, Buckets: []stream.BucketSpec{{Name: event.BucketTx, History: 1}, SessionsBucket()}})
+	}, Buckets: []stream.BucketSpec{{Name: event.BucketTx, History: 1}, SessionsBucket(), ReplaysBucket()}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, Endpoints: []dispatcher.Endpoint{
+	return js
+}
+
+// newRelay serves the admin API of one relay named name on js: several
+// on one js are relays behind one address.
+func newRelay(t *testing.T, js jetstream.JetStream, name string, log zerolog.Logger) (*httptest.Server, *Server) {
+	t.Helper()
+	a := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, Relay: name, Endpoints: []dispatcher.Endpoint{
 		{Name: "orders", URL: "https://user:pw@orders.example/hook?key=secret", FilterSubjects: []string{"sengo.events.>"}},
 	}, Logger: log})
 	hs := httptest.NewServer(a.Handler())
 	t.Cleanup(func() { hs.Close(); a.Close() })
-	return hs, js
+	return hs, a
 }
 
 func call(t *testing.T, hs *httptest.Server, method, path, body, tok string) (int, string) {
