@@ -40,6 +40,9 @@ type BucketSpec struct {
 	// MaxBytes bounds the bucket (a write beyond it is refused); zero is
 	// unlimited.
 	MaxBytes int64
+	// MaxValueSize bounds one value, in bytes (a larger one is refused);
+	// zero is unlimited.
+	MaxValueSize int32
 }
 
 // Spec is everything to provision, with the settings they share.
@@ -90,13 +93,14 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 	}
 	for _, b := range spec.Buckets {
 		cfg := jetstream.KeyValueConfig{
-			Bucket:      b.Name,
-			Description: b.Description,
-			History:     b.History,
-			TTL:         b.TTL,
-			MaxBytes:    orUnlimited(b.MaxBytes),
-			Storage:     spec.Storage,
-			Replicas:    spec.Replicas,
+			Bucket:       b.Name,
+			Description:  b.Description,
+			History:      b.History,
+			TTL:          b.TTL,
+			MaxBytes:     orUnlimited(b.MaxBytes),
+			MaxValueSize: int32(orUnlimited(int64(b.MaxValueSize))),
+			Storage:      spec.Storage,
+			Replicas:     spec.Replicas,
 		}
 		err := try(ctx, func(ctx context.Context) error { _, err := js.CreateOrUpdateKeyValue(ctx, cfg); return err })
 		if err != nil {

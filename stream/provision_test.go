@@ -131,3 +131,25 @@ func TestCheckWantsDirectGets(t *testing.T) {
 		t.Fatalf("Check of a stream without direct gets: %v", err)
 	}
 }
+
+// A bucket's MaxValueSize bounds each value: the store refuses a larger one.
+func TestProvisionBoundsBucketValues(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	sp := spec(time.Hour)
+	sp.Buckets[0].MaxValueSize = 64
+	if err := stream.Provision(ctx, js, sp); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, "T_TX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "fits", make([]byte, 64)); err != nil {
+		t.Fatalf("a value of 64 bytes: %v", err)
+	}
+	if _, err := kv.Put(ctx, "too.big", make([]byte, 65)); err == nil {
+		t.Fatal("a value of 65 bytes was taken by a bucket bounded at 64")
+	}
+}

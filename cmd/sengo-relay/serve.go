@@ -657,6 +657,7 @@ func provisionSpec(cfg config.Config) stream.Spec {
 			{Name: event.BucketTx, Description: "SenGo transaction state", TTL: cfg.Streams.Transactions.TTL.D(), History: 1},
 			{Name: event.BucketDelivery, Description: "webhook delivery attempts per endpoint and event", TTL: cfg.Streams.Events.MaxAge.D(), History: 1},
 			admin.SessionsBucket(),
+			admin.ReplaysBucket(),
 		},
 	}
 }

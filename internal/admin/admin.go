@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,31 +35,32 @@ type Config struct {
 	Endpoints []dispatcher.Endpoint
 	// Workers by endpoint name, for live status.
 	Workers map[string]*dispatcher.Worker
-	Logger  zerolog.Logger
+	// Relay names this relay in the replay jobs it runs (the host name
+	// and process id when empty).
+	Relay  string
+	Logger zerolog.Logger
 }
 
-// Server is the admin API with the replay jobs it started.
+// Server is the admin API with the replay jobs it runs.
 type Server struct {
-	cfg    Config
-	echo   *echo.Echo
-	mu     sync.Mutex
-	jobs   map[string]*job
-	wg     sync.WaitGroup
-	ctx    context.Context
-	cancel context.CancelFunc
-}
-
-type job struct {
-	Request  dispatcher.ReplayRequest  `json:"request"`
-	Progress dispatcher.ReplayProgress `json:"progress"`
-	Started  time.Time                 `json:"started"`
-	Error    string                    `json:"error,omitempty"`
+	cfg     Config
+	echo    *echo.Echo
+	replays replays
+	mu      sync.Mutex
+	running map[string]int // the replay jobs this relay runs, by id (a job ending and its next run may overlap)
+	wg      sync.WaitGroup
+	ctx     context.Context
+	cancel  context.CancelFunc
 }
 
 // New returns the admin API. Every route needs "Authorization: Bearer <token>".
 func New(cfg Config) *Server {
+	if cfg.Relay == "" {
+		host, _ := os.Hostname()
+		cfg.Relay = fmt.Sprintf("%s:%d", host, os.Getpid())
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{cfg: cfg, echo: echo.New(), jobs: map[string]*job{}, ctx: ctx, cancel: cancel}
+	s := &Server{cfg: cfg, echo: echo.New(), replays: replays{js: cfg.JetStream}, running: map[string]int{}, ctx: ctx, cancel: cancel}
 	e := s.echo
 	e.HideBanner, e.HidePort = true, true
 	// Audit lines name the peer that connected, never an address a request
@@ -148,8 +150,9 @@ func codeForStatus(status int) string {
 // Handler is the HTTP handler.
 func (s *Server) Handler() http.Handler { return s.echo }
 
-// Close stops replay jobs in progress and waits for them; a stopped job
-// resumes when the same request is posted again.
+// Close stops the replay jobs this relay runs and waits for them (each is
+// recorded as stopped); a stopped job resumes when the same request is
+// posted again.
 func (s *Server) Close() {
 	s.cancel()
 	s.wg.Wait()
@@ -456,96 +459,6 @@ func decodeJSON(c echo.Context, v any) error {
 		return apiError(http.StatusBadRequest, "bad_body", "the body is not the expected JSON object: "+err.Error())
 	}
 	return nil
-}
-
-// replayBody is the JSON body of POST /admin/replays.
-type replayBody struct {
-	Endpoint    string   `json:"endpoint"`
-	All         bool     `json:"all"`
-	Since       string   `json:"since"`
-	Until       string   `json:"until"`
-	Statuses    []string `json:"statuses"`
-	Transaction string   `json:"transaction"`
-	MerchantRef string   `json:"merchantRef"`
-	DryRun      bool     `json:"dryRun"`
-}
-
-func (s *Server) replayStart(c echo.Context) error {
-	var b replayBody
-	if err := decodeJSON(c, &b); err != nil {
-		return err
-	}
-	req, err := ReplayRequest(s.cfg.Endpoints, b.Endpoint, b.All, b.Since, b.Until, b.Statuses, b.Transaction, b.MerchantRef, b.DryRun, time.Now())
-	if errors.Is(err, ErrUnknownEndpoint) {
-		return apiError(http.StatusBadRequest, "unknown_endpoint", err.Error())
-	} else if err != nil {
-		return apiError(http.StatusBadRequest, "invalid_replay", err.Error())
-	}
-	j, started := s.startReplay(req)
-	action := "replay"
-	if req.DryRun {
-		action = "replay dry run"
-	}
-	if started {
-		s.auditAPI(c, action, j.Progress.Job, 0, nil)
-	}
-	if !started {
-		return c.JSON(http.StatusOK, &j) // already running
-	}
-	return c.JSON(http.StatusAccepted, &j)
-}
-
-// startReplay starts the job of req, unless the same job is running: then
-// it returns that one, and started is false. It returns a copy: the job
-// itself changes under s.mu as it runs.
-func (s *Server) startReplay(req dispatcher.ReplayRequest) (snapshot job, started bool) {
-	id := req.JobID()
-	s.mu.Lock()
-	if j, ok := s.jobs[id]; ok && !j.Progress.Done && j.Error == "" {
-		defer s.mu.Unlock()
-		return *j, false
-	}
-	j := &job{Request: req, Started: time.Now().UTC(), Progress: dispatcher.ReplayProgress{Job: id, PerEndpoint: map[string]uint64{}}}
-	s.jobs[id] = j
-	snapshot = *j
-	s.mu.Unlock()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		_, err := dispatcher.Replay(s.ctx, s.cfg.JetStream, s.cfg.Endpoints, req, func(p dispatcher.ReplayProgress) {
-			s.mu.Lock()
-			j.Progress = p
-			s.mu.Unlock()
-		})
-		s.mu.Lock()
-		if err != nil {
-			j.Error = err.Error()
-		}
-		s.mu.Unlock()
-		s.cfg.Logger.Info().Str("job", id).Err(err).Msg("replay finished")
-	}()
-	return snapshot, true
-}
-
-func (s *Server) replayList(c echo.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := map[string]*job{}
-	for id, j := range s.jobs {
-		cp := *j
-		out[id] = &cp
-	}
-	return c.JSON(http.StatusOK, out)
-}
-
-func (s *Server) replayShow(c echo.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	j, ok := s.jobs[c.Param("id")]
-	if !ok {
-		return echo.NewHTTPError(http.StatusNotFound, "no such replay job")
-	}
-	return c.JSON(http.StatusOK, j)
 }
 
 // ErrUnknownEndpoint is a replay for an endpoint the configuration lacks.

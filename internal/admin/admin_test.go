@@ -40,15 +40,12 @@ func newServer(t *testing.T) (*httptest.Server, jetstream.JetStream) {
 func newServerLogging(t *testing.T, log zerolog.Logger) (*httptest.Server, jetstream.JetStream) {
 	t.Helper()
 	js := provision(t)
-	a := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, Endpoints: []dispatcher.Endpoint{
-		{Name: "orders", URL: "https://user:pw@orders.example/hook?key=secret", FilterSubjects: []string{"sengo.events.>"}},
-	}, Logger: log})
-	hs := httptest.NewServer(a.Handler())
-	t.Cleanup(func() { hs.Close(); a.Close() })
+	hs, _ := newRelayNamed(t, js, "relay-a", log)
 	return hs, js
 }
 
-// provision starts a JetStream server with the relay's streams and buckets.
+// provision starts a JetStream server with the streams and buckets the
+// relay provisions.
 func provision(t *testing.T) jetstream.JetStream {
 	t.Helper()
 	srv := natstest.Start(t)
@@ -62,11 +59,23 @@ func provision(t *testing.T) jetstream.JetStream {
 		{Name: event.StreamInbox, Subjects: []string{event.SubjectsInbox}, Limits: l},
 		{Name: history.StreamAttempts, Subjects: []string{history.SubjectsAttempts}, Limits: l},
 		{Name: history.StreamRefs, Subjects: []string{history.SubjectsRefs}, Limits: l},
-	}, Buckets: []stream.BucketSpec{{Name: event.BucketTx, History: 1}, {Name: event.BucketDelivery, History: 1}, SessionsBucket()}})
+	}, Buckets: []stream.BucketSpec{{Name: event.BucketTx, History: 1}, {Name: event.BucketDelivery, History: 1}, SessionsBucket(), ReplaysBucket()}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return js
+}
+
+// newRelayNamed serves the admin API of one relay named name on js:
+// several on one js are relays behind one address.
+func newRelayNamed(t *testing.T, js jetstream.JetStream, name string, log zerolog.Logger) (*httptest.Server, *Server) {
+	t.Helper()
+	a := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, Relay: name, Endpoints: []dispatcher.Endpoint{
+		{Name: "orders", URL: "https://user:pw@orders.example/hook?key=secret", FilterSubjects: []string{"sengo.events.>"}},
+	}, Logger: log})
+	hs := httptest.NewServer(a.Handler())
+	t.Cleanup(func() { hs.Close(); a.Close() })
+	return hs, a
 }
 
 func call(t *testing.T, hs *httptest.Server, method, path, body, tok string) (int, string) {

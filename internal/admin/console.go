@@ -1002,12 +1002,12 @@ func (cn *console) replays(c echo.Context) error {
 	for _, e := range cn.s.cfg.Endpoints {
 		names = append(names, e.Name)
 	}
-	cn.s.mu.Lock()
-	jobs := make([]job, 0, len(cn.s.jobs))
-	for _, j := range cn.s.jobs {
-		jobs = append(jobs, *j)
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	jobs, err := cn.s.replays.list(ctx, time.Now())
+	if err != nil {
+		return cn.s.storeUnavailable(err)
 	}
-	cn.s.mu.Unlock()
 	slices.SortFunc(jobs, func(a, b job) int { return b.Started.Compare(a.Started) })
 	return cn.page(c, "replays", "Replays", map[string]any{"Endpoints": names, "Jobs": jobs,
 		"Statuses": []event.Status{event.StatusSuccess, event.StatusPending, event.StatusExpired, event.StatusFailed}})
@@ -1019,12 +1019,28 @@ func (cn *console) replayStart(c echo.Context) error {
 		return echo.NewHTTPError(http.StatusBadRequest, "unreadable form")
 	}
 	ep := form.Get("endpoint")
-	req, err := ReplayRequest(cn.s.cfg.Endpoints, ep, ep == "", form.Get("since"), form.Get("until"), form["statuses"], "", "", form.Get("dry_run") == "true", time.Now())
-	if err != nil {
+	// transaction and merchant_ref come from the forms that run a job
+	// again (the API's jobs may select by them): without them it would
+	// replay the whole window.
+	req, err := ReplayRequest(cn.s.cfg.Endpoints, ep, ep == "", form.Get("since"), form.Get("until"), form["statuses"],
+		form.Get("transaction"), form.Get("merchant_ref"), form.Get("dry_run") == "true", time.Now())
+	cannot := func(status int, err error) error {
 		cn.act(c, "replay", ep, err, 0)
-		return cn.render(c, http.StatusBadRequest, "confirm", view{Title: "Replay", CSRF: cn.csrf(c), Data: confirmData{Question: "This replay cannot start", Detail: err.Error(), Back: "/console/replays"}})
+		return cn.render(c, status, "confirm", view{Title: "Replay", CSRF: cn.csrf(c), Data: confirmData{Question: "This replay cannot start", Detail: err.Error(), Back: "/console/replays"}})
 	}
-	j, _ := cn.s.startReplay(req)
+	if err != nil {
+		return cannot(http.StatusBadRequest, err)
+	}
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	j, _, err := cn.s.startReplay(ctx, req)
+	if errors.Is(err, errJobTooLarge) {
+		return cannot(http.StatusBadRequest, err)
+	}
+	if err != nil {
+		cn.s.cfg.Logger.Warn().Err(err).Msg("replay jobs: store unavailable")
+		return cannot(http.StatusServiceUnavailable, errors.New("the replay was not started: the store that keeps replay jobs is unavailable or full; try again"))
+	}
 	cn.act(c, "replay", strings.Join(req.Endpoints, ",")+" since "+req.Since.UTC().Format(time.RFC3339)+map[bool]string{true: " (dry run)"}[req.DryRun], nil, 0)
 	return c.Redirect(http.StatusSeeOther, "/console/replays/"+url.PathEscape(j.Progress.Job))
 }
@@ -1036,14 +1052,19 @@ func (cn *console) csrf(c echo.Context) string {
 	return ""
 }
 
+// job is the replay job named in the path, from the store: any relay
+// answers for a job any relay runs.
 func (cn *console) job(c echo.Context) (job, error) {
-	cn.s.mu.Lock()
-	defer cn.s.mu.Unlock()
-	j, ok := cn.s.jobs[c.Param("id")]
-	if !ok {
+	ctx, cancel := ctxOf(c)
+	defer cancel()
+	j, _, err := cn.s.replays.get(ctx, c.Param("id"), time.Now())
+	if errors.Is(err, errNoJob) {
 		return job{}, echo.NewHTTPError(http.StatusNotFound, "no such replay job")
 	}
-	return *j, nil
+	if err != nil {
+		return job{}, cn.s.storeUnavailable(err)
+	}
+	return j, nil
 }
 
 func (cn *console) replay(c echo.Context) error {

@@ -159,11 +159,12 @@ func TestConsoleTemplatesRender(t *testing.T) {
 		Steps:         []step{{At: now, Kind: "attempt"}},
 	}
 	j := job{Request: dispatcher.ReplayRequest{Endpoints: []string{"orders"}, DryRun: true}, Progress: dispatcher.ReplayProgress{Job: "j", Done: true}}
+	stalled := job{Request: dispatcher.ReplayRequest{Endpoints: []string{"orders"}, MerchantRef: "INV-1"}, Progress: dispatcher.ReplayProgress{Job: "k"}, Relay: "relay-b", Heartbeat: now, Stalled: true}
 	for name, d := range map[string]any{
 		"tx":              map[string]any{"T": tl},
 		"home":            homeData{Counts: []statusCount{{st, 1}}, Rates: []rateRow{{Name: "x", Windows: make([]uint64, rateWindows)}}, From: now, Endpoints: []endpointStatus{{Name: "orders"}}, Recent: []txSummary{tl.Transaction}},
 		"dlq":             map[string]any{"Entries": []dispatcher.DLQEntry{{Seq: 1}}, "Endpoint": "orders"},
-		"replays":         map[string]any{"Endpoints": []string{"orders"}, "Jobs": []job{j}, "Statuses": []event.Status{st}},
+		"replays":         map[string]any{"Endpoints": []string{"orders"}, "Jobs": []job{j, stalled}, "Statuses": []event.Status{st}},
 		"replay":          j,
 		"events":          []eventView{{Seq: 1}},
 		"quarantine":      []receiver.QuarantineEntry{{Seq: 1}},

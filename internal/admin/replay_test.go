@@ -1,0 +1,306 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"html"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/dispatcher"
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
+)
+
+// jobView is a replay job as the API answers it.
+type jobView struct {
+	Progress dispatcher.ReplayProgress `json:"progress"`
+	Relay    string                    `json:"relay"`
+	Stalled  bool                      `json:"stalled"`
+	Error    string                    `json:"error"`
+}
+
+// publishReplayable stores one success event in SENGO_EVENTS.
+func publishReplayable(t *testing.T, js jetstream.JetStream, id string) {
+	t.Helper()
+	ev := event.Event{SpecVersion: "1.0", ID: id, Source: "sengo/main", Type: event.Type(event.StatusSuccess),
+		Data: event.Data{TransactionID: "t-" + id, Status: event.StatusSuccess, Product: event.ProductQRIS, Raw: json.RawMessage(`{}`)}}
+	b, _ := event.Marshal(ev)
+	if _, err := js.Publish(context.Background(), event.EventSubject("main", event.ProductQRIS, event.StatusSuccess), b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startJob posts body to /admin/replays at hs: the status and the job.
+func startJob(t *testing.T, hs *httptest.Server, body string) (int, jobView) {
+	t.Helper()
+	code, got := call(t, hs, http.MethodPost, "/admin/replays", body, token)
+	var j jobView
+	if code < 300 {
+		if err := json.Unmarshal([]byte(got), &j); err != nil {
+			t.Fatalf("POST /admin/replays: %v in %s", err, got)
+		}
+	}
+	return code, j
+}
+
+// getJob is GET /admin/replays/{id} at hs: the status and the job.
+func getJob(t *testing.T, hs *httptest.Server, id string) (int, jobView) {
+	t.Helper()
+	code, body := call(t, hs, http.MethodGet, "/admin/replays/"+id, "", token)
+	var j jobView
+	if code == http.StatusOK {
+		if err := json.Unmarshal([]byte(body), &j); err != nil {
+			t.Fatalf("GET /admin/replays/%s: %v in %s", id, err, body)
+		}
+	}
+	return code, j
+}
+
+// listJobs is GET /admin/replays at hs.
+func listJobs(t *testing.T, hs *httptest.Server) map[string]jobView {
+	t.Helper()
+	code, body := call(t, hs, http.MethodGet, "/admin/replays", "", token)
+	var out map[string]jobView
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &out) != nil {
+		t.Fatalf("GET /admin/replays: %d %s", code, body)
+	}
+	return out
+}
+
+// consolePage is a console page (or fragment) read with c: its status and body.
+func consolePage(t *testing.T, c *http.Client, u string) (int, string) {
+	t.Helper()
+	resp, err := c.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+const doneMark = `class="o-delivered done"`
+
+// Two relays behind one address: a replay started on one (by the API or
+// the console) is listed, shown and its progress polled on the other,
+// which sees it reach done. (The jobs lived in the memory of the relay
+// that ran them: the other answered 404.)
+func TestReplayIsSharedByRelays(t *testing.T) {
+	js := provision(t)
+	a, _ := newRelayNamed(t, js, "relay-a", zerolog.Nop())
+	b, _ := newRelayNamed(t, js, "relay-b", zerolog.Nop())
+	publishReplayable(t, js, "evt_1")
+
+	code, j := startJob(t, a, `{"endpoint":"orders","since":"1h"}`)
+	if code != http.StatusAccepted || j.Progress.Job == "" {
+		t.Fatalf("start at relay A: %d %+v", code, j)
+	}
+	id := j.Progress.Job
+	poll.Until(t, "relay B to see the job done", func() bool {
+		if code, j = getJob(t, b, id); code != http.StatusOK {
+			t.Fatalf("relay B answers %d for the job relay A started", code)
+		}
+		return j.Progress.Done
+	})
+	if j.Progress.Queued != 1 || j.Progress.Total != 1 || j.Relay != "relay-a" || j.Stalled || j.Error != "" {
+		t.Errorf("the job at relay B: %+v; want 1 of 1 queued by relay-a", j)
+	}
+	if got, ok := listJobs(t, b)[id]; !ok || !got.Progress.Done {
+		t.Errorf("relay B lists %+v for %s", got, id)
+	}
+
+	// The console: started at A, the redirect and the poll land on B.
+	c := browser(t)
+	csrf := signIn(t, c, a.URL)
+	resp, err := c.PostForm(a.URL+"/console/replays", url.Values{"_csrf": {csrf}, "endpoint": {"orders"}, "since": {"2h"}, "dry_run": {"true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/console/replays/rp_") {
+		t.Fatalf("console start at A: %d → %q", resp.StatusCode, loc)
+	}
+	if code, body := consolePage(t, c, b.URL+loc); code != http.StatusOK || !strings.Contains(body, "dry run") {
+		t.Fatalf("the job's page at B: %d\n%.300s", code, body)
+	}
+	poll.Until(t, "relay B's progress fragment to say done", func() bool {
+		code, body := consolePage(t, c, b.URL+loc+"/progress")
+		if code != http.StatusOK {
+			t.Fatalf("progress at B: %d %.300s", code, body)
+		}
+		return strings.Contains(body, doneMark)
+	})
+	code, body := consolePage(t, c, b.URL+"/console/replays")
+	if code != http.StatusOK || !strings.Contains(body, id) || !strings.Contains(body, strings.TrimPrefix(loc, "/console/replays/")) {
+		t.Errorf("relay B's replays page %d does not list both jobs (%s, %s)", code, id, loc)
+	}
+	if code, body := consolePage(t, c, b.URL+"/console/replays/"+id+"/progress"); code != http.StatusOK || !strings.Contains(body, doneMark) || !strings.Contains(body, "relay-a") {
+		t.Errorf("the API's job at B's console: %d %.300s; want done, by relay-a", code, body)
+	}
+}
+
+// A relay started again (or a new one) still lists a finished job.
+func TestReplayOutlivesRestart(t *testing.T) {
+	js := provision(t)
+	hs, a := newRelayNamed(t, js, "relay-a", zerolog.Nop())
+	publishReplayable(t, js, "evt_1")
+	_, j := startJob(t, hs, `{"endpoint":"orders","since":"1h"}`)
+	id := j.Progress.Job
+	poll.Until(t, "the job to finish", func() bool { _, j = getJob(t, hs, id); return j.Progress.Done })
+	hs.Close()
+	a.Close()
+
+	again, _ := newRelayNamed(t, js, "relay-a", zerolog.Nop())
+	got, ok := listJobs(t, again)[id]
+	if !ok || !got.Progress.Done || got.Progress.Queued != 1 || got.Stalled {
+		t.Fatalf("after a restart the relay lists %+v for %s (ok %v), want it done with 1 queued", got, id, ok)
+	}
+	c := browser(t)
+	signIn(t, c, again.URL)
+	if code, body := consolePage(t, c, again.URL+"/console/replays/"+id); code != http.StatusOK || !strings.Contains(body, doneMark) {
+		t.Errorf("the job's page after a restart: %d", code)
+	}
+}
+
+// A replay the store refuses to record is not started: 503
+// store_unavailable at the API, 503 at the console; nothing is queued.
+func TestReplayStoreRefusing(t *testing.T) {
+	hs, js := newServer(t)
+	publishReplayable(t, js, "evt_1")
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	restore := natstest.RefuseWrites(t, js, "KV_"+BucketReplays)
+	code, body := call(t, hs, http.MethodPost, "/admin/replays", `{"endpoint":"orders","since":"1h"}`, token)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"code":"store_unavailable"`) {
+		t.Errorf("start with the store refusing: %d %s; want 503 store_unavailable", code, body)
+	}
+	resp, err := c.PostForm(hs.URL+"/console/replays", url.Values{"_csrf": {csrf}, "endpoint": {"orders"}, "since": {"2h"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("console start with the store refusing: %d, want 503", resp.StatusCode)
+	}
+	restore()
+	// Had either run, it would have queued the event by now: a job
+	// started after them (the same window) finds nothing queued before.
+	code, j := startJob(t, hs, `{"endpoint":"orders","since":"3h"}`)
+	if code != http.StatusAccepted {
+		t.Fatalf("start after the store is back: %d", code)
+	}
+	poll.Until(t, "the job to finish", func() bool { _, j = getJob(t, hs, j.Progress.Job); return j.Progress.Done })
+	if n := len(natstest.Messages(t, js, event.StreamReplay)); n != 1 {
+		t.Errorf("%d copies queued, want only the last job's", n)
+	}
+}
+
+// A job whose relay stopped writing (it died mid-run) shows as stalled,
+// not running for ever, and can be started again; a job whose relay is
+// alive is returned as it is, by any relay.
+func TestReplayStalled(t *testing.T) {
+	hs, js := newServer(t)
+	publishReplayable(t, js, "evt_1")
+	now := time.Now().UTC().Truncate(time.Second)
+	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
+	body := fmt.Sprintf(`{"endpoint":"orders","since":%q,"until":%q}`, since, until)
+	req, err := ReplayRequest([]dispatcher.Endpoint{{Name: "orders"}}, "orders", false, since, until, nil, "", "", false, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := req.JobID()
+	kv, err := js.KeyValue(t.Context(), BucketReplays)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// put writes the job as a relay running it leaves it.
+	put := func(relay string, heartbeat time.Time, done bool) {
+		t.Helper()
+		b, _ := json.Marshal(map[string]any{"request": req, "started": heartbeat.Add(-time.Minute), "relay": relay, "heartbeat": heartbeat,
+			"progress": dispatcher.ReplayProgress{Job: id, Total: 10, Scanned: 3, PerEndpoint: map[string]uint64{"orders": 0}, Done: done}})
+		if _, err := kv.Put(t.Context(), id, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	put("relay-b", time.Now(), false)
+	if code, j := startJob(t, hs, body); code != http.StatusOK || j.Relay != "relay-b" || j.Progress.Scanned != 3 || j.Stalled {
+		t.Fatalf("starting a job relay-b runs: %d %+v; want 200 and relay-b's job", code, j)
+	}
+
+	put("relay-b", time.Now().Add(-time.Minute), true)
+	if _, j := getJob(t, hs, id); j.Stalled {
+		t.Errorf("a finished job without news for a minute shows stalled: %+v", j)
+	}
+
+	put("relay-b", time.Now().Add(-time.Minute), false) // relay-b died
+	if code, j := getJob(t, hs, id); code != http.StatusOK || !j.Stalled || j.Progress.Done {
+		t.Fatalf("a running job without news for a minute: %d %+v; want stalled", code, j)
+	}
+	if j := listJobs(t, hs)[id]; !j.Stalled {
+		t.Errorf("the list shows %+v; want stalled", j)
+	}
+	c := browser(t)
+	signIn(t, c, hs.URL)
+	code, frag := consolePage(t, c, hs.URL+"/console/replays/"+id+"/progress")
+	if code != http.StatusOK || !strings.Contains(frag, "stalled") || strings.Contains(frag, "hx-get") || !strings.Contains(frag, `class="restart-replay"`) {
+		t.Errorf("the console's fragment of a stalled job: %d %s; want it to say stalled, stop polling and offer to start it again", code, frag)
+	}
+
+	code, j := startJob(t, hs, body)
+	if code != http.StatusAccepted || j.Relay != "relay-a" {
+		t.Fatalf("starting a stalled job again: %d %+v; want 202 at relay-a", code, j)
+	}
+	poll.Until(t, "the job started again to finish", func() bool { _, j = getJob(t, hs, id); return j.Progress.Done })
+	if j.Stalled || j.Progress.Queued != 1 || j.Relay != "relay-a" {
+		t.Errorf("the job run again: %+v", j)
+	}
+}
+
+var hiddenInput = regexp.MustCompile(`<input type="hidden" name="([a-z_]+)" value="([^"]*)">`)
+
+// The console's form that sends a dry run for real runs the job the dry
+// run counted: a job of the API that selects by merchantRef or
+// transaction keeps that selection (the form dropped it, and the "real"
+// run replayed the whole window).
+func TestConsoleRunForRealKeepsTheSelection(t *testing.T) {
+	hs, js := newServer(t)
+	publishReplayable(t, js, "evt_1")
+	code, j := startJob(t, hs, `{"endpoint":"orders","since":"1h","until":"0s","merchantRef":"INV-1","transaction":"t-evt_1","dryRun":true}`)
+	if code != http.StatusAccepted {
+		t.Fatalf("dry run: %d", code)
+	}
+	id := j.Progress.Job
+	poll.Until(t, "the dry run to finish", func() bool { _, j = getJob(t, hs, id); return j.Progress.Done })
+	c := browser(t)
+	signIn(t, c, hs.URL)
+	_, frag := consolePage(t, c, hs.URL+"/console/replays/"+id+"/progress")
+	form := url.Values{}
+	for _, m := range hiddenInput.FindAllStringSubmatch(frag, -1) {
+		form.Add(m[1], html.UnescapeString(m[2]))
+	}
+	if form.Get("_csrf") == "" || !strings.Contains(frag, `id="run-replay"`) {
+		t.Fatalf("no form to send the dry run for real:\n%s", frag)
+	}
+	resp, err := c.PostForm(hs.URL+"/console/replays", form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || loc != "/console/replays/"+id {
+		t.Fatalf("sent for real: %d → %q, want the dry run's job %s (form %v)", resp.StatusCode, loc, id, form)
+	}
+}
