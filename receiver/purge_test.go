@@ -58,6 +58,9 @@ func TestQuarantineListedBySubject(t *testing.T) {
 	}
 	for i := range maxQuarantineScan + 500 {
 		publish("other", fmt.Sprintf("tx-%d", i))
+		if i%1000 == 999 { // under the client's bound on publishes in flight
+			<-h.js.PublishAsyncComplete()
+		}
 	}
 	<-h.js.PublishAsyncComplete()
 	for _, f := range []QuarantineFilter{{Project: "main"}, {TransactionID: "tx-early"}, {Project: "main", TransactionID: "tx-early"}} {

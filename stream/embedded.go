@@ -123,6 +123,13 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 		SyncAlways:   cfg.SyncAlways,
 		NoSigs:       true, // the relay owns signal handling
 		MaxPayload:   8 << 20,
+		// The server's first PING to a client otherwise comes 2 s after
+		// the client connected, handshake finished or not; nats.go fails a
+		// handshake that sees it before its PONG ("expected 'PONG', got
+		// 'PING'"). Checking a bcrypt password takes that long on a busy
+		// machine (CI under -race saw it): the CLI and subscribers could
+		// not connect. The first PING now comes at the ping interval.
+		DisableShortFirstPing: true,
 	}
 	if cfg.MaxStore > 0 {
 		opts.JetStreamMaxStore = cfg.MaxStore

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -57,7 +58,16 @@ func fillHistory(ctx context.Context, st store, n int, progress io.Writer) error
 			{Subject: history.RefSubject("bench", ref, id), Data: refb},
 			{Subject: history.AttemptSubject("bench", ev.ID), Data: attempt},
 		} {
-			if _, err := js.PublishMsgAsync(m); err != nil {
+			_, err := js.PublishMsgAsync(m)
+			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) { // a slow store: let it catch up
+				select {
+				case <-js.PublishAsyncComplete():
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				_, err = js.PublishMsgAsync(m)
+			}
+			if err != nil {
 				return err
 			}
 		}
