@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"regexp"
 	"sync"
@@ -236,7 +237,14 @@ func (s *Server) run(kv jetstream.KeyValue, j job, rev uint64) {
 	s.running[id]++
 	s.mu.Unlock()
 	ctx, cancel := context.WithCancel(s.ctx)
-	w := &jobWriter{kv: kv, j: j, rev: rev}
+	// The writer's job has a map of its own: the caller still reads (and
+	// answers with) j while the replay writes the writer's counts.
+	wj := j
+	wj.Progress.PerEndpoint = maps.Clone(j.Progress.PerEndpoint)
+	if wj.Progress.PerEndpoint == nil {
+		wj.Progress.PerEndpoint = map[string]uint64{}
+	}
+	w := &jobWriter{kv: kv, j: wj, rev: rev}
 	log := s.cfg.Logger.With().Str("job", id).Logger()
 	s.wg.Add(1)
 	go func() {
