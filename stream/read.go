@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
@@ -18,6 +19,21 @@ const numPendingHeader = "Nats-Num-Pending"
 // readBatch is how many messages one direct get of ReadSubject asks for.
 const readBatch = 256
 
+// readMaxBytes bounds one batch's bytes. Without it the server answers up
+// to its per-client pending limit (64 MB) at once; a client reading slower
+// than that (a loaded machine, -race) is closed by the server as a slow
+// consumer, and the server goes on answering the batch on the connection
+// that replaces it, the messages in between lost.
+const readMaxBytes = 4 << 20
+
+// readWait bounds one batch when the caller set no deadline; the client
+// library would otherwise end it quietly after its default 2 s.
+const readWait = 15 * time.Second
+
+// readTries is how many times ReadSubject asks again after finding
+// messages missing from a batch.
+const readTries = 3
+
 // ReadSubject reads the messages of stream on one literal subject, oldest
 // first, until visit returns false or none is left, with batched direct
 // gets: the server finds them from its subject index (which knows the
@@ -28,45 +44,88 @@ const readBatch = 256
 // left makes the server look for further matches to the end of the
 // stream (measured: a story's p50 4 → 101 ms with a million events), where
 // a consumer knows from the start how many match (use ScanFrom).
+//
+// It never returns a part of the messages as all of them. Each message
+// says how many match after it (Nats-Num-Pending): within a batch that
+// count falls by one a message, and the first of a later batch may count
+// new arrivals but no fewer. A count that falls further means messages
+// were lost in between (a connection closed and replaced mid-batch): the
+// batch is asked for again from the last message visited, and a shortfall
+// two answers agree on is taken as messages removed meanwhile. A batch
+// that brings nothing while more were announced is an error.
 func ReadSubject(ctx context.Context, js jetstream.JetStream, stream, subject string, visit func(*jetstream.RawStreamMsg) bool) error {
 	if strings.ContainsAny(subject, "*>") {
 		return fmt.Errorf("read %s: %q is not a literal subject", stream, subject)
 	}
-	from := uint64(1)
+	var (
+		from    = uint64(1)
+		left    uint64 // matches after from-1, as the last message announced
+		started bool   // a message was visited, so left is known
+		tries   int
+		// The first message of the last batch that fell short of left.
+		shortSeq, shortLeft uint64
+	)
 	for {
-		msgs, err := jetstreamext.GetBatch(ctx, js, stream, readBatch, jetstreamext.GetBatchSeq(from), jetstreamext.GetBatchSubject(subject))
-		if err != nil {
-			return fmt.Errorf("read %s: %w", stream, err)
-		}
-		// Each message says how many more match after it (Nats-Num-Pending).
-		// The client library ends a batch quietly when its answers stop
-		// coming (a timeout), and the server ends one early past its byte
-		// limit: the next batch goes on from there, and a batch that brings
-		// nothing while more were announced is an error, never a story
-		// silently cut short.
-		got, pending := 0, uint64(0)
-		for m, err := range msgs {
-			if errors.Is(err, jetstreamext.ErrNoMessages) {
-				return nil
-			}
+		got, short, err := func() (int, bool, error) {
+			bctx, cancel := context.WithTimeout(ctx, readWait)
+			defer cancel()
+			msgs, err := jetstreamext.GetBatch(bctx, js, stream, readBatch, jetstreamext.GetBatchSeq(from), jetstreamext.GetBatchSubject(subject), jetstreamext.GetBatchMaxBytes(readMaxBytes))
 			if err != nil {
-				return fmt.Errorf("read %s: %w", stream, err)
+				return 0, false, err
 			}
-			got++
-			from = m.Sequence + 1
-			pending, _ = strconv.ParseUint(m.Header.Get(numPendingHeader), 10, 64)
-			if !visit(m) {
-				return nil
+			got := 0
+			for m, err := range msgs {
+				if errors.Is(err, jetstreamext.ErrNoMessages) {
+					return got, false, errDone
+				}
+				if err != nil {
+					return got, false, err
+				}
+				after, err := strconv.ParseUint(m.Header.Get(numPendingHeader), 10, 64)
+				if err != nil {
+					return got, false, fmt.Errorf("%s at sequence %d: %w", numPendingHeader, m.Sequence, err)
+				}
+				if started {
+					switch {
+					case got > 0 && after+1 != left && !(left == 0 && after == 0):
+						// Within a batch; the server's count stops at 0 when
+						// messages arrive during the batch.
+						return got, true, nil
+					case got == 0 && after+1 < left:
+						// The first of a batch, answered twice alike: removed.
+						if m.Sequence != shortSeq || after != shortLeft {
+							shortSeq, shortLeft = m.Sequence, after
+							return got, true, nil
+						}
+					}
+				}
+				got++
+				started, left, from = true, after, m.Sequence+1
+				if !visit(m) {
+					return got, false, errDone
+				}
 			}
-		}
+			return got, false, nil
+		}()
 		switch {
+		case errors.Is(err, errDone):
+			return nil
+		case err != nil:
+			return fmt.Errorf("read %s: %w", stream, err)
+		case short:
+			if tries++; tries >= readTries {
+				return fmt.Errorf("read %s: %s: messages missing after sequence %d in %d answers", stream, subject, from-1, tries)
+			}
 		case got == 0:
 			return fmt.Errorf("read %s: %s cut short: no answer from sequence %d on (%w)", stream, subject, from, context.DeadlineExceeded)
-		case pending == 0:
+		case left == 0:
 			return nil
 		}
 	}
 }
+
+// errDone ends ReadSubject's batches without an error.
+var errDone = errors.New("done")
 
 // Delete removes the message at seq from s. It reports false, and no
 // error, when the message is already gone (removed meanwhile): nats.go
