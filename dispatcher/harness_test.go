@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -101,6 +103,15 @@ type harness struct {
 	logs    *syncBuffer
 	durable Durability      // waited on by the workers start runs; nil: none
 	history *history.Writer // given to the workers start runs; nil: none
+
+	mu        sync.Mutex
+	published []stored // by publish, in order
+}
+
+// stored is an event publish stored.
+type stored struct {
+	subject string
+	seq     uint64
 }
 
 func newHarness(t *testing.T) *harness {
@@ -161,11 +172,14 @@ func (h *harness) publish(txID string, s event.Status, prev event.Status) event.
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	_, err = h.js.PublishMsg(context.Background(), &nats.Msg{Subject: event.EventSubject("main", ev.Data.Product, s), Data: b},
-		jetstream.WithMsgID(ev.ID))
+	subject := event.EventSubject("main", ev.Data.Product, s)
+	ack, err := h.js.PublishMsg(context.Background(), &nats.Msg{Subject: subject, Data: b}, jetstream.WithMsgID(ev.ID))
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	h.mu.Lock()
+	h.published = append(h.published, stored{subject, ack.Sequence})
+	h.mu.Unlock()
 	return ev
 }
 
@@ -184,9 +198,43 @@ func (h *harness) deadLetters() []DeadLetter {
 }
 
 // pendingZero reports whether the worker's live consumer has nothing left.
+// settled reports that w has nothing left to do: nothing pending on its
+// consumers, and every event publish stored that w's filter takes
+// delivered to it. (A consumer's count of pending messages lags a
+// publish: right after one it can say 0 before the message is delivered,
+// and a test that took that for done failed now and then.)
 func (h *harness) settled(w *Worker) bool {
 	live, replay, _, err := w.Pending(context.Background())
-	return err == nil && live == 0 && replay == 0
+	if err != nil || live != 0 || replay != 0 {
+		return false
+	}
+	var last uint64
+	h.mu.Lock()
+	for _, p := range h.published {
+		if slices.ContainsFunc(w.ep.FilterSubjects, func(f string) bool { return subjectMatches(f, p.subject) }) {
+			last = max(last, p.seq)
+		}
+	}
+	h.mu.Unlock()
+	if last == 0 {
+		return true
+	}
+	info, err := w.live.Info(context.Background())
+	return err == nil && info.Delivered.Stream >= last && info.NumAckPending == 0
+}
+
+// subjectMatches reports whether NATS filter f (with * and >) takes subject.
+func subjectMatches(f, subject string) bool {
+	ft, st := strings.Split(f, "."), strings.Split(subject, ".")
+	for i, t := range ft {
+		switch {
+		case t == ">":
+			return len(st) > i
+		case i >= len(st) || t != "*" && t != st[i]:
+			return false
+		}
+	}
+	return len(ft) == len(st)
 }
 
 func eventually(t *testing.T, what string, cond func() bool) { t.Helper(); poll.Until(t, what, cond) }
