@@ -21,6 +21,7 @@ type breaker struct {
 	interval  time.Duration
 	nextProbe time.Time
 	lastError string
+	lastAt    time.Time     // when lastError happened
 	changed   chan struct{} // closed and replaced on every state change
 }
 
@@ -95,7 +96,7 @@ func (b *breaker) failure(probe bool, reason string) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.failures++
-	b.lastError = reason
+	b.lastError, b.lastAt = reason, b.now()
 	switch {
 	case probe:
 		b.probing = false
@@ -119,16 +120,19 @@ func (b *breaker) notify() {
 
 // BreakerState is an endpoint's health as shown by metrics and the admin API.
 type BreakerState struct {
-	Paused              bool      `json:"paused"`
-	ConsecutiveFailures int       `json:"consecutiveFailures"`
-	LastError           string    `json:"lastError,omitempty"`
-	NextProbe           time.Time `json:"nextProbe,omitzero"`
+	Paused              bool   `json:"paused"`
+	ConsecutiveFailures int    `json:"consecutiveFailures"`
+	LastError           string `json:"lastError,omitempty"`
+	// LastErrorAt is when LastError happened: it stays after the endpoint
+	// recovers, for the operator asking what went wrong at three o'clock.
+	LastErrorAt time.Time `json:"lastErrorAt,omitzero"`
+	NextProbe   time.Time `json:"nextProbe,omitzero"`
 }
 
 func (b *breaker) state() BreakerState {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := BreakerState{Paused: b.paused, ConsecutiveFailures: b.failures, LastError: b.lastError}
+	s := BreakerState{Paused: b.paused, ConsecutiveFailures: b.failures, LastError: b.lastError, LastErrorAt: b.lastAt.UTC()}
 	if b.paused {
 		s.NextProbe = b.nextProbe
 	}

@@ -48,6 +48,13 @@ func newServerLogging(t *testing.T, log zerolog.Logger) (*httptest.Server, jetst
 // relay provisions.
 func provision(t *testing.T) jetstream.JetStream {
 	t.Helper()
+	_, js := provisionServer(t)
+	return js
+}
+
+// provisionServer is provision with the server, for more connections.
+func provisionServer(t *testing.T) (*natstest.Server, jetstream.JetStream) {
+	t.Helper()
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
 	l := stream.Limits{MaxAge: time.Hour, Duplicates: time.Minute}
@@ -63,7 +70,7 @@ func provision(t *testing.T) jetstream.JetStream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return js
+	return srv, js
 }
 
 // newRelayNamed serves the admin API of one relay named name on js:
@@ -619,8 +626,10 @@ func TestAdminDeadLetterOfAWorkerRedrivenAfterAHold(t *testing.T) {
 	if got := len(hook.requests()); got != 4 {
 		t.Fatalf("%d attempts before the dead letters, want 2 each", got)
 	}
-	if st := ordersStatus(t, hs); st.Paused || st.ConsecutiveFailures != 4 || st.LastError != "HTTP 500" || st.Hold.Held || st.Pending != 0 {
-		t.Fatalf("orders after its dead letters: %+v", st)
+	failedBy := time.Now()
+	st0 := ordersStatus(t, hs)
+	if st0.Paused || st0.ConsecutiveFailures != 4 || st0.LastError != "HTTP 500" || st0.Hold.Held || st0.Pending != 0 {
+		t.Fatalf("orders after its dead letters: %+v", st0)
 	}
 
 	var held struct {
@@ -663,6 +672,11 @@ func TestAdminDeadLetterOfAWorkerRedrivenAfterAHold(t *testing.T) {
 	}
 	if st := ordersStatus(t, hs); st.Hold.Held || st.ConsecutiveFailures != 0 || st.ReplayPending != 0 {
 		t.Fatalf("orders after the redrive: %+v", st)
+	}
+	// Healthy again, the endpoint still says what last went wrong, and
+	// when: an error without its time read as a current one.
+	if st := ordersStatus(t, hs); st.LastError != "HTTP 500" || !st.LastErrorAt.Equal(st0.LastErrorAt) || st.LastErrorAt.IsZero() || st.LastErrorAt.After(failedBy) {
+		t.Fatalf("orders recovered: last error %q at %v; want HTTP 500 at %v", st.LastError, st.LastErrorAt, st0.LastErrorAt)
 	}
 	mustCall(t, hs, http.MethodGet, "/admin/dlq/"+seq1, "", http.StatusNotFound, nil)
 }
