@@ -96,6 +96,14 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
+	var readers []jetstream.JetStream
+	for _, nc := range conns.readers {
+		r, err := jetstream.New(nc)
+		if err != nil {
+			return fmt.Errorf("jetstream: %w", err)
+		}
+		readers = append(readers, r)
+	}
 	spec := provisionSpec(cfg)
 
 	reg := prometheus.NewRegistry()
@@ -336,7 +344,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		}
 		if cfg.Admin.Token.Set() {
 			workerMu.Lock()
-			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: adminJS, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Logger: log.With().Str("component", "admin").Logger()})
+			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: adminJS, Readers: readers, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Logger: log.With().Str("component", "admin").Logger()})
 			workerMu.Unlock()
 			aln, err := net.Listen("tcp", cfg.Admin.Listen)
 			if err != nil {
@@ -495,8 +503,16 @@ func retry(ctx context.Context, log zerolog.Logger, what string, retryable func(
 // intake's and the dispatcher's requests behind it.
 type natsConns struct {
 	callbacks, work, admin *nats.Conn
-	durable                *stream.GroupSync
+	// readers carry the console's concurrent reads (a story's parts), for
+	// the same reason: each answers its direct gets one after another.
+	readers []*nats.Conn
+	durable *stream.GroupSync
 }
+
+// adminReaders is how many connections the console's concurrent reads
+// spread over: a story reads five parts at once on a machine that has
+// few cores.
+const adminReaders = 3
 
 // groupCommitBackstop is how often nats-server itself fsyncs under group
 // commit: it bounds the loss window of writes made by other processes
@@ -556,7 +572,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 	}
 	conns := natsConns{durable: gs}
 	shutdown := func() {
-		for _, nc := range []*nats.Conn{conns.callbacks, conns.admin, conns.work} {
+		for _, nc := range append([]*nats.Conn{conns.callbacks, conns.admin, conns.work}, conns.readers...) {
 			if nc != nil {
 				drain(nc, log)
 			}
@@ -584,6 +600,15 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 			return natsConns{}, nil, err
 		}
 		*c.nc = nc
+	}
+	for i := range adminReaders {
+		ccfg.Name = fmt.Sprintf("sengo-relay/admin-read-%d", i+1)
+		nc, err := stream.Connect(ccfg, opts...)
+		if err != nil {
+			shutdown()
+			return natsConns{}, nil, err
+		}
+		conns.readers = append(conns.readers, nc)
 	}
 	if cfg.NATS.URL != "" {
 		log.Info().Str("url", conns.work.ConnectedUrlRedacted()).Msg("nats connecting")

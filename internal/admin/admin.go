@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -30,6 +31,11 @@ import (
 type Config struct {
 	Token     string
 	JetStream jetstream.JetStream
+	// Readers are more connections for the reads one page makes at once
+	// (a story's parts): the server answers a connection's direct gets one
+	// after another, so parts whose blocks it must load from disk would
+	// otherwise wait for each other. Optional.
+	Readers []jetstream.JetStream
 	// Projects are the configured project names: the only ones searched.
 	Projects  []string
 	Endpoints []dispatcher.Endpoint
@@ -51,6 +57,16 @@ type Server struct {
 	wg      sync.WaitGroup
 	ctx     context.Context
 	cancel  context.CancelFunc
+	next    atomic.Uint32 // the reader the next read takes
+}
+
+// reader is a connection for one of a page's concurrent reads, the
+// configured ones in turn.
+func (s *Server) reader() jetstream.JetStream {
+	if len(s.cfg.Readers) == 0 {
+		return s.cfg.JetStream
+	}
+	return s.cfg.Readers[int(s.next.Add(1))%len(s.cfg.Readers)]
 }
 
 // New returns the admin API. Every route needs "Authorization: Bearer <token>".

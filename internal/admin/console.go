@@ -653,7 +653,19 @@ func (cn *console) search(c echo.Context) error {
 	}
 	ctx, cancel := ctxOf(c)
 	defer cancel()
-	found, err := cn.s.lookup(ctx, listQuery{merchantRef: q})
+	// One transaction with this merchantRef opens its story at once,
+	// without reading it twice (its state and event here, then again for
+	// the story): an old payment's records are loaded from disk, and the
+	// search is the page an operator waits for.
+	keys, err := cn.s.find(ctx, listQuery{merchantRef: q})
+	if err != nil {
+		return err
+	}
+	if len(keys) == 1 {
+		cn.act(c, "search", q, nil, 1)
+		return c.Redirect(http.StatusSeeOther, "/console/tx/"+url.PathEscape(keys[0].Project)+"/"+url.PathEscape(keys[0].TransactionID))
+	}
+	found, err := cn.s.summaries(ctx, keys)
 	if err != nil {
 		return err
 	}

@@ -276,32 +276,49 @@ func (q listQuery) keeps(t txSummary) bool {
 
 // lookup finds the transactions of q.merchantRef or q.id.
 func (s *Server) lookup(ctx context.Context, q listQuery) ([]txSummary, error) {
+	keys, err := s.find(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return s.summaries(ctx, keys)
+}
+
+// summaries reads the transactions of keys, leaving out those not stored.
+func (s *Server) summaries(ctx context.Context, keys []txSummary) ([]txSummary, error) {
+	var out []txSummary
+	for _, k := range keys {
+		t, err := s.summary(ctx, k.Project, k.TransactionID)
+		if errors.Is(err, receiver.ErrNoTransaction) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// find is the transactions of q.merchantRef (from the SENGO_REFS index)
+// or q.id, in q.project or every configured one, without reading them:
+// a transaction q.id names may not exist.
+func (s *Server) find(ctx context.Context, q listQuery) ([]txSummary, error) {
 	projects := s.cfg.Projects
 	if q.project != "" {
 		projects = []string{q.project}
 	}
 	var out []txSummary
 	for _, p := range projects {
-		ids := []string{q.id}
-		if q.id == "" {
-			refs, err := history.Lookup(ctx, s.cfg.JetStream, p, q.merchantRef, maxLimit)
-			if err != nil {
-				return nil, err
-			}
-			ids = ids[:0]
-			for _, r := range refs {
-				ids = append(ids, r.TransactionID)
-			}
+		if q.id != "" {
+			out = append(out, txSummary{Project: p, TransactionID: q.id})
+			continue
 		}
-		for _, id := range ids {
-			t, err := s.summary(ctx, p, id)
-			if errors.Is(err, receiver.ErrNoTransaction) {
-				continue
-			}
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, t)
+		refs, err := history.Lookup(ctx, s.cfg.JetStream, p, q.merchantRef, maxLimit)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range refs {
+			out = append(out, txSummary{Project: p, TransactionID: r.TransactionID})
 		}
 	}
 	return out, nil
@@ -337,7 +354,11 @@ func (s *Server) latestEvent(ctx context.Context, tx receiver.Transaction) (even
 }
 
 func (s *Server) eventAt(ctx context.Context, seq uint64) (eventView, error) {
-	st, err := s.cfg.JetStream.Stream(ctx, event.StreamEvents)
+	return eventAt(ctx, s.cfg.JetStream, seq)
+}
+
+func eventAt(ctx context.Context, js jetstream.JetStream, seq uint64) (eventView, error) {
+	st, err := js.Stream(ctx, event.StreamEvents)
 	if err != nil {
 		return eventView{}, err
 	}
@@ -397,11 +418,36 @@ func (s *Server) transaction(c echo.Context) error {
 
 func (s *Server) timeline(ctx context.Context, project, id string) (timeline, error) {
 	var tl timeline
-	tx, err := receiver.ReadTransaction(ctx, s.cfg.JetStream, project, id)
+	// The parts are read at once, each from its own stream and on its own
+	// connection (the server answers a connection's direct gets one after
+	// another): a story of a transaction whose records the server has not
+	// loaded yet waits for the slowest of them, not for their sum. The
+	// parts that do not need the state start before it is read.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		g, gctx      = errgroup.WithContext(ctx)
+		moreN, moreQ bool
+	)
+	g.Go(func() (err error) {
+		tl.Notifications, moreN, err = receiver.Notifications(gctx, s.reader(), project, id, maxTimeline)
+		return err
+	})
+	g.Go(func() (err error) {
+		tl.DeadLetters, err = dispatcher.ListDLQ(gctx, s.reader(), dispatcher.DLQFilter{TransactionID: id})
+		return err
+	})
+	g.Go(func() (err error) {
+		tl.Quarantined, moreQ, err = receiver.QuarantinedOf(gctx, s.reader(), project, id, maxTimeline)
+		return err
+	})
+	tx, err := receiver.ReadTransaction(gctx, s.reader(), project, id)
 	// A transaction with nothing published (only a forged or unconfirmable
 	// notification, set aside) has no state: its story is what arrived.
 	unknown := errors.Is(err, receiver.ErrNoTransaction)
 	if err != nil && !unknown {
+		cancel()
+		_ = g.Wait()
 		return tl, err
 	}
 	if unknown {
@@ -410,42 +456,25 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 	} else {
 		tl.State, tl.Transaction = tx, summaryOf(tx)
 	}
-	// The parts are read at once, each from its own stream: a story of a
-	// transaction whose records the server has not loaded yet waits for
-	// the slowest of them, not for their sum.
 	var (
-		g, gctx      = errgroup.WithContext(ctx)
-		moreN, moreQ bool
-		events       = make([]*eventView, len(tx.Changes))
-		attempts     = make([][]history.Attempt, len(tx.Changes))
-		moreA        = make([]bool, len(tx.Changes))
+		events   = make([]*eventView, len(tx.Changes))
+		attempts = make([][]history.Attempt, len(tx.Changes))
+		moreA    = make([]bool, len(tx.Changes))
 	)
-	g.Go(func() (err error) {
-		tl.Notifications, moreN, err = receiver.Notifications(gctx, s.cfg.JetStream, project, id, maxTimeline)
-		return err
-	})
 	for i, ch := range tx.Changes {
 		if ch.Seq > 0 {
 			g.Go(func() error {
-				if v, err := s.eventAt(gctx, ch.Seq); err == nil {
+				if v, err := eventAt(gctx, s.reader(), ch.Seq); err == nil {
 					events[i] = &v
 				}
 				return nil // an event aged out of SENGO_EVENTS leaves its change without one
 			})
 		}
 		g.Go(func() (err error) {
-			attempts[i], moreA[i], err = history.Attempts(gctx, s.cfg.JetStream, ch.EventID, maxTimeline)
+			attempts[i], moreA[i], err = history.Attempts(gctx, s.reader(), ch.EventID, maxTimeline)
 			return err
 		})
 	}
-	g.Go(func() (err error) {
-		tl.DeadLetters, err = dispatcher.ListDLQ(gctx, s.cfg.JetStream, dispatcher.DLQFilter{TransactionID: id})
-		return err
-	})
-	g.Go(func() (err error) {
-		tl.Quarantined, moreQ, err = receiver.QuarantinedOf(gctx, s.cfg.JetStream, project, id, maxTimeline)
-		return err
-	})
 	if err := g.Wait(); err != nil {
 		return tl, err
 	}

@@ -3,9 +3,14 @@ package admin
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 )
 
 // Every bad search input is refused with its documented code before it
@@ -48,5 +53,28 @@ func TestSearchRefusesBadInput(t *testing.T) {
 	}
 	if code, body := call(t, hs, http.MethodGet, "/admin/transactions?merchant_ref=INV-none", "", token); code != 200 || body != `{"items":[],"nextCursor":null}`+"\n" {
 		t.Errorf("a search that finds nothing: %d %q", code, body)
+	}
+}
+
+// A story's parts are read on the reader connections, each in turn: the
+// server answers one connection's direct gets one after another, so a
+// story of a transaction whose blocks are cold waited for the sum of its
+// parts' loads on the admin connection alone.
+func TestStorySpreadsOverReaders(t *testing.T) {
+	srv, js := provisionServer(t)
+	var ncs []*nats.Conn
+	var readers []jetstream.JetStream
+	for range 3 {
+		nc, r := srv.Connect(t)
+		ncs, readers = append(ncs, nc), append(readers, r)
+	}
+	a := New(Config{Token: token, JetStream: js, Readers: readers, Projects: []string{"main"}, Logger: zerolog.Nop()})
+	hs := httptest.NewServer(a.Handler())
+	t.Cleanup(func() { hs.Close(); a.Close() })
+	mustCall(t, hs, http.MethodGet, "/admin/transactions/main/tx-unknown", "", http.StatusNotFound, nil)
+	for i, nc := range ncs {
+		if n := nc.Stats().OutMsgs; n == 0 {
+			t.Errorf("reader %d sent no request for the story", i+1)
+		}
 	}
 }

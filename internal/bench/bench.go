@@ -248,8 +248,12 @@ func storeName(cfg Config) string {
 // on a connection of their own, everything else shares the other.
 type store struct {
 	// js is intake's, the dispatcher's and the bench's own; callbacks the
-	// receiver's; admin the console's (three connections, as serve has).
+	// receiver's; admin the console's (three connections, as serve has,
+	// with the readers below).
 	js, callbacks, admin jetstream.JetStream
+	// readers are the console's connections for a page's concurrent
+	// reads, as serve has.
+	readers []jetstream.JetStream
 	// stats reads the embedded server's counters (nil for an external one).
 	stats func() (inMsgs, apiRequests uint64)
 	// durable is the group commit (nil without it).
@@ -331,7 +335,26 @@ func openStore(ctx context.Context, cfg Config) (store, func(), error) {
 		}
 		return store{}, nil, err
 	}
+	var rncs []*nats.Conn
+	for i := range 3 {
+		rnc, err := connect(fmt.Sprintf("bench/admin-read-%d", i+1))
+		if err != nil {
+			for _, c := range append(rncs, anc, cnc, nc) {
+				c.Close()
+			}
+			if emb != nil {
+				emb.Shutdown()
+				_ = gs.Close()
+				os.RemoveAll(dir)
+			}
+			return store{}, nil, err
+		}
+		rncs = append(rncs, rnc)
+	}
 	done := func() {
+		for _, c := range rncs {
+			c.Close()
+		}
 		anc.Close()
 		cnc.Close()
 		nc.Close()
@@ -354,6 +377,10 @@ func openStore(ctx context.Context, cfg Config) (store, func(), error) {
 	}
 	ajs, _ := jetstream.New(anc)
 	st := store{js: js, callbacks: cjs, admin: ajs, durable: gs}
+	for _, c := range rncs {
+		r, _ := jetstream.New(c)
+		st.readers = append(st.readers, r)
+	}
 	if !cfg.NoHistory {
 		if st.history, err = history.NewWriter(nc, history.WriterConfig{Logger: zerolog.Nop()}); err != nil {
 			done()

@@ -109,7 +109,7 @@ type consoleClient struct {
 }
 
 func newConsole(st store) (*consoleClient, error) {
-	a := admin.New(admin.Config{Token: consoleToken, JetStream: st.admin, Projects: []string{"bench"}, Logger: zerolog.Nop()})
+	a := admin.New(admin.Config{Token: consoleToken, JetStream: st.admin, Readers: st.readers, Projects: []string{"bench"}, Logger: zerolog.Nop()})
 	srv := httptest.NewServer(a.Handler())
 	jar, _ := cookiejar.New(nil)
 	cc := &consoleClient{base: srv.URL, c: &http.Client{Jar: jar, Timeout: 30 * time.Second}, srv: srv, a: a}
