@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
+	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/admin"
 	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/stream"
@@ -148,7 +149,16 @@ webhook-id; purge deletes them.`,
 			return errors.New("dlq needs a command: list, show, redrive or purge (sengo-relay dlq --help)")
 		},
 	}
-	verb := func(use, short string, f *dlqFlags, needs func(*dlqFlags) error, act func(c *cobra.Command, js jetstream.JetStream, f *dlqFlags, entries []dispatcher.DLQEntry) error) *cobra.Command {
+	// Each verb reads the dead letters a page at a time (an outage's worth
+	// is never held at once) and only those stored when it started: a
+	// redrive to an endpoint that dead-letters again at once (a 410) would
+	// otherwise meet its own new dead letters and redrive them again.
+	// page is called with each page, then done with how many were seen.
+	type verbFns struct {
+		page func(c *cobra.Command, js jetstream.JetStream, f *dlqFlags, page []dispatcher.DLQEntry) error
+		done func(c *cobra.Command, f *dlqFlags, seen int) error
+	}
+	verb := func(use, short string, f *dlqFlags, needs func(*dlqFlags) error, act func() verbFns) *cobra.Command {
 		c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs}
 		c.RunE = func(c *cobra.Command, _ []string) error {
 			if err := emptyFlag(c); err != nil {
@@ -173,11 +183,22 @@ webhook-id; purge deletes them.`,
 				return fmt.Errorf("--endpoint %q: no such endpoint in %s (configured: %s)", f.endpoint, c.Flag("config").Value, strings.Join(sortedNames(cfg.Endpoints), ", "))
 			}
 			return withRelay(c, cfg, func(ctx context.Context, js jetstream.JetStream) error {
-				entries, err := dispatcher.ListDLQ(ctx, js, sel)
+				st, err := js.Stream(ctx, event.StreamDLQ)
 				if err != nil {
 					return err
 				}
-				return act(c, js, f, entries)
+				upTo := st.CachedInfo().State.LastSeq
+				fns, seen := act(), 0
+				if upTo > 0 {
+					err = dispatcher.EachDLQPage(ctx, js, sel, upTo, func(page []dispatcher.DLQEntry) error {
+						seen += len(page)
+						return fns.page(c, js, f, page)
+					})
+				}
+				if err != nil {
+					return err
+				}
+				return fns.done(c, f, seen)
 			})
 		}
 		addConfigFlag(c)
@@ -186,26 +207,60 @@ webhook-id; purge deletes them.`,
 	none := func(*dlqFlags) error { return nil }
 
 	lf, sf, rf, pf := &dlqFlags{}, &dlqFlags{}, &dlqFlags{}, &dlqFlags{}
-	list := verb("list", "List dead letters (all, or those the filters select)", lf, none, func(c *cobra.Command, _ jetstream.JetStream, f *dlqFlags, entries []dispatcher.DLQEntry) error {
-		out := c.OutOrStdout()
-		if f.json {
-			if entries == nil {
-				entries = []dispatcher.DLQEntry{}
-			}
-			return json.NewEncoder(out).Encode(entries)
+	list := verb("list", "List dead letters (all, or those the filters select)", lf, none, func() verbFns {
+		var tw *tabwriter.Writer
+		opened := false // the JSON array's "[" is written
+		return verbFns{
+			page: func(c *cobra.Command, _ jetstream.JetStream, f *dlqFlags, page []dispatcher.DLQEntry) error {
+				out := c.OutOrStdout()
+				if f.json { // one array, written a page at a time
+					for _, e := range page {
+						b, err := json.Marshal(e)
+						if err != nil {
+							return err
+						}
+						sep := ","
+						if !opened {
+							sep, opened = "[", true
+						}
+						if _, err := fmt.Fprintf(out, "%s%s\n", sep, b); err != nil {
+							return err
+						}
+					}
+					return nil
+				}
+				if tw == nil {
+					tw = tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "SEQ\tDEAD AT\tENDPOINT\tEVENT\tTRANSACTION\tMERCHANT REF\tREASON\tATTEMPTS\tLAST")
+				}
+				for _, e := range page {
+					last := fmt.Sprint(e.LastStatus)
+					if e.LastError != "" {
+						last = e.LastError
+					}
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Seq, e.Stored.Format(time.RFC3339), e.Endpoint, e.EventID, e.TransactionID, e.MerchantRef, e.Reason, e.Attempts, last)
+				}
+				return tw.Flush()
+			},
+			done: func(c *cobra.Command, f *dlqFlags, seen int) error {
+				out := c.OutOrStdout()
+				if f.json {
+					end := "]"
+					if !opened {
+						end = "[]"
+					}
+					_, err := fmt.Fprintln(out, end)
+					return err
+				}
+				if tw == nil {
+					tw = tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "SEQ\tDEAD AT\tENDPOINT\tEVENT\tTRANSACTION\tMERCHANT REF\tREASON\tATTEMPTS\tLAST")
+					tw.Flush()
+				}
+				fmt.Fprintf(out, "%d dead letters\n", seen)
+				return nil
+			},
 		}
-		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SEQ\tDEAD AT\tENDPOINT\tEVENT\tTRANSACTION\tMERCHANT REF\tREASON\tATTEMPTS\tLAST")
-		for _, e := range entries {
-			last := fmt.Sprint(e.LastStatus)
-			if e.LastError != "" {
-				last = e.LastError
-			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Seq, e.Stored.Format(time.RFC3339), e.Endpoint, e.EventID, e.TransactionID, e.MerchantRef, e.Reason, e.Attempts, last)
-		}
-		tw.Flush()
-		fmt.Fprintf(out, "%d dead letters\n", len(entries))
-		return nil
 	})
 	lf.filters(list)
 	list.Flags().BoolVar(&lf.json, "json", false, "print JSON")
@@ -215,13 +270,20 @@ webhook-id; purge deletes them.`,
 			return errors.New("dlq show needs --seq (the SEQ column of dlq list)")
 		}
 		return nil
-	}, func(c *cobra.Command, _ jetstream.JetStream, f *dlqFlags, entries []dispatcher.DLQEntry) error {
-		if len(entries) == 0 {
-			return fmt.Errorf("no dead letter %d", f.seq)
+	}, func() verbFns {
+		return verbFns{
+			page: func(c *cobra.Command, _ jetstream.JetStream, _ *dlqFlags, page []dispatcher.DLQEntry) error {
+				enc := json.NewEncoder(c.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(page[0])
+			},
+			done: func(_ *cobra.Command, f *dlqFlags, seen int) error {
+				if seen == 0 {
+					return fmt.Errorf("no dead letter %d", f.seq)
+				}
+				return nil
+			},
 		}
-		enc := json.NewEncoder(c.OutOrStdout())
-		enc.SetIndent("", "  ")
-		return enc.Encode(entries[0])
 	})
 	show.Flags().Uint64Var(&sf.seq, "seq", 0, "the dead letter's SENGO_DLQ sequence (the SEQ column of dlq list)")
 
@@ -230,10 +292,22 @@ webhook-id; purge deletes them.`,
 			return errors.New("dlq redrive needs a filter (--endpoint, --since, --until, --transaction, --merchant-ref, --seq), or --all")
 		}
 		return nil
-	}, func(c *cobra.Command, js jetstream.JetStream, _ *dlqFlags, entries []dispatcher.DLQEntry) error {
-		n, err := dispatcher.Redrive(c.Context(), js, entries)
-		fmt.Fprintf(c.OutOrStdout(), "redriven %d of %d\n", n, len(entries))
-		return err
+	}, func() verbFns {
+		n := 0
+		return verbFns{
+			page: func(c *cobra.Command, js jetstream.JetStream, _ *dlqFlags, page []dispatcher.DLQEntry) error {
+				k, err := dispatcher.Redrive(c.Context(), js, page)
+				n += k
+				if err != nil {
+					fmt.Fprintf(c.OutOrStdout(), "redriven %d before the error\n", n)
+				}
+				return err
+			},
+			done: func(c *cobra.Command, _ *dlqFlags, seen int) error {
+				fmt.Fprintf(c.OutOrStdout(), "redriven %d of %d\n", n, seen)
+				return nil
+			},
+		}
 	})
 	rf.filters(redrive)
 	redrive.Flags().BoolVar(&rf.all, "all", false, "redrive every dead letter (without a filter)")
@@ -243,10 +317,22 @@ webhook-id; purge deletes them.`,
 			return errors.New("dlq purge needs a filter (--endpoint, --since, --until, --transaction, --merchant-ref, --seq), or --all")
 		}
 		return nil
-	}, func(c *cobra.Command, js jetstream.JetStream, _ *dlqFlags, entries []dispatcher.DLQEntry) error {
-		n, err := dispatcher.Purge(c.Context(), js, entries)
-		fmt.Fprintf(c.OutOrStdout(), "purged %d\n", n)
-		return err
+	}, func() verbFns {
+		n := 0
+		return verbFns{
+			page: func(c *cobra.Command, js jetstream.JetStream, _ *dlqFlags, page []dispatcher.DLQEntry) error {
+				k, err := dispatcher.Purge(c.Context(), js, page)
+				n += k
+				if err != nil {
+					fmt.Fprintf(c.OutOrStdout(), "purged %d before the error\n", n)
+				}
+				return err
+			},
+			done: func(c *cobra.Command, _ *dlqFlags, _ int) error {
+				fmt.Fprintf(c.OutOrStdout(), "purged %d\n", n)
+				return nil
+			},
+		}
 	})
 	pf.filters(purge)
 	purge.Flags().BoolVar(&pf.all, "all", false, "purge every dead letter (without a filter)")

@@ -10,12 +10,17 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
 	"github.com/sengo-relay/sengo-relay/verify"
@@ -284,5 +289,51 @@ func TestKillDuringDeliveriesLosesNothing(t *testing.T) {
 				t.Errorf("%s received an unknown id %s", name, id)
 			}
 		}
+	}
+}
+
+// The dlq commands read a page at a time and reach every dead letter: an
+// outage's worth (more than one page of 1,000) is listed whole, as one
+// JSON array, and purged whole, without holding it all in memory.
+func TestDLQCommandsByPage(t *testing.T) {
+	bad := newHook(t)
+	bad.fail.Store(1 << 30)
+	cfg := writeConfig(t, endpointYAML("broken", bad.URL, "1s"))
+	base, logs := startRunWith(t, cfg, relayEnv(t.TempDir()))
+	natsURL := logs.field(t, "embedded nats started", "client_url")
+	waitReady(t, base)
+	nc, err := nats.Connect(natsURL, relayAuth(t, logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	const n = dispatcher.DLQPage + 5
+	for i := range n {
+		if _, err := js.PublishAsync(event.DLQTxSubject("broken", fmt.Sprintf("tx-%d", i)), []byte(`{"endpoint":"broken","eventId":"ev-`+strconv.Itoa(i)+`","event":{}}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-js.PublishAsyncComplete()
+	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_LISTEN", strings.TrimPrefix(natsURL, "nats://"))
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"dlq", "list", "--config", cfg, "--json"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	var entries []dispatcher.DLQEntry
+	if err := json.Unmarshal(out.Bytes(), &entries); err != nil || len(entries) != n || entries[n-1].EventID != "ev-"+strconv.Itoa(n-1) {
+		t.Fatalf("dlq list --json: %v, %d entries of %d", err, len(entries), n)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"dlq", "list", "--config", cfg}, &out, io.Discard); err != nil || !strings.HasSuffix(out.String(), fmt.Sprintf("\n%d dead letters\n", n)) || strings.Count(out.String(), "\n") != n+2 {
+		t.Fatalf("dlq list: %v, %d lines ending %q", err, strings.Count(out.String(), "\n"), out.String()[max(0, out.Len()-40):])
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"dlq", "purge", "--config", cfg, "--all"}, &out, io.Discard); err != nil || out.String() != fmt.Sprintf("purged %d\n", n) {
+		t.Fatalf("dlq purge --all: %v %q", err, out.String())
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"dlq", "list", "--config", cfg, "--json"}, &out, io.Discard); err != nil || strings.TrimSpace(out.String()) != "[]" {
+		t.Fatalf("dlq list after the purge: %v %q", err, out.String())
 	}
 }
