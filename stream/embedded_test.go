@@ -146,7 +146,9 @@ func TestEmbeddedAuth(t *testing.T) {
 		}
 	}
 
-	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"))
+	// A bcrypt check takes seconds under -race on a busy machine; the
+	// default 2 s connect timeout failed CI-like runs.
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
 	if err != nil {
 		t.Fatalf("subscriber: %v", err)
 	}

@@ -17,6 +17,10 @@ const (
 	SubscriberPasswordFile = "subscriber.password"
 )
 
+// generatedPasswordLen is the length of a password PasswordFromFile
+// makes: 32 random bytes, unpadded base64url.
+const generatedPasswordLen = 43
+
 // PasswordFromFile reads the password kept in dir/name, creating it (mode
 // 0600, 32 random bytes) on first use. It is never logged.
 func PasswordFromFile(dir, name string) (string, error) {

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -302,7 +303,7 @@ func TestDLQCommandsByPage(t *testing.T) {
 	base, logs := startRunWith(t, cfg, relayEnv(t.TempDir()))
 	natsURL := logs.field(t, "embedded nats started", "client_url")
 	waitReady(t, base)
-	nc, err := nats.Connect(natsURL, relayAuth(t, logs))
+	nc, err := nats.Connect(natsURL, relayAuth(t, logs), nats.Timeout(15*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
