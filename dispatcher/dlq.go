@@ -84,25 +84,37 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, f DLQFilter) ([]DLQEnt
 const DLQPage = 1000
 
 // EachDLQPage calls fn with the dead letters matching f, oldest first, at
-// most DLQPage at a time and none past upTo (0: no bound), so that acting
-// on every dead letter of a long outage never holds them all in memory.
+// most DLQPage at a time, so that acting on every dead letter of a long
+// outage never holds them all in memory. It reaches none stored after it
+// started, nor past upTo (0: no bound of its own): a redrive to an
+// endpoint that dead-letters again at once (a 410) would otherwise meet
+// its own new dead letters, page after page, and redrive them again.
 // f.Limit and f.After are its own.
 func EachDLQPage(ctx context.Context, js jetstream.JetStream, f DLQFilter, upTo uint64, fn func([]DLQEntry) error) error {
+	st, err := js.Stream(ctx, event.StreamDLQ)
+	if err != nil {
+		return err
+	}
+	last := st.CachedInfo().State.LastSeq
+	if last == 0 {
+		return nil
+	}
+	if upTo == 0 || upTo > last {
+		upTo = last
+	}
 	f.Limit, f.After = DLQPage, 0
 	for {
 		page, err := ListDLQ(ctx, js, f)
 		if err != nil {
 			return err
 		}
-		if upTo > 0 {
-			n := 0
-			for n < len(page) && page[n].Seq <= upTo {
-				n++
-			}
-			if n < len(page) {
-				page = page[:n]
-				f.Limit = 0 // nothing further is wanted: end after this page
-			}
+		n := 0
+		for n < len(page) && page[n].Seq <= upTo {
+			n++
+		}
+		if n < len(page) {
+			page = page[:n]
+			f.Limit = 0 // nothing further is wanted: end after this page
 		}
 		if len(page) > 0 {
 			if err := fn(page); err != nil {

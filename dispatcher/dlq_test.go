@@ -199,3 +199,33 @@ func TestDeadLettersOfATransactionAreReadBySubject(t *testing.T) {
 		t.Fatalf("the endpoint's dead letters: %v %d, want 3", err, len(all))
 	}
 }
+
+// EachDLQPage reaches only the dead letters stored when it started: a
+// redrive of every dead letter to an endpoint that dead-letters again at
+// once (a 410) met its own new dead letters on its next page and
+// redrove them again, for as long as the command ran.
+func TestEachDLQPageStopsAtWhatWasStored(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	store := func(n int) {
+		for range n {
+			if _, err := h.js.PublishAsync(event.DLQTxSubject("orders", "tx"), []byte(`{"endpoint":"orders","event":{}}`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		<-h.js.PublishAsyncComplete()
+	}
+	const n = DLQPage + 5
+	store(n)
+	seen := 0
+	err := EachDLQPage(ctx, h.js, DLQFilter{}, 0, func(page []DLQEntry) error {
+		if seen == 0 {
+			store(DLQPage) // dead-lettered again while the first page is acted on
+		}
+		seen += len(page)
+		return nil
+	})
+	if err != nil || seen != n {
+		t.Fatalf("EachDLQPage reached %d dead letters (%v), want the %d stored when it started", seen, err, n)
+	}
+}

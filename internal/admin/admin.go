@@ -451,19 +451,8 @@ func (s *Server) eachSelected(c echo.Context, act func(context.Context, jetstrea
 		}
 	}
 	ctx := c.Request().Context()
-	// Only those stored before the request: a redrive to an endpoint that
-	// dead-letters again at once (a 410) would otherwise meet its own new
-	// dead letters, page after page, and redrive them again.
-	st, err := s.cfg.JetStream.Stream(ctx, event.StreamDLQ)
-	if err != nil {
-		return 0, err
-	}
-	upTo := st.CachedInfo().State.LastSeq
-	if upTo == 0 {
-		return 0, nil
-	}
 	n := 0
-	err = dispatcher.EachDLQPage(ctx, s.cfg.JetStream, f, upTo, func(page []dispatcher.DLQEntry) error {
+	err = dispatcher.EachDLQPage(ctx, s.cfg.JetStream, f, 0, func(page []dispatcher.DLQEntry) error {
 		k, err := act(ctx, s.cfg.JetStream, page)
 		n += k
 		return err
