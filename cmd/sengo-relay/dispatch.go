@@ -18,7 +18,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
-	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/admin"
 	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/stream"
@@ -149,16 +148,14 @@ webhook-id; purge deletes them.`,
 			return errors.New("dlq needs a command: list, show, redrive or purge (sengo-relay dlq --help)")
 		},
 	}
-	// Each verb reads the dead letters a page at a time (an outage's worth
-	// is never held at once) and only those stored when it started: a
-	// redrive to an endpoint that dead-letters again at once (a 410) would
-	// otherwise meet its own new dead letters and redrive them again.
-	// page is called with each page, then done with how many were seen.
+	// Each verb reads the dead letters a page at a time, and only those
+	// stored when it started (dispatcher.EachDLQPage): page is called with
+	// each page, then done with how many there were.
 	type verbFns struct {
-		page func(c *cobra.Command, js jetstream.JetStream, f *dlqFlags, page []dispatcher.DLQEntry) error
-		done func(c *cobra.Command, f *dlqFlags, seen int) error
+		page func(c *cobra.Command, js jetstream.JetStream, page []dispatcher.DLQEntry) error
+		done func(c *cobra.Command, seen int) error
 	}
-	verb := func(use, short string, f *dlqFlags, needs func(*dlqFlags) error, act func() verbFns) *cobra.Command {
+	verb := func(use, short string, f *dlqFlags, needs func(*dlqFlags) error, act func(*dlqFlags) verbFns) *cobra.Command {
 		c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs}
 		c.RunE = func(c *cobra.Command, _ []string) error {
 			if err := emptyFlag(c); err != nil {
@@ -183,56 +180,78 @@ webhook-id; purge deletes them.`,
 				return fmt.Errorf("--endpoint %q: no such endpoint in %s (configured: %s)", f.endpoint, c.Flag("config").Value, strings.Join(sortedNames(cfg.Endpoints), ", "))
 			}
 			return withRelay(c, cfg, func(ctx context.Context, js jetstream.JetStream) error {
-				st, err := js.Stream(ctx, event.StreamDLQ)
+				fns, seen := act(f), 0
+				err := dispatcher.EachDLQPage(ctx, js, sel, 0, func(page []dispatcher.DLQEntry) error {
+					seen += len(page)
+					return fns.page(c, js, page)
+				})
 				if err != nil {
 					return err
 				}
-				upTo := st.CachedInfo().State.LastSeq
-				fns, seen := act(), 0
-				if upTo > 0 {
-					err = dispatcher.EachDLQPage(ctx, js, sel, upTo, func(page []dispatcher.DLQEntry) error {
-						seen += len(page)
-						return fns.page(c, js, f, page)
-					})
-				}
-				if err != nil {
-					return err
-				}
-				return fns.done(c, f, seen)
+				return fns.done(c, seen)
 			})
 		}
 		addConfigFlag(c)
 		return c
 	}
 	none := func(*dlqFlags) error { return nil }
+	needsFilter := func(name string) func(*dlqFlags) error {
+		return func(f *dlqFlags) error {
+			if !f.any() && !f.all {
+				return fmt.Errorf("dlq %s needs a filter (--endpoint, --since, --until, --transaction, --merchant-ref, --seq), or --all", name)
+			}
+			return nil
+		}
+	}
+	// acting applies act to each page and prints how many it touched, as
+	// summary says, or how many before an error.
+	acting := func(past string, act func(context.Context, jetstream.JetStream, []dispatcher.DLQEntry) (int, error), summary func(n, seen int) string) func(*dlqFlags) verbFns {
+		return func(*dlqFlags) verbFns {
+			n := 0
+			return verbFns{
+				page: func(c *cobra.Command, js jetstream.JetStream, page []dispatcher.DLQEntry) error {
+					k, err := act(c.Context(), js, page)
+					n += k
+					if err != nil {
+						fmt.Fprintf(c.OutOrStdout(), "%s %d before the error\n", past, n)
+					}
+					return err
+				},
+				done: func(c *cobra.Command, seen int) error {
+					_, err := fmt.Fprintln(c.OutOrStdout(), summary(n, seen))
+					return err
+				},
+			}
+		}
+	}
 
 	lf, sf, rf, pf := &dlqFlags{}, &dlqFlags{}, &dlqFlags{}, &dlqFlags{}
-	list := verb("list", "List dead letters (all, or those the filters select)", lf, none, func() verbFns {
-		var tw *tabwriter.Writer
-		opened := false // the JSON array's "[" is written
+	list := verb("list", "List dead letters (all, or those the filters select)", lf, none, func(f *dlqFlags) verbFns {
+		var tw *tabwriter.Writer // the table, its header written
+		table := func(c *cobra.Command) *tabwriter.Writer {
+			if tw == nil {
+				tw = tabwriter.NewWriter(c.OutOrStdout(), 2, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "SEQ\tDEAD AT\tENDPOINT\tEVENT\tTRANSACTION\tMERCHANT REF\tREASON\tATTEMPTS\tLAST")
+			}
+			return tw
+		}
+		sep := "[" // JSON: one array, written a page at a time
 		return verbFns{
-			page: func(c *cobra.Command, _ jetstream.JetStream, f *dlqFlags, page []dispatcher.DLQEntry) error {
-				out := c.OutOrStdout()
-				if f.json { // one array, written a page at a time
+			page: func(c *cobra.Command, _ jetstream.JetStream, page []dispatcher.DLQEntry) error {
+				if f.json {
 					for _, e := range page {
 						b, err := json.Marshal(e)
 						if err != nil {
 							return err
 						}
-						sep := ","
-						if !opened {
-							sep, opened = "[", true
-						}
-						if _, err := fmt.Fprintf(out, "%s%s\n", sep, b); err != nil {
+						if _, err := fmt.Fprintf(c.OutOrStdout(), "%s%s\n", sep, b); err != nil {
 							return err
 						}
+						sep = ","
 					}
 					return nil
 				}
-				if tw == nil {
-					tw = tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "SEQ\tDEAD AT\tENDPOINT\tEVENT\tTRANSACTION\tMERCHANT REF\tREASON\tATTEMPTS\tLAST")
-				}
+				tw := table(c)
 				for _, e := range page {
 					last := fmt.Sprint(e.LastStatus)
 					if e.LastError != "" {
@@ -242,23 +261,21 @@ webhook-id; purge deletes them.`,
 				}
 				return tw.Flush()
 			},
-			done: func(c *cobra.Command, f *dlqFlags, seen int) error {
+			done: func(c *cobra.Command, seen int) error {
 				out := c.OutOrStdout()
 				if f.json {
 					end := "]"
-					if !opened {
+					if seen == 0 {
 						end = "[]"
 					}
 					_, err := fmt.Fprintln(out, end)
 					return err
 				}
-				if tw == nil {
-					tw = tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "SEQ\tDEAD AT\tENDPOINT\tEVENT\tTRANSACTION\tMERCHANT REF\tREASON\tATTEMPTS\tLAST")
-					tw.Flush()
+				if err := table(c).Flush(); err != nil {
+					return err
 				}
-				fmt.Fprintf(out, "%d dead letters\n", seen)
-				return nil
+				_, err := fmt.Fprintf(out, "%d dead letters\n", seen)
+				return err
 			},
 		}
 	})
@@ -270,14 +287,14 @@ webhook-id; purge deletes them.`,
 			return errors.New("dlq show needs --seq (the SEQ column of dlq list)")
 		}
 		return nil
-	}, func() verbFns {
+	}, func(f *dlqFlags) verbFns {
 		return verbFns{
-			page: func(c *cobra.Command, _ jetstream.JetStream, _ *dlqFlags, page []dispatcher.DLQEntry) error {
+			page: func(c *cobra.Command, _ jetstream.JetStream, page []dispatcher.DLQEntry) error {
 				enc := json.NewEncoder(c.OutOrStdout())
 				enc.SetIndent("", "  ")
 				return enc.Encode(page[0])
 			},
-			done: func(_ *cobra.Command, f *dlqFlags, seen int) error {
+			done: func(_ *cobra.Command, seen int) error {
 				if seen == 0 {
 					return fmt.Errorf("no dead letter %d", f.seq)
 				}
@@ -287,53 +304,13 @@ webhook-id; purge deletes them.`,
 	})
 	show.Flags().Uint64Var(&sf.seq, "seq", 0, "the dead letter's SENGO_DLQ sequence (the SEQ column of dlq list)")
 
-	redrive := verb("redrive", "Queue the selected dead letters for delivery again (fresh budget, same webhook-id)", rf, func(f *dlqFlags) error {
-		if !f.any() && !f.all {
-			return errors.New("dlq redrive needs a filter (--endpoint, --since, --until, --transaction, --merchant-ref, --seq), or --all")
-		}
-		return nil
-	}, func() verbFns {
-		n := 0
-		return verbFns{
-			page: func(c *cobra.Command, js jetstream.JetStream, _ *dlqFlags, page []dispatcher.DLQEntry) error {
-				k, err := dispatcher.Redrive(c.Context(), js, page)
-				n += k
-				if err != nil {
-					fmt.Fprintf(c.OutOrStdout(), "redriven %d before the error\n", n)
-				}
-				return err
-			},
-			done: func(c *cobra.Command, _ *dlqFlags, seen int) error {
-				fmt.Fprintf(c.OutOrStdout(), "redriven %d of %d\n", n, seen)
-				return nil
-			},
-		}
-	})
+	redrive := verb("redrive", "Queue the selected dead letters for delivery again (fresh budget, same webhook-id)", rf, needsFilter("redrive"),
+		acting("redriven", dispatcher.Redrive, func(n, seen int) string { return fmt.Sprintf("redriven %d of %d", n, seen) }))
 	rf.filters(redrive)
 	redrive.Flags().BoolVar(&rf.all, "all", false, "redrive every dead letter (without a filter)")
 
-	purge := verb("purge", "Delete the selected dead letters", pf, func(f *dlqFlags) error {
-		if !f.any() && !f.all {
-			return errors.New("dlq purge needs a filter (--endpoint, --since, --until, --transaction, --merchant-ref, --seq), or --all")
-		}
-		return nil
-	}, func() verbFns {
-		n := 0
-		return verbFns{
-			page: func(c *cobra.Command, js jetstream.JetStream, _ *dlqFlags, page []dispatcher.DLQEntry) error {
-				k, err := dispatcher.Purge(c.Context(), js, page)
-				n += k
-				if err != nil {
-					fmt.Fprintf(c.OutOrStdout(), "purged %d before the error\n", n)
-				}
-				return err
-			},
-			done: func(c *cobra.Command, _ *dlqFlags, _ int) error {
-				fmt.Fprintf(c.OutOrStdout(), "purged %d\n", n)
-				return nil
-			},
-		}
-	})
+	purge := verb("purge", "Delete the selected dead letters", pf, needsFilter("purge"),
+		acting("purged", dispatcher.Purge, func(n, _ int) string { return fmt.Sprintf("purged %d", n) }))
 	pf.filters(purge)
 	purge.Flags().BoolVar(&pf.all, "all", false, "purge every dead letter (without a filter)")
 
