@@ -84,14 +84,7 @@ func QuarantineTxSubject(project, transactionID string) string {
 // forms (QuarantineSubject's, with no transaction, matches a transaction
 // filter too: the reader checks the notification).
 func QuarantineFilters(project, transactionID string) []string {
-	p, tx := project, "*"
-	if p == "" {
-		p = "*"
-	}
-	if transactionID != "" {
-		tx = txHash(transactionID)
-	}
-	return []string{"sengo.quarantine." + p, "sengo.quarantine." + p + "." + tx}
+	return txFilters("sengo.quarantine.", project, transactionID)
 }
 
 // DLQSubject is where dead letters for an endpoint went before they
@@ -111,14 +104,21 @@ func DLQTxSubject(endpoint, transactionID string) string {
 // no transaction, matches a transaction filter too: the reader checks the
 // record).
 func DLQFilters(endpoint, transactionID string) []string {
-	ep, tx := endpoint, "*"
-	if ep == "" {
-		ep = "*"
+	return txFilters("sengo.dlq.", endpoint, transactionID)
+}
+
+// txFilters are the filter subjects under prefix of owner ("" any) and
+// transactionID ("" any): "<prefix><owner>" (the form without the
+// transaction) and "<prefix><owner>.<txHash>".
+func txFilters(prefix, owner, transactionID string) []string {
+	tx := "*"
+	if owner == "" {
+		owner = "*"
 	}
 	if transactionID != "" {
 		tx = txHash(transactionID)
 	}
-	return []string{"sengo.dlq." + ep, "sengo.dlq." + ep + "." + tx}
+	return []string{prefix + owner, prefix + owner + "." + tx}
 }
 
 // txHash is the 16 hex digits of SHA-256 of a transaction id that its
