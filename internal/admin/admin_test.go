@@ -87,6 +87,13 @@ func newRelayNamed(t *testing.T, js jetstream.JetStream, name string, log zerolo
 
 func call(t *testing.T, hs *httptest.Server, method, path, body, tok string) (int, string) {
 	t.Helper()
+	code, b, _ := callHeader(t, hs, method, path, body, tok)
+	return code, b
+}
+
+// callHeader is call with the answer's header.
+func callHeader(t *testing.T, hs *httptest.Server, method, path, body, tok string) (int, string, http.Header) {
+	t.Helper()
 	req, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	if tok != "" {
@@ -102,7 +109,7 @@ func call(t *testing.T, hs *httptest.Server, method, path, body, tok string) (in
 		t.Fatal(err)
 	}
 	checkResponse(t, req, resp, b)
-	return resp.StatusCode, string(b)
+	return resp.StatusCode, string(b), resp.Header
 }
 
 func TestAdminRequiresToken(t *testing.T) {
@@ -430,20 +437,12 @@ func TestAdminDeadLettersByPage(t *testing.T) {
 	hs, js := newServer(t)
 	storeDeadLetters(t, js, dispatcher.DLQPage+5)
 	get := func(path string) ([]dispatcher.DLQEntry, http.Header) {
-		req, _ := http.NewRequest(http.MethodGet, hs.URL+path, nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		checkResponse(t, req, resp, b)
+		code, b, h := callHeader(t, hs, http.MethodGet, path, "", token)
 		var es []dispatcher.DLQEntry
-		if resp.StatusCode != 200 || json.Unmarshal(b, &es) != nil {
-			t.Fatalf("%s: %d %.200s", path, resp.StatusCode, b)
+		if code != 200 || json.Unmarshal([]byte(b), &es) != nil {
+			t.Fatalf("%s: %d %.200s", path, code, b)
 		}
-		return es, resp.Header
+		return es, h
 	}
 	first, h := get("/admin/dlq?endpoint=orders&limit=2")
 	if len(first) != 2 || h.Get(HeaderNextCursor) != fmt.Sprint(first[1].Seq) || !strings.Contains(h.Get("Link"), "cursor="+fmt.Sprint(first[1].Seq)) {
