@@ -858,6 +858,35 @@ func heapLive() uint64 {
 	return s[0].Value.Uint64()
 }
 
+// gcStats is what the collector has done so far in this process.
+type gcStats struct {
+	cycles uint64
+	assist float64 // CPU seconds goroutines spent helping the collector mark
+	live   uint64  // the live heap after the last collection
+}
+
+func readGC() gcStats {
+	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}, {Name: "/cpu/classes/gc/mark/assist:cpu-seconds"}, {Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	var g gcStats
+	if s[0].Value.Kind() == metrics.KindUint64 {
+		g.cycles = s[0].Value.Uint64()
+	}
+	if s[1].Value.Kind() == metrics.KindFloat64 {
+		g.assist = s[1].Value.Float64()
+	}
+	if s[2].Value.Kind() == metrics.KindUint64 {
+		g.live = s[2].Value.Uint64()
+	}
+	return g
+}
+
+// since says what the collector did between g and now, for a row's note.
+func (g gcStats) since() string {
+	now := readGC()
+	return fmt.Sprintf("%d collections during it (%.2f s of CPU in mark assists, live heap %d MiB after the last)", now.cycles-g.cycles, now.assist-g.assist, now.live>>20)
+}
+
 // procStatus reads a kB value from /proc/self/status (0 where unavailable).
 func procStatus(field string) uint64 {
 	b, err := os.ReadFile("/proc/self/status")

@@ -184,6 +184,7 @@ func consolePagesRun(ctx context.Context, cfg Config, st store) ([]Result, error
 	var out []Result
 	for _, p := range ConsolePages {
 		var lat []time.Duration
+		gc := readGC()
 		for range samples {
 			path, want := p.path(rand.IntN(n))
 			d, err := cc.get(path, want)
@@ -197,7 +198,7 @@ func consolePagesRun(ctx context.Context, cfg Config, st store) ([]Result, error
 		for _, d := range lat {
 			total += d
 		}
-		r := result(sample{ops: samples, elapsed: total, lat: lat}, fmt.Sprintf("%d requests one after another, with %d transactions stored (%d messages, stored in %s); slowest %.1f ms", samples, n, 4*n, fill.Round(time.Second), float64(lat[len(lat)-1].Microseconds())/1000))
+		r := result(sample{ops: samples, elapsed: total, lat: lat}, fmt.Sprintf("%d requests one after another, with %d transactions stored (%d messages, stored in %s); slowest %.1f ms; %s", samples, n, 4*n, fill.Round(time.Second), float64(lat[len(lat)-1].Microseconds())/1000, gc.since()))
 		r.Name = p.name
 		out = append(out, r)
 	}
