@@ -3,12 +3,17 @@ package stream_test
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
@@ -47,12 +52,70 @@ func TestScanAndCountLeaveNoConsumer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := s.Info(ctx)
+	// Deleted in the background, just after each returned.
+	poll.Until(t, "no consumer on the stream after two scans and a count", func() bool {
+		info, err := s.Info(ctx)
+		return err == nil && info.State.Consumers == 0
+	})
+}
+
+// A scan asks the server three things: create the consumer (whose answer
+// says how many messages match), pull, delete the consumer. It does not
+// ask for the consumer's info again, does not replace the consumer for
+// each batch, and does not wait for the delete.
+func TestScanRequests(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	if err := stream.Provision(ctx, js, spec(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		if _, err := js.Publish(ctx, "t.inbox.x", []byte("m")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	watch, _ := srv.Connect(t)
+	var (
+		mu       sync.Mutex
+		requests []string
+	)
+	sub, err := watch.Subscribe("$JS.API.>", func(m *nats.Msg) {
+		mu.Lock()
+		defer mu.Unlock()
+		requests = append(requests, strings.Join(strings.Split(m.Subject, ".")[2:4], "."))
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.State.Consumers != 0 {
-		t.Errorf("the stream keeps %d consumers after two scans and a count, want 0", info.State.Consumers)
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	read := 0
+	if err := stream.Scan(ctx, js, "T_INBOX", "t.inbox.>", time.Time{}, func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error) {
+		read++
+		return true, nil
+	}, nil); err != nil || read != 10 {
+		t.Fatalf("scan read %d of 10: %v", read, err)
+	}
+	poll.Until(t, "the scan's consumer deleted", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Contains(requests, "CONSUMER.DELETE")
+	})
+	_ = sub.Unsubscribe()
+	mu.Lock()
+	defer mu.Unlock()
+	count := func(what string) (n int) {
+		for _, r := range requests {
+			if r == what {
+				n++
+			}
+		}
+		return n
+	}
+	if count("CONSUMER.CREATE") != 1 || count("CONSUMER.INFO") != 0 || count("CONSUMER.DELETE") != 1 || count("CONSUMER.MSG") == 0 {
+		t.Errorf("a scan of 10 messages asked %v, want one create, pulls, one delete and no info", requests)
 	}
 }
 
