@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -332,7 +334,10 @@ webhook-replay: true.
 
 A relative --since or --until (24h, 30d) is turned into an absolute window when the command
 starts, and printed. A replay is identified by its window and filters: running the printed
-command again resumes it (copies already queued are skipped, within streams.replay.duplicate_window).`,
+command again resumes it (copies already queued are skipped, within streams.replay.duplicate_window).
+
+The replay is recorded as a replay job: the console and GET /admin/replays show its progress.
+The same job already running (from the console or another command) is not started twice.`,
 		Example: `  sengo-relay replay --endpoint orders --since 24h --dry-run
   sengo-relay replay --endpoint orders --since 2025-03-23T00:00:00+07:00 --until 2025-03-24T00:00:00+07:00
   sengo-relay replay --all --since 6h --status success`,
@@ -366,12 +371,24 @@ command again resumes it (copies already queued are skipped, within streams.repl
 			}
 			defer nc.Close()
 			last := time.Time{}
-			p, err := dispatcher.Replay(c.Context(), js, eps, req, func(p dispatcher.ReplayProgress) {
-				if time.Since(last) > 500*time.Millisecond || p.Done || p.Scanned == p.Total {
-					last = time.Now()
-					fmt.Fprintf(stderr, "replay %s: %d/%d events scanned, %d deliveries matched\n", p.Job, p.Scanned, p.Total, p.Matched)
-				}
+			// Recorded as a replay job, so the console shows it beside the
+			// ones started there (and a second start of the same job, from
+			// either, does not run it twice at once).
+			host, _ := os.Hostname()
+			p, err := admin.RecordedReplay(c.Context(), js, fmt.Sprintf("sengo-relay replay %s:%d", host, os.Getpid()), req, zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true}).Level(zerolog.WarnLevel), func(err error) {
+				fmt.Fprintf(stderr, "replay %s: %v\n", req.JobID(), err)
+			}, func(ctx context.Context, record func(dispatcher.ReplayProgress)) (dispatcher.ReplayProgress, error) {
+				return dispatcher.Replay(ctx, js, eps, req, func(p dispatcher.ReplayProgress) {
+					record(p)
+					if time.Since(last) > 500*time.Millisecond || p.Done || p.Scanned == p.Total {
+						last = time.Now()
+						fmt.Fprintf(stderr, "replay %s: %d/%d events scanned, %d deliveries matched\n", p.Job, p.Scanned, p.Total, p.Matched)
+					}
+				})
 			})
+			if errors.Is(err, admin.ErrReplayRunning) {
+				return fmt.Errorf("replay %s: %w", req.JobID(), err)
+			}
 			counts := perEndpoint(req.Endpoints, p.PerEndpoint)
 			if req.DryRun {
 				fmt.Fprintf(stdout, "replay %s (dry run): scanned %d events; would queue %d deliveries (per endpoint: %s); nothing queued\n", p.Job, p.Scanned, p.Matched, counts)

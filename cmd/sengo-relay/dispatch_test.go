@@ -220,6 +220,24 @@ func TestDeliveryEndToEnd(t *testing.T) {
 	if ids := good.received(); ids[1] != want {
 		t.Fatalf("replay changed the id: %v", ids)
 	}
+	// The console shows the command line's replay as a job, done.
+	jobID := strings.Fields(out.String())[1]
+	jobID = strings.TrimSuffix(jobID, ":")
+	req, _ = http.NewRequest(http.MethodGet, "http://"+adminAddr+"/admin/replays/"+jobID, nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var job struct {
+		Relay    string
+		Progress dispatcher.ReplayProgress
+	}
+	json.NewDecoder(resp.Body).Decode(&job)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(job.Relay, "sengo-relay replay ") || !job.Progress.Done || job.Progress.Queued != 1 {
+		t.Fatalf("the admin API on the command line's replay %s: %d %+v; want it done, 1 queued, run by the command", jobID, resp.StatusCode, job)
+	}
 
 	// The printed command runs the same job again: nothing is sent twice,
 	// whereas the relative --since 1h would now be another window.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/stream"
@@ -171,55 +172,70 @@ func (r *replays) list(ctx context.Context, now time.Time) ([]job, error) {
 // stalled is started again. An error is the store's (nothing started),
 // or errJobTooLarge.
 func (s *Server) startReplay(ctx context.Context, req dispatcher.ReplayRequest) (j job, started bool, err error) {
-	id := req.JobID()
-	now := time.Now().UTC()
-	j = job{Request: req, Started: now, Relay: s.cfg.Relay, Heartbeat: now,
-		Progress: dispatcher.ReplayProgress{Job: id, PerEndpoint: map[string]uint64{}}}
+	kv, j, rev, started, err := s.replays.claim(ctx, newJob(req, s.cfg.Relay, time.Now().UTC()), s.runs)
+	if err != nil || !started {
+		return j, false, err
+	}
+	s.run(kv, j, rev)
+	return j, true, nil
+}
+
+// newJob is req's job as started by relay at now, nothing done yet.
+func newJob(req dispatcher.ReplayRequest, relay string, now time.Time) job {
+	j := job{Request: req, Started: now, Relay: relay, Heartbeat: now,
+		Progress: dispatcher.ReplayProgress{Job: req.JobID(), PerEndpoint: map[string]uint64{}}}
 	for _, ep := range req.Endpoints {
 		j.Progress.PerEndpoint[ep] = 0
 	}
+	return j
+}
+
+// claim records j in the bucket as a job its relay runs from now on. When
+// the job already runs (its relay writes it, or this process runs it:
+// runsHere), claim returns that job instead, and claimed is false. A job
+// done, failed or stalled is claimed again. An error is the store's
+// (nothing recorded), or errJobTooLarge.
+func (r *replays) claim(ctx context.Context, j job, runsHere func(id string) bool) (kv jetstream.KeyValue, _ job, rev uint64, claimed bool, err error) {
+	id := j.Progress.Job
 	b, err := json.Marshal(j)
 	if err != nil {
-		return job{}, false, err
+		return nil, job{}, 0, false, err
 	}
 	if len(b) > maxJobBytes/2 {
-		return job{}, false, errJobTooLarge
+		return nil, job{}, 0, false, errJobTooLarge
 	}
-	kv, err := s.replays.bucket(ctx)
-	if err != nil {
-		return job{}, false, err
+	if kv, err = r.bucket(ctx); err != nil {
+		return nil, job{}, 0, false, err
 	}
 	// Another relay may create, finish or take over the job between our
 	// read and write: a lost race reads again.
 	for range 3 {
 		rev, err := kv.Create(ctx, id, b)
 		if err == nil {
-			s.run(kv, j, rev)
-			return j, true, nil
+			return kv, j, rev, true, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return job{}, false, fmt.Errorf("replay job %s: %w", id, err)
+			return nil, job{}, 0, false, fmt.Errorf("replay job %s: %w", id, err)
 		}
-		old, orev, err := s.replays.get(ctx, id, now)
+		old, orev, err := r.get(ctx, id, j.Started)
 		if errors.Is(err, errNoJob) {
 			continue // expired since
 		}
 		if err != nil {
-			return job{}, false, err
+			return nil, job{}, 0, false, err
 		}
-		if old.running() && (!old.Stalled || s.runs(id)) {
-			return old, false, nil
+		if old.running() && (!old.Stalled || runsHere(id)) {
+			return kv, old, orev, false, nil
 		}
 		rev, err = kv.Update(ctx, id, b, orev)
 		if err == nil {
-			s.run(kv, j, rev)
-			return j, true, nil
+			return kv, j, rev, true, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			return job{}, false, fmt.Errorf("replay job %s: %w", id, err)
+			return nil, job{}, 0, false, fmt.Errorf("replay job %s: %w", id, err)
 		}
 	}
-	return job{}, false, fmt.Errorf("replay job %s: it kept changing while being started", id)
+	return nil, job{}, 0, false, fmt.Errorf("replay job %s: it kept changing while being started", id)
 }
 
 // runs reports whether this relay runs the job id.
@@ -236,7 +252,35 @@ func (s *Server) run(kv jetstream.KeyValue, j job, rev uint64) {
 	s.mu.Lock()
 	s.running[id]++
 	s.mu.Unlock()
-	ctx, cancel := context.WithCancel(s.ctx)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() {
+			s.mu.Lock()
+			if s.running[id]--; s.running[id] == 0 {
+				delete(s.running, id)
+			}
+			s.mu.Unlock()
+		}()
+		_, _ = runJob(s.ctx, kv, j, rev, s.cfg.Logger, func(ctx context.Context, progress func(dispatcher.ReplayProgress)) (dispatcher.ReplayProgress, error) {
+			return dispatcher.Replay(ctx, s.cfg.JetStream, s.cfg.Endpoints, j.Request, progress)
+		})
+	}()
+}
+
+// ReplayRun runs a replay, reporting its progress to the function it is
+// given.
+type ReplayRun func(ctx context.Context, progress func(dispatcher.ReplayProgress)) (dispatcher.ReplayProgress, error)
+
+// runJob runs j, recorded at revision rev, with replay until it ends, ctx
+// ends or another relay takes the job over (it saw it stalled), writing
+// its progress to kv at most every progressEvery and its end; it returns
+// the replay's outcome. A progress write the store refuses is logged and
+// tried again with the next tick: the replay goes on.
+func runJob(ctx context.Context, kv jetstream.KeyValue, j job, rev uint64, logger zerolog.Logger, replay ReplayRun) (dispatcher.ReplayProgress, error) {
+	id := j.Progress.Job
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	// The writer's job has a map of its own: the caller still reads (and
 	// answers with) j while the replay writes the writer's counts.
 	wj := j
@@ -245,58 +289,72 @@ func (s *Server) run(kv jetstream.KeyValue, j job, rev uint64) {
 		wj.Progress.PerEndpoint = map[string]uint64{}
 	}
 	w := &jobWriter{kv: kv, j: wj, rev: rev}
-	log := s.cfg.Logger.With().Str("job", id).Logger()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer cancel()
-		defer func() {
-			s.mu.Lock()
-			if s.running[id]--; s.running[id] == 0 {
-				delete(s.running, id)
-			}
-			s.mu.Unlock()
-		}()
-		var final dispatcher.ReplayProgress
-		var err error
-		ended := make(chan struct{})
-		go func() { // owned by this goroutine, which waits for ended
-			defer close(ended)
-			final, err = dispatcher.Replay(ctx, s.cfg.JetStream, s.cfg.Endpoints, j.Request, w.progress)
-		}()
-		tick := time.NewTicker(progressEvery)
-		defer tick.Stop()
-		failing := false
-	running:
-		for {
-			select {
-			case <-ended:
-				break running
-			case <-tick.C:
-				werr := w.write(false)
-				switch {
-				case errors.Is(werr, errTakenOver):
-					cancel()
-					<-ended
-					log.Warn().Msg("replay stopped: " + errTakenOver.Error())
-					return
-				case werr != nil && !failing:
-					log.Warn().Err(werr).Msg("replay progress not recorded; retrying")
-				}
-				failing = werr != nil
-			}
-		}
-		if err != nil && s.ctx.Err() != nil {
-			err = errors.New("stopped: the relay shut down; start the job again to resume it")
-		}
-		w.end(final, err)
-		if werr := w.write(true); werr != nil {
-			// The job shows as stalled once stallAfter has passed.
-			log.Error().Err(werr).AnErr("replay_error", err).Msg("replay finished but its end was not recorded")
-			return
-		}
-		log.Info().Err(err).Msg("replay finished")
+	log := logger.With().Str("job", id).Logger()
+	var final dispatcher.ReplayProgress
+	var err error
+	ended := make(chan struct{})
+	go func() { // owned by this function, which waits for ended
+		defer close(ended)
+		final, err = replay(rctx, w.progress)
 	}()
+	tick := time.NewTicker(progressEvery)
+	defer tick.Stop()
+	failing := false
+running:
+	for {
+		select {
+		case <-ended:
+			break running
+		case <-tick.C:
+			werr := w.write(false)
+			switch {
+			case errors.Is(werr, errTakenOver):
+				cancel()
+				<-ended
+				log.Warn().Msg("replay stopped: " + errTakenOver.Error())
+				return final, errTakenOver
+			case werr != nil && !failing:
+				log.Warn().Err(werr).Msg("replay progress not recorded; retrying")
+			}
+			failing = werr != nil
+		}
+	}
+	if err != nil && ctx.Err() != nil {
+		err = errors.New("stopped: the process running it stopped; start the job again to resume it")
+	}
+	w.end(final, err)
+	if werr := w.write(true); werr != nil {
+		// The job shows as stalled once stallAfter has passed.
+		log.Error().Err(werr).AnErr("replay_error", err).Msg("replay finished but its end was not recorded")
+		return final, err
+	}
+	log.Info().Err(err).Msg("replay finished")
+	return final, err
+}
+
+// ErrReplayRunning: the replay job is being run by a relay (or another
+// command) already.
+var ErrReplayRunning = errors.New("this replay is already running")
+
+// RecordedReplay runs a replay started outside the admin API (the
+// sengo-relay replay command) as a job the console and GET /admin/replays
+// show, run by relay, with its progress and end, exactly as if it had been
+// started there. When the same job (same window and filters) is running
+// already, it runs nothing and returns ErrReplayRunning naming who runs
+// it. When the job cannot be recorded (a store without the bucket, or
+// refusing writes), the replay runs anyway, unrecorded, and warn says why.
+func RecordedReplay(ctx context.Context, js jetstream.JetStream, relay string, req dispatcher.ReplayRequest, logger zerolog.Logger, warn func(error), replay ReplayRun) (dispatcher.ReplayProgress, error) {
+	r := &replays{js: js}
+	kv, j, rev, claimed, err := r.claim(ctx, newJob(req, relay, time.Now().UTC()), func(string) bool { return false })
+	switch {
+	case err != nil:
+		warn(fmt.Errorf("the console will not show this replay: %w", err))
+		return replay(ctx, func(dispatcher.ReplayProgress) {})
+	case !claimed:
+		return dispatcher.ReplayProgress{Job: j.Progress.Job}, fmt.Errorf("%w: %s runs it (started %s, %d of %d events scanned); follow it in the console, or run this command again once it has ended",
+			ErrReplayRunning, j.Relay, j.Started.Format(time.RFC3339), j.Progress.Scanned, j.Progress.Total)
+	}
+	return runJob(ctx, kv, j, rev, logger, replay)
 }
 
 // jobWriter records a running job in its bucket: its progress at most

@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html"
 	"io"
@@ -302,5 +303,97 @@ func TestConsoleRunForRealKeepsTheSelection(t *testing.T) {
 	resp.Body.Close()
 	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || loc != "/console/replays/"+id {
 		t.Fatalf("sent for real: %d → %q, want the dry run's job %s (form %v)", resp.StatusCode, loc, id, form)
+	}
+}
+
+// A replay the command line runs (RecordedReplay) is a job like the
+// API's: the API and the console show it with its progress and end, and
+// the same job started again while it runs, from the API or the command
+// line, does not run twice at once.
+func TestRecordedReplay(t *testing.T) {
+	hs, js := newServer(t)
+	publishReplayable(t, js, "evt_1")
+	now := time.Now().UTC().Truncate(time.Second)
+	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
+	eps := []dispatcher.Endpoint{{Name: "orders", FilterSubjects: []string{"sengo.events.>"}}}
+	req, err := ReplayRequest(eps, "orders", false, since, until, nil, "", "", false, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := req.JobID()
+	replay := func(ctx context.Context, progress func(dispatcher.ReplayProgress)) (dispatcher.ReplayProgress, error) {
+		return dispatcher.Replay(ctx, js, eps, req, progress)
+	}
+	warned := func(err error) { t.Errorf("warned: %v", err) }
+
+	// While the command line's replay runs, the API sees it running and
+	// does not start it again.
+	release := make(chan struct{})
+	running := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := RecordedReplay(t.Context(), js, "sengo-relay replay cli-host:1", req, zerolog.Nop(), warned, func(ctx context.Context, progress func(dispatcher.ReplayProgress)) (dispatcher.ReplayProgress, error) {
+			progress(dispatcher.ReplayProgress{Job: id, Total: 1, PerEndpoint: map[string]uint64{"orders": 0}})
+			close(running)
+			<-release
+			return replay(ctx, progress)
+		})
+		done <- err
+	}()
+	<-running
+	poll.Until(t, "the command line's job recorded with its first progress", func() bool {
+		code, j := getJob(t, hs, id)
+		return code == http.StatusOK && j.Relay == "sengo-relay replay cli-host:1" && j.Progress.Total == 1
+	})
+	body := fmt.Sprintf(`{"endpoint":"orders","since":%q,"until":%q}`, since, until)
+	if code, j := startJob(t, hs, body); code != http.StatusOK || j.Relay != "sengo-relay replay cli-host:1" {
+		t.Errorf("the API starting the job the command line runs: %d %+v; want 200 and the command line's job", code, j)
+	}
+	ran := false
+	if _, err := RecordedReplay(t.Context(), js, "sengo-relay replay cli-host:2", req, zerolog.Nop(), warned, func(context.Context, func(dispatcher.ReplayProgress)) (dispatcher.ReplayProgress, error) {
+		ran = true
+		return dispatcher.ReplayProgress{}, nil
+	}); !errors.Is(err, ErrReplayRunning) || ran || !strings.Contains(err.Error(), "cli-host:1") {
+		t.Errorf("a second command line for the running job: ran %v, %v; want ErrReplayRunning naming cli-host:1", ran, err)
+	}
+
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	code, j := getJob(t, hs, id)
+	if code != http.StatusOK || !j.Progress.Done || j.Progress.Queued != 1 || j.Error != "" || j.Stalled {
+		t.Fatalf("the command line's job after it ended: %d %+v; want done with 1 queued", code, j)
+	}
+	if lj := listJobs(t, hs)[id]; lj.Relay != "sengo-relay replay cli-host:1" || !lj.Progress.Done {
+		t.Errorf("the list shows %+v", lj)
+	}
+	c := browser(t)
+	signIn(t, c, hs.URL)
+	if code, page := consolePage(t, c, hs.URL+"/console/replays"); code != http.StatusOK || !strings.Contains(page, id) {
+		t.Errorf("the console's replays page: %d, without %s", code, id)
+	}
+}
+
+// A store without the jobs' bucket (provisioned by an older relay) does
+// not stop a command line's replay: it runs, unrecorded, with a warning.
+func TestRecordedReplayWithoutTheBucket(t *testing.T) {
+	js := provision(t)
+	if err := js.DeleteKeyValue(t.Context(), BucketReplays); err != nil {
+		t.Fatal(err)
+	}
+	publishReplayable(t, js, "evt_1")
+	now := time.Now().UTC()
+	eps := []dispatcher.Endpoint{{Name: "orders", FilterSubjects: []string{"sengo.events.>"}}}
+	req, err := ReplayRequest(eps, "orders", false, "1h", "", nil, "", "", false, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var warnings []error
+	p, err := RecordedReplay(t.Context(), js, "cli", req, zerolog.Nop(), func(err error) { warnings = append(warnings, err) }, func(ctx context.Context, progress func(dispatcher.ReplayProgress)) (dispatcher.ReplayProgress, error) {
+		return dispatcher.Replay(ctx, js, eps, req, progress)
+	})
+	if err != nil || p.Queued != 1 || len(warnings) != 1 {
+		t.Fatalf("replay without the bucket: %+v, %v, warnings %v; want 1 queued and one warning", p, err, warnings)
 	}
 }
