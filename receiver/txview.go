@@ -61,6 +61,12 @@ func ReadTransaction(ctx context.Context, js jetstream.JetStream, project, trans
 	if err != nil {
 		return Transaction{}, fmt.Errorf("open %s: %w", event.BucketTx, err)
 	}
+	return ReadTransactionFrom(ctx, kv, project, transactionID)
+}
+
+// ReadTransactionFrom is ReadTransaction from the SENGO_TX bucket kv,
+// already opened: one request.
+func ReadTransactionFrom(ctx context.Context, kv jetstream.KeyValue, project, transactionID string) (Transaction, error) {
 	e, err := kv.Get(ctx, txKey(project, transactionID))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Transaction{}, ErrNoTransaction

@@ -58,6 +58,7 @@ type Server struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	next    atomic.Uint32 // the reader the next read takes
+	opened  handles
 }
 
 // reader is a connection for one of a page's concurrent reads, the

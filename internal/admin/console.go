@@ -622,16 +622,18 @@ func (cn *console) home(c echo.Context) error {
 		return err
 	}
 	seenTx := map[string]bool{}
+	var keys []txSummary
 	for _, v := range recent {
-		if len(d.Recent) == 10 {
+		if len(keys) == 10 {
 			break
 		}
 		if k := v.Project + "\x00" + v.TransactionID; !seenTx[k] {
 			seenTx[k] = true
-			if t, err := cn.s.summary(ctx, v.Project, v.TransactionID); err == nil {
-				d.Recent = append(d.Recent, t)
-			}
+			keys = append(keys, txSummary{Project: v.Project, TransactionID: v.TransactionID})
 		}
+	}
+	if recentTx, err := cn.s.summaries(ctx, keys); err == nil { // the overview shows the rest without them
+		d.Recent = recentTx
 	}
 	return cn.page(c, "home", "Overview", d)
 }

@@ -255,15 +255,10 @@ func (s *Server) transactions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, k := range keys {
-		t, err := s.summary(ctx, k.Project, k.TransactionID)
-		if errors.Is(err, receiver.ErrNoTransaction) {
-			continue // expired from SENGO_TX; its events remain listed by /admin/events
-		}
-		if err != nil {
-			return err
-		}
-		out.Items = append(out.Items, t)
+	// A transaction expired from SENGO_TX is left out; its events remain
+	// listed by /admin/events.
+	if out.Items, err = s.summaries(ctx, keys); err != nil {
+		return err
 	}
 	return c.JSON(http.StatusOK, out)
 }
@@ -283,18 +278,37 @@ func (s *Server) lookup(ctx context.Context, q listQuery) ([]txSummary, error) {
 	return s.summaries(ctx, keys)
 }
 
-// summaries reads the transactions of keys, leaving out those not stored.
+// summaryReads is how many transactions summaries reads at once.
+const summaryReads = 8
+
+// summaries reads the transactions of keys, leaving out those not stored,
+// several at once over the reader connections (each is two reads one
+// after the other: its state, then its latest event).
 func (s *Server) summaries(ctx context.Context, keys []txSummary) ([]txSummary, error) {
-	var out []txSummary
-	for _, k := range keys {
-		t, err := s.summary(ctx, k.Project, k.TransactionID)
-		if errors.Is(err, receiver.ErrNoTransaction) {
-			continue
+	read := make([]*txSummary, len(keys))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(summaryReads)
+	for i, k := range keys {
+		g.Go(func() error {
+			t, err := s.summary(gctx, s.reader(), k.Project, k.TransactionID)
+			if errors.Is(err, receiver.ErrNoTransaction) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			read[i] = &t
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	out := []txSummary{}
+	for _, t := range read {
+		if t != nil {
+			out = append(out, *t)
 		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, t)
 	}
 	return out, nil
 }
@@ -324,14 +338,14 @@ func (s *Server) find(ctx context.Context, q listQuery) ([]txSummary, error) {
 	return out, nil
 }
 
-// summary reads a transaction's state and its latest event.
-func (s *Server) summary(ctx context.Context, project, id string) (txSummary, error) {
-	tx, err := receiver.ReadTransaction(ctx, s.cfg.JetStream, project, id)
+// summary reads a transaction's state and its latest event on js.
+func (s *Server) summary(ctx context.Context, js jetstream.JetStream, project, id string) (txSummary, error) {
+	tx, err := s.readTransaction(ctx, js, project, id)
 	if err != nil {
 		return txSummary{}, err
 	}
 	t := summaryOf(tx)
-	if v, ok := s.latestEvent(ctx, tx); ok {
+	if v, ok := s.latestEvent(ctx, js, tx); ok {
 		t.Channel, t.Amount, t.TotalAmount, t.Confirmed = v.Channel, v.Amount, v.TotalAmount, v.Confirmed
 	}
 	return t, nil
@@ -342,10 +356,10 @@ func summaryOf(tx receiver.Transaction) txSummary {
 	return txSummary{Project: tx.Project, TransactionID: tx.TransactionID, MerchantRef: tx.MerchantRef, Product: tx.Product, Status: tx.Status, UpdatedAt: tx.UpdatedAt.UTC(), Currency: event.Currency}
 }
 
-func (s *Server) latestEvent(ctx context.Context, tx receiver.Transaction) (eventView, bool) {
+func (s *Server) latestEvent(ctx context.Context, js jetstream.JetStream, tx receiver.Transaction) (eventView, bool) {
 	for i := len(tx.Changes) - 1; i >= 0; i-- {
 		if seq := tx.Changes[i].Seq; seq > 0 {
-			if v, err := s.eventAt(ctx, seq); err == nil {
+			if v, err := s.eventAt(ctx, js, seq); err == nil {
 				return v, true
 			}
 		}
@@ -353,12 +367,18 @@ func (s *Server) latestEvent(ctx context.Context, tx receiver.Transaction) (even
 	return eventView{}, false
 }
 
-func (s *Server) eventAt(ctx context.Context, seq uint64) (eventView, error) {
-	return eventAt(ctx, s.cfg.JetStream, seq)
+// readTransaction is the state of one transaction, read on js.
+func (s *Server) readTransaction(ctx context.Context, js jetstream.JetStream, project, id string) (receiver.Transaction, error) {
+	kv, err := s.opened.txBucket(ctx, js)
+	if err != nil {
+		return receiver.Transaction{}, fmt.Errorf("open %s: %w", event.BucketTx, err)
+	}
+	return receiver.ReadTransactionFrom(ctx, kv, project, id)
 }
 
-func eventAt(ctx context.Context, js jetstream.JetStream, seq uint64) (eventView, error) {
-	st, err := js.Stream(ctx, event.StreamEvents)
+// eventAt is the event stored at seq, read on js.
+func (s *Server) eventAt(ctx context.Context, js jetstream.JetStream, seq uint64) (eventView, error) {
+	st, err := s.opened.eventStream(ctx, js)
 	if err != nil {
 		return eventView{}, err
 	}
@@ -441,7 +461,7 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 		tl.Quarantined, moreQ, err = receiver.QuarantinedOf(gctx, s.reader(), project, id, maxTimeline)
 		return err
 	})
-	tx, err := receiver.ReadTransaction(gctx, s.reader(), project, id)
+	tx, err := s.readTransaction(gctx, s.reader(), project, id)
 	// A transaction with nothing published (only a forged or unconfirmable
 	// notification, set aside) has no state: its story is what arrived.
 	unknown := errors.Is(err, receiver.ErrNoTransaction)
@@ -464,7 +484,7 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 	for i, ch := range tx.Changes {
 		if ch.Seq > 0 {
 			g.Go(func() error {
-				if v, err := eventAt(gctx, s.reader(), ch.Seq); err == nil {
+				if v, err := s.eventAt(gctx, s.reader(), ch.Seq); err == nil {
 					events[i] = &v
 				}
 				return nil // an event aged out of SENGO_EVENTS leaves its change without one
