@@ -126,12 +126,17 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 // consumer is kept: a restart or config change never loses its place.
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, ep Endpoint, filters []string, from string) (jetstream.Consumer, error) {
 	cfg := jetstream.ConsumerConfig{
-		Durable:        ConsumerName(ep.Name),
-		Description:    "sengo-relay webhook endpoint " + ep.Name,
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        ackWait(ep),
-		MaxDeliver:     -1, // the dispatcher dead-letters; JetStream must never drop silently
-		MaxAckPending:  max(ep.Concurrency*2, 16),
+		Durable:     ConsumerName(ep.Name),
+		Description: "sengo-relay webhook endpoint " + ep.Name,
+		AckPolicy:   jetstream.AckExplicitPolicy,
+		AckWait:     ackWait(ep),
+		MaxDeliver:  -1, // the dispatcher dead-letters; JetStream must never drop silently
+		// No bound: an event waiting for its retry (NakWithDelay) stays
+		// ack pending, and a bound would let a few events the consumer
+		// keeps refusing hold back all the others for days. What is in
+		// flight is bounded by the workers: the Puller fetches only for a
+		// worker that waits.
+		MaxAckPending:  -1,
 		FilterSubjects: filters,
 	}
 	existing, err := js.Consumer(ctx, stream, cfg.Durable)
@@ -449,7 +454,12 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 
 	if res.ok() {
 		w.breaker.success(probe)
-	} else if !res.Abort && w.breaker.failure(probe, res.describe()) {
+	} else if res.Abort {
+		// The consumer refused this event for good (410, abort message):
+		// it answered, so the endpoint is not what failed. The probe slot
+		// goes back and the next event probes at once.
+		w.breaker.release(probe)
+	} else if w.breaker.failure(probe, res.describe()) {
 		log().Warn().Int("failures", w.ep.Breaker.Failures).Msg("endpoint paused: events wait in the stream until a probe succeeds")
 	}
 	w.updateHealth()

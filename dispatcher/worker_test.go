@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
@@ -406,4 +407,64 @@ func TestConfigChangeKeepsPosition(t *testing.T) {
 	if info.Config.DeliverPolicy != jetstream.DeliverAllPolicy || len(info.Config.FilterSubjects) != 2 {
 		t.Fatalf("consumer config %+v", info.Config)
 	}
+}
+
+// A paused endpoint whose probe event is answered 410 (or abort-message)
+// must go on probing: the probe slot is never given back on that path, so
+// the endpoint stays paused for good and the other events never go.
+func TestProbeAnsweredGoneDoesNotPauseForever(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
+		switch {
+		case n <= 2:
+			w.WriteHeader(503) // two failures: the breaker pauses
+		case n == 3:
+			w.WriteHeader(http.StatusGone) // the probe: this event is refused for good
+		default:
+			w.WriteHeader(200) // the endpoint is healthy again
+		}
+	})
+	ep := h.endpoint("orders", c.URL, 20*time.Millisecond, 20*time.Millisecond, 20*time.Millisecond)
+	ep.Concurrency = 1
+	ep.Breaker = BreakerPolicy{Failures: 2, ProbeInitial: 50 * time.Millisecond, ProbeMax: 200 * time.Millisecond}
+	w := h.start(ep)
+	h.publish("tx-a", event.StatusSuccess, "")
+	h.publish("tx-b", event.StatusSuccess, "")
+	eventually(t, "the endpoint to pause", func() bool { return w.State().Paused })
+	eventually(t, "the probe answered 410", func() bool { return len(h.deadLetters()) == 1 })
+	h.publish("tx-c", event.StatusSuccess, "")
+	eventually(t, "the endpoint probed again and resumed, everything settled", func() bool { return h.settled(w) && !w.State().Paused })
+}
+
+// Events that one endpoint keeps refusing (a consumer bug on some
+// payloads) wait in NakWithDelay between retries. They must not hold back
+// the endpoint's other events: a message Nak'd with a delay stays ack
+// pending in JetStream, and the consumer's MaxAckPending (16 for
+// concurrency 4) is reached by 16 such events; no new event is delivered
+// until a retry ends, here a minute, by default hours to days.
+func TestRetryingEventsDoNotHoldBackOthers(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(_ int, r *http.Request, w http.ResponseWriter) {
+		if r.Header.Get("webhook-id") != event.ID("main", "good", event.StatusSuccess) {
+			w.WriteHeader(500) // the consumer fails on every other event
+			return
+		}
+		w.WriteHeader(200)
+	})
+	ep := h.endpoint("orders", c.URL, time.Minute, time.Minute) // the retries are a minute away
+	w := h.start(ep)
+	for i := range 16 {
+		h.publish(fmt.Sprintf("bad-%d", i), event.StatusSuccess, "")
+	}
+	eventually(t, "16 first attempts", func() bool { return len(c.got()) >= 16 })
+	h.publish("good", event.StatusSuccess, "")
+	poll.Within(t, 10*time.Second, "the good event delivered while the bad ones wait for their retry", func() bool {
+		for _, a := range c.got() {
+			if ev, _ := event.Unmarshal(a.Body); ev.Data.TransactionID == "good" {
+				return true
+			}
+		}
+		return false
+	})
+	_ = w
 }
