@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/sengo-relay/sengo-relay/verify"
@@ -57,12 +58,36 @@ func keptHeaders(h http.Header) map[string]string {
 			out[k] = redactedValue
 			continue
 		}
+		if locates(k) { // a redirect echoes the endpoint's own URL, whose path and query may be its secret
+			out[k] = clip(RedactURL(strings.Join(v, ", ")))
+			continue
+		}
 		out[k] = clip(strings.Join(v, ", "))
 	}
 	if dropped > 0 {
 		out["…"] = omittedValue
 	}
 	return out
+}
+
+func locates(name string) bool {
+	return strings.EqualFold(name, "Location") || strings.EqualFold(name, "Content-Location")
+}
+
+// RedactURL is what may be shown of an endpoint's URL (or of a URL a
+// consumer echoes): scheme, host and the first path segment. Credentials,
+// the query, the fragment and the deeper path (where tokens live) are left
+// out; a URL that does not parse shows nothing.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	if first, rest, ok := strings.Cut(strings.TrimPrefix(u.EscapedPath(), "/"), "/"); ok && rest != "" {
+		return u.Scheme + "://" + u.Host + "/" + first + "/…"
+	}
+	return u.String()
 }
 
 func sensitive(name string) bool {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"mime"
 	"net/http"
-	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -296,17 +295,7 @@ const maxAuditTarget = 256
 // a token), and every path segment after the first: a URL that is its own
 // credential (https://hooks.example/services/T0/B0/secret) shows only
 // https://hooks.example/services/….
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return ""
-	}
-	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
-	if first, rest, ok := strings.Cut(strings.TrimPrefix(u.EscapedPath(), "/"), "/"); ok && rest != "" {
-		return u.Scheme + "://" + u.Host + "/" + first + "/…"
-	}
-	return u.String()
-}
+func redactURL(raw string) string { return dispatcher.RedactURL(raw) }
 
 // dlqParams are the query parameters that select dead letters.
 var dlqParams = []string{"endpoint", "transaction", "merchant_ref", "since", "until", "seq", "all", "limit", "cursor"}
