@@ -16,7 +16,10 @@ import (
 
 // DLQFilter selects dead letters. Zero fields match everything.
 type DLQFilter struct {
-	Endpoint      string
+	Endpoint string
+	// Project keeps the dead letters of this project's events only: one
+	// transaction id may be used in two projects.
+	Project       string
 	TransactionID string
 	MerchantRef   string
 	Since, Until  time.Time // when the dead letter was stored
@@ -35,9 +38,21 @@ type DLQEntry struct {
 }
 
 func (f DLQFilter) match(e DLQEntry) bool {
-	return (f.TransactionID == "" || e.TransactionID == f.TransactionID) &&
+	return (f.Endpoint == "" || e.Endpoint == f.Endpoint) && (f.TransactionID == "" || e.TransactionID == f.TransactionID) &&
 		(f.MerchantRef == "" || e.MerchantRef == f.MerchantRef) &&
-		(f.Until.IsZero() || !e.Stored.After(f.Until)) && (f.Since.IsZero() || !e.Stored.Before(f.Since))
+		(f.Until.IsZero() || !e.Stored.After(f.Until)) && (f.Since.IsZero() || !e.Stored.Before(f.Since)) &&
+		(f.Project == "" || projectOf(e.Event) == f.Project)
+}
+
+// projectOf is the project of a dead letter's event ("" when unreadable).
+func projectOf(ev json.RawMessage) string {
+	var e struct {
+		Source string `json:"source"`
+	}
+	if json.Unmarshal(ev, &e) != nil || e.Source == "" {
+		return ""
+	}
+	return event.ProjectOf(e.Source)
 }
 
 // ListDLQ returns the dead letters matching f, oldest first.
@@ -52,7 +67,7 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, f DLQFilter) ([]DLQEnt
 			return nil, fmt.Errorf("dead letter %d: %w", f.Seq, err)
 		}
 		e, err := dlqEntry(m.Sequence, m.Time, m.Data)
-		if err != nil || (f.Endpoint != "" && e.Endpoint != f.Endpoint) || !f.match(e) {
+		if err != nil || !f.match(e) {
 			return nil, err
 		}
 		return []DLQEntry{e}, nil

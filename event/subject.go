@@ -3,6 +3,7 @@ package event
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"regexp"
 	"strings"
 )
 
@@ -154,3 +155,11 @@ func SubjectMatches(filter, subject string) bool {
 	}
 	return len(f) == len(s)
 }
+
+// name is what a project or endpoint name may be: one subject token.
+var name = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// ValidName reports whether s may name a project or an endpoint: 1 to 63
+// of a-z, 0-9, '_' and '-', starting with a letter or digit. Such a name
+// is one subject token, never a wildcard.
+func ValidName(s string) bool { return name.MatchString(s) }

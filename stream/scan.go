@@ -146,8 +146,37 @@ func open(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstr
 	// deadline: a stream deleted mid-scan, or a store refusing consumers,
 	// would hold the scan (a console page) for good.
 	cfg.MaxResetAttempts = 2
-	return js.OrderedConsumer(ctx, stream, cfg)
+	// The server creates the consumer even when the caller stops waiting
+	// for its answer (a console page whose browser went away): created
+	// with a context of its own, it is deleted once made if the caller is
+	// gone by then, instead of lingering, matched against every publish.
+	type made struct {
+		c   jetstream.Consumer
+		err error
+	}
+	done := make(chan made, 1)
+	go func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), createTimeout)
+		defer cancel()
+		c, err := js.OrderedConsumer(cctx, stream, cfg)
+		done <- made{c, err}
+	}()
+	select {
+	case m := <-done:
+		return m.c, m.err
+	case <-ctx.Done():
+		go func() {
+			if m := <-done; m.err == nil {
+				closeConsumer(js, stream, m.c)
+			}
+		}()
+		return nil, ctx.Err()
+	}
 }
+
+// createTimeout bounds the creation of a scan's consumer, whatever the
+// caller's deadline.
+const createTimeout = 10 * time.Second
 
 // pending is how many messages a new consumer will deliver, as the
 // server answered its creation (no second request); asked for only when

@@ -98,10 +98,20 @@ func New(cfg Config) *Server {
 		}
 		_ = c.JSON(status, map[string]any{"error": body})
 	}
+	// Wrong bearer tokens are paced per address as sign-ins are: an
+	// address out of attempts is answered 429 without its token being
+	// checked (else the answer to each guess would still come back), so
+	// guessing over the API is no faster than over the console. A right
+	// token spends nothing.
+	guesses := newLoginLimiter()
 	bearer := func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
+			if guesses.spent(c.RealIP()) {
+				return apiError(http.StatusTooManyRequests, "too_many_attempts", "too many wrong tokens from this address; wait a moment")
+			}
 			got, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
 			if !ok || !verify.Token(cfg.Token, got) {
+				guesses.fail(c.RealIP())
 				return echo.NewHTTPError(http.StatusUnauthorized, "bearer token required")
 			}
 			return next(c)
@@ -318,12 +328,26 @@ func dlqFilter(c echo.Context) (dispatcher.DLQFilter, error) {
 		TransactionID: c.QueryParam("transaction"),
 		MerchantRef:   c.QueryParam("merchant_ref"),
 	}
+	// The name becomes a subject token: a wildcard ("*", ">") or a dot
+	// would select other endpoints' dead letters, for a purge too. An
+	// endpoint no longer configured keeps its dead letters, so any valid
+	// name is taken.
+	if f.Endpoint != "" && !event.ValidName(f.Endpoint) {
+		return f, apiError(http.StatusBadRequest, "bad_endpoint", "endpoint must be an endpoint name: 1 to 63 of a-z, 0-9, _ and -")
+	}
 	var err error
 	if f.Since, err = ParseTime(c.QueryParam("since"), time.Now()); err != nil {
-		return f, echo.NewHTTPError(http.StatusBadRequest, "since: "+err.Error())
+		return f, apiError(http.StatusBadRequest, "bad_time", "since: "+err.Error())
 	}
 	if f.Until, err = ParseTime(c.QueryParam("until"), time.Now()); err != nil {
-		return f, echo.NewHTTPError(http.StatusBadRequest, "until: "+err.Error())
+		return f, apiError(http.StatusBadRequest, "bad_time", "until: "+err.Error())
+	}
+	if v := c.QueryParam("seq"); v != "" {
+		// 0 would mean no seq at all: a purge of ?seq=0 would take every
+		// dead letter without all=true.
+		if f.Seq, err = strconv.ParseUint(v, 10, 64); err != nil || f.Seq == 0 {
+			return f, apiError(http.StatusBadRequest, "bad_seq", "seq must be a positive integer")
+		}
 	}
 	return f, nil
 }
@@ -372,7 +396,7 @@ const HeaderNextCursor = "Sengo-Next-Cursor"
 func (s *Server) dlqShow(c echo.Context) error {
 	seq, err := strconv.ParseUint(c.Param("seq"), 10, 64)
 	if err != nil || seq == 0 {
-		return echo.NewHTTPError(http.StatusBadRequest, "seq must be a positive integer")
+		return apiError(http.StatusBadRequest, "bad_seq", "seq must be a positive integer")
 	}
 	entries, err := dispatcher.ListDLQ(c.Request().Context(), s.cfg.JetStream, dispatcher.DLQFilter{Seq: seq})
 	if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && len(entries) == 0 {
@@ -434,11 +458,6 @@ func (s *Server) eachSelected(c echo.Context, act func(context.Context, jetstrea
 	f, err := dlqFilter(c)
 	if err != nil {
 		return 0, err
-	}
-	if v := c.QueryParam("seq"); v != "" {
-		if f.Seq, err = strconv.ParseUint(v, 10, 64); err != nil {
-			return 0, echo.NewHTTPError(http.StatusBadRequest, "seq must be a positive integer")
-		}
 	}
 	ctx := c.Request().Context()
 	n := 0
@@ -549,6 +568,9 @@ func quarantineFilter(c echo.Context) (receiver.QuarantineFilter, error) {
 		}
 	}
 	f := receiver.QuarantineFilter{Project: c.QueryParam("project"), TransactionID: c.QueryParam("transaction")}
+	if f.Project != "" && !event.ValidName(f.Project) { // a subject token: no wildcard, no dot
+		return f, apiError(http.StatusBadRequest, "unknown_project", "project must be a project name: 1 to 63 of a-z, 0-9, _ and -")
+	}
 	if v := c.QueryParam("seq"); v != "" {
 		seq, err := strconv.ParseUint(v, 10, 64)
 		if err != nil || seq == 0 {

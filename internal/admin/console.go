@@ -379,14 +379,34 @@ func newLoginLimiter() *loginLimiter {
 }
 
 func (l *loginLimiter) allow(ip string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.of(ip).Allow() && l.all.Allow()
+}
+
+// spent reports whether ip has no attempt left now, spending none.
+func (l *loginLimiter) spent(ip string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.of(ip).Tokens() < 1
+}
+
+// fail spends one of ip's attempts (not the shared ones: a wrong bearer
+// token from one address must not lock every API client out).
+func (l *loginLimiter) fail(ip string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.of(ip).Allow()
+}
+
+// of is ip's limiter (its /64 for IPv6). l.mu is held.
+func (l *loginLimiter) of(ip string) *rate.Limiter {
 	key := ip
 	if a, err := netip.ParseAddr(ip); err == nil && a.Is6() && !a.Is4In6() {
 		if p, err := a.Prefix(64); err == nil {
 			key = p.String()
 		}
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	lim, ok := l.addrs[key]
 	if !ok {
 		if len(l.addrs) >= maxLoginAddrs {
@@ -395,7 +415,7 @@ func (l *loginLimiter) allow(ip string) bool {
 		lim = rate.NewLimiter(rate.Every(200*time.Millisecond), 10)
 		l.addrs[key] = lim
 	}
-	return lim.Allow() && l.all.Allow()
+	return lim
 }
 
 func (cn *console) loginPage(c echo.Context) error {
@@ -632,7 +652,7 @@ func (cn *console) home(c echo.Context) error {
 			keys = append(keys, txSummary{Project: v.Project, TransactionID: v.TransactionID})
 		}
 	}
-	if recentTx, err := cn.s.summaries(ctx, keys); err == nil { // the overview shows the rest without them
+	if recentTx, err := cn.s.summaries(ctx, keys, nil); err == nil { // the overview shows the rest without them
 		d.Recent = recentTx
 	}
 	return cn.page(c, "home", "Overview", d)
@@ -667,7 +687,7 @@ func (cn *console) search(c echo.Context) error {
 		cn.act(c, "search", q, nil, 1)
 		return c.Redirect(http.StatusSeeOther, "/console/tx/"+url.PathEscape(keys[0].Project)+"/"+url.PathEscape(keys[0].TransactionID))
 	}
-	found, err := cn.s.summaries(ctx, keys)
+	found, err := cn.s.summaries(ctx, keys, nil)
 	if err != nil {
 		return err
 	}

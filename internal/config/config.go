@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
@@ -234,7 +235,6 @@ func Default() Config {
 }
 
 // projectName is safe as a NATS subject token, a KV key part and a URL segment.
-var projectName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
 // minCallbackToken is the shortest callback token accepted: a path token
 // must not be guessable.
@@ -362,7 +362,7 @@ func (c *Config) Validate() error {
 	for _, name := range c.ProjectNames() {
 		p := c.Projects[name]
 		at := "projects." + name
-		if !projectName.MatchString(name) {
+		if !event.ValidName(name) {
 			bad("%s: name must be lowercase letters, digits, '-' or '_', starting with a letter or digit", at)
 		}
 		if p == nil {

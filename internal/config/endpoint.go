@@ -117,14 +117,12 @@ func (e *Endpoint) UnmarshalYAML(unmarshal func(any) error) error {
 	return nil
 }
 
-var endpointName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-
 // validateEndpoints reports every problem with the endpoints.
 func (c *Config) validateEndpoints(bad func(string, ...any)) {
 	for _, name := range sortedKeys(c.Endpoints) {
 		e := c.Endpoints[name]
 		at := "endpoints." + name
-		if !endpointName.MatchString(name) {
+		if !event.ValidName(name) {
 			bad("%s: name must be lowercase letters, digits, '-' or '_'", at)
 		}
 		if e == nil {

@@ -1,0 +1,174 @@
+package admin
+
+// Requests an attacker (or a slip of the operator's) could send to the
+// admin API: each must change nothing it does not name, and be answered
+// with a documented error code.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sengo-relay/sengo-relay/dispatcher"
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
+)
+
+// storeDLQFor stores one dead letter for endpoint and transaction tx.
+func storeDLQFor(t *testing.T, js jetstream.JetStream, endpoint, tx string, ev []byte) {
+	t.Helper()
+	if ev == nil {
+		ev = []byte(`{}`)
+	}
+	d := dispatcher.DeadLetter{Endpoint: endpoint, EventID: "evt_" + endpoint + tx, TransactionID: tx, Reason: dispatcher.ReasonGone, Event: json.RawMessage(ev)}
+	b, _ := json.Marshal(d)
+	if _, err := js.Publish(context.Background(), event.DLQTxSubject(endpoint, tx), b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func countDLQ(t *testing.T, js jetstream.JetStream) uint64 {
+	t.Helper()
+	st, err := js.Stream(context.Background(), event.StreamDLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// seq=0 is refused: it counted as a filter given, then meant no seq at
+// all, so DELETE /admin/dlq?seq=0 purged every dead letter without
+// all=true.
+func TestPurgeSeqZeroIsRefused(t *testing.T) {
+	hs, js := newServer(t)
+	for i := range 3 {
+		storeDLQFor(t, js, "orders", fmt.Sprintf("t%d", i), nil)
+	}
+	code, body := call(t, hs, http.MethodDelete, "/admin/dlq?seq=0", "", token)
+	if n := countDLQ(t, js); n != 3 {
+		t.Fatalf("DELETE /admin/dlq?seq=0: %d %s; %d of 3 dead letters left (want 400 bad_seq, nothing purged)", code, strings.TrimSpace(body), n)
+	}
+	if code != 400 || !strings.Contains(body, `"bad_seq"`) {
+		t.Fatalf("DELETE /admin/dlq?seq=0: %d %s, want 400 bad_seq", code, body)
+	}
+}
+
+// The endpoint filter becomes a subject token, so it must be a name: "*"
+// selected every endpoint's dead letters, and a purge "of one endpoint"
+// purged them all without all=true.
+func TestDLQEndpointIsNoWildcard(t *testing.T) {
+	hs, js := newServer(t)
+	storeDLQFor(t, js, "orders", "t1", nil)
+	storeDLQFor(t, js, "billing", "t2", nil)
+	code, body := call(t, hs, http.MethodGet, "/admin/dlq?endpoint="+url.QueryEscape("*"), "", token)
+	if code == 200 && strings.Count(body, `"eventId"`) > 0 {
+		t.Errorf("GET /admin/dlq?endpoint=*: %d, lists %d dead letters of other endpoints: %.300s", code, strings.Count(body, `"eventId"`), body)
+	}
+	code, body = call(t, hs, http.MethodDelete, "/admin/dlq?endpoint="+url.QueryEscape("*"), "", token)
+	if n := countDLQ(t, js); n != 2 {
+		t.Errorf("DELETE /admin/dlq?endpoint=*: %d %s; %d of 2 dead letters left", code, strings.TrimSpace(body), n)
+	}
+}
+
+// An endpoint or project filter holding ">", a space or ".." is refused
+// with a documented 400 (it reached the server as an invalid subject
+// filter and came back as 500 internal_error).
+func TestSubjectCharactersInFiltersAreRefused(t *testing.T) {
+	hs, _ := newServer(t)
+	for _, p := range []string{
+		"/admin/dlq?endpoint=" + url.QueryEscape(">"),
+		"/admin/dlq?endpoint=" + url.QueryEscape("a b"),
+		"/admin/quarantine?project=" + url.QueryEscape(">"),
+		"/admin/quarantine?project=" + url.QueryEscape("a..b"),
+	} {
+		code, body := call(t, hs, http.MethodGet, p, "", token)
+		if code != 200 && code != 400 {
+			t.Errorf("GET %s: %d %s, want 400 with a documented code (or an empty 200)", p, code, strings.TrimSpace(body))
+		}
+	}
+}
+
+// The dead-letter routes answer bad times and sequences with bad_time and
+// bad_seq as every other route does (they answered bad_request), and GET
+// /admin/dlq honours seq (it ignored it).
+func TestDLQErrorCodes(t *testing.T) {
+	hs, js := newServer(t)
+	storeDLQFor(t, js, "orders", "t1", nil)
+	storeDLQFor(t, js, "orders", "t2", nil)
+	for _, c := range []struct{ method, path, code string }{
+		{http.MethodGet, "/admin/dlq?since=yesterday", "bad_time"},
+		{http.MethodGet, "/admin/dlq?until=x", "bad_time"},
+		{http.MethodGet, "/admin/dlq/abc", "bad_seq"},
+		{http.MethodGet, "/admin/dlq/0", "bad_seq"},
+		{http.MethodDelete, "/admin/dlq?seq=abc", "bad_seq"},
+		{http.MethodPost, "/admin/dlq/redrive?seq=-1", "bad_seq"},
+	} {
+		_, body := call(t, hs, c.method, c.path, "", token)
+		if !strings.Contains(body, `"code":"`+c.code+`"`) {
+			t.Errorf("%s %s: %s, want code %s", c.method, c.path, strings.TrimSpace(body), c.code)
+		}
+	}
+	if code, body := call(t, hs, http.MethodGet, "/admin/dlq?seq=1", "", token); code == 200 && strings.Count(body, `"eventId"`) != 1 {
+		t.Errorf("GET /admin/dlq?seq=1: %d dead letters listed, want 1 (or seq refused as unknown)", strings.Count(body, `"eventId"`))
+	}
+}
+
+// Wrong bearer tokens are paced per address as the console's sign-in is:
+// the admin token could be guessed over the API as fast as it answered.
+func TestBearerGuessesArePaced(t *testing.T) {
+	hs, _ := newServer(t)
+	limited := 0
+	for i := range 50 {
+		req, _ := http.NewRequest(http.MethodGet, hs.URL+"/admin/endpoints", nil)
+		req.Header.Set("Authorization", fmt.Sprintf("Bearer guess-%04d-0123456789abcdef", i))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusTooManyRequests {
+			limited++
+		}
+	}
+	if limited == 0 {
+		t.Fatalf("50 wrong bearer tokens from one address in a row: none refused as too many (the console's sign-in refuses after 10)")
+	}
+}
+
+// Scans cut short by a client that goes away leave no consumer behind.
+func TestAbandonedScansLeaveNoConsumer(t *testing.T) {
+	hs, js := newServer(t)
+	ev := publishEvent(t, js, "same")
+	b, _ := event.Marshal(ev)
+	for range 20000 {
+		if _, err := js.PublishAsync(event.EventSubject("main", event.ProductQRIS, event.StatusSuccess), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-js.PublishAsyncComplete()
+	for i := range 20 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(5+i*3)*time.Millisecond)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, hs.URL+"/admin/transactions?limit=2", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+		cancel()
+	}
+	// Deleted when made, not after the server's 30 s inactivity limit.
+	st, _ := js.Stream(context.Background(), event.StreamEvents)
+	poll.Within(t, 10*time.Second, "the consumers of the abandoned scans to go", func() bool {
+		info, err := st.Info(context.Background())
+		return err == nil && info.State.Consumers == 0
+	})
+}
