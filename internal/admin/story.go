@@ -257,10 +257,27 @@ func (s *Server) transactions(c echo.Context) error {
 	}
 	// A transaction expired from SENGO_TX is left out; its events remain
 	// listed by /admin/events.
-	if out.Items, err = s.summaries(ctx, keys); err != nil {
+	if out.Items, err = s.summaries(ctx, keys, q.listedBefore); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusOK, out)
+}
+
+// listedBefore reports whether an earlier page of q listed tx: one of its
+// changes q selects has an event before the cursor (a page lists a
+// transaction at its first event the page reaches, and its later events
+// come on later pages).
+func (q listQuery) listedBefore(tx receiver.Transaction) bool {
+	if q.cursor == 0 {
+		return false
+	}
+	for _, ch := range tx.Changes {
+		if ch.Seq > 0 && ch.Seq < q.cursor && (q.status == "" || ch.Status == q.status) &&
+			(q.since.IsZero() || !ch.AcceptedAt.Before(q.since)) {
+			return true
+		}
+	}
+	return false
 }
 
 func (q listQuery) keeps(t txSummary) bool {
@@ -275,23 +292,24 @@ func (s *Server) lookup(ctx context.Context, q listQuery) ([]txSummary, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.summaries(ctx, keys)
+	return s.summaries(ctx, keys, nil)
 }
 
 // summaryReads is how many transactions summaries reads at once.
 const summaryReads = 8
 
-// summaries reads the transactions of keys, leaving out those not stored,
-// several at once over the reader connections (each is two reads one
-// after the other: its state, then its latest event).
-func (s *Server) summaries(ctx context.Context, keys []txSummary) ([]txSummary, error) {
+// summaries reads the transactions of keys, leaving out those not stored
+// and those skip (if not nil) reports, several at once over the reader
+// connections (each is two reads one after the other: its state, then its
+// latest event).
+func (s *Server) summaries(ctx context.Context, keys []txSummary, skip func(receiver.Transaction) bool) ([]txSummary, error) {
 	read := make([]*txSummary, len(keys))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(summaryReads)
 	for i, k := range keys {
 		g.Go(func() error {
-			t, err := s.summary(gctx, s.reader(), k.Project, k.TransactionID)
-			if errors.Is(err, receiver.ErrNoTransaction) {
+			t, err := s.summary(gctx, s.reader(), k.Project, k.TransactionID, skip)
+			if errors.Is(err, receiver.ErrNoTransaction) || errors.Is(err, errSkipped) {
 				return nil
 			}
 			if err != nil {
@@ -338,11 +356,18 @@ func (s *Server) find(ctx context.Context, q listQuery) ([]txSummary, error) {
 	return out, nil
 }
 
-// summary reads a transaction's state and its latest event on js.
-func (s *Server) summary(ctx context.Context, js jetstream.JetStream, project, id string) (txSummary, error) {
+// errSkipped is summary's answer for a transaction its skip reports.
+var errSkipped = errors.New("skipped")
+
+// summary reads a transaction's state and, unless skip (if not nil)
+// reports the state (errSkipped), its latest event on js.
+func (s *Server) summary(ctx context.Context, js jetstream.JetStream, project, id string, skip func(receiver.Transaction) bool) (txSummary, error) {
 	tx, err := s.readTransaction(ctx, js, project, id)
 	if err != nil {
 		return txSummary{}, err
+	}
+	if skip != nil && skip(tx) {
+		return txSummary{}, errSkipped
 	}
 	t := summaryOf(tx)
 	if v, ok := s.latestEvent(ctx, js, tx); ok {
@@ -454,7 +479,7 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 		return err
 	})
 	g.Go(func() (err error) {
-		tl.DeadLetters, err = dispatcher.ListDLQ(gctx, s.reader(), dispatcher.DLQFilter{TransactionID: id})
+		tl.DeadLetters, err = dispatcher.ListDLQ(gctx, s.reader(), dispatcher.DLQFilter{Project: project, TransactionID: id})
 		return err
 	})
 	g.Go(func() (err error) {
@@ -524,9 +549,17 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 			return tl, receiver.ErrNoTransaction
 		}
 		// What the notifications claimed, for the header: never a status
-		// (nothing was published), only what identifies the payment.
+		// (nothing was published), only what identifies the payment. The
+		// inbox's copy first; the quarantine keeps its own longer.
+		var bodies [][]byte
 		for _, n := range tl.Notifications {
-			if t, err := sengo.ParseCallback(n.Body); err == nil {
+			bodies = append(bodies, n.Body)
+		}
+		for _, q := range tl.Quarantined {
+			bodies = append(bodies, q.Notification)
+		}
+		for _, b := range bodies {
+			if t, err := sengo.ParseCallback(b); err == nil {
 				tl.Transaction.MerchantRef, tl.Transaction.Product, tl.Transaction.Channel = t.MerchantRef, t.Product, t.Channel
 				tl.Transaction.Amount, tl.Transaction.TotalAmount = t.Amount, t.TotalAmount
 				tl.State.MerchantRef, tl.State.Product = t.MerchantRef, t.Product

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,11 +11,13 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
 )
 
@@ -153,4 +156,116 @@ func TestTransactionListOpensOnce(t *testing.T) {
 	if asked := infos.Load() - before; asked > 1 {
 		t.Errorf("listing %d transactions again asked for a stream's info %d times; want at most once (the scan's)", n, asked)
 	}
+}
+
+// A transaction's story shows the dead letters of its own project only:
+// one id may be used in two projects, and the story of main/X showed
+// (and its steps narrated) project other's dead letters of X, with
+// other's event.
+func TestStoryKeepsToItsProjectsDeadLetters(t *testing.T) {
+	js := provision(t)
+	a := New(Config{Token: token, JetStream: js, Projects: []string{"main", "other"}, Relay: "r", Logger: zerolog.Nop()})
+	hs := serveAdmin(t, a)
+	ctx := context.Background()
+	// main: a notification for X, set aside (anyone can POST one).
+	body := fmt.Appendf(nil, `{"responseCode":200,"responseMessage":"success","responseData":{"id":"X","merchantRef":"REF-MAIN","status":"success","feePayer":"customer","amount":10000,"fee":85,"totalAmount":10085,"expiredDate":"2025-03-23T10:24:58+07:00","paidDate":"2025-03-23T10:05:12+07:00","retail":{"viewName":"M","channel":"alfamart","paymentCode":"123"}}}`)
+	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: event.QuarantineTxSubject("main", "X"), Data: body, Header: nats.Header{
+		event.HeaderProject: []string{"main"}, event.HeaderReason: []string{"SenGo's API disagrees"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: event.InboxTxSubject("main", "X"), Data: body, Header: nats.Header{
+		event.HeaderProject: []string{"main"}}}); err != nil {
+		t.Fatal(err)
+	}
+	// other: its own transaction X, dead-lettered.
+	ev := fmt.Appendf(nil, `{"specversion":"1.0","id":"evt_other","source":"sengo/other","data":{"transactionId":"X","merchantRef":"REF-OTHER"}}`)
+	storeDLQFor(t, js, "orders", "X", ev)
+	code, got := call(t, hs, http.MethodGet, "/admin/transactions/main/X", "", token)
+	if code != 200 {
+		t.Fatalf("story: %d %s", code, got)
+	}
+	var tl struct {
+		DeadLetters []dispatcher.DLQEntry `json:"deadLetters"`
+	}
+	_ = json.Unmarshal([]byte(got), &tl)
+	if len(tl.DeadLetters) != 0 {
+		t.Fatalf("the story of main/X holds %d dead letter(s) of project other: %s", len(tl.DeadLetters), tl.DeadLetters[0].Event)
+	}
+}
+
+// The story of a transaction known only by a quarantined notification
+// (its inbox copy aged out: inbox 7 days, quarantine 30 by default) takes
+// its header from the quarantined notification, as openapi.yaml
+// describes it (it had product "", from the inbox notifications only).
+func TestStoryOfQuarantinedOnlyMatchesOpenAPI(t *testing.T) {
+	hs, js := newServer(t)
+	body := fmt.Appendf(nil, `{"responseCode":200,"responseMessage":"success","responseData":{"id":"Q1","merchantRef":"REF-Q1","status":"success","feePayer":"customer","amount":10000,"fee":85,"totalAmount":10085,"expiredDate":"2025-03-23T10:24:58+07:00","paidDate":"2025-03-23T10:05:12+07:00","retail":{"viewName":"M","channel":"alfamart","paymentCode":"123"}}}`)
+	if _, err := js.PublishMsg(context.Background(), &nats.Msg{Subject: event.QuarantineTxSubject("main", "Q1"), Data: body, Header: nats.Header{
+		event.HeaderProject: []string{"main"}, event.HeaderReason: []string{"SenGo's API disagrees"}}}); err != nil {
+		t.Fatal(err)
+	}
+	code, got := call(t, hs, http.MethodGet, "/admin/transactions/main/Q1", "", token) // checkResponse validates it
+	if code != 200 || !strings.Contains(got, `"merchantRef":"REF-Q1"`) {
+		t.Errorf("story: %d %.300s (want the quarantined notification's merchantRef and product in the header)", code, got)
+	}
+}
+
+// pubEv stores an event of tx with status st and its state in SENGO_TX.
+func pubEv(t *testing.T, js jetstream.JetStream, hist map[string][]map[string]any, tx string, st event.Status) {
+	t.Helper()
+	ev := event.Event{SpecVersion: "1.0", ID: event.ID("main", tx, st), Source: "sengo/main", Type: event.Type(st), Subject: "REF-" + tx,
+		Time: time.Now().UTC(), DataContentType: "application/json",
+		Data: event.Data{TransactionID: tx, MerchantRef: "REF-" + tx, Status: st, Product: event.ProductQRIS, Channel: "qris", Amount: 1000, TotalAmount: 1000, Currency: "IDR", Raw: json.RawMessage(`{}`)}}
+	b, _ := event.Marshal(ev)
+	ack, err := js.Publish(context.Background(), event.EventSubject("main", ev.Data.Product, st), b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(context.Background(), event.BucketTx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hist[tx] = append(hist[tx], map[string]any{"status": st, "eventId": ev.ID, "acceptedAt": ev.Time, "seq": ack.Sequence, "source": "callback"})
+	state, _ := json.Marshal(map[string]any{"project": "main", "transactionId": tx, "merchantRef": "REF-" + tx, "product": "qris", "status": st,
+		"updatedAt": ev.Time, "history": hist[tx]})
+	if _, err := kv.Put(context.Background(), "main."+tx, state); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Paging GET /admin/transactions by cursor lists each transaction once:
+// the cursor is an event sequence, and a transaction with a later event
+// was listed again on a later page.
+func TestTransactionPagesDoNotRepeat(t *testing.T) {
+	hs, js := newServer(t)
+	hist := map[string][]map[string]any{}
+	pubEv(t, js, hist, "A", event.StatusPending)
+	pubEv(t, js, hist, "B", event.StatusPending)
+	pubEv(t, js, hist, "A", event.StatusSuccess)
+	seen := map[string]int{}
+	path := "/admin/transactions?limit=1"
+	for range 10 {
+		var p struct {
+			Items      []txSummary `json:"items"`
+			NextCursor *string     `json:"nextCursor"`
+		}
+		mustCall(t, hs, http.MethodGet, path, "", http.StatusOK, &p)
+		for _, it := range p.Items {
+			seen[it.TransactionID]++
+		}
+		if p.NextCursor == nil {
+			break
+		}
+		path = "/admin/transactions?limit=1&cursor=" + *p.NextCursor
+	}
+	if seen["A"] != 1 || seen["B"] != 1 {
+		t.Fatalf("paging listed %v; want each transaction once", seen)
+	}
+}
+
+func serveAdmin(t *testing.T, a *Server) *httptest.Server {
+	t.Helper()
+	hs := httptest.NewServer(a.Handler())
+	t.Cleanup(func() { hs.Close(); a.Close() })
+	return hs
 }
