@@ -397,3 +397,44 @@ func TestRecordedReplayWithoutTheBucket(t *testing.T) {
 		t.Fatalf("replay without the bucket: %+v, %v, warnings %v; want 1 queued and one warning", p, err, warnings)
 	}
 }
+
+// A dry run of a window is running (a command line's --dry-run, or the
+// console's first step); the operator then asks for the real replay of
+// the same window. The real replay must run: it queues copies, the dry run
+// queues none. A dry run shares its job id with the real run, and the
+// request was answered "already running" with the dry run's job, nothing
+// ever queued.
+func TestRealReplayIsNotTakenForARunningDryRun(t *testing.T) {
+	hs, js := newServer(t)
+	publishReplayable(t, js, "evt_1")
+	now := time.Now().UTC().Truncate(time.Second)
+	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
+	eps := []dispatcher.Endpoint{{Name: "orders", FilterSubjects: []string{"sengo.events.>"}}}
+	dry, err := ReplayRequest(eps, "orders", false, since, until, nil, "", "", true, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, running, done := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		_, err := RecordedReplay(t.Context(), js, "sengo-relay replay cli-host:1", dry, zerolog.Nop(), func(error) {}, func(ctx context.Context, progress func(dispatcher.ReplayProgress)) (dispatcher.ReplayProgress, error) {
+			close(running)
+			<-release
+			return dispatcher.Replay(ctx, js, eps, dry, progress)
+		})
+		done <- err
+	}()
+	<-running
+	body := fmt.Sprintf(`{"endpoint":"orders","since":%q,"until":%q,"dryRun":false}`, since, until)
+	code, j := startJob(t, hs, body)
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if code != http.StatusAccepted {
+		t.Errorf("the real replay while its dry run runs: %d, job %+v; want 202 (started)", code, j)
+	}
+	poll.Until(t, "the real replay to finish", func() bool { _, j = getJob(t, hs, j.Progress.Job); return j.Progress.Done || j.Error != "" })
+	if n := len(natstest.Messages(t, js, event.StreamReplay)); n != 1 {
+		t.Fatalf("%d copies queued on %s after the real replay was asked for; want 1", n, event.StreamReplay)
+	}
+}
