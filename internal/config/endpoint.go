@@ -170,6 +170,11 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 				bad("%s.retry.schedule[%d]: must be positive", at, i)
 			}
 		}
+		if time.Duration(e.Retry.RetryAfterMax) < time.Second {
+			// Retry-After is capped to it: under a second, every retry
+			// would come at once and spend the budget in moments.
+			bad("%s.retry.retry_after_max: %v is under 1s", at, time.Duration(e.Retry.RetryAfterMax))
+		}
 		if e.Retry.Jitter < 0 || e.Retry.Jitter > 1 {
 			bad("%s.retry.jitter: %v is outside 0 to 1", at, e.Retry.Jitter)
 		}

@@ -49,7 +49,7 @@ func TestEndpointValidation(t *testing.T) {
     secrets: [not-a-secret]
     filter: {}
     concurrency: 1000
-    retry: {jitter: 2}
+    retry: {jitter: 2, retry_after_max: 0s}
     headers: {webhook-id: x}
     deliver_from: yesterday
   fulfil:
@@ -64,7 +64,7 @@ admin: {token: short}
 	}
 	for _, want := range []string{
 		"endpoints.Bad Name", "endpoints.orders.url", "endpoints.orders.secrets[0]", "endpoints.orders.filter: empty",
-		"endpoints.orders.concurrency", "endpoints.orders.retry.jitter", "endpoints.orders.headers", "endpoints.orders.deliver_from",
+		"endpoints.orders.concurrency", "endpoints.orders.retry.jitter", "endpoints.orders.retry.retry_after_max", "endpoints.orders.headers", "endpoints.orders.deliver_from",
 		"endpoints.fulfil.filter.projects", "endpoints.fulfil.filter.products", "endpoints.fulfil.filter.statuses", "admin.token",
 	} {
 		if !strings.Contains(err.Error(), want) {
