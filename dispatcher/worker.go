@@ -352,7 +352,10 @@ func decide(ep Endpoint, r attemptResult, attempt int) action {
 	case attempt >= ep.MaxAttempts():
 		return action{kind: actDeadLetter, reason: ReasonExhausted}
 	case r.HasRetry:
-		return action{kind: actRetry, delay: r.RetryAfter}
+		// Retry-After says when at the earliest: a shorter one than the
+		// schedule's would spend the budget (about 3 days by default) in
+		// seconds against a consumer that answers it to everything.
+		return action{kind: actRetry, delay: max(r.RetryAfter, retryDelay(ep.Schedule, ep.Jitter, attempt))}
 	default:
 		return action{kind: actRetry, delay: retryDelay(ep.Schedule, ep.Jitter, attempt)}
 	}
