@@ -524,3 +524,45 @@ func TestHostileRequestIDIsReplaced(t *testing.T) {
 		}
 	}
 }
+
+// A quarantine filled by forged claims is never held in memory at once:
+// a listing keeps at most maxQuarantineListBytes (the newest), and the
+// recheck of unconfirmed claims visits them one at a time, every one.
+func TestQuarantineListingIsBoundedInMemory(t *testing.T) {
+	h := newHarness(t, false)
+	ctx := context.Background()
+	const n = 6
+	big := strings.Repeat("x", 8<<10) // 8 KiB of claim each
+	for i := range n {
+		tx := fmt.Sprintf("forged-%d", i)
+		body := fmt.Sprintf(`{"responseData":{"id":%q,"merchantRef":"INV-%d","status":"success","note":%q}}`, tx, i, big)
+		m := &nats.Msg{Subject: event.QuarantineTxSubject("main", tx), Data: []byte(body), Header: nats.Header{}}
+		m.Header.Set(event.HeaderReason, sengo.ErrUnconfirmed.Error())
+		m.Header.Set(event.HeaderProject, "main")
+		if _, err := h.js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := maxQuarantineListBytes
+	maxQuarantineListBytes = 2*(8<<10) + 2048 // two of them
+	t.Cleanup(func() { maxQuarantineListBytes = old })
+	got, err := ListQuarantine(ctx, h.js, QuarantineFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, e := range got {
+		var c struct {
+			ResponseData struct{ ID string } `json:"responseData"`
+		}
+		_ = json.Unmarshal(e.Notification, &c)
+		ids = append(ids, c.ResponseData.ID)
+	}
+	if len(ids) != 2 || ids[0] != "forged-4" || ids[1] != "forged-5" {
+		t.Fatalf("listed %v; want the newest two that fit (forged-4, forged-5)", ids)
+	}
+	// The recheck is not bounded by the listing: it redrives all six.
+	if k, err := RecheckUnconfirmed(ctx, h.js, time.Now().Add(time.Hour)); err != nil || k != n {
+		t.Fatalf("rechecked %d (%v); want all %d", k, err, n)
+	}
+}

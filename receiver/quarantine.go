@@ -56,14 +56,47 @@ type QuarantineEntry struct {
 // project or transaction, the newest this many.
 const maxQuarantineScan = 10000
 
+// maxQuarantineListBytes bounds the notifications (and SenGo's versions)
+// one listing holds in memory; the newest are kept. Forged claims fill
+// the quarantine (up to http.max_body_bytes each): 10,000 of them would
+// otherwise be over 600 MB for one page. A variable for tests.
+var maxQuarantineListBytes = 32 << 20
+
 // ListQuarantine returns the quarantined notifications matching f, oldest
-// first. A project or a transaction is read by subject, every one of
-// them; otherwise the newest maxQuarantineScan messages are read. Either
-// way they are fetched in batches, not one request each.
+// first. A project or a transaction is read by subject, the first
+// maxQuarantineScan that match; otherwise the newest maxQuarantineScan
+// messages are read. Either way they are fetched in batches, not one
+// request each, and at most maxQuarantineListBytes of them are kept: the
+// newest.
 func ListQuarantine(ctx context.Context, js jetstream.JetStream, f QuarantineFilter) ([]QuarantineEntry, error) {
+	var (
+		out        []QuarantineEntry
+		seen, held int
+	)
+	err := EachQuarantined(ctx, js, f, func(e QuarantineEntry) bool {
+		out = append(out, e)
+		held += e.size()
+		for held > maxQuarantineListBytes && len(out) > 1 {
+			held -= out[0].size()
+			out[0] = QuarantineEntry{} // its bodies can go now
+			out = out[1:]
+		}
+		seen++
+		return seen < maxQuarantineScan
+	})
+	return out, err
+}
+
+// size is about what e holds in memory.
+func (e QuarantineEntry) size() int { return len(e.Notification) + len(e.SenGo) + 256 }
+
+// EachQuarantined visits the quarantined notifications matching f, oldest
+// first, one at a time (as ListQuarantine selects them, without its
+// bounds), until visit returns false.
+func EachQuarantined(ctx context.Context, js jetstream.JetStream, f QuarantineFilter, visit func(QuarantineEntry) bool) error {
 	s, err := js.Stream(ctx, event.StreamQuarantine)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", event.StreamQuarantine, err)
+		return fmt.Errorf("open %s: %w", event.StreamQuarantine, err)
 	}
 	keep := func(e QuarantineEntry) bool {
 		return (f.Project == "" || e.Project == f.Project) && (f.TransactionID == "" || e.TransactionID == f.TransactionID) &&
@@ -72,41 +105,40 @@ func ListQuarantine(ctx context.Context, js jetstream.JetStream, f QuarantineFil
 	if f.Seq > 0 {
 		m, err := s.GetMsg(ctx, f.Seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return nil, nil
+			return nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("quarantined %d: %w", f.Seq, err)
+			return fmt.Errorf("quarantined %d: %w", f.Seq, err)
 		}
 		if e := quarantineEntry(m); keep(e) {
-			return []QuarantineEntry{e}, nil
+			visit(e)
 		}
-		return nil, nil
+		return nil
 	}
 	var from stream.From
 	if f.Project == "" && f.TransactionID == "" {
 		info, err := s.Info(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("%s info: %w", event.StreamQuarantine, err)
+			return fmt.Errorf("%s info: %w", event.StreamQuarantine, err)
 		}
 		if info.State.Msgs == 0 {
-			return nil, nil
+			return nil
 		}
 		if last := info.State.LastSeq; last-info.State.FirstSeq >= maxQuarantineScan {
 			from.Seq = last - maxQuarantineScan + 1
 		}
 	}
-	var out []QuarantineEntry
 	err = stream.ScanFrom(ctx, js, event.StreamQuarantine, event.QuarantineFilters(f.Project, f.TransactionID), from, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
 		e := quarantineEntry(&jetstream.RawStreamMsg{Subject: m.Subject(), Sequence: meta.Sequence.Stream, Header: m.Headers(), Data: m.Data(), Time: meta.Timestamp})
-		if keep(e) {
-			out = append(out, e)
+		if !keep(e) {
+			return true, nil
 		}
-		return len(out) < maxQuarantineScan, nil
+		return visit(e), nil
 	}, nil)
 	if err != nil {
-		return out, fmt.Errorf("list %s: %w", event.StreamQuarantine, err)
+		return fmt.Errorf("list %s: %w", event.StreamQuarantine, err)
 	}
-	return out, nil
+	return nil
 }
 
 func quarantineEntry(m *jetstream.RawStreamMsg) QuarantineEntry {
@@ -227,23 +259,24 @@ var RecheckAfter = []time.Duration{time.Minute, 5 * time.Minute, 30 * time.Minut
 // RecheckUnconfirmed redrives every quarantined unconfirmed notification
 // whose next recheck is due at now. It returns how many were redriven.
 func RecheckUnconfirmed(ctx context.Context, js jetstream.JetStream, now time.Time) (int, error) {
-	entries, err := ListQuarantine(ctx, js, QuarantineFilter{ReasonContains: sengo.ErrUnconfirmed.Error()})
-	if err != nil {
-		return 0, err
-	}
+	// One at a time: a quarantine that forged claims filled is never
+	// held in memory at once.
 	n := 0
-	for _, e := range entries {
+	var rerr error
+	err := EachQuarantined(ctx, js, QuarantineFilter{ReasonContains: sengo.ErrUnconfirmed.Error()}, func(e QuarantineEntry) bool {
 		done, _ := strconv.Atoi(e.Rechecks)
 		if done >= len(RecheckAfter) || now.Sub(e.Stored) < RecheckAfter[done] {
-			continue
+			return true
 		}
 		k, err := redrive(ctx, js, []QuarantineEntry{e}, strconv.Itoa(done+1))
 		n += k
-		if err != nil {
-			return n, err
-		}
+		rerr = err
+		return err == nil
+	})
+	if rerr != nil {
+		return n, rerr
 	}
-	return n, nil
+	return n, err
 }
 
 // projectOfQuarantine is the project of a quarantine subject:
