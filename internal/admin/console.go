@@ -332,11 +332,22 @@ type view struct {
 }
 
 func (cn *console) page(c echo.Context, name, title string, data any) error {
-	v := view{Title: title, Data: data, Flash: c.QueryParam("done"), CSRF: cn.csrf(c)}
-	if len(v.Flash) > 200 {
-		v.Flash = ""
+	v := view{Title: title, Data: data, CSRF: cn.csrf(c)}
+	// Only a message the console wrote, signed in its redirect: a link
+	// anyone can send would otherwise put its own words on the page.
+	if msg := c.QueryParam("done"); len(msg) <= 200 && hmac.Equal([]byte(c.QueryParam("sig")), []byte(cn.flashSig(msg))) {
+		v.Flash = msg
 	}
 	return cn.render(c, http.StatusOK, name, v)
+}
+
+// done is the redirect to path that shows msg once the action is done.
+func (cn *console) done(path, msg string) string {
+	return path + "?done=" + url.QueryEscape(msg) + "&sig=" + cn.flashSig(msg)
+}
+
+func (cn *console) flashSig(msg string) string {
+	return base64.RawURLEncoding.EncodeToString(cn.sessions.mac("flash\x00" + msg)[:18])
 }
 
 func (cn *console) render(c echo.Context, status int, name string, v any) error {
@@ -419,7 +430,7 @@ func (l *loginLimiter) of(ip string) *rate.Limiter {
 }
 
 func (cn *console) loginPage(c echo.Context) error {
-	return cn.render(c, http.StatusOK, "login", view{Title: "Sign in", Error: c.QueryParam("error")})
+	return cn.render(c, http.StatusOK, "login", view{Title: "Sign in"})
 }
 
 func (cn *console) login(c echo.Context) error {
@@ -910,7 +921,7 @@ func (cn *console) dlqAct(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.Redirect(http.StatusSeeOther, "/console/dlq?done="+url.QueryEscape(fmt.Sprintf("%s: %d dead letter(s).", action, n)))
+	return c.Redirect(http.StatusSeeOther, cn.done("/console/dlq", fmt.Sprintf("%s: %d dead letter(s).", action, n)))
 }
 
 // setUpTo puts in a confirmation form the highest sequence it counted, so
@@ -1028,7 +1039,7 @@ func (cn *console) quarantineAct(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.Redirect(http.StatusSeeOther, "/console/quarantine?done="+url.QueryEscape(fmt.Sprintf("%s: %d notification(s).", action, n)))
+	return c.Redirect(http.StatusSeeOther, cn.done("/console/quarantine", fmt.Sprintf("%s: %d notification(s).", action, n)))
 }
 
 func (cn *console) replays(c echo.Context) error {
@@ -1163,5 +1174,5 @@ func (cn *console) endpointControl(c echo.Context) error {
 	if err != nil && !errors.Is(err, errTestSendFailed) {
 		return err
 	}
-	return c.Redirect(http.StatusSeeOther, "/console/endpoints?done="+url.QueryEscape(msg))
+	return c.Redirect(http.StatusSeeOther, cn.done("/console/endpoints", msg))
 }

@@ -413,3 +413,51 @@ func TestConsoleDeadLettersByPage(t *testing.T) {
 		t.Fatalf("%d dead letters left, want the one stored after the count", len(left))
 	}
 }
+
+// The console's messages after an action ("Purged: 1 dead letter(s).")
+// come back through the redirect's query string: only those the console
+// wrote are shown. A link with a text of someone else's ("session expired,
+// paste your token at …") shows nothing on a signed-in operator's page, nor
+// does the sign-in page take a message from its link.
+func TestConsoleShowsOnlyItsOwnMessages(t *testing.T) {
+	hs, js := newServer(t)
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	get := func(path string) string {
+		t.Helper()
+		resp, err := c.Get(hs.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	const lure = "Session expired: paste your admin token at evil.example"
+	for _, p := range []string{"/console/dlq?done=", "/console/?done=", "/console/endpoints?done="} {
+		if body := get(p + url.QueryEscape(lure)); strings.Contains(body, "evil.example") {
+			t.Errorf("GET %s<lure> shows the link's text", p)
+		}
+	}
+	anon := browser(t)
+	if resp, err := anon.Get(hs.URL + "/console/login?error=" + url.QueryEscape(lure)); err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), "evil.example") {
+			t.Error("the sign-in page shows its link's error text")
+		}
+	}
+	// The console's own message still shows.
+	if _, err := js.Publish(t.Context(), event.DLQTxSubject("orders", "t1"), []byte(`{"endpoint":"orders","eventId":"evt_1","transactionId":"t1","reason":"gone","event":{}}`)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.PostForm(hs.URL+"/console/dlq/purge", url.Values{"_csrf": {csrf}, "endpoint": {"orders"}, "confirm": {"1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if body := get(loc); !strings.Contains(body, "dead letter(s).") {
+		t.Errorf("after a purge, %s does not show the console's message", loc)
+	}
+}
