@@ -34,7 +34,15 @@ func (r ReplayRequest) JobID() string {
 	h := sha256.New()
 	eps := slices.Clone(r.Endpoints)
 	slices.Sort(eps)
-	fmt.Fprintf(h, "%s|%d|%d|%v|%s|%s", strings.Join(eps, ","), r.Since.UnixNano(), r.Until.UnixNano(), r.Statuses, r.TransactionID, r.MerchantRef)
+	if strings.Contains(r.TransactionID+r.MerchantRef, "|") {
+		// The fields would not be told apart ("a|b" and "" against "a"
+		// and "b|"): lengths say where each ends. "#" never begins the
+		// other form (endpoint names), whose ids stay as recorded.
+		fmt.Fprintf(h, "#%s|%d|%d|%v|%d:%s|%d:%s", strings.Join(eps, ","), r.Since.UnixNano(), r.Until.UnixNano(), r.Statuses,
+			len(r.TransactionID), r.TransactionID, len(r.MerchantRef), r.MerchantRef)
+	} else {
+		fmt.Fprintf(h, "%s|%d|%d|%v|%s|%s", strings.Join(eps, ","), r.Since.UnixNano(), r.Until.UnixNano(), r.Statuses, r.TransactionID, r.MerchantRef)
+	}
 	return "rp_" + hex.EncodeToString(h.Sum(nil)[:8])
 }
 
