@@ -19,6 +19,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/sengo"
 	"github.com/sengo-relay/sengo-relay/sengo/sandbox"
 )
@@ -565,4 +566,129 @@ func TestQuarantineListingIsBoundedInMemory(t *testing.T) {
 	if k, err := RecheckUnconfirmed(ctx, h.js, time.Now().Add(time.Hour)); err != nil || k != n {
 		t.Fatalf("rechecked %d (%v); want all %d", k, err, n)
 	}
+}
+
+// A forged "pending" (wrong amount: SenGo's API disagrees, so it is
+// quarantined at once) stored before SenGo's genuine "success" does not
+// hold the genuine one back: the receipt-order check read the inbox only,
+// not what became of the pending, and made it wait orderWaitMax (2 min)
+// for a pending never to be applied.
+func TestForgedPendingDoesNotDelayTheGenuineSuccess(t *testing.T) {
+	sb, client := startSandbox(t)
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+	})
+	ctx := context.Background()
+	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-FP", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := strings.Replace(string(tx.Raw), `"amount":5000`, `"amount":1`, 1)
+	if forged == string(tx.Raw) {
+		t.Fatalf("no amount in %s", tx.Raw)
+	}
+	if resp, _ := h.post("/callbacks/sengo/main", []byte(`{"responseData":`+forged+`}`)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the forged pending quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
+	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
+		t.Fatal(err)
+	}
+	paid, err := client.Check(ctx, tx.ID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := h.post("/callbacks/sengo/main", append(append([]byte(`{"responseData":`), paid.Raw...), '}')); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	start := time.Now()
+	defer func() { t.Logf("waiting counted %v; elapsed %s", h.intakeCount("main", "waiting"), time.Since(start)) }()
+	poll.Within(t, 15*time.Second, "the genuine success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
+}
+
+// Whoever can POST a callback chooses its W3C baggage header (up to 8 KB
+// of key=values): it is not passed on. It was copied into the inbox
+// message, the event's headers on SENGO_EVENTS and from there into every
+// webhook, as trusted-looking context.
+func TestCallersBaggageIsNotForwarded(t *testing.T) {
+	h := newHarness(t, true)
+	resp, _ := h.post("/callbacks/sengo/main", callback("tx-bag", event.StatusSuccess),
+		"baggage", "user.role=admin,tenant=victim", "traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	if resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "event published", func() bool { return len(statuses(h.events(), "tx-bag")) == 1 })
+	for _, stream := range []string{event.StreamInbox, event.StreamEvents} {
+		for _, m := range natstest.Messages(t, h.js, stream) {
+			if b := m.Header.Get("Baggage") + m.Header.Get("baggage"); b != "" {
+				t.Errorf("%s message %d carries the caller's baggage %q", stream, m.Sequence, b)
+			}
+		}
+	}
+}
+
+// An unknown project name is any caller's text: the request log line
+// bounds it as the metric label and the span attribute do (it wrote it
+// whole, twice: path and project).
+func TestUnknownProjectNameIsBoundedInTheLog(t *testing.T) {
+	h := newHarness(t, false)
+	name := strings.Repeat("p", 16<<10)
+	if resp, _ := h.post("/callbacks/sengo/"+name, callback("tx-x", event.StatusSuccess)); resp.StatusCode != 404 {
+		t.Fatal(resp.StatusCode)
+	}
+	if n := len(h.logs.String()); n > 4<<10 {
+		t.Fatalf("one rejected request wrote %d bytes of log", n)
+	}
+}
+
+// Forged callbacks with made-up ids are each quarantined (SenGo has no
+// such transaction). 10,000 of them do not push a genuine success that was
+// quarantined because SenGo's API lagged out of the recheck: it read only
+// the newest 10,000 entries, and now reads everything stored within
+// recheckWindow, one at a time.
+func TestForgedFloodDoesNotStrandAnUnconfirmedGenuine(t *testing.T) {
+	sb, client := startSandbox(t)
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.ConfirmAttempts = 1
+	})
+	ctx := context.Background()
+	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-LAGF", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// SenGo's callback says success before its API does.
+	body := strings.Replace(string(tx.Raw), `"status":"pending"`, `"status":"success"`, 1)
+	if resp, _ := h.post("/callbacks/sengo/main", []byte(`{"responseData":`+body+`}`)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the genuine success quarantined as unconfirmed", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
+	// The flood: what intake writes for a forged callback of an unknown id
+	// (written straight to the quarantine to keep the test short).
+	for i := range maxQuarantineScan {
+		id := fmt.Sprintf("forged-%d", i)
+		msg := &nats.Msg{Subject: event.QuarantineTxSubject("main", id), Data: callback(id, event.StatusSuccess), Header: nats.Header{
+			event.HeaderProject: []string{"main"}, event.HeaderSource: []string{SourceCallback},
+			event.HeaderReason: []string{"confirm " + id + ": SenGo's API disagrees with the notification: SenGo has no transaction " + id},
+		}}
+		if _, err := h.js.PublishMsgAsync(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-h.js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		t.Fatal("flood not stored")
+	}
+	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil { // SenGo's API catches up
+		t.Fatal(err)
+	}
+	n, err := RecheckUnconfirmed(ctx, h.js, time.Now().Add(RecheckAfter[0]+time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Fatalf("recheck redrove %d notifications, want the genuine success", n)
+	}
+	eventually(t, "the genuine success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
 }

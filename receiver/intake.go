@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"time"
 
@@ -77,9 +78,22 @@ type Intake struct {
 	cfg   IntakeConfig
 	kv    jetstream.KeyValue
 	inbox jetstream.Stream
-	cons  jetstream.Consumer
-	log   zerolog.Logger
+	// setAside is SENGO_QUARANTINE, read for the pendings set aside.
+	setAside jetstream.Stream
+	cons     jetstream.Consumer
+	log      zerolog.Logger
+	// waited counts, per inbox sequence, the redeliveries spent waiting
+	// for an earlier pending, which are no attempts: they must not spend
+	// a notification's confirmations nor grow its retry delay. Known to
+	// this process only (another relay, or a restart, counts them as
+	// attempts, as before) and forgotten past maxWaited entries.
+	waitedMu sync.Mutex
+	waited   map[uint64]uint64
 }
+
+// maxWaited bounds Intake.waited (entries of notifications another relay
+// settled are never removed otherwise).
+const maxWaited = 4096
 
 // NewIntake creates or updates the durable intake consumer and opens the
 // transaction bucket. Streams must be provisioned.
@@ -104,7 +118,11 @@ func NewIntake(ctx context.Context, cfg IntakeConfig) (*Intake, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open stream %s: %w", event.StreamInbox, err)
 	}
-	return &Intake{cfg: cfg, kv: kv, inbox: inbox, cons: cons, log: cfg.Logger}, nil
+	setAside, err := cfg.JetStream.Stream(ctx, event.StreamQuarantine)
+	if err != nil {
+		return nil, fmt.Errorf("open stream %s: %w", event.StreamQuarantine, err)
+	}
+	return &Intake{cfg: cfg, kv: kv, inbox: inbox, setAside: setAside, cons: cons, log: cfg.Logger, waited: map[uint64]uint64{}}, nil
 }
 
 // Pending returns how many inbox notifications wait for intake (not yet
@@ -213,6 +231,22 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 	if meta != nil {
 		attempt, seq = meta.NumDelivered, meta.Sequence.Stream
 	}
+	in.waitedMu.Lock()
+	if w := in.waited[seq]; w < attempt {
+		attempt -= w
+	}
+	if r.wait {
+		if len(in.waited) >= maxWaited {
+			clear(in.waited)
+		}
+		in.waited[seq]++
+	}
+	in.waitedMu.Unlock()
+	settled := func() {
+		in.waitedMu.Lock()
+		delete(in.waited, seq)
+		in.waitedMu.Unlock()
+	}
 	log := func() *zerolog.Logger { // built only for the lines written
 		l := in.log.With().Str("project", r.project).Uint64("inbox_seq", seq).Uint64("attempt", attempt).Logger()
 		return &l
@@ -226,6 +260,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 			return
 		}
 		in.count(r.project, r.outcome)
+		settled()
 		if err := m.Ack(); err != nil {
 			log().Warn().Err(err).Msg("ack inbox message; it will be redelivered and found done")
 		}
@@ -242,6 +277,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		}
 		in.count(r.project, "quarantined")
 		log().Error().Err(r.err).Msg("notification quarantined")
+		settled()
 		_ = m.Ack()
 	default:
 		delay := in.retryDelay(attempt)
@@ -315,6 +351,9 @@ func (in *Intake) quarantine(ctx context.Context, m jetstream.Msg, r result) err
 	if meta != nil {
 		// Idempotent: a retry of the quarantine itself is a duplicate.
 		h.Set(jetstream.MsgIDHeader, fmt.Sprintf("q-%d", meta.Sequence.Stream))
+		// Which inbox message this was: a final status waiting for an
+		// earlier pending stops waiting once that pending is here.
+		h.Set(HeaderInboxSeq, strconv.FormatUint(meta.Sequence.Stream, 10))
 	}
 	subject := event.QuarantineSubject(project)
 	if tx, err := sengo.ParseCallback(m.Data()); err == nil && r.project != "" {
@@ -568,11 +607,41 @@ func (in *Intake) earlierPending(ctx context.Context, m jetstream.Msg, project s
 		}
 		found = orderEarlier
 		if et, perr := sengo.ParseCallback(em.Data); perr == nil && et.Status == event.StatusPending {
-			return orderPendingFirst, nil
+			// A pending set aside (forged, or SenGo disagreed) will never
+			// be applied: waiting for it would hold the genuine status
+			// back for orderWaitMax.
+			settled, err := in.quarantined(ctx, project, tx.ID, em.Sequence)
+			if err != nil {
+				return orderUnknown, fmt.Errorf("read quarantined notifications of %s: %w", key, err)
+			}
+			if !settled {
+				return orderPendingFirst, nil
+			}
 		}
 		from = em.Sequence + 1
 	}
 	return found, nil
+}
+
+// quarantined reports whether the inbox message seq of transaction id is
+// in quarantine (at most orderScan of the transaction's are read).
+func (in *Intake) quarantined(ctx context.Context, project, id string, seq uint64) (bool, error) {
+	subject, want := event.QuarantineTxSubject(project, id), strconv.FormatUint(seq, 10)
+	from := uint64(1)
+	for range orderScan {
+		qm, err := in.setAside.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if qm.Header.Get(HeaderInboxSeq) == want {
+			return true, nil
+		}
+		from = qm.Sequence + 1
+	}
+	return false, nil
 }
 
 // txRead is a transaction's state as read, with its revision (0: no entry).

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -448,6 +449,55 @@ func TestPendingStillConfirmingGoesFirst(t *testing.T) {
 	close(hold.release)
 	eventually(t, "intake idle", h.intakeIdle)
 	if got := statuses(h.events(), "tx-pc"); fmt.Sprint(got) != "[pending success]" {
+		t.Fatalf("published %v, want [pending success]", got)
+	}
+}
+
+// lagConfirmer holds pendings until release is closed, and reports a
+// final status unconfirmed on its first check (SenGo's API lagging its own
+// callback by a moment), agreeing afterwards.
+// lagConfirmer holds a pending's confirmation until release, and answers
+// a final status unconfirmed the first time (SenGo's API lagging).
+type lagConfirmer struct {
+	release chan struct{}
+	checks  atomic.Int64
+}
+
+func (c *lagConfirmer) Confirm(ctx context.Context, _ string, tx sengo.Transaction) (sengo.Transaction, bool, error) {
+	if tx.Status == event.StatusPending {
+		select {
+		case <-c.release:
+		case <-ctx.Done():
+			return tx, false, ctx.Err()
+		}
+		return tx, true, nil
+	}
+	if c.checks.Add(1) == 1 {
+		return sengo.Transaction{}, false, fmt.Errorf("%w: callback says %s, SenGo says pending", sengo.ErrUnconfirmed, tx.Status)
+	}
+	return tx, true, nil
+}
+
+// A final status that waited behind its pending spends none of its
+// confirmation attempts waiting: NakWithDelay raises NumDelivered, which
+// settle took for the confirmation attempt, so its first ErrUnconfirmed
+// quarantined it at once instead of retrying it ConfirmAttempts times.
+func TestWaitingForThePendingSpendsNoConfirmAttempts(t *testing.T) {
+	c := &lagConfirmer{release: make(chan struct{})}
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) { ic.Confirmer, ic.ConfirmAttempts = c, 3 })
+	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-lag", event.StatusPending)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-lag", event.StatusSuccess)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the success waited 3 times", func() bool { return h.intakeCount("main", "waiting") >= 3 })
+	close(c.release)
+	eventually(t, "intake idle", h.intakeIdle)
+	if n := h.msgs(event.StreamQuarantine); n != 0 {
+		t.Fatalf("the success quarantined after %d confirmation(s) of ConfirmAttempts 3", c.checks.Load())
+	}
+	if got := statuses(h.events(), "tx-lag"); fmt.Sprint(got) != "[pending success]" {
 		t.Fatalf("published %v, want [pending success]", got)
 	}
 }

@@ -24,6 +24,10 @@ const SourceRedrive = "redrive"
 // came from ("q-<seq>").
 const HeaderRedriveOf = "Sengo-Redrive-Of"
 
+// HeaderInboxSeq names, on a quarantined notification, its SENGO_INBOX
+// sequence.
+const HeaderInboxSeq = "Sengo-Inbox-Seq"
+
 // QuarantineFilter selects quarantined notifications; zero fields match
 // everything.
 type QuarantineFilter struct {
@@ -32,6 +36,9 @@ type QuarantineFilter struct {
 	Seq           uint64 // one notification by its SENGO_QUARANTINE sequence
 	// ReasonContains matches a substring of the quarantine reason.
 	ReasonContains string
+	// Since, when set, reads every notification stored from then on
+	// instead of the newest maxQuarantineScan (EachQuarantined only).
+	Since time.Time
 }
 
 // QuarantineEntry is one quarantined notification: what arrived, why it
@@ -116,7 +123,9 @@ func EachQuarantined(ctx context.Context, js jetstream.JetStream, f QuarantineFi
 		return nil
 	}
 	var from stream.From
-	if f.Project == "" && f.TransactionID == "" {
+	if !f.Since.IsZero() {
+		from.Time = f.Since
+	} else if f.Project == "" && f.TransactionID == "" {
 		info, err := s.Info(ctx)
 		if err != nil {
 			return fmt.Errorf("%s info: %w", event.StreamQuarantine, err)
@@ -256,14 +265,23 @@ const HeaderRechecks = "Sengo-Rechecks"
 // quarantined after the last one.
 var RecheckAfter = []time.Duration{time.Minute, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour, 6 * time.Hour}
 
+// recheckWindow is how far back the recheck reads: a notification is
+// quarantined again at each recheck, so one still due was stored at most
+// the longest RecheckAfter ago, and the rest is room for a relay that was
+// down meanwhile.
+const recheckWindow = 24 * time.Hour
+
 // RecheckUnconfirmed redrives every quarantined unconfirmed notification
 // whose next recheck is due at now. It returns how many were redriven.
 func RecheckUnconfirmed(ctx context.Context, js jetstream.JetStream, now time.Time) (int, error) {
-	// One at a time: a quarantine that forged claims filled is never
-	// held in memory at once.
+	// One at a time, and every one stored within recheckWindow: a
+	// quarantine that forged claims filled is never held in memory at
+	// once, nor does it push a genuine claim out of the recheck (as a
+	// window of the newest 10,000 did).
 	n := 0
 	var rerr error
-	err := EachQuarantined(ctx, js, QuarantineFilter{ReasonContains: sengo.ErrUnconfirmed.Error()}, func(e QuarantineEntry) bool {
+	f := QuarantineFilter{ReasonContains: sengo.ErrUnconfirmed.Error(), Since: now.Add(-recheckWindow)}
+	err := EachQuarantined(ctx, js, f, func(e QuarantineEntry) bool {
 		done, _ := strconv.Atoi(e.Rechecks)
 		if done >= len(RecheckAfter) || now.Sub(e.Stored) < RecheckAfter[done] {
 			return true

@@ -191,12 +191,12 @@ func requestLogger(log zerolog.Logger) echo.MiddlewareFunc {
 			ev := log.WithLevel(lvl).
 				Str("request_id", v.RequestID).
 				Str("method", v.Method).
-				Str("path", RedactPath(v.URIPath)).
+				Str("path", boundedText(RedactPath(v.URIPath), maxLoggedPath)).
 				Int("http_status", v.Status).
 				Stringer("latency", v.Latency).
 				Str("remote_ip", v.RemoteIP)
 			if p := c.Param("project"); p != "" {
-				ev = ev.Str("project", p)
+				ev = ev.Str("project", boundedLabel(p)) // an unknown one is anyone's text
 			}
 			if v.Error != nil {
 				_, code := classify(v.Error)
@@ -206,6 +206,17 @@ func requestLogger(log zerolog.Logger) echo.MiddlewareFunc {
 			return nil
 		},
 	})
+}
+
+// maxLoggedPath bounds the path a request's log line shows, in bytes.
+const maxLoggedPath = 256
+
+// boundedText is s cut to at most n bytes (marked "…") and valid UTF-8.
+func boundedText(s string, n int) string {
+	if len(s) > n {
+		s = s[:n] + "…"
+	}
+	return strings.ToValidUTF8(s, "?")
 }
 
 // RedactPath removes everything after the project segment of a callback

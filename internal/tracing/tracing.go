@@ -26,9 +26,11 @@ const Name = "github.com/sengo-relay/sengo-relay"
 // Tracer is the relay's tracer (a no-op until Setup installs the SDK).
 func Tracer() trace.Tracer { return otel.Tracer(Name) }
 
-// propagator is W3C trace context and baggage, whatever Setup decides:
-// a traceparent that arrives is passed on even with tracing off.
-var propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+// propagator is W3C trace context, whatever Setup decides: a traceparent
+// that arrives is passed on even with tracing off. Not baggage: whoever
+// can post a callback would put key=values of their choosing on every
+// event and webhook, as if they were the relay's.
+var propagator = propagation.TraceContext{}
 
 func init() { otel.SetTextMapPropagator(propagator) }
 
