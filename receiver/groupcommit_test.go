@@ -1,12 +1,14 @@
 package receiver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"sync"
 	"testing"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/event"
@@ -163,4 +165,42 @@ func TestIntakeAcksOnlyAfterFsync(t *testing.T) {
 	}
 	gate.Open()
 	eventually(t, "the inbox message to be acked", func() bool { floor, _ := h.inboxAckFloor(); return floor == 1 })
+}
+
+// A redriven notification leaves quarantine only once its copy in the
+// inbox is durable: with group commit the store writes without fsync, and
+// a power loss could keep the removal and lose the copy. While the fsync
+// is held the notification is in both; when it fails, it stays in
+// quarantine and the redrive says so.
+func TestRedriveLeavesQuarantineOnlyWhenDurable(t *testing.T) {
+	srv := natstest.Start(t)
+	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
+	h := newHarnessOn(t, srv, false, withDurable(gate.GroupSync))
+	ctx := context.Background()
+	m := &nats.Msg{Subject: event.QuarantineTxSubject("main", "tx-q"), Data: callback("tx-q", event.StatusSuccess), Header: nats.Header{}}
+	m.Header.Set(event.HeaderProject, "main")
+	m.Header.Set(event.HeaderReason, "SenGo's API disagrees")
+	if _, err := h.js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := ListQuarantine(ctx, h.js, QuarantineFilter{})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("quarantined: %v %v", entries, err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := RedriveQuarantine(ctx, h.js, entries, gate.GroupSync)
+		done <- err
+	}()
+	eventually(t, "the copy stored and its fsync held", func() bool { return h.msgs(event.StreamInbox) == 1 && gate.Started() > 0 })
+	if n := h.msgs(event.StreamQuarantine); n != 1 {
+		t.Fatalf("removed from quarantine while its copy's fsync was held (%d left)", n)
+	}
+	gate.Fail(errors.New("input/output error"))
+	if err := <-done; err == nil {
+		t.Fatal("the redrive reported success after its fsync failed")
+	}
+	if n := h.msgs(event.StreamQuarantine); n != 1 {
+		t.Fatalf("removed from quarantine although its copy is not known durable (%d left)", n)
+	}
 }

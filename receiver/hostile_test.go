@@ -267,7 +267,7 @@ func TestUnconfirmedIsRecheckedLater(t *testing.T) {
 	}
 	lagging, forged := claim("INV-LAG"), claim("INV-FORGED")
 	eventually(t, "both claims quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 2 })
-	if n, err := RecheckUnconfirmed(ctx, h.js, time.Now()); err != nil || n != 0 {
+	if n, err := RecheckUnconfirmed(ctx, h.js, time.Now(), nil); err != nil || n != 0 {
 		t.Fatalf("rechecked %d (%v) before the first recheck was due", n, err)
 	}
 	if _, err := sb.Transition(lagging.ID, event.StatusSuccess); err != nil { // SenGo catches up
@@ -276,7 +276,7 @@ func TestUnconfirmedIsRecheckedLater(t *testing.T) {
 	later := time.Now()
 	for i := range RecheckAfter {
 		later = later.Add(RecheckAfter[i] + time.Second)
-		if _, err := RecheckUnconfirmed(ctx, h.js, later); err != nil {
+		if _, err := RecheckUnconfirmed(ctx, h.js, later, nil); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, "intake idle", h.intakeIdle)
@@ -291,7 +291,7 @@ func TestUnconfirmedIsRecheckedLater(t *testing.T) {
 	if err != nil || len(q) != 1 || q[0].Rechecks != strconv.Itoa(len(RecheckAfter)) {
 		t.Fatalf("forged claim in quarantine: %v %+v", err, q)
 	}
-	if n, _ := RecheckUnconfirmed(ctx, h.js, later.Add(24*time.Hour)); n != 0 {
+	if n, _ := RecheckUnconfirmed(ctx, h.js, later.Add(24*time.Hour), nil); n != 0 {
 		t.Fatalf("rechecked %d after the schedule ended", n)
 	}
 }
@@ -563,7 +563,7 @@ func TestQuarantineListingIsBoundedInMemory(t *testing.T) {
 		t.Fatalf("listed %v; want the newest two that fit (forged-4, forged-5)", ids)
 	}
 	// The recheck is not bounded by the listing: it redrives all six.
-	if k, err := RecheckUnconfirmed(ctx, h.js, time.Now().Add(time.Hour)); err != nil || k != n {
+	if k, err := RecheckUnconfirmed(ctx, h.js, time.Now().Add(time.Hour), nil); err != nil || k != n {
 		t.Fatalf("rechecked %d (%v); want all %d", k, err, n)
 	}
 }
@@ -683,7 +683,7 @@ func TestForgedFloodDoesNotStrandAnUnconfirmedGenuine(t *testing.T) {
 	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil { // SenGo's API catches up
 		t.Fatal(err)
 	}
-	n, err := RecheckUnconfirmed(ctx, h.js, time.Now().Add(RecheckAfter[0]+time.Second))
+	n, err := RecheckUnconfirmed(ctx, h.js, time.Now().Add(RecheckAfter[0]+time.Second), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,7 +32,7 @@ func TestQuarantineStaleEntries(t *testing.T) {
 	if n, err := PurgeQuarantine(ctx, h.js, entries[:2]); err != nil || n != 1 {
 		t.Fatalf("purge of a stale list: %d, %v; want 1 and no error", n, err)
 	}
-	if n, err := RedriveQuarantine(ctx, h.js, entries); err != nil || n != 1 {
+	if n, err := RedriveQuarantine(ctx, h.js, entries, nil); err != nil || n != 1 {
 		t.Fatalf("redrive of a stale list: %d, %v; want 1 and no error", n, err)
 	}
 }

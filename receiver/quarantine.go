@@ -176,31 +176,53 @@ func rawOrString(b []byte) json.RawMessage {
 	return q
 }
 
-// RedriveQuarantine puts each quarantined notification back into the
+// RedriveQuarantine puts each given quarantined notification back into the
 // inbox, as received (body and headers), marked source redrive, and
-// removes it from quarantine only after the inbox acknowledged the copy.
-// Intake then processes it as any notification: confirmed with SenGo,
-// deduplicated by the transaction state. It returns how many were
-// redriven.
-func RedriveQuarantine(ctx context.Context, js jetstream.JetStream, entries []QuarantineEntry) (int, error) {
-	return redrive(ctx, js, entries, "")
+// removes it from quarantine only after the inbox acknowledged the copy
+// and durable (when not nil: the relay's group commit) has made it
+// durable, so that a power loss cannot keep the removal and lose the
+// copy. Intake then processes it as any notification: confirmed with
+// SenGo, deduplicated by the transaction state. It returns how many were
+// redriven (removed from quarantine).
+func RedriveQuarantine(ctx context.Context, js jetstream.JetStream, entries []QuarantineEntry, durable Durability) (int, error) {
+	return redrive(ctx, js, entries, "", durable)
 }
 
 // redrive is RedriveQuarantine; rechecks, when set, is the value of the
-// HeaderRechecks the copies carry.
-func redrive(ctx context.Context, js jetstream.JetStream, entries []QuarantineEntry, rechecks string) (int, error) {
+// HeaderRechecks the copies carry. The copies are stored first, then made
+// durable together, then removed from quarantine.
+func redrive(ctx context.Context, js jetstream.JetStream, entries []QuarantineEntry, rechecks string, durable Durability) (int, error) {
 	s, err := js.Stream(ctx, event.StreamQuarantine)
 	if err != nil {
 		return 0, err
 	}
-	n := 0
+	var copied []uint64
+	remove := func() (int, error) {
+		if len(copied) == 0 {
+			return 0, nil
+		}
+		if durable != nil {
+			if err := durable.Sync(ctx); err != nil {
+				return 0, fmt.Errorf("redriven copies not known durable, left in quarantine: %w", err)
+			}
+		}
+		n := 0
+		for _, seq := range copied {
+			if _, err := stream.Delete(ctx, s, seq); err != nil {
+				return n, fmt.Errorf("remove redriven %d: %w", seq, err)
+			}
+			n++
+		}
+		return n, nil
+	}
 	for _, e := range entries {
 		m, err := s.GetMsg(ctx, e.Seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue // redriven or purged meanwhile
 		}
 		if err != nil {
-			return n, fmt.Errorf("quarantined %d: %w", e.Seq, err)
+			n, rerr := remove()
+			return n, errors.Join(fmt.Errorf("quarantined %d: %w", e.Seq, err), rerr)
 		}
 		project := m.Header.Get(event.HeaderProject)
 		if project == "" {
@@ -223,14 +245,12 @@ func redrive(ctx context.Context, js jetstream.JetStream, entries []QuarantineEn
 		}
 		msg := &nats.Msg{Subject: subject, Header: h, Data: m.Data}
 		if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("redrive-q-"+strconv.FormatUint(e.Seq, 10)), jetstream.WithExpectStream(event.StreamInbox)); err != nil {
-			return n, fmt.Errorf("redrive quarantined %d: %w", e.Seq, err)
+			n, rerr := remove()
+			return n, errors.Join(fmt.Errorf("redrive quarantined %d: %w", e.Seq, err), rerr)
 		}
-		if _, err := stream.Delete(ctx, s, e.Seq); err != nil {
-			return n, fmt.Errorf("remove redriven %d: %w", e.Seq, err)
-		}
-		n++
+		copied = append(copied, e.Seq)
 	}
-	return n, nil
+	return remove()
 }
 
 // PurgeQuarantine deletes the given quarantined notifications for good
@@ -271,26 +291,48 @@ var RecheckAfter = []time.Duration{time.Minute, 5 * time.Minute, 30 * time.Minut
 // down meanwhile.
 const recheckWindow = 24 * time.Hour
 
+// recheckBatch is how many due notifications one fsync covers.
+const recheckBatch = 256
+
 // RecheckUnconfirmed redrives every quarantined unconfirmed notification
 // whose next recheck is due at now. It returns how many were redriven.
-func RecheckUnconfirmed(ctx context.Context, js jetstream.JetStream, now time.Time) (int, error) {
+func RecheckUnconfirmed(ctx context.Context, js jetstream.JetStream, now time.Time, durable Durability) (int, error) {
 	// One at a time, and every one stored within recheckWindow: a
 	// quarantine that forged claims filled is never held in memory at
 	// once, nor does it push a genuine claim out of the recheck (as a
 	// window of the newest 10,000 did).
 	n := 0
 	var rerr error
+	// Due ones are redriven a batch at a time (their sequences only, by
+	// how many rechecks they had), sharing one fsync.
+	due := map[int][]QuarantineEntry{}
+	queued := 0
+	flush := func() {
+		for done, es := range due {
+			k, err := redrive(ctx, js, es, strconv.Itoa(done+1), durable)
+			n += k
+			if err != nil && rerr == nil {
+				rerr = err
+			}
+		}
+		clear(due)
+		queued = 0
+	}
 	f := QuarantineFilter{ReasonContains: sengo.ErrUnconfirmed.Error(), Since: now.Add(-recheckWindow)}
 	err := EachQuarantined(ctx, js, f, func(e QuarantineEntry) bool {
 		done, _ := strconv.Atoi(e.Rechecks)
 		if done >= len(RecheckAfter) || now.Sub(e.Stored) < RecheckAfter[done] {
 			return true
 		}
-		k, err := redrive(ctx, js, []QuarantineEntry{e}, strconv.Itoa(done+1))
-		n += k
-		rerr = err
-		return err == nil
+		due[done] = append(due[done], QuarantineEntry{Seq: e.Seq})
+		if queued++; queued == recheckBatch {
+			flush()
+		}
+		return rerr == nil
 	})
+	if rerr == nil {
+		flush()
+	}
 	if rerr != nil {
 		return n, rerr
 	}

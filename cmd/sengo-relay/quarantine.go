@@ -34,6 +34,8 @@ SenGo again.`,
 		seq         uint64
 		all, json   bool
 	}
+	// durable is the store's fsync, for a redrive (storeSync).
+	var durable receiver.Durability
 	verb := func(use, short string, f *qflags, act func(c *cobra.Command, js jetstream.JetStream, entries []receiver.QuarantineEntry) error) *cobra.Command {
 		c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs}
 		c.RunE = func(c *cobra.Command, _ []string) error {
@@ -53,6 +55,11 @@ SenGo again.`,
 			}
 			if f.project != "" && cfg.Projects[f.project] == nil {
 				return fmt.Errorf("--project %q: no such project (configured: %s)", f.project, strings.Join(cfg.ProjectNames(), ", "))
+			}
+			if use == "redrive" {
+				gs := storeSync(cfg)
+				defer gs.Close()
+				durable = gs
 			}
 			return withRelay(c, cfg, func(ctx context.Context, js jetstream.JetStream) error {
 				entries, err := receiver.ListQuarantine(ctx, js, sel)
@@ -98,7 +105,7 @@ SenGo again.`,
 	show.Flags().Uint64Var(&sf.seq, "seq", 0, "its SENGO_QUARANTINE sequence (the SEQ column of quarantine list)")
 
 	redrive := verb("redrive", "Send the selected notifications through intake again (confirmed with SenGo again)", rf, func(c *cobra.Command, js jetstream.JetStream, entries []receiver.QuarantineEntry) error {
-		n, err := receiver.RedriveQuarantine(c.Context(), js, entries)
+		n, err := receiver.RedriveQuarantine(c.Context(), js, entries, durable)
 		fmt.Fprintf(c.OutOrStdout(), "redriven %d of %d (each is confirmed with SenGo again)\n", n, len(entries))
 		return err
 	})

@@ -344,7 +344,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		}
 		if cfg.Admin.Token.Set() {
 			workerMu.Lock()
-			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: adminJS, Readers: readers, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Logger: log.With().Str("component", "admin").Logger()})
+			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: adminJS, Readers: readers, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Durable: conns.durable, Logger: log.With().Str("component", "admin").Logger()})
 			workerMu.Unlock()
 			aln, err := net.Listen("tcp", cfg.Admin.Listen)
 			if err != nil {
@@ -360,7 +360,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			workersDone.Add(1)
 			go func() {
 				defer workersDone.Done()
-				recheckLoop(runCtx, js, log.With().Str("component", "intake").Logger())
+				recheckLoop(runCtx, js, conns.durable, log.With().Str("component", "intake").Logger())
 			}()
 		}
 		if projects := listers(apiClients(cfg, false), ""); cfg.Reconcile.Interval > 0 && len(projects) > 0 {
@@ -426,7 +426,7 @@ func metricsHandler(g prometheus.Gatherer, token string) http.Handler {
 
 // recheckLoop puts quarantined unconfirmed notifications back for another
 // confirmation on receiver.RecheckAfter's schedule, until ctx ends.
-func recheckLoop(ctx context.Context, js jetstream.JetStream, log zerolog.Logger) {
+func recheckLoop(ctx context.Context, js jetstream.JetStream, durable receiver.Durability, log zerolog.Logger) {
 	tick := time.NewTicker(30 * time.Second)
 	defer tick.Stop()
 	for {
@@ -434,7 +434,7 @@ func recheckLoop(ctx context.Context, js jetstream.JetStream, log zerolog.Logger
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			n, err := receiver.RecheckUnconfirmed(ctx, js, now)
+			n, err := receiver.RecheckUnconfirmed(ctx, js, now, durable)
 			if err != nil && ctx.Err() == nil {
 				log.Warn().Err(err).Msg("recheck of unconfirmed notifications failed; trying again later")
 			}
@@ -519,6 +519,26 @@ const adminReaders = 3
 // (the nats CLI, subscribers' consumers), which do not wait for the
 // relay's fsync.
 const groupCommitBackstop = 10 * time.Second
+
+// storeSync is, for a command run beside a relay whose embedded store
+// relies on the relay's group commit, an fsync of that store's
+// filesystem: what it writes is then made durable by the command itself
+// (the server syncs it only every groupCommitBackstop). Nil otherwise
+// (nats-server fsyncs each write itself, or the store is elsewhere).
+func storeSync(cfg config.Config) *stream.GroupSync {
+	_, always, _ := cfg.NATS.Embedded.Sync()
+	if cfg.NATS.URL != "" || !always || !cfg.NATS.Embedded.GroupCommit {
+		return nil
+	}
+	if _, err := os.Stat(cfg.StoreDirOrDefault()); err != nil {
+		return nil
+	}
+	gs, err := stream.NewGroupSync(stream.GroupSyncConfig{Dir: cfg.StoreDirOrDefault()})
+	if err != nil {
+		return nil
+	}
+	return gs
+}
 
 // connectNATS starts the embedded server when no URL is configured and
 // connects. The returned function drains the connections and stops the

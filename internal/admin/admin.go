@@ -40,6 +40,9 @@ type Config struct {
 	Endpoints []dispatcher.Endpoint
 	// Workers by endpoint name, for live status.
 	Workers map[string]*dispatcher.Worker
+	// Durable, when set, is the relay's group commit: a redriven
+	// notification leaves quarantine only once its copy is durable.
+	Durable receiver.Durability
 	// Relay names this relay in the replay jobs it runs (the host name
 	// and process id when empty).
 	Relay  string
@@ -625,7 +628,7 @@ func (s *Server) quarantineRedrive(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	n, err := receiver.RedriveQuarantine(c.Request().Context(), s.cfg.JetStream, entries)
+	n, err := receiver.RedriveQuarantine(c.Request().Context(), s.cfg.JetStream, entries, s.cfg.Durable)
 	s.auditAPI(c, "redrive quarantined", "", n, err)
 	if err != nil {
 		return err

@@ -1033,7 +1033,7 @@ func (cn *console) quarantineAct(c echo.Context) error {
 	if action == "purge" {
 		n, err = receiver.PurgeQuarantine(ctx, cn.s.cfg.JetStream, entries)
 	} else {
-		n, err = receiver.RedriveQuarantine(ctx, cn.s.cfg.JetStream, entries)
+		n, err = receiver.RedriveQuarantine(ctx, cn.s.cfg.JetStream, entries, cn.s.cfg.Durable)
 	}
 	cn.act(c, "quarantine "+action, fmt.Sprintf("seq %d (0: all)", f.Seq), err, n)
 	if err != nil {
