@@ -453,29 +453,18 @@ func TestPendingStillConfirmingGoesFirst(t *testing.T) {
 	}
 }
 
-// lagConfirmer holds pendings until release is closed, and reports a
-// final status unconfirmed on its first check (SenGo's API lagging its own
-// callback by a moment), agreeing afterwards.
-// lagConfirmer holds a pending's confirmation until release, and answers
-// a final status unconfirmed the first time (SenGo's API lagging).
+// lagConfirmer is holdPending that answers a final status unconfirmed on
+// its first check (SenGo's API lagging its own callback by a moment).
 type lagConfirmer struct {
-	release chan struct{}
-	checks  atomic.Int64
+	holdPending
+	checks atomic.Int64
 }
 
-func (c *lagConfirmer) Confirm(ctx context.Context, _ string, tx sengo.Transaction) (sengo.Transaction, bool, error) {
-	if tx.Status == event.StatusPending {
-		select {
-		case <-c.release:
-		case <-ctx.Done():
-			return tx, false, ctx.Err()
-		}
-		return tx, true, nil
-	}
-	if c.checks.Add(1) == 1 {
+func (c *lagConfirmer) Confirm(ctx context.Context, project string, tx sengo.Transaction) (sengo.Transaction, bool, error) {
+	if tx.Status != event.StatusPending && c.checks.Add(1) == 1 {
 		return sengo.Transaction{}, false, fmt.Errorf("%w: callback says %s, SenGo says pending", sengo.ErrUnconfirmed, tx.Status)
 	}
-	return tx, true, nil
+	return c.holdPending.Confirm(ctx, project, tx)
 }
 
 // A final status that waited behind its pending spends none of its
@@ -483,7 +472,7 @@ func (c *lagConfirmer) Confirm(ctx context.Context, _ string, tx sengo.Transacti
 // settle took for the confirmation attempt, so its first ErrUnconfirmed
 // quarantined it at once instead of retrying it ConfirmAttempts times.
 func TestWaitingForThePendingSpendsNoConfirmAttempts(t *testing.T) {
-	c := &lagConfirmer{release: make(chan struct{})}
+	c := &lagConfirmer{holdPending: holdPending{release: make(chan struct{})}}
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) { ic.Confirmer, ic.ConfirmAttempts = c, 3 })
 	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-lag", event.StatusPending)); resp.StatusCode != 200 {
 		t.Fatal(resp.StatusCode)
