@@ -105,15 +105,18 @@ func New(cfg Config) *Server {
 	// address out of attempts is answered 429 without its token being
 	// checked (else the answer to each guess would still come back), so
 	// guessing over the API is no faster than over the console. A right
-	// token spends nothing.
+	// token, or none at all (a browser's favicon), spends nothing.
 	guesses := newLoginLimiter()
 	bearer := func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
+			got, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
+			if !ok {
+				return echo.NewHTTPError(http.StatusUnauthorized, "bearer token required")
+			}
 			if guesses.spent(c.RealIP()) {
 				return apiError(http.StatusTooManyRequests, "too_many_attempts", "too many wrong tokens from this address; wait a moment")
 			}
-			got, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
-			if !ok || !verify.Token(cfg.Token, got) {
+			if !verify.Token(cfg.Token, got) {
 				guesses.fail(c.RealIP())
 				return echo.NewHTTPError(http.StatusUnauthorized, "bearer token required")
 			}

@@ -145,6 +145,22 @@ func TestBearerGuessesArePaced(t *testing.T) {
 	}
 }
 
+// Requests without any token (a browser's favicon, a probe) are no
+// guesses: however many come, the right token still gets in.
+func TestRequestsWithoutATokenLockNoOneOut(t *testing.T) {
+	hs, _ := newServer(t)
+	for range 50 {
+		resp, err := http.Get(hs.URL + "/favicon.ico")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	if code, body := call(t, hs, http.MethodGet, "/admin/endpoints", "", token); code != http.StatusOK {
+		t.Fatalf("the right token after 50 requests without one: %d %s", code, body)
+	}
+}
+
 // Scans cut short by a client that goes away leave no consumer behind.
 func TestAbandonedScansLeaveNoConsumer(t *testing.T) {
 	hs, js := newServer(t)
