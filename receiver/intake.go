@@ -242,11 +242,6 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		in.waited[seq]++
 	}
 	in.waitedMu.Unlock()
-	settled := func() {
-		in.waitedMu.Lock()
-		delete(in.waited, seq)
-		in.waitedMu.Unlock()
-	}
 	log := func() *zerolog.Logger { // built only for the lines written
 		l := in.log.With().Str("project", r.project).Uint64("inbox_seq", seq).Uint64("attempt", attempt).Logger()
 		return &l
@@ -260,7 +255,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 			return
 		}
 		in.count(r.project, r.outcome)
-		settled()
+		in.settled(seq)
 		if err := m.Ack(); err != nil {
 			log().Warn().Err(err).Msg("ack inbox message; it will be redelivered and found done")
 		}
@@ -277,7 +272,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		}
 		in.count(r.project, "quarantined")
 		log().Error().Err(r.err).Msg("notification quarantined")
-		settled()
+		in.settled(seq)
 		_ = m.Ack()
 	default:
 		delay := in.retryDelay(attempt)
@@ -285,6 +280,13 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		log().Warn().Err(r.err).Stringer("delay", delay).Msg("intake failed; retrying")
 		_ = m.NakWithDelay(delay)
 	}
+}
+
+// settled forgets the waits counted for inbox message seq: it is done.
+func (in *Intake) settled(seq uint64) {
+	in.waitedMu.Lock()
+	delete(in.waited, seq)
+	in.waitedMu.Unlock()
 }
 
 // durable waits until the writes made for a notification are on disk
