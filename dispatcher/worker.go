@@ -181,19 +181,19 @@ func (w *Worker) Run(ctx context.Context) {
 	wg.Add(2)
 	go func() { defer wg.Done(); live.Run(ctx) }()
 	go func() { defer wg.Done(); replay.Run(ctx) }()
-	pull := func(p *stream.Puller, replayed bool) {
+	pull := func(p sources) {
 		defer wg.Done()
 		for ctx.Err() == nil {
-			w.pullOne(ctx, p, replayed)
+			w.pullOne(ctx, p)
 		}
 	}
 	for range w.ep.Concurrency {
 		wg.Add(1)
-		go pull(live, false)
+		go pull(sources{own: live, other: replay})
 	}
 	for range max(1, w.ep.Concurrency/2) {
 		wg.Add(1)
-		go pull(replay, true)
+		go pull(sources{own: replay, other: live, replayed: true})
 	}
 	if w.maxAge > 0 {
 		wg.Add(1)
@@ -272,9 +272,17 @@ func (w *Worker) Pending(ctx context.Context) (live, replay uint64, ackFloor uin
 	return li.NumPending + uint64(li.NumAckPending), ri.NumPending + uint64(ri.NumAckPending), li.AckFloor.Stream, nil
 }
 
+// sources are what one worker pulls from: its own consumer (live events
+// or replayed copies) and, for a probe, the other.
+type sources struct {
+	own, other *stream.Puller
+	replayed   bool // own is the replay consumer
+}
+
 // pullOne waits for the breaker and the rate limit, pulls at most one
 // message and handles it.
-func (w *Worker) pullOne(ctx context.Context, p *stream.Puller, replayed bool) {
+func (w *Worker) pullOne(ctx context.Context, src sources) {
+	replayed := src.replayed
 	if w.hold.Load() != nil {
 		w.cfg.Metrics.HeldWaits.WithLabelValues(w.ep.Name).Inc()
 		sleepCtx(ctx, holdPoll) // held by an operator: events wait in the stream
@@ -290,14 +298,20 @@ func (w *Worker) pullOne(ctx context.Context, p *stream.Puller, replayed bool) {
 			return
 		}
 	}
-	msg, err := p.Next()
+	msg, err := src.own.Next()
+	if probe && idle(err) && src.other != nil {
+		// The probe is the paused endpoint's one attempt. Given back after
+		// an empty pull, it went to whichever worker asked first, often
+		// the one that gave it back: a replay worker finding SENGO_REPLAY
+		// empty took it again and again, and live events waited while the
+		// endpoint stayed paused. The probe looks at the other consumer
+		// before it is given back.
+		msg, err = src.other.Next()
+		replayed = !replayed
+	}
 	if err != nil {
 		w.breaker.release(probe)
-		// A pull that expires empty is idle, not a failure: nats.go reports
-		// it as ErrNoMessages or, when the server's answer races the
-		// client's deadline, as nats.ErrTimeout.
-		idle := errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, stream.ErrPullerStopped)
-		if !idle && ctx.Err() == nil {
+		if !idle(err) && ctx.Err() == nil {
 			w.log.Warn().Err(err).Msg("pull failed")
 			sleepCtx(ctx, time.Second) // pacing while NATS is unavailable
 		}
@@ -309,6 +323,14 @@ func (w *Worker) pullOne(ctx context.Context, p *stream.Puller, replayed bool) {
 		return
 	}
 	w.handle(msg, replayed, probe)
+}
+
+// idle reports a pull that ended without a message and without failing.
+// A pull that expires empty is idle, not a failure: nats.go reports it as
+// ErrNoMessages or, when the server's answer races the client's deadline,
+// as nats.ErrTimeout.
+func idle(err error) bool {
+	return errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, stream.ErrPullerStopped)
 }
 
 // holdPoll is how often a held worker looks at its hold again.

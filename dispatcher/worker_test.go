@@ -16,6 +16,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
+	"github.com/sengo-relay/sengo-relay/stream"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
@@ -434,6 +435,35 @@ func TestProbeAnsweredGoneDoesNotPauseForever(t *testing.T) {
 	eventually(t, "the probe answered 410", func() bool { return len(h.deadLetters()) == 1 })
 	h.publish("tx-c", event.StatusSuccess, "")
 	eventually(t, "the endpoint probed again and resumed, everything settled", func() bool { return h.settled(w) && !w.State().Paused })
+}
+
+// The probe of a paused endpoint must reach its live events even when a
+// replay worker carries it. Given back after an empty pull, the probe went
+// to whichever worker asked first; a replay worker finding SENGO_REPLAY
+// empty kept taking it back, and under load the endpoint stayed paused
+// for the 30 s of TestPausedEndpointLosesNothing (seen in CI). Here a
+// replay worker's probe, with SENGO_REPLAY empty, delivers the live event.
+func TestProbeOfAReplayWorkerTakesLiveEvents(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	ep.Breaker = BreakerPolicy{Failures: 1, ProbeInitial: time.Millisecond, ProbeMax: time.Millisecond}
+	w, err := NewWorker(context.Background(), WorkerConfig{Endpoint: ep, JetStream: h.js, Metrics: h.metrics, Logger: zerolog.New(h.logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.breaker.failure(false, "HTTP 502") // paused; the probe is due in a millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	live, replay := stream.NewPuller(w.live, 200*time.Millisecond), stream.NewPuller(w.replay, 200*time.Millisecond)
+	go live.Run(ctx)
+	go replay.Run(ctx)
+	h.publish("tx-a", event.StatusSuccess, "")
+
+	w.pullOne(ctx, sources{own: replay, other: live, replayed: true})
+	if n := len(c.got()); n != 1 || w.State().Paused {
+		t.Fatalf("the replay worker's probe made %d attempts; paused %v: the live event waits while the endpoint stays paused", n, w.State().Paused)
+	}
 }
 
 // Events that one endpoint keeps refusing (a consumer bug on some
