@@ -29,9 +29,14 @@ type ReplayRequest struct {
 }
 
 // JobID identifies a replay by what it selects, so running the same
-// request again resumes it: copies already queued are duplicates.
+// request again resumes it: copies already queued are duplicates. A dry
+// run has an id of its own: it queues nothing, and its record must not
+// replace the record of the real run, which says what was sent.
 func (r ReplayRequest) JobID() string {
 	h := sha256.New()
+	if r.DryRun {
+		h.Write([]byte("dry run|"))
+	}
 	eps := slices.Clone(r.Endpoints)
 	slices.Sort(eps)
 	if strings.Contains(r.TransactionID+r.MerchantRef, "|") {

@@ -193,8 +193,7 @@ func newJob(req dispatcher.ReplayRequest, relay string, now time.Time) job {
 // claim records j in the bucket as a job its relay runs from now on. When
 // the job already runs (its relay writes it, or this process runs it:
 // runsHere), claim returns that job instead, and claimed is false. A job
-// done, failed or stalled is claimed again, and so is a running dry run
-// when j is the real run. An error is the store's
+// done, failed or stalled is claimed again. An error is the store's
 // (nothing recorded), or errJobTooLarge.
 func (r *replays) claim(ctx context.Context, j job, runsHere func(id string) bool) (kv jetstream.KeyValue, _ job, rev uint64, claimed bool, err error) {
 	id := j.Progress.Job
@@ -225,10 +224,7 @@ func (r *replays) claim(ctx context.Context, j job, runsHere func(id string) boo
 		if err != nil {
 			return nil, job{}, 0, false, err
 		}
-		// A dry run shares its id with the real run of the same selection
-		// (the console's "run for real" keeps it), and queues nothing: the
-		// real run takes it over rather than being answered with it.
-		if old.running() && (!old.Stalled || runsHere(id)) && !(old.Request.DryRun && !j.Request.DryRun) {
+		if old.running() && (!old.Stalled || runsHere(id)) {
 			return kv, old, orev, false, nil
 		}
 		rev, err = kv.Update(ctx, id, b, orev)

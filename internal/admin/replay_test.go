@@ -26,6 +26,7 @@ import (
 
 // jobView is a replay job as the API answers it.
 type jobView struct {
+	Request  dispatcher.ReplayRequest  `json:"request"`
 	Progress dispatcher.ReplayProgress `json:"progress"`
 	Relay    string                    `json:"relay"`
 	Stalled  bool                      `json:"stalled"`
@@ -273,8 +274,8 @@ func TestReplayStalled(t *testing.T) {
 
 var hiddenInput = regexp.MustCompile(`<input type="hidden" name="([a-z_]+)" value="([^"]*)">`)
 
-// The console's form that sends a dry run for real runs the job the dry
-// run counted: a job of the API that selects by merchantRef or
+// The console's form that sends a dry run for real runs the selection the
+// dry run counted: a job of the API that selects by merchantRef or
 // transaction keeps that selection (the form dropped it, and the "real"
 // run replayed the whole window).
 func TestConsoleRunForRealKeepsTheSelection(t *testing.T) {
@@ -301,8 +302,10 @@ func TestConsoleRunForRealKeepsTheSelection(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || loc != "/console/replays/"+id {
-		t.Fatalf("sent for real: %d → %q, want the dry run's job %s (form %v)", resp.StatusCode, loc, id, form)
+	real := j.Request
+	real.DryRun = false // a dry run's id is its own: the real run's is the selection's
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusSeeOther || loc != "/console/replays/"+real.JobID() {
+		t.Fatalf("sent for real: %d → %q, want the dry run's selection, job %s (form %v)", resp.StatusCode, loc, real.JobID(), form)
 	}
 }
 
@@ -436,5 +439,33 @@ func TestRealReplayIsNotTakenForARunningDryRun(t *testing.T) {
 	poll.Until(t, "the real replay to finish", func() bool { _, j = getJob(t, hs, j.Progress.Job); return j.Progress.Done || j.Error != "" })
 	if n := len(natstest.Messages(t, js, event.StreamReplay)); n != 1 {
 		t.Fatalf("%d copies queued on %s after the real replay was asked for; want 1", n, event.StreamReplay)
+	}
+}
+
+// A replay that ran is a record of what was sent: a later dry run of the
+// same selection (to see what running it again would send) must not
+// replace it. Dry runs shared the real run's job id, and the dry run's
+// record overwrote the real run's "queued 1".
+func TestDryRunKeepsTheRealRunsRecord(t *testing.T) {
+	hs, js := newServer(t)
+	publishReplayable(t, js, "evt_1")
+	now := time.Now().UTC().Truncate(time.Second)
+	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
+	body := `{"endpoint":"orders","since":%q,"until":%q,"dryRun":%v}`
+	_, real := startJob(t, hs, fmt.Sprintf(body, since, until, false))
+	poll.Until(t, "the real replay to finish", func() bool { _, real = getJob(t, hs, real.Progress.Job); return real.Progress.Done || real.Error != "" })
+	if real.Progress.Queued != 1 {
+		t.Fatalf("the real replay queued %d; want 1", real.Progress.Queued)
+	}
+	code, dry := startJob(t, hs, fmt.Sprintf(body, since, until, true))
+	if code != http.StatusAccepted || !dry.Request.DryRun {
+		t.Fatalf("the dry run after it: %d, job %+v; want 202 and a dry run", code, dry)
+	}
+	poll.Until(t, "the dry run to finish", func() bool { _, dry = getJob(t, hs, dry.Progress.Job); return dry.Progress.Done || dry.Error != "" })
+	if dry.Progress.Matched != 1 || dry.Progress.Queued != 0 {
+		t.Errorf("the dry run: %+v; want 1 matched, 0 queued", dry.Progress)
+	}
+	if _, j := getJob(t, hs, real.Progress.Job); j.Request.DryRun || j.Progress.Queued != 1 {
+		t.Errorf("the real run's record after a dry run of its selection: dry run %v, queued %d; want the real run's, queued 1", j.Request.DryRun, j.Progress.Queued)
 	}
 }
