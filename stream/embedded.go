@@ -193,11 +193,22 @@ func (e *Embedded) ClientURL() string {
 	return e.srv.ClientURL()
 }
 
+// RelayInboxPrefix is where the relay's own connections to the embedded
+// server receive their replies: JetStream's answers, the messages its pull
+// consumers deliver (the inbox's notifications, dead letters, KV entries).
+// The subscriber identity may subscribe to _INBOX.> (its own replies come
+// there), so on the default prefix it would read all of those.
+const RelayInboxPrefix = "_SENGO_RELAY_INBOX"
+
 // ConnectOption makes a nats.Connect use an in-process connection to e,
-// as the relay's identity when the server authenticates.
+// as the relay's identity when the server authenticates, with its replies
+// under RelayInboxPrefix.
 func (e *Embedded) ConnectOption() nats.Option {
 	return func(o *nats.Options) error {
 		if err := nats.InProcessServer(e.srv)(o); err != nil {
+			return err
+		}
+		if err := nats.CustomInboxPrefix(RelayInboxPrefix)(o); err != nil {
 			return err
 		}
 		if e.auth != nil {

@@ -70,7 +70,8 @@ func cliConnect(cfg config.Config) (*nats.Conn, jetstream.JetStream, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		opts = append(opts, nats.UserInfo(config.EmbeddedRelayUser, pw))
+		// Replies where the subscriber identity cannot subscribe.
+		opts = append(opts, nats.UserInfo(config.EmbeddedRelayUser, pw), nats.CustomInboxPrefix(stream.RelayInboxPrefix))
 	}
 	if cfg.NATS.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.NATS.CredsFile))

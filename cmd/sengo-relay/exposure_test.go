@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/sengo-relay/sengo-relay/internal/fixtures"
+)
+
+// The subscriber identity reads SENGO_EVENTS and nothing else. The relay's
+// own connections receive their JetStream answers and pulled messages on
+// reply subjects: were those the default _INBOX.>, which the subscriber
+// may subscribe to (its own replies come there), it would read every
+// notification intake pulls from SENGO_INBOX, the buckets and the dead
+// letters over the relay's shoulder.
+func TestSubscriberCannotReadTheRelaysReplies(t *testing.T) {
+	base, logs, _ := startRun(t, relayEnv(t.TempDir()))
+	natsURL := logs.field(t, "embedded nats started", "client_url")
+	waitReady(t, base)
+	nc, err := nats.Connect(natsURL, subscriberAuth(t, logs), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var mu sync.Mutex
+	var snooped []string
+	if _, err := nc.Subscribe("_INBOX.>", func(m *nats.Msg) {
+		mu.Lock()
+		defer mu.Unlock()
+		snooped = append(snooped, m.Reply+" "+string(m.Data))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	sub := subscribe(t, natsURL, subscriberAuth(t, logs))
+	if code := post(t, base+"/callbacks/sengo/main", fixtures.Body("callback-retail-success")); code != 200 {
+		t.Fatalf("callback: %d", code)
+	}
+	// Once the event is out, intake has pulled the notification and
+	// written the transaction; the subscriber's own echo of that flush
+	// comes after anything the relay's traffic delivered to it.
+	eventually(t, "the event", func() bool { return sub.n() >= 1 })
+	// The CLI reaches the same server through its listener, as the relay.
+	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_LISTEN", strings.TrimPrefix(natsURL, "nats://"))
+	if err := run(context.Background(), []string{"quarantine", "list", "--config", checkedInConfig}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("quarantine list: %v", err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var relays []string
+	for _, s := range snooped {
+		if strings.Contains(s, "SENGO_INBOX") || strings.Contains(s, "SENGO_QUARANTINE") || strings.Contains(s, "KV_") {
+			relays = append(relays, s)
+		}
+	}
+	for _, s := range relays {
+		if strings.HasPrefix(s, "$JS.ACK.SENGO_INBOX.") { // the notification itself, as intake pulled it
+			t.Fatalf("the subscriber read the relay's traffic (%d of its messages), the inbox's notification among them: %.200s", len(relays), s)
+		}
+	}
+	if len(relays) > 0 {
+		t.Fatalf("the subscriber read the relay's traffic (%d of its messages), e.g. %.200s", len(relays), relays[0])
+	}
+}
