@@ -2,7 +2,6 @@ package dispatcher
 
 import (
 	"net/http"
-	"net/url"
 	"strings"
 
 	"github.com/sengo-relay/sengo-relay/verify"
@@ -75,20 +74,8 @@ func locates(name string) bool {
 }
 
 // RedactURL is what may be shown of an endpoint's URL (or of a URL a
-// consumer echoes): scheme, host and the first path segment. Credentials,
-// the query, the fragment and the deeper path (where tokens live) are left
-// out; a URL that does not parse shows nothing.
-func RedactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return ""
-	}
-	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
-	if first, rest, ok := strings.Cut(strings.TrimPrefix(u.EscapedPath(), "/"), "/"); ok && rest != "" {
-		return u.Scheme + "://" + u.Host + "/" + first + "/…"
-	}
-	return u.String()
-}
+// consumer echoes): see verify.RedactURL.
+func RedactURL(raw string) string { return verify.RedactURL(raw) }
 
 func sensitive(name string) bool {
 	n := strings.ToLower(name)

@@ -6,6 +6,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/verify"
 )
 
 // ConnectConfig configures a client connection.
@@ -46,7 +48,7 @@ func Connect(cfg ConnectConfig, extra ...nats.Option) (*nats.Conn, error) {
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info().Str("url", nc.ConnectedUrlRedacted()).Msg("nats reconnected")
+			log.Info().Str("url", verify.RedactServerURL(nc.ConnectedUrl())).Msg("nats reconnected") // a user alone is a token
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			ev := log.Error().Err(err)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/internal/tracing"
+	"github.com/sengo-relay/sengo-relay/verify"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -176,11 +176,7 @@ func printSummary(w io.Writer, path string, cfg config.Config) error {
 		nats += " (nats-server, every write)"
 	}
 	if cfg.NATS.URL != "" {
-		urls := strings.Split(cfg.NATS.URL, ",")
-		for i, u := range urls {
-			urls[i] = redactURL(strings.TrimSpace(u))
-		}
-		nats = "external " + strings.Join(urls, ",")
+		nats = "external " + verify.RedactServerURLs(cfg.NATS.URL)
 	}
 	fmt.Fprintf(w, "%s: ok\n  http   %s\n  nats   %s, replicas %d\n  traces %s\n", path, cfg.HTTP.Listen, nats, cfg.NATS.Replicas, tracing.Describe())
 	for _, name := range cfg.ProjectNames() {
@@ -195,7 +191,7 @@ func printSummary(w io.Writer, path string, cfg config.Config) error {
 		}
 		confirm := "confirm off (events carry confirmed: false)"
 		if p.Confirms() {
-			confirm = "confirm on against " + redactURL(p.APIBaseURL())
+			confirm = "confirm on against " + verify.RedactServerURL(p.APIBaseURL())
 		}
 		if p.RequireConfirmation {
 			confirm += ", required"
@@ -208,7 +204,7 @@ func printSummary(w io.Writer, path string, cfg config.Config) error {
 		if e.Ordered {
 			order = "ordered"
 		}
-		fmt.Fprintf(w, "  endpoint %s: %s, %d secret(s), %s, %d attempts over %s, %s\n", name, hostOf(e.URL), len(e.Secrets),
+		fmt.Fprintf(w, "  endpoint %s: %s, %d secret(s), %s, %d attempts over %s, %s\n", name, verify.RedactURL(e.URL), len(e.Secrets),
 			strings.Join(e.Filter.Subjects(), " "), len(e.Retry.Schedule)+1, scheduleSpan(e.Retry.Schedule), order)
 	}
 	if cfg.Admin.Token.Set() {
@@ -224,23 +220,6 @@ func onOff(b bool) string {
 		return "on"
 	}
 	return "off"
-}
-
-// redactURL hides a password in raw, if it has one.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
-}
-
-func hostOf(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "?"
-	}
-	return u.Scheme + "://" + u.Host + u.Path
 }
 
 func scheduleSpan(s []config.Duration) time.Duration {

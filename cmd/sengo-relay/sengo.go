@@ -25,6 +25,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/receiver"
 	"github.com/sengo-relay/sengo-relay/sengo"
 	"github.com/sengo-relay/sengo-relay/sengo/sandbox"
+	"github.com/sengo-relay/sengo-relay/verify"
 )
 
 // apiClients returns a SenGo client per project with credentials; with
@@ -49,7 +50,7 @@ func probeAPIs(ctx context.Context, cfg config.Config, clients map[string]*sengo
 		ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		_, err := clients[name].Balance(ctx)
 		cancel()
-		base := redactURL(cfg.Projects[name].APIBaseURL())
+		base := verify.RedactServerURL(cfg.Projects[name].APIBaseURL())
 		if err == nil {
 			log.Info().Str("project", name).Str("api", base).Msg("SenGo API reachable")
 			continue

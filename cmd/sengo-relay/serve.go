@@ -631,7 +631,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 		conns.readers = append(conns.readers, nc)
 	}
 	if cfg.NATS.URL != "" {
-		log.Info().Str("url", conns.work.ConnectedUrlRedacted()).Msg("nats connecting")
+		log.Info().Str("url", verify.RedactServerURL(conns.work.ConnectedUrl())).Msg("nats connecting")
 	}
 	return conns, shutdown, nil
 }

@@ -402,7 +402,7 @@ func (c *Config) Validate() error {
 			}
 		}
 		if u, err := url.Parse(p.APIBaseURL()); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("%s.base_url: %q is not production, sandbox or an http(s) URL", at, p.BaseURL)
+			bad("%s.base_url: not production or sandbox, and %s", at, badURL(p.BaseURL))
 		}
 		switch p.SignatureMode() {
 		case SignatureOff:
@@ -463,6 +463,18 @@ func (e Embedded) Sync() (interval time.Duration, always bool, err error) {
 const EmbeddedRelayUser = "sengo-relay"
 
 var natsUser = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// badURL says why raw is not an http(s) URL without showing it: the
+// mistake is often one character of a URL whose path, query or user is
+// its secret (a webhook's token, an API's password). Only the scheme and
+// host it was read as are named.
+func badURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "does not parse as a URL (not shown: it may hold a secret)"
+	}
+	return fmt.Sprintf("is not an http(s) URL: read as scheme %q, host %q (the rest not shown: it may hold a secret)", u.Scheme, u.Host)
+}
 
 // isLoopback reports whether host (from host:port) only accepts
 // connections from this machine.

@@ -130,7 +130,7 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 			continue
 		}
 		if u, err := url.Parse(e.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("%s.url: %q is not an http(s) URL", at, e.URL)
+			bad("%s.url: %s", at, badURL(e.URL))
 		}
 		if len(e.Secrets) == 0 {
 			bad("%s.secrets: at least one whsec_ secret is required", at)

@@ -1,0 +1,50 @@
+package verify
+
+import (
+	"net/url"
+	"strings"
+)
+
+// RedactURL is what may be shown of a URL that can hold its own secret (a
+// webhook endpoint's, or one a consumer echoes): scheme, host and the first
+// path segment. Credentials, the query, the fragment and the deeper path
+// (where tokens live) are left out; a URL that does not parse shows
+// nothing.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	if first, rest, ok := strings.Cut(strings.TrimPrefix(u.EscapedPath(), "/"), "/"); ok && rest != "" {
+		return u.Scheme + "://" + u.Host + "/" + first + "/…"
+	}
+	return u.String()
+}
+
+// RedactServerURL is what may be shown of a server's URL (nats.url, an
+// API's base URL): all of it but its credentials. A password shows as
+// xxxxx, and so does a user without one, which NATS takes as a token
+// (nats://TOKEN@host).
+func RedactServerURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	if u.User != nil {
+		if _, ok := u.User.Password(); !ok {
+			u.User = url.User("xxxxx")
+		}
+	}
+	return u.Redacted()
+}
+
+// RedactServerURLs is RedactServerURL of each URL in a comma-separated
+// list (nats.url of a cluster).
+func RedactServerURLs(list string) string {
+	urls := strings.Split(list, ",")
+	for i, u := range urls {
+		urls[i] = RedactServerURL(strings.TrimSpace(u))
+	}
+	return strings.Join(urls, ",")
+}
