@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -71,5 +72,38 @@ func TestSubscriberCannotReadTheRelaysReplies(t *testing.T) {
 	}
 	if len(relays) > 0 {
 		t.Fatalf("the subscriber read the relay's traffic (%d of its messages), e.g. %.200s", len(relays), relays[0])
+	}
+}
+
+// The admin and metrics listeners answer some requests without a token
+// (the console's sign-in page and form, a 401), so whoever reaches them
+// must not hold a connection for ever: a request whose body never ends,
+// and an idle keep-alive connection, are closed after http.read_timeout
+// and http.idle_timeout as on the callback listener. Else a few thousand
+// such connections use up the process's file descriptors, and the
+// callback listener can accept no more.
+func TestAdminAndMetricsListenersDropSlowClients(t *testing.T) {
+	_, logs, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0", "SENGO_RELAY_ADMIN_TOKEN=admin-token-0123456789",
+		"SENGO_RELAY_HTTP_READ_TIMEOUT=1s", "SENGO_RELAY_HTTP_IDLE_TIMEOUT=1s"))
+	for _, l := range []struct{ msg, req string }{
+		{"admin listening", "POST /console/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntoken="},
+		{"admin listening", "GET /console/login HTTP/1.1\r\nHost: x\r\n\r\n"},
+		{"metrics listening", "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nx"},
+		{"metrics listening", "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"},
+	} {
+		conn, err := net.Dial("tcp", logs.field(t, l.msg, "addr"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(conn, l.req); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		conn.SetReadDeadline(start.Add(20 * time.Second))
+		_, err = io.Copy(io.Discard, conn) // returns once the server closes
+		conn.Close()
+		if err != nil {
+			t.Errorf("%s, %q: still open after %s: %v", l.msg, strings.SplitN(l.req, "\r\n", 2)[0], time.Since(start).Round(time.Second), err)
+		}
 	}
 }

@@ -229,7 +229,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
 		}
-		msrv := &http.Server{Handler: metricsHandler(reg, cfg.Metrics.Token.Value()), ReadHeaderTimeout: 5 * time.Second}
+		msrv := sideServer(cfg, metricsHandler(reg, cfg.Metrics.Token.Value()))
 		go func() { _ = msrv.Serve(mln) }()
 		defer msrv.Close()
 		log.Info().Str("addr", mln.Addr().String()).Bool("token", cfg.Metrics.Token.Set()).Msg("metrics listening")
@@ -352,7 +352,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				stopRun()
 				return
 			}
-			adminHTTP = &http.Server{Handler: adminSrv.Handler(), ReadHeaderTimeout: 5 * time.Second}
+			adminHTTP = sideServer(cfg, adminSrv.Handler())
 			go func() { _ = adminHTTP.Serve(aln) }()
 			log.Info().Str("addr", aln.Addr().String()).Msg("admin listening")
 		}
@@ -738,4 +738,22 @@ func receiverProjects(cfg config.Config) ([]receiver.Project, []netip.Prefix, er
 		trusted = append(trusted, p)
 	}
 	return out, trusted, nil
+}
+
+// sideServer is the HTTP server of the admin or metrics listener. Some of
+// their answers need no token (the console's sign-in, a 401), so a
+// request's body and an idle connection are bounded in time as on the
+// callback listener (http.read_header_timeout, http.read_timeout, http.idle_timeout): a client that
+// never finishes its request would otherwise hold its connection, and a
+// few thousand of them the process's file descriptors. No write timeout:
+// a test send waits for its endpoint's timeout (up to 5m), and each
+// handler bounds its own reads.
+func sideServer(cfg config.Config, h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout.D(),
+		ReadTimeout:       cfg.HTTP.ReadTimeout.D(),
+		IdleTimeout:       cfg.HTTP.IdleTimeout.D(),
+		MaxHeaderBytes:    32 << 10,
+	}
 }
