@@ -401,3 +401,17 @@ func TestProjectsAndEndpointsFromTheEnvironment(t *testing.T) {
 		t.Fatalf("token without api_key accepted: %v", err)
 	}
 }
+
+// A value of the wrong type is named by its path, never shown: yaml.v3's
+// message quotes the value's first characters, which for a secret written
+// as a string where a list belongs ("secrets: whsec_…") or a key written
+// as a map is the secret's beginning.
+func TestTypeErrorsDoNotShowTheValue(t *testing.T) {
+	_, err := Load(write(t, minimal+"endpoints:\n  orders:\n    url: https://orders.example.id/hooks\n    secrets: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n    filter: {all: true}\n"), noEnv)
+	if err == nil {
+		t.Fatal("a string where the secrets list belongs was accepted")
+	}
+	if strings.Contains(err.Error(), "whsec_") || !strings.Contains(err.Error(), "endpoints.orders.secrets") {
+		t.Errorf("the error shows the value, or does not name its path:\n%v", err)
+	}
+}

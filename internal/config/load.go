@@ -111,11 +111,18 @@ func decode(raw []byte, cfg *Config) []error {
 	return errs
 }
 
-var lineMsg = regexp.MustCompile(`^line (\d+): (.*)$`)
+var (
+	lineMsg = regexp.MustCompile(`^line (\d+): (.*)$`)
+	// quoted is the value yaml.v3 quotes in a type error: its first
+	// characters, which for a secret in the wrong place are the secret's.
+	quoted = regexp.MustCompile("(cannot unmarshal !!\\w+) `[^`]*`")
+)
 
-// withPath turns yaml.v3's "line 3: cannot unmarshal …" into
-// "http.max_in_flight (line 3): cannot unmarshal …".
+// withPath turns yaml.v3's "line 3: cannot unmarshal !!str `abc` into
+// int" into "http.max_in_flight (line 3): cannot unmarshal !!str into int":
+// the value is named by its path, never shown.
 func withPath(msg string, paths map[int]string) string {
+	msg = quoted.ReplaceAllString(msg, "$1")
 	m := lineMsg.FindStringSubmatch(msg)
 	if m == nil {
 		return msg
