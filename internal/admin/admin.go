@@ -1,10 +1,12 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"net/http"
 	"os"
@@ -101,6 +103,7 @@ func New(cfg Config) *Server {
 		}
 		_ = c.JSON(status, map[string]any{"error": body})
 	}
+	e.Pre(boundBody)
 	// Wrong bearer tokens are paced per address as sign-ins are: an
 	// address out of attempts is answered 429 without its token being
 	// checked (else the answer to each guess would still come back), so
@@ -149,6 +152,37 @@ func New(cfg Config) *Server {
 	s.mountConsole(e)
 	e.RouteNotFound("/*", func(c echo.Context) error { return bearer(func(echo.Context) error { return echo.ErrNotFound })(c) })
 	return s
+}
+
+// maxBody is the largest request body the admin listener reads: its JSON
+// bodies and the console's forms are a few hundred bytes.
+const maxBody = 64 << 10
+
+// boundBody reads a request's body, at most maxBody, before any handler
+// does; a larger one is answered 413 body_too_large. The console's
+// sign-in needs no token and parsed its form with Go's defaults (10 MB
+// urlencoded, 32 MB multipart in memory): a few concurrent posts held
+// hundreds of megabytes. The listener's read timeout bounds a slow one.
+func boundBody(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		if r.Body == nil || r.Body == http.NoBody {
+			return next(c)
+		}
+		tooLarge := apiError(http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("the body is over %d bytes", maxBody))
+		if r.ContentLength > maxBody {
+			return tooLarge
+		}
+		b, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+		switch {
+		case err != nil:
+			return apiError(http.StatusBadRequest, "bad_body", "the body could not be read")
+		case len(b) > maxBody:
+			return tooLarge
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		return next(c)
+	}
 }
 
 // errorMsg is the body of every admin error: a stable code and a message.
@@ -484,7 +518,7 @@ func decodeJSON(c echo.Context, v any) error {
 	if err != nil || mt != echo.MIMEApplicationJSON {
 		return apiError(http.StatusUnsupportedMediaType, "unsupported_media_type", "the body must be JSON, sent with Content-Type: application/json")
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(c.Response(), c.Request().Body, 64<<10))
+	dec := json.NewDecoder(c.Request().Body) // boundBody read it, at most maxBody
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return apiError(http.StatusBadRequest, "bad_body", "the body is not the expected JSON object: "+err.Error())
