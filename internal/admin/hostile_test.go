@@ -167,12 +167,16 @@ func TestAbandonedScansLeaveNoConsumer(t *testing.T) {
 	hs, js := newServer(t)
 	ev := publishEvent(t, js, "same")
 	b, _ := event.Marshal(ev)
-	for range 20000 {
-		if _, err := js.PublishAsync(event.EventSubject("main", event.ProductQRIS, event.StatusSuccess), b); err != nil {
-			t.Fatal(err)
+	// 1,000 at a time: more in flight stall the client (nats.go's default
+	// limit is 4,000 unacknowledged; CI's busy store once fell behind).
+	for range 20 {
+		for range 1000 {
+			if _, err := js.PublishAsync(event.EventSubject("main", event.ProductQRIS, event.StatusSuccess), b); err != nil {
+				t.Fatal(err)
+			}
 		}
+		<-js.PublishAsyncComplete()
 	}
-	<-js.PublishAsyncComplete()
 	for i := range 20 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(5+i*3)*time.Millisecond)
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, hs.URL+"/admin/transactions?limit=2", nil)
