@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
@@ -45,13 +46,9 @@ func BenchmarkDeliveries(b *testing.B) {
 	}))
 	defer srv.Close()
 	body := []byte(`{"specversion":"1.0","id":"%s","source":"sengo/main","type":"id.sengo.transaction.success","data":{"transactionId":"x","status":"success","raw":{}}}`)
-	for i := range b.N {
-		id := fmt.Sprintf("evt_bench_%d", i)
-		if _, err := js.PublishMsgAsync(&nats.Msg{Subject: "sengo.events.main.retail.success", Data: fmt.Appendf(nil, string(body), id)}); err != nil {
-			b.Fatal(err)
-		}
-	}
-	<-js.PublishAsyncComplete()
+	natstest.PublishMany(b, js, b.N, func(i int) *nats.Msg {
+		return &nats.Msg{Subject: "sengo.events.main.retail.success", Data: fmt.Appendf(nil, string(body), fmt.Sprintf("evt_bench_%d", i))}
+	})
 	metrics := NewMetrics(prometheus.NewRegistry())
 	ep := (&harness{}).endpoint("bench", srv.URL)
 	ep.Concurrency = 32

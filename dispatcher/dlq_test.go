@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/event"
@@ -208,12 +209,9 @@ func TestEachDLQPageStopsAtWhatWasStored(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
 	store := func(n int) {
-		for range n {
-			if _, err := h.js.PublishAsync(event.DLQTxSubject("orders", "tx"), []byte(`{"endpoint":"orders","event":{}}`)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		<-h.js.PublishAsyncComplete()
+		natstest.PublishMany(t, h.js, n, func(int) *nats.Msg {
+			return &nats.Msg{Subject: event.DLQTxSubject("orders", "tx"), Data: []byte(`{"endpoint":"orders","event":{}}`)}
+		})
 	}
 	const n = DLQPage + 5
 	store(n)

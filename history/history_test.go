@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -109,14 +110,11 @@ func TestWriterIsBoundedWhenTheStoreStops(t *testing.T) {
 func TestLookupOfAReferenceWithManyTransactions(t *testing.T) {
 	_, js := setup(t)
 	ctx := context.Background()
-	for i := 0; i < 1100; i++ {
+	natstest.PublishMany(t, js, 1100, func(i int) *nats.Msg {
 		id := fmt.Sprintf("tx-%d", i)
 		b, _ := json.Marshal(Ref{Project: "main", MerchantRef: "INV-MANY", TransactionID: id})
-		if _, err := js.PublishAsync(refPrefix("main", "INV-MANY")+"."+hash(id), b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	<-js.PublishAsyncComplete()
+		return &nats.Msg{Subject: refPrefix("main", "INV-MANY") + "." + hash(id), Data: b}
+	})
 	refs, err := Lookup(ctx, js, "main", "INV-MANY", 20)
 	if err != nil || len(refs) != 20 {
 		t.Fatalf("lookup: %d refs, %v; want 20", len(refs), err)

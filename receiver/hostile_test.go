@@ -665,21 +665,13 @@ func TestForgedFloodDoesNotStrandAnUnconfirmedGenuine(t *testing.T) {
 	eventually(t, "the genuine success quarantined as unconfirmed", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
 	// The flood: what intake writes for a forged callback of an unknown id
 	// (written straight to the quarantine to keep the test short).
-	for i := range maxQuarantineScan {
+	natstest.PublishMany(t, h.js, maxQuarantineScan, func(i int) *nats.Msg {
 		id := fmt.Sprintf("forged-%d", i)
-		msg := &nats.Msg{Subject: event.QuarantineTxSubject("main", id), Data: callback(id, event.StatusSuccess), Header: nats.Header{
+		return &nats.Msg{Subject: event.QuarantineTxSubject("main", id), Data: callback(id, event.StatusSuccess), Header: nats.Header{
 			event.HeaderProject: []string{"main"}, event.HeaderSource: []string{SourceCallback},
 			event.HeaderReason: []string{"confirm " + id + ": SenGo's API disagrees with the notification: SenGo has no transaction " + id},
 		}}
-		if _, err := h.js.PublishMsgAsync(msg); err != nil {
-			t.Fatal(err)
-		}
-	}
-	select {
-	case <-h.js.PublishAsyncComplete():
-	case <-time.After(30 * time.Second):
-		t.Fatal("flood not stored")
-	}
+	})
 	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil { // SenGo's API catches up
 		t.Fatal(err)
 	}

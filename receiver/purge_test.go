@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
 )
 
 // A quarantine purge or redrive with a stale list (entries removed
@@ -45,24 +46,15 @@ func TestQuarantineStaleEntries(t *testing.T) {
 func TestQuarantineListedBySubject(t *testing.T) {
 	h := newHarness(t, false, withProjects(Project{Name: "main"}, Project{Name: "other"}))
 	ctx := context.Background()
-	publish := func(project, id string) {
-		msg := &nats.Msg{Subject: event.QuarantineTxSubject(project, id), Data: callback(id, event.StatusSuccess), Header: nats.Header{event.HeaderProject: []string{project}}}
-		if _, err := h.js.PublishMsgAsync(msg); err != nil {
-			t.Fatal(err)
-		}
+	entry := func(project, id string) *nats.Msg {
+		return &nats.Msg{Subject: event.QuarantineTxSubject(project, id), Data: callback(id, event.StatusSuccess), Header: nats.Header{event.HeaderProject: []string{project}}}
 	}
-	publish("main", "tx-early")
+	natstest.PublishMany(t, h.js, 1, func(int) *nats.Msg { return entry("main", "tx-early") })
 	// An older one stored on the project's subject alone.
-	if _, err := h.js.PublishMsgAsync(&nats.Msg{Subject: event.QuarantineSubject("main"), Data: callback("tx-early", event.StatusPending), Header: nats.Header{event.HeaderProject: []string{"main"}}}); err != nil {
-		t.Fatal(err)
-	}
-	for i := range maxQuarantineScan + 500 {
-		publish("other", fmt.Sprintf("tx-%d", i))
-		if i%1000 == 999 { // under the client's bound on publishes in flight
-			<-h.js.PublishAsyncComplete()
-		}
-	}
-	<-h.js.PublishAsyncComplete()
+	natstest.PublishMany(t, h.js, 1, func(int) *nats.Msg {
+		return &nats.Msg{Subject: event.QuarantineSubject("main"), Data: callback("tx-early", event.StatusPending), Header: nats.Header{event.HeaderProject: []string{"main"}}}
+	})
+	natstest.PublishMany(t, h.js, maxQuarantineScan+500, func(i int) *nats.Msg { return entry("other", fmt.Sprintf("tx-%d", i)) })
 	for _, f := range []QuarantineFilter{{Project: "main"}, {TransactionID: "tx-early"}, {Project: "main", TransactionID: "tx-early"}} {
 		got, err := ListQuarantine(ctx, h.js, f)
 		if err != nil || len(got) != 2 || got[0].TransactionID != "tx-early" || got[1].Status != event.StatusPending {

@@ -212,12 +212,7 @@ func TestReadSubject(t *testing.T) {
 func TestScanEndsWithItsContextOrItsStream(t *testing.T) {
 	_, js := startWithSpec(t)
 	ctx := context.Background()
-	for i := 0; i < 1000; i++ {
-		if _, err := js.PublishAsync("t.inbox.x", []byte("m")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	<-js.PublishAsyncComplete()
+	natstest.PublishMany(t, js, 1000, func(int) *nats.Msg { return &nats.Msg{Subject: "t.inbox.x", Data: []byte("m")} })
 	cctx, cancel := context.WithCancel(ctx)
 	read := 0
 	err := stream.Scan(cctx, js, "T_INBOX", "t.inbox.>", time.Time{}, func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error) {
@@ -280,12 +275,7 @@ func TestReadSubjectAcrossRemovals(t *testing.T) {
 	_, js := startWithSpec(t)
 	ctx := context.Background()
 	const n = 600
-	for range n {
-		if _, err := js.PublishAsync("t.inbox.x", []byte("m")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	<-js.PublishAsyncComplete()
+	natstest.PublishMany(t, js, n, func(int) *nats.Msg { return &nats.Msg{Subject: "t.inbox.x", Data: []byte("m")} })
 	s, err := js.Stream(ctx, "T_INBOX")
 	if err != nil {
 		t.Fatal(err)

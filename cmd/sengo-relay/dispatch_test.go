@@ -24,6 +24,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
@@ -328,12 +329,9 @@ func TestDLQCommandsByPage(t *testing.T) {
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 	const n = dispatcher.DLQPage + 5
-	for i := range n {
-		if _, err := js.PublishAsync(event.DLQTxSubject("broken", fmt.Sprintf("tx-%d", i)), []byte(`{"endpoint":"broken","eventId":"ev-`+strconv.Itoa(i)+`","event":{}}`)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	<-js.PublishAsyncComplete()
+	natstest.PublishMany(t, js, n, func(i int) *nats.Msg {
+		return &nats.Msg{Subject: event.DLQTxSubject("broken", fmt.Sprintf("tx-%d", i)), Data: []byte(`{"endpoint":"broken","eventId":"ev-` + strconv.Itoa(i) + `","event":{}}`)}
+	})
 	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_LISTEN", strings.TrimPrefix(natsURL, "nats://"))
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"dlq", "list", "--config", cfg, "--json"}, &out, io.Discard); err != nil {

@@ -419,14 +419,11 @@ func (s *syncBuffer) String() string {
 // storeDeadLetters stores n dead letters for orders, transactions t0….
 func storeDeadLetters(t *testing.T, js jetstream.JetStream, n int) {
 	t.Helper()
-	for i := range n {
+	natstest.PublishMany(t, js, n, func(i int) *nats.Msg {
 		d := dispatcher.DeadLetter{Endpoint: "orders", EventID: fmt.Sprintf("evt_%d", i), TransactionID: fmt.Sprintf("t%d", i), Reason: dispatcher.ReasonGone, Event: json.RawMessage(`{}`)}
 		b, _ := json.Marshal(d)
-		if _, err := js.PublishAsync(event.DLQTxSubject("orders", d.TransactionID), b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	<-js.PublishAsyncComplete()
+		return &nats.Msg{Subject: event.DLQTxSubject("orders", d.TransactionID), Data: b}
+	})
 }
 
 // Dead letters are listed a page at a time (the body stays an array; the

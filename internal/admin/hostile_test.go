@@ -15,9 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
 )
 
@@ -167,16 +169,9 @@ func TestAbandonedScansLeaveNoConsumer(t *testing.T) {
 	hs, js := newServer(t)
 	ev := publishEvent(t, js, "same")
 	b, _ := event.Marshal(ev)
-	// 1,000 at a time: more in flight stall the client (nats.go's default
-	// limit is 4,000 unacknowledged; CI's busy store once fell behind).
-	for range 20 {
-		for range 1000 {
-			if _, err := js.PublishAsync(event.EventSubject("main", event.ProductQRIS, event.StatusSuccess), b); err != nil {
-				t.Fatal(err)
-			}
-		}
-		<-js.PublishAsyncComplete()
-	}
+	natstest.PublishMany(t, js, 20000, func(int) *nats.Msg {
+		return &nats.Msg{Subject: event.EventSubject("main", event.ProductQRIS, event.StatusSuccess), Data: b}
+	})
 	for i := range 20 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(5+i*3)*time.Millisecond)
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, hs.URL+"/admin/transactions?limit=2", nil)
