@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
 )
@@ -123,6 +124,9 @@ func TestMaxInFlight(t *testing.T) {
 	}
 	defer conn.Close()
 	fmt.Fprintf(conn, "POST /callbacks/sengo/main HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body[:10])
+	// Only then ask: a callback the server took first refused the held one
+	// (one run in a hundred under load), and no later one was refused.
+	eventually(t, "the held callback in flight", func() bool { return testutil.ToFloat64(h.metrics.InFlight) == 1 })
 	var resp *http.Response
 	eventually(t, "a callback refused for overload", func() bool {
 		resp, _ = h.post("/callbacks/sengo/main", fixtures.Body("callback-qris-success"))
@@ -145,4 +149,5 @@ func TestMaxInFlight(t *testing.T) {
 	if resp, _ := h.post("/callbacks/sengo/main", fixtures.Body("callback-qris-success")); resp.StatusCode != 200 {
 		t.Fatalf("after the slot freed: %d", resp.StatusCode)
 	}
+	eventually(t, "nothing in flight", func() bool { return testutil.ToFloat64(h.metrics.InFlight) == 0 })
 }

@@ -85,18 +85,19 @@ func (h *callbackHandler) serve(c echo.Context) error {
 }
 
 func (h *callbackHandler) acquire() bool {
-	if h.slots == nil {
-		return true
+	if h.slots != nil {
+		select {
+		case h.slots <- struct{}{}:
+		default:
+			return false
+		}
 	}
-	select {
-	case h.slots <- struct{}{}:
-		return true
-	default:
-		return false
-	}
+	h.cfg.Metrics.InFlight.Inc()
+	return true
 }
 
 func (h *callbackHandler) release() {
+	h.cfg.Metrics.InFlight.Dec()
 	if h.slots != nil {
 		<-h.slots
 	}

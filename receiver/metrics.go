@@ -7,6 +7,9 @@ type Metrics struct {
 	// Callbacks counts callbacks by project ("unknown" for names not
 	// configured) and outcome ("accepted", "duplicate" or an error code).
 	Callbacks *prometheus.CounterVec
+	// InFlight is how many callbacks are being handled now (bounded by
+	// http.max_in_flight; beyond it callbacks are refused as overloaded).
+	InFlight prometheus.Gauge
 	// PublishSeconds is the time from publish to durable (PubAck, and the
 	// group-commit fsync when there is one) on SENGO_INBOX.
 	PublishSeconds prometheus.Histogram
@@ -32,6 +35,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "sengo_relay_callbacks_total",
 			Help: "Callbacks received, by project and outcome.",
 		}, []string{"project", "outcome"}),
+		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sengo_relay_callbacks_in_flight",
+			Help: "Callbacks being handled now; at http.max_in_flight further callbacks are refused as overloaded.",
+		}),
 		PublishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "sengo_relay_inbox_publish_seconds",
 			Help:    "Time from publishing a notification to SENGO_INBOX until it is durable: JetStream acknowledged it and, with group commit, the fsync after it completed.",
@@ -54,7 +61,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "sengo_relay_reconcile_total",
 		Help: "Reconciliation with SenGo's transaction list, by project and outcome.",
 	}, []string{"project", "outcome"})
-	reg.MustRegister(m.Callbacks, m.PublishSeconds, m.Intake, m.KVConflicts, m.Confirm, m.Reconcile)
+	reg.MustRegister(m.Callbacks, m.InFlight, m.PublishSeconds, m.Intake, m.KVConflicts, m.Confirm, m.Reconcile)
 	return m
 }
 
