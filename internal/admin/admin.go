@@ -47,8 +47,19 @@ type Config struct {
 	Durable receiver.Durability
 	// Relay names this relay in the replay jobs it runs (the host name
 	// and process id when empty).
-	Relay  string
-	Logger zerolog.Logger
+	Relay string
+	// ReadTimeout bounds each API request and console page (10 s when
+	// zero); one that takes longer is answered 503 read_timeout.
+	ReadTimeout time.Duration
+	Logger      zerolog.Logger
+}
+
+// defaultReadTimeout is Config.ReadTimeout when it is zero.
+const defaultReadTimeout = 10 * time.Second
+
+// readCtx is a request's context bounded by the read timeout.
+func (s *Server) readCtx(c echo.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(c.Request().Context(), s.cfg.ReadTimeout)
 }
 
 // Server is the admin API with the replay jobs it runs.
@@ -80,6 +91,9 @@ func New(cfg Config) *Server {
 		host, _ := os.Hostname()
 		cfg.Relay = fmt.Sprintf("%s:%d", host, os.Getpid())
 	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = defaultReadTimeout
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, echo: echo.New(), replays: replays{js: cfg.JetStream}, running: map[string]int{}, ctx: ctx, cancel: cancel}
 	e := s.echo
@@ -98,6 +112,11 @@ func New(cfg Config) *Server {
 			case string:
 				body.Message = m
 			}
+		} else if errors.Is(err, context.DeadlineExceeded) && c.Request().Context().Err() == nil {
+			// Our own bound, not a client that left: a scan of a large
+			// stream, or a store too slow to answer.
+			status, body = http.StatusServiceUnavailable, errorMsg{Code: "read_timeout", Message: fmt.Sprintf("the store did not answer within %s: narrow the filter, or try again", cfg.ReadTimeout)}
+			cfg.Logger.Warn().Err(err).Str("path", c.Path()).Msg("admin request timed out")
 		} else {
 			cfg.Logger.Error().Err(err).Str("path", c.Path()).Msg("admin request failed")
 		}
@@ -409,7 +428,11 @@ func (s *Server) dlqList(c echo.Context) error {
 		}
 	}
 	f.Limit = limit + 1 // one more tells whether a next page exists
-	entries, err := dispatcher.ListDLQ(c.Request().Context(), s.cfg.JetStream, f)
+	// Bounded in time: a filter by merchant_ref, or one that matches
+	// nothing, reads every dead letter stored.
+	ctx, cancel := s.readCtx(c)
+	defer cancel()
+	entries, err := dispatcher.ListDLQ(ctx, s.cfg.JetStream, f)
 	if err != nil {
 		return err
 	}

@@ -468,10 +468,6 @@ func (cn *console) logout(c echo.Context) error {
 	return c.Redirect(http.StatusSeeOther, "/console/login")
 }
 
-func ctxOf(c echo.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(c.Request().Context(), 10*time.Second)
-}
-
 // homeData is the overview.
 type homeData struct {
 	Counts      []statusCount
@@ -614,7 +610,7 @@ type statusCount struct {
 }
 
 func (cn *console) home(c echo.Context) error {
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	d := homeData{}
 	hourAgo := time.Now().Add(-time.Hour)
@@ -684,7 +680,7 @@ func (cn *console) search(c echo.Context) error {
 	if q == "" || len(q) > 255 {
 		return c.Redirect(http.StatusSeeOther, "/console/")
 	}
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	// One transaction with this merchantRef opens its story at once,
 	// without reading it twice (its state and event here, then again for
@@ -722,7 +718,7 @@ func (cn *console) tx(c echo.Context) error {
 	if !slices.Contains(cn.s.cfg.Projects, project) || id == "" || len(id) > 128 {
 		return echo.NewHTTPError(http.StatusNotFound, "no such transaction")
 	}
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	tl, err := cn.s.timeline(ctx, project, id)
 	if errors.Is(err, receiver.ErrNoTransaction) {
@@ -761,7 +757,7 @@ func (cn *console) latestEvents(ctx context.Context, n uint64) ([]eventView, err
 }
 
 func (cn *console) events(c echo.Context) error {
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	evs, err := cn.latestEvents(ctx, 50)
 	if err != nil {
@@ -771,7 +767,7 @@ func (cn *console) events(c echo.Context) error {
 }
 
 func (cn *console) eventTable(c echo.Context) error {
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	evs, err := cn.latestEvents(ctx, 50)
 	if err != nil {
@@ -781,7 +777,7 @@ func (cn *console) eventTable(c echo.Context) error {
 }
 
 func (cn *console) endpoints(c echo.Context) error {
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	eps, err := cn.s.endpointStatuses(ctx)
 	if err != nil {
@@ -821,7 +817,7 @@ func (cn *console) dlq(c echo.Context) error {
 			return echo.NewHTTPError(http.StatusBadRequest, "after must be a sequence")
 		}
 	}
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	f.Limit = consoleDLQPage + 1 // one more tells whether a next page exists
 	entries, err := dispatcher.ListDLQ(ctx, cn.s.cfg.JetStream, f)
@@ -857,7 +853,7 @@ func (cn *console) dlqConfirm(c echo.Context) error {
 	if action != "redrive" && action != "purge" {
 		return echo.NewHTTPError(http.StatusBadRequest, "action must be redrive or purge")
 	}
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	// Counted a page at a time: a long outage's dead letters are never all
 	// held at once.
@@ -905,7 +901,7 @@ func (cn *console) dlqAct(c echo.Context) error {
 			return refused(echo.NewHTTPError(http.StatusBadRequest, "upto must be a sequence"))
 		}
 	}
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	do := dispatcher.Purge
 	if action == "redrive" {
@@ -968,7 +964,7 @@ func (cn *console) quarantineFilter(c echo.Context) (receiver.QuarantineFilter, 
 }
 
 func (cn *console) quarantine(c echo.Context) error {
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	entries, err := receiver.ListQuarantine(ctx, cn.s.cfg.JetStream, receiver.QuarantineFilter{})
 	if err != nil {
@@ -982,7 +978,7 @@ func (cn *console) quarantineConfirm(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	entries, err := receiver.ListQuarantine(ctx, cn.s.cfg.JetStream, f)
 	if err != nil {
@@ -1020,7 +1016,7 @@ func (cn *console) quarantineAct(c echo.Context) error {
 	if err != nil {
 		return refused(err)
 	}
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	entries, err := receiver.ListQuarantine(ctx, cn.s.cfg.JetStream, f)
 	if err != nil {
@@ -1047,7 +1043,7 @@ func (cn *console) replays(c echo.Context) error {
 	for _, e := range cn.s.cfg.Endpoints {
 		names = append(names, e.Name)
 	}
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	jobs, err := cn.s.replays.list(ctx, time.Now())
 	if err != nil {
@@ -1076,7 +1072,7 @@ func (cn *console) replayStart(c echo.Context) error {
 	if err != nil {
 		return cannot(http.StatusBadRequest, err)
 	}
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	j, _, err := cn.s.startReplay(ctx, req)
 	if errors.Is(err, errJobTooLarge) {
@@ -1100,7 +1096,7 @@ func (cn *console) csrf(c echo.Context) string {
 // job is the replay job named in the path, from the store: any relay
 // answers for a job any relay runs.
 func (cn *console) job(c echo.Context) (job, error) {
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	j, _, err := cn.s.replays.get(ctx, c.Param("id"), time.Now())
 	if errors.Is(err, errNoJob) {
@@ -1129,7 +1125,7 @@ func (cn *console) replayProgress(c echo.Context) error {
 }
 
 func (cn *console) reconciliations(c echo.Context) error {
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	runs, err := history.Reconciliations(ctx, cn.s.cfg.JetStream, "", 50)
 	if err != nil {
@@ -1145,7 +1141,7 @@ func (cn *console) endpointControl(c echo.Context) error {
 	if w == nil {
 		return echo.NewHTTPError(http.StatusNotFound, "no endpoint of that name runs here")
 	}
-	ctx, cancel := ctxOf(c)
+	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	s, _ := c.Get("session").(*session)
 	var msg string

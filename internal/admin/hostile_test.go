@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
@@ -212,5 +214,23 @@ func TestBodiesAreBoundedOnEveryRoute(t *testing.T) {
 		if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(b), "body_too_large") {
 			t.Errorf("a 1 MiB sign-in (chunked %v): %d %.200s; want 413 body_too_large", chunked, resp.StatusCode, b)
 		}
+	}
+}
+
+// A listing of dead letters is bounded in time as every other read is: a
+// filter by merchant_ref, or one that matches nothing, reads every dead
+// letter stored, and ran for as long as its client waited (a long
+// outage's million dead letters held a scan per request). Past the bound
+// the answer is 503 read_timeout.
+func TestDeadLetterListingIsBoundedInTime(t *testing.T) {
+	js := provision(t)
+	a := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, ReadTimeout: 20 * time.Millisecond, Logger: zerolog.Nop()})
+	hs := httptest.NewServer(a.Handler())
+	t.Cleanup(func() { hs.Close(); a.Close() })
+	storeDeadLetters(t, js, 20000)
+	start := time.Now()
+	code, body := call(t, hs, http.MethodGet, "/admin/dlq?merchant_ref=INV-NONE&limit=10", "", token)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"read_timeout"`) {
+		t.Fatalf("a listing past its bound: %d %s (after %s)", code, body, time.Since(start).Round(time.Millisecond))
 	}
 }

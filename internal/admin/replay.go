@@ -470,7 +470,7 @@ func (s *Server) replayStart(c echo.Context) error {
 	} else if err != nil {
 		return apiError(http.StatusBadRequest, "invalid_replay", err.Error())
 	}
-	ctx, cancel := context.WithTimeout(c.Request().Context(), 10*time.Second)
+	ctx, cancel := s.readCtx(c)
 	defer cancel()
 	j, started, err := s.startReplay(ctx, req)
 	action := "replay"
@@ -492,7 +492,7 @@ func (s *Server) replayStart(c echo.Context) error {
 }
 
 func (s *Server) replayList(c echo.Context) error {
-	ctx, cancel := context.WithTimeout(c.Request().Context(), 10*time.Second)
+	ctx, cancel := s.readCtx(c)
 	defer cancel()
 	jobs, err := s.replays.list(ctx, time.Now())
 	if err != nil {
@@ -506,7 +506,7 @@ func (s *Server) replayList(c echo.Context) error {
 }
 
 func (s *Server) replayShow(c echo.Context) error {
-	ctx, cancel := context.WithTimeout(c.Request().Context(), 10*time.Second)
+	ctx, cancel := s.readCtx(c)
 	defer cancel()
 	j, _, err := s.replays.get(ctx, c.Param("id"), time.Now())
 	if errors.Is(err, errNoJob) {

@@ -180,7 +180,7 @@ func (s *Server) events(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(c.Request().Context(), 10*time.Second)
+	ctx, cancel := s.readCtx(c)
 	defer cancel()
 	out := page[eventView]{Items: []eventView{}}
 	out.NextCursor, err = s.scanEvents(ctx, q, func(v eventView) bool {
@@ -220,7 +220,7 @@ func (s *Server) transactions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(c.Request().Context(), 10*time.Second)
+	ctx, cancel := s.readCtx(c)
 	defer cancel()
 	out := page[txSummary]{Items: []txSummary{}}
 	if q.merchantRef != "" || q.id != "" {
@@ -449,7 +449,7 @@ func (s *Server) transaction(c echo.Context) error {
 	if id == "" || len(id) > sengo.MaxIDBytes {
 		return apiError(http.StatusBadRequest, "bad_id", fmt.Sprintf("the id must be 1 to %d bytes", sengo.MaxIDBytes))
 	}
-	ctx, cancel := context.WithTimeout(c.Request().Context(), 10*time.Second)
+	ctx, cancel := s.readCtx(c)
 	defer cancel()
 	tl, err := s.timeline(ctx, project, id)
 	if errors.Is(err, receiver.ErrNoTransaction) {
@@ -638,7 +638,7 @@ func (s *Server) reconciliations(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(c.Request().Context(), 10*time.Second)
+	ctx, cancel := s.readCtx(c)
 	defer cancel()
 	runs, err := history.Reconciliations(ctx, s.cfg.JetStream, q.project, q.limit)
 	if err != nil {
