@@ -400,7 +400,10 @@ func (p *checker) reference(key string, v value) string {
 }
 
 // identifier is a required string of printable ASCII without spaces (the
-// bytes '!' to '~'), at most max bytes.
+// bytes '!' to '~'), at most max bytes, and not a dot segment: the id is
+// the last segment of GET /check/{id}, and "." or ".." names another URL
+// once a server or proxy cleans the path (a 404 without SenGo's code,
+// which confirmation must retry for days).
 func (p *checker) identifier(key string, v value, max int) string {
 	s := p.requiredString(key, v)
 	switch {
@@ -408,6 +411,8 @@ func (p *checker) identifier(key string, v value, max int) string {
 		p.fail(key, fmt.Sprintf("must be at most %d bytes", max))
 	case strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r > '~' }) >= 0:
 		p.fail(key, "must be printable ASCII without spaces")
+	case s == "." || s == "..":
+		p.fail(key, "must not be . or ..")
 	}
 	return s
 }
