@@ -227,14 +227,7 @@ func TestForgedSuccessFirstDoesNotSwallowTheGenuine(t *testing.T) {
 		t.Fatal(resp.StatusCode)
 	}
 	eventually(t, "the forged claim quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
-	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
-		t.Fatal(err)
-	}
-	paid, err := client.Check(context.Background(), tx.ID, false) // the object SenGo's callback carries
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, body := h.post("/callbacks/sengo/main", append(append([]byte(`{"responseData":`), paid.Raw...), '}'))
+	resp, body := h.post("/callbacks/sengo/main", payCallback(t, sb, client, tx.ID))
 	if resp.StatusCode != 200 || body["status"] != "accepted" {
 		t.Fatalf("genuine callback: %d %v, want 200 accepted", resp.StatusCode, body)
 	}
@@ -494,6 +487,20 @@ func startSandbox(t testing.TB) (*sandbox.Server, *sengo.Client) {
 	return sb, sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
 }
 
+// payCallback makes SenGo's transaction id paid and returns the callback
+// SenGo then sends: its API's own object as responseData.
+func payCallback(t testing.TB, sb *sandbox.Server, client *sengo.Client, id string) []byte {
+	t.Helper()
+	if _, err := sb.Transition(id, event.StatusSuccess); err != nil {
+		t.Fatal(err)
+	}
+	paid, err := client.Check(context.Background(), id, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(append([]byte(`{"responseData":`), paid.Raw...), '}')
+}
+
 // A caller's X-Request-Id was taken as it came, whatever its length and
 // bytes, into the response, every log line of the request and the inbox
 // message's headers. Only a short plain one is kept now; any other is
@@ -591,14 +598,7 @@ func TestForgedPendingDoesNotDelayTheGenuineSuccess(t *testing.T) {
 		t.Fatal(resp.StatusCode)
 	}
 	eventually(t, "the forged pending quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
-	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
-		t.Fatal(err)
-	}
-	paid, err := client.Check(ctx, tx.ID, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp, _ := h.post("/callbacks/sengo/main", append(append([]byte(`{"responseData":`), paid.Raw...), '}')); resp.StatusCode != 200 {
+	if resp, _ := h.post("/callbacks/sengo/main", payCallback(t, sb, client, tx.ID)); resp.StatusCode != 200 {
 		t.Fatal(resp.StatusCode)
 	}
 	start := time.Now()
@@ -711,14 +711,7 @@ func TestDotSegmentIDsDoNotStallIntake(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
-		t.Fatal(err)
-	}
-	paid, err := client.Check(context.Background(), tx.ID, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp, body := h.post("/callbacks/sengo/main", append(append([]byte(`{"responseData":`), paid.Raw...), '}')); resp.StatusCode != 200 {
+	if resp, body := h.post("/callbacks/sengo/main", payCallback(t, sb, client, tx.ID)); resp.StatusCode != 200 {
 		t.Fatalf("genuine callback: %d %v", resp.StatusCode, body)
 	}
 	eventually(t, "the genuine success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
