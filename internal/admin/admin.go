@@ -48,8 +48,10 @@ type Config struct {
 	// Relay names this relay in the replay jobs it runs (the host name
 	// and process id when empty).
 	Relay string
-	// ReadTimeout bounds each API request and console page (10 s when
-	// zero); one that takes longer is answered 503 read_timeout.
+	// ReadTimeout bounds the API's reads (transactions, events, dead
+	// letters, replays, reconciliations) and each console page or action,
+	// 10 s when zero. A request that reaches this or any other of the
+	// server's own bounds is answered 503 read_timeout.
 	ReadTimeout time.Duration
 	Logger      zerolog.Logger
 }
@@ -115,7 +117,7 @@ func New(cfg Config) *Server {
 		} else if errors.Is(err, context.DeadlineExceeded) && c.Request().Context().Err() == nil {
 			// Our own bound, not a client that left: a scan of a large
 			// stream, or a store too slow to answer.
-			status, body = http.StatusServiceUnavailable, errorMsg{Code: "read_timeout", Message: fmt.Sprintf("the store did not answer within %s: narrow the filter, or try again", cfg.ReadTimeout)}
+			status, body = http.StatusServiceUnavailable, errorMsg{Code: "read_timeout", Message: "the store did not answer in time: narrow the filter, or try again"}
 			cfg.Logger.Warn().Err(err).Str("path", c.Path()).Msg("admin request timed out")
 		} else {
 			cfg.Logger.Error().Err(err).Str("path", c.Path()).Msg("admin request failed")
