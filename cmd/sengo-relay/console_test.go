@@ -261,7 +261,10 @@ endpoints:
 		t.Errorf("%d dead letters while the last attempt was under way", n)
 	}
 	releaseThird()
-	b.until("the dead letter in the story", "dead_letter")
+	// The dead letter itself, not the last attempt's "dead_letter": the
+	// attempt is recorded as decided, before its dead letter is stored,
+	// and a page between the two showed one without the other.
+	b.until("the dead letter in the story", "orders dead letter: retries_exhausted")
 	story := b.text()
 	for _, want := range []string{"INV-5005", "Rp 10.085", "callback notification: success from 127.0.0.1", "published success, confirmed by SenGo's API",
 		"orders attempt 1 (live): HTTP 500", "orders attempt 2 (live): HTTP 500", "retry", "orders dead letter: retries_exhausted after 3 attempts", "WIB"} {
