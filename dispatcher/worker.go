@@ -85,6 +85,9 @@ type Worker struct {
 	// maxAge is SENGO_EVENTS' retention (0: none): events of a paused
 	// endpoint older than maxAge-expiryGuard are dead-lettered.
 	maxAge time.Duration
+	// replayMaxAge is SENGO_REPLAY's (0: none), for replayed and redriven
+	// copies the same way.
+	replayMaxAge time.Duration
 }
 
 // NewWorker creates or updates the endpoint's durable consumers. The
@@ -117,6 +120,9 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	}
 	if s, err := cfg.JetStream.Stream(ctx, event.StreamEvents); err == nil {
 		w.maxAge = s.CachedInfo().Config.MaxAge
+	}
+	if s, err := cfg.JetStream.Stream(ctx, event.StreamReplay); err == nil {
+		w.replayMaxAge = s.CachedInfo().Config.MaxAge
 	}
 	return w, nil
 }
@@ -195,7 +201,7 @@ func (w *Worker) Run(ctx context.Context) {
 		wg.Add(1)
 		go pull(sources{own: replay, other: live, replayed: true})
 	}
-	if w.maxAge > 0 {
+	if w.maxAge > 0 || w.replayMaxAge > 0 {
 		wg.Add(1)
 		go func() { defer wg.Done(); w.guardExpiry(ctx) }()
 	}
@@ -206,52 +212,68 @@ func (w *Worker) Run(ctx context.Context) {
 	w.log.Info().Msg("endpoint worker stopped")
 }
 
-// expiryGuard is how long before SENGO_EVENTS would drop an event that a
-// paused endpoint has not taken the event is dead-lettered instead.
-func (w *Worker) expiryGuard() time.Duration { return min(24*time.Hour, w.maxAge/10) }
+// expiryGuard is how long before a stream of maxAge would drop an event
+// that a paused endpoint has not taken the event is dead-lettered instead.
+func expiryGuard(maxAge time.Duration) time.Duration { return min(24*time.Hour, maxAge/10) }
 
 // guardExpiry runs beside the workers: while the endpoint is paused (its
 // workers do not pull), an event about to age out of SENGO_EVENTS would be
-// lost for this endpoint without a trace. Such events are dead-lettered
-// with ReasonExpiring, oldest first, so they can be redriven later.
+// lost for this endpoint without a trace, and so would a replayed or
+// redriven copy about to age out of SENGO_REPLAY, which keeps them for
+// less time (a redriven one's dead letter may have aged out meanwhile).
+// Such events are dead-lettered with ReasonExpiring, oldest first, so
+// they can be redriven later.
 func (w *Worker) guardExpiry(ctx context.Context) {
-	every := min(time.Minute, max(w.expiryGuard()/4, 10*time.Millisecond))
+	every := time.Minute
+	for _, age := range []time.Duration{w.maxAge, w.replayMaxAge} {
+		if age > 0 {
+			every = min(every, max(expiryGuard(age)/4, 10*time.Millisecond))
+		}
+	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
+	paused := func() bool { return (w.breaker.state().Paused || w.hold.Load() != nil) && ctx.Err() == nil }
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		for (w.breaker.state().Paused || w.hold.Load() != nil) && ctx.Err() == nil && w.sweepOne(ctx) {
+		for w.maxAge > 0 && paused() && w.sweepOne(ctx, w.live, w.maxAge, false) {
+		}
+		for w.replayMaxAge > 0 && paused() && w.sweepOne(ctx, w.replay, w.replayMaxAge, true) {
 		}
 	}
 }
 
-// sweepOne takes the oldest event waiting for this endpoint and
-// dead-letters it if it is about to expire; otherwise it puts it back.
-// It reports whether it dead-lettered one (then the next may be due too).
-func (w *Worker) sweepOne(ctx context.Context) bool {
-	msg, err := w.live.Next(jetstream.FetchMaxWait(time.Second))
+// sweepOne takes the oldest message waiting on cons (the live consumer,
+// or the replay consumer: replayed) and dead-letters it if it is about to
+// age out of its stream, kept for maxAge; otherwise it puts it back. It
+// reports whether it dead-lettered one (then the next may be due too).
+func (w *Worker) sweepOne(ctx context.Context, cons jetstream.Consumer, maxAge time.Duration, replayed bool) bool {
+	msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))
 	if err != nil {
 		return false
 	}
 	meta, err := msg.Metadata()
-	if err != nil || time.Since(meta.Timestamp) < w.maxAge-w.expiryGuard() {
+	if err != nil || time.Since(meta.Timestamp) < maxAge-expiryGuard(maxAge) {
 		_ = msg.Nak() // not due: back to the paused endpoint
 		return false
 	}
 	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	ev, _ := event.Unmarshal(msg.Data())
-	key := attemptKey(w.ep.Name, ev.ID, 0)
+	var replaySeq uint64
+	if replayed {
+		replaySeq = meta.Sequence.Stream // a copy has a record of its own
+	}
+	key := attemptKey(w.ep.Name, ev.ID, replaySeq)
 	rec, _, err := w.store.get(mctx, key)
 	if err != nil {
 		_ = msg.Nak()
 		return false
 	}
-	w.deadLetter(mctx, msg, meta, ev, key, rec, ReasonExpiring, false)
+	w.deadLetter(mctx, msg, meta, ev, key, rec, ReasonExpiring, replayed)
 	return true
 }
 

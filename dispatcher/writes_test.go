@@ -176,3 +176,43 @@ func TestPausedEndpointDeadLettersBeforeRetentionDropsEvents(t *testing.T) {
 		t.Fatalf("dead letters %v, want %s and %s", got, first.ID, second.ID)
 	}
 }
+
+// A replayed copy waits on SENGO_REPLAY, kept for less time than
+// SENGO_EVENTS (7 days against 30). An endpoint held or paused for longer
+// lost its replayed copies without a trace: the expiry guard looked only
+// at its live consumer. A copy about to age out is now dead-lettered
+// (expiring_while_paused) like a live event, so it can be redriven.
+func TestHeldEndpointDeadLettersReplayedCopiesBeforeRetentionDropsThem(t *testing.T) {
+	h := newHarness(t)
+	s, err := h.js.Stream(t.Context(), event.StreamReplay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.MaxAge, cfg.Duplicates = 3*time.Second, time.Second
+	if _, err := h.js.UpdateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	w := h.start(ep)
+	since := time.Now().Add(-time.Second)
+	ev := h.publish("tx-replay-held", event.StatusSuccess, "")
+	eventually(t, "live delivery", func() bool { return len(c.got()) == 1 && h.settled(w) })
+	if err := Hold(t.Context(), h.js, "orders", "test"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the worker sees the hold", func() bool { return w.Held().Held })
+	p, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}, Since: since, Until: time.Now()}, nil)
+	if err != nil || p.Queued != 1 {
+		t.Fatalf("replay %+v %v", p, err)
+	}
+	eventually(t, "the copy gone from SENGO_REPLAY", func() bool {
+		info, err := s.Info(t.Context())
+		return err == nil && info.State.Msgs == 0
+	})
+	got := h.deadLetters()
+	if len(got) != 1 || got[0].EventID != ev.ID || got[0].Reason != ReasonExpiring || !got[0].Replayed {
+		t.Fatalf("dead letters %+v: the replayed copy aged out of SENGO_REPLAY without one", got)
+	}
+}
