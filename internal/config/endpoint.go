@@ -205,6 +205,11 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 		if total := e.Retry.total(); total > c.Streams.Events.MaxAge.D() {
 			bad("%s.retry.schedule: spans %s, longer than streams.events.max_age %s: events would expire before their last retry", at, total, c.Streams.Events.MaxAge)
 		}
+		// Replayed and redriven copies are retried on SENGO_REPLAY: one
+		// aging out between two retries would have no dead letter.
+		if total := e.Retry.total(); c.Streams.Replay.MaxAge.D() > 0 && total > c.Streams.Replay.MaxAge.D() {
+			bad("%s.retry.schedule: spans %s, longer than streams.replay.max_age %s: replayed and redriven copies would expire before their last retry", at, total, c.Streams.Replay.MaxAge)
+		}
 	}
 	if c.Admin.Token.Set() {
 		if len(c.Admin.Token) < 16 {

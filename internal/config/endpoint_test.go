@@ -86,6 +86,19 @@ endpoints:
 	}
 }
 
+// Replayed and redriven copies are retried on SENGO_REPLAY with the
+// endpoint's schedule: one that spans longer than that stream keeps them
+// would let a copy age out between two retries, with no dead letter.
+func TestEndpointScheduleMustFitReplayRetention(t *testing.T) {
+	body := minimal + `streams: {replay: {max_age: 48h, duplicate_window: 24h}}
+endpoints:
+  orders: {url: "https://o.example/", secrets: [` + whsec + `], filter: {all: true}}
+`
+	if _, err := Load(write(t, body), noEnv); err == nil || !strings.Contains(err.Error(), "streams.replay.max_age") {
+		t.Fatalf("3-day schedule on a 2-day replay stream: %v", err)
+	}
+}
+
 func TestEndpointSecretsFromFileAndEnv(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "secrets")
 	os.WriteFile(f, []byte(whsec+"\nwhsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n"), 0o600)
