@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -63,6 +64,12 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, f DLQFilter) ([]DLQEnt
 	}
 	if f.Seq > 0 {
 		m, err := s.GetMsg(ctx, f.Seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			// Removed meanwhile (its redriven copy delivered, a purge): none
+			// selected, so a purge or redrive run again touches nothing
+			// instead of failing.
+			return nil, nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("dead letter %d: %w", f.Seq, err)
 		}

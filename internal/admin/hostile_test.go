@@ -234,3 +234,26 @@ func TestDeadLetterListingIsBoundedInTime(t *testing.T) {
 		t.Fatalf("a listing past its bound: %d %s (after %s)", code, body, time.Since(start).Round(time.Millisecond))
 	}
 }
+
+// A purge or redrive of one dead letter is answered the same when it runs
+// again, as the quarantine's are: a client that retries after losing the
+// first answer (or a second operator acting on the same list) learns that
+// nothing is left to touch, not that the relay failed. A dead letter
+// already removed made the selection itself fail: 500 internal_error.
+func TestDeadLetterActionOnOneAlreadyGone(t *testing.T) {
+	hs, js := newServer(t)
+	storeDLQFor(t, js, "orders", "t1", nil)
+	storeDLQFor(t, js, "orders", "t2", nil)
+	if code, body := call(t, hs, http.MethodDelete, "/admin/dlq?seq=1", "", token); code != 200 || !strings.Contains(body, `"purged":1`) {
+		t.Fatalf("purge seq 1: %d %s", code, body)
+	}
+	if code, body := call(t, hs, http.MethodDelete, "/admin/dlq?seq=1", "", token); code != 200 || !strings.Contains(body, `"purged":0`) {
+		t.Fatalf("purge seq 1 again: %d %s, want 200 and nothing purged", code, strings.TrimSpace(body))
+	}
+	if code, body := call(t, hs, http.MethodPost, "/admin/dlq/redrive?seq=1", "", token); code != 200 || !strings.Contains(body, `"redriven":0`) {
+		t.Fatalf("redrive of seq 1 once purged: %d %s, want 200 and nothing redriven", code, strings.TrimSpace(body))
+	}
+	if n := countDLQ(t, js); n != 1 {
+		t.Fatalf("%d dead letters left, want 1", n)
+	}
+}
