@@ -61,6 +61,7 @@ func TestCallbackRejections(t *testing.T) {
 		status  int
 		code    string
 	}{
+		{"no such route", "", "/callbacks/other/main", "application/json", good, nil, false, 404, "not_found"},
 		{"GET", http.MethodGet, "/callbacks/sengo/main", "application/json", nil, nil, false, 405, "method_not_allowed"},
 		{"PUT", http.MethodPut, "/callbacks/sengo/main", "application/json", good, nil, false, 405, "method_not_allowed"},
 		{"text/plain", "", "/callbacks/sengo/main", "text/plain", good, nil, false, 415, "unsupported_media_type"},

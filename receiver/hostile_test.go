@@ -1,10 +1,13 @@
 package receiver
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -715,4 +718,36 @@ func TestDotSegmentIDsDoNotStallIntake(t *testing.T) {
 		t.Fatalf("genuine callback: %d %v", resp.StatusCode, body)
 	}
 	eventually(t, "the genuine success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
+}
+
+// A body that does not arrive in full within the listener's read timeout
+// (the client announced more than it sends, then stalls) is answered 400
+// body_unreadable, and nothing is stored.
+func TestStalledBodyIsBodyUnreadable(t *testing.T) {
+	h := newHarness(t, false)
+	srv := httptest.NewUnstartedServer(h.app)
+	srv.Config.ReadTimeout = 300 * time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "POST /callbacks/sengo/main HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\":"); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(poll.Deadline))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), `"body_unreadable"`) {
+		t.Fatalf("a stalled body: %d %s, want 400 body_unreadable", resp.StatusCode, body)
+	}
+	if n := h.msgs(event.StreamInbox); n != 0 {
+		t.Fatalf("%d notifications stored from a stalled body", n)
+	}
 }
