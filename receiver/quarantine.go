@@ -101,6 +101,57 @@ func (e QuarantineEntry) size() int { return len(e.Notification) + len(e.SenGo) 
 // first, one at a time (as ListQuarantine selects them, without its
 // bounds), until visit returns false.
 func EachQuarantined(ctx context.Context, js jetstream.JetStream, f QuarantineFilter, visit func(QuarantineEntry) bool) error {
+	return eachQuarantined(ctx, js, f, true, visit)
+}
+
+// quarantineActBatch is how many quarantined notifications one call of
+// EachQuarantinedBatch's fn gets (a redrive's copies share one fsync).
+const quarantineActBatch = 256
+
+// EachQuarantinedBatch calls fn with every quarantined notification that
+// matches f and was stored before it started, oldest first, a batch at a
+// time, for a redrive or a purge: unlike a listing it has no window of
+// the newest 10,000 and keeps no bodies (the entries carry Seq only, what
+// RedriveQuarantine and PurgeQuarantine read), so "all" is every one. It
+// never reaches one stored after it started: a redrive that quarantines
+// its notifications again would otherwise meet them again.
+func EachQuarantinedBatch(ctx context.Context, js jetstream.JetStream, f QuarantineFilter, fn func([]QuarantineEntry) error) error {
+	s, err := js.Stream(ctx, event.StreamQuarantine)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", event.StreamQuarantine, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("%s info: %w", event.StreamQuarantine, err)
+	}
+	last := info.State.LastSeq
+	var seqs []uint64 // 8 bytes each: a million is 8 MB
+	if err := eachQuarantined(ctx, js, f, false, func(e QuarantineEntry) bool {
+		if e.Seq > last {
+			return false
+		}
+		seqs = append(seqs, e.Seq)
+		return true
+	}); err != nil {
+		return err
+	}
+	for len(seqs) > 0 {
+		n := min(len(seqs), quarantineActBatch)
+		batch := make([]QuarantineEntry, n)
+		for i, seq := range seqs[:n] {
+			batch[i].Seq = seq
+		}
+		if err := fn(batch); err != nil {
+			return err
+		}
+		seqs = seqs[n:]
+	}
+	return nil
+}
+
+// eachQuarantined is EachQuarantined; window limits a scan with no
+// filter to the newest maxQuarantineScan messages (a listing's bound).
+func eachQuarantined(ctx context.Context, js jetstream.JetStream, f QuarantineFilter, window bool, visit func(QuarantineEntry) bool) error {
 	s, err := js.Stream(ctx, event.StreamQuarantine)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", event.StreamQuarantine, err)
@@ -125,7 +176,7 @@ func EachQuarantined(ctx context.Context, js jetstream.JetStream, f QuarantineFi
 	var from stream.From
 	if !f.Since.IsZero() {
 		from.Time = f.Since
-	} else if f.Project == "" && f.TransactionID == "" {
+	} else if window && f.Project == "" && f.TransactionID == "" {
 		info, err := s.Info(ctx)
 		if err != nil {
 			return fmt.Errorf("%s info: %w", event.StreamQuarantine, err)

@@ -36,6 +36,9 @@ SenGo again.`,
 	}
 	// durable is the store's fsync, for a redrive (storeSync).
 	var durable receiver.Durability
+	// done and selected count what a redrive or purge did, a batch at a
+	// time; RunE prints them once, after the last (or a failed) batch.
+	var done, selected int
 	verb := func(use, short string, f *qflags, act func(c *cobra.Command, js jetstream.JetStream, entries []receiver.QuarantineEntry) error) *cobra.Command {
 		c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs}
 		c.RunE = func(c *cobra.Command, _ []string) error {
@@ -62,6 +65,19 @@ SenGo again.`,
 				durable = gs
 			}
 			return withRelay(c, cfg, func(ctx context.Context, js jetstream.JetStream) error {
+				if use == "redrive" || use == "purge" {
+					// Every one selected, a batch at a time: not a
+					// listing's newest 10,000.
+					err := receiver.EachQuarantinedBatch(ctx, js, sel, func(batch []receiver.QuarantineEntry) error {
+						return act(c, js, batch)
+					})
+					if use == "redrive" {
+						fmt.Fprintf(c.OutOrStdout(), "redriven %d of %d (each is confirmed with SenGo again)\n", done, selected)
+					} else {
+						fmt.Fprintf(c.OutOrStdout(), "purged %d of %d\n", done, selected)
+					}
+					return err
+				}
 				entries, err := receiver.ListQuarantine(ctx, js, sel)
 				if err != nil && !(use == "show" && strings.Contains(err.Error(), "not found")) {
 					return err
@@ -106,7 +122,7 @@ SenGo again.`,
 
 	redrive := verb("redrive", "Send the selected notifications through intake again (confirmed with SenGo again)", rf, func(c *cobra.Command, js jetstream.JetStream, entries []receiver.QuarantineEntry) error {
 		n, err := receiver.RedriveQuarantine(c.Context(), js, entries, durable)
-		fmt.Fprintf(c.OutOrStdout(), "redriven %d of %d (each is confirmed with SenGo again)\n", n, len(entries))
+		done, selected = done+n, selected+len(entries)
 		return err
 	})
 	redrive.Flags().StringVar(&rf.project, "project", "", "only this project")
@@ -116,7 +132,7 @@ SenGo again.`,
 
 	purge := verb("purge", "Delete the selected notifications from quarantine for good (each stays in SENGO_INBOX for its retention)", pf, func(c *cobra.Command, js jetstream.JetStream, entries []receiver.QuarantineEntry) error {
 		n, err := receiver.PurgeQuarantine(c.Context(), js, entries)
-		fmt.Fprintf(c.OutOrStdout(), "purged %d of %d\n", n, len(entries))
+		done, selected = done+n, selected+len(entries)
 		return err
 	})
 	purge.Flags().StringVar(&pf.project, "project", "", "only this project")

@@ -686,11 +686,12 @@ func (s *Server) quarantineRedrive(c echo.Context) error {
 	if f == (receiver.QuarantineFilter{}) && c.QueryParam("all") != "true" {
 		return apiError(http.StatusBadRequest, "redrive_needs_filter", "select notifications with project, transaction or seq, or all=true")
 	}
-	entries, err := receiver.ListQuarantine(c.Request().Context(), s.cfg.JetStream, f)
-	if err != nil {
+	ctx, n := c.Request().Context(), 0
+	err = receiver.EachQuarantinedBatch(ctx, s.cfg.JetStream, f, func(batch []receiver.QuarantineEntry) error {
+		k, err := receiver.RedriveQuarantine(ctx, s.cfg.JetStream, batch, s.cfg.Durable)
+		n += k
 		return err
-	}
-	n, err := receiver.RedriveQuarantine(c.Request().Context(), s.cfg.JetStream, entries, s.cfg.Durable)
+	})
 	s.auditAPI(c, "redrive quarantined", "", n, err)
 	if err != nil {
 		return err
@@ -708,11 +709,12 @@ func (s *Server) quarantinePurge(c echo.Context) error {
 	if f == (receiver.QuarantineFilter{}) && c.QueryParam("all") != "true" {
 		return apiError(http.StatusBadRequest, "purge_needs_filter", "select notifications with project, transaction or seq, or all=true to purge every one")
 	}
-	entries, err := receiver.ListQuarantine(c.Request().Context(), s.cfg.JetStream, f)
-	if err != nil {
+	ctx, n := c.Request().Context(), 0
+	err = receiver.EachQuarantinedBatch(ctx, s.cfg.JetStream, f, func(batch []receiver.QuarantineEntry) error {
+		k, err := receiver.PurgeQuarantine(ctx, s.cfg.JetStream, batch)
+		n += k
 		return err
-	}
-	n, err := receiver.PurgeQuarantine(c.Request().Context(), s.cfg.JetStream, entries)
+	})
 	s.auditAPI(c, "purge quarantined", "", n, err)
 	if err != nil {
 		return err

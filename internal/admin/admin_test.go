@@ -744,3 +744,46 @@ func TestAdminReplayList(t *testing.T) {
 		t.Fatalf("the replayed copy: %v", r.Header)
 	}
 }
+
+// A redrive or purge acts on every quarantined notification it selects,
+// however many: it selected what a listing shows, the newest 10,000 with
+// no filter (the first 10,000 of a project), and answered with that count
+// as though it were all, so a flood of forged claims left the rest behind
+// an operator who believed the quarantine was cleared.
+func TestQuarantineActionsReachEveryOne(t *testing.T) {
+	hs, js := newServer(t)
+	const n = 10050
+	store := func() {
+		natstest.PublishMany(t, js, n, func(i int) *nats.Msg {
+			id := fmt.Sprintf("tx-%d", i)
+			return &nats.Msg{Subject: event.QuarantineTxSubject("main", id), Data: []byte(`{"id":"` + id + `"}`), Header: nats.Header{
+				event.HeaderProject: []string{"main"}, event.HeaderReason: []string{"SenGo's API disagrees"},
+			}}
+		})
+	}
+	left := func() uint64 {
+		s, err := js.Stream(t.Context(), event.StreamQuarantine)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs
+	}
+	store()
+	if code, body := call(t, hs, http.MethodPost, "/admin/quarantine/redrive?project=main", "", token); code != 200 || !strings.Contains(body, fmt.Sprintf(`"redriven":%d`, n)) {
+		t.Fatalf("redrive project main: %d %s, want %d redriven", code, strings.TrimSpace(body), n)
+	}
+	if k := left(); k != 0 {
+		t.Fatalf("%d left in quarantine after redriving project main", k)
+	}
+	store()
+	if code, body := call(t, hs, http.MethodDelete, "/admin/quarantine?all=true", "", token); code != 200 || !strings.Contains(body, fmt.Sprintf(`"purged":%d`, n)) {
+		t.Fatalf("purge all: %d %s, want %d purged", code, strings.TrimSpace(body), n)
+	}
+	if k := left(); k != 0 {
+		t.Fatalf("%d left in quarantine after purging all", k)
+	}
+}
