@@ -751,3 +751,40 @@ func TestStalledBodyIsBodyUnreadable(t *testing.T) {
 		t.Fatalf("%d notifications stored from a stalled body", n)
 	}
 }
+
+// SenGo may refuse to check an id it finds malformed (the sandbox answers
+// 422 REQUEST_INVALID for one outside its id alphabet) although the
+// callback checks accept it (printable ASCII). Confirmation took any such
+// refusal for an outage and retried it for as long as the inbox keeps it,
+// each forged notification holding one of intake's max_ack_pending slots;
+// max_ack_pending of them stopped intake for everyone. A refused check is
+// now unconfirmed: confirm_attempts tries, then quarantine and rechecks.
+func TestRefusedCheckDoesNotStallIntake(t *testing.T) {
+	sb, client := startSandbox(t)
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.ConfirmAttempts = 2
+		ic.Workers, ic.MaxAckPending = 2, 4
+	})
+	for i := range 4 {
+		id := fmt.Sprintf("forged:%d", i)
+		body := fmt.Appendf(nil, `{"id":%q,"merchantRef":"FORGED-%d","status":"success","amount":10000,"fee":0,"totalAmount":10000,"qris":{}}`, id, i)
+		if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
+			t.Fatalf("forged id %q: %d %v, want it stored (only SenGo refuses it)", id, resp.StatusCode, got)
+		}
+	}
+	tx, err := client.CreateQRIS(context.Background(), sengo.QRISRequest{Reference: "INV-REFUSED", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := h.post("/callbacks/sengo/main", payCallback(t, sb, client, tx.ID)); resp.StatusCode != 200 {
+		t.Fatalf("genuine callback: %d %v", resp.StatusCode, body)
+	}
+	eventually(t, "the genuine success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
+	eventually(t, "the forged ones quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 4 })
+	for _, e := range natstest.Messages(t, h.js, event.StreamQuarantine) {
+		if r := e.Header.Get(event.HeaderReason); !strings.Contains(r, sengo.ErrUnconfirmed.Error()) || !strings.Contains(r, "REQUEST_INVALID") {
+			t.Errorf("quarantined with reason %q, want unconfirmed: SenGo refused the check", r)
+		}
+	}
+}

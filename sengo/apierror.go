@@ -105,3 +105,16 @@ func codeForStatus(status int) string {
 // retryable reports whether a failed call may be repeated: throttling and
 // server errors, never a client error.
 func (e *APIError) retryable() bool { return e.HTTPStatus == 429 || e.HTTPStatus >= 500 }
+
+// refusesCheck reports whether SenGo refused a check for the request
+// itself (400, 409, 422 or another 4xx), not for what every call shares:
+// credentials or IP (401, 403), a base_url that is not SenGo's (a 404
+// without its code; with it, the transaction is unknown, handled apart),
+// throttling (429).
+func (e *APIError) refusesCheck() bool {
+	switch e.HTTPStatus {
+	case 401, 403, 404, 429:
+		return false
+	}
+	return e.HTTPStatus >= 400 && e.HTTPStatus < 500
+}

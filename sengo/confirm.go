@@ -40,8 +40,10 @@ func NewConfirmer(clients map[string]*Client) *Confirmer { return &Confirmer{cli
 // Confirm returns SenGo's view of tx. confirmed is false (and tx returned
 // as is) for a project without credentials. SenGo's status wins where it
 // has moved on; a final status SenGo does not report yields ErrUnconfirmed;
-// other disagreements ErrMismatch. Any other error is transient (SenGo
-// unreachable, throttled, misconfigured) and worth retrying.
+// other disagreements ErrMismatch, and so does a check SenGo refuses for
+// this id alone (a 4xx other than 401, 403, 404 and 429). Any other error
+// is transient (SenGo unreachable, throttled, misconfigured) and worth
+// retrying.
 func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction) (Transaction, bool, error) {
 	client, ok := c.clients[project]
 	if !ok {
@@ -50,6 +52,15 @@ func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction)
 	got, err := client.Check(ctx, tx.ID, false)
 	if errors.Is(err, ErrTransactionNotFound) {
 		return Transaction{}, false, &MismatchError{Reason: "SenGo has no transaction " + tx.ID, Callback: tx, kind: ErrMismatch}
+	}
+	var apiErr *APIError
+	if errors.As(err, &apiErr) && apiErr.refusesCheck() {
+		// SenGo refused to check this id (a 400 or 422 for it, not a
+		// credentials or base_url problem every notification shares):
+		// retried as long as an outage, each forged one would hold
+		// one of intake's slots for the inbox's retention. Treated as
+		// unconfirmed: a few tries, then quarantine and its rechecks.
+		return Transaction{}, false, &MismatchError{Reason: "SenGo's API refused to check the transaction: " + apiErr.Error(), Callback: tx, kind: ErrUnconfirmed}
 	}
 	if err != nil {
 		return Transaction{}, false, fmt.Errorf("check %s: %w", tx.ID, err)

@@ -429,6 +429,11 @@ func (s *Server) disburse(r *http.Request, p *Project) (int, any, error) {
 }
 
 func (s *Server) check(r *http.Request, p *Project) (int, any, error) {
+	if !plainID(r.PathValue("id")) {
+		// As an API that validates its path parameter would; what SenGo
+		// answers for such an id is not known.
+		return 0, nil, fail(422, sengo.CodeRequestInvalid, "id must be letters, digits, '-', '_' or '.'")
+	}
 	s.mu.Lock()
 	s.expireDueLocked()
 	t, ok := s.st.Txs[r.PathValue("id")]
@@ -444,6 +449,22 @@ func (s *Server) check(r *http.Request, p *Project) (int, any, error) {
 		s.sendCallback(t.CallbackURL, obj)
 	}
 	return 200, obj, nil
+}
+
+// plainID reports whether id is 1 to 128 letters, digits, '-', '_' or
+// '.': every id the sandbox makes (a UUID), and the ids tests forge.
+func plainID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, c := range []byte(id) {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // pageSize of GET /transactions.
