@@ -466,7 +466,12 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 	switch {
 	case rec.Done:
 		w.breaker.release(probe)
-		_ = msg.Ack() // finished before; an acknowledgement was lost
+		// Finished before: an acknowledgement was lost, or a redriven
+		// copy's dead letter could not be removed then.
+		if replayed && !w.removeRedriven(ctx, msg, ev.ID) {
+			return
+		}
+		_ = msg.Ack()
 		return
 	case rec.NextAt.After(now.Add(time.Second)):
 		w.breaker.release(probe)
@@ -513,7 +518,10 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 
 	switch act.kind {
 	case actAck:
-		if w.ep.Ordered || rec.Count > 1 {
+		// A redriven copy's record says done before its dead letter is
+		// removed: if the removal fails, the copy is retried for it alone.
+		redriven := replayed && msg.Headers().Get(HeaderRedriveOf) != ""
+		if w.ep.Ordered || rec.Count > 1 || redriven {
 			rec.Done, rec.NextAt = true, time.Time{}
 			if err := w.store.put(ctx, key, rec); err != nil && w.ep.Ordered {
 				// The next status of this transaction waits for this
@@ -535,10 +543,8 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		}
 		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "delivered").Inc()
 		log().Info().Msg("delivered")
-		if replayed {
-			if err := removeRedriven(ctx, w.cfg.JetStream, msg); err != nil {
-				log().Warn().Err(err).Msg("redriven event delivered; its dead letter stays listed")
-			}
+		if replayed && !w.removeRedriven(ctx, msg, ev.ID) {
+			return
 		}
 		_ = msg.Ack()
 	case actRetry:
@@ -601,11 +607,6 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 		_ = msg.NakWithDelay(deadLetterRetry)
 		return
 	}
-	if replayed {
-		if err := removeRedriven(ctx, w.cfg.JetStream, msg); err != nil { // the new dead letter replaces it
-			w.log.Warn().Err(err).Str("event_id", ev.ID).Msg("redriven event dead-lettered again; its earlier dead letter stays listed")
-		}
-	}
 	rec.Done, rec.NextAt = true, time.Time{}
 	if err := w.store.put(ctx, key, rec); err != nil {
 		// The dead letter holds the event, so terminating loses nothing;
@@ -624,12 +625,31 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 		l = l.Str("attempt_error", rec.LastError)
 	}
 	l.Msg("event dead-lettered")
+	// A redriven copy dead-lettered again: the new dead letter replaces
+	// the one it came from.
+	if replayed && !w.removeRedriven(ctx, msg, ev.ID) {
+		return
+	}
 	_ = msg.Term()
+}
+
+// removeRedriven deletes the dead letter a settled redriven copy came
+// from, and reports whether msg may be settled. If the deletion fails, it
+// retries msg later instead: acknowledged, the copy would leave its dead
+// letter listed for good, and a second redrive of it would post the event
+// again. Its attempt record says done, so the retry only removes.
+func (w *Worker) removeRedriven(ctx context.Context, msg jetstream.Msg, eventID string) bool {
+	if err := removeRedriven(ctx, w.cfg.JetStream, msg); err != nil {
+		w.log.Warn().Err(err).Str("event_id", eventID).Stringer("delay", deadLetterRetry).Msg("redriven event settled; its dead letter could not be removed, retrying")
+		_ = msg.NakWithDelay(deadLetterRetry)
+		return false
+	}
+	return true
 }
 
 // deadLetterRetry is how soon an event whose dead letter could not be
 // stored is tried again.
-const deadLetterRetry = 5 * time.Second
+var deadLetterRetry = 5 * time.Second // a variable for tests
 
 // eventSeq is the event's sequence in SENGO_EVENTS (0 if unknown).
 func eventSeq(msg jetstream.Msg, meta *jetstream.MsgMetadata, replayed bool) uint64 {

@@ -216,3 +216,46 @@ func TestHeldEndpointDeadLettersReplayedCopiesBeforeRetentionDropsThem(t *testin
 		t.Fatalf("dead letters %+v: the replayed copy aged out of SENGO_REPLAY without one", got)
 	}
 }
+
+// A redriven copy, once delivered, removes the dead letter it came from.
+// When that removal failed, the copy was acknowledged anyway and the dead
+// letter stayed listed for good: redriven again, the event was posted
+// again. The copy is now retried for the removal alone (its record says
+// delivered, so it is not posted again). The removal fails for real here:
+// SENGO_DLQ is made to refuse deletes.
+func TestRedrivenCopyIsRetriedUntilItsDeadLetterIsRemoved(t *testing.T) {
+	old := deadLetterRetry
+	deadLetterRetry = 50 * time.Millisecond
+	t.Cleanup(func() { deadLetterRetry = old })
+	h := newHarness(t)
+	c := newConsumer(t, status(http.StatusGone)) // dead-lettered at once, then 200
+	ep := h.endpoint("orders", c.URL)
+	w := h.start(ep)
+	h.publish("tx-keep", event.StatusSuccess, "")
+	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	s, err := h.js.Stream(t.Context(), event.StreamDLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.DenyDelete = true
+	if _, err := h.js.UpdateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := ListDLQ(t.Context(), h.js, DLQFilter{})
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
+		t.Fatalf("redrive %d %v", n, err)
+	}
+	// Two failed removals: after the delivery, and after a redelivery
+	// that found the copy's record done.
+	eventually(t, "the copy retried for its dead letter's removal", func() bool {
+		info, err := w.replay.Info(t.Context())
+		return err == nil && info.NumAckPending == 1 && strings.Count(h.logs.String(), "its dead letter could not be removed, retrying") >= 2
+	})
+	if got := len(c.got()); got != 2 {
+		t.Fatalf("%d posts, want 2: the 410 and the redriven copy once", got)
+	}
+	if got := h.deadLetters(); len(got) != 1 {
+		t.Fatalf("%d dead letters, want the one not yet removed", len(got))
+	}
+}
