@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 )
@@ -146,15 +147,7 @@ func TestRedriveKeepsTheDeadLetterUntilDelivered(t *testing.T) {
 // (expiring_while_paused) shortly before, and can be redriven later.
 func TestPausedEndpointDeadLettersBeforeRetentionDropsEvents(t *testing.T) {
 	h := newHarness(t)
-	s, err := h.js.Stream(t.Context(), event.StreamEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := s.CachedInfo().Config
-	cfg.MaxAge, cfg.Duplicates = 3*time.Second, time.Second
-	if _, err := h.js.UpdateStream(t.Context(), cfg); err != nil {
-		t.Fatal(err)
-	}
+	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 3*time.Second, time.Second })
 	c := newConsumer(t, status(503, 503, 503, 503, 503, 503, 503, 503, 503, 503))
 	ep := h.endpoint("orders", c.URL, 100*time.Millisecond, 100*time.Millisecond)
 	ep.Breaker = BreakerPolicy{Failures: 1, ProbeInitial: time.Hour, ProbeMax: time.Hour} // paused after one failure, for good
@@ -184,15 +177,7 @@ func TestPausedEndpointDeadLettersBeforeRetentionDropsEvents(t *testing.T) {
 // (expiring_while_paused) like a live event, so it can be redriven.
 func TestHeldEndpointDeadLettersReplayedCopiesBeforeRetentionDropsThem(t *testing.T) {
 	h := newHarness(t)
-	s, err := h.js.Stream(t.Context(), event.StreamReplay)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := s.CachedInfo().Config
-	cfg.MaxAge, cfg.Duplicates = 3*time.Second, time.Second
-	if _, err := h.js.UpdateStream(t.Context(), cfg); err != nil {
-		t.Fatal(err)
-	}
+	s := h.reconfigure(event.StreamReplay, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 3*time.Second, time.Second })
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
 	w := h.start(ep)
@@ -233,15 +218,7 @@ func TestRedrivenCopyIsRetriedUntilItsDeadLetterIsRemoved(t *testing.T) {
 	w := h.start(ep)
 	h.publish("tx-keep", event.StatusSuccess, "")
 	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
-	s, err := h.js.Stream(t.Context(), event.StreamDLQ)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := s.CachedInfo().Config
-	cfg.DenyDelete = true
-	if _, err := h.js.UpdateStream(t.Context(), cfg); err != nil {
-		t.Fatal(err)
-	}
+	h.reconfigure(event.StreamDLQ, func(cfg *jetstream.StreamConfig) { cfg.DenyDelete = true })
 	entries, _ := ListDLQ(t.Context(), h.js, DLQFilter{})
 	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
 		t.Fatalf("redrive %d %v", n, err)
@@ -258,4 +235,20 @@ func TestRedrivenCopyIsRetriedUntilItsDeadLetterIsRemoved(t *testing.T) {
 	if got := h.deadLetters(); len(got) != 1 {
 		t.Fatalf("%d dead letters, want the one not yet removed", len(got))
 	}
+}
+
+// reconfigure changes stream name's configuration with change and returns
+// the stream.
+func (h *harness) reconfigure(name string, change func(*jetstream.StreamConfig)) jetstream.Stream {
+	h.t.Helper()
+	s, err := h.js.Stream(h.t.Context(), name)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	change(&cfg)
+	if _, err := h.js.UpdateStream(h.t.Context(), cfg); err != nil {
+		h.t.Fatal(err)
+	}
+	return s
 }
