@@ -101,11 +101,7 @@ func (p *page) noSecrets(what string) {
 		return
 	}
 	var markup, loc string
-	ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
-	defer cancel()
-	if err := chromedp.Run(ctx, chromedp.Location(&loc), chromedp.OuterHTML("html", &markup, chromedp.ByQuery)); err != nil {
-		p.t.Fatalf("%s: read the page for secrets: %v", what, err)
-	}
+	p.read(what+": read the page for secrets", chromedp.Location(&loc), chromedp.OuterHTML("html", &markup, chromedp.ByQuery))
 	path := loc
 	if u, err := url.Parse(loc); err == nil {
 		path = u.Path
@@ -121,8 +117,29 @@ func (p *page) noSecrets(what string) {
 func (p *page) text() string {
 	p.t.Helper()
 	var s string
-	p.run("read the page", chromedp.Text("body", &s, chromedp.ByQuery))
+	p.read("read the page", chromedp.Text("body", &s, chromedp.ByQuery))
 	return s
+}
+
+// read runs actions that only read the page, again until they succeed
+// within 10 s: just after a navigation, chromedp may still hold node ids
+// of the document it is replacing ("No node with given id found"), which
+// failed a clean-clone run of TestConsoleInABrowser.
+func (p *page) read(what string, actions ...chromedp.Action) {
+	p.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
+		err := chromedp.Run(ctx, actions...)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, not a wait for an outcome
+	}
 }
 
 // until reloads the page until its text contains want.
