@@ -468,7 +468,7 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		w.breaker.release(probe)
 		// Finished before: an acknowledgement was lost, or a redriven
 		// copy's dead letter could not be removed then.
-		if replayed && !w.removeRedriven(ctx, msg, ev.ID) {
+		if replayed && !w.settleRedriven(ctx, msg, ev.ID) {
 			return
 		}
 		_ = msg.Ack()
@@ -543,7 +543,7 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		}
 		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "delivered").Inc()
 		log().Info().Msg("delivered")
-		if replayed && !w.removeRedriven(ctx, msg, ev.ID) {
+		if replayed && !w.settleRedriven(ctx, msg, ev.ID) {
 			return
 		}
 		_ = msg.Ack()
@@ -627,18 +627,19 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 	l.Msg("event dead-lettered")
 	// A redriven copy dead-lettered again: the new dead letter replaces
 	// the one it came from.
-	if replayed && !w.removeRedriven(ctx, msg, ev.ID) {
+	if replayed && !w.settleRedriven(ctx, msg, ev.ID) {
 		return
 	}
 	_ = msg.Term()
 }
 
-// removeRedriven deletes the dead letter a settled redriven copy came
-// from, and reports whether msg may be settled. If the deletion fails, it
-// retries msg later instead: acknowledged, the copy would leave its dead
-// letter listed for good, and a second redrive of it would post the event
-// again. Its attempt record says done, so the retry only removes.
-func (w *Worker) removeRedriven(ctx context.Context, msg jetstream.Msg, eventID string) bool {
+// settleRedriven deletes the dead letter a settled redriven copy came
+// from (removeRedriven), and reports whether msg may be settled. If the
+// deletion fails, it retries msg later instead: acknowledged, the copy
+// would leave its dead letter listed for good, and a second redrive of it
+// would post the event again. Its attempt record says done, so the retry
+// only removes.
+func (w *Worker) settleRedriven(ctx context.Context, msg jetstream.Msg, eventID string) bool {
 	if err := removeRedriven(ctx, w.cfg.JetStream, msg); err != nil {
 		w.log.Warn().Err(err).Str("event_id", eventID).Stringer("delay", deadLetterRetry).Msg("redriven event settled; its dead letter could not be removed, retrying")
 		_ = msg.NakWithDelay(deadLetterRetry)

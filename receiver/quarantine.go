@@ -105,24 +105,26 @@ func EachQuarantined(ctx context.Context, js jetstream.JetStream, f QuarantineFi
 }
 
 // quarantineActBatch is how many quarantined notifications one call of
-// EachQuarantinedBatch's fn gets (a redrive's copies share one fsync).
+// EachQuarantinedBatch's act gets (a redrive's copies share one fsync).
 const quarantineActBatch = 256
 
-// EachQuarantinedBatch calls fn with every quarantined notification that
-// matches f and was stored before it started, oldest first, a batch at a
-// time, for a redrive or a purge: unlike a listing it has no window of
-// the newest 10,000 and keeps no bodies (the entries carry Seq only, what
-// RedriveQuarantine and PurgeQuarantine read), so "all" is every one. It
-// never reaches one stored after it started: a redrive that quarantines
-// its notifications again would otherwise meet them again.
-func EachQuarantinedBatch(ctx context.Context, js jetstream.JetStream, f QuarantineFilter, fn func([]QuarantineEntry) error) error {
+// EachQuarantinedBatch calls act with every quarantined notification
+// that matches f and was stored before it started, oldest first, a batch
+// at a time, for a redrive or a purge: unlike a listing it has no window
+// of the newest 10,000 and keeps no bodies (the entries carry Seq only,
+// what RedriveQuarantine and PurgeQuarantine read), so "all" is every
+// one. It never reaches one stored after it started: a redrive that
+// quarantines its notifications again would otherwise meet them again.
+// It returns how many act acted on (the sum of what it returned) and how
+// many were selected.
+func EachQuarantinedBatch(ctx context.Context, js jetstream.JetStream, f QuarantineFilter, act func([]QuarantineEntry) (int, error)) (acted, selected int, err error) {
 	s, err := js.Stream(ctx, event.StreamQuarantine)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", event.StreamQuarantine, err)
+		return 0, 0, fmt.Errorf("open %s: %w", event.StreamQuarantine, err)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		return fmt.Errorf("%s info: %w", event.StreamQuarantine, err)
+		return 0, 0, fmt.Errorf("%s info: %w", event.StreamQuarantine, err)
 	}
 	last := info.State.LastSeq
 	var seqs []uint64 // 8 bytes each: a million is 8 MB
@@ -133,7 +135,7 @@ func EachQuarantinedBatch(ctx context.Context, js jetstream.JetStream, f Quarant
 		seqs = append(seqs, e.Seq)
 		return true
 	}); err != nil {
-		return err
+		return 0, 0, err
 	}
 	for len(seqs) > 0 {
 		n := min(len(seqs), quarantineActBatch)
@@ -141,12 +143,14 @@ func EachQuarantinedBatch(ctx context.Context, js jetstream.JetStream, f Quarant
 		for i, seq := range seqs[:n] {
 			batch[i].Seq = seq
 		}
-		if err := fn(batch); err != nil {
-			return err
+		k, err := act(batch)
+		acted, selected = acted+k, selected+n
+		if err != nil {
+			return acted, selected, err
 		}
 		seqs = seqs[n:]
 	}
-	return nil
+	return acted, selected, nil
 }
 
 // eachQuarantined is EachQuarantined; window limits a scan with no

@@ -39,11 +39,11 @@ func NewConfirmer(clients map[string]*Client) *Confirmer { return &Confirmer{cli
 
 // Confirm returns SenGo's view of tx. confirmed is false (and tx returned
 // as is) for a project without credentials. SenGo's status wins where it
-// has moved on; a final status SenGo does not report yields ErrUnconfirmed;
-// other disagreements ErrMismatch, and so does a check SenGo refuses for
-// this id alone (a 4xx other than 401, 403, 404 and 429). Any other error
-// is transient (SenGo unreachable, throttled, misconfigured) and worth
-// retrying.
+// has moved on; a final status SenGo does not report yields ErrUnconfirmed,
+// and so does a check SenGo refuses for this id alone (a 4xx other than
+// 401, 403, 404 and 429); other disagreements ErrMismatch. Any other
+// error is transient (SenGo unreachable, throttled, misconfigured) and
+// worth retrying.
 func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction) (Transaction, bool, error) {
 	client, ok := c.clients[project]
 	if !ok {

@@ -36,10 +36,7 @@ SenGo again.`,
 	}
 	// durable is the store's fsync, for a redrive (storeSync).
 	var durable receiver.Durability
-	// done and selected count what a redrive or purge did, a batch at a
-	// time; RunE prints them once, after the last (or a failed) batch.
-	var done, selected int
-	verb := func(use, short string, f *qflags, act func(c *cobra.Command, js jetstream.JetStream, entries []receiver.QuarantineEntry) error) *cobra.Command {
+	verb := func(use, short string, f *qflags, act func(ctx context.Context, c *cobra.Command, js jetstream.JetStream, sel receiver.QuarantineFilter) error) *cobra.Command {
 		c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs}
 		c.RunE = func(c *cobra.Command, _ []string) error {
 			if err := emptyFlag(c); err != nil {
@@ -64,32 +61,17 @@ SenGo again.`,
 				defer gs.Close()
 				durable = gs
 			}
-			return withRelay(c, cfg, func(ctx context.Context, js jetstream.JetStream) error {
-				if use == "redrive" || use == "purge" {
-					// Every one selected, a batch at a time: not a
-					// listing's newest 10,000.
-					err := receiver.EachQuarantinedBatch(ctx, js, sel, func(batch []receiver.QuarantineEntry) error {
-						return act(c, js, batch)
-					})
-					if use == "redrive" {
-						fmt.Fprintf(c.OutOrStdout(), "redriven %d of %d (each is confirmed with SenGo again)\n", done, selected)
-					} else {
-						fmt.Fprintf(c.OutOrStdout(), "purged %d of %d\n", done, selected)
-					}
-					return err
-				}
-				entries, err := receiver.ListQuarantine(ctx, js, sel)
-				if err != nil && !(use == "show" && strings.Contains(err.Error(), "not found")) {
-					return err
-				}
-				return act(c, js, entries)
-			})
+			return withRelay(c, cfg, func(ctx context.Context, js jetstream.JetStream) error { return act(ctx, c, js, sel) })
 		}
 		addConfigFlag(c)
 		return c
 	}
 	lf, sf, rf, pf := &qflags{}, &qflags{}, &qflags{}, &qflags{}
-	list := verb("list", "List quarantined notifications with the reason", lf, func(c *cobra.Command, _ jetstream.JetStream, entries []receiver.QuarantineEntry) error {
+	list := verb("list", "List quarantined notifications with the reason", lf, func(ctx context.Context, c *cobra.Command, js jetstream.JetStream, sel receiver.QuarantineFilter) error {
+		entries, err := receiver.ListQuarantine(ctx, js, sel)
+		if err != nil {
+			return err
+		}
 		out := c.OutOrStdout()
 		if lf.json {
 			if entries == nil {
@@ -110,7 +92,11 @@ SenGo again.`,
 	list.Flags().StringVar(&lf.tx, "transaction", "", "only this SenGo transaction id")
 	list.Flags().BoolVar(&lf.json, "json", false, "print JSON")
 
-	show := verb("show", "Show one quarantined notification, with SenGo's answer, as JSON", sf, func(c *cobra.Command, _ jetstream.JetStream, entries []receiver.QuarantineEntry) error {
+	show := verb("show", "Show one quarantined notification, with SenGo's answer, as JSON", sf, func(ctx context.Context, c *cobra.Command, js jetstream.JetStream, sel receiver.QuarantineFilter) error {
+		entries, err := receiver.ListQuarantine(ctx, js, sel) // none when it is gone
+		if err != nil {
+			return err
+		}
 		if len(entries) == 0 {
 			return fmt.Errorf("no quarantined notification %d", sf.seq)
 		}
@@ -120,9 +106,13 @@ SenGo again.`,
 	})
 	show.Flags().Uint64Var(&sf.seq, "seq", 0, "its SENGO_QUARANTINE sequence (the SEQ column of quarantine list)")
 
-	redrive := verb("redrive", "Send the selected notifications through intake again (confirmed with SenGo again)", rf, func(c *cobra.Command, js jetstream.JetStream, entries []receiver.QuarantineEntry) error {
-		n, err := receiver.RedriveQuarantine(c.Context(), js, entries, durable)
-		done, selected = done+n, selected+len(entries)
+	// A redrive or purge acts on every notification selected, a batch at a
+	// time (not a listing's newest 10,000), and says how many.
+	redrive := verb("redrive", "Send the selected notifications through intake again (confirmed with SenGo again)", rf, func(ctx context.Context, c *cobra.Command, js jetstream.JetStream, sel receiver.QuarantineFilter) error {
+		n, of, err := receiver.EachQuarantinedBatch(ctx, js, sel, func(batch []receiver.QuarantineEntry) (int, error) {
+			return receiver.RedriveQuarantine(ctx, js, batch, durable)
+		})
+		fmt.Fprintf(c.OutOrStdout(), "redriven %d of %d (each is confirmed with SenGo again)\n", n, of)
 		return err
 	})
 	redrive.Flags().StringVar(&rf.project, "project", "", "only this project")
@@ -130,9 +120,11 @@ SenGo again.`,
 	redrive.Flags().Uint64Var(&rf.seq, "seq", 0, "one notification by its SENGO_QUARANTINE sequence")
 	redrive.Flags().BoolVar(&rf.all, "all", false, "every quarantined notification")
 
-	purge := verb("purge", "Delete the selected notifications from quarantine for good (each stays in SENGO_INBOX for its retention)", pf, func(c *cobra.Command, js jetstream.JetStream, entries []receiver.QuarantineEntry) error {
-		n, err := receiver.PurgeQuarantine(c.Context(), js, entries)
-		done, selected = done+n, selected+len(entries)
+	purge := verb("purge", "Delete the selected notifications from quarantine for good (each stays in SENGO_INBOX for its retention)", pf, func(ctx context.Context, c *cobra.Command, js jetstream.JetStream, sel receiver.QuarantineFilter) error {
+		n, of, err := receiver.EachQuarantinedBatch(ctx, js, sel, func(batch []receiver.QuarantineEntry) (int, error) {
+			return receiver.PurgeQuarantine(ctx, js, batch)
+		})
+		fmt.Fprintf(c.OutOrStdout(), "purged %d of %d\n", n, of)
 		return err
 	})
 	purge.Flags().StringVar(&pf.project, "project", "", "only this project")

@@ -686,11 +686,9 @@ func (s *Server) quarantineRedrive(c echo.Context) error {
 	if f == (receiver.QuarantineFilter{}) && c.QueryParam("all") != "true" {
 		return apiError(http.StatusBadRequest, "redrive_needs_filter", "select notifications with project, transaction or seq, or all=true")
 	}
-	ctx, n := c.Request().Context(), 0
-	err = receiver.EachQuarantinedBatch(ctx, s.cfg.JetStream, f, func(batch []receiver.QuarantineEntry) error {
-		k, err := receiver.RedriveQuarantine(ctx, s.cfg.JetStream, batch, s.cfg.Durable)
-		n += k
-		return err
+	ctx := c.Request().Context()
+	n, _, err := receiver.EachQuarantinedBatch(ctx, s.cfg.JetStream, f, func(batch []receiver.QuarantineEntry) (int, error) {
+		return receiver.RedriveQuarantine(ctx, s.cfg.JetStream, batch, s.cfg.Durable)
 	})
 	s.auditAPI(c, "redrive quarantined", "", n, err)
 	if err != nil {
@@ -709,11 +707,9 @@ func (s *Server) quarantinePurge(c echo.Context) error {
 	if f == (receiver.QuarantineFilter{}) && c.QueryParam("all") != "true" {
 		return apiError(http.StatusBadRequest, "purge_needs_filter", "select notifications with project, transaction or seq, or all=true to purge every one")
 	}
-	ctx, n := c.Request().Context(), 0
-	err = receiver.EachQuarantinedBatch(ctx, s.cfg.JetStream, f, func(batch []receiver.QuarantineEntry) error {
-		k, err := receiver.PurgeQuarantine(ctx, s.cfg.JetStream, batch)
-		n += k
-		return err
+	ctx := c.Request().Context()
+	n, _, err := receiver.EachQuarantinedBatch(ctx, s.cfg.JetStream, f, func(batch []receiver.QuarantineEntry) (int, error) {
+		return receiver.PurgeQuarantine(ctx, s.cfg.JetStream, batch)
 	})
 	s.auditAPI(c, "purge quarantined", "", n, err)
 	if err != nil {
