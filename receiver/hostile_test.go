@@ -696,16 +696,18 @@ func TestForgedFloodDoesNotStrandAnUnconfirmedGenuine(t *testing.T) {
 // Each such forged notification held one of intake's max_ack_pending
 // slots for 7 days; max_ack_pending of them stopped intake for everyone.
 func TestDotSegmentIDsDoNotStallIntake(t *testing.T) {
-	forgedThenGenuine(t, http.StatusUnprocessableEntity, "..", ".", "..", ".")
+	forgedThenGenuine(t, http.StatusUnprocessableEntity, sandbox.Faults{}, "..", ".", "..", ".")
 }
 
 // forgedThenGenuine posts a forged success for each id to a relay with
 // four intake slots (max_ack_pending), wants each answered status, then
 // wants SenGo's genuine callback published: forged notifications that
-// hold a slot each would keep it out. It returns the harness.
-func forgedThenGenuine(t *testing.T, status int, ids ...string) *harness {
+// hold a slot each would keep it out. SenGo's API has faults meanwhile.
+// It returns the harness.
+func forgedThenGenuine(t *testing.T, status int, faults sandbox.Faults, ids ...string) *harness {
 	t.Helper()
 	sb, client := startSandbox(t)
+	sb.SetFaults(faults)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
 		ic.ConfirmAttempts = 2
@@ -768,11 +770,99 @@ func TestStalledBodyIsBodyUnreadable(t *testing.T) {
 // max_ack_pending of them stopped intake for everyone. A refused check is
 // now unconfirmed: confirm_attempts tries, then quarantine and rechecks.
 func TestRefusedCheckDoesNotStallIntake(t *testing.T) {
-	h := forgedThenGenuine(t, http.StatusOK, "forged:0", "forged:1", "forged:2", "forged:3")
+	h := forgedThenGenuine(t, http.StatusOK, sandbox.Faults{}, "forged:0", "forged:1", "forged:2", "forged:3")
 	eventually(t, "the forged ones quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 4 })
 	for _, e := range natstest.Messages(t, h.js, event.StreamQuarantine) {
 		if r := e.Header.Get(event.HeaderReason); !strings.Contains(r, sengo.ErrUnconfirmed.Error()) || !strings.Contains(r, "REQUEST_INVALID") {
 			t.Errorf("quarantined with reason %q, want unconfirmed: SenGo refused the check", r)
 		}
+	}
+}
+
+// SenGo's API may fail the check of one transaction id (a 500 for it
+// alone) while it answers every other. Confirmation took each such
+// failure for an outage and retried it for as long as the inbox keeps the
+// notification, each holding one of intake's max_ack_pending slots:
+// max_ack_pending forged ids SenGo chokes on stopped intake for everyone.
+// After confirm_attempts tries, a check that failed while SenGo answers a
+// check of a made-up id (404 TRANSACTION_NOT_FOUND) is unconfirmed:
+// quarantined, and rechecked on the quarantine's schedule.
+func TestCheckFailingForOneIDDoesNotStallIntake(t *testing.T) {
+	ids := []string{"forged-0", "forged-1", "forged-2", "forged-3"}
+	h := forgedThenGenuine(t, http.StatusOK, sandbox.Faults{FailChecks: ids}, ids...)
+	eventually(t, "the forged ones quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 4 })
+	for _, e := range natstest.Messages(t, h.js, event.StreamQuarantine) {
+		if r := e.Header.Get(event.HeaderReason); !strings.Contains(r, sengo.ErrUnconfirmed.Error()) || !strings.Contains(r, "500") {
+			t.Errorf("quarantined with reason %q, want unconfirmed: SenGo failed the check of this id alone", r)
+		}
+	}
+}
+
+// During an outage of SenGo's API (every call fails), a notification is
+// retried, never quarantined however many attempts it takes: the check of
+// a made-up id fails too, so the failure is not the transaction's own.
+func TestCheckOutageIsRetriedNotQuarantined(t *testing.T) {
+	sb, client := startSandbox(t)
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.ConfirmAttempts = 1
+	})
+	tx, err := client.CreateQRIS(context.Background(), sengo.QRISRequest{Reference: "INV-OUTAGE", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := payCallback(t, sb, client, tx.ID)
+	sb.SetFaults(sandbox.Faults{Fail500: 1 << 30})
+	if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
+		t.Fatalf("callback: %d %v", resp.StatusCode, got)
+	}
+	eventually(t, "several confirmations failed", func() bool {
+		return testutil.ToFloat64(h.metrics.Confirm.WithLabelValues("main", "unavailable")) >= 5
+	})
+	if n := h.msgs(event.StreamQuarantine); n != 0 {
+		t.Fatalf("%d notifications quarantined during an outage of SenGo's API", n)
+	}
+	sb.SetFaults(sandbox.Faults{}) // SenGo is back
+	eventually(t, "the success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
+}
+
+// A check SenGo never answers for one id (the request hangs until the
+// attempt's time runs out) counts as failing for that id: processing has
+// used its time, yet the notification is still quarantined (settling has
+// its own time inside AckWait), and intake stays free for the genuine one.
+func TestCheckNeverAnsweredForOneIDIsQuarantined(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/check/forged-hang") {
+			<-r.Context().Done() // never answered
+			return
+		}
+		sb.Handler().ServeHTTP(w, r)
+	}))
+	defer func() { hs.Close(); sb.Close() }()
+	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.ConfirmAttempts = 2
+		ic.Workers, ic.MaxAckPending, ic.AckWait = 1, 1, 1500*time.Millisecond
+	})
+	body := []byte(`{"id":"forged-hang","merchantRef":"FORGED-H","status":"success","amount":10000,"fee":0,"totalAmount":10000,"qris":{}}`)
+	if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
+		t.Fatalf("forged callback: %d %v", resp.StatusCode, got)
+	}
+	tx, err := client.CreateQRIS(context.Background(), sengo.QRISRequest{Reference: "INV-AFTER-HANG", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, got := h.post("/callbacks/sengo/main", payCallback(t, sb, client, tx.ID)); resp.StatusCode != 200 {
+		t.Fatalf("genuine callback: %d %v", resp.StatusCode, got)
+	}
+	eventually(t, "the genuine success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
+	q := natstest.Messages(t, h.js, event.StreamQuarantine)
+	if len(q) != 1 || !strings.Contains(q[0].Header.Get(event.HeaderReason), sengo.ErrUnconfirmed.Error()) {
+		t.Fatalf("quarantine %+v, want the never-answered one, unconfirmed", q)
 	}
 }

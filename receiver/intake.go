@@ -44,6 +44,16 @@ type Confirmer interface {
 	Confirm(ctx context.Context, project string, tx sengo.Transaction) (sengo.Transaction, bool, error)
 }
 
+// CheckProber is what a Confirmer may also do (sengo.Confirmer): tell
+// whether SenGo's API answers a project's checks at all. With it, a check
+// that keeps failing for one notification while SenGo answers others is
+// that notification's own problem: after ConfirmAttempts tries it is
+// quarantined as unconfirmed (and rechecked), not retried as an outage
+// holding one of intake's slots for the inbox's retention.
+type CheckProber interface {
+	ChecksAnswered(ctx context.Context, project string) bool
+}
+
 // IntakeConfig configures the intake workers.
 type IntakeConfig struct {
 	JetStream     jetstream.JetStream
@@ -198,6 +208,9 @@ type result struct {
 	// wait: an earlier notification of the transaction must go first;
 	// redeliver this one shortly without spending an attempt.
 	wait bool
+	// checkFailed: err is SenGo's API failing this notification's check
+	// (an error, a timeout), not an answer.
+	checkFailed bool
 }
 
 // handle processes one inbox message and settles it.
@@ -205,9 +218,16 @@ func (in *Intake) handle(m jetstream.Msg) {
 	// Each attempt has its own deadline, well inside AckWait, so a stuck
 	// call cannot let JetStream hand the message to a second worker while
 	// this one still works on it.
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.AckWait*2/3)
-	defer cancel()
-	in.settle(ctx, m, in.processSafely(ctx, m))
+	r := in.processSafely(ctx, m)
+	cancel()
+	// Settling has its own time, still inside AckWait: a notification
+	// whose processing ran out of time (a check SenGo never answered) can
+	// still be quarantined or retried.
+	sctx, scancel := context.WithDeadline(context.Background(), start.Add(in.cfg.AckWait*9/10))
+	defer scancel()
+	in.settle(sctx, m, r)
 }
 
 // processSafely is process, with a panic turned into a permanent failure:
@@ -246,6 +266,10 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		l := in.log.With().Str("project", r.project).Uint64("inbox_seq", seq).Uint64("attempt", attempt).Logger()
 		return &l
 	}
+	if r.checkFailed && int(attempt) >= max(in.cfg.ConfirmAttempts, 1) && in.checksAnswered(ctx, r.project) {
+		r.err = fmt.Errorf("%w: SenGo's API failed this transaction's check %d times while it answers others: %v", sengo.ErrUnconfirmed, attempt, r.err)
+		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "failing_alone").Inc()
+	}
 	switch {
 	case r.wait:
 		in.count(r.project, "waiting")
@@ -280,6 +304,22 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		log().Warn().Err(r.err).Stringer("delay", delay).Msg("intake failed; retrying")
 		_ = m.NakWithDelay(delay)
 	}
+}
+
+// probeTimeout bounds the check of a made-up id that tells one
+// transaction's failing check from an outage.
+const probeTimeout = 5 * time.Second
+
+// checksAnswered reports whether SenGo's API answers project's checks (the
+// Confirmer's CheckProber); false when it cannot tell.
+func (in *Intake) checksAnswered(ctx context.Context, project string) bool {
+	p, ok := in.cfg.Confirmer.(CheckProber)
+	if !ok {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	return p.ChecksAnswered(ctx, project)
 }
 
 // settled forgets the waits counted for inbox message seq: it is done.
@@ -476,6 +516,7 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 		if err != nil {
 			in.countConfirm(project, err)
 			r.err = fmt.Errorf("confirm %s: %w", tx.ID, err)
+			r.checkFailed = !errors.Is(err, sengo.ErrMismatch) && !errors.Is(err, sengo.ErrUnconfirmed)
 			return r
 		}
 		if ok {

@@ -20,7 +20,8 @@ type Metrics struct {
 	// racing on one transaction; each is resolved by re-reading).
 	KVConflicts prometheus.Counter
 	// Confirm counts checks with SenGo's API by project and outcome
-	// (confirmed, status_corrected, mismatch, unconfirmed, unavailable).
+	// (confirmed, status_corrected, mismatch, unconfirmed, unavailable,
+	// failing_alone).
 	Confirm *prometheus.CounterVec
 	// Reconcile counts reconciliation by project and outcome (checked,
 	// missing, fed; failed: runs in which the project, or a day of it,
@@ -71,7 +72,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 var (
 	primedCallbacks     = []string{"accepted", "duplicate", "store_unavailable", "overloaded", "unauthorized", "forbidden", "invalid_signature", "invalid_notification"}
 	primedIntake        = []string{"published", "duplicate", "stale", "conflict", "quarantined", "retry", "waiting"}
-	primedConfirmations = []string{"confirmed", "status_corrected", "mismatch", "unconfirmed", "unavailable"}
+	primedConfirmations = []string{"confirmed", "status_corrected", "mismatch", "unconfirmed", "unavailable", "failing_alone"}
 	primedReconcile     = []string{"checked", "missing", "fed", "failed"}
 )
 

@@ -2,8 +2,10 @@ package sengo
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/sengo-relay/sengo-relay/event"
 )
@@ -32,10 +34,56 @@ func (e *MismatchError) Unwrap() error { return e.kind }
 // client. Projects without a client are not confirmed.
 type Confirmer struct {
 	clients map[string]*Client
+	probes  map[string]*probe
 }
 
 // NewConfirmer confirms the projects in clients (by project name).
-func NewConfirmer(clients map[string]*Client) *Confirmer { return &Confirmer{clients: clients} }
+func NewConfirmer(clients map[string]*Client) *Confirmer {
+	c := &Confirmer{clients: clients, probes: make(map[string]*probe, len(clients))}
+	for name := range clients {
+		c.probes[name] = &probe{turn: make(chan struct{}, 1)}
+	}
+	return c
+}
+
+// probe is the last answer to whether a project's checks work.
+type probe struct {
+	turn chan struct{} // one probe of the project at a time
+	at   time.Time
+	ok   bool
+}
+
+// probeFresh is how long one probe's answer stands for every caller.
+const probeFresh = 5 * time.Second
+
+// ChecksAnswered reports whether SenGo's API answers project's checks at
+// all, by checking a made-up id: SenGo answers it 404
+// TRANSACTION_NOT_FOUND (or refuses it as malformed) while its checks
+// work. A check that failed for one transaction while this holds failed
+// for that transaction alone, not in an outage. One probe per project at a
+// time; its answer stands for probeFresh.
+func (c *Confirmer) ChecksAnswered(ctx context.Context, project string) bool {
+	client, p := c.clients[project], c.probes[project]
+	if client == nil {
+		return false
+	}
+	select {
+	case p.turn <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	defer func() { <-p.turn }()
+	if time.Since(p.at) < probeFresh {
+		return p.ok
+	}
+	_, err := client.Check(ctx, "sengo-relay-probe-"+rand.Text(), false)
+	if ctx.Err() != nil {
+		return false // the caller's time ran out: nothing learnt
+	}
+	var apiErr *APIError
+	p.at, p.ok = time.Now(), err == nil || errors.Is(err, ErrTransactionNotFound) || errors.As(err, &apiErr) && apiErr.refusesCheck()
+	return p.ok
+}
 
 // Confirm returns SenGo's view of tx. confirmed is false (and tx returned
 // as is) for a project without credentials. SenGo's status wins where it

@@ -241,6 +241,7 @@ func newSandboxFaultsCmd() *cobra.Command {
 	var url string
 	var latency time.Duration
 	var fail500 int
+	var failChecks []string
 	c := &cobra.Command{
 		Use:   "faults",
 		Short: "Show, or change, a running sandbox's callback behaviour and API faults",
@@ -255,7 +256,7 @@ func newSandboxFaultsCmd() *cobra.Command {
 			method = http.MethodPost
 			payload, _ = json.Marshal(map[string]any{
 				"callbacks": policy(),
-				"faults":    sandbox.Faults{Latency: sandbox.Duration(latency), Fail500: fail500},
+				"faults":    sandbox.Faults{Latency: sandbox.Duration(latency), Fail500: fail500, FailChecks: failChecks},
 			})
 		}
 		return sandboxRequest(c.Context(), method, strings.TrimRight(url, "/")+"/sandbox/faults", payload, c.OutOrStdout())
@@ -263,6 +264,7 @@ func newSandboxFaultsCmd() *cobra.Command {
 	c.Flags().StringVar(&url, "url", "http://127.0.0.1:8090", "the sandbox")
 	c.Flags().DurationVar(&latency, "latency", 0, "delay every API answer")
 	c.Flags().IntVar(&fail500, "fail500", 0, "answer the next N API calls with 500")
+	c.Flags().StringArrayVar(&failChecks, "fail-check", nil, "answer every check of this transaction id with 500 (repeatable)")
 	return c
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -336,6 +337,17 @@ func TestSandboxCLI(t *testing.T) {
 	out.Reset()
 	if err := run(ctx, []string{"sandbox", "faults", "--url", root}, &out, io.Discard); err != nil || !strings.Contains(out.String(), `"drop":true`) {
 		t.Fatalf("show faults: %v %s", err, out.String())
+	}
+	// A fault of one transaction's checks: the rest of the API works.
+	if err := run(ctx, []string{"sandbox", "faults", "--url", root, "--fail-check", tx.ID}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	var apiErr *sengo.APIError
+	if _, err := client.Check(ctx, tx.ID, false); !errors.As(err, &apiErr) || apiErr.HTTPStatus != 500 {
+		t.Fatalf("check of %s with --fail-check: %v, want a 500", tx.ID, err)
+	}
+	if _, err := client.Check(ctx, "another-id", false); !errors.Is(err, sengo.ErrTransactionNotFound) {
+		t.Fatalf("check of another id: %v, want TRANSACTION_NOT_FOUND", err)
 	}
 }
 

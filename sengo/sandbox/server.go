@@ -57,6 +57,10 @@ type Faults struct {
 	Latency Duration `json:"latency"`
 	// Fail500 answers this many next API calls with 500.
 	Fail500 int `json:"fail500"`
+	// FailChecks answers every check of these transaction ids with 500,
+	// while the rest of the API works: a fault of one transaction, not
+	// an outage.
+	FailChecks []string `json:"failChecks,omitempty"`
 }
 
 // Duration is a time.Duration written as "250ms" in JSON.
@@ -435,6 +439,10 @@ func (s *Server) check(r *http.Request, p *Project) (int, any, error) {
 		return 0, nil, fail(422, sengo.CodeRequestInvalid, "id must be letters, digits, '-', '_' or '.'")
 	}
 	s.mu.Lock()
+	if slices.Contains(s.faults.FailChecks, r.PathValue("id")) {
+		s.mu.Unlock()
+		return 0, nil, fail(500, sengo.CodeInternal, "injected fault for this transaction")
+	}
 	s.expireDueLocked()
 	t, ok := s.st.Txs[r.PathValue("id")]
 	var obj object
