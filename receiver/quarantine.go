@@ -39,6 +39,10 @@ type QuarantineFilter struct {
 	// Since, when set, reads every notification stored from then on
 	// instead of the newest maxQuarantineScan (EachQuarantined only).
 	Since time.Time
+	// UpTo, when set, leaves out notifications stored after this
+	// SENGO_QUARANTINE sequence: an action confirmed on a count touches
+	// only what was counted (EachQuarantinedBatch only).
+	UpTo uint64
 }
 
 // QuarantineEntry is one quarantined notification: what arrived, why it
@@ -127,6 +131,9 @@ func EachQuarantinedBatch(ctx context.Context, js jetstream.JetStream, f Quarant
 		return 0, 0, fmt.Errorf("%s info: %w", event.StreamQuarantine, err)
 	}
 	last := info.State.LastSeq
+	if f.UpTo > 0 {
+		last = min(last, f.UpTo)
+	}
 	var seqs []uint64 // 8 bytes each: a million is 8 MB
 	if err := eachQuarantined(ctx, js, f, false, func(e QuarantineEntry) bool {
 		if e.Seq > last {

@@ -931,26 +931,6 @@ func setUpTo[E any](fields map[string]string, entries []E, seq func(E) uint64) {
 	fields["upto"] = strconv.FormatUint(top, 10)
 }
 
-// upTo keeps the entries the confirmation counted (up to its "upto"; all
-// of them for a form without one).
-func upTo[E any](c echo.Context, entries []E, seq func(E) uint64) ([]E, error) {
-	v := c.FormValue("upto")
-	if v == "" {
-		return entries, nil
-	}
-	top, err := strconv.ParseUint(v, 10, 64)
-	if err != nil {
-		return nil, echo.NewHTTPError(http.StatusBadRequest, "upto must be a sequence")
-	}
-	out := entries[:0:0]
-	for _, e := range entries {
-		if seq(e) <= top {
-			out = append(out, e)
-		}
-	}
-	return out, nil
-}
-
 func (cn *console) quarantineFilter(c echo.Context) (receiver.QuarantineFilter, error) {
 	var f receiver.QuarantineFilter
 	if v := c.FormValue("seq"); v != "" {
@@ -980,10 +960,6 @@ func (cn *console) quarantineConfirm(c echo.Context) error {
 	}
 	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
-	entries, err := receiver.ListQuarantine(ctx, cn.s.cfg.JetStream, f)
-	if err != nil {
-		return err
-	}
 	action := c.QueryParam("action")
 	if action == "" {
 		action = "redrive"
@@ -991,13 +967,32 @@ func (cn *console) quarantineConfirm(c echo.Context) error {
 	if action != "redrive" && action != "purge" {
 		return echo.NewHTTPError(http.StatusBadRequest, "action must be redrive or purge")
 	}
-	d := confirmData{Action: "/console/quarantine/" + action, Back: "/console/quarantine", Count: len(entries), Verb: "Redrive", Fields: map[string]string{},
-		Question: fmt.Sprintf("Redrive %d quarantined notification(s)?", len(entries)),
+	// The count is of every notification the action will touch: one, or
+	// the whole stream (not the newest 10,000 the page lists).
+	var count int
+	fields := map[string]string{}
+	if f.Seq > 0 {
+		entries, err := receiver.ListQuarantine(ctx, cn.s.cfg.JetStream, f)
+		if err != nil {
+			return err
+		}
+		count = len(entries)
+		setUpTo(fields, entries, func(e receiver.QuarantineEntry) uint64 { return e.Seq })
+	} else {
+		st, err := cn.s.cfg.JetStream.Stream(ctx, event.StreamQuarantine) // its info, fresh
+		if err != nil {
+			return err
+		}
+		info := st.CachedInfo()
+		count = int(info.State.Msgs)
+		fields["upto"] = strconv.FormatUint(info.State.LastSeq, 10)
+	}
+	d := confirmData{Action: "/console/quarantine/" + action, Back: "/console/quarantine", Count: count, Verb: "Redrive", Fields: fields,
+		Question: fmt.Sprintf("Redrive %d quarantined notification(s)?", count),
 		Detail:   "They go back into the inbox and are processed again, confirmed with SenGo's API like any notification."}
-	setUpTo(d.Fields, entries, func(e receiver.QuarantineEntry) uint64 { return e.Seq })
 	if action == "purge" {
 		d.Verb, d.Danger = "Purge", true
-		d.Question = fmt.Sprintf("Purge %d quarantined notification(s) for good?", len(entries))
+		d.Question = fmt.Sprintf("Purge %d quarantined notification(s) for good?", count)
 		d.Detail = "They are deleted from SENGO_QUARANTINE; each stays in SENGO_INBOX for the inbox's retention, and the transaction's story keeps its notifications."
 	}
 	if f.Seq > 0 {
@@ -1016,20 +1011,22 @@ func (cn *console) quarantineAct(c echo.Context) error {
 	if err != nil {
 		return refused(err)
 	}
-	ctx, cancel := cn.s.readCtx(c)
-	defer cancel()
-	entries, err := receiver.ListQuarantine(ctx, cn.s.cfg.JetStream, f)
-	if err != nil {
-		return refused(err)
+	counted := true // a confirmation's "upto" 0 counted nothing: nothing is touched
+	if v := c.FormValue("upto"); v != "" {
+		if f.UpTo, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return refused(echo.NewHTTPError(http.StatusBadRequest, "upto must be a sequence"))
+		}
+		counted = f.UpTo > 0
 	}
-	if entries, err = upTo(c, entries, func(e receiver.QuarantineEntry) uint64 { return e.Seq }); err != nil {
-		return refused(err)
-	}
+	ctx := c.Request().Context() // an action is not cut at the read timeout: as the API's
 	var n int
-	if action == "purge" {
-		n, err = receiver.PurgeQuarantine(ctx, cn.s.cfg.JetStream, entries)
-	} else {
-		n, err = receiver.RedriveQuarantine(ctx, cn.s.cfg.JetStream, entries, cn.s.cfg.Durable)
+	if counted {
+		n, _, err = receiver.EachQuarantinedBatch(ctx, cn.s.cfg.JetStream, f, func(batch []receiver.QuarantineEntry) (int, error) {
+			if action == "purge" {
+				return receiver.PurgeQuarantine(ctx, cn.s.cfg.JetStream, batch)
+			}
+			return receiver.RedriveQuarantine(ctx, cn.s.cfg.JetStream, batch, cn.s.cfg.Durable)
+		})
 	}
 	cn.act(c, "quarantine "+action, fmt.Sprintf("seq %d (0: all)", f.Seq), err, n)
 	if err != nil {

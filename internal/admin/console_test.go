@@ -343,6 +343,44 @@ func TestConsoleActsOnWhatItCounted(t *testing.T) {
 	}
 }
 
+// A redrive or purge of the whole quarantine confirmed in the console
+// counts, and acts on, every quarantined notification: it counted and
+// touched only the newest 10,000 the page lists, and the rest stayed
+// behind an operator told the quarantine was handled.
+func TestConsoleQuarantineActionsReachEveryOne(t *testing.T) {
+	hs, js := newServer(t)
+	const n = 10050
+	natstest.PublishMany(t, js, n, func(i int) *nats.Msg {
+		id := fmt.Sprintf("tx-%d", i)
+		return &nats.Msg{Subject: event.QuarantineTxSubject("main", id), Data: []byte(`{"id":"` + id + `"}`), Header: nats.Header{
+			event.HeaderProject: []string{"main"}, event.HeaderReason: []string{"SenGo's API disagrees"},
+		}}
+	})
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	resp, err := c.Get(hs.URL + "/console/quarantine/confirm?action=purge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`name="upto" value="(\d+)"`).FindStringSubmatch(string(b))
+	if want := fmt.Sprintf("Purge %d quarantined notification(s) for good?", n); m == nil || !strings.Contains(string(b), want) {
+		t.Fatalf("confirmation without %q:\n%s", want, b)
+	}
+	resp, err = c.PostForm(hs.URL+"/console/quarantine/purge", url.Values{"_csrf": {csrf}, "upto": {m[1]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if want := fmt.Sprintf("purge%%3A+%d+", n); resp.StatusCode != http.StatusSeeOther || !strings.Contains(resp.Header.Get("Location"), want) {
+		t.Fatalf("purge: %d → %s, want %s", resp.StatusCode, resp.Header.Get("Location"), want)
+	}
+	if left := natstest.Messages(t, js, event.StreamQuarantine); len(left) != 0 {
+		t.Fatalf("%d left in quarantine after the console purged it all", len(left))
+	}
+}
+
 // Sign-in attempts are paced per address: one address guessing tokens
 // is refused (429) after its burst while another signs in at once.
 func TestConsoleSignInIsPacedPerAddress(t *testing.T) {
