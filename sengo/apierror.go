@@ -33,6 +33,9 @@ const (
 	CodeInternal            = "PAYMENT_INTERNAL_ERROR"
 	// CodeNotSenGo404 marks a 404 that carried no SenGo error code.
 	CodeNotSenGo404 = "HTTP_404_WITHOUT_SENGO_CODE"
+	// CodeRedirect marks a redirect, which the client never follows: it
+	// would carry the project's credentials to the Location's host.
+	CodeRedirect = "HTTP_REDIRECT_NOT_FOLLOWED"
 )
 
 // APIError is an error answer from SenGo: the HTTP status, SenGo's code

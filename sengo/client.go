@@ -52,6 +52,13 @@ func NewClient(baseURL, apiKey, token string, opts ...ClientOption) *Client {
 	for _, o := range opts {
 		o(c)
 	}
+	// A redirect is never followed: the request would carry X-Client-Key,
+	// X-Client-Token and X-Signature to the Location's host (net/http
+	// drops only Authorization and Cookie across hosts). It is answered
+	// as an error (CodeRedirect). A caller's client is copied, not changed.
+	h := *c.http
+	h.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	c.http = &h
 	return c
 }
 
@@ -239,6 +246,8 @@ func apiError(status int, env envelope) *APIError {
 		if json.Unmarshal(env.ResponseData, &d) == nil {
 			e.Message = d.Message
 		}
+	} else if status >= 300 && status < 400 {
+		e.Code = CodeRedirect
 	} else {
 		e.Code = codeForStatus(status)
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -205,5 +206,39 @@ func TestClientRetriesOnlyIdempotentCalls(t *testing.T) {
 	}
 	if _, err := c.CreateQRIS(ctx, sengo.QRISRequest{Reference: "Q", Amount: 5000}); err != nil {
 		t.Fatalf("the POST was not retried, so the reference is free: %v", err)
+	}
+}
+
+// A redirect from base_url (a typo landing on a website, a proxy during a
+// deploy, http → https on another name) is never followed: following it
+// sent X-Client-Key, X-Client-Token and X-Signature to whatever host the
+// Location named, and with them anyone can call SenGo's API as the
+// merchant, disbursements included. It is an error naming the redirect,
+// with or without a caller's own HTTP client.
+func TestClientNeverFollowsRedirects(t *testing.T) {
+	var leaked atomic.Int64
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Client-Token") != "" || r.Header.Get("X-Client-Key") != "" {
+			leaked.Add(1)
+		}
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	defer other.Close()
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+r.URL.Path, http.StatusFound)
+	}))
+	defer api.Close()
+	for name, c := range map[string]*sengo.Client{
+		"default client": sengo.NewClient(api.URL+"/api", "SC-KEY", "secret-token-0000000000"),
+		"caller's client": sengo.NewClient(api.URL+"/api", "SC-KEY", "secret-token-0000000000", sengo.WithHTTPClient(&http.Client{Timeout: time.Second})),
+	} {
+		_, err := c.Check(context.Background(), "abc", false)
+		var ae *sengo.APIError
+		if !errors.As(err, &ae) || ae.Code != sengo.CodeRedirect || ae.HTTPStatus != http.StatusFound {
+			t.Errorf("%s: a redirect gave %v, want an APIError %s", name, err, sengo.CodeRedirect)
+		}
+	}
+	if n := leaked.Load(); n != 0 {
+		t.Fatalf("the redirect's target (another host) received the credentials %d times", n)
 	}
 }

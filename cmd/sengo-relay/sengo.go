@@ -60,6 +60,8 @@ func probeAPIs(ctx context.Context, cfg config.Config, clients map[string]*sengo
 		switch {
 		case errors.As(err, &ae) && ae.Code == sengo.CodeNotSenGo404:
 			hint = "this is not SenGo's API: check projects." + name + ".base_url (it ends in /api)"
+		case errors.As(err, &ae) && ae.Code == sengo.CodeRedirect:
+			hint = "projects." + name + ".base_url answers with a redirect, which the relay never follows (it would carry the credentials to another host): set base_url to SenGo's API itself"
 		case errors.Is(err, sengo.ErrUnauthorized), errors.Is(err, sengo.ErrIPNotAllowed):
 			hint = "SenGo refuses the credentials or this server's IP: check projects." + name + ".api_key, token and SenGo's IP allowlist"
 		}
