@@ -866,3 +866,47 @@ func TestCheckNeverAnsweredForOneIDIsQuarantined(t *testing.T) {
 		t.Fatalf("quarantine %+v, want the never-answered one, unconfirmed", q)
 	}
 }
+
+// Forged callbacks whose checks SenGo never answers held an intake worker
+// each for the whole processing time of every attempt (20 s with the
+// defaults, and the client tried three times within it), confirm_attempts
+// times: a few such requests a minute kept every worker busy, and the
+// genuine callback behind them waited. A check now has its own timeout
+// (intake.confirm_timeout) and one try per attempt, and a check that timed
+// out while SenGo answers others is quarantined at once.
+func TestHangingChecksDoNotStarveIntake(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/check/forged-hang-") {
+			<-r.Context().Done() // never answered
+			return
+		}
+		sb.Handler().ServeHTTP(w, r)
+	}))
+	defer func() { hs.Close(); sb.Close() }()
+	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}, sengo.CheckTimeout(100*time.Millisecond))
+		ic.ConfirmAttempts = 1000 // only "at once" quarantines them within the test
+		ic.Workers, ic.MaxAckPending = 2, 256 // slots to spare: the workers are what is fought over
+	})
+	const forged = 12
+	for i := range forged {
+		body := fmt.Appendf(nil, `{"id":"forged-hang-%d","merchantRef":"FORGED-%d","status":"success","amount":10000,"fee":0,"totalAmount":10000,"qris":{}}`, i, i)
+		if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
+			t.Fatalf("forged callback: %d %v", resp.StatusCode, got)
+		}
+	}
+	tx, err := client.CreateQRIS(context.Background(), sengo.QRISRequest{Reference: "INV-NOT-STARVED", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, got := h.post("/callbacks/sengo/main", payCallback(t, sb, client, tx.ID)); resp.StatusCode != 200 {
+		t.Fatalf("genuine callback: %d %v", resp.StatusCode, got)
+	}
+	eventually(t, "the genuine success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
+	eventually(t, "the forged ones quarantined", func() bool { return h.msgs(event.StreamQuarantine) == forged })
+}

@@ -209,8 +209,11 @@ type result struct {
 	// redeliver this one shortly without spending an attempt.
 	wait bool
 	// checkFailed: err is SenGo's API failing this notification's check
-	// (an error, a timeout), not an answer.
-	checkFailed bool
+	// (an error, a timeout), not an answer; checkTimedOut: no answer in
+	// time.
+	checkFailed, checkTimedOut bool
+	// setAside: quarantine now, whatever the attempt.
+	setAside bool
 }
 
 // handle processes one inbox message and settles it.
@@ -266,8 +269,13 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		l := in.log.With().Str("project", r.project).Uint64("inbox_seq", seq).Uint64("attempt", attempt).Logger()
 		return &l
 	}
-	if r.checkFailed && int(attempt) >= max(in.cfg.ConfirmAttempts, 1) && in.checksAnswered(ctx, r.project) {
-		r.err = fmt.Errorf("%w: SenGo's API failed this transaction's check %d times while it answers others: %v", sengo.ErrUnconfirmed, attempt, r.err)
+	// A check that failed for this notification alone (SenGo answers a
+	// check of a made-up id) is unconfirmed: after confirm_attempts tries,
+	// or at once when SenGo did not answer it in time, since each such try
+	// holds a worker for the whole check timeout.
+	if r.checkFailed && (r.checkTimedOut || int(attempt) >= max(in.cfg.ConfirmAttempts, 1)) && in.checksAnswered(ctx, r.project) {
+		r.err = fmt.Errorf("%w: SenGo's API failed this transaction's check (attempt %d) while it answers others: %v", sengo.ErrUnconfirmed, attempt, r.err)
+		r.setAside = true
 		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "failing_alone").Inc()
 	}
 	switch {
@@ -283,7 +291,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		if err := m.Ack(); err != nil {
 			log().Warn().Err(err).Msg("ack inbox message; it will be redelivered and found done")
 		}
-	case errors.Is(r.err, ErrPermanent) || errors.Is(r.err, sengo.ErrMismatch) ||
+	case r.setAside || errors.Is(r.err, ErrPermanent) || errors.Is(r.err, sengo.ErrMismatch) ||
 		errors.Is(r.err, sengo.ErrUnconfirmed) && int(attempt) >= max(in.cfg.ConfirmAttempts, 1):
 		if err := in.quarantine(ctx, m, r); err != nil {
 			delay := in.retryDelay(attempt)
@@ -517,6 +525,7 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 			in.countConfirm(project, err)
 			r.err = fmt.Errorf("confirm %s: %w", tx.ID, err)
 			r.checkFailed = !errors.Is(err, sengo.ErrMismatch) && !errors.Is(err, sengo.ErrUnconfirmed)
+			r.checkTimedOut = errors.Is(err, sengo.ErrCheckTimedOut)
 			return r
 		}
 		if ok {

@@ -97,9 +97,14 @@ func (c *Client) Disburse(ctx context.Context, r DisbursementRequest) (Transacti
 // Check returns SenGo's current view of transaction id (SenGo's id, not the
 // merchantRef). With resend, SenGo also sends the callback again.
 func (c *Client) Check(ctx context.Context, id string, resend bool) (Transaction, error) {
+	return c.check(ctx, id, resend, c.attempts)
+}
+
+// check is Check with at most tries tries.
+func (c *Client) check(ctx context.Context, id string, resend bool, tries int) (Transaction, error) {
 	var raw json.RawMessage
 	path := "/check/" + url.PathEscape(id) + "?resendCallback=" + strconv.FormatBool(resend)
-	if err := c.call(ctx, http.MethodGet, path, nil, &raw); err != nil {
+	if err := c.callTries(ctx, http.MethodGet, path, nil, &raw, tries); err != nil {
 		return Transaction{}, err
 	}
 	return parseObject(raw)
@@ -166,6 +171,11 @@ func parseObject(raw json.RawMessage) (Transaction, error) {
 // Only GETs are retried, with backoff, on 429, 5xx and transport errors: a
 // POST that timed out may have created something.
 func (c *Client) call(ctx context.Context, method, path string, body any, out any) error {
+	return c.callTries(ctx, method, path, body, out, c.attempts)
+}
+
+// callTries is call with at most tries tries of a GET.
+func (c *Client) callTries(ctx context.Context, method, path string, body any, out any, tries int) error {
 	var payload []byte
 	if body != nil {
 		var err error
@@ -175,7 +185,7 @@ func (c *Client) call(ctx context.Context, method, path string, body any, out an
 	}
 	attempts := 1
 	if method == http.MethodGet {
-		attempts = max(c.attempts, 1)
+		attempts = max(tries, 1)
 	}
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = c.initial

@@ -19,6 +19,10 @@ var ErrMismatch = errors.New("SenGo's API disagrees with the notification")
 // callback: retried a few times, then treated as a mismatch.
 var ErrUnconfirmed = errors.New("SenGo's API does not (yet) report the claimed status")
 
+// ErrCheckTimedOut: SenGo's API did not answer a check within the
+// Confirmer's check timeout. Transient, like any failed check.
+var ErrCheckTimedOut = errors.New("SenGo's API did not answer the check in time")
+
 // MismatchError carries both versions of a disputed transaction.
 type MismatchError struct {
 	Reason   string
@@ -33,15 +37,29 @@ func (e *MismatchError) Unwrap() error { return e.kind }
 // Confirmer checks notifications with GET /check/{id} of each project's
 // client. Projects without a client are not confirmed.
 type Confirmer struct {
-	clients map[string]*Client
-	probes  map[string]*probe
+	clients      map[string]*Client
+	probes       map[string]*probe
+	checkTimeout time.Duration
 }
 
+// ConfirmerOption configures a Confirmer.
+type ConfirmerOption func(*Confirmer)
+
+// DefaultCheckTimeout is how long a check may take by default.
+const DefaultCheckTimeout = 5 * time.Second
+
+// CheckTimeout bounds each check (one try; the caller retries a failed
+// one): a check SenGo does not answer holds its caller no longer.
+func CheckTimeout(d time.Duration) ConfirmerOption { return func(c *Confirmer) { c.checkTimeout = d } }
+
 // NewConfirmer confirms the projects in clients (by project name).
-func NewConfirmer(clients map[string]*Client) *Confirmer {
-	c := &Confirmer{clients: clients, probes: make(map[string]*probe, len(clients))}
+func NewConfirmer(clients map[string]*Client, opts ...ConfirmerOption) *Confirmer {
+	c := &Confirmer{clients: clients, probes: make(map[string]*probe, len(clients)), checkTimeout: DefaultCheckTimeout}
 	for name := range clients {
 		c.probes[name] = &probe{turn: make(chan struct{}, 1)}
+	}
+	for _, o := range opts {
+		o(c)
 	}
 	return c
 }
@@ -76,7 +94,7 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string) bool {
 	if time.Since(p.at) < probeFresh {
 		return p.ok
 	}
-	_, err := client.Check(ctx, "sengo-relay-probe-"+rand.Text(), false)
+	_, err := client.check(ctx, "sengo-relay-probe-"+rand.Text(), false, 1)
 	if ctx.Err() != nil {
 		return false // the caller's time ran out: nothing learnt
 	}
@@ -90,14 +108,21 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string) bool {
 // has moved on; a final status SenGo does not report yields ErrUnconfirmed,
 // and so does a check SenGo refuses for this id alone (a 4xx other than
 // 401, 403, 404 and 429); other disagreements ErrMismatch. Any other
-// error is transient (SenGo unreachable, throttled, misconfigured) and
-// worth retrying.
+// error is transient (SenGo unreachable, throttled, misconfigured, or no
+// answer within the check timeout: ErrCheckTimedOut) and worth retrying.
 func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction) (Transaction, bool, error) {
 	client, ok := c.clients[project]
 	if !ok {
 		return tx, false, nil
 	}
-	got, err := client.Check(ctx, tx.ID, false)
+	// One try, bounded: the caller (intake) retries with its own backoff,
+	// and a check SenGo never answers must not hold it longer.
+	cctx, cancel := context.WithTimeout(ctx, c.checkTimeout)
+	got, err := client.check(cctx, tx.ID, false, 1)
+	cancel()
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return Transaction{}, false, fmt.Errorf("check %s: %w (%s)", tx.ID, ErrCheckTimedOut, c.checkTimeout)
+	}
 	if errors.Is(err, ErrTransactionNotFound) {
 		return Transaction{}, false, &MismatchError{Reason: "SenGo has no transaction " + tx.ID, Callback: tx, kind: ErrMismatch}
 	}

@@ -123,6 +123,9 @@ type Intake struct {
 	// ConfirmAttempts bounds retries of a callback claiming a final status
 	// SenGo's API does not report yet; then it is quarantined.
 	ConfirmAttempts int `yaml:"confirm_attempts"`
+	// ConfirmTimeout bounds one check with SenGo's API (one try: intake
+	// retries with its backoff).
+	ConfirmTimeout Duration `yaml:"confirm_timeout"`
 }
 
 // Reconcile configures the periodic comparison with SenGo's transaction list.
@@ -227,6 +230,7 @@ func Default() Config {
 			RetryInitial:    Duration(time.Second),
 			RetryMax:        Duration(5 * time.Minute),
 			ConfirmAttempts: 5,
+			ConfirmTimeout:  Duration(5 * time.Second),
 		},
 		Reconcile: Reconcile{Interval: Duration(10 * time.Minute), Window: Duration(48 * time.Hour)},
 		Admin:     Admin{Listen: "127.0.0.1:8081"},
@@ -269,7 +273,7 @@ func (c *Config) Validate() error {
 		"http.write_timeout": c.HTTP.WriteTimeout, "http.idle_timeout": c.HTTP.IdleTimeout,
 		"http.shutdown_timeout": c.HTTP.ShutdownTimeout,
 		"intake.ack_wait":       c.Intake.AckWait, "intake.retry_initial": c.Intake.RetryInitial,
-		"intake.retry_max": c.Intake.RetryMax,
+		"intake.retry_max": c.Intake.RetryMax, "intake.confirm_timeout": c.Intake.ConfirmTimeout,
 	} {
 		if d <= 0 {
 			bad("%s: must be positive, got %s", name, d)
@@ -353,6 +357,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Intake.AckWait.D() < 5*time.Second {
 		bad("intake.ack_wait: %s is below 5s", c.Intake.AckWait)
+	}
+	if c.Intake.ConfirmTimeout > c.Intake.AckWait/3 {
+		bad("intake.confirm_timeout (%s) must be at most a third of intake.ack_wait (%s): the check, the writes after it and the settling share ack_wait", c.Intake.ConfirmTimeout, c.Intake.AckWait)
 	}
 
 	if len(c.Projects) == 0 {

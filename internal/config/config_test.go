@@ -227,6 +227,18 @@ func TestEventsDuplicateWindowCoversRetries(t *testing.T) {
 	}
 }
 
+// A check may take at most a third of ack_wait: it, the writes after it
+// and the settling share the time before the message is handed out again.
+func TestConfirmTimeoutFitsAckWait(t *testing.T) {
+	_, err := Load(write(t, "intake: {ack_wait: 9s, confirm_timeout: 4s}\n"+minimal), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "intake.confirm_timeout") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := Load(write(t, "intake: {ack_wait: 9s, confirm_timeout: 3s}\n"+minimal), noEnv); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Half the credentials once turned confirmation and signatures off without
 // a word; now it is an error, whichever half is missing, and so are a
 // required confirmation that cannot happen and a shared api_key.
