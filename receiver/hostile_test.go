@@ -890,7 +890,7 @@ func TestHangingChecksDoNotStarveIntake(t *testing.T) {
 	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}, sengo.CheckTimeout(100*time.Millisecond))
-		ic.ConfirmAttempts = 1000 // only "at once" quarantines them within the test
+		ic.ConfirmAttempts = 1000             // only "at once" quarantines them within the test
 		ic.Workers, ic.MaxAckPending = 2, 256 // slots to spare: the workers are what is fought over
 	})
 	const forged = 12

@@ -229,7 +229,7 @@ func TestClientNeverFollowsRedirects(t *testing.T) {
 	}))
 	defer api.Close()
 	for name, c := range map[string]*sengo.Client{
-		"default client": sengo.NewClient(api.URL+"/api", "SC-KEY", "secret-token-0000000000"),
+		"default client":  sengo.NewClient(api.URL+"/api", "SC-KEY", "secret-token-0000000000"),
 		"caller's client": sengo.NewClient(api.URL+"/api", "SC-KEY", "secret-token-0000000000", sengo.WithHTTPClient(&http.Client{Timeout: time.Second})),
 	} {
 		_, err := c.Check(context.Background(), "abc", false)
