@@ -7,13 +7,16 @@ import (
 )
 
 // Deadline is how long Until waits before failing the test: 30 s, or
-// SENGO_RELAY_TEST_DEADLINE (a Go duration). scripts/mutants sets it
+// SENGO_TEST_DEADLINE (a Go duration). scripts/mutants sets it
 // shorter: a test catching a mutant mostly fails by waiting for what the
-// mutant stopped, and 30 s of it per mutant was most of CI's time.
+// mutant stopped, and 30 s of it per mutant was most of CI's time. Not
+// SENGO_RELAY_…: the relay refuses a variable with that prefix that names
+// no setting, so every relay a test started failed to start, and every
+// mutant caught by such a test was "killed" by that alone.
 var Deadline = deadline()
 
 func deadline() time.Duration {
-	if d, err := time.ParseDuration(os.Getenv("SENGO_RELAY_TEST_DEADLINE")); err == nil && d > 0 {
+	if d, err := time.ParseDuration(os.Getenv("SENGO_TEST_DEADLINE")); err == nil && d > 0 {
 		return d
 	}
 	return 30 * time.Second
