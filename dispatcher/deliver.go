@@ -43,10 +43,16 @@ func (r attemptResult) describe() string {
 	return fmt.Sprintf("HTTP %d", r.Status)
 }
 
+// maxResponseHeaderBytes bounds an endpoint's response headers (Go's
+// default is 10 MiB, which a hostile endpoint turns into a header map of
+// about 150 MiB per attempt, on every worker at once).
+const maxResponseHeaderBytes = 64 << 10
+
 // newClient returns the HTTP client of one endpoint: no redirects (a 3xx
-// is a failure), bounded connection reuse.
+// is a failure), bounded response headers, bounded connection reuse.
 func newClient(concurrency int) *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxResponseHeaderBytes = maxResponseHeaderBytes
 	tr.MaxIdleConnsPerHost = concurrency
 	tr.ResponseHeaderTimeout = 0 // the per-attempt context bounds everything
 	return &http.Client{

@@ -205,6 +205,28 @@ func TestRedirectNotFollowed(t *testing.T) {
 	}
 }
 
+// An endpoint's response headers are bounded (64 KiB): an answer with a
+// megabyte of them is a failed attempt, never read whole. Unbounded (Go's
+// default is 10 MiB), one such answer built a header map of some 150 MiB
+// and counted as delivered, and every worker of a hostile endpoint could
+// do it at once.
+func TestHugeResponseHeadersAreAFailure(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
+		pad := strings.Repeat("p", 40)
+		for i := range 25000 { // 1 MB of headers
+			w.Header().Set(fmt.Sprintf("X-Pad-%d", i), pad)
+		}
+		w.WriteHeader(200)
+	})
+	w := h.start(h.endpoint("orders", c.URL, 10*time.Millisecond))
+	h.publish("tx-headers", event.StatusSuccess, "")
+	eventually(t, "a dead letter", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	if d := h.deadLetters()[0]; d.LastStatus != 0 || !strings.Contains(d.LastError, "headers exceeded") {
+		t.Fatalf("dead letter: status %d, error %q; want no status and the header bound", d.LastStatus, d.LastError)
+	}
+}
+
 // A paused endpoint loses nothing: after enough failures the breaker stops
 // pulling; events published meanwhile are all delivered after recovery,
 // in order per transaction when ordered.

@@ -58,6 +58,13 @@ func NewClient(baseURL, apiKey, token string, opts ...ClientOption) *Client {
 	// as an error (CodeRedirect). A caller's client is copied, not changed.
 	h := *c.http
 	h.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	if h.Transport == nil {
+		// Answers are bounded (8 MiB of body, read below); so are their
+		// headers (Go's default allows 10 MiB).
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxResponseHeaderBytes = 64 << 10
+		h.Transport = tr
+	}
 	c.http = &h
 	return c
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -240,5 +241,22 @@ func TestClientNeverFollowsRedirects(t *testing.T) {
 	}
 	if n := leaked.Load(); n != 0 {
 		t.Fatalf("the redirect's target (another host) received the credentials %d times", n)
+	}
+}
+
+// An answer's headers are bounded (64 KiB) like its body: a megabyte of
+// them is an error, not read whole.
+func TestClientBoundsResponseHeaders(t *testing.T) {
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		pad := strings.Repeat("p", 40)
+		for i := range 25000 {
+			w.Header().Set("X-Pad-"+strconv.Itoa(i), pad)
+		}
+		w.WriteHeader(200)
+	}))
+	defer api.Close()
+	_, err := sengo.NewClient(api.URL+"/api", "SC-KEY", "secret-token-0000000000").Check(context.Background(), "abc", false)
+	if err == nil || !strings.Contains(err.Error(), "headers exceeded") {
+		t.Fatalf("an answer with 1 MB of headers: %v, want the header bound", err)
 	}
 }
