@@ -271,7 +271,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 
 	var confirmer receiver.Confirmer
 	if clients := apiClients(cfg, true); len(clients) > 0 {
-		confirmer = sengo.NewConfirmer(clients, sengo.CheckTimeout(cfg.Intake.ConfirmTimeout.D()))
+		confirmer = sengo.NewConfirmer(clients, sengo.CheckTimeout(cfg.Intake.CheckTimeout()))
 	}
 	go probeAPIs(ctx, cfg, apiClients(cfg, false), log.With().Str("component", "sengo").Logger())
 	required := map[string]bool{}

@@ -124,8 +124,18 @@ type Intake struct {
 	// SenGo's API does not report yet; then it is quarantined.
 	ConfirmAttempts int `yaml:"confirm_attempts"`
 	// ConfirmTimeout bounds one check with SenGo's API (one try: intake
-	// retries with its backoff).
+	// retries with its backoff); 0 is CheckTimeout's default.
 	ConfirmTimeout Duration `yaml:"confirm_timeout"`
+}
+
+// CheckTimeout is how long one check with SenGo's API may take:
+// confirm_timeout, or by default the smaller of 5s and a third of
+// ack_wait.
+func (i Intake) CheckTimeout() time.Duration {
+	if i.ConfirmTimeout > 0 {
+		return i.ConfirmTimeout.D()
+	}
+	return min(5*time.Second, i.AckWait.D()/3)
 }
 
 // Reconcile configures the periodic comparison with SenGo's transaction list.
@@ -230,7 +240,6 @@ func Default() Config {
 			RetryInitial:    Duration(time.Second),
 			RetryMax:        Duration(5 * time.Minute),
 			ConfirmAttempts: 5,
-			ConfirmTimeout:  Duration(5 * time.Second),
 		},
 		Reconcile: Reconcile{Interval: Duration(10 * time.Minute), Window: Duration(48 * time.Hour)},
 		Admin:     Admin{Listen: "127.0.0.1:8081"},
@@ -273,7 +282,7 @@ func (c *Config) Validate() error {
 		"http.write_timeout": c.HTTP.WriteTimeout, "http.idle_timeout": c.HTTP.IdleTimeout,
 		"http.shutdown_timeout": c.HTTP.ShutdownTimeout,
 		"intake.ack_wait":       c.Intake.AckWait, "intake.retry_initial": c.Intake.RetryInitial,
-		"intake.retry_max": c.Intake.RetryMax, "intake.confirm_timeout": c.Intake.ConfirmTimeout,
+		"intake.retry_max": c.Intake.RetryMax,
 	} {
 		if d <= 0 {
 			bad("%s: must be positive, got %s", name, d)
@@ -358,8 +367,8 @@ func (c *Config) Validate() error {
 	if c.Intake.AckWait.D() < 5*time.Second {
 		bad("intake.ack_wait: %s is below 5s", c.Intake.AckWait)
 	}
-	if c.Intake.ConfirmTimeout > c.Intake.AckWait/3 {
-		bad("intake.confirm_timeout (%s) must be at most a third of intake.ack_wait (%s): the check, the writes after it and the settling share ack_wait", c.Intake.ConfirmTimeout, c.Intake.AckWait)
+	if c.Intake.ConfirmTimeout < 0 || c.Intake.ConfirmTimeout > c.Intake.AckWait/3 {
+		bad("intake.confirm_timeout (%s) must be 0 (the default) or positive and at most a third of intake.ack_wait (%s): the check, the writes after it and the settling share ack_wait", c.Intake.ConfirmTimeout, c.Intake.AckWait)
 	}
 
 	if len(c.Projects) == 0 {

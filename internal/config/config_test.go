@@ -237,6 +237,17 @@ func TestConfirmTimeoutFitsAckWait(t *testing.T) {
 	if _, err := Load(write(t, "intake: {ack_wait: 9s, confirm_timeout: 3s}\n"+minimal), noEnv); err != nil {
 		t.Fatal(err)
 	}
+	// Unset, it fits whatever ack_wait is.
+	c, err := Load(write(t, "intake: {ack_wait: 5s}\n"+minimal), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Intake.CheckTimeout(); got <= 0 || got > 5*time.Second/3 {
+		t.Fatalf("default check timeout with ack_wait 5s: %s", got)
+	}
+	if c, err = Load(write(t, minimal), noEnv); err != nil || c.Intake.CheckTimeout() != 5*time.Second {
+		t.Fatalf("default check timeout: %v %v", c.Intake.CheckTimeout(), err)
+	}
 }
 
 // Half the credentials once turned confirmation and signatures off without
