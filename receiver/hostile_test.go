@@ -490,6 +490,25 @@ func startSandbox(t testing.TB) (*sandbox.Server, *sengo.Client) {
 	return sb, sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
 }
 
+// startSandboxHanging is startSandbox whose API never answers a check of
+// an id starting with prefix (the request hangs until the caller gives up).
+func startSandboxHanging(t testing.TB, prefix string) (*sandbox.Server, *sengo.Client) {
+	t.Helper()
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, id, _ := strings.Cut(r.URL.Path, "/check/"); strings.HasPrefix(id, prefix) {
+			<-r.Context().Done() // never answered
+			return
+		}
+		sb.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { hs.Close(); sb.Close() })
+	return sb, sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+}
+
 // payCallback makes SenGo's transaction id paid and returns the callback
 // SenGo then sends: its API's own object as responseData.
 func payCallback(t testing.TB, sb *sandbox.Server, client *sengo.Client, id string) []byte {
@@ -833,19 +852,7 @@ func TestCheckOutageIsRetriedNotQuarantined(t *testing.T) {
 // used its time, yet the notification is still quarantined (settling has
 // its own time inside AckWait), and intake stays free for the genuine one.
 func TestCheckNeverAnsweredForOneIDIsQuarantined(t *testing.T) {
-	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasSuffix(r.URL.Path, "/check/forged-hang") {
-			<-r.Context().Done() // never answered
-			return
-		}
-		sb.Handler().ServeHTTP(w, r)
-	}))
-	defer func() { hs.Close(); sb.Close() }()
-	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	sb, client := startSandboxHanging(t, "forged-hang")
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
 		ic.ConfirmAttempts = 2
@@ -877,19 +884,7 @@ func TestCheckNeverAnsweredForOneIDIsQuarantined(t *testing.T) {
 // (intake.confirm_timeout) and one try per attempt, and a check that timed
 // out while SenGo answers others is quarantined at once.
 func TestHangingChecksDoNotStarveIntake(t *testing.T) {
-	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(r.URL.Path, "/check/forged-hang-") {
-			<-r.Context().Done() // never answered
-			return
-		}
-		sb.Handler().ServeHTTP(w, r)
-	}))
-	defer func() { hs.Close(); sb.Close() }()
-	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	sb, client := startSandboxHanging(t, "forged-hang-")
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}, sengo.CheckTimeout(100*time.Millisecond))
 		ic.ConfirmAttempts = 1000             // only "at once" quarantines them within the test

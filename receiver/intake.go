@@ -47,9 +47,10 @@ type Confirmer interface {
 // CheckProber is what a Confirmer may also do (sengo.Confirmer): tell
 // whether SenGo's API answers a project's checks at all. With it, a check
 // that keeps failing for one notification while SenGo answers others is
-// that notification's own problem: after ConfirmAttempts tries it is
-// quarantined as unconfirmed (and rechecked), not retried as an outage
-// holding one of intake's slots for the inbox's retention.
+// that notification's own problem: after ConfirmAttempts tries (at once
+// for a check not answered in time) it is quarantined as unconfirmed (and
+// rechecked), not retried as an outage holding one of intake's slots for
+// the inbox's retention.
 type CheckProber interface {
 	ChecksAnswered(ctx context.Context, project string) bool
 }

@@ -318,18 +318,9 @@ func TestConsoleActsOnWhatItCounted(t *testing.T) {
 	quarantine("tx-1")
 	c := browser(t)
 	csrf := signIn(t, c, hs.URL)
-	resp, err := c.Get(hs.URL + "/console/quarantine/confirm?action=purge")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	m := regexp.MustCompile(`name="upto" value="(\d+)"`).FindStringSubmatch(string(b))
-	if m == nil || !strings.Contains(string(b), "Purge 1 quarantined notification(s) for good?") {
-		t.Fatalf("confirmation without its count:\n%s", b)
-	}
+	upto := confirmPurge(t, c, hs.URL, 1)
 	quarantine("tx-2") // after the count
-	resp, err = c.PostForm(hs.URL+"/console/quarantine/purge", url.Values{"_csrf": {csrf}, "upto": {m[1]}})
+	resp, err := c.PostForm(hs.URL+"/console/quarantine/purge", url.Values{"_csrf": {csrf}, "upto": {upto}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,6 +332,23 @@ func TestConsoleActsOnWhatItCounted(t *testing.T) {
 	if len(left) != 1 || string(left[0].Data) != `{"id":"tx-2"}` {
 		t.Fatalf("left in quarantine: %d messages", len(left))
 	}
+}
+
+// confirmPurge opens the console's confirmation of a quarantine purge,
+// wants it to count n, and returns the "upto" its form carries.
+func confirmPurge(t *testing.T, c *http.Client, base string, n int) string {
+	t.Helper()
+	resp, err := c.Get(base + "/console/quarantine/confirm?action=purge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`name="upto" value="(\d+)"`).FindStringSubmatch(string(b))
+	if want := fmt.Sprintf("Purge %d quarantined notification(s) for good?", n); m == nil || !strings.Contains(string(b), want) {
+		t.Fatalf("confirmation without %q:\n%s", want, b)
+	}
+	return m[1]
 }
 
 // A redrive or purge of the whole quarantine confirmed in the console
@@ -358,17 +366,7 @@ func TestConsoleQuarantineActionsReachEveryOne(t *testing.T) {
 	})
 	c := browser(t)
 	csrf := signIn(t, c, hs.URL)
-	resp, err := c.Get(hs.URL + "/console/quarantine/confirm?action=purge")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	m := regexp.MustCompile(`name="upto" value="(\d+)"`).FindStringSubmatch(string(b))
-	if want := fmt.Sprintf("Purge %d quarantined notification(s) for good?", n); m == nil || !strings.Contains(string(b), want) {
-		t.Fatalf("confirmation without %q:\n%s", want, b)
-	}
-	resp, err = c.PostForm(hs.URL+"/console/quarantine/purge", url.Values{"_csrf": {csrf}, "upto": {m[1]}})
+	resp, err := c.PostForm(hs.URL+"/console/quarantine/purge", url.Values{"_csrf": {csrf}, "upto": {confirmPurge(t, c, hs.URL, n)}})
 	if err != nil {
 		t.Fatal(err)
 	}
