@@ -162,13 +162,27 @@ func dlqEntry(seq uint64, at time.Time, data []byte) (DLQEntry, error) {
 // with a fresh retry budget and the same webhook-id. The dead letter stays
 // in SENGO_DLQ until the copy is delivered (or dead-lettered again, which
 // stores a new one): the copy lives on SENGO_REPLAY, kept for less time,
-// and an event must never be left with neither. It returns how many were
-// redriven.
+// and an event must never be left with neither. Dead letters of an
+// endpoint no relay delivers any more (its consumer is gone, or being
+// retired: RunRetirer) are skipped and stay listed: their copy would wait
+// where nothing reads it. It returns how many were redriven.
 func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int, error) {
 	n := 0
+	delivered := map[string]bool{}
 	for _, e := range entries {
 		if e.Reason == ReasonUndecodable {
 			continue // nothing a consumer could accept
+		}
+		ok, known := delivered[e.Endpoint]
+		if !known {
+			var err error
+			if ok, err = redrivable(ctx, js, e.Endpoint); err != nil {
+				return n, err
+			}
+			delivered[e.Endpoint] = ok
+		}
+		if !ok {
+			continue // its copy would wait where nothing reads it; the dead letter stays
 		}
 		msg := &nats.Msg{Subject: event.ReplaySubject(e.Endpoint), Data: e.Event, Header: nats.Header{
 			HeaderReplayKind:    []string{"redrive"},
@@ -182,6 +196,28 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 		n++
 	}
 	return n, nil
+}
+
+// redrivable reports whether a relay delivers endpoint's redriven copies:
+// its consumer on SENGO_REPLAY exists and is not being retired (the
+// endpoint was removed from the configuration).
+func redrivable(ctx context.Context, js jetstream.JetStream, endpoint string) (bool, error) {
+	name := ConsumerName(endpoint)
+	if _, err := js.Consumer(ctx, event.StreamReplay, name); errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return false, nil
+	} else if err != nil {
+		return false, fmt.Errorf("look up consumer %s: %w", name, err)
+	}
+	kv, err := js.KeyValue(ctx, event.BucketDelivery)
+	if err != nil {
+		return false, fmt.Errorf("open bucket %s: %w", event.BucketDelivery, err)
+	}
+	if _, err := kv.Get(ctx, retireKey(event.StreamReplay, name)); errors.Is(err, jetstream.ErrKeyNotFound) {
+		return true, nil
+	} else if err != nil {
+		return false, fmt.Errorf("read %s: %w", retireKey(event.StreamReplay, name), err)
+	}
+	return false, nil
 }
 
 // HeaderRedriveOf carries, on a redriven copy, the SENGO_DLQ sequence of

@@ -342,6 +342,16 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			workersDone.Add(1)
 			go func() { defer workersDone.Done(); w.Run(runCtx) }()
 		}
+		// A removed or renamed endpoint's backlog goes to the dead letters
+		// (endpoint_removed) instead of waiting for good.
+		workersDone.Add(1)
+		go func() {
+			defer workersDone.Done()
+			dispatcher.RunRetirer(runCtx, dispatcher.RetireConfig{
+				JetStream: js, Configured: epNames, Durable: conns.durable, Metrics: dmetrics,
+				Logger: log.With().Str("component", "dispatcher").Logger(),
+			})
+		}()
 		if cfg.Admin.Token.Set() {
 			workerMu.Lock()
 			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: adminJS, Readers: readers, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Durable: conns.durable, Logger: log.With().Str("component", "admin").Logger()})

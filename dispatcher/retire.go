@@ -1,0 +1,408 @@
+package dispatcher
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/event"
+)
+
+// ReasonRemoved: the endpoint was taken out of the configuration (or
+// renamed) while events still waited for it; they are dead-lettered
+// rather than left in a consumer no worker reads.
+const ReasonRemoved = "endpoint_removed"
+
+// RetireConfig configures RunRetirer.
+type RetireConfig struct {
+	JetStream jetstream.JetStream
+	// Configured are the endpoints this relay delivers to.
+	Configured []string
+	Durable    Durability
+	Metrics    *Metrics
+	Logger     zerolog.Logger
+	// Every is how often consumers are looked at (default 30s). A
+	// consumer is retired only when it looked abandoned at two looks in
+	// a row.
+	Every time.Duration
+	// Quiet is how long an abandoned consumer has had no delivery and
+	// existed at least (default 1 minute).
+	Quiet time.Duration
+	// Instance names this relay in its heartbeat (random when empty).
+	Instance string
+}
+
+// relayKey is the key, in SENGO_DELIVERY, of a relay's heartbeat: the
+// endpoints it delivers, written at every look.
+func relayKey(instance string) string { return "_relay." + instance }
+
+// heartbeat is the value at relayKey.
+type heartbeat struct {
+	Endpoints []string  `json:"endpoints"`
+	At        time.Time `json:"at"`
+}
+
+// RunRetirer retires, until ctx ends, the endpoint consumers (webhook-*
+// on SENGO_EVENTS and SENGO_REPLAY) of endpoints that are no longer
+// configured. Without it a removed or renamed endpoint's backlog would
+// wait for good in a consumer nothing reads: never delivered, never
+// dead-lettered.
+//
+// Every relay writes a heartbeat at each look: the endpoints it delivers.
+// A consumer is taken as abandoned when, at two looks in a row, no relay's
+// recent heartbeat names its endpoint, no client waits on it, nothing was
+// delivered from it for Quiet and it is older than Quiet. A relay still
+// running another configuration that has the endpoint (during a rolling
+// deploy that renames it, or one that adds an endpoint) names it in its
+// heartbeat, and a relay too old to write one keeps a pull waiting or
+// delivers: either way the consumer is left alone.
+//
+// Retiring dead-letters, with ReasonRemoved, every event the consumer held
+// when it was first seen abandoned (delivered, in flight or waiting for a
+// retry), acknowledges later events without a dead letter (they arrived
+// after the endpoint was removed), and deletes the consumer once nothing
+// is pending. An event waiting for a retry is dead-lettered when its retry
+// comes due, so a consumer can take up to the longest retry delay to go.
+func RunRetirer(ctx context.Context, cfg RetireConfig) {
+	if cfg.Every <= 0 {
+		cfg.Every = 30 * time.Second
+	}
+	if cfg.Quiet <= 0 {
+		cfg.Quiet = time.Minute
+	}
+	if cfg.Instance == "" {
+		cfg.Instance = randomInstance()
+	}
+	r := &retirer{cfg: cfg, seen: map[string]retiring{}}
+	kv, err := cfg.JetStream.KeyValue(ctx, event.BucketDelivery)
+	for err != nil {
+		sleepCtx(ctx, cfg.Every)
+		if ctx.Err() != nil {
+			return
+		}
+		kv, err = cfg.JetStream.KeyValue(ctx, event.BucketDelivery)
+	}
+	r.store = attemptStore{kv}
+	tick := time.NewTicker(cfg.Every)
+	defer tick.Stop()
+	defer func() { // the heartbeat goes with the relay
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = kv.Delete(dctx, relayKey(cfg.Instance))
+	}()
+	for {
+		used, err := r.beat(ctx)
+		if err != nil && ctx.Err() == nil {
+			// Without every relay's heartbeat nothing is known abandoned.
+			r.cfg.Logger.Warn().Err(err).Msg("relay heartbeats unavailable; not looking for consumers of removed endpoints")
+		}
+		for _, s := range []string{event.StreamEvents, event.StreamReplay} {
+			if err != nil {
+				break
+			}
+			if err := r.look(ctx, s, used); err != nil && ctx.Err() == nil {
+				r.cfg.Logger.Warn().Err(err).Str("stream", s).Msg("looking for consumers of removed endpoints")
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// beat writes this relay's heartbeat and returns the consumer names of the
+// endpoints that some relay delivers: its own and those of every heartbeat
+// written in the last three looks.
+func (r *retirer) beat(ctx context.Context) (map[string]bool, error) {
+	b, _ := json.Marshal(heartbeat{Endpoints: r.cfg.Configured, At: time.Now().UTC()})
+	if _, err := r.store.kv.Put(ctx, relayKey(r.cfg.Instance), b); err != nil {
+		return nil, err
+	}
+	used := map[string]bool{}
+	for _, n := range r.cfg.Configured {
+		used[ConsumerName(n)] = true
+	}
+	keys, err := r.store.kv.ListKeysFiltered(ctx, relayKey("*"))
+	if err != nil {
+		return nil, err
+	}
+	fresh := time.Now().Add(-3 * r.cfg.Every)
+	for k := range keys.Keys() {
+		e, err := r.store.kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		} else if err != nil {
+			return nil, err
+		}
+		var h heartbeat
+		if json.Unmarshal(e.Value(), &h) != nil || h.At.Before(fresh) {
+			if h.At.Before(time.Now().Add(-staleHeartbeat)) { // a relay that stopped without deleting its own
+				_ = r.store.kv.Delete(ctx, k)
+			}
+			continue
+		}
+		for _, n := range h.Endpoints {
+			used[ConsumerName(n)] = true
+		}
+	}
+	// A cutoff stays only while its endpoint is removed: delivered again
+	// by some relay, the endpoint gets a new one when it is next removed.
+	cuts, err := r.store.kv.ListKeysFiltered(ctx, retireKey("*", "*"))
+	if err != nil {
+		return nil, err
+	}
+	for k := range cuts.Keys() {
+		if used[k[strings.LastIndexByte(k, '.')+1:]] {
+			if err := r.store.kv.Delete(ctx, k); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return used, nil
+}
+
+// gone reports an error of a consumer deleted meanwhile.
+func gone(err error) bool {
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// staleHeartbeat is the age at which a heartbeat is removed.
+const staleHeartbeat = 24 * time.Hour
+
+func randomInstance() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+type retirer struct {
+	cfg   RetireConfig
+	store attemptStore
+	// seen: consumers found abandoned, by stream and name.
+	seen map[string]retiring
+}
+
+// retiring is a consumer found abandoned.
+type retiring struct {
+	confirmed bool   // abandoned at two looks in a row: being retired
+	cutoff    uint64 // the stream's last sequence when first found
+}
+
+func (r *retirer) look(ctx context.Context, streamName string, used map[string]bool) error {
+	s, err := r.cfg.JetStream.Stream(ctx, streamName)
+	if err != nil {
+		return err
+	}
+	names := s.ConsumerNames(ctx)
+	var orphans []string
+	for n := range names.Name() {
+		if strings.HasPrefix(n, "webhook-") && !used[n] {
+			orphans = append(orphans, n)
+		}
+	}
+	if err := names.Err(); err != nil {
+		return err
+	}
+	still := map[string]bool{}
+	for _, n := range orphans {
+		key := streamName + "/" + n
+		still[key] = true
+		cons, err := s.Consumer(ctx, n)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		info := cons.CachedInfo()
+		st, known := r.seen[key]
+		if !st.confirmed && !r.abandoned(info) {
+			// In use by a relay that has the endpoint: what it holds is
+			// that relay's to deliver.
+			delete(r.seen, key)
+			if err := r.store.kv.Delete(ctx, retireKey(streamName, n)); err != nil {
+				return err
+			}
+			continue
+		}
+		if !known {
+			cutoff, err := r.cutoff(ctx, s, streamName, n)
+			if err != nil {
+				return err
+			}
+			r.seen[key] = retiring{cutoff: cutoff}
+			r.cfg.Logger.Warn().Str("consumer", n).Str("stream", streamName).Uint64("pending", info.NumPending+uint64(info.NumAckPending)).
+				Msg("consumer of an endpoint that is not configured; its events are dead-lettered (endpoint_removed) at the next look unless a relay that has the endpoint uses it")
+			continue
+		}
+		st.confirmed = true
+		r.seen[key] = st
+		if err := r.retire(ctx, s, cons, streamName, st.cutoff); err != nil {
+			return err
+		}
+	}
+	for key := range r.seen {
+		if strings.HasPrefix(key, streamName+"/") && !still[key] {
+			delete(r.seen, key)
+		}
+	}
+	return nil
+}
+
+// retireKey is the key, in SENGO_DELIVERY, of the cutoff of a consumer
+// found abandoned: the last sequence of its stream then. Every relay
+// retiring it uses the same one.
+func retireKey(stream, consumer string) string { return "_retire." + stream + "." + consumer }
+
+// cutoff returns the cutoff of consumer on stream, stored by the first
+// relay that found it abandoned.
+func (r *retirer) cutoff(ctx context.Context, s jetstream.Stream, streamName, consumer string) (uint64, error) {
+	key := retireKey(streamName, consumer)
+	si, err := s.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	_, err = r.store.kv.Create(ctx, key, []byte(strconv.FormatUint(si.State.LastSeq, 10)))
+	if err == nil {
+		return si.State.LastSeq, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return 0, err
+	}
+	e, err := r.store.kv.Get(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(string(e.Value()), 10, 64)
+}
+
+// abandoned reports a consumer no client uses.
+func (r *retirer) abandoned(info *jetstream.ConsumerInfo) bool {
+	quiet := time.Now().Add(-r.cfg.Quiet)
+	if info.NumWaiting > 0 || info.Created.After(quiet) {
+		return false
+	}
+	return info.Delivered.Last == nil || info.Delivered.Last.Before(quiet)
+}
+
+// retire dead-letters what cons holds up to cutoff and deletes it when
+// nothing is left pending.
+func (r *retirer) retire(ctx context.Context, s jetstream.Stream, cons jetstream.Consumer, streamName string, cutoff uint64) error {
+	endpoint := strings.TrimPrefix(cons.CachedInfo().Name, "webhook-")
+	replayed := streamName == event.StreamReplay
+	var dead, skipped int
+	for ctx.Err() == nil {
+		batch, err := cons.FetchNoWait(100)
+		if gone(err) {
+			return nil // another relay retired it meanwhile
+		} else if err != nil {
+			return fmt.Errorf("fetch from %s: %w", cons.CachedInfo().Name, err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			ok, err := r.settle(ctx, msg, endpoint, replayed, cutoff)
+			if err != nil {
+				_ = msg.Nak()
+				return err
+			}
+			if ok {
+				dead++
+			} else {
+				skipped++
+			}
+		}
+		if err := batch.Error(); gone(err) {
+			return nil
+		} else if err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return fmt.Errorf("fetch from %s: %w", cons.CachedInfo().Name, err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	info, err := cons.Info(ctx)
+	if gone(err) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	log := r.cfg.Logger.Warn().Str("endpoint", endpoint).Str("stream", streamName).Int("dead_lettered", dead).Int("after_removal", skipped)
+	if info.NumPending > 0 || info.NumAckPending > 0 {
+		if dead > 0 {
+			log.Uint64("waiting_for_retry", uint64(info.NumAckPending)).Msg("removed endpoint: events dead-lettered; the rest go when their retry comes due")
+		}
+		return nil
+	}
+	if err := s.DeleteConsumer(ctx, info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("delete consumer %s: %w", info.Name, err)
+	}
+	if err := r.store.kv.Delete(ctx, retireKey(streamName, info.Name)); err != nil {
+		return err
+	}
+	log.Msg("removed endpoint retired: what waited for it is in the dead letters (reason endpoint_removed) and its consumer is deleted")
+	return nil
+}
+
+// settle dead-letters msg (true) if it was stored by cutoff, or
+// acknowledges it (false) if it came after the endpoint was removed.
+func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string, replayed bool, cutoff uint64) (bool, error) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return false, err
+	}
+	if meta.Sequence.Stream > cutoff {
+		return false, msg.DoubleAck(ctx)
+	}
+	ev, _ := event.Unmarshal(msg.Data())
+	var replaySeq uint64
+	if replayed {
+		replaySeq = meta.Sequence.Stream
+	}
+	id := ev.ID
+	if id == "" {
+		id = "seq-" + strconv.FormatUint(meta.Sequence.Stream, 10)
+	}
+	key := attemptKey(endpoint, id, replaySeq)
+	rec, _, err := r.store.get(ctx, key)
+	if err != nil {
+		return false, err
+	}
+	if rec.Done { // delivered or dead-lettered; its acknowledgement was lost
+		return false, msg.DoubleAck(ctx)
+	}
+	d := DeadLetter{
+		Endpoint: endpoint, EventID: ev.ID, TransactionID: ev.Data.TransactionID, MerchantRef: ev.Data.MerchantRef,
+		Reason: ReasonRemoved, Attempts: rec.Count, FirstAttemptAt: rec.First, LastAttemptAt: rec.Last,
+		LastStatus: rec.LastStatus, LastError: rec.LastError, ResponseExcerpt: rec.Excerpt,
+		StreamSeq: eventSeq(msg, meta, replayed), Replayed: replayed, DeadAt: time.Now().UTC(), Event: rawOrString(msg.Data()),
+	}
+	if err := publishDeadLetter(ctx, r.cfg.JetStream, key, d); err != nil {
+		return false, err
+	}
+	if r.cfg.Durable != nil {
+		if err := r.cfg.Durable.Sync(ctx); err != nil {
+			return false, err
+		}
+	}
+	if replayed {
+		if err := removeRedriven(ctx, r.cfg.JetStream, msg); err != nil {
+			return false, err
+		}
+	}
+	if r.cfg.Metrics != nil {
+		r.cfg.Metrics.DeadLetters.WithLabelValues(endpoint, ReasonRemoved).Inc()
+	}
+	return true, msg.DoubleAck(ctx)
+}

@@ -1,0 +1,135 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+)
+
+// runWorker runs a worker for ep until the returned stop is called.
+func (h *harness) runWorker(ep Endpoint) (*Worker, func()) {
+	h.t.Helper()
+	w, err := NewWorker(context.Background(), WorkerConfig{Endpoint: ep, JetStream: h.js, UserAgent: "sengo-relay/test", Metrics: h.metrics, Logger: zerolog.New(h.logs)})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	stop := func() { cancel(); <-done }
+	h.t.Cleanup(stop)
+	return w, stop
+}
+
+// retirer runs RunRetirer for a relay named instance that delivers
+// endpoints, until the test ends.
+func (h *harness) retirer(instance string, endpoints ...string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		RunRetirer(ctx, RetireConfig{JetStream: h.js, Configured: endpoints, Instance: instance, Metrics: h.metrics, Logger: zerolog.New(h.logs),
+			Every: 100 * time.Millisecond, Quiet: time.Millisecond})
+	}()
+	h.t.Cleanup(func() { cancel(); <-done })
+}
+
+func (h *harness) consumerExists(stream, name string) bool {
+	_, err := h.js.Consumer(context.Background(), stream, name)
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		h.t.Fatal(err)
+	}
+	return err == nil
+}
+
+// An endpoint taken out of the configuration (or renamed) left its backlog
+// in a consumer no worker read: never delivered, never dead-lettered. Its
+// events, those waiting for a retry too, now go to the dead letters with
+// reason endpoint_removed and its consumers are deleted; a consumer a relay
+// still delivers from (a relay running a configuration that has the
+// endpoint) is left alone, and so are configured endpoints.
+func TestRemovedEndpointsBacklogIsDeadLettered(t *testing.T) {
+	h := newHarness(t)
+	down := newConsumer(t, func(int, *http.Request, http.ResponseWriter) {})
+	down.answer = func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(http.StatusServiceUnavailable) }
+	// "old" fails its first attempts and is removed while they wait for
+	// their retry; two more events arrive after its relay stopped.
+	_, stopOld := h.runWorker(h.endpoint("old", down.URL, 1500*time.Millisecond, time.Hour))
+	h.publish("tx-1", event.StatusSuccess, "")
+	h.publish("tx-2", event.StatusSuccess, "")
+	eventually(t, "old's first attempts failed", func() bool { return len(down.got()) == 2 })
+	stopOld()
+	h.publish("tx-3", event.StatusSuccess, "")
+	h.publish("tx-4", event.StatusExpired, "")
+
+	// "elsewhere" is not configured here, but another relay, running
+	// another configuration, delivers it; it is held there, so no pull
+	// waits on its consumer: only that relay's heartbeat tells.
+	ok := newConsumer(t, status())
+	if _, err := NewWorker(context.Background(), WorkerConfig{Endpoint: h.endpoint("elsewhere", ok.URL), JetStream: h.js, Metrics: h.metrics, Logger: zerolog.New(h.logs)}); err != nil {
+		t.Fatal(err)
+	}
+	kept := newConsumer(t, status())
+	current := h.start(h.endpoint("current", kept.URL))
+	h.retirer("here", "current")
+	h.retirer("there", "elsewhere", "current")
+	eventually(t, "old found abandoned", func() bool {
+		return strings.Contains(h.logs.String(), `"consumer":"webhook-old"`)
+	})
+	// Stored after the endpoint was found removed: not its event.
+	h.publish("tx-5", event.StatusSuccess, "")
+
+	defer func() {
+		if t.Failed() {
+			t.Log(h.logs.String())
+		}
+	}()
+	eventually(t, "old's consumers deleted", func() bool {
+		return !h.consumerExists(event.StreamEvents, "webhook-old") && !h.consumerExists(event.StreamReplay, "webhook-old")
+	})
+	got := map[string]string{}
+	for _, d := range h.deadLetters() {
+		if d.Endpoint != "old" || d.Reason != ReasonRemoved {
+			t.Errorf("dead letter %s for %s: %s", d.EventID, d.Endpoint, d.Reason)
+		}
+		got[d.TransactionID] = d.Reason
+	}
+	for _, tx := range []string{"tx-1", "tx-2", "tx-3", "tx-4"} {
+		if got[tx] != ReasonRemoved {
+			t.Errorf("%s was not dead-lettered for the removed endpoint (dead letters %v)", tx, got)
+		}
+	}
+	if _, ok := got["tx-5"]; ok {
+		t.Error("an event stored after the endpoint was removed was dead-lettered for it")
+	}
+	if strings.Contains(h.logs.String(), `"consumer":"webhook-elsewhere"`) {
+		t.Error("elsewhere, which another relay delivers, was taken as abandoned")
+	}
+	for _, name := range []string{"webhook-elsewhere", "webhook-current"} {
+		if !h.consumerExists(event.StreamEvents, name) || !h.consumerExists(event.StreamReplay, name) {
+			t.Errorf("%s was retired", name)
+		}
+	}
+	eventually(t, "current delivers everything", func() bool { return h.settled(current) && len(kept.got()) == 5 })
+
+	// A redrive to the removed endpoint would queue copies nothing reads.
+	entries, err := ListDLQ(context.Background(), h.js, DLQFilter{Endpoint: "old"})
+	if err != nil || len(entries) != 4 {
+		t.Fatalf("listed %d dead letters of old: %v", len(entries), err)
+	}
+	if n, err := Redrive(context.Background(), h.js, entries); err != nil || n != 0 {
+		t.Fatalf("redrove %d to a removed endpoint (%v)", n, err)
+	}
+	if msgs := natstest.Messages(t, h.js, event.StreamReplay); len(msgs) != 0 {
+		t.Fatalf("%d copies queued for a removed endpoint", len(msgs))
+	}
+}
