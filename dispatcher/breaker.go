@@ -22,6 +22,7 @@ type breaker struct {
 	nextProbe time.Time
 	lastError string
 	lastAt    time.Time     // when lastError happened
+	resumedAt time.Time     // when it last stopped being paused
 	changed   chan struct{} // closed and replaced on every state change
 }
 
@@ -86,6 +87,9 @@ func (b *breaker) success(probe bool) {
 	defer b.mu.Unlock()
 	b.failures = 0
 	if probe || b.paused {
+		if b.paused {
+			b.resumedAt = b.now()
+		}
 		b.paused, b.probing = false, false
 		b.notify()
 	}
@@ -111,6 +115,14 @@ func (b *breaker) failure(probe bool, reason string) bool {
 		return true
 	}
 	return false
+}
+
+// delivering reports whether the endpoint is not paused, and since when
+// (zero: it never was).
+func (b *breaker) delivering() (bool, time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.paused, b.resumedAt
 }
 
 func (b *breaker) notify() {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -101,8 +102,9 @@ type harness struct {
 	js      jetstream.JetStream
 	metrics *Metrics
 	logs    *syncBuffer
-	durable Durability      // waited on by the workers start runs; nil: none
-	history *history.Writer // given to the workers start runs; nil: none
+	durable Durability       // waited on by the workers start runs; nil: none
+	history *history.Writer  // given to the workers start runs; nil: none
+	now     func() time.Time // the clock of the workers start runs; nil: time.Now
 
 	mu        sync.Mutex
 	published []stored // by publish, in order
@@ -142,7 +144,7 @@ func (h *harness) start(ep Endpoint) *Worker {
 	h.t.Helper()
 	w, err := NewWorker(context.Background(), WorkerConfig{
 		Endpoint: ep, JetStream: h.js, Durable: h.durable, History: h.history, UserAgent: "sengo-relay/test", Metrics: h.metrics,
-		Logger: zerolog.New(h.logs),
+		Logger: zerolog.New(h.logs), Now: h.now,
 	})
 	if err != nil {
 		h.t.Fatal(err)
@@ -235,6 +237,11 @@ func subjectMatches(f, subject string) bool {
 		}
 	}
 	return len(ft) == len(st)
+}
+
+// skewed returns a clock ahead of time.Now by what ahead holds.
+func skewed(ahead *atomic.Int64) func() time.Time {
+	return func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
 }
 
 func eventually(t *testing.T, what string, cond func() bool) { t.Helper(); poll.Until(t, what, cond) }

@@ -71,7 +71,9 @@ func (w *Worker) watchHold(ctx context.Context) {
 			if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &h) == nil && h.Held {
 				w.hold.Store(&h)
 				w.log.Warn().Str("by", h.By).Msg("endpoint held by an operator: deliveries wait in the stream")
-			} else if w.hold.Swap(nil) != nil {
+			} else if w.hold.Load() != nil {
+				w.active.Store(w.cfg.Now().UnixNano())
+				w.hold.Store(nil)
 				w.log.Info().Msg("endpoint hold released")
 			}
 			w.updateHealth()

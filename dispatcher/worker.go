@@ -82,6 +82,9 @@ type Worker struct {
 	inflight sync.WaitGroup
 	// hold is the operator's hold (nil: none), from watchHold.
 	hold atomic.Pointer[HoldState]
+	// active is when the worker last began delivering (w.cfg.Now, Unix
+	// nanoseconds): its start, or the end of an operator's hold.
+	active atomic.Int64
 	// maxAge is SENGO_EVENTS' retention (0: none): events of a paused
 	// endpoint older than maxAge-expiryGuard are dead-lettered.
 	maxAge time.Duration
@@ -115,6 +118,7 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 		breaker: newBreaker(ep.Breaker, cfg.Now),
 		log:     cfg.Logger.With().Str("endpoint", ep.Name).Logger(),
 	}
+	w.active.Store(cfg.Now().UnixNano())
 	if ep.RateLimit > 0 {
 		w.limiter = rate.NewLimiter(rate.Limit(ep.RateLimit), max(1, int(ep.RateLimit)))
 	}
@@ -704,18 +708,23 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 		return true, time.Second
 	case found && rec.Done:
 		return false, 0
-	case found && meta.NumDelivered > staleWaits && rec.NextAt.Before(w.cfg.Now().Add(-staleRecord(w.ep))):
-		// The predecessor's next attempt is long overdue and this event
-		// has waited many times: its record stopped moving (it could not
-		// be written when the predecessor finished). Do not wait forever.
+	case found && meta.NumDelivered > uint64(staleWaits) && w.deliveringFor() > staleRecord(w.ep) && rec.NextAt.Before(w.cfg.Now().Add(-staleRecord(w.ep))):
+		// The predecessor's next attempt is long overdue, this event has
+		// waited many times, and the endpoint has been delivering for
+		// long enough that the predecessor would have had its attempt:
+		// its record stopped moving (it could not be written when the
+		// predecessor finished). Do not wait forever. (Overdue because
+		// the endpoint was paused, held or its relays down is not stuck:
+		// its redelivery comes first.)
 		log().Warn().Str("previous_event_id", prevID).Time("previous_next_at", rec.NextAt).Msg("predecessor's record stopped moving; delivering")
 		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "order_released").Inc()
 		return false, 0
 	case found:
 		// The predecessor is between retries: wait until its next attempt.
 		return true, min(max(rec.NextAt.Sub(w.cfg.Now())+time.Second, time.Second), 5*time.Minute)
-	case meta.NumDelivered <= 3:
-		// No record: its first attempt is in flight. Give it a timeout.
+	case meta.NumDelivered <= 3 || w.deliveringFor() <= staleRecord(w.ep):
+		// No record: its first attempt is in flight, or due now that the
+		// endpoint delivers again. Give it a timeout.
 		return true, w.ep.Timeout + time.Second
 	default:
 		// Still no record after three waits: the predecessor never reached
@@ -725,10 +734,24 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 	}
 }
 
+// deliveringFor is how long the endpoint has been delivering without a
+// pause or hold (0 while paused or held).
+func (w *Worker) deliveringFor() time.Duration {
+	ok, resumed := w.breaker.delivering()
+	if !ok || w.hold.Load() != nil {
+		return 0
+	}
+	since := time.Unix(0, w.active.Load())
+	if resumed.After(since) {
+		since = resumed
+	}
+	return w.cfg.Now().Sub(since)
+}
+
 // staleWaits and staleRecord bound how long an ordered event waits for a
 // predecessor whose record says it is between retries: beyond staleWaits
 // redeliveries and a next attempt overdue by staleRecord, the record is
 // taken as stuck.
-const staleWaits = 10
+var staleWaits int64 = 10 // a variable for tests
 
 func staleRecord(ep Endpoint) time.Duration { return 2*ackWait(ep) + time.Minute }

@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 )
@@ -90,11 +92,73 @@ func TestOrderedWaitIsBounded(t *testing.T) {
 	if err := (attemptStore{kv}).put(t.Context(), attemptKey("orders", event.ID("main", "tx-s", event.StatusPending), 0), stuck); err != nil {
 		t.Fatal(err)
 	}
+	var ahead atomic.Int64
+	h.now = skewed(&ahead)
 	w := h.start(ep)
+	// The worker has been delivering for longer than a record takes to
+	// be taken as stuck.
+	ahead.Store(int64(staleRecord(ep) + time.Minute))
 	h.publish("tx-s", event.StatusSuccess, event.StatusPending)
 	eventually(t, "delivered despite the stuck predecessor", func() bool { return h.settled(w) && len(c.got()) == 1 })
 	if !strings.Contains(h.logs.String(), "predecessor's record stopped moving") {
 		t.Fatal("no warning")
+	}
+}
+
+// An ordered event released its successor when the predecessor's record
+// said its retry was long overdue: the sign of a record that stopped
+// moving. But a retry is overdue after a long hold or pause, or after the
+// relays were down, too, and then the successor went first: "success"
+// reached the merchant before "pending". Overdue counts only from when the
+// endpoint delivers again.
+func TestOrderedHoldsOrderAfterAHold(t *testing.T) {
+	saved := staleWaits
+	staleWaits = 0 // the successor has waited often enough
+	t.Cleanup(func() { staleWaits = saved })
+	h := newHarness(t)
+	var pendingOK atomic.Bool
+	c := newConsumer(t, status())
+	c.answer = func(n int, r *http.Request, w http.ResponseWriter) {
+		ev, _ := event.Unmarshal(c.got()[n-1].Body)
+		if ev.Data.Status == event.StatusPending {
+			if !pendingOK.Load() {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			time.Sleep(200 * time.Millisecond) // a slow answer: a released successor would arrive first
+		}
+		w.WriteHeader(http.StatusOK)
+	}
+	var ahead atomic.Int64
+	h.now = skewed(&ahead)
+	ep := h.endpoint("orders", c.URL, 300*time.Millisecond, 300*time.Millisecond, 300*time.Millisecond)
+	ep.Ordered = true
+	ep.Timeout = time.Second // success waits 2s for pending's first attempt
+	w := h.start(ep)
+	h.publish("tx-h", event.StatusPending, "")
+	h.publish("tx-h", event.StatusSuccess, event.StatusPending)
+	eventually(t, "pending failed once", func() bool { return len(c.got()) >= 1 })
+	if err := Hold(context.Background(), h.js, "orders", "test"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the worker sees the hold", func() bool { return w.Held().Held })
+	// Held until both are due again (each of the 6 pulling goroutines
+	// skips a pull every 200ms: 2.6s), so both go out together on release.
+	waits := func() float64 { return testutil.ToFloat64(h.metrics.HeldWaits.WithLabelValues("orders")) }
+	before := waits()
+	eventually(t, "a hold of 2.6s", func() bool { return waits() >= before+6*13 })
+	ahead.Store(int64(2 * time.Hour)) // held for two hours
+	pendingOK.Store(true)
+	if err := Release(context.Background(), h.js, "orders"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "both delivered", func() bool { return h.settled(w) })
+	// success must not arrive before pending's slow 200 was answered.
+	got := c.got()
+	last, success := got[len(got)-2], got[len(got)-1]
+	if st := strings.Join(c.statuses(), " "); !strings.HasSuffix(st, "tx-h/pending tx-h/success") || strings.Count(st, "success") != 1 ||
+		success.At.Before(last.At.Add(200*time.Millisecond)) {
+		t.Fatalf("attempts %q, success %v after the last pending: success went before pending was delivered", st, success.At.Sub(last.At))
 	}
 }
 
