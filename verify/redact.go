@@ -7,19 +7,39 @@ import (
 
 // RedactURL is what may be shown of a URL that can hold its own secret (a
 // webhook endpoint's, or one a consumer echoes): scheme, host and the first
-// path segment. Credentials, the query, the fragment and the deeper path
-// (where tokens live) are left out; a URL that does not parse shows
-// nothing.
+// path segment when it reads as a word. Credentials, the query, the
+// fragment, the deeper path (where tokens live) and a first segment that
+// could be a token are left out; a URL that does not parse shows nothing.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return ""
 	}
 	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
-	if first, rest, ok := strings.Cut(strings.TrimPrefix(u.EscapedPath(), "/"), "/"); ok && rest != "" {
+	first, rest, _ := strings.Cut(strings.TrimPrefix(u.EscapedPath(), "/"), "/")
+	switch {
+	case first != "" && !plainSegment(first):
+		// It may be the token itself (https://hooks.example/3f9aK2…).
+		return u.Scheme + "://" + u.Host + "/…"
+	case rest != "":
 		return u.Scheme + "://" + u.Host + "/" + first + "/…"
 	}
 	return u.String()
+}
+
+// plainSegment reports a path segment that reads as a word ("hook",
+// "webhooks", "sengo-callback"), not as a token: at most 24 letters,
+// hyphens, underscores and dots, no digit.
+func plainSegment(s string) bool {
+	if len(s) > 24 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // RedactServerURL is what may be shown of a server's URL (nats.url, an

@@ -143,9 +143,9 @@ func newDLQCmd() *cobra.Command {
 		Use:   "dlq",
 		Short: "List, show, redrive or purge dead letters",
 		Long: `Dead letters are events an endpoint did not accept within its retry budget (or refused
-for good: 410, a redirect). Each keeps the event, the endpoint, the attempts and the last
-answer. Redrive queues them again for their endpoint with a fresh budget and the same
-webhook-id; purge deletes them.`,
+for good: 410 or an abort message; a redirect is retried, never followed). Each keeps the
+event, the endpoint, the attempts and the last answer. Redrive queues them again for their
+endpoint with a fresh budget and the same webhook-id; purge deletes them.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			return errors.New("dlq needs a command: list, show, redrive or purge (sengo-relay dlq --help)")
