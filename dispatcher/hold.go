@@ -63,24 +63,56 @@ func (w *Worker) watchHold(ctx context.Context) {
 			sleepCtx(ctx, time.Second)
 			continue
 		}
-		for e := range kw.Updates() {
-			if e == nil {
-				continue // the initial values are all in
+		tick := time.NewTicker(holdRecheck)
+	watch:
+		for {
+			select {
+			case e, ok := <-kw.Updates():
+				if !ok {
+					break watch
+				}
+				if e == nil {
+					continue // the initial values are all in
+				}
+				var h HoldState
+				if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &h) == nil && h.Held {
+					w.hold.Store(&h)
+					w.log.Warn().Str("by", h.By).Msg("endpoint held by an operator: deliveries wait in the stream")
+				} else {
+					w.unhold()
+				}
+				w.updateHealth()
+			case <-tick.C:
+				// A hold that outlives the bucket's TTL is removed without a
+				// delete marker: the watch never tells.
+				if w.hold.Load() == nil {
+					continue
+				}
+				if _, err := w.store.kv.Get(ctx, holdKey(w.ep.Name)); errors.Is(err, jetstream.ErrKeyNotFound) {
+					w.unhold()
+					w.updateHealth()
+				}
+			case <-ctx.Done():
+				break watch
 			}
-			var h HoldState
-			if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &h) == nil && h.Held {
-				w.hold.Store(&h)
-				w.log.Warn().Str("by", h.By).Msg("endpoint held by an operator: deliveries wait in the stream")
-			} else if w.hold.Load() != nil {
-				w.active.Store(w.cfg.Now().UnixNano())
-				w.hold.Store(nil)
-				w.log.Info().Msg("endpoint hold released")
-			}
-			w.updateHealth()
 		}
+		tick.Stop()
 		_ = kw.Stop()
 		sleepCtx(ctx, time.Second) // the watch ended (a reconnect): watch again
 	}
+}
+
+// holdRecheck is how often a held worker reads its hold key again.
+var holdRecheck = time.Minute // a variable for tests
+
+// unhold lifts the hold the worker obeys, if any.
+func (w *Worker) unhold() {
+	if w.hold.Load() == nil {
+		return
+	}
+	w.active.Store(w.cfg.Now().UnixNano())
+	w.hold.Store(nil)
+	w.log.Info().Msg("endpoint hold released")
 }
 
 // Held reports the operator hold the worker obeys.

@@ -4,8 +4,13 @@ import (
 	"context"
 	"net/http"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // An operator's hold stops deliveries (events wait in the stream, none is
@@ -42,4 +47,29 @@ func TestHoldStopsDeliveriesUntilReleased(t *testing.T) {
 	if len(h.deadLetters()) != 0 {
 		t.Error("a hold dead-lettered an event")
 	}
+}
+
+// A hold lasts until released or for SENGO_DELIVERY's TTL; but a key the
+// TTL removes leaves no delete marker, so running relays never saw it go
+// and stayed held until restarted. A held worker reads its key again.
+func TestHoldThatExpiresIsLifted(t *testing.T) {
+	saved := holdRecheck
+	holdRecheck = 50 * time.Millisecond
+	t.Cleanup(func() { holdRecheck = saved })
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	spec := testSpec()
+	spec.Buckets[0].TTL = time.Second
+	if err := stream.Provision(context.Background(), js, spec); err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, nats: srv, js: js, metrics: NewMetrics(prometheus.NewRegistry()), logs: &syncBuffer{}}
+	c := newConsumer(t, status())
+	w := h.start(h.endpoint("orders", c.URL))
+	if err := Hold(context.Background(), h.js, "orders", "test"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the worker sees the hold", func() bool { return w.Held().Held })
+	h.publish("tx-ttl", "success", "")
+	eventually(t, "delivered once the hold expired", func() bool { return len(c.got()) == 1 && !w.Held().Held })
 }
