@@ -349,6 +349,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			defer workersDone.Done()
 			dispatcher.RunRetirer(runCtx, dispatcher.RetireConfig{
 				JetStream: js, Configured: epNames, Durable: conns.durable, Metrics: dmetrics,
+				Quiet: cfg.Delivery.RetireRemovedAfter.D(), Every: min(30*time.Second, cfg.Delivery.RetireRemovedAfter.D()/2),
 				Logger: log.With().Str("component", "dispatcher").Logger(),
 			})
 		}()

@@ -23,6 +23,7 @@ type Config struct {
 	Streams   Streams              `yaml:"streams"`
 	Intake    Intake               `yaml:"intake"`
 	Reconcile Reconcile            `yaml:"reconcile"`
+	Delivery  Delivery             `yaml:"delivery"`
 	Projects  map[string]*Project  `yaml:"projects"`
 	Endpoints map[string]*Endpoint `yaml:"endpoints"`
 	Admin     Admin                `yaml:"admin"`
@@ -147,6 +148,15 @@ type Reconcile struct {
 	Window Duration `yaml:"window"`
 }
 
+// Delivery configures what all endpoints share.
+type Delivery struct {
+	// RetireRemovedAfter is how long the consumer of an endpoint no relay
+	// configures any more must have been idle (no pull, no delivery)
+	// before its backlog is dead-lettered (endpoint_removed) and it is
+	// deleted.
+	RetireRemovedAfter Duration `yaml:"retire_removed_after"`
+}
+
 // Signature modes for X-Signature on callbacks.
 const (
 	SignatureOff      = "off"
@@ -242,6 +252,7 @@ func Default() Config {
 			ConfirmAttempts: 5,
 		},
 		Reconcile: Reconcile{Interval: Duration(10 * time.Minute), Window: Duration(48 * time.Hour)},
+		Delivery:  Delivery{RetireRemovedAfter: Duration(time.Minute)},
 		Admin:     Admin{Listen: "127.0.0.1:8081"},
 		Metrics:   Metrics{Listen: "127.0.0.1:9464"},
 	}
@@ -363,6 +374,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Reconcile.Window <= 0 || c.Reconcile.Window.D() > 7*24*time.Hour {
 		bad("reconcile.window: must be positive and at most 168h (SenGo keeps 7 days)")
+	}
+	if c.Delivery.RetireRemovedAfter.D() < time.Second || c.Delivery.RetireRemovedAfter.D() > 24*time.Hour {
+		bad("delivery.retire_removed_after: %s is outside 1s to 24h", c.Delivery.RetireRemovedAfter)
 	}
 	if c.Intake.AckWait.D() < 5*time.Second {
 		bad("intake.ack_wait: %s is below 5s", c.Intake.AckWait)
