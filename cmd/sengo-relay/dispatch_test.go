@@ -354,3 +354,64 @@ func TestDLQCommandsByPage(t *testing.T) {
 		t.Fatalf("dlq list after the purge: %v %q", err, out.String())
 	}
 }
+
+// An endpoint taken out of the configuration left its backlog in a
+// consumer nothing read. The relay started without it dead-letters what
+// waited for it (here an event waiting for its retry), with reason
+// endpoint_removed, and deletes its consumers; the endpoint kept goes on.
+func TestRemovedEndpointIsRetired(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	var tries atomic.Int64
+	old := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		tries.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(old.Close)
+	kept := newHook(t)
+	oldYAML := fmt.Sprintf("  old: {url: %q, secrets: [%s], filter: {all: true}, deliver_from: all, timeout: 1s, retry: {schedule: [3s, 1h], jitter: 0}}\n", old.URL, testSecret)
+	dir := t.TempDir()
+	checkedInConfig = writeConfig(t, oldYAML+endpointYAML("kept", kept.URL, "1s"))
+	t.Cleanup(func() { checkedInConfig = committedConfig })
+	p := startProcess(t, dir, "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0")
+	waitReady(t, p.base)
+	body := []byte(`{"id":"rm-1","merchantRef":"RM-1","status":"success","feePayer":"customer","amount":1000,"fee":0,"totalAmount":1000,"qris":{}}`)
+	if code := post(t, p.base+"/callbacks/sengo/main", body); code != 200 {
+		t.Fatal(code)
+	}
+	eventually(t, "kept delivered, old failed once", func() bool { return len(kept.received()) == 1 && tries.Load() == 1 })
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.cmd.Wait()
+
+	checkedInConfig = writeConfig(t, endpointYAML("kept", kept.URL, "1s"))
+	p2 := startProcess(t, dir, "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0", "SENGO_RELAY_DELIVERY_RETIRE_REMOVED_AFTER=1s")
+	waitReady(t, p2.base)
+	eventually(t, "old retired", func() bool {
+		return strings.Contains(p2.logs.text(), "removed endpoint retired") && strings.Count(p2.logs.text(), "removed endpoint retired") == 2
+	})
+	req, _ := http.NewRequest(http.MethodGet, "http://"+p2.logs.field(t, "admin listening", "addr")+"/admin/dlq?endpoint=old", nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var entries []struct {
+		EventID  string
+		Reason   string
+		Attempts int
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&entries); err != nil {
+		t.Fatal(err)
+	}
+	want := event.ID("main", "rm-1", event.StatusSuccess)
+	if len(entries) != 1 || entries[0].EventID != want || entries[0].Reason != dispatcher.ReasonRemoved || entries[0].Attempts != 1 {
+		t.Fatalf("dead letters of old: %+v", entries)
+	}
+	if n := tries.Load(); n != 1 {
+		t.Fatalf("the removed endpoint was tried %d times", n)
+	}
+}
