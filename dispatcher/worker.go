@@ -485,6 +485,14 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 	if w.ep.Ordered && !replayed {
 		if wait, d := w.mustWait(ctx, ev, meta, log); wait {
 			w.breaker.release(probe)
+			if rec.Count == 0 {
+				// Never attempted: a record says when it comes back, so a
+				// later status waiting for this one waits as long (with no
+				// record it would take this one as never sent here).
+				if err := w.store.put(ctx, key, attempts{NextAt: now.Add(d)}); err != nil {
+					log().Warn().Err(err).Msg("record wait")
+				}
+			}
 			w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "waiting").Inc()
 			_ = msg.NakWithDelay(d)
 			return

@@ -162,6 +162,42 @@ func TestOrderedHoldsOrderAfterAHold(t *testing.T) {
 	}
 }
 
+// Three statuses of one transaction in a chain (pending, expired, then a
+// late success): expired waits for pending, success for expired. Expired,
+// never attempted while it waited, had no record, and success took it
+// for an event this endpoint never received and went first. A waiting
+// event now leaves a record saying when it comes back.
+func TestOrderedChainWaitsForAWaitingPredecessor(t *testing.T) {
+	h := newHarness(t)
+	var pendingFails atomic.Int64
+	pendingFails.Store(5)
+	c := newConsumer(t, status())
+	c.answer = func(n int, r *http.Request, w http.ResponseWriter) {
+		ev, _ := event.Unmarshal(c.got()[n-1].Body)
+		if ev.Data.Status == event.StatusPending && pendingFails.Add(-1) >= 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}
+	var ahead atomic.Int64
+	h.now = skewed(&ahead)
+	ep := h.endpoint("orders", c.URL, time.Second, time.Second, time.Second, time.Second, time.Second, time.Second)
+	ep.Ordered = true
+	ep.Timeout = 200 * time.Millisecond
+	w := h.start(ep)
+	// Delivering for long enough that a missing record would be taken as
+	// an event this endpoint never received.
+	ahead.Store(int64(staleRecord(ep) + time.Minute))
+	h.publish("tx-c", event.StatusPending, "")
+	h.publish("tx-c", event.StatusExpired, event.StatusPending)
+	h.publish("tx-c", event.StatusSuccess, event.StatusExpired)
+	eventually(t, "all three delivered", func() bool { return h.settled(w) })
+	if got := strings.Join(c.statuses(), " "); !strings.HasSuffix(got, "tx-c/pending tx-c/expired tx-c/success") || strings.Count(got, "expired") != 1 || strings.Count(got, "success") != 1 {
+		t.Fatalf("attempts %q: not pending, expired, success", got)
+	}
+}
+
 // A redrive once deleted the 30-day dead letter as soon as its copy was
 // queued on the 7-day replay stream; a copy that then failed or expired was
 // gone for good. The dead letter now stays until its copy is delivered (or
