@@ -162,6 +162,57 @@ func TestOrderedHoldsOrderAfterAHold(t *testing.T) {
 	}
 }
 
+// The same while the circuit breaker has paused the endpoint: a probe
+// that takes the later status must not find its predecessor "stuck" only
+// because the pause kept its retry from running.
+func TestOrderedHoldsOrderWhilePaused(t *testing.T) {
+	saved := staleWaits
+	staleWaits = 0
+	t.Cleanup(func() { staleWaits = saved })
+	h := newHarness(t)
+	var pendingOK atomic.Bool
+	c := newConsumer(t, status())
+	c.answer = func(n int, r *http.Request, w http.ResponseWriter) {
+		ev, _ := event.Unmarshal(c.got()[n-1].Body)
+		if ev.Data.Status == event.StatusPending {
+			if !pendingOK.Load() {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		w.WriteHeader(http.StatusOK)
+	}
+	var ahead atomic.Int64
+	h.now = skewed(&ahead)
+	ep := h.endpoint("orders", c.URL, 300*time.Millisecond, 3*time.Second, 3*time.Second)
+	ep.Ordered = true
+	ep.Timeout = 500 * time.Millisecond
+	ep.Breaker = BreakerPolicy{Failures: 1, ProbeInitial: 100 * time.Millisecond, ProbeMax: 200 * time.Millisecond}
+	w := h.start(ep)
+	h.publish("tx-p", event.StatusPending, "")
+	h.publish("tx-p", event.StatusSuccess, event.StatusPending)
+	// pending failed twice: paused, and its next try is 3s away.
+	eventually(t, "pending failed twice", func() bool { return strings.Count(strings.Join(c.statuses(), " "), "tx-p/pending") >= 2 })
+	if !w.State().Paused {
+		t.Fatal("not paused")
+	}
+	ahead.Store(int64(2 * time.Hour)) // paused for two hours: that try is long overdue
+	waiting := func() float64 { return testutil.ToFloat64(h.metrics.Deliveries.WithLabelValues("orders", "waiting")) }
+	before := waiting()
+	pendingOK.Store(true)
+	eventually(t, "both delivered", func() bool { return h.settled(w) })
+	got := c.got()
+	last, success := got[len(got)-2], got[len(got)-1]
+	if st := strings.Join(c.statuses(), " "); !strings.HasSuffix(st, "tx-p/pending tx-p/success") || strings.Count(st, "success") != 1 ||
+		success.At.Before(last.At.Add(200*time.Millisecond)) {
+		t.Fatalf("attempts %q: success went before pending was delivered", st)
+	}
+	if waiting() == before {
+		t.Fatal("success never waited while paused: the test did not test")
+	}
+}
+
 // Three statuses of one transaction in a chain (pending, expired, then a
 // late success): expired waits for pending, success for expired. Expired,
 // never attempted while it waited, had no record, and success took it
