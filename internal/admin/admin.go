@@ -76,6 +76,8 @@ type Server struct {
 	cancel  context.CancelFunc
 	next    atomic.Uint32 // the reader the next read takes
 	opened  handles
+	// guesses paces wrong admin tokens, the API's and the console's.
+	guesses *guessLimiter
 }
 
 // reader is a connection for one of a page's concurrent reads, the
@@ -97,7 +99,8 @@ func New(cfg Config) *Server {
 		cfg.ReadTimeout = defaultReadTimeout
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{cfg: cfg, echo: echo.New(), replays: replays{js: cfg.JetStream}, running: map[string]int{}, ctx: ctx, cancel: cancel}
+	s := &Server{cfg: cfg, echo: echo.New(), replays: replays{js: cfg.JetStream}, running: map[string]int{}, ctx: ctx, cancel: cancel,
+		guesses: newGuessLimiter(cfg.Logger)}
 	e := s.echo
 	e.HideBanner, e.HidePort = true, true
 	// Audit lines name the peer that connected, never an address a request
@@ -125,25 +128,25 @@ func New(cfg Config) *Server {
 		_ = c.JSON(status, map[string]any{"error": body})
 	}
 	e.Pre(boundBody)
-	// Wrong bearer tokens are paced per address as sign-ins are: an
-	// address out of attempts is answered 429 without its token being
-	// checked (else the answer to each guess would still come back), so
-	// guessing over the API is no faster than over the console. A right
-	// token, or none at all (a browser's favicon), spends nothing.
-	guesses := newLoginLimiter()
+	// Wrong bearer tokens spend the allowances of the console's sign-ins
+	// (guessLimiter): an address out of attempts is answered 429 without
+	// its token being compared. A right token, or none at all (a
+	// browser's favicon), spends nothing.
 	bearer := func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			got, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
 			if !ok {
 				return echo.NewHTTPError(http.StatusUnauthorized, "bearer token required")
 			}
-			if guesses.spent(c.RealIP()) {
-				return apiError(http.StatusTooManyRequests, "too_many_attempts", "too many wrong tokens from this address; wait a moment")
+			k, wait := s.guesses.begin(c.RealIP())
+			if wait > 0 {
+				return tooMany(c, wait)
 			}
 			if !verify.Token(cfg.Token, got) {
-				guesses.fail(c.RealIP())
+				s.guesses.wrong(k)
 				return echo.NewHTTPError(http.StatusUnauthorized, "bearer token required")
 			}
+			s.guesses.right(k)
 			return next(c)
 		}
 	}

@@ -15,7 +15,6 @@ import (
 	"html/template"
 	"io/fs"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -26,7 +25,6 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
-	"golang.org/x/time/rate"
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
@@ -188,7 +186,6 @@ type console struct {
 	s        *Server
 	tmpl     *template.Template
 	sessions sessions
-	logins   *loginLimiter
 	audit    zerolog.Logger
 }
 
@@ -233,7 +230,6 @@ func (s *Server) mountConsole(e *echo.Echo) {
 		s:        s,
 		tmpl:     template.Must(template.New("").Funcs(consoleFuncs).ParseFS(consoleFS, "console/*.html")),
 		sessions: sessions{js: s.cfg.JetStream, secret: []byte(s.cfg.Token)},
-		logins:   newLoginLimiter(),
 		audit:    s.cfg.Logger.With().Bool("audit", true).Logger(),
 	}
 	static, _ := fs.Sub(consoleFS, "console/static")
@@ -372,78 +368,28 @@ func (cn *console) act(c echo.Context, action, target string, err error, n int) 
 	ev.Str("who", who).Str("action", action).Str("target", target).Int("count", n).Msg("console action")
 }
 
-// loginLimiter paces sign-in attempts per address (an IPv6 address by its
-// /64): one address guessing tokens is slowed down without locking
-// everyone else out, as one limiter for all did. It remembers at most
-// maxLoginAddrs addresses (then it forgets them all), and all addresses
-// together get at most 50 attempts a second.
-type loginLimiter struct {
-	mu    sync.Mutex
-	addrs map[string]*rate.Limiter
-	all   *rate.Limiter
-}
-
-const maxLoginAddrs = 4096
-
-func newLoginLimiter() *loginLimiter {
-	return &loginLimiter{addrs: map[string]*rate.Limiter{}, all: rate.NewLimiter(50, 50)}
-}
-
-func (l *loginLimiter) allow(ip string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.of(ip).Allow() && l.all.Allow()
-}
-
-// spent reports whether ip has no attempt left now, spending none.
-func (l *loginLimiter) spent(ip string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.of(ip).Tokens() < 1
-}
-
-// fail spends one of ip's attempts (not the shared ones: a wrong bearer
-// token from one address must not lock every API client out).
-func (l *loginLimiter) fail(ip string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.of(ip).Allow()
-}
-
-// of is ip's limiter (its /64 for IPv6). l.mu is held.
-func (l *loginLimiter) of(ip string) *rate.Limiter {
-	key := ip
-	if a, err := netip.ParseAddr(ip); err == nil && a.Is6() && !a.Is4In6() {
-		if p, err := a.Prefix(64); err == nil {
-			key = p.String()
-		}
-	}
-	lim, ok := l.addrs[key]
-	if !ok {
-		if len(l.addrs) >= maxLoginAddrs {
-			clear(l.addrs)
-		}
-		lim = rate.NewLimiter(rate.Every(200*time.Millisecond), 10)
-		l.addrs[key] = lim
-	}
-	return lim
-}
-
 func (cn *console) loginPage(c echo.Context) error {
 	return cn.render(c, http.StatusOK, "login", view{Title: "Sign in"})
 }
 
 func (cn *console) login(c echo.Context) error {
-	if !cn.logins.allow(c.RealIP()) {
-		return cn.render(c, http.StatusTooManyRequests, "login", view{Title: "Sign in", Error: "Too many attempts; wait a moment."})
+	// Paced with the API's bearer tokens (guessLimiter): an address out of
+	// attempts gets no answer about its token.
+	k, wait := cn.s.guesses.begin(c.RealIP())
+	if wait > 0 {
+		n := retrySeconds(wait)
+		c.Response().Header().Set("Retry-After", strconv.Itoa(n))
+		return cn.render(c, http.StatusTooManyRequests, "login", view{Title: "Sign in", Error: fmt.Sprintf("Too many wrong tokens from this address; try again in %d s.", n)})
 	}
 	who := "@" + c.RealIP()
 	// The posted form only: a token in the query string would land in
 	// access logs and the browser's history.
 	if !verify.Token(cn.s.cfg.Token, c.Request().PostFormValue("token")) {
+		cn.s.guesses.wrong(k)
 		cn.audit.Warn().Str("who", who).Str("action", "sign in").Str("result", "refused: wrong token").Msg("console action")
 		return cn.render(c, http.StatusUnauthorized, "login", view{Title: "Sign in", Error: "That is not the admin token."})
 	}
+	cn.s.guesses.right(k)
 	id, s, err := cn.sessions.add(c.Request().Context(), who)
 	if err != nil {
 		cn.audit.Warn().Err(err).Str("who", who).Str("action", "sign in").Str("result", "failed: store").Msg("console action")

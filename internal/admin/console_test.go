@@ -379,30 +379,6 @@ func TestConsoleQuarantineActionsReachEveryOne(t *testing.T) {
 	}
 }
 
-// Sign-in attempts are paced per address: one address guessing tokens
-// is refused (429) after its burst while another signs in at once.
-func TestConsoleSignInIsPacedPerAddress(t *testing.T) {
-	l := newLoginLimiter()
-	for i := range 10 {
-		if !l.allow("203.0.113.7") {
-			t.Fatalf("attempt %d of the burst refused", i+1)
-		}
-	}
-	if l.allow("203.0.113.7") {
-		t.Fatal("the 11th attempt at once was allowed")
-	}
-	if !l.allow("127.0.0.1") {
-		t.Fatal("another address was locked out by the first one's attempts")
-	}
-	// An IPv6 address is paced by its /64.
-	for range 10 {
-		l.allow("2001:db8::1")
-	}
-	if l.allow("2001:db8::2") {
-		t.Fatal("a neighbour in the same /64 got a burst of its own")
-	}
-}
-
 // The dead-letters page shows a page at a time with a link to the next;
 // its confirmation counts every one, a page at a time, and the purge
 // touches exactly what was counted, however many pages that is.
