@@ -282,7 +282,7 @@ func securityHeaders(next echo.HandlerFunc) echo.HandlerFunc {
 
 // signedIn lets a request through only with a live session; a state
 // change (any method but GET) also needs the session's CSRF token, in the
-// form (_csrf) or the X-CSRF-Token header, and no foreign Origin.
+// form (_csrf) or the X-CSRF-Token header, and must not be foreign.
 func (cn *console) signedIn(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		var s *session
@@ -299,7 +299,7 @@ func (cn *console) signedIn(next echo.HandlerFunc) echo.HandlerFunc {
 			return apiError(http.StatusUnauthorized, "session_required", "sign in first")
 		}
 		if c.Request().Method != http.MethodGet {
-			if o := c.Request().Header.Get("Origin"); o != "" && !sameOrigin(o, c.Request().Host) {
+			if foreign(c.Request()) {
 				return apiError(http.StatusForbidden, "csrf_failed", "a request from another site")
 			}
 			got := c.Request().Header.Get(csrfHeader)
@@ -314,6 +314,22 @@ func (cn *console) signedIn(next echo.HandlerFunc) echo.HandlerFunc {
 		c.Set("session", s)
 		return next(c)
 	}
+}
+
+// foreign reports whether the browser that sent r says it comes from
+// another site: an Origin other than the console's own ("null" included),
+// or a Sec-Fetch-Site of cross-site or same-site (a sibling subdomain is
+// another origin too). A client that sends neither is no browser a page
+// elsewhere can drive, and passes.
+func foreign(r *http.Request) bool {
+	if o := r.Header.Get("Origin"); o != "" && !sameOrigin(o, r.Host) {
+		return true
+	}
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "cross-site", "same-site":
+		return true
+	}
+	return false
 }
 
 func sameOrigin(origin, host string) bool {
@@ -373,6 +389,14 @@ func (cn *console) loginPage(c echo.Context) error {
 }
 
 func (cn *console) login(c echo.Context) error {
+	// Refused from another site before anything else, as actions are: a
+	// page elsewhere could sign the operator's browser in to a session of
+	// its choosing, or post wrong tokens until the operator's own address
+	// had no attempt left.
+	if foreign(c.Request()) {
+		cn.audit.Warn().Str("who", "@"+c.RealIP()).Str("action", "sign in").Str("result", "refused: another site").Msg("console action")
+		return apiError(http.StatusForbidden, "csrf_failed", "a sign-in from another site")
+	}
 	// Paced with the API's bearer tokens (guessLimiter): an address out of
 	// attempts gets no answer about its token.
 	k, wait := cn.s.guesses.begin(c.RealIP())

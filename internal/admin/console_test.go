@@ -115,6 +115,12 @@ func TestConsoleRefusesWithoutSessionOrCSRF(t *testing.T) {
 	if resp, _ := c.Do(req); resp.StatusCode != 403 {
 		t.Errorf("an action from another origin: %d, want 403", resp.StatusCode)
 	}
+	req, _ = http.NewRequest(http.MethodPost, hs.URL+"/console/dlq/purge", strings.NewReader(url.Values{"endpoint": {"orders"}, "_csrf": {csrf}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Sec-Fetch-Site", "cross-site")
+	if resp, _ := c.Do(req); resp.StatusCode != 403 {
+		t.Errorf("an action a browser says is cross-site: %d, want 403", resp.StatusCode)
+	}
 	if resp, _ := c.PostForm(hs.URL+"/console/dlq/purge", url.Values{"endpoint": {"orders"}, "_csrf": {csrf}}); resp.StatusCode != http.StatusSeeOther {
 		t.Errorf("the same action with session and token: %d, want it done (303)", resp.StatusCode)
 	}
@@ -124,6 +130,51 @@ func TestConsoleRefusesWithoutSessionOrCSRF(t *testing.T) {
 	}
 	if resp, _ := c.Get(hs.URL + "/console/"); resp.StatusCode != http.StatusSeeOther {
 		t.Errorf("after sign-out a page answers %d", resp.StatusCode)
+	}
+}
+
+// The sign-in is refused from another site as actions are (login CSRF:
+// a page elsewhere could sign the operator's browser in, or post wrong
+// tokens from the operator's address until its attempts were spent and
+// the operator was refused). A form of the console's own origin, or a
+// client that is no browser (no Origin, no Sec-Fetch-Site), signs in.
+func TestConsoleSignInRefusesOtherSites(t *testing.T) {
+	hs, _ := newServer(t)
+	post := func(tok string, header map[string]string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/console/login", strings.NewReader(url.Values{"token": {tok}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
+		resp, err := browser(t).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	for _, h := range []map[string]string{
+		{"Origin": "https://evil.example"},
+		{"Origin": "null"}, // a sandboxed frame
+		{"Sec-Fetch-Site": "cross-site"},
+		{"Sec-Fetch-Site": "same-site"}, // a sibling subdomain is another origin
+	} {
+		if resp := post(token, h); resp.StatusCode != http.StatusForbidden || len(resp.Cookies()) != 0 {
+			t.Errorf("the right token posted with %v: %d with cookies %v, want 403 and none", h, resp.StatusCode, resp.Cookies())
+		}
+	}
+	for i := range 20 {
+		post(fmt.Sprintf("wrong-token-%02d-0123456789", i), map[string]string{"Origin": "https://evil.example"})
+	}
+	for _, h := range []map[string]string{
+		{"Origin": hs.URL, "Sec-Fetch-Site": "same-origin"},
+		{"Sec-Fetch-Site": "none"}, // typed or bookmarked by the operator
+		{},
+	} {
+		if resp := post(token, h); resp.StatusCode != http.StatusSeeOther || len(resp.Cookies()) != 1 {
+			t.Errorf("the right token posted with %v after 20 wrong ones from another site: %d, want 303 and a session", h, resp.StatusCode)
+		}
 	}
 }
 
