@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -113,4 +115,20 @@ func TestAdminAndMetricsListenersDropSlowClients(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// admin.secure_cookie reaches the console: behind a TLS-terminating
+// proxy, the session cookie a sign-in sets is Secure.
+func TestConsoleCookieIsSecureWhenConfigured(t *testing.T) {
+	const tok = "admin-token-0123456789"
+	_, logs, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0", "SENGO_RELAY_ADMIN_TOKEN="+tok, "SENGO_RELAY_ADMIN_SECURE_COOKIE=true"))
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.PostForm("http://"+logs.field(t, "admin listening", "addr")+"/console/login", url.Values{"token": {tok}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if ck := resp.Cookies(); resp.StatusCode != http.StatusSeeOther || len(ck) != 1 || !ck[0].Secure {
+		t.Fatalf("sign in with admin.secure_cookie: %d, cookies %v; want 303 and a Secure session cookie", resp.StatusCode, ck)
+	}
 }

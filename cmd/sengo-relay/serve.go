@@ -355,7 +355,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		}()
 		if cfg.Admin.Token.Set() {
 			workerMu.Lock()
-			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: adminJS, Readers: readers, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Durable: conns.durable, Logger: log.With().Str("component", "admin").Logger()})
+			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: adminJS, Readers: readers, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Durable: conns.durable, SecureCookie: cfg.Admin.SecureCookie, Logger: log.With().Str("component", "admin").Logger()})
 			workerMu.Unlock()
 			aln, err := net.Listen("tcp", cfg.Admin.Listen)
 			if err != nil {

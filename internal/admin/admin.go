@@ -53,7 +53,11 @@ type Config struct {
 	// 10 s when zero. A request that reaches this or any other of the
 	// server's own bounds is answered 503 read_timeout.
 	ReadTimeout time.Duration
-	Logger      zerolog.Logger
+	// SecureCookie marks the console's session cookie Secure (sent over
+	// HTTPS only): for a console behind a TLS-terminating proxy. Over TLS
+	// to this listener itself the cookie is Secure anyway.
+	SecureCookie bool
+	Logger       zerolog.Logger
 }
 
 // defaultReadTimeout is Config.ReadTimeout when it is zero.

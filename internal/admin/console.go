@@ -420,9 +420,16 @@ func (cn *console) login(c echo.Context) error {
 		return cn.render(c, http.StatusServiceUnavailable, "login", view{Title: "Sign in", Error: "The console cannot keep a sign-in now (the store is unavailable or full); try again."})
 	}
 	c.SetCookie(&http.Cookie{Name: sessionCookie, Value: id, Path: "/console", HttpOnly: true, SameSite: http.SameSiteStrictMode,
-		Secure: c.Request().TLS != nil, Expires: s.expires})
+		Secure: cn.secure(c), Expires: s.expires})
 	cn.audit.Info().Str("who", s.who).Str("action", "sign in").Msg("console action")
 	return c.Redirect(http.StatusSeeOther, "/console/")
+}
+
+// secure is whether the session cookie is Secure: when configured (a
+// TLS-terminating proxy in front), or over TLS to this listener. No
+// X-Forwarded-Proto is believed: any client could send one.
+func (cn *console) secure(c echo.Context) bool {
+	return cn.s.cfg.SecureCookie || c.Request().TLS != nil
 }
 
 func (cn *console) logout(c echo.Context) error {
@@ -434,7 +441,7 @@ func (cn *console) logout(c echo.Context) error {
 	if err != nil {
 		return apiError(http.StatusServiceUnavailable, "store_unavailable", "the sign-out did not reach the store: try again")
 	}
-	c.SetCookie(&http.Cookie{Name: sessionCookie, Value: "", Path: "/console", HttpOnly: true, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	c.SetCookie(&http.Cookie{Name: sessionCookie, Value: "", Path: "/console", HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: cn.secure(c), MaxAge: -1})
 	return c.Redirect(http.StatusSeeOther, "/console/login")
 }
 

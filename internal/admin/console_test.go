@@ -178,6 +178,50 @@ func TestConsoleSignInRefusesOtherSites(t *testing.T) {
 	}
 }
 
+// With SecureCookie (a console behind a TLS-terminating proxy), the
+// session cookie is Secure, and so is the one that ends it at sign-out;
+// without it, over the plain-HTTP listener, it is not (a browser would
+// drop it).
+func TestConsoleSessionCookieSecure(t *testing.T) {
+	js := provision(t)
+	for _, secure := range []bool{false, true} {
+		s := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, SecureCookie: secure, Logger: zerolog.Nop()})
+		t.Cleanup(s.Close)
+		w := loginTry(s, "192.0.2.1", token)
+		ck := w.Result().Cookies()
+		if w.Code != http.StatusSeeOther || len(ck) != 1 {
+			t.Fatalf("sign in: %d, cookies %v", w.Code, ck)
+		}
+		if ck[0].Secure != secure {
+			t.Errorf("SecureCookie %v: the session cookie's Secure is %v", secure, ck[0].Secure)
+		}
+		req := httptest.NewRequest(http.MethodPost, "/console/logout", strings.NewReader(url.Values{"_csrf": {consoleCSRF(t, s, ck[0])}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.AddCookie(ck[0])
+		w = from(s, "192.0.2.1", req)
+		out := w.Result().Cookies()
+		if w.Code != http.StatusSeeOther || len(out) != 1 || out[0].MaxAge >= 0 {
+			t.Fatalf("sign out: %d, cookies %v", w.Code, out)
+		}
+		if out[0].Secure != secure {
+			t.Errorf("SecureCookie %v: the sign-out's cookie's Secure is %v", secure, out[0].Secure)
+		}
+	}
+}
+
+// consoleCSRF is the CSRF token of the session in ck, read from a page.
+func consoleCSRF(t *testing.T, s *Server, ck *http.Cookie) string {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodGet, "/console/replays", nil)
+	req.AddCookie(ck)
+	w := from(s, "192.0.2.1", req)
+	m := csrfInput.FindStringSubmatch(w.Body.String())
+	if w.Code != http.StatusOK || m == nil {
+		t.Fatalf("replays page %d without a CSRF token", w.Code)
+	}
+	return m[1]
+}
+
 // Console pages forbid foreign scripts, framing and caching.
 func TestConsoleSecurityHeaders(t *testing.T) {
 	hs, _ := newServer(t)

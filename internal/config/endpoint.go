@@ -79,6 +79,10 @@ type Admin struct {
 	Listen    string `yaml:"listen"`
 	Token     Secret `yaml:"token"`
 	TokenFile string `yaml:"token_file"`
+	// SecureCookie marks the console's session cookie Secure, so that a
+	// browser sends it over HTTPS only: for a console reached through a
+	// TLS-terminating proxy (the listener itself is plain HTTP).
+	SecureCookie bool `yaml:"secure_cookie"`
 }
 
 // DefaultSchedule is the Standard Webhooks example schedule: about three

@@ -76,6 +76,33 @@ admin: {token: short}
 	}
 }
 
+// admin.secure_cookie is off by default (the listener is plain HTTP),
+// turned on in the file or by its variable, and anything but a boolean
+// is an error that names it.
+func TestAdminSecureCookie(t *testing.T) {
+	cfg, err := Load(write(t, minimal), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Admin.SecureCookie {
+		t.Error("secure_cookie is on by default")
+	}
+	cfg, err = Load(write(t, minimal+"admin: {secure_cookie: true}\n"), noEnv)
+	if err != nil || !cfg.Admin.SecureCookie {
+		t.Errorf("secure_cookie: true in the file: %v, %v", cfg.Admin.SecureCookie, err)
+	}
+	cfg, err = Load(write(t, minimal), env(map[string]string{"SENGO_RELAY_ADMIN_SECURE_COOKIE": "true"}))
+	if err != nil || !cfg.Admin.SecureCookie {
+		t.Errorf("SENGO_RELAY_ADMIN_SECURE_COOKIE=true: %v, %v", cfg.Admin.SecureCookie, err)
+	}
+	if _, err := Load(write(t, minimal+"admin: {secure_cookie: sometimes}\n"), noEnv); err == nil || !strings.Contains(err.Error(), "secure_cookie") {
+		t.Errorf("secure_cookie: sometimes: %v, want an error naming it", err)
+	}
+	if _, err := Load(write(t, minimal), env(map[string]string{"SENGO_RELAY_ADMIN_SECURE_COOKIE": "auto"})); err == nil || !strings.Contains(err.Error(), "SECURE_COOKIE") {
+		t.Errorf("SENGO_RELAY_ADMIN_SECURE_COOKIE=auto: %v, want an error naming it", err)
+	}
+}
+
 func TestEndpointScheduleMustFitRetention(t *testing.T) {
 	body := minimal + `streams: {events: {max_age: 24h, duplicate_window: 1h}}
 endpoints:
