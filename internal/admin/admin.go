@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -25,6 +27,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/receiver"
+	"github.com/sengo-relay/sengo-relay/sengo"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
@@ -157,26 +160,31 @@ func New(cfg Config) *Server {
 	// Every route needs the token: the API's as a bearer token, the
 	// console's through the session its sign-in set. Nothing else is served.
 	a := e.Group("/admin", bearer)
-	a.GET("/openapi.yaml", serveOpenAPI)
-	a.GET("/transactions", s.transactions)
-	a.GET("/transactions/:project/:id", s.transaction)
-	a.GET("/events", s.events)
-	a.GET("/reconciliations", s.reconciliations)
-	a.GET("/endpoints", s.endpoints)
-	a.POST("/endpoints/:name/pause", s.endpointPause)
-	a.POST("/endpoints/:name/resume", s.endpointPause)
-	a.POST("/endpoints/:name/test", s.endpointTest)
-	a.GET("/dlq", s.dlqList)
-	a.GET("/dlq/:seq", s.dlqShow)
-	a.POST("/dlq/redrive", s.dlqRedrive)
-	a.DELETE("/dlq", s.dlqPurge)
-	a.GET("/quarantine", s.quarantineList)
-	a.GET("/quarantine/:seq", s.quarantineShow)
-	a.POST("/quarantine/redrive", s.quarantineRedrive)
-	a.DELETE("/quarantine", s.quarantinePurge)
-	a.POST("/replays", s.replayStart)
-	a.GET("/replays", s.replayList)
-	a.GET("/replays/:id", s.replayShow)
+	// Each route names the query parameters it takes; any other is
+	// refused before the handler runs (see takes).
+	route := func(method, path string, h echo.HandlerFunc, params ...string) {
+		a.Add(method, path, h, takes(params...))
+	}
+	route(http.MethodGet, "/openapi.yaml", serveOpenAPI)
+	route(http.MethodGet, "/transactions", s.transactions, listParams...)
+	route(http.MethodGet, "/transactions/:project/:id", s.transaction)
+	route(http.MethodGet, "/events", s.events, "project", "status", "product", "since", "until", "cursor", "limit")
+	route(http.MethodGet, "/reconciliations", s.reconciliations, "project", "limit")
+	route(http.MethodGet, "/endpoints", s.endpoints)
+	route(http.MethodPost, "/endpoints/:name/pause", s.endpointPause)
+	route(http.MethodPost, "/endpoints/:name/resume", s.endpointPause)
+	route(http.MethodPost, "/endpoints/:name/test", s.endpointTest)
+	route(http.MethodGet, "/dlq", s.dlqList, dlqListParams...)
+	route(http.MethodGet, "/dlq/:seq", s.dlqShow)
+	route(http.MethodPost, "/dlq/redrive", s.dlqRedrive, dlqActParams...)
+	route(http.MethodDelete, "/dlq", s.dlqPurge, dlqActParams...)
+	route(http.MethodGet, "/quarantine", s.quarantineList, quarantineParams...)
+	route(http.MethodGet, "/quarantine/:seq", s.quarantineShow)
+	route(http.MethodPost, "/quarantine/redrive", s.quarantineRedrive, quarantineActParams...)
+	route(http.MethodDelete, "/quarantine", s.quarantinePurge, quarantineActParams...)
+	route(http.MethodPost, "/replays", s.replayStart)
+	route(http.MethodGet, "/replays", s.replayList)
+	route(http.MethodGet, "/replays/:id", s.replayShow)
 	s.mountConsole(e)
 	e.RouteNotFound("/*", func(c echo.Context) error { return bearer(func(echo.Context) error { return echo.ErrNotFound })(c) })
 	return s
@@ -222,6 +230,72 @@ type errorMsg struct {
 // apiError is an admin error with a stable code.
 func apiError(status int, code, msg string) error {
 	return &echo.HTTPError{Code: status, Message: errorMsg{Code: code, Message: msg}}
+}
+
+// takes refuses a request whose query holds a parameter other than names
+// (unknown_parameter), one given empty or twice (empty_filter), or a
+// query that does not parse (bad_query). A filter the route does not
+// know must never be read as no filter: DELETE
+// /admin/dlq?endpoint=orders&transaction_id=t1 (the filter is
+// "transaction") purged every dead letter of orders. Go's query parser
+// drops a pair it cannot read (a bad escape, a semicolon) as silently.
+func takes(names ...string) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			if err := checkParams(c.Request().URL.RawQuery, names); err != nil {
+				return err
+			}
+			return next(c)
+		}
+	}
+}
+
+// checkParams is takes' check of a raw query.
+func checkParams(raw string, names []string) error {
+	q, err := url.ParseQuery(raw)
+	if err != nil {
+		return apiError(http.StatusBadRequest, "bad_query", fmt.Sprintf("the query string cannot be read: %.80s", err))
+	}
+	return checkValues(q, names)
+}
+
+// checkValues refuses a name not among names (unknown_parameter) and a
+// value given empty or twice (empty_filter): ?transaction= never means
+// every transaction.
+func checkValues(q url.Values, names []string) error {
+	keys := slices.Sorted(maps.Keys(q)) // the same answer to the same query
+	for _, name := range keys {
+		if !slices.Contains(names, name) {
+			return apiError(http.StatusBadRequest, "unknown_parameter", fmt.Sprintf("%.40q is not a parameter of this route", name))
+		}
+	}
+	for _, name := range keys {
+		if v := q[name]; len(v) != 1 || v[0] == "" {
+			return apiError(http.StatusBadRequest, "empty_filter", name+" is empty or repeated: give one value, or leave it out")
+		}
+	}
+	return nil
+}
+
+// checkAll refuses an all other than true or false (bad_all).
+func checkAll(c echo.Context) error {
+	if v := c.QueryParam("all"); v != "" && v != "true" && v != "false" {
+		return apiError(http.StatusBadRequest, "bad_all", "all must be true or false")
+	}
+	return nil
+}
+
+// checkIDs bounds a transaction id (bad_id) and a merchantRef
+// (bad_merchant_ref) by SenGo's own limits before they reach a filter,
+// named as the route's parameters are.
+func checkIDs(idName, id, ref string) error {
+	if len(id) > sengo.MaxIDBytes {
+		return apiError(http.StatusBadRequest, "bad_id", fmt.Sprintf("%s is longer than %d bytes", idName, sengo.MaxIDBytes))
+	}
+	if len(ref) > sengo.MaxMerchantRefBytes {
+		return apiError(http.StatusBadRequest, "bad_merchant_ref", fmt.Sprintf("merchant_ref is longer than %d bytes", sengo.MaxMerchantRefBytes))
+	}
+	return nil
 }
 
 // codeForStatus is the code of an error that has no more specific one.
@@ -375,26 +449,33 @@ const maxAuditTarget = 256
 // https://hooks.example/services/….
 func redactURL(raw string) string { return dispatcher.RedactURL(raw) }
 
-// dlqParams are the query parameters that select dead letters.
-var dlqParams = []string{"endpoint", "transaction", "merchant_ref", "since", "until", "seq", "all", "limit", "cursor"}
+// dlqFilters are the query parameters that select dead letters.
+var dlqFilters = []string{"endpoint", "transaction", "merchant_ref", "since", "until", "seq"}
+
+// dlqListParams are what GET /admin/dlq takes: the filters and a page.
+var dlqListParams = append(slices.Clip(dlqFilters), "limit", "cursor")
+
+// dlqActParams are what a redrive or a purge of dead letters takes: the
+// filters, or all. Not limit: a purge of "limit=1" would have purged
+// every one selected.
+var dlqActParams = append(slices.Clip(dlqFilters), "all")
 
 // maxDLQLimit bounds a page of GET /admin/dlq (and is its default).
 const maxDLQLimit = dispatcher.DLQPage
 
+// dlqFilter reads the dead-letter filters of the query, which takes has
+// checked for unknown, empty and repeated parameters.
 func dlqFilter(c echo.Context) (dispatcher.DLQFilter, error) {
-	q := c.QueryParams()
-	for _, name := range dlqParams {
-		if v, ok := q[name]; ok && (len(v) != 1 || v[0] == "") {
-			return dispatcher.DLQFilter{}, apiError(http.StatusBadRequest, "empty_filter", name+" is empty or repeated: give one value, or leave it out")
-		}
-	}
-	if v := c.QueryParam("all"); v != "" && v != "true" && v != "false" {
-		return dispatcher.DLQFilter{}, apiError(http.StatusBadRequest, "bad_all", "all must be true or false")
+	if err := checkAll(c); err != nil {
+		return dispatcher.DLQFilter{}, err
 	}
 	f := dispatcher.DLQFilter{
 		Endpoint:      c.QueryParam("endpoint"),
 		TransactionID: c.QueryParam("transaction"),
 		MerchantRef:   c.QueryParam("merchant_ref"),
+	}
+	if err := checkIDs("transaction", f.TransactionID, f.MerchantRef); err != nil {
+		return f, err
 	}
 	// The name becomes a subject token: a wildcard ("*", ">") or a dot
 	// would select other endpoints' dead letters, for a purge too. An
@@ -513,8 +594,8 @@ func needsFilter(c echo.Context, code, msg string) error {
 	if _, err := dlqFilter(c); err != nil {
 		return err
 	}
-	for _, name := range dlqParams {
-		if name != "all" && name != "limit" && name != "cursor" && c.QueryParam(name) != "" {
+	for _, name := range dlqFilters {
+		if c.QueryParam(name) != "" {
 			return nil
 		}
 	}
@@ -630,16 +711,24 @@ func ParseTime(s string, now time.Time) (time.Time, error) {
 	return t, nil
 }
 
-// quarantineFilter reads ?project=&transaction=&seq= (each non-empty when
-// present).
+// quarantineParams are the query parameters that select quarantined
+// notifications.
+var quarantineParams = []string{"project", "transaction", "seq"}
+
+// quarantineActParams are what a redrive or a purge of quarantined
+// notifications takes: the filters, or all.
+var quarantineActParams = append(slices.Clip(quarantineParams), "all")
+
+// quarantineFilter reads ?project=&transaction=&seq= (takes has checked
+// that each is given once, not empty) and refuses a bad all.
 func quarantineFilter(c echo.Context) (receiver.QuarantineFilter, error) {
-	q := c.QueryParams()
-	for _, name := range []string{"project", "transaction", "seq"} {
-		if v, ok := q[name]; ok && (len(v) != 1 || v[0] == "") {
-			return receiver.QuarantineFilter{}, apiError(http.StatusBadRequest, "empty_filter", name+" is empty or repeated: give one value, or leave it out")
-		}
+	if err := checkAll(c); err != nil {
+		return receiver.QuarantineFilter{}, err
 	}
 	f := receiver.QuarantineFilter{Project: c.QueryParam("project"), TransactionID: c.QueryParam("transaction")}
+	if err := checkIDs("transaction", f.TransactionID, ""); err != nil {
+		return f, err
+	}
 	if f.Project != "" && !event.ValidName(f.Project) { // a subject token: no wildcard, no dot
 		return f, apiError(http.StatusBadRequest, "unknown_project", "project must be a project name: 1 to 63 of a-z, 0-9, _ and -")
 	}

@@ -79,28 +79,20 @@ type listQuery struct {
 	limit                    int
 }
 
+// listParams are what GET /admin/transactions takes; the other list
+// routes take some of them.
 var listParams = []string{"project", "merchant_ref", "id", "status", "product", "since", "until", "cursor", "limit"}
 
-func (s *Server) listQuery(c echo.Context, allowed ...string) (listQuery, error) {
+// listQuery reads the query of a list route, which takes has checked
+// against the route's parameters.
+func (s *Server) listQuery(c echo.Context) (listQuery, error) {
 	q := listQuery{limit: defaultLimit}
-	params := c.QueryParams()
-	for name, v := range params {
-		if !slices.Contains(allowed, name) {
-			return q, apiError(http.StatusBadRequest, "unknown_parameter", fmt.Sprintf("%.40q is not a parameter of this route", name))
-		}
-		if len(v) != 1 || v[0] == "" {
-			return q, apiError(http.StatusBadRequest, "empty_filter", name+" is empty or repeated: give one value, or leave it out")
-		}
-	}
 	q.project, q.merchantRef, q.id = c.QueryParam("project"), c.QueryParam("merchant_ref"), c.QueryParam("id")
 	if q.project != "" && !slices.Contains(s.cfg.Projects, q.project) {
 		return q, apiError(http.StatusBadRequest, "unknown_project", "project is not one of the configured projects")
 	}
-	if len(q.merchantRef) > sengo.MaxMerchantRefBytes {
-		return q, apiError(http.StatusBadRequest, "bad_merchant_ref", fmt.Sprintf("merchant_ref is longer than %d bytes", sengo.MaxMerchantRefBytes))
-	}
-	if len(q.id) > sengo.MaxIDBytes {
-		return q, apiError(http.StatusBadRequest, "bad_id", fmt.Sprintf("id is longer than %d bytes", sengo.MaxIDBytes))
+	if err := checkIDs("id", q.id, q.merchantRef); err != nil {
+		return q, err
 	}
 	if v := c.QueryParam("status"); v != "" {
 		st, err := event.ParseStatus(v)
@@ -176,7 +168,7 @@ func (s *Server) scanEvents(ctx context.Context, q listQuery, visit func(eventVi
 
 // events lists SENGO_EVENTS: GET /admin/events.
 func (s *Server) events(c echo.Context) error {
-	q, err := s.listQuery(c, "project", "status", "product", "since", "until", "cursor", "limit")
+	q, err := s.listQuery(c)
 	if err != nil {
 		return err
 	}
@@ -216,7 +208,7 @@ type txSummary struct {
 // every configured one; otherwise the transactions whose events match the
 // filters, in the order of their first matching event, by cursor.
 func (s *Server) transactions(c echo.Context) error {
-	q, err := s.listQuery(c, listParams...)
+	q, err := s.listQuery(c)
 	if err != nil {
 		return err
 	}
@@ -634,7 +626,7 @@ func steps(tl timeline) []step {
 // reconciliations lists the latest reconciliation runs, newest first:
 // GET /admin/reconciliations?project=&limit=.
 func (s *Server) reconciliations(c echo.Context) error {
-	q, err := s.listQuery(c, "project", "limit")
+	q, err := s.listQuery(c)
 	if err != nil {
 		return err
 	}
