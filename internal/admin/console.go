@@ -763,9 +763,27 @@ func (cn *console) endpoints(c echo.Context) error {
 	return cn.page(c, "endpoints", "Endpoints", eps)
 }
 
-// dlqSelection reads ?seq= or ?endpoint= (or neither: every dead letter).
-func (cn *console) dlqSelection(c echo.Context) (dispatcher.DLQFilter, string, error) {
+// fields refuses a field, in the query or the posted form, that none of
+// the console's own links and forms for the route sends
+// (unknown_parameter), and one sent empty or twice (empty_filter): a
+// field the route does not read would leave its selection wider than
+// asked. A purge of dead letters posted with transaction=t1 purged every
+// one.
+func fields(c echo.Context, names ...string) error {
+	form, err := c.FormParams() // the query's and the body's
+	if err != nil {
+		return apiError(http.StatusBadRequest, "bad_query", "the query or the form cannot be read")
+	}
+	return checkValues(form, names)
+}
+
+// dlqSelection reads ?seq= or ?endpoint= (or neither: every dead letter),
+// and refuses any field but those and more.
+func (cn *console) dlqSelection(c echo.Context, more ...string) (dispatcher.DLQFilter, string, error) {
 	var f dispatcher.DLQFilter
+	if err := fields(c, append([]string{"seq", "endpoint"}, more...)...); err != nil {
+		return f, "", err
+	}
 	if v := c.FormValue("seq"); v != "" {
 		seq, err := strconv.ParseUint(v, 10, 64)
 		if err != nil || seq == 0 {
@@ -785,7 +803,7 @@ func (cn *console) dlqSelection(c echo.Context) (dispatcher.DLQFilter, string, e
 }
 
 func (cn *console) dlq(c echo.Context) error {
-	f, _, err := cn.dlqSelection(c)
+	f, _, err := cn.dlqSelection(c, "after", "done", "sig")
 	if err != nil {
 		return err
 	}
@@ -822,7 +840,7 @@ type confirmData struct {
 }
 
 func (cn *console) dlqConfirm(c echo.Context) error {
-	f, what, err := cn.dlqSelection(c)
+	f, what, err := cn.dlqSelection(c, "action")
 	if err != nil {
 		return err
 	}
@@ -864,7 +882,7 @@ func (cn *console) dlqConfirm(c echo.Context) error {
 
 func (cn *console) dlqAct(c echo.Context) error {
 	action := strings.TrimPrefix(c.Path(), "/console/dlq/")
-	f, what, err := cn.dlqSelection(c)
+	f, what, err := cn.dlqSelection(c, "upto", csrfField)
 	refused := func(err error) error { // audited too, with nothing touched
 		cn.act(c, "dead letters "+action, what, err, 0)
 		return err
@@ -908,8 +926,13 @@ func setUpTo[E any](fields map[string]string, entries []E, seq func(E) uint64) {
 	fields["upto"] = strconv.FormatUint(top, 10)
 }
 
-func (cn *console) quarantineFilter(c echo.Context) (receiver.QuarantineFilter, error) {
+// quarantineFilter reads ?seq= (or none: every quarantined notification),
+// and refuses any field but that and more.
+func (cn *console) quarantineFilter(c echo.Context, more ...string) (receiver.QuarantineFilter, error) {
 	var f receiver.QuarantineFilter
+	if err := fields(c, append([]string{"seq"}, more...)...); err != nil {
+		return f, err
+	}
 	if v := c.FormValue("seq"); v != "" {
 		seq, err := strconv.ParseUint(v, 10, 64)
 		if err != nil || seq == 0 {
@@ -931,7 +954,7 @@ func (cn *console) quarantine(c echo.Context) error {
 }
 
 func (cn *console) quarantineConfirm(c echo.Context) error {
-	f, err := cn.quarantineFilter(c)
+	f, err := cn.quarantineFilter(c, "action")
 	if err != nil {
 		return err
 	}
@@ -980,7 +1003,7 @@ func (cn *console) quarantineConfirm(c echo.Context) error {
 
 func (cn *console) quarantineAct(c echo.Context) error {
 	action := strings.TrimPrefix(c.Path(), "/console/quarantine/")
-	f, err := cn.quarantineFilter(c)
+	f, err := cn.quarantineFilter(c, "upto", csrfField)
 	refused := func(err error) error { // audited too, with nothing touched
 		cn.act(c, "quarantine "+action, fmt.Sprintf("seq %d (0: all)", f.Seq), err, 0)
 		return err

@@ -558,7 +558,7 @@ func TestConsoleShowsOnlyItsOwnMessages(t *testing.T) {
 	if _, err := js.Publish(t.Context(), event.DLQTxSubject("orders", "t1"), []byte(`{"endpoint":"orders","eventId":"evt_1","transactionId":"t1","reason":"gone","event":{}}`)); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := c.PostForm(hs.URL+"/console/dlq/purge", url.Values{"_csrf": {csrf}, "endpoint": {"orders"}, "confirm": {"1"}})
+	resp, err := c.PostForm(hs.URL+"/console/dlq/purge", url.Values{"_csrf": {csrf}, "endpoint": {"orders"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -566,5 +566,60 @@ func TestConsoleShowsOnlyItsOwnMessages(t *testing.T) {
 	loc := resp.Header.Get("Location")
 	if body := get(loc); !strings.Contains(body, "dead letter(s).") {
 		t.Errorf("after a purge, %s does not show the console's message", loc)
+	}
+}
+
+// A field the console's forms do not have (a hand-made form, a typo in a
+// bookmarked link) is refused, never read as no selection: a purge of
+// dead letters posted with transaction=t1 purged every dead letter, and
+// a quarantine purge with seqq=1 the whole quarantine.
+func TestConsoleUnknownFieldsWidenNoAction(t *testing.T) {
+	hs, js := newServer(t)
+	storeDLQFor(t, js, "orders", "t1", nil)
+	storeDLQFor(t, js, "orders", "t2", nil)
+	storeQuarantinedFor(t, js, "tx-1")
+	storeQuarantinedFor(t, js, "tx-2")
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	for _, f := range []struct {
+		path string
+		form url.Values
+	}{
+		{"/console/dlq/purge", url.Values{"transaction": {"t1"}}},
+		{"/console/dlq/purge", url.Values{"endpoint_name": {"orders"}}},
+		{"/console/dlq/redrive", url.Values{"seqq": {"1"}}},
+		{"/console/quarantine/purge", url.Values{"seqq": {"1"}}},
+		{"/console/quarantine/purge", url.Values{"project": {"main"}, "transaction": {"tx-1"}}},
+		{"/console/quarantine/redrive", url.Values{"seqq": {"1"}}},
+	} {
+		f.form.Set("_csrf", csrf)
+		resp, err := c.PostForm(hs.URL+f.path, f.form)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), `"unknown_parameter"`) {
+			t.Errorf("POST %s %v: %d %s, want 400 unknown_parameter", f.path, f.form, resp.StatusCode, b)
+		}
+	}
+	for _, p := range []string{"/console/dlq/confirm?action=purge&transaction=t1", "/console/quarantine/confirm?action=purge&seqq=1", "/console/dlq?endpoint_name=orders"} {
+		resp, err := c.Get(hs.URL + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("GET %s: %d, want 400", p, resp.StatusCode)
+		}
+	}
+	if n := msgsIn(t, js, event.StreamDLQ); n != 2 {
+		t.Errorf("%d of 2 dead letters left after refused purges", n)
+	}
+	if n := msgsIn(t, js, event.StreamReplay); n != 0 {
+		t.Errorf("%d dead letters redriven by a refused redrive", n)
+	}
+	if n := msgsIn(t, js, event.StreamQuarantine); n != 2 {
+		t.Errorf("%d of 2 quarantined notifications left after refused actions", n)
 	}
 }
