@@ -408,21 +408,16 @@ func projectOfQuarantine(subject string) string {
 	return p
 }
 
-// QuarantinedOf returns the quarantined notifications of one transaction
-// (those stored since its subject carries the transaction), oldest first,
-// at most limit; more reports that some were left out.
-func QuarantinedOf(ctx context.Context, js jetstream.JetStream, project, transactionID string, limit int) (out []QuarantineEntry, more bool, err error) {
-	err = stream.ReadSubject(ctx, js, event.StreamQuarantine, event.QuarantineTxSubject(project, transactionID), func(m *jetstream.RawStreamMsg) bool {
+// EachQuarantinedOf visits the quarantined notifications of one
+// transaction (those stored since its subject carries the transaction),
+// oldest first, until visit returns false. Each entry holds its whole
+// bodies: a caller that keeps many keeps less of each.
+func EachQuarantinedOf(ctx context.Context, js jetstream.JetStream, project, transactionID string, visit func(QuarantineEntry) bool) error {
+	return stream.ReadSubject(ctx, js, event.StreamQuarantine, event.QuarantineTxSubject(project, transactionID), func(m *jetstream.RawStreamMsg) bool {
 		e := quarantineEntry(m)
 		if e.TransactionID != transactionID {
 			return true // another id with the same hash
 		}
-		if len(out) == limit {
-			more = true
-			return false
-		}
-		out = append(out, e)
-		return true
+		return visit(e)
 	})
-	return out, more, err
 }

@@ -107,26 +107,21 @@ type Notification struct {
 	Body json.RawMessage `json:"body"`
 }
 
-// Notifications returns the notifications of one transaction still in
-// SENGO_INBOX (its retention), oldest first, at most limit; more reports
-// that some were left out.
-func Notifications(ctx context.Context, js jetstream.JetStream, project, transactionID string, limit int) (out []Notification, more bool, err error) {
-	err = stream.ReadSubject(ctx, js, event.StreamInbox, event.InboxTxSubject(project, transactionID), func(m *jetstream.RawStreamMsg) bool {
+// EachNotification visits the notifications of one transaction still in
+// SENGO_INBOX (its retention), oldest first, until visit returns false.
+// Each Body is the whole notification (up to http.max_body_bytes): a
+// caller that keeps many keeps less of each.
+func EachNotification(ctx context.Context, js jetstream.JetStream, project, transactionID string, visit func(Notification) bool) error {
+	return stream.ReadSubject(ctx, js, event.StreamInbox, event.InboxTxSubject(project, transactionID), func(m *jetstream.RawStreamMsg) bool {
 		tx, perr := sengo.ParseCallback(m.Data)
 		if perr != nil || tx.ID != transactionID {
 			return true // another id with the same subject hash
 		}
-		if len(out) == limit {
-			more = true
-			return false
-		}
 		h := m.Header
-		out = append(out, Notification{
+		return visit(Notification{
 			Seq: m.Sequence, Stored: m.Time.UTC(), ReceivedAt: h.Get(event.HeaderReceivedAt),
 			Source: h.Get(event.HeaderSource), RequestID: h.Get(event.HeaderRequestID), SourceIP: h.Get(event.HeaderSourceIP),
 			Signature: h.Get(event.HeaderSignature), Status: tx.Status, Body: rawOrString(m.Data),
 		})
-		return true
 	})
-	return out, more, err
 }

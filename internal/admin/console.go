@@ -946,11 +946,17 @@ func (cn *console) quarantineFilter(c echo.Context, more ...string) (receiver.Qu
 func (cn *console) quarantine(c echo.Context) error {
 	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
-	entries, err := receiver.ListQuarantine(ctx, cn.s.cfg.JetStream, receiver.QuarantineFilter{})
+	// As the API lists them: the bodies (which the page does not show)
+	// cut, the newest within the API's bound.
+	kept, left, err := cn.s.listQuarantine(ctx, receiver.QuarantineFilter{})
 	if err != nil {
 		return err
 	}
-	return cn.page(c, "quarantine", "Quarantine", entries)
+	entries := make([]quarantineView, len(kept))
+	for i, it := range kept {
+		entries[i] = it.view
+	}
+	return cn.page(c, "quarantine", "Quarantine", map[string]any{"Entries": entries, "LeftOut": left})
 }
 
 func (cn *console) quarantineConfirm(c echo.Context) error {

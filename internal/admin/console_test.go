@@ -244,13 +244,14 @@ func TestConsoleTemplatesRender(t *testing.T) {
 	tm := template.Must(template.New("").Funcs(consoleFuncs).ParseFS(consoleFS, "console/*.html"))
 	now := time.Now()
 	st := event.StatusSuccess
+	big := []byte(`{"pad":"` + strings.Repeat("<", maxExcerpt) + `"}`) // shown as an excerpt
 	tl := timeline{
 		Transaction:   txSummary{MerchantRef: "INV-1", Status: st, TotalAmount: 10085, UpdatedAt: now},
-		Notifications: []receiver.Notification{{Seq: 1, Stored: now, Source: "callback", Body: []byte(`{}`)}},
+		Notifications: []notificationView{viewNotification(receiver.Notification{Seq: 1, Stored: now, Source: "callback", Body: []byte(`{}`)}), viewNotification(receiver.Notification{Body: big})},
 		Events:        []eventView{{Seq: 1, PreviousStatus: &st}},
 		Attempts:      []history.Attempt{{Endpoint: "orders", Number: 1, Status: 500, RequestHeaders: map[string]string{"A": "b"}, ResponseExcerpt: "x"}},
 		DeadLetters:   []dispatcher.DLQEntry{{Seq: 3}},
-		Quarantined:   []receiver.QuarantineEntry{{Seq: 4, SenGo: []byte(`{}`), Notification: []byte(`{}`)}},
+		Quarantined:   []quarantineView{viewQuarantined(receiver.QuarantineEntry{Seq: 4, SenGo: []byte(`{}`), Notification: []byte(`{}`)}), viewQuarantined(receiver.QuarantineEntry{SenGo: big, Notification: big})},
 		Steps:         []step{{At: now, Kind: "attempt"}},
 	}
 	j := job{Request: dispatcher.ReplayRequest{Endpoints: []string{"orders"}, DryRun: true}, Progress: dispatcher.ReplayProgress{Job: "j", Done: true}}
@@ -262,7 +263,7 @@ func TestConsoleTemplatesRender(t *testing.T) {
 		"replays":         map[string]any{"Endpoints": []string{"orders"}, "Jobs": []job{j, stalled}, "Statuses": []event.Status{st}},
 		"replay":          j,
 		"events":          []eventView{{Seq: 1}},
-		"quarantine":      []receiver.QuarantineEntry{{Seq: 1}},
+		"quarantine":      map[string]any{"Entries": []quarantineView{{QuarantineEntry: receiver.QuarantineEntry{Seq: 1}}}, "LeftOut": 2},
 		"endpoints":       []endpointStatus{{Name: "orders"}},
 		"search-results":  map[string]any{"Q": "x", "Found": []txSummary{{}}},
 		"confirm":         confirmData{Count: 1, Fields: map[string]string{"seq": "1"}},

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
+	"github.com/sengo-relay/sengo-relay/receiver"
 )
 
 // storeDLQFor stores one dead letter for endpoint and transaction tx.
@@ -415,5 +417,100 @@ func TestFilterLengthsAreBounded(t *testing.T) {
 		if code, body := call(t, hs, http.MethodGet, p, "", token); code != 200 {
 			t.Errorf("GET %.60s… at the limits: %d %.200s, want 200", p, code, body)
 		}
+	}
+}
+
+// bigNotification is a SenGo callback of transaction id padded with n
+// '<' (each one six bytes once escaped for JSON, as Echo's encoder
+// escapes HTML).
+func bigNotification(id string, n int) []byte {
+	return fmt.Appendf(nil, `{"responseCode":200,"responseMessage":"success","responseData":{"id":%q,"merchantRef":"REF-%s","status":"success","feePayer":"customer","amount":10000,"fee":85,"totalAmount":10085,"expiredDate":"2025-03-23T10:24:58+07:00","paidDate":"2025-03-23T10:05:12+07:00","retail":{"viewName":"M","channel":"alfamart","paymentCode":"123"},"pad":"%s"}}`, id, id, strings.Repeat("<", n))
+}
+
+// excerptOf checks one body of a list or a story: whole when its JSON is
+// at most 4 KiB, else marked truncated, with its whole size, as a JSON
+// string of at most 4 KiB.
+func excerptOf(t *testing.T, what string, shown json.RawMessage, size int, truncated bool, whole []byte) {
+	t.Helper()
+	if size != len(whole) {
+		t.Errorf("%s: size %d, want %d", what, size, len(whole))
+	}
+	var s string
+	if len(whole) <= 4<<10 {
+		if truncated || string(shown) != string(whole) {
+			t.Errorf("%s of %d bytes: shown %.80s (truncated %v), want it whole", what, len(whole), shown, truncated)
+		}
+		return
+	}
+	if !truncated || json.Unmarshal(shown, &s) != nil || len(s) > 4<<10 || !strings.HasPrefix(string(whole), s) {
+		t.Errorf("%s of %d bytes: shown %d bytes %.80s… (truncated %v), want a string of its first 4 KiB at most, marked truncated", what, len(whole), len(shown), shown, truncated)
+	}
+}
+
+// GET /admin/quarantine answered every quarantined body whole, up to
+// 32 MiB of them, escaped for HTML into one buffer: a flood of forged
+// claims made one request allocate hundreds of megabytes. Each body is
+// now an excerpt of at most 4 KiB, marked with its whole size (GET
+// /admin/quarantine/{seq} shows it whole), and the answer holds at most
+// 8 MiB: the newest that fit, with how many older ones were left out.
+func TestQuarantineListIsBoundedInSize(t *testing.T) {
+	hs, js := newServer(t)
+	const n = 400
+	natstest.PublishMany(t, js, n, func(i int) *nats.Msg {
+		id := fmt.Sprintf("tx-%03d", i)
+		b := bigNotification(id, 8<<10)
+		return &nats.Msg{Subject: event.QuarantineTxSubject("main", id), Data: b, Header: nats.Header{
+			event.HeaderProject: {"main"}, event.HeaderReason: {"SenGo's API disagrees"}, receiver.HeaderAPIObject: {string(b)},
+		}}
+	})
+	storeQuarantinedFor(t, js, "tx-small")
+	code, body, h := callHeader(t, hs, http.MethodGet, "/admin/quarantine", "", token)
+	if code != 200 || len(body) > 8<<20 {
+		t.Fatalf("GET /admin/quarantine: %d, %.1f MiB (want 200 within 8 MiB)", code, float64(len(body))/(1<<20))
+	}
+	var items []struct {
+		Seq                   uint64          `json:"seq"`
+		TransactionID         string          `json:"transactionId"`
+		Notification          json.RawMessage `json:"notification"`
+		NotificationBytes     int             `json:"notificationBytes"`
+		NotificationTruncated bool            `json:"notificationTruncated"`
+		SenGo                 json.RawMessage `json:"sengo"`
+		SenGoBytes            int             `json:"sengoBytes"`
+		SenGoTruncated        bool            `json:"sengoTruncated"`
+	}
+	if err := json.Unmarshal([]byte(body), &items); err != nil {
+		t.Fatal(err)
+	}
+	if len(items) < 2 || items[len(items)-1].Seq != n+1 || items[len(items)-2].TransactionID != fmt.Sprintf("tx-%03d", n-1) {
+		t.Fatalf("%d listed, want the newest last", len(items))
+	}
+	for _, it := range items[:len(items)-1] {
+		whole := bigNotification(it.TransactionID, 8<<10)
+		excerptOf(t, fmt.Sprintf("#%d notification", it.Seq), it.Notification, it.NotificationBytes, it.NotificationTruncated, whole)
+		excerptOf(t, fmt.Sprintf("#%d sengo", it.Seq), it.SenGo, it.SenGoBytes, it.SenGoTruncated, whole)
+	}
+	last := items[len(items)-1]
+	excerptOf(t, "the small one", last.Notification, last.NotificationBytes, last.NotificationTruncated, []byte(`{"id":"tx-small"}`))
+	if left := h.Get("Sengo-Left-Out"); left != strconv.Itoa(n+1-len(items)) {
+		t.Errorf("%d of %d listed, Sengo-Left-Out %q", len(items), n+1, left)
+	}
+}
+
+// GET /admin/quarantine is bounded in time as the other reads are: a
+// project's quarantine was read to its 10,000th notification for as long
+// as its client waited. Past the bound the answer is 503 read_timeout.
+func TestQuarantineListingIsBoundedInTime(t *testing.T) {
+	js := provision(t)
+	a := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, ReadTimeout: 20 * time.Millisecond, Logger: zerolog.Nop()})
+	hs := httptest.NewServer(a.Handler())
+	t.Cleanup(func() { hs.Close(); a.Close() })
+	natstest.PublishMany(t, js, 20000, func(i int) *nats.Msg {
+		id := fmt.Sprintf("tx-%d", i)
+		return &nats.Msg{Subject: event.QuarantineTxSubject("main", id), Data: []byte(`{"id":"` + id + `"}`), Header: nats.Header{event.HeaderProject: {"main"}}}
+	})
+	start := time.Now()
+	code, body := call(t, hs, http.MethodGet, "/admin/quarantine?project=main", "", token)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"read_timeout"`) {
+		t.Fatalf("a listing past its bound: %d %.200s (after %s)", code, body, time.Since(start).Round(time.Millisecond))
 	}
 }

@@ -419,17 +419,18 @@ type step struct {
 
 // timeline is GET /admin/transactions/{project}/{id}.
 type timeline struct {
-	Transaction   txSummary               `json:"transaction"`
-	State         receiver.Transaction    `json:"state"`
-	Notifications []receiver.Notification `json:"notifications"`
-	Events        []eventView             `json:"events"`
-	Attempts      []history.Attempt       `json:"attempts"`
-	DeadLetters   []dispatcher.DLQEntry   `json:"deadLetters"`
+	Transaction   txSummary             `json:"transaction"`
+	State         receiver.Transaction  `json:"state"`
+	Notifications []notificationView    `json:"notifications"`
+	Events        []eventView           `json:"events"`
+	Attempts      []history.Attempt     `json:"attempts"`
+	DeadLetters   []dispatcher.DLQEntry `json:"deadLetters"`
 	// Quarantined are its notifications set aside (a forged claim SenGo's
 	// API contradicts, one that could not be confirmed), with why.
-	Quarantined []receiver.QuarantineEntry `json:"quarantined"`
-	Steps       []step                     `json:"steps"`
-	// Truncated: a part held more than its bound (200) and was cut.
+	Quarantined []quarantineView `json:"quarantined"`
+	Steps       []step           `json:"steps"`
+	// Truncated: a part held more than its bound (200) and was cut. (Each
+	// body is an excerpt, marked on its own.)
 	Truncated bool `json:"truncated"`
 }
 
@@ -465,18 +466,37 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 	var (
 		g, gctx      = errgroup.WithContext(ctx)
 		moreN, moreQ bool
+		// What the first notification of each part claimed, read from
+		// its whole body before it is cut to an excerpt.
+		claimN, claimQ *sengo.Transaction
 	)
-	g.Go(func() (err error) {
-		tl.Notifications, moreN, err = receiver.Notifications(gctx, s.reader(), project, id, maxTimeline)
-		return err
+	// Each body is cut as it is read: a part holds 200 excerpts, never
+	// 200 whole notifications.
+	g.Go(func() error {
+		return receiver.EachNotification(gctx, s.reader(), project, id, func(n receiver.Notification) bool {
+			if len(tl.Notifications) == maxTimeline {
+				moreN = true
+				return false
+			}
+			claimN = firstClaim(claimN, n.Body)
+			tl.Notifications = append(tl.Notifications, viewNotification(n))
+			return true
+		})
 	})
 	g.Go(func() (err error) {
 		tl.DeadLetters, err = dispatcher.ListDLQ(gctx, s.reader(), dispatcher.DLQFilter{Project: project, TransactionID: id})
 		return err
 	})
-	g.Go(func() (err error) {
-		tl.Quarantined, moreQ, err = receiver.QuarantinedOf(gctx, s.reader(), project, id, maxTimeline)
-		return err
+	g.Go(func() error {
+		return receiver.EachQuarantinedOf(gctx, s.reader(), project, id, func(e receiver.QuarantineEntry) bool {
+			if len(tl.Quarantined) == maxTimeline {
+				moreQ = true
+				return false
+			}
+			claimQ = firstClaim(claimQ, e.Notification)
+			tl.Quarantined = append(tl.Quarantined, viewQuarantined(e))
+			return true
+		})
 	})
 	tx, err := s.readTransaction(gctx, s.reader(), project, id)
 	// A transaction with nothing published (only a forged or unconfirmable
@@ -531,10 +551,23 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 		tl.DeadLetters = []dispatcher.DLQEntry{}
 	}
 	if tl.Quarantined == nil {
-		tl.Quarantined = []receiver.QuarantineEntry{}
+		tl.Quarantined = []quarantineView{}
 	}
 	if tl.Notifications == nil {
-		tl.Notifications = []receiver.Notification{}
+		tl.Notifications = []notificationView{}
+	}
+	// The bodies of one story are bounded in all, the oldest kept first.
+	budget := bodyBudget{left: maxStoryBodies}
+	for i := range tl.Notifications {
+		n := &tl.Notifications[i]
+		n.Body, n.BodyTruncated = budget.fit(n.Body, n.BodyTruncated)
+	}
+	for i := range tl.Quarantined {
+		q := &tl.Quarantined[i]
+		q.Notification, q.NotificationTruncated = budget.fit(q.Notification, q.NotificationTruncated)
+		if q.SenGo != nil {
+			q.SenGo, q.SenGoTruncated = budget.fit(q.SenGo, q.SenGoTruncated)
+		}
 	}
 	if unknown {
 		if len(tl.Notifications) == 0 && len(tl.Quarantined) == 0 {
@@ -543,24 +576,31 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 		// What the notifications claimed, for the header: never a status
 		// (nothing was published), only what identifies the payment. The
 		// inbox's copy first; the quarantine keeps its own longer.
-		var bodies [][]byte
-		for _, n := range tl.Notifications {
-			bodies = append(bodies, n.Body)
+		t := claimN
+		if t == nil {
+			t = claimQ
 		}
-		for _, q := range tl.Quarantined {
-			bodies = append(bodies, q.Notification)
-		}
-		for _, b := range bodies {
-			if t, err := sengo.ParseCallback(b); err == nil {
-				tl.Transaction.MerchantRef, tl.Transaction.Product, tl.Transaction.Channel = t.MerchantRef, t.Product, t.Channel
-				tl.Transaction.Amount, tl.Transaction.TotalAmount = t.Amount, t.TotalAmount
-				tl.State.MerchantRef, tl.State.Product = t.MerchantRef, t.Product
-				break
-			}
+		if t != nil {
+			tl.Transaction.MerchantRef, tl.Transaction.Product, tl.Transaction.Channel = t.MerchantRef, t.Product, t.Channel
+			tl.Transaction.Amount, tl.Transaction.TotalAmount = t.Amount, t.TotalAmount
+			tl.State.MerchantRef, tl.State.Product = t.MerchantRef, t.Product
 		}
 	}
 	tl.Steps = steps(tl)
 	return tl, nil
+}
+
+// firstClaim is claim, or (while it is nil) what body claims when it
+// parses as a notification.
+func firstClaim(claim *sengo.Transaction, body []byte) *sengo.Transaction {
+	if claim != nil {
+		return claim
+	}
+	if t, err := sengo.ParseCallback(body); err == nil {
+		t.Raw = nil // a part of the whole body, which is not kept
+		return &t
+	}
+	return nil
 }
 
 // steps merges the parts of a timeline into one story, oldest first.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/receiver"
 )
 
 // Every bad search input is refused with its documented code before it
@@ -282,4 +283,70 @@ func serveAdmin(t *testing.T, a *Server) *httptest.Server {
 	hs := httptest.NewServer(a.Handler())
 	t.Cleanup(func() { hs.Close(); a.Close() })
 	return hs
+}
+
+// A story answered its notifications' bodies whole (200 from the inbox,
+// 200 quarantined with SenGo's versions), escaped for HTML into one
+// buffer: anyone can post notifications of a transaction id, so one
+// story could be made to allocate hundreds of megabytes. Each body is now
+// an excerpt of at most 4 KiB marked truncated, with its whole size, and the bodies
+// of one story hold at most 2 MiB in all; the header still comes from
+// the whole notification.
+func TestStoryBodiesAreBounded(t *testing.T) {
+	hs, js := newServer(t)
+	const n = 150
+	whole := bigNotification("BIG", 16<<10)
+	for i := range n {
+		if _, err := js.PublishMsg(t.Context(), &nats.Msg{Subject: event.InboxTxSubject("main", "BIG"), Data: whole, Header: nats.Header{event.HeaderProject: {"main"}}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.PublishMsg(t.Context(), &nats.Msg{Subject: event.QuarantineTxSubject("main", "BIG"), Data: whole, Header: nats.Header{
+			event.HeaderProject: {"main"}, event.HeaderReason: {fmt.Sprintf("SenGo's API disagrees (%d)", i)}, receiver.HeaderAPIObject: {string(whole)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, got := call(t, hs, http.MethodGet, "/admin/transactions/main/BIG", "", token)
+	if code != 200 || len(got) > 3<<20 {
+		t.Fatalf("story: %d, %.1f MiB (want 200 within 3 MiB: 2 for the bodies, the rest for the records)", code, float64(len(got))/(1<<20))
+	}
+	var tl struct {
+		Transaction   struct{ MerchantRef string }
+		Notifications []struct {
+			Body          json.RawMessage `json:"body"`
+			BodyBytes     int             `json:"bodyBytes"`
+			BodyTruncated bool            `json:"bodyTruncated"`
+		}
+		Quarantined []struct {
+			Notification          json.RawMessage `json:"notification"`
+			NotificationBytes     int             `json:"notificationBytes"`
+			NotificationTruncated bool            `json:"notificationTruncated"`
+			SenGo                 json.RawMessage `json:"sengo"`
+			SenGoBytes            int             `json:"sengoBytes"`
+			SenGoTruncated        bool            `json:"sengoTruncated"`
+		}
+	}
+	if err := json.Unmarshal([]byte(got), &tl); err != nil {
+		t.Fatal(err)
+	}
+	if len(tl.Notifications) != n || len(tl.Quarantined) != n || tl.Transaction.MerchantRef != "REF-BIG" {
+		t.Fatalf("%d notifications and %d quarantined (want %d of each), merchantRef %q", len(tl.Notifications), len(tl.Quarantined), n, tl.Transaction.MerchantRef)
+	}
+	// Past the story's 2 MiB a body is left out: an empty excerpt.
+	check := func(what string, shown json.RawMessage, size int, truncated bool) {
+		t.Helper()
+		if string(shown) == `""` {
+			if !truncated || size != len(whole) {
+				t.Errorf("%s left out: truncated %v, size %d (want true, %d)", what, truncated, size, len(whole))
+			}
+			return
+		}
+		excerptOf(t, what, shown, size, truncated, whole)
+	}
+	for i, nt := range tl.Notifications {
+		check(fmt.Sprintf("notification %d", i), nt.Body, nt.BodyBytes, nt.BodyTruncated)
+	}
+	for i, q := range tl.Quarantined {
+		check(fmt.Sprintf("quarantined %d", i), q.Notification, q.NotificationBytes, q.NotificationTruncated)
+		check(fmt.Sprintf("quarantined %d: SenGo's version", i), q.SenGo, q.SenGoBytes, q.SenGoTruncated)
+	}
 }
