@@ -1077,7 +1077,7 @@ func (cn *console) replayStart(c echo.Context) error {
 	}
 	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
-	j, _, err := cn.s.startReplay(ctx, req)
+	j, started, err := cn.s.startReplay(ctx, req)
 	if errors.Is(err, errJobTooLarge) {
 		return cannot(http.StatusBadRequest, err)
 	}
@@ -1085,7 +1085,11 @@ func (cn *console) replayStart(c echo.Context) error {
 		cn.s.cfg.Logger.Warn().Err(err).Msg("replay jobs: store unavailable")
 		return cannot(http.StatusServiceUnavailable, errors.New("the replay was not started: the store that keeps replay jobs is unavailable or full; try again"))
 	}
-	cn.act(c, "replay", strings.Join(req.Endpoints, ",")+" since "+req.Since.UTC().Format(time.RFC3339)+map[bool]string{true: " (dry run)"}[req.DryRun], nil, 0)
+	action := "replay"
+	if !started {
+		action = "replay (already running)" // nothing started: the operator is shown the running one
+	}
+	cn.act(c, action, strings.Join(req.Endpoints, ",")+" since "+req.Since.UTC().Format(time.RFC3339)+map[bool]string{true: " (dry run)"}[req.DryRun], nil, 0)
 	return c.Redirect(http.StatusSeeOther, "/console/replays/"+url.PathEscape(j.Progress.Job))
 }
 

@@ -485,7 +485,9 @@ func (s *Server) replayStart(c echo.Context) error {
 		s.auditAPI(c, action, req.JobID(), 0, err)
 		return s.storeUnavailable(err)
 	case !started:
-		return c.JSON(http.StatusOK, &j) // already running
+		// Nothing started: the audit line says so, not "replay".
+		s.auditAPI(c, action+" (already running)", j.Progress.Job, 0, nil)
+		return c.JSON(http.StatusOK, &j)
 	}
 	s.auditAPI(c, action, j.Progress.Job, 0, nil)
 	return c.JSON(http.StatusAccepted, &j)

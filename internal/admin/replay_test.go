@@ -469,3 +469,53 @@ func TestDryRunKeepsTheRealRunsRecord(t *testing.T) {
 		t.Errorf("the real run's record after a dry run of its selection: dry run %v, queued %d; want the real run's, queued 1", j.Request.DryRun, j.Progress.Queued)
 	}
 }
+
+// Asking for a replay that is already running starts nothing; its audit
+// line said "replay" all the same, as if a second one had been sent.
+func TestReplayAlreadyRunningIsAuditedAsSuch(t *testing.T) {
+	var logs syncBuffer
+	hs, js := newServerLogging(t, zerolog.New(&logs))
+	publishReplayable(t, js, "evt_1")
+	now := time.Now().UTC().Truncate(time.Second)
+	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
+	eps := []dispatcher.Endpoint{{Name: "orders", FilterSubjects: []string{"sengo.events.>"}}}
+	req, err := ReplayRequest(eps, "orders", false, since, until, nil, "", "", false, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, running, done := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		_, err := RecordedReplay(t.Context(), js, "sengo-relay replay cli-host:1", req, zerolog.Nop(), func(error) {}, func(ctx context.Context, progress func(dispatcher.ReplayProgress)) (dispatcher.ReplayProgress, error) {
+			close(running)
+			<-release
+			return dispatcher.Replay(ctx, js, eps, req, progress)
+		})
+		done <- err
+	}()
+	<-running
+	code, j := startJob(t, hs, fmt.Sprintf(`{"endpoint":"orders","since":%q,"until":%q}`, since, until))
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	resp, err := c.PostForm(hs.URL+"/console/replays", url.Values{"_csrf": {csrf}, "endpoint": {"orders"}, "since": {since}, "until": {until}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if code != http.StatusOK || j.Relay != "sengo-relay replay cli-host:1" {
+		t.Fatalf("the API's answer: %d %+v; want 200 and the running job", code, j)
+	}
+	var actions []string
+	for _, l := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && (m["audit"] == true || m["message"] == "console action") && strings.HasPrefix(fmt.Sprint(m["action"]), "replay") {
+			actions = append(actions, fmt.Sprint(m["action"]))
+		}
+	}
+	if strings.Join(actions, ",") != "replay (already running),replay (already running)" {
+		t.Fatalf("audit actions %q; want the API's and the console's both as already running", actions)
+	}
+}
