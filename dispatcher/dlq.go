@@ -29,6 +29,11 @@ type DLQFilter struct {
 	After uint64
 	// Limit bounds how many are returned (0: all).
 	Limit int
+	// MaxBytes bounds the stored size of those returned together (0: no
+	// bound); the one that reaches it is the last, so at least one is.
+	// Each carries its event whole, up to http.max_body_bytes (16 MiB at
+	// most): a page of 1,000 could otherwise hold gigabytes.
+	MaxBytes int
 }
 
 // DLQEntry is a stored dead letter with its place in SENGO_DLQ.
@@ -36,6 +41,21 @@ type DLQEntry struct {
 	Seq    uint64    `json:"seq"`
 	Stored time.Time `json:"stored"`
 	DeadLetter
+	// Size is the dead letter's stored size in bytes.
+	Size int `json:"-"`
+}
+
+// Full reports whether entries reached f's MaxBytes: more may follow
+// them even when they are fewer than f's Limit.
+func (f DLQFilter) Full(entries []DLQEntry) bool {
+	if f.MaxBytes == 0 {
+		return false
+	}
+	n := 0
+	for _, e := range entries {
+		n += e.Size
+	}
+	return n >= f.MaxBytes
 }
 
 func (f DLQFilter) match(e DLQEntry) bool {
@@ -82,6 +102,7 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, f DLQFilter) ([]DLQEnt
 	// By subject: a transaction's dead letters are read alone (those
 	// stored before subjects carried the transaction, all of them).
 	var out []DLQEntry
+	size := 0
 	from := stream.From{Time: f.Since}
 	if f.After > 0 {
 		from = stream.From{Seq: f.After + 1}
@@ -96,14 +117,19 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, f DLQFilter) ([]DLQEnt
 		}
 		if f.match(e) {
 			out = append(out, e)
+			size += e.Size
 		}
-		return f.Limit == 0 || len(out) < f.Limit, nil
+		return (f.Limit == 0 || len(out) < f.Limit) && (f.MaxBytes == 0 || size < f.MaxBytes), nil
 	}, nil)
 	return out, err
 }
 
-// DLQPage is how many dead letters EachDLQPage holds at a time.
-const DLQPage = 1000
+// DLQPage is how many dead letters EachDLQPage holds at a time, and
+// DLQPageBytes their stored size at most (past it, a page ends early).
+const (
+	DLQPage      = 1000
+	DLQPageBytes = 32 << 20
+)
 
 // EachDLQPage calls fn with the dead letters matching f, oldest first, at
 // most DLQPage at a time, so that acting on every dead letter of a long
@@ -124,7 +150,7 @@ func EachDLQPage(ctx context.Context, js jetstream.JetStream, f DLQFilter, upTo 
 	if upTo == 0 || upTo > last {
 		upTo = last
 	}
-	f.Limit, f.After = DLQPage, 0
+	f.Limit, f.After, f.MaxBytes = DLQPage, 0, DLQPageBytes
 	for {
 		page, err := ListDLQ(ctx, js, f)
 		if err != nil {
@@ -143,7 +169,7 @@ func EachDLQPage(ctx context.Context, js jetstream.JetStream, f DLQFilter, upTo 
 				return err
 			}
 		}
-		if len(page) < DLQPage || f.Seq > 0 || f.Limit == 0 {
+		if len(page) < DLQPage && !f.Full(page) || f.Seq > 0 || f.Limit == 0 || len(page) == 0 {
 			return nil
 		}
 		f.After = page[len(page)-1].Seq
@@ -151,7 +177,7 @@ func EachDLQPage(ctx context.Context, js jetstream.JetStream, f DLQFilter, upTo 
 }
 
 func dlqEntry(seq uint64, at time.Time, data []byte) (DLQEntry, error) {
-	e := DLQEntry{Seq: seq, Stored: at.UTC()}
+	e := DLQEntry{Seq: seq, Stored: at.UTC(), Size: len(data)}
 	if err := json.Unmarshal(data, &e.DeadLetter); err != nil {
 		return DLQEntry{}, fmt.Errorf("decode dead letter %d: %w", seq, err)
 	}

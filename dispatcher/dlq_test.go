@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -225,5 +226,33 @@ func TestEachDLQPageStopsAtWhatWasStored(t *testing.T) {
 	})
 	if err != nil || seen != n {
 		t.Fatalf("EachDLQPage reached %d dead letters (%v), want the %d stored when it started", seen, err, n)
+	}
+}
+
+// A redrive or purge of every dead letter held a page of 1,000 at a time,
+// each with its event whole: up to 16 GiB with 16 MiB notifications. A
+// page now ends at DLQPageBytes, and the pages still reach every one.
+func TestEachDLQPageIsBoundedInBytes(t *testing.T) {
+	h := newHarness(t)
+	const n = 40
+	data := []byte(`{"endpoint":"orders","event":{"raw":"` + strings.Repeat("x", 1<<20) + `"}}`)
+	natstest.PublishMany(t, h.js, n, func(int) *nats.Msg {
+		return &nats.Msg{Subject: event.DLQTxSubject("orders", "tx"), Data: data}
+	})
+	seen, pages := 0, 0
+	err := EachDLQPage(context.Background(), h.js, DLQFilter{}, 0, func(page []DLQEntry) error {
+		size := 0
+		for _, e := range page {
+			size += e.Size
+		}
+		if size > DLQPageBytes+len(data) {
+			t.Errorf("a page of %d dead letters, %d MiB", len(page), size>>20)
+		}
+		seen += len(page)
+		pages++
+		return nil
+	})
+	if err != nil || seen != n || pages < 2 {
+		t.Fatalf("EachDLQPage reached %d of %d dead letters in %d pages (%v)", seen, n, pages, err)
 	}
 }

@@ -460,6 +460,10 @@ var dlqListParams = append(slices.Clip(dlqFilters), "limit", "cursor")
 // every one selected.
 var dlqActParams = append(slices.Clip(dlqFilters), "all")
 
+// maxDLQAnswer bounds the dead letters of one page of GET /admin/dlq, in
+// stored bytes (each carries its event whole).
+const maxDLQAnswer = 8 << 20
+
 // maxDLQLimit bounds a page of GET /admin/dlq (and is its default).
 const maxDLQLimit = dispatcher.DLQPage
 
@@ -518,6 +522,7 @@ func (s *Server) dlqList(c echo.Context) error {
 		}
 	}
 	f.Limit = limit + 1 // one more tells whether a next page exists
+	f.MaxBytes = maxDLQAnswer
 	// Bounded in time: a filter by merchant_ref, or one that matches
 	// nothing, reads every dead letter stored.
 	ctx, cancel := s.readCtx(c)
@@ -526,11 +531,12 @@ func (s *Server) dlqList(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if len(entries) > limit {
+	if len(entries) > limit || f.Full(entries) {
 		// The body stays an array, as before pages; the next page is named
-		// in headers (RFC 8288's Link, and the cursor alone).
-		entries = entries[:limit]
-		next := strconv.FormatUint(entries[limit-1].Seq, 10)
+		// in headers (RFC 8288's Link, and the cursor alone). A page that
+		// reached maxDLQAnswer ends early (the next may then be empty).
+		entries = entries[:min(limit, len(entries))]
+		next := strconv.FormatUint(entries[len(entries)-1].Seq, 10)
 		q := c.QueryParams()
 		q.Set("cursor", next)
 		c.Response().Header().Set(HeaderNextCursor, next)

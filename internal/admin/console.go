@@ -815,14 +815,15 @@ func (cn *console) dlq(c echo.Context) error {
 	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
 	f.Limit = consoleDLQPage + 1 // one more tells whether a next page exists
+	f.MaxBytes = maxDLQAnswer
 	entries, err := dispatcher.ListDLQ(ctx, cn.s.cfg.JetStream, f)
 	if err != nil {
 		return err
 	}
 	var next uint64
-	if len(entries) > consoleDLQPage {
-		entries = entries[:consoleDLQPage]
-		next = entries[consoleDLQPage-1].Seq
+	if len(entries) > consoleDLQPage || f.Full(entries) {
+		entries = entries[:min(consoleDLQPage, len(entries))]
+		next = entries[len(entries)-1].Seq
 	}
 	return cn.page(c, "dlq", "Dead letters", map[string]any{"Entries": entries, "Endpoint": f.Endpoint, "After": f.After, "Next": next})
 }

@@ -514,3 +514,46 @@ func TestQuarantineListingIsBoundedInTime(t *testing.T) {
 		t.Fatalf("a listing past its bound: %d %.200s (after %s)", code, body, time.Since(start).Round(time.Millisecond))
 	}
 }
+
+// A page of GET /admin/dlq held up to 1,000 dead letters, each with its
+// event whole (a notification up to http.max_body_bytes, 16 MiB at most):
+// gigabytes for one request. A page now ends at 8 MiB of dead letters, its
+// cursor names the next, and the pages together still reach every one;
+// a purge of them all goes a bounded page at a time too.
+func TestDeadLetterPagesAreBoundedInSize(t *testing.T) {
+	hs, js := newServer(t)
+	const n = 24
+	raw := strings.Repeat("x", 1<<20)
+	natstest.PublishMany(t, js, n, func(i int) *nats.Msg {
+		d := dispatcher.DeadLetter{Endpoint: "orders", EventID: fmt.Sprintf("evt_%d", i), TransactionID: fmt.Sprintf("t%d", i), Reason: dispatcher.ReasonGone,
+			Event: json.RawMessage(`{"data":{"raw":"` + raw + `"}}`)}
+		b, _ := json.Marshal(d)
+		return &nats.Msg{Subject: event.DLQTxSubject("orders", d.TransactionID), Data: b}
+	})
+	seen, pages, cursor := 0, 0, ""
+	for {
+		path := "/admin/dlq?endpoint=orders"
+		if cursor != "" {
+			path += "&cursor=" + cursor
+		}
+		code, body, h := callHeader(t, hs, http.MethodGet, path, "", token)
+		var es []dispatcher.DLQEntry
+		if code != 200 || json.Unmarshal([]byte(body), &es) != nil {
+			t.Fatalf("%s: %d %.200s", path, code, body)
+		}
+		if len(body) > 10<<20 {
+			t.Fatalf("%s: a page of %.1f MiB (%d dead letters), want at most about 8", path, float64(len(body))/(1<<20), len(es))
+		}
+		seen += len(es)
+		pages++
+		if cursor = h.Get(HeaderNextCursor); cursor == "" || pages > n {
+			break
+		}
+	}
+	if seen != n {
+		t.Fatalf("the pages listed %d of %d dead letters", seen, n)
+	}
+	if code, body := call(t, hs, http.MethodDelete, "/admin/dlq?endpoint=orders", "", token); code != 200 || !strings.Contains(body, fmt.Sprintf(`"purged":%d`, n)) {
+		t.Fatalf("purge: %d %s", code, body)
+	}
+}
