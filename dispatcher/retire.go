@@ -48,9 +48,20 @@ func relayKey(instance string) string { return "_relay." + instance }
 
 // heartbeat is the value at relayKey.
 type heartbeat struct {
-	Endpoints []string  `json:"endpoints"`
-	At        time.Time `json:"at"`
+	Endpoints []string      `json:"endpoints"`
+	At        time.Time     `json:"at"`
+	Every     time.Duration `json:"every"` // how often the relay writes it
 }
+
+// beatEvery is how often a relay writes its heartbeat, whatever its
+// retire_removed_after; heartbeatFresh is the least age at which one is
+// taken as its relay's last (a relay that writes less often gets three of
+// its own intervals). Ages are measured on the server's clock: the
+// relays' clocks may disagree.
+var (
+	beatEvery      = 10 * time.Second // variables for tests
+	heartbeatFresh = 2 * time.Minute
+)
 
 // RunRetirer retires, until ctx ends, the endpoint consumers (webhook-*
 // on SENGO_EVENTS and SENGO_REPLAY) of endpoints that are no longer
@@ -58,14 +69,18 @@ type heartbeat struct {
 // wait for good in a consumer nothing reads: never delivered, never
 // dead-lettered.
 //
-// Every relay writes a heartbeat at each look: the endpoints it delivers.
-// A consumer is taken as abandoned when, at two looks in a row, no relay's
-// recent heartbeat names its endpoint, no client waits on it, nothing was
-// delivered from it for Quiet and it is older than Quiet. A relay still
-// running another configuration that has the endpoint (during a rolling
-// deploy that renames it, or one that adds an endpoint) names it in its
-// heartbeat, and a relay too old to write one keeps a pull waiting or
-// delivers: either way the consumer is left alone.
+// Every relay writes a heartbeat every beatEvery, from its start: the
+// endpoints it delivers. A consumer is taken as abandoned when, at two
+// looks in a row, no relay's recent heartbeat names its endpoint, no
+// client waits on it, nothing was delivered from it for Quiet and it is
+// older than Quiet. A relay still running another configuration that has
+// the endpoint (during a rolling deploy that renames it, or one that adds
+// an endpoint) names it in its heartbeat, held or paused or busy alike,
+// and the consumer is left alone. (A relay too old to write heartbeats is
+// seen only by its waiting pulls and deliveries: while its endpoint is
+// held it looks abandoned. Upgrade every relay before removing endpoints.)
+// Before it acknowledges events without a dead letter, and before it
+// deletes the consumer, a relay reads the heartbeats again.
 //
 // Retiring dead-letters, with ReasonRemoved, every event the consumer held
 // when it was first seen abandoned (delivered, in flight or waiting for a
@@ -93,15 +108,12 @@ func RunRetirer(ctx context.Context, cfg RetireConfig) {
 		kv, err = cfg.JetStream.KeyValue(ctx, event.BucketDelivery)
 	}
 	r.store = attemptStore{kv}
+	r.beat(ctx) // the first at once: the first look needs it
+	go r.heartbeats(ctx)
 	tick := time.NewTicker(cfg.Every)
 	defer tick.Stop()
-	defer func() { // the heartbeat goes with the relay
-		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = kv.Delete(dctx, relayKey(cfg.Instance))
-	}()
 	for {
-		used, err := r.beat(ctx)
+		used, err := r.used(ctx)
 		if err != nil && ctx.Err() == nil {
 			// Without every relay's heartbeat nothing is known abandoned.
 			r.cfg.Logger.Warn().Err(err).Msg("relay heartbeats unavailable; not looking for consumers of removed endpoints")
@@ -122,23 +134,51 @@ func RunRetirer(ctx context.Context, cfg RetireConfig) {
 	}
 }
 
-// beat writes this relay's heartbeat and returns the consumer names of the
-// endpoints that some relay delivers: its own and those of every heartbeat
-// written in the last three looks.
-func (r *retirer) beat(ctx context.Context) (map[string]bool, error) {
-	b, _ := json.Marshal(heartbeat{Endpoints: r.cfg.Configured, At: time.Now().UTC()})
-	if _, err := r.store.kv.Put(ctx, relayKey(r.cfg.Instance), b); err != nil {
-		return nil, err
+// heartbeats writes this relay's heartbeat every beatEvery until ctx
+// ends, then deletes it. A look that takes long (a large backlog to
+// dead-letter) never delays one.
+func (r *retirer) heartbeats(ctx context.Context) {
+	tick := time.NewTicker(beatEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = r.store.kv.Delete(dctx, relayKey(r.cfg.Instance))
+			return
+		case <-tick.C:
+			r.beat(ctx)
+		}
 	}
+}
+
+// beat writes this relay's heartbeat.
+func (r *retirer) beat(ctx context.Context) {
+	b, _ := json.Marshal(heartbeat{Endpoints: r.cfg.Configured, At: time.Now().UTC(), Every: beatEvery})
+	if _, err := r.store.kv.Put(ctx, relayKey(r.cfg.Instance), b); err != nil && ctx.Err() == nil {
+		r.cfg.Logger.Warn().Err(err).Msg("relay heartbeat not written")
+	}
+}
+
+// used returns the consumer names of the endpoints that some relay
+// delivers: this relay's and those of every recent heartbeat. A heartbeat
+// is recent when it was stored less than three of its relay's intervals
+// (heartbeatFresh at least) before this relay's own, both by the server's
+// clock; without this relay's own nothing is known.
+func (r *retirer) used(ctx context.Context) (map[string]bool, error) {
 	used := map[string]bool{}
 	for _, n := range r.cfg.Configured {
 		used[ConsumerName(n)] = true
+	}
+	mine, err := r.store.kv.Get(ctx, relayKey(r.cfg.Instance))
+	if err != nil {
+		return nil, fmt.Errorf("this relay's heartbeat: %w", err)
 	}
 	keys, err := r.store.kv.ListKeysFiltered(ctx, relayKey("*"))
 	if err != nil {
 		return nil, err
 	}
-	fresh := time.Now().Add(-3 * r.cfg.Every)
 	for k := range keys.Keys() {
 		e, err := r.store.kv.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -146,9 +186,10 @@ func (r *retirer) beat(ctx context.Context) (map[string]bool, error) {
 		} else if err != nil {
 			return nil, err
 		}
+		age := mine.Created().Sub(e.Created())
 		var h heartbeat
-		if json.Unmarshal(e.Value(), &h) != nil || h.At.Before(fresh) {
-			if h.At.Before(time.Now().Add(-staleHeartbeat)) { // a relay that stopped without deleting its own
+		if json.Unmarshal(e.Value(), &h) != nil || age > max(3*h.Every, heartbeatFresh) {
+			if age > staleHeartbeat { // a relay that stopped without deleting its own
 				_ = r.store.kv.Delete(ctx, k)
 			}
 			continue
@@ -171,6 +212,20 @@ func (r *retirer) beat(ctx context.Context) (map[string]bool, error) {
 		}
 	}
 	return used, nil
+}
+
+// stillRemoved reports whether no relay delivers the endpoint of consumer
+// now, and no client waits on it.
+func (r *retirer) stillRemoved(ctx context.Context, cons jetstream.Consumer) (bool, error) {
+	used, err := r.used(ctx)
+	if err != nil {
+		return false, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return false, err
+	}
+	return !used[info.Name] && info.NumWaiting == 0, nil
 }
 
 // gone reports an error of a consumer deleted meanwhile.
@@ -227,13 +282,19 @@ func (r *retirer) look(ctx context.Context, streamName string, used map[string]b
 		}
 		info := cons.CachedInfo()
 		st, known := r.seen[key]
-		if !st.confirmed && !r.abandoned(info) {
-			// In use by a relay that has the endpoint: what it holds is
-			// that relay's to deliver.
+		if info.NumWaiting > 0 {
+			// A client pulls from it (a relay too old to write a
+			// heartbeat): what it holds is that relay's to deliver.
 			delete(r.seen, key)
 			if err := r.store.kv.Delete(ctx, retireKey(streamName, n)); err != nil {
 				return err
 			}
+			continue
+		}
+		if !st.confirmed && !r.abandoned(info) {
+			// Delivered from lately: by a relay, or by another relay
+			// retiring it (whose cutoff stays).
+			delete(r.seen, key)
 			continue
 		}
 		if !known {
@@ -289,7 +350,11 @@ func (r *retirer) cutoff(ctx context.Context, s jetstream.Stream, streamName, co
 
 // abandoned reports a consumer no client uses.
 func (r *retirer) abandoned(info *jetstream.ConsumerInfo) bool {
-	quiet := time.Now().Add(-r.cfg.Quiet)
+	now := info.TimeStamp // the server's clock, as Created and Delivered.Last are
+	if now.IsZero() {
+		now = time.Now()
+	}
+	quiet := now.Add(-r.cfg.Quiet)
 	if info.NumWaiting > 0 || info.Created.After(quiet) {
 		return false
 	}
@@ -303,6 +368,15 @@ func (r *retirer) retire(ctx context.Context, s jetstream.Stream, cons jetstream
 	replayed := streamName == event.StreamReplay
 	var dead, skipped int
 	for ctx.Err() == nil {
+		// A relay that delivers the endpoint may have started meanwhile.
+		if ok, err := r.stillRemoved(ctx, cons); gone(err) {
+			return nil
+		} else if err != nil {
+			return err
+		} else if !ok {
+			r.cfg.Logger.Warn().Str("endpoint", endpoint).Str("stream", streamName).Msg("a relay delivers this endpoint again; not retiring it")
+			return nil
+		}
 		batch, err := cons.FetchNoWait(100)
 		if gone(err) {
 			return nil // another relay retired it meanwhile
@@ -344,6 +418,11 @@ func (r *retirer) retire(ctx context.Context, s jetstream.Stream, cons jetstream
 			log.Uint64("waiting_for_retry", uint64(info.NumAckPending)).Msg("removed endpoint: events dead-lettered; the rest go when their retry comes due")
 		}
 		return nil
+	}
+	if ok, err := r.stillRemoved(ctx, cons); gone(err) {
+		return nil
+	} else if err != nil || !ok {
+		return err
 	}
 	if err := s.DeleteConsumer(ctx, info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return fmt.Errorf("delete consumer %s: %w", info.Name, err)

@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -31,14 +32,14 @@ func (h *harness) runWorker(ep Endpoint) (*Worker, func()) {
 }
 
 // retirer runs RunRetirer for a relay named instance that delivers
-// endpoints, until the test ends.
-func (h *harness) retirer(instance string, endpoints ...string) {
+// endpoints and looks every every, until the test ends.
+func (h *harness) retirer(instance string, every time.Duration, endpoints ...string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		RunRetirer(ctx, RetireConfig{JetStream: h.js, Configured: endpoints, Instance: instance, Metrics: h.metrics, Logger: zerolog.New(h.logs),
-			Every: 100 * time.Millisecond, Quiet: time.Millisecond})
+			Every: every, Quiet: time.Millisecond})
 	}()
 	h.t.Cleanup(func() { cancel(); <-done })
 }
@@ -80,8 +81,10 @@ func TestRemovedEndpointsBacklogIsDeadLettered(t *testing.T) {
 	}
 	kept := newConsumer(t, status())
 	current := h.start(h.endpoint("current", kept.URL))
-	h.retirer("here", "current")
-	h.retirer("there", "elsewhere", "current")
+	h.retirer("here", 100*time.Millisecond, "current")
+	// "there" looks seldom (a long retire_removed_after): its heartbeat
+	// is written as often all the same.
+	h.retirer("there", time.Hour, "elsewhere", "current")
 	eventually(t, "old found abandoned", func() bool {
 		return strings.Contains(h.logs.String(), `"consumer":"webhook-old"`)
 	})
@@ -131,5 +134,40 @@ func TestRemovedEndpointsBacklogIsDeadLettered(t *testing.T) {
 	}
 	if msgs := natstest.Messages(t, h.js, event.StreamReplay); len(msgs) != 0 {
 		t.Fatalf("%d copies queued for a removed endpoint", len(msgs))
+	}
+}
+
+// A heartbeat was judged by the reading relay's own look interval (and
+// clock): a relay looking every 100ms took the heartbeat of one that
+// writes it every 10s for stale half a second later, and retired the
+// endpoints that relay delivers. It is judged by its writer's interval, two
+// minutes at least, on the server's clock.
+func TestHeartbeatsAreJudgedByTheirWritersInterval(t *testing.T) {
+	h := newHarness(t)
+	kv, err := h.js.KeyValue(context.Background(), event.BucketDelivery)
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, _ := json.Marshal(heartbeat{Endpoints: []string{"elsewhere"}, At: time.Now().Add(-time.Hour), Every: 10 * time.Second}) // a clock an hour behind
+	if _, err := kv.Put(context.Background(), relayKey("there"), theirs); err != nil {
+		t.Fatal(err)
+	}
+	there, err := kv.Get(context.Background(), relayKey("there"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &retirer{cfg: RetireConfig{JetStream: h.js, Configured: []string{"current"}, Instance: "here", Every: 100 * time.Millisecond, Logger: zerolog.New(h.logs)},
+		store: attemptStore{kv}, seen: map[string]retiring{}}
+	eventually(t, "a second on the server's clock", func() bool {
+		r.beat(context.Background())
+		mine, err := kv.Get(context.Background(), relayKey("here"))
+		return err == nil && mine.Created().Sub(there.Created()) > time.Second
+	})
+	used, err := r.used(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !used["webhook-elsewhere"] || !used["webhook-current"] {
+		t.Fatalf("used %v: the other relay's endpoint is missing", used)
 	}
 }

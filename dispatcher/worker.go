@@ -85,6 +85,8 @@ type Worker struct {
 	// active is when the worker last began delivering (w.cfg.Now, Unix
 	// nanoseconds): its start, or the end of an operator's hold.
 	active atomic.Int64
+	// pullWarned is when a failed pull was last logged (Unix nanoseconds).
+	pullWarned atomic.Int64
 	// maxAge is SENGO_EVENTS' retention (0: none): events of a paused
 	// endpoint older than maxAge-expiryGuard are dead-lettered.
 	maxAge time.Duration
@@ -338,7 +340,14 @@ func (w *Worker) pullOne(ctx context.Context, src sources) {
 	if err != nil {
 		w.breaker.release(probe)
 		if !idle(err) && ctx.Err() == nil {
-			w.log.Warn().Err(err).Msg("pull failed")
+			// Every pulling goroutine fails alike: one line every 10s says it.
+			if last := w.pullWarned.Load(); time.Since(time.Unix(0, last)) > 10*time.Second && w.pullWarned.CompareAndSwap(last, time.Now().UnixNano()) {
+				l := w.log.Warn()
+				if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, nats.ErrNoResponders) {
+					l = w.log.Error() // deleted by hand: restart the relay to create it again
+				}
+				l.Err(err).Msg("pull failed")
+			}
 			sleepCtx(ctx, time.Second) // pacing while NATS is unavailable
 		}
 		return

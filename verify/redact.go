@@ -28,14 +28,16 @@ func RedactURL(raw string) string {
 }
 
 // plainSegment reports a path segment that reads as a word ("hook",
-// "webhooks", "sengo-callback"), not as a token: at most 24 letters,
-// hyphens, underscores and dots, no digit.
+// "webhooks", "sengo-callback"), not as a token: at most 16 lowercase
+// letters, hyphens, underscores and dots (a random token of letters and
+// digits is almost never all lowercase letters; one of 20 with no digit
+// is, about one in 30).
 func plainSegment(s string) bool {
-	if len(s) > 24 {
+	if len(s) > 16 {
 		return false
 	}
 	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r == '-' || r == '_' || r == '.') {
+		if !(r >= 'a' && r <= 'z' || r == '-' || r == '_' || r == '.') {
 			return false
 		}
 	}

@@ -322,6 +322,18 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			return
 		}
 		intake.Store(in)
+		// A removed or renamed endpoint's backlog goes to the dead letters
+		// (endpoint_removed) instead of waiting for good. Started first: its
+		// heartbeat tells other relays which endpoints this one delivers.
+		workersDone.Add(1)
+		go func() {
+			defer workersDone.Done()
+			dispatcher.RunRetirer(runCtx, dispatcher.RetireConfig{
+				JetStream: js, Configured: epNames, Durable: conns.durable, Metrics: dmetrics,
+				Quiet: cfg.Delivery.RetireRemovedAfter.D(), Every: min(30*time.Second, cfg.Delivery.RetireRemovedAfter.D()/2),
+				Logger: log.With().Str("component", "dispatcher").Logger(),
+			})
+		}()
 		for _, ep := range endpoints {
 			var w *dispatcher.Worker
 			err := retryStart(runCtx, log.With().Str("endpoint", ep.Name).Logger(), "starting endpoint", func() (err error) {
@@ -342,17 +354,6 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			workersDone.Add(1)
 			go func() { defer workersDone.Done(); w.Run(runCtx) }()
 		}
-		// A removed or renamed endpoint's backlog goes to the dead letters
-		// (endpoint_removed) instead of waiting for good.
-		workersDone.Add(1)
-		go func() {
-			defer workersDone.Done()
-			dispatcher.RunRetirer(runCtx, dispatcher.RetireConfig{
-				JetStream: js, Configured: epNames, Durable: conns.durable, Metrics: dmetrics,
-				Quiet: cfg.Delivery.RetireRemovedAfter.D(), Every: min(30*time.Second, cfg.Delivery.RetireRemovedAfter.D()/2),
-				Logger: log.With().Str("component", "dispatcher").Logger(),
-			})
-		}()
 		if cfg.Admin.Token.Set() {
 			workerMu.Lock()
 			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: adminJS, Readers: readers, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Durable: conns.durable, SecureCookie: cfg.Admin.SecureCookie, Logger: log.With().Str("component", "admin").Logger()})
