@@ -32,6 +32,7 @@ type harness struct {
 	metrics *Metrics
 	logs    *syncBuffer
 	cfg     Config
+	icfg    IntakeConfig // what startIntake runs
 }
 
 type option func(*Config, *IntakeConfig)
@@ -90,18 +91,25 @@ func newHarnessOn(t testing.TB, srv *natstest.Server, runIntake bool, opts ...op
 	for _, o := range opts {
 		o(&h.cfg, &icfg)
 	}
+	h.icfg = icfg
 	h.serve()
 	if runIntake {
-		in, err := NewIntake(context.Background(), icfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = in.Run(ctx, 5*time.Second) }()
-		t.Cleanup(func() { cancel(); <-done })
+		h.startIntake()
 	}
 	return h
+}
+
+// startIntake runs intake workers until the test ends.
+func (h *harness) startIntake() {
+	h.t.Helper()
+	in, err := NewIntake(context.Background(), h.icfg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = in.Run(ctx, 5*time.Second) }()
+	h.t.Cleanup(func() { cancel(); <-done })
 }
 
 // serve starts the receiver of h.cfg over httptest.

@@ -907,3 +907,52 @@ func TestHangingChecksDoNotStarveIntake(t *testing.T) {
 	eventually(t, "the genuine success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
 	eventually(t, "the forged ones quarantined", func() bool { return h.msgs(event.StreamQuarantine) == forged })
 }
+
+// Intake retries a notification it cannot finish for as long as the inbox
+// keeps it, after its 200 to SenGo, which will not send it again. When
+// SENGO_EVENTS refused writes for longer than the inbox keeps notifications
+// (7 days by default), the inbox dropped it: neither published nor
+// quarantined. It is now quarantined shortly before (a tenth of the
+// retention), with why, to be redriven.
+func TestNotificationAboutToAgeOutIsQuarantined(t *testing.T) {
+	h := newHarness(t, false)
+	s, err := h.js.Stream(t.Context(), event.StreamInbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := s.CachedInfo().Config
+	short.MaxAge, short.Duplicates = 5*time.Second, time.Second // quarantined after 4.5s
+	if _, err := h.js.UpdateStream(t.Context(), short); err != nil {
+		t.Fatal(err)
+	}
+	h.icfg.RetryMax = 200 * time.Millisecond // retried within the last 0.5s (config enforces as much)
+	h.startIntake()
+	natstest.RefuseWrites(t, h.js, event.StreamEvents)
+	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-age", event.StatusSuccess)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "quarantined before the inbox drops it", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
+	m, err := h.js.Stream(t.Context(), event.StreamQuarantine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := m.GetMsg(t.Context(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason := raw.Header.Get(event.HeaderReason); !strings.Contains(reason, ErrExpiring.Error()) || !strings.Contains(reason, "SENGO_EVENTS") && !strings.Contains(reason, "publish") {
+		t.Fatalf("quarantined with reason %q", reason)
+	}
+}
+
+// intake.retry_max is the longest retry delay: the duplicate window and
+// the inbox's guard against expiry are sized from it. The backoff's jitter
+// went up to half again as much.
+func TestRetryDelayNeverExceedsRetryMax(t *testing.T) {
+	in := &Intake{cfg: IntakeConfig{RetryInitial: 50 * time.Millisecond, RetryMax: time.Second}}
+	for attempt := uint64(1); attempt <= 200; attempt++ {
+		if d := in.retryDelay(attempt); d > time.Second || d <= 0 {
+			t.Fatalf("attempt %d: delay %s, want at most retry_max (1s)", attempt, d)
+		}
+	}
+}

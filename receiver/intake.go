@@ -100,6 +100,8 @@ type Intake struct {
 	// attempts, as before) and forgotten past maxWaited entries.
 	waitedMu sync.Mutex
 	waited   map[uint64]uint64
+	// inboxMaxAge is SENGO_INBOX's retention (0: none).
+	inboxMaxAge time.Duration
 }
 
 // maxWaited bounds Intake.waited (entries of notifications another relay
@@ -133,7 +135,25 @@ func NewIntake(ctx context.Context, cfg IntakeConfig) (*Intake, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open stream %s: %w", event.StreamQuarantine, err)
 	}
-	return &Intake{cfg: cfg, kv: kv, inbox: inbox, setAside: setAside, cons: cons, log: cfg.Logger, waited: map[uint64]uint64{}}, nil
+	return &Intake{cfg: cfg, kv: kv, inbox: inbox, setAside: setAside, cons: cons, log: cfg.Logger, waited: map[uint64]uint64{},
+		inboxMaxAge: inbox.CachedInfo().Config.MaxAge}, nil
+}
+
+// ErrExpiring: a notification intake could not finish was about to age
+// out of SENGO_INBOX (after its 200 to SenGo, which will not send it
+// again); it is quarantined, where it stays 30 days to be redriven.
+var ErrExpiring = errors.New("about to age out of the inbox unprocessed")
+
+// inboxGuard is how long before SENGO_INBOX (kept maxAge) would drop a
+// notification that intake keeps failing it is quarantined instead: a
+// tenth of the retention, at most a day (as the dispatcher guards its
+// events).
+func inboxGuard(maxAge time.Duration) time.Duration { return min(24*time.Hour, maxAge/10) }
+
+// expiring reports a notification stored so long ago that the inbox is
+// about to drop it.
+func (in *Intake) expiring(meta *jetstream.MsgMetadata) bool {
+	return in.inboxMaxAge > 0 && meta != nil && time.Since(meta.Timestamp) > in.inboxMaxAge-inboxGuard(in.inboxMaxAge)
 }
 
 // Pending returns how many inbox notifications wait for intake (not yet
@@ -279,6 +299,16 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		r.setAside = true
 		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "failing_alone").Inc()
 	}
+	// Retried (or waiting) until the inbox would drop it: set aside
+	// instead, with why it could not be finished.
+	if (r.wait || r.err != nil && !r.setAside) && in.expiring(meta) {
+		cause := r.err
+		if r.wait {
+			cause = errors.New("it waited for an earlier notification of its transaction that never came")
+		}
+		r.err = fmt.Errorf("%w: stored %s ago, the inbox keeps %s: %v", ErrExpiring, time.Since(meta.Timestamp).Round(time.Second), in.inboxMaxAge, cause)
+		r.wait, r.setAside = false, true
+	}
 	switch {
 	case r.wait:
 		in.count(r.project, "waiting")
@@ -379,7 +409,10 @@ func (in *Intake) retryDelay(attempt uint64) time.Duration {
 	for i := uint64(1); i < attempt && d < in.cfg.RetryMax; i++ {
 		d = b.NextBackOff()
 	}
-	return d
+	// The jitter goes up to half again the interval: capped, retry_max is
+	// the longest delay, as the duplicate window and the inbox's guard
+	// against expiry are sized from it.
+	return min(d, in.cfg.RetryMax)
 }
 
 // quarantine stores the notification with the reason in SENGO_QUARANTINE.

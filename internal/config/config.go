@@ -344,11 +344,11 @@ func (c *Config) Validate() error {
 			bad("streams.%s.duplicate_window: must be positive and at most max_age", name)
 		}
 	}
-	if c.Streams.Events.DuplicateWindow < c.Intake.RetryMax {
-		bad("streams.events.duplicate_window (%s) must be at least intake.retry_max (%s): an event published again after an intake retry must still be recognized", c.Streams.Events.DuplicateWindow, c.Intake.RetryMax)
+	if c.Streams.Events.DuplicateWindow < c.Intake.RetryMax+c.Intake.AckWait {
+		bad("streams.events.duplicate_window (%s) must be at least intake.retry_max plus intake.ack_wait (%s): an event published again after an intake retry must still be recognized", c.Streams.Events.DuplicateWindow, c.Intake.RetryMax+c.Intake.AckWait)
 	}
-	if c.Streams.Inbox.MaxAge < c.Intake.RetryMax {
-		bad("streams.inbox.max_age must be at least intake.retry_max")
+	if guard := min(24*time.Hour, c.Streams.Inbox.MaxAge.D()/10); guard < (c.Intake.RetryMax + c.Intake.AckWait).D() {
+		bad("streams.inbox.max_age (%s): a tenth of it (at most 24h) must be at least intake.retry_max plus intake.ack_wait (%s): a notification intake keeps failing is quarantined in that last stretch, before the inbox drops it", c.Streams.Inbox.MaxAge, c.Intake.RetryMax+c.Intake.AckWait)
 	}
 	if c.Streams.Transactions.TTL < 0 {
 		bad("streams.transactions.ttl: must not be negative (0 keeps entries forever)")

@@ -229,6 +229,19 @@ func TestEventsDuplicateWindowCoversRetries(t *testing.T) {
 
 // A check may take at most a third of ack_wait: it, the writes after it
 // and the settling share the time before the message is handed out again.
+// The inbox must keep a notification long enough that intake, retrying it
+// at most every retry_max, reaches it in the last tenth of its retention,
+// where it is quarantined rather than dropped.
+func TestInboxRetentionLeavesRoomToQuarantine(t *testing.T) {
+	_, err := Load(write(t, "streams: {inbox: {max_age: 30m}}\nintake: {retry_max: 5m}\n"+minimal), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "streams.inbox.max_age") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := Load(write(t, "streams: {inbox: {max_age: 2h}}\nintake: {retry_max: 5m}\n"+minimal), noEnv); err != nil {
+		t.Fatalf("a 2h inbox with 5m retries: %v", err)
+	}
+}
+
 func TestConfirmTimeoutFitsAckWait(t *testing.T) {
 	_, err := Load(write(t, "intake: {ack_wait: 9s, confirm_timeout: 4s}\n"+minimal), noEnv)
 	if err == nil || !strings.Contains(err.Error(), "intake.confirm_timeout") {
