@@ -25,6 +25,10 @@ type attempts struct {
 	// Done: delivered or dead-lettered. Ordered endpoints read it to know
 	// that a later status of the same transaction may go.
 	Done bool `json:"done,omitempty"`
+	// DeadLetter is the reason of a dead letter decided but not yet stored
+	// (SENGO_DLQ refused it): a redelivery stores it without posting the
+	// event again.
+	DeadLetter string `json:"deadLetter,omitempty"`
 }
 
 // attemptKey is the KV key of an event's record for an endpoint. Replayed

@@ -486,6 +486,11 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		}
 		_ = msg.Ack()
 		return
+	case rec.DeadLetter != "":
+		// Decided before; its dead letter could not be stored then.
+		w.breaker.release(probe)
+		w.deadLetter(ctx, msg, meta, ev, key, rec, rec.DeadLetter, replayed)
+		return
 	case rec.NextAt.After(now.Add(time.Second)):
 		w.breaker.release(probe)
 		_ = msg.NakWithDelay(rec.NextAt.Sub(now)) // redelivered early (e.g. after a restart)
@@ -624,11 +629,20 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 		err = w.durable(ctx) // the Term below relies on it
 	}
 	if err != nil {
-		w.log.Error().Err(err).Str("event_id", ev.ID).Msg("dead letter not stored; retrying delivery later")
+		w.log.Error().Err(err).Str("event_id", ev.ID).Msg("dead letter not stored; retrying it later")
+		if rec.DeadLetter != reason && ev.ID != "" {
+			// Remembered, so the retry stores the dead letter without
+			// posting the event again (best effort: without the record the
+			// event is attempted again, as before).
+			rec.DeadLetter = reason
+			if err := w.store.put(ctx, key, rec); err != nil {
+				w.log.Warn().Err(err).Str("event_id", ev.ID).Msg("record the dead letter to store")
+			}
+		}
 		_ = msg.NakWithDelay(deadLetterRetry)
 		return
 	}
-	rec.Done, rec.NextAt = true, time.Time{}
+	rec.Done, rec.NextAt, rec.DeadLetter = true, time.Time{}, ""
 	if err := w.store.put(ctx, key, rec); err != nil {
 		// The dead letter holds the event, so terminating loses nothing;
 		// an ordered successor waiting for this record is released by

@@ -57,18 +57,27 @@ func TestDeadLetterRefusedIsNotTerminated(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	saved := deadLetterRetry
+	deadLetterRetry = 100 * time.Millisecond
+	t.Cleanup(func() { deadLetterRetry = saved })
 	h := newHarness(t)
 	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(http.StatusGone) })
 	restore := natstest.RefuseWrites(t, h.js, event.StreamDLQ)
 	w := h.start(h.endpoint("orders", c.URL))
 	ev := h.publish("tx-dl", event.StatusSuccess, "")
-	eventually(t, "the dead letter attempted", func() bool { return strings.Contains(h.logs.String(), "dead letter not stored") })
+	eventually(t, "the dead letter tried three times", func() bool { return strings.Count(h.logs.String(), "dead letter not stored") >= 3 })
 	if live, _, _, err := w.Pending(t.Context()); err != nil || live == 0 {
 		t.Fatalf("pending %d (%v): the event was terminated without its dead letter", live, err)
 	}
+	// The endpoint answered 410 for good: each retry of the dead letter
+	// posted the event to it again, every 5 seconds, for as long as
+	// SENGO_DLQ refused writes.
+	if n := len(c.got()); n != 1 {
+		t.Fatalf("the endpoint that answered 410 was posted %d times while its dead letter waited", n)
+	}
 	restore()
 	eventually(t, "dead-lettered once writes work", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
-	if d := h.deadLetters()[0]; d.EventID != ev.ID || d.Reason != ReasonGone {
+	if d := h.deadLetters()[0]; d.EventID != ev.ID || d.Reason != ReasonGone || d.Attempts != 1 || d.LastStatus != http.StatusGone {
 		t.Fatalf("dead letter %+v", d)
 	}
 }
