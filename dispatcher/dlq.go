@@ -216,10 +216,13 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 			event.HeaderEventID: []string{e.EventID},
 			HeaderRedriveOf:     []string{strconv.FormatUint(e.Seq, 10)},
 		}}
-		if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("redrive."+strconv.FormatUint(e.Seq, 10)), jetstream.WithExpectStream(event.StreamReplay)); err != nil {
+		ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("redrive."+strconv.FormatUint(e.Seq, 10)), jetstream.WithExpectStream(event.StreamReplay))
+		if err != nil {
 			return n, fmt.Errorf("redrive %d: %w", e.Seq, err)
 		}
-		n++
+		if !ack.Duplicate { // else its copy from an earlier redrive still waits: not sent twice, not counted twice
+			n++
+		}
 	}
 	return n, nil
 }

@@ -256,3 +256,30 @@ func TestEachDLQPageIsBoundedInBytes(t *testing.T) {
 		t.Fatalf("EachDLQPage reached %d of %d dead letters in %d pages (%v)", seen, n, pages, err)
 	}
 }
+
+// A redrive counted a copy JetStream dropped as a duplicate (one queued by
+// an earlier redrive, still waiting) as redriven: twice "1 redriven" for
+// one copy queued.
+func TestRedriveCountsOnlyWhatItQueued(t *testing.T) {
+	h := newHarness(t)
+	down := newConsumer(t, status(http.StatusServiceUnavailable, http.StatusServiceUnavailable, http.StatusServiceUnavailable))
+	h.start(h.endpoint("orders", down.URL, 10*time.Millisecond))
+	h.publish("tx-r", event.StatusSuccess, "")
+	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
+	hold := Hold(context.Background(), h.js, "orders", "test") // the copy waits
+	if hold != nil {
+		t.Fatal(hold)
+	}
+	entries, err := ListDLQ(context.Background(), h.js, DLQFilter{Endpoint: "orders"})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("%d dead letters (%v)", len(entries), err)
+	}
+	for i, want := range []int{1, 0} {
+		if n, err := Redrive(context.Background(), h.js, entries); err != nil || n != want {
+			t.Fatalf("redrive %d: %d redriven (%v), want %d", i+1, n, err, want)
+		}
+	}
+	if n := len(natstest.Messages(t, h.js, event.StreamReplay)); n != 1 {
+		t.Fatalf("%d copies queued", n)
+	}
+}

@@ -270,10 +270,13 @@ func redrive(ctx context.Context, js jetstream.JetStream, entries []QuarantineEn
 		}
 		n := 0
 		for _, seq := range copied {
-			if _, err := stream.Delete(ctx, s, seq); err != nil {
+			removed, err := stream.Delete(ctx, s, seq)
+			if err != nil {
 				return n, fmt.Errorf("remove redriven %d: %w", seq, err)
 			}
-			n++
+			if removed { // else another redrive (a recheck) took it meanwhile, and counted it
+				n++
+			}
 		}
 		return n, nil
 	}
