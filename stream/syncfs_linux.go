@@ -3,7 +3,10 @@
 package stream
 
 import (
+	"fmt"
 	"os"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -12,10 +15,50 @@ import (
 // waits for it: one fsync for all the store's files at once, the block
 // files nats-server appended to and the directories it created them in.
 func syncFS(f *os.File) error {
+	if err := syncfsReportsErrors(); err != nil {
+		return err
+	}
 	for {
 		err := unix.Syncfs(int(f.Fd()))
 		if err != unix.EINTR {
 			return err
 		}
 	}
+}
+
+// syncfsReportsErrors refuses a kernel older than 5.8: before it, syncfs
+// returned 0 even when writing back failed, so a lost write would pass
+// for durable.
+func syncfsReportsErrors() error {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return fmt.Errorf("%w: kernel version unknown: %v", ErrGroupSyncUnsupported, err)
+	}
+	release := unix.ByteSliceToString(u.Release[:])
+	if !kernelAtLeast(release, 5, 8) {
+		return fmt.Errorf("%w: Linux %s's syncfs does not report write-back errors (5.8 and later do)", ErrGroupSyncUnsupported, release)
+	}
+	return nil
+}
+
+// kernelAtLeast reports whether a kernel release ("6.1.0-18-amd64")
+// is major.minor or later; false when it does not parse.
+func kernelAtLeast(release string, major, minor int) bool {
+	parts := strings.SplitN(release, ".", 3)
+	if len(parts) < 2 {
+		return false
+	}
+	maj, err := strconv.Atoi(parts[0])
+	if err != nil {
+		return false
+	}
+	end := 0
+	for end < len(parts[1]) && parts[1][end] >= '0' && parts[1][end] <= '9' {
+		end++
+	}
+	mnr, err := strconv.Atoi(parts[1][:end])
+	if err != nil {
+		return false
+	}
+	return maj > major || maj == major && mnr >= minor
 }

@@ -576,7 +576,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 		if always && cfg.NATS.Embedded.GroupCommit {
 			switch gs, err = stream.NewGroupSync(stream.GroupSyncConfig{Dir: storeDir, OnFail: syncFailed}); {
 			case errors.Is(err, stream.ErrGroupSyncUnsupported):
-				log.Warn().Msg("group commit needs Linux's syncfs; nats-server fsyncs every write itself (slower)")
+				log.Warn().Err(err).Msg("no group commit here; nats-server fsyncs every write itself (slower)")
 			case err != nil:
 				return natsConns{}, nil, err
 			default:
