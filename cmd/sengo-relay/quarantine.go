@@ -57,7 +57,7 @@ SenGo again.`,
 				return fmt.Errorf("--project %q: no such project (configured: %s)", f.project, strings.Join(cfg.ProjectNames(), ", "))
 			}
 			if use == "redrive" {
-				gs := storeSync(cfg)
+				gs := storeSync(cfg, c.ErrOrStderr())
 				defer gs.Close()
 				durable = gs
 			}

@@ -536,17 +536,21 @@ const groupCommitBackstop = 10 * time.Second
 // relies on the relay's group commit, an fsync of that store's
 // filesystem: what it writes is then made durable by the command itself
 // (the server syncs it only every groupCommitBackstop). Nil otherwise
-// (nats-server fsyncs each write itself, or the store is elsewhere).
-func storeSync(cfg config.Config) *stream.GroupSync {
+// (nats-server fsyncs each write itself, or the store is elsewhere), with
+// a warning on warn when the store relies on group commit and this
+// command cannot fsync it (not on this machine): what it writes is then
+// on disk within groupCommitBackstop, not at once.
+func storeSync(cfg config.Config, warn io.Writer) *stream.GroupSync {
 	_, always, _ := cfg.NATS.Embedded.Sync()
 	if cfg.NATS.URL != "" || !always || !cfg.NATS.Embedded.GroupCommit {
 		return nil
 	}
-	if _, err := os.Stat(cfg.StoreDirOrDefault()); err != nil {
-		return nil
-	}
 	gs, err := stream.NewGroupSync(stream.GroupSyncConfig{Dir: cfg.StoreDirOrDefault()})
+	if errors.Is(err, stream.ErrGroupSyncUnsupported) {
+		return nil // the relay does without group commit too: nats-server fsyncs each write
+	}
 	if err != nil {
+		fmt.Fprintf(warn, "warning: cannot fsync the relay's store (%v); what this command writes is on disk within %s, not at once\n", err, groupCommitBackstop)
 		return nil
 	}
 	return gs
