@@ -114,6 +114,39 @@ func TestOrderedWaitIsBounded(t *testing.T) {
 	}
 }
 
+// pendingRefusedThenSlow is a consumer that answers 503 to pending until
+// the returned flag is set, then 200 after 200ms (a slow answer: a
+// successor released too early would arrive before it ends), and 200 at
+// once to everything else.
+func pendingRefusedThenSlow(t *testing.T) (*consumer, *atomic.Bool) {
+	var ok atomic.Bool
+	c := newConsumer(t, status())
+	c.answer = func(n int, r *http.Request, w http.ResponseWriter) {
+		ev, _ := event.Unmarshal(c.got()[n-1].Body)
+		if ev.Data.Status == event.StatusPending {
+			if !ok.Load() {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			time.Sleep(200 * time.Millisecond) // how slow the answer is, not a wait for an outcome
+		}
+		w.WriteHeader(http.StatusOK)
+	}
+	return c, &ok
+}
+
+// successAfterPending fails t unless tx's last two attempts are pending
+// then success, its only success, sent after pending's slow 200 ended.
+func successAfterPending(t *testing.T, c *consumer, tx string) {
+	t.Helper()
+	got := c.got()
+	last, success := got[len(got)-2], got[len(got)-1]
+	if st := strings.Join(c.statuses(), " "); !strings.HasSuffix(st, tx+"/pending "+tx+"/success") || strings.Count(st, "success") != 1 ||
+		success.At.Before(last.At.Add(200*time.Millisecond)) {
+		t.Fatalf("attempts %q, success %v after the last pending: success went before pending was delivered", st, success.At.Sub(last.At))
+	}
+}
+
 // An ordered event released its successor when the predecessor's record
 // said its retry was long overdue: the sign of a record that stopped
 // moving. But a retry is overdue after a long hold or pause, or after the
@@ -125,19 +158,7 @@ func TestOrderedHoldsOrderAfterAHold(t *testing.T) {
 	staleWaits = 0 // the successor has waited often enough
 	t.Cleanup(func() { staleWaits = saved })
 	h := newHarness(t)
-	var pendingOK atomic.Bool
-	c := newConsumer(t, status())
-	c.answer = func(n int, r *http.Request, w http.ResponseWriter) {
-		ev, _ := event.Unmarshal(c.got()[n-1].Body)
-		if ev.Data.Status == event.StatusPending {
-			if !pendingOK.Load() {
-				w.WriteHeader(http.StatusServiceUnavailable)
-				return
-			}
-			time.Sleep(200 * time.Millisecond) // a slow answer: a released successor would arrive first
-		}
-		w.WriteHeader(http.StatusOK)
-	}
+	c, pendingOK := pendingRefusedThenSlow(t)
 	var ahead atomic.Int64
 	h.now = skewed(&ahead)
 	ep := h.endpoint("orders", c.URL, 300*time.Millisecond, 300*time.Millisecond, 300*time.Millisecond)
@@ -163,12 +184,7 @@ func TestOrderedHoldsOrderAfterAHold(t *testing.T) {
 	}
 	eventually(t, "both delivered", func() bool { return h.settled(w) })
 	// success must not arrive before pending's slow 200 was answered.
-	got := c.got()
-	last, success := got[len(got)-2], got[len(got)-1]
-	if st := strings.Join(c.statuses(), " "); !strings.HasSuffix(st, "tx-h/pending tx-h/success") || strings.Count(st, "success") != 1 ||
-		success.At.Before(last.At.Add(200*time.Millisecond)) {
-		t.Fatalf("attempts %q, success %v after the last pending: success went before pending was delivered", st, success.At.Sub(last.At))
-	}
+	successAfterPending(t, c, "tx-h")
 }
 
 // The same while the circuit breaker has paused the endpoint: a probe
@@ -179,19 +195,7 @@ func TestOrderedHoldsOrderWhilePaused(t *testing.T) {
 	staleWaits = 0
 	t.Cleanup(func() { staleWaits = saved })
 	h := newHarness(t)
-	var pendingOK atomic.Bool
-	c := newConsumer(t, status())
-	c.answer = func(n int, r *http.Request, w http.ResponseWriter) {
-		ev, _ := event.Unmarshal(c.got()[n-1].Body)
-		if ev.Data.Status == event.StatusPending {
-			if !pendingOK.Load() {
-				w.WriteHeader(http.StatusServiceUnavailable)
-				return
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		w.WriteHeader(http.StatusOK)
-	}
+	c, pendingOK := pendingRefusedThenSlow(t)
 	var ahead atomic.Int64
 	h.now = skewed(&ahead)
 	ep := h.endpoint("orders", c.URL, 300*time.Millisecond, 3*time.Second, 3*time.Second)
@@ -211,12 +215,7 @@ func TestOrderedHoldsOrderWhilePaused(t *testing.T) {
 	before := waiting()
 	pendingOK.Store(true)
 	eventually(t, "both delivered", func() bool { return h.settled(w) })
-	got := c.got()
-	last, success := got[len(got)-2], got[len(got)-1]
-	if st := strings.Join(c.statuses(), " "); !strings.HasSuffix(st, "tx-p/pending tx-p/success") || strings.Count(st, "success") != 1 ||
-		success.At.Before(last.At.Add(200*time.Millisecond)) {
-		t.Fatalf("attempts %q: success went before pending was delivered", st)
-	}
+	successAfterPending(t, c, "tx-p")
 	if waiting() == before {
 		t.Fatal("success never waited while paused: the test did not test")
 	}

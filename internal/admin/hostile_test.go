@@ -42,15 +42,7 @@ func storeDLQFor(t *testing.T, js jetstream.JetStream, endpoint, tx string, ev [
 
 func countDLQ(t *testing.T, js jetstream.JetStream) uint64 {
 	t.Helper()
-	st, err := js.Stream(context.Background(), event.StreamDLQ)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
+	return msgsIn(t, js, event.StreamDLQ)
 }
 
 // seq=0 is refused: it counted as a filter given, then meant no seq at
@@ -447,6 +439,17 @@ func excerptOf(t *testing.T, what string, shown json.RawMessage, size int, trunc
 	}
 }
 
+// quarantinedBodies are the bodies of a quarantined notification as the
+// quarantine list and a story show them: excerpts, with their whole size.
+type quarantinedBodies struct {
+	Notification          json.RawMessage `json:"notification"`
+	NotificationBytes     int             `json:"notificationBytes"`
+	NotificationTruncated bool            `json:"notificationTruncated"`
+	SenGo                 json.RawMessage `json:"sengo"`
+	SenGoBytes            int             `json:"sengoBytes"`
+	SenGoTruncated        bool            `json:"sengoTruncated"`
+}
+
 // GET /admin/quarantine answered every quarantined body whole, up to
 // 32 MiB of them, escaped for HTML into one buffer: a flood of forged
 // claims made one request allocate hundreds of megabytes. Each body is
@@ -469,14 +472,9 @@ func TestQuarantineListIsBoundedInSize(t *testing.T) {
 		t.Fatalf("GET /admin/quarantine: %d, %.1f MiB (want 200 within 8 MiB)", code, float64(len(body))/(1<<20))
 	}
 	var items []struct {
-		Seq                   uint64          `json:"seq"`
-		TransactionID         string          `json:"transactionId"`
-		Notification          json.RawMessage `json:"notification"`
-		NotificationBytes     int             `json:"notificationBytes"`
-		NotificationTruncated bool            `json:"notificationTruncated"`
-		SenGo                 json.RawMessage `json:"sengo"`
-		SenGoBytes            int             `json:"sengoBytes"`
-		SenGoTruncated        bool            `json:"sengoTruncated"`
+		Seq           uint64 `json:"seq"`
+		TransactionID string `json:"transactionId"`
+		quarantinedBodies
 	}
 	if err := json.Unmarshal([]byte(body), &items); err != nil {
 		t.Fatal(err)

@@ -417,22 +417,10 @@ func TestRealReplayIsNotTakenForARunningDryRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	release, running, done := make(chan struct{}), make(chan struct{}), make(chan error, 1)
-	go func() {
-		_, err := RecordedReplay(t.Context(), js, "sengo-relay replay cli-host:1", dry, zerolog.Nop(), func(error) {}, func(ctx context.Context, progress func(dispatcher.ReplayProgress)) (dispatcher.ReplayProgress, error) {
-			close(running)
-			<-release
-			return dispatcher.Replay(ctx, js, eps, dry, progress)
-		})
-		done <- err
-	}()
-	<-running
+	release := runningReplay(t, js, eps, dry)
 	body := fmt.Sprintf(`{"endpoint":"orders","since":%q,"until":%q,"dryRun":false}`, since, until)
 	code, j := startJob(t, hs, body)
-	close(release)
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	release()
 	if code != http.StatusAccepted {
 		t.Errorf("the real replay while its dry run runs: %d, job %+v; want 202 (started)", code, j)
 	}
@@ -470,6 +458,29 @@ func TestDryRunKeepsTheRealRunsRecord(t *testing.T) {
 	}
 }
 
+// runningReplay starts req as "sengo-relay replay cli-host:1" would (a
+// recorded job) and returns once it runs; it runs on when release is
+// called, which returns when it has finished.
+func runningReplay(t *testing.T, js jetstream.JetStream, eps []dispatcher.Endpoint, req dispatcher.ReplayRequest) (release func()) {
+	t.Helper()
+	proceed, running, done := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	go func() {
+		_, err := RecordedReplay(t.Context(), js, "sengo-relay replay cli-host:1", req, zerolog.Nop(), func(error) {}, func(ctx context.Context, progress func(dispatcher.ReplayProgress)) (dispatcher.ReplayProgress, error) {
+			close(running)
+			<-proceed
+			return dispatcher.Replay(ctx, js, eps, req, progress)
+		})
+		done <- err
+	}()
+	<-running
+	return func() {
+		close(proceed)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // Asking for a replay that is already running starts nothing; its audit
 // line said "replay" all the same, as if a second one had been sent.
 func TestReplayAlreadyRunningIsAuditedAsSuch(t *testing.T) {
@@ -483,16 +494,7 @@ func TestReplayAlreadyRunningIsAuditedAsSuch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	release, running, done := make(chan struct{}), make(chan struct{}), make(chan error, 1)
-	go func() {
-		_, err := RecordedReplay(t.Context(), js, "sengo-relay replay cli-host:1", req, zerolog.Nop(), func(error) {}, func(ctx context.Context, progress func(dispatcher.ReplayProgress)) (dispatcher.ReplayProgress, error) {
-			close(running)
-			<-release
-			return dispatcher.Replay(ctx, js, eps, req, progress)
-		})
-		done <- err
-	}()
-	<-running
+	release := runningReplay(t, js, eps, req)
 	code, j := startJob(t, hs, fmt.Sprintf(`{"endpoint":"orders","since":%q,"until":%q}`, since, until))
 	c := browser(t)
 	csrf := signIn(t, c, hs.URL)
@@ -501,10 +503,7 @@ func TestReplayAlreadyRunningIsAuditedAsSuch(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	close(release)
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	release()
 	if code != http.StatusOK || j.Relay != "sengo-relay replay cli-host:1" {
 		t.Fatalf("the API's answer: %d %+v; want 200 and the running job", code, j)
 	}

@@ -316,14 +316,7 @@ func TestStoryBodiesAreBounded(t *testing.T) {
 			BodyBytes     int             `json:"bodyBytes"`
 			BodyTruncated bool            `json:"bodyTruncated"`
 		}
-		Quarantined []struct {
-			Notification          json.RawMessage `json:"notification"`
-			NotificationBytes     int             `json:"notificationBytes"`
-			NotificationTruncated bool            `json:"notificationTruncated"`
-			SenGo                 json.RawMessage `json:"sengo"`
-			SenGoBytes            int             `json:"sengoBytes"`
-			SenGoTruncated        bool            `json:"sengoTruncated"`
-		}
+		Quarantined []quarantinedBodies
 	}
 	if err := json.Unmarshal([]byte(got), &tl); err != nil {
 		t.Fatal(err)
