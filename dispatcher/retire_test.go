@@ -81,10 +81,16 @@ func TestRemovedEndpointsBacklogIsDeadLettered(t *testing.T) {
 	}
 	kept := newConsumer(t, status())
 	current := h.start(h.endpoint("current", kept.URL))
-	h.retirer("here", 100*time.Millisecond, "current")
 	// "there" looks seldom (a long retire_removed_after): its heartbeat
-	// is written as often all the same.
+	// is written as often all the same. It has run for a while: its
+	// heartbeat is there before "here" first looks.
 	h.retirer("there", time.Hour, "elsewhere", "current")
+	kv, err := h.js.KeyValue(context.Background(), event.BucketDelivery)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "there's heartbeat", func() bool { _, err := kv.Get(context.Background(), relayKey("there")); return err == nil })
+	h.retirer("here", 100*time.Millisecond, "current")
 	eventually(t, "old found abandoned", func() bool {
 		return strings.Contains(h.logs.String(), `"consumer":"webhook-old"`)
 	})
