@@ -29,6 +29,18 @@ type ConnectConfig struct {
 	Logger zerolog.Logger
 }
 
+// ReadQueue is the option for connections that only read (the console's
+// and the admin API's): the queue of a synchronous subscription, which
+// every batched direct get creates for its answers, holds readQueueLen
+// messages instead of the client library's 65,536. The library allocates
+// that queue whole for each get: 512 KiB of pointers per get, four a story,
+// all garbage a moment later, where the largest batch (history.MaxRead
+// and readBatch, each well under readQueueLen) needs a few KiB.
+func ReadQueue() nats.Option { return nats.SyncQueueLen(readQueueLen) }
+
+// readQueueLen bounds a read connection's synchronous subscriptions.
+const readQueueLen = 2048
+
 // Connect opens a connection that never gives up reconnecting: a NATS
 // outage turns publishes into errors (the receiver answers 503) until the
 // server is back, and the relay keeps running. extra options are applied

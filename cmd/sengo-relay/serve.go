@@ -627,7 +627,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 		// answered 503 must not be stored behind its back on reconnect.
 		{"sengo-relay/callbacks", &conns.callbacks, []nats.Option{nats.ReconnectBufSize(-1)}},
 		{"sengo-relay/work", &conns.work, nil},
-		{"sengo-relay/admin", &conns.admin, nil},
+		{"sengo-relay/admin", &conns.admin, []nats.Option{stream.ReadQueue()}},
 	} {
 		ccfg.Name = c.name
 		nc, err := stream.Connect(ccfg, append(slices.Clone(opts), c.extra...)...)
@@ -639,7 +639,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 	}
 	for i := range adminReaders {
 		ccfg.Name = fmt.Sprintf("sengo-relay/admin-read-%d", i+1)
-		nc, err := stream.Connect(ccfg, opts...)
+		nc, err := stream.Connect(ccfg, append(slices.Clone(opts), stream.ReadQueue())...)
 		if err != nil {
 			shutdown()
 			return natsConns{}, nil, err

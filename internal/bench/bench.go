@@ -313,16 +313,16 @@ func openStore(ctx context.Context, cfg Config) (store, func(), error) {
 			return store{}, nil, err
 		}
 	}
-	connect := func(name string) (*nats.Conn, error) {
+	connect := func(name string, extra ...nats.Option) (*nats.Conn, error) {
 		if emb != nil {
-			return stream.Connect(stream.ConnectConfig{Name: name, Logger: zerolog.Nop()}, emb.ConnectOption())
+			extra = append(extra, emb.ConnectOption())
 		}
-		return stream.Connect(stream.ConnectConfig{URL: cfg.NATSURL, Name: name, Logger: zerolog.Nop()})
+		return stream.Connect(stream.ConnectConfig{URL: cfg.NATSURL, Name: name, Logger: zerolog.Nop()}, extra...)
 	}
 	if nc, err = connect("bench"); err == nil {
 		if cnc, err = connect("bench/callbacks"); err != nil {
 			nc.Close()
-		} else if anc, err = connect("bench/admin"); err != nil { // the console's, as serve's
+		} else if anc, err = connect("bench/admin", stream.ReadQueue()); err != nil { // the console's, as serve's
 			nc.Close()
 			cnc.Close()
 		}
@@ -337,7 +337,7 @@ func openStore(ctx context.Context, cfg Config) (store, func(), error) {
 	}
 	var rncs []*nats.Conn
 	for i := range 3 {
-		rnc, err := connect(fmt.Sprintf("bench/admin-read-%d", i+1))
+		rnc, err := connect(fmt.Sprintf("bench/admin-read-%d", i+1), stream.ReadQueue())
 		if err != nil {
 			for _, c := range append(rncs, anc, cnc, nc) {
 				c.Close()
@@ -850,7 +850,7 @@ func resetPeakRSS() bool {
 
 // heapLive is the live heap after the last GC (runtime/metrics).
 func heapLive() uint64 {
-	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/heap/allocs:bytes"}}
 	metrics.Read(s)
 	if s[0].Value.Kind() != metrics.KindUint64 {
 		return 0
@@ -863,10 +863,11 @@ type gcStats struct {
 	cycles uint64
 	assist float64 // CPU seconds goroutines spent helping the collector mark
 	live   uint64  // the live heap after the last collection
+	allocs uint64  // bytes allocated so far, by the relay and the server
 }
 
 func readGC() gcStats {
-	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}, {Name: "/cpu/classes/gc/mark/assist:cpu-seconds"}, {Name: "/gc/heap/live:bytes"}}
+	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}, {Name: "/cpu/classes/gc/mark/assist:cpu-seconds"}, {Name: "/gc/heap/live:bytes"}, {Name: "/gc/heap/allocs:bytes"}}
 	metrics.Read(s)
 	var g gcStats
 	if s[0].Value.Kind() == metrics.KindUint64 {
@@ -878,13 +879,18 @@ func readGC() gcStats {
 	if s[2].Value.Kind() == metrics.KindUint64 {
 		g.live = s[2].Value.Uint64()
 	}
+	if s[3].Value.Kind() == metrics.KindUint64 {
+		g.allocs = s[3].Value.Uint64()
+	}
 	return g
 }
 
-// since says what the collector did between g and now, for a row's note.
-func (g gcStats) since() string {
+// since says what the collector did between g and now, and what the n
+// requests in between allocated each (the relay and the embedded server
+// together: what sets how often the collector runs), for a row's note.
+func (g gcStats) since(n int) string {
 	now := readGC()
-	return fmt.Sprintf("%d collections during it (%.2f s of CPU in mark assists, live heap %d MiB after the last)", now.cycles-g.cycles, now.assist-g.assist, now.live>>20)
+	return fmt.Sprintf("%.1f MiB allocated a request; %d collections during it (%.2f s of CPU in mark assists, live heap %d MiB after the last)", float64(now.allocs-g.allocs)/float64(n)/(1<<20), now.cycles-g.cycles, now.assist-g.assist, now.live>>20)
 }
 
 // procStatus reads a kB value from /proc/self/status (0 where unavailable).

@@ -198,7 +198,7 @@ func consolePagesRun(ctx context.Context, cfg Config, st store) ([]Result, error
 		for _, d := range lat {
 			total += d
 		}
-		r := result(sample{ops: samples, elapsed: total, lat: lat}, fmt.Sprintf("%d requests one after another, with %d transactions stored (%d messages, stored in %s); slowest %.1f ms; %s", samples, n, 4*n, fill.Round(time.Second), float64(lat[len(lat)-1].Microseconds())/1000, gc.since()))
+		r := result(sample{ops: samples, elapsed: total, lat: lat}, fmt.Sprintf("%d requests one after another, with %d transactions stored (%d messages, stored in %s); slowest %.1f ms; %s", samples, n, 4*n, fill.Round(time.Second), float64(lat[len(lat)-1].Microseconds())/1000, gc.since(samples)))
 		r.Name = p.name
 		out = append(out, r)
 	}
