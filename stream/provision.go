@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -78,7 +79,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			Duplicates:        s.Limits.Duplicates,
 			MaxBytes:          orUnlimited(s.Limits.MaxBytes),
 			MaxMsgs:           -1,
-			MaxMsgsPerSubject: orUnlimited(s.Limits.PerSubject),
+			MaxMsgsPerSubject: perSubjectLimit(spec.Storage, s.Limits.PerSubject),
 			// A full stream refuses new writes (the callback gets 503, SenGo
 			// may retry) instead of silently dropping its oldest messages,
 			// which could be notifications not yet processed or events not
@@ -169,6 +170,28 @@ func Room(ctx context.Context, js jetstream.JetStream, stream string, need int64
 		return fmt.Errorf("%w: JetStream storage holds %d of its %d bytes", ErrStoreFull, acct.Store, max)
 	}
 	return nil
+}
+
+// smallBlocks is the per-subject limit of a file stream that keeps every
+// message of a subject: no subject ever holds that many, so it never
+// binds, and any per-subject limit makes nats-server store the stream in
+// 4 MB blocks where it gives a stream without one 8 MB blocks (its
+// autoTuneFileStorageBlockSize; the block size cannot be set through the
+// JetStream API). The console reads single messages at random (a
+// transaction's notification, event and attempts), and the server loads
+// and indexes a whole block to answer one of them: half the block is half
+// that work and half the memory it allocates, which is what makes the
+// garbage collector run and what a read pays while it marks. Measured with
+// a million stored transactions in BENCHMARKS.md.
+const smallBlocks = math.MaxInt64
+
+// perSubjectLimit is the stream's MaxMsgsPerSubject: n when set, else
+// smallBlocks for a file stream.
+func perSubjectLimit(storage jetstream.StorageType, n int64) int64 {
+	if n <= 0 && storage == jetstream.FileStorage {
+		return smallBlocks
+	}
+	return orUnlimited(n)
 }
 
 func orUnlimited(n int64) int64 {

@@ -2,6 +2,7 @@ package stream_test
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -151,5 +152,38 @@ func TestProvisionBoundsBucketValues(t *testing.T) {
 	}
 	if _, err := kv.Put(ctx, "too.big", make([]byte, 65)); err == nil {
 		t.Fatal("a value of 65 bytes was taken by a bucket bounded at 64")
+	}
+}
+
+// A file stream without a per-subject limit is stored in 4 MB blocks, not
+// the 8 MB nats-server gives a stream with no limit at all: the console
+// reads single messages at random, and the server loads a whole block for
+// each. Its per-subject limit is one no subject reaches.
+func TestFileStreamsUse4MBBlocks(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	if err := stream.Provision(ctx, js, spec(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, 100<<10)
+	natstest.PublishMany(t, js, 60, func(int) *nats.Msg { return &nats.Msg{Subject: "t.inbox.x", Data: body} }) // 6 MB
+	blocks, err := filepath.Glob(filepath.Join(srv.Dir(), "jetstream", "*", "streams", "T_INBOX", "msgs", "*.blk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(blocks) < 2 {
+		t.Errorf("6 MB stored in %d block files, want at least 2 (4 MB blocks)", len(blocks))
+	}
+	s, err := js.Stream(ctx, "T_INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 60 {
+		t.Errorf("stream holds %d messages of one subject, want all 60: the per-subject limit bound", info.State.Msgs)
 	}
 }
