@@ -79,8 +79,8 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) att
 	ctx, cancel := context.WithTimeout(ctx, ep.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(d.body))
-	if err != nil {
-		return attemptResult{Err: err}
+	if err != nil { // its text repeats the URL; configuration checked it parses
+		return attemptResult{Err: errors.New("the endpoint's URL does not parse")}
 	}
 	for k, v := range ep.Headers {
 		req.Header.Set(k, v)
@@ -104,7 +104,7 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) att
 	start := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
-		return attemptResult{Err: transportError(err), Duration: time.Since(start), Sent: sent}
+		return attemptResult{Err: transportError(err, req.URL.Hostname()), Duration: time.Since(start), Sent: sent}
 	}
 	defer resp.Body.Close()
 	excerpt, _ := io.ReadAll(io.LimitReader(resp.Body, maxExcerpt))
@@ -121,8 +121,11 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) att
 }
 
 // transportError shortens net/http's errors, which repeat the URL (and a
-// URL may carry credentials), to their cause.
-func transportError(err error) error {
+// URL may carry credentials), to their cause, and hides in the cause what
+// RedactHost hides of host: a lookup or a certificate error names the host
+// ("lookup eo3h0p8w4v9h6b5.m.pipedream.net: no such host"), which can be
+// the endpoint's token.
+func transportError(err error, host string) error {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		return errors.New("timeout")
@@ -132,8 +135,11 @@ func transportError(err error) error {
 	var ue interface{ Unwrap() error }
 	if errors.As(err, &ue) {
 		if inner := ue.Unwrap(); inner != nil {
-			return inner
+			err = inner
 		}
+	}
+	if shown := verify.RedactHost(host); host != "" && shown != host && strings.Contains(err.Error(), host) {
+		return errors.New(strings.ReplaceAll(err.Error(), host, shown))
 	}
 	return err
 }

@@ -1,30 +1,38 @@
 package verify
 
 import (
+	"net"
+	"net/netip"
 	"net/url"
 	"strings"
 )
 
 // RedactURL is what may be shown of a URL that can hold its own secret (a
-// webhook endpoint's, or one a consumer echoes): scheme, host and the first
-// path segment when it reads as a word. Credentials, the query, the
-// fragment, the deeper path (where tokens live) and a first segment that
-// could be a token are left out; a URL that does not parse shows nothing.
+// webhook endpoint's, or one a consumer echoes): scheme, host (RedactHost)
+// and the first path segment when it reads as a word. Credentials, the
+// query, the fragment, the deeper path (where tokens live) and a first
+// segment that could be a token are left out; a URL that does not parse
+// shows nothing.
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return ""
 	}
 	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	host := RedactHost(u.Host)
 	first, rest, _ := strings.Cut(strings.TrimPrefix(u.EscapedPath(), "/"), "/")
 	switch {
 	case first != "" && !plainSegment(first):
 		// It may be the token itself (https://hooks.example/3f9aK2…).
-		return u.Scheme + "://" + u.Host + "/…"
+		return u.Scheme + "://" + host + "/…"
 	case rest != "":
-		return u.Scheme + "://" + u.Host + "/" + first + "/…"
+		return u.Scheme + "://" + host + "/" + first + "/…"
 	}
-	return u.String()
+	out := u.String()
+	if origin := u.Scheme + "://" + u.Host; strings.HasPrefix(out, origin) {
+		return u.Scheme + "://" + host + out[len(origin):]
+	}
+	return u.Scheme + "://" + host + u.EscapedPath() // not reached for http(s) URLs
 }
 
 // plainSegment reports a path segment that reads as a word ("hook",
@@ -42,6 +50,33 @@ func plainSegment(s string) bool {
 		}
 	}
 	return true
+}
+
+// RedactHost is what may be shown of a URL's host (with or without its
+// port): an IP address whole, and of a name each label that reads as a
+// word (plainSegment, case aside); any other label shows as "…". A
+// capability URL can keep its token in the name
+// (https://eo3h0p8w4v9h6b5.m.pipedream.net), and the transport's errors
+// repeat it ("lookup eo3h…: no such host").
+func RedactHost(hostport string) string {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host, port = hostport, ""
+	}
+	if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return hostport
+	}
+	labels := strings.Split(host, ".")
+	for i, l := range labels {
+		if !plainSegment(strings.ToLower(l)) || strings.ContainsAny(l, "_") {
+			labels[i] = "…"
+		}
+	}
+	host = strings.Join(labels, ".")
+	if port != "" {
+		return net.JoinHostPort(host, port)
+	}
+	return host
 }
 
 // RedactServerURL is what may be shown of a server's URL (nats.url, an

@@ -497,13 +497,13 @@ var natsUser = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // badURL says why raw is not an http(s) URL without showing it: the
 // mistake is often one character of a URL whose path, query or user is
 // its secret (a webhook's token, an API's password). Only the scheme and
-// host it was read as are named.
+// host it was read as are named, the host as verify.RedactHost shows it.
 func badURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "does not parse as a URL (not shown: it may hold a secret)"
 	}
-	return fmt.Sprintf("is not an http(s) URL: read as scheme %q, host %q (the rest not shown: it may hold a secret)", u.Scheme, u.Host)
+	return fmt.Sprintf("is not an http(s) URL: read as scheme %q, host %q (the rest not shown: it may hold a secret)", u.Scheme, verify.RedactHost(u.Host))
 }
 
 // isLoopback reports whether host (from host:port) only accepts

@@ -451,3 +451,13 @@ func TestTypeErrorsDoNotShowTheValue(t *testing.T) {
 		t.Errorf("the error shows the value, or does not name its path:\n%v", err)
 	}
 }
+
+// An endpoint URL that is not http(s) is named by its scheme and host, and
+// a host can be the token itself (a capability URL's): the host is shown
+// as the relay shows endpoint URLs everywhere.
+func TestBadEndpointURLHidesATokenHost(t *testing.T) {
+	_, err := Load(write(t, minimal+"endpoints:\n  orders:\n    url: ftp://eo3h0p8w4v9h6b5.m.pipedream.net/h\n    secrets: ["+whsec+"]\n    filter: {all: true}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "….m.pipedream.net") || strings.Contains(err.Error(), "eo3h0p8w4v9h6b5") {
+		t.Fatalf("err = %v, want the host shown as ….m.pipedream.net", err)
+	}
+}
