@@ -31,12 +31,12 @@ type RetireConfig struct {
 	Durable    Durability
 	Metrics    *Metrics
 	Logger     zerolog.Logger
-	// Every is how often consumers are looked at (default 30s). A
-	// consumer is retired only when it looked abandoned at two looks in
-	// a row.
+	// Every is how often consumers are looked at (default 30s).
 	Every time.Duration
 	// Quiet is how long an abandoned consumer has had no delivery and
-	// existed at least (default 1 minute).
+	// existed at least, and how long no relay has named its endpoint
+	// before it is retired (default 1 minute; never less than
+	// unnamedAtLeast).
 	Quiet time.Duration
 	// Instance names this relay in its heartbeat (random when empty).
 	Instance string
@@ -63,6 +63,18 @@ var (
 	heartbeatFresh = 2 * time.Minute
 )
 
+// unnamedAtLeast is the least time an endpoint goes unnamed before its
+// consumer is retired, whatever Quiet says: three heartbeats of a relay
+// that names it. After the store refused writes for a while every
+// heartbeat looks old; the relays that name the endpoint write theirs
+// within one interval of the store taking writes again.
+func unnamedAtLeast() time.Duration { return 3 * beatEvery }
+
+// tombstoneFresh is how long a retired consumer's place is kept for its
+// endpoint: a relay that delivers the endpoint and creates its consumer
+// within that time continues where the retired one stopped.
+const tombstoneFresh = 24 * time.Hour
+
 // RunRetirer retires, until ctx ends, the endpoint consumers (webhook-*
 // on SENGO_EVENTS and SENGO_REPLAY) of endpoints that are no longer
 // configured. Without it a removed or renamed endpoint's backlog would
@@ -70,24 +82,32 @@ var (
 // dead-lettered.
 //
 // Every relay writes a heartbeat every beatEvery, from its start: the
-// endpoints it delivers. A consumer is taken as abandoned when, at two
-// looks in a row, no relay's recent heartbeat names its endpoint, no
-// client waits on it, nothing was delivered from it for Quiet and it is
-// older than Quiet. A relay still running another configuration that has
-// the endpoint (during a rolling deploy that renames it, or one that adds
-// an endpoint) names it in its heartbeat, held or paused or busy alike,
-// and the consumer is left alone. (A relay too old to write heartbeats is
-// seen only by its waiting pulls and deliveries: while its endpoint is
-// held it looks abandoned. Upgrade every relay before removing endpoints.)
-// Before it acknowledges events without a dead letter, and before it
+// endpoints it delivers. A consumer is taken as abandoned when no relay's
+// recent heartbeat names its endpoint, no client waits on it, nothing was
+// delivered from it for Quiet and it is older than Quiet; it is retired
+// once that has held, unnamed all along, for Quiet (unnamedAtLeast at
+// least) by the server's clock. The time is counted from the shared
+// sighting key, which any relay that names the endpoint deletes: a relay
+// that restarts, or that could not write its heartbeat while the store
+// refused writes, restarts the count. A relay still running another
+// configuration that has the endpoint (during a rolling deploy that
+// renames it, or one that adds an endpoint) names it in its heartbeat,
+// held or paused or busy alike, and the consumer is left alone. (A relay
+// too old to write heartbeats is seen only by its waiting pulls and
+// deliveries: while its endpoint is held it looks abandoned. Upgrade every
+// relay before removing endpoints.) Before each batch and before it
 // deletes the consumer, a relay reads the heartbeats again.
 //
-// Retiring dead-letters, with ReasonRemoved, every event the consumer held
-// when it was first seen abandoned (delivered, in flight or waiting for a
-// retry), acknowledges later events without a dead letter (they arrived
-// after the endpoint was removed), and deletes the consumer once nothing
-// is pending. An event waiting for a retry is dead-lettered when its retry
-// comes due, so a consumer can take up to the longest retry delay to go.
+// Retiring dead-letters, with ReasonRemoved, every event the consumer
+// holds (delivered, in flight or waiting for a retry, and any stored
+// meanwhile): nothing is acknowledged for it without a dead letter, so
+// a retirement that turns out wrong (the endpoint's relay was away longer
+// than Quiet) loses nothing that a redrive cannot bring back. Once nothing
+// is pending it records where the consumer stopped (a tombstone) and
+// deletes it: a relay that delivers the endpoint and creates the consumer
+// again within tombstoneFresh continues from there (ensureConsumer). An
+// event waiting for a retry is dead-lettered when its retry comes due, so
+// a consumer can take up to the longest retry delay to go.
 func RunRetirer(ctx context.Context, cfg RetireConfig) {
 	if cfg.Every <= 0 {
 		cfg.Every = 30 * time.Second
@@ -113,7 +133,7 @@ func RunRetirer(ctx context.Context, cfg RetireConfig) {
 	tick := time.NewTicker(cfg.Every)
 	defer tick.Stop()
 	for {
-		used, err := r.used(ctx)
+		used, now, err := r.used(ctx)
 		if err != nil && ctx.Err() == nil {
 			// Without every relay's heartbeat nothing is known abandoned.
 			r.cfg.Logger.Warn().Err(err).Msg("relay heartbeats unavailable; not looking for consumers of removed endpoints")
@@ -122,7 +142,7 @@ func RunRetirer(ctx context.Context, cfg RetireConfig) {
 			if err != nil {
 				break
 			}
-			if err := r.look(ctx, s, used); err != nil && ctx.Err() == nil {
+			if err := r.look(ctx, s, used, now); err != nil && ctx.Err() == nil {
 				r.cfg.Logger.Warn().Err(err).Str("stream", s).Msg("looking for consumers of removed endpoints")
 			}
 		}
@@ -166,31 +186,31 @@ func (r *retirer) beat(ctx context.Context) {
 // is recent when it was stored less than three of its relay's intervals
 // (heartbeatFresh at least) before this relay's own, both by the server's
 // clock; without this relay's own nothing is known.
-func (r *retirer) used(ctx context.Context) (map[string]bool, error) {
+func (r *retirer) used(ctx context.Context) (map[string]bool, time.Time, error) {
 	used := map[string]bool{}
 	for _, n := range r.cfg.Configured {
 		used[ConsumerName(n)] = true
 	}
 	mine, err := r.store.kv.Get(ctx, relayKey(r.cfg.Instance))
 	if err != nil {
-		return nil, fmt.Errorf("this relay's heartbeat: %w", err)
+		return nil, time.Time{}, fmt.Errorf("this relay's heartbeat: %w", err)
 	}
 	keys, err := r.store.kv.ListKeysFiltered(ctx, relayKey("*"))
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	for k := range keys.Keys() {
 		e, err := r.store.kv.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue
 		} else if err != nil {
-			return nil, err
+			return nil, time.Time{}, err
 		}
 		age := mine.Created().Sub(e.Created())
 		var h heartbeat
 		if json.Unmarshal(e.Value(), &h) != nil || age > max(3*h.Every, heartbeatFresh) {
-			if age > staleHeartbeat { // a relay that stopped without deleting its own
-				_ = r.store.kv.Delete(ctx, k)
+			if age > staleHeartbeat { // a relay that stopped without deleting its own (unless it just wrote it again)
+				_ = r.store.kv.Delete(ctx, k, jetstream.LastRevision(e.Revision()))
 			}
 			continue
 		}
@@ -202,22 +222,22 @@ func (r *retirer) used(ctx context.Context) (map[string]bool, error) {
 	// by some relay, the endpoint gets a new one when it is next removed.
 	cuts, err := r.store.kv.ListKeysFiltered(ctx, retireKey("*", "*"))
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	for k := range cuts.Keys() {
 		if used[k[strings.LastIndexByte(k, '.')+1:]] {
 			if err := r.store.kv.Delete(ctx, k); err != nil {
-				return nil, err
+				return nil, time.Time{}, err
 			}
 		}
 	}
-	return used, nil
+	return used, mine.Created(), nil
 }
 
 // stillRemoved reports whether no relay delivers the endpoint of consumer
 // now, and no client waits on it.
 func (r *retirer) stillRemoved(ctx context.Context, cons jetstream.Consumer) (bool, error) {
-	used, err := r.used(ctx)
+	used, _, err := r.used(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -251,11 +271,18 @@ type retirer struct {
 
 // retiring is a consumer found abandoned.
 type retiring struct {
-	confirmed bool   // abandoned at two looks in a row: being retired
-	cutoff    uint64 // the stream's last sequence when first found
+	confirmed bool      // unnamed for long enough: being retired
+	sighted   time.Time // when it was first found so, by the server's clock (its sighting key's)
 }
 
-func (r *retirer) look(ctx context.Context, streamName string, used map[string]bool) error {
+// unnamedFor is how long an endpoint must have gone unnamed, abandoned,
+// before its consumer is retired.
+func (r *retirer) unnamedFor() time.Duration { return max(r.cfg.Quiet, unnamedAtLeast()) }
+
+// look retires the consumers of streamName that no relay in used names
+// and that have been abandoned for unnamedFor; now is the server's time
+// (this relay's latest heartbeat).
+func (r *retirer) look(ctx context.Context, streamName string, used map[string]bool, now time.Time) error {
 	s, err := r.cfg.JetStream.Stream(ctx, streamName)
 	if err != nil {
 		return err
@@ -297,19 +324,25 @@ func (r *retirer) look(ctx context.Context, streamName string, used map[string]b
 			delete(r.seen, key)
 			continue
 		}
-		if !known {
-			cutoff, err := r.cutoff(ctx, s, streamName, n)
-			if err != nil {
-				return err
-			}
-			r.seen[key] = retiring{cutoff: cutoff}
+		// The sighting is read at every look: a relay that named the
+		// endpoint meanwhile deleted it, and the count starts again.
+		sighted, err := r.sighting(ctx, s, streamName, n)
+		if err != nil {
+			return err
+		}
+		if !known || !sighted.Equal(st.sighted) {
+			st = retiring{sighted: sighted}
+			r.seen[key] = st
 			r.cfg.Logger.Warn().Str("consumer", n).Str("stream", streamName).Uint64("pending", info.NumPending+uint64(info.NumAckPending)).
-				Msg("consumer of an endpoint that is not configured; its events are dead-lettered (endpoint_removed) at the next look unless a relay that has the endpoint uses it")
+				Str("retired_after", r.unnamedFor().String()).
+				Msg("consumer of an endpoint that is not configured; its events are dead-lettered (endpoint_removed) unless a relay that has the endpoint names it meanwhile")
+		}
+		if now.Sub(st.sighted) < r.unnamedFor() {
 			continue
 		}
 		st.confirmed = true
 		r.seen[key] = st
-		if err := r.retire(ctx, s, cons, streamName, st.cutoff); err != nil {
+		if err := r.retire(ctx, s, cons, streamName); err != nil {
 			return err
 		}
 	}
@@ -321,31 +354,47 @@ func (r *retirer) look(ctx context.Context, streamName string, used map[string]b
 	return nil
 }
 
-// retireKey is the key, in SENGO_DELIVERY, of the cutoff of a consumer
-// found abandoned: the last sequence of its stream then. Every relay
-// retiring it uses the same one.
+// retireKey is the key, in SENGO_DELIVERY, of the sighting of a consumer
+// found abandoned (its value: the last sequence of its stream then). Its
+// creation time, by the server's clock, is when the endpoint was first
+// found unnamed; every relay retiring it uses the same one, and any relay
+// that names the endpoint deletes it.
 func retireKey(stream, consumer string) string { return "_retire." + stream + "." + consumer }
 
-// cutoff returns the cutoff of consumer on stream, stored by the first
-// relay that found it abandoned.
-func (r *retirer) cutoff(ctx context.Context, s jetstream.Stream, streamName, consumer string) (uint64, error) {
+// sighting returns when consumer on stream was first found abandoned,
+// by the server's clock: its sighting key's creation, made now if absent.
+func (r *retirer) sighting(ctx context.Context, s jetstream.Stream, streamName, consumer string) (time.Time, error) {
 	key := retireKey(streamName, consumer)
+	e, err := r.store.kv.Get(ctx, key)
+	if err == nil {
+		return e.Created(), nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return time.Time{}, err
+	}
 	si, err := s.Info(ctx)
 	if err != nil {
-		return 0, err
+		return time.Time{}, err
 	}
-	_, err = r.store.kv.Create(ctx, key, []byte(strconv.FormatUint(si.State.LastSeq, 10)))
-	if err == nil {
-		return si.State.LastSeq, nil
+	if _, err := r.store.kv.Create(ctx, key, []byte(strconv.FormatUint(si.State.LastSeq, 10))); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return time.Time{}, err
 	}
-	if !errors.Is(err, jetstream.ErrKeyExists) {
-		return 0, err
+	if e, err = r.store.kv.Get(ctx, key); err != nil {
+		return time.Time{}, err
 	}
-	e, err := r.store.kv.Get(ctx, key)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.ParseUint(string(e.Value()), 10, 64)
+	return e.Created(), nil
+}
+
+// retiredKey is the key, in SENGO_DELIVERY, of a consumer the retirer
+// deleted: a tombstone saying where it stopped.
+func retiredKey(stream, consumer string) string { return "_retired." + stream + "." + consumer }
+
+// tombstone is the value at retiredKey.
+type tombstone struct {
+	// Last is the last stream sequence the consumer had delivered (and
+	// dead-lettered): its endpoint's place in the stream.
+	Last uint64    `json:"last"`
+	At   time.Time `json:"at"`
 }
 
 // abandoned reports a consumer no client uses.
@@ -361,9 +410,9 @@ func (r *retirer) abandoned(info *jetstream.ConsumerInfo) bool {
 	return info.Delivered.Last == nil || info.Delivered.Last.Before(quiet)
 }
 
-// retire dead-letters what cons holds up to cutoff and deletes it when
-// nothing is left pending.
-func (r *retirer) retire(ctx context.Context, s jetstream.Stream, cons jetstream.Consumer, streamName string, cutoff uint64) error {
+// retire dead-letters what cons holds and deletes it, leaving a
+// tombstone, when nothing is left pending.
+func (r *retirer) retire(ctx context.Context, s jetstream.Stream, cons jetstream.Consumer, streamName string) error {
 	endpoint := strings.TrimPrefix(cons.CachedInfo().Name, "webhook-")
 	replayed := streamName == event.StreamReplay
 	var dead, skipped int
@@ -386,7 +435,7 @@ func (r *retirer) retire(ctx context.Context, s jetstream.Stream, cons jetstream
 		n := 0
 		for msg := range batch.Messages() {
 			n++
-			ok, err := r.settle(ctx, msg, endpoint, replayed, cutoff)
+			ok, err := r.settle(ctx, msg, endpoint, replayed)
 			if err != nil {
 				_ = msg.Nak()
 				return err
@@ -412,7 +461,7 @@ func (r *retirer) retire(ctx context.Context, s jetstream.Stream, cons jetstream
 	} else if err != nil {
 		return err
 	}
-	log := r.cfg.Logger.Warn().Str("endpoint", endpoint).Str("stream", streamName).Int("dead_lettered", dead).Int("after_removal", skipped)
+	log := r.cfg.Logger.Warn().Str("endpoint", endpoint).Str("stream", streamName).Int("dead_lettered", dead).Int("already_done", skipped)
 	if info.NumPending > 0 || info.NumAckPending > 0 {
 		if dead > 0 {
 			log.Uint64("waiting_for_retry", uint64(info.NumAckPending)).Msg("removed endpoint: events dead-lettered; the rest go when their retry comes due")
@@ -422,6 +471,10 @@ func (r *retirer) retire(ctx context.Context, s jetstream.Stream, cons jetstream
 	if ok, err := r.stillRemoved(ctx, cons); gone(err) {
 		return nil
 	} else if err != nil || !ok {
+		return err
+	}
+	b, _ := json.Marshal(tombstone{Last: info.Delivered.Stream, At: time.Now().UTC()})
+	if _, err := r.store.kv.Put(ctx, retiredKey(streamName, info.Name), b); err != nil {
 		return err
 	}
 	if err := s.DeleteConsumer(ctx, info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -434,15 +487,12 @@ func (r *retirer) retire(ctx context.Context, s jetstream.Stream, cons jetstream
 	return nil
 }
 
-// settle dead-letters msg (true) if it was stored by cutoff, or
-// acknowledges it (false) if it came after the endpoint was removed.
-func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string, replayed bool, cutoff uint64) (bool, error) {
+// settle dead-letters msg (true), or acknowledges it (false) if its
+// record says it was delivered or dead-lettered already.
+func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string, replayed bool) (bool, error) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		return false, err
-	}
-	if meta.Sequence.Stream > cutoff {
-		return false, msg.DoubleAck(ctx)
 	}
 	ev, _ := event.Unmarshal(msg.Data())
 	var replaySeq uint64

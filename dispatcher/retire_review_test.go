@@ -95,6 +95,7 @@ func closed(ch chan struct{}) bool {
 // nowhere, recorded nowhere. The README says the heartbeats are read again
 // "before dropping a later event".
 func TestRetireRechecksHeartbeatsBeforeDroppingEachLaterEvent(t *testing.T) {
+	fastBeats(t)
 	h := newHarness(t)
 	defer func() {
 		if t.Failed() {
@@ -243,15 +244,17 @@ func TestRetireWaitsForHeartbeatsAfterTheStoreTakesWritesAgain(t *testing.T) {
 	}
 }
 
-// A relay whose heartbeat has not been written for longer than a heartbeat
-// stays current (its NATS node partitioned away, a long pause) is taken
+// A relay whose heartbeat has not been written for longer than an endpoint
+// may go unnamed (its NATS node partitioned away, a long pause) is taken
 // for gone, and its endpoint's consumer is retired and deleted. When it is
-// back and its heartbeat names the endpoint again, its worker still pulls
-// from the deleted consumer (worker.go pullOne: "deleted by hand: restart
-// the relay") and nothing recreates it: no event for the endpoint is ever
-// delivered until the relay restarts, and a restart creates the consumer
-// at deliver_from (new by default), skipping every event in between.
+// back and its heartbeat names the endpoint again, its worker pulled from
+// the deleted consumer for good (worker.go pullOne: "deleted by hand:
+// restart the relay"), and a restart created the consumer at deliver_from
+// (new by default), skipping every event in between. The worker now
+// creates it again where the retired one stopped: what was dead-lettered
+// is not sent again, what came after is delivered.
 func TestEndpointRetiredWhileItsRelayWasAwayIsDeliveredWhenItIsBack(t *testing.T) {
+	fastBeats(t)
 	h := newHarness(t)
 	defer func() {
 		if t.Failed() {
@@ -262,7 +265,9 @@ func TestEndpointRetiredWhileItsRelayWasAwayIsDeliveredWhenItIsBack(t *testing.T
 		t.Fatal(err)
 	}
 	c := newConsumer(t, status())
-	w := h.start(h.endpoint("elsewhere", c.URL))
+	ep := h.endpoint("elsewhere", c.URL)
+	ep.DeliverFrom = "new"
+	w := h.start(ep)
 	eventually(t, "the worker sees the hold", func() bool { return w.Held().Held })
 	h.publish("tx-1", event.StatusSuccess, "")
 	// Its relay's heartbeat is not being written: the retirer takes it for
@@ -271,6 +276,10 @@ func TestEndpointRetiredWhileItsRelayWasAwayIsDeliveredWhenItIsBack(t *testing.T
 	eventually(t, "elsewhere retired", func() bool {
 		return !h.consumerExists(event.StreamEvents, "webhook-elsewhere") && !h.consumerExists(event.StreamReplay, "webhook-elsewhere")
 	})
+	if dead := h.deadFor("elsewhere"); !slices.Equal(dead, []string{"tx-1/" + ReasonRemoved}) {
+		t.Fatalf("dead letters of elsewhere %v, want tx-1's", dead)
+	}
+	h.publish("tx-2", event.StatusSuccess, "") // while its relay is still away
 
 	// The relay is back: its heartbeat names elsewhere, the hold is released.
 	h.relayRetirer("there", time.Hour, nil, "elsewhere")
@@ -278,9 +287,10 @@ func TestEndpointRetiredWhileItsRelayWasAwayIsDeliveredWhenItIsBack(t *testing.T
 	if err := Release(context.Background(), h.js, "elsewhere"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the worker sees the release", func() bool { return !w.Held().Held })
-	h.publish("tx-2", event.StatusSuccess, "")
 	poll.Within(t, 10*time.Second, "tx-2 delivered to elsewhere, whose relay runs and names it", func() bool {
 		return slices.Contains(c.statuses(), "tx-2/success")
 	})
+	if slices.Contains(c.statuses(), "tx-1/success") {
+		t.Error("tx-1, dead-lettered when elsewhere was retired, was sent again: the consumer was created again before its place")
+	}
 }

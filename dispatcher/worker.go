@@ -135,7 +135,11 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 
 // ensureConsumer creates the durable consumer of ep on stream, or updates
 // its filter and limits in place. The start position of an existing
-// consumer is kept: a restart or config change never loses its place.
+// consumer is kept: a restart or config change never loses its place. A
+// consumer the retirer deleted less than tombstoneFresh ago (its endpoint
+// taken for removed: its relay away, or put back in the configuration)
+// starts after the last event the retired one delivered or dead-lettered,
+// not at from: nothing between is skipped.
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, ep Endpoint, filters []string, from string) (jetstream.Consumer, error) {
 	cfg := jetstream.ConsumerConfig{
 		Durable:     ConsumerName(ep.Name),
@@ -157,6 +161,10 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 		info := existing.CachedInfo()
 		cfg.DeliverPolicy, cfg.OptStartTime, cfg.OptStartSeq = info.Config.DeliverPolicy, info.Config.OptStartTime, info.Config.OptStartSeq
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		if last, ok := retiredPlace(ctx, js, stream, cfg.Durable); ok {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
+			break
+		}
 		switch from {
 		case "all":
 			cfg.DeliverPolicy = jetstream.DeliverAllPolicy
@@ -176,7 +184,30 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, stream, err)
 	}
+	if cfg.OptStartSeq > 0 { // its place is taken up: a later deletion by hand starts afresh
+		if kv, err := js.KeyValue(ctx, event.BucketDelivery); err == nil {
+			_ = kv.Delete(ctx, retiredKey(stream, cfg.Durable))
+		}
+	}
 	return c, nil
+}
+
+// retiredPlace returns the last stream sequence of consumer, deleted by
+// the retirer less than tombstoneFresh ago.
+func retiredPlace(ctx context.Context, js jetstream.JetStream, stream, consumer string) (uint64, bool) {
+	kv, err := js.KeyValue(ctx, event.BucketDelivery)
+	if err != nil {
+		return 0, false
+	}
+	e, err := kv.Get(ctx, retiredKey(stream, consumer))
+	if err != nil {
+		return 0, false
+	}
+	var t tombstone
+	if json.Unmarshal(e.Value(), &t) != nil || time.Since(e.Created()) > tombstoneFresh {
+		return 0, false
+	}
+	return t.Last, true
 }
 
 // ackWait exceeds the delivery timeout by a margin, so an event is never
@@ -343,8 +374,12 @@ func (w *Worker) pullOne(ctx context.Context, src sources) {
 			// Every pulling goroutine fails alike: one line every 10s says it.
 			if last := w.pullWarned.Load(); time.Since(time.Unix(0, last)) > 10*time.Second && w.pullWarned.CompareAndSwap(last, time.Now().UnixNano()) {
 				l := w.log.Warn()
-				if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, nats.ErrNoResponders) {
-					l = w.log.Error() // deleted by hand: restart the relay to create it again
+				if gone(err) {
+					// Deleted: by hand, or by a retirer that took this
+					// endpoint for removed while this relay was away.
+					// Created again, where the retired one stopped.
+					l = w.log.Error()
+					w.recreate(ctx)
 				}
 				l.Err(err).Msg("pull failed")
 			}
@@ -358,6 +393,21 @@ func (w *Worker) pullOne(ctx context.Context, src sources) {
 		return
 	}
 	w.handle(msg, replayed, probe)
+}
+
+// recreate creates the endpoint's consumers again (those that exist are
+// left as they are); the pullers ask for them by name, so they pull again.
+func (w *Worker) recreate(ctx context.Context) {
+	for _, c := range []struct {
+		stream, from string
+		filters      []string
+	}{{event.StreamEvents, w.ep.DeliverFrom, w.ep.FilterSubjects}, {event.StreamReplay, "all", []string{event.ReplaySubject(w.ep.Name)}}} {
+		if _, err := ensureConsumer(ctx, w.cfg.JetStream, c.stream, w.ep, c.filters, c.from); err != nil && ctx.Err() == nil {
+			w.log.Error().Err(err).Str("stream", c.stream).Msg("the endpoint's consumer could not be created again")
+			return
+		}
+	}
+	w.log.Warn().Msg("the endpoint's consumers are there again (a deleted one was created again, where its retirement left it)")
 }
 
 // idle reports a pull that ended without a message and without failing.

@@ -150,10 +150,10 @@ type Reconcile struct {
 
 // Delivery configures what all endpoints share.
 type Delivery struct {
-	// RetireRemovedAfter is how long the consumer of an endpoint no relay
-	// configures any more must have been idle (no pull, no delivery)
-	// before its backlog is dead-lettered (endpoint_removed) and it is
-	// deleted.
+	// RetireRemovedAfter is how long an endpoint must have gone unnamed
+	// by every relay (30s at least) and its consumer idle (no pull, no
+	// delivery) before its backlog is dead-lettered (endpoint_removed)
+	// and the consumer deleted.
 	RetireRemovedAfter Duration `yaml:"retire_removed_after"`
 }
 
