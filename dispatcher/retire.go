@@ -248,9 +248,10 @@ func (r *retirer) stillRemoved(ctx context.Context, cons jetstream.Consumer) (bo
 	return !used[info.Name] && info.NumWaiting == 0, nil
 }
 
-// gone reports an error of a consumer deleted meanwhile.
+// gone reports an error of a consumer deleted meanwhile (a pull waiting
+// when it was deleted ends with ErrConsumerDeleted).
 func gone(err error) bool {
-	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, nats.ErrNoResponders)
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, nats.ErrNoResponders)
 }
 
 // staleHeartbeat is the age at which a heartbeat is removed.
@@ -474,10 +475,19 @@ func (r *retirer) retire(ctx context.Context, s jetstream.Stream, cons jetstream
 		return err
 	}
 	b, _ := json.Marshal(tombstone{Last: info.Delivered.Stream, At: time.Now().UTC()})
-	if _, err := r.store.kv.Put(ctx, retiredKey(streamName, info.Name), b); err != nil {
+	rev, err := r.store.kv.Put(ctx, retiredKey(streamName, info.Name), b)
+	if err != nil {
 		return err
 	}
 	if err := s.DeleteConsumer(ctx, info.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		// The consumer may stay (its relay back before the next look): a
+		// tombstone left with it would send a later deletion by hand back
+		// to this place. Unless a retirer wrote it again meanwhile.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, ierr := s.Consumer(dctx, info.Name); ierr == nil {
+			_ = r.store.kv.Delete(dctx, retiredKey(streamName, info.Name), jetstream.LastRevision(rev))
+		}
 		return fmt.Errorf("delete consumer %s: %w", info.Name, err)
 	}
 	if err := r.store.kv.Delete(ctx, retireKey(streamName, info.Name)); err != nil {
@@ -523,6 +533,15 @@ func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string
 	if r.cfg.Durable != nil {
 		if err := r.cfg.Durable.Sync(ctx); err != nil {
 			return false, err
+		}
+	}
+	// Marked dead-lettered as a worker marks it: an ordered successor
+	// waits for this record to say so (mustWait), once a relay delivers
+	// the endpoint again.
+	if ev.ID != "" {
+		rec.Done, rec.NextAt, rec.DeadLetter = true, time.Time{}, ""
+		if err := r.store.put(ctx, key, rec); err != nil {
+			r.cfg.Logger.Warn().Err(err).Str("event_id", ev.ID).Msg("mark dead-lettered")
 		}
 	}
 	if replayed {

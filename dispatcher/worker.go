@@ -87,6 +87,8 @@ type Worker struct {
 	active atomic.Int64
 	// pullWarned is when a failed pull was last logged (Unix nanoseconds).
 	pullWarned atomic.Int64
+	// recreated is when the consumers were last created again (Unix nanoseconds).
+	recreated atomic.Int64
 	// maxAge is SENGO_EVENTS' retention (0: none): events of a paused
 	// endpoint older than maxAge-expiryGuard are dead-lettered.
 	maxAge time.Duration
@@ -290,6 +292,9 @@ func (w *Worker) guardExpiry(ctx context.Context) {
 func (w *Worker) sweepOne(ctx context.Context, cons jetstream.Consumer, maxAge time.Duration, replayed bool) bool {
 	msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))
 	if err != nil {
+		if gone(err) { // a held endpoint's worker does not pull: this is where it finds out
+			w.recreateSoon(ctx)
+		}
 		return false
 	}
 	meta, err := msg.Metadata()
@@ -375,13 +380,12 @@ func (w *Worker) pullOne(ctx context.Context, src sources) {
 			if last := w.pullWarned.Load(); time.Since(time.Unix(0, last)) > 10*time.Second && w.pullWarned.CompareAndSwap(last, time.Now().UnixNano()) {
 				l := w.log.Warn()
 				if gone(err) {
-					// Deleted: by hand, or by a retirer that took this
-					// endpoint for removed while this relay was away.
-					// Created again, where the retired one stopped.
 					l = w.log.Error()
-					w.recreate(ctx)
 				}
 				l.Err(err).Msg("pull failed")
+			}
+			if gone(err) {
+				w.recreateSoon(ctx)
 			}
 			sleepCtx(ctx, time.Second) // pacing while NATS is unavailable
 		}
@@ -394,6 +398,19 @@ func (w *Worker) pullOne(ctx context.Context, src sources) {
 	}
 	w.handle(msg, replayed, probe)
 }
+
+// recreateSoon recreates the endpoint's consumers, at most once every
+// recreateEvery: deleted by hand, or by a retirer that took this endpoint
+// for removed while this relay was away, a consumer is created again where
+// the retired one stopped (ensureConsumer).
+func (w *Worker) recreateSoon(ctx context.Context) {
+	if last := w.recreated.Load(); time.Since(time.Unix(0, last)) > recreateEvery && w.recreated.CompareAndSwap(last, time.Now().UnixNano()) {
+		w.recreate(ctx)
+	}
+}
+
+// recreateEvery bounds how often a worker creates its consumers again.
+const recreateEvery = time.Second
 
 // recreate creates the endpoint's consumers again (those that exist are
 // left as they are); the pullers ask for them by name, so they pull again.
