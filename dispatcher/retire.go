@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -35,9 +36,12 @@ type RetireConfig struct {
 	Every time.Duration
 	// Quiet is how long an abandoned consumer has had no delivery and
 	// existed at least, and how long no relay has named its endpoint
-	// before it is retired (default 1 minute; never less than
-	// unnamedAtLeast).
+	// before it is retired (default 1 minute; never less than three
+	// heartbeats of any relay: unnamedFor).
 	Quiet time.Duration
+	// Beat is how often this relay writes its heartbeat (default, and at
+	// most, beatEvery).
+	Beat time.Duration
 	// Instance names this relay in its heartbeat (random when empty).
 	Instance string
 }
@@ -53,8 +57,9 @@ type heartbeat struct {
 	Every     time.Duration `json:"every"` // how often the relay writes it
 }
 
-// beatEvery is how often a relay writes its heartbeat, whatever its
-// retire_removed_after; heartbeatFresh is the least age at which one is
+// beatEvery is how often a relay writes its heartbeat at most (a relay
+// whose retire_removed_after is short writes it more often: Beat);
+// heartbeatFresh is the least age at which one is
 // taken as its relay's last (a relay that writes less often gets three of
 // its own intervals). Ages are measured on the server's clock: the
 // relays' clocks may disagree.
@@ -62,13 +67,6 @@ var (
 	beatEvery      = 10 * time.Second // variables for tests
 	heartbeatFresh = 2 * time.Minute
 )
-
-// unnamedAtLeast is the least time an endpoint goes unnamed before its
-// consumer is retired, whatever Quiet says: three heartbeats of a relay
-// that names it. After the store refused writes for a while every
-// heartbeat looks old; the relays that name the endpoint write theirs
-// within one interval of the store taking writes again.
-func unnamedAtLeast() time.Duration { return 3 * beatEvery }
 
 // tombstoneFresh is how long a retired consumer's place is kept for its
 // endpoint: a relay that delivers the endpoint and creates its consumer
@@ -81,11 +79,11 @@ const tombstoneFresh = 24 * time.Hour
 // wait for good in a consumer nothing reads: never delivered, never
 // dead-lettered.
 //
-// Every relay writes a heartbeat every beatEvery, from its start: the
+// Every relay writes a heartbeat every Beat, from its start: the
 // endpoints it delivers. A consumer is taken as abandoned when no relay's
 // recent heartbeat names its endpoint, no client waits on it, nothing was
 // delivered from it for Quiet and it is older than Quiet; it is retired
-// once that has held, unnamed all along, for Quiet (unnamedAtLeast at
+// once that has held, unnamed all along, for Quiet (unnamedFor at
 // least) by the server's clock. The time is counted from the shared
 // sighting key, which any relay that names the endpoint deletes: a relay
 // that restarts, or that could not write its heartbeat while the store
@@ -117,6 +115,9 @@ func RunRetirer(ctx context.Context, cfg RetireConfig) {
 	}
 	if cfg.Instance == "" {
 		cfg.Instance = randomInstance()
+	}
+	if cfg.Beat <= 0 || cfg.Beat > beatEvery {
+		cfg.Beat = beatEvery
 	}
 	r := &retirer{cfg: cfg, seen: map[string]retiring{}}
 	kv, err := cfg.JetStream.KeyValue(ctx, event.BucketDelivery)
@@ -154,11 +155,11 @@ func RunRetirer(ctx context.Context, cfg RetireConfig) {
 	}
 }
 
-// heartbeats writes this relay's heartbeat every beatEvery until ctx
+// heartbeats writes this relay's heartbeat every Beat until ctx
 // ends, then deletes it. A look that takes long (a large backlog to
 // dead-letter) never delays one.
 func (r *retirer) heartbeats(ctx context.Context) {
-	tick := time.NewTicker(beatEvery)
+	tick := time.NewTicker(r.cfg.Beat)
 	defer tick.Stop()
 	for {
 		select {
@@ -175,7 +176,7 @@ func (r *retirer) heartbeats(ctx context.Context) {
 
 // beat writes this relay's heartbeat.
 func (r *retirer) beat(ctx context.Context) {
-	b, _ := json.Marshal(heartbeat{Endpoints: r.cfg.Configured, At: time.Now().UTC(), Every: beatEvery})
+	b, _ := json.Marshal(heartbeat{Endpoints: r.cfg.Configured, At: time.Now().UTC(), Every: r.cfg.Beat})
 	if _, err := r.store.kv.Put(ctx, relayKey(r.cfg.Instance), b); err != nil && ctx.Err() == nil {
 		r.cfg.Logger.Warn().Err(err).Msg("relay heartbeat not written")
 	}
@@ -191,6 +192,8 @@ func (r *retirer) used(ctx context.Context) (map[string]bool, time.Time, error) 
 	for _, n := range r.cfg.Configured {
 		used[ConsumerName(n)] = true
 	}
+	longest := r.cfg.Beat
+	defer func() { r.longestBeat.Store(int64(longest)) }()
 	mine, err := r.store.kv.Get(ctx, relayKey(r.cfg.Instance))
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("this relay's heartbeat: %w", err)
@@ -208,7 +211,11 @@ func (r *retirer) used(ctx context.Context) (map[string]bool, time.Time, error) 
 		}
 		age := mine.Created().Sub(e.Created())
 		var h heartbeat
-		if json.Unmarshal(e.Value(), &h) != nil || age > max(3*h.Every, heartbeatFresh) {
+		bad := json.Unmarshal(e.Value(), &h) != nil
+		if !bad {
+			longest = max(longest, h.Every) // stale ones too: their relays may come back
+		}
+		if bad || age > max(3*h.Every, heartbeatFresh) {
 			if age > staleHeartbeat { // a relay that stopped without deleting its own (unless it just wrote it again)
 				_ = r.store.kv.Delete(ctx, k, jetstream.LastRevision(e.Revision()))
 			}
@@ -266,6 +273,9 @@ func randomInstance() string {
 type retirer struct {
 	cfg   RetireConfig
 	store attemptStore
+	// longestBeat is the longest interval of any heartbeat in the bucket
+	// at the last look, this relay's own included.
+	longestBeat atomic.Int64
 	// seen: consumers found abandoned, by stream and name.
 	seen map[string]retiring
 }
@@ -277,8 +287,14 @@ type retiring struct {
 }
 
 // unnamedFor is how long an endpoint must have gone unnamed, abandoned,
-// before its consumer is retired.
-func (r *retirer) unnamedFor() time.Duration { return max(r.cfg.Quiet, unnamedAtLeast()) }
+// before its consumer is retired: Quiet, and three heartbeats of the relay
+// that writes them least often at least (its heartbeat, stale ones too,
+// says how often). After the store refused writes for a while every
+// heartbeat looks old; the relays that name the endpoint write theirs
+// within one of their intervals of the store taking writes again.
+func (r *retirer) unnamedFor() time.Duration {
+	return max(r.cfg.Quiet, 3*max(r.cfg.Beat, time.Duration(r.longestBeat.Load())))
+}
 
 // look retires the consumers of streamName that no relay in used names
 // and that have been abandoned for unnamedFor; now is the server's time

@@ -20,12 +20,18 @@ import (
 // none), until the returned stop is called or the test ends. Its log lines
 // carry the instance.
 func (h *harness) relayRetirer(instance string, every time.Duration, d Durability, endpoints ...string) (stop func()) {
+	return h.relayRetirerBeat(instance, every, 0, d, endpoints...)
+}
+
+// relayRetirerBeat is relayRetirer writing its heartbeat every beat (0:
+// beatEvery).
+func (h *harness) relayRetirerBeat(instance string, every, beat time.Duration, d Durability, endpoints ...string) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		RunRetirer(ctx, RetireConfig{JetStream: h.js, Configured: endpoints, Instance: instance, Durable: d, Metrics: h.metrics,
-			Logger: zerolog.New(h.logs).With().Str("instance", instance).Logger(), Every: every, Quiet: time.Millisecond})
+			Logger: zerolog.New(h.logs).With().Str("instance", instance).Logger(), Every: every, Quiet: time.Millisecond, Beat: beat})
 	}()
 	var once sync.Once
 	stop = func() { once.Do(func() { cancel(); <-done }) }
@@ -233,8 +239,10 @@ func TestRetireWaitsForHeartbeatsAfterTheStoreTakesWritesAgain(t *testing.T) {
 	restore()
 	// A relay that does not have "elsewhere" writes first after the
 	// outage (it starts now; one already running whose tick comes first
-	// does the same).
-	h.relayRetirer("here", 100*time.Millisecond, nil, "current")
+	// does the same). It writes its own heartbeat ten times as often
+	// (a shorter retire_removed_after): the time it waits is three of the
+	// slowest relay's heartbeats, not three of its own.
+	h.relayRetirerBeat("here", 100*time.Millisecond, 200*time.Millisecond, nil, "current")
 	eventually(t, "there's heartbeat written again", func() bool { at, ok := h.heartbeatOf("there"); return ok && at.After(last) })
 	if dead := h.deadFor("elsewhere"); len(dead) != 0 {
 		t.Fatalf("the held endpoint of a running relay was retired after the store recovered: %v", dead)

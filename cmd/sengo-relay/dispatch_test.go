@@ -25,7 +25,6 @@ import (
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
-	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
@@ -390,9 +389,7 @@ func TestRemovedEndpointIsRetired(t *testing.T) {
 	checkedInConfig = writeConfig(t, endpointYAML("kept", kept.URL, "1s"))
 	p2 := startProcess(t, dir, "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0", "SENGO_RELAY_DELIVERY_RETIRE_REMOVED_AFTER=1s")
 	waitReady(t, p2.base)
-	// Retired once unnamed by every relay for 30 s at least (three
-	// heartbeats), whatever the setting says.
-	poll.Within(t, 2*time.Minute, "old retired", func() bool {
+	eventually(t, "old retired", func() bool {
 		return strings.Contains(p2.logs.text(), "removed endpoint retired") && strings.Count(p2.logs.text(), "removed endpoint retired") == 2
 	})
 	req, _ := http.NewRequest(http.MethodGet, "http://"+p2.logs.field(t, "admin listening", "addr")+"/admin/dlq?endpoint=old", nil)

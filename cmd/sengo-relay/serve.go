@@ -331,6 +331,9 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			dispatcher.RunRetirer(runCtx, dispatcher.RetireConfig{
 				JetStream: js, Configured: epNames, Durable: conns.durable, Metrics: dmetrics,
 				Quiet: cfg.Delivery.RetireRemovedAfter.D(), Every: min(30*time.Second, cfg.Delivery.RetireRemovedAfter.D()/2),
+				// Three heartbeats fit in retire_removed_after (10 s apart
+				// at most): the floor others wait is three of this relay's.
+				Beat:   cfg.Delivery.RetireRemovedAfter.D() / 3,
 				Logger: log.With().Str("component", "dispatcher").Logger(),
 			})
 		}()

@@ -151,7 +151,8 @@ type Reconcile struct {
 // Delivery configures what all endpoints share.
 type Delivery struct {
 	// RetireRemovedAfter is how long an endpoint must have gone unnamed
-	// by every relay (30s at least) and its consumer idle (no pull, no
+	// by every relay (and three heartbeats of the slowest relay; a relay
+	// writes one every third of this, 10s at most) and its consumer idle (no pull, no
 	// delivery) before its backlog is dead-lettered (endpoint_removed)
 	// and the consumer deleted.
 	RetireRemovedAfter Duration `yaml:"retire_removed_after"`
