@@ -32,6 +32,9 @@ import (
 // Here SENGO_EVENTS keeps events 12 s; with the consumer there, the expiry
 // guard dead-letters tx-2 (expiring_while_paused) before it ages out.
 func TestHeldEndpointRetiredWhileItsRelayWasAwayKeepsItsExpiryGuard(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	fastBeats(t)
 	h := newHarness(t)
 	defer func() {

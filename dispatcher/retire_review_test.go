@@ -207,6 +207,9 @@ func TestHeldEndpointIsNotRetiredWhileItsRelayRestarts(t *testing.T) {
 // heartbeats when retire_removed_after is under 20 s. It retires the held
 // endpoint of a relay that simply had not written yet.
 func TestRetireWaitsForHeartbeatsAfterTheStoreTakesWritesAgain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	savedEvery, savedFresh := beatEvery, heartbeatFresh
 	beatEvery, heartbeatFresh = 2*time.Second, time.Second // a heartbeat is current for 6 s
 	t.Cleanup(func() { beatEvery, heartbeatFresh = savedEvery, savedFresh })
