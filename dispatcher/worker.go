@@ -157,14 +157,15 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 		MaxAckPending:  -1,
 		FilterSubjects: filters,
 	}
+	var buried uint64 // the revision of the tombstone the consumer is created from
 	existing, err := js.Consumer(ctx, stream, cfg.Durable)
 	switch {
 	case err == nil:
 		info := existing.CachedInfo()
 		cfg.DeliverPolicy, cfg.OptStartTime, cfg.OptStartSeq = info.Config.DeliverPolicy, info.Config.OptStartTime, info.Config.OptStartSeq
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
-		if last, ok := retiredPlace(ctx, js, stream, cfg.Durable); ok {
-			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
+		if last, rev, ok := retiredPlace(ctx, js, stream, cfg.Durable); ok {
+			cfg.DeliverPolicy, cfg.OptStartSeq, buried = jetstream.DeliverByStartSequencePolicy, last+1, rev
 			break
 		}
 		switch from {
@@ -186,30 +187,34 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, stream, err)
 	}
-	if cfg.OptStartSeq > 0 { // its place is taken up: a later deletion by hand starts afresh
+	// The tombstone's place is taken up: a later deletion by hand starts
+	// afresh. Only the tombstone just used, at the revision read: one a
+	// retirer writes while the consumer still exists (before it deletes
+	// it) is the place of that deletion.
+	if buried > 0 {
 		if kv, err := js.KeyValue(ctx, event.BucketDelivery); err == nil {
-			_ = kv.Delete(ctx, retiredKey(stream, cfg.Durable))
+			_ = kv.Delete(ctx, retiredKey(stream, cfg.Durable), jetstream.LastRevision(buried))
 		}
 	}
 	return c, nil
 }
 
 // retiredPlace returns the last stream sequence of consumer, deleted by
-// the retirer less than tombstoneFresh ago.
-func retiredPlace(ctx context.Context, js jetstream.JetStream, stream, consumer string) (uint64, bool) {
+// the retirer less than tombstoneFresh ago, and its tombstone's revision.
+func retiredPlace(ctx context.Context, js jetstream.JetStream, stream, consumer string) (last, rev uint64, ok bool) {
 	kv, err := js.KeyValue(ctx, event.BucketDelivery)
 	if err != nil {
-		return 0, false
+		return 0, 0, false
 	}
 	e, err := kv.Get(ctx, retiredKey(stream, consumer))
 	if err != nil {
-		return 0, false
+		return 0, 0, false
 	}
 	var t tombstone
 	if json.Unmarshal(e.Value(), &t) != nil || time.Since(e.Created()) > tombstoneFresh {
-		return 0, false
+		return 0, 0, false
 	}
-	return t.Last, true
+	return t.Last, e.Revision(), true
 }
 
 // ackWait exceeds the delivery timeout by a margin, so an event is never
