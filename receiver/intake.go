@@ -102,6 +102,11 @@ type Intake struct {
 	waited   map[uint64]uint64
 	// inboxMaxAge is SENGO_INBOX's retention (0: none).
 	inboxMaxAge time.Duration
+	// awaiting holds a slot for each notification waiting for its fsync
+	// beside its worker, acks for each of their goroutines
+	// (ackWhenDurable).
+	awaiting chan struct{}
+	acks     sync.WaitGroup
 }
 
 // maxWaited bounds Intake.waited (entries of notifications another relay
@@ -136,7 +141,7 @@ func NewIntake(ctx context.Context, cfg IntakeConfig) (*Intake, error) {
 		return nil, fmt.Errorf("open stream %s: %w", event.StreamQuarantine, err)
 	}
 	return &Intake{cfg: cfg, kv: kv, inbox: inbox, setAside: setAside, cons: cons, log: cfg.Logger, waited: map[uint64]uint64{},
-		inboxMaxAge: inbox.CachedInfo().Config.MaxAge}, nil
+		inboxMaxAge: inbox.CachedInfo().Config.MaxAge, awaiting: make(chan struct{}, max(1, cfg.Workers)*awaitingPerWorker)}, nil
 }
 
 // ErrExpiring: a notification intake could not finish was about to age
@@ -211,7 +216,7 @@ func (in *Intake) Run(ctx context.Context, drainTimeout time.Duration) error {
 	// Wait for the notifications in progress (each bounded by its own
 	// deadline), not for idle pulls: those end with the connection.
 	done := make(chan struct{})
-	go func() { busy.Lock(); close(done); busy.Unlock() }()
+	go func() { busy.Lock(); in.acks.Wait(); close(done); busy.Unlock() }() // and the acks waiting for their fsync
 	select {
 	case <-done:
 	case <-time.After(drainTimeout):
@@ -314,14 +319,16 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		in.count(r.project, "waiting")
 		_ = m.NakWithDelay(orderWaitDelay)
 	case r.err == nil:
-		if !in.durableOrNak(ctx, m, attempt, log) {
-			return
-		}
-		in.count(r.project, r.outcome)
-		in.settled(seq)
-		if err := m.Ack(); err != nil {
-			log().Warn().Err(err).Msg("ack inbox message; it will be redelivered and found done")
-		}
+		in.ackWhenDurable(ctx, m, func(ctx context.Context) {
+			if !in.durableOrNak(ctx, m, attempt, log) {
+				return
+			}
+			in.count(r.project, r.outcome)
+			in.settled(seq)
+			if err := m.Ack(); err != nil {
+				log().Warn().Err(err).Msg("ack inbox message; it will be redelivered and found done")
+			}
+		})
 	case r.setAside || errors.Is(r.err, ErrPermanent) || errors.Is(r.err, sengo.ErrMismatch) ||
 		errors.Is(r.err, sengo.ErrUnconfirmed) && int(attempt) >= max(in.cfg.ConfirmAttempts, 1):
 		if err := in.quarantine(ctx, m, r); err != nil {
@@ -367,6 +374,38 @@ func (in *Intake) settled(seq uint64) {
 	delete(in.waited, seq)
 	in.waitedMu.Unlock()
 }
+
+// ackWhenDurable runs ack, which waits for the group fsync covering a
+// notification's writes and then acknowledges it. With a Durability it
+// runs beside the worker, which takes its next notification at once: a
+// worker never waits for the disk, so the workers' notifications gather in
+// fewer, fuller fsyncs, and a slow fsync does not hold intake's slots
+// (issue 11: sixteen workers each waiting for their round of fsync held
+// the pipeline at about 1,060 notifications/s). At most awaitingPerWorker
+// notifications a worker wait so; a worker with more waits for a slot.
+// ack keeps settle's deadline, inside ack_wait.
+func (in *Intake) ackWhenDurable(ctx context.Context, m jetstream.Msg, ack func(context.Context)) {
+	if in.cfg.Durable == nil {
+		ack(ctx)
+		return
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(in.cfg.AckWait * 9 / 10)
+	}
+	in.awaiting <- struct{}{}
+	in.acks.Add(1)
+	go func() {
+		defer func() { <-in.awaiting; in.acks.Done() }()
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		defer cancel()
+		ack(ctx)
+	}()
+}
+
+// awaitingPerWorker bounds the notifications waiting for their fsync, per
+// intake worker (ackWhenDurable).
+const awaitingPerWorker = 4
 
 // durable waits until the writes made for a notification are on disk
 // (group commit), so that an ack never outlives them in a power loss.
