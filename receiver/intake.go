@@ -319,7 +319,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		in.count(r.project, "waiting")
 		_ = m.NakWithDelay(orderWaitDelay)
 	case r.err == nil:
-		in.ackWhenDurable(ctx, m, func(ctx context.Context) {
+		in.ackWhenDurable(ctx, func(ctx context.Context) {
 			if !in.durableOrNak(ctx, m, attempt, log) {
 				return
 			}
@@ -382,9 +382,10 @@ func (in *Intake) settled(seq uint64) {
 // fewer, fuller fsyncs, and a slow fsync does not hold intake's slots
 // (issue 11: sixteen workers each waiting for their round of fsync held
 // the pipeline at about 1,060 notifications/s). At most awaitingPerWorker
-// notifications a worker wait so; a worker with more waits for a slot.
+// notifications a worker wait so (shared by all workers); past that a
+// worker waits for a slot.
 // ack keeps settle's deadline, inside ack_wait.
-func (in *Intake) ackWhenDurable(ctx context.Context, m jetstream.Msg, ack func(context.Context)) {
+func (in *Intake) ackWhenDurable(ctx context.Context, ack func(context.Context)) {
 	if in.cfg.Durable == nil {
 		ack(ctx)
 		return
