@@ -52,7 +52,10 @@ type ReconcileConfig struct {
 type ReconcileSummary struct {
 	Checked int `json:"checked"` // transactions listed by SenGo
 	Missing int `json:"missing"` // status changes the relay never received
-	Fed     int `json:"fed"`     // fed into the inbox (or resent, with Resend)
+	// Fed are the missing changes this run stored in the inbox (or had
+	// SenGo resend, with Resend); one an earlier run fed that still waits
+	// for intake is missing, not fed again.
+	Fed int `json:"fed"`
 	// Found are the first status changes found missing (at most maxFound).
 	Found []history.Found `json:"found,omitempty"`
 }
@@ -166,10 +169,13 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 				if len(sum.Found) < maxFound {
 					sum.Found = append(sum.Found, history.Found{TransactionID: tx.ID, MerchantRef: tx.MerchantRef, Status: tx.Status})
 				}
-				if err := feed(ctx, cfg, api, project, tx); err != nil {
+				stored, err := feed(ctx, cfg, api, project, tx)
+				if err != nil {
 					return err
 				}
-				sum.Fed++
+				if stored {
+					sum.Fed++
+				}
 			}
 			if progress != nil {
 				progress(project, date, status, *sum)
@@ -208,12 +214,14 @@ func isMissing(ctx context.Context, kv jetstream.KeyValue, project string, tx se
 }
 
 // feed puts a missing transition into the inbox, or asks SenGo to resend.
-func feed(ctx context.Context, cfg ReconcileConfig, api Lister, project string, tx sengo.Transaction) error {
+// stored is false when the inbox already held it (fed by an earlier run and
+// not yet processed): its duplicate window dropped this copy.
+func feed(ctx context.Context, cfg ReconcileConfig, api Lister, project string, tx sengo.Transaction) (stored bool, err error) {
 	if cfg.Resend {
 		if _, err := api.Check(ctx, tx.ID, true); err != nil {
-			return fmt.Errorf("resend %s: %w", tx.ID, err)
+			return false, fmt.Errorf("resend %s: %w", tx.ID, err)
 		}
-		return nil
+		return true, nil
 	}
 	msg := &nats.Msg{Subject: event.InboxTxSubject(project, tx.ID), Data: tx.Raw, Header: nats.Header{
 		event.HeaderProject:    []string{project},
@@ -221,10 +229,11 @@ func feed(ctx context.Context, cfg ReconcileConfig, api Lister, project string, 
 		event.HeaderSource:     []string{SourceReconcile},
 	}}
 	id := event.ID(project, tx.ID, tx.Status)
-	if _, err := cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(inboxMsgID(id, SourceReconcile, tx.Raw)), jetstream.WithExpectStream(event.StreamInbox)); err != nil {
-		return fmt.Errorf("feed %s: %w", id, err)
+	ack, err := cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(inboxMsgID(id, SourceReconcile, tx.Raw)), jetstream.WithExpectStream(event.StreamInbox))
+	if err != nil {
+		return false, fmt.Errorf("feed %s: %w", id, err)
 	}
-	return nil
+	return !ack.Duplicate, nil
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
