@@ -897,8 +897,7 @@ func (cn *console) dlqAct(c echo.Context) error {
 			return refused(echo.NewHTTPError(http.StatusBadRequest, "upto must be a sequence"))
 		}
 	}
-	ctx, cancel := cn.s.readCtx(c)
-	defer cancel()
+	ctx := c.Request().Context() // an action is not cut at the read timeout: as the API's
 	do := dispatcher.Purge
 	if action == "redrive" {
 		do = dispatcher.Redrive

@@ -3,6 +3,7 @@ package admin
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"html/template"
 	"io"
@@ -622,5 +623,45 @@ func TestConsoleUnknownFieldsWidenNoAction(t *testing.T) {
 	}
 	if n := msgsIn(t, js, event.StreamQuarantine); n != 2 {
 		t.Errorf("%d of 2 quarantined notifications left after refused actions", n)
+	}
+}
+
+// A console action on dead letters ran under the read timeout (10 s by
+// default), so a redrive or purge of many stopped partway with 503
+// read_timeout, as if the store had not answered, having done part of it.
+// It is now bounded only by the operator's request, as the quarantine's
+// actions and the API's are.
+func TestConsoleDeadLetterActionIsNotCutAtTheReadTimeout(t *testing.T) {
+	js := provision(t)
+	a := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, ReadTimeout: 100 * time.Millisecond, Logger: zerolog.Nop(),
+		Endpoints: []dispatcher.Endpoint{{Name: "orders", URL: "https://orders.example/hook", FilterSubjects: []string{"sengo.events.>"}}}})
+	hs := httptest.NewServer(a.Handler())
+	t.Cleanup(func() { hs.Close(); a.Close() })
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	const n = 5000
+	natstest.PublishMany(t, js, n, func(i int) *nats.Msg {
+		d := dispatcher.DeadLetter{Endpoint: "orders", EventID: fmt.Sprintf("evt_%d", i), TransactionID: fmt.Sprintf("t%d", i), Reason: dispatcher.ReasonGone}
+		b, _ := json.Marshal(d)
+		return &nats.Msg{Subject: event.DLQTxSubject("orders", d.TransactionID), Data: b}
+	})
+	resp, err := c.PostForm(hs.URL+"/console/dlq/purge", url.Values{"endpoint": {"orders"}, "_csrf": {csrf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("purge of %d dead letters: %d, want it done (303)", n, resp.StatusCode)
+	}
+	s, err := js.Stream(t.Context(), event.StreamDLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 0 {
+		t.Fatalf("%d dead letters left of %d", info.State.Msgs, n)
 	}
 }
