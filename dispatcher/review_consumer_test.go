@@ -2,13 +2,16 @@ package dispatcher
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/history"
 )
 
 // A consumer asking for a Retry-After longer than retry_after_max gets
@@ -63,4 +66,43 @@ func mustKV(t *testing.T, h *harness) jetstream.KeyValue {
 		t.Fatal(err)
 	}
 	return kv
+}
+
+// The endpoint URL can be its own secret: the console, logs and errors
+// show neither its query nor its path after the first segment (README,
+// Configuration), and a Location echoing it is redacted in the attempt
+// record (TestRedirectDoesNotLeakTheEndpointURLIntoRecords). But a
+// consumer echoes its URL in the body far more often than in Location:
+// Express's default 404 is "Cannot POST /hooks/<token>", Spring's error
+// JSON has "path", a Link or Refresh header names the resource. Those are
+// kept verbatim in SENGO_ATTEMPTS (kept as long as the events), in the
+// dead letter (dlq show, the admin API) and on the console's transaction
+// page: the token the relay hides everywhere else.
+func TestReviewEchoedEndpointURLNotKeptInRecords(t *testing.T) {
+	const pathToken, queryToken = "tok-9f8e7d", "s3cr3t-query"
+	h := newHarness(t)
+	res := h.withHistory()
+	c := newConsumer(t, func(_ int, r *http.Request, w http.ResponseWriter) {
+		w.Header().Set("Link", "<"+r.URL.RequestURI()+">; rel=\"self\"")
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte("<pre>Cannot POST " + r.URL.RequestURI() + "</pre>")) // as Express's finalhandler does the path (here with the query too)
+	})
+	w := h.start(h.endpoint("orders", c.URL+"/hooks/sengo/"+pathToken+"?key="+queryToken, 10*time.Millisecond))
+	ev := h.publish("tx-echo", event.StatusSuccess, "")
+	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	eventually(t, "two attempts stored", func() bool { s, _ := res.get(); return s == 2 })
+	got, _, err := history.Attempts(t.Context(), h.js, ev.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range got {
+		b, _ := json.Marshal(a)
+		if strings.Contains(string(b), queryToken) || strings.Contains(string(b), pathToken) {
+			t.Errorf("attempt %d keeps the endpoint's secret URL: Link %q, excerpt %q", a.Number, a.ResponseHeaders["Link"], a.ResponseExcerpt)
+		}
+	}
+	if d := h.deadLetters()[0]; strings.Contains(d.ResponseExcerpt, queryToken) || strings.Contains(d.ResponseExcerpt, pathToken) {
+		t.Errorf("the dead letter keeps the endpoint's secret URL: %q", d.ResponseExcerpt)
+	}
 }
