@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -36,8 +37,14 @@ func retryAfter(h http.Header, now time.Time, maxDelay time.Duration) (time.Dura
 		return 0, false
 	}
 	var d time.Duration
-	if secs, err := strconv.Atoi(v); err == nil {
-		d = time.Duration(secs) * time.Second
+	if secs, err := strconv.ParseUint(v, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		// Compared before it is multiplied: a count of seconds past
+		// maxDelay (an epoch in milliseconds, 10^20) is the cap, never a
+		// product that wraps around to a short or negative delay.
+		d = maxDelay
+		if err == nil && secs < uint64(maxDelay/time.Second) {
+			d = time.Duration(secs) * time.Second
+		}
 	} else if t, err := http.ParseTime(v); err == nil {
 		d = t.Sub(now)
 	} else {
