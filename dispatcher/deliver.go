@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -109,15 +110,36 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) att
 	defer resp.Body.Close()
 	excerpt, _ := io.ReadAll(io.LimitReader(resp.Body, maxExcerpt))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // let the connection be reused
-	r := attemptResult{Status: resp.StatusCode, Excerpt: string(excerpt), Duration: time.Since(start), Sent: sent}
+	// A consumer may echo the endpoint's URL ("Cannot POST /hooks/<token>",
+	// a Link header) or a configured header's value: what the relay hides
+	// of them everywhere else is hidden in what it keeps of the answer.
+	secrets := endpointSecrets(ep)
+	r := attemptResult{Status: resp.StatusCode, Excerpt: verify.Scrub(string(excerpt), secrets), Duration: time.Since(start), Sent: sent}
 	if d.record {
 		r.Received = keptHeaders(resp.Header)
+		for k, v := range r.Received {
+			r.Received[k] = verify.Scrub(v, secrets)
+		}
 	}
 	r.Abort = resp.StatusCode == http.StatusGone || strings.EqualFold(resp.Header.Get("webhook-delivery"), "abort-message")
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		r.RetryAfter, r.HasRetry = retryAfter(resp.Header, d.now, ep.RetryAfterMax)
 	}
 	return r
+}
+
+// endpointSecrets are the parts of ep's URL that read as secrets
+// (verify.URLSecrets) and the values of its configured headers, longest
+// first.
+func endpointSecrets(ep Endpoint) []string {
+	out := verify.URLSecrets(ep.URL)
+	for _, v := range ep.Headers {
+		if len(v) >= 4 {
+			out = append(out, v)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
 }
 
 // transportError shortens net/http's errors, which repeat the URL (and a

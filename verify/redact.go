@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"sort"
 	"strings"
 )
 
@@ -50,6 +51,67 @@ func plainSegment(s string) bool {
 		}
 	}
 	return true
+}
+
+// URLSecrets are the parts of raw that RedactURL hides and that read as
+// secrets rather than words, for scrubbing text that may echo the URL (a
+// consumer's "Cannot POST /hooks/<token>"): its user and password, its
+// query (whole, and each value), its fragment, every path segment that
+// is not a plainSegment word, and every host label RedactHost hides.
+// Each in its escaped and unescaped forms; none shorter than 4 bytes
+// (replacing "1" or "ab" everywhere would garble the text and hide
+// nothing), longest first.
+func URLSecrets(raw string) []string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	add := func(vs ...string) {
+		for _, v := range vs {
+			if len(v) >= 4 {
+				seen[v] = true
+			}
+		}
+	}
+	if u.User != nil {
+		p, _ := u.User.Password()
+		add(u.User.Username(), p, u.User.String())
+	}
+	add(u.RawQuery, u.Fragment, u.RawFragment)
+	if q, err := url.ParseQuery(u.RawQuery); err == nil {
+		for _, vs := range q {
+			add(vs...)
+		}
+	}
+	for _, seg := range strings.Split(strings.Trim(u.EscapedPath(), "/"), "/") {
+		if !plainSegment(seg) {
+			plain, _ := url.PathUnescape(seg)
+			add(seg, plain)
+		}
+	}
+	for _, l := range strings.Split(u.Hostname(), ".") {
+		if _, err := netip.ParseAddr(u.Hostname()); err != nil && (!plainSegment(strings.ToLower(l)) || strings.Contains(l, "_")) {
+			add(l)
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for v := range seen {
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) || len(out[i]) == len(out[j]) && out[i] < out[j] })
+	return out
+}
+
+// Scrub replaces every occurrence of each secret in s with "…" (secrets
+// longest first, as URLSecrets returns them).
+func Scrub(s string, secrets []string) string {
+	for _, v := range secrets {
+		if strings.Contains(s, v) {
+			s = strings.ReplaceAll(s, v, "…")
+		}
+	}
+	return s
 }
 
 // RedactHost is what may be shown of a URL's host (with or without its

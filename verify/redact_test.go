@@ -1,6 +1,9 @@
 package verify
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 // A URL that is its own credential must not show its token: deeper path
 // segments were always dropped, but a token that is the only segment
@@ -53,5 +56,34 @@ func TestRedactURLHidesTokenHosts(t *testing.T) {
 		if got := RedactHost(host); got != want {
 			t.Errorf("RedactHost(%q) = %q, want %q", host, got, want)
 		}
+	}
+}
+
+// URLSecrets names what a consumer's echo of an endpoint URL must not
+// keep: credentials, the query and its values, token-like path segments
+// and host labels; never a word, an IP address or a value too short to
+// replace without garbling the text.
+func TestURLSecrets(t *testing.T) {
+	got := URLSecrets("https://user:pa55word@eo3h0p8w4v9h6b5.m.pipedream.net/hooks/sengo/tok-9f8e7d%2Fx?key=s3cr3t&n=1#frag-ment")
+	for _, want := range []string{"pa55word", "user:pa55word", "eo3h0p8w4v9h6b5", "tok-9f8e7d%2Fx", "tok-9f8e7d/x", "key=s3cr3t&n=1", "s3cr3t", "frag-ment", "user"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("URLSecrets lacks %q: %q", want, got)
+		}
+	}
+	for _, not := range []string{"hooks", "sengo", "pipedream", "net", "1", "m"} {
+		if slices.Contains(got, not) {
+			t.Errorf("URLSecrets holds the word %q: %q", not, got)
+		}
+	}
+	for i := 1; i < len(got); i++ {
+		if len(got[i]) > len(got[i-1]) {
+			t.Fatalf("not longest first: %q", got)
+		}
+	}
+	if got := URLSecrets("http://127.0.0.1:8080/hook"); len(got) != 0 {
+		t.Errorf("an IP and a word hide nothing: %q", got)
+	}
+	if got := Scrub("Cannot POST /hooks/sengo/tok-9f8e7d%2Fx?key=s3cr3t&n=1", URLSecrets("https://h.example/hooks/sengo/tok-9f8e7d%2Fx?key=s3cr3t&n=1")); got != "Cannot POST /hooks/sengo/…?…" {
+		t.Errorf("Scrub: %q", got)
 	}
 }

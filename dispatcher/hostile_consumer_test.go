@@ -22,7 +22,7 @@ import (
 // wrapped, here to a negative, clamped up to 1s), and one beyond int64 was
 // taken as invalid: either way the relay retried on the schedule (20ms
 // here, 5s by default) instead of after the hour the cap allows.
-func TestReviewHugeRetryAfterIsCapped(t *testing.T) {
+func TestHugeRetryAfterIsCappedAtRetryAfterMax(t *testing.T) {
 	for _, ra := range []string{
 		"7200",                 // two hours: capped to one (passes)
 		"10000000000",          // ~317 years: time.Duration overflows
@@ -78,7 +78,7 @@ func mustKV(t *testing.T, h *harness) jetstream.KeyValue {
 // kept verbatim in SENGO_ATTEMPTS (kept as long as the events), in the
 // dead letter (dlq show, the admin API) and on the console's transaction
 // page: the token the relay hides everywhere else.
-func TestReviewEchoedEndpointURLNotKeptInRecords(t *testing.T) {
+func TestEchoedEndpointURLIsNotKeptInRecords(t *testing.T) {
 	const pathToken, queryToken = "tok-9f8e7d", "s3cr3t-query"
 	h := newHarness(t)
 	res := h.withHistory()
