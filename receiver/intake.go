@@ -116,6 +116,9 @@ const maxWaited = 4096
 // NewIntake creates or updates the durable intake consumer and opens the
 // transaction bucket. Streams must be provisioned.
 func NewIntake(ctx context.Context, cfg IntakeConfig) (*Intake, error) {
+	if gs, ok := cfg.Durable.(*stream.GroupSync); ok && gs == nil {
+		cfg.Durable = nil // no group commit (serve passes its nil *GroupSync): acks are sent by the worker
+	}
 	kv, err := cfg.JetStream.KeyValue(ctx, event.BucketTx)
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", event.BucketTx, err)
