@@ -74,8 +74,12 @@ func TestRemovedEndpointsBacklogIsDeadLettered(t *testing.T) {
 	down := newConsumer(t, func(int, *http.Request, http.ResponseWriter) {})
 	down.answer = func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(http.StatusServiceUnavailable) }
 	// "old" fails its first attempts and is removed while they wait for
-	// their retry; two more events arrive after its relay stopped.
-	_, stopOld := h.runWorker(h.endpoint("old", down.URL, 1500*time.Millisecond, time.Hour))
+	// their retry; two more events arrive after its relay stopped. The
+	// retry is 3 s away so that the retirer finds them still waiting even
+	// on a loaded machine (with 1.5 s, one CI run's retirer came after the
+	// retry was due, and M89, a retirer that does not wait for them,
+	// survived).
+	_, stopOld := h.runWorker(h.endpoint("old", down.URL, 3*time.Second, time.Hour))
 	h.publish("tx-1", event.StatusSuccess, "")
 	h.publish("tx-2", event.StatusSuccess, "")
 	eventually(t, "old's first attempts failed", func() bool { return len(down.got()) == 2 })
