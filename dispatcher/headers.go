@@ -1,7 +1,9 @@
 package dispatcher
 
 import (
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/sengo-relay/sengo-relay/verify"
@@ -45,10 +47,23 @@ func configured(ep Endpoint, name string) bool {
 // keptHeaders bounds the response headers kept: at most maxKeptHeaders
 // (the rest are counted under "…"), each value clipped, and the values of
 // headers that carry credentials or sessions redacted.
+// The headers that explain an answer are kept first, then the others in
+// name order: the same answer keeps the same headers every time.
 func keptHeaders(h http.Header) map[string]string {
 	out := make(map[string]string, min(len(h), maxKeptHeaders+1))
 	dropped := 0
-	for k, v := range h {
+	names := slices.Collect(maps.Keys(h))
+	slices.SortFunc(names, func(a, b string) int {
+		if ea, eb := explains(a), explains(b); ea != eb {
+			if ea {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+	for _, k := range names {
+		v := h[k]
 		if len(out) == maxKeptHeaders || len(k) > 64 {
 			dropped++
 			continue
@@ -67,6 +82,17 @@ func keptHeaders(h http.Header) map[string]string {
 		out["…"] = omittedValue
 	}
 	return out
+}
+
+// explains reports a response header that says why an answer is what it
+// is (when to retry, what the body is, whether to stop, where it points).
+func explains(name string) bool {
+	for _, n := range []string{"Retry-After", "Content-Type", "Webhook-Delivery", "Location"} {
+		if strings.EqualFold(name, n) {
+			return true
+		}
+	}
+	return false
 }
 
 func locates(name string) bool {

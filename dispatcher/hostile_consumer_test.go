@@ -3,6 +3,8 @@ package dispatcher
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
@@ -104,5 +106,29 @@ func TestEchoedEndpointURLIsNotKeptInRecords(t *testing.T) {
 	}
 	if d := h.deadLetters()[0]; strings.Contains(d.ResponseExcerpt, queryToken) || strings.Contains(d.ResponseExcerpt, pathToken) {
 		t.Errorf("the dead letter keeps the endpoint's secret URL: %q", d.ResponseExcerpt)
+	}
+}
+
+// A consumer answering more headers than an attempt keeps had a random
+// two dozen kept (Go's map order): Retry-After or Content-Type, which
+// explain the answer, could be left out, and two attempts of the same
+// answer kept different ones. The headers that explain an answer are kept
+// first, then the others in name order.
+func TestKeptHeadersAreTheSameEveryTimeAndExplainTheAnswer(t *testing.T) {
+	h := http.Header{}
+	for i := range 40 {
+		h.Set(fmt.Sprintf("A-Filler-%02d", i), "x")
+	}
+	h.Set("Retry-After", "120")
+	h.Set("Content-Type", "text/plain")
+	h.Set("Webhook-Delivery", "retry")
+	want := map[string]string{"Retry-After": "120", "Content-Type": "text/plain", "Webhook-Delivery": "retry", "…": omittedValue}
+	for i := range maxKeptHeaders - 3 {
+		want[fmt.Sprintf("A-Filler-%02d", i)] = "x"
+	}
+	for range 5 {
+		if got := keptHeaders(h); !maps.Equal(got, want) {
+			t.Fatalf("kept %v\nwant %v", got, want)
+		}
 	}
 }
