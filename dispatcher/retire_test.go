@@ -69,6 +69,9 @@ func (h *harness) consumerExists(stream, name string) bool {
 // consumer a relay still delivers from (a relay running a configuration
 // that has the endpoint) is left alone, and so are configured endpoints.
 func TestRemovedEndpointsBacklogIsDeadLettered(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	fastBeats(t)
 	h := newHarness(t)
 	down := newConsumer(t, func(int, *http.Request, http.ResponseWriter) {})

@@ -154,6 +154,9 @@ func successAfterPending(t *testing.T, c *consumer, tx string) {
 // reached the merchant before "pending". Overdue counts only from when the
 // endpoint delivers again.
 func TestOrderedHoldsOrderAfterAHold(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	saved := staleWaits
 	staleWaits = 0 // the successor has waited often enough
 	t.Cleanup(func() { staleWaits = saved })
@@ -191,6 +194,9 @@ func TestOrderedHoldsOrderAfterAHold(t *testing.T) {
 // that takes the later status must not find its predecessor "stuck" only
 // because the pause kept its retry from running.
 func TestOrderedHoldsOrderWhilePaused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	saved := staleWaits
 	staleWaits = 0
 	t.Cleanup(func() { staleWaits = saved })
@@ -227,6 +233,9 @@ func TestOrderedHoldsOrderWhilePaused(t *testing.T) {
 // for an event this endpoint never received and went first. A waiting
 // event now leaves a record saying when it comes back.
 func TestOrderedChainWaitsForAWaitingPredecessor(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	h := newHarness(t)
 	var pendingFails atomic.Int64
 	pendingFails.Store(5)
@@ -305,6 +314,9 @@ func TestRedriveKeepsTheDeadLetterUntilDelivered(t *testing.T) {
 // once aged out of the stream without a trace. They are now dead-lettered
 // (expiring_while_paused) shortly before, and can be redriven later.
 func TestPausedEndpointDeadLettersBeforeRetentionDropsEvents(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	h := newHarness(t)
 	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 3*time.Second, time.Second })
 	c := newConsumer(t, status(503, 503, 503, 503, 503, 503, 503, 503, 503, 503))
@@ -335,6 +347,9 @@ func TestPausedEndpointDeadLettersBeforeRetentionDropsEvents(t *testing.T) {
 // at its live consumer. A copy about to age out is now dead-lettered
 // (expiring_while_paused) like a live event, so it can be redriven.
 func TestHeldEndpointDeadLettersReplayedCopiesBeforeRetentionDropsThem(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	h := newHarness(t)
 	s := h.reconfigure(event.StreamReplay, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 3*time.Second, time.Second })
 	c := newConsumer(t, status())
