@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // ReasonRemoved: the endpoint was taken out of the configuration (or
@@ -198,11 +199,11 @@ func (r *retirer) used(ctx context.Context) (map[string]bool, time.Time, error) 
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("this relay's heartbeat: %w", err)
 	}
-	keys, err := r.store.kv.ListKeysFiltered(ctx, relayKey("*"))
+	keys, err := stream.Keys(ctx, r.cfg.JetStream, event.BucketDelivery, relayKey("*"))
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	for k := range keys.Keys() {
+	for _, k := range keys {
 		e, err := r.store.kv.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue
@@ -227,12 +228,15 @@ func (r *retirer) used(ctx context.Context) (map[string]bool, time.Time, error) 
 	}
 	// A cutoff stays only while its endpoint is removed: delivered again
 	// by some relay, the endpoint gets a new one when it is next removed.
-	cuts, err := r.store.kv.ListKeysFiltered(ctx, retireKey("*", "*"))
+	cuts, err := stream.Keys(ctx, r.cfg.JetStream, event.BucketDelivery, retireKey("*", "*"))
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	for k := range cuts.Keys() {
+	for _, k := range cuts {
 		if used[k[strings.LastIndexByte(k, '.')+1:]] {
+			if _, err := r.store.kv.Get(ctx, k); errors.Is(err, jetstream.ErrKeyNotFound) {
+				continue // deleted already
+			}
 			if err := r.store.kv.Delete(ctx, k); err != nil {
 				return nil, time.Time{}, err
 			}

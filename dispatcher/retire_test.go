@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -191,5 +192,49 @@ func TestHeartbeatsAreJudgedByTheirWritersInterval(t *testing.T) {
 	}
 	if !used["webhook-elsewhere"] || !used["webhook-current"] {
 		t.Fatalf("used %v: the other relay's endpoint is missing", used)
+	}
+}
+
+// The heartbeats were listed with the KV's key lister, a watcher that
+// ends at the first message the server reports nothing pending after. While
+// relays rewrite their heartbeats that count can reach zero early (the
+// server's pending of a last-per-subject consumer is not monotonic under
+// writes: nats-io/nats.py#995), so a listing missed a live relay's
+// heartbeat and its endpoints looked abandoned (one CI run's
+// TestRemovedEndpointsBacklogIsDeadLettered). Every relay writing its
+// heartbeat all the time, each look must still see every one of them.
+func TestEveryHeartbeatIsSeenWhileRelaysRewriteThem(t *testing.T) {
+	h := newHarness(t)
+	kv, err := h.js.KeyValue(context.Background(), event.BucketDelivery)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &retirer{cfg: RetireConfig{JetStream: h.js, Configured: []string{"current"}, Instance: "here", Beat: time.Second, Logger: zerolog.New(h.logs)},
+		store: attemptStore{kv}, seen: map[string]retiring{}}
+	r.beat(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const relays = 8
+	for i := range relays {
+		name := fmt.Sprintf("relay-%d", i)
+		other := &retirer{cfg: RetireConfig{Configured: []string{name}, Instance: name, Beat: time.Second, Logger: zerolog.Nop()}, store: attemptStore{kv}}
+		other.beat(ctx)
+		go func() {
+			for ctx.Err() == nil {
+				other.beat(ctx)
+				r.beat(ctx)
+			}
+		}()
+	}
+	for look := range 300 {
+		used, _, err := r.used(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range relays {
+			if name := ConsumerName(fmt.Sprintf("relay-%d", i)); !used[name] {
+				t.Fatalf("look %d: %s, whose relay writes its heartbeat all along, was not named (named: %v)", look, name, used)
+			}
+		}
 	}
 }

@@ -139,31 +139,28 @@ func (r *replays) list(ctx context.Context, now time.Time) ([]job, error) {
 	if err != nil {
 		return nil, err
 	}
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	// Not kv.ListKeys or a watch: their end can come early while jobs
+	// write their progress, and a running job was missing (stream.Keys).
+	keys, err := stream.Keys(ctx, r.js, BucketReplays, ">")
 	if err != nil {
 		return nil, fmt.Errorf("replay jobs: %w", err)
 	}
-	defer func() { _ = w.Stop() }()
 	out := []job{}
-	for {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil, errors.New("replay jobs: the watch ended early")
-			}
-			if e == nil { // every job read
-				return out, nil
-			}
-			var j job
-			if json.Unmarshal(e.Value(), &j) != nil {
-				continue // not a job: nothing to show
-			}
-			j.settle(now)
-			out = append(out, j)
-		case <-ctx.Done():
-			return nil, fmt.Errorf("replay jobs: %w", ctx.Err())
+	for _, k := range keys {
+		e, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // deleted
+		} else if err != nil {
+			return nil, fmt.Errorf("replay jobs: %w", err)
 		}
+		var j job
+		if json.Unmarshal(e.Value(), &j) != nil {
+			continue // not a job: nothing to show
+		}
+		j.settle(now)
+		out = append(out, j)
 	}
+	return out, nil
 }
 
 // startReplay starts the job of req on this relay and records it, unless

@@ -518,3 +518,42 @@ func TestReplayAlreadyRunningIsAuditedAsSuch(t *testing.T) {
 		t.Fatalf("audit actions %q; want the API's and the console's both as already running", actions)
 	}
 }
+
+// The jobs were listed with a watch of the bucket, which ends at the
+// first entry the server reports nothing pending after: while running
+// jobs write their progress that count can reach zero early, and the list
+// (the API's and the console's replays page) missed running jobs. Every
+// job writing all the time, every list must still have each of them.
+func TestEveryReplayJobIsListedWhileJobsWriteTheirProgress(t *testing.T) {
+	js := provision(t)
+	r := &replays{js: js}
+	kv, err := r.bucket(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const jobs = 8
+	for i := range jobs {
+		j := newJob(dispatcher.ReplayRequest{}, "relay-a", time.Now().UTC())
+		id := fmt.Sprintf("rp_%016x", i)
+		b, _ := json.Marshal(j)
+		if _, err := kv.Put(ctx, id, b); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for ctx.Err() == nil {
+				_, _ = kv.Put(ctx, id, b)
+			}
+		}()
+	}
+	for look := range 300 {
+		got, err := r.list(ctx, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != jobs {
+			t.Fatalf("list %d: %d of the %d running jobs", look, len(got), jobs)
+		}
+	}
+}

@@ -1,0 +1,55 @@
+package stream_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/stream"
+)
+
+// Keys lists the keys a filter matches, a deleted one too (its last entry
+// is the delete), sorted; another bucket's keys are not among them.
+func TestKeysListsWhatTheFilterMatches(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "B"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "B2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"_relay.b", "_relay.a", "_relay.c", "_retire.x.y", "other"} {
+		if _, err := kv.PutString(ctx, k, "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := other.PutString(ctx, "_relay.z", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, "_relay.c"); err != nil {
+		t.Fatal(err)
+	}
+	for filter, want := range map[string][]string{
+		"_relay.*": {"_relay.a", "_relay.b", "_relay.c"},
+		">":        {"_relay.a", "_relay.b", "_relay.c", "_retire.x.y", "other"},
+		"none.*":   {},
+	} {
+		got, err := stream.Keys(ctx, js, "B", filter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("Keys(%q) = %v, want %v", filter, got, want)
+		}
+	}
+	if _, err := stream.Keys(ctx, js, "NONE", ">"); err == nil {
+		t.Error("a missing bucket's keys: no error")
+	}
+}
