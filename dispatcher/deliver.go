@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sengo-relay/sengo-relay/internal/tracing"
 	"github.com/sengo-relay/sengo-relay/verify"
@@ -18,6 +19,16 @@ import (
 
 // maxExcerpt is how much of a response body is kept for diagnostics.
 const maxExcerpt = 1024
+
+// excerptMargin is how much more of a body is read than kept: a secret
+// longer than it, echoed across the excerpt's end, shows in part.
+const excerptMargin = 512
+
+// answerBodyWait is how long the body of an answer is read once its
+// status is in: the status decides the attempt, the body is only kept in
+// part, and a consumer sending it a byte at a time must not hold the
+// worker until the endpoint's timeout.
+const answerBodyWait = time.Second
 
 // attemptResult is what one POST to an endpoint produced.
 type attemptResult struct {
@@ -73,12 +84,17 @@ type delivery struct {
 	replay    bool
 	now       time.Time
 	record    bool // fill attemptResult.Sent and Received
+	// hide: the endpoint's secrets (endpointSecrets), scrubbed from what
+	// is kept of the answer.
+	hide []string
 }
 
 // post sends one signed delivery.
 func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) attemptResult {
 	ctx, cancel := context.WithTimeout(ctx, ep.Timeout)
 	defer cancel()
+	ctx, cutBody := context.WithCancel(ctx) // ends the body's read (answerBodyWait)
+	defer cutBody()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.URL, bytes.NewReader(d.body))
 	if err != nil { // its text repeats the URL; configuration checked it parses
 		return attemptResult{Err: errors.New("the endpoint's URL does not parse")}
@@ -90,7 +106,8 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) att
 	req.Header.Set("User-Agent", d.userAgent)
 	req.Header.Set(verify.HeaderWebhookID, d.eventID)
 	req.Header.Set(verify.HeaderWebhookTimestamp, strconv.FormatInt(d.now.Unix(), 10))
-	req.Header.Set(verify.HeaderWebhookSignature, verify.WebhookSignature(ep.Keys, d.eventID, d.now, d.body))
+	sig := verify.WebhookSignature(ep.Keys, d.eventID, d.now, d.body)
+	req.Header.Set(verify.HeaderWebhookSignature, sig)
 	if d.seq > 0 {
 		req.Header.Set("sengo-event-sequence", strconv.FormatUint(d.seq, 10))
 	}
@@ -108,17 +125,25 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) att
 		return attemptResult{Err: transportError(err, req.URL.Hostname()), Duration: time.Since(start), Sent: sent}
 	}
 	defer resp.Body.Close()
-	excerpt, _ := io.ReadAll(io.LimitReader(resp.Body, maxExcerpt))
+	defer time.AfterFunc(answerBodyWait, cutBody).Stop()
+	// Read past the excerpt's end, so that a secret it would cut is
+	// scrubbed whole.
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxExcerpt+excerptMargin))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // let the connection be reused
 	// A consumer may echo the endpoint's URL ("Cannot POST /hooks/<token>",
-	// a Link header) or a configured header's value: what the relay hides
-	// of them everywhere else is hidden in what it keeps of the answer.
-	secrets := endpointSecrets(ep)
-	r := attemptResult{Status: resp.StatusCode, Excerpt: verify.Scrub(string(excerpt), secrets), Duration: time.Since(start), Sent: sent}
+	// a Link header), a configured header's value or the signature it got
+	// ("bad signature, got v1,…"): what the relay hides of them everywhere
+	// else is hidden in what it keeps of the answer.
+	scrub := func(s string) string { return verify.Scrub(verify.Scrub(s, d.hide), signatures(sig)) }
+	excerpt := scrub(string(body))
+	if len(excerpt) > maxExcerpt {
+		excerpt = string(wholeRunes([]byte(excerpt[:maxExcerpt])))
+	}
+	r := attemptResult{Status: resp.StatusCode, Excerpt: excerpt, Duration: time.Since(start), Sent: sent}
 	if d.record {
 		r.Received = keptHeaders(resp.Header)
 		for k, v := range r.Received {
-			r.Received[k] = verify.Scrub(v, secrets)
+			r.Received[k] = scrub(v)
 		}
 	}
 	r.Abort = resp.StatusCode == http.StatusGone || strings.EqualFold(resp.Header.Get("webhook-delivery"), "abort-message")
@@ -139,6 +164,32 @@ func endpointSecrets(ep Endpoint) []string {
 		}
 	}
 	slices.SortStableFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
+}
+
+// wholeRunes is b without the start of a character cut at its end (a
+// body's first maxExcerpt bytes may end inside one): kept, it would be
+// stored as U+FFFD.
+func wholeRunes(b []byte) []byte {
+	for i := 1; i <= utf8.UTFMax-1 && i <= len(b); i++ {
+		if utf8.RuneStart(b[len(b)-i]) {
+			if !utf8.FullRune(b[len(b)-i:]) {
+				return b[:len(b)-i]
+			}
+			break
+		}
+	}
+	return b
+}
+
+// signatures are the signatures of a webhook-signature value ("v1,<base64>
+// v1,<base64>"), without their version: what a consumer echoing one
+// repeats.
+func signatures(header string) []string {
+	out := strings.Fields(header)
+	for i, s := range out {
+		_, out[i], _ = strings.Cut(s, ",")
+	}
 	return out
 }
 

@@ -105,7 +105,7 @@ func RedactURL(raw string) string { return verify.RedactURL(raw) }
 
 func sensitive(name string) bool {
 	n := strings.ToLower(name)
-	for _, s := range []string{"cookie", "auth", "token", "secret", "key", "signature", "session"} {
+	for _, s := range []string{"cookie", "auth", "token", "secret", "key", "signature", "session", "pass", "credential", "bearer", "csrf", "xsrf", "jwt", "private"} {
 		if strings.Contains(n, s) {
 			return true
 		}

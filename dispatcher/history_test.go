@@ -2,17 +2,14 @@ package dispatcher
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/history"
 )
 
@@ -136,31 +133,3 @@ func TestDeliveryGoesOnWhenHistoryFails(t *testing.T) {
 	}
 }
 
-// The endpoint URL can be its own secret (the console shows neither its
-// query nor its path after the first segment). A consumer that redirects
-// (http → https, a moved path) echoes that URL in Location, and
-// the attempt record keeps it verbatim (Location).
-func TestRedirectDoesNotLeakTheEndpointURLIntoRecords(t *testing.T) {
-	h := newHarness(t)
-	res := h.withHistory()
-	c := newConsumer(t, func(_ int, r *http.Request, w http.ResponseWriter) {
-		http.Redirect(w, r, "https://orders.example"+r.URL.RequestURI(), http.StatusMovedPermanently)
-	})
-	w := h.start(h.endpoint("orders", c.URL+"/hooks/sengo/tok-9f8e7d?key=s3cr3t-query", 10*time.Millisecond))
-	ev := h.publish("tx-loc", event.StatusSuccess, "")
-	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
-	eventually(t, "two attempts stored", func() bool { s, _ := res.get(); return s == 2 })
-	got, _, err := history.Attempts(t.Context(), h.js, ev.ID, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range got {
-		b, _ := json.Marshal(a)
-		if strings.Contains(string(b), "s3cr3t-query") || strings.Contains(string(b), "tok-9f8e7d") {
-			t.Errorf("attempt %d keeps the endpoint's secret URL: headers %v, excerpt %q", a.Number, a.ResponseHeaders, a.ResponseExcerpt)
-		}
-	}
-	if d := h.deadLetters()[0]; strings.Contains(d.ResponseExcerpt, "s3cr3t-query") {
-		t.Errorf("the dead letter keeps the endpoint's secret URL: %q", d.ResponseExcerpt)
-	}
-}

@@ -146,7 +146,7 @@ func (w *Worker) TestSend(ctx context.Context) TestResult {
 		"specversion": "1.0", "id": id, "source": "sengo-relay", "type": "id.sengo.test", "time": now.UTC(),
 		"datacontenttype": "application/json", "data": map[string]any{"test": true, "endpoint": w.ep.Name},
 	})
-	r := post(ctx, w.httpc, w.ep, delivery{userAgent: w.cfg.UserAgent, eventID: id, body: body, now: now})
+	r := post(ctx, w.httpc, w.ep, delivery{userAgent: w.cfg.UserAgent, hide: w.hide, eventID: id, body: body, now: now})
 	out := TestResult{EventID: id, Status: r.Status, DurationMs: float64(r.Duration.Microseconds()) / 1000, Excerpt: r.Excerpt, OK: r.ok()}
 	if r.Err != nil {
 		out.Error = r.Err.Error()

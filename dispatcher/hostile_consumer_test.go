@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/history"
+	"github.com/sengo-relay/sengo-relay/verify"
 )
 
 // A consumer asking for a Retry-After longer than retry_after_max gets
@@ -70,42 +72,98 @@ func mustKV(t *testing.T, h *harness) jetstream.KeyValue {
 	return kv
 }
 
-// The endpoint URL can be its own secret: the console, logs and errors
-// show neither its query nor its path after the first segment (README,
-// Configuration), and a Location echoing it is redacted in the attempt
-// record (TestRedirectDoesNotLeakTheEndpointURLIntoRecords). But a
-// consumer echoes its URL in the body far more often than in Location:
-// Express's default 404 is "Cannot POST /hooks/<token>", Spring's error
-// JSON has "path", a Link or Refresh header names the resource. Those are
-// kept verbatim in SENGO_ATTEMPTS (kept as long as the events), in the
-// dead letter (dlq show, the admin API) and on the console's transaction
-// page: the token the relay hides everywhere else.
-func TestEchoedEndpointURLIsNotKeptInRecords(t *testing.T) {
+// What the relay hides everywhere else must not come back through what a
+// consumer answers, which SENGO_ATTEMPTS (kept as long as the events), the
+// dead letter (dlq show, the admin API) and the console's transaction page
+// keep:
+//   - the endpoint's URL can be its own secret (the console, logs and
+//     errors show neither its query nor its path after the first segment);
+//     a redirect echoes it in Location, Express's default 404 in the body
+//     ("Cannot POST /hooks/<token>"), a Link header names it, and the
+//     excerpt's end must not cut it to a part that is kept;
+//   - the signature the relay sent (an attempt record keeps the request
+//     headers minus the signature): a consumer's "bad signature, got v1,…"
+//     echoes it;
+//   - credentials in a response header whose name says so (X-Password,
+//     X-Credentials, X-Bearer), as Cookie and Authorization are.
+func TestRecordsKeepNoSecretTheConsumerEchoes(t *testing.T) {
 	const pathToken, queryToken = "tok-9f8e7d", "s3cr3t-query"
-	h := newHarness(t)
-	res := h.withHistory()
-	c := newConsumer(t, func(_ int, r *http.Request, w http.ResponseWriter) {
-		w.Header().Set("Link", "<"+r.URL.RequestURI()+">; rel=\"self\"")
-		w.Header().Set("Content-Type", "text/html")
-		w.WriteHeader(http.StatusNotFound)
-		_, _ = w.Write([]byte("<pre>Cannot POST " + r.URL.RequestURI() + "</pre>")) // as Express's finalhandler does the path (here with the query too)
-	})
-	w := h.start(h.endpoint("orders", c.URL+"/hooks/sengo/"+pathToken+"?key="+queryToken, 10*time.Millisecond))
-	ev := h.publish("tx-echo", event.StatusSuccess, "")
-	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
-	eventually(t, "two attempts stored", func() bool { s, _ := res.get(); return s == 2 })
-	got, _, err := history.Attempts(t.Context(), h.js, ev.ID, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range got {
-		b, _ := json.Marshal(a)
-		if strings.Contains(string(b), queryToken) || strings.Contains(string(b), pathToken) {
-			t.Errorf("attempt %d keeps the endpoint's secret URL: Link %q, excerpt %q", a.Number, a.ResponseHeaders["Link"], a.ResponseExcerpt)
-		}
-	}
-	if d := h.deadLetters()[0]; strings.Contains(d.ResponseExcerpt, queryToken) || strings.Contains(d.ResponseExcerpt, pathToken) {
-		t.Errorf("the dead letter keeps the endpoint's secret URL: %q", d.ResponseExcerpt)
+	for _, tc := range []struct {
+		name   string
+		answer func(r *http.Request, w http.ResponseWriter) (secrets []string)
+	}{
+		{"redirect", func(r *http.Request, w http.ResponseWriter) []string {
+			http.Redirect(w, r, "https://orders.example"+r.URL.RequestURI(), http.StatusMovedPermanently)
+			return []string{pathToken, queryToken}
+		}},
+		{"echoed URL", func(r *http.Request, w http.ResponseWriter) []string {
+			w.Header().Set("Link", "<"+r.URL.RequestURI()+">; rel=\"self\"")
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = w.Write([]byte("<pre>Cannot POST " + r.URL.RequestURI() + "</pre>")) // as Express's finalhandler does the path (here with the query too)
+			return []string{pathToken, queryToken}
+		}},
+		{"echoed URL across the excerpt's end", func(r *http.Request, w http.ResponseWriter) []string {
+			w.WriteHeader(http.StatusNotFound)
+			pad := strings.Repeat("a", maxExcerpt-len("/hooks/sengo/")-len(pathToken)+2) // the excerpt would end 2 bytes before the token's
+			_, _ = w.Write([]byte(pad + r.URL.RequestURI()))
+			return []string{pathToken[:len(pathToken)-2]}
+		}},
+		{"echoed signature", func(r *http.Request, w http.ResponseWriter) []string {
+			sig := r.Header.Get(verify.HeaderWebhookSignature)
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintf(w, `{"error":"bad signature","got":%q}`, sig)
+			var parts []string
+			for _, p := range strings.Fields(sig) {
+				_, b64, _ := strings.Cut(p, ",")
+				parts = append(parts, b64)
+			}
+			return parts
+		}},
+		{"credential headers", func(_ *http.Request, w http.ResponseWriter) []string {
+			w.Header().Set("X-Password", "hunter2-pw")
+			w.Header().Set("X-Credentials", "cred-123456")
+			w.Header().Set("X-Bearer", "bear-abcdef")
+			w.Header().Set("X-Csrf", "csrf-abcdef")
+			w.WriteHeader(http.StatusBadRequest)
+			return []string{"hunter2-pw", "cred-123456", "bear-abcdef", "csrf-abcdef"}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			res := h.withHistory()
+			var mu sync.Mutex
+			var secrets []string
+			c := newConsumer(t, func(_ int, r *http.Request, w http.ResponseWriter) {
+				s := tc.answer(r, w)
+				mu.Lock()
+				secrets = append(secrets, s...)
+				mu.Unlock()
+			})
+			w := h.start(h.endpoint("orders", c.URL+"/hooks/sengo/"+pathToken+"?key="+queryToken, 10*time.Millisecond))
+			ev := h.publish("tx-echo", event.StatusSuccess, "")
+			eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+			eventually(t, "two attempts stored", func() bool { s, _ := res.get(); return s == 2 })
+			got, _, err := history.Attempts(t.Context(), h.js, ev.ID, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(secrets) == 0 {
+				t.Fatal("the consumer echoed nothing")
+			}
+			for _, secret := range secrets {
+				for _, a := range got {
+					if b, _ := json.Marshal(a); strings.Contains(string(b), secret) {
+						t.Errorf("attempt %d keeps %q: headers %v, excerpt %q", a.Number, secret, a.ResponseHeaders, a.ResponseExcerpt)
+					}
+				}
+				if b, _ := json.Marshal(h.deadLetters()[0]); strings.Contains(string(b), secret) {
+					t.Errorf("the dead letter keeps %q: %s", secret, b)
+				}
+			}
+		})
 	}
 }
 
@@ -130,5 +188,59 @@ func TestKeptHeadersAreTheSameEveryTimeAndExplainTheAnswer(t *testing.T) {
 		if got := keptHeaders(h); !maps.Equal(got, want) {
 			t.Fatalf("kept %v\nwant %v", got, want)
 		}
+	}
+}
+
+// A consumer that answers 2xx at once and then sends its body a byte at a
+// time held the worker until the endpoint's timeout (15 s here) for the
+// excerpt it keeps: a delivery already decided by its status took the
+// whole timeout, and a slow consumer's every delivery with it. Once the
+// status is in, what is kept of the body is read for answerBodyWait at
+// most.
+func TestADrippingAnswerDoesNotHoldTheWorker(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(_ int, r *http.Request, w http.ResponseWriter) {
+		w.WriteHeader(http.StatusOK)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if _, err := w.Write([]byte("x")); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	ep := h.endpoint("orders", c.URL)
+	ep.Timeout, ep.Concurrency = 15*time.Second, 1
+	w := h.start(ep)
+	h.publish("tx-drip-1", event.StatusSuccess, "")
+	h.publish("tx-drip-2", event.StatusSuccess, "")
+	eventually(t, "both delivered and acknowledged", func() bool { return len(c.got()) == 2 && h.settled(w) })
+	if n := len(h.deadLetters()); n != 0 {
+		t.Fatalf("%d dead letters: a 200 is a delivery", n)
+	}
+}
+
+// The excerpt kept of an answer is its first maxExcerpt bytes; cut in the
+// middle of a character, the record stored U+FFFD for it (JSON has no
+// invalid UTF-8) and the console showed "…é" as "…\uFFFD". It ends before a
+// character it would cut.
+func TestAnExcerptIsNotCutInsideACharacter(t *testing.T) {
+	h := newHarness(t)
+	body := strings.Repeat("a", maxExcerpt-1) + "é and more"
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
+		w.WriteHeader(http.StatusInternalServerError)
+		_, _ = w.Write([]byte(body))
+	})
+	w := h.start(h.endpoint("orders", c.URL, 10*time.Millisecond))
+	h.publish("tx-rune", event.StatusSuccess, "")
+	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	if got := h.deadLetters()[0].ResponseExcerpt; got != body[:maxExcerpt-1] {
+		t.Fatalf("excerpt ends %q (%d bytes); want the %d bytes before the é", got[max(0, len(got)-8):], len(got), maxExcerpt-1)
 	}
 }

@@ -70,12 +70,15 @@ func (w *Worker) durable(ctx context.Context) error {
 // Worker delivers one endpoint's events. Several relay instances may run a
 // worker for the same endpoint: they share its durable consumers.
 type Worker struct {
-	cfg      WorkerConfig
-	ep       Endpoint
-	live     jetstream.Consumer
-	replay   jetstream.Consumer
-	store    attemptStore
-	httpc    *http.Client
+	cfg    WorkerConfig
+	ep     Endpoint
+	live   jetstream.Consumer
+	replay jetstream.Consumer
+	store  attemptStore
+	httpc  *http.Client
+	// hide is what the worker scrubs from what it keeps of an answer
+	// (endpointSecrets, worked out once).
+	hide     []string
 	breaker  *breaker
 	limiter  *rate.Limiter
 	log      zerolog.Logger
@@ -119,6 +122,7 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	w := &Worker{
 		cfg: cfg, ep: ep, live: live, replay: replay, store: attemptStore{kv},
 		httpc:   newClient(ep.Concurrency),
+		hide:    endpointSecrets(ep),
 		breaker: newBreaker(ep.Breaker, cfg.Now),
 		log:     cfg.Logger.With().Str("endpoint", ep.Name).Logger(),
 	}
@@ -586,7 +590,7 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 	}
 
 	actx, span := tracing.Tracer().Start(tracing.Extract(ctx, msg.Headers()), "sengo.deliver", trace.WithSpanKind(trace.SpanKindClient))
-	res = post(actx, w.httpc, w.ep, delivery{userAgent: w.cfg.UserAgent, eventID: ev.ID, seq: eventSeq(msg, meta, replayed), body: msg.Data(),
+	res = post(actx, w.httpc, w.ep, delivery{userAgent: w.cfg.UserAgent, hide: w.hide, eventID: ev.ID, seq: eventSeq(msg, meta, replayed), body: msg.Data(),
 		replay: msg.Headers().Get(HeaderReplayKind) == "replay", now: now, record: w.cfg.History != nil})
 	w.cfg.Metrics.AttemptSeconds.WithLabelValues(w.ep.Name).Observe(res.Duration.Seconds())
 	rec.record(res, now)

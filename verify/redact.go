@@ -90,9 +90,11 @@ func URLSecrets(raw string) []string {
 			add(seg, plain)
 		}
 	}
-	for _, l := range strings.Split(u.Hostname(), ".") {
-		if _, err := netip.ParseAddr(u.Hostname()); err != nil && (!plainSegment(strings.ToLower(l)) || strings.Contains(l, "_")) {
-			add(l)
+	if _, err := netip.ParseAddr(u.Hostname()); err != nil { // an address hides nothing
+		for _, l := range strings.Split(u.Hostname(), ".") {
+			if !plainSegment(strings.ToLower(l)) || strings.Contains(l, "_") {
+				add(l)
+			}
 		}
 	}
 	out := make([]string, 0, len(seen))
