@@ -132,4 +132,3 @@ func TestDeliveryGoesOnWhenHistoryFails(t *testing.T) {
 		t.Error("a history failure dead-lettered an event")
 	}
 }
-
