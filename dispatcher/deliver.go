@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,8 +21,9 @@ import (
 // maxExcerpt is how much of a response body is kept for diagnostics.
 const maxExcerpt = 1024
 
-// excerptMargin is how much more of a body is read than kept: a secret
-// longer than it, echoed across the excerpt's end, shows in part.
+// excerptMargin is how much more of a body is read than kept, so that a
+// secret echoed across the excerpt's end is scrubbed whole (a longer one
+// is dropped from the end: excerptOf).
 const excerptMargin = 512
 
 // answerBodyWait is how long the body of an answer is read once its
@@ -128,23 +130,19 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) att
 	defer time.AfterFunc(answerBodyWait, cutBody).Stop()
 	// Read past the excerpt's end, so that a secret it would cut is
 	// scrubbed whole.
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxExcerpt+excerptMargin))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxExcerpt+excerptMargin))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // let the connection be reused
 	// A consumer may echo the endpoint's URL ("Cannot POST /hooks/<token>",
 	// a Link header), a configured header's value or the signature it got
 	// ("bad signature, got v1,…"): what the relay hides of them everywhere
 	// else is hidden in what it keeps of the answer.
-	scrub := func(s string) string { return verify.Scrub(verify.Scrub(s, d.hide), signatures(sig)) }
-	excerpt := scrub(string(body))
-	if len(excerpt) > maxExcerpt {
-		excerpt = string(wholeRunes([]byte(excerpt[:maxExcerpt])))
-	}
-	r := attemptResult{Status: resp.StatusCode, Excerpt: excerpt, Duration: time.Since(start), Sent: sent}
+	secrets := append(signatures(sig), d.hide...)
+	slices.SortStableFunc(secrets, func(a, b string) int { return len(b) - len(a) })
+	scrub := func(s string) string { return verify.Scrub(s, secrets) }
+	complete := err == nil && len(body) < maxExcerpt+excerptMargin
+	r := attemptResult{Status: resp.StatusCode, Excerpt: excerptOf(body, complete, scrub, secrets), Duration: time.Since(start), Sent: sent}
 	if d.record {
-		r.Received = keptHeaders(resp.Header)
-		for k, v := range r.Received {
-			r.Received[k] = scrub(v)
-		}
+		r.Received = keptHeaders(resp.Header, scrub)
 	}
 	r.Abort = resp.StatusCode == http.StatusGone || strings.EqualFold(resp.Header.Get("webhook-delivery"), "abort-message")
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
@@ -167,6 +165,37 @@ func endpointSecrets(ep Endpoint) []string {
 	return out
 }
 
+// excerptOf is what is kept of an answer's body as read (complete: to its
+// end): scrubbed, then cut to maxExcerpt. When it is cut, or the read
+// stopped before the body's end (its limit, answerBodyWait), its end keeps
+// no start of a secret (bytes that begin one are dropped: the rest of it
+// was not there to be scrubbed) and no part of a character.
+func excerptOf(body []byte, complete bool, scrub func(string) string, secrets []string) string {
+	s := scrub(string(body))
+	if len(s) > maxExcerpt {
+		s, complete = s[:maxExcerpt], false
+	}
+	if complete {
+		return s
+	}
+	return string(wholeRunes([]byte(withoutSecretStart(s, secrets))))
+}
+
+// withoutSecretStart is s without the longest end of it that begins one
+// of secrets.
+func withoutSecretStart(s string, secrets []string) string {
+	cut := 0
+	for _, v := range secrets {
+		for k := min(len(v)-1, len(s)); k > cut; k-- {
+			if strings.HasSuffix(s, v[:k]) {
+				cut = k
+				break
+			}
+		}
+	}
+	return s[:len(s)-cut]
+}
+
 // wholeRunes is b without the start of a character cut at its end (a
 // body's first maxExcerpt bytes may end inside one): kept, it would be
 // stored as U+FFFD.
@@ -183,12 +212,21 @@ func wholeRunes(b []byte) []byte {
 }
 
 // signatures are the signatures of a webhook-signature value ("v1,<base64>
-// v1,<base64>"), without their version: what a consumer echoing one
-// repeats.
+// v1,<base64>"), without their version, as a consumer echoing one may
+// write them: as sent, JSON-escaped ("\/", as PHP's json_encode writes a
+// "/") and URL-escaped.
 func signatures(header string) []string {
-	out := strings.Fields(header)
-	for i, s := range out {
-		_, out[i], _ = strings.Cut(s, ",")
+	var out []string
+	for _, s := range strings.Fields(header) {
+		_, b64, _ := strings.Cut(s, ",")
+		if b64 == "" {
+			continue
+		}
+		for _, v := range []string{b64, strings.ReplaceAll(b64, "/", `\/`), url.QueryEscape(b64), url.PathEscape(b64)} {
+			if !slices.Contains(out, v) {
+				out = append(out, v)
+			}
+		}
 	}
 	return out
 }

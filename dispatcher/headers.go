@@ -45,11 +45,12 @@ func configured(ep Endpoint, name string) bool {
 }
 
 // keptHeaders bounds the response headers kept: at most maxKeptHeaders
-// (the rest are counted under "…"), each value clipped, and the values of
-// headers that carry credentials or sessions redacted.
+// (the rest are counted under "…"), each value scrubbed (before it is
+// clipped: a secret across the clip is hidden whole) and clipped, and the
+// values of headers that carry credentials or sessions redacted.
 // The headers that explain an answer are kept first, then the others in
 // name order: the same answer keeps the same headers every time.
-func keptHeaders(h http.Header) map[string]string {
+func keptHeaders(h http.Header, scrub func(string) string) map[string]string {
 	out := make(map[string]string, min(len(h), maxKeptHeaders+1))
 	dropped := 0
 	names := slices.Collect(maps.Keys(h))
@@ -73,10 +74,10 @@ func keptHeaders(h http.Header) map[string]string {
 			continue
 		}
 		if locates(k) { // a redirect echoes the endpoint's own URL, whose path and query may be its secret
-			out[k] = clip(RedactURL(strings.Join(v, ", ")))
+			out[k] = clip(RedactURL(scrub(strings.Join(v, ", "))))
 			continue
 		}
-		out[k] = clip(strings.Join(v, ", "))
+		out[k] = clip(scrub(strings.Join(v, ", ")))
 	}
 	if dropped > 0 {
 		out["…"] = omittedValue

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -185,7 +186,7 @@ func TestKeptHeadersAreTheSameEveryTimeAndExplainTheAnswer(t *testing.T) {
 		want[fmt.Sprintf("A-Filler-%02d", i)] = "x"
 	}
 	for range 5 {
-		if got := keptHeaders(h); !maps.Equal(got, want) {
+		if got := keptHeaders(h, func(s string) string { return s }); !maps.Equal(got, want) {
 			t.Fatalf("kept %v\nwant %v", got, want)
 		}
 	}
@@ -242,5 +243,58 @@ func TestAnExcerptIsNotCutInsideACharacter(t *testing.T) {
 	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
 	if got := h.deadLetters()[0].ResponseExcerpt; got != body[:maxExcerpt-1] {
 		t.Fatalf("excerpt ends %q (%d bytes); want the %d bytes before the é", got[max(0, len(got)-8):], len(got), maxExcerpt-1)
+	}
+}
+
+// What is kept of a body keeps no part of a secret, whatever ends it: the
+// excerpt's length, the read's limit (a scrub that shortened the text a
+// lot leaves the excerpt ending where the read stopped) or the read's
+// time (answerBodyWait); and it never ends inside a character unless the
+// body itself did.
+func TestExcerptKeepsNoPartOfASecret(t *testing.T) {
+	long := strings.Repeat("J", 700) // a long configured bearer token
+	sig := "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789+/abcd="
+	secrets := []string{long, sig}
+	for _, tc := range []struct {
+		name     string
+		body     string
+		complete bool // the whole body was read
+		want     string
+	}{
+		{"short and whole", "bad signature " + sig, true, "bad signature …"},
+		{"a secret across the excerpt's end", strings.Repeat("a", maxExcerpt-4) + sig, false, strings.Repeat("a", maxExcerpt-4) + "…"},
+		{"a secret's start at the excerpt's end", strings.Repeat("a", maxExcerpt-4) + sig[:10], false, strings.Repeat("a", maxExcerpt-4)},
+		{"the read stopped inside a secret", long + strings.Repeat("b", 300) + sig[:20], false, "…" + strings.Repeat("b", 300)},
+		{"the read stopped inside a character", "caf\xc3", false, "caf"},
+		{"a body that ends inside a character", "caf\xc3", true, "caf\xc3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := excerptOf([]byte(tc.body), tc.complete, func(s string) string { return verify.Scrub(s, secrets) }, secrets); got != tc.want {
+				t.Fatalf("excerpt %q (%d bytes)\nwant    %q", got[max(0, len(got)-40):], len(got), tc.want[max(0, len(tc.want)-40):])
+			}
+		})
+	}
+}
+
+// A header value is clipped to maxHeaderValue bytes; clipped before it was
+// scrubbed, a secret echoed across the clip (a Link naming the endpoint's
+// URL) was kept in part.
+func TestKeptHeadersAreScrubbedBeforeTheyAreClipped(t *testing.T) {
+	secret := "tok-0123456789abcdef"
+	h := http.Header{"Link": {"<" + strings.Repeat("x", maxHeaderValue-10) + "/" + secret + ">"}}
+	got := keptHeaders(h, func(s string) string { return verify.Scrub(s, []string{secret}) })
+	if strings.Contains(got["Link"], secret[:6]) {
+		t.Fatalf("Link kept %q", got["Link"][maxHeaderValue-20:])
+	}
+}
+
+// A consumer echoing the signature may escape it: PHP's json_encode
+// writes "/" as "\/", a query string or a path escapes "+", "/" and "=".
+func TestSignaturesAsAConsumerEchoesThem(t *testing.T) {
+	got := signatures("v1,ab/c+d= v1,xyz0")
+	for _, want := range []string{"ab/c+d=", `ab\/c+d=`, "ab%2Fc%2Bd%3D", "ab%2Fc+d=", "xyz0"} {
+		if !slices.Contains(got, want) {
+			t.Errorf("signatures %q: no %q", got, want)
+		}
 	}
 }

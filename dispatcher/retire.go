@@ -167,7 +167,9 @@ func (r *retirer) heartbeats(ctx context.Context) {
 		case <-ctx.Done():
 			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			_ = r.store.kv.Delete(dctx, relayKey(r.cfg.Instance))
+			// Not a delete: its marker, under a name used once, would be
+			// listed and read by every look until the bucket's TTL.
+			_ = stream.Forget(dctx, r.cfg.JetStream, event.BucketDelivery, relayKey(r.cfg.Instance))
 			return
 		case <-tick.C:
 			r.beat(ctx)

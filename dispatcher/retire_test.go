@@ -15,6 +15,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // runWorker runs a worker for ep until the returned stop is called.
@@ -236,5 +237,31 @@ func TestEveryHeartbeatIsSeenWhileRelaysRewriteThem(t *testing.T) {
 				t.Fatalf("look %d: %s, whose relay writes its heartbeat all along, was not named (named: %v)", look, name, used)
 			}
 		}
+	}
+}
+
+// A relay's heartbeat is written under its instance name, a new one at
+// every start. Deleted when the relay stopped, it left a marker that every
+// look of every relay listed and read until the bucket's TTL (days): a
+// relay that restarts often made every look slower. A stopping relay
+// leaves nothing of it.
+func TestAStoppedRelayLeavesNothingOfItsHeartbeat(t *testing.T) {
+	h := newHarness(t)
+	kv := mustKV(t, h)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		RunRetirer(ctx, RetireConfig{JetStream: h.js, Configured: []string{"current"}, Instance: "gone", Metrics: h.metrics, Logger: zerolog.New(h.logs), Every: time.Hour})
+	}()
+	eventually(t, "its heartbeat", func() bool { _, err := kv.Get(context.Background(), relayKey("gone")); return err == nil })
+	cancel()
+	<-done
+	keys, err := stream.Keys(context.Background(), h.js, event.BucketDelivery, relayKey("*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 0 {
+		t.Fatalf("a stopped relay left %v", keys)
 	}
 }

@@ -19,6 +19,7 @@ import (
 // first entry the server reports nothing pending after, and while keys are
 // being written that count can reach zero early (nats-io/nats.py#995): a
 // listing of heartbeats that relays rewrite all the time missed some.
+// (Past 100,000 keys the server answers in pages, each its own snapshot.)
 func Keys(ctx context.Context, js jetstream.JetStream, bucket, filter string) ([]string, error) {
 	s, err := js.Stream(ctx, "KV_"+bucket)
 	if err != nil {
@@ -35,4 +36,19 @@ func Keys(ctx context.Context, js jetstream.JetStream, bucket, filter string) ([
 	}
 	slices.Sort(keys)
 	return keys, nil
+}
+
+// Forget removes every entry of key from the KV bucket, leaving no delete
+// marker: a key no one watches, written under a name used once (a relay's
+// heartbeat under its instance name), would otherwise leave a marker that
+// every listing returns until the bucket's TTL removes it.
+func Forget(ctx context.Context, js jetstream.JetStream, bucket, key string) error {
+	s, err := js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return fmt.Errorf("forget %s: %w", bucket, err)
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject("$KV."+bucket+"."+key)); err != nil {
+		return fmt.Errorf("forget %s: %w", bucket, err)
+	}
+	return nil
 }

@@ -53,3 +53,25 @@ func TestKeysListsWhatTheFilterMatches(t *testing.T) {
 		t.Error("a missing bucket's keys: no error")
 	}
 }
+
+// Forget leaves nothing of a key, not even the marker a delete leaves.
+func TestForgetLeavesNoMarker(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "B"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"_relay.a", "_relay.b"} {
+		if _, err := kv.PutString(ctx, k, "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := stream.Forget(ctx, js, "B", "_relay.a"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := stream.Keys(ctx, js, "B", ">"); err != nil || !slices.Equal(got, []string{"_relay.b"}) {
+		t.Fatalf("keys after Forget: %v, %v", got, err)
+	}
+}

@@ -109,7 +109,7 @@ func URLSecrets(raw string) []string {
 // longest first, as URLSecrets returns them).
 func Scrub(s string, secrets []string) string {
 	for _, v := range secrets {
-		if strings.Contains(s, v) {
+		if v != "" && strings.Contains(s, v) {
 			s = strings.ReplaceAll(s, v, "…")
 		}
 	}

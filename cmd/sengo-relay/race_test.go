@@ -2,5 +2,5 @@
 
 package main
 
-// raceDetector: the tests run under the race detector.
+// raceDetector: whether the tests run under the race detector.
 const raceDetector = true

@@ -14,6 +14,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/stream"
@@ -145,23 +146,42 @@ func (r *replays) list(ctx context.Context, now time.Time) ([]job, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replay jobs: %w", err)
 	}
+	// One read per job, listReads at a time: one after the other, the
+	// bucket's 20,000 jobs at most would take past the read timeout.
+	found := make([]*job, len(keys))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(listReads)
+	for i, k := range keys {
+		g.Go(func() error {
+			e, err := kv.Get(gctx, k)
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				return nil // deleted
+			} else if err != nil {
+				return fmt.Errorf("replay jobs: %w", err)
+			}
+			var j job
+			if json.Unmarshal(e.Value(), &j) != nil {
+				return nil // not a job: nothing to show
+			}
+			j.settle(now)
+			found[i] = &j
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
 	out := []job{}
-	for _, k := range keys {
-		e, err := kv.Get(ctx, k)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue // deleted
-		} else if err != nil {
-			return nil, fmt.Errorf("replay jobs: %w", err)
+	for _, j := range found {
+		if j != nil {
+			out = append(out, *j)
 		}
-		var j job
-		if json.Unmarshal(e.Value(), &j) != nil {
-			continue // not a job: nothing to show
-		}
-		j.settle(now)
-		out = append(out, j)
 	}
 	return out, nil
 }
+
+// listReads is how many jobs list reads at a time.
+const listReads = 32
 
 // startReplay starts the job of req on this relay and records it, unless
 // the same job is running (here or on another relay, and not stalled):
