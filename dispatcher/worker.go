@@ -299,8 +299,18 @@ func (w *Worker) guardExpiry(ctx context.Context) {
 // age out of its stream, kept for maxAge; otherwise it puts it back. It
 // reports whether it dead-lettered one (then the next may be due too).
 func (w *Worker) sweepOne(ctx context.Context, cons jetstream.Consumer, maxAge time.Duration, replayed bool) bool {
-	msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))
-	if err != nil {
+	// Not a pull that waits for a message: with none waiting on the live
+	// consumer it held each round for a second, and a replayed copy (its
+	// stream keeps them for less time) could age out in between.
+	batch, err := cons.FetchNoWait(1)
+	var msg jetstream.Msg
+	if err == nil {
+		for m := range batch.Messages() {
+			msg = m
+		}
+		err = batch.Error()
+	}
+	if msg == nil {
 		if gone(err) { // a held endpoint's worker does not pull: this is where it finds out
 			w.recreateSoon(ctx)
 		}
