@@ -131,7 +131,11 @@ func RunRetirer(ctx context.Context, cfg RetireConfig) {
 	}
 	r.store = attemptStore{kv}
 	r.beat(ctx) // the first at once: the first look needs it
-	go r.heartbeats(ctx)
+	// Returning waits for the heartbeats to end: a relay shutting down
+	// closes its connection next, and its heartbeat must be gone first.
+	beating := make(chan struct{})
+	go func() { defer close(beating); r.heartbeats(ctx) }()
+	defer func() { <-beating }()
 	tick := time.NewTicker(cfg.Every)
 	defer tick.Stop()
 	for {
