@@ -71,8 +71,9 @@ func (w *Worker) watchHold(ctx context.Context) {
 				if !ok {
 					break watch
 				}
-				if e == nil {
-					continue // the initial values are all in
+				if e == nil { // the initial values are all in
+					w.holdKnownOnce.Do(func() { close(w.holdKnown) })
+					continue
 				}
 				var h HoldState
 				if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &h) == nil && h.Held {

@@ -2,12 +2,14 @@ package dispatcher
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/stream"
@@ -59,7 +61,7 @@ func TestHoldThatExpiresIsLifted(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
 	spec := testSpec()
-	spec.Buckets[0].TTL = time.Second
+	spec.Buckets[0].TTL = 3 * time.Second // the worker must see the hold before it expires, even on a loaded machine
 	if err := stream.Provision(context.Background(), js, spec); err != nil {
 		t.Fatal(err)
 	}
@@ -72,4 +74,40 @@ func TestHoldThatExpiresIsLifted(t *testing.T) {
 	eventually(t, "the worker sees the hold", func() bool { return w.Held().Held })
 	h.publish("tx-ttl", "success", "")
 	eventually(t, "delivered once the hold expired", func() bool { return len(c.got()) == 1 && !w.Held().Held })
+}
+
+// A relay that starts while its endpoint is held (a deploy during the
+// consumer's maintenance) pulled at once, and learned of the hold only
+// when its watch of the hold key first answered: a pull on a backlog is
+// answered sooner, so the held endpoint got up to a batch of events (a
+// 410 from it, under maintenance, dead-lettered them). A worker delivers
+// only once it knows whether its endpoint is held.
+func TestAWorkerStartingWhileHeldDeliversNothing(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	if _, err := NewWorker(context.Background(), WorkerConfig{Endpoint: ep, JetStream: h.js, Metrics: h.metrics, Logger: zerolog.New(h.logs)}); err != nil {
+		t.Fatal(err) // its consumers exist: the backlog below waits in them
+	}
+	if err := Hold(context.Background(), h.js, "orders", "test"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		h.publish(fmt.Sprintf("tx-held-%d", i), "success", "")
+	}
+	// Started ten times over, as many races: a worker stopped lets the
+	// attempts it made finish, so each made is counted.
+	for start := range 10 {
+		w, stop := h.runWorker(ep)
+		eventually(t, "the worker sees the hold", func() bool { return w.Held().Held })
+		stop()
+		if n := len(c.got()); n != 0 {
+			t.Fatalf("start %d: %d deliveries to a held endpoint from a worker started while it was held", start+1, n)
+		}
+	}
+	w := h.start(ep)
+	if err := Release(context.Background(), h.js, "orders"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "delivered after release", func() bool { return len(c.got()) == 8 && h.settled(w) })
 }

@@ -85,6 +85,11 @@ type Worker struct {
 	inflight sync.WaitGroup
 	// hold is the operator's hold (nil: none), from watchHold.
 	hold atomic.Pointer[HoldState]
+	// holdKnown is closed once watchHold has read the hold key: nothing
+	// is pulled before (a relay starting while its endpoint is held
+	// delivered a batch to it).
+	holdKnown     chan struct{}
+	holdKnownOnce sync.Once
 	// active is when the worker last began delivering (w.cfg.Now, Unix
 	// nanoseconds): its start, or the end of an operator's hold.
 	active atomic.Int64
@@ -121,21 +126,27 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	}
 	w := &Worker{
 		cfg: cfg, ep: ep, live: live, replay: replay, store: attemptStore{kv},
-		httpc:   newClient(ep.Concurrency),
-		hide:    endpointSecrets(ep),
-		breaker: newBreaker(ep.Breaker, cfg.Now),
-		log:     cfg.Logger.With().Str("endpoint", ep.Name).Logger(),
+		httpc:     newClient(ep.Concurrency),
+		hide:      endpointSecrets(ep),
+		holdKnown: make(chan struct{}),
+		breaker:   newBreaker(ep.Breaker, cfg.Now),
+		log:       cfg.Logger.With().Str("endpoint", ep.Name).Logger(),
 	}
 	w.active.Store(cfg.Now().UnixNano())
 	if ep.RateLimit > 0 {
 		w.limiter = rate.NewLimiter(rate.Limit(ep.RateLimit), max(1, int(ep.RateLimit)))
 	}
-	if s, err := cfg.JetStream.Stream(ctx, event.StreamEvents); err == nil {
-		w.maxAge = s.CachedInfo().Config.MaxAge
+	// The streams' retention arms the expiry guard: a failed read must not
+	// leave it off for the process's life (the caller retries the start).
+	s, err := cfg.JetStream.Stream(ctx, event.StreamEvents)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", event.StreamEvents, err)
 	}
-	if s, err := cfg.JetStream.Stream(ctx, event.StreamReplay); err == nil {
-		w.replayMaxAge = s.CachedInfo().Config.MaxAge
+	w.maxAge = s.CachedInfo().Config.MaxAge
+	if s, err = cfg.JetStream.Stream(ctx, event.StreamReplay); err != nil {
+		return nil, fmt.Errorf("stream %s: %w", event.StreamReplay, err)
 	}
+	w.replayMaxAge = s.CachedInfo().Config.MaxAge
 	return w, nil
 }
 
@@ -237,6 +248,11 @@ func (w *Worker) Run(ctx context.Context) {
 	go func() { defer wg.Done(); replay.Run(ctx) }()
 	pull := func(p sources) {
 		defer wg.Done()
+		select {
+		case <-w.holdKnown:
+		case <-ctx.Done():
+			return
+		}
 		for ctx.Err() == nil {
 			w.pullOne(ctx, p)
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 )
 
 // answers counts the consumer's attempts per event status.
@@ -252,7 +253,7 @@ func TestOrderedChainWaitsForAWaitingPredecessor(t *testing.T) {
 	h.now = skewed(&ahead)
 	ep := h.endpoint("orders", c.URL, time.Second, time.Second, time.Second, time.Second, time.Second, time.Second)
 	ep.Ordered = true
-	ep.Timeout = 200 * time.Millisecond
+	ep.Timeout = time.Second // an attempt overrunning it under load would be retried
 	w := h.start(ep)
 	// Delivering for long enough that a missing record would be taken as
 	// an event this endpoint never received.
@@ -318,7 +319,7 @@ func TestPausedEndpointDeadLettersBeforeRetentionDropsEvents(t *testing.T) {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
 	h := newHarness(t)
-	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 3*time.Second, time.Second })
+	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second }) // the guard acts in its last 600 ms
 	c := newConsumer(t, status(503, 503, 503, 503, 503, 503, 503, 503, 503, 503))
 	ep := h.endpoint("orders", c.URL, 100*time.Millisecond, 100*time.Millisecond)
 	ep.Breaker = BreakerPolicy{Failures: 1, ProbeInitial: time.Hour, ProbeMax: time.Hour} // paused after one failure, for good
@@ -326,7 +327,7 @@ func TestPausedEndpointDeadLettersBeforeRetentionDropsEvents(t *testing.T) {
 	first := h.publish("tx-pause-1", event.StatusSuccess, "")
 	eventually(t, "paused", func() bool { return w.State().Paused })
 	second := h.publish("tx-pause-2", event.StatusSuccess, "")
-	eventually(t, "both dead-lettered before they age out", func() bool { return len(h.deadLetters()) == 2 })
+	poll.Within(t, 20*time.Second, "both dead-lettered before they age out", func() bool { return len(h.deadLetters()) == 2 })
 	// In either order: a worker may have pulled the second before the
 	// pause took hold, and then its own expiry check comes first.
 	got := map[string]bool{}
@@ -351,7 +352,7 @@ func TestHeldEndpointDeadLettersReplayedCopiesBeforeRetentionDropsThem(t *testin
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
 	h := newHarness(t)
-	s := h.reconfigure(event.StreamReplay, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 3*time.Second, time.Second })
+	s := h.reconfigure(event.StreamReplay, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second }) // the guard acts in its last 600 ms
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
 	w := h.start(ep)
@@ -366,7 +367,7 @@ func TestHeldEndpointDeadLettersReplayedCopiesBeforeRetentionDropsThem(t *testin
 	if err != nil || p.Queued != 1 {
 		t.Fatalf("replay %+v %v", p, err)
 	}
-	eventually(t, "the copy gone from SENGO_REPLAY", func() bool {
+	poll.Within(t, 20*time.Second, "the copy gone from SENGO_REPLAY", func() bool {
 		info, err := s.Info(t.Context())
 		return err == nil && info.State.Msgs == 0
 	})

@@ -78,7 +78,7 @@ func newHarnessOn(t testing.TB, srv *natstest.Server, runIntake bool, opts ...op
 		Projects:       []Project{{Name: "main"}},
 		JetStream:      js,
 		MaxBodyBytes:   64 << 10,
-		PublishTimeout: time.Second,
+		PublishTimeout: 5 * time.Second, // a loaded CI machine stalls the store for more than a second at times
 		RetryAfter:     3 * time.Second,
 		Metrics:        h.metrics,
 		Gatherer:       reg,

@@ -23,6 +23,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/receiver"
 )
 
@@ -69,16 +70,19 @@ func signIn(t *testing.T, c *http.Client, base string) string {
 	if len(ck) != 1 || ck[0].Name != sessionCookie || !ck[0].HttpOnly || ck[0].SameSite != http.SameSiteStrictMode || ck[0].Path != "/console" {
 		t.Fatalf("session cookie %+v, want HttpOnly, SameSite=Strict, Path=/console", ck)
 	}
-	r, err := c.Get(base + "/console/replays")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Body.Close()
-	b, _ := io.ReadAll(r.Body)
-	m := csrfInput.FindStringSubmatch(string(b))
-	if r.StatusCode != 200 || m == nil {
-		t.Fatalf("replays page %d without a CSRF token", r.StatusCode)
-	}
+	// A test with a short read timeout may see the page answer 503
+	// (read_timeout) on a loaded machine: it is asked again.
+	var m []string
+	poll.Until(t, "the replays page with a CSRF token", func() bool {
+		r, err := c.Get(base + "/console/replays")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		b, _ := io.ReadAll(r.Body)
+		m = csrfInput.FindStringSubmatch(string(b))
+		return r.StatusCode == 200 && m != nil
+	})
 	return m[1]
 }
 
