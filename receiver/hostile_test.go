@@ -916,8 +916,8 @@ func TestHangingChecksDoNotStarveIntake(t *testing.T) {
 	sb, client := startSandboxHanging(t, "forged-hang-")
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}, sengo.CheckTimeout(300*time.Millisecond)) // the genuine check must not overrun it on a loaded machine
-		ic.ConfirmAttempts = 1000             // only "at once" quarantines them within the test
-		ic.Workers, ic.MaxAckPending = 2, 256 // slots to spare: the workers are what is fought over
+		ic.ConfirmAttempts = 1000                                                                                             // only "at once" quarantines them within the test
+		ic.Workers, ic.MaxAckPending = 2, 256                                                                                 // slots to spare: the workers are what is fought over
 	})
 	const forged = 12
 	for i := range forged {
