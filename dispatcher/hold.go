@@ -57,6 +57,7 @@ func Release(ctx context.Context, js jetstream.JetStream, endpoint string) error
 // watchHold keeps w.hold up to date with the endpoint's hold key until
 // ctx ends.
 func (w *Worker) watchHold(ctx context.Context) {
+	sleepCtx(ctx, holdWatchDelay)
 	for ctx.Err() == nil {
 		kw, err := w.store.kv.Watch(ctx, holdKey(w.ep.Name))
 		if err != nil {
@@ -102,6 +103,10 @@ func (w *Worker) watchHold(ctx context.Context) {
 		sleepCtx(ctx, time.Second) // the watch ended (a reconnect): watch again
 	}
 }
+
+// holdWatchDelay delays the hold's watch, as a slow store would: a
+// variable for tests (0 otherwise).
+var holdWatchDelay time.Duration
 
 // holdRecheck is how often a held worker reads its hold key again.
 var holdRecheck = time.Minute // a variable for tests
