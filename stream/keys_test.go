@@ -14,13 +14,8 @@ import (
 // Keys lists the keys a filter matches, a deleted one too (its last entry
 // is the delete), sorted; another bucket's keys are not among them.
 func TestKeysListsWhatTheFilterMatches(t *testing.T) {
-	srv := natstest.Start(t)
-	_, js := srv.Connect(t)
+	js, kv := bucketB(t)
 	ctx := context.Background()
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "B"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	other, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "B2"})
 	if err != nil {
 		t.Fatal(err)
@@ -56,13 +51,8 @@ func TestKeysListsWhatTheFilterMatches(t *testing.T) {
 
 // Forget leaves nothing of a key, not even the marker a delete leaves.
 func TestForgetLeavesNoMarker(t *testing.T) {
-	srv := natstest.Start(t)
-	_, js := srv.Connect(t)
+	js, kv := bucketB(t)
 	ctx := context.Background()
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "B"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	for _, k := range []string{"_relay.a", "_relay.b"} {
 		if _, err := kv.PutString(ctx, k, "v"); err != nil {
 			t.Fatal(err)
@@ -74,4 +64,15 @@ func TestForgetLeavesNoMarker(t *testing.T) {
 	if got, err := stream.Keys(ctx, js, "B", ">"); err != nil || !slices.Equal(got, []string{"_relay.b"}) {
 		t.Fatalf("keys after Forget: %v, %v", got, err)
 	}
+}
+
+// bucketB is a KV bucket "B" on a server of the test's own.
+func bucketB(t *testing.T) (jetstream.JetStream, jetstream.KeyValue) {
+	t.Helper()
+	_, js := natstest.Start(t).Connect(t)
+	kv, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "B"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js, kv
 }

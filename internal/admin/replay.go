@@ -14,7 +14,6 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/stream"
@@ -148,36 +147,20 @@ func (r *replays) list(ctx context.Context, now time.Time) ([]job, error) {
 	}
 	// One read per job, listReads at a time: one after the other, the
 	// bucket's 20,000 jobs at most would take past the read timeout.
-	found := make([]*job, len(keys))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(listReads)
-	for i, k := range keys {
-		g.Go(func() error {
-			e, err := kv.Get(gctx, k)
-			if errors.Is(err, jetstream.ErrKeyNotFound) {
-				return nil // deleted
-			} else if err != nil {
-				return fmt.Errorf("replay jobs: %w", err)
-			}
-			var j job
-			if json.Unmarshal(e.Value(), &j) != nil {
-				return nil // not a job: nothing to show
-			}
-			j.settle(now)
-			found[i] = &j
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	out := []job{}
-	for _, j := range found {
-		if j != nil {
-			out = append(out, *j)
+	return readEach(ctx, len(keys), listReads, func(ctx context.Context, i int) (*job, error) {
+		e, err := kv.Get(ctx, keys[i])
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil, nil // deleted
+		} else if err != nil {
+			return nil, fmt.Errorf("replay jobs: %w", err)
 		}
-	}
-	return out, nil
+		var j job
+		if json.Unmarshal(e.Value(), &j) != nil {
+			return nil, nil // not a job: nothing to show
+		}
+		j.settle(now)
+		return &j, nil
+	})
 }
 
 // listReads is how many jobs list reads at a time.

@@ -295,29 +295,35 @@ const summaryReads = 8
 // connections (each is two reads one after the other: its state, then its
 // latest event).
 func (s *Server) summaries(ctx context.Context, keys []txSummary, skip func(receiver.Transaction) bool) ([]txSummary, error) {
-	read := make([]*txSummary, len(keys))
+	return readEach(ctx, len(keys), summaryReads, func(ctx context.Context, i int) (*txSummary, error) {
+		t, err := s.summary(ctx, s.reader(), keys[i].Project, keys[i].TransactionID, skip)
+		if errors.Is(err, receiver.ErrNoTransaction) || errors.Is(err, errSkipped) {
+			return nil, nil
+		}
+		return &t, err
+	})
+}
+
+// readEach reads n things, at most limit at once: read(i) returns the
+// i-th, or nil for one to leave out. It returns those read, in order, or
+// the first error.
+func readEach[T any](ctx context.Context, n, limit int, read func(ctx context.Context, i int) (*T, error)) ([]T, error) {
+	found := make([]*T, n)
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(summaryReads)
-	for i, k := range keys {
-		g.Go(func() error {
-			t, err := s.summary(gctx, s.reader(), k.Project, k.TransactionID, skip)
-			if errors.Is(err, receiver.ErrNoTransaction) || errors.Is(err, errSkipped) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			read[i] = &t
-			return nil
+	g.SetLimit(limit)
+	for i := range n {
+		g.Go(func() (err error) {
+			found[i], err = read(gctx, i)
+			return err
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	out := []txSummary{}
-	for _, t := range read {
-		if t != nil {
-			out = append(out, *t)
+	out := []T{}
+	for _, v := range found {
+		if v != nil {
+			out = append(out, *v)
 		}
 	}
 	return out, nil
