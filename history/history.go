@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -293,8 +294,9 @@ func Attempts(ctx context.Context, js jetstream.JetStream, eventID string, limit
 // once): the server answers from its subject index, with no consumer and
 // no scan. The server refuses that get when more than 1,024 subjects
 // match, and the client library reads some failures (a timeout) as "no
-// messages", so when it fails or finds nothing the lookup scans the
-// prefix with a consumer, as before: a miss costs the scan too.
+// messages" and ends a batch cut short as if it were complete, so when it
+// fails, falls short or finds nothing the lookup scans the prefix with a
+// consumer, as before: a miss costs the scan too.
 func Lookup(ctx context.Context, js jetstream.JetStream, project, merchantRef string, limit int) ([]Ref, error) {
 	limit = clamp(limit)
 	keep := func(out []Ref, data []byte) ([]Ref, bool) {
@@ -307,19 +309,32 @@ func Lookup(ctx context.Context, js jetstream.JetStream, project, merchantRef st
 	}
 	var out []Ref
 	if msgs, err := jetstreamext.GetLastMsgsFor(ctx, js, StreamRefs, []string{refPrefix(project, merchantRef) + ".*"}, jetstreamext.GetLastMsgsBatchSize(limit)); err == nil {
+		// Complete only when the last match arrived (each message says how
+		// many follow it, one fewer each time) or limit were kept: the
+		// client library ends a batch its deadline cuts short, or whose
+		// messages a replaced connection lost, quietly, as if it were all.
+		complete, seen, left := false, false, uint64(0)
 		for m, err := range msgs {
 			if err != nil {
-				out = nil // failed part way: the scan below decides
 				break
 			}
+			after, err := strconv.ParseUint(m.Header.Get(numPendingHeader), 10, 64)
+			if err != nil || seen && after+1 != left {
+				break
+			}
+			seen, left = true, after
 			var more bool
-			if out, more = keep(out, m.Data); !more {
+			out, more = keep(out, m.Data)
+			afterRef(ctx)
+			if !more || after == 0 {
+				complete = true
 				break
 			}
 		}
-		if len(out) > 0 {
+		if complete && len(out) > 0 {
 			return out, nil
 		}
+		out = nil // failed or cut short: the scan below decides
 	}
 	err := stream.ScanFrom(ctx, js, StreamRefs, []string{refPrefix(project, merchantRef) + ".*"}, stream.From{}, func(m jetstream.Msg, _ *jetstream.MsgMetadata) (bool, error) {
 		var more bool
@@ -328,6 +343,13 @@ func Lookup(ctx context.Context, js jetstream.JetStream, project, merchantRef st
 	}, nil)
 	return out, err
 }
+
+// afterRef is called after each message of Lookup's batched get (tests:
+// a deadline that passes mid-batch).
+var afterRef = func(context.Context) {}
+
+// numPendingHeader is how many matches follow a message of a batched get.
+const numPendingHeader = "Nats-Num-Pending"
 
 func clamp(limit int) int {
 	if limit <= 0 || limit > MaxRead {

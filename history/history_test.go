@@ -123,3 +123,32 @@ func TestLookupOfAReferenceWithManyTransactions(t *testing.T) {
 		t.Fatalf("lookup of nothing: %v, %v", refs, err)
 	}
 }
+
+// A batched get that its deadline cuts short is not taken for the whole
+// answer: the client library ends it quietly, as if the server had sent
+// everything, and a console search showed the first few transactions of a
+// merchantRef as all of them.
+func TestLookupCutShortIsNotTakenAsComplete(t *testing.T) {
+	_, js := setup(t)
+	const n = 20
+	natstest.PublishMany(t, js, n, func(i int) *nats.Msg {
+		id := fmt.Sprintf("tx-%d", i)
+		b, _ := json.Marshal(Ref{Project: "main", MerchantRef: "INV-CUT", TransactionID: id})
+		return &nats.Msg{Subject: refPrefix("main", "INV-CUT") + "." + hash(id), Data: b}
+	})
+	if refs, err := Lookup(context.Background(), js, "main", "INV-CUT", 0); err != nil || len(refs) != n {
+		t.Fatalf("lookup: %d refs, %v; want %d", len(refs), err, n)
+	}
+	kept := 0
+	afterRef = func(ctx context.Context) {
+		if kept++; kept == 3 {
+			<-ctx.Done() // the deadline passes mid-batch
+		}
+	}
+	t.Cleanup(func() { afterRef = func(context.Context) {} })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if refs, err := Lookup(ctx, js, "main", "INV-CUT", 0); err == nil && len(refs) != n {
+		t.Fatalf("lookup cut short at its deadline: %d of %d refs and no error", len(refs), n)
+	}
+}
