@@ -199,7 +199,23 @@ func (h *callbackHandler) store(ctx context.Context, rc receipt, project string,
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.PublishTimeout)
 	defer cancel()
 	start := time.Now()
-	ack, err := h.cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(inboxMsgID(id, SourceCallback, body)), jetstream.WithExpectStream(event.StreamInbox))
+	opts := []jetstream.PublishOpt{jetstream.WithMsgID(inboxMsgID(id, SourceCallback, body)), jetstream.WithExpectStream(event.StreamInbox)}
+	var ack *jetstream.PubAck
+	var err error
+	if tx.Status.Final() {
+		// Stored on condition that the inbox holds no earlier notification
+		// of the transaction (the usual final status: the first SenGo sends
+		// of it), which the stored message then says: intake skips its
+		// receipt-order read. One earlier (a pending, a retry): stored
+		// again without the condition, and intake reads.
+		ack, err = h.cfg.JetStream.PublishMsg(ctx, msg, append(opts, jetstream.WithExpectLastSequencePerSubject(0))...)
+		if wrongLastSequence(err) {
+			msg.Header.Del(jetstream.ExpectedLastSubjSeqHeader)
+			ack, err = h.cfg.JetStream.PublishMsg(ctx, msg, opts...)
+		}
+	} else {
+		ack, err = h.cfg.JetStream.PublishMsg(ctx, msg, opts...)
+	}
 	if err != nil {
 		return accepted{}, fmt.Errorf("%w: publish %s: %v", ErrStoreUnavailable, id, err)
 	}
@@ -216,6 +232,20 @@ func (h *callbackHandler) store(ctx context.Context, rc receipt, project string,
 		return accepted{Status: "duplicate", ID: id, Duplicate: true}, nil
 	}
 	return accepted{Status: "accepted", ID: id}, nil
+}
+
+// firstOfTransaction reports whether an inbox message was stored on
+// condition that the inbox held no earlier notification of its
+// transaction (the server checked it; see store).
+func firstOfTransaction(h nats.Header) bool {
+	return h.Get(jetstream.ExpectedLastSubjSeqHeader) == "0"
+}
+
+// wrongLastSequence reports whether err is the server's refusal of a
+// conditional write (10071; 10164 from a replicated stream).
+func wrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // inboxMsgID is the inbox Nats-Msg-Id of a notification: its event id,

@@ -210,6 +210,34 @@ func TestRequireConfirmationFailsClosed(t *testing.T) {
 	}
 }
 
+// A notification the inbox stored on condition that it was the first of
+// its transaction is quarantined without that condition: its copy in
+// quarantine, where the transaction's earlier notifications are kept
+// longer than in the inbox, would be refused, and the notification
+// retried without end instead of set aside.
+func TestAQuarantinedCopyCarriesNoConditionOfTheInbox(t *testing.T) {
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.RequireConfirmation = map[string]bool{"main": true}
+	})
+	ctx := context.Background()
+	inbox, err := h.js.Stream(ctx, event.StreamInbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range []event.Status{event.StatusSuccess, event.StatusFailed} {
+		if err := inbox.Purge(ctx); err != nil { // the inbox forgot the first
+			t.Fatal(err)
+		}
+		if resp, _ := h.post("/callbacks/sengo/main", callback("tx-twice", s)); resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", s, resp.StatusCode)
+		}
+		eventually(t, fmt.Sprintf("%s quarantined", s), func() bool { return h.msgs(event.StreamQuarantine) == uint64(i+1) })
+	}
+	if n := len(h.events()); n != 0 {
+		t.Fatalf("%d events published unconfirmed", n)
+	}
+}
+
 // A forged "success" stored first once made SenGo's genuine callback a
 // "200 duplicate" for the whole duplicate window, and the paid order
 // waited for reconciliation. The genuine one is now stored and published,

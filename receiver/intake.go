@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -466,7 +467,12 @@ func (in *Intake) quarantine(ctx context.Context, m jetstream.Msg, r result) err
 	}
 	h := nats.Header{}
 	for k, v := range m.Headers() {
-		h[k] = v
+		// Not the inbox's conditions (the callback stores a final status
+		// on condition that it is its transaction's first): quarantine,
+		// which keeps a transaction's notifications longer, would refuse it.
+		if !strings.HasPrefix(k, "Nats-Expected-") {
+			h[k] = v
+		}
 	}
 	h.Del(jetstream.MsgIDHeader)
 	h.Set(event.HeaderReason, r.err.Error())
@@ -541,7 +547,9 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 		// creates the entry, and fails (then reads and decides again) if
 		// one exists after all. A read saved per new transaction.
 		if tx.Status.Final() {
-			if order, err = in.earlierPending(ctx, m, project, tx, key, acceptedAt); err != nil {
+			if firstOfTransaction(m.Headers()) {
+				order = orderNone // the server checked it when storing m
+			} else if order, err = in.earlierPending(ctx, m, project, tx, key, acceptedAt); err != nil {
 				r.err = err
 				return r
 			}
