@@ -121,10 +121,21 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) att
 	if d.record {
 		sent = sentHeaders(req.Header, ep)
 	}
+	// A consumer may echo the endpoint's URL ("Cannot POST /hooks/<token>",
+	// a Link header, a TCP echo service's malformed status line that Go's
+	// error repeats), a configured header's value or the signature it got
+	// ("bad signature, got v1,…"): what the relay hides of them everywhere
+	// else is hidden in what it keeps of the answer.
+	secrets := append(signatures(sig), d.hide...)
+	slices.SortStableFunc(secrets, func(a, b string) int { return len(b) - len(a) })
+	scrub := func(s string) string { return verify.Scrub(s, secrets) }
 	start := time.Now()
 	resp, err := client.Do(req)
 	if err != nil {
-		return attemptResult{Err: transportError(err, req.URL.Hostname()), Duration: time.Since(start), Sent: sent}
+		// Kept like an excerpt: scrubbed and bounded (a status line is
+		// repeated whole, however long).
+		text := excerptOf([]byte(transportError(err, req.URL.Hostname()).Error()), true, scrub, secrets)
+		return attemptResult{Err: errors.New(strings.ToValidUTF8(text, "?")), Duration: time.Since(start), Sent: sent}
 	}
 	defer resp.Body.Close()
 	defer time.AfterFunc(answerBodyWait, cutBody).Stop()
@@ -132,13 +143,6 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) att
 	// scrubbed whole.
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxExcerpt+excerptMargin))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // let the connection be reused
-	// A consumer may echo the endpoint's URL ("Cannot POST /hooks/<token>",
-	// a Link header), a configured header's value or the signature it got
-	// ("bad signature, got v1,…"): what the relay hides of them everywhere
-	// else is hidden in what it keeps of the answer.
-	secrets := append(signatures(sig), d.hide...)
-	slices.SortStableFunc(secrets, func(a, b string) int { return len(b) - len(a) })
-	scrub := func(s string) string { return verify.Scrub(s, secrets) }
 	complete := err == nil && len(body) < maxExcerpt+excerptMargin
 	r := attemptResult{Status: resp.StatusCode, Excerpt: excerptOf(body, complete, scrub, secrets), Duration: time.Since(start), Sent: sent}
 	if d.record {

@@ -121,6 +121,25 @@ func TestRecordsKeepNoSecretTheConsumerEchoes(t *testing.T) {
 			}
 			return parts
 		}},
+		{"signature in a malformed status line", func(r *http.Request, w http.ResponseWriter) []string {
+			// Go's error repeats the line: malformed HTTP status code "v1,…".
+			var parts []string
+			for _, p := range strings.Fields(r.Header.Get(verify.HeaderWebhookSignature)) {
+				_, b64, _ := strings.Cut(p, ",")
+				parts = append(parts, b64)
+			}
+			rawAnswer(w, "HTTP/1.1 v1,"+parts[0]+"\r\n\r\n")
+			return parts
+		}},
+		{"URL in a malformed status line", func(r *http.Request, w http.ResponseWriter) []string {
+			rawAnswer(w, "HTTP/1.1 "+r.URL.RequestURI()+"\r\n\r\n") // a TCP echo service behind the URL
+			return []string{pathToken, queryToken}
+		}},
+		{"signature at the end of a long malformed status line", func(r *http.Request, w http.ResponseWriter) []string {
+			_, b64, _ := strings.Cut(r.Header.Get(verify.HeaderWebhookSignature), ",")
+			rawAnswer(w, "HTTP/1.1 "+strings.Repeat("x", 60000)+b64+"\r\n\r\n")
+			return []string{b64}
+		}},
 		{"credential headers", func(_ *http.Request, w http.ResponseWriter) []string {
 			w.Header().Set("X-Password", "hunter2-pw")
 			w.Header().Set("X-Credentials", "cred-123456")
@@ -164,8 +183,27 @@ func TestRecordsKeepNoSecretTheConsumerEchoes(t *testing.T) {
 					t.Errorf("the dead letter keeps %q: %s", secret, b)
 				}
 			}
+			for _, a := range got {
+				if len(a.Error) > maxExcerpt {
+					t.Errorf("attempt %d keeps an error of %d bytes, more than an excerpt's %d", a.Number, len(a.Error), maxExcerpt)
+				}
+			}
+			if n := len(h.deadLetters()[0].LastError); n > maxExcerpt {
+				t.Errorf("the dead letter keeps an error of %d bytes, more than an excerpt's %d", n, maxExcerpt)
+			}
 		})
 	}
+}
+
+// rawAnswer answers a request with raw bytes, as no HTTP server would.
+func rawAnswer(w http.ResponseWriter, raw string) {
+	conn, buf, err := w.(http.Hijacker).Hijack()
+	if err != nil {
+		panic(err)
+	}
+	defer conn.Close()
+	_, _ = buf.WriteString(raw)
+	_ = buf.Flush()
 }
 
 // A consumer answering more headers than an attempt keeps had a random
