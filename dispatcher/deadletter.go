@@ -21,6 +21,10 @@ const (
 	// ReasonExpiring: the endpoint stayed paused until the event was about
 	// to age out of SENGO_EVENTS; it is dead-lettered before it is lost.
 	ReasonExpiring = "expiring_while_paused"
+	// ReasonExpiringBeforeRetry: the event's next attempt would come after
+	// its stream dropped it (an old event's first attempts, a long
+	// Retry-After); it is dead-lettered before it is lost.
+	ReasonExpiringBeforeRetry = "expiring_before_retry"
 )
 
 // DeadLetter is a message of SENGO_DLQ (subject sengo.dlq.<endpoint>.<16 hex

@@ -35,6 +35,9 @@ func TestHugeRetryAfterIsCappedAtRetryAfterMax(t *testing.T) {
 	} {
 		t.Run(ra, func(t *testing.T) {
 			h := newHarness(t)
+			// Kept longer than the hour's wait: an event whose next attempt
+			// would come after it aged out is dead-lettered instead.
+			h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge = 24 * time.Hour })
 			c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
 				if n == 1 {
 					w.Header().Set("Retry-After", ra)

@@ -280,6 +280,22 @@ func (w *Worker) Run(ctx context.Context) {
 // that a paused endpoint has not taken the event is dead-lettered instead.
 func expiryGuard(maxAge time.Duration) time.Duration { return min(24*time.Hour, maxAge/10) }
 
+// tooLate reports whether an attempt at next of a message stored at
+// stored comes too close to the end of its stream's retention (SENGO_REPLAY's
+// for a replayed copy): later than a minute and the attempt's timeout
+// before it (at most expiryGuard), it might not be made, or fail with no
+// time left to dead-letter the event.
+func (w *Worker) tooLate(stored, next time.Time, replayed bool) bool {
+	maxAge := w.maxAge
+	if replayed {
+		maxAge = w.replayMaxAge
+	}
+	if maxAge <= 0 {
+		return false
+	}
+	return next.After(stored.Add(maxAge - min(expiryGuard(maxAge), w.ep.Timeout+time.Minute)))
+}
+
 // guardExpiry runs beside the workers: while the endpoint is paused (its
 // workers do not pull), an event about to age out of SENGO_EVENTS would be
 // lost for this endpoint without a trace, and so would a replayed or
@@ -621,6 +637,11 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 	w.cfg.Metrics.AttemptSeconds.WithLabelValues(w.ep.Name).Observe(res.Duration.Seconds())
 	rec.record(res, now)
 	act := decide(w.ep, res, rec.Count)
+	if act.kind == actRetry && w.tooLate(meta.Timestamp, now.Add(act.delay), replayed) {
+		// Put back, the event would age out of its stream before its next
+		// attempt, which the expiry guard (only while paused) never sees.
+		act = action{kind: actDeadLetter, reason: ReasonExpiringBeforeRetry}
+	}
 	w.recordAttempt(ev, msg, replayed, rec.Count, now, res, act)
 	if span.IsRecording() { // tracing off: no attribute is built
 		span.SetAttributes(attribute.String("sengo.endpoint", w.ep.Name), attribute.String("sengo.event_id", ev.ID),

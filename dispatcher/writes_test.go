@@ -342,6 +342,23 @@ func TestPausedEndpointDeadLettersBeforeRetentionDropsEvents(t *testing.T) {
 	}
 }
 
+// An event whose next attempt would come after its stream dropped it (an
+// old event's first attempts, after a backfill or a long pause; a long
+// Retry-After) was put back for that attempt and lost without a trace:
+// the expiry guard runs only while the endpoint is paused. It is now
+// dead-lettered at once, with reason expiring_before_retry.
+func TestAnEventWhoseNextRetryComesTooLateIsDeadLettered(t *testing.T) {
+	h := newHarness(t)
+	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second })
+	c := newConsumer(t, status(503, 503, 503, 503))
+	w := h.start(h.endpoint("orders", c.URL, 3*time.Second, 3*time.Second, 3*time.Second)) // the third attempt would come at 6 s
+	ev := h.publish("tx-late-retry", event.StatusSuccess, "")
+	poll.Within(t, 20*time.Second, "dead-lettered before it ages out", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	if d := h.deadLetters()[0]; d.EventID != ev.ID || d.Reason != ReasonExpiringBeforeRetry || d.Attempts < 1 || d.Attempts > 2 {
+		t.Fatalf("dead letter %+v, want %s after one or two attempts", d, ReasonExpiringBeforeRetry)
+	}
+}
+
 // A replayed copy waits on SENGO_REPLAY, kept for less time than
 // SENGO_EVENTS (7 days against 30). An endpoint held or paused for longer
 // lost its replayed copies without a trace: the expiry guard looked only
