@@ -685,6 +685,54 @@ func TestForgedPendingDoesNotDelayTheGenuineSuccess(t *testing.T) {
 	poll.Within(t, 15*time.Second, "the genuine success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
 }
 
+// A pending set aside and then redriven (the automatic recheck does it)
+// or purged no longer has a quarantine entry under its inbox sequence, and
+// was taken for one intake had not settled yet: every final status of
+// its transaction waited orderWaitMax (2 min) for it, holding an intake
+// slot all the while, and forged finals posted at a few a second filled
+// them all. A pending intake has acknowledged is not waited for.
+func TestAPendingSetAsideAndRedrivenOrPurgedDoesNotHoldFinalsBack(t *testing.T) {
+	for _, then := range []string{"redriven", "purged"} {
+		t.Run(then, func(t *testing.T) {
+			h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+				ic.RequireConfirmation = map[string]bool{"main": true} // nothing confirms: each is set aside at once
+			})
+			ctx := context.Background()
+			if resp, _ := h.post("/callbacks/sengo/main", callback("tx-held", event.StatusPending)); resp.StatusCode != 200 {
+				t.Fatal(resp.StatusCode)
+			}
+			eventually(t, "the pending set aside", func() bool { return h.msgs(event.StreamQuarantine) == 1 && h.intakeIdle() })
+			entries, err := ListQuarantine(ctx, h.js, QuarantineFilter{})
+			if err != nil || len(entries) != 1 {
+				t.Fatalf("%d entries, %v", len(entries), err)
+			}
+			want := uint64(1)
+			switch then {
+			case "redriven":
+				if n, err := RedriveQuarantine(ctx, h.js, entries, nil); n != 1 || err != nil {
+					t.Fatalf("redrove %d, %v", n, err)
+				}
+				eventually(t, "the copy set aside again", func() bool {
+					e, _ := ListQuarantine(ctx, h.js, QuarantineFilter{})
+					return len(e) == 1 && e[0].Seq != entries[0].Seq && h.intakeIdle()
+				})
+			case "purged":
+				if n, err := PurgeQuarantine(ctx, h.js, entries); n != 1 || err != nil {
+					t.Fatalf("purged %d, %v", n, err)
+				}
+				want = 0
+			}
+			if resp, _ := h.post("/callbacks/sengo/main", callback("tx-held", event.StatusSuccess)); resp.StatusCode != 200 {
+				t.Fatal(resp.StatusCode)
+			}
+			poll.Within(t, 15*time.Second, "the success decided (set aside) without waiting", func() bool {
+				e, _ := ListQuarantine(ctx, h.js, QuarantineFilter{})
+				return uint64(len(e)) == want+1
+			})
+		})
+	}
+}
+
 // Whoever can POST a callback chooses its W3C baggage header (up to 8 KB
 // of key=values): it is not passed on. It was copied into the inbox
 // message, the event's headers on SENGO_EVENTS and from there into every

@@ -721,7 +721,9 @@ const (
 // yet (the caller's check), the final status must wait, so that "pending
 // then success" is published in the order SenGo sent it even when the
 // pending's processing was delayed (a failed write, a redelivery after a
-// crash). It costs one stream read when the transaction has no earlier
+// crash). A pending that intake has settled otherwise (set aside, or
+// acknowledged: set aside and since redriven or purged) is not waited for.
+// It costs one stream read when the transaction has no earlier
 // notification.
 func (in *Intake) earlierPending(ctx context.Context, m jetstream.Msg, project string, tx sengo.Transaction, key string, receivedAt time.Time) (receiptOrder, error) {
 	meta, err := m.Metadata()
@@ -752,12 +754,30 @@ func (in *Intake) earlierPending(ctx context.Context, m jetstream.Msg, project s
 				return orderUnknown, fmt.Errorf("read quarantined notifications of %s: %w", key, err)
 			}
 			if !settled {
+				// Set aside and since redriven (a recheck) or purged, it has
+				// no entry under its sequence: acknowledged, intake is done
+				// with it all the same.
+				if settled, err = in.acknowledged(ctx, em.Sequence); err != nil {
+					return orderUnknown, fmt.Errorf("read intake's acknowledgements: %w", err)
+				}
+			}
+			if !settled {
 				return orderPendingFirst, nil
 			}
 		}
 		from = em.Sequence + 1
 	}
 	return found, nil
+}
+
+// acknowledged reports whether intake acknowledged the inbox message seq
+// (it is at or below its consumer's acknowledgement floor).
+func (in *Intake) acknowledged(ctx context.Context, seq uint64) (bool, error) {
+	info, err := in.cons.Info(ctx)
+	if err != nil {
+		return false, err
+	}
+	return seq <= info.AckFloor.Stream, nil
 }
 
 // quarantined reports whether the inbox message seq of transaction id is
