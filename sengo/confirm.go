@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/sengo-relay/sengo-relay/event"
 )
 
@@ -40,6 +42,9 @@ type Confirmer struct {
 	clients      map[string]*Client
 	probes       map[string]*probe
 	checkTimeout time.Duration
+	// checks shares one call among checks of one transaction at the
+	// same moment (a flood of forged bodies for one id).
+	checks singleflight.Group
 }
 
 // ConfirmerOption configures a Confirmer.
@@ -115,11 +120,7 @@ func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction)
 	if !ok {
 		return tx, false, nil
 	}
-	// One try, bounded: the caller (intake) retries with its own backoff,
-	// and a check SenGo never answers must not hold it longer.
-	cctx, cancel := context.WithTimeout(ctx, c.checkTimeout)
-	got, err := client.check(cctx, tx.ID, false, 1)
-	cancel()
+	got, err := c.check(ctx, project, client, tx.ID)
 	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 		return Transaction{}, false, fmt.Errorf("check %s: %w (%s)", tx.ID, ErrCheckTimedOut, c.checkTimeout)
 	}
@@ -158,4 +159,25 @@ func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction)
 		return Transaction{}, false, &MismatchError{Reason: fmt.Sprintf("callback says %s, SenGo says pending", tx.Status), Callback: tx, SenGo: got, kind: ErrUnconfirmed}
 	}
 	return got, true, nil
+}
+
+// check is one try of GET /check/{id}, bounded by the check timeout (the
+// caller, intake, retries with its own backoff, and a check SenGo never
+// answers must not hold it longer), shared by every caller checking the
+// same transaction meanwhile: each forged body posted for a real
+// transaction cost a call of its own on the merchant's API key. A caller
+// whose context ends stops waiting; the call goes on for the others.
+func (c *Confirmer) check(ctx context.Context, project string, client *Client, id string) (Transaction, error) {
+	ch := c.checks.DoChan(project+"\x00"+id, func() (any, error) {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.checkTimeout)
+		defer cancel()
+		return client.check(cctx, id, false, 1)
+	})
+	select {
+	case r := <-ch:
+		got, _ := r.Val.(Transaction)
+		return got, r.Err
+	case <-ctx.Done():
+		return Transaction{}, ctx.Err()
+	}
 }

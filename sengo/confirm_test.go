@@ -5,8 +5,13 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/sengo"
@@ -77,5 +82,58 @@ func TestBare404IsNotTransactionNotFound(t *testing.T) {
 				t.Fatalf("Confirm: %v, want a retryable error naming the 404", err)
 			}
 		})
+	}
+}
+
+// Checks of one transaction at the same moment share one call to SenGo's
+// API: each forged body posted for a real transaction cost a check of
+// its own (up to 30 with its rechecks), on the merchant's API key, and a
+// flood of them could have SenGo throttle the key, delaying the genuine
+// notifications' checks and the merchant's own calls. Each caller still
+// compares SenGo's answer with its own notification.
+func TestChecksOfOneTransactionAtOnceShareOneCall(t *testing.T) {
+	sb, base := startSandbox(t, sandbox.Config{})
+	var checks atomic.Int64
+	target, _ := url.Parse(strings.TrimSuffix(base, "/api"))
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	counted := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/check/") {
+			checks.Add(1)
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(counted.Close)
+	client := sengo.NewClient(counted.URL+"/api", key, token)
+	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": client})
+	ctx := context.Background()
+	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-FLOOD", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb.SetFaults(sandbox.Faults{Latency: sandbox.Duration(500 * time.Millisecond)}) // every check in flight at once
+	const n = 16
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			claim := tx
+			claim.Status = event.StatusSuccess // forged: SenGo says pending
+			if i == 0 {
+				claim = tx // the genuine pending
+			}
+			_, _, errs[i] = c.Confirm(ctx, "shop", claim)
+		})
+	}
+	wg.Wait()
+	if errs[0] != nil {
+		t.Fatalf("the genuine pending: %v", errs[0])
+	}
+	for i, err := range errs[1:] {
+		if !errors.Is(err, sengo.ErrUnconfirmed) {
+			t.Fatalf("forged %d: %v, want ErrUnconfirmed", i+1, err)
+		}
+	}
+	if got := checks.Load(); got > 2 {
+		t.Fatalf("%d concurrent confirmations of one transaction made %d checks, want them to share one", n, got)
 	}
 }
