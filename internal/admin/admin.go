@@ -698,6 +698,9 @@ func ReplayRequest(eps []dispatcher.Endpoint, endpoint string, all bool, since, 
 		}
 		r.Statuses = append(r.Statuses, s)
 	}
+	if err := checkIDs("transaction", tx, ref); err != nil { // bounded before they reach a job's filter
+		return r, err
+	}
 	r.TransactionID, r.MerchantRef, r.DryRun = tx, ref, dry
 	return r, nil
 }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"html/template"
 	"io/fs"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -777,6 +778,25 @@ func fields(c echo.Context, names ...string) error {
 	return checkValues(form, names)
 }
 
+// replayFields refuses a field that the console's replay forms do not
+// send (unknown_parameter: the API's status or merchantRef, or endpoints,
+// were ignored, and the replay ran for every event of the window to every
+// endpoint), and one of theirs sent twice, statuses aside (empty_filter:
+// only the first was read). Empty values are the forms' own: every
+// endpoint, until now.
+func replayFields(form url.Values) error {
+	names := []string{"endpoint", "since", "until", "statuses", "transaction", "merchant_ref", "dry_run", csrfField}
+	for _, k := range slices.Sorted(maps.Keys(form)) {
+		if !slices.Contains(names, k) {
+			return apiError(http.StatusBadRequest, "unknown_parameter", fmt.Sprintf("%.40q is not a parameter of this route", k))
+		}
+		if k != "statuses" && len(form[k]) > 1 {
+			return apiError(http.StatusBadRequest, "empty_filter", k+" is repeated: give one value, or leave it out")
+		}
+	}
+	return nil
+}
+
 // dlqSelection reads ?seq= or ?endpoint= (or neither: every dead letter),
 // and refuses any field but those and more.
 func (cn *console) dlqSelection(c echo.Context, more ...string) (dispatcher.DLQFilter, string, error) {
@@ -1061,6 +1081,9 @@ func (cn *console) replayStart(c echo.Context) error {
 	form, err := c.FormParams()
 	if err != nil {
 		return echo.NewHTTPError(http.StatusBadRequest, "unreadable form")
+	}
+	if err := replayFields(form); err != nil {
+		return err
 	}
 	ep := form.Get("endpoint")
 	// transaction and merchant_ref come from the forms that run a job

@@ -597,6 +597,10 @@ func TestConsoleUnknownFieldsWidenNoAction(t *testing.T) {
 		{"/console/quarantine/purge", url.Values{"seqq": {"1"}}},
 		{"/console/quarantine/purge", url.Values{"project": {"main"}, "transaction": {"tx-1"}}},
 		{"/console/quarantine/redrive", url.Values{"seqq": {"1"}}},
+		// The API's spellings: without the check, a replay of every event of
+		// the day to orders, not one payment's success.
+		{"/console/replays", url.Values{"endpoint": {"orders"}, "since": {"24h"}, "status": {"success"}, "merchantRef": {"INV-1"}}},
+		{"/console/replays", url.Values{"endpoints": {"orders"}, "since": {"24h"}, "dry_run": {"true"}}},
 	} {
 		f.form.Set("_csrf", csrf)
 		resp, err := c.PostForm(hs.URL+f.path, f.form)
