@@ -191,10 +191,14 @@ type console struct {
 }
 
 var consoleFuncs = template.FuncMap{
-	"rupiah":       Rupiah,
-	"wib":          func(t time.Time) string { return t.In(wib).Format("2006-01-02 15:04:05 WIB") },
-	"iso":          func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) },
-	"join":         func(s []string) string { return strings.Join(s, ", ") },
+	"rupiah": Rupiah,
+	"wib":    func(t time.Time) string { return t.In(wib).Format("2006-01-02 15:04:05 WIB") },
+	"iso":    func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) },
+	"join":   func(s []string) string { return strings.Join(s, ", ") },
+	// pathseg makes a value one segment of a link's path: html/template
+	// leaves '/', '?' and '#' in a path as they are, and a transaction id
+	// is any caller's text.
+	"pathseg":      url.PathEscape,
 	"rates":        func(rows []rateRow, from time.Time) ratesView { return ratesView{rows, from} },
 	"progressView": func(j job, csrf string) progressView { return progressView{j, csrf} },
 	"percent": func(p dispatcher.ReplayProgress) int {
@@ -692,7 +696,7 @@ func (cn *console) search(c echo.Context) error {
 }
 
 func (cn *console) tx(c echo.Context) error {
-	project, id := c.Param("project"), c.Param("id")
+	project, id := c.Param("project"), txParam(c)
 	if !slices.Contains(cn.s.cfg.Projects, project) || id == "" || len(id) > 128 {
 		return echo.NewHTTPError(http.StatusNotFound, "no such transaction")
 	}

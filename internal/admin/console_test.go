@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"html"
 	"html/template"
 	"io"
 	"net/http"
@@ -671,5 +672,44 @@ func TestConsoleDeadLetterActionIsNotCutAtTheReadTimeout(t *testing.T) {
 	}
 	if info.State.Msgs != 0 {
 		t.Fatalf("%d dead letters left of %d", info.State.Msgs, n)
+	}
+}
+
+// A transaction id is any caller's text: a forged notification's id became
+// a link's path as it was ("/console/tx/main/../../quarantine/confirm?…"),
+// and the operator who clicked the merchantRef of a quarantined forgery
+// landed on the confirmation to purge every quarantined notification. It
+// is one path segment now, and the link opens that transaction's story.
+func TestConsoleLinksKeepATransactionIdInItsSegment(t *testing.T) {
+	hs, js := newServer(t)
+	const id = "../../quarantine/confirm?action=purge#x"
+	msg := &nats.Msg{Subject: event.QuarantineTxSubject("main", id), Data: bigNotification(id, 0), Header: nats.Header{event.HeaderProject: {"main"}}}
+	if _, err := js.PublishMsg(t.Context(), msg); err != nil {
+		t.Fatal(err)
+	}
+	c := browser(t)
+	signIn(t, c, hs.URL)
+	resp, err := c.Get(hs.URL + "/console/quarantine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`href="(/console/tx/[^"]*)"`).FindStringSubmatch(string(b))
+	if m == nil {
+		t.Fatalf("no link to the transaction in %s", b)
+	}
+	want := "/console/tx/main/" + url.PathEscape(id)
+	if got := html.UnescapeString(m[1]); got != want {
+		t.Fatalf("link %q, want %q", got, want)
+	}
+	resp, err = c.Get(hs.URL + want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(html.UnescapeString(string(b)), id) {
+		t.Fatalf("the link: %d, want the transaction's story: %.300s", resp.StatusCode, b)
 	}
 }

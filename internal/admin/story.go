@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"sort"
 	"strconv"
@@ -440,8 +441,22 @@ type timeline struct {
 	Truncated bool `json:"truncated"`
 }
 
+// txParam is the route's transaction id, unescaped: Echo routes on the
+// request's raw path when it has one (an id with '/', '?' or '#' in it,
+// escaped as the console's links write it) and then leaves its
+// parameters escaped.
+func txParam(c echo.Context) string {
+	id := c.Param("id")
+	if c.Request().URL.RawPath != "" {
+		if u, err := url.PathUnescape(id); err == nil {
+			return u
+		}
+	}
+	return id
+}
+
 func (s *Server) transaction(c echo.Context) error {
-	project, id := c.Param("project"), c.Param("id")
+	project, id := c.Param("project"), txParam(c)
 	if !slices.Contains(s.cfg.Projects, project) {
 		return apiError(http.StatusNotFound, "unknown_project", "project is not one of the configured projects")
 	}
