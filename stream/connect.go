@@ -1,7 +1,9 @@
 package stream
 
 import (
+	"errors"
 	"fmt"
+	"net/url"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -85,7 +87,20 @@ func Connect(cfg ConnectConfig, extra ...nats.Option) (*nats.Conn, error) {
 	opts = append(opts, extra...)
 	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to nats: %w", err)
+		return nil, fmt.Errorf("connect to nats: %w", WithoutURL(err))
 	}
 	return nc, nil
+}
+
+// ErrUnparsableURL replaces nats.go's error for a server URL that does not
+// parse, which repeats the URL, password included.
+var ErrUnparsableURL = errors.New("a server URL does not parse as a URL (a password with '%', '/' or '#' in it must be percent-encoded)")
+
+// WithoutURL is err from nats.Connect, with ErrUnparsableURL in place of
+// an error that repeats an unparsable server URL.
+func WithoutURL(err error) error {
+	if _, ok := errors.AsType[*url.Error](err); ok {
+		return ErrUnparsableURL
+	}
+	return err
 }

@@ -73,3 +73,16 @@ func TestReadQueueKeepsGetsSmall(t *testing.T) {
 		t.Errorf("a direct get allocated %d KiB (client and server), want under 256 KiB", per>>10)
 	}
 }
+
+// A server URL that does not parse fails the connection with an error that
+// does not repeat it: nats.go's does, password included, and it was
+// printed at start.
+func TestAnUnparsableURLIsNotRepeated(t *testing.T) {
+	_, err := stream.Connect(stream.ConnectConfig{URL: "nats://relay:ab%zz-secret@nats-1:4222", Name: "test"})
+	if err == nil {
+		t.Fatal("connected")
+	}
+	if strings.Contains(err.Error(), "secret") || strings.Contains(err.Error(), "%zz") {
+		t.Fatalf("the error repeats the URL: %v", err)
+	}
+}

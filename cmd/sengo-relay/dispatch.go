@@ -81,7 +81,7 @@ func cliConnect(cfg config.Config) (*nats.Conn, jetstream.JetStream, error) {
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to %s (is the relay running?): %w", verify.RedactServerURLs(url), err)
+		return nil, nil, fmt.Errorf("connect to %s (is the relay running?): %w", verify.RedactServerURLs(url), stream.WithoutURL(err))
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

@@ -315,6 +315,18 @@ func (c *Config) Validate() error {
 	if c.NATS.Replicas < 1 || c.NATS.Replicas > 5 {
 		bad("nats.replicas: %d is outside 1 to 5", c.NATS.Replicas)
 	}
+	if c.NATS.URL != "" {
+		// As nats.go reads the list. The value is not repeated: it may
+		// hold a password.
+		for i, u := range strings.Split(c.NATS.URL, ",") {
+			if u = strings.TrimSpace(u); !strings.Contains(u, "://") {
+				u = "nats://" + u
+			}
+			if _, err := url.Parse(u); err != nil {
+				bad("nats.url: server %d of the list does not parse as a URL (a password with '%%', '/' or '#' in it must be percent-encoded)", i+1)
+			}
+		}
+	}
 	if c.NATS.URL == "" && c.NATS.Replicas > 1 {
 		bad("nats.replicas: %d needs a cluster; the embedded server is a single node (set nats.url)", c.NATS.Replicas)
 	}

@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -179,11 +181,12 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 			// would come at once and spend the budget in moments.
 			bad("%s.retry.retry_after_max: %v is under 1s", at, time.Duration(e.Retry.RetryAfterMax))
 		}
-		if e.Retry.Jitter < 0 || e.Retry.Jitter > 1 {
+		// Written so that NaN fails too: it fails every comparison.
+		if !(e.Retry.Jitter >= 0 && e.Retry.Jitter <= 1) {
 			bad("%s.retry.jitter: %v is outside 0 to 1", at, e.Retry.Jitter)
 		}
-		if e.RateLimit < 0 {
-			bad("%s.rate_limit: must not be negative", at)
+		if !(e.RateLimit >= 0) || math.IsInf(e.RateLimit, 1) {
+			bad("%s.rate_limit: %v is not a number of events per second (0: none)", at, e.RateLimit)
 		}
 		for k, v := range e.Headers {
 			if http.CanonicalHeaderKey(k) == "" || !validHeader.MatchString(k) {
@@ -221,6 +224,8 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 		}
 		if c.Admin.Listen == "" {
 			bad("admin.listen: required when admin.token is set")
+		} else if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
+			bad("admin.listen: %.80q is not host:port", c.Admin.Listen)
 		}
 	}
 }

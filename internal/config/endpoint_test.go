@@ -201,3 +201,55 @@ func TestEndpointHeaderValueWithCRLFIsAnError(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// Values that pass a range check by not being numbers or addresses at
+// all are refused, each by its key:
+//   - NaN fails every comparison, so "jitter < 0 || jitter > 1" let it
+//     through; the delays it made were negative, every retry came at once
+//     and a minute's outage spent an endpoint's three-day schedule in
+//     seconds. rate_limit: NaN meant no limit.
+//   - a nats.url that does not parse passed, and failed at start with an
+//     error that repeats it whole, password included;
+//   - an admin.listen that is no host:port passed, and failed once the
+//     relay had started everything else, as "intake failed to start".
+func TestNotANumberAndOddAddressesAreRefused(t *testing.T) {
+	body := minimal + `nats: {url: "nats://relay:ab%zz@nats-1:4222"}
+admin: {token: 0123456789abcdef0123, listen: "8081"}
+endpoints:
+  orders:
+    url: https://orders.example/
+    secrets: [` + whsec + `]
+    filter: {all: true}
+    retry: {jitter: .nan}
+    rate_limit: .nan
+  fulfil:
+    url: https://f.example/
+    secrets: [` + whsec + `]
+    filter: {all: true}
+    rate_limit: .inf
+`
+	_, err := Load(write(t, body), noEnv)
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{"endpoints.orders.retry.jitter", "endpoints.orders.rate_limit", "endpoints.fulfil.rate_limit", "nats.url", "admin.listen"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s", want)
+		}
+	}
+	if strings.Contains(err.Error(), "ab%zz") {
+		t.Errorf("the error repeats nats.url's password: %v", err)
+	}
+	if t.Failed() {
+		t.Log(err)
+	}
+	_, err = Load(write(t, minimal+`endpoints:
+  orders:
+    url: https://orders.example/
+    secrets: [`+whsec+`]
+    filter: {all: true}
+`), env(map[string]string{"SENGO_RELAY_ENDPOINTS_ORDERS_RETRY_JITTER": "NaN"}))
+	if err == nil || !strings.Contains(err.Error(), "retry.jitter") {
+		t.Errorf("jitter NaN from the environment: %v", err)
+	}
+}

@@ -63,11 +63,12 @@ func Describe() string {
 	if ep == "" {
 		ep = "http://localhost:4318"
 	}
-	if u, err := url.Parse(ep); err == nil {
-		u.User, u.RawQuery = nil, ""
-		ep = u.String()
+	u, err := url.Parse(ep)
+	if err != nil {
+		return "OTLP/HTTP to an endpoint that does not parse as a URL" // not repeated: it may hold credentials
 	}
-	return "OTLP/HTTP to " + ep
+	u.User, u.RawQuery = nil, ""
+	return "OTLP/HTTP to " + u.String()
 }
 
 // ErrProtocol: the OTLP protocol asked for is not the one built in.

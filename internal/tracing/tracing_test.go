@@ -41,6 +41,11 @@ func TestDescribeHidesCredentials(t *testing.T) {
 	if d := Describe(); strings.Contains(d, "s3cret") || strings.Contains(d, "k3y") || !strings.Contains(d, "collector.example:4318") {
 		t.Errorf("Describe() = %q", d)
 	}
+	// One that does not parse is not repeated either.
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "https://user:s3%zzcret@collector.example:4318/")
+	if d := Describe(); strings.Contains(d, "s3") || strings.Contains(d, "cret") {
+		t.Errorf("Describe() = %q", d)
+	}
 }
 
 // With OTEL_EXPORTER_OTLP_ENDPOINT set, spans reach the collector over
