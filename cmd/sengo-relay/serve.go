@@ -61,9 +61,11 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	// /healthz fails meanwhile: nothing works on it any more, and a
 	// restart is the cure.
 	connLost := make(chan error, 2)
-	var lost atomic.Value // error
+	// The first error only. (An atomic.Value panicked when a second one
+	// was of another type: a connection closed for good, then a failed fsync.)
+	var lost atomic.Pointer[error]
 	fatal := func(err error) {
-		lost.CompareAndSwap(nil, err)
+		lost.CompareAndSwap(nil, &err)
 		select {
 		case connLost <- err:
 		default:
@@ -184,8 +186,8 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		RetryAfter:     cfg.HTTP.RetryAfter.D(),
 		TrustedProxies: trusted,
 		Live: func() error {
-			if err, _ := lost.Load().(error); err != nil {
-				return err
+			if err := lost.Load(); err != nil {
+				return *err
 			}
 			return nil
 		},
