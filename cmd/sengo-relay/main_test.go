@@ -684,3 +684,18 @@ func TestCheckedInConfigRunsGroupCommit(t *testing.T) {
 		t.Fatalf("%v fsyncs served %v writers after 8 callbacks answered 200: the 200s did not wait for the relay's fsync", fsyncs, writers)
 	}
 }
+
+// nats.storage: memory (tests only) keeps nothing across a restart, so a
+// 200 to SenGo is not durable whatever the fsync setting: check-config
+// says so, where it used to print "fsync always (group commit)" alone.
+func TestCheckConfigWarnsOfMemoryStorage(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(path, []byte("nats: {storage: memory}\nprojects:\n  main: {}\n"), 0o600)
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"check-config", "--config", path}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "memory storage: everything stored is lost on restart") {
+		t.Errorf("check-config does not warn of memory storage:\n%s", out.String())
+	}
+}

@@ -178,6 +178,9 @@ func printSummary(w io.Writer, path string, cfg config.Config) error {
 	if cfg.NATS.URL != "" {
 		nats = "external " + verify.RedactServerURLs(cfg.NATS.URL)
 	}
+	if cfg.NATS.Storage == "memory" {
+		nats += "; " + memoryWarning
+	}
 	fmt.Fprintf(w, "%s: ok\n  http   %s\n  nats   %s, replicas %d\n  traces %s\n", path, cfg.HTTP.Listen, nats, cfg.NATS.Replicas, tracing.Describe())
 	for _, name := range cfg.ProjectNames() {
 		p := cfg.Projects[name]
@@ -214,6 +217,9 @@ func printSummary(w io.Writer, path string, cfg config.Config) error {
 	}
 	return nil
 }
+
+// memoryWarning is what check-config and serve say of nats.storage: memory.
+const memoryWarning = "memory storage: everything stored is lost on restart, and a 200 to SenGo is not durable (tests only)"
 
 func onOff(b bool) string {
 	if b {

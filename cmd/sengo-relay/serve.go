@@ -107,6 +107,9 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		readers = append(readers, r)
 	}
 	spec := provisionSpec(cfg)
+	if cfg.NATS.Storage == "memory" {
+		log.Error().Msg(memoryWarning)
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
