@@ -574,10 +574,7 @@ func (s *Server) dlqRedrive(c echo.Context) error {
 	}
 	n, err := s.eachSelected(c, dispatcher.Redrive)
 	s.auditAPI(c, "redrive dead letters", "", n, err)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, map[string]int{"redriven": n})
+	return s.acted(c, "redriven", n, err)
 }
 
 // dlqPurge deletes the dead letters selected by the query. An empty
@@ -588,10 +585,29 @@ func (s *Server) dlqPurge(c echo.Context) error {
 	}
 	n, err := s.eachSelected(c, dispatcher.Purge)
 	s.auditAPI(c, "purge dead letters", "", n, err)
-	if err != nil {
+	return s.acted(c, "purged", n, err)
+}
+
+// acted answers an action on what it selected: its count (field: redriven
+// or purged) when it finished; when the store failed part way, 503
+// action_incomplete with the count done, so that an operator can tell
+// nothing from some (the error alone read as a read to narrow, or an
+// internal error). A refusal before anything was done is answered as is.
+func (s *Server) acted(c echo.Context, field string, n int, err error) error {
+	if err == nil {
+		return c.JSON(http.StatusOK, map[string]int{field: n})
+	}
+	if _, refused := errors.AsType[*echo.HTTPError](err); refused {
 		return err
 	}
-	return c.JSON(http.StatusOK, map[string]int{"purged": n})
+	s.cfg.Logger.Error().Err(err).Str("path", c.Path()).Int(field, n).Msg("admin action stopped part way")
+	return c.JSON(http.StatusServiceUnavailable, map[string]any{field: n, "error": errorMsg{Code: "action_incomplete", Message: incomplete(n)}})
+}
+
+// incomplete says what an action that stopped part way did, and what to
+// do about it (the store's error is in the log).
+func incomplete(n int) string {
+	return fmt.Sprintf("stopped part way: %d done before the store failed; run it again to finish: what is done is not done twice", n)
 }
 
 // needsFilter refuses, with code, an action on dead letters that names
@@ -814,10 +830,7 @@ func (s *Server) quarantineRedrive(c echo.Context) error {
 		return receiver.RedriveQuarantine(ctx, s.cfg.JetStream, batch, s.cfg.Durable)
 	})
 	s.auditAPI(c, "redrive quarantined", "", n, err)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, map[string]int{"redriven": n})
+	return s.acted(c, "redriven", n, err)
 }
 
 // quarantinePurge deletes the selected quarantined notifications; with no
@@ -835,8 +848,5 @@ func (s *Server) quarantinePurge(c echo.Context) error {
 		return receiver.PurgeQuarantine(ctx, s.cfg.JetStream, batch)
 	})
 	s.auditAPI(c, "purge quarantined", "", n, err)
-	if err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, map[string]int{"purged": n})
+	return s.acted(c, "purged", n, err)
 }

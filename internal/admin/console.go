@@ -934,7 +934,7 @@ func (cn *console) dlqAct(c echo.Context) error {
 	})
 	cn.act(c, "dead letters "+action, what, err, n)
 	if err != nil {
-		return err
+		return cn.incomplete(c, err, n, "/console/dlq")
 	}
 	return c.Redirect(http.StatusSeeOther, cn.done("/console/dlq", fmt.Sprintf("%s: %d dead letter(s).", action, n)))
 }
@@ -1060,9 +1060,20 @@ func (cn *console) quarantineAct(c echo.Context) error {
 	}
 	cn.act(c, "quarantine "+action, fmt.Sprintf("seq %d (0: all)", f.Seq), err, n)
 	if err != nil {
-		return err
+		return cn.incomplete(c, err, n, "/console/quarantine")
 	}
 	return c.Redirect(http.StatusSeeOther, cn.done("/console/quarantine", fmt.Sprintf("%s: %d notification(s).", action, n)))
+}
+
+// incomplete shows an action that the store stopped part way, and how much
+// of it was done (the API's action_incomplete); a refusal is shown as is.
+func (cn *console) incomplete(c echo.Context, err error, n int, back string) error {
+	if _, refused := errors.AsType[*echo.HTTPError](err); refused {
+		return err
+	}
+	cn.s.cfg.Logger.Error().Err(err).Str("path", c.Path()).Int("done", n).Msg("console action stopped part way")
+	return cn.render(c, http.StatusServiceUnavailable, "confirm", view{Title: "Stopped part way", CSRF: cn.csrf(c),
+		Data: confirmData{Question: "This action stopped part way", Detail: incomplete(n), Back: back}})
 }
 
 func (cn *console) replays(c echo.Context) error {

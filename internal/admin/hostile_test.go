@@ -555,3 +555,40 @@ func TestDeadLetterPagesAreBoundedInSize(t *testing.T) {
 		t.Fatalf("purge: %d %s", code, body)
 	}
 }
+
+// An action that stops part way says how much it did: a redrive whose
+// copies the store stopped taking answered 500 internal_error (or 503
+// read_timeout, "narrow the filter"), and the operator could not tell
+// "nothing happened" from "two of five happened". Running it again
+// finishes it.
+func TestAnActionStoppedPartWaySaysHowMuchItDid(t *testing.T) {
+	hs, js := newServer(t)
+	for i := range 5 {
+		storeQuarantinedFor(t, js, fmt.Sprintf("tx-part-%d", i))
+	}
+	ctx := t.Context()
+	s, err := js.Stream(ctx, event.StreamInbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.MaxMsgs, cfg.Discard = 2, jetstream.DiscardNew // the store takes two copies, then refuses
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	code, body := call(t, hs, http.MethodPost, "/admin/quarantine/redrive?all=true", "", token)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, `"code":"action_incomplete"`) || !strings.Contains(body, `"redriven":2`) {
+		t.Fatalf("redrive stopped part way: %d %s, want 503 action_incomplete with redriven 2", code, body)
+	}
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	resp, err := c.PostForm(hs.URL+"/console/quarantine/redrive", url.Values{"_csrf": {csrf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), "0 done") {
+		t.Fatalf("the console's redrive stopped at once: %d %.400s, want 503 saying 0 done", resp.StatusCode, b)
+	}
+}
