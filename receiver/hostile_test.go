@@ -959,7 +959,10 @@ func TestCheckOutageIsRetriedNotQuarantined(t *testing.T) {
 func TestCheckNeverAnsweredForOneIDIsQuarantined(t *testing.T) {
 	sb, client := startSandboxHanging(t, "forged-hang")
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
-		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		// The check outlasts every attempt's processing time: with its own
+		// timeout shorter, a later attempt joining the same shared call
+		// would see it time out, and never run out of time.
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}, sengo.CheckTimeout(time.Hour))
 		ic.ConfirmAttempts = 2
 		ic.Workers, ic.MaxAckPending, ic.AckWait = 1, 1, 1500*time.Millisecond
 	})
