@@ -751,6 +751,12 @@ func TestAdminReplayList(t *testing.T) {
 // as though it were all, so a flood of forged claims left the rest behind
 // an operator who believed the quarantine was cleared.
 func TestQuarantineActionsReachEveryOne(t *testing.T) {
+	if raceDetector {
+		// Volume, not concurrency (the smaller tests of the same paths run
+		// under the detector): one of the three slowest tests under it.
+		// The -short pass runs it without.
+		t.Skip("not under the race detector: the -short pass runs it")
+	}
 	hs, js := newServer(t)
 	const n = 10050
 	store := func() {

@@ -458,6 +458,12 @@ func confirmPurge(t *testing.T, c *http.Client, base string, n int) string {
 // touched only the newest 10,000 the page lists, and the rest stayed
 // behind an operator told the quarantine was handled.
 func TestConsoleQuarantineActionsReachEveryOne(t *testing.T) {
+	if raceDetector {
+		// Volume, not concurrency (the smaller tests of the same paths run
+		// under the detector): one of the three slowest tests under it.
+		// The -short pass runs it without.
+		t.Skip("not under the race detector: the -short pass runs it")
+	}
 	hs, js := newServer(t)
 	const n = 10050
 	natstest.PublishMany(t, js, n, func(i int) *nats.Msg {

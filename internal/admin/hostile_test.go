@@ -519,6 +519,12 @@ func TestQuarantineListingIsBoundedInTime(t *testing.T) {
 // cursor names the next, and the pages together still reach every one;
 // a purge of them all goes a bounded page at a time too.
 func TestDeadLetterPagesAreBoundedInSize(t *testing.T) {
+	if raceDetector {
+		// Volume, not concurrency (the smaller tests of the same paths run
+		// under the detector): one of the three slowest tests under it.
+		// The -short pass runs it without.
+		t.Skip("not under the race detector: the -short pass runs it")
+	}
 	hs, js := newServer(t)
 	const n = 24
 	raw := strings.Repeat("x", 1<<20)
