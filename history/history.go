@@ -318,7 +318,7 @@ func Lookup(ctx context.Context, js jetstream.JetStream, project, merchantRef st
 			if err != nil {
 				break
 			}
-			after, err := strconv.ParseUint(m.Header.Get(numPendingHeader), 10, 64)
+			after, err := strconv.ParseUint(m.Header.Get(stream.NumPendingHeader), 10, 64)
 			if err != nil || seen && after+1 != left {
 				break
 			}
@@ -347,9 +347,6 @@ func Lookup(ctx context.Context, js jetstream.JetStream, project, merchantRef st
 // afterRef is called after each message of Lookup's batched get (tests:
 // a deadline that passes mid-batch).
 var afterRef = func(context.Context) {}
-
-// numPendingHeader is how many matches follow a message of a batched get.
-const numPendingHeader = "Nats-Num-Pending"
 
 func clamp(limit int) int {
 	if limit <= 0 || limit > MaxRead {

@@ -12,9 +12,9 @@ import (
 	"github.com/synadia-io/orbit.go/jetstreamext"
 )
 
-// numPendingHeader is how many messages match after this one, on each
+// NumPendingHeader is how many messages match after this one, on each
 // message of a batched direct get.
-const numPendingHeader = "Nats-Num-Pending"
+const NumPendingHeader = "Nats-Num-Pending"
 
 // readBatch is how many messages one direct get of ReadSubject asks for.
 const readBatch = 256
@@ -81,9 +81,9 @@ func ReadSubject(ctx context.Context, js jetstream.JetStream, stream, subject st
 				if err != nil {
 					return got, false, err
 				}
-				after, err := strconv.ParseUint(m.Header.Get(numPendingHeader), 10, 64)
+				after, err := strconv.ParseUint(m.Header.Get(NumPendingHeader), 10, 64)
 				if err != nil {
-					return got, false, fmt.Errorf("%s at sequence %d: %w", numPendingHeader, m.Sequence, err)
+					return got, false, fmt.Errorf("%s at sequence %d: %w", NumPendingHeader, m.Sequence, err)
 				}
 				if started {
 					switch {

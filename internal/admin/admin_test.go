@@ -153,6 +153,9 @@ func TestAdminInputErrors(t *testing.T) {
 		{http.MethodPost, "/admin/replays", `{"endpoint":"orders","all":true,"since":"1h"}`},
 		{http.MethodPost, "/admin/replays", `{"endpoint":"orders","since":"1h","statuses":["paid"]}`},
 		{http.MethodPost, "/admin/replays", `not json`},
+		// A transaction or merchantRef longer than SenGo's is bounded before it reaches a job's filter.
+		{http.MethodPost, "/admin/replays", `{"endpoint":"orders","since":"1h","dry_run":true,"transaction":"` + strings.Repeat("t", 129) + `"}`},
+		{http.MethodPost, "/admin/replays", `{"endpoint":"orders","since":"1h","dry_run":true,"merchant_ref":"` + strings.Repeat("r", 256) + `"}`},
 	}
 	for _, tt := range tests {
 		if code, body := call(t, hs, tt.method, tt.path, tt.body, token); code != 400 {

@@ -630,6 +630,25 @@ func TestConsoleUnknownFieldsWidenNoAction(t *testing.T) {
 			t.Errorf("GET %s: %d, want 400", p, resp.StatusCode)
 		}
 	}
+	// A field of the replay form sent twice: only the first was read.
+	resp, err := c.PostForm(hs.URL+"/console/replays", url.Values{"_csrf": {csrf}, "endpoint": {"orders", "orders"}, "since": {"24h"}, "dry_run": {"true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), `"empty_filter"`) {
+		t.Errorf("a replay with endpoint twice: %d %s, want 400 empty_filter", resp.StatusCode, b)
+	}
+	// A transaction id longer than SenGo's is refused before it reaches a job's filter.
+	resp, err = c.PostForm(hs.URL+"/console/replays", url.Values{"_csrf": {csrf}, "endpoint": {"orders"}, "since": {"24h"}, "dry_run": {"true"}, "transaction": {strings.Repeat("t", 129)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("a replay of a 129-byte transaction id: %d, want 400", resp.StatusCode)
+	}
 	if n := msgsIn(t, js, event.StreamDLQ); n != 2 {
 		t.Errorf("%d of 2 dead letters left after refused purges", n)
 	}
