@@ -1,0 +1,74 @@
+package apicheck
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+const doc = `openapi: 3.1.0
+info: {title: t, version: "1"}
+paths:
+  /items/{id}:
+    get:
+      parameters:
+        - {name: id, in: path, required: true, schema: {type: string}}
+      responses:
+        "200":
+          description: the item
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [id]
+                properties: {id: {type: string}}
+                additionalProperties: false
+        default:
+          description: an error
+          content:
+            application/json:
+              schema: {type: object}
+`
+
+func check(t *testing.T, status int, body string) []string {
+	t.Helper()
+	d, err := New([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := d.Problems(); len(p) > 0 {
+		t.Fatalf("the test's document: %v", p)
+	}
+	req := httptest.NewRequest(http.MethodGet, "/items/a", nil)
+	resp := &http.Response{StatusCode: status, Header: http.Header{"Content-Type": {"application/json"}}, Request: req}
+	return d.Check(req, resp, []byte(body))
+}
+
+// A response as documented passes; one with a field the schema does not
+// have, or a status listed only by the default response, does not.
+func TestCheck(t *testing.T) {
+	if p := check(t, 200, `{"id":"a"}`); len(p) > 0 {
+		t.Errorf("a documented answer: %v", p)
+	}
+	if p := check(t, 200, `{"id":"a","secret":"x"}`); len(p) == 0 {
+		t.Error("a field the schema does not have passed")
+	}
+	if p := check(t, 503, `{}`); len(p) == 0 || !strings.Contains(strings.Join(p, " "), "does not list") {
+		t.Errorf("a status only the default response covers: %v", p)
+	}
+}
+
+// An operation the document does not have is named as such.
+func TestStatusesOfAnUnknownOperation(t *testing.T) {
+	d, err := New([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := d.Statuses(http.MethodPost, "/items/a"); ok || err != nil {
+		t.Errorf("POST /items/a: ok %v, err %v", ok, err)
+	}
+	if codes, ok, _ := d.Statuses(http.MethodGet, "/items/a"); !ok || strings.Join(codes, ",") != "200" {
+		t.Errorf("GET /items/a: %v %v", codes, ok)
+	}
+}
