@@ -486,7 +486,7 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 	defer cancel()
 	var (
 		g, gctx      = errgroup.WithContext(ctx)
-		moreN, moreQ bool
+		moreN, moreQ, moreD bool
 		// What the first notification of each part claimed, read from
 		// its whole body before it is cut to an excerpt.
 		claimN, claimQ *sengo.Transaction
@@ -505,7 +505,10 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 		})
 	})
 	g.Go(func() (err error) {
-		tl.DeadLetters, err = dispatcher.ListDLQ(gctx, s.reader(), dispatcher.DLQFilter{Project: project, TransactionID: id})
+		tl.DeadLetters, err = dispatcher.ListDLQ(gctx, s.reader(), dispatcher.DLQFilter{Project: project, TransactionID: id, Limit: maxTimeline + 1})
+		if len(tl.DeadLetters) > maxTimeline {
+			tl.DeadLetters, moreD = tl.DeadLetters[:maxTimeline], true
+		}
 		return err
 	})
 	g.Go(func() error {
@@ -556,7 +559,7 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 	if err := g.Wait(); err != nil {
 		return tl, err
 	}
-	tl.Truncated = moreN || moreQ || slices.Contains(moreA, true)
+	tl.Truncated = moreN || moreQ || moreD || slices.Contains(moreA, true)
 	tl.Events, tl.Attempts = []eventView{}, []history.Attempt{}
 	for i := range tx.Changes {
 		if events[i] != nil {

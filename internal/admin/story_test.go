@@ -343,3 +343,34 @@ func TestStoryBodiesAreBounded(t *testing.T) {
 		check(fmt.Sprintf("quarantined %d: SenGo's version", i), q.SenGo, q.SenGoBytes, q.SenGoTruncated)
 	}
 }
+
+// A story's dead letters are bounded like its other parts (openapi.yaml:
+// at most 200, truncated says so): they were read whole, so a transaction
+// whose event an endpoint dead-letters again at each redrive grew its
+// story, and the relay's memory, without a bound.
+func TestStoryDeadLettersAreBounded(t *testing.T) {
+	hs, js := newServer(t)
+	body := fmt.Appendf(nil, `{"responseCode":200,"responseMessage":"success","responseData":{"id":"D1","merchantRef":"REF-D1","status":"success","feePayer":"customer","amount":10000,"fee":85,"totalAmount":10085,"expiredDate":"2025-03-23T10:24:58+07:00","paidDate":"2025-03-23T10:05:12+07:00","retail":{"viewName":"M","channel":"alfamart","paymentCode":"123"}}}`)
+	if _, err := js.PublishMsg(context.Background(), &nats.Msg{Subject: event.InboxTxSubject("main", "D1"), Data: body, Header: nats.Header{
+		event.HeaderProject: []string{"main"}}}); err != nil {
+		t.Fatal(err)
+	}
+	ev := []byte(`{"specversion":"1.0","id":"evt_d1","source":"sengo/main","data":{"transactionId":"D1","merchantRef":"REF-D1"}}`)
+	for range maxTimeline + 3 {
+		storeDLQFor(t, js, "orders", "D1", ev)
+	}
+	code, got := call(t, hs, http.MethodGet, "/admin/transactions/main/D1", "", token)
+	if code != 200 {
+		t.Fatalf("story: %d %.300s", code, got)
+	}
+	var tl struct {
+		DeadLetters []dispatcher.DLQEntry `json:"deadLetters"`
+		Truncated   bool                  `json:"truncated"`
+	}
+	if err := json.Unmarshal([]byte(got), &tl); err != nil {
+		t.Fatal(err)
+	}
+	if len(tl.DeadLetters) != maxTimeline || !tl.Truncated {
+		t.Errorf("a story of %d dead letters holds %d, truncated %v; want %d and truncated", maxTimeline+3, len(tl.DeadLetters), tl.Truncated, maxTimeline)
+	}
+}
