@@ -25,6 +25,11 @@ const (
 	// its stream dropped it (an old event's first attempts, a long
 	// Retry-After); it is dead-lettered before it is lost.
 	ReasonExpiringBeforeRetry = "expiring_before_retry"
+	// ReasonExpiringInBacklog: the endpoint, not paused but slower than its
+	// events came (a rate limit, a slow consumer), had not reached the
+	// event when it was about to age out; it is dead-lettered before it is
+	// lost.
+	ReasonExpiringInBacklog = "expiring_in_backlog"
 )
 
 // DeadLetter is a message of SENGO_DLQ (subject sengo.dlq.<endpoint>.<16 hex

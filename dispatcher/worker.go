@@ -103,6 +103,10 @@ type Worker struct {
 	// replayMaxAge is SENGO_REPLAY's (0: none), for replayed and redriven
 	// copies the same way.
 	replayMaxAge time.Duration
+	// events and replays are SENGO_EVENTS and SENGO_REPLAY, where the
+	// expiry guard reads the age of the first event the endpoint has not
+	// been given.
+	events, replays jetstream.Stream
 }
 
 // NewWorker creates or updates the endpoint's durable consumers. The
@@ -142,11 +146,11 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", event.StreamEvents, err)
 	}
-	w.maxAge = s.CachedInfo().Config.MaxAge
+	w.maxAge, w.events = s.CachedInfo().Config.MaxAge, s
 	if s, err = cfg.JetStream.Stream(ctx, event.StreamReplay); err != nil {
 		return nil, fmt.Errorf("stream %s: %w", event.StreamReplay, err)
 	}
-	w.replayMaxAge = s.CachedInfo().Config.MaxAge
+	w.replayMaxAge, w.replays = s.CachedInfo().Config.MaxAge, s
 	return w, nil
 }
 
@@ -323,7 +327,67 @@ func (w *Worker) guardExpiry(ctx context.Context) {
 		}
 		for w.replayMaxAge > 0 && paused() && w.sweepOne(ctx, w.replay, w.replayMaxAge, true) {
 		}
+		if !paused() && ctx.Err() == nil {
+			if w.maxAge > 0 {
+				w.sweepBacklog(ctx, w.live, w.events, w.maxAge, false)
+			}
+			if w.replayMaxAge > 0 {
+				w.sweepBacklog(ctx, w.replay, w.replays, w.replayMaxAge, true)
+			}
+		}
 	}
+}
+
+// backlogBatch is how many waiting messages sweepBacklog takes at a time.
+const backlogBatch = 64
+
+// sweepBacklog guards an endpoint that is not paused but slower than its
+// events come (a rate limit, a slow consumer, a backfill): when its
+// backlog's first event is about to age out of its stream (s, kept for
+// maxAge), the events that are are dead-lettered with
+// ReasonExpiringInBacklog, backlogBatch at a time, before the stream drops
+// them without a trace; the others are put back for the workers. When
+// nothing is due it costs two reads: the consumer's info and the first
+// event it has not given out.
+func (w *Worker) sweepBacklog(ctx context.Context, cons jetstream.Consumer, s jetstream.Stream, maxAge time.Duration, replayed bool) {
+	for ctx.Err() == nil && w.backlogDue(ctx, cons, s, maxAge) && w.sweepBatch(ctx, cons, maxAge, replayed) {
+	}
+}
+
+// backlogDue reports whether the first message of s that cons has not
+// given out yet is about to age out (its own subject aside: no message
+// cons has not given out is older).
+func (w *Worker) backlogDue(ctx context.Context, cons jetstream.Consumer, s jetstream.Stream, maxAge time.Duration) bool {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	info, err := cons.Info(rctx)
+	if err != nil || info.NumPending == 0 {
+		return false
+	}
+	m, err := s.GetMsg(rctx, info.Delivered.Stream+1, jetstream.WithGetMsgSubject(">"))
+	return err == nil && time.Since(m.Time) >= maxAge-expiryGuard(maxAge)
+}
+
+// sweepBatch takes the next messages waiting on cons, dead-letters those
+// about to age out and puts the others back; it reports whether it
+// dead-lettered any.
+func (w *Worker) sweepBatch(ctx context.Context, cons jetstream.Consumer, maxAge time.Duration, replayed bool) bool {
+	batch, err := cons.FetchNoWait(backlogBatch)
+	if err != nil {
+		return false
+	}
+	dead := false
+	for msg := range batch.Messages() {
+		meta, err := msg.Metadata()
+		if err != nil || time.Since(meta.Timestamp) < maxAge-expiryGuard(maxAge) {
+			_ = msg.Nak() // not due: back to the workers
+			continue
+		}
+		if w.expire(ctx, msg, meta, replayed, ReasonExpiringInBacklog) {
+			dead = true
+		}
+	}
+	return dead
 }
 
 // sweepOne takes the oldest message waiting on cons (the live consumer,
@@ -353,6 +417,13 @@ func (w *Worker) sweepOne(ctx context.Context, cons jetstream.Consumer, maxAge t
 		_ = msg.Nak() // not due: back to the paused endpoint
 		return false
 	}
+	return w.expire(ctx, msg, meta, replayed, ReasonExpiring)
+}
+
+// expire dead-letters msg, about to age out of its stream, for reason; it
+// puts it back when its attempt record cannot be read, and reports
+// whether it dead-lettered it.
+func (w *Worker) expire(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, replayed bool, reason string) bool {
 	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	ev, _ := event.Unmarshal(msg.Data())
@@ -366,7 +437,7 @@ func (w *Worker) sweepOne(ctx context.Context, cons jetstream.Consumer, maxAge t
 		_ = msg.Nak()
 		return false
 	}
-	w.deadLetter(mctx, msg, meta, ev, key, rec, ReasonExpiring, replayed)
+	w.deadLetter(mctx, msg, meta, ev, key, rec, reason, replayed)
 	return true
 }
 

@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -356,6 +357,43 @@ func TestAnEventWhoseNextRetryComesTooLateIsDeadLettered(t *testing.T) {
 	poll.Within(t, 20*time.Second, "dead-lettered before it ages out", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
 	if d := h.deadLetters()[0]; d.EventID != ev.ID || d.Reason != ReasonExpiringBeforeRetry || d.Attempts < 1 || d.Attempts > 2 {
 		t.Fatalf("dead letter %+v, want %s after one or two attempts", d, ReasonExpiringBeforeRetry)
+	}
+}
+
+// An endpoint that is not paused but slower than its events come (here
+// its rate limit, one a second, against twelve at once) never reached the
+// end of a backlog older than SENGO_EVENTS keeps events: they aged out
+// without a trace, since the expiry guard ran only while the endpoint was
+// paused. Those about to age out are now dead-lettered
+// (expiring_in_backlog); the others are delivered.
+func TestABacklogAgingOutOfAnEndpointNotPausedIsDeadLettered(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	h := newHarness(t)
+	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second }) // the guard acts in its last 600 ms
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	ep.RateLimit = 1
+	w := h.start(ep)
+	const n = 12
+	for i := range n {
+		h.publish(fmt.Sprintf("tx-backlog-%d", i), event.StatusSuccess, "")
+	}
+	// Done when each is delivered or dead-lettered, or when the stream has
+	// dropped every event (6 s after the first).
+	poll.Within(t, 20*time.Second, "every event delivered, dead-lettered or aged out", func() bool {
+		return len(c.got())+len(h.deadLetters()) >= n || len(natstest.Messages(t, h.js, event.StreamEvents)) == 0
+	})
+	poll.Until(t, "the worker settled", func() bool { return h.settled(w) || len(natstest.Messages(t, h.js, event.StreamEvents)) == 0 })
+	dead := h.deadLetters()
+	if len(dead) == 0 || len(c.got())+len(dead) != n {
+		t.Fatalf("%d delivered and %d dead-lettered of %d: the others aged out without a trace", len(c.got()), len(dead), n)
+	}
+	for i, d := range dead {
+		if d.Reason != ReasonExpiringInBacklog {
+			t.Errorf("dead letter %d: %+v, want reason %s", i, d, ReasonExpiringInBacklog)
+		}
 	}
 }
 
