@@ -65,7 +65,7 @@ func (m *Metrics) Prime(endpoints []string) {
 		for _, o := range []string{"delivered", "retry", "dead_letter", "waiting", "record_failed", "order_released"} {
 			m.Deliveries.WithLabelValues(e, o)
 		}
-		for _, r := range []string{ReasonExhausted, ReasonGone, ReasonAborted, ReasonUndecodable, ReasonExpiring} {
+		for _, r := range []string{ReasonExhausted, ReasonGone, ReasonAborted, ReasonUndecodable, ReasonExpiring, ReasonExpiringBeforeRetry, ReasonExpiringInBacklog, ReasonRemoved} {
 			m.DeadLetters.WithLabelValues(e, r)
 		}
 		m.AttemptSeconds.WithLabelValues(e)
