@@ -146,10 +146,16 @@ func RedactHost(hostport string) string {
 // RedactServerURL is what may be shown of a server's URL (nats.url, an
 // API's base URL): all of it but its credentials. A password shows as
 // xxxxx, and so does a user without one, which NATS takes as a token
-// (nats://TOKEN@host).
+// (nats://TOKEN@host). A URL without its scheme is read as nats.go reads
+// it, nats://…: parsed as it is, its user (relay:PASSWORD@host) was taken
+// for the scheme and nothing was hidden. One with a fragment (a # in a
+// password splits it there) or a query is not shown.
 func RedactServerURL(raw string) string {
+	if !strings.Contains(raw, "://") {
+		raw = "nats://" + raw
+	}
 	u, err := url.Parse(raw)
-	if err != nil {
+	if err != nil || u.Opaque != "" || u.Fragment != "" || u.RawFragment != "" || strings.Contains(raw, "#") || u.RawQuery != "" {
 		return "(unparsable URL)"
 	}
 	if u.User != nil {

@@ -2,6 +2,7 @@ package verify
 
 import (
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -85,5 +86,34 @@ func TestURLSecrets(t *testing.T) {
 	}
 	if got := Scrub("Cannot POST /hooks/sengo/tok-9f8e7d%2Fx?key=s3cr3t&n=1", URLSecrets("https://h.example/hooks/sengo/tok-9f8e7d%2Fx?key=s3cr3t&n=1")); got != "Cannot POST /hooks/sengo/…?…" {
 		t.Errorf("Scrub: %q", got)
+	}
+}
+
+// What RedactServerURL(s) show of a server's URL keeps no credential in
+// any form nats.go accepts: a password, a token written as the user, a URL
+// without its scheme (nats.go and the configuration read it as nats://; a
+// plain url.Parse read the user as the scheme and hid nothing), and a
+// member of a cluster's list.
+func TestRedactServerURLHidesCredentials(t *testing.T) {
+	for raw, want := range map[string]string{
+		"nats://relay:S3cretPass@nats1:4222":           "nats://relay:xxxxx@nats1:4222",
+		"nats://S3cretToken@nats1:4222":                "nats://xxxxx@nats1:4222",
+		"relay:S3cretPass@nats1:4222":                  "nats://relay:xxxxx@nats1:4222",
+		"S3cretToken@nats1:4222":                       "nats://xxxxx@nats1:4222",
+		"nats1:4222":                                   "nats://nats1:4222",
+		"nats://S3cret#Token@nats1:4222":               "(unparsable URL)",
+		"tls://relay:S3cretPass@nats1:4222":            "tls://relay:xxxxx@nats1:4222",
+		"https://api.sengo.example/v1":                 "https://api.sengo.example/v1",
+		"https://user:S3cretPass@api.sengo.example/v1": "https://user:xxxxx@api.sengo.example/v1",
+		"nats://n1:4222, relay:S3cretPass@n2:4222":     "nats://n1:4222,nats://relay:xxxxx@n2:4222",
+		"nats://n1:4222,nats://S3cretToken@n2:4222":    "nats://n1:4222,nats://xxxxx@n2:4222",
+	} {
+		got := RedactServerURLs(raw)
+		if got != want {
+			t.Errorf("RedactServerURLs(%q) = %q, want %q", raw, got, want)
+		}
+		if strings.Contains(got, "S3cret") {
+			t.Errorf("RedactServerURLs(%q) shows a credential: %q", raw, got)
+		}
 	}
 }
