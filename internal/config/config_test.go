@@ -188,6 +188,14 @@ func TestSecretFiles(t *testing.T) {
 	if _, err := Load(write(t, missing), noEnv); err == nil || !strings.Contains(err.Error(), "token_file") {
 		t.Errorf("missing token file: err = %v", err)
 	}
+	// A secret set as its own *_file (the value where its path belongs) is
+	// not repeated by the error: os.ReadFile's error names the path.
+	for _, key := range []string{"SENGO_RELAY_PROJECTS_MAIN_TOKEN_FILE", "SENGO_RELAY_ADMIN_TOKEN_FILE", "SENGO_RELAY_ENDPOINTS_ORDERS_SECRETS_FILE"} {
+		_, err := Load(write(t, "projects:\n  main: {api_key: k}\nendpoints:\n  orders: {url: 'https://orders.example/hook'}\n"), env(map[string]string{key: "whsec_S3cretValue0123456789"}))
+		if err == nil || !strings.Contains(err.Error(), "_file") || strings.Contains(err.Error(), "S3cretValue") {
+			t.Errorf("%s set to a secret: err = %v", key, err)
+		}
+	}
 }
 
 // Secrets never print, whatever prints the configuration.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"reflect"
 	"regexp"
@@ -432,6 +433,17 @@ func setLeaf(v reflect.Value, s string) error {
 	return nil
 }
 
+// withoutPath is a file's read error without the path the error names
+// ("cannot read the file: no such file or directory"): a *_file key is
+// sometimes given the secret itself, which the error would repeat.
+func withoutPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("cannot read the file it names (not shown: it may be the secret itself): %w", pe.Err)
+	}
+	return errors.New("cannot read the file it names")
+}
+
 // readSecretFiles fills each secret from its *_file key.
 func (c *Config) readSecretFiles() []error {
 	var errs []error
@@ -445,7 +457,7 @@ func (c *Config) readSecretFiles() []error {
 		}
 		b, err := os.ReadFile(path)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s_file: %w", key, err))
+			errs = append(errs, fmt.Errorf("%s_file: %w", key, withoutPath(err)))
 			return
 		}
 		s := strings.TrimRight(string(b), "\r\n")
@@ -471,7 +483,7 @@ func (c *Config) readSecretFiles() []error {
 		}
 		b, err := os.ReadFile(e.SecretsFile)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s_file: %w", at, err))
+			errs = append(errs, fmt.Errorf("%s_file: %w", at, withoutPath(err)))
 			continue
 		}
 		for _, line := range strings.Split(string(b), "\n") {
