@@ -151,3 +151,28 @@ func TestMaxInFlight(t *testing.T) {
 	}
 	eventually(t, "nothing in flight", func() bool { return testutil.ToFloat64(h.metrics.InFlight) == 0 })
 }
+
+// Callers that fail the checks needing no body (an unknown project, a
+// wrong callback token, an address not allowed) take none of
+// max_in_flight's slots. They took one for as long as their body took to
+// arrive (up to http.read_timeout), before any check: a few slow requests
+// from anyone, one per slot, had every genuine callback refused as
+// overloaded.
+func TestRefusedCallersTakeNoSlot(t *testing.T) {
+	h := newHarness(t, false, withProjects(testProjects(t)...), func(c *Config, _ *IntakeConfig) { c.MaxInFlight = 1 })
+	body := fixtures.Body("callback-va-success")
+	for _, path := range []string{"/callbacks/sengo/nosuch", "/callbacks/sengo/tokened/wrong-token", "/callbacks/sengo/fenced"} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(h.http.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", path, len(body), body[:10])
+	}
+	eventually(t, "the three slow callers being read", func() bool {
+		return testutil.ToFloat64(h.metrics.InFlight)+testutil.ToFloat64(h.metrics.RefusedInFlight) == 3
+	})
+	if resp, _ := h.post("/callbacks/sengo/main", fixtures.Body("callback-qris-success")); resp.StatusCode != 200 {
+		t.Fatalf("a genuine callback while three refused ones arrive slowly: %d", resp.StatusCode)
+	}
+}

@@ -67,10 +67,19 @@ func (h *callbackHandler) serve(c echo.Context) error {
 	}
 	var res accepted
 	var err error
-	if h.acquire() {
+	switch {
+	case !h.admitted(c, p):
+		// It fails a check that needs no body: it is refused all the same,
+		// with the answer of the first check it fails in their documented
+		// order, but outside the slots, which a few slow requests from
+		// anyone could otherwise hold for read_timeout each.
+		h.cfg.Metrics.RefusedInFlight.Inc()
+		res, err = h.handle(c, project, p)
+		h.cfg.Metrics.RefusedInFlight.Dec()
+	case h.acquire():
 		defer h.release()
 		res, err = h.handle(c, project, p)
-	} else {
+	default:
 		err = ErrOverloaded
 	}
 	outcome := res.Status
@@ -101,6 +110,19 @@ func (h *callbackHandler) release() {
 	if h.slots != nil {
 		<-h.slots
 	}
+}
+
+// admitted reports whether a callback passes the checks that need no
+// body: a configured project, its callback token, an allowed source IP.
+func (h *callbackHandler) admitted(c echo.Context, p *Project) bool {
+	if p == nil {
+		return false
+	}
+	token := c.Param("token")
+	if p.CallbackToken != "" && !verify.Token(p.CallbackToken, token) || p.CallbackToken == "" && token != "" {
+		return false
+	}
+	return p.AllowedIPs.Allows(c.RealIP())
 }
 
 // handle runs the checks in the documented order: content type, size,

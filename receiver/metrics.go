@@ -10,6 +10,11 @@ type Metrics struct {
 	// InFlight is how many callbacks are being handled now (bounded by
 	// http.max_in_flight; beyond it callbacks are refused as overloaded).
 	InFlight prometheus.Gauge
+	// RefusedInFlight is how many callbacks that fail the checks needing no
+	// body (project, callback token, source IP) are being read now: they
+	// take none of http.max_in_flight's slots, so a flood of slow ones
+	// shows here, not as overloaded.
+	RefusedInFlight prometheus.Gauge
 	// PublishSeconds is the time from publish to durable (PubAck, and the
 	// group-commit fsync when there is one) on SENGO_INBOX.
 	PublishSeconds prometheus.Histogram
@@ -40,6 +45,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "sengo_relay_callbacks_in_flight",
 			Help: "Callbacks being handled now; at http.max_in_flight further callbacks are refused as overloaded.",
 		}),
+		RefusedInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sengo_relay_callbacks_refused_in_flight",
+			Help: "Callbacks being read now that fail the checks needing no body (project, callback token, source IP); they take none of http.max_in_flight.",
+		}),
 		PublishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "sengo_relay_inbox_publish_seconds",
 			Help:    "Time from publishing a notification to SENGO_INBOX until it is durable: JetStream acknowledged it and, with group commit, the fsync after it completed.",
@@ -62,7 +71,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "sengo_relay_reconcile_total",
 		Help: "Reconciliation with SenGo's transaction list, by project and outcome.",
 	}, []string{"project", "outcome"})
-	reg.MustRegister(m.Callbacks, m.InFlight, m.PublishSeconds, m.Intake, m.KVConflicts, m.Confirm, m.Reconcile)
+	reg.MustRegister(m.Callbacks, m.InFlight, m.RefusedInFlight, m.PublishSeconds, m.Intake, m.KVConflicts, m.Confirm, m.Reconcile)
 	return m
 }
 
