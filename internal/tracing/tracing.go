@@ -120,8 +120,23 @@ func InjectHTTP(ctx context.Context, h http.Header) {
 	propagator.Inject(ctx, propagation.HeaderCarrier(h))
 }
 
-// ExtractHTTP reads an incoming request's trace context into ctx.
+// maxTraceState is the longest tracestate of a request that is carried
+// on, the 512 characters W3C asks to be kept. A longer one is dropped
+// (traceparent is kept): whoever can post a callback chooses it, and up to
+// 32 members of 256 characters rode the event into every webhook of it.
+const maxTraceState = 512
+
+// ExtractHTTP reads an incoming request's trace context into ctx; a
+// tracestate over maxTraceState is left out.
 func ExtractHTTP(ctx context.Context, h http.Header) context.Context {
+	n := 0
+	for _, v := range h.Values("tracestate") {
+		n += len(v) + 1
+	}
+	if n-1 > maxTraceState {
+		h = h.Clone()
+		h.Del("tracestate")
+	}
 	return propagator.Extract(ctx, propagation.HeaderCarrier(h))
 }
 

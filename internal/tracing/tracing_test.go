@@ -2,6 +2,7 @@ package tracing
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -97,5 +98,33 @@ func TestNATSHeadersCarryTheTrace(t *testing.T) {
 	got := trace.SpanContextFromContext(Extract(context.Background(), h))
 	if got.TraceID() != sc.TraceID() || got.SpanID() != sc.SpanID() {
 		t.Errorf("extracted %v, want %v", got, sc)
+	}
+}
+
+// A caller's tracestate is carried on (into the inbox message, the event
+// and each webhook) only up to the 512 characters W3C asks to be kept:
+// whoever can post a callback chose up to 32 members of 256 characters,
+// 16 KB that rode the event into every delivery of it (a consumer's
+// proxy refuses headers that large: the event was retried for days).
+func TestLongTraceStateIsNotCarried(t *testing.T) {
+	const parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	member := func(i int) string { return fmt.Sprintf("v%02d=%s", i, strings.Repeat("x", 250)) }
+	for _, c := range []struct {
+		state string
+		kept  bool
+	}{
+		{"congo=t61rcWkgMzE", true},
+		{member(1) + "," + member(2), true},
+		{member(1) + "," + member(2) + "," + member(3), false},
+	} {
+		in := http.Header{"Traceparent": {parent}, "Tracestate": {c.state}}
+		out := http.Header{}
+		InjectHTTP(ExtractHTTP(context.Background(), in), out)
+		if out.Get("traceparent") != parent {
+			t.Errorf("tracestate of %d bytes: traceparent %q not carried", len(c.state), out.Get("traceparent"))
+		}
+		if got := out.Get("tracestate"); (got != "") != c.kept || len(got) > 512 {
+			t.Errorf("tracestate of %d bytes: carried %d bytes; want it kept %v, never over 512", len(c.state), len(got), c.kept)
+		}
 	}
 }
