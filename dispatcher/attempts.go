@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -30,6 +31,26 @@ type attempts struct {
 	// event again.
 	DeadLetter string `json:"deadLetter,omitempty"`
 }
+
+// recordable reports whether id can name an attempt record: one token of
+// a KV key (the relay's ids are evt_ and 32 hex digits). A message whose
+// id cannot (not the relay's: another publisher's on sengo.events.>) is
+// kept under its stream sequence instead (seqID).
+func recordable(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '=') {
+			return false
+		}
+	}
+	return true
+}
+
+// seqID is the id the attempt record of a message without a recordable
+// id is kept under: "seq-" and its stream sequence.
+func seqID(seq uint64) string { return "seq-" + strconv.FormatUint(seq, 10) }
 
 // attemptKey is the KV key of an event's record for an endpoint. Replayed
 // and redriven copies (replaySeq > 0) get their own record: a fresh budget.

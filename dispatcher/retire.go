@@ -536,8 +536,8 @@ func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string
 		replaySeq = meta.Sequence.Stream
 	}
 	id := ev.ID
-	if id == "" {
-		id = "seq-" + strconv.FormatUint(meta.Sequence.Stream, 10)
+	if !recordable(id) {
+		id = seqID(meta.Sequence.Stream)
 	}
 	key := attemptKey(endpoint, id, replaySeq)
 	rec, _, err := r.store.get(ctx, key)

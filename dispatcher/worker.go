@@ -431,7 +431,11 @@ func (w *Worker) expire(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 	if replayed {
 		replaySeq = meta.Sequence.Stream // a copy has a record of its own
 	}
-	key := attemptKey(w.ep.Name, ev.ID, replaySeq)
+	id := ev.ID
+	if !recordable(id) { // as handle keeps it: "orders." is no key, and the guard took it again at every look
+		id = seqID(meta.Sequence.Stream)
+	}
+	key := attemptKey(w.ep.Name, id, replaySeq)
 	rec, _, err := w.store.get(mctx, key)
 	if err != nil {
 		_ = msg.Nak()
@@ -626,9 +630,9 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		replaySeq = meta.Sequence.Stream
 	}
 	ev, err := event.Unmarshal(msg.Data())
-	if err != nil || ev.ID == "" {
+	if err != nil || !recordable(ev.ID) {
 		w.breaker.release(probe)
-		w.deadLetter(ctx, msg, meta, event.Event{}, attemptKey(w.ep.Name, "seq-"+strconv.FormatUint(meta.Sequence.Stream, 10), replaySeq), attempts{}, ReasonUndecodable, replayed)
+		w.deadLetter(ctx, msg, meta, event.Event{}, attemptKey(w.ep.Name, seqID(meta.Sequence.Stream), replaySeq), attempts{}, ReasonUndecodable, replayed)
 		return
 	}
 	key := attemptKey(w.ep.Name, ev.ID, replaySeq)

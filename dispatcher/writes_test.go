@@ -397,6 +397,40 @@ func TestABacklogAgingOutOfAnEndpointNotPausedIsDeadLettered(t *testing.T) {
 	}
 }
 
+// The expiry guard of a held endpoint took the first waiting message and,
+// for one without an event id (not the relay's: another publisher's
+// "{}"), could not read its attempt record ("orders." is no key), put it
+// back, and took it again at every look: every event behind it aged out
+// of SENGO_EVENTS without a trace. Such a message is now dead-lettered
+// under its stream sequence like the rest.
+func TestExpiryGuardIsNotStoppedByAMessageWithoutAnID(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	h := newHarness(t)
+	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second }) // the guard acts in its last 600 ms
+	c := newConsumer(t, status())
+	w := h.start(h.endpoint("orders", c.URL))
+	if err := Hold(t.Context(), h.js, "orders", "test"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the worker sees the hold", func() bool { return w.Held().Held })
+	if _, err := h.js.Publish(t.Context(), event.EventSubject("main", event.ProductQRIS, event.StatusSuccess), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	ev := h.publish("tx-behind", event.StatusSuccess, "")
+	poll.Within(t, 20*time.Second, "both dead-lettered, or the stream emptied", func() bool {
+		return len(h.deadLetters()) == 2 || len(natstest.Messages(t, h.js, event.StreamEvents)) == 0
+	})
+	got := map[string]bool{}
+	for _, d := range h.deadLetters() {
+		got[d.EventID] = true
+	}
+	if len(c.got()) != 0 || !got[ev.ID] || len(got) != 2 {
+		t.Fatalf("dead letters %v, %d delivered; want %s and the message without an id dead-lettered, none delivered", got, len(c.got()), ev.ID)
+	}
+}
+
 // A replayed copy waits on SENGO_REPLAY, kept for less time than
 // SENGO_EVENTS (7 days against 30). An endpoint held or paused for longer
 // lost its replayed copies without a trace: the expiry guard looked only
