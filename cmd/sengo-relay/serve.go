@@ -43,6 +43,7 @@ import (
 func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	log := newLogger(cfg.Log, stdout)
 	log.Info().Str("version", versionString()).Msg("starting sengo-relay")
+	tracing.SetLogger(log)
 	stopTracing, err := tracing.Setup(ctx, versionString())
 	if err != nil {
 		return err

@@ -9,5 +9,9 @@
 // endpoint names, HTTP statuses), never a token, secret, API key or URL
 // with credentials.
 //
-// It may import the OpenTelemetry API and SDK, and nats.go.
+// OpenTelemetry's own messages go to the relay's log (SetLogger) without
+// the values it attaches: they repeat what it could not parse, a header's
+// token included.
+//
+// It may import the OpenTelemetry API and SDK, logr, zerolog and nats.go.
 package tracing

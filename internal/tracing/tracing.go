@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/go-logr/logr"
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -82,6 +83,7 @@ func Setup(ctx context.Context, version string) (func(context.Context) error, er
 	if !Enabled() {
 		return func(context.Context) error { return nil }, nil
 	}
+	otel.SetLogger(logr.New(quietSink{}))
 	for _, k := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
 		if p := os.Getenv(k); p != "" && p != "http/protobuf" {
 			return nil, fmt.Errorf("%w (%s=%s)", ErrProtocol, k, p)

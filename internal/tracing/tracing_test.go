@@ -1,16 +1,20 @@
 package tracing
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -126,5 +130,59 @@ func TestLongTraceStateIsNotCarried(t *testing.T) {
 		if got := out.Get("tracestate"); (got != "") != c.kept || len(got) > 512 {
 			t.Errorf("tracestate of %d bytes: carried %d bytes; want it kept %v, never over 512", len(c.state), len(got), c.kept)
 		}
+	}
+}
+
+// OpenTelemetry's own logger printed what it could not parse to stderr,
+// value and all: a header written with ":" instead of "="
+// (OTEL_EXPORTER_OTLP_HEADERS="Authorization: Bearer …") put the
+// collector's token in the relay's output. Its messages now go to the
+// relay's log without their values.
+func TestOpenTelemetryLogsNoHeaderValue(t *testing.T) {
+	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(200) }))
+	defer collector.Close()
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
+	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization: Bearer s3cr3t-collector-token")
+	prev := otel.GetTracerProvider()
+	defer otel.SetTracerProvider(prev)
+	stderr := captureStderr(t)
+	var logged bytes.Buffer
+	SetLogger(zerolog.New(&logged))
+	defer SetLogger(zerolog.Nop())
+	shutdown, err := Setup(context.Background(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if out := stderr(); strings.Contains(out, "s3cr3t") {
+		t.Fatalf("stderr repeats the header's value:\n%s", out)
+	}
+	if out := logged.String(); !strings.Contains(out, "parse headers") || strings.Contains(out, "s3cr3t") {
+		t.Fatalf("the relay's log: %s; want OpenTelemetry's message without the header's value", out)
+	}
+}
+
+// captureStderr points file descriptor 2 at a file until the test ends
+// and returns a func that reads what was written to it: OpenTelemetry's
+// default logger holds os.Stderr's file, not the variable.
+func captureStderr(t *testing.T) func() string {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved, err := syscall.Dup(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Dup2(int(f.Fd()), 2); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Dup2(saved, 2); _ = syscall.Close(saved); f.Close() })
+	return func() string {
+		b, _ := os.ReadFile(f.Name())
+		return string(b)
 	}
 }

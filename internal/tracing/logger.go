@@ -1,0 +1,67 @@
+package tracing
+
+import (
+	"errors"
+	"net/url"
+	"sync/atomic"
+
+	"github.com/go-logr/logr"
+	"github.com/rs/zerolog"
+)
+
+// logTo is where OpenTelemetry's own messages go (SetLogger; nowhere
+// before).
+var logTo atomic.Pointer[zerolog.Logger]
+
+// SetLogger sends OpenTelemetry's own messages (an exporter that cannot
+// reach its collector, a variable it cannot parse) to l, as warnings.
+func SetLogger(l zerolog.Logger) { logTo.Store(&l) }
+
+// quietSink is OpenTelemetry's logger: each message with its error, never
+// its key/values. Its default logger printed those to stderr, and they
+// repeat what it could not parse: OTEL_EXPORTER_OTLP_HEADERS written with
+// ":" for "=" ("Authorization: Bearer …") printed the collector's token.
+// (An adapter such as zerologr would pass them on; dropping them is the
+// point.)
+type quietSink struct{}
+
+func (quietSink) Init(logr.RuntimeInfo) {}
+
+// Enabled: OpenTelemetry's debug chatter (levels above 0) is left out.
+func (quietSink) Enabled(level int) bool { return level == 0 }
+
+func (quietSink) Info(_ int, msg string, _ ...any) {
+	if l := logTo.Load(); l != nil {
+		l.Info().Str("component", "opentelemetry").Msg(bounded(msg))
+	}
+}
+
+func (quietSink) Error(err error, msg string, _ ...any) {
+	if l := logTo.Load(); l != nil {
+		l.Warn().Str("component", "opentelemetry").Str("error", bounded(describe(err))).Msg(bounded(msg))
+	}
+}
+
+func (s quietSink) WithValues(...any) logr.LogSink { return s }
+func (s quietSink) WithName(string) logr.LogSink   { return s }
+
+// describe is err's text without a URL it carries (url.Error repeats the
+// URL, which may hold credentials).
+func describe(err error) string {
+	if err == nil {
+		return ""
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Op + ": " + describe(ue.Err)
+	}
+	return err.Error()
+}
+
+// bounded cuts s to 300 bytes.
+func bounded(s string) string {
+	if len(s) > 300 {
+		return s[:300] + "…"
+	}
+	return s
+}
