@@ -1064,3 +1064,48 @@ func TestRetryDelayNeverExceedsRetryMax(t *testing.T) {
 		}
 	}
 }
+
+// One transaction of SenGo's list that does not parse (a merchantRef with
+// a control character, a product the relay does not know) made the whole
+// page an error, and reconciliation of that day stopped there: every later
+// page and status of the day (success after pending) was never checked,
+// for as long as SenGo listed it. The others are now reconciled, and the
+// day is reported failed.
+func TestReconcileGoesOnPastATransactionItCannotRead(t *testing.T) {
+	h := newHarness(t, false) // no intake: what is fed stays in the inbox
+	item := func(id string, s event.Status) json.RawMessage {
+		var env struct {
+			ResponseData json.RawMessage `json:"responseData"`
+		}
+		if err := json.Unmarshal(callback(id, s), &env); err != nil {
+			t.Fatal(err)
+		}
+		return env.ResponseData
+	}
+	bad := json.RawMessage(`{"id":"tx-bad","merchantRef":"REF-\u0007","status":"pending","amount":1}`)
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var list []json.RawMessage
+		if r.URL.Path == "/transactions" && r.URL.Query().Get("page") == "1" {
+			switch r.URL.Query().Get("status") {
+			case "pending":
+				list = []json.RawMessage{item("tx-a", event.StatusPending), bad}
+			case "success":
+				list = []json.RawMessage{item("tx-b", event.StatusSuccess)}
+			}
+		}
+		if list == nil {
+			list = []json.RawMessage{}
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": list})
+	}))
+	defer api.Close()
+	client := sengo.NewClient(api.URL, apiKey, apiToken)
+	sum, err := Reconcile(t.Context(), ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"main": client}, Window: time.Hour,
+		Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
+	if sum.Fed != 2 || h.msgs(event.StreamInbox) != 2 {
+		t.Fatalf("fed %d, inbox %d (err %v); want tx-a and tx-b fed past the transaction that does not parse", sum.Fed, h.msgs(event.StreamInbox), err)
+	}
+	if err == nil || !strings.Contains(err.Error(), "main") {
+		t.Fatalf("err = %v, want the day reported as not wholly reconciled", err)
+	}
+}

@@ -147,11 +147,18 @@ func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.Key
 
 // reconcileDay checks one project's transactions of one day, every status.
 func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, api Lister, project, date string, sum *ReconcileSummary, progress func(string, string, event.Status, ReconcileSummary)) error {
+	var unread error // transactions SenGo listed that could not be read: the day is reported, the rest still checked
 	for _, status := range event.Statuses {
 		for page := 1; page <= maxPages; page++ {
 			txs, err := api.ListTransactions(ctx, sengo.ListQuery{Page: page, Status: status, Date: date})
-			if err != nil {
-				return fmt.Errorf("list %s %s %s page %d: %w", project, date, status, page, err)
+			var bad *sengo.UnreadableError
+			if errors.As(err, &bad) {
+				unread = errors.Join(unread, fmt.Errorf("list %s %s %s page %d: %w", project, date, status, page, err))
+				if len(txs) == 0 {
+					continue // the page held only those: the next may hold more
+				}
+			} else if err != nil {
+				return errors.Join(unread, fmt.Errorf("list %s %s %s page %d: %w", project, date, status, page, err))
 			}
 			if len(txs) == 0 {
 				break
@@ -182,7 +189,7 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 			}
 		}
 	}
-	return nil
+	return unread
 }
 
 // isMissing reports whether the transaction's listed status would still

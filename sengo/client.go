@@ -135,14 +135,34 @@ func (c *Client) ListTransactions(ctx context.Context, q ListQuery) ([]Transacti
 		return nil, err
 	}
 	out := make([]Transaction, 0, len(raws))
+	var bad *UnreadableError
 	for _, r := range raws {
 		t, err := parseObject(r)
 		if err != nil {
-			return nil, err
+			if bad == nil {
+				bad = &UnreadableError{First: err}
+			}
+			bad.Count++
+			continue
 		}
 		out = append(out, t)
 	}
+	if bad != nil {
+		return out, bad
+	}
 	return out, nil
+}
+
+// UnreadableError: Count transactions of a listed page did not parse;
+// ListTransactions returns the page's others with it, so one transaction
+// SenGo lists oddly does not hide the rest.
+type UnreadableError struct {
+	Count int
+	First error // the first one's parse error
+}
+
+func (e *UnreadableError) Error() string {
+	return fmt.Sprintf("%d listed transaction(s) could not be read, the first: %v", e.Count, e.First)
 }
 
 // Balance returns the project's balance.
