@@ -773,13 +773,19 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		_ = msg.Ack()
 	case actRetry:
 		rec.NextAt = now.Add(act.delay)
+		delay := act.delay
 		if err := w.store.put(ctx, key, rec); err != nil {
+			// The stored record is the attempt's before, its next attempt
+			// due long ago: an ordered successor would take it for stuck
+			// (staleRecord) and go first. Back soon instead, to be
+			// attempted and recorded then.
 			log().Warn().Err(err).Msg("record attempt")
+			delay = min(delay, unrecordedRetryMax)
 		}
 		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "retry").Inc()
 		w.cfg.Metrics.RetriesScheduled.WithLabelValues(w.ep.Name).Inc()
-		log().Warn().Stringer("delay", act.delay).Msg("delivery failed; retry scheduled")
-		_ = msg.NakWithDelay(act.delay)
+		log().Warn().Stringer("delay", delay).Msg("delivery failed; retry scheduled")
+		_ = msg.NakWithDelay(delay)
 	case actDeadLetter:
 		w.deadLetter(ctx, msg, meta, ev, key, rec, act.reason, replayed)
 	}
@@ -982,5 +988,11 @@ func (w *Worker) deliveringFor() time.Duration {
 // redeliveries and a next attempt overdue by staleRecord, the record is
 // taken as stuck.
 var staleWaits int64 = 10 // a variable for tests
+
+// unrecordedRetryMax bounds the delay of a retry whose attempt record
+// could not be written: below staleRecord, after which an ordered
+// successor stops waiting for a record that does not move (a variable for
+// tests).
+var unrecordedRetryMax = 30 * time.Second
 
 func staleRecord(ep Endpoint) time.Duration { return 2*ackWait(ep) + time.Minute }

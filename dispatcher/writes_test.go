@@ -116,6 +116,37 @@ func TestOrderedWaitIsBounded(t *testing.T) {
 	}
 }
 
+// A retry whose attempt record could not be written was put back for
+// its whole scheduled delay (here half an hour) with the record of the attempt
+// before it, due long ago: an ordered successor takes such a record for
+// stuck after a few minutes and was delivered first. It now comes back
+// within unrecordedRetryMax, before that, and is recorded then.
+func TestARetryWhoseRecordFailedComesBackSoon(t *testing.T) {
+	h := newHarness(t)
+	defer func(d time.Duration) { unrecordedRetryMax = d }(unrecordedRetryMax)
+	unrecordedRetryMax = 200 * time.Millisecond
+	var restore atomic.Pointer[func()]
+	c := newConsumer(t, status())
+	c.answer = func(n int, _ *http.Request, w http.ResponseWriter) {
+		if n == 2 { // the second attempt's record is refused
+			r := natstest.RefuseWrites(t, h.js, "KV_"+event.BucketDelivery)
+			restore.Store(&r)
+		}
+		if n <= 2 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}
+	ep := h.endpoint("orders", c.URL, 50*time.Millisecond, 30*time.Minute, 30*time.Minute) // within the harness's hour of retention
+	ep.Ordered = true
+	w := h.start(ep)
+	h.publish("tx-unrecorded", event.StatusPending, "")
+	eventually(t, "the second attempt's record refused", func() bool { return strings.Contains(h.logs.String(), "record attempt") })
+	(*restore.Load())()
+	eventually(t, "a third attempt, delivered", func() bool { return len(c.got()) == 3 && h.settled(w) })
+}
+
 // pendingRefusedThenSlow is a consumer that answers 503 to pending until
 // the returned flag is set, then 200 after 200ms (a slow answer: a
 // successor released too early would arrive before it ends), and 200 at
