@@ -183,7 +183,13 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 		info := existing.CachedInfo()
 		cfg.DeliverPolicy, cfg.OptStartTime, cfg.OptStartSeq = info.Config.DeliverPolicy, info.Config.OptStartTime, info.Config.OptStartSeq
 	case errors.Is(err, jetstream.ErrConsumerNotFound):
-		if last, rev, ok := retiredPlace(ctx, js, stream, cfg.Durable); ok {
+		last, rev, ok, err := retiredPlace(ctx, js, stream, cfg.Durable)
+		if err != nil {
+			// Unread, a tombstone would be taken for none, and the
+			// consumer would start at from, past what came meanwhile.
+			return nil, fmt.Errorf("read where consumer %s on %s was retired: %w", cfg.Durable, stream, err)
+		}
+		if ok {
 			cfg.DeliverPolicy, cfg.OptStartSeq, buried = jetstream.DeliverByStartSequencePolicy, last+1, rev
 			break
 		}
@@ -219,21 +225,26 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 }
 
 // retiredPlace returns the last stream sequence of consumer, deleted by
-// the retirer less than tombstoneFresh ago, and its tombstone's revision.
-func retiredPlace(ctx context.Context, js jetstream.JetStream, stream, consumer string) (last, rev uint64, ok bool) {
+// the retirer less than tombstoneFresh ago, and its tombstone's revision;
+// ok is false when there is none. A read that fails is an error, never
+// none.
+func retiredPlace(ctx context.Context, js jetstream.JetStream, stream, consumer string) (last, rev uint64, ok bool, err error) {
 	kv, err := js.KeyValue(ctx, event.BucketDelivery)
 	if err != nil {
-		return 0, 0, false
+		return 0, 0, false, err
 	}
 	e, err := kv.Get(ctx, retiredKey(stream, consumer))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, 0, false, nil
+	}
 	if err != nil {
-		return 0, 0, false
+		return 0, 0, false, err
 	}
 	var t tombstone
 	if json.Unmarshal(e.Value(), &t) != nil || time.Since(e.Created()) > tombstoneFresh {
-		return 0, 0, false
+		return 0, 0, false, nil
 	}
-	return t.Last, e.Revision(), true
+	return t.Last, e.Revision(), true, nil
 }
 
 // ackWait exceeds the delivery timeout by a margin, so an event is never

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -39,6 +40,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	for i := range n {
 		c.opts = append(c.opts, &server.Options{
 			ServerName: fmt.Sprintf("n%d", i+1),
+			Tags:       jwt.TagList{fmt.Sprintf("node:n%d", i+1)}, // a stream can be placed on one node (Placement.Tags)
 			Host:       "127.0.0.1",
 			Port:       clientPorts[i],
 			JetStream:  true,
