@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/sengo-relay/sengo-relay/verify"
 )
@@ -105,6 +107,14 @@ func New(cfg Config) *echo.Echo {
 	h := newCallbackHandler(cfg)
 	e.POST("/callbacks/sengo/:project", h.serve, traced)
 	e.POST("/callbacks/sengo/:project/:token", h.serve, traced)
+	// OPTIONS is refused like every method but POST, as documented: Echo
+	// answered it 204 with the route's methods.
+	notAllowed := func(c echo.Context) error {
+		c.Response().Header().Set(echo.HeaderAllow, http.MethodPost)
+		return echo.ErrMethodNotAllowed
+	}
+	e.OPTIONS("/callbacks/sengo/:project", notAllowed)
+	e.OPTIONS("/callbacks/sengo/:project/:token", notAllowed)
 
 	e.GET("/healthz", func(c echo.Context) error {
 		if cfg.Live != nil {
@@ -115,11 +125,10 @@ func New(cfg Config) *echo.Echo {
 		}
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})
+	ready := &readiness{check: cfg.Ready}
 	e.GET("/readyz", func(c echo.Context) error {
-		ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
-		defer cancel()
 		if cfg.Ready != nil {
-			if err := cfg.Ready(ctx); err != nil {
+			if err := ready.get(c.Request().Context()); err != nil {
 				cfg.Logger.Warn().Err(err).Msg("not ready")
 				return ErrNotReady
 			}
@@ -239,4 +248,47 @@ type zerologWriter struct{ l zerolog.Logger }
 func (w zerologWriter) Write(p []byte) (int, error) {
 	w.l.Warn().Str("component", "echo").Msg(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// readyFor is how long a readiness answer is reused.
+const readyFor = time.Second
+
+// readiness runs the Ready check at most once per readyFor, its answer
+// shared by every /readyz meanwhile: the route answers anyone who reaches
+// the public listener, and each check costs the store about 14 requests
+// on the connection intake and delivery use, so a flood of them slowed
+// both.
+type readiness struct {
+	check func(context.Context) error
+	group singleflight.Group
+	mu    sync.Mutex
+	at    time.Time // of the last answer
+	err   error     // the last answer
+}
+
+func (r *readiness) get(ctx context.Context) error {
+	r.mu.Lock()
+	if !r.at.IsZero() && time.Since(r.at) < readyFor {
+		err := r.err
+		r.mu.Unlock()
+		return err
+	}
+	r.mu.Unlock()
+	ch := r.group.DoChan("ready", func() (any, error) {
+		// Not the first caller's context: its going away must not fail
+		// the others' answer.
+		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		err := r.check(c)
+		r.mu.Lock()
+		r.at, r.err = time.Now(), err
+		r.mu.Unlock()
+		return nil, err
+	})
+	select {
+	case res := <-ch:
+		return res.Err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
