@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/cenkalti/backoff/v4"
 
@@ -257,7 +258,9 @@ func (c *Client) once(ctx context.Context, method, path string, payload []byte, 
 	var env envelope
 	decodeErr := json.Unmarshal(raw, &env)
 	if resp.StatusCode >= 300 || decodeErr == nil && env.ResponseCode >= 300 {
-		return apiError(resp.StatusCode, env)
+		e := apiError(resp.StatusCode, env)
+		e.Message = c.plain(e.Message)
+		return e
 	}
 	if decodeErr != nil {
 		return fmt.Errorf("sengo: %s %s: answer is not SenGo's envelope: %w", method, pathOnly(path), decodeErr)
@@ -268,7 +271,32 @@ func (c *Client) once(ctx context.Context, method, path string, payload []byte, 
 	return nil
 }
 
-var upperCode = regexp.MustCompile(`^[A-Z][A-Z_]+$`)
+var upperCode = regexp.MustCompile(`^[A-Z][A-Z_]{1,63}$`)
+
+// maxErrorText bounds SenGo's error text as errors carry it.
+const maxErrorText = 256
+
+// plain is SenGo's error text as the relay's errors carry it (in logs, a
+// quarantine's reason, a reconciliation's record): the client's own
+// credentials replaced (a proxy may echo the request's headers), control
+// characters as spaces, cut to maxErrorText bytes.
+func (c *Client) plain(s string) string {
+	for _, secret := range []string{c.token, c.apiKey} {
+		if secret != "" {
+			s = strings.ReplaceAll(s, secret, "[redacted]")
+		}
+	}
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > maxErrorText {
+		s = strings.ToValidUTF8(s[:maxErrorText], "") + "…"
+	}
+	return s
+}
 
 // apiError reads SenGo's error envelope: the code is responseMessage when
 // it looks like one, else derived from the HTTP status.

@@ -260,3 +260,32 @@ func TestClientBoundsResponseHeaders(t *testing.T) {
 		t.Fatalf("an answer with 1 MB of headers: %v, want the header bound", err)
 	}
 }
+
+// SenGo's error text is kept whole in errors, logs, the quarantine's
+// reason and the reconciliation record: an answer of megabytes made a
+// quarantine too large to store (the notification was then lost with the
+// inbox's retention) and a proxy echoing the request's X-Client-Token put
+// the token there. It is now cut to 256 bytes, control characters
+// replaced, the client's own credentials never repeated.
+func TestClientBoundsSenGosErrorText(t *testing.T) {
+	const token = "secret-token-0000000000"
+	for name, msg := range map[string]string{
+		"huge":   strings.Repeat("x", 2<<20),
+		"echoed": "invalid client, got token " + token + " and key SC-KEY",
+		"lines":  "bad\nrequest\x1b[31m",
+	} {
+		api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusUnprocessableEntity)
+			_, _ = io.WriteString(w, `{"responseCode":422,"responseMessage":"REQUEST_INVALID","responseData":{"message":"`+strings.ReplaceAll(strings.ReplaceAll(msg, "\n", `\n`), "\x1b", `\u001b`)+`"}}`)
+		}))
+		_, err := sengo.NewClient(api.URL+"/api", "SC-KEY", token).Check(context.Background(), "abc", false)
+		api.Close()
+		var ae *sengo.APIError
+		if !errors.As(err, &ae) || ae.Code != "REQUEST_INVALID" {
+			t.Fatalf("%s: %v, want SenGo's error", name, err)
+		}
+		if text := err.Error(); len(text) > 400 || strings.Contains(text, token) || strings.Contains(text, "SC-KEY") || strings.ContainsAny(text, "\n\x1b") {
+			t.Errorf("%s: error of %d bytes: %.200q", name, len(text), text)
+		}
+	}
+}
