@@ -485,7 +485,7 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
-		g, gctx      = errgroup.WithContext(ctx)
+		g, gctx             = errgroup.WithContext(ctx)
 		moreN, moreQ, moreD bool
 		// What the first notification of each part claimed, read from
 		// its whole body before it is cut to an excerpt.
