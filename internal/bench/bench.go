@@ -231,7 +231,7 @@ func ScenarioKeys() []string {
 
 func storeName(cfg Config) string {
 	if cfg.NATSURL != "" {
-		return "external " + cfg.NATSURL
+		return "external " + verify.RedactServerURLs(cfg.NATSURL)
 	}
 	switch {
 	case cfg.SyncAlways && cfg.GroupCommit:
