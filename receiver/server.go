@@ -68,7 +68,13 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// Ready reports whether the relay can store callbacks (JetStream
 	// reachable, streams provisioned). It must return within its context.
+	// Its answer is shared by the /readyz requests at once and reused for
+	// a second (readiness).
 	Ready func(context.Context) error
+	// ReadyNow is the part of readiness that costs nothing (the
+	// connections' state), asked on every /readyz before Ready, so that an
+	// outage shows at once.
+	ReadyNow func() error
 	// Live reports whether the process can still do its work at all; an
 	// error makes /healthz answer 503 so an orchestrator restarts it (for
 	// example a NATS connection closed for good). Nil: always live.
@@ -127,6 +133,12 @@ func New(cfg Config) *echo.Echo {
 	})
 	ready := &readiness{check: cfg.Ready}
 	e.GET("/readyz", func(c echo.Context) error {
+		if cfg.ReadyNow != nil {
+			if err := cfg.ReadyNow(); err != nil {
+				cfg.Logger.Warn().Err(err).Msg("not ready")
+				return ErrNotReady
+			}
+		}
 		if cfg.Ready != nil {
 			if err := ready.get(c.Request().Context()); err != nil {
 				cfg.Logger.Warn().Err(err).Msg("not ready")

@@ -195,7 +195,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			}
 			return nil
 		},
-		Ready: func(ctx context.Context) error {
+		ReadyNow: func() error {
 			if !provisioned.Load() {
 				return errors.New("streams not provisioned yet")
 			}
@@ -204,6 +204,9 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 					return fmt.Errorf("nats %s", s)
 				}
 			}
+			return nil
+		},
+		Ready: func(ctx context.Context) error {
 			if err := stream.Check(ctx, js, spec); err != nil {
 				return err
 			}
