@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -32,16 +33,16 @@ type attempts struct {
 	DeadLetter string `json:"deadLetter,omitempty"`
 }
 
-// recordable reports whether id can name an attempt record: one token of
-// a KV key (the relay's ids are evt_ and 32 hex digits). A message whose
+// recordable reports whether id can name an attempt record: it can end a
+// KV key (the relay's ids are evt_ and 32 hex digits). A message whose
 // id cannot (not the relay's: another publisher's on sengo.events.>) is
 // kept under its stream sequence instead (seqID).
 func recordable(id string) bool {
-	if id == "" || len(id) > 128 {
+	if id == "" || len(id) > 256 || strings.HasPrefix(id, ".") || strings.HasSuffix(id, ".") || strings.Contains(id, "..") {
 		return false
 	}
-	for _, r := range id {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '=') {
+	for _, r := range id { // what a KV key may hold
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '=' || r == '.' || r == '/') {
 			return false
 		}
 	}

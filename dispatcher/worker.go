@@ -387,14 +387,31 @@ func (w *Worker) sweepBatch(ctx context.Context, cons jetstream.Consumer, maxAge
 	if err != nil {
 		return false
 	}
-	dead := false
+	type taken struct {
+		msg  jetstream.Msg
+		meta *jetstream.MsgMetadata
+	}
+	var due []taken
 	for msg := range batch.Messages() {
 		meta, err := msg.Metadata()
 		if err != nil || time.Since(meta.Timestamp) < maxAge-expiryGuard(maxAge) {
-			_ = msg.Nak() // not due: back to the workers
+			_ = msg.Nak() // not due: back to the workers at once
 			continue
 		}
-		if w.expire(ctx, msg, meta, replayed, ReasonExpiringInBacklog) {
+		due = append(due, taken{msg, meta})
+	}
+	// Each dead letter may take a while (the store's write and fsync): the
+	// ones still waiting are kept in progress, so that none outlives its
+	// ack wait here and goes to a worker too.
+	progressed, dead := time.Now(), false
+	for i, d := range due {
+		if time.Since(progressed) > ackWait(w.ep)/3 {
+			for _, rest := range due[i:] {
+				_ = rest.msg.InProgress()
+			}
+			progressed = time.Now()
+		}
+		if w.expire(ctx, d.msg, d.meta, replayed, ReasonExpiringInBacklog) {
 			dead = true
 		}
 	}
@@ -641,12 +658,16 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		replaySeq = meta.Sequence.Stream
 	}
 	ev, err := event.Unmarshal(msg.Data())
-	if err != nil || !recordable(ev.ID) {
+	if err != nil || ev.ID == "" {
 		w.breaker.release(probe)
 		w.deadLetter(ctx, msg, meta, event.Event{}, attemptKey(w.ep.Name, seqID(meta.Sequence.Stream), replaySeq), attempts{}, ReasonUndecodable, replayed)
 		return
 	}
-	key := attemptKey(w.ep.Name, ev.ID, replaySeq)
+	recID := ev.ID
+	if !recordable(recID) { // another publisher's id that no key can hold: its record goes by its place
+		recID = seqID(meta.Sequence.Stream)
+	}
+	key := attemptKey(w.ep.Name, recID, replaySeq)
 	var rec attempts
 	var res attemptResult
 	log := func() *zerolog.Logger { // built only for the lines written
@@ -786,12 +807,15 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		rec.NextAt = now.Add(act.delay)
 		delay := act.delay
 		if err := w.store.put(ctx, key, rec); err != nil {
-			// The stored record is the attempt's before, its next attempt
-			// due long ago: an ordered successor would take it for stuck
-			// (staleRecord) and go first. Back soon instead, to be
-			// attempted and recorded then.
 			log().Warn().Err(err).Msg("record attempt")
-			delay = min(delay, unrecordedRetryMax)
+			if w.ep.Ordered {
+				// The stored record is the attempt's before, its next
+				// attempt due long ago: a successor would take it for
+				// stuck (staleRecord) and go first. Back soon instead, to
+				// be attempted and recorded then. (Only where order is
+				// kept: elsewhere the delay, a Retry-After too, stands.)
+				delay = min(delay, unrecordedRetryMax)
+			}
 		}
 		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "retry").Inc()
 		w.cfg.Metrics.RetriesScheduled.WithLabelValues(w.ep.Name).Inc()

@@ -124,7 +124,7 @@ func TestOrderedWaitIsBounded(t *testing.T) {
 func TestARetryWhoseRecordFailedComesBackSoon(t *testing.T) {
 	h := newHarness(t)
 	defer func(d time.Duration) { unrecordedRetryMax = d }(unrecordedRetryMax)
-	unrecordedRetryMax = 200 * time.Millisecond
+	unrecordedRetryMax = 2 * time.Second // time to lift the refusal first: the third attempt's record must be written
 	var restore atomic.Pointer[func()]
 	c := newConsumer(t, status())
 	c.answer = func(n int, _ *http.Request, w http.ResponseWriter) {
