@@ -73,12 +73,14 @@ func (h *callbackHandler) serve(c echo.Context) error {
 		// with the answer of the first check it fails in their documented
 		// order, but outside the slots, which a few slow requests from
 		// anyone could otherwise hold for read_timeout each.
+		// Its body is read for its size and completeness only, into
+		// nothing: outside the slots, nothing may hold memory for it.
 		h.cfg.Metrics.RefusedInFlight.Inc()
-		res, err = h.handle(c, project, p)
+		res, err = h.handle(c, project, p, true)
 		h.cfg.Metrics.RefusedInFlight.Dec()
 	case h.acquire():
 		defer h.release()
-		res, err = h.handle(c, project, p)
+		res, err = h.handle(c, project, p, false)
 	default:
 		err = ErrOverloaded
 	}
@@ -127,12 +129,12 @@ func (h *callbackHandler) admitted(c echo.Context, p *Project) bool {
 
 // handle runs the checks in the documented order: content type, size,
 // project, callback token, source IP, signature, body; then stores.
-func (h *callbackHandler) handle(c echo.Context, project string, p *Project) (accepted, error) {
+func (h *callbackHandler) handle(c echo.Context, project string, p *Project, refused bool) (accepted, error) {
 	req := c.Request()
 	if !isJSON(req.Header.Get(echo.HeaderContentType)) {
 		return accepted{}, ErrUnsupportedMediaType
 	}
-	body, err := h.readBody(c)
+	body, err := h.readBody(c, refused)
 	if err != nil {
 		return accepted{}, err
 	}
@@ -178,12 +180,18 @@ func boundedIP(ip string) string {
 
 // readBody reads at most MaxBodyBytes, rejecting larger bodies before
 // reading them when Content-Length tells.
-func (h *callbackHandler) readBody(c echo.Context) ([]byte, error) {
+func (h *callbackHandler) readBody(c echo.Context, discard bool) ([]byte, error) {
 	req := c.Request()
 	if req.ContentLength > h.cfg.MaxBodyBytes {
 		return nil, ErrBodyTooLarge
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), req.Body, h.cfg.MaxBodyBytes))
+	var body []byte
+	var err error
+	if discard { // a refused caller's: its size and completeness are checked, its bytes kept nowhere
+		_, err = io.Copy(io.Discard, http.MaxBytesReader(c.Response(), req.Body, h.cfg.MaxBodyBytes))
+	} else {
+		body, err = io.ReadAll(http.MaxBytesReader(c.Response(), req.Body, h.cfg.MaxBodyBytes))
+	}
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
