@@ -3,10 +3,13 @@ package tracing
 import (
 	"errors"
 	"net/url"
+	"regexp"
 	"sync/atomic"
 
 	"github.com/go-logr/logr"
 	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/verify"
 )
 
 // logTo is where OpenTelemetry's own messages go (SetLogger; nowhere
@@ -44,6 +47,19 @@ func (quietSink) Error(err error, msg string, _ ...any) {
 
 func (s quietSink) WithValues(...any) logr.LogSink { return s }
 func (s quietSink) WithName(string) logr.LogSink   { return s }
+
+// handleError logs an error OpenTelemetry hands over (an export that
+// failed) as a warning, its URLs as verify.RedactURL shows them.
+func handleError(err error) {
+	if l := logTo.Load(); l != nil {
+		l.Warn().Str("component", "opentelemetry").Str("error", bounded(withoutURLs(describe(err)))).Msg("opentelemetry error")
+	}
+}
+
+var urlInText = regexp.MustCompile(`[a-zA-Z][a-zA-Z0-9+.-]*://[^\s"']+`)
+
+// withoutURLs is s with each URL in it as verify.RedactURL shows it.
+func withoutURLs(s string) string { return urlInText.ReplaceAllStringFunc(s, verify.RedactURL) }
 
 // describe is err's text without a URL it carries (url.Error repeats the
 // URL, which may hold credentials).

@@ -84,6 +84,7 @@ func Setup(ctx context.Context, version string) (func(context.Context) error, er
 		return func(context.Context) error { return nil }, nil
 	}
 	otel.SetLogger(logr.New(quietSink{}))
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(handleError)) // its default prints an export's failure, URL and all, to stderr
 	for _, k := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
 		if p := os.Getenv(k); p != "" && p != "http/protobuf" {
 			return nil, fmt.Errorf("%w (%s=%s)", ErrProtocol, k, p)

@@ -186,3 +186,31 @@ func captureStderr(t *testing.T) func() string {
 		return string(b)
 	}
 }
+
+// An export that fails is handed to OpenTelemetry's error handler, whose
+// default printed it to stderr with the collector's URL (its path may be
+// a token). It goes to the relay's log, the URL as RedactURL shows it.
+func TestOpenTelemetryExportErrorsGoToTheLog(t *testing.T) {
+	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusUnauthorized) }))
+	defer collector.Close()
+	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.URL+"/ingest/s3cr3tPathToken0123456789")
+	prev := otel.GetTracerProvider()
+	defer otel.SetTracerProvider(prev)
+	stderr := captureStderr(t)
+	var logged bytes.Buffer
+	SetLogger(zerolog.New(&logged))
+	defer SetLogger(zerolog.Nop())
+	shutdown, err := Setup(context.Background(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := Tracer().Start(context.Background(), "sengo.test")
+	span.End()
+	_ = shutdown(context.Background())
+	if out := stderr(); strings.Contains(out, "s3cr3t") || strings.Contains(out, "401") {
+		t.Fatalf("stderr: %s", out)
+	}
+	if out := logged.String(); !strings.Contains(out, "401") || strings.Contains(out, "s3cr3t") {
+		t.Fatalf("the relay's log: %s; want the failed export, its URL without the token", out)
+	}
+}
