@@ -60,27 +60,26 @@ type accepted struct {
 // only after JetStream acknowledged the store, and counts every outcome.
 func (h *callbackHandler) serve(c echo.Context) error {
 	project := c.Param("project")
-	p := h.projects[project] // nil: unknown, rejected in handle after the body checks
+	p := h.projects[project] // nil: unknown, refused by gate
 	label := project
 	if p == nil {
 		label = "unknown" // bounded label values, whatever callers send
 	}
 	var res accepted
+	ip := c.RealIP()
+	refusal := h.gate(c, p, ip)
 	var err error
 	switch {
-	case !h.admitted(c, p):
-		// It fails a check that needs no body: it is refused all the same,
-		// with the answer of the first check it fails in their documented
-		// order, but outside the slots, which a few slow requests from
-		// anyone could otherwise hold for read_timeout each.
-		// Its body is read for its size and completeness only, into
-		// nothing: outside the slots, nothing may hold memory for it.
+	case refusal != nil:
+		// Refused by a check that needs no body, it is answered outside
+		// the slots, which a few slow requests from anyone could otherwise
+		// hold for read_timeout each; its body is read into nothing.
 		h.cfg.Metrics.RefusedInFlight.Inc()
-		res, err = h.handle(c, project, p, true)
+		res, err = h.handle(c, project, p, ip, refusal)
 		h.cfg.Metrics.RefusedInFlight.Dec()
 	case h.acquire():
 		defer h.release()
-		res, err = h.handle(c, project, p, false)
+		res, err = h.handle(c, project, p, ip, nil)
 	default:
 		err = ErrOverloaded
 	}
@@ -114,40 +113,37 @@ func (h *callbackHandler) release() {
 	}
 }
 
-// admitted reports whether a callback passes the checks that need no
-// body: a configured project, its callback token, an allowed source IP.
-func (h *callbackHandler) admitted(c echo.Context, p *Project) bool {
+// gate runs the checks that need no body, in their documented order: a
+// configured project, its callback token, an allowed source IP. It
+// returns the first one's error, or nil.
+func (h *callbackHandler) gate(c echo.Context, p *Project, ip string) error {
 	if p == nil {
-		return false
+		return ErrUnknownProject
 	}
 	token := c.Param("token")
 	if p.CallbackToken != "" && !verify.Token(p.CallbackToken, token) || p.CallbackToken == "" && token != "" {
-		return false
+		return ErrUnauthorized
 	}
-	return p.AllowedIPs.Allows(c.RealIP())
+	if !p.AllowedIPs.Allows(ip) {
+		return ErrForbidden
+	}
+	return nil
 }
 
 // handle runs the checks in the documented order: content type, size,
-// project, callback token, source IP, signature, body; then stores.
-func (h *callbackHandler) handle(c echo.Context, project string, p *Project, refused bool) (accepted, error) {
+// then gate's (refusal, already known), signature, body; then stores. A
+// refused callback's body is read only for its size and completeness.
+func (h *callbackHandler) handle(c echo.Context, project string, p *Project, ip string, refusal error) (accepted, error) {
 	req := c.Request()
 	if !isJSON(req.Header.Get(echo.HeaderContentType)) {
 		return accepted{}, ErrUnsupportedMediaType
 	}
-	body, err := h.readBody(c, refused)
+	body, err := h.readBody(c, refusal != nil)
 	if err != nil {
 		return accepted{}, err
 	}
-	if p == nil {
-		return accepted{}, ErrUnknownProject
-	}
-	token := c.Param("token")
-	if p.CallbackToken != "" && !verify.Token(p.CallbackToken, token) || p.CallbackToken == "" && token != "" {
-		return accepted{}, ErrUnauthorized
-	}
-	ip := c.RealIP()
-	if !p.AllowedIPs.Allows(ip) {
-		return accepted{}, ErrForbidden
+	if refusal != nil {
+		return accepted{}, refusal
 	}
 	signature := SignatureNotChecked
 	if sig := req.Header.Get("X-Signature"); p.Signature == SignatureRequired || p.Signature == SignatureOptional && sig != "" {
