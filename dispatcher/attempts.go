@@ -53,6 +53,15 @@ func recordable(id string) bool {
 // id is kept under: "seq-" and its stream sequence.
 func seqID(seq uint64) string { return "seq-" + strconv.FormatUint(seq, 10) }
 
+// recordID is the id an event's attempt record is kept under: its own, or
+// seqID of seq when it is not recordable.
+func recordID(id string, seq uint64) string {
+	if !recordable(id) {
+		return seqID(seq)
+	}
+	return id
+}
+
 // attemptKey is the KV key of an event's record for an endpoint. Replayed
 // and redriven copies (replaySeq > 0) get their own record: a fresh budget.
 func attemptKey(endpoint, eventID string, replaySeq uint64) string {

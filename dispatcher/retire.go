@@ -535,11 +535,7 @@ func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string
 	if replayed {
 		replaySeq = meta.Sequence.Stream
 	}
-	id := ev.ID
-	if !recordable(id) {
-		id = seqID(meta.Sequence.Stream)
-	}
-	key := attemptKey(endpoint, id, replaySeq)
+	key := attemptKey(endpoint, recordID(ev.ID, meta.Sequence.Stream), replaySeq)
 	rec, _, err := r.store.get(ctx, key)
 	if err != nil {
 		return false, err

@@ -459,11 +459,9 @@ func (w *Worker) expire(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 	if replayed {
 		replaySeq = meta.Sequence.Stream // a copy has a record of its own
 	}
-	id := ev.ID
-	if !recordable(id) { // as handle keeps it: "orders." is no key, and the guard took it again at every look
-		id = seqID(meta.Sequence.Stream)
-	}
-	key := attemptKey(w.ep.Name, id, replaySeq)
+	// As handle keeps it: an empty id made "orders.", no key, and the guard
+	// took the message again at every look.
+	key := attemptKey(w.ep.Name, recordID(ev.ID, meta.Sequence.Stream), replaySeq)
 	rec, _, err := w.store.get(mctx, key)
 	if err != nil {
 		_ = msg.Nak()
@@ -663,11 +661,7 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		w.deadLetter(ctx, msg, meta, event.Event{}, attemptKey(w.ep.Name, seqID(meta.Sequence.Stream), replaySeq), attempts{}, ReasonUndecodable, replayed)
 		return
 	}
-	recID := ev.ID
-	if !recordable(recID) { // another publisher's id that no key can hold: its record goes by its place
-		recID = seqID(meta.Sequence.Stream)
-	}
-	key := attemptKey(w.ep.Name, recID, replaySeq)
+	key := attemptKey(w.ep.Name, recordID(ev.ID, meta.Sequence.Stream), replaySeq)
 	var rec attempts
 	var res attemptResult
 	log := func() *zerolog.Logger { // built only for the lines written

@@ -120,31 +120,42 @@ func TestOrderedWaitIsBounded(t *testing.T) {
 // its whole scheduled delay (here half an hour) with the record of the attempt
 // before it, due long ago: an ordered successor takes such a record for
 // stuck after a few minutes and was delivered first. It now comes back
-// within unrecordedRetryMax, before that, and is recorded then.
+// within unrecordedRetryMax, before that, and is recorded then; on an
+// endpoint that keeps no order its delay stands.
 func TestARetryWhoseRecordFailedComesBackSoon(t *testing.T) {
-	h := newHarness(t)
 	defer func(d time.Duration) { unrecordedRetryMax = d }(unrecordedRetryMax)
 	unrecordedRetryMax = 2 * time.Second // time to lift the refusal first: the third attempt's record must be written
-	var restore atomic.Pointer[func()]
-	c := newConsumer(t, status())
-	c.answer = func(n int, _ *http.Request, w http.ResponseWriter) {
-		if n == 2 { // the second attempt's record is refused
-			r := natstest.RefuseWrites(t, h.js, "KV_"+event.BucketDelivery)
-			restore.Store(&r)
+	for _, ordered := range []bool{true, false} {
+		h := newHarness(t)
+		var restore atomic.Pointer[func()]
+		c := newConsumer(t, status())
+		c.answer = func(n int, _ *http.Request, w http.ResponseWriter) {
+			if n == 2 { // the second attempt's record is refused
+				r := natstest.RefuseWrites(t, h.js, "KV_"+event.BucketDelivery)
+				restore.Store(&r)
+			}
+			if n <= 2 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			w.WriteHeader(http.StatusOK)
 		}
-		if n <= 2 {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return
+		ep := h.endpoint("orders", c.URL, 50*time.Millisecond, 30*time.Minute, 30*time.Minute) // within the harness's hour of retention
+		ep.Ordered = ordered
+		w := h.start(ep)
+		h.publish("tx-unrecorded", event.StatusPending, "")
+		eventually(t, "the second attempt's record refused", func() bool { return strings.Contains(h.logs.String(), "record attempt") })
+		(*restore.Load())()
+		if ordered {
+			eventually(t, "a third attempt, delivered", func() bool { return len(c.got()) == 3 && h.settled(w) })
+			continue
 		}
-		w.WriteHeader(http.StatusOK)
+		// Where order is not kept, the delay stands (a Retry-After too).
+		eventually(t, "the retry scheduled", func() bool { return strings.Count(h.logs.String(), "retry scheduled") >= 2 })
+		if last := h.logs.String()[strings.LastIndex(h.logs.String(), "record attempt"):]; !strings.Contains(last, `"delay":"30m0s"`) {
+			t.Fatalf("unordered endpoint: the retry after the refused record is not its scheduled 30 minutes:\n%s", last)
+		}
 	}
-	ep := h.endpoint("orders", c.URL, 50*time.Millisecond, 30*time.Minute, 30*time.Minute) // within the harness's hour of retention
-	ep.Ordered = true
-	w := h.start(ep)
-	h.publish("tx-unrecorded", event.StatusPending, "")
-	eventually(t, "the second attempt's record refused", func() bool { return strings.Contains(h.logs.String(), "record attempt") })
-	(*restore.Load())()
-	eventually(t, "a third attempt, delivered", func() bool { return len(c.got()) == 3 && h.settled(w) })
 }
 
 // pendingRefusedThenSlow is a consumer that answers 503 to pending until
