@@ -280,7 +280,7 @@ type readiness struct {
 
 func (r *readiness) get(ctx context.Context) error {
 	r.mu.Lock()
-	if !r.at.IsZero() && time.Since(r.at) < readyFor {
+	if time.Since(r.at) < readyFor { // never, before the first answer
 		err := r.err
 		r.mu.Unlock()
 		return err

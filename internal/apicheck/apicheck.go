@@ -29,6 +29,8 @@ type document struct {
 	paths map[string]map[string]yaml.Node
 }
 
+func (d *Document) doc() *document { return d.d.(*document) }
+
 // New parses doc and builds its validator.
 func New(doc []byte) (*Document, error) {
 	d, err := libopenapi.NewDocument(doc)
@@ -51,7 +53,7 @@ func New(doc []byte) (*Document, error) {
 // Problems are what makes the document itself invalid OpenAPI.
 func (d *Document) Problems() []string {
 	var out []string
-	if ok, errs := d.d.(*document).v.ValidateDocument(); !ok {
+	if ok, errs := d.doc().v.ValidateDocument(); !ok {
 		for _, e := range errs {
 			out = append(out, e.Message+": "+e.Reason)
 		}
@@ -68,7 +70,7 @@ func (d *Document) Check(req *http.Request, resp *http.Response, body []byte) []
 	var out []string
 	r := *resp
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	if ok, errs := d.d.(*document).v.ValidateHttpResponse(req, &r); !ok {
+	if ok, errs := d.doc().v.ValidateHttpResponse(req, &r); !ok {
 		for _, e := range errs {
 			reasons := []string{e.Reason}
 			for _, se := range e.SchemaValidationErrors {
@@ -97,7 +99,7 @@ func (d *Document) Statuses(method, path string) (codes []string, ok bool, err e
 	var op *yaml.Node
 	best := -1
 	got := strings.Split(path, "/")
-	for tmpl, item := range d.d.(*document).paths {
+	for tmpl, item := range d.doc().paths {
 		n, found := item[strings.ToLower(method)]
 		want := strings.Split(tmpl, "/")
 		if !found || len(want) != len(got) {

@@ -9,9 +9,10 @@
 // endpoint names, HTTP statuses), never a token, secret, API key or URL
 // with credentials.
 //
-// OpenTelemetry's own messages go to the relay's log (SetLogger) without
-// the values it attaches: they repeat what it could not parse, a header's
-// token included.
+// OpenTelemetry's own messages and errors go to the relay's log
+// (SetLogger) without the values it attaches (they repeat what it could
+// not parse, a header's token included) and with URLs redacted.
 //
-// It may import the OpenTelemetry API and SDK, logr, zerolog and nats.go.
+// It may import the OpenTelemetry API and SDK, logr, zerolog, nats.go and
+// verify (to redact URLs).
 package tracing

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/url"
 	"regexp"
+	"strings"
 	"sync/atomic"
 
 	"github.com/go-logr/logr"
@@ -41,7 +42,7 @@ func (quietSink) Info(_ int, msg string, _ ...any) {
 
 func (quietSink) Error(err error, msg string, _ ...any) {
 	if l := logTo.Load(); l != nil {
-		l.Warn().Str("component", "opentelemetry").Str("error", bounded(describe(err))).Msg(bounded(msg))
+		l.Warn().Str("component", "opentelemetry").Str("error", errText(err)).Msg(bounded(msg))
 	}
 }
 
@@ -49,35 +50,33 @@ func (s quietSink) WithValues(...any) logr.LogSink { return s }
 func (s quietSink) WithName(string) logr.LogSink   { return s }
 
 // handleError logs an error OpenTelemetry hands over (an export that
-// failed) as a warning, its URLs as verify.RedactURL shows them.
+// failed) as a warning.
 func handleError(err error) {
 	if l := logTo.Load(); l != nil {
-		l.Warn().Str("component", "opentelemetry").Str("error", bounded(withoutURLs(describe(err)))).Msg("opentelemetry error")
+		l.Warn().Str("component", "opentelemetry").Str("error", errText(err)).Msg("opentelemetry error")
 	}
 }
 
 var urlInText = regexp.MustCompile(`[a-zA-Z][a-zA-Z0-9+.-]*://[^\s"']+`)
 
-// withoutURLs is s with each URL in it as verify.RedactURL shows it.
-func withoutURLs(s string) string { return urlInText.ReplaceAllStringFunc(s, verify.RedactURL) }
-
-// describe is err's text without a URL it carries (url.Error repeats the
-// URL, which may hold credentials).
-func describe(err error) string {
+// errText is err's text as the log shows it: without the URL a url.Error
+// repeats, any other URL in it as verify.RedactURL shows it (either may
+// hold credentials or a token), bounded.
+func errText(err error) string {
 	if err == nil {
 		return ""
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		return ue.Op + ": " + describe(ue.Err)
+		return bounded(ue.Op + ": " + errText(ue.Err))
 	}
-	return err.Error()
+	return bounded(urlInText.ReplaceAllStringFunc(err.Error(), verify.RedactURL))
 }
 
-// bounded cuts s to 300 bytes.
+// bounded cuts s to 300 bytes, valid UTF-8.
 func bounded(s string) string {
 	if len(s) > 300 {
-		return s[:300] + "…"
+		s = s[:300] + "…"
 	}
-	return s
+	return strings.ToValidUTF8(s, "?")
 }

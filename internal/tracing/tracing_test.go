@@ -139,29 +139,43 @@ func TestLongTraceStateIsNotCarried(t *testing.T) {
 // collector's token in the relay's output. Its messages now go to the
 // relay's log without their values.
 func TestOpenTelemetryLogsNoHeaderValue(t *testing.T) {
-	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(200) }))
+	stderr, logged := runOpenTelemetry(t, http.StatusOK, map[string]string{
+		"OTEL_EXPORTER_OTLP_HEADERS": "Authorization: Bearer s3cr3t-collector-token"})
+	if strings.Contains(stderr, "s3cr3t") {
+		t.Fatalf("stderr repeats the header's value:\n%s", stderr)
+	}
+	if !strings.Contains(logged, "parse headers") || strings.Contains(logged, "s3cr3t") {
+		t.Fatalf("the relay's log: %s; want OpenTelemetry's message without the header's value", logged)
+	}
+}
+
+// runOpenTelemetry sets tracing up against a collector answering status
+// (the variables env added; OTEL_EXPORTER_OTLP_ENDPOINT is the collector
+// unless OTEL_EXPORTER_OTLP_TRACES_ENDPOINT names a path of it), exports
+// one span and shuts down. It returns what reached stderr and the relay's
+// log meanwhile.
+func runOpenTelemetry(t *testing.T, status int, env map[string]string) (stderr, logged string) {
+	t.Helper()
+	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(status) }))
 	defer collector.Close()
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
-	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization: Bearer s3cr3t-collector-token")
+	for k, v := range env {
+		t.Setenv(k, strings.ReplaceAll(v, "{collector}", collector.URL))
+	}
 	prev := otel.GetTracerProvider()
 	defer otel.SetTracerProvider(prev)
-	stderr := captureStderr(t)
-	var logged bytes.Buffer
-	SetLogger(zerolog.New(&logged))
+	read := captureStderr(t)
+	var log bytes.Buffer
+	SetLogger(zerolog.New(&log))
 	defer SetLogger(zerolog.Nop())
 	shutdown, err := Setup(context.Background(), "test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := shutdown(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if out := stderr(); strings.Contains(out, "s3cr3t") {
-		t.Fatalf("stderr repeats the header's value:\n%s", out)
-	}
-	if out := logged.String(); !strings.Contains(out, "parse headers") || strings.Contains(out, "s3cr3t") {
-		t.Fatalf("the relay's log: %s; want OpenTelemetry's message without the header's value", out)
-	}
+	_, span := Tracer().Start(context.Background(), "sengo.test")
+	span.End()
+	_ = shutdown(context.Background())
+	return read(), log.String()
 }
 
 // captureStderr points file descriptor 2 at a file until the test ends
@@ -191,26 +205,12 @@ func captureStderr(t *testing.T) func() string {
 // default printed it to stderr with the collector's URL (its path may be
 // a token). It goes to the relay's log, the URL as RedactURL shows it.
 func TestOpenTelemetryExportErrorsGoToTheLog(t *testing.T) {
-	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusUnauthorized) }))
-	defer collector.Close()
-	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.URL+"/ingest/s3cr3tPathToken0123456789")
-	prev := otel.GetTracerProvider()
-	defer otel.SetTracerProvider(prev)
-	stderr := captureStderr(t)
-	var logged bytes.Buffer
-	SetLogger(zerolog.New(&logged))
-	defer SetLogger(zerolog.Nop())
-	shutdown, err := Setup(context.Background(), "test")
-	if err != nil {
-		t.Fatal(err)
+	stderr, logged := runOpenTelemetry(t, http.StatusUnauthorized, map[string]string{
+		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "{collector}/ingest/s3cr3tPathToken0123456789"})
+	if strings.Contains(stderr, "s3cr3t") || strings.Contains(stderr, "401") {
+		t.Fatalf("stderr: %s", stderr)
 	}
-	_, span := Tracer().Start(context.Background(), "sengo.test")
-	span.End()
-	_ = shutdown(context.Background())
-	if out := stderr(); strings.Contains(out, "s3cr3t") || strings.Contains(out, "401") {
-		t.Fatalf("stderr: %s", out)
-	}
-	if out := logged.String(); !strings.Contains(out, "401") || strings.Contains(out, "s3cr3t") {
-		t.Fatalf("the relay's log: %s; want the failed export, its URL without the token", out)
+	if !strings.Contains(logged, "401") || strings.Contains(logged, "s3cr3t") {
+		t.Fatalf("the relay's log: %s; want the failed export, its URL without the token", logged)
 	}
 }
