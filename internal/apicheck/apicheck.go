@@ -29,7 +29,12 @@ type document struct {
 	paths map[string]map[string]yaml.Node
 }
 
-func (d *Document) doc() *document { return d.d.(*document) }
+// docOf is the document behind d. It is a function, not a method: a
+// method of Document, even an unexported one, is in Document's method set,
+// which every importer's type information holds, and a method naming
+// *document there made every importer compile the validator's generic
+// types again (internal/admin's tests took 8 s to compile, not 1.5 s).
+func docOf(d *Document) *document { return d.d.(*document) }
 
 // New parses doc and builds its validator.
 func New(doc []byte) (*Document, error) {
@@ -53,7 +58,7 @@ func New(doc []byte) (*Document, error) {
 // Problems are what makes the document itself invalid OpenAPI.
 func (d *Document) Problems() []string {
 	var out []string
-	if ok, errs := d.doc().v.ValidateDocument(); !ok {
+	if ok, errs := docOf(d).v.ValidateDocument(); !ok {
 		for _, e := range errs {
 			out = append(out, e.Message+": "+e.Reason)
 		}
@@ -70,7 +75,7 @@ func (d *Document) Check(req *http.Request, resp *http.Response, body []byte) []
 	var out []string
 	r := *resp
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	if ok, errs := d.doc().v.ValidateHttpResponse(req, &r); !ok {
+	if ok, errs := docOf(d).v.ValidateHttpResponse(req, &r); !ok {
 		for _, e := range errs {
 			reasons := []string{e.Reason}
 			for _, se := range e.SchemaValidationErrors {
@@ -99,7 +104,7 @@ func (d *Document) Statuses(method, path string) (codes []string, ok bool, err e
 	var op *yaml.Node
 	best := -1
 	got := strings.Split(path, "/")
-	for tmpl, item := range d.doc().paths {
+	for tmpl, item := range docOf(d).paths {
 		n, found := item[strings.ToLower(method)]
 		want := strings.Split(tmpl, "/")
 		if !found || len(want) != len(got) {
