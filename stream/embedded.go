@@ -66,8 +66,12 @@ func bcryptHash(pw string) string {
 	return string(h)
 }
 
-// users returns the server's users with their permissions.
-func (a *EmbeddedAuth) users() []*server.User {
+// subscriberPermissions are what the subscriber may send and receive in
+// its account (SubscriberAccount): the JetStream requests it imports for
+// Stream, and the events' subjects. Consumers of the relay's (Protected)
+// are denied here by name; any name starting ReservedConsumerPrefix is
+// refused at creation by the guard.
+func (a *EmbeddedAuth) subscriberPermissions() *server.Permissions {
 	st := a.Stream
 	pub := []string{
 		"$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.INFO." + st,
@@ -87,12 +91,9 @@ func (a *EmbeddedAuth) users() []*server.User {
 			"$JS.API.CONSUMER.MSG.NEXT."+st+"."+c, "$JS.ACK."+st+"."+c+".>",
 		)
 	}
-	return []*server.User{
-		{Username: a.RelayUser, Password: bcryptHash(a.RelayPassword)},
-		{Username: a.SubscriberUser, Password: bcryptHash(a.SubscriberPassword), Permissions: &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: pub, Deny: deny},
-			Subscribe: &server.SubjectPermission{Allow: []string{a.Subjects, "_INBOX.>"}},
-		}},
+	return &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: pub, Deny: deny},
+		Subscribe: &server.SubjectPermission{Allow: []string{a.Subjects, "_INBOX.>"}},
 	}
 }
 
@@ -101,6 +102,7 @@ type Embedded struct {
 	srv    *server.Server
 	unlock func()
 	auth   *EmbeddedAuth
+	guard  *nats.Conn // the relay's connection checking the subscriber's consumer creations
 }
 
 // ErrStoreLocked: another process holds the store directory.
@@ -143,8 +145,10 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 	if cfg.MaxStore > 0 {
 		opts.JetStreamMaxStore = cfg.MaxStore
 	}
+	var auth *authenticator
 	if cfg.Auth != nil {
-		opts.Users = cfg.Auth.users()
+		auth = newAuthenticator(cfg.Auth)
+		opts.CustomClientAuthentication = auth
 	}
 	if cfg.Listen == "" {
 		opts.DontListen = true
@@ -182,7 +186,24 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 		srv.Shutdown()
 		return nil, errors.New("embedded nats: JetStream did not start (see the nats-server log lines)")
 	}
-	return &Embedded{srv: srv, unlock: unlock, auth: cfg.Auth}, nil
+	e := &Embedded{srv: srv, unlock: unlock, auth: cfg.Auth}
+	if auth != nil {
+		// The relay logs in from now on; the subscriber once its account
+		// is in place.
+		auth.relay.Store(&server.User{Username: cfg.Auth.RelayUser, Account: srv.GlobalAccount()})
+		if e.guard, err = nats.Connect("", e.ConnectOption(), nats.Name("sengo-relay subscriber guard")); err != nil {
+			srv.Shutdown()
+			return nil, fmt.Errorf("embedded nats: guard connection: %w", err)
+		}
+		if _, err = subscriberAccess(srv, cfg.Auth, e.guard); err != nil {
+			e.guard.Close()
+			srv.Shutdown()
+			return nil, fmt.Errorf("embedded nats: the subscriber's account: %w", err)
+		}
+		subs, _ := srv.LookupAccount(SubscriberAccount)
+		auth.sub.Store(&server.User{Username: cfg.Auth.SubscriberUser, Account: subs, Permissions: cfg.Auth.subscriberPermissions()})
+	}
+	return e, nil
 }
 
 // ClientURL is the URL other processes connect to, or "" without a listener.
@@ -233,6 +254,9 @@ func (e *Embedded) Stats() (inMsgs, apiRequests uint64) {
 // Shutdown stops the server and waits until it has stopped. JetStream
 // flushes its files on the way out.
 func (e *Embedded) Shutdown() {
+	if e.guard != nil {
+		e.guard.Close()
+	}
 	e.srv.Shutdown()
 	e.srv.WaitForShutdown()
 	e.unlock()

@@ -1,0 +1,237 @@
+package stream
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// SubscriberAccount is the NATS account the subscriber identity lives in.
+// The relay's streams and buckets stay in the server's global account,
+// which holds every store written before this account existed.
+//
+// The subscriber has an account of its own because, in one account, any
+// identity that may send a JetStream request chooses where the answer goes:
+// nats-server publishes a direct get's answer, a pull's messages and a
+// push consumer's deliveries to the reply (or deliver) subject as written,
+// and a stream of that account whose subjects match stores them. The
+// read-only subscriber could so write into the inbox, the transactions'
+// bucket (an empty entry quarantined the transaction's genuine success)
+// and the hold of an endpoint, and store copies of events under other
+// subjects. From its own account its requests reach the relay's account
+// only through the imports below, and their answers come back through a
+// reply subject the server makes (_R_.…), which no stream of the relay's
+// holds.
+const SubscriberAccount = "SENGO_SUBSCRIBERS"
+
+// guardPrefix is where, in the relay's account, the subscriber's consumer
+// creations arrive: the relay checks each before JetStream sees it.
+const guardPrefix = "_SENGO_RELAY_GUARD"
+
+// ReservedConsumerPrefix names the relay's own consumers on the events
+// stream (dispatcher.ConsumerName); the subscriber may create none by such
+// a name, whichever endpoints are configured now.
+const ReservedConsumerPrefix = "webhook-"
+
+// SubscriberDeliverPrefix is the only place a subscriber's push consumer
+// may deliver to. Anywhere else in the relay's account a stream could
+// store what it delivers.
+const SubscriberDeliverPrefix = "_INBOX."
+
+// authenticator checks both identities' passwords and puts each in its
+// account.
+type authenticator struct {
+	relayUser, subUser string
+	relayHash, subHash []byte
+	relay, sub         atomic.Pointer[server.User] // nil until the server and its accounts are ready
+}
+
+func newAuthenticator(a *EmbeddedAuth) *authenticator {
+	return &authenticator{
+		relayUser: a.RelayUser, relayHash: []byte(bcryptHash(a.RelayPassword)),
+		subUser: a.SubscriberUser, subHash: []byte(bcryptHash(a.SubscriberPassword)),
+	}
+}
+
+// Check implements server.Authentication.
+func (a *authenticator) Check(c server.ClientAuthentication) bool {
+	o := c.GetOpts()
+	var u *server.User
+	var hash []byte
+	switch o.Username {
+	case a.relayUser:
+		u, hash = a.relay.Load(), a.relayHash
+	case a.subUser:
+		u, hash = a.sub.Load(), a.subHash
+	}
+	if u == nil || bcrypt.CompareHashAndPassword(hash, []byte(o.Password)) != nil {
+		return false
+	}
+	c.RegisterUser(u)
+	return true
+}
+
+// subscriberAPI are the JetStream API subjects (of stream st) the
+// subscriber may send, each with how many answers a request gets.
+func subscriberAPI(st string) map[string]server.ServiceRespType {
+	return map[string]server.ServiceRespType{
+		"$JS.API.INFO": server.Singleton, "$JS.API.STREAM.NAMES": server.Singleton, "$JS.API.STREAM.INFO." + st: server.Singleton,
+		"$JS.API.STREAM.MSG.GET." + st: server.Singleton,
+		// A batched direct get answers with many messages.
+		"$JS.API.DIRECT.GET." + st: server.Streamed, "$JS.API.DIRECT.GET." + st + ".>": server.Streamed,
+		"$JS.API.CONSUMER.INFO." + st + ".>": server.Singleton,
+		"$JS.API.CONSUMER.LIST." + st:        server.Singleton, "$JS.API.CONSUMER.NAMES." + st: server.Singleton,
+		"$JS.API.CONSUMER.MSG.NEXT." + st + ".>": server.Streamed,
+		"$JS.ACK." + st + ".>":                   server.Singleton, "$JS.FC." + st + ".>": server.Singleton,
+	}
+}
+
+// guardedAPI are the consumer creations and deletions, which the relay
+// checks first.
+func guardedAPI(st string) []string {
+	return []string{"$JS.API.CONSUMER.CREATE." + st + ".>", "$JS.API.CONSUMER.DURABLE.CREATE." + st + ".>", "$JS.API.CONSUMER.DELETE." + st + ".>"}
+}
+
+// subscriberAccess makes the subscriber's account: what it imports from
+// the relay's (global) account, and the guard that checks its consumer
+// creations, on conn (the relay's own connection).
+func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn *nats.Conn) (*nats.Subscription, error) {
+	g := srv.GlobalAccount()
+	subs, err := srv.LookupAccount(SubscriberAccount)
+	if err != nil {
+		if subs, err = srv.RegisterAccount(SubscriberAccount); err != nil {
+			return nil, err
+		}
+	}
+	only := []*server.Account{subs}
+	for subj, resp := range subscriberAPI(a.Stream) {
+		if err := g.AddServiceExportWithResponse(subj, resp, only); err != nil {
+			return nil, fmt.Errorf("export %s: %w", subj, err)
+		}
+		if err := subs.AddServiceImport(g, subj, subj); err != nil {
+			return nil, fmt.Errorf("import %s: %w", subj, err)
+		}
+	}
+	for _, subj := range guardedAPI(a.Stream) {
+		to := guardPrefix + strings.TrimPrefix(subj, "$JS.API")
+		if err := g.AddServiceExportWithResponse(to, server.Singleton, only); err != nil {
+			return nil, fmt.Errorf("export %s: %w", to, err)
+		}
+		if err := subs.AddServiceImport(g, subj, to); err != nil {
+			return nil, fmt.Errorf("import %s: %w", subj, err)
+		}
+	}
+	// Live events (core NATS), and what push consumers deliver.
+	for _, subj := range []string{a.Subjects, SubscriberDeliverPrefix + ">"} {
+		if err := g.AddStreamExport(subj, only); err != nil {
+			return nil, fmt.Errorf("export %s: %w", subj, err)
+		}
+		if err := subs.AddStreamImport(g, subj, ""); err != nil {
+			return nil, fmt.Errorf("import %s: %w", subj, err)
+		}
+	}
+	gd := &guard{conn: conn, protected: a.Protected}
+	return conn.Subscribe(guardPrefix+".>", gd.handle)
+}
+
+// guard checks a subscriber's consumer creation, then makes it as the
+// relay and passes the answer back.
+type guard struct {
+	conn      *nats.Conn
+	protected []string
+}
+
+// guardTimeout bounds the relay's own request to JetStream for a
+// subscriber's consumer.
+const guardTimeout = 10 * time.Second
+
+func (g *guard) handle(m *nats.Msg) {
+	if m.Reply == "" {
+		return
+	}
+	subj := "$JS.API" + strings.TrimPrefix(m.Subject, guardPrefix)
+	if err := g.check(subj, m.Data); err != nil {
+		g.refuse(m, err)
+		return
+	}
+	resp, err := g.conn.RequestMsg(&nats.Msg{Subject: subj, Header: m.Header, Data: m.Data}, guardTimeout)
+	if err != nil {
+		g.refuse(m, fmt.Errorf("%w: the store did not answer", errUnavailable))
+		return
+	}
+	_ = m.RespondMsg(&nats.Msg{Header: resp.Header, Data: resp.Data})
+}
+
+var (
+	errForbidden   = errors.New("forbidden")
+	errUnavailable = errors.New("unavailable")
+)
+
+// check refuses to create or delete a consumer of the relay's (by the
+// subject's name, or the request's), and to create a push consumer
+// delivering outside SubscriberDeliverPrefix.
+func (g *guard) check(subj string, data []byte) error {
+	// $JS.API.CONSUMER.CREATE.<stream>.<name>[.<filter>],
+	// $JS.API.CONSUMER.DURABLE.CREATE.<stream>.<name>,
+	// $JS.API.CONSUMER.DELETE.<stream>.<name>
+	toks := strings.Split(subj, ".")
+	at := 4 // the stream's token
+	if toks[3] == "DURABLE" {
+		at = 5
+	}
+	var names []string
+	if len(toks) > at+1 {
+		names = append(names, toks[at+1])
+	}
+	var req struct {
+		Config struct {
+			Name           string `json:"name"`
+			Durable        string `json:"durable_name"`
+			DeliverSubject string `json:"deliver_subject"`
+		} `json:"config"`
+	}
+	if toks[3] != "DELETE" {
+		if err := json.Unmarshal(data, &req); err != nil {
+			return fmt.Errorf("%w: the request is not JSON", errForbidden)
+		}
+		names = append(names, req.Config.Name, req.Config.Durable)
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, ReservedConsumerPrefix) || contains(g.protected, n) {
+			return fmt.Errorf("%w: consumer names starting with %q are the relay's", errForbidden, ReservedConsumerPrefix)
+		}
+	}
+	if ds := req.Config.DeliverSubject; ds != "" && !strings.HasPrefix(ds, SubscriberDeliverPrefix) {
+		return fmt.Errorf("%w: a push consumer delivers under %s only", errForbidden, SubscriberDeliverPrefix+">")
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// refuse answers as JetStream's API does, so clients report it as an API
+// error.
+func (g *guard) refuse(m *nats.Msg, err error) {
+	code := 403
+	if errors.Is(err, errUnavailable) {
+		code = 503
+	}
+	b, _ := json.Marshal(map[string]any{
+		"error": map[string]any{"code": code, "description": err.Error()},
+	})
+	_ = m.Respond(b)
+}

@@ -1,0 +1,177 @@
+package stream_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/stream"
+)
+
+// The subscriber cannot write into the relay's streams by choosing where
+// JetStream's answers go. In one account it could: nats-server publishes a
+// direct get's answer and a pull's messages to the request's reply
+// subject, and a push consumer's to its deliver subject, as written, and
+// the inbox, the transactions' bucket or the events stream stored them
+// (an empty entry in the bucket quarantined the transaction's genuine
+// success). What it may do still works: read, pull and ack its own
+// consumer, push to its _INBOX, live events.
+func TestTheSubscriberCannotWriteThroughReplies(t *testing.T) {
+	auth := &stream.EmbeddedAuth{
+		RelayUser: "sengo-relay", RelayPassword: "relay-pw-0123456789",
+		SubscriberUser: "subscriber", SubscriberPassword: "sub-pw-0123456789",
+		Stream: "SENGO_EVENTS", Subjects: "sengo.events.>", Protected: []string{"webhook-orders"},
+	}
+	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: auth, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Shutdown()
+	ctx := context.Background()
+	relay, err := stream.Connect(stream.ConnectConfig{Name: "relay", Logger: zerolog.Nop()}, e.ConnectOption())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	rjs, _ := jetstream.New(relay)
+	events, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}, AllowDirect: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inbox, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_INBOX", Subjects: []string{"sengo.inbox.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := rjs.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "SENGO_TX"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rjs.Publish(ctx, "sengo.events.main.retail.success", []byte(`{"id":"evt_1"}`)); err != nil {
+		t.Fatal(err)
+	}
+
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	sjs, _ := jetstream.New(sub)
+	live, err := sub.SubscribeSync("sengo.events.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "orders-service", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatalf("the subscriber's own consumer: %v", err)
+	}
+	targets := []string{"sengo.inbox.main", "$KV.SENGO_TX.main.t1", "sengo.events.main.retail.refund"}
+	for _, reply := range targets {
+		for _, m := range []*nats.Msg{
+			{Subject: "$JS.API.DIRECT.GET.SENGO_EVENTS", Reply: reply, Data: []byte(`{"seq":1}`)},
+			{Subject: "$JS.API.DIRECT.GET.SENGO_EVENTS", Reply: reply},
+			{Subject: "$JS.API.STREAM.INFO.SENGO_EVENTS", Reply: reply},
+			{Subject: "$JS.API.CONSUMER.MSG.NEXT.SENGO_EVENTS.orders-service", Reply: reply, Data: []byte(`{"batch":1}`)},
+		} {
+			if err := sub.PublishMsg(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A push consumer delivering into the relay's subjects, and one named
+	// as the relay's consumers are, are refused at creation.
+	for _, cfg := range []jetstream.ConsumerConfig{
+		{Durable: "pusher", DeliverSubject: "sengo.inbox.main", AckPolicy: jetstream.AckNonePolicy},
+		{Durable: "pusher-kv", DeliverSubject: "$KV.SENGO_TX.main.t2", AckPolicy: jetstream.AckNonePolicy},
+		{Durable: "webhook-crm", AckPolicy: jetstream.AckExplicitPolicy}, // an endpoint not configured (yet, or any more)
+	} {
+		if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", cfg); err == nil || !strings.Contains(err.Error(), "relay") && !strings.Contains(err.Error(), "_INBOX") {
+			t.Errorf("consumer %s (deliver_subject %q) created: %v", cfg.Durable, cfg.DeliverSubject, err)
+		}
+	}
+	// A consumer of an endpoint no longer configured (not in Protected)
+	// is still the relay's: its retirement dead-letters what it holds.
+	if _, err := rjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "webhook-old", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sjs.DeleteConsumer(ctx, "SENGO_EVENTS", "webhook-old"); err == nil {
+		t.Error("the subscriber deleted webhook-old")
+	}
+	if _, err := rjs.Consumer(ctx, "SENGO_EVENTS", "webhook-old"); err != nil {
+		t.Errorf("webhook-old after the subscriber's delete: %v", err)
+	}
+	if err := sjs.DeleteConsumer(ctx, "SENGO_EVENTS", "orders-service-2"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("deleting a consumer of its own that does not exist: %v, want not found", err)
+	}
+	// Allowed: a push consumer delivering to the subscriber's _INBOX (what
+	// `nats sub --since` makes).
+	pushed, err := sub.SubscribeSync("_INBOX.pushed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "pushed", DeliverSubject: "_INBOX.pushed", AckPolicy: jetstream.AckNonePolicy}); err != nil {
+		t.Fatalf("a push consumer to _INBOX: %v", err)
+	}
+	if m, err := pushed.NextMsg(10 * time.Second); err != nil || string(m.Data) != `{"id":"evt_1"}` {
+		t.Fatalf("push delivery: %v", err)
+	}
+	if err := sub.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Live events still arrive, and the subscriber's consumer still works.
+	if _, err := rjs.Publish(ctx, "sengo.events.main.retail.pending", []byte(`{"id":"evt_2"}`)); err != nil {
+		t.Fatal(err)
+	}
+	// (The answers sent to sengo.events.main.retail.refund above come
+	// back to the subscriber's own account, to this subscription, first.)
+	for {
+		m, err := live.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("live event: %v", err)
+		}
+		if string(m.Data) == `{"id":"evt_2"}` {
+			break
+		}
+	}
+	msg, err := own.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatalf("the subscriber's pull: %v", err)
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		t.Fatalf("the subscriber's ack: %v", err)
+	}
+
+	// Nothing reached the relay's streams. The server answers a stream's
+	// direct gets in order, and the injected ones were sent before these.
+	if err := relay.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	sev, err := sjs.Stream(ctx, "SENGO_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sev.GetMsg(ctx, 1, jetstream.WithGetMsgSubject("")); err != nil {
+		t.Fatalf("the subscriber's direct get: %v", err)
+	}
+	in, err := inbox.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := events.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.State.Msgs != 0 || ev.State.Msgs != 2 {
+		t.Errorf("stored from the subscriber's replies: inbox %d messages (want 0), events %d (want 2)", in.State.Msgs, ev.State.Msgs)
+	}
+	for _, k := range []string{"main.t1", "main.t2"} {
+		if _, err := kv.Get(ctx, k); err == nil {
+			t.Errorf("the transactions' bucket holds %s, written by the subscriber's reply", k)
+		}
+	}
+}
