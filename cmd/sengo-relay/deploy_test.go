@@ -31,12 +31,27 @@ import (
 func TestDeployFiles(t *testing.T) {
 	dir := filepath.Join("..", "..", "deploy")
 	t.Setenv("SERVER_NAME", "nats-1")
+	const natsToken = "nats_0123456789abcdef"
+	t.Setenv("NATS_TOKEN", natsToken)
+	for i := 1; i <= 3; i++ { // as the entrypoint makes them
+		t.Setenv(fmt.Sprintf("NATS_ROUTE_%d", i), fmt.Sprintf("nats://route:%s@nats-%d:6222", natsToken, i))
+	}
 	opts, err := server.ProcessConfigFile(filepath.Join(dir, "nats", "nats-server.conf"))
 	if err != nil {
 		t.Fatalf("nats-server.conf: %v", err)
 	}
 	if opts.ServerName != "nats-1" || !opts.JetStream || opts.Cluster.Name != "sengo" || len(opts.Routes) != 3 {
 		t.Fatalf("nats-server.conf: name %q jetstream %v cluster %q routes %d", opts.ServerName, opts.JetStream, opts.Cluster.Name, len(opts.Routes))
+	}
+	// Every listener beyond loopback authenticates: clients and routes with
+	// the token; monitoring, which cannot, is on loopback.
+	if opts.Authorization != natsToken || opts.Cluster.Username != "route" || opts.Cluster.Password != natsToken || opts.HTTPHost != "127.0.0.1" {
+		t.Fatalf("nats-server.conf: client token set %v, route user %q, route password set %v, monitoring on %q", opts.Authorization == natsToken, opts.Cluster.Username, opts.Cluster.Password == natsToken, opts.HTTPHost)
+	}
+	for _, r := range opts.Routes {
+		if p, _ := r.User.Password(); r.User.Username() != "route" || p != natsToken {
+			t.Fatalf("nats-server.conf: route %s does not carry the token", r.Redacted())
+		}
 	}
 	if !opts.SyncAlways {
 		t.Fatal("nats-server.conf: JetStream must fsync before every acknowledgement (sync_interval: always)")
@@ -51,6 +66,7 @@ func TestDeployFiles(t *testing.T) {
 		"SENGO_RELAY_ENDPOINTS_ORDERS_SECRETS_FILE":     "w",
 		"SENGO_RELAY_ADMIN_TOKEN_FILE":                  "a",
 		"SENGO_RELAY_METRICS_TOKEN_FILE":                "m",
+		"SENGO_RELAY_NATS_TOKEN_FILE":                   "n",
 	} {
 		p := filepath.Join(secrets, file)
 		value := "secret-value-0123456789"
