@@ -428,7 +428,7 @@ func perEndpoint(names []string, counts map[string]uint64) string {
 }
 
 // resumeCommand is the replay command with the window made absolute: the
-// same job, whenever it is run.
+// same job, whenever it is run (a dry run's included).
 func resumeCommand(c *cobra.Command, r dispatcher.ReplayRequest) string {
 	args := []string{"sengo-relay", "replay"}
 	if fl := c.Flag("config"); fl.Changed || fl.Value.String() != "config.yaml" {
@@ -452,6 +452,9 @@ func resumeCommand(c *cobra.Command, r dispatcher.ReplayRequest) string {
 	}
 	if r.MerchantRef != "" {
 		args = append(args, "--merchant-ref", shellQuote(r.MerchantRef))
+	}
+	if r.DryRun { // a dry run's job is another job, and queues nothing
+		args = append(args, "--dry-run")
 	}
 	return strings.Join(args, " ")
 }

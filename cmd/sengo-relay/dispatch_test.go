@@ -415,3 +415,21 @@ func TestRemovedEndpointIsRetired(t *testing.T) {
 		t.Fatalf("the removed endpoint was tried %d times", n)
 	}
 }
+
+// The command printed to resume or run again a replay is the same job: a
+// dry run's keeps --dry-run. Without it, an operator who interrupted a
+// slow dry run and pasted the command queued every matching event for real.
+func TestResumeCommandIsTheSameJob(t *testing.T) {
+	c := newReplayCmd()
+	if err := c.ParseFlags([]string{"--endpoint", "orders", "--since", "24h", "--dry-run"}); err != nil {
+		t.Fatal(err)
+	}
+	since := time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)
+	for _, dry := range []bool{true, false} {
+		req := dispatcher.ReplayRequest{Endpoints: []string{"orders"}, Since: since, Until: since.Add(24 * time.Hour), DryRun: dry}
+		got := resumeCommand(c, req)
+		if strings.Contains(got, "--dry-run") != dry {
+			t.Errorf("dry run %v: %s", dry, got)
+		}
+	}
+}
