@@ -438,6 +438,9 @@ func (cn *console) secure(c echo.Context) bool {
 }
 
 func (cn *console) logout(c echo.Context) error {
+	if err := fields(c, csrfField); err != nil { // as every action: its form sends no other
+		return err
+	}
 	var err error
 	if ck, cerr := c.Cookie(sessionCookie); cerr == nil {
 		err = cn.sessions.drop(c.Request().Context(), ck.Value)

@@ -608,6 +608,8 @@ func TestConsoleUnknownFieldsWidenNoAction(t *testing.T) {
 		// the day to orders, not one payment's success.
 		{"/console/replays", url.Values{"endpoint": {"orders"}, "since": {"24h"}, "status": {"success"}, "merchantRef": {"INV-1"}}},
 		{"/console/replays", url.Values{"endpoints": {"orders"}, "since": {"24h"}, "dry_run": {"true"}}},
+		// Last: it must not sign out (the rows after it would then be refused for want of a session).
+		{"/console/logout", url.Values{"everywhere": {"yes"}}},
 	} {
 		f.form.Set("_csrf", csrf)
 		resp, err := c.PostForm(hs.URL+f.path, f.form)
