@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/history"
 )
 
@@ -130,5 +132,46 @@ func TestDeliveryGoesOnWhenHistoryFails(t *testing.T) {
 	}
 	if len(h.deadLetters()) != 0 {
 		t.Error("a history failure dead-lettered an event")
+	}
+}
+
+// An event from another publisher whose id is no bounded subject token (4
+// KiB of it, or a wildcard) is delivered and its attempt kept under a
+// bounded token. Its id went into the attempt's subject as it came: over
+// nats-server's 4 KiB control line, the server closed the writer's
+// connection, which the relay shares with intake and delivery, so every
+// relay stopped at the event, again at each restart.
+func TestAnAttemptOfAnyEventIDHasABoundedSubject(t *testing.T) {
+	h := newHarness(t)
+	res := h.withHistory()
+	c := newConsumer(t, func(int, *http.Request, http.ResponseWriter) {})
+	w := h.start(h.endpoint("orders", c.URL))
+	ids := []string{strings.Repeat("a", 4100), "evt.*.>", "evt with spaces"}
+	for i, id := range ids {
+		ev := h.publish(fmt.Sprintf("tx-%d", i), event.StatusSuccess, "")
+		ev.ID = id
+		b, err := event.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.js.Publish(t.Context(), event.EventSubject("main", event.ProductRetail, event.StatusPending), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "every event delivered", func() bool { return len(c.got()) == 2*len(ids) && h.settled(w) })
+	eventually(t, "every attempt stored", func() bool { s, _ := res.get(); return s == 2*len(ids) })
+	if _, failed := res.get(); failed != 0 {
+		t.Errorf("%d attempt records failed", failed)
+	}
+	for _, l := range h.logLines() { // the id is cut in the log lines too
+		if id, _ := l["event_id"].(string); len(id) > 300 {
+			t.Errorf("a log line holds an event id of %d bytes", len(id))
+		}
+	}
+	for _, id := range ids {
+		got, _, err := history.Attempts(t.Context(), h.js, id, 0)
+		if err != nil || len(got) != 1 || got[0].EventID != id {
+			t.Errorf("attempts of an event with id %.20q…: %d, %v", id, len(got), err)
+		}
 	}
 }

@@ -563,7 +563,7 @@ func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string
 	if ev.ID != "" {
 		rec.Done, rec.NextAt, rec.DeadLetter = true, time.Time{}, ""
 		if err := r.store.put(ctx, key, rec); err != nil {
-			r.cfg.Logger.Warn().Err(err).Str("event_id", ev.ID).Msg("mark dead-lettered")
+			r.cfg.Logger.Warn().Err(err).Str("event_id", clip(ev.ID)).Msg("mark dead-lettered")
 		}
 	}
 	if replayed {

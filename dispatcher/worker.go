@@ -665,7 +665,7 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 	var rec attempts
 	var res attemptResult
 	log := func() *zerolog.Logger { // built only for the lines written
-		c := w.log.With().Str("event_id", ev.ID).Str("transaction_id", ev.Data.TransactionID).Str("merchant_ref", ev.Data.MerchantRef)
+		c := w.log.With().Str("event_id", clip(ev.ID)).Str("transaction_id", clip(ev.Data.TransactionID)).Str("merchant_ref", clip(ev.Data.MerchantRef))
 		if rec.Count > 0 {
 			c = c.Int("attempt", rec.Count)
 			if res.Status > 0 {
@@ -862,14 +862,14 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 		err = w.durable(ctx) // the Term below relies on it
 	}
 	if err != nil {
-		w.log.Error().Err(err).Str("event_id", ev.ID).Msg("dead letter not stored; retrying it later")
+		w.log.Error().Err(err).Str("event_id", clip(ev.ID)).Msg("dead letter not stored; retrying it later")
 		if rec.DeadLetter != reason && ev.ID != "" {
 			// Remembered, so the retry stores the dead letter without
 			// posting the event again (best effort: without the record the
 			// event is attempted again, as before).
 			rec.DeadLetter = reason
 			if err := w.store.put(ctx, key, rec); err != nil {
-				w.log.Warn().Err(err).Str("event_id", ev.ID).Msg("record the dead letter to store")
+				w.log.Warn().Err(err).Str("event_id", clip(ev.ID)).Msg("record the dead letter to store")
 			}
 		}
 		_ = msg.NakWithDelay(deadLetterRetry)
@@ -884,7 +884,7 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 	}
 	w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "dead_letter").Inc()
 	w.cfg.Metrics.DeadLetters.WithLabelValues(w.ep.Name, reason).Inc()
-	l := w.log.Error().Str("event_id", ev.ID).Str("transaction_id", ev.Data.TransactionID).Str("merchant_ref", ev.Data.MerchantRef).
+	l := w.log.Error().Str("event_id", clip(ev.ID)).Str("transaction_id", clip(ev.Data.TransactionID)).Str("merchant_ref", clip(ev.Data.MerchantRef)).
 		Str("reason", reason).Int("attempt", rec.Count)
 	if rec.LastStatus > 0 {
 		l = l.Int("http_status", rec.LastStatus)
@@ -909,7 +909,7 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 // only removes.
 func (w *Worker) settleRedriven(ctx context.Context, msg jetstream.Msg, eventID string) bool {
 	if err := removeRedriven(ctx, w.cfg.JetStream, msg); err != nil {
-		w.log.Warn().Err(err).Str("event_id", eventID).Stringer("delay", deadLetterRetry).Msg("redriven event settled; its dead letter could not be removed, retrying")
+		w.log.Warn().Err(err).Str("event_id", clip(eventID)).Stringer("delay", deadLetterRetry).Msg("redriven event settled; its dead letter could not be removed, retrying")
 		_ = msg.NakWithDelay(deadLetterRetry)
 		return false
 	}

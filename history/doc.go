@@ -1,6 +1,7 @@
 // Package history owns what the relay keeps so an operator can read a
 // payment's story after the fact: every webhook delivery attempt
-// (SENGO_ATTEMPTS, subject sengo.attempts.<endpoint>.<event id>) and the
+// (SENGO_ATTEMPTS, subject sengo.attempts.<endpoint>.<event id>, or h-<hash>
+// for an id that is no short token) and the
 // index from a merchant's own reference to SenGo's transaction ids
 // (SENGO_REFS, subject sengo.refs.<project>.<ref hash>.<id hash>, one
 // message per pair).

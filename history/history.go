@@ -86,10 +86,30 @@ type Ref struct {
 }
 
 // AttemptSubject is where the attempts of one event to one endpoint go.
-// Endpoint names and event ids are NATS tokens already (checked by the
-// configuration and made by event.ID).
+// Endpoint names are NATS tokens (checked by the configuration); the event
+// id is one through eventToken.
 func AttemptSubject(endpoint, eventID string) string {
-	return "sengo.attempts." + endpoint + "." + eventID
+	return "sengo.attempts." + endpoint + "." + eventToken(eventID)
+}
+
+// maxEventToken bounds an event id kept as it is in a subject; the relay's
+// own (event.ID) are 36 bytes.
+const maxEventToken = 128
+
+// eventToken is eventID when it is one short subject token, else "h-" and
+// its hash. An event on sengo.events.> from another publisher carries any
+// id: one of 4 KiB made a subject over nats-server's control line, and
+// the server closed the connection the relay's intake and delivery share.
+func eventToken(eventID string) string {
+	ok := eventID != "" && len(eventID) <= maxEventToken && !strings.HasPrefix(eventID, "h-")
+	for i := 0; ok && i < len(eventID); i++ {
+		c := eventID[i]
+		ok = c > ' ' && c < 0x7f && c != '.' && c != '*' && c != '>'
+	}
+	if ok {
+		return eventID
+	}
+	return "h-" + hash(eventID)
 }
 
 // RefSubject is the index entry of (project, merchantRef, transaction):
@@ -269,11 +289,11 @@ const MaxRead = 500
 // Attempts returns the attempts of one event to every endpoint, oldest
 // first, at most limit (≤ MaxRead); more reports that some were left out.
 func Attempts(ctx context.Context, js jetstream.JetStream, eventID string, limit int) (out []Attempt, more bool, err error) {
-	if strings.ContainsAny(eventID, ".*> \t\r\n") || eventID == "" {
+	if eventID == "" {
 		return nil, false, errors.New("bad event id")
 	}
 	limit = clamp(limit)
-	err = stream.ScanFrom(ctx, js, StreamAttempts, []string{"sengo.attempts.*." + eventID}, stream.From{}, func(m jetstream.Msg, _ *jetstream.MsgMetadata) (bool, error) {
+	err = stream.ScanFrom(ctx, js, StreamAttempts, []string{"sengo.attempts.*." + eventToken(eventID)}, stream.From{}, func(m jetstream.Msg, _ *jetstream.MsgMetadata) (bool, error) {
 		if len(out) == limit {
 			more = true
 			return false, nil
