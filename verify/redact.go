@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"encoding/base64"
 	"net"
 	"net/netip"
 	"net/url"
@@ -76,7 +77,9 @@ func URLSecrets(raw string) []string {
 	}
 	if u.User != nil {
 		p, _ := u.User.Password()
-		add(u.User.Username(), p, u.User.String())
+		// Go's client sends them as Basic authentication too: an endpoint
+		// echoing its request's headers shows them so.
+		add(u.User.Username(), p, u.User.String(), base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+p)))
 	}
 	add(u.RawQuery, u.Fragment, u.RawFragment)
 	if q, err := url.ParseQuery(u.RawQuery); err == nil {
