@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -56,10 +57,16 @@ type DeadLetter struct {
 // publishDeadLetter stores d. Its Nats-Msg-Id makes a repeated publish
 // (after a crash between publishing and terminating) a duplicate.
 func publishDeadLetter(ctx context.Context, js jetstream.JetStream, key string, d DeadLetter) error {
-	b, err := json.Marshal(d)
-	if err != nil {
+	// Without HTML escaping: the embedded event is kept as stored (json's
+	// default rewrote its &, < and > as \u0026…, and a redrive posted
+	// those bytes, not the event's).
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(d); err != nil {
 		return fmt.Errorf("encode dead letter: %w", err)
 	}
+	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	msg := &nats.Msg{Subject: event.DLQTxSubject(d.Endpoint, d.TransactionID), Data: b, Header: nats.Header{
 		event.HeaderEventID: []string{d.EventID},
 		"Sengo-Reason":      []string{d.Reason},

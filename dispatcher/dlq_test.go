@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -281,5 +282,34 @@ func TestRedriveCountsOnlyWhatItQueued(t *testing.T) {
 	}
 	if n := len(natstest.Messages(t, h.js, event.StreamReplay)); n != 1 {
 		t.Fatalf("%d copies queued", n)
+	}
+}
+
+// A redriven copy is the event's JSON as stored, byte for byte, whatever
+// it holds. The dead letter embedded it through json.Marshal, which
+// rewrote &, < and > (\u0026…) in data.raw and the reference, and Redrive
+// posted those bytes.
+func TestARedrivenCopyIsTheEventAsStored(t *testing.T) {
+	h := newHarness(t)
+	var up atomic.Bool
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
+		if !up.Load() {
+			w.WriteHeader(410)
+		}
+	})
+	w := h.start(h.endpoint("orders", c.URL))
+	h.publish("PO&1<a>", event.StatusSuccess, "")
+	eventually(t, "the dead letter", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("dead letters %d: %v", len(entries), err)
+	}
+	up.Store(true)
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
+		t.Fatalf("redrive %d: %v", n, err)
+	}
+	eventually(t, "the redriven copy", func() bool { return len(c.got()) == 2 && h.settled(w) })
+	if got := c.got(); !bytes.Equal(got[1].Body, got[0].Body) {
+		t.Errorf("the redriven body differs from the event as stored:\n%s\n%s", got[1].Body, got[0].Body)
 	}
 }
