@@ -176,3 +176,32 @@ func TestRefusedCallersTakeNoSlot(t *testing.T) {
 		t.Fatalf("a genuine callback while three refused ones arrive slowly: %d", resp.StatusCode)
 	}
 }
+
+// The callback's answers keep their documented order when every slot is
+// taken: a wrong content type (415) or a declared body over the limit
+// (413) is answered as such, not 503 overloaded, which tells SenGo to send
+// the same request again. And a path with a segment after the token is
+// no callback route (404), not a wrong token (401).
+func TestHeaderChecksComeBeforeOverloadAndExtraSegmentsAreNotFound(t *testing.T) {
+	h := newHarness(t, false, withProjects(testProjects(t)...), func(c *Config, _ *IntakeConfig) { c.MaxInFlight = 1 })
+	body := fixtures.Body("callback-va-success")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(h.http.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /callbacks/sengo/main HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body[:10])
+	eventually(t, "the slot taken", func() bool { return testutil.ToFloat64(h.metrics.InFlight) == 1 })
+	if resp, b := h.post("/callbacks/sengo/main", body, "Content-Type", "text/plain"); resp.StatusCode != http.StatusUnsupportedMediaType {
+		t.Errorf("text/plain with every slot taken: %d %v, want 415", resp.StatusCode, b)
+	}
+	req, _ := http.NewRequest(http.MethodPost, h.http.URL+"/callbacks/sengo/main", bytes.NewReader(make([]byte, 70<<10)))
+	req.Header.Set("Content-Type", "application/json")
+	if resp, b := h.do(req); resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("70 KiB declared with every slot taken: %d %v, want 413", resp.StatusCode, b)
+	}
+	resp, b := h.post("/callbacks/sengo/tokened/x/y", body)
+	if e, _ := b["error"].(map[string]any); resp.StatusCode != http.StatusNotFound || e["code"] != "not_found" {
+		t.Errorf("a segment after the token: %d %v, want 404 not_found", resp.StatusCode, b)
+	}
+}

@@ -67,9 +67,14 @@ func (h *callbackHandler) serve(c echo.Context) error {
 	}
 	var res accepted
 	ip := c.RealIP()
+	// The checks of the request's headers come first, outside the slots:
+	// with every slot taken, a wrong content type or a declared size over
+	// the limit still gets its own answer, not overloaded (which tells
+	// SenGo to send the same request again).
+	err := headerChecks(c, h.cfg.MaxBodyBytes)
 	refusal := h.gate(c, p, ip)
-	var err error
 	switch {
+	case err != nil:
 	case refusal != nil:
 		// Refused by a check that needs no body, it is answered outside
 		// the slots, which a few slow requests from anyone could otherwise
@@ -113,6 +118,23 @@ func (h *callbackHandler) release() {
 	}
 }
 
+// headerChecks are the documented first two checks, which read only the
+// request's headers: its route (Echo's last parameter takes the rest of
+// the path, so /callbacks/sengo/main/<token>/more arrived as a token with
+// a slash, answered 401), its content type and its declared size.
+func headerChecks(c echo.Context, maxBody int64) error {
+	if strings.Contains(c.Param("token"), "/") {
+		return echo.ErrNotFound
+	}
+	if !isJSON(c.Request().Header.Get(echo.HeaderContentType)) {
+		return ErrUnsupportedMediaType
+	}
+	if c.Request().ContentLength > maxBody {
+		return ErrBodyTooLarge
+	}
+	return nil
+}
+
 // gate runs the checks that need no body, in their documented order: a
 // configured project, its callback token, an allowed source IP. It
 // returns the first one's error, or nil.
@@ -130,14 +152,12 @@ func (h *callbackHandler) gate(c echo.Context, p *Project, ip string) error {
 	return nil
 }
 
-// handle runs the checks in the documented order: content type, size,
-// then gate's (refusal, already known), signature, body; then stores. A
-// refused callback's body is read only for its size and completeness.
+// handle runs the checks in the documented order after headerChecks':
+// the body's size, then gate's (refusal, already known), signature, body;
+// then stores. A refused callback's body is read only for its size and
+// completeness.
 func (h *callbackHandler) handle(c echo.Context, project string, p *Project, ip string, refusal error) (accepted, error) {
 	req := c.Request()
-	if !isJSON(req.Header.Get(echo.HeaderContentType)) {
-		return accepted{}, ErrUnsupportedMediaType
-	}
 	body, err := h.readBody(c, refusal != nil)
 	if err != nil {
 		return accepted{}, err
