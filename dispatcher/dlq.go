@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"strconv"
 	"time"
 
@@ -93,11 +94,10 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, f DLQFilter) ([]DLQEnt
 		if err != nil {
 			return nil, fmt.Errorf("dead letter %d: %w", f.Seq, err)
 		}
-		e, err := dlqEntry(m.Sequence, m.Time, m.Data)
-		if err != nil || !f.match(e) {
-			return nil, err
+		if e := dlqEntry(m.Sequence, m.Time, m.Subject, m.Data); f.match(e) {
+			return []DLQEntry{e}, nil
 		}
-		return []DLQEntry{e}, nil
+		return nil, nil
 	}
 	// By subject: a transaction's dead letters are read alone (those
 	// stored before subjects carried the transaction, all of them).
@@ -111,11 +111,7 @@ func ListDLQ(ctx context.Context, js jetstream.JetStream, f DLQFilter) ([]DLQEnt
 		if !f.Until.IsZero() && meta.Timestamp.After(f.Until) {
 			return false, nil
 		}
-		e, err := dlqEntry(meta.Sequence.Stream, meta.Timestamp, m.Data())
-		if err != nil {
-			return false, err
-		}
-		if f.match(e) {
+		if e := dlqEntry(meta.Sequence.Stream, meta.Timestamp, m.Subject(), m.Data()); f.match(e) {
 			out = append(out, e)
 			size += e.Size
 		}
@@ -176,12 +172,18 @@ func EachDLQPage(ctx context.Context, js jetstream.JetStream, f DLQFilter, upTo 
 	}
 }
 
-func dlqEntry(seq uint64, at time.Time, data []byte) (DLQEntry, error) {
+func dlqEntry(seq uint64, at time.Time, subject string, data []byte) DLQEntry {
 	e := DLQEntry{Seq: seq, Stored: at.UTC(), Size: len(data)}
 	if err := json.Unmarshal(data, &e.DeadLetter); err != nil {
-		return DLQEntry{}, fmt.Errorf("decode dead letter %d: %w", seq, err)
+		// Not a dead letter (another publisher's message on sengo.dlq.>):
+		// listed as an undecodable one of the endpoint its subject names,
+		// which no redrive sends and a purge removes. Failing the read
+		// instead stopped every listing, redrive and purge that reached it,
+		// a purge by its own sequence too.
+		endpoint, _, _ := strings.Cut(strings.TrimPrefix(subject, event.DLQSubject("")), ".")
+		e.DeadLetter = DeadLetter{Endpoint: endpoint, Reason: ReasonUndecodable, LastError: "stored on " + event.StreamDLQ + " but not a dead letter"}
 	}
-	return e, nil
+	return e
 }
 
 // Redrive puts each dead letter back into normal delivery for its endpoint

@@ -313,3 +313,43 @@ func TestARedrivenCopyIsTheEventAsStored(t *testing.T) {
 		t.Errorf("the redriven body differs from the event as stored:\n%s\n%s", got[1].Body, got[0].Body)
 	}
 }
+
+// A message on sengo.dlq.> that is no dead letter (another publisher's)
+// stops no listing, redrive or purge: it is listed as an undecodable dead
+// letter of the endpoint its subject names, no redrive sends it, and a
+// purge removes it. Its decoding error failed every read that reached it,
+// a purge by its own sequence too, for as long as the stream kept it.
+func TestAMessageThatIsNoDeadLetterStopsNoAction(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status(410))
+	w := h.start(h.endpoint("orders", c.URL))
+	if _, err := h.js.Publish(t.Context(), event.DLQSubject("orders")+".x", []byte("not json")); err != nil {
+		t.Fatal(err)
+	}
+	h.publish("tx-after", event.StatusSuccess, "")
+	eventually(t, "the real dead letter", func() bool {
+		s, err := h.js.Stream(t.Context(), event.StreamDLQ)
+		if err != nil {
+			return false
+		}
+		info, err := s.Info(t.Context())
+		return err == nil && info.State.Msgs == 2 && h.settled(w)
+	})
+	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
+	if err != nil || len(entries) != 2 || entries[0].Reason != ReasonUndecodable || entries[1].TransactionID != "tx-after" {
+		t.Fatalf("list: %v %+v", err, entries)
+	}
+	if n, err := Redrive(t.Context(), h.js, entries[:1]); err != nil || n != 0 {
+		t.Errorf("redrive of the message that is no dead letter: %d %v, want 0", n, err)
+	}
+	one, err := ListDLQ(t.Context(), h.js, DLQFilter{Seq: entries[0].Seq})
+	if err != nil || len(one) != 1 {
+		t.Fatalf("by its sequence: %v %+v", err, one)
+	}
+	if n, err := Purge(t.Context(), h.js, one); err != nil || n != 1 {
+		t.Fatalf("purge by its sequence: %d %v", n, err)
+	}
+	if left, err := ListDLQ(t.Context(), h.js, DLQFilter{}); err != nil || len(left) != 1 || left[0].TransactionID != "tx-after" {
+		t.Errorf("after the purge: %v %+v", err, left)
+	}
+}
