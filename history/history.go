@@ -299,8 +299,8 @@ func Attempts(ctx context.Context, js jetstream.JetStream, eventID string, limit
 			return false, nil
 		}
 		var a Attempt
-		if err := json.Unmarshal(m.Data(), &a); err != nil {
-			return true, nil // not ours to fail a read over
+		if err := json.Unmarshal(m.Data(), &a); err != nil || a.EventID != eventID {
+			return true, nil // not ours to fail a read over; another id under the same hash
 		}
 		out = append(out, a)
 		return true, nil

@@ -1,10 +1,13 @@
 package stream
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -59,11 +62,22 @@ func bcryptHash(pw string) string {
 	if len(pw) >= generatedPasswordLen {
 		cost = bcrypt.MinCost
 	}
-	h, err := bcrypt.GenerateFromPassword([]byte(pw), cost)
-	if err != nil { // only for passwords over 72 bytes, which are not made here
-		return pw
+	h, err := bcrypt.GenerateFromPassword(bcryptInput(pw), cost)
+	if err != nil { // never: bcryptInput is at most 72 bytes
+		panic(err)
 	}
 	return string(h)
+}
+
+// bcryptInput is what bcrypt hashes of a password: the password, or the
+// hex of its SHA-256 when it is longer than bcrypt's 72 bytes (a chosen
+// one such as openssl rand -base64 64), which bcrypt refuses.
+func bcryptInput(pw string) []byte {
+	if len(pw) <= 72 {
+		return []byte(pw)
+	}
+	sum := sha256.Sum256([]byte(pw))
+	return []byte(hex.EncodeToString(sum[:]))
 }
 
 // subscriberPermissions are what the subscriber may send and receive in
@@ -191,17 +205,28 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 		// The relay logs in from now on; the subscriber once its account
 		// is in place.
 		auth.relay.Store(&server.User{Username: cfg.Auth.RelayUser, Account: srv.GlobalAccount()})
-		if e.guard, err = nats.Connect("", e.ConnectOption(), nats.Name("sengo-relay subscriber guard")); err != nil {
+		if e.guard, err = nats.Connect("", e.ConnectOption(), nats.Name("sengo-relay subscriber guard"), nats.MaxReconnects(-1)); err != nil {
 			srv.Shutdown()
 			return nil, fmt.Errorf("embedded nats: guard connection: %w", err)
 		}
-		if _, err = subscriberAccess(srv, cfg.Auth, e.guard); err != nil {
+		// The relay's consumers now, those of endpoints removed included,
+		// are denied to the subscriber as the configured ones are.
+		sa := *cfg.Auth
+		held, err := relayConsumers(e.guard, sa.Stream)
+		if err == nil {
+			sa.Protected = append(slices.Clone(sa.Protected), held...)
+			_, err = subscriberAccess(srv, &sa, e.guard)
+		}
+		if err == nil {
+			err = e.guard.Flush() // the guard answers before the subscriber logs in
+		}
+		if err != nil {
 			e.guard.Close()
 			srv.Shutdown()
 			return nil, fmt.Errorf("embedded nats: the subscriber's account: %w", err)
 		}
 		subs, _ := srv.LookupAccount(SubscriberAccount)
-		auth.sub.Store(&server.User{Username: cfg.Auth.SubscriberUser, Account: subs, Permissions: cfg.Auth.subscriberPermissions()})
+		auth.sub.Store(&server.User{Username: sa.SubscriberUser, Account: subs, Permissions: sa.subscriberPermissions()})
 	}
 	return e, nil
 }

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"time"
@@ -22,6 +23,9 @@ func Scan(ctx context.Context, js jetstream.JetStream, stream, subject string, s
 
 // scanBatch is how many messages one pull of a scan asks for.
 const scanBatch = 256
+
+// ScanConsumerPrefix starts the name of every consumer a scan makes.
+const ScanConsumerPrefix = "sengo-relay-"
 
 // From is where a scan starts: a stream sequence, else a time, else the
 // first message.
@@ -154,6 +158,10 @@ func open(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstr
 		c   jetstream.Consumer
 		err error
 	}
+	// The relay's scans carry a reserved name: the embedded server's
+	// subscriber may create, update or delete no consumer by such a name
+	// (it could narrow a replay's filter, or end a story's read).
+	cfg.NamePrefix = ScanConsumerPrefix + rand.Text()
 	done := make(chan made, 1)
 	go func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), createTimeout)

@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -53,6 +55,36 @@ type authenticator struct {
 	relay, sub         atomic.Pointer[server.User] // nil until the server and its accounts are ready
 }
 
+// relayConsumers are the names of the relay's consumers (ReservedConsumerPrefix)
+// on stream st now: those of endpoints no longer configured included,
+// which stay until their retirement and which Protected (the configured
+// ones) does not name. Only the relay creates such consumers (the guard
+// refuses them to the subscriber), so those made later are configured
+// ones.
+func relayConsumers(conn *nats.Conn, st string) ([]string, error) {
+	js, err := jetstream.New(conn)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), guardTimeout)
+	defer cancel()
+	s, err := js.Stream(ctx, st)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil // a new store: no consumer yet
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	names := s.ConsumerNames(ctx)
+	for n := range names.Name() {
+		if strings.HasPrefix(n, ReservedConsumerPrefix) {
+			out = append(out, n)
+		}
+	}
+	return out, names.Err()
+}
+
 func newAuthenticator(a *EmbeddedAuth) *authenticator {
 	return &authenticator{
 		relayUser: a.RelayUser, relayHash: []byte(bcryptHash(a.RelayPassword)),
@@ -71,7 +103,7 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	case a.subUser:
 		u, hash = a.sub.Load(), a.subHash
 	}
-	if u == nil || bcrypt.CompareHashAndPassword(hash, []byte(o.Password)) != nil {
+	if u == nil || bcrypt.CompareHashAndPassword(hash, bcryptInput(o.Password)) != nil {
 		return false
 	}
 	c.RegisterUser(u)
@@ -204,8 +236,8 @@ func (g *guard) check(subj string, data []byte) error {
 		names = append(names, req.Config.Name, req.Config.Durable)
 	}
 	for _, n := range names {
-		if strings.HasPrefix(n, ReservedConsumerPrefix) || contains(g.protected, n) {
-			return fmt.Errorf("%w: consumer names starting with %q are the relay's", errForbidden, ReservedConsumerPrefix)
+		if strings.HasPrefix(n, ReservedConsumerPrefix) || strings.HasPrefix(n, ScanConsumerPrefix) || contains(g.protected, n) {
+			return fmt.Errorf("%w: consumer names starting with %q or %q are the relay's", errForbidden, ReservedConsumerPrefix, ScanConsumerPrefix)
 		}
 	}
 	if ds := req.Config.DeliverSubject; ds != "" && !strings.HasPrefix(ds, SubscriberDeliverPrefix) {

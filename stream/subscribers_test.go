@@ -88,6 +88,7 @@ func TestTheSubscriberCannotWriteThroughReplies(t *testing.T) {
 		{Durable: "pusher", DeliverSubject: "sengo.inbox.main", AckPolicy: jetstream.AckNonePolicy},
 		{Durable: "pusher-kv", DeliverSubject: "$KV.SENGO_TX.main.t2", AckPolicy: jetstream.AckNonePolicy},
 		{Durable: "webhook-crm", AckPolicy: jetstream.AckExplicitPolicy}, // an endpoint not configured (yet, or any more)
+		{Durable: stream.ScanConsumerPrefix + "x", AckPolicy: jetstream.AckExplicitPolicy}, // the name of a relay's scan (a replay's)
 	} {
 		if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", cfg); err == nil || !strings.Contains(err.Error(), "relay") && !strings.Contains(err.Error(), "_INBOX") {
 			t.Errorf("consumer %s (deliver_subject %q) created: %v", cfg.Durable, cfg.DeliverSubject, err)
@@ -172,6 +173,63 @@ func TestTheSubscriberCannotWriteThroughReplies(t *testing.T) {
 	for _, k := range []string{"main.t1", "main.t2"} {
 		if _, err := kv.Get(ctx, k); err == nil {
 			t.Errorf("the transactions' bucket holds %s, written by the subscriber's reply", k)
+		}
+	}
+}
+
+// The consumers of endpoints no longer configured are the relay's too
+// until their retirement: a subscriber pulling from one took its events
+// without the dead letter retirement leaves (endpoint_removed), and its
+// waiting pull kept the consumer from being retired. Those present when
+// the server starts are denied as the configured ones are. A subscriber
+// password longer than bcrypt's 72 bytes logs in (bcrypt refuses to hash
+// it as it is).
+func TestARemovedEndpointsConsumerIsTheRelays(t *testing.T) {
+	long := strings.Repeat("p", 88)
+	auth := &stream.EmbeddedAuth{
+		RelayUser: "sengo-relay", RelayPassword: "relay-pw-0123456789",
+		SubscriberUser: "subscriber", SubscriberPassword: long,
+		Stream: "SENGO_EVENTS", Subjects: "sengo.events.>", Protected: []string{"webhook-orders"},
+	}
+	dir := t.TempDir()
+	start := func() *stream.Embedded {
+		e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: dir, Listen: "127.0.0.1:0", Auth: auth, Logger: zerolog.Nop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	ctx := context.Background()
+	e := start()
+	relay, err := stream.Connect(stream.ConnectConfig{Name: "relay", Logger: zerolog.Nop()}, e.ConnectOption())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rjs, _ := jetstream.New(relay)
+	if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "webhook-old", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rjs.Publish(ctx, "sengo.events.main.retail.success", []byte(`{"id":"evt_1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	relay.Close()
+	e.Shutdown()
+
+	e = start() // webhook-old is in no configuration now
+	defer e.Shutdown()
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", long), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatalf("the subscriber with an 88-byte password: %v", err)
+	}
+	defer sub.Close()
+	sjs, _ := jetstream.New(sub)
+	c, err := sjs.Consumer(ctx, "SENGO_EVENTS", "webhook-old")
+	if err == nil {
+		if _, err := c.Next(jetstream.FetchMaxWait(time.Second)); err == nil {
+			t.Error("the subscriber took an event from webhook-old")
 		}
 	}
 }

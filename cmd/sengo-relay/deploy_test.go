@@ -278,6 +278,10 @@ func TestDeployFiles(t *testing.T) {
 	if err := yaml.NewDecoder(bytes.NewReader(k8s)).Decode(&deployment); err != nil {
 		t.Fatalf("k8s/relay.yaml: %v", err)
 	}
+	// The Kubernetes relays reach the StatefulSet's pods, not compose's hosts.
+	if !strings.Contains(string(k8s), "SENGO_RELAY_NATS_URL, value: \"nats://nats-0.nats.sengo.svc:4222,nats://nats-1.nats.sengo.svc:4222,nats://nats-2.nats.sengo.svc:4222\"") {
+		t.Error("k8s/relay.yaml: the relays' NATS URL is not the StatefulSet's three pods")
+	}
 	pod := deployment.Spec.Template.Spec
 	if len(pod.Containers) != 1 || !slices.Equal(pod.Containers[0].Args, []string{"serve"}) {
 		t.Errorf("k8s/relay.yaml: the relay's args are not [serve]")
