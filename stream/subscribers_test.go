@@ -87,7 +87,7 @@ func TestTheSubscriberCannotWriteThroughReplies(t *testing.T) {
 	for _, cfg := range []jetstream.ConsumerConfig{
 		{Durable: "pusher", DeliverSubject: "sengo.inbox.main", AckPolicy: jetstream.AckNonePolicy},
 		{Durable: "pusher-kv", DeliverSubject: "$KV.SENGO_TX.main.t2", AckPolicy: jetstream.AckNonePolicy},
-		{Durable: "webhook-crm", AckPolicy: jetstream.AckExplicitPolicy}, // an endpoint not configured (yet, or any more)
+		{Durable: "webhook-crm", AckPolicy: jetstream.AckExplicitPolicy},                   // an endpoint not configured (yet, or any more)
 		{Durable: stream.ScanConsumerPrefix + "x", AckPolicy: jetstream.AckExplicitPolicy}, // the name of a relay's scan (a replay's)
 	} {
 		if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", cfg); err == nil || !strings.Contains(err.Error(), "relay") && !strings.Contains(err.Error(), "_INBOX") {
