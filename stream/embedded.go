@@ -205,7 +205,11 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 		// The relay logs in from now on; the subscriber once its account
 		// is in place.
 		auth.relay.Store(&server.User{Username: cfg.Auth.RelayUser, Account: srv.GlobalAccount()})
-		if e.guard, err = nats.Connect("", e.ConnectOption(), nats.Name("sengo-relay subscriber guard"), nats.MaxReconnects(-1)); err != nil {
+		if e.guard, err = nats.Connect("", e.ConnectOption(), nats.Name("sengo-relay subscriber guard"), nats.MaxReconnects(-1),
+			// The relay's password is checked on connect: at bcrypt's default
+			// cost for a short one, over nats.go's 2 s under -race on a busy
+			// machine.
+			nats.Timeout(30*time.Second)); err != nil {
 			srv.Shutdown()
 			return nil, fmt.Errorf("embedded nats: guard connection: %w", err)
 		}
