@@ -194,13 +194,10 @@ func boundedIP(ip string) string {
 	return a.String()
 }
 
-// readBody reads at most MaxBodyBytes, rejecting larger bodies before
-// reading them when Content-Length tells.
+// readBody reads at most MaxBodyBytes (headerChecks refused a larger
+// declared one).
 func (h *callbackHandler) readBody(c echo.Context, discard bool) ([]byte, error) {
-	req := c.Request()
-	if req.ContentLength > h.cfg.MaxBodyBytes {
-		return nil, ErrBodyTooLarge
-	}
+	req := c.Request() // a declared size over the limit was refused by headerChecks
 	var body []byte
 	var err error
 	if discard { // a refused caller's: its size and completeness are checked, its bytes kept nowhere

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -236,7 +237,7 @@ func (g *guard) check(subj string, data []byte) error {
 		names = append(names, req.Config.Name, req.Config.Durable)
 	}
 	for _, n := range names {
-		if strings.HasPrefix(n, ReservedConsumerPrefix) || strings.HasPrefix(n, ScanConsumerPrefix) || contains(g.protected, n) {
+		if strings.HasPrefix(n, ReservedConsumerPrefix) || strings.HasPrefix(n, ScanConsumerPrefix) || slices.Contains(g.protected, n) {
 			return fmt.Errorf("%w: consumer names starting with %q or %q are the relay's", errForbidden, ReservedConsumerPrefix, ScanConsumerPrefix)
 		}
 	}
@@ -244,15 +245,6 @@ func (g *guard) check(subj string, data []byte) error {
 		return fmt.Errorf("%w: a push consumer delivers under %s only", errForbidden, SubscriberDeliverPrefix+">")
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // refuse answers as JetStream's API does, so clients report it as an API
