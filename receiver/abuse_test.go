@@ -204,4 +204,9 @@ func TestHeaderChecksComeBeforeOverloadAndExtraSegmentsAreNotFound(t *testing.T)
 	if e, _ := b["error"].(map[string]any); resp.StatusCode != http.StatusNotFound || e["code"] != "not_found" {
 		t.Errorf("a segment after the token: %d %v, want 404 not_found", resp.StatusCode, b)
 	}
+	// Whatever the method: a GET of that path was answered 405.
+	req, _ = http.NewRequest(http.MethodGet, h.http.URL+"/callbacks/sengo/tokened/x/y", nil)
+	if resp, b := h.do(req); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET with a segment after the token: %d %v, want 404 not_found", resp.StatusCode, b)
+	}
 }

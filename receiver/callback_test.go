@@ -313,11 +313,14 @@ func TestRedactPath(t *testing.T) {
 		"/callbacks/sengo/main":              "/callbacks/sengo/main",
 		"/callbacks/sengo/main/s3cret":       "/callbacks/sengo/main/[redacted]",
 		"/callbacks/sengo/main/s3cret/extra": "/callbacks/sengo/main/[redacted]",
+		"/callbacks/sengo/s3cret":            "/callbacks/sengo/[unknown]",
+		"/callbacks/sengo/s3cret/x":          "/callbacks/sengo/[unknown]/[redacted]",
 		"/healthz":                           "/healthz",
 	}
+	known := knownProjects([]Project{{Name: "main"}})
 	for in, want := range tests {
-		if got := RedactPath(in); got != want {
-			t.Errorf("RedactPath(%q) = %q, want %q", in, got, want)
+		if got := redactPath(in, known); got != want {
+			t.Errorf("redactPath(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -19,6 +19,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
@@ -1107,5 +1110,48 @@ func TestReconcileGoesOnPastATransactionItCannotRead(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(err.Error(), "main") {
 		t.Fatalf("err = %v, want the day reported as not wholly reconciled", err)
+	}
+}
+
+// A callback URL configured without its project (/callbacks/sengo/<token>
+// instead of /callbacks/sengo/main/<token>) puts the callback token where
+// the project goes. An unknown project's name is logged and traced as
+// "unknown", and its segment of the path as [unknown]: they wrote the
+// token whole.
+func TestATokenInTheProjectPositionIsNeverLoggedOrTraced(t *testing.T) {
+	const token = "tok-4f9c2a7e1b3d5f60"
+	rec := tracetest.NewSpanRecorder()
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	t.Cleanup(func() { otel.SetTracerProvider(prev) })
+	h := newHarness(t, false, func(c *Config, _ *IntakeConfig) { c.Projects[0].CallbackToken = token })
+	for _, path := range []string{"/callbacks/sengo/" + token, "/callbacks/sengo/" + token + "/x"} {
+		if resp, _ := h.post(path, callback("tx-t", event.StatusSuccess)); resp.StatusCode != 404 {
+			t.Fatalf("%s: %d", path, resp.StatusCode)
+		}
+	}
+	if strings.Contains(h.logs.String(), token) || !strings.Contains(h.logs.String(), `"project":"unknown"`) {
+		t.Errorf("the log holds the token, or names no unknown project:\n%s", h.logs.String())
+	}
+	if !strings.Contains(h.logs.String(), `/callbacks/sengo/[unknown]`) {
+		t.Errorf("the log's path does not hide an unknown project:\n%s", h.logs.String())
+	}
+	spans := rec.Ended()
+	if len(spans) == 0 {
+		t.Fatal("no span recorded")
+	}
+	for _, s := range spans {
+		for _, a := range s.Attributes() {
+			if strings.Contains(a.Value.Emit(), token) {
+				t.Errorf("span %s: attribute %s = %q", s.Name(), a.Key, a.Value.Emit())
+			}
+		}
+	}
+	// A known project is named as before.
+	if resp, _ := h.post("/callbacks/sengo/main/"+token, callback("tx-t", event.StatusSuccess)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	if !strings.Contains(h.logs.String(), `"project":"main"`) || !strings.Contains(h.logs.String(), `/callbacks/sengo/main/[redacted]`) {
+		t.Errorf("a known project is not named:\n%s", h.logs.String())
 	}
 }

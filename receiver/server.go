@@ -104,15 +104,16 @@ func New(cfg Config) *echo.Echo {
 	e.Logger.SetOutput(zerologWriter{cfg.Logger})
 
 	e.Use(plainRequestID, middleware.RequestID())
-	e.Use(requestLogger(cfg.Logger))
+	known := knownProjects(cfg.Projects)
+	e.Use(requestLogger(cfg.Logger, known))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
 		cfg.Logger.Error().Err(err).Str("request_id", c.Response().Header().Get(echo.HeaderXRequestID)).Bytes("stack", stack).Msg("panic in handler")
 		return err
 	}}))
 
 	h := newCallbackHandler(cfg)
-	e.POST("/callbacks/sengo/:project", h.serve, traced)
-	e.POST("/callbacks/sengo/:project/:token", h.serve, traced)
+	e.POST("/callbacks/sengo/:project", h.serve, traced(known))
+	e.POST("/callbacks/sengo/:project/:token", h.serve, traced(known))
 	// OPTIONS is refused like every method but POST, as documented: Echo
 	// answered it 204 with the route's methods.
 	notAllowed := func(c echo.Context) error {
@@ -121,6 +122,10 @@ func New(cfg Config) *echo.Echo {
 	}
 	e.OPTIONS("/callbacks/sengo/:project", notAllowed)
 	e.OPTIONS("/callbacks/sengo/:project/:token", notAllowed)
+	// A segment after the callback token is no callback route, whatever
+	// the method: Echo took the rest of the path for the token (a POST was
+	// answered 401) or answered 405 for the route it half matched.
+	e.Any("/callbacks/sengo/:project/:token/*", func(echo.Context) error { return echo.ErrNotFound })
 
 	e.GET("/healthz", func(c echo.Context) error {
 		if cfg.Live != nil {
@@ -193,8 +198,9 @@ func ipExtractor(trusted []netip.Prefix) echo.IPExtractor {
 }
 
 // requestLogger writes one line per request. The path is redacted: a
-// callback token in it never reaches the log.
-func requestLogger(log zerolog.Logger) echo.MiddlewareFunc {
+// callback token in it never reaches the log, nor does one sent where the
+// project goes (a callback URL configured without its project).
+func requestLogger(log zerolog.Logger, known projectNames) echo.MiddlewareFunc {
 	return middleware.RequestLoggerWithConfig(middleware.RequestLoggerConfig{
 		LogStatus: true, LogLatency: true, LogMethod: true, LogURIPath: true,
 		LogRequestID: true, LogRemoteIP: true, LogError: true, HandleError: true,
@@ -212,12 +218,12 @@ func requestLogger(log zerolog.Logger) echo.MiddlewareFunc {
 			ev := log.WithLevel(lvl).
 				Str("request_id", v.RequestID).
 				Str("method", v.Method).
-				Str("path", boundedText(RedactPath(v.URIPath), maxLoggedPath)).
+				Str("path", boundedText(redactPath(v.URIPath, known), maxLoggedPath)).
 				Int("http_status", v.Status).
 				Stringer("latency", v.Latency).
 				Str("remote_ip", v.RemoteIP)
 			if p := c.Param("project"); p != "" {
-				ev = ev.Str("project", boundedLabel(p)) // an unknown one is anyone's text
+				ev = ev.Str("project", known.label(p))
 			}
 			if v.Error != nil {
 				_, code := classify(v.Error)
@@ -240,18 +246,43 @@ func boundedText(s string, n int) string {
 	return strings.ToValidUTF8(s, "?")
 }
 
-// RedactPath removes everything after the project segment of a callback
-// path (where a callback token would be), so logs never hold a token.
-func RedactPath(p string) string {
+// redactPath removes everything after the project segment of a callback
+// path (where a callback token would be), and the project segment itself
+// unless it names a configured project, so logs never hold a token.
+func redactPath(p string, known projectNames) string {
 	const prefix = "/callbacks/sengo/"
 	if !strings.HasPrefix(p, prefix) {
 		return p
 	}
-	rest := p[len(prefix):]
-	if i := strings.IndexByte(rest, '/'); i >= 0 {
-		return prefix + rest[:i] + "/[redacted]"
+	project, _, more := strings.Cut(p[len(prefix):], "/")
+	if _, ok := known[project]; !ok {
+		project = "[unknown]"
 	}
-	return p
+	if more {
+		return prefix + project + "/[redacted]"
+	}
+	return prefix + project
+}
+
+// projectNames are the configured projects' names.
+type projectNames map[string]struct{}
+
+func knownProjects(ps []Project) projectNames {
+	known := make(projectNames, len(ps))
+	for _, p := range ps {
+		known[p.Name] = struct{}{}
+	}
+	return known
+}
+
+// label is the project's name for logs and traces: a configured one's,
+// or "unknown" (any caller's text, or a callback token sent where the
+// project goes).
+func (k projectNames) label(name string) string {
+	if _, ok := k[name]; ok {
+		return name
+	}
+	return "unknown"
 }
 
 // zerologWriter routes Echo's own logger (rarely used) to zerolog.
