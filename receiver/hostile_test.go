@@ -2,6 +2,7 @@ package receiver
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -1153,5 +1154,71 @@ func TestATokenInTheProjectPositionIsNeverLoggedOrTraced(t *testing.T) {
 	}
 	if !strings.Contains(h.logs.String(), `"project":"main"`) || !strings.Contains(h.logs.String(), `/callbacks/sengo/main/[redacted]`) {
 		t.Errorf("a known project is not named:\n%s", h.logs.String())
+	}
+}
+
+// SenGo's version of a disputed transaction goes beside the callback in
+// its quarantine entry, as a header. It went whole: an API object of a few
+// megabytes (a QRIS image, any field SenGo adds) made the entry larger than
+// a NATS message may be, so the quarantine failed at every retry, and the
+// disputed notification was never set aside; line breaks in it (an answer
+// pretty-printed) broke the header block. It is stored compacted and cut.
+func TestAHugeAPIObjectStillQuarantines(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dispute atomic.Bool
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !dispute.Load() || !strings.Contains(r.URL.Path, "/check/") {
+			sb.Handler().ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		sb.Handler().ServeHTTP(rec, r)
+		var env struct {
+			ResponseCode    int            `json:"responseCode"`
+			ResponseMessage string         `json:"responseMessage"`
+			ResponseData    map[string]any `json:"responseData"`
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &env); err != nil || env.ResponseData == nil {
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(rec.Body.Bytes())
+			return
+		}
+		env.ResponseData["amount"] = 1                                       // disputed: the fields differ
+		env.ResponseData["qrImage"] = strings.Repeat("iVBORw0KGgo", 200_000) // 2.2 MB
+		b, _ := json.MarshalIndent(env, "", "  ")
+		_, _ = w.Write(bytes.ReplaceAll(b, []byte("\n"), []byte("\r\n")))
+	}))
+	t.Cleanup(func() { hs.Close(); sb.Close() })
+	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+	})
+	tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "INV-HUGE", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := payCallback(t, sb, client, tx.ID)
+	dispute.Store(true)
+	if resp, _ := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the disputed notification quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
+	s, err := h.js.Stream(t.Context(), event.StreamQuarantine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.GetMsg(t.Context(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := m.Header.Get(HeaderAPIObject)
+	if len(api) == 0 || len(api) > maxAPIObject+len("…") || strings.ContainsAny(api, "\r\n") {
+		t.Errorf("API object header: %d bytes, line breaks %v", len(api), strings.ContainsAny(api, "\r\n"))
+	}
+	if !strings.Contains(m.Header.Get(event.HeaderReason), "fields differ") {
+		t.Errorf("reason %q", m.Header.Get(event.HeaderReason))
 	}
 }

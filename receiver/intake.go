@@ -1,6 +1,7 @@
 package receiver
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -478,7 +479,7 @@ func (in *Intake) quarantine(ctx context.Context, m jetstream.Msg, r result) err
 	h.Set(event.HeaderReason, r.err.Error())
 	var mm *sengo.MismatchError
 	if errors.As(r.err, &mm) && len(mm.SenGo.Raw) > 0 {
-		h.Set(HeaderAPIObject, string(mm.SenGo.Raw)) // SenGo's version beside the callback's
+		h.Set(HeaderAPIObject, apiObject(mm.SenGo.Raw)) // SenGo's version beside the callback's
 	}
 	meta, _ := m.Metadata()
 	if meta != nil {
@@ -842,6 +843,32 @@ func (in *Intake) countConfirm(project string, err error) {
 // HeaderAPIObject carries SenGo's version of a disputed transaction on a
 // quarantined notification.
 const HeaderAPIObject = "Sengo-Api-Object"
+
+// maxAPIObject bounds SenGo's version of a transaction as a quarantine
+// entry keeps it, in bytes: SenGo's answer may be megabytes (a QRIS image),
+// more than a NATS message holds.
+const maxAPIObject = 16 << 10
+
+// apiObject is raw (SenGo's transaction object) as a header value: compact
+// JSON, with no line break to end the header early, cut to maxAPIObject
+// bytes (marked "…"; an entry shows a cut one as a string).
+func apiObject(raw []byte) string {
+	var b bytes.Buffer
+	if err := json.Compact(&b, raw); err != nil {
+		b.Reset()
+		b.WriteString(strings.Map(func(r rune) rune {
+			if r < ' ' || r == 0x7f {
+				return ' '
+			}
+			return r
+		}, string(raw)))
+	}
+	s := b.String()
+	if len(s) > maxAPIObject {
+		s = strings.ToValidUTF8(s[:maxAPIObject], "") + "…"
+	}
+	return s
+}
 
 // maxCAS bounds compare-and-set retries for one notification; beyond it
 // the notification is retried later with backoff.
