@@ -112,9 +112,11 @@ func Inject(ctx context.Context, h nats.Header) {
 	propagator.Inject(ctx, propagation.HeaderCarrier(h))
 }
 
-// Extract reads the trace context of NATS message headers into ctx.
+// Extract reads the trace context of NATS message headers into ctx, as
+// ExtractHTTP does: an event from another publisher may carry any
+// tracestate, which each webhook of it would carry on.
 func Extract(ctx context.Context, h nats.Header) context.Context {
-	return propagator.Extract(ctx, propagation.HeaderCarrier(h))
+	return ExtractHTTP(ctx, http.Header(h))
 }
 
 // InjectHTTP writes ctx's trace context into an outgoing request's

@@ -130,6 +130,13 @@ func TestLongTraceStateIsNotCarried(t *testing.T) {
 		if got := out.Get("tracestate"); (got != "") != c.kept || len(got) > 512 {
 			t.Errorf("tracestate of %d bytes: carried %d bytes; want it kept %v, never over 512", len(c.state), len(got), c.kept)
 		}
+		// An event's headers too: another publisher's event carried it
+		// whole into every webhook of the event.
+		out = http.Header{}
+		InjectHTTP(Extract(context.Background(), nats.Header{"Traceparent": {parent}, "Tracestate": {c.state}}), out)
+		if got := out.Get("tracestate"); out.Get("traceparent") != parent || (got != "") != c.kept || len(got) > 512 {
+			t.Errorf("an event's tracestate of %d bytes: carried %d bytes; want it kept %v, never over 512", len(c.state), len(got), c.kept)
+		}
 	}
 }
 
