@@ -31,6 +31,9 @@ type attempts struct {
 	// (SENGO_DLQ refused it): a redelivery stores it without posting the
 	// event again.
 	DeadLetter string `json:"deadLetter,omitempty"`
+	// Seq is the event's sequence in SENGO_EVENTS: an ordered successor
+	// waits only for a record of an event stored before it.
+	Seq uint64 `json:"seq,omitempty"`
 }
 
 // recordable reports whether id can name an attempt record: it can end a

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -656,7 +657,7 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		replaySeq = meta.Sequence.Stream
 	}
 	ev, err := event.Unmarshal(msg.Data())
-	if err != nil || ev.ID == "" {
+	if err != nil || !deliverableID(ev.ID) {
 		w.breaker.release(probe)
 		w.deadLetter(ctx, msg, meta, event.Event{}, attemptKey(w.ep.Name, seqID(meta.Sequence.Stream), replaySeq), attempts{}, ReasonUndecodable, replayed)
 		return
@@ -694,6 +695,9 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
+	if !replayed {
+		rec.Seq = meta.Sequence.Stream // what an ordered successor compares
+	}
 	now := w.cfg.Now()
 	switch {
 	case rec.Done:
@@ -722,7 +726,7 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 				// Never attempted: a record says when it comes back, so a
 				// later status waiting for this one waits as long (with no
 				// record it would take this one as never sent here).
-				if err := w.store.put(ctx, key, attempts{NextAt: now.Add(d)}); err != nil {
+				if err := w.store.put(ctx, key, attempts{NextAt: now.Add(d), Seq: rec.Seq}); err != nil {
 					log().Warn().Err(err).Msg("record wait")
 				}
 			}
@@ -953,6 +957,13 @@ func (w *Worker) updateHealth() {
 	w.cfg.Metrics.Held.WithLabelValues(w.ep.Name).Set(held)
 }
 
+// deliverableID reports whether id can be sent as the Webhook-Id header:
+// not empty, and no control character (Go's client refuses the request
+// before sending it, and each attempt counted against the endpoint).
+func deliverableID(id string) bool {
+	return id != "" && !strings.ContainsFunc(id, func(r rune) bool { return r < ' ' || r == 0x7f })
+}
+
 // mustWait implements ordered delivery: an event waits while the event
 // before it in its transaction (its previousStatus), if this endpoint
 // receives that one, is neither delivered nor dead-lettered.
@@ -971,6 +982,13 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 	case err != nil:
 		return true, time.Second
 	case found && rec.Done:
+		return false, 0
+	case found && rec.Seq >= meta.Sequence.Stream:
+		// The record is of an event stored with or after this one: no
+		// predecessor (the relay publishes a transaction's statuses in
+		// order), but this event itself (another publisher's success
+		// "after" success) or one waiting for it in turn (a cycle), which
+		// would each wait for the other for ever.
 		return false, 0
 	case found && meta.NumDelivered > uint64(staleWaits) && w.deliveringFor() > staleRecord(w.ep) && rec.NextAt.Before(w.cfg.Now().Add(-staleRecord(w.ep))):
 		// The predecessor's next attempt is long overdue, this event has
