@@ -135,7 +135,7 @@ func BenchmarkCallback(b *testing.B) {
 			}))
 			defer srv.Close()
 			if withIntake {
-				in, err := NewIntake(context.Background(), IntakeConfig{JetStream: js, Workers: 16, AckWait: 30 * time.Second, MaxAckPending: 1024,
+				in, err := NewIntake(context.Background(), IntakeConfig{JetStream: js, Projects: []string{"main"}, Workers: 16, AckWait: 30 * time.Second, MaxAckPending: 1024,
 					RetryInitial: 100 * time.Millisecond, RetryMax: time.Second, Metrics: m, Logger: zerolog.Nop()})
 				if err != nil {
 					b.Fatal(err)

@@ -91,6 +91,11 @@ func newHarnessOn(t testing.TB, srv *natstest.Server, runIntake bool, opts ...op
 	for _, o := range opts {
 		o(&h.cfg, &icfg)
 	}
+	if icfg.Projects == nil {
+		for _, p := range h.cfg.Projects {
+			icfg.Projects = append(icfg.Projects, p.Name)
+		}
+	}
 	h.icfg = icfg
 	h.serve()
 	if runIntake {

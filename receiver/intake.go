@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,6 +69,12 @@ type IntakeConfig struct {
 	// Confirmer checks notifications with SenGo's API; nil publishes them
 	// unconfirmed (confirmed: false).
 	Confirmer Confirmer
+	// Projects are this relay's configured projects. Every relay's intake
+	// reads the one inbox, and each knows only its own projects' checks: a
+	// notification of another project (added on another relay first, or
+	// removed) is never decided here. It is retried, for a relay that has
+	// the project, and set aside when the inbox would drop it.
+	Projects []string
 	// RequireConfirmation lists projects whose notifications must be
 	// confirmed: one that was not (no client for it) is quarantined, never
 	// published with confirmed: false.
@@ -539,6 +546,10 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 		return result{err: fmt.Errorf("%w: no %s header", ErrPermanent, event.HeaderProject)}
 	}
 	r := result{project: project}
+	if !slices.Contains(in.cfg.Projects, project) {
+		r.err = fmt.Errorf("%w %s: not configured on this relay", ErrUnknownProject, project)
+		return r
+	}
 	tx, err := sengo.ParseCallback(m.Data())
 	if err != nil {
 		r.err = fmt.Errorf("%w: %v", ErrPermanent, err)

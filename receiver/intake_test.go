@@ -300,7 +300,7 @@ func TestRetryDelayGrowsAndIsBounded(t *testing.T) {
 // and keeps both changes.
 func TestFlushAfterAConcurrentChange(t *testing.T) {
 	h := newHarness(t, false)
-	in, err := NewIntake(t.Context(), IntakeConfig{JetStream: h.js, Workers: 1, AckWait: 10 * time.Second, MaxAckPending: 1,
+	in, err := NewIntake(t.Context(), IntakeConfig{JetStream: h.js, Projects: []string{"main"}, Workers: 1, AckWait: 10 * time.Second, MaxAckPending: 1,
 		RetryInitial: time.Second, RetryMax: time.Second, Metrics: h.metrics, Logger: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)

@@ -319,6 +319,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				Confirmer:           confirmer,
 				ConfirmAttempts:     cfg.Intake.ConfirmAttempts,
 				RequireConfirmation: required,
+				Projects:            cfg.ProjectNames(),
 				History:             hist,
 				Metrics:             metrics,
 				Logger:              log.With().Str("component", "intake").Logger(),

@@ -519,7 +519,7 @@ func pipeline(ctx context.Context, st store, consumerURL string, m *receiver.Met
 	if st.durable != nil {
 		d, dd = st.durable, st.durable
 	}
-	in, err := receiver.NewIntake(ctx, receiver.IntakeConfig{JetStream: js, Durable: d, Workers: 16, AckWait: 30 * time.Second, MaxAckPending: 1024,
+	in, err := receiver.NewIntake(ctx, receiver.IntakeConfig{JetStream: js, Projects: []string{"bench"}, Durable: d, Workers: 16, AckWait: 30 * time.Second, MaxAckPending: 1024,
 		RetryInitial: 100 * time.Millisecond, RetryMax: time.Second, History: st.history, Metrics: m, Logger: relayLog})
 	if err != nil {
 		return nil, err
