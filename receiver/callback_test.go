@@ -316,6 +316,14 @@ func TestRedactPath(t *testing.T) {
 		"/callbacks/sengo/s3cret":            "/callbacks/sengo/[unknown]",
 		"/callbacks/sengo/s3cret/x":          "/callbacks/sengo/[unknown]/[redacted]",
 		"/healthz":                           "/healthz",
+		// Paths a slightly wrong callback URL makes (URL joining, a proxy
+		// that keeps its prefix, a typo) hold the token as well: they were
+		// logged as sent.
+		"//callbacks/sengo/main/s3cret":      "//…",
+		"/relay/callbacks/sengo/main/s3cret": "/relay/…",
+		"/Callbacks/sengo/main/s3cret":       "/…",
+		"/s3cret":                            "/…",
+		"/callbacks/sengo":                   "/callbacks/…",
 	}
 	known := knownProjects([]Project{{Name: "main"}})
 	for in, want := range tests {

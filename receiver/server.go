@@ -248,11 +248,12 @@ func boundedText(s string, n int) string {
 
 // redactPath removes everything after the project segment of a callback
 // path (where a callback token would be), and the project segment itself
-// unless it names a configured project, so logs never hold a token.
+// unless it names a configured project; of any other path it keeps only a
+// first segment that reads as a word. Logs never hold a token.
 func redactPath(p string, known projectNames) string {
 	const prefix = "/callbacks/sengo/"
 	if !strings.HasPrefix(p, prefix) {
-		return p
+		return verify.RedactPath(p) // a wrong callback URL's token may be anywhere in it
 	}
 	project, _, more := strings.Cut(p[len(prefix):], "/")
 	if _, ok := known[project]; !ok {

@@ -37,6 +37,21 @@ func RedactURL(raw string) string {
 	return u.Scheme + "://" + host + u.EscapedPath() // not reached for http(s) URLs
 }
 
+// RedactPath is what may be shown of a URL path that can hold a secret
+// (a request for a slightly wrong callback URL: /relay/callbacks/sengo/
+// main/<token>, //callbacks/…): its first segment when it reads as a word,
+// and "…" for the rest.
+func RedactPath(p string) string {
+	first, _, more := strings.Cut(strings.TrimPrefix(p, "/"), "/")
+	switch {
+	case !plainSegment(first):
+		return "/…"
+	case more:
+		return "/" + first + "/…"
+	}
+	return "/" + first
+}
+
 // plainSegment reports a path segment that reads as a word ("hook",
 // "webhooks", "sengo-callback"), not as a token: at most 16 lowercase
 // letters, hyphens, underscores and dots (a random token of letters and
