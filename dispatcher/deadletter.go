@@ -2,9 +2,11 @@ package dispatcher
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -52,6 +54,41 @@ type DeadLetter struct {
 	Replayed        bool            `json:"replayed,omitempty"`
 	DeadAt          time.Time       `json:"deadAt"`
 	Event           json.RawMessage `json:"event"`
+	// EventTruncated: the event was too large to keep whole in its dead
+	// letter (another publisher's, near the server's max_payload): Event is
+	// its first 4 KiB as a JSON string and EventBytes its size; StreamSeq
+	// names it. No redrive sends it.
+	EventTruncated bool `json:"eventTruncated,omitempty"`
+	EventBytes     int  `json:"eventBytes,omitempty"`
+
+	eventSize int // the event's size as stored (Event may be it quoted)
+}
+
+// deadLetterRoom is what a dead letter leaves of the server's max_payload
+// for its headers and the client's framing; deadLetterExcerpt is how much
+// of an event too large to keep whole it keeps.
+const (
+	deadLetterRoom    = 16 << 10
+	deadLetterExcerpt = 4 << 10
+)
+
+// excerptString is the first n bytes of b (not cut inside a character) as
+// a JSON string.
+func excerptString(b []byte, n int) json.RawMessage {
+	if len(b) > n {
+		b = b[:n]
+	}
+	return stringJSON(strings.ToValidUTF8(string(b), ""))
+}
+
+// stringJSON is s as a JSON string, without HTML escaping (json.Marshal
+// wrote each <, > and & as six bytes).
+func stringJSON(s string) json.RawMessage {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s) // a string always encodes
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 }
 
 // publishDeadLetter stores d. Its Nats-Msg-Id makes a repeated publish
@@ -67,6 +104,13 @@ func publishDeadLetter(ctx context.Context, js jetstream.JetStream, key string, 
 		return fmt.Errorf("encode dead letter: %w", err)
 	}
 	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	if limit := js.Conn().MaxPayload() - deadLetterRoom; int64(len(b)) > limit && !d.EventTruncated {
+		// Too large for the server: stored, it would fail at every retry
+		// until retention dropped the event with no dead letter.
+		d.EventTruncated, d.EventBytes = true, cmp.Or(d.eventSize, len(d.Event))
+		d.Event = excerptString(d.Event, deadLetterExcerpt)
+		return publishDeadLetter(ctx, js, key, d)
+	}
 	msg := &nats.Msg{Subject: event.DLQTxSubject(d.Endpoint, d.TransactionID), Data: b, Header: nats.Header{
 		event.HeaderEventID: []string{d.EventID},
 		"Sengo-Reason":      []string{d.Reason},

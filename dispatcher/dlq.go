@@ -198,8 +198,8 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 	n := 0
 	delivered := map[string]bool{}
 	for _, e := range entries {
-		if e.Reason == ReasonUndecodable {
-			continue // nothing a consumer could accept
+		if e.Reason == ReasonUndecodable || e.EventTruncated {
+			continue // nothing a consumer could accept, or not kept whole
 		}
 		ok, known := delivered[e.Endpoint]
 		if !known {

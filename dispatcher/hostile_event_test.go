@@ -1,6 +1,10 @@
 package dispatcher
 
 import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,5 +73,73 @@ func TestAnEventIDThatCannotBeAHeaderDoesNotPauseTheEndpoint(t *testing.T) {
 		if d.Reason != ReasonUndecodable {
 			t.Errorf("dead letter %+v", d)
 		}
+	}
+}
+
+// Another publisher's message of 1.5 MB of "<" on sengo.events.> is no
+// event: it is dead-lettered as undecodable, with the message kept as a
+// JSON string. json.Marshal wrote each "<" as \u003c, six bytes: the dead
+// letter outgrew what a NATS message may be, was never stored, and the
+// message was retried every 5 s until retention dropped it, with no dead
+// letter. It is now kept whole, unescaped; and a dead letter still too
+// large for the server (control bytes are six each in any JSON) keeps the
+// event's first 4 KiB, marked, with its size; its streamSeq names it.
+func TestAnEventTooLargeForItsDeadLetterIsStillDeadLettered(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	h.start(h.endpoint("orders", c.URL))
+	angles, controls := bytes.Repeat([]byte("<"), 1500<<10), bytes.Repeat([]byte("\x01"), 1500<<10)
+	for _, body := range [][]byte{angles, controls} {
+		if _, err := h.js.PublishMsg(t.Context(), &nats.Msg{Subject: event.EventSubject("main", event.ProductRetail, event.StatusSuccess), Data: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll.Within(t, 15*time.Second, "two dead letters", func() bool { return len(h.deadLetters()) == 2 })
+	for _, d := range h.deadLetters() {
+		switch d.StreamSeq {
+		case 1:
+			if d.EventTruncated || len(d.Event) != len(angles)+2 {
+				t.Errorf("1.5 MB of <: truncated %v, %d bytes kept", d.EventTruncated, len(d.Event))
+			}
+		case 2:
+			if d.Reason != ReasonUndecodable || !d.EventTruncated || d.EventBytes != len(controls) || len(d.Event) > 5<<10 {
+				t.Errorf("1.5 MB of control bytes: reason %s, truncated %v, %d bytes of %d, %d kept", d.Reason, d.EventTruncated, d.EventBytes, len(controls), len(d.Event))
+			}
+		}
+	}
+	if len(c.got()) != 0 {
+		t.Error("posted")
+	}
+}
+
+// An event that is itself near the server's max_payload (another
+// publisher's) is delivered as usual; refused by the endpoint, its dead
+// letter keeps only its start, and a redrive leaves it alone: it would
+// post those 4 KiB as the event.
+func TestADeadLetterKeptInPartIsNeverRedriven(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(http.StatusGone) })
+	h.start(h.endpoint("orders", c.URL))
+	ev := h.publish("tx-big", event.StatusPending, "") // a template; refused as gone too
+	ev.ID = event.ID("main", "tx-big", event.StatusSuccess)
+	ev.Data.Status = event.StatusSuccess
+	ev.Data.Raw = json.RawMessage(`"` + strings.Repeat("r", int(h.js.Conn().MaxPayload())-12<<10) + `"`)
+	b, err := event.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.js.PublishMsg(t.Context(), &nats.Msg{Subject: event.EventSubject("main", ev.Data.Product, ev.Data.Status), Data: b}); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, "two dead letters", func() bool { return len(h.deadLetters()) == 2 })
+	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{})
+	if err != nil || len(entries) != 2 {
+		t.Fatal(len(entries), err)
+	}
+	if big := entries[1]; !big.EventTruncated || big.EventBytes != len(b) || big.Reason != ReasonGone {
+		t.Fatalf("dead letter of the large event: truncated %v, %d bytes of %d, reason %s", big.EventTruncated, big.EventBytes, len(b), big.Reason)
+	}
+	if n, err := Redrive(t.Context(), h.js, entries[1:]); n != 0 || err != nil {
+		t.Fatalf("redrove %d (%v)", n, err)
 	}
 }
