@@ -39,6 +39,9 @@ type QuarantineFilter struct {
 	// Since, when set, reads every notification stored from then on
 	// instead of the newest maxQuarantineScan (EachQuarantined only).
 	Since time.Time
+	// headersOnly reads no bodies: the entries carry no notification
+	// (nor what it names), only what the headers say.
+	headersOnly bool
 	// UpTo, when set, leaves out notifications stored after this
 	// SENGO_QUARANTINE sequence: an action confirmed on a count touches
 	// only what was counted (EachQuarantinedBatch only).
@@ -184,7 +187,7 @@ func eachQuarantined(ctx context.Context, js jetstream.JetStream, f QuarantineFi
 		}
 		return nil
 	}
-	var from stream.From
+	from := stream.From{HeadersOnly: f.headersOnly}
 	if !f.Since.IsZero() {
 		from.Time = f.Since
 	} else if window && f.Project == "" && f.TransactionID == "" {
@@ -383,7 +386,10 @@ func RecheckUnconfirmed(ctx context.Context, js jetstream.JetStream, now time.Ti
 		clear(due)
 		queued = 0
 	}
-	f := QuarantineFilter{ReasonContains: sengo.ErrUnconfirmed.Error(), Since: now.Add(-recheckWindow)}
+	// Headers only: the reason, the rechecks done and when it was stored
+	// are all it needs, and a forged body read in full by every relay
+	// every 30 s for a day multiplied each forged request.
+	f := QuarantineFilter{ReasonContains: sengo.ErrUnconfirmed.Error(), Since: now.Add(-recheckWindow), headersOnly: true}
 	err := EachQuarantined(ctx, js, f, func(e QuarantineEntry) bool {
 		done, _ := strconv.Atoi(e.Rechecks)
 		if done >= len(RecheckAfter) || now.Sub(e.Stored) < RecheckAfter[done] {

@@ -32,11 +32,14 @@ const ScanConsumerPrefix = "sengo-relay-"
 type From struct {
 	Seq  uint64
 	Time time.Time
+	// HeadersOnly delivers each message's headers without its body (a
+	// scan that needs only them reads no bodies).
+	HeadersOnly bool
 }
 
 // ScanFrom is Scan over several subjects from a sequence or a time.
 func ScanFrom(ctx context.Context, js jetstream.JetStream, stream string, subjects []string, from From, visit func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error), total func(uint64)) error {
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverAllPolicy}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverAllPolicy, HeadersOnly: from.HeadersOnly}
 	switch {
 	case from.Seq > 0:
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from.Seq
