@@ -36,7 +36,8 @@ latency percentiles and peak RSS. It starts its own embedded JetStream in a temp
 	n := fs.Int("deliveries", 20000, "events the dispatcher scenario delivers")
 	sync := fs.String("sync-interval", "always", `embedded JetStream fsync: "always" (the relay's default: fsync before every acknowledgement, with group commit), "always-per-write" (group_commit: false: nats-server fsyncs each write itself) or a duration such as 2m; several, comma-separated, run the whole bench once per mode ("always,always-per-write,2m" shows the price of each)`)
 	window := fs.Duration("sustain-window", 30*time.Second, "how long each probe of the sustained-rate search runs")
-	natsURL := fs.String("nats-url", "", "measure against this NATS server or cluster instead of the embedded one")
+	natsURL := fs.String("nats-url", "", "measure against this NATS server or cluster instead of the embedded one (refused if it holds the relay's streams: every scenario purges them)")
+	wipe := fs.Bool("wipe-store", false, "let --nats-url name a store that holds the relay's streams: every scenario purges them and resets their limits")
 	replicas := fs.Int("replicas", 1, "stream replicas (3 needs --nats-url to a cluster)")
 	soak := fs.Duration("soak", 0, "after the scenarios, run end to end at --rate this long and watch for drift (e.g. 10m)")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
@@ -92,7 +93,7 @@ latency percentiles and peak RSS. It starts its own embedded JetStream in a temp
 		}
 		bc := bench.Config{Concurrency: *conc, Duration: *dur, Payload: *payload, Rate: *rate, EndpointRate: *endpointRate, Deliveries: *n, Soak: *soak, Scenarios: scenarios,
 			NATSURL: *natsURL, Spec: provisionSpec(cfg), Progress: stderr, NoHistory: !*withHistory, ConsoleEvents: *consoleEvents, Burst: *burst}
-		bc.SustainWindow = *window
+		bc.SustainWindow, bc.WipeStore = *window, *wipe
 		var reports []bench.Report
 		for _, mode := range strings.Split(*sync, ",") {
 			bc.SyncAlways, bc.SyncInterval, bc.GroupCommit = false, 0, false

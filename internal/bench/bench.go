@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -67,6 +68,11 @@ type Config struct {
 	NoHistory bool
 	Spec      stream.Spec
 	Progress  io.Writer // one line per finished scenario; may be nil
+	// WipeStore lets a run against NATSURL use a store that already holds
+	// the relay's streams or buckets: every scenario purges them and
+	// resets their limits to Spec's. Without it such a store is refused
+	// (it may be production's).
+	WipeStore bool
 }
 
 // Result is one row of the report.
@@ -130,6 +136,11 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 			"store": storeName(cfg), "replicas": strconv.Itoa(cfg.Spec.Replicas),
 		},
 		Ratios: map[string]float64{},
+	}
+	if cfg.NATSURL != "" && !cfg.WipeStore {
+		if err := refuseOccupied(ctx, cfg); err != nil {
+			return r, err
+		}
 	}
 	byKey := map[string]float64{}
 	var peak uint64 // VmHWM is reset between scenarios
@@ -287,6 +298,45 @@ func (s syncStats) add(res *Result, ops int64) {
 	}
 	res.Note += fmt.Sprintf("; %.2f fsyncs per op, %.1f waits served per fsync, %s per fsync", res.FSyncsPerOp, res.WritersPerFSync, mean.Round(time.Microsecond))
 }
+
+// refuseOccupied fails when the store at cfg.NATSURL already holds one of
+// the relay's streams or buckets: each scenario purges them and resets
+// their limits, and "measure against this cluster" must never empty a
+// production inbox of notifications SenGo was answered 200 for.
+func refuseOccupied(ctx context.Context, cfg Config) error {
+	nc, err := stream.Connect(stream.ConnectConfig{URL: cfg.NATSURL, Name: "bench/check", Logger: zerolog.Nop()})
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	var found []string
+	for _, s := range cfg.Spec.Streams {
+		if _, err := js.Stream(ctx, s.Name); err == nil {
+			found = append(found, s.Name)
+		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("look up stream %s: %w", s.Name, err)
+		}
+	}
+	for _, b := range cfg.Spec.Buckets {
+		if _, err := js.KeyValue(ctx, b.Name); err == nil {
+			found = append(found, "KV "+b.Name)
+		} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return fmt.Errorf("look up bucket %s: %w", b.Name, err)
+		}
+	}
+	if len(found) > 0 {
+		return fmt.Errorf("%w: %s holds %s; every scenario would purge them and reset their limits. Point --nats-url at a store of its own, or pass --wipe-store if emptying it is intended (a run leaves its streams behind: a second run against the same store needs it too)",
+			ErrStoreInUse, storeName(cfg), strings.Join(found, ", "))
+	}
+	return nil
+}
+
+// ErrStoreInUse: the external store already holds the relay's streams.
+var ErrStoreInUse = errors.New("the store is in use")
 
 // openStore starts an embedded server (or connects to cfg.NATSURL and
 // empties the relay's streams) and provisions cfg.Spec.
