@@ -94,7 +94,11 @@ func (a *EmbeddedAuth) subscriberPermissions() *server.Permissions {
 		// nameless form is not allowed), so the relay's can be denied.
 		"$JS.API.CONSUMER.CREATE." + st + ".>", "$JS.API.CONSUMER.DURABLE.CREATE." + st + ".>",
 		"$JS.API.CONSUMER.INFO." + st + ".>", "$JS.API.CONSUMER.DELETE." + st + ".>",
-		"$JS.API.CONSUMER.LIST." + st, "$JS.API.CONSUMER.NAMES." + st,
+		// Not CONSUMER.LIST or NAMES: the relay's scans (a replay's, the
+		// console's reads) are consumers with random names, which a pull
+		// of the subscriber's could take every event the scan had not yet
+		// read from, ending a replay early as if done. Unlisted, a name is
+		// 130 random bits.
 		"$JS.API.CONSUMER.MSG.NEXT." + st + ".>", "$JS.ACK." + st + ".>", "$JS.FC." + st + ".>",
 	}
 	var deny []string

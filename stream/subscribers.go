@@ -119,8 +119,7 @@ func subscriberAPI(st string) map[string]server.ServiceRespType {
 		"$JS.API.STREAM.MSG.GET." + st: server.Singleton,
 		// A batched direct get answers with many messages.
 		"$JS.API.DIRECT.GET." + st: server.Streamed, "$JS.API.DIRECT.GET." + st + ".>": server.Streamed,
-		"$JS.API.CONSUMER.INFO." + st + ".>": server.Singleton,
-		"$JS.API.CONSUMER.LIST." + st:        server.Singleton, "$JS.API.CONSUMER.NAMES." + st: server.Singleton,
+		"$JS.API.CONSUMER.INFO." + st + ".>":     server.Singleton,
 		"$JS.API.CONSUMER.MSG.NEXT." + st + ".>": server.Streamed,
 		"$JS.ACK." + st + ".>":                   server.Singleton, "$JS.FC." + st + ".>": server.Singleton,
 	}

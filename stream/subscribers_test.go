@@ -233,3 +233,57 @@ func TestARemovedEndpointsConsumerIsTheRelays(t *testing.T) {
 		}
 	}
 }
+
+// The relay's scans (a replay's, the console's reads) are ordered
+// consumers on the events stream, with random names. The subscriber could
+// list them, and a pull of its own on one took every event the scan had
+// not yet read: the scan, finding nothing pending, ended as if done, and
+// a replay reported success with its tail missing. The subscriber cannot
+// list the stream's consumers.
+func TestTheSubscriberCannotFindTheRelaysScans(t *testing.T) {
+	auth := &stream.EmbeddedAuth{
+		RelayUser: "sengo-relay", RelayPassword: "relay-pw-0123456789",
+		SubscriberUser: "subscriber", SubscriberPassword: "sub-pw-0123456789",
+		Stream: "SENGO_EVENTS", Subjects: "sengo.events.>",
+	}
+	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: auth, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Shutdown()
+	relay, err := stream.Connect(stream.ConnectConfig{Name: "relay", Logger: zerolog.Nop()}, e.ConnectOption())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	rjs, _ := jetstream.New(relay)
+	if _, err := rjs.CreateStream(t.Context(), jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rjs.Publish(t.Context(), "sengo.events.main.retail.success", []byte(`{"id":"evt_1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	listed := make(chan []string, 1)
+	err = stream.ScanFrom(t.Context(), rjs, "SENGO_EVENTS", []string{"sengo.events.>"}, stream.From{}, func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error) {
+		// While the scan's consumer exists, the subscriber asks for names.
+		var got []string
+		for _, api := range []string{"$JS.API.CONSUMER.NAMES.SENGO_EVENTS", "$JS.API.CONSUMER.LIST.SENGO_EVENTS"} {
+			if m, err := sub.Request(api, []byte(`{}`), 2*time.Second); err == nil {
+				got = append(got, api+": "+string(m.Data))
+			}
+		}
+		listed <- got
+		return false, nil
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := <-listed; len(got) > 0 {
+		t.Fatalf("the subscriber listed the stream's consumers: %v", got)
+	}
+}
