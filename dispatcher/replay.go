@@ -39,6 +39,10 @@ func (r ReplayRequest) JobID() string {
 	}
 	eps := slices.Clone(r.Endpoints)
 	slices.Sort(eps)
+	// The statuses as a set: the same selection asked in another order
+	// (the CLI's --status expired,success, the console's boxes) is the
+	// same job, not a second one that sends every event again.
+	r.Statuses = slices.Compact(slices.Sorted(slices.Values(r.Statuses)))
 	if strings.Contains(r.TransactionID+r.MerchantRef, "|") {
 		// The fields would not be told apart ("a|b" and "" against "a"
 		// and "b|"): lengths say where each ends. "#" never begins the

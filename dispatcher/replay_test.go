@@ -23,4 +23,13 @@ func TestJobIDNamesTheSelection(t *testing.T) {
 	if a.JobID() == b.JobID() {
 		t.Errorf("transaction %q and transaction %q with merchantRef %q share job %s", a.TransactionID, b.TransactionID, b.MerchantRef, a.JobID())
 	}
+	// One selection is one job whatever the order of its statuses: asked
+	// again in another order (the CLI's flag, then the console's boxes),
+	// it was a second job that queued every event again.
+	c, d := base, base
+	c.Statuses = []event.Status{event.StatusSuccess, event.StatusExpired}
+	d.Statuses = []event.Status{event.StatusExpired, event.StatusSuccess, event.StatusExpired}
+	if c.JobID() != d.JobID() {
+		t.Errorf("statuses %v and %v: jobs %s and %s", c.Statuses, d.Statuses, c.JobID(), d.JobID())
+	}
 }
