@@ -1286,7 +1286,8 @@ func TestASetAsidePendingNeverHoldsTheSuccessBack(t *testing.T) {
 // notification of the last day, to find the unconfirmed ones due. It read
 // each whole: a forged 64 KiB body, set aside as a mismatch, was read
 // about 2,880 times a day per relay. It reads their headers only (the
-// reason, the rechecks done and when it was stored are all it needs).
+// reason, the rechecks done and when it was stored are all it needs), as
+// does the selection of an operator's purge or redrive of many.
 func TestTheRecheckReadsNoBodies(t *testing.T) {
 	h := newHarness(t, false)
 	big := bytes.Repeat([]byte("x"), 32<<10)
@@ -1304,5 +1305,15 @@ func TestTheRecheckReadsNoBodies(t *testing.T) {
 	}
 	if read := nc.Stats().InBytes - before; read > 1<<20 {
 		t.Errorf("the recheck read %d KiB for 200 notifications none of which is unconfirmed", read>>10)
+	}
+	// An operator's purge or redrive of them all selects them the same
+	// way: by sequence, from their headers.
+	before = nc.Stats().InBytes
+	_, selected, err := EachQuarantinedBatch(t.Context(), js, QuarantineFilter{Project: "main"}, func(es []QuarantineEntry) (int, error) { return len(es), nil })
+	if err != nil || selected != 200 {
+		t.Fatal(selected, err)
+	}
+	if read := nc.Stats().InBytes - before; read > 1<<20 {
+		t.Errorf("selecting 200 notifications to act on read %d KiB", read>>10)
 	}
 }
