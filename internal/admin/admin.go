@@ -423,7 +423,7 @@ var errTestSendFailed = errors.New("the endpoint did not accept the test event")
 func (s *Server) auditAPI(c echo.Context, action, target string, n int, err error) {
 	ev := s.cfg.Logger.Info()
 	if err != nil {
-		ev = s.cfg.Logger.Warn().Err(err)
+		ev = s.cfg.Logger.Warn().Str("error", auditText(err.Error()))
 	}
 	if target == "" {
 		target = c.Param("name")
@@ -434,14 +434,20 @@ func (s *Server) auditAPI(c echo.Context, action, target string, n int, err erro
 		}
 		target += q
 	}
-	if len(target) > maxAuditTarget {
-		target = target[:maxAuditTarget] + "…"
-	}
-	ev.Bool("audit", true).Str("who", "admin API@"+c.RealIP()).Str("action", action).Str("target", target).Int("count", n).Msg("admin action")
+	ev.Bool("audit", true).Str("who", "admin API@"+c.RealIP()).Str("action", action).Str("target", auditText(target)).Int("count", n).Msg("admin action")
 }
 
-// maxAuditTarget bounds the target of an audit line, in bytes.
+// maxAuditTarget bounds the target and the error of an audit line, in
+// bytes: both may repeat what the operator's request sent.
 const maxAuditTarget = 256
+
+// auditText is s cut to maxAuditTarget bytes (marked "…"), valid UTF-8.
+func auditText(s string) string {
+	if len(s) > maxAuditTarget {
+		s = s[:maxAuditTarget] + "…"
+	}
+	return strings.ToValidUTF8(s, "?")
+}
 
 // redactURL drops credentials, the query and the fragment (which may hold
 // a token), and every path segment after the first: a URL that is its own

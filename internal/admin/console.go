@@ -384,9 +384,9 @@ func (cn *console) act(c echo.Context, action, target string, err error, n int) 
 	}
 	ev := cn.audit.Info()
 	if err != nil {
-		ev = cn.audit.Warn().Err(err)
+		ev = cn.audit.Warn().Str("error", auditText(err.Error()))
 	}
-	ev.Str("who", who).Str("action", action).Str("target", target).Int("count", n).Msg("console action")
+	ev.Str("who", who).Str("action", action).Str("target", auditText(target)).Int("count", n).Msg("console action")
 }
 
 func (cn *console) loginPage(c echo.Context) error {
