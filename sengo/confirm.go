@@ -5,8 +5,9 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 
 	"github.com/sengo-relay/sengo-relay/event"
 )
@@ -41,24 +42,9 @@ type Confirmer struct {
 	clients      map[string]*Client
 	probes       map[string]*probe
 	checkTimeout time.Duration
-	// checks shares calls among checks of one transaction at the same
-	// moment (a flood of forged bodies for one id), by transaction.
-	mu     sync.Mutex
-	checks map[string]*checkSlot
-}
-
-// checkSlot is a transaction's check in flight and the one queued after
-// it: a caller that arrives while one is in flight waits for the next,
-// which starts after it arrived, so an answer is never older than the
-// notification it confirms (a forged body's check in flight when SenGo
-// marked the transaction paid answered the genuine success "pending").
-// At most two calls per transaction whatever the flood.
-type checkSlot struct{ current, next *checkCall }
-
-type checkCall struct {
-	done chan struct{}
-	tx   Transaction
-	err  error
+	// checks shares one call among checks of one transaction at the
+	// same moment (a flood of forged bodies for one id).
+	checks singleflight.Group
 }
 
 // ConfirmerOption configures a Confirmer.
@@ -73,7 +59,7 @@ func CheckTimeout(d time.Duration) ConfirmerOption { return func(c *Confirmer) {
 
 // NewConfirmer confirms the projects in clients (by project name).
 func NewConfirmer(clients map[string]*Client, opts ...ConfirmerOption) *Confirmer {
-	c := &Confirmer{clients: clients, probes: make(map[string]*probe, len(clients)), checkTimeout: DefaultCheckTimeout, checks: map[string]*checkSlot{}}
+	c := &Confirmer{clients: clients, probes: make(map[string]*probe, len(clients)), checkTimeout: DefaultCheckTimeout}
 	for name := range clients {
 		c.probes[name] = &probe{turn: make(chan struct{}, 1)}
 	}
@@ -178,50 +164,20 @@ func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction)
 // check is one try of GET /check/{id}, bounded by the check timeout (the
 // caller, intake, retries with its own backoff, and a check SenGo never
 // answers must not hold it longer), shared by every caller checking the
-// same transaction meanwhile (checkSlot): each forged body posted for a
-// real transaction cost a call of its own on the merchant's API key. A
-// caller whose context ends stops waiting; the call goes on for the
-// others.
+// same transaction meanwhile: each forged body posted for a real
+// transaction cost a call of its own on the merchant's API key. A caller
+// whose context ends stops waiting; the call goes on for the others.
 func (c *Confirmer) check(ctx context.Context, project string, client *Client, id string) (Transaction, error) {
-	key := project + "\x00" + id
-	c.mu.Lock()
-	s := c.checks[key]
-	var call *checkCall
-	switch {
-	case s == nil:
-		call = &checkCall{done: make(chan struct{})}
-		s = &checkSlot{current: call}
-		c.checks[key] = s
-		go c.run(context.WithoutCancel(ctx), key, s, client, id)
-	case s.next == nil:
-		call = &checkCall{done: make(chan struct{})}
-		s.next = call
-	default:
-		call = s.next
-	}
-	c.mu.Unlock()
+	ch := c.checks.DoChan(project+"\x00"+id, func() (any, error) {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.checkTimeout)
+		defer cancel()
+		return client.check(cctx, id, false, 1)
+	})
 	select {
-	case <-call.done:
-		return call.tx, call.err
+	case r := <-ch:
+		got, _ := r.Val.(Transaction)
+		return got, r.Err
 	case <-ctx.Done():
 		return Transaction{}, ctx.Err()
-	}
-}
-
-// run makes slot s's calls, the queued one after the one in flight, until
-// none is queued.
-func (c *Confirmer) run(ctx context.Context, key string, s *checkSlot, client *Client, id string) {
-	for call := s.current; call != nil; {
-		cctx, cancel := context.WithTimeout(ctx, c.checkTimeout)
-		call.tx, call.err = client.check(cctx, id, false, 1)
-		cancel()
-		close(call.done)
-		c.mu.Lock()
-		call = s.next
-		s.current, s.next = call, nil
-		if call == nil {
-			delete(c.checks, key)
-		}
-		c.mu.Unlock()
 	}
 }
