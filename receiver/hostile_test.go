@@ -1223,65 +1223,6 @@ func TestAHugeAPIObjectStillQuarantines(t *testing.T) {
 	}
 }
 
-// A pending set aside (SenGo disagreed with it) is never applied, so a
-// final status of its transaction received after it must not wait for it.
-// Intake told so by finding it in quarantine, or below its consumer's
-// acknowledgement floor; once the entry left quarantine (purged, or
-// redriven by a recheck) while any unrelated notification was still being
-// retried, neither held, and the genuine success waited orderWaitMax
-// (2 minutes). A pending set aside now leaves the inbox: its copy in
-// quarantine keeps it whole.
-func TestASetAsidePendingNeverHoldsTheSuccessBack(t *testing.T) {
-	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(r.URL.Path, "/check/hold-") { // an outage for this id alone, retried on and on
-			http.Error(w, `{"responseCode":500,"responseMessage":"busy"}`, http.StatusInternalServerError)
-			return
-		}
-		sb.Handler().ServeHTTP(w, r)
-	}))
-	t.Cleanup(func() { hs.Close(); sb.Close() })
-	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
-	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
-		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
-		ic.ConfirmAttempts = 1 << 20
-	})
-	ctx := t.Context()
-	// An unrelated notification that intake keeps retrying holds its
-	// consumer's acknowledgement floor below everything after it.
-	if resp, _ := h.post("/callbacks/sengo/main", callback("hold-1", event.StatusSuccess)); resp.StatusCode != 200 {
-		t.Fatal(resp.StatusCode)
-	}
-	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-ASIDE", Amount: 5000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	forged := bytes.Replace(tx.Raw, []byte(`"amount":5000`), []byte(`"amount":1`), 1)
-	if bytes.Equal(forged, tx.Raw) {
-		t.Fatalf("no amount to change in %s", tx.Raw)
-	}
-	if resp, _ := h.post("/callbacks/sengo/main", append(append([]byte(`{"responseData":`), forged...), '}')); resp.StatusCode != 200 {
-		t.Fatal(resp.StatusCode)
-	}
-	eventually(t, "the forged pending set aside", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
-	entries, err := ListQuarantine(ctx, h.js, QuarantineFilter{Project: "main", TransactionID: tx.ID})
-	if err != nil || len(entries) != 1 {
-		t.Fatal(len(entries), err)
-	}
-	if n, err := PurgeQuarantine(ctx, h.js, entries); n != 1 || err != nil {
-		t.Fatal(n, err)
-	}
-	if resp, _ := h.post("/callbacks/sengo/main", payCallback(t, sb, client, tx.ID)); resp.StatusCode != 200 {
-		t.Fatal(resp.StatusCode)
-	}
-	start := time.Now()
-	poll.Within(t, 20*time.Second, "the genuine success published", func() bool { return h.msgs(event.StreamEvents) == 1 })
-	t.Logf("published %s after its receipt", time.Since(start).Round(time.Millisecond))
-}
-
 // The recheck runs every 30 s on every relay and reads every quarantined
 // notification of the last day, to find the unconfirmed ones due. It read
 // each whole: a forged 64 KiB body, set aside as a mismatch, was read

@@ -352,7 +352,6 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		if !in.durableOrNak(ctx, m, attempt, log) {
 			return
 		}
-		in.leaveInbox(ctx, m, seq, log)
 		in.count(r.project, "quarantined")
 		log().Error().Err(r.err).Msg("notification quarantined")
 		in.settled(seq)
@@ -362,25 +361,6 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		in.count(r.project, "retry")
 		log().Warn().Err(r.err).Stringer("delay", delay).Msg("intake failed; retrying")
 		_ = m.NakWithDelay(delay)
-	}
-}
-
-// leaveInbox deletes a pending set aside from the inbox, once its copy in
-// quarantine is durable: it will never be applied, and a final status of
-// its transaction received after it must not wait for it (earlierPending).
-// Found in the inbox, it held that status back until its quarantine entry
-// was found; once the entry had left quarantine (purged, or redriven by a
-// recheck), for up to orderWaitMax. A failed delete loses nothing: the
-// final status then finds it as before.
-func (in *Intake) leaveInbox(ctx context.Context, m jetstream.Msg, seq uint64, log func() *zerolog.Logger) {
-	if seq == 0 {
-		return
-	}
-	if tx, err := sengo.ParseCallback(m.Data()); err != nil || tx.Status != event.StatusPending {
-		return
-	}
-	if err := in.inbox.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		log().Warn().Err(err).Msg("delete a pending set aside from the inbox; a final status of its transaction may wait for it")
 	}
 }
 
