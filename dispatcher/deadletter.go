@@ -2,7 +2,6 @@ package dispatcher
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -61,7 +60,7 @@ type DeadLetter struct {
 	EventTruncated bool `json:"eventTruncated,omitempty"`
 	EventBytes     int  `json:"eventBytes,omitempty"`
 
-	eventSize int // the event's size as stored (Event may be it quoted)
+	raw []byte // the event as stored (Event may be it quoted)
 }
 
 // deadLetterRoom is what a dead letter leaves of the server's max_payload
@@ -94,29 +93,54 @@ func stringJSON(s string) json.RawMessage {
 // publishDeadLetter stores d. Its Nats-Msg-Id makes a repeated publish
 // (after a crash between publishing and terminating) a duplicate.
 func publishDeadLetter(ctx context.Context, js jetstream.JetStream, key string, d DeadLetter) error {
-	// Without HTML escaping: the embedded event is kept as stored (json's
-	// default rewrote its &, < and > as \u0026…, and a redrive posted
-	// those bytes, not the event's).
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(d); err != nil {
-		return fmt.Errorf("encode dead letter: %w", err)
+	subject := event.DLQTxSubject(d.Endpoint, d.TransactionID) // of the whole id: a story finds it
+	b, err := encodeDeadLetter(d)
+	if err != nil {
+		return err
 	}
-	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
-	if limit := js.Conn().MaxPayload() - deadLetterRoom; int64(len(b)) > limit && !d.EventTruncated {
-		// Too large for the server: stored, it would fail at every retry
-		// until retention dropped the event with no dead letter.
-		d.EventTruncated, d.EventBytes = true, cmp.Or(d.eventSize, len(d.Event))
-		d.Event = excerptString(d.Event, deadLetterExcerpt)
-		return publishDeadLetter(ctx, js, key, d)
+	if limit := js.Conn().MaxPayload() - deadLetterRoom; int64(len(b)+len(d.EventID)+len(d.Reason)) > limit {
+		// Too large for the server (the event, or another publisher's
+		// ids): stored, it would fail at every retry until retention
+		// dropped the event with no dead letter. The event keeps its
+		// start, and each id its first 256 bytes.
+		raw := d.raw
+		if raw == nil {
+			raw = d.Event
+		}
+		d.EventTruncated, d.EventBytes = true, len(raw)
+		d.Event = excerptString(raw, deadLetterExcerpt)
+		d.EventID, d.TransactionID, d.MerchantRef = cutID(d.EventID), cutID(d.TransactionID), cutID(d.MerchantRef)
+		if b, err = encodeDeadLetter(d); err != nil {
+			return err
+		}
 	}
-	msg := &nats.Msg{Subject: event.DLQTxSubject(d.Endpoint, d.TransactionID), Data: b, Header: nats.Header{
+	msg := &nats.Msg{Subject: subject, Data: b, Header: nats.Header{
 		event.HeaderEventID: []string{d.EventID},
 		"Sengo-Reason":      []string{d.Reason},
 	}}
 	if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("dlq."+key), jetstream.WithExpectStream(event.StreamDLQ)); err != nil {
-		return fmt.Errorf("publish dead letter %s: %w", d.EventID, err)
+		return fmt.Errorf("publish dead letter %s: %w", clip(d.EventID), err)
 	}
 	return nil
+}
+
+// encodeDeadLetter is d as JSON without HTML escaping: the embedded event
+// is kept as stored (json's default rewrote its &, < and > as \u0026…,
+// and a redrive posted those bytes, not the event's).
+func encodeDeadLetter(d DeadLetter) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(d); err != nil {
+		return nil, fmt.Errorf("encode dead letter: %w", err)
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// cutID is an id of a dead letter too large to store, cut to 256 bytes.
+func cutID(s string) string {
+	if len(s) <= 256 {
+		return s
+	}
+	return strings.ToValidUTF8(s[:256], "") + "…"
 }

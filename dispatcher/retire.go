@@ -547,7 +547,7 @@ func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string
 		Endpoint: endpoint, EventID: ev.ID, TransactionID: ev.Data.TransactionID, MerchantRef: ev.Data.MerchantRef,
 		Reason: ReasonRemoved, Attempts: rec.Count, FirstAttemptAt: rec.First, LastAttemptAt: rec.Last,
 		LastStatus: rec.LastStatus, LastError: rec.LastError, ResponseExcerpt: rec.Excerpt,
-		StreamSeq: eventSeq(msg, meta, replayed), Replayed: replayed, DeadAt: time.Now().UTC(), Event: rawOrString(msg.Data()), eventSize: len(msg.Data()),
+		StreamSeq: eventSeq(msg, meta, replayed), Replayed: replayed, DeadAt: time.Now().UTC(), Event: rawOrString(msg.Data()), raw: msg.Data(),
 	}
 	if err := publishDeadLetter(ctx, r.cfg.JetStream, key, d); err != nil {
 		return false, err
