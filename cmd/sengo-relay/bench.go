@@ -114,6 +114,9 @@ latency percentiles and peak RSS. It starts its own embedded JetStream in a temp
 				return err
 			}
 			reports = append(reports, r)
+			// The store was checked before the first mode; the next
+			// modes find the streams that one made.
+			bc.WipeStore = true
 		}
 		if *asJSON { // an array: one report per fsync mode
 			enc := json.NewEncoder(stdout)

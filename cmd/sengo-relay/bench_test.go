@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -156,5 +157,23 @@ func TestBenchCommand(t *testing.T) {
 	}
 	if err := run(t.Context(), []string{"bench", "--scenarios", "echo,nope"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), `"nope"`) {
 		t.Fatalf("unknown scenario: %v", err)
+	}
+}
+
+// A store of its own, measured in two fsync modes: the second mode found
+// the streams the first had made, and was refused as a store in use. A
+// second run against the same store is refused without --wipe-store.
+func TestBenchAgainstAStoreOfItsOwn(t *testing.T) {
+	srv := natstest.Start(t)
+	args := []string{"bench", "--nats-url", srv.URL(), "--scenarios", "publish", "--duration", "100ms", "--concurrency", "2", "--sync-interval", "always,2m", "--json"}
+	var out bytes.Buffer
+	if err := run(t.Context(), args, &out, io.Discard); err != nil {
+		t.Fatalf("two modes against a store of its own: %v", err)
+	}
+	if err := run(t.Context(), args, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--wipe-store") {
+		t.Fatalf("a second run against the store: %v", err)
+	}
+	if err := run(t.Context(), append(args, "--wipe-store"), io.Discard, io.Discard); err != nil {
+		t.Fatalf("a second run with --wipe-store: %v", err)
 	}
 }
