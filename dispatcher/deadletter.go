@@ -59,8 +59,6 @@ type DeadLetter struct {
 	// names it. No redrive sends it.
 	EventTruncated bool `json:"eventTruncated,omitempty"`
 	EventBytes     int  `json:"eventBytes,omitempty"`
-
-	raw []byte // the event as stored (Event may be it quoted)
 }
 
 // deadLetterRoom is what a dead letter leaves of the server's max_payload
@@ -90,9 +88,11 @@ func stringJSON(s string) json.RawMessage {
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 }
 
-// publishDeadLetter stores d. Its Nats-Msg-Id makes a repeated publish
-// (after a crash between publishing and terminating) a duplicate.
-func publishDeadLetter(ctx context.Context, js jetstream.JetStream, key string, d DeadLetter) error {
+// publishDeadLetter stores d with the event as stored (raw). Its
+// Nats-Msg-Id makes a repeated publish (after a crash between publishing
+// and terminating) a duplicate.
+func publishDeadLetter(ctx context.Context, js jetstream.JetStream, key string, d DeadLetter, raw []byte) error {
+	d.Event = rawOrString(raw)
 	subject := event.DLQTxSubject(d.Endpoint, d.TransactionID) // of the whole id: a story finds it
 	b, err := encodeDeadLetter(d)
 	if err != nil {
@@ -103,13 +103,9 @@ func publishDeadLetter(ctx context.Context, js jetstream.JetStream, key string, 
 		// ids): stored, it would fail at every retry until retention
 		// dropped the event with no dead letter. The event keeps its
 		// start, and each id its first 256 bytes.
-		raw := d.raw
-		if raw == nil {
-			raw = d.Event
-		}
 		d.EventTruncated, d.EventBytes = true, len(raw)
 		d.Event = excerptString(raw, deadLetterExcerpt)
-		d.EventID, d.TransactionID, d.MerchantRef = cutID(d.EventID), cutID(d.TransactionID), cutID(d.MerchantRef)
+		d.EventID, d.TransactionID, d.MerchantRef = clip(d.EventID), clip(d.TransactionID), clip(d.MerchantRef)
 		if b, err = encodeDeadLetter(d); err != nil {
 			return err
 		}
@@ -135,12 +131,4 @@ func encodeDeadLetter(d DeadLetter) ([]byte, error) {
 		return nil, fmt.Errorf("encode dead letter: %w", err)
 	}
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
-}
-
-// cutID is an id of a dead letter too large to store, cut to 256 bytes.
-func cutID(s string) string {
-	if len(s) <= 256 {
-		return s
-	}
-	return strings.ToValidUTF8(s[:256], "") + "…"
 }

@@ -547,9 +547,9 @@ func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string
 		Endpoint: endpoint, EventID: ev.ID, TransactionID: ev.Data.TransactionID, MerchantRef: ev.Data.MerchantRef,
 		Reason: ReasonRemoved, Attempts: rec.Count, FirstAttemptAt: rec.First, LastAttemptAt: rec.Last,
 		LastStatus: rec.LastStatus, LastError: rec.LastError, ResponseExcerpt: rec.Excerpt,
-		StreamSeq: eventSeq(msg, meta, replayed), Replayed: replayed, DeadAt: time.Now().UTC(), Event: rawOrString(msg.Data()), raw: msg.Data(),
+		StreamSeq: eventSeq(msg, meta, replayed), Replayed: replayed, DeadAt: time.Now().UTC(),
 	}
-	if err := publishDeadLetter(ctx, r.cfg.JetStream, key, d); err != nil {
+	if err := publishDeadLetter(ctx, r.cfg.JetStream, key, d, msg.Data()); err != nil {
 		return false, err
 	}
 	if r.cfg.Durable != nil {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/time/rate"
 
 	"github.com/sengo-relay/sengo-relay/event"
@@ -859,9 +859,9 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 		Endpoint: w.ep.Name, EventID: ev.ID, TransactionID: ev.Data.TransactionID, MerchantRef: ev.Data.MerchantRef,
 		Reason: reason, Attempts: rec.Count, FirstAttemptAt: rec.First, LastAttemptAt: rec.Last,
 		LastStatus: rec.LastStatus, LastError: rec.LastError, ResponseExcerpt: rec.Excerpt,
-		StreamSeq: eventSeq(msg, meta, replayed), Replayed: replayed, DeadAt: w.cfg.Now().UTC(), Event: rawOrString(msg.Data()), raw: msg.Data(),
+		StreamSeq: eventSeq(msg, meta, replayed), Replayed: replayed, DeadAt: w.cfg.Now().UTC(),
 	}
-	err := publishDeadLetter(ctx, w.cfg.JetStream, key, d)
+	err := publishDeadLetter(ctx, w.cfg.JetStream, key, d, msg.Data())
 	if err == nil {
 		err = w.durable(ctx) // the Term below relies on it
 	}
@@ -957,10 +957,10 @@ func (w *Worker) updateHealth() {
 }
 
 // deliverableID reports whether id can be sent as the Webhook-Id header:
-// not empty, and no control character (Go's client refuses the request
-// before sending it, and each attempt counted against the endpoint).
+// not empty, and a value Go's client sends (it refuses one with a control
+// character before sending, and each attempt counted against the endpoint).
 func deliverableID(id string) bool {
-	return id != "" && !strings.ContainsFunc(id, func(r rune) bool { return r < ' ' || r == 0x7f })
+	return id != "" && httpguts.ValidHeaderFieldValue(id)
 }
 
 // mustWait implements ordered delivery: an event waits while the event

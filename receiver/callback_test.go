@@ -325,7 +325,7 @@ func TestRedactPath(t *testing.T) {
 		"/s3cret":                            "/…",
 		"/callbacks/sengo":                   "/callbacks/…",
 	}
-	known := knownProjects([]Project{{Name: "main"}})
+	known := projectNames{"main": {Name: "main"}}
 	for in, want := range tests {
 		if got := redactPath(in, known); got != want {
 			t.Errorf("redactPath(%q) = %q, want %q", in, got, want)

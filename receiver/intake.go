@@ -485,8 +485,10 @@ func (in *Intake) quarantine(ctx context.Context, m jetstream.Msg, r result) err
 	h.Del(jetstream.MsgIDHeader)
 	h.Set(event.HeaderReason, r.err.Error())
 	var mm *sengo.MismatchError
-	if errors.As(r.err, &mm) && len(mm.SenGo.Raw) > 0 {
-		h.Set(HeaderAPIObject, apiObject(mm.SenGo.Raw)) // SenGo's version beside the callback's
+	if errors.As(r.err, &mm) {
+		if api := apiObject(mm.SenGo.Raw); api != "" {
+			h.Set(HeaderAPIObject, api) // SenGo's version beside the callback's
+		}
 	}
 	meta, _ := m.Metadata()
 	if meta != nil {
@@ -860,25 +862,16 @@ const HeaderAPIObject = "Sengo-Api-Object"
 // more than a NATS message holds.
 const maxAPIObject = 16 << 10
 
-// apiObject is raw (SenGo's transaction object) as a header value: compact
-// JSON, with no line break to end the header early, cut to maxAPIObject
-// bytes (marked "…"; an entry shows a cut one as a string).
+// apiObject is raw (SenGo's transaction object, valid JSON: it was
+// parsed) as a header value: compact JSON, with no line break to end the
+// header early, cut to maxAPIObject bytes (an entry shows a cut one as a
+// string); "" if it does not compact.
 func apiObject(raw []byte) string {
 	var b bytes.Buffer
-	if err := json.Compact(&b, raw); err != nil {
-		b.Reset()
-		b.WriteString(strings.Map(func(r rune) rune {
-			if r < ' ' || r == 0x7f {
-				return ' '
-			}
-			return r
-		}, string(raw)))
+	if json.Compact(&b, raw) != nil {
+		return ""
 	}
-	s := b.String()
-	if len(s) > maxAPIObject {
-		s = strings.ToValidUTF8(s[:maxAPIObject], "") + "…"
-	}
-	return s
+	return boundedText(b.String(), maxAPIObject)
 }
 
 // maxCAS bounds compare-and-set retries for one notification; beyond it

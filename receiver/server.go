@@ -103,15 +103,15 @@ func New(cfg Config) *echo.Echo {
 	e.IPExtractor = ipExtractor(cfg.TrustedProxies)
 	e.Logger.SetOutput(zerologWriter{cfg.Logger})
 
+	h := newCallbackHandler(cfg)
+	known := projectNames(h.projects)
 	e.Use(plainRequestID, middleware.RequestID())
-	known := knownProjects(cfg.Projects)
 	e.Use(requestLogger(cfg.Logger, known))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true, LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
 		cfg.Logger.Error().Err(err).Str("request_id", c.Response().Header().Get(echo.HeaderXRequestID)).Bytes("stack", stack).Msg("panic in handler")
 		return err
 	}}))
 
-	h := newCallbackHandler(cfg)
 	e.POST("/callbacks/sengo/:project", h.serve, traced(known))
 	e.POST("/callbacks/sengo/:project/:token", h.serve, traced(known))
 	// OPTIONS is refused like every method but POST, as documented: Echo
@@ -265,16 +265,9 @@ func redactPath(p string, known projectNames) string {
 	return prefix + project
 }
 
-// projectNames are the configured projects' names.
-type projectNames map[string]struct{}
-
-func knownProjects(ps []Project) projectNames {
-	known := make(projectNames, len(ps))
-	for _, p := range ps {
-		known[p.Name] = struct{}{}
-	}
-	return known
-}
+// projectNames are the configured projects, by name (the callback
+// handler's).
+type projectNames map[string]*Project
 
 // label is the project's name for logs and traces: a configured one's,
 // or "unknown" (any caller's text, or a callback token sent where the
