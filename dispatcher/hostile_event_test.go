@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -47,13 +48,7 @@ func TestAnEventIDThatCannotBeAHeaderDoesNotPauseTheEndpoint(t *testing.T) {
 	for i := range 5 {
 		ev := h.publish("tx-ok", event.StatusPending, "") // a template
 		ev.ID = "evt_x\n" + string(rune('0'+i))
-		b, err := event.Marshal(ev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := h.js.PublishMsg(t.Context(), &nats.Msg{Subject: event.EventSubject("main", ev.Data.Product, ev.Data.Status), Data: b}); err != nil {
-			t.Fatal(err)
-		}
+		h.publishAs(ev)
 	}
 	h.publish("tx-after", event.StatusSuccess, "")
 	poll.Within(t, 10*time.Second, "the valid events posted", func() bool {
@@ -126,13 +121,7 @@ func TestADeadLetterKeptInPartIsNeverRedriven(t *testing.T) {
 	ev.ID = event.ID("main", "tx-big", event.StatusSuccess)
 	ev.Data.Status = event.StatusSuccess
 	ev.Data.Raw = json.RawMessage(`"` + strings.Repeat("r", int(h.js.Conn().MaxPayload())-12<<10) + `"`)
-	b, err := event.Marshal(ev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.js.PublishMsg(t.Context(), &nats.Msg{Subject: event.EventSubject("main", ev.Data.Product, ev.Data.Status), Data: b}); err != nil {
-		t.Fatal(err)
-	}
+	b := h.publishAs(ev)
 	poll.Until(t, "two dead letters", func() bool { return len(h.deadLetters()) == 2 })
 	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{})
 	if err != nil || len(entries) != 2 {
@@ -157,16 +146,24 @@ func TestADeadLetterOfHugeIDsIsStillStored(t *testing.T) {
 	ev := h.publish("tx-ok", event.StatusPending, "") // a template, delivered
 	ev.ID = "evt_" + strings.Repeat("i", int(h.js.Conn().MaxPayload())*5/8)
 	ev.Data.TransactionID = "tx-huge"
-	b, err := event.Marshal(ev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.js.PublishMsg(t.Context(), &nats.Msg{Subject: event.EventSubject("main", ev.Data.Product, ev.Data.Status), Data: b}); err != nil {
-		t.Fatal(err)
-	}
+	b := h.publishAs(ev)
 	poll.Until(t, "its dead letter", func() bool { return len(h.deadLetters()) == 1 })
 	d := h.deadLetters()[0]
 	if !d.EventTruncated || d.EventBytes != len(b) || len(d.EventID) > 300 || d.TransactionID != "tx-huge" {
 		t.Errorf("dead letter: truncated %v, %d bytes of %d, id of %d bytes, transaction %q", d.EventTruncated, d.EventBytes, len(b), len(d.EventID), d.TransactionID)
 	}
+}
+
+// publishAs stores ev as another publisher would (no Nats-Msg-Id: its id
+// may be anything) and returns its bytes.
+func (h *harness) publishAs(ev event.Event) []byte {
+	h.t.Helper()
+	b, err := event.Marshal(ev)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.js.PublishMsg(context.Background(), &nats.Msg{Subject: event.EventSubject("main", ev.Data.Product, ev.Data.Status), Data: b}); err != nil {
+		h.t.Fatal(err)
+	}
+	return b
 }

@@ -27,18 +27,8 @@ func TestTheSubscriberCannotWriteThroughReplies(t *testing.T) {
 		SubscriberUser: "subscriber", SubscriberPassword: "sub-pw-0123456789",
 		Stream: "SENGO_EVENTS", Subjects: "sengo.events.>", Protected: []string{"webhook-orders"},
 	}
-	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: auth, Logger: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Shutdown()
+	e, rjs := startWithSubscriber(t, auth)
 	ctx := context.Background()
-	relay, err := stream.Connect(stream.ConnectConfig{Name: "relay", Logger: zerolog.Nop()}, e.ConnectOption())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer relay.Close()
-	rjs, _ := jetstream.New(relay)
 	events, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}, AllowDirect: true})
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +139,7 @@ func TestTheSubscriberCannotWriteThroughReplies(t *testing.T) {
 
 	// Nothing reached the relay's streams. The server answers a stream's
 	// direct gets in order, and the injected ones were sent before these.
-	if err := relay.Flush(); err != nil {
+	if err := rjs.Conn().Flush(); err != nil {
 		t.Fatal(err)
 	}
 	sev, err := sjs.Stream(ctx, "SENGO_EVENTS")
@@ -246,17 +236,7 @@ func TestTheSubscriberCannotFindTheRelaysScans(t *testing.T) {
 		SubscriberUser: "subscriber", SubscriberPassword: "sub-pw-0123456789",
 		Stream: "SENGO_EVENTS", Subjects: "sengo.events.>",
 	}
-	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: auth, Logger: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Shutdown()
-	relay, err := stream.Connect(stream.ConnectConfig{Name: "relay", Logger: zerolog.Nop()}, e.ConnectOption())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer relay.Close()
-	rjs, _ := jetstream.New(relay)
+	e, rjs := startWithSubscriber(t, auth)
 	if _, err := rjs.CreateStream(t.Context(), jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -286,4 +266,22 @@ func TestTheSubscriberCannotFindTheRelaysScans(t *testing.T) {
 	if got := <-listed; len(got) > 0 {
 		t.Fatalf("the subscriber listed the stream's consumers: %v", got)
 	}
+}
+
+// startWithSubscriber starts the embedded server with auth on loopback and
+// returns it with the relay's JetStream, both closed when the test ends.
+func startWithSubscriber(t *testing.T, auth *stream.EmbeddedAuth) (*stream.Embedded, jetstream.JetStream) {
+	t.Helper()
+	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: auth, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	relay, err := stream.Connect(stream.ConnectConfig{Name: "relay", Logger: zerolog.Nop()}, e.ConnectOption())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(relay.Close)
+	rjs, _ := jetstream.New(relay)
+	return e, rjs
 }
