@@ -100,7 +100,7 @@ func New(cfg Config) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(cfg.RetryAfter)
-	e.IPExtractor = ipExtractor(cfg.TrustedProxies)
+	e.IPExtractor = IPExtractor(cfg.TrustedProxies)
 	e.Logger.SetOutput(zerologWriter{cfg.Logger})
 
 	h := newCallbackHandler(cfg)
@@ -184,9 +184,10 @@ func plainToken(s string) bool {
 	return true
 }
 
-// ipExtractor finds the caller's address: the TCP peer, or with trusted
+// IPExtractor finds the caller's address: the TCP peer, or with trusted
 // proxies the right-most untrusted X-Forwarded-For entry (Echo's logic).
-func ipExtractor(trusted []netip.Prefix) echo.IPExtractor {
+// The admin listener finds its clients' so too.
+func IPExtractor(trusted []netip.Prefix) echo.IPExtractor {
 	if len(trusted) == 0 {
 		return echo.ExtractIPDirect()
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -117,18 +118,43 @@ func TestAdminAndMetricsListenersDropSlowClients(t *testing.T) {
 	wg.Wait()
 }
 
-// admin.secure_cookie reaches the console: behind a TLS-terminating
-// proxy, the session cookie a sign-in sets is Secure.
-func TestConsoleCookieIsSecureWhenConfigured(t *testing.T) {
+// admin.secure_cookie and admin.trusted_proxies reach the admin
+// listener: behind a TLS-terminating proxy, the session cookie a sign-in
+// sets is Secure, and wrong tokens are paced by the client the proxy
+// names, not by the proxy's own address.
+func TestAdminProxySettingsReachTheListener(t *testing.T) {
 	const tok = "admin-token-0123456789"
-	_, logs, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0", "SENGO_RELAY_ADMIN_TOKEN="+tok, "SENGO_RELAY_ADMIN_SECURE_COOKIE=true"))
+	_, logs, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0", "SENGO_RELAY_ADMIN_TOKEN="+tok,
+		"SENGO_RELAY_ADMIN_SECURE_COOKIE=true", "SENGO_RELAY_ADMIN_TRUSTED_PROXIES=127.0.0.1"))
+	base := "http://" + logs.field(t, "admin listening", "addr")
 	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := c.PostForm("http://"+logs.field(t, "admin listening", "addr")+"/console/login", url.Values{"token": {tok}})
+	resp, err := c.PostForm(base+"/console/login", url.Values{"token": {tok}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	if ck := resp.Cookies(); resp.StatusCode != http.StatusSeeOther || len(ck) != 1 || !ck[0].Secure {
 		t.Fatalf("sign in with admin.secure_cookie: %d, cookies %v; want 303 and a Secure session cookie", resp.StatusCode, ck)
+	}
+	bearer := func(client, tok string) int {
+		req, _ := http.NewRequest(http.MethodGet, base+"/admin/endpoints", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("X-Forwarded-For", client)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	paced := false
+	for i := 0; i < 20 && !paced; i++ {
+		paced = bearer("203.0.113.5", fmt.Sprintf("guess-%02d-0123456789abcdef", i)) == http.StatusTooManyRequests
+	}
+	if !paced {
+		t.Fatal("20 wrong tokens from one client through the proxy: none answered 429")
+	}
+	if code := bearer("198.51.100.7", tok); code != http.StatusOK {
+		t.Fatalf("the right token from another client through the same proxy: %d, want 200", code)
 	}
 }

@@ -368,8 +368,9 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			go func() { defer workersDone.Done(); w.Run(runCtx) }()
 		}
 		if cfg.Admin.Token.Set() {
+			adminProxies, _ := prefixes(cfg.Admin.TrustedProxies) // validated with the configuration
 			workerMu.Lock()
-			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: adminJS, Readers: readers, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Durable: conns.durable, SecureCookie: cfg.Admin.SecureCookie, Logger: log.With().Str("component", "admin").Logger()})
+			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: adminJS, Readers: readers, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Durable: conns.durable, SecureCookie: cfg.Admin.SecureCookie, TrustedProxies: adminProxies, Logger: log.With().Str("component", "admin").Logger()})
 			workerMu.Unlock()
 			aln, err := net.Listen("tcp", cfg.Admin.Listen)
 			if err != nil {
@@ -758,15 +759,21 @@ func receiverProjects(cfg config.Config) ([]receiver.Project, []netip.Prefix, er
 			CallbackToken: p.CallbackToken.Value(), AllowedIPs: allow, Signature: mode,
 		})
 	}
-	var trusted []netip.Prefix
-	for _, t := range cfg.HTTP.TrustedProxies {
+	trusted, err := prefixes(cfg.HTTP.TrustedProxies)
+	return out, trusted, err
+}
+
+// prefixes parses a list of trusted proxies (validated already).
+func prefixes(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, t := range list {
 		p, err := verify.ParsePrefix(t)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		trusted = append(trusted, p)
+		out = append(out, p)
 	}
-	return out, trusted, nil
+	return out, nil
 }
 
 // sideServer is the HTTP server of the admin or metrics listener. Some of

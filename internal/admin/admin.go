@@ -10,6 +10,7 @@ import (
 	"maps"
 	"mime"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
@@ -60,7 +61,12 @@ type Config struct {
 	// HTTPS only): for a console behind a TLS-terminating proxy. Over TLS
 	// to this listener itself the cookie is Secure anyway.
 	SecureCookie bool
-	Logger       zerolog.Logger
+	// TrustedProxies are the peers whose X-Forwarded-For names the
+	// client (admin.trusted_proxies): its right-most address not among
+	// them is the one wrong tokens are paced by and audit lines name.
+	// Empty: the peer that connected, whatever a request claims.
+	TrustedProxies []netip.Prefix
+	Logger         zerolog.Logger
 }
 
 // defaultReadTimeout is Config.ReadTimeout when it is zero.
@@ -110,9 +116,11 @@ func New(cfg Config) *Server {
 		guesses: newGuessLimiter(cfg.Logger)}
 	e := s.echo
 	e.HideBanner, e.HidePort = true, true
-	// Audit lines name the peer that connected, never an address a request
-	// claims for itself in X-Forwarded-For or X-Real-IP.
-	e.IPExtractor = echo.ExtractIPDirect()
+	// Audit lines name, and wrong tokens are paced by, the peer that
+	// connected, never an address a request claims for itself in
+	// X-Forwarded-For or X-Real-IP; behind a trusted proxy, the client it
+	// names.
+	e.IPExtractor = receiver.IPExtractor(cfg.TrustedProxies)
 	e.HTTPErrorHandler = func(err error, c echo.Context) {
 		status, body := http.StatusInternalServerError, errorMsg{Code: "internal_error", Message: "internal error"}
 		var he *echo.HTTPError

@@ -222,3 +222,37 @@ func TestAttemptsInFlightCount(t *testing.T) {
 		t.Fatalf("an attempt given back by a right token is not there: wait %s", wait)
 	}
 }
+
+// Behind a proxy named in admin.trusted_proxies, guesses are paced per
+// client, as X-Forwarded-For names it: every client of the proxy once
+// shared the proxy's address, so anyone who could reach the proxy kept
+// the operator's right token answered 429. A peer not named there is
+// its own client whatever it claims.
+func TestGuessesThroughATrustedProxyArePacedPerClient(t *testing.T) {
+	js := provision(t)
+	s := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, Relay: "relay-a", Logger: zerolog.Nop(),
+		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}})
+	t.Cleanup(s.Close)
+	frozen(s)
+	via := func(peer, client, tok string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodGet, "/admin/endpoints", nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		if client != "" {
+			req.Header.Set("X-Forwarded-For", client)
+		}
+		return from(s, peer, req)
+	}
+	for i := range 20 {
+		via("10.9.0.1", "203.0.113.5", wrong(i))
+	}
+	refused(t, "the guessing client through the proxy", via("10.9.0.1", "203.0.113.5", wrong(99)), true)
+	if w := via("10.9.0.1", "198.51.100.7", token); w.Code != http.StatusOK {
+		t.Fatalf("the operator's right token through the same proxy while another client is paced: %d %s, want 200", w.Code, w.Body)
+	}
+	// A peer the relay does not trust is paced as itself: naming a new
+	// client in each request resets nothing.
+	for i := range 20 {
+		via("192.0.2.50", fmt.Sprintf("198.51.100.%d", i), wrong(100+i))
+	}
+	refused(t, "an untrusted peer naming a new client each time", via("192.0.2.50", "198.51.100.99", wrong(200)), true)
+}

@@ -311,6 +311,11 @@ func (c *Config) Validate() error {
 			bad("http.trusted_proxies: %q is not a CIDR or address", p)
 		}
 	}
+	for _, p := range c.Admin.TrustedProxies {
+		if _, err := verify.ParsePrefix(p); err != nil {
+			bad("admin.trusted_proxies: %q is not a CIDR or address", p)
+		}
+	}
 
 	if c.NATS.Replicas < 1 || c.NATS.Replicas > 5 {
 		bad("nats.replicas: %d is outside 1 to 5", c.NATS.Replicas)

@@ -91,6 +91,7 @@ http: {listen: "nope", max_body_bytes: 10, trusted_proxies: ["1.2.3.4/99"]}
 nats: {replicas: 3, storage: tape, embedded: {sync_interval: sometimes}}
 streams: {events: {max_age: 1h, duplicate_window: 2h}}
 intake: {workers: 0}
+admin: {trusted_proxies: ["proxy.internal"]}
 projects:
   Bad.Name: {}
   shop:
@@ -103,7 +104,7 @@ projects:
 		t.Fatal("invalid config accepted")
 	}
 	for _, want := range []string{
-		"log.level", "http.listen", "http.max_body_bytes", "http.trusted_proxies",
+		"log.level", "http.listen", "http.max_body_bytes", "http.trusted_proxies", "admin.trusted_proxies",
 		"nats.replicas", "nats.storage", "sync_interval", "streams.events.duplicate_window",
 		"intake.workers", "projects.Bad.Name", "projects.shop.signature",
 		"projects.shop.callback_token", "projects.shop.allowed_ips",
@@ -131,6 +132,7 @@ func TestEnvironmentOverrides(t *testing.T) {
 		"SENGO_RELAY_NATS_REPLICAS":                   "3",
 		"SENGO_RELAY_HTTP_PUBLISH_TIMEOUT":            "2s",
 		"SENGO_RELAY_HTTP_TRUSTED_PROXIES":            "10.0.0.0/8, 192.0.2.1",
+		"SENGO_RELAY_ADMIN_TRUSTED_PROXIES":           "192.0.2.7",
 		"SENGO_RELAY_PROJECTS_MAIN_API_KEY":           "key",
 		"SENGO_RELAY_PROJECTS_MAIN_TOKEN":             "tok",
 		"SENGO_RELAY_PROJECTS_MY_SHOP_CALLBACK_TOKEN": "0123456789abcdef",
@@ -146,6 +148,9 @@ func TestEnvironmentOverrides(t *testing.T) {
 	}
 	if got := strings.Join(cfg.HTTP.TrustedProxies, "|"); got != "10.0.0.0/8|192.0.2.1" {
 		t.Errorf("trusted_proxies = %q", got)
+	}
+	if got := strings.Join(cfg.Admin.TrustedProxies, "|"); got != "192.0.2.7" {
+		t.Errorf("admin.trusted_proxies = %q", got)
 	}
 	if cfg.Projects["main"].Token.Value() != "tok" || cfg.Projects["main"].SignatureMode() != SignatureOptional {
 		t.Errorf("project override not applied")

@@ -85,6 +85,11 @@ type Admin struct {
 	// browser sends it over HTTPS only: for a console reached through a
 	// TLS-terminating proxy (the listener itself is plain HTTP).
 	SecureCookie bool `yaml:"secure_cookie"`
+	// TrustedProxies are the proxies (CIDRs or addresses) whose
+	// X-Forwarded-For names the operator's address: wrong tokens are
+	// paced, and audit lines name who acted, by that address rather
+	// than by the proxy's, which every client of the proxy shares.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 }
 
 // DefaultSchedule is the Standard Webhooks example schedule: about three
