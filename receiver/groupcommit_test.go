@@ -2,18 +2,21 @@ package receiver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/sengo"
 )
 
 // withDurable makes the receiver wait on d after its writes.
@@ -276,4 +279,83 @@ func TestRedriveLeavesQuarantineOnlyWhenDurable(t *testing.T) {
 	if n := h.msgs(event.StreamQuarantine); n != 1 {
 		t.Fatalf("removed from quarantine although its copy is not known durable (%d left)", n)
 	}
+}
+
+// An event leaves its transaction's outbox only once an fsync covers it.
+// With group commit the store writes without fsync, in files of their
+// own: the state with its outbox emptied could reach the disk without
+// the event, and after a power loss the redelivered notification found
+// its status recorded, answered duplicate, and the event was gone for
+// good. While the fsync is held the outbox keeps the published event;
+// when it fails, the outbox still holds it for the retry.
+func TestTheOutboxKeepsAnEventUntilAnFsyncCoversIt(t *testing.T) {
+	srv := natstest.Start(t)
+	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
+	h := newHarnessOn(t, srv, true, withIntakeDurable(gate.GroupSync))
+	if resp, _ := h.post("/callbacks/sengo/main", callback("held-1", event.StatusSuccess)); resp.StatusCode != http.StatusOK {
+		t.Fatalf("callback: %d", resp.StatusCode)
+	}
+	eventually(t, "the event published while the fsync is held", func() bool { return h.msgs(event.StreamEvents) == 1 })
+	eventually(t, "the notification waiting for the fsync", func() bool { return gate.GroupSync.Stats().Waiting == 1 })
+	if n := h.outbox("held-1"); n != 1 {
+		t.Fatalf("outbox of %d while no fsync covers the event, want 1: the state could reach the disk without it", n)
+	}
+	gate.Fail(errors.New("input/output error"))
+	eventually(t, "the notification retried", func() bool { return strings.Contains(h.logs.String(), "fsync of the store failed") })
+	if n := h.outbox("held-1"); n != 1 {
+		t.Fatalf("outbox of %d after the fsync failed, want 1", n)
+	}
+}
+
+// An outbox a crash left behind is published on the redelivery, and
+// cleared only once an fsync covers what was published.
+func TestALeftOutboxIsClearedOnlyOnceDurable(t *testing.T) {
+	srv := natstest.Start(t)
+	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
+	h := newHarnessOn(t, srv, true, withIntakeDurable(gate.GroupSync))
+	tx, err := sengo.ParseCallback(callback("left-1", event.StatusSuccess))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2025, 3, 23, 3, 0, 0, 0, time.UTC)
+	ev := tx.Event("main", "", at, false)
+	b, _ := event.Marshal(ev)
+	raw, _ := json.Marshal(txState{
+		Project: "main", TransactionID: tx.ID, MerchantRef: tx.MerchantRef, Product: tx.Product, Status: tx.Status, UpdatedAt: at,
+		History: []txEvent{{Status: tx.Status, EventID: ev.ID, AcceptedAt: at}},
+		Outbox:  []outboxItem{{EventID: ev.ID, Subject: event.EventSubject("main", tx.Product, tx.Status), Event: b}},
+	})
+	kv, _ := h.js.KeyValue(t.Context(), event.BucketTx)
+	if _, err := kv.Create(t.Context(), txKey("main", tx.ID), raw); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.js.PublishMsg(t.Context(), &nats.Msg{Subject: event.InboxTxSubject("main", tx.ID), Data: callback(tx.ID, event.StatusSuccess),
+		Header: nats.Header{event.HeaderProject: []string{"main"}, event.HeaderSource: []string{SourceReconcile}}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the left event published while the fsync is held", func() bool { return h.msgs(event.StreamEvents) == 1 })
+	eventually(t, "intake waiting for the fsync", func() bool { return gate.GroupSync.Stats().Waiting >= 1 })
+	if n := h.outbox(tx.ID); n != 1 {
+		t.Fatalf("outbox of %d while no fsync covers the event, want 1", n)
+	}
+	gate.Open()
+	eventually(t, "the outbox cleared once durable", func() bool { return h.outbox(tx.ID) == 0 })
+}
+
+// outbox is the length of transaction id's outbox in SENGO_TX.
+func (h *harness) outbox(id string) int {
+	h.t.Helper()
+	kv, err := h.js.KeyValue(context.Background(), event.BucketTx)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	entry, err := kv.Get(context.Background(), txKey("main", id))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var st txState
+	if err := json.Unmarshal(entry.Value(), &st); err != nil {
+		h.t.Fatal(err)
+	}
+	return len(st.Outbox)
 }

@@ -252,6 +252,10 @@ type result struct {
 	checkFailed, checkTimedOut bool
 	// setAside: quarantine now, whatever the attempt.
 	setAside bool
+	// clear removes the events this notification published from its
+	// transaction's outbox; with group commit it runs only once an fsync
+	// covers the events (see flush).
+	clear func(context.Context) error
 }
 
 // handle processes one inbox message and settles it.
@@ -334,6 +338,17 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		in.ackWhenDurable(ctx, func(ctx context.Context) {
 			if !in.durableOrNak(ctx, m, attempt, log) {
 				return
+			}
+			if r.clear != nil {
+				if err := r.clear(ctx); err != nil {
+					// Left in the outbox: the redelivery publishes it
+					// again under its event id, a duplicate the stream
+					// drops, and clears it then.
+					delay := in.retryDelay(attempt)
+					log().Warn().Err(err).Stringer("delay", delay).Msg("published events not cleared from the outbox; not acked, retrying")
+					_ = m.NakWithDelay(delay)
+					return
+				}
 			}
 			in.count(r.project, r.outcome)
 			in.settled(seq)
@@ -603,7 +618,7 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 		// publish it before asking SenGo again, so a confirmation that
 		// fails now can never strand a decision already made.
 		if len(cur.state.Outbox) > 0 {
-			if err := in.flush(ctx, key, cur.state, cur.rev); err != nil {
+			if err := in.flushDurably(ctx, key, cur.state, cur.rev); err != nil {
 				r.err = err
 				return r
 			}
@@ -695,10 +710,12 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 	// by that worker's redelivery, or by reconciliation, before they
 	// confirm (flushLeftover).
 	if r.outcome == "published" {
-		if err := in.flush(ctx, key, st, rev); err != nil {
+		clear, err := in.flush(ctx, key, st, rev)
+		if err != nil {
 			r.err = err
 			return r
 		}
+		r.clear = clear
 	}
 	if r.outcome == "published" {
 		in.cfg.History.Ref(history.Ref{Project: project, MerchantRef: tx.MerchantRef, TransactionID: tx.ID, At: acceptedAt.UTC()})
@@ -926,13 +943,19 @@ func (in *Intake) applyFrom(ctx context.Context, key string, cur *txRead, change
 }
 
 // flush publishes the outbox of st oldest first, each with its event id as
-// Nats-Msg-Id (so a concurrent flush of the same item is a duplicate), then
-// removes the published items from the stored state. rev is st's revision:
-// the state just written is usually still current, so it is updated
-// without reading it back, and read again only if it changed meanwhile.
-func (in *Intake) flush(ctx context.Context, key string, st txState, rev uint64) error {
+// Nats-Msg-Id (so a concurrent flush of the same item is a duplicate), and
+// answers clear, which removes the published items from the stored state.
+// With group commit (Durable) the store writes without fsync, and the
+// state and the events are in files of their own: a state written without
+// its outbox could reach the disk before the events did, and after a power
+// loss the notification, redelivered, would find its status recorded and
+// its event gone. So clear must run only once an fsync covers the events:
+// the notification's ack runs it after its own (settle). Without group
+// commit, the store has synced each write before acknowledging it, and the
+// items are removed at once (clear is nil).
+func (in *Intake) flush(ctx context.Context, key string, st txState, rev uint64) (clear func(context.Context) error, err error) {
 	if len(st.Outbox) == 0 {
-		return nil
+		return nil, nil
 	}
 	seqs := make(map[string]uint64, len(st.Outbox))
 	for _, it := range st.Outbox {
@@ -940,10 +963,35 @@ func (in *Intake) flush(ctx context.Context, key string, st txState, rev uint64)
 		tracing.Inject(ctx, msg.Header) // deliveries continue the notification's trace
 		ack, err := in.cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(it.EventID), jetstream.WithExpectStream(event.StreamEvents))
 		if err != nil {
-			return fmt.Errorf("publish event %s: %w", it.EventID, err)
+			return nil, fmt.Errorf("publish event %s: %w", it.EventID, err)
 		}
 		seqs[it.EventID] = ack.Sequence
 	}
+	clear = func(ctx context.Context) error { return in.clearOutbox(ctx, key, st, rev, seqs) }
+	if in.cfg.Durable != nil {
+		return clear, nil
+	}
+	return nil, clear(ctx)
+}
+
+// flushDurably is flush with its clear run at once, after an fsync of its
+// own: for an outbox left behind, which is rare.
+func (in *Intake) flushDurably(ctx context.Context, key string, st txState, rev uint64) error {
+	clear, err := in.flush(ctx, key, st, rev)
+	if err != nil || clear == nil {
+		return err
+	}
+	if err := in.durable(ctx); err != nil {
+		return fmt.Errorf("published events not known durable, left in the outbox: %w", err)
+	}
+	return clear(ctx)
+}
+
+// clearOutbox removes the items published at seqs from the stored state
+// of key. rev is st's revision: the state just written is usually still
+// current, so it is updated without reading it back, and read again only
+// if it changed meanwhile.
+func (in *Intake) clearOutbox(ctx context.Context, key string, st txState, rev uint64, seqs map[string]uint64) error {
 	if rev != 0 && st.published(seqs) {
 		b, err := json.Marshal(st)
 		if err != nil {

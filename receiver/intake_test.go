@@ -328,7 +328,7 @@ func TestFlushAfterAConcurrentChange(t *testing.T) {
 			}
 		}
 		conflicts := testutil.ToFloat64(h.metrics.KVConflicts)
-		if err := in.flush(t.Context(), key, st, rev); err != nil {
+		if err := in.flushDurably(t.Context(), key, st, rev); err != nil {
 			t.Fatalf("flush: %v", err)
 		}
 		if got := testutil.ToFloat64(h.metrics.KVConflicts) - conflicts; got != map[bool]float64{false: 0, true: 1}[concurrent] {
