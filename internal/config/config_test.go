@@ -49,6 +49,7 @@ func TestCheckedInConfig(t *testing.T) {
 	want := Default()
 	want.Projects = map[string]*Project{"main": {AllowedIPs: []string{}}}
 	want.HTTP.TrustedProxies = []string{}
+	want.Admin.TrustedProxies = []string{}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("config.yaml differs from Default():\n got %+v\nwant %+v", cfg, want)
 	}
