@@ -1258,3 +1258,38 @@ func TestTheRecheckReadsNoBodies(t *testing.T) {
 		t.Errorf("selecting 200 notifications to act on read %d KiB", read>>10)
 	}
 }
+
+// A final status reads its transaction's quarantined notifications once,
+// however many earlier pendings it finds set aside: it read them again for
+// each, and fifteen forged pendings of 60 KiB (quarantined: nothing
+// confirms them) made every later notification of the transaction read
+// some 120 of them, 7 MiB for one request.
+func TestForgedPendingsDoNotMultiplyTheReadsOfALaterStatus(t *testing.T) {
+	srv := natstest.Start(t)
+	nc, ijs := srv.Connect(t) // intake's own connection, to count what it reads
+	h := newHarnessOn(t, srv, true, func(_ *Config, ic *IntakeConfig) {
+		ic.JetStream = ijs
+		ic.RequireConfirmation = map[string]bool{"main": true} // nothing confirms: each is set aside at once
+	})
+	padded := func(s event.Status, i int) []byte {
+		b := callback("tx-many", s)
+		return fmt.Appendf(b[:len(b)-1], `,"pad%d":%q}`, i, strings.Repeat("x", 60<<10))
+	}
+	const pendings = 15
+	for i := range pendings {
+		if resp, _ := h.post("/callbacks/sengo/main", padded(event.StatusPending, i)); resp.StatusCode != http.StatusOK {
+			t.Fatalf("pending %d: %d", i, resp.StatusCode)
+		}
+	}
+	eventually(t, "every forged pending set aside", func() bool { return h.msgs(event.StreamQuarantine) == pendings && h.intakeIdle() })
+	before := nc.Stats().InBytes
+	if resp, _ := h.post("/callbacks/sengo/main", padded(event.StatusSuccess, 99)); resp.StatusCode != http.StatusOK {
+		t.Fatalf("success: %d", resp.StatusCode)
+	}
+	eventually(t, "the success set aside too", func() bool { return h.msgs(event.StreamQuarantine) == pendings+1 && h.intakeIdle() })
+	// Each of the fifteen inbox messages and fifteen quarantined ones once,
+	// and the success itself: about 2 MiB.
+	if read := nc.Stats().InBytes - before; read > 3<<20 {
+		t.Errorf("intake read %d KiB for one notification after %d forged pendings", read>>10, pendings)
+	}
+}

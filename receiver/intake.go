@@ -764,6 +764,7 @@ func (in *Intake) earlierPending(ctx context.Context, m jetstream.Msg, project s
 	subject := event.InboxTxSubject(project, tx.ID)
 	from := uint64(1)
 	found := orderNone
+	var setAside map[string]bool // the transaction's quarantined inbox sequences, read once
 	for range orderScan {
 		em, err := in.inbox.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -780,10 +781,12 @@ func (in *Intake) earlierPending(ctx context.Context, m jetstream.Msg, project s
 			// A pending set aside (forged, or SenGo disagreed) will never
 			// be applied: waiting for it would hold the genuine status
 			// back for orderWaitMax.
-			settled, err := in.quarantined(ctx, project, tx.ID, em.Sequence)
-			if err != nil {
-				return orderUnknown, fmt.Errorf("read quarantined notifications of %s: %w", key, err)
+			if setAside == nil {
+				if setAside, err = in.quarantined(ctx, project, tx.ID); err != nil {
+					return orderUnknown, fmt.Errorf("read quarantined notifications of %s: %w", key, err)
+				}
 			}
+			settled := setAside[strconv.FormatUint(em.Sequence, 10)]
 			if !settled {
 				// Set aside and since redriven (a recheck) or purged, it has
 				// no entry under its sequence: acknowledged, intake is done
@@ -811,25 +814,27 @@ func (in *Intake) acknowledged(ctx context.Context, seq uint64) (bool, error) {
 	return seq <= info.AckFloor.Stream, nil
 }
 
-// quarantined reports whether the inbox message seq of transaction id is
-// in quarantine (at most orderScan of the transaction's are read).
-func (in *Intake) quarantined(ctx context.Context, project, id string, seq uint64) (bool, error) {
-	subject, want := event.QuarantineTxSubject(project, id), strconv.FormatUint(seq, 10)
+// quarantined answers the inbox sequences of transaction id's quarantined
+// notifications (at most orderScan of them are read), read once for all
+// the earlier pendings a final status finds: read for each, forged
+// pendings made each later notification read the quarantine a number of
+// times that grew with their square.
+func (in *Intake) quarantined(ctx context.Context, project, id string) (map[string]bool, error) {
+	subject := event.QuarantineTxSubject(project, id)
+	seqs := map[string]bool{}
 	from := uint64(1)
 	for range orderScan {
 		qm, err := in.setAside.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return false, nil
+			return seqs, nil
 		}
 		if err != nil {
-			return false, err
+			return nil, err
 		}
-		if qm.Header.Get(HeaderInboxSeq) == want {
-			return true, nil
-		}
+		seqs[qm.Header.Get(HeaderInboxSeq)] = true
 		from = qm.Sequence + 1
 	}
-	return false, nil
+	return seqs, nil
 }
 
 // txRead is a transaction's state as read, with its revision (0: no entry).
