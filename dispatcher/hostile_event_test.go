@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
 )
 
@@ -166,4 +168,32 @@ func (h *harness) publishAs(ev event.Event) []byte {
 		h.t.Fatal(err)
 	}
 	return b
+}
+
+// A replay goes on past an event it cannot queue a copy of: another
+// publisher's event whose id of 400 KiB, carried twice by the copy,
+// makes it too large for the server. The replay stopped at it, every
+// run after stopped there again, no event after it was ever replayed,
+// and its error quoted the whole id.
+func TestAReplayGoesOnPastAnEventItCannotCopy(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	since := time.Now()
+	huge := h.publish("huge", event.StatusSuccess, "") // a template, replayed too
+	huge.ID = strings.Repeat("a", 400<<10)
+	h.publishAs(huge)
+	after := h.publish("after", event.StatusSuccess, "")
+	p, err := Replay(context.Background(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}, Since: since}, nil)
+	if err != nil || len(fmt.Sprint(err)) > 1<<10 {
+		e := fmt.Sprint(err)
+		t.Fatalf("replay: %.300s … %s (%d bytes of error)", e, e[max(0, len(e)-200):], len(e))
+	}
+	if !p.Done || p.Matched != 3 || p.Queued != 2 || p.Skipped != 1 {
+		t.Fatalf("replay: %+v, want done, 3 matched, 2 queued, 1 skipped", p)
+	}
+	msgs := natstest.Messages(t, h.js, event.StreamReplay)
+	if len(msgs) != 2 || msgs[1].Header.Get(event.HeaderEventID) != after.ID {
+		t.Fatalf("%d copies queued, want the template's and %s", len(msgs), after.ID)
+	}
 }

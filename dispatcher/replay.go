@@ -65,6 +65,13 @@ type ReplayProgress struct {
 	// AlreadyQueued counts copies an earlier run of the same job queued
 	// (the stream deduplicated them): a resumed replay does not send twice.
 	AlreadyQueued uint64 `json:"alreadyQueued"`
+	// Skipped counts matched deliveries no copy of which can be queued:
+	// an event too large for the server with the copy's headers, an id too
+	// long for them (the copy carries it twice), or one that cannot be a
+	// header (another publisher's; the live path
+	// dead-letters such an event). The replay counts each and goes on:
+	// it stopped there, and every run after stopped at the same event.
+	Skipped uint64 `json:"skipped,omitempty"`
 	// PerEndpoint counts the deliveries matched for each endpoint.
 	PerEndpoint map[string]uint64 `json:"perEndpoint"`
 	Done        bool              `json:"done"`
@@ -114,6 +121,11 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 			}
 			p.Matched++
 			p.PerEndpoint[ep.Name]++
+			hdr := 2*len(ev.ID) + len(p.Job) + len(ep.Name) + replayRoom
+			if !deliverableID(ev.ID) || hdr > maxHeaders || int64(len(m.Data())+hdr) > js.Conn().MaxPayload() {
+				p.Skipped++
+				continue
+			}
 			if req.DryRun {
 				continue
 			}
@@ -125,7 +137,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 			}}
 			ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(p.Job+"."+ep.Name+"."+ev.ID), jetstream.WithExpectStream(event.StreamReplay))
 			if err != nil {
-				return false, fmt.Errorf("queue %s for %s: %w", ev.ID, ep.Name, err)
+				return false, fmt.Errorf("queue %s for %s: %w", clip(ev.ID), ep.Name, err)
 			}
 			if ack.Duplicate {
 				p.AlreadyQueued++
@@ -139,6 +151,15 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 	progress(p)
 	return p, err
 }
+
+// replayRoom is what a copy queued for a replay adds to its event, beyond
+// the event id it carries twice (as its message id and in a header): its
+// other headers and the client's framing.
+const replayRoom = 1 << 10
+
+// maxHeaders is the most JetStream stores in one message's headers
+// (nats-server refuses more: "header size exceeds maximum allowed of 64k").
+const maxHeaders = 64 << 10
 
 func (r ReplayRequest) selects(ev event.Event) bool {
 	return (len(r.Statuses) == 0 || slices.Contains(r.Statuses, ev.Data.Status)) &&

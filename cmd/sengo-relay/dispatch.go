@@ -396,6 +396,9 @@ The same job already running (from the console or another command) is not starte
 			} else {
 				fmt.Fprintf(stdout, "replay %s: scanned %d events; queued %d deliveries, %d already queued by an earlier run (matched per endpoint: %s)\n", p.Job, p.Scanned, p.Queued, p.AlreadyQueued, counts)
 			}
+			if p.Skipped > 0 {
+				fmt.Fprintf(stdout, "replay %s: %d deliveries skipped: their event cannot be queued as a copy (too large for the server, or an id too long for its headers or that cannot be one); see the dead-letter stream\n", p.Job, p.Skipped)
+			}
 			if err != nil {
 				return fmt.Errorf("replay stopped: %w\nto resume this replay (copies already queued are skipped), run:\n  %s", err, resume)
 			}
