@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -74,7 +75,12 @@ func attemptKey(endpoint, eventID string, replaySeq uint64) string {
 	return endpoint + "." + eventID
 }
 
-type attemptStore struct{ kv jetstream.KeyValue }
+type attemptStore struct {
+	kv jetstream.KeyValue
+	// refused, when not nil, holds when a write was last refused (Unix
+	// nanoseconds of the host's clock): see refusedWithin.
+	refused *atomic.Int64
+}
 
 func (s attemptStore) get(ctx context.Context, key string) (attempts, bool, error) {
 	e, err := s.kv.Get(ctx, key)
@@ -94,9 +100,23 @@ func (s attemptStore) get(ctx context.Context, key string) (attempts, bool, erro
 func (s attemptStore) put(ctx context.Context, key string, a attempts) error {
 	b, _ := json.Marshal(a)
 	if _, err := s.kv.Put(ctx, key, b); err != nil {
+		if s.refused != nil {
+			s.refused.Store(time.Now().UnixNano())
+		}
 		return fmt.Errorf("write attempts %s: %w", key, err)
 	}
 	return nil
+}
+
+// refusedWithin reports whether a write was refused in the last d: then a
+// record that is missing may be one the store refused (a full account or
+// disk), not one that was never written.
+func (s attemptStore) refusedWithin(d time.Duration) bool {
+	if s.refused == nil {
+		return false
+	}
+	at := s.refused.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) < d
 }
 
 // record adds a finished attempt to a.

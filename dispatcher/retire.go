@@ -129,7 +129,7 @@ func RunRetirer(ctx context.Context, cfg RetireConfig) {
 		}
 		kv, err = cfg.JetStream.KeyValue(ctx, event.BucketDelivery)
 	}
-	r.store = attemptStore{kv}
+	r.store = attemptStore{kv: kv}
 	r.beat(ctx) // the first at once: the first look needs it
 	// Returning waits for the heartbeats to end: a relay shutting down
 	// closes its connection next, and its heartbeat must be gone first.

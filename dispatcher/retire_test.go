@@ -181,7 +181,7 @@ func TestHeartbeatsAreJudgedByTheirWritersInterval(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := &retirer{cfg: RetireConfig{JetStream: h.js, Configured: []string{"current"}, Instance: "here", Every: 100 * time.Millisecond, Logger: zerolog.New(h.logs)},
-		store: attemptStore{kv}, seen: map[string]retiring{}}
+		store: attemptStore{kv: kv}, seen: map[string]retiring{}}
 	eventually(t, "a second on the server's clock", func() bool {
 		r.beat(context.Background())
 		mine, err := kv.Get(context.Background(), relayKey("here"))
@@ -211,14 +211,14 @@ func TestEveryHeartbeatIsSeenWhileRelaysRewriteThem(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := &retirer{cfg: RetireConfig{JetStream: h.js, Configured: []string{"current"}, Instance: "here", Beat: time.Second, Logger: zerolog.New(h.logs)},
-		store: attemptStore{kv}, seen: map[string]retiring{}}
+		store: attemptStore{kv: kv}, seen: map[string]retiring{}}
 	r.beat(context.Background())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	const relays = 8
 	for i := range relays {
 		name := fmt.Sprintf("relay-%d", i)
-		other := &retirer{cfg: RetireConfig{Configured: []string{name}, Instance: name, Beat: time.Second, Logger: zerolog.Nop()}, store: attemptStore{kv}}
+		other := &retirer{cfg: RetireConfig{Configured: []string{name}, Instance: name, Beat: time.Second, Logger: zerolog.Nop()}, store: attemptStore{kv: kv}}
 		other.beat(ctx)
 		go func() {
 			for ctx.Err() == nil {

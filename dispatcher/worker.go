@@ -130,7 +130,7 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 		return nil, err
 	}
 	w := &Worker{
-		cfg: cfg, ep: ep, live: live, replay: replay, store: attemptStore{kv},
+		cfg: cfg, ep: ep, live: live, replay: replay, store: attemptStore{kv: kv, refused: new(atomic.Int64)},
 		httpc:     newClient(ep.Concurrency),
 		hide:      endpointSecrets(ep),
 		holdKnown: make(chan struct{}),
@@ -1006,6 +1006,12 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 	case meta.NumDelivered <= 3 || w.deliveringFor() <= staleRecord(w.ep):
 		// No record: its first attempt is in flight, or due now that the
 		// endpoint delivers again. Give it a timeout.
+		return true, w.ep.Timeout + time.Second
+	case w.store.refusedWithin(staleRecord(w.ep)):
+		// No record, but the store refused this worker's writes lately
+		// (this event's own wait record, at each wait): the predecessor's
+		// records may be ones it refused, its attempts going on meanwhile.
+		// Taken for never attempted, this event went first.
 		return true, w.ep.Timeout + time.Second
 	default:
 		// Still no record after three waits: the predecessor never reached

@@ -100,7 +100,7 @@ func TestOrderedWaitIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	stuck := attempts{Count: 1, First: time.Now().Add(-time.Hour), Last: time.Now().Add(-time.Hour), NextAt: time.Now().Add(-50 * time.Minute)}
-	if err := (attemptStore{kv}).put(t.Context(), attemptKey("orders", event.ID("main", "tx-s", event.StatusPending), 0), stuck); err != nil {
+	if err := (attemptStore{kv: kv}).put(t.Context(), attemptKey("orders", event.ID("main", "tx-s", event.StatusPending), 0), stuck); err != nil {
 		t.Fatal(err)
 	}
 	var ahead atomic.Int64
@@ -557,4 +557,39 @@ func (h *harness) reconfigure(name string, change func(*jetstream.StreamConfig))
 		h.t.Fatal(err)
 	}
 	return s
+}
+
+// While the store refuses the endpoint's records (a full account or
+// disk), an ordered event finds no record of its predecessor: the
+// predecessor's attempts go on, but none is recorded. It took that for a
+// predecessor never attempted on this endpoint and, after three waits,
+// went first: "success" reached the merchant before "pending". It waits
+// while the store refuses writes.
+func TestOrderedHoldsOrderWhileTheStoreRefusesRecords(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	h := newHarness(t)
+	c, pendingOK := pendingRefusedThenSlow(t)
+	var ahead atomic.Int64
+	h.now = skewed(&ahead)
+	ep := h.endpoint("orders", c.URL, 200*time.Millisecond, 200*time.Millisecond)
+	ep.Ordered = true
+	ep.Timeout = 100 * time.Millisecond // success waits 1.1s at a time for a record
+	w := h.start(ep)
+	ahead.Store(int64(staleRecord(ep) + time.Minute)) // the endpoint has delivered for long enough
+	restore := natstest.RefuseWrites(t, h.js, "KV_"+event.BucketDelivery)
+	waiting := func() float64 { return testutil.ToFloat64(h.metrics.Deliveries.WithLabelValues("orders", "waiting")) }
+	before := waiting()
+	h.publish("tx-r", event.StatusPending, "")
+	h.publish("tx-r", event.StatusSuccess, event.StatusPending)
+	sent := func() bool { return strings.Contains(strings.Join(c.statuses(), " "), "tx-r/success") }
+	eventually(t, "success waited four times, or went first", func() bool { return sent() || waiting() >= before+4 })
+	if sent() {
+		t.Fatalf("attempts %q: success posted while pending's records were refused and pending still failing", c.statuses())
+	}
+	restore()
+	pendingOK.Store(true)
+	eventually(t, "both delivered", func() bool { return h.settled(w) })
+	successAfterPending(t, c, "tx-r")
 }
