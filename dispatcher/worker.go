@@ -449,9 +449,9 @@ func (w *Worker) sweepOne(ctx context.Context, cons jetstream.Consumer, maxAge t
 	return w.expire(ctx, msg, meta, replayed, ReasonExpiring)
 }
 
-// expire dead-letters msg, about to age out of its stream, for reason; it
-// puts it back when its attempt record cannot be read, and reports
-// whether it dead-lettered it.
+// expire dead-letters msg, about to age out of its stream, for reason (or
+// acknowledges it if its record says it is done); it puts it back when its
+// attempt record cannot be read, and reports whether it took it.
 func (w *Worker) expire(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata, replayed bool, reason string) bool {
 	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -467,6 +467,16 @@ func (w *Worker) expire(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 	if err != nil {
 		_ = msg.Nak()
 		return false
+	}
+	if rec.Done {
+		// Delivered or dead-lettered before, its acknowledgement lost, as
+		// handle finds it: a dead letter now would be redriven and post
+		// a delivered event again.
+		if replayed && !w.settleRedriven(mctx, msg, ev.ID) {
+			return false
+		}
+		_ = msg.Ack()
+		return true
 	}
 	w.deadLetter(mctx, msg, meta, ev, key, rec, reason, replayed)
 	return true

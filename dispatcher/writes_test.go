@@ -593,3 +593,34 @@ func TestOrderedHoldsOrderWhileTheStoreRefusesRecords(t *testing.T) {
 	eventually(t, "both delivered", func() bool { return h.settled(w) })
 	successAfterPending(t, c, "tx-r")
 }
+
+// An event whose record says it is done (delivered, its acknowledgement
+// lost) is acknowledged by the expiry guard, not dead-lettered: as a
+// dead letter it would be redriven, and a delivered event posted again.
+func TestTheExpiryGuardAcknowledgesWhatIsDone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	h := newHarness(t)
+	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second }) // the guard acts in its last 600 ms
+	c := newConsumer(t, status())
+	w := h.start(h.endpoint("orders", c.URL))
+	if err := Hold(context.Background(), h.js, "orders", "test"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the worker sees the hold", func() bool { return w.Held().Held })
+	done := event.ID("main", "tx-done", event.StatusSuccess)
+	if err := (attemptStore{kv: mustKV(t, h)}).put(t.Context(), attemptKey("orders", done, 0), attempts{Count: 1, Done: true}); err != nil {
+		t.Fatal(err)
+	}
+	h.publish("tx-done", event.StatusSuccess, "")
+	h.publish("tx-held", event.StatusSuccess, "") // never attempted: dead-lettered as it ages out
+	poll.Within(t, 20*time.Second, "both settled before they age out", func() bool { return h.settled(w) })
+	var got []string
+	for _, d := range h.deadLetters() {
+		got = append(got, d.TransactionID+"/"+d.Reason)
+	}
+	if len(got) != 1 || !strings.HasPrefix(got[0], "tx-held/") || len(c.got()) != 0 {
+		t.Fatalf("dead letters %v, %d posted; want only tx-held's, nothing posted", got, len(c.got()))
+	}
+}
