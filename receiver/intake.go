@@ -716,6 +716,15 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 			return r
 		}
 		r.clear = clear
+	} else if len(st.Outbox) > 0 && time.Since(st.UpdatedAt) > in.cfg.AckWait {
+		// An outbox older than the ack wait, which no worker is flushing
+		// any more: left by a crash whose redelivery looks like a first
+		// delivery (the consumer's delivery count is written without an
+		// fsync of its own), which skipped the leftover flush above.
+		if err := in.flushDurably(ctx, key, st, rev); err != nil {
+			r.err = err
+			return r
+		}
 	}
 	if r.outcome == "published" {
 		in.cfg.History.Ref(history.Ref{Project: project, MerchantRef: tx.MerchantRef, TransactionID: tx.ID, At: acceptedAt.UTC()})

@@ -228,6 +228,41 @@ func TestOutboxIsFlushedAfterACrash(t *testing.T) {
 	}
 }
 
+// A crash can lose the inbox consumer's delivery count (it is written
+// without an fsync of its own) and keep the transaction's state with its
+// outbox: the notification comes back as a callback's first delivery,
+// which skips the leftover outbox, finds its status recorded, and was
+// acknowledged as a duplicate, the event never published. An outbox
+// older than intake's ack wait, which no worker is flushing any more, is
+// published whatever the notification decides.
+func TestALeftOutboxIsFlushedByAFirstDeliveryToo(t *testing.T) {
+	h := newHarness(t, true)
+	tx, err := sengo.ParseCallback(callback("tx-lost-count", event.StatusSuccess))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().Add(-time.Hour).UTC()
+	ev := tx.Event("main", "", at, false)
+	b, _ := event.Marshal(ev)
+	raw, _ := json.Marshal(txState{
+		Project: "main", TransactionID: tx.ID, MerchantRef: tx.MerchantRef, Product: tx.Product, Status: tx.Status, UpdatedAt: at,
+		History: []txEvent{{Status: tx.Status, EventID: ev.ID, AcceptedAt: at}},
+		Outbox:  []outboxItem{{EventID: ev.ID, Subject: event.EventSubject("main", tx.Product, tx.Status), Event: b}},
+	})
+	kv, _ := h.js.KeyValue(t.Context(), event.BucketTx)
+	if _, err := kv.Create(t.Context(), txKey("main", tx.ID), raw); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.js.PublishMsg(t.Context(), &nats.Msg{Subject: event.InboxTxSubject("main", tx.ID), Data: callback(tx.ID, event.StatusSuccess),
+		Header: nats.Header{event.HeaderProject: []string{"main"}, event.HeaderSource: []string{SourceCallback}}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "intake idle", h.intakeIdle)
+	if evs := h.events(); len(evs) != 1 || evs[0].ID != ev.ID {
+		t.Fatalf("events %+v, want the one left in the outbox", evs)
+	}
+}
+
 // Messages on the inbox that can never be processed are quarantined with
 // the reason, acknowledged, and not retried.
 func TestUnprocessableIsQuarantined(t *testing.T) {
