@@ -999,12 +999,15 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 		// "after" success) or one waiting for it in turn (a cycle), which
 		// would each wait for the other for ever.
 		return false, 0
-	case found && meta.NumDelivered > uint64(staleWaits) && w.deliveringFor() > staleRecord(w.ep) && rec.NextAt.Before(w.cfg.Now().Add(-staleRecord(w.ep))):
+	case found && meta.NumDelivered > uint64(staleWaits) && w.deliveringFor() > staleRecord(w.ep) && rec.NextAt.Before(w.cfg.Now().Add(-staleRecord(w.ep))) &&
+		!w.store.refusedWithin(staleRecord(w.ep)):
 		// The predecessor's next attempt is long overdue, this event has
 		// waited many times, and the endpoint has been delivering for
 		// long enough that the predecessor would have had its attempt:
 		// its record stopped moving (it could not be written when the
-		// predecessor finished). Do not wait forever. (Overdue because
+		// predecessor finished). Do not wait forever. (Not while the
+		// store refuses this worker's writes: the predecessor's retries
+		// go on, unrecorded.) (Overdue because
 		// the endpoint was paused, held or its relays down is not stuck:
 		// its redelivery comes first.)
 		log().Warn().Str("previous_event_id", prevID).Time("previous_next_at", rec.NextAt).Msg("predecessor's record stopped moving; delivering")

@@ -624,3 +624,44 @@ func TestTheExpiryGuardAcknowledgesWhatIsDone(t *testing.T) {
 		t.Fatalf("dead letters %v, %d posted; want only tx-held's, nothing posted", got, len(c.got()))
 	}
 }
+
+// The same when the predecessor's record exists but stopped moving only
+// because the store refuses its updates: its retry long overdue by the
+// record, the successor took it for stuck and went first, while the
+// predecessor's retries went on, unrecorded.
+func TestOrderedHoldsOrderWhileTheStoreRefusesUpdates(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	saved := staleWaits
+	staleWaits = 1 // released at its second look, on the old code
+	t.Cleanup(func() { staleWaits = saved })
+	h := newHarness(t)
+	c, pendingOK := pendingRefusedThenSlow(t)
+	var ahead atomic.Int64
+	h.now = skewed(&ahead)
+	ep := h.endpoint("orders", c.URL, 200*time.Millisecond, 200*time.Millisecond)
+	ep.Ordered = true
+	ep.Timeout = 100 * time.Millisecond
+	w := h.start(ep)
+	pending := h.publish("tx-u", event.StatusPending, "")
+	kv := mustKV(t, h)
+	eventually(t, "pending's first attempt recorded", func() bool {
+		_, err := kv.Get(t.Context(), attemptKey("orders", pending.ID, 0))
+		return err == nil
+	})
+	restore := natstest.RefuseWrites(t, h.js, "KV_"+event.BucketDelivery)
+	ahead.Store(int64(staleRecord(ep) + time.Minute)) // pending's recorded retry is long overdue
+	waiting := func() float64 { return testutil.ToFloat64(h.metrics.Deliveries.WithLabelValues("orders", "waiting")) }
+	before := waiting()
+	h.publish("tx-u", event.StatusSuccess, event.StatusPending)
+	sent := func() bool { return strings.Contains(strings.Join(c.statuses(), " "), "tx-u/success") }
+	eventually(t, "success waited four times, or went first", func() bool { return sent() || waiting() >= before+4 })
+	if sent() {
+		t.Fatalf("attempts %q: success posted while pending's updates were refused and pending still failing", c.statuses())
+	}
+	restore()
+	pendingOK.Store(true)
+	eventually(t, "both delivered", func() bool { return h.settled(w) })
+	successAfterPending(t, c, "tx-u")
+}
