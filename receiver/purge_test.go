@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
@@ -63,5 +64,31 @@ func TestQuarantineListedBySubject(t *testing.T) {
 	}
 	if all, err := ListQuarantine(ctx, h.js, QuarantineFilter{}); err != nil || len(all) != maxQuarantineScan {
 		t.Fatalf("no filter: %v, %d entries, want the newest %d", err, len(all), maxQuarantineScan)
+	}
+}
+
+// The listing with no filter shows the newest notifications kept, not the
+// newest sequences: after a flood of another project's was purged, the
+// stream's last sequence stayed where the flood ended, the window of the
+// newest 10,000 sequences held nothing, and the project's genuine
+// notifications set aside before it were listed nowhere (the console hid
+// its "Redrive all" with them).
+func TestQuarantineListAfterAPurgedFloodShowsWhatIsKept(t *testing.T) {
+	h := newHarness(t, false, withProjects(Project{Name: "main"}, Project{Name: "other"}))
+	ctx := context.Background()
+	entry := func(project, id string) *nats.Msg {
+		return &nats.Msg{Subject: event.QuarantineTxSubject(project, id), Data: callback(id, event.StatusSuccess), Header: nats.Header{event.HeaderProject: []string{project}}}
+	}
+	natstest.PublishMany(t, h.js, 5, func(i int) *nats.Msg { return entry("main", fmt.Sprintf("kept-%d", i)) })
+	natstest.PublishMany(t, h.js, maxQuarantineScan, func(i int) *nats.Msg { return entry("other", fmt.Sprintf("flood-%d", i)) })
+	s, err := h.js.Stream(ctx, event.StreamQuarantine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(event.QuarantineSubject("other")+".>")); err != nil {
+		t.Fatal(err)
+	}
+	if all, err := ListQuarantine(ctx, h.js, QuarantineFilter{}); err != nil || len(all) != 5 {
+		t.Fatalf("no filter after the flood was purged: %v, %d entries, want main's 5", err, len(all))
 	}
 }

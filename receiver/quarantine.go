@@ -202,7 +202,12 @@ func eachQuarantined(ctx context.Context, js jetstream.JetStream, f QuarantineFi
 		if info.State.Msgs == 0 {
 			return nil
 		}
-		if last := info.State.LastSeq; last-info.State.FirstSeq >= maxQuarantineScan {
+		// The newest maxQuarantineScan sequences, only when the stream
+		// holds more messages than that: deleted ones (a purged flood)
+		// keep the last sequence where they ended, and that window held
+		// none of the notifications kept before them. With fewer, every
+		// one is read from the first.
+		if last := info.State.LastSeq; info.State.Msgs > maxQuarantineScan && last-info.State.FirstSeq >= maxQuarantineScan {
 			from.Seq = last - maxQuarantineScan + 1
 		}
 	}
