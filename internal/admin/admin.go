@@ -553,6 +553,13 @@ func (s *Server) dlqList(c echo.Context) error {
 		next := strconv.FormatUint(entries[len(entries)-1].Seq, 10)
 		q := c.QueryParams()
 		q.Set("cursor", next)
+		// The same window: a relative since or until ("24h") read again
+		// later would have moved, and skipped what was stored between.
+		for param, t := range map[string]time.Time{"since": f.Since, "until": f.Until} {
+			if q.Has(param) {
+				q.Set(param, t.UTC().Format(time.RFC3339Nano))
+			}
+		}
 		c.Response().Header().Set(HeaderNextCursor, next)
 		c.Response().Header().Set("Link", "</admin/dlq?"+q.Encode()+`>; rel="next"`)
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -797,5 +798,31 @@ func TestQuarantineActionsReachEveryOne(t *testing.T) {
 	}
 	if k := left(); k != 0 {
 		t.Fatalf("%d left in quarantine after purging all", k)
+	}
+}
+
+// The next page of a listing with a relative since or until ("24h") is
+// the same window: its Link names the window's times, not the words the
+// first request sent. Read again later, "since=24h" had moved on, and
+// every dead letter stored between the cursor and the moved start was
+// skipped.
+func TestTheNextPageKeepsARelativeWindow(t *testing.T) {
+	hs, js := newServer(t)
+	storeDeadLetters(t, js, 3)
+	sent := time.Now()
+	code, b, h := callHeader(t, hs, http.MethodGet, "/admin/dlq?endpoint=orders&since=1h&limit=1", "", token)
+	if code != 200 || h.Get("Link") == "" {
+		t.Fatalf("first page: %d %.200s, link %q", code, b, h.Get("Link"))
+	}
+	link := strings.TrimSuffix(strings.TrimPrefix(h.Get("Link"), "<"), `>; rel="next"`)
+	u, err := url.Parse(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for param, want := range map[string]time.Time{"since": sent.Add(-time.Hour)} {
+		got, err := time.Parse(time.RFC3339, u.Query().Get(param))
+		if err != nil || got.Sub(want).Abs() > 5*time.Second {
+			t.Errorf("the next page's %s is %q, want the first page's, near %s", param, u.Query().Get(param), want.Format(time.RFC3339))
+		}
 	}
 }
