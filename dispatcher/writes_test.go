@@ -449,14 +449,7 @@ func TestExpiryGuardIsNotStoppedByAMessageWithoutAnID(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
-	h := newHarness(t)
-	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second }) // the guard acts in its last 600 ms
-	c := newConsumer(t, status())
-	w := h.start(h.endpoint("orders", c.URL))
-	if err := Hold(t.Context(), h.js, "orders", "test"); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the worker sees the hold", func() bool { return w.Held().Held })
+	h, c, _ := heldWithShortRetention(t)
 	if _, err := h.js.Publish(t.Context(), event.EventSubject("main", event.ProductQRIS, event.StatusSuccess), []byte(`{}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -566,6 +559,15 @@ func (h *harness) reconfigure(name string, change func(*jetstream.StreamConfig))
 // went first: "success" reached the merchant before "pending". It waits
 // while the store refuses writes.
 func TestOrderedHoldsOrderWhileTheStoreRefusesRecords(t *testing.T) {
+	orderedWhileRecordsRefused(t, "tx-r", false)
+}
+
+// orderedWhileRecordsRefused publishes tx's pending, which fails, and its
+// success while the store refuses the endpoint's records (from pending's
+// first attempt, or only after it was recorded), and fails t unless
+// success waits for pending's delivery once the store takes writes again.
+func orderedWhileRecordsRefused(t *testing.T, tx string, recordFirst bool) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
@@ -577,13 +579,26 @@ func TestOrderedHoldsOrderWhileTheStoreRefusesRecords(t *testing.T) {
 	ep.Ordered = true
 	ep.Timeout = 100 * time.Millisecond // success waits 1.1s at a time for a record
 	w := h.start(ep)
-	ahead.Store(int64(staleRecord(ep) + time.Minute)) // the endpoint has delivered for long enough
-	restore := natstest.RefuseWrites(t, h.js, "KV_"+event.BucketDelivery)
+	var restore func()
+	if !recordFirst {
+		restore = natstest.RefuseWrites(t, h.js, "KV_"+event.BucketDelivery)
+	}
+	pending := h.publish(tx, event.StatusPending, "")
+	if recordFirst {
+		kv := mustKV(t, h)
+		eventually(t, "pending's first attempt recorded", func() bool {
+			_, err := kv.Get(t.Context(), attemptKey("orders", pending.ID, 0))
+			return err == nil
+		})
+		restore = natstest.RefuseWrites(t, h.js, "KV_"+event.BucketDelivery)
+	}
+	// The endpoint has delivered for long enough, and a recorded retry
+	// of pending's is long overdue.
+	ahead.Store(int64(staleRecord(ep) + time.Minute))
 	waiting := func() float64 { return testutil.ToFloat64(h.metrics.Deliveries.WithLabelValues("orders", "waiting")) }
 	before := waiting()
-	h.publish("tx-r", event.StatusPending, "")
-	h.publish("tx-r", event.StatusSuccess, event.StatusPending)
-	sent := func() bool { return strings.Contains(strings.Join(c.statuses(), " "), "tx-r/success") }
+	h.publish(tx, event.StatusSuccess, event.StatusPending)
+	sent := func() bool { return strings.Contains(strings.Join(c.statuses(), " "), tx+"/success") }
 	eventually(t, "success waited four times, or went first", func() bool { return sent() || waiting() >= before+4 })
 	if sent() {
 		t.Fatalf("attempts %q: success posted while pending's records were refused and pending still failing", c.statuses())
@@ -591,7 +606,7 @@ func TestOrderedHoldsOrderWhileTheStoreRefusesRecords(t *testing.T) {
 	restore()
 	pendingOK.Store(true)
 	eventually(t, "both delivered", func() bool { return h.settled(w) })
-	successAfterPending(t, c, "tx-r")
+	successAfterPending(t, c, tx)
 }
 
 // An event whose record says it is done (delivered, its acknowledgement
@@ -601,14 +616,7 @@ func TestTheExpiryGuardAcknowledgesWhatIsDone(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
-	h := newHarness(t)
-	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second }) // the guard acts in its last 600 ms
-	c := newConsumer(t, status())
-	w := h.start(h.endpoint("orders", c.URL))
-	if err := Hold(context.Background(), h.js, "orders", "test"); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the worker sees the hold", func() bool { return w.Held().Held })
+	h, c, w := heldWithShortRetention(t)
 	done := event.ID("main", "tx-done", event.StatusSuccess)
 	if err := (attemptStore{kv: mustKV(t, h)}).put(t.Context(), attemptKey("orders", done, 0), attempts{Count: 1, Done: true}); err != nil {
 		t.Fatal(err)
@@ -630,38 +638,24 @@ func TestTheExpiryGuardAcknowledgesWhatIsDone(t *testing.T) {
 // record, the successor took it for stuck and went first, while the
 // predecessor's retries went on, unrecorded.
 func TestOrderedHoldsOrderWhileTheStoreRefusesUpdates(t *testing.T) {
-	if testing.Short() {
-		t.Skip("a long fault test: not with -short (.ci/run runs it)")
-	}
 	saved := staleWaits
 	staleWaits = 1 // released at its second look, on the old code
 	t.Cleanup(func() { staleWaits = saved })
+	orderedWhileRecordsRefused(t, "tx-u", true)
+}
+
+// heldWithShortRetention is a harness whose SENGO_EVENTS keeps events 6 s
+// (the expiry guard acts in their last 600 ms) and the worker of endpoint
+// orders, held: it pulls nothing, and only the guard takes its events.
+func heldWithShortRetention(t *testing.T) (*harness, *consumer, *Worker) {
+	t.Helper()
 	h := newHarness(t)
-	c, pendingOK := pendingRefusedThenSlow(t)
-	var ahead atomic.Int64
-	h.now = skewed(&ahead)
-	ep := h.endpoint("orders", c.URL, 200*time.Millisecond, 200*time.Millisecond)
-	ep.Ordered = true
-	ep.Timeout = 100 * time.Millisecond
-	w := h.start(ep)
-	pending := h.publish("tx-u", event.StatusPending, "")
-	kv := mustKV(t, h)
-	eventually(t, "pending's first attempt recorded", func() bool {
-		_, err := kv.Get(t.Context(), attemptKey("orders", pending.ID, 0))
-		return err == nil
-	})
-	restore := natstest.RefuseWrites(t, h.js, "KV_"+event.BucketDelivery)
-	ahead.Store(int64(staleRecord(ep) + time.Minute)) // pending's recorded retry is long overdue
-	waiting := func() float64 { return testutil.ToFloat64(h.metrics.Deliveries.WithLabelValues("orders", "waiting")) }
-	before := waiting()
-	h.publish("tx-u", event.StatusSuccess, event.StatusPending)
-	sent := func() bool { return strings.Contains(strings.Join(c.statuses(), " "), "tx-u/success") }
-	eventually(t, "success waited four times, or went first", func() bool { return sent() || waiting() >= before+4 })
-	if sent() {
-		t.Fatalf("attempts %q: success posted while pending's updates were refused and pending still failing", c.statuses())
+	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second })
+	c := newConsumer(t, status())
+	w := h.start(h.endpoint("orders", c.URL))
+	if err := Hold(context.Background(), h.js, "orders", "test"); err != nil {
+		t.Fatal(err)
 	}
-	restore()
-	pendingOK.Store(true)
-	eventually(t, "both delivered", func() bool { return h.settled(w) })
-	successAfterPending(t, c, "tx-u")
+	eventually(t, "the worker sees the hold", func() bool { return w.Held().Held })
+	return h, c, w
 }

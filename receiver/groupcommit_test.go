@@ -16,7 +16,6 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
-	"github.com/sengo-relay/sengo-relay/sengo"
 )
 
 // withDurable makes the receiver wait on d after its writes.
@@ -313,33 +312,15 @@ func TestALeftOutboxIsClearedOnlyOnceDurable(t *testing.T) {
 	srv := natstest.Start(t)
 	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
 	h := newHarnessOn(t, srv, true, withIntakeDurable(gate.GroupSync))
-	tx, err := sengo.ParseCallback(callback("left-1", event.StatusSuccess))
-	if err != nil {
-		t.Fatal(err)
-	}
-	at := time.Date(2025, 3, 23, 3, 0, 0, 0, time.UTC)
-	ev := tx.Event("main", "", at, false)
-	b, _ := event.Marshal(ev)
-	raw, _ := json.Marshal(txState{
-		Project: "main", TransactionID: tx.ID, MerchantRef: tx.MerchantRef, Product: tx.Product, Status: tx.Status, UpdatedAt: at,
-		History: []txEvent{{Status: tx.Status, EventID: ev.ID, AcceptedAt: at}},
-		Outbox:  []outboxItem{{EventID: ev.ID, Subject: event.EventSubject("main", tx.Product, tx.Status), Event: b}},
-	})
-	kv, _ := h.js.KeyValue(t.Context(), event.BucketTx)
-	if _, err := kv.Create(t.Context(), txKey("main", tx.ID), raw); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.js.PublishMsg(t.Context(), &nats.Msg{Subject: event.InboxTxSubject("main", tx.ID), Data: callback(tx.ID, event.StatusSuccess),
-		Header: nats.Header{event.HeaderProject: []string{"main"}, event.HeaderSource: []string{SourceReconcile}}}); err != nil {
-		t.Fatal(err)
-	}
+	h.leaveOutbox("left-1", time.Date(2025, 3, 23, 3, 0, 0, 0, time.UTC))
+	h.feed("left-1", SourceReconcile)
 	eventually(t, "the left event published while the fsync is held", func() bool { return h.msgs(event.StreamEvents) == 1 })
 	eventually(t, "intake waiting for the fsync", func() bool { return gate.GroupSync.Stats().Waiting >= 1 })
-	if n := h.outbox(tx.ID); n != 1 {
+	if n := h.outbox("left-1"); n != 1 {
 		t.Fatalf("outbox of %d while no fsync covers the event, want 1", n)
 	}
 	gate.Open()
-	eventually(t, "the outbox cleared once durable", func() bool { return h.outbox(tx.ID) == 0 })
+	eventually(t, "the outbox cleared once durable", func() bool { return h.outbox("left-1") == 0 })
 }
 
 // outbox is the length of transaction id's outbox in SENGO_TX.

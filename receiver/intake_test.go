@@ -190,34 +190,15 @@ func TestRacingStatusesKeepOrder(t *testing.T) {
 // duplicate) publishes it.
 func TestOutboxIsFlushedAfterACrash(t *testing.T) {
 	h := newHarness(t, true)
-	tx, err := sengo.ParseCallback(callback("tx-crash", event.StatusSuccess))
-	if err != nil {
-		t.Fatal(err)
-	}
 	at := time.Date(2025, 3, 23, 3, 0, 0, 0, time.UTC)
-	ev := tx.Event("main", "", at, false)
-	b, _ := event.Marshal(ev)
-	st := txState{
-		Project: "main", TransactionID: tx.ID, MerchantRef: tx.MerchantRef, Product: tx.Product,
-		Status: tx.Status, UpdatedAt: at,
-		History: []txEvent{{Status: tx.Status, EventID: ev.ID, AcceptedAt: at}},
-		Outbox:  []outboxItem{{EventID: ev.ID, Subject: event.EventSubject("main", tx.Product, tx.Status), Event: b}},
-	}
-	raw, _ := json.Marshal(st)
-	kv, _ := h.js.KeyValue(t.Context(), event.BucketTx)
-	if _, err := kv.Create(t.Context(), txKey("main", tx.ID), raw); err != nil {
-		t.Fatal(err)
-	}
+	ev := h.leaveOutbox("tx-crash", at)
 	if len(h.events()) != 0 {
 		t.Fatal("event published before the redelivery")
 	}
 	// The crashed worker's own notification is redelivered; reconciliation
 	// also feeds a transaction whose outbox is not empty. Either flushes
 	// the outbox before anything else (here: reconciliation's feed).
-	if _, err := h.js.PublishMsg(t.Context(), &nats.Msg{Subject: event.InboxTxSubject("main", "tx-crash"), Data: callback("tx-crash", event.StatusSuccess),
-		Header: nats.Header{event.HeaderProject: []string{"main"}, event.HeaderSource: []string{SourceReconcile}}}); err != nil {
-		t.Fatal(err)
-	}
+	h.feed("tx-crash", SourceReconcile)
 	eventually(t, "intake idle", h.intakeIdle)
 	evs := h.events()
 	if len(evs) != 1 || evs[0].ID != ev.ID || !evs[0].Time.Equal(at) {
@@ -237,11 +218,23 @@ func TestOutboxIsFlushedAfterACrash(t *testing.T) {
 // published whatever the notification decides.
 func TestALeftOutboxIsFlushedByAFirstDeliveryToo(t *testing.T) {
 	h := newHarness(t, true)
-	tx, err := sengo.ParseCallback(callback("tx-lost-count", event.StatusSuccess))
-	if err != nil {
-		t.Fatal(err)
+	ev := h.leaveOutbox("tx-lost-count", time.Now().Add(-time.Hour).UTC())
+	h.feed("tx-lost-count", SourceCallback)
+	eventually(t, "intake idle", h.intakeIdle)
+	if evs := h.events(); len(evs) != 1 || evs[0].ID != ev.ID {
+		t.Fatalf("events %+v, want the one left in the outbox", evs)
 	}
-	at := time.Now().Add(-time.Hour).UTC()
+}
+
+// leaveOutbox stores transaction id's state as a worker that died after
+// deciding its success at leaves it: recorded, its event still in the
+// outbox. It returns that event.
+func (h *harness) leaveOutbox(id string, at time.Time) event.Event {
+	h.t.Helper()
+	tx, err := sengo.ParseCallback(callback(id, event.StatusSuccess))
+	if err != nil {
+		h.t.Fatal(err)
+	}
 	ev := tx.Event("main", "", at, false)
 	b, _ := event.Marshal(ev)
 	raw, _ := json.Marshal(txState{
@@ -249,17 +242,22 @@ func TestALeftOutboxIsFlushedByAFirstDeliveryToo(t *testing.T) {
 		History: []txEvent{{Status: tx.Status, EventID: ev.ID, AcceptedAt: at}},
 		Outbox:  []outboxItem{{EventID: ev.ID, Subject: event.EventSubject("main", tx.Product, tx.Status), Event: b}},
 	})
-	kv, _ := h.js.KeyValue(t.Context(), event.BucketTx)
-	if _, err := kv.Create(t.Context(), txKey("main", tx.ID), raw); err != nil {
-		t.Fatal(err)
+	kv, err := h.js.KeyValue(context.Background(), event.BucketTx)
+	if err != nil {
+		h.t.Fatal(err)
 	}
-	if _, err := h.js.PublishMsg(t.Context(), &nats.Msg{Subject: event.InboxTxSubject("main", tx.ID), Data: callback(tx.ID, event.StatusSuccess),
-		Header: nats.Header{event.HeaderProject: []string{"main"}, event.HeaderSource: []string{SourceCallback}}}); err != nil {
-		t.Fatal(err)
+	if _, err := kv.Create(context.Background(), txKey("main", tx.ID), raw); err != nil {
+		h.t.Fatal(err)
 	}
-	eventually(t, "intake idle", h.intakeIdle)
-	if evs := h.events(); len(evs) != 1 || evs[0].ID != ev.ID {
-		t.Fatalf("events %+v, want the one left in the outbox", evs)
+	return ev
+}
+
+// feed stores transaction id's success in the inbox as source sent it.
+func (h *harness) feed(id, source string) {
+	h.t.Helper()
+	if _, err := h.js.PublishMsg(context.Background(), &nats.Msg{Subject: event.InboxTxSubject("main", id), Data: callback(id, event.StatusSuccess),
+		Header: nats.Header{event.HeaderProject: []string{"main"}, event.HeaderSource: []string{source}}}); err != nil {
+		h.t.Fatal(err)
 	}
 }
 
