@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
@@ -68,4 +72,49 @@ func BenchmarkDeliveries(b *testing.B) {
 	cancel()
 	<-stopped
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "deliveries/s")
+}
+
+// BenchmarkCountDLQ: what the console's "Redrive all / Purge all"
+// confirmation costs with a long outage's dead letters (DLQ_LETTERS,
+// 100,000 by default, of about 2 KiB each): counted from their headers
+// (CountDLQ, today) and read whole a page at a time (the count before).
+func BenchmarkCountDLQ(b *testing.B) {
+	n := 100_000
+	if v, err := strconv.Atoi(os.Getenv("DLQ_LETTERS")); err == nil && v > 0 {
+		n = v
+	}
+	srv := natstest.Start(b)
+	_, js := srv.Connect(b)
+	if err := stream.Provision(context.Background(), js, testSpec()); err != nil {
+		b.Fatal(err)
+	}
+	letter := []byte(`{"endpoint":"orders","reason":"max_attempts","event":{"raw":"` + strings.Repeat("x", 2000) + `"}}`)
+	natstest.PublishMany(b, js, n, func(i int) *nats.Msg {
+		return &nats.Msg{Subject: event.DLQTxSubject("orders", fmt.Sprint("tx", i)), Data: letter}
+	})
+	for _, c := range []struct {
+		name  string
+		count func() (int, error)
+	}{
+		{"headers", func() (int, error) {
+			count, _, err := CountDLQ(context.Background(), js, DLQFilter{})
+			return count, err
+		}},
+		{"whole", func() (int, error) {
+			count := 0
+			err := EachDLQPage(context.Background(), js, DLQFilter{}, 0, func(page []DLQEntry) error {
+				count += len(page)
+				return nil
+			})
+			return count, err
+		}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				if count, err := c.count(); err != nil || count != n {
+					b.Fatalf("counted %d of %d (%v)", count, n, err)
+				}
+			}
+		})
+	}
 }

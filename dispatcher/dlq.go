@@ -290,3 +290,38 @@ func Purge(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int
 	}
 	return n, nil
 }
+
+// CountDLQ counts the dead letters matching f (its Endpoint or Seq; the
+// other fields are not read) and returns the sequence of the last it
+// counted: an action bounded by it (EachDLQPage's upTo) touches exactly
+// what was counted. It reads their headers only, not the events they
+// carry: counting a long outage's dead letters whole, as a listing reads
+// them, outlasted the read bound, and the operator could act on none.
+// The endpoint is the one their subject names (a dead letter's own).
+func CountDLQ(ctx context.Context, js jetstream.JetStream, f DLQFilter) (int, uint64, error) {
+	if f.Seq > 0 {
+		one, err := ListDLQ(ctx, js, DLQFilter{Seq: f.Seq, Endpoint: f.Endpoint})
+		if err != nil || len(one) == 0 {
+			return 0, 0, err
+		}
+		return 1, one[0].Seq, nil
+	}
+	st, err := js.Stream(ctx, event.StreamDLQ)
+	if err != nil {
+		return 0, 0, fmt.Errorf("open %s: %w", event.StreamDLQ, err)
+	}
+	last := st.CachedInfo().State.LastSeq // none stored after the count began
+	var count int
+	var top uint64
+	if last == 0 {
+		return 0, 0, nil
+	}
+	err = stream.ScanFrom(ctx, js, event.StreamDLQ, event.DLQFilters(f.Endpoint, ""), stream.From{HeadersOnly: true}, func(_ jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+		if meta.Sequence.Stream > last {
+			return false, nil
+		}
+		count, top = count+1, meta.Sequence.Stream
+		return true, nil
+	}, nil)
+	return count, top, err
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -351,5 +352,66 @@ func TestAMessageThatIsNoDeadLetterStopsNoAction(t *testing.T) {
 	}
 	if left, err := ListDLQ(t.Context(), h.js, DLQFilter{}); err != nil || len(left) != 1 || left[0].TransactionID != "tx-after" {
 		t.Errorf("after the purge: %v %+v", err, left)
+	}
+}
+
+// The console's confirmation of "Redrive all" or "Purge all" counted the
+// dead letters by reading each whole, its event too: after a long outage
+// (hundreds of thousands) the count outlasted the read bound and the
+// confirmation answered 503, so the operator could act on none. CountDLQ
+// reads their headers only, and still counts exactly those up to the
+// sequence it names.
+func TestCountingDeadLettersReadsNoBodies(t *testing.T) {
+	h := newHarness(t)
+	const n = 40
+	letter := func(ep string) []byte {
+		return []byte(`{"endpoint":"` + ep + `","event":{"raw":"` + strings.Repeat("x", 256<<10) + `"}}`)
+	}
+	natstest.PublishMany(t, h.js, n, func(i int) *nats.Msg {
+		ep := "orders"
+		if i%4 == 0 {
+			ep = "fulfilment"
+		}
+		return &nats.Msg{Subject: event.DLQTxSubject(ep, fmt.Sprint("tx", i)), Data: letter(ep)}
+	})
+	nc, js := h.nats.Connect(t)
+	for _, c := range []struct {
+		endpoint string
+		want     int
+	}{{"", n}, {"orders", n - n/4}, {"fulfilment", n / 4}, {"nobody", 0}} {
+		before := nc.Stats().InBytes
+		count, top, err := CountDLQ(t.Context(), js, DLQFilter{Endpoint: c.endpoint})
+		if err != nil || count != c.want {
+			t.Fatalf("%q: counted %d (%v), want %d", c.endpoint, count, err, c.want)
+		}
+		if read := nc.Stats().InBytes - before; read > 256<<10 {
+			t.Errorf("%q: counting %d dead letters read %d KiB", c.endpoint, count, read>>10)
+		}
+		if c.want > 0 && top == 0 {
+			t.Errorf("%q: counted %d up to sequence 0", c.endpoint, count)
+		}
+	}
+	// What is stored after the count is not in it: its top bounds the
+	// action to what the operator confirmed.
+	count, top, err := CountDLQ(t.Context(), js, DLQFilter{Endpoint: "orders"})
+	natstest.PublishMany(t, h.js, 3, func(i int) *nats.Msg {
+		return &nats.Msg{Subject: event.DLQTxSubject("orders", fmt.Sprint("late", i)), Data: letter("orders")}
+	})
+	acted := 0
+	if err == nil {
+		err = EachDLQPage(t.Context(), js, DLQFilter{Endpoint: "orders"}, top, func(page []DLQEntry) error {
+			acted += len(page)
+			return nil
+		})
+	}
+	if err != nil || acted != count {
+		t.Fatalf("acting up to %d reached %d dead letters (%v), the count said %d", top, acted, err, count)
+	}
+	// One by its sequence: as the listing, whatever the body.
+	if count, top, err := CountDLQ(t.Context(), js, DLQFilter{Seq: 2}); err != nil || count != 1 || top != 2 {
+		t.Fatalf("dead letter #2: counted %d up to %d (%v)", count, top, err)
+	}
+	if count, _, err := CountDLQ(t.Context(), js, DLQFilter{Seq: 999}); err != nil || count != 0 {
+		t.Fatalf("no dead letter #999: counted %d (%v)", count, err)
 	}
 }

@@ -878,15 +878,9 @@ func (cn *console) dlqConfirm(c echo.Context) error {
 	}
 	ctx, cancel := cn.s.readCtx(c)
 	defer cancel()
-	// Counted a page at a time: a long outage's dead letters are never all
-	// held at once.
-	var count int
-	var top uint64
-	err = dispatcher.EachDLQPage(ctx, cn.s.cfg.JetStream, f, 0, func(page []dispatcher.DLQEntry) error {
-		count += len(page)
-		top = max(top, page[len(page)-1].Seq)
-		return nil
-	})
+	// Counted from their headers: a long outage's dead letters are never
+	// read whole, within the read bound.
+	count, top, err := dispatcher.CountDLQ(ctx, cn.s.cfg.JetStream, f)
 	if err != nil {
 		return err
 	}
