@@ -541,6 +541,13 @@ func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string
 		return false, err
 	}
 	if rec.Done { // delivered or dead-lettered; its acknowledgement was lost
+		// A redriven copy's dead letter goes too, as a worker removes it:
+		// left listed, a redrive would post the event again.
+		if replayed {
+			if err := removeRedriven(ctx, r.cfg.JetStream, msg); err != nil {
+				return false, err
+			}
+		}
 		return false, msg.DoubleAck(ctx)
 	}
 	d := DeadLetter{

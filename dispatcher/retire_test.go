@@ -265,3 +265,42 @@ func TestAStoppedRelayLeavesNothingOfItsHeartbeat(t *testing.T) {
 		t.Fatalf("a stopped relay left %v", keys)
 	}
 }
+
+// A redriven copy delivered (its record says done) whose dead letter was
+// not removed then (its relay stopped first, or the removal failed) was
+// acknowledged by the retirer once its endpoint was removed, and its dead
+// letter left listed for the SENGO_DLQ's retention: a redrive after the
+// endpoint came back posted a delivered event again. The retirer removes
+// it, as a worker does.
+func TestTheRetirerRemovesTheDeadLetterOfADeliveredCopy(t *testing.T) {
+	fastBeats(t)
+	h := newHarness(t)
+	gone := newConsumer(t, status(http.StatusGone))
+	_, stop := h.runWorker(h.endpoint("old", gone.URL))
+	h.publish("tx-1", event.StatusSuccess, "")
+	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
+	stop()
+	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "old"})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("%d dead letters (%v)", len(entries), err)
+	}
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
+		t.Fatalf("redrove %d (%v)", n, err)
+	}
+	copies := natstest.Messages(t, h.js, event.StreamReplay)
+	if len(copies) != 1 {
+		t.Fatalf("%d copies queued", len(copies))
+	}
+	// Delivered by a relay that stopped before it removed the dead letter.
+	key := attemptKey("old", entries[0].EventID, copies[0].Sequence)
+	if err := (attemptStore{kv: mustKV(t, h)}).put(t.Context(), key, attempts{Count: 1, Done: true}); err != nil {
+		t.Fatal(err)
+	}
+	h.retirer("here", 100*time.Millisecond)
+	eventually(t, "old's consumers deleted", func() bool {
+		return !h.consumerExists(event.StreamEvents, "webhook-old") && !h.consumerExists(event.StreamReplay, "webhook-old")
+	})
+	if left := h.deadLetters(); len(left) != 0 {
+		t.Fatalf("the dead letter of a delivered copy is still listed: %+v", left)
+	}
+}
