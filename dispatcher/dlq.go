@@ -197,6 +197,7 @@ func dlqEntry(seq uint64, at time.Time, subject string, data []byte) DLQEntry {
 func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int, error) {
 	n := 0
 	delivered := map[string]bool{}
+	var copies *redriveCopies
 	for _, e := range entries {
 		if e.Reason == ReasonUndecodable || e.EventTruncated {
 			continue // nothing a consumer could accept, or not kept whole
@@ -212,6 +213,17 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 		if !ok {
 			continue // its copy would wait where nothing reads it; the dead letter stays
 		}
+		if copies == nil {
+			var err error
+			if copies, err = openRedriveCopies(ctx, js); err != nil {
+				return n, err
+			}
+		}
+		if waits, err := copies.waiting(ctx, e.Seq); err != nil {
+			return n, err
+		} else if waits {
+			continue // its copy from an earlier redrive is still stored: not sent twice
+		}
 		msg := &nats.Msg{Subject: event.ReplaySubject(e.Endpoint), Data: e.Event, Header: nats.Header{
 			HeaderReplayKind:    []string{"redrive"},
 			HeaderEventSeq:      []string{strconv.FormatUint(e.StreamSeq, 10)},
@@ -222,11 +234,76 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 		if err != nil {
 			return n, fmt.Errorf("redrive %d: %w", e.Seq, err)
 		}
-		if !ack.Duplicate { // else its copy from an earlier redrive still waits: not sent twice, not counted twice
-			n++
+		if ack.Duplicate { // its copy from an earlier redrive still waits: not sent twice, not counted twice
+			continue
+		}
+		n++
+		if err := copies.record(ctx, e.Seq, ack.Sequence); err != nil {
+			return n, err
 		}
 	}
 	return n, nil
+}
+
+// redriveCopies finds the copy an earlier redrive queued for a dead
+// letter. The copy's message id stops a second one only within
+// SENGO_REPLAY's duplicate window (24 h), and a copy can wait for its
+// retries for days (the dead letter stays listed until it settles): a
+// record in SENGO_DELIVERY, redriveKey, names the copy's sequence, and a
+// dead letter whose copy is still stored is not redriven again. (A
+// settled copy removes its dead letter; one still stored beside its dead
+// letter is waiting, or its dead letter's removal is being retried.)
+type redriveCopies struct {
+	kv     jetstream.KeyValue
+	replay jetstream.Stream
+}
+
+func openRedriveCopies(ctx context.Context, js jetstream.JetStream) (*redriveCopies, error) {
+	kv, err := js.KeyValue(ctx, event.BucketDelivery)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", event.BucketDelivery, err)
+	}
+	replay, err := js.Stream(ctx, event.StreamReplay)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", event.StreamReplay, err)
+	}
+	return &redriveCopies{kv: kv, replay: replay}, nil
+}
+
+// redriveKey records the SENGO_REPLAY sequence of dead letter seq's
+// redriven copy (no endpoint name starts with "_").
+func redriveKey(seq uint64) string { return "_redrive." + strconv.FormatUint(seq, 10) }
+
+// waiting reports whether dead letter seq's copy from an earlier redrive
+// is still stored.
+func (r *redriveCopies) waiting(ctx context.Context, seq uint64) (bool, error) {
+	e, err := r.kv.Get(ctx, redriveKey(seq))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", redriveKey(seq), err)
+	}
+	at, err := strconv.ParseUint(string(e.Value()), 10, 64)
+	if err != nil || at == 0 {
+		return false, nil // not a record of ours: the dead letter is redriven
+	}
+	if _, err := r.replay.GetMsg(ctx, at); errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil // gone (aged out, purged): the dead letter is all there is
+	} else if err != nil {
+		return false, fmt.Errorf("look up copy %d of dead letter %d: %w", at, seq, err)
+	}
+	return true, nil
+}
+
+// record names copySeq as dead letter seq's redriven copy. Not stored, a
+// redrive after the duplicate window would queue a second copy: the
+// redrive reports it failed.
+func (r *redriveCopies) record(ctx context.Context, seq, copySeq uint64) error {
+	if _, err := r.kv.Put(ctx, redriveKey(seq), []byte(strconv.FormatUint(copySeq, 10))); err != nil {
+		return fmt.Errorf("redrive %d: its copy %d is queued, but not recorded: %w", seq, copySeq, err)
+	}
+	return nil
 }
 
 // redrivable reports whether a relay delivers endpoint's redriven copies:

@@ -415,3 +415,54 @@ func TestCountingDeadLettersReadsNoBodies(t *testing.T) {
 		t.Fatalf("no dead letter #999: counted %d (%v)", count, err)
 	}
 }
+
+// A dead letter stays listed while its redriven copy waits for a retry,
+// and its copy's message id kept a second redrive from queuing another
+// only for SENGO_REPLAY's duplicate window (24 h), shorter than a retry
+// schedule (3 days): redriven again later, two copies ran, each with a
+// budget of its own, the event was posted by both and, both dead, listed
+// twice. A copy still stored is found by its dead letter's record.
+func TestARedriveAfterTheDuplicateWindowQueuesNoSecondCopy(t *testing.T) {
+	h := newHarness(t)
+	h.reconfigure(event.StreamReplay, func(cfg *jetstream.StreamConfig) { cfg.Duplicates = 200 * time.Millisecond })
+	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
+		if n == 1 {
+			w.WriteHeader(http.StatusGone)
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	h.start(h.endpoint("orders", c.URL, time.Hour))
+	h.publish("tx-r", event.StatusSuccess, "")
+	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
+	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("%d dead letters (%v)", len(entries), err)
+	}
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
+		t.Fatalf("first redrive: %d (%v)", n, err)
+	}
+	eventually(t, "the copy's first attempt failed", func() bool { return len(c.got()) == 2 })
+	// The duplicate window has passed once a probe's id, sent after the
+	// copy, is new again (on a subject no endpoint reads).
+	probe := &nats.Msg{Subject: event.ReplaySubject("nobody"), Data: []byte("probe")}
+	if _, err := h.js.PublishMsg(t.Context(), probe, jetstream.WithMsgID("probe")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the duplicate window passed", func() bool {
+		ack, err := h.js.PublishMsg(t.Context(), probe, jetstream.WithMsgID("probe"))
+		return err == nil && !ack.Duplicate
+	})
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 0 {
+		t.Fatalf("second redrive while the first copy waits: %d redriven (%v), want 0", n, err)
+	}
+	copies := 0
+	for _, m := range natstest.Messages(t, h.js, event.StreamReplay) {
+		if m.Subject == event.ReplaySubject("orders") {
+			copies++
+		}
+	}
+	if copies != 1 {
+		t.Fatalf("%d copies of one dead letter queued", copies)
+	}
+}
