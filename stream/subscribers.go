@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -111,24 +112,31 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	return true
 }
 
-// subscriberAPI are the JetStream API subjects (of stream st) the
-// subscriber may send, each with how many answers a request gets.
+// subscriberAPI are the JetStream subjects (of stream st) the subscriber
+// sends straight to the server, each with how many answers a request
+// gets. None goes into the server's queue of API requests: a stream
+// answers its direct gets, and a consumer its pulls and acks, itself.
 func subscriberAPI(st string) map[string]server.ServiceRespType {
 	return map[string]server.ServiceRespType{
-		"$JS.API.INFO": server.Singleton, "$JS.API.STREAM.NAMES": server.Singleton, "$JS.API.STREAM.INFO." + st: server.Singleton,
-		"$JS.API.STREAM.MSG.GET." + st: server.Singleton,
 		// A batched direct get answers with many messages.
 		"$JS.API.DIRECT.GET." + st: server.Streamed, "$JS.API.DIRECT.GET." + st + ".>": server.Streamed,
-		"$JS.API.CONSUMER.INFO." + st + ".>":     server.Singleton,
 		"$JS.API.CONSUMER.MSG.NEXT." + st + ".>": server.Streamed,
 		"$JS.ACK." + st + ".>":                   server.Singleton, "$JS.FC." + st + ".>": server.Singleton,
 	}
 }
 
-// guardedAPI are the consumer creations and deletions, which the relay
-// checks first.
+// guardedAPI are the subscriber's JetStream API requests that the relay
+// passes on itself (guard), a few at a time: nats-server has one queue of
+// API requests for every account, drops it whole past 10,000 waiting and
+// answers info requests only when it is empty, so a subscriber sending
+// them as fast as it could kept the relay's own from being answered.
+// Consumer creations and deletions are checked first.
 func guardedAPI(st string) []string {
-	return []string{"$JS.API.CONSUMER.CREATE." + st + ".>", "$JS.API.CONSUMER.DURABLE.CREATE." + st + ".>", "$JS.API.CONSUMER.DELETE." + st + ".>"}
+	return []string{
+		"$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.INFO." + st, "$JS.API.STREAM.MSG.GET." + st,
+		"$JS.API.CONSUMER.INFO." + st + ".>",
+		"$JS.API.CONSUMER.CREATE." + st + ".>", "$JS.API.CONSUMER.DURABLE.CREATE." + st + ".>", "$JS.API.CONSUMER.DELETE." + st + ".>",
+	}
 }
 
 // subscriberAccess makes the subscriber's account: what it imports from
@@ -169,26 +177,78 @@ func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn *nats.Conn) (*na
 			return nil, fmt.Errorf("import %s: %w", subj, err)
 		}
 	}
-	gd := &guard{conn: conn, protected: a.Protected}
+	gd := &guard{conn: conn, stream: a.Stream, protected: a.Protected,
+		admitted: make(chan struct{}, guardQueued), running: make(chan struct{}, guardInFlight)}
 	return conn.Subscribe(guardPrefix+".>", gd.handle)
 }
 
-// guard checks a subscriber's consumer creation, then makes it as the
-// relay and passes the answer back.
+// guard passes the subscriber's JetStream API requests on as the relay,
+// at most guardInFlight at a time, and checks its consumer creations
+// first.
 type guard struct {
 	conn      *nats.Conn
+	stream    string
 	protected []string
+	// admitted holds a place for each request waiting or in flight;
+	// running, for each in flight.
+	admitted, running chan struct{}
+	// creating makes a creation's count of the subscriber's consumers and
+	// the creation one step.
+	creating sync.Mutex
 }
 
-// guardTimeout bounds the relay's own request to JetStream for a
-// subscriber's consumer.
-const guardTimeout = 10 * time.Second
+const (
+	// guardInFlight is how many of the subscriber's API requests are in
+	// the server's queue at once, and guardQueued how many wait for
+	// their turn at most; more are refused at once (busy).
+	guardInFlight = 8
+	guardQueued   = 256
+	// guardWait is how long a request waits for its turn.
+	guardWait = 2 * time.Second
+	// guardTimeout bounds the relay's own request to JetStream for a
+	// subscriber's.
+	guardTimeout = 10 * time.Second
+)
+
+// SubscriberMaxConsumers is how many consumers the subscriber may keep on
+// the events stream, durable and ephemeral together. nats-server allows a
+// stream 1,000: a subscriber that made them all left the relay none, and
+// a relay then could neither scan (replays, the console's stories) nor
+// start with a new endpoint.
+const SubscriberMaxConsumers = 100
 
 func (g *guard) handle(m *nats.Msg) {
 	if m.Reply == "" {
 		return
 	}
+	select {
+	case g.admitted <- struct{}{}:
+	default:
+		g.refuse(m, fmt.Errorf("%w: too many of the subscriber's requests are waiting; retry", errBusy))
+		return
+	}
+	go func() {
+		defer func() { <-g.admitted }()
+		t := time.NewTimer(guardWait)
+		defer t.Stop()
+		select {
+		case g.running <- struct{}{}:
+		case <-t.C:
+			g.refuse(m, fmt.Errorf("%w: the subscriber's requests waited too long for their turn; retry", errBusy))
+			return
+		}
+		defer func() { <-g.running }()
+		g.pass(m)
+	}()
+}
+
+// pass checks and forwards one request, and answers it.
+func (g *guard) pass(m *nats.Msg) {
 	subj := "$JS.API" + strings.TrimPrefix(m.Subject, guardPrefix)
+	if creates(subj) {
+		g.creating.Lock()
+		defer g.creating.Unlock()
+	}
 	if err := g.check(subj, m.Data); err != nil {
 		g.refuse(m, err)
 		return
@@ -201,15 +261,25 @@ func (g *guard) handle(m *nats.Msg) {
 	_ = m.RespondMsg(&nats.Msg{Header: resp.Header, Data: resp.Data})
 }
 
+// creates reports whether subj creates (or updates) a consumer.
+func creates(subj string) bool {
+	return strings.HasPrefix(subj, "$JS.API.CONSUMER.CREATE.") || strings.HasPrefix(subj, "$JS.API.CONSUMER.DURABLE.CREATE.")
+}
+
 var (
 	errForbidden   = errors.New("forbidden")
 	errUnavailable = errors.New("unavailable")
+	errBusy        = errors.New("busy")
+	errTooMany     = errors.New("too many consumers")
 )
 
 // check refuses to create or delete a consumer of the relay's (by the
 // subject's name, or the request's), and to create a push consumer
 // delivering outside SubscriberDeliverPrefix.
 func (g *guard) check(subj string, data []byte) error {
+	if !strings.HasPrefix(subj, "$JS.API.CONSUMER.") || strings.HasPrefix(subj, "$JS.API.CONSUMER.INFO.") {
+		return nil // a read
+	}
 	// $JS.API.CONSUMER.CREATE.<stream>.<name>[.<filter>],
 	// $JS.API.CONSUMER.DURABLE.CREATE.<stream>.<name>,
 	// $JS.API.CONSUMER.DELETE.<stream>.<name>
@@ -243,6 +313,43 @@ func (g *guard) check(subj string, data []byte) error {
 	if ds := req.Config.DeliverSubject; ds != "" && !strings.HasPrefix(ds, SubscriberDeliverPrefix) {
 		return fmt.Errorf("%w: a push consumer delivers under %s only", errForbidden, SubscriberDeliverPrefix+">")
 	}
+	if toks[3] != "DELETE" {
+		return g.room(names)
+	}
+	return nil
+}
+
+// room refuses to create a consumer (one named none of names: an update
+// is let through) once the subscriber has SubscriberMaxConsumers on the
+// stream. The relay's own (ReservedConsumerPrefix, ScanConsumerPrefix and
+// the protected names) are not the subscriber's.
+func (g *guard) room(names []string) error {
+	js, err := jetstream.New(g.conn)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), guardTimeout)
+	defer cancel()
+	s, err := js.Stream(ctx, g.stream)
+	if err != nil {
+		return fmt.Errorf("%w: the store did not answer", errUnavailable)
+	}
+	theirs := 0
+	list := s.ConsumerNames(ctx)
+	for n := range list.Name() {
+		if n != "" && slices.Contains(names, n) {
+			return nil // an update of one it has
+		}
+		if !strings.HasPrefix(n, ReservedConsumerPrefix) && !strings.HasPrefix(n, ScanConsumerPrefix) && !slices.Contains(g.protected, n) {
+			theirs++
+		}
+	}
+	if list.Err() != nil {
+		return fmt.Errorf("%w: the store did not answer", errUnavailable)
+	}
+	if theirs >= SubscriberMaxConsumers {
+		return fmt.Errorf("%w: the subscriber has %d consumers on %s, the most it may keep; delete one first", errTooMany, theirs, g.stream)
+	}
 	return nil
 }
 
@@ -250,8 +357,11 @@ func (g *guard) check(subj string, data []byte) error {
 // error.
 func (g *guard) refuse(m *nats.Msg, err error) {
 	code := 403
-	if errors.Is(err, errUnavailable) {
+	switch {
+	case errors.Is(err, errUnavailable), errors.Is(err, errBusy):
 		code = 503
+	case errors.Is(err, errTooMany):
+		code = 400
 	}
 	b, _ := json.Marshal(map[string]any{
 		"error": map[string]any{"code": code, "description": err.Error()},

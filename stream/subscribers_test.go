@@ -2,7 +2,9 @@ package stream_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -284,4 +286,137 @@ func startWithSubscriber(t *testing.T, auth *stream.EmbeddedAuth) (*stream.Embed
 	t.Cleanup(relay.Close)
 	rjs, _ := jetstream.New(relay)
 	return e, rjs
+}
+
+// subscriberAuth is the embedded server's two identities for the
+// subscriber tests.
+func subscriberAuth() *stream.EmbeddedAuth {
+	return &stream.EmbeddedAuth{
+		RelayUser: "sengo-relay", RelayPassword: "relay-pw-0123456789",
+		SubscriberUser: "subscriber", SubscriberPassword: "sub-pw-0123456789",
+		Stream: "SENGO_EVENTS", Subjects: "sengo.events.>", Protected: []string{"webhook-orders"},
+	}
+}
+
+// The subscriber's JetStream requests (stream and consumer info, message
+// gets) went straight into nats-server's one queue of API requests, which
+// serves every account: past 10,000 waiting the server drops them all,
+// the relay's too, and it answers info requests only when that queue is
+// empty. A subscriber sending gets as fast as it could so kept the relay's
+// readiness checks, scans and deletions from being answered. Its
+// requests now wait in a small queue of their own, and those beyond it
+// are refused at once.
+func TestASubscriberFloodLeavesTheRelaysRequestsAnswered(t *testing.T) {
+	e, rjs := startWithSubscriber(t, subscriberAuth())
+	ctx := t.Context()
+	if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rjs.Publish(ctx, "sengo.events.main.retail.success", []byte(`{"id":"evt_1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	flood, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	for range 4 {
+		sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			inbox := nats.NewInbox()
+			for flood.Err() == nil {
+				for range 1000 {
+					_ = sub.PublishRequest("$JS.API.STREAM.MSG.GET.SENGO_EVENTS", inbox, []byte(`{"seq":1}`))
+					_ = sub.PublishRequest("$JS.API.STREAM.INFO.SENGO_EVENTS", inbox, nil)
+				}
+				_ = sub.Flush()
+			}
+		}()
+	}
+	failed := 0
+	for i := range 10 {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		s, err := rjs.Stream(rctx, "SENGO_EVENTS")
+		if err == nil {
+			_, err = s.GetMsg(rctx, 1)
+		}
+		cancel()
+		if err != nil {
+			failed++
+			t.Logf("the relay's request %d during the flood: %v", i+1, err)
+		}
+	}
+	stop()
+	wg.Wait()
+	if failed > 0 {
+		t.Fatalf("%d of the relay's 10 requests failed while the subscriber flooded the API", failed)
+	}
+	// The subscriber's own requests are answered once it stops flooding.
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	sjs, _ := jetstream.New(sub)
+	var info *jetstream.StreamInfo
+	deadline := time.Now().Add(10 * time.Second)
+	for info == nil && time.Now().Before(deadline) {
+		if s, err := sjs.Stream(ctx, "SENGO_EVENTS"); err == nil {
+			info = s.CachedInfo()
+		}
+	}
+	if info == nil || info.State.Msgs != 1 {
+		t.Fatalf("the subscriber's stream info after the flood: %+v", info)
+	}
+}
+
+// nats-server allows a stream 1,000 consumers. The subscriber could make
+// them all (durables stay), and the relay then had none left: no scan (a
+// replay, the console's story) and no consumer for a new endpoint, so it
+// could not start. The subscriber keeps at most SubscriberMaxConsumers;
+// past them it is refused (an update of one it has is not), and the relay
+// still creates its own.
+func TestTheSubscriberCannotTakeEveryConsumer(t *testing.T) {
+	e, rjs := startWithSubscriber(t, subscriberAuth())
+	ctx := t.Context()
+	if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	sjs, _ := jetstream.New(sub)
+	for i := range stream.SubscriberMaxConsumers {
+		if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: fmt.Sprint("s", i)}); err != nil {
+			t.Fatalf("the subscriber's consumer %d: %v", i+1, err)
+		}
+	}
+	_, err = sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "one-more"})
+	if err == nil || !strings.Contains(err.Error(), "too many consumers") {
+		t.Fatalf("consumer %d of the subscriber's: %v, want too many consumers", stream.SubscriberMaxConsumers+1, err)
+	}
+	if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "s0", Description: "updated"}); err != nil {
+		t.Fatalf("an update of the subscriber's own at its limit: %v", err)
+	}
+	// The relay's consumers are not counted as the subscriber's, and the
+	// relay still makes its own: an endpoint's, a scan's.
+	if _, err := rjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "webhook-new"}); err != nil {
+		t.Fatalf("the relay's consumer beside the subscriber's: %v", err)
+	}
+	if err := stream.ScanFrom(ctx, rjs, "SENGO_EVENTS", []string{"sengo.events.>"}, stream.From{}, func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error) { return true, nil }, nil); err != nil {
+		t.Fatalf("the relay's scan beside the subscriber's consumers: %v", err)
+	}
+	// Deleting one makes room for another.
+	if err := sjs.DeleteConsumer(ctx, "SENGO_EVENTS", "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "one-more"}); err != nil {
+		t.Fatalf("a consumer in the room a deletion made: %v", err)
+	}
 }
