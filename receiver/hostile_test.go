@@ -1293,3 +1293,38 @@ func TestForgedPendingsDoNotMultiplyTheReadsOfALaterStatus(t *testing.T) {
 		t.Errorf("intake read %d KiB for one notification after %d forged pendings", read>>10, pendings)
 	}
 }
+
+// Each page of SenGo's list holding a transaction the relay cannot read
+// (SenGo adds a product) added its own error to the run's: up to 1,000
+// pages, four statuses and eight days of about 200 bytes each, in one log
+// line every 10 minutes and in the run's record (whose history message
+// past the store's max_payload was lost). A day's unread pages are
+// reported as their count and the first.
+func TestReconcileErrorsAreBounded(t *testing.T) {
+	h := newHarness(t, false)
+	bad := json.RawMessage(`{"id":"tx-bad","merchantRef":"REF-\u0007","status":"pending","amount":1}`)
+	pages := 0
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		list := []json.RawMessage{}
+		if page, _ := strconv.Atoi(r.URL.Query().Get("page")); page <= 60 {
+			list = []json.RawMessage{bad}
+			pages++
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": list})
+	}))
+	defer api.Close()
+	client := sengo.NewClient(api.URL, apiKey, apiToken)
+	_, err := Reconcile(t.Context(), ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"main": client}, Window: 24 * time.Hour,
+		Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
+	if err == nil || pages < 480 {
+		t.Fatalf("err = %v after %d unreadable pages", err, pages)
+	}
+	if n := len(err.Error()); n > 4<<10 {
+		t.Errorf("the run's error is %d KiB for %d unreadable pages", n>>10, pages)
+	}
+	for _, line := range strings.Split(h.logs.String(), "\n") {
+		if len(line) > 8<<10 {
+			t.Errorf("a log line of %d KiB: %.200s", len(line)>>10, line)
+		}
+	}
+}

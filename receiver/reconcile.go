@@ -147,18 +147,31 @@ func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.Key
 
 // reconcileDay checks one project's transactions of one day, every status.
 func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, api Lister, project, date string, sum *ReconcileSummary, progress func(string, string, event.Status, ReconcileSummary)) error {
-	var unread error // transactions SenGo listed that could not be read: the day is reported, the rest still checked
+	// Transactions SenGo listed that could not be read: the day is
+	// reported (how many pages held them, and the first), the rest still
+	// checked. One error per page made a run's error and its log line
+	// hundreds of KiB.
+	var first error
+	var unreadPages int
+	unread := func() error {
+		if first == nil {
+			return nil
+		}
+		return fmt.Errorf("%d page(s) of %s %s listed transactions that could not be read, the first: %w", unreadPages, project, date, first)
+	}
 	for _, status := range event.Statuses {
 		for page := 1; page <= maxPages; page++ {
 			txs, err := api.ListTransactions(ctx, sengo.ListQuery{Page: page, Status: status, Date: date})
 			var bad *sengo.UnreadableError
 			if errors.As(err, &bad) {
-				unread = errors.Join(unread, fmt.Errorf("list %s %s %s page %d: %w", project, date, status, page, err))
+				if unreadPages++; first == nil {
+					first = fmt.Errorf("list %s %s %s page %d: %w", project, date, status, page, err)
+				}
 				if len(txs) == 0 {
 					continue // the page held only those: the next may hold more
 				}
 			} else if err != nil {
-				return errors.Join(unread, fmt.Errorf("list %s %s %s page %d: %w", project, date, status, page, err))
+				return errors.Join(unread(), fmt.Errorf("list %s %s %s page %d: %w", project, date, status, page, err))
 			}
 			if len(txs) == 0 {
 				break
@@ -189,7 +202,7 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 			}
 		}
 	}
-	return unread
+	return unread()
 }
 
 // isMissing reports whether the transaction's listed status would still
