@@ -1328,3 +1328,63 @@ func TestReconcileErrorsAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// A check that failed while SenGo answers others (a probe of a made-up id
+// tells) is quarantined at once, and the probe's answer stood for every
+// caller for 5 s: when SenGo stopped answering within 5 s of a probe that
+// worked, every genuine notification whose check timed out took that
+// answer for its own and was quarantined as failing alone, instead of
+// being retried as in an outage (published only by the recheck, or by
+// reconciliation past its schedule). A probe counts for a failed check
+// only if it started after that check did.
+func TestAnOutageRightAfterAProbeIsAnOutage(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var outage atomic.Bool
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, id, found := strings.Cut(r.URL.Path, "/check/"); found && (outage.Load() || strings.HasPrefix(id, "forged-hang-")) {
+			<-r.Context().Done() // never answered
+			return
+		}
+		sb.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { hs.Close(); sb.Close() })
+	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}, sengo.CheckTimeout(300*time.Millisecond))
+		ic.ConfirmAttempts = 1000
+	})
+	const genuine = 3
+	var bodies [][]byte
+	for i := range genuine {
+		tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: fmt.Sprint("INV-OUTAGE-", i), Amount: 5000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies = append(bodies, payCallback(t, sb, client, tx.ID))
+	}
+	// A check that hangs for its transaction alone: the probe answers, and
+	// it is quarantined.
+	forged := []byte(`{"id":"forged-hang-1","merchantRef":"FORGED-1","status":"success","amount":10000,"fee":0,"totalAmount":10000,"qris":{}}`)
+	if resp, got := h.post("/callbacks/sengo/main", forged); resp.StatusCode != 200 {
+		t.Fatalf("forged callback: %d %v", resp.StatusCode, got)
+	}
+	eventually(t, "the forged one quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
+	// SenGo stops answering at once, within the probe's 5 s.
+	outage.Store(true)
+	for _, b := range bodies {
+		if resp, got := h.post("/callbacks/sengo/main", b); resp.StatusCode != 200 {
+			t.Fatalf("genuine callback: %d %v", resp.StatusCode, got)
+		}
+	}
+	eventually(t, "each genuine check timed out", func() bool {
+		return h.intakeCount("main", "retry")+h.intakeCount("main", "quarantined") >= genuine+1
+	})
+	if n := h.msgs(event.StreamQuarantine); n != 1 {
+		t.Fatalf("%d genuine notification(s) quarantined as failing alone during an outage", n-1)
+	}
+	outage.Store(false)
+	eventually(t, "the genuine ones published once SenGo answers again", func() bool { return h.msgs(event.StreamEvents) == genuine })
+}

@@ -55,7 +55,7 @@ type Confirmer interface {
 // rechecked), not retried as an outage holding one of intake's slots for
 // the inbox's retention.
 type CheckProber interface {
-	ChecksAnswered(ctx context.Context, project string) bool
+	ChecksAnswered(ctx context.Context, project string, since time.Time) bool
 }
 
 // IntakeConfig configures the intake workers.
@@ -248,8 +248,9 @@ type result struct {
 	wait bool
 	// checkFailed: err is SenGo's API failing this notification's check
 	// (an error, a timeout), not an answer; checkTimedOut: no answer in
-	// time.
+	// time; checkAt: when that check started.
 	checkFailed, checkTimedOut bool
+	checkAt                    time.Time
 	// setAside: quarantine now, whatever the attempt.
 	setAside bool
 	// clear removes the events this notification published from its
@@ -315,7 +316,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 	// check of a made-up id) is unconfirmed: after confirm_attempts tries,
 	// or at once when SenGo did not answer it in time, since each such try
 	// holds a worker for the whole check timeout.
-	if r.checkFailed && (r.checkTimedOut || int(attempt) >= max(in.cfg.ConfirmAttempts, 1)) && in.checksAnswered(ctx, r.project) {
+	if r.checkFailed && (r.checkTimedOut || int(attempt) >= max(in.cfg.ConfirmAttempts, 1)) && in.checksAnswered(ctx, r.project, r.checkAt) {
 		r.err = fmt.Errorf("%w: SenGo's API failed this transaction's check (attempt %d) while it answers others: %v", sengo.ErrUnconfirmed, attempt, r.err)
 		r.setAside = true
 		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "failing_alone").Inc()
@@ -385,14 +386,14 @@ const probeTimeout = 5 * time.Second
 
 // checksAnswered reports whether SenGo's API answers project's checks (the
 // Confirmer's CheckProber); false when it cannot tell.
-func (in *Intake) checksAnswered(ctx context.Context, project string) bool {
+func (in *Intake) checksAnswered(ctx context.Context, project string, since time.Time) bool {
 	p, ok := in.cfg.Confirmer.(CheckProber)
 	if !ok {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	return p.ChecksAnswered(ctx, project)
+	return p.ChecksAnswered(ctx, project, since)
 }
 
 // settled forgets the waits counted for inbox message seq: it is done.
@@ -628,6 +629,7 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 	confirmed, note := false, ""
 	if in.cfg.Confirmer != nil {
 		cctx, cspan := tracing.Tracer().Start(ctx, "sengo.confirm", trace.WithSpanKind(trace.SpanKindClient))
+		r.checkAt = time.Now()
 		got, ok, err := in.cfg.Confirmer.Confirm(cctx, project, tx)
 		cspan.SetAttributes(attribute.Bool("sengo.confirmed", ok && err == nil))
 		if ok && err == nil && got.Status != tx.Status {

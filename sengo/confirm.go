@@ -71,9 +71,10 @@ func NewConfirmer(clients map[string]*Client, opts ...ConfirmerOption) *Confirme
 
 // probe is the last answer to whether a project's checks work.
 type probe struct {
-	turn chan struct{} // one probe of the project at a time
-	at   time.Time
-	ok   bool
+	turn    chan struct{} // one probe of the project at a time
+	started time.Time     // when the last probe was sent
+	at      time.Time     // and answered
+	ok      bool
 }
 
 // probeFresh is how long one probe's answer stands for every caller.
@@ -84,8 +85,12 @@ const probeFresh = 5 * time.Second
 // TRANSACTION_NOT_FOUND (or refuses it as malformed) while its checks
 // work. A check that failed for one transaction while this holds failed
 // for that transaction alone, not in an outage. One probe per project at a
-// time; its answer stands for probeFresh.
-func (c *Confirmer) ChecksAnswered(ctx context.Context, project string) bool {
+// time; its answer stands for probeFresh, for the checks that failed
+// before it was sent (since: when the caller's check started). One sent
+// before the check began tells nothing of it: SenGo may have stopped
+// answering in between, and every check of an outage's first seconds
+// was taken for one failing alone.
+func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since time.Time) bool {
 	client, p := c.clients[project], c.probes[project]
 	if client == nil {
 		return false
@@ -96,15 +101,16 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string) bool {
 		return false
 	}
 	defer func() { <-p.turn }()
-	if time.Since(p.at) < probeFresh {
+	if time.Since(p.at) < probeFresh && !p.started.Before(since) {
 		return p.ok
 	}
+	started := time.Now()
 	_, err := client.check(ctx, "sengo-relay-probe-"+rand.Text(), false, 1)
 	if ctx.Err() != nil {
 		return false // the caller's time ran out: nothing learnt
 	}
 	var apiErr *APIError
-	p.at, p.ok = time.Now(), err == nil || errors.Is(err, ErrTransactionNotFound) || errors.As(err, &apiErr) && apiErr.refusesCheck()
+	p.started, p.at, p.ok = started, time.Now(), err == nil || errors.Is(err, ErrTransactionNotFound) || errors.As(err, &apiErr) && apiErr.refusesCheck()
 	return p.ok
 }
 
