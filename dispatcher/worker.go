@@ -108,6 +108,39 @@ type Worker struct {
 	// expiry guard reads the age of the first event the endpoint has not
 	// been given.
 	events, replays jetstream.Stream
+	// unrecorded are the redriven copies this worker delivered whose
+	// record it could not store (by attempt key), until they are settled:
+	// a copy retried for its dead letter's removal finds no record saying
+	// delivered, and would be posted again at each retry.
+	unrecordedMu sync.Mutex
+	unrecorded   map[string]bool
+}
+
+// maxUnrecorded bounds Worker.unrecorded; past it, it starts again (those
+// forgotten are posted again: at least once).
+const maxUnrecorded = 10_000
+
+// delivered remembers (done) or forgets redriven copy key as delivered
+// without its record.
+func (w *Worker) delivered(key string, done bool) {
+	w.unrecordedMu.Lock()
+	defer w.unrecordedMu.Unlock()
+	switch {
+	case !done:
+		delete(w.unrecorded, key)
+	case w.unrecorded == nil || len(w.unrecorded) >= maxUnrecorded:
+		w.unrecorded = map[string]bool{key: true}
+	default:
+		w.unrecorded[key] = true
+	}
+}
+
+// deliveredUnrecorded reports whether redriven copy key was delivered by
+// this worker without its record.
+func (w *Worker) deliveredUnrecorded(key string) bool {
+	w.unrecordedMu.Lock()
+	defer w.unrecordedMu.Unlock()
+	return w.unrecorded[key]
 }
 
 // NewWorker creates or updates the endpoint's durable consumers. The
@@ -698,6 +731,9 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 	// consumers deduplicate on webhook-id.)
 	if meta.NumDelivered > 1 {
 		rec, _, err = w.store.get(ctx, key)
+		if err == nil && !rec.Done && replayed && w.deliveredUnrecorded(key) {
+			rec.Done = true
+		}
 	}
 	if err != nil {
 		w.breaker.release(probe)
@@ -716,6 +752,9 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		// copy's dead letter could not be removed then.
 		if replayed && !w.settleRedriven(ctx, msg, ev.ID) {
 			return
+		}
+		if replayed {
+			w.delivered(key, false)
 		}
 		_ = msg.Ack()
 		return
@@ -798,6 +837,9 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 				return
 			} else if err != nil {
 				log().Warn().Err(err).Msg("mark delivered")
+				if redriven {
+					w.delivered(key, true) // retried for its dead letter's removal alone, not posted again
+				}
 			} else if err := w.durable(ctx); err != nil && w.ep.Ordered {
 				log().Warn().Err(err).Msg("delivered, but the record that releases the next status is not known durable; retrying")
 				w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "record_failed").Inc()
@@ -809,6 +851,9 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		log().Info().Msg("delivered")
 		if replayed && !w.settleRedriven(ctx, msg, ev.ID) {
 			return
+		}
+		if redriven {
+			w.delivered(key, false)
 		}
 		_ = msg.Ack()
 	case actRetry:

@@ -536,6 +536,33 @@ func TestRedrivenCopyIsRetriedUntilItsDeadLetterIsRemoved(t *testing.T) {
 	}
 }
 
+// The same, while the store also refuses the copy's record: the
+// redelivery found no record saying delivered and posted the event again,
+// every 5 s for as long as both failed. The worker remembers the copies
+// it delivered whose record it could not store.
+func TestRedrivenCopyIsNotPostedAgainWhenItsRecordIsRefusedToo(t *testing.T) {
+	old := deadLetterRetry
+	deadLetterRetry = 50 * time.Millisecond
+	t.Cleanup(func() { deadLetterRetry = old })
+	h := newHarness(t)
+	c := newConsumer(t, status(http.StatusGone))
+	w := h.start(h.endpoint("orders", c.URL))
+	h.publish("tx-keep", event.StatusSuccess, "")
+	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	h.reconfigure(event.StreamDLQ, func(cfg *jetstream.StreamConfig) { cfg.DenyDelete = true })
+	natstest.RefuseWrites(t, h.js, "KV_"+event.BucketDelivery)
+	entries, _ := ListDLQ(t.Context(), h.js, DLQFilter{})
+	if n, err := Redrive(t.Context(), h.js, entries); n != 1 {
+		t.Fatalf("redrive %d %v, want 1 queued", n, err)
+	}
+	eventually(t, "the copy retried for its dead letter's removal", func() bool {
+		return strings.Count(h.logs.String(), "its dead letter could not be removed, retrying") >= 4
+	})
+	if got := len(c.got()); got != 2 {
+		t.Fatalf("%d posts, want 2: the 410 and the redriven copy once", got)
+	}
+}
+
 // reconfigure changes stream name's configuration with change and returns
 // the stream.
 func (h *harness) reconfigure(name string, change func(*jetstream.StreamConfig)) jetstream.Stream {
