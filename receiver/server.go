@@ -2,6 +2,7 @@ package receiver
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -92,6 +93,23 @@ type Config struct {
 // error means those writes may not survive a power loss.
 type Durability interface {
 	Sync(ctx context.Context) error
+}
+
+// HeaderRoom is what a notification's headers may take beside its body
+// in a store message: the inbox's (project, source, request id, trace),
+// and its quarantine copy's (the reason, SenGo's own object of up to
+// 16 KiB).
+const HeaderRoom = 64 << 10
+
+// CheckBodyLimit refuses a body limit (http.max_body_bytes) that leaves the
+// headers no room within the store's max_payload: a callback near it could
+// not be stored (503 at each of SenGo's tries), or, stored, not quarantined
+// (retried until the inbox dropped it).
+func CheckBodyLimit(maxBody, maxPayload int64) error {
+	if maxBody+HeaderRoom > maxPayload {
+		return fmt.Errorf("http.max_body_bytes: %d leaves no room for a notification's headers within the store's max_payload (%d bytes): set it to at most %d", maxBody, maxPayload, maxPayload-HeaderRoom)
+	}
+	return nil
 }
 
 // New returns the Echo application: the callback routes, /healthz,

@@ -699,3 +699,41 @@ func TestCheckConfigWarnsOfMemoryStorage(t *testing.T) {
 		t.Errorf("check-config does not warn of memory storage:\n%s", out.String())
 	}
 }
+
+// http.max_body_bytes may be up to 16 MiB, and the store takes messages of
+// its max_payload at most (the embedded one 8 MiB, a NATS server's 1 MiB by
+// default): a callback near the limit could not be stored (503 at every
+// try of SenGo's), and one that could, with its headers, not quarantined,
+// so that it was retried until the inbox dropped it. serve refuses to start
+// when the limit leaves the headers no room within the store's max_payload.
+func TestServeRefusesABodyLimitTheStoreCannotHold(t *testing.T) {
+	for _, kv := range relayEnv(t.TempDir(), "SENGO_RELAY_HTTP_MAX_BODY_BYTES=16777216") {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	pr, pw := io.Pipe()
+	logs := watchLogs(pr)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--config", checkedInConfig}, pw, io.Discard)
+		pw.Close()
+	}()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "http.max_body_bytes") || !strings.Contains(err.Error(), "max_payload") {
+				t.Fatalf("serve: %v, want http.max_body_bytes refused for the store's max_payload", err)
+			}
+			return
+		case <-logs.seen:
+			if strings.Contains(logs.text(), `"http listening"`) {
+				t.Fatal("serve started with a body limit over the store's max_payload")
+			}
+		case <-deadline:
+			t.Fatal("serve neither started nor refused within 30s")
+		}
+	}
+}

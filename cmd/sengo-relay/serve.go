@@ -83,6 +83,9 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 	defer shutdownNATS()
+	if err := receiver.CheckBodyLimit(cfg.HTTP.MaxBodyBytes, conns.callbacks.MaxPayload()); err != nil {
+		return err
+	}
 	// Callbacks publish on a connection of their own: behind intake's and
 	// the dispatcher's traffic on a shared one, a callback's publish and
 	// PubAck would queue (BENCHMARKS.md).
