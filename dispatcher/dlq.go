@@ -2,6 +2,8 @@ package dispatcher
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -219,7 +221,7 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 				return n, err
 			}
 		}
-		if waits, err := copies.waiting(ctx, e.Seq); err != nil {
+		if waits, err := copies.waiting(ctx, e); err != nil {
 			return n, err
 		} else if waits {
 			continue // its copy from an earlier redrive is still stored: not sent twice
@@ -230,7 +232,7 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 			event.HeaderEventID: []string{e.EventID},
 			HeaderRedriveOf:     []string{strconv.FormatUint(e.Seq, 10)},
 		}}
-		ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("redrive."+strconv.FormatUint(e.Seq, 10)), jetstream.WithExpectStream(event.StreamReplay))
+		ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(redriveMsgID(e)), jetstream.WithExpectStream(event.StreamReplay))
 		if err != nil {
 			return n, fmt.Errorf("redrive %d: %w", e.Seq, err)
 		}
@@ -270,30 +272,43 @@ func openRedriveCopies(ctx context.Context, js jetstream.JetStream) (*redriveCop
 	return &redriveCopies{kv: kv, replay: replay}, nil
 }
 
+// redriveMsgID is the message id of dead letter d's redriven copy: its
+// sequence and its event's (a SENGO_DLQ made anew starts its sequences
+// again, and another dead letter's copy of the same sequence must not be
+// taken for its own).
+func redriveMsgID(d DLQEntry) string {
+	sum := sha256.Sum256([]byte(d.EventID))
+	return "redrive." + strconv.FormatUint(d.Seq, 10) + "." + hex.EncodeToString(sum[:8])
+}
+
 // redriveKey records the SENGO_REPLAY sequence of dead letter seq's
 // redriven copy (no endpoint name starts with "_").
 func redriveKey(seq uint64) string { return "_redrive." + strconv.FormatUint(seq, 10) }
 
-// waiting reports whether dead letter seq's copy from an earlier redrive
-// is still stored.
-func (r *redriveCopies) waiting(ctx context.Context, seq uint64) (bool, error) {
-	e, err := r.kv.Get(ctx, redriveKey(seq))
+// waiting reports whether dead letter d's copy from an earlier redrive is
+// still stored: the message its record names is a copy of d (a record
+// left from a SENGO_DLQ made anew, whose sequences started again, names
+// another's).
+func (r *redriveCopies) waiting(ctx context.Context, d DLQEntry) (bool, error) {
+	e, err := r.kv.Get(ctx, redriveKey(d.Seq))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("read %s: %w", redriveKey(seq), err)
+		return false, fmt.Errorf("read %s: %w", redriveKey(d.Seq), err)
 	}
 	at, err := strconv.ParseUint(string(e.Value()), 10, 64)
 	if err != nil || at == 0 {
 		return false, nil // not a record of ours: the dead letter is redriven
 	}
-	if _, err := r.replay.GetMsg(ctx, at); errors.Is(err, jetstream.ErrMsgNotFound) {
+	m, err := r.replay.GetMsg(ctx, at)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return false, nil // gone (aged out, purged): the dead letter is all there is
 	} else if err != nil {
-		return false, fmt.Errorf("look up copy %d of dead letter %d: %w", at, seq, err)
+		return false, fmt.Errorf("look up copy %d of dead letter %d: %w", at, d.Seq, err)
 	}
-	return true, nil
+	return m.Header.Get(HeaderRedriveOf) == strconv.FormatUint(d.Seq, 10) && m.Header.Get(event.HeaderEventID) == d.EventID &&
+		m.Subject == event.ReplaySubject(d.Endpoint), nil
 }
 
 // record names copySeq as dead letter seq's redriven copy. Not stored, a

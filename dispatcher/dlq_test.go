@@ -466,3 +466,45 @@ func TestARedriveAfterTheDuplicateWindowQueuesNoSecondCopy(t *testing.T) {
 		t.Fatalf("%d copies of one dead letter queued", copies)
 	}
 }
+
+// The record of a redrive names its dead letter by sequence: one left from
+// a SENGO_DLQ made anew (deleted by hand and provisioned again), whose
+// sequences start again, named another dead letter's copy, and the new
+// dead letter of that sequence was never redriven while that copy waited.
+// A copy counts only if it is the dead letter's own.
+func TestARedriveRecordOfAnotherDeadLetterIsIgnored(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
+		if n <= 2 {
+			w.WriteHeader(http.StatusGone) // the two events' first attempts
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	h.start(h.endpoint("orders", c.URL, time.Hour))
+	h.publish("tx-a", event.StatusSuccess, "")
+	eventually(t, "tx-a dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
+	first, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
+	if err != nil || len(first) != 1 {
+		t.Fatalf("%d dead letters (%v)", len(first), err)
+	}
+	if n, err := Redrive(t.Context(), h.js, first); err != nil || n != 1 {
+		t.Fatalf("redrive of tx-a: %d (%v)", n, err)
+	}
+	// SENGO_DLQ made anew: its sequences start again.
+	if err := h.js.DeleteStream(t.Context(), event.StreamDLQ); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Provision(t.Context(), h.js, testSpec()); err != nil {
+		t.Fatal(err)
+	}
+	h.publish("tx-b", event.StatusSuccess, "")
+	eventually(t, "tx-b dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
+	second, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
+	if err != nil || len(second) != 1 || second[0].Seq != first[0].Seq || second[0].TransactionID != "tx-b" {
+		t.Fatalf("dead letters after the new stream: %+v (%v)", second, err)
+	}
+	if n, err := Redrive(t.Context(), h.js, second); err != nil || n != 1 {
+		t.Fatalf("redrive of tx-b, whose sequence an old record names: %d (%v), want 1", n, err)
+	}
+}
