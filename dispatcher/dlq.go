@@ -221,9 +221,9 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 				return n, err
 			}
 		}
-		if waits, err := copies.waiting(ctx, e); err != nil {
+		if waits, err := copies.of(ctx, e); err != nil {
 			return n, err
-		} else if waits {
+		} else if waits > 0 {
 			continue // its copy from an earlier redrive is still stored: not sent twice
 		}
 		msg := &nats.Msg{Subject: event.ReplaySubject(e.Endpoint), Data: e.Event, Header: nats.Header{
@@ -285,30 +285,33 @@ func redriveMsgID(d DLQEntry) string {
 // redriven copy (no endpoint name starts with "_").
 func redriveKey(seq uint64) string { return "_redrive." + strconv.FormatUint(seq, 10) }
 
-// waiting reports whether dead letter d's copy from an earlier redrive is
-// still stored: the message its record names is a copy of d (a record
-// left from a SENGO_DLQ made anew, whose sequences started again, names
-// another's).
-func (r *redriveCopies) waiting(ctx context.Context, d DLQEntry) (bool, error) {
+// of is the SENGO_REPLAY sequence of dead letter d's copy from an
+// earlier redrive while it is still stored (0: none): the message its
+// record names, if it is a copy of d (a record left from a SENGO_DLQ made
+// anew, whose sequences started again, names another's).
+func (r *redriveCopies) of(ctx context.Context, d DLQEntry) (uint64, error) {
 	e, err := r.kv.Get(ctx, redriveKey(d.Seq))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return false, nil
+		return 0, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("read %s: %w", redriveKey(d.Seq), err)
+		return 0, fmt.Errorf("read %s: %w", redriveKey(d.Seq), err)
 	}
 	at, err := strconv.ParseUint(string(e.Value()), 10, 64)
 	if err != nil || at == 0 {
-		return false, nil // not a record of ours: the dead letter is redriven
+		return 0, nil // not a record of ours: the dead letter is redriven
 	}
 	m, err := r.replay.GetMsg(ctx, at)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return false, nil // gone (aged out, purged): the dead letter is all there is
+		return 0, nil // gone (aged out, purged): the dead letter is all there is
 	} else if err != nil {
-		return false, fmt.Errorf("look up copy %d of dead letter %d: %w", at, d.Seq, err)
+		return 0, fmt.Errorf("look up copy %d of dead letter %d: %w", at, d.Seq, err)
 	}
-	return m.Header.Get(HeaderRedriveOf) == strconv.FormatUint(d.Seq, 10) && m.Header.Get(event.HeaderEventID) == d.EventID &&
-		m.Subject == event.ReplaySubject(d.Endpoint), nil
+	if m.Header.Get(HeaderRedriveOf) != strconv.FormatUint(d.Seq, 10) || m.Header.Get(event.HeaderEventID) != d.EventID ||
+		m.Subject != event.ReplaySubject(d.Endpoint) {
+		return 0, nil
+	}
+	return at, nil
 }
 
 // record names copySeq as dead letter seq's redriven copy. Not stored, a
@@ -364,14 +367,27 @@ func removeRedriven(ctx context.Context, js jetstream.JetStream, msg jetstream.M
 	return nil
 }
 
-// Purge deletes the given dead letters for good.
+// Purge deletes the given dead letters for good, and the redriven copy of
+// each that still waits for its retries: purged, its event is not posted
+// later after all (nor dead-lettered again).
 func Purge(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int, error) {
 	s, err := js.Stream(ctx, event.StreamDLQ)
 	if err != nil {
 		return 0, err
 	}
+	copies, err := openRedriveCopies(ctx, js)
+	if err != nil {
+		return 0, err
+	}
 	n := 0
 	for _, e := range entries {
+		if at, err := copies.of(ctx, e); err != nil {
+			return n, fmt.Errorf("purge %d: %w", e.Seq, err)
+		} else if at > 0 {
+			if _, err := stream.Delete(ctx, copies.replay, at); err != nil {
+				return n, fmt.Errorf("purge %d: its redriven copy %d: %w", e.Seq, at, err)
+			}
+		}
 		deleted, err := stream.Delete(ctx, s, e.Seq)
 		if err != nil {
 			return n, fmt.Errorf("purge %d: %w", e.Seq, err)

@@ -432,7 +432,7 @@ func TestARedriveAfterTheDuplicateWindowQueuesNoSecondCopy(t *testing.T) {
 		}
 		w.WriteHeader(http.StatusServiceUnavailable)
 	})
-	h.start(h.endpoint("orders", c.URL, time.Hour))
+	h.start(h.endpoint("orders", c.URL, 10*time.Minute)) // within SENGO_REPLAY's hour: the copy waits
 	h.publish("tx-r", event.StatusSuccess, "")
 	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
 	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
@@ -475,13 +475,13 @@ func TestARedriveAfterTheDuplicateWindowQueuesNoSecondCopy(t *testing.T) {
 func TestARedriveRecordOfAnotherDeadLetterIsIgnored(t *testing.T) {
 	h := newHarness(t)
 	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
-		if n <= 2 {
-			w.WriteHeader(http.StatusGone) // the two events' first attempts
+		if n == 2 {
+			w.WriteHeader(http.StatusServiceUnavailable) // tx-a's copy waits
 			return
 		}
-		w.WriteHeader(http.StatusServiceUnavailable)
+		w.WriteHeader(http.StatusGone) // the two events' first attempts
 	})
-	h.start(h.endpoint("orders", c.URL, time.Hour))
+	h.start(h.endpoint("orders", c.URL, 10*time.Minute)) // within SENGO_REPLAY's hour: the copy waits
 	h.publish("tx-a", event.StatusSuccess, "")
 	eventually(t, "tx-a dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
 	first, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
@@ -506,5 +506,38 @@ func TestARedriveRecordOfAnotherDeadLetterIsIgnored(t *testing.T) {
 	}
 	if n, err := Redrive(t.Context(), h.js, second); err != nil || n != 1 {
 		t.Fatalf("redrive of tx-b, whose sequence an old record names: %d (%v), want 1", n, err)
+	}
+}
+
+// A purge deleted the dead letter and left its redriven copy waiting for
+// its retries: the event the operator purged "for good" was posted later
+// all the same, or, dead again, listed again. The copy goes with it.
+func TestAPurgeTakesTheWaitingCopyWithIt(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
+		if n == 1 {
+			w.WriteHeader(http.StatusGone)
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	h.start(h.endpoint("orders", c.URL, 10*time.Minute)) // within SENGO_REPLAY's hour: the copy waits
+	h.publish("tx-p", event.StatusSuccess, "")
+	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
+	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("%d dead letters (%v)", len(entries), err)
+	}
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
+		t.Fatalf("redrive: %d (%v)", n, err)
+	}
+	eventually(t, "the copy's first attempt failed", func() bool { return len(c.got()) == 2 })
+	if n, err := Purge(t.Context(), h.js, entries); err != nil || n != 1 {
+		t.Fatalf("purge: %d (%v)", n, err)
+	}
+	for _, m := range natstest.Messages(t, h.js, event.StreamReplay) {
+		if m.Subject == event.ReplaySubject("orders") {
+			t.Fatalf("the redriven copy of a purged dead letter still waits (#%d)", m.Sequence)
+		}
 	}
 }
