@@ -541,3 +541,38 @@ func TestAPurgeTakesTheWaitingCopyWithIt(t *testing.T) {
 		}
 	}
 }
+
+// A replay to an endpoint no relay delivers any more (removed from the
+// relays' configuration and retired: its consumer is gone, or being
+// retired) reported its copies queued, and they waited where nothing read
+// them until SENGO_REPLAY dropped them, with no dead letter. It is refused,
+// as a redrive to such an endpoint is.
+func TestAReplayToAnEndpointNoRelayDeliversIsRefused(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("crm", c.URL)
+	_, stop := h.runWorker(ep)
+	stop()
+	h.publish("tx-1", event.StatusSuccess, "")
+	for _, retire := range []func(){
+		func() { // being retired
+			if _, err := mustKV(t, h).Put(t.Context(), retireKey(event.StreamReplay, ConsumerName("crm")), []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+		},
+		func() { // retired
+			if err := h.js.DeleteConsumer(t.Context(), event.StreamReplay, ConsumerName("crm")); err != nil {
+				t.Fatal(err)
+			}
+		},
+	} {
+		retire()
+		_, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"crm"}}, nil)
+		if err == nil || !strings.Contains(err.Error(), "crm") {
+			t.Fatalf("replay to a retired endpoint: %v, want it refused", err)
+		}
+		if n := len(natstest.Messages(t, h.js, event.StreamReplay)); n != 0 {
+			t.Fatalf("%d copies queued where no relay reads them", n)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
@@ -179,6 +180,11 @@ func TestAReplayGoesOnPastAnEventItCannotCopy(t *testing.T) {
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
+	// A relay delivers orders (its consumers exist), not running here: the
+	// copies stay to be read.
+	if _, err := NewWorker(context.Background(), WorkerConfig{Endpoint: ep, JetStream: h.js, Metrics: h.metrics, Logger: zerolog.New(h.logs)}); err != nil {
+		t.Fatal(err)
+	}
 	since := time.Now()
 	huge := h.publish("huge", event.StatusSuccess, "") // a template, replayed too
 	huge.ID = strings.Repeat("a", 400<<10)

@@ -94,6 +94,16 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 	if len(targets) == 0 {
 		return ReplayProgress{}, fmt.Errorf("no endpoint to replay to")
 	}
+	// As a redrive: copies for an endpoint no relay delivers (retired, or
+	// being retired) would wait where nothing reads them until
+	// SENGO_REPLAY dropped them, with no dead letter.
+	for _, ep := range targets {
+		if ok, err := redrivable(ctx, js, ep.Name); err != nil {
+			return ReplayProgress{}, err
+		} else if !ok {
+			return ReplayProgress{}, fmt.Errorf("endpoint %q: no relay delivers it (its consumer on %s is gone or being retired); a relay that has it configured must run first", ep.Name, event.StreamReplay)
+		}
+	}
 	until := req.Until
 	if until.IsZero() {
 		until = time.Now()

@@ -71,6 +71,13 @@ func provisionServer(t *testing.T) (*natstest.Server, jetstream.JetStream) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A relay delivers orders (not running here): its consumer on
+	// SENGO_REPLAY is what a replay or redrive to it looks for.
+	if _, err := js.CreateOrUpdateConsumer(context.Background(), event.StreamReplay, jetstream.ConsumerConfig{
+		Durable: dispatcher.ConsumerName("orders"), FilterSubject: event.ReplaySubject("orders"), AckPolicy: jetstream.AckExplicitPolicy,
+	}); err != nil {
+		t.Fatal(err)
+	}
 	return srv, js
 }
 
