@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -178,7 +177,7 @@ func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn *nats.Conn) (*na
 		}
 	}
 	gd := &guard{conn: conn, stream: a.Stream, protected: a.Protected,
-		admitted: make(chan struct{}, guardQueued), running: make(chan struct{}, guardInFlight)}
+		admitted: make(chan struct{}, guardQueued), running: make(chan struct{}, guardInFlight), creating: make(chan struct{}, 1)}
 	return conn.Subscribe(guardPrefix+".>", gd.handle)
 }
 
@@ -193,8 +192,10 @@ type guard struct {
 	// running, for each in flight.
 	admitted, running chan struct{}
 	// creating makes a creation's count of the subscriber's consumers and
-	// the creation one step.
-	creating sync.Mutex
+	// the creation one step (a place in it: one creation at a time). It is
+	// taken before a place in running: creations waiting for their turn
+	// hold none, and reads go on.
+	creating chan struct{}
 }
 
 const (
@@ -231,24 +232,32 @@ func (g *guard) handle(m *nats.Msg) {
 		defer func() { <-g.admitted }()
 		t := time.NewTimer(guardWait)
 		defer t.Stop()
+		busy := func() {
+			g.refuse(m, fmt.Errorf("%w: the subscriber's requests waited too long for their turn; retry", errBusy))
+		}
+		subj := "$JS.API" + strings.TrimPrefix(m.Subject, guardPrefix)
+		if creates(subj) {
+			select {
+			case g.creating <- struct{}{}:
+			case <-t.C:
+				busy()
+				return
+			}
+			defer func() { <-g.creating }()
+		}
 		select {
 		case g.running <- struct{}{}:
 		case <-t.C:
-			g.refuse(m, fmt.Errorf("%w: the subscriber's requests waited too long for their turn; retry", errBusy))
+			busy()
 			return
 		}
 		defer func() { <-g.running }()
-		g.pass(m)
+		g.pass(m, subj)
 	}()
 }
 
-// pass checks and forwards one request, and answers it.
-func (g *guard) pass(m *nats.Msg) {
-	subj := "$JS.API" + strings.TrimPrefix(m.Subject, guardPrefix)
-	if creates(subj) {
-		g.creating.Lock()
-		defer g.creating.Unlock()
-	}
+// pass checks and forwards one request (to subj), and answers it.
+func (g *guard) pass(m *nats.Msg, subj string) {
 	if err := g.check(subj, m.Data); err != nil {
 		g.refuse(m, err)
 		return
@@ -258,7 +267,11 @@ func (g *guard) pass(m *nats.Msg) {
 		g.refuse(m, fmt.Errorf("%w: the store did not answer", errUnavailable))
 		return
 	}
-	_ = m.RespondMsg(&nats.Msg{Header: resp.Header, Data: resp.Data})
+	if err := m.RespondMsg(&nats.Msg{Header: resp.Header, Data: resp.Data}); err != nil {
+		// Too large to pass on (a message get's answer carries the event
+		// in base64): refused, not left to time out.
+		g.refuse(m, fmt.Errorf("%w: the answer could not be passed on (%v); read large events with a direct get", errUnavailable, err))
+	}
 }
 
 // creates reports whether subj creates (or updates) a consumer.
@@ -313,17 +326,18 @@ func (g *guard) check(subj string, data []byte) error {
 	if ds := req.Config.DeliverSubject; ds != "" && !strings.HasPrefix(ds, SubscriberDeliverPrefix) {
 		return fmt.Errorf("%w: a push consumer delivers under %s only", errForbidden, SubscriberDeliverPrefix+">")
 	}
-	if toks[3] != "DELETE" {
-		return g.room(names)
+	if toks[3] != "DELETE" && len(toks) > at+1 {
+		return g.room(toks[at+1])
 	}
 	return nil
 }
 
-// room refuses to create a consumer (one named none of names: an update
-// is let through) once the subscriber has SubscriberMaxConsumers on the
-// stream. The relay's own (ReservedConsumerPrefix, ScanConsumerPrefix and
-// the protected names) are not the subscriber's.
-func (g *guard) room(names []string) error {
+// room refuses to create consumer name (the subject's: the server creates
+// that one, whatever the request's configuration names) once the
+// subscriber has SubscriberMaxConsumers on the stream; an update of one it
+// has is let through. The relay's own (ReservedConsumerPrefix,
+// ScanConsumerPrefix and the protected names) are not the subscriber's.
+func (g *guard) room(name string) error {
 	js, err := jetstream.New(g.conn)
 	if err != nil {
 		return err
@@ -337,7 +351,7 @@ func (g *guard) room(names []string) error {
 	theirs := 0
 	list := s.ConsumerNames(ctx)
 	for n := range list.Name() {
-		if n != "" && slices.Contains(names, n) {
+		if n == name {
 			return nil // an update of one it has
 		}
 		if !strings.HasPrefix(n, ReservedConsumerPrefix) && !strings.HasPrefix(n, ScanConsumerPrefix) && !slices.Contains(g.protected, n) {

@@ -404,6 +404,14 @@ func TestTheSubscriberCannotTakeEveryConsumer(t *testing.T) {
 	if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "s0", Description: "updated"}); err != nil {
 		t.Fatalf("an update of the subscriber's own at its limit: %v", err)
 	}
+	// The server creates the consumer the subject names, whatever name the
+	// request's configuration gives: naming one it has there is no update.
+	for _, api := range []string{"$JS.API.CONSUMER.CREATE.SENGO_EVENTS.sneak", "$JS.API.CONSUMER.DURABLE.CREATE.SENGO_EVENTS.sneak"} {
+		m, err := sub.Request(api, []byte(`{"stream_name":"SENGO_EVENTS","config":{"name":"s0","durable_name":"s0","ack_policy":"explicit"}}`), 10*time.Second)
+		if err != nil || !strings.Contains(string(m.Data), "too many consumers") {
+			t.Fatalf("%s naming s0 in its configuration: %v %s", api, err, fmt.Sprint(m))
+		}
+	}
 	// The relay's consumers are not counted as the subscriber's, and the
 	// relay still makes its own: an endpoint's, a scan's.
 	if _, err := rjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "webhook-new"}); err != nil {
@@ -418,5 +426,29 @@ func TestTheSubscriberCannotTakeEveryConsumer(t *testing.T) {
 	}
 	if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "one-more"}); err != nil {
 		t.Fatalf("a consumer in the room a deletion made: %v", err)
+	}
+}
+
+// A message get's answer carries the event in base64: for an event of
+// 7 MiB it is larger than the server's 8 MiB max_payload, and the relay,
+// which passes the subscriber's requests on, could not send it back: the
+// subscriber waited for its timeout. It is refused with why, at once.
+func TestALargeMessageGetIsRefusedNotLost(t *testing.T) {
+	e, rjs := startWithSubscriber(t, subscriberAuth())
+	ctx := t.Context()
+	if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rjs.Publish(ctx, "sengo.events.main.retail.success", make([]byte, 7<<20)); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	m, err := sub.Request("$JS.API.STREAM.MSG.GET.SENGO_EVENTS", []byte(`{"seq":1}`), 20*time.Second)
+	if err != nil || !strings.Contains(string(m.Data), "could not be passed on") {
+		t.Fatalf("a 7 MiB event's message get: %v %.200s", err, fmt.Sprint(m))
 	}
 }
