@@ -236,10 +236,11 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 		if err != nil {
 			return n, fmt.Errorf("redrive %d: %w", e.Seq, err)
 		}
-		if ack.Duplicate { // its copy from an earlier redrive still waits: not sent twice, not counted twice
-			continue
+		if !ack.Duplicate { // else its copy from an earlier redrive still waits: not sent twice, not counted twice
+			n++
 		}
-		n++
+		// A duplicate's answer names the copy queued before: recorded now
+		// if that redrive could not (or came before these records).
 		if err := copies.record(ctx, e.Seq, ack.Sequence); err != nil {
 			return n, err
 		}

@@ -576,3 +576,48 @@ func TestAReplayToAnEndpointNoRelayDeliversIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// A redrive that found its copy already queued (a duplicate the stream
+// dropped) did not record it: a copy queued by a redrive that could not
+// record it, or by a relay before these records, had none, and a redrive
+// after the duplicate window queued a second one. The duplicate's answer
+// names the copy, and it is recorded then.
+func TestADuplicateRedriveRecordsTheCopy(t *testing.T) {
+	h := newHarness(t)
+	h.reconfigure(event.StreamReplay, func(cfg *jetstream.StreamConfig) { cfg.Duplicates = 200 * time.Millisecond })
+	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
+		if n == 1 {
+			w.WriteHeader(http.StatusGone)
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	h.start(h.endpoint("orders", c.URL, 10*time.Minute)) // within SENGO_REPLAY's hour: the copy waits
+	h.publish("tx-d", event.StatusSuccess, "")
+	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
+	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("%d dead letters (%v)", len(entries), err)
+	}
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
+		t.Fatalf("first redrive: %d (%v)", n, err)
+	}
+	// Its record lost (not stored, or a copy from before records).
+	if err := mustKV(t, h).Delete(t.Context(), redriveKey(entries[0].Seq)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 0 {
+		t.Fatalf("redrive within the duplicate window: %d (%v), want 0", n, err)
+	}
+	probe := &nats.Msg{Subject: event.ReplaySubject("nobody"), Data: []byte("probe")}
+	if _, err := h.js.PublishMsg(t.Context(), probe, jetstream.WithMsgID("probe")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the duplicate window passed", func() bool {
+		ack, err := h.js.PublishMsg(t.Context(), probe, jetstream.WithMsgID("probe"))
+		return err == nil && !ack.Duplicate
+	})
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 0 {
+		t.Fatalf("redrive after the window while the copy waits: %d (%v), want 0", n, err)
+	}
+}
