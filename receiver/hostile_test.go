@@ -1388,3 +1388,64 @@ func TestAnOutageRightAfterAProbeIsAnOutage(t *testing.T) {
 	outage.Store(false)
 	eventually(t, "the genuine ones published once SenGo answers again", func() bool { return h.msgs(event.StreamEvents) == genuine })
 }
+
+// The same with the probe sent after a genuine check began but before
+// SenGo stopped answering: that check, failing in the outage, took the
+// probe's answer for its own and was quarantined. A probe counts only for
+// checks that had failed when it was sent.
+func TestAProbeSentBeforeACheckFailedDoesNotVouchForIt(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var outage atomic.Bool
+	var genuineID atomic.Value
+	genuineID.Store("")
+	var genuineAsked atomic.Int32
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, id, found := strings.Cut(r.URL.Path, "/check/"); found {
+			switch {
+			case strings.HasPrefix(id, "forged-500-"):
+				w.WriteHeader(http.StatusInternalServerError)
+				return
+			case outage.Load() || id == genuineID.Load():
+				if id == genuineID.Load() {
+					genuineAsked.Add(1)
+				}
+				<-r.Context().Done() // never answered
+				return
+			}
+		}
+		sb.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { hs.Close(); sb.Close() })
+	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}, sengo.CheckTimeout(2*time.Second))
+		ic.ConfirmAttempts = 1
+	})
+	tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "INV-IN-FLIGHT", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := payCallback(t, sb, client, tx.ID)
+	genuineID.Store(tx.ID)
+	if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
+		t.Fatalf("genuine callback: %d %v", resp.StatusCode, got)
+	}
+	eventually(t, "the genuine check in flight", func() bool { return genuineAsked.Load() == 1 })
+	// A check failing for its transaction alone: the probe, sent now,
+	// answers, and it is quarantined.
+	forged := []byte(`{"id":"forged-500-1","merchantRef":"FORGED-1","status":"success","amount":10000,"fee":0,"totalAmount":10000,"qris":{}}`)
+	if resp, got := h.post("/callbacks/sengo/main", forged); resp.StatusCode != 200 {
+		t.Fatalf("forged callback: %d %v", resp.StatusCode, got)
+	}
+	eventually(t, "the forged one quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
+	outage.Store(true) // before the genuine check times out
+	eventually(t, "the genuine check timed out and was settled", func() bool {
+		return h.intakeCount("main", "retry")+h.intakeCount("main", "quarantined") >= 2
+	})
+	if n := h.msgs(event.StreamQuarantine); n != 1 {
+		t.Fatalf("the genuine notification, whose check failed in the outage, was quarantined as failing alone")
+	}
+}

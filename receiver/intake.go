@@ -248,7 +248,7 @@ type result struct {
 	wait bool
 	// checkFailed: err is SenGo's API failing this notification's check
 	// (an error, a timeout), not an answer; checkTimedOut: no answer in
-	// time; checkAt: when that check started.
+	// time; checkAt: when that check ended (failed).
 	checkFailed, checkTimedOut bool
 	checkAt                    time.Time
 	// setAside: quarantine now, whatever the attempt.
@@ -629,8 +629,8 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 	confirmed, note := false, ""
 	if in.cfg.Confirmer != nil {
 		cctx, cspan := tracing.Tracer().Start(ctx, "sengo.confirm", trace.WithSpanKind(trace.SpanKindClient))
-		r.checkAt = time.Now()
 		got, ok, err := in.cfg.Confirmer.Confirm(cctx, project, tx)
+		r.checkAt = time.Now()
 		cspan.SetAttributes(attribute.Bool("sengo.confirmed", ok && err == nil))
 		if ok && err == nil && got.Status != tx.Status {
 			cspan.SetAttributes(attribute.String("sengo.api_status", string(got.Status)))

@@ -85,11 +85,11 @@ const probeFresh = 5 * time.Second
 // TRANSACTION_NOT_FOUND (or refuses it as malformed) while its checks
 // work. A check that failed for one transaction while this holds failed
 // for that transaction alone, not in an outage. One probe per project at a
-// time; its answer stands for probeFresh, for the checks that failed
-// before it was sent (since: when the caller's check started). One sent
-// before the check began tells nothing of it: SenGo may have stopped
-// answering in between, and every check of an outage's first seconds
-// was taken for one failing alone.
+// time; its answer stands for probeFresh, for the checks that had failed
+// when it was sent (since: when the caller's check failed). One sent
+// before tells nothing of it: SenGo may have stopped answering in
+// between, and every check failing in an outage's first seconds was taken
+// for one failing alone.
 func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since time.Time) bool {
 	client, p := c.clients[project], c.probes[project]
 	if client == nil {
