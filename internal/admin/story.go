@@ -505,9 +505,14 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 		})
 	})
 	g.Go(func() (err error) {
-		tl.DeadLetters, err = dispatcher.ListDLQ(gctx, s.reader(), dispatcher.DLQFilter{Project: project, TransactionID: id, Limit: maxTimeline + 1})
+		// Each carries its event whole: read up to the story's bound on
+		// bodies (and one more), not 200 of them.
+		f := dispatcher.DLQFilter{Project: project, TransactionID: id, Limit: maxTimeline + 1, MaxBytes: maxStoryBodies}
+		tl.DeadLetters, err = dispatcher.ListDLQ(gctx, s.reader(), f)
 		if len(tl.DeadLetters) > maxTimeline {
 			tl.DeadLetters, moreD = tl.DeadLetters[:maxTimeline], true
+		} else if f.Full(tl.DeadLetters) {
+			moreD = true // maybe: the read stopped at its bound
 		}
 		return err
 	})
@@ -591,6 +596,17 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 		q.Notification, q.NotificationTruncated = budget.fit(q.Notification, q.NotificationTruncated)
 		if q.SenGo != nil {
 			q.SenGo, q.SenGoTruncated = budget.fit(q.SenGo, q.SenGoTruncated)
+		}
+	}
+	for i := range tl.DeadLetters {
+		// An excerpt as a body's (dlq show has it whole), with its size.
+		d := &tl.DeadLetters[i]
+		if d.EventTruncated {
+			continue // kept as an excerpt already
+		}
+		shown, cut := excerpt(d.Event, maxExcerpt)
+		if shown, cut = budget.fit(shown, cut); cut {
+			d.Event, d.EventTruncated, d.EventBytes = shown, true, len(d.Event)
 		}
 	}
 	if unknown {

@@ -374,3 +374,44 @@ func TestStoryDeadLettersAreBounded(t *testing.T) {
 		t.Errorf("a story of %d dead letters holds %d, truncated %v; want %d and truncated", maxTimeline+3, len(tl.DeadLetters), tl.Truncated, maxTimeline)
 	}
 }
+
+// The dead letters of a story were bounded in number (200) but not in
+// size: each carries its event whole, SenGo's object included (up to
+// http.max_body_bytes), so a transaction dead-lettered again and again
+// (replays to an endpoint that answers 410) made one story request hold
+// and send 200 events: 12 MiB at 60 KiB each, gigabytes at the largest
+// settings. Their events share the story's bound on bodies; one left out
+// says so (eventTruncated, eventBytes), and `dlq show` has it whole.
+func TestStoryDeadLettersAreBoundedInBytes(t *testing.T) {
+	hs, js := newServer(t)
+	body := fmt.Appendf(nil, `{"responseCode":200,"responseMessage":"success","responseData":{"id":"D2","merchantRef":"REF-D2","status":"success","feePayer":"customer","amount":10000,"fee":85,"totalAmount":10085,"expiredDate":"2025-03-23T10:24:58+07:00","paidDate":"2025-03-23T10:05:12+07:00","retail":{"viewName":"M","channel":"alfamart","paymentCode":"123"}}}`)
+	if _, err := js.PublishMsg(context.Background(), &nats.Msg{Subject: event.InboxTxSubject("main", "D2"), Data: body, Header: nats.Header{
+		event.HeaderProject: []string{"main"}}}); err != nil {
+		t.Fatal(err)
+	}
+	ev := []byte(`{"specversion":"1.0","id":"evt_d2","source":"sengo/main","data":{"transactionId":"D2","merchantRef":"REF-D2","raw":{"pad":"` + strings.Repeat("x", 60<<10) + `"}}}`)
+	for range maxTimeline {
+		storeDLQFor(t, js, "orders", "D2", ev)
+	}
+	code, got := call(t, hs, http.MethodGet, "/admin/transactions/main/D2", "", token)
+	if code != 200 {
+		t.Fatalf("story: %d %.300s", code, got)
+	}
+	if len(got) > maxStoryBodies+1<<20 {
+		t.Fatalf("a story of %d dead letters of 60 KiB is %d KiB", maxTimeline, len(got)>>10)
+	}
+	var tl struct {
+		DeadLetters []dispatcher.DLQEntry `json:"deadLetters"`
+		Truncated   bool                  `json:"truncated"`
+	}
+	if err := json.Unmarshal([]byte(got), &tl); err != nil {
+		t.Fatal(err)
+	}
+	if len(tl.DeadLetters) == 0 || !tl.Truncated {
+		t.Fatalf("%d dead letters shown, truncated %v", len(tl.DeadLetters), tl.Truncated)
+	}
+	last := tl.DeadLetters[len(tl.DeadLetters)-1]
+	if !last.EventTruncated || last.EventBytes != len(ev) {
+		t.Errorf("the last dead letter shown: eventTruncated %v, eventBytes %d (want %d)", last.EventTruncated, last.EventBytes, len(ev))
+	}
+}
