@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
@@ -619,5 +620,40 @@ func TestADuplicateRedriveRecordsTheCopy(t *testing.T) {
 	})
 	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 0 {
 		t.Fatalf("redrive after the window while the copy waits: %d (%v), want 0", n, err)
+	}
+}
+
+// A replay by merchantRef or transaction id could not be held to one
+// project, and ids repeat across projects: the other project's event of
+// the same merchantRef was replayed too. A replay may name its project.
+func TestAReplayOfOneProjectLeavesTheOthersAlone(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	if _, err := NewWorker(t.Context(), WorkerConfig{Endpoint: ep, JetStream: h.js, Metrics: h.metrics, Logger: zerolog.New(h.logs)}); err != nil {
+		t.Fatal(err)
+	}
+	since := time.Now()
+	mine := h.publish("tx-same", event.StatusSuccess, "")
+	other := mine
+	other.ID, other.Source = "evt_other_tx_same", "sengo/other"
+	b, err := event.Marshal(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.js.Publish(t.Context(), event.EventSubject("other", other.Data.Product, other.Data.Status), b); err != nil {
+		t.Fatal(err)
+	}
+	req := ReplayRequest{Endpoints: []string{"orders"}, Since: since, MerchantRef: mine.Data.MerchantRef, Project: "main"}
+	p, err := Replay(t.Context(), h.js, []Endpoint{ep}, req, nil)
+	if err != nil || p.Queued != 1 {
+		t.Fatalf("replay of main's %s: %+v (%v), want 1 queued", mine.Data.MerchantRef, p, err)
+	}
+	msgs := natstest.Messages(t, h.js, event.StreamReplay)
+	if len(msgs) != 1 || msgs[0].Header.Get(event.HeaderEventID) != mine.ID {
+		t.Fatalf("%d copies queued, want main's %s alone", len(msgs), mine.ID)
+	}
+	if req.JobID() == (ReplayRequest{Endpoints: req.Endpoints, Since: since, MerchantRef: req.MerchantRef}).JobID() {
+		t.Error("a replay of one project has the job id of the same replay of every project")
 	}
 }

@@ -25,7 +25,10 @@ type ReplayRequest struct {
 	Statuses      []event.Status `json:"statuses,omitempty"`
 	TransactionID string         `json:"transactionId,omitempty"`
 	MerchantRef   string         `json:"merchantRef,omitempty"`
-	DryRun        bool           `json:"dryRun,omitempty"`
+	// Project keeps one project's events ("": every project's): a
+	// transaction id or merchantRef may be used by two.
+	Project string `json:"project,omitempty"`
+	DryRun  bool   `json:"dryRun,omitempty"`
 }
 
 // JobID identifies a replay by what it selects, so running the same
@@ -51,6 +54,9 @@ func (r ReplayRequest) JobID() string {
 			len(r.TransactionID), r.TransactionID, len(r.MerchantRef), r.MerchantRef)
 	} else {
 		fmt.Fprintf(h, "%s|%d|%d|%v|%s|%s", strings.Join(eps, ","), r.Since.UnixNano(), r.Until.UnixNano(), r.Statuses, r.TransactionID, r.MerchantRef)
+	}
+	if r.Project != "" { // after the rest: the ids of jobs without one stay as recorded
+		fmt.Fprintf(h, "|project:%s", r.Project)
 	}
 	return "rp_" + hex.EncodeToString(h.Sum(nil)[:8])
 }
@@ -115,7 +121,11 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 	if progress == nil {
 		progress = func(ReplayProgress) {}
 	}
-	err := stream.Scan(ctx, js, event.StreamEvents, event.SubjectsEvents, req.Since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+	subjects := event.SubjectsEvents
+	if req.Project != "" {
+		subjects = event.ProjectEvents(req.Project)
+	}
+	err := stream.Scan(ctx, js, event.StreamEvents, subjects, req.Since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
 		if meta.Timestamp.After(until) {
 			return false, nil
 		}
@@ -173,6 +183,7 @@ const maxHeaders = 64 << 10
 
 func (r ReplayRequest) selects(ev event.Event) bool {
 	return (len(r.Statuses) == 0 || slices.Contains(r.Statuses, ev.Data.Status)) &&
+		(r.Project == "" || event.ProjectOf(ev.Source) == r.Project) &&
 		(r.TransactionID == "" || ev.Data.TransactionID == r.TransactionID) &&
 		(r.MerchantRef == "" || ev.Data.MerchantRef == r.MerchantRef)
 }

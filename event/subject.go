@@ -69,6 +69,9 @@ func EventSubject(project string, p Product, s Status) string {
 	return "sengo.events." + project + "." + string(p) + "." + string(s)
 }
 
+// ProjectEvents is the filter subject of project's events.
+func ProjectEvents(project string) string { return "sengo.events." + project + ".>" }
+
 // QuarantineSubject is where unprocessable notifications of project go
 // when their transaction is not known (unparsable ones).
 func QuarantineSubject(project string) string { return "sengo.quarantine." + project }

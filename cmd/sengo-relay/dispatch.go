@@ -323,7 +323,8 @@ endpoint with a fresh budget and the same webhook-id; purge deletes them.`,
 
 // newReplayCmd is `sengo-relay replay`.
 func newReplayCmd() *cobra.Command {
-	var endpoint, since, until, status, tx, ref string
+	var since, until, status, tx, ref, project string
+	var endpoints []string
 	var all, dry bool
 	c := &cobra.Command{
 		Use:   "replay",
@@ -341,7 +342,8 @@ The replay is recorded as a replay job: the console and GET /admin/replays show 
 The same job already running (from the console or another command) is not started twice.`,
 		Example: `  sengo-relay replay --endpoint orders --since 24h --dry-run
   sengo-relay replay --endpoint orders --since 2025-03-23T00:00:00+07:00 --until 2025-03-24T00:00:00+07:00
-  sengo-relay replay --all --since 6h --status success`,
+  sengo-relay replay --all --since 6h --status success
+  sengo-relay replay --endpoint orders,crm --project main --since 24h --merchant-ref INV-1001`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := emptyFlag(c); err != nil {
@@ -359,7 +361,8 @@ The same job already running (from the console or another command) is not starte
 			if status != "" {
 				statuses = strings.Split(status, ",")
 			}
-			req, err := admin.ReplayRequest(eps, endpoint, all, since, until, statuses, tx, ref, dry, time.Now())
+			req, err := admin.ReplayRequest(eps, cfg.ProjectNames(), admin.ReplayInput{Endpoints: endpoints, All: all, Since: since, Until: until,
+				Statuses: statuses, Project: project, Transaction: tx, MerchantRef: ref, DryRun: dry}, time.Now())
 			if err != nil {
 				return err
 			}
@@ -409,11 +412,12 @@ The same job already running (from the console or another command) is not starte
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&endpoint, "endpoint", "", "endpoint to replay to")
+	f.StringSliceVar(&endpoints, "endpoint", nil, "endpoint(s) to replay to (repeated, or comma-separated)")
 	f.BoolVar(&all, "all", false, "replay to every endpoint (each gets what its filter selects)")
 	f.StringVar(&since, "since", "", "events stored at or after (RFC 3339, or back from now: 24h, 30d); required")
 	f.StringVar(&until, "until", "", "events stored at or before (RFC 3339, or back from now; default: now)")
 	f.StringVar(&status, "status", "", "only these statuses, comma-separated (pending, success, expired, failed)")
+	f.StringVar(&project, "project", "", "only this project's events (a transaction id or merchantRef may be another project's too)")
 	f.StringVar(&tx, "transaction", "", "only this SenGo transaction id")
 	f.StringVar(&ref, "merchant-ref", "", "only this merchantRef")
 	f.BoolVar(&dry, "dry-run", false, "count what would be queued, per endpoint; queue nothing")
@@ -437,10 +441,12 @@ func resumeCommand(c *cobra.Command, r dispatcher.ReplayRequest) string {
 	if fl := c.Flag("config"); fl.Changed || fl.Value.String() != "config.yaml" {
 		args = append(args, "--config", shellQuote(fl.Value.String()))
 	}
-	if all, _ := c.Flags().GetBool("all"); all {
-		args = append(args, "--all")
-	} else {
-		args = append(args, "--endpoint", shellQuote(r.Endpoints[0]))
+	// The endpoints by name, --all's too: with endpoints added to the
+	// configuration since, --all would be another job, and send everything
+	// again to those it had.
+	args = append(args, "--endpoint", shellQuote(strings.Join(r.Endpoints, ",")))
+	if r.Project != "" {
+		args = append(args, "--project", shellQuote(r.Project))
 	}
 	args = append(args, "--since", r.Since.UTC().Format(time.RFC3339Nano), "--until", r.Until.UTC().Format(time.RFC3339Nano))
 	if len(r.Statuses) > 0 {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -431,5 +432,30 @@ func TestResumeCommandIsTheSameJob(t *testing.T) {
 		if strings.Contains(got, "--dry-run") != dry {
 			t.Errorf("dry run %v: %s", dry, got)
 		}
+	}
+}
+
+// The command printed to resume a replay --all repeated --all: with an
+// endpoint added to the configuration since, that was another job (its id
+// is its endpoints'), which queued every event again for the endpoints the
+// first had. It names the endpoints, and the project when one was given.
+func TestResumeCommandOfAllNamesTheEndpoints(t *testing.T) {
+	c := newReplayCmd()
+	if err := c.ParseFlags([]string{"--all", "--since", "24h", "--project", "main"}); err != nil {
+		t.Fatal(err)
+	}
+	since := time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)
+	req := dispatcher.ReplayRequest{Endpoints: []string{"orders", "crm"}, Project: "main", Since: since, Until: since.Add(24 * time.Hour)}
+	got := resumeCommand(c, req)
+	if strings.Contains(got, "--all") || !strings.Contains(got, "--endpoint orders,crm") || !strings.Contains(got, "--project main") {
+		t.Fatalf("resume command %s, want the endpoints by name and the project", got)
+	}
+	again := newReplayCmd()
+	if err := again.ParseFlags(strings.Fields(got)[2:]); err != nil {
+		t.Fatal(err)
+	}
+	eps, _ := again.Flags().GetStringSlice("endpoint")
+	if !slices.Equal(eps, []string{"orders", "crm"}) {
+		t.Fatalf("the resume command's endpoints read back as %v", eps)
 	}
 }

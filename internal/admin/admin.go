@@ -685,33 +685,55 @@ func decodeJSON(c echo.Context, v any) error {
 // ErrUnknownEndpoint is a replay for an endpoint the configuration lacks.
 var ErrUnknownEndpoint = errors.New("no endpoint")
 
-// ReplayRequest builds a replay request from user input, as the CLI and
-// the API take it: one endpoint or all, times as RFC 3339 or a duration
-// back from now ("24h").
-func ReplayRequest(eps []dispatcher.Endpoint, endpoint string, all bool, since, until string, statuses []string, tx, ref string, dry bool, now time.Time) (dispatcher.ReplayRequest, error) {
+// ReplayInput is a replay as the CLI, the API and the console take it.
+type ReplayInput struct {
+	// Endpoints are names (one or several); All is every configured one.
+	Endpoints []string
+	All       bool
+	// Since and Until are RFC 3339 or a duration back from now ("24h").
+	Since, Until string
+	Statuses     []string
+	// Project, Transaction and MerchantRef narrow what is selected.
+	Project, Transaction, MerchantRef string
+	DryRun                            bool
+}
+
+// ReplayRequest builds a replay request from user input: endpoints of
+// eps, a project of projects.
+func ReplayRequest(eps []dispatcher.Endpoint, projects []string, in ReplayInput, now time.Time) (dispatcher.ReplayRequest, error) {
 	var r dispatcher.ReplayRequest
+	since, until := in.Since, in.Until
 	switch {
-	case all && endpoint != "":
+	case in.All && len(in.Endpoints) > 0:
 		return r, errors.New("give an endpoint or all, not both")
-	case all:
+	case in.All:
 		for _, e := range eps {
 			r.Endpoints = append(r.Endpoints, e.Name)
 		}
-	case endpoint != "":
-		if !slices.ContainsFunc(eps, func(e dispatcher.Endpoint) bool { return e.Name == endpoint }) {
-			names := make([]string, len(eps))
-			for i, e := range eps {
-				names[i] = e.Name
+	case len(in.Endpoints) > 0:
+		for _, endpoint := range in.Endpoints {
+			if !slices.ContainsFunc(eps, func(e dispatcher.Endpoint) bool { return e.Name == endpoint }) {
+				names := make([]string, len(eps))
+				for i, e := range eps {
+					names[i] = e.Name
+				}
+				return r, fmt.Errorf("%w %.80q (configured: %s)", ErrUnknownEndpoint, endpoint, strings.Join(names, ", "))
 			}
-			return r, fmt.Errorf("%w %q (configured: %s)", ErrUnknownEndpoint, endpoint, strings.Join(names, ", "))
+			if !slices.Contains(r.Endpoints, endpoint) {
+				r.Endpoints = append(r.Endpoints, endpoint)
+			}
 		}
-		r.Endpoints = []string{endpoint}
 	default:
 		return r, errors.New("an endpoint or all is required")
 	}
 	if len(r.Endpoints) == 0 {
 		return r, errors.New("no endpoint is configured")
 	}
+	if in.Project != "" && !slices.Contains(projects, in.Project) {
+		return r, fmt.Errorf("no project %.80q (configured: %s)", in.Project, strings.Join(projects, ", "))
+	}
+	r.Project = in.Project
+	statuses, tx, ref, dry := in.Statuses, in.Transaction, in.MerchantRef, in.DryRun
 	var err error
 	if since == "" {
 		return r, errors.New("since is required")

@@ -792,12 +792,12 @@ func fields(c echo.Context, names ...string) error {
 // only the first was read). Empty values are the forms' own: every
 // endpoint, until now.
 func replayFields(form url.Values) error {
-	names := []string{"endpoint", "since", "until", "statuses", "transaction", "merchant_ref", "dry_run", csrfField}
+	names := []string{"endpoint", "since", "until", "statuses", "project", "transaction", "merchant_ref", "dry_run", csrfField}
 	for _, k := range slices.Sorted(maps.Keys(form)) {
 		if !slices.Contains(names, k) {
 			return apiError(http.StatusBadRequest, "unknown_parameter", fmt.Sprintf("%.40q is not a parameter of this route", k))
 		}
-		if k != "statuses" && len(form[k]) > 1 {
+		if k != "statuses" && k != "endpoint" && len(form[k]) > 1 {
 			return apiError(http.StatusBadRequest, "empty_filter", k+" is repeated: give one value, or leave it out")
 		}
 	}
@@ -1085,7 +1085,7 @@ func (cn *console) replays(c echo.Context) error {
 		return cn.s.storeUnavailable(err)
 	}
 	slices.SortFunc(jobs, func(a, b job) int { return b.Started.Compare(a.Started) })
-	return cn.page(c, "replays", "Replays", map[string]any{"Endpoints": names, "Jobs": jobs,
+	return cn.page(c, "replays", "Replays", map[string]any{"Endpoints": names, "Projects": cn.s.cfg.Projects, "Jobs": jobs,
 		"Statuses": []event.Status{event.StatusSuccess, event.StatusPending, event.StatusExpired, event.StatusFailed}})
 }
 
@@ -1097,12 +1097,17 @@ func (cn *console) replayStart(c echo.Context) error {
 	if err := replayFields(form); err != nil {
 		return err
 	}
-	ep := form.Get("endpoint")
-	// transaction and merchant_ref come from the forms that run a job
-	// again (the API's jobs may select by them): without them it would
-	// replay the whole window.
-	req, err := ReplayRequest(cn.s.cfg.Endpoints, ep, ep == "", form.Get("since"), form.Get("until"), form["statuses"],
-		form.Get("transaction"), form.Get("merchant_ref"), form.Get("dry_run") == "true", time.Now())
+	// Several endpoints come from the forms that run a job again: a job
+	// for every endpoint names each, so that it is the same job whatever
+	// endpoints are configured now. transaction, merchant_ref and project
+	// come from those forms too (the API's jobs may select by them):
+	// without them it would replay the whole window.
+	eps := slices.DeleteFunc(slices.Clone(form["endpoint"]), func(e string) bool { return e == "" })
+	ep := strings.Join(eps, ",")
+	req, err := ReplayRequest(cn.s.cfg.Endpoints, cn.s.cfg.Projects, ReplayInput{
+		Endpoints: eps, All: len(eps) == 0, Since: form.Get("since"), Until: form.Get("until"), Statuses: form["statuses"],
+		Project: form.Get("project"), Transaction: form.Get("transaction"), MerchantRef: form.Get("merchant_ref"), DryRun: form.Get("dry_run") == "true",
+	}, time.Now())
 	cannot := func(status int, err error) error {
 		cn.act(c, "replay", ep, err, 0)
 		return cn.render(c, status, "confirm", view{Title: "Replay", CSRF: cn.csrf(c), Data: confirmData{Question: "This replay cannot start", Detail: err.Error(), Back: "/console/replays"}})

@@ -450,7 +450,9 @@ func (s *Server) storeUnavailable(err error) error {
 // replayBody is the JSON body of POST /admin/replays.
 type replayBody struct {
 	Endpoint    string   `json:"endpoint"`
+	Endpoints   []string `json:"endpoints"`
 	All         bool     `json:"all"`
+	Project     string   `json:"project"`
 	Since       string   `json:"since"`
 	Until       string   `json:"until"`
 	Statuses    []string `json:"statuses"`
@@ -464,7 +466,12 @@ func (s *Server) replayStart(c echo.Context) error {
 	if err := decodeJSON(c, &b); err != nil {
 		return err
 	}
-	req, err := ReplayRequest(s.cfg.Endpoints, b.Endpoint, b.All, b.Since, b.Until, b.Statuses, b.Transaction, b.MerchantRef, b.DryRun, time.Now())
+	in := ReplayInput{Endpoints: b.Endpoints, All: b.All, Since: b.Since, Until: b.Until, Statuses: b.Statuses,
+		Project: b.Project, Transaction: b.Transaction, MerchantRef: b.MerchantRef, DryRun: b.DryRun}
+	if b.Endpoint != "" {
+		in.Endpoints = append([]string{b.Endpoint}, in.Endpoints...)
+	}
+	req, err := ReplayRequest(s.cfg.Endpoints, s.cfg.Projects, in, time.Now())
 	if errors.Is(err, ErrUnknownEndpoint) {
 		return apiError(http.StatusBadRequest, "unknown_endpoint", err.Error())
 	} else if err != nil {

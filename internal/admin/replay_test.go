@@ -219,7 +219,7 @@ func TestReplayStalled(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Second)
 	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
 	body := fmt.Sprintf(`{"endpoint":"orders","since":%q,"until":%q}`, since, until)
-	req, err := ReplayRequest([]dispatcher.Endpoint{{Name: "orders"}}, "orders", false, since, until, nil, "", "", false, now)
+	req, err := ReplayRequest([]dispatcher.Endpoint{{Name: "orders"}}, []string{"main"}, ReplayInput{Endpoints: []string{"orders"}, Since: since, Until: until}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +319,7 @@ func TestRecordedReplay(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Second)
 	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
 	eps := []dispatcher.Endpoint{{Name: "orders", FilterSubjects: []string{"sengo.events.>"}}}
-	req, err := ReplayRequest(eps, "orders", false, since, until, nil, "", "", false, now)
+	req, err := ReplayRequest(eps, []string{"main"}, ReplayInput{Endpoints: []string{"orders"}, Since: since, Until: until}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,7 +388,7 @@ func TestRecordedReplayWithoutTheBucket(t *testing.T) {
 	publishReplayable(t, js, "evt_1")
 	now := time.Now().UTC()
 	eps := []dispatcher.Endpoint{{Name: "orders", FilterSubjects: []string{"sengo.events.>"}}}
-	req, err := ReplayRequest(eps, "orders", false, "1h", "", nil, "", "", false, now)
+	req, err := ReplayRequest(eps, []string{"main"}, ReplayInput{Endpoints: []string{"orders"}, Since: "1h", Until: ""}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -413,7 +413,7 @@ func TestRealReplayIsNotTakenForARunningDryRun(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Second)
 	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
 	eps := []dispatcher.Endpoint{{Name: "orders", FilterSubjects: []string{"sengo.events.>"}}}
-	dry, err := ReplayRequest(eps, "orders", false, since, until, nil, "", "", true, now)
+	dry, err := ReplayRequest(eps, []string{"main"}, ReplayInput{Endpoints: []string{"orders"}, Since: since, Until: until, DryRun: true}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -490,7 +490,7 @@ func TestReplayAlreadyRunningIsAuditedAsSuch(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Second)
 	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
 	eps := []dispatcher.Endpoint{{Name: "orders", FilterSubjects: []string{"sengo.events.>"}}}
-	req, err := ReplayRequest(eps, "orders", false, since, until, nil, "", "", false, now)
+	req, err := ReplayRequest(eps, []string{"main"}, ReplayInput{Endpoints: []string{"orders"}, Since: since, Until: until}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
