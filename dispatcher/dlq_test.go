@@ -109,6 +109,11 @@ func TestReplayWindow(t *testing.T) {
 	if len(reports) < 3 || reports[0].Total < 3 {
 		t.Fatalf("progress reports %+v", reports)
 	}
+	// The total is the window's events: it counted those stored after
+	// until too, and a job ended done short of its total.
+	if p.Total != 3 || p.Scanned != 3 {
+		t.Errorf("replay of 3 events in its window: total %d, scanned %d", p.Total, p.Scanned)
+	}
 	eventually(t, "replayed deliveries", func() bool { return len(c.got()) == 6 && h.settled(w) })
 	got := c.got()[4:]
 	ids := map[string]bool{}

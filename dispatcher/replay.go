@@ -166,7 +166,16 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 			}
 		}
 		return true, nil
-	}, func(n uint64) { p.Total = n; progress(p) })
+	}, func(n uint64) {
+		// Those stored after until are not the job's: counted as the
+		// server counts them, in one request (a live one stored between
+		// the two counts may be off by itself).
+		if after, err := stream.Count(ctx, js, event.StreamEvents, subjects, until.Add(time.Nanosecond)); err == nil {
+			n -= min(n, after)
+		}
+		p.Total = n
+		progress(p)
+	})
 	p.Done = err == nil
 	progress(p)
 	return p, err
