@@ -250,19 +250,52 @@ func newSandboxFaultsCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 	}
 	policy := callbackPolicyFlags(c.Flags())
+	var reset bool
 	c.RunE = func(c *cobra.Command, _ []string) error {
 		set := false // any flag but --url changes the faults; none shows them
 		c.Flags().Visit(func(f *pflag.Flag) { set = set || f.Name != "url" })
-		method, payload := http.MethodGet, []byte(nil)
-		if set {
-			method = http.MethodPost
-			payload, _ = json.Marshal(map[string]any{
-				"callbacks": policy(),
-				"faults":    sandbox.Faults{Latency: sandbox.Duration(latency), Fail500: fail500, FailChecks: failChecks},
-			})
+		endpoint := strings.TrimRight(url, "/") + "/sandbox/faults"
+		if !set {
+			return sandboxRequest(c.Context(), http.MethodGet, endpoint, nil, c.OutOrStdout())
 		}
-		return sandboxRequest(c.Context(), method, strings.TrimRight(url, "/")+"/sandbox/faults", payload, c.OutOrStdout())
+		// The flags given change those settings alone: the others stay as
+		// the sandbox has them (sent as their defaults, they were reset),
+		// unless --reset.
+		var now struct {
+			Callbacks sandbox.CallbackPolicy `json:"callbacks"`
+			Faults    sandbox.Faults         `json:"faults"`
+		}
+		now.Callbacks.RetryDelay = sandbox.Duration(5 * time.Second)
+		if !reset {
+			var got bytes.Buffer
+			if err := sandboxRequest(c.Context(), http.MethodGet, endpoint, nil, &got); err != nil {
+				return err
+			}
+			var env struct {
+				ResponseData json.RawMessage `json:"responseData"`
+			}
+			if err := json.Unmarshal(got.Bytes(), &env); err != nil || json.Unmarshal(env.ResponseData, &now) != nil {
+				return fmt.Errorf("the sandbox's faults could not be read: %.200s", got.String())
+			}
+		}
+		p, fl := policy(), c.Flags()
+		for name, apply := range map[string]func(){
+			"callback-retries":     func() { now.Callbacks.Retries = p.Retries },
+			"callback-retry-delay": func() { now.Callbacks.RetryDelay = p.RetryDelay },
+			"callback-duplicates":  func() { now.Callbacks.Duplicates = p.Duplicates },
+			"drop-callbacks":       func() { now.Callbacks.Drop = p.Drop },
+			"latency":              func() { now.Faults.Latency = sandbox.Duration(latency) },
+			"fail500":              func() { now.Faults.Fail500 = fail500 },
+			"fail-check":           func() { now.Faults.FailChecks = failChecks },
+		} {
+			if fl.Changed(name) {
+				apply()
+			}
+		}
+		payload, _ := json.Marshal(now)
+		return sandboxRequest(c.Context(), http.MethodPost, endpoint, payload, c.OutOrStdout())
 	}
+	c.Flags().BoolVar(&reset, "reset", false, "put every setting back to its default first (then apply the flags given)")
 	c.Flags().StringVar(&url, "url", "http://127.0.0.1:8090", "the sandbox")
 	c.Flags().DurationVar(&latency, "latency", 0, "delay every API answer")
 	c.Flags().IntVar(&fail500, "fail500", 0, "answer the next N API calls with 500")

@@ -349,6 +349,21 @@ func TestSandboxCLI(t *testing.T) {
 	if _, err := client.Check(ctx, "another-id", false); !errors.Is(err, sengo.ErrTransactionNotFound) {
 		t.Fatalf("check of another id: %v, want TRANSACTION_NOT_FOUND", err)
 	}
+	// One flag changes that setting alone: --fail-check above reset
+	// --drop-callbacks (every flag not given was sent as its default).
+	out.Reset()
+	if err := run(ctx, []string{"sandbox", "faults", "--url", root}, &out, io.Discard); err != nil || !strings.Contains(out.String(), `"drop":true`) || !strings.Contains(out.String(), tx.ID) {
+		t.Fatalf("faults after --fail-check: %v %s, want callbacks still dropped and the check failing", err, out.String())
+	}
+	// --reset puts everything back, then applies the flags given with it.
+	out.Reset()
+	if err := run(ctx, []string{"sandbox", "faults", "--url", root, "--reset", "--callback-duplicates", "1"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := run(ctx, []string{"sandbox", "faults", "--url", root}, &out, io.Discard); err != nil || strings.Contains(out.String(), `"drop":true`) || strings.Contains(out.String(), tx.ID) || !strings.Contains(out.String(), `"duplicates":1`) {
+		t.Fatalf("faults after --reset --callback-duplicates 1: %v %s", err, out.String())
+	}
 }
 
 // A base_url that is not SenGo's API (here: HTML 404s) is named at start,
