@@ -173,7 +173,7 @@ func RedactServerURL(raw string) string {
 		raw = "nats://" + raw
 	}
 	u, err := url.Parse(raw)
-	if err != nil || u.Opaque != "" || u.Fragment != "" || u.RawFragment != "" || strings.Contains(raw, "#") || u.RawQuery != "" {
+	if err != nil || u.Opaque != "" || u.Fragment != "" || u.RawFragment != "" || strings.Contains(raw, "#") || u.RawQuery != "" || CredentialsInPath(u) {
 		return "(unparsable URL)"
 	}
 	if u.User != nil {
@@ -182,6 +182,14 @@ func RedactServerURL(raw string) string {
 		}
 	}
 	return u.Redacted()
+}
+
+// CredentialsInPath reports whether u's path holds an '@': credentials
+// with a '/' in them (nats://TOK/EN@host, https://u:/pw@host), which put
+// their end and the host in the path. Such a URL parses, with no
+// credentials to hide, and was shown whole.
+func CredentialsInPath(u *url.URL) bool {
+	return strings.Contains(u.Path, "@") || strings.Contains(u.RawPath, "@")
 }
 
 // RedactServerURLs is RedactServerURL of each URL in a comma-separated

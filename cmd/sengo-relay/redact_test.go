@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -103,5 +104,37 @@ func TestNATSTokenInURLIsNotLogged(t *testing.T) {
 	}
 	if strings.Contains(logs.text(), token) {
 		t.Fatalf("the logs hold nats.url's token:\n%s", logs.text())
+	}
+}
+
+// A token or password holding a '/' (half of those `openssl rand -base64`
+// makes) puts its end and the host in the URL's path: it parsed, had no
+// credentials to hide, and check-config printed it whole (and the relay
+// dialled the token's first part as a host). Such a URL is refused, and
+// never shown.
+func TestAURLWhoseCredentialsHoldASlashIsRefusedUnshown(t *testing.T) {
+	for _, c := range []struct{ yaml, secret string }{
+		{`nats: {url: "nats://natstoken0123/456789@10.0.0.1:4222"}
+projects:
+  main: {}
+`, "456789"},
+		{`nats: {url: "nats://relay:/Pw0123456789@10.0.0.1:4222"}
+projects:
+  main: {}
+`, "Pw0123456789"},
+		{`projects:
+  main: {api_key: SC-KEY-SLASH, token: tok-0123456789abcdef, base_url: "https://u:/apipw0123456@api.example.id/api"}
+`, "apipw0123456"},
+	} {
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		os.WriteFile(path, []byte(c.yaml), 0o600)
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), []string{"check-config", "--config", path}, &out, &errOut)
+		if err == nil {
+			t.Errorf("check-config accepted %q:\n%s", c.yaml, out.String())
+		}
+		if all := out.String() + errOut.String() + fmt.Sprint(err); strings.Contains(all, c.secret) {
+			t.Errorf("check-config shows %s:\n%s", c.secret, all)
+		}
 	}
 }

@@ -327,7 +327,7 @@ func (c *Config) Validate() error {
 			if u = strings.TrimSpace(u); !strings.Contains(u, "://") {
 				u = "nats://" + u
 			}
-			if _, err := url.Parse(u); err != nil {
+			if pu, err := url.Parse(u); err != nil || verify.CredentialsInPath(pu) {
 				bad("nats.url: server %d of the list does not parse as a URL (a password with '%%', '/' or '#' in it must be percent-encoded)", i+1)
 			}
 		}
@@ -449,7 +449,7 @@ func (c *Config) Validate() error {
 				keys[p.APIKey.Value()] = name
 			}
 		}
-		if u, err := url.Parse(p.APIBaseURL()); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		if u, err := url.Parse(p.APIBaseURL()); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || verify.CredentialsInPath(u) {
 			bad("%s.base_url: not production or sandbox, and %s", at, badURL(p.BaseURL))
 		}
 		switch p.SignatureMode() {
@@ -518,8 +518,8 @@ var natsUser = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // host it was read as are named, the host as verify.RedactHost shows it.
 func badURL(raw string) string {
 	u, err := url.Parse(raw)
-	if err != nil {
-		return "does not parse as a URL (not shown: it may hold a secret)"
+	if err != nil || verify.CredentialsInPath(u) {
+		return "does not parse as a URL (not shown: it may hold a secret; a password with '%', '/' or '#' in it must be percent-encoded)"
 	}
 	return fmt.Sprintf("is not an http(s) URL: read as scheme %q, host %q (the rest not shown: it may hold a secret)", u.Scheme, verify.RedactHost(u.Host))
 }
