@@ -138,3 +138,33 @@ projects:
 		}
 	}
 }
+
+// In a YAML flow mapping ({…}) a key ends at ':' only when a blank follows:
+// "token:SECRET" is one key, and the unknown-key, header-name and
+// project-name errors printed it, secret and all. A key holding ':' is
+// shown up to it.
+func TestAKeyHoldingItsValueIsNotShown(t *testing.T) {
+	for _, c := range []struct{ yaml, secret string }{
+		{`projects:
+  main: {api_key: SC-KEY-FLOW, token:jlaVHot4XGnCqYU8FI20GHwkv6RMOT2t}
+`, "jlaVHot4"},
+		{`projects:
+  main: {}
+endpoints:
+  orders: {url: "https://hooks.example.id/x", secrets: [` + testSecret + `], filter: {all: true}, headers: {X-Consumer-Key:ck_live_0123456789}}
+`, "ck_live_0123456789"},
+		{`projects: {main:tokflow0123456789}
+`, "tokflow0123456789"},
+	} {
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		os.WriteFile(path, []byte(c.yaml), 0o600)
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), []string{"check-config", "--config", path}, &out, &errOut)
+		if err == nil {
+			t.Errorf("check-config accepted %q", c.yaml)
+		}
+		if all := out.String() + errOut.String() + fmt.Sprint(err); strings.Contains(all, c.secret) {
+			t.Errorf("check-config shows %s:\n%s", c.secret, all)
+		}
+	}
+}

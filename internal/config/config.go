@@ -411,7 +411,8 @@ func (c *Config) Validate() error {
 		p := c.Projects[name]
 		at := "projects." + name
 		if !event.ValidName(name) {
-			bad("%s: name must be lowercase letters, digits, '-' or '_', starting with a letter or digit", at)
+			bad("projects.%s: name must be lowercase letters, digits, '-' or '_', starting with a letter or digit", ShownKey(name))
+			continue
 		}
 		if p == nil {
 			bad("%s: empty project", at)

@@ -134,7 +134,8 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 		e := c.Endpoints[name]
 		at := "endpoints." + name
 		if !event.ValidName(name) {
-			bad("%s: name must be lowercase letters, digits, '-' or '_'", at)
+			bad("endpoints.%s: name must be lowercase letters, digits, '-' or '_'", ShownKey(name))
+			continue
 		}
 		if e == nil {
 			bad("%s: empty endpoint", at)
@@ -195,7 +196,8 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 		}
 		for k, v := range e.Headers {
 			if http.CanonicalHeaderKey(k) == "" || !validHeader.MatchString(k) {
-				bad("%s.headers: %q is not a header name", at, k)
+				bad("%s.headers: %q is not a header name", at, ShownKey(k))
+				continue
 			}
 			if !httpguts.ValidHeaderFieldValue(v) {
 				bad("%s.headers.%s: the value has a control character (CR, LF, …), which would split the request", at, k)

@@ -165,6 +165,17 @@ func yamlFields(t reflect.Type) (map[string]reflect.StructField, []string) {
 	return fields, names
 }
 
+// ShownKey is what an error may show of a key: up to a ':' in it. In a
+// YAML flow mapping ({…}) a key ends at ':' only when a blank follows, so
+// "token:SECRET" is one key holding its value, and errors naming it
+// printed the secret.
+func ShownKey(k string) string {
+	if i := strings.IndexByte(k, ':'); i >= 0 {
+		return k[:i] + ":… (a key holding ':', not shown: a missing space after ':'?)"
+	}
+	return k
+}
+
 // checkKeys walks n as the YAML of a t, recording every key's path by line
 // and reporting keys t does not have.
 func checkKeys(n *yaml.Node, t reflect.Type, path string, paths map[int]string, errs *[]error) {
@@ -189,7 +200,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string, paths map[int]string, 
 			checkKeys(v, t, path, paths, errs)
 			continue
 		}
-		at := join(k.Value)
+		at := join(ShownKey(k.Value))
 		paths[k.Line] = at
 		if v.Line != k.Line {
 			paths[v.Line] = at
