@@ -39,6 +39,11 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 		if err != nil {
 			return netip.Prefix{}, err
 		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			// Callers are unmapped (Allows): so is a prefix of IPv4-mapped
+			// addresses, which would otherwise never match one.
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
 		return p.Masked(), nil
 	}
 	a, err := netip.ParseAddr(s)

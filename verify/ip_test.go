@@ -45,3 +45,22 @@ func TestParseIPAllowlistReportsEveryBadEntry(t *testing.T) {
 		}
 	}
 }
+
+// A prefix written IPv4-mapped (::ffff:203.0.113.0/120) was kept as an
+// IPv6 prefix, while callers are unmapped to IPv4 before the match: it
+// never matched, and every SenGo callback got 403 (or a proxy named so was
+// never trusted). It is unmapped as a single address is.
+func TestAnIPv4MappedPrefixMatchesItsIPv4Callers(t *testing.T) {
+	l, err := ParseIPAllowlist([]string{"::ffff:203.0.113.0/120"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ip := range []string{"203.0.113.7", "::ffff:203.0.113.7"} {
+		if !l.Allows(ip) {
+			t.Errorf("%s is not allowed by ::ffff:203.0.113.0/120", ip)
+		}
+	}
+	if l.Allows("203.0.114.7") {
+		t.Error("203.0.114.7 is allowed by ::ffff:203.0.113.0/120")
+	}
+}

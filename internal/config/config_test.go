@@ -475,3 +475,21 @@ func TestBadEndpointURLHidesATokenHost(t *testing.T) {
 		t.Fatalf("err = %v, want the host shown as ….m.pipedream.net", err)
 	}
 }
+
+// Two header names differing only in case are one header: which value was
+// sent was chosen by map order, per request, so the consumer's
+// authentication passed on some deliveries and failed on others. A retry
+// schedule long enough to overflow its sum passed the check against the
+// streams' retention (a negative span), and every event was then
+// dead-lettered after its first failure.
+func TestEndpointHeadersAndScheduleAreCheckedWhole(t *testing.T) {
+	for what, ep := range map[string]string{
+		"headers differing in case": "    headers: {X-Api-Key: a, x-api-key: b}\n",
+		"a schedule past int64":     "    retry: {schedule: [2562047h, 2562047h, 2562047h]}\n",
+	} {
+		_, err := Load(write(t, minimal+"endpoints:\n  orders:\n    url: https://o.example/h\n    secrets: ["+whsec+"]\n    filter: {all: true}\n"+ep), noEnv)
+		if err == nil || !strings.Contains(err.Error(), "endpoints.orders") {
+			t.Errorf("%s: err = %v, want it refused", what, err)
+		}
+	}
+}

@@ -194,11 +194,18 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 		if !(e.RateLimit >= 0) || math.IsInf(e.RateLimit, 1) {
 			bad("%s.rate_limit: %v is not a number of events per second (0: none)", at, e.RateLimit)
 		}
-		for k, v := range e.Headers {
+		seen := map[string]string{}
+		for _, k := range sortedKeys(e.Headers) {
+			v := e.Headers[k]
 			if http.CanonicalHeaderKey(k) == "" || !validHeader.MatchString(k) {
 				bad("%s.headers: %q is not a header name", at, ShownKey(k))
 				continue
 			}
+			if other, dup := seen[http.CanonicalHeaderKey(k)]; dup {
+				// One header: which value went out was chosen per request.
+				bad("%s.headers: %q and %q are one header (names ignore case)", at, other, k)
+			}
+			seen[http.CanonicalHeaderKey(k)] = k
 			if !httpguts.ValidHeaderFieldValue(v) {
 				bad("%s.headers.%s: the value has a control character (CR, LF, …), which would split the request", at, k)
 			}
@@ -245,11 +252,16 @@ var reserved = map[string]bool{
 }
 
 func (r Retry) total() time.Duration {
-	var t time.Duration
+	// Saturating: a sum past int64 wrapped negative and passed every
+	// check against the streams' retention.
+	var t float64
 	for _, d := range r.Schedule {
-		t += d.D()
+		t += float64(d.D())
 	}
-	return time.Duration(float64(t) * (1 + r.Jitter))
+	if t *= 1 + r.Jitter; t >= math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return time.Duration(t)
 }
 
 // FilterSubjects compiles a filter to JetStream filter subjects on
