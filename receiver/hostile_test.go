@@ -1449,3 +1449,56 @@ func TestAProbeSentBeforeACheckFailedDoesNotVouchForIt(t *testing.T) {
 		t.Fatalf("the genuine notification, whose check failed in the outage, was quarantined as failing alone")
 	}
 }
+
+// A probe counts for a failed check only if it was sent after that check
+// failed, when it says SenGo answers. When it says SenGo does not (an
+// outage: only a reason to retry), that answer was not shared either, and
+// a probe that got no answer was not kept at all: during an outage every
+// failed check past confirm_attempts sent a probe of its own, doubling the
+// calls on a throttled key. A "no" stands for 5 s for every caller.
+func TestAnOutageIsProbedOnceNotPerCheck(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var outage atomic.Bool
+	var probes atomic.Int32
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, id, found := strings.Cut(r.URL.Path, "/check/"); found && outage.Load() {
+			if strings.HasPrefix(id, "sengo-relay-probe-") {
+				probes.Add(1)
+			}
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		sb.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { hs.Close(); sb.Close() })
+	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.ConfirmAttempts = 1
+		ic.RetryInitial, ic.RetryMax = 50*time.Millisecond, 100*time.Millisecond
+	})
+	var bodies [][]byte
+	for i := range 10 {
+		tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: fmt.Sprint("INV-THROTTLED-", i), Amount: 5000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies = append(bodies, payCallback(t, sb, client, tx.ID))
+	}
+	outage.Store(true)
+	for _, b := range bodies {
+		if resp, got := h.post("/callbacks/sengo/main", b); resp.StatusCode != 200 {
+			t.Fatalf("callback: %d %v", resp.StatusCode, got)
+		}
+	}
+	eventually(t, "30 failed checks retried", func() bool { return h.intakeCount("main", "retry") >= 30 })
+	if n := probes.Load(); n > 3 {
+		t.Fatalf("%d probes for %v retries in one outage, want one every 5 s", n, h.intakeCount("main", "retry"))
+	}
+	if n := h.msgs(event.StreamQuarantine); n != 0 {
+		t.Fatalf("%d quarantined during an outage", n)
+	}
+}

@@ -85,11 +85,12 @@ const probeFresh = 5 * time.Second
 // TRANSACTION_NOT_FOUND (or refuses it as malformed) while its checks
 // work. A check that failed for one transaction while this holds failed
 // for that transaction alone, not in an outage. One probe per project at a
-// time; its answer stands for probeFresh, for the checks that had failed
-// when it was sent (since: when the caller's check failed). One sent
-// before tells nothing of it: SenGo may have stopped answering in
-// between, and every check failing in an outage's first seconds was taken
-// for one failing alone.
+// time. Its answer stands for probeFresh: a "no" (or no answer in the
+// caller's time) for every caller, a "yes" only for the checks that had
+// failed when it was sent (since: when the caller's check failed). A yes
+// sent before tells nothing of a later failure: SenGo may have stopped
+// answering in between, and every check failing in an outage's first
+// seconds was taken for one failing alone.
 func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since time.Time) bool {
 	client, p := c.clients[project], c.probes[project]
 	if client == nil {
@@ -101,13 +102,19 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since ti
 		return false
 	}
 	defer func() { <-p.turn }()
-	if time.Since(p.at) < probeFresh && !p.started.Before(since) {
+	// A "no" stands for every caller (it only means: retry, an outage); a
+	// "yes" only for checks that had failed when it was sent.
+	if time.Since(p.at) < probeFresh && (!p.ok || !p.started.Before(since)) {
 		return p.ok
 	}
 	started := time.Now()
 	_, err := client.check(ctx, "sengo-relay-probe-"+rand.Text(), false, 1)
 	if ctx.Err() != nil {
-		return false // the caller's time ran out: nothing learnt
+		// No answer in the probe's time: an outage as far as anyone can
+		// tell, kept so that the callers behind this one do not each wait
+		// for a probe of their own.
+		p.started, p.at, p.ok = started, time.Now(), false
+		return false
 	}
 	var apiErr *APIError
 	p.started, p.at, p.ok = started, time.Now(), err == nil || errors.Is(err, ErrTransactionNotFound) || errors.As(err, &apiErr) && apiErr.refusesCheck()
