@@ -1502,3 +1502,28 @@ func TestAnOutageIsProbedOnceNotPerCheck(t *testing.T) {
 		t.Fatalf("%d quarantined during an outage", n)
 	}
 }
+
+// The waits counted per notification (which are no attempts) were wiped
+// whole once 4,096 notifications had waited; with several relays, those
+// another relay settled are never removed, so the map filled in normal
+// running, and each wipe took their credit from the finals waiting then:
+// one such final's next unconfirmed answer quarantined it at once. Full,
+// the map forgets only notifications that waited long ago.
+func TestAFullWaitMapForgetsTheSettledFirst(t *testing.T) {
+	in := &Intake{waited: map[uint64]waits{}, cfg: IntakeConfig{AckWait: 30 * time.Second}}
+	now := time.Now()
+	for seq := range uint64(maxWaited - 2) {
+		in.waited[100_000+seq] = waits{n: 1, last: now.Add(-time.Hour)} // settled by another relay
+	}
+	for range 2 {
+		in.waitCredit(7, 1, true, now) // a final waiting now
+	}
+	in.waitCredit(8, 1, true, now) // fills the map
+	in.waitCredit(9, 1, true, now) // past it
+	if got := in.waitCredit(7, 3, false, now); got != 1 {
+		t.Fatalf("attempt 3 of a final that waited twice counts as %d, want 1: its credit was wiped", got)
+	}
+	if len(in.waited) > 3 {
+		t.Fatalf("%d entries kept, want the three waiting now", len(in.waited))
+	}
+}

@@ -106,9 +106,9 @@ type Intake struct {
 	// for an earlier pending, which are no attempts: they must not spend
 	// a notification's confirmations nor grow its retry delay. Known to
 	// this process only (another relay, or a restart, counts them as
-	// attempts, as before) and forgotten past maxWaited entries.
+	// attempts, as before), bounded at maxWaited entries (waitCredit).
 	waitedMu sync.Mutex
-	waited   map[uint64]uint64
+	waited   map[uint64]waits
 	// inboxMaxAge is SENGO_INBOX's retention (0: none).
 	inboxMaxAge time.Duration
 	// awaiting holds a slot for each notification waiting for its fsync
@@ -121,6 +121,42 @@ type Intake struct {
 // maxWaited bounds Intake.waited (entries of notifications another relay
 // settled are never removed otherwise).
 const maxWaited = 4096
+
+// waits is how many redeliveries of one notification waited, and when
+// the last did.
+type waits struct {
+	n    uint64
+	last time.Time
+}
+
+// waitCredit returns attempt less the waits counted for inbox message
+// seq, and counts one more if it waits again (wait). Full, the map first
+// forgets the notifications that last waited longer ago than any wait
+// lasts (orderWaitMax, and a redelivery's ack wait): settled, here or by
+// another relay. Only if none is, it starts again; it was wiped whole,
+// which took their credit from the notifications waiting then.
+func (in *Intake) waitCredit(seq, attempt uint64, wait bool, now time.Time) uint64 {
+	in.waitedMu.Lock()
+	defer in.waitedMu.Unlock()
+	if w := in.waited[seq].n; w < attempt {
+		attempt -= w
+	}
+	if !wait {
+		return attempt
+	}
+	if _, known := in.waited[seq]; !known && len(in.waited) >= maxWaited {
+		for s, w := range in.waited {
+			if now.Sub(w.last) > orderWaitMax+in.cfg.AckWait {
+				delete(in.waited, s)
+			}
+		}
+		if len(in.waited) >= maxWaited {
+			clear(in.waited)
+		}
+	}
+	in.waited[seq] = waits{n: in.waited[seq].n + 1, last: now}
+	return attempt
+}
 
 // NewIntake creates or updates the durable intake consumer and opens the
 // transaction bucket. Streams must be provisioned.
@@ -152,7 +188,7 @@ func NewIntake(ctx context.Context, cfg IntakeConfig) (*Intake, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open stream %s: %w", event.StreamQuarantine, err)
 	}
-	return &Intake{cfg: cfg, kv: kv, inbox: inbox, setAside: setAside, cons: cons, log: cfg.Logger, waited: map[uint64]uint64{},
+	return &Intake{cfg: cfg, kv: kv, inbox: inbox, setAside: setAside, cons: cons, log: cfg.Logger, waited: map[uint64]waits{},
 		inboxMaxAge: inbox.CachedInfo().Config.MaxAge, awaiting: make(chan struct{}, max(1, cfg.Workers)*awaitingPerWorker)}, nil
 }
 
@@ -297,17 +333,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 	if meta != nil {
 		attempt, seq = meta.NumDelivered, meta.Sequence.Stream
 	}
-	in.waitedMu.Lock()
-	if w := in.waited[seq]; w < attempt {
-		attempt -= w
-	}
-	if r.wait {
-		if len(in.waited) >= maxWaited {
-			clear(in.waited)
-		}
-		in.waited[seq]++
-	}
-	in.waitedMu.Unlock()
+	attempt = in.waitCredit(seq, attempt, r.wait, time.Now())
 	log := func() *zerolog.Logger { // built only for the lines written
 		l := in.log.With().Str("project", r.project).Uint64("inbox_seq", seq).Uint64("attempt", attempt).Logger()
 		return &l
