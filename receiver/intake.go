@@ -406,8 +406,8 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 	}
 }
 
-// probeTimeout bounds the check of a made-up id that tells one
-// transaction's failing check from an outage.
+// probeTimeout bounds the wait for the turn to probe (the check of a
+// made-up id that tells one transaction's failing check from an outage).
 const probeTimeout = 5 * time.Second
 
 // checksAnswered reports whether SenGo's API answers project's checks (the
@@ -417,7 +417,10 @@ func (in *Intake) checksAnswered(ctx context.Context, project string, since time
 	if !ok {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	// Its turn (one probe per project at a time) and the probe's own
+	// time, sengo.ProbeTimeout: a probe cut short by this bound tells
+	// nothing, and the notification is retried.
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout+sengo.ProbeTimeout)
 	defer cancel()
 	return p.ChecksAnswered(ctx, project, since)
 }

@@ -80,6 +80,11 @@ type probe struct {
 // probeFresh is how long one probe's answer stands for every caller.
 const probeFresh = 5 * time.Second
 
+// ProbeTimeout is how long a probe waits for SenGo's answer; one left
+// unanswered that long says SenGo does not answer (one its caller cut
+// short says nothing).
+const ProbeTimeout = 5 * time.Second
+
 // ChecksAnswered reports whether SenGo's API answers project's checks at
 // all, by checking a made-up id: SenGo answers it 404
 // TRANSACTION_NOT_FOUND (or refuses it as malformed) while its checks
@@ -108,11 +113,16 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since ti
 		return p.ok
 	}
 	started := time.Now()
-	_, err := client.check(ctx, "sengo-relay-probe-"+rand.Text(), false, 1)
+	pctx, cancel := context.WithTimeout(ctx, ProbeTimeout)
+	defer cancel()
+	_, err := client.check(pctx, "sengo-relay-probe-"+rand.Text(), false, 1)
 	if ctx.Err() != nil {
-		// No answer in the probe's time: an outage as far as anyone can
-		// tell, kept so that the callers behind this one do not each wait
-		// for a probe of their own.
+		return false // the caller's time ran out first: nothing learnt
+	}
+	if pctx.Err() != nil {
+		// No answer in the probe's whole time: an outage as far as anyone
+		// can tell, kept so that the callers behind this one do not each
+		// wait for a probe of their own.
 		p.started, p.at, p.ok = started, time.Now(), false
 		return false
 	}

@@ -137,3 +137,35 @@ func TestChecksOfOneTransactionAtOnceShareOneCall(t *testing.T) {
 		t.Fatalf("%d concurrent confirmations of one transaction made %d checks, want them to share one", n, got)
 	}
 }
+
+// A probe that ran out of its caller's time (a caller that waited for its
+// turn behind a slow probe, or had little time left) was recorded as "SenGo
+// does not answer" for every caller for 5 s, replacing a fresh answer:
+// checks failing for one transaction alone were then retried as in an
+// outage. Only a probe given its whole time and left unanswered says so.
+func TestAProbeCutShortByItsCallerSaysNothing(t *testing.T) {
+	sb, base := startSandbox(t, sandbox.Config{})
+	var probes atomic.Int64
+	target, _ := url.Parse(strings.TrimSuffix(base, "/api"))
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	counted := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/check/sengo-relay-probe-") {
+			probes.Add(1)
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(counted.Close)
+	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": sengo.NewClient(counted.URL+"/api", key, token)})
+	sb.SetFaults(sandbox.Faults{Latency: sandbox.Duration(time.Second)}) // slow, but answering
+	short, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if c.ChecksAnswered(short, "shop", time.Now()) {
+		t.Fatal("a probe cut short at 200 ms said SenGo answers")
+	}
+	if !c.ChecksAnswered(context.Background(), "shop", time.Now()) {
+		t.Fatalf("a probe with its whole time: SenGo does not answer (%d probes sent)", probes.Load())
+	}
+	if n := probes.Load(); n != 2 {
+		t.Fatalf("%d probes sent, want 2: the one cut short told nothing", n)
+	}
+}
