@@ -110,7 +110,11 @@ func withRelay(c *cobra.Command, cfg config.Config, f func(context.Context, jets
 func emptyFlag(c *cobra.Command) error {
 	var empty error
 	c.Flags().Visit(func(fl *pflag.Flag) {
-		if fl.Name != "config" && fl.Value.String() == "" && empty == nil {
+		blank := fl.Value.String() == ""
+		if list, ok := fl.Value.(pflag.SliceValue); ok { // "[]" as a string: each value counts
+			blank = len(list.GetSlice()) == 0 || slices.Contains(list.GetSlice(), "")
+		}
+		if fl.Name != "config" && blank && empty == nil {
 			empty = fmt.Errorf("--%s is empty: give a value, or leave the flag out", fl.Name)
 		}
 	})

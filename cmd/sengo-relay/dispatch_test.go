@@ -459,3 +459,22 @@ func TestResumeCommandOfAllNamesTheEndpoints(t *testing.T) {
 		t.Fatalf("the resume command's endpoints read back as %v", eps)
 	}
 }
+
+// --endpoint takes a list now, whose value reads "[]" as a string: an
+// empty one ("$EP" unset) passed the check for empty flags, and with --all
+// beside it the replay went to every endpoint. An empty value is refused,
+// alone or in the list.
+func TestAnEmptyEndpointListIsRefused(t *testing.T) {
+	for _, args := range [][]string{
+		{"--endpoint", "", "--all", "--since", "1h", "--dry-run"},
+		{"--endpoint", "orders,", "--since", "1h", "--dry-run"},
+	} {
+		c := newReplayCmd()
+		if err := c.ParseFlags(args); err != nil {
+			t.Fatal(err)
+		}
+		if err := emptyFlag(c); err == nil || !strings.Contains(err.Error(), "--endpoint is empty") {
+			t.Errorf("%v: %v, want --endpoint is empty", args, err)
+		}
+	}
+}

@@ -601,8 +601,9 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 	for i := range tl.DeadLetters {
 		// An excerpt as a body's (dlq show has it whole), with its size.
 		d := &tl.DeadLetters[i]
-		if d.EventTruncated {
-			continue // kept as an excerpt already
+		if d.EventTruncated { // kept as an excerpt already, with its size
+			d.Event, _ = budget.fit(d.Event, true)
+			continue
 		}
 		shown, cut := excerpt(d.Event, maxExcerpt)
 		if shown, cut = budget.fit(shown, cut); cut {
