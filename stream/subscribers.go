@@ -54,7 +54,14 @@ type authenticator struct {
 	relayUser, subUser string
 	relayHash, subHash []byte
 	relay, sub         atomic.Pointer[server.User] // nil until the server and its accounts are ready
+	// costly holds the turn of a check at more than bcrypt's lowest cost
+	// (a password a person chose): one at a time.
+	costly chan struct{}
 }
+
+// costlyWait is how long a connect waits for its turn to have a costly
+// password checked; past it, it is refused unchecked.
+const costlyWait = time.Second
 
 // relayConsumers are the names of the relay's consumers (ReservedConsumerPrefix)
 // on stream st now: those of endpoints no longer configured included,
@@ -90,8 +97,12 @@ func newAuthenticator(a *EmbeddedAuth) *authenticator {
 	return &authenticator{
 		relayUser: a.RelayUser, relayHash: []byte(bcryptHash(a.RelayPassword)),
 		subUser: a.SubscriberUser, subHash: []byte(bcryptHash(a.SubscriberPassword)),
+		costly: make(chan struct{}, 1),
 	}
 }
+
+// compareHash is bcrypt's check (a variable for tests).
+var compareHash = bcrypt.CompareHashAndPassword
 
 // Check implements server.Authentication.
 func (a *authenticator) Check(c server.ClientAuthentication) bool {
@@ -104,7 +115,24 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	case a.subUser:
 		u, hash = a.sub.Load(), a.subHash
 	}
-	if u == nil || bcrypt.CompareHashAndPassword(hash, bcryptInput(o.Password)) != nil {
+	if u == nil {
+		return false
+	}
+	// A password a person chose is checked at bcrypt's default cost, about
+	// 90 ms of CPU: one such check at a time, so that wrong passwords sent
+	// from many connections at once cannot keep both cores busy (the
+	// relay's own, at the lowest cost, never wait).
+	if cost, err := bcrypt.Cost(hash); err != nil || cost > bcrypt.MinCost {
+		t := time.NewTimer(costlyWait)
+		defer t.Stop()
+		select {
+		case a.costly <- struct{}{}:
+			defer func() { <-a.costly }()
+		case <-t.C:
+			return false
+		}
+	}
+	if compareHash(hash, bcryptInput(o.Password)) != nil {
 		return false
 	}
 	c.RegisterUser(u)
