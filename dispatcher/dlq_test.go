@@ -431,34 +431,8 @@ func TestCountingDeadLettersReadsNoBodies(t *testing.T) {
 func TestARedriveAfterTheDuplicateWindowQueuesNoSecondCopy(t *testing.T) {
 	h := newHarness(t)
 	h.reconfigure(event.StreamReplay, func(cfg *jetstream.StreamConfig) { cfg.Duplicates = 200 * time.Millisecond })
-	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
-		if n == 1 {
-			w.WriteHeader(http.StatusGone)
-			return
-		}
-		w.WriteHeader(http.StatusServiceUnavailable)
-	})
-	h.start(h.endpoint("orders", c.URL, 10*time.Minute)) // within SENGO_REPLAY's hour: the copy waits
-	h.publish("tx-r", event.StatusSuccess, "")
-	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
-	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
-	if err != nil || len(entries) != 1 {
-		t.Fatalf("%d dead letters (%v)", len(entries), err)
-	}
-	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
-		t.Fatalf("first redrive: %d (%v)", n, err)
-	}
-	eventually(t, "the copy's first attempt failed", func() bool { return len(c.got()) == 2 })
-	// The duplicate window has passed once a probe's id, sent after the
-	// copy, is new again (on a subject no endpoint reads).
-	probe := &nats.Msg{Subject: event.ReplaySubject("nobody"), Data: []byte("probe")}
-	if _, err := h.js.PublishMsg(t.Context(), probe, jetstream.WithMsgID("probe")); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the duplicate window passed", func() bool {
-		ack, err := h.js.PublishMsg(t.Context(), probe, jetstream.WithMsgID("probe"))
-		return err == nil && !ack.Duplicate
-	})
+	entries := h.redrivenWaiting("tx-r")
+	h.waitOutDuplicateWindow()
 	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 0 {
 		t.Fatalf("second redrive while the first copy waits: %d redriven (%v), want 0", n, err)
 	}
@@ -520,24 +494,7 @@ func TestARedriveRecordOfAnotherDeadLetterIsIgnored(t *testing.T) {
 // all the same, or, dead again, listed again. The copy goes with it.
 func TestAPurgeTakesTheWaitingCopyWithIt(t *testing.T) {
 	h := newHarness(t)
-	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
-		if n == 1 {
-			w.WriteHeader(http.StatusGone)
-			return
-		}
-		w.WriteHeader(http.StatusServiceUnavailable)
-	})
-	h.start(h.endpoint("orders", c.URL, 10*time.Minute)) // within SENGO_REPLAY's hour: the copy waits
-	h.publish("tx-p", event.StatusSuccess, "")
-	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
-	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
-	if err != nil || len(entries) != 1 {
-		t.Fatalf("%d dead letters (%v)", len(entries), err)
-	}
-	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
-		t.Fatalf("redrive: %d (%v)", n, err)
-	}
-	eventually(t, "the copy's first attempt failed", func() bool { return len(c.got()) == 2 })
+	entries := h.redrivenWaiting("tx-p")
 	if n, err := Purge(t.Context(), h.js, entries); err != nil || n != 1 {
 		t.Fatalf("purge: %d (%v)", n, err)
 	}
@@ -591,23 +548,7 @@ func TestAReplayToAnEndpointNoRelayDeliversIsRefused(t *testing.T) {
 func TestADuplicateRedriveRecordsTheCopy(t *testing.T) {
 	h := newHarness(t)
 	h.reconfigure(event.StreamReplay, func(cfg *jetstream.StreamConfig) { cfg.Duplicates = 200 * time.Millisecond })
-	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
-		if n == 1 {
-			w.WriteHeader(http.StatusGone)
-			return
-		}
-		w.WriteHeader(http.StatusServiceUnavailable)
-	})
-	h.start(h.endpoint("orders", c.URL, 10*time.Minute)) // within SENGO_REPLAY's hour: the copy waits
-	h.publish("tx-d", event.StatusSuccess, "")
-	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
-	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
-	if err != nil || len(entries) != 1 {
-		t.Fatalf("%d dead letters (%v)", len(entries), err)
-	}
-	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
-		t.Fatalf("first redrive: %d (%v)", n, err)
-	}
+	entries := h.redrivenWaiting("tx-d")
 	// Its record lost (not stored, or a copy from before records).
 	if err := mustKV(t, h).Delete(t.Context(), redriveKey(entries[0].Seq)); err != nil {
 		t.Fatal(err)
@@ -615,14 +556,7 @@ func TestADuplicateRedriveRecordsTheCopy(t *testing.T) {
 	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 0 {
 		t.Fatalf("redrive within the duplicate window: %d (%v), want 0", n, err)
 	}
-	probe := &nats.Msg{Subject: event.ReplaySubject("nobody"), Data: []byte("probe")}
-	if _, err := h.js.PublishMsg(t.Context(), probe, jetstream.WithMsgID("probe")); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the duplicate window passed", func() bool {
-		ack, err := h.js.PublishMsg(t.Context(), probe, jetstream.WithMsgID("probe"))
-		return err == nil && !ack.Duplicate
-	})
+	h.waitOutDuplicateWindow()
 	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 0 {
 		t.Fatalf("redrive after the window while the copy waits: %d (%v), want 0", n, err)
 	}
@@ -661,4 +595,46 @@ func TestAReplayOfOneProjectLeavesTheOthersAlone(t *testing.T) {
 	if req.JobID() == (ReplayRequest{Endpoints: req.Endpoints, Since: since, MerchantRef: req.MerchantRef}).JobID() {
 		t.Error("a replay of one project has the job id of the same replay of every project")
 	}
+}
+
+// redrivenWaiting dead-letters tx's success for "orders" (a 410) and
+// redrives it; the copy's attempts answer 503 and wait 10 minutes, within
+// SENGO_REPLAY's hour. It returns the dead letters redriven once the
+// copy's first attempt has failed.
+func (h *harness) redrivenWaiting(tx string) []DLQEntry {
+	h.t.Helper()
+	c := newConsumer(h.t, func(n int, _ *http.Request, w http.ResponseWriter) {
+		if n == 1 {
+			w.WriteHeader(http.StatusGone)
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	h.start(h.endpoint("orders", c.URL, 10*time.Minute))
+	h.publish(tx, event.StatusSuccess, "")
+	eventually(h.t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
+	entries, err := ListDLQ(h.t.Context(), h.js, DLQFilter{Endpoint: "orders"})
+	if err != nil || len(entries) != 1 {
+		h.t.Fatalf("%d dead letters (%v)", len(entries), err)
+	}
+	if n, err := Redrive(h.t.Context(), h.js, entries); err != nil || n != 1 {
+		h.t.Fatalf("first redrive: %d (%v)", n, err)
+	}
+	eventually(h.t, "the copy's first attempt failed", func() bool { return len(c.got()) == 2 })
+	return entries
+}
+
+// waitOutDuplicateWindow returns once SENGO_REPLAY's duplicate window has
+// passed for what is stored now: a probe's id, sent now, is new again (on
+// a subject no endpoint reads).
+func (h *harness) waitOutDuplicateWindow() {
+	h.t.Helper()
+	probe := &nats.Msg{Subject: event.ReplaySubject("nobody"), Data: []byte("probe")}
+	if _, err := h.js.PublishMsg(h.t.Context(), probe, jetstream.WithMsgID("probe")); err != nil {
+		h.t.Fatal(err)
+	}
+	eventually(h.t, "the duplicate window passed", func() bool {
+		ack, err := h.js.PublishMsg(h.t.Context(), probe, jetstream.WithMsgID("probe"))
+		return err == nil && !ack.Duplicate
+	})
 }

@@ -555,13 +555,25 @@ func startSandbox(t testing.TB) (*sandbox.Server, *sengo.Client) {
 // an id starting with prefix (the request hangs until the caller gives up).
 func startSandboxHanging(t testing.TB, prefix string) (*sandbox.Server, *sengo.Client) {
 	t.Helper()
+	return sandboxWithChecks(t, func(id string, _ http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasPrefix(id, prefix) {
+			return false
+		}
+		<-r.Context().Done() // never answered
+		return true
+	})
+}
+
+// sandboxWithChecks is a sandbox whose check of a transaction id goes to
+// check first: it answers (true) or leaves it to the sandbox (false).
+func sandboxWithChecks(t testing.TB, check func(id string, w http.ResponseWriter, r *http.Request) bool) (*sandbox.Server, *sengo.Client) {
+	t.Helper()
 	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, id, _ := strings.Cut(r.URL.Path, "/check/"); strings.HasPrefix(id, prefix) {
-			<-r.Context().Done() // never answered
+		if _, id, found := strings.Cut(r.URL.Path, "/check/"); found && check(id, w, r) {
 			return
 		}
 		sb.Handler().ServeHTTP(w, r)
@@ -1338,20 +1350,14 @@ func TestReconcileErrorsAreBounded(t *testing.T) {
 // reconciliation past its schedule). A probe counts for a failed check
 // only if it started after that check did.
 func TestAnOutageRightAfterAProbeIsAnOutage(t *testing.T) {
-	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var outage atomic.Bool
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, id, found := strings.Cut(r.URL.Path, "/check/"); found && (outage.Load() || strings.HasPrefix(id, "forged-hang-")) {
-			<-r.Context().Done() // never answered
-			return
+	sb, client := sandboxWithChecks(t, func(id string, w http.ResponseWriter, r *http.Request) bool {
+		if !outage.Load() && !strings.HasPrefix(id, "forged-hang-") {
+			return false
 		}
-		sb.Handler().ServeHTTP(w, r)
-	}))
-	t.Cleanup(func() { hs.Close(); sb.Close() })
-	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+		<-r.Context().Done() // never answered
+		return true
+	})
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}, sengo.CheckTimeout(300*time.Millisecond))
 		ic.ConfirmAttempts = 1000
@@ -1394,32 +1400,24 @@ func TestAnOutageRightAfterAProbeIsAnOutage(t *testing.T) {
 // probe's answer for its own and was quarantined. A probe counts only for
 // checks that had failed when it was sent.
 func TestAProbeSentBeforeACheckFailedDoesNotVouchForIt(t *testing.T) {
-	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var outage atomic.Bool
 	var genuineID atomic.Value
 	genuineID.Store("")
 	var genuineAsked atomic.Int32
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, id, found := strings.Cut(r.URL.Path, "/check/"); found {
-			switch {
-			case strings.HasPrefix(id, "forged-500-"):
-				w.WriteHeader(http.StatusInternalServerError)
-				return
-			case outage.Load() || id == genuineID.Load():
-				if id == genuineID.Load() {
-					genuineAsked.Add(1)
-				}
-				<-r.Context().Done() // never answered
-				return
+	sb, client := sandboxWithChecks(t, func(id string, w http.ResponseWriter, r *http.Request) bool {
+		switch {
+		case strings.HasPrefix(id, "forged-500-"):
+			w.WriteHeader(http.StatusInternalServerError)
+		case outage.Load() || id == genuineID.Load():
+			if id == genuineID.Load() {
+				genuineAsked.Add(1)
 			}
+			<-r.Context().Done() // never answered
+		default:
+			return false
 		}
-		sb.Handler().ServeHTTP(w, r)
-	}))
-	t.Cleanup(func() { hs.Close(); sb.Close() })
-	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+		return true
+	})
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}, sengo.CheckTimeout(2*time.Second))
 		ic.ConfirmAttempts = 1
@@ -1457,24 +1455,18 @@ func TestAProbeSentBeforeACheckFailedDoesNotVouchForIt(t *testing.T) {
 // failed check past confirm_attempts sent a probe of its own, doubling the
 // calls on a throttled key. A "no" stands for 5 s for every caller.
 func TestAnOutageIsProbedOnceNotPerCheck(t *testing.T) {
-	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var outage atomic.Bool
 	var probes atomic.Int32
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, id, found := strings.Cut(r.URL.Path, "/check/"); found && outage.Load() {
-			if strings.HasPrefix(id, "sengo-relay-probe-") {
-				probes.Add(1)
-			}
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return
+	sb, client := sandboxWithChecks(t, func(id string, w http.ResponseWriter, _ *http.Request) bool {
+		if !outage.Load() {
+			return false
 		}
-		sb.Handler().ServeHTTP(w, r)
-	}))
-	t.Cleanup(func() { hs.Close(); sb.Close() })
-	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+		if strings.HasPrefix(id, "sengo-relay-probe-") {
+			probes.Add(1)
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return true
+	})
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
 		ic.ConfirmAttempts = 1

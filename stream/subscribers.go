@@ -260,23 +260,24 @@ func (g *guard) handle(m *nats.Msg) {
 		defer func() { <-g.admitted }()
 		t := time.NewTimer(guardWait)
 		defer t.Stop()
-		busy := func() {
-			g.refuse(m, fmt.Errorf("%w: the subscriber's requests waited too long for their turn; retry", errBusy))
+		// take waits for a place in slots, until the request's time is up.
+		take := func(slots chan struct{}) bool {
+			select {
+			case slots <- struct{}{}:
+				return true
+			case <-t.C:
+				g.refuse(m, fmt.Errorf("%w: the subscriber's requests waited too long for their turn; retry", errBusy))
+				return false
+			}
 		}
 		subj := "$JS.API" + strings.TrimPrefix(m.Subject, guardPrefix)
 		if creates(subj) {
-			select {
-			case g.creating <- struct{}{}:
-			case <-t.C:
-				busy()
+			if !take(g.creating) {
 				return
 			}
 			defer func() { <-g.creating }()
 		}
-		select {
-		case g.running <- struct{}{}:
-		case <-t.C:
-			busy()
+		if !take(g.running) {
 			return
 		}
 		defer func() { <-g.running }()
