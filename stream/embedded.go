@@ -152,6 +152,7 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 		SyncAlways:   cfg.SyncAlways,
 		NoSigs:       true, // the relay owns signal handling
 		MaxPayload:   8 << 20,
+		MaxSubs:      MaxSubscriptions,
 		// The server's first PING to a client otherwise comes 2 s after
 		// the client connected, handshake finished or not; nats.go fails a
 		// handshake that sees it before its PONG ("expected 'PONG', got

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,6 +58,9 @@ type authenticator struct {
 	// costly holds the turn of a check at more than bcrypt's lowest cost
 	// (a password a person chose): one at a time.
 	costly chan struct{}
+	// admit makes counting the subscriber's connections and registering
+	// a new one one step.
+	admit sync.Mutex
 }
 
 // costlyWait is how long a connect waits for its turn to have a costly
@@ -134,6 +138,13 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	}
 	if compareHash(hash, bcryptInput(o.Password)) != nil {
 		return false
+	}
+	if o.Username == a.subUser {
+		a.admit.Lock()
+		defer a.admit.Unlock()
+		if u.Account != nil && u.Account.NumLocalConnections() >= SubscriberMaxConnections {
+			return false
+		}
 	}
 	c.RegisterUser(u)
 	return true
@@ -245,6 +256,17 @@ const (
 // a relay then could neither scan (replays, the console's stories) nor
 // start with a new endpoint.
 const SubscriberMaxConsumers = 100
+
+// SubscriberMaxConnections is how many connections the subscriber may
+// have open at once. Each may hold up to 64 MiB of messages the server has
+// yet to send it (nats-server's max_pending) in the relay's process.
+const SubscriberMaxConnections = 32
+
+// MaxSubscriptions is how many subscriptions one connection to the
+// embedded server may have, the relay's included (a relay connection has
+// about one an endpoint and a few more, and nats-server allows a stream
+// 1,000 consumers).
+const MaxSubscriptions = 10_000
 
 func (g *guard) handle(m *nats.Msg) {
 	if m.Reply == "" {

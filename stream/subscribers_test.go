@@ -452,3 +452,84 @@ func TestALargeMessageGetIsRefusedNotLost(t *testing.T) {
 		t.Fatalf("a 7 MiB event's message get: %v %.200s", err, fmt.Sprint(m))
 	}
 }
+
+// Each of the subscriber's connections may hold up to 64 MiB of
+// messages the server has yet to send it, and each of its subscriptions
+// costs the server memory: with no limit, a subscriber opening
+// connections and subscriptions without end grew the relay's process
+// (the embedded server is in it) until the machine ran out. It keeps at
+// most SubscriberMaxConnections connections, and every connection at most
+// MaxSubscriptions subscriptions; the relay still connects.
+func TestTheSubscriberCannotTakeEveryConnection(t *testing.T) {
+	e, _ := startWithSubscriber(t, subscriberAuth())
+	connect := func() (*nats.Conn, error) {
+		return nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second), nats.NoReconnect())
+	}
+	var conns []*nats.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range stream.SubscriberMaxConnections {
+		c, err := connect()
+		if err != nil {
+			t.Fatalf("the subscriber's connection %d: %v", i+1, err)
+		}
+		conns = append(conns, c)
+	}
+	if c, err := connect(); err == nil {
+		c.Close()
+		t.Fatalf("connection %d of the subscriber's was let in", stream.SubscriberMaxConnections+1)
+	}
+	relay, err := stream.Connect(stream.ConnectConfig{Name: "relay", Logger: zerolog.Nop()}, e.ConnectOption())
+	if err != nil {
+		t.Fatalf("the relay beside the subscriber's connections: %v", err)
+	}
+	relay.Close()
+	// Closing one makes room for another (the server forgets a closed
+	// connection soon after, not at once).
+	conns[0].Close()
+	var again *nats.Conn
+	deadline := time.Now().Add(10 * time.Second)
+	for again == nil && time.Now().Before(deadline) {
+		again, _ = connect()
+	}
+	if again == nil {
+		t.Fatal("no connection in the room a closed one made")
+	}
+	conns[0] = again
+
+	// Subscriptions: up to the limit on one connection, not one more.
+	errs := make(chan error, 1)
+	sub := conns[1]
+	sub.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+	})
+	for i := range stream.MaxSubscriptions {
+		if _, err := sub.SubscribeSync(fmt.Sprintf("sengo.events.s%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sub.Flush(); err != nil {
+		t.Fatalf("%d subscriptions: %v", stream.MaxSubscriptions, err)
+	}
+	select {
+	case err := <-errs:
+		t.Fatalf("%d subscriptions: %v", stream.MaxSubscriptions, err)
+	default:
+	}
+	_, _ = sub.SubscribeSync("sengo.events.one-more")
+	_ = sub.Flush()
+	select {
+	case err := <-errs:
+		if !strings.Contains(strings.ToLower(err.Error()), "maximum subscriptions") {
+			t.Fatalf("subscription %d: %v", stream.MaxSubscriptions+1, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("subscription %d of one connection was let in", stream.MaxSubscriptions+1)
+	}
+}
