@@ -1461,7 +1461,7 @@ func TestAnOutageIsProbedOnceNotPerCheck(t *testing.T) {
 		if !outage.Load() {
 			return false
 		}
-		if strings.HasPrefix(id, "sengo-relay-probe-") {
+		if strings.HasPrefix(id, sengo.ProbeIDPrefix) {
 			probes.Add(1)
 		}
 		w.WriteHeader(http.StatusServiceUnavailable)

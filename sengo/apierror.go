@@ -44,6 +44,8 @@ type APIError struct {
 	HTTPStatus int
 	Code       string
 	Message    string
+	// guessed: the answer carried no code; Code is codeForStatus's.
+	guessed bool
 }
 
 func (e *APIError) Error() string {
@@ -113,10 +115,14 @@ func (e *APIError) retryable() bool { return e.HTTPStatus == 429 || e.HTTPStatus
 // itself (400, 409, 422 or another 4xx), not for what every call shares:
 // credentials or IP (401, 403), a base_url that is not SenGo's (a 404
 // without its code; with it, the transaction is unknown, handled apart),
-// throttling (429).
+// throttling (429), or a failure that says to try again: SenGo's own
+// CREATE_FAILED ("upstream switching failed, try again"; a bare 400 is
+// still a refusal) and a proxy's 408.
 func (e *APIError) refusesCheck() bool {
-	switch e.HTTPStatus {
-	case 401, 403, 404, 429:
+	switch {
+	case e.HTTPStatus == 401, e.HTTPStatus == 403, e.HTTPStatus == 404, e.HTTPStatus == 408, e.HTTPStatus == 429:
+		return false
+	case e.Code == CodeCreateFailed && !e.guessed:
 		return false
 	}
 	return e.HTTPStatus >= 400 && e.HTTPStatus < 500

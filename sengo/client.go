@@ -314,7 +314,7 @@ func apiError(status int, env envelope) *APIError {
 	} else if status >= 300 && status < 400 {
 		e.Code = CodeRedirect
 	} else {
-		e.Code = codeForStatus(status)
+		e.Code, e.guessed = codeForStatus(status), true
 	}
 	return e
 }

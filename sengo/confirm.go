@@ -80,15 +80,32 @@ type probe struct {
 // probeFresh is how long one probe's answer stands for every caller.
 const probeFresh = 5 * time.Second
 
-// ProbeTimeout is how long a probe waits for SenGo's answer; one left
+// ProbeTimeout is how long a probe waits for SenGo's answer at most, and
+// never longer than a check (the Confirmer's check timeout): a SenGo
+// answering every check too late does not answer checks. One left
 // unanswered that long says SenGo does not answer (one its caller cut
 // short says nothing).
 const ProbeTimeout = 5 * time.Second
 
+// ProbeIDPrefix starts the made-up id a probe asks SenGo about: a random
+// UUID (version 4, as SenGo's ids are) whose first group is zeros, so that
+// it reads as the relay's in SenGo's logs. An id shaped as no real one is
+// may be refused before SenGo looks anything up, which says nothing of
+// whether its lookups work.
+const ProbeIDPrefix = "00000000-"
+
+// probeID is a new made-up id for a probe.
+func probeID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40 // version 4
+	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
+	return fmt.Sprintf("%s%x-%x-%x-%x", ProbeIDPrefix, b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
 // ChecksAnswered reports whether SenGo's API answers project's checks at
-// all, by checking a made-up id: SenGo answers it 404
-// TRANSACTION_NOT_FOUND (or refuses it as malformed) while its checks
-// work. A check that failed for one transaction while this holds failed
+// all, by checking a made-up id (probeID): SenGo answers it 404
+// TRANSACTION_NOT_FOUND, within a check's time, while its checks work. A check that failed for one transaction while this holds failed
 // for that transaction alone, not in an outage. One probe per project at a
 // time. Its answer stands for probeFresh: a "no" (or no answer in the
 // caller's time) for every caller, a "yes" only for the checks that had
@@ -113,9 +130,9 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since ti
 		return p.ok
 	}
 	started := time.Now()
-	pctx, cancel := context.WithTimeout(ctx, ProbeTimeout)
+	pctx, cancel := context.WithTimeout(ctx, min(ProbeTimeout, c.checkTimeout))
 	defer cancel()
-	_, err := client.check(pctx, "sengo-relay-probe-"+rand.Text(), false, 1)
+	_, err := client.check(pctx, probeID(), false, 1)
 	if ctx.Err() != nil {
 		return false // the caller's time ran out first: nothing learnt
 	}
@@ -126,8 +143,7 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since ti
 		p.started, p.at, p.ok = started, time.Now(), false
 		return false
 	}
-	var apiErr *APIError
-	p.started, p.at, p.ok = started, time.Now(), err == nil || errors.Is(err, ErrTransactionNotFound) || errors.As(err, &apiErr) && apiErr.refusesCheck()
+	p.started, p.at, p.ok = started, time.Now(), err == nil || errors.Is(err, ErrTransactionNotFound)
 	return p.ok
 }
 
@@ -135,7 +151,7 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since ti
 // as is) for a project without credentials. SenGo's status wins where it
 // has moved on; a final status SenGo does not report yields ErrUnconfirmed,
 // and so does a check SenGo refuses for this id alone (a 4xx other than
-// 401, 403, 404 and 429); other disagreements ErrMismatch. Any other
+// 401, 403, 404, 408 and 429, nor CREATE_FAILED); other disagreements ErrMismatch. Any other
 // error is transient (SenGo unreachable, throttled, misconfigured, or no
 // answer within the check timeout: ErrCheckTimedOut) and worth retrying.
 func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction) (Transaction, bool, error) {

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -149,7 +150,7 @@ func TestAProbeCutShortByItsCallerSaysNothing(t *testing.T) {
 	target, _ := url.Parse(strings.TrimSuffix(base, "/api"))
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	counted := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(r.URL.Path, "/check/sengo-relay-probe-") {
+		if strings.Contains(r.URL.Path, "/check/"+sengo.ProbeIDPrefix) {
 			probes.Add(1)
 		}
 		proxy.ServeHTTP(w, r)
@@ -167,5 +168,108 @@ func TestAProbeCutShortByItsCallerSaysNothing(t *testing.T) {
 	}
 	if n := probes.Load(); n != 2 {
 		t.Fatalf("%d probes sent, want 2: the one cut short told nothing", n)
+	}
+}
+
+// A probe had 5 s to answer where a check had its check timeout (a third
+// of intake's ack_wait, or confirm_timeout: 1.67 s with ack_wait 5s).
+// With SenGo slow for everyone (every answer in 2 s), every check timed
+// out and every probe answered: each genuine notification was taken for
+// one failing alone and quarantined on its first try. A probe now has no
+// more time than a check.
+func TestAProbeWaitsNoLongerThanACheck(t *testing.T) {
+	sb, base := startSandbox(t, sandbox.Config{})
+	client := sengo.NewClient(base, key, token)
+	tx, err := client.CreateQRIS(context.Background(), sengo.QRISRequest{Reference: "INV-1", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": client}, sengo.CheckTimeout(time.Second))
+	sb.SetFaults(sandbox.Faults{Latency: sandbox.Duration(2 * time.Second)}) // slow for everyone
+	if _, _, err := c.Confirm(context.Background(), "shop", tx); !errors.Is(err, sengo.ErrCheckTimedOut) {
+		t.Fatalf("a check answered in 2 s with 1 s to wait: %v, want ErrCheckTimedOut", err)
+	}
+	if c.ChecksAnswered(context.Background(), "shop", time.Now()) {
+		t.Fatal("SenGo answering every check in 2 s, past the check timeout of 1 s: the probe said it answers checks")
+	}
+}
+
+// The probe asked about an id that looked like none of SenGo's (theirs
+// are UUIDs), and took any refusal of it (422 REQUEST_INVALID) for "SenGo
+// answers checks". A SenGo that refuses a malformed id before looking it
+// up answered the probe at once while every real check failed (503): each
+// genuine notification was taken for one failing alone and quarantined.
+// The probe's id is shaped as SenGo's are, and only SenGo's answer about
+// it (TRANSACTION_NOT_FOUND) says its checks work.
+func TestOnlyAnAnswerAboutTheProbesIdSaysChecksWork(t *testing.T) {
+	uuid := regexp.MustCompile(`/check/[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+	for name, refuse := range map[string]bool{
+		"malformed ids refused, lookups failing": true,
+		"every check refused as invalid":         false,
+	} {
+		t.Run(name, func(t *testing.T) {
+			hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if refuse && uuid.MatchString(r.URL.Path) {
+					w.WriteHeader(503)
+					w.Write([]byte(`{"responseCode":503,"responseMessage":"PAYMENT_INTERNAL_ERROR"}`))
+					return
+				}
+				w.WriteHeader(422)
+				w.Write([]byte(`{"responseCode":422,"responseMessage":"REQUEST_INVALID"}`))
+			}))
+			defer hs.Close()
+			c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": sengo.NewClient(hs.URL, key, token)})
+			if c.ChecksAnswered(context.Background(), "shop", time.Now()) {
+				t.Fatal("the probe said SenGo answers checks")
+			}
+		})
+	}
+	// SenGo's own "no such transaction" about the probe's id: it does.
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !uuid.MatchString(r.URL.Path) {
+			t.Errorf("probe of %s: not shaped as SenGo's ids", r.URL.Path)
+		}
+		w.WriteHeader(404)
+		w.Write([]byte(`{"responseCode":404,"responseMessage":"TRANSACTION_NOT_FOUND"}`))
+	}))
+	defer hs.Close()
+	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": sengo.NewClient(hs.URL, key, token)})
+	if !c.ChecksAnswered(context.Background(), "shop", time.Now()) {
+		t.Fatal("SenGo answered the probe TRANSACTION_NOT_FOUND: it answers checks")
+	}
+}
+
+// SenGo's 400 CREATE_FAILED means "upstream switching failed, try
+// again", and a proxy's 408 a request it gave up on: both were read as
+// SenGo refusing to check this transaction, so a genuine payment was
+// quarantined after a few tries during SenGo's own upstream outage,
+// rechecked for 8.6 hours and then left to an operator. Both are
+// transient now, retried as an outage; a bare 400 (no SenGo code) is
+// still a refusal of this id.
+func TestARetryLaterAnswerIsNotARefusal(t *testing.T) {
+	for name, c := range map[string]struct {
+		status  int
+		body    string
+		refused bool
+	}{
+		"CREATE_FAILED": {400, `{"responseCode":400,"responseMessage":"CREATE_FAILED"}`, false},
+		"408":           {408, ``, false},
+		"bare 400":      {400, `{"message":"bad id"}`, true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				w.WriteHeader(c.status)
+				w.Write([]byte(c.body))
+			}))
+			defer hs.Close()
+			conf := sengo.NewConfirmer(map[string]*sengo.Client{"shop": sengo.NewClient(hs.URL, key, token)})
+			_, _, err := conf.Confirm(context.Background(), "shop", sengo.Transaction{ID: "66e934f6-0000-4000-8000-000000000001", Status: event.StatusSuccess})
+			if err == nil {
+				t.Fatal("confirmed")
+			}
+			if got := errors.Is(err, sengo.ErrUnconfirmed); got != c.refused {
+				t.Fatalf("%v: read as a refusal of this transaction %v, want %v", err, got, c.refused)
+			}
+		})
 	}
 }
