@@ -737,3 +737,47 @@ func TestServeRefusesABodyLimitTheStoreCannotHold(t *testing.T) {
 		}
 	}
 }
+
+// A relay started while its external NATS was down exited at once: the
+// connection, still being made, reported a max_payload of 0, and the body
+// limit's check refused every limit ("set it to at most -65536"). It
+// waits instead, as the README says, and takes callbacks once NATS is up;
+// the body limit is checked then.
+func TestServeWaitsForAnExternalNATSThatIsDown(t *testing.T) {
+	srv := natstest.Start(t)
+	srv.Stop()
+	base, logs, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_NATS_URL="+srv.URL()))
+	resp, err := http.Get(base + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Fatalf("readyz with NATS down: %d", resp.StatusCode)
+	}
+	srv.Restart()
+	waitReady(t, base)
+	if code := post(t, base+"/callbacks/sengo/main", fixtures.Body("callback-va-success")); code != 200 {
+		t.Fatalf("a callback once NATS is up: %d\n%s", code, logs.atLeast("warn"))
+	}
+}
+
+// The same relay with a body limit the server cannot hold stops once it
+// reaches the server, with why.
+func TestServeStartedWhileNATSIsDownChecksTheBodyLimitOnceUp(t *testing.T) {
+	srv := natstest.Start(t)
+	srv.Stop()
+	base, _, stop := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_NATS_URL="+srv.URL(), "SENGO_RELAY_HTTP_MAX_BODY_BYTES=16777216"))
+	srv.Restart()
+	eventually(t, "the relay stopped", func() bool {
+		resp, err := http.Get(base + "/healthz")
+		if err != nil {
+			return true
+		}
+		resp.Body.Close()
+		return false
+	})
+	if err := stop(); err == nil || !strings.Contains(err.Error(), "http.max_body_bytes") || !strings.Contains(err.Error(), "max_payload") {
+		t.Fatalf("serve: %v, want http.max_body_bytes refused for the server's max_payload", err)
+	}
+}

@@ -83,8 +83,13 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		return err
 	}
 	defer shutdownNATS()
-	if err := receiver.CheckBodyLimit(cfg.HTTP.MaxBodyBytes, conns.callbacks.MaxPayload()); err != nil {
-		return err
+	// A connection still being made (NATS down at start: the relay waits
+	// for it) knows no max_payload yet; the limit is checked once it is
+	// up, after provisioning.
+	if mp := conns.callbacks.MaxPayload(); mp > 0 {
+		if err := receiver.CheckBodyLimit(cfg.HTTP.MaxBodyBytes, mp); err != nil {
+			return err
+		}
 	}
 	// Callbacks publish on a connection of their own: behind intake's and
 	// the dispatcher's traffic on a shared one, a callback's publish and
@@ -307,6 +312,10 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		defer intakeDone.Done()
 		if err := provision(runCtx, js, spec, log); err != nil {
 			return // cancelled
+		}
+		if err := receiver.CheckBodyLimit(cfg.HTTP.MaxBodyBytes, nc.MaxPayload()); err != nil {
+			fatal(err) // NATS was down at start: checked now that it is up
+			return
 		}
 		provisioned.Store(true)
 		var in *receiver.Intake
