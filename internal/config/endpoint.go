@@ -171,6 +171,16 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 				bad("%s.filter.statuses: %v", at, err)
 			}
 		}
+		// nats-server refuses a consumer whose filter subjects overlap,
+		// and a repeat overlaps itself: the endpoint, and so the relay,
+		// could not start.
+		for key, l := range map[string][]string{"projects": f.Projects, "products": f.Products, "statuses": f.Statuses} {
+			for i, v := range l {
+				if slices.Index(l, v) < i && slices.Index(l[i+1:], v) < 0 {
+					bad("%s.filter.%s: %q is listed twice", at, key, v)
+				}
+			}
+		}
 		if e.Timeout <= 0 || e.Timeout.D() > 5*time.Minute {
 			bad("%s.timeout: must be between 0 and 5m", at)
 		}

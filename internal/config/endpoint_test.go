@@ -253,3 +253,25 @@ endpoints:
 		t.Errorf("jitter NaN from the environment: %v", err)
 	}
 }
+
+// A status, product or project listed twice in a filter passed the
+// check, and nats-server then refused the endpoint's consumer (its
+// filter subjects overlapped themselves): the relay stopped at start,
+// callbacks and all. Each repeat is named.
+func TestARepeatInAFilterIsAnError(t *testing.T) {
+	body := minimal + `endpoints:
+  orders:
+    url: https://orders.example/hooks/sengo
+    secrets: [` + whsec + `]
+    filter: {projects: [main, main], products: [retail, qris, retail], statuses: [success, expired, success]}
+`
+	_, err := Load(write(t, body), noEnv)
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{`endpoints.orders.filter.projects: "main" is listed twice`, `endpoints.orders.filter.products: "retail" is listed twice`, `endpoints.orders.filter.statuses: "success" is listed twice`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %s: %v", want, err)
+		}
+	}
+}
