@@ -144,6 +144,12 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 			unlock()
 		}
 	}()
+	// Read from the disk, not from pages an fsync failed to write that
+	// the kernel still holds (the relay stops after a failed fsync and
+	// restarts; the cache outlives the process).
+	if err := dropCached(cfg.StoreDir); err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
 	opts := &server.Options{
 		ServerName:   "sengo-relay",
 		JetStream:    true,

@@ -4,7 +4,9 @@ package stream
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -61,4 +63,26 @@ func kernelAtLeast(release string, major, minor int) bool {
 		return false
 	}
 	return maj > major || maj == major && mnr >= minor
+}
+
+// dropCached drops the page cache's clean pages of every file under dir
+// (dirty ones are written back instead, not dropped). After an fsync
+// failed, Linux may keep the pages it could not write cached and marked
+// clean, and a restarted store would read them back as if they were on
+// disk: it starts from the disk instead.
+func dropCached(dir string) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+			return fmt.Errorf("drop the cached pages of %s: %w", path, err)
+		}
+		return nil
+	})
 }

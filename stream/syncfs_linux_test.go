@@ -2,7 +2,17 @@
 
 package stream
 
-import "testing"
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"unsafe"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+)
 
 // Group commit trusts syncfs to report a failed write-back, which Linux
 // does from 5.8 on; an older kernel's syncfs said 0 all the same.
@@ -14,5 +24,66 @@ func TestGroupCommitNeedsAKernelThatReportsErrors(t *testing.T) {
 		if got := kernelAtLeast(release, 5, 8); got != want {
 			t.Errorf("kernelAtLeast(%q, 5, 8) = %v, want %v", release, got, want)
 		}
+	}
+}
+
+// residentPages is how many of path's pages are in the page cache.
+func residentPages(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatal(errno)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
+}
+
+// After an fsync failed, Linux may keep the pages it could not write in
+// its cache, marked clean. The relay then stops, and restarts; but a new
+// process reads the store through the same cache: nats-server found the
+// notification in it, rebuilt its duplicate window from it, and SenGo's
+// retry was answered 200 duplicate for a notification that was never on
+// disk (and is lost when the cache drops it or the power goes). The
+// embedded store now drops its files' cached pages before nats-server
+// reads them, so it starts from what is on disk.
+func TestTheEmbeddedStoreStartsFromTheDiskNotTheCache(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cached")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("sengo"), 200_000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil { // clean pages, as after a failed write-back
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, f)
+	f.Close()
+	if residentPages(t, path) == 0 {
+		t.Skip("this filesystem keeps no file in the page cache")
+	}
+	e, err := StartEmbedded(EmbeddedConfig{StoreDir: dir, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Shutdown()
+	if n := residentPages(t, path); n > 0 {
+		t.Fatalf("%d pages of a store file still cached after the store started", n)
 	}
 }
