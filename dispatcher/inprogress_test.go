@@ -1,0 +1,56 @@
+package dispatcher
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Every relay sets the endpoint's shared consumer's ack wait to its own
+// timeout plus 15 s when it starts. In a rolling deploy that lowered
+// the timeout, the first new relay lowered the ack wait under the old
+// relays' attempts still running: the server handed the event to a second
+// worker, which posted it while the first post was still open (a
+// consumer deduplicating check-then-insert ships twice). A worker now
+// tells the server the event is in progress while its attempt runs,
+// whatever the consumer's ack wait has become.
+func TestALongAttemptIsNotHandedToASecondWorker(t *testing.T) {
+	defer func(d time.Duration) { inProgressEvery = d }(inProgressEvery)
+	inProgressEvery = 200 * time.Millisecond
+	h := newHarness(t)
+	var open, most atomic.Int32
+	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
+		k := open.Add(1)
+		defer open.Add(-1)
+		for m := most.Load(); k > m && !most.CompareAndSwap(m, k); m = most.Load() {
+		}
+		if n == 1 {
+			<-time.After(3 * time.Second) // a slow consumer
+		}
+		w.WriteHeader(200)
+	})
+	ep := h.endpoint("orders", c.URL)
+	ep.Timeout, ep.Concurrency = 10*time.Second, 2
+	wk := h.start(ep)
+	// A relay started later with a shorter timeout updates the consumer.
+	ctx := context.Background()
+	cons, err := h.js.Consumer(ctx, "SENGO_EVENTS", ConsumerName("orders"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cons.CachedInfo().Config
+	cfg.AckWait = time.Second
+	if _, err := h.js.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", cfg); err != nil {
+		t.Fatal(err)
+	}
+	h.publish("tx-slow", "success", "")
+	eventually(t, "the event delivered", func() bool { return len(c.got()) > 0 && h.settled(wk) })
+	if m := most.Load(); m > 1 {
+		t.Fatalf("the event was posted %d times at once (%d posts in all)", m, len(c.got()))
+	}
+	if n := len(c.got()); n != 1 {
+		t.Fatalf("%d posts of one event the consumer answered 200", n)
+	}
+}
