@@ -421,6 +421,7 @@ func TestProjectsAndEndpointsFromTheEnvironment(t *testing.T) {
 		"SENGO_RELAY_PROJECTS_SHOP_TOKEN":               "token-from-env-0001",
 		"SENGO_RELAY_PROJECTS_SHOP_BASE_URL":            "sandbox",
 		"SENGO_RELAY_PROJECTS_MY_OUTLET_CALLBACK_TOKEN": "cb-token-from-env-000001",
+		"SENGO_RELAY_PROJECTS_MY_OUTLET_CONFIRM":        "false",
 		"SENGO_RELAY_ENDPOINTS_ORDERS_URL":              "https://o.example/h",
 		"SENGO_RELAY_ENDPOINTS_ORDERS_SECRETS":          whsec,
 		"SENGO_RELAY_ENDPOINTS_ORDERS_FILTER_STATUSES":  "success,expired",
@@ -490,6 +491,46 @@ func TestEndpointHeadersAndScheduleAreCheckedWhole(t *testing.T) {
 		_, err := Load(write(t, minimal+"endpoints:\n  orders:\n    url: https://o.example/h\n    secrets: ["+whsec+"]\n    filter: {all: true}\n"+ep), noEnv)
 		if err == nil || !strings.Contains(err.Error(), "endpoints.orders") {
 			t.Errorf("%s: err = %v, want it refused", what, err)
+		}
+	}
+}
+
+// A variable naming a project the file does not have adds that project,
+// so a typo in the project's name (MIAN for MAIN) added a project "mian"
+// and left main's callback token unset, the relay starting without a
+// word. A project from variables alone needs its credentials, or
+// confirm: false said outright.
+func TestAMistypedProjectInAVariableIsAnError(t *testing.T) {
+	body := "projects:\n  main: {api_key: SC-FILE00000000000001, token: file-token-000000001}\n"
+	_, err := Load(write(t, body), env(map[string]string{"SENGO_RELAY_PROJECTS_MIAN_CALLBACK_TOKEN": "0123456789abcdef01"}))
+	if err == nil || !strings.Contains(err.Error(), "projects.mian") {
+		t.Fatalf("a project added by a mistyped variable: %v", err)
+	}
+	if strings.Contains(err.Error(), "0123456789abcdef01") {
+		t.Fatalf("the error shows the token: %v", err)
+	}
+	cfg, err := Load(write(t, body), env(map[string]string{
+		"SENGO_RELAY_PROJECTS_OUTLET_CALLBACK_TOKEN": "0123456789abcdef01",
+		"SENGO_RELAY_PROJECTS_OUTLET_CONFIRM":        "false",
+	}))
+	if err != nil || cfg.Projects["outlet"] == nil {
+		t.Fatalf("an unconfirmed project from variables, said outright: %v", err)
+	}
+}
+
+// An empty variable (Compose fills in an unset ${VAR} so) removed the
+// file's setting without a word: a callback token, the allowed
+// addresses (then every address may post), or both credentials (then
+// nothing is confirmed). An empty secret, *_FILE or allowed_ips variable
+// is an error.
+func TestAnEmptyVariableRemovesNoSecurity(t *testing.T) {
+	body := "projects:\n  main: {api_key: SC-FILE00000000000001, token: file-token-000000001, callback_token: 0123456789abcdef01, allowed_ips: [192.0.2.1]}\n"
+	for _, name := range []string{
+		"SENGO_RELAY_PROJECTS_MAIN_CALLBACK_TOKEN", "SENGO_RELAY_PROJECTS_MAIN_CALLBACK_TOKEN_FILE",
+		"SENGO_RELAY_PROJECTS_MAIN_ALLOWED_IPS", "SENGO_RELAY_PROJECTS_MAIN_API_KEY", "SENGO_RELAY_PROJECTS_MAIN_TOKEN_FILE",
+	} {
+		if _, err := Load(write(t, body), env(map[string]string{name: ""})); err == nil || !strings.Contains(err.Error(), name+": empty") {
+			t.Errorf("%s set empty: %v", name, err)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"reflect"
 	"regexp"
@@ -57,8 +58,18 @@ func Load(path string, env Env) (Config, error) {
 		return Config{}, fmt.Errorf("read config: %w", err)
 	}
 	errs := decode(raw, &cfg)
+	inFile := maps.Clone(cfg.Projects)
 	errs = append(errs, applyEnv(&cfg, env)...)
 	errs = append(errs, cfg.readSecretFiles()...)
+	// A project named only by variables may be a typo of another's name
+	// (MIAN for MAIN), which left the setting meant for that one unset:
+	// such a project needs its credentials, or confirm: false said
+	// outright.
+	for _, name := range cfg.ProjectNames() {
+		if p := cfg.Projects[name]; inFile[name] == nil && p != nil && !p.HasCredentials() && p.Confirm != "false" {
+			errs = append(errs, fmt.Errorf("projects.%s: added by variables (%sPROJECTS_%s_…) without api_key and token; a typo of another project's name? A project from variables alone needs its credentials, or %sPROJECTS_%s_CONFIRM=false to be unconfirmed", name, EnvPrefix, envName(name), EnvPrefix, envName(name)))
+		}
+	}
 	if err := cfg.Validate(); err != nil {
 		errs = append(errs, unjoin(err)...)
 	}
@@ -375,6 +386,9 @@ func setFromEnv(v reflect.Value, name string, env Env, known map[string]bool) []
 		if !ok {
 			return nil
 		}
+		if strings.TrimSpace(s) == "" && guardsAccess(name, v.Type()) {
+			return []error{fmt.Errorf("%s: empty; unset it instead (an empty value would remove what the file sets: Compose fills in an unset ${VAR} so)", name)}
+		}
 		if err := setLeaf(v, s); err != nil {
 			return []error{fmt.Errorf("%s: %v", name, err)}
 		}
@@ -398,6 +412,15 @@ func setFromEnv(v reflect.Value, name string, env Env, known map[string]bool) []
 		}
 	}
 	return errs
+}
+
+// guardsAccess reports whether the variable name, of type t, holds a
+// secret, names a file of one, or lists the addresses allowed in: set
+// empty, it would silently remove that protection.
+func guardsAccess(name string, t reflect.Type) bool {
+	secret := reflect.TypeFor[Secret]()
+	return t == secret || t.Kind() == reflect.Slice && t.Elem() == secret ||
+		strings.HasSuffix(name, "_FILE") || strings.HasSuffix(name, "_ALLOWED_IPS")
 }
 
 func setLeaf(v reflect.Value, s string) error {
