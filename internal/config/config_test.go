@@ -534,3 +534,24 @@ func TestAnEmptyVariableRemovesNoSecurity(t *testing.T) {
 		}
 	}
 }
+
+// A secret written unquoted with '*' first is a YAML alias, and yaml.v3's
+// error names it ("unknown anchor 'S3cret…' referenced"): check-config and
+// serve printed the secret. A value holding a backtick ended yaml.v3's
+// quote of it early, and its next characters were shown.
+func TestParseErrorsDoNotShowTheValue(t *testing.T) {
+	for name, body := range map[string]string{
+		"alias":    "admin: {token: *S3cretValue0123456}\nprojects: {main: {}}\n",
+		"backtick": "projects: {main: {}}\nhttp: {max_in_flight: \"a`S3cretValue0123456\"}\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Load(write(t, body), noEnv)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if strings.Contains(err.Error(), "S3cr") {
+				t.Fatalf("the error shows the value: %v", err)
+			}
+		})
+	}
+}

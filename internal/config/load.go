@@ -103,7 +103,11 @@ func decode(raw []byte, cfg *Config) []error {
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
-		return []error{err}
+		msg := named.ReplaceAllString(err.Error(), "'…'")
+		if strings.Contains(msg, "anchor") || strings.Contains(msg, "alias") {
+			msg += " (a value written with * first is read as a YAML alias: quote it)"
+		}
+		return []error{errors.New(msg)}
 	}
 	if len(root.Content) == 0 {
 		return nil
@@ -127,14 +131,18 @@ var (
 	lineMsg = regexp.MustCompile(`^line (\d+): (.*)$`)
 	// quoted is the value yaml.v3 quotes in a type error: its first
 	// characters, which for a secret in the wrong place are the secret's.
-	quoted = regexp.MustCompile("(cannot unmarshal !!\\w+) `[^`]*`")
+	quoted = regexp.MustCompile("(cannot unmarshal !!\\w+) `.*` (into )")
+	// named is what yaml.v3's parse errors quote: an alias's name, for
+	// one ("unknown anchor 'S3cret…' referenced"), is a value written
+	// unquoted with '*' first, such as a secret.
+	named = regexp.MustCompile(`'[^\n]*'`)
 )
 
 // withPath turns yaml.v3's "line 3: cannot unmarshal !!str `abc` into
 // int" into "http.max_in_flight (line 3): cannot unmarshal !!str into int":
 // the value is named by its path, never shown.
 func withPath(msg string, paths map[int]string) string {
-	msg = quoted.ReplaceAllString(msg, "$1")
+	msg = quoted.ReplaceAllString(msg, "$1 $2")
 	m := lineMsg.FindStringSubmatch(msg)
 	if m == nil {
 		return msg

@@ -19,6 +19,8 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sengo-relay/sengo-relay/verify"
 )
 
 // Name is the instrumentation scope of the relay's spans.
@@ -64,9 +66,13 @@ func Describe() string {
 	if ep == "" {
 		ep = "http://localhost:4318"
 	}
+	// Not repeated unless it parses as scheme://host/path: credentials
+	// in it can parse as something else (without a scheme the rest is
+	// opaque; a '/' in them makes their end and the host the path; a '#'
+	// makes the rest a fragment).
 	u, err := url.Parse(ep)
-	if err != nil {
-		return "OTLP/HTTP to an endpoint that does not parse as a URL" // not repeated: it may hold credentials
+	if err != nil || u.Opaque != "" || u.Host == "" || strings.Contains(ep, "#") || verify.CredentialsInPath(u) {
+		return "OTLP/HTTP to an endpoint not shown: it does not parse as scheme://host/path and may hold credentials"
 	}
 	u.User, u.RawQuery = nil, ""
 	return "OTLP/HTTP to " + u.String()

@@ -51,6 +51,16 @@ func TestDescribeHidesCredentials(t *testing.T) {
 	if d := Describe(); strings.Contains(d, "s3") || strings.Contains(d, "cret") {
 		t.Errorf("Describe() = %q", d)
 	}
+	// Nor one whose credentials parse as something else: without a
+	// scheme (the rest is opaque), with a '/' in them (their end and the
+	// host become the path), with a '#' (the rest is a fragment). Each was
+	// printed whole by check-config and the start-up log.
+	for _, ep := range []string{"otel:s3cret@collector:4318", "https://tok/s3cret@collector:4318", "https://u:12#s3cret@collector:4318"} {
+		t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ep)
+		if d := Describe(); strings.Contains(d, "s3cret") {
+			t.Errorf("Describe() of %s = %q", ep, d)
+		}
+	}
 }
 
 // With OTEL_EXPORTER_OTLP_ENDPOINT set, spans reach the collector over
