@@ -156,13 +156,24 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) att
 }
 
 // endpointSecrets are the parts of ep's URL that read as secrets
-// (verify.URLSecrets) and the values of its configured headers, longest
-// first.
+// (verify.URLSecrets) and the values of its configured headers, each
+// whole and each word after its first ("Bearer <token>": a consumer
+// answers "invalid token <token>"), every one also JSON- and URL-escaped
+// as a consumer may echo it, longest first.
 func endpointSecrets(ep Endpoint) []string {
-	out := verify.URLSecrets(ep.URL)
+	plain := verify.URLSecrets(ep.URL)
 	for _, v := range ep.Headers {
-		if len(v) >= 4 {
-			out = append(out, v)
+		plain = append(plain, v)
+		if f := strings.Fields(v); len(f) > 1 {
+			plain = append(plain, f[1:]...)
+		}
+	}
+	var out []string
+	for _, v := range plain {
+		for _, e := range []string{v, strings.ReplaceAll(v, "/", `\/`), url.QueryEscape(v), url.PathEscape(v)} {
+			if len(e) >= 4 && !slices.Contains(out, e) {
+				out = append(out, e)
+			}
 		}
 	}
 	slices.SortStableFunc(out, func(a, b string) int { return len(b) - len(a) })

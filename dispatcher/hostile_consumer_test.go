@@ -143,6 +143,18 @@ func TestRecordsKeepNoSecretTheConsumerEchoes(t *testing.T) {
 			rawAnswer(w, "HTTP/1.1 "+strings.Repeat("x", 60000)+b64+"\r\n\r\n")
 			return []string{b64}
 		}},
+		{"echoed header token", func(r *http.Request, w http.ResponseWriter) []string {
+			// A configured "Bearer <token>" was hidden only whole.
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintf(w, "invalid token %s", strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))
+			return []string{"0123456789abcdef"}
+		}},
+		{"JSON-escaped header", func(r *http.Request, w http.ResponseWriter) []string {
+			// PHP's json_encode writes '/' as '\/'.
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintf(w, `{"got":"%s"}`, strings.ReplaceAll(r.Header.Get("Authorization"), "/", `\/`))
+			return []string{"0123456789abcdef"}
+		}},
 		{"credential headers", func(_ *http.Request, w http.ResponseWriter) []string {
 			w.Header().Set("X-Password", "hunter2-pw")
 			w.Header().Set("X-Credentials", "cred-123456")
@@ -163,7 +175,9 @@ func TestRecordsKeepNoSecretTheConsumerEchoes(t *testing.T) {
 				secrets = append(secrets, s...)
 				mu.Unlock()
 			})
-			w := h.start(h.endpoint("orders", c.URL+"/hooks/sengo/"+pathToken+"?key="+queryToken, 10*time.Millisecond))
+			ep := h.endpoint("orders", c.URL+"/hooks/sengo/"+pathToken+"?key="+queryToken, 10*time.Millisecond)
+			ep.Headers = map[string]string{"Authorization": "Bearer tok/0123456789abcdef"}
+			w := h.start(ep)
 			ev := h.publish("tx-echo", event.StatusSuccess, "")
 			eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
 			eventually(t, "two attempts stored", func() bool { s, _ := res.get(); return s == 2 })
