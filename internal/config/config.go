@@ -452,6 +452,8 @@ func (c *Config) Validate() error {
 		}
 		if u, err := url.Parse(p.APIBaseURL()); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || verify.CredentialsInPath(u) {
 			bad("%s.base_url: not production or sandbox, and %s", at, badURL(p.BaseURL))
+		} else if u.Scheme == "http" && p.HasCredentials() && !isLoopback(u.Hostname()) {
+			bad("%s.base_url: http:// sends the api_key and token in the clear on every check (and lets anyone on the way forge signed callbacks); use https, or http to this machine only (the sandbox)", at)
 		}
 		switch p.SignatureMode() {
 		case SignatureOff:

@@ -288,6 +288,9 @@ func TestCredentialMistakesAreErrors(t *testing.T) {
 		"require_confirmation without credentials": {"projects:\n  main: {require_confirmation: true}\n", "projects.main.require_confirmation"},
 		"require_confirmation with confirm false":  {"projects:\n  main: {api_key: k1, token: t1, confirm: \"false\", require_confirmation: true}\n", "projects.main.require_confirmation"},
 		"one api_key, two projects":                {"projects:\n  a: {api_key: k1, token: t1}\n  b: {api_key: k1, token: t2}\n", "projects.b.api_key: the same as projects.a.api_key"},
+		// The key and token travel in headers on every check: in the clear
+		// to the internet for a base_url typed with http.
+		"credentials over plain http": {"projects:\n  main: {api_key: k1, token: t1, base_url: \"http://api.sengo.id/api\"}\n", "projects.main.base_url: http:// sends the api_key and token in the clear"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -303,6 +306,12 @@ func TestCredentialMistakesAreErrors(t *testing.T) {
 	cfg, err := Load(write(t, "projects:\n  main: {api_key: k1, token: t1, require_confirmation: true}\n"), noEnv)
 	if err != nil || !cfg.Projects["main"].Confirms() {
 		t.Fatalf("complete credentials with require_confirmation: %v", err)
+	}
+	// Plain http to this machine (the sandbox) is fine.
+	for _, u := range []string{"http://127.0.0.1:8090/api", "http://localhost:8090/api", "http://[::1]:8090/api"} {
+		if _, err := Load(write(t, "projects:\n  main: {api_key: k1, token: t1, base_url: \""+u+"\"}\n"), noEnv); err != nil {
+			t.Errorf("base_url %s: %v", u, err)
+		}
 	}
 }
 
