@@ -158,3 +158,25 @@ func TestAdminProxySettingsReachTheListener(t *testing.T) {
 		t.Fatalf("the right token from another client through the same proxy: %d, want 200", code)
 	}
 }
+
+// The admin listener on loopback answers to the loopback names only: a
+// page whose name an attacker rebinds to 127.0.0.1 reaches it as a
+// same-origin page would, and its wrong tokens spent the operator's own
+// address's sign-in attempts.
+func TestTheAdminListenerOnLoopbackAnswersToItsOwnNames(t *testing.T) {
+	_, logs := startRunWith(t, writeConfig(t, endpointYAML("orders", "http://127.0.0.1:1/hook", "1s")), relayEnv(t.TempDir()))
+	addr := logs.field(t, "admin listening", "addr")
+	for host, want := range map[string]int{"rebind.attacker.example:8081": http.StatusMisdirectedRequest, addr: http.StatusOK, "localhost": http.StatusOK} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/admin/endpoints", nil)
+		req.Host = host
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("Host %s: %d, want %d", host, resp.StatusCode, want)
+		}
+	}
+}

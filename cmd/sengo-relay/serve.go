@@ -382,7 +382,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		if cfg.Admin.Token.Set() {
 			adminProxies, _ := prefixes(cfg.Admin.TrustedProxies) // validated with the configuration
 			workerMu.Lock()
-			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: adminJS, Readers: readers, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Durable: conns.durable, SecureCookie: cfg.Admin.SecureCookie, TrustedProxies: adminProxies, Logger: log.With().Str("component", "admin").Logger()})
+			adminSrv = admin.New(admin.Config{Token: cfg.Admin.Token.Value(), JetStream: adminJS, Readers: readers, Projects: cfg.ProjectNames(), Endpoints: endpoints, Workers: workerMap, Durable: conns.durable, SecureCookie: cfg.Admin.SecureCookie, TrustedProxies: adminProxies, Hosts: cfg.Admin.ServedHosts(), Logger: log.With().Str("component", "admin").Logger()})
 			workerMu.Unlock()
 			aln, err := net.Listen("tcp", cfg.Admin.Listen)
 			if err != nil {

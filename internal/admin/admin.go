@@ -9,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"mime"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -66,7 +67,11 @@ type Config struct {
 	// them is the one wrong tokens are paced by and audit lines name.
 	// Empty: the peer that connected, whatever a request claims.
 	TrustedProxies []netip.Prefix
-	Logger         zerolog.Logger
+	// Hosts are the names (and addresses) requests may name in their Host
+	// header, any port; a request naming another is refused (421) before
+	// anything else. Empty: any.
+	Hosts  []string
+	Logger zerolog.Logger
 }
 
 // defaultReadTimeout is Config.ReadTimeout when it is zero.
@@ -142,7 +147,7 @@ func New(cfg Config) *Server {
 		}
 		_ = c.JSON(status, map[string]any{"error": body})
 	}
-	e.Pre(boundBody)
+	e.Pre(servesHost(cfg.Hosts), boundBody)
 	// Wrong bearer tokens spend the allowances of the console's sign-ins
 	// (guessLimiter): an address out of attempts is answered 429 without
 	// its token being compared. A right token, or none at all (a
@@ -892,4 +897,30 @@ func (s *Server) quarantinePurge(c echo.Context) error {
 	})
 	s.auditAPI(c, "purge quarantined", "", n, err)
 	return s.acted(c, "purged", n, err)
+}
+
+// servesHost refuses (421) a request whose Host header names none of
+// hosts (any port; nil: any host). A page whose name an attacker rebinds
+// to the listener's address (DNS rebinding) is same-origin to itself:
+// without this its requests passed the cross-site checks and spent the
+// operator's own address's sign-in attempts.
+func servesHost(hosts []string) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			if len(hosts) == 0 {
+				return next(c)
+			}
+			h := c.Request().Host
+			if name, _, err := net.SplitHostPort(h); err == nil {
+				h = name
+			}
+			h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+			for _, ok := range hosts {
+				if strings.EqualFold(h, ok) {
+					return next(c)
+				}
+			}
+			return echo.NewHTTPError(http.StatusMisdirectedRequest, errorMsg{Code: "host_not_allowed", Message: "this listener does not serve that host name (admin.hosts)"})
+		}
+	}
 }

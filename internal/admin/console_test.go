@@ -741,3 +741,47 @@ func TestConsoleLinksKeepATransactionIdInItsSegment(t *testing.T) {
 		t.Fatalf("the link: %d, want the transaction's story: %.300s", resp.StatusCode, b)
 	}
 }
+
+// A page at http://rebind.attacker.example:8081 whose name the attacker
+// rebinds to 127.0.0.1 is same-origin to itself: its posts carried an
+// Origin equal to their Host and passed the cross-site check, and its
+// wrong tokens, from the operator's own address, spent that address's
+// attempts until the operator's own sign-in was refused (429). A listener
+// told which names it serves (admin.hosts; the loopback names for one on
+// loopback) refuses every other Host before any token is compared.
+func TestARebindingPageCannotSpendTheOperatorsSignIns(t *testing.T) {
+	js := provision(t)
+	a := New(Config{Token: token, JetStream: js, Projects: []string{"main"}, Relay: "relay-a", Hosts: []string{"localhost", "127.0.0.1", "::1"}, Logger: zerolog.Nop()})
+	hs := httptest.NewServer(a.Handler())
+	t.Cleanup(func() { hs.Close(); a.Close() })
+	const rebound = "rebind.attacker.example:8081"
+	for i := range 15 {
+		req, _ := http.NewRequest(http.MethodPost, hs.URL+"/console/login", strings.NewReader(url.Values{"token": {fmt.Sprintf("wrong-token-%02d-0123456789", i)}}.Encode()))
+		req.Host = rebound
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", "http://"+rebound)
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		resp, err := browser(t).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMisdirectedRequest {
+			t.Fatalf("sign-in %d from the rebound page: %d, want 421", i+1, resp.StatusCode)
+		}
+		req, _ = http.NewRequest(http.MethodGet, hs.URL+"/admin/endpoints", nil)
+		req.Host = rebound
+		req.Header.Set("Authorization", fmt.Sprintf("Bearer guess-%04d-0123456789abcdef", i))
+		if resp, err = http.DefaultClient.Do(req); err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMisdirectedRequest {
+			t.Fatalf("bearer call %d from the rebound page: %d, want 421", i+1, resp.StatusCode)
+		}
+	}
+	signIn(t, browser(t), hs.URL)
+	if code, body := call(t, hs, http.MethodGet, "/admin/endpoints", "", token); code != http.StatusOK {
+		t.Fatalf("the operator's own call after the rebound page's: %d %s", code, body)
+	}
+}

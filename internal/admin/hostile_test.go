@@ -639,3 +639,28 @@ func TestAnAuditLineIsBoundedWhateverTheFormSent(t *testing.T) {
 		t.Errorf("%d audit lines, want both refusals audited:\n%s", audited, logs.String())
 	}
 }
+
+// The document listed neither 429 (too many wrong tokens), 413 (a body
+// over 64 KiB) nor 500 and 503 (a store that refuses or does not answer)
+// on any route, though every route can answer them: a generated client
+// took them for undocumented. Each answer here is checked against it.
+func TestTheDocumentListsEveryAnswer(t *testing.T) {
+	srv, js := provisionServer(t)
+	hs, _ := newRelayNamed(t, js, "relay-a", zerolog.Nop())
+	if code, body, _ := callHeader(t, hs, http.MethodPost, "/admin/replays", `{"endpoint":"orders","pad":"`+strings.Repeat("x", 70<<10)+`"}`, token); code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("a body of 70 KiB: %d %s", code, body)
+	}
+	limited := false
+	for i := 0; i < 30 && !limited; i++ {
+		code, _, _ := callHeader(t, hs, http.MethodGet, "/admin/endpoints", "", fmt.Sprintf("guess-%04d-0123456789abcdef", i))
+		limited = code == http.StatusTooManyRequests
+	}
+	if !limited {
+		t.Fatal("no wrong token was refused as too many")
+	}
+	srv.Stop()
+	hs2, _ := newRelayNamed(t, js, "relay-b", zerolog.Nop())
+	if code, body, _ := callHeader(t, hs2, http.MethodGet, "/admin/dlq/1", "", token); code < 500 {
+		t.Fatalf("a dead letter with the store stopped: %d %s", code, body)
+	}
+}

@@ -316,6 +316,11 @@ func (c *Config) Validate() error {
 			bad("admin.trusted_proxies: %q is not a CIDR or address", p)
 		}
 	}
+	for _, h := range c.Admin.Hosts {
+		if h == "" || strings.ContainsAny(h, "/ :@") && net.ParseIP(h) == nil {
+			bad("admin.hosts: %q is not a host name or address (no scheme, port or path)", h)
+		}
+	}
 
 	if c.NATS.Replicas < 1 || c.NATS.Replicas > 5 {
 		bad("nats.replicas: %d is outside 1 to 5", c.NATS.Replicas)

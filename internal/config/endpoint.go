@@ -90,6 +90,23 @@ type Admin struct {
 	// paced, and audit lines name who acted, by that address rather
 	// than by the proxy's, which every client of the proxy shares.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// Hosts are the names the listener answers to (the Host header, any
+	// port); another is refused, so that a page whose name an attacker
+	// rebinds to the listener's address (DNS rebinding) cannot reach it.
+	// Empty: the loopback names on a loopback listener, any otherwise.
+	Hosts []string `yaml:"hosts"`
+}
+
+// ServedHosts are the Host names the admin listener answers to (nil:
+// any): Hosts, or on a loopback listener the loopback names.
+func (a Admin) ServedHosts() []string {
+	if len(a.Hosts) > 0 {
+		return a.Hosts
+	}
+	if host, _, err := net.SplitHostPort(a.Listen); err == nil && isLoopback(host) {
+		return []string{"localhost", "127.0.0.1", "::1"}
+	}
+	return nil
 }
 
 // DefaultSchedule is the Standard Webhooks example schedule: about three

@@ -275,3 +275,27 @@ func TestARepeatInAFilterIsAnError(t *testing.T) {
 		}
 	}
 }
+
+// The admin listener answers to the names it is reached by: on loopback,
+// the loopback names unless admin.hosts says otherwise; elsewhere, the
+// names listed, or any.
+func TestAdminServesItsOwnNames(t *testing.T) {
+	for _, tc := range []struct {
+		admin Admin
+		want  []string
+	}{
+		{Admin{Listen: "127.0.0.1:8081"}, []string{"localhost", "127.0.0.1", "::1"}},
+		{Admin{Listen: "[::1]:8081"}, []string{"localhost", "127.0.0.1", "::1"}},
+		{Admin{Listen: "localhost:8081"}, []string{"localhost", "127.0.0.1", "::1"}},
+		{Admin{Listen: "127.0.0.1:8081", Hosts: []string{"relay-admin.internal"}}, []string{"relay-admin.internal"}},
+		{Admin{Listen: "0.0.0.0:8081"}, nil},
+	} {
+		if got := tc.admin.ServedHosts(); !slices.Equal(got, tc.want) {
+			t.Errorf("%+v: %v, want %v", tc.admin, got, tc.want)
+		}
+	}
+	if _, err := Load(write(t, minimal+"admin: {hosts: [\"https://relay.example\", \"relay.example:8081\", \"ok.example\", \"10.0.0.7\"]}\n"), noEnv); err == nil ||
+		!strings.Contains(err.Error(), `admin.hosts: "https://relay.example"`) || !strings.Contains(err.Error(), `admin.hosts: "relay.example:8081"`) || strings.Contains(err.Error(), "ok.example") || strings.Contains(err.Error(), "10.0.0.7") {
+		t.Fatalf("bad admin.hosts: %v", err)
+	}
+}
