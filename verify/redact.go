@@ -201,3 +201,22 @@ func RedactServerURLs(list string) string {
 	}
 	return strings.Join(urls, ",")
 }
+
+// LoopbackNames are the names of this machine a Host header may carry.
+var LoopbackNames = []string{"localhost", "127.0.0.1", "::1"}
+
+// HostIn reports whether a Host header (host or host:port, an IPv6
+// address in brackets) names one of names, case aside.
+func HostIn(hostHeader string, names []string) bool {
+	h := hostHeader
+	if name, _, err := net.SplitHostPort(h); err == nil {
+		h = name
+	}
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	for _, n := range names {
+		if strings.EqualFold(h, n) {
+			return true
+		}
+	}
+	return false
+}

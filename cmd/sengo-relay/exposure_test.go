@@ -159,11 +159,11 @@ func TestAdminProxySettingsReachTheListener(t *testing.T) {
 	}
 }
 
-// The admin listener on loopback answers to the loopback names only: a
+// The admin and metrics listeners on loopback answer to the loopback names only: a
 // page whose name an attacker rebinds to 127.0.0.1 reaches it as a
 // same-origin page would, and its wrong tokens spent the operator's own
 // address's sign-in attempts.
-func TestTheAdminListenerOnLoopbackAnswersToItsOwnNames(t *testing.T) {
+func TestLoopbackListenersAnswerToTheirOwnNames(t *testing.T) {
 	_, logs := startRunWith(t, writeConfig(t, endpointYAML("orders", "http://127.0.0.1:1/hook", "1s")), relayEnv(t.TempDir()))
 	addr := logs.field(t, "admin listening", "addr")
 	for host, want := range map[string]int{"rebind.attacker.example:8081": http.StatusMisdirectedRequest, addr: http.StatusOK, "localhost": http.StatusOK} {
@@ -176,7 +176,22 @@ func TestTheAdminListenerOnLoopbackAnswersToItsOwnNames(t *testing.T) {
 		}
 		resp.Body.Close()
 		if resp.StatusCode != want {
-			t.Errorf("Host %s: %d, want %d", host, resp.StatusCode, want)
+			t.Errorf("admin, Host %s: %d, want %d", host, resp.StatusCode, want)
+		}
+	}
+	// The metrics listener without a token (loopback): a rebound page
+	// could read the payment volumes per project.
+	maddr := logs.field(t, "metrics listening", "addr")
+	for host, want := range map[string]int{"rebind.attacker.example:9464": http.StatusMisdirectedRequest, maddr: http.StatusOK, "[::1]:9464": http.StatusOK} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+maddr+"/metrics", nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("metrics, Host %s: %d, want %d", host, resp.StatusCode, want)
 		}
 	}
 }

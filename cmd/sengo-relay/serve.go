@@ -450,6 +450,13 @@ func metricsHandler(g prometheus.Gatherer, token string) http.Handler {
 	h := promhttp.HandlerFor(g, promhttp.HandlerOpts{})
 	mux := http.NewServeMux()
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		// Without a token the listener is on loopback: it answers to this
+		// machine's names only, never to a web page whose name an attacker
+		// rebinds to 127.0.0.1 (which could then read the payment volumes).
+		if token == "" && !verify.HostIn(r.Host, verify.LoopbackNames) {
+			http.Error(w, "this listener answers to localhost, 127.0.0.1 and ::1 only", http.StatusMisdirectedRequest)
+			return
+		}
 		if token != "" {
 			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 			if !ok || !verify.Token(token, got) {

@@ -9,7 +9,6 @@ import (
 	"io"
 	"maps"
 	"mime"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -907,18 +906,8 @@ func (s *Server) quarantinePurge(c echo.Context) error {
 func servesHost(hosts []string) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
-			if len(hosts) == 0 {
+			if len(hosts) == 0 || verify.HostIn(c.Request().Host, hosts) {
 				return next(c)
-			}
-			h := c.Request().Host
-			if name, _, err := net.SplitHostPort(h); err == nil {
-				h = name
-			}
-			h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
-			for _, ok := range hosts {
-				if strings.EqualFold(h, ok) {
-					return next(c)
-				}
 			}
 			return echo.NewHTTPError(http.StatusMisdirectedRequest, errorMsg{Code: "host_not_allowed", Message: "this listener does not serve that host name (admin.hosts)"})
 		}

@@ -104,7 +104,7 @@ func (a Admin) ServedHosts() []string {
 		return a.Hosts
 	}
 	if host, _, err := net.SplitHostPort(a.Listen); err == nil && isLoopback(host) {
-		return []string{"localhost", "127.0.0.1", "::1"}
+		return verify.LoopbackNames
 	}
 	return nil
 }
