@@ -2,11 +2,11 @@ package sengo
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/sengo-relay/sengo-relay/event"
@@ -94,14 +94,9 @@ const ProbeTimeout = 5 * time.Second
 // whether its lookups work.
 const ProbeIDPrefix = "00000000-"
 
-// probeID is a new made-up id for a probe.
-func probeID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40 // version 4
-	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
-	return fmt.Sprintf("%s%x-%x-%x-%x", ProbeIDPrefix, b[4:6], b[6:8], b[8:10], b[10:16])
-}
+// probeID is a new made-up id for a probe: a random UUID whose first
+// group is ProbeIDPrefix's zeros.
+func probeID() string { return ProbeIDPrefix + uuid.NewString()[len(ProbeIDPrefix):] }
 
 // ChecksAnswered reports whether SenGo's API answers project's checks at
 // all, by checking a made-up id (probeID): SenGo answers it 404

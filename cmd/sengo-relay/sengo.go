@@ -196,7 +196,11 @@ loopback, with no authentication on its controls. Its subcommands control a runn
 				return err
 			}
 		}
-		sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{seed}, StateDir: stateDir, Callbacks: policy()})
+		var hosts []string // --allow-remote: reached by names this machine cannot know
+		if !allowRemote {
+			hosts = verify.LoopbackNames
+		}
+		sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{seed}, StateDir: stateDir, Callbacks: policy(), Hosts: hosts})
 		if err != nil {
 			return err
 		}

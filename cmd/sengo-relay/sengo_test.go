@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -395,6 +396,38 @@ func TestSandboxRefusesRemoteListen(t *testing.T) {
 		err := run(context.Background(), []string{"sandbox", "--listen", addr, "--state-dir", ""}, io.Discard, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), "--allow-remote") {
 			t.Errorf("%s: %v", addr, err)
+		}
+	}
+}
+
+// On loopback the sandbox answers to this machine's names only: a web
+// page whose name an attacker rebinds to 127.0.0.1 would read every
+// transaction and drive its controls as if it were the sandbox's own.
+func TestTheSandboxOnLoopbackAnswersToItsOwnNames(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"sandbox", "--listen", "127.0.0.1:0", "--state-dir", ""}, pw, io.Discard)
+		pw.Close()
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	addr, _, _ := strings.Cut(strings.TrimPrefix(line, "sengo sandbox: API http://"), "/")
+	for host, want := range map[string]int{"rebind.attacker.example:8090": http.StatusMisdirectedRequest, addr: http.StatusOK} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/sandbox/transactions", nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("Host %s: %d, want %d", host, resp.StatusCode, want)
 		}
 	}
 }

@@ -257,3 +257,60 @@ func TestPayByMerchantRef(t *testing.T) {
 		t.Fatal("unknown reference paid")
 	}
 }
+
+// The sandbox's controls take no credentials (it is a local tool), and
+// any web page the developer had open could drive them: a form or a
+// no-cors fetch from another site paid a transaction (the relay then
+// confirmed it against the sandbox and published it), or replaced the
+// project's token; a page whose name was rebound to 127.0.0.1 could read
+// every transaction too. A browser's request from elsewhere is refused,
+// and a sandbox told its names answers to no other.
+func TestABrowserElsewhereCannotDriveTheSandbox(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: key, Token: token, Active: 100_000}}, Hosts: []string{"localhost", "127.0.0.1", "::1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(sb.Handler())
+	t.Cleanup(func() { hs.Close(); sb.Close() })
+	c := sengo.NewClient(hs.URL+"/api", key, token)
+	tx := retail(t, c, "P-X", "", 0)
+	do := func(method, path, host string, header map[string]string, body string) int {
+		t.Helper()
+		req, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(body))
+		if host != "" {
+			req.Host = host
+		}
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	pay := "/sandbox/transactions/" + tx.ID + "/pay"
+	for name, h := range map[string]map[string]string{
+		"another site's form": {"Origin": "https://evil.example", "Content-Type": "application/x-www-form-urlencoded"},
+		"a sandboxed frame":   {"Origin": "null"},
+		"a cross-site fetch":  {"Sec-Fetch-Site": "cross-site"},
+	} {
+		if code := do(http.MethodPost, pay, "", h, ""); code != http.StatusForbidden {
+			t.Errorf("%s paying: %d, want 403", name, code)
+		}
+	}
+	if code := do(http.MethodPost, "/sandbox/projects", "", map[string]string{"Origin": "https://evil.example", "Content-Type": "text/plain"}, `{"key":"`+key+`","token":"x"}`); code != http.StatusForbidden {
+		t.Errorf("another site replacing the token: %d, want 403", code)
+	}
+	if code := do(http.MethodGet, "/sandbox/transactions", "rebind.attacker.example:8090", nil, ""); code != http.StatusMisdirectedRequest {
+		t.Errorf("a rebound page reading the transactions: %d, want 421", code)
+	}
+	if got, _ := c.Check(context.Background(), tx.ID, false); got.Status != event.StatusPending {
+		t.Fatalf("the transaction is %s after the refused requests", got.Status)
+	}
+	// The CLI (no browser headers) still drives it.
+	if code := do(http.MethodPost, pay, "", nil, ""); code != http.StatusOK {
+		t.Fatalf("the CLI paying: %d", code)
+	}
+}

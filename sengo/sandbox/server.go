@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -37,6 +38,11 @@ type Config struct {
 	Now func() time.Time
 	// HTTPClient sends callbacks; a 10s-timeout client when nil.
 	HTTPClient *http.Client
+	// Hosts are the names requests may carry in their Host header (any
+	// port); another is refused (421). Nil: any. On loopback, the
+	// loopback names: a web page whose name an attacker rebinds to
+	// 127.0.0.1 (DNS rebinding) would otherwise read and drive it.
+	Hosts []string
 }
 
 // CallbackPolicy is how the sandbox sends callbacks.
@@ -159,8 +165,39 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Handler serves the API under /api and the controls under /sandbox.
-func (s *Server) Handler() http.Handler { return s.mux }
+// Handler serves the API under /api and the controls under /sandbox. It
+// answers to the configured Hosts only, and refuses a browser's request
+// to change anything from another site (an Origin other than its own, a
+// Sec-Fetch-Site of cross-site or same-site): its controls take no
+// credentials, and any page the developer has open could send a form or
+// a no-cors fetch. Clients that are no browser send neither header.
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(s.cfg.Hosts) > 0 && !verify.HostIn(r.Host, s.cfg.Hosts) {
+			writeEnvelope(w, http.StatusMisdirectedRequest, sengo.CodeRequestInvalid, map[string]string{"message": "this sandbox answers to " + strings.Join(s.cfg.Hosts, ", ") + " only"})
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && fromElsewhere(r) {
+			writeEnvelope(w, http.StatusForbidden, sengo.CodeUnauthorized, map[string]string{"message": "refused: a browser's request from another site"})
+			return
+		}
+		s.mux.ServeHTTP(w, r)
+	})
+}
+
+// fromElsewhere reports whether a browser says r comes from another site.
+func fromElsewhere(r *http.Request) bool {
+	if o := r.Header.Get("Origin"); o != "" {
+		if u, err := url.Parse(o); err != nil || u.Host != r.Host {
+			return true
+		}
+	}
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "cross-site", "same-site":
+		return true
+	}
+	return false
+}
 
 // Close stops sending callbacks and waits for those in flight.
 func (s *Server) Close() {
