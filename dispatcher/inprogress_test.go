@@ -54,3 +54,46 @@ func TestALongAttemptIsNotHandedToASecondWorker(t *testing.T) {
 		t.Fatalf("%d posts of one event the consumer answered 200", n)
 	}
 }
+
+// The relay stored a dead letter, then marked the event's record done,
+// then terminated it. Stopped between the first two (killed, the power
+// gone), it found on redelivery a record saying nothing of the dead
+// letter and posted the event again: to an endpoint that had answered 410
+// (asking for no more), or, answered 2xx, an event acked while its dead
+// letter stayed listed (a redrive then posted it a third time). The
+// decision is recorded before the dead letter is stored: a redelivery
+// stores the dead letter again (a duplicate the stream drops) and posts
+// nothing.
+func TestADeadLetterStoppedPartWayIsNotPostedAgain(t *testing.T) {
+	crashed := false
+	testCrashAfterDeadLetter = func() bool {
+		if crashed {
+			return false
+		}
+		crashed = true
+		return true
+	}
+	t.Cleanup(func() { testCrashAfterDeadLetter = nil })
+	h := newHarness(t)
+	c := newConsumer(t, status(http.StatusGone, http.StatusGone))
+	ep := h.endpoint("orders", c.URL)
+	wk := h.start(ep)
+	ctx := context.Background()
+	cons, err := h.js.Consumer(ctx, "SENGO_EVENTS", ConsumerName("orders"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cons.CachedInfo().Config
+	cfg.AckWait = time.Second // the stopped relay's event comes back soon
+	if _, err := h.js.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", cfg); err != nil {
+		t.Fatal(err)
+	}
+	h.publish("tx-gone", "success", "")
+	eventually(t, "the event settled", func() bool { return crashed && h.settled(wk) })
+	if n := len(c.got()); n != 1 {
+		t.Fatalf("%d posts of an event its endpoint answered 410", n)
+	}
+	if n := len(h.deadLetters()); n != 1 {
+		t.Fatalf("%d dead letters", n)
+	}
+}

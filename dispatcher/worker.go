@@ -946,21 +946,26 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 		LastStatus: rec.LastStatus, LastError: rec.LastError, ResponseExcerpt: rec.Excerpt,
 		StreamSeq: eventSeq(msg, meta, replayed), Replayed: replayed, DeadAt: w.cfg.Now().UTC(),
 	}
+	if rec.DeadLetter != reason && ev.ID != "" {
+		// Decided, and recorded before the dead letter is stored: a retry
+		// (the store refused it) or a redelivery (the relay stopped before
+		// the record below) stores the dead letter again, a duplicate the
+		// stream drops, and posts nothing. Best effort: without the record
+		// the event is attempted again, as before.
+		rec.DeadLetter = reason
+		if err := w.store.put(ctx, key, rec); err != nil {
+			w.log.Warn().Err(err).Str("event_id", clip(ev.ID)).Msg("record the dead letter to store")
+		}
+	}
 	err := publishDeadLetter(ctx, w.cfg.JetStream, key, d, msg.Data())
 	if err == nil {
 		err = w.durable(ctx) // the Term below relies on it
 	}
+	if err == nil && testCrashAfterDeadLetter != nil && testCrashAfterDeadLetter() {
+		return // stopped here, as a relay killed between two writes
+	}
 	if err != nil {
 		w.log.Error().Err(err).Str("event_id", clip(ev.ID)).Msg("dead letter not stored; retrying it later")
-		if rec.DeadLetter != reason && ev.ID != "" {
-			// Remembered, so the retry stores the dead letter without
-			// posting the event again (best effort: without the record the
-			// event is attempted again, as before).
-			rec.DeadLetter = reason
-			if err := w.store.put(ctx, key, rec); err != nil {
-				w.log.Warn().Err(err).Str("event_id", clip(ev.ID)).Msg("record the dead letter to store")
-			}
-		}
 		_ = msg.NakWithDelay(deadLetterRetry)
 		return
 	}
@@ -1008,6 +1013,11 @@ func (w *Worker) settleRedriven(ctx context.Context, msg jetstream.Msg, eventID 
 // deadLetterRetry is how soon an event whose dead letter could not be
 // stored is tried again.
 var deadLetterRetry = 5 * time.Second // a variable for tests
+
+// testCrashAfterDeadLetter, when it reports true, stops deadLetter right
+// after the dead letter is stored, as a relay killed there would: for
+// tests.
+var testCrashAfterDeadLetter func() bool
 
 // eventSeq is the event's sequence in SENGO_EVENTS (0 if unknown).
 func eventSeq(msg jetstream.Msg, meta *jetstream.MsgMetadata, replayed bool) uint64 {
