@@ -91,18 +91,17 @@ func cliConnect(cfg config.Config) (*nats.Conn, jetstream.JetStream, error) {
 	return nc, js, nil
 }
 
-// withRelay runs f with the relay's JetStream for one CLI command, bounded
-// to five minutes; c's context is f's, for the command's own calls.
+// withRelay runs f with the relay's JetStream for one CLI command, with
+// c's context: no bound of its own (a redrive or purge of a long outage's
+// dead letters acts on every one it selects, however long that takes);
+// each store call has its own timeout, and an interrupt stops it.
 func withRelay(c *cobra.Command, cfg config.Config, f func(context.Context, jetstream.JetStream) error) error {
 	nc, js, err := cliConnect(cfg)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	ctx, cancel := context.WithTimeout(c.Context(), 5*time.Minute)
-	defer cancel()
-	c.SetContext(ctx)
-	return f(ctx, js)
+	return f(c.Context(), js)
 }
 
 // emptyFlag refuses a filter flag given an empty value (an unset shell

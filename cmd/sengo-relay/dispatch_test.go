@@ -21,9 +21,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
 
 	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/verify"
@@ -353,6 +355,24 @@ func TestDLQCommandsByPage(t *testing.T) {
 	out.Reset()
 	if err := run(context.Background(), []string{"dlq", "list", "--config", cfg, "--json"}, &out, io.Discard); err != nil || strings.TrimSpace(out.String()) != "[]" {
 		t.Fatalf("dlq list after the purge: %v %q", err, out.String())
+	}
+	// A redrive or a purge runs until it is done (or interrupted): the CLI
+	// cut every dlq and quarantine command at 5 minutes, a long outage's
+	// dead letters on a cluster half redriven. Each store call keeps its
+	// own timeout.
+	loaded, err := config.Load(cfg, config.Environ(os.Environ()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := &cobra.Command{}
+	cmd.SetContext(context.Background())
+	if err := withRelay(cmd, loaded, func(ctx context.Context, _ jetstream.JetStream) error {
+		if d, ok := ctx.Deadline(); ok {
+			t.Errorf("a CLI action must finish by %s", time.Until(d).Round(time.Minute))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 
