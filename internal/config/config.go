@@ -350,6 +350,8 @@ func (c *Config) Validate() error {
 			bad("nats.embedded.listen: %q is not host:port (empty turns the listener off)", l)
 		case !isLoopback(host) && !c.NATS.Embedded.Subscriber.Password.Set():
 			bad("nats.embedded.listen: %q is not a loopback address; listening beyond this host needs a subscriber password you chose (nats.embedded.subscriber.password or password_file), not a generated one, and TLS in front", l)
+		case !isLoopback(host) && len(c.NATS.Embedded.Subscriber.Password.Value()) < 16:
+			bad("nats.embedded.subscriber.password: at least 16 characters when nats.embedded.listen is beyond loopback (anyone who reaches it may guess, and the subscriber reads every event)")
 		}
 	}
 	if u := c.NATS.Embedded.Subscriber.User; !natsUser.MatchString(u) || u == EmbeddedRelayUser {

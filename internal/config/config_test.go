@@ -50,6 +50,7 @@ func TestCheckedInConfig(t *testing.T) {
 	want.Projects = map[string]*Project{"main": {AllowedIPs: []string{}}}
 	want.HTTP.TrustedProxies = []string{}
 	want.Admin.TrustedProxies = []string{}
+	want.Admin.Hosts = []string{}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("config.yaml differs from Default():\n got %+v\nwant %+v", cfg, want)
 	}
@@ -341,8 +342,16 @@ func TestNonLoopbackEmbeddedListenNeedsAPassword(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "nats.embedded.listen") {
 		t.Fatalf("err = %v", err)
 	}
-	if _, err := Load(write(t, minimal+"nats: {embedded: {listen: \"0.0.0.0:4222\", subscriber: {password: s3cret-s3cret}}}\n"), noEnv); err != nil {
+	if _, err := Load(write(t, minimal+"nats: {embedded: {listen: \"0.0.0.0:4222\", subscriber: {password: s3cret-s3cret-s3cret}}}\n"), noEnv); err != nil {
 		t.Fatal(err)
+	}
+	// A short one, beyond loopback: one check a time at bcrypt's cost
+	// (about 11 guesses a second) finds a few characters in hours, and
+	// the subscriber reads every event. The admin and metrics tokens need
+	// 16 characters too.
+	_, err = Load(write(t, minimal+"nats: {embedded: {listen: \"0.0.0.0:4222\", subscriber: {password: s3cret}}}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "nats.embedded.subscriber.password: at least 16 characters") || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("a short subscriber password beyond loopback: %v", err)
 	}
 	for _, l := range []string{"127.0.0.1:4222", "[::1]:4222", "localhost:4222"} {
 		if _, err := Load(write(t, minimal+"nats: {embedded: {listen: \""+l+"\"}}\n"), noEnv); err != nil {
