@@ -1519,3 +1519,50 @@ func TestAFullWaitMapForgetsTheSettledFirst(t *testing.T) {
 		t.Fatalf("%d entries kept, want the three waiting now", len(in.waited))
 	}
 }
+
+// SenGo's 400 CREATE_FAILED says its upstream switching failed, and a
+// proxy's 408, 421 or 425 asks for another try: none is about this
+// transaction. Counted as a failed check, each sent the probe, which
+// SenGo answered from its own records (TRANSACTION_NOT_FOUND) while every
+// real check failed: each genuine payment was taken for one failing alone
+// and quarantined. They are retried as an outage.
+func TestATryAgainAnswerIsAnOutageNotThisTransactionAlone(t *testing.T) {
+	for name, answer := range map[string]func(w http.ResponseWriter){
+		"CREATE_FAILED": func(w http.ResponseWriter) {
+			w.WriteHeader(http.StatusBadRequest)
+			w.Write([]byte(`{"responseCode":400,"responseMessage":"CREATE_FAILED"}`))
+		},
+		"421": func(w http.ResponseWriter) { w.WriteHeader(http.StatusMisdirectedRequest) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			var failing atomic.Bool
+			sb, client := sandboxWithChecks(t, func(id string, w http.ResponseWriter, _ *http.Request) bool {
+				if !failing.Load() || strings.HasPrefix(id, sengo.ProbeIDPrefix) {
+					return false // the probe: SenGo's own "no such transaction"
+				}
+				answer(w)
+				return true
+			})
+			h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+				ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+				ic.ConfirmAttempts = 2
+				ic.RetryInitial, ic.RetryMax = 50*time.Millisecond, 100*time.Millisecond
+			})
+			tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "INV-SWITCH", Amount: 5000})
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := payCallback(t, sb, client, tx.ID)
+			failing.Store(true)
+			if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
+				t.Fatalf("callback: %d %v", resp.StatusCode, got)
+			}
+			eventually(t, "5 failed checks retried, or a quarantine", func() bool {
+				return h.intakeCount("main", "retry") >= 5 || h.msgs(event.StreamQuarantine) > 0
+			})
+			if n := h.msgs(event.StreamQuarantine); n != 0 {
+				t.Fatalf("a genuine payment quarantined while SenGo answered %s to every check", name)
+			}
+		})
+	}
+}

@@ -669,7 +669,10 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 		if err != nil {
 			in.countConfirm(project, err)
 			r.err = fmt.Errorf("confirm %s: %w", tx.ID, err)
-			r.checkFailed = !errors.Is(err, sengo.ErrMismatch) && !errors.Is(err, sengo.ErrUnconfirmed)
+			// An answer asking to try again (ErrTryAgain) is an outage
+			// whatever a probe says: SenGo answers the probe from its own
+			// records while its upstream fails every real check.
+			r.checkFailed = !errors.Is(err, sengo.ErrMismatch) && !errors.Is(err, sengo.ErrUnconfirmed) && !errors.Is(err, sengo.ErrTryAgain)
 			r.checkTimedOut = errors.Is(err, sengo.ErrCheckTimedOut)
 			return r
 		}

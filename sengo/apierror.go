@@ -115,15 +115,23 @@ func (e *APIError) retryable() bool { return e.HTTPStatus == 429 || e.HTTPStatus
 // itself (400, 409, 422 or another 4xx), not for what every call shares:
 // credentials or IP (401, 403), a base_url that is not SenGo's (a 404
 // without its code; with it, the transaction is unknown, handled apart),
-// throttling (429), or a failure that says to try again: SenGo's own
-// CREATE_FAILED ("upstream switching failed, try again"; a bare 400 is
-// still a refusal) and a proxy's 408.
+// throttling (429), or an answer that asks for another try (tryAgain).
 func (e *APIError) refusesCheck() bool {
-	switch {
-	case e.HTTPStatus == 401, e.HTTPStatus == 403, e.HTTPStatus == 404, e.HTTPStatus == 408, e.HTTPStatus == 429:
-		return false
-	case e.Code == CodeCreateFailed && !e.guessed:
+	switch e.HTTPStatus {
+	case 401, 403, 404, 429:
 		return false
 	}
-	return e.HTTPStatus >= 400 && e.HTTPStatus < 500
+	return !e.tryAgain() && e.HTTPStatus >= 400 && e.HTTPStatus < 500
+}
+
+// tryAgain reports whether the answer asks for another try and says
+// nothing of the transaction: SenGo's own CREATE_FAILED ("upstream
+// switching failed, try again"; a bare 400 is not it), a proxy's 408
+// (timeout), 421 (misdirected) or 425 (too early).
+func (e *APIError) tryAgain() bool {
+	switch e.HTTPStatus {
+	case 408, 421, 425:
+		return true
+	}
+	return e.Code == CodeCreateFailed && !e.guessed
 }

@@ -25,6 +25,12 @@ var ErrUnconfirmed = errors.New("SenGo's API does not (yet) report the claimed s
 // Confirmer's check timeout. Transient, like any failed check.
 var ErrCheckTimedOut = errors.New("SenGo's API did not answer the check in time")
 
+// ErrTryAgain: SenGo's API (or a proxy before it) answered that the
+// check should be tried again, saying nothing of the transaction (400
+// CREATE_FAILED, 408, 421, 425): a failure every check shares, an
+// outage, never one of this transaction alone.
+var ErrTryAgain = errors.New("SenGo's API asks to try the check again")
+
 // MismatchError carries both versions of a disputed transaction.
 type MismatchError struct {
 	Reason   string
@@ -146,8 +152,8 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since ti
 // as is) for a project without credentials. SenGo's status wins where it
 // has moved on; a final status SenGo does not report yields ErrUnconfirmed,
 // and so does a check SenGo refuses for this id alone (a 4xx other than
-// 401, 403, 404, 408 and 429, nor CREATE_FAILED); other disagreements ErrMismatch. Any other
-// error is transient (SenGo unreachable, throttled, misconfigured, or no
+// 401, 403, 404 and 429, nor one asking to try again: ErrTryAgain);
+// other disagreements ErrMismatch. Any other error is transient (SenGo unreachable, throttled, misconfigured, or no
 // answer within the check timeout: ErrCheckTimedOut) and worth retrying.
 func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction) (Transaction, bool, error) {
 	client, ok := c.clients[project]
@@ -162,6 +168,9 @@ func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction)
 		return Transaction{}, false, &MismatchError{Reason: "SenGo has no transaction " + tx.ID, Callback: tx, kind: ErrMismatch}
 	}
 	var apiErr *APIError
+	if errors.As(err, &apiErr) && apiErr.tryAgain() {
+		return Transaction{}, false, fmt.Errorf("check %s: %w: %w", tx.ID, ErrTryAgain, err)
+	}
 	if errors.As(err, &apiErr) && apiErr.refusesCheck() {
 		// SenGo refused to check this id (a 400 or 422 for it, not a
 		// credentials or base_url problem every notification shares):
