@@ -164,7 +164,8 @@ func TestAdminProxySettingsReachTheListener(t *testing.T) {
 // same-origin page would, and its wrong tokens spent the operator's own
 // address's sign-in attempts.
 func TestLoopbackListenersAnswerToTheirOwnNames(t *testing.T) {
-	_, logs := startRunWith(t, writeConfig(t, endpointYAML("orders", "http://127.0.0.1:1/hook", "1s")), relayEnv(t.TempDir()))
+	// Metrics on 127.0.0.2: loopback, and none of the loopback names.
+	_, logs := startRunWith(t, writeConfig(t, endpointYAML("orders", "http://127.0.0.1:1/hook", "1s")), relayEnv(t.TempDir(), "SENGO_RELAY_METRICS_LISTEN=127.0.0.2:0"))
 	addr := logs.field(t, "admin listening", "addr")
 	for host, want := range map[string]int{"rebind.attacker.example:8081": http.StatusMisdirectedRequest, addr: http.StatusOK, "localhost": http.StatusOK} {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/admin/endpoints", nil)
@@ -182,7 +183,7 @@ func TestLoopbackListenersAnswerToTheirOwnNames(t *testing.T) {
 	// The metrics listener without a token (loopback): a rebound page
 	// could read the payment volumes per project.
 	maddr := logs.field(t, "metrics listening", "addr")
-	for host, want := range map[string]int{"rebind.attacker.example:9464": http.StatusMisdirectedRequest, maddr: http.StatusOK, "[::1]:9464": http.StatusOK} {
+	for host, want := range map[string]int{"rebind.attacker.example:9464": http.StatusMisdirectedRequest, maddr: http.StatusOK, "[::1]:9464": http.StatusOK, "localhost": http.StatusOK} {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+maddr+"/metrics", nil)
 		req.Host = host
 		resp, err := http.DefaultClient.Do(req)

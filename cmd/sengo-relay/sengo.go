@@ -198,7 +198,7 @@ loopback, with no authentication on its controls. Its subcommands control a runn
 		}
 		var hosts []string // --allow-remote: reached by names this machine cannot know
 		if !allowRemote {
-			hosts = verify.LoopbackNames
+			hosts = config.LoopbackHosts(listen)
 		}
 		sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{seed}, StateDir: stateDir, Callbacks: policy(), Hosts: hosts})
 		if err != nil {

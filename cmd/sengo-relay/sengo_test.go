@@ -408,7 +408,7 @@ func TestTheSandboxOnLoopbackAnswersToItsOwnNames(t *testing.T) {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"sandbox", "--listen", "127.0.0.1:0", "--state-dir", ""}, pw, io.Discard)
+		done <- run(ctx, []string{"sandbox", "--listen", "127.0.0.2:0", "--state-dir", ""}, pw, io.Discard) // loopback, none of its names
 		pw.Close()
 	}()
 	t.Cleanup(func() { cancel(); <-done })
@@ -418,7 +418,7 @@ func TestTheSandboxOnLoopbackAnswersToItsOwnNames(t *testing.T) {
 	}
 	go func() { _, _ = io.Copy(io.Discard, pr) }()
 	addr, _, _ := strings.Cut(strings.TrimPrefix(line, "sengo sandbox: API http://"), "/")
-	for host, want := range map[string]int{"rebind.attacker.example:8090": http.StatusMisdirectedRequest, addr: http.StatusOK} {
+	for host, want := range map[string]int{"rebind.attacker.example:8090": http.StatusMisdirectedRequest, addr: http.StatusOK, "localhost:8090": http.StatusOK} {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/sandbox/transactions", nil)
 		req.Host = host
 		resp, err := http.DefaultClient.Do(req)

@@ -246,7 +246,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
 		}
-		msrv := sideServer(cfg, metricsHandler(reg, cfg.Metrics.Token.Value()))
+		msrv := sideServer(cfg, metricsHandler(reg, cfg.Metrics.Token.Value(), config.LoopbackHosts(cfg.Metrics.Listen)))
 		go func() { _ = msrv.Serve(mln) }()
 		defer msrv.Close()
 		log.Info().Str("addr", mln.Addr().String()).Bool("token", cfg.Metrics.Token.Set()).Msg("metrics listening")
@@ -446,15 +446,16 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 }
 
 // metricsHandler serves /metrics, behind a bearer token when one is set.
-func metricsHandler(g prometheus.Gatherer, token string) http.Handler {
+func metricsHandler(g prometheus.Gatherer, token string, hosts []string) http.Handler {
 	h := promhttp.HandlerFor(g, promhttp.HandlerOpts{})
 	mux := http.NewServeMux()
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
 		// Without a token the listener is on loopback: it answers to this
-		// machine's names only, never to a web page whose name an attacker
-		// rebinds to 127.0.0.1 (which could then read the payment volumes).
-		if token == "" && !verify.HostIn(r.Host, verify.LoopbackNames) {
-			http.Error(w, "this listener answers to localhost, 127.0.0.1 and ::1 only", http.StatusMisdirectedRequest)
+		// machine's names (hosts) only, never to a web page whose name an
+		// attacker rebinds to 127.0.0.1 (which could then read the payment
+		// volumes).
+		if token == "" && !verify.HostIn(r.Host, hosts) {
+			http.Error(w, "this listener answers to "+strings.Join(hosts, ", ")+" only", http.StatusMisdirectedRequest)
 			return
 		}
 		if token != "" {

@@ -98,15 +98,33 @@ type Admin struct {
 }
 
 // ServedHosts are the Host names the admin listener answers to (nil:
-// any): Hosts, or on a loopback listener the loopback names.
+// any): Hosts; else, on a loopback listener with no proxy in front
+// (trusted_proxies), the loopback names and its own address; else any.
+// A proxy passes on the name browsers used, which only admin.hosts can
+// say.
 func (a Admin) ServedHosts() []string {
 	if len(a.Hosts) > 0 {
 		return a.Hosts
 	}
-	if host, _, err := net.SplitHostPort(a.Listen); err == nil && isLoopback(host) {
-		return verify.LoopbackNames
+	if len(a.TrustedProxies) == 0 {
+		return LoopbackHosts(a.Listen)
 	}
 	return nil
+}
+
+// LoopbackHosts are the Host names a listener on listen answers to when
+// listen is a loopback address: this machine's names and listen's own
+// host (127.0.0.2 is loopback too); nil for any other address.
+func LoopbackHosts(listen string) []string {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil || !isLoopback(host) {
+		return nil
+	}
+	names := slices.Clone(verify.LoopbackNames)
+	if !slices.Contains(names, host) {
+		names = append(names, host)
+	}
+	return names
 }
 
 // DefaultSchedule is the Standard Webhooks example schedule: about three

@@ -289,6 +289,11 @@ func TestAdminServesItsOwnNames(t *testing.T) {
 		{Admin{Listen: "localhost:8081"}, []string{"localhost", "127.0.0.1", "::1"}},
 		{Admin{Listen: "127.0.0.1:8081", Hosts: []string{"relay-admin.internal"}}, []string{"relay-admin.internal"}},
 		{Admin{Listen: "0.0.0.0:8081"}, nil},
+		// Its own address, loopback but none of the names.
+		{Admin{Listen: "127.0.0.2:8081"}, []string{"localhost", "127.0.0.1", "::1", "127.0.0.2"}},
+		// A proxy on this machine in front passes on the name browsers
+		// used: only admin.hosts can say which (an upgrade kept working).
+		{Admin{Listen: "127.0.0.1:8081", TrustedProxies: []string{"127.0.0.1"}}, nil},
 	} {
 		if got := tc.admin.ServedHosts(); !slices.Equal(got, tc.want) {
 			t.Errorf("%+v: %v, want %v", tc.admin, got, tc.want)
