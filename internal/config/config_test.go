@@ -534,6 +534,24 @@ func TestAMistypedProjectInAVariableIsAnError(t *testing.T) {
 	if err != nil || cfg.Projects["outlet"] == nil {
 		t.Fatalf("an unconfirmed project from variables, said outright: %v", err)
 	}
+	// Both credential variables copied with the typo made a whole
+	// project "mian", and left "main" unconfirmed. A project from
+	// variables alone whose name is the file's with two letters swapped,
+	// or one added or dropped, is refused too; one merely alike is not.
+	for _, typo := range []string{"MIAN", "MAN", "MAAIN"} {
+		_, err = Load(write(t, body), env(map[string]string{
+			"SENGO_RELAY_PROJECTS_" + typo + "_API_KEY": "SC-ENV000000000000001", "SENGO_RELAY_PROJECTS_" + typo + "_TOKEN": "env-token-0000000001",
+		}))
+		if err == nil || !strings.Contains(err.Error(), "did you mean main") {
+			t.Errorf("a whole project %s from variables beside the file's main: %v", typo, err)
+		}
+	}
+	body2 := "projects:\n  outlet1: {api_key: SC-FILE00000000000001, token: file-token-000000001}\n"
+	if _, err := Load(write(t, body2), env(map[string]string{
+		"SENGO_RELAY_PROJECTS_OUTLET2_API_KEY": "SC-ENV000000000000001", "SENGO_RELAY_PROJECTS_OUTLET2_TOKEN": "env-token-0000000001",
+	})); err != nil {
+		t.Errorf("outlet2 from variables beside the file's outlet1: %v", err)
+	}
 }
 
 // An empty variable (Compose fills in an unset ${VAR} so) removed the
@@ -542,10 +560,12 @@ func TestAMistypedProjectInAVariableIsAnError(t *testing.T) {
 // nothing is confirmed). An empty secret, *_FILE or allowed_ips variable
 // is an error.
 func TestAnEmptyVariableRemovesNoSecurity(t *testing.T) {
-	body := "projects:\n  main: {api_key: SC-FILE00000000000001, token: file-token-000000001, callback_token: 0123456789abcdef01, allowed_ips: [192.0.2.1]}\n"
+	body := "projects:\n  main: {api_key: SC-FILE00000000000001, token: file-token-000000001, callback_token: 0123456789abcdef01, allowed_ips: [192.0.2.1], signature: required}\nadmin: {listen: \"0.0.0.0:8081\", token: admin-token-0123456789, hosts: [relay.example]}\n"
 	for _, name := range []string{
 		"SENGO_RELAY_PROJECTS_MAIN_CALLBACK_TOKEN", "SENGO_RELAY_PROJECTS_MAIN_CALLBACK_TOKEN_FILE",
 		"SENGO_RELAY_PROJECTS_MAIN_ALLOWED_IPS", "SENGO_RELAY_PROJECTS_MAIN_API_KEY", "SENGO_RELAY_PROJECTS_MAIN_TOKEN_FILE",
+		// signature: required read as optional; admin.hosts as any name.
+		"SENGO_RELAY_PROJECTS_MAIN_SIGNATURE", "SENGO_RELAY_ADMIN_HOSTS",
 	} {
 		if _, err := Load(write(t, body), env(map[string]string{name: ""})); err == nil || !strings.Contains(err.Error(), name+": empty") {
 			t.Errorf("%s set empty: %v", name, err)

@@ -66,8 +66,18 @@ func Load(path string, env Env) (Config, error) {
 	// such a project needs its credentials, or confirm: false said
 	// outright.
 	for _, name := range cfg.ProjectNames() {
-		if p := cfg.Projects[name]; inFile[name] == nil && p != nil && !p.HasCredentials() && p.Confirm != "false" {
+		p := cfg.Projects[name]
+		if inFile[name] != nil || p == nil {
+			continue
+		}
+		if !p.HasCredentials() && p.Confirm != "false" {
 			errs = append(errs, fmt.Errorf("projects.%s: added by variables (%sPROJECTS_%s_…) without api_key and token; a typo of another project's name? A project from variables alone needs its credentials, or %sPROJECTS_%s_CONFIRM=false to be unconfirmed", name, EnvPrefix, envName(name), EnvPrefix, envName(name)))
+			continue
+		}
+		for other := range inFile {
+			if slipOf(name, other) {
+				errs = append(errs, fmt.Errorf("projects.%s: added by variables (%sPROJECTS_%s_…); did you mean %s, in the file? (Its variables are %sPROJECTS_%s_…; to have both, add %s to the file.)", name, EnvPrefix, envName(name), other, EnvPrefix, envName(other), name))
+			}
 		}
 	}
 	if err := cfg.Validate(); err != nil {
@@ -261,6 +271,32 @@ func nearest(s string, candidates []string) string {
 	return best
 }
 
+// slipOf reports whether a is b mistyped: two neighbouring letters
+// swapped, or one letter added or dropped ("mian", "man", "maain" for
+// "main"). One letter replaced is not a slip ("outlet2" beside "outlet1").
+func slipOf(a, b string) bool {
+	switch {
+	case a == b:
+		return false
+	case len(a) == len(b):
+		i := 0
+		for i < len(a) && a[i] == b[i] {
+			i++
+		}
+		return i+1 < len(a) && a[i] == b[i+1] && a[i+1] == b[i] && a[i+2:] == b[i+2:]
+	case len(a) == len(b)+1:
+		a, b = b, a
+		fallthrough
+	case len(a)+1 == len(b):
+		i := 0
+		for i < len(a) && a[i] == b[i] {
+			i++
+		}
+		return a[i:] == b[i+1:]
+	}
+	return false
+}
+
 // editDistance is the Levenshtein distance of a and b.
 func editDistance(a, b string) int {
 	prev := make([]int, len(b)+1)
@@ -423,12 +459,15 @@ func setFromEnv(v reflect.Value, name string, env Env, known map[string]bool) []
 }
 
 // guardsAccess reports whether the variable name, of type t, holds a
-// secret, names a file of one, or lists the addresses allowed in: set
-// empty, it would silently remove that protection.
+// secret, names a file of one, lists the addresses allowed in or the host
+// names served, or sets a project's signature mode: set empty, it would
+// silently remove that protection (an empty signature reads as optional,
+// an empty list as any).
 func guardsAccess(name string, t reflect.Type) bool {
 	secret := reflect.TypeFor[Secret]()
 	return t == secret || t.Kind() == reflect.Slice && t.Elem() == secret ||
-		strings.HasSuffix(name, "_FILE") || strings.HasSuffix(name, "_ALLOWED_IPS")
+		strings.HasSuffix(name, "_FILE") || strings.HasSuffix(name, "_ALLOWED_IPS") ||
+		strings.HasSuffix(name, "_SIGNATURE") || name == EnvPrefix+"ADMIN_HOSTS"
 }
 
 func setLeaf(v reflect.Value, s string) error {
