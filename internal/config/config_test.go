@@ -527,6 +527,12 @@ func TestAMistypedProjectInAVariableIsAnError(t *testing.T) {
 	if strings.Contains(err.Error(), "0123456789abcdef01") {
 		t.Fatalf("the error shows the token: %v", err)
 	}
+	// Any name, not only one like the file's (SHOP for a project the file
+	// calls main, in another deployment's variables).
+	_, err = Load(write(t, body), env(map[string]string{"SENGO_RELAY_PROJECTS_SHOP_CALLBACK_TOKEN": "0123456789abcdef01"}))
+	if err == nil || !strings.Contains(err.Error(), "projects.shop: added by variables") {
+		t.Fatalf("a project without credentials added by a variable: %v", err)
+	}
 	cfg, err := Load(write(t, body), env(map[string]string{
 		"SENGO_RELAY_PROJECTS_OUTLET_CALLBACK_TOKEN": "0123456789abcdef01",
 		"SENGO_RELAY_PROJECTS_OUTLET_CONFIRM":        "false",
