@@ -284,35 +284,14 @@ func retiredPlace(ctx context.Context, js jetstream.JetStream, stream, consumer 
 // ackWait exceeds the delivery timeout by a margin, so an event is never
 // handed to a second worker while its attempt can still be running.
 // Relays share the consumer, and the last one started sets it: one with a
-// shorter timeout lowers it under the others' attempts, which inProgress
-// covers.
+// shorter timeout lowers it under the others' attempts, which
+// stream.KeepInProgress covers.
 func ackWait(ep Endpoint) time.Duration { return ep.Timeout + 15*time.Second }
 
 // inProgressEvery is how often a worker tells the server that an event it
 // handles is in progress, once handling it lasts that long: well inside
 // any ack wait a relay sets (15 s or more).
 var inProgressEvery = 5 * time.Second
-
-// inProgress tells the server every inProgressEvery that msg is in
-// progress, until the returned function is called: the server then hands
-// it to no other worker, whatever ack wait another relay has set on the
-// consumer. A quick attempt sends nothing.
-func inProgress(msg jetstream.Msg) (stop func()) {
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(inProgressEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = msg.InProgress() // after an ack or nak: refused by the client, sent nowhere
-			}
-		}
-	}()
-	return func() { close(done) }
-}
 
 // Run delivers until ctx ends, then lets attempts in flight finish (each
 // is bounded by the endpoint timeout) and returns.
@@ -718,7 +697,7 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 	// it, all inside AckWait.
 	ctx, cancel := context.WithTimeout(context.Background(), w.ep.Timeout+10*time.Second)
 	defer cancel()
-	defer inProgress(msg)()
+	defer stream.KeepInProgress(msg, inProgressEvery)()
 	meta, err := msg.Metadata()
 	if err != nil {
 		w.breaker.release(probe)

@@ -295,8 +295,14 @@ type result struct {
 	clear func(context.Context) error
 }
 
+// intakeInProgressEvery is how often a worker tells the server that the
+// notification it works on is in progress: well inside any
+// intake.ack_wait a relay sets (5 s or more).
+var intakeInProgressEvery = time.Second
+
 // handle processes one inbox message and settles it.
 func (in *Intake) handle(m jetstream.Msg) {
+	defer stream.KeepInProgress(m, intakeInProgressEvery)()
 	// Each attempt has its own deadline, well inside AckWait, so a stuck
 	// call cannot let JetStream hand the message to a second worker while
 	// this one still works on it.

@@ -1,0 +1,61 @@
+package receiver
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/sengo"
+)
+
+// Every relay sets the inbox consumer's ack wait to its own
+// intake.ack_wait when it starts. A relay started later with a shorter
+// one had the server hand a notification still in its check (up to a
+// third of ack_wait, and the probe after it) to a second worker: a second
+// check of SenGo, and the outbox flushed twice, so live subscribers saw
+// the event twice. A worker now tells the server the notification is in
+// progress while it works on it.
+func TestANotificationInItsCheckIsNotHandedToASecondWorker(t *testing.T) {
+	defer func(d time.Duration) { intakeInProgressEvery = d }(intakeInProgressEvery)
+	intakeInProgressEvery = 200 * time.Millisecond
+	var slow atomic.Bool
+	sb, client := sandboxWithChecks(t, func(_ string, _ http.ResponseWriter, _ *http.Request) bool {
+		if slow.CompareAndSwap(true, false) {
+			<-time.After(3 * time.Second) // SenGo slow to answer this one check
+		}
+		return false
+	})
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}, sengo.CheckTimeout(5*time.Second))
+		ic.AckWait = 20 * time.Second
+	})
+	ctx := context.Background()
+	cons, err := h.js.Consumer(ctx, event.StreamInbox, IntakeConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cons.CachedInfo().Config
+	cfg.AckWait = time.Second // a relay started later, with a shorter ack_wait
+	if _, err := h.js.CreateOrUpdateConsumer(ctx, event.StreamInbox, cfg); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-SLOW", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := payCallback(t, sb, client, tx.ID)
+	slow.Store(true)
+	if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
+		t.Fatalf("callback: %d %v", resp.StatusCode, got)
+	}
+	eventually(t, "the notification settled", func() bool {
+		info, err := cons.Info(ctx)
+		return h.intakeCount("main", "published") == 1 && err == nil && info.NumAckPending == 0 && info.NumPending == 0
+	})
+	if n := h.intakeCount("main", "duplicate"); n != 0 {
+		t.Fatalf("the notification was processed %v more time(s) while its check ran", n)
+	}
+}
