@@ -70,14 +70,28 @@ func kernelAtLeast(release string, major, minor int) bool {
 // failed, Linux may keep the pages it could not write cached and marked
 // clean, and a restarted store would read them back as if they were on
 // disk: it starts from the disk instead.
+//
+// dir may be a symbolic link (to another disk): it is followed. An entry
+// that cannot be read (a volume's root-owned lost+found) is skipped: it
+// is none of nats-server's, which reads only what it wrote.
 func dropCached(dir string) error {
-	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
+	root, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return err
+	}
+	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if path == root {
+				return err
+			}
+			return nil // unreadable: skipped (a directory's entries with it)
+		}
+		if !d.Type().IsRegular() {
+			return nil
 		}
 		f, err := os.Open(path)
 		if err != nil {
-			return err
+			return nil
 		}
 		defer f.Close()
 		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {

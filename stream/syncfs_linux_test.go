@@ -61,7 +61,28 @@ func residentPages(t *testing.T, path string) int {
 // embedded store now drops its files' cached pages before nats-server
 // reads them, so it starts from what is on disk.
 func TestTheEmbeddedStoreStartsFromTheDiskNotTheCache(t *testing.T) {
-	dir := t.TempDir()
+	t.Run("a directory", func(t *testing.T) {
+		dir := t.TempDir()
+		startsFromTheDisk(t, dir, dir)
+	})
+	// A store dir that is a link to another disk's directory: the walk
+	// did not follow it, and nothing was dropped.
+	t.Run("a symbolic link", func(t *testing.T) {
+		real, link := t.TempDir(), filepath.Join(t.TempDir(), "store")
+		if err := os.Symlink(real, link); err != nil {
+			t.Fatal(err)
+		}
+		startsFromTheDisk(t, real, link)
+	})
+}
+
+// startsFromTheDisk caches a file in dir and starts the store at
+// storeDir (dir, or a link to it): the file's pages must be dropped.
+func startsFromTheDisk(t *testing.T, dir, storeDir string) {
+	var fs unix.Statfs_t
+	if unix.Statfs(dir, &fs) == nil && fs.Type == unix.TMPFS_MAGIC {
+		t.Skip("the store is on tmpfs: its pages are the files, nothing to drop")
+	}
 	path := filepath.Join(dir, "cached")
 	if err := os.WriteFile(path, bytes.Repeat([]byte("sengo"), 200_000), 0o600); err != nil {
 		t.Fatal(err)
@@ -78,7 +99,7 @@ func TestTheEmbeddedStoreStartsFromTheDiskNotTheCache(t *testing.T) {
 	if residentPages(t, path) == 0 {
 		t.Skip("this filesystem keeps no file in the page cache")
 	}
-	e, err := StartEmbedded(EmbeddedConfig{StoreDir: dir, Logger: zerolog.Nop()})
+	e, err := StartEmbedded(EmbeddedConfig{StoreDir: storeDir, Logger: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
