@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/rs/zerolog"
 )
 
 // fakeClient is a connecting client as nats-server hands it to Check.
@@ -42,7 +43,7 @@ func TestPasswordChecksAtTheDefaultCostRunOneAtATime(t *testing.T) {
 	}
 	t.Cleanup(func() { compareHash = saved })
 	a := newAuthenticator(&EmbeddedAuth{RelayUser: "sengo-relay", RelayPassword: "relay-pw-0123456789abcdef0123456789abcdef012",
-		SubscriberUser: "subscriber", SubscriberPassword: "chosen-pw-0123"})
+		SubscriberUser: "subscriber", SubscriberPassword: "chosen-pw-0123"}, zerolog.Nop())
 	a.sub.Store(&server.User{Username: "subscriber"})
 	a.relay.Store(&server.User{Username: "sengo-relay"})
 	var wg sync.WaitGroup

@@ -172,7 +172,7 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 	}
 	var auth *authenticator
 	if cfg.Auth != nil {
-		auth = newAuthenticator(cfg.Auth)
+		auth = newAuthenticator(cfg.Auth, cfg.Logger.With().Str("component", "nats-auth").Logger())
 		opts.CustomClientAuthentication = auth
 	}
 	if cfg.Listen == "" {

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -61,7 +62,15 @@ type authenticator struct {
 	// admit makes counting the subscriber's connections and registering
 	// a new one one step.
 	admit sync.Mutex
+	// log says why a connection over SubscriberMaxConnections is refused
+	// (the client hears only "authorization violation"), at most once
+	// every refusedLogEvery (refusedAt).
+	log       zerolog.Logger
+	refusedAt time.Time
 }
+
+// refusedLogEvery spaces the log lines of refused subscriber connections.
+const refusedLogEvery = 10 * time.Second
 
 // costlyWait is how long a connect waits for its turn to have a costly
 // password checked; past it, it is refused unchecked.
@@ -97,8 +106,8 @@ func relayConsumers(conn *nats.Conn, st string) ([]string, error) {
 	return out, names.Err()
 }
 
-func newAuthenticator(a *EmbeddedAuth) *authenticator {
-	return &authenticator{
+func newAuthenticator(a *EmbeddedAuth, log zerolog.Logger) *authenticator {
+	return &authenticator{log: log,
 		relayUser: a.RelayUser, relayHash: []byte(bcryptHash(a.RelayPassword)),
 		subUser: a.SubscriberUser, subHash: []byte(bcryptHash(a.SubscriberPassword)),
 		costly: make(chan struct{}, 1),
@@ -142,8 +151,15 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 	if o.Username == a.subUser {
 		a.admit.Lock()
 		defer a.admit.Unlock()
-		if u.Account != nil && u.Account.NumLocalConnections() >= SubscriberMaxConnections {
-			return false
+		if u.Account != nil {
+			if n := u.Account.NumLocalConnections(); n >= SubscriberMaxConnections {
+				if time.Since(a.refusedAt) >= refusedLogEvery {
+					a.refusedAt = time.Now()
+					a.log.Warn().Int("open", n).Str("from", fmt.Sprint(c.RemoteAddress())).
+						Msgf("subscriber connection refused: it has %d open, the most it may (a client reconnecting while its old connections linger, or one opening connections without end)", n)
+				}
+				return false
+			}
 		}
 	}
 	c.RegisterUser(u)

@@ -461,7 +461,12 @@ func TestALargeMessageGetIsRefusedNotLost(t *testing.T) {
 // most SubscriberMaxConnections connections, and every connection at most
 // MaxSubscriptions subscriptions; the relay still connects.
 func TestTheSubscriberCannotTakeEveryConnection(t *testing.T) {
-	e, _ := startWithSubscriber(t, subscriberAuth())
+	var logs syncBuffer
+	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: subscriberAuth(), Logger: zerolog.New(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
 	connect := func() (*nats.Conn, error) {
 		return nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second), nats.NoReconnect())
 	}
@@ -481,6 +486,11 @@ func TestTheSubscriberCannotTakeEveryConnection(t *testing.T) {
 	if c, err := connect(); err == nil {
 		c.Close()
 		t.Fatalf("connection %d of the subscriber's was let in", stream.SubscriberMaxConnections+1)
+	}
+	// The client hears "authorization violation", as for a wrong password
+	// (and nats.go stops reconnecting after two): the relay's log says why.
+	if !strings.Contains(logs.String(), "subscriber connection refused: it has 32 open") {
+		t.Errorf("no log line for the refused connection:\n%s", logs.String())
 	}
 	relay, err := stream.Connect(stream.ConnectConfig{Name: "relay", Logger: zerolog.Nop()}, e.ConnectOption())
 	if err != nil {
@@ -532,4 +542,21 @@ func TestTheSubscriberCannotTakeEveryConnection(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("subscription %d of one connection was let in", stream.MaxSubscriptions+1)
 	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
