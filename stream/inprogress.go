@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -11,21 +12,27 @@ import (
 // other worker, whatever ack wait the consumer has. Relays share their
 // consumers, and the last one started sets the ack wait: one with a
 // shorter wait would otherwise have another relay's message, still being
-// worked on, handed out again. A message settled within `every` costs
-// nothing.
+// worked on, handed out again. A message settled within `every` costs a
+// timer, no goroutine and no message.
 func KeepInProgress(msg jetstream.Msg, every time.Duration) (stop func()) {
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = msg.InProgress() // after an ack or nak: refused by the client, sent nowhere
-			}
+	var mu sync.Mutex
+	stopped := false
+	var t *time.Timer
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(every, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
 		}
-	}()
-	return func() { close(done) }
+		_ = msg.InProgress() // after an ack or nak: refused by the client, sent nowhere
+		t.Reset(every)
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		t.Stop()
+	}
 }
