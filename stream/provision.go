@@ -87,7 +87,13 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			Discard:     jetstream.DiscardNew,
 			AllowDirect: true,
 		}
-		err := try(ctx, func(ctx context.Context) error { _, err := js.CreateOrUpdateStream(ctx, cfg); return err })
+		err := try(ctx, func(ctx context.Context) error {
+			if err := keepsReplicas(ctx, js, s.Name, spec.Replicas); err != nil {
+				return err
+			}
+			_, err := js.CreateOrUpdateStream(ctx, cfg)
+			return err
+		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("provision stream %s: %w", s.Name, err))
 		}
@@ -103,12 +109,40 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			Storage:      spec.Storage,
 			Replicas:     spec.Replicas,
 		}
-		err := try(ctx, func(ctx context.Context) error { _, err := js.CreateOrUpdateKeyValue(ctx, cfg); return err })
+		err := try(ctx, func(ctx context.Context) error {
+			if err := keepsReplicas(ctx, js, "KV_"+b.Name, spec.Replicas); err != nil {
+				return err
+			}
+			_, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+			return err
+		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("provision bucket %s: %w", b.Name, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ErrFewerReplicas: the configuration asks for fewer replicas than a
+// stream has. A relay whose configuration lost nats.replicas (1 by
+// default) would take every stream and bucket of the cluster down to one
+// copy, silently; lowering them is left to an operator.
+var ErrFewerReplicas = errors.New("fewer replicas than the stream has")
+
+// keepsReplicas refuses to provision stream name (that exists) with fewer
+// than its replicas.
+func keepsReplicas(ctx context.Context, js jetstream.JetStream, name string, replicas int) error {
+	s, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if has := s.CachedInfo().Config.Replicas; has > max(replicas, 1) {
+		return fmt.Errorf("%w: it has %d replicas, nats.replicas says %d (a configuration that lost its nats.replicas?); to lower them, run `nats stream edit %s --replicas %d` by hand", ErrFewerReplicas, has, replicas, name, replicas)
+	}
+	return nil
 }
 
 // try runs op with growing deadlines, again after a timeout.

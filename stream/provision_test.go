@@ -108,6 +108,26 @@ func TestConcurrentProvisionOnCluster(t *testing.T) {
 			t.Fatalf("concurrent provisioning: %v", err)
 		}
 	}
+	// A relay whose configuration lost nats.replicas (1 by default) took
+	// every stream and bucket of the cluster down to one copy, silently.
+	// Lowering them is refused, naming how to do it by hand.
+	nc, err := nats.Connect(c.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	sp.Replicas = 1
+	err = stream.Provision(context.Background(), js, sp)
+	if err == nil || !strings.Contains(err.Error(), "T_INBOX") || !strings.Contains(err.Error(), "T_TX") || !strings.Contains(err.Error(), "3 replicas") {
+		t.Fatalf("provisioning at 1 replica over 3: %v", err)
+	}
+	for _, name := range []string{"T_INBOX", "KV_T_TX"} {
+		s, err := js.Stream(context.Background(), name)
+		if err != nil || s.CachedInfo().Config.Replicas != 3 {
+			t.Fatalf("%s after the refused downgrade: %v %+v", name, err, s)
+		}
+	}
 }
 
 // A stream made by hand without direct gets fails the check (the console
