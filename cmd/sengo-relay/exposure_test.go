@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -193,6 +194,35 @@ func TestLoopbackListenersAnswerToTheirOwnNames(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != want {
 			t.Errorf("metrics, Host %s: %d, want %d", host, resp.StatusCode, want)
+		}
+	}
+}
+
+// serve bounds the callback listener's connections per address
+// (http.max_conns_per_address).
+func TestTheCallbackListenerBoundsConnectionsPerAddress(t *testing.T) {
+	base, _, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_HTTP_MAX_CONNS_PER_ADDRESS=2"))
+	addr := strings.TrimPrefix(base, "http://")
+	answered := func(c net.Conn) bool {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			return false
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	}
+	for i := range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if ok := answered(c); ok != (i < 2) {
+			t.Fatalf("connection %d from one address answered: %v", i+1, ok)
 		}
 	}
 }

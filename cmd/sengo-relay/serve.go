@@ -229,6 +229,8 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.HTTP.Listen, err)
 	}
+	callbackProxies, _ := prefixes(cfg.HTTP.TrustedProxies) // validated with the configuration
+	ln = receiver.LimitPerAddress(ln, cfg.HTTP.MaxConnsPerAddress, callbackProxies)
 	srv := &http.Server{
 		Handler:           app,
 		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout.D(),

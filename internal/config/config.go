@@ -38,17 +38,21 @@ type Log struct {
 
 // HTTP configures the callback listener.
 type HTTP struct {
-	Listen            string   `yaml:"listen"`
-	MaxBodyBytes      int64    `yaml:"max_body_bytes"`
-	MaxInFlight       int      `yaml:"max_in_flight"`
-	PublishTimeout    Duration `yaml:"publish_timeout"`
-	RetryAfter        Duration `yaml:"retry_after"`
-	TrustedProxies    []string `yaml:"trusted_proxies"`
-	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
-	ReadTimeout       Duration `yaml:"read_timeout"`
-	WriteTimeout      Duration `yaml:"write_timeout"`
-	IdleTimeout       Duration `yaml:"idle_timeout"`
-	ShutdownTimeout   Duration `yaml:"shutdown_timeout"`
+	Listen       string `yaml:"listen"`
+	MaxBodyBytes int64  `yaml:"max_body_bytes"`
+	MaxInFlight  int    `yaml:"max_in_flight"`
+	// MaxConnsPerAddress bounds the connections one address (an IPv6
+	// address by its /64) holds open on the listener; a trusted proxy's
+	// are not counted. 0: no bound.
+	MaxConnsPerAddress int      `yaml:"max_conns_per_address"`
+	PublishTimeout     Duration `yaml:"publish_timeout"`
+	RetryAfter         Duration `yaml:"retry_after"`
+	TrustedProxies     []string `yaml:"trusted_proxies"`
+	ReadHeaderTimeout  Duration `yaml:"read_header_timeout"`
+	ReadTimeout        Duration `yaml:"read_timeout"`
+	WriteTimeout       Duration `yaml:"write_timeout"`
+	IdleTimeout        Duration `yaml:"idle_timeout"`
+	ShutdownTimeout    Duration `yaml:"shutdown_timeout"`
 }
 
 // NATS configures the connection and, when URL is empty, the embedded server.
@@ -217,16 +221,17 @@ func Default() Config {
 		DataDir: "./data",
 		Log:     Log{Level: "info", Format: "json"},
 		HTTP: HTTP{
-			Listen:            ":8080",
-			MaxBodyBytes:      64 << 10,
-			MaxInFlight:       1024,
-			PublishTimeout:    Duration(5 * time.Second),
-			RetryAfter:        Duration(5 * time.Second),
-			ReadHeaderTimeout: Duration(5 * time.Second),
-			ReadTimeout:       Duration(15 * time.Second),
-			WriteTimeout:      Duration(15 * time.Second),
-			IdleTimeout:       Duration(60 * time.Second),
-			ShutdownTimeout:   Duration(15 * time.Second),
+			Listen:             ":8080",
+			MaxBodyBytes:       64 << 10,
+			MaxInFlight:        1024,
+			MaxConnsPerAddress: 256,
+			PublishTimeout:     Duration(5 * time.Second),
+			RetryAfter:         Duration(5 * time.Second),
+			ReadHeaderTimeout:  Duration(5 * time.Second),
+			ReadTimeout:        Duration(15 * time.Second),
+			WriteTimeout:       Duration(15 * time.Second),
+			IdleTimeout:        Duration(60 * time.Second),
+			ShutdownTimeout:    Duration(15 * time.Second),
 		},
 		NATS: NATS{
 			Replicas: 1,
@@ -305,6 +310,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HTTP.MaxInFlight < 0 {
 		bad("http.max_in_flight: must not be negative (0: no cap)")
+	}
+	if c.HTTP.MaxConnsPerAddress < 0 {
+		bad("http.max_conns_per_address: must not be negative (0: no bound)")
 	}
 	for _, p := range c.HTTP.TrustedProxies {
 		if _, err := verify.ParsePrefix(p); err != nil {

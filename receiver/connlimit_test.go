@@ -1,0 +1,82 @@
+package receiver
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/sengo-relay/sengo-relay/internal/poll"
+)
+
+// Nothing bounded the callback listener's connections: a caller needing
+// no token could hold tens of thousands open (a request a minute each
+// renews the idle timeout), each with its buffers and goroutine, until
+// the relay ran out of memory and stopped answering SenGo too. One address
+// keeps at most PerAddress connections open; a proxy named trusted is not
+// counted (every client of it shares its address).
+func TestOneAddressCannotHoldEveryConnection(t *testing.T) {
+	serve := func(trusted []netip.Prefix) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(204) })}
+		go func() { _ = srv.Serve(LimitPerAddress(ln, 3, trusted)) }()
+		t.Cleanup(func() { srv.Close() })
+		return ln.Addr().String()
+	}
+	// get sends one request on c and reports whether it was answered.
+	get := func(c net.Conn) bool {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			return false
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 204
+	}
+	addr := serve(nil)
+	var conns []net.Conn
+	for i := range 4 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		ok := get(c)
+		if i < 3 && !ok {
+			t.Fatalf("connection %d not answered", i+1)
+		}
+		if i == 3 && ok {
+			t.Fatal("a fourth connection from one address was answered")
+		}
+		conns = append(conns, c)
+	}
+	conns[0].Close()
+	poll.Until(t, "a connection in the room a closed one made", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return get(c)
+	})
+	// A trusted proxy's connections are not counted.
+	addr = serve([]netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")})
+	for i := range 5 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if !get(c) {
+			t.Fatalf("the trusted proxy's connection %d not answered", i+1)
+		}
+	}
+}
