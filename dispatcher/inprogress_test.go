@@ -65,14 +65,8 @@ func TestALongAttemptIsNotHandedToASecondWorker(t *testing.T) {
 // stores the dead letter again (a duplicate the stream drops) and posts
 // nothing.
 func TestADeadLetterStoppedPartWayIsNotPostedAgain(t *testing.T) {
-	crashed := false
-	testCrashAfterDeadLetter = func() bool {
-		if crashed {
-			return false
-		}
-		crashed = true
-		return true
-	}
+	var crashed atomic.Bool
+	testCrashAfterDeadLetter = func() bool { return crashed.CompareAndSwap(false, true) }
 	t.Cleanup(func() { testCrashAfterDeadLetter = nil })
 	h := newHarness(t)
 	c := newConsumer(t, status(http.StatusGone, http.StatusGone))
@@ -89,7 +83,7 @@ func TestADeadLetterStoppedPartWayIsNotPostedAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.publish("tx-gone", "success", "")
-	eventually(t, "the event settled", func() bool { return crashed && h.settled(wk) })
+	eventually(t, "the event settled", func() bool { return crashed.Load() && h.settled(wk) })
 	if n := len(c.got()); n != 1 {
 		t.Fatalf("%d posts of an event its endpoint answered 410", n)
 	}
