@@ -697,7 +697,8 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 	// it, all inside AckWait.
 	ctx, cancel := context.WithTimeout(context.Background(), w.ep.Timeout+10*time.Second)
 	defer cancel()
-	defer stream.KeepInProgress(msg, inProgressEvery)()
+	msg, stop := stream.KeepInProgress(msg, inProgressEvery)
+	defer stop()
 	meta, err := msg.Metadata()
 	if err != nil {
 		w.breaker.release(probe)

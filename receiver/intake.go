@@ -302,7 +302,8 @@ var intakeInProgressEvery = time.Second
 
 // handle processes one inbox message and settles it.
 func (in *Intake) handle(m jetstream.Msg) {
-	defer stream.KeepInProgress(m, intakeInProgressEvery)()
+	m, stop := stream.KeepInProgress(m, intakeInProgressEvery)
+	defer stop()
 	// Each attempt has its own deadline, well inside AckWait, so a stuck
 	// call cannot let JetStream hand the message to a second worker while
 	// this one still works on it.
