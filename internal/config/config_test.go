@@ -552,6 +552,16 @@ func TestAMistypedProjectInAVariableIsAnError(t *testing.T) {
 			t.Errorf("a whole project %s from variables beside the file's main: %v", typo, err)
 		}
 	}
+	// A name with '-' in the file: its variables spell it with '_'.
+	body3 := "projects:\n  toko-a: {callback_token: 0123456789abcdef01}\n"
+	for _, typo := range []string{"TOOK_A", "TOK_A"} {
+		_, err = Load(write(t, body3), env(map[string]string{
+			"SENGO_RELAY_PROJECTS_" + typo + "_API_KEY": "SC-ENV000000000000001", "SENGO_RELAY_PROJECTS_" + typo + "_TOKEN": "env-token-0000000001",
+		}))
+		if err == nil || !strings.Contains(err.Error(), "did you mean toko-a") {
+			t.Errorf("a whole project %s from variables beside the file's toko-a: %v", typo, err)
+		}
+	}
 	body2 := "projects:\n  outlet1: {api_key: SC-FILE00000000000001, token: file-token-000000001}\n"
 	if _, err := Load(write(t, body2), env(map[string]string{
 		"SENGO_RELAY_PROJECTS_OUTLET2_API_KEY": "SC-ENV000000000000001", "SENGO_RELAY_PROJECTS_OUTLET2_TOKEN": "env-token-0000000001",

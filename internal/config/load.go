@@ -75,7 +75,7 @@ func Load(path string, env Env) (Config, error) {
 			continue
 		}
 		for other := range inFile {
-			if slipOf(name, other) {
+			if slipOf(envName(name), envName(other)) {
 				errs = append(errs, fmt.Errorf("projects.%s: added by variables (%sPROJECTS_%s_…); did you mean %s, in the file? (Its variables are %sPROJECTS_%s_…; to have both, add %s to the file.)", name, EnvPrefix, envName(name), other, EnvPrefix, envName(other), name))
 			}
 		}
