@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,7 +25,7 @@ func TestOneAddressCannotHoldEveryConnection(t *testing.T) {
 			t.Fatal(err)
 		}
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(204) })}
-		go func() { _ = srv.Serve(LimitPerAddress(ln, 3, trusted)) }()
+		go func() { _ = srv.Serve(LimitConns(ln, ConnLimits{PerAddress: 3, Exempt: trusted})) }()
 		t.Cleanup(func() { srv.Close() })
 		return ln.Addr().String()
 	}
@@ -78,5 +79,64 @@ func TestOneAddressCannotHoldEveryConnection(t *testing.T) {
 		if !get(c) {
 			t.Fatalf("the trusted proxy's connection %d not answered", i+1)
 		}
+	}
+}
+
+// Bounded per address only, many addresses together held any number: a
+// host with an IPv6 /48 (65,536 /64s) or a few IPv4 addresses took them
+// all. A total bound takes the rest; exempt addresses (SenGo's
+// allowed_ips, trusted proxies) count for neither and are never refused,
+// and every refusal is counted.
+func TestManyAddressesCannotHoldEveryConnection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := map[string]int{}
+	var mu sync.Mutex
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(204) })}
+	go func() {
+		_ = srv.Serve(LimitConns(ln, ConnLimits{PerAddress: 2, Total: 4, Exempt: []netip.Prefix{netip.MustParsePrefix("127.0.0.9/32")},
+			Refused: func(reason string) { mu.Lock(); refused[reason]++; mu.Unlock() }}))
+	}()
+	t.Cleanup(func() { srv.Close() })
+	dial := func(from string) net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c, err := d.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	get := func(c net.Conn) bool {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			return false
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 204
+	}
+	for i, from := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"} {
+		if !get(dial(from)) {
+			t.Fatalf("connection %d (from %s) not answered", i+1, from)
+		}
+	}
+	if get(dial("127.0.0.6")) {
+		t.Fatal("a fifth connection, past the total of 4, was answered")
+	}
+	for i := range 3 {
+		if !get(dial("127.0.0.9")) {
+			t.Fatalf("the exempt address's connection %d was refused", i+1)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if refused["total"] != 1 {
+		t.Fatalf("refusals counted %v, want one over the total", refused)
 	}
 }

@@ -32,6 +32,10 @@ type Metrics struct {
 	// missing, fed; failed: runs in which the project, or a day of it,
 	// could not be reconciled).
 	Reconcile *prometheus.CounterVec
+	// ConnsRefused counts connections to the callback listener closed
+	// unanswered, by reason: per_address (http.max_conns_per_address) or
+	// total (http.max_conns).
+	ConnsRefused *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -71,7 +75,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "sengo_relay_reconcile_total",
 		Help: "Reconciliation with SenGo's transaction list, by project and outcome.",
 	}, []string{"project", "outcome"})
-	reg.MustRegister(m.Callbacks, m.InFlight, m.RefusedInFlight, m.PublishSeconds, m.Intake, m.KVConflicts, m.Confirm, m.Reconcile)
+	m.ConnsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sengo_relay_connections_refused_total",
+		Help: "Connections to the callback listener closed unanswered, by reason (per_address, total).",
+	}, []string{"reason"})
+	for _, r := range []string{"per_address", "total"} {
+		m.ConnsRefused.WithLabelValues(r)
+	}
+	reg.MustRegister(m.Callbacks, m.InFlight, m.RefusedInFlight, m.PublishSeconds, m.Intake, m.KVConflicts, m.Confirm, m.Reconcile, m.ConnsRefused)
 	return m
 }
 

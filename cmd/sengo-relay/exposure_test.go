@@ -201,8 +201,12 @@ func TestLoopbackListenersAnswerToTheirOwnNames(t *testing.T) {
 // serve bounds the callback listener's connections per address
 // (http.max_conns_per_address).
 func TestTheCallbackListenerBoundsConnectionsPerAddress(t *testing.T) {
-	base, _, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_HTTP_MAX_CONNS_PER_ADDRESS=2"))
+	base, logs, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_HTTP_MAX_CONNS_PER_ADDRESS=2", "SENGO_RELAY_PROJECTS_MAIN_ALLOWED_IPS=127.0.0.9"))
 	addr := strings.TrimPrefix(base, "http://")
+	dialFrom := func(from string) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		return d.Dial("tcp", addr)
+	}
 	answered := func(c net.Conn) bool {
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 		if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
@@ -216,7 +220,7 @@ func TestTheCallbackListenerBoundsConnectionsPerAddress(t *testing.T) {
 		return true
 	}
 	for i := range 3 {
-		c, err := net.Dial("tcp", addr)
+		c, err := dialFrom("127.0.0.1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -224,5 +228,25 @@ func TestTheCallbackListenerBoundsConnectionsPerAddress(t *testing.T) {
 		if ok := answered(c); ok != (i < 2) {
 			t.Fatalf("connection %d from one address answered: %v", i+1, ok)
 		}
+	}
+	// SenGo's addresses (allowed_ips) are never refused.
+	for i := range 3 {
+		c, err := dialFrom("127.0.0.9")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if !answered(c) {
+			t.Fatalf("connection %d from an allowed_ips address refused", i+1)
+		}
+	}
+	resp, err := http.Get("http://" + logs.field(t, "metrics listening", "addr") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(b), `sengo_relay_connections_refused_total{reason="per_address"} 1`) {
+		t.Errorf("the refusal is not counted:\n%s", b)
 	}
 }

@@ -229,8 +229,13 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.HTTP.Listen, err)
 	}
-	callbackProxies, _ := prefixes(cfg.HTTP.TrustedProxies) // validated with the configuration
-	ln = receiver.LimitPerAddress(ln, cfg.HTTP.MaxConnsPerAddress, callbackProxies)
+	exempt, _ := prefixes(cfg.HTTP.TrustedProxies) // validated with the configuration
+	for _, name := range cfg.ProjectNames() {
+		sengoIPs, _ := prefixes(cfg.Projects[name].AllowedIPs)
+		exempt = append(exempt, sengoIPs...)
+	}
+	ln = receiver.LimitConns(ln, receiver.ConnLimits{PerAddress: cfg.HTTP.MaxConnsPerAddress, Total: cfg.HTTP.MaxConns, Exempt: exempt,
+		Refused: func(reason string) { metrics.ConnsRefused.WithLabelValues(reason).Inc() }})
 	srv := &http.Server{
 		Handler:           app,
 		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout.D(),

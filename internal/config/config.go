@@ -42,9 +42,11 @@ type HTTP struct {
 	MaxBodyBytes int64  `yaml:"max_body_bytes"`
 	MaxInFlight  int    `yaml:"max_in_flight"`
 	// MaxConnsPerAddress bounds the connections one address (an IPv6
-	// address by its /64) holds open on the listener; a trusted proxy's
+	// address by its /64) holds open on the listener, and MaxConns those of
+	// every address together; a trusted proxy's and SenGo's (allowed_ips)
 	// are not counted. 0: no bound.
 	MaxConnsPerAddress int      `yaml:"max_conns_per_address"`
+	MaxConns           int      `yaml:"max_conns"`
 	PublishTimeout     Duration `yaml:"publish_timeout"`
 	RetryAfter         Duration `yaml:"retry_after"`
 	TrustedProxies     []string `yaml:"trusted_proxies"`
@@ -225,6 +227,7 @@ func Default() Config {
 			MaxBodyBytes:       64 << 10,
 			MaxInFlight:        1024,
 			MaxConnsPerAddress: 256,
+			MaxConns:           4096,
 			PublishTimeout:     Duration(5 * time.Second),
 			RetryAfter:         Duration(5 * time.Second),
 			ReadHeaderTimeout:  Duration(5 * time.Second),
@@ -313,6 +316,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HTTP.MaxConnsPerAddress < 0 {
 		bad("http.max_conns_per_address: must not be negative (0: no bound)")
+	}
+	if c.HTTP.MaxConns < 0 {
+		bad("http.max_conns: must not be negative (0: no bound)")
 	}
 	for _, p := range c.HTTP.TrustedProxies {
 		if _, err := verify.ParsePrefix(p); err != nil {
