@@ -403,7 +403,7 @@ func TestAnEventWhoseNextRetryComesTooLateIsDeadLettered(t *testing.T) {
 }
 
 // An endpoint that is not paused but slower than its events come (here
-// its rate limit, one a second, against twelve at once) never reached the
+// its rate limit, one a second, against 32 at once) never reached the
 // end of a backlog older than SENGO_EVENTS keeps events: they aged out
 // without a trace, since the expiry guard ran only while the endpoint was
 // paused. Those about to age out are now dead-lettered
@@ -413,21 +413,24 @@ func TestABacklogAgingOutOfAnEndpointNotPausedIsDeadLettered(t *testing.T) {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
 	h := newHarness(t)
-	// The guard acts in the last second (with 6 s and its last 600 ms, a
-	// CI run's race pass, beside the mutants on two cores, once reached
-	// the window too late for one event).
-	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 10*time.Second, time.Second })
+	// The guard acts in the last 2 s (with 6 s and its last 600 ms, a CI
+	// run's race pass, beside the mutants on two cores, once reached the
+	// window too late for one event; with 10 s and its last second, after
+	// each dead letter gained a write (its decision, recorded first), for
+	// three). In production the window is a tenth of the retention, at
+	// most a day.
+	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 20*time.Second, time.Second })
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
 	ep.RateLimit = 1
 	w := h.start(ep)
-	const n = 16
+	const n = 32 // at one a second, about 18 are delivered before the guard acts
 	for i := range n {
 		h.publish(fmt.Sprintf("tx-backlog-%d", i), event.StatusSuccess, "")
 	}
 	// Done when each is delivered or dead-lettered, or when the stream has
-	// dropped every event (10 s after the first).
-	poll.Within(t, 30*time.Second, "every event delivered, dead-lettered or aged out", func() bool {
+	// dropped every event (20 s after the first).
+	poll.Within(t, 45*time.Second, "every event delivered, dead-lettered or aged out", func() bool {
 		return len(c.got())+len(h.deadLetters()) >= n || len(natstest.Messages(t, h.js, event.StreamEvents)) == 0
 	})
 	poll.Until(t, "the worker settled", func() bool { return h.settled(w) || len(natstest.Messages(t, h.js, event.StreamEvents)) == 0 })
