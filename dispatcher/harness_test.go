@@ -23,6 +23,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
+	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
 	"github.com/sengo-relay/sengo-relay/stream"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
@@ -101,7 +102,7 @@ type harness struct {
 	nats    *natstest.Server
 	js      jetstream.JetStream
 	metrics *Metrics
-	logs    *syncBuffer
+	logs    *syncbuf.Buffer
 	durable Durability       // waited on by the workers start runs; nil: none
 	history *history.Writer  // given to the workers start runs; nil: none
 	now     func() time.Time // the clock of the workers start runs; nil: time.Now
@@ -123,7 +124,7 @@ func newHarness(t *testing.T) *harness {
 	if err := stream.Provision(context.Background(), js, testSpec()); err != nil {
 		t.Fatal(err)
 	}
-	return &harness{t: t, nats: srv, js: js, metrics: NewMetrics(prometheus.NewRegistry()), logs: &syncBuffer{}}
+	return &harness{t: t, nats: srv, js: js, metrics: NewMetrics(prometheus.NewRegistry()), logs: &syncbuf.Buffer{}}
 }
 
 // endpoint returns a test endpoint for url with a short schedule.
@@ -245,21 +246,3 @@ func skewed(ahead *atomic.Int64) func() time.Time {
 }
 
 func eventually(t *testing.T, what string, cond func() bool) { t.Helper(); poll.Until(t, what, cond) }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b = append(s.b, p...)
-	return len(p), nil
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return string(s.b)
-}

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
@@ -65,7 +66,7 @@ func TestHoldThatExpiresIsLifted(t *testing.T) {
 	if err := stream.Provision(context.Background(), js, spec); err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, nats: srv, js: js, metrics: NewMetrics(prometheus.NewRegistry()), logs: &syncBuffer{}}
+	h := &harness{t: t, nats: srv, js: js, metrics: NewMetrics(prometheus.NewRegistry()), logs: &syncbuf.Buffer{}}
 	c := newConsumer(t, status())
 	w := h.start(h.endpoint("orders", c.URL))
 	if err := Hold(context.Background(), h.js, "orders", "test"); err != nil {

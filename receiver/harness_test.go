@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
+	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
@@ -30,7 +30,7 @@ type harness struct {
 	http    *httptest.Server
 	app     http.Handler
 	metrics *Metrics
-	logs    *syncBuffer
+	logs    *syncbuf.Buffer
 	cfg     Config
 	icfg    IntakeConfig // what startIntake runs
 }
@@ -70,7 +70,7 @@ func newHarnessOn(t testing.TB, srv *natstest.Server, runIntake bool, opts ...op
 	if err := stream.Provision(context.Background(), js, testSpec()); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
 	reg := prometheus.NewRegistry()
 	h := &harness{t: t, nats: srv, js: js, metrics: NewMetrics(reg), logs: logs}
@@ -212,21 +212,4 @@ func (h *harness) intakeIdle() bool {
 
 func (h *harness) intakeCount(project, outcome string) float64 {
 	return testutil.ToFloat64(h.metrics.Intake.WithLabelValues(project, outcome))
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
@@ -461,7 +462,7 @@ func TestALargeMessageGetIsRefusedNotLost(t *testing.T) {
 // most SubscriberMaxConnections connections, and every connection at most
 // MaxSubscriptions subscriptions; the relay still connects.
 func TestTheSubscriberCannotTakeEveryConnection(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: subscriberAuth(), Logger: zerolog.New(&logs)})
 	if err != nil {
 		t.Fatal(err)
@@ -542,21 +543,4 @@ func TestTheSubscriberCannotTakeEveryConnection(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("subscription %d of one connection was let in", stream.MaxSubscriptions+1)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

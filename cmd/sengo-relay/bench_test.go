@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
 
 	"github.com/sengo-relay/sengo-relay/internal/bench"
 

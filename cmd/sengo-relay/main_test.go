@@ -27,6 +27,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
+	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
 	"github.com/sengo-relay/sengo-relay/sengo"
 	"github.com/sengo-relay/sengo-relay/sengo/sandbox"
 	"github.com/sengo-relay/sengo-relay/stream"
@@ -401,7 +402,7 @@ func startProcess(t *testing.T, dataDir string, extraEnv ...string) *relayProces
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -550,23 +551,6 @@ func TestSubcommands(t *testing.T) {
 	if err := run(context.Background(), []string{"frobnicate"}, io.Discard, io.Discard); err == nil {
 		t.Error("unknown command accepted")
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // check-config says per project whether notifications are confirmed and

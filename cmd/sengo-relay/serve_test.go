@@ -14,6 +14,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
 )
 
 // retryStart rides out NATS being unreachable or JetStream unavailable,
@@ -77,7 +78,7 @@ func TestProvisionRetriesRefusals(t *testing.T) {
 	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: spec.Streams[0].Name, Subjects: []string{"elsewhere.>"}, Storage: jetstream.MemoryStorage}); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 	defer cancel()
 	err := provision(ctx, js, spec, zerolog.New(&logs))

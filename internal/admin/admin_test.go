@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -26,6 +25,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
+	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
 	"github.com/sengo-relay/sengo-relay/stream"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
@@ -343,7 +343,7 @@ func TestAdminQuarantinePurge(t *testing.T) {
 // connected, never one the request claims in X-Forwarded-For), what, on
 // what, how many. Redriving dead letters names a filter, or all=true.
 func TestAdminActionsAreAudited(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	hs, js := newServerLogging(t, zerolog.New(&logs))
 	ctx := context.Background()
 	msg := &nats.Msg{Subject: event.QuarantineTxSubject("main", "tx-1"), Data: []byte(`{"id":"tx-1"}`), Header: nats.Header{
@@ -407,24 +407,6 @@ func TestAdminActionsAreAudited(t *testing.T) {
 	if job, _ := lines[4]["target"].(string); job == "" {
 		t.Errorf("the replay's audit line names no job: %v", lines[4])
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // storeDeadLetters stores n dead letters for orders, transactions t0….

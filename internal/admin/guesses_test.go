@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
 )
 
 // clock is a time the test moves by hand.
@@ -183,7 +185,7 @@ func TestWrongTokensShareOneBudget(t *testing.T) {
 // as a bearer token, not in the line that tells a human many addresses
 // are guessing.
 func TestSubmittedTokensAreNeverLogged(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	_, s := newRelayNamed(t, provision(t), "relay-a", zerolog.New(&logs).Level(zerolog.DebugLevel))
 	frozen(s)
 	for i := range 150 {

@@ -24,6 +24,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
+	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
 	"github.com/sengo-relay/sengo-relay/receiver"
 )
 
@@ -609,7 +610,7 @@ func TestAnActionStoppedPartWaySaysHowMuchItDid(t *testing.T) {
 // log, twice (its target, and the error quoting it): the API's audit
 // target was bounded, the console's was not, nor either's error.
 func TestAnAuditLineIsBoundedWhateverTheFormSent(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	hs, _ := newServerLogging(t, zerolog.New(logs))
 	c := browser(t)
 	csrf := signIn(t, c, hs.URL)

@@ -22,6 +22,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
+	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
 )
 
 // jobView is a replay job as the API answers it.
@@ -484,7 +485,7 @@ func runningReplay(t *testing.T, js jetstream.JetStream, eps []dispatcher.Endpoi
 // Asking for a replay that is already running starts nothing; its audit
 // line said "replay" all the same, as if a second one had been sent.
 func TestReplayAlreadyRunningIsAuditedAsSuch(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	hs, js := newServerLogging(t, zerolog.New(&logs))
 	publishReplayable(t, js, "evt_1")
 	now := time.Now().UTC().Truncate(time.Second)

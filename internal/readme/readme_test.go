@@ -11,12 +11,12 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
+	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
 )
 
 // block is one annotated ```sh block of the README.
@@ -252,13 +252,13 @@ func copyRepo(t *testing.T, root string) string {
 type proc struct {
 	b    block
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *syncbuf.Buffer
 	done chan struct{}
 }
 
 func start(t *testing.T, b block, dir string, env []string) *proc {
 	t.Helper()
-	p := &proc{b: b, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{b: b, out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command("bash", "-e", "-o", "pipefail", "-c", b.code)
 	p.cmd.Dir, p.cmd.Env = dir, env
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
@@ -311,21 +311,4 @@ func (p *proc) stop(t *testing.T) {
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
