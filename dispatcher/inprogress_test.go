@@ -1,11 +1,12 @@
 package dispatcher
 
 import (
-	"context"
 	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
 )
 
 // Every relay sets the endpoint's shared consumer's ack wait to its own
@@ -35,16 +36,7 @@ func TestALongAttemptIsNotHandedToASecondWorker(t *testing.T) {
 	ep.Timeout, ep.Concurrency = 10*time.Second, 2
 	wk := h.start(ep)
 	// A relay started later with a shorter timeout updates the consumer.
-	ctx := context.Background()
-	cons, err := h.js.Consumer(ctx, "SENGO_EVENTS", ConsumerName("orders"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := cons.CachedInfo().Config
-	cfg.AckWait = time.Second
-	if _, err := h.js.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", cfg); err != nil {
-		t.Fatal(err)
-	}
+	natstest.SetAckWait(t, h.js, "SENGO_EVENTS", ConsumerName("orders"), time.Second)
 	h.publish("tx-slow", "success", "")
 	eventually(t, "the event delivered", func() bool { return len(c.got()) > 0 && h.settled(wk) })
 	if m := most.Load(); m > 1 {
@@ -72,16 +64,7 @@ func TestADeadLetterStoppedPartWayIsNotPostedAgain(t *testing.T) {
 	c := newConsumer(t, status(http.StatusGone, http.StatusGone))
 	ep := h.endpoint("orders", c.URL)
 	wk := h.start(ep)
-	ctx := context.Background()
-	cons, err := h.js.Consumer(ctx, "SENGO_EVENTS", ConsumerName("orders"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := cons.CachedInfo().Config
-	cfg.AckWait = time.Second // the stopped relay's event comes back soon
-	if _, err := h.js.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", cfg); err != nil {
-		t.Fatal(err)
-	}
+	natstest.SetAckWait(t, h.js, "SENGO_EVENTS", ConsumerName("orders"), time.Second) // the stopped relay's event comes back soon
 	h.publish("tx-gone", "success", "")
 	eventually(t, "the event settled", func() bool { return crashed.Load() && h.settled(wk) })
 	if n := len(c.got()); n != 1 {

@@ -29,19 +29,6 @@ func TestOneAddressCannotHoldEveryConnection(t *testing.T) {
 		t.Cleanup(func() { srv.Close() })
 		return ln.Addr().String()
 	}
-	// get sends one request on c and reports whether it was answered.
-	get := func(c net.Conn) bool {
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
-			return false
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 204
-	}
 	addr := serve(nil)
 	var conns []net.Conn
 	for i := range 4 {
@@ -50,7 +37,7 @@ func TestOneAddressCannotHoldEveryConnection(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		ok := get(c)
+		ok := oneRequestAnswered(c)
 		if i < 3 && !ok {
 			t.Fatalf("connection %d not answered", i+1)
 		}
@@ -66,7 +53,7 @@ func TestOneAddressCannotHoldEveryConnection(t *testing.T) {
 			return false
 		}
 		defer c.Close()
-		return get(c)
+		return oneRequestAnswered(c)
 	})
 	// A trusted proxy's connections are not counted.
 	addr = serve([]netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")})
@@ -76,7 +63,7 @@ func TestOneAddressCannotHoldEveryConnection(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		if !get(c) {
+		if !oneRequestAnswered(c) {
 			t.Fatalf("the trusted proxy's connection %d not answered", i+1)
 		}
 	}
@@ -109,28 +96,16 @@ func TestManyAddressesCannotHoldEveryConnection(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
-	get := func(c net.Conn) bool {
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
-			return false
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 204
-	}
 	for i, from := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"} {
-		if !get(dial(from)) {
+		if !oneRequestAnswered(dial(from)) {
 			t.Fatalf("connection %d (from %s) not answered", i+1, from)
 		}
 	}
-	if get(dial("127.0.0.6")) {
+	if oneRequestAnswered(dial("127.0.0.6")) {
 		t.Fatal("a fifth connection, past the total of 4, was answered")
 	}
 	for i := range 3 {
-		if !get(dial("127.0.0.9")) {
+		if !oneRequestAnswered(dial("127.0.0.9")) {
 			t.Fatalf("the exempt address's connection %d was refused", i+1)
 		}
 	}
@@ -139,4 +114,18 @@ func TestManyAddressesCannotHoldEveryConnection(t *testing.T) {
 	if refused["total"] != 1 {
 		t.Fatalf("refusals counted %v, want one over the total", refused)
 	}
+}
+
+// oneRequestAnswered sends one request on c and reports whether it was answered (204).
+func oneRequestAnswered(c net.Conn) bool {
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		return false
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == 204
 }

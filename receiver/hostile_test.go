@@ -582,6 +582,17 @@ func sandboxWithChecks(t testing.TB, check func(id string, w http.ResponseWriter
 	return sb, sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
 }
 
+// paidQRIS creates a QRIS transaction of ref at SenGo, pays it and
+// returns the callback SenGo then sends.
+func paidQRIS(t testing.TB, sb *sandbox.Server, client *sengo.Client, ref string) []byte {
+	t.Helper()
+	tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: ref, Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return payCallback(t, sb, client, tx.ID)
+}
+
 // payCallback makes SenGo's transaction id paid and returns the callback
 // SenGo then sends: its API's own object as responseData.
 func payCallback(t testing.TB, sb *sandbox.Server, client *sengo.Client, id string) []byte {
@@ -1208,11 +1219,7 @@ func TestAHugeAPIObjectStillQuarantines(t *testing.T) {
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
 	})
-	tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "INV-HUGE", Amount: 5000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := payCallback(t, sb, client, tx.ID)
+	body := paidQRIS(t, sb, client, "INV-HUGE")
 	dispute.Store(true)
 	if resp, _ := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
 		t.Fatal(resp.StatusCode)
@@ -1365,11 +1372,7 @@ func TestAnOutageRightAfterAProbeIsAnOutage(t *testing.T) {
 	const genuine = 3
 	var bodies [][]byte
 	for i := range genuine {
-		tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: fmt.Sprint("INV-OUTAGE-", i), Amount: 5000})
-		if err != nil {
-			t.Fatal(err)
-		}
-		bodies = append(bodies, payCallback(t, sb, client, tx.ID))
+		bodies = append(bodies, paidQRIS(t, sb, client, fmt.Sprint("INV-OUTAGE-", i)))
 	}
 	// A check that hangs for its transaction alone: the probe answers, and
 	// it is quarantined.
@@ -1474,11 +1477,7 @@ func TestAnOutageIsProbedOnceNotPerCheck(t *testing.T) {
 	})
 	var bodies [][]byte
 	for i := range 10 {
-		tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: fmt.Sprint("INV-THROTTLED-", i), Amount: 5000})
-		if err != nil {
-			t.Fatal(err)
-		}
-		bodies = append(bodies, payCallback(t, sb, client, tx.ID))
+		bodies = append(bodies, paidQRIS(t, sb, client, fmt.Sprint("INV-THROTTLED-", i)))
 	}
 	outage.Store(true)
 	for _, b := range bodies {
@@ -1548,11 +1547,7 @@ func TestATryAgainAnswerIsAnOutageNotThisTransactionAlone(t *testing.T) {
 				ic.ConfirmAttempts = 2
 				ic.RetryInitial, ic.RetryMax = 50*time.Millisecond, 100*time.Millisecond
 			})
-			tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "INV-SWITCH", Amount: 5000})
-			if err != nil {
-				t.Fatal(err)
-			}
-			body := payCallback(t, sb, client, tx.ID)
+			body := paidQRIS(t, sb, client, "INV-SWITCH")
 			failing.Store(true)
 			if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
 				t.Fatalf("callback: %d %v", resp.StatusCode, got)

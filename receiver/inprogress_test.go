@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/sengo"
 )
 
@@ -33,20 +34,8 @@ func TestANotificationInItsCheckIsNotHandedToASecondWorker(t *testing.T) {
 		ic.AckWait = 20 * time.Second
 	})
 	ctx := context.Background()
-	cons, err := h.js.Consumer(ctx, event.StreamInbox, IntakeConsumer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := cons.CachedInfo().Config
-	cfg.AckWait = time.Second // a relay started later, with a shorter ack_wait
-	if _, err := h.js.CreateOrUpdateConsumer(ctx, event.StreamInbox, cfg); err != nil {
-		t.Fatal(err)
-	}
-	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-SLOW", Amount: 5000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := payCallback(t, sb, client, tx.ID)
+	cons := natstest.SetAckWait(t, h.js, event.StreamInbox, IntakeConsumer, time.Second) // a relay started later, with a shorter ack_wait
+	body := paidQRIS(t, sb, client, "INV-SLOW")
 	slow.Store(true)
 	if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
 		t.Fatalf("callback: %d %v", resp.StatusCode, got)

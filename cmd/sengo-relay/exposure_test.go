@@ -169,33 +169,36 @@ func TestLoopbackListenersAnswerToTheirOwnNames(t *testing.T) {
 	_, logs := startRunWith(t, writeConfig(t, endpointYAML("orders", "http://127.0.0.1:1/hook", "1s")), relayEnv(t.TempDir(), "SENGO_RELAY_METRICS_LISTEN=127.0.0.2:0"))
 	addr := logs.field(t, "admin listening", "addr")
 	for host, want := range map[string]int{"rebind.attacker.example:8081": http.StatusMisdirectedRequest, addr: http.StatusOK, "localhost": http.StatusOK} {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/admin/endpoints", nil)
-		req.Host = host
-		req.Header.Set("Authorization", "Bearer "+adminToken)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != want {
-			t.Errorf("admin, Host %s: %d, want %d", host, resp.StatusCode, want)
+		if got := statusForHost(t, "http://"+addr+"/admin/endpoints", host, adminToken); got != want {
+			t.Errorf("admin, Host %s: %d, want %d", host, got, want)
 		}
 	}
 	// The metrics listener without a token (loopback): a rebound page
 	// could read the payment volumes per project.
 	maddr := logs.field(t, "metrics listening", "addr")
 	for host, want := range map[string]int{"rebind.attacker.example:9464": http.StatusMisdirectedRequest, maddr: http.StatusOK, "[::1]:9464": http.StatusOK, "localhost": http.StatusOK} {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+maddr+"/metrics", nil)
-		req.Host = host
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != want {
-			t.Errorf("metrics, Host %s: %d, want %d", host, resp.StatusCode, want)
+		if got := statusForHost(t, "http://"+maddr+"/metrics", host, ""); got != want {
+			t.Errorf("metrics, Host %s: %d, want %d", host, got, want)
 		}
 	}
+}
+
+// statusForHost is the status of a GET of url naming host in its Host
+// header (as a page whose name was rebound to the address does), with a
+// bearer token unless it is empty.
+func statusForHost(t *testing.T, url, host, token string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Host = host
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // serve bounds the callback listener's connections per address

@@ -419,15 +419,8 @@ func TestTheSandboxOnLoopbackAnswersToItsOwnNames(t *testing.T) {
 	go func() { _, _ = io.Copy(io.Discard, pr) }()
 	addr, _, _ := strings.Cut(strings.TrimPrefix(line, "sengo sandbox: API http://"), "/")
 	for host, want := range map[string]int{"rebind.attacker.example:8090": http.StatusMisdirectedRequest, addr: http.StatusOK, "localhost:8090": http.StatusOK} {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/sandbox/transactions", nil)
-		req.Host = host
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != want {
-			t.Errorf("Host %s: %d, want %d", host, resp.StatusCode, want)
+		if got := statusForHost(t, "http://"+addr+"/sandbox/transactions", host, ""); got != want {
+			t.Errorf("Host %s: %d, want %d", host, got, want)
 		}
 	}
 }

@@ -173,3 +173,22 @@ func RefuseWrites(t testing.TB, js jetstream.JetStream, stream string) (restore 
 	t.Cleanup(restore)
 	return restore
 }
+
+// SetAckWait sets consumer's ack wait on stream to d, as a relay started
+// later with another setting does to a shared consumer, and returns the
+// consumer.
+func SetAckWait(t testing.TB, js jetstream.JetStream, stream, consumer string, d time.Duration) jetstream.Consumer {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.Consumer(ctx, stream, consumer)
+	if err != nil {
+		t.Fatalf("natstest: consumer %s on %s: %v", consumer, stream, err)
+	}
+	cfg := c.CachedInfo().Config
+	cfg.AckWait = d
+	if c, err = js.CreateOrUpdateConsumer(ctx, stream, cfg); err != nil {
+		t.Fatalf("natstest: ack wait of %s on %s: %v", consumer, stream, err)
+	}
+	return c
+}
