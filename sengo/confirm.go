@@ -106,8 +106,9 @@ func probeID() string { return ProbeIDPrefix + uuid.NewString()[len(ProbeIDPrefi
 
 // ChecksAnswered reports whether SenGo's API answers project's checks at
 // all, by checking a made-up id (probeID): SenGo answers it 404
-// TRANSACTION_NOT_FOUND, within a check's time, while its checks work. A check that failed for one transaction while this holds failed
-// for that transaction alone, not in an outage. One probe per project at a
+// TRANSACTION_NOT_FOUND, within a check's time, while its checks work. A
+// check that failed for one transaction while this holds failed for that
+// transaction alone, not in an outage. One probe per project at a
 // time. Its answer stands for probeFresh: a "no" (or no answer in the
 // caller's time) for every caller, a "yes" only for the checks that had
 // failed when it was sent (since: when the caller's check failed). A yes
@@ -153,7 +154,8 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since ti
 // has moved on; a final status SenGo does not report yields ErrUnconfirmed,
 // and so does a check SenGo refuses for this id alone (a 4xx other than
 // 401, 403, 404 and 429, nor one asking to try again: ErrTryAgain);
-// other disagreements ErrMismatch. Any other error is transient (SenGo unreachable, throttled, misconfigured, or no
+// other disagreements ErrMismatch. Any other error is transient (SenGo
+// unreachable, throttled, misconfigured, asking to try again, or no
 // answer within the check timeout: ErrCheckTimedOut) and worth retrying.
 func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction) (Transaction, bool, error) {
 	client, ok := c.clients[project]

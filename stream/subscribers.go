@@ -107,10 +107,10 @@ func relayConsumers(conn *nats.Conn, st string) ([]string, error) {
 }
 
 func newAuthenticator(a *EmbeddedAuth, log zerolog.Logger) *authenticator {
-	return &authenticator{log: log,
+	return &authenticator{
 		relayUser: a.RelayUser, relayHash: []byte(bcryptHash(a.RelayPassword)),
 		subUser: a.SubscriberUser, subHash: []byte(bcryptHash(a.SubscriberPassword)),
-		costly: make(chan struct{}, 1),
+		costly: make(chan struct{}, 1), log: log,
 	}
 }
 

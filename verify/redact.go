@@ -3,6 +3,7 @@ package verify
 import (
 	"encoding/base64"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"sort"
@@ -217,6 +218,24 @@ func HostIn(hostHeader string, names []string) bool {
 		if strings.EqualFold(h, n) {
 			return true
 		}
+	}
+	return false
+}
+
+// FromAnotherSite reports whether the browser that sent r says it comes
+// from another site: an Origin other than r's own host ("null" included),
+// or a Sec-Fetch-Site of cross-site or same-site (a sibling subdomain is
+// another origin too). A client that sends neither is no browser a page
+// elsewhere can drive, and passes.
+func FromAnotherSite(r *http.Request) bool {
+	if o := r.Header.Get("Origin"); o != "" {
+		if u, err := url.Parse(o); err != nil || u.Host != r.Host {
+			return true
+		}
+	}
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "cross-site", "same-site":
+		return true
 	}
 	return false
 }

@@ -304,7 +304,7 @@ func (cn *console) signedIn(next echo.HandlerFunc) echo.HandlerFunc {
 			return apiError(http.StatusUnauthorized, "session_required", "sign in first")
 		}
 		if c.Request().Method != http.MethodGet {
-			if foreign(c.Request()) {
+			if verify.FromAnotherSite(c.Request()) {
 				return apiError(http.StatusForbidden, "csrf_failed", "a request from another site")
 			}
 			got := c.Request().Header.Get(csrfHeader)
@@ -319,27 +319,6 @@ func (cn *console) signedIn(next echo.HandlerFunc) echo.HandlerFunc {
 		c.Set("session", s)
 		return next(c)
 	}
-}
-
-// foreign reports whether the browser that sent r says it comes from
-// another site: an Origin other than the console's own ("null" included),
-// or a Sec-Fetch-Site of cross-site or same-site (a sibling subdomain is
-// another origin too). A client that sends neither is no browser a page
-// elsewhere can drive, and passes.
-func foreign(r *http.Request) bool {
-	if o := r.Header.Get("Origin"); o != "" && !sameOrigin(o, r.Host) {
-		return true
-	}
-	switch r.Header.Get("Sec-Fetch-Site") {
-	case "cross-site", "same-site":
-		return true
-	}
-	return false
-}
-
-func sameOrigin(origin, host string) bool {
-	u, err := url.Parse(origin)
-	return err == nil && u.Host == host
 }
 
 // view is what every page template gets.
@@ -398,7 +377,7 @@ func (cn *console) login(c echo.Context) error {
 	// page elsewhere could sign the operator's browser in to a session of
 	// its choosing, or post wrong tokens until the operator's own address
 	// had no attempt left.
-	if foreign(c.Request()) {
+	if verify.FromAnotherSite(c.Request()) {
 		cn.audit.Warn().Str("who", "@"+c.RealIP()).Str("action", "sign in").Str("result", "refused: another site").Msg("console action")
 		return apiError(http.StatusForbidden, "csrf_failed", "a sign-in from another site")
 	}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -177,26 +176,12 @@ func (s *Server) Handler() http.Handler {
 			writeEnvelope(w, http.StatusMisdirectedRequest, sengo.CodeRequestInvalid, map[string]string{"message": "this sandbox answers to " + strings.Join(s.cfg.Hosts, ", ") + " only"})
 			return
 		}
-		if r.Method != http.MethodGet && r.Method != http.MethodHead && fromElsewhere(r) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && verify.FromAnotherSite(r) {
 			writeEnvelope(w, http.StatusForbidden, sengo.CodeUnauthorized, map[string]string{"message": "refused: a browser's request from another site"})
 			return
 		}
 		s.mux.ServeHTTP(w, r)
 	})
-}
-
-// fromElsewhere reports whether a browser says r comes from another site.
-func fromElsewhere(r *http.Request) bool {
-	if o := r.Header.Get("Origin"); o != "" {
-		if u, err := url.Parse(o); err != nil || u.Host != r.Host {
-			return true
-		}
-	}
-	switch r.Header.Get("Sec-Fetch-Site") {
-	case "cross-site", "same-site":
-		return true
-	}
-	return false
 }
 
 // Close stops sending callbacks and waits for those in flight.
