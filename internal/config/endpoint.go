@@ -210,8 +210,9 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 		// and a repeat overlaps itself: the endpoint, and so the relay,
 		// could not start.
 		for key, l := range map[string][]string{"projects": f.Projects, "products": f.Products, "statuses": f.Statuses} {
-			for i, v := range l {
-				if slices.Index(l, v) < i && slices.Index(l[i+1:], v) < 0 {
+			seen := map[string]int{}
+			for _, v := range l {
+				if seen[v]++; seen[v] == 2 {
 					bad("%s.filter.%s: %q is listed twice", at, key, v)
 				}
 			}

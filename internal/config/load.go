@@ -61,25 +61,7 @@ func Load(path string, env Env) (Config, error) {
 	inFile := maps.Clone(cfg.Projects)
 	errs = append(errs, applyEnv(&cfg, env)...)
 	errs = append(errs, cfg.readSecretFiles()...)
-	// A project named only by variables may be a typo of another's name
-	// (MIAN for MAIN), which left the setting meant for that one unset:
-	// such a project needs its credentials, or confirm: false said
-	// outright.
-	for _, name := range cfg.ProjectNames() {
-		p := cfg.Projects[name]
-		if inFile[name] != nil || p == nil {
-			continue
-		}
-		if !p.HasCredentials() && p.Confirm != "false" {
-			errs = append(errs, fmt.Errorf("projects.%s: added by variables (%sPROJECTS_%s_…) without api_key and token; a typo of another project's name? A project from variables alone needs its credentials, or %sPROJECTS_%s_CONFIRM=false to be unconfirmed", name, EnvPrefix, envName(name), EnvPrefix, envName(name)))
-			continue
-		}
-		for other := range inFile {
-			if slipOf(envName(name), envName(other)) {
-				errs = append(errs, fmt.Errorf("projects.%s: added by variables (%sPROJECTS_%s_…); did you mean %s, in the file? (Its variables are %sPROJECTS_%s_…; to have both, add %s to the file.)", name, EnvPrefix, envName(name), other, EnvPrefix, envName(other), name))
-			}
-		}
-	}
+	errs = append(errs, envOnlyProjects(&cfg, inFile)...)
 	if err := cfg.Validate(); err != nil {
 		errs = append(errs, unjoin(err)...)
 	}
@@ -95,6 +77,31 @@ func Load(path string, env Env) (Config, error) {
 		return Config{}, fmt.Errorf("config %s: %d %s:\n%s", path, len(errs), noun, strings.Join(lines, "\n"))
 	}
 	return cfg, nil
+}
+
+// envOnlyProjects checks the projects variables added, which the file
+// (inFile) does not have. Such a project may be a typo of another's name
+// (MIAN for MAIN), which left the setting meant for that one unset: it
+// needs its credentials, or confirm: false said outright, and its name
+// may not be a file project's mistyped.
+func envOnlyProjects(cfg *Config, inFile map[string]*Project) []error {
+	var errs []error
+	for _, name := range cfg.ProjectNames() {
+		p := cfg.Projects[name]
+		if inFile[name] != nil || p == nil {
+			continue
+		}
+		if !p.HasCredentials() && p.Confirm != "false" {
+			errs = append(errs, fmt.Errorf("projects.%s: added by variables (%sPROJECTS_%s_…) without api_key and token; a typo of another project's name? A project from variables alone needs its credentials, or %sPROJECTS_%s_CONFIRM=false to be unconfirmed", name, EnvPrefix, envName(name), EnvPrefix, envName(name)))
+			continue
+		}
+		for other := range inFile {
+			if slipOf(envName(name), envName(other)) {
+				errs = append(errs, fmt.Errorf("projects.%s: added by variables (%sPROJECTS_%s_…); did you mean %s, in the file? (Its variables are %sPROJECTS_%s_…; to have both, add %s to the file.)", name, EnvPrefix, envName(name), other, EnvPrefix, envName(other), name))
+			}
+		}
+	}
+	return errs
 }
 
 func unjoin(err error) []error {
