@@ -519,6 +519,11 @@ func (w *Worker) expire(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 		_ = msg.Ack()
 		return true
 	}
+	if rec.DeadLetter != "" {
+		// Decided before (its endpoint answered 410, say), its dead
+		// letter not stored then: that reason, not aging out, is why.
+		reason = rec.DeadLetter
+	}
 	w.deadLetter(mctx, msg, meta, ev, key, rec, reason, replayed)
 	return true
 }

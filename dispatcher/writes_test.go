@@ -668,6 +668,31 @@ func TestTheExpiryGuardAcknowledgesWhatIsDone(t *testing.T) {
 	}
 }
 
+// An event whose dead letter was decided (its endpoint answered 410) but
+// could not be stored then, and that the expiry guard took as it aged
+// out, was dead-lettered as expiring: an operator redrives that reason
+// once the endpoint is back, and a redrive posts it to the endpoint that
+// refused it for good. The decided reason stands.
+func TestTheExpiryGuardKeepsADecidedReason(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	h, c, w := heldWithShortRetention(t)
+	gone := event.ID("main", "tx-gone", event.StatusSuccess)
+	if err := (attemptStore{kv: mustKV(t, h)}).put(t.Context(), attemptKey("orders", gone, 0), attempts{Count: 1, LastStatus: http.StatusGone, DeadLetter: ReasonGone}); err != nil {
+		t.Fatal(err)
+	}
+	h.publish("tx-gone", event.StatusSuccess, "")
+	poll.Within(t, 20*time.Second, "dead-lettered before it ages out", func() bool { return h.settled(w) })
+	var got []string
+	for _, d := range h.deadLetters() {
+		got = append(got, fmt.Sprintf("%s/%s/%d", d.TransactionID, d.Reason, d.LastStatus))
+	}
+	if len(got) != 1 || got[0] != "tx-gone/"+ReasonGone+"/410" || len(c.got()) != 0 {
+		t.Fatalf("dead letters %v, %d posted; want tx-gone/%s/410 alone, nothing posted", got, len(c.got()), ReasonGone)
+	}
+}
+
 // The same when the predecessor's record exists but stopped moving only
 // because the store refuses its updates: its retry long overdue by the
 // record, the successor took it for stuck and went first, while the
