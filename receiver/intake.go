@@ -293,7 +293,15 @@ type result struct {
 	// transaction's outbox; with group commit it runs only once an fsync
 	// covers the events (see flush).
 	clear func(context.Context) error
+	// killed: stopped where testKillAfterDecision said, as a relay killed
+	// there; nothing settles the message.
+	killed bool
 }
+
+// testKillAfterDecision, when it reports true, stops a notification's
+// processing right after its decision is stored and before its event is
+// published, as a relay killed there would: for tests.
+var testKillAfterDecision func() bool
 
 // intakeInProgressEvery is how often a worker tells the server that the
 // notification it works on is in progress: well inside any
@@ -311,6 +319,9 @@ func (in *Intake) handle(m jetstream.Msg) {
 	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.AckWait*2/3)
 	r := in.processSafely(ctx, m)
 	cancel()
+	if r.killed {
+		return
+	}
 	// Settling has its own time, still inside AckWait: a notification
 	// whose processing ran out of time (a check SenGo never answered) can
 	// still be quarantined or retried.
@@ -723,7 +734,7 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 			s.Status = tx.Status
 			s.UpdatedAt = acceptedAt
 			s.History = append(s.History, txEvent{Status: tx.Status, EventID: ev.ID, AcceptedAt: acceptedAt, Source: m.Headers().Get(event.HeaderSource), Note: note})
-			s.Outbox = append(s.Outbox, outboxItem{EventID: ev.ID, Subject: event.EventSubject(project, tx.Product, tx.Status), Event: b})
+			s.Outbox = append(s.Outbox, outboxItem{EventID: ev.ID, Subject: event.EventSubject(project, tx.Product, tx.Status), Event: b, InboxSeq: inboxSeq})
 			r.outcome = "published"
 			return true, nil
 		case event.Duplicate:
@@ -736,6 +747,10 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 	})
 	if err != nil {
 		r.err = err
+		return r
+	}
+	if testKillAfterDecision != nil && testKillAfterDecision() {
+		r.killed = true
 		return r
 	}
 	switch r.outcome {
@@ -757,11 +772,14 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 			return r
 		}
 		r.clear = clear
-	} else if len(st.Outbox) > 0 && time.Since(st.UpdatedAt) > in.cfg.AckWait {
-		// An outbox older than the ack wait, which no worker is flushing
-		// any more: left by a crash whose redelivery looks like a first
-		// delivery (the consumer's delivery count is written without an
-		// fsync of its own), which skipped the leftover flush above.
+	} else if len(st.Outbox) > 0 && (time.Since(st.UpdatedAt) > in.cfg.AckWait || st.decidedBy(inboxSeq)) {
+		// An outbox no worker is flushing any more: left by a crash whose
+		// redelivery looks like a first delivery (the consumer's delivery
+		// count is written without an fsync of its own), which skipped the
+		// leftover flush above. Older than the ack wait, or added by this
+		// very notification, whose earlier worker died: a restart within
+		// the ack wait (the embedded store restarts with the relay) brings
+		// it back as recent as a twin's being flushed.
 		if err := in.flushDurably(ctx, key, st, rev); err != nil {
 			r.err = err
 			return r

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -226,10 +227,76 @@ func TestALeftOutboxIsFlushedByAFirstDeliveryToo(t *testing.T) {
 	}
 }
 
+// The same after a restart quicker than the ack wait (the default: the
+// embedded store restarts with the relay): the outbox is as recent as the
+// notification, and was taken for a twin's being flushed by the worker
+// processing it. But the notification that left it is this one, its
+// worker gone: for a project that does not confirm, nothing else would
+// ever publish the success SenGo had its 200 for.
+func TestItsOwnLeftOutboxIsFlushedByAFirstDelivery(t *testing.T) {
+	h := newHarness(t, true)
+	info, err := h.js.Stream(t.Context(), event.StreamInbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := info.CachedInfo().State.LastSeq + 1 // the sequence feed stores it at
+	ev := h.leaveOutboxOf("tx-quick-restart", time.Now().UTC(), next)
+	h.feed("tx-quick-restart", SourceCallback)
+	eventually(t, "intake idle", h.intakeIdle)
+	if evs := h.events(); len(evs) != 1 || evs[0].ID != ev.ID {
+		t.Fatalf("events %+v, want the one its own notification left in the outbox", evs)
+	}
+}
+
+// The whole story with a real stop: a relay killed between storing a
+// callback's decision and publishing its event, restarted with the inbox
+// consumer's delivery count lost (the embedded store writes it without an
+// fsync of its own; here the consumer is made anew, which loses it the
+// same way), well within intake's ack wait.
+func TestAKillBeforeItsEventIsPublishedLosesNothingAfterAQuickRestart(t *testing.T) {
+	var kill atomic.Bool
+	kill.Store(true)
+	testKillAfterDecision = kill.Load
+	t.Cleanup(func() { testKillAfterDecision = nil }) // after the harness's own
+	h := newHarness(t, false)
+	in, err := NewIntake(context.Background(), h.icfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = in.Run(ctx, 5*time.Second) }()
+	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-killed", event.StatusSuccess)); resp.StatusCode != http.StatusOK {
+		t.Fatalf("callback answered %d", resp.StatusCode)
+	}
+	kv, err := h.js.KeyValue(t.Context(), event.BucketTx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the decision stored", func() bool { _, err := kv.Get(t.Context(), txKey("main", "tx-killed")); return err == nil })
+	cancel()
+	<-done
+	kill.Store(false)
+	if err := h.js.DeleteConsumer(t.Context(), event.StreamInbox, IntakeConsumer); err != nil {
+		t.Fatal(err)
+	}
+	h.startIntake() // makes the consumer again: the notification comes back as a first delivery
+	eventually(t, "intake idle", h.intakeIdle)
+	if evs := h.events(); len(evs) != 1 || evs[0].Data.TransactionID != "tx-killed" || evs[0].Data.Status != event.StatusSuccess {
+		t.Fatalf("events %+v, want tx-killed's success", evs)
+	}
+}
+
 // leaveOutbox stores transaction id's state as a worker that died after
 // deciding its success at leaves it: recorded, its event still in the
 // outbox. It returns that event.
 func (h *harness) leaveOutbox(id string, at time.Time) event.Event {
+	h.t.Helper()
+	return h.leaveOutboxOf(id, at, 0)
+}
+
+// leaveOutboxOf is leaveOutbox for the worker of inbox message seq.
+func (h *harness) leaveOutboxOf(id string, at time.Time, seq uint64) event.Event {
 	h.t.Helper()
 	tx, err := sengo.ParseCallback(callback(id, event.StatusSuccess))
 	if err != nil {
@@ -240,7 +307,7 @@ func (h *harness) leaveOutbox(id string, at time.Time) event.Event {
 	raw, _ := json.Marshal(txState{
 		Project: "main", TransactionID: tx.ID, MerchantRef: tx.MerchantRef, Product: tx.Product, Status: tx.Status, UpdatedAt: at,
 		History: []txEvent{{Status: tx.Status, EventID: ev.ID, AcceptedAt: at}},
-		Outbox:  []outboxItem{{EventID: ev.ID, Subject: event.EventSubject("main", tx.Product, tx.Status), Event: b}},
+		Outbox:  []outboxItem{{EventID: ev.ID, Subject: event.EventSubject("main", tx.Product, tx.Status), Event: b, InboxSeq: seq}},
 	})
 	kv, err := h.js.KeyValue(context.Background(), event.BucketTx)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/sengo-relay/sengo-relay/event"
@@ -52,6 +53,9 @@ type outboxItem struct {
 	EventID string          `json:"eventId"`
 	Subject string          `json:"subject"`
 	Event   json.RawMessage `json:"event"`
+	// InboxSeq is the inbox message that decided it (0: unknown, written
+	// before it was kept).
+	InboxSeq uint64 `json:"inboxSeq,omitempty"`
 }
 
 type rejected struct {
@@ -124,4 +128,10 @@ func txKey(project, transactionID string) string {
 		k = "h_" + hex.EncodeToString(sum[:])
 	}
 	return project + "." + k
+}
+
+// decidedBy reports whether inbox message seq (0: unknown) added an event
+// to the outbox.
+func (s *txState) decidedBy(seq uint64) bool {
+	return seq > 0 && slices.ContainsFunc(s.Outbox, func(o outboxItem) bool { return o.InboxSeq == seq })
 }
