@@ -352,7 +352,9 @@ func redrivable(ctx context.Context, js jetstream.JetStream, endpoint string) (b
 // is settled.
 const HeaderRedriveOf = "Sengo-Redrive-Of"
 
-// removeRedriven deletes the dead letter a settled redriven copy came from.
+// removeRedriven deletes the dead letter a settled redriven copy came
+// from, if it is still there: at its sequence, a SENGO_DLQ made anew since
+// (its sequences started again) may hold another event's, which stays.
 func removeRedriven(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg) error {
 	seq, err := strconv.ParseUint(msg.Headers().Get(HeaderRedriveOf), 10, 64)
 	if err != nil || seq == 0 {
@@ -361,6 +363,17 @@ func removeRedriven(ctx context.Context, js jetstream.JetStream, msg jetstream.M
 	s, err := js.Stream(ctx, event.StreamDLQ)
 	if err != nil {
 		return err
+	}
+	d, err := s.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil // removed already
+	} else if err != nil {
+		return fmt.Errorf("look up redriven dead letter %d: %w", seq, err)
+	}
+	endpoint := strings.TrimPrefix(msg.Subject(), event.ReplaySubject(""))
+	if d.Header.Get(event.HeaderEventID) != msg.Headers().Get(event.HeaderEventID) ||
+		d.Subject != event.DLQSubject(endpoint) && !strings.HasPrefix(d.Subject, event.DLQSubject(endpoint)+".") {
+		return nil // another's
 	}
 	if _, err := stream.Delete(ctx, s, seq); err != nil {
 		return fmt.Errorf("remove redriven dead letter %d: %w", seq, err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -637,4 +638,54 @@ func (h *harness) waitOutDuplicateWindow() {
 		ack, err := h.js.PublishMsg(h.t.Context(), probe, jetstream.WithMsgID("probe"))
 		return err == nil && !ack.Duplicate
 	})
+}
+
+// A redriven copy settling removes the dead letter it came from by its
+// sequence in SENGO_DLQ. Made anew (an operator deleted it to clear it),
+// SENGO_DLQ starts its sequences again: the copy removed another event's
+// dead letter stored at that sequence since, and that event, never
+// delivered, was left with no trace. A dead letter is removed only if it
+// is the copy's.
+func TestASettledCopyRemovesOnlyItsOwnDeadLetter(t *testing.T) {
+	h := newHarness(t)
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	let := func() { releaseOnce.Do(func() { close(release) }) }
+	var firstPosted atomic.Bool
+	c := newConsumer(t, status())
+	t.Cleanup(let) // before the consumer closes: a test that failed first does not hang there
+	c.answer = func(n int, _ *http.Request, w http.ResponseWriter) {
+		ev, _ := event.Unmarshal(c.got()[n-1].Body)
+		if ev.Data.TransactionID != "tx-first" || !firstPosted.Swap(true) {
+			w.WriteHeader(http.StatusGone) // each live event: dead-lettered at once
+			return
+		}
+		<-release // the redriven copy waits until the test has looked
+		w.WriteHeader(http.StatusOK)
+	}
+	w := h.start(h.endpoint("orders", c.URL))
+	h.publish("tx-first", event.StatusSuccess, "")
+	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	entries, _ := ListDLQ(t.Context(), h.js, DLQFilter{})
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
+		t.Fatalf("redrive %d %v", n, err)
+	}
+	eventually(t, "the copy posted", func() bool { return len(c.got()) == 2 })
+	if err := h.js.DeleteStream(t.Context(), event.StreamDLQ); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Provision(t.Context(), h.js, testSpec()); err != nil {
+		t.Fatal(err)
+	}
+	h.publish("tx-second", event.StatusSuccess, "")
+	eventually(t, "the second dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
+	let()
+	eventually(t, "the copy settled", func() bool { return h.settled(w) })
+	var got []string
+	for _, d := range h.deadLetters() {
+		got = append(got, d.TransactionID)
+	}
+	if len(got) != 1 || got[0] != "tx-second" {
+		t.Fatalf("dead letters of %v, want tx-second's, which the copy of tx-first's did not come from", got)
+	}
 }
