@@ -239,14 +239,27 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 		if !ack.Duplicate { // else its copy from an earlier redrive still waits: not sent twice, not counted twice
 			n++
 		}
+		if testCopyQueued != nil {
+			testCopyQueued()
+		}
 		// A duplicate's answer names the copy queued before: recorded now
-		// if that redrive could not (or came before these records).
-		if err := copies.record(ctx, e.Seq, ack.Sequence); err != nil {
+		// if that redrive could not (or came before these records). Even
+		// once the caller gave up (a client gone, Ctrl-C): the copy is
+		// queued, and without its record a redrive after the duplicate
+		// window queues a second one while the first still waits.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err = copies.record(rctx, e.Seq, ack.Sequence)
+		cancel()
+		if err != nil {
 			return n, err
 		}
 	}
 	return n, nil
 }
+
+// testCopyQueued, when set, is called as each redriven copy is queued,
+// before it is recorded: for tests.
+var testCopyQueued func()
 
 // redriveCopies finds the copy an earlier redrive queued for a dead
 // letter. The copy's message id stops a second one only within

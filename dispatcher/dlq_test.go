@@ -689,3 +689,28 @@ func TestASettledCopyRemovesOnlyItsOwnDeadLetter(t *testing.T) {
 		t.Fatalf("dead letters of %v, want tx-second's, which the copy of tx-first's did not come from", got)
 	}
 }
+
+// A redrive given up (its API client gone, Ctrl-C in the CLI) between
+// queuing a copy and recording it left the copy unrecorded: a redrive
+// after SENGO_REPLAY's duplicate window (24 h), while the copy still
+// waited for its retries, queued a second one, and the event was posted
+// by both. The record is written whatever the caller does.
+func TestARedriveGivenUpRecordsTheCopyItQueued(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(http.StatusGone) })
+	w := h.start(h.endpoint("orders", c.URL))
+	h.publish("tx-given-up", event.StatusSuccess, "")
+	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	entries, _ := ListDLQ(t.Context(), h.js, DLQFilter{})
+	ctx, cancel := context.WithCancel(t.Context())
+	testCopyQueued = cancel // the caller gives up right as the copy is queued
+	t.Cleanup(func() { testCopyQueued = nil })
+	_, _ = Redrive(ctx, h.js, entries)
+	copies, err := openRedriveCopies(t.Context(), h.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at, err := copies.of(t.Context(), entries[0]); err != nil || at == 0 {
+		t.Fatalf("the queued copy is not recorded (%d, %v): a redrive after the duplicate window queues a second", at, err)
+	}
+}
