@@ -32,9 +32,9 @@ type Metrics struct {
 	// missing, fed; failed: runs in which the project, or a day of it,
 	// could not be reconciled).
 	Reconcile *prometheus.CounterVec
-	// ConnsRefused counts connections to the callback listener closed
-	// unanswered, by reason: per_address (http.max_conns_per_address) or
-	// total (http.max_conns).
+	// ConnsRefused counts connections a listener (callback, admin,
+	// metrics) closed unanswered, by reason: per_address or total (for the
+	// callback listener http.max_conns_per_address and http.max_conns).
 	ConnsRefused *prometheus.CounterVec
 }
 
@@ -77,10 +77,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}, []string{"project", "outcome"})
 	m.ConnsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sengo_relay_connections_refused_total",
-		Help: "Connections to the callback listener closed unanswered, by reason (per_address, total).",
-	}, []string{"reason"})
-	for _, r := range []string{"per_address", "total"} {
-		m.ConnsRefused.WithLabelValues(r)
+		Help: "Connections closed unanswered, by listener (callback, admin, metrics) and reason (per_address, total).",
+	}, []string{"listener", "reason"})
+	for _, l := range []string{"callback", "admin", "metrics"} {
+		for _, r := range []string{"per_address", "total"} {
+			m.ConnsRefused.WithLabelValues(l, r)
+		}
 	}
 	reg.MustRegister(m.Callbacks, m.InFlight, m.RefusedInFlight, m.PublishSeconds, m.Intake, m.KVConflicts, m.Confirm, m.Reconcile, m.ConnsRefused)
 	return m

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
+	"github.com/sengo-relay/sengo-relay/receiver"
 )
 
 // The subscriber identity reads SENGO_EVENTS and nothing else. The relay's
@@ -206,50 +207,76 @@ func statusForHost(t *testing.T, url, host, token string) int {
 func TestTheCallbackListenerBoundsConnectionsPerAddress(t *testing.T) {
 	base, logs, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_HTTP_MAX_CONNS_PER_ADDRESS=2", "SENGO_RELAY_PROJECTS_MAIN_ALLOWED_IPS=127.0.0.9"))
 	addr := strings.TrimPrefix(base, "http://")
-	dialFrom := func(from string) (net.Conn, error) {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
-		return d.Dial("tcp", addr)
-	}
-	answered := func(c net.Conn) bool {
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
-			return false
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return true
-	}
-	for i := range 3 {
-		c, err := dialFrom("127.0.0.1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if ok := answered(c); ok != (i < 2) {
-			t.Fatalf("connection %d from one address answered: %v", i+1, ok)
-		}
-	}
+	connsAnswered(t, addr, "127.0.0.1", 2, 1)
 	// SenGo's addresses (allowed_ips) are never refused.
-	for i := range 3 {
-		c, err := dialFrom("127.0.0.9")
+	connsAnswered(t, addr, "127.0.0.9", 3, 0)
+	refusalsCounted(t, logs.field(t, "metrics listening", "addr"), `{listener="callback",reason="per_address"} 1`)
+}
+
+// The admin and metrics listeners are bounded too: each connection comes
+// before its token is read (and the admin listener reads up to 64 KiB of
+// a request first), so that one caller could hold thousands, taking the
+// memory the relay answers SenGo with. The admin listener's trusted
+// proxies are not counted.
+func TestTheAdminAndMetricsListenersBoundConnections(t *testing.T) {
+	defer func(a, m receiver.ConnLimits) { adminConnLimits, metricsConnLimits = a, m }(adminConnLimits, metricsConnLimits)
+	adminConnLimits.PerAddress, metricsConnLimits.PerAddress = 2, 3
+	_, logs, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0", "SENGO_RELAY_ADMIN_TOKEN=admin-token-0123456789",
+		"SENGO_RELAY_ADMIN_TRUSTED_PROXIES=127.0.0.9"))
+	admin, metrics := logs.field(t, "admin listening", "addr"), logs.field(t, "metrics listening", "addr")
+	connsAnswered(t, admin, "127.0.0.1", 2, 1)
+	connsAnswered(t, admin, "127.0.0.9", 3, 0) // a trusted proxy
+	connsAnswered(t, metrics, "127.0.0.1", 3, 1)
+	refusalsCounted(t, metrics, `{listener="admin",reason="per_address"} 1`, `{listener="metrics",reason="per_address"} 1`)
+}
+
+// connsAnswered opens answered+refused connections to addr from the
+// address from, each kept open until the test ends, and fails t unless the
+// first answered are answered (a GET /healthz) and the rest closed
+// unanswered.
+func connsAnswered(t *testing.T, addr, from string, answered, refused int) {
+	t.Helper()
+	for i := range answered + refused {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c, err := d.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
-		if !answered(c) {
-			t.Fatalf("connection %d from an allowed_ips address refused", i+1)
+		t.Cleanup(func() { c.Close() })
+		ok := func() bool {
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")); err != nil {
+				return false
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return true
+		}()
+		if ok != (i < answered) {
+			t.Fatalf("connection %d from %s to %s answered: %v", i+1, from, addr, ok)
 		}
 	}
-	resp, err := http.Get("http://" + logs.field(t, "metrics listening", "addr") + "/metrics")
+}
+
+// refusalsCounted fails t unless the metrics listener at addr shows each
+// of want (labels and value) for sengo_relay_connections_refused_total.
+// It scrapes from an address of its own, which no limit has reached.
+func refusalsCounted(t *testing.T, addr string, want ...string) {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}}
+	c := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}, Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	if !strings.Contains(string(b), `sengo_relay_connections_refused_total{reason="per_address"} 1`) {
-		t.Errorf("the refusal is not counted:\n%s", b)
+	for _, w := range want {
+		if !strings.Contains(string(b), "sengo_relay_connections_refused_total"+w) {
+			t.Errorf("no %s:\n%s", w, b)
+		}
 	}
 }

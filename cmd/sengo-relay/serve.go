@@ -235,7 +235,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		exempt = append(exempt, sengoIPs...)
 	}
 	ln = receiver.LimitConns(ln, receiver.ConnLimits{PerAddress: cfg.HTTP.MaxConnsPerAddress, Total: cfg.HTTP.MaxConns, Exempt: exempt,
-		Refused: func(reason string) { metrics.ConnsRefused.WithLabelValues(reason).Inc() }})
+		Refused: refusedBy(metrics, "callback")})
 	srv := &http.Server{
 		Handler:           app,
 		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout.D(),
@@ -253,6 +253,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
 		}
+		mln = receiver.LimitConns(mln, receiver.ConnLimits{PerAddress: metricsConnLimits.PerAddress, Total: metricsConnLimits.Total, Refused: refusedBy(metrics, "metrics")})
 		msrv := sideServer(cfg, metricsHandler(reg, cfg.Metrics.Token.Value(), config.LoopbackHosts(cfg.Metrics.Listen)))
 		go func() { _ = msrv.Serve(mln) }()
 		defer msrv.Close()
@@ -397,6 +398,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				stopRun()
 				return
 			}
+			aln = receiver.LimitConns(aln, receiver.ConnLimits{PerAddress: adminConnLimits.PerAddress, Total: adminConnLimits.Total, Exempt: adminProxies, Refused: refusedBy(metrics, "admin")})
 			adminHTTP = sideServer(cfg, adminSrv.Handler())
 			go func() { _ = adminHTTP.Serve(aln) }()
 			log.Info().Str("addr", aln.Addr().String()).Msg("admin listening")
@@ -811,6 +813,22 @@ func prefixes(list []string) ([]netip.Prefix, error) {
 // few thousand of them the process's file descriptors. No write timeout:
 // a test send waits for its endpoint's timeout (up to 5m), and each
 // handler bounds its own reads.
+// adminConnLimits and metricsConnLimits bound the connections the admin
+// and metrics listeners keep open, as http.max_conns* bound the callback
+// listener's: a connection comes before its token is read, and one
+// caller holding thousands would take the memory the relay answers SenGo
+// with (the admin listener reads up to 64 KiB of each request before its
+// token). A console needs a few, a scraper one. (Variables for tests.)
+var (
+	adminConnLimits   = receiver.ConnLimits{PerAddress: 64, Total: 256}
+	metricsConnLimits = receiver.ConnLimits{PerAddress: 16, Total: 64}
+)
+
+// refusedBy counts a connection listener closed unanswered.
+func refusedBy(m *receiver.Metrics, listener string) func(reason string) {
+	return func(reason string) { m.ConnsRefused.WithLabelValues(listener, reason).Inc() }
+}
+
 func sideServer(cfg config.Config, h http.Handler) *http.Server {
 	return &http.Server{
 		Handler:           h,
