@@ -592,3 +592,44 @@ func TestWaitingForThePendingSpendsNoConfirmAttempts(t *testing.T) {
 		t.Fatalf("published %v, want [pending success]", got)
 	}
 }
+
+// Two workers deciding two statuses of one transaction at once (its
+// success and its expired, each checked while the other was) both read
+// the pending. The compare-and-set lets the first write count; the second,
+// finding the state changed, decides again against the success, and the
+// expired never overwrites it. (The concurrent tests race new
+// transactions, or identical bodies the inbox drops.)
+func TestOfTwoDecisionsFromOneReadOnlyTheFirstIsWritten(t *testing.T) {
+	h := newHarness(t, false)
+	in, err := NewIntake(t.Context(), h.icfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := txKey("main", "tx-cas")
+	to := func(s event.Status) func(*txState) (bool, error) {
+		return func(st *txState) (bool, error) {
+			if event.Decide(st.Status, s) != event.Publish {
+				return false, nil
+			}
+			st.Status = s
+			return true, nil
+		}
+	}
+	if _, _, err := in.apply(t.Context(), key, to(event.StatusPending)); err != nil {
+		t.Fatal(err)
+	}
+	first, err := in.read(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := *first // both workers read the pending
+	if _, _, err := in.applyFrom(t.Context(), key, first, to(event.StatusSuccess)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := in.applyFrom(t.Context(), key, &second, to(event.StatusExpired)); err != nil {
+		t.Fatal(err)
+	}
+	if now, err := in.read(t.Context(), key); err != nil || now.state.Status != event.StatusSuccess {
+		t.Fatalf("status %q (%v): the expired decided from the same read overwrote the success", now.state.Status, err)
+	}
+}

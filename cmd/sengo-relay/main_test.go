@@ -618,6 +618,18 @@ func TestMetricsAreNotPublic(t *testing.T) {
 	if code := get(t, "http://"+addr+"/metrics"); code != http.StatusUnauthorized {
 		t.Fatalf("metrics without the token: %d", code)
 	}
+	for _, wrong := range []string{"Bearer metrics-token-0123456788", "Bearer ", "Basic bWV0cmljcy10b2tlbi0wMTIzNDU2Nzg5"} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/metrics", nil)
+		req.Header.Set("Authorization", wrong)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("metrics with %q: %d, want 401", wrong, resp.StatusCode)
+		}
+	}
 	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/metrics", nil)
 	req.Header.Set("Authorization", "Bearer metrics-token-0123456789")
 	resp, err := http.DefaultClient.Do(req)
