@@ -259,6 +259,9 @@ const (
 	// their turn at most; more are refused at once (busy).
 	guardInFlight = 8
 	guardQueued   = 256
+	// guardMaxRequest bounds a request's body: a JetStream API request
+	// is a few hundred bytes (a consumer's with its filters a few KiB).
+	guardMaxRequest = 64 << 10
 	// guardWait is how long a request waits for its turn.
 	guardWait = 2 * time.Second
 	// guardTimeout bounds the relay's own request to JetStream for a
@@ -286,6 +289,11 @@ const MaxSubscriptions = 10_000
 
 func (g *guard) handle(m *nats.Msg) {
 	if m.Reply == "" {
+		return
+	}
+	if n := len(m.Data); n > guardMaxRequest {
+		// Held while it waits, each could be the server's 8 MiB.
+		g.refuse(m, fmt.Errorf("%w: a request of %d bytes; the JetStream API's are at most %d", errTooLarge, n, guardMaxRequest))
 		return
 	}
 	select {
@@ -348,6 +356,7 @@ func creates(subj string) bool {
 
 var (
 	errForbidden   = errors.New("forbidden")
+	errTooLarge    = errors.New("too large")
 	errUnavailable = errors.New("unavailable")
 	errBusy        = errors.New("busy")
 	errTooMany     = errors.New("too many consumers")
@@ -443,6 +452,8 @@ func (g *guard) refuse(m *nats.Msg, err error) {
 		code = 503
 	case errors.Is(err, errTooMany):
 		code = 400
+	case errors.Is(err, errTooLarge):
+		code = 413
 	}
 	b, _ := json.Marshal(map[string]any{
 		"error": map[string]any{"code": code, "description": err.Error()},

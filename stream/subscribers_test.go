@@ -544,3 +544,29 @@ func TestTheSubscriberCannotTakeEveryConnection(t *testing.T) {
 		t.Fatalf("subscription %d of one connection was let in", stream.MaxSubscriptions+1)
 	}
 }
+
+// The relay holds each of the subscriber's requests it passes on while it
+// waits for its turn: up to 256 of them, each of up to the server's 8 MiB
+// max_payload, was 2 GiB of the relay's memory for one subscriber. A
+// JetStream API request is a few hundred bytes: one past 64 KiB is
+// refused at once, before it waits.
+func TestTheSubscribersRequestsAreBounded(t *testing.T) {
+	e, rjs := startWithSubscriber(t, subscriberAuth())
+	if _, err := rjs.CreateStream(t.Context(), jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	big := `{"config":{"durable_name":"big","ack_policy":"explicit"},"pad":"` + strings.Repeat("x", 1<<20) + `"}`
+	m, err := sub.Request("$JS.API.CONSUMER.CREATE.SENGO_EVENTS.big", []byte(big), 10*time.Second)
+	if err != nil || !strings.Contains(string(m.Data), `"code":413`) {
+		t.Fatalf("a 1 MiB request: %v %.300s", err, m.Data)
+	}
+	sjs, _ := jetstream.New(sub)
+	if _, err := sjs.CreateOrUpdateConsumer(t.Context(), "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "small", FilterSubjects: []string{"sengo.events.main.>", "sengo.events.other.>"}}); err != nil {
+		t.Fatalf("a request of its size: %v", err)
+	}
+}
