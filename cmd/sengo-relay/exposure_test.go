@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -279,4 +280,23 @@ func refusalsCounted(t *testing.T, addr string, want ...string) {
 			t.Errorf("no %s:\n%s", w, b)
 		}
 	}
+}
+
+// The pending gauges ask the store at most once a second, however often
+// /metrics is scraped: each asks with a consumer info request, which
+// waits in nats-server's one queue of them with the relay's own.
+func TestThePendingGaugesAskTheStoreAtMostOnceASecond(t *testing.T) {
+	var asked atomic.Int64
+	g := atMostEvery(time.Hour, func() float64 { return float64(asked.Add(1)) })
+	for range 100 {
+		if v := g(); v != 1 {
+			t.Fatalf("gauge %v, want the first answer", v)
+		}
+	}
+	if n := asked.Load(); n != 1 {
+		t.Fatalf("asked %d times in 100 scrapes", n)
+	}
+	g = atMostEvery(10*time.Millisecond, func() float64 { return float64(asked.Add(1)) })
+	first := g()
+	eventually(t, "asked again once the time passed", func() bool { return g() > first })
 }

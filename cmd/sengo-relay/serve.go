@@ -128,7 +128,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "sengo_relay_inbox_pending",
 		Help: "Inbox notifications not yet processed by intake (NaN when unknown).",
-	}, func() float64 {
+	}, atMostEvery(time.Second, func() float64 {
 		in := intake.Load()
 		if in == nil {
 			return math.NaN()
@@ -140,7 +140,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			return math.NaN()
 		}
 		return float64(n)
-	}))
+	})))
 
 	if gs := conns.durable; gs != nil {
 		reg.MustRegister(
@@ -277,7 +277,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			Name:        "sengo_relay_endpoint_pending",
 			Help:        "Events not yet delivered to the endpoint (live and replayed; NaN when unknown).",
 			ConstLabels: prometheus.Labels{"endpoint": ep.Name},
-		}, func() float64 {
+		}, atMostEvery(time.Second, func() float64 {
 			workerMu.Lock()
 			w := workerMap[ep.Name]
 			workerMu.Unlock()
@@ -291,7 +291,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				return math.NaN()
 			}
 			return float64(live + replay)
-		}))
+		})))
 	}
 
 	var confirmer receiver.Confirmer
@@ -456,7 +456,8 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 
 // metricsHandler serves /metrics, behind a bearer token when one is set.
 func metricsHandler(g prometheus.Gatherer, token string, hosts []string) http.Handler {
-	h := promhttp.HandlerFor(g, promhttp.HandlerOpts{})
+	// Two scrapes at once are plenty (a third is answered 503).
+	h := promhttp.HandlerFor(g, promhttp.HandlerOpts{MaxRequestsInFlight: 2})
 	mux := http.NewServeMux()
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
 		// Without a token the listener is on loopback: it answers to this
@@ -813,6 +814,25 @@ func prefixes(list []string) ([]netip.Prefix, error) {
 // few thousand of them the process's file descriptors. No write timeout:
 // a test send waits for its endpoint's timeout (up to 5m), and each
 // handler bounds its own reads.
+// atMostEvery is f, asked at most once every d: callers in between get
+// its last answer. The pending gauges each ask the store (consumer info)
+// at every scrape, and such requests wait in nats-server's one queue of
+// info requests, with the relay's own (its readiness check, intake's
+// receipt order): scrapes in a loop would have delayed them.
+func atMostEvery(d time.Duration, f func() float64) func() float64 {
+	var mu sync.Mutex
+	var last float64
+	var at time.Time
+	return func() float64 {
+		mu.Lock()
+		defer mu.Unlock()
+		if at.IsZero() || time.Since(at) >= d {
+			last, at = f(), time.Now()
+		}
+		return last
+	}
+}
+
 // adminConnLimits and metricsConnLimits bound the connections the admin
 // and metrics listeners keep open, as http.max_conns* bound the callback
 // listener's: a connection comes before its token is read, and one
