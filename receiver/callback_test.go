@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
@@ -385,6 +386,9 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 	if get("/healthz") != 200 || get("/readyz") != 503 {
 		t.Fatal("healthz must be 200 and readyz 503 before ready")
+	}
+	if _, body := h.do(mustRequest(t, http.MethodGet, h.http.URL+"/readyz")); fmt.Sprint(body["error"]) != "map[code:not_ready message:not ready]" {
+		t.Fatalf("readyz before ready answered %v, want the documented not_ready", body)
 	}
 	ready.Store(true)
 	eventually(t, "readyz 200 once ready (its answer is reused for a second)", func() bool { return get("/readyz") == 200 })
