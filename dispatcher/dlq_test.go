@@ -18,6 +18,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
@@ -712,5 +713,102 @@ func TestARedriveGivenUpRecordsTheCopyItQueued(t *testing.T) {
 	}
 	if at, err := copies.of(t.Context(), entries[0]); err != nil || at == 0 {
 		t.Fatalf("the queued copy is not recorded (%d, %v): a redrive after the duplicate window queues a second", at, err)
+	}
+}
+
+// An endpoint's rate limit goes to live events first: a replay gets the
+// turns they leave. Taken in arrival order by every worker, and before a
+// pull (an empty pull of the replay's consumer spent one), the replay's
+// workers had a third of the limit while live events waited.
+func TestAReplayGetsTheTurnsLiveEventsLeave(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	ep.RateLimit, ep.Concurrency = 10, 2
+	const n = 20
+	for i := range n {
+		h.publish(fmt.Sprintf("tx-rate-%d", i), event.StatusSuccess, "")
+	}
+	// The same 20 queued again as a replay before the endpoint starts:
+	// its live consumer and its replay consumer each hold 20.
+	w, err := NewWorker(t.Context(), WorkerConfig{Endpoint: ep, JetStream: h.js, UserAgent: "sengo-relay/test", Metrics: h.metrics, Logger: zerolog.New(h.logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, "every live event delivered", func() bool {
+		live := 0
+		for _, a := range c.got() {
+			if a.Header.Get("webhook-replay") == "" {
+				live++
+			}
+		}
+		return live == n
+	})
+	copies := 0
+	for _, a := range c.got() {
+		if a.Header.Get("webhook-replay") != "" {
+			copies++
+		}
+	}
+	// A second's turns (rate_limit's burst) are free at the start and go
+	// to whoever asks: a third of them to the replay. After that, none
+	// while live events wait. (On the old code 10 or 11 went.)
+	if copies > 7 {
+		t.Fatalf("%d replayed copies delivered before the %d live events were: the replay took turns they waited for", copies, n)
+	}
+	eventually(t, "the replay delivered too", func() bool { return len(c.got()) == 2*n && h.settled(w) })
+}
+
+// With no live events to deliver, a replay gets the whole rate limit. The
+// turn was taken before the pull, and an empty pull (a second, waiting for
+// a live event) spent one: idle live workers spent the limit, and a
+// replay under a limit smaller than the endpoint's concurrency got none.
+func TestAReplayAloneGetsTheWholeLimit(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	const n = 6
+	for i := range n {
+		h.publish(fmt.Sprintf("tx-alone-%d", i), event.StatusSuccess, "")
+	}
+	_, stop := h.runWorker(h.endpoint("orders", c.URL))
+	eventually(t, "delivered live", func() bool { return len(c.got()) == n })
+	stop()
+	ep := h.endpoint("orders", c.URL)
+	ep.RateLimit, ep.Concurrency = 2, 4
+	w := h.start(ep)
+	if _, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	poll.Within(t, 15*time.Second, "the replay delivered at 2 a second", func() bool { return len(c.got()) == 2*n && h.settled(w) })
+}
+
+// A replay whose window ends later than it starts copies no event stored
+// while it scans: that is live traffic, delivered already, and the scan
+// (which reads on while events keep coming) posted it a second time, and
+// under steady traffic never ended.
+func TestAReplayEndsWhereItStarted(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	h.start(ep)
+	h.publish("tx-before-1", event.StatusSuccess, "")
+	h.publish("tx-before-2", event.StatusSuccess, "")
+	var once sync.Once
+	req := ReplayRequest{Endpoints: []string{"orders"}, Until: time.Now().Add(time.Hour), DryRun: true}
+	p, err := Replay(t.Context(), h.js, []Endpoint{ep}, req, func(ReplayProgress) {
+		once.Do(func() { h.publish("tx-during", event.StatusSuccess, "") }) // stored while the replay scans
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Matched != 2 || p.Scanned != 2 {
+		t.Fatalf("the replay scanned %d and selected %d events, want the 2 stored before it started", p.Scanned, p.Matched)
 	}
 }

@@ -116,3 +116,32 @@ func TestAWorkerStartingWhileHeldDeliversNothing(t *testing.T) {
 	}
 	eventually(t, "delivered after release", func() bool { return len(c.got()) == 8 && h.settled(w) })
 }
+
+// An event a worker holds while it waits for its turn under the rate limit
+// is not attempted once the endpoint is held meanwhile: it goes back to
+// the stream.
+func TestAHoldStopsAnEventWaitingForItsTurn(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	ep.RateLimit, ep.Concurrency = 1, 2
+	w := h.start(ep)
+	for i := range 4 {
+		h.publish(fmt.Sprintf("tx-turn-%d", i), "success", "")
+	}
+	eventually(t, "the first delivered", func() bool { return len(c.got()) >= 1 })
+	if err := Hold(context.Background(), h.js, "orders", "test"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the worker sees the hold", func() bool { return w.Held().Held })
+	posted := len(c.got())
+	waits := func() float64 { return testutil.ToFloat64(h.metrics.HeldWaits.WithLabelValues("orders")) }
+	before := waits()
+	// The replay consumer's worker alone skips a pull every 200 ms (the
+	// live ones too once not holding an event): at least 2 s, past the
+	// turn of each event a live worker held when the hold came.
+	eventually(t, "2 s held", func() bool { return waits() >= before+30 })
+	if n := len(c.got()); n != posted {
+		t.Fatalf("%d posted while held (%d before): an event waiting for its turn went anyway", n-posted, posted)
+	}
+}

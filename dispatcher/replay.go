@@ -111,8 +111,10 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 		}
 	}
 	until := req.Until
-	if until.IsZero() {
-		until = time.Now()
+	if now := time.Now(); until.IsZero() || until.After(now) {
+		// Up to now: events stored while it scans are live traffic, which
+		// a later until would post a second time.
+		until = now
 	}
 	p := ReplayProgress{Job: req.JobID(), PerEndpoint: map[string]uint64{}}
 	for _, ep := range targets {

@@ -565,12 +565,6 @@ func (w *Worker) pullOne(ctx context.Context, src sources) {
 	if !ok {
 		return
 	}
-	if w.limiter != nil {
-		if err := w.limiter.Wait(ctx); err != nil {
-			w.breaker.release(probe)
-			return
-		}
-	}
 	msg, err := src.own.Next()
 	if probe && idle(err) && src.other != nil {
 		// The probe is the paused endpoint's one attempt. Given back after
@@ -605,7 +599,7 @@ func (w *Worker) pullOne(ctx context.Context, src sources) {
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
-	w.handle(msg, replayed, probe)
+	w.handle(ctx, msg, replayed, probe)
 }
 
 // recreateSoon recreates the endpoint's consumers, at most once every
@@ -672,6 +666,30 @@ const (
 	actWait // not attempted: NakWithDelay without spending an attempt
 )
 
+// waitTurn waits for the endpoint's rate limit (rate_limit), if it has
+// one, and reports whether it waited. It is taken for an attempt about to
+// be made: an empty pull, or an event acknowledged or put back without
+// one, spends nothing. A replayed copy takes a turn only when one is free,
+// never reserving one ahead as a live event does, so that a replay gets
+// what live traffic leaves: taking turns in arrival order, the replay's
+// workers had a third of the limit while the live backlog waited.
+func (w *Worker) waitTurn(ctx context.Context, replayed bool) (bool, error) {
+	if w.limiter == nil || w.limiter.Allow() {
+		return false, nil
+	}
+	if !replayed {
+		return true, w.limiter.Wait(ctx)
+	}
+	every := min(100*time.Millisecond, max(time.Millisecond, time.Duration(float64(time.Second)/float64(w.limiter.Limit()))))
+	for !w.limiter.Allow() {
+		sleepCtx(ctx, every) // when the next turn could be free
+		if err := ctx.Err(); err != nil {
+			return true, err
+		}
+	}
+	return true, nil
+}
+
 // decide is the one place that turns an attempt's result into Ack,
 // NakWithDelay or a dead letter. attempt is 1-based.
 func decide(ep Endpoint, r attemptResult, attempt int) action {
@@ -697,7 +715,7 @@ func decide(ep Endpoint, r attemptResult, attempt int) action {
 // handle delivers one message and settles it. Every network call has a
 // deadline; the message's own context is independent of shutdown so an
 // attempt in flight completes.
-func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
+func (w *Worker) handle(runCtx context.Context, msg jetstream.Msg, replayed, probe bool) {
 	// The attempt's deadline plus room for the KV and stream calls around
 	// it, all inside AckWait.
 	ctx, cancel := context.WithTimeout(context.Background(), w.ep.Timeout+10*time.Second)
@@ -800,6 +818,22 @@ func (w *Worker) handle(msg jetstream.Msg, replayed, probe bool) {
 		}
 	}
 
+	if waited, err := w.waitTurn(runCtx, replayed); err != nil {
+		w.breaker.release(probe)
+		_ = msg.Nak() // stopping: back to the stream for the next relay
+		return
+	} else if waited && w.hold.Load() != nil { // held while it waited: not attempted
+		w.breaker.release(probe)
+		_ = msg.NakWithDelay(time.Second)
+		return
+	} else if waited {
+		// The attempt and what follows it get their whole time from here.
+		cancel()
+		var renewed context.CancelFunc
+		ctx, renewed = context.WithTimeout(context.Background(), w.ep.Timeout+10*time.Second)
+		defer renewed()
+		now = w.cfg.Now()
+	}
 	actx, span := tracing.Tracer().Start(tracing.Extract(ctx, msg.Headers()), "sengo.deliver", trace.WithSpanKind(trace.SpanKindClient))
 	res = post(actx, w.httpc, w.ep, delivery{userAgent: w.cfg.UserAgent, hide: w.hide, eventID: ev.ID, seq: eventSeq(msg, meta, replayed), body: msg.Data(),
 		replay: msg.Headers().Get(HeaderReplayKind) == "replay", now: now, record: w.cfg.History != nil})

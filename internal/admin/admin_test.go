@@ -815,3 +815,28 @@ func TestTheNextPageKeepsARelativeWindow(t *testing.T) {
 		}
 	}
 }
+
+// A relay runs at most maxReplaysRunning replays at once: each scans
+// SENGO_EVENTS and writes copies into the store intake writes to, and a
+// script starting them in a loop (each relative window a new job) would
+// slow it until callbacks were answered 503. One more is refused, 429
+// too_many_replays; the same one again is still answered with its job.
+func TestAdminRefusesAReplayPastTheLimit(t *testing.T) {
+	defer func(n int) { maxReplaysRunning = n }(maxReplaysRunning)
+	maxReplaysRunning = 1
+	js := provision(t)
+	hs, a := newRelayNamed(t, js, "relay-a", zerolog.Nop())
+	a.mu.Lock()
+	a.running["rp_elsewhere"] = 1 // one runs here (its scan still going)
+	a.mu.Unlock()
+	code, body := call(t, hs, http.MethodPost, "/admin/replays", `{"endpoint":"orders","since":"1h"}`, token)
+	if code != http.StatusTooManyRequests || !strings.Contains(body, `"too_many_replays"`) {
+		t.Fatalf("a replay past the limit: %d %s", code, body)
+	}
+	a.mu.Lock()
+	delete(a.running, "rp_elsewhere")
+	a.mu.Unlock()
+	if code, body := call(t, hs, http.MethodPost, "/admin/replays", `{"endpoint":"orders","since":"1h"}`, token); code != http.StatusAccepted {
+		t.Fatalf("a replay once one ended: %d %s", code, body)
+	}
+}

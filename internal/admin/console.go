@@ -1100,6 +1100,9 @@ func (cn *console) replayStart(c echo.Context) error {
 	if errors.Is(err, errJobTooLarge) {
 		return cannot(http.StatusBadRequest, err)
 	}
+	if errors.Is(err, errTooManyReplays) {
+		return cannot(http.StatusTooManyRequests, err)
+	}
 	if err != nil {
 		cn.s.cfg.Logger.Warn().Err(err).Msg("replay jobs: store unavailable")
 		return cannot(http.StatusServiceUnavailable, errors.New("the replay was not started: the store that keeps replay jobs is unavailable or full; try again"))

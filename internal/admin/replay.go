@@ -172,6 +172,12 @@ const listReads = 32
 // stalled is started again. An error is the store's (nothing started),
 // or errJobTooLarge.
 func (s *Server) startReplay(ctx context.Context, req dispatcher.ReplayRequest) (j job, started bool, err error) {
+	s.mu.Lock()
+	running := len(s.running)
+	s.mu.Unlock()
+	if running >= maxReplaysRunning && !s.runs(req.JobID()) {
+		return job{}, false, errTooManyReplays
+	}
 	kv, j, rev, started, err := s.replays.claim(ctx, newJob(req, s.cfg.Relay, time.Now().UTC()), s.runs)
 	if err != nil || !started {
 		return j, false, err
@@ -179,6 +185,16 @@ func (s *Server) startReplay(ctx context.Context, req dispatcher.ReplayRequest) 
 	s.run(kv, j, rev)
 	return j, true, nil
 }
+
+// maxReplaysRunning bounds the replay jobs one relay runs at once: each
+// scans SENGO_EVENTS and writes a copy per event and endpoint into the
+// store intake writes to, and a script starting them in a loop (each
+// relative window a new job) slowed the store until callbacks were
+// answered 503. (A variable for tests.)
+var maxReplaysRunning = 4
+
+// errTooManyReplays: maxReplaysRunning jobs run on this relay.
+var errTooManyReplays = fmt.Errorf("%d replays already run on this relay: wait for one to end (or run the same one again: it is resumed, not started twice)", maxReplaysRunning)
 
 // newJob is req's job as started by relay at now, nothing done yet.
 func newJob(req dispatcher.ReplayRequest, relay string, now time.Time) job {
@@ -428,7 +444,15 @@ func (w *jobWriter) write(final bool) error {
 			return nil
 		}
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			return errTakenOver
+			var mine bool
+			if rev, mine, err = w.own(id); err == nil && !mine || errors.Is(err, jetstream.ErrKeyNotFound) {
+				return errTakenOver // another's, or removed
+			} else if err == nil {
+				// Its own write, applied though its answer came too late:
+				// taken up from there.
+				w.rev = rev
+				err = fmt.Errorf("the record's revision moved under an earlier write")
+			}
 		}
 		if i < tries-1 {
 			time.Sleep(time.Duration(i+1) * progressEvery) // a pause between tries, not a wait for an outcome
@@ -438,6 +462,25 @@ func (w *jobWriter) write(final bool) error {
 	w.changed = true // written with the next tick
 	w.mu.Unlock()
 	return fmt.Errorf("replay job %s: %w", id, err)
+}
+
+// own reads job id's record after a write found another revision than
+// the writer's: its own earlier write, applied though its answer came
+// after the deadline (mine: the same relay and start), or another relay's.
+func (w *jobWriter) own(id string) (rev uint64, mine bool, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	e, err := w.kv.Get(ctx, id)
+	if err != nil {
+		return 0, false, err
+	}
+	var stored job
+	if err := json.Unmarshal(e.Value(), &stored); err != nil {
+		return e.Revision(), false, nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return e.Revision(), stored.Relay == w.j.Relay && stored.Started.Equal(w.j.Started), nil
 }
 
 // storeUnavailable is the answer to a replay-job read or write the store
@@ -488,6 +531,9 @@ func (s *Server) replayStart(c echo.Context) error {
 	case errors.Is(err, errJobTooLarge):
 		s.auditAPI(c, action, req.JobID(), 0, err)
 		return apiError(http.StatusBadRequest, "invalid_replay", err.Error())
+	case errors.Is(err, errTooManyReplays):
+		s.auditAPI(c, action, req.JobID(), 0, err)
+		return apiError(http.StatusTooManyRequests, "too_many_replays", err.Error())
 	case err != nil:
 		s.auditAPI(c, action, req.JobID(), 0, err)
 		return s.storeUnavailable(err)

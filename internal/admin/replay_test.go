@@ -558,3 +558,47 @@ func TestEveryReplayJobIsListedWhileJobsWriteTheirProgress(t *testing.T) {
 		}
 	}
 }
+
+// A progress write the store applied but answered too late (the client's
+// deadline first) left the writer with the revision before it: its next
+// write found another and took the job for one another relay had started
+// again, and the replay stopped part way, when the store was slow. The
+// job's own record (same relay, same start) is taken up again; another
+// relay's still stops it.
+func TestAReplaysOwnLateWriteIsNoTakeover(t *testing.T) {
+	js := provision(t)
+	kv, err := js.KeyValue(t.Context(), ReplaysBucket().Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := newJob(dispatcher.ReplayRequest{Endpoints: []string{"orders"}, Since: time.Now().Add(-time.Hour)}, "relay-a", time.Now().UTC())
+	b, _ := json.Marshal(j)
+	rev, err := kv.Create(t.Context(), j.Progress.Job, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &jobWriter{kv: kv, j: j, rev: rev}
+	if _, err := kv.Update(t.Context(), j.Progress.Job, b, rev); err != nil { // the write whose answer was lost
+		t.Fatal(err)
+	}
+	w.progress(dispatcher.ReplayProgress{Job: j.Progress.Job, Scanned: 10, PerEndpoint: map[string]uint64{"orders": 10}})
+	for range 2 { // taken up at once, or with the next tick
+		if err = w.write(false); err == nil || errors.Is(err, errTakenOver) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("after its own write answered late: %v", err)
+	}
+	other := j
+	other.Relay = "relay-b"
+	other.Started = j.Started.Add(time.Minute)
+	ob, _ := json.Marshal(other)
+	if _, err := kv.Put(t.Context(), j.Progress.Job, ob); err != nil {
+		t.Fatal(err)
+	}
+	w.progress(dispatcher.ReplayProgress{Job: j.Progress.Job, Scanned: 20, PerEndpoint: map[string]uint64{"orders": 20}})
+	if err := w.write(false); !errors.Is(err, errTakenOver) {
+		t.Fatalf("after another relay started it again: %v, want taken over", err)
+	}
+}
