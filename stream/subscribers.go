@@ -291,8 +291,9 @@ func (g *guard) handle(m *nats.Msg) {
 	if m.Reply == "" {
 		return
 	}
-	if n := len(m.Data); n > guardMaxRequest {
-		// Held while it waits, each could be the server's 8 MiB.
+	if n := m.Size(); n > guardMaxRequest {
+		// Held while it waits, each could be the server's 8 MiB (headers
+		// and body together).
 		g.refuse(m, fmt.Errorf("%w: a request of %d bytes; the JetStream API's are at most %d", errTooLarge, n, guardMaxRequest))
 		return
 	}

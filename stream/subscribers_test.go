@@ -565,6 +565,13 @@ func TestTheSubscribersRequestsAreBounded(t *testing.T) {
 	if err != nil || !strings.Contains(string(m.Data), `"code":413`) {
 		t.Fatalf("a 1 MiB request: %v %.300s", err, m.Data)
 	}
+	// Headers count too: the server bounds them with the body, not apart.
+	req := nats.NewMsg("$JS.API.CONSUMER.CREATE.SENGO_EVENTS.heady")
+	req.Data = []byte(`{"config":{"durable_name":"heady","ack_policy":"explicit"}}`)
+	req.Header.Set("Pad", strings.Repeat("x", 1<<20))
+	if m, err = sub.RequestMsg(req, 10*time.Second); err != nil || !strings.Contains(string(m.Data), `"code":413`) {
+		t.Fatalf("a request of 1 MiB of headers: %v %.300s", err, m.Data)
+	}
 	sjs, _ := jetstream.New(sub)
 	if _, err := sjs.CreateOrUpdateConsumer(t.Context(), "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "small", FilterSubjects: []string{"sengo.events.main.>", "sengo.events.other.>"}}); err != nil {
 		t.Fatalf("a request of its size: %v", err)
