@@ -812,3 +812,38 @@ func TestAReplayEndsWhereItStarted(t *testing.T) {
 		t.Fatalf("the replay scanned %d and selected %d events, want the 2 stored before it started", p.Scanned, p.Matched)
 	}
 }
+
+// A replayed copy waiting for a turn that live events keep taking was held
+// by its worker for as long, unseen by the expiry guard: past
+// SENGO_REPLAY's retention it was gone, with no dead letter. It goes back
+// to SENGO_REPLAY after replayTurnMax, and comes again later.
+func TestAReplayedCopyWithNoTurnFreeGoesBack(t *testing.T) {
+	defer func(d time.Duration) { replayTurnMax = d }(replayTurnMax)
+	replayTurnMax = 300 * time.Millisecond
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	h.publish("tx-copied", event.StatusSuccess, "")
+	_, stop := h.runWorker(h.endpoint("orders", c.URL))
+	eventually(t, "delivered live", func() bool { return len(c.got()) == 1 })
+	stop()
+	ep := h.endpoint("orders", c.URL)
+	ep.RateLimit, ep.Concurrency = 2, 2
+	const n = 12 // 6 s of live turns
+	for i := range n {
+		h.publish(fmt.Sprintf("tx-busy-%d", i), event.StatusSuccess, "")
+	}
+	w := h.start(ep)
+	eventually(t, "live delivery under way", func() bool { return len(c.got()) > 1 })
+	if _, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}, TransactionID: "tx-copied"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := h.js.Consumer(t.Context(), event.StreamReplay, ConsumerName("orders"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the copy put back while live events take every turn", func() bool {
+		info, err := cons.Info(t.Context())
+		return err == nil && info.NumRedelivered > 0
+	})
+	poll.Within(t, 30*time.Second, "all delivered", func() bool { return len(c.got()) == n+2 && h.settled(w) })
+}

@@ -672,23 +672,48 @@ const (
 // one, spends nothing. A replayed copy takes a turn only when one is free,
 // never reserving one ahead as a live event does, so that a replay gets
 // what live traffic leaves: taking turns in arrival order, the replay's
-// workers had a third of the limit while the live backlog waited.
-func (w *Worker) waitTurn(ctx context.Context, replayed bool) (bool, error) {
+// workers had a third of the limit while the live backlog waited. A live
+// event's wait is known when its turn is reserved: held is told it first.
+func (w *Worker) waitTurn(ctx context.Context, replayed bool, held func(time.Duration)) (bool, error) {
 	if w.limiter == nil || w.limiter.Allow() {
 		return false, nil
 	}
 	if !replayed {
-		return true, w.limiter.Wait(ctx)
+		r := w.limiter.Reserve()
+		if held != nil {
+			held(r.Delay())
+		}
+		t := time.NewTimer(r.Delay())
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			r.Cancel()
+			return true, ctx.Err()
+		case <-t.C:
+			return true, nil
+		}
 	}
 	every := min(100*time.Millisecond, max(time.Millisecond, time.Duration(float64(time.Second)/float64(w.limiter.Limit()))))
-	for !w.limiter.Allow() {
+	for start := time.Now(); !w.limiter.Allow(); {
 		sleepCtx(ctx, every) // when the next turn could be free
 		if err := ctx.Err(); err != nil {
 			return true, err
 		}
+		if time.Since(start) > replayTurnMax {
+			return true, errNoTurn
+		}
 	}
 	return true, nil
 }
+
+// replayTurnMax bounds how long a worker holds a replayed copy waiting for
+// a free turn (live events taking them all): then it goes back to
+// SENGO_REPLAY for as long, where the expiry guard sees it (held, it aged
+// out unseen, with no dead letter). A variable for tests.
+var replayTurnMax = 30 * time.Second
+
+// errNoTurn: no turn was free for a replayed copy within replayTurnMax.
+var errNoTurn = errors.New("no turn free")
 
 // decide is the one place that turns an attempt's result into Ack,
 // NakWithDelay or a dead letter. attempt is 1-based.
@@ -818,7 +843,25 @@ func (w *Worker) handle(runCtx context.Context, msg jetstream.Msg, replayed, pro
 		}
 	}
 
-	if waited, err := w.waitTurn(runCtx, replayed); err != nil {
+	var held func(time.Duration)
+	if w.ep.Ordered && !replayed {
+		held = func(d time.Duration) {
+			// Held for its turn, with no record (a first delivery) or one
+			// whose retry is due, it looked to a later status of its
+			// transaction like one never attempted here, or stuck, and
+			// that went first: a record says when it is attempted.
+			due := rec
+			due.NextAt = now.Add(d + w.ep.Timeout)
+			if err := w.store.put(ctx, key, due); err != nil {
+				log().Warn().Err(err).Msg("record the turn it waits for")
+			}
+		}
+	}
+	if waited, err := w.waitTurn(runCtx, replayed, held); errors.Is(err, errNoTurn) {
+		w.breaker.release(probe)
+		_ = msg.NakWithDelay(replayTurnMax) // live traffic takes every turn: later
+		return
+	} else if err != nil {
 		w.breaker.release(probe)
 		_ = msg.Nak() // stopping: back to the stream for the next relay
 		return

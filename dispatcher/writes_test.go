@@ -731,3 +731,47 @@ func heldWithShortRetention(t *testing.T) (*harness, *consumer, *Worker) {
 	eventually(t, "the worker sees the hold", func() bool { return w.Held().Held })
 	return h, c, w
 }
+
+// An ordered event a worker holds while it waits for its rate-limit turn
+// has no record yet (first delivery): its next status, taking it for one
+// never attempted on this endpoint after three looks, went on to wait for
+// a turn of its own, and was posted before it. A record now says when the
+// held one is attempted, as it does for one waiting for its predecessor.
+func TestOrderedHoldsOrderWhileAnEventWaitsForItsTurn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	var pendingFailed atomic.Bool
+	c.answer = func(n int, _ *http.Request, w http.ResponseWriter) {
+		ev, _ := event.Unmarshal(c.got()[n-1].Body)
+		if ev.Data.Status == event.StatusPending && !pendingFailed.Swap(true) {
+			w.WriteHeader(http.StatusInternalServerError) // its first attempt fails
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}
+	var ahead atomic.Int64
+	h.now = skewed(&ahead)
+	ep := h.endpoint("orders", c.URL, 500*time.Millisecond)
+	ep.Ordered, ep.Timeout = true, 500*time.Millisecond
+	ep.RateLimit, ep.Concurrency = 2, 16 // 16 held at once, the last ones for 8 s
+	w := h.start(ep)
+	ahead.Store(int64(staleRecord(ep) + time.Minute)) // delivering for long enough
+	for i := range 13 {
+		h.publish(fmt.Sprintf("tx-filler-%d", i), event.StatusSuccess, "")
+	}
+	h.publish("tx-turn", event.StatusPending, "")
+	h.publish("tx-turn", event.StatusSuccess, event.StatusPending)
+	poll.Within(t, 60*time.Second, "all delivered", func() bool { return h.settled(w) })
+	var order []string
+	for _, s := range c.statuses() {
+		if strings.HasPrefix(s, "tx-turn/") {
+			order = append(order, s)
+		}
+	}
+	if strings.Join(order, " ") != "tx-turn/pending tx-turn/pending tx-turn/success" {
+		t.Fatalf("attempts %v: success went before pending was delivered", order)
+	}
+}
