@@ -88,11 +88,14 @@ type Server struct {
 	replays replays
 	mu      sync.Mutex
 	running map[string]int // the replay jobs this relay runs, by id (a job ending and its next run may overlap)
-	wg      sync.WaitGroup
-	ctx     context.Context
-	cancel  context.CancelFunc
-	next    atomic.Uint32 // the reader the next read takes
-	opened  handles
+	// starting counts replay jobs being claimed, not yet running: each
+	// holds a place under maxReplaysRunning.
+	starting int
+	wg       sync.WaitGroup
+	ctx      context.Context
+	cancel   context.CancelFunc
+	next     atomic.Uint32 // the reader the next read takes
+	opened   handles
 	// guesses paces wrong admin tokens, the API's and the console's.
 	guesses *guessLimiter
 }

@@ -840,3 +840,34 @@ func TestAdminRefusesAReplayPastTheLimit(t *testing.T) {
 		t.Fatalf("a replay once one ended: %d %s", code, body)
 	}
 }
+
+// The limit holds for replays started at once: each request counted the
+// jobs running before any of theirs ran, and all of them started.
+func TestAdminReplayLimitHoldsForRequestsAtOnce(t *testing.T) {
+	defer func(n int) { maxReplaysRunning = n }(maxReplaysRunning)
+	maxReplaysRunning = 1
+	hs, js := newServer(t)
+	for i := range 1000 { // a scan long enough to outlast the requests
+		b, _ := event.Marshal(event.Event{SpecVersion: "1.0", ID: fmt.Sprintf("evt_%d", i), Source: "sengo/main", Type: event.Type(event.StatusSuccess),
+			Data: event.Data{TransactionID: fmt.Sprintf("t%d", i), Status: event.StatusSuccess, Product: event.ProductQRIS, Raw: json.RawMessage(`{}`)}})
+		if _, err := js.PublishAsync(event.EventSubject("main", event.ProductQRIS, event.StatusSuccess), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-js.PublishAsyncComplete()
+	var wg sync.WaitGroup
+	var accepted atomic.Int64
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code, _ := call(t, hs, http.MethodPost, "/admin/replays", fmt.Sprintf(`{"endpoint":"orders","since":"%dh"}`, i+1), token); code == http.StatusAccepted {
+				accepted.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := accepted.Load(); n != 1 {
+		t.Fatalf("%d replays started at once, with room for 1", n)
+	}
+}

@@ -172,12 +172,20 @@ const listReads = 32
 // stalled is started again. An error is the store's (nothing started),
 // or errJobTooLarge.
 func (s *Server) startReplay(ctx context.Context, req dispatcher.ReplayRequest) (j job, started bool, err error) {
+	// A place is taken before the job is claimed: requests at once each
+	// counted the jobs running before any of theirs did, and all started.
 	s.mu.Lock()
-	running := len(s.running)
-	s.mu.Unlock()
-	if running >= maxReplaysRunning && !s.runs(req.JobID()) {
+	if len(s.running)+s.starting >= maxReplaysRunning && s.running[req.JobID()] == 0 {
+		s.mu.Unlock()
 		return job{}, false, errTooManyReplays
 	}
+	s.starting++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.starting--
+		s.mu.Unlock()
+	}()
 	kv, j, rev, started, err := s.replays.claim(ctx, newJob(req, s.cfg.Relay, time.Now().UTC()), s.runs)
 	if err != nil || !started {
 		return j, false, err
