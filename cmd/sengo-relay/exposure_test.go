@@ -222,6 +222,7 @@ func TestTheCallbackListenerBoundsConnectionsPerAddress(t *testing.T) {
 func TestTheAdminAndMetricsListenersBoundConnections(t *testing.T) {
 	defer func(a, m receiver.ConnLimits) { adminConnLimits, metricsConnLimits = a, m }(adminConnLimits, metricsConnLimits)
 	adminConnLimits.PerAddress, metricsConnLimits.PerAddress = 2, 3
+	adminConnLimits.Exempt, metricsConnLimits.Exempt = nil, nil // loopback counted, as another address would be
 	_, logs, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0", "SENGO_RELAY_ADMIN_TOKEN=admin-token-0123456789",
 		"SENGO_RELAY_ADMIN_TRUSTED_PROXIES=127.0.0.9"))
 	admin, metrics := logs.field(t, "admin listening", "addr"), logs.field(t, "metrics listening", "addr")
@@ -229,6 +230,21 @@ func TestTheAdminAndMetricsListenersBoundConnections(t *testing.T) {
 	connsAnswered(t, admin, "127.0.0.9", 3, 0) // a trusted proxy
 	connsAnswered(t, metrics, "127.0.0.1", 3, 1)
 	refusalsCounted(t, metrics, `{listener="admin",reason="per_address"} 1`, `{listener="metrics",reason="per_address"} 1`)
+}
+
+// One address's share of the admin and metrics listeners is a small part
+// of their total (64 and 256 connections, one address's 4 of 256: a few
+// addresses took everything, and the operators and the scraper were shut
+// out), and this machine, an ssh tunnel included, is never refused.
+func TestTheAdminAndMetricsListenersLetThisMachineIn(t *testing.T) {
+	if a, m := adminConnLimits, metricsConnLimits; a.PerAddress*32 > a.Total || m.PerAddress*32 > m.Total {
+		t.Fatalf("one address's share: admin %d of %d, metrics %d of %d; want at most a 32nd", a.PerAddress, a.Total, m.PerAddress, m.Total)
+	}
+	defer func(a, m receiver.ConnLimits) { adminConnLimits, metricsConnLimits = a, m }(adminConnLimits, metricsConnLimits)
+	adminConnLimits.PerAddress, metricsConnLimits.PerAddress = 2, 2
+	_, logs, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_ADMIN_LISTEN=127.0.0.1:0", "SENGO_RELAY_ADMIN_TOKEN=admin-token-0123456789"))
+	connsAnswered(t, logs.field(t, "admin listening", "addr"), "127.0.0.1", 4, 0)
+	connsAnswered(t, logs.field(t, "metrics listening", "addr"), "127.0.0.2", 4, 0)
 }
 
 // connsAnswered opens answered+refused connections to addr from the

@@ -253,7 +253,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
 		}
-		mln = receiver.LimitConns(mln, receiver.ConnLimits{PerAddress: metricsConnLimits.PerAddress, Total: metricsConnLimits.Total, Refused: refusedBy(metrics, "metrics")})
+		mln = receiver.LimitConns(mln, receiver.ConnLimits{PerAddress: metricsConnLimits.PerAddress, Total: metricsConnLimits.Total, Exempt: metricsConnLimits.Exempt, Refused: refusedBy(metrics, "metrics")})
 		msrv := sideServer(cfg, metricsHandler(reg, cfg.Metrics.Token.Value(), config.LoopbackHosts(cfg.Metrics.Listen)))
 		go func() { _ = msrv.Serve(mln) }()
 		defer msrv.Close()
@@ -398,7 +398,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				stopRun()
 				return
 			}
-			aln = receiver.LimitConns(aln, receiver.ConnLimits{PerAddress: adminConnLimits.PerAddress, Total: adminConnLimits.Total, Exempt: adminProxies, Refused: refusedBy(metrics, "admin")})
+			aln = receiver.LimitConns(aln, receiver.ConnLimits{PerAddress: adminConnLimits.PerAddress, Total: adminConnLimits.Total, Exempt: append(slices.Clone(adminProxies), adminConnLimits.Exempt...), Refused: refusedBy(metrics, "admin")})
 			adminHTTP = sideServer(cfg, adminSrv.Handler())
 			go func() { _ = adminHTTP.Serve(aln) }()
 			log.Info().Str("addr", aln.Addr().String()).Msg("admin listening")
@@ -838,11 +838,17 @@ func atMostEvery(d time.Duration, f func() float64) func() float64 {
 // listener's: a connection comes before its token is read, and one
 // caller holding thousands would take the memory the relay answers SenGo
 // with (the admin listener reads up to 64 KiB of each request before its
-// token). A console needs a few, a scraper one. (Variables for tests.)
+// token). A console needs a few, a scraper one: one address's share is a
+// small part of the total, so that a few addresses cannot take it all and
+// shut the operators out; and this machine (an ssh tunnel included) is
+// never refused. (Variables for tests.)
 var (
-	adminConnLimits   = receiver.ConnLimits{PerAddress: 64, Total: 256}
-	metricsConnLimits = receiver.ConnLimits{PerAddress: 16, Total: 64}
+	adminConnLimits   = receiver.ConnLimits{PerAddress: 16, Total: 1024, Exempt: loopbackPrefixes}
+	metricsConnLimits = receiver.ConnLimits{PerAddress: 4, Total: 256, Exempt: loopbackPrefixes}
 )
+
+// loopbackPrefixes are this machine's addresses.
+var loopbackPrefixes = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 
 // refusedBy counts a connection listener closed unanswered.
 func refusedBy(m *receiver.Metrics, listener string) func(reason string) {
