@@ -18,6 +18,9 @@ type ConnLimits struct {
 	// (allowed_ips), and the proxies every client of which shares their
 	// address (trusted_proxies).
 	Exempt []netip.Prefix
+	// Shared are counted for Total but not refused by PerAddress: every
+	// operator of this machine shares its loopback address.
+	Shared []netip.Prefix
 	// Refused, if set, is called for each connection closed unanswered,
 	// with why: "per_address" or "total".
 	Refused func(reason string)
@@ -65,7 +68,8 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if addr.Is6() {
 			addr = netip.PrefixFrom(addr, 64).Masked().Addr()
 		}
-		if reason := l.take(addr); reason != "" {
+		shared := slices.ContainsFunc(l.lim.Shared, func(p netip.Prefix) bool { return p.Contains(addr) })
+		if reason := l.take(addr, shared); reason != "" {
 			_ = c.Close()
 			if l.lim.Refused != nil {
 				l.lim.Refused(reason)
@@ -77,11 +81,11 @@ func (l *limitListener) Accept() (net.Conn, error) {
 }
 
 // take counts a connection from addr, or says why it may not be opened.
-func (l *limitListener) take(addr netip.Addr) (refused string) {
+func (l *limitListener) take(addr netip.Addr, shared bool) (refused string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
-	case l.lim.PerAddress > 0 && l.open[addr] >= l.lim.PerAddress:
+	case !shared && l.lim.PerAddress > 0 && l.open[addr] >= l.lim.PerAddress:
 		return "per_address"
 	case l.lim.Total > 0 && l.total >= l.lim.Total:
 		return "total"

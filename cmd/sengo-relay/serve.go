@@ -253,7 +253,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
 		}
-		mln = receiver.LimitConns(mln, receiver.ConnLimits{PerAddress: metricsConnLimits.PerAddress, Total: metricsConnLimits.Total, Exempt: metricsConnLimits.Exempt, Refused: refusedBy(metrics, "metrics")})
+		mln = receiver.LimitConns(mln, receiver.ConnLimits{PerAddress: metricsConnLimits.PerAddress, Total: metricsConnLimits.Total, Shared: metricsConnLimits.Shared, Refused: refusedBy(metrics, "metrics")})
 		msrv := sideServer(cfg, metricsHandler(reg, cfg.Metrics.Token.Value(), config.LoopbackHosts(cfg.Metrics.Listen)))
 		go func() { _ = msrv.Serve(mln) }()
 		defer msrv.Close()
@@ -398,7 +398,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				stopRun()
 				return
 			}
-			aln = receiver.LimitConns(aln, receiver.ConnLimits{PerAddress: adminConnLimits.PerAddress, Total: adminConnLimits.Total, Exempt: append(slices.Clone(adminProxies), adminConnLimits.Exempt...), Refused: refusedBy(metrics, "admin")})
+			aln = receiver.LimitConns(aln, receiver.ConnLimits{PerAddress: adminConnLimits.PerAddress, Total: adminConnLimits.Total, Exempt: adminProxies, Shared: adminConnLimits.Shared, Refused: refusedBy(metrics, "admin")})
 			adminHTTP = sideServer(cfg, adminSrv.Handler())
 			go func() { _ = adminHTTP.Serve(aln) }()
 			log.Info().Str("addr", aln.Addr().String()).Msg("admin listening")
@@ -840,11 +840,11 @@ func atMostEvery(d time.Duration, f func() float64) func() float64 {
 // with (the admin listener reads up to 64 KiB of each request before its
 // token). A console needs a few, a scraper one: one address's share is a
 // small part of the total, so that a few addresses cannot take it all and
-// shut the operators out; and this machine (an ssh tunnel included) is
-// never refused. (Variables for tests.)
+// shut the operators out; and this machine (an ssh tunnel included) is not
+// held to one address's share, only to the total. (Variables for tests.)
 var (
-	adminConnLimits   = receiver.ConnLimits{PerAddress: 16, Total: 1024, Exempt: loopbackPrefixes}
-	metricsConnLimits = receiver.ConnLimits{PerAddress: 4, Total: 256, Exempt: loopbackPrefixes}
+	adminConnLimits   = receiver.ConnLimits{PerAddress: 16, Total: 1024, Shared: loopbackPrefixes}
+	metricsConnLimits = receiver.ConnLimits{PerAddress: 4, Total: 256, Shared: loopbackPrefixes}
 )
 
 // loopbackPrefixes are this machine's addresses.
