@@ -847,3 +847,36 @@ func TestAReplayedCopyWithNoTurnFreeGoesBack(t *testing.T) {
 	})
 	poll.Within(t, 30*time.Second, "all delivered", func() bool { return len(c.got()) == n+2 && h.settled(w) })
 }
+
+// A replayed copy live events keep from every turn is dead-lettered
+// before it ages out of SENGO_REPLAY: put back and taken again, it was
+// never among the events the expiry guard looks at (those no worker was
+// given yet), and was dropped with no dead letter.
+func TestAReplayedCopyStarvedOfTurnsIsDeadLetteredBeforeItAgesOut(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	defer func(d time.Duration) { replayTurnMax = d }(replayTurnMax)
+	replayTurnMax = 300 * time.Millisecond
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	h.publish("tx-starved", event.StatusSuccess, "")
+	_, stop := h.runWorker(h.endpoint("orders", c.URL))
+	eventually(t, "delivered live", func() bool { return len(c.got()) == 1 })
+	stop()
+	h.reconfigure(event.StreamReplay, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 4*time.Second, time.Second })
+	ep := h.endpoint("orders", c.URL)
+	ep.RateLimit, ep.Concurrency = 2, 2
+	for i := range 16 { // 8 s of live turns
+		h.publish(fmt.Sprintf("tx-busy-%d", i), event.StatusSuccess, "")
+	}
+	h.start(ep)
+	eventually(t, "live delivery under way", func() bool { return len(c.got()) > 1 })
+	if _, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}, TransactionID: "tx-starved"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	poll.Within(t, 15*time.Second, "the starved copy dead-lettered", func() bool {
+		d := h.deadLetters()
+		return len(d) == 1 && d[0].TransactionID == "tx-starved" && d[0].Replayed && d[0].Reason == ReasonExpiringInBacklog
+	})
+}

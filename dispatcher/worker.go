@@ -708,8 +708,9 @@ func (w *Worker) waitTurn(ctx context.Context, replayed bool, held func(time.Dur
 
 // replayTurnMax bounds how long a worker holds a replayed copy waiting for
 // a free turn (live events taking them all): then it goes back to
-// SENGO_REPLAY for as long, where the expiry guard sees it (held, it aged
-// out unseen, with no dead letter). A variable for tests.
+// SENGO_REPLAY for as long, or is dead-lettered if it would come back too
+// late (held, or put back and taken again, it is never among the copies
+// the expiry guard looks at). A variable for tests.
 var replayTurnMax = 30 * time.Second
 
 // errNoTurn: no turn was free for a replayed copy within replayTurnMax.
@@ -859,6 +860,16 @@ func (w *Worker) handle(runCtx context.Context, msg jetstream.Msg, replayed, pro
 	}
 	if waited, err := w.waitTurn(runCtx, replayed, held); errors.Is(err, errNoTurn) {
 		w.breaker.release(probe)
+		if w.tooLate(meta.Timestamp, w.cfg.Now().Add(replayTurnMax), replayed) {
+			// Put back and taken again, it is never among the copies the
+			// expiry guard looks at (those not given to a worker yet):
+			// dead-lettered before SENGO_REPLAY drops it (with time of its
+			// own: the wait may have outlasted handle's).
+			dctx, dcancel := context.WithTimeout(context.Background(), w.ep.Timeout+10*time.Second)
+			defer dcancel()
+			w.deadLetter(dctx, msg, meta, ev, key, rec, ReasonExpiringInBacklog, replayed)
+			return
+		}
 		_ = msg.NakWithDelay(replayTurnMax) // live traffic takes every turn: later
 		return
 	} else if err != nil {
