@@ -1561,3 +1561,48 @@ func TestATryAgainAnswerIsAnOutageNotThisTransactionAlone(t *testing.T) {
 		})
 	}
 }
+
+// A confirmed event carries SenGo's object from the check as its raw. One
+// with a QR image in it (megabytes) made the transaction's state, which
+// holds the event until it is published, larger than the server takes: the
+// write failed at every retry for as long as the inbox kept the payment,
+// and the paid order was never announced. An object over 64 KiB is not
+// kept: the event's raw is the notification's own, which the inbox took.
+func TestAHugeConfirmedObjectIsNotKeptInTheEvent(t *testing.T) {
+	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var huge atomic.Bool
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !huge.Load() || !strings.Contains(r.URL.Path, "/check/") {
+			sb.Handler().ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		sb.Handler().ServeHTTP(rec, r)
+		var env map[string]any
+		if err := json.Unmarshal(rec.Body.Bytes(), &env); err != nil || env["responseData"] == nil {
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(rec.Body.Bytes())
+			return
+		}
+		env["responseData"].(map[string]any)["qrImage"] = strings.Repeat("iVBORw0KGgo", 150_000) // 1.6 MB, the fields as they were
+		_ = json.NewEncoder(w).Encode(env)
+	}))
+	t.Cleanup(func() { hs.Close(); sb.Close() })
+	client := sengo.NewClient(hs.URL+"/api", "SC-K", "tok-0000000000000000")
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+	})
+	body := paidQRIS(t, sb, client, "INV-QR")
+	huge.Store(true)
+	if resp, _ := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	poll.Within(t, 10*time.Second, "the confirmed event published", func() bool { return len(h.events()) == 1 })
+	ev := h.events()[0]
+	if !ev.Data.Confirmed || len(ev.Data.Raw) > 64<<10 || !bytes.Contains(ev.Data.Raw, []byte("INV-QR")) {
+		t.Fatalf("event confirmed %v, raw of %d bytes: want the notification's own", ev.Data.Confirmed, len(ev.Data.Raw))
+	}
+}

@@ -703,6 +703,14 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 			} else {
 				in.cfg.Metrics.Confirm.WithLabelValues(project, "confirmed").Inc()
 			}
+			if len(got.Raw) > maxEventRaw && len(got.Raw) > len(tx.Raw) {
+				// SenGo's object is kept in the event (and in the state that
+				// holds the event until it is published): one with a QR image
+				// in it, megabytes, was more than the server takes (an
+				// external one's 1 MiB), and the write failed at every retry.
+				// The notification's own object, which the inbox took, is.
+				got.Raw = tx.Raw
+			}
 			tx, confirmed = got, true
 		}
 	}
@@ -791,6 +799,10 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 	}
 	return r
 }
+
+// maxEventRaw bounds SenGo's object kept as a confirmed event's raw: the
+// callback listener's default body bound.
+const maxEventRaw = 64 << 10
 
 // Receipt order: a final status waits at most orderWaitMax after its
 // receipt for a pending of the same transaction received before it,
