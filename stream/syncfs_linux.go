@@ -28,20 +28,26 @@ func syncFS(f *os.File) error {
 	}
 }
 
-// syncfsReportsErrors refuses a kernel older than 5.8: before it, syncfs
-// returned 0 even when writing back failed, so a lost write would pass
-// for durable.
+// syncfsReportsErrors refuses a kernel older than 5.17. Before 5.8,
+// syncfs returned 0 even when writing back failed; before 5.17 it still
+// dropped the filesystem's own sync error (ext4's journal commit, XFS's log
+// force, btrfs's transaction commit): the data written, the metadata that
+// finds it not, and a lost write would pass for durable.
 func syncfsReportsErrors() error {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
 		return fmt.Errorf("%w: kernel version unknown: %v", ErrGroupSyncUnsupported, err)
 	}
 	release := unix.ByteSliceToString(u.Release[:])
-	if !kernelAtLeast(release, 5, 8) {
-		return fmt.Errorf("%w: Linux %s's syncfs does not report write-back errors (5.8 and later do)", ErrGroupSyncUnsupported, release)
+	if !syncfsTrusted(release) {
+		return fmt.Errorf("%w: Linux %s's syncfs does not report every write-back error (5.17 and later do)", ErrGroupSyncUnsupported, release)
 	}
 	return nil
 }
+
+// syncfsTrusted reports whether kernel release's syncfs reports both a
+// failed write-back (5.8) and the filesystem's failed sync (5.17).
+func syncfsTrusted(release string) bool { return kernelAtLeast(release, 5, 17) }
 
 // kernelAtLeast reports whether a kernel release ("6.1.0-18-amd64")
 // is major.minor or later; false when it does not parse.
