@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -289,6 +290,17 @@ func (e *Embedded) Stats() (inMsgs, apiRequests uint64) {
 		apiRequests = j.API.Total
 	}
 	return inMsgs, apiRequests
+}
+
+// WriteError reports a stream's file the store could not write (a full
+// disk, an I/O error, a file size limit). nats-server keeps the error for
+// good: that stream stores nothing more and answers no publish, until the
+// server is started again.
+func (e *Embedded) WriteError() error {
+	if h := e.srv.Healthz(&server.HealthzOptions{}); h != nil && strings.Contains(h.Error, "write error") {
+		return errors.New(h.Error)
+	}
+	return nil
 }
 
 // Shutdown stops the server and waits until it has stopped. JetStream

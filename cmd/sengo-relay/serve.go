@@ -600,6 +600,32 @@ func storeSync(cfg config.Config, warn io.Writer) *stream.GroupSync {
 	return gs
 }
 
+// watchWrites calls failed with the embedded store's write error, if it
+// gets one, looking once a second until done is closed.
+func watchWrites(emb *stream.Embedded, failed func(error), done <-chan struct{}) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+			if err := emb.WriteError(); err != nil {
+				failed(fmt.Errorf("the store cannot write (free the disk, then the relay starts from it again): %w", err))
+				return
+			}
+		}
+	}
+}
+
+func closeOnce(c chan struct{}) {
+	select {
+	case <-c:
+	default:
+		close(c)
+	}
+}
+
 // connectNATS starts the embedded server when no URL is configured and
 // connects. The returned function drains the connections and stops the
 // embedded server.
@@ -611,6 +637,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 	var emb *stream.Embedded
 	var gs *stream.GroupSync
 	var opts []nats.Option
+	writesWatched := make(chan struct{})
 	if cfg.NATS.URL == "" {
 		storeDir := cfg.StoreDirOrDefault()
 		if err := os.MkdirAll(storeDir, 0o750); err != nil {
@@ -649,9 +676,16 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 		}
 		ev.Msg("embedded nats started")
 		opts = append(opts, emb.ConnectOption())
+		// A stream whose file could not be written stores nothing more until
+		// the server starts again: every callback waited its publish_timeout
+		// for a 503, while /healthz said 200, until someone restarted the
+		// relay. It stops, as after a failed fsync, and its restart finds the
+		// store as the disk has it.
+		go watchWrites(emb, syncFailed, writesWatched)
 	}
 	conns := natsConns{durable: gs}
 	shutdown := func() {
+		closeOnce(writesWatched)
 		for _, nc := range append([]*nats.Conn{conns.callbacks, conns.admin, conns.work}, conns.readers...) {
 			if nc != nil {
 				drain(nc, log)

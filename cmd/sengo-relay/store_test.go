@@ -1,18 +1,22 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sys/unix"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 )
 
 // The store refusing writes (the inbox at its size cap): callbacks get 503
@@ -91,4 +95,53 @@ func get(t testing.TB, url string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// A stream file the store cannot write (a full disk, an I/O error; here
+// the process's file size limit) is marked by nats-server for good: that
+// stream stores nothing more and answers no publish until the server
+// starts again. Every callback waited its publish_timeout for a 503 while
+// /healthz said 200, until someone restarted the relay. It now stops, as
+// after a failed fsync, and its restart finds the store as the disk has it.
+func TestAStoreThatCannotWriteStopsTheRelay(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("RLIMIT_FSIZE as Linux has it")
+	}
+	base, _, stop := startRun(t, relayEnv(t.TempDir()))
+	waitReady(t, base)
+	var saved unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_FSIZE, &saved); err != nil {
+		t.Fatal(err)
+	}
+	limit := saved
+	limit.Cur = 1 << 20 // no file of this process grows past 1 MiB (the signal it would get is ignored by Go)
+	if err := unix.Setrlimit(unix.RLIMIT_FSIZE, &limit); err != nil {
+		t.Skipf("cannot set the file size limit: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Setrlimit(unix.RLIMIT_FSIZE, &saved) })
+	body := func(i int) []byte {
+		return fmt.Appendf(nil, `{"id":"big-%d","merchantRef":"B-%d","status":"success","feePayer":"customer","amount":1000,"fee":0,"totalAmount":1000,"qris":{"content":"%s"}}`, i, i, strings.Repeat("q", 48<<10))
+	}
+	live := func() bool {
+		resp, err := http.Get(base + "/healthz")
+		if err != nil {
+			return false // stopped
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+	codes := map[int]int{}
+	for i := 0; i < 40 && live(); i++ {
+		resp, err := http.Post(base+"/callbacks/sengo/main", "application/json", bytes.NewReader(body(i)))
+		if err != nil {
+			break // stopped
+		}
+		codes[resp.StatusCode]++
+		resp.Body.Close()
+	}
+	_ = unix.Setrlimit(unix.RLIMIT_FSIZE, &saved)
+	poll.Within(t, 15*time.Second, fmt.Sprintf("the relay stopped on the store's write error (callbacks answered %v)", codes), func() bool { return !live() })
+	if err := stop(); err == nil || !strings.Contains(err.Error(), "write error") {
+		t.Fatalf("the relay ended with %v, want the store's write error", err)
+	}
 }
