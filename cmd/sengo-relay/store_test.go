@@ -104,6 +104,9 @@ func get(t testing.TB, url string) int {
 // /healthz said 200, until someone restarted the relay. It now stops, as
 // after a failed fsync, and its restart finds the store as the disk has it.
 func TestAStoreThatCannotWriteStopsTheRelay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
 	if runtime.GOOS != "linux" {
 		t.Skip("RLIMIT_FSIZE as Linux has it")
 	}
