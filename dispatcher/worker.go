@@ -1176,7 +1176,13 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 		return true, min(max(rec.NextAt.Sub(w.cfg.Now())+time.Second, time.Second), 5*time.Minute)
 	case meta.NumDelivered <= 3 || w.deliveringFor() <= staleRecord(w.ep):
 		// No record: its first attempt is in flight, or due now that the
-		// endpoint delivers again. Give it a timeout.
+		// endpoint delivers again. Give it a timeout; after that, an ack
+		// wait: the relay holding it may have died before its attempt,
+		// and the server gives it out again only once the ack wait ends
+		// (three timeouts were over before, and this event went first).
+		if meta.NumDelivered > 1 {
+			return true, ackWait(w.ep) + time.Second
+		}
 		return true, w.ep.Timeout + time.Second
 	case w.store.refusedWithin(staleRecord(w.ep)):
 		// No record, but the store refused this worker's writes lately

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
@@ -646,7 +647,8 @@ func orderedWhileRecordsRefused(t *testing.T, tx string, recordFirst bool) {
 	before := waiting()
 	h.publish(tx, event.StatusSuccess, event.StatusPending)
 	sent := func() bool { return strings.Contains(strings.Join(c.statuses(), " "), tx+"/success") }
-	eventually(t, "success waited four times, or went first", func() bool { return sent() || waiting() >= before+4 })
+	// Its waits after the first are an ack wait each (16 s): four take 50 s.
+	poll.Within(t, 90*time.Second, "success waited four times, or went first", func() bool { return sent() || waiting() >= before+4 })
 	if sent() {
 		t.Fatalf("attempts %q: success posted while pending's records were refused and pending still failing", c.statuses())
 	}
@@ -773,5 +775,50 @@ func TestOrderedHoldsOrderWhileAnEventWaitsForItsTurn(t *testing.T) {
 	}
 	if strings.Join(order, " ") != "tx-turn/pending tx-turn/pending tx-turn/success" {
 		t.Fatalf("attempts %v: success went before pending was delivered", order)
+	}
+}
+
+// A relay killed while it holds a transaction's pending (its first
+// delivery: no record, and no one says it is in progress) leaves it with
+// the server until the ack wait ends (timeout + 15 s). Its success, on
+// another relay, took the missing record for a pending never attempted on
+// this endpoint after three looks a timeout apart, and was posted first.
+// A successor that looked once waits an ack wait between looks.
+func TestOrderedHoldsOrderWhenTheRelayHoldingThePredecessorDies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	var ahead atomic.Int64
+	h.now = skewed(&ahead)
+	ep := h.endpoint("orders", c.URL, 500*time.Millisecond)
+	ep.Ordered, ep.Timeout = true, 500*time.Millisecond
+	// The endpoint's consumer, made as a relay makes it; another relay
+	// takes the pending and dies with it.
+	w, err := NewWorker(t.Context(), WorkerConfig{Endpoint: ep, JetStream: h.js, UserAgent: "sengo-relay/test", Metrics: h.metrics, Logger: zerolog.New(h.logs), Now: h.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.publish("tx-dead", event.StatusPending, "")
+	cons, err := h.js.Consumer(t.Context(), event.StreamEvents, ConsumerName("orders"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := cons.Fetch(1); err != nil {
+		t.Fatal(err)
+	} else {
+		for range b.Messages() { // taken, never settled
+		}
+	}
+	h.publish("tx-dead", event.StatusSuccess, event.StatusPending)
+	ahead.Store(int64(staleRecord(ep) + time.Minute)) // this relay has delivered for long enough
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	poll.Within(t, 60*time.Second, "both delivered", func() bool { return len(c.got()) >= 2 && h.settled(w) })
+	if got := strings.Join(c.statuses(), " "); got != "tx-dead/pending tx-dead/success" {
+		t.Fatalf("attempts %q: success went before the pending the dead relay held", got)
 	}
 }
