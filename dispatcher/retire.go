@@ -556,6 +556,11 @@ func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string
 		LastStatus: rec.LastStatus, LastError: rec.LastError, ResponseExcerpt: rec.Excerpt,
 		StreamSeq: eventSeq(msg, meta, replayed), Replayed: replayed, DeadAt: time.Now().UTC(),
 	}
+	if rec.DeadLetter != "" {
+		// Decided before (its endpoint answered 410, say), its dead
+		// letter not stored then: that reason, not the removal, is why.
+		d.Reason = rec.DeadLetter
+	}
 	if err := publishDeadLetter(ctx, r.cfg.JetStream, key, d, msg.Data()); err != nil {
 		return false, err
 	}
@@ -579,7 +584,7 @@ func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string
 		}
 	}
 	if r.cfg.Metrics != nil {
-		r.cfg.Metrics.DeadLetters.WithLabelValues(endpoint, ReasonRemoved).Inc()
+		r.cfg.Metrics.DeadLetters.WithLabelValues(endpoint, d.Reason).Inc()
 	}
 	return true, msg.DoubleAck(ctx)
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
@@ -302,5 +303,35 @@ func TestTheRetirerRemovesTheDeadLetterOfADeliveredCopy(t *testing.T) {
 	})
 	if left := h.deadLetters(); len(left) != 0 {
 		t.Fatalf("the dead letter of a delivered copy is still listed: %+v", left)
+	}
+}
+
+// An event whose dead letter was decided (its endpoint answered 410) but
+// could not be stored then, and that the retirer took when the endpoint
+// was removed, was dead-lettered endpoint_removed: an operator who puts
+// the endpoint back redrives that reason, posting an event it refused
+// for good. The decided reason stands, as the expiry guard keeps it.
+func TestTheRetirerKeepsADecidedReason(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	fastBeats(t)
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	_, stop := h.runWorker(h.endpoint("old", c.URL))
+	stop() // removed from the configuration: its consumers stay for the retirer
+	ev := h.publish("tx-refused", event.StatusSuccess, "")
+	h.publish("tx-waiting", event.StatusSuccess, "")
+	if err := (attemptStore{kv: mustKV(t, h)}).put(t.Context(), attemptKey("old", ev.ID, 0), attempts{Count: 1, LastStatus: http.StatusGone, DeadLetter: ReasonGone}); err != nil {
+		t.Fatal(err)
+	}
+	h.retirer("here", 100*time.Millisecond)
+	poll.Within(t, 30*time.Second, "both dead-lettered", func() bool { return len(h.deadLetters()) == 2 })
+	got := map[string]string{}
+	for _, d := range h.deadLetters() {
+		got[d.TransactionID] = d.Reason
+	}
+	if got["tx-refused"] != ReasonGone || got["tx-waiting"] != ReasonRemoved {
+		t.Fatalf("dead letters %v: want tx-refused %s (decided), tx-waiting %s", got, ReasonGone, ReasonRemoved)
 	}
 }
