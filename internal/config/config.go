@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -394,6 +395,13 @@ func (c *Config) Validate() error {
 	}
 	if c.Streams.Transactions.TTL > 0 && c.Streams.Transactions.TTL < c.Streams.Inbox.MaxAge {
 		bad("streams.transactions.ttl (%s) must be 0 or at least streams.inbox.max_age (%s): a redelivered notification must still find its transaction", c.Streams.Transactions.TTL, c.Streams.Inbox.MaxAge)
+	}
+	reconciles := c.Reconcile.Interval > 0 && slices.ContainsFunc(c.ProjectNames(), func(name string) bool { return c.Projects[name].HasCredentials() })
+	if looks := c.Reconcile.Window.D() + 24*time.Hour + c.Reconcile.Interval.D(); reconciles && c.Streams.Transactions.TTL > 0 && c.Streams.Transactions.TTL.D() <= looks {
+		// A run looks back its window and to the start of that day: a
+		// transaction whose entry expired while SenGo still lists it was
+		// fed, confirmed and published again at every run.
+		bad("streams.transactions.ttl (%s) must be 0 or more than reconcile.window plus a day plus reconcile.interval (%s): reconciliation takes a transaction whose entry expired for one the relay never saw, and publishes it again", c.Streams.Transactions.TTL, Duration(looks))
 	}
 
 	if c.Intake.Workers < 1 || c.Intake.Workers > 1024 {

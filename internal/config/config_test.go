@@ -609,3 +609,26 @@ func TestParseErrorsDoNotShowTheValue(t *testing.T) {
 		})
 	}
 }
+
+// Reconciliation looks back its window and to the start of that day
+// (window plus a day) at every run. A transaction whose SENGO_TX entry
+// expired while SenGo still lists it is missing to it: fed, confirmed and
+// published again, and every endpoint got it a second time at each run
+// after its entry aged out. With reconciliation on, the entries outlive
+// what it looks at.
+func TestTransactionsOutliveWhatReconciliationLooksAt(t *testing.T) {
+	body := "projects:\n  main: {api_key: apikeysecret, token: tokensecret}\nstreams:\n  inbox: {max_age: 24h}\n  transactions: {ttl: 24h}\n"
+	_, err := Load(write(t, body), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "streams.transactions.ttl (24h0m0s) must be 0 or more than reconcile.window plus a day plus reconcile.interval (72h10m0s)") {
+		t.Fatalf("a 24h ttl with a 48h reconciliation: %v", err)
+	}
+	for _, ok := range []string{
+		"projects:\n  main: {api_key: apikeysecret, token: tokensecret}\nstreams:\n  inbox: {max_age: 24h}\n  transactions: {ttl: 24h}\nreconcile: {interval: 0s}\n", // reconciliation off
+		"projects:\n  main: {}\nstreams:\n  inbox: {max_age: 24h}\n  transactions: {ttl: 24h}\n",                                                    // no project reconciles
+		"projects:\n  main: {api_key: apikeysecret, token: tokensecret}\nstreams:\n  transactions: {ttl: 0s}\n",                                   // kept forever
+	} {
+		if _, err := Load(write(t, ok), noEnv); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+}
