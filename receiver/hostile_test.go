@@ -1606,3 +1606,29 @@ func TestAHugeConfirmedObjectIsNotKeptInTheEvent(t *testing.T) {
 		t.Fatalf("event confirmed %v, raw of %d bytes: want the notification's own", ev.Data.Confirmed, len(ev.Data.Raw))
 	}
 }
+
+// SenGo's list may answer every page past the last with the last one
+// again (its documentation says nothing of how a list ends). Paging
+// stopped only at an empty page, and each status of each day fetched 1,000
+// pages, every run: hours of requests against the merchant's key, whose
+// throttling then failed the confirmations of every notification. A page
+// that repeats the one before ends the list.
+func TestReconcileStopsAtAPageThatRepeats(t *testing.T) {
+	h := newHarness(t, false)
+	var requests atomic.Int64
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		var env struct {
+			ResponseData json.RawMessage `json:"responseData"`
+		}
+		_ = json.Unmarshal(callback("tx-last-"+r.URL.Query().Get("status"), event.StatusSuccess), &env)
+		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": []json.RawMessage{env.ResponseData}})
+	}))
+	defer api.Close()
+	client := sengo.NewClient(api.URL, apiKey, apiToken)
+	_, _ = Reconcile(t.Context(), ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"main": client}, Window: time.Hour,
+		Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
+	if n, most := requests.Load(), int64(2*len(event.Statuses)*2); n > most { // two pages a status, a day or two
+		t.Fatalf("%d list requests, want at most %d", n, most)
+	}
+}

@@ -160,6 +160,7 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 		return fmt.Errorf("%d page(s) of %s %s listed transactions that could not be read, the first: %w", unreadPages, project, date, first)
 	}
 	for _, status := range event.Statuses {
+		var before []string // the ids of the page before
 		for page := 1; page <= maxPages; page++ {
 			txs, err := api.ListTransactions(ctx, sengo.ListQuery{Page: page, Status: status, Date: date})
 			var bad *sengo.UnreadableError
@@ -176,6 +177,17 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 			if len(txs) == 0 {
 				break
 			}
+			// A page the same as the one before ends the list too: a SenGo
+			// answering every page past the last with the last one made
+			// each status of each day 1,000 requests.
+			ids := make([]string, len(txs))
+			for i, tx := range txs {
+				ids[i] = tx.ID
+			}
+			if slices.Equal(ids, before) {
+				break
+			}
+			before = ids
 			for _, tx := range txs {
 				sum.Checked++
 				missing, err := isMissing(ctx, kv, project, tx)
