@@ -1632,3 +1632,40 @@ func TestReconcileStopsAtAPageThatRepeats(t *testing.T) {
 		t.Fatalf("%d list requests, want at most %d", n, most)
 	}
 }
+
+// One project's checks failing for every id (its key revoked, SenGo's
+// allowlist refusing the relay, a wrong base_url) is an outage for that
+// project, and its notifications were retried for as long as the inbox
+// keeps them, each holding one of the one intake consumer's
+// max_ack_pending slots: once they filled it, no notification of any
+// project was processed, those of projects that do not confirm too. A
+// project holds at most a share of them; past it, its notifications are
+// set aside as unconfirmed and rechecked on the quarantine's schedule.
+func TestOneProjectsFailingChecksDoNotStallTheOthers(t *testing.T) {
+	sb, client := startSandbox(t)
+	sb.SetFaults(sandbox.Faults{Fail500: 1 << 30}) // main's API fails every call
+	h := newHarness(t, true, func(c *Config, ic *IntakeConfig) {
+		c.Projects = append(c.Projects, Project{Name: "other"})
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}) // other does not confirm
+		ic.Workers, ic.MaxAckPending = 2, 8
+	})
+	for i := range 12 {
+		body := fmt.Appendf(nil, `{"id":"main-%d","merchantRef":"M-%d","status":"success","amount":10000,"fee":0,"totalAmount":10000,"qris":{}}`, i, i)
+		if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
+			t.Fatalf("main's callback %d: %d %v", i, resp.StatusCode, got)
+		}
+	}
+	eventually(t, "main's notifications retried", func() bool {
+		return testutil.ToFloat64(h.metrics.Confirm.WithLabelValues("main", "unavailable")) >= 12
+	})
+	body := []byte(`{"id":"other-1","merchantRef":"O-1","status":"success","amount":10000,"fee":0,"totalAmount":10000,"qris":{}}`)
+	if resp, got := h.post("/callbacks/sengo/other", body); resp.StatusCode != 200 {
+		t.Fatalf("other's callback: %d %v", resp.StatusCode, got)
+	}
+	poll.Within(t, 20*time.Second, "other's success published while main's API fails", func() bool { return len(statuses(h.events(), "other-1")) == 1 })
+	for _, e := range natstest.Messages(t, h.js, event.StreamQuarantine) {
+		if r := e.Header.Get(event.HeaderReason); !strings.Contains(r, sengo.ErrUnconfirmed.Error()) || !strings.Contains(r, "set aside") {
+			t.Errorf("quarantined with reason %q, want unconfirmed, set aside for the other projects", r)
+		}
+	}
+}

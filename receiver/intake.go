@@ -116,6 +116,12 @@ type Intake struct {
 	// (ackWhenDurable).
 	awaiting chan struct{}
 	acks     sync.WaitGroup
+	// delayed holds, per project, the notifications this relay put back
+	// because SenGo's API did not answer their check (an outage), and
+	// when each comes back: each holds one of the consumer's
+	// max_ack_pending slots meanwhile (delayedShare).
+	delayedMu sync.Mutex
+	delayed   map[string]map[uint64]time.Time
 }
 
 // maxWaited bounds Intake.waited (entries of notifications another relay
@@ -365,6 +371,17 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		r.setAside = true
 		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "failing_alone").Inc()
 	}
+	// SenGo's API not answering one project's checks (its key revoked,
+	// its allowlist refusing the relay) put back every notification of
+	// it, each holding a slot of the one consumer all projects share:
+	// once they filled max_ack_pending, no project's was processed. A
+	// project holds at most a share of them; past it, a notification is
+	// set aside as unconfirmed, rechecked on the quarantine's schedule.
+	if held := in.undelay(r.project, seq); r.checkFailed && !r.setAside && held >= in.delayedShare() {
+		r.err = fmt.Errorf("%w: set aside: SenGo's API does not answer project %s's checks, and %d of its notifications wait for it already (max_ack_pending is shared by every project): %v", sengo.ErrUnconfirmed, r.project, held, r.err)
+		r.setAside = true
+		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "set_aside").Inc()
+	}
 	// Retried (or waiting) until the inbox would drop it: set aside
 	// instead, with why it could not be finished.
 	if (r.wait || r.err != nil && !r.setAside) && in.expiring(meta) {
@@ -420,8 +437,49 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		delay := in.retryDelay(attempt)
 		in.count(r.project, "retry")
 		log().Warn().Err(r.err).Stringer("delay", delay).Msg("intake failed; retrying")
+		if r.checkFailed {
+			in.delay(r.project, seq, time.Now().Add(delay))
+		}
 		_ = m.NakWithDelay(delay)
 	}
+}
+
+// delayedShare is how many notifications of one project put back for an
+// outage of its checks a relay lets wait at once: a quarter of
+// max_ack_pending shared by the projects, so that several relays doing
+// the same leave room for every other project.
+func (in *Intake) delayedShare() int {
+	return max(1, in.cfg.MaxAckPending/(4*max(1, len(in.cfg.Projects))))
+}
+
+// undelay forgets notification seq of project (it is back) and those
+// whose time to come back has passed (back here or on another relay),
+// and returns how many of project's still wait.
+func (in *Intake) undelay(project string, seq uint64) int {
+	in.delayedMu.Lock()
+	defer in.delayedMu.Unlock()
+	waiting := in.delayed[project]
+	delete(waiting, seq)
+	now := time.Now()
+	for s, due := range waiting {
+		if !due.After(now) {
+			delete(waiting, s)
+		}
+	}
+	return len(waiting)
+}
+
+// delay notes notification seq of project put back until due.
+func (in *Intake) delay(project string, seq uint64, due time.Time) {
+	in.delayedMu.Lock()
+	defer in.delayedMu.Unlock()
+	if in.delayed == nil {
+		in.delayed = map[string]map[uint64]time.Time{}
+	}
+	if in.delayed[project] == nil {
+		in.delayed[project] = map[uint64]time.Time{}
+	}
+	in.delayed[project][seq] = due
 }
 
 // probeTimeout bounds the wait for the turn to probe (the check of a

@@ -26,7 +26,7 @@ type Metrics struct {
 	KVConflicts prometheus.Counter
 	// Confirm counts checks with SenGo's API by project and outcome
 	// (confirmed, status_corrected, mismatch, unconfirmed, unavailable,
-	// failing_alone).
+	// failing_alone, set_aside).
 	Confirm *prometheus.CounterVec
 	// Reconcile counts reconciliation by project and outcome (checked,
 	// missing, fed; failed: runs in which the project, or a day of it,
@@ -94,7 +94,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 var (
 	primedCallbacks     = []string{"accepted", "duplicate", "store_unavailable", "overloaded", "unauthorized", "forbidden", "invalid_signature", "invalid_notification"}
 	primedIntake        = []string{"published", "duplicate", "stale", "conflict", "quarantined", "retry", "waiting"}
-	primedConfirmations = []string{"confirmed", "status_corrected", "mismatch", "unconfirmed", "unavailable", "failing_alone"}
+	primedConfirmations = []string{"confirmed", "status_corrected", "mismatch", "unconfirmed", "unavailable", "failing_alone", "set_aside"}
 	primedReconcile     = []string{"checked", "missing", "fed", "failed"}
 )
 
