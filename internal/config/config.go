@@ -396,7 +396,7 @@ func (c *Config) Validate() error {
 	if c.Streams.Transactions.TTL > 0 && c.Streams.Transactions.TTL < c.Streams.Inbox.MaxAge {
 		bad("streams.transactions.ttl (%s) must be 0 or at least streams.inbox.max_age (%s): a redelivered notification must still find its transaction", c.Streams.Transactions.TTL, c.Streams.Inbox.MaxAge)
 	}
-	reconciles := c.Reconcile.Interval > 0 && slices.ContainsFunc(c.ProjectNames(), func(name string) bool { return c.Projects[name].HasCredentials() })
+	reconciles := c.Reconcile.Interval > 0 && slices.ContainsFunc(c.ProjectNames(), func(name string) bool { p := c.Projects[name]; return p != nil && p.HasCredentials() })
 	if looks := c.Reconcile.Window.D() + 24*time.Hour + c.Reconcile.Interval.D(); reconciles && c.Streams.Transactions.TTL > 0 && c.Streams.Transactions.TTL.D() <= looks {
 		// A run looks back its window and to the start of that day: a
 		// transaction whose entry expired while SenGo still lists it was
