@@ -1669,3 +1669,30 @@ func TestOneProjectsFailingChecksDoNotStallTheOthers(t *testing.T) {
 		}
 	}
 }
+
+// With one project (or when the consumer is not crowded) setting its
+// notifications aside makes room for nobody: during an outage of its
+// checks they are retried as before, for as long as the inbox keeps them,
+// however few slots max_ack_pending has.
+func TestAnOutageOfTheOnlyProjectSetsNothingAside(t *testing.T) {
+	sb, client := startSandbox(t)
+	sb.SetFaults(sandbox.Faults{Fail500: 1 << 30})
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.Workers, ic.MaxAckPending = 2, 4
+	})
+	for i := range 8 {
+		body := fmt.Appendf(nil, `{"id":"only-%d","merchantRef":"O-%d","status":"success","amount":10000,"fee":0,"totalAmount":10000,"qris":{}}`, i, i)
+		if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
+			t.Fatalf("callback %d: %d %v", i, resp.StatusCode, got)
+		}
+	}
+	start := time.Now()
+	// Past the second for which the consumer's crowding is known.
+	eventually(t, "confirmations failing for 2 s", func() bool {
+		return testutil.ToFloat64(h.metrics.Confirm.WithLabelValues("main", "unavailable")) >= 12 && time.Since(start) > 2*time.Second
+	})
+	if n := h.msgs(event.StreamQuarantine); n != 0 {
+		t.Fatalf("%d notifications of the only project set aside during its outage", n)
+	}
+}

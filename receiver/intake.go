@@ -122,6 +122,11 @@ type Intake struct {
 	// max_ack_pending slots meanwhile (delayedShare).
 	delayedMu sync.Mutex
 	delayed   map[string]map[uint64]time.Time
+	// crowd is whether the consumer was crowded when last asked, at
+	// crowdAt (crowded).
+	crowdMu sync.Mutex
+	crowd   bool
+	crowdAt time.Time
 }
 
 // maxWaited bounds Intake.waited (entries of notifications another relay
@@ -377,7 +382,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 	// once they filled max_ack_pending, no project's was processed. A
 	// project holds at most a share of them; past it, a notification is
 	// set aside as unconfirmed, rechecked on the quarantine's schedule.
-	if held := in.undelay(r.project, seq); r.checkFailed && !r.setAside && held >= in.delayedShare() {
+	if held := in.undelay(r.project, seq); r.checkFailed && !r.setAside && held >= in.delayedShare() && in.crowded(ctx) {
 		r.err = fmt.Errorf("%w: set aside: SenGo's API does not answer project %s's checks, and %d of its notifications wait for it already (max_ack_pending is shared by every project): %v", sengo.ErrUnconfirmed, r.project, held, r.err)
 		r.setAside = true
 		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "set_aside").Inc()
@@ -445,11 +450,30 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 }
 
 // delayedShare is how many notifications of one project put back for an
-// outage of its checks a relay lets wait at once: a quarter of
-// max_ack_pending shared by the projects, so that several relays doing
-// the same leave room for every other project.
+// outage of its checks a relay lets wait at once, once the consumer is
+// crowded: a quarter of max_ack_pending shared by the projects.
 func (in *Intake) delayedShare() int {
 	return max(1, in.cfg.MaxAckPending/(4*max(1, len(in.cfg.Projects))))
+}
+
+// crowded reports whether setting a notification aside leaves room for
+// another project's: there is another project, and the consumer (shared
+// by every relay) holds more than half of max_ack_pending. Asked of the
+// store at most once a second.
+func (in *Intake) crowded(ctx context.Context) bool {
+	if len(in.cfg.Projects) < 2 {
+		return false // nobody else to make room for
+	}
+	in.crowdMu.Lock()
+	defer in.crowdMu.Unlock()
+	if time.Since(in.crowdAt) >= time.Second {
+		in.crowdAt = time.Now()
+		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		info, err := in.cons.Info(ictx)
+		in.crowd = err == nil && info.NumAckPending > in.cfg.MaxAckPending/2
+	}
+	return in.crowd
 }
 
 // undelay forgets notification seq of project (it is back) and those

@@ -293,12 +293,20 @@ func (e *Embedded) Stats() (inMsgs, apiRequests uint64) {
 }
 
 // WriteError reports a stream's file the store could not write (a full
-// disk, an I/O error, a file size limit). nats-server keeps the error for
-// good: that stream stores nothing more and answers no publish, until the
-// server is started again.
+// disk, an I/O error, a file size limit), or JetStream switched off (as
+// nats-server does on a write it is not permitted). nats-server keeps
+// either for good: nothing more is stored, and no publish is answered,
+// until the server is started again. Every problem is looked at: the
+// first alone (another stream that failed its recovery, say) hid the rest.
 func (e *Embedded) WriteError() error {
-	if h := e.srv.Healthz(&server.HealthzOptions{}); h != nil && strings.Contains(h.Error, "write error") {
-		return errors.New(h.Error)
+	h := e.srv.Healthz(&server.HealthzOptions{Details: true})
+	if h == nil {
+		return nil
+	}
+	for _, p := range h.Errors {
+		if p.Type == server.HealthzErrorJetStream || strings.Contains(p.Error, "write error") {
+			return errors.New(p.Error)
+		}
 	}
 	return nil
 }

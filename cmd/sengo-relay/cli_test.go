@@ -89,6 +89,8 @@ func TestMistakesFailEarly(t *testing.T) {
 		{[]string{"quarantine", "list", "--config", cfg, "--project", "nope"}, `--project "nope": no such project`},
 		{[]string{"reconcile", "--config", cfg, "--project", "nope"}, `--project "nope": no such project`},
 		{[]string{"reconcile", "--config", cfg, "--since", "yesterday"}, `--since "yesterday": want how far back`},
+		// Beyond the transactions' ttl (14 days): those expired would be published again.
+		{[]string{"reconcile", "--config", cfg, "--since", "14d"}, `--since 14d: it looks back to the start of that day, beyond streams.transactions.ttl`},
 		{[]string{"replay", "--config", cfg, "--endpoint", "orders", "--since", "yesterday"}, "since: want RFC 3339"},
 		{[]string{"dlq", "redrive", "--config", cfg}, "dlq redrive needs a filter"},
 		{[]string{"dlq", "list", "--config", cfg, "--endpoint", ""}, "--endpoint is empty"},
