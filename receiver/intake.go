@@ -124,9 +124,10 @@ type Intake struct {
 	delayed   map[string]map[uint64]time.Time
 	// crowd is whether the consumer was crowded when last asked, at
 	// crowdAt (crowded).
-	crowdMu sync.Mutex
-	crowd   bool
-	crowdAt time.Time
+	crowdMu     sync.Mutex
+	crowd       bool
+	crowdAt     time.Time
+	crowdAsking bool // a worker asks the store now
 }
 
 // maxWaited bounds Intake.waited (entries of notifications another relay
@@ -465,15 +466,23 @@ func (in *Intake) crowded(ctx context.Context) bool {
 		return false // nobody else to make room for
 	}
 	in.crowdMu.Lock()
-	defer in.crowdMu.Unlock()
-	if time.Since(in.crowdAt) >= time.Second {
-		in.crowdAt = time.Now()
-		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		info, err := in.cons.Info(ictx)
-		in.crowd = err == nil && info.NumAckPending > in.cfg.MaxAckPending/2
+	if in.crowdAsking || time.Since(in.crowdAt) < time.Second {
+		// Another worker asks meanwhile (the store may be slow): the last
+		// answer, not a wait for it.
+		c := in.crowd
+		in.crowdMu.Unlock()
+		return c
 	}
-	return in.crowd
+	in.crowdAsking = true
+	in.crowdMu.Unlock()
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	info, err := in.cons.Info(ictx)
+	c := err == nil && info.NumAckPending > in.cfg.MaxAckPending/2
+	in.crowdMu.Lock()
+	in.crowd, in.crowdAt, in.crowdAsking = c, time.Now(), false
+	in.crowdMu.Unlock()
+	return c
 }
 
 // undelay forgets notification seq of project (it is back) and those

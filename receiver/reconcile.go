@@ -134,7 +134,7 @@ func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.Key
 	var sum ReconcileSummary
 	var errs []error
 	now := cfg.Now().In(wib)
-	window := min(cfg.Window, 7*24*time.Hour)
+	window := min(cfg.Window, ReconcileWindowMax)
 	today := midnight(now)
 	for day := midnight(now.Add(-window)); !day.After(today) && ctx.Err() == nil; day = day.AddDate(0, 0, 1) {
 		date := day.Format("2006-01-02")
@@ -269,3 +269,7 @@ func feed(ctx context.Context, cfg ReconcileConfig, api Lister, project string, 
 }
 
 func sortedKeys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
+
+// ReconcileWindowMax bounds how far back reconciliation looks: SenGo lists
+// the last 7 days.
+const ReconcileWindowMax = 7 * 24 * time.Hour

@@ -76,6 +76,10 @@ func TestVersionAndCompletion(t *testing.T) {
 // differently).
 func TestMistakesFailEarly(t *testing.T) {
 	cfg := writeConfig(t, endpointYAML("orders", "http://127.0.0.1:1/hook", "1s"))
+	shortTTL := filepath.Join(t.TempDir(), "ttl.yaml")
+	if err := os.WriteFile(shortTTL, []byte("projects:\n  main: {}\nstreams:\n  transactions: {ttl: 168h}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -89,8 +93,8 @@ func TestMistakesFailEarly(t *testing.T) {
 		{[]string{"quarantine", "list", "--config", cfg, "--project", "nope"}, `--project "nope": no such project`},
 		{[]string{"reconcile", "--config", cfg, "--project", "nope"}, `--project "nope": no such project`},
 		{[]string{"reconcile", "--config", cfg, "--since", "yesterday"}, `--since "yesterday": want how far back`},
-		// Beyond the transactions' ttl (14 days): those expired would be published again.
-		{[]string{"reconcile", "--config", cfg, "--since", "14d"}, `--since 14d: it looks back to the start of that day, beyond streams.transactions.ttl`},
+		// Beyond the transactions' ttl (here 7 days): those expired would be published again.
+		{[]string{"reconcile", "--config", shortTTL, "--since", "7d"}, `--since 7d: it looks back to the start of that day, beyond streams.transactions.ttl`},
 		{[]string{"replay", "--config", cfg, "--endpoint", "orders", "--since", "yesterday"}, "since: want RFC 3339"},
 		{[]string{"dlq", "redrive", "--config", cfg}, "dlq redrive needs a filter"},
 		{[]string{"dlq", "list", "--config", cfg, "--endpoint", ""}, "--endpoint is empty"},

@@ -119,10 +119,10 @@ asks SenGo to send its callback again). The relay also runs it every reconcile.i
 			if project != "" && cfg.Projects[project] == nil {
 				return fmt.Errorf("--project %q: no such project (configured: %s)", project, strings.Join(cfg.ProjectNames(), ", "))
 			}
-			if ttl := cfg.Streams.Transactions.TTL.D(); ttl > 0 && window+24*time.Hour >= ttl {
+			if ttl := cfg.Streams.Transactions.TTL.D(); ttl > 0 && min(window, receiver.ReconcileWindowMax)+24*time.Hour >= ttl {
 				// A transaction whose state expired is one the relay never
 				// saw, to reconciliation: fed and published again.
-				return fmt.Errorf("--since %s: it looks back to the start of that day, beyond streams.transactions.ttl (%s), whose expired transactions would be published again; at most %s", since, config.Duration(ttl), config.Duration(ttl-24*time.Hour-time.Second))
+				return fmt.Errorf("--since %s: it looks back to the start of that day, beyond streams.transactions.ttl (%s), whose expired transactions would be published again; at most %s", since, config.Duration(ttl), config.Duration(max(0, ttl-24*time.Hour-time.Second)))
 			}
 			projects := listers(apiClients(cfg, false), project)
 			if len(projects) == 0 {
