@@ -602,7 +602,7 @@ func storeSync(cfg config.Config, warn io.Writer) *stream.GroupSync {
 
 // watchWrites calls failed with the embedded store's write error, if it
 // gets one, looking once a second until done is closed.
-func watchWrites(emb *stream.Embedded, failed func(error), done <-chan struct{}) {
+func watchWrites(emb *stream.Embedded, log zerolog.Logger, failed func(error), done <-chan struct{}) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -611,7 +611,9 @@ func watchWrites(emb *stream.Embedded, failed func(error), done <-chan struct{})
 			return
 		case <-tick.C:
 			if err := emb.WriteError(); err != nil {
-				failed(fmt.Errorf("the store cannot write (free the disk, then the relay starts from it again): %w", err))
+				err = fmt.Errorf("the store cannot write (free the disk, then the relay starts from it again): %w", err)
+				log.Error().Err(err).Msg("stopping: the store cannot write")
+				failed(err)
 				return
 			}
 		}
@@ -681,7 +683,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 		// for a 503, while /healthz said 200, until someone restarted the
 		// relay. It stops, as after a failed fsync, and its restart finds the
 		// store as the disk has it.
-		go watchWrites(emb, syncFailed, writesWatched)
+		go watchWrites(emb, log, syncFailed, writesWatched)
 	}
 	conns := natsConns{durable: gs}
 	shutdown := func() {
