@@ -736,9 +736,11 @@ func heldWithShortRetention(t *testing.T) (*harness, *consumer, *Worker) {
 
 // An ordered event a worker holds while it waits for its rate-limit turn
 // has no record yet (first delivery): its next status, taking it for one
-// never attempted on this endpoint after three looks, went on to wait for
-// a turn of its own, and was posted before it. A record now says when the
+// never attempted on this endpoint after its looks, went on to wait for a
+// turn of its own, and was posted before it. A record now says when the
 // held one is attempted, as it does for one waiting for its predecessor.
+// (Held for less than the successor's looks take, 35 s here, it is
+// attempted before they end: the test holds it for longer.)
 func TestOrderedHoldsOrderWhileAnEventWaitsForItsTurn(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
@@ -758,15 +760,17 @@ func TestOrderedHoldsOrderWhileAnEventWaitsForItsTurn(t *testing.T) {
 	h.now = skewed(&ahead)
 	ep := h.endpoint("orders", c.URL, 500*time.Millisecond)
 	ep.Ordered, ep.Timeout = true, 500*time.Millisecond
-	ep.RateLimit, ep.Concurrency = 2, 16 // 16 held at once, the last ones for 8 s
+	// 40 held at once, the last ones for 40 s: longer than a successor's
+	// four looks for a record (a timeout, then an ack wait apart: 35 s).
+	ep.RateLimit, ep.Concurrency = 1, 40
 	w := h.start(ep)
 	ahead.Store(int64(staleRecord(ep) + time.Minute)) // delivering for long enough
-	for i := range 13 {
+	for i := range 38 {
 		h.publish(fmt.Sprintf("tx-filler-%d", i), event.StatusSuccess, "")
 	}
 	h.publish("tx-turn", event.StatusPending, "")
 	h.publish("tx-turn", event.StatusSuccess, event.StatusPending)
-	poll.Within(t, 60*time.Second, "all delivered", func() bool { return h.settled(w) })
+	poll.Within(t, 120*time.Second, "all delivered", func() bool { return h.settled(w) })
 	var order []string
 	for _, s := range c.statuses() {
 		if strings.HasPrefix(s, "tx-turn/") {
