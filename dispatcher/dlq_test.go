@@ -474,12 +474,7 @@ func TestARedriveRecordOfAnotherDeadLetterIsIgnored(t *testing.T) {
 		t.Fatalf("redrive of tx-a: %d (%v)", n, err)
 	}
 	// SENGO_DLQ made anew: its sequences start again.
-	if err := h.js.DeleteStream(t.Context(), event.StreamDLQ); err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Provision(t.Context(), h.js, testSpec()); err != nil {
-		t.Fatal(err)
-	}
+	h.remakeDLQ()
 	h.publish("tx-b", event.StatusSuccess, "")
 	eventually(t, "tx-b dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
 	second, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
@@ -672,12 +667,7 @@ func TestASettledCopyRemovesOnlyItsOwnDeadLetter(t *testing.T) {
 		t.Fatalf("redrive %d %v", n, err)
 	}
 	eventually(t, "the copy posted", func() bool { return len(c.got()) == 2 })
-	if err := h.js.DeleteStream(t.Context(), event.StreamDLQ); err != nil {
-		t.Fatal(err)
-	}
-	if err := stream.Provision(t.Context(), h.js, testSpec()); err != nil {
-		t.Fatal(err)
-	}
+	h.remakeDLQ()
 	h.publish("tx-second", event.StatusSuccess, "")
 	eventually(t, "the second dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
 	let()
@@ -731,17 +721,11 @@ func TestAReplayGetsTheTurnsLiveEventsLeave(t *testing.T) {
 	}
 	// The same 40 queued again as a replay before the endpoint starts:
 	// its live consumer and its replay consumer each hold 40.
-	w, err := NewWorker(t.Context(), WorkerConfig{Endpoint: ep, JetStream: h.js, UserAgent: "sengo-relay/test", Metrics: h.metrics, Logger: zerolog.New(h.logs)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := h.worker(ep)
 	if _, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	h.run(w)
 	eventually(t, "every live event delivered", func() bool {
 		live := 0
 		for _, a := range c.got() {

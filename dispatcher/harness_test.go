@@ -143,6 +143,12 @@ func (h *harness) endpoint(name, url string, schedule ...time.Duration) Endpoint
 // start runs a worker for ep until the test ends.
 func (h *harness) start(ep Endpoint) *Worker {
 	h.t.Helper()
+	return h.run(h.worker(ep))
+}
+
+// worker makes the worker of ep (its consumers too) without running it.
+func (h *harness) worker(ep Endpoint) *Worker {
+	h.t.Helper()
 	w, err := NewWorker(context.Background(), WorkerConfig{
 		Endpoint: ep, JetStream: h.js, Durable: h.durable, History: h.history, UserAgent: "sengo-relay/test", Metrics: h.metrics,
 		Logger: zerolog.New(h.logs), Now: h.now,
@@ -150,11 +156,28 @@ func (h *harness) start(ep Endpoint) *Worker {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	return w
+}
+
+// run runs w until the test ends.
+func (h *harness) run(w *Worker) *Worker {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); w.Run(ctx) }()
 	h.t.Cleanup(func() { cancel(); <-done })
 	return w
+}
+
+// remakeDLQ deletes SENGO_DLQ and provisions it again, as an operator
+// clearing it does: its sequences start again.
+func (h *harness) remakeDLQ() {
+	h.t.Helper()
+	if err := h.js.DeleteStream(h.t.Context(), event.StreamDLQ); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := stream.Provision(h.t.Context(), h.js, testSpec()); err != nil {
+		h.t.Fatal(err)
+	}
 }
 
 // publish stores an event for transaction txID with status s (and the

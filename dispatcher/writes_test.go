@@ -11,7 +11,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/rs/zerolog"
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
@@ -800,10 +799,7 @@ func TestOrderedHoldsOrderWhenTheRelayHoldingThePredecessorDies(t *testing.T) {
 	ep.Ordered, ep.Timeout = true, 500*time.Millisecond
 	// The endpoint's consumer, made as a relay makes it; another relay
 	// takes the pending and dies with it.
-	w, err := NewWorker(t.Context(), WorkerConfig{Endpoint: ep, JetStream: h.js, UserAgent: "sengo-relay/test", Metrics: h.metrics, Logger: zerolog.New(h.logs), Now: h.now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := h.worker(ep)
 	h.publish("tx-dead", event.StatusPending, "")
 	cons, err := h.js.Consumer(t.Context(), event.StreamEvents, ConsumerName("orders"))
 	if err != nil {
@@ -817,10 +813,7 @@ func TestOrderedHoldsOrderWhenTheRelayHoldingThePredecessorDies(t *testing.T) {
 	}
 	h.publish("tx-dead", event.StatusSuccess, event.StatusPending)
 	ahead.Store(int64(staleRecord(ep) + time.Minute)) // this relay has delivered for long enough
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	h.run(w)
 	poll.Within(t, 60*time.Second, "both delivered", func() bool { return len(c.got()) >= 2 && h.settled(w) })
 	if got := strings.Join(c.statuses(), " "); got != "tx-dead/pending tx-dead/success" {
 		t.Fatalf("attempts %q: success went before the pending the dead relay held", got)

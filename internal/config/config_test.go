@@ -624,8 +624,8 @@ func TestTransactionsOutliveWhatReconciliationLooksAt(t *testing.T) {
 	}
 	for _, ok := range []string{
 		"projects:\n  main: {api_key: apikeysecret, token: tokensecret}\nstreams:\n  inbox: {max_age: 24h}\n  transactions: {ttl: 24h}\nreconcile: {interval: 0s}\n", // reconciliation off
-		"projects:\n  main: {}\nstreams:\n  inbox: {max_age: 24h}\n  transactions: {ttl: 24h}\n",                                                    // no project reconciles
-		"projects:\n  main: {api_key: apikeysecret, token: tokensecret}\nstreams:\n  transactions: {ttl: 0s}\n",                                   // kept forever
+		"projects:\n  main: {}\nstreams:\n  inbox: {max_age: 24h}\n  transactions: {ttl: 24h}\n",                                                                     // no project reconciles
+		"projects:\n  main: {api_key: apikeysecret, token: tokensecret}\nstreams:\n  transactions: {ttl: 0s}\n",                                                      // kept forever
 	} {
 		if _, err := Load(write(t, ok), noEnv); err != nil {
 			t.Errorf("%q: %v", ok, err)
