@@ -1696,3 +1696,42 @@ func TestAnOutageOfTheOnlyProjectSetsNothingAside(t *testing.T) {
 		t.Fatalf("%d notifications of the only project set aside during its outage", n)
 	}
 }
+
+// Reconciliation fed the inbox the object SenGo listed, as listed. One with
+// a QR image in it (megabytes) was larger than the server takes (1 MiB by
+// default on an external NATS), and its failed publish ended the day's run:
+// that payment, and every transaction listed after it, stayed missing at
+// every run. An object over 64 KiB is fed as the fields the relay reads.
+func TestReconcileFeedsAHugeListedObject(t *testing.T) {
+	h := newHarness(t, true)
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var page []json.RawMessage
+		if r.URL.Query().Get("page") == "1" && r.URL.Query().Get("status") == "success" {
+			for _, id := range []string{"tx-huge", "tx-after"} {
+				var env struct {
+					ResponseData map[string]any `json:"responseData"`
+				}
+				_ = json.Unmarshal(callback(id, event.StatusSuccess), &env)
+				if id == "tx-huge" {
+					env.ResponseData["qrImage"] = strings.Repeat("iVBORw0KGgo", 150_000) // 1.6 MB
+				}
+				b, _ := json.Marshal(env.ResponseData)
+				page = append(page, b)
+			}
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": page})
+	}))
+	defer api.Close()
+	client := sengo.NewClient(api.URL, apiKey, apiToken)
+	sum, err := Reconcile(t.Context(), ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"main": client}, Window: time.Hour,
+		Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
+	if err != nil || sum.Fed != 2 {
+		t.Fatalf("reconcile fed %d: %v; want both", sum.Fed, err)
+	}
+	poll.Within(t, 10*time.Second, "both successes published", func() bool { return len(h.events()) == 2 })
+	for _, ev := range h.events() {
+		if len(ev.Data.Raw) > 64<<10 || ev.Data.Amount == 0 {
+			t.Fatalf("event of %s: raw of %d bytes, amount %d", ev.Data.TransactionID, len(ev.Data.Raw), ev.Data.Amount)
+		}
+	}
+}

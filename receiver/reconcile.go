@@ -255,13 +255,22 @@ func feed(ctx context.Context, cfg ReconcileConfig, api Lister, project string, 
 		}
 		return true, nil
 	}
-	msg := &nats.Msg{Subject: event.InboxTxSubject(project, tx.ID), Data: tx.Raw, Header: nats.Header{
+	raw := tx.Raw
+	if len(raw) > maxEventRaw {
+		// SenGo's object with a QR image in it (megabytes): larger than
+		// an external server takes (1 MiB by default), its failed publish
+		// ended the day's run at every run, and the event would have
+		// carried it to every endpoint. The fields the relay reads stand
+		// in for it, as for a confirmed event's raw.
+		raw = tx.Compact()
+	}
+	msg := &nats.Msg{Subject: event.InboxTxSubject(project, tx.ID), Data: raw, Header: nats.Header{
 		event.HeaderProject:    []string{project},
 		event.HeaderReceivedAt: []string{cfg.Now().UTC().Format(time.RFC3339Nano)},
 		event.HeaderSource:     []string{SourceReconcile},
 	}}
 	id := event.ID(project, tx.ID, tx.Status)
-	ack, err := cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(inboxMsgID(id, SourceReconcile, tx.Raw)), jetstream.WithExpectStream(event.StreamInbox))
+	ack, err := cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(inboxMsgID(id, SourceReconcile, raw)), jetstream.WithExpectStream(event.StreamInbox))
 	if err != nil {
 		return false, fmt.Errorf("feed %s: %w", id, err)
 	}

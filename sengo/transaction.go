@@ -449,3 +449,37 @@ func truncate(s string, n int) string {
 	}
 	return s[:n] + "…"
 }
+
+// Compact is the transaction as a flat object holding only the fields
+// ParseCallback reads: parsed again, it gives the same Transaction, with
+// this object as Raw. It stands in for an object too large to keep (a QRIS
+// image of megabytes in SenGo's answer).
+func (t Transaction) Compact() json.RawMessage {
+	obj := map[string]any{
+		"id": t.ID, "merchantRef": t.MerchantRef, "status": string(t.Status),
+		"amount": t.Amount, "fee": t.Fee, "totalAmount": t.TotalAmount,
+		"expiredDate": t.ExpiredDate, "paidDate": t.PaidDate, "settleDate": t.SettleDate,
+	}
+	if t.FeePayer != "" {
+		obj["feePayer"] = t.FeePayer
+	}
+	for _, pk := range productKeys {
+		if pk.product != t.Product {
+			continue
+		}
+		product := map[string]string{}
+		if pk.channel != "" && t.Channel != "" {
+			product[pk.channel] = t.Channel
+		}
+		code := t.VANumber
+		if pk.product == event.ProductRetail {
+			code = t.PaymentCode
+		}
+		if pk.code != "" && code != "" {
+			product[pk.code] = code
+		}
+		obj[pk.key] = product
+	}
+	b, _ := json.Marshal(obj) // strings, integers and string pointers only
+	return b
+}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -249,4 +250,27 @@ func FuzzParseCallback(f *testing.F) {
 			t.Fatalf("round trip changed the event: %s", b)
 		}
 	})
+}
+
+// Compact keeps every field the relay reads: parsed again, each fixture is
+// the same transaction.
+func TestCompactParsesToTheSameTransaction(t *testing.T) {
+	for _, fx := range fixtures.Callbacks() {
+		t.Run(fx.Name, func(t *testing.T) {
+			tx, err := ParseCallback(fx.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			again, err := ParseCallback(tx.Compact())
+			if err != nil {
+				t.Fatalf("%v: %s", err, tx.Compact())
+			}
+			tx.Raw, again.Raw = nil, nil
+			want, _ := event.Marshal(tx.Event("main", "", acceptedAt, false))
+			got, _ := event.Marshal(again.Event("main", "", acceptedAt, false))
+			if !reflect.DeepEqual(again, tx) || len(got) == 0 || !bytes.Equal(got, want) {
+				t.Fatalf("compact parses to\n%s\nwant\n%s", got, want)
+			}
+		})
+	}
 }
