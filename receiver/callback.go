@@ -229,6 +229,11 @@ func (h *callbackHandler) store(ctx context.Context, rc receipt, project string,
 			event.HeaderSignature:  []string{rc.signature},
 		},
 	}
+	if h.cfg.Accepting != nil {
+		if err := h.cfg.Accepting(); err != nil {
+			return accepted{}, fmt.Errorf("%w: %v", ErrStoreUnavailable, err)
+		}
+	}
 	if nc := h.cfg.JetStream.Conn(); nc != nil && nc.Status() != nats.CONNECTED {
 		// Known down: answer at once instead of holding the request (and a
 		// max_in_flight slot) for the whole publish timeout.

@@ -76,6 +76,12 @@ type Config struct {
 	// connections' state), asked on every /readyz before Ready, so that an
 	// outage shows at once.
 	ReadyNow func() error
+	// Accepting reports whether a callback may be stored now: nil once the
+	// streams are provisioned as configured. Before that (at start, or a
+	// refusal being retried) the inbox may not be what the configuration
+	// says (in memory, one copy where three are asked), and a callback is
+	// refused with 503 store_unavailable. Nil: always.
+	Accepting func() error
 	// Live reports whether the process can still do its work at all; an
 	// error makes /healthz answer 503 so an orchestrator restarts it (for
 	// example a NATS connection closed for good). Nil: always live.

@@ -777,3 +777,31 @@ func TestServeStartedWhileNATSIsDownChecksTheBodyLimitOnceUp(t *testing.T) {
 		t.Fatalf("serve: %v, want http.max_body_bytes refused for the server's max_payload", err)
 	}
 }
+
+// A relay whose streams JetStream refuses to provision as configured (an
+// external NATS that holds SENGO_INBOX in memory from a trial with
+// nats.storage: memory; nats.replicas: 3 on a server that cannot place
+// them) retries with /readyz at 503. Its callback listener answered 200
+// meanwhile, each a write into the stream as it was: in memory, lost with
+// the server's next restart, and never processed. Until its streams are
+// provisioned, a callback is refused (503, store_unavailable).
+func TestCallbacksWaitForTheStreamsToBeProvisioned(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	spec := provisionSpec(config.Default())
+	inbox := spec.Streams[0]
+	if inbox.Name != event.StreamInbox {
+		t.Fatalf("the spec's first stream is %s", inbox.Name)
+	}
+	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: inbox.Name, Subjects: inbox.Subjects, Storage: jetstream.MemoryStorage}); err != nil {
+		t.Fatal(err)
+	}
+	base, logs, _ := startRun(t, relayEnv(t.TempDir(), "SENGO_RELAY_NATS_URL="+srv.URL()))
+	logs.field(t, "provisioning streams failed; retrying", "error")
+	if code := post(t, base+"/callbacks/sengo/main", fixtures.Body("callback-va-success")); code != 503 {
+		t.Fatalf("a callback while the inbox is in memory, not provisioned: %d, want 503", code)
+	}
+	if info, err := js.Stream(t.Context(), inbox.Name); err != nil || info.CachedInfo().State.Msgs != 0 {
+		t.Fatalf("the memory inbox holds %d messages (%v)", info.CachedInfo().State.Msgs, err)
+	}
+}

@@ -203,6 +203,12 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			}
 			return nil
 		},
+		Accepting: func() error {
+			if !provisioned.Load() {
+				return errors.New("streams not provisioned yet")
+			}
+			return nil
+		},
 		ReadyNow: func() error {
 			if !provisioned.Load() {
 				return errors.New("streams not provisioned yet")
