@@ -172,8 +172,10 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 // answers its direct gets, and a consumer its pulls and acks, itself.
 func subscriberAPI(st string) map[string]server.ServiceRespType {
 	return map[string]server.ServiceRespType{
-		// A batched direct get answers with many messages.
-		"$JS.API.DIRECT.GET." + st: server.Streamed, "$JS.API.DIRECT.GET." + st + ".>": server.Streamed,
+		// A direct get of the last message of a subject (in the subject):
+		// the server takes no batch there. The form with a body is
+		// guarded (guardedAPI).
+		"$JS.API.DIRECT.GET." + st + ".>": server.Singleton,
 		"$JS.API.CONSUMER.MSG.NEXT." + st + ".>": server.Streamed,
 		"$JS.ACK." + st + ".>":                   server.Singleton, "$JS.FC." + st + ".>": server.Singleton,
 	}
@@ -184,10 +186,12 @@ func subscriberAPI(st string) map[string]server.ServiceRespType {
 // API requests for every account, drops it whole past 10,000 waiting and
 // answers info requests only when it is empty, so a subscriber sending
 // them as fast as it could kept the relay's own from being answered.
-// Consumer creations and deletions are checked first.
+// Consumer creations and deletions are checked first, and so are direct
+// gets with a body (directGet): those pass on one message each.
 func guardedAPI(st string) []string {
 	return []string{
 		"$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.INFO." + st, "$JS.API.STREAM.MSG.GET." + st,
+		"$JS.API.DIRECT.GET." + st,
 		"$JS.API.CONSUMER.INFO." + st + ".>",
 		"$JS.API.CONSUMER.CREATE." + st + ".>", "$JS.API.CONSUMER.DURABLE.CREATE." + st + ".>", "$JS.API.CONSUMER.DELETE." + st + ".>",
 	}
@@ -275,6 +279,11 @@ const (
 // a relay then could neither scan (replays, the console's stories) nor
 // start with a new endpoint.
 const SubscriberMaxConsumers = 100
+
+// SubscriberMaxWaiting bounds a subscriber's consumer's max_waiting (pull
+// requests it keeps waiting): nats-server's default, which it does not
+// bound itself.
+const SubscriberMaxWaiting = 512
 
 // SubscriberMaxConnections is how many connections the subscriber may
 // have open at once. Each may hold up to 64 MiB of messages the server has
@@ -367,6 +376,9 @@ var (
 // subject's name, or the request's), and to create a push consumer
 // delivering outside SubscriberDeliverPrefix.
 func (g *guard) check(subj string, data []byte) error {
+	if subj == "$JS.API.DIRECT.GET."+g.stream {
+		return directGet(data)
+	}
 	if !strings.HasPrefix(subj, "$JS.API.CONSUMER.") || strings.HasPrefix(subj, "$JS.API.CONSUMER.INFO.") {
 		return nil // a read
 	}
@@ -387,6 +399,12 @@ func (g *guard) check(subj string, data []byte) error {
 			Name           string `json:"name"`
 			Durable        string `json:"durable_name"`
 			DeliverSubject string `json:"deliver_subject"`
+			// Direct and sourcing consumers are left out of the stream's
+			// consumer list and its limit by nats-server: created without
+			// end, each unseen by room.
+			Direct     bool `json:"direct"`
+			Sourcing   bool `json:"sourcing"`
+			MaxWaiting int  `json:"max_waiting"`
 		} `json:"config"`
 	}
 	if toks[3] != "DELETE" {
@@ -400,11 +418,36 @@ func (g *guard) check(subj string, data []byte) error {
 			return fmt.Errorf("%w: consumer names starting with %q or %q are the relay's", errForbidden, ReservedConsumerPrefix, ScanConsumerPrefix)
 		}
 	}
+	if req.Config.Direct || req.Config.Sourcing {
+		return fmt.Errorf("%w: direct and sourcing consumers are the server's own", errForbidden)
+	}
+	if req.Config.MaxWaiting > SubscriberMaxWaiting {
+		return fmt.Errorf("%w: max_waiting is at most %d", errForbidden, SubscriberMaxWaiting)
+	}
 	if ds := req.Config.DeliverSubject; ds != "" && !strings.HasPrefix(ds, SubscriberDeliverPrefix) {
 		return fmt.Errorf("%w: a push consumer delivers under %s only", errForbidden, SubscriberDeliverPrefix+">")
 	}
 	if toks[3] != "DELETE" && len(toks) > at+1 {
 		return g.room(toks[at+1])
+	}
+	return nil
+}
+
+// directGet refuses a direct get of more than one message: nats-server
+// bounds neither a batch nor, when the request names one, its bytes, and
+// answers it in one pass that holds every write to the stream, queueing
+// each message in the process (the relay's, with the embedded server).
+// A body the server cannot read is passed on for its own answer.
+func directGet(data []byte) error {
+	var req struct {
+		Batch     int               `json:"batch"`
+		MultiLast []json.RawMessage `json:"multi_last"`
+	}
+	if json.Unmarshal(data, &req) != nil {
+		return nil
+	}
+	if req.Batch > 1 || len(req.MultiLast) > 0 {
+		return fmt.Errorf("%w: a direct get passes on one message; read more with a consumer", errForbidden)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package stream_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -575,5 +576,93 @@ func TestTheSubscribersRequestsAreBounded(t *testing.T) {
 	sjs, _ := jetstream.New(sub)
 	if _, err := sjs.CreateOrUpdateConsumer(t.Context(), "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "small", FilterSubjects: []string{"sengo.events.main.>", "sengo.events.other.>"}}); err != nil {
 		t.Fatalf("a request of its size: %v", err)
+	}
+}
+
+// A consumer marked direct (or sourcing) is one nats-server keeps out of
+// the stream's consumer list and its consumer limit: the subscriber could
+// create them without end past its 100 (each two goroutines and the
+// server's state, in the relay's process), unseen by the count, the
+// console and nats consumer ls. It may create none, nor one whose pull
+// requests may wait without bound (max_waiting past the server's 512).
+func TestTheSubscriberCannotMakeConsumersTheCountMisses(t *testing.T) {
+	e, rjs := startWithSubscriber(t, subscriberAuth())
+	if _, err := rjs.CreateStream(t.Context(), jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	for name, cfg := range map[string]string{
+		"direct":   `{"name":"direct","direct":true,"deliver_subject":"_INBOX.direct","ack_policy":"none","deliver_policy":"new"}`,
+		"sourcing": `{"name":"sourcing","direct":true,"sourcing":true,"deliver_subject":"_INBOX.sourcing","ack_policy":"none","deliver_policy":"new"}`,
+		"waiting":  `{"name":"waiting","ack_policy":"explicit","max_waiting":100000000}`,
+	} {
+		m, err := sub.Request("$JS.API.CONSUMER.CREATE.SENGO_EVENTS."+name, []byte(`{"stream_name":"SENGO_EVENTS","config":`+cfg+`}`), 10*time.Second)
+		if err != nil || !strings.Contains(string(m.Data), `"code":403`) {
+			t.Errorf("a %s consumer: %v %.300s", name, err, fmt.Sprint(m))
+		}
+	}
+	// The server's count holds none of them.
+	s, err := rjs.Stream(t.Context(), "SENGO_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.CachedInfo().State.Consumers; n != 0 {
+		t.Fatalf("%d consumers made", n)
+	}
+	sjs, _ := jetstream.New(sub)
+	if _, err := sjs.CreateOrUpdateConsumer(t.Context(), "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "plain", MaxWaiting: 512}); err != nil {
+		t.Fatalf("a consumer of the server's own bounds: %v", err)
+	}
+}
+
+// A batched direct get from the subscriber went to the events stream as
+// sent: nats-server bounds neither its batch nor, when the request names
+// one, its bytes, and answers it in one pass that holds the stream's
+// writes (every event the relay publishes) and queues every message in
+// the relay's process. One request could so stop events for everyone and
+// fill the memory with the whole stream. A direct get by sequence is
+// passed on by the relay, one message a request.
+func TestTheSubscribersDirectGetsAreOneMessageEach(t *testing.T) {
+	e, rjs := startWithSubscriber(t, subscriberAuth())
+	ctx := t.Context()
+	if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}, AllowDirect: true}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := rjs.Publish(ctx, "sengo.events.main.retail.success", fmt.Appendf(nil, `{"id":"evt_%d"}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	for _, req := range []string{`{"seq":1,"batch":2000000000,"max_bytes":2000000000}`, `{"multi_last":["sengo.events.>"]}`} {
+		m, err := sub.Request("$JS.API.DIRECT.GET.SENGO_EVENTS", []byte(req), 10*time.Second)
+		if err != nil || !strings.Contains(string(m.Data), `"code":403`) {
+			t.Errorf("direct get %s: %v %s %v", req, err, fmt.Sprint(m), m.Header)
+		}
+	}
+	// One message at a time still works, through the client library.
+	sjs, _ := jetstream.New(sub)
+	s, err := sjs.Stream(ctx, "SENGO_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetMsg(ctx, 2)
+	if err != nil || string(got.Data) != `{"id":"evt_1"}` {
+		t.Fatalf("direct get of seq 2: %v %v", err, got)
+	}
+	last, err := s.GetLastMsgForSubject(ctx, "sengo.events.main.retail.success")
+	if err != nil || string(last.Data) != `{"id":"evt_2"}` {
+		t.Fatalf("direct get of the last: %v %v", err, last)
+	}
+	if _, err := s.GetMsg(ctx, 99); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Fatalf("direct get of a sequence not stored: %v, want not found", err)
 	}
 }
