@@ -175,7 +175,7 @@ func subscriberAPI(st string) map[string]server.ServiceRespType {
 		// A direct get of the last message of a subject (in the subject):
 		// the server takes no batch there. The form with a body is
 		// guarded (guardedAPI).
-		"$JS.API.DIRECT.GET." + st + ".>": server.Singleton,
+		"$JS.API.DIRECT.GET." + st + ".>":        server.Singleton,
 		"$JS.API.CONSUMER.MSG.NEXT." + st + ".>": server.Streamed,
 		"$JS.ACK." + st + ".>":                   server.Singleton, "$JS.FC." + st + ".>": server.Singleton,
 	}
