@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -1596,6 +1597,10 @@ func TestAHugeConfirmedObjectIsNotKeptInTheEvent(t *testing.T) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
 	})
 	body := paidQRIS(t, sb, client, "INV-QR")
+	// Anyone may send the notification (this project has no signature):
+	// what only it says is not SenGo's.
+	body = bytes.Replace(body, []byte(`{"responseData":{`), []byte(`{"responseData":{"forgedNote":"not SenGo's",`), 1)
+	body = regexp.MustCompile(`"fee":\d+`).ReplaceAll(body, []byte(`"fee":99999`))
 	huge.Store(true)
 	if resp, _ := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
 		t.Fatal(resp.StatusCode)
@@ -1603,7 +1608,10 @@ func TestAHugeConfirmedObjectIsNotKeptInTheEvent(t *testing.T) {
 	poll.Within(t, 10*time.Second, "the confirmed event published", func() bool { return len(h.events()) == 1 })
 	ev := h.events()[0]
 	if !ev.Data.Confirmed || len(ev.Data.Raw) > 64<<10 || !bytes.Contains(ev.Data.Raw, []byte("INV-QR")) {
-		t.Fatalf("event confirmed %v, raw of %d bytes: want the notification's own", ev.Data.Confirmed, len(ev.Data.Raw))
+		t.Fatalf("event confirmed %v, raw of %d bytes: want SenGo's fields", ev.Data.Confirmed, len(ev.Data.Raw))
+	}
+	if bytes.Contains(ev.Data.Raw, []byte("not SenGo's")) || bytes.Contains(ev.Data.Raw, []byte("99999")) || ev.Data.Fee == 99999 {
+		t.Fatalf("a confirmed event's raw carries what only the notification said: %s", ev.Data.Raw)
 	}
 }
 

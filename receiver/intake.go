@@ -794,13 +794,15 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 			} else {
 				in.cfg.Metrics.Confirm.WithLabelValues(project, "confirmed").Inc()
 			}
-			if len(got.Raw) > maxEventRaw && len(got.Raw) > len(tx.Raw) {
+			if len(got.Raw) > maxEventRaw {
 				// SenGo's object is kept in the event (and in the state that
 				// holds the event until it is published): one with a QR image
 				// in it, megabytes, was more than the server takes (an
 				// external one's 1 MiB), and the write failed at every retry.
-				// The notification's own object, which the inbox took, is.
-				got.Raw = tx.Raw
+				// The fields read from it are kept. (Not the notification's
+				// own object: anyone may have sent it, and only the id, the
+				// merchantRef and the amounts were compared with SenGo's.)
+				got.Raw = got.Compact()
 			}
 			tx, confirmed = got, true
 		}
