@@ -751,8 +751,12 @@ func ReplayRequest(eps []dispatcher.Endpoint, projects []string, in ReplayInput,
 	if r.Until, err = ParseTime(until, now); err != nil {
 		return r, errors.New("until: " + err.Error())
 	}
-	if r.Until.IsZero() {
-		r.Until = now // an absolute window: the job's identity must not move with the clock
+	if r.Until.IsZero() || r.Until.After(now) {
+		// An absolute window: the job's identity must not move with the
+		// clock. A run ends where it starts (dispatcher.Replay), so an
+		// until later than now named a window no run kept, and a later
+		// run of the same job queued what live traffic stored meanwhile.
+		r.Until = now
 	}
 	if !r.Until.After(r.Since) {
 		return r, errors.New("until must be after since")

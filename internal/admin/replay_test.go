@@ -217,8 +217,7 @@ func TestReplayStoreRefusing(t *testing.T) {
 func TestReplayStalled(t *testing.T) {
 	hs, js := newServer(t)
 	publishReplayable(t, js, "evt_1")
-	now := time.Now().UTC().Truncate(time.Second)
-	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
+	since, until, now := pastWindow()
 	body := fmt.Sprintf(`{"endpoint":"orders","since":%q,"until":%q}`, since, until)
 	req, err := ReplayRequest([]dispatcher.Endpoint{{Name: "orders"}}, []string{"main"}, ReplayInput{Endpoints: []string{"orders"}, Since: since, Until: until}, now)
 	if err != nil {
@@ -317,8 +316,7 @@ func TestConsoleRunForRealKeepsTheSelection(t *testing.T) {
 func TestRecordedReplay(t *testing.T) {
 	hs, js := newServer(t)
 	publishReplayable(t, js, "evt_1")
-	now := time.Now().UTC().Truncate(time.Second)
-	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
+	since, until, now := pastWindow()
 	eps := []dispatcher.Endpoint{{Name: "orders", FilterSubjects: []string{"sengo.events.>"}}}
 	req, err := ReplayRequest(eps, []string{"main"}, ReplayInput{Endpoints: []string{"orders"}, Since: since, Until: until}, now)
 	if err != nil {
@@ -411,8 +409,7 @@ func TestRecordedReplayWithoutTheBucket(t *testing.T) {
 func TestRealReplayIsNotTakenForARunningDryRun(t *testing.T) {
 	hs, js := newServer(t)
 	publishReplayable(t, js, "evt_1")
-	now := time.Now().UTC().Truncate(time.Second)
-	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
+	since, until, now := pastWindow()
 	eps := []dispatcher.Endpoint{{Name: "orders", FilterSubjects: []string{"sengo.events.>"}}}
 	dry, err := ReplayRequest(eps, []string{"main"}, ReplayInput{Endpoints: []string{"orders"}, Since: since, Until: until, DryRun: true}, now)
 	if err != nil {
@@ -438,8 +435,7 @@ func TestRealReplayIsNotTakenForARunningDryRun(t *testing.T) {
 func TestDryRunKeepsTheRealRunsRecord(t *testing.T) {
 	hs, js := newServer(t)
 	publishReplayable(t, js, "evt_1")
-	now := time.Now().UTC().Truncate(time.Second)
-	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
+	since, until, _ := pastWindow()
 	body := `{"endpoint":"orders","since":%q,"until":%q,"dryRun":%v}`
 	_, real := startJob(t, hs, fmt.Sprintf(body, since, until, false))
 	poll.Until(t, "the real replay to finish", func() bool { _, real = getJob(t, hs, real.Progress.Job); return real.Progress.Done || real.Error != "" })
@@ -488,8 +484,7 @@ func TestReplayAlreadyRunningIsAuditedAsSuch(t *testing.T) {
 	var logs syncbuf.Buffer
 	hs, js := newServerLogging(t, zerolog.New(&logs))
 	publishReplayable(t, js, "evt_1")
-	now := time.Now().UTC().Truncate(time.Second)
-	since, until := now.Add(-time.Hour).Format(time.RFC3339), now.Add(time.Minute).Format(time.RFC3339)
+	since, until, now := pastWindow()
 	eps := []dispatcher.Endpoint{{Name: "orders", FilterSubjects: []string{"sengo.events.>"}}}
 	req, err := ReplayRequest(eps, []string{"main"}, ReplayInput{Endpoints: []string{"orders"}, Since: since, Until: until}, now)
 	if err != nil {
@@ -601,4 +596,34 @@ func TestAReplaysOwnLateWriteIsNoTakeover(t *testing.T) {
 	if err := w.write(false); !errors.Is(err, errTakenOver) {
 		t.Fatalf("after another relay started it again: %v, want taken over", err)
 	}
+}
+
+// A replay's window ends where its run starts (dispatcher.Replay), so an
+// until later than now named a window no run kept: the job id stood for
+// it, a dry run counted up to its own start, and "send these for real", a
+// resume, or "start it again" later queued what live traffic had stored
+// meanwhile (already delivered) under the same job. Such an until is now.
+func TestAReplaysUntilIsAtMostNow(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Second)
+	eps := []dispatcher.Endpoint{{Name: "orders", FilterSubjects: []string{"sengo.events.>"}}}
+	since := now.Add(-time.Hour).Format(time.RFC3339)
+	late, err := ReplayRequest(eps, []string{"main"}, ReplayInput{Endpoints: []string{"orders"}, Since: since, Until: now.Add(24 * time.Hour).Format(time.RFC3339)}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open, err := ReplayRequest(eps, []string{"main"}, ReplayInput{Endpoints: []string{"orders"}, Since: since}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !late.Until.Equal(now) || late.JobID() != open.JobID() {
+		t.Fatalf("until tomorrow: %s (job %s), want now (job %s)", late.Until, late.JobID(), open.JobID())
+	}
+}
+
+// pastWindow is the hour up to now, ended before any request names it (a
+// replay's until is at most its start): requests of it at any later time
+// name one job.
+func pastWindow() (since, until string, now time.Time) {
+	end := time.Now().UTC()
+	return end.Add(-time.Hour).Format(time.RFC3339Nano), end.Format(time.RFC3339Nano), time.Now().UTC()
 }
