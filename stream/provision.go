@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -52,6 +53,9 @@ type Spec struct {
 	Storage  jetstream.StorageType
 	Streams  []StreamSpec
 	Buckets  []BucketSpec
+	// Warn is told why a stream keeps a setting other than the one asked
+	// (a max_age not lowered over messages not yet settled); nil: not told.
+	Warn func(msg string)
 }
 
 // itemTimeouts are the deadlines of the tries of one create-or-update
@@ -91,7 +95,16 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			if err := keepsReplicas(ctx, js, s.Name, spec.Replicas); err != nil {
 				return err
 			}
-			_, err := js.CreateOrUpdateStream(ctx, cfg)
+			age, why, err := keptAge(ctx, js, s.Name, s.Limits.MaxAge)
+			if err != nil {
+				return err
+			}
+			if why != "" && spec.Warn != nil {
+				spec.Warn(why)
+			}
+			cfg := cfg
+			cfg.MaxAge = age
+			_, err = js.CreateOrUpdateStream(ctx, cfg)
 			return err
 		})
 		if err != nil {
@@ -143,6 +156,59 @@ func keepsReplicas(ctx context.Context, js jetstream.JetStream, name string, rep
 		return fmt.Errorf("%w: it has %d replicas, nats.replicas says %d (a configuration that lost its nats.replicas?); to lower them, run `nats stream edit %s --replicas %d` by hand", ErrFewerReplicas, has, replicas, name, replicas)
 	}
 	return nil
+}
+
+// keptAge is the max_age to give stream name (that may exist) when asked
+// for asked: asked, unless that is lower than the stream's and one of its
+// consumers holds a message older than asked unsettled (not yet delivered,
+// or delivered and not acknowledged). nats-server deletes every message
+// older than a lowered max_age at once, settled or not: an endpoint's
+// backlog would be gone with no dead letter, notifications answered 200
+// before they were processed. why says which consumer keeps the old age.
+// The relay's scans (ScanConsumerPrefix) are not counted.
+func keptAge(ctx context.Context, js jetstream.JetStream, name string, asked time.Duration) (time.Duration, string, error) {
+	s, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return asked, "", nil
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	has := s.CachedInfo().Config.MaxAge
+	if asked == 0 || (has != 0 && asked >= has) {
+		return asked, "", nil // not lower
+	}
+	cutoff := time.Now().Add(-asked)
+	list := s.ListConsumers(ctx)
+	for ci := range list.Info() {
+		if strings.HasPrefix(ci.Name, ScanConsumerPrefix) || ci.NumPending == 0 && ci.NumAckPending == 0 {
+			continue
+		}
+		filters := ci.Config.FilterSubjects
+		if ci.Config.FilterSubject != "" {
+			filters = []string{ci.Config.FilterSubject}
+		}
+		if len(filters) == 0 {
+			filters = []string{">"}
+		}
+		for _, f := range filters {
+			m, err := s.GetMsg(ctx, ci.AckFloor.Stream+1, jetstream.WithGetMsgSubject(f))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				continue
+			}
+			if err != nil {
+				return 0, "", err
+			}
+			if m.Time.Before(cutoff) {
+				return has, fmt.Sprintf("stream %s keeps max_age %s, not the %s configured: consumer %s has not settled messages stored before then (the oldest %s, sequence %d), which a lower max_age would delete at once; it applies once they are delivered, dead-lettered or its consumer deleted (checked at each start)",
+					name, has, asked, ci.Name, m.Time.UTC().Format(time.RFC3339), m.Sequence), nil
+			}
+		}
+	}
+	if err := list.Err(); err != nil {
+		return 0, "", err
+	}
+	return asked, "", nil
 }
 
 // try runs op with growing deadlines, again after a timeout.

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
@@ -206,4 +207,85 @@ func TestFileStreamsUse4MBBlocks(t *testing.T) {
 	if info.State.Msgs != 60 {
 		t.Errorf("stream holds %d messages of one subject, want all 60: the per-subject limit bound", info.State.Msgs)
 	}
+}
+
+// Lowering a stream's max_age deletes, at once, every message older than
+// the new age, settled or not: a lowered streams.events.max_age deleted an
+// endpoint's backlog (events never delivered, never dead-lettered), a
+// lowered streams.inbox.max_age notifications answered 200 and not yet
+// processed. The stream keeps its age while a consumer holds a message
+// older than the new one unsettled, and says so; once none does, the
+// lower age applies.
+func TestProvisionDoesNotLowerAnAgeOverUnsettledMessages(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	if err := stream.Provision(ctx, js, spec(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// A consumer that settled everything, and one with a backlog.
+	for _, name := range []string{"settled", "behind"} {
+		if _, err := js.CreateOrUpdateConsumer(ctx, "T_INBOX", jetstream.ConsumerConfig{Durable: name, AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := js.Publish(ctx, "t.inbox.x", []byte("answered 200")); err != nil {
+		t.Fatal(err)
+	}
+	settle := func(name string) {
+		t.Helper()
+		c, err := js.Consumer(ctx, "T_INBOX", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settle("settled")
+	stored := time.Now()
+	poll.Until(t, "the message older than the lower age", func() bool { return time.Since(stored) > 2300*time.Millisecond })
+
+	var warned []string
+	lower := spec(2 * time.Second) // a fresh message has 2 s to be read in
+	lower.Streams[0].Limits.Duplicates = time.Second
+	lower.Warn = func(msg string) { warned = append(warned, msg) }
+	if err := stream.Provision(ctx, js, lower); err != nil {
+		t.Fatal(err)
+	}
+	info := streamInfo(t, js, "T_INBOX")
+	if info.State.Msgs != 1 || info.Config.MaxAge != time.Hour {
+		t.Fatalf("max_age %s with %d messages: the unsettled message was deleted", info.Config.MaxAge, info.State.Msgs)
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], "behind") || !strings.Contains(warned[0], "T_INBOX") {
+		t.Fatalf("warnings %q, want one naming the stream and the consumer behind", warned)
+	}
+	settle("behind")
+	// A message younger than the lower age, not yet settled, keeps nothing.
+	if _, err := js.Publish(ctx, "t.inbox.x", []byte("fresh")); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Provision(ctx, js, lower); err != nil {
+		t.Fatal(err)
+	}
+	if info := streamInfo(t, js, "T_INBOX"); info.Config.MaxAge != 2*time.Second {
+		t.Fatalf("max_age %s once everything is settled, want the lower 2s", info.Config.MaxAge)
+	}
+}
+
+func streamInfo(t *testing.T, js jetstream.JetStream, name string) *jetstream.StreamInfo {
+	t.Helper()
+	s, err := js.Stream(t.Context(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
 }
