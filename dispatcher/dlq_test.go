@@ -866,3 +866,48 @@ func TestAReplayedCopyStarvedOfTurnsIsDeadLetteredBeforeItAgesOut(t *testing.T) 
 		return len(d) == 1 && d[0].TransactionID == "tx-starved" && d[0].Replayed && d[0].Reason == ReasonExpiringInBacklog
 	})
 }
+
+// Copies in SENGO_REPLAY stay there (7 days) after they are delivered. An
+// endpoint's replay consumer made again from the start (the endpoint put
+// back more than a day after its retirement, whose place is then
+// forgotten; a consumer deleted by hand) posted each of them again: a
+// first delivery read no record. A copy's record is read on every
+// delivery, and one settled is not posted again.
+func TestASettledCopyIsNotPostedAgainByAConsumerMadeAnew(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	h.publish("tx-copied", event.StatusSuccess, "")
+	w, stop := h.runWorker(ep)
+	eventually(t, "the live event delivered", func() bool { return len(c.got()) == 1 })
+	if _, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the copy delivered", func() bool { return len(c.got()) == 2 })
+	eventually(t, "the copy settled", func() bool {
+		_, replay, _, err := w.Pending(t.Context())
+		return err == nil && replay == 0
+	})
+	stop()
+	if err := h.js.DeleteConsumer(t.Context(), event.StreamReplay, ConsumerName("orders")); err != nil {
+		t.Fatal(err)
+	}
+	h.publish("tx-later", event.StatusSuccess, "")
+	h.runWorker(ep)
+	eventually(t, "the later event delivered", func() bool { return len(c.got()) >= 3 })
+	eventually(t, "the copy consumer made anew has read the copy", func() bool {
+		s, err := h.js.Stream(t.Context(), event.StreamReplay)
+		if err != nil {
+			return false
+		}
+		info, err := s.Consumer(t.Context(), ConsumerName("orders"))
+		if err != nil {
+			return false
+		}
+		ci, err := info.Info(t.Context())
+		return err == nil && ci.AckFloor.Stream >= 1
+	})
+	if n := len(c.got()); n != 3 {
+		t.Fatalf("%d posts, want 3: the settled copy was posted again", n)
+	}
+}

@@ -20,7 +20,7 @@ import (
 // endpoint's consumers were retired while its relay was away (partitioned
 // for longer than retire_removed_after) and the relay is back, naming the
 // endpoint again, the consumers stay deleted for as long as the hold lasts.
-// Meanwhile the expiry guard (guardExpiry/sweepOne, which pulls from the
+// Meanwhile the expiry guard (guardExpiry/sweepPaused, which pulls from the
 // deleted consumer) cannot dead-letter an event about to age out of
 // SENGO_EVENTS, and the tombstone the relay would continue from goes stale
 // after tombstoneFresh (24h): an event stored while the endpoint is held is

@@ -376,9 +376,11 @@ func (w *Worker) guardExpiry(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		for w.maxAge > 0 && paused() && w.sweepOne(ctx, w.live, w.maxAge, false) {
+		if w.maxAge > 0 && paused() {
+			w.sweepPaused(ctx, w.live, w.events, w.maxAge, false, paused)
 		}
-		for w.replayMaxAge > 0 && paused() && w.sweepOne(ctx, w.replay, w.replayMaxAge, true) {
+		if w.replayMaxAge > 0 && paused() {
+			w.sweepPaused(ctx, w.replay, w.replays, w.replayMaxAge, true, paused)
 		}
 		if !paused() && ctx.Err() == nil {
 			if w.maxAge > 0 {
@@ -403,7 +405,10 @@ const backlogBatch = 64
 // nothing is due it costs two reads: the consumer's info and the first
 // event it has not given out.
 func (w *Worker) sweepBacklog(ctx context.Context, cons jetstream.Consumer, s jetstream.Stream, maxAge time.Duration, replayed bool) {
-	for ctx.Err() == nil && w.backlogDue(ctx, cons, s, maxAge) && w.sweepBatch(ctx, cons, maxAge, replayed) {
+	for ctx.Err() == nil && w.backlogDue(ctx, cons, s, maxAge) {
+		if _, dead := w.sweepBatch(ctx, cons, maxAge, replayed, ReasonExpiringInBacklog); !dead {
+			return
+		}
 	}
 }
 
@@ -422,12 +427,15 @@ func (w *Worker) backlogDue(ctx context.Context, cons jetstream.Consumer, s jets
 }
 
 // sweepBatch takes the next messages waiting on cons, dead-letters those
-// about to age out and puts the others back; it reports whether it
-// dead-lettered any.
-func (w *Worker) sweepBatch(ctx context.Context, cons jetstream.Consumer, maxAge time.Duration, replayed bool) bool {
+// about to age out (for reason) and puts the others back; it reports how
+// many it took, and whether it dead-lettered any.
+func (w *Worker) sweepBatch(ctx context.Context, cons jetstream.Consumer, maxAge time.Duration, replayed bool, reason string) (took int, dead bool) {
 	batch, err := cons.FetchNoWait(backlogBatch)
 	if err != nil {
-		return false
+		if gone(err) { // a held endpoint's worker does not pull: this is where it finds out
+			w.recreateSoon(ctx)
+		}
+		return 0, false
 	}
 	type taken struct {
 		msg  jetstream.Msg
@@ -435,6 +443,7 @@ func (w *Worker) sweepBatch(ctx context.Context, cons jetstream.Consumer, maxAge
 	}
 	var due []taken
 	for msg := range batch.Messages() {
+		took++
 		meta, err := msg.Metadata()
 		if err != nil || time.Since(meta.Timestamp) < maxAge-expiryGuard(maxAge) {
 			_ = msg.Nak() // not due: back to the workers at once
@@ -445,7 +454,7 @@ func (w *Worker) sweepBatch(ctx context.Context, cons jetstream.Consumer, maxAge
 	// Each dead letter may take a while (the store's write and fsync): the
 	// ones still waiting are kept in progress, so that none outlives its
 	// ack wait here and goes to a worker too.
-	progressed, dead := time.Now(), false
+	progressed := time.Now()
 	for i, d := range due {
 		if time.Since(progressed) > ackWait(w.ep)/3 {
 			for _, rest := range due[i:] {
@@ -453,41 +462,67 @@ func (w *Worker) sweepBatch(ctx context.Context, cons jetstream.Consumer, maxAge
 			}
 			progressed = time.Now()
 		}
-		if w.expire(ctx, d.msg, d.meta, replayed, ReasonExpiringInBacklog) {
+		if w.expire(ctx, d.msg, d.meta, replayed, reason) {
 			dead = true
 		}
 	}
-	return dead
+	if err := batch.Error(); gone(err) {
+		w.recreateSoon(ctx)
+	}
+	return took, dead
 }
 
-// sweepOne takes the oldest message waiting on cons (the live consumer,
-// or the replay consumer: replayed) and dead-letters it if it is about to
-// age out of its stream, kept for maxAge; otherwise it puts it back. It
-// reports whether it dead-lettered one (then the next may be due too).
-func (w *Worker) sweepOne(ctx context.Context, cons jetstream.Consumer, maxAge time.Duration, replayed bool) bool {
-	// Not a pull that waits for a message: with none waiting on the live
-	// consumer it held each round for a second, and a replayed copy (its
-	// stream keeps them for less time) could age out in between.
-	batch, err := cons.FetchNoWait(1)
-	var msg jetstream.Msg
-	if err == nil {
-		for m := range batch.Messages() {
-			msg = m
+// sweepPaused guards a paused or held endpoint's waiting messages (cons,
+// the live or the replay consumer: replayed; of s, kept for maxAge): when
+// the oldest one not settled is about to age out, every waiting one is
+// looked at, backlogBatch at a time, those due dead-lettered with
+// ReasonExpiring and the others put back. Looking at the first waiting
+// one a tick, the guard put a message not due at the end of the server's
+// redelivery queue, and a due one behind many younger ones (their retries
+// come due first) waited a tick for each: it aged out without a trace.
+// When nothing is due it costs two reads, or one per filter.
+func (w *Worker) sweepPaused(ctx context.Context, cons jetstream.Consumer, s jetstream.Stream, maxAge time.Duration, replayed bool, paused func() bool) {
+	n := w.pausedDue(ctx, cons, s, maxAge)
+	for looked := 0; looked < n && paused(); {
+		took, _ := w.sweepBatch(ctx, cons, maxAge, replayed, ReasonExpiring)
+		if took == 0 {
+			return
 		}
-		err = batch.Error()
+		looked += took
 	}
-	if msg == nil {
+}
+
+// pausedDue is how many messages cons holds not settled (waiting, or
+// given out and not acknowledged) when the oldest of them is about to age
+// out of s, kept for maxAge; 0 when none is.
+func (w *Worker) pausedDue(ctx context.Context, cons jetstream.Consumer, s jetstream.Stream, maxAge time.Duration) int {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	info, err := cons.Info(rctx)
+	if err != nil {
 		if gone(err) { // a held endpoint's worker does not pull: this is where it finds out
 			w.recreateSoon(ctx)
 		}
-		return false
+		return 0
 	}
-	meta, err := msg.Metadata()
-	if err != nil || time.Since(meta.Timestamp) < maxAge-expiryGuard(maxAge) {
-		_ = msg.Nak() // not due: back to the paused endpoint
-		return false
+	n := info.NumAckPending + int(info.NumPending)
+	if n == 0 {
+		return 0
 	}
-	return w.expire(ctx, msg, meta, replayed, ReasonExpiring)
+	filters := info.Config.FilterSubjects
+	if info.Config.FilterSubject != "" {
+		filters = []string{info.Config.FilterSubject}
+	}
+	if len(filters) == 0 {
+		filters = []string{">"}
+	}
+	for _, f := range filters {
+		m, err := s.GetMsg(rctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(f))
+		if err == nil && time.Since(m.Time) >= maxAge-expiryGuard(maxAge) {
+			return n
+		}
+	}
+	return 0
 }
 
 // expire dead-letters msg, about to age out of its stream, for reason (or
@@ -783,12 +818,15 @@ func (w *Worker) handle(runCtx context.Context, msg jetstream.Msg, replayed, pro
 		return &l
 	}
 
-	// A first delivery has no record yet: nothing was attempted for this
-	// consumer's copy (a replayed or redriven copy has a key of its own).
-	// Only a redelivery reads it. (A consumer deleted by hand and created
-	// again from the start posts its events again: at least once, and
-	// consumers deduplicate on webhook-id.)
-	if meta.NumDelivered > 1 {
+	// A first delivery of a live event has no record yet: nothing was
+	// attempted for this consumer's copy. Only a redelivery reads it. (A
+	// consumer deleted by hand and created again from its deliver_from
+	// posts those events again: at least once, and consumers deduplicate
+	// on webhook-id.) A replayed or redriven copy (a key of its own) is
+	// read on every delivery: copies stay in SENGO_REPLAY once settled,
+	// and the endpoint's replay consumer, made again from the start (put
+	// back after its retirement's place was forgotten), posted each again.
+	if meta.NumDelivered > 1 || replayed {
 		rec, _, err = w.store.get(ctx, key)
 		if err == nil && !rec.Done && replayed && w.deliveredUnrecorded(key) {
 			rec.Done = true
@@ -926,8 +964,10 @@ func (w *Worker) handle(runCtx context.Context, msg jetstream.Msg, replayed, pro
 	case actAck:
 		// A redriven copy's record says done before its dead letter is
 		// removed: if the removal fails, the copy is retried for it alone.
+		// Every copy's says done: it stays in SENGO_REPLAY, and a replay
+		// consumer made again from the start reads it (above).
 		redriven := replayed && msg.Headers().Get(HeaderRedriveOf) != ""
-		if w.ep.Ordered || rec.Count > 1 || redriven {
+		if w.ep.Ordered || rec.Count > 1 || replayed {
 			rec.Done, rec.NextAt = true, time.Time{}
 			if err := w.store.put(ctx, key, rec); err != nil && w.ep.Ordered {
 				// The next status of this transaction waits for this

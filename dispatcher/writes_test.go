@@ -1,9 +1,11 @@
 package dispatcher
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -817,5 +819,64 @@ func TestOrderedHoldsOrderWhenTheRelayHoldingThePredecessorDies(t *testing.T) {
 	poll.Within(t, 60*time.Second, "both delivered", func() bool { return len(c.got()) >= 2 && h.settled(w) })
 	if got := strings.Join(c.statuses(), " "); got != "tx-dead/pending tx-dead/success" {
 		t.Fatalf("attempts %q: success went before the pending the dead relay held", got)
+	}
+}
+
+// While an endpoint is held (or paused), the expiry guard looked at one
+// waiting message a tick and put it back at the end of the server's
+// redelivery queue when not due: an old event whose retry came due behind
+// younger ones waited a tick for each of them, and aged out of
+// SENGO_EVENTS without a trace. Here 30 younger events wait ahead of it,
+// 15 s of ticks, and it ages out 8 s after its retry. When the oldest
+// event waiting is due, the guard now looks at every waiting one.
+func TestTheExpiryGuardFindsADueEventBehindYoungerOnes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	h := newHarness(t)
+	// The guard acts in the last 2 s and looks every 500 ms.
+	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 20*time.Second, time.Second })
+	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
+		if n == 1 {
+			w.Header().Set("Retry-After", "12") // the old event's retry, behind the younger ones'
+		}
+		w.WriteHeader(503)
+	})
+	schedule := make([]time.Duration, 100) // the younger ones come back to the queue every 200 ms until the hold
+	for i := range schedule {
+		schedule[i] = 200 * time.Millisecond
+	}
+	ep := h.endpoint("orders", c.URL, schedule...)
+	h.start(ep)
+	old := h.publish("tx-old", event.StatusSuccess, "")
+	stored := time.Now()
+	eventually(t, "the old event attempted", func() bool { return len(c.got()) == 1 })
+	// The younger ones come due 6 s after it.
+	poll.Within(t, 10*time.Second, "6 s passed", func() bool { return time.Since(stored) > 6*time.Second })
+	const n = 30
+	for i := range n {
+		h.publish(fmt.Sprintf("tx-young-%d", i), event.StatusSuccess, "")
+	}
+	eventually(t, "the younger events attempted", func() bool { return len(c.got()) >= 1+n })
+	if err := Hold(context.Background(), h.js, "orders", "test"); err != nil {
+		t.Fatal(err)
+	}
+	poll.Within(t, 30*time.Second, "the old event dead-lettered, or aged out", func() bool {
+		if len(h.deadLetters()) > 0 {
+			return true
+		}
+		for _, m := range natstest.Messages(t, h.js, event.StreamEvents) {
+			if m.Subject != "" && bytes.Contains(m.Data, []byte(old.ID)) {
+				return false
+			}
+		}
+		return true
+	})
+	var got []string
+	for _, d := range h.deadLetters() {
+		got = append(got, d.TransactionID+"/"+d.Reason)
+	}
+	if !slices.Contains(got, "tx-old/"+ReasonExpiring) {
+		t.Fatalf("dead letters %v, want tx-old/%s: it aged out without a trace", got, ReasonExpiring)
 	}
 }

@@ -512,6 +512,7 @@ func recheckLoop(ctx context.Context, js jetstream.JetStream, durable receiver.D
 // NATS cluster waits, and one whose streams JetStream refuses keeps saying
 // why (readyz stays 503) rather than exiting.
 func provision(ctx context.Context, js jetstream.JetStream, spec stream.Spec, log zerolog.Logger) error {
+	spec.Warn = func(msg string) { log.Warn().Msg(msg) }
 	return retry(ctx, log, "provisioning streams", anyError, func() error {
 		return stream.Provision(ctx, js, spec) // each item has its own deadline
 	})
@@ -802,7 +803,7 @@ func provisionSpec(cfg config.Config) stream.Spec {
 		},
 		Buckets: []stream.BucketSpec{
 			{Name: event.BucketTx, Description: "SenGo transaction state", TTL: cfg.Streams.Transactions.TTL.D(), History: 1},
-			{Name: event.BucketDelivery, Description: "webhook delivery attempts per endpoint and event", TTL: cfg.Streams.Events.MaxAge.D(), History: 1},
+			{Name: event.BucketDelivery, Description: "webhook delivery attempts per endpoint and event", TTL: deliveryTTL(cfg), History: 1},
 			admin.SessionsBucket(),
 			admin.ReplaysBucket(),
 		},
@@ -810,6 +811,15 @@ func provisionSpec(cfg config.Config) stream.Spec {
 }
 
 func perSubject(l stream.Limits, n int64) stream.Limits { l.PerSubject = n; return l }
+
+// deliveryTTL is how long SENGO_DELIVERY keeps a record: as long as the
+// events and the copies it speaks of are kept, and a day at least (a
+// retired consumer's place, dispatcher's tombstones). A copy's record that
+// aged out before the copy let a redrive queue it again, and a replay
+// consumer made anew post it again.
+func deliveryTTL(cfg config.Config) time.Duration {
+	return max(cfg.Streams.Events.MaxAge.D(), cfg.Streams.Replay.MaxAge.D(), 24*time.Hour)
+}
 
 func receiverProjects(cfg config.Config) ([]receiver.Project, []netip.Prefix, error) {
 	var out []receiver.Project

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
@@ -84,5 +85,32 @@ func TestProvisionRetriesRefusals(t *testing.T) {
 	err := provision(ctx, js, spec, zerolog.New(&logs))
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(logs.String(), "provisioning streams failed; retrying") {
 		t.Fatalf("provision: %v; logs %s", err, logs.String())
+	}
+}
+
+// SENGO_DELIVERY's records of replayed copies (done, a redrive's place)
+// aged out with the events' max_age: with events kept 3 days and copies 7,
+// a copy outlived its record, and a redrive queued it again, or a replay
+// consumer made anew posted it again. They live as long as the longer of
+// the two, and a day at least (a retired consumer's place).
+func TestTheDeliveryRecordsOutliveTheCopies(t *testing.T) {
+	cfg := config.Default()
+	cfg.Streams.Events.MaxAge = config.Duration(3 * 24 * time.Hour)
+	cfg.Streams.Replay.MaxAge = config.Duration(7 * 24 * time.Hour)
+	ttl := func(cfg config.Config) time.Duration {
+		for _, b := range provisionSpec(cfg).Buckets {
+			if b.Name == event.BucketDelivery {
+				return b.TTL
+			}
+		}
+		t.Fatal("no delivery bucket")
+		return 0
+	}
+	if got := ttl(cfg); got != 7*24*time.Hour {
+		t.Fatalf("records kept %s, want the copies' 7 days", got)
+	}
+	cfg.Streams.Events.MaxAge, cfg.Streams.Replay.MaxAge = config.Duration(time.Hour), config.Duration(2*time.Hour)
+	if got := ttl(cfg); got != 24*time.Hour {
+		t.Fatalf("records kept %s, want a day", got)
 	}
 }
