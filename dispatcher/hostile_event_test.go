@@ -203,3 +203,31 @@ func TestAReplayGoesOnPastAnEventItCannotCopy(t *testing.T) {
 		t.Fatalf("%d copies queued, want the template's and %s", len(msgs), after.ID)
 	}
 }
+
+// Go's HTTP client trims a header value's leading and trailing spaces
+// when it writes it: an event id with such a space (another publisher's)
+// was signed as it is and sent trimmed, so no receiver could verify it,
+// and it spent its whole retry schedule before it was dead-lettered
+// retries_exhausted. It is undecodable at once, like an id with a control
+// character.
+func TestAnEventIDTheClientWouldTrimIsUndecodable(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	h.start(h.endpoint("orders", c.URL))
+	for _, id := range []string{" evt_lead", "evt_trail ", "evt_tab\t"} {
+		ev := h.publish("tx-template", event.StatusPending, "")
+		ev.ID = id
+		h.publishAs(ev)
+	}
+	poll.Until(t, "every event settled", func() bool { return len(c.got())+len(h.deadLetters()) >= 4 })
+	for _, a := range c.got() {
+		if id := a.Header.Get("Webhook-Id"); id != event.ID("main", "tx-template", event.StatusPending) {
+			t.Errorf("posted with webhook-id %q, which its signature does not cover", id)
+		}
+	}
+	for _, d := range h.deadLetters() {
+		if d.Reason != ReasonUndecodable {
+			t.Errorf("dead letter %q: %s, want %s", d.EventID, d.Reason, ReasonUndecodable)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/textproto"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -1166,9 +1167,11 @@ func (w *Worker) updateHealth() {
 
 // deliverableID reports whether id can be sent as the Webhook-Id header:
 // not empty, and a value Go's client sends (it refuses one with a control
-// character before sending, and each attempt counted against the endpoint).
+// character before sending, and each attempt counted against the endpoint)
+// as it is (it trims leading and trailing spaces and tabs, and the
+// signature covers the id untrimmed: no receiver could verify it).
 func deliverableID(id string) bool {
-	return id != "" && httpguts.ValidHeaderFieldValue(id)
+	return id != "" && httpguts.ValidHeaderFieldValue(id) && textproto.TrimString(id) == id
 }
 
 // mustWait implements ordered delivery: an event waits while the event
