@@ -62,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // would raise no alert.
 func (m *Metrics) Prime(endpoints []string) {
 	for _, e := range endpoints {
-		for _, o := range []string{"delivered", "retry", "dead_letter", "waiting", "record_failed", "order_released"} {
+		for _, o := range []string{"delivered", "retry", "dead_letter", "dead_letter_failed", "waiting", "record_failed", "order_released"} {
 			m.Deliveries.WithLabelValues(e, o)
 		}
 		for _, r := range []string{ReasonExhausted, ReasonGone, ReasonAborted, ReasonUndecodable, ReasonExpiring, ReasonExpiringBeforeRetry, ReasonExpiringInBacklog, ReasonRemoved} {

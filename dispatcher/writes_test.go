@@ -70,6 +70,11 @@ func TestDeadLetterRefusedIsNotTerminated(t *testing.T) {
 	w := h.start(h.endpoint("orders", c.URL))
 	ev := h.publish("tx-dl", event.StatusSuccess, "")
 	eventually(t, "the dead letter tried three times", func() bool { return strings.Count(h.logs.String(), "dead letter not stored") >= 3 })
+	// Counted, for an alert: the event ages out with its stream if
+	// SENGO_DLQ refuses writes for as long.
+	if n := testutil.ToFloat64(h.metrics.Deliveries.WithLabelValues("orders", "dead_letter_failed")); n < 3 {
+		t.Fatalf("%v dead letters counted as not stored, want 3 or more", n)
+	}
 	if live, _, _, err := w.Pending(t.Context()); err != nil || live == 0 {
 		t.Fatalf("pending %d (%v): the event was terminated without its dead letter", live, err)
 	}
