@@ -1533,6 +1533,9 @@ func TestATryAgainAnswerIsAnOutageNotThisTransactionAlone(t *testing.T) {
 			w.Write([]byte(`{"responseCode":400,"responseMessage":"CREATE_FAILED"}`))
 		},
 		"421": func(w http.ResponseWriter) { w.WriteHeader(http.StatusMisdirectedRequest) },
+		// Throttled: the merchant's key over SenGo's rate (its own calls,
+		// or forged ids checked on it), and the one probe let through.
+		"429": func(w http.ResponseWriter) { w.WriteHeader(http.StatusTooManyRequests) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			var failing atomic.Bool
@@ -1649,9 +1652,34 @@ func TestReconcileStopsAtAPageThatRepeats(t *testing.T) {
 // project was processed, those of projects that do not confirm too. A
 // project holds at most a share of them; past it, its notifications are
 // set aside as unconfirmed and rechecked on the quarantine's schedule.
+//
+// An outage that answers "try again" (429 throttled, SenGo's
+// CREATE_FAILED, a proxy's 408) is one too: it was not counted a failed
+// check at all, and held the slots as before.
 func TestOneProjectsFailingChecksDoNotStallTheOthers(t *testing.T) {
-	sb, client := startSandbox(t)
-	sb.SetFaults(sandbox.Faults{Fail500: 1 << 30}) // main's API fails every call
+	t.Run("500", func(t *testing.T) {
+		sb, client := startSandbox(t)
+		sb.SetFaults(sandbox.Faults{Fail500: 1 << 30}) // main's API fails every call
+		oneProjectsOutage(t, client)
+	})
+	t.Run("429", func(t *testing.T) {
+		_, client := sandboxWithChecks(t, func(_ string, w http.ResponseWriter, _ *http.Request) bool {
+			w.WriteHeader(http.StatusTooManyRequests) // main's key throttled, the probe too
+			return true
+		})
+		oneProjectsOutage(t, client)
+	})
+	t.Run("CREATE_FAILED", func(t *testing.T) {
+		_, client := sandboxWithChecks(t, func(_ string, w http.ResponseWriter, _ *http.Request) bool {
+			w.WriteHeader(http.StatusBadRequest) // SenGo's upstream switching failing every check
+			w.Write([]byte(`{"responseCode":400,"responseMessage":"CREATE_FAILED"}`))
+			return true
+		})
+		oneProjectsOutage(t, client)
+	})
+}
+
+func oneProjectsOutage(t *testing.T, client *sengo.Client) {
 	h := newHarness(t, true, func(c *Config, ic *IntakeConfig) {
 		c.Projects = append(c.Projects, Project{Name: "other"})
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}) // other does not confirm

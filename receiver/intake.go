@@ -296,8 +296,10 @@ type result struct {
 	wait bool
 	// checkFailed: err is SenGo's API failing this notification's check
 	// (an error, a timeout), not an answer; checkTimedOut: no answer in
-	// time; checkAt: when that check ended (failed).
-	checkFailed, checkTimedOut bool
+	// time; checkOutage: an answer asking to try again (ErrTryAgain: 429,
+	// CREATE_FAILED), an outage whatever a probe says; checkAt: when that
+	// check ended (failed).
+	checkFailed, checkTimedOut, checkOutage bool
 	checkAt                    time.Time
 	// setAside: quarantine now, whatever the attempt.
 	setAside bool
@@ -372,7 +374,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 	// check of a made-up id) is unconfirmed: after confirm_attempts tries,
 	// or at once when SenGo did not answer it in time, since each such try
 	// holds a worker for the whole check timeout.
-	if r.checkFailed && (r.checkTimedOut || int(attempt) >= max(in.cfg.ConfirmAttempts, 1)) && in.checksAnswered(ctx, r.project, r.checkAt) {
+	if r.checkFailed && !r.checkOutage && (r.checkTimedOut || int(attempt) >= max(in.cfg.ConfirmAttempts, 1)) && in.checksAnswered(ctx, r.project, r.checkAt) {
 		r.err = fmt.Errorf("%w: SenGo's API failed this transaction's check (attempt %d) while it answers others: %v", sengo.ErrUnconfirmed, attempt, r.err)
 		r.setAside = true
 		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "failing_alone").Inc()
@@ -780,8 +782,11 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 			r.err = fmt.Errorf("confirm %s: %w", tx.ID, err)
 			// An answer asking to try again (ErrTryAgain) is an outage
 			// whatever a probe says: SenGo answers the probe from its own
-			// records while its upstream fails every real check.
-			r.checkFailed = !errors.Is(err, sengo.ErrMismatch) && !errors.Is(err, sengo.ErrUnconfirmed) && !errors.Is(err, sengo.ErrTryAgain)
+			// records while its upstream fails every real check, and a
+			// throttled key lets the one probe through. It is never this
+			// transaction's alone, but it holds slots like any outage.
+			r.checkFailed = !errors.Is(err, sengo.ErrMismatch) && !errors.Is(err, sengo.ErrUnconfirmed)
+			r.checkOutage = errors.Is(err, sengo.ErrTryAgain)
 			r.checkTimedOut = errors.Is(err, sengo.ErrCheckTimedOut)
 			return r
 		}

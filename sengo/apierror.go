@@ -127,10 +127,11 @@ func (e *APIError) refusesCheck() bool {
 // tryAgain reports whether the answer asks for another try and says
 // nothing of the transaction: SenGo's own CREATE_FAILED ("upstream
 // switching failed, try again"; a bare 400 is not it), a proxy's 408
-// (timeout), 421 (misdirected) or 425 (too early).
+// (timeout), 421 (misdirected) or 425 (too early), and 429 (the key
+// throttled: every check shares it, and the one probe may get through).
 func (e *APIError) tryAgain() bool {
 	switch e.HTTPStatus {
-	case 408, 421, 425:
+	case 408, 421, 425, 429:
 		return true
 	}
 	return e.Code == CodeCreateFailed && !e.guessed

@@ -27,7 +27,7 @@ var ErrCheckTimedOut = errors.New("SenGo's API did not answer the check in time"
 
 // ErrTryAgain: SenGo's API (or a proxy before it) answered that the
 // check should be tried again, saying nothing of the transaction (400
-// CREATE_FAILED, 408, 421, 425): a failure every check shares, an
+// CREATE_FAILED, 408, 421, 425, 429): a failure every check shares, an
 // outage, never one of this transaction alone.
 var ErrTryAgain = errors.New("SenGo's API asks to try the check again")
 
