@@ -300,7 +300,7 @@ type result struct {
 	// CREATE_FAILED), an outage whatever a probe says; checkAt: when that
 	// check ended (failed).
 	checkFailed, checkTimedOut, checkOutage bool
-	checkAt                    time.Time
+	checkAt                                 time.Time
 	// setAside: quarantine now, whatever the attempt.
 	setAside bool
 	// clear removes the events this notification published from its
