@@ -1771,3 +1771,43 @@ func TestReconcileFeedsAHugeListedObject(t *testing.T) {
 		}
 	}
 }
+
+// Anyone who can reach the callback URL and knows a pending transaction's
+// id (an order made on the merchant's site) could post forged "success"
+// bodies for it, each made unique by a field of its own: SenGo's check
+// says pending, and each was retried confirm_attempts times, holding one
+// of intake's max_ack_pending slots (shared by every project) for each
+// retry's delay, then again at every recheck. A few dozen a second
+// filled them, and no genuine notification of any project was processed.
+// The same check decides them all: one body of a claim (project,
+// transaction, status) is retried at a time, the others are set aside
+// at once, rechecked on the quarantine's schedule.
+func TestAFloodOfOneForgedClaimHoldsOneSlot(t *testing.T) {
+	sb, client := startSandbox(t)
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.ConfirmAttempts = 5
+		ic.RetryInitial, ic.RetryMax = 5*time.Second, 10*time.Second // a retry holds its slot 5 s
+	})
+	tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "INV-FLOOD", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	for i := range n {
+		forged := fmt.Appendf(nil, `{"id":%q,"merchantRef":"INV-FLOOD","status":"success","amount":%d,"fee":0,"totalAmount":%d,"qris":{},"nonce":%d}`, tx.ID, tx.Amount, tx.TotalAmount, i)
+		if resp, got := h.post("/callbacks/sengo/main", forged); resp.StatusCode != 200 {
+			t.Fatalf("forged %d: %d %v", i, resp.StatusCode, got)
+		}
+	}
+	poll.Within(t, 4*time.Second, "all but one forged body set aside", func() bool { return h.intakeCount("main", "quarantined") >= n-1 })
+	if len(h.events()) != 0 {
+		t.Fatalf("a forged claim was published: %v", h.events())
+	}
+	// The genuine success, once SenGo has it, is published at once.
+	genuine := payCallback(t, sb, client, tx.ID)
+	if resp, got := h.post("/callbacks/sengo/main", genuine); resp.StatusCode != 200 {
+		t.Fatalf("genuine: %d %v", resp.StatusCode, got)
+	}
+	poll.Within(t, 5*time.Second, "the genuine success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
+}

@@ -128,11 +128,50 @@ type Intake struct {
 	crowd       bool
 	crowdAt     time.Time
 	crowdAsking bool // a worker asks the store now
+	// claims holds, per claim SenGo's API did not confirm, the one
+	// notification of it retried now (retryClaim).
+	claimsMu sync.Mutex
+	claims   map[string]claimRetry
 }
 
 // maxWaited bounds Intake.waited (entries of notifications another relay
 // settled are never removed otherwise).
 const maxWaited = 4096
+
+// claimRetry is the notification retried for a claim (retryClaim), and
+// until when its retry holds the claim.
+type claimRetry struct {
+	seq   uint64
+	until time.Time
+}
+
+// maxClaims bounds Intake.claims; past it (the entries not expired), a
+// claim is retried as before.
+const maxClaims = 4096
+
+// retryClaim reports whether the notification at inbox sequence seq may
+// be retried for claim (unconfirmed): no other notification of the claim
+// is retried meanwhile on this relay. Its retry holds the claim until.
+func (in *Intake) retryClaim(claim string, seq uint64, until time.Time) bool {
+	in.claimsMu.Lock()
+	defer in.claimsMu.Unlock()
+	now := time.Now()
+	if c, ok := in.claims[claim]; ok && c.seq != seq && now.Before(c.until) {
+		return false
+	}
+	if _, known := in.claims[claim]; !known && len(in.claims) >= maxClaims {
+		for k, c := range in.claims {
+			if !now.Before(c.until) {
+				delete(in.claims, k)
+			}
+		}
+		if len(in.claims) >= maxClaims {
+			return true
+		}
+	}
+	in.claims[claim] = claimRetry{seq: seq, until: until}
+	return true
+}
 
 // waits is how many redeliveries of one notification waited, and when
 // the last did.
@@ -200,7 +239,7 @@ func NewIntake(ctx context.Context, cfg IntakeConfig) (*Intake, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open stream %s: %w", event.StreamQuarantine, err)
 	}
-	return &Intake{cfg: cfg, kv: kv, inbox: inbox, setAside: setAside, cons: cons, log: cfg.Logger, waited: map[uint64]waits{},
+	return &Intake{cfg: cfg, kv: kv, inbox: inbox, setAside: setAside, cons: cons, log: cfg.Logger, waited: map[uint64]waits{}, claims: map[string]claimRetry{},
 		inboxMaxAge: inbox.CachedInfo().Config.MaxAge, awaiting: make(chan struct{}, max(1, cfg.Workers)*awaitingPerWorker)}, nil
 }
 
@@ -303,6 +342,9 @@ type result struct {
 	checkAt                                 time.Time
 	// setAside: quarantine now, whatever the attempt.
 	setAside bool
+	// claim names what the notification claims (project, transaction,
+	// status) once SenGo's API was asked about it (retryClaim).
+	claim string
 	// clear removes the events this notification published from its
 	// transaction's outbox; with group commit it runs only once an fsync
 	// covers the events (see flush).
@@ -387,6 +429,18 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 	// set aside as unconfirmed, rechecked on the quarantine's schedule.
 	if held := in.undelay(r.project, seq); r.checkFailed && !r.setAside && held >= in.delayedShare() && in.crowded(ctx) {
 		r.err = fmt.Errorf("%w: set aside: SenGo's API does not answer project %s's checks, and %d of its notifications wait for it already (max_ack_pending is shared by every project): %v", sengo.ErrUnconfirmed, r.project, held, r.err)
+		r.setAside = true
+		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "set_aside").Inc()
+	}
+	// A claim SenGo's API does not (yet) confirm is retried for one body
+	// at a time: the same check decides every body of it. Forged bodies
+	// of one real transaction, each unique, held a slot of the shared
+	// consumer each for every retry, and a few dozen a second stopped
+	// every project's intake. The others are set aside, rechecked on the
+	// quarantine's schedule.
+	if errors.Is(r.err, sengo.ErrUnconfirmed) && !r.setAside && r.claim != "" && int(attempt) < max(in.cfg.ConfirmAttempts, 1) &&
+		!in.retryClaim(r.claim, seq, time.Now().Add(in.retryDelay(attempt)+in.cfg.AckWait)) {
+		r.err = fmt.Errorf("%w: set aside: another notification of the same claim (transaction and status) is being confirmed: %v", sengo.ErrUnconfirmed, r.err)
 		r.setAside = true
 		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "set_aside").Inc()
 	}
@@ -771,6 +825,7 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 		cctx, cspan := tracing.Tracer().Start(ctx, "sengo.confirm", trace.WithSpanKind(trace.SpanKindClient))
 		got, ok, err := in.cfg.Confirmer.Confirm(cctx, project, tx)
 		r.checkAt = time.Now()
+		r.claim = project + "\x00" + tx.ID + "\x00" + string(tx.Status)
 		cspan.SetAttributes(attribute.Bool("sengo.confirmed", ok && err == nil))
 		if ok && err == nil && got.Status != tx.Status {
 			cspan.SetAttributes(attribute.String("sengo.api_status", string(got.Status)))
