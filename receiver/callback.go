@@ -243,7 +243,14 @@ func (h *callbackHandler) store(ctx context.Context, rc receipt, project string,
 	ctx, cancel := context.WithTimeout(ctx, h.cfg.PublishTimeout)
 	defer cancel()
 	start := time.Now()
-	opts := []jetstream.PublishOpt{jetstream.WithMsgID(inboxMsgID(id, SourceCallback, body)), jetstream.WithExpectStream(event.StreamInbox)}
+	// A verified callback is never a duplicate of an unsigned copy of its
+	// bytes: posted first by someone without the key (a final body is
+	// predictable), that copy made SenGo's own one a dropped duplicate.
+	source := SourceCallback
+	if rc.signature == SignatureVerified {
+		source += "-" + SignatureVerified
+	}
+	opts := []jetstream.PublishOpt{jetstream.WithMsgID(inboxMsgID(id, source, body)), jetstream.WithExpectStream(event.StreamInbox)}
 	var ack *jetstream.PubAck
 	var err error
 	if tx.Status.Final() {

@@ -405,3 +405,25 @@ func TestHealthAndReadiness(t *testing.T) {
 		}
 	}
 }
+
+// A byte-identical repeat is dropped by the inbox (its message id holds
+// the body's hash). Posted first by someone without the key, a copy of the
+// success SenGo would send (its body predictable to the second) was set
+// aside as unconfirmed, and the genuine signed one, the same bytes, was
+// answered "duplicate" and dropped: the payment waited for a recheck or
+// reconciliation. The signature's verdict is part of the id: a verified
+// callback is never a duplicate of an unsigned copy.
+func TestAnUnsignedCopyDoesNotMakeTheSignedOneADuplicate(t *testing.T) {
+	h := newHarness(t, false, withProjects(testProjects(t)...))
+	body := fixtures.Body("callback-retail-success")
+	if resp, got := h.post("/callbacks/sengo/optional", body); resp.StatusCode != 200 || got["status"] != "accepted" {
+		t.Fatalf("the unsigned copy: %d %v", resp.StatusCode, got)
+	}
+	sig := verify.SenGoSignature(apiKey, apiToken, body)
+	if resp, got := h.post("/callbacks/sengo/optional", body, "X-Signature", sig); resp.StatusCode != 200 || got["status"] != "accepted" {
+		t.Fatalf("the signed callback after an unsigned copy: %d %v, want stored (accepted)", resp.StatusCode, got)
+	}
+	if resp, got := h.post("/callbacks/sengo/optional", body, "X-Signature", sig); resp.StatusCode != 200 || got["status"] != "duplicate" {
+		t.Fatalf("SenGo's repeat of the signed callback: %d %v, want duplicate", resp.StatusCode, got)
+	}
+}
