@@ -805,3 +805,18 @@ func TestCallbacksWaitForTheStreamsToBeProvisioned(t *testing.T) {
 		t.Fatalf("the memory inbox holds %d messages (%v)", info.CachedInfo().State.Msgs, err)
 	}
 }
+
+// A relay moved from its embedded store to nats.url leaves the store's
+// unfinished work (notifications answered 200, events not delivered) where
+// nothing reads it: it says so at start.
+func TestARelayOnNATSURLWarnsOfTheStoreItLeft(t *testing.T) {
+	srv := natstest.Start(t)
+	dataDir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dataDir, "jetstream", "jetstream", "$G", "streams", event.StreamInbox), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	_, logs, _ := startRun(t, relayEnv(dataDir, "SENGO_RELAY_NATS_URL="+srv.URL()))
+	if dir := logs.field(t, "nats.url is set, and the embedded store an earlier run of this relay used is still in store_dir: nothing reads it now, and what it held unfinished stays there (README: \"Moving from the embedded store\")", "store_dir"); dir == "" {
+		t.Fatal("no store_dir in the warning")
+	}
+}

@@ -735,8 +735,21 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 	}
 	if cfg.NATS.URL != "" {
 		log.Info().Str("url", verify.RedactServerURL(conns.work.ConnectedUrl())).Msg("nats connecting")
+		warnLeftStore(cfg.StoreDirOrDefault(), log)
 	}
 	return conns, shutdown, nil
+}
+
+// warnLeftStore says when a relay on nats.url has an embedded store of
+// its own in dir (one that ran before nats.url was set): nothing reads it
+// any more, and what it held unfinished (notifications answered 200 and
+// not yet processed, events not yet delivered, dead letters, quarantine)
+// stays there.
+func warnLeftStore(dir string, log zerolog.Logger) {
+	if _, err := os.Stat(filepath.Join(dir, "jetstream", "$G", "streams", event.StreamInbox)); err != nil {
+		return
+	}
+	log.Warn().Str("store_dir", dir).Msg("nats.url is set, and the embedded store an earlier run of this relay used is still in store_dir: nothing reads it now, and what it held unfinished stays there (README: \"Moving from the embedded store\")")
 }
 
 // embeddedAuth returns the embedded server's identities: the relay's, with
