@@ -1079,11 +1079,11 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 		return // stopped here, as a relay killed between two writes
 	}
 	if err != nil {
-		w.log.Error().Err(err).Str("event_id", clip(ev.ID)).Msg("dead letter not stored; retrying it later")
 		// Counted (alert SengoRelayDeadLettersNotStored): while SENGO_DLQ
 		// refuses writes the event is neither delivered nor dead-lettered,
 		// and ages out with its stream.
 		w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "dead_letter_failed").Inc()
+		w.log.Error().Err(err).Str("event_id", clip(ev.ID)).Msg("dead letter not stored; retrying it later")
 		_ = msg.NakWithDelay(deadLetterRetry)
 		return
 	}

@@ -29,6 +29,12 @@ type StreamSpec struct {
 	Subjects    []string
 	Description string
 	Limits      Limits
+	// Settle is how long before the end of its age a message not settled
+	// may still be waiting for its next look (a retry scheduled under the
+	// stream's age as it was, the guard that dead-letters or quarantines
+	// it in time): a lowered max_age waits while a message of the stream
+	// that old is not settled (keptAge).
+	Settle time.Duration
 }
 
 // BucketSpec is one KV bucket to provision.
@@ -45,6 +51,10 @@ type BucketSpec struct {
 	// MaxValueSize bounds one value, in bytes (a larger one is refused);
 	// zero is unlimited.
 	MaxValueSize int32
+	// TTLAtLeast names streams whose entries the bucket's speak of: its
+	// TTL is at least the max_age each keeps (which keptAge may hold above
+	// the one asked; 0, unlimited, keeps the entries forever).
+	TTLAtLeast []string
 }
 
 // Spec is everything to provision, with the settings they share.
@@ -71,6 +81,7 @@ var itemTimeouts = []time.Duration{2 * time.Second, 5 * time.Second, 10 * time.S
 // together converge. It reports every failure, not only the first.
 func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 	var errs []error
+	ages := map[string]time.Duration{} // as provisioned
 	for _, s := range spec.Streams {
 		cfg := jetstream.StreamConfig{
 			Name:              s.Name,
@@ -95,7 +106,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			if err := keepsReplicas(ctx, js, s.Name, spec.Replicas); err != nil {
 				return err
 			}
-			age, why, err := keptAge(ctx, js, s.Name, s.Limits.MaxAge)
+			age, why, err := keptAge(ctx, js, s.Name, s.Limits.MaxAge, s.Settle)
 			if err != nil {
 				return err
 			}
@@ -104,7 +115,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			}
 			cfg := cfg
 			cfg.MaxAge = age
-			_, err = js.CreateOrUpdateStream(ctx, cfg)
+			if _, err = js.CreateOrUpdateStream(ctx, cfg); err == nil {
+				ages[s.Name] = age
+			}
 			return err
 		})
 		if err != nil {
@@ -112,11 +125,21 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 		}
 	}
 	for _, b := range spec.Buckets {
+		ttl := b.TTL
+		for _, name := range b.TTLAtLeast {
+			if age, ok := ages[name]; ok && ttl != 0 {
+				if age == 0 {
+					ttl = 0
+				} else {
+					ttl = max(ttl, age)
+				}
+			}
+		}
 		cfg := jetstream.KeyValueConfig{
 			Bucket:       b.Name,
 			Description:  b.Description,
 			History:      b.History,
-			TTL:          b.TTL,
+			TTL:          ttl,
 			MaxBytes:     orUnlimited(b.MaxBytes),
 			MaxValueSize: int32(orUnlimited(int64(b.MaxValueSize))),
 			Storage:      spec.Storage,
@@ -160,13 +183,17 @@ func keepsReplicas(ctx context.Context, js jetstream.JetStream, name string, rep
 
 // keptAge is the max_age to give stream name (that may exist) when asked
 // for asked: asked, unless that is lower than the stream's and one of its
-// consumers holds a message older than asked unsettled (not yet delivered,
-// or delivered and not acknowledged). nats-server deletes every message
-// older than a lowered max_age at once, settled or not: an endpoint's
-// backlog would be gone with no dead letter, notifications answered 200
-// before they were processed. why says which consumer keeps the old age.
-// The relay's scans (ScanConsumerPrefix) are not counted.
-func keptAge(ctx context.Context, js jetstream.JetStream, name string, asked time.Duration) (time.Duration, string, error) {
+// consumers holds a message not settled (not yet delivered, or delivered
+// and not acknowledged) older than asked less settle (StreamSpec.Settle).
+// nats-server deletes every message older than a lowered max_age at once,
+// settled or not, and a message waiting for a retry scheduled under the
+// old age goes when it reaches the new one, before that retry: an
+// endpoint's backlog would be gone with no dead letter, notifications
+// answered 200 before they were processed. why says which consumer keeps
+// the old age. The relay's scans (ScanConsumerPrefix) are not counted. A
+// consumer or message that cannot be read keeps the old age too (why says
+// so): provisioning, and the callbacks that wait for it, go on.
+func keptAge(ctx context.Context, js jetstream.JetStream, name string, asked, settle time.Duration) (time.Duration, string, error) {
 	s, err := js.Stream(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return asked, "", nil
@@ -178,7 +205,10 @@ func keptAge(ctx context.Context, js jetstream.JetStream, name string, asked tim
 	if asked == 0 || (has != 0 && asked >= has) {
 		return asked, "", nil // not lower
 	}
-	cutoff := time.Now().Add(-asked)
+	kept := func(why string) (time.Duration, string, error) {
+		return has, fmt.Sprintf("stream %s keeps max_age %s, not the %s configured: %s; a lower max_age deletes every older message at once (checked at each start)", name, has, asked, why), nil
+	}
+	cutoff := time.Now().Add(-max(asked-settle, 0))
 	list := s.ListConsumers(ctx)
 	for ci := range list.Info() {
 		if strings.HasPrefix(ci.Name, ScanConsumerPrefix) || ci.NumPending == 0 && ci.NumAckPending == 0 {
@@ -197,16 +227,16 @@ func keptAge(ctx context.Context, js jetstream.JetStream, name string, asked tim
 				continue
 			}
 			if err != nil {
-				return 0, "", err
+				return kept(fmt.Sprintf("consumer %s's oldest message not settled could not be read (%v)", ci.Name, err))
 			}
 			if m.Time.Before(cutoff) {
-				return has, fmt.Sprintf("stream %s keeps max_age %s, not the %s configured: consumer %s has not settled messages stored before then (the oldest %s, sequence %d), which a lower max_age would delete at once; it applies once they are delivered, dead-lettered or its consumer deleted (checked at each start)",
-					name, has, asked, ci.Name, m.Time.UTC().Format(time.RFC3339), m.Sequence), nil
+				return kept(fmt.Sprintf("consumer %s has not settled messages stored before then, or that may wait for a retry until after it (the oldest %s, sequence %d); it applies once they are delivered, dead-lettered or its consumer deleted",
+					ci.Name, m.Time.UTC().Format(time.RFC3339), m.Sequence))
 			}
 		}
 	}
 	if err := list.Err(); err != nil {
-		return 0, "", err
+		return kept(fmt.Sprintf("its consumers could not be listed (%v)", err))
 	}
 	return asked, "", nil
 }

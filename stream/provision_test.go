@@ -251,7 +251,7 @@ func TestProvisionDoesNotLowerAnAgeOverUnsettledMessages(t *testing.T) {
 	poll.Until(t, "the message older than the lower age", func() bool { return time.Since(stored) > 2300*time.Millisecond })
 
 	var warned []string
-	lower := spec(2 * time.Second) // a fresh message has 2 s to be read in
+	lower := spec(2 * time.Second) // a fresh message has 2 s to be read in (Settle 0)
 	lower.Streams[0].Limits.Duplicates = time.Second
 	lower.Warn = func(msg string) { warned = append(warned, msg) }
 	if err := stream.Provision(ctx, js, lower); err != nil {
@@ -274,6 +274,55 @@ func TestProvisionDoesNotLowerAnAgeOverUnsettledMessages(t *testing.T) {
 	}
 	if info := streamInfo(t, js, "T_INBOX"); info.Config.MaxAge != 2*time.Second {
 		t.Fatalf("max_age %s once everything is settled, want the lower 2s", info.Config.MaxAge)
+	}
+}
+
+// A message younger than a lowered max_age may still be waiting for a
+// retry scheduled under the old one, later than the new age: lowered, it
+// was deleted before that retry. The age is kept while an unsettled
+// message is within the stream's Settle of the new one. A bucket whose
+// entries speak of the stream's messages keeps them as long as the stream
+// keeps its own.
+func TestProvisionKeepsAnAgeForRetriesAndItsBucketsTTL(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	withBucket := func(age, settle time.Duration) stream.Spec {
+		sp := spec(age)
+		sp.Streams[0].Limits.Duplicates = min(age, time.Minute)
+		sp.Streams[0].Settle = settle
+		sp.Buckets[0].TTL, sp.Buckets[0].TTLAtLeast = age, []string{"T_INBOX"}
+		return sp
+	}
+	if err := stream.Provision(ctx, js, withBucket(time.Hour, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, "T_INBOX", jetstream.ConsumerConfig{Durable: "retrying", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "t.inbox.x", []byte("its retry comes in 9 s")); err != nil {
+		t.Fatal(err)
+	}
+	stored := time.Now()
+	poll.Until(t, "the message a second old", func() bool { return time.Since(stored) > time.Second })
+	// 10 s asked, and a message may wait 9.5 s for its next look: one a
+	// second old might not be looked at before it is 10 s old.
+	if err := stream.Provision(ctx, js, withBucket(10*time.Second, 9500*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if info := streamInfo(t, js, "T_INBOX"); info.Config.MaxAge != time.Hour {
+		t.Fatalf("max_age %s, want the hour kept for the message waiting for its retry", info.Config.MaxAge)
+	}
+	kv, err := js.KeyValue(ctx, "T_TX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TTL() != time.Hour {
+		t.Fatalf("the bucket's ttl %s, want the hour its stream keeps", st.TTL())
 	}
 }
 

@@ -805,18 +805,23 @@ func provisionSpec(cfg config.Config) stream.Spec {
 		Replicas: cfg.NATS.Replicas,
 		Storage:  storage,
 		Streams: []stream.StreamSpec{
-			{Name: event.StreamInbox, Subjects: []string{event.SubjectsInbox}, Description: "SenGo notifications as received", Limits: limits(cfg.Streams.Inbox)},
-			{Name: event.StreamEvents, Subjects: []string{event.SubjectsEvents}, Description: "normalized SenGo transaction events", Limits: limits(cfg.Streams.Events)},
+			{Name: event.StreamInbox, Subjects: []string{event.SubjectsInbox}, Description: "SenGo notifications as received", Limits: limits(cfg.Streams.Inbox),
+				Settle: lastLook(cfg.Intake.RetryMax.D()+cfg.Intake.AckWait.D(), cfg.Streams.Inbox.MaxAge.D())},
+			{Name: event.StreamEvents, Subjects: []string{event.SubjectsEvents}, Description: "normalized SenGo transaction events", Limits: limits(cfg.Streams.Events),
+				Settle: lastLook(longestWait(cfg), cfg.Streams.Events.MaxAge.D())},
 			{Name: event.StreamQuarantine, Subjects: []string{event.SubjectsQuarantine}, Description: "notifications that cannot be processed", Limits: limits(cfg.Streams.Quarantine)},
 			{Name: event.StreamDLQ, Subjects: []string{event.SubjectsDLQ}, Description: "events whose delivery was given up, with why", Limits: limits(cfg.Streams.DLQ)},
-			{Name: event.StreamReplay, Subjects: []string{event.SubjectsReplay}, Description: "events queued again for one endpoint (replay, redrive)", Limits: limits(cfg.Streams.Replay)},
+			{Name: event.StreamReplay, Subjects: []string{event.SubjectsReplay}, Description: "events queued again for one endpoint (replay, redrive)", Limits: limits(cfg.Streams.Replay),
+				Settle: lastLook(longestWait(cfg), cfg.Streams.Replay.MaxAge.D())},
 			{Name: history.StreamAttempts, Subjects: []string{history.SubjectsAttempts}, Description: "every webhook delivery attempt", Limits: limits(cfg.Streams.Attempts)},
 			{Name: history.StreamRefs, Subjects: []string{history.SubjectsRefs}, Description: "merchantRef to SenGo transaction ids", Limits: perSubject(limits(cfg.Streams.Refs), 1)},
 			{Name: history.StreamReconcile, Subjects: []string{history.SubjectsReconcile}, Description: "reconciliation runs and what they found", Limits: limits(cfg.Streams.Reconciliations)},
 		},
 		Buckets: []stream.BucketSpec{
-			{Name: event.BucketTx, Description: "SenGo transaction state", TTL: cfg.Streams.Transactions.TTL.D(), History: 1},
-			{Name: event.BucketDelivery, Description: "webhook delivery attempts per endpoint and event", TTL: deliveryTTL(cfg), History: 1},
+			{Name: event.BucketTx, Description: "SenGo transaction state", TTL: cfg.Streams.Transactions.TTL.D(), History: 1,
+				TTLAtLeast: []string{event.StreamInbox}},
+			{Name: event.BucketDelivery, Description: "webhook delivery attempts per endpoint and event", TTL: deliveryTTL(cfg), History: 1,
+				TTLAtLeast: []string{event.StreamEvents, event.StreamReplay}},
 			admin.SessionsBucket(),
 			admin.ReplaysBucket(),
 		},
@@ -824,6 +829,28 @@ func provisionSpec(cfg config.Config) stream.Spec {
 }
 
 func perSubject(l stream.Limits, n int64) stream.Limits { l.PerSubject = n; return l }
+
+// lastLook is how close to the end of a stream's age (age) a message not
+// settled may be while it waits for its next look: wait, and the guard that
+// dead-letters or quarantines it before the stream drops it (a tenth of
+// the age, a day at most). A lowered max_age waits while an unsettled
+// message is that old (stream.StreamSpec.Settle).
+func lastLook(wait, age time.Duration) time.Duration { return wait + min(24*time.Hour, age/10) }
+
+// longestWait is the longest an event may wait for its next attempt to an
+// endpoint: the longest step of its retry schedule (with jitter) or a
+// Retry-After, and the attempt's timeout.
+func longestWait(cfg config.Config) time.Duration {
+	var longest time.Duration
+	for _, e := range cfg.Endpoints {
+		step := e.Retry.RetryAfterMax.D()
+		for _, d := range e.Retry.Schedule {
+			step = max(step, time.Duration(float64(d.D())*(1+e.Retry.Jitter)))
+		}
+		longest = max(longest, step+e.Timeout.D())
+	}
+	return longest
+}
 
 // deliveryTTL is how long SENGO_DELIVERY keeps a record: as long as the
 // events and the copies it speaks of are kept, and a day at least (a
