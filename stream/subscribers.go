@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -446,8 +447,10 @@ func directGet(data []byte) error {
 	if json.Unmarshal(data, &req) != nil {
 		return nil
 	}
-	if req.Batch > 1 || len(req.MultiLast) > 0 {
-		return fmt.Errorf("%w: a direct get passes on one message; read more with a consumer", errForbidden)
+	if req.Batch != 0 || len(req.MultiLast) > 0 {
+		// Even a batch of one: it ends with a second answer (end of
+		// batch), which the import passes no more than the rest.
+		return fmt.Errorf("%w: a direct get passes on one message, and no batch; read more with a consumer", errForbidden)
 	}
 	return nil
 }
@@ -488,8 +491,27 @@ func (g *guard) room(name string) error {
 }
 
 // refuse answers as JetStream's API does, so clients report it as an API
-// error.
+// error; a direct get as the stream does, with a status and a description
+// and no body (in headers: a client connection cannot write a status line,
+// and nats.go reads either).
 func (g *guard) refuse(m *nats.Msg, err error) {
+	code := refusalCode(err)
+	if "$JS.API"+strings.TrimPrefix(m.Subject, guardPrefix) == "$JS.API.DIRECT.GET."+g.stream {
+		h := nats.Header{}
+		h.Set("Status", strconv.Itoa(code))
+		h.Set("Description", err.Error())
+		_ = m.RespondMsg(&nats.Msg{Header: h})
+		return
+	}
+	b, _ := json.Marshal(map[string]any{
+		"error": map[string]any{"code": code, "description": err.Error()},
+	})
+	_ = m.Respond(b)
+}
+
+// refusalCode is the HTTP-like code of a refusal, as JetStream's API
+// answers them.
+func refusalCode(err error) int {
 	code := 403
 	switch {
 	case errors.Is(err, errUnavailable), errors.Is(err, errBusy):
@@ -499,8 +521,5 @@ func (g *guard) refuse(m *nats.Msg, err error) {
 	case errors.Is(err, errTooLarge):
 		code = 413
 	}
-	b, _ := json.Marshal(map[string]any{
-		"error": map[string]any{"code": code, "description": err.Error()},
-	})
-	_ = m.Respond(b)
+	return code
 }
