@@ -82,13 +82,21 @@ type attemptStore struct {
 	refused *atomic.Int64
 }
 
-func (s attemptStore) get(ctx context.Context, key string) (attempts, bool, error) {
+// get reads key's record. One last written before since (a replayed
+// copy's time in SENGO_REPLAY; zero for a live event) belongs to another
+// copy that held the same sequence before SENGO_REPLAY was made anew: it
+// is none of this one's (its done acknowledged the copy unposted, and
+// removed a redriven copy's new dead letter).
+func (s attemptStore) get(ctx context.Context, key string, since time.Time) (attempts, bool, error) {
 	e, err := s.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return attempts{}, false, nil
 	}
 	if err != nil {
 		return attempts{}, false, fmt.Errorf("read attempts %s: %w", key, err)
+	}
+	if e.Created().Before(since) {
+		return attempts{}, false, nil
 	}
 	var a attempts
 	if err := json.Unmarshal(e.Value(), &a); err != nil {

@@ -911,3 +911,36 @@ func TestASettledCopyIsNotPostedAgainByAConsumerMadeAnew(t *testing.T) {
 		t.Fatalf("%d posts, want 3: the settled copy was posted again", n)
 	}
 }
+
+// A replayed copy's record is kept under its sequence in SENGO_REPLAY.
+// That stream made anew (an operator deleting it), its sequences start
+// again, and the next copies took the sequences of the old ones: a copy's
+// first delivery read the old one's done, and was acknowledged unposted.
+// A record written before the copy was stored is another copy's.
+func TestACopyIsNotTakenForAnOldCopyAtItsSequence(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	ep := h.endpoint("orders", c.URL)
+	h.publish("tx-again", event.StatusSuccess, "")
+	w, stop := h.runWorker(ep)
+	eventually(t, "the live event delivered", func() bool { return len(c.got()) == 1 })
+	if _, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the copy delivered and settled", func() bool {
+		_, replay, _, err := w.Pending(t.Context())
+		return len(c.got()) == 2 && err == nil && replay == 0
+	})
+	stop()
+	if err := h.js.DeleteStream(t.Context(), event.StreamReplay); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Provision(t.Context(), h.js, testSpec()); err != nil {
+		t.Fatal(err)
+	}
+	h.runWorker(ep)
+	if _, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new copy posted", func() bool { return len(c.got()) == 3 })
+}

@@ -53,7 +53,7 @@ func TestHugeRetryAfterIsCappedAtRetryAfterMax(t *testing.T) {
 			store := attemptStore{kv: mustKV(t, h)}
 			var rec attempts
 			eventually(t, "the first attempt recorded", func() bool {
-				r, ok, err := store.get(context.Background(), key)
+				r, ok, err := store.get(context.Background(), key, time.Time{})
 				rec = r
 				return err == nil && ok && r.Count >= 1
 			})

@@ -536,7 +536,7 @@ func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string
 		replaySeq = meta.Sequence.Stream
 	}
 	key := attemptKey(endpoint, recordID(ev.ID, meta.Sequence.Stream), replaySeq)
-	rec, _, err := r.store.get(ctx, key)
+	rec, _, err := r.store.get(ctx, key, copyStored(meta, replayed))
 	if err != nil {
 		return false, err
 	}

@@ -407,7 +407,7 @@ const backlogBatch = 64
 // event it has not given out.
 func (w *Worker) sweepBacklog(ctx context.Context, cons jetstream.Consumer, s jetstream.Stream, maxAge time.Duration, replayed bool) {
 	for ctx.Err() == nil && w.backlogDue(ctx, cons, s, maxAge) {
-		if _, dead := w.sweepBatch(ctx, cons, maxAge, replayed, ReasonExpiringInBacklog); !dead {
+		if _, dead, _ := w.sweepBatch(ctx, cons, maxAge, replayed, ReasonExpiringInBacklog, nil); !dead {
 			return
 		}
 	}
@@ -430,13 +430,18 @@ func (w *Worker) backlogDue(ctx context.Context, cons jetstream.Consumer, s jets
 // sweepBatch takes the next messages waiting on cons, dead-letters those
 // about to age out (for reason) and puts the others back; it reports how
 // many it took, and whether it dead-lettered any.
-func (w *Worker) sweepBatch(ctx context.Context, cons jetstream.Consumer, maxAge time.Duration, replayed bool, reason string) (took int, dead bool) {
+//
+// With seen (a sweep of a paused endpoint's), it also reports done: a
+// message it put back earlier in the sweep came again (the server hands
+// out those put back before the others), or one never given out before
+// is not due (those come in the stream's order: none after it is).
+func (w *Worker) sweepBatch(ctx context.Context, cons jetstream.Consumer, maxAge time.Duration, replayed bool, reason string, seen map[uint64]bool) (took int, dead, done bool) {
 	batch, err := cons.FetchNoWait(backlogBatch)
 	if err != nil {
 		if gone(err) { // a held endpoint's worker does not pull: this is where it finds out
 			w.recreateSoon(ctx)
 		}
-		return 0, false
+		return 0, false, true
 	}
 	type taken struct {
 		msg  jetstream.Msg
@@ -446,8 +451,19 @@ func (w *Worker) sweepBatch(ctx context.Context, cons jetstream.Consumer, maxAge
 	for msg := range batch.Messages() {
 		took++
 		meta, err := msg.Metadata()
+		if err == nil && seen != nil {
+			if seen[meta.Sequence.Stream] {
+				done = true
+				_ = msg.Nak()
+				continue
+			}
+			seen[meta.Sequence.Stream] = true
+		}
 		if err != nil || time.Since(meta.Timestamp) < maxAge-expiryGuard(maxAge) {
 			_ = msg.Nak() // not due: back to the workers at once
+			if err == nil && seen != nil && meta.NumDelivered == 1 {
+				done = true
+			}
 			continue
 		}
 		due = append(due, taken{msg, meta})
@@ -470,7 +486,7 @@ func (w *Worker) sweepBatch(ctx context.Context, cons jetstream.Consumer, maxAge
 	if err := batch.Error(); gone(err) {
 		w.recreateSoon(ctx)
 	}
-	return took, dead
+	return took, dead, done
 }
 
 // sweepPaused guards a paused or held endpoint's waiting messages (cons,
@@ -482,16 +498,29 @@ func (w *Worker) sweepBatch(ctx context.Context, cons jetstream.Consumer, maxAge
 // redelivery queue, and a due one behind many younger ones (their retries
 // come due first) waited a tick for each: it aged out without a trace.
 // When nothing is due it costs two reads, or one per filter.
+//
+// A sweep looks at each waiting message once (the server hands out those
+// it puts back first again: it stops there), and at most pausedSweepMax a
+// tick: a paused endpoint's backlog of a million events looked at whole
+// every minute (its oldest due but waiting for its retry) loaded the
+// store for the whole pause. One due behind more is reached a later tick:
+// each sweep puts the ones it looked at behind the others.
 func (w *Worker) sweepPaused(ctx context.Context, cons jetstream.Consumer, s jetstream.Stream, maxAge time.Duration, replayed bool, paused func() bool) {
-	n := w.pausedDue(ctx, cons, s, maxAge)
+	n := min(w.pausedDue(ctx, cons, s, maxAge), pausedSweepMax)
+	seen := make(map[uint64]bool, min(n, 1024))
 	for looked := 0; looked < n && paused(); {
-		took, _ := w.sweepBatch(ctx, cons, maxAge, replayed, ReasonExpiring)
-		if took == 0 {
+		took, _, done := w.sweepBatch(ctx, cons, maxAge, replayed, ReasonExpiring, seen)
+		if took == 0 || done {
 			return
 		}
 		looked += took
 	}
 }
+
+// pausedSweepMax bounds the messages one sweep of a paused endpoint looks
+// at: with one a minute, a due message behind 5.9 million others is still
+// reached within the guard's day.
+const pausedSweepMax = 4096
 
 // pausedDue is how many messages cons holds not settled (waiting, or
 // given out and not acknowledged) when the oldest of them is about to age
@@ -526,6 +555,15 @@ func (w *Worker) pausedDue(ctx context.Context, cons jetstream.Consumer, s jetst
 	return 0
 }
 
+// copyStored is when a replayed copy was stored in SENGO_REPLAY (a record
+// written before it is another copy's); zero for a live event.
+func copyStored(meta *jetstream.MsgMetadata, replayed bool) time.Time {
+	if !replayed {
+		return time.Time{}
+	}
+	return meta.Timestamp
+}
+
 // expire dead-letters msg, about to age out of its stream, for reason (or
 // acknowledges it if its record says it is done); it puts it back when its
 // attempt record cannot be read, and reports whether it took it.
@@ -540,7 +578,7 @@ func (w *Worker) expire(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 	// As handle keeps it: an empty id made "orders.", no key, and the guard
 	// took the message again at every look.
 	key := attemptKey(w.ep.Name, recordID(ev.ID, meta.Sequence.Stream), replaySeq)
-	rec, _, err := w.store.get(mctx, key)
+	rec, _, err := w.store.get(mctx, key, copyStored(meta, replayed))
 	if err != nil {
 		_ = msg.Nak()
 		return false
@@ -828,7 +866,7 @@ func (w *Worker) handle(runCtx context.Context, msg jetstream.Msg, replayed, pro
 	// and the endpoint's replay consumer, made again from the start (put
 	// back after its retirement's place was forgotten), posted each again.
 	if meta.NumDelivered > 1 || replayed {
-		rec, _, err = w.store.get(ctx, key)
+		rec, _, err = w.store.get(ctx, key, copyStored(meta, replayed))
 		if err == nil && !rec.Done && replayed && w.deliveredUnrecorded(key) {
 			rec.Done = true
 		}
@@ -1191,7 +1229,7 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 		return false, 0
 	}
 	prevID := event.ID(project, ev.Data.TransactionID, *prev)
-	rec, found, err := w.store.get(ctx, attemptKey(w.ep.Name, prevID, 0))
+	rec, found, err := w.store.get(ctx, attemptKey(w.ep.Name, prevID, 0), time.Time{})
 	switch {
 	case err != nil:
 		return true, time.Second
