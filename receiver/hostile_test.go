@@ -1811,3 +1811,70 @@ func TestAFloodOfOneForgedClaimHoldsOneSlot(t *testing.T) {
 	}
 	poll.Within(t, 5*time.Second, "the genuine success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
 }
+
+// Forged claims of many real pending transactions (orders the attacker
+// made), each retried confirm_attempts times, held a slot of the shared
+// intake consumer each: claims SenGo does not confirm were no failed
+// checks, and the per-project share did not count them. It does now, and
+// the other project's payment goes through.
+func TestOneProjectsUnconfirmedClaimsDoNotStallTheOthers(t *testing.T) {
+	_, client := startSandbox(t)
+	h := newHarness(t, true, func(c *Config, ic *IntakeConfig) {
+		c.Projects = append(c.Projects, Project{Name: "other"})
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}) // other does not confirm
+		ic.Workers, ic.MaxAckPending = 2, 8
+		ic.ConfirmAttempts = 5
+		ic.RetryInitial, ic.RetryMax = 5*time.Second, 10*time.Second
+	})
+	for i := range 12 {
+		tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: fmt.Sprint("INV-CLAIM-", i), Amount: 5000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		forged := fmt.Appendf(nil, `{"id":%q,"merchantRef":%q,"status":"success","amount":%d,"fee":0,"totalAmount":%d,"qris":{}}`, tx.ID, tx.MerchantRef, tx.Amount, tx.TotalAmount)
+		if resp, got := h.post("/callbacks/sengo/main", forged); resp.StatusCode != 200 {
+			t.Fatalf("forged %d: %d %v", i, resp.StatusCode, got)
+		}
+	}
+	eventually(t, "main's claims unconfirmed", func() bool {
+		return testutil.ToFloat64(h.metrics.Confirm.WithLabelValues("main", "unconfirmed")) >= 8
+	})
+	body := []byte(`{"id":"other-1","merchantRef":"O-1","status":"success","amount":10000,"fee":0,"totalAmount":10000,"qris":{}}`)
+	if resp, got := h.post("/callbacks/sengo/other", body); resp.StatusCode != 200 {
+		t.Fatalf("other's callback: %d %v", resp.StatusCode, got)
+	}
+	poll.Within(t, 20*time.Second, "other's success published while main's claims wait", func() bool { return len(statuses(h.events(), "other-1")) == 1 })
+	for _, e := range h.events() {
+		if e.Source != "sengo/other" {
+			t.Fatalf("a forged claim was published: %s", e.Data.TransactionID)
+		}
+	}
+}
+
+// A check SenGo refuses for the id itself (422 REQUEST_INVALID: an id no
+// real one looks like) says nothing a retry would change: each such
+// forged notification was retried confirm_attempts times, holding a slot
+// for each retry. It is set aside at once, rechecked on the quarantine's
+// schedule.
+func TestARefusedCheckIsSetAsideAtOnce(t *testing.T) {
+	_, client := sandboxWithChecks(t, func(id string, w http.ResponseWriter, _ *http.Request) bool {
+		if !strings.HasPrefix(id, "odd") {
+			return false
+		}
+		w.WriteHeader(http.StatusUnprocessableEntity)
+		w.Write([]byte(`{"responseCode":422,"responseMessage":"REQUEST_INVALID"}`))
+		return true
+	})
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.ConfirmAttempts = 5
+		ic.RetryInitial, ic.RetryMax = 5*time.Second, 10*time.Second
+	})
+	if resp, got := h.post("/callbacks/sengo/main", callback("odd~id", event.StatusSuccess)); resp.StatusCode != 200 {
+		t.Fatalf("callback: %d %v", resp.StatusCode, got)
+	}
+	poll.Within(t, 4*time.Second, "set aside at once", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
+	if n := h.intakeCount("main", "retry"); n != 0 {
+		t.Fatalf("retried %v times first", n)
+	}
+}

@@ -421,16 +421,12 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		r.setAside = true
 		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "failing_alone").Inc()
 	}
-	// SenGo's API not answering one project's checks (its key revoked,
-	// its allowlist refusing the relay) put back every notification of
-	// it, each holding a slot of the one consumer all projects share:
-	// once they filled max_ack_pending, no project's was processed. A
-	// project holds at most a share of them; past it, a notification is
-	// set aside as unconfirmed, rechecked on the quarantine's schedule.
-	if held := in.undelay(r.project, seq); r.checkFailed && !r.setAside && held >= in.delayedShare() && in.crowded(ctx) {
-		r.err = fmt.Errorf("%w: set aside: SenGo's API does not answer project %s's checks, and %d of its notifications wait for it already (max_ack_pending is shared by every project): %v", sengo.ErrUnconfirmed, r.project, held, r.err)
+	// SenGo refused to check the id itself (a 4xx for it): a retry
+	// changes nothing, and each such forged notification held a slot of
+	// the shared consumer for every retry. Set aside at once, rechecked.
+	var mismatch *sengo.MismatchError
+	if errors.As(r.err, &mismatch) && mismatch.Refused {
 		r.setAside = true
-		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "set_aside").Inc()
 	}
 	// A claim SenGo's API does not (yet) confirm is retried for one body
 	// at a time: the same check decides every body of it. Forged bodies
@@ -438,10 +434,25 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 	// consumer each for every retry, and a few dozen a second stopped
 	// every project's intake. The others are set aside, rechecked on the
 	// quarantine's schedule.
-	if errors.Is(r.err, sengo.ErrUnconfirmed) && !r.setAside && r.claim != "" && int(attempt) < max(in.cfg.ConfirmAttempts, 1) &&
-		!in.retryClaim(r.claim, seq, time.Now().Add(in.retryDelay(attempt)+in.cfg.AckWait)) {
+	unconfirmed := errors.Is(r.err, sengo.ErrUnconfirmed) && !r.setAside && int(attempt) < max(in.cfg.ConfirmAttempts, 1)
+	if unconfirmed && r.claim != "" && !in.retryClaim(r.claim, seq, time.Now().Add(in.retryDelay(attempt)+in.cfg.AckWait)) {
 		r.err = fmt.Errorf("%w: set aside: another notification of the same claim (transaction and status) is being confirmed: %v", sengo.ErrUnconfirmed, r.err)
 		r.setAside = true
+		unconfirmed = false
+		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "set_aside").Inc()
+	}
+	// SenGo's API not answering one project's checks (its key revoked,
+	// its allowlist refusing the relay), or not confirming its claims
+	// (forged ones of many real transactions), put back every
+	// notification of it, each holding a slot of the one consumer all
+	// projects share: once they filled max_ack_pending, no project's was
+	// processed. A project holds at most a share of them; past it, a
+	// notification is set aside as unconfirmed, rechecked on the
+	// quarantine's schedule.
+	waiting := (r.checkFailed || unconfirmed) && !r.setAside
+	if held := in.undelay(r.project, seq); waiting && held >= in.delayedShare() && in.crowded(ctx) {
+		r.err = fmt.Errorf("%w: set aside: %d of project %s's notifications wait for SenGo's API already (max_ack_pending is shared by every project): %v", sengo.ErrUnconfirmed, held, r.project, r.err)
+		r.setAside, waiting = true, false
 		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "set_aside").Inc()
 	}
 	// Retried (or waiting) until the inbox would drop it: set aside
@@ -499,7 +510,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 		delay := in.retryDelay(attempt)
 		in.count(r.project, "retry")
 		log().Warn().Err(r.err).Stringer("delay", delay).Msg("intake failed; retrying")
-		if r.checkFailed {
+		if waiting {
 			in.delay(r.project, seq, time.Now().Add(delay))
 		}
 		_ = m.NakWithDelay(delay)

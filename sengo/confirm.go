@@ -36,7 +36,10 @@ type MismatchError struct {
 	Reason   string
 	Callback Transaction
 	SenGo    Transaction // zero when SenGo has no such transaction
-	kind     error       // ErrMismatch or ErrUnconfirmed
+	// Refused: SenGo refused to check the id itself (a 4xx for it), which
+	// a retry does not change.
+	Refused bool
+	kind    error // ErrMismatch or ErrUnconfirmed
 }
 
 func (e *MismatchError) Error() string { return e.kind.Error() + ": " + e.Reason }
@@ -178,8 +181,8 @@ func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction)
 		// credentials or base_url problem every notification shares):
 		// retried as long as an outage, each forged one would hold
 		// one of intake's slots for the inbox's retention. Treated as
-		// unconfirmed: a few tries, then quarantine and its rechecks.
-		return Transaction{}, false, &MismatchError{Reason: "SenGo's API refused to check the transaction: " + apiErr.Error(), Callback: tx, kind: ErrUnconfirmed}
+		// unconfirmed: set aside at once (Refused), rechecked.
+		return Transaction{}, false, &MismatchError{Reason: "SenGo's API refused to check the transaction: " + apiErr.Error(), Callback: tx, Refused: true, kind: ErrUnconfirmed}
 	}
 	if err != nil {
 		return Transaction{}, false, fmt.Errorf("check %s: %w", tx.ID, err)
