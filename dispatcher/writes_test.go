@@ -885,3 +885,77 @@ func TestTheExpiryGuardFindsADueEventBehindYoungerOnes(t *testing.T) {
 		t.Fatalf("dead letters %v, want tx-old/%s: it aged out without a trace", got, ReasonExpiring)
 	}
 }
+
+// countingConsumer counts the messages a sweep takes.
+type countingConsumer struct {
+	jetstream.Consumer
+	took *int
+}
+
+func (c countingConsumer) FetchNoWait(n int) (jetstream.MessageBatch, error) {
+	b, err := c.Consumer.FetchNoWait(n)
+	if err != nil {
+		return b, err
+	}
+	msgs := make(chan jetstream.Msg, n)
+	for m := range b.Messages() {
+		*c.took++
+		msgs <- m
+	}
+	close(msgs)
+	return fixedBatch{msgs: msgs, err: b.Error()}, nil
+}
+
+type fixedBatch struct {
+	msgs chan jetstream.Msg
+	err  error
+}
+
+func (b fixedBatch) Messages() <-chan jetstream.Msg { return b.msgs }
+func (b fixedBatch) Error() error                  { return b.err }
+
+// A paused endpoint's sweep, once its oldest event was due, looked at
+// every waiting event each tick: a backlog of a million, every minute, for
+// as long as the oldest waited for its retry. A sweep looks at most at
+// pausedSweepMax, each once.
+func TestAPausedSweepIsBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	h := newHarness(t)
+	w := h.worker(h.endpoint("orders", "http://127.0.0.1:1"))
+	h.publish("tx-oldest", event.StatusSuccess, "")
+	stored := time.Now()
+	poll.Within(t, 10*time.Second, "2 s passed", func() bool { return time.Since(stored) > 2*time.Second })
+	const n = pausedSweepMax + 1000
+	for i := range n {
+		h.publish(fmt.Sprintf("tx-young-%d", i), event.StatusSuccess, "")
+	}
+	// The oldest waits for its retry; the others are put back, waiting
+	// (all taken first: one put back at once is given out again first).
+	var given []jetstream.Msg
+	for len(given) < n+1 {
+		b, err := w.live.FetchNoWait(500)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range b.Messages() {
+			given = append(given, m)
+		}
+	}
+	_ = given[0].NakWithDelay(time.Hour)
+	for _, m := range given[1:] {
+		_ = m.Nak()
+	}
+	maxAge := 4 * time.Second // the oldest is due from 3.6 s, the others 2 s later
+	poll.Within(t, 10*time.Second, "the oldest due", func() bool { return time.Since(stored) > 3700*time.Millisecond })
+	took := 0
+	w.sweepPaused(t.Context(), countingConsumer{w.live, &took}, w.events, maxAge, false, func() bool { return true })
+	if took > pausedSweepMax+backlogBatch {
+		t.Fatalf("one sweep took %d messages, want at most %d", took, pausedSweepMax+backlogBatch)
+	}
+	if took < pausedSweepMax {
+		ci, _ := w.live.Info(t.Context())
+		t.Fatalf("one sweep took %d messages: the test did not test (%+v)", took, ci)
+	}
+}
