@@ -912,7 +912,7 @@ type fixedBatch struct {
 }
 
 func (b fixedBatch) Messages() <-chan jetstream.Msg { return b.msgs }
-func (b fixedBatch) Error() error                  { return b.err }
+func (b fixedBatch) Error() error                   { return b.err }
 
 // A paused endpoint's sweep, once its oldest event was due, looked at
 // every waiting event each tick: a backlog of a million, every minute, for
