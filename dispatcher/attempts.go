@@ -35,6 +35,11 @@ type attempts struct {
 	// Seq is the event's sequence in SENGO_EVENTS: an ordered successor
 	// waits only for a record of an event stored before it.
 	Seq uint64 `json:"seq,omitempty"`
+	// Copy is when the replayed copy the record is of was stored in
+	// SENGO_REPLAY (zero for a live event's): a record of another copy
+	// that held the same sequence before the stream was made anew has
+	// another.
+	Copy time.Time `json:"copy,omitzero"`
 }
 
 // recordable reports whether id can name an attempt record: it can end a
@@ -82,25 +87,30 @@ type attemptStore struct {
 	refused *atomic.Int64
 }
 
-// get reads key's record. One last written before since (a replayed
-// copy's time in SENGO_REPLAY; zero for a live event) belongs to another
-// copy that held the same sequence before SENGO_REPLAY was made anew: it
-// is none of this one's (its done acknowledged the copy unposted, and
-// removed a redriven copy's new dead letter).
-func (s attemptStore) get(ctx context.Context, key string, since time.Time) (attempts, bool, error) {
+// get reads key's record. For a replayed copy, copy is when it was stored
+// in SENGO_REPLAY (zero for a live event), and the record returned is
+// marked so (attempts.Copy). A record of another copy, one that held the
+// same sequence before SENGO_REPLAY was made anew, is none of this one's
+// (its done acknowledged the copy unposted, and removed a redriven copy's
+// new dead letter): it names another copy, or, written before Copy was
+// kept, it was written before this copy was stored.
+func (s attemptStore) get(ctx context.Context, key string, copy time.Time) (attempts, bool, error) {
 	e, err := s.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return attempts{}, false, nil
+		return attempts{Copy: copy}, false, nil
 	}
 	if err != nil {
 		return attempts{}, false, fmt.Errorf("read attempts %s: %w", key, err)
 	}
-	if e.Created().Before(since) {
-		return attempts{}, false, nil
-	}
 	var a attempts
 	if err := json.Unmarshal(e.Value(), &a); err != nil {
 		return attempts{}, false, fmt.Errorf("decode attempts %s: %w", key, err)
+	}
+	if !copy.IsZero() && (!a.Copy.IsZero() && !a.Copy.Equal(copy) || a.Copy.IsZero() && e.Created().Before(copy)) {
+		return attempts{Copy: copy}, false, nil
+	}
+	if !copy.IsZero() {
+		a.Copy = copy
 	}
 	return a, true, nil
 }

@@ -149,6 +149,15 @@ type claimRetry struct {
 // claim is retried as before.
 const maxClaims = 4096
 
+// releaseClaim gives up claim if the notification at seq holds it.
+func (in *Intake) releaseClaim(claim string, seq uint64) {
+	in.claimsMu.Lock()
+	defer in.claimsMu.Unlock()
+	if c, ok := in.claims[claim]; ok && c.seq == seq {
+		delete(in.claims, claim)
+	}
+}
+
 // retryClaim reports whether the notification at inbox sequence seq may
 // be retried for claim (unconfirmed): no other notification of the claim
 // is retried meanwhile on this relay. Its retry holds the claim until.
@@ -453,6 +462,7 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 	if held := in.undelay(r.project, seq); waiting && held >= in.delayedShare() && in.crowded(ctx) {
 		r.err = fmt.Errorf("%w: set aside: %d of project %s's notifications wait for SenGo's API already (max_ack_pending is shared by every project): %v", sengo.ErrUnconfirmed, held, r.project, r.err)
 		r.setAside, waiting = true, false
+		in.releaseClaim(r.claim, seq) // not retried: another body of the claim may be
 		in.cfg.Metrics.Confirm.WithLabelValues(r.project, "set_aside").Inc()
 	}
 	// Retried (or waiting) until the inbox would drop it: set aside

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -65,7 +66,10 @@ type Spec struct {
 	Buckets  []BucketSpec
 	// Warn is told why a stream keeps a setting other than the one asked
 	// (a max_age not lowered over messages not yet settled); nil: not told.
-	Warn func(msg string)
+	Warn func(stream, msg string)
+	// Kept is told, for each stream provisioned, whether it keeps a max_age
+	// above the one asked (keptAge); nil: not told.
+	Kept func(stream string, kept bool)
 }
 
 // itemTimeouts are the deadlines of the tries of one create-or-update
@@ -111,7 +115,10 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 				return err
 			}
 			if why != "" && spec.Warn != nil {
-				spec.Warn(why)
+				spec.Warn(s.Name, why)
+			}
+			if spec.Kept != nil {
+				spec.Kept(s.Name, why != "")
 			}
 			cfg := cfg
 			cfg.MaxAge = age
@@ -124,10 +131,26 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			errs = append(errs, fmt.Errorf("provision stream %s: %w", s.Name, err))
 		}
 	}
+buckets:
 	for _, b := range spec.Buckets {
 		ttl := b.TTL
 		for _, name := range b.TTLAtLeast {
-			if age, ok := ages[name]; ok && ttl != 0 {
+			age, ok := ages[name]
+			if !ok {
+				// Not provisioned in this pass: the age it keeps now. A
+				// bucket given its configured ttl below it lost at once
+				// the entries of messages still kept.
+				st, err := js.Stream(ctx, name)
+				switch {
+				case errors.Is(err, jetstream.ErrStreamNotFound):
+					continue
+				case err != nil:
+					errs = append(errs, fmt.Errorf("provision bucket %s: the age of %s: %w", b.Name, name, err))
+					continue buckets
+				}
+				age = st.CachedInfo().Config.MaxAge
+			}
+			if ttl != 0 {
 				if age == 0 {
 					ttl = 0
 				} else {
@@ -181,6 +204,10 @@ func keepsReplicas(ctx context.Context, js jetstream.JetStream, name string, rep
 	return nil
 }
 
+// relayOwn names the relay's consumers other than its endpoints'
+// (ReservedConsumerPrefix): intake's.
+var relayOwn = []string{"intake"}
+
 // keptAge is the max_age to give stream name (that may exist) when asked
 // for asked: asked, unless that is lower than the stream's and one of its
 // consumers holds a message not settled (not yet delivered, or delivered
@@ -208,11 +235,17 @@ func keptAge(ctx context.Context, js jetstream.JetStream, name string, asked, se
 	kept := func(why string) (time.Duration, string, error) {
 		return has, fmt.Sprintf("stream %s keeps max_age %s, not the %s configured: %s; a lower max_age deletes every older message at once (checked at each start)", name, has, asked, why), nil
 	}
-	cutoff := time.Now().Add(-max(asked-settle, 0))
 	list := s.ListConsumers(ctx)
 	for ci := range list.Info() {
 		if strings.HasPrefix(ci.Name, ScanConsumerPrefix) || ci.NumPending == 0 && ci.NumAckPending == 0 {
 			continue
+		}
+		// The relay's own consumers may hold a message for a retry
+		// scheduled under the old age; another's (a subscriber's) gets no
+		// retry of the relay's.
+		cutoff := time.Now().Add(-asked)
+		if slices.Contains(relayOwn, ci.Name) || strings.HasPrefix(ci.Name, ReservedConsumerPrefix) {
+			cutoff = time.Now().Add(-max(asked-settle, 0))
 		}
 		filters := ci.Config.FilterSubjects
 		if ci.Config.FilterSubject != "" {

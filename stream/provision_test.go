@@ -253,7 +253,7 @@ func TestProvisionDoesNotLowerAnAgeOverUnsettledMessages(t *testing.T) {
 	var warned []string
 	lower := spec(2 * time.Second) // a fresh message has 2 s to be read in (Settle 0)
 	lower.Streams[0].Limits.Duplicates = time.Second
-	lower.Warn = func(msg string) { warned = append(warned, msg) }
+	lower.Warn = func(_, msg string) { warned = append(warned, msg) }
 	if err := stream.Provision(ctx, js, lower); err != nil {
 		t.Fatal(err)
 	}
@@ -297,16 +297,31 @@ func TestProvisionKeepsAnAgeForRetriesAndItsBucketsTTL(t *testing.T) {
 	if err := stream.Provision(ctx, js, withBucket(time.Hour, 0)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.CreateOrUpdateConsumer(ctx, "T_INBOX", jetstream.ConsumerConfig{Durable: "retrying", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
-		t.Fatal(err)
+	consumer := func(name string) {
+		t.Helper()
+		if _, err := js.CreateOrUpdateConsumer(ctx, "T_INBOX", jetstream.ConsumerConfig{Durable: name, AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+			t.Fatal(err)
+		}
 	}
+	consumer("orders-service") // a subscriber's: the relay schedules no retry for it
 	if _, err := js.Publish(ctx, "t.inbox.x", []byte("its retry comes in 9 s")); err != nil {
 		t.Fatal(err)
 	}
 	stored := time.Now()
 	poll.Until(t, "the message a second old", func() bool { return time.Since(stored) > time.Second })
 	// 10 s asked, and a message may wait 9.5 s for its next look: one a
-	// second old might not be looked at before it is 10 s old.
+	// second old might not be looked at before it is 10 s old. Only for the
+	// relay's own consumers: a subscriber's holds only what is older.
+	if err := stream.Provision(ctx, js, withBucket(10*time.Second, 9500*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if info := streamInfo(t, js, "T_INBOX"); info.Config.MaxAge != 10*time.Second {
+		t.Fatalf("max_age %s with only a subscriber's consumer behind, want the 10s asked", info.Config.MaxAge)
+	}
+	if err := stream.Provision(ctx, js, withBucket(time.Hour, 0)); err != nil {
+		t.Fatal(err)
+	}
+	consumer("webhook-orders") // an endpoint's, whose retry may come in 9 s
 	if err := stream.Provision(ctx, js, withBucket(10*time.Second, 9500*time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
@@ -337,4 +352,34 @@ func streamInfo(t *testing.T, js jetstream.JetStream, name string) *jetstream.St
 		t.Fatal(err)
 	}
 	return info
+}
+
+// A bucket whose TTL follows a stream's kept age took its configured TTL
+// when that stream failed to provision in the same pass (here JetStream
+// refuses to change its storage), below the age the stream still keeps:
+// the older entries went at once. It takes the stream's age as it is.
+func TestABucketKeepsItsStreamsAgeWhenTheStreamFails(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "T_INBOX", Subjects: []string{"t.inbox.>"}, Storage: jetstream.MemoryStorage, MaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	sp := spec(2 * time.Second) // file storage: refused
+	sp.Streams[0].Limits.Duplicates = time.Second
+	sp.Buckets[0].TTL, sp.Buckets[0].TTLAtLeast = 2*time.Second, []string{"T_INBOX"}
+	if err := stream.Provision(ctx, js, sp); err == nil {
+		t.Fatal("a change of storage was not refused")
+	}
+	kv, err := js.KeyValue(ctx, "T_TX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TTL() != time.Hour {
+		t.Fatalf("the bucket's ttl %s, want the hour its stream still keeps", st.TTL())
+	}
 }

@@ -497,6 +497,11 @@ func (g *guard) room(name string) error {
 func (g *guard) refuse(m *nats.Msg, err error) {
 	code := refusalCode(err)
 	if "$JS.API"+strings.TrimPrefix(m.Subject, guardPrefix) == "$JS.API.DIRECT.GET."+g.stream {
+		if code == 503 {
+			// An empty answer of status 503 is "no responders" to nats.go,
+			// not this: busy, or the store unavailable, retry.
+			code = 429
+		}
 		h := nats.Header{}
 		h.Set("Status", strconv.Itoa(code))
 		h.Set("Description", err.Error())

@@ -159,6 +159,13 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		)
 	}
 
+	ageKept := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "sengo_relay_stream_max_age_kept",
+		Help: "1 while a stream keeps a max_age above the configured one (a consumer holds messages a lower age would delete; the log at start says which), 0 otherwise.",
+	}, []string{"stream"})
+	reg.MustRegister(ageKept)
+	spec.Kept = func(stream string, kept bool) { ageKept.WithLabelValues(stream).Set(map[bool]float64{true: 1}[kept]) }
+
 	historyWrites := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sengo_relay_history_writes_total",
 		Help: "History records (kind: attempt, ref) by result: stored, or failed (the delivery or notification it describes is not affected).",
@@ -512,7 +519,7 @@ func recheckLoop(ctx context.Context, js jetstream.JetStream, durable receiver.D
 // NATS cluster waits, and one whose streams JetStream refuses keeps saying
 // why (readyz stays 503) rather than exiting.
 func provision(ctx context.Context, js jetstream.JetStream, spec stream.Spec, log zerolog.Logger) error {
-	spec.Warn = func(msg string) { log.Warn().Msg(msg) }
+	spec.Warn = func(stream, msg string) { log.Warn().Str("stream", stream).Msg(msg) }
 	return retry(ctx, log, "provisioning streams", anyError, func() error {
 		return stream.Provision(ctx, js, spec) // each item has its own deadline
 	})
