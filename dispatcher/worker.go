@@ -835,7 +835,7 @@ func (w *Worker) handle(runCtx context.Context, msg jetstream.Msg, replayed, pro
 	ev, err := event.Unmarshal(msg.Data())
 	if err != nil || !deliverableID(ev.ID) {
 		w.breaker.release(probe)
-		w.deadLetter(ctx, msg, meta, event.Event{}, attemptKey(w.ep.Name, seqID(meta.Sequence.Stream), replaySeq), attempts{}, ReasonUndecodable, replayed)
+		w.deadLetter(ctx, msg, meta, event.Event{}, attemptKey(w.ep.Name, seqID(meta.Sequence.Stream), replaySeq), attempts{Copy: copyStored(meta, replayed)}, ReasonUndecodable, replayed)
 		return
 	}
 	key := attemptKey(w.ep.Name, recordID(ev.ID, meta.Sequence.Stream), replaySeq)

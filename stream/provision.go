@@ -117,13 +117,13 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			if why != "" && spec.Warn != nil {
 				spec.Warn(s.Name, why)
 			}
-			if spec.Kept != nil {
-				spec.Kept(s.Name, why != "")
-			}
 			cfg := cfg
 			cfg.MaxAge = age
 			if _, err = js.CreateOrUpdateStream(ctx, cfg); err == nil {
 				ages[s.Name] = age
+				if spec.Kept != nil { // what the stream has now
+					spec.Kept(s.Name, why != "")
+				}
 			}
 			return err
 		})

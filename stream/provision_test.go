@@ -254,6 +254,8 @@ func TestProvisionDoesNotLowerAnAgeOverUnsettledMessages(t *testing.T) {
 	lower := spec(2 * time.Second) // a fresh message has 2 s to be read in (Settle 0)
 	lower.Streams[0].Limits.Duplicates = time.Second
 	lower.Warn = func(_, msg string) { warned = append(warned, msg) }
+	kept := map[string]bool{}
+	lower.Kept = func(stream string, k bool) { kept[stream] = k }
 	if err := stream.Provision(ctx, js, lower); err != nil {
 		t.Fatal(err)
 	}
@@ -264,6 +266,9 @@ func TestProvisionDoesNotLowerAnAgeOverUnsettledMessages(t *testing.T) {
 	if len(warned) != 1 || !strings.Contains(warned[0], "behind") || !strings.Contains(warned[0], "T_INBOX") {
 		t.Fatalf("warnings %q, want one naming the stream and the consumer behind", warned)
 	}
+	if !kept["T_INBOX"] {
+		t.Fatal("the stream keeping its age is not told (sengo_relay_stream_max_age_kept)")
+	}
 	settle("behind")
 	// A message younger than the lower age, not yet settled, keeps nothing.
 	if _, err := js.Publish(ctx, "t.inbox.x", []byte("fresh")); err != nil {
@@ -272,8 +277,8 @@ func TestProvisionDoesNotLowerAnAgeOverUnsettledMessages(t *testing.T) {
 	if err := stream.Provision(ctx, js, lower); err != nil {
 		t.Fatal(err)
 	}
-	if info := streamInfo(t, js, "T_INBOX"); info.Config.MaxAge != 2*time.Second {
-		t.Fatalf("max_age %s once everything is settled, want the lower 2s", info.Config.MaxAge)
+	if info := streamInfo(t, js, "T_INBOX"); info.Config.MaxAge != 2*time.Second || kept["T_INBOX"] {
+		t.Fatalf("max_age %s (kept told %v) once everything is settled, want the lower 2s", info.Config.MaxAge, kept["T_INBOX"])
 	}
 }
 
