@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"net"
 	"net/http"
@@ -773,6 +774,11 @@ func embeddedAuth(cfg config.Config) (*stream.EmbeddedAuth, error) {
 		if sub, err = stream.PasswordFromFile(dir, stream.SubscriberPasswordFile); err != nil {
 			return nil, err
 		}
+	} else if err := os.Remove(filepath.Join(dir, stream.SubscriberPasswordFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		// A chosen password retires the generated one: kept, it became
+		// valid again the day the chosen one was taken out of the
+		// configuration (a rotation away from a leaked one undone).
+		return nil, fmt.Errorf("retire the generated subscriber password: %w", err)
 	}
 	var protected []string
 	for _, name := range sortedNames(cfg.Endpoints) {

@@ -114,3 +114,29 @@ func TestTheDeliveryRecordsOutliveTheCopies(t *testing.T) {
 		t.Fatalf("records kept %s, want a day", got)
 	}
 }
+
+// A subscriber password set in the configuration replaces the one
+// generated on the first start, which stayed in store_dir: taken out of
+// the configuration again (a rotation away from a leaked generated one,
+// undone by someone tidying the file), the old one was valid again. The
+// chosen one retires it: the next generated one is new.
+func TestAChosenSubscriberPasswordRetiresTheGeneratedOne(t *testing.T) {
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	first, err := embeddedAuth(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chosen := cfg
+	chosen.NATS.Embedded.Subscriber.Password = config.Secret("a-chosen-password-0123456789")
+	if a, err := embeddedAuth(chosen); err != nil || a.SubscriberPassword != "a-chosen-password-0123456789" {
+		t.Fatalf("the chosen password: %v", err)
+	}
+	again, err := embeddedAuth(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.SubscriberPassword == first.SubscriberPassword {
+		t.Fatal("the generated password retired by a chosen one is valid again")
+	}
+}
