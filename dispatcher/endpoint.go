@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"strings"
 	"time"
 
 	"github.com/sengo-relay/sengo-relay/event"
@@ -52,4 +53,10 @@ func (e Endpoint) Matches(subject string) bool {
 
 // ConsumerName is the durable consumer of endpoint name on SENGO_EVENTS
 // and on SENGO_REPLAY.
-func ConsumerName(name string) string { return "webhook-" + name }
+func ConsumerName(name string) string { return consumerPrefix + name }
+
+// IsEndpointConsumer reports whether consumer is an endpoint's
+// (ConsumerName), configured now or not.
+func IsEndpointConsumer(consumer string) bool { return strings.HasPrefix(consumer, consumerPrefix) }
+
+const consumerPrefix = "webhook-"

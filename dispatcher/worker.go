@@ -539,18 +539,8 @@ func (w *Worker) pausedDue(ctx context.Context, cons jetstream.Consumer, s jetst
 	if n == 0 {
 		return 0
 	}
-	filters := info.Config.FilterSubjects
-	if info.Config.FilterSubject != "" {
-		filters = []string{info.Config.FilterSubject}
-	}
-	if len(filters) == 0 {
-		filters = []string{">"}
-	}
-	for _, f := range filters {
-		m, err := s.GetMsg(rctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(f))
-		if err == nil && time.Since(m.Time) >= maxAge-expiryGuard(maxAge) {
-			return n
-		}
+	if m, err := stream.OldestUnsettled(rctx, s, info); err == nil && m != nil && time.Since(m.Time) >= maxAge-expiryGuard(maxAge) {
+		return n
 	}
 	return 0
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"strings"
 	"time"
 
@@ -33,9 +32,12 @@ type StreamSpec struct {
 	// Settle is how long before the end of its age a message not settled
 	// may still be waiting for its next look (a retry scheduled under the
 	// stream's age as it was, the guard that dead-letters or quarantines
-	// it in time): a lowered max_age waits while a message of the stream
-	// that old is not settled (keptAge).
-	Settle time.Duration
+	// it in time), for the consumers Retries names (the relay's own): a
+	// lowered max_age waits while such a consumer holds a message that
+	// old unsettled (keptAge). Another consumer (a subscriber's) gets no
+	// retry of the relay's: only a message older than the age holds it.
+	Settle  time.Duration
+	Retries func(consumer string) bool
 }
 
 // BucketSpec is one KV bucket to provision.
@@ -110,7 +112,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, spec Spec) error {
 			if err := keepsReplicas(ctx, js, s.Name, spec.Replicas); err != nil {
 				return err
 			}
-			age, why, err := keptAge(ctx, js, s.Name, s.Limits.MaxAge, s.Settle)
+			age, why, err := keptAge(ctx, js, s)
 			if err != nil {
 				return err
 			}
@@ -204,14 +206,11 @@ func keepsReplicas(ctx context.Context, js jetstream.JetStream, name string, rep
 	return nil
 }
 
-// relayOwn names the relay's consumers other than its endpoints'
-// (ReservedConsumerPrefix): intake's.
-var relayOwn = []string{"intake"}
-
 // keptAge is the max_age to give stream name (that may exist) when asked
 // for asked: asked, unless that is lower than the stream's and one of its
 // consumers holds a message not settled (not yet delivered, or delivered
-// and not acknowledged) older than asked less settle (StreamSpec.Settle).
+// and not acknowledged) older than asked, less StreamSpec.Settle for the
+// consumers StreamSpec.Retries names.
 // nats-server deletes every message older than a lowered max_age at once,
 // settled or not, and a message waiting for a retry scheduled under the
 // old age goes when it reaches the new one, before that retry: an
@@ -220,7 +219,8 @@ var relayOwn = []string{"intake"}
 // the old age. The relay's scans (ScanConsumerPrefix) are not counted. A
 // consumer or message that cannot be read keeps the old age too (why says
 // so): provisioning, and the callbacks that wait for it, go on.
-func keptAge(ctx context.Context, js jetstream.JetStream, name string, asked, settle time.Duration) (time.Duration, string, error) {
+func keptAge(ctx context.Context, js jetstream.JetStream, spec StreamSpec) (time.Duration, string, error) {
+	name, asked := spec.Name, spec.Limits.MaxAge
 	s, err := js.Stream(ctx, name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return asked, "", nil
@@ -240,32 +240,17 @@ func keptAge(ctx context.Context, js jetstream.JetStream, name string, asked, se
 		if strings.HasPrefix(ci.Name, ScanConsumerPrefix) || ci.NumPending == 0 && ci.NumAckPending == 0 {
 			continue
 		}
-		// The relay's own consumers may hold a message for a retry
-		// scheduled under the old age; another's (a subscriber's) gets no
-		// retry of the relay's.
 		cutoff := time.Now().Add(-asked)
-		if slices.Contains(relayOwn, ci.Name) || strings.HasPrefix(ci.Name, ReservedConsumerPrefix) {
-			cutoff = time.Now().Add(-max(asked-settle, 0))
+		if spec.Retries != nil && spec.Retries(ci.Name) {
+			cutoff = time.Now().Add(-max(asked-spec.Settle, 0))
 		}
-		filters := ci.Config.FilterSubjects
-		if ci.Config.FilterSubject != "" {
-			filters = []string{ci.Config.FilterSubject}
+		m, err := OldestUnsettled(ctx, s, ci)
+		if err != nil {
+			return kept(fmt.Sprintf("consumer %s's oldest message not settled could not be read (%v)", ci.Name, err))
 		}
-		if len(filters) == 0 {
-			filters = []string{">"}
-		}
-		for _, f := range filters {
-			m, err := s.GetMsg(ctx, ci.AckFloor.Stream+1, jetstream.WithGetMsgSubject(f))
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				continue
-			}
-			if err != nil {
-				return kept(fmt.Sprintf("consumer %s's oldest message not settled could not be read (%v)", ci.Name, err))
-			}
-			if m.Time.Before(cutoff) {
-				return kept(fmt.Sprintf("consumer %s has not settled messages stored before then, or that may wait for a retry until after it (the oldest %s, sequence %d); it applies once they are delivered, dead-lettered or its consumer deleted",
-					ci.Name, m.Time.UTC().Format(time.RFC3339), m.Sequence))
-			}
+		if m != nil && m.Time.Before(cutoff) {
+			return kept(fmt.Sprintf("consumer %s has not settled messages stored before then, or that may wait for a retry until after it (the oldest %s, sequence %d); it applies once they are delivered, dead-lettered or its consumer deleted",
+				ci.Name, m.Time.UTC().Format(time.RFC3339), m.Sequence))
 		}
 	}
 	if err := list.Err(); err != nil {

@@ -296,6 +296,7 @@ func TestProvisionKeepsAnAgeForRetriesAndItsBucketsTTL(t *testing.T) {
 		sp := spec(age)
 		sp.Streams[0].Limits.Duplicates = min(age, time.Minute)
 		sp.Streams[0].Settle = settle
+		sp.Streams[0].Retries = func(consumer string) bool { return strings.HasPrefix(consumer, "webhook-") }
 		sp.Buckets[0].TTL, sp.Buckets[0].TTLAtLeast = age, []string{"T_INBOX"}
 		return sp
 	}
@@ -333,16 +334,8 @@ func TestProvisionKeepsAnAgeForRetriesAndItsBucketsTTL(t *testing.T) {
 	if info := streamInfo(t, js, "T_INBOX"); info.Config.MaxAge != time.Hour {
 		t.Fatalf("max_age %s, want the hour kept for the message waiting for its retry", info.Config.MaxAge)
 	}
-	kv, err := js.KeyValue(ctx, "T_TX")
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := kv.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.TTL() != time.Hour {
-		t.Fatalf("the bucket's ttl %s, want the hour its stream keeps", st.TTL())
+	if ttl := bucketTTL(t, js, "T_TX"); ttl != time.Hour {
+		t.Fatalf("the bucket's ttl %s, want the hour its stream keeps", ttl)
 	}
 }
 
@@ -376,15 +369,20 @@ func TestABucketKeepsItsStreamsAgeWhenTheStreamFails(t *testing.T) {
 	if err := stream.Provision(ctx, js, sp); err == nil {
 		t.Fatal("a change of storage was not refused")
 	}
-	kv, err := js.KeyValue(ctx, "T_TX")
+	if ttl := bucketTTL(t, js, "T_TX"); ttl != time.Hour {
+		t.Fatalf("the bucket's ttl %s, want the hour its stream still keeps", ttl)
+	}
+}
+
+func bucketTTL(t *testing.T, js jetstream.JetStream, name string) time.Duration {
+	t.Helper()
+	kv, err := js.KeyValue(t.Context(), name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := kv.Status(ctx)
+	st, err := kv.Status(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.TTL() != time.Hour {
-		t.Fatalf("the bucket's ttl %s, want the hour its stream still keeps", st.TTL())
-	}
+	return st.TTL()
 }

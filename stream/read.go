@@ -143,3 +143,31 @@ func Delete(ctx context.Context, s jetstream.Stream, seq uint64) (bool, error) {
 	}
 	return false, err
 }
+
+// OldestUnsettled is the oldest message of s that consumer ci has not
+// settled (not yet given out, or given out and not acknowledged): the
+// first after its acknowledgement floor on one of its filter subjects
+// (every subject without one). nil when there is none.
+func OldestUnsettled(ctx context.Context, s jetstream.Stream, ci *jetstream.ConsumerInfo) (*jetstream.RawStreamMsg, error) {
+	filters := ci.Config.FilterSubjects
+	if ci.Config.FilterSubject != "" {
+		filters = []string{ci.Config.FilterSubject}
+	}
+	if len(filters) == 0 {
+		filters = []string{">"}
+	}
+	var oldest *jetstream.RawStreamMsg
+	for _, f := range filters {
+		m, err := s.GetMsg(ctx, ci.AckFloor.Stream+1, jetstream.WithGetMsgSubject(f))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if oldest == nil || m.Sequence < oldest.Sequence {
+			oldest = m
+		}
+	}
+	return oldest, nil
+}

@@ -819,13 +819,13 @@ func provisionSpec(cfg config.Config) stream.Spec {
 		Storage:  storage,
 		Streams: []stream.StreamSpec{
 			{Name: event.StreamInbox, Subjects: []string{event.SubjectsInbox}, Description: "SenGo notifications as received", Limits: limits(cfg.Streams.Inbox),
-				Settle: lastLook(cfg.Intake.RetryMax.D()+cfg.Intake.AckWait.D(), cfg.Streams.Inbox.MaxAge.D())},
+				Settle: lastLook(cfg.Intake.RetryMax.D()+cfg.Intake.AckWait.D(), cfg.Streams.Inbox.MaxAge.D()), Retries: isIntake},
 			{Name: event.StreamEvents, Subjects: []string{event.SubjectsEvents}, Description: "normalized SenGo transaction events", Limits: limits(cfg.Streams.Events),
-				Settle: lastLook(longestWait(cfg), cfg.Streams.Events.MaxAge.D())},
+				Settle: lastLook(longestWait(cfg), cfg.Streams.Events.MaxAge.D()), Retries: dispatcher.IsEndpointConsumer},
 			{Name: event.StreamQuarantine, Subjects: []string{event.SubjectsQuarantine}, Description: "notifications that cannot be processed", Limits: limits(cfg.Streams.Quarantine)},
 			{Name: event.StreamDLQ, Subjects: []string{event.SubjectsDLQ}, Description: "events whose delivery was given up, with why", Limits: limits(cfg.Streams.DLQ)},
 			{Name: event.StreamReplay, Subjects: []string{event.SubjectsReplay}, Description: "events queued again for one endpoint (replay, redrive)", Limits: limits(cfg.Streams.Replay),
-				Settle: lastLook(longestWait(cfg), cfg.Streams.Replay.MaxAge.D())},
+				Settle: lastLook(longestWait(cfg), cfg.Streams.Replay.MaxAge.D()), Retries: dispatcher.IsEndpointConsumer},
 			{Name: history.StreamAttempts, Subjects: []string{history.SubjectsAttempts}, Description: "every webhook delivery attempt", Limits: limits(cfg.Streams.Attempts)},
 			{Name: history.StreamRefs, Subjects: []string{history.SubjectsRefs}, Description: "merchantRef to SenGo transaction ids", Limits: perSubject(limits(cfg.Streams.Refs), 1)},
 			{Name: history.StreamReconcile, Subjects: []string{history.SubjectsReconcile}, Description: "reconciliation runs and what they found", Limits: limits(cfg.Streams.Reconciliations)},
@@ -842,6 +842,8 @@ func provisionSpec(cfg config.Config) stream.Spec {
 }
 
 func perSubject(l stream.Limits, n int64) stream.Limits { l.PerSubject = n; return l }
+
+func isIntake(consumer string) bool { return consumer == receiver.IntakeConsumer }
 
 // lastLook is how close to the end of a stream's age (age) a message not
 // settled may be while it waits for its next look: wait, and the guard that

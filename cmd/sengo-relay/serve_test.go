@@ -12,10 +12,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/sengo-relay/sengo-relay/dispatcher"
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
+	"github.com/sengo-relay/sengo-relay/receiver"
 )
 
 // retryStart rides out NATS being unreachable or JetStream unavailable,
@@ -138,5 +140,21 @@ func TestAChosenSubscriberPasswordRetiresTheGeneratedOne(t *testing.T) {
 	}
 	if again.SubscriberPassword == first.SubscriberPassword {
 		t.Fatal("the generated password retired by a chosen one is valid again")
+	}
+}
+
+// A lowered max_age waits for the retries the relay's own consumers may
+// have scheduled under the old one (intake's on the inbox, the
+// endpoints' on the events and the copies), not for a subscriber's.
+func TestTheRelaysConsumersGetTheRetryMargin(t *testing.T) {
+	cfg := config.Default()
+	retries := map[string]func(string) bool{}
+	for _, s := range provisionSpec(cfg).Streams {
+		retries[s.Name] = s.Retries
+	}
+	for stream, consumer := range map[string]string{event.StreamInbox: receiver.IntakeConsumer, event.StreamEvents: dispatcher.ConsumerName("orders"), event.StreamReplay: dispatcher.ConsumerName("orders")} {
+		if r := retries[stream]; r == nil || !r(consumer) || r("orders-service") {
+			t.Errorf("%s: the margin for %s and not for a subscriber's consumer is not given", stream, consumer)
+		}
 	}
 }
