@@ -877,18 +877,7 @@ func TestASettledCopyIsNotPostedAgainByAConsumerMadeAnew(t *testing.T) {
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
-	h.publish("tx-copied", event.StatusSuccess, "")
-	w, stop := h.runWorker(ep)
-	eventually(t, "the live event delivered", func() bool { return len(c.got()) == 1 })
-	if _, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}}, nil); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the copy delivered", func() bool { return len(c.got()) == 2 })
-	eventually(t, "the copy settled", func() bool {
-		_, replay, _, err := w.Pending(t.Context())
-		return err == nil && replay == 0
-	})
-	stop()
+	h.deliverACopy(ep, c, "tx-copied")
 	if err := h.js.DeleteConsumer(t.Context(), event.StreamReplay, ConsumerName("orders")); err != nil {
 		t.Fatal(err)
 	}
@@ -921,17 +910,7 @@ func TestACopyIsNotTakenForAnOldCopyAtItsSequence(t *testing.T) {
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
-	h.publish("tx-again", event.StatusSuccess, "")
-	w, stop := h.runWorker(ep)
-	eventually(t, "the live event delivered", func() bool { return len(c.got()) == 1 })
-	if _, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}}, nil); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the copy delivered and settled", func() bool {
-		_, replay, _, err := w.Pending(t.Context())
-		return len(c.got()) == 2 && err == nil && replay == 0
-	})
-	stop()
+	h.deliverACopy(ep, c, "tx-again")
 	if err := h.js.DeleteStream(t.Context(), event.StreamReplay); err != nil {
 		t.Fatal(err)
 	}
@@ -943,4 +922,21 @@ func TestACopyIsNotTakenForAnOldCopyAtItsSequence(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the new copy posted", func() bool { return len(c.got()) == 3 })
+}
+
+// deliverACopy has a worker of ep deliver txID's event to c, then a
+// replayed copy of it, and stops once the copy is settled.
+func (h *harness) deliverACopy(ep Endpoint, c *consumer, txID string) {
+	h.t.Helper()
+	h.publish(txID, event.StatusSuccess, "")
+	w, stop := h.runWorker(ep)
+	defer stop()
+	eventually(h.t, "the live event delivered", func() bool { return len(c.got()) == 1 })
+	if _, err := Replay(h.t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{ep.Name}}, nil); err != nil {
+		h.t.Fatal(err)
+	}
+	eventually(h.t, "the copy delivered and settled", func() bool {
+		_, replay, _, err := w.Pending(h.t.Context())
+		return len(c.got()) == 2 && err == nil && replay == 0
+	})
 }

@@ -1679,12 +1679,32 @@ func TestOneProjectsFailingChecksDoNotStallTheOthers(t *testing.T) {
 	})
 }
 
-func oneProjectsOutage(t *testing.T, client *sengo.Client) {
-	h := newHarness(t, true, func(c *Config, ic *IntakeConfig) {
+// twoProjects is a harness with projects main, confirmed by client, and
+// other, not confirmed, whose intake has 8 slots (max_ack_pending).
+func twoProjects(t *testing.T, client *sengo.Client, opts ...func(*IntakeConfig)) *harness {
+	return newHarness(t, true, func(c *Config, ic *IntakeConfig) {
 		c.Projects = append(c.Projects, Project{Name: "other"})
-		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}) // other does not confirm
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
 		ic.Workers, ic.MaxAckPending = 2, 8
+		for _, o := range opts {
+			o(ic)
+		}
 	})
+}
+
+// othersPaymentGoesThrough posts project other's success and waits for
+// its event while main's notifications wait.
+func othersPaymentGoesThrough(t *testing.T, h *harness, while string) {
+	t.Helper()
+	body := []byte(`{"id":"other-1","merchantRef":"O-1","status":"success","amount":10000,"fee":0,"totalAmount":10000,"qris":{}}`)
+	if resp, got := h.post("/callbacks/sengo/other", body); resp.StatusCode != 200 {
+		t.Fatalf("other's callback: %d %v", resp.StatusCode, got)
+	}
+	poll.Within(t, 20*time.Second, "other's success published while "+while, func() bool { return len(statuses(h.events(), "other-1")) == 1 })
+}
+
+func oneProjectsOutage(t *testing.T, client *sengo.Client) {
+	h := twoProjects(t, client)
 	for i := range 12 {
 		body := fmt.Appendf(nil, `{"id":"main-%d","merchantRef":"M-%d","status":"success","amount":10000,"fee":0,"totalAmount":10000,"qris":{}}`, i, i)
 		if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
@@ -1694,11 +1714,7 @@ func oneProjectsOutage(t *testing.T, client *sengo.Client) {
 	eventually(t, "main's notifications retried", func() bool {
 		return testutil.ToFloat64(h.metrics.Confirm.WithLabelValues("main", "unavailable")) >= 12
 	})
-	body := []byte(`{"id":"other-1","merchantRef":"O-1","status":"success","amount":10000,"fee":0,"totalAmount":10000,"qris":{}}`)
-	if resp, got := h.post("/callbacks/sengo/other", body); resp.StatusCode != 200 {
-		t.Fatalf("other's callback: %d %v", resp.StatusCode, got)
-	}
-	poll.Within(t, 20*time.Second, "other's success published while main's API fails", func() bool { return len(statuses(h.events(), "other-1")) == 1 })
+	othersPaymentGoesThrough(t, h, "main's API fails")
 	for _, e := range natstest.Messages(t, h.js, event.StreamQuarantine) {
 		if r := e.Header.Get(event.HeaderReason); !strings.Contains(r, sengo.ErrUnconfirmed.Error()) || !strings.Contains(r, "set aside") {
 			t.Errorf("quarantined with reason %q, want unconfirmed, set aside for the other projects", r)
@@ -1819,10 +1835,7 @@ func TestAFloodOfOneForgedClaimHoldsOneSlot(t *testing.T) {
 // the other project's payment goes through.
 func TestOneProjectsUnconfirmedClaimsDoNotStallTheOthers(t *testing.T) {
 	_, client := startSandbox(t)
-	h := newHarness(t, true, func(c *Config, ic *IntakeConfig) {
-		c.Projects = append(c.Projects, Project{Name: "other"})
-		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}) // other does not confirm
-		ic.Workers, ic.MaxAckPending = 2, 8
+	h := twoProjects(t, client, func(ic *IntakeConfig) {
 		ic.ConfirmAttempts = 5
 		ic.RetryInitial, ic.RetryMax = 5*time.Second, 10*time.Second
 	})
@@ -1839,11 +1852,7 @@ func TestOneProjectsUnconfirmedClaimsDoNotStallTheOthers(t *testing.T) {
 	eventually(t, "main's claims unconfirmed", func() bool {
 		return testutil.ToFloat64(h.metrics.Confirm.WithLabelValues("main", "unconfirmed")) >= 8
 	})
-	body := []byte(`{"id":"other-1","merchantRef":"O-1","status":"success","amount":10000,"fee":0,"totalAmount":10000,"qris":{}}`)
-	if resp, got := h.post("/callbacks/sengo/other", body); resp.StatusCode != 200 {
-		t.Fatalf("other's callback: %d %v", resp.StatusCode, got)
-	}
-	poll.Within(t, 20*time.Second, "other's success published while main's claims wait", func() bool { return len(statuses(h.events(), "other-1")) == 1 })
+	othersPaymentGoesThrough(t, h, "main's claims wait")
 	for _, e := range h.events() {
 		if e.Source != "sengo/other" {
 			t.Fatalf("a forged claim was published: %s", e.Data.TransactionID)

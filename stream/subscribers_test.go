@@ -49,11 +49,7 @@ func TestTheSubscriberCannotWriteThroughReplies(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
+	sub := subscriberConn(t, e)
 	sjs, _ := jetstream.New(sub)
 	live, err := sub.SubscribeSync("sengo.events.>")
 	if err != nil {
@@ -247,13 +243,9 @@ func TestTheSubscriberCannotFindTheRelaysScans(t *testing.T) {
 	if _, err := rjs.Publish(t.Context(), "sengo.events.main.retail.success", []byte(`{"id":"evt_1"}`)); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
+	sub := subscriberConn(t, e)
 	listed := make(chan []string, 1)
-	err = stream.ScanFrom(t.Context(), rjs, "SENGO_EVENTS", []string{"sengo.events.>"}, stream.From{}, func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error) {
+	err := stream.ScanFrom(t.Context(), rjs, "SENGO_EVENTS", []string{"sengo.events.>"}, stream.From{}, func(jetstream.Msg, *jetstream.MsgMetadata) (bool, error) {
 		// While the scan's consumer exists, the subscriber asks for names.
 		var got []string
 		for _, api := range []string{"$JS.API.CONSUMER.NAMES.SENGO_EVENTS", "$JS.API.CONSUMER.LIST.SENGO_EVENTS"} {
@@ -358,11 +350,7 @@ func TestASubscriberFloodLeavesTheRelaysRequestsAnswered(t *testing.T) {
 		t.Fatalf("%d of the relay's 10 requests failed while the subscriber flooded the API", failed)
 	}
 	// The subscriber's own requests are answered once it stops flooding.
-	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
+	sub := subscriberConn(t, e)
 	sjs, _ := jetstream.New(sub)
 	var info *jetstream.StreamInfo
 	deadline := time.Now().Add(10 * time.Second)
@@ -388,18 +376,14 @@ func TestTheSubscriberCannotTakeEveryConsumer(t *testing.T) {
 	if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
+	sub := subscriberConn(t, e)
 	sjs, _ := jetstream.New(sub)
 	for i := range stream.SubscriberMaxConsumers {
 		if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: fmt.Sprint("s", i)}); err != nil {
 			t.Fatalf("the subscriber's consumer %d: %v", i+1, err)
 		}
 	}
-	_, err = sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "one-more"})
+	_, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "one-more"})
 	if err == nil || !strings.Contains(err.Error(), "too many consumers") {
 		t.Fatalf("consumer %d of the subscriber's: %v, want too many consumers", stream.SubscriberMaxConsumers+1, err)
 	}
@@ -444,11 +428,7 @@ func TestALargeMessageGetIsRefusedNotLost(t *testing.T) {
 	if _, err := rjs.Publish(ctx, "sengo.events.main.retail.success", make([]byte, 7<<20)); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
+	sub := subscriberConn(t, e)
 	m, err := sub.Request("$JS.API.STREAM.MSG.GET.SENGO_EVENTS", []byte(`{"seq":1}`), 20*time.Second)
 	if err != nil || !strings.Contains(string(m.Data), "could not be passed on") {
 		t.Fatalf("a 7 MiB event's message get: %v %.200s", err, fmt.Sprint(m))
@@ -556,11 +536,7 @@ func TestTheSubscribersRequestsAreBounded(t *testing.T) {
 	if _, err := rjs.CreateStream(t.Context(), jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
+	sub := subscriberConn(t, e)
 	big := `{"config":{"durable_name":"big","ack_policy":"explicit"},"pad":"` + strings.Repeat("x", 1<<20) + `"}`
 	m, err := sub.Request("$JS.API.CONSUMER.CREATE.SENGO_EVENTS.big", []byte(big), 10*time.Second)
 	if err != nil || !strings.Contains(string(m.Data), `"code":413`) {
@@ -590,11 +566,7 @@ func TestTheSubscriberCannotMakeConsumersTheCountMisses(t *testing.T) {
 	if _, err := rjs.CreateStream(t.Context(), jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
+	sub := subscriberConn(t, e)
 	for name, cfg := range map[string]string{
 		"direct":   `{"name":"direct","direct":true,"deliver_subject":"_INBOX.direct","ack_policy":"none","deliver_policy":"new"}`,
 		"sourcing": `{"name":"sourcing","direct":true,"sourcing":true,"deliver_subject":"_INBOX.sourcing","ack_policy":"none","deliver_policy":"new"}`,
@@ -637,11 +609,7 @@ func TestTheSubscribersDirectGetsAreOneMessageEach(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
+	sub := subscriberConn(t, e)
 	for _, req := range []string{`{"seq":1,"batch":2000000000,"max_bytes":2000000000}`, `{"multi_last":["sengo.events.>"]}`, `{"seq":1,"batch":1}`} {
 		// Refused as the stream answers a direct get it cannot serve: a
 		// status and a description, no body (nats.go reports the
@@ -668,4 +636,16 @@ func TestTheSubscribersDirectGetsAreOneMessageEach(t *testing.T) {
 	if _, err := s.GetMsg(ctx, 99); !errors.Is(err, jetstream.ErrMsgNotFound) {
 		t.Fatalf("direct get of a sequence not stored: %v, want not found", err)
 	}
+}
+
+// subscriberConn connects to e as the subscriber (subscriberAuth's), until
+// the test ends.
+func subscriberConn(t *testing.T, e *stream.Embedded) *nats.Conn {
+	t.Helper()
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sub.Close)
+	return sub
 }
