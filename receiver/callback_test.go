@@ -427,3 +427,25 @@ func TestAnUnsignedCopyDoesNotMakeTheSignedOneADuplicate(t *testing.T) {
 		t.Fatalf("SenGo's repeat of the signed callback: %d %v, want duplicate", resp.StatusCode, got)
 	}
 }
+
+// With trusted_proxies set, X-Forwarded-For is believed from the listed
+// proxies only: Echo's extractor believes loopback, link-local and
+// private peers unless told not to, and any pod or sidecar could then
+// name SenGo's address and pass allowed_ips.
+func TestOnlyTheListedProxiesAreBelieved(t *testing.T) {
+	extract := IPExtractor([]netip.Prefix{netip.MustParsePrefix("192.0.2.1/32")})
+	for peer, want := range map[string]string{
+		"192.0.2.1:4000":   "203.0.113.5", // the proxy
+		"127.0.0.1:4000":   "127.0.0.1",
+		"10.1.2.3:4000":    "10.1.2.3",
+		"169.254.1.1:4000": "169.254.1.1",
+		"[::1]:4000":       "::1",
+	} {
+		req, _ := http.NewRequest(http.MethodPost, "/callbacks/sengo/main", nil)
+		req.RemoteAddr = peer
+		req.Header.Set("X-Forwarded-For", "203.0.113.5")
+		if got := extract(req); got != want {
+			t.Errorf("from %s: client %s, want %s", peer, got, want)
+		}
+	}
+}

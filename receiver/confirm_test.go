@@ -79,3 +79,76 @@ func TestAProjectThisRelayDoesNotHaveIsNeverPublished(t *testing.T) {
 		t.Fatalf("%d events published for a project this relay does not have", n)
 	}
 }
+
+// SenGo echoes additionalInfo.callback, the URL the merchant gave it, in
+// every callback and every answer of its API: with a callback_token, the
+// token is in it. It was kept in the inbox, in each event's data.raw (to
+// every endpoint and subscriber), and in a quarantined notification's
+// SenGo object: anyone reading events could then post callbacks as SenGo.
+// It is replaced by [redacted] before anything is stored.
+func TestTheCallbackTokenIsStoredNowhere(t *testing.T) {
+	sb, client := startSandbox(t)
+	h := newHarness(t, true, withProjects(Project{Name: "tokened", CallbackToken: callbackToken}), func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"tokened": client})
+		ic.ConfirmAttempts = 1
+		ic.CallbackTokens = map[string]string{"tokened": callbackToken}
+	})
+	url := h.http.URL + "/callbacks/sengo/tokened/" + callbackToken
+	paid, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "Q-T1", Amount: 5000, AdditionalInfo: sengo.AdditionalInfo{Callback: url}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Transition(paid.ID, event.StatusSuccess); err != nil { // SenGo calls the relay
+		t.Fatal(err)
+	}
+	eventually(t, "the payment published", func() bool { return h.msgs(event.StreamEvents) == 1 })
+	// A forged claim of another order: quarantined with SenGo's object.
+	other, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "Q-T2", Amount: 5000, AdditionalInfo: sengo.AdditionalInfo{Callback: url}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := strings.Replace(string(other.Raw), `"amount":5000`, `"amount":1`, 1)
+	if resp, _ := h.post("/callbacks/sengo/tokened/"+callbackToken, []byte(`{"responseData":`+forged+`}`)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the forged claim quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
+	// A payment whose callback never came, fed by reconciliation from
+	// SenGo's list.
+	lost, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "Q-T3", Amount: 5000,
+		AdditionalInfo: sengo.AdditionalInfo{Callback: "http://127.0.0.1:1/callbacks/sengo/tokened/" + callbackToken}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Transition(lost.ID, event.StatusSuccess); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := Reconcile(t.Context(), ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"tokened": client}, Window: time.Hour,
+		CallbackTokens: map[string]string{"tokened": callbackToken}, Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
+	if err != nil || sum.Fed == 0 {
+		t.Fatalf("reconcile fed %d: %v; want the lost payment", sum.Fed, err)
+	}
+	eventually(t, "the lost payment published", func() bool { return len(statuses(h.events(), lost.ID)) > 0 })
+	eventually(t, "intake idle", h.intakeIdle)
+	for _, name := range []string{event.StreamInbox, event.StreamEvents, event.StreamQuarantine} {
+		s, err := h.js.Stream(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for seq := uint64(1); seq <= h.msgs(name); seq++ {
+			m, err := s.GetMsg(t.Context(), seq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			all := string(m.Data)
+			for k, v := range m.Header {
+				all += k + ": " + strings.Join(v, ",")
+			}
+			if strings.Contains(all, callbackToken) {
+				t.Errorf("%s message %d holds the callback token: %.300s", name, seq, all)
+			}
+			if name == event.StreamEvents && !strings.Contains(all, `callbacks\/sengo\/tokened\/[redacted]`) && !strings.Contains(all, `callbacks/sengo/tokened/[redacted]`) {
+				t.Errorf("event %d: no redacted callback URL: %.300s", seq, all)
+			}
+		}
+	}
+}

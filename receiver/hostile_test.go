@@ -197,6 +197,38 @@ func TestIntakeNeverAcksAFailedWrite(t *testing.T) {
 	}
 }
 
+// A notification set aside whose quarantine write the store refuses is
+// retried, never acknowledged: acknowledged, it was neither published nor
+// quarantined.
+func TestIntakeNeverAcksAFailedQuarantine(t *testing.T) {
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.RequireConfirmation = map[string]bool{"main": true}
+	})
+	restore := natstest.RefuseWrites(t, h.js, event.StreamQuarantine)
+	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-q", event.StatusSuccess)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	cons, err := h.js.Consumer(context.Background(), event.StreamInbox, IntakeConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the quarantine retried", func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumRedelivered >= 1
+	})
+	if floor, _ := h.inboxAckFloor(); floor != 0 {
+		t.Fatalf("inbox ack floor %d while the quarantine refuses writes: the notification was acknowledged", floor)
+	}
+	restore()
+	eventually(t, "intake idle", h.intakeIdle)
+	if n := h.msgs(event.StreamQuarantine); n != 1 {
+		t.Fatalf("quarantine holds %d after writes came back, want 1", n)
+	}
+	if n := len(h.events()); n != 0 {
+		t.Fatalf("%d events published unconfirmed", n)
+	}
+}
+
 // A project that requires confirmation never publishes an unconfirmed
 // notification, even if no Confirmer checks it: it is quarantined.
 func TestRequireConfirmationFailsClosed(t *testing.T) {

@@ -25,6 +25,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/internal/tracing"
 	"github.com/sengo-relay/sengo-relay/sengo"
 	"github.com/sengo-relay/sengo-relay/stream"
+	"github.com/sengo-relay/sengo-relay/verify"
 )
 
 // IntakeConsumer is the durable consumer name on SENGO_INBOX shared by
@@ -79,6 +80,10 @@ type IntakeConfig struct {
 	// confirmed: one that was not (no client for it) is quarantined, never
 	// published with confirmed: false.
 	RequireConfirmation map[string]bool
+	// CallbackTokens are the projects' callback_tokens, taken out of
+	// SenGo's objects (which echo the callback URL, the token in it)
+	// before they are kept in an event or a quarantined notification.
+	CallbackTokens map[string]string
 	// ConfirmAttempts bounds retries of a notification whose claimed final
 	// status SenGo's API does not report (default 5).
 	ConfirmAttempts int
@@ -717,7 +722,7 @@ func (in *Intake) quarantine(ctx context.Context, m jetstream.Msg, r result) err
 	h.Set(event.HeaderReason, r.err.Error())
 	var mm *sengo.MismatchError
 	if errors.As(r.err, &mm) {
-		if api := apiObject(mm.SenGo.Raw); api != "" {
+		if api := apiObject(verify.RedactIn(mm.SenGo.Raw, in.cfg.CallbackTokens[r.project])); api != "" {
 			h.Set(HeaderAPIObject, api) // SenGo's version beside the callback's
 		}
 	}
@@ -885,6 +890,7 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 				// merchantRef and the amounts were compared with SenGo's.)
 				got.Raw = got.Compact()
 			}
+			got.Raw = verify.RedactIn(got.Raw, in.cfg.CallbackTokens[project])
 			tx, confirmed = got, true
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/sengo"
+	"github.com/sengo-relay/sengo-relay/verify"
 )
 
 // SourceReconcile marks notifications fed by reconciliation.
@@ -38,6 +39,9 @@ type ReconcileConfig struct {
 	// Resend asks SenGo to send missing callbacks again instead of feeding
 	// the inbox directly.
 	Resend bool
+	// CallbackTokens are the projects' callback_tokens, taken out of the
+	// objects fed (IntakeConfig.CallbackTokens).
+	CallbackTokens map[string]string
 	// Trigger names what started the run in its record: periodic, cli.
 	Trigger string
 	// Runs, when set, records each project's run in SENGO_RECONCILE (the
@@ -264,6 +268,7 @@ func feed(ctx context.Context, cfg ReconcileConfig, api Lister, project string, 
 		// in for it, as for a confirmed event's raw.
 		raw = tx.Compact()
 	}
+	raw = verify.RedactIn(raw, cfg.CallbackTokens[project])
 	msg := &nats.Msg{Subject: event.InboxTxSubject(project, tx.ID), Data: raw, Header: nats.Header{
 		event.HeaderProject:    []string{project},
 		event.HeaderReceivedAt: []string{cfg.Now().UTC().Format(time.RFC3339Nano)},

@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"bytes"
 	"encoding/base64"
 	"net"
 	"net/http"
@@ -238,4 +239,46 @@ func FromAnotherSite(r *http.Request) bool {
 		return true
 	}
 	return false
+}
+
+// Redacted stands in for a secret taken out of stored bytes (RedactIn).
+const Redacted = "[redacted]"
+
+// RedactIn returns b with every occurrence of secret replaced by
+// Redacted: as it is, and query-escaped (a callback_token is limited to
+// characters that JSON never escapes and a path needs not, so these are
+// the forms a URL echoed in a JSON object carries it in). b itself is
+// returned when it holds none; an empty secret changes nothing.
+func RedactIn(b []byte, secret string) []byte {
+	if secret == "" {
+		return b
+	}
+	forms := []string{secret}
+	if q := url.QueryEscape(secret); q != secret {
+		forms = append(forms, q, lowerEscapes(q))
+	}
+	for _, f := range forms {
+		if bytes.Contains(b, []byte(f)) {
+			b = bytes.ReplaceAll(b, []byte(f), []byte(Redacted))
+		}
+	}
+	return b
+}
+
+// lowerEscapes is q with the hex digits of its %XX escapes in lower case.
+func lowerEscapes(q string) string {
+	b := []byte(q)
+	for i := 0; i+2 < len(b); i++ {
+		if b[i] == '%' {
+			b[i+1], b[i+2] = lowerHex(b[i+1]), lowerHex(b[i+2])
+		}
+	}
+	return string(b)
+}
+
+func lowerHex(c byte) byte {
+	if 'A' <= c && c <= 'F' {
+		return c + 'a' - 'A'
+	}
+	return c
 }

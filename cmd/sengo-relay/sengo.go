@@ -143,7 +143,8 @@ asks SenGo to send its callback again). The relay also runs it every reconcile.i
 				defer cancel()
 				_ = runs.Flush(fctx) // the run's record, for the console
 			}()
-			sum, err := receiver.Reconcile(c.Context(), receiver.ReconcileConfig{JetStream: js, Projects: projects, Window: window, Resend: resend, Trigger: "cli", Runs: runs, Logger: zerolog.Nop()},
+			sum, err := receiver.Reconcile(c.Context(), receiver.ReconcileConfig{JetStream: js, Projects: projects, Window: window, Resend: resend, Trigger: "cli", Runs: runs,
+				CallbackTokens: cfg.CallbackTokens(), Logger: zerolog.Nop()},
 				func(p, day string, st event.Status, s receiver.ReconcileSummary) {
 					fmt.Fprintf(stderr, "reconcile %s %s %-7s: %d checked, %d missing\n", p, day, st, s.Checked, s.Missing)
 				})

@@ -31,6 +31,9 @@ import (
 const (
 	sbKey   = "SC-E2ESANDBOX0000001"
 	sbToken = "e2e-sandbox-token-000000000001"
+	// cbToken is main's callback_token: SenGo echoes the callback URL, it
+	// in it, and no event or stored copy may hold it.
+	cbToken = "e2e-callback-token-0123456789"
 )
 
 // startSandbox runs the SenGo sandbox in this process.
@@ -51,13 +54,13 @@ func sandboxConfig(t *testing.T, sandboxURL, hookURL string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "config.yaml")
 	body := fmt.Sprintf(`projects:
-  main: {api_key: %s, token: %s, base_url: %q}
+  main: {api_key: %s, token: %s, base_url: %q, callback_token: %s}
 intake: {retry_initial: 50ms, retry_max: 500ms, confirm_attempts: 3}
 reconcile: {interval: 1m, window: 48h}
 admin: {listen: "127.0.0.1:0"}
 endpoints:
   orders: {url: %q, secrets: [%s], filter: {statuses: [success]}, deliver_from: all, timeout: 2s}
-`, sbKey, sbToken, sandboxURL, hookURL, testSecret)
+`, sbKey, sbToken, sandboxURL, cbToken, hookURL, testSecret)
 	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +103,7 @@ func TestConfirmedPaymentEndToEnd(t *testing.T) {
 
 	tx, err := client.CreateRetail(context.Background(), sengo.RetailRequest{
 		Reference: "INV-1001", PhoneNumber: "081234567890", Channel: "alfamart", Amount: 25000, ViewName: "Toko Contoh",
-		AdditionalInfo: sengo.AdditionalInfo{Callback: base + "/callbacks/sengo/main"},
+		AdditionalInfo: sengo.AdditionalInfo{Callback: base + "/callbacks/sengo/main/" + cbToken},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -130,6 +133,9 @@ func TestConfirmedPaymentEndToEnd(t *testing.T) {
 	if ev.Data.Status != event.StatusSuccess || !ev.Data.Confirmed || ev.Data.TransactionID != tx.ID || ev.Data.Channel != "alfamart" || ev.Data.PaymentCode != tx.PaymentCode || ev.Data.TotalAmount != 25085 {
 		t.Fatalf("event %+v", ev.Data)
 	}
+	if raw := string(ev.Data.Raw); strings.Contains(raw, cbToken) || !strings.Contains(raw, "[redacted]") {
+		t.Fatalf("the event's raw object holds the callback token, or no [redacted]: %s", raw)
+	}
 }
 
 // A forged callback (valid shape, success for a transaction the sandbox
@@ -147,7 +153,7 @@ func TestForgedCallbackQuarantined(t *testing.T) {
 	}
 	forged := bytes.Replace(tx.Raw, []byte(`"status":"pending"`), []byte(`"status":"success"`), 1)
 	forged = append(append([]byte(`{"responseCode":200,"responseMessage":"success","responseData":`), forged...), '}')
-	if code := post(t, base+"/callbacks/sengo/main", forged); code != 200 {
+	if code := post(t, base+"/callbacks/sengo/main/"+cbToken, forged); code != 200 {
 		t.Fatalf("the forged callback is stored first (it may be real): %d", code)
 	}
 	nc, err := nats.Connect(natsURL, relayAuth(t, logs), nats.Timeout(15*time.Second))
@@ -240,7 +246,7 @@ func TestReconcileAfterDowntime(t *testing.T) {
 	for i := range 3 {
 		tx, err := client.CreateVirtualAccount(context.Background(), sengo.VirtualAccountRequest{
 			Reference: fmt.Sprintf("VA-%d", i), BankCode: "014", ViewName: "Toko", Type: "ClosedAmount", Amount: 15000,
-			AdditionalInfo: sengo.AdditionalInfo{Callback: "http://" + addr + "/callbacks/sengo/main"},
+			AdditionalInfo: sengo.AdditionalInfo{Callback: "http://" + addr + "/callbacks/sengo/main/" + cbToken},
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -276,6 +282,23 @@ func TestReconcileAfterDowntime(t *testing.T) {
 	for _, id := range ids {
 		if got[id] != 1 {
 			t.Errorf("transaction %s delivered %d times, want 1", id, got[id])
+		}
+	}
+	// Reconciliation fed SenGo's objects, which echo the callback URL,
+	// into the inbox: the token was taken out first.
+	nc, err := nats.Connect(natsURL, relayAuth(t, logs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	inbox, err := js.Stream(t.Context(), event.StreamInbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := uint64(1); seq <= inbox.CachedInfo().State.LastSeq; seq++ {
+		if m, err := inbox.GetMsg(t.Context(), seq); err == nil && bytes.Contains(m.Data, []byte(cbToken)) {
+			t.Fatalf("inbox message %d holds the callback token: %s", seq, m.Data)
 		}
 	}
 	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_LISTEN", strings.TrimPrefix(natsURL, "nats://")) // the CLI reaches the relay's embedded server

@@ -353,6 +353,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				Confirmer:           confirmer,
 				ConfirmAttempts:     cfg.Intake.ConfirmAttempts,
 				RequireConfirmation: required,
+				CallbackTokens:      cfg.CallbackTokens(),
 				Projects:            cfg.ProjectNames(),
 				History:             hist,
 				Metrics:             metrics,
@@ -430,7 +431,8 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				defer workersDone.Done()
 				reconcileLoop(runCtx, cfg, receiver.ReconcileConfig{
 					JetStream: js, Projects: projects, Window: cfg.Reconcile.Window.D(), Metrics: metrics, Trigger: "periodic", Runs: hist,
-					Logger: log.With().Str("component", "reconcile").Logger(),
+					CallbackTokens: cfg.CallbackTokens(),
+					Logger:         log.With().Str("component", "reconcile").Logger(),
 				}, log)
 			}()
 		}

@@ -450,8 +450,11 @@ func (c *Config) Validate() error {
 		if p.CallbackToken.Set() && len(p.CallbackToken) < minCallbackToken {
 			bad("%s.callback_token: must be at least %d characters", at, minCallbackToken)
 		}
-		if strings.ContainsAny(p.CallbackToken.Value(), "/?#% ") {
-			bad("%s.callback_token: must be URL-safe (no '/', '?', '#', '%%' or spaces)", at)
+		if !tokenChars(p.CallbackToken.Value()) {
+			// Only characters a URL and JSON carry as they are: SenGo echoes
+			// the callback URL in its objects, and the relay takes the token
+			// out of them by its text (verify.RedactIn).
+			bad("%s.callback_token: must be URL-safe: letters, digits, '-', '.', '_', '~', '+' or '=' only (openssl rand -hex 32)", at)
 		}
 		if _, err := verify.ParseIPAllowlist(p.AllowedIPs); err != nil {
 			bad("%s.allowed_ips: %v", at, err)
@@ -526,6 +529,19 @@ func (c *Config) ProjectNames() []string {
 	return sortedKeys(c.Projects)
 }
 
+// CallbackTokens are the projects' callback_tokens, by project (those
+// that have one), for taking them out of SenGo's objects: SenGo echoes
+// the callback URL, the token in it, in every callback and API answer.
+func (c *Config) CallbackTokens() map[string]string {
+	out := map[string]string{}
+	for name, p := range c.Projects {
+		if p != nil && p.CallbackToken.Set() {
+			out[name] = p.CallbackToken.Value()
+		}
+	}
+	return out
+}
+
 // Sync returns the JetStream fsync policy: an interval, or always.
 func (e Embedded) Sync() (interval time.Duration, always bool, err error) {
 	if e.SyncInterval == "always" {
@@ -572,4 +588,15 @@ func (c *Config) StoreDirOrDefault() string {
 		return c.NATS.Embedded.StoreDir
 	}
 	return strings.TrimRight(c.DataDir, "/") + "/jetstream"
+}
+
+// tokenChars reports whether s is made of the characters a callback
+// token may have: ones neither a URL path nor JSON escapes.
+func tokenChars(s string) bool {
+	for _, r := range []byte(s) {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || strings.IndexByte("-._~+=", r) >= 0) {
+			return false
+		}
+	}
+	return true
 }

@@ -120,6 +120,28 @@ projects:
 	}
 }
 
+// A callback token is made of characters a URL and JSON carry as they
+// are: the relay takes it out of SenGo's objects, which echo the callback
+// URL, by its text.
+func TestCallbackTokenCharacters(t *testing.T) {
+	for tok, ok := range map[string]bool{
+		"0123456789abcdefABCDEF-._~+=": true,
+		"0123456789abcdef/x":           false,
+		"0123456789abcdef%41":          false,
+		"0123456789abcdef\\x":          false,
+		"0123456789abcdef<x":           false,
+		"0123456789abcdef&x":           false,
+		"0123456789abcdef'x":           false,
+		"0123456789abcdef!x":           false,
+		"0123456789abcdefé":            false,
+	} {
+		_, err := Load(write(t, "projects:\n  main: {callback_token: '"+strings.ReplaceAll(tok, "'", "''")+"'}\n"), noEnv)
+		if got := err == nil; got != ok || err != nil && !strings.Contains(err.Error(), "projects.main.callback_token: must be URL-safe") {
+			t.Errorf("callback_token %q: accepted %v, want %v (%v)", tok, got, ok, err)
+		}
+	}
+}
+
 func TestNoProjects(t *testing.T) {
 	if _, err := Load(write(t, "data_dir: x\n"), noEnv); err == nil || !strings.Contains(err.Error(), "at least one project") {
 		t.Fatalf("err = %v", err)
