@@ -1,6 +1,8 @@
 package stream
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/crypto/bcrypt"
@@ -11,9 +13,15 @@ import (
 // guesses it anyway. A shorter one, which a person may have chosen, keeps
 // the default cost.
 func TestPasswordHashCost(t *testing.T) {
-	pw, err := PasswordFromFile(t.TempDir(), RelayPasswordFile)
+	dir := t.TempDir()
+	pw, err := PasswordFromFile(dir, RelayPasswordFile)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Only the relay's user reads it: the relay's password opens every
+	// stream, the subscriber's every event.
+	if fi, err := os.Stat(filepath.Join(dir, RelayPasswordFile)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the password file: %v, mode %v; want 0600", err, fi.Mode().Perm())
 	}
 	if len(pw) != generatedPasswordLen {
 		t.Fatalf("a generated password has %d characters, generatedPasswordLen says %d", len(pw), generatedPasswordLen)

@@ -309,8 +309,11 @@ func TestCredentialMistakesAreErrors(t *testing.T) {
 		"token without api_key":                    {"projects:\n  main: {token: t1}\n", "projects.main: token is set but api_key is not"},
 		"api_key, token from an empty env var":     {"projects:\n  main: {api_key: k1, token: \"\"}\n", "token is not"},
 		"require_confirmation without credentials": {"projects:\n  main: {require_confirmation: true}\n", "projects.main.require_confirmation"},
-		"require_confirmation with confirm false":  {"projects:\n  main: {api_key: k1, token: t1, confirm: \"false\", require_confirmation: true}\n", "projects.main.require_confirmation"},
-		"one api_key, two projects":                {"projects:\n  a: {api_key: k1, token: t1}\n  b: {api_key: k1, token: t2}\n", "projects.b.api_key: the same as projects.a.api_key"},
+		// Without credentials nothing is confirmed: check-config would say
+		// "confirm on", and no warning would say that nothing is.
+		"confirm true without credentials":        {"projects:\n  main: {confirm: \"true\"}\n", "projects.main.confirm: true needs api_key and token"},
+		"require_confirmation with confirm false": {"projects:\n  main: {api_key: k1, token: t1, confirm: \"false\", require_confirmation: true}\n", "projects.main.require_confirmation"},
+		"one api_key, two projects":               {"projects:\n  a: {api_key: k1, token: t1}\n  b: {api_key: k1, token: t2}\n", "projects.b.api_key: the same as projects.a.api_key"},
 		// The key and token travel in headers on every check: in the clear
 		// to the internet for a base_url typed with http.
 		"credentials over plain http": {"projects:\n  main: {api_key: k1, token: t1, base_url: \"http://api.sengo.id/api\"}\n", "projects.main.base_url: http:// sends the api_key and token in the clear"},
@@ -374,6 +377,10 @@ func TestNonLoopbackEmbeddedListenNeedsAPassword(t *testing.T) {
 	_, err = Load(write(t, minimal+"nats: {embedded: {listen: \"0.0.0.0:4222\", subscriber: {password: s3cret}}}\n"), noEnv)
 	if err == nil || !strings.Contains(err.Error(), "nats.embedded.subscriber.password: at least 16 characters") || strings.Contains(err.Error(), "s3cret") {
 		t.Fatalf("a short subscriber password beyond loopback: %v", err)
+	}
+	_, err = Load(write(t, minimal+"metrics: {listen: \"0.0.0.0:9090\", token: m3trics}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "metrics.token: must be at least 16 characters") || strings.Contains(err.Error(), "m3trics") {
+		t.Fatalf("a short metrics token: %v", err)
 	}
 	for _, l := range []string{"127.0.0.1:4222", "[::1]:4222", "localhost:4222"} {
 		if _, err := Load(write(t, minimal+"nats: {embedded: {listen: \""+l+"\"}}\n"), noEnv); err != nil {

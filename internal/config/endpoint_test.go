@@ -126,6 +126,24 @@ endpoints:
 	}
 }
 
+// An endpoint without a signing secret (none listed, or a secrets_file of
+// blank lines) is refused: its webhooks would go out with an empty
+// signature that anyone can make.
+func TestAnEndpointNeedsASecret(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "secrets")
+	os.WriteFile(f, []byte("\n\n  \n"), 0o600)
+	for name, e := range map[string]string{
+		"none":          `{url: "https://o.example/", filter: {all: true}}`,
+		"an empty list": `{url: "https://o.example/", secrets: [], filter: {all: true}}`,
+		"a blank file":  `{url: "https://o.example/", secrets_file: ` + f + `, filter: {all: true}}`,
+	} {
+		_, err := Load(write(t, minimal+"endpoints:\n  orders: "+e+"\n"), noEnv)
+		if err == nil || !strings.Contains(err.Error(), "endpoints.orders.secrets: at least one whsec_ secret is required") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
 func TestEndpointSecretsFromFileAndEnv(t *testing.T) {
 	f := filepath.Join(t.TempDir(), "secrets")
 	os.WriteFile(f, []byte(whsec+"\nwhsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n"), 0o600)
