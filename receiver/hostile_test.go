@@ -1676,6 +1676,42 @@ func TestReconcileStopsAtAPageThatRepeats(t *testing.T) {
 	}
 }
 
+// A list of one status and day longer than maxPages pages ended there
+// as if it had been read whole: the transactions past it were never
+// reconciled, and the run was reported a success. It is reported failed,
+// and the other statuses are still read.
+func TestReconcileReportsAListItDidNotFinish(t *testing.T) {
+	h := newHarness(t, false)
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		page := []json.RawMessage{}
+		status := event.Status(r.URL.Query().Get("status"))
+		if status == event.StatusSuccess || status == event.StatusFailed && r.URL.Query().Get("page") == "1" {
+			var env struct {
+				ResponseData json.RawMessage `json:"responseData"`
+			}
+			_ = json.Unmarshal(callback("tx-"+string(status)+"-"+r.URL.Query().Get("page"), status), &env)
+			page = append(page, env.ResponseData)
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": page})
+	}))
+	defer api.Close()
+	client := sengo.NewClient(api.URL, apiKey, apiToken)
+	sum, err := Reconcile(t.Context(), ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"main": client}, Window: time.Minute,
+		Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
+	if err == nil || !strings.Contains(err.Error(), "not read to its end") {
+		t.Fatalf("a list cut at %d pages: %v", maxPages, err)
+	}
+	failed := 0
+	for _, f := range sum.Found {
+		if f.Status == event.StatusFailed {
+			failed++
+		}
+	}
+	if sum.Checked < maxPages+1 || failed == 0 && sum.Missing <= maxPages {
+		t.Fatalf("checked %d, missing %d: the other statuses were not read", sum.Checked, sum.Missing)
+	}
+}
+
 // One project's checks failing for every id (its key revoked, SenGo's
 // allowlist refusing the relay, a wrong base_url) is an outage for that
 // project, and its notifications were retried for as long as the inbox
@@ -1918,4 +1954,44 @@ func TestARefusedCheckIsSetAsideAtOnce(t *testing.T) {
 	if n := h.intakeCount("main", "retry"); n != 0 {
 		t.Fatalf("retried %v times first", n)
 	}
+}
+
+// SenGo refusing every check (a deploy that starts refusing the request
+// with 422, a WAF's bare 400), its probe's too, is an outage, not one
+// forged id: every genuine payment was set aside at first sight, and
+// after the last recheck stayed quarantined. It is retried as an outage,
+// and published once SenGo answers again.
+func TestAllChecksRefusedIsAnOutage(t *testing.T) {
+	var refusing atomic.Bool
+	refusing.Store(true)
+	sb, client := sandboxWithChecks(t, func(_ string, w http.ResponseWriter, _ *http.Request) bool {
+		if !refusing.Load() {
+			return false
+		}
+		w.WriteHeader(http.StatusUnprocessableEntity)
+		w.Write([]byte(`{"responseCode":422,"responseMessage":"REQUEST_INVALID"}`))
+		return true
+	})
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.ConfirmAttempts = 2
+	})
+	tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "Q-R", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	paid, err := sb.Transition(tx.ID, event.StatusSuccess)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal(map[string]any{"responseData": paid})
+	if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
+		t.Fatalf("callback: %d %v", resp.StatusCode, got)
+	}
+	eventually(t, "retried", func() bool { return h.intakeCount("main", "retry") >= 3 })
+	if n := h.msgs(event.StreamQuarantine); n != 0 {
+		t.Fatalf("%d set aside while SenGo refused every check", n)
+	}
+	refusing.Store(false)
+	eventually(t, "published once SenGo answers", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
 }

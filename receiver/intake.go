@@ -438,9 +438,19 @@ func (in *Intake) settle(ctx context.Context, m jetstream.Msg, r result) {
 	// SenGo refused to check the id itself (a 4xx for it): a retry
 	// changes nothing, and each such forged notification held a slot of
 	// the shared consumer for every retry. Set aside at once, rechecked.
+	// Unless SenGo refuses its probe too (a deploy refusing every check,
+	// a WAF's bare 400): an outage, not this id, and every genuine
+	// payment was set aside at first sight. A probe's answer of the last
+	// few seconds stands (since: zero), so a flood of forged ids costs one
+	// probe each few seconds, not one each.
 	var mismatch *sengo.MismatchError
 	if errors.As(r.err, &mismatch) && mismatch.Refused {
-		r.setAside = true
+		if in.checksAnswered(ctx, r.project, time.Time{}) {
+			r.setAside = true
+		} else {
+			r.err = fmt.Errorf("SenGo's API refuses every check now, a probe's too (an outage; retried): %v", r.err)
+			r.checkFailed = true
+		}
 	}
 	// A claim SenGo's API does not (yet) confirm is retried for one body
 	// at a time: the same check decides every body of it. Forged bodies

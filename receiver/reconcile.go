@@ -163,9 +163,16 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 		}
 		return fmt.Errorf("%d page(s) of %s %s listed transactions that could not be read, the first: %w", unreadPages, project, date, first)
 	}
+	var unfinished []error // lists cut at maxPages
 	for _, status := range event.Statuses {
 		var before []string // the ids of the page before
-		for page := 1; page <= maxPages; page++ {
+		for page := 1; ; page++ {
+			if page > maxPages {
+				// Reported, not taken for the list's end: what is past it
+				// is not reconciled, and the run must not say it was.
+				unfinished = append(unfinished, fmt.Errorf("list %s %s %s not read to its end: it has more than %d pages", project, date, status, maxPages))
+				break
+			}
 			txs, err := api.ListTransactions(ctx, sengo.ListQuery{Page: page, Status: status, Date: date})
 			var bad *sengo.UnreadableError
 			if errors.As(err, &bad) {
@@ -218,7 +225,7 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 			}
 		}
 	}
-	return unread()
+	return errors.Join(append([]error{unread()}, unfinished...)...)
 }
 
 // isMissing reports whether the transaction's listed status would still
