@@ -828,6 +828,24 @@ func TestUnknownProjectNameIsBoundedInTheLog(t *testing.T) {
 	}
 }
 
+// A request's method is any caller's text too: Go's server takes a
+// method of any token characters up to its header limit, and the log
+// line wrote it whole (32 KiB a request, no credentials needed).
+func TestAnUnknownMethodIsBoundedInTheLog(t *testing.T) {
+	h := newHarness(t, false)
+	method := strings.Repeat("A", 16<<10)
+	req, err := http.NewRequest(method, h.http.URL+"/callbacks/sengo/main", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := h.do(req); resp.StatusCode < 400 {
+		t.Fatal(resp.StatusCode)
+	}
+	if n := len(h.logs.String()); n > 4<<10 || !strings.Contains(h.logs.String(), `"method":"other"`) {
+		t.Fatalf("one request with a made-up method wrote %d bytes of log: %.300s", n, h.logs.String())
+	}
+}
+
 // Forged callbacks with made-up ids are each quarantined (SenGo has no
 // such transaction). 10,000 of them do not push a genuine success that was
 // quarantined because SenGo's API lagged out of the recheck: it read only

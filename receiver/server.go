@@ -242,7 +242,7 @@ func requestLogger(log zerolog.Logger, known projectNames) echo.MiddlewareFunc {
 			}
 			ev := log.WithLevel(lvl).
 				Str("request_id", v.RequestID).
-				Str("method", v.Method).
+				Str("method", loggedMethod(v.Method)).
 				Str("path", boundedText(redactPath(v.URIPath, known), maxLoggedPath)).
 				Int("http_status", v.Status).
 				Stringer("latency", v.Latency).
@@ -258,6 +258,18 @@ func requestLogger(log zerolog.Logger, known projectNames) echo.MiddlewareFunc {
 			return nil
 		},
 	})
+}
+
+// loggedMethod is a request's method as its log line shows it: one of
+// HTTP's, or "other" (Go's server takes any method of token characters up
+// to its header limit, 32 KiB of any caller's text).
+func loggedMethod(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete,
+		http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return m
+	}
+	return "other"
 }
 
 // maxLoggedPath bounds the path a request's log line shows, in bytes.

@@ -29,7 +29,7 @@ func traced(known projectNames) echo.MiddlewareFunc {
 			if err != nil {
 				status, _ = classify(err)
 			}
-			span.SetAttributes(attribute.String("http.request.method", req.Method), attribute.String("http.route", "/callbacks/sengo/{project}"),
+			span.SetAttributes(attribute.String("http.request.method", loggedMethod(req.Method)), attribute.String("http.route", "/callbacks/sengo/{project}"),
 				attribute.String("sengo.project", known.label(c.Param("project"))), attribute.Int("http.response.status_code", status),
 				attribute.String("sengo.request_id", c.Response().Header().Get(echo.HeaderXRequestID)))
 			if status >= 500 {

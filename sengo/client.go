@@ -263,15 +263,28 @@ func (c *Client) once(ctx context.Context, method, path string, payload []byte, 
 		return e
 	}
 	if decodeErr != nil {
-		return fmt.Errorf("sengo: %s %s: answer is not SenGo's envelope: %w", method, pathOnly(path), decodeErr)
+		return fmt.Errorf("sengo: %s %s: answer is not SenGo's envelope: %w", method, pathOnly(path), c.bounded(decodeErr))
 	}
 	if err := json.Unmarshal(env.ResponseData, out); err != nil {
-		return fmt.Errorf("sengo: %s %s: decode responseData: %w", method, pathOnly(path), err)
+		return fmt.Errorf("sengo: %s %s: decode responseData: %w", method, pathOnly(path), c.bounded(err))
 	}
 	return nil
 }
 
 var upperCode = regexp.MustCompile(`^[A-Z][A-Z_]{1,63}$`)
+
+// bounded is err with its text as plain makes it: a decoding error
+// quotes what it could not decode (a number of megabytes of digits).
+// errors.Is and As still see err.
+func (c *Client) bounded(err error) error { return boundedError{text: c.plain(err.Error()), err: err} }
+
+type boundedError struct {
+	text string
+	err  error
+}
+
+func (e boundedError) Error() string { return e.text }
+func (e boundedError) Unwrap() error { return e.err }
 
 // maxErrorText bounds SenGo's error text as errors carry it.
 const maxErrorText = 256

@@ -3,6 +3,7 @@ package sengo_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -286,6 +287,28 @@ func TestClientBoundsSenGosErrorText(t *testing.T) {
 		}
 		if text := err.Error(); len(text) > 400 || strings.Contains(text, token) || strings.Contains(text, "SC-KEY") || strings.ContainsAny(text, "\n\x1b") {
 			t.Errorf("%s: error of %d bytes: %.200q", name, len(text), text)
+		}
+	}
+}
+
+// An answer SenGo's envelope or object cannot be decoded from made an
+// error that quoted it: a responseCode or an amount of megabytes of
+// digits put megabytes into a log line, a trace and a quarantine's reason
+// (over the store's max_payload: the notification never quarantined). It
+// is bounded as SenGo's own error text is.
+func TestClientBoundsAnUndecodableAnswer(t *testing.T) {
+	digits := strings.Repeat("1", 2<<20)
+	for name, body := range map[string]string{
+		"envelope": `{"responseCode":` + digits + `}`,
+		"object":   `{"responseCode":200,"responseMessage":"success","responseData":{"id":"abc","amount":` + digits + `}}`,
+	} {
+		api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = io.WriteString(w, body)
+		}))
+		_, err := sengo.NewClient(api.URL+"/api", "SC-KEY", "secret-token-0000000000").Check(context.Background(), "abc", false)
+		api.Close()
+		if err == nil || len(err.Error()) > 600 {
+			t.Errorf("%s: error of %d bytes: %.200q", name, len(fmt.Sprint(err)), fmt.Sprint(err))
 		}
 	}
 }

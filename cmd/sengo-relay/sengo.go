@@ -313,18 +313,29 @@ func newSandboxFaultsCmd() *cobra.Command {
 	return c
 }
 
+// sandboxClient calls the sandbox's control endpoints: a --url that does
+// not answer, or redirects elsewhere, fails the command instead of
+// hanging it.
+var sandboxClient = &http.Client{
+	Timeout:       15 * time.Second,
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+// sandboxAnswerMax bounds what of a control endpoint's answer is read.
+const sandboxAnswerMax = 1 << 20
+
 // sandboxRequest calls a sandbox control endpoint and prints its answer.
 func sandboxRequest(ctx context.Context, method, url string, body []byte, stdout io.Writer) error {
 	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := sandboxClient.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, sandboxAnswerMax))
 	fmt.Fprintln(stdout, string(b))
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("sandbox answered %d", resp.StatusCode)
