@@ -495,10 +495,16 @@ func TestOutageAnswers503AtOnce(t *testing.T) {
 // processing delayed: here its writes failed a few times) was dropped as
 // "late pending". Receipt order now decides: the success waits for the
 // pending received before it, and both are published in that order.
+//
+// The inbox is read for the pending from the stream's leader: a direct
+// get is answered by any replica in a cluster, and one not caught up
+// missed the pending, so the success went first and the pending was
+// dropped as stale.
 func TestPendingReceivedFirstIsPublishedFirst(t *testing.T) {
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.RetryInitial, ic.RetryMax = 200*time.Millisecond, 5*time.Second
 	})
+	leaderReads, replicaReads := h.subjectReads(event.StreamInbox)
 	restore := natstest.RefuseWrites(t, h.js, "KV_"+event.BucketTx)
 	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-po", event.StatusPending)); resp.StatusCode != 200 {
 		t.Fatal(resp.StatusCode)
@@ -523,6 +529,9 @@ func TestPendingReceivedFirstIsPublishedFirst(t *testing.T) {
 	}
 	if n := h.intakeCount("main", "stale"); n != 0 {
 		t.Fatalf("%v notifications dropped as stale", n)
+	}
+	if leaderReads.Load() == 0 || replicaReads.Load() != 0 {
+		t.Fatalf("the inbox read for earlier notifications %d times from its leader, %d with direct gets any replica answers", leaderReads.Load(), replicaReads.Load())
 	}
 }
 
@@ -714,6 +723,29 @@ func TestQuarantineListingIsBoundedInMemory(t *testing.T) {
 	}
 }
 
+// subjectReads counts the reads of stream for the next message on a
+// subject from now on: those sent to its leader (the stream API), and
+// those any replica may answer (direct gets).
+func (h *harness) subjectReads(stream string) (leader, replica *atomic.Int64) {
+	h.t.Helper()
+	leader, replica = new(atomic.Int64), new(atomic.Int64)
+	for subject, n := range map[string]*atomic.Int64{"$JS.API.STREAM.MSG.GET." + stream: leader, "$JS.API.DIRECT.GET." + stream: replica} {
+		sub, err := h.js.Conn().Subscribe(subject, func(m *nats.Msg) {
+			if strings.Contains(string(m.Data), "next_by_subj") {
+				n.Add(1)
+			}
+		})
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		h.t.Cleanup(func() { _ = sub.Unsubscribe() })
+	}
+	if err := h.js.Conn().Flush(); err != nil {
+		h.t.Fatal(err)
+	}
+	return leader, replica
+}
+
 // A forged "pending" (wrong amount: SenGo's API disagrees, so it is
 // quarantined at once) stored before SenGo's genuine "success" does not
 // hold the genuine one back: the receipt-order check read the inbox only,
@@ -737,12 +769,18 @@ func TestForgedPendingDoesNotDelayTheGenuineSuccess(t *testing.T) {
 		t.Fatal(resp.StatusCode)
 	}
 	eventually(t, "the forged pending quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
+	leaderReads, replicaReads := h.subjectReads(event.StreamQuarantine)
 	if resp, _ := h.post("/callbacks/sengo/main", payCallback(t, sb, client, tx.ID)); resp.StatusCode != 200 {
 		t.Fatal(resp.StatusCode)
 	}
 	start := time.Now()
 	defer func() { t.Logf("waiting counted %v; elapsed %s", h.intakeCount("main", "waiting"), time.Since(start)) }()
 	poll.Within(t, 15*time.Second, "the genuine success published", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
+	// What became of the pending is read from the quarantine's leader, as
+	// the inbox is (TestPendingReceivedFirstIsPublishedFirst).
+	if leaderReads.Load() == 0 || replicaReads.Load() != 0 {
+		t.Fatalf("the quarantine read %d times from its leader, %d with direct gets any replica answers", leaderReads.Load(), replicaReads.Load())
+	}
 }
 
 // A pending set aside and then redriven (the automatic recheck does it)

@@ -103,8 +103,6 @@ type Intake struct {
 	cfg   IntakeConfig
 	kv    jetstream.KeyValue
 	inbox jetstream.Stream
-	// setAside is SENGO_QUARANTINE, read for the pendings set aside.
-	setAside jetstream.Stream
 	cons     jetstream.Consumer
 	log      zerolog.Logger
 	// waited counts, per inbox sequence, the redeliveries spent waiting
@@ -249,11 +247,10 @@ func NewIntake(ctx context.Context, cfg IntakeConfig) (*Intake, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open stream %s: %w", event.StreamInbox, err)
 	}
-	setAside, err := cfg.JetStream.Stream(ctx, event.StreamQuarantine)
-	if err != nil {
+	if _, err := cfg.JetStream.Stream(ctx, event.StreamQuarantine); err != nil { // read for the pendings set aside
 		return nil, fmt.Errorf("open stream %s: %w", event.StreamQuarantine, err)
 	}
-	return &Intake{cfg: cfg, kv: kv, inbox: inbox, setAside: setAside, cons: cons, log: cfg.Logger, waited: map[uint64]waits{}, claims: map[string]claimRetry{},
+	return &Intake{cfg: cfg, kv: kv, inbox: inbox, cons: cons, log: cfg.Logger, waited: map[uint64]waits{}, claims: map[string]claimRetry{},
 		inboxMaxAge: inbox.CachedInfo().Config.MaxAge, awaiting: make(chan struct{}, max(1, cfg.Workers)*awaitingPerWorker)}, nil
 }
 
@@ -1036,7 +1033,9 @@ func (in *Intake) earlierPending(ctx context.Context, m jetstream.Msg, project s
 	found := orderNone
 	var setAside map[string]bool // the transaction's quarantined inbox sequences, read once
 	for range orderScan {
-		em, err := in.inbox.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
+		// From the leader: a replica not caught up (a direct get is
+		// answered by any) missed the pending, and the final went first.
+		em, err := stream.LeaderGet(ctx, in.cfg.JetStream, event.StreamInbox, from, subject)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return found, nil
 		}
@@ -1094,7 +1093,7 @@ func (in *Intake) quarantined(ctx context.Context, project, id string) (map[stri
 	seqs := map[string]bool{}
 	from := uint64(1)
 	for range orderScan {
-		qm, err := in.setAside.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
+		qm, err := stream.LeaderGet(ctx, in.cfg.JetStream, event.StreamQuarantine, from, subject)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return seqs, nil
 		}

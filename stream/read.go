@@ -2,12 +2,14 @@ package stream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/jetstreamext"
 )
@@ -170,4 +172,66 @@ func OldestUnsettled(ctx context.Context, s jetstream.Stream, ci *jetstream.Cons
 		}
 	}
 	return oldest, nil
+}
+
+// leaderGetWait bounds LeaderGet when the caller set no deadline.
+const leaderGetWait = 10 * time.Second
+
+// LeaderGet reads the first message of stream at or after sequence seq
+// on subject (a literal one) from the stream's leader, with the stream
+// API ($JS.API.STREAM.MSG.GET), never from a replica: Stream.GetMsg sends
+// a direct get to a stream that allows them, and in a cluster a replica
+// not yet caught up answers it too. Its "not found" is no proof that the
+// message is not stored. For a read that acts on a message's absence.
+// jetstream.ErrMsgNotFound when there is none.
+func LeaderGet(ctx context.Context, js jetstream.JetStream, stream string, seq uint64, subject string) (*jetstream.RawStreamMsg, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, leaderGetWait)
+		defer cancel()
+	}
+	req, err := json.Marshal(struct {
+		Seq        uint64 `json:"seq"`
+		NextBySubj string `json:"next_by_subj,omitempty"`
+	}{seq, subject})
+	if err != nil {
+		return nil, err
+	}
+	resp, err := js.Conn().RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+stream, req)
+	if err != nil {
+		return nil, fmt.Errorf("get from %s's leader: %w", stream, err)
+	}
+	var r struct {
+		Error *struct {
+			Code        int    `json:"code"`
+			ErrCode     uint16 `json:"err_code"`
+			Description string `json:"description"`
+		} `json:"error"`
+		Message *struct {
+			Subject string    `json:"subject"`
+			Seq     uint64    `json:"seq"`
+			Header  []byte    `json:"hdrs"`
+			Data    []byte    `json:"data"`
+			Time    time.Time `json:"time"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal(resp.Data, &r); err != nil {
+		return nil, fmt.Errorf("get from %s's leader: %w", stream, err)
+	}
+	if r.Error != nil {
+		if r.Error.ErrCode == uint16(jetstream.JSErrCodeMessageNotFound) {
+			return nil, jetstream.ErrMsgNotFound
+		}
+		return nil, fmt.Errorf("get from %s's leader: %s (%d, %d)", stream, r.Error.Description, r.Error.Code, r.Error.ErrCode)
+	}
+	if r.Message == nil {
+		return nil, fmt.Errorf("get from %s's leader: an answer without a message", stream)
+	}
+	m := &jetstream.RawStreamMsg{Subject: r.Message.Subject, Sequence: r.Message.Seq, Data: r.Message.Data, Time: r.Message.Time}
+	if len(r.Message.Header) > 0 {
+		if m.Header, err = nats.DecodeHeadersMsg(r.Message.Header); err != nil {
+			return nil, fmt.Errorf("get from %s's leader: message %d's headers: %w", stream, m.Sequence, err)
+		}
+	}
+	return m, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -204,6 +205,42 @@ func TestReadSubject(t *testing.T) {
 	}
 	if _, err := js.Stream(ctx, "T_INBOX"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// LeaderGet reads what GetMsg does (the first message on a subject at
+// or after a sequence, its headers too), from the stream's leader.
+func TestLeaderGetReadsWhatGetMsgDoes(t *testing.T) {
+	_, js := startWithSpec(t)
+	ctx := t.Context()
+	for i, subject := range []string{"t.inbox.a", "t.inbox.b", "t.inbox.a"} {
+		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: []byte{byte('0' + i)}, Header: nats.Header{"X-N": {strconv.Itoa(i)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := js.Stream(ctx, "T_INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		from    uint64
+		subject string
+	}{{1, "t.inbox.a"}, {2, "t.inbox.a"}, {1, "t.inbox.b"}, {3, "t.inbox.b"}, {4, "t.inbox.a"}, {1, "t.inbox.none"}} {
+		want, werr := s.GetMsg(ctx, c.from, jetstream.WithGetMsgSubject(c.subject))
+		got, err := stream.LeaderGet(ctx, js, "T_INBOX", c.from, c.subject)
+		if werr != nil {
+			if !errors.Is(werr, jetstream.ErrMsgNotFound) || !errors.Is(err, jetstream.ErrMsgNotFound) {
+				t.Errorf("from %d on %s: %v, want %v", c.from, c.subject, err, werr)
+			}
+			continue
+		}
+		if err != nil || got.Sequence != want.Sequence || got.Subject != want.Subject || string(got.Data) != string(want.Data) ||
+			got.Header.Get("X-N") != want.Header.Get("X-N") || !got.Time.Equal(want.Time) {
+			t.Errorf("from %d on %s: %+v, %v; want %+v", c.from, c.subject, got, err, want)
+		}
+	}
+	if _, err := stream.LeaderGet(ctx, js, "NO_SUCH", 1, "x"); err == nil || errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Errorf("a stream that does not exist: %v", err)
 	}
 }
 
