@@ -103,8 +103,8 @@ type Intake struct {
 	cfg   IntakeConfig
 	kv    jetstream.KeyValue
 	inbox jetstream.Stream
-	cons     jetstream.Consumer
-	log      zerolog.Logger
+	cons  jetstream.Consumer
+	log   zerolog.Logger
 	// waited counts, per inbox sequence, the redeliveries spent waiting
 	// for an earlier pending, which are no attempts: they must not spend
 	// a notification's confirmations nor grow its retry delay. Known to
