@@ -57,8 +57,10 @@ type ReconcileSummary struct {
 	Checked int `json:"checked"` // transactions listed by SenGo
 	Missing int `json:"missing"` // status changes the relay never received
 	// Fed are the missing changes this run stored in the inbox (or had
-	// SenGo resend, with Resend); one an earlier run fed that still waits
-	// for intake is missing, not fed again.
+	// SenGo resend, with Resend); one an earlier run fed within the
+	// inbox's duplicate window that still waits for intake is missing,
+	// not fed again (fed before it, it is fed again, and intake drops the
+	// second copy as a duplicate).
 	Fed int `json:"fed"`
 	// Found are the first status changes found missing (at most maxFound).
 	Found []history.Found `json:"found,omitempty"`
