@@ -77,6 +77,10 @@ func NewGroupSync(cfg GroupSyncConfig) (*GroupSync, error) {
 		if err != nil {
 			return nil, fmt.Errorf("group commit: %w", err)
 		}
+		if err := ordersRenames(f); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("group commit on %s: %w", cfg.Dir, err)
+		}
 		if err := syncFS(f); err != nil {
 			f.Close()
 			return nil, fmt.Errorf("group commit on %s: %w", cfg.Dir, err)
@@ -204,10 +208,17 @@ func (g *GroupSync) Close() error {
 		return nil
 	}
 	g.mu.Lock()
+	failed := g.failed
 	if g.failed == nil {
 		g.failed = ErrGroupSyncClosed
 	}
 	g.mu.Unlock()
 	g.loops.Wait()
-	return g.close()
+	// One more: what the store wrote as it shut down (each consumer's
+	// state), which no writer waited for, is on disk too.
+	var err error
+	if failed == nil {
+		err = g.fsync()
+	}
+	return errors.Join(err, g.close())
 }

@@ -72,6 +72,31 @@ func TestGroupSyncSharesFsyncs(t *testing.T) {
 	}
 }
 
+// Close fsyncs once more, for what the store wrote as it shut down (its
+// consumers' state, which no writer waits for); not after a failure.
+func TestGroupSyncClosesWithAnFsync(t *testing.T) {
+	for _, fail := range []bool{false, true} {
+		var n atomic.Int64
+		g, err := stream.NewGroupSync(stream.GroupSyncConfig{FSync: func() error {
+			n.Add(1)
+			if fail {
+				return errors.New("EIO")
+			}
+			return nil
+		}, OnFail: func(error) {}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Sync(t.Context()); (err != nil) != fail {
+			t.Fatalf("sync: %v", err)
+		}
+		err = g.Close()
+		if want := map[bool]int64{false: 2, true: 1}[fail]; n.Load() != want || err != nil {
+			t.Errorf("failed %v: %d fsyncs with Close (%v), want %d", fail, n.Load(), err, want)
+		}
+	}
+}
+
 // A failed fsync fails every caller it served and every later one, and
 // reports itself once: after it the page cache cannot be trusted.
 func TestGroupSyncFailureIsFinal(t *testing.T) {

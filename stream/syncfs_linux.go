@@ -28,6 +28,33 @@ func syncFS(f *os.File) error {
 	}
 }
 
+// xfsMagic is XFS's statfs f_type.
+const xfsMagic = 0x58465342
+
+// ordersRenames refuses a filesystem that may commit a rename over a
+// file before the new file's data: nats-server rewrites some of its
+// files so (a compacted block, a consumer's state: a temporary file
+// renamed over the old one), and fsyncs them itself only with
+// SyncAlways, which group commit turns off. A power loss between the
+// rename's commit and the data's write-back would leave an empty file
+// where one stored durably before was. ext4 (auto_da_alloc, on by
+// default) and btrfs write the data before such a rename; XFS does not.
+func ordersRenames(f *os.File) error {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("%w: the store's filesystem unknown: %v", ErrGroupSyncUnsupported, err)
+	}
+	if !renamesOrdered(int64(st.Type)) {
+		return fmt.Errorf("%w: the store is on XFS, which may commit a rename over a file before the new file's data; nats-server rewrites files so and, under group commit, fsyncs them only with the rest", ErrGroupSyncUnsupported)
+	}
+	return nil
+}
+
+// renamesOrdered reports whether a filesystem of statfs type t writes a
+// file's data before a rename over another file commits (see
+// ordersRenames).
+func renamesOrdered(t int64) bool { return t != xfsMagic }
+
 // syncfsReportsErrors refuses a kernel older than 5.17. Before 5.8,
 // syncfs returned 0 even when writing back failed; before 5.17 it still
 // dropped the filesystem's own sync error (ext4's journal commit, XFS's log

@@ -31,6 +31,17 @@ func TestGroupCommitNeedsAKernelThatReportsErrors(t *testing.T) {
 	}
 }
 
+// Group commit is refused on XFS: it may commit a rename over a file
+// before the new file's data, and nats-server rewrites its compacted
+// blocks and consumer states so, fsyncing them only with SyncAlways.
+func TestGroupCommitIsRefusedOnXFS(t *testing.T) {
+	for fs, want := range map[int64]bool{0x58465342: false, 0xEF53: true, 0x9123683E: true, 0x2fc12fc1: true} {
+		if got := renamesOrdered(fs); got != want {
+			t.Errorf("renamesOrdered(%#x) = %v, want %v", fs, got, want)
+		}
+	}
+}
+
 // residentPages is how many of path's pages are in the page cache.
 func residentPages(t *testing.T, path string) int {
 	t.Helper()

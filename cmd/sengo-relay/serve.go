@@ -713,7 +713,9 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 		if emb != nil {
 			emb.Shutdown()
 		}
-		_ = gs.Close()
+		if err := gs.Close(); err != nil && !errors.Is(err, stream.ErrGroupSyncClosed) {
+			log.Error().Err(err).Msg("the store's last fsync failed: what it wrote as it shut down (its consumers' state) may not be on disk")
+		}
 	}
 	for _, c := range []struct {
 		name  string
