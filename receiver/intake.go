@@ -710,6 +710,13 @@ func (in *Intake) retryDelay(attempt uint64) time.Duration {
 	return min(d, in.cfg.RetryMax)
 }
 
+// withoutToken is b, a SenGo object of project's, with project's
+// callback_token taken out (SenGo echoes the callback URL, the token in
+// it).
+func (in *Intake) withoutToken(project string, b []byte) []byte {
+	return verify.RedactIn(b, in.cfg.CallbackTokens[project])
+}
+
 // quarantine stores the notification with the reason in SENGO_QUARANTINE.
 func (in *Intake) quarantine(ctx context.Context, m jetstream.Msg, r result) error {
 	project := r.project
@@ -729,7 +736,7 @@ func (in *Intake) quarantine(ctx context.Context, m jetstream.Msg, r result) err
 	h.Set(event.HeaderReason, r.err.Error())
 	var mm *sengo.MismatchError
 	if errors.As(r.err, &mm) {
-		if api := apiObject(verify.RedactIn(mm.SenGo.Raw, in.cfg.CallbackTokens[r.project])); api != "" {
+		if api := apiObject(in.withoutToken(r.project, mm.SenGo.Raw)); api != "" {
 			h.Set(HeaderAPIObject, api) // SenGo's version beside the callback's
 		}
 	}
@@ -742,10 +749,11 @@ func (in *Intake) quarantine(ctx context.Context, m jetstream.Msg, r result) err
 		h.Set(HeaderInboxSeq, strconv.FormatUint(meta.Sequence.Stream, 10))
 	}
 	subject := event.QuarantineSubject(project)
-	if tx, err := sengo.ParseCallback(m.Data()); err == nil && r.project != "" {
+	data := in.withoutToken(r.project, m.Data())
+	if tx, err := sengo.ParseCallback(data); err == nil && r.project != "" {
 		subject = event.QuarantineTxSubject(project, tx.ID) // found again by its transaction's story
 	}
-	_, err := in.cfg.JetStream.PublishMsg(ctx, &nats.Msg{Subject: subject, Header: h, Data: m.Data()},
+	_, err := in.cfg.JetStream.PublishMsg(ctx, &nats.Msg{Subject: subject, Header: h, Data: data},
 		jetstream.WithExpectStream(event.StreamQuarantine))
 	return err
 }
@@ -775,7 +783,10 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 		r.err = fmt.Errorf("%w %s: not configured on this relay", ErrUnknownProject, project)
 		return r
 	}
-	tx, err := sengo.ParseCallback(m.Data())
+	// Stored before the listener took the token out (by a relay of an
+	// earlier version, a rolling deploy's old one): the event keeps the
+	// notification's object when unconfirmed.
+	tx, err := sengo.ParseCallback(in.withoutToken(project, m.Data()))
 	if err != nil {
 		r.err = fmt.Errorf("%w: %v", ErrPermanent, err)
 		return r
@@ -897,7 +908,7 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 				// merchantRef and the amounts were compared with SenGo's.)
 				got.Raw = got.Compact()
 			}
-			got.Raw = verify.RedactIn(got.Raw, in.cfg.CallbackTokens[project])
+			got.Raw = in.withoutToken(project, got.Raw)
 			tx, confirmed = got, true
 		}
 	}

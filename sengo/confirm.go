@@ -123,10 +123,23 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since ti
 	if client == nil {
 		return false
 	}
-	select {
-	case p.turn <- struct{}{}:
-	case <-ctx.Done():
-		return false
+	if since.IsZero() {
+		// Any answer will do (a check SenGo refused: intake asks whether
+		// it refuses every one), and the caller does not wait for another
+		// caller's probe: a flood of forged ids it refuses held every
+		// intake worker behind one slow probe. "No" while one runs: the
+		// caller retries.
+		select {
+		case p.turn <- struct{}{}:
+		default:
+			return false
+		}
+	} else {
+		select {
+		case p.turn <- struct{}{}:
+		case <-ctx.Done():
+			return false
+		}
 	}
 	defer func() { <-p.turn }()
 	// A "no" stands for every caller (it only means: retry, an outage); a

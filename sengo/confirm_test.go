@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/sengo"
 	"github.com/sengo-relay/sengo-relay/sengo/sandbox"
 )
@@ -169,6 +170,35 @@ func TestAProbeCutShortByItsCallerSaysNothing(t *testing.T) {
 	if n := probes.Load(); n != 2 {
 		t.Fatalf("%d probes sent, want 2: the one cut short told nothing", n)
 	}
+}
+
+// Asked without a time (any answer will do: intake asking whether SenGo
+// refuses every check), a caller does not wait for another caller's
+// probe: it is told "no" at once, and retries.
+func TestAProbeAskedWithoutATimeDoesNotWaitForAnother(t *testing.T) {
+	sb, base := startSandbox(t, sandbox.Config{})
+	var probes atomic.Int64
+	target, _ := url.Parse(strings.TrimSuffix(base, "/api"))
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	counted := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		probes.Add(1)
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(counted.Close)
+	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": sengo.NewClient(counted.URL+"/api", key, token)})
+	sb.SetFaults(sandbox.Faults{Latency: sandbox.Duration(3 * time.Second)})
+	done := make(chan bool)
+	go func() { done <- c.ChecksAnswered(context.Background(), "shop", time.Now()) }()
+	poll.Until(t, "the first probe sent", func() bool { return probes.Load() > 0 })
+	if c.ChecksAnswered(context.Background(), "shop", time.Time{}) {
+		t.Fatal("told yes while another caller's probe ran")
+	}
+	select {
+	case <-done:
+		t.Fatal("the second caller waited for the first probe to end")
+	default:
+	}
+	<-done
 }
 
 // A probe had 5 s to answer where a check had its check timeout (a third

@@ -3,6 +3,7 @@ package verify
 import (
 	"bytes"
 	"encoding/base64"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -247,15 +248,18 @@ const Redacted = "[redacted]"
 // RedactIn returns b with every occurrence of secret replaced by
 // Redacted: as it is, and query-escaped (a callback_token is limited to
 // characters that JSON never escapes and a path needs not, so these are
-// the forms a URL echoed in a JSON object carries it in). b itself is
+// the forms a URL echoed in a JSON object carries it in), also with every
+// character but letters, digits, - . _ escaped. b itself is
 // returned when it holds none; an empty secret changes nothing.
 func RedactIn(b []byte, secret string) []byte {
 	if secret == "" {
 		return b
 	}
 	forms := []string{secret}
-	if q := url.QueryEscape(secret); q != secret {
-		forms = append(forms, q, lowerEscapes(q))
+	for _, q := range []string{url.QueryEscape(secret), escapeAll(secret)} {
+		if q != secret {
+			forms = append(forms, q, lowerEscapes(q))
+		}
 	}
 	for _, f := range forms {
 		if bytes.Contains(b, []byte(f)) {
@@ -263,6 +267,21 @@ func RedactIn(b []byte, secret string) []byte {
 		}
 	}
 	return b
+}
+
+// escapeAll is s with every byte but letters, digits, '-', '.' and '_'
+// escaped as %XX: how PHP's urlencode and Java's URLEncoder write '~'
+// (%7E), which url.QueryEscape leaves.
+func escapeAll(s string) string {
+	var b strings.Builder
+	for _, c := range []byte(s) {
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
 }
 
 // lowerEscapes is q with the hex digits of its %XX escapes in lower case.

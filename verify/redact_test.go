@@ -121,12 +121,12 @@ func TestRedactServerURLHidesCredentials(t *testing.T) {
 // A secret is taken out of stored bytes as it is and query-escaped (upper
 // and lower case hex), and bytes without it are returned as they are.
 func TestRedactIn(t *testing.T) {
-	const tok = "abc+def=0123456789"
+	const tok = "abc+def=0123456789~x"
 	for in, want := range map[string]string{
-		`{"callback":"https:\/\/relay\/callbacks\/sengo\/main\/abc+def=0123456789"}`:    `{"callback":"https:\/\/relay\/callbacks\/sengo\/main\/[redacted]"}`,
-		`{"callback":"https://relay/cb?t=abc%2Bdef%3D0123456789"}`:                      `{"callback":"https://relay/cb?t=[redacted]"}`,
-		`{"callback":"https://relay/cb?t=abc%2bdef%3d0123456789&u=abc+def=0123456789"}`: `{"callback":"https://relay/cb?t=[redacted]&u=[redacted]"}`,
-		`{"callback":"https://relay/cb"}`:                                               `{"callback":"https://relay/cb"}`,
+		`{"callback":"https:\/\/relay\/callbacks\/sengo\/main\/abc+def=0123456789~x"}`:                                                                `{"callback":"https:\/\/relay\/callbacks\/sengo\/main\/[redacted]"}`,
+		`{"callback":"https://relay/cb?t=abc%2Bdef%3D0123456789~x"}`:                                                                                  `{"callback":"https://relay/cb?t=[redacted]"}`,
+		`{"callback":"https://relay/cb?t=abc%2bdef%3d0123456789~x&u=abc+def=0123456789~x&v=abc%2Bdef%3D0123456789%7Ex&w=abc%2bdef%3d0123456789%7ex"}`: `{"callback":"https://relay/cb?t=[redacted]&u=[redacted]&v=[redacted]&w=[redacted]"}`,
+		`{"callback":"https://relay/cb"}`: `{"callback":"https://relay/cb"}`,
 	} {
 		if got := string(RedactIn([]byte(in), tok)); got != want {
 			t.Errorf("RedactIn(%s) = %s, want %s", in, got, want)

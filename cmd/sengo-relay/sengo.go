@@ -335,7 +335,10 @@ func sandboxRequest(ctx context.Context, method, url string, body []byte, stdout
 		return err
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, sandboxAnswerMax))
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, sandboxAnswerMax+1))
+	if len(b) > sandboxAnswerMax {
+		return fmt.Errorf("the sandbox's answer is over %d bytes; not printed", sandboxAnswerMax)
+	}
 	fmt.Fprintln(stdout, string(b))
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("sandbox answered %d", resp.StatusCode)

@@ -320,6 +320,9 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		if !p.Confirms() {
 			log.Warn().Str("project", name).Msg("notifications of this project are not confirmed with SenGo's API: anyone who can reach the callback URL can publish an event (confirmed: false); set api_key and token")
 		}
+		if p.CallbackToken.Set() && !config.RedactableToken(p.CallbackToken.Value()) {
+			log.Warn().Str("project", name).Msg("callback_token has characters JSON or a URL may escape (not letters, digits, - . _ ~ + =): SenGo echoes the callback URL in its objects, and the relay may not find the token there to take it out of events; give it a new one (openssl rand -hex 32)")
+		}
 	}
 
 	// Everything below runs until ctx is done. Intake and the endpoint
