@@ -38,21 +38,24 @@ const (
 // digits of its transaction>; sengo.dlq.<endpoint> before): the
 // event exactly as stored, and why, where and how often delivery failed.
 type DeadLetter struct {
-	Endpoint        string          `json:"endpoint"`
-	EventID         string          `json:"eventId"`
-	TransactionID   string          `json:"transactionId"`
-	MerchantRef     string          `json:"merchantRef"`
-	Reason          string          `json:"reason"`
-	Attempts        int             `json:"attempts"`
-	FirstAttemptAt  time.Time       `json:"firstAttemptAt"`
-	LastAttemptAt   time.Time       `json:"lastAttemptAt"`
-	LastStatus      int             `json:"lastStatus"` // 0: no response
-	LastError       string          `json:"lastError,omitempty"`
-	ResponseExcerpt string          `json:"responseExcerpt,omitempty"`
-	StreamSeq       uint64          `json:"streamSeq"` // the event's sequence in SENGO_EVENTS
-	Replayed        bool            `json:"replayed,omitempty"`
-	DeadAt          time.Time       `json:"deadAt"`
-	Event           json.RawMessage `json:"event"`
+	Endpoint        string    `json:"endpoint"`
+	EventID         string    `json:"eventId"`
+	TransactionID   string    `json:"transactionId"`
+	MerchantRef     string    `json:"merchantRef"`
+	Reason          string    `json:"reason"`
+	Attempts        int       `json:"attempts"`
+	FirstAttemptAt  time.Time `json:"firstAttemptAt"`
+	LastAttemptAt   time.Time `json:"lastAttemptAt"`
+	LastStatus      int       `json:"lastStatus"` // 0: no response
+	LastError       string    `json:"lastError,omitempty"`
+	ResponseExcerpt string    `json:"responseExcerpt,omitempty"`
+	StreamSeq       uint64    `json:"streamSeq"` // the event's sequence in SENGO_EVENTS
+	// Subject is the event's subject in SENGO_EVENTS (what the endpoint's
+	// filter matched), carried by a redrive's copy; empty when unknown.
+	Subject  string          `json:"subject,omitempty"`
+	Replayed bool            `json:"replayed,omitempty"`
+	DeadAt   time.Time       `json:"deadAt"`
+	Event    json.RawMessage `json:"event"`
 	// EventTruncated: the event was too large to keep whole in its dead
 	// letter (another publisher's, near the server's max_payload): Event is
 	// its first 4 KiB as a JSON string and EventBytes its size; StreamSeq

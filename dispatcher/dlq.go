@@ -232,6 +232,9 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 			event.HeaderEventID: []string{e.EventID},
 			HeaderRedriveOf:     []string{strconv.FormatUint(e.Seq, 10)},
 		}}
+		if e.Subject != "" {
+			msg.Header.Set(HeaderEventSubject, e.Subject)
+		}
 		ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(redriveMsgID(e)), jetstream.WithExpectStream(event.StreamReplay))
 		if err != nil {
 			return n, fmt.Errorf("redrive %d: %w", e.Seq, err)

@@ -103,11 +103,27 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 	// As a redrive: copies for an endpoint no relay delivers (retired, or
 	// being retired) would wait where nothing reads them until
 	// SENGO_REPLAY dropped them, with no dead letter.
-	for _, ep := range targets {
-		if ok, err := redrivable(ctx, js, ep.Name); err != nil {
-			return ReplayProgress{}, err
+	// Checked again every replayRecheck while it queues: an endpoint
+	// retired meanwhile stops the replay (resumable), not its copies.
+	checked := map[string]time.Time{}
+	delivered := func(ep string) error {
+		if time.Since(checked[ep]) < replayRecheck {
+			return nil
+		}
+		if ok, err := redrivable(ctx, js, ep); err != nil {
+			if checked[ep].IsZero() {
+				return err // at the start: nothing queued yet
+			}
+			return nil // a reading that failed (a leader election) stops nothing: asked again at the next copy
 		} else if !ok {
-			return ReplayProgress{}, fmt.Errorf("endpoint %q: no relay delivers it (its consumer on %s is gone or being retired); a relay that has it configured must run first", ep.Name, event.StreamReplay)
+			return fmt.Errorf("endpoint %q: no relay delivers it (its consumer on %s is gone or being retired); a relay that has it configured must run first", ep, event.StreamReplay)
+		}
+		checked[ep] = time.Now()
+		return nil
+	}
+	for _, ep := range targets {
+		if err := delivered(ep.Name); err != nil {
+			return ReplayProgress{}, err
 		}
 	}
 	until := req.Until
@@ -151,10 +167,14 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 			if req.DryRun {
 				continue
 			}
+			if err := delivered(ep.Name); err != nil {
+				return false, err
+			}
 			msg := &nats.Msg{Subject: event.ReplaySubject(ep.Name), Data: m.Data(), Header: nats.Header{
 				HeaderReplayKind:    []string{"replay"},
 				HeaderReplayJob:     []string{p.Job},
 				HeaderEventSeq:      []string{strconv.FormatUint(meta.Sequence.Stream, 10)},
+				HeaderEventSubject:  []string{m.Subject()},
 				event.HeaderEventID: []string{ev.ID},
 			}}
 			ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(p.Job+"."+ep.Name+"."+ev.ID), jetstream.WithExpectStream(event.StreamReplay))
@@ -182,6 +202,10 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 	progress(p)
 	return p, err
 }
+
+// replayRecheck is how often a running replay checks that a relay still
+// delivers each of its endpoints (a variable for tests).
+var replayRecheck = 30 * time.Second
 
 // replayRoom is what a copy queued for a replay adds to its event, beyond
 // the event id it carries twice (as its message id and in a header): its

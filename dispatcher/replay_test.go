@@ -1,6 +1,8 @@
 package dispatcher
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,5 +33,33 @@ func TestJobIDNamesTheSelection(t *testing.T) {
 	d.Statuses = []event.Status{event.StatusExpired, event.StatusSuccess, event.StatusExpired}
 	if c.JobID() != d.JobID() {
 		t.Errorf("statuses %v and %v: jobs %s and %s", c.Statuses, d.Statuses, c.JobID(), d.JobID())
+	}
+}
+
+// A replay checked its endpoint only when it started: an endpoint
+// retired while a long replay ran (a deploy that removed it) had copies
+// queued where nothing read them, until SENGO_REPLAY dropped them, and
+// the job said done. It checks again as it goes, and stops (to be
+// resumed) once no relay delivers the endpoint.
+func TestAReplayStopsWhenItsEndpointIsRetired(t *testing.T) {
+	h := newHarness(t)
+	defer func(d time.Duration) { replayRecheck = d }(replayRecheck)
+	replayRecheck = 0
+	ep := h.endpoint("orders", "http://127.0.0.1:1/")
+	h.worker(ep) // its consumers, not run
+	for i := range 5 {
+		h.publish(fmt.Sprintf("tx-%d", i), event.StatusSuccess, "")
+	}
+	retired := false
+	p, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}, Since: time.Now().Add(-time.Hour)}, func(p ReplayProgress) {
+		if p.Queued == 2 && !retired {
+			retired = true
+			if err := h.js.DeleteConsumer(t.Context(), event.StreamReplay, ConsumerName("orders")); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	if err == nil || !strings.Contains(err.Error(), "no relay delivers it") || p.Done || p.Queued >= 5 {
+		t.Fatalf("replay went on after its endpoint was retired: queued %d, done %v, %v", p.Queued, p.Done, err)
 	}
 }

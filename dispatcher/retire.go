@@ -554,7 +554,7 @@ func (r *retirer) settle(ctx context.Context, msg jetstream.Msg, endpoint string
 		Endpoint: endpoint, EventID: ev.ID, TransactionID: ev.Data.TransactionID, MerchantRef: ev.Data.MerchantRef,
 		Reason: ReasonRemoved, Attempts: rec.Count, FirstAttemptAt: rec.First, LastAttemptAt: rec.Last,
 		LastStatus: rec.LastStatus, LastError: rec.LastError, ResponseExcerpt: rec.Excerpt,
-		StreamSeq: eventSeq(msg, meta, replayed), Replayed: replayed, DeadAt: time.Now().UTC(),
+		StreamSeq: eventSeq(msg, meta, replayed), Subject: eventSubject(msg, replayed), Replayed: replayed, DeadAt: time.Now().UTC(),
 	}
 	if rec.DeadLetter != "" {
 		// Decided before (its endpoint answered 410, say), its dead

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,9 @@ const (
 	// HeaderEventSeq carries the event's sequence in SENGO_EVENTS on
 	// replayed copies, and on every webhook as "sengo-event-sequence".
 	HeaderEventSeq = "Sengo-Event-Seq"
+	// HeaderEventSubject carries the event's subject in SENGO_EVENTS on
+	// replayed copies: what the endpoint's filter is matched against.
+	HeaderEventSubject = "Sengo-Event-Subject"
 )
 
 // WorkerConfig configures the worker of one endpoint.
@@ -97,6 +101,12 @@ type Worker struct {
 	active atomic.Int64
 	// pullWarned is when a failed pull was last logged (Unix nanoseconds).
 	pullWarned atomic.Int64
+	// liveStart is one past the highest ack floor (a SENGO_EVENTS
+	// sequence) the live consumer was seen with, from its creation on
+	// (noteFloor), and eventsCreated when that SENGO_EVENTS was created:
+	// a live consumer deleted by hand is created again there (recreate).
+	liveStart     atomic.Uint64
+	eventsCreated time.Time
 	// recreated is when the consumers were last created again (Unix nanoseconds).
 	recreated atomic.Int64
 	// maxAge is SENGO_EVENTS' retention (0: none): events of a paused
@@ -181,7 +191,8 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", event.StreamEvents, err)
 	}
-	w.maxAge, w.events = s.CachedInfo().Config.MaxAge, s
+	w.maxAge, w.events, w.eventsCreated = s.CachedInfo().Config.MaxAge, s, s.CachedInfo().Created
+	w.noteFloor(live, live.CachedInfo())
 	if s, err = cfg.JetStream.Stream(ctx, event.StreamReplay); err != nil {
 		return nil, fmt.Errorf("stream %s: %w", event.StreamReplay, err)
 	}
@@ -197,6 +208,13 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 // starts after the last event the retired one delivered or dead-lettered,
 // not at from: nothing between is skipped.
 func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, ep Endpoint, filters []string, from string) (jetstream.Consumer, error) {
+	return ensureConsumerAt(ctx, js, stream, ep, filters, from, 0)
+}
+
+// ensureConsumerAt is ensureConsumer whose consumer, when it does not
+// exist and no tombstone says where it was, starts at stream sequence
+// start (a consumer deleted by hand, recreate), not at from; 0: at from.
+func ensureConsumerAt(ctx context.Context, js jetstream.JetStream, stream string, ep Endpoint, filters []string, from string, start uint64) (jetstream.Consumer, error) {
 	cfg := jetstream.ConsumerConfig{
 		Durable:     ConsumerName(ep.Name),
 		Description: "sengo-relay webhook endpoint " + ep.Name,
@@ -226,6 +244,10 @@ func ensureConsumer(ctx context.Context, js jetstream.JetStream, stream string, 
 		}
 		if ok {
 			cfg.DeliverPolicy, cfg.OptStartSeq, buried = jetstream.DeliverByStartSequencePolicy, last+1, rev
+			break
+		}
+		if start > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
 			break
 		}
 		switch from {
@@ -420,7 +442,11 @@ func (w *Worker) backlogDue(ctx context.Context, cons jetstream.Consumer, s jets
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	info, err := cons.Info(rctx)
-	if err != nil || info.NumPending == 0 {
+	if err != nil {
+		return false
+	}
+	w.noteFloor(cons, info)
+	if info.NumPending == 0 {
 		return false
 	}
 	m, err := s.GetMsg(rctx, info.Delivered.Stream+1, jetstream.WithGetMsgSubject(">"))
@@ -535,6 +561,7 @@ func (w *Worker) pausedDue(ctx context.Context, cons jetstream.Consumer, s jetst
 		}
 		return 0
 	}
+	w.noteFloor(cons, info)
 	n := info.NumAckPending + int(info.NumPending)
 	if n == 0 {
 		return 0
@@ -592,6 +619,20 @@ func (w *Worker) expire(ctx context.Context, msg jetstream.Msg, meta *jetstream.
 	return true
 }
 
+// noteFloor keeps one past the live consumer's ack floor in info
+// (liveStart): every event up to the floor is acknowledged.
+func (w *Worker) noteFloor(cons jetstream.Consumer, info *jetstream.ConsumerInfo) {
+	if cons != w.live || info == nil || info.Stream != event.StreamEvents {
+		return
+	}
+	for {
+		cur := w.liveStart.Load()
+		if info.AckFloor.Stream+1 <= cur || w.liveStart.CompareAndSwap(cur, info.AckFloor.Stream+1) {
+			return
+		}
+	}
+}
+
 // State reports the endpoint's breaker state.
 func (w *Worker) State() BreakerState { return w.breaker.state() }
 
@@ -602,6 +643,7 @@ func (w *Worker) Pending(ctx context.Context) (live, replay uint64, ackFloor uin
 	if err != nil {
 		return 0, 0, 0, err
 	}
+	w.noteFloor(w.live, li)
 	ri, err := w.replay.Info(ctx)
 	if err != nil {
 		return 0, 0, 0, err
@@ -681,17 +723,34 @@ const recreateEvery = time.Second
 
 // recreate creates the endpoint's consumers again (those that exist are
 // left as they are); the pullers ask for them by name, so they pull again.
+// The live consumer, deleted by hand, starts after the last event it is
+// known to have acknowledged (liveFloor), not at deliver_from: with the
+// default "new", every event it had not acknowledged, waiting or in
+// retry, was skipped, neither posted nor dead-lettered. Some it had
+// acknowledged since it was last seen are posted again (at least once).
+// Not so for a SENGO_EVENTS made anew (its sequences started again).
 func (w *Worker) recreate(ctx context.Context) {
+	s, err := w.cfg.JetStream.Stream(ctx, event.StreamEvents)
+	if err != nil {
+		// Not at deliver_from for want of a reading: later (recreateSoon).
+		w.log.Warn().Err(err).Msg("the endpoint's consumers could not be created again: SENGO_EVENTS unread")
+		return
+	}
+	var start uint64
+	if s.CachedInfo().Created.Equal(w.eventsCreated) {
+		start = w.liveStart.Load()
+	}
 	for _, c := range []struct {
 		stream, from string
 		filters      []string
-	}{{event.StreamEvents, w.ep.DeliverFrom, w.ep.FilterSubjects}, {event.StreamReplay, "all", []string{event.ReplaySubject(w.ep.Name)}}} {
-		if _, err := ensureConsumer(ctx, w.cfg.JetStream, c.stream, w.ep, c.filters, c.from); err != nil && ctx.Err() == nil {
+		start        uint64
+	}{{event.StreamEvents, w.ep.DeliverFrom, w.ep.FilterSubjects, start}, {event.StreamReplay, "all", []string{event.ReplaySubject(w.ep.Name)}, 0}} {
+		if _, err := ensureConsumerAt(ctx, w.cfg.JetStream, c.stream, w.ep, c.filters, c.from, c.start); err != nil && ctx.Err() == nil {
 			w.log.Error().Err(err).Str("stream", c.stream).Msg("the endpoint's consumer could not be created again")
 			return
 		}
 	}
-	w.log.Warn().Msg("the endpoint's consumers are there again (a deleted one was created again, where its retirement left it)")
+	w.log.Warn().Uint64("live_from_sequence", start).Msg("the endpoint's consumers are there again (a deleted one was created again, where its retirement left it, or after the last event it was seen to acknowledge)")
 }
 
 // idle reports a pull that ended without a message and without failing.
@@ -828,6 +887,16 @@ func (w *Worker) handle(runCtx context.Context, msg jetstream.Msg, replayed, pro
 		w.deadLetter(ctx, msg, meta, event.Event{}, attemptKey(w.ep.Name, seqID(meta.Sequence.Stream), replaySeq), attempts{Copy: copyStored(meta, replayed)}, ReasonUndecodable, replayed)
 		return
 	}
+	switch w.takes(ctx, msg, replayed) {
+	case filterLeaves:
+		w.breaker.release(probe)
+		w.notTaken(ctx, msg, ev, replayed)
+		return
+	case filterUnknown:
+		w.breaker.release(probe)
+		_ = msg.NakWithDelay(filterRetry)
+		return
+	}
 	key := attemptKey(w.ep.Name, recordID(ev.ID, meta.Sequence.Stream), replaySeq)
 	var rec attempts
 	var res attemptResult
@@ -849,9 +918,9 @@ func (w *Worker) handle(runCtx context.Context, msg jetstream.Msg, replayed, pro
 
 	// A first delivery of a live event has no record yet: nothing was
 	// attempted for this consumer's copy. Only a redelivery reads it. (A
-	// consumer deleted by hand and created again from its deliver_from
-	// posts those events again: at least once, and consumers deduplicate
-	// on webhook-id.) A replayed or redriven copy (a key of its own) is
+	// consumer deleted by hand and created again after the last event it
+	// was seen to acknowledge, recreate, posts those acknowledged since
+	// again: at least once, and consumers deduplicate on webhook-id.) A replayed or redriven copy (a key of its own) is
 	// read on every delivery: copies stay in SENGO_REPLAY once settled,
 	// and the endpoint's replay consumer, made again from the start (put
 	// back after its retirement's place was forgotten), posted each again.
@@ -1086,7 +1155,7 @@ func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, meta *jetstr
 		Endpoint: w.ep.Name, EventID: ev.ID, TransactionID: ev.Data.TransactionID, MerchantRef: ev.Data.MerchantRef,
 		Reason: reason, Attempts: rec.Count, FirstAttemptAt: rec.First, LastAttemptAt: rec.Last,
 		LastStatus: rec.LastStatus, LastError: rec.LastError, ResponseExcerpt: rec.Excerpt,
-		StreamSeq: eventSeq(msg, meta, replayed), Replayed: replayed, DeadAt: w.cfg.Now().UTC(),
+		StreamSeq: eventSeq(msg, meta, replayed), Subject: eventSubject(msg, replayed), Replayed: replayed, DeadAt: w.cfg.Now().UTC(),
 	}
 	if rec.DeadLetter != reason && ev.ID != "" {
 		// Decided, and recorded before the dead letter is stored: a retry
@@ -1174,6 +1243,14 @@ func eventSeq(msg jetstream.Msg, meta *jetstream.MsgMetadata, replayed bool) uin
 	return seq
 }
 
+// eventSubject is the event's subject in SENGO_EVENTS ("" if unknown).
+func eventSubject(msg jetstream.Msg, replayed bool) string {
+	if !replayed {
+		return msg.Subject()
+	}
+	return msg.Headers().Get(HeaderEventSubject)
+}
+
 // rawOrString keeps an event as JSON, or as a JSON string if it is not JSON.
 func rawOrString(b []byte) []byte {
 	if json.Valid(b) {
@@ -1195,6 +1272,71 @@ func (w *Worker) updateHealth() {
 		held = 1
 	}
 	w.cfg.Metrics.Held.WithLabelValues(w.ep.Name).Set(held)
+}
+
+// filterVerdict is what takes says of an event.
+type filterVerdict int
+
+const (
+	filterTakes   filterVerdict = iota // post it
+	filterLeaves                       // settle it unposted (notTaken)
+	filterUnknown                      // the filter could not be read: later
+)
+
+// filterRetry is how soon an event whose filter could not be read comes
+// back.
+const filterRetry = 5 * time.Second
+
+// takes tells whether the endpoint's filter, as it is now, takes the
+// event of msg. A consumer's filter changed (the endpoint's narrowed, a
+// project or a status taken out) leaves the messages it had given out as
+// they are: nats-server redelivers them whatever the new filter says. A
+// copy (a replay's, a redrive's) is matched by the subject its event had
+// in SENGO_EVENTS (HeaderEventSubject); one without it, queued before
+// copies carried it, is taken as before.
+//
+// Relays share the consumer, and the one started last set its filter:
+// during a rolling deploy that widens the filter, a relay still on the
+// older configuration gets events only the new filter takes. So an event
+// this relay's filter leaves out is left only when the consumer's filter,
+// read from the server now, leaves it out too.
+func (w *Worker) takes(ctx context.Context, msg jetstream.Msg, replayed bool) filterVerdict {
+	subject := msg.Subject()
+	if replayed {
+		if subject = msg.Headers().Get(HeaderEventSubject); subject == "" {
+			return filterTakes
+		}
+	}
+	if w.ep.Matches(subject) {
+		return filterTakes
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := w.live.Info(rctx)
+	if err != nil {
+		return filterUnknown
+	}
+	filters := info.Config.FilterSubjects
+	if info.Config.FilterSubject != "" {
+		filters = []string{info.Config.FilterSubject}
+	}
+	if len(filters) == 0 || slices.ContainsFunc(filters, func(f string) bool { return event.SubjectMatches(f, subject) }) {
+		return filterTakes
+	}
+	return filterLeaves
+}
+
+// notTaken settles, unposted, an event the endpoint's filter no longer
+// takes (takes): nothing is owed to an endpoint for an event its filter
+// leaves out. A redriven copy's dead letter goes with it.
+func (w *Worker) notTaken(ctx context.Context, msg jetstream.Msg, ev event.Event, replayed bool) {
+	if replayed && !w.settleRedriven(ctx, msg, ev.ID) {
+		return
+	}
+	w.log.Info().Str("event_id", clip(ev.ID)).Str("transaction_id", clip(ev.Data.TransactionID)).Bool("copy", replayed).
+		Msg("event no longer matches the endpoint's filter; settled without posting it")
+	w.cfg.Metrics.Deliveries.WithLabelValues(w.ep.Name, "filtered").Inc()
+	_ = msg.Ack()
 }
 
 // deliverableID reports whether id can be sent as the Webhook-Id header:

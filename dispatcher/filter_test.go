@@ -1,0 +1,163 @@
+package dispatcher
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sengo-relay/sengo-relay/event"
+)
+
+// An endpoint's filter narrowed (a project or status taken out of it)
+// takes effect for the events it already had: nats-server gives a
+// consumer's redeliveries again whatever its new filter says, and each
+// retry of an event the endpoint no longer takes, another project's
+// payment say, went to it for days, then into its dead letters, where a
+// redrive sent it again. Such an event is settled unposted ("filtered"),
+// and a redriven copy of one removes its dead letter.
+func TestANarrowedFilterStopsWhatTheEndpointNoLongerTakes(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(500) })
+	wide := h.endpoint("orders", c.URL, 10*time.Millisecond)
+	w1 := h.worker(wide)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w1.Run(ctx) }()
+	dead := h.publish("tx-dead", event.StatusFailed, "")
+	eventually(t, "the failed event's dead letter", func() bool { return len(h.deadLetters()) == 1 })
+	wide.Schedule = []time.Duration{300 * time.Millisecond, 300 * time.Millisecond, 300 * time.Millisecond, 300 * time.Millisecond}
+	cancel()
+	<-done
+	w2 := h.worker(wide)
+	ctx, cancel = context.WithCancel(context.Background())
+	done = make(chan struct{})
+	go func() { defer close(done); w2.Run(ctx) }()
+	h.publish("tx-retried", event.StatusFailed, "")
+	eventually(t, "the second event attempted", func() bool { return countFor(c, "tx-retried") >= 1 })
+	cancel()
+	<-done
+
+	narrow := h.endpoint("orders", c.URL, 10*time.Millisecond)
+	narrow.FilterSubjects = []string{event.EventSubject("main", event.ProductRetail, event.StatusSuccess)}
+	w := h.start(narrow)
+	attempts := len(c.got())
+	eventually(t, "the event in retry settled", func() bool { return h.settled(w) })
+	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders", TransactionID: "tx-dead"})
+	if err != nil || len(entries) != 1 || entries[0].EventID != dead.ID {
+		t.Fatalf("dead letters %+v: %v", entries, err)
+	}
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
+		t.Fatalf("redrive %d: %v", n, err)
+	}
+	eventually(t, "the redriven copy settled and its dead letter removed", func() bool {
+		left, err := ListDLQ(t.Context(), h.js, DLQFilter{})
+		return err == nil && len(left) == 0 && h.settled(w)
+	})
+	// A replay run with the old configuration (a CLI's stale file).
+	if p, err := Replay(t.Context(), h.js, []Endpoint{wide}, ReplayRequest{Endpoints: []string{"orders"}, Since: time.Now().Add(-time.Hour)}, nil); err != nil || p.Queued != 2 {
+		t.Fatalf("replay queued %d: %v", p.Queued, err)
+	}
+	eventually(t, "the replayed copies settled", func() bool { return h.settled(w) })
+	if n := len(c.got()); n != attempts {
+		t.Fatalf("%d more posts after the filter took the events out", n-attempts)
+	}
+	if n := testutil.ToFloat64(h.metrics.Deliveries.WithLabelValues("orders", "filtered")); n != 4 {
+		t.Fatalf("filtered %v, want 4", n)
+	}
+	if !strings.Contains(h.logs.String(), "no longer matches the endpoint's filter") {
+		t.Fatalf("no line says why: %s", h.logs.String())
+	}
+}
+
+// countFor is how many posts of transaction txID c got.
+func countFor(c *consumer, txID string) int {
+	n := 0
+	for _, a := range c.got() {
+		if strings.Contains(string(a.Body), `"transactionId":"`+txID+`"`) {
+			n++
+		}
+	}
+	return n
+}
+
+// A live consumer deleted by hand (an operator clearing what looked
+// stuck) was created again at deliver_from: with the default "new",
+// every event it had not acknowledged, waiting or in retry, was skipped,
+// neither posted nor dead-lettered. It is created again after the last
+// event it is known to have acknowledged.
+func TestADeletedConsumerIsCreatedAgainWhereItWas(t *testing.T) {
+	h := newHarness(t)
+	var up atomic.Bool
+	var ok sync.Map // the attempts answered 200, by number
+	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
+		if up.Load() {
+			ok.Store(n-1, true)
+			w.WriteHeader(200)
+			return
+		}
+		w.WriteHeader(500)
+	})
+	h.publish("tx-before", event.StatusSuccess, "") // before the endpoint: not its
+	ep := h.endpoint("orders", c.URL, 200*time.Millisecond, 200*time.Millisecond, 200*time.Millisecond, 200*time.Millisecond, 200*time.Millisecond)
+	ep.DeliverFrom = "new"
+	w := h.start(ep)
+	for _, tx := range []string{"tx-1", "tx-2", "tx-3"} {
+		h.publish(tx, event.StatusSuccess, "")
+	}
+	eventually(t, "each attempted", func() bool { return countFor(c, "tx-1") > 0 && countFor(c, "tx-2") > 0 && countFor(c, "tx-3") > 0 })
+	if err := h.js.DeleteConsumer(t.Context(), event.StreamEvents, ConsumerName("orders")); err != nil {
+		t.Fatal(err)
+	}
+	up.Store(true)
+	eventually(t, "each delivered after the consumer was created again", func() bool {
+		for _, tx := range []string{"tx-1", "tx-2", "tx-3"} {
+			if !answered(c, &ok, tx) {
+				return false
+			}
+		}
+		return h.settled(w)
+	})
+	if n := countFor(c, "tx-before"); n != 0 {
+		t.Fatalf("an event from before the endpoint was posted %d times", n)
+	}
+	if n := len(h.deadLetters()); n != 0 {
+		t.Fatalf("%d dead letters", n)
+	}
+}
+
+// answered reports whether one of c's posts of transaction txID was
+// answered 200 (ok holds their indexes).
+func answered(c *consumer, ok *sync.Map, txID string) bool {
+	for i, a := range c.got() {
+		if _, yes := ok.Load(i); yes && strings.Contains(string(a.Body), `"transactionId":"`+txID+`"`) {
+			return true
+		}
+	}
+	return false
+}
+
+// During a rolling deploy that widens an endpoint's filter, the relay
+// started last sets the shared consumer's filter, and a relay still on
+// the old, narrower configuration gets the events only the new filter
+// takes: it posts them. What the consumer's filter takes now decides,
+// not one relay's configuration.
+func TestARelayOnAnOlderNarrowerFilterPostsWhatTheWiderOneTakes(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	narrow := h.endpoint("orders", c.URL)
+	narrow.FilterSubjects = []string{event.EventSubject("main", event.ProductRetail, event.StatusSuccess)}
+	old := h.worker(narrow)               // the relay on the old configuration
+	h.worker(h.endpoint("orders", c.URL)) // the new one, started and not (yet) pulling
+	h.run(old)
+	h.publish("tx-failed", event.StatusFailed, "")
+	eventually(t, "the event the wider filter takes posted", func() bool { return countFor(c, "tx-failed") == 1 })
+	if n := testutil.ToFloat64(h.metrics.Deliveries.WithLabelValues("orders", "filtered")); n != 0 {
+		t.Fatalf("filtered %v", n)
+	}
+}
