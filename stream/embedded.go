@@ -36,6 +36,10 @@ type EmbeddedConfig struct {
 	// own in-process one included. Nil: no authentication (tests only).
 	Auth   *EmbeddedAuth
 	Logger zerolog.Logger
+	// Locked is the release of the store's lock the caller took
+	// (LockStore) before it changed anything in StoreDir; the server
+	// then owns it. Nil: StartEmbedded takes the lock itself.
+	Locked func()
 }
 
 // EmbeddedAuth are the embedded server's two identities.
@@ -130,15 +134,28 @@ var ErrStoreLocked = errors.New("store locked")
 // ErrListenBusy: the embedded server's listen address is taken.
 var ErrListenBusy = errors.New("listen address in use")
 
+// LockStore takes dir's lock, which one relay holds while it uses the
+// store (ErrStoreLocked names the holder), creating dir if needed. For a
+// caller that changes files in dir before StartEmbedded (EmbeddedConfig
+// Locked): a second relay must stop before it changes anything.
+func LockStore(dir string) (unlock func(), err error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("store dir: %w", err)
+	}
+	return lockDir(dir)
+}
+
 // StartEmbedded starts nats-server in this process and waits until it
 // accepts connections.
 func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 	if err := os.MkdirAll(cfg.StoreDir, 0o750); err != nil {
 		return nil, fmt.Errorf("store dir: %w", err)
 	}
-	unlock, err := lockDir(cfg.StoreDir)
-	if err != nil {
-		return nil, err
+	unlock := cfg.Locked
+	if unlock == nil {
+		if unlock, err = lockDir(cfg.StoreDir); err != nil {
+			return nil, err
+		}
 	}
 	defer func() {
 		if err != nil {

@@ -28,6 +28,14 @@ func PasswordFromFile(dir, name string) (string, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return "", fmt.Errorf("password file: %w", err)
 	}
+	// Empty: written, and lost to a power cut before its data reached the
+	// disk (or a disk that filled): every start failed on it until someone
+	// removed it by hand. Made anew; nothing could have used it.
+	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
+		if err := os.Remove(path); err != nil {
+			return "", fmt.Errorf("remove the empty %s: %w", path, err)
+		}
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	switch {
 	case err == nil:
@@ -35,8 +43,14 @@ func PasswordFromFile(dir, name string) (string, error) {
 		_, _ = rand.Read(b)
 		pw := base64.RawURLEncoding.EncodeToString(b)
 		_, werr := f.WriteString(pw + "\n")
+		if werr == nil {
+			werr = f.Sync() // on disk before the server is given it
+		}
 		if cerr := f.Close(); werr == nil {
 			werr = cerr
+		}
+		if werr == nil {
+			werr = syncDir(dir)
 		}
 		if werr != nil {
 			return "", fmt.Errorf("write %s: %w", path, werr)
@@ -46,6 +60,17 @@ func PasswordFromFile(dir, name string) (string, error) {
 		return "", fmt.Errorf("create %s: %w", path, err)
 	}
 	return ReadPassword(path)
+}
+
+// syncDir fsyncs directory dir: a file created in it is found after a
+// power cut.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // ReadPassword reads a password file written by PasswordFromFile.

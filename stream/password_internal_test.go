@@ -35,3 +35,20 @@ func TestPasswordHashCost(t *testing.T) {
 		}
 	}
 }
+
+// A password file left empty (created, and its data lost to a power cut
+// before it reached the disk) stopped every start until someone removed
+// it by hand. It is made anew.
+func TestAnEmptyPasswordFileIsMadeAnew(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, RelayPasswordFile), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pw, err := PasswordFromFile(dir, RelayPasswordFile)
+	if err != nil || len(pw) != generatedPasswordLen {
+		t.Fatalf("an empty password file: %q, %v", pw, err)
+	}
+	if again, err := ReadPassword(filepath.Join(dir, RelayPasswordFile)); err != nil || again != pw {
+		t.Fatalf("read back %q, %v; want %q", again, err, pw)
+	}
+}

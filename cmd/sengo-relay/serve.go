@@ -329,6 +329,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	// workers each have their own goroutine; stopping runCtx stops them.
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
+	var startFailed atomic.Value // the error a part that could not start stopped the run with
 	var intakeDone, workersDone sync.WaitGroup
 	var adminSrv *admin.Server
 	var adminHTTP *http.Server
@@ -366,6 +367,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		})
 		if err != nil {
 			log.Error().Err(err).Msg("intake cannot start")
+			startFailed.Store(fmt.Errorf("intake cannot start: %w", err))
 			stopRun()
 			return
 		}
@@ -396,6 +398,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			})
 			if err != nil {
 				log.Error().Err(err).Str("endpoint", ep.Name).Msg("endpoint cannot start")
+				startFailed.Store(fmt.Errorf("endpoint %s cannot start: %w", ep.Name, err))
 				stopRun()
 				return
 			}
@@ -413,6 +416,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			aln, err := net.Listen("tcp", cfg.Admin.Listen)
 			if err != nil {
 				log.Error().Err(err).Msg("admin listener")
+				startFailed.Store(fmt.Errorf("admin.listen %s: %w", cfg.Admin.Listen, err))
 				stopRun()
 				return
 			}
@@ -452,6 +456,9 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 	}
 	if ctx.Err() == nil && runErr == nil {
 		runErr = errors.New("intake failed to start")
+		if err, ok := startFailed.Load().(error); ok {
+			runErr = err // what did not start, named
+		}
 	}
 	log.Info().Msg("shutting down")
 	shutCtx, cancel := context.WithTimeout(context.Background(), cfg.HTTP.ShutdownTimeout.D())
@@ -666,8 +673,15 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 			return natsConns{}, nil, fmt.Errorf("data dir: %w", err)
 		}
 		interval, always, _ := cfg.NATS.Embedded.Sync()
+		// Locked before anything in it changes (the password files): a
+		// second relay on this store stops here.
+		unlock, err := stream.LockStore(storeDir)
+		if err != nil {
+			return natsConns{}, nil, err
+		}
 		auth, err := embeddedAuth(cfg)
 		if err != nil {
+			unlock()
 			return natsConns{}, nil, err
 		}
 		if always && cfg.NATS.Embedded.GroupCommit {
@@ -675,6 +689,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 			case errors.Is(err, stream.ErrGroupSyncUnsupported):
 				log.Warn().Err(err).Msg("no group commit here; nats-server fsyncs every write itself (slower)")
 			case err != nil:
+				unlock()
 				return natsConns{}, nil, err
 			default:
 				interval, always = groupCommitBackstop, false
@@ -683,7 +698,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 		emb, err = stream.StartEmbedded(stream.EmbeddedConfig{
 			StoreDir: storeDir, Listen: cfg.NATS.Embedded.Listen,
 			SyncInterval: interval, SyncAlways: always, MaxStore: cfg.NATS.Embedded.MaxStore,
-			Auth: auth, Logger: log,
+			Auth: auth, Logger: log, Locked: unlock, // the server owns the lock now, and releases it on failure too
 		})
 		if err != nil {
 			_ = gs.Close()

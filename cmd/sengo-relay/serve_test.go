@@ -3,7 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +22,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/syncbuf"
 	"github.com/sengo-relay/sengo-relay/receiver"
+	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // retryStart rides out NATS being unreachable or JetStream unavailable,
@@ -156,5 +161,50 @@ func TestTheRelaysConsumersGetTheRetryMargin(t *testing.T) {
 		if r := retries[stream]; r == nil || !r(consumer) || r("orders-service") {
 			t.Errorf("%s: the margin for %s and not for a subscriber's consumer is not given", stream, consumer)
 		}
+	}
+}
+
+// A second relay on a store another one holds stops at once and changes
+// nothing in it: it retired the generated subscriber password (its own
+// configuration chose one) before it found the store locked, and every
+// subscriber of the running relay lost the password it reads.
+func TestASecondRelayOnAStoreChangesNothingInIt(t *testing.T) {
+	dir := t.TempDir()
+	_, logs, _ := startRun(t, relayEnv(dir))
+	storeDir := logs.field(t, "embedded nats started", "store_dir")
+	path := filepath.Join(storeDir, stream.SubscriberPasswordFile)
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_SUBSCRIBER_PASSWORD", "a-chosen-password-0123456789")
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second) // a second relay that started would run until then
+	defer cancel()
+	err = run(ctx, []string{"serve", "--config", checkedInConfig}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "in use by PID") {
+		t.Fatalf("a second relay on the store: %v", err)
+	}
+	if after, err := os.ReadFile(path); err != nil || string(after) != string(before) {
+		t.Fatalf("the running relay's subscriber password file after a second relay stopped: %q, %v", after, err)
+	}
+}
+
+// A part that cannot start stops the relay with its own reason: a busy
+// admin.listen ended the run with "intake failed to start".
+func TestABusyAdminListenIsNamed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, kv := range relayEnv(t.TempDir(), "SENGO_RELAY_ADMIN_LISTEN="+ln.Addr().String(), "SENGO_RELAY_ADMIN_TOKEN="+adminToken) {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	err = run(ctx, []string{"serve", "--config", checkedInConfig}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "admin.listen "+ln.Addr().String()) {
+		t.Fatalf("a busy admin.listen: %v", err)
 	}
 }
