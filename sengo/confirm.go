@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -80,10 +81,27 @@ func NewConfirmer(clients map[string]*Client, opts ...ConfirmerOption) *Confirme
 
 // probe is the last answer to whether a project's checks work.
 type probe struct {
-	turn    chan struct{} // one probe of the project at a time
-	started time.Time     // when the last probe was sent
-	at      time.Time     // and answered
+	turn chan struct{} // one probe of the project at a time
+	// mu guards the last answer: written by the caller holding turn,
+	// read by one that does not wait for it (a zero since).
+	mu      sync.Mutex
+	started time.Time // when the last probe was sent
+	at      time.Time // and answered
 	ok      bool
+}
+
+// last is the last probe's answer: when it was sent and answered.
+func (p *probe) last() (started, at time.Time, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.started, p.at, p.ok
+}
+
+// answered records a probe's answer.
+func (p *probe) answered(started time.Time, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.started, p.at, p.ok = started, time.Now(), ok
 }
 
 // probeFresh is how long one probe's answer stands for every caller.
@@ -125,10 +143,13 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since ti
 	}
 	if since.IsZero() {
 		// Any answer will do (a check SenGo refused: intake asks whether
-		// it refuses every one), and the caller does not wait for another
-		// caller's probe: a flood of forged ids it refuses held every
-		// intake worker behind one slow probe. "No" while one runs: the
-		// caller retries.
+		// it refuses every one), the last one while fresh, and the caller
+		// does not wait for another caller's probe: a flood of forged ids
+		// SenGo refuses held every intake worker behind one slow probe.
+		// "No" while one runs with no fresh answer: the caller retries.
+		if _, at, ok := p.last(); time.Since(at) < probeFresh {
+			return ok
+		}
 		select {
 		case p.turn <- struct{}{}:
 		default:
@@ -144,8 +165,8 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since ti
 	defer func() { <-p.turn }()
 	// A "no" stands for every caller (it only means: retry, an outage); a
 	// "yes" only for checks that had failed when it was sent.
-	if time.Since(p.at) < probeFresh && (!p.ok || !p.started.Before(since)) {
-		return p.ok
+	if lastStarted, at, ok := p.last(); time.Since(at) < probeFresh && (!ok || !lastStarted.Before(since)) {
+		return ok
 	}
 	started := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, min(ProbeTimeout, c.checkTimeout))
@@ -158,11 +179,12 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since ti
 		// No answer in the probe's whole time: an outage as far as anyone
 		// can tell, kept so that the callers behind this one do not each
 		// wait for a probe of their own.
-		p.started, p.at, p.ok = started, time.Now(), false
+		p.answered(started, false)
 		return false
 	}
-	p.started, p.at, p.ok = started, time.Now(), err == nil || errors.Is(err, ErrTransactionNotFound)
-	return p.ok
+	ok := err == nil || errors.Is(err, ErrTransactionNotFound)
+	p.answered(started, ok)
+	return ok
 }
 
 // Confirm returns SenGo's view of tx. confirmed is false (and tx returned

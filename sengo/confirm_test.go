@@ -191,12 +191,22 @@ func TestAProbeAskedWithoutATimeDoesNotWaitForAnother(t *testing.T) {
 	go func() { done <- c.ChecksAnswered(context.Background(), "shop", time.Now()) }()
 	poll.Until(t, "the first probe sent", func() bool { return probes.Load() > 0 })
 	if c.ChecksAnswered(context.Background(), "shop", time.Time{}) {
-		t.Fatal("told yes while another caller's probe ran")
+		t.Fatal("told yes while another caller's probe ran, with no answer yet")
 	}
 	select {
 	case <-done:
 		t.Fatal("the second caller waited for the first probe to end")
 	default:
+	}
+	if !<-done {
+		t.Fatal("SenGo answered the probe: no")
+	}
+	// A fresh answer stands for it while another caller's probe runs (one
+	// whose check failed after that answer was sent).
+	go func() { done <- c.ChecksAnswered(context.Background(), "shop", time.Now()) }()
+	poll.Until(t, "the second probe sent", func() bool { return probes.Load() > 1 })
+	if !c.ChecksAnswered(context.Background(), "shop", time.Time{}) {
+		t.Fatal("told no while a fresh yes stood, because another caller's probe ran")
 	}
 	<-done
 }
