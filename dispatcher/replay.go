@@ -159,7 +159,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 			}
 			p.Matched++
 			p.PerEndpoint[ep.Name]++
-			hdr := 2*len(ev.ID) + len(p.Job) + len(ep.Name) + replayRoom
+			hdr := 2*len(ev.ID) + 2*len(p.Job) + len(ep.Name) + len(m.Subject()) + replayRoom
 			if !deliverableID(ev.ID) || hdr > maxHeaders || int64(len(m.Data())+hdr) > js.Conn().MaxPayload() {
 				p.Skipped++
 				continue

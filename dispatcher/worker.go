@@ -1374,8 +1374,12 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 		// "after" success) or one waiting for it in turn (a cycle), which
 		// would each wait for the other for ever.
 		return false, 0
+	case found && rec.DeadLetter != "":
+		// Decided: the predecessor is dead-lettered (or its dead letter is
+		// being stored), and never posted; its last record may not say done.
+		return false, 0
 	case found && meta.NumDelivered > uint64(staleWaits) && w.deliveringFor() > staleRecord(w.ep) && rec.NextAt.Before(w.cfg.Now().Add(-staleRecord(w.ep))) &&
-		!w.store.refusedWithin(staleRecord(w.ep)):
+		!w.store.refusedWithin(staleRecord(w.ep)) && w.settledHere(ctx, rec.Seq):
 		// The predecessor's next attempt is long overdue, this event has
 		// waited many times, and the endpoint has been delivering for
 		// long enough that the predecessor would have had its attempt:
@@ -1413,6 +1417,28 @@ func (w *Worker) mustWait(ctx context.Context, ev event.Event, meta *jetstream.M
 		log().Warn().Str("previous_event_id", prevID).Msg("predecessor never attempted on this endpoint; delivering")
 		return false, 0
 	}
+}
+
+// settledHere reports whether the live consumer no longer holds the
+// event at stream sequence seq: acknowledged or terminated (at or below
+// its ack floor), or gone from the stream (aged out, purged). A
+// predecessor whose record says its retry is long overdue may only wait
+// behind a backlog of others (its record says when its attempt was due,
+// the server gives it out later): not stuck while the consumer holds it.
+// A record without its sequence (from before records had one), or a
+// reading that fails, counts as settled: the release as before.
+func (w *Worker) settledHere(ctx context.Context, seq uint64) bool {
+	if seq == 0 {
+		return true
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := w.live.Info(rctx)
+	if err != nil || seq <= info.AckFloor.Stream {
+		return true
+	}
+	_, err = w.events.GetMsg(rctx, seq)
+	return errors.Is(err, jetstream.ErrMsgNotFound)
 }
 
 // deliveringFor is how long the endpoint has been delivering without a

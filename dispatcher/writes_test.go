@@ -241,6 +241,68 @@ func TestOrderedHoldsOrderAfterAHold(t *testing.T) {
 	successAfterPending(t, c, "tx-h")
 }
 
+// A predecessor's record overdue only because its retry waits behind a
+// backlog of others (its record says when its attempt was due, and the
+// server gives it out later): the successor took it for stuck once the
+// endpoint had delivered for long enough, and went first. A predecessor
+// the consumer still holds unsettled is never stuck: its redelivery
+// comes.
+func TestOrderedHoldsOrderBehindABacklog(t *testing.T) {
+	saved := staleWaits
+	staleWaits = 0
+	t.Cleanup(func() { staleWaits = saved })
+	h := newHarness(t)
+	c, pendingOK := pendingRefusedThenSlow(t)
+	var ahead atomic.Int64
+	h.now = skewed(&ahead)
+	ep := h.endpoint("orders", c.URL, 2*time.Second, 2*time.Second, 2*time.Second)
+	ep.Ordered = true
+	w := h.start(ep)
+	h.publish("tx-b", event.StatusPending, "")
+	eventually(t, "pending failed once", func() bool { return len(c.got()) >= 1 })
+	// Its retry comes 2 s later by the server's clock; by the relay's,
+	// the endpoint has delivered for hours and that retry is long overdue.
+	ahead.Store(int64(2 * time.Hour))
+	pendingOK.Store(true)
+	h.publish("tx-b", event.StatusSuccess, event.StatusPending)
+	eventually(t, "both delivered", func() bool { return h.settled(w) })
+	successAfterPending(t, c, "tx-b")
+	if n := testutil.ToFloat64(h.metrics.Deliveries.WithLabelValues("orders", "order_released")); n != 0 {
+		t.Fatalf("released %v times", n)
+	}
+}
+
+// A predecessor decided for the dead letters (its endpoint answered 410)
+// is never posted: its successor does not wait for it, also while its
+// dead letter waits to be stored (the store refuses it) and its record
+// never says done.
+func TestOrderedDoesNotWaitForADeadLetteredPredecessor(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	c.answer = func(n int, _ *http.Request, w http.ResponseWriter) {
+		if ev, _ := event.Unmarshal(c.got()[n-1].Body); ev.Data.Status == event.StatusPending {
+			w.WriteHeader(http.StatusGone) // the pending: dead-lettered at once
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	}
+	ep := h.endpoint("orders", c.URL)
+	ep.Ordered = true
+	restore := natstest.RefuseWrites(t, h.js, event.StreamDLQ)
+	defer restore()
+	h.start(ep)
+	h.publish("tx-d", event.StatusPending, "")
+	eventually(t, "the pending refused", func() bool { return len(c.got()) == 1 })
+	h.publish("tx-d", event.StatusSuccess, event.StatusPending)
+	eventually(t, "the success delivered", func() bool { return strings.Contains(strings.Join(c.statuses(), " "), "tx-d/success") })
+	if st := strings.Join(c.statuses(), " "); st != "tx-d/pending tx-d/success" {
+		t.Fatalf("attempts %q", st)
+	}
+	if n := len(h.deadLetters()); n != 0 {
+		t.Fatalf("%d dead letters while the store refused them", n)
+	}
+}
+
 // The same while the circuit breaker has paused the endpoint: a probe
 // that takes the later status must not find its predecessor "stuck" only
 // because the pause kept its retry from running.

@@ -41,8 +41,11 @@ func Example_orderService() {
 			_ = m.Term() // not an event: never redeliver
 			return
 		}
-		// Mark the order paid idempotently, keyed by ev.ID.
-		fmt.Println(ev.ID, ev.Data.MerchantRef, ev.Data.TotalAmount)
+		// Mark the order paid idempotently, keyed by ev.ID, only when
+		// SenGo's API confirmed it; a write that fails is redelivered.
+		if ev.Data.Confirmed {
+			fmt.Println(ev.ID, ev.Data.MerchantRef, ev.Data.TotalAmount)
+		}
 		_ = m.Ack()
 	})
 	defer cc.Stop()

@@ -148,12 +148,9 @@ func LockStore(dir string) (unlock func(), err error) {
 // StartEmbedded starts nats-server in this process and waits until it
 // accepts connections.
 func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
-	if err := os.MkdirAll(cfg.StoreDir, 0o750); err != nil {
-		return nil, fmt.Errorf("store dir: %w", err)
-	}
 	unlock := cfg.Locked
 	if unlock == nil {
-		if unlock, err = lockDir(cfg.StoreDir); err != nil {
+		if unlock, err = LockStore(cfg.StoreDir); err != nil {
 			return nil, err
 		}
 	}

@@ -653,6 +653,9 @@ func TestCheckedInConfigRunsGroupCommit(t *testing.T) {
 	base, logs, _ := startRun(t, relayEnv(t.TempDir()))
 	waitReady(t, base)
 	logs.field(t, "embedded nats started", "store_dir")
+	if strings.Contains(logs.text(), "the store is on XFS") {
+		t.Skip("the temporary directory is on XFS, where the relay keeps per-write fsync")
+	}
 	if !strings.Contains(logs.text(), `"group_commit":true`) {
 		t.Fatal("embedded nats started without group commit on the checked-in config")
 	}
