@@ -4,6 +4,7 @@ import (
 	"io"
 	stdlog "log"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -19,10 +20,14 @@ func newLogger(cfg config.Log, w io.Writer) zerolog.Logger {
 	if err != nil {
 		lvl = zerolog.InfoLevel // validated already
 	}
-	zerolog.TimeFieldFormat = time.RFC3339Nano
-	zerolog.DurationFieldFormat = zerolog.DurationFormatString // "1.5s", never a bare number
+	logFormats.Do(func() { // process-wide: set once, not under a running relay's log lines
+		zerolog.TimeFieldFormat = time.RFC3339Nano
+		zerolog.DurationFieldFormat = zerolog.DurationFormatString // "1.5s", never a bare number
+	})
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
 }
+
+var logFormats sync.Once
 
 // newStdLogger adapts zerolog for net/http's ErrorLog (TLS handshake and
 // connection errors).
