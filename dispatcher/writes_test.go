@@ -208,9 +208,7 @@ func TestOrderedHoldsOrderAfterAHold(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
-	saved := staleWaits
-	staleWaits = 0 // the successor has waited often enough
-	t.Cleanup(func() { staleWaits = saved })
+	withStaleWaits(t, 0) // the successor has waited often enough
 	h := newHarness(t)
 	c, pendingOK := pendingRefusedThenSlow(t)
 	var ahead atomic.Int64
@@ -248,9 +246,7 @@ func TestOrderedHoldsOrderAfterAHold(t *testing.T) {
 // the consumer still holds unsettled is never stuck: its redelivery
 // comes.
 func TestOrderedHoldsOrderBehindABacklog(t *testing.T) {
-	saved := staleWaits
-	staleWaits = 0
-	t.Cleanup(func() { staleWaits = saved })
+	withStaleWaits(t, 0)
 	h := newHarness(t)
 	c, pendingOK := pendingRefusedThenSlow(t)
 	var ahead atomic.Int64
@@ -310,9 +306,7 @@ func TestOrderedHoldsOrderWhilePaused(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
-	saved := staleWaits
-	staleWaits = 0
-	t.Cleanup(func() { staleWaits = saved })
+	withStaleWaits(t, 0)
 	h := newHarness(t)
 	c, pendingOK := pendingRefusedThenSlow(t)
 	var ahead atomic.Int64
@@ -780,9 +774,7 @@ func TestTheExpiryGuardKeepsADecidedReason(t *testing.T) {
 // record, the successor took it for stuck and went first, while the
 // predecessor's retries went on, unrecorded.
 func TestOrderedHoldsOrderWhileTheStoreRefusesUpdates(t *testing.T) {
-	saved := staleWaits
-	staleWaits = 1 // released at its second look, on the old code
-	t.Cleanup(func() { staleWaits = saved })
+	withStaleWaits(t, 1) // released at its second look, on the old code
 	orderedWhileRecordsRefused(t, "tx-u", true)
 }
 
@@ -1020,4 +1012,11 @@ func TestAPausedSweepIsBounded(t *testing.T) {
 		ci, _ := w.live.Info(t.Context())
 		t.Fatalf("one sweep took %d messages: the test did not test (%+v)", took, ci)
 	}
+}
+
+// withStaleWaits sets staleWaits to n until t ends.
+func withStaleWaits(t *testing.T, n int64) {
+	saved := staleWaits
+	staleWaits = n
+	t.Cleanup(func() { staleWaits = saved })
 }

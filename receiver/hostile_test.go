@@ -606,6 +606,21 @@ func startSandboxHanging(t testing.TB, prefix string) (*sandbox.Server, *sengo.C
 	})
 }
 
+// refusingSandbox is a sandbox that refuses the check of an id refuse
+// says yes to: 422 REQUEST_INVALID, as SenGo refuses a request it will
+// not look up.
+func refusingSandbox(t testing.TB, refuse func(id string) bool) (*sandbox.Server, *sengo.Client) {
+	t.Helper()
+	return sandboxWithChecks(t, func(id string, w http.ResponseWriter, _ *http.Request) bool {
+		if !refuse(id) {
+			return false
+		}
+		w.WriteHeader(http.StatusUnprocessableEntity)
+		w.Write([]byte(`{"responseCode":422,"responseMessage":"REQUEST_INVALID"}`))
+		return true
+	})
+}
+
 // sandboxWithChecks is a sandbox whose check of a transaction id goes to
 // check first: it answers (true) or leaves it to the sandbox (false).
 func sandboxWithChecks(t testing.TB, check func(id string, w http.ResponseWriter, r *http.Request) bool) (*sandbox.Server, *sengo.Client) {
@@ -1990,14 +2005,7 @@ func TestOneProjectsUnconfirmedClaimsDoNotStallTheOthers(t *testing.T) {
 // for each retry. It is set aside at once, rechecked on the quarantine's
 // schedule.
 func TestARefusedCheckIsSetAsideAtOnce(t *testing.T) {
-	_, client := sandboxWithChecks(t, func(id string, w http.ResponseWriter, _ *http.Request) bool {
-		if !strings.HasPrefix(id, "odd") {
-			return false
-		}
-		w.WriteHeader(http.StatusUnprocessableEntity)
-		w.Write([]byte(`{"responseCode":422,"responseMessage":"REQUEST_INVALID"}`))
-		return true
-	})
+	_, client := refusingSandbox(t, func(id string) bool { return strings.HasPrefix(id, "odd") })
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
 		ic.ConfirmAttempts = 5
@@ -2020,14 +2028,7 @@ func TestARefusedCheckIsSetAsideAtOnce(t *testing.T) {
 func TestAllChecksRefusedIsAnOutage(t *testing.T) {
 	var refusing atomic.Bool
 	refusing.Store(true)
-	sb, client := sandboxWithChecks(t, func(_ string, w http.ResponseWriter, _ *http.Request) bool {
-		if !refusing.Load() {
-			return false
-		}
-		w.WriteHeader(http.StatusUnprocessableEntity)
-		w.Write([]byte(`{"responseCode":422,"responseMessage":"REQUEST_INVALID"}`))
-		return true
-	})
+	sb, client := refusingSandbox(t, func(string) bool { return refusing.Load() })
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
 		ic.ConfirmAttempts = 2

@@ -95,17 +95,8 @@ func TestBare404IsNotTransactionNotFound(t *testing.T) {
 // compares SenGo's answer with its own notification.
 func TestChecksOfOneTransactionAtOnceShareOneCall(t *testing.T) {
 	sb, base := startSandbox(t, sandbox.Config{})
-	var checks atomic.Int64
-	target, _ := url.Parse(strings.TrimSuffix(base, "/api"))
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	counted := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(r.URL.Path, "/check/") {
-			checks.Add(1)
-		}
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(counted.Close)
-	client := sengo.NewClient(counted.URL+"/api", key, token)
+	checks, counted := countingSandbox(t, base, func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/check/") })
+	client := sengo.NewClient(counted+"/api", key, token)
 	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": client})
 	ctx := context.Background()
 	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-FLOOD", Amount: 5000})
@@ -147,17 +138,8 @@ func TestChecksOfOneTransactionAtOnceShareOneCall(t *testing.T) {
 // outage. Only a probe given its whole time and left unanswered says so.
 func TestAProbeCutShortByItsCallerSaysNothing(t *testing.T) {
 	sb, base := startSandbox(t, sandbox.Config{})
-	var probes atomic.Int64
-	target, _ := url.Parse(strings.TrimSuffix(base, "/api"))
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	counted := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(r.URL.Path, "/check/"+sengo.ProbeIDPrefix) {
-			probes.Add(1)
-		}
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(counted.Close)
-	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": sengo.NewClient(counted.URL+"/api", key, token)})
+	probes, counted := countingSandbox(t, base, func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/check/"+sengo.ProbeIDPrefix) })
+	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": sengo.NewClient(counted+"/api", key, token)})
 	sb.SetFaults(sandbox.Faults{Latency: sandbox.Duration(time.Second)}) // slow, but answering
 	short, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -177,15 +159,8 @@ func TestAProbeCutShortByItsCallerSaysNothing(t *testing.T) {
 // probe: it is told "no" at once, and retries.
 func TestAProbeAskedWithoutATimeDoesNotWaitForAnother(t *testing.T) {
 	sb, base := startSandbox(t, sandbox.Config{})
-	var probes atomic.Int64
-	target, _ := url.Parse(strings.TrimSuffix(base, "/api"))
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	counted := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		probes.Add(1)
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(counted.Close)
-	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": sengo.NewClient(counted.URL+"/api", key, token)})
+	probes, counted := countingSandbox(t, base, func(r *http.Request) bool { return true })
+	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": sengo.NewClient(counted+"/api", key, token)})
 	sb.SetFaults(sandbox.Faults{Latency: sandbox.Duration(3 * time.Second)})
 	done := make(chan bool)
 	go func() { done <- c.ChecksAnswered(context.Background(), "shop", time.Now()) }()
@@ -312,4 +287,21 @@ func TestARetryLaterAnswerIsNotARefusal(t *testing.T) {
 			}
 		})
 	}
+}
+
+// countingSandbox puts a proxy before the sandbox at base that counts the
+// requests count says yes to; it returns the count and the proxy's URL.
+func countingSandbox(t *testing.T, base string, count func(*http.Request) bool) (*atomic.Int64, string) {
+	t.Helper()
+	var n atomic.Int64
+	target, _ := url.Parse(strings.TrimSuffix(base, "/api"))
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	counted := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if count(r) {
+			n.Add(1)
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(counted.Close)
+	return &n, counted.URL
 }
