@@ -855,14 +855,32 @@ func TestAdminReplayLimitHoldsForRequestsAtOnce(t *testing.T) {
 		}
 	}
 	<-js.PublishAsyncComplete()
+	// The first to take its place claims its job only once the others
+	// were answered: they come while it starts, whatever the machine's
+	// load (under load they came one after the other, and a broken limit
+	// went unseen).
+	var first atomic.Bool
+	others := make(chan struct{})
+	testClaiming = func() {
+		if first.CompareAndSwap(false, true) {
+			select {
+			case <-others:
+			case <-time.After(10 * time.Second):
+			}
+		}
+	}
+	defer func() { testClaiming = nil }()
 	var wg sync.WaitGroup
-	var accepted atomic.Int64
+	var accepted, returned atomic.Int64
 	for i := range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if code, _ := call(t, hs, http.MethodPost, "/admin/replays", fmt.Sprintf(`{"endpoint":"orders","since":"%dh"}`, i+1), token); code == http.StatusAccepted {
 				accepted.Add(1)
+			}
+			if returned.Add(1) == 7 { // all but the first to claim, which waits for them
+				close(others)
 			}
 		}()
 	}

@@ -186,6 +186,9 @@ func (s *Server) startReplay(ctx context.Context, req dispatcher.ReplayRequest) 
 		s.starting--
 		s.mu.Unlock()
 	}()
+	if testClaiming != nil {
+		testClaiming()
+	}
 	kv, j, rev, started, err := s.replays.claim(ctx, newJob(req, s.cfg.Relay, time.Now().UTC()), s.runs)
 	if err != nil || !started {
 		return j, false, err
@@ -193,6 +196,10 @@ func (s *Server) startReplay(ctx context.Context, req dispatcher.ReplayRequest) 
 	s.run(kv, j, rev)
 	return j, true, nil
 }
+
+// testClaiming, when set, is called by each start that took its place,
+// before it claims its job: for tests.
+var testClaiming func()
 
 // maxReplaysRunning bounds the replay jobs one relay runs at once: each
 // scans SENGO_EVENTS and writes a copy per event and endpoint into the
