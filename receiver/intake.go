@@ -1261,10 +1261,22 @@ func (in *Intake) flush(ctx context.Context, key string, st txState, rev uint64)
 
 // flushDurably is flush with its clear run at once, after an fsync of its
 // own: for an outbox left behind, which is rare.
+//
+// The transaction is indexed under its merchantRef here too: the
+// notification that decided it failed before it could (its publish
+// refused, its relay killed), and the one that publishes it now is a
+// duplicate, which does not; a search by the order's merchantRef found
+// nothing for a paid transaction.
 func (in *Intake) flushDurably(ctx context.Context, key string, st txState, rev uint64) error {
 	clear, err := in.flush(ctx, key, st, rev)
-	if err != nil || clear == nil {
+	if err != nil {
 		return err
+	}
+	if len(st.Outbox) > 0 && st.MerchantRef != "" {
+		in.cfg.History.Ref(history.Ref{Project: st.Project, MerchantRef: st.MerchantRef, TransactionID: st.TransactionID, At: st.UpdatedAt.UTC()})
+	}
+	if clear == nil {
+		return nil
 	}
 	if err := in.durable(ctx); err != nil {
 		return fmt.Errorf("published events not known durable, left in the outbox: %w", err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/history"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
 )
 
 // withHistory gives intake a history writer, also stored in *w.
@@ -61,5 +62,29 @@ func TestMerchantRefFindsItsTransactions(t *testing.T) {
 	}
 	if refs, _ := history.Lookup(context.Background(), h.js, "other", "INV-1001", 0); len(refs) != 0 {
 		t.Errorf("another project's lookup finds %v", refs)
+	}
+}
+
+// A status whose event publish failed after its state was written is
+// published from the outbox by the notification's retry, which finds
+// itself a duplicate: it wrote no index record, and a search by the
+// order's merchantRef found nothing for a paid transaction. The retry
+// that publishes it indexes it.
+func TestATransactionPublishedFromItsOutboxIsIndexed(t *testing.T) {
+	var w *history.Writer
+	h := newHarness(t, true, withHistory(&w))
+	restore := natstest.RefuseWrites(t, h.js, event.StreamEvents)
+	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-o", event.StatusSuccess)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the publish refused once", func() bool { return h.intakeCount("main", "retry") >= 1 })
+	restore()
+	eventually(t, "published", func() bool { return len(statuses(h.events(), "tx-o")) == 1 })
+	eventually(t, "intake idle", h.intakeIdle)
+	if err := w.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if refs, err := history.Lookup(context.Background(), h.js, "main", "REF-tx-o", 0); err != nil || len(refs) != 1 || refs[0].TransactionID != "tx-o" {
+		t.Fatalf("REF-tx-o finds %v, %v", refs, err)
 	}
 }
