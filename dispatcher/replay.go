@@ -208,8 +208,9 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 var replayRecheck = 30 * time.Second
 
 // replayRoom is what a copy queued for a replay adds to its event, beyond
-// the event id it carries twice (as its message id and in a header): its
-// other headers and the client's framing.
+// the event id and the job id it carries twice (in its message id and in
+// headers) and the event's subject: its other headers and the client's
+// framing.
 const replayRoom = 1 << 10
 
 // maxHeaders is the most JetStream stores in one message's headers

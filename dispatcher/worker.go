@@ -724,7 +724,7 @@ const recreateEvery = time.Second
 // recreate creates the endpoint's consumers again (those that exist are
 // left as they are); the pullers ask for them by name, so they pull again.
 // The live consumer, deleted by hand, starts after the last event it is
-// known to have acknowledged (liveFloor), not at deliver_from: with the
+// known to have acknowledged (liveStart), not at deliver_from: with the
 // default "new", every event it had not acknowledged, waiting or in
 // retry, was skipped, neither posted nor dead-lettered. Some it had
 // acknowledged since it was last seen are posted again (at least once).
@@ -920,7 +920,8 @@ func (w *Worker) handle(runCtx context.Context, msg jetstream.Msg, replayed, pro
 	// attempted for this consumer's copy. Only a redelivery reads it. (A
 	// consumer deleted by hand and created again after the last event it
 	// was seen to acknowledge, recreate, posts those acknowledged since
-	// again: at least once, and consumers deduplicate on webhook-id.) A replayed or redriven copy (a key of its own) is
+	// again: at least once, and consumers deduplicate on webhook-id.) A
+	// replayed or redriven copy (a key of its own) is
 	// read on every delivery: copies stay in SENGO_REPLAY once settled,
 	// and the endpoint's replay consumer, made again from the start (put
 	// back after its retirement's place was forgotten), posted each again.
@@ -1316,11 +1317,7 @@ func (w *Worker) takes(ctx context.Context, msg jetstream.Msg, replayed bool) fi
 	if err != nil {
 		return filterUnknown
 	}
-	filters := info.Config.FilterSubjects
-	if info.Config.FilterSubject != "" {
-		filters = []string{info.Config.FilterSubject}
-	}
-	if len(filters) == 0 || slices.ContainsFunc(filters, func(f string) bool { return event.SubjectMatches(f, subject) }) {
+	if slices.ContainsFunc(stream.ConsumerFilters(info), func(f string) bool { return event.SubjectMatches(f, subject) }) {
 		return filterTakes
 	}
 	return filterLeaves

@@ -29,16 +29,19 @@ const SourceCallback = "callback"
 type callbackHandler struct {
 	cfg      Config
 	projects map[string]*Project
-	now      func() time.Time
+	// tokens take each project's callback_token out of its bodies.
+	tokens map[string]verify.Redactor
+	now    func() time.Time
 	// slots caps callbacks in flight (nil: no cap). A full cap rejects at
 	// once, so a flood never queues up memory or NATS requests.
 	slots chan struct{}
 }
 
 func newCallbackHandler(cfg Config) *callbackHandler {
-	h := &callbackHandler{cfg: cfg, projects: make(map[string]*Project), now: cfg.Now}
+	h := &callbackHandler{cfg: cfg, projects: make(map[string]*Project), tokens: make(map[string]verify.Redactor), now: cfg.Now}
 	for i := range cfg.Projects {
 		h.projects[cfg.Projects[i].Name] = &cfg.Projects[i]
+		h.tokens[cfg.Projects[i].Name] = verify.NewRedactor(cfg.Projects[i].CallbackToken)
 	}
 	if h.now == nil {
 		h.now = time.Now
@@ -175,7 +178,7 @@ func (h *callbackHandler) handle(c echo.Context, project string, p *Project, ip 
 	// its copies to every endpoint and subscriber, which must not learn
 	// the token. Taken out after the signature, which covers the bytes
 	// SenGo sent.
-	body = verify.RedactIn(body, p.CallbackToken)
+	body = h.tokens[project].Redact(body)
 	tx, err := sengo.ParseCallback(body)
 	if err != nil {
 		return accepted{}, err

@@ -105,6 +105,9 @@ type Intake struct {
 	inbox jetstream.Stream
 	cons  jetstream.Consumer
 	log   zerolog.Logger
+	// tokens take each project's callback_token out of its SenGo objects
+	// (IntakeConfig.CallbackTokens).
+	tokens map[string]verify.Redactor
 	// waited counts, per inbox sequence, the redeliveries spent waiting
 	// for an earlier pending, which are no attempts: they must not spend
 	// a notification's confirmations nor grow its retry delay. Known to
@@ -250,7 +253,11 @@ func NewIntake(ctx context.Context, cfg IntakeConfig) (*Intake, error) {
 	if _, err := cfg.JetStream.Stream(ctx, event.StreamQuarantine); err != nil { // read for the pendings set aside
 		return nil, fmt.Errorf("open stream %s: %w", event.StreamQuarantine, err)
 	}
-	return &Intake{cfg: cfg, kv: kv, inbox: inbox, cons: cons, log: cfg.Logger, waited: map[uint64]waits{}, claims: map[string]claimRetry{},
+	tokens := make(map[string]verify.Redactor, len(cfg.CallbackTokens))
+	for project, token := range cfg.CallbackTokens {
+		tokens[project] = verify.NewRedactor(token)
+	}
+	return &Intake{cfg: cfg, kv: kv, inbox: inbox, cons: cons, log: cfg.Logger, tokens: tokens, waited: map[uint64]waits{}, claims: map[string]claimRetry{},
 		inboxMaxAge: inbox.CachedInfo().Config.MaxAge, awaiting: make(chan struct{}, max(1, cfg.Workers)*awaitingPerWorker)}, nil
 }
 
@@ -714,7 +721,7 @@ func (in *Intake) retryDelay(attempt uint64) time.Duration {
 // callback_token taken out (SenGo echoes the callback URL, the token in
 // it).
 func (in *Intake) withoutToken(project string, b []byte) []byte {
-	return verify.RedactIn(b, in.cfg.CallbackTokens[project])
+	return in.tokens[project].Redact(b)
 }
 
 // quarantine stores the notification with the reason in SENGO_QUARANTINE.

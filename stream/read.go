@@ -151,15 +151,8 @@ func Delete(ctx context.Context, s jetstream.Stream, seq uint64) (bool, error) {
 // first after its acknowledgement floor on one of its filter subjects
 // (every subject without one). nil when there is none.
 func OldestUnsettled(ctx context.Context, s jetstream.Stream, ci *jetstream.ConsumerInfo) (*jetstream.RawStreamMsg, error) {
-	filters := ci.Config.FilterSubjects
-	if ci.Config.FilterSubject != "" {
-		filters = []string{ci.Config.FilterSubject}
-	}
-	if len(filters) == 0 {
-		filters = []string{">"}
-	}
 	var oldest *jetstream.RawStreamMsg
-	for _, f := range filters {
+	for _, f := range ConsumerFilters(ci) {
 		m, err := s.GetMsg(ctx, ci.AckFloor.Stream+1, jetstream.WithGetMsgSubject(f))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
@@ -172,6 +165,18 @@ func OldestUnsettled(ctx context.Context, s jetstream.Stream, ci *jetstream.Cons
 		}
 	}
 	return oldest, nil
+}
+
+// ConsumerFilters are the subjects consumer ci takes, as the server has
+// them: its filter subjects, its one filter subject, or every subject.
+func ConsumerFilters(ci *jetstream.ConsumerInfo) []string {
+	switch {
+	case ci.Config.FilterSubject != "":
+		return []string{ci.Config.FilterSubject}
+	case len(ci.Config.FilterSubjects) > 0:
+		return ci.Config.FilterSubjects
+	}
+	return []string{">"}
 }
 
 // leaderGetWait bounds LeaderGet when the caller set no deadline.

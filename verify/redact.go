@@ -242,32 +242,47 @@ func FromAnotherSite(r *http.Request) bool {
 	return false
 }
 
-// Redacted stands in for a secret taken out of stored bytes (RedactIn).
+// Redacted stands in for a secret taken out of stored bytes (Redactor).
 const Redacted = "[redacted]"
 
-// RedactIn returns b with every occurrence of secret replaced by
-// Redacted: as it is, and query-escaped (a callback_token is limited to
-// characters that JSON never escapes and a path needs not, so these are
-// the forms a URL echoed in a JSON object carries it in), also with every
-// character but letters, digits, - . _ escaped. b itself is
-// returned when it holds none; an empty secret changes nothing.
-func RedactIn(b []byte, secret string) []byte {
+// Redactor takes one secret out of stored bytes: its forms are worked
+// out once (NewRedactor), for bytes on the callback path.
+type Redactor struct{ forms [][]byte }
+
+// NewRedactor is the Redactor of secret: it finds the secret as it is,
+// query-escaped, and with every character but letters, digits, - . _
+// escaped, each escape in upper and lower case hex (the forms a URL
+// echoed in a JSON object carries a callback_token of letters, digits
+// and - . _ ~ + = in; config.RedactableToken). An empty secret takes out
+// nothing.
+func NewRedactor(secret string) Redactor {
 	if secret == "" {
-		return b
+		return Redactor{}
 	}
-	forms := []string{secret}
-	for _, q := range []string{url.QueryEscape(secret), escapeAll(secret)} {
-		if q != secret {
-			forms = append(forms, q, lowerEscapes(q))
+	var r Redactor
+	seen := map[string]bool{}
+	for _, f := range []string{secret, url.QueryEscape(secret), lowerEscapes(url.QueryEscape(secret)), escapeAll(secret), lowerEscapes(escapeAll(secret))} {
+		if !seen[f] {
+			seen[f] = true
+			r.forms = append(r.forms, []byte(f))
 		}
 	}
-	for _, f := range forms {
-		if bytes.Contains(b, []byte(f)) {
-			b = bytes.ReplaceAll(b, []byte(f), []byte(Redacted))
+	return r
+}
+
+// Redact returns b with every form of the secret replaced by Redacted;
+// b itself when it holds none.
+func (r Redactor) Redact(b []byte) []byte {
+	for _, f := range r.forms {
+		if bytes.Contains(b, f) {
+			b = bytes.ReplaceAll(b, f, []byte(Redacted))
 		}
 	}
 	return b
 }
+
+// RedactIn is NewRedactor(secret).Redact(b), for bytes off the hot path.
+func RedactIn(b []byte, secret string) []byte { return NewRedactor(secret).Redact(b) }
 
 // escapeAll is s with every byte but letters, digits, '-', '.' and '_'
 // escaped as %XX: how PHP's urlencode and Java's URLEncoder write '~'

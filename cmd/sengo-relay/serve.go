@@ -731,7 +731,7 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 		if emb != nil {
 			emb.Shutdown()
 		}
-		if err := gs.Close(); err != nil && !errors.Is(err, stream.ErrGroupSyncClosed) {
+		if err := gs.Close(); err != nil {
 			log.Error().Err(err).Msg("the store's last fsync failed: what it wrote as it shut down (its consumers' state) may not be on disk")
 		}
 	}

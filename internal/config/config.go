@@ -590,7 +590,7 @@ func (c *Config) StoreDirOrDefault() string {
 // RedactableToken reports whether callback token s is made of characters
 // neither JSON nor a URL escapes (letters, digits, - . _ ~ + =): SenGo
 // echoes the callback URL in its objects, and the relay takes the token
-// out of them by its text (verify.RedactIn), which may miss a token of
+// out of them by its text (verify.Redactor), which may miss a token of
 // other characters carried escaped. Such a token is accepted (refused,
 // it would stop a relay whose transactions' callback URLs hold it) and
 // warned of at start.
