@@ -2052,3 +2052,53 @@ func TestAllChecksRefusedIsAnOutage(t *testing.T) {
 	refusing.Store(false)
 	eventually(t, "published once SenGo answers", func() bool { return len(statuses(h.events(), tx.ID)) == 1 })
 }
+
+// A project renamed in the configuration (main → shop, the same SenGo
+// credentials): its transactions' state is kept under the old name, so
+// reconciliation took every transaction SenGo listed for the window for
+// one the relay never saw, and intake published each status change again
+// under a new event id (the project is part of it). A transaction known
+// under a project no longer configured is not fed; one known under
+// another configured project still is (two projects' ids are theirs).
+func TestReconcileDoesNotFeedARenamedProjectsTransactions(t *testing.T) {
+	h := newHarness(t, false) // no intake: what is fed stays in the inbox
+	ctx := context.Background()
+	_, client := startSandbox(t)
+	if _, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-RN", Amount: 5000}); err != nil {
+		t.Fatal(err)
+	}
+	txs, err := client.ListTransactions(ctx, sengo.ListQuery{Page: 1, Status: event.StatusPending, Date: time.Now().In(wib).Format("2006-01-02")})
+	if err != nil || len(txs) != 1 {
+		t.Fatalf("listed %d (%v), want 1", len(txs), err)
+	}
+	tx := txs[0]
+	ev := tx.Event("main", "", time.Now(), true)
+	st := txState{Project: "main", TransactionID: tx.ID, Status: tx.Status, History: []txEvent{{Status: tx.Status, EventID: ev.ID}}}
+	raw, _ := json.Marshal(st)
+	kv, _ := h.js.KeyValue(ctx, event.BucketTx)
+	if _, err := kv.Create(ctx, txKey("main", tx.ID), raw); err != nil {
+		t.Fatal(err)
+	}
+
+	renamed := ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"shop": client}, Configured: []string{"shop"},
+		Window: 24 * time.Hour, Metrics: h.metrics, Logger: h.cfgLogger()}
+	sum, err := Reconcile(ctx, renamed, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Missing != 0 || sum.Fed != 0 || h.msgs(event.StreamInbox) != 0 {
+		t.Fatalf("missing %d, fed %d, inbox %d: a renamed project's transaction was fed again", sum.Missing, sum.Fed, h.msgs(event.StreamInbox))
+	}
+	if n := testutil.ToFloat64(h.metrics.Reconcile.WithLabelValues("shop", "elsewhere")); n != 1 {
+		t.Fatalf("counted elsewhere %v, want 1", n)
+	}
+	if !strings.Contains(h.logs.String(), `"known_under":"main"`) {
+		t.Fatalf("no warning names the old project: %s", h.logs.String())
+	}
+
+	both := renamed
+	both.Configured = []string{"main", "shop"}
+	if sum, err := Reconcile(ctx, both, nil); err != nil || sum.Fed != 1 {
+		t.Fatalf("fed %d (%v): a transaction known under another configured project is its own, want 1", sum.Fed, err)
+	}
+}

@@ -29,8 +29,9 @@ type Metrics struct {
 	// failing_alone, set_aside).
 	Confirm *prometheus.CounterVec
 	// Reconcile counts reconciliation by project and outcome (checked,
-	// missing, fed; failed: runs in which the project, or a day of it,
-	// could not be reconciled).
+	// missing, fed; elsewhere: transactions held under a project no longer
+	// configured, not fed; failed: runs in which the project, or a day of
+	// it, could not be reconciled).
 	Reconcile *prometheus.CounterVec
 	// ConnsRefused counts connections a listener (callback, admin,
 	// metrics) closed unanswered, by reason: per_address or total (for the

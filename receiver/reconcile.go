@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,6 +17,7 @@ import (
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/sengo"
+	"github.com/sengo-relay/sengo-relay/stream"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
@@ -34,6 +36,10 @@ type ReconcileConfig struct {
 	JetStream jetstream.JetStream
 	// Projects to reconcile, by name.
 	Projects map[string]Lister
+	// Configured names every project of the configuration (nil: those of
+	// Projects). A transaction the relay holds under a project not among
+	// them (a project renamed) is not fed again (knownElsewhere).
+	Configured []string
 	// Window is how far back to look (at most SenGo's 7 days).
 	Window time.Duration
 	// Resend asks SenGo to send missing callbacks again instead of feeding
@@ -62,6 +68,9 @@ type ReconcileSummary struct {
 	// not fed again (fed before it, it is fed again, and intake drops the
 	// second copy as a duplicate).
 	Fed int `json:"fed"`
+	// Elsewhere are transactions SenGo listed that the relay holds under a
+	// project no longer configured (knownElsewhere), not fed.
+	Elsewhere int `json:"elsewhere,omitempty"`
 	// Found are the first status changes found missing (at most maxFound).
 	Found []history.Found `json:"found,omitempty"`
 }
@@ -113,6 +122,7 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 			cfg.Metrics.Reconcile.WithLabelValues(project, "checked").Add(float64(sum.Checked))
 			cfg.Metrics.Reconcile.WithLabelValues(project, "missing").Add(float64(sum.Missing))
 			cfg.Metrics.Reconcile.WithLabelValues(project, "fed").Add(float64(sum.Fed))
+			cfg.Metrics.Reconcile.WithLabelValues(project, "elsewhere").Add(float64(sum.Elsewhere))
 			if perr != nil {
 				cfg.Metrics.Reconcile.WithLabelValues(project, "failed").Inc()
 			}
@@ -122,10 +132,11 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 			ev = cfg.Logger.Warn().Err(perr)
 			errs = append(errs, perr)
 		}
-		ev.Str("project", project).Int("checked", sum.Checked).Int("missing", sum.Missing).Int("fed", sum.Fed).Msg("reconciled")
+		ev.Str("project", project).Int("checked", sum.Checked).Int("missing", sum.Missing).Int("fed", sum.Fed).Int("elsewhere", sum.Elsewhere).Msg("reconciled")
 		total.Checked += sum.Checked
 		total.Missing += sum.Missing
 		total.Fed += sum.Fed
+		total.Elsewhere += sum.Elsewhere
 		if ctx.Err() != nil {
 			break
 		}
@@ -207,6 +218,24 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 				if err != nil {
 					return err
 				}
+				if missing {
+					// Not held under this project: under a project no
+					// longer configured, it is this one's before a rename,
+					// and feeding it would publish every change of it again
+					// under a new event id.
+					other, err := knownElsewhere(ctx, cfg, project, tx.ID)
+					if err != nil {
+						return err
+					}
+					if other != "" {
+						missing = false
+						sum.Elsewhere++
+						if sum.Elsewhere == 1 {
+							cfg.Logger.Warn().Str("project", project).Str("transaction_id", tx.ID).Str("known_under", other).
+								Msg("reconcile: a transaction SenGo lists is held under a project no longer configured (renamed?); not fed, or its changes would be published again under new event ids. Keep the old name, or see README \"Renaming a project\"")
+						}
+					}
+				}
 				if !missing {
 					continue
 				}
@@ -229,6 +258,43 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 	}
 	return errors.Join(append([]error{unread()}, unfinished...)...)
 }
+
+// maxElsewhere bounds the entries of other projects knownElsewhere reads
+// for one transaction.
+const maxElsewhere = 16
+
+// knownElsewhere returns a project not configured (cfg.Configured) under
+// which SENGO_TX holds transaction id, or "" if there is none: the
+// project's name before a rename. Every project's key of a transaction
+// ends the same (txKey), so one read of the bucket's stream, from its
+// leader, finds them.
+func knownElsewhere(ctx context.Context, cfg ReconcileConfig, project, id string) (string, error) {
+	configured := cfg.Configured
+	if configured == nil {
+		configured = slices.Collect(maps.Keys(cfg.Projects))
+	}
+	prefix := "$KV." + event.BucketTx + "."
+	subject := prefix + "*" + strings.TrimPrefix(txKey(project, id), project)
+	var seq uint64
+	for range maxElsewhere {
+		m, err := stream.LeaderGet(ctx, cfg.JetStream, "KV_"+event.BucketTx, seq, subject)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return "", nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("look for %s under other projects: %w", txKey(project, id), err)
+		}
+		other, _, _ := strings.Cut(strings.TrimPrefix(m.Subject, prefix), ".")
+		if m.Header.Get(kvOperation) == "" && !slices.Contains(configured, other) {
+			return other, nil
+		}
+		seq = m.Sequence + 1
+	}
+	return "", nil
+}
+
+// kvOperation is the header a KV delete or purge marker carries.
+const kvOperation = "KV-Operation"
 
 // isMissing reports whether the transaction's listed status would still
 // be published: the relay has not seen it, and it is not a stale pending

@@ -143,7 +143,7 @@ asks SenGo to send its callback again). The relay also runs it every reconcile.i
 				defer cancel()
 				_ = runs.Flush(fctx) // the run's record, for the console
 			}()
-			sum, err := receiver.Reconcile(c.Context(), receiver.ReconcileConfig{JetStream: js, Projects: projects, Window: window, Resend: resend, Trigger: "cli", Runs: runs,
+			sum, err := receiver.Reconcile(c.Context(), receiver.ReconcileConfig{JetStream: js, Projects: projects, Configured: cfg.ProjectNames(), Window: window, Resend: resend, Trigger: "cli", Runs: runs,
 				CallbackTokens: cfg.CallbackTokens(), Logger: zerolog.Nop()},
 				func(p, day string, st event.Status, s receiver.ReconcileSummary) {
 					fmt.Fprintf(stderr, "reconcile %s %s %-7s: %d checked, %d missing\n", p, day, st, s.Checked, s.Missing)
@@ -153,6 +153,9 @@ asks SenGo to send its callback again). The relay also runs it every reconcile.i
 				verb = "asked SenGo to resend"
 			}
 			fmt.Fprintf(c.OutOrStdout(), "reconcile: %d checked, %d missing, %d %s\n", sum.Checked, sum.Missing, sum.Fed, verb)
+			if sum.Elsewhere > 0 {
+				fmt.Fprintf(stderr, "reconcile: %d transaction(s) SenGo lists are held under a project no longer configured (a renamed project?), not fed: see README \"Renaming a project\"\n", sum.Elsewhere)
+			}
 			return err
 		},
 	}
