@@ -160,6 +160,9 @@ buckets:
 				}
 			}
 		}
+		if ttl != b.TTL && spec.Warn != nil {
+			spec.Warn("KV_"+b.Name, fmt.Sprintf("bucket %s keeps its entries %s, not the %s configured: as long as %s keep what they speak of", b.Name, fmtTTL(ttl), b.TTL, strings.Join(b.TTLAtLeast, " and ")))
+		}
 		cfg := jetstream.KeyValueConfig{
 			Bucket:       b.Name,
 			Description:  b.Description,
@@ -257,6 +260,14 @@ func keptAge(ctx context.Context, js jetstream.JetStream, spec StreamSpec) (time
 		return kept(fmt.Sprintf("its consumers could not be listed (%v)", err))
 	}
 	return asked, "", nil
+}
+
+// fmtTTL says ttl, 0 as forever.
+func fmtTTL(ttl time.Duration) string {
+	if ttl == 0 {
+		return "forever"
+	}
+	return ttl.String()
 }
 
 // try runs op with growing deadlines, again after a timeout.

@@ -854,7 +854,7 @@ func provisionSpec(cfg config.Config) stream.Spec {
 		},
 		Buckets: []stream.BucketSpec{
 			{Name: event.BucketTx, Description: "SenGo transaction state", TTL: cfg.Streams.Transactions.TTL.D(), History: 1,
-				TTLAtLeast: []string{event.StreamInbox}},
+				TTLAtLeast: []string{event.StreamInbox, event.StreamQuarantine}},
 			{Name: event.BucketDelivery, Description: "webhook delivery attempts per endpoint and event", TTL: deliveryTTL(cfg), History: 1,
 				TTLAtLeast: []string{event.StreamEvents, event.StreamReplay}},
 			admin.SessionsBucket(),

@@ -208,3 +208,34 @@ func TestABusyAdminListenIsNamed(t *testing.T) {
 		t.Fatalf("a busy admin.listen: %v", err)
 	}
 }
+
+// A quarantined notification can be redriven as long as the quarantine
+// keeps it (30 days by default), but its transaction's state expired
+// after streams.transactions.ttl (14 days): a redrive after that found no
+// state, so intake published its status change again (a pending after the
+// transaction's success, under an id never seen). SENGO_TX keeps its
+// entries at least as long as the quarantine keeps notifications.
+func TestATransactionOutlivesItsQuarantinedNotifications(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	cfg := config.Default()
+	cfg.Streams.Transactions.TTL = config.Duration(14 * 24 * time.Hour) // the checked-in config's before
+	cfg.Streams.Quarantine.MaxAge = config.Duration(30 * 24 * time.Hour)
+	var logs syncbuf.Buffer
+	if err := provision(t.Context(), js, provisionSpec(cfg), zerolog.New(&logs)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "bucket SENGO_TX keeps its entries 720h0m0s, not the 336h0m0s configured") {
+		t.Errorf("the longer ttl is not told: %s", logs.String())
+	}
+	age := func(name string) time.Duration {
+		s, err := js.Stream(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.CachedInfo().Config.MaxAge
+	}
+	if tx, q := age("KV_"+event.BucketTx), age(event.StreamQuarantine); tx < q {
+		t.Fatalf("transactions kept %s, quarantined notifications %s: one redriven after its transaction expired is published again", tx, q)
+	}
+}

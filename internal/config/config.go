@@ -251,7 +251,7 @@ func Default() Config {
 			Attempts:        StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(2 * time.Minute)},
 			Refs:            StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(2 * time.Minute)},
 			Reconciliations: StreamLimits{MaxAge: Duration(30 * 24 * time.Hour), DuplicateWindow: Duration(2 * time.Minute)},
-			Transactions:    Bucket{TTL: Duration(14 * 24 * time.Hour)},
+			Transactions:    Bucket{TTL: Duration(30 * 24 * time.Hour)},
 		},
 		Intake: Intake{
 			Workers:         16,
