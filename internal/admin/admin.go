@@ -776,6 +776,9 @@ func ReplayRequest(eps []dispatcher.Endpoint, projects []string, in ReplayInput,
 }
 
 // ParseTime reads RFC 3339 or a duration back from now; "" is the zero time.
+// The zero time written out (0001-01-01T00:00:00Z, what a Go client sends
+// for a time it never set) is refused: read as no bound, it made a purge
+// "until year 1" take every dead letter.
 func ParseTime(s string, now time.Time) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, nil
@@ -786,6 +789,9 @@ func ParseTime(s string, now time.Time) (time.Time, error) {
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
 		return time.Time{}, errors.New("want RFC 3339 (2025-03-23T10:00:00+07:00) or a duration back from now (24h, 30d)")
+	}
+	if t.IsZero() {
+		return time.Time{}, errors.New("0001-01-01T00:00:00Z is the zero time (a time never set), not a bound; leave it out")
 	}
 	return t, nil
 }

@@ -63,6 +63,26 @@ func TestPurgeSeqZeroIsRefused(t *testing.T) {
 	}
 }
 
+// The zero time is no bound: ?until=0001-01-01T00:00:00Z (what a Go
+// client sends for a time it never set) counted as a filter given, then
+// meant no until at all, so a purge took every dead letter without
+// all=true.
+func TestPurgeUntilTheZeroTimeIsRefused(t *testing.T) {
+	hs, js := newServer(t)
+	for i := range 3 {
+		storeDLQFor(t, js, "orders", fmt.Sprintf("t%d", i), nil)
+	}
+	for _, q := range []string{"until=0001-01-01T00:00:00Z", "since=0001-01-01T00:00:00Z"} {
+		code, body := call(t, hs, http.MethodDelete, "/admin/dlq?"+q, "", token)
+		if n := countDLQ(t, js); n != 3 {
+			t.Fatalf("DELETE /admin/dlq?%s: %d %s; %d of 3 dead letters left (want 400 bad_time, nothing purged)", q, code, strings.TrimSpace(body), n)
+		}
+		if code != 400 || !strings.Contains(body, `"bad_time"`) {
+			t.Fatalf("DELETE /admin/dlq?%s: %d %s, want 400 bad_time", q, code, body)
+		}
+	}
+}
+
 // The endpoint filter becomes a subject token, so it must be a name: "*"
 // selected every endpoint's dead letters, and a purge "of one endpoint"
 // purged them all without all=true.
