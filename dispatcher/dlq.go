@@ -252,6 +252,16 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 		// window queues a second one while the first still waits.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		err = copies.record(rctx, e.Seq, ack.Sequence)
+		if err == nil {
+			// Purged since it was listed (a purge beside this redrive that
+			// looked for a copy before it was recorded): the copy goes too,
+			// or the purged event is posted later after all. Looked up
+			// after the record, so that a purge deleting the dead letter
+			// after this look finds the copy (Purge).
+			// (Gone because the copy was settled already, which removes
+			// it, deleting the copy changes nothing.)
+			err = dropIfPurged(rctx, js, copies, e, ack.Sequence)
+		}
 		cancel()
 		if err != nil {
 			return n, err
@@ -260,9 +270,28 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 	return n, nil
 }
 
+// dropIfPurged deletes copy at of dead letter d if d is gone.
+func dropIfPurged(ctx context.Context, js jetstream.JetStream, copies *redriveCopies, d DLQEntry, at uint64) error {
+	dlq, err := js.Stream(ctx, event.StreamDLQ)
+	if err != nil {
+		return fmt.Errorf("redrive %d: %w", d.Seq, err)
+	}
+	if gone, err := purged(ctx, dlq, d); err != nil || !gone {
+		return err
+	}
+	if _, err := stream.Delete(ctx, copies.replay, at); err != nil {
+		return fmt.Errorf("redrive %d: purged meanwhile, its copy %d not deleted: %w", d.Seq, at, err)
+	}
+	return nil
+}
+
 // testCopyQueued, when set, is called as each redriven copy is queued,
 // before it is recorded: for tests.
 var testCopyQueued func()
+
+// testPurgeLooked, when set, is called as Purge has looked for a dead
+// letter's copy, before it deletes the dead letter: for tests.
+var testPurgeLooked func()
 
 // redriveCopies finds the copy an earlier redrive queued for a dead
 // letter. The copy's message id stops a second one only within
@@ -411,22 +440,53 @@ func Purge(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int
 	}
 	n := 0
 	for _, e := range entries {
-		if at, err := copies.of(ctx, e); err != nil {
-			return n, fmt.Errorf("purge %d: %w", e.Seq, err)
-		} else if at > 0 {
-			if _, err := stream.Delete(ctx, copies.replay, at); err != nil {
-				return n, fmt.Errorf("purge %d: its redriven copy %d: %w", e.Seq, at, err)
-			}
+		if err := copies.drop(ctx, e); err != nil {
+			return n, err
+		}
+		if testPurgeLooked != nil {
+			testPurgeLooked()
 		}
 		deleted, err := stream.Delete(ctx, s, e.Seq)
 		if err != nil {
 			return n, fmt.Errorf("purge %d: %w", e.Seq, err)
+		}
+		// A redrive beside this purge may have queued a copy after the
+		// look above, and found the dead letter still there: it recorded
+		// the copy before it looked (Redrive), so it is found now.
+		if err := copies.drop(ctx, e); err != nil {
+			return n, err
 		}
 		if deleted { // else removed meanwhile (a redrive settled, another purge)
 			n++
 		}
 	}
 	return n, nil
+}
+
+// drop deletes dead letter d's redriven copy, if one waits.
+func (r *redriveCopies) drop(ctx context.Context, d DLQEntry) error {
+	at, err := r.of(ctx, d)
+	if err != nil {
+		return fmt.Errorf("purge %d: %w", d.Seq, err)
+	}
+	if at > 0 {
+		if _, err := stream.Delete(ctx, r.replay, at); err != nil {
+			return fmt.Errorf("purge %d: its redriven copy %d: %w", d.Seq, at, err)
+		}
+	}
+	return nil
+}
+
+// purged reports whether dead letter d is gone from SENGO_DLQ (or another
+// dead letter holds its sequence, in a SENGO_DLQ made anew).
+func purged(ctx context.Context, dlq jetstream.Stream, d DLQEntry) (bool, error) {
+	m, err := dlq.GetMsg(ctx, d.Seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return true, nil
+	} else if err != nil {
+		return false, fmt.Errorf("redrive %d: look it up again: %w", d.Seq, err)
+	}
+	return m.Header.Get(event.HeaderEventID) != d.EventID, nil
 }
 
 // CountDLQ counts the dead letters matching f (its Endpoint or Seq; the

@@ -940,3 +940,65 @@ func (h *harness) deliverACopy(ep Endpoint, c *consumer, txID string) {
 		return len(c.got()) == 2 && err == nil && replay == 0
 	})
 }
+
+// A redrive and a purge of the same dead letter at once (two operators,
+// or "Redrive all" beside "Purge all" over a long backlog) left the
+// redriven copy of a purged dead letter waiting, and it was posted later
+// after all: the purge found no copy recorded yet, and the redrive
+// queued one for a dead letter no longer there. Whichever comes first,
+// the copy goes with the dead letter.
+func TestARedriveBesideAPurgeLeavesNoCopy(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		order func(h *harness, entries []DLQEntry)
+	}{
+		{"purged while the copy is queued", func(h *harness, entries []DLQEntry) {
+			testCopyQueued = func() {
+				testCopyQueued = nil
+				if _, err := Purge(h.t.Context(), h.js, entries); err != nil {
+					h.t.Error(err)
+				}
+			}
+			_, _ = Redrive(h.t.Context(), h.js, entries)
+		}},
+		{"redriven while the purge deletes", func(h *harness, entries []DLQEntry) {
+			testPurgeLooked = func() {
+				testPurgeLooked = nil
+				if _, err := Redrive(h.t.Context(), h.js, entries); err != nil {
+					h.t.Error(err)
+				}
+			}
+			if _, err := Purge(h.t.Context(), h.js, entries); err != nil {
+				h.t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Cleanup(func() { testCopyQueued, testPurgeLooked = nil, nil })
+			h := newHarness(t)
+			c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
+				if n == 1 {
+					w.WriteHeader(http.StatusGone)
+					return
+				}
+				w.WriteHeader(http.StatusServiceUnavailable) // a copy waits 10 minutes for its retry
+			})
+			h.start(h.endpoint("orders", c.URL, 10*time.Minute))
+			h.publish("tx-rp", event.StatusSuccess, "")
+			eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 })
+			entries, err := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
+			if err != nil || len(entries) != 1 {
+				t.Fatalf("%d dead letters (%v)", len(entries), err)
+			}
+			tc.order(h, entries)
+			if n := len(h.deadLetters()); n != 0 {
+				t.Fatalf("%d dead letters left after the purge", n)
+			}
+			for _, m := range natstest.Messages(t, h.js, event.StreamReplay) {
+				if m.Subject == event.ReplaySubject("orders") {
+					t.Fatalf("the redriven copy of a purged dead letter still waits (#%d): it is posted later after all", m.Sequence)
+				}
+			}
+		})
+	}
+}
