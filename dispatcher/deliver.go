@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -156,12 +157,17 @@ func post(ctx context.Context, client *http.Client, ep Endpoint, d delivery) att
 }
 
 // endpointSecrets are the parts of ep's URL that read as secrets
-// (verify.URLSecrets) and the values of its configured headers, each
-// whole and each word after its first ("Bearer <token>": a consumer
-// answers "invalid token <token>"), every one also JSON- and URL-escaped
-// as a consumer may echo it, longest first.
+// (verify.URLSecrets), its signing secrets (whsec_<base64> and the base64
+// alone: a consumer's debug page "expected whsec_…"), and the values of its
+// configured headers, each whole and each word after its first ("Bearer
+// <token>": a consumer answers "invalid token <token>"), every one also
+// JSON- and URL-escaped as a consumer may echo it, longest first.
 func endpointSecrets(ep Endpoint) []string {
 	plain := verify.URLSecrets(ep.URL)
+	for _, k := range ep.Keys {
+		b64 := base64.StdEncoding.EncodeToString(k)
+		plain = append(plain, verify.SecretPrefix+b64, b64)
+	}
 	for _, v := range ep.Headers {
 		plain = append(plain, v)
 		if f := strings.Fields(v); len(f) > 1 {

@@ -155,6 +155,14 @@ func TestRecordsKeepNoSecretTheConsumerEchoes(t *testing.T) {
 			fmt.Fprintf(w, `{"got":"%s"}`, strings.ReplaceAll(r.Header.Get("Authorization"), "/", `\/`))
 			return []string{"0123456789abcdef"}
 		}},
+		{"echoed signing secret", func(_ *http.Request, w http.ResponseWriter) []string {
+			// A debug page of a consumer configured with another secret:
+			// "expected whsec_…". Its base64 part, JSON-escaped, too.
+			b64 := strings.TrimPrefix(secretA, verify.SecretPrefix)
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintf(w, `{"configured":%q,"key":"%s"}`, secretA, strings.ReplaceAll(b64, "/", `\/`))
+			return []string{secretA, b64, strings.ReplaceAll(b64, "/", `\/`)}
+		}},
 		{"credential headers", func(_ *http.Request, w http.ResponseWriter) []string {
 			w.Header().Set("X-Password", "hunter2-pw")
 			w.Header().Set("X-Credentials", "cred-123456")
