@@ -126,6 +126,8 @@ type Embedded struct {
 	unlock func()
 	auth   *EmbeddedAuth
 	guard  *nats.Conn // the relay's connection checking the subscriber's consumer creations
+	// stopWatch ends watchReplies; watched is closed when it has.
+	stopWatch, watched chan struct{}
 }
 
 // ErrStoreLocked: another process holds the store directory.
@@ -257,8 +259,50 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 		}
 		subs, _ := srv.LookupAccount(SubscriberAccount)
 		auth.sub.Store(&server.User{Username: sa.SubscriberUser, Account: subs, Permissions: sa.subscriberPermissions()})
+		e.stopWatch, e.watched = make(chan struct{}), make(chan struct{})
+		go e.watchReplies(subs, cfg.Logger.With().Str("component", "nats-auth").Logger())
 	}
 	return e, nil
+}
+
+// repliesWatch is how often watchReplies counts the subscriber's replies.
+const repliesWatch = 100 * time.Millisecond
+
+// watchReplies closes the subscriber's connections whenever its requests
+// waiting for an answer pass SubscriberMaxReplies. nats-server keeps each
+// one's reply subject, without a bound, until it is answered for good or
+// for two minutes (a pull's answers keep it, no_wait's 404 too): pulls
+// with a reply of their own each, sent as fast as a connection goes, held
+// gigabytes in the relay's process. A closed connection takes its
+// requests' entries with it.
+func (e *Embedded) watchReplies(subs *server.Account, log zerolog.Logger) {
+	defer close(e.watched)
+	t := time.NewTicker(repliesWatch)
+	defer t.Stop()
+	var loggedAt time.Time
+	for {
+		select {
+		case <-e.stopWatch:
+			return
+		case <-t.C:
+		}
+		n := subs.NumPendingReverseResponses()
+		if n <= SubscriberMaxReplies {
+			continue
+		}
+		conns, err := e.srv.Connz(&server.ConnzOptions{Account: SubscriberAccount, Limit: 4 * SubscriberMaxConnections})
+		if err != nil {
+			continue
+		}
+		for _, c := range conns.Conns {
+			_ = e.srv.DisconnectClientByID(c.Cid)
+		}
+		if time.Since(loggedAt) >= refusedLogEvery {
+			loggedAt = time.Now()
+			log.Warn().Int("waiting", n).Int("connections", len(conns.Conns)).
+				Msgf("subscriber connections closed: they had more than %d requests waiting for an answer (a client sending pulls or gets with a reply subject each, and never reading them), each held in the relay's memory", SubscriberMaxReplies)
+		}
+	}
 }
 
 // ClientURL is the URL other processes connect to, or "" without a listener.
@@ -328,6 +372,10 @@ func (e *Embedded) WriteError() error {
 // Shutdown stops the server and waits until it has stopped. JetStream
 // flushes its files on the way out.
 func (e *Embedded) Shutdown() {
+	if e.stopWatch != nil {
+		close(e.stopWatch)
+		<-e.watched
+	}
 	if e.guard != nil {
 		e.guard.Close()
 	}

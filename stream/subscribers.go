@@ -286,6 +286,13 @@ const SubscriberMaxConsumers = 100
 // bound itself.
 const SubscriberMaxWaiting = 512
 
+// SubscriberMaxReplies is how many of the subscriber's requests to the
+// relay's account may wait for their answer at once (pull requests
+// waiting for messages, direct gets): nats-server keeps each one's reply
+// subject, up to 4 KiB, and does not bound them. Past it, the
+// subscriber's connections are closed (watchReplies).
+const SubscriberMaxReplies = 10_000
+
 // SubscriberMaxConnections is how many connections the subscriber may
 // have open at once. Each may hold up to 64 MiB of messages the server has
 // yet to send it (nats-server's max_pending) in the relay's process.

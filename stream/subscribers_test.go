@@ -649,3 +649,62 @@ func subscriberConn(t *testing.T, e *stream.Embedded) *nats.Conn {
 	t.Cleanup(sub.Close)
 	return sub
 }
+
+// Each request the subscriber sends across to the relay's account with a
+// reply subject leaves nats-server an entry (the reply, up to 4 KiB of
+// it) until it is answered for good, or for two minutes: a pull's answer
+// (no_wait's 404 included) keeps it. Pulls of its own consumer sent as
+// fast as a connection goes, each with a reply of its own, held gigabytes
+// in the relay's process within a minute. Past SubscriberMaxReplies the
+// subscriber's connections are closed, which takes their entries with
+// them; it may connect again.
+func TestTheSubscriberCannotHoldRepliesWithoutEnd(t *testing.T) {
+	var logs syncbuf.Buffer
+	auth := subscriberAuth()
+	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: auth, Logger: zerolog.New(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Shutdown)
+	relay, err := stream.Connect(stream.ConnectConfig{Name: "relay", Logger: zerolog.Nop()}, e.ConnectOption())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(relay.Close)
+	rjs, _ := jetstream.New(relay)
+	ctx := t.Context()
+	if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	sub := subscriberConn(t, e)
+	sjs, _ := jetstream.New(sub)
+	if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "x", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.Subscribe("_INBOX.>", func(*nats.Msg) {}); err != nil {
+		t.Fatal(err)
+	}
+	pad := strings.Repeat("r", 1000)
+	for i := 0; i < 2*stream.SubscriberMaxReplies; i++ {
+		if err := sub.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.SENGO_EVENTS.x", fmt.Sprintf("_INBOX.%s.%d", pad, i), []byte(`{"batch":1,"no_wait":true}`)); err != nil {
+			break // closed
+		}
+	}
+	_ = sub.Flush()
+	deadline := time.Now().Add(20 * time.Second)
+	closed := func() bool { return sub.Status() != nats.CONNECTED || sub.Stats().Reconnects > 0 }
+	for !closed() || e.SubscriberReplies() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the subscriber holds %d replies, its connection closed: %v", e.SubscriberReplies(), closed())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "subscriber connections closed") {
+		t.Errorf("not logged: %s", logs.String())
+	}
+	again := subscriberConn(t, e)
+	ajs, _ := jetstream.New(again)
+	if _, err := ajs.Consumer(ctx, "SENGO_EVENTS", "x"); err != nil {
+		t.Fatalf("connected again: %v", err)
+	}
+}
