@@ -403,13 +403,13 @@ func TestReconcileSeesAnUnpublishedOutboxAsMissing(t *testing.T) {
 	if _, err := kv.Create(t.Context(), txKey("main", tx.ID), raw); err != nil {
 		t.Fatal(err)
 	}
-	if missing, err := isMissing(t.Context(), kv, "main", tx); err != nil || !missing {
+	if missing, _, err := isMissing(t.Context(), kv, "main", tx); err != nil || !missing {
 		t.Fatalf("missing %v (%v), want true while the event waits in the outbox", missing, err)
 	}
 	st.Outbox = nil
 	raw, _ = json.Marshal(st)
 	kv.Put(t.Context(), txKey("main", tx.ID), raw)
-	if missing, _ := isMissing(t.Context(), kv, "main", tx); missing {
+	if missing, _, _ := isMissing(t.Context(), kv, "main", tx); missing {
 		t.Fatal("missing after the event was published")
 	}
 }
@@ -2063,7 +2063,7 @@ func TestAllChecksRefusedIsAnOutage(t *testing.T) {
 func TestReconcileDoesNotFeedARenamedProjectsTransactions(t *testing.T) {
 	h := newHarness(t, false) // no intake: what is fed stays in the inbox
 	ctx := context.Background()
-	_, client := startSandbox(t)
+	sb, client := startSandbox(t)
 	if _, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-RN", Amount: 5000}); err != nil {
 		t.Fatal(err)
 	}
@@ -2100,5 +2100,29 @@ func TestReconcileDoesNotFeedARenamedProjectsTransactions(t *testing.T) {
 	both.Configured = []string{"main", "shop"}
 	if sum, err := Reconcile(ctx, both, nil); err != nil || sum.Fed != 1 {
 		t.Fatalf("fed %d (%v): a transaction known under another configured project is its own, want 1", sum.Fed, err)
+	}
+
+	// Paid after the rename: the old name holds only its pending, so its
+	// success was never published under any name, and is fed.
+	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
+		t.Fatal(err)
+	}
+	if sum, err := Reconcile(ctx, renamed, nil); err != nil || sum.Fed != 1 || sum.Elsewhere != 0 {
+		t.Fatalf("fed %d, elsewhere %d (%v): a success the old name never published, want it fed", sum.Fed, sum.Elsewhere, err)
+	}
+	// Deleted under the old name: nothing of it is held. (The success
+	// above is in the inbox already: not stored again.)
+	created, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-RN2", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, txKey("main", created.ID), raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, txKey("main", created.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if sum, err := Reconcile(ctx, renamed, nil); err != nil || sum.Fed != 1 || sum.Elsewhere != 0 {
+		t.Fatalf("fed %d, elsewhere %d (%v): a transaction deleted under the old name, want it fed", sum.Fed, sum.Elsewhere, err)
 	}
 }

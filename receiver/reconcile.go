@@ -17,7 +17,6 @@ import (
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/sengo"
-	"github.com/sengo-relay/sengo-relay/stream"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
@@ -214,16 +213,16 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 			before = ids
 			for _, tx := range txs {
 				sum.Checked++
-				missing, err := isMissing(ctx, kv, project, tx)
+				missing, absent, err := isMissing(ctx, kv, project, tx)
 				if err != nil {
 					return err
 				}
-				if missing {
-					// Not held under this project: under a project no
-					// longer configured, it is this one's before a rename,
-					// and feeding it would publish every change of it again
-					// under a new event id.
-					other, err := knownElsewhere(ctx, cfg, project, tx.ID)
+				if absent {
+					// Not held under this project: published under a
+					// project no longer configured, it is this one's before
+					// a rename, and feeding it would publish the change
+					// again under a new event id.
+					other, err := knownElsewhere(ctx, cfg, kv, project, tx)
 					if err != nil {
 						return err
 					}
@@ -259,69 +258,89 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 	return errors.Join(append([]error{unread()}, unfinished...)...)
 }
 
-// maxElsewhere bounds the entries of other projects knownElsewhere reads
-// for one transaction.
-const maxElsewhere = 16
-
 // knownElsewhere returns a project not configured (cfg.Configured) under
-// which SENGO_TX holds transaction id, or "" if there is none: the
-// project's name before a rename. Every project's key of a transaction
-// ends the same (txKey), so one read of the bucket's stream, from its
-// leader, finds them.
-func knownElsewhere(ctx context.Context, cfg ReconcileConfig, project, id string) (string, error) {
+// which SENGO_TX holds transaction tx with its listed status published, or
+// "" if there is none: the project's name before a rename, under which the
+// change went out already. A status the old name never published (paid
+// after the rename) is fed. For a transaction not held under project at
+// all: every project's key of it ends the same (txKey), so the bucket's
+// stream lists them, from its index, in one request.
+func knownElsewhere(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, project string, tx sengo.Transaction) (string, error) {
 	configured := cfg.Configured
 	if configured == nil {
 		configured = slices.Collect(maps.Keys(cfg.Projects))
 	}
 	prefix := "$KV." + event.BucketTx + "."
-	subject := prefix + "*" + strings.TrimPrefix(txKey(project, id), project)
-	var seq uint64
-	for range maxElsewhere {
-		m, err := stream.LeaderGet(ctx, cfg.JetStream, "KV_"+event.BucketTx, seq, subject)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return "", nil
+	key := strings.TrimPrefix(txKey(project, tx.ID), project) // ".<id's key>"
+	s, err := cfg.JetStream.Stream(ctx, "KV_"+event.BucketTx)
+	if err != nil {
+		return "", fmt.Errorf("look for %s under other projects: %w", tx.ID, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(prefix+"*"+key))
+	if err != nil {
+		return "", fmt.Errorf("look for %s under other projects: %w", tx.ID, err)
+	}
+	for _, subject := range slices.Sorted(maps.Keys(info.State.Subjects)) {
+		other, _, _ := strings.Cut(strings.TrimPrefix(subject, prefix), ".")
+		if slices.Contains(configured, other) {
+			continue // a project's own transaction
 		}
-		if err != nil {
-			return "", fmt.Errorf("look for %s under other projects: %w", txKey(project, id), err)
+		entry, err := kv.Get(ctx, other+key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // deleted
+		} else if err != nil {
+			return "", fmt.Errorf("read %s: %w", other+key, err)
 		}
-		other, _, _ := strings.Cut(strings.TrimPrefix(m.Subject, prefix), ".")
-		if m.Header.Get(kvOperation) == "" && !slices.Contains(configured, other) {
+		var st txState
+		if err := json.Unmarshal(entry.Value(), &st); err != nil {
+			continue // nothing to tell it by: fed, as before
+		}
+		if published(st, tx.Status) {
 			return other, nil
 		}
-		seq = m.Sequence + 1
 	}
 	return "", nil
 }
 
-// kvOperation is the header a KV delete or purge marker carries.
-const kvOperation = "KV-Operation"
+// published reports whether st's transaction needs no event for status:
+// one went out already (decided and no longer in the outbox), or it would
+// not be published (a stale pending, a conflict).
+func published(st txState, status event.Status) bool {
+	for _, h := range st.History {
+		if h.Status == status {
+			return !slices.ContainsFunc(st.Outbox, func(o outboxItem) bool { return o.EventID == h.EventID })
+		}
+	}
+	return event.Decide(st.Status, status) != event.Publish
+}
 
 // isMissing reports whether the transaction's listed status would still
 // be published: the relay has not seen it, and it is not a stale pending
 // or a conflict.
-func isMissing(ctx context.Context, kv jetstream.KeyValue, project string, tx sengo.Transaction) (bool, error) {
+// absent: the project holds no entry of the transaction.
+func isMissing(ctx context.Context, kv jetstream.KeyValue, project string, tx sengo.Transaction) (missing, absent bool, err error) {
 	entry, err := kv.Get(ctx, txKey(project, tx.ID))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return true, nil
+		return true, true, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("read %s: %w", txKey(project, tx.ID), err)
+		return false, false, fmt.Errorf("read %s: %w", txKey(project, tx.ID), err)
 	}
 	var st txState
 	if err := json.Unmarshal(entry.Value(), &st); err != nil {
-		return false, fmt.Errorf("decode %s: %w", txKey(project, tx.ID), err)
+		return false, false, fmt.Errorf("decode %s: %w", txKey(project, tx.ID), err)
 	}
 	if len(st.Outbox) > 0 {
 		// Decided but not yet published (a crash or a failed write):
 		// feeding it makes intake flush the outbox.
-		return true, nil
+		return true, false, nil
 	}
 	for _, h := range st.History {
 		if h.Status == tx.Status {
-			return false, nil
+			return false, false, nil
 		}
 	}
-	return event.Decide(st.Status, tx.Status) == event.Publish, nil
+	return event.Decide(st.Status, tx.Status) == event.Publish, false, nil
 }
 
 // feed puts a missing transition into the inbox, or asks SenGo to resend.
