@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -260,7 +261,7 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 			// after this look finds the copy (Purge).
 			// (Gone because the copy was settled already, which removes
 			// it, deleting the copy changes nothing.)
-			err = dropIfPurged(rctx, js, copies, e, ack.Sequence)
+			err = settleAfter(rctx, func() error { return dropIfPurged(rctx, js, copies, e, ack.Sequence) })
 		}
 		cancel()
 		if err != nil {
@@ -272,11 +273,7 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 
 // dropIfPurged deletes copy at of dead letter d if d is gone.
 func dropIfPurged(ctx context.Context, js jetstream.JetStream, copies *redriveCopies, d DLQEntry, at uint64) error {
-	dlq, err := js.Stream(ctx, event.StreamDLQ)
-	if err != nil {
-		return fmt.Errorf("redrive %d: %w", d.Seq, err)
-	}
-	if gone, err := purged(ctx, dlq, d); err != nil || !gone {
+	if gone, err := purged(ctx, js, d); err != nil || !gone {
 		return err
 	}
 	if _, err := stream.Delete(ctx, copies.replay, at); err != nil {
@@ -302,6 +299,7 @@ var testPurgeLooked func()
 // settled copy removes its dead letter; one still stored beside its dead
 // letter is waiting, or its dead letter's removal is being retried.)
 type redriveCopies struct {
+	js     jetstream.JetStream
 	kv     jetstream.KeyValue
 	replay jetstream.Stream
 }
@@ -315,7 +313,7 @@ func openRedriveCopies(ctx context.Context, js jetstream.JetStream) (*redriveCop
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", event.StreamReplay, err)
 	}
-	return &redriveCopies{kv: kv, replay: replay}, nil
+	return &redriveCopies{js: js, kv: kv, replay: replay}, nil
 }
 
 // redriveMsgID is the message id of dead letter d's redriven copy: its
@@ -335,19 +333,22 @@ func redriveKey(seq uint64) string { return "_redrive." + strconv.FormatUint(seq
 // earlier redrive while it is still stored (0: none): the message its
 // record names, if it is a copy of d (a record left from a SENGO_DLQ made
 // anew, whose sequences started again, names another's).
+// Both reads are the leader's (stream.LeaderGet): in a cluster a replica
+// not caught up would miss a record a redrive beside a purge just wrote,
+// or its copy, and the purged event's copy would stay.
 func (r *redriveCopies) of(ctx context.Context, d DLQEntry) (uint64, error) {
-	e, err := r.kv.Get(ctx, redriveKey(d.Seq))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
+	e, err := stream.LeaderGetLast(ctx, r.js, "KV_"+event.BucketDelivery, "$KV."+event.BucketDelivery+"."+redriveKey(d.Seq))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, nil
 	}
 	if err != nil {
 		return 0, fmt.Errorf("read %s: %w", redriveKey(d.Seq), err)
 	}
-	at, err := strconv.ParseUint(string(e.Value()), 10, 64)
-	if err != nil || at == 0 {
-		return 0, nil // not a record of ours: the dead letter is redriven
+	at, err := strconv.ParseUint(string(e.Data), 10, 64)
+	if err != nil || at == 0 || e.Header.Get("KV-Operation") != "" {
+		return 0, nil // deleted, or not a record of ours: the dead letter is redriven
 	}
-	m, err := r.replay.GetMsg(ctx, at)
+	m, err := stream.LeaderGet(ctx, r.js, event.StreamReplay, at, "")
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, nil // gone (aged out, purged): the dead letter is all there is
 	} else if err != nil {
@@ -452,8 +453,10 @@ func Purge(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int
 		}
 		// A redrive beside this purge may have queued a copy after the
 		// look above, and found the dead letter still there: it recorded
-		// the copy before it looked (Redrive), so it is found now.
-		if err := copies.drop(ctx, e); err != nil {
+		// the copy before it looked (Redrive), so it is found now. Tried
+		// again on a failure: the dead letter is gone, and a purge run
+		// again would not list it to look for its copy.
+		if err := settleAfter(ctx, func() error { return copies.drop(ctx, e) }); err != nil {
 			return n, err
 		}
 		if deleted { // else removed meanwhile (a redrive settled, another purge)
@@ -461,6 +464,13 @@ func Purge(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int
 		}
 	}
 	return n, nil
+}
+
+// settleAfter runs op, a step that cannot be left for a later run (what
+// it looks for is not listed again), up to three times a second apart
+// while it fails.
+func settleAfter(ctx context.Context, op func() error) error {
+	return backoff.Retry(op, backoff.WithContext(backoff.WithMaxRetries(backoff.NewConstantBackOff(time.Second), 2), ctx))
 }
 
 // drop deletes dead letter d's redriven copy, if one waits.
@@ -479,8 +489,10 @@ func (r *redriveCopies) drop(ctx context.Context, d DLQEntry) error {
 
 // purged reports whether dead letter d is gone from SENGO_DLQ (or another
 // dead letter holds its sequence, in a SENGO_DLQ made anew).
-func purged(ctx context.Context, dlq jetstream.Stream, d DLQEntry) (bool, error) {
-	m, err := dlq.GetMsg(ctx, d.Seq)
+// It asks the leader (stream.LeaderGet): a replica not caught up would
+// still have it.
+func purged(ctx context.Context, js jetstream.JetStream, d DLQEntry) (bool, error) {
+	m, err := stream.LeaderGet(ctx, js, event.StreamDLQ, d.Seq, "")
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return true, nil
 	} else if err != nil {

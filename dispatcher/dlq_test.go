@@ -990,7 +990,25 @@ func TestARedriveBesideAPurgeLeavesNoCopy(t *testing.T) {
 			if err != nil || len(entries) != 1 {
 				t.Fatalf("%d dead letters (%v)", len(entries), err)
 			}
+			// In a cluster a replica not caught up answers a direct get
+			// without what was just written: the looks are the leader's.
+			var direct, leader atomic.Int64
+			for subject, n := range map[string]*atomic.Int64{
+				"$JS.API.DIRECT.GET." + event.StreamDLQ: &direct, "$JS.API.DIRECT.GET." + event.StreamReplay: &direct,
+				"$JS.API.DIRECT.GET.KV_" + event.BucketDelivery + ".$KV." + event.BucketDelivery + "._redrive.>": &direct,
+				"$JS.API.STREAM.MSG.GET.>": &leader,
+			} {
+				sub, err := h.js.Conn().Subscribe(subject, func(*nats.Msg) { n.Add(1) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = sub.Unsubscribe() })
+			}
+			_ = h.js.Conn().Flush()
 			tc.order(h, entries)
+			if direct.Load() != 0 || leader.Load() == 0 {
+				t.Errorf("%d direct gets, %d from the leader: want every look the leader's", direct.Load(), leader.Load())
+			}
 			if n := len(h.deadLetters()); n != 0 {
 				t.Fatalf("%d dead letters left after the purge", n)
 			}

@@ -190,15 +190,30 @@ const leaderGetWait = 10 * time.Second
 // message is not stored. For a read that acts on a message's absence.
 // jetstream.ErrMsgNotFound when there is none.
 func LeaderGet(ctx context.Context, js jetstream.JetStream, stream string, seq uint64, subject string) (*jetstream.RawStreamMsg, error) {
+	return leaderGet(ctx, js, stream, struct {
+		Seq        uint64 `json:"seq"`
+		NextBySubj string `json:"next_by_subj,omitempty"`
+	}{seq, subject})
+}
+
+// LeaderGetLast reads the last message of stream on subject (a literal
+// one) from the stream's leader, as LeaderGet does: for a KV entry whose
+// absence is acted on, its bucket's stream and "$KV.<bucket>.<key>" (a
+// delete or purge marker is returned as it is: its KV-Operation header
+// says so). jetstream.ErrMsgNotFound when there is none.
+func LeaderGetLast(ctx context.Context, js jetstream.JetStream, stream, subject string) (*jetstream.RawStreamMsg, error) {
+	return leaderGet(ctx, js, stream, struct {
+		LastBySubj string `json:"last_by_subj"`
+	}{subject})
+}
+
+func leaderGet(ctx context.Context, js jetstream.JetStream, stream string, request any) (*jetstream.RawStreamMsg, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, leaderGetWait)
 		defer cancel()
 	}
-	req, err := json.Marshal(struct {
-		Seq        uint64 `json:"seq"`
-		NextBySubj string `json:"next_by_subj,omitempty"`
-	}{seq, subject})
+	req, err := json.Marshal(request)
 	if err != nil {
 		return nil, err
 	}
