@@ -305,6 +305,35 @@ func TestForgedSuccessFirstDoesNotSwallowTheGenuine(t *testing.T) {
 	}
 }
 
+// A claim SenGo denied, quarantined as unconfirmed, is not put back once
+// its project no longer confirms (its credentials removed, or a relay
+// still on a configuration without them): it was published unconfirmed,
+// a forged success SenGo had denied.
+func TestADeniedClaimIsNotRecheckedWithoutConfirmation(t *testing.T) {
+	_, client := startSandbox(t)
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.ConfirmAttempts = 1
+	})
+	ctx := context.Background()
+	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-DENIED", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := strings.Replace(string(tx.Raw), `"status":"pending"`, `"status":"success"`, 1)
+	if resp, _ := h.post("/callbacks/sengo/main", []byte(`{"responseData":`+forged+`}`)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the forged claim quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
+	due := time.Now().Add(RecheckAfter[0] + time.Second)
+	if n, err := RecheckUnconfirmed(ctx, h.js, due, nil, func(string) bool { return false }); err != nil || n != 0 {
+		t.Fatalf("rechecked %d (%v) for a project that no longer confirms, want none", n, err)
+	}
+	if n, err := RecheckUnconfirmed(ctx, h.js, due, nil, func(p string) bool { return p == "main" }); err != nil || n != 1 {
+		t.Fatalf("rechecked %d (%v) for a project that confirms, want 1", n, err)
+	}
+}
+
 // SenGo's API can lag its own callback: a success quarantined as
 // unconfirmed is confirmed again on a schedule, and published once SenGo
 // agrees. A claim SenGo never confirms stops being rechecked.
@@ -328,7 +357,7 @@ func TestUnconfirmedIsRecheckedLater(t *testing.T) {
 	}
 	lagging, forged := claim("INV-LAG"), claim("INV-FORGED")
 	eventually(t, "both claims quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 2 })
-	if n, err := RecheckUnconfirmed(ctx, h.js, time.Now(), nil); err != nil || n != 0 {
+	if n, err := RecheckUnconfirmed(ctx, h.js, time.Now(), nil, nil); err != nil || n != 0 {
 		t.Fatalf("rechecked %d (%v) before the first recheck was due", n, err)
 	}
 	if _, err := sb.Transition(lagging.ID, event.StatusSuccess); err != nil { // SenGo catches up
@@ -337,7 +366,7 @@ func TestUnconfirmedIsRecheckedLater(t *testing.T) {
 	later := time.Now()
 	for i := range RecheckAfter {
 		later = later.Add(RecheckAfter[i] + time.Second)
-		if _, err := RecheckUnconfirmed(ctx, h.js, later, nil); err != nil {
+		if _, err := RecheckUnconfirmed(ctx, h.js, later, nil, nil); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, "intake idle", h.intakeIdle)
@@ -352,7 +381,7 @@ func TestUnconfirmedIsRecheckedLater(t *testing.T) {
 	if err != nil || len(q) != 1 || q[0].Rechecks != strconv.Itoa(len(RecheckAfter)) {
 		t.Fatalf("forged claim in quarantine: %v %+v", err, q)
 	}
-	if n, _ := RecheckUnconfirmed(ctx, h.js, later.Add(24*time.Hour), nil); n != 0 {
+	if n, _ := RecheckUnconfirmed(ctx, h.js, later.Add(24*time.Hour), nil, nil); n != 0 {
 		t.Fatalf("rechecked %d after the schedule ended", n)
 	}
 }
@@ -733,7 +762,7 @@ func TestQuarantineListingIsBoundedInMemory(t *testing.T) {
 		t.Fatalf("listed %v; want the newest two that fit (forged-4, forged-5)", ids)
 	}
 	// The recheck is not bounded by the listing: it redrives all six.
-	if k, err := RecheckUnconfirmed(ctx, h.js, time.Now().Add(time.Hour), nil); err != nil || k != n {
+	if k, err := RecheckUnconfirmed(ctx, h.js, time.Now().Add(time.Hour), nil, nil); err != nil || k != n {
 		t.Fatalf("rechecked %d (%v); want all %d", k, err, n)
 	}
 }
@@ -933,7 +962,7 @@ func TestForgedFloodDoesNotStrandAnUnconfirmedGenuine(t *testing.T) {
 	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil { // SenGo's API catches up
 		t.Fatal(err)
 	}
-	n, err := RecheckUnconfirmed(ctx, h.js, time.Now().Add(RecheckAfter[0]+time.Second), nil)
+	n, err := RecheckUnconfirmed(ctx, h.js, time.Now().Add(RecheckAfter[0]+time.Second), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1364,7 +1393,7 @@ func TestTheRecheckReadsNoBodies(t *testing.T) {
 	})
 	nc, js := h.nats.Connect(t)
 	before := nc.Stats().InBytes
-	if n, err := RecheckUnconfirmed(t.Context(), js, time.Now().Add(RecheckAfter[0]+time.Second), nil); n != 0 || err != nil {
+	if n, err := RecheckUnconfirmed(t.Context(), js, time.Now().Add(RecheckAfter[0]+time.Second), nil, nil); n != 0 || err != nil {
 		t.Fatal(n, err)
 	}
 	if read := nc.Stats().InBytes - before; read > 1<<20 {

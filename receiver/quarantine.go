@@ -372,8 +372,12 @@ const recheckWindow = 24 * time.Hour
 const recheckBatch = 256
 
 // RecheckUnconfirmed redrives every quarantined unconfirmed notification
-// whose next recheck is due at now. It returns how many were redriven.
-func RecheckUnconfirmed(ctx context.Context, js jetstream.JetStream, now time.Time, durable Durability) (int, error) {
+// whose next recheck is due at now, of a project that confirms (confirms;
+// nil: every project). It returns how many were redriven. A project that
+// no longer confirms (its credentials removed, or a relay on a
+// configuration without them) would publish unconfirmed the claims SenGo
+// denied: its notifications stay.
+func RecheckUnconfirmed(ctx context.Context, js jetstream.JetStream, now time.Time, durable Durability, confirms func(project string) bool) (int, error) {
 	// One at a time, and every one stored within recheckWindow: a
 	// quarantine that forged claims filled is never held in memory at
 	// once, nor does it push a genuine claim out of the recheck (as a
@@ -401,7 +405,7 @@ func RecheckUnconfirmed(ctx context.Context, js jetstream.JetStream, now time.Ti
 	f := QuarantineFilter{ReasonContains: sengo.ErrUnconfirmed.Error(), Since: now.Add(-recheckWindow), headersOnly: true}
 	err := EachQuarantined(ctx, js, f, func(e QuarantineEntry) bool {
 		done, _ := strconv.Atoi(e.Rechecks)
-		if done >= len(RecheckAfter) || now.Sub(e.Stored) < RecheckAfter[done] {
+		if done >= len(RecheckAfter) || now.Sub(e.Stored) < RecheckAfter[done] || confirms != nil && !confirms(e.Project) {
 			return true
 		}
 		due[done] = append(due[done], QuarantineEntry{Seq: e.Seq})

@@ -429,7 +429,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			workersDone.Add(1)
 			go func() {
 				defer workersDone.Done()
-				recheckLoop(runCtx, js, conns.durable, log.With().Str("component", "intake").Logger())
+				recheckLoop(runCtx, js, conns.durable, func(p string) bool { pr := cfg.Projects[p]; return pr != nil && pr.Confirms() }, log.With().Str("component", "intake").Logger())
 			}()
 		}
 		if projects := listers(apiClients(cfg, false), ""); cfg.Reconcile.Interval > 0 && len(projects) > 0 {
@@ -508,7 +508,7 @@ func metricsHandler(g prometheus.Gatherer, token string, hosts []string) http.Ha
 
 // recheckLoop puts quarantined unconfirmed notifications back for another
 // confirmation on receiver.RecheckAfter's schedule, until ctx ends.
-func recheckLoop(ctx context.Context, js jetstream.JetStream, durable receiver.Durability, log zerolog.Logger) {
+func recheckLoop(ctx context.Context, js jetstream.JetStream, durable receiver.Durability, confirms func(string) bool, log zerolog.Logger) {
 	tick := time.NewTicker(30 * time.Second)
 	defer tick.Stop()
 	for {
@@ -516,7 +516,7 @@ func recheckLoop(ctx context.Context, js jetstream.JetStream, durable receiver.D
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			n, err := receiver.RecheckUnconfirmed(ctx, js, now, durable)
+			n, err := receiver.RecheckUnconfirmed(ctx, js, now, durable, confirms)
 			if err != nil && ctx.Err() == nil {
 				log.Warn().Err(err).Msg("recheck of unconfirmed notifications failed; trying again later")
 			}
