@@ -204,8 +204,14 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 }
 
 // replayRecheck is how often a running replay checks that a relay still
-// delivers each of its endpoints (a variable for tests).
-var replayRecheck = 30 * time.Second
+// delivers each of its endpoints (a variable for tests): a second, within
+// the shortest time an endpoint removed from every relay's configuration
+// waits before it is retired (delivery.retire_removed_after, 1 s at
+// least), so that few copies, if any, are queued past its consumer's
+// deletion. (30 s let a replay beside retire_removed_after: 20s queue for
+// 10 s copies nothing read.) Two reads of the store a second per
+// endpoint while a replay runs.
+var replayRecheck = time.Second
 
 // replayRoom is what a copy queued for a replay adds to its event, beyond
 // the event id and the job id it carries twice (in its message id and in

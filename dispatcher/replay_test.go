@@ -36,6 +36,17 @@ func TestJobIDNamesTheSelection(t *testing.T) {
 	}
 }
 
+// A running replay looked again every 30 s whether a relay still
+// delivers its endpoint, and one retired sooner than that
+// (delivery.retire_removed_after: 20s) had copies queued for the rest of
+// it where nothing read them. It looks within the shortest retirement the
+// configuration allows (1 s).
+func TestAReplayLooksAgainWithinTheShortestRetirement(t *testing.T) {
+	if replayRecheck > time.Second {
+		t.Fatalf("a replay looks again every %s, longer than delivery.retire_removed_after's 1 s at least", replayRecheck)
+	}
+}
+
 // A replay checked its endpoint only when it started: an endpoint
 // retired while a long replay ran (a deploy that removed it) had copies
 // queued where nothing read them, until SENGO_REPLAY dropped them, and
