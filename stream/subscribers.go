@@ -293,6 +293,12 @@ const SubscriberMaxWaiting = 512
 // subscriber's connections are closed (watchReplies).
 const SubscriberMaxReplies = 10_000
 
+// SubscriberMaxAckPending bounds a subscriber's consumer's max_ack_pending
+// (messages read and not yet acknowledged): nats-server keeps each in the
+// consumer's state, which it rewrites whole up to ten times a second, and
+// takes -1 for no bound.
+const SubscriberMaxAckPending = 10_000
+
 // SubscriberMaxConnections is how many connections the subscriber may
 // have open at once. Each may hold up to 64 MiB of messages the server has
 // yet to send it (nats-server's max_pending) in the relay's process.
@@ -410,9 +416,10 @@ func (g *guard) check(subj string, data []byte) error {
 			// Direct and sourcing consumers are left out of the stream's
 			// consumer list and its limit by nats-server: created without
 			// end, each unseen by room.
-			Direct     bool `json:"direct"`
-			Sourcing   bool `json:"sourcing"`
-			MaxWaiting int  `json:"max_waiting"`
+			Direct        bool `json:"direct"`
+			Sourcing      bool `json:"sourcing"`
+			MaxWaiting    int  `json:"max_waiting"`
+			MaxAckPending int  `json:"max_ack_pending"`
 		} `json:"config"`
 	}
 	if toks[3] != "DELETE" {
@@ -431,6 +438,9 @@ func (g *guard) check(subj string, data []byte) error {
 	}
 	if req.Config.MaxWaiting > SubscriberMaxWaiting {
 		return fmt.Errorf("%w: max_waiting is at most %d", errForbidden, SubscriberMaxWaiting)
+	}
+	if n := req.Config.MaxAckPending; n < 0 || n > SubscriberMaxAckPending {
+		return fmt.Errorf("%w: max_ack_pending is 1 to %d (0: the server's 1,000)", errForbidden, SubscriberMaxAckPending)
 	}
 	if ds := req.Config.DeliverSubject; ds != "" && !strings.HasPrefix(ds, SubscriberDeliverPrefix) {
 		return fmt.Errorf("%w: a push consumer delivers under %s only", errForbidden, SubscriberDeliverPrefix+">")

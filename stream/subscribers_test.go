@@ -571,6 +571,12 @@ func TestTheSubscriberCannotMakeConsumersTheCountMisses(t *testing.T) {
 		"direct":   `{"name":"direct","direct":true,"deliver_subject":"_INBOX.direct","ack_policy":"none","deliver_policy":"new"}`,
 		"sourcing": `{"name":"sourcing","direct":true,"sourcing":true,"deliver_subject":"_INBOX.sourcing","ack_policy":"none","deliver_policy":"new"}`,
 		"waiting":  `{"name":"waiting","ack_policy":"explicit","max_waiting":100000000}`,
+		// Every message read and not acknowledged is kept in the server's
+		// state of the consumer, rewritten whole ten times a second: with
+		// no bound, a subscriber reading the whole stream without acking
+		// made that state as large as the stream.
+		"unacked":  `{"name":"unacked","ack_policy":"explicit","max_ack_pending":-1}`,
+		"unacked2": `{"name":"unacked2","ack_policy":"explicit","max_ack_pending":100000000}`,
 	} {
 		m, err := sub.Request("$JS.API.CONSUMER.CREATE.SENGO_EVENTS."+name, []byte(`{"stream_name":"SENGO_EVENTS","config":`+cfg+`}`), 10*time.Second)
 		if err != nil || !strings.Contains(string(m.Data), `"code":403`) {
@@ -586,7 +592,7 @@ func TestTheSubscriberCannotMakeConsumersTheCountMisses(t *testing.T) {
 		t.Fatalf("%d consumers made", n)
 	}
 	sjs, _ := jetstream.New(sub)
-	if _, err := sjs.CreateOrUpdateConsumer(t.Context(), "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "plain", MaxWaiting: 512}); err != nil {
+	if _, err := sjs.CreateOrUpdateConsumer(t.Context(), "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "plain", MaxWaiting: 512, MaxAckPending: stream.SubscriberMaxAckPending}); err != nil {
 		t.Fatalf("a consumer of the server's own bounds: %v", err)
 	}
 }
