@@ -193,7 +193,7 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 		}
 		for _, p := range f.Projects {
 			if _, ok := c.Projects[p]; !ok {
-				bad("%s.filter.projects: %q is not a configured project", at, p)
+				bad("%s.filter.projects: %q is not a configured project (removed? its events this endpoint has not delivered are settled unposted once the filter leaves it out: README \"Removing a project\")", at, p)
 			}
 		}
 		for _, p := range f.Products {
