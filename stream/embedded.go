@@ -260,7 +260,7 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 		subs, _ := srv.LookupAccount(SubscriberAccount)
 		auth.sub.Store(&server.User{Username: sa.SubscriberUser, Account: subs, Permissions: sa.subscriberPermissions()})
 		e.stopWatch, e.watched = make(chan struct{}), make(chan struct{})
-		go e.watchReplies(subs, cfg.Logger.With().Str("component", "nats-auth").Logger())
+		go e.watchReplies(srv.GlobalAccount(), cfg.Logger.With().Str("component", "nats-auth").Logger())
 	}
 	return e, nil
 }
@@ -269,13 +269,16 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 const repliesWatch = 100 * time.Millisecond
 
 // watchReplies closes the subscriber's connections whenever its requests
-// waiting for an answer pass SubscriberMaxReplies. nats-server keeps each
-// one's reply subject, without a bound, until it is answered for good or
-// for two minutes (a pull's answers keep it, no_wait's 404 too): pulls
-// with a reply of their own each, sent as fast as a connection goes, held
-// gigabytes in the relay's process. A closed connection takes its
-// requests' entries with it.
-func (e *Embedded) watchReplies(subs *server.Account, log zerolog.Logger) {
+// waiting for an answer pass SubscriberMaxReplies. nats-server keeps an
+// entry for each, with its own copy of the reply subject, without a
+// bound, until it is answered for good or for its export's threshold (a
+// pull's answers keep it, no_wait's 404 too): pulls sent as fast as a
+// connection goes held gigabytes in the relay's process. They are counted
+// in the relay's account, which answers them (its entries are the
+// subscriber's only): counted by reply subject in the subscriber's,
+// requests sharing one were one. A closed connection takes its requests'
+// entries with it.
+func (e *Embedded) watchReplies(relay *server.Account, log zerolog.Logger) {
 	defer close(e.watched)
 	t := time.NewTicker(repliesWatch)
 	defer t.Stop()
@@ -286,7 +289,7 @@ func (e *Embedded) watchReplies(subs *server.Account, log zerolog.Logger) {
 			return
 		case <-t.C:
 		}
-		n := subs.NumPendingReverseResponses()
+		n := relay.NumPendingAllResponses()
 		if n <= SubscriberMaxReplies {
 			continue
 		}

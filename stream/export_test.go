@@ -1,11 +1,15 @@
 package stream
 
+import "time"
+
 // SubscriberReplies is how many of the subscriber's requests to the
 // relay's account wait for their answer (for tests).
-func (e *Embedded) SubscriberReplies() int {
-	subs, err := e.srv.LookupAccount(SubscriberAccount)
-	if err != nil {
-		return 0
-	}
-	return subs.NumPendingReverseResponses()
+func (e *Embedded) SubscriberReplies() int { return e.srv.GlobalAccount().NumPendingAllResponses() }
+
+// SetReplyWaits sets how long the subscriber's pulls and other requests
+// keep their entries (for tests), until the test ends.
+func SetReplyWaits(t interface{ Cleanup(func()) }, pull, answer time.Duration) {
+	oldPull, oldAnswer := pullWait, answerWait
+	pullWait, answerWait = pull, answer
+	t.Cleanup(func() { pullWait, answerWait = oldPull, oldAnswer })
 }

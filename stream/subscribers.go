@@ -214,6 +214,13 @@ func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn *nats.Conn) (*na
 		if err := g.AddServiceExportWithResponse(subj, resp, only); err != nil {
 			return nil, fmt.Errorf("export %s: %w", subj, err)
 		}
+		wait := answerWait
+		if resp == server.Streamed {
+			wait = pullWait
+		}
+		if err := g.SetServiceExportResponseThreshold(subj, wait); err != nil {
+			return nil, fmt.Errorf("export %s: %w", subj, err)
+		}
 		if err := subs.AddServiceImport(g, subj, subj); err != nil {
 			return nil, fmt.Errorf("import %s: %w", subj, err)
 		}
@@ -221,6 +228,9 @@ func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn *nats.Conn) (*na
 	for _, subj := range guardedAPI(a.Stream) {
 		to := guardPrefix + strings.TrimPrefix(subj, "$JS.API")
 		if err := g.AddServiceExportWithResponse(to, server.Singleton, only); err != nil {
+			return nil, fmt.Errorf("export %s: %w", to, err)
+		}
+		if err := g.SetServiceExportResponseThreshold(to, answerWait); err != nil {
 			return nil, fmt.Errorf("export %s: %w", to, err)
 		}
 		if err := subs.AddServiceImport(g, subj, to); err != nil {
@@ -287,11 +297,27 @@ const SubscriberMaxConsumers = 100
 const SubscriberMaxWaiting = 512
 
 // SubscriberMaxReplies is how many of the subscriber's requests to the
-// relay's account may wait for their answer at once (pull requests
-// waiting for messages, direct gets): nats-server keeps each one's reply
-// subject, up to 4 KiB, and does not bound them. Past it, the
-// subscriber's connections are closed (watchReplies).
-const SubscriberMaxReplies = 10_000
+// relay's account may wait for their answer at once (pull requests not
+// yet expired, direct gets): nats-server keeps each one's reply subject,
+// up to 4 KiB, and does not bound them. Past it, the subscriber's
+// connections are closed (watchReplies). A finished pull's entry stays
+// until its export's threshold has passed twice at most (nats.go's
+// legacy Fetch never ends its reply's interest): pullWait bounds how
+// many a client's steady pulls leave.
+const SubscriberMaxReplies = 20_000
+
+// pullWait is how long nats-server keeps the entry of a subscriber's pull
+// that got nothing since (answered for good, or waiting without a
+// heartbeat), and answerWait that of its other requests, answered at once
+// or by the guard within guardWait and guardTimeout: nats-server's two
+// minutes let a client's finished pulls pile up. A pull waiting longer
+// than pullWait without a message or a heartbeat (nats.go's Consume sends
+// heartbeats) gets nothing more; its client pulls again at its expiry.
+// (Variables for tests.)
+var (
+	pullWait   = time.Minute
+	answerWait = 15 * time.Second
+)
 
 // SubscriberMaxAckPending bounds a subscriber's consumer's max_ack_pending
 // (messages read and not yet acknowledged): nats-server keeps each in the

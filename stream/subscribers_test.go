@@ -665,19 +665,76 @@ func subscriberConn(t *testing.T, e *stream.Embedded) *nats.Conn {
 // subscriber's connections are closed, which takes their entries with
 // them; it may connect again.
 func TestTheSubscriberCannotHoldRepliesWithoutEnd(t *testing.T) {
-	var logs syncbuf.Buffer
-	auth := subscriberAuth()
-	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: auth, Logger: zerolog.New(&logs)})
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name  string
+		reply func(i int) string
+	}{
+		{"a reply each", func(i int) string { return fmt.Sprintf("_INBOX.%s.%d", strings.Repeat("r", 1000), i) }},
+		// nats-server keeps requests that share a reply under one key,
+		// each with its own copy of the reply: counted by key, they
+		// were one.
+		{"one reply for all", func(int) string { return "_INBOX." + strings.Repeat("r", 1000) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs syncbuf.Buffer
+			e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: subscriberAuth(), Logger: zerolog.New(&logs)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(e.Shutdown)
+			relay, err := stream.Connect(stream.ConnectConfig{Name: "relay", Logger: zerolog.Nop()}, e.ConnectOption())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(relay.Close)
+			rjs, _ := jetstream.New(relay)
+			ctx := t.Context()
+			if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
+				t.Fatal(err)
+			}
+			sub := subscriberConn(t, e)
+			sjs, _ := jetstream.New(sub)
+			if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "x", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := sub.Subscribe("_INBOX.>", func(*nats.Msg) {}); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 2*stream.SubscriberMaxReplies; i++ {
+				if err := sub.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.SENGO_EVENTS.x", tc.reply(i), []byte(`{"batch":1,"no_wait":true}`)); err != nil {
+					break // closed
+				}
+			}
+			_ = sub.Flush()
+			deadline := time.Now().Add(20 * time.Second)
+			closed := func() bool { return sub.Status() != nats.CONNECTED || sub.Stats().Reconnects > 0 }
+			for !closed() || e.SubscriberReplies() > 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the subscriber holds %d replies, its connection closed: %v", e.SubscriberReplies(), closed())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if !strings.Contains(logs.String(), "subscriber connections closed") {
+				t.Errorf("not logged: %s", logs.String())
+			}
+			again := subscriberConn(t, e)
+			ajs, _ := jetstream.New(again)
+			if _, err := ajs.Consumer(ctx, "SENGO_EVENTS", "x"); err != nil {
+				t.Fatalf("connected again: %v", err)
+			}
+		})
 	}
-	t.Cleanup(e.Shutdown)
-	relay, err := stream.Connect(stream.ConnectConfig{Name: "relay", Logger: zerolog.Nop()}, e.ConnectOption())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(relay.Close)
-	rjs, _ := jetstream.New(relay)
+}
+
+// A finished pull's entry stayed for nats-server's two minutes (to four):
+// nats.go's legacy Fetch pulls each time with a reply of its own and never
+// ends its interest in them, so a client fetching some 80 times a second
+// passed SubscriberMaxReplies and had its connections closed over and
+// over. Entries of pulls that got nothing since go after pullWait (a
+// minute; a second here), the client's connection untouched.
+func TestFinishedPullsLeaveNoEntries(t *testing.T) {
+	stream.SetReplyWaits(t, time.Second, time.Second)
+	e, rjs := startWithSubscriber(t, subscriberAuth())
 	ctx := t.Context()
 	if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
 		t.Fatal(err)
@@ -687,30 +744,23 @@ func TestTheSubscriberCannotHoldRepliesWithoutEnd(t *testing.T) {
 	if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "x", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sub.Subscribe("_INBOX.>", func(*nats.Msg) {}); err != nil {
+	if _, err := sub.Subscribe("_INBOX.fetch.*", func(*nats.Msg) {}); err != nil { // as the legacy Fetch does
 		t.Fatal(err)
 	}
-	pad := strings.Repeat("r", 1000)
-	for i := 0; i < 2*stream.SubscriberMaxReplies; i++ {
-		if err := sub.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.SENGO_EVENTS.x", fmt.Sprintf("_INBOX.%s.%d", pad, i), []byte(`{"batch":1,"no_wait":true}`)); err != nil {
-			break // closed
+	for i := range 100 {
+		if err := sub.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.SENGO_EVENTS.x", fmt.Sprintf("_INBOX.fetch.%d", i), []byte(`{"batch":1,"no_wait":true}`)); err != nil {
+			t.Fatal(err)
 		}
 	}
 	_ = sub.Flush()
-	deadline := time.Now().Add(20 * time.Second)
-	closed := func() bool { return sub.Status() != nats.CONNECTED || sub.Stats().Reconnects > 0 }
-	for !closed() || e.SubscriberReplies() > 0 {
+	deadline := time.Now().Add(10 * time.Second)
+	for e.SubscriberReplies() > 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("the subscriber holds %d replies, its connection closed: %v", e.SubscriberReplies(), closed())
+			t.Fatalf("%d entries of finished pulls are still kept", e.SubscriberReplies())
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
-	if !strings.Contains(logs.String(), "subscriber connections closed") {
-		t.Errorf("not logged: %s", logs.String())
-	}
-	again := subscriberConn(t, e)
-	ajs, _ := jetstream.New(again)
-	if _, err := ajs.Consumer(ctx, "SENGO_EVENTS", "x"); err != nil {
-		t.Fatalf("connected again: %v", err)
+	if sub.Stats().Reconnects != 0 || sub.Status() != nats.CONNECTED {
+		t.Fatal("the client's connection was closed")
 	}
 }
