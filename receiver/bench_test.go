@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/sengo"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
@@ -161,5 +162,48 @@ func BenchmarkCallback(b *testing.B) {
 				return nil
 			})
 		})
+	}
+}
+
+// BenchmarkKnownElsewhere is reconciliation's look for a transaction the
+// project holds no entry of under the other projects' names (a renamed
+// project), in a bucket of 200,000 transactions: one stream info with a
+// subject filter, answered from the server's index of subjects, and a read
+// of the entry it names.
+//
+//	go test ./receiver -run '^$' -bench BenchmarkKnownElsewhere -benchtime 2000x
+func BenchmarkKnownElsewhere(b *testing.B) {
+	js := benchStore(b)
+	ctx := context.Background()
+	const n = 200_000
+	st := []byte(`{"project":"main","status":"success","history":[{"status":"success","eventId":"evt_x"}]}`)
+	for i := 0; i < n; i += 1000 {
+		var acks []jetstream.PubAckFuture
+		for j := i; j < i+1000; j++ {
+			f, err := js.PublishAsync(fmt.Sprintf("$KV.%s.main.tx-%d", event.BucketTx, j), st)
+			if err != nil {
+				b.Fatal(err)
+			}
+			acks = append(acks, f)
+		}
+		for _, f := range acks {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				b.Fatal(err)
+			}
+		}
+	}
+	kv, err := js.KeyValue(ctx, event.BucketTx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := ReconcileConfig{JetStream: js, Configured: []string{"shop"}}
+	b.ResetTimer()
+	for i := range b.N {
+		other, err := knownElsewhere(ctx, cfg, kv, "shop", sengo.Transaction{ID: fmt.Sprintf("tx-%d", i*97%n), Status: event.StatusSuccess})
+		if err != nil || other != "main" {
+			b.Fatalf("%q %v", other, err)
+		}
 	}
 }
