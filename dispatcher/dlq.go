@@ -208,7 +208,7 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 		ok, known := delivered[e.Endpoint]
 		if !known {
 			var err error
-			if ok, err = redrivable(ctx, js, e.Endpoint); err != nil {
+			if ok, err = redrivable(ctx, js, nil, e.Endpoint); err != nil {
 				return n, err
 			}
 			delivered[e.Endpoint] = ok
@@ -261,7 +261,7 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 			// after this look finds the copy (Purge).
 			// (Gone because the copy was settled already, which removes
 			// it, deleting the copy changes nothing.)
-			err = settleAfter(rctx, func() error { return dropIfPurged(rctx, js, copies, e, ack.Sequence) })
+			err = settleAfter(rctx, func(ctx context.Context) error { return dropIfPurged(ctx, js, copies, e, ack.Sequence) })
 		}
 		cancel()
 		if err != nil {
@@ -373,17 +373,20 @@ func (r *redriveCopies) record(ctx context.Context, seq, copySeq uint64) error {
 
 // redrivable reports whether a relay delivers endpoint's redriven copies:
 // its consumer on SENGO_REPLAY exists and is not being retired (the
-// endpoint was removed from the configuration).
-func redrivable(ctx context.Context, js jetstream.JetStream, endpoint string) (bool, error) {
+// endpoint was removed from the configuration). kv is SENGO_DELIVERY (nil:
+// opened here, a stream info more).
+func redrivable(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, endpoint string) (bool, error) {
 	name := ConsumerName(endpoint)
 	if _, err := js.Consumer(ctx, event.StreamReplay, name); errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return false, nil
 	} else if err != nil {
 		return false, fmt.Errorf("look up consumer %s: %w", name, err)
 	}
-	kv, err := js.KeyValue(ctx, event.BucketDelivery)
-	if err != nil {
-		return false, fmt.Errorf("open bucket %s: %w", event.BucketDelivery, err)
+	if kv == nil {
+		var err error
+		if kv, err = js.KeyValue(ctx, event.BucketDelivery); err != nil {
+			return false, fmt.Errorf("open bucket %s: %w", event.BucketDelivery, err)
+		}
 	}
 	if _, err := kv.Get(ctx, retireKey(event.StreamReplay, name)); errors.Is(err, jetstream.ErrKeyNotFound) {
 		return true, nil
@@ -456,7 +459,7 @@ func Purge(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int
 		// the copy before it looked (Redrive), so it is found now. Tried
 		// again on a failure: the dead letter is gone, and a purge run
 		// again would not list it to look for its copy.
-		if err := settleAfter(ctx, func() error { return copies.drop(ctx, e) }); err != nil {
+		if err := settleAfter(ctx, func(ctx context.Context) error { return copies.drop(ctx, e) }); err != nil {
 			return n, err
 		}
 		if deleted { // else removed meanwhile (a redrive settled, another purge)
@@ -468,9 +471,12 @@ func Purge(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int
 
 // settleAfter runs op, a step that cannot be left for a later run (what
 // it looks for is not listed again), up to three times a second apart
-// while it fails.
-func settleAfter(ctx context.Context, op func() error) error {
-	return backoff.Retry(op, backoff.WithContext(backoff.WithMaxRetries(backoff.NewConstantBackOff(time.Second), 2), ctx))
+// while it fails, for 10 s at most, even once the caller gave up (an API
+// client gone, Ctrl-C in the CLI).
+func settleAfter(ctx context.Context, op func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	return backoff.Retry(func() error { return op(ctx) }, backoff.WithContext(backoff.WithMaxRetries(backoff.NewConstantBackOff(time.Second), 2), ctx))
 }
 
 // drop deletes dead letter d's redriven copy, if one waits.

@@ -106,11 +106,15 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 	// Checked again every replayRecheck while it queues: an endpoint
 	// retired meanwhile stops the replay (resumable), not its copies.
 	checked := map[string]time.Time{}
+	records, err := js.KeyValue(ctx, event.BucketDelivery)
+	if err != nil {
+		return ReplayProgress{}, fmt.Errorf("open bucket %s: %w", event.BucketDelivery, err)
+	}
 	delivered := func(ep string) error {
 		if time.Since(checked[ep]) < replayRecheck {
 			return nil
 		}
-		if ok, err := redrivable(ctx, js, ep); err != nil {
+		if ok, err := redrivable(ctx, js, records, ep); err != nil {
 			if checked[ep].IsZero() {
 				return err // at the start: nothing queued yet
 			}
@@ -143,7 +147,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 	if req.Project != "" {
 		subjects = event.ProjectEvents(req.Project)
 	}
-	err := stream.Scan(ctx, js, event.StreamEvents, subjects, req.Since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
+	err = stream.Scan(ctx, js, event.StreamEvents, subjects, req.Since, func(m jetstream.Msg, meta *jetstream.MsgMetadata) (bool, error) {
 		if meta.Timestamp.After(until) {
 			return false, nil
 		}
@@ -209,8 +213,8 @@ func Replay(ctx context.Context, js jetstream.JetStream, endpoints []Endpoint, r
 // waits before it is retired (delivery.retire_removed_after, 1 s at
 // least), so that few copies, if any, are queued past its consumer's
 // deletion. (30 s let a replay beside retire_removed_after: 20s queue for
-// 10 s copies nothing read.) Two reads of the store a second per
-// endpoint while a replay runs.
+// 10 s copies nothing read.) A consumer info (a JetStream API request)
+// and a direct get a second per endpoint while a replay runs.
 var replayRecheck = time.Second
 
 // replayRoom is what a copy queued for a replay adds to its event, beyond
