@@ -450,17 +450,24 @@ func Purge(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (int
 		if testPurgeLooked != nil {
 			testPurgeLooked()
 		}
-		deleted, err := stream.Delete(ctx, s, e.Seq)
-		if err != nil {
-			return n, fmt.Errorf("purge %d: %w", e.Seq, err)
-		}
+		// The delete is not given up with the caller (an API client gone,
+		// Ctrl-C): done on the server and reported failed, it was followed
+		// by no second look.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		deleted, derr := stream.Delete(dctx, s, e.Seq)
+		cancel()
 		// A redrive beside this purge may have queued a copy after the
 		// look above, and found the dead letter still there: it recorded
 		// the copy before it looked (Redrive), so it is found now. Tried
 		// again on a failure: the dead letter is gone, and a purge run
-		// again would not list it to look for its copy.
+		// again would not list it to look for its copy. (After a delete
+		// that failed too: the dead letter may be gone all the same; if
+		// not, it is listed, and its copy's absence changes nothing.)
 		if err := settleAfter(ctx, func(ctx context.Context) error { return copies.drop(ctx, e) }); err != nil {
 			return n, err
+		}
+		if derr != nil {
+			return n, fmt.Errorf("purge %d: %w", e.Seq, derr)
 		}
 		if deleted { // else removed meanwhile (a redrive settled, another purge)
 			n++

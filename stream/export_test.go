@@ -9,7 +9,7 @@ func (e *Embedded) SubscriberReplies() int { return e.srv.GlobalAccount().NumPen
 // SetReplyWaits sets how long the subscriber's pulls and other requests
 // keep their entries (for tests), until the test ends.
 func SetReplyWaits(t interface{ Cleanup(func()) }, pull, answer time.Duration) {
-	oldPull, oldAnswer := pullWait, answerWait
-	pullWait, answerWait = pull, answer
-	t.Cleanup(func() { pullWait, answerWait = oldPull, oldAnswer })
+	oldPull, oldAnswer, oldGuard := pullWait, answerWait, guardAnswerWait
+	pullWait, answerWait, guardAnswerWait = pull, answer, answer
+	t.Cleanup(func() { pullWait, answerWait, guardAnswerWait = oldPull, oldAnswer, oldGuard })
 }

@@ -230,7 +230,7 @@ func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn *nats.Conn) (*na
 		if err := g.AddServiceExportWithResponse(to, server.Singleton, only); err != nil {
 			return nil, fmt.Errorf("export %s: %w", to, err)
 		}
-		if err := g.SetServiceExportResponseThreshold(to, answerWait); err != nil {
+		if err := g.SetServiceExportResponseThreshold(to, guardAnswerWait); err != nil {
 			return nil, fmt.Errorf("export %s: %w", to, err)
 		}
 		if err := subs.AddServiceImport(g, subj, to); err != nil {
@@ -301,22 +301,25 @@ const SubscriberMaxWaiting = 512
 // yet expired, direct gets): nats-server keeps each one's reply subject,
 // up to 4 KiB, and does not bound them. Past it, the subscriber's
 // connections are closed (watchReplies). A finished pull's entry stays
-// until its export's threshold has passed twice at most (nats.go's
-// legacy Fetch never ends its reply's interest): pullWait bounds how
-// many a client's steady pulls leave.
-const SubscriberMaxReplies = 20_000
+// one to two pullWaits after its last answer (nats.go's legacy Fetch and
+// a Consume's pulls never end their reply's interest): a client pulling
+// one message at a time passes the bound at some 650 pulls a second.
+const SubscriberMaxReplies = 40_000
 
-// pullWait is how long nats-server keeps the entry of a subscriber's pull
-// that got nothing since (answered for good, or waiting without a
-// heartbeat), and answerWait that of its other requests, answered at once
-// or by the guard within guardWait and guardTimeout: nats-server's two
-// minutes let a client's finished pulls pile up. A pull waiting longer
-// than pullWait without a message or a heartbeat (nats.go's Consume sends
-// heartbeats) gets nothing more; its client pulls again at its expiry.
-// (Variables for tests.)
+// pullWait is how long after its last answer (a message, a heartbeat, a
+// status) nats-server keeps the entry of a subscriber's pull, one to two
+// times it; answerWait that of its other requests, answered at once, and
+// guardAnswerWait that of those the guard passes on (guardWait, room's
+// count and the request: 22 s at most). nats-server's two minutes let a
+// client's finished pulls pile up. A pull waiting longer than pullWait
+// without a message or a heartbeat loses its entry: what the consumer
+// hands it then is dropped, counted delivered (redelivered after
+// ack_wait). nats.go's Consume and Messages send heartbeats every 15 s,
+// its Fetch every 5 s from a 10 s wait. (Variables for tests.)
 var (
-	pullWait   = time.Minute
-	answerWait = 15 * time.Second
+	pullWait        = 30 * time.Second
+	answerWait      = 15 * time.Second
+	guardAnswerWait = 30 * time.Second
 )
 
 // SubscriberMaxAckPending bounds a subscriber's consumer's max_ack_pending

@@ -730,8 +730,8 @@ func TestTheSubscriberCannotHoldRepliesWithoutEnd(t *testing.T) {
 // nats.go's legacy Fetch pulls each time with a reply of its own and never
 // ends its interest in them, so a client fetching some 80 times a second
 // passed SubscriberMaxReplies and had its connections closed over and
-// over. Entries of pulls that got nothing since go after pullWait (a
-// minute; a second here), the client's connection untouched.
+// over. Entries of pulls that got nothing since go after pullWait (30 s;
+// a second here), the client's connection untouched.
 func TestFinishedPullsLeaveNoEntries(t *testing.T) {
 	stream.SetReplyWaits(t, time.Second, time.Second)
 	e, rjs := startWithSubscriber(t, subscriberAuth())
