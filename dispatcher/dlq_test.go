@@ -961,6 +961,17 @@ func TestARedriveBesideAPurgeLeavesNoCopy(t *testing.T) {
 			}
 			_, _ = Redrive(h.t.Context(), h.js, entries)
 		}},
+		{"redriven while the purge deletes, its caller gone", func(h *harness, entries []DLQEntry) {
+			ctx, cancel := context.WithCancel(h.t.Context())
+			testPurgeLooked = func() {
+				testPurgeLooked = nil
+				if _, err := Redrive(h.t.Context(), h.js, entries); err != nil {
+					h.t.Error(err)
+				}
+				cancel() // the API client leaves, Ctrl-C in the CLI
+			}
+			_, _ = Purge(ctx, h.js, entries)
+		}},
 		{"redriven while the purge deletes", func(h *harness, entries []DLQEntry) {
 			testPurgeLooked = func() {
 				testPurgeLooked = nil
