@@ -98,6 +98,14 @@ func TestMistakesFailEarly(t *testing.T) {
 		{[]string{"replay", "--config", cfg, "--endpoint", "orders", "--since", "yesterday"}, "since: want RFC 3339"},
 		{[]string{"dlq", "redrive", "--config", cfg}, "dlq redrive needs a filter"},
 		{[]string{"dlq", "list", "--config", cfg, "--endpoint", ""}, "--endpoint is empty"},
+		// 0 is no sequence at all: beside another filter, a purge of
+		// "--seq 0" took every dead letter of the endpoint, and of the
+		// project in the quarantine (the admin API refuses it: bad_seq).
+		{[]string{"dlq", "purge", "--config", cfg, "--endpoint", "orders", "--seq", "0"}, "--seq must be a positive integer"},
+		{[]string{"dlq", "redrive", "--config", cfg, "--endpoint", "orders", "--seq", "0"}, "--seq must be a positive integer"},
+		{[]string{"quarantine", "purge", "--config", cfg, "--project", "main", "--seq", "0"}, "--seq must be a positive integer"},
+		// An unset variable ("--project $P") is not every project.
+		{[]string{"reconcile", "--config", cfg, "--project", ""}, "--project is empty"},
 		{[]string{"sandbox", "pay"}, "accepts 1 arg(s), received 0"},
 	} {
 		err := run(context.Background(), tc.args, &bytes.Buffer{}, &bytes.Buffer{})

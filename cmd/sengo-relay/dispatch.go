@@ -116,6 +116,11 @@ func emptyFlag(c *cobra.Command) error {
 		if fl.Name != "config" && blank && empty == nil {
 			empty = fmt.Errorf("--%s is empty: give a value, or leave the flag out", fl.Name)
 		}
+		// 0 is no sequence at all: beside another filter, "--seq 0" would
+		// widen a purge to every dead letter that filter selects.
+		if fl.Name == "seq" && fl.Value.String() == "0" && empty == nil {
+			empty = errors.New("--seq must be a positive integer (the SEQ column of list)")
+		}
 	})
 	return empty
 }

@@ -108,6 +108,9 @@ and feeds every status change the relay has no record of into the inbox (or, wit
 asks SenGo to send its callback again). The relay also runs it every reconcile.interval.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
+			if err := emptyFlag(c); err != nil {
+				return err
+			}
 			window, err := config.ParseDuration(since)
 			if err != nil || window <= 0 {
 				return fmt.Errorf("--since %q: want how far back, such as 48h or 7d (SenGo keeps 7 days)", since)
