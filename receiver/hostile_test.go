@@ -2155,3 +2155,37 @@ func TestReconcileDoesNotFeedARenamedProjectsTransactions(t *testing.T) {
 		t.Fatalf("fed %d, elsewhere %d (%v): a transaction deleted under the old name, want it fed", sum.Fed, sum.Elsewhere, err)
 	}
 }
+
+// stoppingLister is a SenGo client whose caller gives up (Ctrl-C, the
+// relay stopping) right as a day's last list has ended.
+type stoppingLister struct {
+	*sengo.Client
+	stop func()
+}
+
+func (l stoppingLister) ListTransactions(ctx context.Context, q sengo.ListQuery) ([]sengo.Transaction, error) {
+	txs, err := l.Client.ListTransactions(ctx, q)
+	if err == nil && len(txs) == 0 && q.Status == event.Statuses[len(event.Statuses)-1] {
+		l.stop()
+	}
+	return txs, err
+}
+
+// A run stopped between two days (or two projects) left the rest of its
+// window unchecked and said nothing: no error, a clean run in the
+// console's record, and `sengo-relay reconcile` exited 0. It reports
+// where it stopped.
+func TestAStoppedReconciliationSaysSo(t *testing.T) {
+	h := newHarness(t, false)
+	_, client := startSandbox(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	sum, err := Reconcile(ctx, ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"main": stoppingLister{client, cancel}, "other": client},
+		Window: 48 * time.Hour, Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
+	if err == nil || !strings.Contains(err.Error(), "stopped") {
+		t.Fatalf("err = %v (%+v), want it to say the run stopped before its window's end", err, sum)
+	}
+	if n := testutil.ToFloat64(h.metrics.Reconcile.WithLabelValues("main", "failed")); n != 1 {
+		t.Fatalf("failures counted %v, want the stopped run's", n)
+	}
+}

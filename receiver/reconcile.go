@@ -137,6 +137,9 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 		total.Fed += sum.Fed
 		total.Elsewhere += sum.Elsewhere
 		if ctx.Err() != nil {
+			if rest := sortedKeys(cfg.Projects); project != rest[len(rest)-1] {
+				errs = append(errs, fmt.Errorf("stopped before the projects after %s: %w", project, ctx.Err()))
+			}
 			break
 		}
 	}
@@ -152,11 +155,18 @@ func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.Key
 	now := cfg.Now().In(wib)
 	window := min(cfg.Window, ReconcileWindowMax)
 	today := midnight(now)
-	for day := midnight(now.Add(-window)); !day.After(today) && ctx.Err() == nil; day = day.AddDate(0, 0, 1) {
+	day := midnight(now.Add(-window))
+	for ; !day.After(today) && ctx.Err() == nil; day = day.AddDate(0, 0, 1) {
 		date := day.Format("2006-01-02")
 		if err := reconcileDay(ctx, cfg, kv, api, project, date, &sum, progress); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if !day.After(today) {
+		// Stopped (Ctrl-C, the relay stopping) between two days: what is
+		// left of the window was not checked, and the run must not say it
+		// was.
+		errs = append(errs, fmt.Errorf("stopped before %s %s: %w", project, day.Format("2006-01-02"), ctx.Err()))
 	}
 	return sum, errors.Join(errs...)
 }
