@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -484,12 +485,14 @@ func TestNginxRetries503OnTheOtherRelay(t *testing.T) {
 		}
 	}
 	var down, up atomic.Int64
+	var forwarded sync.Map // the X-Forwarded-For values the relay saw
 	unavailable := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		down.Add(1)
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}))
 	defer unavailable.Close()
 	healthy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		forwarded.Store(r.Header.Get("X-Forwarded-For"), true)
 		body, _ := io.ReadAll(r.Body)
 		if string(body) != `{"id":"tx-1"}` {
 			w.WriteHeader(400)
@@ -543,7 +546,12 @@ func TestNginxRetries503OnTheOtherRelay(t *testing.T) {
 	})
 	const n = 6
 	for i := range n {
-		resp, err := (&http.Client{Timeout: 10 * time.Second}).Post("http://"+addr+"/callbacks/sengo/main", "application/json", strings.NewReader(`{"id":"tx-1"}`))
+		// A caller's own X-Forwarded-For (SenGo's address, to pass
+		// allowed_ips) is not passed on: appended to, it reached the relay,
+		// which trusts nginx's network and so took the caller's word.
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/callbacks/sengo/main", strings.NewReader(`{"id":"tx-1"}`))
+		req.Header.Set("X-Forwarded-For", "203.0.113.9")
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -556,4 +564,10 @@ func TestNginxRetries503OnTheOtherRelay(t *testing.T) {
 	if up.Load() != n || down.Load() == 0 {
 		t.Fatalf("relay 2 stored %d of %d; relay 1 was tried %d times", up.Load(), n, down.Load())
 	}
+	forwarded.Range(func(k, _ any) bool {
+		if k != "127.0.0.1" {
+			t.Errorf("the relay saw X-Forwarded-For %q, want nginx's peer alone (127.0.0.1)", k)
+		}
+		return true
+	})
 }
