@@ -47,4 +47,9 @@ func TestANotificationInItsCheckIsNotHandedToASecondWorker(t *testing.T) {
 	if n := h.intakeCount("main", "duplicate"); n != 0 {
 		t.Fatalf("the notification was processed %v more time(s) while its check ran", n)
 	}
+	// Handed out once: a second worker's outcome need not be a duplicate
+	// (it may join the first's check, or wait for the claim).
+	if info, err := cons.Info(ctx); err != nil || info.Delivered.Consumer != 1 {
+		t.Fatalf("handed out %d times (%v), want once", info.Delivered.Consumer, err)
+	}
 }
