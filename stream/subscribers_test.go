@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -312,16 +313,24 @@ func TestASubscriberFloodLeavesTheRelaysRequestsAnswered(t *testing.T) {
 	flood, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
+	var busy atomic.Int64 // the flood's requests the relay refused at once, its queue full
 	for range 4 {
 		sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer sub.Close()
+		inbox := nats.NewInbox()
+		if _, err := sub.Subscribe(inbox, func(m *nats.Msg) {
+			if strings.Contains(string(m.Data), "too many of the subscriber's requests are waiting") {
+				busy.Add(1)
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			inbox := nats.NewInbox()
 			for flood.Err() == nil {
 				for range 1000 {
 					_ = sub.PublishRequest("$JS.API.STREAM.MSG.GET.SENGO_EVENTS", inbox, []byte(`{"seq":1}`))
@@ -348,6 +357,13 @@ func TestASubscriberFloodLeavesTheRelaysRequestsAnswered(t *testing.T) {
 	wg.Wait()
 	if failed > 0 {
 		t.Fatalf("%d of the relay's 10 requests failed while the subscriber flooded the API", failed)
+	}
+	// What kept them answered: the flood waited in the relay's queue, not
+	// the server's, and what did not fit was refused. (A loaded machine
+	// can slow the flood until the server's queue keeps up with it too:
+	// the relay's requests alone then say nothing.)
+	if busy.Load() == 0 {
+		t.Fatal("none of the flood's requests was refused for a full queue: they went past the relay's")
 	}
 	// The subscriber's own requests are answered once it stops flooding.
 	sub := subscriberConn(t, e)
