@@ -316,14 +316,7 @@ func TestADeniedClaimIsNotRecheckedWithoutConfirmation(t *testing.T) {
 		ic.ConfirmAttempts = 1
 	})
 	ctx := context.Background()
-	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-DENIED", Amount: 5000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	forged := strings.Replace(string(tx.Raw), `"status":"pending"`, `"status":"success"`, 1)
-	if resp, _ := h.post("/callbacks/sengo/main", []byte(`{"responseData":`+forged+`}`)); resp.StatusCode != 200 {
-		t.Fatal(resp.StatusCode)
-	}
+	h.claimSuccess(client, "INV-DENIED")
 	eventually(t, "the forged claim quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
 	due := time.Now().Add(RecheckAfter[0] + time.Second)
 	if n, err := RecheckUnconfirmed(ctx, h.js, due, nil, func(string) bool { return false }); err != nil || n != 0 {
@@ -344,18 +337,7 @@ func TestUnconfirmedIsRecheckedLater(t *testing.T) {
 		ic.ConfirmAttempts = 1
 	})
 	ctx := context.Background()
-	claim := func(ref string) sengo.Transaction {
-		tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: ref, Amount: 5000})
-		if err != nil {
-			t.Fatal(err)
-		}
-		body := strings.Replace(string(tx.Raw), `"status":"pending"`, `"status":"success"`, 1)
-		if resp, _ := h.post("/callbacks/sengo/main", []byte(`{"responseData":`+body+`}`)); resp.StatusCode != 200 {
-			t.Fatal(resp.StatusCode)
-		}
-		return tx
-	}
-	lagging, forged := claim("INV-LAG"), claim("INV-FORGED")
+	lagging, forged := h.claimSuccess(client, "INV-LAG"), h.claimSuccess(client, "INV-FORGED")
 	eventually(t, "both claims quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 2 })
 	if n, err := RecheckUnconfirmed(ctx, h.js, time.Now(), nil, nil); err != nil || n != 0 {
 		t.Fatalf("rechecked %d (%v) before the first recheck was due", n, err)
@@ -940,15 +922,7 @@ func TestForgedFloodDoesNotStrandAnUnconfirmedGenuine(t *testing.T) {
 		ic.ConfirmAttempts = 1
 	})
 	ctx := context.Background()
-	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-LAGF", Amount: 5000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// SenGo's callback says success before its API does.
-	body := strings.Replace(string(tx.Raw), `"status":"pending"`, `"status":"success"`, 1)
-	if resp, _ := h.post("/callbacks/sengo/main", []byte(`{"responseData":`+body+`}`)); resp.StatusCode != 200 {
-		t.Fatal(resp.StatusCode)
-	}
+	tx := h.claimSuccess(client, "INV-LAGF") // SenGo's callback says success before its API does
 	eventually(t, "the genuine success quarantined as unconfirmed", func() bool { return h.msgs(event.StreamQuarantine) == 1 })
 	// The flood: what intake writes for a forged callback of an unknown id
 	// (written straight to the quarantine to keep the test short).
@@ -2154,6 +2128,22 @@ func TestReconcileDoesNotFeedARenamedProjectsTransactions(t *testing.T) {
 	if sum, err := Reconcile(ctx, renamed, nil); err != nil || sum.Fed != 1 || sum.Elsewhere != 0 {
 		t.Fatalf("fed %d, elsewhere %d (%v): a transaction deleted under the old name, want it fed", sum.Fed, sum.Elsewhere, err)
 	}
+}
+
+// claimSuccess makes a pending QRIS transaction of project main in
+// client's SenGo and posts a callback claiming it paid (as SenGo's own
+// does before its API says so, or as a forger does), answered 200.
+func (h *harness) claimSuccess(client *sengo.Client, ref string) sengo.Transaction {
+	h.t.Helper()
+	tx, err := client.CreateQRIS(context.Background(), sengo.QRISRequest{Reference: ref, Amount: 5000})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	body := strings.Replace(string(tx.Raw), `"status":"pending"`, `"status":"success"`, 1)
+	if resp, _ := h.post("/callbacks/sengo/main", []byte(`{"responseData":`+body+`}`)); resp.StatusCode != 200 {
+		h.t.Fatal(resp.StatusCode)
+	}
+	return tx
 }
 
 // stoppingLister is a SenGo client whose caller gives up (Ctrl-C, the

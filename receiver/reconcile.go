@@ -340,17 +340,9 @@ func isMissing(ctx context.Context, kv jetstream.KeyValue, project string, tx se
 	if err := json.Unmarshal(entry.Value(), &st); err != nil {
 		return false, false, fmt.Errorf("decode %s: %w", txKey(project, tx.ID), err)
 	}
-	if len(st.Outbox) > 0 {
-		// Decided but not yet published (a crash or a failed write):
-		// feeding it makes intake flush the outbox.
-		return true, false, nil
-	}
-	for _, h := range st.History {
-		if h.Status == tx.Status {
-			return false, false, nil
-		}
-	}
-	return event.Decide(st.Status, tx.Status) == event.Publish, false, nil
+	// An outbox not empty is decided but not yet published (a crash or a
+	// failed write): feeding it makes intake flush the outbox.
+	return len(st.Outbox) > 0 || !published(st, tx.Status), false, nil
 }
 
 // feed puts a missing transition into the inbox, or asks SenGo to resend.

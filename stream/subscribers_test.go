@@ -269,7 +269,14 @@ func TestTheSubscriberCannotFindTheRelaysScans(t *testing.T) {
 // returns it with the relay's JetStream, both closed when the test ends.
 func startWithSubscriber(t *testing.T, auth *stream.EmbeddedAuth) (*stream.Embedded, jetstream.JetStream) {
 	t.Helper()
-	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: auth, Logger: zerolog.Nop()})
+	return startWithSubscriberLogging(t, auth, zerolog.Nop())
+}
+
+// startWithSubscriberLogging is startWithSubscriber with the server's log
+// lines, the relay's about the subscriber included, going to log.
+func startWithSubscriberLogging(t *testing.T, auth *stream.EmbeddedAuth, log zerolog.Logger) (*stream.Embedded, jetstream.JetStream) {
+	t.Helper()
+	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: auth, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -693,17 +700,7 @@ func TestTheSubscriberCannotHoldRepliesWithoutEnd(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs syncbuf.Buffer
-			e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: subscriberAuth(), Logger: zerolog.New(&logs)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(e.Shutdown)
-			relay, err := stream.Connect(stream.ConnectConfig{Name: "relay", Logger: zerolog.Nop()}, e.ConnectOption())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(relay.Close)
-			rjs, _ := jetstream.New(relay)
+			e, rjs := startWithSubscriberLogging(t, subscriberAuth(), zerolog.New(&logs))
 			ctx := t.Context()
 			if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
 				t.Fatal(err)
