@@ -248,12 +248,15 @@ func (c *Client) once(ctx context.Context, method, path string, payload []byte, 
 	resp, err := c.http.Do(req)
 	if err != nil {
 		// net/http errors repeat the URL only; credentials travel in headers.
-		return fmt.Errorf("sengo: %s %s: %w", method, pathOnly(path), unwrapURL(err))
+		// Bounded as SenGo's own error text is: Go quotes what the other
+		// end sent (a first line that is not HTTP, whole; a certificate's
+		// names), and that end is whatever answers at base_url.
+		return fmt.Errorf("sengo: %s %s: %w", method, pathOnly(path), c.bounded(unwrapURL(err)))
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
 	if err != nil {
-		return fmt.Errorf("sengo: read answer: %w", err)
+		return fmt.Errorf("sengo: read answer: %w", c.bounded(err))
 	}
 	var env envelope
 	decodeErr := json.Unmarshal(raw, &env)

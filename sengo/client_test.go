@@ -1,10 +1,13 @@
 package sengo_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -296,6 +299,40 @@ func TestClientBoundsSenGosErrorText(t *testing.T) {
 // digits put megabytes into a log line, a trace and a quarantine's reason
 // (over the store's max_payload: the notification never quarantined). It
 // is bounded as SenGo's own error text is.
+// What answers at base_url chooses the text of Go's own errors too: a
+// first line of 64 KiB that is not HTTP came back quoted whole (each byte
+// over 0x7f as \xNN, 256 KiB), in a log line per try, a quarantine's
+// reason and a reconciliation's record, which then was too large to
+// store. It is bounded as SenGo's error text is.
+func TestClientBoundsTheTransportsErrorText(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				_, _ = http.ReadRequest(bufio.NewReader(conn))
+				_, _ = conn.Write(append(bytes.Repeat([]byte{0xfe}, 60<<10), '\n'))
+			}()
+		}
+	}()
+	const token = "secret-token-0000000000"
+	_, err = sengo.NewClient("http://"+ln.Addr().String()+"/api", "SC-KEY", token, sengo.WithRetry(1, time.Millisecond)).Check(context.Background(), "abc", false)
+	if err == nil || !strings.Contains(err.Error(), "malformed HTTP response") {
+		t.Fatalf("a first line that is not HTTP: %.200v, want Go's error", err)
+	}
+	if text := err.Error(); len(text) > 400 {
+		t.Errorf("error of %d bytes: %.200q", len(text), text)
+	}
+}
+
 func TestClientBoundsAnUndecodableAnswer(t *testing.T) {
 	digits := strings.Repeat("1", 2<<20)
 	for name, body := range map[string]string{
