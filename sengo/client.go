@@ -34,7 +34,11 @@ type Client struct {
 // ClientOption configures a Client.
 type ClientOption func(*Client)
 
-// WithHTTPClient replaces the HTTP client (default: 15s timeout).
+// CallTimeout bounds each call of the default HTTP client, whatever its
+// context allows: a check may not be given longer (intake.confirm_timeout).
+const CallTimeout = 15 * time.Second
+
+// WithHTTPClient replaces the HTTP client (default: CallTimeout).
 func WithHTTPClient(h *http.Client) ClientOption { return func(c *Client) { c.http = h } }
 
 // WithRetry sets how often idempotent calls are tried and the first backoff.
@@ -48,7 +52,7 @@ func WithRetry(attempts int, initial time.Duration) ClientOption {
 func NewClient(baseURL, apiKey, token string, opts ...ClientOption) *Client {
 	c := &Client{
 		baseURL: strings.TrimRight(baseURL, "/"), apiKey: apiKey, token: token,
-		http: &http.Client{Timeout: 15 * time.Second}, attempts: 3, initial: 200 * time.Millisecond,
+		http: &http.Client{Timeout: CallTimeout}, attempts: 3, initial: 200 * time.Millisecond,
 	}
 	for _, o := range opts {
 		o(c)

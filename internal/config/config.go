@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/sengo"
 	"github.com/sengo-relay/sengo-relay/verify"
 )
 
@@ -430,6 +431,8 @@ func (c *Config) Validate() error {
 	}
 	if c.Intake.ConfirmTimeout < 0 || c.Intake.ConfirmTimeout > c.Intake.AckWait/3 {
 		bad("intake.confirm_timeout (%s) must be 0 (the default) or positive and at most a third of intake.ack_wait (%s): the check, the writes after it and the settling share ack_wait", c.Intake.ConfirmTimeout, c.Intake.AckWait)
+	} else if c.Intake.ConfirmTimeout.D() > sengo.CallTimeout {
+		bad("intake.confirm_timeout (%s) is over %s, the longest the SenGo client waits for any answer", c.Intake.ConfirmTimeout, sengo.CallTimeout)
 	}
 
 	if len(c.Projects) == 0 {

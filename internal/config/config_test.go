@@ -296,6 +296,15 @@ func TestConfirmTimeoutFitsAckWait(t *testing.T) {
 	if _, err := Load(write(t, "intake: {ack_wait: 9s, confirm_timeout: 3s}\n"+minimal), noEnv); err != nil {
 		t.Fatal(err)
 	}
+	// The SenGo client gives up any call after 15s: a longer check timed
+	// out there, reported as the configured one, and never did what the
+	// operator set it for.
+	if _, err := Load(write(t, "intake: {ack_wait: 90s, confirm_timeout: 16s}\n"+minimal), noEnv); err == nil || !strings.Contains(err.Error(), "intake.confirm_timeout") {
+		t.Fatalf("a 16s confirm_timeout: %v", err)
+	}
+	if _, err := Load(write(t, "intake: {ack_wait: 90s, confirm_timeout: 15s}\n"+minimal), noEnv); err != nil {
+		t.Fatal(err)
+	}
 	// Unset, it fits whatever ack_wait is.
 	c, err := Load(write(t, "intake: {ack_wait: 5s}\n"+minimal), noEnv)
 	if err != nil {
