@@ -236,9 +236,29 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 		if e.Subject != "" {
 			msg.Header.Set(HeaderEventSubject, e.Subject)
 		}
-		ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(redriveMsgID(e)), jetstream.WithExpectStream(event.StreamReplay))
+		if err := ctx.Err(); err != nil {
+			return n, err // given up before this copy: not queued
+		}
+		opts := []jetstream.PublishOpt{jetstream.WithMsgID(redriveMsgID(e)), jetstream.WithExpectStream(event.StreamReplay)}
+		if testCopyPublishing != nil {
+			testCopyPublishing()
+		}
+		ack, err := js.PublishMsg(ctx, msg, opts...)
 		if err != nil {
-			return n, fmt.Errorf("redrive %d: %w", e.Seq, err)
+			// Stored maybe, its answer lost (the caller gone as it waited,
+			// a timeout on a slow store). Left unrecorded, the copy escaped
+			// a purge (the purged event was posted after all), and a
+			// redrive after the duplicate window queued a second. The same
+			// message id again answers with the copy's sequence, or queues
+			// it: either way it is recorded below.
+			first := err
+			if err = settleAfter(ctx, func(ctx context.Context) error {
+				var perr error
+				ack, perr = js.PublishMsg(ctx, msg, opts...)
+				return perr
+			}); err != nil {
+				return n, fmt.Errorf("redrive %d: %w", e.Seq, first)
+			}
 		}
 		if !ack.Duplicate { // else its copy from an earlier redrive still waits: not sent twice, not counted twice
 			n++
@@ -285,6 +305,10 @@ func dropIfPurged(ctx context.Context, js jetstream.JetStream, copies *redriveCo
 // testCopyQueued, when set, is called as each redriven copy is queued,
 // before it is recorded: for tests.
 var testCopyQueued func()
+
+// testCopyPublishing, when set, is called as each redriven copy is about
+// to be published: for tests.
+var testCopyPublishing func()
 
 // testPurgeLooked, when set, is called as Purge has looked for a dead
 // letter's copy, before it deletes the dead letter: for tests.

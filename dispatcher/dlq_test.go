@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -712,6 +713,119 @@ func TestARedriveGivenUpRecordsTheCopyItQueued(t *testing.T) {
 	if at, err := strconv.ParseUint(string(rec.Value()), 10, 64); err != nil || at == 0 {
 		t.Fatalf("the queued copy's record is %q", rec.Value())
 	}
+}
+
+// A redrive whose copy is stored but whose answer never comes (the caller
+// gone as it waited, a publish timing out on a slow store) recorded no
+// copy: a purge of the dead letter then left the copy queued, and the
+// purged event was posted after all. The answer is held on the wire here,
+// the caller gives up once the copy is stored, and the redrive must still
+// record it.
+func TestARedriveWhoseAnswerIsLostRecordsItsCopy(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(http.StatusGone) })
+	w, stop := h.runWorker(h.endpoint("orders", c.URL))
+	h.publish("tx-answer-lost", event.StatusSuccess, "")
+	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	stop() // its consumer stays; no worker takes the copy before the purge looks
+	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := &answerGate{}
+	nc, err := nats.Connect(h.nats.URL(), nats.SetCustomDialer(gate), nats.CustomInboxPrefix("_SENGO_RELAY_INBOX"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gate.release(); nc.Close() })
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	testCopyPublishing = func() {
+		testCopyPublishing = nil
+		gate.holdAnswers()
+		go func() {
+			// Stored: the caller gives up, its answer still on the wire.
+			poll.Within(t, 10*time.Second, "the copy stored", func() bool {
+				s, err := h.js.Stream(t.Context(), event.StreamReplay)
+				return err == nil && s.CachedInfo().State.Msgs == 1
+			})
+			cancel()
+		}()
+	}
+	t.Cleanup(func() { testCopyPublishing = nil })
+	_, err = Redrive(ctx, js, entries)
+	t.Logf("redrive: %v", err)
+	if _, err := Purge(t.Context(), h.js, entries); err != nil {
+		t.Fatal(err)
+	}
+	s, err := h.js.Stream(t.Context(), event.StreamReplay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.CachedInfo().State.Msgs; n != 0 {
+		t.Fatalf("%d copies left after the purge: the purged event is posted after all", n)
+	}
+}
+
+// answerGate, a dialer for a test's connection, holds what the server
+// sends from holdAnswers until the connection's second write after it
+// (the first is the request whose answer is held; the second its retry).
+type answerGate struct {
+	mu     sync.Mutex
+	writes int
+	held   chan struct{}
+}
+
+func (g *answerGate) Dial(network, address string) (net.Conn, error) {
+	c, err := net.Dial(network, address)
+	return gatedConn{Conn: c, g: g}, err
+}
+
+func (g *answerGate) holdAnswers() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.writes, g.held = 2, make(chan struct{})
+}
+
+func (g *answerGate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.held != nil {
+		close(g.held)
+		g.held = nil
+	}
+}
+
+type gatedConn struct {
+	net.Conn
+	g *answerGate
+}
+
+func (c gatedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.g.mu.Lock()
+	held := c.g.held
+	c.g.mu.Unlock()
+	if held != nil {
+		<-held
+	}
+	return n, err
+}
+
+func (c gatedConn) Write(p []byte) (int, error) {
+	c.g.mu.Lock()
+	if c.g.held != nil {
+		if c.g.writes--; c.g.writes == 0 {
+			close(c.g.held)
+			c.g.held = nil
+		}
+	}
+	c.g.mu.Unlock()
+	return c.Conn.Write(p)
 }
 
 // An endpoint's rate limit goes to live events first: a replay gets the
