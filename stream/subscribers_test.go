@@ -99,8 +99,7 @@ func TestTheSubscriberCannotWriteThroughReplies(t *testing.T) {
 	if err := sjs.DeleteConsumer(ctx, "SENGO_EVENTS", "orders-service-2"); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("deleting a consumer of its own that does not exist: %v, want not found", err)
 	}
-	// Allowed: a push consumer delivering to the subscriber's _INBOX (what
-	// `nats sub --since` makes).
+	// Allowed: a push consumer delivering to the subscriber's _INBOX.
 	pushed, err := sub.SubscribeSync("_INBOX.pushed")
 	if err != nil {
 		t.Fatal(err)

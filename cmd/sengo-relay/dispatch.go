@@ -376,7 +376,10 @@ The same job already running (from the console or another command) is not starte
 			}
 			stdout, stderr := c.OutOrStdout(), c.ErrOrStderr()
 			resume := resumeCommand(c, req)
-			fmt.Fprintf(stdout, "replay %s: events stored %s to %s, for %s\n", req.JobID(), req.Since.UTC().Format(time.RFC3339), req.Until.UTC().Format(time.RFC3339), strings.Join(req.Endpoints, ", "))
+			// To the nanosecond, as the job's id takes it: the window typed
+			// again from this line is the same job, not one that queues
+			// everything again.
+			fmt.Fprintf(stdout, "replay %s: events stored %s to %s, for %s\n", req.JobID(), req.Since.UTC().Format(time.RFC3339Nano), req.Until.UTC().Format(time.RFC3339Nano), strings.Join(req.Endpoints, ", "))
 			nc, js, err := cliConnect(cfg)
 			if err != nil {
 				return err

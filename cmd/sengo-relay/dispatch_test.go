@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -245,9 +246,10 @@ func TestDeliveryEndToEnd(t *testing.T) {
 
 	// The printed command runs the same job again: nothing is sent twice,
 	// whereas the relative --since 1h would now be another window.
-	_, resume, ok := strings.Cut(out.String(), "run:\n  sengo-relay ")
+	first := out.String()
+	_, resume, ok := strings.Cut(first, "run:\n  sengo-relay ")
 	if !ok {
-		t.Fatalf("no resume command in %q", out.String())
+		t.Fatalf("no resume command in %q", first)
 	}
 	out.Reset()
 	if err := run(context.Background(), strings.Fields(resume), &out, io.Discard); err != nil {
@@ -255,6 +257,19 @@ func TestDeliveryEndToEnd(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "queued 0 deliveries, 1 already queued by an earlier run") {
 		t.Fatalf("second run: %q", out.String())
+	}
+	// So is the window its first line prints, typed again: printed to the
+	// second, it was another job, which queued everything again.
+	window := regexp.MustCompile(`events stored (\S+) to (\S+), for`).FindStringSubmatch(first)
+	if window == nil {
+		t.Fatalf("no window in %q", first)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"replay", "--config", cfg, "--endpoint", "orders", "--since", window[1], "--until", window[2]}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "queued 0 deliveries, 1 already queued by an earlier run") {
+		t.Fatalf("the printed window %s to %s run again: %q", window[1], window[2], out.String())
 	}
 	// A dry run counts per endpoint and queues nothing.
 	out.Reset()
