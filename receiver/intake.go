@@ -932,7 +932,16 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 		return &l
 	}
 
+	var withdrawn []string
 	st, rev, err := in.applyFrom(ctx, key, cur, func(s *txState) (bool, error) {
+		// For a project that confirms, a status decided unconfirmed (before
+		// it was made to confirm, its event's publish refused or its relay
+		// stopped) is no decision: a forged claim's would block the genuine
+		// status (a failed after a forged success is a conflict), and
+		// published, it would go out unconfirmed.
+		if in.cfg.RequireConfirmation[project] {
+			withdrawn = s.withdrawUnconfirmed()
+		}
 		switch d := event.Decide(s.Status, tx.Status); d {
 		case event.Publish:
 			ev := tx.Event(project, s.Status, acceptedAt, confirmed)
@@ -952,15 +961,19 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 			return true, nil
 		case event.Duplicate:
 			r.outcome = "duplicate"
-			return false, nil
+			return len(withdrawn) > 0, nil
 		default: // Stale or Conflict: recorded and counted, never published
 			r.outcome = d.String()
-			return s.reject(tx.Status, d, acceptedAt, inboxSeq), nil
+			rejected := s.reject(tx.Status, d, acceptedAt, inboxSeq)
+			return rejected || len(withdrawn) > 0, nil
 		}
 	})
 	if err != nil {
 		r.err = err
 		return r
+	}
+	if len(withdrawn) > 0 {
+		in.logWithdrawn(st, withdrawn)
 	}
 	if testKillAfterDecision != nil && testKillAfterDecision() {
 		r.killed = true
@@ -1245,9 +1258,19 @@ func (in *Intake) applyFrom(ctx context.Context, key string, cur *txRead, change
 // the notification's ack runs it after its own (settle). Without group
 // commit, the store has synced each write before acknowledging it, and the
 // items are removed at once (clear is nil).
+//
+// For a project that confirms, events decided unconfirmed (before it was
+// made to confirm, their publish refused or their relay stopped) are not
+// published: they are withdrawn first (withdrawUnconfirmed), and the
+// notification is decided again under the check.
 func (in *Intake) flush(ctx context.Context, key string, st txState, rev uint64) (clear func(context.Context) error, err error) {
 	if len(st.Outbox) == 0 {
 		return nil, nil
+	}
+	if in.cfg.RequireConfirmation[st.Project] && slices.ContainsFunc(st.Outbox, unconfirmed) {
+		if st, rev, err = in.withdrawUnconfirmed(ctx, key); err != nil || len(st.Outbox) == 0 {
+			return nil, err
+		}
 	}
 	seqs := make(map[string]uint64, len(st.Outbox))
 	for _, it := range st.Outbox {
@@ -1264,6 +1287,30 @@ func (in *Intake) flush(ctx context.Context, key string, st txState, rev uint64)
 		return clear, nil
 	}
 	return nil, clear(ctx)
+}
+
+// withdrawUnconfirmed takes the events decided unconfirmed out of key's
+// outbox, as if never decided (txState.withdrawUnconfirmed), and returns
+// the state as stored.
+func (in *Intake) withdrawUnconfirmed(ctx context.Context, key string) (txState, uint64, error) {
+	var gone []string
+	st, rev, err := in.apply(ctx, key, func(s *txState) (bool, error) {
+		gone = s.withdrawUnconfirmed()
+		return len(gone) > 0, nil
+	})
+	if err != nil {
+		return txState{}, 0, fmt.Errorf("withdraw unconfirmed events: %w", err)
+	}
+	if len(gone) > 0 {
+		in.logWithdrawn(st, gone)
+	}
+	return st, rev, nil
+}
+
+// logWithdrawn says which events withdrawUnconfirmed took out of st.
+func (in *Intake) logWithdrawn(st txState, ids []string) {
+	in.log.Warn().Str("project", st.Project).Str("transaction_id", st.TransactionID).Strs("event_ids", ids).Str("status", string(st.Status)).
+		Msg("events decided unconfirmed, before the project required confirmation, withdrawn unpublished: the notification is decided again with SenGo's check")
 }
 
 // flushDurably is flush with its clear run at once, after an fsync of its

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -298,7 +299,14 @@ func (h *harness) leaveOutbox(id string, at time.Time) event.Event {
 // leaveOutboxOf is leaveOutbox for the worker of inbox message seq.
 func (h *harness) leaveOutboxOf(id string, at time.Time, seq uint64) event.Event {
 	h.t.Helper()
-	tx, err := sengo.ParseCallback(callback(id, event.StatusSuccess))
+	return h.leaveOutboxBody(callback(id, event.StatusSuccess), at, seq)
+}
+
+// leaveOutboxBody is leaveOutboxOf for the callback body given: its
+// status decided unconfirmed, its event left in the outbox.
+func (h *harness) leaveOutboxBody(body []byte, at time.Time, seq uint64) event.Event {
+	h.t.Helper()
+	tx, err := sengo.ParseCallback(body)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -322,9 +330,75 @@ func (h *harness) leaveOutboxOf(id string, at time.Time, seq uint64) event.Event
 // feed stores transaction id's success in the inbox as source sent it.
 func (h *harness) feed(id, source string) {
 	h.t.Helper()
-	if _, err := h.js.PublishMsg(context.Background(), &nats.Msg{Subject: event.InboxTxSubject("main", id), Data: callback(id, event.StatusSuccess),
+	h.feedBody(id, callback(id, event.StatusSuccess), source)
+}
+
+// feedBody stores body, a notification of transaction id, in the inbox
+// as source sent it.
+func (h *harness) feedBody(id string, body []byte, source string) {
+	h.t.Helper()
+	if _, err := h.js.PublishMsg(context.Background(), &nats.Msg{Subject: event.InboxTxSubject("main", id), Data: body,
 		Header: nats.Header{event.HeaderProject: []string{"main"}, event.HeaderSource: []string{source}}}); err != nil {
 		h.t.Fatal(err)
+	}
+}
+
+// A status decided unconfirmed and left in the outbox (its publish
+// refused, its relay stopped) before its project was made to confirm
+// (every relay stopped and started with require_confirmation, as the
+// README says) was published by the next notification of its transaction
+// before any check: a claim nobody confirmed, published for a project
+// that confirms. It is withdrawn instead, the transaction's status put
+// back, and the notification decided again under the check: a forged one
+// is set aside, a genuine one published confirmed, under the same id.
+func TestAnUnconfirmedLeftoverIsNotPublishedOnceItsProjectConfirms(t *testing.T) {
+	sb, client := startSandbox(t)
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
+		ic.RequireConfirmation = map[string]bool{"main": true}
+	})
+	at := time.Now().Add(-time.Hour).UTC()
+	h.leaveOutbox("tx-forged-left", at)
+	h.feed("tx-forged-left", SourceReconcile) // not a first delivery: the leftover is looked at first
+	eventually(t, "the forged claim set aside", func() bool { return h.msgs(event.StreamQuarantine) == 1 && h.intakeIdle() })
+	if evs := h.events(); len(evs) != 0 {
+		t.Fatalf("%d events published, the first confirmed %v: an unconfirmed leftover went out for a project that confirms", len(evs), evs[0].Data.Confirmed)
+	}
+
+	tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "INV-LEFT", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Transition(tx.ID, event.StatusSuccess); err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"responseData":` + strings.Replace(string(tx.Raw), `"status":"pending"`, `"status":"success"`, 1) + `}`)
+	left := h.leaveOutboxBody(body, at, 0)
+	h.feedBody(tx.ID, body, SourceReconcile)
+	eventually(t, "the genuine one published", func() bool { return len(h.events()) == 1 && h.intakeIdle() })
+	if ev := h.events()[0]; ev.ID != left.ID || !ev.Data.Confirmed {
+		t.Fatalf("published %s confirmed %v; want %s, confirmed", ev.ID, ev.Data.Confirmed, left.ID)
+	}
+
+	// A forged success left so, and SenGo's own callback of the payment's
+	// failure on its first delivery: the failure was a conflict with the
+	// forged success, never published, and the forged success went out.
+	failing, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "INV-LEFT-FAILED", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.leaveOutboxBody([]byte(`{"responseData":`+strings.Replace(string(failing.Raw), `"status":"pending"`, `"status":"success"`, 1)+`}`), at, 0)
+	if _, err := sb.Transition(failing.ID, event.StatusFailed); err != nil {
+		t.Fatal(err)
+	}
+	failed := []byte(`{"responseData":` + strings.Replace(string(failing.Raw), `"status":"pending"`, `"status":"failed"`, 1) + `}`)
+	if resp, _ := h.post("/callbacks/sengo/main", failed); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the failure decided", func() bool { return len(h.events()) >= 2 && h.intakeIdle() })
+	evs := h.events()
+	if got := statuses(evs, failing.ID); len(evs) != 2 || !slices.Equal(got, []event.Status{event.StatusFailed}) || !evs[1].Data.Confirmed {
+		t.Fatalf("%d events, of %s: %v; want its failure alone, confirmed", len(evs), failing.ID, got)
 	}
 }
 

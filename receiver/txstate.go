@@ -105,6 +105,44 @@ func (s *txState) published(seqs map[string]uint64) bool {
 	return changed
 }
 
+// withdrawUnconfirmed takes the outbox's events decided unconfirmed out
+// of s, as if never decided: their history entries go, and the status is
+// the last one left (none: no status yet). A confirmed event after them
+// stays: SenGo's API said so. It returns their ids.
+func (s *txState) withdrawUnconfirmed() []string {
+	var ids []string
+	for _, it := range s.Outbox {
+		if unconfirmed(it) {
+			ids = append(ids, it.EventID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	s.Outbox = slices.DeleteFunc(s.Outbox, unconfirmed)
+	if len(s.Outbox) == 0 {
+		s.Outbox = nil
+	}
+	s.History = slices.DeleteFunc(s.History, func(h txEvent) bool { return slices.Contains(ids, h.EventID) })
+	s.Status = ""
+	if n := len(s.History); n > 0 {
+		s.Status = s.History[n-1].Status
+	}
+	return ids
+}
+
+// unconfirmed reports whether the event of an outbox item was decided
+// without SenGo's confirmation (or cannot be read: then it is not known
+// confirmed either).
+func unconfirmed(it outboxItem) bool {
+	var ev struct {
+		Data struct {
+			Confirmed bool `json:"confirmed"`
+		} `json:"data"`
+	}
+	return json.Unmarshal(it.Event, &ev) != nil || !ev.Data.Confirmed
+}
+
 var plainID = regexp.MustCompile(`^[A-Za-z0-9-]{1,200}$`)
 
 // maxKeyID bounds the id part of a SENGO_TX key, whatever the id: a key
