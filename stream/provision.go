@@ -311,8 +311,11 @@ var ErrStoreFull = errors.New("store full")
 
 // Room reports ErrStoreFull when stream, or JetStream's storage for the
 // account, has less than need bytes left: a relay in that state answers
-// every callback 503, so it must not report ready.
-func Room(ctx context.Context, js jetstream.JetStream, stream string, need int64) error {
+// every callback 503, so it must not report ready. serverMax is a cap the
+// account's limits do not show (the embedded server's max_store_bytes,
+// server-wide: its account's limits say "none"; 0: no such cap); an
+// account with tiered limits (an operator's) has them in its tier.
+func Room(ctx context.Context, js jetstream.JetStream, stream string, need, serverMax int64) error {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", stream, err)
@@ -325,10 +328,17 @@ func Room(ctx context.Context, js jetstream.JetStream, stream string, need int64
 	if err != nil {
 		return fmt.Errorf("account info: %w", err)
 	}
-	if max := acct.Limits.MaxStore; max > 0 && acct.Store+uint64(need) > uint64(max) {
-		return fmt.Errorf("%w: JetStream storage holds %d of its %d bytes", ErrStoreFull, acct.Store, max)
+	full := func(used uint64, max int64, what string) error {
+		if max > 0 && used+uint64(need) > uint64(max) {
+			return fmt.Errorf("%w: %s holds %d of its %d bytes", ErrStoreFull, what, used, max)
+		}
+		return nil
 	}
-	return nil
+	tier := fmt.Sprintf("R%d", max(1, info.Config.Replicas))
+	return errors.Join(
+		full(acct.Store, acct.Limits.MaxStore, "JetStream storage"),
+		full(acct.Tiers[tier].Store, acct.Tiers[tier].Limits.MaxStore, "JetStream storage of tier "+tier),
+		full(acct.Store, serverMax, "JetStream storage (the embedded server's max_store_bytes)"))
 }
 
 // smallBlocks is the per-subject limit of a file stream that keeps every

@@ -233,7 +233,12 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				return err
 			}
 			// Room for a typical callback (about 1 KB with its headers).
-			return stream.Room(ctx, js, event.StreamInbox, 4<<10)
+			// The embedded server's cap is its own, not the account's.
+			storeCap := int64(0)
+			if cfg.NATS.URL == "" {
+				storeCap = cfg.NATS.Embedded.MaxStore
+			}
+			return stream.Room(ctx, js, event.StreamInbox, 4<<10, storeCap)
 		},
 		Metrics: metrics,
 		Logger:  log.With().Str("component", "http").Logger(),

@@ -87,6 +87,37 @@ func TestStoreFullRecoversWithoutRestart(t *testing.T) {
 	})
 }
 
+// The store as a whole full (nats.embedded.max_store_bytes: 34 MiB, of
+// which the console's buckets reserve 32): every
+// callback gets 503, and /readyz must say so, so that a load balancer
+// stops sending here. It compared with the account's limit only, which
+// the embedded server's cap is not (the account's is "none"): /readyz
+// answered 200 while every callback was refused.
+func TestAFullStoreMakesTheRelayUnready(t *testing.T) {
+	base, logs := startRunWith(t, writeConfig(t, endpointYAML("orders", newHook(t).URL, "1s")),
+		relayEnv(t.TempDir(), "SENGO_RELAY_NATS_EMBEDDED_MAX_STORE_BYTES=35651584"))
+	waitReady(t, base)
+	body := func(i int) []byte {
+		return fmt.Appendf(nil, `{"id":"store-full-%d","merchantRef":"SF-%d","status":"success","feePayer":"customer","amount":1000,"fee":0,"totalAmount":1000,"qris":{"content":"%s"}}`, i, i, strings.Repeat("q", 30000))
+	}
+	refused := false
+	for i := range 2000 {
+		code := post(t, base+"/callbacks/sengo/main", body(i))
+		if code == http.StatusServiceUnavailable {
+			refused = true
+			break
+		}
+		if code != 200 {
+			t.Fatalf("callback %d: %d", i, code)
+		}
+	}
+	if !refused {
+		t.Fatal("the store never filled")
+	}
+	eventually(t, "a log line saying why the store refused the write", func() bool { return strings.Contains(logs.text(), "insufficient resources") })
+	eventually(t, "readyz 503 while the store is full", func() bool { return get(t, base+"/readyz") == http.StatusServiceUnavailable })
+}
+
 func get(t testing.TB, url string) int {
 	t.Helper()
 	resp, err := http.Get(url)

@@ -137,6 +137,10 @@ type Intake struct {
 	ConfirmTimeout Duration `yaml:"confirm_timeout"`
 }
 
+// consoleReserve is the store the console's buckets reserve (their
+// max_bytes, 16 MiB each: internal/admin's sessions and replay jobs).
+const consoleReserve = 32 << 20
+
 // CheckTimeout is how long one check with SenGo's API may take:
 // confirm_timeout, or by default the smaller of 5s and a third of
 // ack_wait.
@@ -376,6 +380,9 @@ func (c *Config) Validate() error {
 	if _, _, err := c.NATS.Embedded.Sync(); err != nil {
 		bad("nats.embedded.sync_interval: %v", err)
 	}
+	if m := c.NATS.Embedded.MaxStore; m < 0 || m > 0 && m <= consoleReserve {
+		bad("nats.embedded.max_store_bytes: %d must be 0 (no cap) or more than %d, what the console's buckets reserve: the streams could never be made", m, consoleReserve)
+	}
 
 	for name, s := range map[string]StreamLimits{"inbox": c.Streams.Inbox, "events": c.Streams.Events, "quarantine": c.Streams.Quarantine, "dlq": c.Streams.DLQ, "replay": c.Streams.Replay, "attempts": c.Streams.Attempts, "refs": c.Streams.Refs, "reconciliations": c.Streams.Reconciliations} {
 		if s.MaxAge <= 0 {
@@ -383,6 +390,19 @@ func (c *Config) Validate() error {
 		}
 		if s.DuplicateWindow <= 0 || s.DuplicateWindow > s.MaxAge {
 			bad("streams.%s.duplicate_window: must be positive and at most max_age", name)
+		}
+		if s.MaxBytes < 0 {
+			bad("streams.%s.max_bytes: must be 0 (no cap) or positive", name)
+		}
+	}
+	// Full, these stall what writes there behind them while callbacks still
+	// get 200 (intake retries every notification it cannot publish or set
+	// aside, and each holds a slot; the dispatcher an event it cannot
+	// dead-letter): only the inbox, whose fullness answers 503, and the
+	// stores off the delivery path take a cap.
+	for name, s := range map[string]StreamLimits{"events": c.Streams.Events, "quarantine": c.Streams.Quarantine, "dlq": c.Streams.DLQ} {
+		if s.MaxBytes != 0 {
+			bad("streams.%s.max_bytes: must be 0: full, it stalls intake or delivery behind it while callbacks still get 200; cap the inbox, or the store as a whole (nats.embedded.max_store_bytes)", name)
 		}
 	}
 	if c.Streams.Events.DuplicateWindow < c.Intake.RetryMax+c.Intake.AckWait {

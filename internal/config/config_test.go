@@ -288,6 +288,41 @@ func TestInboxRetentionLeavesRoomToQuarantine(t *testing.T) {
 	}
 }
 
+// A store capped below what the console's buckets reserve never starts:
+// the relay retried provisioning for good, "insufficient storage".
+func TestMaxStoreBytesLeavesRoomForTheStreams(t *testing.T) {
+	for _, v := range []string{"-1", "1048576", "33554432"} {
+		if _, err := Load(write(t, "nats: {embedded: {max_store_bytes: "+v+"}}\n"+minimal), noEnv); err == nil || !strings.Contains(err.Error(), "nats.embedded.max_store_bytes") {
+			t.Errorf("max_store_bytes %s: %v", v, err)
+		}
+	}
+	for _, v := range []string{"0", "35651584"} {
+		if _, err := Load(write(t, "nats: {embedded: {max_store_bytes: "+v+"}}\n"+minimal), noEnv); err != nil {
+			t.Errorf("max_store_bytes %s: %v", v, err)
+		}
+	}
+}
+
+// A cap on the events, the quarantine or the dead letters, full, stalls
+// what writes there behind it while callbacks still get 200: forged
+// claims filling a capped quarantine held every intake slot with
+// notifications waiting to be set aside, until genuine ones aged out of
+// the inbox. Only the inbox (a full one answers 503) and the stores off
+// the delivery path take a cap; the store as a whole takes
+// nats.embedded.max_store_bytes.
+func TestOnlyStreamsWhoseFullnessIsSafeTakeACap(t *testing.T) {
+	for _, name := range []string{"events", "quarantine", "dlq"} {
+		if _, err := Load(write(t, "streams: {"+name+": {max_bytes: 1048576}}\n"+minimal), noEnv); err == nil || !strings.Contains(err.Error(), "streams."+name+".max_bytes") {
+			t.Errorf("%s capped: %v", name, err)
+		}
+	}
+	for _, name := range []string{"inbox", "replay", "attempts", "refs", "reconciliations"} {
+		if _, err := Load(write(t, "streams: {"+name+": {max_bytes: 1048576}}\n"+minimal), noEnv); err != nil {
+			t.Errorf("%s capped: %v", name, err)
+		}
+	}
+}
+
 func TestConfirmTimeoutFitsAckWait(t *testing.T) {
 	_, err := Load(write(t, "intake: {ack_wait: 9s, confirm_timeout: 4s}\n"+minimal), noEnv)
 	if err == nil || !strings.Contains(err.Error(), "intake.confirm_timeout") {
