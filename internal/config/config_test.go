@@ -228,8 +228,11 @@ func TestSecretFiles(t *testing.T) {
 	}
 	// A secret set as its own *_file (the value where its path belongs) is
 	// not repeated by the error: os.ReadFile's error names the path.
-	for _, key := range []string{"SENGO_RELAY_PROJECTS_MAIN_TOKEN_FILE", "SENGO_RELAY_ADMIN_TOKEN_FILE", "SENGO_RELAY_ENDPOINTS_ORDERS_SECRETS_FILE"} {
-		_, err := Load(write(t, "projects:\n  main: {api_key: k}\nendpoints:\n  orders: {url: 'https://orders.example/hook'}\n"), env(map[string]string{key: "whsec_S3cretValue0123456789"}))
+	// nats.creds_file too, which nats.go read only as it connected: its
+	// error, with the JWT and seed given as the path, went to the CLI's
+	// stderr.
+	for _, key := range []string{"SENGO_RELAY_PROJECTS_MAIN_TOKEN_FILE", "SENGO_RELAY_ADMIN_TOKEN_FILE", "SENGO_RELAY_ENDPOINTS_ORDERS_SECRETS_FILE", "SENGO_RELAY_NATS_CREDS_FILE"} {
+		_, err := Load(write(t, "nats: {url: 'nats://nats.example:4222'}\nprojects:\n  main: {api_key: k}\nendpoints:\n  orders: {url: 'https://orders.example/hook'}\n"), env(map[string]string{key: "whsec_S3cretValue0123456789"}))
 		if err == nil || !strings.Contains(err.Error(), "_file") || strings.Contains(err.Error(), "S3cretValue") {
 			t.Errorf("%s set to a secret: err = %v", key, err)
 		}

@@ -555,6 +555,14 @@ func (c *Config) readSecretFiles() []error {
 		}
 		*dst = Secret(s)
 	}
+	// nats.creds_file is read by nats.go as it connects, and its error
+	// names the path, which is sometimes the credentials themselves: it
+	// must be readable now, and is named without its value.
+	if c.NATS.CredsFile != "" {
+		if _, err := os.ReadFile(c.NATS.CredsFile); err != nil {
+			errs = append(errs, fmt.Errorf("nats.creds_file: %w", withoutPath(err)))
+		}
+	}
 	read("nats.token", c.NATS.TokenFile, &c.NATS.Token)
 	read("admin.token", c.Admin.TokenFile, &c.Admin.Token)
 	read("metrics.token", c.Metrics.TokenFile, &c.Metrics.Token)
