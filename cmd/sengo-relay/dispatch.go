@@ -268,7 +268,7 @@ endpoint with a fresh budget and the same webhook-id; purge deletes them.`,
 					if e.LastError != "" {
 						last = e.LastError
 					}
-					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Seq, e.Stored.Format(time.RFC3339), e.Endpoint, e.EventID, e.TransactionID, e.MerchantRef, e.Reason, e.Attempts, last)
+					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Seq, e.Stored.Format(time.RFC3339), cell(e.Endpoint), cell(e.EventID), cell(e.TransactionID), cell(e.MerchantRef), cell(e.Reason), e.Attempts, cell(last))
 				}
 				return tw.Flush()
 			},

@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -326,6 +327,44 @@ func TestKillDuringDeliveriesLosesNothing(t *testing.T) {
 			if !want[id] {
 				t.Errorf("%s received an unknown id %s", name, id)
 			}
+		}
+	}
+}
+
+// What the CLI's tables print is stored text others chose: an endpoint's
+// error (Go's certificate error repeats the names a certificate gives,
+// control characters and all), a forged notification's transaction id and
+// merchantRef. Printed raw, an escape sequence erased or rewrote rows of
+// the operator's terminal, and a newline and tabs added a fake row. A
+// table prints every control character as a space.
+func TestCLITablesPrintNoControlCharacters(t *testing.T) {
+	bad := newHook(t)
+	cfg := writeConfig(t, endpointYAML("broken", bad.URL, "1s"))
+	base, logs := startRunWith(t, cfg, relayEnv(t.TempDir()))
+	natsURL := logs.field(t, "embedded nats started", "client_url")
+	waitReady(t, base)
+	nc, err := nats.Connect(natsURL, relayAuth(t, logs), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	const hostile = `\u001b[1A\u001b[2K\u001b]0;owned\u0007\n999\tfake\trow\r\u202e`
+	if _, err := js.Publish(t.Context(), event.DLQTxSubject("broken", "tx-esc"), []byte(`{"endpoint":"broken","eventId":"ev-esc","transactionId":"tx`+hostile+`","merchantRef":"REF`+hostile+`","reason":"gone","lastError":"x509: certificate is valid for `+hostile+`, not hook.example","event":{}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.PublishMsg(t.Context(), &nats.Msg{Subject: event.QuarantineTxSubject("main", "tx-esc"), Header: nats.Header{event.HeaderReason: {"reason \x1b[2K\tfake"}},
+		Data: []byte(`{"id":"tx` + hostile + `","merchantRef":"R` + hostile + `","status":"success","feePayer":"customer","amount":1000,"fee":0,"totalAmount":1000,"qris":{}}`)}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_LISTEN", strings.TrimPrefix(natsURL, "nats://"))
+	for _, args := range [][]string{{"dlq", "list"}, {"quarantine", "list"}} {
+		var out bytes.Buffer
+		if err := run(context.Background(), append(args, "--config", cfg), &out, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		if i := strings.IndexFunc(out.String(), func(r rune) bool { return r != '\n' && (unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r)) }); i >= 0 || strings.Count(out.String(), "\n") != 3 {
+			t.Errorf("%s printed %q: want three lines, no control character", strings.Join(args, " "), out.String())
 		}
 	}
 }

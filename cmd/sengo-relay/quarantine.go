@@ -82,7 +82,7 @@ SenGo again.`,
 		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SEQ\tQUARANTINED AT\tPROJECT\tTRANSACTION\tSTATUS\tRECHECKS\tREASON")
 		for _, e := range entries {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Stored.Format(time.RFC3339), e.Project, e.TransactionID, e.Status, e.Rechecks, e.Reason)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Stored.Format(time.RFC3339), cell(e.Project), cell(e.TransactionID), cell(string(e.Status)), cell(e.Rechecks), cell(e.Reason))
 		}
 		tw.Flush()
 		fmt.Fprintf(out, "%d quarantined notifications\n", len(entries))
