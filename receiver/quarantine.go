@@ -362,7 +362,8 @@ const HeaderRechecks = "Sengo-Rechecks"
 // quarantined after the last one.
 var RecheckAfter = []time.Duration{time.Minute, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour, 6 * time.Hour}
 
-// recheckWindow is how far back the recheck reads: a notification is
+// recheckWindow is how far back the recheck reads (the quarantine keeps
+// notifications at least this long: internal/config): a notification is
 // quarantined again at each recheck, so one still due was stored at most
 // the longest RecheckAfter ago, and the rest is room for a relay that was
 // down meanwhile.

@@ -137,6 +137,10 @@ type Intake struct {
 	ConfirmTimeout Duration `yaml:"confirm_timeout"`
 }
 
+// quarantineRechecks is how far back the quarantine's rechecks read
+// (receiver's recheckWindow): its notifications must be kept that long.
+const quarantineRechecks = 24 * time.Hour
+
 // consoleReserve is the store the console's buckets reserve (their
 // max_bytes, 16 MiB each: internal/admin's sessions and replay jobs).
 const consoleReserve = 32 << 20
@@ -404,6 +408,9 @@ func (c *Config) Validate() error {
 		if s.MaxBytes != 0 {
 			bad("streams.%s.max_bytes: must be 0: full, it stalls intake or delivery behind it while callbacks still get 200; cap the inbox, or the store as a whole (nats.embedded.max_store_bytes)", name)
 		}
+	}
+	if c.Streams.Quarantine.MaxAge.D() < quarantineRechecks {
+		bad("streams.quarantine.max_age (%s) must be at least %s: a notification SenGo's API does not confirm yet is rechecked from there for up to %s (the last recheck 6h after the one before, and a relay down meanwhile rechecks late)", c.Streams.Quarantine.MaxAge, quarantineRechecks, quarantineRechecks)
 	}
 	if c.Streams.Events.DuplicateWindow < c.Intake.RetryMax+c.Intake.AckWait {
 		bad("streams.events.duplicate_window (%s) must be at least intake.retry_max plus intake.ack_wait (%s): an event published again after an intake retry must still be recognized", c.Streams.Events.DuplicateWindow, c.Intake.RetryMax+c.Intake.AckWait)

@@ -326,6 +326,19 @@ func TestOnlyStreamsWhoseFullnessIsSafeTakeACap(t *testing.T) {
 	}
 }
 
+// A quarantine kept less than its rechecks take (the last comes 6 h after
+// the one before, and a relay down meanwhile rechecks up to 24 h late)
+// dropped a genuine success SenGo's API was slow to report before its
+// recheck published it.
+func TestTheQuarantineOutlivesItsRechecks(t *testing.T) {
+	if _, err := Load(write(t, "streams: {quarantine: {max_age: 4h, duplicate_window: 1h}}\n"+minimal), noEnv); err == nil || !strings.Contains(err.Error(), "streams.quarantine.max_age") {
+		t.Fatalf("a 4h quarantine: %v", err)
+	}
+	if _, err := Load(write(t, "streams: {quarantine: {max_age: 24h, duplicate_window: 1h}}\n"+minimal), noEnv); err != nil {
+		t.Fatalf("a 24h quarantine: %v", err)
+	}
+}
+
 func TestConfirmTimeoutFitsAckWait(t *testing.T) {
 	_, err := Load(write(t, "intake: {ack_wait: 9s, confirm_timeout: 4s}\n"+minimal), noEnv)
 	if err == nil || !strings.Contains(err.Error(), "intake.confirm_timeout") {
