@@ -83,22 +83,32 @@ var maxQuarantineListBytes = 32 << 20
 // request each, and at most maxQuarantineListBytes of them are kept: the
 // newest.
 func ListQuarantine(ctx context.Context, js jetstream.JetStream, f QuarantineFilter) ([]QuarantineEntry, error) {
+	out, _, err := ListQuarantineCounted(ctx, js, f)
+	return out, err
+}
+
+// ListQuarantineCounted is ListQuarantine that also says how many of the
+// oldest it read it left out to stay within maxQuarantineListBytes: a
+// listing that said nothing of them hid, behind a flood of forged claims,
+// the genuine ones an operator must redrive.
+func ListQuarantineCounted(ctx context.Context, js jetstream.JetStream, f QuarantineFilter) (entries []QuarantineEntry, leftOut int, err error) {
 	var (
 		out        []QuarantineEntry
 		seen, held int
 	)
-	err := EachQuarantined(ctx, js, f, func(e QuarantineEntry) bool {
+	err = EachQuarantined(ctx, js, f, func(e QuarantineEntry) bool {
 		out = append(out, e)
 		held += e.size()
 		for held > maxQuarantineListBytes && len(out) > 1 {
 			held -= out[0].size()
 			out[0] = QuarantineEntry{} // its bodies can go now
 			out = out[1:]
+			leftOut++
 		}
 		seen++
 		return seen < maxQuarantineScan
 	})
-	return out, err
+	return out, leftOut, err
 }
 
 // size is about what e holds in memory.

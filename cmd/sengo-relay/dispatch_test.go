@@ -369,6 +369,46 @@ func TestCLITablesPrintNoControlCharacters(t *testing.T) {
 	}
 }
 
+// A listing of the quarantine keeps at most 32 MiB of notifications, the
+// newest. Forged claims of 60 KiB each filled that, and the CLI listed
+// them alone as if they were all: the genuine claims quarantined before
+// them, which an operator must redrive, went unmentioned. It says how many
+// it left out, as the console and the API do.
+func TestQuarantineListSaysWhatItLeftOut(t *testing.T) {
+	cfg := writeConfig(t, endpointYAML("orders", newHook(t).URL, "1s"))
+	base, logs := startRunWith(t, cfg, relayEnv(t.TempDir()))
+	natsURL := logs.field(t, "embedded nats started", "client_url")
+	waitReady(t, base)
+	nc, err := nats.Connect(natsURL, relayAuth(t, logs), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	const n = 600
+	pad := strings.Repeat("f", 60<<10)
+	natstest.PublishMany(t, js, n, func(i int) *nats.Msg {
+		return &nats.Msg{Subject: event.QuarantineTxSubject("main", fmt.Sprintf("forged-%d", i)), Header: nats.Header{event.HeaderReason: {"SenGo has no transaction"}},
+			Data: fmt.Appendf(nil, `{"id":"forged-%d","merchantRef":"%s","status":"success","feePayer":"customer","amount":1000,"fee":0,"totalAmount":1000,"qris":{}}`, i, pad)}
+	})
+	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_LISTEN", strings.TrimPrefix(natsURL, "nats://"))
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"quarantine", "list", "--config", cfg, "--project", "main"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	listed := strings.Count(out.String(), "\n") - 2
+	if listed >= n || !strings.Contains(out.String(), fmt.Sprintf("(%d older not listed", n-listed)) {
+		t.Fatalf("%d of %d listed, ending %q: want the number left out", listed, n, out.String()[max(0, out.Len()-120):])
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"quarantine", "list", "--config", cfg, "--project", "main", "--json"}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(errOut.String(), "older not listed") {
+		t.Fatalf("--json said on stderr %q: want the number left out", errOut.String())
+	}
+}
+
 // The dlq commands read a page at a time and reach every dead letter: an
 // outage's worth (more than one page of 1,000) is listed whole, as one
 // JSON array, and purged whole, without holding it all in memory.

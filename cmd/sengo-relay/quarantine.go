@@ -68,14 +68,21 @@ SenGo again.`,
 	}
 	lf, sf, rf, pf := &qflags{}, &qflags{}, &qflags{}, &qflags{}
 	list := verb("list", "List quarantined notifications with the reason", lf, func(ctx context.Context, c *cobra.Command, js jetstream.JetStream, sel receiver.QuarantineFilter) error {
-		entries, err := receiver.ListQuarantine(ctx, js, sel)
+		entries, left, err := receiver.ListQuarantineCounted(ctx, js, sel)
 		if err != nil {
 			return err
 		}
 		out := c.OutOrStdout()
+		more := ""
+		if left > 0 {
+			more = fmt.Sprintf(" (%d older not listed, to keep the listing within its memory bound: narrow it with --project or --transaction)", left)
+		}
 		if lf.json {
 			if entries == nil {
 				entries = []receiver.QuarantineEntry{}
+			}
+			if more != "" {
+				fmt.Fprintf(c.ErrOrStderr(), "%d quarantined notifications listed%s\n", len(entries), more)
 			}
 			return json.NewEncoder(out).Encode(entries)
 		}
@@ -85,7 +92,7 @@ SenGo again.`,
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Stored.Format(time.RFC3339), cell(e.Project), cell(e.TransactionID), cell(string(e.Status)), cell(e.Rechecks), cell(e.Reason))
 		}
 		tw.Flush()
-		fmt.Fprintf(out, "%d quarantined notifications\n", len(entries))
+		fmt.Fprintf(out, "%d quarantined notifications%s\n", len(entries), more)
 		return nil
 	})
 	list.Flags().StringVar(&lf.project, "project", "", "only this project")
