@@ -47,6 +47,11 @@ func TestConfirmationTakesSenGosStatus(t *testing.T) {
 	if len(st.History) != 1 || !strings.Contains(st.History[0].Note, "callback said pending; SenGo's API says success") {
 		t.Fatalf("history %+v", st.History)
 	}
+	// The state says it was confirmed, as the event does: the story tells
+	// it from there once the event has aged out.
+	if c := st.History[0].Confirmed; c == nil || !*c {
+		t.Fatalf("history %+v: want it recorded confirmed", st.History)
+	}
 	if n := h.intakeCount("main", "published"); n != 1 {
 		t.Fatalf("published %v", n)
 	}

@@ -955,7 +955,7 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 			s.MerchantRef = tx.MerchantRef
 			s.Status = tx.Status
 			s.UpdatedAt = acceptedAt
-			s.History = append(s.History, txEvent{Status: tx.Status, EventID: ev.ID, AcceptedAt: acceptedAt, Source: m.Headers().Get(event.HeaderSource), Note: note})
+			s.History = append(s.History, txEvent{Status: tx.Status, EventID: ev.ID, AcceptedAt: acceptedAt, Source: m.Headers().Get(event.HeaderSource), Note: note, Confirmed: &confirmed})
 			s.Outbox = append(s.Outbox, outboxItem{EventID: ev.ID, Subject: event.EventSubject(project, tx.Product, tx.Status), Event: b, InboxSeq: inboxSeq})
 			r.outcome = "published"
 			return true, nil

@@ -47,6 +47,10 @@ type txEvent struct {
 	Source string `json:"source,omitempty"`
 	// Note says why the status differs from the notification's, if it does.
 	Note string `json:"note,omitempty"`
+	// Confirmed is whether SenGo's API confirmed it (nil: decided by a
+	// relay that did not record it): the story tells it when the event
+	// itself is no longer kept.
+	Confirmed *bool `json:"confirmed,omitempty"`
 }
 
 type outboxItem struct {

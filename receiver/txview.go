@@ -42,6 +42,9 @@ type StatusChange struct {
 	// Note says why the status differs from the notification's (SenGo's
 	// API said otherwise), if it does.
 	Note string `json:"note,omitempty"`
+	// Confirmed is whether SenGo's API confirmed it (absent: decided by a
+	// relay that did not record it; its event says).
+	Confirmed *bool `json:"confirmed,omitempty"`
 }
 
 // Rejected is a notification recorded but not published.

@@ -376,8 +376,14 @@ func (s *Server) summary(ctx context.Context, js jetstream.JetStream, project, i
 }
 
 // summaryOf is the summary of tx without its latest event's amounts.
+// Its confirmation is the latest change's as the state recorded it (its
+// event, read after, says the same while it is kept).
 func summaryOf(tx receiver.Transaction) txSummary {
-	return txSummary{Project: tx.Project, TransactionID: tx.TransactionID, MerchantRef: tx.MerchantRef, Product: tx.Product, Status: tx.Status, UpdatedAt: tx.UpdatedAt.UTC(), Currency: event.Currency}
+	t := txSummary{Project: tx.Project, TransactionID: tx.TransactionID, MerchantRef: tx.MerchantRef, Product: tx.Product, Status: tx.Status, UpdatedAt: tx.UpdatedAt.UTC(), Currency: event.Currency}
+	if n := len(tx.Changes); n > 0 && tx.Changes[n-1].Confirmed != nil {
+		t.Confirmed = *tx.Changes[n-1].Confirmed
+	}
+	return t
 }
 
 func (s *Server) latestEvent(ctx context.Context, js jetstream.JetStream, tx receiver.Transaction) (eventView, bool) {
@@ -661,15 +667,26 @@ func steps(tl timeline) []step {
 		}
 		out = append(out, step{At: at, Kind: "notification", Summary: sum, Ref: "inbox/" + strconv.FormatUint(n.Seq, 10)})
 	}
+	// Whether each change was confirmed: its event says, and the state
+	// says too (an event aged out of SENGO_EVENTS, kept less long than the
+	// state, read as "not confirmed" when SenGo's API had confirmed it).
 	confirmed := map[string]bool{}
+	for _, ch := range tl.State.Changes {
+		if ch.Confirmed != nil {
+			confirmed[ch.EventID] = *ch.Confirmed
+		}
+	}
 	for _, e := range tl.Events {
 		confirmed[e.ID] = e.Confirmed
 	}
 	for _, ch := range tl.State.Changes {
 		sum := "published " + string(ch.Status)
-		if confirmed[ch.EventID] {
+		switch c, known := confirmed[ch.EventID]; {
+		case !known:
+			sum += ", confirmation unknown (its event is no longer kept)"
+		case c:
 			sum += ", confirmed by SenGo's API"
-		} else {
+		default:
 			sum += ", not confirmed"
 		}
 		if ch.Note != "" {

@@ -278,6 +278,53 @@ func TestTransactionPagesDoNotRepeat(t *testing.T) {
 	}
 }
 
+// A change's confirmation was read from its event alone, and SENGO_EVENTS
+// keeps events less long than SENGO_TX keeps the state (30 days from the
+// event, against 30 from the transaction's last change, or for good): a
+// status SenGo's API had confirmed was told "not confirmed" once its
+// event aged out, in the story and its header, to an operator judging a
+// dispute. The state records it too; where neither says, the story says
+// it does not know.
+func TestAnAgedOutEventKeepsItsConfirmation(t *testing.T) {
+	hs, js := newServer(t)
+	hist := map[string][]map[string]any{}
+	pubEv(t, js, hist, "OLD", event.StatusPending)
+	pubEv(t, js, hist, "OLD", event.StatusSuccess)
+	yes := true
+	hist["OLD"][1]["confirmed"] = yes // as intake records it; the pending by a relay that did not
+	state, _ := json.Marshal(map[string]any{"project": "main", "transactionId": "OLD", "merchantRef": "REF-OLD", "product": "qris", "status": "success",
+		"updatedAt": time.Now().UTC(), "history": hist["OLD"]})
+	kv, err := js.KeyValue(t.Context(), event.BucketTx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(t.Context(), "main.OLD", state); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(t.Context(), event.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Purge(t.Context()); err != nil { // both events aged out
+		t.Fatal(err)
+	}
+	var tl struct {
+		Transaction txSummary `json:"transaction"`
+		Steps       []step    `json:"steps"`
+	}
+	mustCall(t, hs, http.MethodGet, "/admin/transactions/main/OLD", "", http.StatusOK, &tl)
+	var published []string
+	for _, st := range tl.Steps {
+		if st.Kind == "published" {
+			published = append(published, st.Summary)
+		}
+	}
+	want := []string{"published pending, confirmation unknown (its event is no longer kept)", "published success, confirmed by SenGo's API"}
+	if !slices.Equal(published, want) || !tl.Transaction.Confirmed {
+		t.Fatalf("steps %q, header confirmed %v; want %q and confirmed", published, tl.Transaction.Confirmed, want)
+	}
+}
+
 func serveAdmin(t *testing.T, a *Server) *httptest.Server {
 	t.Helper()
 	hs := httptest.NewServer(a.Handler())
