@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -61,6 +62,16 @@ func Connect(cfg ConnectConfig, extra ...nats.Option) (*nats.Conn, error) {
 				log.Warn().Err(err).Msg("nats disconnected")
 			}
 		}),
+		// A connection that fails (the first, or after a disconnect) says
+		// why: a server down, a wrong token and an untrusted certificate
+		// looked alike, as provisioning's "context deadline exceeded".
+		// Once while the reason stays the same, and again each minute,
+		// for all of the process's connections.
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			if connectFailures.first(err) {
+				log.Warn().Err(WithoutURL(err)).Str("connection", cfg.Name).Msg("nats connect failed; retrying")
+			}
+		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info().Str("url", verify.RedactServerURL(nc.ConnectedUrl())).Msg("nats reconnected") // a user alone is a token
 		}),
@@ -90,6 +101,34 @@ func Connect(cfg ConnectConfig, extra ...nats.Option) (*nats.Conn, error) {
 		return nil, fmt.Errorf("connect to nats: %w", WithoutURL(err))
 	}
 	return nc, nil
+}
+
+// connectFailures is what the process's connections last said of a
+// failed connect.
+var connectFailures failureLog
+
+// failureLog tells which connect errors to log: nats.go calls back at
+// every try of every connection, two a second each.
+type failureLog struct {
+	mu   sync.Mutex
+	last string
+	at   time.Time
+}
+
+// first reports whether err differs from the last one logged, or came a
+// minute after it. nats.go's "no servers available", with which a first
+// connect fails before its first real try, says nothing and is not logged.
+func (f *failureLog) first(err error) bool {
+	if err == nil || errors.Is(err, nats.ErrNoServers) {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err.Error() == f.last && time.Since(f.at) < time.Minute {
+		return false
+	}
+	f.last, f.at = err.Error(), time.Now()
+	return true
 }
 
 // ErrUnparsableURL replaces nats.go's error for a server URL that does not

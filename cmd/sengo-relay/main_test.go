@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -325,6 +326,27 @@ func TestServeEndToEnd(t *testing.T) {
 	}
 	if !strings.Contains(logs.text(), `"message":"stopped"`) {
 		t.Error("no orderly shutdown in the logs")
+	}
+}
+
+// A relay that cannot reach its NATS at start says why. It retried
+// without a word of its own, and the operator could not tell a server
+// down from a wrong token or an untrusted certificate. (Once while the
+// reason stays the same: TestAConnectFailureIsLoggedOnce.)
+func TestARelayThatCannotConnectSaysWhy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	_, logs := startRunWith(t, writeConfig(t, endpointYAML("orders", newHook(t).URL, "1s")),
+		relayEnv(t.TempDir(), "SENGO_RELAY_NATS_URL=nats://"+closed))
+	eventually(t, "a log line saying why NATS cannot be reached", func() bool {
+		return strings.Contains(logs.text(), "connection refused")
+	})
+	if !strings.Contains(logs.text(), `"url":"nats://`+closed+`"`) {
+		t.Errorf("the relay did not name the server it connects to: %s", logs.text())
 	}
 }
 

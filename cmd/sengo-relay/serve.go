@@ -769,7 +769,8 @@ func connectNATS(cfg config.Config, log zerolog.Logger, closed func(*nats.Conn),
 		conns.readers = append(conns.readers, nc)
 	}
 	if cfg.NATS.URL != "" {
-		log.Info().Str("url", verify.RedactServerURL(conns.work.ConnectedUrl())).Msg("nats connecting")
+		// The configured servers: not yet connected, ConnectedUrl is empty.
+		log.Info().Str("url", verify.RedactServerURLs(cfg.NATS.URL)).Msg("nats connecting")
 		warnLeftStore(cfg.StoreDirOrDefault(), log)
 	}
 	return conns, shutdown, nil
