@@ -832,23 +832,35 @@ func (c gatedConn) Write(p []byte) (int, error) {
 // turns they leave. Taken in arrival order by every worker, and before a
 // pull (an empty pull of the replay's consumer spent one), the replay's
 // workers had a third of the limit while live events waited.
+//
+// The limit is 2 a second, not 10: a live event reserves its turn, and
+// with two live workers each reserving the next one the replay finds a
+// turn free only when a live worker takes longer than two turns (1 s
+// here) to post, record, acknowledge and pull again. At 10 a second that
+// was 200 ms, which a loaded CI machine running the race detector
+// exceeded, and the replay's workers took the turns that freed on a
+// correct relay.
 func TestAReplayGetsTheTurnsLiveEventsLeave(t *testing.T) {
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
-	ep.RateLimit, ep.Concurrency = 10, 2
-	const n = 40
+	ep.RateLimit, ep.Concurrency = 2, 2
+	const n = 12
 	for i := range n {
 		h.publish(fmt.Sprintf("tx-rate-%d", i), event.StatusSuccess, "")
 	}
-	// The same 40 queued again as a replay before the endpoint starts:
-	// its live consumer and its replay consumer each hold 40.
+	// The same 12 queued again as a replay before the endpoint starts:
+	// its live consumer and its replay consumer each hold 12.
 	w := h.worker(ep)
 	if _, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	h.run(w)
-	eventually(t, "every live event delivered", func() bool {
+	// 12 live events at 2 a second take 5 s, and a relay that lets the
+	// replay take every third turn about 8 s: longer than the mutants'
+	// 6 s deadline, which would fail the test before the count below
+	// could tell why. Their own deadline lets the count say it.
+	poll.Within(t, 30*time.Second, "every live event delivered", func() bool {
 		live := 0
 		for _, a := range c.got() {
 			if a.Header.Get("webhook-replay") == "" {
@@ -864,14 +876,20 @@ func TestAReplayGetsTheTurnsLiveEventsLeave(t *testing.T) {
 		}
 	}
 	t.Logf("%d copies delivered before the %d live events", copies, n)
-	// A second's turns (rate_limit's burst, 10) are free at the start and
-	// go to whoever asks: a third of them to the replay. After that, none
-	// while live events wait. (Taking turns in arrival order, a third of
-	// all went: about 13 of 40 after the burst.)
-	if copies > 8 {
+	// The limit's burst (2 turns) is free at the start and goes to whoever
+	// asks first: both to the replay when its worker has its copies before
+	// the live workers have their events (0 to 2 in runs under load).
+	// After that, none while live events wait, but for a live worker
+	// stalled over a second: one more is allowed for it. (Taking turns in
+	// arrival order, the replay took a third of all: 6 while the 12 live
+	// events waited, in every run.)
+	if copies > 3 {
 		t.Fatalf("%d replayed copies delivered before the %d live events were: the replay took turns they waited for", copies, n)
 	}
-	eventually(t, "the replay delivered too", func() bool { return len(c.got()) == 2*n && h.settled(w) })
+	// Then the replay has the whole limit: its 12 copies take 6 s. A relay
+	// whose idle live workers spend a turn on each empty pull (one a
+	// second each, the whole limit) left the replay a trickle: about 30 s.
+	poll.Within(t, 15*time.Second, "the replay delivered too", func() bool { return len(c.got()) == 2*n && h.settled(w) })
 }
 
 // With no live events to deliver, a replay gets the whole rate limit. The
