@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 )
 
 // Every relay sets the endpoint's shared consumer's ack wait to its own
@@ -17,6 +18,12 @@ import (
 // consumer deduplicating check-then-insert ships twice). A worker now
 // tells the server the event is in progress while its attempt runs,
 // whatever the consumer's ack wait has become.
+//
+// The relay started later sets 3 s and the consumer takes 6 s to answer:
+// a relay that sends no signal has the event handed out again halfway
+// through the post. With 1 s, a signal every 200 ms had to be late by
+// 800 ms for a correct relay to have it handed out again, which a loaded
+// CI machine running the race detector was.
 func TestALongAttemptIsNotHandedToASecondWorker(t *testing.T) {
 	defer func(d time.Duration) { inProgressEvery = d }(inProgressEvery)
 	inProgressEvery = 200 * time.Millisecond
@@ -28,7 +35,7 @@ func TestALongAttemptIsNotHandedToASecondWorker(t *testing.T) {
 		for m := most.Load(); k > m && !most.CompareAndSwap(m, k); m = most.Load() {
 		}
 		if n == 1 {
-			<-time.After(3 * time.Second) // a slow consumer
+			<-time.After(6 * time.Second) // a slow consumer
 		}
 		w.WriteHeader(200)
 	})
@@ -36,9 +43,10 @@ func TestALongAttemptIsNotHandedToASecondWorker(t *testing.T) {
 	ep.Timeout, ep.Concurrency = 10*time.Second, 2
 	wk := h.start(ep)
 	// A relay started later with a shorter timeout updates the consumer.
-	natstest.SetAckWait(t, h.js, "SENGO_EVENTS", ConsumerName("orders"), time.Second)
+	natstest.SetAckWait(t, h.js, "SENGO_EVENTS", ConsumerName("orders"), 3*time.Second)
 	h.publish("tx-slow", "success", "")
-	eventually(t, "the event delivered", func() bool { return len(c.got()) > 0 && h.settled(wk) })
+	// Its own deadline: the post takes 6 s, most of the mutants' 6 s.
+	poll.Within(t, 30*time.Second, "the event delivered", func() bool { return len(c.got()) > 0 && h.settled(wk) })
 	if m := most.Load(); m > 1 {
 		t.Fatalf("the event was posted %d times at once (%d posts in all)", m, len(c.got()))
 	}
