@@ -9,6 +9,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/sengo"
 )
 
@@ -19,28 +20,35 @@ import (
 // check of SenGo, and the outbox flushed twice, so live subscribers saw
 // the event twice. A worker now tells the server the notification is in
 // progress while it works on it.
+//
+// The relay started later sets 3 s and SenGo takes 6 s to answer: a
+// relay that sends no signal has the notification handed out again
+// halfway through the check. With 1 s, a signal every 200 ms had to be
+// late by 800 ms for a correct relay to have it handed out again, which a
+// loaded CI machine running the race detector was.
 func TestANotificationInItsCheckIsNotHandedToASecondWorker(t *testing.T) {
 	defer func(d time.Duration) { intakeInProgressEvery = d }(intakeInProgressEvery)
 	intakeInProgressEvery = 200 * time.Millisecond
 	var slow atomic.Bool
 	sb, client := sandboxWithChecks(t, func(_ string, _ http.ResponseWriter, _ *http.Request) bool {
 		if slow.CompareAndSwap(true, false) {
-			<-time.After(3 * time.Second) // SenGo slow to answer this one check
+			<-time.After(6 * time.Second) // SenGo slow to answer this one check
 		}
 		return false
 	})
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
-		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}, sengo.CheckTimeout(5*time.Second))
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}, sengo.CheckTimeout(10*time.Second))
 		ic.AckWait = 20 * time.Second
 	})
 	ctx := context.Background()
-	cons := natstest.SetAckWait(t, h.js, event.StreamInbox, IntakeConsumer, time.Second) // a relay started later, with a shorter ack_wait
+	cons := natstest.SetAckWait(t, h.js, event.StreamInbox, IntakeConsumer, 3*time.Second) // a relay started later, with a shorter ack_wait
 	body := paidQRIS(t, sb, client, "INV-SLOW")
 	slow.Store(true)
 	if resp, got := h.post("/callbacks/sengo/main", body); resp.StatusCode != 200 {
 		t.Fatalf("callback: %d %v", resp.StatusCode, got)
 	}
-	eventually(t, "the notification settled", func() bool {
+	// Its own deadline: the check takes 6 s, most of the mutants' 6 s.
+	poll.Within(t, 30*time.Second, "the notification settled", func() bool {
 		info, err := cons.Info(ctx)
 		return h.intakeCount("main", "published") == 1 && err == nil && info.NumAckPending == 0 && info.NumPending == 0
 	})
