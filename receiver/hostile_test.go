@@ -1881,13 +1881,43 @@ func TestAnOutageOfTheOnlyProjectSetsNothingAside(t *testing.T) {
 			t.Fatalf("callback %d: %d %v", i, resp.StatusCode, got)
 		}
 	}
-	start := time.Now()
-	// Past the second for which the consumer's crowding is known.
-	eventually(t, "confirmations failing for 2 s", func() bool {
-		return testutil.ToFloat64(h.metrics.Confirm.WithLabelValues("main", "unavailable")) >= 12 && time.Since(start) > 2*time.Second
+	// A relay that set them aside would do it for a failing check once
+	// it knew the consumer crowded: it asks the store at most once a
+	// second, and the consumer is crowded from when it holds more than
+	// half of max_ack_pending (the notifications, failing, stay in it).
+	// So the judgement waits for that, the second the relay may go on
+	// with an older answer, and then several failing checks: each of them
+	// would have set its notification aside. Waiting for 12 failing checks
+	// and 2 s from the start instead, a loaded machine could have made
+	// them all before the crowding was known, and the test passed whatever
+	// the relay did.
+	// (A notification set aside on the way ends the waits: the relay
+	// has done what it must not; one set aside as soon as the relay saw
+	// the crowding kept the consumer from looking crowded to the test.)
+	count := func(outcome string) float64 {
+		return testutil.ToFloat64(h.metrics.Confirm.WithLabelValues("main", outcome))
+	}
+	cons, err := h.js.Consumer(t.Context(), event.StreamInbox, IntakeConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the consumer crowded", func() bool {
+		info, err := cons.Info(t.Context())
+		return count("set_aside") > 0 || err == nil && info.NumAckPending > 2
 	})
+	crowded := time.Now()
+	eventually(t, "the relay's last answer from before the crowding outdated", func() bool {
+		return count("set_aside") > 0 || time.Since(crowded) > time.Second
+	})
+	before := count("unavailable")
+	eventually(t, "6 more confirmations failing", func() bool {
+		return count("set_aside") > 0 || count("unavailable") >= before+6
+	})
+	if n := count("set_aside"); n != 0 {
+		t.Fatalf("%v notifications of the only project set aside during its outage", n)
+	}
 	if n := h.msgs(event.StreamQuarantine); n != 0 {
-		t.Fatalf("%d notifications of the only project set aside during its outage", n)
+		t.Fatalf("%d notifications of the only project quarantined during its outage", n)
 	}
 }
 
