@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
@@ -148,7 +151,19 @@ func TestEmbeddedAuth(t *testing.T) {
 
 	// A bcrypt check takes seconds under -race on a busy machine; the
 	// default 2 s connect timeout failed CI-like runs.
-	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
+	// The server refuses a request it does not permit by saying so to the
+	// connection, apart from the request, which times out: the subscriber
+	// hears each refusal.
+	var refusedMu sync.Mutex
+	var refused []string
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				refusedMu.Lock()
+				refused = append(refused, err.Error())
+				refusedMu.Unlock()
+			}
+		}))
 	if err != nil {
 		t.Fatalf("subscriber: %v", err)
 	}
@@ -166,36 +181,60 @@ func TestEmbeddedAuth(t *testing.T) {
 		t.Fatalf("subscriber cannot ack its own consumer: %v", err)
 	}
 
-	denied := func(what string, f func(ctx context.Context) error) {
+	// denied checks that the subscriber's request to subject fails, and
+	// that it fails because the server refused it. A failure alone said
+	// nothing: a request that merely timed out on a loaded machine (the
+	// server slow to answer, a step before it slow) counted as refused,
+	// and a permission given away went unseen.
+	denied := func(what, subject string, f func(ctx context.Context) error) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
 		if err := f(ctx); err == nil {
 			t.Errorf("subscriber could %s", what)
+			return
 		}
+		want := fmt.Sprintf("Publish to %q", subject)
+		poll.Until(t, "the refusal to "+what, func() bool {
+			refusedMu.Lock()
+			defer refusedMu.Unlock()
+			return slices.ContainsFunc(refused, func(r string) bool { return strings.Contains(r, want) })
+		})
 	}
-	denied("publish an event", func(ctx context.Context) error {
+	denied("publish an event", "sengo.events.main.retail.success", func(ctx context.Context) error {
 		_, err := sjs.Publish(ctx, "sengo.events.main.retail.success", []byte(`{"id":"forged"}`))
 		return err
 	})
-	denied("publish to the inbox", func(ctx context.Context) error {
+	denied("publish to the inbox", "sengo.inbox.main", func(ctx context.Context) error {
 		_, err := sjs.Publish(ctx, "sengo.inbox.main", []byte(`{}`))
 		return err
 	})
-	denied("delete a stream", func(ctx context.Context) error { return sjs.DeleteStream(ctx, "SENGO_EVENTS") })
-	denied("delete the relay's consumer", func(ctx context.Context) error { return sjs.DeleteConsumer(ctx, "SENGO_EVENTS", "webhook-orders") })
-	denied("pull from the relay's consumer", func(ctx context.Context) error {
-		c, err := sjs.Consumer(ctx, "SENGO_EVENTS", "webhook-orders")
-		if err != nil {
-			return err
-		}
-		_, err = c.Next(jetstream.FetchMaxWait(time.Second))
+	denied("delete a stream", "$JS.API.STREAM.DELETE.SENGO_EVENTS", func(ctx context.Context) error { return sjs.DeleteStream(ctx, "SENGO_EVENTS") })
+	denied("delete the relay's consumer", "$JS.API.CONSUMER.DELETE.SENGO_EVENTS.webhook-orders", func(ctx context.Context) error {
+		return sjs.DeleteConsumer(ctx, "SENGO_EVENTS", "webhook-orders")
+	})
+	// The subscriber may look at the relay's consumer, not pull from it.
+	relays, err := sjs.Consumer(ctx, "SENGO_EVENTS", "webhook-orders")
+	if err != nil {
+		t.Fatalf("the subscriber's look at the relay's consumer: %v", err)
+	}
+	denied("pull from the relay's consumer", "$JS.API.CONSUMER.MSG.NEXT.SENGO_EVENTS.webhook-orders", func(context.Context) error {
+		_, err := relays.Next(jetstream.FetchMaxWait(time.Second))
 		return err
 	})
-	denied("read the inbox", func(ctx context.Context) error {
+	denied("read the inbox", "$JS.API.STREAM.INFO.SENGO_INBOX", func(ctx context.Context) error {
 		_, err := sjs.Stream(ctx, "SENGO_INBOX")
 		return err
 	})
+	// And the pull took nothing: the relay's consumer, as the relay sees
+	// it, never handed out the event.
+	rc, err := rjs.Consumer(ctx, "SENGO_EVENTS", "webhook-orders")
+	if err != nil {
+		t.Fatalf("relay's consumer: %v", err)
+	}
+	if info := rc.CachedInfo(); info.Delivered.Consumer != 0 || info.NumAckPending != 0 {
+		t.Fatalf("the relay's consumer after the subscriber's pull: %d delivered, %d unacknowledged", info.Delivered.Consumer, info.NumAckPending)
+	}
 
 	s, _ := rjs.Stream(ctx, "SENGO_EVENTS")
 	if info, err := s.Info(ctx); err != nil || info.State.Msgs != 1 {
