@@ -13,3 +13,7 @@ func SetReplyWaits(t interface{ Cleanup(func()) }, pull, answer time.Duration) {
 	pullWait, answerWait, guardAnswerWait = pull, answer, answer
 	t.Cleanup(func() { pullWait, answerWait, guardAnswerWait = oldPull, oldAnswer, oldGuard })
 }
+
+// KeptAge is keptAge: the max_age provisioning gives spec's stream, and
+// why it keeps the one the stream has (for tests).
+var KeptAge = keptAge

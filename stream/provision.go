@@ -240,6 +240,12 @@ func keptAge(ctx context.Context, js jetstream.JetStream, spec StreamSpec) (time
 	}
 	list := s.ListConsumers(ctx)
 	for ci := range list.Info() {
+		if ci.Cluster != nil && ci.Cluster.Name != "" && ci.Cluster.Leader == "" {
+			// In a cluster, a consumer whose leader does not answer (its
+			// replicas on nodes down) is listed with no state, its name
+			// too at times: what it has settled is not known.
+			return kept(fmt.Sprintf("consumer %s has no leader to say what it has settled", ci.Name))
+		}
 		if strings.HasPrefix(ci.Name, ScanConsumerPrefix) || ci.NumPending == 0 && ci.NumAckPending == 0 {
 			continue
 		}

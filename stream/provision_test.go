@@ -82,6 +82,58 @@ func TestProvisionReportsEveryFailure(t *testing.T) {
 	}
 }
 
+// In a cluster, a consumer whose leader does not answer (its one replica
+// on a node down) is not in the stream's consumer list as it is:
+// nats-server names it as missing, and nats.go lists it with no state at all, no
+// name, nothing pending, which read as settled. A lower max_age was then
+// given over its backlog, and nats-server deleted the undelivered
+// messages at once. The age is kept while a consumer has no leader.
+func TestProvisionKeepsTheAgeOverAConsumerItCannotRead(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a long fault test: not with -short (.ci/run runs it)")
+	}
+	c := natstest.StartCluster(t, 3)
+	nc, err := nats.Connect(c.URL(), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := t.Context()
+	sp := spec(time.Hour)
+	sp.Replicas = 3
+	if err := stream.Provision(ctx, js, sp); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, "T_INBOX", jetstream.ConsumerConfig{Durable: "behind", AckPolicy: jetstream.AckExplicitPolicy, Replicas: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "t.inbox.x", []byte("answered 200")); err != nil {
+		t.Fatal(err)
+	}
+	stored := time.Now()
+	ci, err := cons.Info(ctx)
+	if err != nil || ci.Cluster == nil || len(ci.Cluster.Leader) < 2 {
+		t.Fatalf("consumer info %v %+v", err, ci)
+	}
+	node := int(ci.Cluster.Leader[1] - '1') // "n1".."n3"
+	poll.Until(t, "the message older than the lower age", func() bool { return time.Since(stored) > 2300*time.Millisecond })
+	c.Stop(node)
+	poll.Within(t, 30*time.Second, "the stream answering with its consumer's node down", func() bool {
+		_, err := js.Stream(ctx, "T_INBOX")
+		return err == nil
+	})
+	lower := spec(2 * time.Second)
+	lower.Streams[0].Limits.Duplicates = time.Second
+	lctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	age, why, err := stream.KeptAge(lctx, js, lower.Streams[0])
+	if err != nil || age != time.Hour || !strings.Contains(why, "consumer") {
+		t.Fatalf("max_age %s (%q, %v) with consumer behind unreadable on node n%d: want the old one kept", age, why, err, node+1)
+	}
+}
+
 // Two relays starting together on a cluster both provision the same R3
 // streams and buckets; both must succeed promptly.
 func TestConcurrentProvisionOnCluster(t *testing.T) {
