@@ -973,7 +973,7 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 		return r
 	}
 	if len(withdrawn) > 0 {
-		in.logWithdrawn(st, withdrawn)
+		in.logWithdrawn(project, tx.ID, st, withdrawn)
 	}
 	if testKillAfterDecision != nil && testKillAfterDecision() {
 		r.killed = true
@@ -1260,20 +1260,16 @@ func (in *Intake) applyFrom(ctx context.Context, key string, cur *txRead, change
 // items are removed at once (clear is nil).
 //
 // For a project that confirms, events decided unconfirmed (before it was
-// made to confirm, their publish refused or their relay stopped) are not
-// published: they are withdrawn first (withdrawUnconfirmed), and the
-// notification is decided again under the check.
+// made to confirm, their publish refused or their relay stopped) are held
+// back, left in the outbox: the notification's decision withdraws them
+// once SenGo's API has answered (txState.withdrawUnconfirmed), and
+// decides again.
 func (in *Intake) flush(ctx context.Context, key string, st txState, rev uint64) (clear func(context.Context) error, err error) {
-	if len(st.Outbox) == 0 {
-		return nil, nil
-	}
-	if in.cfg.RequireConfirmation[st.Project] && slices.ContainsFunc(st.Outbox, unconfirmed) {
-		if st, rev, err = in.withdrawUnconfirmed(ctx, key); err != nil || len(st.Outbox) == 0 {
-			return nil, err
-		}
-	}
 	seqs := make(map[string]uint64, len(st.Outbox))
 	for _, it := range st.Outbox {
+		if in.heldBack(st, it) {
+			continue
+		}
 		msg := &nats.Msg{Subject: it.Subject, Data: it.Event, Header: nats.Header{event.HeaderEventID: []string{it.EventID}}}
 		tracing.Inject(ctx, msg.Header) // deliveries continue the notification's trace
 		ack, err := in.cfg.JetStream.PublishMsg(ctx, msg, jetstream.WithMsgID(it.EventID), jetstream.WithExpectStream(event.StreamEvents))
@@ -1282,6 +1278,9 @@ func (in *Intake) flush(ctx context.Context, key string, st txState, rev uint64)
 		}
 		seqs[it.EventID] = ack.Sequence
 	}
+	if len(seqs) == 0 {
+		return nil, nil
+	}
 	clear = func(ctx context.Context) error { return in.clearOutbox(ctx, key, st, rev, seqs) }
 	if in.cfg.Durable != nil {
 		return clear, nil
@@ -1289,28 +1288,16 @@ func (in *Intake) flush(ctx context.Context, key string, st txState, rev uint64)
 	return nil, clear(ctx)
 }
 
-// withdrawUnconfirmed takes the events decided unconfirmed out of key's
-// outbox, as if never decided (txState.withdrawUnconfirmed), and returns
-// the state as stored.
-func (in *Intake) withdrawUnconfirmed(ctx context.Context, key string) (txState, uint64, error) {
-	var gone []string
-	st, rev, err := in.apply(ctx, key, func(s *txState) (bool, error) {
-		gone = s.withdrawUnconfirmed()
-		return len(gone) > 0, nil
-	})
-	if err != nil {
-		return txState{}, 0, fmt.Errorf("withdraw unconfirmed events: %w", err)
-	}
-	if len(gone) > 0 {
-		in.logWithdrawn(st, gone)
-	}
-	return st, rev, nil
+// heldBack reports whether outbox item it of st is not published: decided
+// unconfirmed, for a project that now confirms.
+func (in *Intake) heldBack(st txState, it outboxItem) bool {
+	return in.cfg.RequireConfirmation[st.Project] && st.unconfirmed(it)
 }
 
 // logWithdrawn says which events withdrawUnconfirmed took out of st.
-func (in *Intake) logWithdrawn(st txState, ids []string) {
-	in.log.Warn().Str("project", st.Project).Str("transaction_id", st.TransactionID).Strs("event_ids", ids).Str("status", string(st.Status)).
-		Msg("events decided unconfirmed, before the project required confirmation, withdrawn unpublished: the notification is decided again with SenGo's check")
+func (in *Intake) logWithdrawn(project, transactionID string, st txState, ids []string) {
+	in.log.Warn().Str("project", project).Str("transaction_id", transactionID).Strs("event_ids", ids).Str("status", string(st.Status)).
+		Msg("events decided unconfirmed, before the project required confirmation, withdrawn: the notification is decided again with SenGo's check")
 }
 
 // flushDurably is flush with its clear run at once, after an fsync of its
@@ -1326,7 +1313,10 @@ func (in *Intake) flushDurably(ctx context.Context, key string, st txState, rev 
 	if err != nil {
 		return err
 	}
-	if len(st.Outbox) > 0 && st.MerchantRef != "" {
+	// Not for what flush held back: a forged claim's merchantRef would
+	// find the transaction.
+	published := slices.ContainsFunc(st.Outbox, func(it outboxItem) bool { return !in.heldBack(st, it) })
+	if published && st.MerchantRef != "" {
 		in.cfg.History.Ref(history.Ref{Project: st.Project, MerchantRef: st.MerchantRef, TransactionID: st.TransactionID, At: st.UpdatedAt.UTC()})
 	}
 	if clear == nil {

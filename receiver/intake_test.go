@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/sengo"
@@ -353,7 +354,8 @@ func (h *harness) feedBody(id string, body []byte, source string) {
 // is set aside, a genuine one published confirmed, under the same id.
 func TestAnUnconfirmedLeftoverIsNotPublishedOnceItsProjectConfirms(t *testing.T) {
 	sb, client := startSandbox(t)
-	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
+	var w *history.Writer
+	h := newHarness(t, true, withHistory(&w), func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
 		ic.RequireConfirmation = map[string]bool{"main": true}
 	})
@@ -363,6 +365,13 @@ func TestAnUnconfirmedLeftoverIsNotPublishedOnceItsProjectConfirms(t *testing.T)
 	eventually(t, "the forged claim set aside", func() bool { return h.msgs(event.StreamQuarantine) == 1 && h.intakeIdle() })
 	if evs := h.events(); len(evs) != 0 {
 		t.Fatalf("%d events published, the first confirmed %v: an unconfirmed leftover went out for a project that confirms", len(evs), evs[0].Data.Confirmed)
+	}
+	// Nor is the forged claim's merchantRef indexed to the transaction.
+	if err := w.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.msgs(history.StreamRefs); n != 0 {
+		t.Fatalf("%d merchantRef index entries for a claim never published", n)
 	}
 
 	tx, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "INV-LEFT", Amount: 5000})
@@ -387,7 +396,7 @@ func TestAnUnconfirmedLeftoverIsNotPublishedOnceItsProjectConfirms(t *testing.T)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.leaveOutboxBody([]byte(`{"responseData":`+strings.Replace(string(failing.Raw), `"status":"pending"`, `"status":"success"`, 1)+`}`), at, 0)
+	h.leaveOutboxBody(callback(failing.ID, event.StatusSuccess), at, 0) // a retail payment, said the forger
 	if _, err := sb.Transition(failing.ID, event.StatusFailed); err != nil {
 		t.Fatal(err)
 	}
@@ -399,6 +408,10 @@ func TestAnUnconfirmedLeftoverIsNotPublishedOnceItsProjectConfirms(t *testing.T)
 	evs := h.events()
 	if got := statuses(evs, failing.ID); len(evs) != 2 || !slices.Equal(got, []event.Status{event.StatusFailed}) || !evs[1].Data.Confirmed {
 		t.Fatalf("%d events, of %s: %v; want its failure alone, confirmed", len(evs), failing.ID, got)
+	}
+	// What the forged claim said of the transaction went with it.
+	if st, err := ReadTransaction(t.Context(), h.js, "main", failing.ID); err != nil || st.Product != event.ProductQRIS || st.MerchantRef != "INV-LEFT-FAILED" {
+		t.Fatalf("the transaction's state %+v (%v): want SenGo's product and merchantRef", st, err)
 	}
 }
 

@@ -111,19 +111,23 @@ func (s *txState) published(seqs map[string]uint64) bool {
 
 // withdrawUnconfirmed takes the outbox's events decided unconfirmed out
 // of s, as if never decided: their history entries go, and the status is
-// the last one left (none: no status yet). A confirmed event after them
-// stays: SenGo's API said so. It returns their ids.
+// the last one left (none: the transaction's identity goes too, what a
+// forged claim said of it). A confirmed event after them stays: SenGo's
+// API said so. It returns their ids. An event published whose removal
+// from the outbox had not run yet is withdrawn too: decided again, it is
+// published under the same id (a duplicate the stream drops within its
+// window).
 func (s *txState) withdrawUnconfirmed() []string {
 	var ids []string
 	for _, it := range s.Outbox {
-		if unconfirmed(it) {
+		if s.unconfirmed(it) {
 			ids = append(ids, it.EventID)
 		}
 	}
 	if len(ids) == 0 {
 		return nil
 	}
-	s.Outbox = slices.DeleteFunc(s.Outbox, unconfirmed)
+	s.Outbox = slices.DeleteFunc(s.Outbox, func(it outboxItem) bool { return slices.Contains(ids, it.EventID) })
 	if len(s.Outbox) == 0 {
 		s.Outbox = nil
 	}
@@ -131,14 +135,22 @@ func (s *txState) withdrawUnconfirmed() []string {
 	s.Status = ""
 	if n := len(s.History); n > 0 {
 		s.Status = s.History[n-1].Status
+	} else {
+		s.TransactionID, s.Product, s.MerchantRef = "", "", ""
 	}
 	return ids
 }
 
-// unconfirmed reports whether the event of an outbox item was decided
-// without SenGo's confirmation (or cannot be read: then it is not known
-// confirmed either).
-func unconfirmed(it outboxItem) bool {
+// unconfirmed reports whether the event of outbox item it was decided
+// without SenGo's confirmation: as its history entry records it, or, for
+// one a relay before that record decided, as its event says (one that
+// cannot be read is not known confirmed either).
+func (s *txState) unconfirmed(it outboxItem) bool {
+	for _, h := range s.History {
+		if h.EventID == it.EventID && h.Confirmed != nil {
+			return !*h.Confirmed
+		}
+	}
 	var ev struct {
 		Data struct {
 			Confirmed bool `json:"confirmed"`
