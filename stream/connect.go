@@ -3,6 +3,7 @@ package stream
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"sync"
 	"time"
@@ -122,18 +123,32 @@ func (f *failureLog) first(err error) bool {
 	if err == nil || errors.Is(err, nats.ErrNoServers) {
 		return false
 	}
+	why := reasonOf(err)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err.Error() == f.last && time.Since(f.at) < time.Minute {
+	if why == f.last && time.Since(f.at) < time.Minute {
 		return false
 	}
-	f.last, f.at = err.Error(), time.Now()
+	f.last, f.at = why, time.Now()
 	return true
+}
+
+// reasonOf is err without the address it names: a cluster's URL list is
+// tried server after server, and "connection refused" from each, told
+// apart by its address, was logged every time.
+func reasonOf(err error) string {
+	if op, ok := errors.AsType[*net.OpError](err); ok && op.Err != nil {
+		return op.Op + ": " + op.Err.Error()
+	}
+	if dns, ok := errors.AsType[*net.DNSError](err); ok {
+		return "lookup: " + dns.Err
+	}
+	return err.Error()
 }
 
 // ErrUnparsableURL replaces nats.go's error for a server URL that does not
 // parse, which repeats the URL, password included.
-var ErrUnparsableURL = errors.New("a server URL does not parse as a URL (a password with '%', '/' or '#' in it must be percent-encoded)")
+var ErrUnparsableURL = errors.New("a server URL does not parse as a URL (a password with '%', '/', '#' or '?' in it must be percent-encoded)")
 
 // WithoutURL is err from nats.Connect, with ErrUnparsableURL in place of
 // an error that repeats an unparsable server URL.

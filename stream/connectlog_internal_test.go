@@ -1,7 +1,9 @@
 package stream
 
 import (
-	"errors"
+	"net"
+	"os"
+	"syscall"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -14,12 +16,16 @@ import (
 // that has not tried yet not at all.
 func TestAConnectFailureIsLoggedOnce(t *testing.T) {
 	var f failureLog
-	refused := errors.New("dial tcp 127.0.0.1:4222: connect: connection refused")
-	if !f.first(refused) {
+	refused := func(port int) error {
+		return &net.OpError{Op: "dial", Net: "tcp", Addr: &net.TCPAddr{IP: net.IPv4(10, 0, 0, 11), Port: port}, Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	}
+	if !f.first(refused(4222)) {
 		t.Fatal("the first failure not logged")
 	}
-	for range 10 {
-		if f.first(errors.New(refused.Error())) {
+	// The same from every server of a cluster's list (told apart only by
+	// their addresses), and by every connection.
+	for i := range 10 {
+		if f.first(refused(4223 + i%3)) {
 			t.Fatal("the same reason logged again within a minute")
 		}
 	}

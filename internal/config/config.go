@@ -356,8 +356,11 @@ func (c *Config) Validate() error {
 			if u = strings.TrimSpace(u); !strings.Contains(u, "://") {
 				u = "nats://" + u
 			}
-			if pu, err := url.Parse(u); err != nil || verify.CredentialsInPath(pu) {
-				bad("nats.url: server %d of the list does not parse as a URL (a password with '%%', '/' or '#' in it must be percent-encoded)", i+1)
+			// As verify.RedactServerURL refuses them: a '#' or '?' not
+			// encoded makes the token before it the host, which nats.go
+			// then dials and names in its error.
+			if pu, err := url.Parse(u); err != nil || verify.CredentialsInPath(pu) || strings.ContainsAny(u, "#?") || pu.Opaque != "" {
+				bad("nats.url: server %d of the list does not parse as a URL (a password with '%%', '/', '#' or '?' in it must be percent-encoded)", i+1)
 			}
 		}
 	}
@@ -384,8 +387,8 @@ func (c *Config) Validate() error {
 	if _, _, err := c.NATS.Embedded.Sync(); err != nil {
 		bad("nats.embedded.sync_interval: %v", err)
 	}
-	if m := c.NATS.Embedded.MaxStore; m < 0 || m > 0 && m <= consoleReserve {
-		bad("nats.embedded.max_store_bytes: %d must be 0 (no cap) or more than %d, what the console's buckets reserve: the streams could never be made", m, consoleReserve)
+	if m := c.NATS.Embedded.MaxStore; m < -1 || m > 0 && m <= consoleReserve {
+		bad("nats.embedded.max_store_bytes: %d must be 0 or -1 (no cap) or more than %d, what the console's buckets reserve: the streams could never be made", m, consoleReserve)
 	}
 
 	for name, s := range map[string]StreamLimits{"inbox": c.Streams.Inbox, "events": c.Streams.Events, "quarantine": c.Streams.Quarantine, "dlq": c.Streams.DLQ, "replay": c.Streams.Replay, "attempts": c.Streams.Attempts, "refs": c.Streams.Refs, "reconciliations": c.Streams.Reconciliations} {
@@ -395,8 +398,8 @@ func (c *Config) Validate() error {
 		if s.DuplicateWindow <= 0 || s.DuplicateWindow > s.MaxAge {
 			bad("streams.%s.duplicate_window: must be positive and at most max_age", name)
 		}
-		if s.MaxBytes < 0 {
-			bad("streams.%s.max_bytes: must be 0 (no cap) or positive", name)
+		if s.MaxBytes < -1 {
+			bad("streams.%s.max_bytes: must be 0 or -1 (no cap) or positive", name)
 		}
 	}
 	// Full, these stall what writes there behind them while callbacks still
@@ -405,8 +408,8 @@ func (c *Config) Validate() error {
 	// dead-letter): only the inbox, whose fullness answers 503, and the
 	// stores off the delivery path take a cap.
 	for name, s := range map[string]StreamLimits{"events": c.Streams.Events, "quarantine": c.Streams.Quarantine, "dlq": c.Streams.DLQ} {
-		if s.MaxBytes != 0 {
-			bad("streams.%s.max_bytes: must be 0: full, it stalls intake or delivery behind it while callbacks still get 200; cap the inbox, or the store as a whole (nats.embedded.max_store_bytes)", name)
+		if s.MaxBytes > 0 {
+			bad("streams.%s.max_bytes: must be 0 (or -1): full, it stalls intake or delivery behind it while callbacks still get 200; cap the inbox, or the store as a whole (nats.embedded.max_store_bytes)", name)
 		}
 	}
 	if c.Streams.Quarantine.MaxAge.D() < quarantineRechecks {

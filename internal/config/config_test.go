@@ -294,12 +294,12 @@ func TestInboxRetentionLeavesRoomToQuarantine(t *testing.T) {
 // A store capped below what the console's buckets reserve never starts:
 // the relay retried provisioning for good, "insufficient storage".
 func TestMaxStoreBytesLeavesRoomForTheStreams(t *testing.T) {
-	for _, v := range []string{"-1", "1048576", "33554432"} {
+	for _, v := range []string{"-2", "1048576", "33554432"} {
 		if _, err := Load(write(t, "nats: {embedded: {max_store_bytes: "+v+"}}\n"+minimal), noEnv); err == nil || !strings.Contains(err.Error(), "nats.embedded.max_store_bytes") {
 			t.Errorf("max_store_bytes %s: %v", v, err)
 		}
 	}
-	for _, v := range []string{"0", "35651584"} {
+	for _, v := range []string{"0", "-1", "35651584"} { // -1: NATS's own "no cap"
 		if _, err := Load(write(t, "nats: {embedded: {max_store_bytes: "+v+"}}\n"+minimal), noEnv); err != nil {
 			t.Errorf("max_store_bytes %s: %v", v, err)
 		}
@@ -322,6 +322,12 @@ func TestOnlyStreamsWhoseFullnessIsSafeTakeACap(t *testing.T) {
 	for _, name := range []string{"inbox", "replay", "attempts", "refs", "reconciliations"} {
 		if _, err := Load(write(t, "streams: {"+name+": {max_bytes: 1048576}}\n"+minimal), noEnv); err != nil {
 			t.Errorf("%s capped: %v", name, err)
+		}
+	}
+	// -1, NATS's own "no cap", is none anywhere.
+	for _, name := range []string{"events", "quarantine", "dlq", "inbox"} {
+		if _, err := Load(write(t, "streams: {"+name+": {max_bytes: -1}}\n"+minimal), noEnv); err != nil {
+			t.Errorf("%s at -1: %v", name, err)
 		}
 	}
 }

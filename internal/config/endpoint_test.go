@@ -261,6 +261,15 @@ endpoints:
 	if t.Failed() {
 		t.Log(err)
 	}
+	// A token with '#' or '?' not percent-encoded parses, as a host and a
+	// fragment or query; nats.go then dialed the token as the host, and
+	// its error ("address s3cr3tT0k: missing port") went to the log.
+	for _, u := range []string{"nats://s3cr3tT0k#rest@nats-1:4222", "nats://s3cr3tT0k?rest@nats-1:4222"} {
+		_, err = Load(write(t, minimal+`nats: {url: "`+u+`"}`+"\n"), noEnv)
+		if err == nil || !strings.Contains(err.Error(), "nats.url") || strings.Contains(err.Error(), "s3cr3t") {
+			t.Errorf("nats.url %s: %v", u, err)
+		}
+	}
 	_, err = Load(write(t, minimal+`endpoints:
   orders:
     url: https://orders.example/
