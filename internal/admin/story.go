@@ -370,7 +370,8 @@ func (s *Server) summary(ctx context.Context, js jetstream.JetStream, project, i
 	}
 	t := summaryOf(tx)
 	if v, ok := s.latestEvent(ctx, js, tx); ok {
-		t.Channel, t.Amount, t.TotalAmount, t.Confirmed = v.Channel, v.Amount, v.TotalAmount, v.Confirmed
+		t.Channel, t.Amount, t.TotalAmount = v.Channel, v.Amount, v.TotalAmount
+		t.Confirmed = latestConfirmed(tx, v, t.Confirmed)
 	}
 	return t, nil
 }
@@ -395,6 +396,17 @@ func (s *Server) latestEvent(ctx context.Context, js jetstream.JetStream, tx rec
 		}
 	}
 	return eventView{}, false
+}
+
+// latestConfirmed is whether tx's latest change was confirmed, v the
+// latest event read: v's word when it is that change's event, or when the
+// state did not record it; else recorded, the state's. (An older event,
+// the latest change's own not read, said the older change's.)
+func latestConfirmed(tx receiver.Transaction, v eventView, recorded bool) bool {
+	if n := len(tx.Changes); n == 0 || tx.Changes[n-1].EventID == v.ID || tx.Changes[n-1].Confirmed == nil {
+		return v.Confirmed
+	}
+	return recorded
 }
 
 // readTransaction is the state of one transaction, read on js.
@@ -580,7 +592,8 @@ func (s *Server) timeline(ctx context.Context, project, id string) (timeline, er
 	}
 	if n := len(tl.Events); n > 0 { // the latest event's amounts, as summary reads them
 		v := tl.Events[n-1]
-		tl.Transaction.Channel, tl.Transaction.Amount, tl.Transaction.TotalAmount, tl.Transaction.Confirmed = v.Channel, v.Amount, v.TotalAmount, v.Confirmed
+		tl.Transaction.Channel, tl.Transaction.Amount, tl.Transaction.TotalAmount = v.Channel, v.Amount, v.TotalAmount
+		tl.Transaction.Confirmed = latestConfirmed(tx, v, tl.Transaction.Confirmed)
 	}
 	if tl.DeadLetters == nil {
 		tl.DeadLetters = []dispatcher.DLQEntry{}
@@ -683,7 +696,7 @@ func steps(tl timeline) []step {
 		sum := "published " + string(ch.Status)
 		switch c, known := confirmed[ch.EventID]; {
 		case !known:
-			sum += ", confirmation unknown (its event is no longer kept)"
+			sum += ", confirmation unknown (not recorded, and its event not read)"
 		case c:
 			sum += ", confirmed by SenGo's API"
 		default:

@@ -319,9 +319,34 @@ func TestAnAgedOutEventKeepsItsConfirmation(t *testing.T) {
 			published = append(published, st.Summary)
 		}
 	}
-	want := []string{"published pending, confirmation unknown (its event is no longer kept)", "published success, confirmed by SenGo's API"}
+	want := []string{"published pending, confirmation unknown (not recorded, and its event not read)", "published success, confirmed by SenGo's API"}
 	if !slices.Equal(published, want) || !tl.Transaction.Confirmed {
 		t.Fatalf("steps %q, header confirmed %v; want %q and confirmed", published, tl.Transaction.Confirmed, want)
+	}
+
+	// The header is the latest change's: an older change's event, confirmed,
+	// the latest unconfirmed and its own event not read (still in the
+	// outbox), said "confirmed".
+	ev := event.Event{SpecVersion: "1.0", ID: event.ID("main", "NEW", event.StatusPending), Source: "sengo/main", Type: event.Type(event.StatusPending), Subject: "REF-NEW",
+		Time: time.Now().UTC(), DataContentType: "application/json",
+		Data: event.Data{TransactionID: "NEW", MerchantRef: "REF-NEW", Status: event.StatusPending, Product: event.ProductQRIS, Channel: "qris", Amount: 1000, TotalAmount: 1000, Currency: "IDR", Confirmed: true, Raw: json.RawMessage(`{}`)}}
+	b, _ := event.Marshal(ev)
+	ack, err := js.Publish(t.Context(), event.EventSubject("main", event.ProductQRIS, event.StatusPending), b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	no := false
+	state, _ = json.Marshal(map[string]any{"project": "main", "transactionId": "NEW", "merchantRef": "REF-NEW", "product": "qris", "status": "success", "updatedAt": time.Now().UTC(),
+		"history": []map[string]any{
+			{"status": "pending", "eventId": ev.ID, "acceptedAt": ev.Time, "seq": ack.Sequence, "confirmed": yes},
+			{"status": "success", "eventId": event.ID("main", "NEW", event.StatusSuccess), "acceptedAt": time.Now().UTC(), "confirmed": no},
+		}})
+	if _, err := kv.Put(t.Context(), "main.NEW", state); err != nil {
+		t.Fatal(err)
+	}
+	mustCall(t, hs, http.MethodGet, "/admin/transactions/main/NEW", "", http.StatusOK, &tl)
+	if tl.Transaction.Confirmed {
+		t.Fatal("the header says confirmed: the latest change, not confirmed, took its older change's word")
 	}
 }
 
