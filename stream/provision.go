@@ -334,17 +334,21 @@ func Room(ctx context.Context, js jetstream.JetStream, stream string, need, serv
 	if err != nil {
 		return fmt.Errorf("account info: %w", err)
 	}
-	full := func(used uint64, max int64, what string) error {
-		if max > 0 && used+uint64(need) > uint64(max) {
-			return fmt.Errorf("%w: %s holds %d of its %d bytes", ErrStoreFull, what, used, max)
+	// r: a tier's usage counts every replica's bytes, and nats-server
+	// scales its limit by the replicas to compare (jsAccount's
+	// wouldExceedLimits); the account's and the server's are flat.
+	full := func(used uint64, max int64, r int, what string) error {
+		if max > 0 && used+uint64(need*int64(r)) > uint64(max*int64(r)) {
+			return fmt.Errorf("%w: %s holds %d of its %d bytes", ErrStoreFull, what, used, max*int64(r))
 		}
 		return nil
 	}
-	tier := fmt.Sprintf("R%d", max(1, info.Config.Replicas))
+	r := max(1, info.Config.Replicas)
+	tier := fmt.Sprintf("R%d", r)
 	return errors.Join(
-		full(acct.Store, acct.Limits.MaxStore, "JetStream storage"),
-		full(acct.Tiers[tier].Store, acct.Tiers[tier].Limits.MaxStore, "JetStream storage of tier "+tier),
-		full(acct.Store, serverMax, "JetStream storage (the embedded server's max_store_bytes)"))
+		full(acct.Store, acct.Limits.MaxStore, 1, "JetStream storage"),
+		full(acct.Tiers[tier].Store, acct.Tiers[tier].Limits.MaxStore, r, "JetStream storage of tier "+tier),
+		full(acct.Store, serverMax, 1, "JetStream storage (the embedded server's max_store_bytes)"))
 }
 
 // smallBlocks is the per-subject limit of a file stream that keeps every
