@@ -940,7 +940,9 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 		// status (a failed after a forged success is a conflict), and
 		// published, it would go out unconfirmed.
 		if in.cfg.RequireConfirmation[project] {
-			withdrawn = s.withdrawUnconfirmed()
+			if withdrawn = s.withdrawUnconfirmed(); len(withdrawn) > 0 && len(s.History) > 0 {
+				s.MerchantRef = tx.MerchantRef // SenGo's (tx is confirmed), not the withdrawn claim's
+			}
 		}
 		switch d := event.Decide(s.Status, tx.Status); d {
 		case event.Publish:
@@ -1268,7 +1270,7 @@ func (in *Intake) flush(ctx context.Context, key string, st txState, rev uint64)
 	seqs := make(map[string]uint64, len(st.Outbox))
 	for _, it := range st.Outbox {
 		if in.heldBack(st, it) {
-			continue
+			break // oldest first: what follows it waits with it, for the decision that withdraws it
 		}
 		msg := &nats.Msg{Subject: it.Subject, Data: it.Event, Header: nats.Header{event.HeaderEventID: []string{it.EventID}}}
 		tracing.Inject(ctx, msg.Header) // deliveries continue the notification's trace

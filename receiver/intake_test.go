@@ -413,6 +413,35 @@ func TestAnUnconfirmedLeftoverIsNotPublishedOnceItsProjectConfirms(t *testing.T)
 	if st, err := ReadTransaction(t.Context(), h.js, "main", failing.ID); err != nil || st.Product != event.ProductQRIS || st.MerchantRef != "INV-LEFT-FAILED" {
 		t.Fatalf("the transaction's state %+v (%v): want SenGo's product and merchantRef", st, err)
 	}
+
+	// So did its merchantRef when a genuine change stays in the history: a
+	// published pending, then a forged success left (merchantRef INV-EVIL),
+	// and SenGo's pending fed again by reconciliation.
+	paying, err := client.CreateQRIS(t.Context(), sengo.QRISRequest{Reference: "INV-GOOD", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	yes, no := true, false
+	pendingID, forgedID := event.ID("main", paying.ID, event.StatusPending), event.ID("main", paying.ID, event.StatusSuccess)
+	forged, _ := json.Marshal(map[string]any{"id": forgedID, "data": map[string]any{"confirmed": false}})
+	raw, _ := json.Marshal(txState{Project: "main", TransactionID: paying.ID, MerchantRef: "INV-EVIL", Product: event.ProductQRIS, Status: event.StatusSuccess, UpdatedAt: at,
+		History: []txEvent{{Status: event.StatusPending, EventID: pendingID, AcceptedAt: at, Seq: 1, Confirmed: &yes}, {Status: event.StatusSuccess, EventID: forgedID, AcceptedAt: at, Confirmed: &no}},
+		Outbox:  []outboxItem{{EventID: forgedID, Subject: event.EventSubject("main", event.ProductQRIS, event.StatusSuccess), Event: forged}}})
+	kv, err := h.js.KeyValue(t.Context(), event.BucketTx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(t.Context(), txKey("main", paying.ID), raw); err != nil {
+		t.Fatal(err)
+	}
+	h.feedBody(paying.ID, []byte(`{"responseData":`+string(paying.Raw)+`}`), SourceReconcile)
+	eventually(t, "the pending fed", func() bool {
+		st, err := ReadTransaction(t.Context(), h.js, "main", paying.ID)
+		return err == nil && st.Status == event.StatusPending && h.intakeIdle()
+	})
+	if st, _ := ReadTransaction(t.Context(), h.js, "main", paying.ID); st.MerchantRef != "INV-GOOD" || len(st.Changes) != 1 {
+		t.Fatalf("the transaction's state %+v: want the forged success gone, and SenGo's merchantRef", st)
+	}
 }
 
 // Messages on the inbox that can never be processed are quarantined with

@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -137,11 +138,14 @@ func (f *failureLog) first(err error) bool {
 // tried server after server, and "connection refused" from each, told
 // apart by its address, was logged every time.
 func reasonOf(err error) string {
+	if dns, ok := errors.AsType[*net.DNSError](err); ok { // inside a dial's OpError, naming the host
+		return "lookup: " + dns.Err
+	}
+	if cert, ok := errors.AsType[x509.CertificateInvalidError](err); ok { // its text has the time
+		return fmt.Sprintf("x509: certificate invalid (%d)", cert.Reason)
+	}
 	if op, ok := errors.AsType[*net.OpError](err); ok && op.Err != nil {
 		return op.Op + ": " + op.Err.Error()
-	}
-	if dns, ok := errors.AsType[*net.DNSError](err); ok {
-		return "lookup: " + dns.Err
 	}
 	return err.Error()
 }

@@ -29,6 +29,17 @@ func TestAConnectFailureIsLoggedOnce(t *testing.T) {
 			t.Fatal("the same reason logged again within a minute")
 		}
 	}
+	// A name a cluster's list gives that does not resolve: the dial's
+	// error names the host and the resolver.
+	unresolved := func(host string) error {
+		return &net.OpError{Op: "dial", Net: "tcp", Err: &net.DNSError{Err: "no such host", Name: host, Server: "10.0.0.2:53", IsNotFound: true}}
+	}
+	if !f.first(unresolved("nats-0.nats")) {
+		t.Fatal("the lookup failure not logged")
+	}
+	if f.first(unresolved("nats-1.nats")) || f.first(unresolved("nats-2.nats")) {
+		t.Fatal("the same lookup failure logged again for each server")
+	}
 	if !f.first(nats.ErrAuthorization) {
 		t.Fatal("another reason not logged")
 	}

@@ -399,14 +399,14 @@ func (s *Server) latestEvent(ctx context.Context, js jetstream.JetStream, tx rec
 }
 
 // latestConfirmed is whether tx's latest change was confirmed, v the
-// latest event read: v's word when it is that change's event, or when the
-// state did not record it; else recorded, the state's. (An older event,
-// the latest change's own not read, said the older change's.)
+// latest event read: v's word when it is that change's event; else
+// recorded, the state's. (An older event, the latest change's own not
+// read, said the older change's.)
 func latestConfirmed(tx receiver.Transaction, v eventView, recorded bool) bool {
-	if n := len(tx.Changes); n == 0 || tx.Changes[n-1].EventID == v.ID || tx.Changes[n-1].Confirmed == nil {
+	if n := len(tx.Changes); n == 0 || tx.Changes[n-1].EventID == v.ID {
 		return v.Confirmed
 	}
-	return recorded
+	return recorded // false when not recorded: not known confirmed
 }
 
 // readTransaction is the state of one transaction, read on js.
