@@ -259,6 +259,9 @@ func Redrive(ctx context.Context, js jetstream.JetStream, entries []DLQEntry) (i
 			}); err != nil {
 				return n, fmt.Errorf("redrive %d: %w", e.Seq, first)
 			}
+			// A duplicate now is most likely the first try's own copy (no
+			// earlier one was recorded, of above): counted.
+			ack.Duplicate = false
 		}
 		if !ack.Duplicate { // else its copy from an earlier redrive still waits: not sent twice, not counted twice
 			n++

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -410,6 +411,8 @@ func TestRedriveKeepsTheDeadLetterUntilDelivered(t *testing.T) {
 	h := newHarness(t)
 	var up atomic.Bool
 	release := make(chan struct{}) // holds the successful attempt until the test has looked
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
 	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
 		if up.Load() {
 			<-release
@@ -418,6 +421,7 @@ func TestRedriveKeepsTheDeadLetterUntilDelivered(t *testing.T) {
 		}
 		w.WriteHeader(503)
 	})
+	t.Cleanup(free) // before the consumer closes: a failure below left an attempt held, and the package hung until its timeout
 	ep := h.endpoint("orders", c.URL, 10*time.Millisecond)
 	ep.Breaker.Failures = 0
 	w := h.start(ep)
@@ -439,10 +443,9 @@ func TestRedriveKeepsTheDeadLetterUntilDelivered(t *testing.T) {
 		t.Fatalf("second redrive %d %v", n, err)
 	}
 	if got := h.deadLetters(); len(got) != 1 {
-		close(release)
 		t.Fatalf("%d dead letters while the copy waits, want 1", len(got))
 	}
-	close(release)
+	free()
 	eventually(t, "delivered, and the dead letter removed", func() bool { return h.settled(w) && len(h.deadLetters()) == 0 })
 }
 
