@@ -331,6 +331,24 @@ func TestKillDuringDeliveriesLosesNothing(t *testing.T) {
 	}
 }
 
+// relayStore starts the relay of configuration cfg and connects to its
+// embedded store as the relay does; the CLI's commands run in the test
+// reach it too. Both end with the test.
+func relayStore(t *testing.T, cfg string) jetstream.JetStream {
+	t.Helper()
+	base, logs := startRunWith(t, cfg, relayEnv(t.TempDir()))
+	natsURL := logs.field(t, "embedded nats started", "client_url")
+	waitReady(t, base)
+	nc, err := nats.Connect(natsURL, relayAuth(t, logs), nats.Timeout(15*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_LISTEN", strings.TrimPrefix(natsURL, "nats://"))
+	return js
+}
+
 // What the CLI's tables print is stored text others chose: an endpoint's
 // error (Go's certificate error repeats the names a certificate gives,
 // control characters and all), a forged notification's transaction id and
@@ -340,15 +358,7 @@ func TestKillDuringDeliveriesLosesNothing(t *testing.T) {
 func TestCLITablesPrintNoControlCharacters(t *testing.T) {
 	bad := newHook(t)
 	cfg := writeConfig(t, endpointYAML("broken", bad.URL, "1s"))
-	base, logs := startRunWith(t, cfg, relayEnv(t.TempDir()))
-	natsURL := logs.field(t, "embedded nats started", "client_url")
-	waitReady(t, base)
-	nc, err := nats.Connect(natsURL, relayAuth(t, logs), nats.Timeout(15*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := relayStore(t, cfg)
 	const hostile = `\u001b[1A\u001b[2K\u001b]0;owned\u0007\n999\tfake\trow\r\u202e`
 	if _, err := js.Publish(t.Context(), event.DLQTxSubject("broken", "tx-esc"), []byte(`{"endpoint":"broken","eventId":"ev-esc","transactionId":"tx`+hostile+`","merchantRef":"REF`+hostile+`","reason":"gone","lastError":"x509: certificate is valid for `+hostile+`, not hook.example","event":{}}`)); err != nil {
 		t.Fatal(err)
@@ -357,7 +367,6 @@ func TestCLITablesPrintNoControlCharacters(t *testing.T) {
 		Data: []byte(`{"id":"tx` + hostile + `","merchantRef":"R` + hostile + `","status":"success","feePayer":"customer","amount":1000,"fee":0,"totalAmount":1000,"qris":{}}`)}); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_LISTEN", strings.TrimPrefix(natsURL, "nats://"))
 	for _, args := range [][]string{{"dlq", "list"}, {"quarantine", "list"}} {
 		var out bytes.Buffer
 		if err := run(context.Background(), append(args, "--config", cfg), &out, io.Discard); err != nil {
@@ -376,22 +385,13 @@ func TestCLITablesPrintNoControlCharacters(t *testing.T) {
 // it left out, as the console and the API do.
 func TestQuarantineListSaysWhatItLeftOut(t *testing.T) {
 	cfg := writeConfig(t, endpointYAML("orders", newHook(t).URL, "1s"))
-	base, logs := startRunWith(t, cfg, relayEnv(t.TempDir()))
-	natsURL := logs.field(t, "embedded nats started", "client_url")
-	waitReady(t, base)
-	nc, err := nats.Connect(natsURL, relayAuth(t, logs), nats.Timeout(15*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := relayStore(t, cfg)
 	const n = 600
 	pad := strings.Repeat("f", 60<<10)
 	natstest.PublishMany(t, js, n, func(i int) *nats.Msg {
 		return &nats.Msg{Subject: event.QuarantineTxSubject("main", fmt.Sprintf("forged-%d", i)), Header: nats.Header{event.HeaderReason: {"SenGo has no transaction"}},
 			Data: fmt.Appendf(nil, `{"id":"forged-%d","merchantRef":"%s","status":"success","feePayer":"customer","amount":1000,"fee":0,"totalAmount":1000,"qris":{}}`, i, pad)}
 	})
-	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_LISTEN", strings.TrimPrefix(natsURL, "nats://"))
 	var out, errOut bytes.Buffer
 	if err := run(context.Background(), []string{"quarantine", "list", "--config", cfg, "--project", "main"}, &out, io.Discard); err != nil {
 		t.Fatal(err)
@@ -416,20 +416,11 @@ func TestDLQCommandsByPage(t *testing.T) {
 	bad := newHook(t)
 	bad.fail.Store(1 << 30)
 	cfg := writeConfig(t, endpointYAML("broken", bad.URL, "1s"))
-	base, logs := startRunWith(t, cfg, relayEnv(t.TempDir()))
-	natsURL := logs.field(t, "embedded nats started", "client_url")
-	waitReady(t, base)
-	nc, err := nats.Connect(natsURL, relayAuth(t, logs), nats.Timeout(15*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js := relayStore(t, cfg)
 	const n = dispatcher.DLQPage + 5
 	natstest.PublishMany(t, js, n, func(i int) *nats.Msg {
 		return &nats.Msg{Subject: event.DLQTxSubject("broken", fmt.Sprintf("tx-%d", i)), Data: []byte(`{"endpoint":"broken","eventId":"ev-` + strconv.Itoa(i) + `","event":{}}`)}
 	})
-	t.Setenv("SENGO_RELAY_NATS_EMBEDDED_LISTEN", strings.TrimPrefix(natsURL, "nats://"))
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"dlq", "list", "--config", cfg, "--json"}, &out, io.Discard); err != nil {
 		t.Fatal(err)
