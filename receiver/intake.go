@@ -1267,6 +1267,9 @@ func (in *Intake) applyFrom(ctx context.Context, key string, cur *txRead, change
 // once SenGo's API has answered (txState.withdrawUnconfirmed), and
 // decides again.
 func (in *Intake) flush(ctx context.Context, key string, st txState, rev uint64) (clear func(context.Context) error, err error) {
+	if len(st.Outbox) == 0 {
+		return nil, nil
+	}
 	seqs := make(map[string]uint64, len(st.Outbox))
 	for _, it := range st.Outbox {
 		if in.heldBack(st, it) {
@@ -1315,9 +1318,9 @@ func (in *Intake) flushDurably(ctx context.Context, key string, st txState, rev 
 	if err != nil {
 		return err
 	}
-	// Not for what flush held back: a forged claim's merchantRef would
-	// find the transaction.
-	published := slices.ContainsFunc(st.Outbox, func(it outboxItem) bool { return !in.heldBack(st, it) })
+	// Not when flush held back its first item (and with it the rest): a
+	// forged claim's merchantRef would find the transaction.
+	published := len(st.Outbox) > 0 && !in.heldBack(st, st.Outbox[0])
 	if published && st.MerchantRef != "" {
 		in.cfg.History.Ref(history.Ref{Project: st.Project, MerchantRef: st.MerchantRef, TransactionID: st.TransactionID, At: st.UpdatedAt.UTC()})
 	}
