@@ -527,16 +527,6 @@ func (r *redriveCopies) drop(ctx context.Context, d DLQEntry) error {
 	return nil
 }
 
-// redrivenPurged reports whether the dead letter redriven copy msg (of
-// event eventID) came from is gone: purged since the redrive.
-func redrivenPurged(ctx context.Context, js jetstream.JetStream, msg jetstream.Msg, eventID string) (bool, error) {
-	seq, err := strconv.ParseUint(msg.Headers().Get(HeaderRedriveOf), 10, 64)
-	if err != nil || seq == 0 {
-		return false, nil // not a redriven copy
-	}
-	return purged(ctx, js, DLQEntry{Seq: seq, DeadLetter: DeadLetter{EventID: eventID}})
-}
-
 // purged reports whether dead letter d is gone from SENGO_DLQ (or another
 // dead letter holds its sequence, in a SENGO_DLQ made anew).
 // It asks the leader (stream.LeaderGet): a replica not caught up would

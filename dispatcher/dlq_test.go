@@ -775,44 +775,6 @@ func TestARedriveWhoseAnswerIsLostRecordsItsCopy(t *testing.T) {
 	}
 }
 
-// A purge takes a dead letter's waiting copy with it only when the
-// redrive recorded the copy: one whose record failed (the redrive reports
-// it, but the copy is queued) escaped the purge, and the purged event was
-// posted after all. The worker does not post a redriven copy whose dead
-// letter is gone.
-func TestARedrivenCopyOfAPurgedDeadLetterIsNotPosted(t *testing.T) {
-	h := newHarness(t)
-	c := newConsumer(t, status(http.StatusGone, http.StatusOK))
-	w, stop := h.runWorker(h.endpoint("orders", c.URL))
-	h.publish("tx-purged-copy", event.StatusSuccess, "")
-	eventually(t, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
-	stop() // its consumer stays; the copy waits for the next worker
-	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
-		t.Fatalf("redrive: %d %v", n, err)
-	}
-	// As a redrive whose record write failed leaves it: the copy queued,
-	// no record naming it.
-	kv, err := h.js.KeyValue(t.Context(), event.BucketDelivery)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := kv.Purge(t.Context(), redriveKey(entries[0].Seq)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Purge(t.Context(), h.js, entries); err != nil {
-		t.Fatal(err)
-	}
-	w = h.start(h.endpoint("orders", c.URL))
-	eventually(t, "the copy settled", func() bool { return h.settled(w) })
-	if n := len(c.got()); n != 1 {
-		t.Fatalf("%d posts: the purged event's copy was posted", n)
-	}
-}
-
 // answerGate, a dialer for a test's connection, holds what the server
 // sends from holdAnswers until the connection's second write after it
 // (the first is the request whose answer is held; the second its retry).

@@ -964,23 +964,6 @@ func (w *Worker) handle(runCtx context.Context, msg jetstream.Msg, replayed, pro
 		_ = msg.NakWithDelay(rec.NextAt.Sub(now)) // redelivered early (e.g. after a restart)
 		return
 	}
-	if replayed && msg.Headers().Get(HeaderRedriveOf) != "" {
-		// A redriven copy whose dead letter was purged meanwhile is not
-		// posted: a purge takes the copy with it only when the redrive
-		// recorded it, and one whose record failed escaped it.
-		if gone, err := redrivenPurged(ctx, w.cfg.JetStream, msg, ev.ID); err != nil {
-			w.breaker.release(probe)
-			log().Warn().Err(err).Msg("redriven copy's dead letter unavailable; retrying")
-			_ = msg.NakWithDelay(time.Second)
-			return
-		} else if gone {
-			w.breaker.release(probe)
-			log().Info().Msg("dead letter purged since its redrive: its copy is not posted")
-			w.delivered(key, false)
-			_ = msg.Ack()
-			return
-		}
-	}
 	if w.ep.Ordered && !replayed {
 		if wait, d := w.mustWait(ctx, ev, meta, log); wait {
 			w.breaker.release(probe)
