@@ -328,6 +328,11 @@ var (
 // takes -1 for no bound.
 const SubscriberMaxAckPending = 10_000
 
+// SubscriberMinAckWait bounds a subscriber's consumer's ack_wait and each
+// step of its backoff from below: the server looks through the
+// consumer's unacknowledged messages that often.
+const SubscriberMinAckWait = time.Second
+
 // SubscriberMaxConnections is how many connections the subscriber may
 // have open at once. Each may hold up to 64 MiB of messages the server has
 // yet to send it (nats-server's max_pending) in the relay's process.
@@ -449,6 +454,9 @@ func (g *guard) check(subj string, data []byte) error {
 			Sourcing      bool `json:"sourcing"`
 			MaxWaiting    int  `json:"max_waiting"`
 			MaxAckPending int  `json:"max_ack_pending"`
+			// Nanoseconds, as the API has them.
+			AckWait int64   `json:"ack_wait"`
+			BackOff []int64 `json:"backoff"`
 		} `json:"config"`
 	}
 	if toks[3] != "DELETE" {
@@ -470,6 +478,13 @@ func (g *guard) check(subj string, data []byte) error {
 	}
 	if n := req.Config.MaxAckPending; n < 0 || n > SubscriberMaxAckPending {
 		return fmt.Errorf("%w: max_ack_pending is 1 to %d (0: the server's 1,000)", errForbidden, SubscriberMaxAckPending)
+	}
+	// nats-server walks a consumer's unacknowledged messages each ack_wait
+	// (or backoff step) plus 1 ms, under the consumer's lock, and refuses
+	// only a negative one: consumers of 1 ns, holding messages read and
+	// never acked, kept the relay's cores busy for good.
+	if w := req.Config.AckWait; w > 0 && w < int64(SubscriberMinAckWait) || slices.ContainsFunc(req.Config.BackOff, func(b int64) bool { return b < int64(SubscriberMinAckWait) }) {
+		return fmt.Errorf("%w: ack_wait and each backoff step are at least %s", errForbidden, SubscriberMinAckWait)
 	}
 	if ds := req.Config.DeliverSubject; ds != "" && !strings.HasPrefix(ds, SubscriberDeliverPrefix) {
 		return fmt.Errorf("%w: a push consumer delivers under %s only", errForbidden, SubscriberDeliverPrefix+">")

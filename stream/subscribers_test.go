@@ -607,6 +607,14 @@ func TestTheSubscriberCannotMakeConsumersTheCountMisses(t *testing.T) {
 		// made that state as large as the stream.
 		"unacked":  `{"name":"unacked","ack_policy":"explicit","max_ack_pending":-1}`,
 		"unacked2": `{"name":"unacked2","ack_policy":"explicit","max_ack_pending":100000000}`,
+		// nats-server walks a consumer's unacknowledged messages each
+		// ack_wait (or backoff step) plus 1 ms, under the consumer's lock,
+		// refusing only a negative one: 100 consumers of 10,000 read and
+		// never acked, with an ack_wait of 1 ns, kept both cores busy for
+		// good (the consumers and their state outlive a restart).
+		"fast":    `{"name":"fast","ack_policy":"explicit","ack_wait":1}`,
+		"fast2":   `{"name":"fast2","ack_policy":"explicit","ack_wait":999999999}`,
+		"backoff": `{"name":"backoff","ack_policy":"explicit","ack_wait":1000000000,"backoff":[1000000000,1000],"max_deliver":5}`,
 	} {
 		m, err := sub.Request("$JS.API.CONSUMER.CREATE.SENGO_EVENTS."+name, []byte(`{"stream_name":"SENGO_EVENTS","config":`+cfg+`}`), 10*time.Second)
 		if err != nil || !strings.Contains(string(m.Data), `"code":403`) {
@@ -622,8 +630,14 @@ func TestTheSubscriberCannotMakeConsumersTheCountMisses(t *testing.T) {
 		t.Fatalf("%d consumers made", n)
 	}
 	sjs, _ := jetstream.New(sub)
-	if _, err := sjs.CreateOrUpdateConsumer(t.Context(), "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "plain", MaxWaiting: 512, MaxAckPending: stream.SubscriberMaxAckPending}); err != nil {
+	if _, err := sjs.CreateOrUpdateConsumer(t.Context(), "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "plain", MaxWaiting: 512, MaxAckPending: stream.SubscriberMaxAckPending, AckWait: time.Second, BackOff: []time.Duration{time.Second, time.Minute}, MaxDeliver: 5}); err != nil {
 		t.Fatalf("a consumer of the server's own bounds: %v", err)
+	}
+	// Nor may it make one it has redeliver that fast: an update is checked
+	// as a creation is.
+	m, err := sub.Request("$JS.API.CONSUMER.CREATE.SENGO_EVENTS.plain", []byte(`{"stream_name":"SENGO_EVENTS","config":{"durable_name":"plain","ack_policy":"explicit","ack_wait":1000000}}`), 10*time.Second)
+	if err != nil || !strings.Contains(string(m.Data), `"code":403`) {
+		t.Errorf("an update to an ack_wait of 1 ms: %v %.300s", err, fmt.Sprint(m))
 	}
 }
 
