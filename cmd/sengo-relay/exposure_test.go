@@ -16,7 +16,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/internal/fixtures"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/receiver"
 )
 
@@ -317,4 +319,69 @@ func TestThePendingGaugesAskTheStoreAtMostOnceASecond(t *testing.T) {
 	g = atMostEvery(10*time.Millisecond, func() float64 { return float64(asked.Add(1)) })
 	first := g()
 	eventually(t, "asked again once the time passed", func() bool { return g() > first })
+}
+
+// A client that sent scrapes and never read the answers held the metrics
+// listener's two scrape slots for good: promhttp frees a slot only once
+// its answer is written, the listener had no write timeout, and the
+// client's kernel keeps a connection that reads nothing alive. Every
+// scrape after two such connections was answered 503, and the relay's
+// alerts went blind; on the admin listener each such answer (up to 8 MiB)
+// stayed in memory. An answer of either listener (sideServer) now has
+// http.write_timeout to be written, from its first byte: a handler's own
+// work (a test send, a redrive of every dead letter) is not bounded by it.
+func TestAnAnswerNobodyReadsRunsOutOfTime(t *testing.T) {
+	cfg := config.Default()
+	cfg.HTTP.WriteTimeout = config.Duration(time.Second)
+	wrote := make(chan error, 1)
+	srv := sideServer(cfg, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/slow":
+			// Work longer than the write timeout before the first byte.
+			time.Sleep(2 * time.Second)
+			_, _ = io.WriteString(w, "done")
+			return
+		}
+		chunk := make([]byte, 64<<10)
+		var err error
+		for range 1024 { // 64 MiB: more than any socket buffers hold
+			if _, err = w.Write(chunk); err != nil {
+				break
+			}
+		}
+		wrote <- err
+	}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	resp, err := http.Get("http://" + ln.Addr().String() + "/slow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || string(body) != "done" {
+		t.Fatalf("an answer whose handler worked 2 s before writing, with a 1 s write timeout: %d %q %v", resp.StatusCode, body, err)
+	}
+
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /large HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	select { // the client never reads
+	case err := <-wrote:
+		if err == nil {
+			t.Fatal("64 MiB written to a client that reads nothing")
+		}
+	case <-time.After(poll.Deadline):
+		t.Fatalf("the handler still writes to a client that reads nothing, %s later", poll.Deadline)
+	}
 }

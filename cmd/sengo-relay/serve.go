@@ -941,14 +941,6 @@ func prefixes(list []string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// sideServer is the HTTP server of the admin or metrics listener. Some of
-// their answers need no token (the console's sign-in, a 401), so a
-// request's body and an idle connection are bounded in time as on the
-// callback listener (http.read_header_timeout, http.read_timeout, http.idle_timeout): a client that
-// never finishes its request would otherwise hold its connection, and a
-// few thousand of them the process's file descriptors. No write timeout:
-// a test send waits for its endpoint's timeout (up to 5m), and each
-// handler bounds its own reads.
 // atMostEvery is f, asked at most once every d: callers in between get
 // its last answer. The pending gauges each ask the store (consumer info)
 // at every scrape, and such requests wait in nats-server's one queue of
@@ -990,12 +982,66 @@ func refusedBy(m *receiver.Metrics, listener string) func(reason string) {
 	return func(reason string) { m.ConnsRefused.WithLabelValues(listener, reason).Inc() }
 }
 
+// sideServer is the HTTP server of the admin or metrics listener. Some of
+// their answers need no token (the console's sign-in, a 401), so a
+// request's body and an idle connection are bounded in time as on the
+// callback listener (http.read_header_timeout, http.read_timeout,
+// http.idle_timeout): a client that never finishes its request would
+// otherwise hold its connection, and a few thousand of them the process's
+// file descriptors. An answer has http.write_timeout to be written from
+// its first byte (writeBounded), not from the request: a test send waits
+// for its endpoint's timeout (up to 5m), a redrive of every dead letter
+// for the store, and each handler bounds its own reads.
 func sideServer(cfg config.Config, h http.Handler) *http.Server {
 	return &http.Server{
-		Handler:           h,
+		Handler:           writeBounded(h, cfg.HTTP.WriteTimeout.D()),
 		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout.D(),
 		ReadTimeout:       cfg.HTTP.ReadTimeout.D(),
 		IdleTimeout:       cfg.HTTP.IdleTimeout.D(),
 		MaxHeaderBytes:    32 << 10,
 	}
 }
+
+// writeBounded gives each answer of h d to be written, from its first
+// byte. A client that sends requests and never reads the answers kept
+// each handler blocked in its write for good, the client's kernel keeping
+// the connection alive: on the metrics listener promhttp frees its slot
+// only once the answer is written, so two such connections made every
+// scrape after them 503; on the admin listener each held its answer (up
+// to 8 MiB) in memory.
+func writeBounded(h http.Handler, d time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// net/http clears the deadline after each request.
+		dw := &deadlineWriter{ResponseWriter: w, d: d}
+		h.ServeHTTP(dw, r)
+	})
+}
+
+// deadlineWriter sets its connection's write deadline d after the first
+// byte of the answer (its header) is written.
+type deadlineWriter struct {
+	http.ResponseWriter
+	d     time.Duration
+	armed bool
+}
+
+func (w *deadlineWriter) arm() {
+	if !w.armed {
+		w.armed = true
+		_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(w.d))
+	}
+}
+
+func (w *deadlineWriter) WriteHeader(code int) {
+	w.arm()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *deadlineWriter) Write(b []byte) (int, error) {
+	w.arm()
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer
+// (a flush, a deadline of the handler's own).
+func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
