@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sengo-relay/sengo-relay/event"
@@ -447,5 +448,20 @@ func TestOnlyTheListedProxiesAreBelieved(t *testing.T) {
 		if got := extract(req); got != want {
 			t.Errorf("from %s: client %s, want %s", peer, got, want)
 		}
+	}
+}
+
+// A replicated stream refuses a conditional write with 10164, not 10071,
+// when another message of the subject is still being stored: a final
+// status racing its pending was answered 503 instead of being stored
+// again without the condition.
+func TestBothWrongLastSequenceCodesAreARefusal(t *testing.T) {
+	for _, code := range []jetstream.ErrorCode{jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant} {
+		if !wrongLastSequence(fmt.Errorf("publish: %w", &jetstream.APIError{ErrorCode: code})) {
+			t.Errorf("code %d is not taken for a refused condition", code)
+		}
+	}
+	if wrongLastSequence(&jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamNotFound}) {
+		t.Error("another error is taken for a refused condition")
 	}
 }

@@ -340,3 +340,62 @@ func (h *harness) outbox(id string) int {
 	}
 	return len(st.Outbox)
 }
+
+// A notification set aside is acknowledged only once an fsync covers its
+// copy in quarantine: with group commit the store writes without fsync,
+// and a power loss could keep the inbox's ack and lose the copy, the
+// notification then in neither stream. While the fsync is held nothing
+// is acked; when it fails, the notification is retried.
+func TestAQuarantinedNotificationIsAckedOnlyOnceDurable(t *testing.T) {
+	srv := natstest.Start(t)
+	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
+	h := newHarnessOn(t, srv, true, withIntakeDurable(gate.GroupSync), func(_ *Config, ic *IntakeConfig) {
+		ic.RequireConfirmation = map[string]bool{"main": true} // and no confirmer: set aside at once
+	})
+	if resp, _ := h.post("/callbacks/sengo/main", callback("q-held", event.StatusSuccess)); resp.StatusCode != http.StatusOK {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the copy in quarantine stored, its fsync held", func() bool {
+		return h.msgs(event.StreamQuarantine) == 1 && gate.GroupSync.Stats().Waiting == 1
+	})
+	if floor, _ := h.inboxAckFloor(); floor != 0 {
+		t.Fatalf("inbox ack floor %d while the quarantine copy's fsync is held, want 0: acked before durable", floor)
+	}
+	gate.Fail(errors.New("input/output error"))
+	eventually(t, "the notification retried", func() bool { return strings.Contains(h.logs.String(), "fsync of the store failed") })
+	if floor, _ := h.inboxAckFloor(); floor != 0 {
+		t.Fatalf("inbox ack floor %d after the quarantine copy's fsync failed, want 0", floor)
+	}
+}
+
+// A redrive whose copy the inbox refuses leaves the notification in
+// quarantine and says so: removed, it would be in neither stream.
+func TestARefusedRedriveLeavesTheNotificationQuarantined(t *testing.T) {
+	h := newHarness(t, false)
+	ctx := context.Background()
+	m := &nats.Msg{Subject: event.QuarantineTxSubject("main", "tx-refused"), Data: callback("tx-refused", event.StatusSuccess), Header: nats.Header{}}
+	m.Header.Set(event.HeaderProject, "main")
+	m.Header.Set(event.HeaderReason, "SenGo's API disagrees")
+	if _, err := h.js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := ListQuarantine(ctx, h.js, QuarantineFilter{})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("quarantined: %v %v", entries, err)
+	}
+	restore := natstest.RefuseWrites(t, h.js, event.StreamInbox)
+	n, err := RedriveQuarantine(ctx, h.js, entries, nil)
+	if err == nil || n != 0 {
+		t.Fatalf("a redrive the inbox refused: %d redriven, %v; want 0 and an error", n, err)
+	}
+	if q := h.msgs(event.StreamQuarantine); q != 1 {
+		t.Fatalf("quarantine holds %d after a refused redrive, want 1", q)
+	}
+	restore()
+	if n, err := RedriveQuarantine(ctx, h.js, entries, nil); err != nil || n != 1 {
+		t.Fatalf("the redrive once the inbox takes it again: %d, %v", n, err)
+	}
+	if q, i := h.msgs(event.StreamQuarantine), h.msgs(event.StreamInbox); q != 0 || i != 1 {
+		t.Fatalf("after the redrive: quarantine %d, inbox %d; want 0 and 1", q, i)
+	}
+}

@@ -749,3 +749,23 @@ func TestOfTwoDecisionsFromOneReadOnlyTheFirstIsWritten(t *testing.T) {
 		t.Fatalf("status %q (%v): the expired decided from the same read overwrote the success", now.state.Status, err)
 	}
 }
+
+// A transaction's state keeps the last maxRejected stale or conflicting
+// notifications, one entry per inbox message: forged bodies, each stored
+// as an inbox message of its own, grew it without bound until its writes
+// failed, and the genuine status with them.
+func TestRejectedNotificationsAreBounded(t *testing.T) {
+	var s txState
+	at := time.Date(2025, 3, 23, 3, 0, 0, 0, time.UTC)
+	for seq := uint64(1); seq <= maxRejected+5; seq++ {
+		if !s.reject(event.StatusFailed, event.Conflict, at, seq) {
+			t.Fatalf("inbox message %d not recorded", seq)
+		}
+	}
+	if s.reject(event.StatusFailed, event.Conflict, at, maxRejected+5) {
+		t.Fatal("one inbox message recorded twice")
+	}
+	if len(s.Rejected) != maxRejected || s.Rejected[0].InboxSeq != 6 || s.Rejected[maxRejected-1].InboxSeq != maxRejected+5 {
+		t.Fatalf("%d kept, from %d to %d; want the last %d", len(s.Rejected), s.Rejected[0].InboxSeq, s.Rejected[len(s.Rejected)-1].InboxSeq, maxRejected)
+	}
+}
