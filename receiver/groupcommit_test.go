@@ -399,3 +399,36 @@ func TestARefusedRedriveLeavesTheNotificationQuarantined(t *testing.T) {
 		t.Fatalf("after the redrive: quarantine %d, inbox %d; want 0 and 1", q, i)
 	}
 }
+
+// A notification whose published event cannot be cleared from its
+// transaction's outbox (the state's write refused once the fsync came) is
+// retried, not acked: the state would go on saying the event was never
+// published, for the next notification of the transaction to publish
+// again, past the events' duplicate window a second copy.
+func TestAFailedOutboxClearIsNotAcked(t *testing.T) {
+	srv := natstest.Start(t)
+	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
+	h := newHarnessOn(t, srv, true, withIntakeDurable(gate.GroupSync))
+	if resp, _ := h.post("/callbacks/sengo/main", callback("clear-refused", event.StatusSuccess)); resp.StatusCode != http.StatusOK {
+		t.Fatal(resp.StatusCode)
+	}
+	eventually(t, "the event published, its fsync held", func() bool {
+		return h.msgs(event.StreamEvents) == 1 && gate.GroupSync.Stats().Waiting == 1
+	})
+	restore := natstest.RefuseWrites(t, h.js, "KV_"+event.BucketTx)
+	gate.Open()
+	eventually(t, "the clear refused and the notification retried", func() bool {
+		return strings.Contains(h.logs.String(), "published events not cleared from the outbox")
+	})
+	if floor, _ := h.inboxAckFloor(); floor != 0 {
+		t.Fatalf("inbox ack floor %d after its outbox clear was refused, want 0", floor)
+	}
+	restore()
+	eventually(t, "the outbox cleared and the notification acked", func() bool {
+		floor, _ := h.inboxAckFloor()
+		return floor == 1 && h.outbox("clear-refused") == 0
+	})
+	if n := h.msgs(event.StreamEvents); n != 1 {
+		t.Fatalf("%d events, want 1", n)
+	}
+}

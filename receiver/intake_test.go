@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -767,5 +768,36 @@ func TestRejectedNotificationsAreBounded(t *testing.T) {
 	}
 	if len(s.Rejected) != maxRejected || s.Rejected[0].InboxSeq != 6 || s.Rejected[maxRejected-1].InboxSeq != maxRejected+5 {
 		t.Fatalf("%d kept, from %d to %d; want the last %d", len(s.Rejected), s.Rejected[0].InboxSeq, s.Rejected[len(s.Rejected)-1].InboxSeq, maxRejected)
+	}
+}
+
+// A first delivery that finds the outbox its own notification left (a
+// relay killed before publishing) and whose publish of it fails is
+// retried, not acked as a duplicate: acked, the event was never
+// published, the state saying it was decided.
+func TestAFailedFlushOfItsOwnLeftOutboxIsRetried(t *testing.T) {
+	h := newHarness(t, true)
+	info, err := h.js.Stream(t.Context(), event.StreamInbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := info.CachedInfo().State.LastSeq + 1 // the sequence feed stores it at
+	ev := h.leaveOutboxOf("tx-flush-refused", time.Now().UTC(), next)
+	restore := natstest.RefuseWrites(t, h.js, event.StreamEvents)
+	h.feed("tx-flush-refused", SourceCallback)
+	eventually(t, "the notification settled once (acked or retried)", func() bool {
+		floor, _ := h.inboxAckFloor()
+		return floor == next || strings.Contains(h.logs.String(), `"inbox_seq":`+strconv.FormatUint(next, 10)+`,"attempt":1,`)
+	})
+	if floor, _ := h.inboxAckFloor(); floor == next {
+		t.Fatalf("acked although its left event was not published (%d events)", len(h.events()))
+	}
+	restore()
+	eventually(t, "the left event published and the notification acked", func() bool {
+		floor, _ := h.inboxAckFloor()
+		return floor == next && h.msgs(event.StreamEvents) == 1
+	})
+	if evs := h.events(); len(evs) != 1 || evs[0].ID != ev.ID {
+		t.Fatalf("events %+v, want the one its own notification left in the outbox", evs)
 	}
 }
