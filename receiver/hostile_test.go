@@ -2209,3 +2209,26 @@ func TestAStoppedReconciliationSaysSo(t *testing.T) {
 		t.Fatalf("failures counted %v, want the stopped run's", n)
 	}
 }
+
+// A Confirmer that cannot check a project (sengo.Confirmer with no client
+// for it: confirmed false, no error) publishes nothing marked confirmed,
+// and nothing at all for a project that requires confirmation: taken for
+// a check, its events went out `confirmed: true` unchecked.
+func TestAProjectTheConfirmerCannotCheckIsNotConfirmed(t *testing.T) {
+	h := newHarness(t, true, withProjects(Project{Name: "main"}, Project{Name: "strict"}), func(_ *Config, ic *IntakeConfig) {
+		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{}) // no client for either
+		ic.RequireConfirmation = map[string]bool{"strict": true}
+	})
+	for _, p := range []string{"main", "strict"} {
+		if resp, _ := h.post("/callbacks/sengo/"+p, callback("tx-unchecked-"+p, event.StatusSuccess)); resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d", p, resp.StatusCode)
+		}
+	}
+	eventually(t, "one published, one quarantined", func() bool {
+		return h.msgs(event.StreamEvents) == 1 && h.msgs(event.StreamQuarantine) == 1
+	})
+	evs := h.events()
+	if len(evs) != 1 || evs[0].Data.TransactionID != "tx-unchecked-main" || evs[0].Data.Confirmed {
+		t.Fatalf("events %+v, want main's, not confirmed", evs)
+	}
+}
