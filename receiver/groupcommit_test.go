@@ -398,6 +398,11 @@ func TestARefusedRedriveLeavesTheNotificationQuarantined(t *testing.T) {
 	if q, i := h.msgs(event.StreamQuarantine), h.msgs(event.StreamInbox); q != 0 || i != 1 {
 		t.Fatalf("after the redrive: quarantine %d, inbox %d; want 0 and 1", q, i)
 	}
+	// On its transaction's subject, where a final status received after it
+	// finds it and waits for it.
+	if got := natstest.Messages(t, h.js, event.StreamInbox)[0].Subject; got != event.InboxTxSubject("main", "tx-refused") {
+		t.Fatalf("redriven onto %s, want its transaction's subject", got)
+	}
 }
 
 // A notification whose published event cannot be cleared from its

@@ -245,6 +245,11 @@ func TestRequireConfirmationFailsClosed(t *testing.T) {
 	if n := h.msgs(event.StreamQuarantine); n != 1 {
 		t.Fatalf("quarantine holds %d, want 1", n)
 	}
+	// The copy names the inbox message it was, so that a final status
+	// received after it (a forged pending set aside) does not wait for it.
+	if got := natstest.Messages(t, h.js, event.StreamQuarantine)[0].Header.Get(HeaderInboxSeq); got != "1" {
+		t.Fatalf("the quarantined copy names inbox message %q, want 1", got)
+	}
 }
 
 // A notification the inbox stored on condition that it was the first of

@@ -801,3 +801,25 @@ func TestAFailedFlushOfItsOwnLeftOutboxIsRetried(t *testing.T) {
 		t.Fatalf("events %+v, want the one its own notification left in the outbox", evs)
 	}
 }
+
+// A final status waits for a pending received before it at most
+// orderWaitMax after its own receipt: one whose pending never settles (its
+// check never answered) is published once that is past, not held back
+// for as long as the pending lasts.
+func TestAFinalWaitsForItsPendingOnlySoLong(t *testing.T) {
+	hold := holdPending{release: make(chan struct{})}
+	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) { ic.Confirmer = hold })
+	t.Cleanup(func() { close(hold.release) }) // before the harness's own
+	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-long-pending", event.StatusPending)); resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	// The success, received longer ago than a final waits.
+	if _, err := h.js.PublishMsg(t.Context(), &nats.Msg{Subject: event.InboxTxSubject("main", "tx-long-pending"), Data: callback("tx-long-pending", event.StatusSuccess),
+		Header: nats.Header{event.HeaderProject: []string{"main"}, event.HeaderSource: []string{SourceCallback},
+			event.HeaderReceivedAt: []string{time.Now().Add(-orderWaitMax - time.Minute).UTC().Format(time.RFC3339Nano)}}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the success published while its pending is still held", func() bool {
+		return fmt.Sprint(statuses(h.events(), "tx-long-pending")) == "[success]"
+	})
+}
