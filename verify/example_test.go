@@ -19,7 +19,11 @@ func ExampleWebhookVerifier() {
 		log.Fatal(err)
 	}
 	http.HandleFunc("/hooks/sengo", func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20)) // refused, not cut: a cut body fails the signature
+		if err != nil {
+			http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+			return
+		}
 		if err := v.Verify(r.Header, body); err != nil {
 			http.Error(w, "bad signature", http.StatusUnauthorized)
 			return

@@ -33,7 +33,11 @@ func main() {
 		log.Fatal(err)
 	}
 	http.HandleFunc("POST /hooks/sengo", func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20)) // refused, not cut: a cut body fails the signature
+		if err != nil {
+			http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+			return
+		}
 		if err := v.Verify(r.Header, body); err != nil { // signature, 5-minute timestamp tolerance
 			fmt.Printf("refused: %v\n", err)
 			http.Error(w, "bad signature", http.StatusUnauthorized)
