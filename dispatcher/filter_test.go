@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -10,8 +11,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // An endpoint's filter narrowed (a project or status taken out of it)
@@ -159,5 +162,111 @@ func TestARelayOnAnOlderNarrowerFilterPostsWhatTheWiderOneTakes(t *testing.T) {
 	eventually(t, "the event the wider filter takes posted", func() bool { return countFor(c, "tx-failed") == 1 })
 	if n := testutil.ToFloat64(h.metrics.Deliveries.WithLabelValues("orders", "filtered")); n != 0 {
 		t.Fatalf("filtered %v", n)
+	}
+}
+
+// A relay on the old configuration that started again during a rolling
+// deploy widening a filter (a crash, a drained node) set the consumer's
+// filter back to its narrower one: nats-server then skipped the events
+// only the wider filter takes, and the consumer's position moved past
+// them, so that no relay ever posted or dead-lettered them. A relay now
+// gives the consumer the union of its filter and those the other relays'
+// recent heartbeats give the endpoint, and that union narrows once the
+// relay with the wider filter is gone.
+func TestARelayStartedAgainOnAnOlderFilterKeepsTheWiderOne(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	wide := h.endpoint("orders", c.URL)
+	narrow := h.endpoint("orders", c.URL)
+	narrow.FilterSubjects = []string{event.EventSubject("main", event.ProductRetail, event.StatusSuccess)}
+	relay := func(instance string, ep Endpoint) (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			RunRetirer(ctx, RetireConfig{JetStream: h.js, Configured: []string{ep.Name}, Filters: map[string][]string{ep.Name: ep.FilterSubjects},
+				Instance: instance, Beat: 50 * time.Millisecond, Every: time.Hour, Logger: zerolog.New(h.logs)})
+		}()
+		stop = sync.OnceFunc(func() { cancel(); <-done })
+		t.Cleanup(stop)
+		return stop
+	}
+	kv, err := h.js.KeyValue(t.Context(), event.BucketDelivery)
+	if err != nil {
+		t.Fatal(err)
+	}
+	beating := func(instance string) func() bool {
+		return func() bool { _, err := kv.Get(t.Context(), relayKey(instance)); return err == nil }
+	}
+	stopNew := relay("new", wide) // the relay on the new, wider configuration
+	eventually(t, "the new relay's heartbeat", beating("new"))
+	h.workerAs("new", wide)
+	relay("old", narrow) // the old one starts again: its heartbeat, then its worker
+	eventually(t, "the old relay's heartbeat", beating("old"))
+	h.run(h.workerAs("old", narrow))
+	if got := h.liveFilter("orders"); !slices.Equal(got, wide.FilterSubjects) {
+		t.Fatalf("the consumer's filter is %v once the old relay started again, want the new relay's %v", got, wide.FilterSubjects)
+	}
+	h.publish("tx-failed", event.StatusFailed, "")
+	eventually(t, "the event only the wider filter takes posted", func() bool { return countFor(c, "tx-failed") == 1 })
+	// One that starts before its first heartbeat is written cannot tell
+	// which of the others are running: it narrows nothing.
+	h.workerAs("old-2", narrow)
+	if got := h.liveFilter("orders"); !slices.Equal(got, wide.FilterSubjects) {
+		t.Fatalf("the consumer's filter is %v once a relay with no heartbeat yet started, want %v", got, wide.FilterSubjects)
+	}
+	// The new relay stops (its heartbeat goes with it): the old relay's
+	// filter is the only one left, and the consumer's narrows to it.
+	stopNew()
+	eventually(t, "the consumer's filter narrowed to the running relay's", func() bool {
+		return slices.Equal(h.liveFilter("orders"), narrow.FilterSubjects)
+	})
+	h.publish("tx-failed-2", event.StatusFailed, "")
+	h.publish("tx-success", event.StatusSuccess, "")
+	eventually(t, "the success posted", func() bool { return countFor(c, "tx-success") == 1 })
+	if n := countFor(c, "tx-failed-2"); n != 0 {
+		t.Fatalf("an event no running relay's filter takes posted %d times", n)
+	}
+}
+
+// workerAs is worker for the relay whose heartbeat is instance's.
+func (h *harness) workerAs(instance string, ep Endpoint) *Worker {
+	h.t.Helper()
+	w, err := NewWorker(context.Background(), WorkerConfig{
+		Endpoint: ep, JetStream: h.js, Durable: h.durable, History: h.history, UserAgent: "sengo-relay/test", Metrics: h.metrics,
+		Logger: zerolog.New(h.logs), Now: h.now, Instance: instance,
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return w
+}
+
+// liveFilter is the filter of endpoint's consumer on SENGO_EVENTS.
+func (h *harness) liveFilter(endpoint string) []string {
+	h.t.Helper()
+	cons, err := h.js.Consumer(h.t.Context(), event.StreamEvents, ConsumerName(endpoint))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return stream.ConsumerFilters(cons.CachedInfo())
+}
+
+// The consumer's filter is one nats-server takes: no subject overlapping
+// another.
+func TestFilterCover(t *testing.T) {
+	for _, c := range []struct {
+		sets [][]string
+		want []string
+	}{
+		{[][]string{{"sengo.events.main.retail.success"}, {"sengo.events.>"}}, []string{"sengo.events.>"}},
+		{[][]string{{"sengo.events.main.retail.success"}, {"sengo.events.main.retail.success", "sengo.events.main.retail.failed"}}, []string{"sengo.events.main.retail.failed", "sengo.events.main.retail.success"}},
+		{[][]string{{"sengo.events.*.*.success"}, {"sengo.events.main.*.success"}}, []string{"sengo.events.*.*.success"}},
+		{[][]string{{"sengo.events.*.*.success"}, {"sengo.events.main.>"}}, []string{"sengo.events.>"}},
+		{[][]string{{"sengo.events.a.*.success"}, {"sengo.events.b.>"}}, []string{"sengo.events.a.*.success", "sengo.events.b.>"}},
+	} {
+		if got := filterCover(c.sets...); !slices.Equal(got, c.want) {
+			t.Errorf("filterCover(%v) = %v, want %v", c.sets, got, c.want)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -43,8 +44,14 @@ type RetireConfig struct {
 	// Beat is how often this relay writes its heartbeat (default, and at
 	// most, beatEvery).
 	Beat time.Duration
-	// Instance names this relay in its heartbeat (random when empty).
+	// Instance names this relay in its heartbeat (random when empty; give
+	// the workers the same: WorkerConfig.Instance).
 	Instance string
+	// Filters are the filter subjects of each endpoint in Configured, told
+	// to the other relays in the heartbeat: an endpoint's consumer takes
+	// what any running relay's filter takes, and narrows once the relays
+	// with a wider one are gone (syncFilters). Nil: not told.
+	Filters map[string][]string
 }
 
 // relayKey is the key, in SENGO_DELIVERY, of a relay's heartbeat: the
@@ -56,6 +63,9 @@ type heartbeat struct {
 	Endpoints []string      `json:"endpoints"`
 	At        time.Time     `json:"at"`
 	Every     time.Duration `json:"every"` // how often the relay writes it
+	// Filters are each endpoint's filter subjects (absent: a relay from
+	// before they were told).
+	Filters map[string][]string `json:"filters,omitempty"`
 }
 
 // beatEvery is how often a relay writes its heartbeat at most (a relay
@@ -115,7 +125,7 @@ func RunRetirer(ctx context.Context, cfg RetireConfig) {
 		cfg.Quiet = time.Minute
 	}
 	if cfg.Instance == "" {
-		cfg.Instance = randomInstance()
+		cfg.Instance = NewInstance()
 	}
 	if cfg.Beat <= 0 || cfg.Beat > beatEvery {
 		cfg.Beat = beatEvery
@@ -136,6 +146,9 @@ func RunRetirer(ctx context.Context, cfg RetireConfig) {
 	beating := make(chan struct{})
 	go func() { defer close(beating); r.heartbeats(ctx) }()
 	defer func() { <-beating }()
+	syncing := make(chan struct{})
+	go func() { defer close(syncing); r.syncFilters(ctx) }()
+	defer func() { <-syncing }()
 	tick := time.NewTicker(cfg.Every)
 	defer tick.Stop()
 	for {
@@ -181,9 +194,67 @@ func (r *retirer) heartbeats(ctx context.Context) {
 	}
 }
 
+// syncFilters sets, every Beat until ctx ends, the filter of each
+// endpoint's consumer on SENGO_EVENTS that this relay tells in its
+// heartbeat to what the running relays' filters take together
+// (liveFilters): a relay on a wider filter that has started since widens
+// it at once itself, and one that has gone (its heartbeat deleted as it
+// stopped, or not written again for three of its intervals) no longer
+// holds it wide. Not with the heartbeats: a store slow to answer these
+// must never delay one.
+func (r *retirer) syncFilters(ctx context.Context) {
+	if r.cfg.Filters == nil {
+		return
+	}
+	tick := time.NewTicker(r.cfg.Beat)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for _, name := range r.cfg.Configured {
+			own, ok := r.cfg.Filters[name]
+			if !ok {
+				continue
+			}
+			if err := r.syncFilter(ctx, Endpoint{Name: name, FilterSubjects: own}); err != nil && ctx.Err() == nil {
+				r.cfg.Logger.Warn().Err(err).Str("endpoint", name).Msg("the endpoint's consumer filter not set to the running relays' filters")
+			}
+		}
+	}
+}
+
+// syncFilter is syncFilters for one endpoint.
+func (r *retirer) syncFilter(ctx context.Context, ep Endpoint) error {
+	cons, err := r.cfg.JetStream.Consumer(ctx, event.StreamEvents, ConsumerName(ep.Name))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil // its worker makes it
+	} else if err != nil {
+		return err
+	}
+	info := cons.CachedInfo()
+	present := stream.ConsumerFilters(info)
+	want, err := liveFilters(ctx, r.cfg.JetStream, r.store.kv, r.cfg.Instance, ep, present)
+	if err != nil {
+		return err
+	}
+	if slices.Equal(filterCover(present), want) {
+		return nil
+	}
+	cfg := info.Config
+	cfg.FilterSubject, cfg.FilterSubjects = "", want
+	if _, err := r.cfg.JetStream.UpdateConsumer(ctx, event.StreamEvents, cfg); err != nil {
+		return err
+	}
+	r.cfg.Logger.Info().Str("endpoint", ep.Name).Strs("from", present).Strs("to", want).Msg("the endpoint's consumer filter set to what the running relays' filters take")
+	return nil
+}
+
 // beat writes this relay's heartbeat.
 func (r *retirer) beat(ctx context.Context) {
-	b, _ := json.Marshal(heartbeat{Endpoints: r.cfg.Configured, At: time.Now().UTC(), Every: r.cfg.Beat})
+	b, _ := json.Marshal(heartbeat{Endpoints: r.cfg.Configured, At: time.Now().UTC(), Every: r.cfg.Beat, Filters: r.cfg.Filters})
 	if _, err := r.store.kv.Put(ctx, relayKey(r.cfg.Instance), b); err != nil && ctx.Err() == nil {
 		r.cfg.Logger.Warn().Err(err).Msg("relay heartbeat not written")
 	}
@@ -274,7 +345,8 @@ func gone(err error) bool {
 // staleHeartbeat is the age at which a heartbeat is removed.
 const staleHeartbeat = 24 * time.Hour
 
-func randomInstance() string {
+// NewInstance is a random name for a relay's heartbeat.
+func NewInstance() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])

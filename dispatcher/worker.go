@@ -55,6 +55,10 @@ type WorkerConfig struct {
 	Logger  zerolog.Logger
 	// Now is the clock for signatures and attempt times; time.Now when nil.
 	Now func() time.Time
+	// Instance names this relay's heartbeat (RetireConfig.Instance): the
+	// consumer's filter takes what the other relays' recent heartbeats
+	// give the endpoint too (liveFilters). Empty: this relay's filter only.
+	Instance string
 }
 
 // Durability makes writes the store acknowledged durable
@@ -165,7 +169,11 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", event.BucketDelivery, err)
 	}
-	live, err := ensureConsumer(ctx, cfg.JetStream, event.StreamEvents, ep, ep.FilterSubjects, ep.DeliverFrom)
+	filters, err := consumerFilters(ctx, cfg.JetStream, kv, cfg.Instance, ep)
+	if err != nil {
+		return nil, err
+	}
+	live, err := ensureConsumer(ctx, cfg.JetStream, event.StreamEvents, ep, filters, ep.DeliverFrom)
 	if err != nil {
 		return nil, err
 	}
@@ -740,11 +748,16 @@ func (w *Worker) recreate(ctx context.Context) {
 	if s.CachedInfo().Created.Equal(w.eventsCreated) {
 		start = w.liveStart.Load()
 	}
+	filters, err := consumerFilters(ctx, w.cfg.JetStream, w.store.kv, w.cfg.Instance, w.ep)
+	if err != nil {
+		w.log.Warn().Err(err).Msg("the endpoint's consumers could not be created again: the relays' filters unread")
+		return
+	}
 	for _, c := range []struct {
 		stream, from string
 		filters      []string
 		start        uint64
-	}{{event.StreamEvents, w.ep.DeliverFrom, w.ep.FilterSubjects, start}, {event.StreamReplay, "all", []string{event.ReplaySubject(w.ep.Name)}, 0}} {
+	}{{event.StreamEvents, w.ep.DeliverFrom, filters, start}, {event.StreamReplay, "all", []string{event.ReplaySubject(w.ep.Name)}, 0}} {
 		if _, err := ensureConsumerAt(ctx, w.cfg.JetStream, c.stream, w.ep, c.filters, c.from, c.start); err != nil && ctx.Err() == nil {
 			w.log.Error().Err(err).Str("stream", c.stream).Msg("the endpoint's consumer could not be created again")
 			return
@@ -1296,11 +1309,14 @@ const filterRetry = 5 * time.Second
 // in SENGO_EVENTS (HeaderEventSubject); one without it, queued before
 // copies carried it, is taken as before.
 //
-// Relays share the consumer, and the one started last set its filter:
-// during a rolling deploy that widens the filter, a relay still on the
-// older configuration gets events only the new filter takes. So an event
-// this relay's filter leaves out is left only when the consumer's filter,
-// read from the server now, leaves it out too.
+// Relays share the consumer, whose filter takes what any running relay's
+// takes (liveFilters): during a rolling deploy that widens the filter, a
+// relay still on the older configuration gets events only the new filter
+// takes. So an event this relay's filter leaves out is left only when no
+// recent heartbeat of another relay gives the endpoint a filter that takes
+// it, or, when those cannot be told (no heartbeat of this relay yet, a
+// relay that does not say its filter), when the consumer's filter, read
+// from the server now, leaves it out too.
 func (w *Worker) takes(ctx context.Context, msg jetstream.Msg, replayed bool) filterVerdict {
 	subject := msg.Subject()
 	if replayed {
@@ -1313,6 +1329,20 @@ func (w *Worker) takes(ctx context.Context, msg jetstream.Msg, replayed bool) fi
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	// Read now, not remembered: a relay that started since with a wider
+	// filter wrote its heartbeat before it widened the consumer's.
+	peers, known, err := peerFilters(rctx, w.cfg.JetStream, w.store.kv, w.cfg.Instance, w.ep.Name)
+	if err != nil {
+		return filterUnknown
+	}
+	if slices.ContainsFunc(peers, func(f string) bool { return event.SubjectMatches(f, subject) }) {
+		return filterTakes
+	}
+	if known {
+		// The consumer's filter may take more than the relays' together
+		// (filterCover): what no running relay's filter takes is left.
+		return filterLeaves
+	}
 	info, err := w.live.Info(rctx)
 	if err != nil {
 		return filterUnknown

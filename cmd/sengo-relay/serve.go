@@ -380,11 +380,16 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		// A removed or renamed endpoint's backlog goes to the dead letters
 		// (endpoint_removed) instead of waiting for good. Started first: its
 		// heartbeat tells other relays which endpoints this one delivers.
+		instance := dispatcher.NewInstance()
+		epFilters := make(map[string][]string, len(endpoints))
+		for _, ep := range endpoints {
+			epFilters[ep.Name] = ep.FilterSubjects
+		}
 		workersDone.Add(1)
 		go func() {
 			defer workersDone.Done()
 			dispatcher.RunRetirer(runCtx, dispatcher.RetireConfig{
-				JetStream: js, Configured: epNames, Durable: conns.durable, Metrics: dmetrics,
+				JetStream: js, Configured: epNames, Filters: epFilters, Instance: instance, Durable: conns.durable, Metrics: dmetrics,
 				Quiet: cfg.Delivery.RetireRemovedAfter.D(), Every: min(30*time.Second, cfg.Delivery.RetireRemovedAfter.D()/2),
 				// Three heartbeats fit in retire_removed_after (10 s apart
 				// at most): the floor others wait is three of this relay's.
@@ -396,7 +401,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			var w *dispatcher.Worker
 			err := retryStart(runCtx, log.With().Str("endpoint", ep.Name).Logger(), "starting endpoint", func() (err error) {
 				w, err = dispatcher.NewWorker(runCtx, dispatcher.WorkerConfig{
-					Endpoint: ep, JetStream: js, Durable: conns.durable, UserAgent: "sengo-relay/" + versionString(), Metrics: dmetrics, History: hist,
+					Endpoint: ep, JetStream: js, Durable: conns.durable, UserAgent: "sengo-relay/" + versionString(), Metrics: dmetrics, History: hist, Instance: instance,
 					Logger: log.With().Str("component", "dispatcher").Logger(),
 				})
 				return err
