@@ -1,0 +1,193 @@
+package dispatcher
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/natstest"
+)
+
+// storeDeadLetter stores, as a worker would, the dead letter of ev for
+// endpoint.
+func (h *harness) storeDeadLetter(endpoint string, ev event.Event) {
+	h.t.Helper()
+	b, err := event.Marshal(ev)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	d, err := json.Marshal(DeadLetter{Endpoint: endpoint, EventID: ev.ID, TransactionID: ev.Data.TransactionID, MerchantRef: ev.Data.MerchantRef,
+		Reason: ReasonExhausted, Subject: event.EventSubject(event.ProjectOf(ev.Source), ev.Data.Product, ev.Data.Status), DeadAt: time.Now().UTC(), Event: b})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.js.PublishMsg(h.t.Context(), &nats.Msg{Subject: event.DLQTxSubject(endpoint, ev.Data.TransactionID), Data: d,
+		Header: nats.Header{event.HeaderEventID: []string{ev.ID}, "Sengo-Reason": []string{ReasonExhausted}}}); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// A dead-letter filter selects its own and no other: a redrive or a
+// purge by merchantRef, project, or one dead letter's number for one
+// endpoint, acts on what an operator selected, never on every dead letter
+// or another endpoint's.
+func TestDeadLetterFiltersSelectOnlyTheirOwn(t *testing.T) {
+	h := newHarness(t)
+	a := h.publish("tx-a", event.StatusSuccess, "")
+	b := h.publish("tx-b", event.StatusSuccess, "")
+	other := b
+	other.ID, other.Source, other.Data.TransactionID, other.Data.MerchantRef = "evt_other_b", "sengo/other", "tx-c", "REF-tx-c"
+	h.storeDeadLetter("orders", a)     // seq 1
+	h.storeDeadLetter("orders", b)     // seq 2
+	h.storeDeadLetter("shipping", b)   // seq 3
+	h.storeDeadLetter("orders", other) // seq 4
+	for name, c := range map[string]struct {
+		f    DLQFilter
+		want []uint64
+	}{
+		"merchantRef":              {DLQFilter{MerchantRef: "REF-tx-a"}, []uint64{1}},
+		"project":                  {DLQFilter{Project: "other"}, []uint64{4}},
+		"project and endpoint":     {DLQFilter{Project: "main", Endpoint: "orders"}, []uint64{1, 2}},
+		"one number":               {DLQFilter{Seq: 3}, []uint64{3}},
+		"one number, its endpoint": {DLQFilter{Seq: 3, Endpoint: "shipping"}, []uint64{3}},
+		"one number, another's":    {DLQFilter{Seq: 3, Endpoint: "orders"}, nil},
+	} {
+		entries, err := ListDLQ(t.Context(), h.js, c.f)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var got []uint64
+		for _, e := range entries {
+			got = append(got, e.Seq)
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("%s: dead letters %v, want %v", name, got, c.want)
+		}
+	}
+}
+
+// A redrive, a purge or a replay whose write the store refuses says so,
+// and a redrive or a purge keeps the dead letter: reported done, the
+// operator took a dead letter for redriven (or gone) that was neither.
+func TestARefusedRedrivePurgeOrReplaySaysSo(t *testing.T) {
+	h := newHarness(t)
+	ep := h.endpoint("orders", "http://127.0.0.1:1")
+	if _, err := NewWorker(t.Context(), WorkerConfig{Endpoint: ep, JetStream: h.js, Metrics: h.metrics, Logger: zerolog.New(h.logs)}); err != nil {
+		t.Fatal(err)
+	}
+	since := time.Now()
+	ev := h.publish("tx-refused", event.StatusSuccess, "")
+	h.storeDeadLetter("orders", ev)
+	entries, err := ListDLQ(t.Context(), h.js, DLQFilter{})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("dead letters %v %v", entries, err)
+	}
+
+	restore := natstest.RefuseWrites(t, h.js, event.StreamReplay)
+	if n, err := Redrive(t.Context(), h.js, entries); err == nil || n != 0 {
+		t.Errorf("a redrive whose copy was refused: %d redriven, %v; want 0 and an error", n, err)
+	}
+	if p, err := Replay(t.Context(), h.js, []Endpoint{ep}, ReplayRequest{Endpoints: []string{"orders"}, Since: since}, nil); err == nil || p.Done {
+		t.Errorf("a replay whose copy was refused: %+v, %v; want an error, not done", p, err)
+	}
+	restore()
+	if n := len(natstest.Messages(t, h.js, event.StreamReplay)); n != 0 {
+		t.Fatalf("%d copies queued while SENGO_REPLAY refused them", n)
+	}
+
+	// The record is the copy's sequence, and RefuseWrites lets a value of
+	// one byte through: the copy goes past sequence 9.
+	for range 9 {
+		if _, err := h.js.Publish(t.Context(), event.ReplaySubject("elsewhere"), []byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restore = natstest.RefuseWrites(t, h.js, "KV_"+event.BucketDelivery)
+	if n, err := Redrive(t.Context(), h.js, entries); err == nil {
+		t.Errorf("a redrive whose copy could not be recorded reported no error (%d redriven, %d copies)", n, len(natstest.Messages(t, h.js, event.StreamReplay)))
+	}
+	restore()
+
+	h.reconfigure(event.StreamDLQ, func(cfg *jetstream.StreamConfig) { cfg.DenyDelete = true })
+	if n, err := Purge(t.Context(), h.js, entries); err == nil || n != 0 {
+		t.Errorf("a purge whose delete was refused: %d purged, %v; want 0 and an error", n, err)
+	}
+	if n := len(h.deadLetters()); n != 1 {
+		t.Fatalf("%d dead letters, want the one neither redrive nor purge removed", n)
+	}
+}
+
+// A replay to two endpoints queues a copy for each, and one by
+// merchantRef alone copies that merchantRef's events only.
+func TestAReplayByMerchantRefToTwoEndpoints(t *testing.T) {
+	h := newHarness(t)
+	var eps []Endpoint
+	for _, name := range []string{"orders", "shipping"} {
+		ep := h.endpoint(name, "http://127.0.0.1:1")
+		if _, err := NewWorker(t.Context(), WorkerConfig{Endpoint: ep, JetStream: h.js, Metrics: h.metrics, Logger: zerolog.New(h.logs)}); err != nil {
+			t.Fatal(err)
+		}
+		eps = append(eps, ep)
+	}
+	since := time.Now()
+	mine := h.publish("tx-mine", event.StatusSuccess, "")
+	h.publish("tx-other", event.StatusSuccess, "")
+	p, err := Replay(t.Context(), h.js, eps, ReplayRequest{Endpoints: []string{"orders", "shipping"}, Since: since, MerchantRef: mine.Data.MerchantRef}, nil)
+	if err != nil || p.Queued != 2 {
+		t.Fatalf("replay: %+v, %v; want 2 queued", p, err)
+	}
+	got := map[string]string{}
+	for _, m := range natstest.Messages(t, h.js, event.StreamReplay) {
+		got[m.Subject] = m.Header.Get(event.HeaderEventID)
+	}
+	if want := map[string]string{event.ReplaySubject("orders"): mine.ID, event.ReplaySubject("shipping"): mine.ID}; !mapsEqual(got, want) {
+		t.Fatalf("copies %v, want %v", got, want)
+	}
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// An endpoint's answer is read up to what its excerpt keeps: a hostile
+// endpoint streaming gigabytes in its answer was read whole into memory.
+func TestAnAnswersBodyIsReadOnlySoFar(t *testing.T) {
+	h := newHarness(t)
+	var written atomic.Int64
+	var finished atomic.Bool
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
+		defer finished.Store(true)
+		w.WriteHeader(http.StatusOK)
+		chunk := make([]byte, 64<<10)
+		for range 1024 { // 64 MiB
+			n, err := w.Write(chunk)
+			written.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	})
+	w := h.start(h.endpoint("orders", c.URL))
+	h.publish("tx-flood", event.StatusSuccess, "")
+	eventually(t, "the event delivered", func() bool { return len(c.got()) == 1 && h.settled(w) })
+	eventually(t, "the endpoint's answer ended", finished.Load)
+	if n := written.Load(); n >= 32<<20 {
+		t.Fatalf("the endpoint wrote %d MiB of its answer before the relay stopped reading, want a few", n>>20)
+	}
+}
