@@ -14,6 +14,7 @@ import (
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/stream"
 )
 
 // storeDeadLetter stores, as a worker would, the dead letter of ev for
@@ -190,4 +191,35 @@ func TestAnAnswersBodyIsReadOnlySoFar(t *testing.T) {
 	if n := written.Load(); n >= 32<<20 {
 		t.Fatalf("the endpoint wrote %d MiB of its answer before the relay stopped reading, want a few", n>>20)
 	}
+}
+
+// A SENGO_EVENTS made anew (deleted with its consumers and provisioned
+// again: its sequences start again) gets the endpoint's consumer again from
+// deliver_from, not from the old stream's place: from there, the new
+// stream's first events were skipped for good.
+func TestAnEventsStreamMadeAnewIsDeliveredFromItsStart(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	w := h.start(h.endpoint("orders", c.URL))
+	for _, tx := range []string{"tx-old-1", "tx-old-2", "tx-old-3"} {
+		h.publish(tx, event.StatusSuccess, "")
+	}
+	eventually(t, "the old stream's events delivered", func() bool { return len(c.got()) == 3 && h.settled(w) })
+	if err := h.js.DeleteStream(t.Context(), event.StreamEvents); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Provision(t.Context(), h.js, testSpec()); err != nil {
+		t.Fatal(err)
+	}
+	for _, tx := range []string{"tx-new-1", "tx-new-2", "tx-new-3", "tx-new-4"} {
+		h.publish(tx, event.StatusSuccess, "")
+	}
+	eventually(t, "every event of the new stream delivered", func() bool {
+		for _, tx := range []string{"tx-new-1", "tx-new-2", "tx-new-3", "tx-new-4"} {
+			if countFor(c, tx) != 1 {
+				return false
+			}
+		}
+		return true
+	})
 }
