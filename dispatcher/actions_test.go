@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"slices"
 	"sync/atomic"
@@ -222,4 +223,29 @@ func TestAnEventsStreamMadeAnewIsDeliveredFromItsStart(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// An answer whose body stops coming (cut after answerBodyWait) is kept
+// without the start of a secret at its end: taken as complete, the part
+// of the endpoint's signing secret it had sent stayed in the dead letter
+// (the scrub removes a secret only whole).
+func TestACutAnswerKeepsNoStartOfASecret(t *testing.T) {
+	h := newHarness(t)
+	release := make(chan struct{})
+	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
+		w.WriteHeader(http.StatusGone) // dead-lettered at once
+		_, _ = io.WriteString(w, "refused, expected "+secretA[:14])
+		w.(http.Flusher).Flush()
+		select { // the rest never comes (until the test ends)
+		case <-release:
+		case <-time.After(time.Minute):
+		}
+	})
+	h.start(h.endpoint("orders", c.URL))
+	t.Cleanup(func() { close(release) }) // before the consumer's own, which waits for the answer
+	h.publish("tx-cut", event.StatusSuccess, "")
+	eventually(t, "the dead letter", func() bool { return len(h.deadLetters()) == 1 })
+	if got := h.deadLetters()[0].ResponseExcerpt; got != "refused, expected " {
+		t.Fatalf("the excerpt of a cut answer is %q, want it without the start of the secret", got)
+	}
 }
