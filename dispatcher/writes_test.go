@@ -497,6 +497,22 @@ func TestAnEventWhoseNextRetryComesTooLateIsDeadLettered(t *testing.T) {
 	}
 }
 
+// A retry due within the guard's margin before its event ages out (here
+// 5.5 s after it was stored, in a stream that keeps events 6 s, with a
+// 0.6 s margin) is not waited for: the attempt might not be made, or fail
+// with no time left to dead-letter the event.
+func TestARetryInTheLastMarginIsNotWaitedFor(t *testing.T) {
+	h := newHarness(t)
+	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second })
+	c := newConsumer(t, status(503, 503, 503))
+	w := h.start(h.endpoint("orders", c.URL, 5500*time.Millisecond))
+	ev := h.publish("tx-margin", event.StatusSuccess, "")
+	poll.Within(t, 20*time.Second, "dead-lettered", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
+	if d := h.deadLetters()[0]; d.EventID != ev.ID || d.Reason != ReasonExpiringBeforeRetry || d.Attempts != 1 {
+		t.Fatalf("dead letter %+v, want %s after one attempt", d, ReasonExpiringBeforeRetry)
+	}
+}
+
 // An endpoint that is not paused but slower than its events come (here
 // its rate limit, one a second, against 32 at once) never reached the
 // end of a backlog older than SENGO_EVENTS keeps events: they aged out
@@ -967,6 +983,11 @@ func TestTheExpiryGuardFindsADueEventBehindYoungerOnes(t *testing.T) {
 	}
 	if !slices.Contains(got, "tx-old/"+ReasonExpiring) {
 		t.Fatalf("dead letters %v, want tx-old/%s: it aged out without a trace", got, ReasonExpiring)
+	}
+	// The younger ones, 12 s younger, are not due: they wait for the
+	// endpoint to be released.
+	if len(got) != 1 {
+		t.Fatalf("dead letters %v, want tx-old's alone: the guard took events not about to age out", got)
 	}
 }
 
