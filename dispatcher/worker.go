@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -1370,9 +1371,12 @@ func (w *Worker) notTaken(ctx context.Context, msg jetstream.Msg, ev event.Event
 // not empty, and a value Go's client sends (it refuses one with a control
 // character before sending, and each attempt counted against the endpoint)
 // as it is (it trims leading and trailing spaces and tabs, and the
-// signature covers the id untrimmed: no receiver could verify it).
+// signature covers the id untrimmed: no receiver could verify it), in
+// ASCII (the Standard Webhooks libraries of Python and Node read a header
+// as Latin-1 and sign it again as UTF-8: they could not verify one
+// outside ASCII).
 func deliverableID(id string) bool {
-	return id != "" && httpguts.ValidHeaderFieldValue(id) && textproto.TrimString(id) == id
+	return id != "" && httpguts.ValidHeaderFieldValue(id) && textproto.TrimString(id) == id && !slices.ContainsFunc([]byte(id), func(b byte) bool { return b >= utf8.RuneSelf })
 }
 
 // mustWait implements ordered delivery: an event waits while the event
