@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -247,5 +248,50 @@ func TestACutAnswerKeepsNoStartOfASecret(t *testing.T) {
 	eventually(t, "the dead letter", func() bool { return len(h.deadLetters()) == 1 })
 	if got := h.deadLetters()[0].ResponseExcerpt; got != "refused, expected " {
 		t.Fatalf("the excerpt of a cut answer is %q, want it without the start of the secret", got)
+	}
+}
+
+// The same, for the same event dead-lettered for another endpoint at
+// that sequence: its event id matches, and only the endpoint tells it is
+// not the copy's. Removed, the other endpoint's failed delivery was left
+// with no trace and nothing to redrive.
+func TestASettledCopyLeavesAnotherEndpointsDeadLetterOfItsEvent(t *testing.T) {
+	h := newHarness(t)
+	release, shipGo := make(chan struct{}), make(chan struct{})
+	var releaseOnce, shipOnce sync.Once
+	let := func() { releaseOnce.Do(func() { close(release) }) }
+	ship := func() { shipOnce.Do(func() { close(shipGo) }) }
+	orders := newConsumer(t, status())
+	orders.answer = func(n int, _ *http.Request, w http.ResponseWriter) {
+		if n == 1 {
+			w.WriteHeader(http.StatusGone) // the live event: dead-lettered at once
+			return
+		}
+		<-release // the redriven copy waits until the test has looked
+		w.WriteHeader(http.StatusOK)
+	}
+	shipping := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
+		<-shipGo // dead-lettered once SENGO_DLQ is made anew
+		w.WriteHeader(http.StatusGone)
+	})
+	t.Cleanup(let) // before the consumers close: a test that failed first does not hang there
+	t.Cleanup(ship)
+	wo := h.start(h.endpoint("orders", orders.URL))
+	ws := h.start(h.endpoint("shipping", shipping.URL))
+	ev := h.publish("tx-both", event.StatusSuccess, "")
+	eventually(t, "dead-lettered for orders", func() bool { return len(h.deadLetters()) == 1 && h.settled(wo) })
+	entries, _ := ListDLQ(t.Context(), h.js, DLQFilter{Endpoint: "orders"})
+	if n, err := Redrive(t.Context(), h.js, entries); err != nil || n != 1 {
+		t.Fatalf("redrive %d %v", n, err)
+	}
+	eventually(t, "the copy posted", func() bool { return len(orders.got()) == 2 })
+	h.remakeDLQ()
+	ship()
+	eventually(t, "dead-lettered for shipping in the new SENGO_DLQ", func() bool { return len(h.deadLetters()) == 1 && h.settled(ws) })
+	let()
+	eventually(t, "the copy settled", func() bool { return h.settled(wo) })
+	got := h.deadLetters()
+	if len(got) != 1 || got[0].Endpoint != "shipping" || got[0].EventID != ev.ID {
+		t.Fatalf("dead letters %+v, want shipping's of %s", got, ev.ID)
 	}
 }
