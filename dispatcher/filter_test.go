@@ -2,6 +2,8 @@ package dispatcher
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
 	"strings"
@@ -171,9 +173,13 @@ func TestARelayOnAnOlderNarrowerFilterPostsWhatTheWiderOneTakes(t *testing.T) {
 // only the wider filter takes, and the consumer's position moved past
 // them, so that no relay ever posted or dead-lettered them. A relay now
 // gives the consumer the union of its filter and those the other relays'
-// recent heartbeats give the endpoint, and that union narrows once the
-// relay with the wider filter is gone.
+// recent heartbeats give the endpoint. A relay that stops leaves its
+// filter told while its heartbeat is recent, so that a restart of the
+// only relay on the wider filter narrows nothing; then it narrows.
 func TestARelayStartedAgainOnAnOlderFilterKeepsTheWiderOne(t *testing.T) {
+	saved := heartbeatFresh
+	heartbeatFresh = 2 * time.Second // a stopped relay's heartbeat is recent 2 s
+	t.Cleanup(func() { heartbeatFresh = saved })
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	wide := h.endpoint("orders", c.URL)
@@ -198,6 +204,11 @@ func TestARelayStartedAgainOnAnOlderFilterKeepsTheWiderOne(t *testing.T) {
 	beating := func(instance string) func() bool {
 		return func() bool { _, err := kv.Get(t.Context(), relayKey(instance)); return err == nil }
 	}
+	// A worker whose relay has written no heartbeat yet sets no filter:
+	// the others could not tell why it is wide, and would narrow it again.
+	if _, err := NewWorker(t.Context(), WorkerConfig{Endpoint: wide, JetStream: h.js, Metrics: h.metrics, Logger: zerolog.New(h.logs), Instance: "new"}); !errors.Is(err, errNoHeartbeat) {
+		t.Fatalf("a worker started before its relay's heartbeat: %v, want %v", err, errNoHeartbeat)
+	}
 	stopNew := relay("new", wide) // the relay on the new, wider configuration
 	eventually(t, "the new relay's heartbeat", beating("new"))
 	h.workerAs("new", wide)
@@ -209,22 +220,26 @@ func TestARelayStartedAgainOnAnOlderFilterKeepsTheWiderOne(t *testing.T) {
 	}
 	h.publish("tx-failed", event.StatusFailed, "")
 	eventually(t, "the event only the wider filter takes posted", func() bool { return countFor(c, "tx-failed") == 1 })
-	// One that starts before its first heartbeat is written cannot tell
-	// which of the others are running: it narrows nothing.
-	h.workerAs("old-2", narrow)
-	if got := h.liveFilter("orders"); !slices.Equal(got, wide.FilterSubjects) {
-		t.Fatalf("the consumer's filter is %v once a relay with no heartbeat yet started, want %v", got, wide.FilterSubjects)
-	}
-	// The new relay stops (its heartbeat goes with it): the old relay's
-	// filter is the only one left, and the consumer's narrows to it.
+	// The new relay stops: while its last heartbeat is recent, what its
+	// filter takes is still posted (it may be restarting).
 	stopNew()
+	stopped := time.Now()
+	h.publish("tx-failed-2", event.StatusFailed, "")
+	eventually(t, "the event only the stopped relay's filter takes posted", func() bool { return countFor(c, "tx-failed-2") == 1 })
+	if time.Since(stopped) < heartbeatFresh {
+		if got := h.liveFilter("orders"); !slices.Equal(got, wide.FilterSubjects) {
+			t.Fatalf("the consumer's filter narrowed to %v while the stopped relay's heartbeat was recent", got)
+		}
+	}
+	// Then the old relay's filter is the only one left, and the
+	// consumer's narrows to it.
 	eventually(t, "the consumer's filter narrowed to the running relay's", func() bool {
 		return slices.Equal(h.liveFilter("orders"), narrow.FilterSubjects)
 	})
-	h.publish("tx-failed-2", event.StatusFailed, "")
+	h.publish("tx-failed-3", event.StatusFailed, "")
 	h.publish("tx-success", event.StatusSuccess, "")
 	eventually(t, "the success posted", func() bool { return countFor(c, "tx-success") == 1 })
-	if n := countFor(c, "tx-failed-2"); n != 0 {
+	if n := countFor(c, "tx-failed-3"); n != 0 {
 		t.Fatalf("an event no running relay's filter takes posted %d times", n)
 	}
 }
@@ -269,4 +284,43 @@ func TestFilterCover(t *testing.T) {
 			t.Errorf("filterCover(%v) = %v, want %v", c.sets, got, c.want)
 		}
 	}
+}
+
+// A relay whose heartbeat names the endpoint without its filter (a relay
+// of a version before heartbeats told them) may take more than the
+// consumer's filter says of the others: beside it, a relay narrows
+// nothing, and posts what the consumer's filter takes.
+func TestARelayThatDoesNotTellItsFilterNarrowsNothing(t *testing.T) {
+	saved := heartbeatFresh
+	heartbeatFresh = time.Minute
+	t.Cleanup(func() { heartbeatFresh = saved })
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	wide := h.endpoint("orders", c.URL)
+	narrow := h.endpoint("orders", c.URL)
+	narrow.FilterSubjects = []string{event.EventSubject("main", event.ProductRetail, event.StatusSuccess)}
+	h.worker(wide) // the consumer, as the relay of the earlier version set it
+	kv, err := h.js.KeyValue(t.Context(), event.BucketDelivery)
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy, _ := json.Marshal(map[string]any{"endpoints": []string{"orders"}, "at": time.Now().UTC(), "every": time.Second})
+	if _, err := kv.Put(t.Context(), relayKey("legacy"), legacy); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		RunRetirer(ctx, RetireConfig{JetStream: h.js, Configured: []string{"orders"}, Filters: map[string][]string{"orders": narrow.FilterSubjects},
+			Instance: "narrow", Beat: 50 * time.Millisecond, Every: time.Hour, Logger: zerolog.New(h.logs)})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, "the relay's heartbeat", func() bool { _, err := kv.Get(t.Context(), relayKey("narrow")); return err == nil })
+	h.run(h.workerAs("narrow", narrow))
+	if got := h.liveFilter("orders"); !slices.Equal(got, wide.FilterSubjects) {
+		t.Fatalf("the consumer's filter is %v beside a relay that does not tell its own, want %v kept", got, wide.FilterSubjects)
+	}
+	h.publish("tx-failed", event.StatusFailed, "")
+	eventually(t, "the event the consumer's filter takes posted", func() bool { return countFor(c, "tx-failed") == 1 })
 }

@@ -20,56 +20,98 @@ import (
 // filter takes: the consumer's position moves past them and no relay
 // posts or dead-letters them. During a rolling deploy that widens a
 // filter, a relay on the old configuration that started again (a crash,
-// a drained node) did just that. So the consumer's filter is the union of
-// this relay's filter and those the recent heartbeats of the other relays
-// give the endpoint (peerFilters), set as a worker starts and every
-// heartbeat after (the retirer's syncFilters): it narrows only once the
-// relays with a wider filter are gone.
+// a drained node) did just that. So each relay tells its endpoints'
+// filters in its heartbeat, written before its workers set any consumer,
+// and the consumer's filter is the union of this relay's and those the
+// recent heartbeats give the endpoint (readPeers), set as a worker starts
+// and every heartbeat after (the retirer's syncFilters). A relay that
+// stops leaves its filters told for as long as its heartbeat is recent
+// (two minutes at least): a restart of the only relay on a wider filter
+// narrows nothing. The filter narrows once the relays with a wider one
+// have been gone that long.
 
-// peerFilters returns the filter subjects that the recent heartbeats of
-// relays other than instance give endpoint, and known: whether this
-// relay's own heartbeat, which dates the others by the server's clock, was
-// there to tell which are recent, and every recent one that names the
-// endpoint says its filter (a relay from before heartbeats carried them
-// does not).
-func peerFilters(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, instance, endpoint string) (subjects []string, known bool, err error) {
+// peers is what the recent heartbeats of the relays other than this one
+// say of their endpoints' filters.
+type peers struct {
+	// known: this relay's own heartbeat was there to date the others by
+	// the server's clock (none yet: nothing is known).
+	known   bool
+	filters map[string][]string // endpoint: the subjects recent heartbeats give it
+	// unknown: endpoints that a recent heartbeat names without saying
+	// their filter (a relay of a version before they were told).
+	unknown map[string]bool
+}
+
+// of is what p says of endpoint: the subjects the other relays' filters
+// take, and whether those are all of them.
+func (p peers) of(endpoint string) (subjects []string, known bool) {
+	return p.filters[endpoint], p.known && !p.unknown[endpoint]
+}
+
+// errNoHeartbeat: this relay's heartbeat is not written yet.
+var errNoHeartbeat = errors.New("this relay's heartbeat is not written yet")
+
+// readPeers reads the heartbeats of the relays other than instance, each
+// from the bucket's leader: a replica not caught up would miss one a
+// relay that just started wrote before it widened a consumer. A heartbeat
+// is recent when it was stored less than three of its relay's intervals
+// (heartbeatFresh at least) before this relay's own (instance's). Empty
+// instance: nothing is known.
+func readPeers(ctx context.Context, js jetstream.JetStream, instance string) (peers, error) {
+	var p peers
 	if instance == "" {
-		return nil, false, nil
+		return p, nil
 	}
-	mine, err := kv.Get(ctx, relayKey(instance))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
+	mine, err := readHeartbeat(ctx, js, relayKey(instance))
+	if err != nil || mine == nil {
+		return p, err
 	}
 	keys, err := stream.Keys(ctx, js, event.BucketDelivery, relayKey("*"))
 	if err != nil {
-		return nil, false, err
+		return p, err
 	}
-	known = true
+	p.known, p.filters, p.unknown = true, map[string][]string{}, map[string]bool{}
 	for _, k := range keys {
 		if k == relayKey(instance) {
 			continue
 		}
-		e, err := kv.Get(ctx, k)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue
-		} else if err != nil {
-			return nil, false, err
+		m, err := readHeartbeat(ctx, js, k)
+		if err != nil {
+			return peers{}, err
+		} else if m == nil {
+			continue // deleted (its relay stopped before heartbeats told filters)
 		}
 		var h heartbeat
-		if json.Unmarshal(e.Value(), &h) != nil || mine.Created().Sub(e.Created()) > max(3*h.Every, heartbeatFresh) || !slices.Contains(h.Endpoints, endpoint) {
+		if json.Unmarshal(m.Data, &h) != nil || mine.Time.Sub(m.Time) > max(3*h.Every, heartbeatFresh) {
 			continue
 		}
-		f, ok := h.Filters[endpoint]
-		if !ok {
-			known = false
+		if h.Filters == nil {
+			for _, e := range h.Endpoints {
+				p.unknown[e] = true
+			}
 			continue
 		}
-		subjects = append(subjects, f...)
+		for e, f := range h.Filters {
+			p.filters[e] = append(p.filters[e], f...)
+		}
 	}
-	return subjects, known, nil
+	return p, nil
+}
+
+// readHeartbeat is the heartbeat at key, from the bucket's leader; nil
+// when there is none (or it was deleted).
+func readHeartbeat(ctx context.Context, js jetstream.JetStream, key string) (*jetstream.RawStreamMsg, error) {
+	m, err := stream.LeaderGetLast(ctx, js, "KV_"+event.BucketDelivery, "$KV."+event.BucketDelivery+"."+key)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read heartbeat %s: %w", key, err)
+	}
+	if m.Header.Get("KV-Operation") != "" {
+		return nil, nil
+	}
+	return m, nil
 }
 
 // filterCover is one set of filter subjects that takes every subject of
@@ -135,27 +177,34 @@ func overlap(a, b string) bool {
 }
 
 // liveFilters is the filter the endpoint's consumer on SENGO_EVENTS gets
-// from this relay: its own, with those of the other relays' recent
-// heartbeats; when those cannot be told (no heartbeat of this relay yet,
-// or one from a relay that does not say its filter), with the consumer's
-// present filter too, so that nothing is narrowed.
-func liveFilters(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, instance string, ep Endpoint, present []string) ([]string, error) {
-	if instance == "" {
-		return ep.FilterSubjects, nil
-	}
-	peers, known, err := peerFilters(ctx, js, kv, instance, ep.Name)
-	if err != nil {
-		return nil, err
-	}
+// from this relay: its own, with those the other relays' recent
+// heartbeats give it (p); when those are not all told (a relay that does
+// not say its filter), with the consumer's present filter too, so that
+// nothing is narrowed.
+func liveFilters(p peers, ep Endpoint, present []string) []string {
+	subjects, known := p.of(ep.Name)
 	if !known {
-		return filterCover(ep.FilterSubjects, peers, present), nil
+		return filterCover(ep.FilterSubjects, subjects, present)
 	}
-	return filterCover(ep.FilterSubjects, peers), nil
+	return filterCover(ep.FilterSubjects, subjects)
 }
 
 // consumerFilters is liveFilters for ep's consumer on SENGO_EVENTS as it
-// is now (none: not there).
-func consumerFilters(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, instance string, ep Endpoint) ([]string, error) {
+// is now (none: not there). With instance set, this relay's heartbeat
+// must be written first (errNoHeartbeat): a consumer widened before the
+// other relays can read why would be narrowed again by them, and what
+// they get of it settled as filtered.
+func consumerFilters(ctx context.Context, js jetstream.JetStream, instance string, ep Endpoint) ([]string, error) {
+	if instance == "" {
+		return ep.FilterSubjects, nil
+	}
+	p, err := readPeers(ctx, js, instance)
+	if err != nil {
+		return nil, fmt.Errorf("the relays' filters of endpoint %s: %w", ep.Name, err)
+	}
+	if !p.known {
+		return nil, fmt.Errorf("the relays' filters of endpoint %s: %w", ep.Name, errNoHeartbeat)
+	}
 	var present []string
 	cons, err := js.Consumer(ctx, event.StreamEvents, ConsumerName(ep.Name))
 	switch {
@@ -164,9 +213,5 @@ func consumerFilters(ctx context.Context, js jetstream.JetStream, kv jetstream.K
 	case !errors.Is(err, jetstream.ErrConsumerNotFound):
 		return nil, fmt.Errorf("look up consumer %s on %s: %w", ConsumerName(ep.Name), event.StreamEvents, err)
 	}
-	filters, err := liveFilters(ctx, js, kv, instance, ep, present)
-	if err != nil {
-		return nil, fmt.Errorf("the relays' filters of endpoint %s: %w", ep.Name, err)
-	}
-	return filters, nil
+	return liveFilters(p, ep, present), nil
 }

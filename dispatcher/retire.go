@@ -184,6 +184,17 @@ func (r *retirer) heartbeats(ctx context.Context) {
 		case <-ctx.Done():
 			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
+			if r.cfg.Filters != nil {
+				// A last heartbeat naming no endpoint (its endpoints are no
+				// longer delivered here), still telling its filters: the
+				// consumers keep them while it is recent, so that a
+				// restart of the only relay on a wider filter narrows
+				// nothing meanwhile. Removed once a day old (used).
+				b, _ := json.Marshal(heartbeat{At: time.Now().UTC(), Every: r.cfg.Beat, Filters: r.cfg.Filters})
+				if _, err := r.store.kv.Put(dctx, relayKey(r.cfg.Instance), b); err == nil {
+					return
+				}
+			}
 			// Not a delete: its marker, under a name used once, would be
 			// listed and read by every look until the bucket's TTL.
 			_ = stream.Forget(dctx, r.cfg.JetStream, event.BucketDelivery, relayKey(r.cfg.Instance))
@@ -214,36 +225,45 @@ func (r *retirer) syncFilters(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
+		p, err := readPeers(ctx, r.cfg.JetStream, r.cfg.Instance) // once for every endpoint
+		if err != nil || !p.known {
+			if ctx.Err() == nil {
+				r.cfg.Logger.Warn().AnErr("error", err).Msg("the relays' filters unread; the endpoints' consumer filters left as they are")
+			}
+			continue
+		}
 		for _, name := range r.cfg.Configured {
 			own, ok := r.cfg.Filters[name]
 			if !ok {
 				continue
 			}
-			if err := r.syncFilter(ctx, Endpoint{Name: name, FilterSubjects: own}); err != nil && ctx.Err() == nil {
+			if err := r.syncFilter(ctx, p, Endpoint{Name: name, FilterSubjects: own}); err != nil && ctx.Err() == nil {
 				r.cfg.Logger.Warn().Err(err).Str("endpoint", name).Msg("the endpoint's consumer filter not set to the running relays' filters")
 			}
 		}
 	}
 }
 
-// syncFilter is syncFilters for one endpoint.
-func (r *retirer) syncFilter(ctx context.Context, ep Endpoint) error {
+// syncFilter is syncFilters for one endpoint, with p read.
+func (r *retirer) syncFilter(ctx context.Context, p peers, ep Endpoint) error {
 	cons, err := r.cfg.JetStream.Consumer(ctx, event.StreamEvents, ConsumerName(ep.Name))
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return nil // its worker makes it
 	} else if err != nil {
 		return err
 	}
-	info := cons.CachedInfo()
-	present := stream.ConsumerFilters(info)
-	want, err := liveFilters(ctx, r.cfg.JetStream, r.store.kv, r.cfg.Instance, ep, present)
-	if err != nil {
-		return err
-	}
+	present := stream.ConsumerFilters(cons.CachedInfo())
+	want := liveFilters(p, ep, present)
 	if slices.Equal(filterCover(present), want) {
 		return nil
 	}
-	cfg := info.Config
+	// Read again just before the update, which writes the whole
+	// configuration: another relay's change since (its ack wait) stays.
+	cons, err = r.cfg.JetStream.Consumer(ctx, event.StreamEvents, ConsumerName(ep.Name))
+	if err != nil {
+		return err
+	}
+	cfg := cons.CachedInfo().Config
 	cfg.FilterSubject, cfg.FilterSubjects = "", want
 	if _, err := r.cfg.JetStream.UpdateConsumer(ctx, event.StreamEvents, cfg); err != nil {
 		return err

@@ -170,7 +170,7 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", event.BucketDelivery, err)
 	}
-	filters, err := consumerFilters(ctx, cfg.JetStream, kv, cfg.Instance, ep)
+	filters, err := consumerFilters(ctx, cfg.JetStream, cfg.Instance, ep)
 	if err != nil {
 		return nil, err
 	}
@@ -749,7 +749,7 @@ func (w *Worker) recreate(ctx context.Context) {
 	if s.CachedInfo().Created.Equal(w.eventsCreated) {
 		start = w.liveStart.Load()
 	}
-	filters, err := consumerFilters(ctx, w.cfg.JetStream, w.store.kv, w.cfg.Instance, w.ep)
+	filters, err := consumerFilters(ctx, w.cfg.JetStream, w.cfg.Instance, w.ep)
 	if err != nil {
 		w.log.Warn().Err(err).Msg("the endpoint's consumers could not be created again: the relays' filters unread")
 		return
@@ -1310,14 +1310,13 @@ const filterRetry = 5 * time.Second
 // in SENGO_EVENTS (HeaderEventSubject); one without it, queued before
 // copies carried it, is taken as before.
 //
-// Relays share the consumer, whose filter takes what any running relay's
+// Relays share the consumer, whose filter takes what any recent relay's
 // takes (liveFilters): during a rolling deploy that widens the filter, a
 // relay still on the older configuration gets events only the new filter
-// takes. So an event this relay's filter leaves out is left only when no
-// recent heartbeat of another relay gives the endpoint a filter that takes
-// it, or, when those cannot be told (no heartbeat of this relay yet, a
-// relay that does not say its filter), when the consumer's filter, read
-// from the server now, leaves it out too.
+// takes. So an event this relay's filter leaves out is left only when the
+// consumer's filter, read from the server now, leaves it out too, or no
+// recent heartbeat of another relay gives the endpoint a filter that
+// takes it (when those are all told: see readPeers).
 func (w *Worker) takes(ctx context.Context, msg jetstream.Msg, replayed bool) filterVerdict {
 	subject := msg.Subject()
 	if replayed {
@@ -1330,28 +1329,27 @@ func (w *Worker) takes(ctx context.Context, msg jetstream.Msg, replayed bool) fi
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	// Read now, not remembered: a relay that started since with a wider
-	// filter wrote its heartbeat before it widened the consumer's.
-	peers, known, err := peerFilters(rctx, w.cfg.JetStream, w.store.kv, w.cfg.Instance, w.ep.Name)
-	if err != nil {
-		return filterUnknown
-	}
-	if slices.ContainsFunc(peers, func(f string) bool { return event.SubjectMatches(f, subject) }) {
-		return filterTakes
-	}
-	if known {
-		// The consumer's filter may take more than the relays' together
-		// (filterCover): what no running relay's filter takes is left.
-		return filterLeaves
-	}
 	info, err := w.live.Info(rctx)
 	if err != nil {
 		return filterUnknown
 	}
-	if slices.ContainsFunc(stream.ConsumerFilters(info), func(f string) bool { return event.SubjectMatches(f, subject) }) {
-		return filterTakes
+	if !slices.ContainsFunc(stream.ConsumerFilters(info), func(f string) bool { return event.SubjectMatches(f, subject) }) {
+		return filterLeaves
 	}
-	return filterLeaves
+	// The consumer's filter may take more than the relays' together
+	// (filterCover, a relay gone less than two minutes ago): what no
+	// recent relay's filter takes is left. Read now, not remembered: a
+	// relay that started since with a wider filter wrote its heartbeat
+	// before it widened the consumer's.
+	p, err := readPeers(rctx, w.cfg.JetStream, w.cfg.Instance)
+	if err != nil {
+		return filterUnknown
+	}
+	subjects, known := p.of(w.ep.Name)
+	if known && !slices.ContainsFunc(subjects, func(f string) bool { return event.SubjectMatches(f, subject) }) {
+		return filterLeaves
+	}
+	return filterTakes
 }
 
 // notTaken settles, unposted, an event the endpoint's filter no longer
