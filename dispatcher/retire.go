@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -52,6 +53,10 @@ type RetireConfig struct {
 	// what any running relay's filter takes, and narrows once the relays
 	// with a wider one are gone (syncFilters). Nil: not told.
 	Filters map[string][]string
+	// Started, when set, is called once this relay's first heartbeat is
+	// written: its workers (WorkerConfig.Instance) set their consumers'
+	// filters only then.
+	Started func()
 }
 
 // relayKey is the key, in SENGO_DELIVERY, of a relay's heartbeat: the
@@ -275,8 +280,12 @@ func (r *retirer) syncFilter(ctx context.Context, p peers, ep Endpoint) error {
 // beat writes this relay's heartbeat.
 func (r *retirer) beat(ctx context.Context) {
 	b, _ := json.Marshal(heartbeat{Endpoints: r.cfg.Configured, At: time.Now().UTC(), Every: r.cfg.Beat, Filters: r.cfg.Filters})
-	if _, err := r.store.kv.Put(ctx, relayKey(r.cfg.Instance), b); err != nil && ctx.Err() == nil {
-		r.cfg.Logger.Warn().Err(err).Msg("relay heartbeat not written")
+	if _, err := r.store.kv.Put(ctx, relayKey(r.cfg.Instance), b); err != nil {
+		if ctx.Err() == nil {
+			r.cfg.Logger.Warn().Err(err).Msg("relay heartbeat not written")
+		}
+	} else if r.cfg.Started != nil {
+		r.started.Do(r.cfg.Started)
 	}
 }
 
@@ -373,8 +382,9 @@ func NewInstance() string {
 }
 
 type retirer struct {
-	cfg   RetireConfig
-	store attemptStore
+	cfg     RetireConfig
+	store   attemptStore
+	started sync.Once // cfg.Started called
 	// longestBeat is the longest interval of any heartbeat in the bucket
 	// at the last look, this relay's own included.
 	longestBeat atomic.Int64

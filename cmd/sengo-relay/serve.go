@@ -385,10 +385,14 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 		for _, ep := range endpoints {
 			epFilters[ep.Name] = ep.FilterSubjects
 		}
+		// The workers set their consumers' filters once this relay's
+		// heartbeat tells the other relays why (dispatcher.RetireConfig).
+		beating := make(chan struct{})
 		workersDone.Add(1)
 		go func() {
 			defer workersDone.Done()
 			dispatcher.RunRetirer(runCtx, dispatcher.RetireConfig{
+				Started:   func() { close(beating) },
 				JetStream: js, Configured: epNames, Filters: epFilters, Instance: instance, Durable: conns.durable, Metrics: dmetrics,
 				Quiet: cfg.Delivery.RetireRemovedAfter.D(), Every: min(30*time.Second, cfg.Delivery.RetireRemovedAfter.D()/2),
 				// Three heartbeats fit in retire_removed_after (10 s apart
@@ -397,6 +401,11 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				Logger: log.With().Str("component", "dispatcher").Logger(),
 			})
 		}()
+		select {
+		case <-beating:
+		case <-runCtx.Done():
+			return
+		}
 		for _, ep := range endpoints {
 			var w *dispatcher.Worker
 			err := retryStart(runCtx, log.With().Str("endpoint", ep.Name).Logger(), "starting endpoint", func() (err error) {
