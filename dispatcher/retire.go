@@ -194,8 +194,10 @@ func (r *retirer) heartbeats(ctx context.Context) {
 				// longer delivered here), still telling its filters: the
 				// consumers keep them while it is recent, so that a
 				// restart of the only relay on a wider filter narrows
-				// nothing meanwhile. Removed once a day old (used).
-				b, _ := json.Marshal(heartbeat{At: time.Now().UTC(), Every: r.cfg.Beat, Filters: r.cfg.Filters})
+				// nothing meanwhile (heartbeatFresh: no interval, which
+				// would also hold back retirements, unnamedFor). Removed
+				// once a day old (used).
+				b, _ := json.Marshal(heartbeat{At: time.Now().UTC(), Filters: r.cfg.Filters})
 				if _, err := r.store.kv.Put(dctx, relayKey(r.cfg.Instance), b); err == nil {
 					return
 				}
