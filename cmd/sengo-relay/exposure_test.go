@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -341,6 +342,10 @@ func TestAnAnswerNobodyReadsRunsOutOfTime(t *testing.T) {
 			time.Sleep(2 * time.Second)
 			_, _ = io.WriteString(w, "done")
 			return
+		case "/listing":
+			// A large answer in one write (as a listing is encoded).
+			_, _ = w.Write(bytes.Repeat([]byte("x"), 8<<20))
+			return
 		}
 		chunk := make([]byte, 64<<10)
 		var err error
@@ -366,6 +371,27 @@ func TestAnAnswerNobodyReadsRunsOutOfTime(t *testing.T) {
 	resp.Body.Close()
 	if err != nil || resp.StatusCode != http.StatusOK || string(body) != "done" {
 		t.Fatalf("an answer whose handler worked 2 s before writing, with a 1 s write timeout: %d %q %v", resp.StatusCode, body, err)
+	}
+
+	// A client that reads slowly but reads (a large listing over a slow
+	// link) gets its whole answer, though it takes longer than the write
+	// timeout: the time counts again for each part it takes.
+	resp, err = http.Get("http://" + ln.Addr().String() + "/listing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, got, buf := time.Now(), 0, make([]byte, 256<<10)
+	for {
+		n, err := io.ReadFull(resp.Body, buf)
+		got += n
+		if err != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // a slow link's pace, not a wait for an outcome
+	}
+	resp.Body.Close()
+	if got != 8<<20 {
+		t.Fatalf("a slow reader got %d bytes of an 8 MiB answer in %s (write timeout 1 s)", got, time.Since(start).Round(time.Millisecond))
 	}
 
 	conn, err := net.Dial("tcp", ln.Addr().String())

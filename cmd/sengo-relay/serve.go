@@ -1017,33 +1017,34 @@ func sideServer(cfg config.Config, h http.Handler) *http.Server {
 }
 
 // writeBounded gives each answer of h d to be written, from its first
-// byte. A client that sends requests and never reads the answers kept
-// each handler blocked in its write for good, the client's kernel keeping
-// the connection alive: on the metrics listener promhttp frees its slot
-// only once the answer is written, so two such connections made every
-// scrape after them 503; on the admin listener each held its answer (up
-// to 8 MiB) in memory.
+// byte, and d again for each further writeChunk a client takes: one that
+// reads slowly but reads (a large listing over a slow link) gets its
+// answer; one that stops reading is cut off d after it stopped. A client
+// that sent requests and never read the answers kept each handler blocked
+// in its write for good, the client's kernel keeping the connection
+// alive: on the metrics listener promhttp frees its slot only once the
+// answer is written, so two such connections made every scrape after them
+// 503; on the admin listener each held its answer (up to 8 MiB) in memory.
 func writeBounded(h http.Handler, d time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// net/http clears the deadline after each request.
-		dw := &deadlineWriter{ResponseWriter: w, d: d}
-		h.ServeHTTP(dw, r)
+		h.ServeHTTP(&deadlineWriter{ResponseWriter: w, d: d}, r)
 	})
 }
 
-// deadlineWriter sets its connection's write deadline d after the first
-// byte of the answer (its header) is written.
+// writeChunk is how much of an answer a client must take in each
+// http.write_timeout: 64 KiB in 15 s is 35 kbit/s.
+const writeChunk = 64 << 10
+
+// deadlineWriter sets its connection's write deadline d ahead as the
+// answer's header is written, and again before each writeChunk of it.
 type deadlineWriter struct {
 	http.ResponseWriter
-	d     time.Duration
-	armed bool
+	d time.Duration
 }
 
 func (w *deadlineWriter) arm() {
-	if !w.armed {
-		w.armed = true
-		_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(w.d))
-	}
+	_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(w.d))
 }
 
 func (w *deadlineWriter) WriteHeader(code int) {
@@ -1052,8 +1053,18 @@ func (w *deadlineWriter) WriteHeader(code int) {
 }
 
 func (w *deadlineWriter) Write(b []byte) (int, error) {
-	w.arm()
-	return w.ResponseWriter.Write(b)
+	n := 0
+	for len(b) > 0 {
+		c := b[:min(len(b), writeChunk)]
+		w.arm()
+		m, err := w.ResponseWriter.Write(c)
+		n += m
+		if err != nil {
+			return n, err
+		}
+		b = b[len(c):]
+	}
+	return n, nil
 }
 
 // Unwrap lets http.ResponseController reach the connection's writer
