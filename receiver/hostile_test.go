@@ -12,8 +12,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -2235,5 +2237,54 @@ func TestAProjectTheConfirmerCannotCheckIsNotConfirmed(t *testing.T) {
 	evs := h.events()
 	if len(evs) != 1 || evs[0].Data.TransactionID != "tx-unchecked-main" || evs[0].Data.Confirmed {
 		t.Fatalf("events %+v, want main's, not confirmed", evs)
+	}
+}
+
+// A list SenGo fails to give (a page answered 500 at every try, one
+// throttled, one too large to read) is reported, and the day's other
+// lists are still read: a failure on the pending list ended the day, and
+// a success of that day whose callback was lost was never fed, at any
+// run. The final statuses are read first.
+func TestAFailingListLeavesTheDaysOthersRead(t *testing.T) {
+	h := newHarness(t, true)
+	var order []string
+	var mu sync.Mutex
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		mu.Lock()
+		order = append(order, q.Get("status")+"/"+q.Get("page"))
+		mu.Unlock()
+		if q.Get("status") == "pending" || q.Get("status") == "expired" {
+			w.WriteHeader(http.StatusInternalServerError)
+			_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 500, "responseMessage": "internal error"})
+			return
+		}
+		var page []json.RawMessage
+		if st := event.Status(q.Get("status")); q.Get("page") == "1" && (st == event.StatusSuccess || st == event.StatusFailed) {
+			var env struct {
+				ResponseData json.RawMessage `json:"responseData"`
+			}
+			_ = json.Unmarshal(callback("tx-lost-"+string(st), st), &env)
+			page = append(page, env.ResponseData)
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": page})
+	}))
+	defer api.Close()
+	client := sengo.NewClient(api.URL, apiKey, apiToken)
+	sum, err := Reconcile(t.Context(), ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"main": client}, Window: time.Minute,
+		Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
+	if err == nil || !strings.Contains(err.Error(), "pending page 1") {
+		t.Fatalf("reconcile: %v; want the pending list's failure reported", err)
+	}
+	if sum.Fed != 2 {
+		t.Fatalf("fed %d, want 2: the day's lists were not all read after one failed (requests %v)", sum.Fed, order)
+	}
+	poll.Within(t, 10*time.Second, "the success and the failure published", func() bool { return len(h.events()) == 2 })
+	if mu.Lock(); !strings.HasPrefix(order[0], "success/") {
+		t.Errorf("the day's lists were read in the order %v, want the final statuses first", order)
+	}
+	mu.Unlock()
+	if got, want := slices.Sorted(slices.Values(reconcileOrder)), slices.Sorted(slices.Values(event.Statuses)); !slices.Equal(got, want) {
+		t.Errorf("reconciliation reads %v, not every status %v", got, want)
 	}
 }

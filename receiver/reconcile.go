@@ -171,6 +171,10 @@ func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.Key
 	return sum, errors.Join(errs...)
 }
 
+// reconcileOrder is the order a day's lists are read in: the final
+// statuses, then pending.
+var reconcileOrder = []event.Status{event.StatusSuccess, event.StatusExpired, event.StatusFailed, event.StatusPending}
+
 // reconcileDay checks one project's transactions of one day, every status.
 func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, api Lister, project, date string, sum *ReconcileSummary, progress func(string, string, event.Status, ReconcileSummary)) error {
 	// Transactions SenGo listed that could not be read: the day is
@@ -185,8 +189,12 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 		}
 		return fmt.Errorf("%d page(s) of %s %s listed transactions that could not be read, the first: %w", unreadPages, project, date, first)
 	}
-	var unfinished []error // lists cut at maxPages
-	for _, status := range event.Statuses {
+	var unfinished []error // lists cut at maxPages, or that failed
+	// A list that fails is reported and the day's others still read: one
+	// failing pending list (the longest, the first throttled, one too
+	// large to read) ended the day, and a success whose callback was lost
+	// was never fed. The final statuses first, for the same reason.
+	for _, status := range reconcileOrder {
 		var before []string // the ids of the page before
 		for page := 1; ; page++ {
 			if page > maxPages {
@@ -205,7 +213,8 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 					continue // the page held only those: the next may hold more
 				}
 			} else if err != nil {
-				return errors.Join(unread(), fmt.Errorf("list %s %s %s page %d: %w", project, date, status, page, err))
+				unfinished = append(unfinished, fmt.Errorf("list %s %s %s page %d: %w", project, date, status, page, err))
+				break
 			}
 			if len(txs) == 0 {
 				break
@@ -225,7 +234,7 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 				sum.Checked++
 				missing, absent, err := isMissing(ctx, kv, project, tx)
 				if err != nil {
-					return err
+					return errors.Join(append([]error{unread()}, append(unfinished, err)...)...)
 				}
 				if absent {
 					// Not held under this project: published under a
@@ -234,7 +243,7 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 					// again under a new event id.
 					other, err := knownElsewhere(ctx, cfg, kv, project, tx)
 					if err != nil {
-						return err
+						return errors.Join(append([]error{unread()}, append(unfinished, err)...)...)
 					}
 					if other != "" {
 						missing = false
@@ -254,7 +263,7 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 				}
 				stored, err := feed(ctx, cfg, api, project, tx)
 				if err != nil {
-					return err
+					return errors.Join(append([]error{unread()}, append(unfinished, err)...)...)
 				}
 				if stored {
 					sum.Fed++
