@@ -349,3 +349,18 @@ func TestClientBoundsAnUndecodableAnswer(t *testing.T) {
 		}
 	}
 }
+
+// An answer of SenGo's API is read up to 8 MiB: a base_url host (a proxy,
+// a misconfigured address) sending gigabytes held them in the relay's
+// memory. One past the bound is an error, not a partial decode.
+func TestClientBoundsAnAnswer(t *testing.T) {
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, `{"responseCode":200,"responseMessage":"success","responseData":{"active":1,"pending":0,"total":1},"padding":"`)
+		_, _ = w.Write(bytes.Repeat([]byte("x"), 9<<20))
+		_, _ = io.WriteString(w, `"}`)
+	}))
+	t.Cleanup(hs.Close)
+	if b, err := sengo.NewClient(hs.URL, key, token).Balance(context.Background()); err == nil {
+		t.Fatalf("an answer of 9 MiB was read whole: %+v", b)
+	}
+}

@@ -1,8 +1,10 @@
 package sengo_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -304,4 +306,36 @@ func countingSandbox(t *testing.T, base string, count func(*http.Request) bool) 
 	}))
 	t.Cleanup(counted.Close)
 	return &n, counted.URL
+}
+
+// SenGo's answer to the check of one id must be that transaction: a proxy
+// or a lookup that ignores case answering the check of a forged id with
+// another transaction (the same merchantRef and amounts) confirmed the
+// forged id, and its change was published under a second event id.
+func TestConfirmerRefusesAnAnswerForAnotherID(t *testing.T) {
+	_, base := startSandbox(t, sandbox.Config{})
+	client := sengo.NewClient(base, key, token)
+	ctx := context.Background()
+	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-CASE", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, _ := url.Parse(base)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(resp *http.Response) error {
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		b = bytes.ReplaceAll(b, []byte(tx.ID), []byte(strings.ToUpper(tx.ID)))
+		resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
+		resp.Header.Del("Content-Length")
+		return nil
+	}
+	hs := httptest.NewServer(proxy)
+	t.Cleanup(hs.Close)
+	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": sengo.NewClient(hs.URL, key, token)})
+	if _, ok, err := c.Confirm(ctx, "shop", tx); ok || !errors.Is(err, sengo.ErrMismatch) {
+		t.Fatalf("an answer for %s to the check of %s: confirmed %v, err %v; want ErrMismatch", strings.ToUpper(tx.ID), tx.ID, ok, err)
+	}
 }

@@ -164,6 +164,10 @@ func TestParseCallbackRejects(t *testing.T) {
 		{"product not object", retail("retail", `"alfamart"`), false, "retail"},
 		{"two products", retail("qris", `{"content":"x"}`), false, "product"},
 		{"channel wrong type", retail("retail", `{"channel":7}`), false, "retail.channel"},
+		// Bounded before they reach a log line, a subject or the console.
+		{"merchantRef with a newline", retail("merchantRef", `"INV\n1"`), false, "merchantRef"},
+		{"paidDate too long", retail("paidDate", `"`+strings.Repeat("2", 256)+`"`), false, "paidDate"},
+		{"channel too long", retail("retail", `{"channel":"`+strings.Repeat("a", 256)+`"}`), false, "retail.channel"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
