@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel"
@@ -28,6 +29,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/history"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/sengo"
@@ -2287,4 +2289,65 @@ func TestAFailingListLeavesTheDaysOthersRead(t *testing.T) {
 	if got, want := slices.Sorted(slices.Values(reconcileOrder)), slices.Sorted(slices.Values(event.Statuses)); !slices.Equal(got, want) {
 		t.Errorf("reconciliation reads %v, not every status %v", got, want)
 	}
+}
+
+// A change reconciliation finds missing and cannot feed (the inbox
+// refusing writes), or a transaction whose state cannot be read, fails the
+// run and says why, in its error and in its record: taken for not missing,
+// or left unfed without a word, the change reached no endpoint and the run
+// said it was clean.
+func TestReconcileReportsWhatItCouldNotFeed(t *testing.T) {
+	h := newHarness(t, true)
+	if _, err := h.js.CreateStream(t.Context(), jetstream.StreamConfig{Name: history.StreamReconcile, Subjects: []string{history.SubjectsReconcile}}); err != nil {
+		t.Fatal(err)
+	}
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var page []json.RawMessage
+		if q := r.URL.Query(); q.Get("page") == "1" && q.Get("status") == "success" {
+			var env struct {
+				ResponseData json.RawMessage `json:"responseData"`
+			}
+			_ = json.Unmarshal(callback("tx-unfed", event.StatusSuccess), &env)
+			page = append(page, env.ResponseData)
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": page})
+	}))
+	defer api.Close()
+	runs, err := history.NewWriter(h.js.Conn(), history.WriterConfig{Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reconcile := func() (ReconcileSummary, error) {
+		return Reconcile(t.Context(), ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"main": sengo.NewClient(api.URL, apiKey, apiToken)},
+			Window: time.Minute, Runs: runs, Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
+	}
+	kv, err := h.js.KeyValue(t.Context(), event.BucketTx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(t.Context(), txKey("main", "tx-unfed"), []byte("not a state")); err != nil {
+		t.Fatal(err)
+	}
+	if sum, err := reconcile(); err == nil || !strings.Contains(err.Error(), "decode") || sum.Fed != 0 {
+		t.Fatalf("a state that cannot be read: fed %d, %v; want an error saying so", sum.Fed, err)
+	}
+	if err := kv.Purge(t.Context(), txKey("main", "tx-unfed")); err != nil {
+		t.Fatal(err)
+	}
+	restore := natstest.RefuseWrites(t, h.js, event.StreamInbox)
+	if sum, err := reconcile(); err == nil || !strings.Contains(err.Error(), "feed evt_") || sum.Fed != 0 {
+		t.Fatalf("a feed the inbox refused: fed %d, %v; want an error saying so", sum.Fed, err)
+	}
+	if err := runs.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := history.Reconciliations(t.Context(), h.js, "main", 10)
+	if err != nil || len(recs) != 2 || recs[0].Error == "" || recs[1].Error == "" {
+		t.Fatalf("run records %+v (%v): want both runs recorded failed", recs, err)
+	}
+	restore()
+	if sum, err := reconcile(); err != nil || sum.Fed != 1 {
+		t.Fatalf("once the inbox takes writes: fed %d, %v", sum.Fed, err)
+	}
+	poll.Within(t, 10*time.Second, "the change published", func() bool { return len(h.events()) == 1 })
 }
