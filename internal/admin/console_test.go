@@ -785,3 +785,82 @@ func TestARebindingPageCannotSpendTheOperatorsSignIns(t *testing.T) {
 		t.Fatalf("the operator's own call after the rebound page's: %d %s", code, body)
 	}
 }
+
+// A confirmation that counted nothing carries upto 0: its action touches
+// nothing. Taken for no bound, a purge confirmed over an empty list (the
+// dead letters, or the quarantine, of a moment before) purged every one
+// stored since, none of which the operator was shown.
+func TestAConfirmationThatCountedNothingTouchesNothing(t *testing.T) {
+	hs, js := newServer(t)
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	storeDeadLetters(t, js, 1)
+	msg := &nats.Msg{Subject: event.QuarantineTxSubject("main", "tx-q"), Data: []byte(`{"id":"tx-q"}`), Header: nats.Header{event.HeaderProject: []string{"main"}}}
+	if _, err := js.PublishMsg(t.Context(), msg); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/console/dlq/purge", "/console/quarantine/purge"} {
+		resp, err := c.PostForm(hs.URL+path, url.Values{"_csrf": {csrf}, "upto": {"0"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusSeeOther && !strings.Contains(resp.Header.Get("Location"), "purge%3A+0+") {
+			t.Errorf("%s with upto 0: → %s, want nothing purged", path, resp.Header.Get("Location"))
+		}
+	}
+	if n := len(natstest.Messages(t, js, event.StreamDLQ)); n != 1 {
+		t.Errorf("%d dead letters left, want the one no confirmation counted", n)
+	}
+	if n := len(natstest.Messages(t, js, event.StreamQuarantine)); n != 1 {
+		t.Errorf("%d quarantined left, want the one no confirmation counted", n)
+	}
+}
+
+// A hold the store refused is not reported done, by the API or the
+// console: answered 200 "held", the operator believed deliveries paused
+// that went on.
+func TestAHoldTheStoreRefusesIsNotReportedDone(t *testing.T) {
+	hs, js, _ := newRelay(t)
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	natstest.RefuseWrites(t, js, "KV_"+event.BucketDelivery)
+	if code, body := call(t, hs, http.MethodPost, "/admin/endpoints/orders/pause", "", token); code/100 == 2 {
+		t.Errorf("a hold the store refused, by the API: %d %s", code, body)
+	}
+	resp, err := c.PostForm(hs.URL+"/console/endpoints/orders/pause", url.Values{"_csrf": {csrf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 5 {
+		t.Errorf("a hold the store refused, in the console: %d → %s, want a failure", resp.StatusCode, resp.Header.Get("Location"))
+	}
+}
+
+// A dead-letter action the store stops part way is shown so, not as
+// done.
+func TestAConsoleDeadLetterPurgeTheStoreRefusesIsNotDone(t *testing.T) {
+	hs, js := newServer(t)
+	storeDeadLetters(t, js, 1)
+	s, err := js.Stream(t.Context(), event.StreamDLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.DenyDelete = true
+	if _, err := js.UpdateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	c := browser(t)
+	csrf := signIn(t, c, hs.URL)
+	resp, err := c.PostForm(hs.URL+"/console/dlq/purge", url.Values{"_csrf": {csrf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), "stopped part way") {
+		t.Fatalf("a purge the store refused: %d → %s %.200s, want 503 saying it stopped part way", resp.StatusCode, resp.Header.Get("Location"), b)
+	}
+}
