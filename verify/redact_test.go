@@ -84,6 +84,11 @@ func TestURLSecrets(t *testing.T) {
 	if got := URLSecrets("http://127.0.0.1:8080/hook"); len(got) != 0 {
 		t.Errorf("an IP and a word hide nothing: %q", got)
 	}
+	// A host label with an underscore is no plain word (RedactHost hides
+	// it): an endpoint echoing it in its error kept it in the dead letter.
+	if got := URLSecrets("https://ab_tok.example/"); !slices.Contains(got, "ab_tok") {
+		t.Errorf("URLSecrets of a host label with an underscore: %q", got)
+	}
 	if got := Scrub("Cannot POST /hooks/sengo/tok-9f8e7d%2Fx?key=s3cr3t&n=1", URLSecrets("https://h.example/hooks/sengo/tok-9f8e7d%2Fx?key=s3cr3t&n=1")); got != "Cannot POST /hooks/sengo/…?…" {
 		t.Errorf("Scrub: %q", got)
 	}
@@ -107,6 +112,8 @@ func TestRedactServerURLHidesCredentials(t *testing.T) {
 		"https://user:S3cretPass@api.sengo.example/v1": "https://user:xxxxx@api.sengo.example/v1",
 		"nats://n1:4222, relay:S3cretPass@n2:4222":     "nats://n1:4222,nats://relay:xxxxx@n2:4222",
 		"nats://n1:4222,nats://S3cretToken@n2:4222":    "nats://n1:4222,nats://xxxxx@n2:4222",
+		// A query may carry a key (an API gateway's ?key=): not shown.
+		"https://api.sengo.example/v1?key=S3cret": "(unparsable URL)",
 	} {
 		got := RedactServerURLs(raw)
 		if got != want {
