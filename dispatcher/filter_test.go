@@ -191,7 +191,7 @@ func TestARelayStartedAgainOnAnOlderFilterKeepsTheWiderOne(t *testing.T) {
 		go func() {
 			defer close(done)
 			RunRetirer(ctx, RetireConfig{JetStream: h.js, Configured: []string{ep.Name}, Filters: map[string][]string{ep.Name: ep.FilterSubjects},
-				Instance: instance, Beat: 50 * time.Millisecond, Every: time.Hour, Logger: zerolog.New(h.logs)})
+				Instance: instance, Beat: 50 * time.Millisecond, Every: 100 * time.Millisecond, Logger: zerolog.New(h.logs)})
 		}()
 		stop = sync.OnceFunc(func() { cancel(); <-done })
 		t.Cleanup(stop)
@@ -241,6 +241,50 @@ func TestARelayStartedAgainOnAnOlderFilterKeepsTheWiderOne(t *testing.T) {
 	eventually(t, "the success posted", func() bool { return countFor(c, "tx-success") == 1 })
 	if n := countFor(c, "tx-failed-3"); n != 0 {
 		t.Fatalf("an event no running relay's filter takes posted %d times", n)
+	}
+	// The stopped relay's last heartbeat, no longer recent, is removed
+	// whole: under a name used once, kept (or its delete marker) it was read
+	// at every read of the heartbeats until the bucket's TTL.
+	eventually(t, "the stopped relay's last heartbeat removed", func() bool {
+		keys, err := stream.Keys(t.Context(), h.js, event.BucketDelivery, relayKey("*"))
+		return err == nil && !slices.Contains(keys, relayKey("new"))
+	})
+}
+
+// A relay's pass over its endpoints reads the heartbeats once, before it:
+// a relay that started since, wrote its heartbeat and widened a consumer
+// was not among them, and the pass narrowed the consumer again. A change
+// is decided on the consumer and the heartbeats read again, in that order.
+func TestAPassDoesNotNarrowWhatARelayStartedSinceWidened(t *testing.T) {
+	h := newHarness(t)
+	c := newConsumer(t, status())
+	wide := h.endpoint("orders", c.URL)
+	narrow := h.endpoint("orders", c.URL)
+	narrow.FilterSubjects = []string{event.EventSubject("main", event.ProductRetail, event.StatusSuccess)}
+	kv, err := h.js.KeyValue(t.Context(), event.BucketDelivery)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := &retirer{cfg: RetireConfig{JetStream: h.js, Configured: []string{"orders"}, Filters: map[string][]string{"orders": narrow.FilterSubjects},
+		Instance: "old", Beat: time.Second, Logger: zerolog.New(h.logs)}, store: attemptStore{kv: kv}}
+	old.beat(t.Context())
+	h.workerAs("old", narrow)
+	stale, err := readPeers(t.Context(), h.js, "old") // the pass's read, before the new relay
+	if err != nil || !stale.known {
+		t.Fatalf("peers %+v: %v", stale, err)
+	}
+	started := &retirer{cfg: RetireConfig{JetStream: h.js, Configured: []string{"orders"}, Filters: map[string][]string{"orders": wide.FilterSubjects},
+		Instance: "new", Beat: time.Second, Logger: zerolog.New(h.logs)}, store: attemptStore{kv: kv}}
+	started.beat(t.Context())
+	h.workerAs("new", wide)
+	if got := h.liveFilter("orders"); !slices.Equal(got, wide.FilterSubjects) {
+		t.Fatalf("the new relay set %v, want %v", got, wide.FilterSubjects)
+	}
+	if err := old.syncFilter(t.Context(), stale, narrow); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.liveFilter("orders"); !slices.Equal(got, wide.FilterSubjects) {
+		t.Fatalf("the pass narrowed the consumer to %v, which the relay started since had widened", got)
 	}
 }
 

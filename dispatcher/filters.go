@@ -198,13 +198,11 @@ func consumerFilters(ctx context.Context, js jetstream.JetStream, instance strin
 	if instance == "" {
 		return ep.FilterSubjects, nil
 	}
-	p, err := readPeers(ctx, js, instance)
-	if err != nil {
-		return nil, fmt.Errorf("the relays' filters of endpoint %s: %w", ep.Name, err)
-	}
-	if !p.known {
-		return nil, fmt.Errorf("the relays' filters of endpoint %s: %w", ep.Name, errNoHeartbeat)
-	}
+	// The consumer first, then the heartbeats: a relay widens it only
+	// after its heartbeat is written, so a wide filter read first comes
+	// with the heartbeat that tells why. The other way round, a relay
+	// that started between the two reads was not seen, and its filter
+	// narrowed.
 	var present []string
 	cons, err := js.Consumer(ctx, event.StreamEvents, ConsumerName(ep.Name))
 	switch {
@@ -212,6 +210,13 @@ func consumerFilters(ctx context.Context, js jetstream.JetStream, instance strin
 		present = stream.ConsumerFilters(cons.CachedInfo())
 	case !errors.Is(err, jetstream.ErrConsumerNotFound):
 		return nil, fmt.Errorf("look up consumer %s on %s: %w", ConsumerName(ep.Name), event.StreamEvents, err)
+	}
+	p, err := readPeers(ctx, js, instance)
+	if err != nil {
+		return nil, fmt.Errorf("the relays' filters of endpoint %s: %w", ep.Name, err)
+	}
+	if !p.known {
+		return nil, fmt.Errorf("the relays' filters of endpoint %s: %w", ep.Name, errNoHeartbeat)
 	}
 	return liveFilters(p, ep, present), nil
 }

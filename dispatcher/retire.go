@@ -138,7 +138,7 @@ func RunRetirer(ctx context.Context, cfg RetireConfig) {
 	r := &retirer{cfg: cfg, seen: map[string]retiring{}}
 	kv, err := cfg.JetStream.KeyValue(ctx, event.BucketDelivery)
 	for err != nil {
-		sleepCtx(ctx, cfg.Every)
+		sleepCtx(ctx, min(cfg.Every, time.Second)) // the workers wait for the first heartbeat
 		if ctx.Err() != nil {
 			return
 		}
@@ -260,15 +260,27 @@ func (r *retirer) syncFilter(ctx context.Context, p peers, ep Endpoint) error {
 		return err
 	}
 	present := stream.ConsumerFilters(cons.CachedInfo())
-	want := liveFilters(p, ep, present)
-	if slices.Equal(filterCover(present), want) {
+	if slices.Equal(filterCover(present), liveFilters(p, ep, present)) {
 		return nil
 	}
-	// Read again just before the update, which writes the whole
-	// configuration: another relay's change since (its ack wait) stays.
+	// A change: the consumer read again, then the heartbeats (p was read
+	// before the pass, and a relay that widened the consumer since wrote
+	// its heartbeat first: the consumer first, so that it is seen), and
+	// the update writes the configuration read last: another relay's
+	// change since (its ack wait) stays.
 	cons, err = r.cfg.JetStream.Consumer(ctx, event.StreamEvents, ConsumerName(ep.Name))
 	if err != nil {
 		return err
+	}
+	present = stream.ConsumerFilters(cons.CachedInfo())
+	if p, err = readPeers(ctx, r.cfg.JetStream, r.cfg.Instance); err != nil {
+		return err
+	} else if !p.known {
+		return errNoHeartbeat
+	}
+	want := liveFilters(p, ep, present)
+	if slices.Equal(filterCover(present), want) {
+		return nil
 	}
 	cfg := cons.CachedInfo().Config
 	cfg.FilterSubject, cfg.FilterSubjects = "", want
@@ -325,7 +337,14 @@ func (r *retirer) used(ctx context.Context) (map[string]bool, time.Time, error) 
 			longest = max(longest, h.Every) // stale ones too: their relays may come back
 		}
 		if bad || age > max(3*h.Every, heartbeatFresh) {
-			if age > staleHeartbeat { // a relay that stopped without deleting its own (unless it just wrote it again)
+			switch {
+			case !bad && h.Every == 0 && len(h.Endpoints) == 0:
+				// A stopped relay's last (its filters told while recent),
+				// under a name used once: no one reads it again, and kept
+				// (or its delete marker) every read of the heartbeats
+				// would read it until the bucket's TTL.
+				_ = stream.Forget(ctx, r.cfg.JetStream, event.BucketDelivery, k)
+			case age > staleHeartbeat: // a relay that stopped without deleting its own (unless it just wrote it again)
 				_ = r.store.kv.Delete(ctx, k, jetstream.LastRevision(e.Revision()))
 			}
 			continue

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -409,5 +410,31 @@ func TestAnAnswerNobodyReadsRunsOutOfTime(t *testing.T) {
 		}
 	case <-time.After(poll.Deadline):
 		t.Fatalf("the handler still writes to a client that reads nothing, %s later", poll.Deadline)
+	}
+}
+
+// deadlineSpy counts the write deadlines set on it.
+type deadlineSpy struct {
+	http.ResponseWriter
+	set int
+}
+
+func (s *deadlineSpy) SetWriteDeadline(time.Time) error { s.set++; return nil }
+
+// The write timeout counts again after each 64 KiB of an answer, not
+// after each write: promhttp writes a few KiB at a time, and renewed at
+// every write, a client taking 4 KiB a timeout held a scrape slot for
+// hours.
+func TestAnAnswersWriteTimeoutCountsBytes(t *testing.T) {
+	spy := &deadlineSpy{ResponseWriter: httptest.NewRecorder()}
+	h := writeBounded(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		chunk := bytes.Repeat([]byte("m"), 4<<10)
+		for range 256 { // 1 MiB in writes of 4 KiB
+			_, _ = w.Write(chunk)
+		}
+	}), time.Second)
+	h.ServeHTTP(spy, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if want := (1 << 20) / writeChunk; spy.set != want {
+		t.Fatalf("the deadline was set %d times for 1 MiB in writes of 4 KiB, want %d (once per %d KiB)", spy.set, want, writeChunk>>10)
 	}
 }

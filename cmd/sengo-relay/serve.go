@@ -401,10 +401,12 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				Logger: log.With().Str("component", "dispatcher").Logger(),
 			})
 		}()
-		select {
-		case <-beating:
-		case <-runCtx.Done():
-			return
+		if len(endpoints) > 0 {
+			select {
+			case <-beating:
+			case <-runCtx.Done():
+				return
+			}
 		}
 		for _, ep := range endpoints {
 			var w *dispatcher.Worker
@@ -1037,13 +1039,18 @@ func writeBounded(h http.Handler, d time.Duration) http.Handler {
 const writeChunk = 64 << 10
 
 // deadlineWriter sets its connection's write deadline d ahead as the
-// answer's header is written, and again before each writeChunk of it.
+// answer's header is written, and again once each writeChunk of it has
+// been handed on: counted in bytes, not in writes (promhttp writes a few
+// KiB at a time, and a deadline renewed at each write asked a client for
+// 4 KiB a timeout).
 type deadlineWriter struct {
 	http.ResponseWriter
-	d time.Duration
+	d    time.Duration
+	left int // bytes to write before the deadline is set again
 }
 
 func (w *deadlineWriter) arm() {
+	w.left = writeChunk
 	_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(w.d))
 }
 
@@ -1055,10 +1062,12 @@ func (w *deadlineWriter) WriteHeader(code int) {
 func (w *deadlineWriter) Write(b []byte) (int, error) {
 	n := 0
 	for len(b) > 0 {
-		c := b[:min(len(b), writeChunk)]
-		w.arm()
+		if w.left <= 0 {
+			w.arm()
+		}
+		c := b[:min(len(b), w.left)]
 		m, err := w.ResponseWriter.Write(c)
-		n += m
+		n, w.left = n+m, w.left-m
 		if err != nil {
 			return n, err
 		}
