@@ -345,7 +345,7 @@ func TestAnAnswerNobodyReadsRunsOutOfTime(t *testing.T) {
 			return
 		case "/listing":
 			// A large answer in one write (as a listing is encoded).
-			_, _ = w.Write(bytes.Repeat([]byte("x"), 8<<20))
+			_, _ = w.Write(bytes.Repeat([]byte("x"), 32<<20))
 			return
 		}
 		chunk := make([]byte, 64<<10)
@@ -381,7 +381,7 @@ func TestAnAnswerNobodyReadsRunsOutOfTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start, got, buf := time.Now(), 0, make([]byte, 256<<10)
+	start, got, buf := time.Now(), 0, make([]byte, 1<<20)
 	for {
 		n, err := io.ReadFull(resp.Body, buf)
 		got += n
@@ -391,8 +391,8 @@ func TestAnAnswerNobodyReadsRunsOutOfTime(t *testing.T) {
 		time.Sleep(100 * time.Millisecond) // a slow link's pace, not a wait for an outcome
 	}
 	resp.Body.Close()
-	if got != 8<<20 {
-		t.Fatalf("a slow reader got %d bytes of an 8 MiB answer in %s (write timeout 1 s)", got, time.Since(start).Round(time.Millisecond))
+	if got != 32<<20 {
+		t.Fatalf("a slow reader got %d bytes of a 32 MiB answer in %s (write timeout 1 s)", got, time.Since(start).Round(time.Millisecond))
 	}
 
 	conn, err := net.Dial("tcp", ln.Addr().String())
