@@ -2194,7 +2194,7 @@ type stoppingLister struct {
 
 func (l stoppingLister) ListTransactions(ctx context.Context, q sengo.ListQuery) ([]sengo.Transaction, error) {
 	txs, err := l.Client.ListTransactions(ctx, q)
-	if err == nil && len(txs) == 0 && q.Status == event.Statuses[len(event.Statuses)-1] {
+	if err == nil && len(txs) == 0 && q.Status == reconcileOrder[len(reconcileOrder)-1] { // the day's last list
 		l.stop()
 	}
 	return txs, err
@@ -2211,8 +2211,8 @@ func TestAStoppedReconciliationSaysSo(t *testing.T) {
 	defer cancel()
 	sum, err := Reconcile(ctx, ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"main": stoppingLister{client, cancel}, "other": client},
 		Window: 48 * time.Hour, Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
-	if err == nil || !strings.Contains(err.Error(), "stopped") {
-		t.Fatalf("err = %v (%+v), want it to say the run stopped before its window's end", err, sum)
+	if err == nil || !strings.Contains(err.Error(), "stopped before main ") || !strings.Contains(err.Error(), "stopped before the projects after main") {
+		t.Fatalf("err = %v (%+v), want it to say the run stopped before its window's end, and before the other project", err, sum)
 	}
 	if n := testutil.ToFloat64(h.metrics.Reconcile.WithLabelValues("main", "failed")); n != 1 {
 		t.Fatalf("failures counted %v, want the stopped run's", n)
