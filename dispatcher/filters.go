@@ -115,33 +115,16 @@ func readHeartbeat(ctx context.Context, js jetstream.JetStream, key string) (*je
 }
 
 // filterCover is one set of filter subjects that takes every subject of
-// sets and that nats-server accepts: none overlapping another. A subject
-// another takes whole is left out; when two still overlap (a status of
-// every project, and every status of one project), the cover is every
-// event, and the relays' own filters (takes) decide.
+// sets and that nats-server accepts: none a subset of another (it refuses
+// those, not subjects that only overlap, and delivers a message both take
+// once). A subject another takes whole is left out.
 func filterCover(sets ...[]string) []string {
-	var all []string
-	for _, s := range sets {
-		all = append(all, s...)
-	}
+	all := slices.Concat(sets...)
 	var out []string
 	for i, s := range all {
-		covered := false
-		for j, o := range all {
-			if j != i && covers(o, s) && (!covers(s, o) || j < i) {
-				covered = true
-				break
-			}
-		}
-		if !covered {
+		if !slices.ContainsFunc(all[:i], func(o string) bool { return covers(o, s) }) &&
+			!slices.ContainsFunc(all[i+1:], func(o string) bool { return covers(o, s) && !covers(s, o) }) {
 			out = append(out, s)
-		}
-	}
-	for i := range out {
-		for j := i + 1; j < len(out); j++ {
-			if overlap(out[i], out[j]) {
-				return []string{event.SubjectsEvents}
-			}
 		}
 	}
 	slices.Sort(out)
@@ -156,20 +139,6 @@ func covers(a, b string) bool {
 			return i < len(bt)
 		}
 		if i >= len(bt) || bt[i] == ">" || t != "*" && t != bt[i] {
-			return false
-		}
-	}
-	return len(at) == len(bt)
-}
-
-// overlap reports whether some subject is taken by both a and b.
-func overlap(a, b string) bool {
-	at, bt := strings.Split(a, "."), strings.Split(b, ".")
-	for i := 0; i < len(at) && i < len(bt); i++ {
-		if at[i] == ">" || bt[i] == ">" {
-			return true
-		}
-		if at[i] != "*" && bt[i] != "*" && at[i] != bt[i] {
 			return false
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"net/textproto"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -1336,9 +1337,9 @@ func (w *Worker) takes(ctx context.Context, msg jetstream.Msg, replayed bool) fi
 	if !slices.ContainsFunc(stream.ConsumerFilters(info), func(f string) bool { return event.SubjectMatches(f, subject) }) {
 		return filterLeaves
 	}
-	// The consumer's filter may take more than the relays' together
-	// (filterCover, a relay gone less than two minutes ago): what no
-	// recent relay's filter takes is left. Read now, not remembered: a
+	// The consumer's filter may take more than the recent relays' (set
+	// while one that has gone since was recent): what none of theirs
+	// takes is left. Read now, not remembered: a
 	// relay that started since with a wider filter wrote its heartbeat
 	// before it widened the consumer's.
 	p, err := readPeers(rctx, w.cfg.JetStream, w.cfg.Instance)
@@ -1374,7 +1375,7 @@ func (w *Worker) notTaken(ctx context.Context, msg jetstream.Msg, ev event.Event
 // as Latin-1 and sign it again as UTF-8: they could not verify one
 // outside ASCII).
 func deliverableID(id string) bool {
-	return id != "" && httpguts.ValidHeaderFieldValue(id) && textproto.TrimString(id) == id && !slices.ContainsFunc([]byte(id), func(b byte) bool { return b >= utf8.RuneSelf })
+	return id != "" && httpguts.ValidHeaderFieldValue(id) && textproto.TrimString(id) == id && !strings.ContainsFunc(id, func(r rune) bool { return r >= utf8.RuneSelf })
 }
 
 // mustWait implements ordered delivery: an event waits while the event

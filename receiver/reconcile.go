@@ -190,6 +190,8 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 		return fmt.Errorf("%d page(s) of %s %s listed transactions that could not be read, the first: %w", unreadPages, project, date, first)
 	}
 	var unfinished []error // lists cut at maxPages, or that failed
+	// failed is the day's error: what could not be read, with err.
+	failed := func(err error) error { return errors.Join(append([]error{unread()}, append(unfinished, err)...)...) }
 	// A list that fails is reported and the day's others still read: one
 	// failing pending list (the longest, the first throttled, one too
 	// large to read) ended the day, and a success whose callback was lost
@@ -234,7 +236,7 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 				sum.Checked++
 				missing, absent, err := isMissing(ctx, kv, project, tx)
 				if err != nil {
-					return errors.Join(append([]error{unread()}, append(unfinished, err)...)...)
+					return failed(err)
 				}
 				if absent {
 					// Not held under this project: published under a
@@ -243,7 +245,7 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 					// again under a new event id.
 					other, err := knownElsewhere(ctx, cfg, kv, project, tx)
 					if err != nil {
-						return errors.Join(append([]error{unread()}, append(unfinished, err)...)...)
+						return failed(err)
 					}
 					if other != "" {
 						missing = false
@@ -263,7 +265,7 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 				}
 				stored, err := feed(ctx, cfg, api, project, tx)
 				if err != nil {
-					return errors.Join(append([]error{unread()}, append(unfinished, err)...)...)
+					return failed(err)
 				}
 				if stored {
 					sum.Fed++
@@ -274,7 +276,7 @@ func reconcileDay(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValu
 			}
 		}
 	}
-	return errors.Join(append([]error{unread()}, unfinished...)...)
+	return failed(nil)
 }
 
 // knownElsewhere returns a project not configured (cfg.Configured) under
