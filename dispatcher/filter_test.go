@@ -184,28 +184,8 @@ func TestARelayStartedAgainOnAnOlderFilterKeepsTheWiderOne(t *testing.T) {
 	t.Cleanup(func() { heartbeatFresh = saved })
 	h := newHarness(t)
 	c := newConsumer(t, status())
-	wide := h.endpoint("orders", c.URL)
-	narrow := h.endpoint("orders", c.URL)
-	narrow.FilterSubjects = []string{event.EventSubject("main", event.ProductRetail, event.StatusSuccess)}
-	relay := func(instance string, ep Endpoint) (stop func()) {
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			RunRetirer(ctx, RetireConfig{JetStream: h.js, Configured: []string{ep.Name}, Filters: map[string][]string{ep.Name: ep.FilterSubjects},
-				Instance: instance, Beat: 50 * time.Millisecond, Every: 100 * time.Millisecond, Logger: zerolog.New(h.logs)})
-		}()
-		stop = sync.OnceFunc(func() { cancel(); <-done })
-		t.Cleanup(stop)
-		return stop
-	}
-	kv, err := h.js.KeyValue(t.Context(), event.BucketDelivery)
-	if err != nil {
-		t.Fatal(err)
-	}
-	beating := func(instance string) func() bool {
-		return func() bool { _, err := kv.Get(t.Context(), relayKey(instance)); return err == nil }
-	}
+	wide, narrow := h.filterPair(c.URL)
+	relay, beating := h.runRelay, h.beating
 	// A worker whose relay has written no heartbeat yet sets no filter:
 	// the others could not tell why it is wide, and would narrow it again.
 	if _, err := NewWorker(t.Context(), WorkerConfig{Endpoint: wide, JetStream: h.js, Metrics: h.metrics, Logger: zerolog.New(h.logs), Instance: "new"}); !errors.Is(err, errNoHeartbeat) {
@@ -260,9 +240,7 @@ func TestARelayStartedAgainOnAnOlderFilterKeepsTheWiderOne(t *testing.T) {
 func TestAPassDoesNotNarrowWhatARelayStartedSinceWidened(t *testing.T) {
 	h := newHarness(t)
 	c := newConsumer(t, status())
-	wide := h.endpoint("orders", c.URL)
-	narrow := h.endpoint("orders", c.URL)
-	narrow.FilterSubjects = []string{event.EventSubject("main", event.ProductRetail, event.StatusSuccess)}
+	wide, narrow := h.filterPair(c.URL)
 	kv, err := h.js.KeyValue(t.Context(), event.BucketDelivery)
 	if err != nil {
 		t.Fatal(err)
@@ -349,9 +327,7 @@ func TestARelayThatDoesNotTellItsFilterNarrowsNothing(t *testing.T) {
 	t.Cleanup(func() { heartbeatFresh = saved })
 	h := newHarness(t)
 	c := newConsumer(t, status())
-	wide := h.endpoint("orders", c.URL)
-	narrow := h.endpoint("orders", c.URL)
-	narrow.FilterSubjects = []string{event.EventSubject("main", event.ProductRetail, event.StatusSuccess)}
+	wide, narrow := h.filterPair(c.URL)
 	h.worker(wide) // the consumer, as the relay of the earlier version set it
 	kv, err := h.js.KeyValue(t.Context(), event.BucketDelivery)
 	if err != nil {
@@ -361,19 +337,48 @@ func TestARelayThatDoesNotTellItsFilterNarrowsNothing(t *testing.T) {
 	if _, err := kv.Put(t.Context(), relayKey("legacy"), legacy); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		RunRetirer(ctx, RetireConfig{JetStream: h.js, Configured: []string{"orders"}, Filters: map[string][]string{"orders": narrow.FilterSubjects},
-			Instance: "narrow", Beat: 50 * time.Millisecond, Every: time.Hour, Logger: zerolog.New(h.logs)})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	eventually(t, "the relay's heartbeat", func() bool { _, err := kv.Get(t.Context(), relayKey("narrow")); return err == nil })
+	h.runRelay("narrow", narrow)
+	eventually(t, "the relay's heartbeat", h.beating("narrow"))
 	h.run(h.workerAs("narrow", narrow))
 	if got := h.liveFilter("orders"); !slices.Equal(got, wide.FilterSubjects) {
 		t.Fatalf("the consumer's filter is %v beside a relay that does not tell its own, want %v kept", got, wide.FilterSubjects)
 	}
 	h.publish("tx-failed", event.StatusFailed, "")
 	eventually(t, "the event the consumer's filter takes posted", func() bool { return countFor(c, "tx-failed") == 1 })
+}
+
+// filterPair is the endpoint "orders" at url with a filter taking every
+// event, and with one taking main's retail successes only.
+func (h *harness) filterPair(url string) (wide, narrow Endpoint) {
+	wide, narrow = h.endpoint("orders", url), h.endpoint("orders", url)
+	narrow.FilterSubjects = []string{event.EventSubject("main", event.ProductRetail, event.StatusSuccess)}
+	return wide, narrow
+}
+
+// runRelay runs the retirer (heartbeats, filter passes) of relay instance
+// delivering ep, until stop is called or the test ends.
+func (h *harness) runRelay(instance string, ep Endpoint) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		RunRetirer(ctx, RetireConfig{JetStream: h.js, Configured: []string{ep.Name}, Filters: map[string][]string{ep.Name: ep.FilterSubjects},
+			Instance: instance, Beat: 50 * time.Millisecond, Every: 100 * time.Millisecond, Logger: zerolog.New(h.logs)})
+	}()
+	stop = sync.OnceFunc(func() { cancel(); <-done })
+	h.t.Cleanup(stop)
+	return stop
+}
+
+// beating reports, when called, whether relay instance's heartbeat is
+// stored.
+func (h *harness) beating(instance string) func() bool {
+	return func() bool {
+		kv, err := h.js.KeyValue(h.t.Context(), event.BucketDelivery)
+		if err != nil {
+			return false
+		}
+		_, err = kv.Get(h.t.Context(), relayKey(instance))
+		return err == nil
+	}
 }

@@ -252,16 +252,7 @@ func TestRedriveLeavesQuarantineOnlyWhenDurable(t *testing.T) {
 	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
 	h := newHarnessOn(t, srv, false, withDurable(gate.GroupSync))
 	ctx := context.Background()
-	m := &nats.Msg{Subject: event.QuarantineTxSubject("main", "tx-q"), Data: callback("tx-q", event.StatusSuccess), Header: nats.Header{}}
-	m.Header.Set(event.HeaderProject, "main")
-	m.Header.Set(event.HeaderReason, "SenGo's API disagrees")
-	if _, err := h.js.PublishMsg(ctx, m); err != nil {
-		t.Fatal(err)
-	}
-	entries, err := ListQuarantine(ctx, h.js, QuarantineFilter{})
-	if err != nil || len(entries) != 1 {
-		t.Fatalf("quarantined: %v %v", entries, err)
-	}
+	entries := h.quarantineOne("tx-q")
 	done := make(chan error, 1)
 	go func() {
 		_, err := RedriveQuarantine(ctx, h.js, entries, gate.GroupSync)
@@ -373,16 +364,7 @@ func TestAQuarantinedNotificationIsAckedOnlyOnceDurable(t *testing.T) {
 func TestARefusedRedriveLeavesTheNotificationQuarantined(t *testing.T) {
 	h := newHarness(t, false)
 	ctx := context.Background()
-	m := &nats.Msg{Subject: event.QuarantineTxSubject("main", "tx-refused"), Data: callback("tx-refused", event.StatusSuccess), Header: nats.Header{}}
-	m.Header.Set(event.HeaderProject, "main")
-	m.Header.Set(event.HeaderReason, "SenGo's API disagrees")
-	if _, err := h.js.PublishMsg(ctx, m); err != nil {
-		t.Fatal(err)
-	}
-	entries, err := ListQuarantine(ctx, h.js, QuarantineFilter{})
-	if err != nil || len(entries) != 1 {
-		t.Fatalf("quarantined: %v %v", entries, err)
-	}
+	entries := h.quarantineOne("tx-refused")
 	restore := natstest.RefuseWrites(t, h.js, event.StreamInbox)
 	n, err := RedriveQuarantine(ctx, h.js, entries, nil)
 	if err == nil || n != 0 {
@@ -436,4 +418,21 @@ func TestAFailedOutboxClearIsNotAcked(t *testing.T) {
 	if n := h.msgs(event.StreamEvents); n != 1 {
 		t.Fatalf("%d events, want 1", n)
 	}
+}
+
+// quarantineOne quarantines a success of transaction id, as intake would
+// have, and returns the quarantine's one entry.
+func (h *harness) quarantineOne(id string) []QuarantineEntry {
+	h.t.Helper()
+	m := &nats.Msg{Subject: event.QuarantineTxSubject("main", id), Data: callback(id, event.StatusSuccess), Header: nats.Header{}}
+	m.Header.Set(event.HeaderProject, "main")
+	m.Header.Set(event.HeaderReason, "SenGo's API disagrees")
+	if _, err := h.js.PublishMsg(context.Background(), m); err != nil {
+		h.t.Fatal(err)
+	}
+	entries, err := ListQuarantine(context.Background(), h.js, QuarantineFilter{})
+	if err != nil || len(entries) != 1 {
+		h.t.Fatalf("quarantined: %v %v", entries, err)
+	}
+	return entries
 }

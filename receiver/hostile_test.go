@@ -1216,15 +1216,7 @@ func TestRetryDelayNeverExceedsRetryMax(t *testing.T) {
 // day is reported failed.
 func TestReconcileGoesOnPastATransactionItCannotRead(t *testing.T) {
 	h := newHarness(t, false) // no intake: what is fed stays in the inbox
-	item := func(id string, s event.Status) json.RawMessage {
-		var env struct {
-			ResponseData json.RawMessage `json:"responseData"`
-		}
-		if err := json.Unmarshal(callback(id, s), &env); err != nil {
-			t.Fatal(err)
-		}
-		return env.ResponseData
-	}
+	item := listed
 	bad := json.RawMessage(`{"id":"tx-bad","merchantRef":"REF-\u0007","status":"pending","amount":1}`)
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var list []json.RawMessage
@@ -1744,11 +1736,7 @@ func TestReconcileStopsAtAPageThatRepeats(t *testing.T) {
 	var requests atomic.Int64
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		requests.Add(1)
-		var env struct {
-			ResponseData json.RawMessage `json:"responseData"`
-		}
-		_ = json.Unmarshal(callback("tx-last-"+r.URL.Query().Get("status"), event.StatusSuccess), &env)
-		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": []json.RawMessage{env.ResponseData}})
+		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": []json.RawMessage{listed("tx-last-"+r.URL.Query().Get("status"), event.StatusSuccess)}})
 	}))
 	defer api.Close()
 	client := sengo.NewClient(api.URL, apiKey, apiToken)
@@ -1769,11 +1757,7 @@ func TestReconcileReportsAListItDidNotFinish(t *testing.T) {
 		page := []json.RawMessage{}
 		status := event.Status(r.URL.Query().Get("status"))
 		if status == event.StatusSuccess || status == event.StatusFailed && r.URL.Query().Get("page") == "1" {
-			var env struct {
-				ResponseData json.RawMessage `json:"responseData"`
-			}
-			_ = json.Unmarshal(callback("tx-"+string(status)+"-"+r.URL.Query().Get("page"), status), &env)
-			page = append(page, env.ResponseData)
+			page = append(page, listed("tx-"+string(status)+"-"+r.URL.Query().Get("page"), status))
 		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": page})
 	}))
@@ -2263,11 +2247,7 @@ func TestAFailingListLeavesTheDaysOthersRead(t *testing.T) {
 		}
 		var page []json.RawMessage
 		if st := event.Status(q.Get("status")); q.Get("page") == "1" && (st == event.StatusSuccess || st == event.StatusFailed) {
-			var env struct {
-				ResponseData json.RawMessage `json:"responseData"`
-			}
-			_ = json.Unmarshal(callback("tx-lost-"+string(st), st), &env)
-			page = append(page, env.ResponseData)
+			page = append(page, listed("tx-lost-"+string(st), st))
 		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": page})
 	}))
@@ -2304,11 +2284,7 @@ func TestReconcileReportsWhatItCouldNotFeed(t *testing.T) {
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var page []json.RawMessage
 		if q := r.URL.Query(); q.Get("page") == "1" && q.Get("status") == "success" {
-			var env struct {
-				ResponseData json.RawMessage `json:"responseData"`
-			}
-			_ = json.Unmarshal(callback("tx-unfed", event.StatusSuccess), &env)
-			page = append(page, env.ResponseData)
+			page = append(page, listed("tx-unfed", event.StatusSuccess))
 		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": page})
 	}))

@@ -34,6 +34,16 @@ func callback(id string, s event.Status) []byte {
 	return fmt.Appendf(nil, `{"responseCode":200,"responseMessage":"success","responseData":{"id":%q,"merchantRef":"REF-%s","status":%q,"feePayer":"customer","amount":10000,"fee":85,"totalAmount":10085,"expiredDate":"2025-03-23T10:24:58+07:00","paidDate":%s,"retail":{"viewName":"M","channel":"alfamart","paymentCode":"123"}}}`, id, id, s, paid)
 }
 
+// listed is transaction id at status s as SenGo's API lists it: the
+// object its callback carries.
+func listed(id string, s event.Status) json.RawMessage {
+	var env struct {
+		ResponseData json.RawMessage `json:"responseData"`
+	}
+	_ = json.Unmarshal(callback(id, s), &env)
+	return env.ResponseData
+}
+
 func statuses(evs []event.Event, txID string) []event.Status {
 	var out []event.Status
 	for _, e := range evs {
