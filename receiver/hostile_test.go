@@ -2327,3 +2327,30 @@ func TestReconcileReportsWhatItCouldNotFeed(t *testing.T) {
 	}
 	poll.Within(t, 10*time.Second, "the change published", func() bool { return len(h.events()) == 1 })
 }
+
+// A store error that ends a day keeps what the day had already found
+// failing (a list SenGo did not give): reported alone, the run's record
+// said nothing of the list left unread.
+func TestAStoreErrorKeepsTheDaysOtherFailures(t *testing.T) {
+	h := newHarness(t, false)
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		if q.Get("status") == "expired" {
+			w.WriteHeader(http.StatusInternalServerError)
+			_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 500, "responseMessage": "internal error"})
+			return
+		}
+		var page []json.RawMessage
+		if q.Get("page") == "1" && q.Get("status") == "failed" {
+			page = append(page, listed("tx-failed-unfed", event.StatusFailed))
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": page})
+	}))
+	defer api.Close()
+	natstest.RefuseWrites(t, h.js, event.StreamInbox)
+	_, err := Reconcile(t.Context(), ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"main": sengo.NewClient(api.URL, apiKey, apiToken)},
+		Window: time.Minute, Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
+	if err == nil || !strings.Contains(err.Error(), "expired page 1") || !strings.Contains(err.Error(), "feed evt_") {
+		t.Fatalf("reconcile: %v; want both the expired list's failure and the refused feed", err)
+	}
+}
