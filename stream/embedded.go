@@ -126,6 +126,7 @@ type Embedded struct {
 	unlock func()
 	auth   *EmbeddedAuth
 	guard  *nats.Conn // the relay's connection checking the subscriber's consumer creations
+	pulls  *nats.Conn // the relay's connection in the subscriber's account (the guard's pulls)
 	// stopWatch ends watchReplies; watched is closed when it has.
 	stopWatch, watched chan struct{}
 }
@@ -247,13 +248,19 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 		held, err := relayConsumers(e.guard, sa.Stream)
 		if err == nil {
 			sa.Protected = append(slices.Clone(sa.Protected), held...)
-			_, err = subscriberAccess(srv, &sa, e.guard)
+			err = e.connectPulls(auth)
+		}
+		if err == nil {
+			err = subscriberAccess(srv, &sa, e.guard, e.pulls)
 		}
 		if err == nil {
 			err = e.guard.Flush() // the guard answers before the subscriber logs in
 		}
 		if err != nil {
 			e.guard.Close()
+			if e.pulls != nil {
+				e.pulls.Close()
+			}
 			srv.Shutdown()
 			return nil, fmt.Errorf("embedded nats: the subscriber's account: %w", err)
 		}
@@ -323,6 +330,24 @@ func (e *Embedded) ClientURL() string {
 // there), so on the default prefix it would read all of those.
 const RelayInboxPrefix = "_SENGO_RELAY_INBOX"
 
+// connectPulls opens the guard's connection in the subscriber's account,
+// as an identity of the relay's own making that may send the pulls it lets
+// through (pullsOut) and its refusals to the client's inbox, and nothing
+// else.
+func (e *Embedded) connectPulls(auth *authenticator) error {
+	subs, err := subscriberAccount(e.srv)
+	if err != nil {
+		return err
+	}
+	auth.pulls.Store(&server.User{Username: auth.pullsUser, Account: subs, Permissions: &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{pullsOut + ".>", "_INBOX.>"}},
+		Subscribe: &server.SubjectPermission{Deny: []string{">"}},
+	}})
+	e.pulls, err = nats.Connect("", nats.InProcessServer(e.srv), nats.UserInfo(auth.pullsUser, auth.pullsPassword),
+		nats.Name("sengo-relay subscriber pulls"), nats.MaxReconnects(-1), nats.Timeout(30*time.Second))
+	return err
+}
+
 // ConnectOption makes a nats.Connect use an in-process connection to e,
 // as the relay's identity when the server authenticates, with its replies
 // under RelayInboxPrefix.
@@ -381,6 +406,9 @@ func (e *Embedded) Shutdown() {
 	}
 	if e.guard != nil {
 		e.guard.Close()
+	}
+	if e.pulls != nil {
+		e.pulls.Close()
 	}
 	e.srv.Shutdown()
 	e.srv.WaitForShutdown()

@@ -1,7 +1,11 @@
 package stream
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,6 +50,24 @@ const guardPrefix = "_SENGO_RELAY_GUARD"
 // a name, whichever endpoints are configured now.
 const ReservedConsumerPrefix = "webhook-"
 
+// The subscriber's pulls (pullPrefix) reach the relay's account through
+// the relay: they come to the guard under pullsIn (a stream import, which
+// keeps the client's reply subject), and the guard sends those it lets
+// through from the subscriber's account under pullsOut, which the
+// subscriber's account imports as the pull. Its answers, every message
+// and heartbeat, go from the consumer to the client as before. A client
+// connection cannot pass a pull on with the reply the server gives a
+// request crossing accounts (_R_.…: reserved), so the guard's is a
+// connection in the subscriber's account. The subscriber may send
+// nothing under pullsOut.
+const (
+	pullsIn  = "_SENGO_RELAY_PULLS_IN"
+	pullsOut = "_SENGO_RELAY_PULLS"
+)
+
+// pullPrefix starts the subject of a pull request.
+const pullPrefix = "$JS.API.CONSUMER.MSG.NEXT."
+
 // SubscriberDeliverPrefix is the only place a subscriber's push consumer
 // may deliver to. Anywhere else in the relay's account a stream could
 // store what it delivers.
@@ -57,6 +79,12 @@ type authenticator struct {
 	relayUser, subUser string
 	relayHash, subHash []byte
 	relay, sub         atomic.Pointer[server.User] // nil until the server and its accounts are ready
+	// pullsUser and pullsPassword are the guard's identity in the
+	// subscriber's account (Embedded.connectPulls): made anew by each
+	// process, never written anywhere.
+	pullsUser, pullsPassword string
+	pullsHash                []byte
+	pulls                    atomic.Pointer[server.User]
 	// costly holds the turn of a check at more than bcrypt's lowest cost
 	// (a password a person chose): one at a time.
 	costly chan struct{}
@@ -108,10 +136,16 @@ func relayConsumers(conn *nats.Conn, st string) ([]string, error) {
 }
 
 func newAuthenticator(a *EmbeddedAuth, log zerolog.Logger) *authenticator {
+	user, pw := make([]byte, 8), make([]byte, 32)
+	_, _ = rand.Read(user)
+	_, _ = rand.Read(pw)
+	pullsPassword := base64.RawURLEncoding.EncodeToString(pw) // generatedPasswordLen: bcrypt's lowest cost
 	return &authenticator{
 		relayUser: a.RelayUser, relayHash: []byte(bcryptHash(a.RelayPassword)),
 		subUser: a.SubscriberUser, subHash: []byte(bcryptHash(a.SubscriberPassword)),
-		costly: make(chan struct{}, 1), log: log,
+		pullsUser: "sengo-relay-pulls-" + hex.EncodeToString(user), pullsPassword: pullsPassword,
+		pullsHash: []byte(bcryptHash(pullsPassword)),
+		costly:    make(chan struct{}, 1), log: log,
 	}
 }
 
@@ -128,6 +162,8 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 		u, hash = a.relay.Load(), a.relayHash
 	case a.subUser:
 		u, hash = a.sub.Load(), a.subHash
+	case a.pullsUser:
+		u, hash = a.pulls.Load(), a.pullsHash
 	}
 	if u == nil {
 		return false
@@ -153,7 +189,8 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 		a.admit.Lock()
 		defer a.admit.Unlock()
 		if u.Account != nil {
-			if n := u.Account.NumLocalConnections(); n >= SubscriberMaxConnections {
+			// One of the account's is the relay's own (pulls).
+			if n := u.Account.NumLocalConnections() - 1; n >= SubscriberMaxConnections {
 				if time.Since(a.refusedAt) >= refusedLogEvery {
 					a.refusedAt = time.Now()
 					a.log.Warn().Int("open", n).Str("from", fmt.Sprint(c.RemoteAddress())).
@@ -176,9 +213,9 @@ func subscriberAPI(st string) map[string]server.ServiceRespType {
 		// A direct get of the last message of a subject (in the subject):
 		// the server takes no batch there. The form with a body is
 		// guarded (guardedAPI).
-		"$JS.API.DIRECT.GET." + st + ".>":        server.Singleton,
-		"$JS.API.CONSUMER.MSG.NEXT." + st + ".>": server.Streamed,
-		"$JS.ACK." + st + ".>":                   server.Singleton, "$JS.FC." + st + ".>": server.Singleton,
+		"$JS.API.DIRECT.GET." + st + ".>": server.Singleton,
+		pullPrefix + st + ".>":            server.Streamed, // imported as pullsOut
+		"$JS.ACK." + st + ".>":            server.Singleton, "$JS.FC." + st + ".>": server.Singleton,
 	}
 }
 
@@ -198,57 +235,81 @@ func guardedAPI(st string) []string {
 	}
 }
 
-// subscriberAccess makes the subscriber's account: what it imports from
-// the relay's (global) account, and the guard that checks its consumer
-// creations, on conn (the relay's own connection).
-func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn *nats.Conn) (*nats.Subscription, error) {
-	g := srv.GlobalAccount()
+// subscriberAccount is the subscriber's account, made if need be.
+func subscriberAccount(srv *server.Server) (*server.Account, error) {
 	subs, err := srv.LookupAccount(SubscriberAccount)
 	if err != nil {
-		if subs, err = srv.RegisterAccount(SubscriberAccount); err != nil {
-			return nil, err
-		}
+		return srv.RegisterAccount(SubscriberAccount)
+	}
+	return subs, nil
+}
+
+// subscriberAccess makes the subscriber's account: what it imports from
+// the relay's (global) account, and the guard that checks its consumer
+// creations and pulls, on conn (the relay's own connection) and pulls (the
+// relay's connection in the subscriber's account).
+func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn, pulls *nats.Conn) error {
+	g := srv.GlobalAccount()
+	subs, err := subscriberAccount(srv)
+	if err != nil {
+		return err
 	}
 	only := []*server.Account{subs}
 	for subj, resp := range subscriberAPI(a.Stream) {
 		if err := g.AddServiceExportWithResponse(subj, resp, only); err != nil {
-			return nil, fmt.Errorf("export %s: %w", subj, err)
+			return fmt.Errorf("export %s: %w", subj, err)
 		}
 		wait := answerWait
 		if resp == server.Streamed {
 			wait = pullWait
 		}
 		if err := g.SetServiceExportResponseThreshold(subj, wait); err != nil {
-			return nil, fmt.Errorf("export %s: %w", subj, err)
+			return fmt.Errorf("export %s: %w", subj, err)
 		}
-		if err := subs.AddServiceImport(g, subj, subj); err != nil {
-			return nil, fmt.Errorf("import %s: %w", subj, err)
+		from := subj
+		if strings.HasPrefix(subj, pullPrefix) {
+			from = pullsOut + "." + strings.TrimPrefix(subj, pullPrefix)
+		}
+		if err := subs.AddServiceImport(g, from, subj); err != nil {
+			return fmt.Errorf("import %s: %w", subj, err)
 		}
 	}
 	for _, subj := range guardedAPI(a.Stream) {
 		to := guardPrefix + strings.TrimPrefix(subj, "$JS.API")
 		if err := g.AddServiceExportWithResponse(to, server.Singleton, only); err != nil {
-			return nil, fmt.Errorf("export %s: %w", to, err)
+			return fmt.Errorf("export %s: %w", to, err)
 		}
 		if err := g.SetServiceExportResponseThreshold(to, guardAnswerWait); err != nil {
-			return nil, fmt.Errorf("export %s: %w", to, err)
+			return fmt.Errorf("export %s: %w", to, err)
 		}
 		if err := subs.AddServiceImport(g, subj, to); err != nil {
-			return nil, fmt.Errorf("import %s: %w", subj, err)
+			return fmt.Errorf("import %s: %w", subj, err)
 		}
 	}
 	// Live events (core NATS), and what push consumers deliver.
 	for _, subj := range []string{a.Subjects, SubscriberDeliverPrefix + ">"} {
 		if err := g.AddStreamExport(subj, only); err != nil {
-			return nil, fmt.Errorf("export %s: %w", subj, err)
+			return fmt.Errorf("export %s: %w", subj, err)
 		}
 		if err := subs.AddStreamImport(g, subj, ""); err != nil {
-			return nil, fmt.Errorf("import %s: %w", subj, err)
+			return fmt.Errorf("import %s: %w", subj, err)
 		}
 	}
-	gd := &guard{conn: conn, stream: a.Stream, protected: a.Protected,
+	// The pulls, to the guard.
+	pull := pullPrefix + a.Stream + ".>"
+	if err := subs.AddStreamExport(pull, []*server.Account{g}); err != nil {
+		return fmt.Errorf("export %s: %w", pull, err)
+	}
+	if err := g.AddStreamImport(subs, pull, pullsIn); err != nil {
+		return fmt.Errorf("import %s: %w", pull, err)
+	}
+	gd := &guard{conn: conn, pulls: pulls, stream: a.Stream, protected: a.Protected,
 		admitted: make(chan struct{}, guardQueued), running: make(chan struct{}, guardInFlight), creating: make(chan struct{}, 1)}
-	return conn.Subscribe(guardPrefix+".>", gd.handle)
+	if _, err := conn.Subscribe(pullsIn+".>", gd.pull); err != nil {
+		return err
+	}
+	_, err = conn.Subscribe(guardPrefix+".>", gd.handle)
+	return err
 }
 
 // guard passes the subscriber's JetStream API requests on as the relay,
@@ -256,6 +317,7 @@ func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn *nats.Conn) (*na
 // first.
 type guard struct {
 	conn      *nats.Conn
+	pulls     *nats.Conn // in the subscriber's account: pulls let through, and their refusals
 	stream    string
 	protected []string
 	// admitted holds a place for each request waiting or in flight;
@@ -407,6 +469,41 @@ func (g *guard) pass(m *nats.Msg, subj string) {
 	}
 }
 
+// SubscriberMinHeartbeat bounds a subscriber's pull's idle_heartbeat from
+// below: nats-server sends each waiting pull a heartbeat that often (1 ms
+// at the least), walking all the consumer's waiting pulls each time.
+// nats.go's Fetch asks for 5 s, its Consume for half the pull's expiry.
+const SubscriberMinHeartbeat = time.Second
+
+// pull passes a pull request on as the pull it is, with the client's
+// reply subject, unless its idle_heartbeat is under
+// SubscriberMinHeartbeat. In the subscription's goroutine: it waits for
+// nothing, and a client's pulls keep their order. A body the server
+// cannot read is passed on for its own answer (400).
+func (g *guard) pull(m *nats.Msg) {
+	if m.Reply == "" {
+		return // the server ignores a pull without one
+	}
+	if n := m.Size(); n > guardMaxRequest {
+		g.refuse(m, fmt.Errorf("%w: a request of %d bytes; the JetStream API's are at most %d", errTooLarge, n, guardMaxRequest))
+		return
+	}
+	if body := bytes.TrimSpace(m.Data); len(body) > 0 && body[0] == '{' {
+		// As nats-server reads it (encoding/json, nanoseconds).
+		var req struct {
+			Heartbeat int64 `json:"idle_heartbeat"`
+		}
+		if json.Unmarshal(body, &req) == nil && req.Heartbeat > 0 && req.Heartbeat < int64(SubscriberMinHeartbeat) {
+			g.refuse(m, fmt.Errorf("%w: a pull's idle_heartbeat is at least %s", errForbidden, SubscriberMinHeartbeat))
+			return
+		}
+	}
+	to := pullsOut + "." + strings.TrimPrefix(m.Subject, pullsIn+"."+pullPrefix)
+	if err := g.pulls.PublishMsg(&nats.Msg{Subject: to, Reply: m.Reply, Header: m.Header, Data: m.Data}); err != nil {
+		g.refuse(m, fmt.Errorf("%w: the store did not take the pull", errUnavailable))
+	}
+}
+
 // creates reports whether subj creates (or updates) a consumer.
 func creates(subj string) bool {
 	return strings.HasPrefix(subj, "$JS.API.CONSUMER.CREATE.") || strings.HasPrefix(subj, "$JS.API.CONSUMER.DURABLE.CREATE.")
@@ -552,12 +649,13 @@ func (g *guard) room(name string) error {
 }
 
 // refuse answers as JetStream's API does, so clients report it as an API
-// error; a direct get as the stream does, with a status and a description
-// and no body (in headers: a client connection cannot write a status line,
+// error; a direct get as the stream does, and a pull as the consumer
+// does, with a status and a description and no body (in headers: a client connection cannot write a status line,
 // and nats.go reads either).
 func (g *guard) refuse(m *nats.Msg, err error) {
 	code := refusalCode(err)
-	if "$JS.API"+strings.TrimPrefix(m.Subject, guardPrefix) == "$JS.API.DIRECT.GET."+g.stream {
+	pull := strings.HasPrefix(m.Subject, pullsIn+".")
+	if pull || "$JS.API"+strings.TrimPrefix(m.Subject, guardPrefix) == "$JS.API.DIRECT.GET."+g.stream {
 		if code == 503 {
 			// An empty answer of status 503 is "no responders" to nats.go,
 			// not this: busy, or the store unavailable, retry.
@@ -566,6 +664,11 @@ func (g *guard) refuse(m *nats.Msg, err error) {
 		h := nats.Header{}
 		h.Set("Status", strconv.Itoa(code))
 		h.Set("Description", err.Error())
+		if pull {
+			// The reply is the client's, in the subscriber's account.
+			_ = g.pulls.PublishMsg(&nats.Msg{Subject: m.Reply, Header: h})
+			return
+		}
 		_ = m.RespondMsg(&nats.Msg{Header: h})
 		return
 	}

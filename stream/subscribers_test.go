@@ -798,3 +798,86 @@ func TestFinishedPullsLeaveNoEntries(t *testing.T) {
 		t.Fatal("the client's connection was closed")
 	}
 }
+
+// A pull's idle_heartbeat went to the consumer as sent: nats-server sends
+// each waiting pull a heartbeat that often (its timer's floor is 1 ms),
+// walking every waiting pull of the consumer each time. 5,000 waiting
+// pulls of 1 ns took both cores (9.3 s of CPU in 5 s); of 1 s, 0.35 s.
+// Pulls now pass through the relay, which refuses a heartbeat under 1 s
+// and passes the rest on with the client's reply subject.
+func TestTheSubscribersPullsHeartbeatAtMostOnceASecond(t *testing.T) {
+	e, rjs := startWithSubscriber(t, subscriberAuth())
+	ctx := t.Context()
+	if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	sub := subscriberConn(t, e)
+	sjs, _ := jetstream.New(sub)
+	if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "x", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
+	for _, hb := range []time.Duration{1, time.Millisecond, time.Second - 1} {
+		m, err := sub.Request("$JS.API.CONSUMER.MSG.NEXT.SENGO_EVENTS.x", fmt.Appendf(nil, `{"batch":1,"expires":%d,"idle_heartbeat":%d}`, time.Hour, hb), 10*time.Second)
+		if err != nil || m.Header.Get("Status") != "403" || len(m.Data) != 0 || !strings.Contains(m.Header.Get("Description"), "idle_heartbeat") {
+			t.Errorf("a pull with a heartbeat of %s: %v %v %q", hb, err, m.Header, m.Data)
+		}
+	}
+	// Nor may it send a pull where the relay sends those it lets through.
+	if m, err := sub.Request("_SENGO_RELAY_PULLS.SENGO_EVENTS.x", fmt.Appendf(nil, `{"batch":1,"expires":%d,"idle_heartbeat":1}`, time.Hour), 2*time.Second); err == nil {
+		t.Errorf("a pull sent past the relay was answered: %v", m.Header)
+	}
+	sub = subscriberConn(t, e) // (the permissions violation may close the connection)
+	// One of 1 s is passed on: its heartbeats come, and so do messages,
+	// to the client's own reply subject.
+	m, err := sub.Request("$JS.API.CONSUMER.MSG.NEXT.SENGO_EVENTS.x", fmt.Appendf(nil, `{"batch":1,"expires":%d,"idle_heartbeat":%d}`, 3*time.Second, time.Second), 10*time.Second)
+	if err != nil || m.Header.Get("Status") != "100" {
+		t.Fatalf("a pull with a heartbeat of 1s: %v %v", err, m)
+	}
+	// (Another consumer: that pull still waits on x.)
+	c, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "y", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rjs.Publish(ctx, "sengo.events.main.retail.success", []byte(`{"id":"evt_1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.Fetch(1, jetstream.FetchMaxWait(10*time.Second), jetstream.FetchHeartbeat(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for msg := range b.Messages() {
+		if string(msg.Data()) != `{"id":"evt_1"}` {
+			t.Fatalf("pulled %q", msg.Data())
+		}
+		if err := msg.DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.Error() != nil {
+		t.Fatal(b.Error())
+	}
+	if info, err := c.Info(ctx); err != nil || info.AckFloor.Stream != 1 {
+		t.Fatalf("acked: %v %+v", err, info)
+	}
+	// And nats.go's Consume, as it pulls by default.
+	if _, err := rjs.Publish(ctx, "sengo.events.main.retail.success", []byte(`{"id":"evt_2"}`)); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	cc, err := c.Consume(func(m jetstream.Msg) {
+		_ = m.Ack()
+		got <- string(m.Data())
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) { t.Errorf("consume: %v", err) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Stop()
+	select {
+	case d := <-got:
+		if d != `{"id":"evt_2"}` {
+			t.Fatalf("consumed %q", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Consume got nothing")
+	}
+}
