@@ -163,8 +163,25 @@ func (e *Endpoint) UnmarshalYAML(unmarshal func(any) error) error {
 	return nil
 }
 
+// MaxFilterSubjects bounds an endpoint's filter subjects (the product of
+// its lists), and MaxAllFilterSubjects all the endpoints'. Each relay
+// tells them in its heartbeat, one value of the store (about 430 KiB at
+// most: an external server's max_payload is 1 MiB by default, and a relay
+// whose heartbeat is not written delivers nothing), and weighs each
+// subject against each other there every heartbeat.
+const (
+	MaxFilterSubjects    = 256
+	MaxAllFilterSubjects = 4096
+)
+
 // validateEndpoints reports every problem with the endpoints.
 func (c *Config) validateEndpoints(bad func(string, ...any)) {
+	subjects := 0
+	defer func() {
+		if subjects > MaxAllFilterSubjects {
+			bad("endpoints: %d filter subjects in all, over %d (each is a project × product × status an endpoint's filter lists; each relay tells them in its heartbeat): leave a list empty to take all of it", subjects, MaxAllFilterSubjects)
+		}
+	}()
 	for _, name := range sortedKeys(c.Endpoints) {
 		e := c.Endpoints[name]
 		at := "endpoints." + name
@@ -205,6 +222,13 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 			if _, err := event.ParseStatus(s); err != nil {
 				bad("%s.filter.statuses: %v", at, err)
 			}
+		}
+		if !f.All {
+			n := len(f.Subjects())
+			if n > MaxFilterSubjects {
+				bad("%s.filter: %d subjects (projects × products × statuses), over %d: leave a list empty to take all of it", at, n, MaxFilterSubjects)
+			}
+			subjects += n
 		}
 		// nats-server refuses a consumer whose filter subjects overlap,
 		// and a repeat overlaps itself: the endpoint, and so the relay,

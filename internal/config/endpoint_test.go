@@ -303,6 +303,47 @@ func TestARepeatInAFilterIsAnError(t *testing.T) {
 	}
 }
 
+// Each relay tells its endpoints' filter subjects in its heartbeat, one
+// value of the bucket: past the store's max_payload (1 MiB by default on
+// an external server) no heartbeat was written, and the workers, which
+// wait for the first, delivered nothing. And each subject of a filter is
+// weighed against each other every heartbeat. An endpoint's filter is at
+// most 256 subjects (the product of its lists), and all of them 4,096.
+func TestFiltersAreBoundedInSubjects(t *testing.T) {
+	var projects []string
+	for i := range 17 {
+		projects = append(projects, fmt.Sprintf("p%02d", i))
+	}
+	body := "projects:\n"
+	for _, p := range projects {
+		body += "  " + p + ": {}\n"
+	}
+	endpoint := func(name string, projects []string, products, statuses string) string {
+		return "  " + name + ":\n    url: https://orders.example/\n    secrets: [" + whsec + "]\n" +
+			"    filter: {projects: [" + strings.Join(projects, ", ") + "], products: [" + products + "], statuses: [" + statuses + "]}\n"
+	}
+	all := "retail, qris, virtual_account, ewallet"
+	statuses := "pending, success, expired, failed"
+	// 17 × 4 × 4 = 272.
+	_, err := Load(write(t, body+"endpoints:\n"+endpoint("big", projects, all, statuses)), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "endpoints.big.filter: 272 subjects") {
+		t.Errorf("a filter of 272 subjects: %v", err)
+	}
+	// 16 endpoints of 16 × 4 × 4 = 256: 4,096 in all; one more subject
+	// passes it.
+	many := body + "endpoints:\n"
+	for i := range 16 {
+		many += endpoint(fmt.Sprintf("e%02d", i), projects[:16], all, statuses)
+	}
+	if _, err := Load(write(t, many), noEnv); err != nil {
+		t.Fatalf("4,096 subjects in all: %v", err)
+	}
+	_, err = Load(write(t, many+endpoint("e16", projects[:1], "retail", "success")), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "endpoints: 4097 filter subjects in all") {
+		t.Errorf("4,097 subjects in all: %v", err)
+	}
+}
+
 // The admin listener answers to the names it is reached by: on loopback,
 // the loopback names unless admin.hosts says otherwise; elsewhere, the
 // names listed, or any.
