@@ -258,9 +258,12 @@ func (c *Client) once(ctx context.Context, method, path string, payload []byte, 
 		return fmt.Errorf("sengo: %s %s: %w", method, pathOnly(path), c.bounded(unwrapURL(err)))
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
 	if err != nil {
 		return fmt.Errorf("sengo: read answer: %w", c.bounded(err))
+	}
+	if len(raw) > maxAnswer {
+		return fmt.Errorf("sengo: %s %s: answer over %d MiB (HTTP %d), not read", method, pathOnly(path), maxAnswer>>20, resp.StatusCode)
 	}
 	var env envelope
 	decodeErr := json.Unmarshal(raw, &env)
@@ -277,6 +280,10 @@ func (c *Client) once(ctx context.Context, method, path string, payload []byte, 
 	}
 	return nil
 }
+
+// maxAnswer bounds an answer of SenGo's API as read: a base_url host (a
+// proxy, a misconfigured address) sending gigabytes held them in memory.
+const maxAnswer = 8 << 20
 
 var upperCode = regexp.MustCompile(`^[A-Z][A-Z_]{1,63}$`)
 

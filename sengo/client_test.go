@@ -354,13 +354,31 @@ func TestClientBoundsAnUndecodableAnswer(t *testing.T) {
 // a misconfigured address) sending gigabytes held them in the relay's
 // memory. One past the bound is an error, not a partial decode.
 func TestClientBoundsAnAnswer(t *testing.T) {
+	written := make(chan int, 8)
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, `{"responseCode":200,"responseMessage":"success","responseData":{"active":1,"pending":0,"total":1},"padding":"`)
-		_, _ = w.Write(bytes.Repeat([]byte("x"), 9<<20))
+		n, chunk := 0, bytes.Repeat([]byte("x"), 1<<20)
+		for n < 256<<20 { // until the client stops reading
+			if _, err := w.Write(chunk); err != nil {
+				break
+			}
+			n += len(chunk)
+		}
 		_, _ = io.WriteString(w, `"}`)
+		written <- n
 	}))
 	t.Cleanup(hs.Close)
-	if b, err := sengo.NewClient(hs.URL, key, token).Balance(context.Background()); err == nil {
+	b, err := sengo.NewClient(hs.URL, key, token, sengo.WithRetry(1, time.Millisecond)).Balance(context.Background())
+	if n := <-written; n >= 64<<20 {
+		t.Errorf("the client read %d MiB of the answer", n>>20)
+	}
+	if err == nil {
 		t.Fatalf("an answer of 9 MiB was read whole: %+v", b)
+	}
+	// Said as what it is: an operator reading "not SenGo's envelope"
+	// looked for a wrong base_url (reconciliation of a day with many QR
+	// images in its listing).
+	if !strings.Contains(err.Error(), "answer over 8 MiB") {
+		t.Errorf("the error: %v", err)
 	}
 }
