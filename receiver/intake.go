@@ -892,7 +892,7 @@ func (in *Intake) processTraced(ctx context.Context, m jetstream.Msg, span trace
 			// throttled key lets the one probe through. It is never this
 			// transaction's alone, but it holds slots like any outage.
 			r.checkFailed = !errors.Is(err, sengo.ErrMismatch) && !errors.Is(err, sengo.ErrUnconfirmed)
-			r.checkOutage = errors.Is(err, sengo.ErrTryAgain)
+			r.checkOutage = errors.Is(err, sengo.ErrTryAgain) || errors.Is(err, sengo.ErrChecksUnanswered)
 			r.checkTimedOut = errors.Is(err, sengo.ErrCheckTimedOut)
 			return r
 		}

@@ -32,6 +32,11 @@ var ErrCheckTimedOut = errors.New("SenGo's API did not answer the check in time"
 // outage, never one of this transaction alone.
 var ErrTryAgain = errors.New("SenGo's API asks to try the check again")
 
+// ErrChecksUnanswered: the last probe of the project's checks found them
+// unanswered (or refused), and another caller's probe is asking again:
+// not asked. An outage, retried like one.
+var ErrChecksUnanswered = errors.New("SenGo's API answers none of the project's checks now (its last probe); not asked")
+
 // MismatchError carries both versions of a disputed transaction.
 type MismatchError struct {
 	Reason   string
@@ -156,6 +161,9 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since ti
 			return false
 		}
 	} else {
+		if _, at, ok := p.last(); !ok && time.Since(at) < probeFresh {
+			return false // a "no" stands for every caller: none waits for the turn
+		}
 		select {
 		case p.turn <- struct{}{}:
 		case <-ctx.Done():
@@ -199,6 +207,13 @@ func (c *Confirmer) Confirm(ctx context.Context, project string, tx Transaction)
 	client, ok := c.clients[project]
 	if !ok {
 		return tx, false, nil
+	}
+	// In an outage (the last probe found no answer, or a refusal) each
+	// check would hold its caller for the check's whole time, and intake's
+	// workers are every project's: one caller at a time asks SenGo (a
+	// probe), the others are told at once and retry.
+	if _, at, answered := c.probes[project].last(); !at.IsZero() && !answered && !c.ChecksAnswered(ctx, project, time.Time{}) {
+		return Transaction{}, false, fmt.Errorf("check %s: %w", tx.ID, ErrChecksUnanswered)
 	}
 	got, err := c.check(ctx, project, client, tx.ID)
 	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -338,4 +339,56 @@ func TestConfirmerRefusesAnAnswerForAnotherID(t *testing.T) {
 	if _, ok, err := c.Confirm(ctx, "shop", tx); ok || !errors.Is(err, sengo.ErrMismatch) {
 		t.Fatalf("an answer for %s to the check of %s: confirmed %v, err %v; want ErrMismatch", strings.ToUpper(tx.ID), tx.ID, ok, err)
 	}
+}
+
+// A project whose API stopped answering (a host that takes connections
+// and never answers) held each of its checks for the check's whole time,
+// every one of them: with intake's workers shared by every project, a
+// few of its notifications a second held most of them, and the other
+// projects' notifications waited behind for as long as the outage
+// lasted. Once a probe has found no answer, one caller at a time asks
+// SenGo (a probe), and the others are told at once.
+func TestInAnOutageOneCallerAtATimeAsksSenGo(t *testing.T) {
+	sb, base := startSandbox(t, sandbox.Config{})
+	checks, counted := countingSandbox(t, base, func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/check/") })
+	client := sengo.NewClient(counted+"/api", key, token)
+	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": client}, sengo.CheckTimeout(300*time.Millisecond))
+	ctx := context.Background()
+	tx, err := client.CreateQRIS(ctx, sengo.QRISRequest{Reference: "INV-OUT", Amount: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb.SetFaults(sandbox.Faults{Latency: sandbox.Duration(3 * time.Second)})
+	if _, _, err := c.Confirm(ctx, "shop", tx); !errors.Is(err, sengo.ErrCheckTimedOut) {
+		t.Fatalf("a check SenGo does not answer: %v", err)
+	}
+	if c.ChecksAnswered(ctx, "shop", time.Now()) {
+		t.Fatal("a probe SenGo does not answer said yes")
+	}
+	before := checks.Load()
+	var wg sync.WaitGroup
+	errs := make([]error, 16)
+	for i := range errs {
+		wg.Go(func() {
+			claim := tx
+			claim.ID = fmt.Sprintf("%s-%d", tx.ID, i) // none shares another's check
+			_, _, errs[i] = c.Confirm(ctx, "shop", claim)
+		})
+	}
+	wg.Wait()
+	if n := checks.Load() - before; n > 1 {
+		t.Errorf("16 confirmations in the outage asked SenGo %d times, want one probe at most", n)
+	}
+	for i, err := range errs {
+		if !errors.Is(err, sengo.ErrChecksUnanswered) {
+			t.Errorf("confirmation %d in the outage: %v", i, err)
+		}
+	}
+	// Once SenGo answers again, the next probe after the last "no" went
+	// stale lets the checks through.
+	sb.SetFaults(sandbox.Faults{})
+	poll.Until(t, "a confirmation after the outage", func() bool {
+		_, ok, err := c.Confirm(ctx, "shop", tx)
+		return ok && err == nil
+	})
 }
