@@ -2354,3 +2354,57 @@ func TestAStoreErrorKeepsTheDaysOtherFailures(t *testing.T) {
 		t.Fatalf("reconcile: %v; want both the expired list's failure and the refused feed", err)
 	}
 }
+
+// A relay stopped longer than reconcile.window (a long holiday, a store
+// being moved) looked back only its window once started again: the
+// callbacks SenGo sent in the first days of the stop, which it may never
+// send again, were never fed though SenGo still listed them. A periodic
+// run now looks back to the start of the project's last run that reached
+// SenGo (a run that failed whole does not count), at most CatchUp; a
+// project with no run recorded looks back its window.
+func TestAReconciliationAfterALongStopLooksBackToTheLastRun(t *testing.T) {
+	h := newHarness(t, true)
+	if _, err := h.js.CreateStream(t.Context(), jetstream.StreamConfig{Name: history.StreamReconcile, Subjects: []string{history.SubjectsReconcile}}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	dates := map[string][]string{}
+	api := func(project string) *sengo.Client {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			if q := r.URL.Query(); q.Get("status") == "success" {
+				dates[project] = append(dates[project], q.Get("date"))
+			}
+			mu.Unlock()
+			_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": []json.RawMessage{}})
+		}))
+		t.Cleanup(s.Close)
+		return sengo.NewClient(s.URL, apiKey, apiToken)
+	}
+	runs, err := history.NewWriter(h.js.Conn(), history.WriterConfig{Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	// main's last run that reached SenGo was four days ago; one a day ago
+	// failed whole.
+	runs.Reconciliation(history.Reconciliation{Project: "main", Started: now.Add(-96 * time.Hour), Checked: 3})
+	runs.Reconciliation(history.Reconciliation{Project: "main", Started: now.Add(-24 * time.Hour), Error: "SenGo unreachable"})
+	if err := runs.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Reconcile(t.Context(), ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"main": api("main"), "fresh": api("fresh")},
+		Window: 48 * time.Hour, CatchUp: ReconcileWindowMax, Now: func() time.Time { return now }, Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	day := func(back time.Duration) string { return now.Add(-back).In(wib).Format("2006-01-02") }
+	mu.Lock()
+	defer mu.Unlock()
+	if got := dates["main"]; len(got) != 5 || got[0] != day(96*time.Hour) {
+		t.Errorf("main read the days %v, want from %s (its last run that reached SenGo) to today", got, day(96*time.Hour))
+	}
+	if got := dates["fresh"]; len(got) != 3 || got[0] != day(48*time.Hour) {
+		t.Errorf("a project with no run read the days %v, want its window's, from %s", got, day(48*time.Hour))
+	}
+}

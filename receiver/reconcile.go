@@ -41,6 +41,13 @@ type ReconcileConfig struct {
 	Configured []string
 	// Window is how far back to look (at most SenGo's 7 days).
 	Window time.Duration
+	// CatchUp, when over Window, lets a project's run look back further:
+	// to the start of its last run that reached SenGo (lastReached), at
+	// most CatchUp. A relay stopped (or a project's API failing) longer
+	// than Window otherwise never read the first days of it, whose
+	// callbacks SenGo may never send again. Zero: Window only (the CLI's
+	// --since).
+	CatchUp time.Duration
 	// Resend asks SenGo to send missing callbacks again instead of feeding
 	// the inbox directly.
 	Resend bool
@@ -110,8 +117,9 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 		// that fails (its SenGo credentials, a bad page) does not keep the
 		// others from being checked.
 		started := cfg.Now()
-		sum, perr := reconcileProject(ctx, cfg, kv, project, progress)
-		run := history.Reconciliation{Project: project, Trigger: cfg.Trigger, Started: started.UTC(), Finished: cfg.Now().UTC(), Window: cfg.Window.String(),
+		window := reconcileWindow(ctx, cfg, project, started)
+		sum, perr := reconcileProject(ctx, cfg, kv, project, window, progress)
+		run := history.Reconciliation{Project: project, Trigger: cfg.Trigger, Started: started.UTC(), Finished: cfg.Now().UTC(), Window: window.String(),
 			Checked: sum.Checked, Missing: sum.Missing, Fed: sum.Fed, Resend: cfg.Resend, Found: sum.Found}
 		if perr != nil {
 			run.Error = perr.Error()
@@ -146,14 +154,45 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 	return total, errors.Join(errs...)
 }
 
-// reconcileProject reconciles one project day by day; a day that fails is
-// reported and the next one is still checked.
-func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, project string, progress func(string, string, event.Status, ReconcileSummary)) (ReconcileSummary, error) {
+// reconcileWindow is how far back project's run at now looks: Window, or
+// with CatchUp back to the start of its last run that reached SenGo (one
+// that had no error or checked something: a run that failed whole, SenGo
+// down, read nothing), at most CatchUp; CatchUp when its recent runs all
+// failed whole. A project with no run recorded (a new store, a project
+// just added) gets Window.
+func reconcileWindow(ctx context.Context, cfg ReconcileConfig, project string, now time.Time) time.Duration {
+	window := min(cfg.Window, ReconcileWindowMax)
+	if cfg.CatchUp <= window {
+		return window
+	}
+	runs, err := history.Reconciliations(ctx, cfg.JetStream, project, lastRuns)
+	if err != nil {
+		cfg.Logger.Warn().Err(err).Str("project", project).Msg("reconciliation's earlier runs unreadable; looking back reconcile.window only")
+		return window
+	}
+	if len(runs) == 0 {
+		return window
+	}
+	back := cfg.CatchUp
+	for _, r := range runs { // newest first
+		if r.Error == "" || r.Checked > 0 {
+			back = min(max(now.Sub(r.Started), 0), cfg.CatchUp)
+			break
+		}
+	}
+	return min(max(window, back), ReconcileWindowMax)
+}
+
+// lastRuns is how many of a project's latest runs reconcileWindow reads.
+const lastRuns = 100
+
+// reconcileProject reconciles one project day by day over window; a day
+// that fails is reported and the next one is still checked.
+func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, project string, window time.Duration, progress func(string, string, event.Status, ReconcileSummary)) (ReconcileSummary, error) {
 	api := cfg.Projects[project]
 	var sum ReconcileSummary
 	var errs []error
 	now := cfg.Now().In(wib)
-	window := min(cfg.Window, ReconcileWindowMax)
 	today := midnight(now)
 	day := midnight(now.Add(-window))
 	for ; !day.After(today) && ctx.Err() == nil; day = day.AddDate(0, 0, 1) {

@@ -79,6 +79,18 @@ func listers(clients map[string]*sengo.Client, only string) map[string]receiver.
 	return out
 }
 
+// reconcileCatchUp is how far back a periodic run may look to reach its
+// project's last run (ReconcileConfig.CatchUp): SenGo's 7 days, and short
+// of streams.transactions.ttl as reconcile.window is (a transaction whose
+// entry expired would be published again).
+func reconcileCatchUp(cfg config.Config) time.Duration {
+	catchUp := receiver.ReconcileWindowMax
+	if ttl := cfg.Streams.Transactions.TTL.D(); ttl > 0 {
+		catchUp = min(catchUp, ttl-24*time.Hour-cfg.Reconcile.Interval.D()-time.Second)
+	}
+	return catchUp
+}
+
 // reconcileLoop runs reconciliation at start and every interval until ctx
 // ends. Failures are logged and retried at the next tick.
 func reconcileLoop(ctx context.Context, cfg config.Config, rc receiver.ReconcileConfig, log zerolog.Logger) {

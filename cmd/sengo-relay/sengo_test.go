@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/event"
+	"github.com/sengo-relay/sengo-relay/internal/config"
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
 	"github.com/sengo-relay/sengo-relay/receiver"
 	"github.com/sengo-relay/sengo-relay/sengo"
@@ -444,6 +445,25 @@ func TestTheSandboxOnLoopbackAnswersToItsOwnNames(t *testing.T) {
 	for host, want := range map[string]int{"rebind.attacker.example:8090": http.StatusMisdirectedRequest, addr: http.StatusOK, "localhost:8090": http.StatusOK} {
 		if got := statusForHost(t, "http://"+addr+"/sandbox/transactions", host, ""); got != want {
 			t.Errorf("Host %s: %d, want %d", host, got, want)
+		}
+	}
+}
+
+// A periodic reconciliation catching up after a long stop looks back at
+// most SenGo's 7 days, and stays as far short of the transactions' TTL as
+// reconcile.window must: a transaction whose entry expired would be fed
+// and published again.
+func TestReconcileCatchUpStaysShortOfTheTTL(t *testing.T) {
+	var cfg config.Config
+	cfg.Reconcile.Interval = config.Duration(10 * time.Minute)
+	for _, tc := range []struct{ ttl, want time.Duration }{
+		{0, receiver.ReconcileWindowMax},
+		{14 * 24 * time.Hour, receiver.ReconcileWindowMax},
+		{4 * 24 * time.Hour, 3*24*time.Hour - 10*time.Minute - time.Second},
+	} {
+		cfg.Streams.Transactions.TTL = config.Duration(tc.ttl)
+		if got := reconcileCatchUp(cfg); got != tc.want {
+			t.Errorf("ttl %s: catch up %s, want %s", tc.ttl, got, tc.want)
 		}
 	}
 }

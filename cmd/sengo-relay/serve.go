@@ -458,7 +458,8 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 			go func() {
 				defer workersDone.Done()
 				reconcileLoop(runCtx, cfg, receiver.ReconcileConfig{
-					JetStream: js, Projects: projects, Configured: cfg.ProjectNames(), Window: cfg.Reconcile.Window.D(), Metrics: metrics, Trigger: "periodic", Runs: hist,
+					JetStream: js, Projects: projects, Configured: cfg.ProjectNames(), Window: cfg.Reconcile.Window.D(), CatchUp: reconcileCatchUp(cfg),
+					Metrics: metrics, Trigger: "periodic", Runs: hist,
 					CallbackTokens: cfg.CallbackTokens(),
 					Logger:         log.With().Str("component", "reconcile").Logger(),
 				}, log)
