@@ -64,3 +64,21 @@ func TestAnIPv4MappedPrefixMatchesItsIPv4Callers(t *testing.T) {
 		t.Error("203.0.114.7 is allowed by ::ffff:203.0.113.0/120")
 	}
 }
+
+// And so does a single IPv4-mapped address: taken as a /128 of the IPv4
+// address, it matched no caller, and SenGo's genuine callbacks from it
+// were refused (403).
+func TestAnIPv4MappedAddressMatchesItsIPv4Caller(t *testing.T) {
+	l, err := ParseIPAllowlist([]string{"::ffff:203.0.113.7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ip := range []string{"203.0.113.7", "::ffff:203.0.113.7"} {
+		if !l.Allows(ip) {
+			t.Errorf("%s is not allowed by ::ffff:203.0.113.7", ip)
+		}
+	}
+	if l.Allows("203.0.113.8") {
+		t.Error("203.0.113.8 is allowed by ::ffff:203.0.113.7")
+	}
+}

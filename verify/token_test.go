@@ -1,6 +1,20 @@
 package verify
 
-import "testing"
+import (
+	"strconv"
+	"testing"
+)
+
+// Tokens are compared whole: of 65,536 near misses none passes (a
+// comparison of the hashes' first two bytes or fewer lets some through).
+func TestTokenComparesAllOfIt(t *testing.T) {
+	const want = "s3cret-path-token"
+	for i := range 1 << 16 {
+		if Token(want, want+strconv.Itoa(i)) {
+			t.Fatalf("Token took %q for %q", want+strconv.Itoa(i), want)
+		}
+	}
+}
 
 func TestToken(t *testing.T) {
 	tests := []struct {

@@ -92,6 +92,9 @@ func TestWebhookVerifierRotationAndRejections(t *testing.T) {
 		{"id changed", webhookHeaders("evt_y", now, sigA), body, ErrBadSignature},
 		{"v2 prefix", webhookHeaders("evt_x", now, strings.Replace(sigA, "v1,", "v2,", 1)), body, ErrBadSignature},
 		{"no headers", http.Header{}, body, ErrMissingHeaders},
+		{"no id", without(webhookHeaders("evt_x", now, sigA), HeaderWebhookID), body, ErrMissingHeaders},
+		{"no timestamp", without(webhookHeaders("evt_x", now, sigA), HeaderWebhookTimestamp), body, ErrMissingHeaders},
+		{"no signature", without(webhookHeaders("evt_x", now, sigA), HeaderWebhookSignature), body, ErrMissingHeaders},
 		{"timestamp not a number", func() http.Header {
 			h := webhookHeaders("evt_x", now, sigA)
 			h.Set(HeaderWebhookTimestamp, "x")
@@ -112,6 +115,23 @@ func TestWebhookVerifierRotationAndRejections(t *testing.T) {
 	early := onlyA.WithClock(func() time.Time { return now.Add(4 * time.Minute) })
 	if err := early.Verify(webhookHeaders("evt_x", now, sigA), body); err != nil {
 		t.Errorf("4 minutes old: %v", err)
+	}
+}
+
+// without is h with header k taken out.
+func without(h http.Header, k string) http.Header {
+	h.Del(k)
+	return h
+}
+
+// A secret is at least 24 bytes (the Standard Webhooks spec's floor): 23
+// are refused, 24 taken.
+func TestAWebhookSecretIsAtLeast24Bytes(t *testing.T) {
+	if _, err := ParseWebhookSecret(SecretPrefix + base64.StdEncoding.EncodeToString(make([]byte, 23))); !errors.Is(err, ErrBadSecret) {
+		t.Errorf("a secret of 23 bytes: %v", err)
+	}
+	if _, err := ParseWebhookSecret(SecretPrefix + base64.StdEncoding.EncodeToString(make([]byte, 24))); err != nil {
+		t.Errorf("a secret of 24 bytes: %v", err)
 	}
 }
 
