@@ -3,6 +3,8 @@ package event
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -32,6 +34,39 @@ func TestValidName(t *testing.T) {
 	} {
 		if got := ValidName(s); got != want {
 			t.Errorf("ValidName(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
+
+// A transaction id is anyone's text (a forged callback's): in a subject it
+// is always 16 hex digits of its hash, whatever it holds (dots, wildcards,
+// kilobytes), so it never adds a token, a wildcard or length; and the
+// filters by transaction take its subject and no other transaction's.
+func TestATransactionIDInASubjectIsItsHash(t *testing.T) {
+	hostile := []string{"a.b", ">", "*", "x.>", string(bytes.Repeat([]byte("9"), 5000)), "", " "}
+	seen := map[string]bool{}
+	for _, id := range hostile {
+		for _, subj := range []string{InboxTxSubject("main", id), QuarantineTxSubject("main", id), DLQTxSubject("orders", id)} {
+			toks := strings.Split(subj, ".")
+			last := toks[len(toks)-1]
+			if len(toks) != 4 || len(last) != 16 || strings.Trim(last, "0123456789abcdef") != "" {
+				t.Errorf("the subject of transaction %.20q: %.80q", id, subj)
+			}
+		}
+		h := InboxTxSubject("main", id)
+		if seen[h] {
+			t.Errorf("transaction %.20q shares its subject with another", id)
+		}
+		seen[h] = true
+		if id == "" {
+			continue // no transaction: the filters take any
+		}
+		f := QuarantineFilters("main", id)
+		if !slices.Contains(f, QuarantineTxSubject("main", id)) || slices.Contains(f, QuarantineTxSubject("main", id+"x")) {
+			t.Errorf("the quarantine filters of transaction %.20q: %q", id, f)
+		}
+		if f := DLQFilters("", id); !slices.Contains(f, "sengo.dlq.*."+strings.TrimPrefix(DLQTxSubject("x", id), "sengo.dlq.x.")) {
+			t.Errorf("the dead-letter filters of transaction %.20q: %q", id, f)
 		}
 	}
 }
