@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -155,5 +156,54 @@ func TestLookupCutShortIsNotTakenAsComplete(t *testing.T) {
 	defer cancel()
 	if refs, err := Lookup(ctx, js, "main", "INV-CUT", 0); err == nil && len(refs) != n {
 		t.Fatalf("lookup cut short at its deadline: %d of %d refs and no error", len(refs), n)
+	}
+}
+
+// An event id goes into an attempt's subject as it is only when it is one
+// short token (128 bytes at most): any longer one is hashed, so that no
+// id another publisher puts on an event makes a subject long enough to
+// trouble the server's control line.
+func TestAnEventIDOver128BytesIsHashedInItsSubject(t *testing.T) {
+	for n, raw := range map[int]bool{36: true, 128: true, 129: false, 4000: false} {
+		id := strings.Repeat("a", n)
+		subj := AttemptSubject("orders", id)
+		if got := strings.HasSuffix(subj, "."+id); got != raw || !raw && len(subj) > 64 {
+			t.Errorf("an event id of %d bytes: subject %.80q", n, subj)
+		}
+	}
+}
+
+// A merchantRef lookup's batched get whose counts skip (a message lost on
+// a replaced connection: 4, 3, then 0) is not taken as all the refs: the
+// lookup scans instead (here: no stream behind the answers, an error).
+func TestALookupWhoseCountsSkipIsNotAll(t *testing.T) {
+	srv := natstest.Start(t)
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if _, err := nc.Subscribe("$JS.API.DIRECT.GET."+StreamRefs, func(m *nats.Msg) {
+		for i, left := range []uint64{4, 3, 0} {
+			b, _ := json.Marshal(Ref{Project: "main", MerchantRef: "INV-1", TransactionID: fmt.Sprint("tx-", i)})
+			h := nats.Header{}
+			h.Set("Nats-Stream", StreamRefs)
+			h.Set("Nats-Sequence", fmt.Sprint(i+1))
+			h.Set("Nats-Subject", RefSubject("main", "INV-1", fmt.Sprint("tx-", i)))
+			h.Set("Nats-Time-Stamp", time.Now().UTC().Format(time.RFC3339Nano))
+			h.Set(stream.NumPendingHeader, fmt.Sprint(left))
+			_ = m.RespondMsg(&nats.Msg{Header: h, Data: b})
+		}
+		eob := nats.Header{}
+		eob.Set("Status", "204")
+		eob.Set("Description", "EOB")
+		_ = m.RespondMsg(&nats.Msg{Header: eob})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	refs, err := Lookup(t.Context(), js, "main", "INV-1", 50)
+	if err == nil && len(refs) != 5 {
+		t.Fatalf("a lookup with a count skipped: %d refs, no error", len(refs))
 	}
 }

@@ -52,3 +52,30 @@ func TestAnEmptyPasswordFileIsMadeAnew(t *testing.T) {
 		t.Fatalf("read back %q, %v; want %q", again, err, pw)
 	}
 }
+
+// Each store's generated password is its own random one (two stores, two
+// passwords), and a password file holding only blanks (a line break, an
+// editor's save) is refused, not read as an empty password.
+func TestPasswordsAreRandomAndNeverBlank(t *testing.T) {
+	a, err := PasswordFromFile(t.TempDir(), "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := PasswordFromFile(t.TempDir(), "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a == b || len(a) != generatedPasswordLen {
+		t.Fatalf("two stores' passwords: %d characters, equal %v", len(a), a == b)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "pw"), []byte(" \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if pw, err := PasswordFromFile(dir, "pw"); err == nil {
+		t.Fatalf("a file of blanks gave the password %q", pw)
+	}
+	if pw, err := ReadPassword(filepath.Join(dir, "pw")); err == nil {
+		t.Fatalf("a file of blanks read as the password %q", pw)
+	}
+}

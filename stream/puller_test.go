@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
+	"github.com/sengo-relay/sengo-relay/internal/poll"
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
@@ -132,4 +133,36 @@ func TestPullerIdleAndStopped(t *testing.T) {
 	if _, err := p.Next(); !errors.Is(err, stream.ErrPullerStopped) {
 		t.Fatalf("after Run returned: %v, want ErrPullerStopped", err)
 	}
+}
+
+// A worker that asks while a pull is in progress, and is still waiting
+// when Run stops, is told ErrPullerStopped once that pull ends: a worker
+// left waiting for good held the relay's shutdown.
+func TestAWorkerQueuedWhenRunStopsIsTold(t *testing.T) {
+	cons, _ := pullerFixture(t, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	p := stream.NewPuller(cons, 2*time.Second)
+	ran := make(chan struct{})
+	go func() { p.Run(ctx); close(ran) }()
+	first := make(chan error, 1)
+	go func() { _, err := p.Next(); first <- err }()
+	poll.Until(t, "the first worker's pull waiting at the server", func() bool {
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumWaiting == 1
+	})
+	second := make(chan error, 1)
+	go func() { _, err := p.Next(); second <- err }() // queued behind the pull in progress
+	cancel()
+	if err := <-first; !errors.Is(err, jetstream.ErrNoMessages) {
+		t.Fatalf("the worker whose pull ran: %v", err)
+	}
+	select {
+	case err := <-second:
+		if !errors.Is(err, stream.ErrPullerStopped) {
+			t.Fatalf("the queued worker: %v, want ErrPullerStopped", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the queued worker is still waiting 10 s after Run stopped")
+	}
+	<-ran
 }

@@ -1,8 +1,13 @@
 package stream_test
 
 import (
+	"encoding/json"
+	"slices"
+	"strconv"
 	"testing"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
@@ -35,5 +40,104 @@ func TestOldestUnsettledOfSeveralFilters(t *testing.T) {
 	m, err := stream.OldestUnsettled(ctx, s, cons.CachedInfo())
 	if err != nil || m == nil || m.Sequence != 1 {
 		t.Fatalf("oldest unsettled %+v (%v), want the message at sequence 1", m, err)
+	}
+}
+
+// fakeSubject answers batched direct gets of stream FAKE as the server
+// does, from a subject of five messages (sequences 1 to 5), at most two
+// messages an answer; drop, given the request's number (from 1) and its
+// start, names the sequences that answer leaves out (a connection closed
+// and replaced mid-batch), with every other message's count of those
+// after it as the server has it.
+func fakeSubject(t *testing.T, drop func(req int, from uint64) []uint64) jetstream.JetStream {
+	t.Helper()
+	srv := natstest.Start(t)
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	reqs := 0
+	if _, err := nc.Subscribe("$JS.API.DIRECT.GET.FAKE", func(m *nats.Msg) {
+		var req struct {
+			Seq uint64 `json:"seq"`
+		}
+		_ = json.Unmarshal(m.Data, &req)
+		reqs++
+		dropped := drop(reqs, req.Seq)
+		sent := 0
+		for seq := req.Seq; seq <= 5 && sent < 2; seq++ {
+			if slices.Contains(dropped, seq) {
+				continue
+			}
+			h := nats.Header{}
+			h.Set("Nats-Stream", "FAKE")
+			h.Set("Nats-Sequence", strconv.FormatUint(seq, 10))
+			h.Set("Nats-Subject", "tx.a")
+			h.Set("Nats-Time-Stamp", time.Now().UTC().Format(time.RFC3339Nano))
+			h.Set(stream.NumPendingHeader, strconv.FormatUint(5-seq, 10))
+			_ = m.RespondMsg(&nats.Msg{Header: h, Data: []byte("m" + strconv.FormatUint(seq, 10))})
+			sent++
+		}
+		eob := nats.Header{}
+		eob.Set("Status", "204")
+		eob.Set("Description", "EOB")
+		_ = m.RespondMsg(&nats.Msg{Header: eob})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	return js
+}
+
+// ReadSubject never returns part of a transaction's messages as all of
+// them (intake's receipt-order reads, a story's quarantined notifications):
+// a message lost within an answer, or at the start of one, is asked for
+// again; an answer with nothing while more were announced, and losses in
+// every answer, are errors.
+func TestReadSubjectNeverReturnsAPartAsAll(t *testing.T) {
+	read := func(js jetstream.JetStream) ([]uint64, error) {
+		var seen []uint64
+		err := stream.ReadSubject(t.Context(), js, "FAKE", "tx.a", func(m *jetstream.RawStreamMsg) bool {
+			seen = append(seen, m.Sequence)
+			return true
+		})
+		return seen, err
+	}
+	all := []uint64{1, 2, 3, 4, 5}
+	for _, tc := range []struct {
+		name string
+		drop func(req int, from uint64) []uint64
+		err  bool
+	}{
+		// The first answer: 1, 2 (counts 4, 3); the second 3 lost within
+		// it: 4 counts 1 after 2 counted 3 (the start of an answer may
+		// count arrivals, never fewer).
+		{"lost within an answer", func(req int, _ uint64) []uint64 {
+			if req == 1 {
+				return []uint64{2}
+			}
+			return nil
+		}, false},
+		{"lost at an answer's start, once", func(req int, _ uint64) []uint64 {
+			if req == 2 {
+				return []uint64{3}
+			}
+			return nil
+		}, false},
+		{"an empty answer while more were announced", func(req int, _ uint64) []uint64 {
+			if req == 2 {
+				return []uint64{3, 4, 5}
+			}
+			return nil
+		}, true},
+		// (A loss two answers agree on at an answer's start is taken for
+		// messages removed meanwhile.)
+		{"lost within every answer", func(_ int, from uint64) []uint64 { return []uint64{from + 1} }, true},
+	} {
+		got, err := read(fakeSubject(t, tc.drop))
+		if tc.err && err == nil || !tc.err && (err != nil || !slices.Equal(got, all)) {
+			t.Errorf("%s: read %v, %v", tc.name, got, err)
+		}
 	}
 }
