@@ -1,6 +1,7 @@
 package stream_test
 
 import (
+	"context"
 	"encoding/json"
 	"slices"
 	"strconv"
@@ -139,5 +140,33 @@ func TestReadSubjectNeverReturnsAPartAsAll(t *testing.T) {
 		if tc.err && err == nil || !tc.err && (err != nil || !slices.Equal(got, all)) {
 			t.Errorf("%s: read %v, %v", tc.name, got, err)
 		}
+	}
+}
+
+// A read of the oldest unsettled message that fails (the store stopped)
+// is an error, never "none": provisioning would lower a max_age over
+// messages no consumer has settled, and the expiry guard miss them. A
+// consumer with nothing after its floor has none.
+func TestOldestUnsettledReportsAFailedRead(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := t.Context()
+	s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "O", Subjects: []string{"o.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, FilterSubjects: []string{"o.a", "o.b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci := c.CachedInfo()
+	if m, err := stream.OldestUnsettled(ctx, s, ci); m != nil || err != nil {
+		t.Fatalf("an empty stream: %v, %v", m, err)
+	}
+	srv.Stop()
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if m, err := stream.OldestUnsettled(short, s, ci); err == nil {
+		t.Fatalf("a read of a stopped store: %v and no error", m)
 	}
 }
