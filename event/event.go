@@ -50,7 +50,8 @@ type Data struct {
 	PaidAt      *string `json:"paidAt"`                // as SenGo sent it, or null
 	// Confirmed is true when SenGo's API agreed with the callback.
 	Confirmed bool `json:"confirmed"`
-	// Raw is SenGo's transaction object exactly as received.
+	// Raw is SenGo's transaction object as received, compacted when the
+	// event is encoded (whitespace between tokens dropped).
 	Raw json.RawMessage `json:"raw"`
 }
 

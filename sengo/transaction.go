@@ -209,8 +209,10 @@ func read(d *jsontext.Decoder) (value, error) {
 	case '"':
 		out.str = string(unquote(v))
 	case '0':
+		// Not "-0": ParseInt reads it as 0, and the event's amount would
+		// then say other than its raw object.
 		n, err := strconv.ParseInt(string(v), 10, 64)
-		out.num, out.int = n, err == nil && n >= 0
+		out.num, out.int = n, err == nil && n >= 0 && v[0] != '-'
 	}
 	return out, nil
 }

@@ -166,7 +166,7 @@ func (p *refParser) amount(key string) int64 {
 		return 0
 	}
 	i, err := n.Int64()
-	if err != nil || i < 0 {
+	if err != nil || i < 0 || v[0] == '-' {
 		p.fail(key, "must be a non-negative integer")
 		return 0
 	}

@@ -155,6 +155,9 @@ func TestParseCallbackRejects(t *testing.T) {
 		{"unknown status", retail("status", `"paid"`), false, "status"},
 		{"uppercase status", retail("status", `"SUCCESS"`), false, "status"},
 		{"negative amount", retail("amount", `-1`), false, "amount"},
+		// ParseInt reads it as 0: the event's amount would say other than
+		// its raw object.
+		{"negative zero amount", retail("amount", `-0`), false, "amount"},
 		{"fractional amount", retail("amount", `100.5`), false, "amount"},
 		{"string amount", retail("amount", `"10000"`), false, "amount"},
 		{"missing totalAmount", retail("totalAmount", "-"), false, "totalAmount"},
