@@ -7,8 +7,8 @@ import (
 )
 
 // Marshal encodes e as the bytes stored in SENGO_EVENTS and sent to
-// webhooks. HTML characters are not escaped, so data.raw stays byte for
-// byte what SenGo sent.
+// webhooks. HTML characters are not escaped, so data.raw keeps SenGo's
+// names and values as sent (compacted: whitespace between tokens goes).
 func Marshal(e Event) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)

@@ -8,9 +8,9 @@ import (
 	"testing"
 )
 
-// An event is stored with <, > and & as they are: data.raw is byte for
-// byte what SenGo sent (escaped, each is six bytes, and a large callback's
-// event outgrew what the store takes).
+// An event is stored with <, > and & as they are: data.raw keeps what
+// SenGo sent (escaped, each is six bytes, and a large callback's event
+// outgrew what the store takes).
 func TestMarshalKeepsHTMLCharacters(t *testing.T) {
 	b, err := Marshal(Event{ID: "evt_1", Data: Data{MerchantRef: "PO&1<a>", Raw: json.RawMessage(`{"a":"<&>"}`)}})
 	if err != nil {
