@@ -294,6 +294,21 @@ func TestClientBoundsSenGosErrorText(t *testing.T) {
 	}
 }
 
+// SenGo's error code is kept as it is only when it looks like one (63
+// capitals at most): a responseMessage of 2 MiB of capitals went whole into
+// the error, its log line and a quarantine's reason.
+func TestClientBoundsSenGosErrorCode(t *testing.T) {
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusUnprocessableEntity)
+		_, _ = io.WriteString(w, `{"responseCode":422,"responseMessage":"`+strings.Repeat("A", 2<<20)+`"}`)
+	}))
+	defer api.Close()
+	_, err := sengo.NewClient(api.URL+"/api", "SC-KEY", "secret-token-0000000000").Check(context.Background(), "abc", false)
+	if err == nil || len(err.Error()) > 400 {
+		t.Fatalf("an error code of 2 MiB: an error of %d bytes", len(fmt.Sprint(err)))
+	}
+}
+
 // An answer SenGo's envelope or object cannot be decoded from made an
 // error that quoted it: a responseCode or an amount of megabytes of
 // digits put megabytes into a log line, a trace and a quarantine's reason

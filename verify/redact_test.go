@@ -139,6 +139,11 @@ func TestRedactIn(t *testing.T) {
 			t.Errorf("RedactIn(%s) = %s, want %s", in, got, want)
 		}
 	}
+	// A secret that ends in a character escaped in lowercase (base64's
+	// padding, '+'): its last escape is matched too.
+	if got := string(RedactIn([]byte(`{"callback":"https://relay/cb?t=abc%2bdef%3d0123456789%3d"}`), "abc+def=0123456789=")); got != `{"callback":"https://relay/cb?t=[redacted]"}` {
+		t.Errorf("a secret ending in an escape: %s", got)
+	}
 	if got := string(RedactIn([]byte(`{"a":"b"}`), "")); got != `{"a":"b"}` {
 		t.Errorf("an empty secret changed %s", got)
 	}

@@ -37,7 +37,15 @@ func newStdLogger(l zerolog.Logger) *stdlog.Logger {
 
 type lineWriter struct{ l zerolog.Logger }
 
+// maxStdLine bounds a line of net/http's as logged: it may quote what a
+// client sent (the protocols a TLS handshake offered, up to 64 KiB).
+const maxStdLine = 1024
+
 func (w lineWriter) Write(p []byte) (int, error) {
-	w.l.Warn().Msg(strings.TrimSpace(string(p)))
+	s := strings.TrimSpace(string(p))
+	if len(s) > maxStdLine {
+		s = s[:maxStdLine] + "…"
+	}
+	w.l.Warn().Msg(strings.ToValidUTF8(s, "?"))
 	return len(p), nil
 }

@@ -584,6 +584,7 @@ func TestCheckConfigShowsConfirmationAndRedacts(t *testing.T) {
 projects:
   main: {api_key: SC-KEY-123, token: tok-secret-456, base_url: "http://127.0.0.1:8090/api", require_confirmation: true}
   open: {}
+  gw: {api_key: SC-KEY-789, token: tok-secret-789, base_url: "https://gw:apipw0123456@api.example.id/api", callback_token: cbtok-0123456789abcdef}
 `), 0o600)
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"check-config", "--config", path}, &out, io.Discard); err != nil {
@@ -594,12 +595,13 @@ projects:
 		"project main: POST /callbacks/sengo/main, confirm on against http://127.0.0.1:8090/api, required, signature optional, api token on",
 		"project open: POST /callbacks/sengo/open, confirm off (events carry confirmed: false), signature off, api token off",
 		"nats://relay:xxxxx@10.0.0.1:4222",
+		"project gw: POST /callbacks/sengo/gw/<callback_token>, confirm on against https://gw:xxxxx@api.example.id/api",
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("check-config does not say %q:\n%s", want, s)
 		}
 	}
-	for _, secret := range []string{"s3cretpass", "SC-KEY-123", "tok-secret-456"} {
+	for _, secret := range []string{"s3cretpass", "SC-KEY-123", "tok-secret-456", "SC-KEY-789", "tok-secret-789", "apipw0123456", "cbtok-0123456789abcdef"} {
 		if strings.Contains(s, secret) {
 			t.Errorf("check-config prints a secret:\n%s", s)
 		}

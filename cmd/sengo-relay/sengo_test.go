@@ -17,9 +17,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/sengo-relay/sengo-relay/event"
 	"github.com/sengo-relay/sengo-relay/internal/config"
@@ -465,5 +467,17 @@ func TestReconcileCatchUpStaysShortOfTheTTL(t *testing.T) {
 		if got := reconcileCatchUp(cfg); got != tc.want {
 			t.Errorf("ttl %s: catch up %s, want %s", tc.ttl, got, tc.want)
 		}
+	}
+}
+
+// net/http's error lines (a TLS handshake's failure) may quote what a
+// client sent, such as the protocols it offered, up to 64 KiB: each
+// reaches the log cut to 1 KiB of valid UTF-8.
+func TestNetHTTPsErrorLinesAreBounded(t *testing.T) {
+	var logs bytes.Buffer
+	l := newStdLogger(zerolog.New(&logs))
+	l.Printf("http: TLS handshake error from 192.0.2.1:5000: tls: client requested unsupported application protocols ([%s])", strings.Repeat("h2\xff,", 20000))
+	if n := len(logs.String()); n > 1200 || !strings.Contains(logs.String(), "TLS handshake error") || !utf8.ValidString(logs.String()) {
+		t.Fatalf("a line of %d bytes: %.200q", n, logs.String())
 	}
 }

@@ -372,3 +372,26 @@ func TestAdminServesItsOwnNames(t *testing.T) {
 		t.Fatalf("bad admin.hosts: %v", err)
 	}
 }
+
+// A secret file that is empty (or holds a line break only) is an error,
+// and so is a secret written as a list or a mapping: either loaded as no
+// secret, and a callback_token left out took the token off the callback
+// route, an api_key the confirmation, without a word.
+func TestASecretThatIsNoneIsAnError(t *testing.T) {
+	for _, content := range []string{"", "\n", "\r\n"} {
+		path := filepath.Join(t.TempDir(), "tok")
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Load(write(t, "projects:\n  main: {callback_token_file: "+path+"}\n"), noEnv)
+		if err == nil || !strings.Contains(err.Error(), "callback_token_file") || !strings.Contains(err.Error(), "is empty") {
+			t.Errorf("a callback_token_file of %q: %v", content, err)
+		}
+	}
+	for _, v := range []string{"[tok-0123456789abcdef]", "{a: tok-0123456789abcdef}"} {
+		_, err := Load(write(t, "projects:\n  main: {callback_token: "+v+"}\n"), noEnv)
+		if err == nil || !strings.Contains(err.Error(), "a secret must be a string") {
+			t.Errorf("a callback_token of %s: %v", v, err)
+		}
+	}
+}
