@@ -161,9 +161,6 @@ func (c *Confirmer) ChecksAnswered(ctx context.Context, project string, since ti
 			return false
 		}
 	} else {
-		if _, at, ok := p.last(); !ok && time.Since(at) < probeFresh {
-			return false // a "no" stands for every caller: none waits for the turn
-		}
 		select {
 		case p.turn <- struct{}{}:
 		case <-ctx.Done():

@@ -392,3 +392,24 @@ func TestInAnOutageOneCallerAtATimeAsksSenGo(t *testing.T) {
 		return ok && err == nil
 	})
 }
+
+// A probe's "no" (no answer in its whole time) stands for the callers that
+// waited for their turn behind it: none sends a probe of its own, though
+// their checks failed after that probe was sent.
+func TestAProbesNoStandsForThoseWaitingBehindIt(t *testing.T) {
+	sb, base := startSandbox(t, sandbox.Config{})
+	probes, counted := countingSandbox(t, base, func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/check/"+sengo.ProbeIDPrefix) })
+	c := sengo.NewConfirmer(map[string]*sengo.Client{"shop": sengo.NewClient(counted+"/api", key, token)}, sengo.CheckTimeout(500*time.Millisecond))
+	sb.SetFaults(sandbox.Faults{Latency: sandbox.Duration(3 * time.Second)})
+	first := make(chan bool)
+	go func() { first <- c.ChecksAnswered(context.Background(), "shop", time.Now()) }()
+	poll.Until(t, "the first probe sent", func() bool { return probes.Load() > 0 })
+	second := make(chan bool)
+	go func() { second <- c.ChecksAnswered(context.Background(), "shop", time.Now()) }() // waits for its turn
+	if <-first || <-second {
+		t.Fatal("a probe SenGo does not answer said yes")
+	}
+	if n := probes.Load(); n != 1 {
+		t.Fatalf("%d probes, want the one: its no stands for the caller behind it", n)
+	}
+}
