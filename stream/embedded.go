@@ -332,7 +332,7 @@ const RelayInboxPrefix = "_SENGO_RELAY_INBOX"
 
 // connectPulls opens the guard's connection in the subscriber's account,
 // as an identity of the relay's own making that may send the pulls it lets
-// through (pullsOut) and its refusals to the client's inbox, and nothing
+// through (pullsOut, acksOut) and its refusals to the client's inbox, and nothing
 // else.
 func (e *Embedded) connectPulls(auth *authenticator) error {
 	subs, err := subscriberAccount(e.srv)
@@ -340,7 +340,7 @@ func (e *Embedded) connectPulls(auth *authenticator) error {
 		return err
 	}
 	auth.pulls.Store(&server.User{Username: auth.pullsUser, Account: subs, Permissions: &server.Permissions{
-		Publish:   &server.SubjectPermission{Allow: []string{pullsOut + ".>", "_INBOX.>"}},
+		Publish:   &server.SubjectPermission{Allow: []string{pullsOut + ".>", acksOut + ".>", "_INBOX.>"}},
 		Subscribe: &server.SubjectPermission{Deny: []string{">"}},
 	}})
 	e.pulls, err = nats.Connect("", nats.InProcessServer(e.srv), nats.UserInfo(auth.pullsUser, auth.pullsPassword),

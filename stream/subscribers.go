@@ -50,23 +50,43 @@ const guardPrefix = "_SENGO_RELAY_GUARD"
 // a name, whichever endpoints are configured now.
 const ReservedConsumerPrefix = "webhook-"
 
-// The subscriber's pulls (pullPrefix) reach the relay's account through
-// the relay: they come to the guard under pullsIn (a stream import, which
-// keeps the client's reply subject), and the guard sends those it lets
-// through from the subscriber's account under pullsOut, which the
-// subscriber's account imports as the pull. Its answers, every message
-// and heartbeat, go from the consumer to the client as before. A client
-// connection cannot pass a pull on with the reply the server gives a
-// request crossing accounts (_R_.…: reserved), so the guard's is a
-// connection in the subscriber's account. The subscriber may send
-// nothing under pullsOut.
+// The subscriber's pulls (pullPrefix) and acks (ackPrefix: an ack's body
+// "+NXT {…}" is a pull too) reach the relay's account through the relay:
+// they come to the guard under pullsIn and acksIn (stream imports, which
+// keep the client's reply subject), and the guard sends those it lets
+// through from the subscriber's account under pullsOut and acksOut, which
+// the subscriber's account imports as the pull and the ack. Their
+// answers, every message and heartbeat, go from the consumer to the client
+// as before. A client connection cannot pass a request on with the reply
+// the server gives one crossing accounts (_R_.…: reserved), so the guard's
+// is a connection in the subscriber's account. The subscriber may send
+// nothing under pullsOut or acksOut.
 const (
 	pullsIn  = "_SENGO_RELAY_PULLS_IN"
 	pullsOut = "_SENGO_RELAY_PULLS"
+	acksIn   = "_SENGO_RELAY_ACKS_IN"
+	acksOut  = "_SENGO_RELAY_ACKS"
 )
 
-// pullPrefix starts the subject of a pull request.
-const pullPrefix = "$JS.API.CONSUMER.MSG.NEXT."
+// pullPrefix starts the subject of a pull request, ackPrefix that of an
+// ack.
+const (
+	pullPrefix = "$JS.API.CONSUMER.MSG.NEXT."
+	ackPrefix  = "$JS.ACK."
+)
+
+// passedOn maps a subject the subscriber sends its pulls or acks to (the
+// server's own) to the one the guard passes them on under, for the import
+// from the relay's account.
+func passedOn(subj string) string {
+	if rest, ok := strings.CutPrefix(subj, pullPrefix); ok {
+		return pullsOut + "." + rest
+	}
+	if rest, ok := strings.CutPrefix(subj, ackPrefix); ok {
+		return acksOut + "." + rest
+	}
+	return subj
+}
 
 // SubscriberDeliverPrefix is the only place a subscriber's push consumer
 // may deliver to. Anywhere else in the relay's account a stream could
@@ -214,8 +234,9 @@ func subscriberAPI(st string) map[string]server.ServiceRespType {
 		// the server takes no batch there. The form with a body is
 		// guarded (guardedAPI).
 		"$JS.API.DIRECT.GET." + st + ".>": server.Singleton,
-		pullPrefix + st + ".>":            server.Streamed, // imported as pullsOut
-		"$JS.ACK." + st + ".>":            server.Singleton, "$JS.FC." + st + ".>": server.Singleton,
+		pullPrefix + st + ".>":            server.Streamed,  // imported as pullsOut
+		ackPrefix + st + ".>":             server.Singleton, // imported as acksOut
+		"$JS.FC." + st + ".>":             server.Singleton,
 	}
 }
 
@@ -266,11 +287,7 @@ func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn, pulls *nats.Con
 		if err := g.SetServiceExportResponseThreshold(subj, wait); err != nil {
 			return fmt.Errorf("export %s: %w", subj, err)
 		}
-		from := subj
-		if strings.HasPrefix(subj, pullPrefix) {
-			from = pullsOut + "." + strings.TrimPrefix(subj, pullPrefix)
-		}
-		if err := subs.AddServiceImport(g, from, subj); err != nil {
+		if err := subs.AddServiceImport(g, passedOn(subj), subj); err != nil {
 			return fmt.Errorf("import %s: %w", subj, err)
 		}
 	}
@@ -295,18 +312,19 @@ func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn, pulls *nats.Con
 			return fmt.Errorf("import %s: %w", subj, err)
 		}
 	}
-	// The pulls, to the guard.
-	pull := pullPrefix + a.Stream + ".>"
-	if err := subs.AddStreamExport(pull, []*server.Account{g}); err != nil {
-		return fmt.Errorf("export %s: %w", pull, err)
-	}
-	if err := g.AddStreamImport(subs, pull, pullsIn); err != nil {
-		return fmt.Errorf("import %s: %w", pull, err)
-	}
 	gd := &guard{conn: conn, pulls: pulls, stream: a.Stream, protected: a.Protected,
 		admitted: make(chan struct{}, guardQueued), running: make(chan struct{}, guardInFlight), creating: make(chan struct{}, 1)}
-	if _, err := conn.Subscribe(pullsIn+".>", gd.pull); err != nil {
-		return err
+	// The pulls and acks, to the guard.
+	for subj, in := range map[string]string{pullPrefix + a.Stream + ".>": pullsIn, ackPrefix + a.Stream + ".>": acksIn} {
+		if err := subs.AddStreamExport(subj, []*server.Account{g}); err != nil {
+			return fmt.Errorf("export %s: %w", subj, err)
+		}
+		if err := g.AddStreamImport(subs, subj, in); err != nil {
+			return fmt.Errorf("import %s: %w", subj, err)
+		}
+		if _, err := conn.Subscribe(in+".>", gd.passOn); err != nil {
+			return err
+		}
 	}
 	_, err = conn.Subscribe(guardPrefix+".>", gd.handle)
 	return err
@@ -475,33 +493,50 @@ func (g *guard) pass(m *nats.Msg, subj string) {
 // nats.go's Fetch asks for 5 s, its Consume for half the pull's expiry.
 const SubscriberMinHeartbeat = time.Second
 
-// pull passes a pull request on as the pull it is, with the client's
-// reply subject, unless its idle_heartbeat is under
-// SubscriberMinHeartbeat. In the subscription's goroutine: it waits for
-// nothing, and a client's pulls keep their order. A body the server
-// cannot read is passed on for its own answer (400).
-func (g *guard) pull(m *nats.Msg) {
-	if m.Reply == "" {
+// passOn passes a pull or an ack (which came under pullsIn or acksIn) on
+// as it is, with the client's reply subject, unless it asks for a pull
+// whose idle_heartbeat is under SubscriberMinHeartbeat: a pull's body, or
+// an ack's after "+NXT" (nats-server takes that as a pull whether or not
+// the ack acknowledges anything). In the subscription's goroutine: it
+// waits for nothing, and a client's pulls and acks keep their order. A
+// body the server cannot read is passed on for its own answer.
+func (g *guard) passOn(m *nats.Msg) {
+	subj, pull := strings.CutPrefix(m.Subject, pullsIn+".")
+	if !pull {
+		subj = strings.TrimPrefix(m.Subject, acksIn+".")
+	}
+	if pull && m.Reply == "" {
 		return // the server ignores a pull without one
 	}
 	if n := m.Size(); n > guardMaxRequest {
 		g.refuse(m, fmt.Errorf("%w: a request of %d bytes; the JetStream API's are at most %d", errTooLarge, n, guardMaxRequest))
 		return
 	}
-	if body := bytes.TrimSpace(m.Data); len(body) > 0 && body[0] == '{' {
-		// As nats-server reads it (encoding/json, nanoseconds).
-		var req struct {
-			Heartbeat int64 `json:"idle_heartbeat"`
-		}
-		if json.Unmarshal(body, &req) == nil && req.Heartbeat > 0 && req.Heartbeat < int64(SubscriberMinHeartbeat) {
-			g.refuse(m, fmt.Errorf("%w: a pull's idle_heartbeat is at least %s", errForbidden, SubscriberMinHeartbeat))
-			return
-		}
+	next := m.Data
+	if !pull {
+		next, pull = bytes.CutPrefix(m.Data, []byte("+NXT")) // as the server reads it
 	}
-	to := pullsOut + "." + strings.TrimPrefix(m.Subject, pullsIn+"."+pullPrefix)
-	if err := g.pulls.PublishMsg(&nats.Msg{Subject: to, Reply: m.Reply, Header: m.Header, Data: m.Data}); err != nil {
-		g.refuse(m, fmt.Errorf("%w: the store did not take the pull", errUnavailable))
+	if pull && fastHeartbeat(next) {
+		g.refuse(m, fmt.Errorf("%w: a pull's idle_heartbeat is at least %s", errForbidden, SubscriberMinHeartbeat))
+		return
 	}
+	if err := g.pulls.PublishMsg(&nats.Msg{Subject: passedOn(subj), Reply: m.Reply, Header: m.Header, Data: m.Data}); err != nil {
+		g.refuse(m, fmt.Errorf("%w: the store did not take it", errUnavailable))
+	}
+}
+
+// fastHeartbeat reports whether a pull request's body asks for an
+// idle_heartbeat under SubscriberMinHeartbeat, as nats-server reads it
+// (encoding/json, nanoseconds; only a JSON object has one).
+func fastHeartbeat(body []byte) bool {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 || body[0] != '{' {
+		return false
+	}
+	var req struct {
+		Heartbeat int64 `json:"idle_heartbeat"`
+	}
+	return json.Unmarshal(body, &req) == nil && req.Heartbeat > 0 && req.Heartbeat < int64(SubscriberMinHeartbeat)
 }
 
 // creates reports whether subj creates (or updates) a consumer.
@@ -654,7 +689,7 @@ func (g *guard) room(name string) error {
 // and nats.go reads either).
 func (g *guard) refuse(m *nats.Msg, err error) {
 	code := refusalCode(err)
-	pull := strings.HasPrefix(m.Subject, pullsIn+".")
+	pull := strings.HasPrefix(m.Subject, pullsIn+".") || strings.HasPrefix(m.Subject, acksIn+".")
 	if pull || "$JS.API"+strings.TrimPrefix(m.Subject, guardPrefix) == "$JS.API.DIRECT.GET."+g.stream {
 		if code == 503 {
 			// An empty answer of status 503 is "no responders" to nats.go,
@@ -665,8 +700,11 @@ func (g *guard) refuse(m *nats.Msg, err error) {
 		h.Set("Status", strconv.Itoa(code))
 		h.Set("Description", err.Error())
 		if pull {
-			// The reply is the client's, in the subscriber's account.
-			_ = g.pulls.PublishMsg(&nats.Msg{Subject: m.Reply, Header: h})
+			// The reply is the client's, in the subscriber's account (none:
+			// an ack sent without one hears nothing).
+			if m.Reply != "" {
+				_ = g.pulls.PublishMsg(&nats.Msg{Subject: m.Reply, Header: h})
+			}
 			return
 		}
 		_ = m.RespondMsg(&nats.Msg{Header: h})

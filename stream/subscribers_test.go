@@ -822,11 +822,20 @@ func TestTheSubscribersPullsHeartbeatAtMostOnceASecond(t *testing.T) {
 			t.Errorf("a pull with a heartbeat of %s: %v %v %q", hb, err, m.Header, m.Data)
 		}
 	}
+	// Nor as an ack's next request (+NXT), which the consumer takes as a
+	// pull, whatever the ack acknowledges (here nothing).
+	if m, err := sub.Request("$JS.ACK.SENGO_EVENTS.x.1.0.0.0.0", fmt.Appendf(nil, `+NXT {"batch":1,"expires":%d,"idle_heartbeat":1}`, time.Hour), 10*time.Second); err != nil || m.Header.Get("Status") != "403" || !strings.Contains(m.Header.Get("Description"), "idle_heartbeat") {
+		t.Errorf("an ack's next request with a heartbeat of 1 ns: %v %v", err, m)
+	}
 	// Nor may it send a pull where the relay sends those it lets through.
 	if m, err := sub.Request("_SENGO_RELAY_PULLS.SENGO_EVENTS.x", fmt.Appendf(nil, `{"batch":1,"expires":%d,"idle_heartbeat":1}`, time.Hour), 2*time.Second); err == nil {
 		t.Errorf("a pull sent past the relay was answered: %v", m.Header)
 	}
 	sub = subscriberConn(t, e) // (the permissions violation may close the connection)
+	if m, err := sub.Request("_SENGO_RELAY_ACKS.SENGO_EVENTS.x.1.0.0.0.0", fmt.Appendf(nil, `+NXT {"batch":1,"expires":%d,"idle_heartbeat":1}`, time.Hour), 2*time.Second); err == nil {
+		t.Errorf("an ack's next request sent past the relay was answered: %v", m.Header)
+	}
+	sub = subscriberConn(t, e)
 	// One of 1 s is passed on: its heartbeats come, and so do messages,
 	// to the client's own reply subject.
 	m, err := sub.Request("$JS.API.CONSUMER.MSG.NEXT.SENGO_EVENTS.x", fmt.Appendf(nil, `{"batch":1,"expires":%d,"idle_heartbeat":%d}`, 3*time.Second, time.Second), 10*time.Second)
