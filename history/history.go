@@ -44,6 +44,10 @@ type Reconciliation struct {
 	Fed      int       `json:"fed"`
 	Resend   bool      `json:"resend,omitempty"`
 	Error    string    `json:"error,omitempty"`
+	// Unread are the days (YYYY-MM-DD, SenGo's, oldest first) of the
+	// window the run did not read whole: a list that failed, or a stop
+	// before the day. The next periodic run reads them again.
+	Unread []string `json:"unread,omitempty"`
 	// Found are the first status changes found missing (at most 50).
 	Found []Found `json:"found"`
 }

@@ -2359,23 +2359,33 @@ func TestAStoreErrorKeepsTheDaysOtherFailures(t *testing.T) {
 // being moved) looked back only its window once started again: the
 // callbacks SenGo sent in the first days of the stop, which it may never
 // send again, were never fed though SenGo still listed them. A periodic
-// run now looks back to the start of the project's last run that reached
-// SenGo (a run that failed whole does not count), at most CatchUp; a
-// project with no run recorded looks back its window.
+// run now looks back to what the project's last periodic run left: all
+// since it started, and the days it did not read whole (Unread; a record
+// of a failed run without them, its whole window), at most CatchUp. A run
+// of the CLI is not counted (its --since says nothing of earlier days); a
+// project with no periodic run looks back its window.
 func TestAReconciliationAfterALongStopLooksBackToTheLastRun(t *testing.T) {
 	h := newHarness(t, true)
 	if _, err := h.js.CreateStream(t.Context(), jetstream.StreamConfig{Name: history.StreamReconcile, Subjects: []string{history.SubjectsReconcile}}); err != nil {
 		t.Fatal(err)
 	}
+	now := time.Now()
+	day := func(back time.Duration) string { return now.Add(-back).In(wib).Format("2006-01-02") }
 	var mu sync.Mutex
 	dates := map[string][]string{}
 	api := func(project string) *sengo.Client {
 		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			q := r.URL.Query()
 			mu.Lock()
-			if q := r.URL.Query(); q.Get("status") == "success" {
+			if q.Get("status") == "success" {
 				dates[project] = append(dates[project], q.Get("date"))
 			}
 			mu.Unlock()
+			if project == "main" && q.Get("date") == day(48*time.Hour) {
+				w.WriteHeader(http.StatusInternalServerError) // this run leaves that day unread
+				_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 500, "responseMessage": "internal error"})
+				return
+			}
 			_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": []json.RawMessage{}})
 		}))
 		t.Cleanup(s.Close)
@@ -2385,26 +2395,45 @@ func TestAReconciliationAfterALongStopLooksBackToTheLastRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	// main's last run that reached SenGo was four days ago; one a day ago
-	// failed whole.
-	runs.Reconciliation(history.Reconciliation{Project: "main", Started: now.Add(-96 * time.Hour), Checked: 3})
-	runs.Reconciliation(history.Reconciliation{Project: "main", Started: now.Add(-24 * time.Hour), Error: "SenGo unreachable"})
+	for _, r := range []history.Reconciliation{
+		// main's last periodic run, a day ago, left a day four days back
+		// unread.
+		{Project: "main", Trigger: TriggerPeriodic, Started: now.Add(-96 * time.Hour), Checked: 3},
+		{Project: "main", Trigger: TriggerPeriodic, Started: now.Add(-24 * time.Hour), Error: "one day failed", Unread: []string{day(96 * time.Hour)}},
+		// stopped's, four days ago, read all; a run of the CLI since
+		// looked back an hour.
+		{Project: "stopped", Trigger: TriggerPeriodic, Started: now.Add(-96 * time.Hour), Checked: 3},
+		{Project: "stopped", Trigger: "cli", Started: now.Add(-time.Hour), Window: "1h0m0s", Checked: 1},
+		// old's failed a day ago, recorded before Unread: its 72h window.
+		{Project: "old", Trigger: TriggerPeriodic, Started: now.Add(-24 * time.Hour), Window: "72h0m0s", Error: "SenGo unreachable"},
+	} {
+		runs.Reconciliation(r)
+	}
 	if err := runs.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Reconcile(t.Context(), ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"main": api("main"), "fresh": api("fresh")},
-		Window: 48 * time.Hour, CatchUp: ReconcileWindowMax, Now: func() time.Time { return now }, Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
-	if err != nil {
+	projects := map[string]Lister{}
+	for _, p := range []string{"main", "stopped", "old", "fresh"} {
+		projects[p] = api(p)
+	}
+	_, err = Reconcile(t.Context(), ReconcileConfig{JetStream: h.js, Projects: projects, Window: 48 * time.Hour, CatchUp: ReconcileWindowMax,
+		Trigger: TriggerPeriodic, Runs: runs, Now: func() time.Time { return now }, Metrics: h.metrics, Logger: h.cfgLogger()}, nil)
+	if err == nil {
+		t.Fatal("main's failing day reported no error")
+	}
+	mu.Lock()
+	for p, from := range map[string]string{"main": day(96 * time.Hour), "stopped": day(96 * time.Hour), "old": day(96 * time.Hour), "fresh": day(48 * time.Hour)} {
+		if got := dates[p]; len(got) == 0 || got[0] != from || got[len(got)-1] != day(0) {
+			t.Errorf("%s read the days %v, want from %s to today", p, got, from)
+		}
+	}
+	mu.Unlock()
+	// This run's record names the day it left unread, for the next.
+	if err := runs.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	day := func(back time.Duration) string { return now.Add(-back).In(wib).Format("2006-01-02") }
-	mu.Lock()
-	defer mu.Unlock()
-	if got := dates["main"]; len(got) != 5 || got[0] != day(96*time.Hour) {
-		t.Errorf("main read the days %v, want from %s (its last run that reached SenGo) to today", got, day(96*time.Hour))
-	}
-	if got := dates["fresh"]; len(got) != 3 || got[0] != day(48*time.Hour) {
-		t.Errorf("a project with no run read the days %v, want its window's, from %s", got, day(48*time.Hour))
+	last, err := history.Reconciliations(t.Context(), h.js, "main", 1)
+	if err != nil || len(last) != 1 || !slices.Equal(last[0].Unread, []string{day(48 * time.Hour)}) {
+		t.Fatalf("main's record: %v %+v", err, last)
 	}
 }

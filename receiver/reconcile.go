@@ -41,12 +41,11 @@ type ReconcileConfig struct {
 	Configured []string
 	// Window is how far back to look (at most SenGo's 7 days).
 	Window time.Duration
-	// CatchUp, when over Window, lets a project's run look back further:
-	// to the start of its last run that reached SenGo (lastReached), at
-	// most CatchUp. A relay stopped (or a project's API failing) longer
-	// than Window otherwise never read the first days of it, whose
-	// callbacks SenGo may never send again. Zero: Window only (the CLI's
-	// --since).
+	// CatchUp, when over Window, lets a project's run look back further
+	// (reconcileWindow), at most CatchUp. A relay stopped (or a project's
+	// API failing) longer than Window otherwise never read the first days
+	// of it, whose callbacks SenGo may never send again. Zero: Window only
+	// (the CLI's --since).
 	CatchUp time.Duration
 	// Resend asks SenGo to send missing callbacks again instead of feeding
 	// the inbox directly.
@@ -118,9 +117,9 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 		// others from being checked.
 		started := cfg.Now()
 		window := reconcileWindow(ctx, cfg, project, started)
-		sum, perr := reconcileProject(ctx, cfg, kv, project, window, progress)
+		sum, unread, perr := reconcileProject(ctx, cfg, kv, project, window, progress)
 		run := history.Reconciliation{Project: project, Trigger: cfg.Trigger, Started: started.UTC(), Finished: cfg.Now().UTC(), Window: window.String(),
-			Checked: sum.Checked, Missing: sum.Missing, Fed: sum.Fed, Resend: cfg.Resend, Found: sum.Found}
+			Checked: sum.Checked, Missing: sum.Missing, Fed: sum.Fed, Resend: cfg.Resend, Found: sum.Found, Unread: unread}
 		if perr != nil {
 			run.Error = perr.Error()
 		}
@@ -155,11 +154,14 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 }
 
 // reconcileWindow is how far back project's run at now looks: Window, or
-// with CatchUp back to the start of its last run that reached SenGo (one
-// that had no error or checked something: a run that failed whole, SenGo
-// down, read nothing), at most CatchUp; CatchUp when its recent runs all
-// failed whole. A project with no run recorded (a new store, a project
-// just added) gets Window.
+// with CatchUp back to what its last periodic run left: everything since
+// that run started, and the days it did not read whole (a list that
+// failed, a stop before the day: its Unread; a record without them, of a
+// run that failed, its whole window), at most CatchUp. That run looked
+// back the same way, so nothing before is left. A run of the CLI says
+// nothing of the days before its --since, and is not counted. A project
+// with no periodic run recorded (a new store, a project just added) gets
+// Window.
 func reconcileWindow(ctx context.Context, cfg ReconcileConfig, project string, now time.Time) time.Duration {
 	window := min(cfg.Window, ReconcileWindowMax)
 	if cfg.CatchUp <= window {
@@ -170,28 +172,46 @@ func reconcileWindow(ctx context.Context, cfg ReconcileConfig, project string, n
 		cfg.Logger.Warn().Err(err).Str("project", project).Msg("reconciliation's earlier runs unreadable; looking back reconcile.window only")
 		return window
 	}
-	if len(runs) == 0 {
-		return window
-	}
-	back := cfg.CatchUp
 	for _, r := range runs { // newest first
-		if r.Error == "" || r.Checked > 0 {
-			back = min(max(now.Sub(r.Started), 0), cfg.CatchUp)
-			break
+		if r.Trigger != TriggerPeriodic {
+			continue
 		}
+		from := r.Started
+		switch {
+		case r.Error == "":
+		case len(r.Unread) > 0:
+			if d, err := time.ParseInLocation("2006-01-02", r.Unread[0], wib); err != nil {
+				from = now.Add(-cfg.CatchUp)
+			} else if d.Before(from) {
+				from = d
+			}
+		default: // a run that failed, recorded before Unread was: its whole window
+			if w, err := time.ParseDuration(r.Window); err != nil {
+				from = now.Add(-cfg.CatchUp)
+			} else {
+				from = r.Started.Add(-w)
+			}
+		}
+		back := min(max(now.Sub(from), 0), cfg.CatchUp)
+		return min(max(window, back), ReconcileWindowMax)
 	}
-	return min(max(window, back), ReconcileWindowMax)
+	return window
 }
+
+// TriggerPeriodic names the relay's own runs in their records
+// (ReconcileConfig.Trigger); the CLI's are "cli".
+const TriggerPeriodic = "periodic"
 
 // lastRuns is how many of a project's latest runs reconcileWindow reads.
 const lastRuns = 100
 
 // reconcileProject reconciles one project day by day over window; a day
 // that fails is reported and the next one is still checked.
-func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, project string, window time.Duration, progress func(string, string, event.Status, ReconcileSummary)) (ReconcileSummary, error) {
+func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, project string, window time.Duration, progress func(string, string, event.Status, ReconcileSummary)) (ReconcileSummary, []string, error) {
 	api := cfg.Projects[project]
 	var sum ReconcileSummary
 	var errs []error
+	var unread []string
 	now := cfg.Now().In(wib)
 	today := midnight(now)
 	day := midnight(now.Add(-window))
@@ -199,6 +219,7 @@ func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.Key
 		date := day.Format("2006-01-02")
 		if err := reconcileDay(ctx, cfg, kv, api, project, date, &sum, progress); err != nil {
 			errs = append(errs, err)
+			unread = append(unread, date)
 		}
 	}
 	if !day.After(today) {
@@ -206,8 +227,11 @@ func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.Key
 		// left of the window was not checked, and the run must not say it
 		// was.
 		errs = append(errs, fmt.Errorf("stopped before %s %s: %w", project, day.Format("2006-01-02"), ctx.Err()))
+		for ; !day.After(today); day = day.AddDate(0, 0, 1) {
+			unread = append(unread, day.Format("2006-01-02"))
+		}
 	}
-	return sum, errors.Join(errs...)
+	return sum, unread, errors.Join(errs...)
 }
 
 // reconcileOrder is the order a day's lists are read in: the final

@@ -84,6 +84,9 @@ func listers(clients map[string]*sengo.Client, only string) map[string]receiver.
 // of streams.transactions.ttl as reconcile.window is (a transaction whose
 // entry expired would be published again).
 func reconcileCatchUp(cfg config.Config) time.Duration {
+	if !cfg.Reconcile.CatchUp {
+		return 0
+	}
 	catchUp := receiver.ReconcileWindowMax
 	if ttl := cfg.Streams.Transactions.TTL.D(); ttl > 0 {
 		catchUp = min(catchUp, ttl-24*time.Hour-cfg.Reconcile.Interval.D()-time.Second)

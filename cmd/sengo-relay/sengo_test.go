@@ -458,6 +458,10 @@ func TestTheSandboxOnLoopbackAnswersToItsOwnNames(t *testing.T) {
 func TestReconcileCatchUpStaysShortOfTheTTL(t *testing.T) {
 	var cfg config.Config
 	cfg.Reconcile.Interval = config.Duration(10 * time.Minute)
+	if reconcileCatchUp(cfg) != 0 {
+		t.Error("catch_up off looks back further than the window")
+	}
+	cfg.Reconcile.CatchUp = true
 	for _, tc := range []struct{ ttl, want time.Duration }{
 		{0, receiver.ReconcileWindowMax},
 		{14 * 24 * time.Hour, receiver.ReconcileWindowMax},

@@ -459,7 +459,7 @@ func serve(ctx context.Context, cfg config.Config, stdout io.Writer) error {
 				defer workersDone.Done()
 				reconcileLoop(runCtx, cfg, receiver.ReconcileConfig{
 					JetStream: js, Projects: projects, Configured: cfg.ProjectNames(), Window: cfg.Reconcile.Window.D(), CatchUp: reconcileCatchUp(cfg),
-					Metrics: metrics, Trigger: "periodic", Runs: hist,
+					Metrics: metrics, Trigger: receiver.TriggerPeriodic, Runs: hist,
 					CallbackTokens: cfg.CallbackTokens(),
 					Logger:         log.With().Str("component", "reconcile").Logger(),
 				}, log)

@@ -162,6 +162,10 @@ type Reconcile struct {
 	Interval Duration `yaml:"interval"`
 	// Window is how far back each run looks (SenGo keeps 7 days).
 	Window Duration `yaml:"window"`
+	// CatchUp lets a periodic run look back further than Window: to the
+	// days its project's last periodic run did not read (a stop longer
+	// than Window), at most 7 days.
+	CatchUp bool `yaml:"catch_up"`
 }
 
 // Delivery configures what all endpoints share.
@@ -270,7 +274,7 @@ func Default() Config {
 			RetryMax:        Duration(5 * time.Minute),
 			ConfirmAttempts: 5,
 		},
-		Reconcile: Reconcile{Interval: Duration(10 * time.Minute), Window: Duration(48 * time.Hour)},
+		Reconcile: Reconcile{Interval: Duration(10 * time.Minute), Window: Duration(48 * time.Hour), CatchUp: true},
 		Delivery:  Delivery{RetireRemovedAfter: Duration(time.Minute)},
 		Admin:     Admin{Listen: "127.0.0.1:8081"},
 		Metrics:   Metrics{Listen: "127.0.0.1:9464"},
@@ -446,6 +450,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Intake.ConfirmAttempts < 1 {
 		bad("intake.confirm_attempts: must be at least 1")
+	}
+	if age := c.Streams.Reconciliations.MaxAge.D(); reconciles && c.Reconcile.CatchUp && age > 0 && age < 7*24*time.Hour {
+		// Catching up reads the last periodic run's record: gone with it,
+		// a stop longer than this looked back reconcile.window only.
+		bad("streams.reconciliations.max_age (%s) must be 0 or at least 168h with reconcile.catch_up on: a run catching up after a stop reads the record of the last one", c.Streams.Reconciliations.MaxAge)
 	}
 	if c.Reconcile.Interval < 0 || c.Reconcile.Interval > 0 && c.Reconcile.Interval.D() < time.Minute {
 		bad("reconcile.interval: 0 (off) or at least 1m")
