@@ -164,9 +164,11 @@ func (e *Endpoint) UnmarshalYAML(unmarshal func(any) error) error {
 }
 
 // MaxFilterSubjects bounds an endpoint's filter subjects (the product of
-// its lists), and MaxAllFilterSubjects all the endpoints'. Each relay
-// tells them in its heartbeat, one value of the store (about 430 KiB at
-// most: an external server's max_payload is 1 MiB by default, and a relay
+// its lists), and MaxAllFilterSubjects all the endpoints' (all: true counts
+// one). Each relay tells them in its heartbeat, one value of the store,
+// with each endpoint's name twice (under 1 MiB at most, 4,096 endpoints of
+// one subject and 63-character names: an external server's max_payload is
+// 1 MiB by default, and a relay
 // whose heartbeat is not written delivers nothing), and weighs each
 // subject against each other there every heartbeat.
 const (
@@ -223,7 +225,9 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 				bad("%s.filter.statuses: %v", at, err)
 			}
 		}
-		if !f.All {
+		if f.All {
+			subjects++ // one: sengo.events.>
+		} else {
 			n := len(f.Subjects())
 			if n > MaxFilterSubjects {
 				bad("%s.filter: %d subjects (projects × products × statuses), over %d: leave a list empty to take all of it", at, n, MaxFilterSubjects)

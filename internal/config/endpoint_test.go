@@ -342,6 +342,11 @@ func TestFiltersAreBoundedInSubjects(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "endpoints: 4097 filter subjects in all") {
 		t.Errorf("4,097 subjects in all: %v", err)
 	}
+	// An endpoint of all: true is one (each is told with its name).
+	_, err = Load(write(t, many+"  e16:\n    url: https://orders.example/\n    secrets: ["+whsec+"]\n    filter: {all: true}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "endpoints: 4097 filter subjects in all") {
+		t.Errorf("4,096 subjects and an endpoint of all: %v", err)
+	}
 }
 
 // The admin listener answers to the names it is reached by: on loopback,
