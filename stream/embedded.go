@@ -248,10 +248,10 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 		held, err := relayConsumers(e.guard, sa.Stream)
 		if err == nil {
 			sa.Protected = append(slices.Clone(sa.Protected), held...)
-			err = e.connectPulls(auth)
-		}
-		if err == nil {
-			err = subscriberAccess(srv, &sa, e.guard, e.pulls)
+			passOut := newPassOut()
+			if err = e.connectPulls(auth, passOut); err == nil {
+				err = subscriberAccess(srv, &sa, e.guard, e.pulls, passOut)
+			}
 		}
 		if err == nil {
 			err = e.guard.Flush() // the guard answers before the subscriber logs in
@@ -332,15 +332,15 @@ const RelayInboxPrefix = "_SENGO_RELAY_INBOX"
 
 // connectPulls opens the guard's connection in the subscriber's account,
 // as an identity of the relay's own making that may send the pulls it lets
-// through (pullsOut, acksOut) and its refusals to the client's inbox, and nothing
+// through (under passOut) and its refusals to the client's inbox, and nothing
 // else.
-func (e *Embedded) connectPulls(auth *authenticator) error {
+func (e *Embedded) connectPulls(auth *authenticator, passOut string) error {
 	subs, err := subscriberAccount(e.srv)
 	if err != nil {
 		return err
 	}
 	auth.pulls.Store(&server.User{Username: auth.pullsUser, Account: subs, Permissions: &server.Permissions{
-		Publish:   &server.SubjectPermission{Allow: []string{pullsOut + ".>", acksOut + ".>", "_INBOX.>"}},
+		Publish:   &server.SubjectPermission{Allow: []string{passOut + ".>", "_INBOX.>"}},
 		Subscribe: &server.SubjectPermission{Deny: []string{">"}},
 	}})
 	e.pulls, err = nats.Connect("", nats.InProcessServer(e.srv), nats.UserInfo(auth.pullsUser, auth.pullsPassword),

@@ -54,19 +54,30 @@ const ReservedConsumerPrefix = "webhook-"
 // "+NXT {…}" is a pull too) reach the relay's account through the relay:
 // they come to the guard under pullsIn and acksIn (stream imports, which
 // keep the client's reply subject), and the guard sends those it lets
-// through from the subscriber's account under pullsOut and acksOut, which
-// the subscriber's account imports as the pull and the ack. Their
+// through from the subscriber's account under passOut (PULLS and ACKS),
+// which the subscriber's account imports as the pull and the ack. Their
 // answers, every message and heartbeat, go from the consumer to the client
 // as before. A client connection cannot pass a request on with the reply
 // the server gives one crossing accounts (_R_.…: reserved), so the guard's
-// is a connection in the subscriber's account. The subscriber may send
-// nothing under pullsOut or acksOut.
+// is a connection in the subscriber's account.
+//
+// passOut is a secret of the process (newPassOut): nats-server checks the
+// subjects a client sends to, never the replies it names (but _R_.,
+// $JS.ACK. and _GR_.), and what answers a reply named there (a refusal, a
+// pull's 404, a direct get's) became an ack of the relay's own consumer,
+// its message then delivered nowhere. The subscriber may send nothing
+// there, and cannot name it.
 const (
-	pullsIn  = "_SENGO_RELAY_PULLS_IN"
-	pullsOut = "_SENGO_RELAY_PULLS"
-	acksIn   = "_SENGO_RELAY_ACKS_IN"
-	acksOut  = "_SENGO_RELAY_ACKS"
+	pullsIn = "_SENGO_RELAY_PULLS_IN"
+	acksIn  = "_SENGO_RELAY_ACKS_IN"
 )
+
+// newPassOut is a new passOut: random, so that no client can name it.
+func newPassOut() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return "_SENGO_RELAY_PASS_" + hex.EncodeToString(b)
+}
 
 // pullPrefix starts the subject of a pull request, ackPrefix that of an
 // ack.
@@ -76,14 +87,14 @@ const (
 )
 
 // passedOn maps a subject the subscriber sends its pulls or acks to (the
-// server's own) to the one the guard passes them on under, for the import
-// from the relay's account.
-func passedOn(subj string) string {
+// server's own) to the one the guard passes them on under (below
+// passOut), for the import from the relay's account.
+func passedOn(passOut, subj string) string {
 	if rest, ok := strings.CutPrefix(subj, pullPrefix); ok {
-		return pullsOut + "." + rest
+		return passOut + ".PULLS." + rest
 	}
 	if rest, ok := strings.CutPrefix(subj, ackPrefix); ok {
-		return acksOut + "." + rest
+		return passOut + ".ACKS." + rest
 	}
 	return subj
 }
@@ -234,8 +245,8 @@ func subscriberAPI(st string) map[string]server.ServiceRespType {
 		// the server takes no batch there. The form with a body is
 		// guarded (guardedAPI).
 		"$JS.API.DIRECT.GET." + st + ".>": server.Singleton,
-		pullPrefix + st + ".>":            server.Streamed,  // imported as pullsOut
-		ackPrefix + st + ".>":             server.Singleton, // imported as acksOut
+		pullPrefix + st + ".>":            server.Streamed,  // imported under passOut
+		ackPrefix + st + ".>":             server.Singleton, // imported under passOut
 		"$JS.FC." + st + ".>":             server.Singleton,
 	}
 }
@@ -269,7 +280,7 @@ func subscriberAccount(srv *server.Server) (*server.Account, error) {
 // the relay's (global) account, and the guard that checks its consumer
 // creations and pulls, on conn (the relay's own connection) and pulls (the
 // relay's connection in the subscriber's account).
-func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn, pulls *nats.Conn) error {
+func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn, pulls *nats.Conn, passOut string) error {
 	g := srv.GlobalAccount()
 	subs, err := subscriberAccount(srv)
 	if err != nil {
@@ -287,7 +298,7 @@ func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn, pulls *nats.Con
 		if err := g.SetServiceExportResponseThreshold(subj, wait); err != nil {
 			return fmt.Errorf("export %s: %w", subj, err)
 		}
-		if err := subs.AddServiceImport(g, passedOn(subj), subj); err != nil {
+		if err := subs.AddServiceImport(g, passedOn(passOut, subj), subj); err != nil {
 			return fmt.Errorf("import %s: %w", subj, err)
 		}
 	}
@@ -312,7 +323,7 @@ func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn, pulls *nats.Con
 			return fmt.Errorf("import %s: %w", subj, err)
 		}
 	}
-	gd := &guard{conn: conn, pulls: pulls, stream: a.Stream, protected: a.Protected,
+	gd := &guard{conn: conn, pulls: pulls, passOut: passOut, stream: a.Stream, protected: a.Protected,
 		admitted: make(chan struct{}, guardQueued), running: make(chan struct{}, guardInFlight), creating: make(chan struct{}, 1)}
 	// The pulls and acks, to the guard.
 	for subj, in := range map[string]string{pullPrefix + a.Stream + ".>": pullsIn, ackPrefix + a.Stream + ".>": acksIn} {
@@ -335,7 +346,8 @@ func subscriberAccess(srv *server.Server, a *EmbeddedAuth, conn, pulls *nats.Con
 // first.
 type guard struct {
 	conn      *nats.Conn
-	pulls     *nats.Conn // in the subscriber's account: pulls let through, and their refusals
+	pulls     *nats.Conn // in the subscriber's account: pulls and acks let through, and their refusals
+	passOut   string     // where pulls pass on (newPassOut)
 	stream    string
 	protected []string
 	// admitted holds a place for each request waiting or in flight;
@@ -520,9 +532,26 @@ func (g *guard) passOn(m *nats.Msg) {
 		g.refuse(m, fmt.Errorf("%w: a pull's idle_heartbeat is at least %s", errForbidden, SubscriberMinHeartbeat))
 		return
 	}
-	if err := g.pulls.PublishMsg(&nats.Msg{Subject: passedOn(subj), Reply: m.Reply, Header: m.Header, Data: m.Data}); err != nil {
+	// The consumer's name: $JS.API.CONSUMER.MSG.NEXT.<stream>.<name>,
+	// $JS.ACK.<stream>.<name>.…. The subscriber's own publishes to the
+	// relay's are denied by its permissions; what the server sends to a
+	// reply it named is not checked by them.
+	if toks := strings.Split(subj, "."); len(toks) > 6 && strings.HasPrefix(subj, pullPrefix) && g.relays(toks[6]) || len(toks) > 3 && strings.HasPrefix(subj, ackPrefix) && g.relays(toks[3]) {
+		g.refuse(m, fmt.Errorf("%w: consumer names starting with %q or %q are the relay's", errForbidden, ReservedConsumerPrefix, ScanConsumerPrefix))
+		return
+	}
+	// Without headers: pulls and acks have none, and one asking the server
+	// to trace the message (Nats-Trace-Dest) would have its events tell
+	// where it passes on (the subscriber may publish to no destination
+	// for them today: its permissions refuse the message first).
+	if err := g.pulls.PublishMsg(&nats.Msg{Subject: passedOn(g.passOut, subj), Reply: m.Reply, Data: m.Data}); err != nil {
 		g.refuse(m, fmt.Errorf("%w: the store did not take it", errUnavailable))
 	}
+}
+
+// relays reports whether consumer name is the relay's.
+func (g *guard) relays(name string) bool {
+	return strings.HasPrefix(name, ReservedConsumerPrefix) || strings.HasPrefix(name, ScanConsumerPrefix) || slices.Contains(g.protected, name)
 }
 
 // fastHeartbeat reports whether a pull request's body asks for an
@@ -598,7 +627,7 @@ func (g *guard) check(subj string, data []byte) error {
 		names = append(names, req.Config.Name, req.Config.Durable)
 	}
 	for _, n := range names {
-		if strings.HasPrefix(n, ReservedConsumerPrefix) || strings.HasPrefix(n, ScanConsumerPrefix) || slices.Contains(g.protected, n) {
+		if g.relays(n) {
 			return fmt.Errorf("%w: consumer names starting with %q or %q are the relay's", errForbidden, ReservedConsumerPrefix, ScanConsumerPrefix)
 		}
 	}

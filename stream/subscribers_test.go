@@ -890,3 +890,56 @@ func TestTheSubscribersPullsHeartbeatAtMostOnceASecond(t *testing.T) {
 		t.Fatal("Consume got nothing")
 	}
 }
+
+// nats-server checks the subjects a client sends to, not the replies it
+// names (only _R_., $JS.ACK. and _GR_. are refused): where the relay
+// passes the subscriber's pulls and acks on was a subject it could name as
+// a reply, and what answered there (the relay's refusal of a pull, a
+// pull's 404) became an ack of the relay's own consumer, its message
+// then never delivered nor dead-lettered. Those subjects are now the
+// relay's secret, and a pull or ack of a relay consumer is refused
+// however it arrives.
+func TestTheSubscriberCannotAckTheRelaysMessagesThroughAReply(t *testing.T) {
+	e, rjs := startWithSubscriber(t, subscriberAuth())
+	ctx := t.Context()
+	if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	relayCons, err := rjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "webhook-orders", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rjs.Publish(ctx, "sengo.events.main.retail.success", []byte(`{"id":"evt_1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	b, err := relayCons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ackSubj string
+	for m := range b.Messages() {
+		ackSubj = m.Reply() // $JS.ACK.SENGO_EVENTS.webhook-orders.1.1.1.<ts>.0
+	}
+	if ackSubj == "" {
+		t.Fatal("the relay's consumer gave out nothing")
+	}
+	sub := subscriberConn(t, e)
+	sjs, _ := jetstream.New(sub)
+	if _, err := sjs.CreateOrUpdateConsumer(ctx, "SENGO_EVENTS", jetstream.ConsumerConfig{Durable: "x", AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "sengo.events.none"}); err != nil {
+		t.Fatal(err)
+	}
+	tail := strings.TrimPrefix(ackSubj, "$JS.ACK.")
+	for _, reply := range []string{"_SENGO_RELAY_ACKS." + tail, "_SENGO_RELAY_PASS.ACKS." + tail, "_SENGO_RELAY_PULLS.SENGO_EVENTS.webhook-orders", "$JS.API.CONSUMER.MSG.NEXT.SENGO_EVENTS.webhook-orders"} {
+		for _, body := range []string{fmt.Sprintf(`{"batch":1,"expires":%d,"idle_heartbeat":1}`, time.Hour), `{"batch":1,"no_wait":true}`} {
+			if err := sub.PublishRequest("$JS.API.CONSUMER.MSG.NEXT.SENGO_EVENTS.x", reply, []byte(body)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	_ = sub.Flush()
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if info, err := relayCons.Info(ctx); err != nil || info.NumAckPending != 1 || info.AckFloor.Stream != 0 {
+			t.Fatalf("the relay's consumer after the subscriber's replies: %v %+v", err, info)
+		}
+	}
+}
