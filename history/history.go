@@ -48,6 +48,12 @@ type Reconciliation struct {
 	// window the run did not read whole: a list that failed, or a stop
 	// before the day. The next periodic run reads them again.
 	Unread []string `json:"unread,omitempty"`
+	// Extra are the days before the window the run read again, left
+	// unread by an earlier one.
+	Extra []string `json:"extra,omitempty"`
+	// CaughtUp: a periodic run that looked back to what the last one left
+	// (reconcile.catch_up); its record tells the next how far to look.
+	CaughtUp bool `json:"caughtUp,omitempty"`
 	// Found are the first status changes found missing (at most 50).
 	Found []Found `json:"found"`
 }

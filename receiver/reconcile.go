@@ -116,10 +116,11 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 		// that fails (its SenGo credentials, a bad page) does not keep the
 		// others from being checked.
 		started := cfg.Now()
-		window := reconcileWindow(ctx, cfg, project, started)
-		sum, unread, perr := reconcileProject(ctx, cfg, kv, project, window, progress)
+		window, extra := reconcileWindow(ctx, cfg, project, started)
+		sum, unread, perr := reconcileProject(ctx, cfg, kv, project, window, extra, progress)
 		run := history.Reconciliation{Project: project, Trigger: cfg.Trigger, Started: started.UTC(), Finished: cfg.Now().UTC(), Window: window.String(),
-			Checked: sum.Checked, Missing: sum.Missing, Fed: sum.Fed, Resend: cfg.Resend, Found: sum.Found, Unread: unread}
+			Checked: sum.Checked, Missing: sum.Missing, Fed: sum.Fed, Resend: cfg.Resend, Found: sum.Found, Unread: unread, Extra: extra,
+			CaughtUp: cfg.CatchUp > min(cfg.Window, ReconcileWindowMax)}
 		if perr != nil {
 			run.Error = perr.Error()
 		}
@@ -153,49 +154,90 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 	return total, errors.Join(errs...)
 }
 
-// reconcileWindow is how far back project's run at now looks: Window, or
-// with CatchUp back to what its last periodic run left: everything since
-// that run started, and the days it did not read whole (a list that
-// failed, a stop before the day: its Unread; a record without them, of a
-// run that failed, its whole window), at most CatchUp. That run looked
-// back the same way, so nothing before is left. A run of the CLI says
-// nothing of the days before its --since, and is not counted. A project
-// with no periodic run recorded (a new store, a project just added) gets
-// Window.
-func reconcileWindow(ctx context.Context, cfg ReconcileConfig, project string, now time.Time) time.Duration {
+// reconcileWindow is what project's run at now reads: the days of a span
+// back from now, and before them some days earlier runs left unread
+// (extra, oldest first). The span is Window, or with CatchUp back to what
+// the last periodic run left: everything since that run started, at most
+// CatchUp; the days it did not read whole (a list that failed, a stop
+// before the day: its Unread) are read again, those before the span alone
+// (a day that fails at every run costs that day, not the days since),
+// until they are older than CatchUp. That run looked back the same way, so
+// nothing before is left.
+//
+// Which run: the newest periodic one that caught up (its record says so;
+// a run of the CLI says nothing of the days before its --since). Periodic
+// runs after it that did not catch up (a relay of an earlier version, or
+// with catch_up off, on the same store) do not count as having read, and
+// those of them that failed add their whole window. With no run that
+// caught up recorded (the first after an upgrade), the newest periodic
+// one counts, a failed one its whole window. A project with no periodic
+// run recorded (a new store, a project just added) gets Window; one whose
+// records cannot be read, CatchUp.
+func reconcileWindow(ctx context.Context, cfg ReconcileConfig, project string, now time.Time) (time.Duration, []string) {
 	window := min(cfg.Window, ReconcileWindowMax)
 	if cfg.CatchUp <= window {
-		return window
+		return window, nil
 	}
+	catchUp := min(cfg.CatchUp, ReconcileWindowMax)
 	runs, err := history.Reconciliations(ctx, cfg.JetStream, project, lastRuns)
 	if err != nil {
-		cfg.Logger.Warn().Err(err).Str("project", project).Msg("reconciliation's earlier runs unreadable; looking back reconcile.window only")
-		return window
+		cfg.Logger.Warn().Err(err).Str("project", project).Msg("reconciliation's earlier runs unreadable; looking back as far as catching up may")
+		return catchUp, nil
 	}
+	caughtUp := slices.ContainsFunc(runs, func(r history.Reconciliation) bool { return r.Trigger == TriggerPeriodic && r.CaughtUp })
+	from, found := now, false
+	var unread []string
 	for _, r := range runs { // newest first
 		if r.Trigger != TriggerPeriodic {
 			continue
 		}
-		from := r.Started
+		if caughtUp && !r.CaughtUp {
+			if r.Error != "" {
+				from = earliest(from, wholeWindow(r, now, catchUp))
+			}
+			continue
+		}
+		found = true
+		from = earliest(from, r.Started)
 		switch {
 		case r.Error == "":
 		case len(r.Unread) > 0:
-			if d, err := time.ParseInLocation("2006-01-02", r.Unread[0], wib); err != nil {
-				from = now.Add(-cfg.CatchUp)
-			} else if d.Before(from) {
-				from = d
-			}
-		default: // a run that failed, recorded before Unread was: its whole window
-			if w, err := time.ParseDuration(r.Window); err != nil {
-				from = now.Add(-cfg.CatchUp)
-			} else {
-				from = r.Started.Add(-w)
-			}
+			unread = r.Unread
+		default: // a run that failed, recorded before Unread was
+			from = earliest(from, wholeWindow(r, now, catchUp))
 		}
-		back := min(max(now.Sub(from), 0), cfg.CatchUp)
-		return min(max(window, back), ReconcileWindowMax)
+		break
 	}
-	return window
+	if !found && from.Equal(now) {
+		return window, nil
+	}
+	span := min(max(window, now.Sub(from)), catchUp)
+	first, oldest := midnight(now.In(wib).Add(-span)), midnight(now.In(wib).Add(-catchUp))
+	var extra []string
+	for _, d := range unread {
+		if t, err := time.ParseInLocation("2006-01-02", d, wib); err == nil && t.Before(first) && !t.Before(oldest) && !slices.Contains(extra, d) {
+			extra = append(extra, d)
+		}
+	}
+	slices.Sort(extra)
+	return span, extra
+}
+
+// wholeWindow is when run r's window started (now-catchUp if its record
+// does not say).
+func wholeWindow(r history.Reconciliation, now time.Time, catchUp time.Duration) time.Time {
+	if w, err := time.ParseDuration(r.Window); err == nil {
+		return r.Started.Add(-w)
+	}
+	return now.Add(-catchUp)
+}
+
+// earliest is the earlier of a and b.
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // TriggerPeriodic names the relay's own runs in their records
@@ -205,13 +247,24 @@ const TriggerPeriodic = "periodic"
 // lastRuns is how many of a project's latest runs reconcileWindow reads.
 const lastRuns = 100
 
-// reconcileProject reconciles one project day by day over window; a day
-// that fails is reported and the next one is still checked.
-func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, project string, window time.Duration, progress func(string, string, event.Status, ReconcileSummary)) (ReconcileSummary, []string, error) {
+// reconcileProject reconciles one project day by day: the extra days,
+// then those of window; a day that fails is reported, and named in the
+// days it returns unread, and the next one is still checked.
+func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, project string, window time.Duration, extra []string, progress func(string, string, event.Status, ReconcileSummary)) (ReconcileSummary, []string, error) {
 	api := cfg.Projects[project]
 	var sum ReconcileSummary
 	var errs []error
 	var unread []string
+	for i, date := range extra { // days earlier runs left, before the window
+		if ctx.Err() != nil {
+			unread = append(unread, extra[i:]...)
+			break
+		}
+		if err := reconcileDay(ctx, cfg, kv, api, project, date, &sum, progress); err != nil {
+			errs = append(errs, err)
+			unread = append(unread, date)
+		}
+	}
 	now := cfg.Now().In(wib)
 	today := midnight(now)
 	day := midnight(now.Add(-window))

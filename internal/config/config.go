@@ -451,10 +451,11 @@ func (c *Config) Validate() error {
 	if c.Intake.ConfirmAttempts < 1 {
 		bad("intake.confirm_attempts: must be at least 1")
 	}
-	if age := c.Streams.Reconciliations.MaxAge.D(); reconciles && c.Reconcile.CatchUp && age > 0 && age < 7*24*time.Hour {
+	if age := c.Streams.Reconciliations.MaxAge.D(); reconciles && c.Reconcile.CatchUp && age > 0 && age < 14*24*time.Hour {
 		// Catching up reads the last periodic run's record: gone with it,
-		// a stop longer than this looked back reconcile.window only.
-		bad("streams.reconciliations.max_age (%s) must be 0 or at least 168h with reconcile.catch_up on: a run catching up after a stop reads the record of the last one", c.Streams.Reconciliations.MaxAge)
+		// a stop longer than this looked back reconcile.window only, where
+		// SenGo still listed a week.
+		bad("streams.reconciliations.max_age (%s) must be 0 or at least 336h with reconcile.catch_up on: a run catching up after a stop reads the record of the last one", c.Streams.Reconciliations.MaxAge)
 	}
 	if c.Reconcile.Interval < 0 || c.Reconcile.Interval > 0 && c.Reconcile.Interval.D() < time.Minute {
 		bad("reconcile.interval: 0 (off) or at least 1m")

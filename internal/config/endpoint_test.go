@@ -405,10 +405,10 @@ func TestASecretThatIsNoneIsAnError(t *testing.T) {
 // records kept less than SenGo's 7 days, a longer stop found none and
 // looked back reconcile.window only, without a word. Refused, unless
 // catch_up is off.
-func TestCatchUpNeedsAWeekOfReconciliationRecords(t *testing.T) {
+func TestCatchUpNeedsTwoWeeksOfReconciliationRecords(t *testing.T) {
 	body := "projects:\n  main: {api_key: SC-KEY-0123, token: tok-0123456789abcdef}\nstreams:\n  reconciliations: {max_age: 72h}\n"
 	_, err := Load(write(t, body), noEnv)
-	if err == nil || !strings.Contains(err.Error(), "streams.reconciliations.max_age (72h0m0s) must be 0 or at least 168h") {
+	if err == nil || !strings.Contains(err.Error(), "streams.reconciliations.max_age (72h0m0s) must be 0 or at least 336h") {
 		t.Errorf("records kept 72h with catch_up on: %v", err)
 	}
 	if _, err := Load(write(t, body+"reconcile: {catch_up: false}\n"), noEnv); err != nil {
