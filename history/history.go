@@ -44,9 +44,10 @@ type Reconciliation struct {
 	Fed      int       `json:"fed"`
 	Resend   bool      `json:"resend,omitempty"`
 	Error    string    `json:"error,omitempty"`
-	// Unread are the days (YYYY-MM-DD, SenGo's, oldest first) of the
-	// window the run did not read whole: a list that failed, or a stop
-	// before the day. The next periodic run reads them again.
+	// Unread are the days (YYYY-MM-DD, SenGo's, oldest first) the run did
+	// not read whole, of its window and its extra days: a list that
+	// failed, or a stop before the day. The next periodic run reads them
+	// again.
 	Unread []string `json:"unread,omitempty"`
 	// Extra are the days before the window the run read again, left
 	// unread by an earlier one.

@@ -2467,3 +2467,50 @@ func TestAReconciliationAfterALongStopLooksBackToTheLastRun(t *testing.T) {
 		t.Errorf("with its records unreadable, read the days %v, want %v", got, want)
 	}
 }
+
+// The window's days are counted from when the run started, as its extra
+// days were: a midnight passing while the extra days were read (minutes)
+// moved the window's first day, which was then neither an extra day nor
+// read, and the next run took it for read.
+func TestAMidnightDuringARunSkipsNoDay(t *testing.T) {
+	h := newHarness(t, true)
+	if _, err := h.js.CreateStream(t.Context(), jetstream.StreamConfig{Name: history.StreamReconcile, Subjects: []string{history.SubjectsReconcile}}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Date(2026, 12, 7, 23, 59, 30, 0, wib)
+	var calls atomic.Int32
+	now := func() time.Time {
+		if calls.Add(1) == 1 {
+			return start
+		}
+		return start.Add(5 * time.Minute) // past midnight once the run is under way
+	}
+	var mu sync.Mutex
+	var dates []string
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if q := r.URL.Query(); q.Get("status") == "success" {
+			mu.Lock()
+			dates = append(dates, q.Get("date"))
+			mu.Unlock()
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"responseCode": 200, "responseMessage": "success", "responseData": []json.RawMessage{}})
+	}))
+	defer s.Close()
+	runs, err := history.NewWriter(h.js.Conn(), history.WriterConfig{Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs.Reconciliation(history.Reconciliation{Project: "main", Trigger: TriggerPeriodic, CaughtUp: true, Started: start.Add(-72 * time.Hour), Error: "one day failed", Unread: []string{"2026-12-01"}})
+	if err := runs.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Reconcile(t.Context(), ReconcileConfig{JetStream: h.js, Projects: map[string]Lister{"main": sengo.NewClient(s.URL, apiKey, apiToken)}, Window: 48 * time.Hour, CatchUp: ReconcileWindowMax,
+		Trigger: TriggerPeriodic, Now: now, Metrics: h.metrics, Logger: h.cfgLogger()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"2026-12-01", "2026-12-04", "2026-12-05", "2026-12-06", "2026-12-07"}; !slices.Equal(dates, want) {
+		t.Fatalf("read the days %v, want %v", dates, want)
+	}
+}

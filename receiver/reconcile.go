@@ -117,7 +117,7 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 		// others from being checked.
 		started := cfg.Now()
 		window, extra := reconcileWindow(ctx, cfg, project, started)
-		sum, unread, perr := reconcileProject(ctx, cfg, kv, project, window, extra, progress)
+		sum, unread, perr := reconcileProject(ctx, cfg, kv, project, started, window, extra, progress)
 		run := history.Reconciliation{Project: project, Trigger: cfg.Trigger, Started: started.UTC(), Finished: cfg.Now().UTC(), Window: window.String(),
 			Checked: sum.Checked, Missing: sum.Missing, Fed: sum.Fed, Resend: cfg.Resend, Found: sum.Found, Unread: unread, Extra: extra,
 			CaughtUp: cfg.CatchUp > min(cfg.Window, ReconcileWindowMax)}
@@ -180,6 +180,9 @@ func reconcileWindow(ctx context.Context, cfg ReconcileConfig, project string, n
 	}
 	catchUp := min(cfg.CatchUp, ReconcileWindowMax)
 	runs, err := history.Reconciliations(ctx, cfg.JetStream, project, lastRuns)
+	if err != nil && ctx.Err() != nil {
+		return window, nil // stopping: this run reads nothing, and its record says so
+	}
 	if err != nil {
 		cfg.Logger.Warn().Err(err).Str("project", project).Msg("reconciliation's earlier runs unreadable; looking back as far as catching up may")
 		return catchUp, nil
@@ -248,9 +251,10 @@ const TriggerPeriodic = "periodic"
 const lastRuns = 100
 
 // reconcileProject reconciles one project day by day: the extra days,
-// then those of window; a day that fails is reported, and named in the
-// days it returns unread, and the next one is still checked.
-func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, project string, window time.Duration, extra []string, progress func(string, string, event.Status, ReconcileSummary)) (ReconcileSummary, []string, error) {
+// then those of window back from started, up to today; a day that fails
+// is reported, and named in the days it returns unread, and the next one
+// is still checked.
+func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.KeyValue, project string, started time.Time, window time.Duration, extra []string, progress func(string, string, event.Status, ReconcileSummary)) (ReconcileSummary, []string, error) {
 	api := cfg.Projects[project]
 	var sum ReconcileSummary
 	var errs []error
@@ -265,7 +269,10 @@ func reconcileProject(ctx context.Context, cfg ReconcileConfig, kv jetstream.Key
 			unread = append(unread, date)
 		}
 	}
-	now := cfg.Now().In(wib)
+	// From when the run started, as reconcileWindow counted: the extra days
+	// may take minutes, and a midnight passed meanwhile moved the window's
+	// first day, which was then neither an extra day nor read.
+	now := started.In(wib)
 	today := midnight(now)
 	day := midnight(now.Add(-window))
 	for ; !day.After(today) && ctx.Err() == nil; day = day.AddDate(0, 0, 1) {
