@@ -787,6 +787,9 @@ func TestFinishedPullsLeaveNoEntries(t *testing.T) {
 		}
 	}
 	_ = sub.Flush()
+	// (The pulls reach the consumer through the relay: their entries are
+	// made a moment after the client sent them.)
+	poll.Until(t, "the pulls' entries", func() bool { return e.SubscriberReplies() > 0 })
 	deadline := time.Now().Add(10 * time.Second)
 	for e.SubscriberReplies() > 0 {
 		if time.Now().After(deadline) {
