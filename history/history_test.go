@@ -177,31 +177,13 @@ func TestAnEventIDOver128BytesIsHashedInItsSubject(t *testing.T) {
 // a replaced connection: 4, 3, then 0) is not taken as all the refs: the
 // lookup scans instead (here: no stream behind the answers, an error).
 func TestALookupWhoseCountsSkipIsNotAll(t *testing.T) {
-	srv := natstest.Start(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	if _, err := nc.Subscribe("$JS.API.DIRECT.GET."+StreamRefs, func(m *nats.Msg) {
+	js := natstest.FakeDirectGet(t, StreamRefs, func([]byte) (out []natstest.Stored) {
 		for i, left := range []uint64{4, 3, 0} {
 			b, _ := json.Marshal(Ref{Project: "main", MerchantRef: "INV-1", TransactionID: fmt.Sprint("tx-", i)})
-			h := nats.Header{}
-			h.Set("Nats-Stream", StreamRefs)
-			h.Set("Nats-Sequence", fmt.Sprint(i+1))
-			h.Set("Nats-Subject", RefSubject("main", "INV-1", fmt.Sprint("tx-", i)))
-			h.Set("Nats-Time-Stamp", time.Now().UTC().Format(time.RFC3339Nano))
-			h.Set(stream.NumPendingHeader, fmt.Sprint(left))
-			_ = m.RespondMsg(&nats.Msg{Header: h, Data: b})
+			out = append(out, natstest.Stored{Seq: uint64(i + 1), Subject: RefSubject("main", "INV-1", fmt.Sprint("tx-", i)), Data: b, Pending: left})
 		}
-		eob := nats.Header{}
-		eob.Set("Status", "204")
-		eob.Set("Description", "EOB")
-		_ = m.RespondMsg(&nats.Msg{Header: eob})
-	}); err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
+		return out
+	})
 	refs, err := Lookup(t.Context(), js, "main", "INV-1", 50)
 	if err == nil && len(refs) != 5 {
 		t.Fatalf("a lookup with a count skipped: %d refs, no error", len(refs))

@@ -120,7 +120,7 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 		sum, unread, perr := reconcileProject(ctx, cfg, kv, project, started, window, extra, progress)
 		run := history.Reconciliation{Project: project, Trigger: cfg.Trigger, Started: started.UTC(), Finished: cfg.Now().UTC(), Window: window.String(),
 			Checked: sum.Checked, Missing: sum.Missing, Fed: sum.Fed, Resend: cfg.Resend, Found: sum.Found, Unread: unread, Extra: extra,
-			CaughtUp: cfg.CatchUp > min(cfg.Window, ReconcileWindowMax)}
+			CaughtUp: cfg.catchesUp()}
 		if perr != nil {
 			run.Error = perr.Error()
 		}
@@ -175,7 +175,7 @@ func Reconcile(ctx context.Context, cfg ReconcileConfig, progress func(project, 
 // records cannot be read, CatchUp.
 func reconcileWindow(ctx context.Context, cfg ReconcileConfig, project string, now time.Time) (time.Duration, []string) {
 	window := min(cfg.Window, ReconcileWindowMax)
-	if cfg.CatchUp <= window {
+	if !cfg.catchesUp() {
 		return window, nil
 	}
 	catchUp := min(cfg.CatchUp, ReconcileWindowMax)
@@ -211,20 +211,24 @@ func reconcileWindow(ctx context.Context, cfg ReconcileConfig, project string, n
 		}
 		break
 	}
-	if !found && from.Equal(now) {
+	if !found { // (a run that caught up is among runs whenever one that did not moved from)
 		return window, nil
 	}
 	span := min(max(window, now.Sub(from)), catchUp)
 	first, oldest := midnight(now.In(wib).Add(-span)), midnight(now.In(wib).Add(-catchUp))
 	var extra []string
 	for _, d := range unread {
-		if t, err := time.ParseInLocation("2006-01-02", d, wib); err == nil && t.Before(first) && !t.Before(oldest) && !slices.Contains(extra, d) {
+		if t, err := time.ParseInLocation("2006-01-02", d, wib); err == nil && t.Before(first) && !t.Before(oldest) {
 			extra = append(extra, d)
 		}
 	}
 	slices.Sort(extra)
-	return span, extra
+	return span, slices.Compact(extra)
 }
+
+// catchesUp reports whether a run may look back further than its window
+// (CatchUp).
+func (c ReconcileConfig) catchesUp() bool { return c.CatchUp > min(c.Window, ReconcileWindowMax) }
 
 // wholeWindow is when run r's window started (now-catchUp if its record
 // does not say).

@@ -39,9 +39,7 @@ func PasswordFromFile(dir, name string) (string, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	switch {
 	case err == nil:
-		b := make([]byte, 32)
-		_, _ = rand.Read(b)
-		pw := base64.RawURLEncoding.EncodeToString(b)
+		pw := newPassword()
 		_, werr := f.WriteString(pw + "\n")
 		if werr == nil {
 			werr = f.Sync() // on disk before the server is given it
@@ -60,6 +58,14 @@ func PasswordFromFile(dir, name string) (string, error) {
 		return "", fmt.Errorf("create %s: %w", path, err)
 	}
 	return ReadPassword(path)
+}
+
+// newPassword is a password as PasswordFromFile makes one: 32 random
+// bytes, unpadded base64url (generatedPasswordLen: bcrypt's lowest cost).
+func newPassword() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // syncDir fsyncs directory dir: a file created in it is found after a

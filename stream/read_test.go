@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sengo-relay/sengo-relay/internal/natstest"
@@ -52,43 +51,21 @@ func TestOldestUnsettledOfSeveralFilters(t *testing.T) {
 // after it as the server has it.
 func fakeSubject(t *testing.T, drop func(req int, from uint64) []uint64) jetstream.JetStream {
 	t.Helper()
-	srv := natstest.Start(t)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
 	reqs := 0
-	if _, err := nc.Subscribe("$JS.API.DIRECT.GET.FAKE", func(m *nats.Msg) {
+	return natstest.FakeDirectGet(t, "FAKE", func(body []byte) (out []natstest.Stored) {
 		var req struct {
 			Seq uint64 `json:"seq"`
 		}
-		_ = json.Unmarshal(m.Data, &req)
+		_ = json.Unmarshal(body, &req)
 		reqs++
 		dropped := drop(reqs, req.Seq)
-		sent := 0
-		for seq := req.Seq; seq <= 5 && sent < 2; seq++ {
-			if slices.Contains(dropped, seq) {
-				continue
+		for seq := req.Seq; seq <= 5 && len(out) < 2; seq++ {
+			if !slices.Contains(dropped, seq) {
+				out = append(out, natstest.Stored{Seq: seq, Subject: "tx.a", Data: []byte("m" + strconv.FormatUint(seq, 10)), Pending: 5 - seq})
 			}
-			h := nats.Header{}
-			h.Set("Nats-Stream", "FAKE")
-			h.Set("Nats-Sequence", strconv.FormatUint(seq, 10))
-			h.Set("Nats-Subject", "tx.a")
-			h.Set("Nats-Time-Stamp", time.Now().UTC().Format(time.RFC3339Nano))
-			h.Set(stream.NumPendingHeader, strconv.FormatUint(5-seq, 10))
-			_ = m.RespondMsg(&nats.Msg{Header: h, Data: []byte("m" + strconv.FormatUint(seq, 10))})
-			sent++
 		}
-		eob := nats.Header{}
-		eob.Set("Status", "204")
-		eob.Set("Description", "EOB")
-		_ = m.RespondMsg(&nats.Msg{Header: eob})
-	}); err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
-	return js
+		return out
+	})
 }
 
 // ReadSubject never returns part of a transaction's messages as all of

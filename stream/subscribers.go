@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -167,10 +166,9 @@ func relayConsumers(conn *nats.Conn, st string) ([]string, error) {
 }
 
 func newAuthenticator(a *EmbeddedAuth, log zerolog.Logger) *authenticator {
-	user, pw := make([]byte, 8), make([]byte, 32)
+	user := make([]byte, 8)
 	_, _ = rand.Read(user)
-	_, _ = rand.Read(pw)
-	pullsPassword := base64.RawURLEncoding.EncodeToString(pw) // generatedPasswordLen: bcrypt's lowest cost
+	pullsPassword := newPassword()
 	return &authenticator{
 		relayUser: a.RelayUser, relayHash: []byte(bcryptHash(a.RelayPassword)),
 		subUser: a.SubscriberUser, subHash: []byte(bcryptHash(a.SubscriberPassword)),
@@ -532,12 +530,11 @@ func (g *guard) passOn(m *nats.Msg) {
 		g.refuse(m, fmt.Errorf("%w: a pull's idle_heartbeat is at least %s", errForbidden, SubscriberMinHeartbeat))
 		return
 	}
-	// The consumer's name: $JS.API.CONSUMER.MSG.NEXT.<stream>.<name>,
-	// $JS.ACK.<stream>.<name>.…. The subscriber's own publishes to the
-	// relay's are denied by its permissions; what the server sends to a
-	// reply it named is not checked by them.
-	if toks := strings.Split(subj, "."); len(toks) > 6 && strings.HasPrefix(subj, pullPrefix) && g.relays(toks[6]) || len(toks) > 3 && strings.HasPrefix(subj, ackPrefix) && g.relays(toks[3]) {
-		g.refuse(m, fmt.Errorf("%w: consumer names starting with %q or %q are the relay's", errForbidden, ReservedConsumerPrefix, ScanConsumerPrefix))
+	// The subscriber's own publishes to the relay's consumers are denied by
+	// its permissions; what the server sends to a reply it named is not
+	// checked by them.
+	if g.relays(consumerOf(subj)) {
+		g.refuse(m, errRelaysConsumer)
 		return
 	}
 	// Without headers: pulls and acks have none, and one asking the server
@@ -547,6 +544,19 @@ func (g *guard) passOn(m *nats.Msg) {
 	if err := g.pulls.PublishMsg(&nats.Msg{Subject: passedOn(g.passOut, subj), Reply: m.Reply, Data: m.Data}); err != nil {
 		g.refuse(m, fmt.Errorf("%w: the store did not take it", errUnavailable))
 	}
+}
+
+// consumerOf is the consumer a pull or an ack subject names:
+// $JS.API.CONSUMER.MSG.NEXT.<stream>.<name>, $JS.ACK.<stream>.<name>.….
+func consumerOf(subj string) string {
+	toks := strings.Split(subj, ".")
+	switch {
+	case strings.HasPrefix(subj, pullPrefix) && len(toks) > 6:
+		return toks[6]
+	case strings.HasPrefix(subj, ackPrefix) && len(toks) > 3:
+		return toks[3]
+	}
+	return ""
 }
 
 // relays reports whether consumer name is the relay's.
@@ -579,6 +589,9 @@ var (
 	errUnavailable = errors.New("unavailable")
 	errBusy        = errors.New("busy")
 	errTooMany     = errors.New("too many consumers")
+	// errRelaysConsumer refuses a subscriber's request about a consumer of
+	// the relay's.
+	errRelaysConsumer = fmt.Errorf("%w: consumer names starting with %q or %q are the relay's", errForbidden, ReservedConsumerPrefix, ScanConsumerPrefix)
 )
 
 // check refuses to create or delete a consumer of the relay's (by the
@@ -628,7 +641,7 @@ func (g *guard) check(subj string, data []byte) error {
 	}
 	for _, n := range names {
 		if g.relays(n) {
-			return fmt.Errorf("%w: consumer names starting with %q or %q are the relay's", errForbidden, ReservedConsumerPrefix, ScanConsumerPrefix)
+			return errRelaysConsumer
 		}
 	}
 	if req.Config.Direct || req.Config.Sourcing {

@@ -166,11 +166,10 @@ func (e *Endpoint) UnmarshalYAML(unmarshal func(any) error) error {
 // MaxFilterSubjects bounds an endpoint's filter subjects (the product of
 // its lists), and MaxAllFilterSubjects all the endpoints' (all: true counts
 // one). Each relay tells them in its heartbeat, one value of the store,
-// with each endpoint's name twice (under 1 MiB at most, 4,096 endpoints of
-// one subject and 63-character names: an external server's max_payload is
-// 1 MiB by default, and a relay
-// whose heartbeat is not written delivers nothing), and weighs each
-// subject against each other there every heartbeat.
+// with each endpoint's name twice: under 1 MiB at most (4,096 endpoints of
+// one subject and 63-character names), an external server's max_payload
+// by default, past which no heartbeat is written and the relay delivers
+// nothing. And it weighs each subject against each other every heartbeat.
 const (
 	MaxFilterSubjects    = 256
 	MaxAllFilterSubjects = 4096
@@ -179,11 +178,6 @@ const (
 // validateEndpoints reports every problem with the endpoints.
 func (c *Config) validateEndpoints(bad func(string, ...any)) {
 	subjects := 0
-	defer func() {
-		if subjects > MaxAllFilterSubjects {
-			bad("endpoints: %d filter subjects in all, over %d (each is a project × product × status an endpoint's filter lists; each relay tells them in its heartbeat): leave a list empty to take all of it", subjects, MaxAllFilterSubjects)
-		}
-	}()
 	for _, name := range sortedKeys(c.Endpoints) {
 		e := c.Endpoints[name]
 		at := "endpoints." + name
@@ -305,6 +299,9 @@ func (c *Config) validateEndpoints(bad func(string, ...any)) {
 		if total := e.Retry.total(); c.Streams.Replay.MaxAge.D() > 0 && total > c.Streams.Replay.MaxAge.D() {
 			bad("%s.retry.schedule: spans %s, longer than streams.replay.max_age %s: replayed and redriven copies would expire before their last retry", at, total, c.Streams.Replay.MaxAge)
 		}
+	}
+	if subjects > MaxAllFilterSubjects {
+		bad("endpoints: %d filter subjects in all, over %d (each is a project × product × status an endpoint's filter lists; each relay tells them in its heartbeat): leave a list empty to take all of it", subjects, MaxAllFilterSubjects)
 	}
 	if c.Admin.Token.Set() {
 		if len(c.Admin.Token) < 16 {
