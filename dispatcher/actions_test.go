@@ -200,6 +200,7 @@ func TestAnAnswersBodyIsReadOnlySoFar(t *testing.T) {
 // deliver_from, not from the old stream's place: from there, the new
 // stream's first events were skipped for good.
 func TestAnEventsStreamMadeAnewIsDeliveredFromItsStart(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	w := h.start(h.endpoint("orders", c.URL))

@@ -245,6 +245,7 @@ func TestEachDLQPageStopsAtWhatWasStored(t *testing.T) {
 // each with its event whole: up to 16 GiB with 16 MiB notifications. A
 // page now ends at DLQPageBytes, and the pages still reach every one.
 func TestEachDLQPageIsBoundedInBytes(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	const n = 40
 	data := []byte(`{"endpoint":"orders","event":{"raw":"` + strings.Repeat("x", 1<<20) + `"}}`)
@@ -845,6 +846,7 @@ func (c gatedConn) Write(p []byte) (int, error) {
 // exceeded, and the replay's workers took the turns that freed on a
 // correct relay.
 func TestAReplayGetsTheTurnsLiveEventsLeave(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
@@ -901,6 +903,7 @@ func TestAReplayGetsTheTurnsLiveEventsLeave(t *testing.T) {
 // a live event) spent one: idle live workers spent the limit, and a
 // replay under a limit smaller than the endpoint's concurrency got none.
 func TestAReplayAloneGetsTheWholeLimit(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	const n = 6

@@ -29,6 +29,7 @@ import (
 // redrive sent it again. Such an event is settled unposted ("filtered"),
 // and a redriven copy of one removes its dead letter.
 func TestANarrowedFilterStopsWhatTheEndpointNoLongerTakes(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(500) })
 	wide := h.endpoint("orders", c.URL, 10*time.Millisecond)

@@ -121,6 +121,7 @@ func TestAWorkerStartingWhileHeldDeliversNothing(t *testing.T) {
 // is not attempted once the endpoint is held meanwhile: it goes back to
 // the stream.
 func TestAHoldStopsAnEventWaitingForItsTurn(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)

@@ -28,6 +28,7 @@ import (
 // taken as invalid: either way the relay retried on the schedule (20ms
 // here, 5s by default) instead of after the hour the cap allows.
 func TestHugeRetryAfterIsCappedAtRetryAfterMax(t *testing.T) {
+	t.Parallel()
 	for _, ra := range []string{
 		"7200",                 // two hours: capped to one (passes)
 		"10000000000",          // ~317 years: time.Duration overflows
@@ -91,6 +92,7 @@ func mustKV(t *testing.T, h *harness) jetstream.KeyValue {
 //   - credentials in a response header whose name says so (X-Password,
 //     X-Credentials, X-Bearer), as Cookie and Authorization are.
 func TestRecordsKeepNoSecretTheConsumerEchoes(t *testing.T) {
+	t.Parallel()
 	const pathToken, queryToken = "tok-9f8e7d", "s3cr3t-query"
 	for _, tc := range []struct {
 		name   string
@@ -262,6 +264,7 @@ func TestKeptHeadersAreTheSameEveryTimeAndExplainTheAnswer(t *testing.T) {
 // status is in, what is kept of the body is read for answerBodyWait at
 // most.
 func TestADrippingAnswerDoesNotHoldTheWorker(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, func(_ int, r *http.Request, w http.ResponseWriter) {
 		w.WriteHeader(http.StatusOK)

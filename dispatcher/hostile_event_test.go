@@ -26,6 +26,7 @@ import (
 // enough to be released, and none was posted until retention dropped it.
 // Only a final status waits, and only for its pending.
 func TestAnOrderedEventNeverWaitsForItselfOrInACycle(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
@@ -117,6 +118,7 @@ func TestAnEventTooLargeForItsDeadLetterIsStillDeadLettered(t *testing.T) {
 // letter keeps only its start, and a redrive leaves it alone: it would
 // post those 4 KiB as the event.
 func TestADeadLetterKeptInPartIsNeverRedriven(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(http.StatusGone) })
 	h.start(h.endpoint("orders", c.URL))
@@ -143,6 +145,7 @@ func TestADeadLetterKeptInPartIsNeverRedriven(t *testing.T) {
 // into the dead letter twice (body and header), which cutting the event
 // alone did not bring under the server's limit. The ids are cut too.
 func TestADeadLetterOfHugeIDsIsStillStored(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	h.start(h.endpoint("orders", c.URL))

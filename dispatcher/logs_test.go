@@ -33,6 +33,7 @@ func TestIdleEndpointIsQuiet(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)

@@ -206,6 +206,7 @@ func TestHeartbeatsAreJudgedByTheirWritersInterval(t *testing.T) {
 // TestRemovedEndpointsBacklogIsDeadLettered). Every relay writing its
 // heartbeat all the time, each look must still see every one of them.
 func TestEveryHeartbeatIsSeenWhileRelaysRewriteThem(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	kv, err := h.js.KeyValue(context.Background(), event.BucketDelivery)
 	if err != nil {

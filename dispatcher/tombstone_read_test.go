@@ -28,6 +28,7 @@ func TestATombstoneThatCannotBeReadCreatesNoConsumer(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a three-node cluster: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	cl := natstest.StartCluster(t, 3)
 	nc, err := nats.Connect(cl.URL())
 	if err != nil {

@@ -126,6 +126,7 @@ func TestOrderedWaitIsBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
@@ -373,6 +374,7 @@ func TestOrderedChainWaitsForAWaitingPredecessor(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	h := newHarness(t)
 	var pendingFails atomic.Int64
 	pendingFails.Store(5)
@@ -456,6 +458,7 @@ func TestPausedEndpointDeadLettersBeforeRetentionDropsEvents(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	h := newHarness(t)
 	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second }) // the guard acts in its last 600 ms
 	c := newConsumer(t, status(503, 503, 503, 503, 503, 503, 503, 503, 503, 503))
@@ -486,6 +489,7 @@ func TestPausedEndpointDeadLettersBeforeRetentionDropsEvents(t *testing.T) {
 // the expiry guard runs only while the endpoint is paused. It is now
 // dead-lettered at once, with reason expiring_before_retry.
 func TestAnEventWhoseNextRetryComesTooLateIsDeadLettered(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second })
 	c := newConsumer(t, status(503, 503, 503, 503))
@@ -523,6 +527,7 @@ func TestABacklogAgingOutOfAnEndpointNotPausedIsDeadLettered(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	h := newHarness(t)
 	// The guard acts in the last 2 s (with 6 s and its last 600 ms, a CI
 	// run's race pass, beside the mutants on two cores, once reached the
@@ -578,6 +583,7 @@ func TestExpiryGuardIsNotStoppedByAMessageWithoutAnID(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	h, c, _ := heldWithShortRetention(t)
 	if _, err := h.js.Publish(t.Context(), event.EventSubject("main", event.ProductQRIS, event.StatusSuccess), []byte(`{}`)); err != nil {
 		t.Fatal(err)
@@ -604,6 +610,7 @@ func TestHeldEndpointDeadLettersReplayedCopiesBeforeRetentionDropsThem(t *testin
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	h := newHarness(t)
 	s := h.reconfigure(event.StreamReplay, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second }) // the guard acts in its last 600 ms
 	c := newConsumer(t, status())
@@ -715,6 +722,7 @@ func (h *harness) reconfigure(name string, change func(*jetstream.StreamConfig))
 // went first: "success" reached the merchant before "pending". It waits
 // while the store refuses writes.
 func TestOrderedHoldsOrderWhileTheStoreRefusesRecords(t *testing.T) {
+	t.Parallel()
 	orderedWhileRecordsRefused(t, "tx-r", false)
 }
 
@@ -773,6 +781,7 @@ func TestTheExpiryGuardAcknowledgesWhatIsDone(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	h, c, w := heldWithShortRetention(t)
 	done := event.ID("main", "tx-done", event.StatusSuccess)
 	if err := (attemptStore{kv: mustKV(t, h)}).put(t.Context(), attemptKey("orders", done, 0), attempts{Count: 1, Done: true}); err != nil {
@@ -799,6 +808,7 @@ func TestTheExpiryGuardKeepsADecidedReason(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	h, c, w := heldWithShortRetention(t)
 	gone := event.ID("main", "tx-gone", event.StatusSuccess)
 	if err := (attemptStore{kv: mustKV(t, h)}).put(t.Context(), attemptKey("orders", gone, 0), attempts{Count: 1, LastStatus: http.StatusGone, DeadLetter: ReasonGone}); err != nil {
@@ -851,6 +861,7 @@ func TestOrderedHoldsOrderWhileAnEventWaitsForItsTurn(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	var pendingFailed atomic.Bool
@@ -898,6 +909,7 @@ func TestOrderedHoldsOrderWhenTheRelayHoldingThePredecessorDies(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	var ahead atomic.Int64
@@ -938,6 +950,7 @@ func TestTheExpiryGuardFindsADueEventBehindYoungerOnes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	h := newHarness(t)
 	// The guard acts in the last 2 s and looks every 500 ms.
 	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 20*time.Second, time.Second })
@@ -1027,6 +1040,7 @@ func TestAPausedSweepIsBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
+	t.Parallel()
 	h := newHarness(t)
 	w := h.worker(h.endpoint("orders", "http://127.0.0.1:1"))
 	h.publish("tx-oldest", event.StatusSuccess, "")

@@ -108,8 +108,8 @@ func TestEmbeddedAuth(t *testing.T) {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
 	auth := &stream.EmbeddedAuth{
-		RelayUser: "sengo-relay", RelayPassword: "relay-pw-0123456789",
-		SubscriberUser: "subscriber", SubscriberPassword: "sub-pw-0123456789",
+		RelayUser: "sengo-relay", RelayPassword: relayPW,
+		SubscriberUser: "subscriber", SubscriberPassword: subPW,
 		Stream: "SENGO_EVENTS", Subjects: "sengo.events.>", Protected: []string{"webhook-orders"},
 	}
 	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: auth, Logger: zerolog.Nop()})
@@ -156,7 +156,7 @@ func TestEmbeddedAuth(t *testing.T) {
 	// hears each refusal.
 	var refusedMu sync.Mutex
 	var refused []string
-	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second),
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", subPW), nats.Timeout(15*time.Second),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrPermissionViolation) {
 				refusedMu.Lock()

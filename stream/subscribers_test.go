@@ -19,6 +19,15 @@ import (
 	"github.com/sengo-relay/sengo-relay/stream"
 )
 
+// The tests' passwords are as long as a generated one, so the server checks
+// them at bcrypt's lowest cost (bcryptHash): a short chosen one costs a
+// check at the default cost on every connect, 1.4 s of CPU under -race, and
+// the tests here connect dozens of times.
+const (
+	relayPW = "relay-pw-0123456789abcdef0123456789abcdef012"
+	subPW   = "sub-pw-0123456789abcdef0123456789abcdef0123"
+)
+
 // The subscriber cannot write into the relay's streams by choosing where
 // JetStream's answers go. In one account it could: nats-server publishes a
 // direct get's answer and a pull's messages to the request's reply
@@ -29,8 +38,8 @@ import (
 // consumer, push to its _INBOX, live events.
 func TestTheSubscriberCannotWriteThroughReplies(t *testing.T) {
 	auth := &stream.EmbeddedAuth{
-		RelayUser: "sengo-relay", RelayPassword: "relay-pw-0123456789",
-		SubscriberUser: "subscriber", SubscriberPassword: "sub-pw-0123456789",
+		RelayUser: "sengo-relay", RelayPassword: relayPW,
+		SubscriberUser: "subscriber", SubscriberPassword: subPW,
 		Stream: "SENGO_EVENTS", Subjects: "sengo.events.>", Protected: []string{"webhook-orders"},
 	}
 	e, rjs := startWithSubscriber(t, auth)
@@ -178,7 +187,7 @@ func TestTheSubscriberCannotWriteThroughReplies(t *testing.T) {
 func TestARemovedEndpointsConsumerIsTheRelays(t *testing.T) {
 	long := strings.Repeat("p", 88)
 	auth := &stream.EmbeddedAuth{
-		RelayUser: "sengo-relay", RelayPassword: "relay-pw-0123456789",
+		RelayUser: "sengo-relay", RelayPassword: relayPW,
 		SubscriberUser: "subscriber", SubscriberPassword: long,
 		Stream: "SENGO_EVENTS", Subjects: "sengo.events.>", Protected: []string{"webhook-orders"},
 	}
@@ -233,8 +242,8 @@ func TestARemovedEndpointsConsumerIsTheRelays(t *testing.T) {
 // list the stream's consumers.
 func TestTheSubscriberCannotFindTheRelaysScans(t *testing.T) {
 	auth := &stream.EmbeddedAuth{
-		RelayUser: "sengo-relay", RelayPassword: "relay-pw-0123456789",
-		SubscriberUser: "subscriber", SubscriberPassword: "sub-pw-0123456789",
+		RelayUser: "sengo-relay", RelayPassword: relayPW,
+		SubscriberUser: "subscriber", SubscriberPassword: subPW,
 		Stream: "SENGO_EVENTS", Subjects: "sengo.events.>",
 	}
 	e, rjs := startWithSubscriber(t, auth)
@@ -294,8 +303,8 @@ func startWithSubscriberLogging(t *testing.T, auth *stream.EmbeddedAuth, log zer
 // subscriber tests.
 func subscriberAuth() *stream.EmbeddedAuth {
 	return &stream.EmbeddedAuth{
-		RelayUser: "sengo-relay", RelayPassword: "relay-pw-0123456789",
-		SubscriberUser: "subscriber", SubscriberPassword: "sub-pw-0123456789",
+		RelayUser: "sengo-relay", RelayPassword: relayPW,
+		SubscriberUser: "subscriber", SubscriberPassword: subPW,
 		Stream: "SENGO_EVENTS", Subjects: "sengo.events.>", Protected: []string{"webhook-orders"},
 	}
 }
@@ -322,7 +331,7 @@ func TestASubscriberFloodLeavesTheRelaysRequestsAnswered(t *testing.T) {
 	var wg sync.WaitGroup
 	var busy atomic.Int64 // the flood's requests the relay refused at once, its queue full
 	for range 4 {
-		sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
+		sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", subPW), nats.Timeout(15*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -480,7 +489,7 @@ func TestTheSubscriberCannotTakeEveryConnection(t *testing.T) {
 	}
 	t.Cleanup(e.Shutdown)
 	connect := func() (*nats.Conn, error) {
-		return nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second), nats.NoReconnect())
+		return nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", subPW), nats.Timeout(15*time.Second), nats.NoReconnect())
 	}
 	var conns []*nats.Conn
 	defer func() {
@@ -692,7 +701,7 @@ func TestTheSubscribersDirectGetsAreOneMessageEach(t *testing.T) {
 // the test ends.
 func subscriberConn(t *testing.T, e *stream.Embedded) *nats.Conn {
 	t.Helper()
-	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", "sub-pw-0123456789"), nats.Timeout(15*time.Second))
+	sub, err := nats.Connect(e.ClientURL(), nats.UserInfo("subscriber", subPW), nats.Timeout(15*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
