@@ -127,6 +127,7 @@ type Embedded struct {
 	auth   *EmbeddedAuth
 	guard  *nats.Conn // the relay's connection checking the subscriber's consumer creations
 	pulls  *nats.Conn // the relay's connection in the subscriber's account (the guard's pulls)
+	log    *serverLogger
 	// stopWatch ends watchReplies; watched is closed when it has.
 	stopWatch, watched chan struct{}
 }
@@ -219,7 +220,8 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
-	srv.SetLoggerV2(serverLogger{cfg.Logger.With().Str("component", "nats-server").Logger()}, false, false, false)
+	srvLog := newServerLogger(cfg.Logger.With().Str("component", "nats-server").Logger())
+	srv.SetLoggerV2(srvLog, false, false, false)
 	srv.Start()
 	if !srv.ReadyForConnections(30 * time.Second) {
 		srv.Shutdown()
@@ -229,7 +231,7 @@ func StartEmbedded(cfg EmbeddedConfig) (_ *Embedded, err error) {
 		srv.Shutdown()
 		return nil, errors.New("embedded nats: JetStream did not start (see the nats-server log lines)")
 	}
-	e := &Embedded{srv: srv, unlock: unlock, auth: cfg.Auth}
+	e := &Embedded{srv: srv, unlock: unlock, auth: cfg.Auth, log: srvLog}
 	if auth != nil {
 		// The relay logs in from now on; the subscriber once its account
 		// is in place.
@@ -412,15 +414,6 @@ func (e *Embedded) Shutdown() {
 	}
 	e.srv.Shutdown()
 	e.srv.WaitForShutdown()
+	e.log.stop()
 	e.unlock()
 }
-
-// serverLogger sends nats-server's log lines to zerolog.
-type serverLogger struct{ l zerolog.Logger }
-
-func (s serverLogger) Noticef(format string, v ...any) { s.l.Debug().Msgf(format, v...) }
-func (s serverLogger) Warnf(format string, v ...any)   { s.l.Warn().Msgf(format, v...) }
-func (s serverLogger) Fatalf(format string, v ...any)  { s.l.Error().Msgf(format, v...) }
-func (s serverLogger) Errorf(format string, v ...any)  { s.l.Error().Msgf(format, v...) }
-func (s serverLogger) Debugf(format string, v ...any)  { s.l.Debug().Msgf(format, v...) }
-func (s serverLogger) Tracef(format string, v ...any)  { s.l.Trace().Msgf(format, v...) }
