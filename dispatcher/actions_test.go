@@ -43,6 +43,7 @@ func (h *harness) storeDeadLetter(endpoint string, ev event.Event) {
 // endpoint, acts on what an operator selected, never on every dead letter
 // or another endpoint's.
 func TestDeadLetterFiltersSelectOnlyTheirOwn(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	a := h.publish("tx-a", event.StatusSuccess, "")
 	b := h.publish("tx-b", event.StatusSuccess, "")
@@ -81,6 +82,7 @@ func TestDeadLetterFiltersSelectOnlyTheirOwn(t *testing.T) {
 // and a redrive or a purge keeps the dead letter: reported done, the
 // operator took a dead letter for redriven (or gone) that was neither.
 func TestARefusedRedrivePurgeOrReplaySaysSo(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	ep := h.endpoint("orders", "http://127.0.0.1:1")
 	if _, err := NewWorker(t.Context(), WorkerConfig{Endpoint: ep, JetStream: h.js, Metrics: h.metrics, Logger: zerolog.New(h.logs)}); err != nil {
@@ -131,6 +133,7 @@ func TestARefusedRedrivePurgeOrReplaySaysSo(t *testing.T) {
 // A replay to two endpoints queues a copy for each, and one by
 // merchantRef alone copies that merchantRef's events only.
 func TestAReplayByMerchantRefToTwoEndpoints(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	var eps []Endpoint
 	for _, name := range []string{"orders", "shipping"} {
@@ -171,6 +174,7 @@ func mapsEqual(a, b map[string]string) bool {
 // An endpoint's answer is read up to what its excerpt keeps: a hostile
 // endpoint streaming gigabytes in its answer was read whole into memory.
 func TestAnAnswersBodyIsReadOnlySoFar(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	var written atomic.Int64
 	var finished atomic.Bool
@@ -232,6 +236,7 @@ func TestAnEventsStreamMadeAnewIsDeliveredFromItsStart(t *testing.T) {
 // of the endpoint's signing secret it had sent stayed in the dead letter
 // (the scrub removes a secret only whole).
 func TestACutAnswerKeepsNoStartOfASecret(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	release := make(chan struct{})
 	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
@@ -257,6 +262,7 @@ func TestACutAnswerKeepsNoStartOfASecret(t *testing.T) {
 // not the copy's. Removed, the other endpoint's failed delivery was left
 // with no trace and nothing to redrive.
 func TestASettledCopyLeavesAnotherEndpointsDeadLetterOfItsEvent(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	release, shipGo := make(chan struct{}), make(chan struct{})
 	var releaseOnce, shipOnce sync.Once

@@ -18,6 +18,7 @@ import (
 // host as RedactHost does. The lookup is Go's own resolver, failing as it
 // does when no DNS server answers.
 func TestTransportErrorsHideTokenHosts(t *testing.T) {
+	t.Parallel()
 	const token = "eo3h0p8w4v9h6b5"
 	noDNS := &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
 		return nil, errors.New("no DNS server here")

@@ -27,6 +27,7 @@ import (
 // An endpoint down for every attempt ends in the DLQ; once it is back,
 // redrive delivers the event with the same webhook-id and a fresh budget.
 func TestRedriveDelivers(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	var up atomic.Bool
 	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
@@ -83,6 +84,7 @@ func TestRedriveDelivers(t *testing.T) {
 // webhook-replay: true and progress, beside live traffic; running it
 // again queues nothing new.
 func TestReplayWindow(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
@@ -151,6 +153,7 @@ func TestReplayWindow(t *testing.T) {
 // another purge) removes what is left, counts only that, and does not
 // fail on the ones already gone.
 func TestPurgeStaleEntries(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	ctx := context.Background()
 	for _, tx := range []string{"tx-a", "tx-b"} {
@@ -175,6 +178,7 @@ func TestPurgeStaleEntries(t *testing.T) {
 // reads its own, not all of them); those stored before, on the endpoint's
 // subject alone, are still found.
 func TestDeadLettersOfATransactionAreReadBySubject(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) { w.WriteHeader(500) })
 	w := h.start(h.endpoint("orders", c.URL, 10*time.Millisecond))
@@ -219,6 +223,7 @@ func TestDeadLettersOfATransactionAreReadBySubject(t *testing.T) {
 // once (a 410) met its own new dead letters on its next page and
 // redrove them again, for as long as the command ran.
 func TestEachDLQPageStopsAtWhatWasStored(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	ctx := context.Background()
 	store := func(n int) {
@@ -274,6 +279,7 @@ func TestEachDLQPageIsBoundedInBytes(t *testing.T) {
 // an earlier redrive, still waiting) as redriven: twice "1 redriven" for
 // one copy queued.
 func TestRedriveCountsOnlyWhatItQueued(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	down := newConsumer(t, status(http.StatusServiceUnavailable, http.StatusServiceUnavailable, http.StatusServiceUnavailable))
 	h.start(h.endpoint("orders", down.URL, 10*time.Millisecond))
@@ -302,6 +308,7 @@ func TestRedriveCountsOnlyWhatItQueued(t *testing.T) {
 // rewrote &, < and > (\u0026…) in data.raw and the reference, and Redrive
 // posted those bytes.
 func TestARedrivenCopyIsTheEventAsStored(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	var up atomic.Bool
 	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
@@ -332,6 +339,7 @@ func TestARedrivenCopyIsTheEventAsStored(t *testing.T) {
 // purge removes it. Its decoding error failed every read that reached it,
 // a purge by its own sequence too, for as long as the stream kept it.
 func TestAMessageThatIsNoDeadLetterStopsNoAction(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status(410))
 	w := h.start(h.endpoint("orders", c.URL))
@@ -373,6 +381,7 @@ func TestAMessageThatIsNoDeadLetterStopsNoAction(t *testing.T) {
 // reads their headers only, and still counts exactly those up to the
 // sequence it names.
 func TestCountingDeadLettersReadsNoBodies(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	const n = 40
 	letter := func(ep string) []byte {
@@ -434,6 +443,7 @@ func TestCountingDeadLettersReadsNoBodies(t *testing.T) {
 // budget of its own, the event was posted by both and, both dead, listed
 // twice. A copy still stored is found by its dead letter's record.
 func TestARedriveAfterTheDuplicateWindowQueuesNoSecondCopy(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.reconfigure(event.StreamReplay, func(cfg *jetstream.StreamConfig) { cfg.Duplicates = 200 * time.Millisecond })
 	entries := h.redrivenWaiting("tx-r")
@@ -458,6 +468,7 @@ func TestARedriveAfterTheDuplicateWindowQueuesNoSecondCopy(t *testing.T) {
 // dead letter of that sequence was never redriven while that copy waited.
 // A copy counts only if it is the dead letter's own.
 func TestARedriveRecordOfAnotherDeadLetterIsIgnored(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
 		if n == 2 {
@@ -493,6 +504,7 @@ func TestARedriveRecordOfAnotherDeadLetterIsIgnored(t *testing.T) {
 // its retries: the event the operator purged "for good" was posted later
 // all the same, or, dead again, listed again. The copy goes with it.
 func TestAPurgeTakesTheWaitingCopyWithIt(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	entries := h.redrivenWaiting("tx-p")
 	if n, err := Purge(t.Context(), h.js, entries); err != nil || n != 1 {
@@ -511,6 +523,7 @@ func TestAPurgeTakesTheWaitingCopyWithIt(t *testing.T) {
 // them until SENGO_REPLAY dropped them, with no dead letter. It is refused,
 // as a redrive to such an endpoint is.
 func TestAReplayToAnEndpointNoRelayDeliversIsRefused(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("crm", c.URL)
@@ -546,6 +559,7 @@ func TestAReplayToAnEndpointNoRelayDeliversIsRefused(t *testing.T) {
 // after the duplicate window queued a second one. The duplicate's answer
 // names the copy, and it is recorded then.
 func TestADuplicateRedriveRecordsTheCopy(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.reconfigure(event.StreamReplay, func(cfg *jetstream.StreamConfig) { cfg.Duplicates = 200 * time.Millisecond })
 	entries := h.redrivenWaiting("tx-d")
@@ -566,6 +580,7 @@ func TestADuplicateRedriveRecordsTheCopy(t *testing.T) {
 // project, and ids repeat across projects: the other project's event of
 // the same merchantRef was replayed too. A replay may name its project.
 func TestAReplayOfOneProjectLeavesTheOthersAlone(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
@@ -646,6 +661,7 @@ func (h *harness) waitOutDuplicateWindow() {
 // delivered, was left with no trace. A dead letter is removed only if it
 // is the copy's.
 func TestASettledCopyRemovesOnlyItsOwnDeadLetter(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	release := make(chan struct{})
 	var releaseOnce sync.Once
@@ -927,6 +943,7 @@ func TestAReplayAloneGetsTheWholeLimit(t *testing.T) {
 // (which reads on while events keep coming) posted it a second time, and
 // under steady traffic never ended.
 func TestAReplayEndsWhereItStarted(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
@@ -1021,6 +1038,7 @@ func TestAReplayedCopyStarvedOfTurnsIsDeadLetteredBeforeItAgesOut(t *testing.T) 
 // first delivery read no record. A copy's record is read on every
 // delivery, and one settled is not posted again.
 func TestASettledCopyIsNotPostedAgainByAConsumerMadeAnew(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
@@ -1054,6 +1072,7 @@ func TestASettledCopyIsNotPostedAgainByAConsumerMadeAnew(t *testing.T) {
 // first delivery read the old one's done, and was acknowledged unposted.
 // A record written before the copy was stored is another copy's.
 func TestACopyIsNotTakenForAnOldCopyAtItsSequence(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)

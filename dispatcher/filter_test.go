@@ -100,6 +100,7 @@ func countFor(c *consumer, txID string) int {
 // neither posted nor dead-lettered. It is created again after the last
 // event it is known to have acknowledged.
 func TestADeletedConsumerIsCreatedAgainWhereItWas(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	var up atomic.Bool
 	var ok sync.Map // the attempts answered 200, by number
@@ -156,6 +157,7 @@ func answered(c *consumer, ok *sync.Map, txID string) bool {
 // takes: it posts them. What the consumer's filter takes now decides,
 // not one relay's configuration.
 func TestARelayOnAnOlderNarrowerFilterPostsWhatTheWiderOneTakes(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	narrow := h.endpoint("orders", c.URL)
@@ -239,6 +241,7 @@ func TestARelayStartedAgainOnAnOlderFilterKeepsTheWiderOne(t *testing.T) {
 // was not among them, and the pass narrowed the consumer again. A change
 // is decided on the consumer and the heartbeats read again, in that order.
 func TestAPassDoesNotNarrowWhatARelayStartedSinceWidened(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	wide, narrow := h.filterPair(c.URL)
@@ -296,6 +299,7 @@ func (h *harness) liveFilter(endpoint string) []string {
 // another) and takes every subject of the sets: a real server is given
 // each cover.
 func TestFilterCover(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	for i, c := range []struct {
 		sets [][]string

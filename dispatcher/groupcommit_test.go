@@ -14,6 +14,7 @@ import (
 // covers its dead letter: a Term that outlived the dead letter in a power
 // loss would drop the event with no trace.
 func TestDeadLetterTermedOnlyAfterFsync(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	gate := natstest.NewFSyncGate(t, h.nats.Dir(), nil)
 	h.durable = gate.GroupSync
@@ -36,6 +37,7 @@ func TestDeadLetterTermedOnlyAfterFsync(t *testing.T) {
 // failed fsync acknowledged nothing it covered (the event is redelivered,
 // posted again under its id, and recorded again).
 func TestAnOrderedEventIsAckedOnlyOnceItsRecordIsDurable(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	gate := natstest.NewFSyncGate(t, h.nats.Dir(), nil)
 	h.durable = gate.GroupSync

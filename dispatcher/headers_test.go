@@ -11,6 +11,7 @@ import (
 // sessions and credentials (cookies, anything auth) redacted, and a
 // redirect's URL without its path and query, wherever it points.
 func TestKeptHeadersAreBoundedAndRedacted(t *testing.T) {
+	t.Parallel()
 	identity := func(s string) string { return s }
 	out := keptHeaders(http.Header{
 		strings.Repeat("N", 100): {"x"},

@@ -54,6 +54,7 @@ func (h *harness) withHistory() *results {
 // values of configured headers redacted) and the response's headers (a
 // cookie redacted) and body excerpt.
 func TestEveryAttemptIsKept(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	res := h.withHistory()
 	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
@@ -109,6 +110,7 @@ func TestEveryAttemptIsKept(t *testing.T) {
 // every write (full), events are still delivered and acknowledged, and the
 // lost records are counted.
 func TestDeliveryGoesOnWhenHistoryFails(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	res := h.withHistory()
 	s, err := h.js.Stream(context.Background(), history.StreamAttempts)
@@ -142,6 +144,7 @@ func TestDeliveryGoesOnWhenHistoryFails(t *testing.T) {
 // connection, which the relay shares with intake and delivery, so every
 // relay stopped at the event, again at each restart.
 func TestAnAttemptOfAnyEventIDHasABoundedSubject(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	res := h.withHistory()
 	c := newConsumer(t, func(int, *http.Request, http.ResponseWriter) {})

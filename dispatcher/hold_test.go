@@ -20,6 +20,7 @@ import (
 // dead-lettered) until it is released; then they go out. A test send goes
 // through the hold and reports the answer.
 func TestHoldStopsDeliveriesUntilReleased(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	w := h.start(h.endpoint("orders", c.URL))

@@ -239,6 +239,7 @@ func rawAnswer(w http.ResponseWriter, raw string) {
 // answer kept different ones. The headers that explain an answer are kept
 // first, then the others in name order.
 func TestKeptHeadersAreTheSameEveryTimeAndExplainTheAnswer(t *testing.T) {
+	t.Parallel()
 	h := http.Header{}
 	for i := range 40 {
 		h.Set(fmt.Sprintf("A-Filler-%02d", i), "x")
@@ -298,6 +299,7 @@ func TestADrippingAnswerDoesNotHoldTheWorker(t *testing.T) {
 // invalid UTF-8) and the console showed "…é" as "…\uFFFD". It ends before a
 // character it would cut.
 func TestAnExcerptIsNotCutInsideACharacter(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	body := strings.Repeat("a", maxExcerpt-1) + "é and more"
 	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
@@ -318,6 +320,7 @@ func TestAnExcerptIsNotCutInsideACharacter(t *testing.T) {
 // time (answerBodyWait); and it never ends inside a character unless the
 // body itself did.
 func TestExcerptKeepsNoPartOfASecret(t *testing.T) {
+	t.Parallel()
 	long := strings.Repeat("J", 700) // a long configured bearer token
 	sig := "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789+/abcd="
 	secrets := []string{long, sig}
@@ -346,6 +349,7 @@ func TestExcerptKeepsNoPartOfASecret(t *testing.T) {
 // scrubbed, a secret echoed across the clip (a Link naming the endpoint's
 // URL) was kept in part.
 func TestKeptHeadersAreScrubbedBeforeTheyAreClipped(t *testing.T) {
+	t.Parallel()
 	secret := "tok-0123456789abcdef"
 	h := http.Header{"Link": {"<" + strings.Repeat("x", maxHeaderValue-10) + "/" + secret + ">"}}
 	got := keptHeaders(h, func(s string) string { return verify.Scrub(s, []string{secret}) })
@@ -357,6 +361,7 @@ func TestKeptHeadersAreScrubbedBeforeTheyAreClipped(t *testing.T) {
 // A consumer echoing the signature may escape it: PHP's json_encode
 // writes "/" as "\/", a query string or a path escapes "+", "/" and "=".
 func TestSignaturesAsAConsumerEchoesThem(t *testing.T) {
+	t.Parallel()
 	got := signatures("v1,ab/c+d= v1,xyz0")
 	for _, want := range []string{"ab/c+d=", `ab\/c+d=`, "ab%2Fc%2Bd%3D", "ab%2Fc+d=", "xyz0"} {
 		if !slices.Contains(got, want) {

@@ -44,6 +44,7 @@ func TestAnOrderedEventNeverWaitsForItselfOrInACycle(t *testing.T) {
 // and every other event waited for probes. Such an event is dead-lettered
 // as undecodable at once, and the endpoint goes on.
 func TestAnEventIDThatCannotBeAHeaderDoesNotPauseTheEndpoint(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
@@ -84,6 +85,7 @@ func TestAnEventIDThatCannotBeAHeaderDoesNotPauseTheEndpoint(t *testing.T) {
 // large for the server (control bytes are six each in any JSON) keeps the
 // event's first 4 KiB, marked, with its size; its streamSeq names it.
 func TestAnEventTooLargeForItsDeadLetterIsStillDeadLettered(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	h.start(h.endpoint("orders", c.URL))
@@ -180,6 +182,7 @@ func (h *harness) publishAs(ev event.Event) []byte {
 // run after stopped there again, no event after it was ever replayed,
 // and its error quoted the whole id.
 func TestAReplayGoesOnPastAnEventItCannotCopy(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
@@ -217,6 +220,7 @@ func TestAReplayGoesOnPastAnEventItCannotCopy(t *testing.T) {
 // values as Latin-1 and encode them again as UTF-8 before the HMAC, so
 // their signature check failed at every attempt.
 func TestAnEventIDTheClientWouldTrimIsUndecodable(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	h.start(h.endpoint("orders", c.URL))

@@ -55,6 +55,7 @@ func TestIdleEndpointIsQuiet(t *testing.T) {
 // form: http_status is a number, a transport failure is attempt_error,
 // and a delay is a duration string.
 func TestDeliveryOutcomesAreLoggedOnce(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status(500))
 	w := h.start(h.endpoint("orders", c.URL, 50*time.Millisecond))

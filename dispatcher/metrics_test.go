@@ -19,6 +19,7 @@ import (
 // The reasons are read from the package's source, every Reason constant,
 // so a new one cannot be forgotten again.
 func TestPrimeCreatesEveryDeadLetterReason(t *testing.T) {
+	t.Parallel()
 	files, err := filepath.Glob("*.go")
 	if err != nil {
 		t.Fatal(err)

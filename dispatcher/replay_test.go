@@ -14,6 +14,7 @@ import (
 // the same id would queue nothing), and the ids of jobs already recorded
 // stay what they were.
 func TestJobIDNamesTheSelection(t *testing.T) {
+	t.Parallel()
 	since := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	base := ReplayRequest{Endpoints: []string{"orders"}, Since: since, Statuses: []event.Status{event.StatusSuccess}}
 	if got := base.JobID(); got != "rp_13fac8efec526621" {
@@ -42,6 +43,7 @@ func TestJobIDNamesTheSelection(t *testing.T) {
 // it where nothing read them. It looks within the shortest retirement the
 // configuration allows (1 s).
 func TestAReplayLooksAgainWithinTheShortestRetirement(t *testing.T) {
+	t.Parallel()
 	if replayRecheck > time.Second {
 		t.Fatalf("a replay looks again every %s, longer than delivery.retire_removed_after's 1 s at least", replayRecheck)
 	}

@@ -205,6 +205,7 @@ func TestFailedRetirementLeavesNoTombstoneBehind(t *testing.T) {
 // pullWarned, and the ErrNoResponders failures that follow are silenced for
 // 10 s, recreate included. The endpoint delivers nothing for those 10 s.
 func TestWorkerRecreatesAConsumerDeletedUnderItsWaitingPull(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	defer func() {
 		if t.Failed() {

@@ -162,6 +162,7 @@ func TestRetireRechecksHeartbeatsBeforeDroppingEachLaterEvent(t *testing.T) {
 // have been covered for two minutes (heartbeatFresh). "Events wait in the
 // stream, nothing is lost or dead-lettered" is what a hold promises.
 func TestHeldEndpointIsNotRetiredWhileItsRelayRestarts(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	defer func() {
 		if t.Failed() {

@@ -168,6 +168,7 @@ func TestRemovedEndpointsBacklogIsDeadLettered(t *testing.T) {
 // endpoints that relay delivers. It is judged by its writer's interval, two
 // minutes at least, on the server's clock.
 func TestHeartbeatsAreJudgedByTheirWritersInterval(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	kv, err := h.js.KeyValue(context.Background(), event.BucketDelivery)
 	if err != nil {
@@ -248,6 +249,7 @@ func TestEveryHeartbeatIsSeenWhileRelaysRewriteThem(t *testing.T) {
 // relay that restarts often made every look slower. A stopping relay
 // leaves nothing of it.
 func TestAStoppedRelayLeavesNothingOfItsHeartbeat(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	kv := mustKV(t, h)
 	ctx, cancel := context.WithCancel(context.Background())

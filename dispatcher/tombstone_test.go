@@ -19,6 +19,7 @@ import (
 // consumer it kept had a start sequence (as one created from an earlier
 // tombstone has).
 func TestTombstoneWrittenBeforeTheDeletionSurvivesAnUpdateOfTheConsumer(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	ctx := context.Background()
 	ep := h.endpoint("held", "http://127.0.0.1:1/")

@@ -23,6 +23,7 @@ import (
 // 500, 500, 200: delivered on the third attempt, with growing delays, the
 // same webhook-id and the stored bytes every time.
 func TestRetriesThenDelivers(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status(500, 500))
 	w := h.start(h.endpoint("orders", c.URL, 100*time.Millisecond, 300*time.Millisecond))
@@ -50,6 +51,7 @@ func TestRetriesThenDelivers(t *testing.T) {
 // Headers and signatures: every active secret signs; a consumer holding
 // either secret verifies with the exported verifier.
 func TestSignedRequest(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
@@ -82,6 +84,7 @@ func TestSignedRequest(t *testing.T) {
 
 // 410 Gone and webhook-delivery: abort-message dead-letter at once.
 func TestStopRetrying(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		name   string
 		answer func(int, *http.Request, http.ResponseWriter)
@@ -112,6 +115,7 @@ func TestStopRetrying(t *testing.T) {
 
 // A hanging consumer times out and the event is retried.
 func TestTimeoutRetries(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, func(n int, r *http.Request, w http.ResponseWriter) {
 		if n == 1 {
@@ -132,6 +136,7 @@ func TestTimeoutRetries(t *testing.T) {
 
 // 429 with Retry-After waits that long (within bounds), not the schedule.
 func TestRetryAfter(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
 		if n == 1 {
@@ -152,6 +157,7 @@ func TestRetryAfter(t *testing.T) {
 
 // An endpoint down for every attempt ends in the DLQ with every field set.
 func TestExhaustedDeadLetter(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
 		w.WriteHeader(503)
@@ -181,6 +187,7 @@ func TestExhaustedDeadLetter(t *testing.T) {
 
 // A refused connection is a failure like any other.
 func TestRefusedConnectionRetries(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	w := h.start(h.endpoint("orders", "http://127.0.0.1:1/hook", 10*time.Millisecond))
 	h.publish("tx-x", event.StatusSuccess, "")
@@ -192,6 +199,7 @@ func TestRefusedConnectionRetries(t *testing.T) {
 
 // Redirects are not followed: a 302 is a failure.
 func TestRedirectNotFollowed(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	target := newConsumer(t, status())
 	c := newConsumer(t, func(_ int, r *http.Request, w http.ResponseWriter) {
@@ -211,6 +219,7 @@ func TestRedirectNotFollowed(t *testing.T) {
 // and counted as delivered, and every worker of a hostile endpoint could
 // do it at once.
 func TestHugeResponseHeadersAreAFailure(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, func(_ int, _ *http.Request, w http.ResponseWriter) {
 		pad := strings.Repeat("p", 40)
@@ -231,6 +240,7 @@ func TestHugeResponseHeadersAreAFailure(t *testing.T) {
 // pulling; events published meanwhile are all delivered after recovery,
 // in order per transaction when ordered.
 func TestPausedEndpointLosesNothing(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	var down = true
 	var mu = make(chan struct{}, 1)
@@ -290,6 +300,7 @@ func TestPausedEndpointLosesNothing(t *testing.T) {
 // Ordered: a later status waits until the earlier one succeeded, while
 // other transactions go on.
 func TestOrderedWaitsForPredecessor(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, func(n int, r *http.Request, w http.ResponseWriter) {
 		var buf bytes.Buffer
@@ -339,6 +350,7 @@ func TestOrderedWaitsForPredecessor(t *testing.T) {
 }
 
 func TestDecide(t *testing.T) {
+	t.Parallel()
 	ep := Endpoint{Schedule: []time.Duration{time.Second, time.Minute}}
 	tests := []struct {
 		name    string
@@ -366,6 +378,7 @@ func TestDecide(t *testing.T) {
 }
 
 func TestRetryDelayJitterAndRetryAfter(t *testing.T) {
+	t.Parallel()
 	s := []time.Duration{10 * time.Second, time.Hour}
 	for range 100 {
 		if d := retryDelay(s, 0.2, 1); d < 8*time.Second || d > 12*time.Second {
@@ -395,6 +408,7 @@ func TestRetryDelayJitterAndRetryAfter(t *testing.T) {
 // consumer in place: delivered events are not sent again, and the new
 // filter applies from where it stood.
 func TestConfigChangeKeepsPosition(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
@@ -436,6 +450,7 @@ func TestConfigChangeKeepsPosition(t *testing.T) {
 // must go on probing: the probe slot is never given back on that path, so
 // the endpoint stays paused for good and the other events never go.
 func TestProbeAnsweredGoneDoesNotPauseForever(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, func(n int, _ *http.Request, w http.ResponseWriter) {
 		switch {
@@ -466,6 +481,7 @@ func TestProbeAnsweredGoneDoesNotPauseForever(t *testing.T) {
 // for the 30 s of TestPausedEndpointLosesNothing (seen in CI). Here a
 // replay worker's probe, with SENGO_REPLAY empty, delivers the live event.
 func TestProbeOfAReplayWorkerTakesLiveEvents(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	ep := h.endpoint("orders", c.URL)
@@ -495,6 +511,7 @@ func TestProbeOfAReplayWorkerTakesLiveEvents(t *testing.T) {
 // concurrency 4) is reached by 16 such events; no new event is delivered
 // until a retry ends, here a minute, by default hours to days.
 func TestRetryingEventsDoNotHoldBackOthers(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, func(_ int, r *http.Request, w http.ResponseWriter) {
 		if r.Header.Get("webhook-id") != event.ID("main", "good", event.StatusSuccess) {
@@ -528,6 +545,7 @@ func TestRetryingEventsDoNotHoldBackOthers(t *testing.T) {
 // 1 s replaced each delay of the schedule, and the event was dead-lettered
 // about 2 s after its first attempt; a longer one still wins.
 func TestShortRetryAfterDoesNotSpendTheBudget(t *testing.T) {
+	t.Parallel()
 	ep := Endpoint{Schedule: []time.Duration{time.Minute, time.Hour}}
 	for attempt, want := range map[int]time.Duration{1: time.Minute, 2: time.Hour} {
 		got := decide(ep, attemptResult{Status: 503, HasRetry: true, RetryAfter: time.Second}, attempt)

@@ -35,6 +35,7 @@ func (c *consumer) statuses() []string {
 // delivery is not acknowledged until its record is stored, and the next
 // status follows once SENGO_DELIVERY takes writes again.
 func TestOrderedDoneRecordRefusedDoesNotStall(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	// The first attempt fails, then 200. SENGO_DELIVERY refuses writes
 	// from inside the second attempt, before its answer: refused from the
@@ -302,6 +303,7 @@ func TestOrderedHoldsOrderBehindABacklog(t *testing.T) {
 // dead letter waits to be stored (the store refuses it) and its record
 // never says done.
 func TestOrderedDoesNotWaitForADeadLetteredPredecessor(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	c := newConsumer(t, status())
 	c.answer = func(n int, _ *http.Request, w http.ResponseWriter) {
@@ -410,6 +412,7 @@ func TestOrderedChainWaitsForAWaitingPredecessor(t *testing.T) {
 // gone for good. The dead letter now stays until its copy is delivered (or
 // dead-lettered again, which stores a new one).
 func TestRedriveKeepsTheDeadLetterUntilDelivered(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	var up atomic.Bool
 	release := make(chan struct{}) // holds the successful attempt until the test has looked
@@ -506,6 +509,7 @@ func TestAnEventWhoseNextRetryComesTooLateIsDeadLettered(t *testing.T) {
 // 0.6 s margin) is not waited for: the attempt might not be made, or fail
 // with no time left to dead-letter the event.
 func TestARetryInTheLastMarginIsNotWaitedFor(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t)
 	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second })
 	c := newConsumer(t, status(503, 503, 503))
