@@ -697,6 +697,61 @@ func TestTheSubscribersDirectGetsAreOneMessageEach(t *testing.T) {
 	}
 }
 
+// A direct get of the last message of a wildcard (in the request's
+// subject, $JS.API.DIRECT.GET.SENGO_EVENTS.sengo.events.>) went to the
+// events stream as sent: nats-server finds it by walking every subject of
+// the stream that matches, one a transaction and status, holding the
+// stream's lock. Asked without end, it stalled the relay's writes of
+// events. It is refused as the stream refuses a get it cannot serve; the
+// last of one subject still works. So is a stream info listing the
+// stream's subjects or deleted sequences (one pass under the lock, one
+// answer of megabytes); its state is still answered.
+func TestTheSubscriberCannotMakeTheStreamWalkEverySubject(t *testing.T) {
+	e, rjs := startWithSubscriber(t, subscriberAuth())
+	ctx := t.Context()
+	if _, err := rjs.CreateStream(ctx, jetstream.StreamConfig{Name: "SENGO_EVENTS", Subjects: []string{"sengo.events.>"}, AllowDirect: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, subj := range []string{"sengo.events.main.a.success", "sengo.events.main.b.pending"} {
+		if _, err := rjs.Publish(ctx, subj, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub := subscriberConn(t, e)
+	for _, key := range []string{"sengo.events.>", "sengo.events.main.*.success", "*.events.main.a.success"} {
+		m, err := sub.Request("$JS.API.DIRECT.GET.SENGO_EVENTS."+key, nil, 10*time.Second)
+		if err != nil {
+			t.Fatalf("the last of %s: %v", key, err)
+		}
+		if m.Header.Get("Status") != "403" || m.Header.Get("Nats-Subject") != "" || !strings.Contains(m.Header.Get("Description"), "no wildcard") {
+			t.Errorf("the last of %s: %v %q", key, m.Header, m.Data)
+		}
+	}
+	sjs, _ := jetstream.New(sub)
+	s, err := sjs.Stream(ctx, "SENGO_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last, err := s.GetLastMsgForSubject(ctx, "sengo.events.main.b.pending"); err != nil || last.Sequence != 2 {
+		t.Fatalf("direct get of the last of one subject: %v %v", err, last)
+	}
+	if _, err := s.GetLastMsgForSubject(ctx, "sengo.events.main.c.pending"); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Fatalf("direct get of the last of a subject with none: %v, want not found", err)
+	}
+	for _, req := range []string{`{"subjects_filter":">"}`, `{"subjects_filter":"sengo.events.main.a.success"}`, `{"deleted_details":true}`} {
+		m, err := sub.Request("$JS.API.STREAM.INFO.SENGO_EVENTS", []byte(req), 10*time.Second)
+		if err != nil {
+			t.Fatalf("stream info %s: %v", req, err)
+		}
+		if !strings.Contains(string(m.Data), `"code":403`) || strings.Contains(string(m.Data), "sengo.events.main") {
+			t.Errorf("stream info %s: %.300s", req, m.Data)
+		}
+	}
+	if info, err := s.Info(ctx); err != nil || info.State.Msgs != 2 {
+		t.Fatalf("stream info: %v %v", err, info)
+	}
+}
+
 // subscriberConn connects to e as the subscriber (subscriberAuth's), until
 // the test ends.
 func subscriberConn(t *testing.T, e *stream.Embedded) *nats.Conn {
