@@ -234,14 +234,15 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 }
 
 // subscriberAPI are the JetStream subjects (of stream st) the subscriber
-// sends straight to the server, each with how many answers a request
-// gets. None goes into the server's queue of API requests: a stream
-// answers its direct gets, and a consumer its pulls and acks, itself.
+// sends to the server without the guard's queue (pulls and acks through
+// passOn), each with how many answers a request gets. None goes into the
+// server's queue of API requests: a consumer answers its pulls, acks and
+// flow control itself.
 func subscriberAPI(st string) map[string]server.ServiceRespType {
 	return map[string]server.ServiceRespType{
-		pullPrefix + st + ".>":            server.Streamed,  // imported under passOut
-		ackPrefix + st + ".>":             server.Singleton, // imported under passOut
-		"$JS.FC." + st + ".>":             server.Singleton,
+		pullPrefix + st + ".>": server.Streamed,  // imported under passOut
+		ackPrefix + st + ".>":  server.Singleton, // imported under passOut
+		"$JS.FC." + st + ".>":  server.Singleton,
 	}
 }
 
