@@ -727,10 +727,29 @@ func TestTheSubscriberCannotMakeTheStreamWalkEverySubject(t *testing.T) {
 			t.Errorf("the last of %s: %v %q", key, m.Header, m.Data)
 		}
 	}
+	// The same in a direct get's body, and in a message get's.
+	for _, req := range []string{`{"last_by_subj":"sengo.events.>"}`, `{"seq":1,"next_by_subj":"sengo.events.*.*.success"}`} {
+		m, err := sub.Request("$JS.API.DIRECT.GET.SENGO_EVENTS", []byte(req), 10*time.Second)
+		if err != nil {
+			t.Fatalf("direct get %s: %v", req, err)
+		}
+		if m.Header.Get("Status") != "403" || m.Header.Get("Nats-Subject") != "" || !strings.Contains(m.Header.Get("Description"), "no wildcard") {
+			t.Errorf("direct get %s: %v %q", req, m.Header, m.Data)
+		}
+		if m, err = sub.Request("$JS.API.STREAM.MSG.GET.SENGO_EVENTS", []byte(req), 10*time.Second); err != nil {
+			t.Fatalf("message get %s: %v", req, err)
+		}
+		if !strings.Contains(string(m.Data), `"code":403`) || strings.Contains(string(m.Data), "sengo.events.main") {
+			t.Errorf("message get %s: %.300s", req, m.Data)
+		}
+	}
 	sjs, _ := jetstream.New(sub)
 	s, err := sjs.Stream(ctx, "SENGO_EVENTS")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if next, err := s.GetMsg(ctx, 1, jetstream.WithGetMsgSubject("sengo.events.main.b.pending")); err != nil || next.Sequence != 2 {
+		t.Fatalf("direct get of the next on one subject: %v %v", err, next)
 	}
 	if last, err := s.GetLastMsgForSubject(ctx, "sengo.events.main.b.pending"); err != nil || last.Sequence != 2 {
 		t.Fatalf("direct get of the last of one subject: %v %v", err, last)
