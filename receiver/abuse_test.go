@@ -31,6 +31,7 @@ func serveWithTimeouts(t *testing.T, h *harness) string {
 // Malformed, huge, slow and deeply nested requests get their documented
 // answers, store nothing, and the service keeps answering meanwhile.
 func TestAbuseKeepsServiceResponsive(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	base := serveWithTimeouts(t, h)
 	healthy := func() {
@@ -112,6 +113,7 @@ func TestAbuseKeepsServiceResponsive(t *testing.T) {
 // Beyond max_in_flight, callbacks are refused at once with 503 and
 // Retry-After rather than queued.
 func TestMaxInFlight(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false, func(c *Config, _ *IntakeConfig) { c.MaxInFlight = 1 })
 	// Hold the only slot with a body that arrives slowly, written on a raw
 	// connection: net/http's client may keep a request's first bytes in
@@ -159,6 +161,7 @@ func TestMaxInFlight(t *testing.T) {
 // from anyone, one per slot, had every genuine callback refused as
 // overloaded.
 func TestRefusedCallersTakeNoSlot(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false, withProjects(testProjects(t)...), func(c *Config, _ *IntakeConfig) { c.MaxInFlight = 1 })
 	body := fixtures.Body("callback-va-success")
 	for _, path := range []string{"/callbacks/sengo/nosuch", "/callbacks/sengo/tokened/wrong-token", "/callbacks/sengo/fenced"} {
@@ -183,6 +186,7 @@ func TestRefusedCallersTakeNoSlot(t *testing.T) {
 // the same request again. And a path with a segment after the token is
 // no callback route (404), not a wrong token (401).
 func TestHeaderChecksComeBeforeOverloadAndExtraSegmentsAreNotFound(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false, withProjects(testProjects(t)...), func(c *Config, _ *IntakeConfig) { c.MaxInFlight = 1 })
 	body := fixtures.Body("callback-va-success")
 	conn, err := net.Dial("tcp", strings.TrimPrefix(h.http.URL, "http://"))

@@ -48,6 +48,7 @@ func testProjects(t testing.TB) []Project {
 
 // Every rejection answers the documented status and code and stores nothing.
 func TestCallbackRejections(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false, withProjects(testProjects(t)...))
 	good := fixtures.Body("callback-retail-success")
 	sig := verify.SenGoSignature(apiKey, apiToken, good)
@@ -133,6 +134,7 @@ func TestCallbackRejections(t *testing.T) {
 }
 
 func TestCallbackFieldErrors(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	resp, body := h.post("/callbacks/sengo/main", []byte(`{"responseData":{"id":"x","merchantRef":"r","status":"success","amount":1.5,"fee":0,"totalAmount":0}}`))
 	if resp.StatusCode != 422 {
@@ -151,6 +153,7 @@ func TestCallbackFieldErrors(t *testing.T) {
 // The accepted paths: each stores exactly one inbox message with the
 // headers intake relies on.
 func TestCallbackAccepted(t *testing.T) {
+	t.Parallel()
 	projects := append(testProjects(t), Project{Name: "proxied", AllowedIPs: mustAllow(t, "203.0.113.0/24")})
 	h := newHarness(t, false, withProjects(projects...), func(c *Config, _ *IntakeConfig) {
 		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
@@ -187,6 +190,7 @@ func TestCallbackAccepted(t *testing.T) {
 }
 
 func TestCallbackStoresRawWithHeaders(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	body := fixtures.Body("callback-retail-expired")
 	resp, got := h.post("/callbacks/sengo/main", body)
@@ -215,6 +219,7 @@ func TestCallbackStoresRawWithHeaders(t *testing.T) {
 
 // A repeated callback is a 200 duplicate and is stored once.
 func TestCallbackDuplicate(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	body := fixtures.Body("callback-va-success")
 	for i, want := range []string{"accepted", "duplicate", "duplicate"} {
@@ -234,6 +239,7 @@ func TestCallbackDuplicate(t *testing.T) {
 // With JetStream gone the callback gets 503 with Retry-After; once it is
 // back the same callback is stored.
 func TestCallbackStoreUnavailable(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	body := fixtures.Body("callback-retail-success")
 	h.nats.Stop()
@@ -255,6 +261,7 @@ func TestCallbackStoreUnavailable(t *testing.T) {
 }
 
 func TestUnknownProjectsShareOneMetricLabel(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	for _, p := range []string{"a", "b", "c"} {
 		h.post("/callbacks/sengo/"+p, fixtures.Body("callback-va-success"))
@@ -266,6 +273,7 @@ func TestUnknownProjectsShareOneMetricLabel(t *testing.T) {
 
 // Secrets never reach a log line or a response, whatever the outcome.
 func TestSecretsNeverLogged(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false, withProjects(testProjects(t)...))
 	body := fixtures.Body("callback-retail-success")
 	sig := verify.SenGoSignature(apiKey, apiToken, body)
@@ -311,6 +319,7 @@ func toString(v any) string {
 }
 
 func TestRedactPath(t *testing.T) {
+	t.Parallel()
 	tests := map[string]string{
 		"/callbacks/sengo/main":              "/callbacks/sengo/main",
 		"/callbacks/sengo/main/s3cret":       "/callbacks/sengo/main/[redacted]",
@@ -340,6 +349,7 @@ func TestRedactPath(t *testing.T) {
 // use: 200 at once ran it 200 times. Checks at once now share one, and an
 // answer is reused for a second.
 func TestReadinessChecksAreShared(t *testing.T) {
+	t.Parallel()
 	var checks atomic.Int64
 	h := newHarness(t, false, func(c *Config, _ *IntakeConfig) {
 		c.Ready = func(ctx context.Context) error {
@@ -368,6 +378,7 @@ func TestReadinessChecksAreShared(t *testing.T) {
 }
 
 func TestHealthAndReadiness(t *testing.T) {
+	t.Parallel()
 	var ready atomic.Bool
 	h := newHarness(t, false, func(c *Config, _ *IntakeConfig) {
 		c.Ready = func(ctx context.Context) error {
@@ -415,6 +426,7 @@ func TestHealthAndReadiness(t *testing.T) {
 // reconciliation. The signature's verdict is part of the id: a verified
 // callback is never a duplicate of an unsigned copy.
 func TestAnUnsignedCopyDoesNotMakeTheSignedOneADuplicate(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false, withProjects(testProjects(t)...))
 	body := fixtures.Body("callback-retail-success")
 	if resp, got := h.post("/callbacks/sengo/optional", body); resp.StatusCode != 200 || got["status"] != "accepted" {
@@ -434,6 +446,7 @@ func TestAnUnsignedCopyDoesNotMakeTheSignedOneADuplicate(t *testing.T) {
 // private peers unless told not to, and any pod or sidecar could then
 // name SenGo's address and pass allowed_ips.
 func TestOnlyTheListedProxiesAreBelieved(t *testing.T) {
+	t.Parallel()
 	extract := IPExtractor([]netip.Prefix{netip.MustParsePrefix("192.0.2.1/32")})
 	for peer, want := range map[string]string{
 		"192.0.2.1:4000":   "203.0.113.5", // the proxy
@@ -456,6 +469,7 @@ func TestOnlyTheListedProxiesAreBelieved(t *testing.T) {
 // status racing its pending was answered 503 instead of being stored
 // again without the condition.
 func TestBothWrongLastSequenceCodesAreARefusal(t *testing.T) {
+	t.Parallel()
 	for _, code := range []jetstream.ErrorCode{jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant} {
 		if !wrongLastSequence(fmt.Errorf("publish: %w", &jetstream.APIError{ErrorCode: code})) {
 			t.Errorf("code %d is not taken for a refused condition", code)

@@ -16,6 +16,7 @@ import (
 // A late pending callback for a transaction SenGo already reports as
 // paid publishes SenGo's status, confirmed, with the reason recorded.
 func TestConfirmationTakesSenGosStatus(t *testing.T) {
+	t.Parallel()
 	sb, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
@@ -66,6 +67,7 @@ func TestConfirmationTakesSenGosStatus(t *testing.T) {
 // a relay that has the project) and set aside when the inbox would drop
 // them.
 func TestAProjectThisRelayDoesNotHaveIsNeverPublished(t *testing.T) {
+	t.Parallel()
 	_, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
@@ -92,6 +94,7 @@ func TestAProjectThisRelayDoesNotHaveIsNeverPublished(t *testing.T) {
 // SenGo object: anyone reading events could then post callbacks as SenGo.
 // It is replaced by [redacted] before anything is stored.
 func TestTheCallbackTokenIsStoredNowhere(t *testing.T) {
+	t.Parallel()
 	sb, client := startSandbox(t)
 	const openToken = "open-token-0123456789abcdef"
 	h := newHarness(t, true, withProjects(Project{Name: "tokened", CallbackToken: callbackToken}, Project{Name: "open", CallbackToken: openToken}), func(_ *Config, ic *IntakeConfig) {

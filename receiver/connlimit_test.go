@@ -19,6 +19,7 @@ import (
 // keeps at most PerAddress connections open; a proxy named trusted is not
 // counted (every client of it shares its address).
 func TestOneAddressCannotHoldEveryConnection(t *testing.T) {
+	t.Parallel()
 	serve := func(trusted []netip.Prefix) string {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -75,6 +76,7 @@ func TestOneAddressCannotHoldEveryConnection(t *testing.T) {
 // allowed_ips, trusted proxies) count for neither and are never refused,
 // and every refusal is counted.
 func TestManyAddressesCannotHoldEveryConnection(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -69,6 +69,7 @@ func ids(prefix string, n int) []string {
 // so every PubAck came) while the fsync is held: none may be answered.
 // Let through, the fsyncs are shared: far fewer than twenty.
 func TestNoCallbackAnsweredBeforeItsFsync(t *testing.T) {
+	t.Parallel()
 	srv := natstest.Start(t)
 	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
 	h := newHarnessOn(t, srv, false, withDurable(gate.GroupSync))
@@ -102,6 +103,7 @@ func TestNoCallbackAnsweredBeforeItsFsync(t *testing.T) {
 // After the restart, SenGo's retries are answered from what the inbox
 // holds: each callback is stored once, none twice, none lost.
 func TestFailedFsyncAnswers503ToItsWholeGroup(t *testing.T) {
+	t.Parallel()
 	srv := natstest.Start(t)
 	failed := make(chan error, 1)
 	gate := natstest.NewFSyncGate(t, srv.Dir(), func(err error) { failed <- err })
@@ -155,6 +157,7 @@ func TestFailedFsyncAnswers503ToItsWholeGroup(t *testing.T) {
 // the state and the event it wrote: an ack that outlived them in a power
 // loss would lose the event.
 func TestIntakeAcksOnlyAfterFsync(t *testing.T) {
+	t.Parallel()
 	srv := natstest.Start(t)
 	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
 	h := newHarnessOn(t, srv, true, withIntakeDurable(gate.GroupSync)) // the callback itself is not held
@@ -176,6 +179,7 @@ func TestIntakeAcksOnlyAfterFsync(t *testing.T) {
 // held; none is acked until it completes. (Issue 11: a worker that waited
 // for its own round of fsync held the pipeline at about 1,060/s.)
 func TestIntakeWorkersDoNotWaitForTheDisk(t *testing.T) {
+	t.Parallel()
 	srv := natstest.Start(t)
 	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
 	h := newHarnessOn(t, srv, true, withIntakeDurable(gate.GroupSync), func(_ *Config, ic *IntakeConfig) { ic.Workers = 2 })
@@ -200,6 +204,7 @@ func TestIntakeWorkersDoNotWaitForTheDisk(t *testing.T) {
 // moved on: every notification that waited on it is retried (and, the
 // store's fsync having failed for good, never acked until a restart).
 func TestIntakeFsyncFailureAcksNothingItCovered(t *testing.T) {
+	t.Parallel()
 	srv := natstest.Start(t)
 	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
 	h := newHarnessOn(t, srv, true, withIntakeDurable(gate.GroupSync), func(_ *Config, ic *IntakeConfig) { ic.Workers = 2 })
@@ -248,6 +253,7 @@ func collect(ch <-chan answer) []answer {
 // is held the notification is in both; when it fails, it stays in
 // quarantine and the redrive says so.
 func TestRedriveLeavesQuarantineOnlyWhenDurable(t *testing.T) {
+	t.Parallel()
 	srv := natstest.Start(t)
 	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
 	h := newHarnessOn(t, srv, false, withDurable(gate.GroupSync))
@@ -279,6 +285,7 @@ func TestRedriveLeavesQuarantineOnlyWhenDurable(t *testing.T) {
 // good. While the fsync is held the outbox keeps the published event;
 // when it fails, the outbox still holds it for the retry.
 func TestTheOutboxKeepsAnEventUntilAnFsyncCoversIt(t *testing.T) {
+	t.Parallel()
 	srv := natstest.Start(t)
 	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
 	h := newHarnessOn(t, srv, true, withIntakeDurable(gate.GroupSync))
@@ -300,6 +307,7 @@ func TestTheOutboxKeepsAnEventUntilAnFsyncCoversIt(t *testing.T) {
 // An outbox a crash left behind is published on the redelivery, and
 // cleared only once an fsync covers what was published.
 func TestALeftOutboxIsClearedOnlyOnceDurable(t *testing.T) {
+	t.Parallel()
 	srv := natstest.Start(t)
 	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
 	h := newHarnessOn(t, srv, true, withIntakeDurable(gate.GroupSync))
@@ -338,6 +346,7 @@ func (h *harness) outbox(id string) int {
 // notification then in neither stream. While the fsync is held nothing
 // is acked; when it fails, the notification is retried.
 func TestAQuarantinedNotificationIsAckedOnlyOnceDurable(t *testing.T) {
+	t.Parallel()
 	srv := natstest.Start(t)
 	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
 	h := newHarnessOn(t, srv, true, withIntakeDurable(gate.GroupSync), func(_ *Config, ic *IntakeConfig) {
@@ -362,6 +371,7 @@ func TestAQuarantinedNotificationIsAckedOnlyOnceDurable(t *testing.T) {
 // A redrive whose copy the inbox refuses leaves the notification in
 // quarantine and says so: removed, it would be in neither stream.
 func TestARefusedRedriveLeavesTheNotificationQuarantined(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	ctx := context.Background()
 	entries := h.quarantineOne("tx-refused")
@@ -393,6 +403,7 @@ func TestARefusedRedriveLeavesTheNotificationQuarantined(t *testing.T) {
 // published, for the next notification of the transaction to publish
 // again, past the events' duplicate window a second copy.
 func TestAFailedOutboxClearIsNotAcked(t *testing.T) {
+	t.Parallel()
 	srv := natstest.Start(t)
 	gate := natstest.NewFSyncGate(t, srv.Dir(), nil)
 	h := newHarnessOn(t, srv, true, withIntakeDurable(gate.GroupSync))

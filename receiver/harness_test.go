@@ -58,6 +58,11 @@ func testSpec() stream.Spec {
 
 // newHarness starts NATS, provisions the streams and serves the receiver
 // over httptest. With runIntake, intake workers run until the test ends.
+// Each test has its own store, metrics and SenGo, so tests call t.Parallel
+// (they mostly wait: one after another, -short took 87 s), except those
+// that set one of the package's variables for tests (intakeInProgressEvery,
+// testKillAfterDecision, maxQuarantineListBytes): Go runs the parallel
+// tests after the others, which so read them at their defaults.
 func newHarness(t testing.TB, runIntake bool, opts ...option) *harness {
 	t.Helper()
 	return newHarnessOn(t, natstest.Start(t), runIntake, opts...)

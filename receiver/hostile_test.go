@@ -41,6 +41,7 @@ import (
 // dropped the connection for good and all processing stopped. It is now
 // refused at the edge, and a genuine callback after it is still processed.
 func TestHostileIDIsRefusedAndProcessingGoesOn(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	long := strings.Repeat("é", 1500) // 3,000 bytes
 	resp, body := h.post("/callbacks/sengo/main", callback(long, event.StatusSuccess))
@@ -66,6 +67,7 @@ func TestHostileIDIsRefusedAndProcessingGoesOn(t *testing.T) {
 // by an older version, or fed by reconciliation) is quarantined; it never
 // wedges intake, and the work connection stays up.
 func TestHostileIDInTheInboxIsQuarantined(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	ctx := context.Background()
 	long := strings.Repeat("é", 3000)
@@ -87,6 +89,7 @@ func TestHostileIDInTheInboxIsQuarantined(t *testing.T) {
 }
 
 func TestTxKeyIsBounded(t *testing.T) {
+	t.Parallel()
 	for _, id := range []string{strings.Repeat("é", 3000), strings.Repeat("a", 5000), strings.Repeat("a.", 300)} {
 		k := txKey("main", id)
 		if len(k) > 5+maxKeyID {
@@ -112,6 +115,7 @@ func (p panicConfirmer) Confirm(_ context.Context, _ string, tx sengo.Transactio
 // A notification that crashes processing is quarantined after its first
 // attempt, not redelivered in a loop; the others are processed.
 func TestNotificationThatPanicsIsQuarantined(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) { ic.Confirmer = panicConfirmer{id: "tx-crash"} })
 	for _, id := range []string{"tx-crash", "tx-fine"} {
 		if resp, _ := h.post("/callbacks/sengo/main", callback(id, event.StatusSuccess)); resp.StatusCode != 200 {
@@ -134,6 +138,7 @@ func TestNotificationThatPanicsIsQuarantined(t *testing.T) {
 // /healthz fails once the process cannot work any more (a NATS connection
 // closed for good), so an orchestrator restarts it.
 func TestHealthzFailsWhenNotLive(t *testing.T) {
+	t.Parallel()
 	var dead error
 	h := newHarness(t, false, func(c *Config, _ *IntakeConfig) { c.Live = func() error { return dead } })
 	if resp, _ := h.do(mustRequest(t, "GET", h.http.URL+"/healthz")); resp.StatusCode != 200 {
@@ -175,6 +180,7 @@ func (h *harness) inboxAckFloor() (floor uint64, ackPending int) {
 // published exactly once. SENGO_EVENTS and the SENGO_TX bucket are made to
 // refuse writes for real.
 func TestIntakeNeverAcksAFailedWrite(t *testing.T) {
+	t.Parallel()
 	for _, stream := range []string{event.StreamEvents, "KV_" + event.BucketTx} {
 		t.Run(stream, func(t *testing.T) {
 			h := newHarness(t, true)
@@ -205,6 +211,7 @@ func TestIntakeNeverAcksAFailedWrite(t *testing.T) {
 // retried, never acknowledged: acknowledged, it was neither published nor
 // quarantined.
 func TestIntakeNeverAcksAFailedQuarantine(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.RequireConfirmation = map[string]bool{"main": true}
 	})
@@ -236,6 +243,7 @@ func TestIntakeNeverAcksAFailedQuarantine(t *testing.T) {
 // A project that requires confirmation never publishes an unconfirmed
 // notification, even if no Confirmer checks it: it is quarantined.
 func TestRequireConfirmationFailsClosed(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.RequireConfirmation = map[string]bool{"main": true}
 	})
@@ -262,6 +270,7 @@ func TestRequireConfirmationFailsClosed(t *testing.T) {
 // longer than in the inbox, would be refused, and the notification
 // retried without end instead of set aside.
 func TestAQuarantinedCopyCarriesNoConditionOfTheInbox(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.RequireConfirmation = map[string]bool{"main": true}
 	})
@@ -289,6 +298,7 @@ func TestAQuarantinedCopyCarriesNoConditionOfTheInbox(t *testing.T) {
 // waited for reconciliation. The genuine one is now stored and published,
 // confirmed, while the forged one is quarantined.
 func TestForgedSuccessFirstDoesNotSwallowTheGenuine(t *testing.T) {
+	t.Parallel()
 	sb, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
@@ -319,6 +329,7 @@ func TestForgedSuccessFirstDoesNotSwallowTheGenuine(t *testing.T) {
 // still on a configuration without them): it was published unconfirmed,
 // a forged success SenGo had denied.
 func TestADeniedClaimIsNotRecheckedWithoutConfirmation(t *testing.T) {
+	t.Parallel()
 	_, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
@@ -340,6 +351,7 @@ func TestADeniedClaimIsNotRecheckedWithoutConfirmation(t *testing.T) {
 // unconfirmed is confirmed again on a schedule, and published once SenGo
 // agrees. A claim SenGo never confirms stops being rechecked.
 func TestUnconfirmedIsRecheckedLater(t *testing.T) {
+	t.Parallel()
 	sb, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
@@ -382,6 +394,7 @@ func TestUnconfirmedIsRecheckedLater(t *testing.T) {
 // down meanwhile, the paid order waited too, or was stranded for good on a
 // mismatch. The redelivery now publishes the decided event first.
 func TestDecidedEventDoesNotWaitOnASecondConfirmation(t *testing.T) {
+	t.Parallel()
 	sb, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
@@ -408,6 +421,7 @@ func TestDecidedEventDoesNotWaitOnASecondConfirmation(t *testing.T) {
 // Reconciliation treats a transaction whose decided event is still in
 // the outbox as missing, so feeding it makes intake publish the event.
 func TestReconcileSeesAnUnpublishedOutboxAsMissing(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	tx, err := sengo.ParseCallback(callback("tx-ob", event.StatusSuccess))
 	if err != nil {
@@ -438,6 +452,7 @@ func TestReconcileSeesAnUnpublishedOutboxAsMissing(t *testing.T) {
 // every project is now reconciled on its own and the failure is reported
 // and counted for the project that failed.
 func TestReconcileGoesOnPastAFailingProject(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	ctx := context.Background()
 	broken, brokenClient := startSandbox(t)
@@ -466,6 +481,7 @@ func (h *harness) cfgLogger() zerolog.Logger { return h.cfg.Logger }
 // duplicate: it was counted fed a second time, so a run's record said it
 // fed what it did not.
 func TestReconcileCountsOnlyWhatItStored(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false) // no intake: what is fed stays in the inbox
 	ctx := context.Background()
 	_, client := startSandbox(t)
@@ -493,6 +509,7 @@ func TestReconcileCountsOnlyWhatItStored(t *testing.T) {
 // While NATS is known to be down a callback gets 503 at once, not after the
 // whole publish timeout, and nothing is stored behind its back.
 func TestOutageAnswers503AtOnce(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false, func(c *Config, _ *IntakeConfig) { c.PublishTimeout = 20 * time.Second })
 	h.nats.Stop()
 	eventually(t, "the client sees the outage", func() bool { return h.js.Conn().Status() != nats.CONNECTED })
@@ -521,6 +538,7 @@ func TestOutageAnswers503AtOnce(t *testing.T) {
 // missed the pending, so the success went first and the pending was
 // dropped as stale.
 func TestPendingReceivedFirstIsPublishedFirst(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.RetryInitial, ic.RetryMax = 200*time.Millisecond, 5*time.Second
 	})
@@ -560,6 +578,7 @@ func TestPendingReceivedFirstIsPublishedFirst(t *testing.T) {
 // before a worker started them, were redelivered, and were processed (and
 // confirmed with SenGo) twice. Each notification is now confirmed once.
 func TestSlowConfirmationsProcessEachNotificationOnce(t *testing.T) {
+	t.Parallel()
 	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -689,6 +708,7 @@ func payCallback(t testing.TB, sb *sandbox.Server, client *sengo.Client, id stri
 // message's headers. Only a short plain one is kept now; any other is
 // replaced by a generated id.
 func TestHostileRequestIDIsReplaced(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	for i, rid := range []string{strings.Repeat("r", 5000), "two\twords", "a b<script>", "é"} {
 		resp, _ := h.post("/callbacks/sengo/main", callback(fmt.Sprintf("tx-rid-%d", i), event.StatusPending), "X-Request-Id", rid)
@@ -787,6 +807,7 @@ func (h *harness) subjectReads(stream string) (leader, replica *atomic.Int64) {
 // not what became of the pending, and made it wait orderWaitMax (2 min)
 // for a pending never to be applied.
 func TestForgedPendingDoesNotDelayTheGenuineSuccess(t *testing.T) {
+	t.Parallel()
 	sb, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
@@ -825,6 +846,7 @@ func TestForgedPendingDoesNotDelayTheGenuineSuccess(t *testing.T) {
 // slot all the while, and forged finals posted at a few a second filled
 // them all. A pending intake has acknowledged is not waited for.
 func TestAPendingSetAsideAndRedrivenOrPurgedDoesNotHoldFinalsBack(t *testing.T) {
+	t.Parallel()
 	for _, then := range []string{"redriven", "purged"} {
 		t.Run(then, func(t *testing.T) {
 			h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
@@ -871,6 +893,7 @@ func TestAPendingSetAsideAndRedrivenOrPurgedDoesNotHoldFinalsBack(t *testing.T) 
 // message, the event's headers on SENGO_EVENTS and from there into every
 // webhook, as trusted-looking context.
 func TestCallersBaggageIsNotForwarded(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	resp, _ := h.post("/callbacks/sengo/main", callback("tx-bag", event.StatusSuccess),
 		"baggage", "user.role=admin,tenant=victim", "traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
@@ -891,6 +914,7 @@ func TestCallersBaggageIsNotForwarded(t *testing.T) {
 // bounds it as the metric label and the span attribute do (it wrote it
 // whole, twice: path and project).
 func TestUnknownProjectNameIsBoundedInTheLog(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	name := strings.Repeat("p", 16<<10)
 	if resp, _ := h.post("/callbacks/sengo/"+name, callback("tx-x", event.StatusSuccess)); resp.StatusCode != 404 {
@@ -905,6 +929,7 @@ func TestUnknownProjectNameIsBoundedInTheLog(t *testing.T) {
 // method of any token characters up to its header limit, and the log
 // line wrote it whole (32 KiB a request, no credentials needed).
 func TestAnUnknownMethodIsBoundedInTheLog(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	method := strings.Repeat("A", 16<<10)
 	req, err := http.NewRequest(method, h.http.URL+"/callbacks/sengo/main", nil)
@@ -925,6 +950,7 @@ func TestAnUnknownMethodIsBoundedInTheLog(t *testing.T) {
 // the newest 10,000 entries, and now reads everything stored within
 // recheckWindow, one at a time.
 func TestForgedFloodDoesNotStrandAnUnconfirmedGenuine(t *testing.T) {
+	t.Parallel()
 	sb, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
@@ -963,6 +989,7 @@ func TestForgedFloodDoesNotStrandAnUnconfirmedGenuine(t *testing.T) {
 // Each such forged notification held one of intake's max_ack_pending
 // slots for 7 days; max_ack_pending of them stopped intake for everyone.
 func TestDotSegmentIDsDoNotStallIntake(t *testing.T) {
+	t.Parallel()
 	forgedThenGenuine(t, http.StatusUnprocessableEntity, sandbox.Faults{}, "..", ".", "..", ".")
 }
 
@@ -1001,6 +1028,7 @@ func forgedThenGenuine(t *testing.T, status int, faults sandbox.Faults, ids ...s
 // (the client announced more than it sends, then stalls) is answered 400
 // body_unreadable, and nothing is stored.
 func TestStalledBodyIsBodyUnreadable(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	srv := httptest.NewUnstartedServer(h.app)
 	srv.Config.ReadTimeout = 300 * time.Millisecond
@@ -1037,6 +1065,7 @@ func TestStalledBodyIsBodyUnreadable(t *testing.T) {
 // max_ack_pending of them stopped intake for everyone. A refused check is
 // now unconfirmed: confirm_attempts tries, then quarantine and rechecks.
 func TestRefusedCheckDoesNotStallIntake(t *testing.T) {
+	t.Parallel()
 	h := forgedThenGenuine(t, http.StatusOK, sandbox.Faults{}, "forged:0", "forged:1", "forged:2", "forged:3")
 	eventually(t, "the forged ones quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 4 })
 	for _, e := range natstest.Messages(t, h.js, event.StreamQuarantine) {
@@ -1057,6 +1086,7 @@ func TestRefusedCheckDoesNotStallIntake(t *testing.T) {
 // check of a made-up id (404 TRANSACTION_NOT_FOUND) is unconfirmed:
 // quarantined, and rechecked on the quarantine's schedule.
 func TestCheckFailingForOneIDDoesNotStallIntake(t *testing.T) {
+	t.Parallel()
 	ids := []string{"forged-0", "forged-1", "forged-2", "forged-3"}
 	h := forgedThenGenuine(t, http.StatusOK, sandbox.Faults{FailChecks: ids}, ids...)
 	eventually(t, "the forged ones quarantined", func() bool { return h.msgs(event.StreamQuarantine) == 4 })
@@ -1071,6 +1101,7 @@ func TestCheckFailingForOneIDDoesNotStallIntake(t *testing.T) {
 // retried, never quarantined however many attempts it takes: the check of
 // a made-up id fails too, so the failure is not the transaction's own.
 func TestCheckOutageIsRetriedNotQuarantined(t *testing.T) {
+	t.Parallel()
 	sb, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
@@ -1100,6 +1131,7 @@ func TestCheckOutageIsRetriedNotQuarantined(t *testing.T) {
 // used its time, yet the notification is still quarantined (settling has
 // its own time inside AckWait), and intake stays free for the genuine one.
 func TestCheckNeverAnsweredForOneIDIsQuarantined(t *testing.T) {
+	t.Parallel()
 	sb, client := startSandboxHanging(t, "forged-hang")
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		// The check outlasts every attempt's processing time: with its own
@@ -1135,6 +1167,7 @@ func TestCheckNeverAnsweredForOneIDIsQuarantined(t *testing.T) {
 // (intake.confirm_timeout) and one try per attempt, and a check that timed
 // out while SenGo answers others is quarantined at once.
 func TestHangingChecksDoNotStarveIntake(t *testing.T) {
+	t.Parallel()
 	sb, client := startSandboxHanging(t, "forged-hang-")
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client}, sengo.CheckTimeout(300*time.Millisecond)) // the genuine check must not overrun it on a loaded machine
@@ -1166,6 +1199,7 @@ func TestHangingChecksDoNotStarveIntake(t *testing.T) {
 // quarantined. It is now quarantined shortly before (a tenth of the
 // retention), with why, to be redriven.
 func TestNotificationAboutToAgeOutIsQuarantined(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	s, err := h.js.Stream(t.Context(), event.StreamInbox)
 	if err != nil {
@@ -1200,6 +1234,7 @@ func TestNotificationAboutToAgeOutIsQuarantined(t *testing.T) {
 // the inbox's guard against expiry are sized from it. The backoff's jitter
 // went up to half again as much.
 func TestRetryDelayNeverExceedsRetryMax(t *testing.T) {
+	t.Parallel()
 	in := &Intake{cfg: IntakeConfig{RetryInitial: 50 * time.Millisecond, RetryMax: time.Second}}
 	for attempt := uint64(1); attempt <= 200; attempt++ {
 		if d := in.retryDelay(attempt); d > time.Second || d <= 0 {
@@ -1215,6 +1250,7 @@ func TestRetryDelayNeverExceedsRetryMax(t *testing.T) {
 // for as long as SenGo listed it. The others are now reconciled, and the
 // day is reported failed.
 func TestReconcileGoesOnPastATransactionItCannotRead(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false) // no intake: what is fed stays in the inbox
 	item := listed
 	bad := json.RawMessage(`{"id":"tx-bad","merchantRef":"REF-\u0007","status":"pending","amount":1}`)
@@ -1251,6 +1287,7 @@ func TestReconcileGoesOnPastATransactionItCannotRead(t *testing.T) {
 // "unknown", and its segment of the path as [unknown]: they wrote the
 // token whole.
 func TestATokenInTheProjectPositionIsNeverLoggedOrTraced(t *testing.T) {
+	t.Parallel()
 	const token = "tok-4f9c2a7e1b3d5f60"
 	rec := tracetest.NewSpanRecorder()
 	prev := otel.GetTracerProvider()
@@ -1295,6 +1332,7 @@ func TestATokenInTheProjectPositionIsNeverLoggedOrTraced(t *testing.T) {
 // disputed notification was never set aside; line breaks in it (an answer
 // pretty-printed) broke the header block. It is stored compacted and cut.
 func TestAHugeAPIObjectStillQuarantines(t *testing.T) {
+	t.Parallel()
 	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -1357,6 +1395,7 @@ func TestAHugeAPIObjectStillQuarantines(t *testing.T) {
 // reason, the rechecks done and when it was stored are all it needs), as
 // does the selection of an operator's purge or redrive of many.
 func TestTheRecheckReadsNoBodies(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	big := bytes.Repeat([]byte("x"), 32<<10)
 	natstest.PublishMany(t, h.js, 200, func(i int) *nats.Msg {
@@ -1392,6 +1431,7 @@ func TestTheRecheckReadsNoBodies(t *testing.T) {
 // confirms them) made every later notification of the transaction read
 // some 120 of them, 7 MiB for one request.
 func TestForgedPendingsDoNotMultiplyTheReadsOfALaterStatus(t *testing.T) {
+	t.Parallel()
 	srv := natstest.Start(t)
 	nc, ijs := srv.Connect(t) // intake's own connection, to count what it reads
 	h := newHarnessOn(t, srv, true, func(_ *Config, ic *IntakeConfig) {
@@ -1428,6 +1468,7 @@ func TestForgedPendingsDoNotMultiplyTheReadsOfALaterStatus(t *testing.T) {
 // past the store's max_payload was lost). A day's unread pages are
 // reported as their count and the first.
 func TestReconcileErrorsAreBounded(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	bad := json.RawMessage(`{"id":"tx-bad","merchantRef":"REF-\u0007","status":"pending","amount":1}`)
 	pages := 0
@@ -1465,6 +1506,7 @@ func TestReconcileErrorsAreBounded(t *testing.T) {
 // reconciliation past its schedule). A probe counts for a failed check
 // only if it started after that check did.
 func TestAnOutageRightAfterAProbeIsAnOutage(t *testing.T) {
+	t.Parallel()
 	var outage atomic.Bool
 	sb, client := sandboxWithChecks(t, func(id string, w http.ResponseWriter, r *http.Request) bool {
 		if !outage.Load() && !strings.HasPrefix(id, "forged-hang-") {
@@ -1511,6 +1553,7 @@ func TestAnOutageRightAfterAProbeIsAnOutage(t *testing.T) {
 // probe's answer for its own and was quarantined. A probe counts only for
 // checks that had failed when it was sent.
 func TestAProbeSentBeforeACheckFailedDoesNotVouchForIt(t *testing.T) {
+	t.Parallel()
 	var outage atomic.Bool
 	var genuineID atomic.Value
 	genuineID.Store("")
@@ -1566,6 +1609,7 @@ func TestAProbeSentBeforeACheckFailedDoesNotVouchForIt(t *testing.T) {
 // failed check past confirm_attempts sent a probe of its own, doubling the
 // calls on a throttled key. A "no" stands for 5 s for every caller.
 func TestAnOutageIsProbedOnceNotPerCheck(t *testing.T) {
+	t.Parallel()
 	var outage atomic.Bool
 	var probes atomic.Int32
 	sb, client := sandboxWithChecks(t, func(id string, w http.ResponseWriter, _ *http.Request) bool {
@@ -1609,6 +1653,7 @@ func TestAnOutageIsProbedOnceNotPerCheck(t *testing.T) {
 // one such final's next unconfirmed answer quarantined it at once. Full,
 // the map forgets only notifications that waited long ago.
 func TestAFullWaitMapForgetsTheSettledFirst(t *testing.T) {
+	t.Parallel()
 	in := &Intake{waited: map[uint64]waits{}, cfg: IntakeConfig{AckWait: 30 * time.Second}}
 	now := time.Now()
 	for seq := range uint64(maxWaited - 2) {
@@ -1634,6 +1679,7 @@ func TestAFullWaitMapForgetsTheSettledFirst(t *testing.T) {
 // real check failed: each genuine payment was taken for one failing alone
 // and quarantined. They are retried as an outage.
 func TestATryAgainAnswerIsAnOutageNotThisTransactionAlone(t *testing.T) {
+	t.Parallel()
 	for name, answer := range map[string]func(w http.ResponseWriter){
 		"CREATE_FAILED": func(w http.ResponseWriter) {
 			w.WriteHeader(http.StatusBadRequest)
@@ -1680,6 +1726,7 @@ func TestATryAgainAnswerIsAnOutageNotThisTransactionAlone(t *testing.T) {
 // and the paid order was never announced. An object over 64 KiB is not
 // kept: the event's raw is the notification's own, which the inbox took.
 func TestAHugeConfirmedObjectIsNotKeptInTheEvent(t *testing.T) {
+	t.Parallel()
 	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -1732,6 +1779,7 @@ func TestAHugeConfirmedObjectIsNotKeptInTheEvent(t *testing.T) {
 // throttling then failed the confirmations of every notification. A page
 // that repeats the one before ends the list.
 func TestReconcileStopsAtAPageThatRepeats(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	var requests atomic.Int64
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -1752,6 +1800,7 @@ func TestReconcileStopsAtAPageThatRepeats(t *testing.T) {
 // reconciled, and the run was reported a success. It is reported failed,
 // and the other statuses are still read.
 func TestReconcileReportsAListItDidNotFinish(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		page := []json.RawMessage{}
@@ -1792,6 +1841,7 @@ func TestReconcileReportsAListItDidNotFinish(t *testing.T) {
 // CREATE_FAILED, a proxy's 408) is one too: it was not counted a failed
 // check at all, and held the slots as before.
 func TestOneProjectsFailingChecksDoNotStallTheOthers(t *testing.T) {
+	t.Parallel()
 	t.Run("500", func(t *testing.T) {
 		sb, client := startSandbox(t)
 		sb.SetFaults(sandbox.Faults{Fail500: 1 << 30}) // main's API fails every call
@@ -1862,6 +1912,7 @@ func oneProjectsOutage(t *testing.T, client *sengo.Client) {
 // checks they are retried as before, for as long as the inbox keeps them,
 // however few slots max_ack_pending has.
 func TestAnOutageOfTheOnlyProjectSetsNothingAside(t *testing.T) {
+	t.Parallel()
 	sb, client := startSandbox(t)
 	sb.SetFaults(sandbox.Faults{Fail500: 1 << 30})
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
@@ -1920,6 +1971,7 @@ func TestAnOutageOfTheOnlyProjectSetsNothingAside(t *testing.T) {
 // that payment, and every transaction listed after it, stayed missing at
 // every run. An object over 64 KiB is fed as the fields the relay reads.
 func TestReconcileFeedsAHugeListedObject(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var page []json.RawMessage
@@ -1964,6 +2016,7 @@ func TestReconcileFeedsAHugeListedObject(t *testing.T) {
 // transaction, status) is retried at a time, the others are set aside
 // at once, rechecked on the quarantine's schedule.
 func TestAFloodOfOneForgedClaimHoldsOneSlot(t *testing.T) {
+	t.Parallel()
 	sb, client := startSandbox(t)
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
@@ -1999,6 +2052,7 @@ func TestAFloodOfOneForgedClaimHoldsOneSlot(t *testing.T) {
 // checks, and the per-project share did not count them. It does now, and
 // the other project's payment goes through.
 func TestOneProjectsUnconfirmedClaimsDoNotStallTheOthers(t *testing.T) {
+	t.Parallel()
 	_, client := startSandbox(t)
 	h := twoProjects(t, client, func(ic *IntakeConfig) {
 		ic.ConfirmAttempts = 5
@@ -2031,6 +2085,7 @@ func TestOneProjectsUnconfirmedClaimsDoNotStallTheOthers(t *testing.T) {
 // for each retry. It is set aside at once, rechecked on the quarantine's
 // schedule.
 func TestARefusedCheckIsSetAsideAtOnce(t *testing.T) {
+	t.Parallel()
 	_, client := refusingSandbox(t, func(id string) bool { return strings.HasPrefix(id, "odd") })
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{"main": client})
@@ -2052,6 +2107,7 @@ func TestARefusedCheckIsSetAsideAtOnce(t *testing.T) {
 // after the last recheck stayed quarantined. It is retried as an outage,
 // and published once SenGo answers again.
 func TestAllChecksRefusedIsAnOutage(t *testing.T) {
+	t.Parallel()
 	var refusing atomic.Bool
 	refusing.Store(true)
 	sb, client := refusingSandbox(t, func(string) bool { return refusing.Load() })
@@ -2087,6 +2143,7 @@ func TestAllChecksRefusedIsAnOutage(t *testing.T) {
 // under a project no longer configured is not fed; one known under
 // another configured project still is (two projects' ids are theirs).
 func TestReconcileDoesNotFeedARenamedProjectsTransactions(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false) // no intake: what is fed stays in the inbox
 	ctx := context.Background()
 	sb, client := startSandbox(t)
@@ -2189,6 +2246,7 @@ func (l stoppingLister) ListTransactions(ctx context.Context, q sengo.ListQuery)
 // console's record, and `sengo-relay reconcile` exited 0. It reports
 // where it stopped.
 func TestAStoppedReconciliationSaysSo(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	_, client := startSandbox(t)
 	ctx, cancel := context.WithCancel(t.Context())
@@ -2208,6 +2266,7 @@ func TestAStoppedReconciliationSaysSo(t *testing.T) {
 // and nothing at all for a project that requires confirmation: taken for
 // a check, its events went out `confirmed: true` unchecked.
 func TestAProjectTheConfirmerCannotCheckIsNotConfirmed(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true, withProjects(Project{Name: "main"}, Project{Name: "strict"}), func(_ *Config, ic *IntakeConfig) {
 		ic.Confirmer = sengo.NewConfirmer(map[string]*sengo.Client{}) // no client for either
 		ic.RequireConfirmation = map[string]bool{"strict": true}
@@ -2232,6 +2291,7 @@ func TestAProjectTheConfirmerCannotCheckIsNotConfirmed(t *testing.T) {
 // a success of that day whose callback was lost was never fed, at any
 // run. The final statuses are read first.
 func TestAFailingListLeavesTheDaysOthersRead(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	var order []string
 	var mu sync.Mutex
@@ -2277,6 +2337,7 @@ func TestAFailingListLeavesTheDaysOthersRead(t *testing.T) {
 // or left unfed without a word, the change reached no endpoint and the run
 // said it was clean.
 func TestReconcileReportsWhatItCouldNotFeed(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	if _, err := h.js.CreateStream(t.Context(), jetstream.StreamConfig{Name: history.StreamReconcile, Subjects: []string{history.SubjectsReconcile}}); err != nil {
 		t.Fatal(err)
@@ -2332,6 +2393,7 @@ func TestReconcileReportsWhatItCouldNotFeed(t *testing.T) {
 // failing (a list SenGo did not give): reported alone, the run's record
 // said nothing of the list left unread.
 func TestAStoreErrorKeepsTheDaysOtherFailures(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
@@ -2365,6 +2427,7 @@ func TestAStoreErrorKeepsTheDaysOtherFailures(t *testing.T) {
 // of the CLI is not counted (its --since says nothing of earlier days); a
 // project with no periodic run looks back its window.
 func TestAReconciliationAfterALongStopLooksBackToTheLastRun(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	if _, err := h.js.CreateStream(t.Context(), jetstream.StreamConfig{Name: history.StreamReconcile, Subjects: []string{history.SubjectsReconcile}}); err != nil {
 		t.Fatal(err)
@@ -2473,6 +2536,7 @@ func TestAReconciliationAfterALongStopLooksBackToTheLastRun(t *testing.T) {
 // moved the window's first day, which was then neither an extra day nor
 // read, and the next run took it for read.
 func TestAMidnightDuringARunSkipsNoDay(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	if _, err := h.js.CreateStream(t.Context(), jetstream.StreamConfig{Name: history.StreamReconcile, Subjects: []string{history.SubjectsReconcile}}); err != nil {
 		t.Fatal(err)

@@ -56,6 +56,7 @@ func statuses(evs []event.Event, txID string) []event.Status {
 
 // The same callback sent 50 times at once yields exactly one event.
 func TestFiftyConcurrentDuplicatesOneEvent(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	body := fixtures.Body("callback-retail-success")
 	var wg sync.WaitGroup
@@ -100,6 +101,7 @@ func TestFiftyConcurrentDuplicatesOneEvent(t *testing.T) {
 }
 
 func TestStatusSequences(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name  string
 		sends []event.Status
@@ -135,6 +137,7 @@ func TestStatusSequences(t *testing.T) {
 }
 
 func TestConflictIsRecordedAndCounted(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	for _, s := range []event.Status{event.StatusSuccess, event.StatusExpired, event.StatusPending} {
 		h.post("/callbacks/sengo/main", callback("tx-c", s))
@@ -165,6 +168,7 @@ func TestConflictIsRecordedAndCounted(t *testing.T) {
 // events are [success] or [pending, success] in stream order: never a
 // pending after a success, never two events for one status.
 func TestRacingStatusesKeepOrder(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	const n = 40
 	var wg sync.WaitGroup
@@ -203,6 +207,7 @@ func TestRacingStatusesKeepOrder(t *testing.T) {
 // event in the outbox; the next notification of that transaction (here a
 // duplicate) publishes it.
 func TestOutboxIsFlushedAfterACrash(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	at := time.Date(2025, 3, 23, 3, 0, 0, 0, time.UTC)
 	ev := h.leaveOutbox("tx-crash", at)
@@ -231,6 +236,7 @@ func TestOutboxIsFlushedAfterACrash(t *testing.T) {
 // older than intake's ack wait, which no worker is flushing any more, is
 // published whatever the notification decides.
 func TestALeftOutboxIsFlushedByAFirstDeliveryToo(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	ev := h.leaveOutbox("tx-lost-count", time.Now().Add(-time.Hour).UTC())
 	h.feed("tx-lost-count", SourceCallback)
@@ -247,6 +253,7 @@ func TestALeftOutboxIsFlushedByAFirstDeliveryToo(t *testing.T) {
 // worker gone: for a project that does not confirm, nothing else would
 // ever publish the success SenGo had its 200 for.
 func TestItsOwnLeftOutboxIsFlushedByAFirstDelivery(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	info, err := h.js.Stream(t.Context(), event.StreamInbox)
 	if err != nil {
@@ -364,6 +371,7 @@ func (h *harness) feedBody(id string, body []byte, source string) {
 // back, and the notification decided again under the check: a forged one
 // is set aside, a genuine one published confirmed, under the same id.
 func TestAnUnconfirmedLeftoverIsNotPublishedOnceItsProjectConfirms(t *testing.T) {
+	t.Parallel()
 	sb, client := startSandbox(t)
 	var w *history.Writer
 	h := newHarness(t, true, withHistory(&w), func(_ *Config, ic *IntakeConfig) {
@@ -458,6 +466,7 @@ func TestAnUnconfirmedLeftoverIsNotPublishedOnceItsProjectConfirms(t *testing.T)
 // Messages on the inbox that can never be processed are quarantined with
 // the reason, acknowledged, and not retried.
 func TestUnprocessableIsQuarantined(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	ctx := context.Background()
 	if _, err := h.js.PublishMsg(ctx, &nats.Msg{Subject: "sengo.inbox.main", Data: []byte("not json"), Header: nats.Header{event.HeaderProject: []string{"main"}}}); err != nil {
@@ -495,6 +504,7 @@ func TestUnprocessableIsQuarantined(t *testing.T) {
 }
 
 func TestTxKey(t *testing.T) {
+	t.Parallel()
 	tests := map[string]string{
 		"66e934f6-f5d6-4f1c-bb3d-450ec2873782": "main.66e934f6-f5d6-4f1c-bb3d-450ec2873782",
 		"a.b":                                  "main.b64_YS5i",
@@ -509,6 +519,7 @@ func TestTxKey(t *testing.T) {
 }
 
 func TestRetryDelayGrowsAndIsBounded(t *testing.T) {
+	t.Parallel()
 	in := &Intake{cfg: IntakeConfig{RetryInitial: time.Second, RetryMax: time.Minute}}
 	// Jitter is ±50%: attempt n lies within [0.5, 1.5] × 1.5^(n-1) seconds, capped.
 	for attempt, base := range map[uint64]float64{1: 1, 2: 1.5, 3: 2.25, 5: 5.0625} {
@@ -526,6 +537,7 @@ func TestRetryDelayGrowsAndIsBounded(t *testing.T) {
 // another worker changed the transaction in between, it reads it again
 // and keeps both changes.
 func TestFlushAfterAConcurrentChange(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	in, err := NewIntake(t.Context(), IntakeConfig{JetStream: h.js, Projects: []string{"main"}, Workers: 1, AckWait: 10 * time.Second, MaxAckPending: 1,
 		RetryInitial: time.Second, RetryMax: time.Second, Metrics: h.metrics, Logger: zerolog.Nop()})
@@ -583,6 +595,7 @@ func TestFlushAfterAConcurrentChange(t *testing.T) {
 // ack and its share of a pull. Reading the state first cost one more, and
 // so did the receipt-order read of a final status.
 func TestNewTransactionIsNotReadFirst(t *testing.T) {
+	t.Parallel()
 	srv := natstest.Start(t)
 	nc, ijs := srv.Connect(t) // intake's own connection: its counters are intake's alone
 	h := newHarnessOn(t, srv, true, func(_ *Config, ic *IntakeConfig) { ic.JetStream = ijs })
@@ -616,6 +629,7 @@ func TestNewTransactionIsNotReadFirst(t *testing.T) {
 // the notification decided again. A late pending and a conflicting final
 // status publish nothing.
 func TestStateFoundAfterTheInboxForgotIt(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	ctx := context.Background()
 	h.post("/callbacks/sengo/main", callback("tx-old", event.StatusSuccess))
@@ -664,6 +678,7 @@ func (c holdPending) Confirm(ctx context.Context, _ string, tx sengo.Transaction
 // success's first try does not read is empty, and the pending received
 // before it goes first all the same.
 func TestPendingStillConfirmingGoesFirst(t *testing.T) {
+	t.Parallel()
 	hold := holdPending{release: make(chan struct{})}
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) { ic.Confirmer = hold })
 	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-pc", event.StatusPending)); resp.StatusCode != 200 {
@@ -701,6 +716,7 @@ func (c *lagConfirmer) Confirm(ctx context.Context, project string, tx sengo.Tra
 // settle took for the confirmation attempt, so its first ErrUnconfirmed
 // quarantined it at once instead of retrying it ConfirmAttempts times.
 func TestWaitingForThePendingSpendsNoConfirmAttempts(t *testing.T) {
+	t.Parallel()
 	c := &lagConfirmer{holdPending: holdPending{release: make(chan struct{})}}
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) { ic.Confirmer, ic.ConfirmAttempts = c, 3 })
 	if resp, _ := h.post("/callbacks/sengo/main", callback("tx-lag", event.StatusPending)); resp.StatusCode != 200 {
@@ -727,6 +743,7 @@ func TestWaitingForThePendingSpendsNoConfirmAttempts(t *testing.T) {
 // expired never overwrites it. (The concurrent tests race new
 // transactions, or identical bodies the inbox drops.)
 func TestOfTwoDecisionsFromOneReadOnlyTheFirstIsWritten(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	in, err := NewIntake(t.Context(), h.icfg)
 	if err != nil {
@@ -766,6 +783,7 @@ func TestOfTwoDecisionsFromOneReadOnlyTheFirstIsWritten(t *testing.T) {
 // as an inbox message of its own, grew it without bound until its writes
 // failed, and the genuine status with them.
 func TestRejectedNotificationsAreBounded(t *testing.T) {
+	t.Parallel()
 	var s txState
 	at := time.Date(2025, 3, 23, 3, 0, 0, 0, time.UTC)
 	for seq := uint64(1); seq <= maxRejected+5; seq++ {
@@ -786,6 +804,7 @@ func TestRejectedNotificationsAreBounded(t *testing.T) {
 // retried, not acked as a duplicate: acked, the event was never
 // published, the state saying it was decided.
 func TestAFailedFlushOfItsOwnLeftOutboxIsRetried(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, true)
 	info, err := h.js.Stream(t.Context(), event.StreamInbox)
 	if err != nil {
@@ -817,6 +836,7 @@ func TestAFailedFlushOfItsOwnLeftOutboxIsRetried(t *testing.T) {
 // check never answered) is published once that is past, not held back
 // for as long as the pending lasts.
 func TestAFinalWaitsForItsPendingOnlySoLong(t *testing.T) {
+	t.Parallel()
 	hold := holdPending{release: make(chan struct{})}
 	h := newHarness(t, true, func(_ *Config, ic *IntakeConfig) { ic.Confirmer = hold })
 	t.Cleanup(func() { close(hold.release) }) // before the harness's own

@@ -16,6 +16,7 @@ import (
 // meanwhile) handles what is left, counts only that, and does not fail
 // on the ones already gone.
 func TestQuarantineStaleEntries(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false)
 	ctx := context.Background()
 	for _, id := range []string{"tx-a", "tx-b", "tx-c"} {
@@ -45,6 +46,7 @@ func TestQuarantineStaleEntries(t *testing.T) {
 // notifications behind 10,000 of another's were never listed (nor
 // redriven nor purged), and the read took seconds.
 func TestQuarantineListedBySubject(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false, withProjects(Project{Name: "main"}, Project{Name: "other"}))
 	ctx := context.Background()
 	entry := func(project, id string) *nats.Msg {
@@ -74,6 +76,7 @@ func TestQuarantineListedBySubject(t *testing.T) {
 // notifications set aside before it were listed nowhere (the console hid
 // its "Redrive all" with them).
 func TestQuarantineListAfterAPurgedFloodShowsWhatIsKept(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, false, withProjects(Project{Name: "main"}, Project{Name: "other"}))
 	ctx := context.Background()
 	entry := func(project, id string) *nats.Msg {

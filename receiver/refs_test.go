@@ -29,6 +29,7 @@ func withHistory(w **history.Writer) option {
 // transactions of one reference (a retried payment) are both found, and a
 // reference full of dots and spaces is as findable as a plain one.
 func TestMerchantRefFindsItsTransactions(t *testing.T) {
+	t.Parallel()
 	var w *history.Writer
 	h := newHarness(t, true, withHistory(&w))
 	odd := "INV 2025.03/ä*>1"
@@ -71,6 +72,7 @@ func TestMerchantRefFindsItsTransactions(t *testing.T) {
 // order's merchantRef found nothing for a paid transaction. The retry
 // that publishes it indexes it.
 func TestATransactionPublishedFromItsOutboxIsIndexed(t *testing.T) {
+	t.Parallel()
 	var w *history.Writer
 	h := newHarness(t, true, withHistory(&w))
 	restore := natstest.RefuseWrites(t, h.js, event.StreamEvents)
