@@ -94,6 +94,11 @@ func serverLogKindOf(format string, v []any) (kind string, client bool) {
 	}
 	if strings.HasPrefix(k, "%") {
 		k, n = fmt.Sprintf(k, v...), 24
+		// A client's line nats-server rate-limits itself comes as
+		// "%s - %s%s", the client first.
+		if loc := clientPrefix.FindStringIndex(k); loc != nil {
+			k, client = k[loc[1]:], true
+		}
 	}
 	b := make([]byte, 0, n)
 	for i := 0; i < len(k) && len(b) < n; i++ {

@@ -69,6 +69,7 @@ func TestServerLogKindOf(t *testing.T) {
 		{`[::1]:1 - cid:12345 - "v1.55.0:go:my \"%s\"" - "SENGO_SUBSCRIBERS/user:subscriber" - Publish Violation - Subject %q`, []any{`ab"xyz`}, "Publish Violation - Subject %q", true},
 		{`10.0.0.1/127.0.0.1:9 - wid:3 - "v2" - Client Error %s`, []any{"anything"}, "Client Error %s", true},
 		{`127.0.0.1:2 - cid:9 - %v - %s`, []any{"authentication error", `User "x0"`}, `authentication error - U`, true},
+		{`%s - %s%s`, []any{`127.0.0.1:3 - cid:4 - "v1.55.0:go:XX"`, "Producer was stalled", ""}, "Producer was stalled", true},
 		{`Filestore [SENGO_EVENTS] Critical write error: %v`, []any{"disk"}, "Filestore [SENGO_EVENTS] Critical write error: %v", false},
 	} {
 		if k, client := serverLogKindOf(c.format, c.v); k != c.kind || client != c.client {
