@@ -27,7 +27,9 @@ import (
 // late by 800 ms for a correct relay to have it handed out again, which a
 // loaded CI machine running the race detector was.
 func TestANotificationInItsCheckIsNotHandedToASecondWorker(t *testing.T) {
-	defer func(d time.Duration) { intakeInProgressEvery = d }(intakeInProgressEvery)
+	// Restored after the harness's workers stop (cleanups run last first),
+	// not when this function returns, while they still read it.
+	t.Cleanup(func(d time.Duration) func() { return func() { intakeInProgressEvery = d } }(intakeInProgressEvery))
 	intakeInProgressEvery = 200 * time.Millisecond
 	var slow atomic.Bool
 	sb, client := sandboxWithChecks(t, func(_ string, _ http.ResponseWriter, _ *http.Request) bool {
