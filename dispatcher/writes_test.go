@@ -461,7 +461,7 @@ func TestPausedEndpointDeadLettersBeforeRetentionDropsEvents(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a long fault test: not with -short (.ci/run runs it)")
 	}
-	t.Parallel()
+	// Not in parallel: its outcome is a race of timers (under load, CI saw it fail beside the parallel tests).
 	h := newHarness(t)
 	h.reconfigure(event.StreamEvents, func(cfg *jetstream.StreamConfig) { cfg.MaxAge, cfg.Duplicates = 6*time.Second, time.Second }) // the guard acts in its last 600 ms
 	c := newConsumer(t, status(503, 503, 503, 503, 503, 503, 503, 503, 503, 503))

@@ -578,7 +578,7 @@ func TestPendingReceivedFirstIsPublishedFirst(t *testing.T) {
 // before a worker started them, were redelivered, and were processed (and
 // confirmed with SenGo) twice. Each notification is now confirmed once.
 func TestSlowConfirmationsProcessEachNotificationOnce(t *testing.T) {
-	t.Parallel()
+	// Not in parallel: its outcome is a race of timers (under load, CI saw it fail beside the parallel tests).
 	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
 	if err != nil {
 		t.Fatal(err)
