@@ -228,7 +228,11 @@ func TestHugeResponseHeadersAreAFailure(t *testing.T) {
 		}
 		w.WriteHeader(200)
 	})
-	w := h.start(h.endpoint("orders", c.URL, 10*time.Millisecond))
+	ep := h.endpoint("orders", c.URL, 10*time.Millisecond)
+	// Writing 25,000 headers took the consumer more than the harness's 2 s
+	// under -race beside the parallel tests: the attempt timed out first.
+	ep.Timeout = 30 * time.Second
+	w := h.start(ep)
 	h.publish("tx-headers", event.StatusSuccess, "")
 	eventually(t, "a dead letter", func() bool { return len(h.deadLetters()) == 1 && h.settled(w) })
 	if d := h.deadLetters()[0]; d.LastStatus != 0 || !strings.Contains(d.LastError, "headers exceeded") {
