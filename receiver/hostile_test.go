@@ -578,7 +578,14 @@ func TestPendingReceivedFirstIsPublishedFirst(t *testing.T) {
 // before a worker started them, were redelivered, and were processed (and
 // confirmed with SenGo) twice. Each notification is now confirmed once.
 func TestSlowConfirmationsProcessEachNotificationOnce(t *testing.T) {
-	// Not in parallel: its outcome is a race of timers (under load, CI saw it fail beside the parallel tests).
+	// A worker's in-progress signal every 200 ms, not every second: with
+	// the 1.5 s ack wait below, a signal late by half a second on a loaded
+	// CI machine had a notification a worker held handed out again. The
+	// ones waiting in the old buffer got no signal at all, whatever its
+	// interval. Restored after the harness's workers stop (cleanups run
+	// last first); not in parallel, as it sets it.
+	t.Cleanup(func(d time.Duration) func() { return func() { intakeInProgressEvery = d } }(intakeInProgressEvery))
+	intakeInProgressEvery = 200 * time.Millisecond
 	sb, err := sandbox.New(sandbox.Config{Projects: []sandbox.Project{{Key: "SC-K", Token: "tok-0000000000000000"}}})
 	if err != nil {
 		t.Fatal(err)
