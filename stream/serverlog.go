@@ -152,17 +152,16 @@ func (s *serverLogger) reportDropped(key string, k *serverLogKind) {
 func (s *serverLogger) stop() {
 	s.mu.Lock()
 	s.done = true
-	var pending []*serverLogKind
-	var keys []string
+	pending := make(map[*serverLogKind]string)
 	for _, kinds := range s.kinds {
 		for key, k := range kinds {
 			if k.report != nil && k.report.Stop() {
-				pending, keys = append(pending, k), append(keys, key)
+				pending[k] = key
 			}
 		}
 	}
 	s.mu.Unlock()
-	for i, k := range pending {
-		s.reportDropped(keys[i], k)
+	for k, key := range pending {
+		s.reportDropped(key, k)
 	}
 }

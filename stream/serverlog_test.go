@@ -26,11 +26,7 @@ import (
 // rest are counted in a line of their own.
 func TestTheServersLogLinesAreBounded(t *testing.T) {
 	var logs syncbuf.Buffer
-	e, err := stream.StartEmbedded(stream.EmbeddedConfig{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", Auth: subscriberAuth(), Logger: zerolog.New(&logs)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Shutdown)
+	e, _ := startWithSubscriberLogging(t, subscriberAuth(), zerolog.New(&logs))
 	start := time.Now()
 	const denied, logins = 5000, 40
 	var conns []*nats.Conn

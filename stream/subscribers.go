@@ -757,10 +757,7 @@ func streamInfo(data []byte) error {
 // {}{"last_by_subj":"sengo.events.>"} on. A body that is not JSON is
 // refused: nats-server would refuse it too.
 func decodeAll(data []byte, req any) error {
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
+	dec := json.NewDecoder(bytes.NewReader(data)) // an empty body: io.EOF at once
 	for {
 		if err := dec.Decode(req); err == io.EOF {
 			return nil
